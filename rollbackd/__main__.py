@@ -1,0 +1,3 @@
+from rollbackd.cli import main
+
+raise SystemExit(main())

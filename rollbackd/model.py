@@ -1,0 +1,195 @@
+"""Domain values shared by every layer: frozen, slotted, free of I/O.
+
+The flow is one-way: sources produce :class:`Observation`, detectors turn a window of them into
+:class:`Evidence`, the decision framework turns evidence plus :class:`Context` into a
+:class:`Decision`. Missing data is always ``None``, never zero.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+#: Prometheus' default histogram bucket upper bounds, in seconds (``+Inf`` last).
+DEFAULT_BUCKETS_S: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, math.inf,
+)
+
+
+class Strategy(enum.StrEnum):
+    CANARY = "canary"
+    BLUE_GREEN = "blue-green"
+    DEPLOYMENT = "deployment"
+
+
+class Impact(enum.StrEnum):
+    NONE = "none"
+    MANAGEABLE = "manageable"
+    SEVERE = "severe"
+
+
+class Outcome(enum.StrEnum):
+    IMMEDIATE = "immediate"
+    CONTROLLED = "controlled"
+    NONE = "none"
+    INCONCLUSIVE = "inconclusive"
+
+
+class Risk(enum.StrEnum):
+    LOW = "low"
+    HIGH = "high"
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """Cumulative latency bucket counts over one interval, ``bounds_s`` ascending, ``+Inf`` last."""
+
+    bounds_s: tuple[float, ...]
+    counts: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.bounds_s) != len(self.counts):
+            raise ValueError("histogram bounds and counts differ in length")
+
+    @property
+    def total(self) -> float:
+        return self.counts[-1] if self.counts else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """What one side (baseline or candidate) served during one interval.
+
+    ``requests`` and ``errors`` are counts over the interval; ``latency`` is ``None`` when the
+    histogram was missing; ``p95_ms`` is the source's own quantile (informational).
+    """
+
+    requests: float
+    errors: float
+    latency: Histogram | None = None
+    p95_ms: float | None = None
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """One health probe result. ``status`` is ``None`` when the endpoint could not be reached."""
+
+    path: str
+    status: int | None
+    latency_ms: float | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One tick for one target. ``t`` is seconds (event-loop time in the daemon, scenario time in
+    replay). ``None`` on a side means no data for that side this tick (a gap, not zero traffic).
+    ``health_*`` is ``None`` when no probe is configured or it was not run."""
+
+    target: str
+    t: float
+    baseline: Sample | None
+    candidate: Sample | None
+    health_baseline: tuple[HealthCheck, ...] | None = None
+    health_candidate: tuple[HealthCheck, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Slo:
+    max_error_rate: float = 0.01
+    max_p95_ms: float = 500.0
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One measured signal against its threshold, with the statistics behind it."""
+
+    signal: str  # "error_rate" | "p95" | "health"
+    value: float | None
+    threshold: float
+    breached: bool
+    severe: bool
+    attributable: bool
+    confidence: float
+    baseline_value: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What the detectors concluded for one target at one tick."""
+
+    target: str
+    t: float
+    impact: Impact
+    attributable: bool
+    inconclusive: bool
+    findings: tuple[Finding, ...] = ()
+    reasons: tuple[str, ...] = ()
+    candidate_requests: float = 0.0
+    baseline_requests: float = 0.0
+
+    @property
+    def breached(self) -> bool:
+        return self.impact is not Impact.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A fix-forward hold: do not roll back before ``until`` (same clock as observations)."""
+
+    until: float
+    reason: str = "fix-forward"
+    set_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Everything outside the metrics that the decision framework weighs."""
+
+    rollback_risk: Risk = Risk.LOW
+    risk_reason: str = ""
+    hold: Hold | None = None
+    newer_rollout_in_progress: bool = False
+    has_rollback_target: bool = True
+    frozen: bool = False
+    dry_run: bool = False
+    cooldown_until: float | None = None
+    rollbacks_last_hour: int = 0
+    max_rollbacks_per_hour: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The framework's verdict at one tick. ``rollback`` is True only when the daemon should act
+    now (or would, in dry-run). ``reasons`` are human-readable, with values and thresholds."""
+
+    target: str
+    t: float
+    outcome: Outcome
+    rollback: bool
+    reasons: tuple[str, ...]
+    evidence: Evidence | None = None
+    escalate: bool = False
+    waiting_since: float | None = None
+    blocked_by: str | None = None
+    dry_run: bool = False
+    extra: dict[str, object] = field(default_factory=dict, compare=False)
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
+
+
+def as_tuple(values: Sequence[float]) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)

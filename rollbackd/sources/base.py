@@ -1,0 +1,55 @@
+"""What a source is: the small protocols the daemon wires together, and how a target's series
+are found. Sources do I/O; everything here is plain data."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from rollbackd.model import HealthCheck, Sample
+
+
+@dataclass(frozen=True, slots=True)
+class QueryTemplates:
+    """PromQL templates with ``{selector}``, ``{by}`` and ``{window}`` placeholders."""
+
+    requests: str
+    errors: str
+    latency_buckets: str
+    group_labels: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRef:
+    """The label values (one per group label, in ``group_labels`` order) naming one side's series."""
+
+    labels: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceTarget:
+    """One target as the sources see it."""
+
+    key: str
+    queries: QueryTemplates
+    candidate: SeriesRef
+    baseline: SeriesRef | None = None
+    health_baseline: tuple[str, ...] = ()
+    health_candidate: tuple[str, ...] = ()
+
+
+#: Per target key: (baseline, candidate); ``None`` on a side means no data this tick.
+SidePair = tuple[Sample | None, Sample | None]
+
+
+class MetricsSource(Protocol):
+    async def collect(self, targets: Sequence[SourceTarget], *, window_s: float) -> Mapping[str, SidePair]:
+        """One batch of queries per tick for all ``targets``; every target key is in the result."""
+        ...
+
+
+class HealthSource(Protocol):
+    async def probe(self, urls: Sequence[str]) -> tuple[HealthCheck, ...]:
+        """Probe every URL concurrently; unreachable endpoints give ``status=None``."""
+        ...
