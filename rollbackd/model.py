@@ -123,6 +123,8 @@ class Finding:
     confidence: float
     baseline_value: float | None = None
     detail: str = ""
+    #: Estimated start of the breach (the first interval of the proven run), if breached.
+    since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,10 @@ class Evidence:
     reasons: tuple[str, ...] = ()
     candidate_requests: float = 0.0
     baseline_requests: float = 0.0
+    #: Every conclusive signal's point estimate is within the SLO (recovery, not just "unproven").
+    within_slo: bool = False
+    #: Estimated start of the breach (earliest onset among the attributable findings).
+    since: float | None = None
 
     @property
     def breached(self) -> bool:

@@ -20,12 +20,13 @@ class Severity:
 
 @dataclass(frozen=True, slots=True)
 class Detection:
-    window_s: float = 60.0
+    window_s: float = 300.0
     baseline_window_s: float = 600.0
     confirm_intervals: int = 2
     confidence: float = 0.99
     min_requests: int = 50
     min_latency_samples: int = 50
+    attribution_ratio: float = 1.5
 
 
 @dataclass(frozen=True, slots=True)

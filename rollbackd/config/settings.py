@@ -3,74 +3,191 @@
 Every value has a documented default; per-target ``slo``, ``policy``, ``detection`` and ``queries``
 override the top-level ``defaults`` key by key. Models are frozen: derive variants with
 ``model_copy(update=...)``.
+
+Validators report every problem they find at once, each at the key it concerns, so that
+``rollbackd check-config`` can point at the right line of the file.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import string
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from rollbackd.model import Strategy
+
+#: Names of Kubernetes objects and of targets: lowercase letters, digits and ``-``.
+K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: A Prometheus label name.
+LABEL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+#: An absolute http(s) URL.
+URL_PATTERN = r"^https?://\S+$"
+
+#: Placeholders a PromQL template may use; the first two are required.
+TEMPLATE_PLACEHOLDERS = ("selector", "by", "window")
+
+LabelName = Annotated[str, Field(pattern=LABEL_NAME_PATTERN)]
+Url = Annotated[str, Field(pattern=URL_PATTERN)]
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _problem(kind: str, message: str, loc: tuple[int | str, ...], value: Any, **ctx: Any) -> InitErrorDetails:
+    """One validation problem at ``loc`` (relative to the model being validated)."""
+    return {"type": PydanticCustomError(kind, message, ctx or None), "loc": loc, "input": value}
+
+
+def _raise(title: str, problems: list[InitErrorDetails]) -> None:
+    """Raise all ``problems`` at once; pydantic prefixes their locations when nested."""
+    if problems:
+        raise ValidationError.from_exception_data(title, problems)
+
+
+def template_problem(template: str) -> str | None:
+    """What is wrong with a PromQL template's placeholders, or ``None`` when it is usable."""
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        return f"cannot be filled in: {exc} (write {{{{ and }}}} for literal braces)"
+    unknown = sorted(fields - set(TEMPLATE_PLACEHOLDERS))
+    if unknown:
+        return (
+            f"unknown placeholder {{{unknown[0]}}}: templates may use {{selector}}, {{by}} and {{window}}"
+            " (write {{ and }} for literal braces)"
+        )
+    missing = [name for name in TEMPLATE_PLACEHOLDERS[:2] if name not in fields]
+    if missing:
+        return f"needs the placeholder {{{missing[0]}}} so that rollbackd can tell the series apart"
+    return None
+
+
 class SloSettings(_Frozen):
     """Service level objective a release must keep."""
 
-    max_error_rate: float = Field(0.01, gt=0, lt=1, description="Highest acceptable fraction of failed requests (0.01 = 1%).")
-    max_p95_ms: float = Field(500.0, gt=0, description="Highest acceptable 95th percentile latency, in milliseconds.")
+    max_error_rate: float = Field(
+        0.01, gt=0, lt=1, description="Highest acceptable fraction of failed requests (0.01 = 1%).",
+    )
+    max_p95_ms: float = Field(
+        500.0, gt=0, description="Highest acceptable 95th percentile latency, in milliseconds.",
+    )
 
 
 class SloOverride(_Frozen):
-    max_error_rate: float | None = Field(None, gt=0, lt=1)
-    max_p95_ms: float | None = Field(None, gt=0)
+    """Per-target SLO: each key given replaces the one in ``defaults.slo``."""
+
+    max_error_rate: float | None = Field(
+        None, gt=0, lt=1, description="Overrides defaults.slo.max_error_rate.",
+    )
+    max_p95_ms: float | None = Field(None, gt=0, description="Overrides defaults.slo.max_p95_ms.")
 
 
 class SeveritySettings(_Frozen):
     """When a breach is severe (immediate rollback) rather than manageable (controlled)."""
 
-    error_rate_factor: float = Field(5.0, gt=1, description="Error rate at or above this multiple of the SLO is severe.")
-    p95_factor: float = Field(2.0, gt=1, description="P95 at or above this multiple of the SLO ceiling is severe.")
-    health_failure_severe: bool = Field(True, description="A failing health endpoint of the new version is severe.")
+    error_rate_factor: float = Field(
+        5.0, gt=1, description="Error rate at or above this multiple of the SLO is severe.",
+    )
+    p95_factor: float = Field(
+        2.0, gt=1, description="P95 at or above this multiple of the SLO ceiling is severe.",
+    )
+    health_failure_severe: bool = Field(
+        True, description="A failing health endpoint of the new version is severe.",
+    )
 
 
 class DetectionSettings(_Frozen):
     """How much evidence the detectors want before they call a breach."""
 
-    window_s: float = Field(60.0, gt=0, description="Sliding window of recent intervals judged together, in seconds.")
-    baseline_window_s: float = Field(600.0, gt=0, description="History of the baseline kept for blue-green and rolling comparisons, in seconds.")
-    confirm_intervals: int = Field(2, ge=2, description="Consecutive bad intervals needed before a breach counts (one bad interval is noise).")
-    confidence: float = Field(0.99, gt=0.5, lt=1, description="Statistical confidence required to call a breach or attribute it to the candidate.")
-    min_requests: int = Field(50, ge=1, description="Fewest candidate requests in the window for a metric verdict; fewer is inconclusive.")
-    min_latency_samples: int = Field(50, ge=1, description="Fewest latency observations in the window for a P95 verdict.")
+    window_s: float = Field(
+        60.0, gt=0, description="Sliding window of recent intervals judged together, in seconds.",
+    )
+    baseline_window_s: float = Field(
+        600.0, gt=0,
+        description="History of the baseline kept for blue-green and rolling comparisons, in seconds.",
+    )
+    confirm_intervals: int = Field(
+        2, ge=2,
+        description="Consecutive bad intervals needed before a breach counts (one bad interval is noise).",
+    )
+    confidence: float = Field(
+        0.99, gt=0.5, lt=1,
+        description="Statistical confidence required to call a breach or attribute it to the candidate.",
+    )
+    min_requests: int = Field(
+        50, ge=1,
+        description="Fewest candidate requests in the window for a metric verdict; fewer is inconclusive.",
+    )
+    min_latency_samples: int = Field(
+        50, ge=1, description="Fewest latency observations in the window for a P95 verdict.",
+    )
 
 
 class DetectionOverride(_Frozen):
-    window_s: float | None = Field(None, gt=0)
-    baseline_window_s: float | None = Field(None, gt=0)
-    confirm_intervals: int | None = Field(None, ge=2)
-    confidence: float | None = Field(None, gt=0.5, lt=1)
-    min_requests: int | None = Field(None, ge=1)
-    min_latency_samples: int | None = Field(None, ge=1)
+    """Per-target detection: each key given replaces the one in ``defaults.detection``."""
+
+    window_s: float | None = Field(None, gt=0, description="Overrides defaults.detection.window_s.")
+    baseline_window_s: float | None = Field(
+        None, gt=0, description="Overrides defaults.detection.baseline_window_s.",
+    )
+    confirm_intervals: int | None = Field(
+        None, ge=2, description="Overrides defaults.detection.confirm_intervals.",
+    )
+    confidence: float | None = Field(
+        None, gt=0.5, lt=1, description="Overrides defaults.detection.confidence.",
+    )
+    min_requests: int | None = Field(None, ge=1, description="Overrides defaults.detection.min_requests.")
+    min_latency_samples: int | None = Field(
+        None, ge=1, description="Overrides defaults.detection.min_latency_samples.",
+    )
 
 
 class PolicySettings(_Frozen):
     """The decision framework's knobs."""
 
-    controlled_grace_s: float = Field(120.0, ge=0, description="How long a manageable breach may last before a controlled rollback.")
-    cooldown_s: float = Field(600.0, ge=0, description="After a rollback of a target, no new rollback of it for this long.")
-    max_rollbacks_per_hour: int = Field(3, ge=0, description="Cap on automatic rollbacks per hour, across all targets.")
-    rollback_risk: Literal["low", "high"] = Field("low", description="Risk of rolling back; 'high' (e.g. an irreversible migration) means escalate instead.")
+    controlled_grace_s: float = Field(
+        120.0, ge=0, description="How long a manageable breach may last before a controlled rollback.",
+    )
+    cooldown_s: float = Field(
+        600.0, ge=0, description="After a rollback of a target, no new rollback of it for this long.",
+    )
+    max_rollbacks_per_hour: int = Field(
+        3, ge=0, description="Cap on automatic rollbacks per hour, across all targets.",
+    )
+    rollback_risk: Literal["low", "high"] = Field(
+        "low",
+        description="Risk of rolling back; 'high' (e.g. an irreversible migration) means escalate instead.",
+    )
 
 
 class PolicyOverride(_Frozen):
-    controlled_grace_s: float | None = Field(None, ge=0)
-    cooldown_s: float | None = Field(None, ge=0)
-    rollback_risk: Literal["low", "high"] | None = None
+    """Per-target policy: each key given replaces the one in ``defaults.policy`` (the hourly cap
+    is global and cannot be overridden per target)."""
+
+    controlled_grace_s: float | None = Field(
+        None, ge=0, description="Overrides defaults.policy.controlled_grace_s.",
+    )
+    cooldown_s: float | None = Field(None, ge=0, description="Overrides defaults.policy.cooldown_s.")
+    rollback_risk: Literal["low", "high"] | None = Field(
+        None, description="Overrides defaults.policy.rollback_risk.",
+    )
+
+
+def _template_problems(model: BaseModel, names: tuple[str, ...]) -> list[InitErrorDetails]:
+    problems: list[InitErrorDetails] = []
+    for name in names:
+        template = getattr(model, name)
+        if template is None:
+            continue
+        problem = template_problem(template)
+        if problem is not None:
+            problems.append(
+                _problem("promql_template", "PromQL template {problem}", (name,), template, problem=problem)
+            )
+    return problems
 
 
 class QuerySettings(_Frozen):
@@ -89,91 +206,190 @@ class QuerySettings(_Frozen):
         'sum by ({by}, le) (increase(http_request_duration_seconds_bucket{{{selector}}}[{window}]))',
         description="Latency histogram buckets per series over the interval.",
     )
-    group_labels: tuple[str, ...] = Field(
+    group_labels: tuple[LabelName, ...] = Field(
         ("namespace", "deployment"),
-        description="Labels that tell the baseline and candidate series apart (used for {by} and {selector}).",
+        min_length=1,
+        description="Labels that tell the baseline and candidate series apart (for {by} and {selector}).",
     )
+
+    @model_validator(mode="after")
+    def _templates(self) -> QuerySettings:
+        _raise("QuerySettings", _template_problems(self, ("requests", "errors", "latency_buckets")))
+        return self
 
 
 class QueryOverride(_Frozen):
-    requests: str | None = None
-    errors: str | None = None
-    latency_buckets: str | None = None
-    group_labels: tuple[str, ...] | None = None
+    """Per-target queries: each key given replaces the one in ``defaults.queries``."""
+
+    requests: str | None = Field(None, description="Overrides defaults.queries.requests.")
+    errors: str | None = Field(None, description="Overrides defaults.queries.errors.")
+    latency_buckets: str | None = Field(None, description="Overrides defaults.queries.latency_buckets.")
+    group_labels: tuple[LabelName, ...] | None = Field(
+        None, min_length=1, description="Overrides defaults.queries.group_labels.",
+    )
+
+    @model_validator(mode="after")
+    def _templates(self) -> QueryOverride:
+        _raise("QueryOverride", _template_problems(self, ("requests", "errors", "latency_buckets")))
+        return self
 
 
 class HealthSettings(_Frozen):
+    """HTTP health probes of the targets' ``health`` URLs."""
+
     timeout_s: float = Field(2.0, gt=0, description="Timeout of one health probe.")
     concurrency: int = Field(100, ge=1, description="Most probes in flight at once.")
 
 
 class PrometheusSettings(_Frozen):
-    url: str = Field("http://prometheus:9090", description="Base URL of the Prometheus HTTP API.")
+    """Where the metrics come from."""
+
+    url: Url = Field("http://prometheus:9090", description="Base URL of the Prometheus HTTP API.")
     timeout_s: float = Field(5.0, gt=0, description="Timeout of one query.")
     retries: int = Field(2, ge=0, description="Retries of a failed query (temporary errors only).")
-    backoff_initial_s: float = Field(0.2, gt=0)
-    backoff_max_s: float = Field(2.0, gt=0)
+    backoff_initial_s: float = Field(
+        0.2, gt=0, description="Pause before the first retry; doubles with each retry, with jitter.",
+    )
+    backoff_max_s: float = Field(2.0, gt=0, description="Longest pause between retries.")
+
+    @model_validator(mode="after")
+    def _backoff(self) -> PrometheusSettings:
+        if self.backoff_max_s < self.backoff_initial_s:
+            _raise("PrometheusSettings", [_problem(
+                "backoff_order",
+                "must be at least backoff_initial_s ({initial})",
+                ("backoff_max_s",), self.backoff_max_s, initial=self.backoff_initial_s,
+            )])
+        return self
 
 
 class HttpSettings(_Frozen):
+    """The daemon's own HTTP server."""
+
     host: str = Field("0.0.0.0", description="Address of the HTTP server (/healthz, /readyz, /metrics, API).")
-    port: int = Field(8080, ge=0, le=65535)
+    port: int = Field(8080, ge=0, le=65535, description="Port of the HTTP server (0 picks a free one).")
 
 
 class LogSettings(_Frozen):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["json", "text"] = "json"
+    """Logging to stderr."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
+    format: Literal["json", "text"] = Field("json", description="One JSON object per line, or plain text.")
 
 
 class SafetySettings(_Frozen):
+    """Global safety switches (also toggled at run time through the API)."""
+
     dry_run: bool = Field(False, description="Decide and publish, but never act.")
     freeze: bool = Field(False, description="Global freeze: no automatic rollback anywhere.")
 
 
 class Defaults(_Frozen):
-    slo: SloSettings = SloSettings()
-    severity: SeveritySettings = SeveritySettings()
-    detection: DetectionSettings = DetectionSettings()
-    policy: PolicySettings = PolicySettings()
-    queries: QuerySettings = QuerySettings()
+    """Values every target starts from; targets override slo, detection, policy and queries."""
+
+    slo: SloSettings = Field(SloSettings(), description=SloSettings.__doc__)
+    severity: SeveritySettings = Field(SeveritySettings(), description=SeveritySettings.__doc__)
+    detection: DetectionSettings = Field(DetectionSettings(), description=DetectionSettings.__doc__)
+    policy: PolicySettings = Field(PolicySettings(), description=PolicySettings.__doc__)
+    queries: QuerySettings = Field(
+        QuerySettings(), description="PromQL templates and the labels that tell the sides apart.",
+    )
+
+
+#: Group labels whose values come from elsewhere than ``Side.labels``.
+IMPLIED_LABELS = {"namespace": "the target's 'namespace'", "deployment": "the side's 'deployment'"}
 
 
 class Side(_Frozen):
     """How to find one side's series: the Deployment name (matched on the ``deployment`` group
     label) and optional extra label values; health endpoints as full URLs."""
 
-    deployment: str = Field(..., min_length=1)
-    labels: dict[str, str] = Field(default_factory=dict)
-    health: tuple[str, ...] = ()
+    deployment: str = Field(
+        ..., min_length=1, pattern=K8S_NAME_PATTERN,
+        description="Name of the Deployment running this version.",
+    )
+    labels: dict[LabelName, str] = Field(
+        default_factory=dict,
+        description="Values of the other group labels (queries.group_labels) for this version's series.",
+    )
+    health: tuple[Url, ...] = Field((), description="Health endpoints of this version, as full http(s) URLs.")
+
+    @model_validator(mode="after")
+    def _implied_labels(self) -> Side:
+        _raise("Side", [
+            _problem(
+                "implied_label",
+                "label '{label}' cannot be set here: its value is {source}",
+                ("labels", label), value, label=label, source=source,
+            )
+            for label, source in IMPLIED_LABELS.items()
+            if (value := self.labels.get(label)) is not None
+        ])
+        return self
+
+
+#: What each strategy needs, for messages: key → (strategies that use it, what it is).
+_STRATEGY_KEYS: dict[str, tuple[frozenset[Strategy], str]] = {
+    "baseline": (frozenset({Strategy.CANARY, Strategy.BLUE_GREEN}), "the version to go back to"),
+    "ingress": (frozenset({Strategy.CANARY}), "the canary Ingress"),
+    "service": (frozenset({Strategy.BLUE_GREEN}), "the Service whose selector picks the colour"),
+}
 
 
 class TargetSettings(_Frozen):
     """One release to watch."""
 
-    name: str = Field(..., min_length=1, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    namespace: str = Field("default", min_length=1, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    strategy: Strategy
-    baseline: Side | None = Field(None, description="The version to go back to (stable / the old colour).")
+    name: str = Field(
+        ..., min_length=1, pattern=K8S_NAME_PATTERN,
+        description="The target's name, unique within its namespace.",
+    )
+    namespace: str = Field(
+        "default", min_length=1, pattern=K8S_NAME_PATTERN, description="Kubernetes namespace of the release.",
+    )
+    strategy: Strategy = Field(
+        ..., description="How the release is rolled out: canary, blue-green or deployment.",
+    )
+    baseline: Side | None = Field(
+        None, description="The version to go back to (stable / the old colour); canary and blue-green only.",
+    )
     candidate: Side = Field(..., description="The new version being judged.")
-    ingress: str | None = Field(None, description="canary: the canary Ingress.")
-    service: str | None = Field(None, description="blue-green: the Service whose selector picks the colour.")
-    slo: SloOverride = SloOverride()
-    detection: DetectionOverride = DetectionOverride()
-    policy: PolicyOverride = PolicyOverride()
-    queries: QueryOverride = QueryOverride()
+    ingress: str | None = Field(
+        None, min_length=1, pattern=K8S_NAME_PATTERN, description="canary: the canary Ingress.",
+    )
+    service: str | None = Field(
+        None, min_length=1, pattern=K8S_NAME_PATTERN,
+        description="blue-green: the Service whose selector picks the colour.",
+    )
+    slo: SloOverride = Field(SloOverride(), description="Overrides of defaults.slo for this target.")
+    detection: DetectionOverride = Field(
+        DetectionOverride(), description="Overrides of defaults.detection for this target.",
+    )
+    policy: PolicyOverride = Field(
+        PolicyOverride(), description="Overrides of defaults.policy for this target.",
+    )
+    queries: QueryOverride = Field(
+        QueryOverride(), description="Overrides of defaults.queries for this target.",
+    )
 
     @model_validator(mode="after")
     def _strategy_fields(self) -> TargetSettings:
-        if self.strategy is Strategy.CANARY:
-            if self.baseline is None:
-                raise ValueError("strategy 'canary' needs 'baseline' (the stable Deployment)")
-            if not self.ingress:
-                raise ValueError("strategy 'canary' needs 'ingress' (the canary Ingress)")
-        if self.strategy is Strategy.BLUE_GREEN:
-            if self.baseline is None:
-                raise ValueError("strategy 'blue-green' needs 'baseline' (the previous colour's Deployment)")
-            if not self.service:
-                raise ValueError("strategy 'blue-green' needs 'service' (the Service that selects the colour)")
+        problems: list[InitErrorDetails] = []
+        for key, (strategies, what) in _STRATEGY_KEYS.items():
+            value = getattr(self, key)
+            if self.strategy in strategies and value is None:
+                problems.append(_problem(
+                    "missing_for_strategy",
+                    "missing required key '{key}' for strategy '{strategy}' ({what})",
+                    (key,), None, key=key, strategy=self.strategy.value, what=what,
+                ))
+            elif self.strategy not in strategies and value is not None:
+                problems.append(_problem(
+                    "not_for_strategy",
+                    "key '{key}' does not apply to strategy '{strategy}' (only to {users})",
+                    (key,), value, key=key, strategy=self.strategy.value,
+                    users=" and ".join(sorted(s.value for s in strategies)),
+                ))
+        _raise("TargetSettings", problems)
         return self
 
     @property
@@ -181,23 +397,73 @@ class TargetSettings(_Frozen):
         return f"{self.namespace}/{self.name}"
 
 
+def _label_problems(
+    index: int, target: TargetSettings, group_labels: tuple[str, ...]
+) -> list[InitErrorDetails]:
+    """Every side must give a value to every group label, and only to group labels; and the two
+    sides must select different series."""
+    problems: list[InitErrorDetails] = []
+    refs: dict[str, tuple[str | None, ...]] = {}
+    for side_name in ("baseline", "candidate"):
+        side: Side | None = getattr(target, side_name)
+        if side is None:
+            continue
+        loc: tuple[int | str, ...] = ("targets", index, side_name, "labels")
+        for label in group_labels:
+            if label not in IMPLIED_LABELS and label not in side.labels:
+                problems.append(_problem(
+                    "missing_group_label",
+                    "missing value for group label '{label}' (queries.group_labels is {labels})",
+                    loc, dict(side.labels), label=label, labels=", ".join(group_labels),
+                ))
+        for label, value in side.labels.items():
+            if label not in group_labels:
+                problems.append(_problem(
+                    "unused_label",
+                    "label '{label}' is not a group label (queries.group_labels is {labels})"
+                    " and would be ignored",
+                    (*loc, label), value, label=label, labels=", ".join(group_labels),
+                ))
+        refs[side_name] = tuple(
+            target.namespace if label == "namespace" else side.deployment if label == "deployment"
+            else side.labels.get(label)
+            for label in group_labels
+        )
+    if len(refs) == 2 and refs["baseline"] == refs["candidate"]:
+        problems.append(_problem(
+            "same_series",
+            "baseline and candidate select the same series (group labels {labels}): give them"
+            " different values, or add a group label that tells them apart",
+            ("targets", index, "candidate"), None, labels=", ".join(group_labels),
+        ))
+    return problems
+
+
 class Settings(_Frozen):
     """The whole configuration file."""
 
     interval_s: float = Field(10.0, gt=0, description="Seconds between evaluations of every target.")
-    prometheus: PrometheusSettings = PrometheusSettings()
-    health: HealthSettings = HealthSettings()
-    http: HttpSettings = HttpSettings()
-    log: LogSettings = LogSettings()
-    safety: SafetySettings = SafetySettings()
-    defaults: Defaults = Defaults()
-    targets: tuple[TargetSettings, ...] = ()
+    prometheus: PrometheusSettings = Field(PrometheusSettings(), description=PrometheusSettings.__doc__)
+    health: HealthSettings = Field(HealthSettings(), description=HealthSettings.__doc__)
+    http: HttpSettings = Field(HttpSettings(), description=HttpSettings.__doc__)
+    log: LogSettings = Field(LogSettings(), description=LogSettings.__doc__)
+    safety: SafetySettings = Field(SafetySettings(), description=SafetySettings.__doc__)
+    defaults: Defaults = Field(Defaults(), description=Defaults.__doc__)
+    targets: tuple[TargetSettings, ...] = Field((), description="The releases to watch.")
 
     @model_validator(mode="after")
     def _unique_targets(self) -> Settings:
-        seen: set[str] = set()
-        for target in self.targets:
-            if target.key in seen:
-                raise ValueError(f"target {target.key} is listed twice")
-            seen.add(target.key)
+        problems: list[InitErrorDetails] = []
+        first: dict[str, int] = {}
+        for index, target in enumerate(self.targets):
+            if target.key in first:
+                problems.append(_problem(
+                    "duplicate_target",
+                    "target {key} is listed twice (first as targets[{first}])",
+                    ("targets", index), target.name, key=target.key, first=first[target.key],
+                ))
+            first.setdefault(target.key, index)
+            group_labels = target.queries.group_labels or self.defaults.queries.group_labels
+            problems.extend(_label_problems(index, target, group_labels))
+        _raise("Settings", problems)
         return self

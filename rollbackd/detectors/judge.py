@@ -1,0 +1,138 @@
+"""The per-target detector: a bounded window of observations in, :class:`Evidence` out. No I/O.
+
+State is bounded by time (``window_s`` of recent ticks, ``baseline_window_s`` of baseline history)
+and by count, so memory stays flat however long the daemon runs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+
+from rollbackd.detectors.signals import (
+    Interval,
+    MetricSpec,
+    Verdict,
+    error_spec,
+    judge_health,
+    judge_metric,
+    latency_spec,
+)
+from rollbackd.model import Evidence, Finding, HealthCheck, Impact, Observation, Sample, Strategy
+from rollbackd.params import TargetParams
+
+#: Hard cap on the ticks kept per deque, whatever the interval (memory stays bounded).
+MAX_TICKS = 4096
+
+_HealthPair = tuple[tuple[HealthCheck, ...] | None, tuple[HealthCheck, ...] | None]
+
+
+class Judge:
+    """Turns each new :class:`Observation` of one target into :class:`Evidence`."""
+
+    def __init__(self, params: TargetParams) -> None:
+        self._params = params
+        self._specs: tuple[MetricSpec, ...] = (error_spec(params), latency_spec(params))
+        self._window: deque[Interval] = deque(maxlen=MAX_TICKS)
+        self._health: deque[tuple[float, _HealthPair]] = deque(maxlen=MAX_TICKS)
+        # The baseline's history with traffic (blue-green and rolling compare against it).
+        self._history: deque[tuple[float, Sample]] = deque(maxlen=MAX_TICKS)
+        self._last_breached = False
+
+    @property
+    def params(self) -> TargetParams:
+        return self._params
+
+    def reset(self) -> None:
+        """Forget everything (a new release starts)."""
+        self._window.clear()
+        self._health.clear()
+        self._history.clear()
+        self._last_breached = False
+
+    def _remember_history(self, t: float, sample: Sample) -> None:
+        self._history.append((t, sample))
+        horizon = t - self._params.detection.baseline_window_s
+        while self._history and self._history[0][0] <= horizon:
+            self._history.popleft()
+
+    def _admit(self, obs: Observation) -> None:
+        det = self._params.detection
+        self._window.append(Interval(t=obs.t, candidate=obs.candidate, baseline=obs.baseline))
+        self._health.append((obs.t, (obs.health_candidate, obs.health_baseline)))
+        if obs.baseline is not None and obs.baseline.requests > 0:
+            self._remember_history(obs.t, obs.baseline)
+        horizon = obs.t - det.window_s
+        while self._window and self._window[0].t <= horizon:
+            old = self._window.popleft()
+            # A plain Deployment has no separate baseline series: its own healthy past is the
+            # reference, so intervals that leave the window while all is well become history.
+            if (
+                obs.baseline is None
+                and self._params.strategy is Strategy.DEPLOYMENT
+                and old.candidate is not None
+                and old.candidate.requests > 0
+                and not self._last_breached
+            ):
+                self._remember_history(old.t, old.candidate)
+        keep = max(det.window_s, det.confirm_intervals * self._params.interval_s)
+        while self._health and self._health[0][0] <= obs.t - keep:
+            self._health.popleft()
+
+    def _reference_for(self, intervals: Sequence[Interval]) -> Sequence[Sample]:
+        """The baseline to compare the candidate with over ``intervals``: the concurrent baseline
+        when it had enough traffic (canary), otherwise the baseline's recent history."""
+        concurrent = [iv.baseline for iv in intervals if iv.baseline is not None and iv.baseline.requests > 0]
+        served = sum(s.requests for s in concurrent)
+        if concurrent and served >= self._params.detection.min_requests:
+            return concurrent
+        first = intervals[0].t if intervals else float("inf")
+        before = [s for t, s in self._history if t < first]
+        return before or [s for _, s in self._history]
+
+    def observe(self, obs: Observation) -> Evidence:
+        self._admit(obs)
+        window = list(self._window)
+        verdicts: list[Verdict] = []
+        if obs.candidate is None:
+            verdicts = [Verdict(None, "no candidate metrics this interval (scrape gap or source down)")]
+        else:
+            verdicts = [judge_metric(spec, window, self._reference_for, self._params) for spec in self._specs]
+        health = judge_health(list(self._health), self._params)
+
+        findings: list[Finding] = [v.finding for v in verdicts if v.finding is not None]
+        if health is not None:
+            findings.append(health)
+        breached = [f for f in findings if f.breached]
+        blamed = [f for f in breached if f.attributable]
+        focus = blamed or breached
+        impact = Impact.NONE
+        if focus:
+            impact = Impact.SEVERE if any(f.severe for f in focus) else Impact.MANAGEABLE
+        metric_conclusive = any(v.finding is not None for v in verdicts)
+        inconclusive = not breached and not metric_conclusive
+        reasons: list[str] = []
+        for f in sorted(findings, key=lambda f: (not f.breached, not f.severe)):
+            if f.breached or f.signal != "health":
+                reasons.append(f.detail)
+        reasons.extend(v.inconclusive_reason for v in verdicts if v.inconclusive_reason)
+        within = (
+            metric_conclusive
+            and not any(v.above for v in verdicts)
+            and not breached
+            and (health is None or not health.value)
+        )
+        self._last_breached = bool(breached) or any(v.above for v in verdicts)
+        return Evidence(
+            target=self._params.key,
+            t=obs.t,
+            impact=impact,
+            attributable=bool(blamed),
+            inconclusive=inconclusive,
+            findings=tuple(findings),
+            reasons=tuple(reasons),
+            candidate_requests=sum(iv.candidate.requests for iv in window if iv.candidate is not None),
+            baseline_requests=sum(iv.baseline.requests for iv in window if iv.baseline is not None),
+            within_slo=within,
+            since=min((f.since for f in focus if f.since is not None), default=None),
+        )

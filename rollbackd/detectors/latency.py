@@ -1,0 +1,65 @@
+"""Latency from histogram buckets: merge intervals, read a quantile, count the slow requests.
+
+A P95 ceiling is breached exactly when more than 5% of requests are slower than the ceiling, so
+latency becomes a proportion the same exact tests judge as error rates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from rollbackd.detectors.histogram import histogram_quantile
+from rollbackd.model import Histogram
+
+
+def merge(histograms: Iterable[Histogram | None]) -> Histogram | None:
+    """Sum interval histograms that share bucket bounds (the first one's bounds win; others are
+    skipped). ``None`` when there is nothing to merge."""
+    bounds: tuple[float, ...] | None = None
+    totals: list[float] = []
+    for hist in histograms:
+        if hist is None or not hist.counts:
+            continue
+        if bounds is None:
+            bounds = hist.bounds_s
+            totals = [0.0] * len(bounds)
+        if hist.bounds_s != bounds:
+            continue
+        for i, count in enumerate(hist.counts):
+            totals[i] += count
+    if bounds is None:
+        return None
+    return Histogram(bounds_s=bounds, counts=tuple(totals))
+
+
+def quantile_ms(hist: Histogram | None, q: float = 0.95) -> float | None:
+    if hist is None:
+        return None
+    value = histogram_quantile(q, hist.bounds_s, hist.counts)
+    return None if value is None else value * 1000.0
+
+
+def count_at_or_below(hist: Histogram, limit_s: float) -> float:
+    """Observations at or below ``limit_s``, interpolated within a bucket as histogram_quantile
+    assumes (uniform spread inside a bucket)."""
+    previous_bound = 0.0
+    previous_count = 0.0
+    running = 0.0
+    for bound, count in zip(hist.bounds_s, hist.counts, strict=True):
+        running = max(running, count)
+        if math.isinf(bound):
+            return previous_count
+        if limit_s <= bound:
+            width = bound - previous_bound
+            if width <= 0:
+                return running
+            share = (limit_s - previous_bound) / width
+            return previous_count + (running - previous_count) * max(0.0, min(1.0, share))
+        previous_bound, previous_count = bound, running
+    return previous_count
+
+
+def slow_count(hist: Histogram, limit_ms: float) -> float:
+    """Requests slower than ``limit_ms``."""
+    return max(0.0, hist.total - count_at_or_below(hist, limit_ms / 1000.0))

@@ -1,0 +1,40 @@
+"""One target's judge and decision framework together: the code both the daemon and
+``rollbackd replay`` run, tick by tick. Pure: observations and context in, decisions out."""
+
+from __future__ import annotations
+
+from rollbackd.decision.framework import DecisionState, decide
+from rollbackd.detectors.judge import Judge
+from rollbackd.model import Context, Decision, Evidence, Observation
+from rollbackd.params import TargetParams
+
+
+class TargetEvaluator:
+    """Keeps one target's bounded window and decision state."""
+
+    def __init__(self, params: TargetParams) -> None:
+        self._params = params
+        self._judge = Judge(params)
+        self._state = DecisionState()
+        self.latest_evidence: Evidence | None = None
+        self.latest_decision: Decision | None = None
+
+    @property
+    def params(self) -> TargetParams:
+        return self._params
+
+    @property
+    def breach_since(self) -> float | None:
+        return self._state.breach_since
+
+    def step(self, obs: Observation, ctx: Context) -> Decision:
+        evidence = self._judge.observe(obs)
+        decision, self._state = decide(evidence, ctx, self._params, self._state)
+        self.latest_evidence = evidence
+        self.latest_decision = decision
+        return decision
+
+    def reset(self) -> None:
+        """Start afresh: after a rollback, the next release is judged on its own data."""
+        self._judge.reset()
+        self._state = DecisionState()
