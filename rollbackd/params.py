@@ -20,7 +20,7 @@ class Severity:
 
 @dataclass(frozen=True, slots=True)
 class Detection:
-    window_s: float = 300.0
+    window_s: float = 600.0
     baseline_window_s: float = 600.0
     confirm_intervals: int = 2
     confidence: float = 0.99

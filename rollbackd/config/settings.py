@@ -10,13 +10,15 @@ Validators report every problem they find at once, each at the key it concerns, 
 
 from __future__ import annotations
 
+import dataclasses
 import string
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from rollbackd.model import Strategy
+from rollbackd.model import Slo, Strategy
+from rollbackd.params import Detection, Policy, Severity
 
 #: Names of Kubernetes objects and of targets: lowercase letters, digits and ``-``.
 K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -30,6 +32,17 @@ TEMPLATE_PLACEHOLDERS = ("selector", "by", "window")
 
 LabelName = Annotated[str, Field(pattern=LABEL_NAME_PATTERN)]
 Url = Annotated[str, Field(pattern=URL_PATTERN)]
+
+
+def _core_defaults(cls: type[Any]) -> dict[str, Any]:
+    """The defaults of a core parameter dataclass: the configuration's defaults are the core's."""
+    return {field.name: field.default for field in dataclasses.fields(cls)}
+
+
+_SLO = _core_defaults(Slo)
+_SEVERITY = _core_defaults(Severity)
+_DETECTION = _core_defaults(Detection)
+_POLICY = _core_defaults(Policy)
 
 
 class _Frozen(BaseModel):
@@ -56,12 +69,12 @@ def template_problem(template: str) -> str | None:
     unknown = sorted(fields - set(TEMPLATE_PLACEHOLDERS))
     if unknown:
         return (
-            f"unknown placeholder {{{unknown[0]}}}: templates may use {{selector}}, {{by}} and {{window}}"
-            " (write {{ and }} for literal braces)"
+            f"has an unknown placeholder {{{unknown[0]}}}: templates may use {{selector}}, {{by}}"
+            " and {window} (write {{ and }} for literal braces)"
         )
     missing = [name for name in TEMPLATE_PLACEHOLDERS[:2] if name not in fields]
     if missing:
-        return f"needs the placeholder {{{missing[0]}}} so that rollbackd can tell the series apart"
+        return f"lacks the placeholder {{{missing[0]}}}, which rollbackd fills in to tell the series apart"
     return None
 
 
@@ -69,10 +82,11 @@ class SloSettings(_Frozen):
     """Service level objective a release must keep."""
 
     max_error_rate: float = Field(
-        0.01, gt=0, lt=1, description="Highest acceptable fraction of failed requests (0.01 = 1%).",
+        _SLO["max_error_rate"], gt=0, lt=1,
+        description="Highest acceptable fraction of failed requests (0.01 = 1%).",
     )
     max_p95_ms: float = Field(
-        500.0, gt=0, description="Highest acceptable 95th percentile latency, in milliseconds.",
+        _SLO["max_p95_ms"], gt=0, description="Highest acceptable 95th percentile latency, in milliseconds.",
     )
 
 
@@ -89,13 +103,16 @@ class SeveritySettings(_Frozen):
     """When a breach is severe (immediate rollback) rather than manageable (controlled)."""
 
     error_rate_factor: float = Field(
-        5.0, gt=1, description="Error rate at or above this multiple of the SLO is severe.",
+        _SEVERITY["error_rate_factor"], gt=1,
+        description="Error rate at or above this multiple of the SLO is severe.",
     )
     p95_factor: float = Field(
-        2.0, gt=1, description="P95 at or above this multiple of the SLO ceiling is severe.",
+        _SEVERITY["p95_factor"], gt=1,
+        description="P95 at or above this multiple of the SLO ceiling is severe.",
     )
     health_failure_severe: bool = Field(
-        True, description="A failing health endpoint of the new version is severe.",
+        _SEVERITY["health_failure_severe"],
+        description="A failing health endpoint of the new version is severe.",
     )
 
 
@@ -103,26 +120,33 @@ class DetectionSettings(_Frozen):
     """How much evidence the detectors want before they call a breach."""
 
     window_s: float = Field(
-        60.0, gt=0, description="Sliding window of recent intervals judged together, in seconds.",
+        _DETECTION["window_s"], gt=0,
+        description="Sliding window of recent intervals judged together, in seconds.",
     )
     baseline_window_s: float = Field(
-        600.0, gt=0,
+        _DETECTION["baseline_window_s"], gt=0,
         description="History of the baseline kept for blue-green and rolling comparisons, in seconds.",
     )
     confirm_intervals: int = Field(
-        2, ge=2,
+        _DETECTION["confirm_intervals"], ge=2,
         description="Consecutive bad intervals needed before a breach counts (one bad interval is noise).",
     )
     confidence: float = Field(
-        0.99, gt=0.5, lt=1,
+        _DETECTION["confidence"], gt=0.5, lt=1,
         description="Statistical confidence required to call a breach or attribute it to the candidate.",
     )
     min_requests: int = Field(
-        50, ge=1,
+        _DETECTION["min_requests"], ge=1,
         description="Fewest candidate requests in the window for a metric verdict; fewer is inconclusive.",
     )
     min_latency_samples: int = Field(
-        50, ge=1, description="Fewest latency observations in the window for a P95 verdict.",
+        _DETECTION["min_latency_samples"], ge=1,
+        description="Fewest latency observations in the window for a P95 verdict.",
+    )
+    attribution_ratio: float = Field(
+        _DETECTION["attribution_ratio"], ge=1,
+        description="A breach is blamed on the candidate only when its bad fraction is significantly"
+        " above this multiple of the baseline's.",
     )
 
 
@@ -143,22 +167,28 @@ class DetectionOverride(_Frozen):
     min_latency_samples: int | None = Field(
         None, ge=1, description="Overrides defaults.detection.min_latency_samples.",
     )
+    attribution_ratio: float | None = Field(
+        None, ge=1, description="Overrides defaults.detection.attribution_ratio.",
+    )
 
 
 class PolicySettings(_Frozen):
     """The decision framework's knobs."""
 
     controlled_grace_s: float = Field(
-        120.0, ge=0, description="How long a manageable breach may last before a controlled rollback.",
+        _POLICY["controlled_grace_s"], ge=0,
+        description="How long a manageable breach may last before a controlled rollback.",
     )
     cooldown_s: float = Field(
-        600.0, ge=0, description="After a rollback of a target, no new rollback of it for this long.",
+        _POLICY["cooldown_s"], ge=0,
+        description="After a rollback of a target, no new rollback of it for this long.",
     )
     max_rollbacks_per_hour: int = Field(
-        3, ge=0, description="Cap on automatic rollbacks per hour, across all targets.",
+        _POLICY["max_rollbacks_per_hour"], ge=0,
+        description="Cap on automatic rollbacks per hour, across all targets.",
     )
     rollback_risk: Literal["low", "high"] = Field(
-        "low",
+        _POLICY["rollback_risk"].value,
         description="Risk of rolling back; 'high' (e.g. an irreversible migration) means escalate instead.",
     )
 
@@ -275,6 +305,11 @@ class LogSettings(_Frozen):
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
     format: Literal["json", "text"] = Field("json", description="One JSON object per line, or plain text.")
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
 
 class SafetySettings(_Frozen):

@@ -35,10 +35,10 @@ def _track(evidence: Evidence, state: DecisionState, params: TargetParams) -> De
     """Breach onset tracking with symmetric noise tolerance: a breach starts on the first proven
     bad tick, and ends only after ``confirm_intervals`` consecutive ticks back within the SLO."""
     if evidence.breached:
-        onset = evidence.since if evidence.since is not None else evidence.t
-        if state.breach_since is not None:
-            onset = min(onset, state.breach_since)
-        return DecisionState(breach_since=onset)
+        # The detectors re-estimate the onset from all the data each tick; trust the latest.
+        if evidence.since is not None:
+            return DecisionState(breach_since=evidence.since)
+        return DecisionState(breach_since=state.breach_since if state.breach_since is not None else evidence.t)
     if evidence.within_slo:
         clear = state.clear_ticks + 1
         if clear >= params.detection.confirm_intervals:
@@ -146,7 +146,9 @@ def decide(
         ))
     since = state.breach_since if state.breach_since is not None else t
     grace = params.policy.controlled_grace_s
-    if t - since >= grace:
+    # The grace runs from the end of the first bad interval: an onset estimate one interval early
+    # must never make a controlled rollback come before its grace is over.
+    if t - since >= grace + params.interval_s:
         return done(replace(
             base,
             outcome=Outcome.CONTROLLED,
@@ -160,5 +162,5 @@ def decide(
         outcome=Outcome.CONTROLLED,
         waiting_since=since,
         reasons=(f"manageable breach attributable to the new version since {_fmt_t(since)}: waiting up to "
-                 f"{grace:g}s (until {_fmt_t(since + grace)}) for recovery or a fix", *evidence.reasons),
+                 f"{grace:g}s (until {_fmt_t(since + grace + params.interval_s)}) for recovery or a fix", *evidence.reasons),
     ))

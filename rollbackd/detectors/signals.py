@@ -1,13 +1,19 @@
 """Per-signal judgements over a run of intervals: error rate, P95 latency and health.
 
 Both metric signals reduce to proportions — failed requests, and requests slower than the P95
-ceiling — judged with exact binomial tests, so a trickle of traffic never looks like a disaster
-and a single bad interval never carries a verdict on its own:
+ceiling — judged with exact binomial tests, so a trickle of traffic never looks like a disaster.
+Every verdict must survive leaving its single worst interval out, so one bad interval is noise:
 
-* the **fast path** looks at the latest run of consecutive intervals that are each severe by
-  their point estimate; ``confirm_intervals`` of them, significant together, make a severe breach;
-* the **window path** pools the last ``window_s`` seconds; the breach must stay significant with
-  the worst interval left out, so one bad interval cannot carry it.
+* the **fast path** takes the latest run of ``confirm_intervals`` or more consecutive intervals
+  that are each at the severe level; proven together (and without the worst one) they are a severe
+  breach, decided on the second bad interval when traffic allows;
+* the **change-point path** estimates where the current episode began (the split of the window
+  that best explains it as "before" and "since"), and proves that the "since" part breaches the
+  SLO and still does so without its worst interval; an episode whose latest stretch is back within
+  the SLO and significantly better than before has recovered, whatever the older data shows.
+
+Severity needs confidence too: severe means the estimate is at the severe level and the rate is
+proven above half of it, not merely that a noisy point estimate touched it.
 
 Attribution compares the candidate with its reference (the concurrent baseline for a canary, the
 baseline's history for blue-green and rolling) with an exact conditional test of the rate ratio.
@@ -15,6 +21,7 @@ baseline's history for blue-green and rolling) with an exact conditional test of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +32,9 @@ from rollbackd.params import TargetParams
 
 #: Fraction of requests allowed above the P95 ceiling.
 P95_TAIL = 0.05
+#: Log-likelihood slack when picking the onset: the latest split this close to the best one wins,
+#: so the onset estimate leans late (a controlled rollback never comes early).
+ONSET_SLACK = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +90,8 @@ class MetricSpec:
     value_of: Callable[[Sequence[Sample]], float | None]
     threshold: float  # the SLO threshold in the signal's own unit (fraction or ms)
     severe_at: float
+    severe_hits_of: Callable[[Sample], Counts | None]  # hits against the severe level
+    severe_tail: float
     min_total: int
     describe: Callable[[float | None], str]
 
@@ -101,6 +113,8 @@ def error_spec(params: TargetParams) -> MetricSpec:
         value_of=value,
         threshold=slo,
         severe_at=slo * params.severity.error_rate_factor,
+        severe_hits_of=hits,
+        severe_tail=slo * params.severity.error_rate_factor,
         min_total=params.detection.min_requests,
         describe=_pct,
     )
@@ -108,11 +122,17 @@ def error_spec(params: TargetParams) -> MetricSpec:
 
 def latency_spec(params: TargetParams) -> MetricSpec:
     ceiling = params.slo.max_p95_ms
+    severe_ms = ceiling * params.severity.p95_factor
 
-    def hits(s: Sample) -> Counts | None:
-        if s.latency is None or s.latency.total <= 0:
-            return None
-        return Counts(latency.slow_count(s.latency, ceiling), s.latency.total)
+    def slower_than(limit_ms: float) -> Callable[[Sample], Counts | None]:
+        def hits(s: Sample) -> Counts | None:
+            if s.latency is None or s.latency.total <= 0:
+                return None
+            return Counts(latency.slow_count(s.latency, limit_ms), s.latency.total)
+
+        return hits
+
+    hits = slower_than(ceiling)
 
     def value(samples: Sequence[Sample]) -> float | None:
         return latency.quantile_ms(latency.merge(s.latency for s in samples))
@@ -127,7 +147,9 @@ def latency_spec(params: TargetParams) -> MetricSpec:
         tail=P95_TAIL,
         value_of=value,
         threshold=ceiling,
-        severe_at=ceiling * params.severity.p95_factor,
+        severe_at=severe_ms,
+        severe_hits_of=slower_than(severe_ms),
+        severe_tail=P95_TAIL,
         min_total=params.detection.min_latency_samples,
         describe=describe,
     )
@@ -139,7 +161,7 @@ class Verdict:
 
     finding: Finding | None  # None when inconclusive
     inconclusive_reason: str = ""
-    above: bool = False  # point estimate above the threshold (breach suspected, maybe not proven)
+    above: bool = False  # the latest intervals are above the threshold (breach suspected)
 
 
 def _attribution(
@@ -164,6 +186,128 @@ def _attribution(
     return attributable, _conf(p), ref_value, detail
 
 
+def _without_worst(counts: Sequence[Counts], tail: float) -> Counts:
+    """The pooled counts with the interval of largest excess over ``tail`` left out."""
+    pooled = _sum(counts)
+    if not counts:
+        return pooled
+    worst = max(counts, key=lambda c: c.hits - c.total * tail)
+    return Counts(pooled.hits - worst.hits, pooled.total - worst.total)
+
+
+def _proven(counts: Sequence[Counts], tail: float, alpha: float) -> float | None:
+    """p-value that the pooled proportion of ``counts`` is above ``tail``, robust to the single
+    worst interval; ``None`` when not proven."""
+    pooled = _sum(counts)
+    p_all = exceeds_rate(pooled.hits, pooled.total, tail)
+    if p_all >= alpha:
+        return None
+    rest = _without_worst(counts, tail)
+    p_rest = exceeds_rate(rest.hits, rest.total, tail)
+    if p_rest >= alpha:
+        return None
+    return max(p_all, p_rest)
+
+
+def _severe(spec: MetricSpec, samples: Sequence[Sample], alpha: float) -> bool:
+    """Severe: at the severe level by its estimate, and proven (without the worst interval) to be
+    above half of it, so a noisy estimate of a manageable breach is not called severe."""
+    counts = [c for s in samples if (c := spec.severe_hits_of(s)) is not None]
+    if not counts:
+        return False
+    pooled = _sum(counts)
+    return (pooled.rate or 0.0) >= spec.severe_tail and _proven(counts, spec.severe_tail / 2, alpha) is not None
+
+
+def _loglik(c: Counts) -> float:
+    """Binomial log-likelihood of ``c`` at its own maximum-likelihood rate."""
+    h, n = c.hits, c.total
+    if n <= 0:
+        return 0.0
+    ll = 0.0
+    if h > 0:
+        ll += h * math.log(h / n)
+    if n - h > 0:
+        ll += (n - h) * math.log((n - h) / n)
+    return ll
+
+
+#: Most split points examined per tick (evenly thinned when the window holds more intervals).
+MAX_SCAN = 64
+
+
+def _episode(
+    scored: Sequence[tuple[Interval, Counts]], spec: MetricSpec, k: int, alpha: float
+) -> tuple[int, float] | None:
+    """Where the current breach episode began in ``scored`` and how strongly it is proven:
+    (start index, p-value), or ``None`` when no recent episode is proven."""
+    n = len(scored)
+    starts = [j for j in range(n - k, -1, -1) if (r := scored[j][1].rate) is not None and r > spec.tail]
+    if not starts:
+        return None
+    if len(starts) > MAX_SCAN:
+        step = len(starts) / MAX_SCAN
+        starts = [starts[int(i * step)] for i in range(MAX_SCAN)]
+    prefix: list[Counts] = [ZERO]
+    for _, c in scored:
+        prefix.append(prefix[-1] + c)
+    whole = prefix[-1]
+
+    def split_ll(j: int) -> float:
+        before = prefix[j]
+        since = Counts(whole.hits - before.hits, whole.total - before.total)
+        return _loglik(before) + _loglik(since)
+
+    scores = {j: split_ll(j) for j in starts}
+    best = max(scores.values())
+    ordered = sorted((j for j in starts if scores[j] >= best - ONSET_SLACK), reverse=True)
+    ordered += [j for j in sorted(starts, key=lambda j: -scores[j]) if j not in ordered][:3]
+    for j in ordered:
+        counts = [c for _, c in scored[j:]]
+        p = _proven(counts, spec.tail, alpha)
+        if p is None:
+            continue
+        if _recovered(scored[j:], spec.tail, alpha) is not None:
+            continue
+        return j, p
+    return None
+
+
+def _recovered(
+    episode: Sequence[tuple[Interval, Counts]], tail: float, alpha: float
+) -> float | None:
+    """When the episode's most recent stretch is back within ``tail`` and significantly better
+    than what came before it (the best two-segment split), the time it recovered; else ``None``."""
+    n = len(episode)
+    if n < 2:
+        return None
+    prefix: list[Counts] = [ZERO]
+    for _, c in episode:
+        prefix.append(prefix[-1] + c)
+    whole = prefix[-1]
+    splits = list(range(1, n))
+    if len(splits) > MAX_SCAN:
+        step = len(splits) / MAX_SCAN
+        splits = [splits[int(i * step)] for i in range(MAX_SCAN)]
+    best_r: int | None = None
+    best_ll = -math.inf
+    for r in splits:
+        before = prefix[r]
+        after = Counts(whole.hits - before.hits, whole.total - before.total)
+        if after.total <= 0 or (after.rate or 0.0) > tail:
+            continue
+        ll = _loglik(before) + _loglik(after)
+        if ll > best_ll:
+            best_ll, best_r = ll, r
+    if best_r is None:
+        return None
+    before = prefix[best_r]
+    after = Counts(whole.hits - before.hits, whole.total - before.total)
+    if exceeds_ratio(before.hits, before.total, after.hits, after.total, 1.0) < alpha:
+        return episode[best_r][0].t
+    return None
+
+
 def judge_metric(
     spec: MetricSpec,
     window: Sequence[Interval],
@@ -185,56 +329,32 @@ def judge_metric(
             f"{spec.signal}: {pooled.total:.0f} {spec.unit_label.split()[0]} in the window, "
             f"fewer than the {spec.min_total} needed for a verdict",
         )
+    samples = [iv.candidate for iv, _ in scored if iv.candidate is not None]
+    recent = _sum([c for _, c in scored[-k:]])
+    above = (recent.rate or 0.0) > spec.tail
 
-    # Fast path: the latest run of consecutive intervals that are each severe on their own.
-    run: list[tuple[Interval, Counts]] = []
-    for iv, c in reversed(scored):
+    # Fast path: the latest run of consecutive intervals that are each at the severe level.
+    run = 0
+    for iv, _ in reversed(scored):
         assert iv.candidate is not None
         value = spec.value_of([iv.candidate])
         if value is None or value < spec.severe_at:
             break
-        run.append((iv, c))
-    run.reverse()
-    if len(run) >= k and run[-1][0] is window[-1]:
-        run_counts = _sum([c for _, c in run])
-        p_run = exceeds_rate(run_counts.hits, run_counts.total, spec.tail)
-        if run_counts.total >= spec.min_total and p_run < alpha:
-            samples = [iv.candidate for iv, _ in run if iv.candidate is not None]
-            value = spec.value_of(samples)
-            attributable, confidence, ref_value, detail = _attribution(
-                spec, run_counts, reference_for([iv for iv, _ in run]), params
-            )
-            return Verdict(
-                Finding(
-                    signal=spec.signal,
-                    value=value,
-                    threshold=spec.threshold,
-                    breached=True,
-                    severe=True,
-                    attributable=attributable,
-                    confidence=_conf(p_run),
-                    baseline_value=ref_value,
-                    detail=(
-                        f"{spec.signal} {spec.describe(value)} over the last {len(run)} intervals "
-                        f"({run_counts.hits:.0f} of {run_counts.total:.0f} {spec.unit_label}), each at or "
-                        f"above the severe level {spec.describe(spec.severe_at)} (SLO "
-                        f"{spec.describe(spec.threshold)}), confidence {_conf(p_run) * 100:.2f}%; {detail}"
-                    ),
-                    since=run[0][0].t,
-                ),
-                above=True,
-            )
+        run += 1
+    found: tuple[int, float, bool] | None = None
+    if run >= k and scored[-1][0] is window[-1]:
+        start = len(scored) - run
+        p_run = _proven([c for _, c in scored[start:]], spec.tail, alpha)
+        if p_run is not None and _severe(spec, samples[start:], alpha):
+            found = (start, p_run, True)
+    if found is None and above and len(scored) >= k:
+        episode = _episode(scored, spec, k, alpha)
+        if episode is not None:
+            start, p = episode
+            found = (start, p, _severe(spec, samples[start:], alpha))
 
-    # Window path: the most significant run of recent intervals (a suffix of the window that
-    # starts on an interval above the SLO), proven even with its worst interval left out. Only
-    # scanned while the latest intervals are above the SLO, so a breach must still be there.
-    samples = [iv.candidate for iv, _ in scored if iv.candidate is not None]
-    value = spec.value_of(samples)
-    recent = _sum([c for _, c in scored[-k:]])
-    recent_rate = recent.rate
-    above = recent_rate is not None and recent_rate > spec.tail
-    best = _best_suffix(scored, spec, k, alpha) if above and len(scored) >= k else None
-    if best is None:
+    if found is None:
+        value = spec.value_of(samples)
         p_all = exceeds_rate(pooled.hits, pooled.total, spec.tail)
         level = "above the SLO, not proven" if above else "within"
         return Verdict(
@@ -254,15 +374,22 @@ def judge_metric(
             ),
             above=above,
         )
-    start, counts, p_best, rest_value = best
-    suffix = scored[start:]
-    suffix_samples = samples[start:]
-    value = spec.value_of(suffix_samples)
-    severe = value is not None and value >= spec.severe_at and rest_value is not None and rest_value >= spec.severe_at
-    attributable, _, ref_value, detail = _attribution(
-        spec, counts, reference_for([iv for iv, _ in suffix]), params
-    )
-    since = suffix[0][0].t
+
+    start, p, severe = found
+    episode_ivs = [iv for iv, _ in scored[start:]]
+    counts = _sum([c for _, c in scored[start:]])
+    value = spec.value_of(samples[start:])
+    # Attribution must hold over the episode and over the whole window, so a cherry-picked
+    # stretch of noise cannot blame the release.
+    attributable, _, ref_value, detail = _attribution(spec, counts, reference_for(episode_ivs), params)
+    if attributable:
+        whole_ok, _, _, whole_detail = _attribution(
+            spec, pooled, reference_for([iv for iv, _ in scored]), params
+        )
+        if not whole_ok:
+            attributable = False
+            detail = f"{detail}; but over the whole window: {whole_detail}"
+    since = scored[start][0].t
     level = "severe" if severe else "breach"
     return Verdict(
         Finding(
@@ -272,58 +399,18 @@ def judge_metric(
             breached=True,
             severe=severe,
             attributable=attributable,
-            confidence=_conf(p_best),
+            confidence=_conf(p),
             baseline_value=ref_value,
             detail=(
-                f"{spec.signal} {spec.describe(value)} since t={since:g}s over {len(suffix)} intervals "
+                f"{spec.signal} {spec.describe(value)} since t={since:g}s over {len(episode_ivs)} intervals "
                 f"({counts.hits:.0f} of {counts.total:.0f} {spec.unit_label}) vs SLO "
-                f"{spec.describe(spec.threshold)}: {level}, confidence {_conf(p_best) * 100:.2f}% "
-                f"(still proven without its worst interval); {detail}"
+                f"{spec.describe(spec.threshold)} (severe at {spec.describe(spec.severe_at)}): {level}, "
+                f"confidence {_conf(p) * 100:.2f}% (still proven without its worst interval); {detail}"
             ),
             since=since,
         ),
         above=True,
     )
-
-
-#: Most suffix starts examined per tick (evenly thinned when the window holds more intervals).
-MAX_SCAN = 64
-
-
-def _best_suffix(
-    scored: Sequence[tuple[Interval, Counts]], spec: MetricSpec, k: int, alpha: float
-) -> tuple[int, Counts, float, float | None] | None:
-    """The suffix of ``scored`` (at least ``k`` intervals, starting on an interval above the SLO)
-    whose pooled proportion is most significantly above ``spec.tail`` and stays significant
-    without its single worst interval: (start index, counts, p-value, value without the worst)."""
-    n = len(scored)
-    starts = [j for j in range(n - k, -1, -1) if (r := scored[j][1].rate) is not None and r > spec.tail]
-    if len(starts) > MAX_SCAN:
-        step = len(starts) / MAX_SCAN
-        starts = [starts[int(i * step)] for i in range(MAX_SCAN)]
-    suffix_sums: list[Counts] = [ZERO] * (n + 1)
-    for j in range(n - 1, -1, -1):
-        suffix_sums[j] = suffix_sums[j + 1] + scored[j][1]
-    ranked: list[tuple[float, int]] = []
-    for j in starts:
-        counts = suffix_sums[j]
-        if counts.total < spec.min_total:
-            continue
-        p = exceeds_rate(counts.hits, counts.total, spec.tail)
-        if p < alpha:
-            ranked.append((p, -j))
-    ranked.sort()
-    for p, neg_j in ranked[:3]:
-        j = -neg_j
-        counts = suffix_sums[j]
-        worst = max(range(j, n), key=lambda i: scored[i][1].hits - scored[i][1].total * spec.tail)
-        rest = Counts(counts.hits - scored[worst][1].hits, counts.total - scored[worst][1].total)
-        p_rest = exceeds_rate(rest.hits, rest.total, spec.tail)
-        if p_rest < alpha:
-            rest_samples = [iv.candidate for i, (iv, _) in enumerate(scored) if i >= j and i != worst]
-            rest_value = spec.value_of([s for s in rest_samples if s is not None])
-            return j, counts, max(p, p_rest), rest_value
-    return None
 
 
 def _failing(checks: tuple[HealthCheck, ...]) -> list[HealthCheck]:

@@ -1,0 +1,153 @@
+"""The ``rollbackd`` command: the only place that reads the process environment.
+
+Subcommands: ``run`` (the daemon), ``replay`` (scenario files through the real detectors and
+decision), ``check-config`` and ``config-schema``. Exit status: 0 on success, 2 for usage and
+configuration errors; ``run`` and ``replay`` return their own status otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rollbackd import __version__
+from rollbackd.config.loader import CONFIG_ENV, ConfigError, load_settings, resolve_config_path
+from rollbackd.config.settings import Settings
+
+EXIT_CONFIG = 2
+
+_DESCRIPTION = """\
+Makes bad releases undo themselves: watches canary, blue-green and Deployment releases through
+Prometheus and health endpoints, decides by the rollback runbook, rolls back, verifies, and
+tells everyone."""
+
+_ENVIRONMENT = f"""\
+configuration:
+  One YAML file (--config FILE, or ${CONFIG_ENV}), overridden by environment variables
+  ROLLBACKD_<SECTION>__<KEY>, e.g. ROLLBACKD_PROMETHEUS__URL=http://prometheus:9090,
+  ROLLBACKD_SAFETY__DRY_RUN=true, ROLLBACKD_INTERVAL_S=5. See 'rollbackd config-schema'."""
+
+
+def _config_argument(parser: argparse.ArgumentParser, *, help: str) -> None:
+    parser.add_argument("--config", metavar="FILE", default=None, help=help)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``rollbackd`` command."""
+    parser = argparse.ArgumentParser(
+        prog="rollbackd",
+        description=_DESCRIPTION,
+        epilog=_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+
+    run = commands.add_parser(
+        "run",
+        help="run the daemon",
+        description="Watch every configured target, decide, roll back, verify and publish events\n"
+        "until SIGTERM or SIGINT.",
+        epilog=_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _config_argument(
+        run,
+        help=f"the YAML configuration file (default: ${CONFIG_ENV}; without either, the defaults "
+        "with environment overrides)",
+    )
+
+    replay = commands.add_parser(
+        "replay",
+        help="replay recorded scenarios through the detectors and the decision",
+        description="Run the daemon's detectors and decision over scenario files (or directories\n"
+        "of them) and print one JSON object per scenario, one per line:\n"
+        "scenario, decision, mode, decided_at_s, reason.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    replay.add_argument("files", nargs="+", metavar="FILE", help="scenario JSON files or directories")
+    _config_argument(
+        replay,
+        help="a configuration file whose 'defaults' the scenarios start from (each scenario's own "
+        "slo, policy and context still apply); the environment is not consulted",
+    )
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate a configuration file",
+        description="Load FILE with the environment overrides, as 'run' would, and print\n"
+        "'FILE: OK (N targets)', or every problem with its line on stderr and exit with status 2.",
+        epilog=_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("file", metavar="FILE", help="the YAML configuration file")
+    check.add_argument(
+        "--ignore-env",
+        action="store_true",
+        help="check the file alone, without ROLLBACKD_* environment overrides",
+    )
+
+    commands.add_parser(
+        "config-schema",
+        help="print the JSON Schema of the configuration file",
+        description="Print the JSON Schema of the configuration file, for editors and CI checks.",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rollbackd`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command in ("check-config", "config-schema"):
+            return _printing(_check_config if args.command == "check-config" else _config_schema, args)
+        if args.command == "replay":
+            from rollbackd.replay import cli_replay
+
+            return cli_replay(args)
+        if args.command == "run":
+            args.config = _config_path(args.config)
+            from rollbackd.daemon.main import cli_run
+
+            return cli_run(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    parser.print_help(sys.stderr)
+    return EXIT_CONFIG
+
+
+def _config_path(value: str | None) -> str | None:
+    path = resolve_config_path(value, environ=os.environ)
+    return str(path) if path is not None else None
+
+
+def _printing(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command that prints to stdout; a reader that goes away (``| head``) is no error."""
+    try:
+        status = command(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the flush at exit does not fail again
+        return 1
+    return status
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    environ = {} if args.ignore_env else os.environ
+    settings = load_settings(Path(args.file), environ=environ)
+    count = len(settings.targets)
+    print(f"{args.file}: OK ({count} target{'' if count == 1 else 's'})")
+    return 0
+
+
+def _config_schema(args: argparse.Namespace) -> int:
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **Settings.model_json_schema()}
+    print(json.dumps(schema, indent=2))
+    return 0

@@ -1,0 +1,626 @@
+"""Loading the configuration: one YAML file plus ``ROLLBACKD_…`` environment overrides.
+
+The file is optional; every key has a default. Environment variables override it key by key:
+``ROLLBACKD_<SECTION>__<KEY>`` (``__`` descends one level, names are case-insensitive), e.g.
+``ROLLBACKD_PROMETHEUS__URL``, ``ROLLBACKD_SAFETY__DRY_RUN=true``, ``ROLLBACKD_INTERVAL_S=5``;
+a whole section or list can be given as JSON (``ROLLBACKD_TARGETS='[...]'``). Empty variables
+are ignored, and so are ``ROLLBACKD_…`` variables that name no setting (Kubernetes injects
+``ROLLBACKD_SERVICE_HOST`` and the like into pods next to a Service called ``rollbackd``).
+
+The environment is never read here: the caller passes it in (``environ=os.environ`` at the
+command-line edge). Every problem becomes one line of a :class:`ConfigError`, naming the file,
+the line, the key path in the file's own terms, what was given and what is expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import json
+import types
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import annotated_types
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
+from pydantic_core.core_schema import ErrorType
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
+
+from rollbackd.config.settings import K8S_NAME_PATTERN, LABEL_NAME_PATTERN, URL_PATTERN, Settings
+
+__all__ = [
+    "CONFIG_ENV",
+    "ENV_NESTED_DELIMITER",
+    "ENV_PREFIX",
+    "ConfigError",
+    "Problem",
+    "load_settings",
+    "resolve_config_path",
+]
+
+#: Prefix of the environment variables that override settings.
+ENV_PREFIX = "ROLLBACKD_"
+#: Separator of nested keys in environment variable names.
+ENV_NESTED_DELIMITER = "__"
+#: Environment variable naming the configuration file when ``--config`` is not given.
+CONFIG_ENV = "ROLLBACKD_CONFIG"
+
+Loc = tuple[int | str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with the configuration.
+
+    ``origin`` is the file name, or the environment variable(s) a value came from; ``path`` is
+    the key path in the file's terms (``targets[0].slo.max_error_rate``), empty for the whole
+    document; ``line`` and ``column`` are 1-based and refer to the file.
+    """
+
+    origin: str
+    message: str
+    path: str = ""
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        where = self.origin
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. ``str()`` gives one line per problem; ``problems``
+    holds them as values. Permanent: retrying does not help until the file or environment is
+    fixed."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        super().__init__("\n".join(str(problem) for problem in self.problems))
+
+
+def resolve_config_path(value: str | Path | None, *, environ: Mapping[str, str]) -> Path | None:
+    """The configuration file to load: ``value`` (``--config``) if given, else ``$ROLLBACKD_CONFIG``
+    if set and not empty, else ``None`` (defaults and environment only)."""
+    if value is not None and str(value) != "":
+        return Path(value)
+    from_env = environ.get(CONFIG_ENV, "")
+    return Path(from_env) if from_env else None
+
+
+def load_settings(path: Path | None, *, environ: Mapping[str, str]) -> Settings:
+    """Load the YAML file at ``path`` (``None``: no file), apply the ``ROLLBACKD_…`` overrides
+    found in ``environ`` and validate the result.
+
+    :param path: the configuration file; an empty file means all defaults.
+    :param environ: the process environment (or a stand-in, in tests); only variables starting
+        with ``ROLLBACKD_`` are looked at.
+    :raises ConfigError: listing every problem found in the file and the environment.
+    """
+    origin = str(path) if path is not None else "configuration"
+    problems: list[Problem] = []
+    root: yaml.Node | None = None
+    file_data: dict[str, Any] = {}
+    if path is not None:
+        file_data, root, problems = _read_file(path)
+
+    env = _Environment(environ)
+    env_data = env.data()
+    problems.extend(env.problems)
+    data = _merge(file_data, env_data)
+
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        describe = _ErrorDescriber(origin=origin, root=root, data=data, file_data=file_data, env=env)
+        problems.extend(describe(error) for error in exc.errors())
+        raise ConfigError(sorted(problems, key=_problem_order)) from None
+    if problems:
+        raise ConfigError(sorted(problems, key=_problem_order))
+    return settings
+
+
+def _problem_order(problem: Problem) -> tuple[bool, int]:
+    return (problem.line is None, problem.line or 0)
+
+
+# --- the file ---------------------------------------------------------------------------------
+
+
+def _read_file(path: Path) -> tuple[dict[str, Any], yaml.Node | None, list[Problem]]:
+    """Parse ``path`` into data and its node tree (which knows the line of every key)."""
+    origin = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([Problem(origin, f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError([Problem(origin, f"cannot read the configuration file: {reason}")]) from None
+
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        # Before construction, which merges ``<<: *anchor`` keys into the mappings' nodes.
+        repeated = list(_duplicate_keys(origin, root))
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError([_yaml_problem(origin, exc)]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([Problem(origin, f"invalid YAML: {exc}")]) from None
+    finally:
+        loader.dispose()
+
+    if data is None:
+        return {}, None, []
+    if not isinstance(data, dict):
+        line = root.start_mark.line + 1 if root is not None else None
+        raise ConfigError([Problem(
+            origin,
+            f"the top level must be a mapping of settings (like 'interval_s: 10'), got {_show(data)}",
+            line=line,
+        )])
+    return data, root, repeated
+
+
+def _yaml_problem(origin: str, exc: yaml.MarkedYAMLError) -> Problem:
+    mark = exc.problem_mark or exc.context_mark
+    problem = exc.problem or exc.context or "cannot parse"
+    message = f"invalid YAML: {problem}"
+    if exc.context and exc.problem and exc.context_mark is not None:
+        cm = exc.context_mark
+        message += f" ({exc.context} at line {cm.line + 1}, column {cm.column + 1})"
+    if mark is None:
+        return Problem(origin, message)
+    return Problem(origin, message, line=mark.line + 1, column=mark.column + 1)
+
+
+def _duplicate_keys(origin: str, node: yaml.Node | None) -> Iterator[Problem]:
+    """YAML keeps only the last of repeated keys; a repeated key is almost always a mistake."""
+    seen_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, str]] = [(node, "")] if node is not None else []
+    while stack:
+        current, path = stack.pop()
+        if id(current) in seen_nodes:  # aliases share nodes
+            continue
+        seen_nodes.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key, value in current.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    name = str(key.value)
+                    line = key.start_mark.line + 1
+                    if name in first and first[name] != line:
+                        yield Problem(
+                            origin,
+                            f"key '{name}' is repeated (first at line {first[name]});"
+                            " only the last one would count",
+                            path=path,
+                            line=line,
+                        )
+                    first.setdefault(name, line)
+                    stack.append((value, f"{path}.{name}" if path else name))
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend((item, f"{path}[{index}]") for index, item in enumerate(current.value))
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``, mappings merged key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# --- the environment --------------------------------------------------------------------------
+
+
+class _EnvShape(Settings, BaseSettings):
+    """Settings as pydantic-settings sees them: only used to read the environment's shape."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        case_sensitive=False,
+        env_ignore_empty=True,
+    )
+
+
+class _EnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source, reading a given mapping instead of ``os.environ``."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = {name.lower(): value for name, value in environ.items() if value != ""}
+        super().__init__(_EnvShape)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return self._environ
+
+
+class _Environment:
+    """The ``ROLLBACKD_…`` overrides: their data, and which variable set which key path."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.problems: list[Problem] = []
+        self.variables: dict[tuple[str, ...], str] = {}
+        prefix = ENV_PREFIX.lower()
+        for name, value in environ.items():
+            lowered = name.lower()
+            if not lowered.startswith(prefix) or value == "":
+                continue
+            keys = tuple(lowered[len(prefix):].split(ENV_NESTED_DELIMITER))
+            if keys[0] in Settings.model_fields:
+                self.variables[keys] = name
+        self._environ = environ
+        self._data: dict[str, Any] = {}
+
+    def data(self) -> dict[str, Any]:
+        """The overrides as nested data, like the file's; ``{}`` after problems."""
+        for keys, name in self.variables.items():
+            if _is_complex(_type_at(keys)):
+                try:
+                    json.loads(self._environ[name])
+                except ValueError as exc:
+                    self.problems.append(Problem(
+                        f"environment variable {name}",
+                        f"expected {_expectation(keys)} written as JSON, got invalid JSON ({exc})",
+                        path=_render_path(keys, {}),
+                    ))
+        if self.problems:
+            return self._data
+        try:
+            self._data = _EnvSource(self._environ)()
+        except SettingsError as exc:
+            self.problems.append(Problem("environment", f"{exc}: {exc.__cause__}"))
+        return self._data
+
+    def provided(self, loc: Loc) -> bool:
+        """Whether the value at ``loc`` came (at least partly) from the environment."""
+        return _contains(self._data, loc)
+
+    def origin(self, loc: Loc) -> str:
+        """The variable(s) behind the value at ``loc``."""
+        keys = tuple(str(part) for part in loc)
+        exact = [keys[:n] for n in range(len(keys), 0, -1) if keys[:n] in self.variables]
+        names = (
+            [self.variables[exact[0]]]
+            if exact
+            else sorted(name for path, name in self.variables.items() if path[: len(keys)] == keys)
+        )
+        if len(names) == 1:
+            return f"environment variable {names[0]}"
+        return f"environment variables {', '.join(names)}" if names else "environment"
+
+
+def _is_complex(annotation: Any) -> bool:
+    annotation = _unwrap(annotation)
+    return get_origin(annotation) in (tuple, list, dict) or (
+        isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    )
+
+
+# --- validation errors, in the file's terms ---------------------------------------------------
+
+#: pydantic's own error types; anything else is raised by our validators with a full message.
+_BUILTIN_ERRORS: frozenset[str] = frozenset(get_args(ErrorType))
+
+
+@dataclass(frozen=True, slots=True)
+class _ErrorDescriber:
+    origin: str
+    root: yaml.Node | None
+    data: Mapping[str, Any]
+    file_data: Mapping[str, Any]
+    env: _Environment
+
+    def __call__(self, error: ErrorDetails) -> Problem:
+        loc: Loc = tuple(error["loc"])
+        kind = error["type"]
+        # The part of the location that exists in the input: the whole of it, except for keys
+        # that are missing (reported at their parent).
+        present = _present_prefix(self.data, loc)
+        shown = loc[:-1] if kind == "extra_forbidden" else present
+        message = _message(error, loc)
+        path = _render_path(shown, self.data)
+        if self.env.provided(present) and not (
+            isinstance(_get(self.data, present), Mapping) and _contains(self.file_data, present)
+        ):
+            return Problem(self.env.origin(present), message, path=path)
+        line, _ = _node_line(self.root, loc)
+        return Problem(self.origin, message, path=path, line=line)
+
+
+def _message(error: ErrorDetails, loc: Loc) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        key = loc[-1]
+        field = _field_at(loc)
+        what = f" ({_sentence(field.description)})" if field is not None and field.description else ""
+        return f"missing required key '{key}'{what}"
+    if kind == "extra_forbidden":
+        return _unknown_key(loc)
+    if kind in ("value_error", "assertion_error"):
+        return str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind not in _BUILTIN_ERRORS:
+        return str(error["msg"])
+    expected = _expectation(loc)
+    if expected is None:
+        return f"{error['msg']}, got {_show(error['input'])}"
+    return f"expected {expected}, got {_show(error['input'])}"
+
+
+def _unknown_key(loc: Loc) -> str:
+    key = str(loc[-1])
+    owner = _unwrap(_type_at(loc[:-1]))
+    known = list(owner.model_fields) if isinstance(owner, type) and issubclass(owner, BaseModel) else []
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    if close:
+        return f"unknown key '{key}' — did you mean {' or '.join(repr(c) for c in close)}?"
+    if known:
+        return f"unknown key '{key}' (known keys: {', '.join(known)})"
+    return f"unknown key '{key}'"
+
+
+def _sentence(description: str) -> str:
+    text = description.strip().rstrip(".")
+    return text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "a mapping" if value else "an empty mapping"
+    if isinstance(value, list | tuple):
+        return "a list" if value else "an empty list"
+    if isinstance(value, str):
+        return repr(value)
+    return str(value)
+
+
+def _render_path(loc: Loc, data: Mapping[str, Any]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part == "[key]":
+            continue
+        else:
+            text += f".{part}" if text else part
+    if len(loc) >= 2 and loc[0] == "targets" and isinstance(loc[1], int):
+        target = _get(data, loc[:2])
+        name = target.get("name") if isinstance(target, Mapping) else None
+        if isinstance(name, str) and name:
+            text += f" ({name})" if len(loc) == 2 else f" (target {name})"
+    return text
+
+
+_ABSENT = object()
+
+
+def _lookup(data: Any, loc: Loc) -> Any:
+    """The value at ``loc`` in plain nested data, or ``_ABSENT``."""
+    for part in loc:
+        if isinstance(data, Mapping):
+            data = data.get(part, _ABSENT)
+        elif isinstance(data, list | tuple) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return _ABSENT
+        if data is _ABSENT:
+            return _ABSENT
+    return data
+
+
+def _get(data: Any, loc: Loc) -> Any:
+    value = _lookup(data, loc)
+    return None if value is _ABSENT else value
+
+
+def _contains(data: Any, loc: Loc) -> bool:
+    return _lookup(data, loc) is not _ABSENT
+
+
+def _present_prefix(data: Any, loc: Loc) -> Loc:
+    for n in range(len(loc), -1, -1):
+        if _contains(data, loc[:n]):
+            return loc[:n]
+    return ()
+
+
+def _node_line(root: yaml.Node | None, loc: Loc) -> tuple[int | None, bool]:
+    """The 1-based line of the deepest node along ``loc`` and whether all of ``loc`` was found."""
+    if root is None:
+        return None, False
+    node: yaml.Node = root
+    line = root.start_mark.line + 1
+    for part in loc:
+        if part == "[key]":
+            continue
+        if isinstance(node, yaml.MappingNode):
+            found = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)]
+            if not found:
+                return line, False
+            key, node = found[-1]
+            line = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line, False
+    return line, True
+
+
+# --- what the model expects at a location ------------------------------------------------------
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``X | None`` → ``X``; ``Annotated[X, ...]`` → ``X``."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            members = [arg for arg in get_args(annotation) if arg is not type(None)]
+            if len(members) != 1:
+                return annotation
+            annotation = members[0]
+        else:
+            return annotation
+
+
+def _metadata(annotation: Any) -> list[Any]:
+    """Constraints attached to an ``Annotated`` type (possibly inside ``X | None``)."""
+    found: list[Any] = []
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            args = get_args(annotation)
+            for item in args[1:]:
+                found.extend(item.metadata if isinstance(item, FieldInfo) else [item])
+            annotation = args[0]
+        elif origin in (Union, types.UnionType):
+            members = [arg for arg in get_args(annotation) if arg is not type(None)]
+            if len(members) != 1:
+                return found
+            annotation = members[0]
+        else:
+            return found
+
+
+def _walk(loc: Loc) -> tuple[Any, list[Any], FieldInfo | None]:
+    """The type at ``loc`` in :class:`Settings`, its constraints, and the field if ``loc`` ends
+    at one. ``(None, [], None)`` when ``loc`` leads nowhere in the model."""
+    annotation: Any = Settings
+    metadata: list[Any] = []
+    field: FieldInfo | None = None
+    for index, part in enumerate(loc):
+        current = _unwrap(annotation)
+        origin = get_origin(current)
+        if isinstance(current, type) and issubclass(current, BaseModel) and isinstance(part, str):
+            field = current.model_fields.get(part)
+            if field is None:
+                return None, [], None
+            annotation, metadata = field.annotation, list(field.metadata)
+        elif origin in (tuple, list) and isinstance(part, int):
+            annotation = get_args(current)[0]
+            metadata, field = _metadata(annotation), None
+        elif origin is dict and part != "[key]":
+            key_type, value_type = get_args(current)
+            is_key = index + 1 < len(loc) and loc[index + 1] == "[key]"
+            annotation = key_type if is_key else value_type
+            metadata, field = _metadata(annotation), None
+        elif part == "[key]":
+            continue
+        else:
+            return None, [], None
+    return annotation, metadata + _metadata(annotation), field
+
+
+def _type_at(loc: Loc) -> Any:
+    return _walk(loc)[0]
+
+
+def _field_at(loc: Loc) -> FieldInfo | None:
+    return _walk(loc)[2]
+
+
+_PATTERN_TEXT = {
+    K8S_NAME_PATTERN: "a name of lowercase letters, digits and '-' (like a Kubernetes object name)",
+    LABEL_NAME_PATTERN: "a label name (letters, digits and '_', not starting with a digit)",
+    URL_PATTERN: "a URL starting with http:// or https://",
+}
+_PATTERN_PLURAL = {
+    K8S_NAME_PATTERN: "names",
+    LABEL_NAME_PATTERN: "label names",
+    URL_PATTERN: "http(s) URLs",
+}
+
+
+def _expectation(loc: Loc) -> str | None:
+    """What the model expects at ``loc``, in words: ``a number greater than 0 and less than 1``."""
+    annotation, metadata, _ = _walk(loc)
+    if annotation is None:
+        return None
+    base = _describe(_unwrap(annotation), metadata)
+    bounds = [_bound(item) for item in metadata]
+    text = " and ".join(bound for bound in bounds if bound)
+    return f"{base} {text}" if text else base
+
+
+def _pattern(metadata: Sequence[Any]) -> str | None:
+    for item in metadata:
+        pattern = getattr(item, "pattern", None)
+        if isinstance(pattern, str):
+            return pattern
+    return None
+
+
+def _min_length(metadata: Sequence[Any]) -> int:
+    return max((item.min_length for item in metadata if isinstance(item, annotated_types.MinLen)), default=0)
+
+
+def _describe(annotation: Any, metadata: Sequence[Any]) -> str:
+    origin = get_origin(annotation)
+    if annotation is bool:
+        return "true or false"
+    if annotation is int:
+        return "a whole number"
+    if annotation is float:
+        return "a number"
+    if annotation is str:
+        pattern = _pattern(metadata)
+        if pattern is not None:
+            return _PATTERN_TEXT.get(pattern, f"a string matching {pattern}")
+        return "a non-empty string" if _min_length(metadata) else "a string"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(value) for value in get_args(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "one of " + ", ".join(repr(member.value) for member in annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "a mapping"
+    if origin in (tuple, list):
+        item = get_args(annotation)[0]
+        plural = _plural(_unwrap(item), _metadata(item))
+        return f"a non-empty list of {plural}" if _min_length(metadata) else f"a list of {plural}"
+    if origin is dict:
+        return "a mapping"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _plural(annotation: Any, metadata: Sequence[Any]) -> str:
+    if annotation is str:
+        pattern = _pattern(metadata)
+        return _PATTERN_PLURAL.get(pattern, "strings") if pattern else "strings"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "mappings"
+    return "values"
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _bound(item: Any) -> str | None:
+    if isinstance(item, annotated_types.Gt):
+        return f"greater than {_number(item.gt)}"
+    if isinstance(item, annotated_types.Ge):
+        return f"at least {_number(item.ge)}"
+    if isinstance(item, annotated_types.Lt):
+        return f"less than {_number(item.lt)}"
+    if isinstance(item, annotated_types.Le):
+        return f"at most {_number(item.le)}"
+    return None

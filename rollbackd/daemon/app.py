@@ -1,0 +1,249 @@
+"""The daemon: settings in, one supervised task group out.
+
+:class:`Daemon` runs two named root tasks in one :class:`asyncio.TaskGroup`:
+
+- ``rollbackd:evaluation-loop``: every ``interval_s`` (on the event-loop clock, without drift), one
+  batched metrics collection and all health probes, then one evaluation per target; every decision
+  is logged, counted in ``/metrics`` and kept for the API;
+- ``rollbackd:http-server``: ``/healthz``, ``/readyz``, ``/metrics`` and the API.
+
+If either root task fails, the group cancels the other and :meth:`Daemon.run` raises. A graceful
+stop (:meth:`Daemon.stop`, e.g. on SIGTERM) cancels both and waits a bounded time for them; tasks
+that do not stop in time are logged by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from rollbackd.config.settings import Settings
+from rollbackd.daemon.http import HttpContext, HttpServer, make_app
+from rollbackd.daemon.metrics import DaemonMetrics
+from rollbackd.daemon.state import DaemonState, TargetState
+from rollbackd.daemon.tick import gather, run_every
+from rollbackd.model import Decision
+from rollbackd.sources.base import HealthSource, MetricsSource
+
+logger = logging.getLogger(__name__)
+
+#: Default bound on a graceful stop of the root tasks, in seconds.
+SHUTDOWN_TIMEOUT_S = 10.0
+
+
+class Daemon:
+    """Watches every configured target and decides, tick after tick.
+
+    Keyword arguments:
+
+    - ``metrics_source``: where requests, errors and latency come from (one batched
+      ``collect`` per tick); the caller owns its lifetime.
+    - ``health_source``: probes the targets' health URLs; the caller owns its lifetime.
+    - ``metrics``: the metrics to update (a fresh registry by default); pass one when the sources
+      report their errors into it too.
+    - ``shutdown_timeout_s``: how long a graceful stop waits for the root tasks.
+
+    Run it with ``await daemon.run()`` until :meth:`stop`, or as ``async with daemon:`` (which runs
+    it in a background task, returns once the HTTP server listens, and stops it on exit).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics_source: MetricsSource,
+        health_source: HealthSource,
+        metrics: DaemonMetrics | None = None,
+        shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
+    ) -> None:
+        self.settings = settings
+        self.state = DaemonState(settings)
+        self.metrics = metrics if metrics is not None else DaemonMetrics()
+        self._metrics_source = metrics_source
+        self._health_source = health_source
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._stop_requested = asyncio.Event()
+        self._listening = asyncio.Event()
+        self._port: int | None = None
+        self._evaluation_task: asyncio.Task[None] | None = None
+        self._run_task: asyncio.Task[None] | None = None
+        #: Completed ticks (every target evaluated once per tick).
+        self.ticks = 0
+
+    # --- observable state ----------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The HTTP port actually bound (meaningful with ``http.port: 0``)."""
+        if self._port is None:
+            raise RuntimeError("the HTTP server has not started")
+        return self._port
+
+    @property
+    def alive(self) -> bool:
+        """Whether the evaluation loop runs."""
+        return self._evaluation_task is not None and not self._evaluation_task.done()
+
+    @property
+    def ready(self) -> bool:
+        """Whether every target was evaluated at least once."""
+        return self.ticks > 0
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask for a graceful stop; :meth:`run` returns once the root tasks are done. Idempotent,
+        and safe to call from a signal handler of the running loop."""
+        self._stop_requested.set()
+
+    async def run(self) -> None:
+        """Run until :meth:`stop` is called; raise if a root task fails."""
+        self.metrics.targets.set(len(self.state.targets))
+        self.metrics.up.set(1)
+        logger.info(
+            "rollbackd running",
+            extra={"targets": list(self.state.targets), "interval_s": self.settings.interval_s,
+                   "dry_run": self.state.flags.dry_run, "freeze": self.state.flags.freeze},
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+                http_task = group.create_task(self._serve_http(), name="rollbackd:http-server")
+                evaluation_task = group.create_task(
+                    self._evaluate_forever(), name="rollbackd:evaluation-loop",
+                )
+                stop_task = group.create_task(self._stop_requested.wait(), name="rollbackd:stop-request")
+                self._evaluation_task = evaluation_task
+                root = [evaluation_task, http_task, stop_task]
+                done, _ = await asyncio.wait(root, return_when=asyncio.FIRST_COMPLETED)
+                for task in done - {stop_task}:
+                    if not task.cancelled() and task.exception() is None:
+                        logger.error("root task ended on its own; stopping", extra={"task": task.get_name()})
+                logger.info("stopping", extra={"timeout_s": self._shutdown_timeout_s})
+                await self._stop_tasks(root)
+        finally:
+            self.metrics.up.set(0)
+            self._listening.clear()
+
+    async def _stop_tasks(self, tasks: Sequence[asyncio.Task[Any]]) -> None:
+        pending_before = [task for task in tasks if not task.done()]
+        for task in pending_before:
+            task.cancel()
+        if not pending_before:
+            return
+        _, pending = await asyncio.wait(pending_before, timeout=self._shutdown_timeout_s)
+        for task in pending:
+            logger.error(
+                "task did not stop within the shutdown timeout",
+                extra={"task": task.get_name(), "timeout_s": self._shutdown_timeout_s},
+            )
+
+    async def __aenter__(self) -> Self:
+        self._run_task = asyncio.create_task(self.run(), name="rollbackd:daemon")
+        listening = asyncio.create_task(self._listening.wait(), name="rollbackd:wait-listening")
+        try:
+            await asyncio.wait([self._run_task, listening], return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            # Cancelled while starting: do not leave the daemon running behind the caller's back.
+            self.stop()
+            await asyncio.gather(self._run_task, return_exceptions=True)
+            raise
+        finally:
+            listening.cancel()
+            await asyncio.gather(listening, return_exceptions=True)
+        if self._run_task.done():
+            await self._run_task  # raises what made it fail
+            raise RuntimeError("the daemon stopped before its HTTP server listened")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if self._run_task is not None:
+            await self._run_task
+
+    # --- root tasks ----------------------------------------------------------------------------
+
+    async def _serve_http(self) -> None:
+        context = HttpContext(
+            state=self.state,
+            metrics=self.metrics,
+            clock=asyncio.get_running_loop().time,
+            alive=lambda: self.alive,
+            ready=lambda: self.ready,
+        )
+        app = make_app(context)
+        async with HttpServer(app, host=self.settings.http.host, port=self.settings.http.port) as server:
+            self._port = server.port
+            self._listening.set()
+            await asyncio.Event().wait()
+
+    async def _evaluate_forever(self) -> None:
+        await run_every(self.settings.interval_s, self.tick, on_skipped=self.metrics.ticks_skipped.inc)
+
+    # --- one tick ------------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Collect data for all targets once and evaluate each of them."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        targets = list(self.state.targets.values())
+        gathered = await gather(
+            [target.source for target in targets],
+            metrics_source=self._metrics_source,
+            health_source=self._health_source,
+            window_s=self.settings.interval_s,
+            on_source_error=self.metrics.count_source_error,
+        )
+        t = loop.time()
+        for target in targets:
+            observation = gathered.observation(target.source, t)
+            context = self.state.context(target, t)
+            try:
+                decision = target.evaluator.step(observation, context)
+            except Exception:
+                # A defect in the core must not blind the daemon to every other target.
+                self.metrics.evaluation_errors.inc()
+                logger.exception("evaluation failed", extra={"target": target.key})
+                continue
+            self._record(target, decision)
+        self.ticks += 1
+        self.metrics.evaluation_duration.observe(loop.time() - started)
+
+    def _record(self, target: TargetState, decision: Decision) -> None:
+        previous = target.latest
+        self.state.remember(target, decision)
+        self.metrics.count_decision(decision)
+        evidence = decision.evidence
+        fields: dict[str, object] = {
+            "target": target.key,
+            "outcome": decision.outcome.value,
+            "rollback": decision.rollback,
+            "dry_run": decision.dry_run,
+            "escalate": decision.escalate,
+            "blocked_by": decision.blocked_by,
+            "reasons": list(decision.reasons),
+            "t": decision.t,
+        }
+        if evidence is not None:
+            fields.update(impact=evidence.impact.value, attributable=evidence.attributable,
+                          inconclusive=evidence.inconclusive)
+        if decision.rollback:
+            mode = " (dry-run)" if decision.dry_run else ""
+            logger.warning("rollback decision%s: %s", mode, decision.reason, extra=fields)
+        elif previous is None or _shape(previous) != _shape(decision):
+            level = logging.WARNING if decision.escalate else logging.INFO
+            logger.log(level, "decision: %s", decision.outcome.value, extra=fields)
+        else:
+            logger.debug("decision: %s", decision.outcome.value, extra=fields)
+
+
+def _shape(decision: Decision) -> tuple[object, ...]:
+    """What makes a decision worth a log line at INFO when it changes from one tick to the next."""
+    return decision.outcome, decision.rollback, decision.blocked_by, decision.escalate, decision.dry_run

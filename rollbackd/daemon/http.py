@@ -1,0 +1,252 @@
+"""The daemon's HTTP face: probes, metrics, and the API to read decisions and steer the daemon.
+
+Read-only routes:
+
+- ``GET /healthz``: 200 while the evaluation loop runs, 503 otherwise;
+- ``GET /readyz``: 503 until the first evaluation of all targets completed, then 200;
+- ``GET /metrics``: Prometheus text format (the daemon's own registry);
+- ``GET /api/v1/targets``: every target with its latest evidence and decision, last rollback
+  decision, hold and cooldown, plus the global switches;
+- ``GET /api/v1/targets/{namespace}/{name}``: one target.
+
+Control routes (they change what the daemon does; see :func:`control_routes`):
+
+- ``POST /api/v1/targets/{namespace}/{name}/hold`` ``{"eta_s": 300, "reason": "..."}``: a
+  fix-forward hold (no rollback of that target before the ETA); ``DELETE`` lifts it;
+- ``POST /api/v1/freeze`` / ``DELETE /api/v1/freeze``: the global freeze switch;
+- ``POST /api/v1/dry-run`` ``{"enabled": true|false}``: decide but never act.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from rollbackd.daemon.jsonify import JsonValue, dumps
+from rollbackd.daemon.metrics import DaemonMetrics
+from rollbackd.daemon.state import DaemonState, TargetState
+from rollbackd.daemon.views import flags_view, target_view, targets_view
+
+logger = logging.getLogger(__name__)
+
+#: Longest reason text accepted for a hold.
+MAX_REASON_CHARS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class HttpContext:
+    """What the handlers read and steer.
+
+    ``clock`` is the event-loop clock (the time base of decisions, holds and cooldowns); ``alive``
+    tells whether the evaluation loop runs; ``ready`` whether the first evaluation completed.
+    """
+
+    state: DaemonState
+    metrics: DaemonMetrics
+    clock: Callable[[], float]
+    alive: Callable[[], bool]
+    ready: Callable[[], bool]
+
+
+_CONTEXT = web.AppKey("rollbackd_context", HttpContext)
+
+
+def json_response(value: JsonValue, *, status: int = 200) -> web.Response:
+    return web.Response(text=dumps(value), status=status, content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return json_response({"error": message}, status=status)
+
+
+def _context(request: web.Request) -> HttpContext:
+    return request.app[_CONTEXT]
+
+
+def _target(request: web.Request) -> TargetState | None:
+    key = f"{request.match_info['namespace']}/{request.match_info['name']}"
+    return _context(request).state.targets.get(key)
+
+
+async def _json_object(request: web.Request) -> dict[str, object] | None:
+    """The request body as a JSON object; ``None`` when it is not one."""
+    try:
+        body = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+# --- read-only routes --------------------------------------------------------------------------
+
+async def healthz(request: web.Request) -> web.Response:
+    alive = _context(request).alive()
+    status = "ok" if alive else "evaluation loop stopped"
+    return json_response({"status": status}, status=200 if alive else 503)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready = _context(request).ready()
+    return json_response({"status": "ready" if ready else "no evaluation yet"}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = _context(request).metrics.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def list_targets(request: web.Request) -> web.Response:
+    ctx = _context(request)
+    return json_response(targets_view(ctx.state, now=ctx.clock()))
+
+
+async def get_target(request: web.Request) -> web.Response:
+    ctx = _context(request)
+    target = _target(request)
+    if target is None:
+        return _error(404, "no such target")
+    return json_response(target_view(ctx.state, target, now=ctx.clock()))
+
+
+# --- control routes ----------------------------------------------------------------------------
+
+async def set_hold(request: web.Request) -> web.Response:
+    ctx = _context(request)
+    target = _target(request)
+    if target is None:
+        return _error(404, "no such target")
+    body = await _json_object(request)
+    if body is None:
+        return _error(400, 'the body must be a JSON object like {"eta_s": 300, "reason": "..."}')
+    raw_eta = body.get("eta_s")
+    if isinstance(raw_eta, bool) or not isinstance(raw_eta, int | float):
+        return _error(400, "eta_s must be a positive number of seconds")
+    eta_s = float(raw_eta)
+    if not math.isfinite(eta_s) or eta_s <= 0:
+        return _error(400, "eta_s must be a positive number of seconds")
+    reason = body.get("reason", "fix-forward")
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON_CHARS:
+        return _error(400, f"reason must be a non-empty text of at most {MAX_REASON_CHARS} characters")
+    now = ctx.clock()
+    ctx.state.holds.set(target.key, until=now + eta_s, reason=reason, set_at=now)
+    logger.warning(
+        "fix-forward hold set",
+        extra={"target": target.key, "eta_s": eta_s, "reason": reason, "remote": request.remote},
+    )
+    return json_response(target_view(ctx.state, target, now=now))
+
+
+async def clear_hold(request: web.Request) -> web.Response:
+    ctx = _context(request)
+    target = _target(request)
+    if target is None:
+        return _error(404, "no such target")
+    ctx.state.holds.clear(target.key)
+    logger.warning("fix-forward hold lifted", extra={"target": target.key, "remote": request.remote})
+    return json_response(target_view(ctx.state, target, now=ctx.clock()))
+
+
+async def freeze(request: web.Request) -> web.Response:
+    ctx = _context(request)
+    ctx.state.flags.freeze = True
+    logger.warning("global freeze on: no automatic rollback", extra={"remote": request.remote})
+    return json_response(flags_view(ctx.state.flags))
+
+
+async def unfreeze(request: web.Request) -> web.Response:
+    ctx = _context(request)
+    ctx.state.flags.freeze = False
+    logger.warning("global freeze off", extra={"remote": request.remote})
+    return json_response(flags_view(ctx.state.flags))
+
+
+async def set_dry_run(request: web.Request) -> web.Response:
+    ctx = _context(request)
+    body = await _json_object(request)
+    enabled = None if body is None else body.get("enabled")
+    if not isinstance(enabled, bool):
+        return _error(400, 'the body must be {"enabled": true} or {"enabled": false}')
+    ctx.state.flags.dry_run = enabled
+    logger.warning("dry-run %s", "on" if enabled else "off",
+                   extra={"dry_run": enabled, "remote": request.remote})
+    return json_response(flags_view(ctx.state.flags))
+
+
+def read_routes() -> list[web.RouteDef]:
+    return [
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/metrics", metrics),
+        web.get("/api/v1/targets", list_targets),
+        web.get("/api/v1/targets/{namespace}/{name}", get_target),
+    ]
+
+
+def control_routes() -> list[web.RouteDef]:
+    """Every route that changes what the daemon does. Access control of the API (who may hold,
+    freeze or switch dry-run) applies to exactly these routes, and to no read-only one."""
+    return [
+        web.post("/api/v1/targets/{namespace}/{name}/hold", set_hold),
+        web.delete("/api/v1/targets/{namespace}/{name}/hold", clear_hold),
+        web.post("/api/v1/freeze", freeze),
+        web.delete("/api/v1/freeze", unfreeze),
+        web.post("/api/v1/dry-run", set_dry_run),
+    ]
+
+
+def make_app(context: HttpContext) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
+    app[_CONTEXT] = context
+    app.add_routes(read_routes())
+    app.add_routes(control_routes())
+    return app
+
+
+class HttpServer:
+    """The HTTP server on ``host``:``port`` (port 0 picks a free one; :attr:`port` tells which).
+
+    ``async with`` starts listening and stops on exit, waiting at most ``shutdown_timeout_s`` for
+    requests in flight.
+    """
+
+    def __init__(
+        self, app: web.Application, *, host: str, port: int, shutdown_timeout_s: float = 5.0,
+    ) -> None:
+        self._app = app
+        self._host = host
+        self._port = port
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        if self._runner is None or not self._runner.addresses:
+            raise RuntimeError("the HTTP server is not listening")
+        address = self._runner.addresses[0]
+        return int(address[1])
+
+    async def __aenter__(self) -> HttpServer:
+        # No access log: probes hit /healthz and /metrics every few seconds.
+        runner = web.AppRunner(self._app, shutdown_timeout=self._shutdown_timeout_s, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._host, self._port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        logger.info("HTTP server listening", extra={"host": self._host, "port": self.port})
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+            logger.info("HTTP server stopped")

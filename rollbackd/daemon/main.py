@@ -1,0 +1,117 @@
+"""``rollbackd run``: the process edge. Reads the environment and the configuration file, sets up
+logging, opens the real sources, runs the :class:`~rollbackd.daemon.app.Daemon` and turns SIGTERM
+and SIGINT into a graceful, bounded shutdown.
+
+Exit codes: 0 after a clean shutdown, 1 when the daemon failed (or did not stop in time), 2 when
+the configuration is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from rollbackd import __version__
+from rollbackd.backoff import Backoff
+from rollbackd.config.loader import ConfigError, load_settings
+from rollbackd.config.settings import Settings
+from rollbackd.daemon.app import SHUTDOWN_TIMEOUT_S, Daemon
+from rollbackd.daemon.logs import configure_logging
+from rollbackd.daemon.metrics import DaemonMetrics
+from rollbackd.errors import SourceStats
+from rollbackd.sources.health import HealthProber
+from rollbackd.sources.prometheus import PrometheusClient, PrometheusSource
+
+logger = logging.getLogger(__name__)
+
+#: Extra time, beyond the root tasks' shutdown timeout, for closing the sources before the
+#: process gives up on a graceful exit.
+_CLOSE_MARGIN_S = 5.0
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+async def run_daemon(settings: Settings, *, shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+    """Open Prometheus and the health prober, run the daemon until SIGTERM or SIGINT, close all.
+
+    The first signal starts a graceful shutdown; if it has not completed within
+    ``shutdown_timeout_s`` plus a few seconds, or a second signal arrives, the process exits at
+    once with status 1 (logged).
+    """
+    loop = asyncio.get_running_loop()
+    metrics = DaemonMetrics()
+    prometheus = settings.prometheus
+    client = PrometheusClient(
+        base_url=prometheus.url,
+        timeout_s=prometheus.timeout_s,
+        retries=prometheus.retries,
+        backoff=Backoff(initial_s=prometheus.backoff_initial_s,
+                        max_s=max(prometheus.backoff_max_s, prometheus.backoff_initial_s)),
+        stats=SourceStats(source="prometheus", on_error=metrics.count_source_error),
+    )
+    prober = HealthProber(
+        timeout_s=settings.health.timeout_s,
+        concurrency=settings.health.concurrency,
+        stats=SourceStats(source="health", on_error=metrics.count_source_error),
+    )
+    #: Armed by the first signal; stays armed while the sources close.
+    deadline: list[asyncio.TimerHandle] = []
+    try:
+        async with client, prober:
+            daemon = Daemon(
+                settings,
+                metrics_source=PrometheusSource(client=client),
+                health_source=prober,
+                metrics=metrics,
+                shutdown_timeout_s=shutdown_timeout_s,
+            )
+
+            def on_signal(signum: signal.Signals) -> None:
+                if deadline:
+                    _exit_now(f"second {signum.name} during shutdown")
+                logger.info("shutdown requested", extra={"signal": signum.name})
+                deadline.append(loop.call_later(shutdown_timeout_s + _CLOSE_MARGIN_S, _exit_now,
+                                                "shutdown did not complete in time"))
+                daemon.stop()
+
+            for signum in _SIGNALS:
+                loop.add_signal_handler(signum, on_signal, signum)
+            try:
+                await daemon.run()
+            finally:
+                for signum in _SIGNALS:
+                    loop.remove_signal_handler(signum)
+    finally:
+        for handle in deadline:
+            handle.cancel()
+
+
+def _exit_now(why: str) -> None:
+    """Leave the process at once, with status 1, after flushing the logs."""
+    logger.critical("exiting without a complete shutdown: %s", why)
+    logging.shutdown()
+    os._exit(1)
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    """Entry point of ``rollbackd run``: ``args.config`` is the configuration file (or ``None``)."""
+    config = getattr(args, "config", None)
+    try:
+        settings = load_settings(Path(config) if config else None, environ=os.environ)
+    except ConfigError as exc:
+        print(f"rollbackd: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log)
+    logger.info("rollbackd starting", extra={"version": __version__, "config": config})
+    try:
+        asyncio.run(run_daemon(settings))
+    except Exception:
+        logger.exception("rollbackd failed")
+        return 1
+    logger.info("rollbackd stopped")
+    return 0

@@ -1,0 +1,77 @@
+"""The daemon's own Prometheus metrics, kept in a dedicated registry (never the global one), so
+that several daemons can live in one process (tests) and nothing else leaks into ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from rollbackd.model import Decision, Outcome
+
+#: Buckets of the evaluation duration: from a quick in-memory tick to a slow Prometheus.
+_DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class DaemonMetrics:
+    """Counters, gauges and histograms exported on ``/metrics``.
+
+    - ``rollbackd_evaluations_total``: target evaluations (one per target per tick);
+    - ``rollbackd_decisions_total{outcome}``: decisions by outcome
+      (immediate / controlled / none / inconclusive);
+    - ``rollbackd_rollback_decisions_total{mode}``: decisions to roll back now, by mode
+      (immediate / controlled), dry-run ones included;
+    - ``rollbackd_source_errors_total{source,kind}``: source failures (``prometheus``, ``health``)
+      by kind (``timeout``, ``connection``, ...);
+    - ``rollbackd_evaluation_errors_total``: target evaluations that raised (a bug; logged);
+    - ``rollbackd_evaluation_duration_seconds``: duration of one tick (collection and evaluation);
+    - ``rollbackd_ticks_skipped_total``: ticks skipped because the previous one overran;
+    - ``rollbackd_targets``: targets watched;
+    - ``rollbackd_up``: 1 while the daemon runs, 0 once it shuts down.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.evaluations = Counter(
+            "rollbackd_evaluations", "Target evaluations (one per target per tick).", registry=r,
+        )
+        self.decisions = Counter("rollbackd_decisions", "Decisions by outcome.", ["outcome"], registry=r)
+        self.rollback_decisions = Counter(
+            "rollbackd_rollback_decisions", "Decisions to roll back, by mode (dry-run included).",
+            ["mode"], registry=r,
+        )
+        self.source_errors = Counter(
+            "rollbackd_source_errors", "Source failures by source and kind.", ["source", "kind"], registry=r,
+        )
+        self.evaluation_errors = Counter(
+            "rollbackd_evaluation_errors", "Target evaluations that raised.", registry=r,
+        )
+        self.evaluation_duration = Histogram(
+            "rollbackd_evaluation_duration_seconds",
+            "Duration of one tick: collection and evaluation of all targets.",
+            buckets=_DURATION_BUCKETS_S, registry=r,
+        )
+        self.ticks_skipped = Counter(
+            "rollbackd_ticks_skipped", "Ticks skipped because the previous tick overran.", registry=r,
+        )
+        self.targets = Gauge("rollbackd_targets", "Targets watched.", registry=r)
+        self.up = Gauge("rollbackd_up", "1 while the daemon runs.", registry=r)
+        # Export every outcome and mode from the start, so rates work before the first decision.
+        for outcome in Outcome:
+            self.decisions.labels(outcome=outcome.value)
+        for mode in (Outcome.IMMEDIATE, Outcome.CONTROLLED):
+            self.rollback_decisions.labels(mode=mode.value)
+
+    def count_decision(self, decision: Decision) -> None:
+        self.evaluations.inc()
+        self.decisions.labels(outcome=decision.outcome.value).inc()
+        if decision.rollback:
+            self.rollback_decisions.labels(mode=decision.outcome.value).inc()
+
+    def count_source_error(self, source: str, kind: str) -> None:
+        """Usable as a source's ``on_error(source, kind)`` callback."""
+        self.source_errors.labels(source=source, kind=kind).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

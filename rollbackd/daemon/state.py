@@ -1,0 +1,87 @@
+"""What the daemon remembers between ticks: per-target evaluators and their latest decisions, the
+runtime switches (freeze, dry-run), fix-forward holds and the rollback ledger (cooldowns, hourly cap).
+
+Everything here lives in one event loop and is only touched from it, so no locks are needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rollbackd.config.resolve import source_target, target_params
+from rollbackd.config.settings import Settings, TargetSettings
+from rollbackd.decision.rails import HoldBook, RollbackLedger
+from rollbackd.evaluate import TargetEvaluator
+from rollbackd.model import Context, Decision, Risk
+from rollbackd.params import TargetParams
+from rollbackd.sources.base import SourceTarget
+
+
+@dataclass(slots=True)
+class RuntimeFlags:
+    """Global switches, initialised from ``settings.safety`` and toggled through the API."""
+
+    freeze: bool = False
+    dry_run: bool = False
+
+
+class TargetState:
+    """One watched target: its resolved parameters, how the sources find it, its evaluator (which
+    keeps its own window of observations) and the decisions worth showing."""
+
+    def __init__(self, settings: TargetSettings, *, params: TargetParams, source: SourceTarget) -> None:
+        self.settings = settings
+        self.params = params
+        self.source = source
+        self.evaluator = TargetEvaluator(params)
+        #: The decision of the latest tick (any outcome).
+        self.latest: Decision | None = None
+        #: The latest decision that said "roll back now" (dry-run included).
+        self.last_rollback: Decision | None = None
+
+    @property
+    def key(self) -> str:
+        return self.params.key
+
+
+class DaemonState:
+    """All targets (in configuration order) plus the global switches and safety rails."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.flags = RuntimeFlags(freeze=settings.safety.freeze, dry_run=settings.safety.dry_run)
+        self.max_rollbacks_per_hour = settings.defaults.policy.max_rollbacks_per_hour
+        self.holds = HoldBook()
+        self.ledger = RollbackLedger(max_per_hour=self.max_rollbacks_per_hour)
+        self.targets: dict[str, TargetState] = {}
+        for target in settings.targets:
+            state = TargetState(
+                target,
+                params=target_params(settings, target),
+                source=source_target(settings, target),
+            )
+            self.targets[state.key] = state
+
+    def context(self, target: TargetState, t: float) -> Context:
+        """What the decision framework weighs for ``target`` at time ``t`` besides the metrics."""
+        risk = target.params.policy.rollback_risk
+        why = "configured as high-risk (policy.rollback_risk: high)" if risk is Risk.HIGH else ""
+        return Context(
+            rollback_risk=risk,
+            risk_reason=why,
+            hold=self.holds.get(target.key),
+            frozen=self.flags.freeze,
+            dry_run=self.flags.dry_run,
+            cooldown_until=self.ledger.cooldown_until(target.key),
+            rollbacks_last_hour=self.ledger.rollbacks_last_hour(t),
+            max_rollbacks_per_hour=self.max_rollbacks_per_hour,
+        )
+
+    def remember(self, target: TargetState, decision: Decision) -> None:
+        """Keep ``decision`` as the target's latest; a rollback decision also becomes its last
+        rollback and, unless it was taken in dry-run, starts the target's cooldown and counts
+        towards the hourly cap."""
+        target.latest = decision
+        if decision.rollback:
+            target.last_rollback = decision
+            if not decision.dry_run:
+                self.ledger.record(target.key, decision.t, target.params.policy.cooldown_s)

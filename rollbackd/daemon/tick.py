@@ -1,0 +1,160 @@
+"""One tick: collect every target's metrics (one batched call) and health (all probes at once),
+and the schedule that runs ticks on the event-loop clock without drift.
+
+A failing source never stops the daemon: its data becomes missing (``None``) for that tick and the
+failure is reported through ``on_source_error(source, kind)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from rollbackd.errors import SourceError
+from rollbackd.model import HealthCheck, Observation
+from rollbackd.sources.base import HealthSource, MetricsSource, SidePair, SourceTarget
+
+logger = logging.getLogger(__name__)
+
+#: ``on_source_error(source, kind)``: count one failure of a source.
+SourceErrorSink = Callable[[str, str], None]
+
+_NO_DATA: SidePair = (None, None)
+
+
+def error_kind(exc: BaseException) -> str:
+    """The bounded classification of a source failure, used as a metric label."""
+    if isinstance(exc, SourceError):
+        return exc.kind
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, OSError):
+        return "connection"
+    return "unexpected"
+
+
+@dataclass(frozen=True, slots=True)
+class Gathered:
+    """Everything the sources delivered for one tick, keyed by target key. Missing keys and
+    failed sources are already ``None``."""
+
+    metrics: Mapping[str, SidePair]
+    health: Mapping[str, tuple[tuple[HealthCheck, ...] | None, tuple[HealthCheck, ...] | None]]
+
+    def observation(self, target: SourceTarget, t: float) -> Observation:
+        baseline, candidate = self.metrics.get(target.key, _NO_DATA)
+        health_baseline, health_candidate = self.health.get(target.key, (None, None))
+        return Observation(
+            target=target.key,
+            t=t,
+            baseline=baseline,
+            candidate=candidate,
+            health_baseline=health_baseline,
+            health_candidate=health_candidate,
+        )
+
+
+async def _collect_metrics(
+    source: MetricsSource,
+    targets: Sequence[SourceTarget],
+    *,
+    window_s: float,
+    on_source_error: SourceErrorSink,
+) -> Mapping[str, SidePair]:
+    try:
+        return await source.collect(targets, window_s=window_s)
+    except Exception as exc:
+        source_name = exc.source if isinstance(exc, SourceError) else "prometheus"
+        kind = error_kind(exc)
+        on_source_error(source_name, kind)
+        logger.warning(
+            "metrics source failed; this tick has no metrics data",
+            extra={"source": source_name, "kind": kind, "error": repr(exc)},
+        )
+        return {}
+
+
+async def _probe(
+    source: HealthSource,
+    key: str,
+    urls: Sequence[str],
+    *,
+    on_source_error: SourceErrorSink,
+) -> tuple[HealthCheck, ...] | None:
+    try:
+        return await source.probe(urls)
+    except Exception as exc:
+        kind = error_kind(exc)
+        on_source_error("health", kind)
+        logger.warning(
+            "health probes failed; this tick has no health data",
+            extra={"target": key, "source": "health", "kind": kind, "error": repr(exc)},
+        )
+        return None
+
+
+async def gather(
+    targets: Sequence[SourceTarget],
+    *,
+    metrics_source: MetricsSource,
+    health_source: HealthSource,
+    window_s: float,
+    on_source_error: SourceErrorSink,
+) -> Gathered:
+    """Run the one batched metrics collection and every target's health probes concurrently."""
+    async with asyncio.TaskGroup() as tg:
+        metrics_task = tg.create_task(
+            _collect_metrics(metrics_source, targets, window_s=window_s, on_source_error=on_source_error),
+            name="rollbackd:collect-metrics",
+        )
+        probe_tasks = {
+            (target.key, side): tg.create_task(
+                _probe(health_source, target.key, urls, on_source_error=on_source_error),
+                name=f"rollbackd:probe:{target.key}:{side}",
+            )
+            for target in targets
+            for side, urls in (("baseline", target.health_baseline), ("candidate", target.health_candidate))
+            if urls
+        }
+    probed = {where: task.result() for where, task in probe_tasks.items()}
+    health = {
+        target.key: (probed.get((target.key, "baseline")), probed.get((target.key, "candidate")))
+        for target in targets
+    }
+    return Gathered(metrics=metrics_task.result(), health=health)
+
+
+async def run_every(
+    interval_s: float,
+    tick: Callable[[], Awaitable[None]],
+    *,
+    on_skipped: Callable[[int], None] | None = None,
+) -> None:
+    """Call ``tick`` now and then every ``interval_s`` on the event-loop clock, forever.
+
+    The schedule is ``start + k * interval_s``: the duration of a tick does not shift later ticks.
+    A tick that overruns makes the missed slots be skipped (logged, and reported through
+    ``on_skipped(count)``), never run in a burst.
+    """
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    k = 0
+    while True:
+        await tick()
+        k += 1
+        now = loop.time()
+        due = start + k * interval_s
+        if now > due:
+            behind = math.floor((now - start) / interval_s) - k + 1
+            k += behind
+            due = start + k * interval_s
+            logger.warning(
+                "tick overran its interval; skipping missed ticks",
+                extra={"skipped": behind, "interval_s": interval_s},
+            )
+            if on_skipped is not None:
+                on_skipped(behind)
+        await asyncio.sleep(due - now)

@@ -1,0 +1,82 @@
+"""How the daemon's state looks from the outside: the JSON documents of the API."""
+
+from __future__ import annotations
+
+from rollbackd.daemon.jsonify import JsonValue, to_json_value
+from rollbackd.daemon.state import DaemonState, RuntimeFlags, TargetState
+from rollbackd.model import Decision, Evidence
+
+
+def evidence_view(evidence: Evidence | None) -> JsonValue:
+    if evidence is None:
+        return None
+    return {
+        "t": to_json_value(evidence.t),
+        "impact": evidence.impact.value,
+        "attributable": evidence.attributable,
+        "inconclusive": evidence.inconclusive,
+        "candidate_requests": to_json_value(evidence.candidate_requests),
+        "baseline_requests": to_json_value(evidence.baseline_requests),
+        "findings": [to_json_value(finding) for finding in evidence.findings],
+        "reasons": list(evidence.reasons),
+    }
+
+
+def decision_view(decision: Decision | None, *, now: float) -> JsonValue:
+    if decision is None:
+        return None
+    return {
+        "t": to_json_value(decision.t),
+        "age_s": to_json_value(now - decision.t),
+        "outcome": decision.outcome.value,
+        "rollback": decision.rollback,
+        "dry_run": decision.dry_run,
+        "escalate": decision.escalate,
+        "blocked_by": decision.blocked_by,
+        "waiting_since": to_json_value(decision.waiting_since),
+        "reasons": list(decision.reasons),
+        "extra": to_json_value(decision.extra),
+    }
+
+
+def target_view(state: DaemonState, target: TargetState, *, now: float) -> JsonValue:
+    """One target: what it is, the latest evidence and decision, its last rollback decision, and
+    what currently restrains it (hold, cooldown)."""
+    latest = target.latest
+    hold = state.holds.get(target.key)
+    cooldown_until = state.ledger.cooldown_until(target.key)
+    if cooldown_until is not None and cooldown_until <= now:
+        cooldown_until = None
+    return {
+        "key": target.key,
+        "namespace": target.settings.namespace,
+        "name": target.settings.name,
+        "strategy": target.params.strategy.value,
+        "evidence": evidence_view(latest.evidence if latest is not None else None),
+        "decision": decision_view(latest, now=now),
+        "last_rollback": decision_view(target.last_rollback, now=now),
+        "hold": None if hold is None else {
+            "until": to_json_value(hold.until),
+            "remaining_s": to_json_value(max(0.0, hold.until - now)),
+            "expired": hold.until <= now,
+            "reason": hold.reason,
+            "set_at": to_json_value(hold.set_at),
+        },
+        "cooldown": None if cooldown_until is None else {
+            "until": to_json_value(cooldown_until),
+            "remaining_s": to_json_value(cooldown_until - now),
+        },
+    }
+
+
+def flags_view(flags: RuntimeFlags) -> JsonValue:
+    return {"freeze": flags.freeze, "dry_run": flags.dry_run}
+
+
+def targets_view(state: DaemonState, *, now: float) -> JsonValue:
+    """All targets by key, plus the global switches."""
+    return {
+        "freeze": state.flags.freeze,
+        "dry_run": state.flags.dry_run,
+        "targets": {key: target_view(state, target, now=now) for key, target in state.targets.items()},
+    }

@@ -1,0 +1,462 @@
+"""Metrics from Prometheus over its HTTP API, batched across targets.
+
+:class:`PrometheusClient` sends instant queries (``POST /api/v1/query``, form-encoded) with a
+timeout and retries temporary failures with jittered backoff. :class:`PrometheusSource` turns one
+tick's batched queries (see :mod:`rollbackd.sources.promql`) into a ``(baseline, candidate)`` pair
+of :class:`~rollbackd.model.Sample` per target. Whatever could not be measured is ``None``, never
+zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import aiohttp
+
+from rollbackd.backoff import Backoff
+from rollbackd.detectors.histogram import histogram_quantile
+from rollbackd.errors import (
+    PrometheusQueryError,
+    PrometheusUnavailableError,
+    SourceError,
+    SourceStats,
+    TemporarySourceError,
+)
+from rollbackd.model import Histogram, Sample
+from rollbackd.sources import promql
+from rollbackd.sources.base import SidePair, SourceTarget
+
+logger = logging.getLogger(__name__)
+
+#: Prometheus ``errorType`` values that a retry may get past.
+_TEMPORARY_ERROR_TYPES = frozenset({"timeout", "canceled", "unavailable", "internal"})
+
+#: The backoff between query attempts unless told otherwise.
+DEFAULT_BACKOFF = Backoff(initial_s=0.2, max_s=2.0)
+
+#: How much of a query is quoted in error messages and logs.
+_QUOTE_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One element of an instant vector (or a scalar, with no labels). ``value`` may be NaN or
+    infinite, exactly as Prometheus returned it."""
+
+    labels: Mapping[str, str]
+    value: float
+    timestamp: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    """A successful instant query: ``result_type`` is ``vector`` or ``scalar``; ``warnings`` are
+    the ones Prometheus attached to the answer (e.g. about partial data)."""
+
+    query: str
+    result_type: str
+    series: tuple[Series, ...]
+    warnings: tuple[str, ...] = ()
+
+
+class PrometheusClient:
+    """An async client of the Prometheus query API that owns its HTTP session.
+
+    Use as ``async with PrometheusClient(base_url=...) as client: await client.query(...)``.
+
+    Keyword arguments:
+
+    - ``base_url``: Prometheus' URL, e.g. ``http://127.0.0.1:9090`` (a path prefix is kept).
+    - ``timeout_s``: limit for one attempt, also sent to Prometheus as its query ``timeout``.
+    - ``retries``: further attempts after a temporary failure (connection error, timeout, 5xx,
+      429, ``errorType`` timeout / canceled / unavailable / internal). Permanent failures
+      (``bad_data``, ``execution``, other 4xx, malformed answers) are never retried.
+    - ``backoff``: delays between attempts; a server's ``Retry-After`` is honoured up to
+      ``backoff.max_s``.
+    - ``stats``: counters to update (a fresh one named ``prometheus`` by default).
+    - ``max_connections``: most HTTP connections open at once.
+    - ``rng``: random generator for the backoff jitter (reproducible tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        timeout_s: float = 5.0,
+        retries: int = 2,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        stats: SourceStats | None = None,
+        max_connections: int = 100,
+        rng: random.Random | None = None,
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, not {timeout_s!r}")
+        if retries < 0:
+            raise ValueError(f"retries must not be negative, not {retries!r}")
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff = backoff
+        self.stats = stats if stats is not None else SourceStats(source="prometheus")
+        self._max_connections = max_connections
+        self._rng = rng
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        connector = aiohttp.TCPConnector(limit=self._max_connections)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"Accept": "application/json"},
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def query(self, promql_text: str) -> QueryResult:
+        """Run an instant query at the server's current time.
+
+        Raises :class:`~rollbackd.errors.PrometheusUnavailableError` when every attempt failed
+        temporarily, :class:`~rollbackd.errors.PrometheusQueryError` at once when Prometheus
+        rejected the query or answered with something unexpected. Both carry Prometheus' own
+        ``errorType`` and ``error`` text when it sent them.
+        """
+        attempt = 0
+        while True:
+            self.stats.requests += 1
+            try:
+                return await self._query_once(promql_text)
+            except TemporarySourceError as exc:
+                self.stats.record_error(exc.kind)
+                if attempt >= self.retries:
+                    self.stats.failures += 1
+                    raise
+                delay = self.backoff.delay(attempt, self._rng)
+                if exc.retry_after_s is not None:
+                    delay = min(max(delay, exc.retry_after_s), self.backoff.max_s)
+                logger.warning("Prometheus query failed (%s), retry %d/%d in %.2fs",
+                               exc, attempt + 1, self.retries, delay)
+                attempt += 1
+                self.stats.retries += 1
+                await asyncio.sleep(delay)
+            except SourceError as exc:
+                self.stats.record_error(exc.kind)
+                self.stats.failures += 1
+                raise
+
+    async def _query_once(self, promql_text: str) -> QueryResult:
+        if self._session is None:
+            raise RuntimeError("PrometheusClient is used outside its 'async with' block")
+        url = f"{self.base_url}/api/v1/query"
+        # Plain seconds: Prometheus parses a bare float, but a unit only with an integer ("0.5s" is
+        # rejected as bad_data).
+        form = {"query": promql_text, "timeout": f"{self.timeout_s:g}"}
+        quoted = _quote(promql_text)
+        try:
+            async with self._session.post(url, data=form) as response:
+                body = await response.read()
+                status = response.status
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+        except TimeoutError as exc:
+            raise PrometheusUnavailableError(
+                f"Prometheus did not answer within {self.timeout_s:g}s (query: {quoted})", kind="timeout"
+            ) from exc
+        except aiohttp.InvalidURL as exc:
+            raise PrometheusQueryError(f"invalid Prometheus URL {url!r}: {exc}", kind="config") from exc
+        except aiohttp.ClientError as exc:
+            raise PrometheusUnavailableError(
+                f"cannot reach Prometheus at {self.base_url}: {exc or type(exc).__name__}", kind="connection"
+            ) from exc
+        return _parse_response(promql_text, status, body, retry_after)
+
+
+def _quote(promql_text: str) -> str:
+    if len(promql_text) <= _QUOTE_CHARS:
+        return promql_text
+    return promql_text[:_QUOTE_CHARS] + f"... ({len(promql_text)} chars)"
+
+
+def _retry_after(header: str | None) -> float | None:
+    if header is None:
+        return None
+    try:
+        seconds = float(header)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _parse_response(promql_text: str, status: int, body: bytes, retry_after: float | None) -> QueryResult:
+    quoted = _quote(promql_text)
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        snippet = body[:200].decode("utf-8", "replace").strip()
+        message = (
+            f"Prometheus answered HTTP {status} without a JSON API response: {snippet!r} (query: {quoted})"
+        )
+        if status == 429:
+            raise PrometheusUnavailableError(message, kind="rate_limited", status=status,
+                                             retry_after_s=retry_after)
+        if status >= 500:
+            raise PrometheusUnavailableError(message, kind="unavailable", status=status,
+                                             retry_after_s=retry_after)
+        raise PrometheusQueryError(message, kind="bad_response" if status < 300 else "http", status=status)
+
+    if document.get("status") != "success" or status >= 300:
+        error_type = document.get("errorType")
+        error_type = error_type if isinstance(error_type, str) else None
+        error = document.get("error")
+        message = f"Prometheus answered HTTP {status}"
+        if error_type:
+            message += f" {error_type}"
+        if error:
+            message += f": {error}"
+        message += f" (query: {quoted})"
+        temporary = (
+            error_type in _TEMPORARY_ERROR_TYPES
+            or status == 429
+            or (status >= 500 and error_type not in {"bad_data", "execution"})
+        )
+        if temporary:
+            if status == 429:
+                kind = "rate_limited"
+            else:
+                kind = "timeout" if error_type == "timeout" else "unavailable"
+            raise PrometheusUnavailableError(message, kind=kind, status=status, error_type=error_type,
+                                             retry_after_s=retry_after)
+        if error_type == "bad_data":
+            kind = "bad_query"
+        elif error_type == "execution":
+            kind = "execution"
+        elif status < 300:
+            kind = "bad_response"
+        else:
+            kind = "http"
+        raise PrometheusQueryError(message, kind=kind, status=status, error_type=error_type)
+
+    try:
+        return _parse_data(promql_text, document)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise PrometheusQueryError(
+            f"Prometheus answered with an unexpected document ({exc!r}) (query: {quoted})",
+            kind="bad_response", status=status,
+        ) from exc
+
+
+def _parse_data(promql_text: str, document: Mapping[str, object]) -> QueryResult:
+    data = document["data"]
+    if not isinstance(data, dict):
+        raise TypeError("data is not an object")
+    result_type = data["resultType"]
+    result = data["result"]
+    warnings_raw = document.get("warnings") or ()
+    if not isinstance(warnings_raw, list | tuple):
+        raise TypeError("warnings is not a list")
+    warnings = tuple(str(w) for w in warnings_raw)
+    series: list[Series] = []
+    if result_type == "vector":
+        if not isinstance(result, list):
+            raise TypeError("vector result is not a list")
+        for element in result:
+            metric = element.get("metric") or {}
+            if not isinstance(metric, dict):
+                raise TypeError("series labels are not an object")
+            timestamp, value = element["value"]
+            series.append(Series(
+                labels={str(k): str(v) for k, v in metric.items()},
+                value=float(value),
+                timestamp=float(timestamp),
+            ))
+    elif result_type == "scalar":
+        timestamp, value = result
+        series.append(Series(labels={}, value=float(value), timestamp=float(timestamp)))
+    else:
+        raise ValueError(f"result type {result_type!r} is not an instant vector or scalar")
+    if warnings:
+        logger.warning("Prometheus warnings for query %s: %s", _quote(promql_text), "; ".join(warnings))
+    return QueryResult(query=promql_text, result_type=str(result_type), series=tuple(series),
+                       warnings=warnings)
+
+
+class PrometheusSource:
+    """The :class:`~rollbackd.sources.base.MetricsSource` backed by Prometheus.
+
+    Each :meth:`collect` sends the batched queries of :func:`rollbackd.sources.promql.plan`
+    concurrently: three per group of targets sharing the same query templates (more only when a
+    selector would exceed ``max_selector_chars``).
+
+    Keyword arguments:
+
+    - ``client``: an open :class:`PrometheusClient` (the caller owns its lifetime).
+    - ``max_selector_chars``: cap on one selector's length before a batch is split.
+    - ``quantile``: the quantile reported as ``Sample.p95_ms`` (0.95).
+    """
+
+    def __init__(
+        self,
+        *,
+        client: PrometheusClient,
+        max_selector_chars: int = promql.DEFAULT_MAX_SELECTOR_CHARS,
+        quantile: float = 0.95,
+    ) -> None:
+        self.client = client
+        self.max_selector_chars = max_selector_chars
+        self.quantile = quantile
+
+    @property
+    def stats(self) -> SourceStats:
+        return self.client.stats
+
+    async def collect(self, targets: Sequence[SourceTarget], *, window_s: float) -> dict[str, SidePair]:
+        """``(baseline, candidate)`` per target key over the last ``window_s`` seconds.
+
+        A side is ``None`` when its requests series is missing or NaN, when the requests or errors
+        query failed, or when the target cannot be queried (reported in the log and counted as a
+        ``config`` error). A side's latency is ``None`` when the bucket query failed or returned
+        no usable histogram for it.
+        """
+        result: dict[str, SidePair] = {target.key: (None, None) for target in targets}
+        plan = promql.plan(targets, window_s=window_s, max_selector_chars=self.max_selector_chars)
+        for key, reason in plan.invalid.items():
+            logger.warning("Target %s cannot be queried: %s", key, reason)
+            self.stats.record_error("config")
+
+        answers: dict[tuple[int, promql.Metric], asyncio.Task[QueryResult | SourceError]] = {}
+        async with asyncio.TaskGroup() as group:
+            for index, batch in enumerate(plan.batches):
+                for metric, text in batch.queries.items():
+                    answers[index, metric] = group.create_task(self._safe_query(text))
+
+        sides: dict[str, dict[promql.Side, Sample | None]] = {}
+        for index, batch in enumerate(plan.batches):
+            outcome = {metric: answers[index, metric].result() for metric in promql.Metric}
+            per_series = self._samples(batch, outcome)
+            for series, owners in batch.sides.items():
+                for target_key, side in owners:
+                    sides.setdefault(target_key, {})[side] = per_series.get(series)
+
+        for target_key, pair in sides.items():
+            result[target_key] = (pair.get(promql.Side.BASELINE), pair.get(promql.Side.CANDIDATE))
+        return result
+
+    async def _safe_query(self, text: str) -> QueryResult | SourceError:
+        try:
+            return await self.client.query(text)
+        except SourceError as exc:
+            return exc
+        except Exception as exc:
+            # A defect, not an outage: say so loudly, but still report missing data, never zeros.
+            logger.exception("Unexpected failure of a Prometheus query")
+            self.stats.record_error("internal")
+            return PrometheusQueryError(f"unexpected failure: {exc!r}", kind="internal")
+
+    def _samples(
+        self,
+        batch: promql.Batch,
+        outcome: Mapping[promql.Metric, QueryResult | SourceError],
+    ) -> dict[promql.SeriesKey, Sample]:
+        """The sample of every series of ``batch`` that has data; absent keys mean no data."""
+        labels = batch.templates.group_labels
+        requests = outcome[promql.Metric.REQUESTS]
+        errors = outcome[promql.Metric.ERRORS]
+        buckets = outcome[promql.Metric.LATENCY_BUCKETS]
+        wanted = len(batch.sides)
+        for metric, answer in outcome.items():
+            if isinstance(answer, SourceError):
+                logger.warning("Prometheus %s query for %d series failed: %s", metric.value, wanted, answer)
+        if isinstance(requests, SourceError) or isinstance(errors, SourceError):
+            return {}
+
+        request_values = _values(requests, labels)
+        error_values = _values(errors, labels)
+        histograms = {} if isinstance(buckets, SourceError) else _histograms(buckets, labels)
+
+        samples: dict[promql.SeriesKey, Sample] = {}
+        for key in batch.sides:
+            served = request_values.get(key)
+            if served is None or not math.isfinite(served) or served < 0:
+                continue
+            # No errors series for a side whose requests are known: the counter of failed requests
+            # does not exist or did not move, which is zero errors (the errors query did succeed).
+            failed = error_values.get(key, 0.0)
+            if not math.isfinite(failed) or failed < 0:
+                continue
+            latency = histograms.get(key)
+            p95_s = (
+                histogram_quantile(self.quantile, latency.bounds_s, latency.counts)
+                if latency is not None else None
+            )
+            samples[key] = Sample(
+                requests=served,
+                errors=min(failed, served),
+                latency=latency,
+                p95_ms=p95_s * 1000.0 if p95_s is not None else None,
+            )
+        missing = wanted - len(samples)
+        if missing:
+            logger.debug("No usable requests series for %d of %d series", missing, wanted)
+        return samples
+
+
+def _values(result: QueryResult, labels: Sequence[str]) -> dict[promql.SeriesKey, float]:
+    values: dict[promql.SeriesKey, float] = {}
+    for series in result.series:
+        key = promql.series_key(series.labels, labels)
+        if key in values:
+            # Two series for one key: the query does not aggregate by the group labels. Sum them,
+            # as "sum by" would have; NaN stays NaN and marks the side missing.
+            values[key] += series.value
+        else:
+            values[key] = series.value
+    return values
+
+
+def _histograms(result: QueryResult, labels: Sequence[str]) -> dict[promql.SeriesKey, Histogram]:
+    raw: dict[promql.SeriesKey, dict[float, float]] = {}
+    broken: set[promql.SeriesKey] = set()
+    for series in result.series:
+        key = promql.series_key(series.labels, labels)
+        le = series.labels.get("le")
+        try:
+            bound = float(le) if le is not None else math.nan
+        except ValueError:
+            bound = math.nan
+        if math.isnan(bound) or math.isnan(series.value):
+            broken.add(key)
+            continue
+        buckets = raw.setdefault(key, {})
+        buckets[bound] = buckets.get(bound, 0.0) + series.value
+
+    histograms: dict[promql.SeriesKey, Histogram] = {}
+    for key, buckets in raw.items():
+        if key in broken or math.inf not in buckets or len(buckets) < 2:
+            continue
+        bounds = tuple(sorted(buckets))
+        counts: list[float] = []
+        highest = 0.0
+        for bound in bounds:
+            # Cumulative counts never decrease; increase() extrapolation can make them wobble.
+            highest = max(highest, buckets[bound])
+            counts.append(highest)
+        histograms[key] = Histogram(bounds_s=bounds, counts=tuple(counts))
+    return histograms

@@ -1,0 +1,266 @@
+"""End to end: real sample-app processes serving their own traffic, a real Prometheus scraping them
+every second, and ``rollbackd run`` as a real process, watched only through its HTTP API.
+
+One daemon watches four canaries of one stable service, in three phases:
+
+1. all healthy: every target is judged ``none``;
+2. ``spike`` fails 30% of its requests and ``creep`` 2.5% (the SLO is 1%, severe from 5%): an
+   immediate rollback decision for ``spike``, a controlled one for ``creep`` only after its grace,
+   nothing for ``steady``;
+3. Prometheus stops and ``dark`` starts failing 30%: with no data, decisions are inconclusive and
+   nothing is rolled back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from tests.promfixtures import (
+    HOST,
+    PrometheusServer,
+    SampleAppProcess,
+    astart_prometheus,
+    astart_sample_app,
+    free_port,
+    require_prometheus,
+)
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[1]
+NAMESPACE = "e2e"
+INTERVAL_S = 2.0
+GRACE_S = 6.0
+CANARIES = ("steady", "spike", "creep", "dark")
+#: Requests per second each process sends itself: plenty for 2.5% to stand out from a 1% SLO
+#: within a few intervals, while staying far below the 5% severe level interval after interval.
+RPS = {"stable": 100.0, "steady": 100.0, "spike": 100.0, "creep": 200.0, "dark": 100.0}
+BASE_ERROR_RATE = 0.002
+
+
+@dataclass
+class Env:
+    apps: dict[str, SampleAppProcess]
+    prometheus: PrometheusServer
+    daemon: asyncio.subprocess.Process
+    daemon_log: Path
+    api: str
+    session: aiohttp.ClientSession
+    #: Every look at the targets, with the (monotonic) time it was taken.
+    history: list[tuple[float, dict[str, dict[str, Any]]]] = field(default_factory=list)
+
+    async def targets(self) -> dict[str, dict[str, Any]]:
+        """One look at every target through the API (kept in :attr:`history`)."""
+        async with self.session.get(f"{self.api}/api/v1/targets") as response:
+            assert response.status == 200
+            listing: dict[str, Any] = await response.json()
+        targets = {key.split("/")[1]: value for key, value in listing["targets"].items()}
+        self.history.append((asyncio.get_running_loop().time(), targets))
+        return targets
+
+    def decided_at(self, name: str, decision: dict[str, Any]) -> float:
+        """When ``decision`` of target ``name`` was taken, on this process' clock: the daemon
+        reports each decision's age when asked."""
+        for polled_at, targets in self.history:
+            for shown in (targets[name]["decision"], targets[name]["last_rollback"]):
+                if shown is not None and shown["t"] == decision["t"]:
+                    return polled_at - float(shown["age_s"])
+        raise AssertionError(f"decision {decision} of {name} was never seen")
+
+    async def metrics(self) -> str:
+        async with self.session.get(f"{self.api}/metrics") as response:
+            return await response.text()
+
+    async def until(self, what: str, check: Any, *, timeout_s: float) -> dict[str, dict[str, Any]]:
+        """Poll the API every half second until ``check(targets)`` holds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            targets = await self.targets()
+            if check(targets):
+                return targets
+            if loop.time() > deadline:
+                summary = {name: (t["decision"] or {}).get("reasons") for name, t in targets.items()}
+                raise AssertionError(f"not {what} within {timeout_s:g}s: {json.dumps(summary, indent=1)}\n"
+                                     f"daemon log tail:\n{_tail(self.daemon_log)}")
+            await asyncio.sleep(0.5)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _config(prometheus_url: str, http_port: int, apps: dict[str, SampleAppProcess]) -> dict[str, Any]:
+    return {
+        "interval_s": INTERVAL_S,
+        "prometheus": {"url": prometheus_url, "timeout_s": 2, "retries": 0},
+        "health": {"timeout_s": 1},
+        "http": {"host": HOST, "port": http_port},
+        "log": {"level": "INFO", "format": "json"},
+        "defaults": {
+            "detection": {"window_s": 12, "min_requests": 50, "min_latency_samples": 50},
+            "policy": {"controlled_grace_s": GRACE_S},
+        },
+        "targets": [
+            {
+                "name": name,
+                "namespace": NAMESPACE,
+                "strategy": "canary",
+                "ingress": f"{name}-canary",
+                "baseline": {"deployment": "stable"},
+                "candidate": {"deployment": f"canary-{name}", "health": [f"{apps[name].url}/readyz"]},
+            }
+            for name in CANARIES
+        ],
+    }
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    binary = require_prometheus()
+    apps: dict[str, SampleAppProcess] = {}
+    prometheus: PrometheusServer | None = None
+    daemon: asyncio.subprocess.Process | None = None
+    try:
+        started = await asyncio.gather(*(
+            astart_sample_app(
+                deployment=name if name == "stable" else f"canary-{name}",
+                namespace=NAMESPACE, rps=RPS[name], error_rate=BASE_ERROR_RATE, seed=index, log_dir=tmp_path,
+            )
+            for index, name in enumerate(RPS)
+        ), return_exceptions=True)
+        for name, app in zip(RPS, started, strict=True):
+            if isinstance(app, SampleAppProcess):
+                apps[name] = app
+        for app in started:
+            if isinstance(app, BaseException):
+                raise app
+        prometheus = await astart_prometheus(
+            targets=[app.address for app in apps.values()], data_dir=tmp_path / "prometheus",
+            scrape_interval_s=1.0, binary=binary, scrapes=2,
+        )
+
+        http_port = free_port()
+        config = tmp_path / "rollbackd.yaml"
+        config.write_text(yaml.safe_dump(_config(prometheus.url, http_port, apps)))
+        daemon_log = tmp_path / "rollbackd.log"
+        with daemon_log.open("wb") as log:
+            daemon = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "rollbackd", "run", "--config", str(config),
+                cwd=REPO, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                env={k: v for k, v in os.environ.items() if not k.startswith("ROLLBACKD_")},
+            )
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            yield Env(apps=apps, prometheus=prometheus, daemon=daemon, daemon_log=daemon_log,
+                      api=f"http://{HOST}:{http_port}", session=session)
+    finally:
+        if daemon is not None and daemon.returncode is None:
+            daemon.kill()
+            await daemon.wait()
+        if prometheus is not None:
+            prometheus.stop()
+        for app in apps.values():
+            app.stop()
+
+
+async def _wait_ready(env: Env) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        if env.daemon.returncode is not None:
+            raise AssertionError(f"rollbackd exited with {env.daemon.returncode}:\n{_tail(env.daemon_log)}")
+        try:
+            async with env.session.get(f"{env.api}/readyz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        if loop.time() > deadline:
+            raise AssertionError(f"rollbackd not ready within 30s:\n{_tail(env.daemon_log)}")
+        await asyncio.sleep(0.2)
+
+
+def _outcome(target: dict[str, Any]) -> str | None:
+    decision = target["decision"]
+    return None if decision is None else str(decision["outcome"])
+
+
+async def test_rollbackd_decides_on_real_prometheus_data(env: Env) -> None:
+    await _wait_ready(env)
+
+    # Phase 1: everything healthy, and judged so (data flows through Prometheus).
+    await env.until("all judged healthy", lambda ts: all(_outcome(t) == "none" for t in ts.values()),
+                    timeout_s=30)
+    await asyncio.sleep(2 * INTERVAL_S)
+
+    # Phase 2: a severe and a moderate regression.
+    await asyncio.gather(
+        env.apps["spike"].acontrol(error_rate=0.30), env.apps["creep"].acontrol(error_rate=0.025),
+    )
+    switched_at = asyncio.get_running_loop().time()
+    done = await env.until(
+        "both regressions decided",
+        lambda ts: ts["spike"]["last_rollback"] is not None and ts["creep"]["last_rollback"] is not None,
+        timeout_s=45,
+    )
+
+    spike = done["spike"]["last_rollback"]
+    assert spike["outcome"] == "immediate", spike
+    assert spike["rollback"] is True
+    assert done["spike"]["evidence"]["impact"] == "severe"
+
+    creep = done["creep"]["last_rollback"]
+    assert creep["outcome"] == "controlled", creep
+    assert creep["rollback"] is True
+    assert done["creep"]["evidence"]["impact"] == "manageable"
+    # Not before the grace: the breach started after the switch, and lasted the grace before the
+    # decision (the response includes its age, which puts it on this process' clock).
+    assert creep["waiting_since"] is not None
+    assert creep["t"] - creep["waiting_since"] >= GRACE_S
+    assert env.decided_at("creep", creep) >= switched_at + GRACE_S - 0.5
+
+    # The healthy canary is never rolled back, over ten ticks and more.
+    first_t = env.history[0][1]["steady"]["decision"]["t"]
+    await env.until("ten ticks of the healthy canary",
+                    lambda ts: ts["steady"]["decision"]["t"] - first_t >= 9 * INTERVAL_S, timeout_s=30)
+    steady = [targets["steady"] for _, targets in env.history]
+    assert all(t["last_rollback"] is None for t in steady)
+    assert {_outcome(t) for t in steady} <= {"none", "inconclusive"}
+    assert [_outcome(t) for t in steady].count("none") > len(steady) / 2
+
+    # Phase 3: Prometheus goes away while a canary goes bad: no data, no rollback.
+    env.prometheus.stop()
+    await env.apps["dark"].acontrol(error_rate=0.30)
+    await env.until(
+        "inconclusive without Prometheus",
+        lambda ts: _outcome(ts["dark"]) == "inconclusive" and _outcome(ts["steady"]) == "inconclusive",
+        timeout_s=20,
+    )
+    await asyncio.sleep(3 * INTERVAL_S)
+    final = await env.targets()
+    assert _outcome(final["dark"]) == "inconclusive"
+    assert final["dark"]["last_rollback"] is None
+    assert final["steady"]["last_rollback"] is None
+    assert any("no candidate metrics" in reason for reason in final["dark"]["decision"]["reasons"])
+    metrics = await env.metrics()
+    assert 'rollbackd_source_errors_total{kind="connection",source="prometheus"}' in metrics
+    assert 'rollbackd_rollback_decisions_total{mode="immediate"} 1.0' in metrics
+    assert 'rollbackd_rollback_decisions_total{mode="controlled"} 1.0' in metrics
+
+    env.daemon.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(env.daemon.wait(), timeout=20) == 0
