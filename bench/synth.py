@@ -182,9 +182,16 @@ def generate(story: Story, *, interval_s: float, candidate_rps: float, seed: int
             tick["baseline"] = _side(rng, 0 if live else _poisson(rng, baseline_rps * interval_s), base_b)
             tick["candidate"] = _side(rng, _poisson(rng, baseline_rps * interval_s) if live else 0, cand_b)
             if story.kind == "rolling":
-                tick["baseline"] = tick["baseline"] if not live else {
-                    "requests": 0, "errors": 0, "latency_buckets": [0] * 12, "p95_ms": None,
-                }
+                tick["baseline"] = (
+                    tick["baseline"]
+                    if not live
+                    else {
+                        "requests": 0,
+                        "errors": 0,
+                        "latency_buckets": [0] * 12,
+                        "p95_ms": None,
+                    }
+                )
         if story.name == "metrics-gap" and i in gap:
             tick["baseline"] = None
             tick["candidate"] = None
@@ -229,7 +236,8 @@ def generate(story: Story, *, interval_s: float, candidate_rps: float, seed: int
 
 
 def suite(
-    *, intervals: tuple[float, ...] = (1.0, 5.0, 15.0, 30.0),
+    *,
+    intervals: tuple[float, ...] = (1.0, 5.0, 15.0, 30.0),
     rates: tuple[float, ...] = (2.0, 10.0, 50.0),
     seeds: tuple[int, ...] = (1,),
 ) -> Iterator[dict[str, Any]]:

@@ -14,7 +14,18 @@ from dataclasses import dataclass, field
 
 #: Prometheus' default histogram bucket upper bounds, in seconds (``+Inf`` last).
 DEFAULT_BUCKETS_S: tuple[float, ...] = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, math.inf,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    math.inf,
 )
 
 

@@ -6,7 +6,7 @@ sees pydantic or the environment.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rollbackd.model import Risk, Slo, Strategy
 
@@ -44,7 +44,7 @@ class TargetParams:
     key: str
     strategy: Strategy
     interval_s: float
-    slo: Slo = Slo()
-    severity: Severity = Severity()
-    detection: Detection = Detection()
-    policy: Policy = Policy()
+    slo: Slo = field(default_factory=Slo)
+    severity: Severity = field(default_factory=Severity)
+    detection: Detection = field(default_factory=Detection)
+    policy: Policy = field(default_factory=Policy)

@@ -88,14 +88,18 @@ def _sample(raw: Any, where: str) -> Sample | None:
         except (TypeError, ValueError) as exc:
             raise ScenarioError(f"{where}.latency_buckets: {exc}") from exc
     p95 = raw.get("p95_ms")
-    return Sample(requests=requests, errors=errors, latency=latency, p95_ms=None if p95 is None else float(p95))
+    return Sample(
+        requests=requests, errors=errors, latency=latency, p95_ms=None if p95 is None else float(p95)
+    )
 
 
 def _health(raw: Any) -> tuple[HealthCheck, ...] | None:
     if not raw:
         return None
     return tuple(
-        HealthCheck(path=str(h.get("path", "/")), status=None if h.get("status") is None else int(h["status"]))
+        HealthCheck(
+            path=str(h.get("path", "/")), status=None if h.get("status") is None else int(h["status"])
+        )
         for h in raw
     )
 
@@ -143,7 +147,9 @@ def run_scenario(scenario: Mapping[str, Any], defaults: TargetParams | None = No
     events = sorted(ctx_raw.get("events") or [], key=lambda e: float(e.get("t", 0)))
     base_ctx = Context(
         rollback_risk=params.policy.rollback_risk,
-        risk_reason="release marked high-risk in the scenario" if params.policy.rollback_risk is Risk.HIGH else "",
+        risk_reason="release marked high-risk in the scenario"
+        if params.policy.rollback_risk is Risk.HIGH
+        else "",
         max_rollbacks_per_hour=params.policy.max_rollbacks_per_hour,
     )
     hold: Hold | None = None
@@ -159,7 +165,11 @@ def run_scenario(scenario: Mapping[str, Any], defaults: TargetParams | None = No
         except (KeyError, TypeError, ValueError) as exc:
             raise ScenarioError(f"{where}.t: expected a number") from exc
         for event in events:
-            if float(event.get("t", 0)) <= t and event.get("type") == "fix_forward" and event.get("_seen") is None:
+            if (
+                float(event.get("t", 0)) <= t
+                and event.get("type") == "fix_forward"
+                and event.get("_seen") is None
+            ):
                 pass
         active = [e for e in events if float(e.get("t", 0)) <= t and e.get("type") == "fix_forward"]
         if active:
@@ -191,8 +201,13 @@ def run_scenario(scenario: Mapping[str, Any], defaults: TargetParams | None = No
     if last is not None and last.outcome is Outcome.INCONCLUSIVE:
         reason = f"inconclusive at the end: {reason}"
     return ReplayResult(
-        scenario=name, decision="none", mode=None, decided_at_s=None, reason=reason,
-        ticks=len(ticks), escalations=escalations,
+        scenario=name,
+        decision="none",
+        mode=None,
+        decided_at_s=None,
+        reason=reason,
+        ticks=len(ticks),
+        escalations=escalations,
     )
 
 

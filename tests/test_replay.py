@@ -55,7 +55,11 @@ def test_there_are_public_scenarios(scenarios_dir: Path) -> None:
 def test_replay_cli_prints_one_json_line_per_scenario(scenarios_dir: Path) -> None:
     files = sorted(str(p) for p in scenarios_dir.glob("*.json"))
     proc = subprocess.run(
-        [sys.executable, "-m", "rollbackd", "replay", *files], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-m", "rollbackd", "replay", *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -71,7 +75,11 @@ def test_replay_cli_reports_a_broken_file(tmp_path: Path) -> None:
     bad = tmp_path / "broken.json"
     bad.write_text('{"name": "x", "ticks": [ {"t": 0,', encoding="utf-8")
     proc = subprocess.run(
-        [sys.executable, "-m", "rollbackd", "replay", str(bad)], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "rollbackd", "replay", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 2
     assert "broken.json:1:" in proc.stderr
@@ -80,7 +88,9 @@ def test_replay_cli_reports_a_broken_file(tmp_path: Path) -> None:
 
 def test_scenario_errors_name_the_field(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
-    path.write_text(json.dumps({"kind": "canary", "ticks": [{"t": 0, "candidate": {"errors": 1}}]}), encoding="utf-8")
+    path.write_text(
+        json.dumps({"kind": "canary", "ticks": [{"t": 0, "candidate": {"errors": 1}}]}), encoding="utf-8"
+    )
     with pytest.raises(ScenarioError, match=r"ticks\[0\]\.candidate"):
         replay_scenario(load_scenario(path))
     path.write_text(json.dumps({"kind": "shadow", "ticks": []}), encoding="utf-8")
@@ -91,10 +101,7 @@ def test_scenario_errors_name_the_field(tmp_path: Path) -> None:
 # Generated recordings: other intervals and traffic levels than the public files. The judge must
 # never roll back a release that should stay, and must catch every severe regression in time.
 GENERATED = [
-    (story, interval, rps)
-    for story in _stories()
-    for interval in (1.0, 5.0, 30.0)
-    for rps in (5.0, 50.0)
+    (story, interval, rps) for story in _stories() for interval in (1.0, 5.0, 30.0) for rps in (5.0, 50.0)
 ]
 
 

@@ -14,6 +14,7 @@ keeps the verdict but marks it so nothing acts on it.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from rollbackd.model import Context, Decision, Evidence, Impact, Outcome, Risk
 from rollbackd.params import TargetParams
@@ -38,7 +39,9 @@ def _track(evidence: Evidence, state: DecisionState, params: TargetParams) -> De
         # The detectors re-estimate the onset from all the data each tick; trust the latest.
         if evidence.since is not None:
             return DecisionState(breach_since=evidence.since)
-        return DecisionState(breach_since=state.breach_since if state.breach_since is not None else evidence.t)
+        return DecisionState(
+            breach_since=state.breach_since if state.breach_since is not None else evidence.t
+        )
     if evidence.within_slo:
         clear = state.clear_ticks + 1
         if clear >= params.detection.confirm_intervals:
@@ -55,14 +58,18 @@ def _apply_rails(decision: Decision, ctx: Context, t: float) -> Decision:
         reasons.append("global freeze is on: not rolling back, escalating")
         return replace(decision, rollback=False, escalate=True, blocked_by="freeze", reasons=tuple(reasons))
     if ctx.cooldown_until is not None and t < ctx.cooldown_until:
-        reasons.append(f"target in cooldown until {_fmt_t(ctx.cooldown_until)} after its last rollback: escalating")
+        reasons.append(
+            f"target in cooldown until {_fmt_t(ctx.cooldown_until)} after its last rollback: escalating"
+        )
         return replace(decision, rollback=False, escalate=True, blocked_by="cooldown", reasons=tuple(reasons))
     if ctx.rollbacks_last_hour >= ctx.max_rollbacks_per_hour:
         reasons.append(
             f"{ctx.rollbacks_last_hour} rollbacks in the last hour reached the cap of "
             f"{ctx.max_rollbacks_per_hour}: escalating"
         )
-        return replace(decision, rollback=False, escalate=True, blocked_by="rate-limit", reasons=tuple(reasons))
+        return replace(
+            decision, rollback=False, escalate=True, blocked_by="rate-limit", reasons=tuple(reasons)
+        )
     if ctx.dry_run:
         reasons.append("dry-run: would roll back, acting on nothing")
         return replace(decision, dry_run=True, reasons=tuple(reasons))
@@ -75,92 +82,94 @@ def decide(
     """One tick of the framework: evidence + context → decision, and the state for the next tick."""
     t = evidence.t
     state = _track(evidence, state, params)
-    base = Decision(target=evidence.target, t=t, outcome=Outcome.NONE, rollback=False, reasons=(), evidence=evidence)
+    since = state.breach_since
 
-    def done(decision: Decision) -> tuple[Decision, DecisionState]:
+    def verdict(
+        outcome: Outcome, why: str, *, rollback: bool = False, **extra: Any
+    ) -> tuple[Decision, DecisionState]:
+        decision = Decision(
+            target=evidence.target,
+            t=t,
+            outcome=outcome,
+            rollback=rollback,
+            reasons=(why, *evidence.reasons),
+            evidence=evidence,
+            **extra,
+        )
         return _apply_rails(decision, ctx, t), state
 
     if not evidence.breached:
         if evidence.inconclusive:
-            return done(replace(
-                base,
-                outcome=Outcome.INCONCLUSIVE,
-                reasons=("not enough data to judge; never rolling back on missing data", *evidence.reasons),
-            ))
-        return done(replace(base, reasons=("no SLO breach", *evidence.reasons)))
+            return verdict(
+                Outcome.INCONCLUSIVE, "not enough data to judge; never rolling back on missing data"
+            )
+        return verdict(Outcome.NONE, "no SLO breach")
 
     level = "severe" if evidence.impact is Impact.SEVERE else "manageable"
     if not evidence.attributable:
-        return done(replace(
-            base,
+        return verdict(
+            Outcome.NONE,
+            f"{level} SLO breach, but not attributable to the new version (the baseline is as bad, or there "
+            "is no baseline to compare with): likely a platform incident, escalating",
             escalate=True,
             blocked_by="not-attributable",
-            reasons=(
-                f"{level} SLO breach, but not attributable to the new version (the baseline is as bad, "
-                "or there is no baseline to compare with): likely a platform incident, escalating",
-                *evidence.reasons,
-            ),
-        ))
+        )
     if ctx.rollback_risk is Risk.HIGH or not ctx.has_rollback_target:
         why = ctx.risk_reason or (
             "no healthy revision to go back to" if not ctx.has_rollback_target else "release marked high-risk"
         )
-        return done(replace(
-            base,
+        return verdict(
+            Outcome.NONE,
+            f"{level} breach attributable to the new version, but rollback risk exceeds impact ({why}): "
+            "escalating instead of rolling back",
             escalate=True,
             blocked_by="rollback-risk",
-            reasons=(f"{level} breach attributable to the new version, but rollback risk exceeds impact ({why}): "
-                     "escalating instead of rolling back", *evidence.reasons),
-        ))
+        )
     if ctx.newer_rollout_in_progress:
-        return done(replace(
-            base,
+        return verdict(
+            Outcome.NONE,
+            f"{level} breach, but a newer rollout is already progressing: holding",
             blocked_by="newer-rollout",
-            reasons=(f"{level} breach, but a newer rollout is already progressing: holding", *evidence.reasons),
-        ))
+        )
     if ctx.hold is not None:
-        if t < ctx.hold.until:
-            return done(replace(
-                base,
+        hold = ctx.hold
+        if t < hold.until:
+            return verdict(
+                Outcome.NONE,
+                f"{level} breach, but a {hold.reason} hold is set until {_fmt_t(hold.until)}: holding",
                 blocked_by="hold",
-                waiting_since=state.breach_since,
-                reasons=(f"{level} breach, but a {ctx.hold.reason} hold is set until {_fmt_t(ctx.hold.until)}: "
-                         "holding", *evidence.reasons),
-            ))
-        return done(replace(
-            base,
-            outcome=Outcome.CONTROLLED,
+                waiting_since=since,
+            )
+        return verdict(
+            Outcome.CONTROLLED,
+            f"{hold.reason} hold expired at {_fmt_t(hold.until)} with the {level} breach still there: "
+            "controlled rollback",
             rollback=True,
-            waiting_since=state.breach_since,
-            reasons=(f"{ctx.hold.reason} hold expired at {_fmt_t(ctx.hold.until)} with the {level} breach still "
-                     "there: controlled rollback", *evidence.reasons),
-        ))
+            waiting_since=since,
+        )
     if evidence.impact is Impact.SEVERE:
-        return done(replace(
-            base,
-            outcome=Outcome.IMMEDIATE,
+        return verdict(
+            Outcome.IMMEDIATE,
+            "severe breach attributable to the new version, rollback risk low: immediate rollback",
             rollback=True,
-            waiting_since=state.breach_since,
-            reasons=("severe breach attributable to the new version, rollback risk low: immediate rollback",
-                     *evidence.reasons),
-        ))
-    since = state.breach_since if state.breach_since is not None else t
+            waiting_since=since,
+        )
+    since = since if since is not None else t
     grace = params.policy.controlled_grace_s
     # The grace runs from the end of the first bad interval: an onset estimate one interval early
     # must never make a controlled rollback come before its grace is over.
-    if t - since >= grace + params.interval_s:
-        return done(replace(
-            base,
-            outcome=Outcome.CONTROLLED,
+    due = since + grace + params.interval_s
+    if t >= due:
+        return verdict(
+            Outcome.CONTROLLED,
+            f"manageable breach attributable to the new version since {_fmt_t(since)}, still there after the "
+            f"{grace:g}s grace: controlled rollback",
             rollback=True,
             waiting_since=since,
-            reasons=(f"manageable breach attributable to the new version since {_fmt_t(since)}, still there after "
-                     f"the {grace:g}s grace: controlled rollback", *evidence.reasons),
-        ))
-    return done(replace(
-        base,
-        outcome=Outcome.CONTROLLED,
+        )
+    return verdict(
+        Outcome.CONTROLLED,
+        f"manageable breach attributable to the new version since {_fmt_t(since)}: waiting up to {grace:g}s "
+        f"(until {_fmt_t(due)}) for recovery or a fix",
         waiting_since=since,
-        reasons=(f"manageable breach attributable to the new version since {_fmt_t(since)}: waiting up to "
-                 f"{grace:g}s (until {_fmt_t(since + grace + params.interval_s)}) for recovery or a fix", *evidence.reasons),
-    ))
+    )

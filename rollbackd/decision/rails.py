@@ -46,7 +46,9 @@ class HoldBook:
     def __init__(self) -> None:
         self._holds: dict[str, Hold] = {}
 
-    def set(self, key: str, *, until: float, reason: str = "fix-forward", set_at: float | None = None) -> Hold:
+    def set(
+        self, key: str, *, until: float, reason: str = "fix-forward", set_at: float | None = None
+    ) -> Hold:
         hold = Hold(until=until, reason=reason, set_at=set_at)
         self._holds[key] = hold
         return hold

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from rollbackd.detectors.signals import (
     Interval,
-    MetricSpec,
+    Track,
     Verdict,
     error_spec,
     judge_health,
@@ -32,7 +32,10 @@ class Judge:
 
     def __init__(self, params: TargetParams) -> None:
         self._params = params
-        self._specs: tuple[MetricSpec, ...] = (error_spec(params), latency_spec(params))
+        self._tracks = (
+            Track(error_spec(params), max_points=MAX_TICKS),
+            Track(latency_spec(params), max_points=MAX_TICKS),
+        )
         self._window: deque[Interval] = deque(maxlen=MAX_TICKS)
         self._health: deque[tuple[float, _HealthPair]] = deque(maxlen=MAX_TICKS)
         # The baseline's history with traffic (blue-green and rolling compare against it).
@@ -46,6 +49,8 @@ class Judge:
     def reset(self) -> None:
         """Forget everything (a new release starts)."""
         self._window.clear()
+        for track in self._tracks:
+            track.clear()
         self._health.clear()
         self._history.clear()
         self._last_breached = False
@@ -58,7 +63,11 @@ class Judge:
 
     def _admit(self, obs: Observation) -> None:
         det = self._params.detection
-        self._window.append(Interval(t=obs.t, candidate=obs.candidate, baseline=obs.baseline))
+        interval = Interval(t=obs.t, candidate=obs.candidate, baseline=obs.baseline)
+        self._window.append(interval)
+        for track in self._tracks:
+            track.add(interval)
+            track.evict_through(obs.t - det.window_s)
         self._health.append((obs.t, (obs.health_candidate, obs.health_baseline)))
         if obs.baseline is not None and obs.baseline.requests > 0:
             self._remember_history(obs.t, obs.baseline)
@@ -92,12 +101,13 @@ class Judge:
 
     def observe(self, obs: Observation) -> Evidence:
         self._admit(obs)
-        window = list(self._window)
         verdicts: list[Verdict] = []
         if obs.candidate is None:
             verdicts = [Verdict(None, "no candidate metrics this interval (scrape gap or source down)")]
         else:
-            verdicts = [judge_metric(spec, window, self._reference_for, self._params) for spec in self._specs]
+            verdicts = [
+                judge_metric(track, obs.t, self._reference_for, self._params) for track in self._tracks
+            ]
         health = judge_health(list(self._health), self._params)
 
         findings: list[Finding] = [v.finding for v in verdicts if v.finding is not None]
@@ -131,8 +141,8 @@ class Judge:
             inconclusive=inconclusive,
             findings=tuple(findings),
             reasons=tuple(reasons),
-            candidate_requests=sum(iv.candidate.requests for iv in window if iv.candidate is not None),
-            baseline_requests=sum(iv.baseline.requests for iv in window if iv.baseline is not None),
+            candidate_requests=self._tracks[0].pooled.total,
+            baseline_requests=sum(iv.baseline.requests for iv in self._window if iv.baseline is not None),
             within_slo=within,
             since=min((f.since for f in focus if f.since is not None), default=None),
         )

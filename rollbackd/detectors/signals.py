@@ -22,12 +22,13 @@ baseline's history for blue-green and rolling) with an exact conditional test of
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rollbackd.detectors import latency
 from rollbackd.detectors.stats import exceeds_rate, exceeds_ratio
-from rollbackd.model import Finding, HealthCheck, Sample
+from rollbackd.model import Finding, HealthCheck, Histogram, Sample
 from rollbackd.params import TargetParams
 
 #: Fraction of requests allowed above the P95 ceiling.
@@ -64,6 +65,98 @@ class Interval:
     baseline: Sample | None
 
 
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One interval as a metric signal scores it, computed once when the interval arrives."""
+
+    interval: Interval
+    counts: Counts  # hits against the SLO threshold
+    severe: Counts | None  # hits against the severe level
+    value: float | None  # this interval's own estimate (rate, or P95 in ms)
+
+    @property
+    def t(self) -> float:
+        return self.interval.t
+
+
+class Track:
+    """One metric signal's bounded window of scored intervals, with running totals so a tick
+    costs the same however long the window is."""
+
+    def __init__(self, spec: MetricSpec, *, max_points: int) -> None:
+        self.spec = spec
+        self.points: deque[Point] = deque()
+        self.pooled = ZERO
+        self._max_points = max_points
+        self._bounds: tuple[float, ...] | None = None
+        self._hist: list[float] = []
+        self._evictions = 0
+
+    def add(self, interval: Interval) -> None:
+        sample = interval.candidate
+        if sample is None or (counts := self.spec.hits_of(sample)) is None:
+            return
+        value = self.spec.value_of([sample])
+        self.points.append(Point(interval, counts, self.spec.severe_hits_of(sample), value))
+        self.pooled = self.pooled + counts
+        self._hist_add(sample, 1.0)
+        while len(self.points) > self._max_points:
+            self._pop()
+
+    def evict_through(self, horizon: float) -> None:
+        """Drop the intervals at or before ``horizon``."""
+        while self.points and self.points[0].t <= horizon:
+            self._pop()
+
+    def clear(self) -> None:
+        self.points.clear()
+        self.pooled = ZERO
+        self._bounds = None
+        self._hist = []
+
+    def _pop(self) -> None:
+        old = self.points.popleft()
+        self.pooled = Counts(
+            max(0.0, self.pooled.hits - old.counts.hits), max(0.0, self.pooled.total - old.counts.total)
+        )
+        if old.interval.candidate is not None:
+            self._hist_add(old.interval.candidate, -1.0)
+        self._evictions += 1
+        if self._evictions % 1024 == 0:
+            self._recount()
+
+    def _recount(self) -> None:
+        """Running sums drift with fractional counts; rebuild them now and then."""
+        self.pooled = _sum([p.counts for p in self.points])
+        self._bounds, self._hist = None, []
+        for p in self.points:
+            if p.interval.candidate is not None:
+                self._hist_add(p.interval.candidate, 1.0)
+
+    def _hist_add(self, sample: Sample, sign: float) -> None:
+        if self.spec.histogram_of is None:
+            return
+        hist = self.spec.histogram_of(sample)
+        if hist is None:
+            return
+        if self._bounds is None:
+            self._bounds = hist.bounds_s
+            self._hist = [0.0] * len(hist.bounds_s)
+        if hist.bounds_s != self._bounds:
+            return
+        for i, count in enumerate(hist.counts):
+            self._hist[i] += sign * count
+
+    def window_value(self) -> float | None:
+        if self.spec.histogram_of is None:
+            return self.pooled.rate
+        if self._bounds is None:
+            return None
+        return latency.quantile_ms(
+            Histogram(bounds_s=self._bounds, counts=tuple(max(0.0, c) for c in self._hist))
+        )
+
+
 def _sum(counts: Sequence[Counts]) -> Counts:
     total = ZERO
     for c in counts:
@@ -94,6 +187,8 @@ class MetricSpec:
     severe_tail: float
     min_total: int
     describe: Callable[[float | None], str]
+    #: The histogram a window value is read from (latency), or ``None`` for a pooled rate.
+    histogram_of: Callable[[Sample], Histogram | None] | None = None
 
 
 def error_spec(params: TargetParams) -> MetricSpec:
@@ -152,6 +247,7 @@ def latency_spec(params: TargetParams) -> MetricSpec:
         severe_tail=P95_TAIL,
         min_total=params.detection.min_latency_samples,
         describe=describe,
+        histogram_of=lambda s: s.latency,
     )
 
 
@@ -209,14 +305,16 @@ def _proven(counts: Sequence[Counts], tail: float, alpha: float) -> float | None
     return max(p_all, p_rest)
 
 
-def _severe(spec: MetricSpec, samples: Sequence[Sample], alpha: float) -> bool:
+def _severe(spec: MetricSpec, points: Sequence[Point], alpha: float) -> bool:
     """Severe: at the severe level by its estimate, and proven (without the worst interval) to be
     above half of it, so a noisy estimate of a manageable breach is not called severe."""
-    counts = [c for s in samples if (c := spec.severe_hits_of(s)) is not None]
+    counts = [p.severe for p in points if p.severe is not None]
     if not counts:
         return False
     pooled = _sum(counts)
-    return (pooled.rate or 0.0) >= spec.severe_tail and _proven(counts, spec.severe_tail / 2, alpha) is not None
+    return (pooled.rate or 0.0) >= spec.severe_tail and _proven(
+        counts, spec.severe_tail / 2, alpha
+    ) is not None
 
 
 def _loglik(c: Counts) -> float:
@@ -236,21 +334,19 @@ def _loglik(c: Counts) -> float:
 MAX_SCAN = 64
 
 
-def _episode(
-    scored: Sequence[tuple[Interval, Counts]], spec: MetricSpec, k: int, alpha: float
-) -> tuple[int, float] | None:
+def _episode(scored: Sequence[Point], spec: MetricSpec, k: int, alpha: float) -> tuple[int, float] | None:
     """Where the current breach episode began in ``scored`` and how strongly it is proven:
     (start index, p-value), or ``None`` when no recent episode is proven."""
     n = len(scored)
-    starts = [j for j in range(n - k, -1, -1) if (r := scored[j][1].rate) is not None and r > spec.tail]
+    starts = [j for j in range(n - k, -1, -1) if (r := scored[j].counts.rate) is not None and r > spec.tail]
     if not starts:
         return None
     if len(starts) > MAX_SCAN:
         step = len(starts) / MAX_SCAN
         starts = [starts[int(i * step)] for i in range(MAX_SCAN)]
     prefix: list[Counts] = [ZERO]
-    for _, c in scored:
-        prefix.append(prefix[-1] + c)
+    for point in scored:
+        prefix.append(prefix[-1] + point.counts)
     whole = prefix[-1]
 
     def split_ll(j: int) -> float:
@@ -263,7 +359,7 @@ def _episode(
     ordered = sorted((j for j in starts if scores[j] >= best - ONSET_SLACK), reverse=True)
     ordered += [j for j in sorted(starts, key=lambda j: -scores[j]) if j not in ordered][:3]
     for j in ordered:
-        counts = [c for _, c in scored[j:]]
+        counts = [point.counts for point in scored[j:]]
         p = _proven(counts, spec.tail, alpha)
         if p is None:
             continue
@@ -273,17 +369,15 @@ def _episode(
     return None
 
 
-def _recovered(
-    episode: Sequence[tuple[Interval, Counts]], tail: float, alpha: float
-) -> float | None:
+def _recovered(episode: Sequence[tuple[Interval, Counts]], tail: float, alpha: float) -> float | None:
     """When the episode's most recent stretch is back within ``tail`` and significantly better
     than what came before it (the best two-segment split), the time it recovered; else ``None``."""
     n = len(episode)
     if n < 2:
         return None
     prefix: list[Counts] = [ZERO]
-    for _, c in episode:
-        prefix.append(prefix[-1] + c)
+    for point in episode:
+        prefix.append(prefix[-1] + point.counts)
     whole = prefix[-1]
     splits = list(range(1, n))
     if len(splits) > MAX_SCAN:
@@ -304,57 +398,54 @@ def _recovered(
     before = prefix[best_r]
     after = Counts(whole.hits - before.hits, whole.total - before.total)
     if exceeds_ratio(before.hits, before.total, after.hits, after.total, 1.0) < alpha:
-        return episode[best_r][0].t
+        return episode[best_r].t
     return None
 
 
 def judge_metric(
-    spec: MetricSpec,
-    window: Sequence[Interval],
+    track: Track,
+    latest_t: float,
     reference_for: Callable[[Sequence[Interval]], Sequence[Sample]],
     params: TargetParams,
 ) -> Verdict:
-    """Judge one metric signal over the intervals of the window (oldest first)."""
+    """Judge one metric signal over its window; ``latest_t`` is the current tick."""
+    spec = track.spec
     alpha = 1.0 - params.detection.confidence
     k = params.detection.confirm_intervals
-    scored = [
-        (iv, c)
-        for iv in window
-        if iv.candidate is not None and (c := spec.hits_of(iv.candidate)) is not None
-    ]
-    pooled = _sum([c for _, c in scored])
+    scored = track.points
+    pooled = track.pooled
     if pooled.total < spec.min_total:
         return Verdict(
             None,
             f"{spec.signal}: {pooled.total:.0f} {spec.unit_label.split()[0]} in the window, "
             f"fewer than the {spec.min_total} needed for a verdict",
         )
-    samples = [iv.candidate for iv, _ in scored if iv.candidate is not None]
-    recent = _sum([c for _, c in scored[-k:]])
+    n = len(scored)
+    recent = _sum([scored[i].counts for i in range(max(0, n - k), n)])
     above = (recent.rate or 0.0) > spec.tail
 
-    # Fast path: the latest run of consecutive intervals that are each at the severe level.
-    run = 0
-    for iv, _ in reversed(scored):
-        assert iv.candidate is not None
-        value = spec.value_of([iv.candidate])
-        if value is None or value < spec.severe_at:
-            break
-        run += 1
     found: tuple[int, float, bool] | None = None
-    if run >= k and scored[-1][0] is window[-1]:
-        start = len(scored) - run
-        p_run = _proven([c for _, c in scored[start:]], spec.tail, alpha)
-        if p_run is not None and _severe(spec, samples[start:], alpha):
-            found = (start, p_run, True)
-    if found is None and above and len(scored) >= k:
-        episode = _episode(scored, spec, k, alpha)
-        if episode is not None:
-            start, p = episode
-            found = (start, p, _severe(spec, samples[start:], alpha))
+    if above and n >= k:
+        points = list(scored)
+        # Fast path: the latest run of consecutive intervals that are each at the severe level.
+        run = 0
+        for point in reversed(points):
+            if point.value is None or point.value < spec.severe_at:
+                break
+            run += 1
+        if run >= k and points[-1].t == latest_t:
+            start = n - run
+            p_run = _proven([p.counts for p in points[start:]], spec.tail, alpha)
+            if p_run is not None and _severe(spec, points[start:], alpha):
+                found = (start, p_run, True)
+        if found is None:
+            episode = _episode(points, spec, k, alpha)
+            if episode is not None:
+                start, p = episode
+                found = (start, p, _severe(spec, points[start:], alpha))
 
     if found is None:
-        value = spec.value_of(samples)
+        value = track.window_value()
         p_all = exceeds_rate(pooled.hits, pooled.total, spec.tail)
         level = "above the SLO, not proven" if above else "within"
         return Verdict(
@@ -376,20 +467,21 @@ def judge_metric(
         )
 
     start, p, severe = found
-    episode_ivs = [iv for iv, _ in scored[start:]]
-    counts = _sum([c for _, c in scored[start:]])
-    value = spec.value_of(samples[start:])
+    episode_points = list(scored)[start:]
+    episode_ivs = [point.interval for point in episode_points]
+    counts = _sum([point.counts for point in episode_points])
+    value = spec.value_of([iv.candidate for iv in episode_ivs if iv.candidate is not None])
     # Attribution must hold over the episode and over the whole window, so a cherry-picked
     # stretch of noise cannot blame the release.
     attributable, _, ref_value, detail = _attribution(spec, counts, reference_for(episode_ivs), params)
     if attributable:
         whole_ok, _, _, whole_detail = _attribution(
-            spec, pooled, reference_for([iv for iv, _ in scored]), params
+            spec, pooled, reference_for([point.interval for point in scored]), params
         )
         if not whole_ok:
             attributable = False
             detail = f"{detail}; but over the whole window: {whole_detail}"
-    since = scored[start][0].t
+    since = episode_points[0].t
     level = "severe" if severe else "breach"
     return Verdict(
         Finding(
@@ -441,11 +533,18 @@ def judge_health(
     failing = _failing(latest_cand)
     if not failing:
         return Finding(
-            signal="health", value=0.0, threshold=0.0, breached=False, severe=False,
-            attributable=False, confidence=1.0, detail="candidate health endpoints answer 2xx",
+            signal="health",
+            value=0.0,
+            threshold=0.0,
+            breached=False,
+            severe=False,
+            attributable=False,
+            confidence=1.0,
+            detail="candidate health endpoints answer 2xx",
         )
     what = ", ".join(
-        f"{c.path} {c.status if c.status is not None else 'unreachable'}" + (f" ({c.error})" if c.error else "")
+        f"{c.path} {c.status if c.status is not None else 'unreachable'}"
+        + (f" ({c.error})" if c.error else "")
         for c in failing
     )
     baseline_failing = bool(latest_base and _failing(latest_base))

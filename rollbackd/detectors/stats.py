@@ -59,9 +59,7 @@ def betainc(a: float, b: float, x: float) -> float:
         return 0.0
     if x >= 1:
         return 1.0
-    log_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
     front = math.exp(log_front)
     if x < (a + 1.0) / (a + b + 2.0):
         return front * _betacf(a, b, x) / a
@@ -96,7 +94,7 @@ def exceeds_ratio(events_a: float, trials_a: float, events_b: float, trials_b: f
     """p-value of "rate A is more than ``ratio`` times rate B" (exact conditional test).
 
     Given the total number of events, the events of A follow a binomial with success probability
-    ``ratio·n_a / (ratio·n_a + n_b)`` under the null hypothesis that rate A = ratio × rate B.
+    ``ratio·n_a / (ratio·n_a + n_b)`` under the null hypothesis that rate A = ratio times rate B.
     Valid at low counts, including zero events on B.
     """
     if trials_a <= 0 or trials_b <= 0:
