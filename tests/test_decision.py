@@ -31,7 +31,8 @@ def ev(t: float, impact: Impact = Impact.NONE, *, attributable: bool = True, **k
     )
 
 
-def run(evidences: list[Evidence], ctx: Context = Context()) -> list[tuple[Outcome, bool]]:
+def run(evidences: list[Evidence], ctx: Context | None = None) -> list[tuple[Outcome, bool]]:
+    ctx = ctx or Context()
     state = DecisionState()
     out = []
     for e in evidences:

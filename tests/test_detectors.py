@@ -4,6 +4,7 @@ when there is simply not enough data."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pytest
 

@@ -369,7 +369,7 @@ def _episode(scored: Sequence[Point], spec: MetricSpec, k: int, alpha: float) ->
     return None
 
 
-def _recovered(episode: Sequence[tuple[Interval, Counts]], tail: float, alpha: float) -> float | None:
+def _recovered(episode: Sequence[Point], tail: float, alpha: float) -> float | None:
     """When the episode's most recent stretch is back within ``tail`` and significantly better
     than what came before it (the best two-segment split), the time it recovered; else ``None``."""
     n = len(episode)
