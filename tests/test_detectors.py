@@ -39,7 +39,7 @@ def side(requests: int, errors: int, bucket: int = 5) -> Sample:
 
 
 def feed(
-    judge: Judge, ticks: list[tuple[Sample | None, Sample | None]], start: float = 0.0
+    judge: Judge, ticks: Sequence[tuple[Sample | None, Sample | None]], start: float = 0.0
 ) -> list[Evidence]:
     return [
         judge.observe(Observation(target="shop/checkout", t=start + 10.0 * i, baseline=b, candidate=c))
