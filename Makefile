@@ -4,6 +4,7 @@
 #   make test      install, make the local services available, run pytest ($(PYTEST_ARGS) passed on)
 #   make lint      ruff and mypy --strict (both run; fails if either fails)
 #   make bench     run the benchmarks; results go to bench/results/
+#   make demo      replay the labelled release recordings and show what rollbackd decides
 #   make clean     remove caches and build artefacts (keeps .venv and bench/results)
 #   make distclean clean, and remove .venv too
 
@@ -19,7 +20,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test lint bench clean distclean
+.PHONY: install test lint bench demo clean distclean
 
 install: $(INSTALLED)
 
@@ -52,3 +53,9 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# Until the live demo lands: the labelled release recordings through the real detectors and
+# decision framework, as a readable table.
+SCENARIOS ?= ../shared/scenarios
+demo: install
+	$(BIN)/rollbackd replay --format table $(SCENARIOS)

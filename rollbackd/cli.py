@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     replay.add_argument("files", nargs="+", metavar="FILE", help="scenario JSON files or directories")
+    replay.add_argument(
+        "--format",
+        choices=("json", "table"),
+        default="json",
+        help="json: one JSON object per line (the default, for programs); table: a readable summary",
+    )
     _config_argument(
         replay,
         help="a configuration file whose 'defaults' the scenarios start from (each scenario's own "

@@ -164,13 +164,6 @@ def run_scenario(scenario: Mapping[str, Any], defaults: TargetParams | None = No
             t = float(tick["t"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ScenarioError(f"{where}.t: expected a number") from exc
-        for event in events:
-            if (
-                float(event.get("t", 0)) <= t
-                and event.get("type") == "fix_forward"
-                and event.get("_seen") is None
-            ):
-                pass
         active = [e for e in events if float(e.get("t", 0)) <= t and e.get("type") == "fix_forward"]
         if active:
             latest = active[-1]
@@ -253,6 +246,9 @@ def cli_replay(args: argparse.Namespace) -> int:
         path = Path(name)
         paths.extend(sorted(path.glob("*.json")) if path.is_dir() else [path])
     status = 0
+    table = getattr(args, "format", "json") == "table"
+    if table:
+        print(f"{'scenario':<28} {'decision':<10} {'mode':<11} {'at':>6}  reason")
     for path in paths:
         try:
             result = replay_files([path], defaults)[0]
@@ -260,5 +256,17 @@ def cli_replay(args: argparse.Namespace) -> int:
             print(f"rollbackd replay: {exc}", file=sys.stderr)
             status = 2
             continue
-        print(json.dumps(result), flush=True)
+        if table:
+            print(format_row(result), flush=True)
+        else:
+            print(json.dumps(result), flush=True)
     return status
+
+
+def format_row(result: Mapping[str, Any], width: int = 110) -> str:
+    """One readable line: the verdict, then the first reason shortened to fit."""
+    at = "-" if result["decided_at_s"] is None else f"{result['decided_at_s']:g}s"
+    reason = str(result["reason"]).split("; ")[0]
+    if len(reason) > width:
+        reason = reason[: width - 1] + "…"
+    return f"{result['scenario']:<28} {result['decision']:<10} {result['mode'] or '-':<11} {at:>6}  {reason}"

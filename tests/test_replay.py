@@ -125,3 +125,18 @@ def test_generated_recording(story: Any, interval: float, rps: float) -> None:
         # Controlled: a rollback, never before the fault (the benchmark measures its timing
         # against the grace on a larger generated suite).
         assert result["decided_at_s"] >= expect["fault_at_s"], result["reason"]
+
+
+def test_replay_table_is_readable(scenarios_dir: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "rollbackd", "replay", "--format", "table", str(scenarios_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:4] == ["scenario", "decision", "mode", "at"]
+    row = next(line for line in lines if line.startswith("severe-error-spike"))
+    assert row.split()[1:4] == ["rollback", "immediate", "190s"]
