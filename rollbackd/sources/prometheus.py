@@ -277,16 +277,16 @@ def _parse_data(promql_text: str, document: Mapping[str, object]) -> QueryResult
     if result_type == "vector":
         if not isinstance(result, list):
             raise TypeError("vector result is not a list")
+        # The hot loop of a large batch (tens of thousands of series per tick): the labels object
+        # is used as decoded (JSON object keys are strings, and Prometheus' label values are too)
+        # rather than copied.
+        append = series.append
         for element in result:
             metric = element.get("metric") or {}
             if not isinstance(metric, dict):
                 raise TypeError("series labels are not an object")
             timestamp, value = element["value"]
-            series.append(Series(
-                labels={str(k): str(v) for k, v in metric.items()},
-                value=float(value),
-                timestamp=float(timestamp),
-            ))
+            append(Series(metric, float(value), float(timestamp)))
     elif result_type == "scalar":
         timestamp, value = result
         series.append(Series(labels={}, value=float(value), timestamp=float(timestamp)))
@@ -322,6 +322,23 @@ class PrometheusSource:
         self.client = client
         self.max_selector_chars = max_selector_chars
         self.quantile = quantile
+        #: The latest plan and what it was made for: targets rarely change between ticks, and
+        #: planning a thousand of them costs more than reading their answers.
+        self._planned: tuple[tuple[SourceTarget, ...], float, int, promql.Plan] | None = None
+
+    def _plan(self, targets: Sequence[SourceTarget], window_s: float) -> promql.Plan:
+        wanted = tuple(targets)
+        planned = self._planned
+        if (
+            planned is not None
+            and planned[1] == window_s
+            and planned[2] == self.max_selector_chars
+            and planned[0] == wanted  # the same target objects: compared by identity first
+        ):
+            return planned[3]
+        plan = promql.plan(wanted, window_s=window_s, max_selector_chars=self.max_selector_chars)
+        self._planned = (wanted, window_s, self.max_selector_chars, plan)
+        return plan
 
     @property
     def stats(self) -> SourceStats:
@@ -336,7 +353,7 @@ class PrometheusSource:
         no usable histogram for it.
         """
         result: dict[str, SidePair] = {target.key: (None, None) for target in targets}
-        plan = promql.plan(targets, window_s=window_s, max_selector_chars=self.max_selector_chars)
+        plan = self._plan(targets, window_s)
         for key, reason in plan.invalid.items():
             logger.warning("Target %s cannot be queried: %s", key, reason)
             self.stats.record_error("config")
@@ -420,8 +437,9 @@ class PrometheusSource:
 
 def _values(result: QueryResult, labels: Sequence[str]) -> dict[promql.SeriesKey, float]:
     values: dict[promql.SeriesKey, float] = {}
+    key_of = promql.key_getter(labels)
     for series in result.series:
-        key = promql.series_key(series.labels, labels)
+        key = key_of(series.labels)
         if key in values:
             # Two series for one key: the query does not aggregate by the group labels. Sum them,
             # as "sum by" would have; NaN stays NaN and marks the side missing.
@@ -431,32 +449,54 @@ def _values(result: QueryResult, labels: Sequence[str]) -> dict[promql.SeriesKey
     return values
 
 
+def _bound(le: object) -> float:
+    """A bucket's upper bound from its ``le`` label; NaN when absent or not a number."""
+    if le is None:
+        return math.nan
+    try:
+        return float(le)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _histograms(result: QueryResult, labels: Sequence[str]) -> dict[promql.SeriesKey, Histogram]:
     raw: dict[promql.SeriesKey, dict[float, float]] = {}
     broken: set[promql.SeriesKey] = set()
+    key_of = promql.key_getter(labels)
+    # A batch has a dozen distinct "le" values over tens of thousands of series: parse each once.
+    bounds_of: dict[object, float] = {}
     for series in result.series:
-        key = promql.series_key(series.labels, labels)
+        key = key_of(series.labels)
         le = series.labels.get("le")
-        try:
-            bound = float(le) if le is not None else math.nan
-        except ValueError:
-            bound = math.nan
-        if math.isnan(bound) or math.isnan(series.value):
+        bound = bounds_of.get(le)
+        if bound is None:
+            bound = bounds_of[le] = _bound(le)
+        value = series.value
+        if bound != bound or value != value:  # NaN
             broken.add(key)
             continue
-        buckets = raw.setdefault(key, {})
-        buckets[bound] = buckets.get(bound, 0.0) + series.value
+        buckets = raw.get(key)
+        if buckets is None:
+            raw[key] = {bound: value}
+        else:
+            buckets[bound] = buckets.get(bound, 0.0) + value
 
     histograms: dict[promql.SeriesKey, Histogram] = {}
+    # Histograms of one batch nearly always share their bounds: keep one tuple of them, not one per
+    # series and tick (the detectors' windows hold on to these).
+    shared_bounds: dict[tuple[float, ...], tuple[float, ...]] = {}
     for key, buckets in raw.items():
         if key in broken or math.inf not in buckets or len(buckets) < 2:
             continue
         bounds = tuple(sorted(buckets))
+        bounds = shared_bounds.setdefault(bounds, bounds)
         counts: list[float] = []
         highest = 0.0
         for bound in bounds:
             # Cumulative counts never decrease; increase() extrapolation can make them wobble.
-            highest = max(highest, buckets[bound])
+            value = buckets[bound]
+            if value > highest:
+                highest = value
             counts.append(highest)
         histograms[key] = Histogram(bounds_s=bounds, counts=tuple(counts))
     return histograms
