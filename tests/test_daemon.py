@@ -301,7 +301,25 @@ async def test_an_expired_hold_with_the_breach_still_there_gives_a_controlled_ro
         await asyncio.sleep(30)
         target = await api.target()
         assert target["last_rollback"]["outcome"] == "controlled"
-        assert target["hold"]["expired"] is True
+        assert "hold expired" in target["last_rollback"]["reasons"][0]
+        assert target["hold"] is None  # the hold is spent once the rollback is decided
+
+
+@pytest.mark.looptime
+async def test_an_expired_hold_is_dropped_once_its_breach_is_over() -> None:
+    metrics = ScriptedMetrics(SEVERE)
+    async with aiohttp.ClientSession() as session, Daemon(
+        make_settings(), metrics_source=metrics, health_source=ScriptedHealth(),
+    ) as daemon:
+        api = Api(session, daemon)
+        status, _ = await api.call("POST", "/api/v1/targets/shop/checkout/hold", {"eta_s": 45})
+        assert status == 200
+        await asyncio.sleep(20)
+        metrics.pair = HEALTHY  # the fix landed before its ETA
+        await asyncio.sleep(80)
+        target = await api.target()
+        assert target["last_rollback"] is None
+        assert target["hold"] is None
 
 
 @pytest.mark.looptime

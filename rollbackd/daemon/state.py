@@ -65,10 +65,16 @@ class DaemonState:
         """What the decision framework weighs for ``target`` at time ``t`` besides the metrics."""
         risk = target.params.policy.rollback_risk
         why = "configured as high-risk (policy.rollback_risk: high)" if risk is Risk.HIGH else ""
+        hold = self.holds.get(target.key)
+        if hold is not None and hold.until <= t and target.evaluator.breach_since is None:
+            # An expired hold matters only while the breach it covered goes on: once that is
+            # over, a later breach gets its own grace.
+            self.holds.clear(target.key)
+            hold = None
         return Context(
             rollback_risk=risk,
             risk_reason=why,
-            hold=self.holds.get(target.key),
+            hold=hold,
             frozen=self.flags.freeze,
             dry_run=self.flags.dry_run,
             cooldown_until=self.ledger.cooldown_until(target.key),
@@ -85,3 +91,4 @@ class DaemonState:
             target.last_rollback = decision
             if not decision.dry_run:
                 self.ledger.record(target.key, decision.t, target.params.policy.cooldown_s)
+                self.holds.clear(target.key)
