@@ -2,6 +2,8 @@
 
 Read-only routes:
 
+- ``GET /`` (and ``GET /status``): the on-call status page, HTML that refreshes itself
+  (see :mod:`rollbackd.daemon.page`);
 - ``GET /healthz``: 200 while the evaluation loop runs, 503 otherwise;
 - ``GET /readyz``: 503 until the first evaluation of all targets completed, then 200;
 - ``GET /metrics``: Prometheus text format (the daemon's own registry);
@@ -24,11 +26,14 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from aiohttp import web
 
+from rollbackd import __version__
 from rollbackd.daemon.jsonify import JsonValue, dumps
 from rollbackd.daemon.metrics import DaemonMetrics
+from rollbackd.daemon.page import refresh_seconds, render_status_page
 from rollbackd.daemon.state import DaemonState, TargetState
 from rollbackd.daemon.views import flags_view, target_view, targets_view
 
@@ -98,6 +103,28 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     body, content_type = _context(request).metrics.render()
     return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def _ticks_run(metrics: DaemonMetrics) -> int:
+    """Completed ticks: the evaluation-duration histogram observes exactly one per tick."""
+    count = metrics.registry.get_sample_value("rollbackd_evaluation_duration_seconds_count")
+    return 0 if count is None else int(count)
+
+
+async def status_page(request: web.Request) -> web.Response:
+    ctx = _context(request)
+    targets = ctx.state.targets.values()
+    interval_s = max((target.params.interval_s for target in targets), default=None)
+    page = render_status_page(
+        targets_view(ctx.state, now=ctx.clock()),
+        version=__version__,
+        ready=ctx.ready(),
+        alive=ctx.alive(),
+        ticks=_ticks_run(ctx.metrics),
+        refresh_s=refresh_seconds(interval_s),
+        generated_at=datetime.now(UTC),
+    )
+    return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
 
 
 async def list_targets(request: web.Request) -> web.Response:
@@ -179,6 +206,8 @@ async def set_dry_run(request: web.Request) -> web.Response:
 
 def read_routes() -> list[web.RouteDef]:
     return [
+        web.get("/", status_page),
+        web.get("/status", status_page),
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
         web.get("/metrics", metrics),

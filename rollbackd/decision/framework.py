@@ -32,6 +32,18 @@ def _fmt_t(t: float) -> str:
     return f"t={t:g}s"
 
 
+def _fmt_d(seconds: float) -> str:
+    """A duration for people: 45s, 2m, 1m30s, 1h5m."""
+    total = max(0, round(seconds))
+    h, rest = divmod(total, 3600)
+    m, s = divmod(rest, 60)
+    if h:
+        return f"{h}h{m}m" if m else f"{h}h"
+    if m:
+        return f"{m}m{s}s" if s else f"{m}m"
+    return f"{s}s"
+
+
 def _track(evidence: Evidence, state: DecisionState, params: TargetParams) -> DecisionState:
     """Breach onset tracking with symmetric noise tolerance: a breach starts on the first proven
     bad tick, and ends only after ``confirm_intervals`` consecutive ticks back within the SLO."""
@@ -59,7 +71,8 @@ def _apply_rails(decision: Decision, ctx: Context, t: float) -> Decision:
         return replace(decision, rollback=False, escalate=True, blocked_by="freeze", reasons=tuple(reasons))
     if ctx.cooldown_until is not None and t < ctx.cooldown_until:
         reasons.append(
-            f"target in cooldown until {_fmt_t(ctx.cooldown_until)} after its last rollback: escalating"
+            f"target in cooldown for {_fmt_d(ctx.cooldown_until - t)} more after its last rollback: "
+            "escalating"
         )
         return replace(decision, rollback=False, escalate=True, blocked_by="cooldown", reasons=tuple(reasons))
     if ctx.rollbacks_last_hour >= ctx.max_rollbacks_per_hour:
@@ -136,14 +149,15 @@ def decide(
         if t < hold.until:
             return verdict(
                 Outcome.NONE,
-                f"{level} breach, but a {hold.reason} hold is set until {_fmt_t(hold.until)}: holding",
+                f"{level} breach, but a {hold.reason} hold runs {_fmt_d(hold.until - t)} more "
+                f"(until {_fmt_t(hold.until)}): holding",
                 blocked_by="hold",
                 waiting_since=since,
             )
         return verdict(
             Outcome.CONTROLLED,
-            f"{hold.reason} hold expired at {_fmt_t(hold.until)} with the {level} breach still there: "
-            "controlled rollback",
+            f"{hold.reason} hold expired {_fmt_d(t - hold.until)} ago ({_fmt_t(hold.until)}) with the "
+            f"{level} breach still there: controlled rollback",
             rollback=True,
             waiting_since=since,
         )
@@ -162,14 +176,14 @@ def decide(
     if t >= due:
         return verdict(
             Outcome.CONTROLLED,
-            f"manageable breach attributable to the new version since {_fmt_t(since)}, still there after the "
-            f"{grace:g}s grace: controlled rollback",
+            f"manageable breach attributable to the new version for {_fmt_d(t - since)} "
+            f"(since {_fmt_t(since)}), still there after the {grace:g}s grace: controlled rollback",
             rollback=True,
             waiting_since=since,
         )
     return verdict(
         Outcome.CONTROLLED,
-        f"manageable breach attributable to the new version since {_fmt_t(since)}: waiting up to {grace:g}s "
-        f"(until {_fmt_t(due)}) for recovery or a fix",
+        f"manageable breach attributable to the new version for {_fmt_d(t - since)} (since {_fmt_t(since)}): "
+        f"waiting {_fmt_d(due - t)} more of the {grace:g}s grace for recovery or a fix",
         waiting_since=since,
     )

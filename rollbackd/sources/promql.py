@@ -156,7 +156,7 @@ def key_getter(group_labels: Sequence[str]) -> Callable[[Mapping[str, str]], Ser
             found = getter(labels)
         except KeyError:
             return series_key(labels, group_labels)
-        return (found,) if single else found  # type: ignore[no-any-return]
+        return (found,) if single else found
 
     return key
 

@@ -1,0 +1,479 @@
+"""The on-call status page: one server-rendered HTML document, no script, no external asset.
+
+The page is a rendering of the very document ``GET /api/v1/targets`` answers
+(:func:`~rollbackd.daemon.views.targets_view`), so the page and the API can never disagree. It
+shows the daemon's banner (version, readiness, freeze, dry-run, ticks, targets), then one card per
+target, worst first:
+
+1. a rollback decided (now, in dry-run, or recently and the target is in its cooldown);
+2. a controlled rollback waiting out its grace;
+3. an escalation or a hold (a breach the framework or a safety rail keeps from a rollback);
+4. inconclusive (not enough data) or not evaluated yet;
+5. healthy.
+
+Every text that comes from the outside (names, reasons, hold reasons) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import enum
+import html
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from rollbackd.daemon.jsonify import JsonValue
+
+#: The shortest refresh period of the page, in seconds.
+MIN_REFRESH_S = 2
+#: The refresh period when no target tells the evaluation interval.
+FALLBACK_REFRESH_S = 10
+
+_Doc = Mapping[str, JsonValue]
+
+
+class Urgency(enum.IntEnum):
+    """How urgently a target needs a look; lower is worse (the page sorts on it)."""
+
+    ROLLBACK = 0
+    WAITING = 1
+    ESCALATED = 2
+    INCONCLUSIVE = 3
+    HEALTHY = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Where a target stands at a glance: its urgency group and the words on its badge."""
+
+    urgency: Urgency
+    label: str
+
+    @property
+    def css(self) -> str:
+        return self.urgency.name.lower()
+
+
+def refresh_seconds(interval_s: float | None) -> int:
+    """The page's refresh period: the evaluation interval rounded up, at least
+    :data:`MIN_REFRESH_S` (:data:`FALLBACK_REFRESH_S` when the interval is unknown)."""
+    if interval_s is None or not math.isfinite(interval_s) or interval_s <= 0:
+        return FALLBACK_REFRESH_S
+    return max(MIN_REFRESH_S, math.ceil(interval_s))
+
+
+def human_duration(seconds: float) -> str:
+    """``42s``, ``5m 03s``, ``3h 07m``: seconds below two minutes, then coarser."""
+    if not math.isfinite(seconds):
+        return "?"
+    total = max(0, round(seconds))
+    if total < 120:
+        return f"{total}s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 120:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+#: Badge words for what keeps a breaching target from a rollback (``blocked_by``).
+_HELD_BY = {"hold": "fix-forward hold", "newer-rollout": "newer rollout"}
+_ESCALATED_BY = {
+    "not-attributable": "not attributable",
+    "rollback-risk": "rollback risk",
+    "freeze": "freeze",
+    "cooldown": "cooldown",
+    "rate-limit": "hourly rollback cap",
+}
+
+
+def target_status(target: _Doc) -> Status:
+    """Classify one target of the API document (see the module documentation for the order)."""
+    decision = _obj(target.get("decision"))
+    if decision is None:
+        return Status(Urgency.INCONCLUSIVE, "not evaluated yet")
+    outcome = _text(decision.get("outcome"))
+    blocked_by = _text(decision.get("blocked_by"))
+    if decision.get("rollback") is True:
+        if decision.get("dry_run") is True:
+            return Status(Urgency.ROLLBACK, f"would roll back ({outcome}, dry-run)")
+        return Status(Urgency.ROLLBACK, f"rollback decided ({outcome})")
+    # A cooldown only starts when a rollback was decided for real: the target was rolled back.
+    if _obj(target.get("cooldown")) is not None and _obj(target.get("last_rollback")) is not None:
+        return Status(Urgency.ROLLBACK, "rolled back")
+    if outcome == "controlled" and not blocked_by:
+        return Status(Urgency.WAITING, "controlled rollback: waiting")
+    if blocked_by in _HELD_BY:
+        return Status(Urgency.ESCALATED, f"held: {_HELD_BY[blocked_by]}")
+    if decision.get("escalate") is True or blocked_by:
+        why = f": {_ESCALATED_BY.get(blocked_by, blocked_by)}" if blocked_by else ""
+        return Status(Urgency.ESCALATED, f"escalated{why}")
+    if outcome == "inconclusive":
+        return Status(Urgency.INCONCLUSIVE, "inconclusive")
+    return Status(Urgency.HEALTHY, "healthy")
+
+
+def render_status_page(
+    document: JsonValue,
+    *,
+    version: str,
+    ready: bool,
+    alive: bool,
+    ticks: int,
+    refresh_s: int,
+    generated_at: datetime,
+) -> str:
+    """The whole page.
+
+    Keyword arguments:
+
+    - ``document``: what :func:`~rollbackd.daemon.views.targets_view` returns;
+    - ``version``: the daemon's version;
+    - ``ready``: whether every target was evaluated at least once;
+    - ``alive``: whether the evaluation loop runs;
+    - ``ticks``: completed ticks;
+    - ``refresh_s``: the browser reloads the page that often (see :func:`refresh_seconds`);
+    - ``generated_at``: the wall-clock time of the rendering (timezone-aware), to print holds' and
+      cooldowns' ends as clock times.
+    """
+    doc = _obj(document) or {}
+    targets = [t for t in (_obj(v) for v in (_obj(doc.get("targets")) or {}).values()) if t is not None]
+    ranked = sorted(
+        ((target_status(target), index, target) for index, target in enumerate(targets)),
+        key=lambda item: (item[0].urgency, item[1]),
+    )
+    freeze = doc.get("freeze") is True
+    dry_run = doc.get("dry_run") is True
+    counts = {urgency: sum(1 for s, _, _ in ranked if s.urgency is urgency) for urgency in Urgency}
+    title = f"rollbackd: {len(targets)} targets"
+    if counts[Urgency.ROLLBACK]:
+        title = f"rollbackd: {counts[Urgency.ROLLBACK]} rollback · {len(targets)} targets"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="refresh" content="{refresh_s}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title>",
+        f"<style>{_CSS}</style>",
+        "</head><body>",
+        _banner(version=version, ready=ready, alive=alive, freeze=freeze, dry_run=dry_run,
+                ticks=ticks, targets=len(targets)),
+        _alerts(ready=ready, alive=alive, freeze=freeze, dry_run=dry_run),
+        _summary(counts) if targets else '<p class="empty">No targets configured.</p>',
+        "<main>",
+        *(_card(target, status, generated_at=generated_at) for status, _, target in ranked),
+        "</main>",
+        '<footer>Rendered at ',
+        f'{_e(generated_at.strftime("%Y-%m-%d %H:%M:%S %Z"))}, refreshes every {refresh_s}s. ',
+        'The same data as JSON: <a href="api/v1/targets">api/v1/targets</a>.</footer>',
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+# --- the banner --------------------------------------------------------------------------------
+
+def _pill(name: str, value: str, *, css: str) -> str:
+    return f'<span class="pill {css}"><span class="k">{_e(name)}</span> <b>{_e(value)}</b></span>'
+
+
+def _banner(
+    *, version: str, ready: bool, alive: bool, freeze: bool, dry_run: bool, ticks: int, targets: int,
+) -> str:
+    pills = [
+        _pill("ready", "yes" if ready else "no", css="ok" if ready else "warn"),
+        _pill("evaluation loop", "running" if alive else "STOPPED", css="ok" if alive else "bad"),
+        _pill("freeze", "ON" if freeze else "off", css="bad" if freeze else "muted"),
+        _pill("dry-run", "ON" if dry_run else "off", css="warn" if dry_run else "muted"),
+        _pill("ticks", str(ticks), css="muted"),
+        _pill("targets", str(targets), css="muted"),
+    ]
+    return (
+        f'<header><h1>rollbackd <span class="version">{_e(version)}</span></h1>'
+        f'<div class="pills">{"".join(pills)}</div></header>'
+    )
+
+
+def _alerts(*, ready: bool, alive: bool, freeze: bool, dry_run: bool) -> str:
+    alerts = []
+    if not alive:
+        alerts.append(('bad', "The evaluation loop is not running: nothing is being watched."))
+    if freeze:
+        alerts.append(("bad", "Freeze is ON: no automatic rollback; breaches are escalated instead."))
+    if dry_run:
+        alerts.append(("warn", "Dry-run is ON: rollbacks are decided but nothing acts on them."))
+    if not ready:
+        alerts.append(("warn", "No evaluation yet: the first evaluation of the targets has not completed."))
+    return "".join(f'<div class="alert {css}">{_e(text)}</div>' for css, text in alerts)
+
+
+def _summary(counts: Mapping[Urgency, int]) -> str:
+    names = {
+        Urgency.ROLLBACK: "rollback",
+        Urgency.WAITING: "waiting",
+        Urgency.ESCALATED: "escalated / held",
+        Urgency.INCONCLUSIVE: "inconclusive",
+        Urgency.HEALTHY: "healthy",
+    }
+    items = [
+        f'<span class="count {urgency.name.lower()}{"" if counts[urgency] else " zero"}">'
+        f"<b>{counts[urgency]}</b> {_e(names[urgency])}</span>"
+        for urgency in Urgency
+    ]
+    return f'<nav class="summary">{"".join(items)}</nav>'
+
+
+# --- one target --------------------------------------------------------------------------------
+
+def _card(target: _Doc, status: Status, *, generated_at: datetime) -> str:
+    key = _text(target.get("key"))
+    evidence = _obj(target.get("evidence"))
+    decision = _obj(target.get("decision"))
+    last_rollback = _obj(target.get("last_rollback"))
+    age = None if decision is None else _num(decision.get("age_s"))
+    evaluated = "not evaluated yet" if age is None else f"evaluated {human_duration(age)} ago"
+    head = (
+        f'<div class="head"><span class="badge">{_e(status.label)}</span>'
+        f'<h2>{_e(_text(target.get("namespace")))}/{_e(_text(target.get("name")))}</h2>'
+        f'<span class="strategy">{_e(_text(target.get("strategy")))}</span>'
+        f'<span class="evaluated">{_e(evaluated)}</span></div>'
+    )
+    left = "" if decision is None else _reasons(decision, last_rollback)
+    left += _restraints(target, generated_at=generated_at)
+    right = "" if evidence is None else _findings(evidence)
+    return (
+        f'<article class="target {status.css}" data-key="{_e(key)}" data-status="{status.css}">'
+        f"{head}{_facts(evidence, decision, last_rollback)}"
+        f'<div class="body"><div class="left">{left}</div><div class="right">{right}</div></div></article>'
+    )
+
+
+def _fact(name: str, value: str, *, css: str = "") -> str:
+    cls = f' class="{css}"' if css else ""
+    return f"<div><dt>{_e(name)}</dt><dd{cls}>{_e(value)}</dd></div>"
+
+
+def _facts(evidence: _Doc | None, decision: _Doc | None, last_rollback: _Doc | None) -> str:
+    if decision is None:
+        return '<p class="muted">Not evaluated yet.</p>'
+    facts = [_fact("outcome", _text(decision.get("outcome")))]
+    if last_rollback is None:
+        facts.append(_fact("rollback decided", "no"))
+    else:
+        mode = _text(last_rollback.get("outcome"))
+        dry = ", dry-run" if last_rollback.get("dry_run") is True else ""
+        ago = human_duration(_num(last_rollback.get("age_s")) or 0.0)
+        facts.append(_fact("rollback decided", f"yes, {ago} ago ({mode}{dry})", css="hot"))
+    if evidence is not None:
+        impact = _text(evidence.get("impact"))
+        facts.append(_fact("impact", impact, css="hot" if impact == "severe" else ""))
+        facts.append(_fact("attributable", "yes" if evidence.get("attributable") is True else "no"))
+    blocked_by = _text(decision.get("blocked_by"))
+    if blocked_by:
+        facts.append(_fact("blocked by", blocked_by, css="warm"))
+    if decision.get("escalate") is True:
+        facts.append(_fact("escalated", "yes: needs a human", css="warm"))
+    waiting_since = _num(decision.get("waiting_since"))
+    t = _num(decision.get("t"))
+    age = _num(decision.get("age_s"))
+    if waiting_since is not None and t is not None and age is not None:
+        facts.append(_fact("breaching since", f"{human_duration(age + t - waiting_since)} ago"))
+    return f'<dl class="facts">{"".join(facts)}</dl>'
+
+
+_SIGNAL_NAMES = {"error_rate": "error rate", "p95": "P95 latency", "health": "health probes"}
+
+
+def _measure(signal: str, value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if signal == "error_rate":
+        return f"{value * 100:.2f}%"
+    if signal == "p95":
+        return f"{value:.0f} ms"
+    if signal == "health":
+        return f"{value:.0f} failing"
+    return f"{value:g}"
+
+
+def _findings(evidence: _Doc) -> str:
+    findings = [f for f in (_obj(v) for v in _list(evidence.get("findings"))) if f is not None]
+    candidate = _count(_num(evidence.get("candidate_requests")))
+    baseline = _count(_num(evidence.get("baseline_requests")))
+    traffic = f'<p class="traffic">requests in the window: candidate {candidate}, baseline {baseline}</p>'
+    if not findings:
+        note = "no findings: not enough data" if evidence.get("inconclusive") is True else "no findings"
+        return f'<p class="muted">{_e(note)}</p>{traffic}'
+    rows = []
+    for finding in findings:
+        signal = _text(finding.get("signal"))
+        value = _num(finding.get("value"))
+        threshold = _num(finding.get("threshold"))
+        confidence = _num(finding.get("confidence"))
+        breached = finding.get("breached") is True
+        if breached:
+            verdict = "SEVERE breach" if finding.get("severe") is True else "breach"
+            verdict += ", attributable" if finding.get("attributable") is True else ", not attributable"
+            css = "hot" if finding.get("severe") is True else "warm"
+        elif value is not None and threshold is not None and value > threshold:
+            verdict, css = "above the SLO, not proven", "warm"
+        else:
+            verdict, css = "within the SLO", "ok"
+        rows.append(
+            f'<tr title="{_e(_text(finding.get("detail")))}">'
+            f"<td>{_e(_SIGNAL_NAMES.get(signal, signal))}</td>"
+            f'<td class="num {css}">{_e(_measure(signal, value))}</td>'
+            f'<td class="num">{_e(_measure(signal, threshold))}</td>'
+            f'<td class="num">{_e(_measure(signal, _num(finding.get("baseline_value"))))}</td>'
+            f'<td class="num">{_e(_percent(confidence))}</td>'
+            f'<td class="{css}">{_e(verdict)}</td></tr>'
+        )
+    return (
+        '<table class="findings"><thead><tr><th>signal</th><th class="num">value</th>'
+        '<th class="num">SLO threshold</th><th class="num">baseline</th><th class="num">confidence</th>'
+        "<th>verdict</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>{traffic}"
+    )
+
+
+def _reasons(decision: _Doc, last_rollback: _Doc | None) -> str:
+    reasons = [_text(r) for r in _list(decision.get("reasons"))]
+    parts = []
+    if reasons:
+        parts.append(f'<p class="reason">{_e(reasons[0])}</p>')
+    if len(reasons) > 1:
+        parts.append(_details(f"{len(reasons) - 1} more reasons", reasons[1:]))
+    if last_rollback is not None and last_rollback.get("t") != decision.get("t"):
+        why = [_text(r) for r in _list(last_rollback.get("reasons"))]
+        if why:
+            parts.append(_details("why the rollback was decided", why))
+    return "".join(parts)
+
+
+def _details(summary: str, items: Sequence[str]) -> str:
+    listed = "".join(f"<li>{_e(item)}</li>" for item in items)
+    return f"<details><summary>{_e(summary)}</summary><ul>{listed}</ul></details>"
+
+
+def _restraints(target: _Doc, *, generated_at: datetime) -> str:
+    lines = []
+    hold = _obj(target.get("hold"))
+    if hold is not None:
+        reason = _text(hold.get("reason"))
+        remaining = _num(hold.get("remaining_s")) or 0.0
+        if hold.get("expired") is True:
+            lines.append(
+                f'<p class="hold expired"><b>Hold expired</b>: {_e(reason)} '
+                "(a breach still there leads to a controlled rollback)</p>"
+            )
+        else:
+            at = _clock(generated_at, remaining)
+            lines.append(
+                f'<p class="hold"><b>Hold</b> until {_e(at)} (in {_e(human_duration(remaining))}): '
+                f"{_e(reason)}</p>"
+            )
+    cooldown = _obj(target.get("cooldown"))
+    if cooldown is not None:
+        remaining = _num(cooldown.get("remaining_s")) or 0.0
+        lines.append(
+            f'<p class="cooldown"><b>Cooldown</b> {_e(human_duration(remaining))} left (until '
+            f"{_e(_clock(generated_at, remaining))}): no further automatic rollback of this target "
+            "until then</p>"
+        )
+    return "".join(lines)
+
+
+# --- small helpers -----------------------------------------------------------------------------
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _obj(value: JsonValue) -> _Doc | None:
+    return value if isinstance(value, dict) else None
+
+
+def _list(value: JsonValue) -> list[JsonValue]:
+    return value if isinstance(value, list) else []
+
+
+def _num(value: JsonValue) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _text(value: JsonValue) -> str:
+    return "" if value is None else str(value)
+
+
+def _count(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.1f}%"
+
+
+def _clock(now: datetime, in_s: float) -> str:
+    return (now + timedelta(seconds=in_s)).strftime("%H:%M:%S %Z").strip()
+
+
+_CSS = """
+:root{--bg:#f4f5f7;--card:#fff;--ink:#1d2330;--muted:#6b7280;--line:#e2e5ea;
+--red:#c62828;--orange:#e67700;--purple:#7048e8;--grey:#868e96;--green:#2b8a3e}
+*{box-sizing:border-box}
+body{margin:0;padding:0 24px 24px;background:var(--bg);color:var(--ink);
+font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif}
+header{display:flex;flex-wrap:wrap;align-items:center;gap:12px 24px;padding:14px 0 10px}
+h1{font-size:20px;margin:0}
+.version{font-weight:400;color:var(--muted);font-size:14px}
+.pills{display:flex;flex-wrap:wrap;gap:6px}
+.pill{border:1px solid var(--line);border-radius:999px;padding:2px 10px;background:var(--card)}
+.pill .k{color:var(--muted)}
+.pill.ok b{color:var(--green)}.pill.muted b{color:var(--ink)}
+.pill.warn{border-color:var(--orange);background:#fff4e6}.pill.warn b{color:var(--orange)}
+.pill.bad{border-color:var(--red);background:#ffe3e3}.pill.bad b{color:var(--red)}
+.alert{margin:6px 0;padding:8px 12px;border-radius:6px;font-weight:600}
+.alert.bad{background:var(--red);color:#fff}
+.alert.warn{background:#fff4e6;color:#8a4b00;border:1px solid var(--orange)}
+.summary{display:flex;flex-wrap:wrap;gap:16px;margin:10px 0 12px;color:var(--muted)}
+.count b{font-size:16px;color:var(--ink)}.count.zero{opacity:.55}
+.count.rollback:not(.zero) b{color:var(--red)}.count.waiting:not(.zero) b{color:var(--orange)}
+.count.escalated:not(.zero) b{color:var(--purple)}
+.empty,.muted{color:var(--muted)}
+main{display:flex;flex-direction:column;gap:10px}
+.target{background:var(--card);border:1px solid var(--line);border-left:6px solid var(--grey);
+border-radius:6px;padding:8px 14px}
+.target.rollback{border-left-color:var(--red)}.target.waiting{border-left-color:var(--orange)}
+.target.escalated{border-left-color:var(--purple)}.target.inconclusive{border-left-color:var(--grey)}
+.target.healthy{border-left-color:var(--green)}
+.head{display:flex;align-items:baseline;gap:10px;flex-wrap:wrap}
+.head h2{font-size:16px;margin:0;font-family:ui-monospace,"DejaVu Sans Mono",monospace}
+.badge{text-transform:uppercase;font-weight:700;font-size:12px;letter-spacing:.03em;
+padding:2px 8px;border-radius:4px;color:#fff;background:var(--grey)}
+.rollback .badge{background:var(--red)}.waiting .badge{background:var(--orange)}
+.escalated .badge{background:var(--purple)}.healthy .badge{background:var(--green)}
+.strategy{color:var(--muted)}.evaluated{margin-left:auto;color:var(--muted);font-size:12px}
+.body{display:grid;grid-template-columns:minmax(0,1fr) 680px;gap:0 28px;align-items:start}
+@media (max-width:1000px){.body{grid-template-columns:minmax(0,1fr)}}
+.facts{display:flex;flex-wrap:wrap;gap:2px 18px;margin:6px 0}
+.facts div{display:flex;gap:5px}.facts dt{color:var(--muted)}.facts dd{margin:0;font-weight:600}
+.traffic{margin:2px 0 0;color:var(--muted);font-size:12px}
+.hot{color:var(--red);font-weight:700}.warm{color:var(--orange);font-weight:600}.ok{color:var(--green)}
+table.findings{border-collapse:collapse;margin:0;width:100%}
+.findings th{text-align:left;font-weight:500;color:var(--muted);border-bottom:1px solid var(--line);
+padding:3px 10px 3px 0}
+.findings td{padding:3px 10px 3px 0;border-bottom:1px solid #f0f1f3}
+.findings .num{text-align:right;font-variant-numeric:tabular-nums}
+.findings th,.findings td{white-space:nowrap}
+table.findings{font-size:13px}
+.reason{margin:4px 0 2px;font-weight:600}
+details{margin:2px 0;color:var(--ink)}summary{cursor:pointer;color:var(--muted)}
+details ul{margin:4px 0;padding-left:20px}details li{margin:2px 0;word-break:break-word}
+.hold,.cooldown{margin:4px 0 0;padding:3px 10px;border-radius:4px;background:#f3f0ff}
+.cooldown{background:#f1f3f5}.hold.expired{background:#fff4e6}
+footer{margin-top:18px;color:var(--muted);font-size:12px}
+a{color:#1c7ed6}
+"""
