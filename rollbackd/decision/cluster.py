@@ -1,0 +1,138 @@
+"""What the cluster says about a release, read from Kubernetes objects (plain JSON dicts), no I/O.
+
+* rollback risk and fix-forward holds from the candidate Deployment's annotations;
+* "a newer rollout is already progressing": the candidate Deployment's revision moved past the one
+  that was being judged (someone shipped a fix on top);
+* the rollback target: the version to go back to must exist and be healthy, else rolling back
+  would make things worse, and the risk is high.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from rollbackd.decision.annotations import AnnotationError, context_from_annotations
+from rollbackd.model import Hold, Risk, Strategy
+
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+
+Obj = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterFacts:
+    """The decision context the cluster contributes for one target at one tick."""
+
+    risk: Risk | None = None
+    risk_reason: str = ""
+    hold: Hold | None = None
+    candidate_revision: int | None = None
+    has_rollback_target: bool = True
+    rollback_target_reason: str = ""
+    problems: tuple[str, ...] = ()
+
+
+def revision_of(obj: Obj | None) -> int | None:
+    if not obj:
+        return None
+    raw = (obj.get("metadata") or {}).get("annotations", {}).get(REVISION_ANNOTATION)
+    try:
+        return int(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _name(obj: Obj) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{meta.get('namespace', '?')}/{meta.get('name', '?')}"
+
+
+def availability(deployment: Obj) -> tuple[int, int]:
+    """(desired replicas, available replicas) of a Deployment."""
+    desired = int((deployment.get("spec") or {}).get("replicas", 1) or 0)
+    available = int((deployment.get("status") or {}).get("availableReplicas", 0) or 0)
+    return desired, available
+
+
+def fully_available(deployment: Obj | None) -> bool:
+    """All desired replicas available, and the latest spec observed by the controller."""
+    if not deployment:
+        return False
+    desired, available = availability(deployment)
+    meta = deployment.get("metadata") or {}
+    status = deployment.get("status") or {}
+    observed = status.get("observedGeneration")
+    generation = meta.get("generation")
+    caught_up = observed is None or generation is None or int(observed) >= int(generation)
+    updated = int(status.get("updatedReplicas", available) or 0)
+    return caught_up and available >= desired and updated >= desired
+
+
+def newer_rollout(judged_revision: int | None, candidate: Obj | None) -> bool:
+    """True when the candidate Deployment moved to a newer revision than the one judged."""
+    current = revision_of(candidate)
+    return judged_revision is not None and current is not None and current > judged_revision
+
+
+def _rollback_target(
+    strategy: Strategy, baseline: Obj | None, candidate: Obj | None, replica_sets: Sequence[Obj]
+) -> tuple[bool, str]:
+    if strategy is Strategy.DEPLOYMENT:
+        current = revision_of(candidate)
+        older = [
+            rs
+            for rs in replica_sets
+            if (r := revision_of(rs)) is not None and (current is None or r < current)
+        ]
+        if not older:
+            return False, "no earlier revision of the Deployment to go back to"
+        return True, ""
+    role = "stable Deployment" if strategy is Strategy.CANARY else "previous colour's Deployment"
+    if baseline is None:
+        return False, f"the {role} to go back to does not exist"
+    desired, available = availability(baseline)
+    if strategy is Strategy.BLUE_GREEN and desired == 0:
+        return True, ""  # the switch-back scales it up first
+    if available < max(1, desired):
+        return False, f"the {role} {_name(baseline)} is unhealthy ({available}/{desired} replicas available)"
+    return True, ""
+
+
+def cluster_facts(
+    strategy: Strategy,
+    *,
+    candidate: Obj | None,
+    baseline: Obj | None = None,
+    replica_sets: Sequence[Obj] = (),
+    wall_now: datetime,
+    loop_now: float,
+    eta_first_seen: float | None = None,
+) -> ClusterFacts:
+    """Everything the framework needs from the cluster, from the objects as read this tick."""
+    problems: list[str] = []
+    risk: Risk | None = None
+    risk_reason = ""
+    hold: Hold | None = None
+    annotations = ((candidate or {}).get("metadata") or {}).get("annotations") or {}
+    try:
+        annotated = context_from_annotations(
+            annotations, wall_now=wall_now, loop_now=loop_now, eta_first_seen=eta_first_seen
+        )
+        risk, risk_reason, hold = annotated.risk, annotated.risk_reason, annotated.hold
+    except AnnotationError as exc:
+        problems.append(str(exc))
+    ok, why = _rollback_target(strategy, baseline, candidate, replica_sets)
+    if not ok:
+        risk, risk_reason = Risk.HIGH, why
+    return ClusterFacts(
+        risk=risk,
+        risk_reason=risk_reason,
+        hold=hold,
+        candidate_revision=revision_of(candidate),
+        has_rollback_target=ok,
+        rollback_target_reason=why,
+        problems=tuple(problems),
+    )
