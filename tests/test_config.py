@@ -87,11 +87,12 @@ def _setting_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list
 def test_example_file_shows_every_setting() -> None:
     raw = yaml.safe_load(EXAMPLE.read_text())
     missing = []
+    absent = object()
     for path in _setting_paths(Settings):
         node: Any = raw
         for key in path:
-            node = node.get(key) if isinstance(node, dict) else None
-        if node is None:
+            node = node.get(key, absent) if isinstance(node, dict) else absent
+        if node is absent:
             missing.append(".".join(path))
     assert missing == []
 

@@ -82,11 +82,15 @@ class SloSettings(_Frozen):
     """Service level objective a release must keep."""
 
     max_error_rate: float = Field(
-        _SLO["max_error_rate"], gt=0, lt=1,
+        _SLO["max_error_rate"],
+        gt=0,
+        lt=1,
         description="Highest acceptable fraction of failed requests (0.01 = 1%).",
     )
     max_p95_ms: float = Field(
-        _SLO["max_p95_ms"], gt=0, description="Highest acceptable 95th percentile latency, in milliseconds.",
+        _SLO["max_p95_ms"],
+        gt=0,
+        description="Highest acceptable 95th percentile latency, in milliseconds.",
     )
 
 
@@ -94,7 +98,10 @@ class SloOverride(_Frozen):
     """Per-target SLO: each key given replaces the one in ``defaults.slo``."""
 
     max_error_rate: float | None = Field(
-        None, gt=0, lt=1, description="Overrides defaults.slo.max_error_rate.",
+        None,
+        gt=0,
+        lt=1,
+        description="Overrides defaults.slo.max_error_rate.",
     )
     max_p95_ms: float | None = Field(None, gt=0, description="Overrides defaults.slo.max_p95_ms.")
 
@@ -103,11 +110,13 @@ class SeveritySettings(_Frozen):
     """When a breach is severe (immediate rollback) rather than manageable (controlled)."""
 
     error_rate_factor: float = Field(
-        _SEVERITY["error_rate_factor"], gt=1,
+        _SEVERITY["error_rate_factor"],
+        gt=1,
         description="Error rate at or above this multiple of the SLO is severe.",
     )
     p95_factor: float = Field(
-        _SEVERITY["p95_factor"], gt=1,
+        _SEVERITY["p95_factor"],
+        gt=1,
         description="P95 at or above this multiple of the SLO ceiling is severe.",
     )
     health_failure_severe: bool = Field(
@@ -120,31 +129,39 @@ class DetectionSettings(_Frozen):
     """How much evidence the detectors want before they call a breach."""
 
     window_s: float = Field(
-        _DETECTION["window_s"], gt=0,
+        _DETECTION["window_s"],
+        gt=0,
         description="Sliding window of recent intervals judged together, in seconds.",
     )
     baseline_window_s: float = Field(
-        _DETECTION["baseline_window_s"], gt=0,
+        _DETECTION["baseline_window_s"],
+        gt=0,
         description="History of the baseline kept for blue-green and rolling comparisons, in seconds.",
     )
     confirm_intervals: int = Field(
-        _DETECTION["confirm_intervals"], ge=2,
+        _DETECTION["confirm_intervals"],
+        ge=2,
         description="Consecutive bad intervals needed before a breach counts (one bad interval is noise).",
     )
     confidence: float = Field(
-        _DETECTION["confidence"], gt=0.5, lt=1,
+        _DETECTION["confidence"],
+        gt=0.5,
+        lt=1,
         description="Statistical confidence required to call a breach or attribute it to the candidate.",
     )
     min_requests: int = Field(
-        _DETECTION["min_requests"], ge=1,
+        _DETECTION["min_requests"],
+        ge=1,
         description="Fewest candidate requests in the window for a metric verdict; fewer is inconclusive.",
     )
     min_latency_samples: int = Field(
-        _DETECTION["min_latency_samples"], ge=1,
+        _DETECTION["min_latency_samples"],
+        ge=1,
         description="Fewest latency observations in the window for a P95 verdict.",
     )
     attribution_ratio: float = Field(
-        _DETECTION["attribution_ratio"], ge=1,
+        _DETECTION["attribution_ratio"],
+        ge=1,
         description="A breach is blamed on the candidate only when its bad fraction is significantly"
         " above this multiple of the baseline's.",
     )
@@ -155,20 +172,31 @@ class DetectionOverride(_Frozen):
 
     window_s: float | None = Field(None, gt=0, description="Overrides defaults.detection.window_s.")
     baseline_window_s: float | None = Field(
-        None, gt=0, description="Overrides defaults.detection.baseline_window_s.",
+        None,
+        gt=0,
+        description="Overrides defaults.detection.baseline_window_s.",
     )
     confirm_intervals: int | None = Field(
-        None, ge=2, description="Overrides defaults.detection.confirm_intervals.",
+        None,
+        ge=2,
+        description="Overrides defaults.detection.confirm_intervals.",
     )
     confidence: float | None = Field(
-        None, gt=0.5, lt=1, description="Overrides defaults.detection.confidence.",
+        None,
+        gt=0.5,
+        lt=1,
+        description="Overrides defaults.detection.confidence.",
     )
     min_requests: int | None = Field(None, ge=1, description="Overrides defaults.detection.min_requests.")
     min_latency_samples: int | None = Field(
-        None, ge=1, description="Overrides defaults.detection.min_latency_samples.",
+        None,
+        ge=1,
+        description="Overrides defaults.detection.min_latency_samples.",
     )
     attribution_ratio: float | None = Field(
-        None, ge=1, description="Overrides defaults.detection.attribution_ratio.",
+        None,
+        ge=1,
+        description="Overrides defaults.detection.attribution_ratio.",
     )
 
 
@@ -176,15 +204,18 @@ class PolicySettings(_Frozen):
     """The decision framework's knobs."""
 
     controlled_grace_s: float = Field(
-        _POLICY["controlled_grace_s"], ge=0,
+        _POLICY["controlled_grace_s"],
+        ge=0,
         description="How long a manageable breach may last before a controlled rollback.",
     )
     cooldown_s: float = Field(
-        _POLICY["cooldown_s"], ge=0,
+        _POLICY["cooldown_s"],
+        ge=0,
         description="After a rollback of a target, no new rollback of it for this long.",
     )
     max_rollbacks_per_hour: int = Field(
-        _POLICY["max_rollbacks_per_hour"], ge=0,
+        _POLICY["max_rollbacks_per_hour"],
+        ge=0,
         description="Cap on automatic rollbacks per hour, across all targets.",
     )
     rollback_risk: Literal["low", "high"] = Field(
@@ -198,11 +229,14 @@ class PolicyOverride(_Frozen):
     is global and cannot be overridden per target)."""
 
     controlled_grace_s: float | None = Field(
-        None, ge=0, description="Overrides defaults.policy.controlled_grace_s.",
+        None,
+        ge=0,
+        description="Overrides defaults.policy.controlled_grace_s.",
     )
     cooldown_s: float | None = Field(None, ge=0, description="Overrides defaults.policy.cooldown_s.")
     rollback_risk: Literal["low", "high"] | None = Field(
-        None, description="Overrides defaults.policy.rollback_risk.",
+        None,
+        description="Overrides defaults.policy.rollback_risk.",
     )
 
 
@@ -225,7 +259,7 @@ class QuerySettings(_Frozen):
     ``{by}`` (the grouping labels) and ``{window}`` (the evaluation interval, e.g. ``10s``)."""
 
     requests: str = Field(
-        'sum by ({by}) (increase(http_requests_total{{{selector}}}[{window}]))',
+        "sum by ({by}) (increase(http_requests_total{{{selector}}}[{window}]))",
         description="Requests served per series over the interval.",
     )
     errors: str = Field(
@@ -233,7 +267,7 @@ class QuerySettings(_Frozen):
         description="Failed requests per series over the interval.",
     )
     latency_buckets: str = Field(
-        'sum by ({by}, le) (increase(http_request_duration_seconds_bucket{{{selector}}}[{window}]))',
+        "sum by ({by}, le) (increase(http_request_duration_seconds_bucket{{{selector}}}[{window}]))",
         description="Latency histogram buckets per series over the interval.",
     )
     group_labels: tuple[LabelName, ...] = Field(
@@ -255,7 +289,9 @@ class QueryOverride(_Frozen):
     errors: str | None = Field(None, description="Overrides defaults.queries.errors.")
     latency_buckets: str | None = Field(None, description="Overrides defaults.queries.latency_buckets.")
     group_labels: tuple[LabelName, ...] | None = Field(
-        None, min_length=1, description="Overrides defaults.queries.group_labels.",
+        None,
+        min_length=1,
+        description="Overrides defaults.queries.group_labels.",
     )
 
     @model_validator(mode="after")
@@ -278,18 +314,27 @@ class PrometheusSettings(_Frozen):
     timeout_s: float = Field(5.0, gt=0, description="Timeout of one query.")
     retries: int = Field(2, ge=0, description="Retries of a failed query (temporary errors only).")
     backoff_initial_s: float = Field(
-        0.2, gt=0, description="Pause before the first retry; doubles with each retry, with jitter.",
+        0.2,
+        gt=0,
+        description="Pause before the first retry; doubles with each retry, with jitter.",
     )
     backoff_max_s: float = Field(2.0, gt=0, description="Longest pause between retries.")
 
     @model_validator(mode="after")
     def _backoff(self) -> PrometheusSettings:
         if self.backoff_max_s < self.backoff_initial_s:
-            _raise("PrometheusSettings", [_problem(
-                "backoff_order",
-                "must be at least backoff_initial_s ({initial})",
-                ("backoff_max_s",), self.backoff_max_s, initial=self.backoff_initial_s,
-            )])
+            _raise(
+                "PrometheusSettings",
+                [
+                    _problem(
+                        "backoff_order",
+                        "must be at least backoff_initial_s ({initial})",
+                        ("backoff_max_s",),
+                        self.backoff_max_s,
+                        initial=self.backoff_initial_s,
+                    )
+                ],
+            )
         return self
 
 
@@ -319,6 +364,42 @@ class SafetySettings(_Frozen):
     freeze: bool = Field(False, description="Global freeze: no automatic rollback anywhere.")
 
 
+class KubernetesSettings(_Frozen):
+    """Access to the Kubernetes API, used to read release context and to roll back."""
+
+    enabled: bool | Literal["auto"] = Field(
+        "auto",
+        description="auto: act on the cluster when running in a pod or when a kubeconfig is found; "
+        "false: decide only (no cluster access at all).",
+    )
+    kubeconfig: str | None = Field(
+        None,
+        description="Path of a kubeconfig file for running outside the cluster "
+        "(default: $KUBECONFIG, then ~/.kube/config).",
+    )
+    context: str | None = Field(None, description="kubeconfig context to use (default: the current one).")
+    request_timeout_s: float = Field(10.0, gt=0, description="Timeout of one API request.")
+    retries: int = Field(4, ge=0, description="Retries of a request on temporary errors and 409 conflicts.")
+    availability_timeout_s: float = Field(
+        300.0, gt=0, description="How long an action waits for the version it rolls back to to serve."
+    )
+
+
+class VerificationSettings(_Frozen):
+    """Proving that a rollback worked: the runbook's success criteria over a validation window."""
+
+    window_s: float = Field(
+        300.0,
+        gt=0,
+        description="Validation window: health 2xx, error rate and P95 within the SLO throughout.",
+    )
+    max_wait_s: float | None = Field(
+        None,
+        gt=0,
+        description="Longest wait for enough traffic or availability to verify (default: 2 x window_s).",
+    )
+
+
 class Defaults(_Frozen):
     """Values every target starts from; targets override slo, detection, policy and queries."""
 
@@ -327,7 +408,8 @@ class Defaults(_Frozen):
     detection: DetectionSettings = Field(DetectionSettings(), description=DetectionSettings.__doc__)
     policy: PolicySettings = Field(PolicySettings(), description=PolicySettings.__doc__)
     queries: QuerySettings = Field(
-        QuerySettings(), description="PromQL templates and the labels that tell the sides apart.",
+        QuerySettings(),
+        description="PromQL templates and the labels that tell the sides apart.",
     )
 
 
@@ -340,7 +422,9 @@ class Side(_Frozen):
     label) and optional extra label values; health endpoints as full URLs."""
 
     deployment: str = Field(
-        ..., min_length=1, pattern=K8S_NAME_PATTERN,
+        ...,
+        min_length=1,
+        pattern=K8S_NAME_PATTERN,
         description="Name of the Deployment running this version.",
     )
     labels: dict[LabelName, str] = Field(
@@ -351,15 +435,21 @@ class Side(_Frozen):
 
     @model_validator(mode="after")
     def _implied_labels(self) -> Side:
-        _raise("Side", [
-            _problem(
-                "implied_label",
-                "label '{label}' cannot be set here: its value is {source}",
-                ("labels", label), value, label=label, source=source,
-            )
-            for label, source in IMPLIED_LABELS.items()
-            if (value := self.labels.get(label)) is not None
-        ])
+        _raise(
+            "Side",
+            [
+                _problem(
+                    "implied_label",
+                    "label '{label}' cannot be set here: its value is {source}",
+                    ("labels", label),
+                    value,
+                    label=label,
+                    source=source,
+                )
+                for label, source in IMPLIED_LABELS.items()
+                if (value := self.labels.get(label)) is not None
+            ],
+        )
         return self
 
 
@@ -375,35 +465,50 @@ class TargetSettings(_Frozen):
     """One release to watch."""
 
     name: str = Field(
-        ..., min_length=1, pattern=K8S_NAME_PATTERN,
+        ...,
+        min_length=1,
+        pattern=K8S_NAME_PATTERN,
         description="The target's name, unique within its namespace.",
     )
     namespace: str = Field(
-        "default", min_length=1, pattern=K8S_NAME_PATTERN, description="Kubernetes namespace of the release.",
+        "default",
+        min_length=1,
+        pattern=K8S_NAME_PATTERN,
+        description="Kubernetes namespace of the release.",
     )
     strategy: Strategy = Field(
-        ..., description="How the release is rolled out: canary, blue-green or deployment.",
+        ...,
+        description="How the release is rolled out: canary, blue-green or deployment.",
     )
     baseline: Side | None = Field(
-        None, description="The version to go back to (stable / the old colour); canary and blue-green only.",
+        None,
+        description="The version to go back to (stable / the old colour); canary and blue-green only.",
     )
     candidate: Side = Field(..., description="The new version being judged.")
     ingress: str | None = Field(
-        None, min_length=1, pattern=K8S_NAME_PATTERN, description="canary: the canary Ingress.",
+        None,
+        min_length=1,
+        pattern=K8S_NAME_PATTERN,
+        description="canary: the canary Ingress.",
     )
     service: str | None = Field(
-        None, min_length=1, pattern=K8S_NAME_PATTERN,
+        None,
+        min_length=1,
+        pattern=K8S_NAME_PATTERN,
         description="blue-green: the Service whose selector picks the colour.",
     )
     slo: SloOverride = Field(SloOverride(), description="Overrides of defaults.slo for this target.")
     detection: DetectionOverride = Field(
-        DetectionOverride(), description="Overrides of defaults.detection for this target.",
+        DetectionOverride(),
+        description="Overrides of defaults.detection for this target.",
     )
     policy: PolicyOverride = Field(
-        PolicyOverride(), description="Overrides of defaults.policy for this target.",
+        PolicyOverride(),
+        description="Overrides of defaults.policy for this target.",
     )
     queries: QueryOverride = Field(
-        QueryOverride(), description="Overrides of defaults.queries for this target.",
+        QueryOverride(),
+        description="Overrides of defaults.queries for this target.",
     )
 
     @model_validator(mode="after")
@@ -412,18 +517,29 @@ class TargetSettings(_Frozen):
         for key, (strategies, what) in _STRATEGY_KEYS.items():
             value = getattr(self, key)
             if self.strategy in strategies and value is None:
-                problems.append(_problem(
-                    "missing_for_strategy",
-                    "missing required key '{key}' for strategy '{strategy}' ({what})",
-                    (key,), None, key=key, strategy=self.strategy.value, what=what,
-                ))
+                problems.append(
+                    _problem(
+                        "missing_for_strategy",
+                        "missing required key '{key}' for strategy '{strategy}' ({what})",
+                        (key,),
+                        None,
+                        key=key,
+                        strategy=self.strategy.value,
+                        what=what,
+                    )
+                )
             elif self.strategy not in strategies and value is not None:
-                problems.append(_problem(
-                    "not_for_strategy",
-                    "key '{key}' does not apply to strategy '{strategy}' (only to {users})",
-                    (key,), value, key=key, strategy=self.strategy.value,
-                    users=" and ".join(sorted(s.value for s in strategies)),
-                ))
+                problems.append(
+                    _problem(
+                        "not_for_strategy",
+                        "key '{key}' does not apply to strategy '{strategy}' (only to {users})",
+                        (key,),
+                        value,
+                        key=key,
+                        strategy=self.strategy.value,
+                        users=" and ".join(sorted(s.value for s in strategies)),
+                    )
+                )
         _raise("TargetSettings", problems)
         return self
 
@@ -446,31 +562,48 @@ def _label_problems(
         loc: tuple[int | str, ...] = ("targets", index, side_name, "labels")
         for label in group_labels:
             if label not in IMPLIED_LABELS and label not in side.labels:
-                problems.append(_problem(
-                    "missing_group_label",
-                    "missing value for group label '{label}' (queries.group_labels is {labels})",
-                    loc, dict(side.labels), label=label, labels=", ".join(group_labels),
-                ))
+                problems.append(
+                    _problem(
+                        "missing_group_label",
+                        "missing value for group label '{label}' (queries.group_labels is {labels})",
+                        loc,
+                        dict(side.labels),
+                        label=label,
+                        labels=", ".join(group_labels),
+                    )
+                )
         for label, value in side.labels.items():
             if label not in group_labels:
-                problems.append(_problem(
-                    "unused_label",
-                    "label '{label}' is not a group label (queries.group_labels is {labels})"
-                    " and would be ignored",
-                    (*loc, label), value, label=label, labels=", ".join(group_labels),
-                ))
+                problems.append(
+                    _problem(
+                        "unused_label",
+                        "label '{label}' is not a group label (queries.group_labels is {labels})"
+                        " and would be ignored",
+                        (*loc, label),
+                        value,
+                        label=label,
+                        labels=", ".join(group_labels),
+                    )
+                )
         refs[side_name] = tuple(
-            target.namespace if label == "namespace" else side.deployment if label == "deployment"
+            target.namespace
+            if label == "namespace"
+            else side.deployment
+            if label == "deployment"
             else side.labels.get(label)
             for label in group_labels
         )
     if len(refs) == 2 and refs["baseline"] == refs["candidate"]:
-        problems.append(_problem(
-            "same_series",
-            "baseline and candidate select the same series (group labels {labels}): give them"
-            " different values, or add a group label that tells them apart",
-            ("targets", index, "candidate"), None, labels=", ".join(group_labels),
-        ))
+        problems.append(
+            _problem(
+                "same_series",
+                "baseline and candidate select the same series (group labels {labels}): give them"
+                " different values, or add a group label that tells them apart",
+                ("targets", index, "candidate"),
+                None,
+                labels=", ".join(group_labels),
+            )
+        )
     return problems
 
 
@@ -483,6 +616,10 @@ class Settings(_Frozen):
     http: HttpSettings = Field(HttpSettings(), description=HttpSettings.__doc__)
     log: LogSettings = Field(LogSettings(), description=LogSettings.__doc__)
     safety: SafetySettings = Field(SafetySettings(), description=SafetySettings.__doc__)
+    kubernetes: KubernetesSettings = Field(KubernetesSettings(), description=KubernetesSettings.__doc__)
+    verification: VerificationSettings = Field(
+        VerificationSettings(), description=VerificationSettings.__doc__
+    )
     defaults: Defaults = Field(Defaults(), description=Defaults.__doc__)
     targets: tuple[TargetSettings, ...] = Field((), description="The releases to watch.")
 
@@ -492,11 +629,16 @@ class Settings(_Frozen):
         first: dict[str, int] = {}
         for index, target in enumerate(self.targets):
             if target.key in first:
-                problems.append(_problem(
-                    "duplicate_target",
-                    "target {key} is listed twice (first as targets[{first}])",
-                    ("targets", index), target.name, key=target.key, first=first[target.key],
-                ))
+                problems.append(
+                    _problem(
+                        "duplicate_target",
+                        "target {key} is listed twice (first as targets[{first}])",
+                        ("targets", index),
+                        target.name,
+                        key=target.key,
+                        first=first[target.key],
+                    )
+                )
             first.setdefault(target.key, index)
             group_labels = target.queries.group_labels or self.defaults.queries.group_labels
             problems.extend(_label_problems(index, target, group_labels))

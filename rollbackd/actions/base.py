@@ -1,0 +1,68 @@
+"""What a rollback action is: read the cluster, plan the changes, apply them, report every change.
+
+Every action is idempotent: it plans from the objects as they are now, so running it twice, or
+again after a crash half-way, ends in the same state (a second run plans nothing and reports
+``already-done``). The plan is also what dry-run shows: the changes it would have made.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class ActionOutcome(enum.StrEnum):
+    DONE = "done"  # changes applied and the rolled-back-to version confirmed serving
+    ALREADY_DONE = "already-done"  # nothing left to change
+    PLANNED = "planned"  # dry-run: the plan, nothing applied
+    REFUSED = "refused"  # cannot be done safely (e.g. no earlier revision): nothing changed
+    FAILED = "failed"  # an API error or a timeout part-way; what was changed is listed
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One field of one object, before and after (the audit trail shows these)."""
+
+    object: str  # kind/namespace/name, e.g. "Deployment/shop/checkout-canary"
+    field: str  # e.g. "spec.replicas" or "metadata.annotations[nginx.ingress.kubernetes.io/canary-weight]"
+    before: Any
+    after: Any
+
+    def describe(self) -> str:
+        return f"{self.object} {self.field}: {self.before!r} -> {self.after!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """What an action did (or would do, in dry-run), with timings."""
+
+    action: str  # "canary-abort" | "blue-green-switch-back" | "deployment-undo"
+    target: str  # namespace/name of the rollbackd target
+    outcome: ActionOutcome
+    reason: str
+    changes: tuple[Change, ...] = ()
+    #: Time spent issuing API requests (reads and writes), excluding waits for availability.
+    api_s: float = 0.0
+    #: Time spent waiting for the rolled-back-to version to be available / serving.
+    wait_s: float = 0.0
+    #: Revisions involved, when the action deals in revisions (deployment undo).
+    from_revision: int | None = None
+    to_revision: int | None = None
+    details: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in (ActionOutcome.DONE, ActionOutcome.ALREADY_DONE, ActionOutcome.PLANNED)
+
+
+class RollbackAction(Protocol):
+    """One kind of rollback, bound to one target."""
+
+    name: str
+
+    async def run(self, *, dry_run: bool) -> ActionResult:
+        """Plan from the current objects; unless ``dry_run``, apply the plan and wait (bounded) until
+        the rolled-back-to version serves. Never raises for API errors: they become ``FAILED``
+        results listing what was changed before the error."""
+        ...
