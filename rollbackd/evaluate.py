@@ -28,9 +28,19 @@ class TargetEvaluator:
         return self._state.breach_since
 
     def step(self, obs: Observation, ctx: Context) -> Decision:
+        """Judge ``obs`` and decide with ``ctx``: one tick."""
+        return self.decide(self.judge(obs), ctx)
+
+    def judge(self, obs: Observation) -> Evidence:
+        """The detectors' half of a tick (the daemon reads the cluster only for breached targets,
+        between the two halves)."""
         evidence = self._judge.observe(obs)
-        decision, self._state = decide(evidence, ctx, self._params, self._state)
         self.latest_evidence = evidence
+        return evidence
+
+    def decide(self, evidence: Evidence, ctx: Context) -> Decision:
+        """The decision framework's half of a tick, on the evidence :meth:`judge` just gave."""
+        decision, self._state = decide(evidence, ctx, self._params, self._state)
         self.latest_decision = decision
         return decision
 

@@ -178,6 +178,7 @@ class Context:
     risk_reason: str = ""
     hold: Hold | None = None
     newer_rollout_in_progress: bool = False
+    rollback_in_progress: bool = False
     has_rollback_target: bool = True
     frozen: bool = False
     dry_run: bool = False

@@ -86,6 +86,7 @@ def test_not_attributable_escalates_without_rollback() -> None:
         (Context(has_rollback_target=False), "rollback-risk"),
         (Context(newer_rollout_in_progress=True), "newer-rollout"),
         (Context(hold=Hold(until=400.0)), "hold"),
+        (Context(rollback_in_progress=True), "rollback-in-progress"),
     ],
 )
 def test_no_rollback_when_risk_exceeds_impact_or_a_fix_is_imminent(ctx: Context, blocked: str) -> None:

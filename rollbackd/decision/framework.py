@@ -119,6 +119,12 @@ def decide(
         return verdict(Outcome.NONE, "no SLO breach")
 
     level = "severe" if evidence.impact is Impact.SEVERE else "manageable"
+    if ctx.rollback_in_progress:
+        return verdict(
+            Outcome.NONE,
+            f"{level} breach, but a rollback of this target is already under way: not acting twice",
+            blocked_by="rollback-in-progress",
+        )
     if not evidence.attributable:
         return verdict(
             Outcome.NONE,
