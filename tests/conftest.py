@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.promfixtures"]
+pytest_plugins = ["tests.promfixtures", "tests.kubefixtures"]
 
 #: The labelled release recordings live beside the repository, in shared/scenarios.
 SCENARIOS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "scenarios"

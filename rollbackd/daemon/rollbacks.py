@@ -1,0 +1,241 @@
+"""Carrying out rollback decisions: act once, then verify, then hand the target back to the judge.
+
+For each target at most one rollback is under way (the framework sees ``rollback_in_progress``
+and never acts twice). A run is a supervised task in the daemon's task group:
+
+1. **acting** — the target's action (canary abort, blue-green switch-back or Deployment undo) runs
+   against the cluster; API errors become a failed result, never an exception;
+2. **verifying** — the tick loop feeds the version traffic went back to into a
+   :class:`~rollbackd.verification.Verifier` for the validation window;
+3. **verified** or **verification-failed** (which escalates, never rolls back again), or
+   **action-failed** / **refused** when the action could not be done.
+
+In dry-run a rollback decision runs the action's plan only, once per breach episode, and logs what
+it would have changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from rollbackd.actions.base import ActionOutcome, ActionResult, RollbackAction
+from rollbackd.decision.cluster import ClusterFacts
+from rollbackd.model import Decision, HealthCheck, Observation, Sample, Strategy
+from rollbackd.params import TargetParams
+from rollbackd.verification import RUNBOOK_ROLLBACK_TARGET_S, VerificationResult, VerificationStatus, Verifier
+
+logger = logging.getLogger(__name__)
+
+
+class Phase(enum.StrEnum):
+    ACTING = "acting"
+    VERIFYING = "verifying"
+    VERIFIED = "verified"
+    VERIFICATION_FAILED = "verification-failed"
+    ACTION_FAILED = "action-failed"
+    REFUSED = "refused"
+
+    @property
+    def active(self) -> bool:
+        return self in (Phase.ACTING, Phase.VERIFYING)
+
+
+class Cluster(Protocol):
+    """What the daemon needs from Kubernetes for one target."""
+
+    async def facts(self, params: TargetParams, *, loop_now: float) -> ClusterFacts:
+        """Risk, holds, revision and rollback target as the cluster shows them now."""
+        ...
+
+    def action(self, params: TargetParams) -> RollbackAction:
+        """The rollback action for the target's strategy."""
+        ...
+
+    async def serving_available(self, params: TargetParams) -> bool | None:
+        """Whether the version the target was rolled back to is fully available."""
+        ...
+
+
+@dataclass(slots=True)
+class RollbackRun:
+    """One rollback of one target, from decision to verdict."""
+
+    key: str
+    mode: str
+    decided_at: float
+    phase: Phase = Phase.ACTING
+    action: ActionResult | None = None
+    acted_at: float | None = None
+    verification: VerificationResult | None = None
+    finished_at: float | None = None
+    verifier: Verifier | None = field(default=None, repr=False)
+    available: bool | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        """From the decision to the verdict of the verification (or the action's failure)."""
+        return None if self.finished_at is None else self.finished_at - self.decided_at
+
+    @property
+    def within_runbook_target(self) -> bool | None:
+        """Whether the whole rollback took less than the runbook's 10 minutes."""
+        duration = self.duration_s
+        return None if duration is None else duration <= RUNBOOK_ROLLBACK_TARGET_S
+
+
+def serving_side(
+    strategy: Strategy, obs: Observation
+) -> tuple[Sample | None, tuple[HealthCheck, ...] | None]:
+    """Which side of an observation is the version traffic went back to: the stable / previous
+    colour (baseline) for canary and blue-green, the Deployment itself for an undo."""
+    if strategy is Strategy.DEPLOYMENT:
+        return obs.candidate, obs.health_candidate
+    return obs.baseline, obs.health_baseline
+
+
+class Rollbacks:
+    """Every target's rollback runs, and the one door through which decisions become actions."""
+
+    def __init__(
+        self,
+        *,
+        cluster: Cluster | None,
+        verification_window_s: float,
+        verification_max_wait_s: float | None,
+        on_finished: Callable[[TargetParams, RollbackRun], None] | None = None,
+    ) -> None:
+        self._cluster = cluster
+        self._window_s = verification_window_s
+        self._max_wait_s = verification_max_wait_s
+        self._on_finished = on_finished
+        self.runs: dict[str, RollbackRun] = {}
+        self._planned: dict[str, ActionResult] = {}
+
+    @property
+    def acting_enabled(self) -> bool:
+        return self._cluster is not None
+
+    def in_progress(self, key: str) -> bool:
+        run = self.runs.get(key)
+        return run is not None and run.phase.active
+
+    def dry_run_plan(self, key: str) -> ActionResult | None:
+        return self._planned.get(key)
+
+    def episode_over(self, key: str) -> None:
+        """The target's breach is over: a later dry-run decision plans afresh."""
+        self._planned.pop(key, None)
+
+    def start(self, params: TargetParams, decision: Decision, group: asyncio.TaskGroup) -> RollbackRun | None:
+        """Act on a rollback decision (or plan it, in dry-run). Returns the run, if one started."""
+        if self._cluster is None or self.in_progress(params.key):
+            return None
+        if decision.dry_run:
+            if params.key not in self._planned:
+                group.create_task(self._plan(params), name=f"rollbackd:dry-run-plan:{params.key}")
+            return None
+        loop = asyncio.get_running_loop()
+        run = RollbackRun(key=params.key, mode=decision.outcome.value, decided_at=loop.time())
+        self.runs[params.key] = run
+        group.create_task(self._act(params, run), name=f"rollbackd:rollback:{params.key}")
+        return run
+
+    async def _plan(self, params: TargetParams) -> None:
+        assert self._cluster is not None
+        result = await self._cluster.action(params).run(dry_run=True)
+        self._planned[params.key] = result
+        logger.warning(
+            "dry-run: would roll back with %s: %s",
+            result.action,
+            "; ".join(c.describe() for c in result.changes) or result.reason,
+            extra={"target": params.key, "action": result.action, "outcome": result.outcome.value},
+        )
+
+    async def _act(self, params: TargetParams, run: RollbackRun) -> None:
+        assert self._cluster is not None
+        loop = asyncio.get_running_loop()
+        logger.warning("rolling back", extra={"target": run.key, "mode": run.mode})
+        try:
+            result = await self._cluster.action(params).run(dry_run=False)
+        except Exception as exc:  # a defect, not an API error: never leave the run "acting"
+            logger.exception("rollback action crashed", extra={"target": run.key})
+            result = ActionResult(
+                action="unknown",
+                target=run.key,
+                outcome=ActionOutcome.FAILED,
+                reason=f"action crashed: {exc!r}",
+            )
+        run.action = result
+        run.acted_at = loop.time()
+        fields = {
+            "target": run.key,
+            "action": result.action,
+            "outcome": result.outcome.value,
+            "changes": [c.describe() for c in result.changes],
+            "api_s": round(result.api_s, 3),
+            "wait_s": round(result.wait_s, 3),
+        }
+        if result.outcome is ActionOutcome.REFUSED:
+            run.phase = Phase.REFUSED
+            self._finish(params, run, loop.time())
+            logger.error("rollback refused: %s", result.reason, extra=fields)
+            return
+        if not result.ok:
+            run.phase = Phase.ACTION_FAILED
+            self._finish(params, run, loop.time())
+            logger.error("rollback failed: %s", result.reason, extra=fields)
+            return
+        logger.warning("rollback done, verifying: %s", result.reason, extra=fields)
+        run.phase = Phase.VERIFYING
+        run.verifier = Verifier(
+            params, started_at=loop.time(), window_s=self._window_s, max_wait_s=self._max_wait_s
+        )
+
+    def verifying(self) -> list[str]:
+        return [key for key, run in self.runs.items() if run.phase is Phase.VERIFYING]
+
+    async def refresh_availability(self, params: TargetParams) -> None:
+        run = self.runs.get(params.key)
+        if run is None or run.phase is not Phase.VERIFYING or self._cluster is None:
+            return
+        try:
+            run.available = await self._cluster.serving_available(params)
+        except Exception:
+            logger.warning("could not read availability", exc_info=True, extra={"target": params.key})
+            run.available = None
+
+    def feed(self, params: TargetParams, obs: Observation) -> VerificationResult | None:
+        """One tick of verification for ``params.key``, if it is being verified."""
+        run = self.runs.get(params.key)
+        if run is None or run.phase is not Phase.VERIFYING or run.verifier is None:
+            return None
+        serving, health = serving_side(params.strategy, obs)
+        result = run.verifier.observe(obs.t, serving, health, available=run.available)
+        run.verification = result
+        if result.status is VerificationStatus.PENDING:
+            return result
+        run.phase = (
+            Phase.VERIFIED if result.status is VerificationStatus.VERIFIED else Phase.VERIFICATION_FAILED
+        )
+        self._finish(params, run, obs.t)
+        fields = {
+            "target": run.key,
+            "duration_s": run.duration_s,
+            "within_runbook_target": run.within_runbook_target,
+        }
+        if run.phase is Phase.VERIFIED:
+            logger.warning("rollback verified: %s", result.reasons[0], extra=fields)
+        else:
+            logger.error("rollback verification failed, escalating: %s", result.reasons[0], extra=fields)
+        return result
+
+    def _finish(self, params: TargetParams, run: RollbackRun, t: float) -> None:
+        run.finished_at = t
+        run.verifier = None
+        if self._on_finished is not None:
+            self._on_finished(params, run)
