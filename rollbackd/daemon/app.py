@@ -23,9 +23,12 @@ from typing import Any, Self
 from rollbackd.config.settings import Settings
 from rollbackd.daemon.http import HttpContext, HttpServer, make_app
 from rollbackd.daemon.metrics import DaemonMetrics
+from rollbackd.daemon.rollbacks import Cluster, RollbackRun, Rollbacks
 from rollbackd.daemon.state import DaemonState, TargetState
 from rollbackd.daemon.tick import gather, run_every
-from rollbackd.model import Decision
+from rollbackd.decision.cluster import ClusterFacts
+from rollbackd.model import Decision, Evidence
+from rollbackd.params import TargetParams
 from rollbackd.sources.base import HealthSource, MetricsSource
 
 logger = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ class Daemon:
     - ``health_source``: probes the targets' health URLs; the caller owns its lifetime.
     - ``metrics``: the metrics to update (a fresh registry by default); pass one when the sources
       report their errors into it too.
+    - ``cluster``: Kubernetes access for release context and rollbacks; ``None`` decides only.
     - ``shutdown_timeout_s``: how long a graceful stop waits for the root tasks.
 
     Run it with ``await daemon.run()`` until :meth:`stop`, or as ``async with daemon:`` (which runs
@@ -57,11 +61,20 @@ class Daemon:
         metrics_source: MetricsSource,
         health_source: HealthSource,
         metrics: DaemonMetrics | None = None,
+        cluster: Cluster | None = None,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
     ) -> None:
         self.settings = settings
         self.state = DaemonState(settings)
         self.metrics = metrics if metrics is not None else DaemonMetrics()
+        self._cluster = cluster
+        self.rollbacks = Rollbacks(
+            cluster=cluster,
+            verification_window_s=settings.verification.window_s,
+            verification_max_wait_s=settings.verification.max_wait_s,
+            on_finished=self._rollback_finished,
+        )
+        self._group: asyncio.TaskGroup | None = None
         self._metrics_source = metrics_source
         self._health_source = health_source
         self._shutdown_timeout_s = shutdown_timeout_s
@@ -105,14 +118,20 @@ class Daemon:
         self.metrics.up.set(1)
         logger.info(
             "rollbackd running",
-            extra={"targets": list(self.state.targets), "interval_s": self.settings.interval_s,
-                   "dry_run": self.state.flags.dry_run, "freeze": self.state.flags.freeze},
+            extra={
+                "targets": list(self.state.targets),
+                "interval_s": self.settings.interval_s,
+                "dry_run": self.state.flags.dry_run,
+                "freeze": self.state.flags.freeze,
+            },
         )
         try:
             async with asyncio.TaskGroup() as group:
+                self._group = group
                 http_task = group.create_task(self._serve_http(), name="rollbackd:http-server")
                 evaluation_task = group.create_task(
-                    self._evaluate_forever(), name="rollbackd:evaluation-loop",
+                    self._evaluate_forever(),
+                    name="rollbackd:evaluation-loop",
                 )
                 stop_task = group.create_task(self._stop_requested.wait(), name="rollbackd:stop-request")
                 self._evaluation_task = evaluation_task
@@ -122,8 +141,15 @@ class Daemon:
                     if not task.cancelled() and task.exception() is None:
                         logger.error("root task ended on its own; stopping", extra={"task": task.get_name()})
                 logger.info("stopping", extra={"timeout_s": self._shutdown_timeout_s})
-                await self._stop_tasks(root)
+                rollbacks = [
+                    task
+                    for task in asyncio.all_tasks()
+                    if task.get_name().startswith("rollbackd:rollback")
+                    or task.get_name().startswith("rollbackd:dry-run-plan")
+                ]
+                await self._stop_tasks([*root, *rollbacks])
         finally:
+            self._group = None
             self.metrics.up.set(0)
             self._listening.clear()
 
@@ -202,19 +228,76 @@ class Daemon:
             on_source_error=self.metrics.count_source_error,
         )
         t = loop.time()
+        observations = {target.key: gathered.observation(target.source, t) for target in targets}
+        evidences: dict[str, Evidence] = {}
         for target in targets:
-            observation = gathered.observation(target.source, t)
-            context = self.state.context(target, t)
             try:
-                decision = target.evaluator.step(observation, context)
+                evidences[target.key] = target.evaluator.judge(observations[target.key])
             except Exception:
                 # A defect in the core must not blind the daemon to every other target.
                 self.metrics.evaluation_errors.inc()
                 logger.exception("evaluation failed", extra={"target": target.key})
+        facts = await self._cluster_facts(
+            [t_ for t_ in targets if t_.key in evidences and evidences[t_.key].breached]
+        )
+        for target in targets:
+            evidence = evidences.get(target.key)
+            if evidence is None:
                 continue
+            if not evidence.breached:
+                target.judged_revision = None
+                self.rollbacks.episode_over(target.key)
+            target.facts = facts.get(target.key)
+            context = self.state.context(
+                target, t, facts=target.facts, in_progress=self.rollbacks.in_progress(target.key)
+            )
+            decision = target.evaluator.decide(evidence, context)
             self._record(target, decision)
+            if decision.rollback and self._group is not None:
+                self.rollbacks.start(target.params, decision, self._group)
+        await self._verify(targets, observations)
         self.ticks += 1
         self.metrics.evaluation_duration.observe(loop.time() - started)
+
+    async def _cluster_facts(self, targets: list[TargetState]) -> dict[str, ClusterFacts]:
+        """What the cluster says about the breached targets (only those: the API load follows the
+        incidents, not the number of targets). A failed read leaves the target without facts."""
+        if self._cluster is None or not targets:
+            return {}
+        cluster = self._cluster
+        loop_now = asyncio.get_running_loop().time()
+        limit = asyncio.Semaphore(16)
+
+        async def one(target: TargetState) -> tuple[str, ClusterFacts | None]:
+            async with limit:
+                try:
+                    return target.key, await cluster.facts(target.params, loop_now=loop_now)
+                except Exception as exc:
+                    self.metrics.count_source_error("kubernetes", type(exc).__name__)
+                    logger.warning("could not read the cluster: %s", exc, extra={"target": target.key})
+                    return target.key, None
+
+        pairs = await asyncio.gather(*(one(target) for target in targets))
+        for key, found in pairs:
+            if found is not None and found.problems:
+                logger.warning("annotation problems: %s", "; ".join(found.problems), extra={"target": key})
+        return {key: found for key, found in pairs if found is not None}
+
+    async def _verify(self, targets: list[TargetState], observations: dict[str, Any]) -> None:
+        verifying = [target for target in targets if target.key in set(self.rollbacks.verifying())]
+        if not verifying:
+            return
+        await asyncio.gather(*(self.rollbacks.refresh_availability(target.params) for target in verifying))
+        for target in verifying:
+            self.rollbacks.feed(target.params, observations[target.key])
+
+    def _rollback_finished(self, params: TargetParams, run: RollbackRun) -> None:
+        """A rollback reached its verdict: count it, and judge the target afresh from now on."""
+        self.metrics.count_rollback(run.phase.value)
+        target = self.state.targets.get(params.key)
+        if target is not None:
+            target.evaluator.reset()
+            target.judged_revision = None
 
     def _record(self, target: TargetState, decision: Decision) -> None:
         previous = target.latest
@@ -232,8 +315,11 @@ class Daemon:
             "t": decision.t,
         }
         if evidence is not None:
-            fields.update(impact=evidence.impact.value, attributable=evidence.attributable,
-                          inconclusive=evidence.inconclusive)
+            fields.update(
+                impact=evidence.impact.value,
+                attributable=evidence.attributable,
+                inconclusive=evidence.inconclusive,
+            )
         if decision.rollback:
             mode = " (dry-run)" if decision.dry_run else ""
             logger.warning("rollback decision%s: %s", mode, decision.reason, extra=fields)

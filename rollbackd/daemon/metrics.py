@@ -25,6 +25,7 @@ class DaemonMetrics:
     - ``rollbackd_evaluation_errors_total``: target evaluations that raised (a bug; logged);
     - ``rollbackd_evaluation_duration_seconds``: duration of one tick (collection and evaluation);
     - ``rollbackd_ticks_skipped_total``: ticks skipped because the previous one overran;
+    - ``rollbackd_rollbacks_total{result}``: rollbacks carried out, by how they ended;
     - ``rollbackd_targets``: targets watched;
     - ``rollbackd_up``: 1 while the daemon runs, 0 once it shuts down.
     """
@@ -33,26 +34,44 @@ class DaemonMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.evaluations = Counter(
-            "rollbackd_evaluations", "Target evaluations (one per target per tick).", registry=r,
+            "rollbackd_evaluations",
+            "Target evaluations (one per target per tick).",
+            registry=r,
         )
         self.decisions = Counter("rollbackd_decisions", "Decisions by outcome.", ["outcome"], registry=r)
         self.rollback_decisions = Counter(
-            "rollbackd_rollback_decisions", "Decisions to roll back, by mode (dry-run included).",
-            ["mode"], registry=r,
+            "rollbackd_rollback_decisions",
+            "Decisions to roll back, by mode (dry-run included).",
+            ["mode"],
+            registry=r,
         )
         self.source_errors = Counter(
-            "rollbackd_source_errors", "Source failures by source and kind.", ["source", "kind"], registry=r,
+            "rollbackd_source_errors",
+            "Source failures by source and kind.",
+            ["source", "kind"],
+            registry=r,
         )
         self.evaluation_errors = Counter(
-            "rollbackd_evaluation_errors", "Target evaluations that raised.", registry=r,
+            "rollbackd_evaluation_errors",
+            "Target evaluations that raised.",
+            registry=r,
         )
         self.evaluation_duration = Histogram(
             "rollbackd_evaluation_duration_seconds",
             "Duration of one tick: collection and evaluation of all targets.",
-            buckets=_DURATION_BUCKETS_S, registry=r,
+            buckets=_DURATION_BUCKETS_S,
+            registry=r,
         )
         self.ticks_skipped = Counter(
-            "rollbackd_ticks_skipped", "Ticks skipped because the previous tick overran.", registry=r,
+            "rollbackd_ticks_skipped",
+            "Ticks skipped because the previous tick overran.",
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            "rollbackd_rollbacks",
+            "Rollbacks carried out, by how they ended.",
+            ["result"],
+            registry=r,
         )
         self.targets = Gauge("rollbackd_targets", "Targets watched.", registry=r)
         self.up = Gauge("rollbackd_up", "1 while the daemon runs.", registry=r)
@@ -67,6 +86,9 @@ class DaemonMetrics:
         self.decisions.labels(outcome=decision.outcome.value).inc()
         if decision.rollback:
             self.rollback_decisions.labels(mode=decision.outcome.value).inc()
+
+    def count_rollback(self, result: str) -> None:
+        self.rollbacks.labels(result=result).inc()
 
     def count_source_error(self, source: str, kind: str) -> None:
         """Usable as a source's ``on_error(source, kind)`` callback."""

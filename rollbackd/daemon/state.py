@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from rollbackd.config.resolve import source_target, target_params
 from rollbackd.config.settings import Settings, TargetSettings
+from rollbackd.decision.cluster import ClusterFacts, is_newer
 from rollbackd.decision.rails import HoldBook, RollbackLedger
 from rollbackd.evaluate import TargetEvaluator
 from rollbackd.model import Context, Decision, Risk
@@ -38,6 +39,11 @@ class TargetState:
         self.latest: Decision | None = None
         #: The latest decision that said "roll back now" (dry-run included).
         self.last_rollback: Decision | None = None
+        #: What the cluster said this tick (read only while the target breaches).
+        self.facts: ClusterFacts | None = None
+        #: The candidate's revision when the current breach episode began: a newer one means a
+        #: newer rollout (a fix) is already progressing.
+        self.judged_revision: int | None = None
 
     @property
     def key(self) -> str:
@@ -61,20 +67,37 @@ class DaemonState:
             )
             self.targets[state.key] = state
 
-    def context(self, target: TargetState, t: float) -> Context:
-        """What the decision framework weighs for ``target`` at time ``t`` besides the metrics."""
+    def context(
+        self, target: TargetState, t: float, *, facts: ClusterFacts | None = None, in_progress: bool = False
+    ) -> Context:
+        """What the decision framework weighs for ``target`` at time ``t`` besides the metrics:
+        configuration, the API's switches and holds, the rails, and what the cluster says."""
         risk = target.params.policy.rollback_risk
         why = "configured as high-risk (policy.rollback_risk: high)" if risk is Risk.HIGH else ""
+        has_target = True
+        newer = False
+        if facts is not None:
+            if risk is not Risk.HIGH and facts.risk is Risk.HIGH:
+                risk, why = Risk.HIGH, facts.risk_reason
+            has_target = facts.has_rollback_target
+            if target.judged_revision is None:
+                target.judged_revision = facts.candidate_revision
+            newer = is_newer(target.judged_revision, facts.candidate_revision)
         hold = self.holds.get(target.key)
         if hold is not None and hold.until <= t and target.evaluator.breach_since is None:
             # An expired hold matters only while the breach it covered goes on: once that is
             # over, a later breach gets its own grace.
             self.holds.clear(target.key)
             hold = None
+        if hold is None and facts is not None and facts.hold is not None:
+            hold = facts.hold
         return Context(
             rollback_risk=risk,
             risk_reason=why,
             hold=hold,
+            has_rollback_target=has_target,
+            newer_rollout_in_progress=newer,
+            rollback_in_progress=in_progress,
             frozen=self.flags.freeze,
             dry_run=self.flags.dry_run,
             cooldown_until=self.ledger.cooldown_until(target.key),

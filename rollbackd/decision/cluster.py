@@ -71,10 +71,14 @@ def fully_available(deployment: Obj | None) -> bool:
     return caught_up and available >= desired and updated >= desired
 
 
+def is_newer(judged_revision: int | None, current_revision: int | None) -> bool:
+    """True when the current revision is past the one that was judged."""
+    return judged_revision is not None and current_revision is not None and current_revision > judged_revision
+
+
 def newer_rollout(judged_revision: int | None, candidate: Obj | None) -> bool:
     """True when the candidate Deployment moved to a newer revision than the one judged."""
-    current = revision_of(candidate)
-    return judged_revision is not None and current is not None and current > judged_revision
+    return is_newer(judged_revision, revision_of(candidate))
 
 
 def _rollback_target(
