@@ -98,6 +98,11 @@ async def test_a_rollback_decision_acts_once_then_verifies() -> None:
         assert run.within_runbook_target
         assert cluster.runs == [False]
         assert await api.metric("rollbackd_rollbacks_total", result="verified") == 1
+        shown = (await api.target())["rollback"]
+        assert shown["phase"] == "verified"
+        assert shown["action"]["outcome"] == "done"
+        assert shown["verification"]["status"] == "verified"
+        assert shown["within_runbook_target"] is True
 
 
 @pytest.mark.looptime
@@ -135,6 +140,11 @@ async def test_dry_run_plans_once_and_changes_nothing() -> None:
         assert plan is not None
         assert plan.outcome is ActionOutcome.PLANNED
         assert "shop/checkout" not in daemon.rollbacks.runs
+        async with aiohttp.ClientSession() as session:
+            shown = await Api(session, daemon).target()
+        assert shown["dry_run_plan"]["changes"] == [
+            {"object": "Deployment/shop/checkout-canary", "field": "spec.replicas", "before": 3, "after": 0}
+        ]
 
 
 @pytest.mark.looptime

@@ -74,6 +74,7 @@ class Daemon:
             verification_max_wait_s=settings.verification.max_wait_s,
             on_finished=self._rollback_finished,
         )
+        self.state.rollbacks = self.rollbacks
         self._group: asyncio.TaskGroup | None = None
         self._metrics_source = metrics_source
         self._health_source = health_source

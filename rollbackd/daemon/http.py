@@ -89,6 +89,7 @@ async def _json_object(request: web.Request) -> dict[str, object] | None:
 
 # --- read-only routes --------------------------------------------------------------------------
 
+
 async def healthz(request: web.Request) -> web.Response:
     alive = _context(request).alive()
     status = "ok" if alive else "evaluation loop stopped"
@@ -141,6 +142,7 @@ async def get_target(request: web.Request) -> web.Response:
 
 
 # --- control routes ----------------------------------------------------------------------------
+
 
 async def set_hold(request: web.Request) -> web.Response:
     ctx = _context(request)
@@ -199,8 +201,9 @@ async def set_dry_run(request: web.Request) -> web.Response:
     if not isinstance(enabled, bool):
         return _error(400, 'the body must be {"enabled": true} or {"enabled": false}')
     ctx.state.flags.dry_run = enabled
-    logger.warning("dry-run %s", "on" if enabled else "off",
-                   extra={"dry_run": enabled, "remote": request.remote})
+    logger.warning(
+        "dry-run %s", "on" if enabled else "off", extra={"dry_run": enabled, "remote": request.remote}
+    )
     return json_response(flags_view(ctx.state.flags))
 
 
@@ -244,7 +247,12 @@ class HttpServer:
     """
 
     def __init__(
-        self, app: web.Application, *, host: str, port: int, shutdown_timeout_s: float = 5.0,
+        self,
+        app: web.Application,
+        *,
+        host: str,
+        port: int,
+        shutdown_timeout_s: float = 5.0,
     ) -> None:
         self._app = app
         self._host = host

@@ -50,8 +50,10 @@ async def run_daemon(settings: Settings, *, shutdown_timeout_s: float = SHUTDOWN
         base_url=prometheus.url,
         timeout_s=prometheus.timeout_s,
         retries=prometheus.retries,
-        backoff=Backoff(initial_s=prometheus.backoff_initial_s,
-                        max_s=max(prometheus.backoff_max_s, prometheus.backoff_initial_s)),
+        backoff=Backoff(
+            initial_s=prometheus.backoff_initial_s,
+            max_s=max(prometheus.backoff_max_s, prometheus.backoff_initial_s),
+        ),
         stats=SourceStats(source="prometheus", on_error=metrics.count_source_error),
     )
     prober = HealthProber(
@@ -75,8 +77,11 @@ async def run_daemon(settings: Settings, *, shutdown_timeout_s: float = SHUTDOWN
                 if deadline:
                     _exit_now(f"second {signum.name} during shutdown")
                 logger.info("shutdown requested", extra={"signal": signum.name})
-                deadline.append(loop.call_later(shutdown_timeout_s + _CLOSE_MARGIN_S, _exit_now,
-                                                "shutdown did not complete in time"))
+                deadline.append(
+                    loop.call_later(
+                        shutdown_timeout_s + _CLOSE_MARGIN_S, _exit_now, "shutdown did not complete in time"
+                    )
+                )
                 daemon.stop()
 
             for signum in _SIGNALS:

@@ -157,15 +157,22 @@ def render_status_page(
         f"<title>{_e(title)}</title>",
         f"<style>{_CSS}</style>",
         "</head><body>",
-        _banner(version=version, ready=ready, alive=alive, freeze=freeze, dry_run=dry_run,
-                ticks=ticks, targets=len(targets)),
+        _banner(
+            version=version,
+            ready=ready,
+            alive=alive,
+            freeze=freeze,
+            dry_run=dry_run,
+            ticks=ticks,
+            targets=len(targets),
+        ),
         _alerts(ready=ready, alive=alive, freeze=freeze, dry_run=dry_run),
         _summary(counts) if targets else '<p class="empty">No targets configured.</p>',
         "<main>",
         *(_card(target, status, generated_at=generated_at) for status, _, target in ranked),
         "</main>",
-        '<footer>Rendered at ',
-        f'{_e(generated_at.strftime("%Y-%m-%d %H:%M:%S %Z"))}, refreshes every {refresh_s}s. ',
+        "<footer>Rendered at ",
+        f"{_e(generated_at.strftime('%Y-%m-%d %H:%M:%S %Z'))}, refreshes every {refresh_s}s. ",
         'The same data as JSON: <a href="api/v1/targets">api/v1/targets</a>.</footer>',
         "</body></html>",
     ]
@@ -174,12 +181,20 @@ def render_status_page(
 
 # --- the banner --------------------------------------------------------------------------------
 
+
 def _pill(name: str, value: str, *, css: str) -> str:
     return f'<span class="pill {css}"><span class="k">{_e(name)}</span> <b>{_e(value)}</b></span>'
 
 
 def _banner(
-    *, version: str, ready: bool, alive: bool, freeze: bool, dry_run: bool, ticks: int, targets: int,
+    *,
+    version: str,
+    ready: bool,
+    alive: bool,
+    freeze: bool,
+    dry_run: bool,
+    ticks: int,
+    targets: int,
 ) -> str:
     pills = [
         _pill("ready", "yes" if ready else "no", css="ok" if ready else "warn"),
@@ -198,7 +213,7 @@ def _banner(
 def _alerts(*, ready: bool, alive: bool, freeze: bool, dry_run: bool) -> str:
     alerts = []
     if not alive:
-        alerts.append(('bad', "The evaluation loop is not running: nothing is being watched."))
+        alerts.append(("bad", "The evaluation loop is not running: nothing is being watched."))
     if freeze:
         alerts.append(("bad", "Freeze is ON: no automatic rollback; breaches are escalated instead."))
     if dry_run:
@@ -226,6 +241,7 @@ def _summary(counts: Mapping[Urgency, int]) -> str:
 
 # --- one target --------------------------------------------------------------------------------
 
+
 def _card(target: _Doc, status: Status, *, generated_at: datetime) -> str:
     key = _text(target.get("key"))
     evidence = _obj(target.get("evidence"))
@@ -235,7 +251,7 @@ def _card(target: _Doc, status: Status, *, generated_at: datetime) -> str:
     evaluated = "not evaluated yet" if age is None else f"evaluated {human_duration(age)} ago"
     head = (
         f'<div class="head"><span class="badge">{_e(status.label)}</span>'
-        f'<h2>{_e(_text(target.get("namespace")))}/{_e(_text(target.get("name")))}</h2>'
+        f"<h2>{_e(_text(target.get('namespace')))}/{_e(_text(target.get('name')))}</h2>"
         f'<span class="strategy">{_e(_text(target.get("strategy")))}</span>'
         f'<span class="evaluated">{_e(evaluated)}</span></div>'
     )
@@ -385,6 +401,7 @@ def _restraints(target: _Doc, *, generated_at: datetime) -> str:
 
 
 # --- small helpers -----------------------------------------------------------------------------
+
 
 def _e(text: str) -> str:
     return html.escape(text, quote=True)

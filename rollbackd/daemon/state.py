@@ -7,10 +7,14 @@ Everything here lives in one event loop and is only touched from it, so no locks
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rollbackd.config.resolve import source_target, target_params
 from rollbackd.config.settings import Settings, TargetSettings
 from rollbackd.decision.cluster import ClusterFacts, is_newer
+
+if TYPE_CHECKING:
+    from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.decision.rails import HoldBook, RollbackLedger
 from rollbackd.evaluate import TargetEvaluator
 from rollbackd.model import Context, Decision, Risk
@@ -58,6 +62,8 @@ class DaemonState:
         self.max_rollbacks_per_hour = settings.defaults.policy.max_rollbacks_per_hour
         self.holds = HoldBook()
         self.ledger = RollbackLedger(max_per_hour=self.max_rollbacks_per_hour)
+        #: The rollback runs (set by the daemon; ``None`` when nothing acts, e.g. in some tests).
+        self.rollbacks: Rollbacks | None = None
         self.targets: dict[str, TargetState] = {}
         for target in settings.targets:
             state = TargetState(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from rollbackd.actions.base import ActionResult
 from rollbackd.daemon.jsonify import JsonValue, to_json_value
+from rollbackd.daemon.rollbacks import RollbackRun
 from rollbackd.daemon.state import DaemonState, RuntimeFlags, TargetState
 from rollbackd.model import Decision, Evidence
+from rollbackd.verification import RUNBOOK_ROLLBACK_TARGET_S
 
 
 def evidence_view(evidence: Evidence | None) -> JsonValue:
@@ -39,6 +42,59 @@ def decision_view(decision: Decision | None, *, now: float) -> JsonValue:
     }
 
 
+def action_view(result: ActionResult | None) -> JsonValue:
+    if result is None:
+        return None
+    return {
+        "action": result.action,
+        "outcome": result.outcome.value,
+        "reason": result.reason,
+        "changes": [
+            {
+                "object": c.object,
+                "field": c.field,
+                "before": to_json_value(c.before),
+                "after": to_json_value(c.after),
+            }
+            for c in result.changes
+        ],
+        "api_s": to_json_value(result.api_s),
+        "wait_s": to_json_value(result.wait_s),
+        "from_revision": result.from_revision,
+        "to_revision": result.to_revision,
+    }
+
+
+def rollback_view(run: RollbackRun | None, *, now: float) -> JsonValue:
+    """A rollback from decision to verdict: the action's changes, the verification, timings
+    against the runbook's 10-minute target."""
+    if run is None:
+        return None
+    verification = run.verification
+    return {
+        "phase": run.phase.value,
+        "mode": run.mode,
+        "decided_at": to_json_value(run.decided_at),
+        "age_s": to_json_value(now - run.decided_at),
+        "action": action_view(run.action),
+        "verification": None
+        if verification is None
+        else {
+            "status": verification.status.value,
+            "reasons": list(verification.reasons),
+            "error_rate": to_json_value(verification.error_rate),
+            "p95_ms": to_json_value(verification.p95_ms),
+            "requests": to_json_value(verification.requests),
+            "health_ok": verification.health_ok,
+            "available": verification.available,
+            "elapsed_s": to_json_value(verification.elapsed_s),
+        },
+        "duration_s": to_json_value(run.duration_s),
+        "runbook_target_s": RUNBOOK_ROLLBACK_TARGET_S,
+        "within_runbook_target": run.within_runbook_target,
+    }
+
+
 def target_view(state: DaemonState, target: TargetState, *, now: float) -> JsonValue:
     """One target: what it is, the latest evidence and decision, its last rollback decision, and
     what currently restrains it (hold, cooldown)."""
@@ -55,14 +111,20 @@ def target_view(state: DaemonState, target: TargetState, *, now: float) -> JsonV
         "evidence": evidence_view(latest.evidence if latest is not None else None),
         "decision": decision_view(latest, now=now),
         "last_rollback": decision_view(target.last_rollback, now=now),
-        "hold": None if hold is None else {
+        "rollback": rollback_view(state.rollbacks.runs.get(target.key) if state.rollbacks else None, now=now),
+        "dry_run_plan": action_view(state.rollbacks.dry_run_plan(target.key) if state.rollbacks else None),
+        "hold": None
+        if hold is None
+        else {
             "until": to_json_value(hold.until),
             "remaining_s": to_json_value(max(0.0, hold.until - now)),
             "expired": hold.until <= now,
             "reason": hold.reason,
             "set_at": to_json_value(hold.set_at),
         },
-        "cooldown": None if cooldown_until is None else {
+        "cooldown": None
+        if cooldown_until is None
+        else {
             "until": to_json_value(cooldown_until),
             "remaining_s": to_json_value(cooldown_until - now),
         },
