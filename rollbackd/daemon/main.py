@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from rollbackd import __version__
@@ -24,6 +26,9 @@ from rollbackd.daemon.app import SHUTDOWN_TIMEOUT_S, Daemon
 from rollbackd.daemon.logs import configure_logging
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.errors import SourceStats
+from rollbackd.kube.client import KubeClient
+from rollbackd.kube.cluster import KubeCluster
+from rollbackd.kube.errors import KubeConfigError
 from rollbackd.sources.health import HealthProber
 from rollbackd.sources.prometheus import PrometheusClient, PrometheusSource
 
@@ -35,8 +40,47 @@ _CLOSE_MARGIN_S = 5.0
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
+#: Mounted into every pod with a service account.
+_SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
-async def run_daemon(settings: Settings, *, shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+
+def kube_client_for(settings: Settings, *, environ: Mapping[str, str]) -> KubeClient | None:
+    """The Kubernetes client the settings ask for, or ``None`` to decide without acting.
+
+    ``kubernetes.enabled: auto`` uses the pod's service account when running in a pod, else a
+    kubeconfig (``kubernetes.kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``) when one exists, else
+    nothing; ``true`` requires one of them; ``false`` never touches the cluster.
+    """
+    kube = settings.kubernetes
+    if kube.enabled is False:
+        return None
+    timeout = kube.request_timeout_s
+    if environ.get("KUBERNETES_SERVICE_HOST") and Path(_SERVICE_ACCOUNT_TOKEN).exists():
+        return KubeClient(in_cluster=True, request_timeout_s=timeout)
+    candidates = [kube.kubeconfig, *environ.get("KUBECONFIG", "").split(os.pathsep)]
+    home = environ.get("HOME")
+    if home:
+        candidates.append(str(Path(home) / ".kube" / "config"))
+    for candidate in candidates:
+        if candidate and Path(candidate).expanduser().is_file():
+            return KubeClient(
+                kubeconfig=str(Path(candidate).expanduser()), context=kube.context, request_timeout_s=timeout
+            )
+    if kube.enabled is True:
+        raise KubeConfigError(
+            "kubernetes.enabled is true, but there is no service account (not running in a pod) and no "
+            "kubeconfig (set kubernetes.kubeconfig or $KUBECONFIG)"
+        )
+    logger.warning("no Kubernetes configuration found: deciding only, no rollback will be carried out")
+    return None
+
+
+async def run_daemon(
+    settings: Settings,
+    *,
+    shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
+    environ: Mapping[str, str] | None = None,
+) -> None:
     """Open Prometheus and the health prober, run the daemon until SIGTERM or SIGINT, close all.
 
     The first signal starts a graceful shutdown; if it has not completed within
@@ -61,15 +105,24 @@ async def run_daemon(settings: Settings, *, shutdown_timeout_s: float = SHUTDOWN
         concurrency=settings.health.concurrency,
         stats=SourceStats(source="health", on_error=metrics.count_source_error),
     )
+    kube = kube_client_for(settings, environ=environ if environ is not None else {})
     #: Armed by the first signal; stays armed while the sources close.
     deadline: list[asyncio.TimerHandle] = []
     try:
-        async with client, prober:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(client)
+            await stack.enter_async_context(prober)
+            cluster: KubeCluster | None = None
+            if kube is not None:
+                await stack.enter_async_context(kube)
+                cluster = KubeCluster(kube=kube, settings=settings)
+                logger.info("acting on Kubernetes", extra={"kubernetes": kube.describe()})
             daemon = Daemon(
                 settings,
                 metrics_source=PrometheusSource(client=client),
                 health_source=prober,
                 metrics=metrics,
+                cluster=cluster,
                 shutdown_timeout_s=shutdown_timeout_s,
             )
 
@@ -114,7 +167,11 @@ def cli_run(args: argparse.Namespace) -> int:
     configure_logging(settings.log)
     logger.info("rollbackd starting", extra={"version": __version__, "config": config})
     try:
-        asyncio.run(run_daemon(settings))
+        asyncio.run(run_daemon(settings, environ=os.environ))
+    except KubeConfigError as exc:
+        logger.error("cannot reach Kubernetes: %s", exc)
+        print(f"rollbackd: {exc}", file=sys.stderr)
+        return 2
     except Exception:
         logger.exception("rollbackd failed")
         return 1
