@@ -53,7 +53,7 @@ class ScriptedCluster:
         self.facts_calls += 1
         return self.facts_value
 
-    def action(self, params: TargetParams) -> ScriptedAction:
+    def action(self, params: TargetParams, *, bad_revision: int | None = None) -> ScriptedAction:
         return ScriptedAction(self)
 
     async def serving_available(self, params: TargetParams) -> bool | None:

@@ -44,7 +44,6 @@ from tests.kubefixtures import (
     wait_until,
 )
 
-
 NS = "shop"
 FAST = Backoff(initial_s=0.01, max_s=0.05)
 

@@ -255,7 +255,9 @@ class Daemon:
             decision = target.evaluator.decide(evidence, context)
             self._record(target, decision)
             if decision.rollback and self._group is not None:
-                self.rollbacks.start(target.params, decision, self._group)
+                self.rollbacks.start(
+                    target.params, decision, self._group, bad_revision=target.judged_revision
+                )
         await self._verify(targets, observations)
         self.ticks += 1
         self.metrics.evaluation_duration.observe(loop.time() - started)

@@ -52,8 +52,9 @@ class Cluster(Protocol):
         """Risk, holds, revision and rollback target as the cluster shows them now."""
         ...
 
-    def action(self, params: TargetParams) -> RollbackAction:
-        """The rollback action for the target's strategy."""
+    def action(self, params: TargetParams, *, bad_revision: int | None = None) -> RollbackAction:
+        """The rollback action for the target's strategy; ``bad_revision`` is the candidate revision
+        that was judged (a Deployment undo acts only while that revision still runs)."""
         ...
 
     async def serving_available(self, params: TargetParams) -> bool | None:
@@ -131,23 +132,32 @@ class Rollbacks:
         """The target's breach is over: a later dry-run decision plans afresh."""
         self._planned.pop(key, None)
 
-    def start(self, params: TargetParams, decision: Decision, group: asyncio.TaskGroup) -> RollbackRun | None:
+    def start(
+        self,
+        params: TargetParams,
+        decision: Decision,
+        group: asyncio.TaskGroup,
+        *,
+        bad_revision: int | None = None,
+    ) -> RollbackRun | None:
         """Act on a rollback decision (or plan it, in dry-run). Returns the run, if one started."""
         if self._cluster is None or self.in_progress(params.key):
             return None
         if decision.dry_run:
             if params.key not in self._planned:
-                group.create_task(self._plan(params), name=f"rollbackd:dry-run-plan:{params.key}")
+                group.create_task(
+                    self._plan(params, bad_revision), name=f"rollbackd:dry-run-plan:{params.key}"
+                )
             return None
         loop = asyncio.get_running_loop()
         run = RollbackRun(key=params.key, mode=decision.outcome.value, decided_at=loop.time())
         self.runs[params.key] = run
-        group.create_task(self._act(params, run), name=f"rollbackd:rollback:{params.key}")
+        group.create_task(self._act(params, run, bad_revision), name=f"rollbackd:rollback:{params.key}")
         return run
 
-    async def _plan(self, params: TargetParams) -> None:
+    async def _plan(self, params: TargetParams, bad_revision: int | None) -> None:
         assert self._cluster is not None
-        result = await self._cluster.action(params).run(dry_run=True)
+        result = await self._cluster.action(params, bad_revision=bad_revision).run(dry_run=True)
         self._planned[params.key] = result
         logger.warning(
             "dry-run: would roll back with %s: %s",
@@ -156,12 +166,12 @@ class Rollbacks:
             extra={"target": params.key, "action": result.action, "outcome": result.outcome.value},
         )
 
-    async def _act(self, params: TargetParams, run: RollbackRun) -> None:
+    async def _act(self, params: TargetParams, run: RollbackRun, bad_revision: int | None) -> None:
         assert self._cluster is not None
         loop = asyncio.get_running_loop()
         logger.warning("rolling back", extra={"target": run.key, "mode": run.mode})
         try:
-            result = await self._cluster.action(params).run(dry_run=False)
+            result = await self._cluster.action(params, bad_revision=bad_revision).run(dry_run=False)
         except Exception as exc:  # a defect, not an API error: never leave the run "acting"
             logger.exception("rollback action crashed", extra={"target": run.key})
             result = ActionResult(

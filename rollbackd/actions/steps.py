@@ -1,0 +1,304 @@
+"""What every Kubernetes rollback action does the same way: timed API calls, recorded changes,
+bounded waits, and errors turned into results.
+
+An action plans from the objects as they are now: a list of :class:`Step` values, each one planned
+:class:`~rollbackd.actions.base.Change` plus the coroutine that applies it. The coroutine re-reads
+its object and re-decides (so a conflict, a retry or a second run never applies a change twice),
+then returns the changes it actually made (none when the object is already as wanted).
+
+One :class:`ActionRun` carries out one run of one action:
+
+- :meth:`ActionRun.call` and :meth:`ActionRun.apply` send requests through
+  :func:`~rollbackd.kube.retry.retrying` (409: re-read and re-apply; 5xx, 429, timeouts: backoff)
+  and add their time, backoff pauses included, to ``api_s``;
+- :meth:`ActionRun.wait_until` polls a condition until it holds, bounded by the run's
+  availability budget on the event-loop clock, and adds its time to ``wait_s``;
+- :meth:`ActionRun.guarded` turns what may go wrong into a result: :class:`Refusal` (nothing
+  changed yet: ``refused``), :class:`WaitTimeout` and every
+  :class:`~rollbackd.kube.errors.KubeError` (``failed``, listing what was changed before).
+  Cancellation is never swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from rollbackd.actions.base import ActionOutcome, ActionResult, Change
+from rollbackd.backoff import Backoff
+from rollbackd.config.settings import KubernetesSettings
+from rollbackd.decision.cluster import fully_available
+from rollbackd.kube import KubeClient, KubeError, KubeForbidden, KubeNotFound, KubeTemporary, retrying
+from rollbackd.kube.retry import DEFAULT_BACKOFF
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSettings:
+    """How an action talks to the API and how long it waits.
+
+    - ``backoff``: pauses between attempts of one request;
+    - ``attempts``: how many times one request is sent at most (the first included);
+    - ``availability_timeout_s``: how long one run may wait, in all, for the version it rolls back
+      to to be available / serving;
+    - ``poll_s``: pause between two looks while waiting.
+
+    Derive variants with :func:`dataclasses.replace`.
+    """
+
+    backoff: Backoff = DEFAULT_BACKOFF
+    attempts: int = 5
+    availability_timeout_s: float = 300.0
+    poll_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be at least 1, not {self.attempts}")
+        if not self.availability_timeout_s > 0:
+            raise ValueError(f"availability_timeout_s must be positive, not {self.availability_timeout_s}")
+        if not self.poll_s > 0:
+            raise ValueError(f"poll_s must be positive, not {self.poll_s}")
+
+    @classmethod
+    def from_kubernetes(cls, kubernetes: KubernetesSettings, **overrides: Any) -> ActionSettings:
+        """The values of the configuration's ``kubernetes`` section (``retries`` retries after the
+        first attempt, ``availability_timeout_s``); ``overrides`` replace any field."""
+        base = cls(attempts=kubernetes.retries + 1, availability_timeout_s=kubernetes.availability_timeout_s)
+        return dataclasses.replace(base, **overrides)
+
+
+class Refusal(Exception):
+    """The action cannot be done safely from the objects as they are (nothing to go back to, a
+    required object missing, a selector that would also pick the bad version ...)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class WaitTimeout(Exception):
+    """A condition did not come true within the run's availability budget (or never will: a
+    rollout past its progress deadline)."""
+
+
+#: The settings an action uses unless told otherwise.
+DEFAULT_SETTINGS = ActionSettings()
+
+#: Applies one step: re-reads its object, changes it if still needed, returns what it changed.
+Apply = Callable[[], Awaitable[Sequence[Change]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a plan: the changes it is expected to make (what dry-run shows) and how to
+    make them (``apply``, which re-reads and re-decides, so it is safe to run again)."""
+
+    changes: tuple[Change, ...]
+    apply: Apply
+
+
+def object_name(kind: str, namespace: str, name: str) -> str:
+    """``Deployment/shop/web``: how a :class:`~rollbackd.actions.base.Change` names its object."""
+    return f"{kind}/{namespace}/{name}"
+
+
+class ActionRun:
+    """One run of one action: its requests (retried, timed), its changes, its waits.
+
+    Created at the start of :meth:`run`; ``action`` and ``target`` name the result; ``settings``
+    bound the retries and the waits. ``loop`` time is read from the running event loop.
+    """
+
+    def __init__(self, *, kube: KubeClient, action: str, target: str, settings: ActionSettings) -> None:
+        self.kube = kube
+        self.action = action
+        self.target = target
+        self.settings = settings
+        self.changes: list[Change] = []
+        self.api_s = 0.0
+        self.wait_s = 0.0
+        self._wait_budget_s = settings.availability_timeout_s
+        self._loop = asyncio.get_running_loop()
+
+    # -- requests --
+
+    def _on_retry(self, error: KubeError, attempt: int, delay: float) -> None:
+        logger.info(
+            "%s: %s; retrying in %.2fs (attempt %d)", self.action, error, delay, attempt,
+            extra={"target": self.target, "action": self.action},
+        )
+
+    async def call(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run ``op`` (reads, or a write whose result the caller records itself) with retries;
+        its time counts as API time."""
+        started = self._loop.time()
+        try:
+            return await retrying(op, backoff=self.settings.backoff, attempts=self.settings.attempts,
+                                  on_retry=self._on_retry)
+        finally:
+            self.api_s += self._loop.time() - started
+
+    async def required(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Like :meth:`call`, for an object the action cannot do without: a 404 becomes a
+        :class:`Refusal` naming ``what`` (e.g. ``the stable Deployment shop/web``)."""
+        try:
+            return await self.call(op)
+        except KubeNotFound as exc:
+            raise Refusal(f"{what} does not exist ({exc})") from exc
+
+    async def optional(self, op: Callable[[], Awaitable[T]]) -> T | None:
+        """Like :meth:`call`; ``None`` when the object does not exist."""
+        try:
+            return await self.call(op)
+        except KubeNotFound:
+            return None
+
+    async def apply(self, step: Step) -> None:
+        """Apply one step (retried, timed as API time) and record the changes it made.
+
+        A write the server applied but whose answer was lost (a timeout) is found done by the
+        retry's re-read, and so is not listed: the list never shows a change twice, at the price
+        of missing one in that rare case (the object's state is right either way)."""
+        made = await self.call(step.apply)
+        for change in made:
+            logger.info("%s: %s", self.action, change.describe(),
+                        extra={"target": self.target, "action": self.action})
+        self.changes.extend(made)
+
+    # -- waiting --
+
+    async def wait_until(self, what: str, check: Callable[[], Awaitable[bool]]) -> None:
+        """Poll ``check`` every ``poll_s`` until it returns true.
+
+        The run's waits share one budget of ``availability_timeout_s`` (each gets at least one
+        look, bounded by ``poll_s``); when it is spent,
+        :class:`WaitTimeout` names ``what`` was awaited. A temporary API error during a look counts
+        as "not yet"; any other API error ends the wait. The time counts as waiting time, the
+        reads inside included.
+        """
+        started = self._loop.time()
+        deadline = started + max(self._wait_budget_s, self.settings.poll_s)  # always one look at least
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    try:
+                        if await check():
+                            return
+                    except KubeTemporary as exc:
+                        logger.info("%s: while waiting for %s: %s", self.action, what, exc,
+                                    extra={"target": self.target, "action": self.action})
+                    await asyncio.sleep(self.settings.poll_s)
+        except TimeoutError:
+            raise WaitTimeout(
+                f"{what} did not happen within the availability timeout of "
+                f"{self.settings.availability_timeout_s:g}s"
+            ) from None
+        finally:
+            spent = self._loop.time() - started
+            self.wait_s += spent
+            self._wait_budget_s = max(0.0, self._wait_budget_s - spent)
+
+    # -- results --
+
+    def result(self, outcome: ActionOutcome, reason: str, **fields: Any) -> ActionResult:
+        """The result of this run: ``changes`` default to those made, timings are the run's."""
+        fields.setdefault("changes", tuple(self.changes))
+        return ActionResult(action=self.action, target=self.target, outcome=outcome, reason=reason,
+                            api_s=self.api_s, wait_s=self.wait_s, **fields)
+
+    def failed(self, reason: str, **fields: Any) -> ActionResult:
+        """``failed``, saying what was changed before it went wrong."""
+        if self.changes:
+            reason += f" (changed before the failure: {'; '.join(c.describe() for c in self.changes)})"
+        else:
+            reason += " (nothing was changed)"
+        return self.result(ActionOutcome.FAILED, reason, **fields)
+
+    async def guarded(
+        self, body: Callable[[], Awaitable[ActionResult]], fields: Mapping[str, Any] | None = None
+    ) -> ActionResult:
+        """Run the action's ``body`` and turn refusals, timeouts and API errors into results.
+        ``fields`` (e.g. the revisions, which ``body`` may fill in as it learns them) are read when
+        such a result is made and added to it. Never raises for API errors."""
+        try:
+            return await body()
+        except Refusal as exc:
+            if self.changes:  # refused part-way: something did change, so this is a failure
+                return self.failed(exc.reason, **(fields or {}))
+            return self.result(ActionOutcome.REFUSED, exc.reason, **(fields or {}))
+        except WaitTimeout as exc:
+            return self.failed(str(exc), **(fields or {}))
+        except KubeForbidden as exc:  # its message names the verb, resource, namespace and rule
+            return self.failed(str(exc), **(fields or {}))
+        except KubeTemporary as exc:
+            return self.failed(
+                f"the Kubernetes API kept failing after {self.settings.attempts} attempts: {exc}",
+                **(fields or {}),
+            )
+        except KubeError as exc:
+            return self.failed(str(exc), **(fields or {}))
+
+
+# --- small pure helpers on objects ---------------------------------------------------------------
+
+#: The ``Progressing`` condition's reason once a rollout stopped making progress.
+PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+
+
+def rollout_complete(deployment: Mapping[str, Any] | None) -> bool:
+    """What ``kubectl rollout status`` waits for: the latest generation observed, every desired
+    replica updated, no old replica left, every updated replica available.
+
+    Stricter than :func:`~rollbackd.decision.cluster.fully_available`, which a stalled rollout
+    passes as long as the old pods still count as available.
+    """
+    if not deployment or not fully_available(deployment):
+        return False
+    status = deployment.get("status") or {}
+    total = int(status.get("replicas", 0) or 0)
+    updated = int(status.get("updatedReplicas", 0) or 0)
+    available = int(status.get("availableReplicas", 0) or 0)
+    return total <= updated and available >= updated
+
+
+def progress_deadline_exceeded(deployment: Mapping[str, Any]) -> bool:
+    """Whether the deployment controller gave up on the current rollout (its
+    ``progressDeadlineSeconds`` passed without progress). A status that has not yet observed the
+    latest generation speaks of an earlier rollout (often the bad one): it does not count."""
+    status = deployment.get("status") or {}
+    observed = status.get("observedGeneration")
+    generation = (deployment.get("metadata") or {}).get("generation")
+    if observed is None or generation is None or int(observed) < int(generation):
+        return False
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Progressing" and condition.get("reason") == PROGRESS_DEADLINE_EXCEEDED:
+            return True
+    return False
+
+
+def merge_diff(current: Any, wanted: Any) -> Any:
+    """The JSON merge patch (RFC 7386) that turns ``current`` into ``wanted``: keys to drop map to
+    ``None``, changed values to their new value (lists are replaced whole). ``{}`` when equal.
+    (``wanted`` must not contain ``null`` values: a merge patch cannot express them.)"""
+    if not isinstance(current, Mapping) or not isinstance(wanted, Mapping):
+        return wanted
+    patch: dict[str, Any] = {}
+    for key in current:
+        if key not in wanted:
+            patch[key] = None
+    for key, value in wanted.items():
+        if key not in current:
+            patch[key] = value
+        elif current[key] != value:
+            if isinstance(current[key], Mapping) and isinstance(value, Mapping):
+                patch[key] = merge_diff(current[key], value)
+            else:
+                patch[key] = value
+    return patch

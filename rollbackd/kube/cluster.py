@@ -1,0 +1,200 @@
+"""The daemon's view of Kubernetes: decision context read from the cluster, and rollback actions.
+
+:class:`KubeCluster` implements the daemon's :class:`~rollbackd.daemon.rollbacks.Cluster` protocol
+for every configured target (found by its key, ``namespace/name``):
+
+- :meth:`KubeCluster.facts` reads the candidate Deployment, the baseline one (canary, blue-green)
+  or the candidate's ReplicaSets (deployment strategy) and hands them to the pure
+  :func:`~rollbackd.decision.cluster.cluster_facts`: rollback risk and fix-forward holds from
+  annotations, the candidate's revision, whether there is a healthy version to go back to. A
+  fix-forward ETA given as a duration (``15m``) counts from when this object first saw it;
+- :meth:`KubeCluster.action` builds the target's action: canary abort, blue-green switch-back or
+  Deployment undo;
+- :meth:`KubeCluster.serving_available` tells whether the version traffic went back to is fully
+  available (rolled out, every replica available): the stable Deployment (canary), the previous
+  colour (blue-green), the Deployment itself (undo).
+
+A Deployment undo acts only while the Deployment still runs the revision judged bad (see
+:mod:`rollbackd.actions.deployment_undo`). :meth:`KubeCluster.action` takes that revision as
+``bad_revision``; without it, the candidate revision the latest :meth:`KubeCluster.facts` read for
+the target is used, which is the judged one as long as facts are read on the tick that decides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from rollbackd.actions.base import RollbackAction
+from rollbackd.actions.bluegreen import BlueGreenSwitchBack
+from rollbackd.actions.canary_abort import CanaryAbort
+from rollbackd.actions.deployment_undo import DeploymentUndo
+from rollbackd.actions.steps import ActionSettings, rollout_complete
+from rollbackd.config.settings import KubernetesSettings, Settings, TargetSettings
+from rollbackd.decision.annotations import ETA_ANNOTATION
+from rollbackd.decision.cluster import ClusterFacts, cluster_facts
+from rollbackd.kube import objects
+from rollbackd.kube.client import KubeClient, Obj
+from rollbackd.kube.errors import KubeError, KubeNotFound
+from rollbackd.kube.retry import retrying
+from rollbackd.model import Strategy
+from rollbackd.params import TargetParams
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class KubeCluster:
+    """Every configured target's facts, actions and availability, through one client.
+
+    - ``kube``: an open :class:`~rollbackd.kube.KubeClient`;
+    - ``settings``: the configuration; its ``targets`` tell where each target's objects are;
+    - ``kubernetes``: retries and the availability timeout (default: ``settings.kubernetes``);
+    - ``action_settings``: overrides what actions derive from ``kubernetes`` (backoff, polling);
+    - ``wall_clock``: the current UTC time, to place an RFC 3339 fix-forward ETA on the loop clock.
+    """
+
+    def __init__(
+        self,
+        *,
+        kube: KubeClient,
+        settings: Settings,
+        kubernetes: KubernetesSettings | None = None,
+        action_settings: ActionSettings | None = None,
+        wall_clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self.kube = kube
+        self.kubernetes = kubernetes if kubernetes is not None else settings.kubernetes
+        if action_settings is None:
+            action_settings = ActionSettings.from_kubernetes(self.kubernetes)
+        self.action_settings = action_settings
+        self._targets: dict[str, TargetSettings] = {target.key: target for target in settings.targets}
+        self._wall_clock = wall_clock
+        #: target key -> (the fix-forward ETA annotation's value, loop time it was first seen).
+        self._eta_seen: dict[str, tuple[str, float]] = {}
+        #: target key -> the candidate revision the latest facts() read.
+        self._revisions: dict[str, int | None] = {}
+
+    def target(self, key: str) -> TargetSettings:
+        """The configured target ``namespace/name``; ``LookupError`` if there is none."""
+        try:
+            return self._targets[key]
+        except KeyError:
+            raise LookupError(f"no target {key!r} in the configuration") from None
+
+    def last_seen_revision(self, key: str) -> int | None:
+        """The candidate revision the latest :meth:`facts` read for ``key`` (``None`` before)."""
+        return self._revisions.get(key)
+
+    async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
+        settings = self.action_settings
+        return await retrying(op, backoff=settings.backoff, attempts=settings.attempts)
+
+    async def _deployment(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return await self._call(lambda: objects.get_deployment(self.kube, namespace=namespace, name=name))
+        except KubeNotFound:
+            return None
+
+    def _eta_first_seen(self, key: str, candidate: Obj | None, loop_now: float) -> float | None:
+        value = objects.annotations_of(candidate or {}).get(ETA_ANNOTATION)
+        if value is None:
+            self._eta_seen.pop(key, None)
+            return None
+        seen = self._eta_seen.get(key)
+        if seen is None or seen[0] != value:  # new, or changed: a new promise counts from now
+            seen = self._eta_seen[key] = (value, loop_now)
+        return seen[1]
+
+    async def facts(self, params: TargetParams, *, loop_now: float) -> ClusterFacts:
+        """Risk, holds, revision and rollback target as the cluster shows them now.
+
+        Objects that do not exist are facts (a missing baseline means nothing to go back to: high
+        risk); API failures, after retries, raise :class:`~rollbackd.kube.errors.KubeError`:
+        the caller decides without the cluster's word rather than on a guess.
+        """
+        target = self.target(params.key)
+        namespace = target.namespace
+        candidate = await self._deployment(namespace, target.candidate.deployment)
+        baseline = None
+        if target.baseline is not None:
+            baseline = await self._deployment(namespace, target.baseline.deployment)
+        replica_sets: list[Obj] = []
+        if target.strategy is Strategy.DEPLOYMENT and candidate is not None:
+            found = candidate
+            replica_sets = await self._call(lambda: objects.owned_replicasets(self.kube, deployment=found))
+        facts = cluster_facts(
+            target.strategy,
+            candidate=candidate,
+            baseline=baseline,
+            replica_sets=replica_sets,
+            wall_now=self._wall_clock(),
+            loop_now=loop_now,
+            eta_first_seen=self._eta_first_seen(params.key, candidate, loop_now),
+        )
+        if candidate is None:
+            missing = f"the candidate Deployment {namespace}/{target.candidate.deployment} does not exist"
+            facts = dataclasses.replace(facts, problems=(*facts.problems, missing))
+            if target.strategy is Strategy.DEPLOYMENT:
+                facts = dataclasses.replace(facts, risk_reason=missing, rollback_target_reason=missing)
+        self._revisions[params.key] = facts.candidate_revision
+        return facts
+
+    def action(
+        self, params: TargetParams, *, bad_revision: int | None = None, to_revision: int | None = None
+    ) -> RollbackAction:
+        """The rollback action for the target's strategy.
+
+        For a Deployment undo, ``bad_revision`` is the revision judged bad (default: the one the
+        latest :meth:`facts` read) and ``to_revision`` an explicit revision to go back to.
+        """
+        target = self.target(params.key)
+        namespace = target.namespace
+        if target.strategy is Strategy.CANARY:
+            assert target.baseline is not None  # the settings check it
+            assert target.ingress is not None
+            return CanaryAbort(
+                kube=self.kube, target=params.key, namespace=namespace, ingress=target.ingress,
+                canary=target.candidate.deployment, stable=target.baseline.deployment,
+                settings=self.action_settings,
+            )
+        if target.strategy is Strategy.BLUE_GREEN:
+            assert target.baseline is not None  # the settings check it
+            assert target.service is not None
+            return BlueGreenSwitchBack(
+                kube=self.kube, target=params.key, namespace=namespace, service=target.service,
+                healthy=target.baseline.deployment, bad=target.candidate.deployment,
+                settings=self.action_settings,
+            )
+        return DeploymentUndo(
+            kube=self.kube, target=params.key, namespace=namespace, deployment=target.candidate.deployment,
+            bad_revision=bad_revision if bad_revision is not None else self._revisions.get(params.key),
+            to_revision=to_revision, settings=self.action_settings,
+        )
+
+    async def serving_available(self, params: TargetParams) -> bool | None:
+        """Whether the version the target was rolled back to is fully available: the stable
+        Deployment (canary), the previous colour (blue-green), the Deployment itself (undo).
+        ``False`` when it does not exist, ``None`` when the cluster cannot be read.
+
+        Fully available as ``kubectl rollout status`` means it
+        (:func:`~rollbackd.actions.steps.rollout_complete`): for an undo, the restored pods must be
+        the ones available, not the old ones a stalled rollout leaves serving."""
+        target = self.target(params.key)
+        side = target.candidate if target.strategy is Strategy.DEPLOYMENT else target.baseline
+        assert side is not None  # canary and blue-green targets have a baseline (the settings check it)
+        try:
+            deployment = await self._deployment(target.namespace, side.deployment)
+        except KubeError as exc:
+            logger.warning("cannot read the availability of %s/%s: %s", target.namespace, side.deployment,
+                           exc, extra={"target": params.key})
+            return None
+        return rollout_complete(deployment)
