@@ -204,6 +204,7 @@ class Daemon:
             clock=asyncio.get_running_loop().time,
             alive=lambda: self.alive,
             ready=lambda: self.ready,
+            ticks=lambda: self.ticks,
         )
         app = make_app(context)
         async with HttpServer(app, host=self.settings.http.host, port=self.settings.http.port) as server:

@@ -56,6 +56,7 @@ class HttpContext:
     clock: Callable[[], float]
     alive: Callable[[], bool]
     ready: Callable[[], bool]
+    ticks: Callable[[], int]
 
 
 _CONTEXT = web.AppKey("rollbackd_context", HttpContext)
@@ -106,12 +107,6 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
-def _ticks_run(metrics: DaemonMetrics) -> int:
-    """Completed ticks: the evaluation-duration histogram observes exactly one per tick."""
-    count = metrics.registry.get_sample_value("rollbackd_evaluation_duration_seconds_count")
-    return 0 if count is None else int(count)
-
-
 async def status_page(request: web.Request) -> web.Response:
     ctx = _context(request)
     targets = ctx.state.targets.values()
@@ -121,7 +116,7 @@ async def status_page(request: web.Request) -> web.Response:
         version=__version__,
         ready=ctx.ready(),
         alive=ctx.alive(),
-        ticks=_ticks_run(ctx.metrics),
+        ticks=ctx.ticks(),
         refresh_s=refresh_seconds(interval_s),
         generated_at=datetime.now(UTC),
     )
