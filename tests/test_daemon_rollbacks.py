@@ -103,6 +103,10 @@ async def test_a_rollback_decision_acts_once_then_verifies() -> None:
         assert shown["action"]["outcome"] == "done"
         assert shown["verification"]["status"] == "verified"
         assert shown["within_runbook_target"] is True
+        status, page = await api.call("GET", "/")
+        assert status == 200
+        assert "Rollback verified" in page
+        assert "Verification verified" in page
 
 
 @pytest.mark.looptime

@@ -372,8 +372,56 @@ def _details(summary: str, items: Sequence[str]) -> str:
     return f"<details><summary>{_e(summary)}</summary><ul>{listed}</ul></details>"
 
 
-def _restraints(target: _Doc, *, generated_at: datetime) -> str:
+def _changes(action: _Doc) -> list[str]:
+    """An action's changes as "object field: before → after" lines."""
     lines = []
+    for item in _list(action.get("changes")):
+        change = _obj(item)
+        if change is not None:
+            before, after = _text(change.get("before")), _text(change.get("after"))
+            lines.append(f"{_text(change.get('object'))} {_text(change.get('field'))}: {before} → {after}")
+    return lines
+
+
+def _rollback(target: _Doc) -> str:
+    """The rollback under way or done: phase, what the action changed, the verification."""
+    run = _obj(target.get("rollback"))
+    plan = _obj(target.get("dry_run_plan"))
+    lines = []
+    if run is not None:
+        phase = _text(run.get("phase"))
+        age = _num(run.get("age_s")) or 0.0
+        lines.append(
+            f'<p class="rollback"><b>Rollback {_e(phase)}</b> ({_e(_text(run.get("mode")))}, decided '
+            f"{_e(human_duration(age))} ago)</p>"
+        )
+        action = _obj(run.get("action"))
+        if action is not None:
+            changes = _changes(action)
+            lines.append(f"<p>{_e(_text(action.get('action')))}: {_e(_text(action.get('reason')))}</p>")
+            if changes:
+                lines.append(_details(f"{len(changes)} changes", changes))
+        verification = _obj(run.get("verification"))
+        if verification is not None:
+            reasons = [_text(r) for r in _list(verification.get("reasons"))]
+            status = _text(verification.get("status"))
+            lines.append(f"<p><b>Verification {_e(status)}</b>: {_e(reasons[0] if reasons else '')}</p>")
+        duration = _num(run.get("duration_s"))
+        if duration is not None:
+            within = run.get("within_runbook_target") is True
+            lines.append(
+                f"<p>took {_e(human_duration(duration))} from decision to verdict "
+                f"({'within' if within else 'beyond'} the runbook's 10 minutes)</p>"
+            )
+    if plan is not None:
+        changes = _changes(plan)
+        lines.append(f"<p><b>Dry-run</b>: {_e(_text(plan.get('action')))} would change:</p>")
+        lines.append(_details(f"{len(changes)} planned changes", changes or ["nothing"]))
+    return "".join(lines)
+
+
+def _restraints(target: _Doc, *, generated_at: datetime) -> str:
+    lines = [_rollback(target)]
     hold = _obj(target.get("hold"))
     if hold is not None:
         reason = _text(hold.get("reason"))
