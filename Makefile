@@ -4,7 +4,9 @@
 #   make test      install, make the local services available, run pytest ($(PYTEST_ARGS) passed on)
 #   make lint      ruff and mypy --strict (both run; fails if either fails)
 #   make bench     run the benchmarks; results go to bench/results/
-#   make demo      replay the labelled release recordings and show what rollbackd decides
+#   make demo      install with the demo extra and run `rollbackd demo`: a bad release undoes itself
+#                  on an emulated cluster (SCENARIO=canary|bluegreen|deployment, DEMO_ARGS=...)
+#   make replay    replay the labelled release recordings and show what rollbackd decides
 #   make clean     remove caches and build artefacts (keeps .venv and bench/results)
 #   make distclean clean, and remove .venv too
 
@@ -18,20 +20,33 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Touched after a successful install; reinstalls when pyproject.toml changes.
 INSTALLED := $(VENV)/.installed
+DEMO_INSTALLED := $(VENV)/.installed-demo
 PYTEST_ARGS ?=
+SCENARIO ?= canary
+DEMO_ARGS ?=
 
-.PHONY: install test lint bench demo clean distclean
+.PHONY: install test lint bench demo replay clean distclean
 
 install: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
+# Check the Python version and create the virtual environment if there is none.
+define make-venv
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
 		"$(PYTHON) is Python " + sys.version.split()[0] + "; rollbackd needs 3.11 or newer: make PYTHON=python3.11 ...")'
 	@if [[ ! -x $(BIN)/python ]]; then \
 		echo "creating $(VENV) with $$($(PYTHON) -c 'import sys; print(sys.executable)')"; \
 		$(PYTHON) -m venv $(VENV); \
 	fi
+endef
+
+$(INSTALLED): pyproject.toml
+	$(make-venv)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+$(DEMO_INSTALLED): pyproject.toml
+	$(make-venv)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[demo]'
 	@touch $@
 
 test: install
@@ -54,8 +69,12 @@ clean:
 distclean: clean
 	rm -rf $(VENV)
 
-# Until the live demo lands: the labelled release recordings through the real detectors and
-# decision framework, as a readable table.
+# One command, no cluster and no container engine: an emulated Kubernetes API, real sample apps,
+# a real Prometheus when one is installed, and the real daemon rolling a bad release back.
+demo: $(DEMO_INSTALLED)
+	$(BIN)/rollbackd demo --scenario $(SCENARIO) $(DEMO_ARGS)
+
+# The labelled release recordings through the real detectors and decision framework, as a table.
 SCENARIOS ?= ../shared/scenarios
-demo: install
+replay: install
 	$(BIN)/rollbackd replay --format table $(SCENARIOS)

@@ -55,9 +55,11 @@ NAMESPACE = "scale"
 #: Synthetic services exposed by the sample app (each a stable and a canary Deployment).
 SERVICES = 1000
 
-#: The daemon's evaluation interval: twice the scrape interval, so that every ``increase()`` over
-#: one interval sees at least two samples.
-INTERVAL_S = 2.0
+#: The daemon's evaluation interval, which is also the window of its queries: three scrape
+#: intervals. ``increase()`` needs two samples in its window, and the newest scrape becomes
+#: visible only once it is ingested (a fraction of a second for this exposition): with a window of
+#: two scrape intervals, a query landing meanwhile finds one sample and no data at all.
+INTERVAL_S = 3.0
 SCRAPE_INTERVAL_S = 1.0
 #: Detection windows: short enough to fill well within the run.
 WINDOW_S = 60.0

@@ -182,6 +182,8 @@ class Context:
     has_rollback_target: bool = True
     frozen: bool = False
     dry_run: bool = False
+    #: This replica is not the leader (leader election): it judges and decides, never acts.
+    standby: bool = False
     cooldown_until: float | None = None
     rollbacks_last_hour: int = 0
     max_rollbacks_per_hour: int = 3

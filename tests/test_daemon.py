@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from rollbackd.config.settings import (
+    ApiSettings,
     HttpSettings,
     LogSettings,
     SafetySettings,
@@ -85,6 +86,8 @@ def make_settings(*targets: TargetSettings, dry_run: bool = False, freeze: bool 
         interval_s=INTERVAL_S,
         http=HttpSettings(host="127.0.0.1", port=0),
         safety=SafetySettings(dry_run=dry_run, freeze=freeze),
+        # These tests steer the daemon without a token (tests/test_api_auth.py covers tokens).
+        api=ApiSettings(allow_unauthenticated_writes=True),
         targets=targets or (canary("checkout"),),
     )
 

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import yaml
 
-from rollbackd.config.settings import HttpSettings, Settings, Side, TargetSettings
+from rollbackd.config.settings import ApiSettings, HttpSettings, Settings, Side, TargetSettings
 from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.jsonify import dumps, to_json_value
 from rollbackd.model import DEFAULT_BUCKETS_S, Finding, HealthCheck, Histogram, Sample, Strategy
@@ -66,7 +66,12 @@ def checkout(*, health: tuple[str, ...] = ()) -> TargetSettings:
 
 
 def make_settings(*, port: int = 0, interval_s: float = 0.2) -> Settings:
-    return Settings(interval_s=interval_s, http=HttpSettings(host=HOST, port=port), targets=(checkout(),))
+    return Settings(
+        interval_s=interval_s,
+        http=HttpSettings(host=HOST, port=port),
+        api=ApiSettings(allow_unauthenticated_writes=True),  # tokens: tests/test_api_auth.py
+        targets=(checkout(),),
+    )
 
 
 def strict_json(text: str) -> Any:
@@ -108,7 +113,7 @@ async def test_readyz_answers_503_until_the_first_evaluation(session: aiohttp.Cl
         base = f"http://{HOST}:{daemon.port}"
         status, _, body = await get(session, base + "/readyz")
         assert status == 503
-        assert strict_json(body) == {"status": "no evaluation yet"}
+        assert strict_json(body) == {"status": "no evaluation yet", "leader": True}  # no election: it acts
         status, _, _ = await get(session, base + "/healthz")
         assert status == 200
 

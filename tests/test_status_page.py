@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from rollbackd.config.settings import HttpSettings, Settings, Side, TargetSettings
+from rollbackd.config.settings import ApiSettings, HttpSettings, Settings, Side, TargetSettings
 from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.page import human_duration, refresh_seconds, render_status_page
 from rollbackd.model import DEFAULT_BUCKETS_S, HealthCheck, Histogram, Sample, Strategy
@@ -76,7 +76,12 @@ def canary(name: str, *, namespace: str = "shop") -> TargetSettings:
 
 
 def make_settings(*targets: TargetSettings, interval_s: float = INTERVAL_S) -> Settings:
-    return Settings(interval_s=interval_s, http=HttpSettings(host="127.0.0.1", port=0), targets=targets)
+    return Settings(
+        interval_s=interval_s,
+        http=HttpSettings(host="127.0.0.1", port=0),
+        api=ApiSettings(allow_unauthenticated_writes=True),  # tokens: tests/test_api_auth.py
+        targets=targets,
+    )
 
 
 # --- reading the page as a person would ----------------------------------------------------------

@@ -19,6 +19,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from rollbackd.model import Slo, Strategy
 from rollbackd.params import Detection, Policy, Severity
+from rollbackd.store import redact_url, store_kind
 
 #: Names of Kubernetes objects and of targets: lowercase letters, digits and ``-``.
 K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -400,6 +401,264 @@ class VerificationSettings(_Frozen):
     )
 
 
+class StoreSettings(_Frozen):
+    """Where rollbackd keeps its audit log, event outbox and per-target state."""
+
+    url: str | None = Field(
+        None,
+        repr=False,  # may hold a password: log redacted_url instead
+        description="A postgresql:// DSN for a shared PostgreSQL database; otherwise the embedded SQLite "
+        "file: null for <data_dir>/rollbackd.db, or sqlite:///path/file.db, or a path (relative to "
+        "data_dir).",
+    )
+    data_dir: str = Field(
+        "/var/lib/rollbackd",
+        min_length=1,
+        description="Directory of the SQLite file (created when missing).",
+    )
+    outbox_retention_s: float = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="Delivered events older than this are deleted from the outbox, in seconds.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        store_kind(value)  # ValueError names the scheme and what is supported
+        return value or None
+
+    @property
+    def redacted_url(self) -> str | None:
+        """``url`` with any password replaced by ``***``, for logs."""
+        return redact_url(self.url) if self.url is not None else None
+
+
+#: An MQTT broker URL: mqtt://host[:port] (default port 1883) or mqtts://host[:port] (TLS, 8883).
+MQTT_URL_PATTERN = r"^mqtts?://[^\s/?#]+/?$"
+#: An MQTT topic prefix: levels separated by "/", no wildcards, no empty level.
+TOPIC_PREFIX_PATTERN = r"^[^/#+\s]+(/[^/#+\s]+)*$"
+
+
+class MqttTlsSettings(_Frozen):
+    """TLS towards the broker (mqtts:// URLs only)."""
+
+    ca_file: str | None = Field(
+        None, description="CA bundle (PEM) that signed the broker's certificate (default: the system's CAs)."
+    )
+    cert_file: str | None = Field(None, description="Client certificate (PEM), for brokers that require one.")
+    key_file: str | None = Field(None, description="Private key (PEM) of the client certificate.")
+    insecure: bool = Field(
+        False, description="Skip checking the broker's host name against its certificate (tests only)."
+    )
+
+
+class MqttSettings(_Frozen):
+    """Events to an MQTT broker: <prefix>/v1/<namespace>/<target>/events/<type> at QoS 1, a retained
+    <prefix>/v1/<namespace>/<target>/status, and a retained <prefix>/v1/daemon/<instance>/status."""
+
+    enabled: bool = Field(False, description="Publish events to the broker.")
+    url: str = Field(
+        "mqtt://mosquitto:1883",
+        pattern=MQTT_URL_PATTERN,
+        description="The broker: mqtt://host[:port] (1883) or mqtts://host[:port] (TLS, 8883).",
+    )
+    topic_prefix: str = Field(
+        "rollbackd", pattern=TOPIC_PREFIX_PATTERN, description="First level(s) of every topic."
+    )
+    instance: str | None = Field(
+        None,
+        pattern=r"^[^/#+\s]+$",
+        description="This daemon in the liveness topic <prefix>/v1/daemon/<instance>/status "
+        "(default: the host name, i.e. the pod name in Kubernetes).",
+    )
+    client_id: str | None = Field(None, description="MQTT client identifier (default: rollbackd-<instance>).")
+    username: str | None = Field(None, description="User name, if the broker wants one.")
+    password_env: str | None = Field(
+        None, description="Name of the environment variable holding the password (never the password itself)."
+    )
+    password_file: str | None = Field(None, description="File holding the password (e.g. a mounted Secret).")
+    tls: MqttTlsSettings = Field(MqttTlsSettings(), description=MqttTlsSettings.__doc__)
+    keepalive_s: int = Field(30, ge=5, le=65535, description="MQTT keepalive; the broker declares the "
+                             "daemon offline (its last will) after 1.5 x this without a sign of life.")
+    timeout_s: float = Field(10.0, gt=0, description="Timeout of connecting and of one publish.")
+    reconnect_max_s: float = Field(
+        30.0, gt=0, description="Longest pause between reconnection attempts (jittered, doubling from 0.5s)."
+    )
+    qos: Literal[1] = Field(1, description="QoS of event messages: always 1 (at least once).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttSettings:
+        problems: list[InitErrorDetails] = []
+        if self.password_env and self.password_file:
+            problems.append(
+                _problem("one_secret", "give password_env or password_file, not both", ("password_file",),
+                         self.password_file)
+            )
+        tls = self.tls
+        if not self.url.startswith("mqtts://") and tls != MqttTlsSettings():
+            problems.append(
+                _problem("tls_needs_mqtts", "TLS settings apply to mqtts:// URLs only (url is {url})",
+                         ("tls",), tls.model_dump(), url=self.url)
+            )
+        if tls.key_file and not tls.cert_file:
+            problems.append(
+                _problem("key_without_cert", "key_file needs cert_file", ("tls", "key_file"), tls.key_file)
+            )
+        _raise("MqttSettings", problems)
+        return self
+
+
+class WebhookSettings(_Frozen):
+    """One HTTP endpoint that receives events (POST, application/cloudevents+json, signed)."""
+
+    name: str = Field(
+        ...,
+        pattern=K8S_NAME_PATTERN,
+        description="Unique name: the webhook's delivery cursor (keep it when the URL changes).",
+    )
+    url: Url = Field(..., description="Where events are POSTed.")
+    secret_env: str | None = Field(
+        None, description="Environment variable holding the HMAC-SHA256 signing secret."
+    )
+    secret_file: str | None = Field(None, description="File holding the signing secret.")
+    types: tuple[str, ...] = Field(
+        ("*",),
+        min_length=1,
+        description="Event types to send, as glob patterns on the short or full type (rollback.*, "
+        "io.rollbackd.hold.*); the default sends all.",
+    )
+    timeout_s: float = Field(10.0, gt=0, description="Timeout of one POST.")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> WebhookSettings:
+        if self.secret_env and self.secret_file:
+            _raise("WebhookSettings", [
+                _problem("one_secret", "give secret_env or secret_file, not both", ("secret_file",),
+                         self.secret_file)
+            ])
+        return self
+
+
+class EventsSettings(_Frozen):
+    """Events (CloudEvents 1.0) of every step, from the store's outbox to MQTT, webhooks and
+    Kubernetes Events, at least once and in order per target."""
+
+    source: str = Field(
+        "/rollbackd", min_length=1, description="The CloudEvents 'source' of every event (a URI reference)."
+    )
+    mqtt: MqttSettings = Field(MqttSettings(), description=MqttSettings.__doc__)
+    webhooks: tuple[WebhookSettings, ...] = Field((), description="HTTP endpoints that receive events.")
+    kubernetes_events: bool = Field(
+        True, description="Also record events on the target's Deployment (kubectl describe shows them)."
+    )
+    poll_interval_s: float = Field(5.0, gt=0, description="How often each sink looks at the outbox "
+                                   "when not woken by a new event.")
+    retry_initial_s: float = Field(1.0, gt=0, description="Pause before retrying a failed delivery.")
+    retry_max_s: float = Field(60.0, gt=0, description="Longest pause between retries (doubling, jittered).")
+
+    @model_validator(mode="after")
+    def _unique_webhooks(self) -> EventsSettings:
+        problems: list[InitErrorDetails] = []
+        seen: set[str] = set()
+        for index, hook in enumerate(self.webhooks):
+            if hook.name in seen:
+                problems.append(_problem("duplicate_webhook", "webhook name {name} is used twice",
+                                         ("webhooks", index, "name"), hook.name, name=hook.name))
+            seen.add(hook.name)
+        if self.retry_max_s < self.retry_initial_s:
+            problems.append(_problem("backoff_order", "must be at least retry_initial_s ({initial})",
+                                     ("retry_max_s",), self.retry_max_s, initial=self.retry_initial_s))
+        _raise("EventsSettings", problems)
+        return self
+
+
+class LeaderElectionSettings(_Frozen):
+    """Several replicas, one actor: leader election on a coordination.k8s.io Lease. Every replica
+    collects and judges (a standby is warm); only the leader rolls back. A new leader holds the
+    Lease at most lease_duration_s + renew_period_s after the old one was lost."""
+
+    enabled: bool = Field(
+        False, description="Compete for the Lease and act only while leading (needs Kubernetes access)."
+    )
+    namespace: str | None = Field(
+        None,
+        pattern=K8S_NAME_PATTERN,
+        description="Namespace of the Lease (default: $POD_NAMESPACE, else 'default').",
+    )
+    lease_name: str = Field("rollbackd", pattern=K8S_NAME_PATTERN, description="Name of the Lease.")
+    lease_duration_s: float = Field(
+        10.0,
+        ge=1,
+        description="How long a leader's claim lasts without renewal; a standby takes over after it.",
+    )
+    renew_period_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often the leader renews and standbys look; at most lease_duration_s / 3.",
+    )
+    identity: str | None = Field(
+        None,
+        min_length=1,
+        description="This replica's name in the Lease, unique per replica (default: $POD_NAME, else "
+        "<hostname>-<pid>); best left unset.",
+    )
+
+    @model_validator(mode="after")
+    def _periods(self) -> LeaderElectionSettings:
+        if self.lease_duration_s < 3 * self.renew_period_s:
+            _raise("LeaderElectionSettings", [
+                _problem(
+                    "renew_period",
+                    "must be at most lease_duration_s / 3 ({most:g}): a leader needs two renewal attempts "
+                    "before it steps down",
+                    ("renew_period_s",),
+                    self.renew_period_s,
+                    most=self.lease_duration_s / 3,
+                )
+            ])
+        return self
+
+
+#: An environment variable name.
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class ApiSettings(_Frozen):
+    """Access to the HTTP API. The write endpoints (freeze, hold, dry-run) need
+    'Authorization: Bearer <token>'; without a token configured they are refused."""
+
+    token_file: str | None = Field(
+        None,
+        min_length=1,
+        description="File holding the API token (e.g. a mounted Secret); re-read when it changes.",
+    )
+    token_env: str | None = Field(
+        None,
+        pattern=ENV_NAME_PATTERN,
+        description="Name of an environment variable holding the API token (never the token itself).",
+    )
+    protect_reads: bool = Field(
+        False,
+        description="Require the token for the read endpoints too (API and status page; /healthz, "
+        "/readyz and /metrics stay open).",
+    )
+    allow_unauthenticated_writes: bool = Field(
+        False,
+        description="Let anyone who reaches the port use the write endpoints (local demos and tests only).",
+    )
+
+    @model_validator(mode="after")
+    def _one_token(self) -> ApiSettings:
+        if self.token_file and self.token_env:
+            _raise("ApiSettings", [
+                _problem(
+                    "one_token", "give token_file or token_env, not both", ("token_env",), self.token_env
+                )
+            ])
+        return self
+
+
 class Defaults(_Frozen):
     """Values every target starts from; targets override slo, detection, policy and queries."""
 
@@ -620,6 +879,12 @@ class Settings(_Frozen):
     verification: VerificationSettings = Field(
         VerificationSettings(), description=VerificationSettings.__doc__
     )
+    store: StoreSettings = Field(StoreSettings(), description=StoreSettings.__doc__)
+    events: EventsSettings = Field(EventsSettings(), description=EventsSettings.__doc__)
+    leader_election: LeaderElectionSettings = Field(
+        LeaderElectionSettings(), description=LeaderElectionSettings.__doc__
+    )
+    api: ApiSettings = Field(ApiSettings(), description=ApiSettings.__doc__)
     defaults: Defaults = Field(Defaults(), description=Defaults.__doc__)
     targets: tuple[TargetSettings, ...] = Field((), description="The releases to watch.")
 

@@ -7,6 +7,11 @@
   is logged, counted in ``/metrics`` and kept for the API;
 - ``rollbackd:http-server``: ``/healthz``, ``/readyz``, ``/metrics`` and the API.
 
+With a :class:`~rollbackd.daemon.leader.LeaderElector` (several replicas), every replica collects,
+judges and decides, but only the leader acts: a standby's rollback decisions are blocked by
+``standby``, it starts no rollback and verifies none. :meth:`Daemon.apply_settings` takes over a
+reloaded configuration (see :mod:`rollbackd.daemon.reload`).
+
 If either root task fails, the group cancels the other and :meth:`Daemon.run` raises. A graceful
 stop (:meth:`Daemon.stop`, e.g. on SIGTERM) cancels both and waits a bounded time for them; tasks
 that do not stop in time are logged by name.
@@ -18,14 +23,17 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 from rollbackd.config.settings import Settings
+from rollbackd.daemon.auth import ApiAuth
 from rollbackd.daemon.http import HttpContext, HttpServer, make_app
+from rollbackd.daemon.leader import LeaderElector
 from rollbackd.daemon.metrics import DaemonMetrics
+from rollbackd.daemon.reload import SettingsChange, plan_reload
 from rollbackd.daemon.rollbacks import Cluster, RollbackRun, Rollbacks
 from rollbackd.daemon.state import DaemonState, TargetState
-from rollbackd.daemon.tick import gather, run_every
+from rollbackd.daemon.tick import IdleCollector, gather, run_every
 from rollbackd.decision.cluster import ClusterFacts
 from rollbackd.model import Decision, Evidence
 from rollbackd.params import TargetParams
@@ -35,6 +43,13 @@ logger = logging.getLogger(__name__)
 
 #: Default bound on a graceful stop of the root tasks, in seconds.
 SHUTDOWN_TIMEOUT_S = 10.0
+
+
+@runtime_checkable
+class Reconfigurable(Protocol):
+    """A cluster that learns reloaded settings (targets added, removed or moved)."""
+
+    def reconfigure(self, settings: Settings) -> None: ...
 
 
 class Daemon:
@@ -48,6 +63,11 @@ class Daemon:
     - ``metrics``: the metrics to update (a fresh registry by default); pass one when the sources
       report their errors into it too.
     - ``cluster``: Kubernetes access for release context and rollbacks; ``None`` decides only.
+    - ``leader``: the leader election of several replicas (entered by the caller); ``None``: this
+      process is the only one and always acts. Its listeners (``leader.add_listener``) hear about
+      gaining and losing the lead.
+    - ``auth``: access rules of the API (default: from ``settings.api``, token files only; pass
+      ``ApiAuth.from_settings(settings.api, environ=os.environ)`` at the process edge).
     - ``shutdown_timeout_s``: how long a graceful stop waits for the root tasks.
 
     Run it with ``await daemon.run()`` until :meth:`stop`, or as ``async with daemon:`` (which runs
@@ -62,9 +82,13 @@ class Daemon:
         health_source: HealthSource,
         metrics: DaemonMetrics | None = None,
         cluster: Cluster | None = None,
+        leader: LeaderElector | None = None,
+        auth: ApiAuth | None = None,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
     ) -> None:
         self.settings = settings
+        self.leader = leader
+        self._auth = auth if auth is not None else ApiAuth.from_settings(settings.api, environ={})
         self.state = DaemonState(settings)
         self.metrics = metrics if metrics is not None else DaemonMetrics()
         self._cluster = cluster
@@ -105,6 +129,11 @@ class Daemon:
     def ready(self) -> bool:
         """Whether every target was evaluated at least once."""
         return self.ticks > 0
+
+    @property
+    def leading(self) -> bool:
+        """Whether this replica may act now: it leads, or there is no leader election."""
+        return self.leader is None or self.leader.is_leader
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -205,6 +234,8 @@ class Daemon:
             alive=lambda: self.alive,
             ready=lambda: self.ready,
             ticks=lambda: self.ticks,
+            leader=lambda: self.leading,
+            auth=self._auth,
         )
         app = make_app(context)
         async with HttpServer(app, host=self.settings.http.host, port=self.settings.http.port) as server:
@@ -213,7 +244,9 @@ class Daemon:
             await asyncio.Event().wait()
 
     async def _evaluate_forever(self) -> None:
-        await run_every(self.settings.interval_s, self.tick, on_skipped=self.metrics.ticks_skipped.inc)
+        with IdleCollector(clock=asyncio.get_running_loop().time) as collector:
+            await run_every(self.settings.interval_s, self.tick, on_skipped=self.metrics.ticks_skipped.inc,
+                            between=collector.between_ticks)
 
     # --- one tick ------------------------------------------------------------------------------
 
@@ -234,7 +267,7 @@ class Daemon:
         evidences: dict[str, Evidence] = {}
         for target in targets:
             try:
-                evidences[target.key] = target.evaluator.judge(observations[target.key])
+                evidences[target.key] = target.judge(observations[target.key])
             except Exception:
                 # A defect in the core must not blind the daemon to every other target.
                 self.metrics.evaluation_errors.inc()
@@ -250,16 +283,22 @@ class Daemon:
                 target.judged_revision = None
                 self.rollbacks.episode_over(target.key)
             target.facts = facts.get(target.key)
+            acting = self.leading
             context = self.state.context(
-                target, t, facts=target.facts, in_progress=self.rollbacks.in_progress(target.key)
+                target,
+                t,
+                facts=target.facts,
+                in_progress=self.rollbacks.in_progress(target.key),
+                standby=not acting,
             )
             decision = target.evaluator.decide(evidence, context)
             self._record(target, decision)
-            if decision.rollback and self._group is not None:
+            if decision.rollback and acting and self._group is not None:
                 self.rollbacks.start(
                     target.params, decision, self._group, bad_revision=target.judged_revision
                 )
-        await self._verify(targets, observations)
+        if self.leading:
+            await self._verify(targets, observations)
         self.ticks += 1
         self.metrics.evaluation_duration.observe(loop.time() - started)
 
@@ -300,8 +339,20 @@ class Daemon:
         self.metrics.count_rollback(run.phase.value)
         target = self.state.targets.get(params.key)
         if target is not None:
-            target.evaluator.reset()
-            target.judged_revision = None
+            target.reset()
+
+    def apply_settings(self, new: Settings) -> SettingsChange:
+        """Take over a reloaded configuration at once (see :mod:`rollbackd.daemon.reload`): targets
+        added, removed and changed, defaults, safety switches; sections that need a restart are
+        kept as they are. Returns what changed."""
+        effective, change = plan_reload(self.settings, new)
+        self.state.apply(self.settings, effective, rebuild=change.changed.keys())
+        cluster: object = self._cluster
+        if isinstance(cluster, Reconfigurable):
+            cluster.reconfigure(effective)
+        self.settings = effective
+        self.metrics.targets.set(len(self.state.targets))
+        return change
 
     def _record(self, target: TargetState, decision: Decision) -> None:
         previous = target.latest

@@ -5,7 +5,10 @@ Read-only routes:
 - ``GET /`` (and ``GET /status``): the on-call status page, HTML that refreshes itself
   (see :mod:`rollbackd.daemon.page`);
 - ``GET /healthz``: 200 while the evaluation loop runs, 503 otherwise;
-- ``GET /readyz``: 503 until the first evaluation of all targets completed, then 200;
+- ``GET /readyz``: 503 until the first evaluation of all targets completed, then 200; the body
+  ``{"status": ..., "leader": true|false}`` also tells whether this replica leads (with leader
+  election; always ``true`` without). A standby is ready too: it evaluates, warm, and takes over
+  when the leader goes, so it belongs behind the Service like the leader;
 - ``GET /metrics``: Prometheus text format (the daemon's own registry);
 - ``GET /api/v1/targets``: every target with its latest evidence and decision, last rollback
   decision, hold and cooldown, plus the global switches;
@@ -17,6 +20,9 @@ Control routes (they change what the daemon does; see :func:`control_routes`):
   fix-forward hold (no rollback of that target before the ETA); ``DELETE`` lifts it;
 - ``POST /api/v1/freeze`` / ``DELETE /api/v1/freeze``: the global freeze switch;
 - ``POST /api/v1/dry-run`` ``{"enabled": true|false}``: decide but never act.
+
+The control routes need ``Authorization: Bearer <token>`` (see :mod:`rollbackd.daemon.auth`); the
+read routes too when ``api.protect_reads`` is set, except the probes and ``/metrics``.
 """
 
 from __future__ import annotations
@@ -25,12 +31,13 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiohttp import web
 
 from rollbackd import __version__
+from rollbackd.daemon.auth import ApiAuth, auth_middleware
 from rollbackd.daemon.jsonify import JsonValue, dumps
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.page import refresh_seconds, render_status_page
@@ -48,7 +55,9 @@ class HttpContext:
     """What the handlers read and steer.
 
     ``clock`` is the event-loop clock (the time base of decisions, holds and cooldowns); ``alive``
-    tells whether the evaluation loop runs; ``ready`` whether the first evaluation completed.
+    tells whether the evaluation loop runs; ``ready`` whether the first evaluation completed;
+    ``leader`` whether this replica leads (acts); ``auth`` who may use which route (by default
+    nobody may write: no token is configured).
     """
 
     state: DaemonState
@@ -57,6 +66,8 @@ class HttpContext:
     alive: Callable[[], bool]
     ready: Callable[[], bool]
     ticks: Callable[[], int]
+    leader: Callable[[], bool] = lambda: True
+    auth: ApiAuth = field(default_factory=lambda: ApiAuth(token=lambda: None))
 
 
 _CONTEXT = web.AppKey("rollbackd_context", HttpContext)
@@ -98,8 +109,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready = _context(request).ready()
-    return json_response({"status": "ready" if ready else "no evaluation yet"}, status=200 if ready else 503)
+    ctx = _context(request)
+    ready = ctx.ready()
+    body: JsonValue = {"status": "ready" if ready else "no evaluation yet", "leader": ctx.leader()}
+    return json_response(body, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -227,7 +240,10 @@ def control_routes() -> list[web.RouteDef]:
 
 
 def make_app(context: HttpContext) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+    writes = [route.handler for route in control_routes()]
+    app = web.Application(
+        client_max_size=64 * 1024, middlewares=[auth_middleware(context.auth, write_handlers=writes)]
+    )
     app[_CONTEXT] = context
     app.add_routes(read_routes())
     app.add_routes(control_routes())

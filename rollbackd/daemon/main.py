@@ -2,6 +2,10 @@
 logging, opens the real sources, runs the :class:`~rollbackd.daemon.app.Daemon` and turns SIGTERM
 and SIGINT into a graceful, bounded shutdown.
 
+Around the daemon: leader election when ``leader_election.enabled`` (identity from ``$POD_NAME``,
+namespace from ``$POD_NAMESPACE`` unless configured), the API token (``api.token_env`` is looked up
+here), and the configuration file watched for changes (applied without a restart).
+
 Exit codes: 0 after a clean shutdown, 1 when the daemon failed (or did not stop in time), 2 when
 the configuration is invalid.
 """
@@ -14,6 +18,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,8 +28,11 @@ from rollbackd.backoff import Backoff
 from rollbackd.config.loader import ConfigError, load_settings
 from rollbackd.config.settings import Settings
 from rollbackd.daemon.app import SHUTDOWN_TIMEOUT_S, Daemon
+from rollbackd.daemon.auth import ApiAuth
+from rollbackd.daemon.leader import LeaderElector
 from rollbackd.daemon.logs import configure_logging
 from rollbackd.daemon.metrics import DaemonMetrics
+from rollbackd.daemon.reload import ConfigWatcher
 from rollbackd.errors import SourceStats
 from rollbackd.kube.client import KubeClient
 from rollbackd.kube.cluster import KubeCluster
@@ -75,13 +83,38 @@ def kube_client_for(settings: Settings, *, environ: Mapping[str, str]) -> KubeCl
     return None
 
 
+def leader_elector_for(
+    settings: Settings, kube: KubeClient | None, *, environ: Mapping[str, str]
+) -> LeaderElector | None:
+    """The leader election the settings ask for (``None`` when disabled). Needs Kubernetes access:
+    :class:`~rollbackd.kube.errors.KubeConfigError` otherwise."""
+    election = settings.leader_election
+    if not election.enabled:
+        return None
+    if kube is None:
+        raise KubeConfigError(
+            "leader_election.enabled is true, but there is no Kubernetes access (kubernetes.enabled is "
+            "false, or neither a service account nor a kubeconfig was found): the Lease cannot be reached"
+        )
+    return LeaderElector(
+        kube=kube,
+        namespace=election.namespace or environ.get("POD_NAMESPACE") or "default",
+        name=election.lease_name,
+        identity=election.identity or environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+        lease_duration_s=election.lease_duration_s,
+        renew_period_s=election.renew_period_s,
+    )
+
+
 async def run_daemon(
     settings: Settings,
     *,
     shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
     environ: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
 ) -> None:
     """Open Prometheus and the health prober, run the daemon until SIGTERM or SIGINT, close all.
+    ``config_path``, the file ``settings`` came from, is watched and its changes applied.
 
     The first signal starts a graceful shutdown; if it has not completed within
     ``shutdown_timeout_s`` plus a few seconds, or a second signal arrives, the process exits at
@@ -105,7 +138,13 @@ async def run_daemon(
         concurrency=settings.health.concurrency,
         stats=SourceStats(source="health", on_error=metrics.count_source_error),
     )
-    kube = kube_client_for(settings, environ=environ if environ is not None else {})
+    environ = environ if environ is not None else {}
+    kube = kube_client_for(settings, environ=environ)
+    auth = ApiAuth.from_settings(settings.api, environ=environ)
+    if settings.api.allow_unauthenticated_writes:
+        logger.warning("api.allow_unauthenticated_writes: anyone reaching the port can steer rollbackd")
+    elif auth.token() is None:
+        logger.warning("no API token (api.token_file or api.token_env): the write endpoints are refused")
     #: Armed by the first signal; stays armed while the sources close.
     deadline: list[asyncio.TimerHandle] = []
     try:
@@ -117,14 +156,28 @@ async def run_daemon(
                 await stack.enter_async_context(kube)
                 cluster = KubeCluster(kube=kube, settings=settings)
                 logger.info("acting on Kubernetes", extra={"kubernetes": kube.describe()})
+            elector = leader_elector_for(settings, kube, environ=environ)
+            if elector is not None:
+                await stack.enter_async_context(elector)
             daemon = Daemon(
                 settings,
                 metrics_source=PrometheusSource(client=client),
                 health_source=prober,
                 metrics=metrics,
                 cluster=cluster,
+                leader=elector,
+                auth=auth,
                 shutdown_timeout_s=shutdown_timeout_s,
             )
+            if config_path is not None:
+                path = config_path
+                await stack.enter_async_context(
+                    ConfigWatcher(
+                        path=path,
+                        load=lambda: load_settings(path, environ=environ),
+                        apply=daemon.apply_settings,
+                    )
+                )
 
             def on_signal(signum: signal.Signals) -> None:
                 if deadline:
@@ -167,7 +220,7 @@ def cli_run(args: argparse.Namespace) -> int:
     configure_logging(settings.log)
     logger.info("rollbackd starting", extra={"version": __version__, "config": config})
     try:
-        asyncio.run(run_daemon(settings, environ=os.environ))
+        asyncio.run(run_daemon(settings, environ=os.environ, config_path=Path(config) if config else None))
     except KubeConfigError as exc:
         logger.error("cannot reach Kubernetes: %s", exc)
         print(f"rollbackd: {exc}", file=sys.stderr)

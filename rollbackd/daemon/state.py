@@ -6,6 +6,8 @@ Everything here lives in one event loop and is only touched from it, so no locks
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,8 +18,9 @@ from rollbackd.decision.cluster import ClusterFacts, is_newer
 if TYPE_CHECKING:
     from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.decision.rails import HoldBook, RollbackLedger
+from rollbackd.detectors.judge import MAX_TICKS
 from rollbackd.evaluate import TargetEvaluator
-from rollbackd.model import Context, Decision, Risk
+from rollbackd.model import Context, Decision, Evidence, Observation, Risk
 from rollbackd.params import TargetParams
 from rollbackd.sources.base import SourceTarget
 
@@ -48,10 +51,43 @@ class TargetState:
         #: The candidate's revision when the current breach episode began: a newer one means a
         #: newer rollout (a fix) is already progressing.
         self.judged_revision: int | None = None
+        #: The observations the evaluator's windows hold, so that new parameters (a configuration
+        #: reload) can judge them again instead of starting blind.
+        self.observations: deque[Observation] = deque(maxlen=MAX_TICKS)
 
     @property
     def key(self) -> str:
         return self.params.key
+
+    def judge(self, obs: Observation) -> Evidence:
+        """The detectors' half of a tick, keeping ``obs`` for as long as a window may need it."""
+        self.observations.append(obs)
+        detection = self.params.detection
+        horizon = detection.window_s + detection.baseline_window_s + detection.confirm_intervals * (
+            self.params.interval_s
+        )
+        while self.observations and self.observations[0].t <= obs.t - horizon:
+            self.observations.popleft()
+        return self.evaluator.judge(obs)
+
+    def reset(self) -> None:
+        """Judge afresh from now on (after a rollback, the next release stands on its own data)."""
+        self.evaluator.reset()
+        self.observations.clear()
+        self.judged_revision = None
+
+    def rebuilt(self, settings: TargetSettings, *, params: TargetParams, source: SourceTarget) -> TargetState:
+        """This target under changed settings: a new evaluator that has judged the kept observations
+        again with the new parameters (the breach-tracking state starts over); what the API shows
+        (latest decisions, facts, judged revision) carries over."""
+        fresh = TargetState(settings, params=params, source=source)
+        for obs in self.observations:
+            fresh.judge(obs)
+        fresh.latest = self.latest
+        fresh.last_rollback = self.last_rollback
+        fresh.facts = self.facts
+        fresh.judged_revision = self.judged_revision
+        return fresh
 
 
 class DaemonState:
@@ -73,11 +109,45 @@ class DaemonState:
             )
             self.targets[state.key] = state
 
+    def apply(self, old: Settings, new: Settings, *, rebuild: Collection[str]) -> None:
+        """Take over reloaded settings: targets new in ``new`` start empty, targets listed in
+        ``rebuild`` (changed) are :meth:`TargetState.rebuilt`, the others keep their state as is;
+        removed targets go with their holds. A safety switch changes only if the file changed it
+        (a switch flipped through the API otherwise stays as it is); the hourly cap follows."""
+        targets: dict[str, TargetState] = {}
+        for target in new.targets:
+            current = self.targets.get(target.key)
+            if current is not None and target.key not in rebuild:
+                current.settings = target
+                targets[target.key] = current
+                continue
+            params, source = target_params(new, target), source_target(new, target)
+            if current is None:
+                targets[target.key] = TargetState(target, params=params, source=source)
+            else:
+                targets[target.key] = current.rebuilt(target, params=params, source=source)
+        for key in self.targets.keys() - targets.keys():
+            self.holds.clear(key)
+        self.targets = targets
+        if new.safety.freeze != old.safety.freeze:
+            self.flags.freeze = new.safety.freeze
+        if new.safety.dry_run != old.safety.dry_run:
+            self.flags.dry_run = new.safety.dry_run
+        self.max_rollbacks_per_hour = new.defaults.policy.max_rollbacks_per_hour
+        self.ledger.max_per_hour = self.max_rollbacks_per_hour
+
     def context(
-        self, target: TargetState, t: float, *, facts: ClusterFacts | None = None, in_progress: bool = False
+        self,
+        target: TargetState,
+        t: float,
+        *,
+        facts: ClusterFacts | None = None,
+        in_progress: bool = False,
+        standby: bool = False,
     ) -> Context:
         """What the decision framework weighs for ``target`` at time ``t`` besides the metrics:
-        configuration, the API's switches and holds, the rails, and what the cluster says."""
+        configuration, the API's switches and holds, the rails, and what the cluster says.
+        ``standby``: another replica leads (leader election), so this one must not act."""
         risk = target.params.policy.rollback_risk
         why = "configured as high-risk (policy.rollback_risk: high)" if risk is Risk.HIGH else ""
         has_target = True
@@ -106,6 +176,7 @@ class DaemonState:
             rollback_in_progress=in_progress,
             frozen=self.flags.freeze,
             dry_run=self.flags.dry_run,
+            standby=standby,
             cooldown_until=self.ledger.cooldown_until(target.key),
             rollbacks_last_hour=self.ledger.rollbacks_last_hour(t),
             max_rollbacks_per_hour=self.max_rollbacks_per_hour,

@@ -8,7 +8,8 @@
 | inconclusive        | not enough data: never roll back on missing data                       |
 
 Safety rails (freeze, cooldown, hourly cap) can stop an action the framework wants; dry-run
-keeps the verdict but marks it so nothing acts on it.
+keeps the verdict but marks it so nothing acts on it. A standby replica (leader election) decides
+like the leader but never acts: its rollback decisions are blocked by ``standby``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def _apply_rails(decision: Decision, ctx: Context, t: float) -> Decision:
     if not decision.rollback:
         return decision
     reasons = list(decision.reasons)
+    if ctx.standby:
+        # Another replica leads and acts on its own decision: no action, no escalation here.
+        reasons.append("standby replica (not the leader): not acting")
+        return replace(decision, rollback=False, blocked_by="standby", reasons=tuple(reasons))
     if ctx.frozen:
         reasons.append("global freeze is on: not rolling back, escalating")
         return replace(decision, rollback=False, escalate=True, blocked_by="freeze", reasons=tuple(reasons))

@@ -10,11 +10,13 @@ zero.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import logging
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -59,12 +61,29 @@ class Series:
 @dataclass(frozen=True, slots=True)
 class QueryResult:
     """A successful instant query: ``result_type`` is ``vector`` or ``scalar``; ``warnings`` are
-    the ones Prometheus attached to the answer (e.g. about partial data)."""
+    the ones Prometheus attached to the answer (e.g. about partial data).
+
+    The elements are kept as columns, ``labels[i]``, ``values[i]`` and ``timestamps[i]`` being
+    element ``i``: one tick's batched answer holds tens of thousands of series, and an object per
+    series costs more to build and to garbage-collect than reading the answer itself.
+    :attr:`series` gives them as :class:`Series`.
+    """
 
     query: str
     result_type: str
-    series: tuple[Series, ...]
+    labels: tuple[Mapping[str, str], ...]
+    values: tuple[float, ...]
+    timestamps: tuple[float, ...]
     warnings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not len(self.labels) == len(self.values) == len(self.timestamps):
+            raise ValueError("labels, values and timestamps differ in length")
+
+    @property
+    def series(self) -> tuple[Series, ...]:
+        """The elements as :class:`Series` (built afresh on each access)."""
+        return tuple(map(Series, self.labels, self.values, self.timestamps))
 
 
 class PrometheusClient:
@@ -83,6 +102,9 @@ class PrometheusClient:
       ``backoff.max_s``.
     - ``stats``: counters to update (a fresh one named ``prometheus`` by default).
     - ``max_connections``: most HTTP connections open at once.
+    - ``compression``: ask Prometheus to gzip its answers. Off by default: a batched answer for a
+      thousand targets is a few megabytes of JSON, which Prometheus compresses in tens of
+      milliseconds per query and the daemon then inflates again; worth it over a slow link only.
     - ``rng``: random generator for the backoff jitter (reproducible tests).
     """
 
@@ -95,6 +117,7 @@ class PrometheusClient:
         backoff: Backoff = DEFAULT_BACKOFF,
         stats: SourceStats | None = None,
         max_connections: int = 100,
+        compression: bool = False,
         rng: random.Random | None = None,
     ) -> None:
         if timeout_s <= 0:
@@ -107,6 +130,7 @@ class PrometheusClient:
         self.backoff = backoff
         self.stats = stats if stats is not None else SourceStats(source="prometheus")
         self._max_connections = max_connections
+        self._compression = compression
         self._rng = rng
         self._session: aiohttp.ClientSession | None = None
 
@@ -116,7 +140,10 @@ class PrometheusClient:
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self.timeout_s),
             cookie_jar=aiohttp.DummyCookieJar(),
-            headers={"Accept": "application/json"},
+            headers={
+                "Accept": "application/json",
+                "Accept-Encoding": "gzip, deflate" if self._compression else "identity",
+            },
         )
         return self
 
@@ -184,7 +211,27 @@ class PrometheusClient:
             raise PrometheusUnavailableError(
                 f"cannot reach Prometheus at {self.base_url}: {exc or type(exc).__name__}", kind="connection"
             ) from exc
-        return _parse_response(promql_text, status, body, retry_after)
+        with _collector_paused():
+            return _parse_response(promql_text, status, body, retry_after)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while an answer is decoded and read.
+
+    A batched answer decodes to tens of thousands of containers that all live until reading it
+    ends. Meanwhile the collector would run again and again, promote every one of them to the
+    oldest generation and then scan the whole heap for cycles they cannot hold: that cost more
+    than decoding itself. Everything decoded is freed by reference counting on return.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _quote(promql_text: str) -> str:
@@ -273,29 +320,34 @@ def _parse_data(promql_text: str, document: Mapping[str, object]) -> QueryResult
     if not isinstance(warnings_raw, list | tuple):
         raise TypeError("warnings is not a list")
     warnings = tuple(str(w) for w in warnings_raw)
-    series: list[Series] = []
+    labels: list[Mapping[str, str]] = []
+    values: list[float] = []
+    timestamps: list[float] = []
     if result_type == "vector":
         if not isinstance(result, list):
             raise TypeError("vector result is not a list")
-        # The hot loop of a large batch (tens of thousands of series per tick): the labels object
-        # is used as decoded (JSON object keys are strings, and Prometheus' label values are too)
-        # rather than copied.
-        append = series.append
+        # The hot loop of a large batch. The labels objects are kept as decoded: JSON object keys
+        # are strings, and so are Prometheus' label values.
+        add_labels, add_value, add_timestamp = labels.append, values.append, timestamps.append
         for element in result:
             metric = element.get("metric") or {}
             if not isinstance(metric, dict):
                 raise TypeError("series labels are not an object")
             timestamp, value = element["value"]
-            append(Series(metric, float(value), float(timestamp)))
+            add_labels(metric)
+            add_value(float(value))
+            add_timestamp(float(timestamp))
     elif result_type == "scalar":
         timestamp, value = result
-        series.append(Series(labels={}, value=float(value), timestamp=float(timestamp)))
+        labels.append({})
+        values.append(float(value))
+        timestamps.append(float(timestamp))
     else:
         raise ValueError(f"result type {result_type!r} is not an instant vector or scalar")
     if warnings:
         logger.warning("Prometheus warnings for query %s: %s", _quote(promql_text), "; ".join(warnings))
-    return QueryResult(query=promql_text, result_type=str(result_type), series=tuple(series),
-                       warnings=warnings)
+    return QueryResult(query=promql_text, result_type=str(result_type), labels=tuple(labels),
+                       values=tuple(values), timestamps=tuple(timestamps), warnings=warnings)
 
 
 class PrometheusSource:
@@ -438,14 +490,14 @@ class PrometheusSource:
 def _values(result: QueryResult, labels: Sequence[str]) -> dict[promql.SeriesKey, float]:
     values: dict[promql.SeriesKey, float] = {}
     key_of = promql.key_getter(labels)
-    for series in result.series:
-        key = key_of(series.labels)
+    for series_labels, value in zip(result.labels, result.values, strict=True):
+        key = key_of(series_labels)
         if key in values:
             # Two series for one key: the query does not aggregate by the group labels. Sum them,
             # as "sum by" would have; NaN stays NaN and marks the side missing.
-            values[key] += series.value
+            values[key] += value
         else:
-            values[key] = series.value
+            values[key] = value
     return values
 
 
@@ -465,13 +517,12 @@ def _histograms(result: QueryResult, labels: Sequence[str]) -> dict[promql.Serie
     key_of = promql.key_getter(labels)
     # A batch has a dozen distinct "le" values over tens of thousands of series: parse each once.
     bounds_of: dict[object, float] = {}
-    for series in result.series:
-        key = key_of(series.labels)
-        le = series.labels.get("le")
+    for series_labels, value in zip(result.labels, result.values, strict=True):
+        key = key_of(series_labels)
+        le = series_labels.get("le")
         bound = bounds_of.get(le)
         if bound is None:
             bound = bounds_of[le] = _bound(le)
-        value = series.value
         if bound != bound or value != value:  # NaN
             broken.add(key)
             continue

@@ -1,0 +1,162 @@
+{{/*
+Names and labels shared by every template.
+*/}}
+
+{{- define "rollbackd.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The full name: RELEASE-rollbackd, or RELEASE when it already contains the chart name.
+*/}}
+{{- define "rollbackd.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "rollbackd.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "rollbackd.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "rollbackd.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "rollbackd.labels" -}}
+helm.sh/chart: {{ include "rollbackd.chart" . }}
+{{ include "rollbackd.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: controller
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "rollbackd.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "rollbackd.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "rollbackd.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "rollbackd.leaseName" -}}
+{{- default (include "rollbackd.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{/*
+The daemon's HTTP port: config.http.port (the container port, probes and Service target).
+*/}}
+{{- define "rollbackd.httpPort" -}}
+{{- $http := .Values.config.http | default dict }}
+{{- if hasKey $http "port" }}{{ $http.port | int }}{{ else }}8080{{ end }}
+{{- end }}
+
+{{/*
+Where the configuration file is mounted, and its name in the ConfigMap.
+*/}}
+{{- define "rollbackd.configDir" -}}/etc/rollbackd{{- end }}
+{{- define "rollbackd.configFile" -}}rollbackd.yaml{{- end }}
+{{- define "rollbackd.dataDir" -}}/var/lib/rollbackd{{- end }}
+{{- define "rollbackd.secretsDir" -}}/var/run/secrets/rollbackd{{- end }}
+
+{{/*
+The configuration file: config, with each webhook of config.events.webhooks that has a
+credentials.webhooks entry of the same name (and no secret of its own) pointed at the mounted
+signing secret (secret_file).
+*/}}
+{{- define "rollbackd.config" -}}
+{{- $config := deepCopy (.Values.config | default dict) }}
+{{- $secretsDir := include "rollbackd.secretsDir" . }}
+{{- $events := get $config "events" | default dict }}
+{{- $hooks := get $events "webhooks" | default list }}
+{{- range $credential := .Values.credentials.webhooks }}
+{{- $found := false }}
+{{- range $hook := $hooks }}
+{{- if eq (toString $hook.name) $credential.name }}
+{{- $found = true }}
+{{- if not (or $hook.secret_env $hook.secret_file) }}
+{{- $_ := set $hook "secret_file" (printf "%s/webhooks/%s/%s" $secretsDir $credential.name $credential.key) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if not $found }}
+{{- fail (printf "credentials.webhooks: there is no webhook named %q in config.events.webhooks to give its secret to" $credential.name) }}
+{{- end }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/*
+The rules a rollback needs in a watched namespace, and no more: read Deployments and roll them
+back (undo, scale), read ReplicaSets (revision history), switch Services (blue-green) and
+Ingresses (canary weight), read EndpointSlices (availability), and report through Events.
+*/}}
+{{- define "rollbackd.targetRules" -}}
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["apps"]
+  resources: ["deployments/scale"]
+  verbs: ["patch"]
+- apiGroups: ["apps"]
+  resources: ["replicasets"]
+  verbs: ["list"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "patch"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["ingresses"]
+  verbs: ["get", "patch"]
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["list"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
+
+{{/*
+Checks of combinations the schema cannot express; a failed one stops the install with a reason.
+*/}}
+{{- define "rollbackd.validate" -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
+{{- fail "replicaCount > 1 needs leaderElection.enabled: without a Lease every replica would roll back on its own" }}
+{{- end }}
+{{- if and .Values.leaderElection.enabled (gt (mulf .Values.leaderElection.renewPeriodS 3) (float64 .Values.leaderElection.leaseDurationS)) }}
+{{- fail "leaderElection.renewPeriodS must be at most leaderElection.leaseDurationS / 3: a leader needs two renewal attempts before its Lease lapses" }}
+{{- end }}
+{{- if and .Values.persistence.enabled (gt (int .Values.replicaCount) 1) }}
+{{- fail "persistence.enabled keeps one SQLite file, which replicas cannot share: use replicaCount 1, or credentials.database (PostgreSQL) without persistence" }}
+{{- end }}
+{{- $dataDir := dig "store" "data_dir" (include "rollbackd.dataDir" .) (.Values.config | default dict) }}
+{{- if ne $dataDir (include "rollbackd.dataDir" .) }}
+{{- fail (printf "config.store.data_dir must be %s, the writable volume of the pod (the root filesystem is read-only), not %q" (include "rollbackd.dataDir" .) $dataDir) }}
+{{- end }}
+{{- $port := include "rollbackd.httpPort" . | int }}
+{{- if or (lt $port 1) (gt $port 65535) }}
+{{- fail "config.http.port must be a fixed port between 1 and 65535 in a pod (0 would pick a random one that no probe or Service could find)" }}
+{{- end }}
+{{- if and .Values.rbac.create (not .Values.rbac.clusterWide) }}
+{{- range .Values.config.targets | default list }}
+{{- $namespace := .namespace | default "default" }}
+{{- if not (has $namespace $.Values.rbac.namespaces) }}
+{{- fail (printf "config.targets: %s/%s is in namespace %q, which is not in rbac.namespaces: rollbackd could not roll it back (add it, or set rbac.clusterWide)" $namespace (.name | default "?") $namespace) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,626 @@
+"""``rollbackd demo``: one release goes bad and undoes itself, end to end, on one machine.
+
+No cluster and no container engine: the Kubernetes API is kmock's emulator (clearly labelled as
+such), served over real HTTP and spoken to through the real ``kubernetes_asyncio`` client. Around
+it, everything is real:
+
+1. the emulated cluster is seeded with the scenario's objects (see :mod:`rollbackd.demo.scenarios`),
+   and emulated deployment and EndpointSlice controllers run against it;
+2. one sample-app process per version stands in for that version's pods;
+3. a Prometheus server scrapes them every second -- or, when there is no ``prometheus`` binary (or
+   with ``--no-prometheus``), the daemon reads the apps' ``/metrics`` directly, and the demo says so;
+4. a load generator sends requests, reading the routing from the emulated cluster every second;
+5. the real :class:`~rollbackd.daemon.app.Daemon` runs in this process with a 1 s interval, short
+   windows and a short validation window, acting on the emulated cluster through
+   :class:`~rollbackd.kube.cluster.KubeCluster`.
+
+Then the new version turns bad (``POST /control`` ``error_rate``); rollbackd decides, acts, traffic
+goes back to the old version, and the rollback is verified. The timeline says what happened when,
+in seconds since the start, and ends with the measured durations. Exit status 0 on a verified
+rollback, 1 otherwise (with the reason).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from rollbackd.actions.steps import ActionSettings
+from rollbackd.backoff import Backoff
+from rollbackd.config.settings import (
+    Defaults,
+    DetectionSettings,
+    HealthSettings,
+    HttpSettings,
+    KubernetesSettings,
+    LogSettings,
+    PolicySettings,
+    PrometheusSettings,
+    QuerySettings,
+    Settings,
+    TargetSettings,
+    VerificationSettings,
+)
+from rollbackd.daemon.app import Daemon
+from rollbackd.daemon.logs import configure_logging
+from rollbackd.daemon.metrics import DaemonMetrics
+from rollbackd.daemon.rollbacks import Phase, RollbackRun
+from rollbackd.demo.direct import DirectMetricsSource
+from rollbackd.demo.processes import (
+    HOST,
+    PrometheusServer,
+    SampleAppProcess,
+    astart_sample_app,
+    find_prometheus,
+)
+from rollbackd.demo.scenarios import NAMESPACE, SCENARIOS
+from rollbackd.demo.traffic import UNROUTED, LoadGenerator, RoutingChange, Tally
+from rollbackd.errors import SourceStats
+from rollbackd.kube import KubeClient
+from rollbackd.kube.cluster import KubeCluster
+from rollbackd.model import Decision, Outcome
+from rollbackd.sources.base import MetricsSource
+from rollbackd.sources.health import HealthProber
+from rollbackd.sources.prometheus import PrometheusClient, PrometheusSource
+
+logger = logging.getLogger(__name__)
+
+EMULATOR_LABEL = "EMULATED Kubernetes API (kmock) -- not a real cluster"
+
+#: PromQL for 1 s scrapes and 1 s evaluations: a range as short as the interval holds a single
+#: sample, too few for ``increase()``; ``irate()`` is the growth between the last two scrapes, per
+#: second -- per interval, at a 1 s interval.
+DEMO_QUERIES = QuerySettings(
+    requests="sum by ({by}) (irate(http_requests_total{{{selector}}}[5s]))",
+    errors='sum by ({by}) (irate(http_requests_total{{{selector},code=~"5.."}}[5s]))',
+    latency_buckets="sum by ({by}, le) (irate(http_request_duration_seconds_bucket{{{selector}}}[5s]))",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DemoOptions:
+    """How the demo runs.
+
+    - ``work_dir``: where logs and Prometheus' data go;
+    - ``scenario``: ``canary``, ``bluegreen`` or ``deployment``;
+    - ``prometheus``: the Prometheus binary, or ``None`` to read the apps' metrics directly;
+    - ``no_prometheus_reason``: why there is no Prometheus (said plainly in the timeline);
+    - ``rps``: requests per second the load generator sends in all;
+    - ``interval_s``: the daemon's evaluation interval, and Prometheus' scrape interval;
+    - ``verification_window_s``: the validation window after the rollback;
+    - ``rollout_delay_s``: how long the emulated pods of a rolled-out ReplicaSet take to be ready;
+    - ``fault_error_rate``: the fraction of requests the bad version fails;
+    - ``healthy_ticks``: conclusive, healthy decisions to wait for before the fault;
+    - ``timeout_s``: the whole demo's time limit.
+    """
+
+    work_dir: Path
+    scenario: str = "canary"
+    prometheus: str | None = None
+    no_prometheus_reason: str = "no 'prometheus' binary on the PATH"
+    rps: float = 100.0
+    interval_s: float = 1.0
+    verification_window_s: float = 10.0
+    rollout_delay_s: float = 3.0
+    fault_error_rate: float = 0.3
+    healthy_ticks: int = 6
+    timeout_s: float = 110.0
+
+
+class DemoFailed(Exception):
+    """The demo did not end in a verified rollback; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One line of the timeline: seconds since the start, and what happened."""
+
+    t: float
+    text: str
+
+
+class Timeline:
+    """Prints what happens as it happens, stamped with seconds since the start, and keeps it."""
+
+    def __init__(self, *, out: TextIO, started_at: float) -> None:
+        self.out = out
+        self.started_at = started_at
+        self.entries: list[Entry] = []
+
+    def since_start(self, loop_time: float) -> float:
+        return loop_time - self.started_at
+
+    def say(self, text: str, *, at: float | None = None) -> Entry:
+        """A timestamped line (``at``: the loop time it happened; default now)."""
+        when = at if at is not None else asyncio.get_running_loop().time()
+        entry = Entry(self.since_start(when), text)
+        self.entries.append(entry)
+        self._print(f"{entry.t:7.1f}s  {text}")
+        return entry
+
+    def detail(self, text: str) -> None:
+        """A line belonging to the previous one."""
+        self._print(f"{'':10}{text}")
+
+    def plain(self, text: str = "") -> None:
+        self._print(text)
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+
+@dataclass(slots=True)
+class Measurements:
+    """Loop times of the story's moments (``None``: did not happen)."""
+
+    fault: float | None = None
+    decision: float | None = None
+    acted: float | None = None
+    no_traffic: float | None = None
+    verified: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def demo_settings(target: TargetSettings, *, prometheus_url: str | None, options: DemoOptions) -> Settings:
+    """The daemon's configuration for the demo: the defaults, but everything short."""
+    return Settings(
+        interval_s=options.interval_s,
+        prometheus=PrometheusSettings(
+            url=prometheus_url or PrometheusSettings().url, timeout_s=2.0, retries=0
+        ),
+        health=HealthSettings(timeout_s=1.0),
+        http=HttpSettings(host=HOST, port=0),
+        log=LogSettings(level="INFO", format="text"),
+        kubernetes=KubernetesSettings(enabled=True, request_timeout_s=5.0, retries=3,
+                                      availability_timeout_s=30.0),
+        verification=VerificationSettings(window_s=options.verification_window_s,
+                                          max_wait_s=3 * options.verification_window_s),
+        defaults=Defaults(
+            detection=DetectionSettings(window_s=5.0, baseline_window_s=120.0),
+            policy=PolicySettings(controlled_grace_s=5.0, cooldown_s=300.0),
+            queries=DEMO_QUERIES,
+        ),
+        targets=(target,),
+    )
+
+
+def _decision_text(decision: Decision) -> str:
+    if decision.rollback:
+        head = f"ROLLBACK ({decision.outcome.value})"
+    elif decision.escalate:
+        head = f"{decision.outcome.value}, escalating"
+    else:
+        head = decision.outcome.value
+    reason = decision.reasons[0] if decision.reasons else ""
+    return f"rollbackd decision: {head} -- {reason}" if reason else f"rollbackd decision: {head}"
+
+
+def _tallies(tallies: Mapping[str, Tally], order: tuple[str, ...]) -> str:
+    names = [name for name in order if name in tallies] + sorted(set(tallies) - set(order))
+    if not names:
+        return "no requests"
+    return ", ".join(f"{name} {tallies[name].sent} ({tallies[name].failed} failed)" for name in names)
+
+
+class Demo:
+    """One run of one scenario (see the module docstring)."""
+
+    def __init__(self, options: DemoOptions, *, out: TextIO) -> None:
+        if options.scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {options.scenario!r}; known: {', '.join(SCENARIOS)}")
+        self.options = options
+        self.scenario = SCENARIOS[options.scenario]
+        self.out = out
+        self.measured = Measurements()
+        self._timeline: Timeline | None = None
+        self._shown_decision: tuple[object, ...] | None = None
+        self._order = tuple(app.backend for app in self.scenario.apps)
+        self._prometheus_url: str | None = None
+        #: Consecutive ticks counted by _served_ticks / _healthy_ticks, and the tick counted last.
+        self._served = self._healthy = 0
+        self._served_t: float | None = None
+        self._healthy_t: float | None = None
+
+    @property
+    def timeline(self) -> Timeline:
+        assert self._timeline is not None
+        return self._timeline
+
+    async def run(self) -> Measurements:
+        """Run the whole story; raise :class:`DemoFailed` when it does not end verified."""
+        loop = asyncio.get_running_loop()
+        self._timeline = Timeline(out=self.out, started_at=loop.time())
+        deadline = loop.time() + self.options.timeout_s
+        scenario = self.scenario
+        self.timeline.plain(f"rollbackd demo -- {scenario.name}: {scenario.title}")
+        self.timeline.plain()
+        async with contextlib.AsyncExitStack() as stack:
+            kube_url = await self._start_cluster(stack)
+            apps = await self._start_apps(stack)
+            source = await self._start_metrics(stack, apps)
+            kube = await stack.enter_async_context(KubeClient.for_host(kube_url, request_timeout_s=5.0))
+            self.timeline.say(f"load generator: {self.options.rps:g} requests/s in all, routed as "
+                              f"{scenario.routing.source} says (read every {self.options.interval_s:g}s)")
+            load = await stack.enter_async_context(LoadGenerator(
+                kube=kube, routing=scenario.routing, backends={name: app.url for name, app in apps.items()},
+                rps=self.options.rps, routing_interval_s=self.options.interval_s,
+                on_change=self._routing_changed,
+            ))
+            daemon = await self._start_daemon(stack, kube, apps, source)
+            key = daemon.settings.targets[0].key
+            ticker = loop.create_task(self._report_traffic(load), name="rollbackd:demo:traffic-report")
+            stack.push_async_callback(_cancel, ticker)
+
+            if scenario.release is not None:
+                await self._until(deadline, "the old version has served a while",
+                                  lambda: self._served_ticks(daemon, key) >= self.options.healthy_ticks)
+                self.timeline.say(await scenario.release(kube))
+            await self._until(deadline, f"{self.options.healthy_ticks} healthy decisions",
+                              lambda: self._healthy_ticks(daemon, key) >= self.options.healthy_ticks)
+            await self._fault(apps[scenario.bad])
+            run = await self._follow_rollback(daemon, key, deadline)
+            await asyncio.sleep(0.5)  # the last requests in flight come back
+            self._summary(run, load)
+        return self.measured
+
+    # --- set-up ----------------------------------------------------------------------------------
+
+    async def _start_cluster(self, stack: contextlib.AsyncExitStack) -> str:
+        import kmock
+
+        from rollbackd.demo.emulator import ClusterEmulator, Controllers
+
+        emu = await stack.enter_async_context(ClusterEmulator())
+        await stack.enter_async_context(kmock.Server(emu))
+        url = str(emu.url)
+        self.timeline.say(f"{EMULATOR_LABEL}, serving at {url}")
+        for line in self.scenario.seed(emu):
+            self.timeline.detail(f"seeded {line}")
+        await stack.enter_async_context(Controllers(emu, rollout_delay_s=self.options.rollout_delay_s,
+                                                    poll_s=0.05))
+        self.timeline.detail(f"emulated deployment and EndpointSlice controllers running (pods ready "
+                             f"{self.options.rollout_delay_s:g}s after their ReplicaSet scales up)")
+        return url
+
+    async def _start_apps(self, stack: contextlib.AsyncExitStack) -> dict[str, SampleAppProcess]:
+        started = await asyncio.gather(
+            *(astart_sample_app(deployment=app.deployment, namespace=NAMESPACE, error_rate=0.002,
+                                latency_ms=20.0, seed=index, log_dir=self.options.work_dir)
+              for index, app in enumerate(self.scenario.apps)),
+            return_exceptions=True,
+        )
+        apps: dict[str, SampleAppProcess] = {}
+        failure: BaseException | None = None
+        for app, process in zip(self.scenario.apps, started, strict=True):
+            if isinstance(process, BaseException):
+                failure = failure or process
+                continue
+            apps[app.backend] = process
+            stack.push_async_callback(process.astop)
+        if failure is not None:
+            raise DemoFailed(f"a sample app did not start: {failure}")
+        for app in self.scenario.apps:
+            process = apps[app.backend]
+            self.timeline.say(f"sample app {app.backend!r} at {process.url} (pid {process.pid}): {app.role}, "
+                              f"series deployment={app.deployment}")
+        return apps
+
+    async def _start_metrics(
+        self, stack: contextlib.AsyncExitStack, apps: Mapping[str, SampleAppProcess]
+    ) -> MetricsSource:
+        options = self.options
+        if options.prometheus is None:
+            source = await stack.enter_async_context(
+                DirectMetricsSource(urls=[f"{app.url}/metrics" for app in apps.values()])
+            )
+            self.timeline.say(f"NO PROMETHEUS: {options.no_prometheus_reason}; rollbackd reads the sample "
+                              "apps' /metrics directly instead (counter growth between two reads)")
+            return source
+        server = PrometheusServer(targets=[app.address for app in apps.values()],
+                                  data_dir=options.work_dir / "prometheus", binary=options.prometheus,
+                                  scrape_interval_s=options.interval_s)
+        version = await _prometheus_version(server.binary)
+        server.start()
+        stack.push_async_callback(server.astop)
+        await server.await_ready(timeout_s=60.0)
+        await server.await_scrapes(scrapes=2, timeout_s=60.0)
+        self._prometheus_url = server.url
+        client = await stack.enter_async_context(
+            PrometheusClient(base_url=server.url, timeout_s=2.0, retries=0)
+        )
+        self.timeline.say(f"Prometheus {version} at {server.url}, scraping the sample apps every "
+                          f"{options.interval_s:g}s")
+        return PrometheusSource(client=client)
+
+    async def _start_daemon(
+        self,
+        stack: contextlib.AsyncExitStack,
+        kube: KubeClient,
+        apps: Mapping[str, SampleAppProcess],
+        source: MetricsSource,
+    ) -> Daemon:
+        options = self.options
+        target = self.scenario.target({name: app.url for name, app in apps.items()})
+        settings = demo_settings(target, prometheus_url=self._prometheus_url, options=options)
+        metrics = DaemonMetrics()
+        prober = await stack.enter_async_context(HealthProber(
+            timeout_s=settings.health.timeout_s,
+            stats=SourceStats(source="health", on_error=metrics.count_source_error),
+        ))
+        cluster = KubeCluster(
+            kube=kube, settings=settings,
+            action_settings=ActionSettings.from_kubernetes(
+                settings.kubernetes, poll_s=0.2, backoff=Backoff(initial_s=0.1, max_s=1.0)
+            ),
+        )
+        daemon = Daemon(settings, metrics_source=source, health_source=prober, metrics=metrics,
+                        cluster=cluster, shutdown_timeout_s=5.0)
+        await stack.enter_async_context(daemon)
+        slo = settings.defaults.slo
+        self.timeline.say(
+            f"rollbackd daemon running (in this process) against the emulated cluster: target {target.key} "
+            f"({target.strategy.value}), evaluation every {settings.interval_s:g}s, SLO errors <= "
+            f"{slo.max_error_rate:.0%} and P95 <= {slo.max_p95_ms:g} ms, validation window "
+            f"{settings.verification.window_s:g}s"
+        )
+        self.timeline.detail(f"API: http://{HOST}:{daemon.port}/api/v1/targets (status page at /)")
+        return daemon
+
+    # --- the story -------------------------------------------------------------------------------
+
+    async def _until(self, deadline: float, what: str, condition: Callable[[], bool]) -> None:
+        loop = asyncio.get_running_loop()
+        while not condition():
+            if loop.time() > deadline:
+                raise DemoFailed(f"timed out waiting for {what}")
+            await asyncio.sleep(0.1)
+
+    def _note_decision(self, daemon: Daemon, key: str) -> Decision | None:
+        decision = daemon.state.targets[key].latest
+        if decision is None:
+            return None
+        evidence = decision.evidence
+        shape = (decision.outcome, decision.rollback, decision.escalate,
+                 evidence.impact if evidence is not None else None)
+        if shape != self._shown_decision:
+            self._shown_decision = shape
+            self.timeline.say(_decision_text(decision), at=decision.t)
+            if decision.rollback and evidence is not None:
+                for finding in evidence.findings:
+                    if finding.breached:
+                        self.timeline.detail(f"evidence: {finding.detail}")
+        return decision
+
+    def _served_ticks(self, daemon: Daemon, key: str) -> int:
+        """Consecutive ticks on which the old version (the baseline) served requests."""
+        decision = self._note_decision(daemon, key)
+        evidence = decision.evidence if decision is not None else None
+        if decision is None or evidence is None or evidence.baseline_requests <= 0:
+            self._served = 0
+        elif decision.t != self._served_t:
+            self._served_t = decision.t
+            self._served += 1
+        return self._served
+
+    def _healthy_ticks(self, daemon: Daemon, key: str) -> int:
+        """Consecutive conclusive decisions of "no rollback needed"."""
+        decision = self._note_decision(daemon, key)
+        if decision is None or decision.outcome is not Outcome.NONE or decision.escalate:
+            self._healthy = 0
+        elif decision.t != self._healthy_t:
+            self._healthy_t = decision.t
+            self._healthy += 1
+        return self._healthy
+
+    async def _fault(self, app: SampleAppProcess) -> None:
+        rate = self.options.fault_error_rate
+        bad = self.scenario.app(self.scenario.bad)
+        await app.acontrol(error_rate=rate)
+        self.measured.fault = asyncio.get_running_loop().time()
+        self.timeline.say(
+            f"FAULT: {bad.backend!r} ({bad.role}) now fails {rate:.0%} of its requests "
+            f"(POST {app.url}/control {json.dumps({'error_rate': rate})})",
+            at=self.measured.fault,
+        )
+
+    def _routing_changed(self, change: RoutingChange) -> None:
+        if self._timeline is None:
+            return
+        bad = self.scenario.bad
+        text = f"routing ({self.scenario.routing.source}): {change.describe()}"
+        if self.measured.fault is not None and change.shares.get(bad, 0.0) == 0.0:
+            if self.measured.no_traffic is None:
+                self.measured.no_traffic = change.t
+            text += f" -- {bad!r} gets no traffic"
+        self.timeline.say(text, at=change.t)
+
+    async def _report_traffic(self, load: LoadGenerator) -> None:
+        loop = asyncio.get_running_loop()
+        every_s = 3.0
+        while True:
+            await asyncio.sleep(every_s)
+            now = loop.time()
+            tallies = load.totals(since=now - every_s, until=now)
+            self.timeline.say(f"traffic, last {every_s:g}s: {_tallies(tallies, self._order)}")
+
+    async def _follow_rollback(self, daemon: Daemon, key: str, deadline: float) -> RollbackRun:
+        loop = asyncio.get_running_loop()
+        shown_action = False
+        shown_verifying: str | None = None
+        last_progress = 0.0
+        while True:
+            self._note_decision(daemon, key)
+            run = daemon.rollbacks.runs.get(key)
+            if run is not None:
+                if self.measured.decision is None:
+                    last = daemon.state.targets[key].last_rollback
+                    self.measured.decision = last.t if last is not None else run.decided_at
+                    self.timeline.say(f"rollback started ({run.mode})", at=run.decided_at)
+                if run.action is not None and not shown_action:
+                    shown_action = True
+                    self._show_action(run)
+                result = run.verification
+                if (result is not None and not result.done and result.reasons
+                        and loop.time() - last_progress >= 3.0 and result.reasons[0] != shown_verifying):
+                    shown_verifying = result.reasons[0]
+                    last_progress = loop.time()
+                    self.timeline.say(f"verifying: {shown_verifying}")
+                if not run.phase.active:
+                    return self._verdict(run)
+            if loop.time() > deadline:
+                latest = daemon.state.targets[key].latest
+                seen = _decision_text(latest) if latest is not None else "no decision yet"
+                what = "a rollback decision" if run is None else f"the rollback to finish ({run.phase.value})"
+                raise DemoFailed(f"timed out waiting for {what}; latest {seen}")
+            await asyncio.sleep(0.05)
+
+    def _show_action(self, run: RollbackRun) -> None:
+        result = run.action
+        assert result is not None
+        assert run.acted_at is not None
+        self.measured.acted = run.acted_at
+        self.timeline.say(
+            f"action {result.action}: {result.outcome.value} ({result.api_s:.2f}s of API calls, "
+            f"{result.wait_s:.2f}s waiting for the old version to serve) -- {result.reason}",
+            at=run.acted_at,
+        )
+        for change in result.changes:
+            self.timeline.detail(f"changed {change.describe()}")
+
+    def _verdict(self, run: RollbackRun) -> RollbackRun:
+        result = run.verification
+        reason = result.reasons[0] if result is not None and result.reasons else ""
+        at = run.finished_at
+        if run.phase is Phase.VERIFIED:
+            self.measured.verified = at
+            self.timeline.say(f"VERIFIED: {reason}", at=at)
+            return run
+        if run.phase in (Phase.ACTION_FAILED, Phase.REFUSED) and run.action is not None:
+            reason = run.action.reason
+        self.timeline.say(f"rollback {run.phase.value.upper()}: {reason}", at=at)
+        raise DemoFailed(f"the rollback ended {run.phase.value}: {reason}")
+
+    # --- the summary -----------------------------------------------------------------------------
+
+    def _summary(self, run: RollbackRun, load: LoadGenerator) -> None:
+        m = self.measured
+        bad, good = self.scenario.bad, self.scenario.good
+        timeline = self.timeline
+        timeline.plain()
+        timeline.plain("summary")
+
+        def span(label: str, start: float | None, end: float | None, note: str = "") -> None:
+            value = "n/a" if start is None or end is None else f"{end - start:5.1f}s"
+            timeline.plain(f"  {label:<38} {value}{note}")
+
+        span("fault -> rollback decision", m.fault, m.decision)
+        span("rollback decision -> action done", m.decision, m.acted)
+        span(f"fault -> {bad!r} gets no traffic", m.fault, m.no_traffic,
+             "   (target: under 5s with 1s scrapes and 1s evaluations)")
+        span("rollback decision -> verified", m.decision, m.verified)
+        span("fault -> verified", m.fault, m.verified)
+        if m.fault is None or m.no_traffic is None:
+            raise DemoFailed(f"the routing never stopped sending traffic to {bad!r}")
+        before = load.totals(until=m.fault)
+        during = load.totals(since=m.fault, until=m.no_traffic)
+        after = load.totals(since=m.no_traffic + 1.0)
+        timeline.plain(f"  {'traffic before the fault':<38} {_tallies(before, self._order)}")
+        timeline.plain(f"  {'traffic from the fault to the switch':<38} {_tallies(during, self._order)}")
+        timeline.plain(f"  {'traffic after the switch':<38} {_tallies(after, self._order)}")
+        last_bad = load.last_sent(bad)
+        if last_bad is not None and last_bad > m.no_traffic:
+            raise DemoFailed(f"{bad!r} still got requests after the routing sent it none")
+        if after.get(good, Tally()).sent == 0:
+            raise DemoFailed(f"no traffic reached {good!r} after the switch")
+        unrouted = after.get(UNROUTED, Tally()).sent
+        if unrouted:
+            raise DemoFailed(f"{unrouted} requests found no backend after the switch")
+        timeline.plain()
+        timeline.plain(f"demo OK: {self.scenario.name} rolled back and verified; all traffic on {good!r}")
+
+
+async def _prometheus_version(binary: str) -> str:
+    try:
+        process = await asyncio.create_subprocess_exec(
+            binary, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=10.0)
+    except (OSError, TimeoutError):
+        return "(version unknown)"
+    words = output.decode(errors="replace").split()
+    # "prometheus, version 2.42.0+ds (branch: ...)"
+    return words[2] if len(words) > 2 and words[1] == "version" else "(version unknown)"
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def run_demo(options: DemoOptions, *, out: TextIO) -> Measurements:
+    """Run one scenario, printing its timeline to ``out``; raise :class:`DemoFailed` when it does
+    not end in a verified rollback."""
+    return await Demo(options, out=out).run()
+
+
+async def _until_terminated(options: DemoOptions, *, out: TextIO) -> Measurements:
+    """:func:`run_demo`, cancelled by SIGTERM so that every child process is stopped on the way out."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await run_demo(options, out=out)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``rollbackd demo`` once kmock is known to be there: the process edge (finds Prometheus on
+    the PATH, sends the logs to a file in a fresh work directory, prints the timeline on stdout).
+    0 on a verified rollback; 1 when the demo failed (the work directory is kept, with the logs);
+    130 on Ctrl-C and 143 on SIGTERM."""
+    if args.no_prometheus:
+        binary, reason = None, "--no-prometheus given"
+    else:
+        binary = find_prometheus()
+        reason = "no 'prometheus' binary on the PATH"
+    work_dir = Path(tempfile.mkdtemp(prefix="rollbackd-demo-"))
+    options = DemoOptions(scenario=args.scenario, prometheus=binary, no_prometheus_reason=reason,
+                          work_dir=work_dir)
+    log_path = work_dir / "rollbackd.log"
+    with log_path.open("a", encoding="utf-8") as log:
+        configure_logging(LogSettings(level="INFO", format="text"), stream=log)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+        try:
+            asyncio.run(_until_terminated(options, out=sys.stdout))
+        except DemoFailed as exc:
+            print(f"\ndemo FAILED: {exc}\nlogs kept in {work_dir}", file=sys.stdout, flush=True)
+            return 1
+        except KeyboardInterrupt:
+            print(f"\ndemo interrupted; logs kept in {work_dir}", file=sys.stdout, flush=True)
+            return 130
+        except asyncio.CancelledError:
+            print(f"\ndemo stopped by SIGTERM; logs kept in {work_dir}", file=sys.stdout, flush=True)
+            return 143
+        except Exception as exc:
+            logger.exception("the demo failed")
+            print(f"\ndemo FAILED: {exc!r}\nlogs kept in {work_dir}", file=sys.stdout, flush=True)
+            return 1
+        finally:
+            logging.getLogger().handlers.clear()
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return 0
+

@@ -1,0 +1,390 @@
+"""A small instrumented web service to watch in tests, benchmarks and demos.
+
+Run it as a separate process::
+
+    python -m rollbackd.demo.sampleapp --port 8081 --deployment checkout-canary --namespace shop --rps 50
+
+Endpoints:
+
+- ``GET /metrics``: Prometheus exposition with ``http_requests_total{namespace,deployment,code}``
+  and ``http_request_duration_seconds_bucket{namespace,deployment,le}`` (Prometheus' default
+  buckets).
+- ``GET /work``: sleeps the configured latency (± jitter), then fails with HTTP 500 at the
+  configured error rate, or answers 200.
+- ``GET /readyz``: the configured readiness status (200 by default).
+- ``GET /control`` and ``POST /control`` with a JSON object of changes, e.g.
+  ``{"error_rate": 0.3, "latency_ms": 400, "ready_status": 503, "rps": 20}``: read or switch the
+  behaviour at runtime; the answer is the behaviour now in force.
+
+With ``--rps`` (or ``rps`` set through ``/control``) the service sends itself that many ``/work``
+requests per second, served by the same code and counted in the same metrics as outside
+requests, so no separate load generator is needed.
+
+With ``--fake-deployments N`` the exposition also holds N synthetic services in the same
+namespace, each with a ``svc-NNNN-stable`` and a ``svc-NNNN-canary`` deployment whose counters
+grow steadily with time (see :func:`fake_profile`): for scale tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from rollbackd.model import DEFAULT_BUCKETS_S
+
+logger = logging.getLogger("sampleapp")
+
+#: Most self-generated requests in flight; beyond it new ones are skipped (and logged once).
+MAX_IN_FLIGHT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Behaviour:
+    """How the service behaves now; switched as a whole through ``/control``."""
+
+    error_rate: float = 0.0
+    latency_ms: float = 20.0
+    latency_jitter: float = 0.2
+    ready_status: int = 200
+    rps: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.error_rate <= 1:
+            raise ValueError(f"error_rate must be within [0, 1], not {self.error_rate!r}")
+        if not (self.latency_ms >= 0 and math.isfinite(self.latency_ms)):
+            raise ValueError(f"latency_ms must be a finite number >= 0, not {self.latency_ms!r}")
+        if not 0 <= self.latency_jitter <= 1:
+            raise ValueError(f"latency_jitter must be within [0, 1], not {self.latency_jitter!r}")
+        if not 100 <= self.ready_status <= 599:
+            raise ValueError(f"ready_status must be an HTTP status, not {self.ready_status!r}")
+        if not (0 <= self.rps <= 10_000):
+            raise ValueError(f"rps must be within [0, 10000], not {self.rps!r}")
+
+    def changed(self, changes: dict[str, object]) -> Behaviour:
+        """A copy with ``changes`` applied; unknown keys or wrong types raise ``ValueError``."""
+        known = {f.name: f.type for f in dataclasses.fields(self)}
+        typed: dict[str, float | int] = {}
+        for name, value in changes.items():
+            if name not in known:
+                raise ValueError(f"unknown setting {name!r}; known: {sorted(known)}")
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number, not {value!r}")
+            if name == "ready_status":
+                if value != int(value):
+                    raise ValueError(f"ready_status must be an integer, not {value!r}")
+                typed[name] = int(value)
+            else:
+                typed[name] = float(value)
+        return dataclasses.replace(self, **typed)  # type: ignore[arg-type]
+
+    def as_dict(self) -> dict[str, float | int]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class FakeProfile:
+    """What one synthetic deployment serves: requests per second, failed fraction, and the
+    cumulative fraction of requests per default latency bucket."""
+
+    rps: float
+    error_rate: float
+    bucket_fractions: tuple[float, ...]
+    mean_latency_s: float
+
+
+_FAST = (0.0, 0.01, 0.05, 0.2, 0.6, 0.95, 0.99, 1.0, 1.0, 1.0, 1.0, 1.0)
+_SLOW = (0.0, 0.0, 0.0, 0.01, 0.05, 0.2, 0.5, 0.8, 0.97, 1.0, 1.0, 1.0)
+
+
+def fake_profile(index: int, side: str) -> FakeProfile:
+    """The deterministic behaviour of ``svc-<index>-<side>``.
+
+    Stable deployments serve 20-29 req/s with 0.2% errors and a P95 near 250 ms. Canaries serve
+    2-4 req/s like their stable, except every tenth service (index ending in 9), whose canary
+    fails 8% of its requests and has a P95 near 2.3 s.
+    """
+    if side == "stable":
+        return FakeProfile(rps=20.0 + index % 10, error_rate=0.002, bucket_fractions=_FAST,
+                           mean_latency_s=0.09)
+    if index % 10 == 9:
+        return FakeProfile(rps=2.0 + index % 3, error_rate=0.08, bucket_fractions=_SLOW,
+                           mean_latency_s=0.9)
+    return FakeProfile(rps=2.0 + index % 3, error_rate=0.002, bucket_fractions=_FAST,
+                       mean_latency_s=0.09)
+
+
+def fake_deployment_names(count: int) -> list[tuple[int, str, str]]:
+    """``(index, side, deployment)`` of every synthetic deployment, stable then canary."""
+    return [
+        (i, side, f"svc-{i:04d}-{side}")
+        for i in range(count)
+        for side in ("stable", "canary")
+    ]
+
+
+class Exposition:
+    """Renders the text exposition: the real metrics, with the synthetic deployments' samples
+    written into the same families (a metric family may appear only once)."""
+
+    def __init__(self, *, real: CollectorRegistry, namespace: str, fake_deployments: int,
+                 started: float, head_start_s: float = 60.0) -> None:
+        self._real = real
+        self._started = started
+        self._head_start_s = head_start_s
+        bounds = [_le(b) for b in DEFAULT_BUCKETS_S]
+        # Label sets are rendered once; only the values change from scrape to scrape.
+        self._fakes: list[tuple[FakeProfile, str, str, list[str], str]] = []
+        for index, side, deployment in fake_deployment_names(fake_deployments):
+            labels = f'deployment="{_escape(deployment)}",namespace="{_escape(namespace)}"'
+            self._fakes.append((
+                fake_profile(index, side),
+                f'http_requests_total{{code="200",{labels}}} ',
+                f'http_requests_total{{code="500",{labels}}} ',
+                [f'http_request_duration_seconds_bucket{{{labels},le="{le}"}} ' for le in bounds],
+                labels,
+            ))
+
+    def render(self) -> bytes:
+        elapsed = time.monotonic() - self._started + self._head_start_s
+        lines: list[str] = []
+        for family in self._real.collect():
+            kind = family.type
+            lines.append(f"# HELP {family.name}{'_total' if kind == 'counter' else ''} "
+                         f"{_escape_help(family.documentation)}")
+            lines.append(f"# TYPE {family.name}{'_total' if kind == 'counter' else ''} {kind}")
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
+                lines.append(f"{sample.name}{{{labels}}} {_number(sample.value)}")
+            if family.name == "http_requests":
+                self._requests(lines, elapsed)
+            elif family.name == "http_request_duration_seconds":
+                self._durations(lines, elapsed)
+        lines.append("")
+        return "\n".join(lines).encode()
+
+    def _requests(self, lines: list[str], elapsed: float) -> None:
+        for profile, ok_prefix, failed_prefix, _, _ in self._fakes:
+            total = profile.rps * elapsed
+            failed = total * profile.error_rate
+            lines.append(ok_prefix + _number(total - failed))
+            lines.append(failed_prefix + _number(failed))
+
+    def _durations(self, lines: list[str], elapsed: float) -> None:
+        for profile, _, _, bucket_prefixes, labels in self._fakes:
+            total = profile.rps * elapsed
+            for prefix, fraction in zip(bucket_prefixes, profile.bucket_fractions, strict=True):
+                lines.append(prefix + _number(total * fraction))
+            lines.append(f"http_request_duration_seconds_count{{{labels}}} {_number(total)}")
+            latency_sum = _number(total * profile.mean_latency_s)
+            lines.append(f"http_request_duration_seconds_sum{{{labels}}} {latency_sum}")
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == math.inf else repr(float(bound))
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+class SampleApp:
+    """The service: its behaviour, metrics, and self-traffic task."""
+
+    def __init__(self, *, namespace: str, deployment: str, behaviour: Behaviour,
+                 fake_deployments: int = 0, seed: int | None = None) -> None:
+        self.namespace = namespace
+        self.deployment = deployment
+        self.behaviour = behaviour
+        self._rng = random.Random(seed)
+        self._rps_changed = asyncio.Event()
+        self._in_flight: set[asyncio.Task[int]] = set()
+        self._skipped = 0
+
+        real = CollectorRegistry(auto_describe=True)
+        self._requests = Counter(
+            "http_requests", "Requests served.", ["namespace", "deployment", "code"], registry=real,
+        )
+        self._duration = Histogram(
+            "http_request_duration_seconds", "Time to serve a request.", ["namespace", "deployment"],
+            buckets=[b for b in DEFAULT_BUCKETS_S if b != math.inf], registry=real,
+        )
+        # Expose both series from the start, as a long-running service would.
+        self._requests.labels(namespace, deployment, "200")
+        self._duration.labels(namespace, deployment)
+        self.exposition = Exposition(
+            real=real, namespace=namespace, fake_deployments=fake_deployments, started=time.monotonic(),
+        )
+
+    async def serve_work(self) -> int:
+        """Serve one request the configured way and record it; returns the HTTP status."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        behaviour = self.behaviour
+        spread = behaviour.latency_jitter
+        delay_s = behaviour.latency_ms / 1000.0 * self._rng.uniform(1.0 - spread, 1.0 + spread)
+        await asyncio.sleep(max(0.0, delay_s))
+        status = 500 if self._rng.random() < behaviour.error_rate else 200
+        self._requests.labels(self.namespace, self.deployment, str(status)).inc()
+        self._duration.labels(self.namespace, self.deployment).observe(loop.time() - started)
+        return status
+
+    def control(self, changes: dict[str, object]) -> Behaviour:
+        self.behaviour = self.behaviour.changed(changes)
+        self._rps_changed.set()
+        logger.info("behaviour now %s", self.behaviour)
+        return self.behaviour
+
+    async def generate_traffic(self) -> None:
+        """Serve ``rps`` requests per second to itself, evenly spaced, until cancelled."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            rps = self.behaviour.rps
+            if rps <= 0:
+                self._rps_changed.clear()
+                await self._rps_changed.wait()
+                next_at = loop.time()
+                continue
+            now = loop.time()
+            if next_at - now > 0:
+                self._rps_changed.clear()
+                try:
+                    await asyncio.wait_for(self._rps_changed.wait(), timeout=next_at - now)
+                except TimeoutError:
+                    pass
+                else:
+                    next_at = loop.time()
+                    continue
+            now = loop.time()
+            if now - next_at > 1.0:
+                next_at = now  # after a stall, do not burst to catch up
+            while next_at <= now:
+                self._spawn()
+                next_at += 1.0 / rps
+
+    def _spawn(self) -> None:
+        if len(self._in_flight) >= MAX_IN_FLIGHT:
+            self._skipped += 1
+            if self._skipped == 1:
+                logger.warning("more than %d self-generated requests in flight; skipping some", MAX_IN_FLIGHT)
+            return
+        task = asyncio.get_running_loop().create_task(self.serve_work())
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def stop_traffic(self) -> None:
+        tasks = list(self._in_flight)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # HTTP handlers
+
+    async def handle_work(self, request: web.Request) -> web.Response:
+        status = await self.serve_work()
+        return web.json_response({"status": status, "deployment": self.deployment}, status=status)
+
+    async def handle_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.exposition.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def handle_readyz(self, request: web.Request) -> web.Response:
+        status = self.behaviour.ready_status
+        return web.json_response({"ready": 200 <= status < 300}, status=status)
+
+    async def handle_control(self, request: web.Request) -> web.Response:
+        if request.method == "POST":
+            try:
+                changes = await request.json()
+            except ValueError:
+                return web.json_response({"error": "body must be a JSON object"}, status=400)
+            if not isinstance(changes, dict):
+                return web.json_response({"error": "body must be a JSON object"}, status=400)
+            try:
+                self.control(changes)
+            except ValueError as exc:
+                return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(self.behaviour.as_dict())
+
+
+def make_app(sample: SampleApp) -> web.Application:
+    app = web.Application()
+    app.router.add_get("/work", sample.handle_work)
+    app.router.add_get("/metrics", sample.handle_metrics)
+    app.router.add_get("/readyz", sample.handle_readyz)
+    app.router.add_route("GET", "/control", sample.handle_control)
+    app.router.add_route("POST", "/control", sample.handle_control)
+
+    async def traffic(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.get_running_loop().create_task(sample.generate_traffic(), name="self-traffic")
+        yield
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+        await sample.stop_traffic()
+
+    app.cleanup_ctx.append(traffic)
+    return app
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m rollbackd.demo.sampleapp", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, required=True, help="port to listen on")
+    parser.add_argument("--deployment", required=True, help="value of the 'deployment' label")
+    parser.add_argument("--namespace", default="default", help="value of the 'namespace' label")
+    parser.add_argument("--error-rate", type=float, default=0.0, help="fraction of /work requests failing")
+    parser.add_argument("--latency-ms", type=float, default=20.0, help="typical /work latency")
+    parser.add_argument("--latency-jitter", type=float, default=0.2, help="latency spread, fraction of it")
+    parser.add_argument("--ready-status", type=int, default=200, help="status of /readyz")
+    parser.add_argument("--rps", type=float, default=0.0, help="self-generated /work requests per second")
+    parser.add_argument("--fake-deployments", type=int, default=0, metavar="N",
+                        help="also expose N synthetic services (svc-NNNN-stable / svc-NNNN-canary)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the random generator")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    behaviour = Behaviour(
+        error_rate=args.error_rate, latency_ms=args.latency_ms, latency_jitter=args.latency_jitter,
+        ready_status=args.ready_status, rps=args.rps,
+    )
+    sample = SampleApp(namespace=args.namespace, deployment=args.deployment, behaviour=behaviour,
+                       fake_deployments=args.fake_deployments, seed=args.seed)
+    logger.info("serving %s/%s on %s:%d", args.namespace, args.deployment, args.host, args.port)
+    web.run_app(make_app(sample), host=args.host, port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

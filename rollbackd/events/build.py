@@ -1,0 +1,603 @@
+"""Building events from the domain values: evidence, decisions, holds and rollback runs.
+
+Two layers, both free of I/O:
+
+- :class:`EventFactory` makes one CloudEvent of each type from the domain objects
+  (:class:`~rollbackd.model.Evidence`, :class:`~rollbackd.model.Decision`,
+  :class:`~rollbackd.model.Hold`, :class:`~rollbackd.daemon.rollbacks.RollbackRun`), converting the
+  event-loop times they carry to wall-clock times with a :class:`Clock`;
+- :class:`Announcer` follows one target tick after tick and says which events are worth
+  publishing: changes only (a breach beginning, a new verdict, a new hold, a rollback run moving
+  to its next phase), never the same news twice.
+
+In the daemon, per target::
+
+    announcer = Announcer(factory=EventFactory(source=settings.events.source), target=key, slo=slo)
+    ...
+    events = announcer.on_decision(decision, hold=context.hold, clock=Clock.now())
+    events += announcer.on_run(run, clock=Clock.now(), decision=decision)   # when a run exists
+    for event in events:
+        await publisher.announce(event)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from rollbackd.actions.base import ActionOutcome, ActionResult
+from rollbackd.events.model import (
+    ActionData,
+    ChangeData,
+    CloudEvent,
+    DecisionData,
+    DecisionMadeData,
+    EscalationRaisedData,
+    EventData,
+    EventType,
+    EvidenceData,
+    FindingData,
+    HoldData,
+    HoldExpiredData,
+    HoldSetData,
+    RollbackCompletedData,
+    RollbackFailedData,
+    RollbackStartedData,
+    RollbackVerifiedData,
+    SloData,
+    TargetDegradedData,
+    VerificationData,
+    VerificationFailedData,
+    split_subject,
+)
+from rollbackd.model import Decision, Evidence, Finding, Hold, Impact, Slo, Strategy
+from rollbackd.verification import RUNBOOK_ROLLBACK_TARGET_S, VerificationResult
+
+if TYPE_CHECKING:  # the daemon imports this module: no import of the daemon at run time
+    from rollbackd.daemon.rollbacks import RollbackRun
+
+#: The action each strategy rolls back with (what ``rollback.started`` announces).
+ACTION_OF_STRATEGY = {
+    Strategy.CANARY: "canary-abort",
+    Strategy.BLUE_GREEN: "blue-green-switch-back",
+    Strategy.DEPLOYMENT: "deployment-undo",
+}
+
+_UNITS = {"error_rate": "ratio", "p95": "ms", "health": "endpoints"}
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """One instant on both clocks: the event loop's (what the core's ``t`` values are on) and the
+    wall clock (what subscribers read)."""
+
+    wall: datetime
+    loop: float
+
+    def __post_init__(self) -> None:
+        if self.wall.tzinfo is None:
+            raise ValueError("Clock.wall must be timezone-aware")
+
+    @classmethod
+    def now(cls) -> Clock:
+        """Both clocks now (inside a running event loop)."""
+        return cls(wall=datetime.now(UTC), loop=asyncio.get_running_loop().time())
+
+    def at(self, t: float) -> datetime:
+        """The wall-clock time of event-loop time ``t``."""
+        return (self.wall + timedelta(seconds=t - self.loop)).astimezone(UTC)
+
+    def maybe(self, t: float | None) -> datetime | None:
+        return None if t is None else self.at(t)
+
+
+# --- formatting for summaries ---------------------------------------------------------------------
+
+
+def _value(unit: str, value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if unit == "ratio":
+        return f"{value * 100:.2f}%"
+    if unit == "ms":
+        return f"{value:.0f} ms"
+    return f"{value:g}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
+def _finding_text(finding: FindingData) -> str:
+    if finding.signal == "health":
+        return finding.detail or f"{finding.value:g} health endpoints failing"
+    name = {"error_rate": "error rate", "p95": "P95"}.get(finding.signal, finding.signal)
+    return f"{name} {_value(finding.unit, finding.value)} vs SLO {_value(finding.unit, finding.threshold)}"
+
+
+def _first(reasons: Sequence[str], default: str = "") -> str:
+    return reasons[0] if reasons else default
+
+
+# --- domain -> data --------------------------------------------------------------------------------
+
+
+def finding_data(finding: Finding, clock: Clock) -> FindingData:
+    return FindingData(
+        signal=finding.signal,
+        unit=_UNITS.get(finding.signal, ""),
+        value=finding.value,
+        threshold=finding.threshold,
+        baseline_value=finding.baseline_value,
+        breached=finding.breached,
+        severe=finding.severe,
+        attributable=finding.attributable,
+        confidence=min(1.0, max(0.0, finding.confidence)),
+        detail=finding.detail,
+        since=clock.maybe(finding.since),
+    )
+
+
+def evidence_data(evidence: Evidence, clock: Clock) -> EvidenceData:
+    return EvidenceData(
+        impact=evidence.impact.value,
+        breached=evidence.breached,
+        attributable=evidence.attributable,
+        inconclusive=evidence.inconclusive,
+        within_slo=evidence.within_slo,
+        candidate_requests=evidence.candidate_requests,
+        baseline_requests=evidence.baseline_requests,
+        since=clock.maybe(evidence.since),
+        findings=tuple(finding_data(f, clock) for f in evidence.findings),
+        reasons=evidence.reasons,
+    )
+
+
+def decision_data(decision: Decision, clock: Clock) -> DecisionData:
+    return DecisionData(
+        outcome=decision.outcome.value,
+        rollback=decision.rollback,
+        escalate=decision.escalate,
+        dry_run=decision.dry_run,
+        blocked_by=decision.blocked_by,
+        waiting_since=clock.maybe(decision.waiting_since),
+        reasons=decision.reasons,
+    )
+
+
+def action_data(result: ActionResult) -> ActionData:
+    return ActionData(
+        action=result.action,
+        outcome=result.outcome.value,
+        reason=result.reason,
+        changes=tuple(
+            ChangeData(object=c.object, field=c.field, before=c.before, after=c.after) for c in result.changes
+        ),
+        from_revision=result.from_revision,
+        to_revision=result.to_revision,
+        api_s=result.api_s,
+        wait_s=result.wait_s,
+    )
+
+
+def verification_data(result: VerificationResult, slo: Slo | None) -> VerificationData:
+    return VerificationData(
+        status=result.status.value,
+        reasons=result.reasons,
+        error_rate=result.error_rate,
+        p95_ms=result.p95_ms,
+        requests=result.requests,
+        health_ok=result.health_ok,
+        available=result.available,
+        elapsed_s=result.elapsed_s,
+        slo=None if slo is None else SloData(max_error_rate=slo.max_error_rate, max_p95_ms=slo.max_p95_ms),
+    )
+
+
+def hold_data(hold: Hold, clock: Clock) -> HoldData:
+    return HoldData(reason=hold.reason, until=clock.at(hold.until), set_at=clock.maybe(hold.set_at))
+
+
+@dataclass(frozen=True, slots=True)
+class EventFactory:
+    """Makes rollbackd's CloudEvents, each with a fresh unique ``id``.
+
+    ``source`` is the CloudEvents ``source`` of every event (``events.source`` in the settings).
+    """
+
+    source: str = "/rollbackd"
+
+    def event(self, kind: EventType, target: str, data: EventData, *, clock: Clock) -> CloudEvent:
+        """Wrap ``data`` (the model of ``kind``) in a CloudEvent about ``target``."""
+        return CloudEvent(
+            id=str(uuid.uuid4()),
+            source=self.source,
+            type=kind.full,
+            subject=target,
+            time=clock.wall,
+            data=data,
+        )
+
+    @staticmethod
+    def _common(target: str, summary: str) -> dict[str, str]:
+        namespace, name = split_subject(target)
+        return {"target": target, "namespace": namespace, "name": name, "summary": summary}
+
+    def target_degraded(self, evidence: Evidence, *, clock: Clock) -> CloudEvent:
+        """``target.degraded``: ``evidence`` shows a breach (impact manageable or severe)."""
+        if evidence.impact is Impact.NONE:
+            raise ValueError("target.degraded needs evidence of a breach")
+        data = evidence_data(evidence, clock)
+        breached = [f for f in data.findings if f.breached] or list(data.findings)
+        what = "; ".join(_finding_text(f) for f in breached) or _first(evidence.reasons, "SLO breached")
+        blame = "the new version" if evidence.attributable else "not attributable to the new version"
+        summary = f"{evidence.target} degraded ({evidence.impact.value}, {blame}): {what}"
+        return self.event(
+            EventType.TARGET_DEGRADED,
+            evidence.target,
+            TargetDegradedData(
+                **self._common(evidence.target, summary), impact=evidence.impact.value, evidence=data
+            ),
+            clock=clock,
+        )
+
+    def decision_made(self, decision: Decision, *, clock: Clock) -> CloudEvent:
+        """``decision.made``: the framework's verdict."""
+        if decision.rollback:
+            verdict = f"{decision.outcome.value} rollback" + (
+                " (dry-run: not acting)" if decision.dry_run else ""
+            )
+        elif decision.blocked_by:
+            verdict = f"no rollback ({decision.blocked_by})"
+        else:
+            verdict = {"inconclusive": "inconclusive", "controlled": "waiting (controlled)"}.get(
+                decision.outcome.value, "no rollback"
+            )
+        summary = f"{decision.target}: {verdict}: {_first(decision.reasons)}"
+        evidence = None if decision.evidence is None else evidence_data(decision.evidence, clock)
+        return self.event(
+            EventType.DECISION_MADE,
+            decision.target,
+            DecisionMadeData(
+                **self._common(decision.target, summary),
+                decision=decision_data(decision, clock),
+                evidence=evidence,
+            ),
+            clock=clock,
+        )
+
+    def rollback_started(
+        self,
+        run: RollbackRun,
+        *,
+        clock: Clock,
+        decision: Decision | None = None,
+        strategy: Strategy | None = None,
+        bad_revision: int | None = None,
+    ) -> CloudEvent:
+        """``rollback.started``: ``run`` was just started from ``decision``."""
+        action = ACTION_OF_STRATEGY.get(strategy) if strategy is not None else None
+        reasons = decision.reasons if decision is not None else ()
+        summary = f"rolling back {run.key} ({run.mode}" + (f", {action}" if action else "") + ")"
+        if reasons:
+            summary += f": {reasons[0]}"
+        evidence = (
+            None if decision is None or decision.evidence is None else evidence_data(decision.evidence, clock)
+        )
+        return self.event(
+            EventType.ROLLBACK_STARTED,
+            run.key,
+            RollbackStartedData(
+                **self._common(run.key, summary),
+                mode=run.mode,
+                action=action,
+                decided_at=clock.at(run.decided_at),
+                from_revision=bad_revision,
+                reasons=reasons,
+                evidence=evidence,
+            ),
+            clock=clock,
+        )
+
+    def rollback_completed(self, run: RollbackRun, *, clock: Clock) -> CloudEvent:
+        """``rollback.completed``: the action of ``run`` is done (verification follows)."""
+        if run.action is None:
+            raise ValueError("rollback.completed needs the run's action result")
+        result = run.action
+        acted_at = run.acted_at if run.acted_at is not None else clock.loop
+        duration = acted_at - run.decided_at
+        revisions = (
+            f", revision {result.from_revision} -> {result.to_revision}"
+            if result.from_revision is not None or result.to_revision is not None
+            else ""
+        )
+        summary = (
+            f"{run.key} rolled back with {result.action} in {_duration(duration)} "
+            f"({len(result.changes)} change{'' if len(result.changes) == 1 else 's'}{revisions}); verifying"
+        )
+        return self.event(
+            EventType.ROLLBACK_COMPLETED,
+            run.key,
+            RollbackCompletedData(
+                **self._common(run.key, summary),
+                mode=run.mode,
+                decided_at=clock.at(run.decided_at),
+                duration_s=duration,
+                action=action_data(result),
+            ),
+            clock=clock,
+        )
+
+    def rollback_failed(self, run: RollbackRun, *, clock: Clock) -> CloudEvent:
+        """``rollback.failed``: the action of ``run`` failed or was refused."""
+        if run.action is None:
+            raise ValueError("rollback.failed needs the run's action result")
+        result = run.action
+        refused = result.outcome is ActionOutcome.REFUSED
+        end = run.finished_at if run.finished_at is not None else run.acted_at
+        duration = (end if end is not None else clock.loop) - run.decided_at
+        summary = (
+            f"rollback of {run.key} {'refused' if refused else 'failed'} ({result.action}): {result.reason}"
+        )
+        return self.event(
+            EventType.ROLLBACK_FAILED,
+            run.key,
+            RollbackFailedData(
+                **self._common(run.key, summary),
+                mode=run.mode,
+                decided_at=clock.at(run.decided_at),
+                duration_s=duration,
+                refused=refused,
+                action=action_data(result),
+            ),
+            clock=clock,
+        )
+
+    def _verdict(self, run: RollbackRun, *, slo: Slo | None, clock: Clock, verified: bool) -> CloudEvent:
+        if run.verification is None:
+            raise ValueError("a verification verdict needs the run's verification result")
+        end = run.finished_at if run.finished_at is not None else clock.loop
+        duration = end - run.decided_at
+        within = duration <= RUNBOOK_ROLLBACK_TARGET_S
+        reason = _first(run.verification.reasons)
+        if reason.startswith("rollback verified"):  # the verifier's own headline: keep its numbers
+            reason = reason.partition(": ")[2] or reason
+        if verified:
+            summary = (
+                f"{run.key}: rollback verified {_duration(duration)} after the decision "
+                f"({'within' if within else 'beyond'} the runbook's {_duration(RUNBOOK_ROLLBACK_TARGET_S)}): "
+                f"{reason}"
+            )
+        else:
+            summary = f"{run.key}: rollback verification failed, escalating: {reason}"
+        fields = {
+            **self._common(run.key, summary),
+            "mode": run.mode,
+            "decided_at": clock.at(run.decided_at),
+            "duration_s": duration,
+            "runbook_target_s": RUNBOOK_ROLLBACK_TARGET_S,
+            "within_runbook_target": within,
+            "action": None if run.action is None else action_data(run.action),
+            "verification": verification_data(run.verification, slo),
+        }
+        if verified:
+            return self.event(
+                EventType.ROLLBACK_VERIFIED, run.key, RollbackVerifiedData(**fields), clock=clock
+            )
+        return self.event(
+            EventType.VERIFICATION_FAILED, run.key, VerificationFailedData(**fields), clock=clock
+        )
+
+    def rollback_verified(self, run: RollbackRun, *, clock: Clock, slo: Slo | None = None) -> CloudEvent:
+        """``rollback.verified``: ``run``'s verification passed (``slo``: the thresholds it used)."""
+        return self._verdict(run, slo=slo, clock=clock, verified=True)
+
+    def verification_failed(self, run: RollbackRun, *, clock: Clock, slo: Slo | None = None) -> CloudEvent:
+        """``verification.failed``: ``run``'s verification failed."""
+        return self._verdict(run, slo=slo, clock=clock, verified=False)
+
+    def escalation_raised(
+        self,
+        target: str,
+        *,
+        cause: str,
+        reasons: Sequence[str],
+        clock: Clock,
+        decision: Decision | None = None,
+    ) -> CloudEvent:
+        """``escalation.raised``: a human should look at ``target`` because of ``cause``."""
+        summary = f"{target}: escalation ({cause}): {_first(reasons, cause)}"
+        evidence = None
+        if decision is not None and decision.evidence is not None:
+            evidence = evidence_data(decision.evidence, clock)
+        return self.event(
+            EventType.ESCALATION_RAISED,
+            target,
+            EscalationRaisedData(
+                **self._common(target, summary),
+                cause=cause,
+                reasons=tuple(reasons),
+                decision=None if decision is None else decision_data(decision, clock),
+                evidence=evidence,
+            ),
+            clock=clock,
+        )
+
+    def hold_set(self, target: str, hold: Hold, *, clock: Clock) -> CloudEvent:
+        """``hold.set``: ``hold`` defers any rollback of ``target``."""
+        data = hold_data(hold, clock)
+        remaining = hold.until - clock.loop
+        summary = (
+            f"{target}: {hold.reason} hold until {data.until:%Y-%m-%d %H:%M:%S}Z "
+            f"({_duration(remaining)} from now): no rollback before then"
+        )
+        return self.event(
+            EventType.HOLD_SET,
+            target,
+            HoldSetData(**self._common(target, summary), hold=data, remaining_s=remaining),
+            clock=clock,
+        )
+
+    def hold_expired(
+        self,
+        target: str,
+        hold: Hold,
+        *,
+        still_breaching: bool,
+        clock: Clock,
+        evidence: Evidence | None = None,
+    ) -> CloudEvent:
+        """``hold.expired``: the ETA of ``hold`` passed."""
+        after = "the breach is still there: controlled rollback" if still_breaching else "the breach is over"
+        summary = f"{target}: {hold.reason} hold expired: {after}"
+        return self.event(
+            EventType.HOLD_EXPIRED,
+            target,
+            HoldExpiredData(
+                **self._common(target, summary),
+                hold=hold_data(hold, clock),
+                still_breaching=still_breaching,
+                evidence=None if evidence is None else evidence_data(evidence, clock),
+            ),
+            clock=clock,
+        )
+
+
+#: Seconds two sightings of a hold's ``until`` may differ and still be the same hold (an RFC 3339
+#: ETA is converted to the loop clock afresh on every read).
+HOLD_SAME_WITHIN_S = 1.0
+
+
+@dataclass(slots=True)
+class Announcer:
+    """Which events one target's ticks are worth: changes only, in the order they happened.
+
+    Feed it every decision (:meth:`on_decision`) and, while a rollback runs, the run
+    (:meth:`on_run`); it remembers what it announced.
+    """
+
+    factory: EventFactory
+    target: str
+    #: The target's SLO, reported with verification verdicts.
+    slo: Slo | None = None
+    _breached: bool = False
+    _verdict: tuple[object, ...] | None = None
+    _escalation: str | None = None
+    _hold: Hold | None = None
+    _hold_expired: bool = False
+    _run: RollbackRun | None = None
+    _run_announced: set[EventType] = field(default_factory=set)
+
+    def on_decision(self, decision: Decision, *, hold: Hold | None, clock: Clock) -> list[CloudEvent]:
+        """The events of one tick's ``decision``; ``hold`` is the hold the framework weighed."""
+        events: list[CloudEvent] = []
+        evidence = decision.evidence
+        if evidence is not None:
+            if evidence.breached and not self._breached:
+                events.append(self.factory.target_degraded(evidence, clock=clock))
+            if evidence.breached:
+                self._breached = True
+            elif not evidence.inconclusive:  # a gap in the data does not end a breach
+                self._breached = False
+        events.extend(self._holds(decision, hold, clock))
+        verdict = (
+            decision.outcome,
+            decision.rollback,
+            decision.blocked_by,
+            decision.escalate,
+            decision.dry_run,
+        )
+        if verdict != self._verdict:
+            self._verdict = verdict
+            events.append(self.factory.decision_made(decision, clock=clock))
+        cause = (decision.blocked_by or "escalation") if decision.escalate else None
+        if cause is not None and cause != self._escalation:
+            events.append(
+                self.factory.escalation_raised(
+                    self.target, cause=cause, reasons=decision.reasons, decision=decision, clock=clock
+                )
+            )
+        self._escalation = cause
+        return events
+
+    def _holds(self, decision: Decision, hold: Hold | None, clock: Clock) -> list[CloudEvent]:
+        events: list[CloudEvent] = []
+        known = self._hold
+        if hold is not None and (
+            known is None or abs(hold.until - known.until) > HOLD_SAME_WITHIN_S or hold.reason != known.reason
+        ):
+            if decision.t < hold.until:
+                events.append(self.factory.hold_set(self.target, hold, clock=clock))
+            self._hold, self._hold_expired = hold, decision.t >= hold.until
+            known = hold
+        if known is not None and not self._hold_expired and decision.t >= known.until:
+            breaching = decision.evidence is not None and decision.evidence.breached
+            events.append(
+                self.factory.hold_expired(
+                    self.target, known, still_breaching=breaching, evidence=decision.evidence, clock=clock
+                )
+            )
+            self._hold_expired = True
+        if hold is None and (known is None or self._hold_expired or decision.t < known.until):
+            self._hold, self._hold_expired = None, False  # cleared (or never there)
+        return events
+
+    def on_run(
+        self,
+        run: RollbackRun,
+        *,
+        clock: Clock,
+        decision: Decision | None = None,
+        strategy: Strategy | None = None,
+        bad_revision: int | None = None,
+    ) -> list[CloudEvent]:
+        """The events of ``run``'s phases not announced yet (a jump from acting straight to
+        verified still announces the completed action first). ``decision``, ``strategy`` and
+        ``bad_revision`` enrich ``rollback.started``."""
+        if run is not self._run:
+            self._run, self._run_announced = run, set()
+        events: list[CloudEvent] = []
+
+        def once(kind: EventType, make: Callable[[], CloudEvent]) -> None:
+            if kind not in self._run_announced:
+                self._run_announced.add(kind)
+                events.append(make())
+
+        f = self.factory
+        once(
+            EventType.ROLLBACK_STARTED,
+            lambda: f.rollback_started(
+                run, clock=clock, decision=decision, strategy=strategy, bad_revision=bad_revision
+            ),
+        )
+        phase = str(run.phase)  # a Phase (a StrEnum), compared by value
+        if phase in ("verifying", "verified", "verification-failed") and run.action is not None:
+            once(EventType.ROLLBACK_COMPLETED, lambda: f.rollback_completed(run, clock=clock))
+        if phase == "verified":
+            once(EventType.ROLLBACK_VERIFIED, lambda: f.rollback_verified(run, clock=clock, slo=self.slo))
+        elif phase == "verification-failed":
+            once(EventType.VERIFICATION_FAILED, lambda: f.verification_failed(run, clock=clock, slo=self.slo))
+            reasons = run.verification.reasons if run.verification is not None else ()
+            once(
+                EventType.ESCALATION_RAISED,
+                lambda: f.escalation_raised(
+                    run.key, cause="verification-failed", reasons=reasons, clock=clock
+                ),
+            )
+        elif phase in ("action-failed", "refused") and run.action is not None:
+            once(EventType.ROLLBACK_FAILED, lambda: f.rollback_failed(run, clock=clock))
+            cause = "rollback-refused" if phase == "refused" else "rollback-failed"
+            reason = run.action.reason
+            once(
+                EventType.ESCALATION_RAISED,
+                lambda: f.escalation_raised(run.key, cause=cause, reasons=(reason,), clock=clock),
+            )
+        return events

@@ -1,0 +1,276 @@
+"""The shared store: PostgreSQL through psycopg 3, connections from a psycopg_pool pool.
+
+:meth:`PostgresStore.open` connects once on its own first, so that a database that is down or
+refuses the login gives its real reason (not a pool timeout), applies the migrations on that
+connection, then opens the pool. Connections are checked before use, so a database restart costs
+the calls made while it is down (they raise :class:`TemporaryStoreError`), nothing more.
+
+Outbox order is commit order: :meth:`PostgresStore.record` locks the outbox against other writers
+for the rest of its transaction before it inserts events, so an event can never appear *behind*
+a sink's cursor by committing after a later one was delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from rollbackd.store import migrations, redact_url, sql
+from rollbackd.store.base import (
+    AuditEntry,
+    OutboxEvent,
+    PermanentStoreError,
+    StoreError,
+    TemporaryStoreError,
+)
+
+__all__ = ["PostgresStore"]
+
+logger = logging.getLogger(__name__)
+
+#: Key of the advisory lock that keeps two starting daemons from migrating at once.
+MIGRATION_LOCK_KEY = 0x726F6C6C  # "roll"
+
+_LOCK_OUTBOX = "LOCK TABLE outbox IN EXCLUSIVE MODE"  # readers (SELECT) still pass
+
+
+def _reason(exc: BaseException) -> str:
+    """A psycopg error as one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class PostgresStore:
+    """The :class:`~rollbackd.store.base.Store` in a PostgreSQL database.
+
+    :param dsn: a libpq connection URL (``postgresql://user:password@host:port/dbname?...``); the
+        schema is the first of the connection's ``search_path``. Never logged with its password.
+    :param min_size: connections the pool keeps open.
+    :param max_size: most connections the pool opens.
+    :param connect_timeout_s: how long one connection attempt may take.
+    :param timeout_s: how long a call waits for a free (or new) connection before failing.
+    :param close_timeout_s: how long :meth:`close` waits for connections in use.
+    :param ping_timeout_s: how long :meth:`ping` waits for a connection before answering no.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 4,
+        connect_timeout_s: float = 10.0,
+        timeout_s: float = 30.0,
+        close_timeout_s: float = 5.0,
+        ping_timeout_s: float = 2.0,
+    ) -> None:
+        self.dsn = dsn
+        self.min_size = min_size
+        self.max_size = max_size
+        self.connect_timeout_s = connect_timeout_s
+        self.timeout_s = timeout_s
+        self.close_timeout_s = close_timeout_s
+        self.ping_timeout_s = ping_timeout_s
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
+
+    @property
+    def description(self) -> str:
+        """The store as it may be shown in logs and messages: the DSN without its password."""
+        return redact_url(self.dsn)
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {self.description}>"
+
+    async def __aenter__(self) -> PostgresStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        # libpq counts whole seconds and treats less than 2 as 2.
+        return {"autocommit": True, "connect_timeout": max(2, math.ceil(self.connect_timeout_s))}
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            raise PermanentStoreError(f"the store {self.description} is already open")
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.dsn, **self._connect_kwargs())
+        except psycopg.Error as exc:
+            raise TemporaryStoreError(
+                f"cannot connect to the PostgreSQL store {self.description}: {_reason(exc)}; "
+                "check store.url and that the database is up"
+            ) from exc
+        try:
+            async with conn:
+                await self._migrate(conn)
+        except StoreError:
+            raise
+        except psycopg.OperationalError as exc:
+            raise TemporaryStoreError(
+                f"cannot migrate the PostgreSQL store {self.description}: {_reason(exc)}"
+            ) from exc
+        except psycopg.Error as exc:
+            raise PermanentStoreError(
+                f"cannot migrate the PostgreSQL store {self.description}: {_reason(exc)}"
+            ) from exc
+
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+            self.dsn,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            kwargs=self._connect_kwargs(),
+            check=AsyncConnectionPool.check_connection,
+            timeout=self.timeout_s,
+            name="rollbackd-store",
+            open=False,
+        )
+        try:
+            await pool.open(wait=True, timeout=self.connect_timeout_s)
+        except BaseException as exc:
+            await pool.close(timeout=self.close_timeout_s)
+            if isinstance(exc, PoolTimeout):
+                raise TemporaryStoreError(
+                    f"cannot open connections to the PostgreSQL store {self.description} within "
+                    f"{self.connect_timeout_s:g}s: {_reason(exc)}"
+                ) from exc
+            raise
+        self._pool = pool
+        logger.info("store opened: %s (schema version %d)", self.description, migrations.LATEST_VERSION)
+
+    async def close(self) -> None:
+        """Close the pool. Closing a closed store does nothing."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close(timeout=self.close_timeout_s)
+
+    async def _migrate(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        where = self.description
+        if not migrations.pending(await self._version(conn), where=where):
+            return
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            await conn.execute(migrations.POSTGRES.format(migrations.CREATE_VERSION_TABLE))
+            for step in migrations.pending(await self._version(conn), where=where):
+                for statement in step.sql(migrations.POSTGRES):
+                    await conn.execute(statement)
+                applied = (step.version, step.description, datetime.now(UTC))
+                await conn.execute(migrations.INSERT_VERSION, applied)
+                logger.info("store %s: applied schema migration %d (%s)", where, *applied[:2])
+
+    @staticmethod
+    async def _version(conn: psycopg.AsyncConnection[Any]) -> int:
+        cur = await conn.execute(migrations.POSTGRES.table_exists, ("schema_version",))
+        if await cur.fetchone() is None:
+            return 0
+        row = await (await conn.execute(migrations.SELECT_VERSION)).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    @contextlib.asynccontextmanager
+    async def _connection(
+        self, what: str, *, timeout_s: float | None = None
+    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection (waiting up to ``timeout_s``, default :attr:`timeout_s`); database
+        errors become :class:`StoreError`, classified by whether a retry may help."""
+        pool = self._pool
+        if pool is None:
+            raise PermanentStoreError(f"the store {self.description} is not open")
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            async with pool.connection(timeout=timeout_s) as conn:
+                yield conn
+        except StoreError:
+            raise
+        except PoolTimeout as exc:
+            raise TemporaryStoreError(
+                f"store {self.description}: cannot {what}: no connection within {timeout_s:g}s "
+                f"({_reason(exc)})"
+            ) from exc
+        except psycopg.OperationalError as exc:  # connection lost, server shutting down, deadlock
+            raise TemporaryStoreError(f"store {self.description}: cannot {what}: {_reason(exc)}") from exc
+        except psycopg.Error as exc:  # constraint violations, bad data
+            raise PermanentStoreError(f"store {self.description}: cannot {what}: {_reason(exc)}") from exc
+
+    # -- the audit log and the outbox -------------------------------------------------------
+
+    async def record(self, entry: AuditEntry, events: Sequence[OutboxEvent] = ()) -> AuditEntry:
+        now = datetime.now(UTC)
+        at = sql.aware(entry.at, "AuditEntry.at") if entry.at is not None else now
+        async with self._connection(f"record the {entry.kind!r} entry") as conn, conn.transaction():
+            if events:
+                await conn.execute(_LOCK_OUTBOX)
+            row = await (await conn.execute(sql.INSERT_AUDIT, sql.audit_params(entry, at))).fetchone()
+            for event in events:
+                await conn.execute(sql.INSERT_EVENT, sql.event_params(event, now))
+        assert row is not None  # INSERT ... RETURNING
+        return AuditEntry(
+            kind=entry.kind, summary=entry.summary, target=entry.target, details=entry.details, at=at,
+            seq=int(row[0]),
+        )
+
+    async def history(
+        self, *, target: str | None = None, since: datetime | None = None, limit: int = 1000
+    ) -> list[AuditEntry]:
+        query, params = sql.history_query(target=target, since=since, limit=limit)
+        async with self._connection("read the history") as conn:
+            cur = await conn.execute(query, params)
+            return [sql.entry_from_row(row) for row in await cur.fetchall()]
+
+    async def pending(self, sink: str, *, limit: int = 500) -> list[OutboxEvent]:
+        async with self._connection(f"read the outbox for {sink}") as conn:
+            cur = await conn.execute(sql.PENDING, (sink, limit))
+            return [sql.event_from_row(row) for row in await cur.fetchall()]
+
+    async def mark_delivered(self, sink: str, through_seq: int) -> None:
+        async with self._connection(f"mark events delivered to {sink}") as conn:
+            await conn.execute(sql.MARK_DELIVERED, (sink, through_seq, datetime.now(UTC)))
+
+    async def prune(self, *, delivered_before: datetime, sinks: Sequence[str]) -> int:
+        async with self._connection("prune the outbox") as conn, conn.transaction():
+            cur = await conn.execute(sql.SELECT_CURSORS)
+            cursors = {sink: int(seq) for sink, seq in await cur.fetchall()}
+            query = sql.prune_query(cursors, sinks=sinks, before=delivered_before)
+            if query is None:
+                return 0
+            cur = await conn.execute(*query)
+            return cur.rowcount
+
+    # -- per-target state -------------------------------------------------------------------
+
+    async def get_state(self, key: str) -> Mapping[str, Any] | None:
+        async with self._connection(f"read the state of {key}") as conn:
+            row = await (await conn.execute(sql.GET_STATE, (key,))).fetchone()
+        return sql.decode_json(row[0]) if row is not None else None
+
+    async def put_state(self, key: str, value: Mapping[str, Any] | None) -> None:
+        if value is None:
+            async with self._connection(f"delete the state of {key}") as conn:
+                await conn.execute(sql.DELETE_STATE, (key,))
+            return
+        encoded = sql.encode_json(value, f"the state of {key}")
+        async with self._connection(f"write the state of {key}") as conn:
+            await conn.execute(sql.PUT_STATE, (key, encoded, datetime.now(UTC)))
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(2 * self.ping_timeout_s):  # a connection, then an answer
+                async with self._connection("answer", timeout_s=self.ping_timeout_s) as conn:
+                    await conn.execute(sql.PING)
+        except (StoreError, TimeoutError):
+            return False
+        return True
+
+    async def schema_version(self) -> int:
+        """The schema version of the open database."""
+        async with self._connection("read the schema version") as conn:
+            return await self._version(conn)

@@ -1,0 +1,151 @@
+"""The SQL both backends run, and the conversions between rows and store values.
+
+Statements use ``%s`` placeholders (psycopg's); the SQLite backend turns them into ``?`` with
+:func:`qmark`. Timestamps go in as timezone-aware datetimes (the SQLite backend stores them as
+ISO 8601 text in UTC, which sorts like time) and come out in UTC. JSON goes in as text, encoded
+strictly (no NaN, nothing that is not JSON) so that both backends accept exactly the same values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from rollbackd.store.base import AuditEntry, OutboxEvent, PermanentStoreError
+
+INSERT_AUDIT = (
+    "INSERT INTO audit_log (at, target, kind, summary, details) VALUES (%s, %s, %s, %s, %s) RETURNING seq"
+)
+INSERT_EVENT = "INSERT INTO outbox (event_id, type, subject, payload, created_at) VALUES (%s, %s, %s, %s, %s)"
+_AUDIT_COLUMNS = "seq, at, target, kind, summary, details"
+
+PENDING = (
+    "SELECT seq, event_id, type, subject, payload, created_at FROM outbox"
+    " WHERE seq > COALESCE((SELECT delivered_seq FROM outbox_cursor WHERE sink = %s), 0)"
+    " ORDER BY seq LIMIT %s"
+)
+# A cursor only moves forward: a late or repeated acknowledgement never re-opens delivered events.
+MARK_DELIVERED = (
+    "INSERT INTO outbox_cursor (sink, delivered_seq, updated_at) VALUES (%s, %s, %s)"
+    " ON CONFLICT (sink) DO UPDATE"
+    " SET delivered_seq = excluded.delivered_seq, updated_at = excluded.updated_at"
+    " WHERE outbox_cursor.delivered_seq < excluded.delivered_seq"
+)
+SELECT_CURSORS = "SELECT sink, delivered_seq FROM outbox_cursor"
+_PRUNE_OLD = "DELETE FROM outbox WHERE created_at < %s"
+_PRUNE_OLD_DELIVERED = "DELETE FROM outbox WHERE created_at < %s AND seq <= %s"
+
+GET_STATE = "SELECT value FROM target_state WHERE key = %s"
+PUT_STATE = (
+    "INSERT INTO target_state (key, value, updated_at) VALUES (%s, %s, %s)"
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+)
+DELETE_STATE = "DELETE FROM target_state WHERE key = %s"
+
+PING = "SELECT 1"
+
+
+def qmark(sql: str) -> str:
+    """``sql`` with SQLite's ``?`` placeholders instead of ``%s``."""
+    return sql.replace("%s", "?")
+
+
+def aware(value: datetime, what: str) -> datetime:
+    """``value`` in UTC; a naive datetime is a programming error (whose clock would it be?)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be a timezone-aware datetime, not {value!r}")
+    return value.astimezone(UTC)
+
+
+def sqlite_time(value: datetime) -> str:
+    """How the SQLite backend stores a timestamp: fixed-width ISO 8601 in UTC."""
+    return aware(value, "timestamp").isoformat(timespec="microseconds")
+
+
+def to_datetime(value: str | datetime) -> datetime:
+    """A stored timestamp (SQLite text or a PostgreSQL timestamptz) as a UTC datetime."""
+    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    return aware(parsed, "stored timestamp")
+
+
+def encode_json(value: Mapping[str, Any], what: str) -> str:
+    """``value`` as JSON text; :class:`PermanentStoreError` naming ``what`` when it is not JSON."""
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise PermanentStoreError(f"{what} cannot be stored: it is not JSON ({exc})") from exc
+
+
+def decode_json(value: str | Mapping[str, Any]) -> dict[str, Any]:
+    """A stored JSON object (SQLite text or an already decoded PostgreSQL jsonb) as a dict."""
+    decoded = json.loads(value) if isinstance(value, str) else value
+    return dict(decoded)
+
+
+def audit_params(entry: AuditEntry, at: datetime) -> tuple[Any, ...]:
+    """Parameters of :data:`INSERT_AUDIT` (``at`` still a datetime)."""
+    details = encode_json(entry.details, f"the details of the {entry.kind!r} audit entry")
+    return (at, entry.target, entry.kind, entry.summary, details)
+
+
+def event_params(event: OutboxEvent, now: datetime) -> tuple[Any, ...]:
+    """Parameters of :data:`INSERT_EVENT` (the time still a datetime: the event's own, else ``now``)."""
+    payload = encode_json(event.payload, f"the payload of event {event.event_id} ({event.type})")
+    created_at = aware(event.created_at, "OutboxEvent.created_at") if event.created_at is not None else now
+    return (event.event_id, event.type, event.subject, payload, created_at)
+
+
+def history_query(
+    *, target: str | None, since: datetime | None, limit: int
+) -> tuple[str, tuple[Any, ...]]:
+    """The most recent ``limit`` audit entries matching the filters, oldest first."""
+    if limit < 0:
+        raise ValueError(f"limit must not be negative, not {limit}")
+    conditions: list[str] = []
+    params: list[Any] = []
+    if target is not None:
+        conditions.append("target = %s")
+        params.append(target)
+    if since is not None:
+        conditions.append("at >= %s")
+        params.append(aware(since, "since"))
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    sql = (
+        f"SELECT {_AUDIT_COLUMNS} FROM (SELECT {_AUDIT_COLUMNS} FROM audit_log{where}"
+        " ORDER BY at DESC, seq DESC LIMIT %s) AS recent ORDER BY at, seq"
+    )
+    return sql, (*params, limit)
+
+
+def prune_query(
+    cursors: Mapping[str, int], *, sinks: Sequence[str], before: datetime
+) -> tuple[str, tuple[Any, ...]] | None:
+    """The deletion :meth:`Store.prune` runs, given every sink's cursor; ``None`` when a listed
+    sink has delivered nothing yet (so nothing may go). With no sinks listed, age alone decides."""
+    before = aware(before, "delivered_before")
+    if not sinks:
+        return _PRUNE_OLD, (before,)
+    if any(sink not in cursors for sink in sinks):
+        return None
+    return _PRUNE_OLD_DELIVERED, (before, min(cursors[sink] for sink in sinks))
+
+
+def entry_from_row(row: Sequence[Any]) -> AuditEntry:
+    seq, at, target, kind, summary, details = row
+    return AuditEntry(
+        kind=kind, summary=summary, target=target, details=decode_json(details), at=to_datetime(at), seq=seq
+    )
+
+
+def event_from_row(row: Sequence[Any]) -> OutboxEvent:
+    seq, event_id, type_, subject, payload, created_at = row
+    return OutboxEvent(
+        event_id=event_id,
+        type=type_,
+        subject=subject,
+        payload=decode_json(payload),
+        seq=seq,
+        created_at=to_datetime(created_at),
+    )

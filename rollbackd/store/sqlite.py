@@ -1,0 +1,282 @@
+"""The embedded store: one SQLite file, zero set-up.
+
+The connection lives in one dedicated thread, and every call runs there, so the event loop never
+waits on the disk and the connection is only ever used by the thread that opened it. The file is
+in WAL mode (``rollbackd history`` can read while the daemon writes) with full synchronous
+commits: what :meth:`SQLiteStore.record` returned is on disk. Write transactions start with
+``BEGIN IMMEDIATE``, so writers (another process included) queue instead of failing halfway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rollbackd.store import migrations, sql
+from rollbackd.store.base import (
+    AuditEntry,
+    OutboxEvent,
+    PermanentStoreError,
+    StoreError,
+    TemporaryStoreError,
+)
+
+__all__ = ["SQLiteStore"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: RETURNING (3.35) is used by the shared statements.
+MIN_SQLITE_VERSION = (3, 35, 0)
+
+# Statements prepared once, with SQLite's placeholders.
+_INSERT_AUDIT = sql.qmark(sql.INSERT_AUDIT)
+_INSERT_EVENT = sql.qmark(sql.INSERT_EVENT)
+_PENDING = sql.qmark(sql.PENDING)
+_MARK_DELIVERED = sql.qmark(sql.MARK_DELIVERED)
+_GET_STATE = sql.qmark(sql.GET_STATE)
+_PUT_STATE = sql.qmark(sql.PUT_STATE)
+_DELETE_STATE = sql.qmark(sql.DELETE_STATE)
+_TABLE_EXISTS = sql.qmark(migrations.SQLITE.table_exists)
+_INSERT_VERSION = sql.qmark(migrations.INSERT_VERSION)
+
+
+def _params(values: Iterable[Any]) -> tuple[Any, ...]:
+    """Parameters as SQLite stores them: datetimes as fixed-width ISO 8601 text in UTC."""
+    return tuple(sql.sqlite_time(value) if isinstance(value, datetime) else value for value in values)
+
+
+class SQLiteStore:
+    """The :class:`~rollbackd.store.base.Store` in a SQLite file.
+
+    :param path: the database file; its directory is created when missing (unless ``create`` is
+        false).
+    :param create: create the file (and its directory) when it does not exist; with ``False``,
+        :meth:`open` refuses a missing file (for readers such as ``rollbackd history``).
+    :param busy_timeout_s: how long a statement waits for another writer's lock before failing.
+    """
+
+    def __init__(self, path: Path, *, create: bool = True, busy_timeout_s: float = 30.0) -> None:
+        self.path = path
+        self.create = create
+        self.busy_timeout_s = busy_timeout_s
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def description(self) -> str:
+        """The store as it may be shown in logs and messages."""
+        return f"sqlite:{self.path}"
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {self.path}>"
+
+    async def __aenter__(self) -> SQLiteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            raise PermanentStoreError(f"the store {self.description} is already open")
+        if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+            raise PermanentStoreError(
+                f"SQLite {sqlite3.sqlite_version} is too old for the store {self.description}: "
+                f"rollbackd needs {'.'.join(map(str, MIN_SQLITE_VERSION))} or newer"
+            )
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollbackd-sqlite")
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._connect)
+        except BaseException:
+            # Also when cancelled while connecting: the thread finishes, then closes what it opened.
+            executor.submit(self._discard)
+            executor.shutdown(wait=False)
+            raise
+        self._executor = executor
+        logger.info("store opened: %s (schema version %d)", self.description, migrations.LATEST_VERSION)
+
+    async def close(self) -> None:
+        """Close the connection and stop the thread. Closing a closed store does nothing."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        conn, self._conn = self._conn, None
+        try:
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+        finally:
+            executor.shutdown(wait=False)  # idle now: its thread ends by itself
+
+    def _discard(self) -> None:
+        """In the store's thread: close the connection, if :meth:`_connect` got that far."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _connect(self) -> None:
+        """In the store's thread: open the file, set it up, migrate it, keep the connection."""
+        if not self.create and not self.path.is_file():
+            raise PermanentStoreError(
+                f"no store at {self.path}: rollbackd has not run with this store.data_dir "
+                "(or store.url) yet, or the path is wrong"
+            )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PermanentStoreError(
+                f"cannot create the directory of the store {self.path}: {exc.strerror or exc}; "
+                "set store.data_dir (or store.url) to a writable directory"
+            ) from exc
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            self._migrate(conn)
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise PermanentStoreError(
+                f"cannot open the store {self.path}: {exc}; check that the file is a rollbackd "
+                "database and that its directory is writable (store.data_dir, store.url)"
+            ) from exc
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        self._conn = conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        current = self._version(conn)
+        if not migrations.pending(current, where=str(self.path)):
+            return
+        with self._transaction(conn):
+            conn.execute(migrations.SQLITE.format(migrations.CREATE_VERSION_TABLE))
+            current = self._version(conn)  # another process may have migrated meanwhile
+            for step in migrations.pending(current, where=str(self.path)):
+                for statement in step.sql(migrations.SQLITE):
+                    conn.execute(statement)
+                conn.execute(_INSERT_VERSION, _params((step.version, step.description, datetime.now(UTC))))
+                logger.info("store %s: applied schema migration %d (%s)",
+                            self.description, step.version, step.description)
+
+    @staticmethod
+    def _version(conn: sqlite3.Connection) -> int:
+        if conn.execute(_TABLE_EXISTS, ("schema_version",)).fetchone() is None:
+            return 0
+        row = conn.execute(migrations.SELECT_VERSION).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    async def _run(self, what: str, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` with the connection in the store's thread; database errors become
+        :class:`StoreError`, classified by whether a retry may help."""
+        executor, conn = self._executor, self._conn
+        if executor is None or conn is None:
+            raise PermanentStoreError(f"the store {self.description} is not open")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, work, conn)
+        except StoreError:
+            raise
+        except sqlite3.OperationalError as exc:  # locked, busy, disk I/O
+            raise TemporaryStoreError(f"store {self.description}: cannot {what}: {exc}") from exc
+        except sqlite3.Error as exc:  # constraint violations, corrupt file, misuse
+            raise PermanentStoreError(f"store {self.description}: cannot {what}: {exc}") from exc
+
+    # -- the audit log and the outbox -------------------------------------------------------
+
+    async def record(self, entry: AuditEntry, events: Sequence[OutboxEvent] = ()) -> AuditEntry:
+        now = datetime.now(UTC)
+        at = sql.aware(entry.at, "AuditEntry.at") if entry.at is not None else now
+
+        def work(conn: sqlite3.Connection) -> int:
+            with self._transaction(conn):
+                seq = int(conn.execute(_INSERT_AUDIT, _params(sql.audit_params(entry, at))).fetchone()[0])
+                for event in events:
+                    conn.execute(_INSERT_EVENT, _params(sql.event_params(event, now)))
+            return seq
+
+        seq = await self._run(f"record the {entry.kind!r} entry", work)
+        return AuditEntry(
+            kind=entry.kind, summary=entry.summary, target=entry.target, details=entry.details, at=at, seq=seq
+        )
+
+    async def history(
+        self, *, target: str | None = None, since: datetime | None = None, limit: int = 1000
+    ) -> list[AuditEntry]:
+        query, params = sql.history_query(target=target, since=since, limit=limit)
+
+        def work(conn: sqlite3.Connection) -> list[AuditEntry]:
+            return [sql.entry_from_row(row) for row in conn.execute(sql.qmark(query), _params(params))]
+
+        return await self._run("read the history", work)
+
+    async def pending(self, sink: str, *, limit: int = 500) -> list[OutboxEvent]:
+        def work(conn: sqlite3.Connection) -> list[OutboxEvent]:
+            return [sql.event_from_row(row) for row in conn.execute(_PENDING, (sink, limit))]
+
+        return await self._run(f"read the outbox for {sink}", work)
+
+    async def mark_delivered(self, sink: str, through_seq: int) -> None:
+        params = _params((sink, through_seq, datetime.now(UTC)))
+        await self._run(f"mark delivered to {sink}", lambda conn: conn.execute(_MARK_DELIVERED, params))
+
+    async def prune(self, *, delivered_before: datetime, sinks: Sequence[str]) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            with self._transaction(conn):
+                cursors = {sink: int(seq) for sink, seq in conn.execute(sql.SELECT_CURSORS)}
+                query = sql.prune_query(cursors, sinks=sinks, before=delivered_before)
+                if query is None:
+                    return 0
+                return conn.execute(sql.qmark(query[0]), _params(query[1])).rowcount
+
+        return await self._run("prune the outbox", work)
+
+    # -- per-target state -------------------------------------------------------------------
+
+    async def get_state(self, key: str) -> Mapping[str, Any] | None:
+        def work(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(_GET_STATE, (key,)).fetchone()
+            return sql.decode_json(row[0]) if row is not None else None
+
+        return await self._run(f"read the state of {key}", work)
+
+    async def put_state(self, key: str, value: Mapping[str, Any] | None) -> None:
+        if value is None:
+            await self._run(f"delete the state of {key}", lambda conn: conn.execute(_DELETE_STATE, (key,)))
+            return
+        params = _params((key, sql.encode_json(value, f"the state of {key}"), datetime.now(UTC)))
+        await self._run(f"write the state of {key}", lambda conn: conn.execute(_PUT_STATE, params))
+
+    async def ping(self) -> bool:
+        try:
+            await self._run("answer", lambda conn: conn.execute(sql.PING).fetchone())
+        except StoreError:
+            return False
+        return True
+
+    async def schema_version(self) -> int:
+        """The schema version of the open database."""
+        return await self._run("read the schema version", self._version)

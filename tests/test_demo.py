@@ -1,0 +1,297 @@
+"""``rollbackd demo``: every scenario run as the real command, plus its load generator and its
+Prometheus-free metrics source on their own.
+
+The four demo runs (canary, blue-green and deployment with Prometheus when it is installed, and
+canary with ``--no-prometheus``) start together, as subprocesses, once for the module; each test
+reads one run's timeline. Without a ``prometheus`` binary the first three run without it too, and
+the timeline must say so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+pytest.importorskip("kmock", reason="the demo needs kmock (the demo extra) for its emulated Kubernetes API")
+
+from rollbackd.demo.direct import DirectMetricsSource
+from rollbackd.demo.processes import find_prometheus
+from rollbackd.demo.traffic import UNROUTED, CanaryWeightRouting, LoadGenerator, RoutingChange
+from rollbackd.kube import KubeClient, objects
+from rollbackd.sources.base import QueryTemplates, SeriesRef, SourceTarget
+from tests.kubefixtures import ClusterEmulator, seed_ingress
+from tests.promfixtures import astart_sample_app
+
+#: Generous: a run takes about half a minute alone, longer beside three others on a small machine.
+RUN_TIMEOUT_S = 240.0
+
+RUNS = {
+    "canary": ["--scenario", "canary"],
+    "bluegreen": ["--scenario", "bluegreen"],
+    "deployment": ["--scenario", "deployment"],
+    "canary-direct": ["--scenario", "canary", "--no-prometheus"],
+}
+
+#: scenario -> (the bad backend, the good one, the action, a change the action must report)
+EXPECTED = {
+    "canary": ("canary", "stable", "canary-abort",
+               "changed Ingress/shop/web-canary "
+               "metadata.annotations[nginx.ingress.kubernetes.io/canary-weight]: '20' -> '0'"),
+    "bluegreen": ("green", "blue", "blue-green-switch-back",
+                  "changed Service/shop/web spec.selector: {'app': 'web', 'colour': 'green'} -> "
+                  "{'app': 'web', 'colour': 'blue'}"),
+    "deployment": ("v1.5", "v1.4", "deployment-undo",
+                   "changed Deployment/shop/web spec.template: 'revision 2 (web=shop/web:1.5)' -> "
+                   "'revision 1 (web=shop/web:1.4)'"),
+}
+
+STAMP = re.compile(r"^\s*(\d+\.\d)s  (.*)$")
+
+
+@dataclass(frozen=True)
+class Run:
+    args: list[str]
+    returncode: int
+    output: str
+
+    def line(self, pattern: str) -> tuple[int, str]:
+        """The index and text of the first line matching ``pattern`` (a regex); fails if none."""
+        for index, text in enumerate(self.output.splitlines()):
+            if re.search(pattern, text):
+                return index, text
+        raise AssertionError(f"no line matches {pattern!r} in the output of {self.args}:\n{self.output}")
+
+    def stamp(self, pattern: str) -> float:
+        """Seconds since the start on the first timestamped line matching ``pattern``."""
+        _, text = self.line(pattern)
+        found = STAMP.match(text)
+        assert found is not None, f"not a timeline line: {text!r}"
+        return float(found.group(1))
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
+    """Every run of :data:`RUNS`, started together and awaited."""
+    cwd = tmp_path_factory.mktemp("demo")  # not the repository: the command must not need it
+    started: dict[str, tuple[list[str], subprocess.Popen[str]]] = {}
+    try:
+        for name, args in RUNS.items():
+            command = [sys.executable, "-m", "rollbackd", "demo", *args]
+            started[name] = (command, subprocess.Popen(
+                command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            ))
+        runs: dict[str, Run] = {}
+        for name, (command, process) in started.items():
+            try:
+                output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.terminate()  # the demo stops its child processes on SIGTERM
+                output, _ = process.communicate(timeout=30)
+                pytest.fail(f"{command} did not finish within {RUN_TIMEOUT_S:g}s:\n{output}")
+            runs[name] = Run(command, process.returncode, output)
+        yield runs
+    finally:
+        for _, process in started.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _check_story(run: Run, scenario: str) -> None:
+    bad, good, action, change = EXPECTED[scenario]
+    assert run.returncode == 0, run.output
+    run.line(r"EMULATED Kubernetes API \(kmock\) -- not a real cluster")
+    fault = run.stamp(rf"FAULT: '{re.escape(bad)}' .* now fails 30% of its requests")
+    decision = run.stamp(r"rollbackd decision: ROLLBACK \(immediate\)")
+    acted = run.stamp(rf"action {action}: done")
+    switched = run.stamp(rf"routing \(.*\): {re.escape(good)} 100% -- '{re.escape(bad)}' gets no traffic")
+    verified = run.stamp(r"VERIFIED: rollback verified after")
+    assert fault <= decision <= acted <= verified
+    assert fault <= switched <= verified
+    index, _ = run.line(rf"action {action}: done")
+    change_index, _ = run.line(re.escape(change))
+    assert change_index > index
+    run.line(rf"fault -> '{re.escape(bad)}' gets no traffic +\d+\.\ds")
+    run.line(rf"traffic after the switch +{re.escape(good)} \d+ ")
+    _, after = run.line(r"traffic after the switch")
+    assert f"{bad} " not in after.split("switch", 1)[1]
+    run.line(rf"demo OK: .* all traffic on '{re.escape(good)}'")
+
+
+def _check_metrics_source(run: Run, *, direct_asked: bool) -> None:
+    if direct_asked:
+        run.line(r"NO PROMETHEUS: --no-prometheus given; rollbackd reads the sample apps' /metrics directly")
+    elif find_prometheus() is None:
+        run.line(r"NO PROMETHEUS: no 'prometheus' binary on the PATH; rollbackd reads the sample apps'")
+    else:
+        run.line(r"Prometheus \S+ at http://127\.0\.0\.1:\d+, scraping the sample apps every 1s")
+        assert "NO PROMETHEUS" not in run.output
+
+
+@pytest.mark.parametrize("scenario", ["canary", "bluegreen", "deployment"])
+def test_each_scenario_rolls_back_and_verifies(demo_runs: dict[str, Run], scenario: str) -> None:
+    run = demo_runs[scenario]
+    _check_story(run, scenario)
+    _check_metrics_source(run, direct_asked=False)
+
+
+def test_the_canary_demo_works_without_prometheus(demo_runs: dict[str, Run]) -> None:
+    run = demo_runs["canary-direct"]
+    _check_story(run, "canary")
+    _check_metrics_source(run, direct_asked=True)
+    assert "Prometheus " not in run.output.replace("NO PROMETHEUS", "")
+
+
+def test_the_blue_green_demo_releases_green_before_the_fault(demo_runs: dict[str, Run]) -> None:
+    run = demo_runs["bluegreen"]
+    release = run.stamp(r"RELEASE: Service shop/web switched to green")
+    to_green = run.stamp(r"routing \(Service shop/web\): green 100%")
+    assert release <= to_green < run.stamp(r"FAULT:")
+
+
+def test_sigterm_stops_the_demo_and_its_child_processes(tmp_path: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "rollbackd", "demo", "--no-prometheus"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if "rollbackd daemon running" in line:
+                break
+        pids = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", "".join(lines))]
+        assert len(pids) == 2, "".join(lines)
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 143, "".join(lines) + rest
+    assert "demo stopped by SIGTERM" in rest
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_without_kmock_the_demo_says_which_extra_to_install() -> None:
+    blocked = ("import sys; sys.modules['kmock'] = None; "  # as if kmock were not installed
+               "from rollbackd.cli import main; sys.exit(main(['demo']))")
+    done = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "pip install 'rollbackd[demo]'" in done.stderr
+
+
+def test_an_unknown_scenario_is_a_usage_error() -> None:
+    done = subprocess.run([sys.executable, "-m", "rollbackd", "demo", "--scenario", "rolling"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "invalid choice: 'rolling'" in done.stderr
+
+
+# --- the parts on their own ----------------------------------------------------------------------
+
+async def test_the_load_generator_follows_the_canary_weight(kube_cluster: ClusterEmulator, kube: KubeClient,
+                                                            tmp_path: Path) -> None:
+    seed_ingress(kube_cluster, "shop", "web-canary", service="web-canary", host="shop.example.com",
+                 canary_weight=20)
+    stable = await astart_sample_app(deployment="web", namespace="shop", log_dir=tmp_path)
+    canary = await astart_sample_app(deployment="web-canary", namespace="shop", log_dir=tmp_path)
+    changes: list[RoutingChange] = []
+    try:
+        routing = CanaryWeightRouting(namespace="shop", ingress="web-canary", stable="stable",
+                                      canary="canary")
+        backends = {"stable": stable.url, "canary": canary.url}
+        async with LoadGenerator(kube=kube, routing=routing, backends=backends, rps=50,
+                                 routing_interval_s=0.2, on_change=changes.append) as load:
+            while sum(t.sent for t in load.totals().values()) < 50:
+                await _pause()
+            weighted = load.totals()
+            await objects.patch_ingress(kube, namespace="shop", name="web-canary", patch={
+                "metadata": {"annotations": {objects.CANARY_WEIGHT_ANNOTATION: "0"}}})
+            while len(changes) < 2:
+                await _pause()
+            switched_at = changes[1].t
+            sent_before = sum(t.sent for t in load.totals().values())
+            while sum(t.sent for t in load.totals().values()) < sent_before + 25:
+                await _pause()
+            last_canary = load.last_sent("canary")
+    finally:
+        await stable.astop()
+        await canary.astop()
+
+    # Exactly one request in five went to the canary while its weight was 20.
+    sent = weighted["stable"].sent + weighted["canary"].sent
+    assert abs(weighted["canary"].sent - sent / 5) <= 1
+    assert weighted["canary"].ok + weighted["canary"].failed <= weighted["canary"].sent
+    assert [dict(c.shares) for c in changes] == [{"stable": 0.8, "canary": 0.2}, {"stable": 1.0}]
+    assert last_canary is not None
+    assert last_canary <= switched_at
+    assert UNROUTED not in load.totals()
+
+
+async def test_the_direct_source_counts_what_each_side_served_between_two_collects(tmp_path: Path) -> None:
+    stable = await astart_sample_app(deployment="web", namespace="shop", log_dir=tmp_path)
+    canary = await astart_sample_app(deployment="web-canary", namespace="shop", error_rate=1.0,
+                                     log_dir=tmp_path)
+    labels = ("namespace", "deployment")
+    target = SourceTarget(
+        key="shop/web",
+        queries=QueryTemplates(requests="r", errors="e", latency_buckets="l", group_labels=labels),
+        baseline=SeriesRef(labels=(("namespace", "shop"), ("deployment", "web"))),
+        candidate=SeriesRef(labels=(("namespace", "shop"), ("deployment", "web-canary"))),
+    )
+    try:
+        async with DirectMetricsSource(urls=[f"{stable.url}/metrics", f"{canary.url}/metrics"]) as source:
+            first = await source.collect([target], window_s=1.0)
+            await _requests(stable.url, 30)
+            await _requests(canary.url, 10)
+            second = await source.collect([target], window_s=1.0)
+            third = await source.collect([target], window_s=1.0)
+            await canary.astop()
+            fourth = await source.collect([target], window_s=1.0)
+    finally:
+        await stable.astop()
+        await canary.astop()
+
+    assert first == {"shop/web": (None, None)}  # nothing to compare with yet
+    baseline, candidate = second["shop/web"]
+    assert baseline is not None
+    assert candidate is not None
+    assert (baseline.requests, baseline.errors) == (30, 0)
+    assert (candidate.requests, candidate.errors) == (10, 10)
+    assert candidate.latency is not None
+    assert candidate.latency.total == 10
+    assert candidate.p95_ms is not None
+    assert 0 < candidate.p95_ms < 1000
+    quiet_baseline, quiet_candidate = third["shop/web"]
+    assert quiet_baseline is not None
+    assert quiet_baseline.requests == 0
+    assert quiet_candidate is not None
+    assert quiet_candidate.requests == 0
+    # An app that cannot be scraped is missing data, not zero traffic.
+    still_there, gone = fourth["shop/web"]
+    assert still_there is not None
+    assert gone is None
+    assert source.stats.errors["connection"] == 1
+
+
+async def _pause() -> None:
+    await asyncio.sleep(0.05)
+
+
+async def _requests(url: str, count: int) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(count):
+            async with session.get(f"{url}/work") as response:
+                await response.read()

@@ -1,0 +1,255 @@
+"""Delivery from the store's outbox (the real SQLite store): at least once, in order, each sink
+on its own cursor, woken by new events, surviving restarts, pruned after the retention."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rollbackd.backoff import Backoff
+from rollbackd.events.build import EventFactory
+from rollbackd.events.dispatcher import Dispatcher
+from rollbackd.events.model import CloudEvent
+from rollbackd.events.publisher import EventPublisher, audit_entry_for
+from rollbackd.store import AuditEntry, OutboxEvent, Store, open_store
+from tests.eventstory import rollback_story
+from tests.kubefixtures import wait_until
+
+FAST = Backoff(initial_s=0.01, max_s=0.05)
+
+
+class RecordingSink:
+    """A sink that keeps what it was given and fails while told to."""
+
+    def __init__(self, name: str, *, failures: int = 0, dead: bool = False) -> None:
+        self.name = name
+        self.failures = failures
+        self.dead = dead
+        self.attempts: list[str] = []
+        self.delivered: list[str] = []
+
+    async def deliver(self, event: OutboxEvent) -> None:
+        self.attempts.append(event.event_id)
+        if self.dead or self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError(f"{self.name} is down")
+        self.delivered.append(event.event_id)
+
+
+class FlakyStore:
+    """The real store, whose cursor moves fail while ``fail_marks`` is positive."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.fail_marks = 0
+
+    async def pending(self, sink: str, *, limit: int = 500) -> list[OutboxEvent]:
+        return await self._store.pending(sink, limit=limit)
+
+    async def mark_delivered(self, sink: str, through_seq: int) -> None:
+        if self.fail_marks > 0:
+            self.fail_marks -= 1
+            raise OSError("disk I/O error")
+        await self._store.mark_delivered(sink, through_seq)
+
+    async def prune(self, *, delivered_before: datetime, sinks: Sequence[str]) -> int:
+        return await self._store.prune(delivered_before=delivered_before, sinks=sinks)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    db = open_store(None, data_dir=tmp_path)
+    await db.open()
+    yield db
+    await db.close()
+
+
+async def record(store: Store, events: Sequence[CloudEvent]) -> None:
+    for event in events:
+        await store.record(audit_entry_for(event), [event.to_outbox()])
+
+
+def ids(events: Sequence[CloudEvent]) -> list[str]:
+    return [e.id for e in events]
+
+
+async def test_every_sink_gets_every_event_in_order(store: Store) -> None:
+    story = rollback_story("shop/checkout") + rollback_story("shop/payments")
+    await record(store, story)
+    a, b = RecordingSink("a"), RecordingSink("b")
+    async with Dispatcher(store=store, sinks=[a, b], backoff=FAST, poll_interval_s=30):
+        await wait_until(lambda: len(a.delivered) == len(b.delivered) == len(story), what="delivery")
+    assert a.delivered == b.delivered == ids(story)
+    assert await store.pending("a") == [] and await store.pending("b") == []
+
+
+async def test_a_failing_sink_retries_the_same_event_and_never_skips(store: Store) -> None:
+    story = rollback_story()
+    await record(store, story)
+    flaky = RecordingSink("flaky", failures=3)
+    async with Dispatcher(store=store, sinks=[flaky], backoff=FAST, poll_interval_s=30) as dispatcher:
+        await wait_until(lambda: len(flaky.delivered) == len(story), what="delivery after failures")
+        status = dispatcher.status()["flaky"]
+    assert flaky.attempts[:4] == [story[0].id] * 4  # the first event, three failures, then success
+    assert flaky.delivered == ids(story)
+    assert (status.delivered, status.failures, status.retrying) == (5, 3, 0)
+    assert status.last_error == "ConnectionError: flaky is down"
+
+
+async def test_a_dead_sink_does_not_hold_back_the_others(store: Store) -> None:
+    story = rollback_story()
+    await record(store, story)
+    dead, alive = RecordingSink("dead", dead=True), RecordingSink("alive")
+    async with Dispatcher(store=store, sinks=[dead, alive], backoff=FAST, poll_interval_s=30) as dispatcher:
+        await wait_until(lambda: len(alive.delivered) == len(story), what="delivery to the live sink")
+        await wait_until(lambda: len(dead.attempts) >= 3, what="retries of the dead sink")
+        assert dispatcher.status()["dead"].retrying >= 3
+        assert not await dispatcher.drain(timeout_s=0.2)
+    assert set(dead.attempts) == {story[0].id}  # stuck on the first event, nothing skipped
+    assert ids([e for e in story]) == [e.event_id for e in await store.pending("dead")]
+
+
+async def test_new_events_are_delivered_at_once_without_waiting_for_the_poll(store: Store) -> None:
+    sink = RecordingSink("sink")
+    async with Dispatcher(store=store, sinks=[sink], backoff=FAST, poll_interval_s=3600) as dispatcher:
+        publisher = EventPublisher(store=store, on_recorded=dispatcher.nudge)
+        await asyncio.sleep(0.1)  # the loop is asleep, for an hour
+        story = rollback_story()
+        for event in story:
+            await publisher.announce(event)
+        assert await dispatcher.drain(timeout_s=10)
+    assert sink.delivered == ids(story)
+
+
+async def test_events_recorded_elsewhere_are_found_by_polling(store: Store) -> None:
+    sink = RecordingSink("sink")
+    async with Dispatcher(store=store, sinks=[sink], backoff=FAST, poll_interval_s=0.05):
+        await asyncio.sleep(0.1)
+        story = rollback_story()
+        await record(store, story)  # no nudge: another process wrote them
+        await wait_until(lambda: len(sink.delivered) == len(story), what="delivery by polling")
+
+
+async def test_pending_events_survive_a_crash_and_go_out_after_the_restart(tmp_path: Path) -> None:
+    story = rollback_story()
+    first = open_store(None, data_dir=tmp_path)
+    await first.open()
+    delivered_before_crash = RecordingSink("mqtt")
+    async with Dispatcher(store=first, sinks=[delivered_before_crash], backoff=FAST) as dispatcher:
+        await record(first, story[:2])
+        dispatcher.nudge()
+        assert await dispatcher.drain(timeout_s=10)
+        delivered_before_crash.dead = True  # the broker goes away; then the daemon dies
+        await record(first, story[2:])
+        dispatcher.nudge()
+        await wait_until(lambda: len(delivered_before_crash.attempts) > 2, what="a failed attempt")
+    await first.close()
+
+    second = open_store(None, data_dir=tmp_path)  # the restarted daemon
+    await second.open()
+    try:
+        after_restart = RecordingSink("mqtt")
+        async with Dispatcher(store=second, sinks=[after_restart], backoff=FAST) as dispatcher:
+            assert await dispatcher.drain(timeout_s=10)
+        assert delivered_before_crash.delivered == ids(story[:2])
+        assert after_restart.delivered == ids(story[2:])
+    finally:
+        await second.close()
+
+
+async def test_a_lost_cursor_move_means_a_redelivery_never_a_loss(store: Store) -> None:
+    flaky_store = FlakyStore(store)
+    flaky_store.fail_marks = 2
+    story = rollback_story()
+    await record(store, story)
+    sink = RecordingSink("sink")
+    async with Dispatcher(store=flaky_store, sinks=[sink], backoff=FAST, poll_interval_s=30) as dispatcher:  # type: ignore[arg-type]
+        assert await dispatcher.drain(timeout_s=10)
+    assert set(sink.delivered) == set(ids(story))
+    assert sink.delivered[:2] == [story[0].id, story[0].id]  # delivered again, in order
+    deduped = list(dict.fromkeys(sink.delivered))
+    assert deduped == ids(story)
+
+
+async def test_delivered_events_are_pruned_after_the_retention(store: Store) -> None:
+    story = rollback_story()
+    await record(store, story)
+    sink = RecordingSink("sink")
+    async with Dispatcher(
+        store=store, sinks=[sink], backoff=FAST, poll_interval_s=30, retention_s=0.0, prune_interval_s=0.05
+    ) as dispatcher:
+        assert await dispatcher.drain(timeout_s=10)
+        # A newcomer reads whatever is still in the outbox: nothing, once pruned.
+        await wait_until(lambda: _empty(store, "newcomer"), what="pruning")
+
+
+async def _empty(store: Store, sink: str) -> bool:
+    return await store.pending(sink) == []
+
+
+async def test_nothing_is_pruned_that_a_sink_has_not_delivered(store: Store) -> None:
+    story = rollback_story()
+    await record(store, story)
+    dead, alive = RecordingSink("dead", dead=True), RecordingSink("alive")
+    async with Dispatcher(
+        store=store, sinks=[dead, alive], backoff=FAST, poll_interval_s=30, retention_s=0.0,
+        prune_interval_s=0.05,
+    ):
+        await wait_until(lambda: len(alive.delivered) == len(story), what="delivery")
+        await asyncio.sleep(0.3)  # several prune rounds
+    assert [e.event_id for e in await store.pending("dead")] == ids(story)
+
+
+def test_sink_names_must_be_unique(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="repeated: a"):
+        Dispatcher(store=open_store(None, data_dir=tmp_path), sinks=[RecordingSink("a"), RecordingSink("a")])
+
+
+async def test_publisher_records_the_audit_entry_with_its_events_and_nudges(store: Store) -> None:
+    nudges: list[None] = []
+    publisher = EventPublisher(store=store, on_recorded=lambda: nudges.append(None))
+    story = rollback_story()
+    entry = await publisher.publish(AuditEntry(kind="decision", summary="roll back", target="shop/checkout"),
+                                    story[:2])
+    assert entry.seq is not None
+    assert nudges == [None]
+    assert [e.event_id for e in await store.pending("any")] == ids(story[:2])
+    (stored,) = await store.history(target="shop/checkout")
+    assert stored.kind == "decision"
+    await publisher.publish(AuditEntry(kind="config.reload", summary="no events"))
+    assert nudges == [None]  # nothing to deliver, no nudge
+
+
+async def test_submitted_entries_are_recorded_in_order_even_when_the_store_fails_for_a_while(
+    store: Store,
+) -> None:
+    class Failing:
+        failures = 2
+
+        async def record(self, entry: AuditEntry, events: Sequence[OutboxEvent] = ()) -> AuditEntry:
+            if self.failures:
+                self.failures -= 1
+                raise OSError("database is locked")
+            return await store.record(entry, events)
+
+    story = rollback_story()
+    async with EventPublisher(store=Failing(), backoff=FAST) as publisher:  # type: ignore[arg-type]
+        for event in story:
+            publisher.submit(audit_entry_for(event), [event])
+    assert [e.event_id for e in await store.pending("any")] == ids(story)
+    with pytest.raises(RuntimeError, match="open publisher"):
+        publisher.submit(audit_entry_for(story[0]), [story[0]])
+
+
+async def test_factory_events_share_the_configured_source(store: Store) -> None:
+    story = rollback_story(factory=EventFactory(source="/clusters/prod/rollbackd"))
+    await record(store, story)
+    assert {e.payload["source"] for e in await store.pending("any")} == {"/clusters/prod/rollbackd"}
