@@ -86,6 +86,16 @@ class Sample:
     def error_rate(self) -> float | None:
         return self.errors / self.requests if self.requests > 0 else None
 
+    def scaled(self, factor: float) -> Sample:
+        """The same traffic mix with every count multiplied by ``factor`` (e.g. counts over a longer
+        query window brought back to one interval)."""
+        if factor == 1.0:
+            return self
+        latency = None
+        if self.latency is not None:
+            latency = Histogram(self.latency.bounds_s, tuple(c * factor for c in self.latency.counts))
+        return Sample(self.requests * factor, self.errors * factor, latency, self.p95_ms)
+
 
 @dataclass(frozen=True, slots=True)
 class HealthCheck:

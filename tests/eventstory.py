@@ -9,7 +9,7 @@ from rollbackd.actions.base import ActionOutcome, ActionResult, Change
 from rollbackd.daemon.rollbacks import Phase, RollbackRun
 from rollbackd.events.build import Announcer, Clock, EventFactory
 from rollbackd.events.model import CloudEvent
-from rollbackd.model import Decision, Evidence, Finding, Impact, Outcome, Slo
+from rollbackd.model import Decision, Evidence, Finding, Impact, Outcome, Slo, Strategy
 from rollbackd.verification import VerificationResult, VerificationStatus
 
 #: Loop time 1000 is this wall-clock time in every story.
@@ -61,8 +61,14 @@ def severe_evidence(target: str, t: float) -> Evidence:
 
 def healthy_evidence(target: str, t: float) -> Evidence:
     return Evidence(
-        target=target, t=t, impact=Impact.NONE, attributable=False, inconclusive=False, within_slo=True,
-        candidate_requests=900.0, baseline_requests=3000.0,
+        target=target,
+        t=t,
+        impact=Impact.NONE,
+        attributable=False,
+        inconclusive=False,
+        within_slo=True,
+        candidate_requests=900.0,
+        baseline_requests=3000.0,
     )
 
 
@@ -89,15 +95,21 @@ def rollback_story(target: str = "shop/checkout", *, factory: EventFactory | Non
     decision = immediate_decision(target, 1000.0)
     events += announcer.on_decision(decision, hold=None, clock=clock(1000.0))
     run = RollbackRun(key=target, mode="immediate", decided_at=1000.0)
-    events += announcer.on_run(run, clock=clock(1000.5), decision=decision, bad_revision=7)
+    events += announcer.on_run(
+        run, clock=clock(1000.5), decision=decision, strategy=Strategy.CANARY, bad_revision=7
+    )
     run.action = ActionResult(
         action="canary-abort",
         target=target,
         outcome=ActionOutcome.DONE,
         reason="canary weight set to 0 and the canary scaled to 0",
         changes=(
-            Change("Ingress/shop/checkout-canary",
-                   "metadata.annotations[nginx.ingress.kubernetes.io/canary-weight]", "20", "0"),
+            Change(
+                "Ingress/shop/checkout-canary",
+                "metadata.annotations[nginx.ingress.kubernetes.io/canary-weight]",
+                "20",
+                "0",
+            ),
             Change("Deployment/shop/checkout-canary", "spec.replicas", 2, 0),
         ),
         api_s=0.2,

@@ -108,7 +108,7 @@ def _tail(path: Path, lines: int = 20) -> str:
 def _config(prometheus_url: str, http_port: int, apps: dict[str, SampleAppProcess]) -> dict[str, Any]:
     return {
         "interval_s": INTERVAL_S,
-        "prometheus": {"url": prometheus_url, "timeout_s": 2, "retries": 0},
+        "prometheus": {"url": prometheus_url, "timeout_s": 2, "retries": 0, "scrape_interval_s": 1},
         "health": {"timeout_s": 1},
         "http": {"host": HOST, "port": http_port},
         "log": {"level": "INFO", "format": "json"},

@@ -88,7 +88,8 @@ async def test_every_sink_gets_every_event_in_order(store: Store) -> None:
     async with Dispatcher(store=store, sinks=[a, b], backoff=FAST, poll_interval_s=30):
         await wait_until(lambda: len(a.delivered) == len(b.delivered) == len(story), what="delivery")
     assert a.delivered == b.delivered == ids(story)
-    assert await store.pending("a") == [] and await store.pending("b") == []
+    assert await store.pending("a") == []
+    assert await store.pending("b") == []
 
 
 async def test_a_failing_sink_retries_the_same_event_and_never_skips(store: Store) -> None:
@@ -114,7 +115,7 @@ async def test_a_dead_sink_does_not_hold_back_the_others(store: Store) -> None:
         assert dispatcher.status()["dead"].retrying >= 3
         assert not await dispatcher.drain(timeout_s=0.2)
     assert set(dead.attempts) == {story[0].id}  # stuck on the first event, nothing skipped
-    assert ids([e for e in story]) == [e.event_id for e in await store.pending("dead")]
+    assert ids(story) == [e.event_id for e in await store.pending("dead")]
 
 
 async def test_new_events_are_delivered_at_once_without_waiting_for_the_poll(store: Store) -> None:
@@ -171,7 +172,7 @@ async def test_a_lost_cursor_move_means_a_redelivery_never_a_loss(store: Store) 
     story = rollback_story()
     await record(store, story)
     sink = RecordingSink("sink")
-    async with Dispatcher(store=flaky_store, sinks=[sink], backoff=FAST, poll_interval_s=30) as dispatcher:  # type: ignore[arg-type]
+    async with Dispatcher(store=flaky_store, sinks=[sink], backoff=FAST, poll_interval_s=30) as dispatcher:
         assert await dispatcher.drain(timeout_s=10)
     assert set(sink.delivered) == set(ids(story))
     assert sink.delivered[:2] == [story[0].id, story[0].id]  # delivered again, in order
@@ -200,7 +201,11 @@ async def test_nothing_is_pruned_that_a_sink_has_not_delivered(store: Store) -> 
     await record(store, story)
     dead, alive = RecordingSink("dead", dead=True), RecordingSink("alive")
     async with Dispatcher(
-        store=store, sinks=[dead, alive], backoff=FAST, poll_interval_s=30, retention_s=0.0,
+        store=store,
+        sinks=[dead, alive],
+        backoff=FAST,
+        poll_interval_s=30,
+        retention_s=0.0,
         prune_interval_s=0.05,
     ):
         await wait_until(lambda: len(alive.delivered) == len(story), what="delivery")
@@ -217,8 +222,9 @@ async def test_publisher_records_the_audit_entry_with_its_events_and_nudges(stor
     nudges: list[None] = []
     publisher = EventPublisher(store=store, on_recorded=lambda: nudges.append(None))
     story = rollback_story()
-    entry = await publisher.publish(AuditEntry(kind="decision", summary="roll back", target="shop/checkout"),
-                                    story[:2])
+    entry = await publisher.publish(
+        AuditEntry(kind="decision", summary="roll back", target="shop/checkout"), story[:2]
+    )
     assert entry.seq is not None
     assert nudges == [None]
     assert [e.event_id for e in await store.pending("any")] == ids(story[:2])

@@ -40,19 +40,33 @@ def every_type() -> list[CloudEvent]:
     c = clock(1400.0)
     failed_run = RollbackRun(key=TARGET, mode="controlled", decided_at=1300.0, phase=Phase.ACTION_FAILED)
     failed_run.action = ActionResult(
-        action="deployment-undo", target=TARGET, outcome=ActionOutcome.FAILED,
-        reason="PATCH deployments/checkout: 500 InternalError", from_revision=7, to_revision=6,
+        action="deployment-undo",
+        target=TARGET,
+        outcome=ActionOutcome.FAILED,
+        reason="PATCH deployments/checkout: 500 InternalError",
+        from_revision=7,
+        to_revision=6,
     )
     failed_run.finished_at = 1302.0
-    verify_failed = RollbackRun(key=TARGET, mode="immediate", decided_at=1000.0, phase=Phase.VERIFICATION_FAILED)
+    verify_failed = RollbackRun(
+        key=TARGET, mode="immediate", decided_at=1000.0, phase=Phase.VERIFICATION_FAILED
+    )
     verify_failed.verification = VerificationResult(
-        VerificationStatus.FAILED, ("error rate still breaches the SLO after the rollback",), error_rate=0.08,
-        requests=5000.0, elapsed_s=60.0,
+        VerificationStatus.FAILED,
+        ("error rate still breaches the SLO after the rollback",),
+        error_rate=0.08,
+        requests=5000.0,
+        elapsed_s=60.0,
     )
     verify_failed.finished_at = 1065.0
     hold = Hold(until=1600.0, reason="fix-forward", set_at=1390.0)
     blocked = Decision(
-        target=TARGET, t=1400.0, outcome=Outcome.NONE, rollback=False, escalate=True, blocked_by="rollback-risk",
+        target=TARGET,
+        t=1400.0,
+        outcome=Outcome.NONE,
+        rollback=False,
+        escalate=True,
+        blocked_by="rollback-risk",
         reasons=("severe breach, but rollback risk exceeds impact (release marked high-risk)",),
         evidence=severe_evidence(TARGET, 1400.0),
     )
@@ -60,10 +74,13 @@ def every_type() -> list[CloudEvent]:
         *story,
         factory.rollback_failed(failed_run, clock=c),
         factory.verification_failed(verify_failed, clock=c, slo=SLO),
-        factory.escalation_raised(TARGET, cause="rollback-risk", reasons=blocked.reasons, decision=blocked, clock=c),
+        factory.escalation_raised(
+            TARGET, cause="rollback-risk", reasons=blocked.reasons, decision=blocked, clock=c
+        ),
         factory.hold_set(TARGET, hold, clock=c),
-        factory.hold_expired(TARGET, hold, still_breaching=True, evidence=severe_evidence(TARGET, 1600.0),
-                             clock=clock(1600.0)),
+        factory.hold_expired(
+            TARGET, hold, still_breaching=True, evidence=severe_evidence(TARGET, 1600.0), clock=clock(1600.0)
+        ),
     ]
 
 
@@ -118,11 +135,13 @@ def test_drift_is_detected(tmp_path: Path) -> None:
     stale.write_text(stale.read_text().replace('"remaining_s"', '"remaining"'))
     (tmp_path / "rollback.exploded.json").write_text("{}")
     (tmp_path / "hold.expired.json").unlink()
-    assert sorted(schemas.drift(tmp_path)) == sorted([
-        f"{tmp_path / 'hold.set.json'}: differs from the models",
-        f"{tmp_path / 'hold.expired.json'}: missing",
-        f"{tmp_path / 'rollback.exploded.json'}: no such event type",
-    ])
+    assert sorted(schemas.drift(tmp_path)) == sorted(
+        [
+            f"{tmp_path / 'hold.set.json'}: differs from the models",
+            f"{tmp_path / 'hold.expired.json'}: missing",
+            f"{tmp_path / 'rollback.exploded.json'}: no such event type",
+        ]
+    )
     assert schemas.main(["--check", str(tmp_path)]) == 1
     assert schemas.main(["--write", str(tmp_path)]) == 0
     assert schemas.main(["--check", str(tmp_path)]) == 1  # the extra file is still there
@@ -154,8 +173,16 @@ def test_degraded_event_carries_values_against_thresholds() -> None:
     assert data["impact"] == "severe"
     error_rate = next(f for f in data["evidence"]["findings"] if f["signal"] == "error_rate")
     assert error_rate | {"detail": ""} == {
-        "signal": "error_rate", "unit": "ratio", "value": 0.12, "threshold": 0.01, "baseline_value": 0.002,
-        "breached": True, "severe": True, "attributable": True, "confidence": 0.999, "detail": "",
+        "signal": "error_rate",
+        "unit": "ratio",
+        "value": 0.12,
+        "threshold": 0.01,
+        "baseline_value": 0.002,
+        "breached": True,
+        "severe": True,
+        "attributable": True,
+        "confidence": 0.999,
+        "detail": "",
         "since": "2026-11-24T02:59:50Z",
     }
     assert "error rate 12.00% vs SLO 1.00%" in degraded.summary
@@ -164,7 +191,11 @@ def test_degraded_event_carries_values_against_thresholds() -> None:
 def test_rollback_story_is_announced_in_order_with_durations_and_revisions() -> None:
     events = rollback_story()
     assert [e.short_type for e in events] == [
-        "target.degraded", "decision.made", "rollback.started", "rollback.completed", "rollback.verified",
+        "target.degraded",
+        "decision.made",
+        "rollback.started",
+        "rollback.completed",
+        "rollback.verified",
     ]
     started, completed, verified = (e.to_json()["data"] for e in events[2:])
     assert started["mode"] == "immediate"
@@ -172,13 +203,19 @@ def test_rollback_story_is_announced_in_order_with_durations_and_revisions() -> 
     assert started["decided_at"] == "2026-11-24T03:00:00Z"
     assert completed["duration_s"] == 5.0
     assert completed["action"]["changes"][1] == {
-        "object": "Deployment/shop/checkout-canary", "field": "spec.replicas", "before": 2, "after": 0,
+        "object": "Deployment/shop/checkout-canary",
+        "field": "spec.replicas",
+        "before": 2,
+        "after": 0,
     }
     assert verified["duration_s"] == 305.0
     assert verified["within_runbook_target"] is True
     assert verified["verification"]["slo"] == {"max_error_rate": 0.01, "max_p95_ms": 500.0}
     assert [state_after(e) for e in events] == [
-        TargetState.DEGRADED, TargetState.ROLLING_BACK, TargetState.ROLLING_BACK, TargetState.VERIFYING,
+        TargetState.DEGRADED,
+        TargetState.ROLLING_BACK,
+        TargetState.ROLLING_BACK,
+        TargetState.VERIFYING,
         TargetState.ROLLED_BACK,
     ]
 
@@ -214,10 +251,18 @@ def test_clock_maps_loop_time_to_wall_time() -> None:
 # --- the announcer: news only ---------------------------------------------------------------------
 
 
-def decision(t: float, evidence: Evidence, *, outcome: Outcome = Outcome.NONE, rollback: bool = False,
-             **extra: Any) -> Decision:
-    return Decision(target=TARGET, t=t, outcome=outcome, rollback=rollback, reasons=(f"reason at {t:g}",),
-                    evidence=evidence, **extra)
+def decision(
+    t: float, evidence: Evidence, *, outcome: Outcome = Outcome.NONE, rollback: bool = False, **extra: Any
+) -> Decision:
+    return Decision(
+        target=TARGET,
+        t=t,
+        outcome=outcome,
+        rollback=rollback,
+        reasons=(f"reason at {t:g}",),
+        evidence=evidence,
+        **extra,
+    )
 
 
 def inconclusive(t: float) -> Evidence:
@@ -237,16 +282,23 @@ def test_announcer_tells_only_what_changed() -> None:
     waiting = decision(30, severe_evidence(TARGET, 30), outcome=Outcome.CONTROLLED, waiting_since=25.0)
     assert kinds(a.on_decision(waiting, hold=None, clock=clock(30))) == ["target.degraded", "decision.made"]
     # Still waiting (other reasons, same verdict), then a gap in the data: nothing new.
-    assert a.on_decision(decision(40, severe_evidence(TARGET, 40), outcome=Outcome.CONTROLLED),
-                         hold=None, clock=clock(40)) == []
+    assert (
+        a.on_decision(
+            decision(40, severe_evidence(TARGET, 40), outcome=Outcome.CONTROLLED), hold=None, clock=clock(40)
+        )
+        == []
+    )
     gap = decision(50, inconclusive(50), outcome=Outcome.INCONCLUSIVE)
     assert kinds(a.on_decision(gap, hold=None, clock=clock(50))) == ["decision.made"]
     # The breach goes on after the gap: the same episode, not a new degradation.
-    assert kinds(a.on_decision(immediate_decision(TARGET, 60), hold=None, clock=clock(60))) == ["decision.made"]
+    assert kinds(a.on_decision(immediate_decision(TARGET, 60), hold=None, clock=clock(60))) == [
+        "decision.made"
+    ]
     # Recovery, then a new breach: a new episode.
     a.on_decision(decision(70, healthy_evidence(TARGET, 70)), hold=None, clock=clock(70))
     assert kinds(a.on_decision(immediate_decision(TARGET, 80), hold=None, clock=clock(80))) == [
-        "target.degraded", "decision.made",
+        "target.degraded",
+        "decision.made",
     ]
 
 
@@ -259,8 +311,14 @@ def test_announcer_raises_an_escalation_once_per_cause() -> None:
     assert data["cause"] == "rollback-risk"
     assert data["decision"]["blocked_by"] == "rollback-risk"
     assert data["evidence"]["impact"] == "severe"
-    assert a.on_decision(decision(20, severe_evidence(TARGET, 20), escalate=True, blocked_by="rollback-risk"),
-                         hold=None, clock=clock(20)) == []
+    assert (
+        a.on_decision(
+            decision(20, severe_evidence(TARGET, 20), escalate=True, blocked_by="rollback-risk"),
+            hold=None,
+            clock=clock(20),
+        )
+        == []
+    )
     frozen = decision(30, severe_evidence(TARGET, 30), escalate=True, blocked_by="freeze")
     assert kinds(a.on_decision(frozen, hold=None, clock=clock(30))) == ["decision.made", "escalation.raised"]
 
@@ -273,22 +331,57 @@ def test_announcer_tells_when_a_hold_is_set_and_when_it_expires() -> None:
     assert kinds(events) == ["target.degraded", "hold.set", "decision.made"]
     hold_data = events[1].to_json()["data"]
     assert hold_data["remaining_s"] == 90.0
-    assert hold_data["hold"]["until"] == (clock(10).wall + timedelta(seconds=90)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert hold_data["hold"]["until"] == (clock(10).wall + timedelta(seconds=90)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
     # Re-read from an RFC 3339 annotation, the same hold comes back a few milliseconds off.
     same = Hold(until=100.0004, reason="fix-forward", set_at=10.0)
-    assert a.on_decision(decision(20, severe_evidence(TARGET, 20), blocked_by="hold"), hold=same,
-                         clock=clock(20)) == []
+    assert (
+        a.on_decision(
+            decision(20, severe_evidence(TARGET, 20), blocked_by="hold"), hold=same, clock=clock(20)
+        )
+        == []
+    )
     expired = decision(100, severe_evidence(TARGET, 100), outcome=Outcome.CONTROLLED, rollback=True)
     events = a.on_decision(expired, hold=same, clock=clock(100))
     assert kinds(events) == ["hold.expired", "decision.made"]
     assert events[0].to_json()["data"]["still_breaching"] is True
     assert state_after(events[0]) is TargetState.DEGRADED
-    assert a.on_decision(decision(110, severe_evidence(TARGET, 110), outcome=Outcome.CONTROLLED, rollback=True),
-                         hold=same, clock=clock(110)) == []
+    assert (
+        a.on_decision(
+            decision(110, severe_evidence(TARGET, 110), outcome=Outcome.CONTROLLED, rollback=True),
+            hold=same,
+            clock=clock(110),
+        )
+        == []
+    )
     # A later ETA is a new hold.
     later = Hold(until=400.0, reason="fix-forward", set_at=120.0)
-    assert kinds(a.on_decision(decision(120, severe_evidence(TARGET, 120), outcome=Outcome.CONTROLLED,
-                                        rollback=True), hold=later, clock=clock(120))) == ["hold.set"]
+    assert kinds(
+        a.on_decision(
+            decision(120, severe_evidence(TARGET, 120), outcome=Outcome.CONTROLLED, rollback=True),
+            hold=later,
+            clock=clock(120),
+        )
+    ) == ["hold.set"]
+
+
+def test_a_hold_first_seen_after_its_eta_is_told_as_expired() -> None:
+    a = Announcer(factory=EventFactory(), target=TARGET)
+    past = Hold(until=100.0)
+    events = a.on_decision(
+        decision(150, severe_evidence(TARGET, 150), outcome=Outcome.CONTROLLED, rollback=True),
+        hold=past,
+        clock=clock(150),
+    )
+    assert kinds(events) == ["target.degraded", "hold.expired", "decision.made"]
+
+
+def test_a_dry_run_rollback_leaves_the_target_degraded() -> None:
+    dry = decision(10, severe_evidence(TARGET, 10), outcome=Outcome.IMMEDIATE, rollback=True, dry_run=True)
+    made = EventFactory().decision_made(dry, clock=clock(10))
+    assert "dry-run" in made.summary
+    assert state_after(made) is TargetState.DEGRADED
 
 
 def test_a_hold_that_ends_after_the_breach_is_told_as_expired_with_the_breach_over() -> None:
@@ -305,7 +398,9 @@ def test_a_hold_that_ends_after_the_breach_is_told_as_expired_with_the_breach_ov
 def test_announcer_tells_every_phase_of_a_run_once_even_when_phases_are_skipped() -> None:
     a = Announcer(factory=EventFactory(), target=TARGET, slo=SLO)
     run = RollbackRun(key=TARGET, mode="immediate", decided_at=100.0)
-    started = a.on_run(run, clock=clock(100), decision=immediate_decision(TARGET, 100), strategy=Strategy.CANARY)
+    started = a.on_run(
+        run, clock=clock(100), decision=immediate_decision(TARGET, 100), strategy=Strategy.CANARY
+    )
     assert kinds(started) == ["rollback.started"]
     assert started[0].to_json()["data"]["action"] == "canary-abort"
     assert a.on_run(run, clock=clock(101)) == []
@@ -322,9 +417,40 @@ def test_announcer_tells_every_phase_of_a_run_once_even_when_phases_are_skipped(
     assert a.on_run(run, clock=clock(401)) == []
     # A new run of the same target starts afresh.
     refused = RollbackRun(key=TARGET, mode="controlled", decided_at=900.0, phase=Phase.REFUSED)
-    refused.action = ActionResult(action="deployment-undo", target=TARGET, outcome=ActionOutcome.REFUSED,
-                                  reason="no earlier revision to go back to")
+    refused.action = ActionResult(
+        action="deployment-undo",
+        target=TARGET,
+        outcome=ActionOutcome.REFUSED,
+        reason="no earlier revision to go back to",
+    )
     events = a.on_run(refused, clock=clock(900))
     assert kinds(events) == ["rollback.started", "rollback.failed", "escalation.raised"]
     assert events[1].to_json()["data"]["refused"] is True
     assert events[2].to_json()["data"]["cause"] == "rollback-refused"
+
+
+def test_decisions_during_a_rollback_are_not_news_and_no_traffic_afterwards_neither() -> None:
+    a = Announcer(factory=EventFactory(), target=TARGET, slo=SLO)
+    decided = immediate_decision(TARGET, 100)
+    assert kinds(a.on_decision(decided, hold=None, clock=clock(100))) == ["target.degraded", "decision.made"]
+    run = RollbackRun(key=TARGET, mode="immediate", decided_at=100.0)
+    assert kinds(a.on_run(run, clock=clock(100), decision=decided)) == ["rollback.started"]
+    in_progress = decision(110, severe_evidence(TARGET, 110), blocked_by="rollback-in-progress")
+    assert a.on_decision(in_progress, hold=None, clock=clock(110)) == []
+    run.action = ActionResult(action="canary-abort", target=TARGET, outcome=ActionOutcome.DONE, reason="done")
+    run.acted_at, run.phase = 112.0, Phase.VERIFYING
+    assert kinds(a.on_run(run, clock=clock(112))) == ["rollback.completed"]
+    assert a.on_decision(decision(120, healthy_evidence(TARGET, 120)), hold=None, clock=clock(120)) == []
+    run.verification = VerificationResult(
+        VerificationStatus.VERIFIED, ("rollback verified after 300s: fine",)
+    )
+    run.phase, run.finished_at = Phase.VERIFIED, 420.0
+    assert kinds(a.on_run(run, clock=clock(420))) == ["rollback.verified"]
+    # The aborted canary serves nothing now: inconclusive, and not news.
+    no_traffic = decision(430, inconclusive(430), outcome=Outcome.INCONCLUSIVE)
+    assert a.on_decision(no_traffic, hold=None, clock=clock(430)) == []
+    # A new release breaches: a new episode.
+    assert kinds(a.on_decision(immediate_decision(TARGET, 900), hold=None, clock=clock(900))) == [
+        "target.degraded",
+        "decision.made",
+    ]

@@ -60,8 +60,13 @@ async def test_a_subscriber_receives_every_event_of_a_rollback_in_order(
         received = await subscriber.wait_for(len(story))
     assert [m.topic for m in received] == [
         f"{topics.prefix}/v1/shop/checkout/events/{kind}"
-        for kind in ("target.degraded", "decision.made", "rollback.started", "rollback.completed",
-                     "rollback.verified")
+        for kind in (
+            "target.degraded",
+            "decision.made",
+            "rollback.started",
+            "rollback.completed",
+            "rollback.verified",
+        )
     ]
     assert [m.json()["id"] for m in received] == [e.id for e in story]
     for message in received:
@@ -138,8 +143,14 @@ async def test_the_broker_publishes_the_last_will_when_the_daemon_dies(
     liveness = topics.liveness("doomed")
     async with subscribed(mosquitto.options, liveness) as watcher:
         daemon = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", DAEMON, str(mosquitto.port), "doomed", topics.prefix,
-            cwd=REPO, stdout=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-c",
+            DAEMON,
+            str(mosquitto.port),
+            "doomed",
+            topics.prefix,
+            cwd=REPO,
+            stdout=asyncio.subprocess.PIPE,
         )
         try:
             assert daemon.stdout is not None
@@ -162,8 +173,13 @@ async def test_events_wait_in_the_outbox_while_the_broker_is_away_and_none_is_lo
 ) -> None:
     story = rollback_story("shop/checkout")
     # A subscriber with a persistent session: the broker keeps its QoS 1 messages across restarts.
-    async with subscribed(mosquitto.options, topics.events_filter(), session=f"{topics.prefix}-watcher") as sub:
-        async with sink_for(mosquitto, topics) as sink, Dispatcher(store=store, sinks=[sink], backoff=FAST) as d:
+    async with subscribed(
+        mosquitto.options, topics.events_filter(), session=f"{topics.prefix}-watcher"
+    ) as sub:
+        async with (
+            sink_for(mosquitto, topics) as sink,
+            Dispatcher(store=store, sinks=[sink], backoff=FAST) as d,
+        ):
             publisher = EventPublisher(store=store, on_recorded=d.nudge)
             for event in story[:2]:
                 await publisher.announce(event)
@@ -199,11 +215,20 @@ async def test_delivery_fails_as_temporary_when_no_broker_answers(topics: Topics
 def test_options_from_settings_read_the_password_from_where_it_says(tmp_path: Path) -> None:
     secret = tmp_path / "password"
     secret.write_text("s3cret\n")
-    settings = MqttSettings(enabled=True, url="mqtts://broker.example:8884", username="rollbackd",
-                            password_file=str(secret), tls={"ca_file": "/etc/ca.pem", "insecure": True})
+    settings = MqttSettings(
+        enabled=True,
+        url="mqtts://broker.example:8884",
+        username="rollbackd",
+        password_file=str(secret),
+        tls={"ca_file": "/etc/ca.pem", "insecure": True},
+    )
     options = MqttOptions.from_settings(settings, environ={}, instance="pod-1")
     assert (options.hostname, options.port, options.tls) == ("broker.example", 8884, True)
-    assert (options.username, options.password, options.client_id) == ("rollbackd", "s3cret", "rollbackd-pod-1")
+    assert (options.username, options.password, options.client_id) == (
+        "rollbackd",
+        "s3cret",
+        "rollbackd-pod-1",
+    )
     assert (options.ca_file, options.insecure) == ("/etc/ca.pem", True)
     assert "s3cret" not in repr(options)
     from_env = MqttSettings(url="mqtt://10.0.0.1", password_env="MQTT_PASSWORD")
@@ -249,9 +274,9 @@ async def test_mqtts_with_a_client_certificate_and_a_password(
     await asyncio.to_thread(_write_password_file, mosquitto, passwords, "rollbackd", "pa55word")
     mosquitto.extra_config = textwrap.dedent(f"""\
         listener {tls_port} 127.0.0.1
-        cafile {pki / 'ca.pem'}
-        certfile {pki / 'server.pem'}
-        keyfile {pki / 'server.key'}
+        cafile {pki / "ca.pem"}
+        certfile {pki / "server.pem"}
+        keyfile {pki / "server.key"}
         require_certificate true
         password_file {passwords}
         allow_anonymous false
@@ -259,20 +284,25 @@ async def test_mqtts_with_a_client_certificate_and_a_password(
     mosquitto.per_listener_settings = True
     await mosquitto.start()
     secure = dataclasses.replace(
-        mosquitto.options, port=tls_port, tls=True, ca_file=str(pki / "ca.pem"),
-        cert_file=str(pki / "client.pem"), key_file=str(pki / "client.key"),
-        username="rollbackd", password="pa55word",
+        mosquitto.options,
+        port=tls_port,
+        tls=True,
+        ca_file=str(pki / "ca.pem"),
+        cert_file=str(pki / "client.pem"),
+        key_file=str(pki / "client.key"),
+        username="rollbackd",
+        password="pa55word",
     )
     story = rollback_story()[:2]
-    async with subscribed(mosquitto.options, topics.events_filter()) as subscriber:
-        async with (
-            MqttSink(options=secure, instance="tls", topics=topics, reconnect=FAST) as sink,
-            Dispatcher(store=store, sinks=[sink], backoff=FAST) as d,
-        ):
-            publisher = EventPublisher(store=store, on_recorded=d.nudge)
-            for event in story:
-                await publisher.announce(event)
-            received = await subscriber.wait_for(2)
+    async with (
+        subscribed(mosquitto.options, topics.events_filter()) as subscriber,
+        MqttSink(options=secure, instance="tls", topics=topics, reconnect=FAST) as sink,
+        Dispatcher(store=store, sinks=[sink], backoff=FAST) as d,
+    ):
+        publisher = EventPublisher(store=store, on_recorded=d.nudge)
+        for event in story:
+            await publisher.announce(event)
+        received = await subscriber.wait_for(2)
     assert [m.json()["id"] for m in received] == [e.id for e in story]
     # A wrong password is refused: nothing is delivered, and the sink keeps trying.
     wrong = dataclasses.replace(secure, password="nope")
@@ -298,15 +328,53 @@ def _make_pki(directory: Path) -> Path | None:
     def run(*args: str) -> None:
         subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-        "-keyout", "ca.key", "-out", "ca.pem")
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
     ext = directory / "san.ext"
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for name, cn in (("server", "127.0.0.1"), ("client", "rollbackd")):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", f"{name}.key",
-            "-out", f"{name}.csr")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-out", f"{name}.pem", "-extfile", str(ext))
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={cn}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            f"{name}.pem",
+            "-extfile",
+            str(ext),
+        )
     return directory
 
 

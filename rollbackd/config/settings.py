@@ -320,6 +320,12 @@ class PrometheusSettings(_Frozen):
         description="Pause before the first retry; doubles with each retry, with jitter.",
     )
     backoff_max_s: float = Field(2.0, gt=0, description="Longest pause between retries.")
+    scrape_interval_s: float = Field(
+        15.0,
+        gt=0,
+        description="How often Prometheus scrapes the targets. Queries look back at least two scrapes "
+        "(max(interval_s, 2 x this)) and bring the counts back to one interval.",
+    )
 
     @model_validator(mode="after")
     def _backoff(self) -> PrometheusSettings:

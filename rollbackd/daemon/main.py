@@ -38,6 +38,7 @@ from rollbackd.kube.client import KubeClient
 from rollbackd.kube.cluster import KubeCluster
 from rollbackd.kube.errors import KubeConfigError
 from rollbackd.sources.health import HealthProber
+from rollbackd.sources.lookback import Lookback, min_range_s
 from rollbackd.sources.prometheus import PrometheusClient, PrometheusSource
 
 logger = logging.getLogger(__name__)
@@ -161,7 +162,9 @@ async def run_daemon(
                 await stack.enter_async_context(elector)
             daemon = Daemon(
                 settings,
-                metrics_source=PrometheusSource(client=client),
+                metrics_source=Lookback(
+                    PrometheusSource(client=client), min_range_s=min_range_s(prometheus.scrape_interval_s)
+                ),
                 health_source=prober,
                 metrics=metrics,
                 cluster=cluster,

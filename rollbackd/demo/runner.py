@@ -32,9 +32,11 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
+
+import kmock
 
 from rollbackd.actions.steps import ActionSettings
 from rollbackd.backoff import Backoff
@@ -47,7 +49,6 @@ from rollbackd.config.settings import (
     LogSettings,
     PolicySettings,
     PrometheusSettings,
-    QuerySettings,
     Settings,
     TargetSettings,
     VerificationSettings,
@@ -57,6 +58,7 @@ from rollbackd.daemon.logs import configure_logging
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.rollbacks import Phase, RollbackRun
 from rollbackd.demo.direct import DirectMetricsSource
+from rollbackd.demo.emulator import ClusterEmulator, Controllers
 from rollbackd.demo.processes import (
     HOST,
     PrometheusServer,
@@ -72,6 +74,7 @@ from rollbackd.kube.cluster import KubeCluster
 from rollbackd.model import Decision, Outcome
 from rollbackd.sources.base import MetricsSource
 from rollbackd.sources.health import HealthProber
+from rollbackd.sources.lookback import Lookback, min_range_s
 from rollbackd.sources.prometheus import PrometheusClient, PrometheusSource
 
 logger = logging.getLogger(__name__)
@@ -81,13 +84,6 @@ EMULATOR_LABEL = "EMULATED Kubernetes API (kmock) -- not a real cluster"
 #: PromQL for 1 s scrapes and 1 s evaluations: a range as short as the interval holds a single
 #: sample, too few for ``increase()``; ``irate()`` is the growth between the last two scrapes, per
 #: second -- per interval, at a 1 s interval.
-DEMO_QUERIES = QuerySettings(
-    requests="sum by ({by}) (irate(http_requests_total{{{selector}}}[5s]))",
-    errors='sum by ({by}) (irate(http_requests_total{{{selector},code=~"5.."}}[5s]))',
-    latency_buckets="sum by ({by}, le) (irate(http_request_duration_seconds_bucket{{{selector}}}[5s]))",
-)
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DemoOptions:
     """How the demo runs.
@@ -169,7 +165,6 @@ class Measurements:
     acted: float | None = None
     no_traffic: float | None = None
     verified: float | None = None
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def demo_settings(target: TargetSettings, *, prometheus_url: str | None, options: DemoOptions) -> Settings:
@@ -177,7 +172,8 @@ def demo_settings(target: TargetSettings, *, prometheus_url: str | None, options
     return Settings(
         interval_s=options.interval_s,
         prometheus=PrometheusSettings(
-            url=prometheus_url or PrometheusSettings().url, timeout_s=2.0, retries=0
+            url=prometheus_url or PrometheusSettings().url, timeout_s=2.0, retries=0,
+            scrape_interval_s=options.interval_s,
         ),
         health=HealthSettings(timeout_s=1.0),
         http=HttpSettings(host=HOST, port=0),
@@ -189,7 +185,6 @@ def demo_settings(target: TargetSettings, *, prometheus_url: str | None, options
         defaults=Defaults(
             detection=DetectionSettings(window_s=5.0, baseline_window_s=120.0),
             policy=PolicySettings(controlled_grace_s=5.0, cooldown_s=300.0),
-            queries=DEMO_QUERIES,
         ),
         targets=(target,),
     )
@@ -277,10 +272,6 @@ class Demo:
     # --- set-up ----------------------------------------------------------------------------------
 
     async def _start_cluster(self, stack: contextlib.AsyncExitStack) -> str:
-        import kmock
-
-        from rollbackd.demo.emulator import ClusterEmulator, Controllers
-
         emu = await stack.enter_async_context(ClusterEmulator())
         await stack.enter_async_context(kmock.Server(emu))
         url = str(emu.url)
@@ -341,7 +332,7 @@ class Demo:
         )
         self.timeline.say(f"Prometheus {version} at {server.url}, scraping the sample apps every "
                           f"{options.interval_s:g}s")
-        return PrometheusSource(client=client)
+        return Lookback(PrometheusSource(client=client), min_range_s=min_range_s(options.interval_s))
 
     async def _start_daemon(
         self,

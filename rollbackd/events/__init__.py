@@ -20,7 +20,14 @@ See docs/events.md for subscribers.
 
 from rollbackd.events.build import Announcer, Clock, EventFactory
 from rollbackd.events.dispatcher import DeliveryError, Dispatcher, Sink, SinkStatus
-from rollbackd.events.model import CloudEvent, EventFormatError, EventType, TargetState, state_after, status_of
+from rollbackd.events.model import (
+    CloudEvent,
+    EventFormatError,
+    EventType,
+    TargetState,
+    state_after,
+    status_of,
+)
 from rollbackd.events.publisher import EventPublisher, audit_entry_for
 
 __all__ = [

@@ -54,7 +54,7 @@ from rollbackd.events.model import (
     VerificationFailedData,
     split_subject,
 )
-from rollbackd.model import Decision, Evidence, Finding, Hold, Impact, Slo, Strategy
+from rollbackd.model import Decision, Evidence, Finding, Hold, Impact, Outcome, Slo, Strategy
 from rollbackd.verification import RUNBOOK_ROLLBACK_TARGET_S, VerificationResult
 
 if TYPE_CHECKING:  # the daemon imports this module: no import of the daemon at run time
@@ -482,6 +482,11 @@ class Announcer:
 
     Feed it every decision (:meth:`on_decision`) and, while a rollback runs, the run
     (:meth:`on_run`); it remembers what it announced.
+
+    While a rollback runs, the run's own events tell the story: the tick's decisions ("a rollback
+    is already under way", or no breach once traffic went back) are not announced. After the
+    run, "inconclusive" verdicts (the rolled-back version's side has no traffic any more) are not
+    news either, until a conclusive verdict comes.
     """
 
     factory: EventFactory
@@ -495,10 +500,20 @@ class Announcer:
     _hold_expired: bool = False
     _run: RollbackRun | None = None
     _run_announced: set[EventType] = field(default_factory=set)
+    _after_run: bool = False
+
+    def _run_active(self) -> bool:
+        return self._run is not None and str(self._run.phase) in ("acting", "verifying")
 
     def on_decision(self, decision: Decision, *, hold: Hold | None, clock: Clock) -> list[CloudEvent]:
         """The events of one tick's ``decision``; ``hold`` is the hold the framework weighed."""
         events: list[CloudEvent] = []
+        if self._run_active():
+            return events
+        if self._after_run:
+            if decision.outcome is Outcome.INCONCLUSIVE:
+                return events
+            self._after_run = False
         evidence = decision.evidence
         if evidence is not None:
             if evidence.breached and not self._breached:
@@ -536,7 +551,8 @@ class Announcer:
         ):
             if decision.t < hold.until:
                 events.append(self.factory.hold_set(self.target, hold, clock=clock))
-            self._hold, self._hold_expired = hold, decision.t >= hold.until
+            # A hold first seen after its ETA (e.g. after a restart) is told as expired below.
+            self._hold, self._hold_expired = hold, False
             known = hold
         if known is not None and not self._hold_expired and decision.t >= known.until:
             breaching = decision.evidence is not None and decision.evidence.breached
@@ -600,4 +616,8 @@ class Announcer:
                 EventType.ESCALATION_RAISED,
                 lambda: f.escalation_raised(run.key, cause=cause, reasons=(reason,), clock=clock),
             )
+        if events and phase in ("verified", "verification-failed", "action-failed", "refused"):
+            # The run is over and the target is judged afresh: a later breach is a new episode.
+            self._after_run, self._breached = True, False
+            self._verdict = self._escalation = None
         return events

@@ -91,11 +91,14 @@ async def follow(
     types: Sequence[str] = ("*",),
     limit: int | None = None,
     subscribed: asyncio.Event | None = None,
+    notes: TextIO | None = None,
     reconnect: Backoff = Backoff(initial_s=0.5, max_s=10.0),  # noqa: B008 - a frozen value
 ) -> int:
     """Print events of ``target`` (all targets if ``None``) whose type matches ``types`` to
     ``out`` until ``limit`` were printed (forever if ``None``); reconnects when the broker goes
-    away. ``subscribed`` is set once the subscription is in place. Returns the count printed."""
+    away. ``subscribed`` is set once the subscription is in place; ``notes`` (default: stderr)
+    gets a line then, and when the connection is lost. Returns the count printed."""
+    notes = notes or sys.stderr
     dedupe = Dedupe()
     printed = 0
     attempt = 0
@@ -104,6 +107,11 @@ async def follow(
             async with await _client(options) as client:
                 await client.subscribe(topics.events_filter(target), qos=1)
                 attempt = 0
+                print(
+                    f"# following {topics.events_filter(target)} on {options.hostname}:{options.port}",
+                    file=notes,
+                    flush=True,
+                )
                 if subscribed is not None:
                     subscribed.set()
                 async for message in client.messages:
@@ -117,7 +125,7 @@ async def follow(
         except aiomqtt.MqttError as exc:
             delay = reconnect.delay(attempt)
             attempt += 1
-            print(f"# lost the broker ({exc}); reconnecting in {delay:.1f}s", file=sys.stderr, flush=True)
+            print(f"# lost the broker ({exc}); reconnecting in {delay:.1f}s", file=notes, flush=True)
             await asyncio.sleep(delay)
     return printed
 

@@ -404,7 +404,8 @@ def state_after(event: CloudEvent) -> TargetState:
     if isinstance(data, DecisionMadeData):
         decision = data.decision
         if decision.rollback:
-            return TargetState.ROLLING_BACK
+            # In dry-run nothing is rolled back: the target stays degraded.
+            return TargetState.DEGRADED if decision.dry_run else TargetState.ROLLING_BACK
         if decision.escalate:
             return TargetState.ESCALATED
         if decision.blocked_by in ("hold", "newer-rollout"):

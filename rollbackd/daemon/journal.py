@@ -1,0 +1,93 @@
+"""Telling everyone what happened: the daemon's audit entries and events, through one object.
+
+The daemon calls :class:`Journal` from its tick and from rollback phase changes; the journal turns
+decisions and runs into CloudEvents (only when something changes, through one
+:class:`~rollbackd.events.build.Announcer` per target) and submits them with their audit entries
+to the store in order, without making the tick wait for the database. Without an open store (it
+is down, or being opened) nothing is recorded and :attr:`problem` says why; the daemon then does
+not act, since it could not account for what it did.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from rollbackd.daemon.rollbacks import RollbackRun
+from rollbackd.events.build import Announcer, Clock
+from rollbackd.events.publisher import audit_entry_for
+from rollbackd.events.service import Events
+from rollbackd.model import Decision, Hold
+from rollbackd.params import TargetParams
+from rollbackd.store.base import AuditEntry
+
+logger = logging.getLogger(__name__)
+
+
+class Journal:
+    """Audit log and events for the daemon; a no-op until :meth:`attach` gives it open events."""
+
+    def __init__(self, *, required: bool) -> None:
+        self._events: Events | None = None
+        self._announcers: dict[str, Announcer] = {}
+        self._required = required
+        self.problem: str | None = "the store is not open yet" if required else None
+
+    @property
+    def attached(self) -> bool:
+        return self._events is not None
+
+    @property
+    def events(self) -> Events | None:
+        return self._events
+
+    def attach(self, events: Events) -> None:
+        self._events = events
+        self._announcers.clear()
+        self.problem = None
+
+    def detach(self, problem: str | None = None) -> None:
+        self._events = None
+        if self._required:
+            self.problem = problem or "the store is closed"
+
+    def _announcer(self, params: TargetParams) -> Announcer | None:
+        if self._events is None:
+            return None
+        announcer = self._announcers.get(params.key)
+        if announcer is None:
+            announcer = self._events.announcer(params.key, slo=params.slo)
+            self._announcers[params.key] = announcer
+        return announcer
+
+    def decision(self, params: TargetParams, decision: Decision, *, hold: Hold | None) -> None:
+        """A tick's decision: announced (and audited) only when it says something new."""
+        announcer = self._announcer(params)
+        if announcer is None or self._events is None:
+            return
+        for event in announcer.on_decision(decision, hold=hold, clock=Clock.now()):
+            self._events.publisher.submit(audit_entry_for(event), (event,))
+
+    def run(
+        self, params: TargetParams, run: RollbackRun, *, decision: Decision | None, bad_revision: int | None
+    ) -> None:
+        """A rollback run changed phase: rollback.started / completed / verified / failed, ..."""
+        announcer = self._announcer(params)
+        if announcer is None or self._events is None:
+            return
+        for event in announcer.on_run(
+            run, clock=Clock.now(), decision=decision, strategy=params.strategy, bad_revision=bad_revision
+        ):
+            self._events.publisher.submit(audit_entry_for(event), (event,))
+
+    def audit(
+        self, kind: str, summary: str, *, target: str | None = None, details: Mapping[str, Any] | None = None
+    ) -> None:
+        """An audit entry with no event (freeze, dry-run switch, config reload, daemon start/stop)."""
+        logger.info("audit: %s", summary, extra={"kind": kind, "target": target})
+        if self._events is None:
+            return
+        self._events.publisher.submit(
+            AuditEntry(kind=kind, summary=summary, target=target, details=dict(details or {}))
+        )

@@ -1,0 +1,42 @@
+"""Per-interval counts from Prometheus even when the interval is short next to the scrapes.
+
+``increase(x[10s])`` over a series scraped every 15 s holds fewer than two samples and answers
+nothing. :class:`Lookback` wraps a metrics source so every query looks back at least
+``min_range_s`` (two scrape intervals by default), then brings the counts back to the interval
+asked for: the totals stay right, smoothed over the longer range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from rollbackd.sources.base import MetricsSource, SidePair, SourceTarget
+
+#: Scrapes a query range must cover: increase() needs two samples in the range.
+SCRAPES_PER_RANGE = 2
+
+
+def min_range_s(scrape_interval_s: float) -> float:
+    return SCRAPES_PER_RANGE * scrape_interval_s
+
+
+class Lookback:
+    """A :class:`MetricsSource` that queries over ``max(window_s, min_range_s)`` and rescales."""
+
+    def __init__(self, inner: MetricsSource, *, min_range_s: float) -> None:
+        self._inner = inner
+        self._min_range_s = min_range_s
+
+    async def collect(self, targets: Sequence[SourceTarget], *, window_s: float) -> Mapping[str, SidePair]:
+        range_s = max(window_s, self._min_range_s)
+        found = await self._inner.collect(targets, window_s=range_s)
+        if range_s == window_s:
+            return found
+        factor = window_s / range_s
+        return {
+            key: (
+                baseline.scaled(factor) if baseline is not None else None,
+                candidate.scaled(factor) if candidate is not None else None,
+            )
+            for key, (baseline, candidate) in found.items()
+        }
