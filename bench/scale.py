@@ -6,22 +6,24 @@ canary), scraped every second by a real Prometheus. ``rollbackd run`` watches th
 all 1,000 of them as canary targets, and the benchmark reads from the outside:
 
 - the duration of every tick, from the daemon's ``rollbackd_evaluation_duration_seconds``
-  (polled often enough to see each tick), and how many ticks took under a second (its buckets);
+  (polled several times per tick, so each tick's duration is seen);
 - the queries the daemon sent, from Prometheus' own
-  ``prometheus_http_requests_total{handler="/api/v1/query"}`` (the benchmark itself sends none
-  while it measures), per tick, at both sizes;
-- the daemon's resident memory (``VmRSS`` from ``/proc``) and CPU time all along a run long
-  enough for the detection windows to fill, and the trend of the memory once they are full;
+  ``prometheus_http_requests_total{handler="/api/v1/query"}`` (the benchmark sends none while it
+  measures), per tick, at both sizes;
+- the daemon's resident memory (``VmRSS``) and CPU time from ``/proc`` all along a run long enough
+  for everything the daemon keeps per target to reach its bound, and the trend of the memory
+  afterwards;
 - the decisions (``GET /api/v1/targets``): the bad canaries should get rollback decisions, the
   good ones not.
 
-The daemon is pinned to one core and everything else (Prometheus, the sample app, this driver) to
-another, so the daemon's numbers are its own. Safety is in dry-run, so that every bad canary gets
-its rollback decision instead of the hourly cap stopping them after the first few.
+The daemon is pinned to one CPU, Prometheus, the sample app and this driver to the other, so the
+daemon's numbers are its own (other processes on the machine may still share its CPU: their share
+is measured and reported). Safety is in dry-run, so that every bad canary gets its rollback
+decision instead of the hourly cap stopping them after the first three.
 
-Run from the repository root: ``python -m bench.scale`` (about five minutes). Results go to
-``bench/results/scale.json`` and ``bench/results/scale.md``. The exit status is 1 when a target
-was missed or the run could not be completed.
+Run from the repository root: ``python -m bench.scale`` (about five and a half minutes). Results
+go to ``bench/results/scale.json`` and ``bench/results/scale.md``. The exit status is 1 when a
+target was missed.
 """
 
 from __future__ import annotations
@@ -54,15 +56,23 @@ HOST = "127.0.0.1"
 NAMESPACE = "scale"
 #: Synthetic services exposed by the sample app (each a stable and a canary Deployment).
 SERVICES = 1000
+SMALL = 100
 
+SCRAPE_INTERVAL_S = 1.0
 #: The daemon's evaluation interval, which is also the window of its queries: three scrape
 #: intervals. ``increase()`` needs two samples in its window, and the newest scrape becomes
 #: visible only once it is ingested (a fraction of a second for this exposition): with a window of
 #: two scrape intervals, a query landing meanwhile finds one sample and no data at all.
 INTERVAL_S = 3.0
-SCRAPE_INTERVAL_S = 1.0
-#: Detection windows: short enough to fill well within the run.
+#: Both detection windows (``window_s`` and ``baseline_window_s``): short, so that they fill
+#: early in the run.
 WINDOW_S = 60.0
+#: Tick durations are judged once the detection windows are full (the detectors' work then stays
+#: the same from tick to tick).
+TICKS_STEADY_FROM_S = WINDOW_S + INTERVAL_S
+#: Memory is judged once everything kept per target has reached its bound: the daemon keeps
+#: observations for up to both windows (and a few intervals) to judge them again after a reload.
+RSS_STEADY_FROM_S = 2 * WINDOW_S + 3 * INTERVAL_S
 
 #: What the benchmark must show.
 MAX_TICK_S = 1.0
@@ -74,6 +84,8 @@ MAX_RSS_SLOPE_MIB_PER_MIN = 1.0
 POLL_S = 0.25
 DAEMON_CPU = 0
 OTHERS_CPU = 1
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def is_bad(index: int) -> bool:
@@ -125,6 +137,17 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_busy_s(cpu: int) -> tuple[float, float]:
+    """Busy and total seconds of one CPU so far (``/proc/stat``)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in line.split()[1:9])
+            busy = user + nice + system + irq + softirq + steal
+            tick = os.sysconf("SC_CLK_TCK")
+            return busy / tick, (busy + idle + iowait) / tick
+    raise RuntimeError(f"no cpu{cpu} in /proc/stat")
+
+
 def http_get(url: str, *, timeout_s: float = 10.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
@@ -133,7 +156,7 @@ def http_get(url: str, *, timeout_s: float = 10.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def scrape(url: str) -> Samples:
     """Every sample of a Prometheus text exposition, by name and labels."""
     status, body = http_get(url)
     if status != 200:
@@ -145,13 +168,13 @@ def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     }
 
 
-def total(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+def total(samples: Samples, name: str, **labels: str) -> float:
     """Sum of the samples called ``name`` whose labels include ``labels``."""
     wanted = set(labels.items())
     return sum(value for (sample, have), value in samples.items() if sample == name and wanted <= have)
 
 
-def query_requests(prometheus_url: str) -> float:
+def queries_answered(prometheus_url: str) -> float:
     """Instant queries Prometheus has answered so far (any status), from its own metrics."""
     return total(scrape(f"{prometheus_url}/metrics"), "prometheus_http_requests_total",
                  handler="/api/v1/query")
@@ -162,7 +185,7 @@ def pin(pid: int, cpu: int) -> None:
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             os.sched_setaffinity(int(task.name), {cpu})
-        except (ProcessLookupError, OSError):
+        except OSError:
             continue  # a thread that just ended
 
 
@@ -171,28 +194,85 @@ def pin(pid: int, cpu: int) -> None:
 
 @dataclass
 class Poll:
-    """One look at the daemon: when (seconds since it was ready), its tick counter and the sum of
-    tick durations, how many took at most 1 s, its RSS and CPU time."""
+    """One look at the daemon: when (seconds since its first tick), its tick counter and the sum of
+    tick durations, whether a tick ended since the previous look (the daemon is then between
+    ticks), its RSS and CPU time, and the CPU time of its CPU and of Prometheus."""
 
     t: float
     ticks: int
     duration_sum_s: float
-    ticks_within_1s: int
+    after_tick: bool
     rss_mib: float
     cpu_s: float
+    daemon_cpu_busy_s: float
+    daemon_cpu_total_s: float
+    prometheus_cpu_s: float
 
 
 @dataclass
 class Run:
     targets: int
-    polls: list[Poll] = field(default_factory=list)
-    tick_s: list[tuple[float, float]] = field(default_factory=list)
-    queries: float = 0.0
-    measured_ticks: int = 0
-    final_metrics: dict[tuple[str, frozenset[tuple[str, str]]], float] = field(default_factory=dict)
-    listing: dict[str, Any] = field(default_factory=dict)
     startup_s: float = 0.0
+    polls: list[Poll] = field(default_factory=list)
+    #: ``(seconds since the first tick, duration)`` of every tick after the first.
+    tick_s: list[tuple[float, float]] = field(default_factory=list)
+    #: Queries Prometheus answered over ``query_ticks`` whole ticks.
+    queries: float = 0.0
+    query_ticks: int = 0
+    final_metrics: Samples = field(default_factory=dict)
+    listing: dict[str, Any] = field(default_factory=dict)
     log_errors: int = 0
+
+
+class Watch:
+    """Looks at a running daemon every :data:`POLL_S` and keeps what it saw."""
+
+    def __init__(self, *, api: str, process: subprocess.Popen[bytes], log: Path, prometheus_pid: int,
+                 since: float, run: Run) -> None:
+        self.api = api
+        self.process = process
+        self.log = log
+        self.prometheus_pid = prometheus_pid
+        self.since = since
+        self.run = run
+
+    def look(self) -> Poll:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"rollbackd exited with {self.process.returncode}:\n{tail(self.log)}")
+        metrics = scrape(f"{self.api}/metrics")
+        busy, cpu_total = cpu_busy_s(DAEMON_CPU)
+        ticks = int(total(metrics, "rollbackd_evaluation_duration_seconds_count"))
+        duration_sum = total(metrics, "rollbackd_evaluation_duration_seconds_sum")
+        previous = self.run.polls[-1] if self.run.polls else None
+        poll = Poll(
+            t=time.monotonic() - self.since,
+            ticks=ticks,
+            duration_sum_s=duration_sum,
+            after_tick=previous is not None and ticks > previous.ticks,
+            rss_mib=rss_mib(self.process.pid),
+            cpu_s=cpu_s(self.process.pid),
+            daemon_cpu_busy_s=busy,
+            daemon_cpu_total_s=cpu_total,
+            prometheus_cpu_s=cpu_s(self.prometheus_pid),
+        )
+        if previous is not None and poll.after_tick:
+            new_ticks = poll.ticks - previous.ticks
+            # Several ticks between two looks share their mean (rare: several looks per tick).
+            each = (poll.duration_sum_s - previous.duration_sum_s) / new_ticks
+            self.run.tick_s.extend((poll.t, each) for _ in range(new_ticks))
+        self.run.polls.append(poll)
+        return poll
+
+    def until_tick_ends(self, *, timeout_s: float) -> Poll:
+        """Look until a tick has ended since the previous look: the daemon is between ticks."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            time.sleep(POLL_S)
+            poll = self.look()
+            if poll.after_tick:
+                return poll
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"rollbackd ran no tick within {timeout_s:g}s:\n{tail(self.log)}")
 
 
 def start_daemon(config: Path, log: Path, *, pinned: bool) -> subprocess.Popen[bytes]:
@@ -203,7 +283,7 @@ def start_daemon(config: Path, log: Path, *, pinned: bool) -> subprocess.Popen[b
             cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
         )
     if pinned:
-        pin(process.pid, DAEMON_CPU)  # before it imports anything or starts a thread
+        pin(process.pid, DAEMON_CPU)  # before it has imported anything or started a thread
     return process
 
 
@@ -240,20 +320,8 @@ def tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-def look(api: str, pid: int, since: float) -> Poll:
-    metrics = scrape(f"{api}/metrics")
-    return Poll(
-        t=time.monotonic() - since,
-        ticks=int(total(metrics, "rollbackd_evaluation_duration_seconds_count")),
-        duration_sum_s=total(metrics, "rollbackd_evaluation_duration_seconds_sum"),
-        ticks_within_1s=int(total(metrics, "rollbackd_evaluation_duration_seconds_bucket", le="1.0")),
-        rss_mib=rss_mib(pid),
-        cpu_s=cpu_s(pid),
-    )
-
-
-def run_daemon(*, targets: int, duration_s: float, prometheus_url: str, workdir: Path,
-               pinned: bool) -> Run:
+def run_daemon(*, targets: int, duration_s: float, prometheus_url: str, prometheus_pid: int,
+               workdir: Path, pinned: bool) -> Run:
     """Run ``rollbackd run`` over ``targets`` targets for ``duration_s`` after its first tick."""
     from tests.promfixtures import free_port
 
@@ -272,29 +340,22 @@ def run_daemon(*, targets: int, duration_s: float, prometheus_url: str, workdir:
     launched = time.monotonic()
     process = start_daemon(config, log, pinned=pinned)
     try:
-        wait_ready(api, process, log, timeout_s=60.0)
+        wait_ready(api, process, log, timeout_s=60.0)  # ready: the first tick is done
         ready = time.monotonic()
+        run.startup_s = ready - launched
         if pinned:
             pin(process.pid, DAEMON_CPU)  # threads started since, if any
-        run.startup_s = ready - launched
-        first = look(api, process.pid, ready)
-        queries0 = query_requests(prometheus_url)
-        run.polls.append(first)
+        watch = Watch(api=api, process=process, log=log, prometheus_pid=prometheus_pid, since=ready, run=run)
+        watch.look()
+        # Count queries over whole ticks: from just after one tick to just after another.
+        first = watch.until_tick_ends(timeout_s=4 * INTERVAL_S)
+        queries0 = queries_answered(prometheus_url)
         while time.monotonic() - ready < duration_s:
             time.sleep(POLL_S)
-            if process.poll() is not None:
-                raise RuntimeError(f"rollbackd exited with {process.returncode}:\n{tail(log)}")
-            poll = look(api, process.pid, ready)
-            previous = run.polls[-1]
-            new_ticks = poll.ticks - previous.ticks
-            if new_ticks > 0:
-                # Several ticks between two looks share their mean (rare: a look every POLL_S).
-                each = (poll.duration_sum_s - previous.duration_sum_s) / new_ticks
-                run.tick_s.extend((poll.t, each) for _ in range(new_ticks))
-            run.polls.append(poll)
-        queries1 = query_requests(prometheus_url)
-        run.measured_ticks = run.polls[-1].ticks - first.ticks
-        run.queries = queries1 - queries0
+            watch.look()
+        last = watch.until_tick_ends(timeout_s=4 * INTERVAL_S)
+        run.queries = queries_answered(prometheus_url) - queries0
+        run.query_ticks = last.ticks - first.ticks
         run.final_metrics = scrape(f"{api}/metrics")
         status, body = http_get(f"{api}/api/v1/targets", timeout_s=30.0)
         if status != 200:
@@ -318,15 +379,15 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def slope_per_min(points: Sequence[tuple[float, float]]) -> float:
+def slope_per_min(points: Sequence[tuple[float, float]]) -> float | None:
     """Least-squares slope of ``(seconds, value)`` points, per minute."""
-    if len(points) < 2:
-        return 0.0
+    if len(points) < 3:
+        return None
     mean_t = statistics.fmean(t for t, _ in points)
     mean_v = statistics.fmean(v for _, v in points)
     spread = sum((t - mean_t) ** 2 for t, _ in points)
     if spread == 0:
-        return 0.0
+        return None
     return 60.0 * sum((t - mean_t) * (v - mean_v) for t, v in points) / spread
 
 
@@ -338,7 +399,7 @@ def ticks_summary(durations: Sequence[float]) -> dict[str, Any]:
         "median_s": statistics.median(durations),
         "p95_s": percentile(durations, 0.95),
         "max_s": max(durations),
-        "within_1s": sum(1 for d in durations if d <= MAX_TICK_S),
+        "within_1s": sum(1 for d in durations if d < MAX_TICK_S),
     }
 
 
@@ -360,41 +421,54 @@ def decisions_summary(listing: dict[str, Any]) -> dict[str, Any]:
     return groups
 
 
-def summarize(run: Run, *, window_fill_s: float) -> dict[str, Any]:
-    durations = [d for _, d in run.tick_s]
-    steady = [d for t, d in run.tick_s if t >= window_fill_s]
-    steady_polls = [p for p in run.polls if p.t >= window_fill_s]
-    first, last = run.polls[0], run.polls[-1]
+def first_at(polls: Sequence[Poll], t: float) -> Poll | None:
+    return next((p for p in polls if p.t >= t), None)
+
+
+def summarize(run: Run) -> dict[str, Any]:
+    polls = run.polls
+    first, last = polls[0], polls[-1]
     ticks = max(1, last.ticks - first.ticks)
+    idle = [p for p in polls if p.after_tick]  # RSS between ticks, without a tick's transients
+    steady_idle = [p for p in idle if p.t >= RSS_STEADY_FROM_S]
+    windows_full = first_at(idle, TICKS_STEADY_FROM_S)
+    rss_steady = steady_idle[0] if steady_idle else None
+    cpu_busy = last.daemon_cpu_busy_s - first.daemon_cpu_busy_s
+    cpu_total = last.daemon_cpu_total_s - first.daemon_cpu_total_s
+    daemon_cpu = last.cpu_s - first.cpu_s
     m = run.final_metrics
-    every_tick = max(1, round(INTERVAL_S / POLL_S))
     return {
         "targets": run.targets,
         "startup_s": run.startup_s,
         "run_s": last.t,
         "ticks": ticks,
         "ticks_skipped": total(m, "rollbackd_ticks_skipped_total"),
-        "tick_wall": ticks_summary(durations),
-        "tick_wall_steady": ticks_summary(steady),
-        "ticks_within_1s_by_histogram": last.ticks_within_1s - first.ticks_within_1s,
-        "daemon_cpu_s_per_tick": (last.cpu_s - first.cpu_s) / ticks,
-        "queries_per_tick": run.queries / max(1, run.measured_ticks),
-        "queries_total": run.queries,
+        "tick_wall": ticks_summary([d for _, d in run.tick_s]),
+        "tick_wall_steady": ticks_summary([d for t, d in run.tick_s if t >= TICKS_STEADY_FROM_S]),
+        "queries_per_tick": run.queries / run.query_ticks if run.query_ticks else None,
+        "queries": run.queries,
+        "query_ticks": run.query_ticks,
+        "daemon_cpu_s_per_tick": daemon_cpu / ticks,
+        "prometheus_cpu_s_per_tick": (last.prometheus_cpu_s - first.prometheus_cpu_s) / ticks,
+        "others_on_daemon_cpu_pct": (
+            100.0 * max(0.0, cpu_busy - daemon_cpu) / cpu_total if cpu_total > 0 else None
+        ),
         "evaluations": total(m, "rollbackd_evaluations_total"),
         "source_errors": total(m, "rollbackd_source_errors_total"),
         "evaluation_errors": total(m, "rollbackd_evaluation_errors_total"),
         "log_errors": run.log_errors,
         "rss_mib": {
-            "at_first_tick": first.rss_mib,
-            "steady_start": steady_polls[0].rss_mib if steady_polls else None,
-            "end": last.rss_mib,
-            "max": max(p.rss_mib for p in run.polls),
-            "steady_slope_mib_per_min": slope_per_min([(p.t, p.rss_mib) for p in steady_polls]),
-            "steady_from_s": window_fill_s,
+            "after_first_tick": first.rss_mib,
+            "windows_full": windows_full.rss_mib if windows_full is not None else None,
+            "steady_start": rss_steady.rss_mib if rss_steady is not None else None,
+            "end": idle[-1].rss_mib if idle else last.rss_mib,
+            "max": max(p.rss_mib for p in polls),
+            "steady_slope_mib_per_min": slope_per_min([(p.t, p.rss_mib) for p in steady_idle]),
+            "steady_from_s": RSS_STEADY_FROM_S,
         },
         "decisions": decisions_summary(run.listing),
         "tick_s": [[round(t, 2), round(d, 4)] for t, d in run.tick_s],
-        "rss_trace": [[round(p.t, 1), round(p.rss_mib, 2)] for p in run.polls[::every_tick]],
+        "rss_trace": [[round(p.t, 1), round(p.rss_mib, 2)] for p in idle],
     }
 
 
@@ -405,68 +479,102 @@ def wall_of(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def checks(small: dict[str, Any], large: dict[str, Any]) -> dict[str, bool]:
-    steady = wall_of(large)
+    wall = wall_of(large)
     rss = large["rss_mib"]
-    bad, good = large["decisions"]["bad"], large["decisions"]["good"]
+    slope = rss["steady_slope_mib_per_min"]
     return {
-        "1000 targets: median tick < 1 s": steady["median_s"] < MAX_TICK_S,
-        "1000 targets: p95 tick < 1 s": steady["p95_s"] < MAX_TICK_S,
-        "queries per tick independent of targets": (
-            round(small["queries_per_tick"], 1) == round(large["queries_per_tick"], 1)
+        f"{SERVICES} targets: median tick under 1 s": wall["median_s"] < MAX_TICK_S,
+        f"{SERVICES} targets: p95 tick under 1 s": wall["p95_s"] < MAX_TICK_S,
+        f"queries per tick the same at {SMALL} and {SERVICES} targets": (
+            small["queries_per_tick"] is not None
+            and small["queries_per_tick"] == large["queries_per_tick"]
         ),
-        "1000 targets: RSS < 150 MiB": rss["max"] < MAX_RSS_MIB,
-        "1000 targets: RSS flat once windows are full": (
-            abs(rss["steady_slope_mib_per_min"]) <= MAX_RSS_SLOPE_MIB_PER_MIN
+        f"{SERVICES} targets: RSS under {MAX_RSS_MIB:g} MiB (peak)": rss["max"] < MAX_RSS_MIB,
+        f"{SERVICES} targets: RSS flat once bounded (|slope| <= {MAX_RSS_SLOPE_MIB_PER_MIN:g} MiB/min)": (
+            slope is not None and abs(slope) <= MAX_RSS_SLOPE_MIB_PER_MIN
         ),
-        "every bad canary decided for rollback, no good one": (
-            bad["rolled_back"] == bad["targets"] and good["rolled_back"] == 0
+        "every bad canary decided for rollback, no good one": all(
+            row["decisions"]["bad"]["rolled_back"] == row["decisions"]["bad"]["targets"]
+            and row["decisions"]["good"]["rolled_back"] == 0
+            for row in (small, large)
         ),
     }
 
 
-def markdown(report: dict[str, Any]) -> str:
-    def ms(value: float | None) -> str:
-        return "-" if value is None else f"{value * 1000:.0f} ms"
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.0f} ms"
 
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} MiB"
+
+
+def markdown(report: dict[str, Any]) -> str:
     rows = report["runs"]
+    pinning = (
+        f"The daemon is pinned to CPU {DAEMON_CPU}; Prometheus, the sample app and the driver to CPU "
+        f"{OTHERS_CPU}."
+        if report["pinned"] else "Nothing is pinned (that needs 2 CPUs and sched_setaffinity)."
+    )
     lines = [
         "# Scale: `rollbackd run` with 100 and 1,000 canary targets",
         "",
-        f"Prometheus {report['prometheus_version']} on 127.0.0.1 scraping one sample app exposing "
-        f"{report['services'] * 2} deployments ({report['services']} services, stable + canary; the canary "
-        f"of every service whose index ends in 9 is bad) every {report['scrape_interval_s']:g} s. "
-        f"rollbackd as a real process: interval {report['interval_s']:g} s, detection windows "
-        f"{report['window_s']:g} s, dry-run; "
-        + (f"pinned to CPU {DAEMON_CPU}, Prometheus, the sample app and the driver to CPU {OTHERS_CPU}. "
-           if report["pinned"] else "not pinned (needs 2 CPUs and sched_setaffinity). ")
-        + f"Machine: {report['machine']}.",
+        f"Prometheus {report['prometheus_version']} on 127.0.0.1 scrapes one sample app exposing "
+        f"{report['services'] * 2} deployments ({report['services']} services, stable and canary, "
+        f"with latency histograms; the canary of every service whose index ends in 9 is bad) every "
+        f"{report['scrape_interval_s']:g} s. rollbackd runs as a real process: interval "
+        f"{report['interval_s']:g} s, detection and baseline windows {report['window_s']:g} s, "
+        f"dry-run. {pinning} Machine: {report['machine']}; rollbackd {report['revision']}.",
         "",
-        "| targets | run | ticks | tick wall median | p95 | max | ticks ≤ 1 s | daemon CPU/tick "
-        "| queries/tick | RSS first tick | RSS window full | RSS end | RSS max | RSS slope (full) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "## Ticks and queries",
+        "",
+        "| targets | run | ticks | tick wall: median | p95 | max | under 1 s | daemon CPU/tick "
+        "| Prometheus CPU/tick | others on the daemon's CPU | queries/tick |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         wall = wall_of(row)
-        rss = row["rss_mib"]
-        steady_start = rss["steady_start"]
-        slope = rss["steady_slope_mib_per_min"]
+        others = row["others_on_daemon_cpu_pct"]
+        queries = row["queries_per_tick"]
         lines.append(
-            f"| {row['targets']} | {row['run_s']:.0f} s | {row['ticks']} | {ms(wall['median_s'])} | "
-            f"{ms(wall['p95_s'])} | {ms(wall['max_s'])} | {wall['within_1s']}/{wall['ticks']} | "
-            f"{ms(row['daemon_cpu_s_per_tick'])} | {row['queries_per_tick']:.1f} | "
-            f"{rss['at_first_tick']:.0f} MiB | "
-            f"{'-' if steady_start is None else f'{steady_start:.0f} MiB'} | {rss['end']:.0f} MiB | "
-            f"{rss['max']:.0f} MiB | "
-            f"{'-' if steady_start is None else f'{slope:+.2f} MiB/min'} |"
+            f"| {row['targets']} | {row['run_s']:.0f} s | {row['ticks']} | {_ms(wall['median_s'])} | "
+            f"{_ms(wall['p95_s'])} | {_ms(wall['max_s'])} | {wall['within_1s']}/{wall['ticks']} | "
+            f"{_ms(row['daemon_cpu_s_per_tick'])} | {_ms(row['prometheus_cpu_s_per_tick'])} | "
+            f"{'-' if others is None else f'{others:.0f}%'} | "
+            f"{'-' if queries is None else f'{queries:g}'} |"
         )
     lines += [
         "",
-        "Tick wall times are over the ticks after the detection windows filled "
-        f"({report['window_s']:g} s after the first tick) when the run lasted that long, else over "
-        "all ticks after the first. Queries per tick: Prometheus' own count of `/api/v1/query` "
-        "requests during the run, divided by the ticks.",
+        f"Tick wall times come from `rollbackd_evaluation_duration_seconds` (collection and evaluation "
+        f"of every target); they are over the ticks after the detection windows filled "
+        f"({TICKS_STEADY_FROM_S:g} s after the first tick) when the run lasted that long, else over "
+        f"all ticks after the first. Queries per tick: Prometheus' own count of `/api/v1/query` "
+        f"requests over whole ticks, divided by the ticks. Daemon CPU includes the work it does "
+        f"between ticks. \"Others on the daemon's CPU\": the share of that CPU used by other "
+        f"processes during the run.",
         "",
-        "Decisions (`GET /api/v1/targets` at the end of each run):",
+        "## Memory",
+        "",
+        "| targets | RSS after the first tick | windows full | steady from "
+        f"{RSS_STEADY_FROM_S:g} s | end | peak | slope (steady) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        rss = row["rss_mib"]
+        slope = rss["steady_slope_mib_per_min"]
+        lines.append(
+            f"| {row['targets']} | {_mib(rss['after_first_tick'])} | {_mib(rss['windows_full'])} | "
+            f"{_mib(rss['steady_start'])} | {_mib(rss['end'])} | {_mib(rss['max'])} | "
+            f"{'-' if slope is None else f'{slope:+.2f} MiB/min'} |"
+        )
+    lines += [
+        "",
+        "RSS is read between ticks (after each tick), except the peak, which is over every look. "
+        f"What the daemon keeps per target is bounded by the windows: the detectors' windows "
+        f"({report['window_s']:g} s) and the observations kept to judge again after a configuration "
+        f"reload (both windows and a few intervals), hence steady from {RSS_STEADY_FROM_S:g} s.",
+        "",
+        "## Decisions",
         "",
         "| targets | bad canaries | with a rollback decision | latest outcomes (bad) "
         "| good canaries | with a rollback decision | latest outcomes (good) |",
@@ -482,7 +590,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {row['targets']} | {bad['targets']} | {bad['rolled_back']} | {outcomes(bad)} | "
             f"{good['targets']} | {good['rolled_back']} | {outcomes(good)} |"
         )
-    lines += ["", "Targets:", ""]
+    lines += ["", "## Targets", ""]
     lines += [f"- {'met' if ok else '**MISSED**'}: {name}" for name, ok in report["checks"].items()]
     lines.append("")
     return "\n".join(lines)
@@ -491,20 +599,34 @@ def markdown(report: dict[str, Any]) -> str:
 def one_line(row: dict[str, Any]) -> str:
     wall = wall_of(row)
     rss = row["rss_mib"]
+    slope = rss["steady_slope_mib_per_min"]
     bad, good = row["decisions"]["bad"], row["decisions"]["good"]
+    others = row["others_on_daemon_cpu_pct"]
     return (
-        f"  {row['ticks']} ticks: wall median {wall['median_s'] * 1000:.0f} ms, "
-        f"p95 {wall['p95_s'] * 1000:.0f} ms, max {wall['max_s'] * 1000:.0f} ms; "
-        f"daemon CPU {row['daemon_cpu_s_per_tick'] * 1000:.0f} ms/tick; "
-        f"{row['queries_per_tick']:.1f} queries/tick; "
-        f"RSS {rss['at_first_tick']:.0f} -> {rss['end']:.0f} MiB (max {rss['max']:.0f}, "
-        f"slope when full {rss['steady_slope_mib_per_min']:+.2f} MiB/min); "
+        f"  {row['ticks']} ticks: wall median {_ms(wall['median_s'])}, p95 {_ms(wall['p95_s'])}, "
+        f"max {_ms(wall['max_s'])}; daemon CPU {_ms(row['daemon_cpu_s_per_tick'])}/tick "
+        f"(others on its CPU {'-' if others is None else f'{others:.0f}%'}); "
+        f"{row['queries_per_tick']} queries/tick; RSS {_mib(rss['after_first_tick'])} -> "
+        f"{_mib(rss['end'])} (peak {_mib(rss['max'])}, steady slope "
+        f"{'-' if slope is None else f'{slope:+.2f} MiB/min'}); "
         f"rollback decisions: bad {bad['rolled_back']}/{bad['targets']}, "
         f"good {good['rolled_back']}/{good['targets']}"
     )
 
 
 # --- the driver ----------------------------------------------------------------------------------
+
+
+def revision() -> str:
+    """The checked-out commit, marked ``+changes`` when the tree differs from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "(unknown revision)"
+    return f"{commit}{' +changes' if dirty else ''}"
 
 
 def drive(args: argparse.Namespace) -> dict[str, Any]:
@@ -518,7 +640,7 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
 
     pinned = (os.cpu_count() or 1) >= 2 and hasattr(os, "sched_setaffinity") and not args.no_pin
     if pinned:
-        # Prometheus and the sample app inherit this; the daemon is moved to its own core.
+        # Prometheus and the sample app inherit this; the daemon is moved to its own CPU.
         os.sched_setaffinity(0, {OTHERS_CPU})
 
     runs: list[dict[str, Any]] = []
@@ -531,11 +653,12 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
             server = start_prometheus(targets=[app.address], data_dir=root / "prometheus", binary=binary,
                                       scrape_interval_s=SCRAPE_INTERVAL_S, scrapes=3)
             try:
-                for targets, duration_s in ((100, args.small_s), (SERVICES, args.large_s)):
+                assert server.pid is not None
+                for targets, duration_s in ((SMALL, args.small_s), (SERVICES, args.large_s)):
                     print(f"rollbackd with {targets} targets for {duration_s:g} s", flush=True)
                     run = run_daemon(targets=targets, duration_s=duration_s, prometheus_url=server.url,
-                                     workdir=root, pinned=pinned)
-                    row = summarize(run, window_fill_s=WINDOW_S + INTERVAL_S)
+                                     prometheus_pid=server.pid, workdir=root, pinned=pinned)
+                    row = summarize(run)
                     print(one_line(row), flush=True)
                     runs.append(row)
             finally:
@@ -546,6 +669,7 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
     small, large = runs
     return {
         "benchmark": "scale",
+        "revision": revision(),
         "prometheus_version": prometheus_version,
         "services": SERVICES,
         "scrape_interval_s": SCRAPE_INTERVAL_S,
@@ -561,9 +685,9 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n")[0])
     parser.add_argument("--small-s", type=float, default=50.0,
-                        help="how long to run with 100 targets after the first tick (default 50)")
-    parser.add_argument("--large-s", type=float, default=200.0,
-                        help="how long to run with 1,000 targets after the first tick (default 200)")
+                        help=f"how long to run with {SMALL} targets after the first tick (default 50)")
+    parser.add_argument("--large-s", type=float, default=225.0,
+                        help=f"how long to run with {SERVICES} targets after the first tick (default 225)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--out-dir", default=str(RESULTS_DIR), help="where to write the results")
     return parser.parse_args(argv)

@@ -291,6 +291,7 @@ async def test_sigterm_stops_the_daemon_cleanly(tmp_path: Path, session: aiohttp
         "prometheus": {"url": f"http://{HOST}:{free_port()}", "timeout_s": 1, "retries": 0},
         "http": {"host": HOST, "port": port},
         "log": {"level": "INFO", "format": "json"},
+        "store": {"data_dir": str(tmp_path / "data")},
         "targets": [checkout().model_dump(mode="json", exclude_defaults=True)],
     }))
     process = await _run("run", "--config", str(config))

@@ -105,9 +105,12 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-def _config(prometheus_url: str, http_port: int, apps: dict[str, SampleAppProcess]) -> dict[str, Any]:
+def _config(
+    prometheus_url: str, http_port: int, apps: dict[str, SampleAppProcess], data_dir: Path
+) -> dict[str, Any]:
     return {
         "interval_s": INTERVAL_S,
+        "store": {"data_dir": str(data_dir)},
         "prometheus": {"url": prometheus_url, "timeout_s": 2, "retries": 0, "scrape_interval_s": 1},
         "health": {"timeout_s": 1},
         "http": {"host": HOST, "port": http_port},
@@ -157,7 +160,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
 
         http_port = free_port()
         config = tmp_path / "rollbackd.yaml"
-        config.write_text(yaml.safe_dump(_config(prometheus.url, http_port, apps)))
+        config.write_text(yaml.safe_dump(_config(prometheus.url, http_port, apps, tmp_path / "data")))
         daemon_log = tmp_path / "rollbackd.log"
         with daemon_log.open("wb") as log:
             daemon = await asyncio.create_subprocess_exec(

@@ -28,6 +28,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 from rollbackd.config.settings import Settings
 from rollbackd.daemon.auth import ApiAuth
 from rollbackd.daemon.http import HttpContext, HttpServer, make_app
+from rollbackd.daemon.journal import Journal
 from rollbackd.daemon.leader import LeaderElector
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.reload import SettingsChange, plan_reload
@@ -84,9 +85,11 @@ class Daemon:
         cluster: Cluster | None = None,
         leader: LeaderElector | None = None,
         auth: ApiAuth | None = None,
+        journal: Journal | None = None,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
     ) -> None:
         self.settings = settings
+        self.journal = journal if journal is not None else Journal(required=False)
         self.leader = leader
         self._auth = auth if auth is not None else ApiAuth.from_settings(settings.api, environ={})
         self.state = DaemonState(settings)
@@ -97,6 +100,7 @@ class Daemon:
             verification_window_s=settings.verification.window_s,
             verification_max_wait_s=settings.verification.max_wait_s,
             on_finished=self._rollback_finished,
+            on_change=self._rollback_changed,
         )
         self.state.rollbacks = self.rollbacks
         self._group: asyncio.TaskGroup | None = None
@@ -127,8 +131,9 @@ class Daemon:
 
     @property
     def ready(self) -> bool:
-        """Whether every target was evaluated at least once."""
-        return self.ticks > 0
+        """Whether every target was evaluated at least once, and the store (when one is needed)
+        is open: a daemon that cannot record what it does is not ready."""
+        return self.ticks > 0 and self.journal.problem is None
 
     @property
     def leading(self) -> bool:
@@ -245,8 +250,12 @@ class Daemon:
 
     async def _evaluate_forever(self) -> None:
         with IdleCollector(clock=asyncio.get_running_loop().time) as collector:
-            await run_every(self.settings.interval_s, self.tick, on_skipped=self.metrics.ticks_skipped.inc,
-                            between=collector.between_ticks)
+            await run_every(
+                self.settings.interval_s,
+                self.tick,
+                on_skipped=self.metrics.ticks_skipped.inc,
+                between=collector.between_ticks,
+            )
 
     # --- one tick ------------------------------------------------------------------------------
 
@@ -293,7 +302,15 @@ class Daemon:
             )
             decision = target.evaluator.decide(evidence, context)
             self._record(target, decision)
+            self.journal.decision(target.params, decision, hold=context.hold)
             if decision.rollback and acting and self._group is not None:
+                if self.journal.problem is not None and not decision.dry_run:
+                    logger.error(
+                        "not rolling back: %s (nothing may be done that cannot be recorded)",
+                        self.journal.problem,
+                        extra={"target": target.key},
+                    )
+                    continue
                 self.rollbacks.start(
                     target.params, decision, self._group, bad_revision=target.judged_revision
                 )
@@ -333,6 +350,15 @@ class Daemon:
         await asyncio.gather(*(self.rollbacks.refresh_availability(target.params) for target in verifying))
         for target in verifying:
             self.rollbacks.feed(target.params, observations[target.key])
+
+    def _rollback_changed(self, params: TargetParams, run: RollbackRun) -> None:
+        target = self.state.targets.get(params.key)
+        self.journal.run(
+            params,
+            run,
+            decision=target.last_rollback if target is not None else None,
+            bad_revision=target.judged_revision if target is not None else None,
+        )
 
     def _rollback_finished(self, params: TargetParams, run: RollbackRun) -> None:
         """A rollback reached its verdict: count it, and judge the target afresh from now on."""

@@ -29,10 +29,12 @@ from rollbackd.config.loader import ConfigError, load_settings
 from rollbackd.config.settings import Settings
 from rollbackd.daemon.app import SHUTDOWN_TIMEOUT_S, Daemon
 from rollbackd.daemon.auth import ApiAuth
+from rollbackd.daemon.journal import Journal
 from rollbackd.daemon.leader import LeaderElector
 from rollbackd.daemon.logs import configure_logging
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.reload import ConfigWatcher
+from rollbackd.daemon.storekeeper import keep_store
 from rollbackd.errors import SourceStats
 from rollbackd.kube.client import KubeClient
 from rollbackd.kube.cluster import KubeCluster
@@ -146,6 +148,8 @@ async def run_daemon(
         logger.warning("api.allow_unauthenticated_writes: anyone reaching the port can steer rollbackd")
     elif auth.token() is None:
         logger.warning("no API token (api.token_file or api.token_env): the write endpoints are refused")
+    journal = Journal(required=True)
+    stopping = asyncio.Event()
     #: Armed by the first signal; stays armed while the sources close.
     deadline: list[asyncio.TimerHandle] = []
     try:
@@ -170,6 +174,7 @@ async def run_daemon(
                 cluster=cluster,
                 leader=elector,
                 auth=auth,
+                journal=journal,
                 shutdown_timeout_s=shutdown_timeout_s,
             )
             if config_path is not None:
@@ -196,7 +201,15 @@ async def run_daemon(
             for signum in _SIGNALS:
                 loop.add_signal_handler(signum, on_signal, signum)
             try:
-                await daemon.run()
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(
+                        keep_store(settings, journal=journal, environ=environ, kube=kube, stopping=stopping),
+                        name="rollbackd:store",
+                    )
+                    try:
+                        await daemon.run()
+                    finally:
+                        stopping.set()
             finally:
                 for signum in _SIGNALS:
                     loop.remove_signal_handler(signum)

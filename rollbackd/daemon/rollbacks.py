@@ -109,8 +109,10 @@ class Rollbacks:
         verification_window_s: float,
         verification_max_wait_s: float | None,
         on_finished: Callable[[TargetParams, RollbackRun], None] | None = None,
+        on_change: Callable[[TargetParams, RollbackRun], None] | None = None,
     ) -> None:
         self._cluster = cluster
+        self._on_change = on_change
         self._window_s = verification_window_s
         self._max_wait_s = verification_max_wait_s
         self._on_finished = on_finished
@@ -152,6 +154,7 @@ class Rollbacks:
         loop = asyncio.get_running_loop()
         run = RollbackRun(key=params.key, mode=decision.outcome.value, decided_at=loop.time())
         self.runs[params.key] = run
+        self._changed(params, run)
         group.create_task(self._act(params, run, bad_revision), name=f"rollbackd:rollback:{params.key}")
         return run
 
@@ -205,6 +208,7 @@ class Rollbacks:
         run.verifier = Verifier(
             params, started_at=loop.time(), window_s=self._window_s, max_wait_s=self._max_wait_s
         )
+        self._changed(params, run)
 
     def verifying(self) -> list[str]:
         return [key for key, run in self.runs.items() if run.phase is Phase.VERIFYING]
@@ -247,5 +251,14 @@ class Rollbacks:
     def _finish(self, params: TargetParams, run: RollbackRun, t: float) -> None:
         run.finished_at = t
         run.verifier = None
+        self._changed(params, run)
         if self._on_finished is not None:
             self._on_finished(params, run)
+
+    def _changed(self, params: TargetParams, run: RollbackRun) -> None:
+        if self._on_change is None:
+            return
+        try:
+            self._on_change(params, run)
+        except Exception:  # telling about it must never stop the rollback itself
+            logger.exception("could not announce a rollback phase", extra={"target": run.key})

@@ -1,0 +1,68 @@
+"""Opening the store, and the events machinery on top of it, for as long as the daemon runs.
+
+A database that is down at start is not fatal: the daemon serves ``/healthz``, says on
+``/readyz`` why it is not ready, keeps judging (decisions are logged and shown), and acts on
+nothing until the store opens; the keeper retries every few seconds. Once open, the journal
+records every audit entry and event, and the dispatcher delivers the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from rollbackd import __version__
+from rollbackd.config.settings import Settings
+from rollbackd.daemon.journal import Journal
+from rollbackd.events.service import open_events
+from rollbackd.kube import KubeClient
+from rollbackd.store import open_store
+from rollbackd.store.base import StoreError
+
+logger = logging.getLogger(__name__)
+
+#: Pause between attempts to open a store that is down.
+RETRY_S = 5.0
+
+
+async def keep_store(
+    settings: Settings,
+    *,
+    journal: Journal,
+    environ: Mapping[str, str],
+    kube: KubeClient | None,
+    stopping: asyncio.Event,
+    retry_s: float = RETRY_S,
+) -> None:
+    """Open the store (retrying while it is down), attach events to ``journal``, and keep them
+    until ``stopping`` is set; then record the stop and let the sinks drain."""
+    store = open_store(settings.store.url, data_dir=Path(settings.store.data_dir))
+    while True:
+        try:
+            await store.open()
+            break
+        except StoreError as exc:
+            journal.problem = f"store unavailable: {exc}"
+            logger.error("store unavailable, retrying in %gs: %s", retry_s, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), retry_s)
+            if stopping.is_set():
+                return
+    try:
+        async with open_events(settings, store=store, environ=environ, kube=kube) as events:
+            journal.attach(events)
+            journal.audit(
+                "daemon.start",
+                f"rollbackd {__version__} started watching {len(settings.targets)} targets",
+                details={"targets": [target.key for target in settings.targets]},
+            )
+            try:
+                await stopping.wait()
+            finally:
+                journal.audit("daemon.stop", "rollbackd stopping")
+                journal.detach("rollbackd is stopping")
+    finally:
+        await store.close()

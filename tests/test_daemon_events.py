@@ -1,0 +1,168 @@
+"""The whole story of a rollback, as a subscriber sees it: the real daemon, a real SQLite store, a
+real Mosquitto; a scripted metrics source and a scripted cluster behind their protocols."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from rollbackd.config.settings import (
+    EventsSettings,
+    HttpSettings,
+    MqttSettings,
+    SafetySettings,
+    Settings,
+    StoreSettings,
+    VerificationSettings,
+)
+from rollbackd.daemon.app import Daemon
+from rollbackd.daemon.journal import Journal
+from rollbackd.daemon.rollbacks import Phase
+from rollbackd.daemon.storekeeper import keep_store
+from rollbackd.store import open_store
+from tests.mqttfixtures import Mosquitto, mosquitto, subscribed  # noqa: F401 (fixture)
+from tests.test_daemon import HEALTHY, SEVERE, ScriptedHealth, ScriptedMetrics, canary
+from tests.test_daemon_rollbacks import ScriptedCluster
+
+INTERVAL_S = 0.2
+
+
+def settings(broker: Mosquitto, data_dir: Path, prefix: str) -> Settings:
+    return Settings(
+        interval_s=INTERVAL_S,
+        http=HttpSettings(host="127.0.0.1", port=0),
+        safety=SafetySettings(),
+        store=StoreSettings(data_dir=str(data_dir)),
+        verification=VerificationSettings(window_s=1.0),
+        events=EventsSettings(
+            mqtt=MqttSettings(enabled=True, url=broker.url, topic_prefix=prefix, instance="test"),
+            kubernetes_events=False,
+        ),
+        targets=(canary("checkout"),),
+    )
+
+
+async def test_a_subscriber_sees_the_whole_rollback_in_order(mosquitto: Mosquitto, tmp_path: Path) -> None:  # noqa: F811
+    prefix = f"t{tmp_path.name[-8:]}"
+    config = settings(mosquitto, tmp_path / "data", prefix)
+    metrics = ScriptedMetrics(HEALTHY)
+    cluster = ScriptedCluster(action_s=0.1)
+    journal = Journal(required=True)
+    stopping = asyncio.Event()
+    async with subscribed(mosquitto.options, f"{prefix}/v1/shop/checkout/events/#") as subscriber:
+        async with asyncio.TaskGroup() as group:
+            keeper = group.create_task(
+                keep_store(config, journal=journal, environ={}, kube=None, stopping=stopping)
+            )
+            try:
+                async with Daemon(
+                    config,
+                    metrics_source=metrics,
+                    health_source=ScriptedHealth(),
+                    cluster=cluster,
+                    journal=journal,
+                ) as daemon:
+                    for _ in range(100):
+                        if journal.attached and daemon.ready:
+                            break
+                        await asyncio.sleep(0.05)
+                    assert daemon.ready
+                    await asyncio.sleep(5 * INTERVAL_S)
+                    metrics.pair = SEVERE
+                    for _ in range(100):
+                        run = daemon.rollbacks.runs.get("shop/checkout")
+                        if run is not None and run.phase is Phase.VERIFYING:
+                            break
+                        await asyncio.sleep(INTERVAL_S)
+                    metrics.pair = HEALTHY
+                    for _ in range(100):
+                        run = daemon.rollbacks.runs.get("shop/checkout")
+                        if run is not None and not run.phase.active:
+                            break
+                        await asyncio.sleep(INTERVAL_S)
+                    assert run is not None
+                    assert run.phase is Phase.VERIFIED
+                    # The first verdict (healthy) is announced too, then the rollback's story.
+                    received = await subscriber.wait_for(6, timeout_s=20)
+            finally:
+                stopping.set()
+            await keeper
+
+    events = [message.json() for message in received]
+    types = [event["type"] for event in events]
+    assert types[0] == "io.rollbackd.decision.made"
+    assert events[0]["data"]["decision"]["outcome"] == "none"
+    assert types[1:6] == [
+        "io.rollbackd.target.degraded",
+        "io.rollbackd.decision.made",
+        "io.rollbackd.rollback.started",
+        "io.rollbackd.rollback.completed",
+        "io.rollbackd.rollback.verified",
+    ]
+    for message, event in zip(received, events, strict=True):
+        assert event["specversion"] == "1.0"
+        assert event["subject"] == "shop/checkout"
+        assert event["id"]
+        assert event["time"]
+        assert message.topic.endswith("/events/" + event["type"].removeprefix("io.rollbackd."))
+    assert len({event["id"] for event in events}) == len(events)
+    decision = events[2]["data"]
+    assert decision["decision"]["outcome"] == "immediate"
+
+    # The audit trail holds the same story, with the daemon's start and stop around it.
+    store = open_store(None, data_dir=tmp_path / "data")
+    async with contextlib.AsyncExitStack() as stack:
+        await store.open()
+        stack.push_async_callback(store.close)
+        history = await store.history()
+    kinds = [entry.kind for entry in history]
+    assert kinds[0] == "daemon.start"
+    assert kinds[-1] == "daemon.stop"
+    for wanted in ("target.degraded", "decision.made", "rollback.started", "rollback.verified"):
+        assert any(wanted in kind for kind in kinds), (wanted, kinds)
+
+
+async def test_without_a_store_the_daemon_is_not_ready_and_does_not_act(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("x")
+    config = Settings(
+        interval_s=INTERVAL_S,
+        http=HttpSettings(host="127.0.0.1", port=0),
+        store=StoreSettings(data_dir=str(blocker)),
+        targets=(canary("checkout"),),
+    )
+    metrics = ScriptedMetrics(SEVERE)
+    cluster = ScriptedCluster(action_s=0.1)
+    journal = Journal(required=True)
+    stopping = asyncio.Event()
+    async with asyncio.TaskGroup() as group:
+        keeper = group.create_task(
+            keep_store(config, journal=journal, environ={}, kube=None, stopping=stopping, retry_s=0.2)
+        )
+        try:
+            async with Daemon(
+                config,
+                metrics_source=metrics,
+                health_source=ScriptedHealth(),
+                cluster=cluster,
+                journal=journal,
+            ) as daemon:
+                await asyncio.sleep(10 * INTERVAL_S)
+                assert daemon.ticks > 0
+                assert not daemon.ready
+                assert journal.problem is not None
+                assert "store unavailable" in journal.problem
+                assert str(blocker) in journal.problem
+                assert daemon.state.targets["shop/checkout"].last_rollback is not None  # decided...
+                assert cluster.runs == []  # ...but did nothing it could not record
+        finally:
+            stopping.set()
+        await keeper
+
+
+@pytest.fixture(autouse=True)
+def _quiet(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("WARNING")
