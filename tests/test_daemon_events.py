@@ -52,44 +52,44 @@ async def test_a_subscriber_sees_the_whole_rollback_in_order(mosquitto: Mosquitt
     cluster = ScriptedCluster(action_s=0.1)
     journal = Journal(required=True)
     stopping = asyncio.Event()
-    async with subscribed(mosquitto.options, f"{prefix}/v1/shop/checkout/events/#") as subscriber:
-        async with asyncio.TaskGroup() as group:
-            keeper = group.create_task(
-                keep_store(config, journal=journal, environ={}, kube=None, stopping=stopping)
-            )
-            try:
-                async with Daemon(
-                    config,
-                    metrics_source=metrics,
-                    health_source=ScriptedHealth(),
-                    cluster=cluster,
-                    journal=journal,
-                ) as daemon:
-                    for _ in range(100):
-                        if journal.attached and daemon.ready:
-                            break
-                        await asyncio.sleep(0.05)
-                    assert daemon.ready
-                    await asyncio.sleep(5 * INTERVAL_S)
-                    metrics.pair = SEVERE
-                    for _ in range(100):
-                        run = daemon.rollbacks.runs.get("shop/checkout")
-                        if run is not None and run.phase is Phase.VERIFYING:
-                            break
-                        await asyncio.sleep(INTERVAL_S)
-                    metrics.pair = HEALTHY
-                    for _ in range(100):
-                        run = daemon.rollbacks.runs.get("shop/checkout")
-                        if run is not None and not run.phase.active:
-                            break
-                        await asyncio.sleep(INTERVAL_S)
-                    assert run is not None
-                    assert run.phase is Phase.VERIFIED
-                    # The first verdict (healthy) is announced too, then the rollback's story.
-                    received = await subscriber.wait_for(6, timeout_s=20)
-            finally:
-                stopping.set()
-            await keeper
+    topic = f"{prefix}/v1/shop/checkout/events/#"
+    async with subscribed(mosquitto.options, topic) as subscriber, asyncio.TaskGroup() as group:
+        keeper = group.create_task(
+            keep_store(config, journal=journal, environ={}, kube=None, stopping=stopping)
+        )
+        try:
+            async with Daemon(
+                config,
+                metrics_source=metrics,
+                health_source=ScriptedHealth(),
+                cluster=cluster,
+                journal=journal,
+            ) as daemon:
+                for _ in range(100):
+                    if journal.attached and daemon.ready:
+                        break
+                    await asyncio.sleep(0.05)
+                assert daemon.ready
+                await asyncio.sleep(5 * INTERVAL_S)
+                metrics.pair = SEVERE
+                for _ in range(100):
+                    run = daemon.rollbacks.runs.get("shop/checkout")
+                    if run is not None and run.phase is Phase.VERIFYING:
+                        break
+                    await asyncio.sleep(INTERVAL_S)
+                metrics.pair = HEALTHY
+                for _ in range(100):
+                    run = daemon.rollbacks.runs.get("shop/checkout")
+                    if run is not None and not run.phase.active:
+                        break
+                    await asyncio.sleep(INTERVAL_S)
+                assert run is not None
+                assert run.phase is Phase.VERIFIED
+                # The first verdict (healthy) is announced too, then the rollback's story.
+                received = await subscriber.wait_for(6, timeout_s=20)
+        finally:
+            stopping.set()
+        await keeper
 
     events = [message.json() for message in received]
     types = [event["type"] for event in events]
