@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read the sample apps' /metrics directly even when Prometheus is installed",
     )
+    demo.add_argument(
+        "--mqtt-url",
+        default=None,
+        help="publish the events to this MQTT broker (default: mqtt://127.0.0.1:1883 when one answers "
+        "there); watch them with: mosquitto_sub -t 'rollbackd/#' -v",
+    )
 
     history = commands.add_parser(
         "history",
@@ -158,8 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     _config_argument(events, help=f"the YAML configuration file (default: ${CONFIG_ENV})")
     events.add_argument("--follow", "-f", action="store_true", help="print events as they happen, until ^C")
     events.add_argument("--target", metavar="NS/NAME", help="only this target's events")
-    events.add_argument("--type", metavar="GLOB", action="append", dest="types",
-                        help="only event types matching GLOB (rollback.*, hold.set, ...); repeatable")
+    events.add_argument(
+        "--type",
+        metavar="GLOB",
+        action="append",
+        dest="types",
+        help="only event types matching GLOB (rollback.*, hold.set, ...); repeatable",
+    )
     events.add_argument("--mqtt-url", metavar="URL", help="the broker (default: events.mqtt.url)")
     events.add_argument("--count", type=int, metavar="N", help="with --follow: exit after N events")
 

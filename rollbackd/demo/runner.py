@@ -29,6 +29,7 @@ import json
 import logging
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
@@ -43,20 +44,25 @@ from rollbackd.backoff import Backoff
 from rollbackd.config.settings import (
     Defaults,
     DetectionSettings,
+    EventsSettings,
     HealthSettings,
     HttpSettings,
     KubernetesSettings,
     LogSettings,
+    MqttSettings,
     PolicySettings,
     PrometheusSettings,
     Settings,
+    StoreSettings,
     TargetSettings,
     VerificationSettings,
 )
 from rollbackd.daemon.app import Daemon
+from rollbackd.daemon.journal import Journal
 from rollbackd.daemon.logs import configure_logging
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.rollbacks import Phase, RollbackRun
+from rollbackd.daemon.storekeeper import keep_store
 from rollbackd.demo.direct import DirectMetricsSource
 from rollbackd.demo.emulator import ClusterEmulator, Controllers
 from rollbackd.demo.processes import (
@@ -81,6 +87,7 @@ logger = logging.getLogger(__name__)
 
 EMULATOR_LABEL = "EMULATED Kubernetes API (kmock) -- not a real cluster"
 
+
 #: PromQL for 1 s scrapes and 1 s evaluations: a range as short as the interval holds a single
 #: sample, too few for ``increase()``; ``irate()`` is the growth between the last two scrapes, per
 #: second -- per interval, at a 1 s interval.
@@ -98,7 +105,8 @@ class DemoOptions:
     - ``rollout_delay_s``: how long the emulated pods of a rolled-out ReplicaSet take to be ready;
     - ``fault_error_rate``: the fraction of requests the bad version fails;
     - ``healthy_ticks``: conclusive, healthy decisions to wait for before the fault;
-    - ``timeout_s``: the whole demo's time limit.
+    - ``timeout_s``: the whole demo's time limit;
+    - ``mqtt_url``: the MQTT broker the events go to, or ``None`` (recorded in the store only).
     """
 
     work_dir: Path
@@ -112,6 +120,7 @@ class DemoOptions:
     fault_error_rate: float = 0.3
     healthy_ticks: int = 6
     timeout_s: float = 110.0
+    mqtt_url: str | None = None
 
 
 class DemoFailed(Exception):
@@ -172,16 +181,27 @@ def demo_settings(target: TargetSettings, *, prometheus_url: str | None, options
     return Settings(
         interval_s=options.interval_s,
         prometheus=PrometheusSettings(
-            url=prometheus_url or PrometheusSettings().url, timeout_s=2.0, retries=0,
+            url=prometheus_url or PrometheusSettings().url,
+            timeout_s=2.0,
+            retries=0,
             scrape_interval_s=options.interval_s,
         ),
         health=HealthSettings(timeout_s=1.0),
         http=HttpSettings(host=HOST, port=0),
         log=LogSettings(level="INFO", format="text"),
-        kubernetes=KubernetesSettings(enabled=True, request_timeout_s=5.0, retries=3,
-                                      availability_timeout_s=30.0),
-        verification=VerificationSettings(window_s=options.verification_window_s,
-                                          max_wait_s=3 * options.verification_window_s),
+        kubernetes=KubernetesSettings(
+            enabled=True, request_timeout_s=5.0, retries=3, availability_timeout_s=30.0
+        ),
+        store=StoreSettings(data_dir=str(options.work_dir / "data")),
+        events=EventsSettings(
+            mqtt=MqttSettings(
+                enabled=options.mqtt_url is not None, url=options.mqtt_url or LOCAL_MQTT, instance="demo"
+            ),
+            kubernetes_events=True,
+        ),
+        verification=VerificationSettings(
+            window_s=options.verification_window_s, max_wait_s=3 * options.verification_window_s
+        ),
         defaults=Defaults(
             detection=DetectionSettings(window_s=5.0, baseline_window_s=120.0),
             policy=PolicySettings(controlled_grace_s=5.0, cooldown_s=300.0),
@@ -245,24 +265,37 @@ class Demo:
             apps = await self._start_apps(stack)
             source = await self._start_metrics(stack, apps)
             kube = await stack.enter_async_context(KubeClient.for_host(kube_url, request_timeout_s=5.0))
-            self.timeline.say(f"load generator: {self.options.rps:g} requests/s in all, routed as "
-                              f"{scenario.routing.source} says (read every {self.options.interval_s:g}s)")
-            load = await stack.enter_async_context(LoadGenerator(
-                kube=kube, routing=scenario.routing, backends={name: app.url for name, app in apps.items()},
-                rps=self.options.rps, routing_interval_s=self.options.interval_s,
-                on_change=self._routing_changed,
-            ))
+            self.timeline.say(
+                f"load generator: {self.options.rps:g} requests/s in all, routed as "
+                f"{scenario.routing.source} says (read every {self.options.interval_s:g}s)"
+            )
+            load = await stack.enter_async_context(
+                LoadGenerator(
+                    kube=kube,
+                    routing=scenario.routing,
+                    backends={name: app.url for name, app in apps.items()},
+                    rps=self.options.rps,
+                    routing_interval_s=self.options.interval_s,
+                    on_change=self._routing_changed,
+                )
+            )
             daemon = await self._start_daemon(stack, kube, apps, source)
             key = daemon.settings.targets[0].key
             ticker = loop.create_task(self._report_traffic(load), name="rollbackd:demo:traffic-report")
             stack.push_async_callback(_cancel, ticker)
 
             if scenario.release is not None:
-                await self._until(deadline, "the old version has served a while",
-                                  lambda: self._served_ticks(daemon, key) >= self.options.healthy_ticks)
+                await self._until(
+                    deadline,
+                    "the old version has served a while",
+                    lambda: self._served_ticks(daemon, key) >= self.options.healthy_ticks,
+                )
                 self.timeline.say(await scenario.release(kube))
-            await self._until(deadline, f"{self.options.healthy_ticks} healthy decisions",
-                              lambda: self._healthy_ticks(daemon, key) >= self.options.healthy_ticks)
+            await self._until(
+                deadline,
+                f"{self.options.healthy_ticks} healthy decisions",
+                lambda: self._healthy_ticks(daemon, key) >= self.options.healthy_ticks,
+            )
             await self._fault(apps[scenario.bad])
             run = await self._follow_rollback(daemon, key, deadline)
             await asyncio.sleep(0.5)  # the last requests in flight come back
@@ -278,17 +311,28 @@ class Demo:
         self.timeline.say(f"{EMULATOR_LABEL}, serving at {url}")
         for line in self.scenario.seed(emu):
             self.timeline.detail(f"seeded {line}")
-        await stack.enter_async_context(Controllers(emu, rollout_delay_s=self.options.rollout_delay_s,
-                                                    poll_s=0.05))
-        self.timeline.detail(f"emulated deployment and EndpointSlice controllers running (pods ready "
-                             f"{self.options.rollout_delay_s:g}s after their ReplicaSet scales up)")
+        await stack.enter_async_context(
+            Controllers(emu, rollout_delay_s=self.options.rollout_delay_s, poll_s=0.05)
+        )
+        self.timeline.detail(
+            f"emulated deployment and EndpointSlice controllers running (pods ready "
+            f"{self.options.rollout_delay_s:g}s after their ReplicaSet scales up)"
+        )
         return url
 
     async def _start_apps(self, stack: contextlib.AsyncExitStack) -> dict[str, SampleAppProcess]:
         started = await asyncio.gather(
-            *(astart_sample_app(deployment=app.deployment, namespace=NAMESPACE, error_rate=0.002,
-                                latency_ms=20.0, seed=index, log_dir=self.options.work_dir)
-              for index, app in enumerate(self.scenario.apps)),
+            *(
+                astart_sample_app(
+                    deployment=app.deployment,
+                    namespace=NAMESPACE,
+                    error_rate=0.002,
+                    latency_ms=20.0,
+                    seed=index,
+                    log_dir=self.options.work_dir,
+                )
+                for index, app in enumerate(self.scenario.apps)
+            ),
             return_exceptions=True,
         )
         apps: dict[str, SampleAppProcess] = {}
@@ -303,8 +347,10 @@ class Demo:
             raise DemoFailed(f"a sample app did not start: {failure}")
         for app in self.scenario.apps:
             process = apps[app.backend]
-            self.timeline.say(f"sample app {app.backend!r} at {process.url} (pid {process.pid}): {app.role}, "
-                              f"series deployment={app.deployment}")
+            self.timeline.say(
+                f"sample app {app.backend!r} at {process.url} (pid {process.pid}): {app.role}, "
+                f"series deployment={app.deployment}"
+            )
         return apps
 
     async def _start_metrics(
@@ -315,12 +361,17 @@ class Demo:
             source = await stack.enter_async_context(
                 DirectMetricsSource(urls=[f"{app.url}/metrics" for app in apps.values()])
             )
-            self.timeline.say(f"NO PROMETHEUS: {options.no_prometheus_reason}; rollbackd reads the sample "
-                              "apps' /metrics directly instead (counter growth between two reads)")
+            self.timeline.say(
+                f"NO PROMETHEUS: {options.no_prometheus_reason}; rollbackd reads the sample "
+                "apps' /metrics directly instead (counter growth between two reads)"
+            )
             return source
-        server = PrometheusServer(targets=[app.address for app in apps.values()],
-                                  data_dir=options.work_dir / "prometheus", binary=options.prometheus,
-                                  scrape_interval_s=options.interval_s)
+        server = PrometheusServer(
+            targets=[app.address for app in apps.values()],
+            data_dir=options.work_dir / "prometheus",
+            binary=options.prometheus,
+            scrape_interval_s=options.interval_s,
+        )
         version = await _prometheus_version(server.binary)
         server.start()
         stack.push_async_callback(server.astop)
@@ -330,8 +381,9 @@ class Demo:
         client = await stack.enter_async_context(
             PrometheusClient(base_url=server.url, timeout_s=2.0, retries=0)
         )
-        self.timeline.say(f"Prometheus {version} at {server.url}, scraping the sample apps every "
-                          f"{options.interval_s:g}s")
+        self.timeline.say(
+            f"Prometheus {version} at {server.url}, scraping the sample apps every {options.interval_s:g}s"
+        )
         return Lookback(PrometheusSource(client=client), min_range_s=min_range_s(options.interval_s))
 
     async def _start_daemon(
@@ -345,18 +397,49 @@ class Demo:
         target = self.scenario.target({name: app.url for name, app in apps.items()})
         settings = demo_settings(target, prometheus_url=self._prometheus_url, options=options)
         metrics = DaemonMetrics()
-        prober = await stack.enter_async_context(HealthProber(
-            timeout_s=settings.health.timeout_s,
-            stats=SourceStats(source="health", on_error=metrics.count_source_error),
-        ))
+        prober = await stack.enter_async_context(
+            HealthProber(
+                timeout_s=settings.health.timeout_s,
+                stats=SourceStats(source="health", on_error=metrics.count_source_error),
+            )
+        )
         cluster = KubeCluster(
-            kube=kube, settings=settings,
+            kube=kube,
+            settings=settings,
             action_settings=ActionSettings.from_kubernetes(
                 settings.kubernetes, poll_s=0.2, backoff=Backoff(initial_s=0.1, max_s=1.0)
             ),
         )
-        daemon = Daemon(settings, metrics_source=source, health_source=prober, metrics=metrics,
-                        cluster=cluster, shutdown_timeout_s=5.0)
+        journal = Journal(required=True)
+        stopping = asyncio.Event()
+        keeper = asyncio.get_running_loop().create_task(
+            keep_store(settings, journal=journal, environ={}, kube=kube, stopping=stopping),
+            name="rollbackd:demo:store",
+        )
+
+        async def stop_keeper() -> None:
+            stopping.set()
+            await keeper
+
+        stack.push_async_callback(stop_keeper)
+        if options.mqtt_url:
+            self.timeline.say(
+                f"events: publishing to {options.mqtt_url} (watch them: mosquitto_sub -t 'rollbackd/#' -v)"
+            )
+        else:
+            self.timeline.say(
+                "events: no MQTT broker answers at 127.0.0.1:1883; they go to the audit "
+                "store only (--mqtt-url URL to publish)"
+            )
+        daemon = Daemon(
+            settings,
+            metrics_source=source,
+            health_source=prober,
+            metrics=metrics,
+            cluster=cluster,
+            journal=journal,
+            shutdown_timeout_s=5.0,
+        )
         await stack.enter_async_context(daemon)
         slo = settings.defaults.slo
         self.timeline.say(
@@ -382,8 +465,12 @@ class Demo:
         if decision is None:
             return None
         evidence = decision.evidence
-        shape = (decision.outcome, decision.rollback, decision.escalate,
-                 evidence.impact if evidence is not None else None)
+        shape = (
+            decision.outcome,
+            decision.rollback,
+            decision.escalate,
+            evidence.impact if evidence is not None else None,
+        )
         if shape != self._shown_decision:
             self._shown_decision = shape
             self.timeline.say(_decision_text(decision), at=decision.t)
@@ -462,8 +549,13 @@ class Demo:
                     shown_action = True
                     self._show_action(run)
                 result = run.verification
-                if (result is not None and not result.done and result.reasons
-                        and loop.time() - last_progress >= 3.0 and result.reasons[0] != shown_verifying):
+                if (
+                    result is not None
+                    and not result.done
+                    and result.reasons
+                    and loop.time() - last_progress >= 3.0
+                    and result.reasons[0] != shown_verifying
+                ):
                     shown_verifying = result.reasons[0]
                     last_progress = loop.time()
                     self.timeline.say(f"verifying: {shown_verifying}")
@@ -517,8 +609,12 @@ class Demo:
 
         span("fault -> rollback decision", m.fault, m.decision)
         span("rollback decision -> action done", m.decision, m.acted)
-        span(f"fault -> {bad!r} gets no traffic", m.fault, m.no_traffic,
-             "   (target: under 5s with 1s scrapes and 1s evaluations)")
+        span(
+            f"fault -> {bad!r} gets no traffic",
+            m.fault,
+            m.no_traffic,
+            "   (target: under 5s with 1s scrapes and 1s evaluations)",
+        )
         span("rollback decision -> verified", m.decision, m.verified)
         span("fault -> verified", m.fault, m.verified)
         if m.fault is None or m.no_traffic is None:
@@ -578,6 +674,20 @@ async def _until_terminated(options: DemoOptions, *, out: TextIO) -> Measurement
         loop.remove_signal_handler(signal.SIGTERM)
 
 
+#: The broker the demo publishes to when one answers there and no --mqtt-url is given.
+LOCAL_MQTT = "mqtt://127.0.0.1:1883"
+LOCAL_MQTT_ADDRESS = ("127.0.0.1", 1883)
+
+
+def _answers(address: tuple[str, int]) -> bool:
+    """Whether something accepts TCP connections at ``address`` (a quick look, loopback only)."""
+    try:
+        with socket.create_connection(address, timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def run_cli(args: argparse.Namespace) -> int:
     """``rollbackd demo`` once kmock is known to be there: the process edge (finds Prometheus on
     the PATH, sends the logs to a file in a fresh work directory, prints the timeline on stdout).
@@ -589,8 +699,14 @@ def run_cli(args: argparse.Namespace) -> int:
         binary = find_prometheus()
         reason = "no 'prometheus' binary on the PATH"
     work_dir = Path(tempfile.mkdtemp(prefix="rollbackd-demo-"))
-    options = DemoOptions(scenario=args.scenario, prometheus=binary, no_prometheus_reason=reason,
-                          work_dir=work_dir)
+    mqtt_url = getattr(args, "mqtt_url", None) or (LOCAL_MQTT if _answers(LOCAL_MQTT_ADDRESS) else None)
+    options = DemoOptions(
+        scenario=args.scenario,
+        prometheus=binary,
+        no_prometheus_reason=reason,
+        work_dir=work_dir,
+        mqtt_url=mqtt_url,
+    )
     log_path = work_dir / "rollbackd.log"
     with log_path.open("a", encoding="utf-8") as log:
         configure_logging(LogSettings(level="INFO", format="text"), stream=log)
@@ -614,4 +730,3 @@ def run_cli(args: argparse.Namespace) -> int:
             logging.getLogger().handlers.clear()
     shutil.rmtree(work_dir, ignore_errors=True)
     return 0
-
