@@ -166,3 +166,78 @@ async def test_without_a_store_the_daemon_is_not_ready_and_does_not_act(tmp_path
 @pytest.fixture(autouse=True)
 def _quiet(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("WARNING")
+
+
+async def test_a_rollback_left_unfinished_is_finished_after_a_restart(tmp_path: Path) -> None:
+    config = Settings(
+        interval_s=INTERVAL_S,
+        http=HttpSettings(host="127.0.0.1", port=0),
+        store=StoreSettings(data_dir=str(tmp_path / "data")),
+        verification=VerificationSettings(window_s=1.0),
+        events=EventsSettings(kubernetes_events=False),
+        targets=(canary("checkout"),),
+    )
+
+    async def run_daemon(metrics: ScriptedMetrics, cluster: ScriptedCluster, until: str) -> Daemon:
+        journal = Journal(required=True)
+        stopping = asyncio.Event()
+        async with asyncio.TaskGroup() as group:
+            keeper = group.create_task(
+                keep_store(config, journal=journal, environ={}, kube=None, stopping=stopping)
+            )
+            try:
+                async with Daemon(
+                    config,
+                    metrics_source=metrics,
+                    health_source=ScriptedHealth(),
+                    cluster=cluster,
+                    journal=journal,
+                ) as daemon:
+                    for _ in range(200):
+                        run = daemon.rollbacks.runs.get("shop/checkout")
+                        if until == "acting" and run is not None and run.phase is Phase.ACTING:
+                            break
+                        if until == "done" and run is not None and not run.phase.active:
+                            break
+                        await asyncio.sleep(INTERVAL_S)
+            finally:
+                stopping.set()
+            await keeper
+        return daemon
+
+    # The first process decides and starts acting, then stops before the action completes.
+    first_cluster = ScriptedCluster(action_s=60.0)
+    await run_daemon(ScriptedMetrics(SEVERE), first_cluster, until="acting")
+    assert first_cluster.runs == [False]
+
+    # The next one finds the rollback under way in the store, finishes it and verifies it, even
+    # though the metrics it sees now (traffic back on the stable) alone would not call for one.
+    second_cluster = ScriptedCluster(action_s=0.1)
+    daemon = await run_daemon(ScriptedMetrics(HEALTHY), second_cluster, until="done")
+    run = daemon.rollbacks.runs["shop/checkout"]
+    assert run.resumed
+    assert run.phase is Phase.VERIFIED
+    assert second_cluster.runs == [False]
+
+    # And a third start has nothing left to resume.
+    third_cluster = ScriptedCluster(action_s=0.1)
+    journal = Journal(required=True)
+    stopping = asyncio.Event()
+    async with asyncio.TaskGroup() as group:
+        keeper = group.create_task(
+            keep_store(config, journal=journal, environ={}, kube=None, stopping=stopping)
+        )
+        try:
+            async with Daemon(
+                config,
+                metrics_source=ScriptedMetrics(HEALTHY),
+                health_source=ScriptedHealth(),
+                cluster=third_cluster,
+                journal=journal,
+            ) as daemon:
+                await asyncio.sleep(10 * INTERVAL_S)
+                assert daemon.rollbacks.runs == {}
+        finally:
+            stopping.set()
+        await keeper
+    assert third_cluster.runs == []

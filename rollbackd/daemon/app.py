@@ -104,6 +104,9 @@ class Daemon:
         )
         self.state.rollbacks = self.rollbacks
         self._group: asyncio.TaskGroup | None = None
+        #: Whether this process (as the leader, if there is an election) took over the rollbacks
+        #: the store says were under way.
+        self._resumed = False
         self._metrics_source = metrics_source
         self._health_source = health_source
         self._shutdown_timeout_s = shutdown_timeout_s
@@ -281,6 +284,7 @@ class Daemon:
                 # A defect in the core must not blind the daemon to every other target.
                 self.metrics.evaluation_errors.inc()
                 logger.exception("evaluation failed", extra={"target": target.key})
+        await self._resume_rollbacks()
         facts = await self._cluster_facts(
             [t_ for t_ in targets if t_.key in evidences and evidences[t_.key].breached]
         )
@@ -351,8 +355,42 @@ class Daemon:
         for target in verifying:
             self.rollbacks.feed(target.params, observations[target.key])
 
+    async def _resume_rollbacks(self) -> None:
+        """Once the store is open (and while this replica leads): finish the rollbacks a previous
+        process or leader left under way."""
+        if not self.leading:
+            self._resumed = False
+            return
+        if self._resumed or not self.journal.attached or self._group is None or self._cluster is None:
+            return
+        self._resumed = True
+        found = await self.journal.runs_in_flight(list(self.state.targets))
+        for key, saved in found.items():
+            target = self.state.targets[key]
+            if saved.get("phase") not in ("acting", "verifying"):
+                continue
+            bad = saved.get("bad_revision")
+            target.judged_revision = bad if isinstance(bad, int) else None
+            self.rollbacks.resume(
+                target.params,
+                mode=str(saved.get("mode", "immediate")),
+                bad_revision=target.judged_revision,
+                group=self._group,
+            )
+
     def _rollback_changed(self, params: TargetParams, run: RollbackRun) -> None:
         target = self.state.targets.get(params.key)
+        if self._group is not None:
+            state = None
+            if run.phase.active:
+                state = {
+                    "phase": run.phase.value,
+                    "mode": run.mode,
+                    "bad_revision": target.judged_revision if target is not None else None,
+                }
+            self._group.create_task(
+                self.journal.save_run(params.key, state), name=f"rollbackd:save-run:{params.key}"
+            )
         self.journal.run(
             params,
             run,

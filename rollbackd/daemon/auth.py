@@ -169,4 +169,3 @@ def auth_middleware(auth: ApiAuth, *, write_handlers: Collection[Handler]) -> Mi
         return await handler(request)
 
     return check
-

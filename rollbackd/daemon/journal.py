@@ -10,6 +10,7 @@ not act, since it could not account for what it did.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -20,7 +21,7 @@ from rollbackd.events.publisher import audit_entry_for
 from rollbackd.events.service import Events
 from rollbackd.model import Decision, Hold
 from rollbackd.params import TargetParams
-from rollbackd.store.base import AuditEntry
+from rollbackd.store.base import AuditEntry, Store
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class Journal:
 
     def __init__(self, *, required: bool) -> None:
         self._events: Events | None = None
+        self._store: Store | None = None
+        self._saving = asyncio.Lock()
         self._announcers: dict[str, Announcer] = {}
         self._required = required
         self.problem: str | None = "the store is not open yet" if required else None
@@ -42,13 +45,15 @@ class Journal:
     def events(self) -> Events | None:
         return self._events
 
-    def attach(self, events: Events) -> None:
+    def attach(self, events: Events, store: Store | None = None) -> None:
         self._events = events
+        self._store = store
         self._announcers.clear()
         self.problem = None
 
     def detach(self, problem: str | None = None) -> None:
         self._events = None
+        self._store = None
         if self._required:
             self.problem = problem or "the store is closed"
 
@@ -80,6 +85,30 @@ class Journal:
             run, clock=Clock.now(), decision=decision, strategy=params.strategy, bad_revision=bad_revision
         ):
             self._events.publisher.submit(audit_entry_for(event), (event,))
+
+    async def save_run(self, key: str, state: Mapping[str, Any] | None) -> None:
+        """Keep (or, with ``None``, forget) the rollback under way for ``key`` in the store, so a
+        restarted daemon or a new leader finishes it."""
+        store = self._store
+        if store is None:
+            return
+        async with self._saving:
+            try:
+                await store.put_state(f"rollback:{key}", state)
+            except Exception as exc:
+                logger.error("could not save the rollback state: %s", exc, extra={"target": key})
+
+    async def runs_in_flight(self, keys: list[str]) -> dict[str, Mapping[str, Any]]:
+        """The rollbacks under way that the store remembers, for the given targets."""
+        store = self._store
+        if store is None:
+            return {}
+        found: dict[str, Mapping[str, Any]] = {}
+        for key in keys:
+            state = await store.get_state(f"rollback:{key}")
+            if state is not None:
+                found[key] = state
+        return found
 
     def audit(
         self, kind: str, summary: str, *, target: str | None = None, details: Mapping[str, Any] | None = None

@@ -314,7 +314,9 @@ class LeaderElector:
         record = self._observe(lease, loop.time())
         if record.holder == self.identity:
             stored = await objects.replace_lease(
-                self.kube, namespace=self.namespace, name=self.name,
+                self.kube,
+                namespace=self.namespace,
+                name=self.name,
                 lease=self._claim(lease, acquiring=not self._leading),
             )
             self._renewed(started, stored, acquired=not self._leading)
@@ -391,14 +393,22 @@ class LeaderElector:
         message = f"{exc}" if isinstance(exc, KubeError) else "the Lease request timed out"
         if self.is_leader:
             logger.warning(
-                "could not renew the Lease: %s", message,
-                extra={"lease": self.lease, "identity": self.identity,
-                       "leader_for_s": round(max(0.0, self._valid_until - started), 3)},
+                "could not renew the Lease: %s",
+                message,
+                extra={
+                    "lease": self.lease,
+                    "identity": self.identity,
+                    "leader_for_s": round(max(0.0, self._valid_until - started), 3),
+                },
             )
         elif message != self._last_error:
             level = logging.ERROR if isinstance(exc, KubePermanent) else logging.WARNING
-            logger.log(level, "could not read or claim the Lease: %s", message,
-                       extra={"lease": self.lease, "identity": self.identity})
+            logger.log(
+                level,
+                "could not read or claim the Lease: %s",
+                message,
+                extra={"lease": self.lease, "identity": self.identity},
+            )
         self._last_error = message
 
     def _set_leading(self, leading: bool, *, why: str) -> None:
@@ -439,7 +449,8 @@ class LeaderElector:
                 )
         except (KubeError, TimeoutError) as exc:
             logger.warning(
-                "could not release the Lease; it expires on its own: %s", exc,
+                "could not release the Lease; it expires on its own: %s",
+                exc,
                 extra={"lease": self.lease, "identity": self.identity},
             )
             return

@@ -249,7 +249,8 @@ class ConfigWatcher:
         except OSError as exc:
             if str(exc) != self._unreadable:
                 logger.warning(
-                    "cannot read the configuration file; still running the current configuration: %s", exc,
+                    "cannot read the configuration file; still running the current configuration: %s",
+                    exc,
                     extra={"config": str(self.path)},
                 )
             self._unreadable = str(exc)

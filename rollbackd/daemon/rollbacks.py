@@ -76,6 +76,8 @@ class RollbackRun:
     finished_at: float | None = None
     verifier: Verifier | None = field(default=None, repr=False)
     available: bool | None = None
+    #: Taken over from a previous process or leader (found in the store).
+    resumed: bool = False
 
     @property
     def duration_s(self) -> float | None:
@@ -155,6 +157,20 @@ class Rollbacks:
         run = RollbackRun(key=params.key, mode=decision.outcome.value, decided_at=loop.time())
         self.runs[params.key] = run
         self._changed(params, run)
+        group.create_task(self._act(params, run, bad_revision), name=f"rollbackd:rollback:{params.key}")
+        return run
+
+    def resume(
+        self, params: TargetParams, *, mode: str, bad_revision: int | None, group: asyncio.TaskGroup
+    ) -> RollbackRun | None:
+        """Finish a rollback a previous process (or leader) started: the action runs again (it is
+        idempotent: work already done is found done) and the verification starts afresh."""
+        if self._cluster is None or self.in_progress(params.key):
+            return None
+        loop = asyncio.get_running_loop()
+        run = RollbackRun(key=params.key, mode=mode, decided_at=loop.time(), resumed=True)
+        self.runs[params.key] = run
+        logger.warning("resuming a rollback left unfinished", extra={"target": params.key, "mode": mode})
         group.create_task(self._act(params, run, bad_revision), name=f"rollbackd:rollback:{params.key}")
         return run
 

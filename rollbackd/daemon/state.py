@@ -63,8 +63,10 @@ class TargetState:
         """The detectors' half of a tick, keeping ``obs`` for as long as a window may need it."""
         self.observations.append(obs)
         detection = self.params.detection
-        horizon = detection.window_s + detection.baseline_window_s + detection.confirm_intervals * (
-            self.params.interval_s
+        horizon = (
+            detection.window_s
+            + detection.baseline_window_s
+            + detection.confirm_intervals * (self.params.interval_s)
         )
         while self.observations and self.observations[0].t <= obs.t - horizon:
             self.observations.popleft()

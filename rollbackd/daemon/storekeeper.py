@@ -53,7 +53,7 @@ async def keep_store(
                 return
     try:
         async with open_events(settings, store=store, environ=environ, kube=kube) as events:
-            journal.attach(events)
+            journal.attach(events, store)
             journal.audit(
                 "daemon.start",
                 f"rollbackd {__version__} started watching {len(settings.targets)} targets",
