@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from rollbackd.config.settings import (
+    ApiSettings,
     EventsSettings,
     HttpSettings,
     MqttSettings,
@@ -241,3 +243,54 @@ async def test_a_rollback_left_unfinished_is_finished_after_a_restart(tmp_path: 
             stopping.set()
         await keeper
     assert third_cluster.runs == []
+
+
+async def test_steering_through_the_api_is_audited(tmp_path: Path) -> None:
+    config = Settings(
+        interval_s=INTERVAL_S,
+        http=HttpSettings(host="127.0.0.1", port=0),
+        api=ApiSettings(allow_unauthenticated_writes=True),
+        store=StoreSettings(data_dir=str(tmp_path / "data")),
+        events=EventsSettings(kubernetes_events=False),
+        targets=(canary("checkout"),),
+    )
+    journal = Journal(required=True)
+    stopping = asyncio.Event()
+    async with asyncio.TaskGroup() as group:
+        keeper = group.create_task(
+            keep_store(config, journal=journal, environ={}, kube=None, stopping=stopping)
+        )
+        try:
+            async with (
+                Daemon(
+                    config,
+                    metrics_source=ScriptedMetrics(HEALTHY),
+                    health_source=ScriptedHealth(),
+                    journal=journal,
+                ) as daemon,
+                aiohttp.ClientSession() as session,
+            ):
+                for _ in range(100):
+                    if journal.attached:
+                        break
+                    await asyncio.sleep(0.05)
+                base = f"http://127.0.0.1:{daemon.port}"
+                async with session.post(base + "/api/v1/freeze") as response:
+                    assert response.status == 200
+                hold = {"eta_s": 300, "reason": "hotfix 2.3.1 rolling out"}
+                async with session.post(base + "/api/v1/targets/shop/checkout/hold", json=hold) as response:
+                    assert response.status == 200
+                await asyncio.sleep(0.5)
+        finally:
+            stopping.set()
+        await keeper
+    store = open_store(None, data_dir=tmp_path / "data")
+    await store.open()
+    try:
+        history = await store.history()
+    finally:
+        await store.close()
+    by_kind = {entry.kind: entry for entry in history}
+    assert by_kind["freeze"].summary == "global freeze on: no automatic rollback"
+    assert by_kind["hold"].target == "shop/checkout"
+    assert "hotfix 2.3.1" in by_kind["hold"].summary

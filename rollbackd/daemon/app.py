@@ -242,6 +242,9 @@ class Daemon:
             alive=lambda: self.alive,
             ready=lambda: self.ready,
             ticks=lambda: self.ticks,
+            audit=lambda kind, summary, target, details: self.journal.audit(
+                kind, summary, target=target, details=details
+            ),
             leader=lambda: self.leading,
             auth=self._auth,
         )
@@ -416,6 +419,18 @@ class Daemon:
             cluster.reconfigure(effective)
         self.settings = effective
         self.metrics.targets.set(len(self.state.targets))
+        if not change.empty:
+            self.journal.audit(
+                "config.reload",
+                f"configuration reloaded: {change.summary()}",
+                details={
+                    "added": list(change.added),
+                    "removed": list(change.removed),
+                    "changed": {key: list(what) for key, what in change.changed.items()},
+                    "switches": list(change.switches),
+                    "restart_required": list(change.restart_required),
+                },
+            )
         return change
 
     def _record(self, target: TargetState, decision: Decision) -> None:

@@ -66,6 +66,8 @@ class HttpContext:
     alive: Callable[[], bool]
     ready: Callable[[], bool]
     ticks: Callable[[], int]
+    #: Records a steering action in the audit log: (kind, summary, target, details).
+    audit: Callable[[str, str, str | None, dict[str, object]], None] = lambda *_: None
     leader: Callable[[], bool] = lambda: True
     auth: ApiAuth = field(default_factory=lambda: ApiAuth(token=lambda: None))
 
@@ -175,6 +177,12 @@ async def set_hold(request: web.Request) -> web.Response:
         "fix-forward hold set",
         extra={"target": target.key, "eta_s": eta_s, "reason": reason, "remote": request.remote},
     )
+    ctx.audit(
+        "hold",
+        f"fix-forward hold set for {eta_s:g}s: {reason}",
+        target.key,
+        {"eta_s": eta_s, "reason": reason},
+    )
     return json_response(target_view(ctx.state, target, now=now))
 
 
@@ -185,6 +193,7 @@ async def clear_hold(request: web.Request) -> web.Response:
         return _error(404, "no such target")
     ctx.state.holds.clear(target.key)
     logger.warning("fix-forward hold lifted", extra={"target": target.key, "remote": request.remote})
+    ctx.audit("hold", "fix-forward hold lifted", target.key, {})
     return json_response(target_view(ctx.state, target, now=ctx.clock()))
 
 
@@ -192,6 +201,7 @@ async def freeze(request: web.Request) -> web.Response:
     ctx = _context(request)
     ctx.state.flags.freeze = True
     logger.warning("global freeze on: no automatic rollback", extra={"remote": request.remote})
+    ctx.audit("freeze", "global freeze on: no automatic rollback", None, {"freeze": True})
     return json_response(flags_view(ctx.state.flags))
 
 
@@ -199,6 +209,7 @@ async def unfreeze(request: web.Request) -> web.Response:
     ctx = _context(request)
     ctx.state.flags.freeze = False
     logger.warning("global freeze off", extra={"remote": request.remote})
+    ctx.audit("freeze", "global freeze off", None, {"freeze": False})
     return json_response(flags_view(ctx.state.flags))
 
 
@@ -212,6 +223,7 @@ async def set_dry_run(request: web.Request) -> web.Response:
     logger.warning(
         "dry-run %s", "on" if enabled else "off", extra={"dry_run": enabled, "remote": request.remote}
     )
+    ctx.audit("dry-run", f"dry-run {'on' if enabled else 'off'}", None, {"dry_run": enabled})
     return json_response(flags_view(ctx.state.flags))
 
 
