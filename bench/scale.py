@@ -71,8 +71,9 @@ WINDOW_S = 60.0
 #: the same from tick to tick).
 TICKS_STEADY_FROM_S = WINDOW_S + INTERVAL_S
 #: Memory is judged once everything kept per target has reached its bound: the daemon keeps
-#: observations for up to both windows (and a few intervals) to judge them again after a reload.
-RSS_STEADY_FROM_S = 2 * WINDOW_S + 3 * INTERVAL_S
+#: observations for up to both windows and two intervals (to judge them again after a
+#: configuration reload), and a few more intervals let the allocator settle.
+RSS_STEADY_FROM_S = 2 * WINDOW_S + 5 * INTERVAL_S
 
 #: What the benchmark must show.
 MAX_TICK_S = 1.0

@@ -281,6 +281,13 @@ async def test_steering_through_the_api_is_audited(tmp_path: Path) -> None:
                 async with session.post(base + "/api/v1/targets/shop/checkout/hold", json=hold) as response:
                     assert response.status == 200
                 await asyncio.sleep(0.5)
+                async with session.get(base + "/api/v1/history?target=shop/checkout&since=1h") as response:
+                    assert response.status == 200
+                    shown = (await response.json())["entries"]
+                assert "hold" in [entry["kind"] for entry in shown]
+                assert all(entry["target"] == "shop/checkout" for entry in shown)
+                async with session.get(base + "/api/v1/history?since=soon") as response:
+                    assert response.status == 400
         finally:
             stopping.set()
         await keeper

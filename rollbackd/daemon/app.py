@@ -245,6 +245,9 @@ class Daemon:
             audit=lambda kind, summary, target, details: self.journal.audit(
                 kind, summary, target=target, details=details
             ),
+            history=lambda target, since, limit: self.journal.history(
+                target=target, since=since, limit=limit
+            ),
             leader=lambda: self.leading,
             auth=self._auth,
         )

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -43,6 +43,8 @@ from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.page import refresh_seconds, render_status_page
 from rollbackd.daemon.state import DaemonState, TargetState
 from rollbackd.daemon.views import flags_view, target_view, targets_view
+from rollbackd.store.base import AuditEntry
+from rollbackd.store.history import entry_json, parse_since, parse_target
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,8 @@ class HttpContext:
     ticks: Callable[[], int]
     #: Records a steering action in the audit log: (kind, summary, target, details).
     audit: Callable[[str, str, str | None, dict[str, object]], None] = lambda *_: None
+    #: Reads the audit log: (target, since, limit) -> entries, or None while the store is closed.
+    history: Callable[[str | None, datetime | None, int], Awaitable[list[AuditEntry] | None]] | None = None
     leader: Callable[[], bool] = lambda: True
     auth: ApiAuth = field(default_factory=lambda: ApiAuth(token=lambda: None))
 
@@ -149,6 +153,27 @@ async def get_target(request: web.Request) -> web.Response:
     if target is None:
         return _error(404, "no such target")
     return json_response(target_view(ctx.state, target, now=ctx.clock()))
+
+
+async def history(request: web.Request) -> web.Response:
+    """``GET /api/v1/history?target=NS/NAME&since=1h&limit=N``: the audit log, oldest first."""
+    ctx = _context(request)
+    if ctx.history is None:
+        return _error(503, "no audit store in this process")
+    try:
+        target = parse_target(request.query["target"]) if "target" in request.query else None
+        since = (
+            parse_since(request.query["since"], now=datetime.now(UTC)) if "since" in request.query else None
+        )
+        limit = int(request.query.get("limit", "1000"))
+        if not 1 <= limit <= 100_000:
+            raise ValueError("limit must be between 1 and 100000")
+    except ValueError as exc:
+        return _error(400, str(exc))
+    entries = await ctx.history(target, since, limit)
+    if entries is None:
+        return _error(503, "the audit store is not open (see /readyz)")
+    return json_response({"entries": [entry_json(entry) for entry in entries]})
 
 
 # --- control routes ----------------------------------------------------------------------------
@@ -236,6 +261,7 @@ def read_routes() -> list[web.RouteDef]:
         web.get("/metrics", metrics),
         web.get("/api/v1/targets", list_targets),
         web.get("/api/v1/targets/{namespace}/{name}", get_target),
+        web.get("/api/v1/history", history),
     ]
 
 

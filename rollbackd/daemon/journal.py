@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from rollbackd.daemon.rollbacks import RollbackRun
@@ -97,6 +98,15 @@ class Journal:
                 await store.put_state(f"rollback:{key}", state)
             except Exception as exc:
                 logger.error("could not save the rollback state: %s", exc, extra={"target": key})
+
+    async def history(
+        self, *, target: str | None = None, since: datetime | None = None, limit: int = 1000
+    ) -> list[AuditEntry] | None:
+        """The audit log (``None`` while the store is not open)."""
+        store = self._store
+        if store is None:
+            return None
+        return await store.history(target=target, since=since, limit=limit)
 
     async def runs_in_flight(self, keys: list[str]) -> dict[str, Mapping[str, Any]]:
         """The rollbacks under way that the store remembers, for the given targets."""
