@@ -344,3 +344,12 @@ async def test_the_cluster_defaults_to_the_settings_kubernetes_section(kube: Kub
     settings = SETTINGS.model_copy(update={"kubernetes": kubernetes})
     cluster = KubeCluster(kube=kube, settings=settings)
     assert (cluster.action_settings.attempts, cluster.action_settings.availability_timeout_s) == (2, 30.0)
+
+
+async def test_reloaded_targets_are_taken_over(kube: KubeClient) -> None:
+    cluster = cluster_on(kube)
+    only_api = Settings(targets=tuple(t for t in SETTINGS.targets if t.name == "api"))
+    cluster.reconfigure(only_api)
+    assert cluster.target(f"{NS}/api").name == "api"
+    with pytest.raises(LookupError):
+        cluster.target(f"{NS}/checkout")

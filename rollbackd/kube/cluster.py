@@ -83,6 +83,10 @@ class KubeCluster:
         #: target key -> the candidate revision the latest facts() read.
         self._revisions: dict[str, int | None] = {}
 
+    def reconfigure(self, settings: Settings) -> None:
+        """Take over reloaded targets (added, removed, or pointing at other objects)."""
+        self._targets = {target.key: target for target in settings.targets}
+
     def target(self, key: str) -> TargetSettings:
         """The configured target ``namespace/name``; ``LookupError`` if there is none."""
         try:
