@@ -206,6 +206,7 @@ class IdleCollector:
         self._active = False
 
     def between_ticks(self) -> None:
+        """Collect what the last tick left (everything, every ``full_every_s``), then freeze it."""
         if not self._active:
             return
         now = self._clock()

@@ -1,10 +1,13 @@
 """Delivering the outbox to the sinks: at least once, in order, each sink at its own pace.
 
 One loop per sink reads the events that sink has not delivered yet (``store.pending(sink)``, in
-outbox order), delivers them one by one and moves the sink's cursor after each success
-(``store.mark_delivered``). A failed delivery is retried, the same event again, after a jittered
-backoff: an event is never skipped, so the order per target holds, and a sink that is down only
-holds back its own cursor, never the other sinks'. A delivery that succeeded but whose cursor
+outbox order), delivers them in order and moves the sink's cursor as deliveries succeed
+(``store.mark_delivered``). A sink that keeps call order on the wire (MQTT: one TCP connection)
+may have several deliveries in flight at once (its ``max_in_flight``): they complete in order, and
+one cursor move covers every delivery that completed meanwhile. A failed delivery is retried, the
+same event again, after a jittered backoff -- cut short when a sink that had lost its connection
+gets it back: an event is never skipped, so the order per target holds, and a sink that is down
+only holds back its own cursor, never the other sinks'. A delivery that succeeded but whose cursor
 move was lost (a crash, a store error) is delivered again: subscribers dedupe by event id.
 
 The loops wake at once when events are recorded (:meth:`Dispatcher.nudge`) and also poll every
@@ -17,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 from rollbackd.backoff import Backoff
 from rollbackd.errors import TemporaryError
@@ -43,6 +47,30 @@ class Sink(Protocol):
     async def deliver(self, event: OutboxEvent) -> None:
         """Deliver one event; return only once it is accepted. Raise (any exception) to have it
         retried after a backoff."""
+        ...
+
+
+@runtime_checkable
+class PipelinedSink(Sink, Protocol):
+    """A sink that may have several deliveries in flight: it hands events to its transport in the
+    order :meth:`deliver` is called (before its first suspension) and the transport keeps that
+    order, so deliveries complete in order."""
+
+    @property
+    def max_in_flight(self) -> int:
+        """How many deliveries the dispatcher may have under way at once (1: one by one)."""
+        ...
+
+
+@runtime_checkable
+class ConnectedSink(Sink, Protocol):
+    """A sink holding a connection (MQTT): a retry waits no longer than its reconnection."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def wait_connected(self, *, timeout_s: float) -> bool:
+        """Whether the sink is (or gets, within ``timeout_s``) connected."""
         ...
 
 
@@ -179,30 +207,87 @@ class Dispatcher:
                 self._idle[name].set()
                 await self._wait(name, self._poll_interval_s)
                 continue
-            for event in events:
-                await self._deliver(sink, event, status)
-                status.backlog -= 1
-                try:
-                    # The cursor moves after every event, so a restart redelivers as little as possible.
-                    await self._mark(name, event)
-                except Exception as exc:
-                    # Delivered but not marked: read the outbox again; what follows the last mark is
-                    # delivered again (at least once).
-                    logger.warning("events: cannot move the cursor of %s: %s", name, exc)
-                    await asyncio.sleep(self._backoff.delay(0))
-                    break
+            await self._deliver_all(sink, events, status)
 
-    async def _mark(self, name: str, event: OutboxEvent) -> None:
+    async def _deliver_all(self, sink: Sink, events: Sequence[OutboxEvent], status: SinkStatus) -> None:
+        """Deliver ``events`` in order, up to the sink's ``max_in_flight`` at once, and move the
+        cursor as they complete: after every event when they go one by one (so a restart
+        redelivers as little as possible); with several in flight, one store write at a time, each
+        to the newest delivered event, while deliveries go on. Returns early, to read the outbox
+        again, when a cursor move fails."""
+        window = max(1, sink.max_in_flight) if isinstance(sink, PipelinedSink) else 1
+        in_flight: deque[tuple[int, asyncio.Task[None]]] = deque()
+        moving: asyncio.Task[bool] | None = None
+        unmarked: OutboxEvent | None = None
+        sent = 0
+        try:
+            while sent < len(events) or in_flight:
+                while sent < len(events) and len(in_flight) < window:
+                    in_flight.append((sent, self._start(sink, events[sent])))
+                    sent += 1
+                index, task = in_flight[0]
+                await asyncio.wait((task,))
+                in_flight.popleft()
+                if _failed(task):
+                    # What was started after it is delivered again, after it.
+                    await _cancel_all(task for _, task in in_flight)
+                    in_flight.clear()
+                    sent = index + 1
+                await self._settle(sink, events[index], task, status)
+                unmarked = events[index]
+                while in_flight and in_flight[0][1].done() and not _failed(in_flight[0][1]):
+                    index, _ = in_flight.popleft()
+                    self._delivered(status)
+                    unmarked = events[index]
+                if moving is not None and moving.done():
+                    if not moving.result():
+                        return await self._after_lost_move()
+                    moving = None
+                if moving is None:
+                    moving = asyncio.create_task(self._move_cursor(sink.name, unmarked))
+                    unmarked = None
+                    if window == 1:  # one by one: the cursor moves before the next delivery starts
+                        if not await moving:
+                            return await self._after_lost_move()
+                        moving = None
+            if moving is not None and not await moving:
+                return await self._after_lost_move()
+            if unmarked is not None and not await self._move_cursor(sink.name, unmarked):
+                return await self._after_lost_move()
+        finally:
+            await _cancel_all(task for _, task in in_flight)
+            if moving is not None:
+                await _cancel_all((moving,))
+
+    async def _move_cursor(self, name: str, event: OutboxEvent) -> bool:
+        """Move the cursor of sink ``name`` through ``event``; ``False`` when the store failed."""
         if event.seq is None:
             raise ValueError(f"outbox event {event.event_id} has no seq")
-        await self._store.mark_delivered(name, event.seq)
+        try:
+            await self._store.mark_delivered(name, event.seq)
+        except Exception as exc:
+            logger.warning("events: cannot move the cursor of %s: %s", name, exc)
+            return False
         self._status[name].last_delivered_seq = event.seq
+        return True
 
-    async def _deliver(self, sink: Sink, event: OutboxEvent, status: SinkStatus) -> None:
-        """Deliver ``event``, retrying with backoff until it is accepted."""
+    async def _after_lost_move(self) -> None:
+        """Delivered but not marked: pause, then read the outbox again; what follows the last
+        cursor move is delivered again (at least once)."""
+        await asyncio.sleep(self._backoff.delay(0))
+
+    @staticmethod
+    def _start(sink: Sink, event: OutboxEvent) -> asyncio.Task[None]:
+        return asyncio.create_task(sink.deliver(event), name=f"rollbackd:events:{sink.name}:deliver")
+
+    async def _settle(
+        self, sink: Sink, event: OutboxEvent, task: asyncio.Task[None], status: SinkStatus
+    ) -> None:
+        """Wait for ``task``, the delivery of ``event``; when it fails, deliver ``event`` again, with
+        backoff, until it is accepted."""
         while True:
             try:
-                await sink.deliver(event)
+                await task
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -220,13 +305,28 @@ class Dispatcher:
                     exc,
                     extra={"target": event.subject, "sink": sink.name, "event_id": event.event_id},
                 )
-                await asyncio.sleep(delay)
+                await self._pause(sink, delay)
+                task = self._start(sink, event)
                 continue
-            if status.retrying:
-                logger.info("events: %s delivers again", sink.name, extra={"sink": sink.name})
-            status.retrying = 0
-            status.delivered += 1
+            self._delivered(status)
             return
+
+    @staticmethod
+    async def _pause(sink: Sink, delay_s: float) -> None:
+        """The backoff before a retry; a sink that has lost its connection ends it by reconnecting
+        (its own reconnection backoff bounds how often that happens)."""
+        if isinstance(sink, ConnectedSink) and not sink.connected:
+            await sink.wait_connected(timeout_s=delay_s)
+        else:
+            await asyncio.sleep(delay_s)
+
+    @staticmethod
+    def _delivered(status: SinkStatus) -> None:
+        if status.retrying:
+            logger.info("events: %s delivers again", status.name, extra={"sink": status.name})
+        status.retrying = 0
+        status.delivered += 1
+        status.backlog -= 1
 
     async def _prune_loop(self) -> None:
         names = [sink.name for sink in self._sinks]
@@ -240,3 +340,21 @@ class Dispatcher:
                 continue
             if pruned:
                 logger.info("events: pruned %d delivered events older than %s", pruned, before.isoformat())
+
+
+def _failed(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` (done) ended otherwise than by succeeding."""
+    return task.cancelled() or task.exception() is not None
+
+
+async def _cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait for them to end, whatever they end with (their outcome is not
+    needed: each of their events is delivered again)."""
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    for task in pending:
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure that came before the cancellation is not news

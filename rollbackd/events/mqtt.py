@@ -170,6 +170,9 @@ class MqttOptions:
 
 DEFAULT_TOPICS = Topics()
 DEFAULT_RECONNECT = Backoff(initial_s=0.5, max_s=30.0)
+#: Publications awaiting the broker's acknowledgement at once: enough to keep a loopback or LAN
+#: connection busy while the acknowledgements come back.
+DEFAULT_MAX_IN_FLIGHT = 64
 
 
 def default_instance() -> str:
@@ -190,7 +193,9 @@ class MqttSink:
     - ``instance``: this daemon's name in the liveness topic;
     - ``topics``: the topic layout (its prefix);
     - ``reconnect``: delays between connection attempts;
-    - ``name``: the sink's outbox cursor (default ``mqtt``).
+    - ``name``: the sink's outbox cursor (default ``mqtt``);
+    - ``max_in_flight``: deliveries the dispatcher may have under way at once (each publishes in
+      the order it was called, on the one connection, so they complete in order).
 
     :meth:`deliver` waits up to ``options.timeout_s`` for a connection, then raises
     :class:`~rollbackd.events.dispatcher.DeliveryError`, as it does when the broker does not
@@ -205,12 +210,16 @@ class MqttSink:
         topics: Topics = DEFAULT_TOPICS,
         reconnect: Backoff = DEFAULT_RECONNECT,
         name: str = "mqtt",
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
         self._options = options
         self._instance = instance
         self._topics = topics
         self._reconnect = reconnect
         self._name = name
+        self._max_in_flight = max_in_flight
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -220,6 +229,10 @@ class MqttSink:
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def max_in_flight(self) -> int:
+        return self._max_in_flight
 
     @property
     def topics(self) -> Topics:
@@ -265,7 +278,7 @@ class MqttSink:
 
     def _new_client(self) -> aiomqtt.Client:
         options = self._options
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             options.hostname,
             options.port,
             username=options.username,
@@ -277,7 +290,15 @@ class MqttSink:
             tls_context=self._ssl,
             clean_session=True,
             logger=logger,
+            # Room for every delivery in flight, an event and its status each.
+            max_inflight_messages=2 * self._max_in_flight,
+            # Small packets go out at once: Nagle's algorithm would hold a publication back until
+            # the previous one is acknowledged, which is what pipelined deliveries avoid.
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
+        # So many publications awaiting their acknowledgement are expected, not a warning sign.
+        client.pending_calls_threshold = 2 * self._max_in_flight + 1
+        return client
 
     async def _maintain(self) -> None:
         """Connect, announce ``online``, wait for the connection to drop; again, with backoff."""
@@ -308,26 +329,32 @@ class MqttSink:
 
     async def deliver(self, event: OutboxEvent) -> None:
         """Publish ``event`` (QoS 1, acknowledged by the broker) and then its target's status."""
-        if not await self.wait_connected(timeout_s=self._options.timeout_s):
-            raise DeliveryError(
-                f"not connected to the MQTT broker {self._options.hostname}:{self._options.port}"
-            )
         client = self._client
-        assert client is not None
+        if client is None:
+            if not await self.wait_connected(timeout_s=self._options.timeout_s):
+                raise DeliveryError(
+                    f"not connected to the MQTT broker {self._options.hostname}:{self._options.port}"
+                )
+            client = self._client
+            assert client is not None
         if event.subject is None:
             topic = self._topics.daemon_event(self._instance, event.type)
         else:
             topic = self._topics.event(event.subject, event.type)
-        try:
-            await client.publish(topic, _dumps(dict(event.payload)), qos=1)
-            if event.subject is not None:
-                status = self._status(event)
-                if status is not None:
-                    await client.publish(
-                        self._topics.status(event.subject), _dumps(status), qos=1, retain=True
-                    )
-        except aiomqtt.MqttError as exc:
-            raise DeliveryError(f"MQTT publish of {event.event_id} failed: {exc}") from exc
+        publications = [client.publish(topic, _dumps(dict(event.payload)), qos=1)]
+        status = None if event.subject is None else self._status(event)
+        if event.subject is not None and status is not None:
+            publications.append(
+                client.publish(self._topics.status(event.subject), _dumps(status), qos=1, retain=True)
+            )
+        # Both go out at once, the event first (tasks start in the order they are made): one wait
+        # for the broker's acknowledgements instead of two in a row.
+        outcomes = await asyncio.gather(*publications, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, aiomqtt.MqttError):
+                raise DeliveryError(f"MQTT publish of {event.event_id} failed: {outcome}") from outcome
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     @staticmethod
     def _status(event: OutboxEvent) -> dict[str, object] | None:

@@ -1,0 +1,367 @@
+"""Benchmark: each rollback action's own API work against the emulated API server (issue 3).
+
+The three Kubernetes actions -- :class:`~rollbackd.actions.canary_abort.CanaryAbort`,
+:class:`~rollbackd.actions.bluegreen.BlueGreenSwitchBack` and
+:class:`~rollbackd.actions.deployment_undo.DeploymentUndo` -- run against the emulated API server
+(:class:`~rollbackd.demo.emulator.ClusterEmulator`, served over real HTTP by kmock, with the
+emulated deployment and EndpointSlice controllers running), through the real
+``kubernetes_asyncio`` client (:meth:`~rollbackd.kube.KubeClient.for_host`), with the settings the
+daemon uses by default (``kubernetes.retries`` 4, retries 0.2 s doubling, availability polled
+every second).
+
+Each action runs 20 times, each time on freshly seeded objects (a namespace of its own, so every
+run starts from the bad release), after one warm-up run (the client's first requests also set up
+its connection and API discovery; it is reported, not counted). Then 20 more runs with faults
+injected: a 409 conflict on the main write and 500/503 answers to other reads and writes, retried
+by the action. Every run must end ``done`` with the cluster rolled back, each change applied
+once.
+
+Reported per action: ``ActionResult.api_s`` (the action's own API requests, retries and their
+backoff pauses included) as median, p95 and max, and ``wait_s`` (waiting for the rolled-back-to
+version to be available) separately. The target: the action's own API work (``api_s``) under 1 s
+without faults (p95 and max shown too; with faults the backoff pauses are part of ``api_s``).
+
+Run from the repository root: ``python -m bench.actions`` (about a minute and a half). Results go
+to ``bench/results/actions.json`` and ``.md``. The exit status is 1 when the target was missed or
+a run did not roll back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kmock
+
+from rollbackd.actions.base import ActionOutcome, ActionResult, RollbackAction
+from rollbackd.actions.bluegreen import BlueGreenSwitchBack
+from rollbackd.actions.canary_abort import CanaryAbort
+from rollbackd.actions.deployment_undo import DeploymentUndo
+from rollbackd.actions.steps import ActionSettings
+from rollbackd.config.settings import KubernetesSettings
+from rollbackd.demo.emulator import (
+    DEPLOYMENTS,
+    ENDPOINTSLICES,
+    INGRESSES,
+    REPLICASETS,
+    SERVICES,
+    ClusterEmulator,
+    Controllers,
+    rollout_complete,
+    seed_deployment,
+    seed_ingress,
+    seed_service,
+)
+from rollbackd.kube import KubeClient
+from rollbackd.kube.objects import CANARY_WEIGHT_ANNOTATION
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+RUNS = 20
+MAX_API_S = 1.0
+#: What the daemon uses when nothing is configured (``KubeCluster`` builds it the same way).
+SETTINGS = ActionSettings.from_kubernetes(KubernetesSettings())
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One action: how to seed a namespace with its bad release, how to make the action, how to
+    inject faults into that namespace (returning the views that count the faulted requests), and
+    whether the cluster ended rolled back."""
+
+    name: str
+    seed: Callable[[ClusterEmulator, str], None]
+    action: Callable[[KubeClient, str], RollbackAction]
+    faults: Callable[[ClusterEmulator, str], list[kmock.View]]
+    rolled_back: Callable[[ClusterEmulator, str], bool]
+
+
+def _replicas(emu: ClusterEmulator, namespace: str, name: str) -> int:
+    deployment = emu.read(DEPLOYMENTS, namespace, name)
+    return -1 if deployment is None else int(deployment["spec"]["replicas"])
+
+
+# --- canary abort (ingress-nginx) ---------------------------------------------------------------
+
+
+def seed_canary(emu: ClusterEmulator, ns: str) -> None:
+    seed_deployment(emu, ns, "web", replicas=3, image="shop/web:1.1",
+                    labels={"app": "web", "track": "stable"}, revision_history=["shop/web:1.0"])
+    seed_deployment(emu, ns, "web-canary", replicas=1, image="shop/web:1.2",
+                    labels={"app": "web", "track": "canary"})
+    seed_service(emu, ns, "web", selector={"app": "web", "track": "stable"})
+    seed_service(emu, ns, "web-canary", selector={"app": "web", "track": "canary"})
+    seed_ingress(emu, ns, "web", service="web", host="shop.example.com")
+    seed_ingress(emu, ns, "web-canary", service="web-canary", host="shop.example.com", canary_weight=20)
+
+
+def canary_faults(emu: ClusterEmulator, ns: str) -> list[kmock.View]:
+    return [
+        emu.conflict("patch", INGRESSES, namespace=ns, name="web-canary"),
+        emu.fail("get", INGRESSES, status=503, namespace=ns, name="web-canary", times=1),
+        emu.fail("patch", DEPLOYMENTS, status=500, namespace=ns, name="web-canary", subresource="scale",
+                 times=2),
+    ]
+
+
+def canary_rolled_back(emu: ClusterEmulator, ns: str) -> bool:
+    ingress = emu.read(INGRESSES, ns, "web-canary") or {}
+    weight = (ingress.get("metadata", {}).get("annotations") or {}).get(CANARY_WEIGHT_ANNOTATION)
+    return weight == "0" and _replicas(emu, ns, "web-canary") == 0
+
+
+CANARY = Case(
+    name="canary-abort",
+    seed=seed_canary,
+    action=lambda kube, ns: CanaryAbort(kube=kube, target=f"{ns}/web", namespace=ns, ingress="web-canary",
+                                        canary="web-canary", stable="web", settings=SETTINGS),
+    faults=canary_faults,
+    rolled_back=canary_rolled_back,
+)
+
+
+# --- blue-green switch-back ---------------------------------------------------------------------
+
+BLUE = {"app": "web", "version": "blue"}
+GREEN = {"app": "web", "version": "green"}
+
+
+def seed_bluegreen(emu: ClusterEmulator, ns: str) -> None:
+    seed_deployment(emu, ns, "web-blue", replicas=3, image="shop/web:1.1", labels=BLUE, container="web")
+    seed_deployment(emu, ns, "web-green", replicas=3, image="shop/web:1.2", labels=GREEN, container="web")
+    seed_service(emu, ns, "web", selector=GREEN)
+
+
+def bluegreen_faults(emu: ClusterEmulator, ns: str) -> list[kmock.View]:
+    return [
+        emu.conflict("patch", SERVICES, namespace=ns, name="web"),
+        emu.fail("list", ENDPOINTSLICES, status=500, namespace=ns, times=2),
+        emu.fail("patch", DEPLOYMENTS, status=503, namespace=ns, name="web-green", subresource="scale",
+                 times=1),
+    ]
+
+
+def bluegreen_rolled_back(emu: ClusterEmulator, ns: str) -> bool:
+    service = emu.read(SERVICES, ns, "web") or {}
+    return (service.get("spec") or {}).get("selector") == BLUE and _replicas(emu, ns, "web-green") == 0
+
+
+BLUEGREEN = Case(
+    name="blue-green-switch-back",
+    seed=seed_bluegreen,
+    action=lambda kube, ns: BlueGreenSwitchBack(kube=kube, target=f"{ns}/web", namespace=ns, service="web",
+                                                healthy="web-blue", bad="web-green", settings=SETTINGS),
+    faults=bluegreen_faults,
+    rolled_back=bluegreen_rolled_back,
+)
+
+
+# --- deployment undo ----------------------------------------------------------------------------
+
+
+def seed_undo(emu: ClusterEmulator, ns: str) -> None:
+    seed_deployment(emu, ns, "web", replicas=3, image="shop/web:1.2",
+                    revision_history=["shop/web:1.0", "shop/web:1.1"])
+
+
+def undo_faults(emu: ClusterEmulator, ns: str) -> list[kmock.View]:
+    return [
+        emu.fail("get", DEPLOYMENTS, status=503, namespace=ns, name="web", times=1),
+        emu.fail("list", REPLICASETS, status=500, namespace=ns, times=1),
+        emu.conflict("patch", DEPLOYMENTS, namespace=ns, name="web"),
+        emu.fail("patch", DEPLOYMENTS, status=500, namespace=ns, name="web", times=1),
+    ]
+
+
+def undo_rolled_back(emu: ClusterEmulator, ns: str) -> bool:
+    deployment = emu.read(DEPLOYMENTS, ns, "web") or {}
+    containers = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [{}]
+    return containers[0].get("image") == "shop/web:1.1" and rollout_complete(deployment)
+
+
+UNDO = Case(
+    name="deployment-undo",
+    seed=seed_undo,
+    action=lambda kube, ns: DeploymentUndo(kube=kube, target=f"{ns}/web", namespace=ns, deployment="web",
+                                           bad_revision=3, settings=SETTINGS),
+    faults=undo_faults,
+    rolled_back=undo_rolled_back,
+)
+
+CASES = (CANARY, BLUEGREEN, UNDO)
+
+
+# --- running them -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One run: what the action said, whether the cluster is rolled back, faults hit."""
+
+    result: ActionResult
+    rolled_back: bool
+    faults_hit: int
+
+
+async def run_case(case: Case, *, runs: int) -> dict[str, Any]:
+    """A warm-up run, ``runs`` clean runs, then ``runs`` runs with faults; each in a fresh
+    namespace of one emulated cluster, through one client (as the daemon keeps one)."""
+    async with (
+        ClusterEmulator() as emu,
+        kmock.Server(emu),
+        Controllers(emu),
+        KubeClient.for_host(str(emu.url), request_timeout_s=10.0) as kube,
+    ):
+        counter = 0
+
+        async def once(*, faults: bool) -> Outcome:
+            nonlocal counter
+            counter += 1
+            ns = f"bench-{counter}"
+            case.seed(emu, ns)
+            views = case.faults(emu, ns) if faults else []
+            result = await case.action(kube, ns).run(dry_run=False)
+            return Outcome(result, case.rolled_back(emu, ns), sum(len(view) for view in views))
+
+        warmup = await once(faults=False)
+        clean = [await once(faults=False) for _ in range(runs)]
+        faulted = [await once(faults=True) for _ in range(runs)]
+    return {"warmup": warmup, "clean": clean, "faults": faulted}
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summary(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    api = [o.result.api_s for o in outcomes]
+    wait = [o.result.wait_s for o in outcomes]
+    failures = [
+        f"{o.result.outcome}: {o.result.reason}" for o in outcomes
+        if o.result.outcome is not ActionOutcome.DONE or not o.rolled_back
+    ]
+    return {
+        "runs": len(outcomes),
+        "api_s": {"median": statistics.median(api), "p95": percentile(api, 0.95), "max": max(api)},
+        "wait_s": {"median": statistics.median(wait), "p95": percentile(wait, 0.95), "max": max(wait)},
+        "changes": sorted({len(o.result.changes) for o in outcomes}),
+        "faults_hit_per_run": sorted({o.faults_hit for o in outcomes}),
+        "not_rolled_back": failures,
+    }
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Rollback actions: their own API work",
+        "",
+        report["setup"],
+        "",
+        "| action | runs | faults | api_s median | api_s p95 | api_s max | wait_s median | wait_s max "
+        "| faulted requests / run | rolled back |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, entry in report["actions"].items():
+        for label, key in (("clean", "clean"), ("409/500/503", "faults")):
+            s = entry[key]
+            ok = s["runs"] - len(s["not_rolled_back"])
+            lines.append(
+                f"| {name} | {s['runs']} | {label} | {_ms(s['api_s']['median'])} | {_ms(s['api_s']['p95'])} "
+                f"| {_ms(s['api_s']['max'])} | {_ms(s['wait_s']['median'])} | {_ms(s['wait_s']['max'])} "
+                f"| {', '.join(map(str, s['faults_hit_per_run']))} | {ok}/{s['runs']} |"
+            )
+    lines += ["", "Target: each action's own API work under 1 s against the emulator (clean runs, max):", ""]
+    for name, met in report["targets"].items():
+        lines.append(f"- {name}: **{'met' if met else 'MISSED'}**")
+    lines += ["", "Warm-up runs (first requests of a fresh client; not counted):", ""]
+    for name, entry in report["actions"].items():
+        w = entry["warmup"]
+        lines.append(f"- {name}: api_s {_ms(w['api_s'])}, wait_s {_ms(w['wait_s'])}")
+    lines += [
+        "",
+        "- api_s: `ActionResult.api_s`, the time of the action's own API requests (reads and "
+        "writes), retries and the backoff pauses between them included; wait_s: waiting for the "
+        "rolled-back-to version to be available / serving (polled every second, the daemon's "
+        "default; the emulated rollouts complete 0.05 s after a change).",
+        "- Faults: canary-abort: a 409 on the canary Ingress patch, a 503 on its read, two 500s on "
+        "the canary's scale; blue-green: a 409 on the Service patch, two 500s listing "
+        "EndpointSlices, a 503 on green's scale; deployment-undo: a 503 reading the Deployment, a "
+        "500 listing ReplicaSets, a 409 and a 500 on the Deployment patch. A 409 is retried at once "
+        "after a re-read; 5xx answers after a backoff of 0.1-0.2 s, then 0.2-0.4 s (jittered).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _result_json(result: ActionResult) -> dict[str, Any]:
+    return {
+        "outcome": str(result.outcome),
+        "api_s": round(result.api_s, 6),
+        "wait_s": round(result.wait_s, 6),
+        "changes": len(result.changes),
+    }
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.actions", description=__doc__.split("\n")[0])
+    parser.add_argument("--out-dir", default=str(RESULTS_DIR), help="where to write the results")
+    parser.add_argument("--runs", type=int, default=RUNS, help="runs of each action, clean and with faults")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    # The retries' warnings are expected here (faults are injected on purpose).
+    logging.basicConfig(level=logging.ERROR)
+    actions: dict[str, Any] = {}
+    targets: dict[str, bool] = {}
+    all_rolled_back = True
+    for case in CASES:
+        print(f"{case.name}: {args.runs} clean runs and {args.runs} with faults ...", flush=True)
+        outcomes = asyncio.run(run_case(case, runs=args.runs))
+        clean, faulted = summary(outcomes["clean"]), summary(outcomes["faults"])
+        warmup = _result_json(outcomes["warmup"].result)
+        actions[case.name] = {"warmup": warmup, "clean": clean, "faults": faulted}
+        targets[case.name] = clean["api_s"]["max"] < MAX_API_S
+        all_rolled_back = all_rolled_back and not clean["not_rolled_back"] and not faulted["not_rolled_back"]
+    report = {
+        "setup": (
+            "ClusterEmulator served by kmock on 127.0.0.1 with the emulated controllers, the real "
+            f"kubernetes_asyncio client; action settings as the daemon's defaults (attempts "
+            f"{SETTINGS.attempts}, backoff {SETTINGS.backoff.initial_s:g} s doubling to "
+            f"{SETTINGS.backoff.max_s:g} s, availability polled every {SETTINGS.poll_s:g} s). "
+            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}. "
+            f"Run at {datetime.now(UTC).isoformat(timespec='seconds')}."
+        ),
+        "actions": actions,
+        "targets": targets,
+        "target_api_s": MAX_API_S,
+    }
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "actions.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(report)
+    (out / "actions.md").write_text(text)
+    print()
+    print(text)
+    return 0 if all(targets.values()) and all_rolled_back else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
