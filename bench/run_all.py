@@ -19,7 +19,12 @@ from pathlib import Path
 from bench import detection
 
 #: Benchmarks run after the detection benchmark when their module exists, in this order.
-OTHER_BENCHMARKS: tuple[str, ...] = ("bench.generalisation", "bench.prom_clients", "bench.scale")
+OTHER_BENCHMARKS: tuple[str, ...] = (
+    "bench.generalisation",
+    "bench.prom_clients",
+    "bench.scale",
+    "bench.closed_loop",
+)
 
 
 def _header(title: str) -> None:
