@@ -24,6 +24,8 @@ OTHER_BENCHMARKS: tuple[str, ...] = (
     "bench.prom_clients",
     "bench.scale",
     "bench.closed_loop",
+    "bench.events_throughput",
+    "bench.actions",
 )
 
 

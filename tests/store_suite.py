@@ -43,8 +43,13 @@ async def opened(backend: Backend) -> AsyncIterator[Store]:
         await store.close()
 
 
-def event(event_id: str, *, subject: str | None = "shop/checkout", created_at: datetime | None = None,
-          **payload: Any) -> OutboxEvent:
+def event(
+    event_id: str,
+    *,
+    subject: str | None = "shop/checkout",
+    created_at: datetime | None = None,
+    **payload: Any,
+) -> OutboxEvent:
     return OutboxEvent(
         event_id=event_id,
         type="io.rollbackd.decision.made",
@@ -54,8 +59,14 @@ def event(event_id: str, *, subject: str | None = "shop/checkout", created_at: d
     )
 
 
-def entry(summary: str, *, target: str | None = "shop/checkout", kind: str = "decision",
-          at: datetime | None = None, **details: Any) -> AuditEntry:
+def entry(
+    summary: str,
+    *,
+    target: str | None = "shop/checkout",
+    kind: str = "decision",
+    at: datetime | None = None,
+    **details: Any,
+) -> AuditEntry:
     return AuditEntry(kind=kind, summary=summary, target=target, details=details, at=at)
 
 
@@ -93,15 +104,26 @@ class StoreSuite:
         details = {
             "evidence": {"error_rate": 0.125, "threshold": 0.01, "p95_ms": None},
             "reasons": ["error rate 12.5% >= 5 x SLO", "attributable: baseline at 0.2%"],
-            "changes": [{"object": "Ingress shop/checkout-canary", "field": "canary-weight",
-                         "before": "20", "after": "0"}],
+            "changes": [
+                {
+                    "object": "Ingress shop/checkout-canary",
+                    "field": "canary-weight",
+                    "before": "20",
+                    "after": "0",
+                }
+            ],
             "note": "naïve ünïcode ✓",
         }
         async with opened(backend) as store:
             await store.record(entry("started", target=None, kind="daemon.start", at=T0))
             recorded = await store.record(
-                AuditEntry(kind="decision", summary="immediate rollback", target="shop/checkout",
-                           details=details, at=T0 + timedelta(seconds=30))
+                AuditEntry(
+                    kind="decision",
+                    summary="immediate rollback",
+                    target="shop/checkout",
+                    details=details,
+                    at=T0 + timedelta(seconds=30),
+                )
             )
             await store.record(entry("rolled back", kind="action.step", at=T0 + timedelta(seconds=31)))
             history = await store.history()
@@ -125,8 +147,9 @@ class StoreSuite:
         async with opened(backend) as store:
             await store.record(entry("checkout 1", target="shop/checkout", at=T0))
             await store.record(entry("payments", target="shop/payments", at=T0 + timedelta(seconds=1)))
-            await store.record(entry("reload", target=None, kind="config.reload",
-                                     at=T0 + timedelta(seconds=2)))
+            await store.record(
+                entry("reload", target=None, kind="config.reload", at=T0 + timedelta(seconds=2))
+            )
             await store.record(entry("checkout 2", target="shop/checkout", at=T0 + timedelta(seconds=3)))
             checkout = await store.history(target="shop/checkout")
             payments = await store.history(target="shop/payments")
@@ -141,8 +164,13 @@ class StoreSuite:
         async with opened(backend) as store:
             for minute in range(5):
                 await store.record(entry(f"checkout {minute}", at=T0 + timedelta(minutes=minute)))
-                await store.record(entry(f"payments {minute}", target="shop/payments",
-                                         at=T0 + timedelta(minutes=minute, seconds=1)))
+                await store.record(
+                    entry(
+                        f"payments {minute}",
+                        target="shop/payments",
+                        at=T0 + timedelta(minutes=minute, seconds=1),
+                    )
+                )
             since = await store.history(since=T0 + timedelta(minutes=3))
             both = await store.history(target="shop/checkout", since=T0 + timedelta(minutes=3))
             # The same instant in another time zone is the same instant.
@@ -157,8 +185,13 @@ class StoreSuite:
     async def test_history_limit_keeps_the_most_recent_oldest_first(self, backend: Backend) -> None:
         async with opened(backend) as store:
             for n in range(6):
-                await store.record(entry(f"entry {n}", at=T0 + timedelta(seconds=n),
-                                         target="shop/payments" if n % 2 else "shop/checkout"))
+                await store.record(
+                    entry(
+                        f"entry {n}",
+                        at=T0 + timedelta(seconds=n),
+                        target="shop/payments" if n % 2 else "shop/checkout",
+                    )
+                )
             last_two = await store.history(limit=2)
             last_checkout = await store.history(target="shop/checkout", limit=2)
             none = await store.history(limit=0)
@@ -259,9 +292,12 @@ class StoreSuite:
         self, backend: Backend
     ) -> None:
         async with opened(backend) as store:
-            await asyncio.gather(*(
-                store.record(entry(f"record {n}"), [event(f"e-{n}-a"), event(f"e-{n}-b")]) for n in range(20)
-            ))
+            await asyncio.gather(
+                *(
+                    store.record(entry(f"record {n}"), [event(f"e-{n}-a"), event(f"e-{n}-b")])
+                    for n in range(20)
+                )
+            )
             pending = await store.pending("mqtt")
             history = await store.history()
         assert len(history) == 20
@@ -319,8 +355,12 @@ class StoreSuite:
     # -- per-target state -------------------------------------------------------------------
 
     async def test_state_get_put_delete(self, backend: Backend) -> None:
-        in_flight = {"action": "canary.abort", "step": 2, "started_at": "2024-05-01T12:00:00Z",
-                     "changes": [{"object": "Ingress shop/checkout-canary", "before": "20", "after": "0"}]}
+        in_flight = {
+            "action": "canary.abort",
+            "step": 2,
+            "started_at": "2024-05-01T12:00:00Z",
+            "changes": [{"object": "Ingress shop/checkout-canary", "before": "20", "after": "0"}],
+        }
         async with opened(backend) as store:
             assert await store.get_state("shop/checkout") is None
             await store.put_state("shop/checkout", in_flight)
@@ -391,3 +431,44 @@ class StoreSuite:
         assert not await store.ping()
         with pytest.raises(StoreError, match="not open"):
             await store.history()
+
+    # -- records made at the same time share a transaction -----------------------------------
+
+    async def test_one_bad_record_among_concurrent_ones_fails_alone(self, backend: Backend) -> None:
+        async with opened(backend) as store:
+
+            async def record(n: int) -> AuditEntry:
+                second = f"e-{n}-a" if n == 5 else f"e-{n}-b"  # record 5 repeats an event id
+                return await store.record(entry(f"r{n}"), [event(f"e-{n}-a"), event(second)])
+
+            results = await asyncio.gather(*(record(n) for n in range(12)), return_exceptions=True)
+            assert isinstance(results[5], PermanentStoreError)
+            assert "record the 'decision' entry" in str(results[5])
+            stored = [r for i, r in enumerate(results) if i != 5]
+            assert all(isinstance(r, AuditEntry) and r.seq is not None for r in stored)
+            positions = [r.seq for r in stored if isinstance(r, AuditEntry) and r.seq is not None]
+            assert positions == sorted(positions)
+            pending = await store.pending("mqtt")
+            assert [e.event_id for e in pending] == [f"e-{n}-{x}" for n in range(12) if n != 5 for x in "ab"]
+            assert [e.summary for e in await store.history()] == [f"r{n}" for n in range(12) if n != 5]
+        assert await count(backend, "audit_log") == 11
+
+    async def test_close_waits_for_records_under_way(self, backend: Backend) -> None:
+        store = backend.new_store()
+        await store.open()
+        tasks = [asyncio.create_task(store.record(entry(f"r{n}"), [event(f"e{n}")])) for n in range(30)]
+        await asyncio.sleep(0)
+        await store.close()
+        assert all(task.done() and task.exception() is None for task in tasks)
+        assert await count(backend, "outbox") == 30
+
+    async def test_a_caller_that_gives_up_does_not_break_the_others(self, backend: Backend) -> None:
+        async with opened(backend) as store:
+            tasks = [asyncio.create_task(store.record(entry(f"r{n}"), [event(f"e{n}")])) for n in range(10)]
+            await asyncio.sleep(0)
+            tasks[3].cancel()
+            done = await asyncio.gather(*tasks, return_exceptions=True)
+            assert isinstance(done[3], asyncio.CancelledError)
+            assert all(not isinstance(d, BaseException) for i, d in enumerate(done) if i != 3)
+            await store.record(entry("after"), [event("e-after")])
+            assert (await store.pending("mqtt"))[-1].event_id == "e-after"

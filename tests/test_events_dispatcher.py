@@ -4,7 +4,9 @@ on its own cursor, woken by new events, surviving restarts, pruned after the ret
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+import random
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -259,3 +261,104 @@ async def test_factory_events_share_the_configured_source(store: Store) -> None:
     story = rollback_story(factory=EventFactory(source="/clusters/prod/rollbackd"))
     await record(store, story)
     assert {e.payload["source"] for e in await store.pending("any")} == {"/clusters/prod/rollbackd"}
+
+
+class PipeSink:
+    """A sink that takes several deliveries at once (``max_in_flight``), each completing after a
+    random short delay, failing on chosen attempts; ``link`` is its connection."""
+
+    def __init__(self, name: str = "pipe", *, window: int = 8, fail_at: Iterable[int] = ()) -> None:
+        self.name = name
+        self.max_in_flight = window
+        self.wire: list[str] = []  # in the order deliveries started
+        self.acked: list[str] = []
+        self.fail_at = set(fail_at)
+        self.calls = 0
+        self.concurrent = 0
+        self.peak = 0
+        self.link = asyncio.Event()
+        self.link.set()
+
+    @property
+    def connected(self) -> bool:
+        return self.link.is_set()
+
+    async def wait_connected(self, *, timeout_s: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self.link.wait()
+        return self.connected
+
+    async def deliver(self, event: OutboxEvent) -> None:
+        self.calls += 1
+        attempt = self.calls
+        self.wire.append(event.event_id)
+        self.concurrent += 1
+        self.peak = max(self.peak, self.concurrent)
+        try:
+            await asyncio.sleep(random.random() * 0.003)
+            if attempt in self.fail_at:
+                raise ConnectionError(f"attempt {attempt} failed")
+            self.acked.append(event.event_id)
+        finally:
+            self.concurrent -= 1
+
+
+async def test_a_pipelined_sink_gets_everything_in_order_despite_failures(store: Store) -> None:
+    story: list[CloudEvent] = []
+    for i in range(40):
+        story += rollback_story(f"shop/t{i % 7}")
+    await record(store, story)
+    sink = PipeSink(fail_at={3, 20, 21, 77})
+    async with Dispatcher(store=store, sinks=[sink], backoff=FAST, poll_interval_s=30) as dispatcher:
+        assert await dispatcher.drain(timeout_s=20)
+        status = dispatcher.status()["pipe"]
+    # Retransmissions restart at the failed event, so first sends are in outbox order.
+    assert list(dict.fromkeys(sink.wire)) == ids(story)
+    assert set(sink.acked) == set(ids(story))
+    assert sink.peak > 1
+    assert status.failures >= 2
+    assert status.retrying == 0
+    assert await store.pending("pipe") == []
+
+
+async def test_a_pipelined_sink_survives_lost_cursor_moves(store: Store) -> None:
+    flaky = FlakyStore(store)
+    flaky.fail_marks = 3
+    story: list[CloudEvent] = []
+    for i in range(30):
+        story += rollback_story(f"shop/t{i % 5}")
+    await record(store, story)
+    sink = PipeSink()
+    async with Dispatcher(store=flaky, sinks=[sink], backoff=FAST, poll_interval_s=30) as dispatcher:
+        assert await dispatcher.drain(timeout_s=20)
+    assert list(dict.fromkeys(sink.wire)) == ids(story)
+    assert set(sink.acked) == set(ids(story))
+    assert await store.pending("pipe") == []
+
+
+async def test_a_disconnected_sink_retries_as_soon_as_it_reconnects(store: Store) -> None:
+    story = rollback_story()
+    await record(store, story)
+    sink = PipeSink(fail_at={1})
+    sink.link.clear()
+    slow = Backoff(initial_s=30, max_s=30, jitter=0)
+    async with Dispatcher(store=store, sinks=[sink], backoff=slow, poll_interval_s=30) as dispatcher:
+        await asyncio.sleep(0.2)
+        assert sink.calls == len(story)  # the first failed and the rest were dropped; now pausing
+        sink.link.set()
+        assert await dispatcher.drain(timeout_s=2)  # long before the 30 s backoff
+    assert list(dict.fromkeys(sink.wire)) == ids(story)
+    assert set(sink.acked) == set(ids(story))
+
+
+async def test_a_connected_sink_that_fails_still_backs_off(store: Store) -> None:
+    story = rollback_story()
+    await record(store, story)
+    sink = PipeSink(fail_at={1})
+    slow = Backoff(initial_s=30, max_s=30, jitter=0)
+    async with Dispatcher(store=store, sinks=[sink], backoff=slow, poll_interval_s=30) as dispatcher:
+        await asyncio.sleep(0.3)
+        assert sink.calls == len(story)
+        assert not await dispatcher.drain(timeout_s=0.2)
+        assert sink.calls == len(story)

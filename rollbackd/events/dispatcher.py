@@ -52,9 +52,10 @@ class Sink(Protocol):
 
 @runtime_checkable
 class PipelinedSink(Sink, Protocol):
-    """A sink that may have several deliveries in flight: it hands events to its transport in the
-    order :meth:`deliver` is called (before its first suspension) and the transport keeps that
-    order, so deliveries complete in order."""
+    """A sink that may have several deliveries under way at once: it sends events in the order
+    :meth:`deliver` is called (the dispatcher starts them in outbox order) over a transport that
+    keeps that order. The cursor still moves only over an unbroken run of completed deliveries
+    from the oldest, and a failed one is delivered again with everything started after it."""
 
     @property
     def max_in_flight(self) -> int:
@@ -210,12 +211,18 @@ class Dispatcher:
             await self._deliver_all(sink, events, status)
 
     async def _deliver_all(self, sink: Sink, events: Sequence[OutboxEvent], status: SinkStatus) -> None:
-        """Deliver ``events`` in order, up to the sink's ``max_in_flight`` at once, and move the
-        cursor as they complete: after every event when they go one by one (so a restart
-        redelivers as little as possible); with several in flight, one store write at a time, each
-        to the newest delivered event, while deliveries go on. Returns early, to read the outbox
-        again, when a cursor move fails."""
+        """Deliver ``events`` in order and move the cursor as they are delivered: after each one
+        when they go one by one (so a restart redelivers as little as possible); with several in
+        flight (up to the sink's ``max_in_flight``), one store write at a time, each to the newest
+        delivered event, while deliveries go on. Returns early, to read the outbox again, when a
+        cursor move fails."""
         window = max(1, sink.max_in_flight) if isinstance(sink, PipelinedSink) else 1
+        if window == 1:
+            for event in events:
+                await self._settle(sink, event, status)
+                if not await self._move_cursor(sink.name, event):
+                    return await self._after_lost_move()
+            return
         in_flight: deque[tuple[int, asyncio.Task[None]]] = deque()
         moving: asyncio.Task[bool] | None = None
         unmarked: OutboxEvent | None = None
@@ -233,7 +240,7 @@ class Dispatcher:
                     await _cancel_all(task for _, task in in_flight)
                     in_flight.clear()
                     sent = index + 1
-                await self._settle(sink, events[index], task, status)
+                await self._settle(sink, events[index], status, started=task)
                 unmarked = events[index]
                 while in_flight and in_flight[0][1].done() and not _failed(in_flight[0][1]):
                     index, _ = in_flight.popleft()
@@ -246,10 +253,6 @@ class Dispatcher:
                 if moving is None:
                     moving = asyncio.create_task(self._move_cursor(sink.name, unmarked))
                     unmarked = None
-                    if window == 1:  # one by one: the cursor moves before the next delivery starts
-                        if not await moving:
-                            return await self._after_lost_move()
-                        moving = None
             if moving is not None and not await moving:
                 return await self._after_lost_move()
             if unmarked is not None and not await self._move_cursor(sink.name, unmarked):
@@ -281,13 +284,17 @@ class Dispatcher:
         return asyncio.create_task(sink.deliver(event), name=f"rollbackd:events:{sink.name}:deliver")
 
     async def _settle(
-        self, sink: Sink, event: OutboxEvent, task: asyncio.Task[None], status: SinkStatus
+        self, sink: Sink, event: OutboxEvent, status: SinkStatus, *, started: asyncio.Task[None] | None = None
     ) -> None:
-        """Wait for ``task``, the delivery of ``event``; when it fails, deliver ``event`` again, with
-        backoff, until it is accepted."""
+        """Deliver ``event`` -- or wait for ``started``, its delivery already under way -- and
+        when that fails, deliver it again, with backoff, until it is accepted."""
+        attempt = started
         while True:
             try:
-                await task
+                if attempt is None:
+                    await sink.deliver(event)
+                else:
+                    await attempt
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -306,7 +313,7 @@ class Dispatcher:
                     extra={"target": event.subject, "sink": sink.name, "event_id": event.event_id},
                 )
                 await self._pause(sink, delay)
-                task = self._start(sink, event)
+                attempt = None
                 continue
             self._delivered(status)
             return

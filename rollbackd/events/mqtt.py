@@ -194,8 +194,8 @@ class MqttSink:
     - ``topics``: the topic layout (its prefix);
     - ``reconnect``: delays between connection attempts;
     - ``name``: the sink's outbox cursor (default ``mqtt``);
-    - ``max_in_flight``: deliveries the dispatcher may have under way at once (each publishes in
-      the order it was called, on the one connection, so they complete in order).
+    - ``max_in_flight``: deliveries the dispatcher may have under way at once (they publish in
+      the order they were called, on the one connection, which keeps that order).
 
     :meth:`deliver` waits up to ``options.timeout_s`` for a connection, then raises
     :class:`~rollbackd.events.dispatcher.DeliveryError`, as it does when the broker does not
@@ -341,20 +341,19 @@ class MqttSink:
             topic = self._topics.daemon_event(self._instance, event.type)
         else:
             topic = self._topics.event(event.subject, event.type)
-        publications = [client.publish(topic, _dumps(dict(event.payload)), qos=1)]
         status = None if event.subject is None else self._status(event)
+        publications = [client.publish(topic, _dumps(dict(event.payload)), qos=1)]
         if event.subject is not None and status is not None:
             publications.append(
                 client.publish(self._topics.status(event.subject), _dumps(status), qos=1, retain=True)
             )
-        # Both go out at once, the event first (tasks start in the order they are made): one wait
-        # for the broker's acknowledgements instead of two in a row.
+        # Both go out at once, the event first (tasks start in the order they are made, so the
+        # deliveries under way keep their order too): one wait for the broker's acknowledgements
+        # instead of two in a row.
         outcomes = await asyncio.gather(*publications, return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, aiomqtt.MqttError):
-                raise DeliveryError(f"MQTT publish of {event.event_id} failed: {outcome}") from outcome
-            if isinstance(outcome, BaseException):
-                raise outcome
+        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if failures:
+            raise DeliveryError(f"MQTT publish of {event.event_id} failed: {failures[0]}") from failures[0]
 
     @staticmethod
     def _status(event: OutboxEvent) -> dict[str, object] | None:

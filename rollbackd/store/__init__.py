@@ -60,7 +60,7 @@ def store_kind(url: str | None) -> Literal["sqlite", "postgresql"]:
 def sqlite_path(url: str | None, *, data_dir: Path) -> Path:
     """The SQLite file ``url`` names: ``sqlite:///abs/file.db`` or ``/abs/file.db`` as is, a
     relative path inside ``data_dir``, nothing (or ``sqlite://``) the default file there."""
-    rest = url[len(_SQLITE_SCHEME):] if url and url.startswith(_SQLITE_SCHEME) else (url or "")
+    rest = url[len(_SQLITE_SCHEME) :] if url and url.startswith(_SQLITE_SCHEME) else (url or "")
     if not rest:
         return data_dir / DEFAULT_SQLITE_FILE
     path = Path(rest).expanduser()

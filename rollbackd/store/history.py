@@ -160,6 +160,10 @@ def cli_history(args: argparse.Namespace, *, environ: Mapping[str, str]) -> int:
     elif entries:
         print("\n".join(format_entries(entries)))
     else:
-        print("rollbackd history: no audit entries" + (f" for {args.target}" if args.target else "")
-              + (" in that time" if args.since else ""), file=sys.stderr)
+        print(
+            "rollbackd history: no audit entries"
+            + (f" for {args.target}" if args.target else "")
+            + (" in that time" if args.since else ""),
+            file=sys.stderr,
+        )
     return 0

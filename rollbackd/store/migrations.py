@@ -43,8 +43,9 @@ class Dialect:
     table_exists: str  # one parameter (the table name); returns a row when the table exists
 
     def format(self, sql: str) -> str:
-        return sql.format(serial_key=self.serial_key, bigint=self.bigint, timestamp=self.timestamp,
-                          json=self.json)
+        return sql.format(
+            serial_key=self.serial_key, bigint=self.bigint, timestamp=self.timestamp, json=self.json
+        )
 
 
 SQLITE = Dialect(

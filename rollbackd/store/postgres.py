@@ -31,6 +31,7 @@ from rollbackd.store.base import (
     StoreError,
     TemporaryStoreError,
 )
+from rollbackd.store.group import GroupCommit, PendingRecord, recording
 
 __all__ = ["PostgresStore"]
 
@@ -79,6 +80,7 @@ class PostgresStore:
         self.close_timeout_s = close_timeout_s
         self.ping_timeout_s = ping_timeout_s
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
+        self._records: GroupCommit[PendingRecord, int] = GroupCommit(self._write_records, name="postgresql")
 
     @property
     def description(self) -> str:
@@ -149,7 +151,10 @@ class PostgresStore:
         logger.info("store opened: %s (schema version %d)", self.description, migrations.LATEST_VERSION)
 
     async def close(self) -> None:
-        """Close the pool. Closing a closed store does nothing."""
+        """Close the pool (records under way are written first). Closing a closed store does
+        nothing."""
+        if self._pool is not None:
+            await self._records.wait_idle()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close(timeout=self.close_timeout_s)
@@ -204,19 +209,50 @@ class PostgresStore:
     # -- the audit log and the outbox -------------------------------------------------------
 
     async def record(self, entry: AuditEntry, events: Sequence[OutboxEvent] = ()) -> AuditEntry:
+        """See :meth:`~rollbackd.store.base.Store.record`. Records made at the same time share a
+        transaction (:mod:`rollbackd.store.group`), each in a savepoint of its own."""
         now = datetime.now(UTC)
         at = sql.aware(entry.at, "AuditEntry.at") if entry.at is not None else now
-        async with self._connection(f"record the {entry.kind!r} entry") as conn, conn.transaction():
-            if events:
-                await conn.execute(_LOCK_OUTBOX)
-            row = await (await conn.execute(sql.INSERT_AUDIT, sql.audit_params(entry, at))).fetchone()
-            for event in events:
-                await conn.execute(sql.INSERT_EVENT, sql.event_params(event, now))
-        assert row is not None  # INSERT ... RETURNING
-        return AuditEntry(
-            kind=entry.kind, summary=entry.summary, target=entry.target, details=entry.details, at=at,
-            seq=int(row[0]),
+        record = PendingRecord(
+            kind=entry.kind,
+            audit=sql.audit_params(entry, at),
+            events=tuple(sql.event_params(event, now) for event in events),
         )
+        seq = await self._records.submit(record)
+        return AuditEntry(
+            kind=entry.kind, summary=entry.summary, target=entry.target, details=entry.details, at=at, seq=seq
+        )
+
+    async def _write_records(self, records: Sequence[PendingRecord]) -> list[int | StoreError]:
+        """Write ``records`` in one transaction, their statements pipelined (sent back to back,
+        one wait for all their results). When the database refuses one of them (a duplicate event
+        id), nothing of the group is kept, and each is written again in a transaction of its own,
+        so that only that one fails."""
+        try:
+            async with self._connection(recording([r.kind for r in records])) as conn, conn.transaction():
+                async with conn.pipeline():
+                    if any(record.events for record in records):
+                        await conn.execute(_LOCK_OUTBOX)
+                    cursors = []
+                    for record in records:
+                        cursors.append(await conn.execute(sql.INSERT_AUDIT, record.audit))
+                        for params in record.events:
+                            await conn.execute(sql.INSERT_EVENT, params)
+                rows = [await cursor.fetchone() for cursor in cursors]
+        except PermanentStoreError:
+            if len(records) == 1:
+                raise
+            return [await self._write_alone(record) for record in records]
+        assert all(row is not None for row in rows)  # INSERT ... RETURNING
+        return [int(row[0]) for row in rows if row is not None]
+
+    async def _write_alone(self, record: PendingRecord) -> int | StoreError:
+        """Write one record in a transaction of its own; the error it alone fails with."""
+        try:
+            (seq,) = await self._write_records([record])
+        except PermanentStoreError as exc:
+            return exc
+        return seq
 
     async def history(
         self, *, target: str | None = None, since: datetime | None = None, limit: int = 1000

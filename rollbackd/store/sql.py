@@ -97,9 +97,7 @@ def event_params(event: OutboxEvent, now: datetime) -> tuple[Any, ...]:
     return (event.event_id, event.type, event.subject, payload, created_at)
 
 
-def history_query(
-    *, target: str | None, since: datetime | None, limit: int
-) -> tuple[str, tuple[Any, ...]]:
+def history_query(*, target: str | None, since: datetime | None, limit: int) -> tuple[str, tuple[Any, ...]]:
     """The most recent ``limit`` audit entries matching the filters, oldest first."""
     if limit < 0:
         raise ValueError(f"limit must not be negative, not {limit}")

@@ -27,6 +27,7 @@ from rollbackd.store.base import (
     StoreError,
     TemporaryStoreError,
 )
+from rollbackd.store.group import GroupCommit, PendingRecord, recording
 
 __all__ = ["SQLiteStore"]
 
@@ -70,6 +71,7 @@ class SQLiteStore:
         self.busy_timeout_s = busy_timeout_s
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self._records: GroupCommit[PendingRecord, int] = GroupCommit(self._write_records, name="sqlite")
 
     @property
     def description(self) -> str:
@@ -109,9 +111,13 @@ class SQLiteStore:
 
     async def close(self) -> None:
         """Close the connection and stop the thread. Closing a closed store does nothing."""
-        executor, self._executor = self._executor, None
+        executor = self._executor
         if executor is None:
             return
+        await self._records.wait_idle()  # records under way are written first
+        if self._executor is not executor:  # closed meanwhile
+            return
+        self._executor = None
         conn, self._conn = self._conn, None
         try:
             if conn is not None:
@@ -169,8 +175,12 @@ class SQLiteStore:
                 for statement in step.sql(migrations.SQLITE):
                     conn.execute(statement)
                 conn.execute(_INSERT_VERSION, _params((step.version, step.description, datetime.now(UTC))))
-                logger.info("store %s: applied schema migration %d (%s)",
-                            self.description, step.version, step.description)
+                logger.info(
+                    "store %s: applied schema migration %d (%s)",
+                    self.description,
+                    step.version,
+                    step.description,
+                )
 
     @staticmethod
     def _version(conn: sqlite3.Connection) -> int:
@@ -208,20 +218,45 @@ class SQLiteStore:
     # -- the audit log and the outbox -------------------------------------------------------
 
     async def record(self, entry: AuditEntry, events: Sequence[OutboxEvent] = ()) -> AuditEntry:
+        """See :meth:`~rollbackd.store.base.Store.record`. Records made at the same time share a
+        transaction (:mod:`rollbackd.store.group`), each in a savepoint of its own."""
         now = datetime.now(UTC)
         at = sql.aware(entry.at, "AuditEntry.at") if entry.at is not None else now
-
-        def work(conn: sqlite3.Connection) -> int:
-            with self._transaction(conn):
-                seq = int(conn.execute(_INSERT_AUDIT, _params(sql.audit_params(entry, at))).fetchone()[0])
-                for event in events:
-                    conn.execute(_INSERT_EVENT, _params(sql.event_params(event, now)))
-            return seq
-
-        seq = await self._run(f"record the {entry.kind!r} entry", work)
+        record = PendingRecord(
+            kind=entry.kind,
+            audit=_params(sql.audit_params(entry, at)),
+            events=tuple(_params(sql.event_params(event, now)) for event in events),
+        )
+        seq = await self._records.submit(record)
         return AuditEntry(
             kind=entry.kind, summary=entry.summary, target=entry.target, details=entry.details, at=at, seq=seq
         )
+
+    async def _write_records(self, records: Sequence[PendingRecord]) -> list[int | StoreError]:
+        """Write ``records`` in one transaction, each in a savepoint: one whose values the database
+        refuses (a duplicate event id) fails alone, leaving nothing behind."""
+
+        def work(conn: sqlite3.Connection) -> list[int | StoreError]:
+            outcomes: list[int | StoreError] = []
+            with self._transaction(conn):
+                for record in records:
+                    conn.execute("SAVEPOINT record")
+                    try:
+                        seq = int(conn.execute(_INSERT_AUDIT, record.audit).fetchone()[0])
+                        conn.executemany(_INSERT_EVENT, record.events)
+                    except (sqlite3.IntegrityError, sqlite3.DataError) as exc:
+                        conn.execute("ROLLBACK TO record")
+                        outcomes.append(
+                            PermanentStoreError(
+                                f"store {self.description}: cannot record the {record.kind!r} entry: {exc}"
+                            )
+                        )
+                    else:
+                        outcomes.append(seq)
+                    conn.execute("RELEASE record")
+            return outcomes
+
+        return await self._run(recording([record.kind for record in records]), work)
 
     async def history(
         self, *, target: str | None = None, since: datetime | None = None, limit: int = 1000
