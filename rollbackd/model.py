@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 #: Prometheus' default histogram bucket upper bounds, in seconds (``+Inf`` last).
@@ -219,7 +218,3 @@ class Decision:
     @property
     def reason(self) -> str:
         return "; ".join(self.reasons)
-
-
-def as_tuple(values: Sequence[float]) -> tuple[float, ...]:
-    return tuple(float(v) for v in values)

@@ -21,8 +21,7 @@ import enum
 from dataclasses import dataclass
 
 from rollbackd.detectors import latency
-from rollbackd.detectors.signals import P95_TAIL, Counts
-from rollbackd.detectors.stats import exceeds_rate
+from rollbackd.detectors.signals import P95_TAIL, Counts, pool, proven_above
 from rollbackd.model import HealthCheck, Histogram, Sample
 from rollbackd.params import TargetParams
 
@@ -107,7 +106,7 @@ class Verifier:
             self._health_ok = all(check.ok for check in health)
             self._failing_probes = 0 if self._health_ok else self._failing_probes + 1
 
-        errors = _sum(self._errors)
+        errors = pool(self._errors)
         rate = errors.rate
         p95 = latency.quantile_ms(self._hist)
         numbers = (
@@ -141,7 +140,7 @@ class Verifier:
             ("error rate", self._errors, slo.max_error_rate),
             ("P95", self._slow, P95_TAIL),
         ):
-            if len(series) >= k and _proven_breach(series, tail, alpha):
+            if len(series) >= k and proven_above(series, tail, alpha) is not None:
                 return finish(
                     VerificationStatus.FAILED, f"{name} still breaches the SLO after the rollback: {numbers}"
                 )
@@ -184,17 +183,3 @@ class Verifier:
             VerificationStatus.VERIFIED,
             f"rollback verified after {elapsed:.0f}s: {numbers}; {health_text}; {avail_text}",
         )
-
-
-def _sum(counts: list[Counts]) -> Counts:
-    hits = sum(c.hits for c in counts)
-    total = sum(c.total for c in counts)
-    return Counts(hits, total)
-
-
-def _proven_breach(series: list[Counts], tail: float, alpha: float) -> bool:
-    pooled = _sum(series)
-    if exceeds_rate(pooled.hits, pooled.total, tail) >= alpha:
-        return False
-    worst = max(series, key=lambda c: c.hits - c.total * tail)
-    return exceeds_rate(pooled.hits - worst.hits, pooled.total - worst.total, tail) < alpha

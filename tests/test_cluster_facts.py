@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from rollbackd.decision.cluster import cluster_facts, fully_available, newer_rollout
+from rollbackd.decision.cluster import cluster_facts, fully_available, is_newer, revision_of
 from rollbackd.model import Risk, Strategy
 
 NOW = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
@@ -128,9 +128,9 @@ def test_a_deployment_needs_an_earlier_revision() -> None:
 
 
 def test_newer_rollout_and_availability() -> None:
-    assert newer_rollout(2, deployment("web", revision=3))
-    assert not newer_rollout(3, deployment("web", revision=3))
-    assert not newer_rollout(None, deployment("web", revision=3))
+    assert is_newer(2, revision_of(deployment("web", revision=3)))
+    assert not is_newer(3, revision_of(deployment("web", revision=3)))
+    assert not is_newer(None, revision_of(deployment("web", revision=3)))
     assert fully_available(deployment("web"))
     assert not fully_available(deployment("web", available=2))
     assert not fully_available(deployment("web", generation=2, observed=1))

@@ -16,7 +16,7 @@ from rollbackd.config.resolve import target_params
 from rollbackd.config.settings import KubernetesSettings, Settings, Side, TargetSettings
 from rollbackd.daemon.rollbacks import Cluster
 from rollbackd.decision.annotations import ETA_ANNOTATION, RISK_ANNOTATION
-from rollbackd.decision.cluster import fully_available, newer_rollout
+from rollbackd.decision.cluster import fully_available, is_newer, revision_of
 from rollbackd.kube import KubeClient, KubeTemporary, objects
 from rollbackd.kube.cluster import KubeCluster
 from rollbackd.model import Risk, Strategy
@@ -202,7 +202,7 @@ async def test_a_newer_rollout_shows_as_a_newer_revision(
 
     assert now.candidate_revision == 3
     assert cluster.last_seen_revision(params("api").key) == 3
-    assert newer_rollout(judged.candidate_revision, kube_cluster.read(DEPLOYMENTS, NS, "api"))
+    assert is_newer(judged.candidate_revision, revision_of(kube_cluster.read(DEPLOYMENTS, NS, "api")))
 
 
 async def test_a_blue_green_previous_colour_at_zero_is_a_rollback_target(

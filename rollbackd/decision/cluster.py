@@ -76,10 +76,6 @@ def is_newer(judged_revision: int | None, current_revision: int | None) -> bool:
     return judged_revision is not None and current_revision is not None and current_revision > judged_revision
 
 
-def newer_rollout(judged_revision: int | None, candidate: Obj | None) -> bool:
-    """True when the candidate Deployment moved to a newer revision than the one judged."""
-    return is_newer(judged_revision, revision_of(candidate))
-
 
 def _rollback_target(
     strategy: Strategy, baseline: Obj | None, candidate: Obj | None, replica_sets: Sequence[Obj]

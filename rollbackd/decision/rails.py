@@ -58,6 +58,3 @@ class HoldBook:
 
     def clear(self, key: str) -> Hold | None:
         return self._holds.pop(key, None)
-
-    def items(self) -> list[tuple[str, Hold]]:
-        return sorted(self._holds.items())

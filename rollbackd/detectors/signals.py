@@ -127,7 +127,7 @@ class Track:
 
     def _recount(self) -> None:
         """Running sums drift with fractional counts; rebuild them now and then."""
-        self.pooled = _sum([p.counts for p in self.points])
+        self.pooled = pool([p.counts for p in self.points])
         self._bounds, self._hist = None, []
         for p in self.points:
             if p.interval.candidate is not None:
@@ -157,7 +157,8 @@ class Track:
         )
 
 
-def _sum(counts: Sequence[Counts]) -> Counts:
+def pool(counts: Sequence[Counts]) -> Counts:
+    """The proportions of ``counts`` added together."""
     total = ZERO
     for c in counts:
         total = total + c
@@ -198,7 +199,7 @@ def error_spec(params: TargetParams) -> MetricSpec:
         return Counts(s.errors, s.requests) if s.requests > 0 else None
 
     def value(samples: Sequence[Sample]) -> float | None:
-        return _sum([c for s in samples if (c := hits(s)) is not None]).rate
+        return pool([c for s in samples if (c := hits(s)) is not None]).rate
 
     return MetricSpec(
         signal="error_rate",
@@ -266,7 +267,7 @@ def _attribution(
     reference: Sequence[Sample],
     params: TargetParams,
 ) -> tuple[bool, float, float | None, str]:
-    ref = _sum([c for s in reference if (c := spec.hits_of(s)) is not None])
+    ref = pool([c for s in reference if (c := spec.hits_of(s)) is not None])
     ref_value = spec.value_of(reference) if reference else None
     if ref.total < spec.min_total:
         return False, 0.0, ref_value, "no baseline with enough traffic to compare with"
@@ -284,17 +285,17 @@ def _attribution(
 
 def _without_worst(counts: Sequence[Counts], tail: float) -> Counts:
     """The pooled counts with the interval of largest excess over ``tail`` left out."""
-    pooled = _sum(counts)
+    pooled = pool(counts)
     if not counts:
         return pooled
     worst = max(counts, key=lambda c: c.hits - c.total * tail)
     return Counts(pooled.hits - worst.hits, pooled.total - worst.total)
 
 
-def _proven(counts: Sequence[Counts], tail: float, alpha: float) -> float | None:
+def proven_above(counts: Sequence[Counts], tail: float, alpha: float) -> float | None:
     """p-value that the pooled proportion of ``counts`` is above ``tail``, robust to the single
     worst interval; ``None`` when not proven."""
-    pooled = _sum(counts)
+    pooled = pool(counts)
     p_all = exceeds_rate(pooled.hits, pooled.total, tail)
     if p_all >= alpha:
         return None
@@ -311,8 +312,8 @@ def _severe(spec: MetricSpec, points: Sequence[Point], alpha: float) -> bool:
     counts = [p.severe for p in points if p.severe is not None]
     if not counts:
         return False
-    pooled = _sum(counts)
-    return (pooled.rate or 0.0) >= spec.severe_tail and _proven(
+    pooled = pool(counts)
+    return (pooled.rate or 0.0) >= spec.severe_tail and proven_above(
         counts, spec.severe_tail / 2, alpha
     ) is not None
 
@@ -360,7 +361,7 @@ def _episode(scored: Sequence[Point], spec: MetricSpec, k: int, alpha: float) ->
     ordered += [j for j in sorted(starts, key=lambda j: -scores[j]) if j not in ordered][:3]
     for j in ordered:
         counts = [point.counts for point in scored[j:]]
-        p = _proven(counts, spec.tail, alpha)
+        p = proven_above(counts, spec.tail, alpha)
         if p is None:
             continue
         if _recovered(scored[j:], spec.tail, alpha) is not None:
@@ -421,7 +422,7 @@ def judge_metric(
             f"fewer than the {spec.min_total} needed for a verdict",
         )
     n = len(scored)
-    recent = _sum([scored[i].counts for i in range(max(0, n - k), n)])
+    recent = pool([scored[i].counts for i in range(max(0, n - k), n)])
     above = (recent.rate or 0.0) > spec.tail
 
     found: tuple[int, float, bool] | None = None
@@ -435,7 +436,7 @@ def judge_metric(
             run += 1
         if run >= k and points[-1].t == latest_t:
             start = n - run
-            p_run = _proven([p.counts for p in points[start:]], spec.tail, alpha)
+            p_run = proven_above([p.counts for p in points[start:]], spec.tail, alpha)
             if p_run is not None and _severe(spec, points[start:], alpha):
                 found = (start, p_run, True)
         if found is None:
@@ -469,7 +470,7 @@ def judge_metric(
     start, p, severe = found
     episode_points = list(scored)[start:]
     episode_ivs = [point.interval for point in episode_points]
-    counts = _sum([point.counts for point in episode_points])
+    counts = pool([point.counts for point in episode_points])
     value = spec.value_of([iv.candidate for iv in episode_ivs if iv.candidate is not None])
     # Attribution must hold over the episode and over the whole window, so a cherry-picked
     # stretch of noise cannot blame the release.
