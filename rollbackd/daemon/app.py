@@ -36,7 +36,7 @@ from rollbackd.daemon.rollbacks import Cluster, RollbackRun, Rollbacks
 from rollbackd.daemon.state import DaemonState, TargetState
 from rollbackd.daemon.tick import IdleCollector, gather, run_every
 from rollbackd.decision.cluster import ClusterFacts
-from rollbackd.model import Decision, Evidence
+from rollbackd.model import Decision, Evidence, Observation
 from rollbackd.params import TargetParams
 from rollbackd.sources.base import HealthSource, MetricsSource
 
@@ -353,8 +353,9 @@ class Daemon:
                 logger.warning("annotation problems: %s", "; ".join(found.problems), extra={"target": key})
         return {key: found for key, found in pairs if found is not None}
 
-    async def _verify(self, targets: list[TargetState], observations: dict[str, Any]) -> None:
-        verifying = [target for target in targets if target.key in set(self.rollbacks.verifying())]
+    async def _verify(self, targets: list[TargetState], observations: dict[str, Observation]) -> None:
+        keys = set(self.rollbacks.verifying())
+        verifying = [target for target in targets if target.key in keys]
         if not verifying:
             return
         await asyncio.gather(*(self.rollbacks.refresh_availability(target.params) for target in verifying))

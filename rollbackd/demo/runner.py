@@ -88,9 +88,6 @@ logger = logging.getLogger(__name__)
 EMULATOR_LABEL = "EMULATED Kubernetes API (kmock) -- not a real cluster"
 
 
-#: PromQL for 1 s scrapes and 1 s evaluations: a range as short as the interval holds a single
-#: sample, too few for ``increase()``; ``irate()`` is the growth between the last two scrapes, per
-#: second -- per interval, at a 1 s interval.
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DemoOptions:
     """How the demo runs.
