@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import sqlite3
+import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 
 from rollbackd.config.settings import (
     ApiSettings,
@@ -25,7 +29,7 @@ from rollbackd.daemon.journal import Journal
 from rollbackd.daemon.rollbacks import Phase
 from rollbackd.daemon.storekeeper import keep_store
 from rollbackd.store import open_store
-from tests.mqttfixtures import Mosquitto, mosquitto, subscribed  # noqa: F401 (fixture)
+from tests.mqttfixtures import Mosquitto, free_port, mosquitto, subscribed  # noqa: F401 (fixture)
 from tests.test_daemon import HEALTHY, SEVERE, ScriptedHealth, ScriptedMetrics, canary
 from tests.test_daemon_rollbacks import ScriptedCluster
 
@@ -301,3 +305,79 @@ async def test_steering_through_the_api_is_audited(tmp_path: Path) -> None:
     assert by_kind["freeze"].summary == "global freeze on: no automatic rollback"
     assert by_kind["hold"].target == "shop/checkout"
     assert "hotfix 2.3.1" in by_kind["hold"].summary
+
+
+async def test_events_recorded_before_a_sigkill_are_delivered_after_the_restart(
+    mosquitto: Mosquitto,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The real process: it records a decision (and its event) while the broker is down, is killed
+    with SIGKILL before it can deliver, and the restarted process delivers that same event."""
+    prefix = f"k{tmp_path.name[-8:]}"
+    config = tmp_path / "rollbackd.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "interval_s": 0.5,
+                # Nothing answers there: the first decision is "inconclusive", announced as an event.
+                "prometheus": {"url": f"http://127.0.0.1:{free_port()}", "timeout_s": 0.5, "retries": 0},
+                "http": {"host": "127.0.0.1", "port": free_port()},
+                "kubernetes": {"enabled": False},
+                "store": {"data_dir": str(tmp_path / "data")},
+                "events": {
+                    "kubernetes_events": False,
+                    "mqtt": {"enabled": True, "url": mosquitto.url, "topic_prefix": prefix, "instance": "k"},
+                },
+                "targets": [canary("checkout").model_dump(mode="json", exclude_defaults=True)],
+            }
+        ),
+        encoding="utf-8",
+    )
+    database = tmp_path / "data" / "rollbackd.db"
+
+    def outbox() -> list[tuple[str, str]]:
+        if not database.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(database)) as conn:
+            try:
+                return [
+                    (str(i), str(t))
+                    for i, t in conn.execute("SELECT event_id, type FROM outbox ORDER BY seq")
+                ]
+            except sqlite3.OperationalError:  # not migrated yet
+                return []
+
+    async def start() -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "rollbackd", "run", "--config", str(config),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+
+    await mosquitto.stop()  # the broker is down while the first process runs
+    first = await start()
+    try:
+        for _ in range(200):
+            if outbox():
+                break
+            await asyncio.sleep(0.1)
+        recorded = outbox()
+        assert recorded, "the daemon recorded no event"
+        first.send_signal(signal.SIGKILL)
+        assert await asyncio.wait_for(first.wait(), timeout=10) == -signal.SIGKILL
+    finally:
+        if first.returncode is None:
+            first.kill()
+            await first.wait()
+
+    await mosquitto.start()
+    async with subscribed(mosquitto.options, f"{prefix}/v1/shop/checkout/events/#") as subscriber:
+        second = await start()
+        try:
+            received = await subscriber.wait_for(1, timeout_s=30)
+        finally:
+            second.terminate()
+            await asyncio.wait_for(second.wait(), timeout=20)
+    first_event_id, first_type = recorded[0]
+    assert received[0].json()["id"] == first_event_id
+    assert received[0].json()["type"] == first_type
