@@ -13,19 +13,29 @@ import contextlib
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import kmock
 import pytest
 from pydantic import ValidationError
 
-from rollbackd.config.settings import LeaderElectionSettings, Settings
+from rollbackd.config.settings import (
+    EventsSettings,
+    LeaderElectionSettings,
+    Settings,
+    StoreSettings,
+    VerificationSettings,
+)
 from rollbackd.daemon.app import Daemon
+from rollbackd.daemon.journal import Journal
 from rollbackd.daemon.leader import DEFAULT_LEASE_DURATION_S, DEFAULT_RENEW_PERIOD_S, LeaderElector
 from rollbackd.daemon.main import leader_elector_for
+from rollbackd.daemon.rollbacks import Phase
+from rollbackd.daemon.storekeeper import keep_store
 from rollbackd.kube import KubeClient, KubeConfigError
 from tests.kubefixtures import LEASES, ClusterEmulator, wait_until
-from tests.test_daemon import INTERVAL_S, SEVERE, Api, ScriptedHealth, ScriptedMetrics
+from tests.test_daemon import INTERVAL_S, SEVERE, Api, ScriptedHealth, ScriptedMetrics, make_settings
 from tests.test_daemon_rollbacks import ScriptedCluster, settings
 
 NS = "rollbackd"
@@ -409,3 +419,73 @@ async def test_when_the_leader_dies_the_standby_takes_over_and_acts_once(
             assert cluster_a.runs == []
     print(f"\ndaemon-level hand-off: replica b leads {handoff:.2f}s after replica a died")
     assert handoff <= D + R + 0.05
+
+
+async def test_the_new_leader_finishes_a_rollback_the_old_one_left_mid_way(
+    kube_cluster: ClusterEmulator, tmp_path: Path
+) -> None:
+    """The leader dies while its rollback action is under way; the standby, sharing the store,
+    takes over, finishes that rollback (acting once) and verifies it, without a second decision."""
+    lease_s, renew_s, interval_s = 2.0, 0.5, 0.2
+    config = make_settings().model_copy(
+        update={
+            "interval_s": interval_s,
+            "store": StoreSettings(data_dir=str(tmp_path / "data")),
+            "events": EventsSettings(kubernetes_events=False),
+            "verification": VerificationSettings(window_s=1.0),
+        }
+    )
+    metrics = ScriptedMetrics()
+    cluster_a = ScriptedCluster(action_s=600.0)  # never finishes before the leader dies
+    cluster_b = ScriptedCluster(action_s=0.1)
+
+    @contextlib.asynccontextmanager
+    async def replica(leader: LeaderElector, cluster: ScriptedCluster) -> AsyncIterator[Daemon]:
+        journal = Journal(required=True)
+        stopping = asyncio.Event()
+        async with asyncio.TaskGroup() as group:
+            keeper = group.create_task(
+                keep_store(config, journal=journal, environ={}, kube=None, stopping=stopping)
+            )
+            try:
+                async with Daemon(
+                    config,
+                    metrics_source=metrics,
+                    health_source=ScriptedHealth(),
+                    cluster=cluster,
+                    leader=leader,
+                    journal=journal,
+                ) as daemon:
+                    yield daemon
+            finally:
+                stopping.set()
+            await keeper
+
+    async with client(kube_cluster) as ka, client(kube_cluster) as kb:
+        a = elector(ka, "replica-a", lease_duration_s=lease_s, renew_period_s=renew_s, release_on_exit=False)
+        b = elector(kb, "replica-b", lease_duration_s=lease_s, renew_period_s=renew_s)
+        async with never_two_leaders(a, b), contextlib.AsyncExitStack() as replica_a:
+            await replica_a.enter_async_context(a)
+            await asyncio.wait_for(a.wait_leader(), timeout=10)
+            daemon_a = await replica_a.enter_async_context(replica(a, cluster_a))
+            async with b, replica(b, cluster_b) as daemon_b:
+                await asyncio.sleep(5 * interval_s)
+                metrics.pair = SEVERE
+                await wait_until(
+                    lambda: "shop/checkout" in daemon_a.rollbacks.runs, what="the leader acting"
+                )
+                await asyncio.sleep(0.5)  # its state is in the store
+                assert cluster_a.runs == [False]
+                await replica_a.aclose()  # the leader dies mid-action
+                await asyncio.wait_for(b.wait_leader(), timeout=15)
+                await wait_until(
+                    lambda: (run := daemon_b.rollbacks.runs.get("shop/checkout")) is not None
+                    and not run.phase.active,
+                    timeout_s=30,
+                    what="the new leader finishing the rollback",
+                )
+                run = daemon_b.rollbacks.runs["shop/checkout"]
+                assert run.resumed
+                assert run.phase is Phase.VERIFIED
+                await asyncio.sleep(5 * interval_s)
+                assert cluster_b.runs == [False]  # once: resumed, and never decided again

@@ -378,12 +378,15 @@ class Daemon:
                 continue
             bad = saved.get("bad_revision")
             target.judged_revision = bad if isinstance(bad, int) else None
-            self.rollbacks.resume(
+            run = self.rollbacks.resume(
                 target.params,
                 mode=str(saved.get("mode", "immediate")),
                 bad_revision=target.judged_revision,
                 group=self._group,
             )
+            if run is not None:
+                # A rollback taken over counts like one decided here: cooldown and hourly cap.
+                self.state.ledger.record(key, run.decided_at, target.params.policy.cooldown_s)
 
     def _rollback_changed(self, params: TargetParams, run: RollbackRun) -> None:
         target = self.state.targets.get(params.key)
