@@ -106,7 +106,14 @@ def daemon_config(*, targets: int, prometheus_url: str, http_port: int) -> dict[
     """A rollbackd configuration watching services ``0 .. targets-1`` as canaries."""
     return {
         "interval_s": INTERVAL_S,
-        "prometheus": {"url": prometheus_url, "timeout_s": 5.0, "retries": 2},
+        "prometheus": {
+            "url": prometheus_url,
+            "timeout_s": 5.0,
+            "retries": 2,
+            # As scraped here: queries then look back one interval (three scrapes), not two of the
+            # default 15 s scrapes.
+            "scrape_interval_s": SCRAPE_INTERVAL_S,
+        },
         "http": {"host": HOST, "port": http_port},
         "log": {"level": "INFO", "format": "json"},
         "safety": {"dry_run": True},

@@ -44,6 +44,19 @@ class TargetEvaluator:
         self.latest_decision = decision
         return decision
 
+    def kept(self) -> list[Observation]:
+        """The observations the detectors' window holds (see :meth:`Judge.kept`)."""
+        return self._judge.kept()
+
+    def rejudged(self, params: TargetParams) -> TargetEvaluator:
+        """An evaluator with ``params`` that has judged again the observations this one holds (a
+        configuration reload); its decision state starts over."""
+        fresh = TargetEvaluator(params)
+        fresh._judge, evidences = self._judge.rejudged(params)
+        if evidences:
+            fresh.latest_evidence = evidences[-1]
+        return fresh
+
     def reset(self) -> None:
         """Start afresh: after a rollback, the next release is judged on its own data."""
         self._judge.reset()

@@ -134,16 +134,16 @@ async def test_metrics_are_exported_in_the_prometheus_text_format(session: aioht
     assert content_type.startswith("text/plain")
     for name in (
         "rollbackd_evaluations_total", "rollbackd_decisions_total", "rollbackd_rollback_decisions_total",
-        "rollbackd_source_errors_total", "rollbackd_evaluation_duration_seconds", "rollbackd_targets",
-        "rollbackd_up",
+        "rollbackd_source_errors_total", "rollbackd_evaluation_duration_seconds",
+        "rollbackd_collection_duration_seconds", "rollbackd_targets", "rollbackd_up",
     ):
         assert f"# TYPE {name.removesuffix('_total')}" in text, name
     lines = text.splitlines()
     assert "rollbackd_up 1.0" in lines
     assert "rollbackd_targets 1.0" in lines
     assert 'rollbackd_decisions_total{outcome="none"} 0.0' not in lines  # healthy ticks were counted
-    assert any(line.startswith("rollbackd_evaluation_duration_seconds_count ") and not line.endswith(" 0.0")
-               for line in lines)
+    for timed in ("rollbackd_evaluation_duration_seconds", "rollbackd_collection_duration_seconds"):
+        assert any(line.startswith(f"{timed}_count ") and not line.endswith(" 0.0") for line in lines), timed
     # Nothing from the process-global registry leaks in.
     assert "python_gc_objects_collected_total" not in text
 

@@ -281,6 +281,7 @@ class Daemon:
             on_source_error=self.metrics.count_source_error,
         )
         t = loop.time()
+        self.metrics.collection_duration.observe(t - started)
         observations = {target.key: gathered.observation(target.source, t) for target in targets}
         evidences: dict[str, Evidence] = {}
         for target in targets:

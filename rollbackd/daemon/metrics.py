@@ -24,6 +24,8 @@ class DaemonMetrics:
       by kind (``timeout``, ``connection``, ...);
     - ``rollbackd_evaluation_errors_total``: target evaluations that raised (a bug; logged);
     - ``rollbackd_evaluation_duration_seconds``: duration of one tick (collection and evaluation);
+    - ``rollbackd_collection_duration_seconds``: the part of a tick spent waiting for the sources
+      (Prometheus' answers and the health probes), the rest being rollbackd's own work;
     - ``rollbackd_ticks_skipped_total``: ticks skipped because the previous one overran;
     - ``rollbackd_rollbacks_total{result}``: rollbacks carried out, by how they ended;
     - ``rollbackd_targets``: targets watched;
@@ -61,6 +63,13 @@ class DaemonMetrics:
             "Duration of one tick: collection and evaluation of all targets.",
             buckets=_DURATION_BUCKETS_S,
             registry=r,
+        )
+        self.collection_duration = Histogram(
+            "rollbackd_collection_duration_seconds",
+            "Time of one tick spent gathering data from the sources (Prometheus queries and health "
+            "probes, concurrently): part of rollbackd_evaluation_duration_seconds.",
+            registry=r,
+            buckets=_DURATION_BUCKETS_S,
         )
         self.ticks_skipped = Counter(
             "rollbackd_ticks_skipped",

@@ -6,7 +6,6 @@ Everything here lives in one event loop and is only touched from it, so no locks
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,7 +17,6 @@ from rollbackd.decision.cluster import ClusterFacts, is_newer
 if TYPE_CHECKING:
     from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.decision.rails import HoldBook, RollbackLedger
-from rollbackd.detectors.judge import MAX_TICKS
 from rollbackd.evaluate import TargetEvaluator
 from rollbackd.model import Context, Decision, Evidence, Observation, Risk
 from rollbackd.params import TargetParams
@@ -51,40 +49,31 @@ class TargetState:
         #: The candidate's revision when the current breach episode began: a newer one means a
         #: newer rollout (a fix) is already progressing.
         self.judged_revision: int | None = None
-        #: The observations the evaluator's windows hold, so that new parameters (a configuration
-        #: reload) can judge them again instead of starting blind.
-        self.observations: deque[Observation] = deque(maxlen=MAX_TICKS)
 
     @property
     def key(self) -> str:
         return self.params.key
 
+    @property
+    def observations(self) -> list[Observation]:
+        """The observations the evaluator's window holds (judged again after a reload)."""
+        return self.evaluator.kept()
+
     def judge(self, obs: Observation) -> Evidence:
-        """The detectors' half of a tick, keeping ``obs`` for as long as a window may need it."""
-        self.observations.append(obs)
-        detection = self.params.detection
-        horizon = (
-            detection.window_s
-            + detection.baseline_window_s
-            + detection.confirm_intervals * (self.params.interval_s)
-        )
-        while self.observations and self.observations[0].t <= obs.t - horizon:
-            self.observations.popleft()
+        """The detectors' half of a tick."""
         return self.evaluator.judge(obs)
 
     def reset(self) -> None:
         """Judge afresh from now on (after a rollback, the next release stands on its own data)."""
         self.evaluator.reset()
-        self.observations.clear()
         self.judged_revision = None
 
     def rebuilt(self, settings: TargetSettings, *, params: TargetParams, source: SourceTarget) -> TargetState:
-        """This target under changed settings: a new evaluator that has judged the kept observations
-        again with the new parameters (the breach-tracking state starts over); what the API shows
-        (latest decisions, facts, judged revision) carries over."""
+        """This target under changed settings: a new evaluator that has judged the window's
+        observations again with the new parameters (the breach-tracking state starts over); what
+        the API shows (latest decisions, facts, judged revision) carries over."""
         fresh = TargetState(settings, params=params, source=source)
-        for obs in self.observations:
-            fresh.judge(obs)
+        fresh.evaluator = self.evaluator.rejudged(params)
         fresh.latest = self.latest
         fresh.last_rollback = self.last_rollback
         fresh.facts = self.facts

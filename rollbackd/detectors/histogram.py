@@ -2,9 +2,36 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections.abc import Sequence
+
+#: Bucket bounds already checked, with the verdict. Histograms share a handful of bound tuples (one
+#: per bucket layout), so checking each layout once takes the checks out of the per-tick work.
+_CHECKED: dict[tuple[float, ...], bool] = {}
+_CHECKED_MAX = 256
+
+
+def bounds_ok(bounds_s: Sequence[float]) -> bool:
+    """Whether ``bounds_s`` can hold a histogram: two or more strictly ascending bounds, no NaN,
+    ``+Inf`` last."""
+    key = bounds_s if type(bounds_s) is tuple else None
+    if key is not None:
+        known = _CHECKED.get(key)
+        if known is not None:
+            return known
+    ok = (
+        len(bounds_s) >= 2
+        and bounds_s[-1] == math.inf
+        and not any(math.isnan(b) for b in bounds_s)
+        and all(b1 < b2 for b1, b2 in itertools.pairwise(bounds_s))
+    )
+    if key is not None:
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.clear()
+        _CHECKED[key] = ok
+    return ok
 
 
 def histogram_quantile(q: float, bounds_s: Sequence[float], counts: Sequence[float]) -> float | None:
@@ -19,29 +46,24 @@ def histogram_quantile(q: float, bounds_s: Sequence[float], counts: Sequence[flo
     Returns ``None`` when there is no answer: no observations, fewer than two buckets, no ``+Inf``
     bucket, mismatched lengths, NaN counts, or ``q`` outside [0, 1] or NaN.
     """
-    if math.isnan(q) or not 0 <= q <= 1:
+    if not 0 <= q <= 1:  # NaN included
         return None
-    if len(bounds_s) != len(counts) or len(bounds_s) < 2 or bounds_s[-1] != math.inf:
+    if len(bounds_s) != len(counts) or not bounds_ok(bounds_s):
         return None
-    if any(math.isnan(c) for c in counts) or any(math.isnan(b) for b in bounds_s):
-        return None
-    if any(b2 <= b1 for b1, b2 in itertools.pairwise(bounds_s)):
+    total = sum(counts)
+    if total != total and any(math.isnan(c) for c in counts):  # NaN (sum is NaN then too)
         return None
 
-    monotonic: list[float] = []
-    highest = -math.inf
-    for count in counts:
-        highest = max(highest, count)
-        monotonic.append(highest)
-
-    observations = monotonic[-1]
+    monotonic = list(itertools.accumulate(counts, max))
+    last = len(monotonic) - 1
+    observations = monotonic[last]
     if observations <= 0:
         return None
 
     rank = q * observations
     # The first bucket (excluding +Inf) whose cumulative count reaches the rank; +Inf otherwise.
-    b = next((i for i in range(len(monotonic) - 1) if monotonic[i] >= rank), len(monotonic) - 1)
-    if b == len(monotonic) - 1:
+    b = bisect.bisect_left(monotonic, rank, 0, last)
+    if b == last:
         return float(bounds_s[-2])
     if b == 0 and bounds_s[0] <= 0:
         return float(bounds_s[0])

@@ -6,6 +6,7 @@ and by count, so memory stays flat however long the daemon runs.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Sequence
 
@@ -25,6 +26,7 @@ from rollbackd.params import TargetParams
 MAX_TICKS = 4096
 
 _HealthPair = tuple[tuple[HealthCheck, ...] | None, tuple[HealthCheck, ...] | None]
+_NO_HEALTH: _HealthPair = (None, None)
 
 
 class Judge:
@@ -55,6 +57,34 @@ class Judge:
         self._history.clear()
         self._last_breached = False
 
+    def kept(self) -> list[Observation]:
+        """The observations the window holds, as they came in: what a judge with other parameters
+        (a configuration reload) judges again instead of starting blind."""
+        health = dict(self._health)
+        kept: list[Observation] = []
+        for interval in self._window:
+            health_candidate, health_baseline = health.get(interval.t, (None, None))
+            kept.append(
+                Observation(
+                    target=self._params.key,
+                    t=interval.t,
+                    baseline=interval.baseline,
+                    candidate=interval.candidate,
+                    health_baseline=health_baseline,
+                    health_candidate=health_candidate,
+                )
+            )
+        return kept
+
+    def rejudged(self, params: TargetParams) -> tuple[Judge, list[Evidence]]:
+        """A judge with ``params`` that has judged again what this one holds, and its evidence for
+        every observation: the baseline history older than the window carries over as it is, the
+        window's observations are judged again in order."""
+        fresh = Judge(params)
+        start = self._window[0].t if self._window else math.inf
+        fresh._history.extend(entry for entry in self._history if entry[0] < start)
+        return fresh, [fresh.observe(obs) for obs in self.kept()]
+
     def _remember_history(self, t: float, sample: Sample) -> None:
         self._history.append((t, sample))
         horizon = t - self._params.detection.baseline_window_s
@@ -68,7 +98,10 @@ class Judge:
         for track in self._tracks:
             track.add(interval)
             track.evict_through(obs.t - det.window_s)
-        self._health.append((obs.t, (obs.health_candidate, obs.health_baseline)))
+        if obs.health_candidate is None and obs.health_baseline is None:
+            self._health.append((obs.t, _NO_HEALTH))  # no probes: one shared pair, not one per tick
+        else:
+            self._health.append((obs.t, (obs.health_candidate, obs.health_baseline)))
         if obs.baseline is not None and obs.baseline.requests > 0:
             self._remember_history(obs.t, obs.baseline)
         horizon = obs.t - det.window_s

@@ -40,24 +40,44 @@ def quantile_ms(hist: Histogram | None, q: float = 0.95) -> float | None:
     return None if value is None else value * 1000.0
 
 
+#: Where a limit falls among bucket bounds, per (bounds, limit): the layouts and limits are few.
+_PLACES: dict[tuple[tuple[float, ...], float], int] = {}
+_PLACES_MAX = 1024
+
+
+def _place(bounds_s: tuple[float, ...], limit_s: float) -> int:
+    """The index of the first bound that is infinite or at least ``limit_s`` (``len(bounds_s)``
+    when there is none)."""
+    key = (bounds_s, limit_s)
+    found = _PLACES.get(key)
+    if found is None:
+        found = next(
+            (i for i, bound in enumerate(bounds_s) if math.isinf(bound) or limit_s <= bound), len(bounds_s)
+        )
+        if len(_PLACES) >= _PLACES_MAX:
+            _PLACES.clear()
+        _PLACES[key] = found
+    return found
+
+
 def count_at_or_below(hist: Histogram, limit_s: float) -> float:
     """Observations at or below ``limit_s``, interpolated within a bucket as histogram_quantile
     assumes (uniform spread inside a bucket)."""
-    previous_bound = 0.0
-    previous_count = 0.0
-    running = 0.0
-    for bound, count in zip(hist.bounds_s, hist.counts, strict=True):
-        running = max(running, count)
-        if math.isinf(bound):
-            return previous_count
-        if limit_s <= bound:
-            width = bound - previous_bound
-            if width <= 0:
-                return running
-            share = (limit_s - previous_bound) / width
-            return previous_count + (running - previous_count) * max(0.0, min(1.0, share))
-        previous_bound, previous_count = bound, running
-    return previous_count
+    bounds, counts = hist.bounds_s, hist.counts
+    if len(bounds) != len(counts):
+        raise ValueError("histogram bounds and counts differ in length")
+    i = _place(bounds, limit_s)
+    # Cumulative counts are taken as never decreasing (increase() extrapolation can make them).
+    previous_count = max(0.0, *counts[:i]) if i > 0 else 0.0
+    if i == len(bounds) or math.isinf(bounds[i]):
+        return previous_count
+    running = max(previous_count, counts[i])
+    previous_bound = bounds[i - 1] if i > 0 else 0.0
+    width = bounds[i] - previous_bound
+    if width <= 0:
+        return running
+    share = (limit_s - previous_bound) / width
+    return previous_count + (running - previous_count) * max(0.0, min(1.0, share))
 
 
 def slow_count(hist: Histogram, limit_ms: float) -> float:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from rollbackd.detectors import latency
@@ -96,7 +96,7 @@ class Track:
         sample = interval.candidate
         if sample is None or (counts := self.spec.hits_of(sample)) is None:
             return
-        value = self.spec.value_of([sample])
+        value = self.spec.point_value(sample)
         self.points.append(Point(interval, counts, self.spec.severe_hits_of(sample), value))
         self.pooled = self.pooled + counts
         self._hist_add(sample, 1.0)
@@ -144,8 +144,10 @@ class Track:
             self._hist = [0.0] * len(hist.bounds_s)
         if hist.bounds_s != self._bounds:
             return
-        for i, count in enumerate(hist.counts):
-            self._hist[i] += sign * count
+        if sign > 0:
+            self._hist = [total + count for total, count in zip(self._hist, hist.counts, strict=True)]
+        else:
+            self._hist = [total - count for total, count in zip(self._hist, hist.counts, strict=True)]
 
     def window_value(self) -> float | None:
         if self.spec.histogram_of is None:
@@ -157,12 +159,13 @@ class Track:
         )
 
 
-def pool(counts: Sequence[Counts]) -> Counts:
+def pool(counts: Iterable[Counts]) -> Counts:
     """The proportions of ``counts`` added together."""
-    total = ZERO
+    hits = total = 0.0
     for c in counts:
-        total = total + c
-    return total
+        hits += c.hits
+        total += c.total
+    return Counts(hits, total)
 
 
 def _pct(x: float | None) -> str:
@@ -182,6 +185,8 @@ class MetricSpec:
     hits_of: Callable[[Sample], Counts | None]
     tail: float  # the proportion that, when exceeded, breaches the SLO
     value_of: Callable[[Sequence[Sample]], float | None]
+    #: ``value_of`` a single sample, without pooling.
+    point_value: Callable[[Sample], float | None]
     threshold: float  # the SLO threshold in the signal's own unit (fraction or ms)
     severe_at: float
     severe_hits_of: Callable[[Sample], Counts | None]  # hits against the severe level
@@ -201,12 +206,16 @@ def error_spec(params: TargetParams) -> MetricSpec:
     def value(samples: Sequence[Sample]) -> float | None:
         return pool([c for s in samples if (c := hits(s)) is not None]).rate
 
+    def point_value(s: Sample) -> float | None:
+        return s.errors / s.requests if s.requests > 0 else None
+
     return MetricSpec(
         signal="error_rate",
         unit_label="requests failed",
         hits_of=hits,
         tail=slo,
         value_of=value,
+        point_value=point_value,
         threshold=slo,
         severe_at=slo * params.severity.error_rate_factor,
         severe_hits_of=hits,
@@ -233,6 +242,9 @@ def latency_spec(params: TargetParams) -> MetricSpec:
     def value(samples: Sequence[Sample]) -> float | None:
         return latency.quantile_ms(latency.merge(s.latency for s in samples))
 
+    def point_value(s: Sample) -> float | None:
+        return latency.quantile_ms(s.latency) if s.latency is not None and s.latency.counts else None
+
     def describe(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.0f} ms"
 
@@ -242,6 +254,7 @@ def latency_spec(params: TargetParams) -> MetricSpec:
         hits_of=hits,
         tail=P95_TAIL,
         value_of=value,
+        point_value=point_value,
         threshold=ceiling,
         severe_at=severe_ms,
         severe_hits_of=slower_than(severe_ms),
@@ -475,7 +488,7 @@ def judge_metric(
     # Attribution must hold over the episode and over the whole window, so a cherry-picked
     # stretch of noise cannot blame the release.
     attributable, _, ref_value, detail = _attribution(spec, counts, reference_for(episode_ivs), params)
-    if attributable:
+    if attributable and start > 0:  # an episode over the whole window was just judged over it
         whole_ok, _, _, whole_detail = _attribution(
             spec, pooled, reference_for([point.interval for point in scored]), params
         )

@@ -13,11 +13,9 @@ import json
 import os
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import aiohttp
-from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio import config as k8s_config
 
 from rollbackd.kube.errors import (
     KubeCall,
@@ -28,14 +26,16 @@ from rollbackd.kube.errors import (
     error_from_status,
 )
 
+if TYPE_CHECKING:
+    # Imported when a client is entered: the package is large (every API model of Kubernetes),
+    # and a daemon that only decides (no Kubernetes access) never needs it.
+    from kubernetes_asyncio import client as k8s
+
 #: Seconds one API request may take, connect and read together, unless told otherwise.
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 
 #: How the daemon introduces itself to the API server (shows in audit logs).
 USER_AGENT = "rollbackd"
-
-#: kubernetes_asyncio's in-cluster loader (its signature is not annotated).
-_load_incluster_config: Callable[..., None] = k8s_config.load_incluster_config
 
 #: A JSON object as the API server sends and takes it (camelCase keys, exactly as on the wire).
 Obj = dict[str, Any]
@@ -112,10 +112,15 @@ class KubeClient:
         return f"{self.host}"
 
     async def _configuration(self) -> k8s.Configuration:
+        from kubernetes_asyncio import client as k8s
+        from kubernetes_asyncio import config as k8s_config
+
+        #: The in-cluster loader (its signature is not annotated).
+        load_incluster_config: Callable[..., None] = k8s_config.load_incluster_config
         configuration = k8s.Configuration()
         try:
             if self.in_cluster:
-                _load_incluster_config(client_configuration=configuration)
+                load_incluster_config(client_configuration=configuration)
             elif self.kubeconfig is not None:
                 await k8s_config.load_kube_config(
                     config_file=self.kubeconfig, context=self.context,
@@ -137,6 +142,8 @@ class KubeClient:
     async def __aenter__(self) -> Self:
         if self._api is not None:
             raise RuntimeError("a KubeClient can be entered only once at a time")
+        from kubernetes_asyncio import client as k8s
+
         api = k8s.ApiClient(await self._configuration())
         api.user_agent = USER_AGENT
         self._api = api
@@ -229,7 +236,7 @@ class KubeClient:
                 response.release()
         except KubeError:
             raise
-        except (TimeoutError, aiohttp.ClientError, OSError, k8s.ApiException) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, _api_exception()) as exc:
             raise error_from_exception(call, exc) from exc
         if not 200 <= status <= 299:
             raise error_from_status(call, status, body, retry_after=retry_after)
@@ -243,3 +250,9 @@ class KubeClient:
                                 call=call, status=status)
         return document
 
+
+def _api_exception() -> type[Exception]:
+    """``kubernetes_asyncio``'s ``ApiException`` (loaded once a client has been entered)."""
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    return ApiException

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from rollbackd.errors import PermanentError, RollbackdError, TemporaryError
 
@@ -266,6 +265,8 @@ def error_from_exception(call: KubeCall, exc: BaseException) -> KubeError:
     even build the request) it is permanent. Timeouts and connection failures are temporary. Any
     other exception is not an API failure: callers should let it propagate rather than call this.
     """
+    from kubernetes_asyncio.client.exceptions import ApiException  # loaded with the client
+
     if isinstance(exc, ApiException):
         status = exc.status if isinstance(exc.status, int) else 0
         if status:
