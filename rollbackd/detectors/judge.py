@@ -43,6 +43,10 @@ class Judge:
         # The baseline's history with traffic (blue-green and rolling compare against it).
         self._history: deque[tuple[float, Sample]] = deque(maxlen=MAX_TICKS)
         self._last_breached = False
+        #: The baseline's requests over the window, kept as a running sum (recounted now and then:
+        #: fractional counts drift).
+        self._baseline_served = 0.0
+        self._evictions = 0
 
     @property
     def params(self) -> TargetParams:
@@ -51,6 +55,7 @@ class Judge:
     def reset(self) -> None:
         """Forget everything (a new release starts)."""
         self._window.clear()
+        self._baseline_served = 0.0
         for track in self._tracks:
             track.clear()
         self._health.clear()
@@ -94,7 +99,11 @@ class Judge:
     def _admit(self, obs: Observation) -> None:
         det = self._params.detection
         interval = Interval(t=obs.t, candidate=obs.candidate, baseline=obs.baseline)
+        if len(self._window) == self._window.maxlen and self._window[0].baseline is not None:
+            self._baseline_served -= self._window[0].baseline.requests  # about to be dropped
         self._window.append(interval)
+        if obs.baseline is not None:
+            self._baseline_served += obs.baseline.requests
         for track in self._tracks:
             track.add(interval)
             track.evict_through(obs.t - det.window_s)
@@ -107,6 +116,13 @@ class Judge:
         horizon = obs.t - det.window_s
         while self._window and self._window[0].t <= horizon:
             old = self._window.popleft()
+            if old.baseline is not None:
+                self._baseline_served -= old.baseline.requests
+            self._evictions += 1
+            if self._evictions % 1024 == 0:
+                self._baseline_served = sum(
+                    iv.baseline.requests for iv in self._window if iv.baseline is not None
+                )
             # A plain Deployment has no separate baseline series: its own healthy past is the
             # reference, so intervals that leave the window while all is well become history.
             if (
@@ -175,7 +191,7 @@ class Judge:
             findings=tuple(findings),
             reasons=tuple(reasons),
             candidate_requests=self._tracks[0].pooled.total,
-            baseline_requests=sum(iv.baseline.requests for iv in self._window if iv.baseline is not None),
+            baseline_requests=max(0.0, self._baseline_served),
             within_slo=within,
             since=min((f.since for f in focus if f.since is not None), default=None),
         )

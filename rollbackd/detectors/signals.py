@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from rollbackd.detectors import latency
+from rollbackd.detectors.histogram import histogram_quantile
 from rollbackd.detectors.stats import exceeds_rate, exceeds_ratio
 from rollbackd.model import Finding, HealthCheck, Histogram, Sample
 from rollbackd.params import TargetParams
@@ -97,7 +98,9 @@ class Track:
         if sample is None or (counts := self.spec.hits_of(sample)) is None:
             return
         value = self.spec.point_value(sample)
-        self.points.append(Point(interval, counts, self.spec.severe_hits_of(sample), value))
+        # The error rate's severe level counts the same hits: share them rather than copy them.
+        severe = counts if self.spec.severe_hits_of is self.spec.hits_of else self.spec.severe_hits_of(sample)
+        self.points.append(Point(interval, counts, severe, value))
         self.pooled = self.pooled + counts
         self._hist_add(sample, 1.0)
         while len(self.points) > self._max_points:
@@ -154,9 +157,8 @@ class Track:
             return self.pooled.rate
         if self._bounds is None:
             return None
-        return latency.quantile_ms(
-            Histogram(bounds_s=self._bounds, counts=tuple(max(0.0, c) for c in self._hist))
-        )
+        p95_s = histogram_quantile(0.95, self._bounds, [c if c > 0.0 else 0.0 for c in self._hist])
+        return None if p95_s is None else p95_s * 1000.0
 
 
 def pool(counts: Iterable[Counts]) -> Counts:
