@@ -24,8 +24,9 @@ class DaemonMetrics:
       by kind (``timeout``, ``connection``, ...);
     - ``rollbackd_evaluation_errors_total``: target evaluations that raised (a bug; logged);
     - ``rollbackd_evaluation_duration_seconds``: duration of one tick (collection and evaluation);
-    - ``rollbackd_collection_duration_seconds``: the part of a tick spent waiting for the sources
-      (Prometheus' answers and the health probes), the rest being rollbackd's own work;
+    - ``rollbackd_collection_duration_seconds``: the part of a tick spent collecting the data
+      (Prometheus' queries and reading their answers, the health probes), the rest being judging
+      and deciding;
     - ``rollbackd_ticks_skipped_total``: ticks skipped because the previous one overran;
     - ``rollbackd_rollbacks_total{result}``: rollbacks carried out, by how they ended;
     - ``rollbackd_targets``: targets watched;
@@ -66,8 +67,8 @@ class DaemonMetrics:
         )
         self.collection_duration = Histogram(
             "rollbackd_collection_duration_seconds",
-            "Time of one tick spent gathering data from the sources (Prometheus queries and health "
-            "probes, concurrently): part of rollbackd_evaluation_duration_seconds.",
+            "Time of one tick spent collecting the data (Prometheus queries and reading their "
+            "answers, health probes): part of rollbackd_evaluation_duration_seconds.",
             registry=r,
             buckets=_DURATION_BUCKETS_S,
         )
