@@ -445,7 +445,19 @@ class Daemon:
         previous = target.latest
         self.state.remember(target, decision)
         self.metrics.count_decision(decision)
-        evidence = decision.evidence
+        args: tuple[object, ...]
+        if decision.rollback:
+            level = logging.WARNING
+            mode = " (dry-run)" if decision.dry_run else ""
+            message, args = "rollback decision%s: %s", (mode, decision.reason)
+        elif previous is None or _shape(previous) != _shape(decision):
+            level = logging.WARNING if decision.escalate else logging.INFO
+            message, args = "decision: %s", (decision.outcome.value,)
+        else:
+            level = logging.DEBUG
+            message, args = "decision: %s", (decision.outcome.value,)
+        if not logger.isEnabledFor(level):
+            return  # most ticks of most targets: no line, so no fields to build
         fields: dict[str, object] = {
             "target": target.key,
             "outcome": decision.outcome.value,
@@ -456,20 +468,14 @@ class Daemon:
             "reasons": list(decision.reasons),
             "t": decision.t,
         }
+        evidence = decision.evidence
         if evidence is not None:
             fields.update(
                 impact=evidence.impact.value,
                 attributable=evidence.attributable,
                 inconclusive=evidence.inconclusive,
             )
-        if decision.rollback:
-            mode = " (dry-run)" if decision.dry_run else ""
-            logger.warning("rollback decision%s: %s", mode, decision.reason, extra=fields)
-        elif previous is None or _shape(previous) != _shape(decision):
-            level = logging.WARNING if decision.escalate else logging.INFO
-            logger.log(level, "decision: %s", decision.outcome.value, extra=fields)
-        else:
-            logger.debug("decision: %s", decision.outcome.value, extra=fields)
+        logger.log(level, message, *args, extra=fields)
 
 
 def _shape(decision: Decision) -> tuple[object, ...]:

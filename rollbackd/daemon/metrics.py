@@ -85,15 +85,15 @@ class DaemonMetrics:
         )
         self.targets = Gauge("rollbackd_targets", "Targets watched.", registry=r)
         self.up = Gauge("rollbackd_up", "1 while the daemon runs.", registry=r)
-        # Export every outcome and mode from the start, so rates work before the first decision.
-        for outcome in Outcome:
-            self.decisions.labels(outcome=outcome.value)
+        # Export every outcome and mode from the start, so rates work before the first decision;
+        # the children are kept (a thousand targets count a decision each per tick).
+        self._by_outcome = {outcome: self.decisions.labels(outcome=outcome.value) for outcome in Outcome}
         for mode in (Outcome.IMMEDIATE, Outcome.CONTROLLED):
             self.rollback_decisions.labels(mode=mode.value)
 
     def count_decision(self, decision: Decision) -> None:
         self.evaluations.inc()
-        self.decisions.labels(outcome=decision.outcome.value).inc()
+        self._by_outcome[decision.outcome].inc()
         if decision.rollback:
             self.rollback_decisions.labels(mode=decision.outcome.value).inc()
 

@@ -12,12 +12,15 @@ from collections.abc import Sequence
 
 from rollbackd.detectors.signals import (
     Interval,
+    Point,
+    Reference,
     Track,
     Verdict,
     error_spec,
     judge_health,
     judge_metric,
     latency_spec,
+    pool,
 )
 from rollbackd.model import Evidence, Finding, HealthCheck, Impact, Observation, Sample, Strategy
 from rollbackd.params import TargetParams
@@ -137,16 +140,19 @@ class Judge:
         while self._health and self._health[0][0] <= obs.t - keep:
             self._health.popleft()
 
-    def _reference_for(self, intervals: Sequence[Interval]) -> Sequence[Sample]:
-        """The baseline to compare the candidate with over ``intervals``: the concurrent baseline
+    def _reference_for(self, points: Sequence[Point]) -> Reference:
+        """The baseline to compare the candidate with over ``points``: the concurrent baseline
         when it had enough traffic (canary), otherwise the baseline's recent history."""
-        concurrent = [iv.baseline for iv in intervals if iv.baseline is not None and iv.baseline.requests > 0]
+        concurrent = [
+            p.interval.baseline for p in points
+            if p.interval.baseline is not None and p.interval.baseline.requests > 0
+        ]
         served = sum(s.requests for s in concurrent)
         if concurrent and served >= self._params.detection.min_requests:
-            return concurrent
-        first = intervals[0].t if intervals else float("inf")
+            return Reference(concurrent, pool([p.base for p in points if p.base is not None]))
+        first = points[0].t if points else float("inf")
         before = [s for t, s in self._history if t < first]
-        return before or [s for _, s in self._history]
+        return Reference(before or [s for _, s in self._history])
 
     def observe(self, obs: Observation) -> Evidence:
         self._admit(obs)

@@ -17,20 +17,18 @@ def merge(histograms: Iterable[Histogram | None]) -> Histogram | None:
     """Sum interval histograms that share bucket bounds (the first one's bounds win; others are
     skipped). ``None`` when there is nothing to merge."""
     bounds: tuple[float, ...] | None = None
-    totals: list[float] = []
+    chosen: list[tuple[float, ...]] = []
     for hist in histograms:
         if hist is None or not hist.counts:
             continue
         if bounds is None:
             bounds = hist.bounds_s
-            totals = [0.0] * len(bounds)
         if hist.bounds_s != bounds:
             continue
-        for i, count in enumerate(hist.counts):
-            totals[i] += count
+        chosen.append(hist.counts)
     if bounds is None:
         return None
-    return Histogram(bounds_s=bounds, counts=tuple(totals))
+    return Histogram(bounds_s=bounds, counts=tuple(sum(column, 0.0) for column in zip(*chosen, strict=True)))
 
 
 def quantile_ms(hist: Histogram | None, q: float = 0.95) -> float | None:

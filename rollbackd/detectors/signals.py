@@ -74,10 +74,22 @@ class Point:
     counts: Counts  # hits against the SLO threshold
     severe: Counts | None  # hits against the severe level
     value: float | None  # this interval's own estimate (rate, or P95 in ms)
+    #: The concurrent baseline's hits against the SLO threshold (``None`` without baseline traffic):
+    #: counted once as the interval arrives, not again for each attribution.
+    base: Counts | None = None
 
     @property
     def t(self) -> float:
         return self.interval.t
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """What a candidate is compared with: baseline samples and, when already counted (the
+    concurrent baseline's, from :attr:`Point.base`), their pooled hits."""
+
+    samples: Sequence[Sample]
+    hits: Counts | None = None
 
 
 class Track:
@@ -100,7 +112,9 @@ class Track:
         value = self.spec.point_value(sample)
         # The error rate's severe level counts the same hits: share them rather than copy them.
         severe = counts if self.spec.severe_hits_of is self.spec.hits_of else self.spec.severe_hits_of(sample)
-        self.points.append(Point(interval, counts, severe, value))
+        baseline = interval.baseline
+        base = self.spec.hits_of(baseline) if baseline is not None and baseline.requests > 0 else None
+        self.points.append(Point(interval, counts, severe, value, base))
         self.pooled = self.pooled + counts
         self._hist_add(sample, 1.0)
         while len(self.points) > self._max_points:
@@ -206,7 +220,12 @@ def error_spec(params: TargetParams) -> MetricSpec:
         return Counts(s.errors, s.requests) if s.requests > 0 else None
 
     def value(samples: Sequence[Sample]) -> float | None:
-        return pool([c for s in samples if (c := hits(s)) is not None]).rate
+        failed = served = 0.0
+        for s in samples:
+            if s.requests > 0:
+                failed += s.errors
+                served += s.requests
+        return failed / served if served > 0 else None
 
     def point_value(s: Sample) -> float | None:
         return s.errors / s.requests if s.requests > 0 else None
@@ -279,11 +298,14 @@ class Verdict:
 def _attribution(
     spec: MetricSpec,
     cand: Counts,
-    reference: Sequence[Sample],
+    reference: Reference,
     params: TargetParams,
 ) -> tuple[bool, float, float | None, str]:
-    ref = pool([c for s in reference if (c := spec.hits_of(s)) is not None])
-    ref_value = spec.value_of(reference) if reference else None
+    samples = reference.samples
+    ref = reference.hits
+    if ref is None:
+        ref = pool([c for s in samples if (c := spec.hits_of(s)) is not None])
+    ref_value = spec.value_of(samples) if samples else None
     if ref.total < spec.min_total:
         return False, 0.0, ref_value, "no baseline with enough traffic to compare with"
     ratio = params.detection.attribution_ratio
@@ -421,7 +443,7 @@ def _recovered(episode: Sequence[Point], tail: float, alpha: float) -> float | N
 def judge_metric(
     track: Track,
     latest_t: float,
-    reference_for: Callable[[Sequence[Interval]], Sequence[Sample]],
+    reference_for: Callable[[Sequence[Point]], Reference],
     params: TargetParams,
 ) -> Verdict:
     """Judge one metric signal over its window; ``latest_t`` is the current tick."""
@@ -489,11 +511,9 @@ def judge_metric(
     value = spec.value_of([iv.candidate for iv in episode_ivs if iv.candidate is not None])
     # Attribution must hold over the episode and over the whole window, so a cherry-picked
     # stretch of noise cannot blame the release.
-    attributable, _, ref_value, detail = _attribution(spec, counts, reference_for(episode_ivs), params)
+    attributable, _, ref_value, detail = _attribution(spec, counts, reference_for(episode_points), params)
     if attributable and start > 0:  # an episode over the whole window was just judged over it
-        whole_ok, _, _, whole_detail = _attribution(
-            spec, pooled, reference_for([point.interval for point in scored]), params
-        )
+        whole_ok, _, _, whole_detail = _attribution(spec, pooled, reference_for(list(scored)), params)
         if not whole_ok:
             attributable = False
             detail = f"{detail}; but over the whole window: {whole_detail}"
