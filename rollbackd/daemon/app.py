@@ -36,6 +36,7 @@ from rollbackd.daemon.rollbacks import Cluster, RollbackRun, Rollbacks
 from rollbackd.daemon.state import DaemonState, TargetState
 from rollbackd.daemon.tick import IdleCollector, gather, run_every
 from rollbackd.decision.cluster import ClusterFacts
+from rollbackd.gcpause import collector_paused
 from rollbackd.model import Decision, Evidence, Observation
 from rollbackd.params import TargetParams
 from rollbackd.sources.base import HealthSource, MetricsSource
@@ -284,13 +285,14 @@ class Daemon:
         self.metrics.collection_duration.observe(t - started)
         observations = {target.key: gathered.observation(target.source, t) for target in targets}
         evidences: dict[str, Evidence] = {}
-        for target in targets:
-            try:
-                evidences[target.key] = target.judge(observations[target.key])
-            except Exception:
-                # A defect in the core must not blind the daemon to every other target.
-                self.metrics.evaluation_errors.inc()
-                logger.exception("evaluation failed", extra={"target": target.key})
+        with collector_paused():  # collected between ticks (IdleCollector)
+            for target in targets:
+                try:
+                    evidences[target.key] = target.judge(observations[target.key])
+                except Exception:
+                    # A defect in the core must not blind the daemon to every other target.
+                    self.metrics.evaluation_errors.inc()
+                    logger.exception("evaluation failed", extra={"target": target.key})
         await self._resume_rollbacks()
         facts = await self._cluster_facts(
             [t_ for t_ in targets if t_.key in evidences and evidences[t_.key].breached]

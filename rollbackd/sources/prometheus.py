@@ -10,13 +10,11 @@ zero.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import json
 import logging
 import math
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -32,6 +30,7 @@ from rollbackd.errors import (
     SourceStats,
     TemporarySourceError,
 )
+from rollbackd.gcpause import collector_paused
 from rollbackd.model import Histogram, Sample
 from rollbackd.sources import promql
 from rollbackd.sources.base import SidePair, SourceTarget
@@ -211,27 +210,8 @@ class PrometheusClient:
             raise PrometheusUnavailableError(
                 f"cannot reach Prometheus at {self.base_url}: {exc or type(exc).__name__}", kind="connection"
             ) from exc
-        with _collector_paused():
+        with collector_paused():  # the answer's decoded objects hold no cycles
             return _parse_response(promql_text, status, body, retry_after)
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while an answer is decoded and read.
-
-    A batched answer decodes to tens of thousands of containers that all live until reading it
-    ends. Meanwhile the collector would run again and again, promote every one of them to the
-    oldest generation and then scan the whole heap for cycles they cannot hold: that cost more
-    than decoding itself. Everything decoded is freed by reference counting on return.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _quote(promql_text: str) -> str:
