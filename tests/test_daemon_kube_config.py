@@ -72,3 +72,16 @@ def test_run_exits_2_with_the_reason_when_kubernetes_is_required_but_missing(tmp
     )
     assert proc.returncode == 2
     assert "kubernetes.enabled is true" in proc.stderr
+
+
+def test_a_daemon_that_only_decides_does_not_load_the_kubernetes_client() -> None:
+    """The client package holds every Kubernetes API model (tens of MiB): it is imported when a
+    client is entered, so a daemon without Kubernetes access, ``replay`` and ``check-config`` do
+    without it."""
+    code = (
+        "import sys\n"
+        "import rollbackd.cli, rollbackd.daemon.main, rollbackd.daemon.app, rollbackd.kube\n"
+        "print('kubernetes_asyncio' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

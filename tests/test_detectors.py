@@ -3,6 +3,7 @@ when there is simply not enough data."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -18,9 +19,10 @@ from rollbackd.model import (
     Impact,
     Observation,
     Sample,
+    Slo,
     Strategy,
 )
-from rollbackd.params import TargetParams
+from rollbackd.params import Detection, TargetParams
 
 CANARY = TargetParams(key="shop/checkout", strategy=Strategy.CANARY, interval_s=10.0)
 BLUE_GREEN = TargetParams(key="shop/checkout", strategy=Strategy.BLUE_GREEN, interval_s=10.0)
@@ -152,6 +154,28 @@ def test_blue_green_compares_with_the_baseline_history_before_the_switch() -> No
     judge = Judge(BLUE_GREEN)
     after_good = [(Sample(requests=0, errors=0), side(1000, 2))] * 20
     assert not any(e.breached for e in feed(judge, before + after_good))
+
+
+def test_judging_again_with_new_parameters_keeps_the_history_before_the_window() -> None:
+    params = dataclasses.replace(BLUE_GREEN, detection=Detection(window_s=100.0, baseline_window_s=300.0))
+    judge = Judge(params)
+    before = [(side(1000, 2), Sample(requests=0, errors=0))] * 18
+    after_bad = [(Sample(requests=0, errors=0), side(1000, 200))] * 12
+    evidence = feed(judge, before + after_bad)
+    assert evidence[-1].attributable
+    kept = judge.kept()
+    assert [obs.t for obs in kept] == [10.0 * i for i in range(20, 30)]  # the window: the last 100 s
+    # The same parameters judge the same; stricter ones still blame the release, on the baseline's
+    # history from before the window, which carries over.
+    _, same = judge.rejudged(params)
+    assert same[-1] == evidence[-1]
+    stricter = dataclasses.replace(params, slo=Slo(max_error_rate=0.005))
+    _, again = judge.rejudged(stricter)
+    assert again[-1].impact is Impact.SEVERE
+    assert again[-1].attributable
+    # Without that history there would be nothing to compare with.
+    blind = Judge(stricter)
+    assert not [blind.observe(obs) for obs in kept][-1].attributable
 
 
 def test_failing_candidate_health_twice_is_severe_unless_the_baseline_fails_too() -> None:
