@@ -7,7 +7,7 @@ latency becomes a proportion the same exact tests judge as error rates.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from rollbackd.detectors.histogram import histogram_quantile
 from rollbackd.model import Histogram
@@ -34,7 +34,12 @@ def merge(histograms: Iterable[Histogram | None]) -> Histogram | None:
 def quantile_ms(hist: Histogram | None, q: float = 0.95) -> float | None:
     if hist is None:
         return None
-    value = histogram_quantile(q, hist.bounds_s, hist.counts)
+    return buckets_quantile_ms(hist.bounds_s, hist.counts, q)
+
+
+def buckets_quantile_ms(bounds_s: Sequence[float], counts: Sequence[float], q: float = 0.95) -> float | None:
+    """:func:`quantile_ms` of bucket bounds and counts not held in a :class:`Histogram`."""
+    value = histogram_quantile(q, bounds_s, counts)
     return None if value is None else value * 1000.0
 
 

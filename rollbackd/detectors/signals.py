@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from rollbackd.detectors import latency
-from rollbackd.detectors.histogram import histogram_quantile
 from rollbackd.detectors.stats import exceeds_rate, exceeds_ratio
 from rollbackd.model import Finding, HealthCheck, Histogram, Sample
 from rollbackd.params import TargetParams
@@ -171,8 +170,7 @@ class Track:
             return self.pooled.rate
         if self._bounds is None:
             return None
-        p95_s = histogram_quantile(0.95, self._bounds, [c if c > 0.0 else 0.0 for c in self._hist])
-        return None if p95_s is None else p95_s * 1000.0
+        return latency.buckets_quantile_ms(self._bounds, [c if c > 0.0 else 0.0 for c in self._hist])
 
 
 def pool(counts: Iterable[Counts]) -> Counts:
@@ -220,15 +218,10 @@ def error_spec(params: TargetParams) -> MetricSpec:
         return Counts(s.errors, s.requests) if s.requests > 0 else None
 
     def value(samples: Sequence[Sample]) -> float | None:
-        failed = served = 0.0
-        for s in samples:
-            if s.requests > 0:
-                failed += s.errors
-                served += s.requests
-        return failed / served if served > 0 else None
+        return pool([c for s in samples if (c := hits(s)) is not None]).rate
 
     def point_value(s: Sample) -> float | None:
-        return s.errors / s.requests if s.requests > 0 else None
+        return s.error_rate
 
     return MetricSpec(
         signal="error_rate",

@@ -22,6 +22,7 @@ from rollbackd.kube.errors import (
     KubeConfigError,
     KubeError,
     KubePermanent,
+    api_exception,
     error_from_exception,
     error_from_status,
 )
@@ -236,7 +237,7 @@ class KubeClient:
                 response.release()
         except KubeError:
             raise
-        except (TimeoutError, aiohttp.ClientError, OSError, _api_exception()) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, api_exception()) as exc:
             raise error_from_exception(call, exc) from exc
         if not 200 <= status <= 299:
             raise error_from_status(call, status, body, retry_after=retry_after)
@@ -250,9 +251,3 @@ class KubeClient:
                                 call=call, status=status)
         return document
 
-
-def _api_exception() -> type[Exception]:
-    """``kubernetes_asyncio``'s ``ApiException`` (loaded once a client has been entered)."""
-    from kubernetes_asyncio.client.exceptions import ApiException
-
-    return ApiException

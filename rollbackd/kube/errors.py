@@ -27,11 +27,14 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from rollbackd.errors import PermanentError, RollbackdError, TemporaryError
+
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client.exceptions import ApiException
 
 #: How much of a non-JSON error body is quoted in messages.
 _QUOTE_CHARS = 300
@@ -258,6 +261,14 @@ def error_from_status(
     return KubePermanent(f"{call.describe()}: rejected ({status}){said}", **kwargs)
 
 
+def api_exception() -> type[ApiException]:
+    """``kubernetes_asyncio``'s ``ApiException``, imported on first use: the package is loaded
+    when a client is entered, never by a daemon that only decides."""
+    from kubernetes_asyncio.client.exceptions import ApiException as loaded
+
+    return loaded
+
+
 def error_from_exception(call: KubeCall, exc: BaseException) -> KubeError:
     """The error for an exception raised while sending the request or reading the response.
 
@@ -265,9 +276,7 @@ def error_from_exception(call: KubeCall, exc: BaseException) -> KubeError:
     even build the request) it is permanent. Timeouts and connection failures are temporary. Any
     other exception is not an API failure: callers should let it propagate rather than call this.
     """
-    from kubernetes_asyncio.client.exceptions import ApiException  # loaded with the client
-
-    if isinstance(exc, ApiException):
+    if isinstance(exc, api_exception()):
         status = exc.status if isinstance(exc.status, int) else 0
         if status:
             headers = exc.headers
