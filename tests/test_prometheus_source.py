@@ -4,6 +4,7 @@ against a real Prometheus scraping real sample apps for the good path and an out
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -23,7 +24,13 @@ from rollbackd.errors import (
 )
 from rollbackd.model import DEFAULT_BUCKETS_S, Sample
 from rollbackd.sources.base import MetricsSource, QueryTemplates, SeriesRef, SourceTarget
-from rollbackd.sources.prometheus import PrometheusClient, PrometheusSource
+from rollbackd.sources.prometheus import (
+    PrometheusClient,
+    PrometheusSource,
+    _parse_data,
+    _parse_response,
+    _plain_vector,
+)
 from tests.promfixtures import (
     PrometheusServer,
     SampleAppProcess,
@@ -306,6 +313,85 @@ async def test_a_matrix_answer_is_rejected(fake_prometheus: Any) -> None:
     async with client_for(fake.url) as client:
         with pytest.raises(PrometheusQueryError, match="matrix"):
             await client.query("up[1m]")
+
+
+# Reading answers: the plain-vector reader and the JSON decoder agree
+
+
+def compact(document: Any) -> bytes:
+    """``document`` as Prometheus writes it: compact JSON, keys in its order."""
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def vector(*elements: Any) -> dict[str, Any]:
+    return {"status": "success", "data": {"resultType": "vector", "result": list(elements)}}
+
+
+def element(labels: dict[str, str], value: str, timestamp: float = 1700000000.123) -> dict[str, Any]:
+    return {"metric": labels, "value": [timestamp, value]}
+
+
+PLAIN_ANSWERS = {
+    "empty": vector(),
+    "buckets": vector(*(
+        element({"deployment": f"svc-{i}-canary", "le": le, "namespace": "shop"}, value)
+        for i in range(3)
+        for le, value in (("0.1", "1.5"), ("+Inf", "4")))),
+    "special values": vector(element({"job": "a"}, "NaN"), element({"job": "b"}, "+Inf"),
+                             element({"job": "c"}, "-Inf"), element({"job": "d"}, "1e-05", 1700000000)),
+    "no labels": vector(element({}, "3")),
+    "non-ASCII label": vector(element({"deployment": "café-canary"}, "2")),
+    "brace in a label": vector(element({"path": "/users/{id}"}, "1"), element({"path": "/"}, "2")),
+}
+
+DECODED_ANSWERS = {
+    "escaped quote in a label": vector(element({"path": 'say "hi"'}, "1")),
+    "backslash in a label": vector(element({"path": "a\\b"}, "1")),
+    "warnings": {**vector(element({"job": "a"}, "1")), "warnings": ["partial data"]},
+    "scalar": {"status": "success", "data": {"resultType": "scalar", "result": [1700000000, "4"]}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PLAIN_ANSWERS))
+def test_a_plain_vector_is_read_directly_with_the_decoders_result(name: str) -> None:
+    body = compact(PLAIN_ANSWERS[name])
+    direct = _plain_vector("q", body)
+    assert direct is not None
+    decoded = _parse_data("q", json.loads(body))
+    assert direct.labels == decoded.labels
+    assert direct.values == pytest.approx(decoded.values, nan_ok=True)
+    assert direct.timestamps == decoded.timestamps
+    assert _parse_response("q", 200, body, None).labels == decoded.labels
+
+
+@pytest.mark.parametrize("name", sorted(DECODED_ANSWERS))
+def test_answers_the_plain_reader_does_not_know_go_through_the_decoder(name: str) -> None:
+    body = compact(DECODED_ANSWERS[name])
+    result = _parse_response("q", 200, body, None)
+    decoded = _parse_data("q", json.loads(body))
+    assert result == decoded
+    if decoded.result_type == "vector":
+        assert [dict(labels) for labels in result.labels] == [
+            e["metric"] for e in DECODED_ANSWERS[name]["data"]["result"]
+        ]
+
+
+def test_the_plain_reader_shares_repeated_label_values_and_numbers() -> None:
+    body = compact(PLAIN_ANSWERS["buckets"])
+    result = _plain_vector("q", body)
+    assert result is not None
+    namespaces = {id(labels["namespace"]) for labels in result.labels}
+    assert len(namespaces) == 1
+    assert len({id(t) for t in result.timestamps}) == 1
+
+
+def test_a_truncated_plain_answer_is_rejected_not_read_in_part() -> None:
+    body = compact(PLAIN_ANSWERS["buckets"])
+    cut = body[: len(body) // 2] + b"]}}"
+    assert _plain_vector("q", cut) is None
+    with pytest.raises(PrometheusQueryError) as caught:
+        _parse_response("q", 200, cut, None)
+    assert caught.value.kind == "bad_response"
 
 
 # PrometheusSource against a scripted server
