@@ -228,6 +228,16 @@ def test_bytecode_is_compiled_at_build_time() -> None:
     assert not any("--no-compile" in run for run in stages()[0].all("RUN"))
 
 
+def test_the_image_runs_optimized_from_bytecode_compiled_for_it() -> None:
+    """PYTHONOPTIMIZE=2 reads *.opt-2.pyc files: without them every start would compile the
+    sources in memory (more memory, not less)."""
+    level = final().env()["PYTHONOPTIMIZE"]
+    runs = " ".join(stages()[0].all("RUN"))
+    compiled = re.search(r"python (-O+) -m compileall\b[^&]*/opt/rollbackd", runs)
+    assert compiled is not None, "the build does not compile the venv's optimized bytecode"
+    assert len(compiled.group(1)) - 1 == int(level)
+
+
 # --- the build context ---------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ other intervals and traffic levels judged without a false rollback."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,26 @@ def test_replay_cli_prints_one_json_line_per_scenario(scenarios_dir: Path) -> No
     assert severe["mode"] == "immediate"
     assert severe["decided_at_s"] == 190
     assert "error_rate" in severe["reason"]
+
+
+def test_replay_decides_the_same_with_docstrings_and_asserts_stripped(scenarios_dir: Path) -> None:
+    """The container image runs Python with PYTHONOPTIMIZE=2: nothing the judging relies on may
+    live in a docstring or an assert."""
+    files = sorted(str(p) for p in scenarios_dir.glob("*.json"))
+    outputs = []
+    for level in ("0", "2"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "rollbackd", "replay", *files],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={**os.environ, "PYTHONOPTIMIZE": level, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout)
+    assert outputs[1] == outputs[0]
+    assert len(outputs[0].splitlines()) == len(files)
 
 
 def test_replay_cli_reports_a_broken_file(tmp_path: Path) -> None:

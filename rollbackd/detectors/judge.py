@@ -29,7 +29,6 @@ from rollbackd.params import TargetParams
 MAX_TICKS = 4096
 
 _HealthPair = tuple[tuple[HealthCheck, ...] | None, tuple[HealthCheck, ...] | None]
-_NO_HEALTH: _HealthPair = (None, None)
 
 
 class Judge:
@@ -110,9 +109,8 @@ class Judge:
         for track in self._tracks:
             track.add(interval)
             track.evict_through(obs.t - det.window_s)
-        if obs.health_candidate is None and obs.health_baseline is None:
-            self._health.append((obs.t, _NO_HEALTH))  # no probes: one shared pair, not one per tick
-        else:
+        if obs.health_candidate is not None or obs.health_baseline is not None:
+            # Ticks without probes leave no entry: the health judgement skips them anyway.
             self._health.append((obs.t, (obs.health_candidate, obs.health_baseline)))
         if obs.baseline is not None and obs.baseline.requests > 0:
             self._remember_history(obs.t, obs.baseline)
@@ -163,7 +161,9 @@ class Judge:
             verdicts = [
                 judge_metric(track, obs.t, self._reference_for, self._params) for track in self._tracks
             ]
-        health = judge_health(list(self._health), self._params)
+        # Health is judged on the ticks that probed the candidate, this one last.
+        probed = self._health and self._health[-1][0] == obs.t
+        health = judge_health(self._health, self._params) if probed else None
 
         findings: list[Finding] = [v.finding for v in verdicts if v.finding is not None]
         if health is not None:

@@ -576,8 +576,11 @@ def _histograms(result: QueryResult, labels: Sequence[str]) -> dict[promql.Serie
         buckets = raw.get(key)
         if buckets is None:
             raw[key] = {bound: value}
+        elif bound in buckets:
+            buckets[bound] += value
         else:
-            buckets[bound] = buckets.get(bound, 0.0) + value
+            # The answer's own float, not a sum with zero: equal counts stay one shared object.
+            buckets[bound] = value
 
     histograms: dict[promql.SeriesKey, Histogram] = {}
     # Histograms of one batch nearly always share their bounds: keep one tuple of them, not one per
