@@ -84,7 +84,8 @@ RSS_STEADY_FROM_S = 2 * WINDOW_S + 5 * INTERVAL_S
 
 #: What the benchmark must show.
 MAX_TICK_S = 1.0
-MAX_RSS_MIB = 150.0
+#: The issue's 150 MB, in MiB as RSS is read (143.05 MiB).
+MAX_RSS_MIB = 150e6 / 2**20
 #: Largest RSS trend over the steady state still counted as flat.
 MAX_RSS_SLOPE_MIB_PER_MIN = 1.0
 
@@ -547,8 +548,9 @@ def checks(small: dict[str, Any], large: dict[str, Any], *, kube_client_mib: flo
             small["queries_per_tick"] is not None
             and small["queries_per_tick"] == large["queries_per_tick"]
         ),
-        f"{SERVICES} targets: RSS under {MAX_RSS_MIB:g} MiB (peak)": rss["max"] < MAX_RSS_MIB,
-        f"{SERVICES} targets, acting on Kubernetes: RSS under {MAX_RSS_MIB:g} MiB (peak + the client)": (
+        f"{SERVICES} targets: RSS under 150 MB ({MAX_RSS_MIB:.0f} MiB) (peak)": rss["max"] < MAX_RSS_MIB,
+        f"{SERVICES} targets, acting on Kubernetes: RSS under 150 MB ({MAX_RSS_MIB:.0f} MiB) "
+        "(peak + the client)": (
             rss["max"] + kube_client_mib < MAX_RSS_MIB
         ),
         f"{SERVICES} targets: RSS flat once bounded (|slope| <= {MAX_RSS_SLOPE_MIB_PER_MIN:g} MiB/min)": (
