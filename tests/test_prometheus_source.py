@@ -397,10 +397,11 @@ def test_a_truncated_plain_answer_is_rejected_not_read_in_part() -> None:
 # PrometheusSource against a scripted server
 
 
-async def collect(url: str, targets: list[SourceTarget], window_s: float = 10,
+async def collect(url: str, targets: list[SourceTarget], window_s: float = 10, shards: int = 1,
                   **options: Any) -> tuple[dict[str, tuple[Sample | None, Sample | None]], SourceStats]:
+    """One collection; one shard unless told otherwise, so that every query is seen once."""
     async with client_for(url, **options) as client:
-        source: MetricsSource = PrometheusSource(client=client)
+        source: MetricsSource = PrometheusSource(client=client, shards=shards)
         result = await source.collect(targets, window_s=window_s)
         return dict(result), client.stats
 
@@ -547,7 +548,8 @@ async def test_prometheus_down_makes_every_side_missing_and_is_counted() -> None
     assert stats.failures == 3
 
 
-async def test_three_queries_per_template_group_per_tick(fake_prometheus: Any) -> None:
+@pytest.mark.parametrize("shards", [1, 2, 4])
+async def test_three_queries_per_template_group_and_shard_per_tick(fake_prometheus: Any, shards: int) -> None:
     fake = await fake_prometheus(router())
     grpc = QueryTemplates(
         requests="sum by ({by}) (increase(grpc_total{{{selector}}}[{window}]))",
@@ -560,9 +562,9 @@ async def test_three_queries_per_template_group_per_tick(fake_prometheus: Any) -
                      candidate=ref("shop", f"svc-{i}-canary"), baseline=ref("shop", f"svc-{i}-stable"))
         for i in range(50)
     ]
-    result, _ = await collect(fake.url, targets, window_s=90)
+    result, _ = await collect(fake.url, targets, window_s=90, shards=shards)
     assert len(result) == 50
-    assert len(fake.queries) == 6
+    assert len(fake.queries) == 2 * 3 * shards
     assert all("[1m30s]" in q for q in fake.queries)
 
 
@@ -656,7 +658,7 @@ async def test_real_prometheus_batch_maps_a_fleet_back_to_its_targets(stack: Sta
     ]
     async with client_for(stack.prometheus.url) as client:
         result = await PrometheusSource(client=client).collect(targets, window_s=3)
-        assert client.stats.requests == 3
+        assert client.stats.requests == 6  # three metrics, two shards (the default)
 
     assert set(result) == {t.key for t in targets}
     for i in range(FLEET):

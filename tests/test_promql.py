@@ -102,7 +102,7 @@ def test_one_query_per_metric_for_all_targets_sharing_templates() -> None:
         target("pay/api", "pay", "api-green", "api-blue"),
         target("shop/cart", "shop", "cart"),
     ]
-    plan = promql.plan(targets, window_s=10)
+    plan = promql.plan(targets, window_s=10, shards=1)
 
     assert plan.invalid == {}
     assert len(plan.batches) == 1
@@ -128,7 +128,7 @@ def test_series_map_back_to_target_and_side_by_group_label_values() -> None:
         target("shop/checkout-eu", "shop", "checkout-eu-canary", "checkout-stable"),
         target("pay/api", "pay", "api-green", "api-blue"),
     ]
-    batch = promql.plan(targets, window_s=30).batches[0]
+    batch = promql.plan(targets, window_s=30, shards=1).batches[0]
     labels = batch.templates.group_labels
 
     def owners(series_labels: dict[str, str]) -> set[tuple[str, Side]]:
@@ -157,7 +157,7 @@ def test_targets_with_different_templates_get_separate_batches() -> None:
     )
     grpc = SourceTarget(key="rpc/users", queries=other, candidate=SeriesRef(labels=(("app", "users-v2"),)),
                         baseline=SeriesRef(labels=(("app", "users-v1"),)))
-    plan = promql.plan([target("shop/checkout", "shop", "c2", "c1"), grpc], window_s=90)
+    plan = promql.plan([target("shop/checkout", "shop", "c2", "c1"), grpc], window_s=90, shards=1)
 
     assert len(plan.batches) == 2
     assert plan.query_count == 6
@@ -205,7 +205,7 @@ def test_a_huge_selector_is_split_keeping_both_sides_of_a_target_together() -> N
     targets = [target(f"ns/svc-{i:04d}", "ns", f"svc-{i:04d}-canary", f"svc-{i:04d}-stable")
                for i in range(200)]
     limit = 1000
-    plan = promql.plan(targets, window_s=10, max_selector_chars=limit)
+    plan = promql.plan(targets, window_s=10, max_selector_chars=limit, shards=1)
 
     assert len(plan.batches) > 1
     seen: set[str] = set()
@@ -225,7 +225,50 @@ def test_a_huge_selector_is_split_keeping_both_sides_of_a_target_together() -> N
 def test_the_default_cap_keeps_a_thousand_targets_in_one_batch() -> None:
     targets = [target(f"bench/svc-{i:04d}", "bench", f"svc-{i:04d}-canary", f"svc-{i:04d}-stable")
                for i in range(1000)]
-    assert promql.plan(targets, window_s=10).query_count == 3
+    assert promql.plan(targets, window_s=10, shards=1).query_count == 3
+
+
+def fleet(count: int) -> list[SourceTarget]:
+    return [target(f"bench/svc-{i:04d}", "bench", f"svc-{i:04d}-canary", f"svc-{i:04d}-stable")
+            for i in range(count)]
+
+
+@pytest.mark.parametrize("count", [2, 10, 101, 1000])
+def test_shards_split_the_targets_evenly_and_keep_the_query_count_fixed(count: int) -> None:
+    plan = promql.plan(fleet(count), window_s=10)  # two shards by default
+    assert len(plan.batches) == 2
+    assert plan.query_count == 6
+    sizes = sorted(len(batch.target_keys) for batch in plan.batches)
+    assert sizes == [count // 2, count - count // 2]
+    assert plan.batches[0].target_keys.isdisjoint(plan.batches[1].target_keys)
+    for batch in plan.batches:
+        for key in batch.target_keys:
+            sides = {side for owners in batch.sides.values() for k, side in owners if k == key}
+            assert sides == {Side.BASELINE, Side.CANDIDATE}
+        # Each shard's selector names its own targets' series only.
+        query = batch.queries[Metric.LATENCY_BUCKETS]
+        for key in fleet(count):
+            named = f"{key.key.split('/')[1]}-canary" in query
+            assert named == (key.key in batch.target_keys)
+
+
+def test_fewer_targets_than_shards_make_one_batch_each() -> None:
+    plan = promql.plan(fleet(3), window_s=10, shards=8)
+    assert [len(batch.target_keys) for batch in plan.batches] == [1, 1, 1]
+    assert len(promql.plan(fleet(1), window_s=10).batches) == 1
+
+
+def test_a_baseline_shared_across_shards_is_asked_in_each() -> None:
+    shared = [target(f"shop/t{i}", "shop", f"t{i}-canary", "stable") for i in range(4)]
+    plan = promql.plan(shared, window_s=10, shards=2)
+    for batch in plan.batches:
+        owners = batch.sides[("shop", "stable")]
+        assert {key for key, _ in owners} == batch.target_keys
+
+
+def test_shards_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        promql.plan(fleet(2), window_s=10, shards=0)
 
 
 # histogram_quantile

@@ -167,7 +167,8 @@ async def run_daemon(
             daemon = Daemon(
                 settings,
                 metrics_source=Lookback(
-                    PrometheusSource(client=client), min_range_s=min_range_s(prometheus.scrape_interval_s)
+                    PrometheusSource(client=client, shards=prometheus.query_shards),
+                    min_range_s=min_range_s(prometheus.scrape_interval_s),
                 ),
                 health_source=prober,
                 metrics=metrics,

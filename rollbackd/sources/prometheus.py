@@ -401,13 +401,14 @@ class PrometheusSource:
     """The :class:`~rollbackd.sources.base.MetricsSource` backed by Prometheus.
 
     Each :meth:`collect` sends the batched queries of :func:`rollbackd.sources.promql.plan`
-    concurrently: three per group of targets sharing the same query templates (more only when a
-    selector would exceed ``max_selector_chars``).
+    concurrently: three per shard of each group of targets sharing the same query templates (more
+    only when a selector would exceed ``max_selector_chars``).
 
     Keyword arguments:
 
     - ``client``: an open :class:`PrometheusClient` (the caller owns its lifetime).
     - ``max_selector_chars``: cap on one selector's length before a batch is split.
+    - ``shards``: batches per group of targets, answered concurrently (see :func:`promql.plan`).
     - ``quantile``: the quantile reported as ``Sample.p95_ms`` (0.95).
     """
 
@@ -416,14 +417,18 @@ class PrometheusSource:
         *,
         client: PrometheusClient,
         max_selector_chars: int = promql.DEFAULT_MAX_SELECTOR_CHARS,
+        shards: int = promql.DEFAULT_SHARDS,
         quantile: float = 0.95,
     ) -> None:
+        if shards < 1:
+            raise ValueError(f"shards must be at least 1, not {shards!r}")
         self.client = client
         self.max_selector_chars = max_selector_chars
+        self.shards = shards
         self.quantile = quantile
         #: The latest plan and what it was made for: targets rarely change between ticks, and
         #: planning a thousand of them costs more than reading their answers.
-        self._planned: tuple[tuple[SourceTarget, ...], float, int, promql.Plan] | None = None
+        self._planned: tuple[tuple[SourceTarget, ...], float, tuple[int, int], promql.Plan] | None = None
 
     def _plan(self, targets: Sequence[SourceTarget], window_s: float) -> promql.Plan:
         wanted = tuple(targets)
@@ -431,12 +436,13 @@ class PrometheusSource:
         if (
             planned is not None
             and planned[1] == window_s
-            and planned[2] == self.max_selector_chars
+            and planned[2] == (self.max_selector_chars, self.shards)
             and planned[0] == wanted  # the same target objects: compared by identity first
         ):
             return planned[3]
-        plan = promql.plan(wanted, window_s=window_s, max_selector_chars=self.max_selector_chars)
-        self._planned = (wanted, window_s, self.max_selector_chars, plan)
+        plan = promql.plan(wanted, window_s=window_s, max_selector_chars=self.max_selector_chars,
+                           shards=self.shards)
+        self._planned = (wanted, window_s, (self.max_selector_chars, self.shards), plan)
         return plan
 
     @property
