@@ -1,8 +1,8 @@
 """Batched PromQL for many targets: pure functions, no I/O.
 
-Every tick, rollbackd sends one query per metric (requests, errors, latency buckets) for all the
-targets that share the same :class:`~rollbackd.sources.base.QueryTemplates`, instead of one query
-per target. The templates' placeholders are filled as:
+Every tick, rollbackd sends one query per metric (requests, errors, latency buckets) and shard for
+all the targets that share the same :class:`~rollbackd.sources.base.QueryTemplates`, instead of one
+query per target. The templates' placeholders are filled as:
 
 - ``{by}``: the group labels joined by ``", "`` (``namespace, deployment``);
 - ``{selector}``: one matcher per group label over the union of the targets' values
