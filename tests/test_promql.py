@@ -247,9 +247,9 @@ def test_shards_split_the_targets_evenly_and_keep_the_query_count_fixed(count: i
             assert sides == {Side.BASELINE, Side.CANDIDATE}
         # Each shard's selector names its own targets' series only.
         query = batch.queries[Metric.LATENCY_BUCKETS]
-        for key in fleet(count):
-            named = f"{key.key.split('/')[1]}-canary" in query
-            assert named == (key.key in batch.target_keys)
+        for member in fleet(count):
+            named = f"{member.key.split('/')[1]}-canary" in query
+            assert named == (member.key in batch.target_keys)
 
 
 def test_fewer_targets_than_shards_make_one_batch_each() -> None:
