@@ -44,6 +44,11 @@ class TargetEvaluator:
         self.latest_decision = decision
         return decision
 
+    def preview(self, evidence: Evidence, ctx: Context) -> Decision:
+        """What :meth:`decide` would decide on ``evidence`` with ``ctx``, keeping nothing."""
+        decision, _ = decide(evidence, ctx, self._params, self._state)
+        return decision
+
     def kept(self) -> list[Observation]:
         """The observations the detectors' window holds (see :meth:`Judge.kept`)."""
         return self._judge.kept()

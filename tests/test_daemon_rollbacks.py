@@ -11,11 +11,11 @@ import aiohttp
 import pytest
 
 from rollbackd.actions.base import ActionOutcome, ActionResult, Change
-from rollbackd.config.settings import Settings, VerificationSettings
+from rollbackd.config.settings import KubernetesSettings, Settings, VerificationSettings
 from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.rollbacks import Phase
 from rollbackd.decision.cluster import ClusterFacts
-from rollbackd.model import Risk
+from rollbackd.model import Risk, Sample
 from rollbackd.params import TargetParams
 from tests.test_daemon import HEALTHY, INTERVAL_S, SEVERE, Api, ScriptedHealth, ScriptedMetrics, make_settings
 
@@ -48,10 +48,20 @@ class ScriptedCluster:
     available: bool | None = True
     runs: list[bool] = field(default_factory=list)
     facts_calls: int = 0
+    read_at: dict[str, float] = field(default_factory=dict)
+    kept: dict[str, ClusterFacts] = field(default_factory=dict)
 
-    async def facts(self, params: TargetParams, *, loop_now: float) -> ClusterFacts:
+    async def facts(self, params: TargetParams, *, loop_now: float, max_age_s: float = 0.0) -> ClusterFacts:
+        """Reads ``facts_value`` (counted), or reuses the last read while younger than ``max_age_s``."""
+        read_at = self.read_at.get(params.key)
+        if read_at is not None and 0.0 <= loop_now - read_at < max_age_s:
+            return self.kept[params.key]
         self.facts_calls += 1
+        self.read_at[params.key], self.kept[params.key] = loop_now, self.facts_value
         return self.facts_value
+
+    def facts_read_at(self, key: str) -> float | None:
+        return self.read_at.get(key)
 
     def action(self, params: TargetParams, *, bad_revision: int | None = None) -> ScriptedAction:
         return ScriptedAction(self)
@@ -183,6 +193,54 @@ async def test_high_risk_from_the_cluster_escalates_instead() -> None:
         target = await Api(session, daemon).target()
         assert target["decision"]["blocked_by"] == "rollback-risk"
         assert "rollback-risk=high" in target["decision"]["reasons"][0]
+
+
+#: A manageable regression: 3% errors against the 1% SLO (severe at 5%), a controlled rollback.
+MODERATE = (HEALTHY[0], Sample(requests=1000, errors=30))
+
+
+def reusing_facts(seconds: float) -> Settings:
+    return settings().model_copy(update={"kubernetes": KubernetesSettings(facts_max_age_s=seconds)})
+
+
+@pytest.mark.looptime
+async def test_facts_are_reused_between_ticks_and_read_again_before_acting() -> None:
+    metrics = ScriptedMetrics(HEALTHY)
+    cluster = ScriptedCluster()  # low risk: a controlled rollback is due after the grace period
+    config = reusing_facts(3600.0)
+    grace_s = config.defaults.policy.controlled_grace_s
+    async with (
+        aiohttp.ClientSession() as session,
+        Daemon(config, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster) as daemon,
+    ):
+        await asyncio.sleep(2 * INTERVAL_S)
+        metrics.pair = MODERATE
+        await asyncio.sleep(4 * INTERVAL_S)
+        assert cluster.runs == []
+        assert cluster.facts_calls == 1  # breached at every tick since, read once
+        # Someone marks the release high-risk; the facts kept from the first read do not say so.
+        cluster.facts_value = ClusterFacts(
+            risk=Risk.HIGH, risk_reason="annotated rollbackd.io/rollback-risk=high"
+        )
+        await asyncio.sleep(grace_s + 4 * INTERVAL_S)
+        assert cluster.runs == []
+        assert cluster.facts_calls == 2  # read again when the kept facts said "roll back now"
+        target = await Api(session, daemon).target()
+        assert target["decision"]["blocked_by"] == "rollback-risk"
+        assert "rollback-risk=high" in target["decision"]["reasons"][0]
+
+
+@pytest.mark.looptime
+async def test_reused_facts_that_still_hold_when_read_again_lead_to_the_rollback() -> None:
+    metrics = ScriptedMetrics(HEALTHY)
+    cluster = ScriptedCluster()
+    config = reusing_facts(3600.0)
+    async with Daemon(config, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster):
+        await asyncio.sleep(2 * INTERVAL_S)
+        metrics.pair = MODERATE
+        await asyncio.sleep(config.defaults.policy.controlled_grace_s + 6 * INTERVAL_S)
+        assert cluster.runs == [False]
+        assert cluster.facts_calls == 2
 
 
 @pytest.mark.looptime

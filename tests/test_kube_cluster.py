@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import kmock
 import pytest
 
 from rollbackd.actions.base import ActionOutcome
@@ -114,6 +115,33 @@ async def test_a_duration_eta_counts_from_when_it_was_first_seen(
     assert renewed.hold.until == 2300.0
     assert gone.hold is None
     assert again.hold.until == 1600.0
+
+
+async def test_facts_younger_than_max_age_are_reused_without_asking_the_api(
+    kube_cluster: ClusterEmulator, kube: KubeClient
+) -> None:
+    seed_canary(kube_cluster)
+    cluster = cluster_on(kube)
+    key = params("checkout")
+
+    first = await cluster.facts(key, loop_now=100.0, max_age_s=30.0)
+    annotate(kube_cluster, "web-canary", {RISK_ANNOTATION: "high"})
+    reads = len(kube_cluster[kmock.method.GET, DEPLOYMENTS])
+    kept = await cluster.facts(key, loop_now=129.0, max_age_s=30.0)
+    assert len(kube_cluster[kmock.method.GET, DEPLOYMENTS]) == reads  # nothing asked
+    assert kept is first
+    assert kept.risk is None
+    assert cluster.facts_read_at(key.key) == 100.0
+
+    aged = await cluster.facts(key, loop_now=130.0, max_age_s=30.0)
+    assert aged.risk is Risk.HIGH
+    assert cluster.facts_read_at(key.key) == 130.0
+    assert len(kube_cluster[kmock.method.GET, DEPLOYMENTS]) > reads
+
+    annotate(kube_cluster, "web-canary", {RISK_ANNOTATION: None})
+    now = await cluster.facts(key, loop_now=131.0)  # max_age_s 0: always read
+    assert now.risk is None
+    assert cluster.facts_read_at(key.key) == 131.0
 
 
 async def test_an_eta_as_a_time_is_placed_on_the_loop_clock(

@@ -395,6 +395,13 @@ class KubernetesSettings(_Frozen):
     context: str | None = Field(None, description="kubeconfig context to use (default: the current one).")
     request_timeout_s: float = Field(10.0, gt=0, description="Timeout of one API request.")
     retries: int = Field(4, ge=0, description="Retries of a request on temporary errors and 409 conflicts.")
+    facts_max_age_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long what the cluster says about a breached target (rollback-risk and "
+        "fix-forward annotations, revision) is reused instead of read again at every tick; it is always "
+        "read afresh before a rollback starts. 0: read at every tick.",
+    )
     availability_timeout_s: float = Field(
         300.0, gt=0, description="How long an action waits for the version it rolls back to to serve."
     )

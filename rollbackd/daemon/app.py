@@ -294,7 +294,7 @@ class Daemon:
                     self.metrics.evaluation_errors.inc()
                     logger.exception("evaluation failed", extra={"target": target.key})
         await self._resume_rollbacks()
-        facts = await self._cluster_facts(
+        facts, reused = await self._cluster_facts(
             [t_ for t_ in targets if t_.key in evidences and evidences[t_.key].breached]
         )
         for target in targets:
@@ -313,6 +313,18 @@ class Daemon:
                 in_progress=self.rollbacks.in_progress(target.key),
                 standby=not acting,
             )
+            if target.key in reused:
+                preview = target.evaluator.preview(evidence, context)
+                if preview.rollback and not preview.dry_run and acting:
+                    # About to act on facts read ticks ago: read them again and decide on those.
+                    target.facts = await self._fresh_facts(target)
+                    context = self.state.context(
+                        target,
+                        t,
+                        facts=target.facts,
+                        in_progress=self.rollbacks.in_progress(target.key),
+                        standby=not acting,
+                    )
             decision = target.evaluator.decide(evidence, context)
             self._record(target, decision)
             self.journal.decision(target.params, decision, hold=context.hold)
@@ -332,29 +344,47 @@ class Daemon:
         self.ticks += 1
         self.metrics.evaluation_duration.observe(loop.time() - started)
 
-    async def _cluster_facts(self, targets: list[TargetState]) -> dict[str, ClusterFacts]:
+    async def _cluster_facts(self, targets: list[TargetState]) -> tuple[dict[str, ClusterFacts], set[str]]:
         """What the cluster says about the breached targets (only those: the API load follows the
-        incidents, not the number of targets). A failed read leaves the target without facts."""
+        incidents, not the number of targets), and the targets whose facts were reused from an
+        earlier read (``kubernetes.facts_max_age_s``) rather than read now. A failed read leaves
+        the target without facts."""
         if self._cluster is None or not targets:
-            return {}
+            return {}, set()
         cluster = self._cluster
         loop_now = asyncio.get_running_loop().time()
+        max_age_s = self.settings.kubernetes.facts_max_age_s
         limit = asyncio.Semaphore(16)
 
         async def one(target: TargetState) -> tuple[str, ClusterFacts | None]:
             async with limit:
-                try:
-                    return target.key, await cluster.facts(target.params, loop_now=loop_now)
-                except Exception as exc:
-                    self.metrics.count_source_error("kubernetes", type(exc).__name__)
-                    logger.warning("could not read the cluster: %s", exc, extra={"target": target.key})
-                    return target.key, None
+                return target.key, await self._read_facts(target, loop_now=loop_now, max_age_s=max_age_s)
 
         pairs = await asyncio.gather(*(one(target) for target in targets))
-        for key, found in pairs:
-            if found is not None and found.problems:
-                logger.warning("annotation problems: %s", "; ".join(found.problems), extra={"target": key})
-        return {key: found for key, found in pairs if found is not None}
+        found = {key: facts for key, facts in pairs if facts is not None}
+        reused = {key for key in found if cluster.facts_read_at(key) != loop_now}
+        for key in found.keys() - reused:  # reported once per read, not again with every reuse
+            if found[key].problems:
+                problems = "; ".join(found[key].problems)
+                logger.warning("annotation problems: %s", problems, extra={"target": key})
+        return found, reused
+
+    async def _fresh_facts(self, target: TargetState) -> ClusterFacts | None:
+        """The target's facts read now (``None`` when the read failed)."""
+        return await self._read_facts(target, loop_now=asyncio.get_running_loop().time(), max_age_s=0.0)
+
+    async def _read_facts(
+        self, target: TargetState, *, loop_now: float, max_age_s: float
+    ) -> ClusterFacts | None:
+        cluster = self._cluster
+        if cluster is None:
+            return None
+        try:
+            return await cluster.facts(target.params, loop_now=loop_now, max_age_s=max_age_s)
+        except Exception as exc:
+            self.metrics.count_source_error("kubernetes", type(exc).__name__)
+            logger.warning("could not read the cluster: %s", exc, extra={"target": target.key})
+            return None
 
     async def _verify(self, targets: list[TargetState], observations: dict[str, Observation]) -> None:
         keys = set(self.rollbacks.verifying())

@@ -48,8 +48,13 @@ class Phase(enum.StrEnum):
 class Cluster(Protocol):
     """What the daemon needs from Kubernetes for one target."""
 
-    async def facts(self, params: TargetParams, *, loop_now: float) -> ClusterFacts:
-        """Risk, holds, revision and rollback target as the cluster shows them now."""
+    async def facts(self, params: TargetParams, *, loop_now: float, max_age_s: float = 0.0) -> ClusterFacts:
+        """Risk, holds, revision and rollback target as the cluster shows them now, or as a read
+        less than ``max_age_s`` ago showed them."""
+        ...
+
+    def facts_read_at(self, key: str) -> float | None:
+        """The loop time of the read behind the latest facts of ``key``."""
         ...
 
     def action(self, params: TargetParams, *, bad_revision: int | None = None) -> RollbackAction:

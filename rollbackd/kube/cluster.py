@@ -82,10 +82,15 @@ class KubeCluster:
         self._eta_seen: dict[str, tuple[str, float]] = {}
         #: target key -> the candidate revision the latest facts() read.
         self._revisions: dict[str, int | None] = {}
+        #: target key -> (loop time of the read, the facts it gave), for facts(max_age_s=...).
+        self._facts: dict[str, tuple[float, ClusterFacts]] = {}
 
     def reconfigure(self, settings: Settings) -> None:
         """Take over reloaded targets (added, removed, or pointing at other objects)."""
         self._targets = {target.key: target for target in settings.targets}
+        self._facts.clear()  # a target may point at other objects now
+        for gone in self._eta_seen.keys() - self._targets.keys():
+            del self._eta_seen[gone]
 
     def target(self, key: str) -> TargetSettings:
         """The configured target ``namespace/name``; ``LookupError`` if there is none."""
@@ -118,13 +123,18 @@ class KubeCluster:
             seen = self._eta_seen[key] = (value, loop_now)
         return seen[1]
 
-    async def facts(self, params: TargetParams, *, loop_now: float) -> ClusterFacts:
-        """Risk, holds, revision and rollback target as the cluster shows them now.
+    async def facts(self, params: TargetParams, *, loop_now: float, max_age_s: float = 0.0) -> ClusterFacts:
+        """Risk, holds, revision and rollback target as the cluster shows them now, or as it
+        showed them less than ``max_age_s`` ago (loop clock): then the facts of that read are
+        returned without asking the API again.
 
         Objects that do not exist are facts (a missing baseline means nothing to go back to: high
         risk); API failures, after retries, raise :class:`~rollbackd.kube.errors.KubeError`:
         the caller decides without the cluster's word rather than on a guess.
         """
+        kept = self._facts.get(params.key)
+        if kept is not None and 0.0 <= loop_now - kept[0] < max_age_s:
+            return kept[1]
         target = self.target(params.key)
         namespace = target.namespace
         candidate = await self._deployment(namespace, target.candidate.deployment)
@@ -150,7 +160,13 @@ class KubeCluster:
             if target.strategy is Strategy.DEPLOYMENT:
                 facts = dataclasses.replace(facts, risk_reason=missing, rollback_target_reason=missing)
         self._revisions[params.key] = facts.candidate_revision
+        self._facts[params.key] = (loop_now, facts)
         return facts
+
+    def facts_read_at(self, key: str) -> float | None:
+        """The loop time of the read behind the latest facts of ``key`` (``None`` before any)."""
+        kept = self._facts.get(key)
+        return kept[0] if kept is not None else None
 
     def action(
         self, params: TargetParams, *, bad_revision: int | None = None, to_revision: int | None = None
