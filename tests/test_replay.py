@@ -53,15 +53,23 @@ def test_there_are_public_scenarios(scenarios_dir: Path) -> None:
     assert len(list(scenarios_dir.glob("*.json"))) >= 18
 
 
-def test_replay_cli_prints_one_json_line_per_scenario(scenarios_dir: Path) -> None:
-    files = sorted(str(p) for p in scenarios_dir.glob("*.json"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "rollbackd", "replay", *files],
+def run_replay(
+    *args: str, env: dict[str, str] | None = None, timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m rollbackd replay ARGS`` in a child process, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "rollbackd", "replay", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout_s,
         check=False,
+        env=env,
     )
+
+
+def test_replay_cli_prints_one_json_line_per_scenario(scenarios_dir: Path) -> None:
+    files = sorted(str(p) for p in scenarios_dir.glob("*.json"))
+    proc = run_replay(*files)
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [line["scenario"] for line in lines] == [json.loads(Path(f).read_text())["name"] for f in files]
@@ -78,14 +86,7 @@ def test_replay_decides_the_same_with_docstrings_and_asserts_stripped(scenarios_
     files = sorted(str(p) for p in scenarios_dir.glob("*.json"))
     outputs = []
     for level in ("0", "2"):
-        proc = subprocess.run(
-            [sys.executable, "-m", "rollbackd", "replay", *files],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            env={**os.environ, "PYTHONOPTIMIZE": level, "PYTHONDONTWRITEBYTECODE": "1"},
-        )
+        proc = run_replay(*files, env={**os.environ, "PYTHONOPTIMIZE": level, "PYTHONDONTWRITEBYTECODE": "1"})
         assert proc.returncode == 0, proc.stderr
         outputs.append(proc.stdout)
     assert outputs[1] == outputs[0]
@@ -95,13 +96,7 @@ def test_replay_decides_the_same_with_docstrings_and_asserts_stripped(scenarios_
 def test_replay_cli_reports_a_broken_file(tmp_path: Path) -> None:
     bad = tmp_path / "broken.json"
     bad.write_text('{"name": "x", "ticks": [ {"t": 0,', encoding="utf-8")
-    proc = subprocess.run(
-        [sys.executable, "-m", "rollbackd", "replay", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_replay(str(bad), timeout_s=60)
     assert proc.returncode == 2
     assert "broken.json:1:" in proc.stderr
     assert "invalid JSON" in proc.stderr
@@ -149,13 +144,7 @@ def test_generated_recording(story: Any, interval: float, rps: float) -> None:
 
 
 def test_replay_table_is_readable(scenarios_dir: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "rollbackd", "replay", "--format", "table", str(scenarios_dir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_replay("--format", "table", str(scenarios_dir))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split()[:4] == ["scenario", "decision", "mode", "at"]

@@ -37,7 +37,7 @@ from rollbackd.daemon.state import DaemonState, TargetState
 from rollbackd.daemon.tick import IdleCollector, gather, run_every
 from rollbackd.decision.cluster import ClusterFacts
 from rollbackd.gcpause import collector_paused
-from rollbackd.model import Decision, Evidence, Observation
+from rollbackd.model import Context, Decision, Evidence, Observation
 from rollbackd.params import TargetParams
 from rollbackd.sources.base import HealthSource, MetricsSource
 
@@ -306,25 +306,13 @@ class Daemon:
                 self.rollbacks.episode_over(target.key)
             target.facts = facts.get(target.key)
             acting = self.leading
-            context = self.state.context(
-                target,
-                t,
-                facts=target.facts,
-                in_progress=self.rollbacks.in_progress(target.key),
-                standby=not acting,
-            )
+            context = self._context(target, t, acting=acting)
             if target.key in reused:
                 preview = target.evaluator.preview(evidence, context)
                 if preview.rollback and not preview.dry_run and acting:
                     # About to act on facts read ticks ago: read them again and decide on those.
                     target.facts = await self._fresh_facts(target)
-                    context = self.state.context(
-                        target,
-                        t,
-                        facts=target.facts,
-                        in_progress=self.rollbacks.in_progress(target.key),
-                        standby=not acting,
-                    )
+                    context = self._context(target, t, acting=acting)
             decision = target.evaluator.decide(evidence, context)
             self._record(target, decision)
             self.journal.decision(target.params, decision, hold=context.hold)
@@ -343,6 +331,16 @@ class Daemon:
             await self._verify(targets, observations)
         self.ticks += 1
         self.metrics.evaluation_duration.observe(loop.time() - started)
+
+    def _context(self, target: TargetState, t: float, *, acting: bool) -> Context:
+        """The decision context of ``target`` at ``t``, with the cluster facts it holds now."""
+        return self.state.context(
+            target,
+            t,
+            facts=target.facts,
+            in_progress=self.rollbacks.in_progress(target.key),
+            standby=not acting,
+        )
 
     async def _cluster_facts(self, targets: list[TargetState]) -> tuple[dict[str, ClusterFacts], set[str]]:
         """What the cluster says about the breached targets (only those: the API load follows the

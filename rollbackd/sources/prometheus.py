@@ -294,7 +294,7 @@ def _parse_response(promql_text: str, status: int, body: bytes, retry_after: flo
     if status == 200:
         try:
             plain = _plain_vector(promql_text, body)
-        except (UnicodeDecodeError, ValueError):
+        except ValueError:  # a label that is not UTF-8, a number that is not one
             plain = None
         if plain is not None:
             return plain
