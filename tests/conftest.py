@@ -4,12 +4,24 @@ left running after an async test."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["tests.promfixtures", "tests.kubefixtures"]
+pytest_plugins = ["tests.promfixtures", "tests.kubefixtures", "tests.faultledger"]
+
+# Property tests: no per-example deadline (these machines are noisy); the ledger fixture is shared
+# by a test's examples on purpose. In CI the examples are derandomized, so a run is reproducible.
+settings.register_profile(
+    "rollbackd",
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.register_profile("rollbackd-ci", parent=settings.get_profile("rollbackd"), derandomize=True)
+settings.load_profile("rollbackd-ci" if os.environ.get("CI") else "rollbackd")
 
 #: The labelled release recordings live beside the repository, in shared/scenarios.
 SCENARIOS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "scenarios"
