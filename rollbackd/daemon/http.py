@@ -5,7 +5,8 @@ Read-only routes:
 - ``GET /`` (and ``GET /status``): the on-call status page, HTML that refreshes itself
   (see :mod:`rollbackd.daemon.page`);
 - ``GET /healthz``: 200 while the evaluation loop runs, 503 otherwise;
-- ``GET /readyz``: 503 until the first evaluation of all targets completed, then 200; the body
+- ``GET /readyz``: 503 until the first evaluation of all targets completed, and while the audit
+  trail cannot be written (the status says why), otherwise 200; the body
   ``{"status": ..., "leader": true|false}`` also tells whether this replica leads (with leader
   election; always ``true`` without). A standby is ready too: it evaluates, warm, and takes over
   when the leader goes, so it belongs behind the Service like the leader;
@@ -45,6 +46,7 @@ from rollbackd.daemon.state import DaemonState, TargetState
 from rollbackd.daemon.views import flags_view, target_view, targets_view
 from rollbackd.store.base import AuditEntry
 from rollbackd.store.history import entry_json, parse_since, parse_target
+from rollbackd.store.storable import storable_text
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ class HttpContext:
     #: Reads the audit log: (target, since, limit) -> entries, or None while the store is closed.
     history: Callable[[str | None, datetime | None, int], Awaitable[list[AuditEntry] | None]] | None = None
     leader: Callable[[], bool] = lambda: True
+    #: Why the daemon cannot act now though it evaluates (the audit trail cannot be written).
+    not_ready_reason: Callable[[], str | None] = lambda: None
     auth: ApiAuth = field(default_factory=lambda: ApiAuth(token=lambda: None))
 
 
@@ -117,7 +121,8 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     ctx = _context(request)
     ready = ctx.ready()
-    body: JsonValue = {"status": "ready" if ready else "no evaluation yet", "leader": ctx.leader()}
+    status = "ready" if ready else (ctx.ticks() and ctx.not_ready_reason()) or "no evaluation yet"
+    body: JsonValue = {"status": status, "leader": ctx.leader()}
     return json_response(body, status=200 if ready else 503)
 
 
@@ -139,7 +144,9 @@ async def status_page(request: web.Request) -> web.Response:
         refresh_s=refresh_seconds(interval_s),
         generated_at=datetime.now(UTC),
     )
-    return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
+    # Outside text (a hold reason) may hold lone surrogates, which have no UTF-8 form.
+    headers = {"Cache-Control": "no-store"}
+    return web.Response(text=storable_text(page), content_type="text/html", headers=headers)
 
 
 async def list_targets(request: web.Request) -> web.Response:
