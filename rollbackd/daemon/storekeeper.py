@@ -101,7 +101,6 @@ async def _watch_health(store: Store, *, journal: Journal, events: Events, inter
         except TimeoutError:
             answers = False
         if answers:
-            logger.debug("store ping answered")
             journal.store_health("ping", None)
             events.publisher.retry_now()
         else:

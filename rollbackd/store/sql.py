@@ -118,7 +118,7 @@ def audit_params(entry: AuditEntry, at: datetime) -> tuple[Any, ...]:
 
 def event_params(event: OutboxEvent, now: datetime) -> tuple[Any, ...]:
     """Parameters of :data:`INSERT_EVENT` (the time still a datetime: the event's own, else ``now``)."""
-    what = f"event {event.event_id!r} ({event.type!r})"
+    what = f"event {event.event_id} ({event.type})"
     payload = encode_json(event.payload, f"the payload of {what}")
     check_text(event.event_id + event.type + (event.subject or ""), f"the id, type or subject of {what}")
     created_at = aware(event.created_at, "OutboxEvent.created_at") if event.created_at is not None else now
