@@ -316,6 +316,10 @@ async def test_while_postgresql_is_cut_the_daemon_is_not_ready_does_not_act_and_
                 "not acting until the audit trail can be written" in r for r in target["decision"]["reasons"]
             )
             assert target["decision"]["rollback"] is False
+            status, page = await run.call("GET", "/")
+            assert status == 200
+            assert "Not acting: " in page
+            assert "audit trail cannot be written" in page
             await asyncio.sleep(5 * INTERVAL_S)  # several ticks wanting a rollback while cut
             actions_while_cut = len(run.cluster.runs)
             assert (await run.call("GET", "/readyz"))[0] == 503

@@ -143,6 +143,7 @@ async def status_page(request: web.Request) -> web.Response:
         ticks=ctx.ticks(),
         refresh_s=refresh_seconds(interval_s),
         generated_at=datetime.now(UTC),
+        not_ready=ctx.not_ready_reason() if ctx.ticks() else None,
     )
     # Outside text (a hold reason) may hold lone surrogates, which have no UTF-8 form.
     headers = {"Cache-Control": "no-store"}
