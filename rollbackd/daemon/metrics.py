@@ -21,7 +21,8 @@ class DaemonMetrics:
     - ``rollbackd_rollback_decisions_total{mode}``: decisions to roll back now, by mode
       (immediate / controlled), dry-run ones included;
     - ``rollbackd_source_errors_total{source,kind}``: source failures (``prometheus``, ``health``)
-      by kind (``timeout``, ``connection``, ...);
+      by kind (``timeout``, ``connection``, ``oversized``, ...; impossible values by theirs:
+      ``non_finite``, ``negative``, ``too_large``, ``errors_above_requests``, ``bad_histogram``);
     - ``rollbackd_evaluation_errors_total``: target evaluations that raised (a bug; logged);
     - ``rollbackd_evaluation_duration_seconds``: duration of one tick (collection and evaluation);
     - ``rollbackd_collection_duration_seconds``: the part of a tick spent collecting the data
