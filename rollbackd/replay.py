@@ -213,7 +213,7 @@ def scenario_params(scenario: Mapping[str, Any], defaults: TargetParams | None =
         else:
             overrides[key] = number
     risk = ctx_raw.get("rollback_risk", base.policy.rollback_risk)
-    if risk not in set(Risk):
+    if not isinstance(risk, str) or risk not in {r.value for r in Risk}:
         raise ScenarioError(
             f"context.rollback_risk: expected one of {sorted(r.value for r in Risk)}, got {_shown(risk)}"
         )
