@@ -71,6 +71,8 @@ async def running(path: Path, metrics: ScriptedMetrics) -> AsyncIterator[tuple[D
             path=path,
             load=lambda: load_settings(path, environ={}),
             apply=daemon.apply_settings,
+            current=lambda: daemon.settings,
+            refused=daemon.refuse_settings,
             poll_s=POLL_S,
         ) as watcher,
     ):
