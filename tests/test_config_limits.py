@@ -223,6 +223,33 @@ def test_the_lease_message_shows_its_bound(tmp_path: Path, capsys: pytest.Captur
     )
 
 
+def test_a_window_may_not_span_more_intervals_than_memory_allows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, textwrap.dedent("""\
+        interval_s: 0.1
+        defaults:
+          detection:
+            window_s: 86400
+        targets:
+          - name: catalog
+            strategy: deployment
+            candidate: {deployment: catalog}
+            detection: {baseline_window_s: 2000}
+        """))
+    status, err = check_config(path, capsys)
+    assert status == 2
+    assert err.splitlines() == [
+        f"{path}:4: defaults.detection.window_s: spans 864000 intervals of interval_s (0.1): at most 10000,"
+        " since every target keeps its window in memory; shorten the window or lengthen interval_s",
+        f"{path}:9: targets[0].detection.baseline_window_s (target catalog): spans 20000 intervals of"
+        " interval_s (0.1): at most 10000, since every target keeps its window in memory; shorten the window"
+        " or lengthen interval_s",
+    ]
+    path.write_text(path.read_text().replace("interval_s: 0.1", "interval_s: 10"))
+    assert check_config(path, capsys) == (0, "")
+
+
 # --- files that are not configuration files ------------------------------------------------------------
 
 

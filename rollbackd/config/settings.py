@@ -51,6 +51,9 @@ MAX_COUNT = 1_000_000_000
 MAX_CONFIRM_INTERVALS = 1000
 MAX_CONCURRENCY = 10_000
 MAX_ROLLBACKS_PER_HOUR = 1000
+#: Most intervals a detection window may span: each target keeps its window's observations in
+#: memory (about 2.5 KiB per interval).
+MAX_WINDOW_INTERVALS = 10_000
 
 #: Placeholders a PromQL template may use; the first two are required.
 TEMPLATE_PLACEHOLDERS = ("selector", "by", "window")
@@ -1014,5 +1017,30 @@ class Settings(_Frozen):
             first.setdefault(target.key, index)
             group_labels = target.queries.group_labels or self.defaults.queries.group_labels
             problems.extend(_label_problems(index, target, group_labels))
+            problems.extend(
+                _window_problems(("targets", index, "detection"), target.detection, self.interval_s)
+            )
+        problems.extend(_window_problems(("defaults", "detection"), self.defaults.detection, self.interval_s))
         _raise("Settings", problems)
         return self
+
+
+def _window_problems(
+    loc: tuple[int | str, ...], detection: DetectionSettings | DetectionOverride, interval_s: float
+) -> list[InitErrorDetails]:
+    """Windows that would span more than :data:`MAX_WINDOW_INTERVALS` intervals."""
+    problems: list[InitErrorDetails] = []
+    for name in ("window_s", "baseline_window_s"):
+        window_s = getattr(detection, name)
+        if window_s is not None and window_s / interval_s > MAX_WINDOW_INTERVALS:
+            problems.append(_problem(
+                "window_intervals",
+                "spans {count} intervals of interval_s ({interval}): at most {most}, since every target keeps"
+                " its window in memory; shorten the window or lengthen interval_s",
+                (*loc, name),
+                window_s,
+                count=f"{window_s / interval_s:.0f}",
+                interval=f"{interval_s:g}",
+                most=str(MAX_WINDOW_INTERVALS),
+            ))
+    return problems
