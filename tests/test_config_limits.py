@@ -462,3 +462,55 @@ def test_the_example_file_dumped_back_loads_the_same() -> None:
     """The generator's starting point is a valid file (so mutations explore near-valid files)."""
     loaded = load_settings(EXAMPLE, environ={})
     assert Settings.model_validate(yaml.safe_load(textwrap.dedent(EXAMPLE.read_text()))) == loaded
+
+
+# --- the documentation -----------------------------------------------------------------------------------
+
+CONFIGURATION_DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+
+
+def _doc_name(path: KeyPath) -> str:
+    """A setting as docs/configuration.md names it: ``slo.max_p95_ms`` for defaults and targets alike."""
+    name = shown(path).replace("[0]", "[]")
+    for prefix in ("defaults.", "targets[]."):
+        name = name.removeprefix(prefix)
+    return name
+
+
+def _written(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def test_the_bounds_table_matches_the_settings() -> None:
+    rows: dict[str, str] = {}
+    for line in CONFIGURATION_DOC.read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`") and cells[0].endswith("`"):
+            rows[cells[0].strip("`")] = cells[2]
+    missing: list[str] = []
+    wrong: list[str] = []
+    for path in NUMBER_PATHS:
+        name = _doc_name(path)
+        if name not in rows:
+            missing.append(name)
+            continue
+        field = Settings.model_json_schema()  # bounds from the schema the users see
+        node: dict[str, Any] = field
+        for part in path:
+            node = node["items"] if isinstance(part, int) else node["properties"][part]
+            while "$ref" in node or "anyOf" in node:
+                node = (
+                    field["$defs"][node["$ref"].rsplit("/", 1)[1]]
+                    if "$ref" in node
+                    else next(option for option in node["anyOf"] if option.get("type") != "null")
+                )
+        for key in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+            if key in node and _written(node[key]) not in rows[name]:
+                wrong.append(f"{name}: {key} {node[key]} not in {rows[name]!r}")
+    assert missing == []
+    assert wrong == []
+
+
+def test_the_readme_links_the_bounds() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "(docs/configuration.md)" in readme
