@@ -171,7 +171,7 @@ def _redact_uri(text: str) -> str:
     return f"{scheme}://{head}{base}{question}{query}"
 
 
-def _render(params: Mapping[str, object]) -> str:
+def _render(params: Mapping[str, str | int | None]) -> str:
     """Parameters as a libpq ``key=value`` string, secrets replaced by ``***``."""
     from psycopg.conninfo import make_conninfo
 
