@@ -8,6 +8,7 @@ description, error, configuration message or log line.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import traceback
@@ -20,6 +21,9 @@ from hypothesis import strategies as st
 from psycopg.conninfo import make_conninfo
 
 from rollbackd.config.loader import ConfigError, load_settings
+from rollbackd.config.settings import Settings, StoreSettings
+from rollbackd.daemon.journal import Journal
+from rollbackd.daemon.storekeeper import keep_store
 from rollbackd.store import (
     DsnError,
     PermanentStoreError,
@@ -32,6 +36,7 @@ from rollbackd.store import (
 from rollbackd.store.postgres import PostgresStore
 from rollbackd.store.sqlite import SQLiteStore
 from tests.faultledger import FaultLedger
+from tests.kubefixtures import wait_until
 
 
 def closed_port() -> int:
@@ -51,8 +56,14 @@ def everything_shown(exc: BaseException) -> str:
     [
         # libpq ends the user part at the first '@' before a '/': '?' and '#' belong to the password.
         ("postgresql://u:s3cr?t#pw@db:5432/rollbackd", "postgresql://u:***@db:5432/rollbackd"),
-        ("postgresql://u:s3cr#t?pw@db/rollbackd?sslmode=require", "postgresql://u:***@db/rollbackd?sslmode=require"),
-        ("postgres://db/rollbackd?sslpassword=s3cr%23t&password=s3cr%3Ft", "postgres://db/rollbackd?sslpassword=***&password=***"),
+        (
+            "postgresql://u:s3cr#t?pw@db/rollbackd?sslmode=require",
+            "postgresql://u:***@db/rollbackd?sslmode=require",
+        ),
+        (
+            "postgres://db/rollbackd?sslpassword=s3cr%23t&password=s3cr%3Ft",
+            "postgres://db/rollbackd?sslpassword=***&password=***",
+        ),
         ("host=db user=u password='s3cr?t #pw' dbname=x", "user=u password=*** dbname=x host=db"),
         ("host=db password=s3cr\\ t", "password=*** host=db"),
     ],
@@ -184,3 +195,27 @@ async def test_no_password_is_shown_in_descriptions_errors_or_logs(
             for secret in hidden:
                 assert secret not in text
     fault_ledger.observe(crashes=0)
+
+
+async def test_a_store_that_cannot_be_opened_is_reported_without_the_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What the daemon says while its store is down (``/readyz``'s reason, the log) hides it."""
+    secret = "s3cr?t#pw"
+    dsn = f"postgresql://rollbackd:{secret}@127.0.0.1:{closed_port()}/rollbackd"
+    settings = Settings(store=StoreSettings(url=dsn))
+    journal = Journal(required=True)
+    stopping = asyncio.Event()
+    with caplog.at_level(logging.DEBUG):
+        keeper = asyncio.create_task(
+            keep_store(settings, journal=journal, environ={}, kube=None, stopping=stopping, retry_s=0.05)
+        )
+        await wait_until(
+            lambda: "store unavailable" in (journal.problem or ""), what="the store reported down"
+        )
+        stopping.set()
+        await keeper
+    assert journal.problem is not None
+    assert "postgresql://rollbackd:***@127.0.0.1" in journal.problem
+    for text in [journal.problem, *(record.getMessage() for record in caplog.records)]:
+        assert "s3cr" not in text

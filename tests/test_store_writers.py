@@ -25,12 +25,23 @@ import psycopg
 import pytest
 import yaml
 
+from rollbackd.config.settings import EventsSettings, Settings, StoreSettings
+from rollbackd.daemon.app import Daemon
+from rollbackd.daemon.journal import Journal
+from rollbackd.daemon.leader import LeaderElector
 from rollbackd.daemon.store_leader import StoreLeader
+from rollbackd.daemon.storekeeper import keep_store
+from rollbackd.events.dispatcher import Dispatcher
+from rollbackd.events.publisher import audit_entry_for
 from rollbackd.store.lock import SQLiteLock, StoreInUseError
+from rollbackd.store.sqlite import SQLiteStore
+from tests.eventstory import rollback_story
 from tests.faultledger import FaultLedger
-from tests.kubefixtures import wait_until
+from tests.kubefixtures import ClusterEmulator, wait_until
 from tests.mqttfixtures import Mosquitto, free_port, mosquitto, subscribed  # noqa: F401
-from tests.test_daemon import canary
+from tests.test_daemon import SEVERE, ScriptedHealth, ScriptedMetrics, canary, make_settings
+from tests.test_events_dispatcher import FAST, RecordingSink
+from tests.test_leader import client, elector
 from tests.test_store import postgres_schema  # noqa: F401
 
 
@@ -205,6 +216,8 @@ async def test_of_two_daemons_on_one_postgresql_store_only_the_leader_publishes_
                 assert await leads("a")
                 assert await standby("b")
                 assert set(sources()) == {"/rollbackd/a"}
+                ids = [json.loads(message.payload)["id"] for message in subscriber.messages]
+                assert len(ids) == len(set(ids)), "an event was delivered twice: b's dispatcher delivered too"
                 fault_ledger.fault("the leader killed (SIGKILL)")
                 a.send_signal(signal.SIGKILL)
                 await a.wait()
@@ -281,3 +294,75 @@ async def test_leaders_on_different_schemas_do_not_compete(postgres_schema: str)
         StoreLeader(dsn=other, identity="b", check_period_s=0.1) as b,
     ):
         await wait_until(lambda: a.is_leader and b.is_leader, timeout_s=10, what="both leading")
+
+
+# --- a standby publishes nothing ---------------------------------------------------------------------
+
+
+@pytest.mark.looptime
+async def test_a_lease_standby_records_no_event(kube_cluster: ClusterEmulator, tmp_path: Path) -> None:
+    """Two replicas with Lease election, each with a store of its own (a pod each): the leader's
+    decisions are announced (events in its outbox), the standby's are not."""
+    metrics = ScriptedMetrics()
+
+    def config(name: str) -> Settings:
+        return make_settings().model_copy(
+            update={
+                "store": StoreSettings(data_dir=str(tmp_path / name)),
+                "events": EventsSettings(kubernetes_events=False),
+            }
+        )
+
+    @contextlib.asynccontextmanager
+    async def replica(name: str, leader: LeaderElector) -> AsyncIterator[Daemon]:
+        journal = Journal(required=True)
+        stopping = asyncio.Event()
+        async with asyncio.TaskGroup() as group:
+            keeper = group.create_task(
+                keep_store(
+                    config(name), journal=journal, environ={}, kube=None, stopping=stopping,
+                    active=lambda: leader.is_leader,
+                )
+            )  # fmt: skip
+            try:
+                async with Daemon(
+                    config(name), metrics_source=metrics, health_source=ScriptedHealth(), leader=leader,
+                    journal=journal,
+                ) as daemon:  # fmt: skip
+                    yield daemon
+            finally:
+                stopping.set()
+            await keeper
+
+    async with client(kube_cluster) as ka, client(kube_cluster) as kb, elector(ka, "a") as a:
+        await a.wait_leader()
+        async with elector(kb, "b") as b, replica("a", a) as daemon_a, replica("b", b) as daemon_b:
+            await wait_until(lambda: daemon_a.ready and daemon_b.ready, timeout_s=60, what="both ready")
+            metrics.pair = SEVERE  # a rollback decision (blocked on b), announced by a
+            seen = daemon_b.ticks
+            await wait_until(lambda: daemon_b.ticks >= seen + 5, timeout_s=60, what="b deciding")
+            assert a.is_leader
+            assert not b.is_leader
+    outboxes = {}
+    for name in ("a", "b"):
+        async with SQLiteStore(tmp_path / name / "rollbackd.db") as store:
+            outboxes[name] = [event.type for event in await store.pending("anyone")]
+    assert outboxes["a"], "the leader announced nothing"
+    assert outboxes["b"] == []
+
+
+async def test_a_standby_dispatcher_delivers_nothing_until_it_leads(tmp_path: Path) -> None:
+    leading = False
+    async with SQLiteStore(tmp_path / "rollbackd.db") as store:
+        story = rollback_story()
+        for event in story:
+            await store.record(audit_entry_for(event), [event.to_outbox()])
+        sink = RecordingSink("mqtt")
+        async with Dispatcher(
+            store=store, sinks=[sink], backoff=FAST, poll_interval_s=0.05, active=lambda: leading
+        ) as dispatcher:
+            assert await dispatcher.drain(timeout_s=5)  # it looked, as a standby
+            assert sink.delivered == []
+            assert len(await store.pending("mqtt")) == len(story)
+            leading = True
+            await wait_until(lambda: len(sink.delivered) == len(story), what="delivery once leading")
