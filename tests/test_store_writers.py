@@ -16,6 +16,7 @@ import contextlib
 import json
 import signal
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from tests.mqttfixtures import Mosquitto, free_port, mosquitto, subscribed  # no
 from tests.test_daemon import SEVERE, ScriptedHealth, ScriptedMetrics, canary, make_settings
 from tests.test_events_dispatcher import FAST, RecordingSink
 from tests.test_leader import client, elector
-from tests.test_store import postgres_schema  # noqa: F401
+from tests.test_store import POSTGRES_DSN, postgres_schema, with_search_path  # noqa: F401
 
 
 def write_config(
@@ -288,12 +289,18 @@ async def test_a_leader_whose_lock_connection_is_cut_stops_before_the_other_star
 
 
 async def test_leaders_on_different_schemas_do_not_compete(postgres_schema: str) -> None:  # noqa: F811
-    other = postgres_schema.replace("search_path%3D", "search_path%3Dpublic_")  # another schema name
-    async with (
-        StoreLeader(dsn=postgres_schema, identity="a", check_period_s=0.1) as a,
-        StoreLeader(dsn=other, identity="b", check_period_s=0.1) as b,
-    ):
-        await wait_until(lambda: a.is_leader and b.is_leader, timeout_s=10, what="both leading")
+    other_schema = f"other_{uuid.uuid4().hex[:12]}"
+    other = with_search_path(POSTGRES_DSN, other_schema)
+    async with await psycopg.AsyncConnection.connect(postgres_schema, autocommit=True) as admin:
+        await admin.execute(f"CREATE SCHEMA {other_schema}")
+        try:
+            async with (
+                StoreLeader(dsn=postgres_schema, identity="a", check_period_s=0.1) as a,
+                StoreLeader(dsn=other, identity="b", check_period_s=0.1) as b,
+            ):
+                await wait_until(lambda: a.is_leader and b.is_leader, timeout_s=10, what="both leading")
+        finally:
+            await admin.execute(f"DROP SCHEMA {other_schema}")
 
 
 # --- a standby publishes nothing ---------------------------------------------------------------------

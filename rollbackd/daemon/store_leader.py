@@ -43,7 +43,8 @@ _HOLDS_LOCK = (
     "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
     "AND granted AND classid = %s::bigint::oid AND objid = %s::bigint::oid AND objsubid = 1)"
 )
-_WHERE = "SELECT current_database(), current_schema()"
+# The store's schema: the first of the search_path that exists (the search_path itself if none does).
+_WHERE = "SELECT current_database(), coalesce(current_schema(), current_setting('search_path'))"
 
 
 def lock_key(database: str, schema: str) -> int:
@@ -86,6 +87,7 @@ class StoreLeader:
         self._act_from = math.inf
         self._valid_until = -math.inf
         self._deadline: asyncio.TimerHandle | None = None
+        self._announcing: asyncio.TimerHandle | None = None
         self._leading = False
         self._last_error: str | None = None
 
@@ -149,6 +151,9 @@ class StoreLeader:
                     await self._compete(conn)
             except (psycopg.Error, TimeoutError) as exc:
                 self._failed(exc)
+            except Exception:  # a defect here must not leave a leader that cannot step down
+                self._lost("the lock's task failed")
+                logger.exception("the store's lock failed; trying again", extra={"identity": self.identity})
             await asyncio.sleep(self.check_period_s)
 
     async def _compete(self, conn: psycopg.AsyncConnection[Any]) -> None:
@@ -187,7 +192,7 @@ class StoreLeader:
                 self.validity_s,
                 extra={"lock": self.url.description, "identity": self.identity},
             )
-            self._loop.call_at(self._act_from, self._announce)
+            self._announcing = self._loop.call_at(self._act_from, self._announce)
         self._valid_until = started + self.validity_s
         if self._deadline is not None:
             self._deadline.cancel()
@@ -212,9 +217,10 @@ class StoreLeader:
         self._leading = False
         self._act_from = math.inf
         self._valid_until = -math.inf
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        for handle in (self._deadline, self._announcing):
+            if handle is not None:
+                handle.cancel()
+        self._deadline = self._announcing = None
         if was_leading:
             logger.warning(
                 "stopped leading: %s", why, extra={"lock": self.url.description, "identity": self.identity}
