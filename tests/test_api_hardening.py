@@ -236,6 +236,22 @@ async def test_a_crashing_dry_run_plan_does_not_end_the_daemon(caplog: pytest.Lo
     assert any(r.getMessage() == "dry-run plan crashed" for r in caplog.records)
 
 
+@pytest.mark.looptime
+async def test_a_hold_reason_with_a_lone_surrogate_is_answered_not_a_500() -> None:
+    async with Daemon(
+        make_settings(), metrics_source=ScriptedMetrics(HEALTHY), health_source=ScriptedHealth()
+    ) as daemon:
+        status, answer = await raw_request(daemon.port, post(HOLD, b'{"eta_s": 60, "reason": "\\ud800x"}'))
+        assert status == 200, answer[:300]
+        for path in ("/api/v1/targets", "/api/v1/targets/shop/checkout"):
+            status, answer = await raw_request(daemon.port, get(path))
+            assert status == 200, answer[:300]
+            assert b'"reason":"\\ud800x"' in answer  # the same escape as sent
+        status, answer = await raw_request(daemon.port, get("/"))
+        assert status == 200, answer[:300]
+        assert b"\\ud800x" in answer
+
+
 # --- defect 9: small ones ------------------------------------------------------------------------
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -90,8 +91,16 @@ class HttpContext:
 _CONTEXT = web.AppKey("rollbackd_context", HttpContext)
 
 
+#: Lone surrogates (from ``\ud800`` escapes in a JSON body, or undecodable bytes): valid in JSON
+#: text only as escapes, and impossible to encode as UTF-8.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
 def json_response(value: JsonValue, *, status: int = 200) -> web.Response:
-    return web.Response(text=dumps(value), status=status, content_type="application/json")
+    """``value`` as JSON; a lone surrogate in a string (a hold reason sent as the JSON escape of
+    one) is answered as the same escape, never as an error."""
+    text = _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", dumps(value))
+    return web.Response(text=text, status=status, content_type="application/json")
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -152,7 +161,12 @@ async def status_page(request: web.Request) -> web.Response:
         refresh_s=refresh_seconds(interval_s),
         generated_at=datetime.now(UTC),
     )
-    return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
+    return web.Response(
+        body=page.encode("utf-8", "backslashreplace"),  # lone surrogates shown as \udcff
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 async def list_targets(request: web.Request) -> web.Response:
