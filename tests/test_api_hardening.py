@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import math
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,8 +54,8 @@ async def raw_request(port: int, request: bytes, *, timeout_s: float = 10.0) -> 
     finally:
         writer.close()
         await writer.wait_closed()
-    status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
-    return status, answer
+    match = re.match(rb"HTTP/1\.[01] (\d{3}) ", answer)
+    return (int(match.group(1)) if match else 0), answer
 
 
 def post(path: str, body: bytes, *, content_type: bytes = b"application/json", headers: bytes = b"") -> bytes:
@@ -371,6 +372,31 @@ async def test_refused_writes_are_logged_at_a_limited_rate(caplog: pytest.LogCap
     refused = [r for r in caplog.records if r.getMessage().startswith("API request refused")]
     assert [r.__dict__["suppressed"] for r in refused] == [0, 99]
     assert refused[0].__dict__["path"] == "/api/v1/freeze"
+
+
+@pytest.mark.looptime
+async def test_malformed_requests_are_logged_at_a_limited_rate_without_tracebacks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    malformed = [
+        b"GET / HTTP/1.1\r\nHost: rollbackd\r\nAuthorization: \x00\r\n\r\n",  # a NUL in a header
+        b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: rollbackd\r\n\r\n",  # a line too long
+        b"GET / HTTP/1.1\r\nHost: rollbackd\r\nBad Header\r\n\r\n",
+    ]
+    async with Daemon(
+        make_settings(), metrics_source=ScriptedMetrics(HEALTHY), health_source=ScriptedHealth()
+    ) as daemon:
+        for i in range(30):
+            status, answer = await raw_request(daemon.port, malformed[i % len(malformed)])
+            assert status in (400, 414), answer[:300]
+        await asyncio.sleep(10)
+        status, _ = await raw_request(daemon.port, malformed[0])
+        assert status == 400
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.INFO]
+    lines = [r for r in caplog.records if r.getMessage().startswith("malformed request refused")]
+    assert [r.__dict__["suppressed"] for r in lines] == [0, 29]
 
 
 # --- connections that send nothing ----------------------------------------------------------------

@@ -23,7 +23,6 @@ remote address only, and at a limited rate (:class:`RefusalLog`: one line per
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 from collections.abc import Callable, Collection, Mapping
@@ -34,6 +33,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from rollbackd.config.settings import ApiSettings
+from rollbackd.daemon.logs import RateLimit
 
 logger = logging.getLogger(__name__)
 
@@ -97,14 +97,11 @@ class RefusalLog:
     next line tells how many there were (``suppressed``)."""
 
     def __init__(self, *, every_s: float = REFUSAL_LOG_EVERY_S) -> None:
-        self.every_s = every_s
-        self._last: float | None = None
-        self._suppressed = 0
+        self._limit = RateLimit(every_s=every_s)
 
     def refused(self, request: web.Request, why: str) -> None:
-        now = asyncio.get_running_loop().time()
-        if self._last is not None and now - self._last < self.every_s:
-            self._suppressed += 1
+        suppressed = self._limit.passes()
+        if suppressed is None:
             return
         logger.warning(
             "API request refused: %s",
@@ -113,11 +110,9 @@ class RefusalLog:
                 "method": request.method,
                 "path": request.path,
                 "remote": request.remote,
-                "suppressed": self._suppressed,
+                "suppressed": suppressed,
             },
         )
-        self._last = now
-        self._suppressed = 0
 
 
 @dataclass(frozen=True, slots=True)

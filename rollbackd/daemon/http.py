@@ -39,12 +39,15 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from rollbackd import __version__
 from rollbackd.daemon.auth import ApiAuth, auth_middleware
 from rollbackd.daemon.jsonify import JsonValue, dumps
+from rollbackd.daemon.logs import RateLimit
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.page import refresh_seconds, render_status_page
 from rollbackd.daemon.state import DaemonState, TargetState
@@ -324,6 +327,33 @@ def make_app(context: HttpContext) -> web.Application:
     return app
 
 
+#: Shortest time between two log lines about malformed requests, in seconds.
+BAD_REQUEST_LOG_EVERY_S = 10.0
+
+
+class ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """What aiohttp's server logs, with one change: a request it cannot parse (not HTTP, a bad
+    header, a line too long; the client's fault, answered 400) is one WARNING line without a
+    traceback, at most once per :data:`BAD_REQUEST_LOG_EVERY_S` seconds (telling how many it left
+    out); anything else (a defect answered 500) keeps its ERROR line and traceback."""
+
+    def __init__(self, *, every_s: float = BAD_REQUEST_LOG_EVERY_S) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"))
+        self._limit = RateLimit(every_s=every_s)
+
+    def exception(self, msg: object, *args: object, exc_info: object = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            suppressed = self._limit.passes()
+            if suppressed is not None:
+                logger.warning(
+                    "malformed request refused: %s",
+                    exc_info.message.partition("\n")[0],
+                    extra={"status": exc_info.code, "suppressed": suppressed},
+                )
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)  # type: ignore[arg-type]
+
+
 #: How long a connection may stay without a complete request head, in seconds: from connecting,
 #: or from its previous answer (keep-alive). A client that sends nothing, or half a head, is cut.
 IDLE_TIMEOUT_S = 15.0
@@ -370,6 +400,7 @@ class HttpServer:
             shutdown_timeout=self._shutdown_timeout_s,
             access_log=None,
             keepalive_timeout=self._idle_timeout_s,
+            logger=cast(logging.Logger, ServerLog()),
         )
         await runner.setup()
         try:

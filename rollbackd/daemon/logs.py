@@ -14,6 +14,7 @@ the separators and lone surrogates are written as ``\uXXXX`` escapes too.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import re
@@ -101,6 +102,27 @@ class TextFormatter(logging.Formatter):
         if record.stack_info:
             below.extend(self.formatStack(record.stack_info).splitlines())
         return "\n".join([line, *(CONTINUATION + escape_text(text) for text in below)])
+
+
+class RateLimit:
+    """Lets one occurrence of something worth a log line pass per ``every_s`` seconds of
+    event-loop time, and counts the ones in between: a flood of bad requests cannot flood the
+    log."""
+
+    def __init__(self, *, every_s: float) -> None:
+        self.every_s = every_s
+        self._last: float | None = None
+        self._suppressed = 0
+
+    def passes(self) -> int | None:
+        """For an occurrence now: ``None`` when it is to be left out (and counted), else how many
+        were left out since the last one that passed (to be told in its line)."""
+        now = asyncio.get_running_loop().time()
+        if self._last is not None and now - self._last < self.every_s:
+            self._suppressed += 1
+            return None
+        suppressed, self._suppressed, self._last = self._suppressed, 0, now
+        return suppressed
 
 
 def configure_logging(settings: LogSettings, *, stream: IO[str] | None = None) -> logging.Handler:
