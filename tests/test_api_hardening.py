@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -24,8 +25,10 @@ from rollbackd.daemon.http import IDLE_TIMEOUT_S, HttpContext, HttpServer, make_
 from rollbackd.daemon.logs import CONTINUATION
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.state import DaemonState
-from rollbackd.decision.cluster import ClusterFacts
-from rollbackd.model import Hold
+from rollbackd.decision.annotations import ETA_ANNOTATION, AnnotationError, context_from_annotations
+from rollbackd.decision.cluster import ClusterFacts, cluster_facts
+from rollbackd.decision.rails import MAX_HOLD_S
+from rollbackd.model import Hold, Strategy
 from rollbackd.params import TargetParams
 from tests.test_daemon import (
     HEALTHY,
@@ -251,6 +254,32 @@ async def test_a_hold_reason_with_a_lone_surrogate_is_answered_not_a_500() -> No
         status, answer = await raw_request(daemon.port, get("/"))
         assert status == 200, answer[:300]
         assert b"\\ud800x" in answer
+
+
+@pytest.mark.parametrize(
+    "eta", ["99999999h", "9" * 5000 + "s", "9999-12-31T23:59:59Z", "2027-02-01T00:00:00Z"]
+)
+def test_a_fix_forward_annotation_beyond_30_days_is_an_annotation_problem(eta: str) -> None:
+    wall = datetime(2026, 12, 1, tzinfo=UTC)
+    with pytest.raises(AnnotationError, match="at most 30 days"):
+        context_from_annotations({ETA_ANNOTATION: eta}, wall_now=wall, loop_now=1000.0)
+    # Through the cluster facts: reported as a problem, no hold, nothing raised.
+    facts = cluster_facts(
+        Strategy.CANARY,
+        candidate={"metadata": {"annotations": {ETA_ANNOTATION: eta}}},
+        wall_now=wall,
+        loop_now=1000.0,
+    )
+    assert facts.hold is None
+    assert any("at most 30 days" in problem for problem in facts.problems)
+
+
+def test_a_fix_forward_annotation_long_passed_counts_as_passed_30_days_ago() -> None:
+    wall = datetime(2026, 12, 1, tzinfo=UTC)
+    annotations = {ETA_ANNOTATION: "0001-01-01T00:00:00Z"}
+    context = context_from_annotations(annotations, wall_now=wall, loop_now=1000.0)
+    assert context.hold is not None
+    assert context.hold.until == 1000.0 - MAX_HOLD_S
 
 
 # --- defect 9: small ones ------------------------------------------------------------------------
