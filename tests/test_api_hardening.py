@@ -399,7 +399,12 @@ async def test_refused_writes_are_logged_at_a_limited_rate(caplog: pytest.LogCap
         async with session.post(base + "/api/v1/freeze") as response:
             assert response.status == 401
     refused = [r for r in caplog.records if r.getMessage().startswith("API request refused")]
-    assert [r.__dict__["suppressed"] for r in refused] == [0, 99]
+    # One line per reason at first, then one per reason and 10 s, telling how many were left out.
+    assert [(r.getMessage(), r.__dict__["suppressed"]) for r in refused] == [
+        ("API request refused: no bearer token", 0),
+        ("API request refused: wrong token", 0),
+        ("API request refused: no bearer token", 49),
+    ]
     assert refused[0].__dict__["path"] == "/api/v1/freeze"
 
 

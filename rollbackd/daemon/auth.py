@@ -17,7 +17,7 @@ Prometheus.
 Tokens are compared in constant time (:func:`hmac.compare_digest`); a header that is not UTF-8 is
 compared as the bytes it was sent as (and so is a wrong token: 401). Neither the configured nor a
 presented token is ever logged or put in an answer; refusals are logged with the method, path and
-remote address only, and at a limited rate (:class:`RefusalLog`: one line per
+remote address only, and at a limited rate (:class:`RefusalLog`: one line per reason per
 :data:`REFUSAL_LOG_EVERY_S` seconds at most, telling how many refusals it did not log).
 """
 
@@ -92,15 +92,20 @@ REFUSAL_LOG_EVERY_S = 10.0
 
 
 class RefusalLog:
-    """Logs refused requests at most once per ``every_s`` seconds of event-loop time: a flood of
-    unauthenticated writes cannot flood the log. The refusals in between are only counted, and the
-    next line tells how many there were (``suppressed``)."""
+    """Logs refused requests at most once per ``every_s`` seconds of event-loop time for each
+    reason (no token, a wrong one): a flood of unauthenticated writes cannot flood the log. The
+    refusals in between are only counted, and the next line tells how many there were
+    (``suppressed``)."""
 
     def __init__(self, *, every_s: float = REFUSAL_LOG_EVERY_S) -> None:
-        self._limit = RateLimit(every_s=every_s)
+        self.every_s = every_s
+        self._limits: dict[str, RateLimit] = {}
 
     def refused(self, request: web.Request, why: str) -> None:
-        suppressed = self._limit.passes()
+        limit = self._limits.get(why)
+        if limit is None:
+            limit = self._limits[why] = RateLimit(every_s=self.every_s)
+        suppressed = limit.passes()
         if suppressed is None:
             return
         logger.warning(
