@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
+from rollbackd.config.loader import ConfigError
 from rollbackd.config.settings import Settings
 from rollbackd.daemon.auth import ApiAuth
 from rollbackd.daemon.http import HttpContext, HttpServer, make_app
@@ -504,6 +505,15 @@ class Daemon:
                 },
             )
         return change
+
+    def refuse_settings(self, error: ConfigError) -> None:
+        """Audit a configuration change the watcher refused; the running configuration stays."""
+        problems = [str(problem) for problem in error.problems]
+        self.journal.audit(
+            "config.refused",
+            f"configuration change refused: {'; '.join(problems)}",
+            details={"problems": problems},
+        )
 
     def _record(self, target: TargetState, decision: Decision) -> None:
         previous = target.latest

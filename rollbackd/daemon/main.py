@@ -185,6 +185,8 @@ async def run_daemon(
                         path=path,
                         load=lambda: load_settings(path, environ=environ),
                         apply=daemon.apply_settings,
+                        current=lambda: daemon.settings,
+                        refused=daemon.refuse_settings,
                     )
                 )
 
