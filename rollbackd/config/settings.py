@@ -74,7 +74,8 @@ _POLICY = _core_defaults(Policy)
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    # hide_input_in_errors: str(ValidationError) must not quote values (store.url holds a password).
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, hide_input_in_errors=True)
 
 
 def _problem(kind: str, message: str, loc: tuple[int | str, ...], value: Any, **ctx: Any) -> InitErrorDetails:
@@ -496,9 +497,10 @@ class StoreSettings(_Frozen):
     url: str | None = Field(
         None,
         repr=False,  # may hold a password: log redacted_url instead
-        description="A postgresql:// DSN for a shared PostgreSQL database; otherwise the embedded SQLite "
-        "file: null for <data_dir>/rollbackd.db, or sqlite:///path/file.db, or a path (relative to "
-        "data_dir).",
+        description="A postgresql:// DSN or a libpq key=value string (host=db dbname=rollbackd ...) for "
+        "a shared PostgreSQL database; otherwise the embedded SQLite file: null for "
+        "<data_dir>/rollbackd.db, or sqlite:///path/file.db, or a path (relative to data_dir; no '=' "
+        "or '@' in it).",
     )
     data_dir: str = Field(
         "/var/lib/rollbackd",
@@ -515,7 +517,7 @@ class StoreSettings(_Frozen):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
-        store_kind(value)  # ValueError names the scheme and what is supported
+        store_kind(value)  # ValueError says what is wrong and what to write, never the value
         return value or None
 
     @property
