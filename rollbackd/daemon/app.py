@@ -7,12 +7,16 @@
   is logged, counted in ``/metrics`` and kept for the API;
 - ``rollbackd:http-server``: ``/healthz``, ``/readyz``, ``/metrics`` and the API.
 
-With a :class:`~rollbackd.daemon.leader.LeaderElector` (several replicas), every replica collects,
-judges and decides, but only the leader acts: a standby's rollback decisions are blocked by
-``standby``, it starts no rollback and verifies none. :meth:`Daemon.apply_settings` takes over a
-reloaded configuration (see :mod:`rollbackd.daemon.reload`).
+With a leader election (several replicas: the Lease, or the PostgreSQL store's advisory lock),
+every replica collects, judges and decides, but only the leader acts: a standby's rollback
+decisions are blocked by ``standby``, it starts no rollback, verifies none and announces nothing.
+:meth:`Daemon.apply_settings` takes over a reloaded configuration (see :mod:`rollbackd.daemon.reload`).
 
-If either root task fails, the group cancels the other and :meth:`Daemon.run` raises. A graceful
+No exception of a tick ends the evaluation loop: one target's failing evaluation, decision, event
+or verification is logged with the target, counted (``rollbackd_evaluation_errors_total``,
+``rollbackd_tick_errors_total``) and skipped for that tick, the other targets going on; anything
+else a tick raises is logged and counted, and the next tick runs as scheduled. If either root task
+still fails, the group cancels the other and :meth:`Daemon.run` raises. A graceful
 stop (:meth:`Daemon.stop`, e.g. on SIGTERM) cancels both and waits a bounded time for them; tasks
 that do not stop in time are logged by name.
 """
@@ -25,11 +29,12 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
+from rollbackd.config.loader import ConfigError
 from rollbackd.config.settings import Settings
 from rollbackd.daemon.auth import ApiAuth
 from rollbackd.daemon.http import HttpContext, HttpServer, make_app
 from rollbackd.daemon.journal import Journal
-from rollbackd.daemon.leader import LeaderElector
+from rollbackd.daemon.leader import Leadership
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.reload import SettingsChange, plan_reload
 from rollbackd.daemon.rollbacks import Cluster, RollbackRun, Rollbacks
@@ -69,9 +74,10 @@ class Daemon:
     - ``metrics``: the metrics to update (a fresh registry by default); pass one when the sources
       report their errors into it too.
     - ``cluster``: Kubernetes access for release context and rollbacks; ``None`` decides only.
-    - ``leader``: the leader election of several replicas (entered by the caller); ``None``: this
-      process is the only one and always acts. Its listeners (``leader.add_listener``) hear about
-      gaining and losing the lead.
+    - ``leader``: the leader election of several replicas (entered by the caller): the Lease's
+      :class:`~rollbackd.daemon.leader.LeaderElector` or the store's
+      :class:`~rollbackd.daemon.store_leader.StoreLeader`; ``None``: this process is the only one
+      and always acts. A standby neither acts nor announces anything (no events).
     - ``auth``: access rules of the API (default: from ``settings.api``, token files only; pass
       ``ApiAuth.from_settings(settings.api, environ=os.environ)`` at the process edge).
     - ``shutdown_timeout_s``: how long a graceful stop waits for the root tasks.
@@ -88,7 +94,7 @@ class Daemon:
         health_source: HealthSource,
         metrics: DaemonMetrics | None = None,
         cluster: Cluster | None = None,
-        leader: LeaderElector | None = None,
+        leader: Leadership | None = None,
         auth: ApiAuth | None = None,
         journal: Journal | None = None,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
@@ -123,6 +129,8 @@ class Daemon:
         self._run_task: asyncio.Task[None] | None = None
         #: Completed ticks (every target evaluated once per tick).
         self.ticks = 0
+        #: Whether the previous tick led: a replica that starts leading announces afresh.
+        self._led = False
 
     # --- observable state ----------------------------------------------------------------------
 
@@ -268,10 +276,19 @@ class Daemon:
         with IdleCollector(clock=asyncio.get_running_loop().time) as collector:
             await run_every(
                 self.settings.interval_s,
-                self.tick,
+                self._tick_survived,
                 on_skipped=self.metrics.ticks_skipped.inc,
                 between=collector.between_ticks,
             )
+
+    async def _tick_survived(self) -> None:
+        """One tick; whatever escapes it (a defect) is logged and counted, and the next tick comes
+        as scheduled: no exception of a tick ends the daemon or loses what it remembers."""
+        try:
+            await self.tick()
+        except Exception:
+            self.metrics.count_tick_error("tick")
+            logger.exception("tick failed; the next one runs as scheduled")
 
     # --- one tick ------------------------------------------------------------------------------
 
@@ -300,6 +317,10 @@ class Daemon:
                     self.metrics.evaluation_errors.inc()
                     logger.exception("evaluation failed", extra={"target": target.key})
         await self._resume_rollbacks()
+        if self.leading != self._led:
+            self._led = not self._led
+            if self._led:  # what it announced before it was a standby may be stale
+                self.journal.forget_announced()
         facts, reused = await self._cluster_facts(
             [t_ for t_ in targets if t_.key in evidences and evidences[t_.key].breached]
         )
@@ -307,36 +328,49 @@ class Daemon:
             evidence = evidences.get(target.key)
             if evidence is None:
                 continue
-            if not evidence.breached:
-                target.judged_revision = None
-                self.rollbacks.episode_over(target.key)
-            target.facts = facts.get(target.key)
-            acting = self.leading
-            context = self._context(target, t, acting=acting)
-            if target.key in reused:
-                preview = target.evaluator.preview(evidence, context)
-                if preview.rollback and not preview.dry_run and acting:
-                    # About to act on facts read ticks ago: read them again and decide on those.
-                    target.facts = await self._fresh_facts(target)
-                    context = self._context(target, t, acting=acting)
-            decision = target.evaluator.decide(evidence, context)
-            self._record(target, decision)
-            self.journal.decision(target.params, decision, hold=context.hold)
-            if decision.rollback and acting and self._group is not None:
-                if self.journal.problem is not None and not decision.dry_run:
-                    logger.error(
-                        "not rolling back: %s (nothing may be done that cannot be recorded)",
-                        self.journal.problem,
-                        extra={"target": target.key},
-                    )
-                    continue
-                self.rollbacks.start(
-                    target.params, decision, self._group, bad_revision=target.judged_revision
+            try:
+                await self._decide(
+                    target, evidence, t, facts=facts.get(target.key), reused=target.key in reused
                 )
+            except Exception:
+                # One target's defect (or one event that cannot be built) must not blind the
+                # daemon to the others, nor end it: skipped, and tried again next tick.
+                self.metrics.count_tick_error("decide")
+                logger.exception("deciding failed; skipped this tick", extra={"target": target.key})
         if self.leading:
             await self._verify(targets, observations)
         self.ticks += 1
         self.metrics.evaluation_duration.observe(loop.time() - started)
+
+    async def _decide(
+        self, target: TargetState, evidence: Evidence, t: float, *, facts: ClusterFacts | None, reused: bool
+    ) -> None:
+        """One target's decision at ``t``: recorded, announced, and acted on when it says so."""
+        if not evidence.breached:
+            target.judged_revision = None
+            self.rollbacks.episode_over(target.key)
+        target.facts = facts
+        acting = self.leading
+        context = self._context(target, t, acting=acting)
+        if reused:
+            preview = target.evaluator.preview(evidence, context)
+            if preview.rollback and not preview.dry_run and acting:
+                # About to act on facts read ticks ago: read them again and decide on those.
+                target.facts = await self._fresh_facts(target)
+                context = self._context(target, t, acting=acting)
+        decision = target.evaluator.decide(evidence, context)
+        self._record(target, decision)
+        if acting:  # a standby publishes nothing: the leader announces
+            self.journal.decision(target.params, decision, hold=context.hold)
+        if decision.rollback and acting and self._group is not None:
+            if self.journal.problem is not None and not decision.dry_run:
+                logger.error(
+                    "not rolling back: %s (nothing may be done that cannot be recorded)",
+                    self.journal.problem,
+                    extra={"target": target.key},
+                )
+                return
+            self.rollbacks.start(target.params, decision, self._group, bad_revision=target.judged_revision)
 
     def _context(self, target: TargetState, t: float, *, acting: bool) -> Context:
         """The decision context of ``target`` at ``t``, with the cluster facts it holds now."""
@@ -398,7 +432,11 @@ class Daemon:
             return
         await asyncio.gather(*(self.rollbacks.refresh_availability(target.params) for target in verifying))
         for target in verifying:
-            self.rollbacks.feed(target.params, observations[target.key])
+            try:
+                self.rollbacks.feed(target.params, observations[target.key])
+            except Exception:
+                self.metrics.count_tick_error("verify")
+                logger.exception("verifying failed; skipped this tick", extra={"target": target.key})
 
     async def _resume_rollbacks(self) -> None:
         """Once the store is open (and while this replica leads): finish the rollbacks a previous
@@ -414,10 +452,15 @@ class Daemon:
             async with asyncio.timeout(RESUME_READ_TIMEOUT_S):
                 found = await self.journal.runs_in_flight(list(self.state.targets))
         except (StoreError, TimeoutError) as exc:
+            self.metrics.count_tick_error("resume")
             logger.error(
                 "cannot read the rollbacks under way from the store, trying again next tick: %s",
                 exc or f"no answer within {RESUME_READ_TIMEOUT_S:g}s",
             )
+            return
+        except Exception:
+            self.metrics.count_tick_error("resume")
+            logger.exception("could not read the rollbacks under way; trying again next tick")
             return
         self._resumed = True
         for key, saved in found.items():
@@ -487,6 +530,15 @@ class Daemon:
                 },
             )
         return change
+
+    def refuse_settings(self, error: ConfigError) -> None:
+        """Audit a configuration change the watcher refused; the running configuration stays."""
+        problems = [str(problem) for problem in error.problems]
+        self.journal.audit(
+            "config.refused",
+            f"configuration change refused: {'; '.join(problems)}",
+            details={"problems": problems},
+        )
 
     def _record(self, target: TargetState, decision: Decision) -> None:
         previous = target.latest

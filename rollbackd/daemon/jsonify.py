@@ -1,8 +1,7 @@
 """Turn domain values (frozen dataclasses, enums, tuples) into JSON that any parser accepts.
 
-JSON has no NaN or infinity: non-finite floats become ``null``; lone surrogates (which have no
-UTF-8 form) become U+FFFD. Objects that are none of the known shapes are rendered with ``str()``
-so that a log line or an API answer never fails on them.
+JSON has no NaN or infinity: non-finite floats become ``null``. Objects that are none of the
+known shapes are rendered with ``str()`` so that a log line or an API answer never fails on them.
 """
 
 from __future__ import annotations
@@ -11,11 +10,8 @@ import dataclasses
 import enum
 import json
 import math
-import re
 from collections.abc import Mapping
 from typing import TypeAlias
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 JsonValue: TypeAlias = "bool | int | float | str | list[JsonValue] | dict[str, JsonValue] | None"
 
@@ -24,9 +20,7 @@ def to_json_value(value: object) -> JsonValue:
     """A JSON-compatible copy of ``value``: dataclasses become objects (field by field), enums
     their values, tuples/lists/sets lists, mappings objects with string keys, non-finite floats
     ``None``."""
-    if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value)
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, enum.Enum):
         return to_json_value(value.value)
@@ -35,7 +29,7 @@ def to_json_value(value: object) -> JsonValue:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_json_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
-        return {_SURROGATE.sub("\ufffd", str(k)): to_json_value(v) for k, v in value.items()}
+        return {str(k): to_json_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [to_json_value(v) for v in value]
     return str(value)

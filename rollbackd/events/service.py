@@ -96,12 +96,14 @@ async def open_events(
     kube: KubeClient | None = None,
     instance: str | None = None,
     drain_timeout_s: float = 5.0,
+    active: Callable[[], bool] | None = None,
     on_health: Callable[[str | None], None] | None = None,
     on_poison: Callable[[str], None] | None = None,
 ) -> AsyncIterator[Events]:
-    """Sinks, dispatcher and publisher for ``settings.events``, delivering ``store``'s outbox.
-    The publisher keeps poison records and spills its queue on close in ``store.data_dir``, and
-    reports the store's health to ``on_health`` and poison records to ``on_poison``."""
+    """Sinks, dispatcher and publisher for ``settings.events``, delivering ``store``'s outbox
+    while ``active()`` (the leader of several replicas; always when ``None``). The publisher keeps
+    poison records and spills its queue on close in ``store.data_dir``, and reports the store's
+    health to ``on_health`` and poison records to ``on_poison``."""
     events = settings.events
     async with open_sinks(
         events, environ=environ, kube=kube, deployments=deployments_of(settings), instance=instance
@@ -112,6 +114,7 @@ async def open_events(
             backoff=Backoff(initial_s=events.retry_initial_s, max_s=events.retry_max_s),
             poll_interval_s=events.poll_interval_s,
             retention_s=settings.store.outbox_retention_s,
+            active=active,
         )
         logger.info("events: delivering to %s", ", ".join(s.name for s in sinks) or "no sink")
         async with dispatcher:
