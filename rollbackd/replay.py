@@ -36,7 +36,7 @@ from rollbackd.model import (
     Strategy,
 )
 from rollbackd.params import Policy, TargetParams
-from rollbackd.plausibility import count_problem, sample_problem
+from rollbackd.plausibility import MAX_COUNT, count_problem, sample_problem
 
 _KINDS = {
     "canary": Strategy.CANARY,
@@ -112,6 +112,8 @@ def _object(raw: Any, where: str) -> Mapping[str, Any]:
 
 
 def _count(raw: Any, where: str) -> float:
+    if (type(raw) is int or type(raw) is float) and 0 <= raw <= MAX_COUNT:  # the common case, quickly
+        return float(raw)
     value = _number(raw, where)
     problem = count_problem(where, value)
     if problem is not None:
@@ -133,13 +135,15 @@ def _sample(raw: Any, where: str) -> Sample | None:
     if buckets:
         if not isinstance(buckets, list):
             raise ScenarioError(f"{where}.latency_buckets: expected a list of counts, got {_shown(buckets)}")
-        bounds = raw.get("latency_bounds_s", DEFAULT_BUCKETS_S)
-        if not isinstance(bounds, list | tuple):
+        bounds = raw.get("latency_bounds_s")
+        if bounds is not None and not isinstance(bounds, list):
             raise ScenarioError(f"{where}.latency_bounds_s: expected a list of bounds, got {_shown(bounds)}")
         counts = tuple(_count(c, f"{where}.latency_buckets[{i}]") for i, c in enumerate(buckets))
+        bounds_s = DEFAULT_BUCKETS_S
+        if bounds is not None:
+            bounds_s = tuple(_bound(b, f"{where}.latency_bounds_s") for b in bounds)
         try:
-            latency = Histogram(bounds_s=tuple(_bound(b, f"{where}.latency_bounds_s") for b in bounds),
-                                counts=counts)
+            latency = Histogram(bounds_s=bounds_s, counts=counts)
         except ValueError as exc:
             raise ScenarioError(f"{where}.latency_buckets: {exc}") from exc
     p95 = raw.get("p95_ms")

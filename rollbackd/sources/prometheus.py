@@ -11,6 +11,7 @@ missing too, and are counted and logged. An answer is read up to a size cap, nev
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
@@ -701,6 +702,8 @@ def _histograms(result: QueryResult, labels: Sequence[str]) -> dict[promql.Serie
 def _monotonic(hist: Histogram) -> Histogram:
     """``hist`` with cumulative counts that never decrease: sums of fractional counts can wobble
     by float noise (larger decreases are impossible values, rejected before)."""
+    if all(a <= b for a, b in itertools.pairwise(hist.counts)):
+        return hist  # the usual case: nothing to build
     counts: list[float] = []
     highest = 0.0
     for value in hist.counts:
