@@ -28,6 +28,7 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
         self.cut_now = False
+        self._cuts = 0
 
     async def __aenter__(self) -> Self:
         # Bind the port once and keep it: a cut refuses connections by closing them at once.
@@ -50,6 +51,7 @@ class TcpProxy:
     async def cut(self) -> None:
         """Drop every open connection and refuse new ones until :meth:`restore`."""
         self.cut_now = True
+        self._cuts += 1
         await self._drop_all()
 
     def restore(self) -> None:
@@ -69,10 +71,15 @@ class TcpProxy:
         if self.cut_now:
             writer.transport.abort()
             return
+        cuts = self._cuts
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._upstream)
         except OSError:
             writer.transport.abort()
+            return
+        if self.cut_now or self._cuts != cuts:  # cut while connecting: that one is dropped too
+            writer.transport.abort()
+            up_writer.transport.abort()
             return
         self._writers.update((writer, up_writer))
         tasks = {

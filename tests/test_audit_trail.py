@@ -378,18 +378,22 @@ async def test_a_stop_during_a_store_outage_spools_the_queue_and_the_next_start_
         async with running(config) as run:
 
             async def all_there() -> bool:
-                kinds = await run.kinds()
-                return kinds.count("during-outage") == 5 and "daemon.stop" in kinds
+                history = await run.history()
+                numbers = {e.details["n"] for e in history if e.kind == "during-outage"}
+                return numbers == set(range(5)) and "daemon.stop" in [e.kind for e in history]
 
             await wait_until(all_there, timeout_s=30, what="the spooled entries recorded at the next start")
             kinds = await run.kinds()  # in the order things happened
             assert kinds.index("daemon.stop") > max(
                 i for i, kind in enumerate(kinds) if kind == "during-outage"
             )
-            entries = [e for e in await run.history() if e.kind == "during-outage"]
-            assert [e.details["n"] for e in entries] == list(range(5))
+            # In the order they happened; the one whose write was under way at the stop may be
+            # there twice (documented: at least once).
+            numbers = [e.details["n"] for e in await run.history() if e.kind == "during-outage"]
+            assert numbers == sorted(numbers)
+            assert set(numbers) == set(range(5))
             await wait_until(lambda: not spool.exists(), timeout_s=10, what="the spool file removed")
-        lost = 5 - (await _kinds_in(postgres_url, tmp_path / "data")).count("during-outage")
+        lost = 5 - len(set(numbers))
         fault_ledger.observe(records_lost=lost)
         assert lost == 0
 
