@@ -409,6 +409,7 @@ class Daemon:
                 continue
             bad = saved.get("bad_revision")
             target.judged_revision = bad if isinstance(bad, int) else None
+            announced = await self.journal.announced_run_events(key)
             run = self.rollbacks.resume(
                 target.params,
                 mode=str(saved.get("mode", "immediate")),
@@ -416,6 +417,7 @@ class Daemon:
                 group=self._group,
             )
             if run is not None:
+                self.journal.resumed(target.params, run, announced=announced)
                 # A rollback taken over counts like one decided here: cooldown and hourly cap.
                 self.state.ledger.record(key, run.decided_at, target.params.policy.cooldown_s)
 

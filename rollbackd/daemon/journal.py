@@ -18,6 +18,7 @@ from typing import Any
 
 from rollbackd.daemon.rollbacks import RollbackRun
 from rollbackd.events.build import Announcer, Clock
+from rollbackd.events.model import EventType
 from rollbackd.events.publisher import audit_entry_for
 from rollbackd.events.service import Events
 from rollbackd.model import Decision, Hold
@@ -25,6 +26,17 @@ from rollbackd.params import TargetParams
 from rollbackd.store.base import AuditEntry, Store
 
 logger = logging.getLogger(__name__)
+
+#: Audit entries of a target read back to find what a rollback left under way had announced.
+RESUME_LOOKBACK = 100
+#: Audit kinds that end a rollback run.
+_RUN_OVER = frozenset(
+    {
+        EventType.ROLLBACK_VERIFIED,
+        EventType.VERIFICATION_FAILED,
+        EventType.ROLLBACK_FAILED,
+    }
+)
 
 
 class Journal:
@@ -98,6 +110,36 @@ class Journal:
                 await store.put_state(f"rollback:{key}", state)
             except Exception as exc:
                 logger.error("could not save the rollback state: %s", exc, extra={"target": key})
+
+    async def announced_run_events(self, key: str) -> set[EventType]:
+        """The events of the latest rollback of ``key`` already in the audit log, when that
+        rollback was left under way (``rollback.started``, and ``rollback.completed`` once its
+        action had completed); empty when none is found or the store cannot say."""
+        store = self._store
+        if store is None:
+            return set()
+        try:
+            entries = await store.history(target=key, limit=RESUME_LOOKBACK)
+        except Exception as exc:
+            logger.warning("could not read the audit log before resuming: %s", exc, extra={"target": key})
+            return set()
+        announced: set[EventType] = set()
+        for entry in reversed(entries):
+            if entry.kind in _RUN_OVER:
+                return set()  # the latest rollback ended; the one under way was never announced
+            if entry.kind == EventType.ROLLBACK_COMPLETED:
+                announced.add(EventType.ROLLBACK_COMPLETED)
+            elif entry.kind == EventType.ROLLBACK_STARTED:
+                announced.add(EventType.ROLLBACK_STARTED)
+                return announced
+        return set()
+
+    def resumed(self, params: TargetParams, run: RollbackRun, *, announced: set[EventType]) -> None:
+        """``run`` finishes a rollback a previous process left under way: its ``announced`` events
+        are not announced again."""
+        announcer = self._announcer(params)
+        if announcer is not None:
+            announcer.resume(run, announced=announced)
 
     async def history(
         self, *, target: str | None = None, since: datetime | None = None, limit: int = 1000
