@@ -95,6 +95,7 @@ class Daemon:
         self._auth = auth if auth is not None else ApiAuth.from_settings(settings.api, environ={})
         self.state = DaemonState(settings)
         self.metrics = metrics if metrics is not None else DaemonMetrics()
+        self.metrics.watch_sinks(self.journal.sink_status)
         self._cluster = cluster
         self.rollbacks = Rollbacks(
             cluster=cluster,

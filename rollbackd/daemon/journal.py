@@ -18,6 +18,7 @@ from typing import Any
 
 from rollbackd.daemon.rollbacks import RollbackRun
 from rollbackd.events.build import Announcer, Clock
+from rollbackd.events.dispatcher import SinkStatus
 from rollbackd.events.model import EventType
 from rollbackd.events.publisher import audit_entry_for
 from rollbackd.events.service import Events
@@ -63,6 +64,10 @@ class Journal:
         self._store = store
         self._announcers.clear()
         self.problem = None
+
+    def sink_status(self) -> Mapping[str, SinkStatus]:
+        """Each event sink's delivery (none while the store is not open)."""
+        return {} if self._events is None else self._events.dispatcher.status()
 
     def detach(self, problem: str | None = None) -> None:
         self._events = None

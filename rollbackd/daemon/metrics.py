@@ -6,6 +6,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from rollbackd.daemon.sinkmetrics import SinkCollector, SinkStatuses
 from rollbackd.model import Decision, Outcome
 
 #: Buckets of the evaluation duration: from a quick in-memory tick to a slow Prometheus.
@@ -30,7 +31,10 @@ class DaemonMetrics:
     - ``rollbackd_ticks_skipped_total``: ticks skipped because the previous one overran;
     - ``rollbackd_rollbacks_total{result}``: rollbacks carried out, by how they ended;
     - ``rollbackd_targets``: targets watched;
-    - ``rollbackd_up``: 1 while the daemon runs, 0 once it shuts down.
+    - ``rollbackd_up``: 1 while the daemon runs, 0 once it shuts down;
+    - the event sinks' ``rollbackd_events_delivered_total{sink}``,
+      ``rollbackd_event_delivery_failures_total{sink}`` and ``rollbackd_event_sink_retrying{sink}``
+      once :meth:`watch_sinks` is called (:mod:`rollbackd.daemon.sinkmetrics`).
     """
 
     def __init__(self) -> None:
@@ -90,6 +94,15 @@ class DaemonMetrics:
         self._by_outcome = {outcome: self.decisions.labels(outcome=outcome.value) for outcome in Outcome}
         for mode in (Outcome.IMMEDIATE, Outcome.CONTROLLED):
             self.rollback_decisions.labels(mode=mode.value)
+        self._sinks: SinkCollector | None = None
+
+    def watch_sinks(self, statuses: SinkStatuses) -> None:
+        """Export the event sinks' delivery, as ``statuses()`` tells it at each scrape."""
+        if self._sinks is None:
+            self._sinks = SinkCollector(statuses)
+            self.registry.register(self._sinks)
+        else:
+            self._sinks.statuses = statuses
 
     def count_decision(self, decision: Decision) -> None:
         self.evaluations.inc()
