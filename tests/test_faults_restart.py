@@ -20,6 +20,9 @@ starts a new process on the same store, and checks: every rollback is finished e
 objects end rolled back, each change was applied once, one ``rollback.verified`` per target),
 every audit record and event recorded before the stop is still there and delivered afterwards,
 and neither process crashed.
+
+And in process, with a store that is slow to write: a rollback's action touches the cluster only
+once its decision, its ``rollback.started`` and the state a restart resumes from are recorded.
 """
 
 from __future__ import annotations
@@ -31,10 +34,10 @@ import os
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp.web
 import attrs
@@ -42,6 +45,21 @@ import kmock
 import pytest
 import yaml
 
+from rollbackd.actions.base import ActionResult
+from rollbackd.config.settings import (
+    EventsSettings,
+    HttpSettings,
+    Settings,
+    StoreSettings,
+    VerificationSettings,
+)
+from rollbackd.daemon.app import Daemon
+from rollbackd.daemon.journal import Journal
+from rollbackd.events.service import open_events
+from rollbackd.params import TargetParams
+from rollbackd.store import open_store
+from rollbackd.store.base import AuditEntry, OutboxEvent
+from rollbackd.store.base import Store as StoreProtocol
 from tests.faultledger import FaultLedger
 from tests.kubefixtures import (
     DEPLOYMENTS,
@@ -61,6 +79,8 @@ from tests.promfixtures import (
     start_prometheus,
     start_sample_app,
 )
+from tests.test_daemon import SEVERE, ScriptedHealth, ScriptedMetrics, canary
+from tests.test_daemon_rollbacks import ScriptedAction, ScriptedCluster
 
 __all__ = ["mosquitto"]  # fixture
 
@@ -410,3 +430,85 @@ async def test_a_rollback_stopped_at_any_phase_is_finished_once_after_a_restart(
         assert "rollback.started" in kinds, (PHASES[name], kinds)
         assert state is not None, PHASES[name]
         assert state["phase"] == "acting", (PHASES[name], state)
+
+
+class SlowStore:
+    """A real store whose writes each take ``delay_s`` first (a database under load)."""
+
+    def __init__(self, inner: StoreProtocol, delay_s: float) -> None:
+        self.inner = inner
+        self.delay_s = delay_s
+
+    async def record(self, entry: AuditEntry, events: Sequence[OutboxEvent] = ()) -> AuditEntry:
+        await asyncio.sleep(self.delay_s)
+        return await self.inner.record(entry, events)
+
+    async def put_state(self, key: str, value: Mapping[str, Any] | None) -> None:
+        await asyncio.sleep(self.delay_s)
+        await self.inner.put_state(key, value)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@dataclass
+class WatchingCluster(ScriptedCluster):
+    """A scripted cluster whose action first looks at what the store holds for the target."""
+
+    store: StoreProtocol | None = None
+    seen: list[tuple[list[str], Mapping[str, Any] | None]] = field(default_factory=list)
+
+    def action(self, params: TargetParams, *, bad_revision: int | None = None) -> ScriptedAction:
+        cluster = self
+
+        class Watching(ScriptedAction):
+            async def run(self, *, dry_run: bool) -> ActionResult:
+                assert cluster.store is not None
+                kinds = [entry.kind for entry in await cluster.store.history(target=params.key)]
+                cluster.seen.append((kinds, await cluster.store.get_state(f"rollback:{params.key}")))
+                return await super().run(dry_run=dry_run)
+
+        return Watching(self)
+
+
+@pytest.mark.faults
+async def test_a_rollback_touches_the_cluster_only_once_its_start_is_recorded(
+    tmp_path: Path, fault_ledger: FaultLedger
+) -> None:
+    config = Settings(
+        interval_s=0.1,
+        http=HttpSettings(host="127.0.0.1", port=0),
+        store=StoreSettings(data_dir=str(tmp_path / "data")),
+        verification=VerificationSettings(window_s=0.5),
+        events=EventsSettings(kubernetes_events=False),
+        targets=(canary("checkout"),),
+    )
+    inner = open_store(None, data_dir=tmp_path / "data")
+    await inner.open()
+    cluster = WatchingCluster(action_s=0.05, store=inner)
+    journal = Journal(required=True)
+    try:
+        slow = cast(StoreProtocol, SlowStore(inner, delay_s=0.3))
+        async with open_events(config, store=slow, environ={}) as events:
+            journal.attach(events, slow)
+            fault_ledger.fault("store slow while a rollback starts")
+            async with Daemon(
+                config,
+                metrics_source=ScriptedMetrics(SEVERE),
+                health_source=ScriptedHealth(),
+                cluster=cluster,
+                journal=journal,
+            ) as daemon:
+                await wait_until(lambda: bool(cluster.seen), timeout_s=20, what="the action")
+                await wait_until(
+                    lambda: not daemon.rollbacks.runs["shop/checkout"].phase.active,
+                    timeout_s=20,
+                    what="the rollback finished",
+                )
+            journal.detach()
+    finally:
+        await inner.close()
+    ((kinds, state),) = cluster.seen
+    assert "rollback.started" in kinds
+    assert state is not None
+    assert state["phase"] == "acting"

@@ -103,6 +103,7 @@ class Daemon:
             verification_max_wait_s=settings.verification.max_wait_s,
             on_finished=self._rollback_finished,
             on_change=self._rollback_changed,
+            before_acting=self._start_recorded,
         )
         self.state.rollbacks = self.rollbacks
         self._group: asyncio.TaskGroup | None = None
@@ -422,16 +423,28 @@ class Daemon:
                 # A rollback taken over counts like one decided here: cooldown and hourly cap.
                 self.state.ledger.record(key, run.decided_at, target.params.policy.cooldown_s)
 
+    def _run_state(self, params: TargetParams, run: RollbackRun) -> dict[str, Any] | None:
+        """What a restart needs to finish ``run`` (``None`` once it is over)."""
+        if not run.phase.active:
+            return None
+        target = self.state.targets.get(params.key)
+        return {
+            "phase": run.phase.value,
+            "mode": run.mode,
+            "bad_revision": target.judged_revision if target is not None else None,
+        }
+
+    async def _start_recorded(self, params: TargetParams, run: RollbackRun) -> bool:
+        """Nothing is done that is not recorded: before the action touches the cluster, the
+        decision and ``rollback.started`` are in the audit log and the run's state is saved."""
+        return await self.journal.flushed() and await self.journal.save_run(
+            params.key, self._run_state(params, run)
+        )
+
     def _rollback_changed(self, params: TargetParams, run: RollbackRun) -> None:
         target = self.state.targets.get(params.key)
         if self._group is not None:
-            state = None
-            if run.phase.active:
-                state = {
-                    "phase": run.phase.value,
-                    "mode": run.mode,
-                    "bad_revision": target.judged_revision if target is not None else None,
-                }
+            state = self._run_state(params, run)
             self._group.create_task(
                 self.journal.save_run(params.key, state), name=f"rollbackd:save-run:{params.key}"
             )

@@ -104,17 +104,29 @@ class Journal:
         ):
             self._events.publisher.submit(audit_entry_for(event), (event,))
 
-    async def save_run(self, key: str, state: Mapping[str, Any] | None) -> None:
+    async def save_run(self, key: str, state: Mapping[str, Any] | None) -> bool:
         """Keep (or, with ``None``, forget) the rollback under way for ``key`` in the store, so a
-        restarted daemon or a new leader finishes it."""
+        restarted daemon or a new leader finishes it. Whether it was kept (without a store: whether
+        none is required)."""
         store = self._store
         if store is None:
-            return
+            return not self._required
         async with self._saving:
             try:
                 await store.put_state(f"rollback:{key}", state)
             except Exception as exc:
                 logger.error("could not save the rollback state: %s", exc, extra={"target": key})
+                return False
+        return True
+
+    async def flushed(self) -> bool:
+        """Wait until every entry submitted so far is in the store (however long the store takes);
+        ``False`` when there is no open store and one is required."""
+        events = self._events
+        if events is None:
+            return not self._required
+        await events.publisher.flush()
+        return True
 
     async def announced_run_events(self, key: str) -> set[EventType]:
         """The events of the latest rollback of ``key`` already in the audit log, when that

@@ -84,6 +84,10 @@ class EventPublisher:
             raise RuntimeError("EventPublisher.submit() needs an open publisher (async with)")
         self._queue.put_nowait((entry, tuple(events)))
 
+    async def flush(self) -> None:
+        """Wait until every entry submitted so far (and since) is recorded."""
+        await self._queue.join()
+
     @property
     def backlog(self) -> int:
         """Submitted entries not recorded yet."""
