@@ -69,7 +69,8 @@ def test_check_config_reports_every_problem_and_exits_2(
     out, err = capsys.readouterr()
     assert out == ""
     assert err.splitlines() == [
-        f"{path}:1: interval_s: expected a number greater than 0, got 'soon'",
+        f"{path}:1: interval_s: expected a number of seconds at least 0.1 and at most 3600 (1 hour),"
+        " got 'soon'",
         f"{path}:3: targets[0] (checkout): missing required key 'candidate' (the new version being judged)",
         f"{path}:5: targets[0] (checkout): unknown key 'slos' — did you mean 'slo'?",
     ]
@@ -90,7 +91,7 @@ def test_check_config_applies_the_environment_unless_told_not_to(
     assert main(["check-config", str(path)]) == 2
     assert capsys.readouterr().err == (
         "environment variable ROLLBACKD_INTERVAL_S: interval_s:"
-        " expected a number greater than 0, got 'never'\n"
+        " expected a number of seconds at least 0.1 and at most 3600 (1 hour), got 'never'\n"
     )
     assert main(["check-config", "--ignore-env", str(path)]) == 0
     assert capsys.readouterr().out == f"{path}: OK (1 target)\n"

@@ -366,12 +366,13 @@ def test_wrong_type_has_path_line_and_expectation(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "key", "expected"), [
-    ("interval_s: 0\n", "interval_s", "expected a number greater than 0, got 0"),
+    ("interval_s: 0\n", "interval_s",
+     "expected a number of seconds at least 0.1 and at most 3600 (1 hour), got 0"),
     ("safety: {dry_run: maybe}\n", "safety.dry_run", "expected true or false, got 'maybe'"),
     ("defaults:\n  detection:\n    confirm_intervals: 1\n", "defaults.detection.confirm_intervals",
-     "expected a whole number at least 2, got 1"),
+     "expected a whole number at least 2 and at most 1000, got 1"),
     ("defaults:\n  detection:\n    min_requests: 2.5\n", "defaults.detection.min_requests",
-     "expected a whole number at least 1, got 2.5"),
+     "expected a whole number at least 1 and at most 1000000000, got 2.5"),
     ("defaults:\n  policy:\n    rollback_risk: medium\n", "defaults.policy.rollback_risk",
      "expected one of 'low', 'high', got 'medium'"),
     ("defaults:\n  queries:\n    group_labels: []\n", "defaults.queries.group_labels",
@@ -381,7 +382,7 @@ def test_wrong_type_has_path_line_and_expectation(tmp_path: Path) -> None:
     ("prometheus:\n  url: prometheus:9090\n", "prometheus.url",
      "expected a URL starting with http:// or https://, got 'prometheus:9090'"),
     ("prometheus:\n  timeout_s:\n", "prometheus.timeout_s",
-     "expected a number greater than 0, got nothing (null)"),
+     "expected a number of seconds at least 0.1 and at most 600, got nothing (null)"),
     ("log: debug\n", "log", "expected a mapping, got 'debug'"),
     ("targets: {}\n", "targets", "expected a list of mappings, got an empty mapping"),
 ])
@@ -577,7 +578,12 @@ def test_config_error_carries_structured_problems(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(path, environ={})
     assert info.value.problems == (
-        Problem(str(path), "expected a number greater than 0, got 'soon'", path="interval_s", line=1),
+        Problem(
+            str(path),
+            "expected a number of seconds at least 0.1 and at most 3600 (1 hour), got 'soon'",
+            path="interval_s",
+            line=1,
+        ),
     )
 
 

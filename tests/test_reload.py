@@ -71,6 +71,8 @@ async def running(path: Path, metrics: ScriptedMetrics) -> AsyncIterator[tuple[D
             path=path,
             load=lambda: load_settings(path, environ={}),
             apply=daemon.apply_settings,
+            current=lambda: daemon.settings,
+            refused=daemon.refuse_settings,
             poll_s=POLL_S,
         ) as watcher,
     ):
@@ -182,6 +184,45 @@ async def test_an_invalid_change_is_refused_and_the_old_configuration_keeps_runn
     assert f"{path}:7" in message
     assert "defaults.slo.max_error_rate" in message
     assert "still running the previous configuration" in message
+
+
+async def test_a_file_without_targets_does_not_drop_every_target(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An emptied file (or one cut short before ``targets``) is refused while targets run: the
+    daemon keeps watching them, logs and audits why; ``targets: []`` is taken at its word."""
+    path = tmp_path / "rollbackd.yaml"
+    write(path, config(target("checkout"), target("cart")))
+    caplog.set_level(logging.INFO, logger="rollbackd")
+    async with running(path, ScriptedMetrics(NEAR_THE_LINE)) as (daemon, watcher, api):
+        await until(lambda: daemon.ticks >= 2, what="two ticks")
+        settings_before = daemon.settings
+        for refused, text in enumerate(["", "interval_s: 0.2\nhttp: {host: 127.0.0.1, port: 0}\n"], start=1):
+            write(path, text)
+            await until(lambda n=refused: watcher.rejections == n, what="the refusal")  # type: ignore[misc]
+            ticks = daemon.ticks
+            await until(lambda n=ticks: daemon.ticks >= n + 2, what="ticks after the refusal")  # type: ignore[misc]
+            assert daemon.settings is settings_before
+            assert set(daemon.state.targets) == {"shop/checkout", "shop/cart"}
+            assert (await api.target("shop/cart"))["decision"]["outcome"] == "none"
+
+        write(path, {**config(), "targets": []})
+        await until(lambda: watcher.reloads == 1, what="the explicit 'targets: []'")
+        assert daemon.state.targets == {}
+        status, _ = await api.call("GET", "/api/v1/targets/shop/cart")
+        assert status == 404
+    why = (
+        f"{path}: no 'targets' key: applying the file would stop watching all 2 targets; list them, or write"
+        " 'targets: []' to stop watching every target"
+    )
+    refusals = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert refusals == [
+        f"configuration change refused; still running the previous configuration: {why}"
+    ] * 2
+    audited = [r for r in caplog.records if getattr(r, "kind", None) == "config.refused"]
+    assert [r.getMessage() for r in audited] == [f"audit: configuration change refused: {why}"] * 2
+    (applied,) = [m for r in caplog.records if (m := r.getMessage()).startswith("configuration reloaded")]
+    assert "targets removed: shop/checkout, shop/cart" in applied
 
 
 async def test_a_configmap_symlink_swap_is_seen(tmp_path: Path) -> None:

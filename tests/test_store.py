@@ -150,8 +150,8 @@ def test_sqlite_paths_relative_to_the_data_dir(tmp_path: Path) -> None:
         ("postgresql://u@h/db", "postgresql://u@h/db"),
         ("postgresql://h/db?password=pw&sslmode=require", "postgresql://h/db?password=***&sslmode=require"),
         ("postgresql://u:pw@h/db?options=-csearch_path%3Dx", "postgresql://u:***@h/db?options=-csearch_path%3Dx"),
-        ("host=h user=u password='p w' dbname=d", "host=h user=u password=*** dbname=d"),
-        ("host=h password=pw", "host=h password=***"),
+        ("host=h user=u password='p w' dbname=d", "user=u password=*** dbname=d host=h"),
+        ("host=h password=pw", "password=*** host=h"),
         ("sqlite:///var/lib/rollbackd/rollbackd.db", "sqlite:///var/lib/rollbackd/rollbackd.db"),
     ],
 )

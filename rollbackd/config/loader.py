@@ -49,6 +49,13 @@ ENV_PREFIX = "ROLLBACKD_"
 ENV_NESTED_DELIMITER = "__"
 #: Environment variable naming the configuration file when ``--config`` is not given.
 CONFIG_ENV = "ROLLBACKD_CONFIG"
+#: Largest configuration file read, in bytes: ten thousand targets take about 2.5 MiB.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+#: Deepest nesting of mappings and lists accepted (the settings themselves go five levels deep).
+MAX_DEPTH = 32
+#: Longest integer accepted, in characters: no setting takes a number anywhere near this long, and
+#: Python refuses to convert integers of more than 4,300 digits.
+MAX_INT_CHARS = 32
 
 Loc = tuple[int | str, ...]
 
@@ -142,18 +149,32 @@ def _read_file(path: Path) -> tuple[dict[str, Any], str, list[Problem]]:
     """Parse ``path``: its data, its text and the problems of its keys (repeated ones)."""
     origin = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError([Problem(origin, f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
+        with path.open("rb") as file:
+            content = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError([Problem(origin, f"cannot read the configuration file: {reason}")]) from None
+    if len(content) > MAX_FILE_BYTES:
+        raise ConfigError([Problem(
+            origin,
+            f"the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB: not a configuration file"
+            " (split the targets among several daemons)",
+        )])
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        utf16 = " (it looks like UTF-16)" if content[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ConfigError([Problem(
+            origin, f"not UTF-8 text ({exc.reason} at byte {exc.start}){utf16}: save the file as UTF-8"
+        )]) from None
 
     try:
         root, data, repeated = _parse(origin, text, _FAST_LOADER)
-    except yaml.YAMLError:
+    except _NodeError as exc:  # the node tree parsed: the Python parser would say the same
+        raise ConfigError([_yaml_problem(origin, exc, prefix="")]) from None
+    except yaml.YAMLError as exc:
         # libyaml words its messages differently: report them as the Python parser does.
-        raise ConfigError([_syntax_problem(origin, text)]) from None
+        raise ConfigError([_syntax_problem(origin, text, exc)]) from None
 
     if data is None:
         return {}, text, []
@@ -167,9 +188,35 @@ def _read_file(path: Path) -> tuple[dict[str, Any], str, list[Problem]]:
     return data, text, repeated
 
 
+class _NodeError(yaml.constructor.ConstructorError):
+    """A value of the parsed document that cannot be used, at its node: nesting too deep, an
+    integer too long, a date that does not exist."""
+
+
+def _construct_object(loader: yaml.constructor.SafeConstructor, node: yaml.Node, deep: bool = False) -> Any:
+    """``construct_object`` that refuses integers too long to be a setting and turns the
+    constructors' own errors (``2026-13-45``, ``!!int x``) into errors at the node."""
+    value = node.value
+    if node.tag == "tag:yaml.org,2002:int" and isinstance(value, str) and len(value) > MAX_INT_CHARS:
+        raise _NodeError(
+            None, None, f"the integer is {len(value)} characters long: no setting takes a number that"
+            f" large (at most {MAX_INT_CHARS} characters)", node.start_mark,
+        )
+    try:
+        return yaml.constructor.SafeConstructor.construct_object(loader, node, deep)
+    except (ValueError, OverflowError, TypeError) as exc:
+        raise _NodeError(None, None, f"cannot read this value: {exc}", node.start_mark) from None
+
+
+def _guarded(loader_class: type[yaml.SafeLoader]) -> type[yaml.SafeLoader]:
+    return type(f"_Guarded{loader_class.__name__}", (loader_class,), {"construct_object": _construct_object})
+
+
 #: libyaml's loader when PyYAML was built with it: a tenth of the time and a third of the memory of
 #: the Python one for a file of a thousand targets (whose leftovers the daemon would keep as RSS).
-_FAST_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_FAST_LOADER: type[yaml.SafeLoader] = _guarded(getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+#: The Python loader, whose messages are the clearer.
+_PY_LOADER: type[yaml.SafeLoader] = _guarded(yaml.SafeLoader)
 
 
 def _parse(
@@ -179,6 +226,7 @@ def _parse(
     loader = loader_class(text)
     try:
         root = loader.get_single_node()
+        _check_depth(root)
         # Before construction, which merges ``<<: *anchor`` keys into the mappings' nodes.
         repeated = list(_duplicate_keys(origin, root))
         data = loader.construct_document(root) if root is not None else None
@@ -187,21 +235,47 @@ def _parse(
     return root, data, repeated
 
 
-def _syntax_problem(origin: str, text: str) -> Problem:
-    """The problem of ``text``, which does not parse, as the Python parser reports it."""
+def _syntax_problem(origin: str, text: str, first: yaml.YAMLError) -> Problem:
+    """The problem of ``text``, which does not parse, as the Python parser reports it (``first``,
+    libyaml's own words, when the Python parser cannot even get there)."""
     try:
-        _parse(origin, text, yaml.SafeLoader)
+        _parse(origin, text, _PY_LOADER)
     except yaml.MarkedYAMLError as exc:
         return _yaml_problem(origin, exc)
     except yaml.YAMLError as exc:
         return Problem(origin, f"invalid YAML: {exc}")
+    except RecursionError:  # nesting that libyaml refused (deeper than 1,000 levels)
+        if isinstance(first, yaml.MarkedYAMLError):
+            return _yaml_problem(origin, first)
+        return Problem(origin, f"invalid YAML: mappings and lists nested deeper than {MAX_DEPTH} levels")
     return Problem(origin, "invalid YAML")  # libyaml refused what the Python parser takes
 
 
-def _yaml_problem(origin: str, exc: yaml.MarkedYAMLError) -> Problem:
+def _check_depth(root: yaml.Node | None) -> None:
+    """Refuse mappings and lists nested deeper than :data:`MAX_DEPTH`, before anything recursive
+    (the constructor, pydantic, error reporting) walks them. Iterative; aliases are followed once."""
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)] if root is not None else []
+    while stack:
+        node, depth = stack.pop()
+        if id(node) in seen or not isinstance(node, yaml.CollectionNode):
+            continue
+        seen.add(id(node))
+        if depth > MAX_DEPTH:
+            raise _NodeError(
+                None, None, f"mappings and lists nested deeper than {MAX_DEPTH} levels: not a"
+                " configuration file", node.start_mark,
+            )
+        children = node.value
+        if isinstance(node, yaml.MappingNode):
+            children = [item for pair in node.value for item in pair]
+        stack.extend((child, depth + 1) for child in children)
+
+
+def _yaml_problem(origin: str, exc: yaml.MarkedYAMLError, *, prefix: str = "invalid YAML: ") -> Problem:
     mark = exc.problem_mark or exc.context_mark
     problem = exc.problem or exc.context or "cannot parse"
-    message = f"invalid YAML: {problem}"
+    message = f"{prefix}{problem}"
     if exc.context and exc.problem and exc.context_mark is not None:
         cm = exc.context_mark
         message += f" ({exc.context} at line {cm.line + 1}, column {cm.column + 1})"
@@ -296,12 +370,18 @@ class _Environment:
         """The overrides as nested data, like the file's; ``{}`` after problems."""
         for keys, name in self.variables.items():
             if _is_complex(_type_at(keys)):
+                why = None
                 try:
-                    json.loads(self._environ[name])
+                    if _depth(json.loads(self._environ[name])) > MAX_DEPTH:
+                        why = f"JSON nested deeper than {MAX_DEPTH} levels"
+                except RecursionError:
+                    why = f"JSON nested deeper than {MAX_DEPTH} levels"
                 except ValueError as exc:
+                    why = f"invalid JSON ({exc})"
+                if why is not None:
                     self.problems.append(Problem(
                         f"environment variable {name}",
-                        f"expected {_expectation(keys)} written as JSON, got invalid JSON ({exc})",
+                        f"expected {_expectation(keys)} written as JSON, got {why}",
                         path=_render_path(keys, {}),
                     ))
         if self.problems:
@@ -328,6 +408,22 @@ class _Environment:
         if len(names) == 1:
             return f"environment variable {names[0]}"
         return f"environment variables {', '.join(names)}" if names else "environment"
+
+
+def _depth(data: Any) -> int:
+    """How deep lists and mappings nest in ``data`` (iteratively: it may be very deep)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, Mapping):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        else:
+            continue
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def _is_complex(annotation: Any) -> bool:
@@ -404,6 +500,16 @@ def _sentence(description: str) -> str:
     return text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text
 
 
+#: Longest value quoted in a message, in characters.
+_SHOWN_CHARS = 60
+
+
+def _shorten(text: str) -> str:
+    if len(text) <= _SHOWN_CHARS:
+        return text
+    return f"{text[:_SHOWN_CHARS]}… ({len(text)} characters)"
+
+
 def _show(value: Any) -> str:
     if value is None:
         return "nothing (null)"
@@ -414,8 +520,10 @@ def _show(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "a list" if value else "an empty list"
     if isinstance(value, str):
-        return repr(value)
-    return str(value)
+        return _shorten(repr(value))
+    if isinstance(value, int) and value.bit_length() > 64:
+        return "a whole number with more than 19 digits"
+    return _shorten(str(value))
 
 
 def _render_path(loc: Loc, data: Mapping[str, Any]) -> str:
@@ -583,7 +691,12 @@ def _expectation(loc: Loc) -> str | None:
     if annotation is None:
         return None
     base = _describe(_unwrap(annotation), metadata)
-    bounds = [_bound(item) for item in metadata]
+    seconds = bool(loc) and str(loc[-1]).endswith("_s") and base in ("a number", "a whole number")
+    if seconds:
+        base += " of seconds"
+    elif bool(loc) and str(loc[-1]).endswith("_ms") and base == "a number":
+        base += " of milliseconds"
+    bounds = [_bound(item, seconds=seconds) for item in metadata]
     text = " and ".join(bound for bound in bounds if bound)
     return f"{base} {text}" if text else base
 
@@ -637,17 +750,25 @@ def _plural(annotation: Any, metadata: Sequence[Any]) -> str:
     return "values"
 
 
-def _number(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+def _number(value: Any, *, seconds: bool = False) -> str:
+    """A bound as written in messages: ``0.1``, ``65535``; whole days or hours of seconds named."""
+    whole = isinstance(value, float) and value.is_integer()
+    text = str(int(value)) if whole else f"{value:g}" if isinstance(value, float) else str(value)
+    if seconds and value >= 3600:
+        for unit, size in (("day", 86400), ("hour", 3600)):
+            if value % size == 0:
+                count = int(value // size)
+                return f"{text} ({count} {unit}{'' if count == 1 else 's'})"
+    return text
 
 
-def _bound(item: Any) -> str | None:
+def _bound(item: Any, *, seconds: bool = False) -> str | None:
     if isinstance(item, annotated_types.Gt):
-        return f"greater than {_number(item.gt)}"
+        return f"greater than {_number(item.gt, seconds=seconds)}"
     if isinstance(item, annotated_types.Ge):
-        return f"at least {_number(item.ge)}"
+        return f"at least {_number(item.ge, seconds=seconds)}"
     if isinstance(item, annotated_types.Lt):
-        return f"less than {_number(item.lt)}"
+        return f"less than {_number(item.lt, seconds=seconds)}"
     if isinstance(item, annotated_types.Le):
-        return f"at most {_number(item.le)}"
+        return f"at most {_number(item.le, seconds=seconds)}"
     return None

@@ -28,6 +28,33 @@ LABEL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
 #: An absolute http(s) URL.
 URL_PATTERN = r"^https?://\S+$"
 
+#: Bounds shared by several settings (docs/configuration.md lists every setting's bounds). Durations
+#: are in seconds; every number must be finite (``.inf`` and ``.nan`` are refused).
+HOUR = 3600
+DAY = 24 * HOUR
+WEEK = 7 * DAY
+YEAR = 365 * DAY
+#: Shortest interval, period or window: ticks and polls faster than this only burn CPU.
+MIN_PERIOD_S = 0.1
+#: Timeouts of one request (Prometheus query, health probe, Kubernetes request, publish, POST).
+MIN_TIMEOUT_S = 0.1
+MAX_TIMEOUT_S = 600
+#: Pauses between retries and reconnections.
+MIN_BACKOFF_S = 0.01
+MAX_BACKOFF_S = HOUR
+#: Retries of one request.
+MAX_RETRIES = 20
+#: Multiples of a threshold (severity factors, attribution ratio).
+MAX_FACTOR = 1000
+#: Counts of requests or samples.
+MAX_COUNT = 1_000_000_000
+MAX_CONFIRM_INTERVALS = 1000
+MAX_CONCURRENCY = 10_000
+MAX_ROLLBACKS_PER_HOUR = 1000
+#: Most intervals a detection window may span: each target keeps its window's observations in
+#: memory (about 2.5 KiB per interval).
+MAX_WINDOW_INTERVALS = 10_000
+
 #: Placeholders a PromQL template may use; the first two are required.
 TEMPLATE_PLACEHOLDERS = ("selector", "by", "window")
 
@@ -47,7 +74,8 @@ _POLICY = _core_defaults(Policy)
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # hide_input_in_errors: str(ValidationError) must not quote values (store.url holds a password).
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, hide_input_in_errors=True)
 
 
 def _problem(kind: str, message: str, loc: tuple[int | str, ...], value: Any, **ctx: Any) -> InitErrorDetails:
@@ -91,6 +119,7 @@ class SloSettings(_Frozen):
     max_p95_ms: float = Field(
         _SLO["max_p95_ms"],
         gt=0,
+        le=HOUR * 1000,
         description="Highest acceptable 95th percentile latency, in milliseconds.",
     )
 
@@ -104,7 +133,9 @@ class SloOverride(_Frozen):
         lt=1,
         description="Overrides defaults.slo.max_error_rate.",
     )
-    max_p95_ms: float | None = Field(None, gt=0, description="Overrides defaults.slo.max_p95_ms.")
+    max_p95_ms: float | None = Field(
+        None, gt=0, le=HOUR * 1000, description="Overrides defaults.slo.max_p95_ms."
+    )
 
 
 class SeveritySettings(_Frozen):
@@ -113,11 +144,13 @@ class SeveritySettings(_Frozen):
     error_rate_factor: float = Field(
         _SEVERITY["error_rate_factor"],
         gt=1,
+        le=MAX_FACTOR,
         description="Error rate at or above this multiple of the SLO is severe.",
     )
     p95_factor: float = Field(
         _SEVERITY["p95_factor"],
         gt=1,
+        le=MAX_FACTOR,
         description="P95 at or above this multiple of the SLO ceiling is severe.",
     )
     health_failure_severe: bool = Field(
@@ -131,17 +164,20 @@ class DetectionSettings(_Frozen):
 
     window_s: float = Field(
         _DETECTION["window_s"],
-        gt=0,
+        ge=MIN_PERIOD_S,
+        le=DAY,
         description="Sliding window of recent intervals judged together, in seconds.",
     )
     baseline_window_s: float = Field(
         _DETECTION["baseline_window_s"],
-        gt=0,
+        ge=MIN_PERIOD_S,
+        le=DAY,
         description="History of the baseline kept for blue-green and rolling comparisons, in seconds.",
     )
     confirm_intervals: int = Field(
         _DETECTION["confirm_intervals"],
         ge=2,
+        le=MAX_CONFIRM_INTERVALS,
         description="Consecutive bad intervals needed before a breach counts (one bad interval is noise).",
     )
     confidence: float = Field(
@@ -153,16 +189,19 @@ class DetectionSettings(_Frozen):
     min_requests: int = Field(
         _DETECTION["min_requests"],
         ge=1,
+        le=MAX_COUNT,
         description="Fewest candidate requests in the window for a metric verdict; fewer is inconclusive.",
     )
     min_latency_samples: int = Field(
         _DETECTION["min_latency_samples"],
         ge=1,
+        le=MAX_COUNT,
         description="Fewest latency observations in the window for a P95 verdict.",
     )
     attribution_ratio: float = Field(
         _DETECTION["attribution_ratio"],
         ge=1,
+        le=MAX_FACTOR,
         description="A breach is blamed on the candidate only when its bad fraction is significantly"
         " above this multiple of the baseline's.",
     )
@@ -171,15 +210,19 @@ class DetectionSettings(_Frozen):
 class DetectionOverride(_Frozen):
     """Per-target detection: each key given replaces the one in ``defaults.detection``."""
 
-    window_s: float | None = Field(None, gt=0, description="Overrides defaults.detection.window_s.")
+    window_s: float | None = Field(
+        None, ge=MIN_PERIOD_S, le=DAY, description="Overrides defaults.detection.window_s."
+    )
     baseline_window_s: float | None = Field(
         None,
-        gt=0,
+        ge=MIN_PERIOD_S,
+        le=DAY,
         description="Overrides defaults.detection.baseline_window_s.",
     )
     confirm_intervals: int | None = Field(
         None,
         ge=2,
+        le=MAX_CONFIRM_INTERVALS,
         description="Overrides defaults.detection.confirm_intervals.",
     )
     confidence: float | None = Field(
@@ -188,15 +231,19 @@ class DetectionOverride(_Frozen):
         lt=1,
         description="Overrides defaults.detection.confidence.",
     )
-    min_requests: int | None = Field(None, ge=1, description="Overrides defaults.detection.min_requests.")
+    min_requests: int | None = Field(
+        None, ge=1, le=MAX_COUNT, description="Overrides defaults.detection.min_requests."
+    )
     min_latency_samples: int | None = Field(
         None,
         ge=1,
+        le=MAX_COUNT,
         description="Overrides defaults.detection.min_latency_samples.",
     )
     attribution_ratio: float | None = Field(
         None,
         ge=1,
+        le=MAX_FACTOR,
         description="Overrides defaults.detection.attribution_ratio.",
     )
 
@@ -207,16 +254,19 @@ class PolicySettings(_Frozen):
     controlled_grace_s: float = Field(
         _POLICY["controlled_grace_s"],
         ge=0,
+        le=WEEK,
         description="How long a manageable breach may last before a controlled rollback.",
     )
     cooldown_s: float = Field(
         _POLICY["cooldown_s"],
         ge=0,
+        le=WEEK,
         description="After a rollback of a target, no new rollback of it for this long.",
     )
     max_rollbacks_per_hour: int = Field(
         _POLICY["max_rollbacks_per_hour"],
         ge=0,
+        le=MAX_ROLLBACKS_PER_HOUR,
         description="Cap on automatic rollbacks per hour, across all targets.",
     )
     rollback_risk: Literal["low", "high"] = Field(
@@ -232,9 +282,10 @@ class PolicyOverride(_Frozen):
     controlled_grace_s: float | None = Field(
         None,
         ge=0,
+        le=WEEK,
         description="Overrides defaults.policy.controlled_grace_s.",
     )
-    cooldown_s: float | None = Field(None, ge=0, description="Overrides defaults.policy.cooldown_s.")
+    cooldown_s: float | None = Field(None, ge=0, le=WEEK, description="Overrides defaults.policy.cooldown_s.")
     rollback_risk: Literal["low", "high"] | None = Field(
         None,
         description="Overrides defaults.policy.rollback_risk.",
@@ -304,25 +355,33 @@ class QueryOverride(_Frozen):
 class HealthSettings(_Frozen):
     """HTTP health probes of the targets' ``health`` URLs."""
 
-    timeout_s: float = Field(2.0, gt=0, description="Timeout of one health probe.")
-    concurrency: int = Field(100, ge=1, description="Most probes in flight at once.")
+    timeout_s: float = Field(
+        2.0, ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S, description="Timeout of one health probe."
+    )
+    concurrency: int = Field(100, ge=1, le=MAX_CONCURRENCY, description="Most probes in flight at once.")
 
 
 class PrometheusSettings(_Frozen):
     """Where the metrics come from."""
 
     url: Url = Field("http://prometheus:9090", description="Base URL of the Prometheus HTTP API.")
-    timeout_s: float = Field(5.0, gt=0, description="Timeout of one query.")
-    retries: int = Field(2, ge=0, description="Retries of a failed query (temporary errors only).")
+    timeout_s: float = Field(5.0, ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S, description="Timeout of one query.")
+    retries: int = Field(
+        2, ge=0, le=MAX_RETRIES, description="Retries of a failed query (temporary errors only)."
+    )
     backoff_initial_s: float = Field(
         0.2,
-        gt=0,
+        ge=MIN_BACKOFF_S,
+        le=MAX_BACKOFF_S,
         description="Pause before the first retry; doubles with each retry, with jitter.",
     )
-    backoff_max_s: float = Field(2.0, gt=0, description="Longest pause between retries.")
+    backoff_max_s: float = Field(
+        2.0, ge=MIN_BACKOFF_S, le=MAX_BACKOFF_S, description="Longest pause between retries."
+    )
     scrape_interval_s: float = Field(
         15.0,
-        gt=0,
+        ge=MIN_PERIOD_S,
+        le=HOUR,
         description="How often Prometheus scrapes the targets. Queries look back at least two scrapes "
         "(max(interval_s, 2 x this)) and bring the counts back to one interval.",
     )
@@ -393,17 +452,25 @@ class KubernetesSettings(_Frozen):
         "(default: $KUBECONFIG, then ~/.kube/config).",
     )
     context: str | None = Field(None, description="kubeconfig context to use (default: the current one).")
-    request_timeout_s: float = Field(10.0, gt=0, description="Timeout of one API request.")
-    retries: int = Field(4, ge=0, description="Retries of a request on temporary errors and 409 conflicts.")
+    request_timeout_s: float = Field(
+        10.0, ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S, description="Timeout of one API request."
+    )
+    retries: int = Field(
+        4, ge=0, le=MAX_RETRIES, description="Retries of a request on temporary errors and 409 conflicts."
+    )
     facts_max_age_s: float = Field(
         30.0,
         ge=0,
+        le=HOUR,
         description="How long what the cluster says about a breached target (rollback-risk and "
         "fix-forward annotations, revision) is reused instead of read again at every tick; it is always "
         "read afresh before a rollback starts. 0: read at every tick.",
     )
     availability_timeout_s: float = Field(
-        300.0, gt=0, description="How long an action waits for the version it rolls back to to serve."
+        300.0,
+        ge=MIN_TIMEOUT_S,
+        le=DAY,
+        description="How long an action waits for the version it rolls back to to serve."
     )
 
 
@@ -412,12 +479,14 @@ class VerificationSettings(_Frozen):
 
     window_s: float = Field(
         300.0,
-        gt=0,
+        ge=MIN_PERIOD_S,
+        le=DAY,
         description="Validation window: health 2xx, error rate and P95 within the SLO throughout.",
     )
     max_wait_s: float | None = Field(
         None,
-        gt=0,
+        ge=MIN_PERIOD_S,
+        le=2 * DAY,
         description="Longest wait for enough traffic or availability to verify (default: 2 x window_s).",
     )
 
@@ -428,9 +497,10 @@ class StoreSettings(_Frozen):
     url: str | None = Field(
         None,
         repr=False,  # may hold a password: log redacted_url instead
-        description="A postgresql:// DSN for a shared PostgreSQL database; otherwise the embedded SQLite "
-        "file: null for <data_dir>/rollbackd.db, or sqlite:///path/file.db, or a path (relative to "
-        "data_dir).",
+        description="A postgresql:// DSN or a libpq key=value string (host=db dbname=rollbackd ...) for "
+        "a shared PostgreSQL database; otherwise the embedded SQLite file: null for "
+        "<data_dir>/rollbackd.db, or sqlite:///path/file.db, or a path (relative to data_dir; no '=' "
+        "or '@' in it).",
     )
     data_dir: str = Field(
         "/var/lib/rollbackd",
@@ -439,14 +509,15 @@ class StoreSettings(_Frozen):
     )
     outbox_retention_s: float = Field(
         7 * 24 * 3600.0,
-        gt=0,
+        ge=1,
+        le=YEAR,
         description="Delivered events older than this are deleted from the outbox, in seconds.",
     )
 
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
-        store_kind(value)  # ValueError names the scheme and what is supported
+        store_kind(value)  # ValueError says what is wrong and what to write, never the value
         return value or None
 
     @property
@@ -502,9 +573,14 @@ class MqttSettings(_Frozen):
     tls: MqttTlsSettings = Field(MqttTlsSettings(), description=MqttTlsSettings.__doc__)
     keepalive_s: int = Field(30, ge=5, le=65535, description="MQTT keepalive; the broker declares the "
                              "daemon offline (its last will) after 1.5 x this without a sign of life.")
-    timeout_s: float = Field(10.0, gt=0, description="Timeout of connecting and of one publish.")
+    timeout_s: float = Field(
+        10.0, ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S, description="Timeout of connecting and of one publish."
+    )
     reconnect_max_s: float = Field(
-        30.0, gt=0, description="Longest pause between reconnection attempts (jittered, doubling from 0.5s)."
+        30.0,
+        ge=MIN_BACKOFF_S,
+        le=MAX_BACKOFF_S,
+        description="Longest pause between reconnection attempts (jittered, doubling from 0.5s)."
     )
     qos: Literal[1] = Field(1, description="QoS of event messages: always 1 (at least once).")
 
@@ -549,7 +625,7 @@ class WebhookSettings(_Frozen):
         description="Event types to send, as glob patterns on the short or full type (rollback.*, "
         "io.rollbackd.hold.*); the default sends all.",
     )
-    timeout_s: float = Field(10.0, gt=0, description="Timeout of one POST.")
+    timeout_s: float = Field(10.0, ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S, description="Timeout of one POST.")
 
     @model_validator(mode="after")
     def _one_secret(self) -> WebhookSettings:
@@ -573,10 +649,21 @@ class EventsSettings(_Frozen):
     kubernetes_events: bool = Field(
         True, description="Also record events on the target's Deployment (kubectl describe shows them)."
     )
-    poll_interval_s: float = Field(5.0, gt=0, description="How often each sink looks at the outbox "
-                                   "when not woken by a new event.")
-    retry_initial_s: float = Field(1.0, gt=0, description="Pause before retrying a failed delivery.")
-    retry_max_s: float = Field(60.0, gt=0, description="Longest pause between retries (doubling, jittered).")
+    poll_interval_s: float = Field(
+        5.0,
+        ge=MIN_BACKOFF_S,
+        le=HOUR,
+        description="How often each sink looks at the outbox when not woken by a new event.",
+    )
+    retry_initial_s: float = Field(
+        1.0, ge=MIN_BACKOFF_S, le=MAX_BACKOFF_S, description="Pause before retrying a failed delivery."
+    )
+    retry_max_s: float = Field(
+        60.0,
+        ge=MIN_BACKOFF_S,
+        le=MAX_BACKOFF_S,
+        description="Longest pause between retries (doubling, jittered).",
+    )
 
     @model_validator(mode="after")
     def _unique_webhooks(self) -> EventsSettings:
@@ -611,11 +698,13 @@ class LeaderElectionSettings(_Frozen):
     lease_duration_s: float = Field(
         10.0,
         ge=1,
+        le=HOUR,
         description="How long a leader's claim lasts without renewal; a standby takes over after it.",
     )
     renew_period_s: float = Field(
         2.0,
-        gt=0,
+        ge=MIN_PERIOD_S,
+        le=HOUR / 3,
         description="How often the leader renews and standbys look; at most lease_duration_s / 3.",
     )
     identity: str | None = Field(
@@ -631,11 +720,11 @@ class LeaderElectionSettings(_Frozen):
             _raise("LeaderElectionSettings", [
                 _problem(
                     "renew_period",
-                    "must be at most lease_duration_s / 3 ({most:g}): a leader needs two renewal attempts "
+                    "must be at most lease_duration_s / 3 ({most}): a leader needs two renewal attempts "
                     "before it steps down",
                     ("renew_period_s",),
                     self.renew_period_s,
-                    most=self.lease_duration_s / 3,
+                    most=f"{self.lease_duration_s / 3:g}",
                 )
             ])
         return self
@@ -890,7 +979,9 @@ def _label_problems(
 class Settings(_Frozen):
     """The whole configuration file."""
 
-    interval_s: float = Field(10.0, gt=0, description="Seconds between evaluations of every target.")
+    interval_s: float = Field(
+        10.0, ge=MIN_PERIOD_S, le=HOUR, description="Seconds between evaluations of every target."
+    )
     prometheus: PrometheusSettings = Field(PrometheusSettings(), description=PrometheusSettings.__doc__)
     health: HealthSettings = Field(HealthSettings(), description=HealthSettings.__doc__)
     http: HttpSettings = Field(HttpSettings(), description=HttpSettings.__doc__)
@@ -928,5 +1019,30 @@ class Settings(_Frozen):
             first.setdefault(target.key, index)
             group_labels = target.queries.group_labels or self.defaults.queries.group_labels
             problems.extend(_label_problems(index, target, group_labels))
+            problems.extend(
+                _window_problems(("targets", index, "detection"), target.detection, self.interval_s)
+            )
+        problems.extend(_window_problems(("defaults", "detection"), self.defaults.detection, self.interval_s))
         _raise("Settings", problems)
         return self
+
+
+def _window_problems(
+    loc: tuple[int | str, ...], detection: DetectionSettings | DetectionOverride, interval_s: float
+) -> list[InitErrorDetails]:
+    """Windows that would span more than :data:`MAX_WINDOW_INTERVALS` intervals."""
+    problems: list[InitErrorDetails] = []
+    for name in ("window_s", "baseline_window_s"):
+        window_s = getattr(detection, name)
+        if window_s is not None and window_s / interval_s > MAX_WINDOW_INTERVALS:
+            problems.append(_problem(
+                "window_intervals",
+                "spans {count} intervals of interval_s ({interval}): at most {most}, since every target keeps"
+                " its window in memory; shorten the window or lengthen interval_s",
+                (*loc, name),
+                window_s,
+                count=f"{window_s / interval_s:.0f}",
+                interval=f"{interval_s:g}",
+                most=str(MAX_WINDOW_INTERVALS),
+            ))
+    return problems

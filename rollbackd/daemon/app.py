@@ -7,10 +7,10 @@
   is logged, counted in ``/metrics`` and kept for the API;
 - ``rollbackd:http-server``: ``/healthz``, ``/readyz``, ``/metrics`` and the API.
 
-With a :class:`~rollbackd.daemon.leader.LeaderElector` (several replicas), every replica collects,
-judges and decides, but only the leader acts: a standby's rollback decisions are blocked by
-``standby``, it starts no rollback and verifies none. :meth:`Daemon.apply_settings` takes over a
-reloaded configuration (see :mod:`rollbackd.daemon.reload`).
+With a leader election (several replicas: the Lease, or the PostgreSQL store's advisory lock),
+every replica collects, judges and decides, but only the leader acts: a standby's rollback
+decisions are blocked by ``standby``, it starts no rollback, verifies none and announces nothing.
+:meth:`Daemon.apply_settings` takes over a reloaded configuration (see :mod:`rollbackd.daemon.reload`).
 
 If either root task fails, the group cancels the other and :meth:`Daemon.run` raises. A graceful
 stop (:meth:`Daemon.stop`, e.g. on SIGTERM) cancels both and waits a bounded time for them; tasks
@@ -25,11 +25,12 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
+from rollbackd.config.loader import ConfigError
 from rollbackd.config.settings import Settings
 from rollbackd.daemon.auth import ApiAuth
 from rollbackd.daemon.http import HttpContext, HttpServer, make_app
 from rollbackd.daemon.journal import Journal
-from rollbackd.daemon.leader import LeaderElector
+from rollbackd.daemon.leader import Leadership
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.reload import SettingsChange, plan_reload
 from rollbackd.daemon.rollbacks import Cluster, RollbackRun, Rollbacks
@@ -65,9 +66,10 @@ class Daemon:
     - ``metrics``: the metrics to update (a fresh registry by default); pass one when the sources
       report their errors into it too.
     - ``cluster``: Kubernetes access for release context and rollbacks; ``None`` decides only.
-    - ``leader``: the leader election of several replicas (entered by the caller); ``None``: this
-      process is the only one and always acts. Its listeners (``leader.add_listener``) hear about
-      gaining and losing the lead.
+    - ``leader``: the leader election of several replicas (entered by the caller): the Lease's
+      :class:`~rollbackd.daemon.leader.LeaderElector` or the store's
+      :class:`~rollbackd.daemon.store_leader.StoreLeader`; ``None``: this process is the only one
+      and always acts. A standby neither acts nor announces anything (no events).
     - ``auth``: access rules of the API (default: from ``settings.api``, token files only; pass
       ``ApiAuth.from_settings(settings.api, environ=os.environ)`` at the process edge).
     - ``shutdown_timeout_s``: how long a graceful stop waits for the root tasks.
@@ -84,7 +86,7 @@ class Daemon:
         health_source: HealthSource,
         metrics: DaemonMetrics | None = None,
         cluster: Cluster | None = None,
-        leader: LeaderElector | None = None,
+        leader: Leadership | None = None,
         auth: ApiAuth | None = None,
         journal: Journal | None = None,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
@@ -120,6 +122,8 @@ class Daemon:
         self._run_task: asyncio.Task[None] | None = None
         #: Completed ticks (every target evaluated once per tick).
         self.ticks = 0
+        #: Whether the previous tick led: a replica that starts leading announces afresh.
+        self._led = False
 
     # --- observable state ----------------------------------------------------------------------
 
@@ -296,6 +300,10 @@ class Daemon:
                     self.metrics.evaluation_errors.inc()
                     logger.exception("evaluation failed", extra={"target": target.key})
         await self._resume_rollbacks()
+        if self.leading != self._led:
+            self._led = not self._led
+            if self._led:  # what it announced before it was a standby may be stale
+                self.journal.forget_announced()
         facts, reused = await self._cluster_facts(
             [t_ for t_ in targets if t_.key in evidences and evidences[t_.key].breached]
         )
@@ -317,7 +325,8 @@ class Daemon:
                     context = self._context(target, t, acting=acting)
             decision = target.evaluator.decide(evidence, context)
             self._record(target, decision)
-            self.journal.decision(target.params, decision, hold=context.hold)
+            if acting:  # a standby publishes nothing: the leader announces
+                self.journal.decision(target.params, decision, hold=context.hold)
             if decision.rollback and acting and self._group is not None:
                 if self.journal.problem is not None and not decision.dry_run:
                     logger.error(
@@ -486,6 +495,15 @@ class Daemon:
                 },
             )
         return change
+
+    def refuse_settings(self, error: ConfigError) -> None:
+        """Audit a configuration change the watcher refused; the running configuration stays."""
+        problems = [str(problem) for problem in error.problems]
+        self.journal.audit(
+            "config.refused",
+            f"configuration change refused: {'; '.join(problems)}",
+            details={"problems": problems},
+        )
 
     def _record(self, target: TargetState, decision: Decision) -> None:
         previous = target.latest

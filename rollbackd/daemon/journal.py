@@ -75,6 +75,11 @@ class Journal:
         if self._required:
             self.problem = problem or "the store is closed"
 
+    def forget_announced(self) -> None:
+        """Announce every target afresh from the next decision on (a replica that starts leading:
+        what it announced before it was a standby may be stale)."""
+        self._announcers.clear()
+
     def _announcer(self, params: TargetParams) -> Announcer | None:
         if self._events is None:
             return None

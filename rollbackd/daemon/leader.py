@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from rollbackd.kube import objects
 from rollbackd.kube.client import KubeClient, Obj
@@ -66,6 +66,16 @@ DEFAULT_LEASE_NAME = "rollbackd"
 #: ``listener(leading)``: called with ``True`` when this replica becomes the leader and with
 #: ``False`` when it stops being one.
 LeadershipListener = Callable[[bool], None]
+
+
+class Leadership(Protocol):
+    """What the daemon reads of a leader election: the Lease (:class:`LeaderElector`) or the
+    store's advisory lock (:class:`~rollbackd.daemon.store_leader.StoreLeader`)."""
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this process may act now."""
+        ...
 
 
 def _micro_time(when: datetime) -> str:

@@ -6,8 +6,12 @@ Around the daemon: leader election when ``leader_election.enabled`` (identity fr
 namespace from ``$POD_NAMESPACE`` unless configured), the API token (``api.token_env`` is looked up
 here), and the configuration file watched for changes (applied without a restart).
 
+One writer per store: an SQLite store is locked for the process' life (:mod:`rollbackd.store.lock`;
+a second daemon on the same file refuses to start), and daemons sharing a PostgreSQL store without
+Lease election elect their leader on the store (:mod:`rollbackd.daemon.store_leader`).
+
 Exit codes: 0 after a clean shutdown, 1 when the daemon failed (or did not stop in time), 2 when
-the configuration is invalid.
+the configuration is invalid, 3 when another rollbackd already uses the SQLite store.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from rollbackd.daemon.leader import LeaderElector
 from rollbackd.daemon.logs import configure_logging
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.reload import ConfigWatcher
+from rollbackd.daemon.store_leader import StoreLeader
 from rollbackd.daemon.storekeeper import keep_store
 from rollbackd.errors import SourceStats
 from rollbackd.kube.client import KubeClient
@@ -42,6 +47,9 @@ from rollbackd.kube.errors import KubeConfigError
 from rollbackd.sources.health import HealthProber
 from rollbackd.sources.lookback import Lookback, min_range_s
 from rollbackd.sources.prometheus import PrometheusClient, PrometheusSource
+from rollbackd.store import sqlite_path, store_kind
+from rollbackd.store.base import StoreError
+from rollbackd.store.lock import SQLiteLock, StoreInUseError
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +111,31 @@ def leader_elector_for(
         kube=kube,
         namespace=election.namespace or environ.get("POD_NAMESPACE") or "default",
         name=election.lease_name,
-        identity=election.identity or environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+        identity=process_identity(settings, environ=environ),
         lease_duration_s=election.lease_duration_s,
         renew_period_s=election.renew_period_s,
     )
+
+
+def process_identity(settings: Settings, *, environ: Mapping[str, str]) -> str:
+    """This process among the replicas: ``leader_election.identity``, else ``$POD_NAME``, else
+    hostname and process id."""
+    return (
+        settings.leader_election.identity
+        or environ.get("POD_NAME")
+        or f"{socket.gethostname()}-{os.getpid()}"
+    )
+
+
+def store_leader_for(
+    settings: Settings, elector: LeaderElector | None, *, environ: Mapping[str, str]
+) -> StoreLeader | None:
+    """Without Lease election, daemons sharing a PostgreSQL store elect their leader on it (an
+    advisory lock); ``None`` with Lease election or an SQLite store (locked instead)."""
+    url = settings.store.url
+    if elector is not None or url is None or store_kind(url) != "postgresql":
+        return None
+    return StoreLeader(dsn=url, identity=process_identity(settings, environ=environ))
 
 
 async def run_daemon(
@@ -154,6 +183,9 @@ async def run_daemon(
     deadline: list[asyncio.TimerHandle] = []
     try:
         async with contextlib.AsyncExitStack() as stack:
+            if store_kind(settings.store.url) == "sqlite":
+                database = sqlite_path(settings.store.url, data_dir=Path(settings.store.data_dir))
+                stack.enter_context(SQLiteLock(database))  # before anything: a second writer stops here
             await stack.enter_async_context(client)
             await stack.enter_async_context(prober)
             cluster: KubeCluster | None = None
@@ -162,8 +194,11 @@ async def run_daemon(
                 cluster = KubeCluster(kube=kube, settings=settings)
                 logger.info("acting on Kubernetes", extra={"kubernetes": kube.describe()})
             elector = leader_elector_for(settings, kube, environ=environ)
-            if elector is not None:
-                await stack.enter_async_context(elector)
+            leader: LeaderElector | StoreLeader | None = elector or store_leader_for(
+                settings, elector, environ=environ
+            )
+            if leader is not None:
+                await stack.enter_async_context(leader)
             daemon = Daemon(
                 settings,
                 metrics_source=Lookback(
@@ -173,7 +208,7 @@ async def run_daemon(
                 health_source=prober,
                 metrics=metrics,
                 cluster=cluster,
-                leader=elector,
+                leader=leader,
                 auth=auth,
                 journal=journal,
                 shutdown_timeout_s=shutdown_timeout_s,
@@ -185,6 +220,8 @@ async def run_daemon(
                         path=path,
                         load=lambda: load_settings(path, environ=environ),
                         apply=daemon.apply_settings,
+                        current=lambda: daemon.settings,
+                        refused=daemon.refuse_settings,
                     )
                 )
 
@@ -204,7 +241,14 @@ async def run_daemon(
             try:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(
-                        keep_store(settings, journal=journal, environ=environ, kube=kube, stopping=stopping),
+                        keep_store(
+                            settings,
+                            journal=journal,
+                            environ=environ,
+                            kube=kube,
+                            stopping=stopping,
+                            active=lambda: leader is None or leader.is_leader,
+                        ),
                         name="rollbackd:store",
                     )
                     try:
@@ -242,6 +286,10 @@ def cli_run(args: argparse.Namespace) -> int:
         logger.error("cannot reach Kubernetes: %s", exc)
         print(f"rollbackd: {exc}", file=sys.stderr)
         return 2
+    except StoreError as exc:  # the SQLite store's lock: held by another daemon, or no lock file
+        logger.error("cannot start: %s", exc)
+        print(f"rollbackd: {exc}", file=sys.stderr)
+        return 3 if isinstance(exc, StoreInUseError) else 1
     except Exception:
         logger.exception("rollbackd failed")
         return 1

@@ -7,6 +7,10 @@ the ``..data`` symlink to a new directory, which change notifications on the fil
 reading through the path (symlinks resolved) and hashing what is there sees every change, whatever
 the mechanism. The read and the validation run in a worker thread, off the event loop.
 
+A reload must say which targets to watch: a file without a ``targets`` key (emptied, or cut short
+by a faulty deploy) is refused while targets are running, since applying it would stop watching
+all of them; ``targets: []`` says so explicitly and is applied.
+
 What a reload changes at once (:data:`HOT_SECTIONS`): ``targets`` (added, removed, changed),
 ``defaults`` (SLOs, severity, detection, policy, queries) and the ``safety`` switches (only when
 the file changed them: a freeze set through the API is not undone by an unrelated edit). A
@@ -18,7 +22,7 @@ as it was started and the change is logged as needing a restart.
 Each applied change is logged at WARNING with a summary (target keys, the parameters that changed
 with old and new values, section names; never other values, which may be secrets). A refused one
 is logged at ERROR with every problem's file, line and key (see
-:class:`~rollbackd.config.loader.ConfigError`).
+:class:`~rollbackd.config.loader.ConfigError`) and handed to ``refused`` (the daemon audits it).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from rollbackd.config.loader import ConfigError
+from rollbackd.config.loader import ConfigError, Problem
 from rollbackd.config.resolve import source_target, target_params
 from rollbackd.config.settings import Settings, TargetSettings
 
@@ -159,6 +163,19 @@ def plan_reload(old: Settings, new: Settings) -> tuple[Settings, SettingsChange]
     return effective, change
 
 
+def targets_problem(path: Path, old: Settings, new: Settings) -> Problem | None:
+    """Why ``new`` (loaded from ``path``) may not replace ``old``: it lists no ``targets`` at all
+    while ``old`` has some. ``None`` when it may."""
+    if "targets" in new.model_fields_set or not old.targets:
+        return None
+    count = len(old.targets)
+    return Problem(
+        str(path),
+        f"no 'targets' key: applying the file would stop watching all {count} target"
+        f"{'' if count == 1 else 's'}; list them, or write 'targets: []' to stop watching every target",
+    )
+
+
 def _fingerprint(path: Path) -> str:
     """The SHA-256 of what is at ``path`` now, symlinks followed (a ConfigMap's ``..data`` swap
     included)."""
@@ -175,6 +192,9 @@ class ConfigWatcher:
       :class:`~rollbackd.config.loader.ConfigError` for an invalid one;
     - ``apply``: hands valid new settings to the daemon and returns what changed
       (:meth:`~rollbackd.daemon.app.Daemon.apply_settings`);
+    - ``current``: the settings running now (a file without ``targets`` is refused while they
+      have targets);
+    - ``refused``: told of every refused change (:meth:`~rollbackd.daemon.app.Daemon.refuse_settings`);
     - ``poll_s``: pause between two looks at the file.
 
     ``async with`` reads the file's current content as the baseline and starts the polling task
@@ -189,6 +209,8 @@ class ConfigWatcher:
         path: Path,
         load: Callable[[], Settings],
         apply: Callable[[Settings], SettingsChange],
+        current: Callable[[], Settings],
+        refused: Callable[[ConfigError], None] | None = None,
         poll_s: float = DEFAULT_POLL_S,
     ) -> None:
         if not poll_s > 0:
@@ -196,6 +218,8 @@ class ConfigWatcher:
         self.path = path
         self._load = load
         self._apply = apply
+        self._current = current
+        self._refused = refused
         self.poll_s = poll_s
         self._seen: str | None = None
         self._unreadable: str | None = None
@@ -262,6 +286,9 @@ class ConfigWatcher:
         seen_at = loop.time()
         try:
             settings = await asyncio.to_thread(self._load)
+            problem = targets_problem(self.path, self._current(), settings)
+            if problem is not None:
+                raise ConfigError([problem])
         except ConfigError as exc:
             self.rejections += 1
             logger.error(
@@ -269,6 +296,8 @@ class ConfigWatcher:
                 "; ".join(str(problem) for problem in exc.problems),
                 extra={"config": str(self.path), "problems": [str(problem) for problem in exc.problems]},
             )
+            if self._refused is not None:
+                self._refused(exc)
             return None
         change = self._apply(settings)
         self.reloads += 1

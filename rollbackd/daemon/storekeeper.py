@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from rollbackd import __version__
@@ -36,9 +36,11 @@ async def keep_store(
     kube: KubeClient | None,
     stopping: asyncio.Event,
     retry_s: float = RETRY_S,
+    active: Callable[[], bool] | None = None,
 ) -> None:
     """Open the store (retrying while it is down), attach events to ``journal``, and keep them
-    until ``stopping`` is set; then record the stop and let the sinks drain."""
+    until ``stopping`` is set; then record the stop and let the sinks drain. ``active`` says
+    whether this process may deliver the outbox now (the leader; always without an election)."""
     store = open_store(settings.store.url, data_dir=Path(settings.store.data_dir))
     while True:
         try:
@@ -52,7 +54,7 @@ async def keep_store(
             if stopping.is_set():
                 return
     try:
-        async with open_events(settings, store=store, environ=environ, kube=kube) as events:
+        async with open_events(settings, store=store, environ=environ, kube=kube, active=active) as events:
             journal.attach(events, store)
             journal.audit(
                 "daemon.start",

@@ -13,6 +13,10 @@ move was lost (a crash, a store error) is delivered again: subscribers dedupe by
 The loops wake at once when events are recorded (:meth:`Dispatcher.nudge`) and also poll every
 ``poll_interval_s``, so events recorded by another process or before a restart are delivered
 too. Events every sink has delivered are pruned after ``retention_s``.
+
+Of several replicas, only the leader delivers (and prunes): a dispatcher whose ``active()`` says
+no reads nothing and delivers nothing; it looks again every ``poll_interval_s``. A batch under way
+when the lead is lost is finished (a delivery at least once, which subscribers dedupe by id).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -105,7 +109,8 @@ class Dispatcher:
     - ``backoff``: delays between retries of a failed delivery (and of store reads);
     - ``poll_interval_s``: the longest a loop sleeps without a :meth:`nudge`;
     - ``batch``: events read from the outbox at once;
-    - ``retention_s``: delivered events older than this are pruned; ``prune_interval_s``: how often.
+    - ``retention_s``: delivered events older than this are pruned; ``prune_interval_s``: how often;
+    - ``active``: whether this process may deliver now (the leader); ``None``: always.
     """
 
     def __init__(
@@ -118,6 +123,7 @@ class Dispatcher:
         batch: int = 100,
         retention_s: float = 7 * 24 * 3600.0,
         prune_interval_s: float = 600.0,
+        active: Callable[[], bool] | None = None,
     ) -> None:
         names = [sink.name for sink in sinks]
         duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -132,6 +138,7 @@ class Dispatcher:
         self._batch = batch
         self._retention_s = retention_s
         self._prune_interval_s = prune_interval_s
+        self._active = active if active is not None else _always
         self._wake = {sink.name: asyncio.Event() for sink in self._sinks}
         self._idle = {sink.name: asyncio.Event() for sink in self._sinks}
         self._status = {sink.name: SinkStatus(sink.name) for sink in self._sinks}
@@ -192,6 +199,11 @@ class Dispatcher:
         store_attempt = 0
         while True:
             self._wake[name].clear()
+            if not self._active():  # a standby: the leader delivers
+                status.backlog = 0
+                self._idle[name].set()
+                await self._wait(name, self._poll_interval_s)
+                continue
             try:
                 events = await self._store.pending(name, limit=self._batch)
             except Exception as exc:
@@ -339,6 +351,8 @@ class Dispatcher:
         names = [sink.name for sink in self._sinks]
         while True:
             await asyncio.sleep(self._prune_interval_s)
+            if not self._active():
+                continue
             before = datetime.now(UTC) - timedelta(seconds=self._retention_s)
             try:
                 pruned = await self._store.prune(delivered_before=before, sinks=names)
@@ -347,6 +361,10 @@ class Dispatcher:
                 continue
             if pruned:
                 logger.info("events: pruned %d delivered events older than %s", pruned, before.isoformat())
+
+
+def _always() -> bool:
+    return True
 
 
 def _failed(task: asyncio.Task[Any]) -> bool:

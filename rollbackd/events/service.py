@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -95,8 +95,10 @@ async def open_events(
     kube: KubeClient | None = None,
     instance: str | None = None,
     drain_timeout_s: float = 5.0,
+    active: Callable[[], bool] | None = None,
 ) -> AsyncIterator[Events]:
-    """Sinks, dispatcher and publisher for ``settings.events``, delivering ``store``'s outbox."""
+    """Sinks, dispatcher and publisher for ``settings.events``, delivering ``store``'s outbox
+    while ``active()`` (the leader of several replicas; always when ``None``)."""
     events = settings.events
     async with open_sinks(
         events, environ=environ, kube=kube, deployments=deployments_of(settings), instance=instance
@@ -107,6 +109,7 @@ async def open_events(
             backoff=Backoff(initial_s=events.retry_initial_s, max_s=events.retry_max_s),
             poll_interval_s=events.poll_interval_s,
             retention_s=settings.store.outbox_retention_s,
+            active=active,
         )
         logger.info("events: delivering to %s", ", ".join(s.name for s in sinks) or "no sink")
         async with dispatcher:

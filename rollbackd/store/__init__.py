@@ -1,16 +1,15 @@
 """The store: per-target state, the audit log and the event outbox (see :mod:`rollbackd.store.base`).
 
-:func:`open_store` picks the backend from ``store.url``: nothing, a ``sqlite://`` URL or a plain
-path is the embedded SQLite file (by default ``<data_dir>/rollbackd.db``); a ``postgresql://``
-DSN is PostgreSQL. Backends are imported only when chosen, so SQLite needs no database driver.
+:func:`open_store` picks the backend from ``store.url`` (read as :mod:`rollbackd.store.dsn`
+says): nothing, a ``sqlite://`` URL or a plain path is the embedded SQLite file (by default
+``<data_dir>/rollbackd.db``); a ``postgresql://`` DSN or a libpq ``key=value`` string is
+PostgreSQL. Backends are imported only when chosen, so SQLite needs no database driver.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 from rollbackd.store.base import (
     AuditEntry,
@@ -20,16 +19,20 @@ from rollbackd.store.base import (
     StoreError,
     TemporaryStoreError,
 )
+from rollbackd.store.dsn import DsnError, StoreUrl, parse_store_url
 
 __all__ = [
     "DEFAULT_SQLITE_FILE",
     "AuditEntry",
+    "DsnError",
     "OutboxEvent",
     "PermanentStoreError",
     "Store",
     "StoreError",
+    "StoreUrl",
     "TemporaryStoreError",
     "open_store",
+    "parse_store_url",
     "redact_url",
     "sqlite_path",
     "store_kind",
@@ -38,23 +41,13 @@ __all__ = [
 #: The SQLite file in the data directory when ``store.url`` names none.
 DEFAULT_SQLITE_FILE = "rollbackd.db"
 
-_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _SQLITE_SCHEME = "sqlite://"
-_PASSWORD_PARAM = re.compile(r"(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)")
 
 
 def store_kind(url: str | None) -> Literal["sqlite", "postgresql"]:
-    """Which backend ``url`` means; :class:`ValueError` for a URL of any other scheme."""
-    if url is None or url == "" or url.startswith(_SQLITE_SCHEME):
-        return "sqlite"
-    if url.startswith(_POSTGRES_SCHEMES):
-        return "postgresql"
-    if "://" in url:
-        scheme = url.split("://", 1)[0]
-        raise ValueError(
-            f"unsupported store scheme '{scheme}://': use a postgresql:// DSN, a sqlite:// URL or a file path"
-        )
-    return "sqlite"
+    """Which backend ``url`` means (see :mod:`rollbackd.store.dsn`); :class:`ValueError`, with a
+    message that does not echo ``url``, for one that is neither."""
+    return parse_store_url(url).kind
 
 
 def sqlite_path(url: str | None, *, data_dir: Path) -> Path:
@@ -68,37 +61,33 @@ def sqlite_path(url: str | None, *, data_dir: Path) -> Path:
 
 
 def redact_url(url: str) -> str:
-    """``url`` (a DSN, a ``key=value`` connection string or a path) with any password replaced
-    by ``***``, for logs and messages."""
-    if "://" not in url:
-        return _PASSWORD_PARAM.sub(r"\1***", url)
-    netloc = urlsplit(url).netloc
-    userinfo, at, host = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        url = url.replace(netloc, f"{userinfo.split(':', 1)[0]}:***@{host}", 1)
-    base, question, query = url.partition("?")
-    return base + question + _PASSWORD_PARAM.sub(r"\1***", query)
+    """``url`` (a DSN, a ``key=value`` connection string or a path) as it may be shown in logs and
+    messages: passwords replaced by ``***``, split as libpq splits them; a value that cannot be
+    parsed is not shown at all."""
+    try:
+        return parse_store_url(url).description
+    except DsnError:
+        return "(store.url not shown: it cannot be parsed)"
 
 
 def open_store(url: str | None, *, data_dir: Path, create: bool = True) -> Store:
     """The store ``url`` names (not opened yet: ``await store.open()``, or ``async with``).
 
     :param url: ``store.url``: ``None`` for the default SQLite file, ``sqlite:///path``, a plain
-        path, or a ``postgresql://`` DSN.
+        path, a ``postgresql://`` DSN or a libpq ``key=value`` string.
     :param data_dir: ``store.data_dir``, where SQLite files with relative (or no) paths live.
     :param create: create a missing SQLite file; ``False`` for readers, which should rather say
         that there is nothing to read.
-    :raises PermanentStoreError: for a URL of an unsupported scheme.
+    :raises PermanentStoreError: for a URL that names no store (the message does not echo it).
     """
     try:
-        kind = store_kind(url)
-    except ValueError as exc:
-        raise PermanentStoreError(f"store.url {redact_url(url or '')}: {exc}") from exc
-    if kind == "postgresql":
-        assert url is not None
+        parsed = parse_store_url(url)
+    except DsnError as exc:
+        raise PermanentStoreError(f"store.url: {exc}") from None
+    if parsed.kind == "postgresql":
         from rollbackd.store.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(parsed.text)
     from rollbackd.store.sqlite import SQLiteStore
 
     return SQLiteStore(sqlite_path(url, data_dir=data_dir), create=create)

@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from rollbackd.store import migrations, redact_url, sql
+from rollbackd.store import migrations, sql
 from rollbackd.store.base import (
     AuditEntry,
     OutboxEvent,
@@ -31,6 +31,7 @@ from rollbackd.store.base import (
     StoreError,
     TemporaryStoreError,
 )
+from rollbackd.store.dsn import DsnError, StoreUrl, parse_store_url
 from rollbackd.store.group import GroupCommit, PendingRecord, recording
 
 __all__ = ["PostgresStore"]
@@ -43,16 +44,24 @@ MIGRATION_LOCK_KEY = 0x726F6C6C  # "roll"
 _LOCK_OUTBOX = "LOCK TABLE outbox IN EXCLUSIVE MODE"  # readers (SELECT) still pass
 
 
-def _reason(exc: BaseException) -> str:
-    """A psycopg error as one line."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+def _reason(exc: BaseException, url: StoreUrl) -> str:
+    """A psycopg error as one line, without the secrets of ``url`` (libpq may quote the
+    connection string)."""
+    return url.scrub(" ".join(str(exc).split())) or type(exc).__name__
+
+
+def safe_cause(cause: BaseException, url: StoreUrl) -> BaseException | None:
+    """``cause`` to chain an error to (shown in tracebacks), or ``None`` when it quotes a secret
+    of ``url``: ``raise StoreError(...) from safe_cause(exc, url)``."""
+    return cause if url.hides_secrets(str(cause)) else None
 
 
 class PostgresStore:
     """The :class:`~rollbackd.store.base.Store` in a PostgreSQL database.
 
-    :param dsn: a libpq connection URL (``postgresql://user:password@host:port/dbname?...``); the
-        schema is the first of the connection's ``search_path``. Never logged with its password.
+    :param dsn: a libpq connection URL (``postgresql://user:password@host:port/dbname?...``) or
+        ``key=value`` string; the schema is the first of the connection's ``search_path``. Never
+        shown with its password (:mod:`rollbackd.store.dsn`).
     :param min_size: connections the pool keeps open.
     :param max_size: most connections the pool opens.
     :param connect_timeout_s: how long one connection attempt may take.
@@ -72,6 +81,12 @@ class PostgresStore:
         close_timeout_s: float = 5.0,
         ping_timeout_s: float = 2.0,
     ) -> None:
+        try:
+            self.url = parse_store_url(dsn)
+        except DsnError as exc:
+            raise PermanentStoreError(f"store.url: {exc}") from None
+        if self.url.kind != "postgresql":
+            raise PermanentStoreError("store.url: not a PostgreSQL DSN (postgresql://... or key=value)")
         self.dsn = dsn
         self.min_size = min_size
         self.max_size = max_size
@@ -85,7 +100,7 @@ class PostgresStore:
     @property
     def description(self) -> str:
         """The store as it may be shown in logs and messages: the DSN without its password."""
-        return redact_url(self.dsn)
+        return self.url.description
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.description}>"
@@ -96,6 +111,12 @@ class PostgresStore:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    def _reason(self, exc: BaseException) -> str:
+        return _reason(exc, self.url)
+
+    def _cause(self, exc: BaseException) -> BaseException | None:
+        return safe_cause(exc, self.url)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -110,9 +131,9 @@ class PostgresStore:
             conn = await psycopg.AsyncConnection.connect(self.dsn, **self._connect_kwargs())
         except psycopg.Error as exc:
             raise TemporaryStoreError(
-                f"cannot connect to the PostgreSQL store {self.description}: {_reason(exc)}; "
+                f"cannot connect to the PostgreSQL store {self.description}: {self._reason(exc)}; "
                 "check store.url and that the database is up"
-            ) from exc
+            ) from self._cause(exc)
         try:
             async with conn:
                 await self._migrate(conn)
@@ -120,12 +141,12 @@ class PostgresStore:
             raise
         except psycopg.OperationalError as exc:
             raise TemporaryStoreError(
-                f"cannot migrate the PostgreSQL store {self.description}: {_reason(exc)}"
-            ) from exc
+                f"cannot migrate the PostgreSQL store {self.description}: {self._reason(exc)}"
+            ) from self._cause(exc)
         except psycopg.Error as exc:
             raise PermanentStoreError(
-                f"cannot migrate the PostgreSQL store {self.description}: {_reason(exc)}"
-            ) from exc
+                f"cannot migrate the PostgreSQL store {self.description}: {self._reason(exc)}"
+            ) from self._cause(exc)
 
         pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
             self.dsn,
@@ -144,8 +165,8 @@ class PostgresStore:
             if isinstance(exc, PoolTimeout):
                 raise TemporaryStoreError(
                     f"cannot open connections to the PostgreSQL store {self.description} within "
-                    f"{self.connect_timeout_s:g}s: {_reason(exc)}"
-                ) from exc
+                    f"{self.connect_timeout_s:g}s: {self._reason(exc)}"
+                ) from self._cause(exc)
             raise
         self._pool = pool
         logger.info("store opened: %s (schema version %d)", self.description, migrations.LATEST_VERSION)
@@ -199,12 +220,16 @@ class PostgresStore:
         except PoolTimeout as exc:
             raise TemporaryStoreError(
                 f"store {self.description}: cannot {what}: no connection within {timeout_s:g}s "
-                f"({_reason(exc)})"
-            ) from exc
+                f"({self._reason(exc)})"
+            ) from self._cause(exc)
         except psycopg.OperationalError as exc:  # connection lost, server shutting down, deadlock
-            raise TemporaryStoreError(f"store {self.description}: cannot {what}: {_reason(exc)}") from exc
+            raise TemporaryStoreError(
+                f"store {self.description}: cannot {what}: {self._reason(exc)}"
+            ) from self._cause(exc)
         except psycopg.Error as exc:  # constraint violations, bad data
-            raise PermanentStoreError(f"store {self.description}: cannot {what}: {_reason(exc)}") from exc
+            raise PermanentStoreError(
+                f"store {self.description}: cannot {what}: {self._reason(exc)}"
+            ) from self._cause(exc)
 
     # -- the audit log and the outbox -------------------------------------------------------
 
