@@ -299,11 +299,11 @@ class Daemon:
                     # A defect in the core must not blind the daemon to every other target.
                     self.metrics.evaluation_errors.inc()
                     logger.exception("evaluation failed", extra={"target": target.key})
-        await self._resume_rollbacks()
         if self.leading != self._led:
             self._led = not self._led
             if self._led:  # what it announced before it was a standby may be stale
                 self.journal.forget_announced()
+        await self._resume_rollbacks()  # after forgetting: a resumed run knows what it announced
         facts, reused = await self._cluster_facts(
             [t_ for t_ in targets if t_.key in evidences and evidences[t_.key].breached]
         )
