@@ -2,12 +2,18 @@
 
 A scenario's ``slo``, ``policy`` and ``context`` configure the run (defaults come from
 ``--config`` or the built-in ones); its ``expect`` block is the label and is never read here.
+
+A file that cannot be replayed is a :class:`ScenarioError` naming the file, the tick (index and
+``t``) and the field: not UTF-8 JSON, a string where a number belongs, a count that no real
+service produces (:mod:`rollbackd.plausibility`; errors beyond the requests are refused outright),
+an SLO or interval that is not positive, ``t`` that does not increase. It is never judged.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -30,6 +36,7 @@ from rollbackd.model import (
     Strategy,
 )
 from rollbackd.params import Policy, TargetParams
+from rollbackd.plausibility import MAX_COUNT, count_problem, sample_problem
 
 _KINDS = {
     "canary": Strategy.CANARY,
@@ -67,71 +74,180 @@ class ReplayResult:
         }
 
 
+def _number(raw: Any, where: str, *, minimum: float | None = None, positive: bool = False) -> float:
+    """``raw`` as a finite JSON number (not a string, not a boolean), or a :class:`ScenarioError`
+    naming ``where``."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ScenarioError(f"{where}: expected a number, got {_shown(raw)}")
+    try:
+        value = float(raw)
+    except OverflowError:
+        raise ScenarioError(f"{where}: {_shown(raw)} is too large") from None
+    if not math.isfinite(value):
+        raise ScenarioError(f"{where}: expected a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ScenarioError(f"{where}: must be more than 0, got {value:g}")
+    if minimum is not None and value < minimum:
+        raise ScenarioError(f"{where}: must be at least {minimum:g}, got {value:g}")
+    return value
+
+
+def _shown(raw: Any) -> str:
+    """A short rendering of a JSON value for an error message."""
+    if isinstance(raw, list):
+        return "a list"
+    if isinstance(raw, Mapping):
+        return "an object"
+    text = json.dumps(raw) if raw is None or isinstance(raw, bool) else repr(raw)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _object(raw: Any, where: str) -> Mapping[str, Any]:
+    """``raw`` when it is a JSON object, ``{}`` for null or absent."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ScenarioError(f"{where}: expected an object, got {_shown(raw)}")
+    return raw
+
+
+def _count(raw: Any, where: str) -> float:
+    if (type(raw) is int or type(raw) is float) and 0 <= raw <= MAX_COUNT:  # the common case, quickly
+        return float(raw)
+    value = _number(raw, where)
+    problem = count_problem(where, value)
+    if problem is not None:
+        raise ScenarioError(str(problem))
+    return value
+
+
 def _sample(raw: Any, where: str) -> Sample | None:
     if raw is None:
         return None
     if not isinstance(raw, Mapping):
         raise ScenarioError(f"{where}: expected an object or null")
-    try:
-        requests = float(raw["requests"])
-        errors = float(raw.get("errors", 0.0))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ScenarioError(f"{where}: needs numeric 'requests' and 'errors' ({exc})") from exc
+    if "requests" not in raw:
+        raise ScenarioError(f"{where}.requests: missing (needs numeric 'requests' and 'errors')")
+    requests = _count(raw["requests"], f"{where}.requests")
+    errors = _count(raw.get("errors", 0.0), f"{where}.errors")
     buckets = raw.get("latency_buckets")
     latency: Histogram | None = None
     if buckets:
-        bounds = raw.get("latency_bounds_s", DEFAULT_BUCKETS_S)
+        if not isinstance(buckets, list):
+            raise ScenarioError(f"{where}.latency_buckets: expected a list of counts, got {_shown(buckets)}")
+        bounds = raw.get("latency_bounds_s")
+        if bounds is not None and not isinstance(bounds, list):
+            raise ScenarioError(f"{where}.latency_bounds_s: expected a list of bounds, got {_shown(bounds)}")
+        counts = tuple(_count(c, f"{where}.latency_buckets[{i}]") for i, c in enumerate(buckets))
+        bounds_s = DEFAULT_BUCKETS_S
+        if bounds is not None:
+            bounds_s = tuple(_bound(b, f"{where}.latency_bounds_s") for b in bounds)
         try:
-            latency = Histogram(
-                bounds_s=tuple(float(b) for b in bounds), counts=tuple(float(c) for c in buckets)
-            )
-        except (TypeError, ValueError) as exc:
+            latency = Histogram(bounds_s=bounds_s, counts=counts)
+        except ValueError as exc:
             raise ScenarioError(f"{where}.latency_buckets: {exc}") from exc
     p95 = raw.get("p95_ms")
-    return Sample(
-        requests=requests, errors=errors, latency=latency, p95_ms=None if p95 is None else float(p95)
+    sample = Sample(
+        requests=requests,
+        errors=errors,
+        latency=latency,
+        p95_ms=None if p95 is None else _number(p95, f"{where}.p95_ms", minimum=0.0),
     )
+    problem = sample_problem(sample)  # no slack: a recording's errors never exceed its requests
+    if problem is not None:
+        raise ScenarioError(f"{where}.{problem}")
+    return sample
 
 
-def _health(raw: Any) -> tuple[HealthCheck, ...] | None:
+def _bound(raw: Any, where: str) -> float:
+    if raw in ("+Inf", "Inf", "inf", "+inf"):
+        return math.inf
+    if isinstance(raw, float) and math.isinf(raw) and raw > 0:
+        return math.inf
+    return _number(raw, where)
+
+
+def _health(raw: Any, where: str) -> tuple[HealthCheck, ...] | None:
     if not raw:
         return None
-    return tuple(
-        HealthCheck(
-            path=str(h.get("path", "/")), status=None if h.get("status") is None else int(h["status"])
-        )
-        for h in raw
-    )
+    if not isinstance(raw, list):
+        raise ScenarioError(f"{where}: expected a list of probe results, got {_shown(raw)}")
+    checks = []
+    for i, h in enumerate(raw):
+        entry = _object(h, f"{where}[{i}]")
+        status = entry.get("status")
+        if status is not None and (isinstance(status, bool) or not isinstance(status, int)
+                                   or not 0 <= status <= 999):
+            raise ScenarioError(f"{where}[{i}].status: expected an HTTP status or null, got {_shown(status)}")
+        checks.append(HealthCheck(path=str(entry.get("path", "/")), status=status))
+    return tuple(checks)
 
 
 def scenario_params(scenario: Mapping[str, Any], defaults: TargetParams | None = None) -> TargetParams:
     """The target parameters a scenario asks for, over ``defaults``."""
     name = str(scenario.get("name", "scenario"))
-    kind = str(scenario.get("kind", "canary"))
-    if kind not in _KINDS:
-        raise ScenarioError(f"kind: expected one of {sorted(set(_KINDS))}, got {kind!r}")
+    kind = scenario.get("kind", "canary")
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise ScenarioError(f"kind: expected one of {sorted(set(_KINDS))}, got {_shown(kind)}")
     base = defaults or TargetParams(key=f"replay/{name}", strategy=_KINDS[kind], interval_s=10.0)
-    slo_raw = scenario.get("slo") or {}
-    slo = Slo(
-        max_error_rate=float(slo_raw.get("max_error_rate", base.slo.max_error_rate)),
-        max_p95_ms=float(slo_raw.get("max_p95_ms", base.slo.max_p95_ms)),
-    )
-    policy_raw = scenario.get("policy") or {}
-    ctx_raw = scenario.get("context") or {}
+    slo_raw = _object(scenario.get("slo"), "slo")
+    max_error_rate = base.slo.max_error_rate
+    if "max_error_rate" in slo_raw:
+        max_error_rate = _number(slo_raw["max_error_rate"], "slo.max_error_rate", positive=True)
+        if max_error_rate > 1:
+            raise ScenarioError(
+                f"slo.max_error_rate: a fraction of the requests, at most 1, got {max_error_rate:g}"
+            )
+    max_p95_ms = base.slo.max_p95_ms
+    if "max_p95_ms" in slo_raw:
+        max_p95_ms = _number(slo_raw["max_p95_ms"], "slo.max_p95_ms", positive=True)
+    slo = Slo(max_error_rate=max_error_rate, max_p95_ms=max_p95_ms)
+    policy_raw = _object(scenario.get("policy"), "policy")
+    ctx_raw = _object(scenario.get("context"), "context")
     known = {f for f in Policy.__dataclass_fields__ if f != "rollback_risk"}
-    policy = replace(
-        base.policy,
-        **{k: type(getattr(base.policy, k))(v) for k, v in policy_raw.items() if k in known},
-        rollback_risk=Risk(str(ctx_raw.get("rollback_risk", base.policy.rollback_risk))),
-    )
+    overrides: dict[str, Any] = {}
+    for key, value in policy_raw.items():
+        if key not in known:
+            continue
+        number = _number(value, f"policy.{key}", minimum=0.0)
+        if isinstance(getattr(base.policy, key), int):
+            if not number.is_integer():
+                raise ScenarioError(f"policy.{key}: expected a whole number, got {number:g}")
+            overrides[key] = int(number)
+        else:
+            overrides[key] = number
+    risk = ctx_raw.get("rollback_risk", base.policy.rollback_risk)
+    if not isinstance(risk, str) or risk not in {r.value for r in Risk}:
+        raise ScenarioError(
+            f"context.rollback_risk: expected one of {sorted(r.value for r in Risk)}, got {_shown(risk)}"
+        )
+    policy = replace(base.policy, **overrides, rollback_risk=Risk(risk))
+    interval_s = base.interval_s
+    if "interval_s" in scenario:
+        interval_s = _number(scenario["interval_s"], "interval_s", positive=True)
     return replace(
         base,
         key=f"replay/{name}",
         strategy=_KINDS[kind],
-        interval_s=float(scenario.get("interval_s", base.interval_s)),
+        interval_s=interval_s,
         slo=slo,
         policy=policy,
     )
+
+
+def _events(ctx_raw: Mapping[str, Any]) -> list[tuple[float, float]]:
+    """The scenario's fix-forward announcements as ``(t, eta_s)``, in time order."""
+    raw = ctx_raw.get("events") or []
+    if not isinstance(raw, list):
+        raise ScenarioError(f"context.events: expected a list, got {_shown(raw)}")
+    found: list[tuple[float, float]] = []
+    for i, event in enumerate(raw):
+        where = f"context.events[{i}]"
+        entry = _object(event, where)
+        t = _number(entry.get("t", 0), f"{where}.t")
+        if entry.get("type") == "fix_forward":
+            found.append((t, _number(entry.get("eta_s", 0), f"{where}.eta_s", minimum=0.0)))
+    return sorted(found, key=lambda event: event[0])
 
 
 def replay_scenario(scenario: Mapping[str, Any], defaults: TargetParams | None = None) -> dict[str, Any]:
@@ -143,8 +259,8 @@ def run_scenario(scenario: Mapping[str, Any], defaults: TargetParams | None = No
     params = scenario_params(scenario, defaults)
     name = str(scenario.get("name", "scenario"))
     evaluator = TargetEvaluator(params)
-    ctx_raw = scenario.get("context") or {}
-    events = sorted(ctx_raw.get("events") or [], key=lambda e: float(e.get("t", 0)))
+    ctx_raw = _object(scenario.get("context"), "context")
+    events = _events(ctx_raw)
     base_ctx = Context(
         rollback_risk=params.policy.rollback_risk,
         risk_reason="release marked high-risk in the scenario"
@@ -158,25 +274,13 @@ def run_scenario(scenario: Mapping[str, Any], defaults: TargetParams | None = No
     ticks = scenario.get("ticks")
     if not isinstance(ticks, list):
         raise ScenarioError("ticks: expected a list")
-    for i, tick in enumerate(ticks):
-        where = f"ticks[{i}]"
-        try:
-            t = float(tick["t"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ScenarioError(f"{where}.t: expected a number") from exc
-        active = [e for e in events if float(e.get("t", 0)) <= t and e.get("type") == "fix_forward"]
+    observations = _observations(ticks, params.key)  # the whole file is checked before judging
+    for i, obs in enumerate(observations):
+        t = obs.t
+        active = [event for event in events if event[0] <= t]
         if active:
-            latest = active[-1]
-            hold = Hold(until=float(latest["t"]) + float(latest.get("eta_s", 0)), set_at=float(latest["t"]))
-        health = tick.get("health") or {}
-        obs = Observation(
-            target=params.key,
-            t=t,
-            baseline=_sample(tick.get("baseline"), f"{where}.baseline"),
-            candidate=_sample(tick.get("candidate"), f"{where}.candidate"),
-            health_baseline=_health(health.get("baseline")),
-            health_candidate=_health(health.get("candidate")),
-        )
+            announced, eta_s = active[-1]
+            hold = Hold(until=announced + eta_s, set_at=announced)
         decision = evaluator.step(obs, replace(base_ctx, hold=hold))
         last = decision
         escalations += int(decision.escalate)
@@ -204,13 +308,53 @@ def run_scenario(scenario: Mapping[str, Any], defaults: TargetParams | None = No
     )
 
 
+def _observations(ticks: Sequence[Any], key: str) -> list[Observation]:
+    """Every tick as an :class:`Observation`, or the :class:`ScenarioError` of the first one that
+    cannot be (naming its index, its ``t`` and the field)."""
+    observations: list[Observation] = []
+    previous_t: float | None = None
+    for i, tick in enumerate(ticks):
+        where = f"ticks[{i}]"
+        if not isinstance(tick, Mapping) or "t" not in tick:
+            raise ScenarioError(f"{where}.t: expected a number")
+        t = _number(tick["t"], f"{where}.t")
+        if previous_t is not None and t <= previous_t:
+            raise ScenarioError(f"{where}.t: {t:g} is not later than the previous tick's t={previous_t:g}")
+        previous_t = t
+        try:
+            health = _object(tick.get("health"), f"{where}.health")
+            observations.append(Observation(
+                target=key,
+                t=t,
+                baseline=_sample(tick.get("baseline"), f"{where}.baseline"),
+                candidate=_sample(tick.get("candidate"), f"{where}.candidate"),
+                health_baseline=_health(health.get("baseline"), f"{where}.health.baseline"),
+                health_candidate=_health(health.get("candidate"), f"{where}.health.candidate"),
+            ))
+        except ScenarioError as exc:
+            field, _, problem = str(exc).partition(": ")
+            raise ScenarioError(f"{field} (tick at t={t:g}): {problem}") from None
+    return observations
+
+
 def load_scenario(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: not UTF-8 text (byte {exc.start}): a scenario is a JSON file") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ScenarioError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from exc
+    except RecursionError:
+        raise ScenarioError(f"{path}: invalid JSON: nested too deeply") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        problem = "a number with too many digits" if "digits" in str(exc) else str(exc)
+        raise ScenarioError(f"{path}: invalid JSON: {problem}") from None
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: expected a JSON object at the top level")
     data.setdefault("name", path.stem)
@@ -253,7 +397,12 @@ def cli_replay(args: argparse.Namespace) -> int:
         try:
             result = replay_files([path], defaults)[0]
         except ScenarioError as exc:
-            print(f"rollbackd replay: {exc}", file=sys.stderr)
+            print(f"rollbackd replay: {_one_line(str(exc))}", file=sys.stderr, flush=True)
+            status = 2
+            continue
+        except (Exception, RecursionError, MemoryError) as exc:  # a defect: still one line, and go on
+            print(f"rollbackd replay: {path}: cannot replay: {type(exc).__name__}: {_one_line(str(exc))}",
+                  file=sys.stderr, flush=True)
             status = 2
             continue
         if table:
@@ -261,6 +410,10 @@ def cli_replay(args: argparse.Namespace) -> int:
         else:
             print(json.dumps(result), flush=True)
     return status
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def format_row(result: Mapping[str, Any], width: int = 110) -> str:

@@ -30,6 +30,7 @@ from rollbackd.sources.prometheus import (
     _parse_data,
     _parse_response,
     _plain_vector,
+    default_max_answer_bytes,
 )
 from tests.promfixtures import (
     PrometheusServer,
@@ -701,3 +702,123 @@ async def test_real_prometheus_outage_is_missing_data_then_recovers(stack: Stack
     assert candidate is not None
     assert candidate.errors > 0
 
+
+
+# Impossible values and oversized answers
+
+
+def _shop(deployment: str) -> dict[str, str]:
+    return {"namespace": "shop", "deployment": deployment}
+
+
+CART = SourceTarget(key="shop/cart", queries=TEMPLATES, candidate=ref("shop", "cart-canary"),
+                    baseline=ref("shop", "cart-stable"))
+
+
+def _answers(requests: float | str = 100, errors: float | str = 5,
+             canary_buckets: Sequence[float] = CANARY_BUCKETS) -> Callable[[str], Reply]:
+    """Checkout's canary with the given values, everything else plausible; cart is healthy."""
+    return router(
+        requests=success(vec(requests, **_shop("checkout-canary")), vec(931, **_shop("checkout-stable")),
+                         vec(90, **_shop("cart-canary")), vec(900, **_shop("cart-stable"))),
+        errors=success(vec(errors, **_shop("checkout-canary")), vec(2, **_shop("checkout-stable"))),
+        latency=success(*buckets("checkout-canary", canary_buckets),
+                        *buckets("checkout-stable", STABLE_BUCKETS), *buckets("cart-canary", CANARY_BUCKETS)),
+    )
+
+
+@pytest.mark.parametrize(("values", "kind"), [
+    ({"requests": "1e308", "errors": "1e308"}, "too_large"),
+    ({"requests": 1000, "errors": "1e13"}, "too_large"),
+    ({"requests": "+Inf"}, "non_finite"),
+    ({"errors": "-Inf"}, "non_finite"),
+    ({"requests": -5}, "negative"),
+    ({"requests": 100, "errors": 500}, "errors_above_requests"),
+    ({"canary_buckets": [0, 0, 0, 0, 0, 0, 70, 60, 86, 90, 90, 90]}, "bad_histogram"),
+    ({"canary_buckets": [0, 0, 0, 0, 0, 0, 7, 60, 86, 90, 90, 1e308]}, "too_large"),
+    ({"canary_buckets": [0, 0, -3, 0, 0, 0, 7, 60, 86, 90, 90, 90]}, "negative"),
+])
+async def test_impossible_values_make_the_target_missing_counted_and_logged_once(
+    fake_prometheus: Any, caplog: pytest.LogCaptureFixture, values: dict[str, Any], kind: str,
+) -> None:
+    fake = await fake_prometheus(_answers(**values))
+    async with client_for(fake.url) as client:
+        source = PrometheusSource(client=client, shards=1)
+        with caplog.at_level("WARNING", logger="rollbackd.sources.prometheus"):
+            for _ in range(3):
+                result = await source.collect([CHECKOUT, CART], window_s=10)
+                # Neither side of the target is judged; the other target is untouched.
+                assert result["shop/checkout"] == (None, None)
+                cart_baseline, cart_candidate = result["shop/cart"]
+                assert cart_candidate is not None
+                assert cart_candidate.requests == 90
+                assert cart_baseline is not None
+    assert client.stats.errors == {kind: 3}  # every tick counts
+    warnings = [r.getMessage() for r in caplog.records if "impossible values" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # logged once, not every tick
+    assert "shop/checkout" in warnings[0]
+    assert "candidate" in warnings[0]
+
+
+async def test_a_target_is_reported_again_after_its_values_were_plausible(
+    fake_prometheus: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    answers = {"now": _answers(requests=100, errors=500)}
+    fake = await fake_prometheus(lambda query: answers["now"](query))
+    async with client_for(fake.url) as client:
+        source = PrometheusSource(client=client, shards=1)
+        with caplog.at_level("INFO", logger="rollbackd.sources.prometheus"):
+            await source.collect([CHECKOUT], window_s=10)
+            answers["now"] = _answers()
+            _, candidate = (await source.collect([CHECKOUT], window_s=10))["shop/checkout"]
+            assert candidate is not None
+            answers["now"] = _answers(requests=100, errors=500)
+            await source.collect([CHECKOUT], window_s=10)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("impossible values" in m for m in messages) == 2
+    assert sum("values of target shop/checkout are plausible again" in m for m in messages) == 1
+
+
+async def test_errors_a_little_above_requests_are_extrapolation_judged_as_all_failed(
+    fake_prometheus: Any,
+) -> None:
+    # increase() extrapolates the two counters apart: up to 1% more errors than requests is real.
+    fake = await fake_prometheus(_answers(requests=100, errors=100.5))
+    result, stats = await collect(fake.url, [CHECKOUT])
+    _, candidate = result["shop/checkout"]
+    assert candidate is not None
+    assert (candidate.requests, candidate.errors) == (100, 100)
+    assert stats.errors_total == 0
+
+
+def test_the_default_answer_cap_grows_with_the_targets_above_a_floor() -> None:
+    assert default_max_answer_bytes(0) == 4 * 1024 * 1024
+    assert default_max_answer_bytes(100) == 4 * 1024 * 1024
+    assert default_max_answer_bytes(2000) == 2000 * 8 * 1024
+
+
+async def test_an_answer_over_the_cap_is_not_read_and_counted(fake_prometheus: Any) -> None:
+    body = compact(vector(*(element(_shop(f"svc-{i}"), "1") for i in range(2000))))
+    fake = await fake_prometheus(lambda query: (200, body))
+    async with client_for(fake.url, max_answer_bytes=len(body) - 1) as client:
+        with pytest.raises(PrometheusQueryError) as caught:
+            await client.query("up")
+        assert caught.value.kind == "oversized"
+        assert "prometheus.max_answer_bytes" in str(caught.value)
+        assert client.stats.requests == 1  # not retried
+        # The same answer within the cap is read.
+        assert len((await client.query("up", max_answer_bytes=len(body))).values) == 2000
+
+
+async def test_the_source_sizes_the_cap_from_its_targets_or_takes_the_configured_one(
+    fake_prometheus: Any,
+) -> None:
+    padding = "x" * (5 * 1024 * 1024)  # over the 4 MiB floor
+    fake = await fake_prometheus(lambda query: success(vec(90, **_shop("checkout-canary"), pad=padding)))
+    result, stats = await collect(fake.url, [CHECKOUT])
+    assert result["shop/checkout"] == (None, None)
+    assert stats.errors == {"oversized": 3}
+    async with client_for(fake.url) as client:
+        source = PrometheusSource(client=client, shards=1, max_answer_bytes=8 * 1024 * 1024)
+        _, candidate = (await source.collect([CHECKOUT], window_s=10))["shop/checkout"]
+        assert candidate is not None

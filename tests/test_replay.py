@@ -150,3 +150,147 @@ def test_replay_table_is_readable(scenarios_dir: Path) -> None:
     assert lines[0].split()[:4] == ["scenario", "decision", "mode", "at"]
     row = next(line for line in lines if line.startswith("severe-error-spike"))
     assert row.split()[1:4] == ["rollback", "immediate", "190s"]
+
+
+# Impossible and malformed scenario files: a clear one-line error each, never a traceback
+
+
+def _scenario(**changes: Any) -> dict[str, Any]:
+    """A small valid canary scenario: a severe error spike from t=30 (rolled back when replayed)."""
+    ticks = [
+        {
+            "t": 10 * i,
+            "baseline": {"requests": 900, "errors": 2},
+            "candidate": {"requests": 100, "errors": 1 if i < 3 else 40},
+        }
+        for i in range(8)
+    ]
+    scenario: dict[str, Any] = {"name": "spike", "kind": "canary", "interval_s": 10,
+                                "slo": {"max_error_rate": 0.01, "max_p95_ms": 500}, "ticks": ticks}
+    scenario.update(changes)
+    return scenario
+
+
+def _with_tick(index: int, side: str, **values: Any) -> dict[str, Any]:
+    scenario = _scenario()
+    scenario["ticks"][index][side].update(values)
+    return scenario
+
+
+IMPOSSIBLE = {
+    # errors beyond requests: "error_rate 500%" and a rollback before
+    "errors-above-requests": (
+        _with_tick(4, "candidate", errors=500),
+        r"ticks\[4\]\.candidate\.errors \(tick at t=40\): 500 errors out of 100 requests",
+    ),
+    "negative-requests": (_with_tick(2, "baseline", requests=-900),
+                          r"ticks\[2\]\.baseline\.requests \(tick at t=20\): -900.* negative"),
+    "negative-errors": (_with_tick(5, "candidate", errors=-3),
+                        r"ticks\[5\]\.candidate\.errors \(tick at t=50\)"),
+    "huge-requests": (_with_tick(1, "candidate", requests=1e308, errors=1e308),
+                      r"ticks\[1\]\.candidate\.requests \(tick at t=10\): .*more than 1e\+12"),
+    "decreasing-buckets": (_with_tick(3, "candidate",
+                                      latency_buckets=[0, 0, 0, 5, 9, 50, 40, 100, 100, 100, 100, 100]),
+                           r"ticks\[3\]\.candidate\.latency_buckets\[6\] \(tick at t=30\)"),
+    "zero-slo": (_scenario(slo={"max_error_rate": 0}), r"slo\.max_error_rate: must be more than 0"),
+    "negative-p95-slo": (_scenario(slo={"max_p95_ms": -5}), r"slo\.max_p95_ms: must be more than 0"),
+    "zero-interval": (_scenario(interval_s=0), r"interval_s: must be more than 0"),
+    "negative-interval": (_scenario(interval_s=-10), r"interval_s: must be more than 0"),
+    "repeated-t": (_scenario(ticks=[*_scenario()["ticks"][:4], {**_scenario()["ticks"][4], "t": 30}]),
+                   r"ticks\[4\]\.t: 30 is not later than the previous tick's t=30"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(IMPOSSIBLE))
+def test_impossible_values_are_a_clear_error_not_a_decision(tmp_path: Path, name: str) -> None:
+    scenario, message = IMPOSSIBLE[name]
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(scenario), encoding="utf-8")
+    with pytest.raises(ScenarioError, match=message):
+        replay_scenario(load_scenario(path))
+
+
+def test_the_small_scenario_itself_is_replayed_and_rolled_back() -> None:
+    result = replay_scenario(_scenario())
+    assert (result["decision"], result["mode"]) == ("rollback", "immediate")
+
+
+def _deep(depth: int) -> bytes:
+    return b'{"name": "deep", "ticks": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+MALFORMED: dict[str, bytes] = {
+    "binary": bytes(range(256)) * 4,
+    "utf16": json.dumps(_scenario()).encode("utf-16"),
+    "latin1": json.dumps(_scenario(name="café"), ensure_ascii=False).encode("latin-1"),
+    "empty": b"",
+    "deep-lists": _deep(200_000),
+    "deep-objects": b'{"name": "deep", "slo": ' + b'{"a": ' * 200_000 + b"1" + b"}" * 200_000 + b"}",
+    "top-level-list": b"[1, 2, 3]",
+    "huge-integer": b'{"ticks": [{"t": 0, "candidate": {"requests": ' + b"9" * 5000 + b"}}]}",
+    "string-requests": json.dumps(_with_tick(0, "candidate", requests="lots")).encode(),
+    "string-t": json.dumps(_scenario(ticks=[{"t": "10", "candidate": None}])).encode(),
+    "string-interval": json.dumps(_scenario(interval_s="ten")).encode(),
+    "string-slo": json.dumps(_scenario(slo={"max_error_rate": "1%"})).encode(),
+    "string-policy": json.dumps(_scenario(policy={"controlled_grace_s": "2m"})).encode(),
+    "string-p95": json.dumps(_with_tick(0, "candidate", p95_ms="slow")).encode(),
+    "string-buckets": json.dumps(_with_tick(0, "candidate", latency_buckets="many")).encode(),
+    "short-buckets": json.dumps(_with_tick(0, "candidate", latency_buckets=[1, 2, 3])).encode(),
+    "ticks-not-a-list": json.dumps(_scenario(ticks={"t": 0})).encode(),
+    "tick-not-an-object": json.dumps(_scenario(ticks=[[0, 1]])).encode(),
+    "side-not-an-object": json.dumps(_scenario(ticks=[{"t": 0, "candidate": [100, 1]}])).encode(),
+    "health-not-a-list": json.dumps(_scenario(ticks=[{"t": 0, "candidate": None,
+                                                       "health": {"candidate": "down"}}])).encode(),
+    "health-string-status": json.dumps(_scenario(ticks=[{"t": 0, "candidate": None, "health": {
+        "candidate": [{"path": "/", "status": "200"}]}}])).encode(),
+    "events-not-objects": json.dumps(_scenario(context={"events": [1, 2]})).encode(),
+    "event-string-eta": json.dumps(_scenario(context={"events": [
+        {"t": 10, "type": "fix_forward", "eta_s": "soon"}]})).encode(),
+    "unknown-risk": json.dumps(_scenario(context={"rollback_risk": "medium"})).encode(),
+    "list-kind": json.dumps(_scenario(kind=["canary"])).encode(),
+    "nan-requests": json.dumps(_scenario()).replace('"requests": 100', '"requests": NaN', 1).encode(),
+    "infinite-t": json.dumps(_scenario()).replace('"t": 70', '"t": Infinity').encode(),
+    "overflowing-float": json.dumps(_scenario()).replace('"requests": 900', '"requests": 1e400', 1).encode(),
+}
+
+
+def test_malformed_files_each_give_one_line_and_the_good_ones_are_still_replayed(tmp_path: Path) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_scenario(name="good")), encoding="utf-8")
+    paths = [good]
+    for name, content in MALFORMED.items():
+        path = tmp_path / f"bad-{name}.json"
+        path.write_bytes(content)
+        paths.append(path)
+    paths.append(tmp_path / "missing.json")
+    late = tmp_path / "late.json"
+    late.write_text(json.dumps(_scenario(name="late")), encoding="utf-8")
+    paths.append(late)
+
+    proc = run_replay(*map(str, paths))
+
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    errors = proc.stderr.splitlines()
+    assert len(errors) == len(MALFORMED) + 1, proc.stderr  # one line per bad file
+    for name in MALFORMED:
+        line = next((e for e in errors if f"bad-{name}.json" in e), None)
+        assert line is not None, f"{name}: no error line in {proc.stderr}"
+        assert line.startswith("rollbackd replay: ")
+        assert "cannot replay: " not in line, f"{name}: an unforeseen failure: {line}"
+    assert any("missing.json: cannot read" in e for e in errors)
+    # The good files before and after the bad ones are replayed as usual.
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["scenario"] for r in results] == ["good", "late"]
+    assert all(r["decision"] == "rollback" for r in results)
+
+
+def test_errors_above_requests_exit_2_naming_file_tick_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "five-hundred-percent.json"
+    path.write_text(json.dumps(_with_tick(4, "candidate", errors=500)), encoding="utf-8")
+    proc = run_replay(str(path))
+    assert proc.returncode == 2
+    assert proc.stdout == ""  # no decision, least of all a rollback
+    assert proc.stderr.strip() == (
+        f"rollbackd replay: {path}: ticks[4].candidate.errors (tick at t=40): 500 errors out of 100 requests"
+    )

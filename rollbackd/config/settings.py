@@ -393,6 +393,16 @@ class PrometheusSettings(_Frozen):
         "time: Prometheus evaluates one query on one core, and the latency-bucket query of many targets "
         "is most of a tick's wait. Queries per tick: 3 x this, whatever the number of targets.",
     )
+    max_answer_bytes: int | None = Field(
+        None,
+        ge=65_536,
+        le=1_073_741_824,
+        description="Largest answer body read from Prometheus, in bytes; a larger answer is not read "
+        "further, its targets are inconclusive for the tick, and it counts as a source error of kind "
+        "'oversized'. "
+        "Default (null): max(4 MiB, 8 KiB x number of targets), three times what the default queries "
+        "return; raise it if your query templates return more series per target.",
+    )
 
     @model_validator(mode="after")
     def _backoff(self) -> PrometheusSettings:

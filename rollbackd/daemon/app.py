@@ -12,7 +12,11 @@ every replica collects, judges and decides, but only the leader acts: a standby'
 decisions are blocked by ``standby``, it starts no rollback, verifies none and announces nothing.
 :meth:`Daemon.apply_settings` takes over a reloaded configuration (see :mod:`rollbackd.daemon.reload`).
 
-If either root task fails, the group cancels the other and :meth:`Daemon.run` raises. A graceful
+No exception of a tick ends the evaluation loop: one target's failing evaluation, decision, event
+or verification is logged with the target, counted (``rollbackd_evaluation_errors_total``,
+``rollbackd_tick_errors_total``) and skipped for that tick, the other targets going on; anything
+else a tick raises is logged and counted, and the next tick runs as scheduled. If either root task
+still fails, the group cancels the other and :meth:`Daemon.run` raises. A graceful
 stop (:meth:`Daemon.stop`, e.g. on SIGTERM) cancels both and waits a bounded time for them; tasks
 that do not stop in time are logged by name.
 """
@@ -268,10 +272,19 @@ class Daemon:
         with IdleCollector(clock=asyncio.get_running_loop().time) as collector:
             await run_every(
                 self.settings.interval_s,
-                self.tick,
+                self._tick_survived,
                 on_skipped=self.metrics.ticks_skipped.inc,
                 between=collector.between_ticks,
             )
+
+    async def _tick_survived(self) -> None:
+        """One tick; whatever escapes it (a defect) is logged and counted, and the next tick comes
+        as scheduled: no exception of a tick ends the daemon or loses what it remembers."""
+        try:
+            await self.tick()
+        except Exception:
+            self.metrics.count_tick_error("tick")
+            logger.exception("tick failed; the next one runs as scheduled")
 
     # --- one tick ------------------------------------------------------------------------------
 
@@ -311,37 +324,49 @@ class Daemon:
             evidence = evidences.get(target.key)
             if evidence is None:
                 continue
-            if not evidence.breached:
-                target.judged_revision = None
-                self.rollbacks.episode_over(target.key)
-            target.facts = facts.get(target.key)
-            acting = self.leading
-            context = self._context(target, t, acting=acting)
-            if target.key in reused:
-                preview = target.evaluator.preview(evidence, context)
-                if preview.rollback and not preview.dry_run and acting:
-                    # About to act on facts read ticks ago: read them again and decide on those.
-                    target.facts = await self._fresh_facts(target)
-                    context = self._context(target, t, acting=acting)
-            decision = target.evaluator.decide(evidence, context)
-            self._record(target, decision)
-            if acting:  # a standby publishes nothing: the leader announces
-                self.journal.decision(target.params, decision, hold=context.hold)
-            if decision.rollback and acting and self._group is not None:
-                if self.journal.problem is not None and not decision.dry_run:
-                    logger.error(
-                        "not rolling back: %s (nothing may be done that cannot be recorded)",
-                        self.journal.problem,
-                        extra={"target": target.key},
-                    )
-                    continue
-                self.rollbacks.start(
-                    target.params, decision, self._group, bad_revision=target.judged_revision
+            try:
+                await self._decide(
+                    target, evidence, t, facts=facts.get(target.key), reused=target.key in reused
                 )
+            except Exception:
+                # One target's defect (or one event that cannot be built) must not blind the
+                # daemon to the others, nor end it: skipped, and tried again next tick.
+                self.metrics.count_tick_error("decide")
+                logger.exception("deciding failed; skipped this tick", extra={"target": target.key})
         if self.leading:
             await self._verify(targets, observations)
         self.ticks += 1
         self.metrics.evaluation_duration.observe(loop.time() - started)
+
+    async def _decide(
+        self, target: TargetState, evidence: Evidence, t: float, *, facts: ClusterFacts | None, reused: bool
+    ) -> None:
+        """One target's decision at ``t``: recorded, announced, and acted on when it says so."""
+        if not evidence.breached:
+            target.judged_revision = None
+            self.rollbacks.episode_over(target.key)
+        target.facts = facts
+        acting = self.leading
+        context = self._context(target, t, acting=acting)
+        if reused:
+            preview = target.evaluator.preview(evidence, context)
+            if preview.rollback and not preview.dry_run and acting:
+                # About to act on facts read ticks ago: read them again and decide on those.
+                target.facts = await self._fresh_facts(target)
+                context = self._context(target, t, acting=acting)
+        decision = target.evaluator.decide(evidence, context)
+        self._record(target, decision)
+        if acting:  # a standby publishes nothing: the leader announces
+            self.journal.decision(target.params, decision, hold=context.hold)
+        if decision.rollback and acting and self._group is not None:
+            if self.journal.problem is not None and not decision.dry_run:
+                logger.error(
+                    "not rolling back: %s (nothing may be done that cannot be recorded)",
+                    self.journal.problem,
+                    extra={"target": target.key},
+                )
+                return
+            self.rollbacks.start(target.params, decision, self._group, bad_revision=target.judged_revision)
 
     def _context(self, target: TargetState, t: float, *, acting: bool) -> Context:
         """The decision context of ``target`` at ``t``, with the cluster facts it holds now."""
@@ -402,7 +427,11 @@ class Daemon:
             return
         await asyncio.gather(*(self.rollbacks.refresh_availability(target.params) for target in verifying))
         for target in verifying:
-            self.rollbacks.feed(target.params, observations[target.key])
+            try:
+                self.rollbacks.feed(target.params, observations[target.key])
+            except Exception:
+                self.metrics.count_tick_error("verify")
+                logger.exception("verifying failed; skipped this tick", extra={"target": target.key})
 
     async def _resume_rollbacks(self) -> None:
         """Once the store is open (and while this replica leads): finish the rollbacks a previous
@@ -412,8 +441,13 @@ class Daemon:
             return
         if self._resumed or not self.journal.attached or self._group is None or self._cluster is None:
             return
+        try:
+            found = await self.journal.runs_in_flight(list(self.state.targets))
+        except Exception:
+            self.metrics.count_tick_error("resume")
+            logger.exception("could not read the rollbacks under way; trying again next tick")
+            return
         self._resumed = True
-        found = await self.journal.runs_in_flight(list(self.state.targets))
         for key, saved in found.items():
             target = self.state.targets[key]
             if saved.get("phase") not in ("acting", "verifying"):

@@ -14,9 +14,11 @@ Read endpoints are open unless ``api.protect_reads``; then the API and the statu
 token too, while ``/healthz``, ``/readyz`` and ``/metrics`` stay open for the kubelet and
 Prometheus.
 
-Tokens are compared in constant time (:func:`hmac.compare_digest`). Neither the configured nor a
+Tokens are compared in constant time (:func:`hmac.compare_digest`); a header that is not UTF-8 is
+compared as the bytes it was sent as (and so is a wrong token: 401). Neither the configured nor a
 presented token is ever logged or put in an answer; refusals are logged with the method, path and
-remote address only.
+remote address only, and at a limited rate (:class:`RefusalLog`: one line per reason per
+:data:`REFUSAL_LOG_EVERY_S` seconds at most, telling how many refusals it did not log).
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from rollbackd.config.settings import ApiSettings
+from rollbackd.daemon.logs import RateLimit
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +87,39 @@ class TokenFile:
             return None
 
 
+#: Shortest time between two log lines about refused requests, in seconds.
+REFUSAL_LOG_EVERY_S = 10.0
+
+
+class RefusalLog:
+    """Logs refused requests at most once per ``every_s`` seconds of event-loop time for each
+    reason (no token, a wrong one): a flood of unauthenticated writes cannot flood the log. The
+    refusals in between are only counted, and the next line tells how many there were
+    (``suppressed``)."""
+
+    def __init__(self, *, every_s: float = REFUSAL_LOG_EVERY_S) -> None:
+        self.every_s = every_s
+        self._limits: dict[str, RateLimit] = {}
+
+    def refused(self, request: web.Request, why: str) -> None:
+        limit = self._limits.get(why)
+        if limit is None:
+            limit = self._limits[why] = RateLimit(every_s=self.every_s)
+        suppressed = limit.passes()
+        if suppressed is None:
+            return
+        logger.warning(
+            "API request refused: %s",
+            why,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "remote": request.remote,
+                "suppressed": suppressed,
+            },
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ApiAuth:
     """The access rules of the HTTP API (see the module docstring).
@@ -96,6 +132,7 @@ class ApiAuth:
     token: TokenSource
     protect_reads: bool = False
     allow_unauthenticated_writes: bool = False
+    refusals: RefusalLog = field(default_factory=RefusalLog, compare=False)
 
     @classmethod
     def from_settings(cls, settings: ApiSettings, *, environ: Mapping[str, str]) -> ApiAuth:
@@ -125,10 +162,13 @@ class ApiAuth:
         header = request.headers.get("Authorization", "")
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
-            _log_refusal(request, "no bearer token")
+            self.refusals.refused(request, "no bearer token")
             return _answer(401, "this endpoint needs 'Authorization: Bearer <token>'", challenge=_CHALLENGE)
-        if not hmac.compare_digest(presented.strip().encode("utf-8"), expected.encode("utf-8")):
-            _log_refusal(request, "wrong token")
+        # aiohttp decodes header bytes that are not UTF-8 as lone surrogates (and so does os.environ
+        # with a variable): encoded the same way on both sides, any text compares without an error.
+        sent = presented.strip().encode("utf-8", "surrogatepass")
+        if not hmac.compare_digest(sent, expected.encode("utf-8", "surrogatepass")):
+            self.refusals.refused(request, "wrong token")
             return _answer(
                 401, "the bearer token is not valid", challenge=f'{_CHALLENGE}, error="invalid_token"'
             )
@@ -138,14 +178,6 @@ class ApiAuth:
 def _answer(status: int, message: str, *, challenge: str | None = None) -> web.Response:
     headers = {"WWW-Authenticate": challenge} if challenge else None
     return web.json_response({"error": message}, status=status, headers=headers)
-
-
-def _log_refusal(request: web.Request, why: str) -> None:
-    logger.warning(
-        "API request refused: %s",
-        why,
-        extra={"method": request.method, "path": request.path, "remote": request.remote},
-    )
 
 
 def auth_middleware(auth: ApiAuth, *, write_handlers: Collection[Handler]) -> Middleware:

@@ -12,37 +12,47 @@ Read-only routes:
 - ``GET /metrics``: Prometheus text format (the daemon's own registry);
 - ``GET /api/v1/targets``: every target with its latest evidence and decision, last rollback
   decision, hold and cooldown, plus the global switches;
-- ``GET /api/v1/targets/{namespace}/{name}``: one target.
+- ``GET /api/v1/targets/{namespace}/{name}``: one target;
+- ``GET /api/v1/history?target=NS/NAME&since=1h&limit=N``: the audit log (``since`` a duration of
+  at most 36500d or a time from 1900 to 9998, ``limit`` from 1 to 100000).
 
 Control routes (they change what the daemon does; see :func:`control_routes`):
 
 - ``POST /api/v1/targets/{namespace}/{name}/hold`` ``{"eta_s": 300, "reason": "..."}``: a
-  fix-forward hold (no rollback of that target before the ETA); ``DELETE`` lifts it;
+  fix-forward hold (no rollback of that target before the ETA; ``eta_s`` from more than 0 to
+  :data:`~rollbackd.decision.rails.MAX_HOLD_S`, 30 days); ``DELETE`` lifts it;
 - ``POST /api/v1/freeze`` / ``DELETE /api/v1/freeze``: the global freeze switch;
 - ``POST /api/v1/dry-run`` ``{"enabled": true|false}``: decide but never act.
 
-The control routes need ``Authorization: Bearer <token>`` (see :mod:`rollbackd.daemon.auth`); the
-read routes too when ``api.protect_reads`` is set, except the probes and ``/metrics``.
+Bad input of any kind (a body that is not a JSON object or nested too deeply, a number out of
+its bounds or of the wrong type, a query value out of range) gets a 400 naming the field and what
+it accepts, never a 500. The control routes need ``Authorization: Bearer <token>`` (see
+:mod:`rollbackd.daemon.auth`); the read routes too when ``api.protect_reads`` is set, except the
+probes and ``/metrics``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from rollbackd import __version__
 from rollbackd.daemon.auth import ApiAuth, auth_middleware
 from rollbackd.daemon.jsonify import JsonValue, dumps
+from rollbackd.daemon.logs import RateLimit
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.page import refresh_seconds, render_status_page
 from rollbackd.daemon.state import DaemonState, TargetState
 from rollbackd.daemon.views import flags_view, target_view, targets_view
+from rollbackd.decision.rails import MAX_HOLD_S
 from rollbackd.store.base import AuditEntry
 from rollbackd.store.history import entry_json, parse_since, parse_target
 
@@ -50,6 +60,11 @@ logger = logging.getLogger(__name__)
 
 #: Longest reason text accepted for a hold.
 MAX_REASON_CHARS = 500
+
+#: Largest ``limit`` of a history query.
+MAX_HISTORY_LIMIT = 100_000
+
+ETA_BOUNDS = f"eta_s must be a number of seconds greater than 0 and at most {MAX_HOLD_S:.0f} (30 days)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +94,16 @@ class HttpContext:
 _CONTEXT = web.AppKey("rollbackd_context", HttpContext)
 
 
+#: Lone surrogates (from ``\ud800`` escapes in a JSON body, or undecodable bytes): valid in JSON
+#: text only as escapes, and impossible to encode as UTF-8.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
 def json_response(value: JsonValue, *, status: int = 200) -> web.Response:
-    return web.Response(text=dumps(value), status=status, content_type="application/json")
+    """``value`` as JSON; a lone surrogate in a string (a hold reason sent as the JSON escape of
+    one) is answered as the same escape, never as an error."""
+    text = _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", dumps(value))
+    return web.Response(text=text, status=status, content_type="application/json")
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -97,10 +120,12 @@ def _target(request: web.Request) -> TargetState | None:
 
 
 async def _json_object(request: web.Request) -> dict[str, object] | None:
-    """The request body as a JSON object; ``None`` when it is not one."""
+    """The request body as a JSON object; ``None`` when it is not one: not JSON, not in its
+    declared charset (or an unknown one), nested too deeply for the parser, or holding an integer
+    of more digits than Python converts."""
     try:
         body = await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, LookupError, RecursionError):  # ValueError covers JSON and decoding errors
         return None
     return body if isinstance(body, dict) else None
 
@@ -139,7 +164,12 @@ async def status_page(request: web.Request) -> web.Response:
         refresh_s=refresh_seconds(interval_s),
         generated_at=datetime.now(UTC),
     )
-    return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
+    return web.Response(
+        body=page.encode("utf-8", "backslashreplace"),  # lone surrogates shown as \udcff
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 async def list_targets(request: web.Request) -> web.Response:
@@ -155,6 +185,18 @@ async def get_target(request: web.Request) -> web.Response:
     return json_response(target_view(ctx.state, target, now=ctx.clock()))
 
 
+def _limit(text: str) -> int:
+    """The ``limit`` of a history query: a whole number from 1 to :data:`MAX_HISTORY_LIMIT`."""
+    problem = f"limit must be a whole number from 1 to {MAX_HISTORY_LIMIT}"
+    text = text.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > len(str(MAX_HISTORY_LIMIT)):
+        raise ValueError(problem)
+    limit = int(text)
+    if not 1 <= limit <= MAX_HISTORY_LIMIT:
+        raise ValueError(problem)
+    return limit
+
+
 async def history(request: web.Request) -> web.Response:
     """``GET /api/v1/history?target=NS/NAME&since=1h&limit=N``: the audit log, oldest first."""
     ctx = _context(request)
@@ -165,9 +207,7 @@ async def history(request: web.Request) -> web.Response:
         since = (
             parse_since(request.query["since"], now=datetime.now(UTC)) if "since" in request.query else None
         )
-        limit = int(request.query.get("limit", "1000"))
-        if not 1 <= limit <= 100_000:
-            raise ValueError("limit must be between 1 and 100000")
+        limit = _limit(request.query.get("limit", "1000"))
     except ValueError as exc:
         return _error(400, str(exc))
     entries = await ctx.history(target, since, limit)
@@ -188,11 +228,10 @@ async def set_hold(request: web.Request) -> web.Response:
     if body is None:
         return _error(400, 'the body must be a JSON object like {"eta_s": 300, "reason": "..."}')
     raw_eta = body.get("eta_s")
-    if isinstance(raw_eta, bool) or not isinstance(raw_eta, int | float):
-        return _error(400, "eta_s must be a positive number of seconds")
+    # Compared before any conversion: an integer of 400 digits would overflow float().
+    if isinstance(raw_eta, bool) or not isinstance(raw_eta, int | float) or not 0 < raw_eta <= MAX_HOLD_S:
+        return _error(400, ETA_BOUNDS)
     eta_s = float(raw_eta)
-    if not math.isfinite(eta_s) or eta_s <= 0:
-        return _error(400, "eta_s must be a positive number of seconds")
     reason = body.get("reason", "fix-forward")
     if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON_CHARS:
         return _error(400, f"reason must be a non-empty text of at most {MAX_REASON_CHARS} characters")
@@ -288,11 +327,45 @@ def make_app(context: HttpContext) -> web.Application:
     return app
 
 
+#: Shortest time between two log lines about malformed requests, in seconds.
+BAD_REQUEST_LOG_EVERY_S = 10.0
+
+
+class ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """What aiohttp's server logs, with one change: a request it cannot parse (not HTTP, a bad
+    header, a line too long; the client's fault, answered 400) is one WARNING line without a
+    traceback, at most once per :data:`BAD_REQUEST_LOG_EVERY_S` seconds (telling how many it left
+    out); anything else (a defect answered 500) keeps its ERROR line and traceback."""
+
+    def __init__(self, *, every_s: float = BAD_REQUEST_LOG_EVERY_S) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"))
+        self._limit = RateLimit(every_s=every_s)
+
+    def exception(self, msg: object, *args: object, exc_info: object = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            suppressed = self._limit.passes()
+            if suppressed is not None:
+                logger.warning(
+                    "malformed request refused: %s",
+                    exc_info.message.partition("\n")[0],
+                    extra={"status": exc_info.code, "suppressed": suppressed},
+                )
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)  # type: ignore[arg-type]
+
+
+#: How long a connection may stay without a complete request head, in seconds: from connecting,
+#: or from its previous answer (keep-alive). A client that sends nothing, or half a head, is cut.
+IDLE_TIMEOUT_S = 15.0
+
+
 class HttpServer:
     """The HTTP server on ``host``:``port`` (port 0 picks a free one; :attr:`port` tells which).
 
     ``async with`` starts listening and stops on exit, waiting at most ``shutdown_timeout_s`` for
-    requests in flight.
+    requests in flight. A connection that has not sent a complete request head within
+    ``idle_timeout_s`` of connecting (or of its previous answer) is closed: slow or silent clients
+    cannot hold connections open.
     """
 
     def __init__(
@@ -302,11 +375,13 @@ class HttpServer:
         host: str,
         port: int,
         shutdown_timeout_s: float = 5.0,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
         self._app = app
         self._host = host
         self._port = port
         self._shutdown_timeout_s = shutdown_timeout_s
+        self._idle_timeout_s = idle_timeout_s
         self._runner: web.AppRunner | None = None
 
     @property
@@ -319,7 +394,14 @@ class HttpServer:
 
     async def __aenter__(self) -> HttpServer:
         # No access log: probes hit /healthz and /metrics every few seconds.
-        runner = web.AppRunner(self._app, shutdown_timeout=self._shutdown_timeout_s, access_log=None)
+        # aiohttp's keep-alive timer runs from the connection's start too: it is the head timeout.
+        runner = web.AppRunner(
+            self._app,
+            shutdown_timeout=self._shutdown_timeout_s,
+            access_log=None,
+            keepalive_timeout=self._idle_timeout_s,
+            logger=cast(logging.Logger, ServerLog()),
+        )
         await runner.setup()
         try:
             site = web.TCPSite(runner, self._host, self._port)

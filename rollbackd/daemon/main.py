@@ -202,7 +202,10 @@ async def run_daemon(
             daemon = Daemon(
                 settings,
                 metrics_source=Lookback(
-                    PrometheusSource(client=client, shards=prometheus.query_shards),
+                    PrometheusSource(
+                        client=client, shards=prometheus.query_shards,
+                        max_answer_bytes=prometheus.max_answer_bytes,
+                    ),
                     min_range_s=min_range_s(prometheus.scrape_interval_s),
                 ),
                 health_source=prober,

@@ -9,6 +9,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from rollbackd.daemon.sinkmetrics import SinkCollector, SinkStatuses
 from rollbackd.model import Decision, Outcome
 
+#: The steps of a tick counted in ``rollbackd_tick_errors_total`` when they raise.
+TICK_STEPS = ("decide", "verify", "resume", "tick")
+
 #: Buckets of the evaluation duration: from a quick in-memory tick to a slow Prometheus.
 _DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -22,8 +25,13 @@ class DaemonMetrics:
     - ``rollbackd_rollback_decisions_total{mode}``: decisions to roll back now, by mode
       (immediate / controlled), dry-run ones included;
     - ``rollbackd_source_errors_total{source,kind}``: source failures (``prometheus``, ``health``)
-      by kind (``timeout``, ``connection``, ...);
+      by kind (``timeout``, ``connection``, ``oversized``, ...; impossible values by theirs:
+      ``non_finite``, ``negative``, ``too_large``, ``errors_above_requests``, ``bad_histogram``);
     - ``rollbackd_evaluation_errors_total``: target evaluations that raised (a bug; logged);
+    - ``rollbackd_tick_errors_total{step}``: other steps of a tick that raised (a bug; logged with
+      the target) and were skipped, the daemon going on: ``decide`` (one target's decision, its
+      record and events), ``verify`` (one target's verification), ``resume`` (taking over the
+      rollbacks a previous process left), ``tick`` (the rest of a tick);
     - ``rollbackd_evaluation_duration_seconds``: duration of one tick (collection and evaluation);
     - ``rollbackd_collection_duration_seconds``: the part of a tick spent collecting the data
       (Prometheus' queries and reading their answers, the health probes), the rest being judging
@@ -63,6 +71,14 @@ class DaemonMetrics:
             "Target evaluations that raised.",
             registry=r,
         )
+        self.tick_errors = Counter(
+            "rollbackd_tick_errors",
+            "Steps of a tick that raised and were skipped, by step.",
+            ["step"],
+            registry=r,
+        )
+        for step in TICK_STEPS:
+            self.tick_errors.labels(step=step)
         self.evaluation_duration = Histogram(
             "rollbackd_evaluation_duration_seconds",
             "Duration of one tick: collection and evaluation of all targets.",
@@ -112,6 +128,10 @@ class DaemonMetrics:
 
     def count_rollback(self, result: str) -> None:
         self.rollbacks.labels(result=result).inc()
+
+    def count_tick_error(self, step: str) -> None:
+        """One step of a tick (one of :data:`TICK_STEPS`) raised and was skipped."""
+        self.tick_errors.labels(step=step).inc()
 
     def count_source_error(self, source: str, kind: str) -> None:
         """Usable as a source's ``on_error(source, kind)`` callback."""

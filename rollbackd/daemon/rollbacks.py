@@ -185,7 +185,11 @@ class Rollbacks:
 
     async def _plan(self, params: TargetParams, bad_revision: int | None) -> None:
         assert self._cluster is not None
-        result = await self._cluster.action(params, bad_revision=bad_revision).run(dry_run=True)
+        try:
+            result = await self._cluster.action(params, bad_revision=bad_revision).run(dry_run=True)
+        except Exception:  # a task of the daemon's group must not raise: that would end the daemon
+            logger.exception("dry-run plan crashed", extra={"target": params.key})
+            return
         self._planned[params.key] = result
         logger.warning(
             "dry-run: would roll back with %s: %s",
@@ -195,6 +199,17 @@ class Rollbacks:
         )
 
     async def _act(self, params: TargetParams, run: RollbackRun, bad_revision: int | None) -> None:
+        """Carry out the run's action; a defect anywhere in it ends the run (as failed, when it had
+        not got further than acting), never the daemon whose task group runs it."""
+        try:
+            await self._act_unguarded(params, run, bad_revision)
+        except Exception:
+            logger.exception("rollback run crashed", extra={"target": run.key})
+            if run.phase is Phase.ACTING:
+                run.phase = Phase.ACTION_FAILED
+                self._finish(params, run, asyncio.get_running_loop().time())
+
+    async def _act_unguarded(self, params: TargetParams, run: RollbackRun, bad_revision: int | None) -> None:
         assert self._cluster is not None
         loop = asyncio.get_running_loop()
         if self._before_acting is not None and not await self._before_acting(params, run):
@@ -289,7 +304,10 @@ class Rollbacks:
         run.verifier = None
         self._changed(params, run)
         if self._on_finished is not None:
-            self._on_finished(params, run)
+            try:
+                self._on_finished(params, run)
+            except Exception:
+                logger.exception("could not finish a rollback's bookkeeping", extra={"target": run.key})
 
     def _changed(self, params: TargetParams, run: RollbackRun) -> None:
         if self._on_change is None:

@@ -4,7 +4,7 @@
   migration); an optional reason may follow after a colon: ``high: drops column orders.legacy_id``.
 * ``rollbackd.io/fix-forward-eta``: when a fix-forward is expected, as an RFC 3339 time
   (``2026-11-24T03:00:00Z``) or a duration from the moment the annotation was first seen
-  (``15m``, ``90s``, ``1h30m``).
+  (``15m``, ``90s``, ``1h30m``); at most 30 days ahead.
 
 Annotations are read repeatedly, so durations are anchored to when they were first seen by the
 caller; absolute times are converted from wall-clock to the event-loop clock the core runs on.
@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from rollbackd.decision.rails import MAX_HOLD_S
 from rollbackd.model import Hold, Risk
 
 RISK_ANNOTATION = "rollbackd.io/rollback-risk"
@@ -59,10 +60,18 @@ def parse_risk(value: str) -> tuple[Risk, str]:
 def parse_eta(
     value: str, *, wall_now: datetime, loop_now: float, first_seen_loop: float | None = None
 ) -> Hold:
-    """The hold an ETA annotation asks for, on the loop clock."""
+    """The hold an ETA annotation asks for, on the loop clock: at most
+    :data:`~rollbackd.decision.rails.MAX_HOLD_S` ahead (:class:`AnnotationError` beyond); an ETA
+    passed longer ago than that counts as passed that long ago."""
     text = value.strip()
-    duration = parse_duration(text)
+    too_far = f"{ETA_ANNOTATION}: a fix-forward hold may last at most 30 days, got {text[:60]!r}"
+    try:
+        duration = parse_duration(text)
+    except ValueError:  # more digits than Python converts
+        raise AnnotationError(too_far) from None
     if duration is not None:
+        if duration > MAX_HOLD_S:
+            raise AnnotationError(too_far)
         anchor = first_seen_loop if first_seen_loop is not None else loop_now
         return Hold(until=anchor + duration, reason="fix-forward", set_at=anchor)
     try:
@@ -74,7 +83,10 @@ def parse_eta(
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    until = loop_now + (when - wall_now).total_seconds()
+    ahead = (when - wall_now).total_seconds()
+    if ahead > MAX_HOLD_S:
+        raise AnnotationError(too_far)
+    until = loop_now + max(ahead, -MAX_HOLD_S)
     return Hold(
         until=until, reason="fix-forward", set_at=first_seen_loop if first_seen_loop is not None else loop_now
     )

@@ -11,6 +11,11 @@ from rollbackd.model import Hold
 
 HOUR_S = 3600.0
 
+#: Longest fix-forward hold, in seconds (30 days), from the API or an annotation: a fix that is
+#: further away than that is no fix-forward (the global freeze is the switch for that), and every
+#: time the daemon keeps stays well inside what its clocks can represent.
+MAX_HOLD_S = 30 * 86400.0
+
 
 class RollbackLedger:
     """Remembers recent rollbacks: a per-target cooldown and a cap per hour across all targets."""

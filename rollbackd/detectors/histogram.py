@@ -44,14 +44,15 @@ def histogram_quantile(q: float, bounds_s: Sequence[float], counts: Sequence[flo
     counts that decrease (an artefact of ``increase()`` extrapolation) are made monotonic first.
 
     Returns ``None`` when there is no answer: no observations, fewer than two buckets, no ``+Inf``
-    bucket, mismatched lengths, NaN counts, or ``q`` outside [0, 1] or NaN.
+    bucket, mismatched lengths, NaN or infinite counts (or counts whose sum overflows), or ``q``
+    outside [0, 1] or NaN.
     """
     if not 0 <= q <= 1:  # NaN included
         return None
     if len(bounds_s) != len(counts) or not bounds_ok(bounds_s):
         return None
     total = sum(counts)
-    if total != total and any(math.isnan(c) for c in counts):  # NaN (sum is NaN then too)
+    if not math.isfinite(total):  # NaN or infinite counts (or a sum too large for a float)
         return None
 
     monotonic = list(itertools.accumulate(counts, max))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import replace
 
 from rollbackd.detectors.signals import (
     Interval,
@@ -24,6 +25,7 @@ from rollbackd.detectors.signals import (
 )
 from rollbackd.model import Evidence, Finding, HealthCheck, Impact, Observation, Sample, Strategy
 from rollbackd.params import TargetParams
+from rollbackd.plausibility import ERRORS_SLACK, sample_problem
 
 #: Hard cap on the ticks kept per deque, whatever the interval (memory stays bounded).
 MAX_TICKS = 4096
@@ -153,9 +155,16 @@ class Judge:
         return Reference(before or [s for _, s in self._history])
 
     def observe(self, obs: Observation) -> Evidence:
+        # Impossible values are rejected by the sources; any that still arrive are not judged: the
+        # whole tick is a gap, so neither side's bad data is compared with the other.
+        rejected = _impossible(obs)
+        if rejected is not None:
+            obs = replace(obs, baseline=None, candidate=None)
         self._admit(obs)
         verdicts: list[Verdict] = []
-        if obs.candidate is None:
+        if rejected is not None:
+            verdicts = [Verdict(None, f"impossible metrics this interval, not judged: {rejected}")]
+        elif obs.candidate is None:
             verdicts = [Verdict(None, "no candidate metrics this interval (scrape gap or source down)")]
         else:
             verdicts = [
@@ -201,3 +210,11 @@ class Judge:
             within_slo=within,
             since=min((f.since for f in focus if f.since is not None), default=None),
         )
+
+
+def _impossible(obs: Observation) -> str | None:
+    """What makes ``obs``' metrics impossible (see :mod:`rollbackd.plausibility`), or ``None``."""
+    for side, sample in (("candidate", obs.candidate), ("baseline", obs.baseline)):
+        if sample is not None and (problem := sample_problem(sample, errors_slack=ERRORS_SLACK)):
+            return f"{side} {problem}"
+    return None

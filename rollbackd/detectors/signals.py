@@ -355,10 +355,19 @@ def _loglik(c: Counts) -> float:
         return 0.0
     ll = 0.0
     if h > 0:
-        ll += h * math.log(h / n)
+        ll += h * _log_share(h, n)
     if n - h > 0:
-        ll += (n - h) * math.log((n - h) / n)
+        ll += (n - h) * _log_share(n - h, n)
     return ll
+
+
+def _log_share(part: float, whole: float) -> float:
+    """``log(part / whole)`` for positive ``part`` and ``whole``, also when the share is too small
+    for a float (never a math domain error)."""
+    share = part / whole
+    if share > 0:
+        return math.log(share)
+    return math.log(part) - math.log(whole)
 
 
 #: Most split points examined per tick (evenly thinned when the window holds more intervals).

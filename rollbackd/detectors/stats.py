@@ -3,6 +3,11 @@
 Counts may be fractional (``increase()`` extrapolates), so everything is continuous in its
 arguments. No approximation that breaks at low counts: one error in three requests is judged as
 what it is, weak evidence.
+
+Every function here is total: no argument (NaN, infinite, negative, huge) makes one raise. A p-value
+is always in [0, 1], and an argument that carries no meaning (NaN, infinity against infinity)
+gives 1.0, no evidence. Counts too large for the exact computation (beyond about 1e305, where
+``lgamma`` overflows) are judged with the normal approximation, which is exact in that limit.
 """
 
 from __future__ import annotations
@@ -52,22 +57,58 @@ def _betacf(a: float, b: float, x: float) -> float:
 
 
 def betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta function I_x(a, b) for a, b > 0 and 0 ≤ x ≤ 1."""
-    if a <= 0 or b <= 0:
-        raise ValueError("betainc needs a > 0 and b > 0")
+    """Regularised incomplete beta function I_x(a, b) for a, b > 0 and 0 ≤ x ≤ 1.
+
+    Outside its domain (a or b not positive, any argument NaN) the answer is NaN; an infinite
+    ``a`` or ``b`` gives the limit (0 or 1), both infinite NaN.
+    """
+    if a != a or b != b or x != x or a <= 0 or b <= 0:
+        return math.nan
     if x <= 0:
         return 0.0
     if x >= 1:
         return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    front = math.exp(log_front)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+    if math.isinf(a) or math.isinf(b):
+        if math.isinf(a) and math.isinf(b):
+            return math.nan
+        return 0.0 if math.isinf(a) else 1.0
+    try:
+        log_front = (
+            math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+        )
+        front = math.exp(log_front)
+        if x < (a + 1.0) / (a + b + 2.0):
+            value = front * _betacf(a, b, x) / a
+        else:
+            value = 1.0 - front * _betacf(b, a, 1.0 - x) / b
+    except (OverflowError, ZeroDivisionError):
+        value = math.nan
+    if not math.isfinite(value):
+        value = _beta_cdf_normal(a, b, x)
+    return min(1.0, max(0.0, value)) if value == value else math.nan
+
+
+def _beta_cdf_normal(a: float, b: float, x: float) -> float:
+    """I_x(a, b) by the normal approximation of Beta(a, b): for counts too large to compute
+    exactly, where it is as good as exact. ``a`` and ``b`` are positive and finite."""
+    scale = max(a, b)
+    a1, b1 = a / scale, b / scale
+    mean = a1 / (a1 + b1)
+    spread = a1 * b1 / ((a1 + b1) ** 2 * (a + b + 1.0))
+    sd = math.sqrt(spread) if spread > 0 else 0.0
+    if sd == 0.0 or not math.isfinite(sd):
+        return 0.5 if x == mean else (1.0 if x > mean else 0.0)
+    return 0.5 * math.erfc(-(x - mean) / (sd * math.sqrt(2.0)))
 
 
 def binom_sf(k: float, n: float, p: float) -> float:
-    """P(X ≥ k) for X ~ Binomial(n, p); continuous in ``k`` and ``n`` for fractional counts."""
+    """P(X ≥ k) for X ~ Binomial(n, p); continuous in ``k`` and ``n`` for fractional counts.
+
+    Always in [0, 1]; 1.0 (no evidence) when an argument is NaN or the answer is undefined
+    (``k`` and ``n`` both infinite).
+    """
+    if k != k or n != n or p != p:
+        return 1.0
     if k <= 0:
         return 1.0
     if k > n:
@@ -76,15 +117,17 @@ def binom_sf(k: float, n: float, p: float) -> float:
         return 0.0
     if p >= 1:
         return 1.0
-    return min(1.0, max(0.0, betainc(k, n - k + 1.0, p)))
+    value = betainc(k, n - k + 1.0, p)
+    return min(1.0, max(0.0, value)) if value == value else 1.0
 
 
 def exceeds_rate(events: float, trials: float, rate: float) -> float:
     """p-value of "the true event rate is above ``rate``" given ``events`` in ``trials``.
 
-    Small means strong evidence that the rate is above ``rate``.
+    Small means strong evidence that the rate is above ``rate``. Always in [0, 1]; 1.0 when an
+    argument is NaN.
     """
-    if trials <= 0:
+    if events != events or trials != trials or rate != rate or trials <= 0:
         return 1.0
     events = min(max(events, 0.0), trials)
     return binom_sf(events, trials, rate)
@@ -95,8 +138,11 @@ def exceeds_ratio(events_a: float, trials_a: float, events_b: float, trials_b: f
 
     Given the total number of events, the events of A follow a binomial with success probability
     ``ratio·n_a / (ratio·n_a + n_b)`` under the null hypothesis that rate A = ratio times rate B.
-    Valid at low counts, including zero events on B.
+    Valid at low counts, including zero events on B. Always in [0, 1]; 1.0 when an argument is
+    NaN or the share is undefined (infinite trials on both sides).
     """
+    if any(v != v for v in (events_a, trials_a, events_b, trials_b, ratio)):
+        return 1.0
     if trials_a <= 0 or trials_b <= 0:
         return 1.0
     events_a = min(max(events_a, 0.0), trials_a)
@@ -104,5 +150,11 @@ def exceeds_ratio(events_a: float, trials_a: float, events_b: float, trials_b: f
     total = events_a + events_b
     if events_a <= 0:
         return 1.0
-    share = ratio * trials_a / (ratio * trials_a + trials_b)
+    if ratio <= 0:
+        return 0.0  # any event of A is more than none
+    weighted = ratio * trials_a
+    if math.isfinite(weighted + trials_b):
+        share = weighted / (weighted + trials_b)
+    else:  # the same share, written so that huge counts do not overflow
+        share = 1.0 / (1.0 + (trials_b / trials_a) / ratio)
     return binom_sf(events_a, total, share)

@@ -4,12 +4,14 @@
 timeout and retries temporary failures with jittered backoff. :class:`PrometheusSource` turns one
 tick's batched queries (see :mod:`rollbackd.sources.promql`) into a ``(baseline, candidate)`` pair
 of :class:`~rollbackd.model.Sample` per target. Whatever could not be measured is ``None``, never
-zero.
+zero; values no real service produces (see :mod:`rollbackd.plausibility`) make the target's tick
+missing too, and are counted and logged. An answer is read up to a size cap, never further.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
@@ -33,6 +35,7 @@ from rollbackd.errors import (
 )
 from rollbackd.gcpause import collector_paused
 from rollbackd.model import Histogram, Sample
+from rollbackd.plausibility import ERRORS_SLACK, Implausible, sample_problem
 from rollbackd.sources import promql
 from rollbackd.sources.base import SidePair, SourceTarget
 
@@ -46,6 +49,18 @@ DEFAULT_BACKOFF = Backoff(initial_s=0.2, max_s=2.0)
 
 #: How much of a query is quoted in error messages and logs.
 _QUOTE_CHARS = 300
+
+#: The smallest default cap on one answer's body, and what each target adds to it: an answer
+#: with the default buckets holds 24 series per target (12 buckets, two sides) of about 110 bytes
+#: each, 2.6 KiB, so the cap leaves room for three times that, and four times more at the floor.
+ANSWER_FLOOR_BYTES = 4 * 1024 * 1024
+ANSWER_BYTES_PER_TARGET = 8 * 1024
+
+
+def default_max_answer_bytes(targets: int) -> int:
+    """The cap on one answer's body when none is configured:
+    ``max(4 MiB, 8 KiB x targets)`` (16 MiB for 2,000 targets)."""
+    return max(ANSWER_FLOOR_BYTES, ANSWER_BYTES_PER_TARGET * targets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +120,9 @@ class PrometheusClient:
     - ``compression``: ask Prometheus to gzip its answers. Off by default: a batched answer for a
       thousand targets is a few megabytes of JSON, which Prometheus compresses in tens of
       milliseconds per query and the daemon then inflates again; worth it over a slow link only.
+    - ``max_answer_bytes``: the largest answer body read (decompressed); a larger one is not
+      read further, and the query fails as ``oversized`` (not retried). :meth:`query` may give
+      another cap per call.
     - ``rng``: random generator for the backoff jitter (reproducible tests).
     """
 
@@ -118,8 +136,11 @@ class PrometheusClient:
         stats: SourceStats | None = None,
         max_connections: int = 100,
         compression: bool = False,
+        max_answer_bytes: int = ANSWER_FLOOR_BYTES,
         rng: random.Random | None = None,
     ) -> None:
+        if max_answer_bytes < 1:
+            raise ValueError(f"max_answer_bytes must be positive, not {max_answer_bytes!r}")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, not {timeout_s!r}")
         if retries < 0:
@@ -131,6 +152,7 @@ class PrometheusClient:
         self.stats = stats if stats is not None else SourceStats(source="prometheus")
         self._max_connections = max_connections
         self._compression = compression
+        self.max_answer_bytes = max_answer_bytes
         self._rng = rng
         self._session: aiohttp.ClientSession | None = None
 
@@ -157,19 +179,22 @@ class PrometheusClient:
         if session is not None:
             await session.close()
 
-    async def query(self, promql_text: str) -> QueryResult:
-        """Run an instant query at the server's current time.
+    async def query(self, promql_text: str, *, max_answer_bytes: int | None = None) -> QueryResult:
+        """Run an instant query at the server's current time, reading at most
+        ``max_answer_bytes`` of its answer (the client's cap by default).
 
         Raises :class:`~rollbackd.errors.PrometheusUnavailableError` when every attempt failed
         temporarily, :class:`~rollbackd.errors.PrometheusQueryError` at once when Prometheus
         rejected the query or answered with something unexpected. Both carry Prometheus' own
-        ``errorType`` and ``error`` text when it sent them.
+        ``errorType`` and ``error`` text when it sent them; an answer over the cap is a
+        :class:`~rollbackd.errors.PrometheusQueryError` of kind ``oversized``.
         """
+        cap = self.max_answer_bytes if max_answer_bytes is None else max_answer_bytes
         attempt = 0
         while True:
             self.stats.requests += 1
             try:
-                return await self._query_once(promql_text)
+                return await self._query_once(promql_text, cap)
             except TemporarySourceError as exc:
                 self.stats.record_error(exc.kind)
                 if attempt >= self.retries:
@@ -188,7 +213,7 @@ class PrometheusClient:
                 self.stats.failures += 1
                 raise
 
-    async def _query_once(self, promql_text: str) -> QueryResult:
+    async def _query_once(self, promql_text: str, max_bytes: int) -> QueryResult:
         if self._session is None:
             raise RuntimeError("PrometheusClient is used outside its 'async with' block")
         url = f"{self.base_url}/api/v1/query"
@@ -198,9 +223,9 @@ class PrometheusClient:
         quoted = _quote(promql_text)
         try:
             async with self._session.post(url, data=form) as response:
-                body = await response.read()
                 status = response.status
                 retry_after = _retry_after(response.headers.get("Retry-After"))
+                body = await _read_capped(response, max_bytes, quoted)
         except TimeoutError as exc:
             raise PrometheusUnavailableError(
                 f"Prometheus did not answer within {self.timeout_s:g}s (query: {quoted})", kind="timeout"
@@ -213,6 +238,31 @@ class PrometheusClient:
             ) from exc
         with collector_paused():  # the answer's decoded objects hold no cycles
             return _parse_response(promql_text, status, body, retry_after)
+
+
+async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int, quoted: str) -> bytes:
+    """The body of ``response``, or :class:`PrometheusQueryError` (``oversized``) as soon as it is
+    known to exceed ``max_bytes``: the connection is closed, the rest never read."""
+
+    def oversized(size: str) -> PrometheusQueryError:
+        response.close()
+        return PrometheusQueryError(
+            f"Prometheus' answer is larger than prometheus.max_answer_bytes ({max_bytes} bytes): {size}; "
+            f"not read (query: {quoted})",
+            kind="oversized", status=response.status,
+        )
+
+    declared = response.content_length
+    if declared is not None and declared > max_bytes:
+        raise oversized(f"{declared} bytes declared")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > max_bytes:
+            raise oversized(f"more than {max_bytes} bytes sent")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _quote(promql_text: str) -> str:
@@ -410,6 +460,8 @@ class PrometheusSource:
     - ``max_selector_chars``: cap on one selector's length before a batch is split.
     - ``shards``: batches per group of targets, answered concurrently (see :func:`promql.plan`).
     - ``quantile``: the quantile reported as ``Sample.p95_ms`` (0.95).
+    - ``max_answer_bytes``: the cap on one answer's body; ``None`` (the default) sizes it from
+      the number of targets of each tick with :func:`default_max_answer_bytes`.
     """
 
     def __init__(
@@ -419,9 +471,13 @@ class PrometheusSource:
         max_selector_chars: int = promql.DEFAULT_MAX_SELECTOR_CHARS,
         shards: int = promql.DEFAULT_SHARDS,
         quantile: float = 0.95,
+        max_answer_bytes: int | None = None,
     ) -> None:
         if shards < 1:
             raise ValueError(f"shards must be at least 1, not {shards!r}")
+        if max_answer_bytes is not None and max_answer_bytes < 1:
+            raise ValueError(f"max_answer_bytes must be positive, not {max_answer_bytes!r}")
+        self.max_answer_bytes = max_answer_bytes
         self.client = client
         self.max_selector_chars = max_selector_chars
         self.shards = shards
@@ -429,6 +485,9 @@ class PrometheusSource:
         #: The latest plan and what it was made for: targets rarely change between ticks, and
         #: planning a thousand of them costs more than reading their answers.
         self._planned: tuple[tuple[SourceTarget, ...], float, tuple[int, int], promql.Plan] | None = None
+        #: Per target key, what its impossible values were last reported as (``side field kind``):
+        #: reported once, until the target's values are plausible again.
+        self._reported: dict[str, str] = {}
 
     def _plan(self, targets: Sequence[SourceTarget], window_s: float) -> promql.Plan:
         wanted = tuple(targets)
@@ -455,7 +514,9 @@ class PrometheusSource:
         A side is ``None`` when its requests series is missing or NaN, when the requests or errors
         query failed, or when the target cannot be queried (reported in the log and counted as a
         ``config`` error). A side's latency is ``None`` when the bucket query failed or returned
-        no usable histogram for it.
+        no usable histogram for it. Both sides are ``None`` when a series of the target holds a
+        value no real service produces (:mod:`rollbackd.plausibility`): counted by its kind for
+        every series and tick, logged once until the target's values are plausible again.
         """
         result: dict[str, SidePair] = {target.key: (None, None) for target in targets}
         plan = self._plan(targets, window_s)
@@ -463,27 +524,55 @@ class PrometheusSource:
             logger.warning("Target %s cannot be queried: %s", key, reason)
             self.stats.record_error("config")
 
+        cap = self.max_answer_bytes
+        if cap is None:
+            cap = default_max_answer_bytes(len(targets))
         answers: dict[tuple[int, promql.Metric], asyncio.Task[QueryResult | SourceError]] = {}
         async with asyncio.TaskGroup() as group:
             for index, batch in enumerate(plan.batches):
                 for metric, text in batch.queries.items():
-                    answers[index, metric] = group.create_task(self._safe_query(text))
+                    answers[index, metric] = group.create_task(self._safe_query(text, cap))
 
         sides: dict[str, dict[promql.Side, Sample | None]] = {}
+        impossible: dict[str, str] = {}
         for index, batch in enumerate(plan.batches):
             outcome = {metric: answers[index, metric].result() for metric in promql.Metric}
-            per_series = self._samples(batch, outcome)
+            per_series, rejected = self._samples(batch, outcome)
             for series, owners in batch.sides.items():
+                problem = rejected.get(series)
                 for target_key, side in owners:
                     sides.setdefault(target_key, {})[side] = per_series.get(series)
+                    if problem is not None:
+                        impossible.setdefault(target_key, f"{side.value} {problem}")
 
         for target_key, pair in sides.items():
-            result[target_key] = (pair.get(promql.Side.BASELINE), pair.get(promql.Side.CANDIDATE))
+            if target_key in impossible:
+                continue
+            baseline, candidate = pair.get(promql.Side.BASELINE), pair.get(promql.Side.CANDIDATE)
+            result[target_key] = (baseline, candidate)
+            if target_key in self._reported and (baseline is not None or candidate is not None):
+                del self._reported[target_key]
+                logger.info("Prometheus values of target %s are plausible again", target_key)
+        self._report(impossible)
+        for gone in [key for key in self._reported if key not in result]:  # targets removed
+            del self._reported[gone]
         return result
 
-    async def _safe_query(self, text: str) -> QueryResult | SourceError:
+    def _report(self, impossible: Mapping[str, str]) -> None:
+        """Log each target's impossible values once (again only after a plausible tick)."""
+        for target_key, problem in impossible.items():
+            what = problem.split(":", 1)[0]
+            if self._reported.get(target_key) == what:
+                continue
+            self._reported[target_key] = what
+            logger.warning(
+                "Prometheus gave impossible values for target %s, not judged (inconclusive) until "
+                "they are plausible again: %s", target_key, problem,
+            )
+
+    async def _safe_query(self, text: str, max_answer_bytes: int) -> QueryResult | SourceError:
         try:
-            return await self.client.query(text)
+            return await self.client.query(text, max_answer_bytes=max_answer_bytes)
         except SourceError as exc:
             return exc
         except Exception as exc:
@@ -496,8 +585,9 @@ class PrometheusSource:
         self,
         batch: promql.Batch,
         outcome: Mapping[promql.Metric, QueryResult | SourceError],
-    ) -> dict[promql.SeriesKey, Sample]:
-        """The sample of every series of ``batch`` that has data; absent keys mean no data."""
+    ) -> tuple[dict[promql.SeriesKey, Sample], dict[promql.SeriesKey, Implausible]]:
+        """The sample of every series of ``batch`` that has data (absent keys mean no data), and
+        the series whose values are impossible, with why (each counted by its kind)."""
         labels = batch.templates.group_labels
         requests = outcome[promql.Metric.REQUESTS]
         errors = outcome[promql.Metric.ERRORS]
@@ -507,23 +597,31 @@ class PrometheusSource:
             if isinstance(answer, SourceError):
                 logger.warning("Prometheus %s query for %d series failed: %s", metric.value, wanted, answer)
         if isinstance(requests, SourceError) or isinstance(errors, SourceError):
-            return {}
+            return {}, {}
 
         request_values = _values(requests, labels)
         error_values = _values(errors, labels)
         histograms = {} if isinstance(buckets, SourceError) else _histograms(buckets, labels)
 
         samples: dict[promql.SeriesKey, Sample] = {}
+        rejected: dict[promql.SeriesKey, Implausible] = {}
         for key in batch.sides:
             served = request_values.get(key)
-            if served is None or not math.isfinite(served) or served < 0:
+            if served is None or served != served:  # absent or NaN: no data
                 continue
             # No errors series for a side whose requests are known: the counter of failed requests
             # does not exist or did not move, which is zero errors (the errors query did succeed).
             failed = error_values.get(key, 0.0)
-            if not math.isfinite(failed) or failed < 0:
+            if failed != failed:
                 continue
             latency = histograms.get(key)
+            problem = sample_problem(Sample(served, failed, latency), errors_slack=ERRORS_SLACK)
+            if problem is not None:
+                rejected[key] = problem
+                self.stats.record_error(problem.kind)
+                continue
+            if latency is not None:
+                latency = _monotonic(latency)
             p95_s = (
                 histogram_quantile(self.quantile, latency.bounds_s, latency.counts)
                 if latency is not None else None
@@ -534,10 +632,10 @@ class PrometheusSource:
                 latency=latency,
                 p95_ms=p95_s * 1000.0 if p95_s is not None else None,
             )
-        missing = wanted - len(samples)
+        missing = wanted - len(samples) - len(rejected)
         if missing:
             logger.debug("No usable requests series for %d of %d series", missing, wanted)
-        return samples
+        return samples, rejected
 
 
 def _values(result: QueryResult, labels: Sequence[str]) -> dict[promql.SeriesKey, float]:
@@ -597,13 +695,20 @@ def _histograms(result: QueryResult, labels: Sequence[str]) -> dict[promql.Serie
             continue
         bounds = tuple(sorted(buckets))
         bounds = shared_bounds.setdefault(bounds, bounds)
-        counts: list[float] = []
-        highest = 0.0
-        for bound in bounds:
-            # Cumulative counts never decrease; increase() extrapolation can make them wobble.
-            value = buckets[bound]
-            if value > highest:
-                highest = value
-            counts.append(highest)
-        histograms[key] = Histogram(bounds_s=bounds, counts=tuple(counts))
+        histograms[key] = Histogram(bounds_s=bounds, counts=tuple(buckets[bound] for bound in bounds))
     return histograms
+
+
+def _monotonic(hist: Histogram) -> Histogram:
+    """``hist`` with cumulative counts that never decrease: sums of fractional counts can wobble
+    by float noise (larger decreases are impossible values, rejected before)."""
+    if all(a <= b for a, b in itertools.pairwise(hist.counts)):
+        return hist  # the usual case: nothing to build
+    counts: list[float] = []
+    highest = 0.0
+    for value in hist.counts:
+        if value > highest:
+            highest = value
+        # The answer's own float, not a copy: equal counts stay one shared object.
+        counts.append(highest)
+    return Histogram(bounds_s=hist.bounds_s, counts=tuple(counts))

@@ -32,27 +32,44 @@ __all__ = [
 ]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?[smhdw])+$")
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _NAME = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
 _TARGET = re.compile(rf"^(?:({_NAME})/)?({_NAME})$")
 
 
+#: Longest duration ``since`` accepts (100 years, in seconds).
+MAX_SINCE_S = 36_500 * 86400
+#: Earliest and latest time ``since`` accepts.
+SINCE_RANGE = (datetime(1900, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
+
+
 def parse_since(text: str, *, now: datetime) -> datetime:
     """The start of a history query: a duration before ``now`` (``90s``, ``30m``, ``1h30m``,
-    ``2d``, ``1w``) or a time (RFC 3339, like ``2024-05-01T12:00:00Z``; without an offset it is
-    local time). :class:`ValueError` with a readable message otherwise."""
+    ``2d``, ``1w``; at most 36500d) or a time (RFC 3339, like ``2024-05-01T12:00:00Z``; without an
+    offset it is local time; from 1900 to 9998). :class:`ValueError` with a readable message
+    otherwise."""
     text = text.strip()
-    if _DURATION.match(text):
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    if len(text) <= 100 and _DURATION.fullmatch(text):
         seconds = sum(float(amount) * _UNITS[unit] for amount, unit in _DURATION_PART.findall(text))
+        if not seconds <= MAX_SINCE_S:
+            raise ValueError(f"'{shown}' is too long ago: a duration may be at most 36500d (about 100 years)")
         return now - timedelta(seconds=seconds)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(
-            f"'{text}' is neither a duration (like 30m, 1h, 2d) nor a time (like 2024-05-01T12:00:00Z)"
+            f"'{shown}' is neither a duration (like 30m, 1h, 2d) nor a time (like 2024-05-01T12:00:00Z)"
         ) from None
-    return moment.astimezone(UTC)  # a naive time is taken as local time
+    earliest, latest = SINCE_RANGE
+    try:
+        moment = moment.astimezone(UTC)  # a naive time is taken as local time
+    except (OverflowError, OSError, ValueError):
+        moment = latest if moment.year > 1900 else earliest.replace(year=1)
+    if not earliest <= moment < latest:
+        raise ValueError(f"'{shown}' is out of range: a time must lie between the years 1900 and 9998")
+    return moment
 
 
 def parse_target(text: str) -> str:
