@@ -193,6 +193,8 @@ class Context:
     dry_run: bool = False
     #: This replica is not the leader (leader election): it judges and decides, never acts.
     standby: bool = False
+    #: Why the audit trail cannot be written now (the store is down): decide, never act.
+    audit_problem: str | None = None
     cooldown_until: float | None = None
     rollbacks_last_hour: int = 0
     max_rollbacks_per_hour: int = 3

@@ -162,8 +162,11 @@ async def test_without_a_store_the_daemon_is_not_ready_and_does_not_act(tmp_path
                 assert journal.problem is not None
                 assert "store unavailable" in journal.problem
                 assert str(blocker) in journal.problem
-                assert daemon.state.targets["shop/checkout"].last_rollback is not None  # decided...
-                assert cluster.runs == []  # ...but did nothing it could not record
+                decision = daemon.state.targets["shop/checkout"].latest
+                assert decision is not None
+                assert decision.blocked_by == "store"  # judged, held back...
+                assert "not acting until the audit trail can be written" in decision.reason
+                assert cluster.runs == []  # ...doing nothing it could not record
         finally:
             stopping.set()
         await keeper

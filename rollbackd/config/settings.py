@@ -523,6 +523,13 @@ class StoreSettings(_Frozen):
         le=YEAR,
         description="Delivered events older than this are deleted from the outbox, in seconds.",
     )
+    health_interval_s: float = Field(
+        5.0,
+        ge=0.1,
+        le=300,
+        description="How often the open store is pinged (each ping may take this long): while it does not "
+        "answer, or a write fails, the daemon is not ready and does not act.",
+    )
 
     @field_validator("url")
     @classmethod

@@ -45,8 +45,12 @@ from rollbackd.gcpause import collector_paused
 from rollbackd.model import Context, Decision, Evidence, Observation
 from rollbackd.params import TargetParams
 from rollbackd.sources.base import HealthSource, MetricsSource
+from rollbackd.store.base import StoreError
 
 logger = logging.getLogger(__name__)
+
+#: How long a tick waits for the store to say which rollbacks were under way, in seconds.
+RESUME_READ_TIMEOUT_S = 5.0
 
 #: Default bound on a graceful stop of the root tasks, in seconds.
 SHUTDOWN_TIMEOUT_S = 10.0
@@ -102,6 +106,7 @@ class Daemon:
         self.state = DaemonState(settings)
         self.metrics = metrics if metrics is not None else DaemonMetrics()
         self.metrics.watch_sinks(self.journal.sink_status)
+        self.journal.add_poison_listener(lambda kind: self.metrics.poison_records.inc())
         self._cluster = cluster
         self.rollbacks = Rollbacks(
             cluster=cluster,
@@ -260,6 +265,7 @@ class Daemon:
                 target=target, since=since, limit=limit
             ),
             leader=lambda: self.leading,
+            not_ready_reason=lambda: self.journal.problem,
             auth=self._auth,
         )
         app = make_app(context)
@@ -376,6 +382,7 @@ class Daemon:
             facts=target.facts,
             in_progress=self.rollbacks.in_progress(target.key),
             standby=not acting,
+            audit_problem=self.journal.problem,
         )
 
     async def _cluster_facts(self, targets: list[TargetState]) -> tuple[dict[str, ClusterFacts], set[str]]:
@@ -441,8 +448,18 @@ class Daemon:
             return
         if self._resumed or not self.journal.attached or self._group is None or self._cluster is None:
             return
+        if self.journal.problem is not None:  # the store is down: the tick must not wait for it
+            return
         try:
-            found = await self.journal.runs_in_flight(list(self.state.targets))
+            async with asyncio.timeout(RESUME_READ_TIMEOUT_S):
+                found = await self.journal.runs_in_flight(list(self.state.targets))
+        except (StoreError, TimeoutError) as exc:
+            self.metrics.count_tick_error("resume")
+            logger.error(
+                "cannot read the rollbacks under way from the store, trying again next tick: %s",
+                exc or f"no answer within {RESUME_READ_TIMEOUT_S:g}s",
+            )
+            return
         except Exception:
             self.metrics.count_tick_error("resume")
             logger.exception("could not read the rollbacks under way; trying again next tick")

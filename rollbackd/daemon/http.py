@@ -5,7 +5,8 @@ Read-only routes:
 - ``GET /`` (and ``GET /status``): the on-call status page, HTML that refreshes itself
   (see :mod:`rollbackd.daemon.page`);
 - ``GET /healthz``: 200 while the evaluation loop runs, 503 otherwise;
-- ``GET /readyz``: 503 until the first evaluation of all targets completed, then 200; the body
+- ``GET /readyz``: 503 until the first evaluation of all targets completed, and while the audit
+  trail cannot be written (the status says why), otherwise 200; the body
   ``{"status": ..., "leader": true|false}`` also tells whether this replica leads (with leader
   election; always ``true`` without). A standby is ready too: it evaluates, warm, and takes over
   when the leader goes, so it belongs behind the Service like the leader;
@@ -88,6 +89,8 @@ class HttpContext:
     #: Reads the audit log: (target, since, limit) -> entries, or None while the store is closed.
     history: Callable[[str | None, datetime | None, int], Awaitable[list[AuditEntry] | None]] | None = None
     leader: Callable[[], bool] = lambda: True
+    #: Why the daemon cannot act now though it evaluates (the audit trail cannot be written).
+    not_ready_reason: Callable[[], str | None] = lambda: None
     auth: ApiAuth = field(default_factory=lambda: ApiAuth(token=lambda: None))
 
 
@@ -142,7 +145,8 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     ctx = _context(request)
     ready = ctx.ready()
-    body: JsonValue = {"status": "ready" if ready else "no evaluation yet", "leader": ctx.leader()}
+    status = "ready" if ready else (ctx.ticks() and ctx.not_ready_reason()) or "no evaluation yet"
+    body: JsonValue = {"status": status, "leader": ctx.leader()}
     return json_response(body, status=200 if ready else 503)
 
 
@@ -163,6 +167,7 @@ async def status_page(request: web.Request) -> web.Response:
         ticks=ctx.ticks(),
         refresh_s=refresh_seconds(interval_s),
         generated_at=datetime.now(UTC),
+        not_ready=ctx.not_ready_reason() if ctx.ticks() else None,
     )
     return web.Response(
         body=page.encode("utf-8", "backslashreplace"),  # lone surrogates shown as \udcff

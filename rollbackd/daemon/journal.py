@@ -5,14 +5,16 @@ decisions and runs into CloudEvents (only when something changes, through one
 :class:`~rollbackd.events.build.Announcer` per target) and submits them with their audit entries
 to the store in order, without making the tick wait for the database. Without an open store (it
 is down, or being opened) nothing is recorded and :attr:`problem` says why; the daemon then does
-not act, since it could not account for what it did.
+not act, since it could not account for what it did. Once open, the store's health is watched
+(:meth:`store_health`: the keeper's pings, the publisher's writes); while either says the audit
+trail cannot be written, :attr:`problem` says so too, and entries wait in the publisher's queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -49,7 +51,46 @@ class Journal:
         self._saving = asyncio.Lock()
         self._announcers: dict[str, Announcer] = {}
         self._required = required
-        self.problem: str | None = "the store is not open yet" if required else None
+        self._lifecycle: str | None = "the store is not open yet" if required else None
+        self._outages: dict[str, str] = {}
+        self._poison_listeners: list[Callable[[str], None]] = []
+
+    @property
+    def problem(self) -> str | None:
+        """Why the audit trail cannot be written now (``None`` when it can)."""
+        if self._lifecycle is not None:
+            return self._lifecycle
+        for reason in self._outages.values():
+            return reason
+        return None
+
+    @problem.setter
+    def problem(self, value: str | None) -> None:
+        self._lifecycle = value
+
+    def store_health(self, source: str, problem: str | None) -> None:
+        """What ``source`` (``ping``, ``write``) says now: ``None`` when the store works for it,
+        else why the audit trail cannot be written."""
+        previous = self.problem
+        if problem is None:
+            self._outages.pop(source, None)
+        else:
+            self._outages[source] = problem
+        now = self.problem
+        if now != previous and self._events is not None:
+            if now is None:
+                logger.warning("the audit trail can be written again: acting resumes")
+            elif previous is None:
+                logger.error("%s: not ready, and not acting until it can be written", now)
+
+    def add_poison_listener(self, listener: Callable[[str], None]) -> None:
+        """``listener(kind)`` hears of every record the store refused and that was set aside."""
+        self._poison_listeners.append(listener)
+
+    def poisoned(self, kind: str) -> None:
+        """A record of ``kind`` was set aside as poison (see :mod:`rollbackd.events.publisher`)."""
+        for listener in self._poison_listeners:
+            listener(kind)
 
     @property
     def attached(self) -> bool:
@@ -63,7 +104,8 @@ class Journal:
         self._events = events
         self._store = store
         self._announcers.clear()
-        self.problem = None
+        self._outages.clear()
+        self._lifecycle = None
 
     def sink_status(self) -> Mapping[str, SinkStatus]:
         """Each event sink's delivery (none while the store is not open)."""
@@ -72,8 +114,9 @@ class Journal:
     def detach(self, problem: str | None = None) -> None:
         self._events = None
         self._store = None
+        self._outages.clear()
         if self._required:
-            self.problem = problem or "the store is closed"
+            self._lifecycle = problem or "the store is closed"
 
     def forget_announced(self) -> None:
         """Announce every target afresh from the next decision on (a replica that starts leading:

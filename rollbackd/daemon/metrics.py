@@ -38,6 +38,8 @@ class DaemonMetrics:
       and deciding;
     - ``rollbackd_ticks_skipped_total``: ticks skipped because the previous one overran;
     - ``rollbackd_rollbacks_total{result}``: rollbacks carried out, by how they ended;
+    - ``rollbackd_poison_records_total``: records the store refused, set aside as poison (kept in
+      ``<data_dir>/poison.jsonl``, audited as ``poison.set_aside``, escalated);
     - ``rollbackd_targets``: targets watched;
     - ``rollbackd_up``: 1 while the daemon runs, 0 once it shuts down;
     - the event sinks' ``rollbackd_events_delivered_total{sink}``,
@@ -101,6 +103,11 @@ class DaemonMetrics:
             "rollbackd_rollbacks",
             "Rollbacks carried out, by how they ended.",
             ["result"],
+            registry=r,
+        )
+        self.poison_records = Counter(
+            "rollbackd_poison_records",
+            "Records the store refused, set aside as poison (see poison.jsonl in the data dir).",
             registry=r,
         )
         self.targets = Gauge("rollbackd_targets", "Targets watched.", registry=r)

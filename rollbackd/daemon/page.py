@@ -85,6 +85,7 @@ _ESCALATED_BY = {
     "freeze": "freeze",
     "cooldown": "cooldown",
     "rate-limit": "hourly rollback cap",
+    "store": "audit trail cannot be written",
 }
 
 
@@ -123,6 +124,7 @@ def render_status_page(
     ticks: int,
     refresh_s: int,
     generated_at: datetime,
+    not_ready: str | None = None,
 ) -> str:
     """The whole page.
 
@@ -133,6 +135,8 @@ def render_status_page(
     - ``ready``: whether every target was evaluated at least once;
     - ``alive``: whether the evaluation loop runs;
     - ``ticks``: completed ticks;
+    - ``not_ready``: why the daemon does not act though it evaluates (the audit trail cannot be
+      written), shown as an alert;
     - ``refresh_s``: the browser reloads the page that often (see :func:`refresh_seconds`);
     - ``generated_at``: the wall-clock time of the rendering (timezone-aware), to print holds' and
       cooldowns' ends as clock times.
@@ -166,7 +170,7 @@ def render_status_page(
             ticks=ticks,
             targets=len(targets),
         ),
-        _alerts(ready=ready, alive=alive, freeze=freeze, dry_run=dry_run),
+        _alerts(ready=ready, alive=alive, freeze=freeze, dry_run=dry_run, not_ready=not_ready),
         _summary(counts) if targets else '<p class="empty">No targets configured.</p>',
         "<main>",
         *(_card(target, status, generated_at=generated_at) for status, _, target in ranked),
@@ -210,7 +214,7 @@ def _banner(
     )
 
 
-def _alerts(*, ready: bool, alive: bool, freeze: bool, dry_run: bool) -> str:
+def _alerts(*, ready: bool, alive: bool, freeze: bool, dry_run: bool, not_ready: str | None = None) -> str:
     alerts = []
     if not alive:
         alerts.append(("bad", "The evaluation loop is not running: nothing is being watched."))
@@ -218,7 +222,9 @@ def _alerts(*, ready: bool, alive: bool, freeze: bool, dry_run: bool) -> str:
         alerts.append(("bad", "Freeze is ON: no automatic rollback; breaches are escalated instead."))
     if dry_run:
         alerts.append(("warn", "Dry-run is ON: rollbacks are decided but nothing acts on them."))
-    if not ready:
+    if not ready and not_ready:
+        alerts.append(("bad", f"Not acting: {not_ready}. Targets are still judged; nothing is rolled back."))
+    elif not ready:
         alerts.append(("warn", "No evaluation yet: the first evaluation of the targets has not completed."))
     return "".join(f'<div class="alert {css}">{_e(text)}</div>' for css, text in alerts)
 

@@ -135,10 +135,12 @@ class DaemonState:
         facts: ClusterFacts | None = None,
         in_progress: bool = False,
         standby: bool = False,
+        audit_problem: str | None = None,
     ) -> Context:
         """What the decision framework weighs for ``target`` at time ``t`` besides the metrics:
         configuration, the API's switches and holds, the rails, and what the cluster says.
-        ``standby``: another replica leads (leader election), so this one must not act."""
+        ``standby``: another replica leads (leader election), so this one must not act;
+        ``audit_problem``: why the audit trail cannot be written now, so nothing may be done."""
         risk = target.params.policy.rollback_risk
         why = "configured as high-risk (policy.rollback_risk: high)" if risk is Risk.HIGH else ""
         has_target = True
@@ -168,6 +170,7 @@ class DaemonState:
             frozen=self.flags.freeze,
             dry_run=self.flags.dry_run,
             standby=standby,
+            audit_problem=audit_problem,
             cooldown_until=self.ledger.cooldown_until(target.key),
             rollbacks_last_hour=self.ledger.rollbacks_last_hour(t),
             max_rollbacks_per_hour=self.max_rollbacks_per_hour,

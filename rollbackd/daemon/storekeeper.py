@@ -4,6 +4,11 @@ A database that is down at start is not fatal: the daemon serves ``/healthz``, s
 ``/readyz`` why it is not ready, keeps judging (decisions are logged and shown), and acts on
 nothing until the store opens; the keeper retries every few seconds. Once open, the journal
 records every audit entry and event, and the dispatcher delivers the outbox.
+
+The open store stays watched: a ping every ``store.health_interval_s`` (bounded by as long), and
+every write of the publisher. While either fails, the journal says why (``/readyz`` answers 503
+with the reason, and no rollback starts); entries wait in the publisher's queue, are spilled to
+the spool file on a stop, and are recorded once the store answers again.
 """
 
 from __future__ import annotations
@@ -17,10 +22,10 @@ from pathlib import Path
 from rollbackd import __version__
 from rollbackd.config.settings import Settings
 from rollbackd.daemon.journal import Journal
-from rollbackd.events.service import open_events
+from rollbackd.events.service import Events, open_events
 from rollbackd.kube import KubeClient
 from rollbackd.store import open_store
-from rollbackd.store.base import StoreError
+from rollbackd.store.base import Store, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -54,17 +59,55 @@ async def keep_store(
             if stopping.is_set():
                 return
     try:
-        async with open_events(settings, store=store, environ=environ, kube=kube, active=active) as events:
+        async with open_events(
+            settings,
+            store=store,
+            environ=environ,
+            kube=kube,
+            active=active,
+            on_health=lambda problem: journal.store_health("write", problem),
+            on_poison=journal.poisoned,
+        ) as events:
             journal.attach(events, store)
             journal.audit(
                 "daemon.start",
                 f"rollbackd {__version__} started watching {len(settings.targets)} targets",
                 details={"targets": [target.key for target in settings.targets]},
             )
+            watch = asyncio.create_task(
+                _watch_health(
+                    store, journal=journal, events=events, interval_s=settings.store.health_interval_s
+                ),
+                name="rollbackd:store-health",
+            )
             try:
                 await stopping.wait()
             finally:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
                 journal.audit("daemon.stop", "rollbackd stopping")
                 journal.detach("rollbackd is stopping")
     finally:
         await store.close()
+
+
+async def _watch_health(store: Store, *, journal: Journal, events: Events, interval_s: float) -> None:
+    """Ping ``store`` every ``interval_s`` (each ping bounded by as long) and tell ``journal``; when
+    it answers again, the publisher retries at once."""
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        try:
+            async with asyncio.timeout(interval_s):
+                answers = await store.ping()
+        except TimeoutError:
+            answers = False
+        if answers:
+            journal.store_health("ping", None)
+            events.publisher.retry_now()
+        else:
+            problem = f"the store does not answer (no ping answer within {interval_s:g}s)"
+            journal.store_health("ping", problem)
+            events.publisher.store_down(problem)
+        await asyncio.sleep(max(0.0, started + interval_s - loop.time()))

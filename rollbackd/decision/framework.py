@@ -9,7 +9,8 @@
 
 Safety rails (freeze, cooldown, hourly cap) can stop an action the framework wants; dry-run
 keeps the verdict but marks it so nothing acts on it. A standby replica (leader election) decides
-like the leader but never acts: its rollback decisions are blocked by ``standby``.
+like the leader but never acts: its rollback decisions are blocked by ``standby``. While the audit
+trail cannot be written (the store is down), rollback decisions are blocked by ``store``.
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ def _apply_rails(decision: Decision, ctx: Context, t: float) -> Decision:
         # Another replica leads and acts on its own decision: no action, no escalation here.
         reasons.append("standby replica (not the leader): not acting")
         return replace(decision, rollback=False, blocked_by="standby", reasons=tuple(reasons))
+    if ctx.audit_problem is not None:
+        # Nothing may be done that cannot be recorded; acting resumes once the store is back.
+        reasons.append(f"{ctx.audit_problem}: not acting until the audit trail can be written, escalating")
+        return replace(decision, rollback=False, escalate=True, blocked_by="store", reasons=tuple(reasons))
     if ctx.frozen:
         reasons.append("global freeze is on: not rolling back, escalating")
         return replace(decision, rollback=False, escalate=True, blocked_by="freeze", reasons=tuple(reasons))

@@ -130,7 +130,8 @@ class DecisionData(_Model):
     blocked_by: str | None = Field(
         None,
         description="What stops a rollback: hold, rollback-risk, not-attributable, newer-rollout, "
-        "rollback-in-progress, freeze, cooldown or rate-limit.",
+        "rollback-in-progress, freeze, cooldown, rate-limit, standby or store (the audit trail cannot "
+        "be written).",
     )
     waiting_since: datetime | None = Field(
         None, description="A controlled rollback's grace runs from this time."
@@ -275,8 +276,9 @@ class EscalationRaisedData(EventData):
     """``escalation.raised``: a human should look at the target."""
 
     cause: str = Field(
-        description="rollback-risk, not-attributable, freeze, cooldown, rate-limit (the decision's "
-        "blocked_by), or rollback-failed, rollback-refused, verification-failed."
+        description="rollback-risk, not-attributable, freeze, cooldown, rate-limit, store (the decision's "
+        "blocked_by), or rollback-failed, rollback-refused, verification-failed, poison-record (a record "
+        "about the target the store refused, set aside)."
     )
     reasons: tuple[str, ...] = Field(description="Why, human-readable.")
     decision: DecisionData | None = None

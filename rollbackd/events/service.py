@@ -18,6 +18,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
@@ -96,9 +97,13 @@ async def open_events(
     instance: str | None = None,
     drain_timeout_s: float = 5.0,
     active: Callable[[], bool] | None = None,
+    on_health: Callable[[str | None], None] | None = None,
+    on_poison: Callable[[str], None] | None = None,
 ) -> AsyncIterator[Events]:
     """Sinks, dispatcher and publisher for ``settings.events``, delivering ``store``'s outbox
-    while ``active()`` (the leader of several replicas; always when ``None``)."""
+    while ``active()`` (the leader of several replicas; always when ``None``). The publisher keeps
+    poison records and spills its queue on close in ``store.data_dir``, and reports the store's
+    health to ``on_health`` and poison records to ``on_poison``."""
     events = settings.events
     async with open_sinks(
         events, environ=environ, kube=kube, deployments=deployments_of(settings), instance=instance
@@ -113,11 +118,17 @@ async def open_events(
         )
         logger.info("events: delivering to %s", ", ".join(s.name for s in sinks) or "no sink")
         async with dispatcher:
-            publisher = EventPublisher(store=store, on_recorded=dispatcher.nudge)
+            factory = EventFactory(source=events.source)
+            publisher = EventPublisher(
+                store=store,
+                on_recorded=dispatcher.nudge,
+                spool_dir=Path(settings.store.data_dir),
+                on_health=on_health,
+                on_poison=on_poison,
+                factory=factory,
+            )
             async with publisher:
-                yield Events(
-                    factory=EventFactory(source=events.source), publisher=publisher, dispatcher=dispatcher
-                )
+                yield Events(factory=factory, publisher=publisher, dispatcher=dispatcher)
             if sinks and not await dispatcher.drain(timeout_s=drain_timeout_s):
                 logger.warning(
                     "events: some events were not delivered before shutdown; they stay in the outbox"

@@ -60,10 +60,20 @@ class GroupCommit(Generic[T, R]):
             self._writer = asyncio.create_task(self._write_all(), name=f"rollbackd:{self._name}:group-commit")
         return await future
 
-    async def wait_idle(self) -> None:
-        """Wait until everything submitted so far is written (or has failed)."""
-        while self._writer is not None:
-            await asyncio.wait((self._writer,))
+    async def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Wait until everything submitted so far is written (or has failed); with ``timeout_s``,
+        at most that long, then give up on what is left (its callers get a cancellation: a write
+        under way may still have been committed). Whether everything was written."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while (writer := self._writer) is not None:
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            done, _ = await asyncio.wait((writer,), timeout=left)
+            if not done:
+                writer.cancel()
+                await asyncio.wait((writer,))
+                return False
+        return True
 
     async def _write_all(self) -> None:
         group: list[tuple[T, asyncio.Future[R]]] = []

@@ -174,8 +174,13 @@ class PostgresStore:
     async def close(self) -> None:
         """Close the pool (records under way are written first). Closing a closed store does
         nothing."""
-        if self._pool is not None:
-            await self._records.wait_idle()
+        if self._pool is not None and not await self._records.wait_idle(self.close_timeout_s):
+            logger.error(
+                "store %s: closing: records still being written after %gs (the database does not "
+                "answer) were given up",
+                self.description,
+                self.close_timeout_s,
+            )
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close(timeout=self.close_timeout_s)

@@ -3,12 +3,16 @@
 Statements use ``%s`` placeholders (psycopg's); the SQLite backend turns them into ``?`` with
 :func:`qmark`. Timestamps go in as timezone-aware datetimes (the SQLite backend stores them as
 ISO 8601 text in UTC, which sorts like time) and come out in UTC. JSON goes in as text, encoded
-strictly (no NaN, nothing that is not JSON) so that both backends accept exactly the same values.
+strictly (no NaN, nothing that is not JSON) so that both backends accept exactly the same values;
+for the same reason text holding a NUL character or a lone surrogate is refused by both
+(:class:`PermanentStoreError`) before it reaches the database. The publisher makes every value
+storable first (:mod:`rollbackd.store.storable`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -70,12 +74,31 @@ def to_datetime(value: str | datetime) -> datetime:
     return aware(parsed, "stored timestamp")
 
 
+#: A NUL character as a JSON text escapes it: ``\u0000`` after an even number of backslashes.
+_JSON_NUL = re.compile(r"(?:^|[^\\])(?:\\\\)*\\u0000")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(text: str, what: str) -> str:
+    """``text`` if both backends can store it; :class:`PermanentStoreError` naming ``what`` when
+    it holds a NUL character or a lone surrogate."""
+    if "\x00" in text:
+        raise PermanentStoreError(f"{what} cannot be stored: it holds a NUL character")
+    if _SURROGATE.search(text):
+        raise PermanentStoreError(f"{what} cannot be stored: it holds a lone surrogate (not UTF-8)")
+    return text
+
+
 def encode_json(value: Mapping[str, Any], what: str) -> str:
-    """``value`` as JSON text; :class:`PermanentStoreError` naming ``what`` when it is not JSON."""
+    """``value`` as JSON text; :class:`PermanentStoreError` naming ``what`` when it is not JSON
+    or holds text no backend stores (see :func:`check_text`)."""
     try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise PermanentStoreError(f"{what} cannot be stored: it is not JSON ({exc})") from exc
+    if _JSON_NUL.search(text):
+        raise PermanentStoreError(f"{what} cannot be stored: it holds a NUL character")
+    return check_text(text, what)
 
 
 def decode_json(value: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -86,13 +109,18 @@ def decode_json(value: str | Mapping[str, Any]) -> dict[str, Any]:
 
 def audit_params(entry: AuditEntry, at: datetime) -> tuple[Any, ...]:
     """Parameters of :data:`INSERT_AUDIT` (``at`` still a datetime)."""
-    details = encode_json(entry.details, f"the details of the {entry.kind!r} audit entry")
-    return (at, entry.target, entry.kind, entry.summary, details)
+    what = f"the {entry.kind!r} audit entry"
+    details = encode_json(entry.details, f"the details of {what}")
+    target = None if entry.target is None else check_text(entry.target, f"the target of {what}")
+    kind = check_text(entry.kind, "an audit entry's kind")
+    return (at, target, kind, check_text(entry.summary, f"the summary of {what}"), details)
 
 
 def event_params(event: OutboxEvent, now: datetime) -> tuple[Any, ...]:
     """Parameters of :data:`INSERT_EVENT` (the time still a datetime: the event's own, else ``now``)."""
-    payload = encode_json(event.payload, f"the payload of event {event.event_id} ({event.type})")
+    what = f"event {event.event_id} ({event.type})"
+    payload = encode_json(event.payload, f"the payload of {what}")
+    check_text(event.event_id + event.type + (event.subject or ""), f"the id, type or subject of {what}")
     created_at = aware(event.created_at, "OutboxEvent.created_at") if event.created_at is not None else now
     return (event.event_id, event.type, event.subject, payload, created_at)
 

@@ -244,7 +244,8 @@ class SQLiteStore:
                     try:
                         seq = int(conn.execute(_INSERT_AUDIT, record.audit).fetchone()[0])
                         conn.executemany(_INSERT_EVENT, record.events)
-                    except (sqlite3.IntegrityError, sqlite3.DataError) as exc:
+                    except (sqlite3.IntegrityError, sqlite3.DataError, ValueError) as exc:
+                        # ValueError: a value the driver cannot bind (text that is not UTF-8).
                         conn.execute("ROLLBACK TO record")
                         outcomes.append(
                             PermanentStoreError(
