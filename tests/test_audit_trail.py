@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 import aiohttp
 import jsonschema
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,6 +43,7 @@ from rollbackd.store.base import AuditEntry, OutboxEvent
 from rollbackd.store.storable import MAX_FLOAT, storable
 from tests.faultledger import FaultLedger
 from tests.kubefixtures import wait_until
+from tests.mqttfixtures import free_port
 from tests.tcpproxy import TcpProxy
 from tests.test_daemon import HEALTHY, SEVERE, ScriptedHealth, ScriptedMetrics, canary
 from tests.test_daemon_rollbacks import ScriptedCluster
@@ -428,3 +433,109 @@ def test_any_jsonish_value_made_storable_is_accepted_by_both_stores(
     finally:
         runner.run(store.close())
         runner.close()
+
+
+# --- the real process: SIGTERM during an outage ---------------------------------------------------
+
+
+def _child_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("ROLLBACKD_")}
+
+
+async def _rollbackd_run(config: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "rollbackd",
+        "run",
+        "--config",
+        str(config),
+        cwd=Path(__file__).parent.parent,
+        env=_child_env(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+@pytest.mark.faults
+async def test_sigterm_during_a_postgresql_outage_loses_nothing(
+    tmp_path: Path, postgres_url: str, fault_ledger: FaultLedger
+) -> None:
+    async with TcpProxy("127.0.0.1", 5432) as proxy, aiohttp.ClientSession() as session:
+        port = free_port()
+        config = tmp_path / "rollbackd.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "interval_s": 0.5,
+                    # Nothing listens there: every decision is inconclusive.
+                    "prometheus": {"url": f"http://127.0.0.1:{free_port()}", "timeout_s": 0.5, "retries": 0},
+                    "http": {"host": "127.0.0.1", "port": port},
+                    "api": {"allow_unauthenticated_writes": True},
+                    "log": {"level": "INFO", "format": "json"},
+                    "store": {
+                        "url": postgres_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/"),
+                        "data_dir": str(tmp_path / "data"),
+                        "health_interval_s": 0.5,
+                    },
+                    "targets": [canary("checkout").model_dump(mode="json", exclude_defaults=True)],
+                }
+            )
+        )
+        base = f"http://127.0.0.1:{port}"
+
+        async def readyz() -> int:
+            try:
+                async with session.get(base + "/readyz") as response:
+                    return response.status
+            except aiohttp.ClientError:
+                return 0
+
+        process = await _rollbackd_run(config)
+        try:
+            await wait_until(lambda: _is(readyz(), 200), timeout_s=30, what="the first daemon ready")
+            await proxy.cut()
+            fault_ledger.fault("postgresql cut, then SIGTERM")
+            await wait_until(lambda: _is(readyz(), 503), timeout_s=30, what="not ready while cut")
+            async with session.post(base + "/api/v1/freeze") as response:
+                assert response.status == 200
+            process.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        assert process.returncode == 0, stderr.decode()[-3000:]
+        spooled = [
+            json.loads(line)["kind"] for line in (tmp_path / "data" / SPOOL_FILE).read_text().splitlines()
+        ]
+        assert "freeze" in spooled
+
+        proxy.restore()
+        process = await _rollbackd_run(config)
+        try:
+
+            async def freeze_recorded() -> bool:
+                return "freeze" in await _kinds_in(postgres_url, tmp_path / "data")
+
+            await wait_until(
+                freeze_recorded, timeout_s=30, what="the spooled freeze recorded after the restart"
+            )
+            await wait_until(lambda: _is(readyz(), 200), timeout_s=30, what="the second daemon ready")
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.communicate(), timeout=30)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        assert process.returncode == 0
+        kinds = await _kinds_in(postgres_url, tmp_path / "data")
+        lost = sum(1 for kind in set(spooled) if kind not in kinds)
+        fault_ledger.observe(records_lost=lost)
+        assert lost == 0
+        assert not (tmp_path / "data" / SPOOL_FILE).exists()
+
+
+async def _is(status: Awaitable[int], expected: int) -> bool:
+    return await status == expected
