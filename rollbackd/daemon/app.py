@@ -105,6 +105,7 @@ class Daemon:
         self._auth = auth if auth is not None else ApiAuth.from_settings(settings.api, environ={})
         self.state = DaemonState(settings)
         self.metrics = metrics if metrics is not None else DaemonMetrics()
+        self.metrics.watch_sinks(self.journal.sink_status)
         self.journal.add_poison_listener(lambda kind: self.metrics.poison_records.inc())
         self._cluster = cluster
         self.rollbacks = Rollbacks(
@@ -113,6 +114,7 @@ class Daemon:
             verification_max_wait_s=settings.verification.max_wait_s,
             on_finished=self._rollback_finished,
             on_change=self._rollback_changed,
+            before_acting=self._start_recorded,
         )
         self.state.rollbacks = self.rollbacks
         self._group: asyncio.TaskGroup | None = None
@@ -316,11 +318,11 @@ class Daemon:
                     # A defect in the core must not blind the daemon to every other target.
                     self.metrics.evaluation_errors.inc()
                     logger.exception("evaluation failed", extra={"target": target.key})
-        await self._resume_rollbacks()
         if self.leading != self._led:
             self._led = not self._led
             if self._led:  # what it announced before it was a standby may be stale
                 self.journal.forget_announced()
+        await self._resume_rollbacks()  # after forgetting: a resumed run knows what it announced
         facts, reused = await self._cluster_facts(
             [t_ for t_ in targets if t_.key in evidences and evidences[t_.key].breached]
         )
@@ -469,6 +471,7 @@ class Daemon:
                 continue
             bad = saved.get("bad_revision")
             target.judged_revision = bad if isinstance(bad, int) else None
+            announced = await self.journal.announced_run_events(key)
             run = self.rollbacks.resume(
                 target.params,
                 mode=str(saved.get("mode", "immediate")),
@@ -476,19 +479,32 @@ class Daemon:
                 group=self._group,
             )
             if run is not None:
+                self.journal.resumed(target.params, run, announced=announced)
                 # A rollback taken over counts like one decided here: cooldown and hourly cap.
                 self.state.ledger.record(key, run.decided_at, target.params.policy.cooldown_s)
+
+    def _run_state(self, params: TargetParams, run: RollbackRun) -> dict[str, Any] | None:
+        """What a restart needs to finish ``run`` (``None`` once it is over)."""
+        if not run.phase.active:
+            return None
+        target = self.state.targets.get(params.key)
+        return {
+            "phase": run.phase.value,
+            "mode": run.mode,
+            "bad_revision": target.judged_revision if target is not None else None,
+        }
+
+    async def _start_recorded(self, params: TargetParams, run: RollbackRun) -> bool:
+        """Nothing is done that is not recorded: before the action touches the cluster, the
+        decision and ``rollback.started`` are in the audit log and the run's state is saved."""
+        return await self.journal.flushed() and await self.journal.save_run(
+            params.key, self._run_state(params, run)
+        )
 
     def _rollback_changed(self, params: TargetParams, run: RollbackRun) -> None:
         target = self.state.targets.get(params.key)
         if self._group is not None:
-            state = None
-            if run.phase.active:
-                state = {
-                    "phase": run.phase.value,
-                    "mode": run.mode,
-                    "bad_revision": target.judged_revision if target is not None else None,
-                }
+            state = self._run_state(params, run)
             self._group.create_task(
                 self.journal.save_run(params.key, state), name=f"rollbackd:save-run:{params.key}"
             )

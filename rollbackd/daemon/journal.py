@@ -20,6 +20,8 @@ from typing import Any
 
 from rollbackd.daemon.rollbacks import RollbackRun
 from rollbackd.events.build import Announcer, Clock
+from rollbackd.events.dispatcher import SinkStatus
+from rollbackd.events.model import EventType
 from rollbackd.events.publisher import audit_entry_for
 from rollbackd.events.service import Events
 from rollbackd.model import Decision, Hold
@@ -27,6 +29,17 @@ from rollbackd.params import TargetParams
 from rollbackd.store.base import AuditEntry, Store
 
 logger = logging.getLogger(__name__)
+
+#: Audit entries of a target read back to find what a rollback left under way had announced.
+RESUME_LOOKBACK = 100
+#: Audit kinds that end a rollback run.
+_RUN_OVER = frozenset(
+    {
+        EventType.ROLLBACK_VERIFIED,
+        EventType.VERIFICATION_FAILED,
+        EventType.ROLLBACK_FAILED,
+    }
+)
 
 
 class Journal:
@@ -94,6 +107,10 @@ class Journal:
         self._outages.clear()
         self._lifecycle = None
 
+    def sink_status(self) -> Mapping[str, SinkStatus]:
+        """Each event sink's delivery (none while the store is not open)."""
+        return {} if self._events is None else self._events.dispatcher.status()
+
     def detach(self, problem: str | None = None) -> None:
         self._events = None
         self._store = None
@@ -135,17 +152,59 @@ class Journal:
         ):
             self._events.publisher.submit(audit_entry_for(event), (event,))
 
-    async def save_run(self, key: str, state: Mapping[str, Any] | None) -> None:
+    async def save_run(self, key: str, state: Mapping[str, Any] | None) -> bool:
         """Keep (or, with ``None``, forget) the rollback under way for ``key`` in the store, so a
-        restarted daemon or a new leader finishes it."""
+        restarted daemon or a new leader finishes it. Whether it was kept (without a store: whether
+        none is required)."""
         store = self._store
         if store is None:
-            return
+            return not self._required
         async with self._saving:
             try:
                 await store.put_state(f"rollback:{key}", state)
             except Exception as exc:
                 logger.error("could not save the rollback state: %s", exc, extra={"target": key})
+                return False
+        return True
+
+    async def flushed(self) -> bool:
+        """Wait until every entry submitted so far is in the store (however long the store takes);
+        ``False`` when there is no open store and one is required."""
+        events = self._events
+        if events is None:
+            return not self._required
+        await events.publisher.flush()
+        return True
+
+    async def announced_run_events(self, key: str) -> set[EventType]:
+        """The events of the latest rollback of ``key`` already in the audit log, when that
+        rollback was left under way (``rollback.started``, and ``rollback.completed`` once its
+        action had completed); empty when none is found or the store cannot say."""
+        store = self._store
+        if store is None:
+            return set()
+        try:
+            entries = await store.history(target=key, limit=RESUME_LOOKBACK)
+        except Exception as exc:
+            logger.warning("could not read the audit log before resuming: %s", exc, extra={"target": key})
+            return set()
+        announced: set[EventType] = set()
+        for entry in reversed(entries):
+            if entry.kind in _RUN_OVER:
+                return set()  # the latest rollback ended; the one under way was never announced
+            if entry.kind == EventType.ROLLBACK_COMPLETED:
+                announced.add(EventType.ROLLBACK_COMPLETED)
+            elif entry.kind == EventType.ROLLBACK_STARTED:
+                announced.add(EventType.ROLLBACK_STARTED)
+                return announced
+        return set()
+
+    def resumed(self, params: TargetParams, run: RollbackRun, *, announced: set[EventType]) -> None:
+        """``run`` finishes a rollback a previous process left under way: its ``announced`` events
+        are not announced again."""
+        announcer = self._announcer(params)
+        if announcer is not None:
+            announcer.resume(run, announced=announced)
 
     async def history(
         self, *, target: str | None = None, since: datetime | None = None, limit: int = 1000

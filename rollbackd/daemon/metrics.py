@@ -6,6 +6,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from rollbackd.daemon.sinkmetrics import SinkCollector, SinkStatuses
 from rollbackd.model import Decision, Outcome
 
 #: The steps of a tick counted in ``rollbackd_tick_errors_total`` when they raise.
@@ -40,7 +41,10 @@ class DaemonMetrics:
     - ``rollbackd_poison_records_total``: records the store refused, set aside as poison (kept in
       ``<data_dir>/poison.jsonl``, audited as ``poison.set_aside``, escalated);
     - ``rollbackd_targets``: targets watched;
-    - ``rollbackd_up``: 1 while the daemon runs, 0 once it shuts down.
+    - ``rollbackd_up``: 1 while the daemon runs, 0 once it shuts down;
+    - the event sinks' ``rollbackd_events_delivered_total{sink}``,
+      ``rollbackd_event_delivery_failures_total{sink}`` and ``rollbackd_event_sink_retrying{sink}``
+      once :meth:`watch_sinks` is called (:mod:`rollbackd.daemon.sinkmetrics`).
     """
 
     def __init__(self) -> None:
@@ -113,6 +117,15 @@ class DaemonMetrics:
         self._by_outcome = {outcome: self.decisions.labels(outcome=outcome.value) for outcome in Outcome}
         for mode in (Outcome.IMMEDIATE, Outcome.CONTROLLED):
             self.rollback_decisions.labels(mode=mode.value)
+        self._sinks: SinkCollector | None = None
+
+    def watch_sinks(self, statuses: SinkStatuses) -> None:
+        """Export the event sinks' delivery, as ``statuses()`` tells it at each scrape."""
+        if self._sinks is None:
+            self._sinks = SinkCollector(statuses)
+            self.registry.register(self._sinks)
+        else:
+            self._sinks.statuses = statuses
 
     def count_decision(self, decision: Decision) -> None:
         self.evaluations.inc()

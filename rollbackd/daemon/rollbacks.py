@@ -3,8 +3,10 @@
 For each target at most one rollback is under way (the framework sees ``rollback_in_progress``
 and never acts twice). A run is a supervised task in the daemon's task group:
 
-1. **acting** — the target's action (canary abort, blue-green switch-back or Deployment undo) runs
-   against the cluster; API errors become a failed result, never an exception;
+1. **acting** — once its start is recorded (``before_acting``: the audit entries and events
+   submitted so far, and the state a restart resumes from), the target's action (canary abort,
+   blue-green switch-back or Deployment undo) runs against the cluster; API errors become a
+   failed result, never an exception;
 2. **verifying** — the tick loop feeds the version traffic went back to into a
    :class:`~rollbackd.verification.Verifier` for the validation window;
 3. **verified** or **verification-failed** (which escalates, never rolls back again), or
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -117,8 +119,10 @@ class Rollbacks:
         verification_max_wait_s: float | None,
         on_finished: Callable[[TargetParams, RollbackRun], None] | None = None,
         on_change: Callable[[TargetParams, RollbackRun], None] | None = None,
+        before_acting: Callable[[TargetParams, RollbackRun], Awaitable[bool]] | None = None,
     ) -> None:
         self._cluster = cluster
+        self._before_acting = before_acting
         self._on_change = on_change
         self._window_s = verification_window_s
         self._max_wait_s = verification_max_wait_s
@@ -208,6 +212,17 @@ class Rollbacks:
     async def _act_unguarded(self, params: TargetParams, run: RollbackRun, bad_revision: int | None) -> None:
         assert self._cluster is not None
         loop = asyncio.get_running_loop()
+        if self._before_acting is not None and not await self._before_acting(params, run):
+            run.action = ActionResult(
+                action="none",
+                target=run.key,
+                outcome=ActionOutcome.FAILED,
+                reason="not started: its start could not be recorded (the store is not open)",
+            )
+            run.phase = Phase.ACTION_FAILED
+            self._finish(params, run, loop.time())
+            logger.error("rollback not started: %s", run.action.reason, extra={"target": run.key})
+            return
         logger.warning("rolling back", extra={"target": run.key, "mode": run.mode})
         try:
             result = await self._cluster.action(params, bad_revision=bad_revision).run(dry_run=False)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -565,6 +565,12 @@ class Announcer:
         if hold is None and (known is None or self._hold_expired or decision.t < known.until):
             self._hold, self._hold_expired = None, False  # cleared (or never there)
         return events
+
+    def resume(self, run: RollbackRun, *, announced: Iterable[EventType]) -> None:
+        """Take over ``run``, a rollback a previous process (or leader) left under way, whose
+        ``announced`` events are already in the audit log: they are not announced again."""
+        self._run, self._run_announced = run, set(announced)
+        self._breached = True
 
     def on_run(
         self,

@@ -226,6 +226,11 @@ class EventPublisher:
         for writes, and spills the queue at once."""
         self._outage = problem
 
+    async def flush(self) -> None:
+        """Wait until no submitted entry waits any more: every one is recorded (or set aside as
+        poison), however long the store takes."""
+        await self._idle.wait()
+
     @property
     def backlog(self) -> int:
         """Submitted entries not recorded yet."""

@@ -1,0 +1,58 @@
+"""The event sinks' delivery on ``/metrics``: read from the dispatcher at each scrape.
+
+- ``rollbackd_events_delivered_total{sink}``: events the sink accepted;
+- ``rollbackd_event_delivery_failures_total{sink}``: failed delivery attempts (each is retried);
+- ``rollbackd_event_sink_retrying{sink}``: consecutive failed attempts at the event the sink is
+  on now, 0 while it delivers: above 0 for long, the sink is down or refuses that event.
+
+The counters start again from 0 when the store (and with it the dispatcher) is opened again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from rollbackd.events.dispatcher import SinkStatus
+
+SinkStatuses = Callable[[], Mapping[str, SinkStatus]]
+
+
+class SinkCollector(Collector):
+    """Exports what ``statuses()`` says about each sink (nothing while no sink is open)."""
+
+    def __init__(self, statuses: SinkStatuses) -> None:
+        self.statuses = statuses
+
+    def describe(self) -> list[CounterMetricFamily | GaugeMetricFamily]:
+        return list(self._families({}))
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        yield from self._families(self.statuses())
+
+    @staticmethod
+    def _families(
+        statuses: Mapping[str, SinkStatus],
+    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        delivered = CounterMetricFamily(
+            "rollbackd_events_delivered", "Events a sink accepted.", labels=["sink"]
+        )
+        failures = CounterMetricFamily(
+            "rollbackd_event_delivery_failures",
+            "Failed delivery attempts, by sink (each is retried).",
+            labels=["sink"],
+        )
+        retrying = GaugeMetricFamily(
+            "rollbackd_event_sink_retrying",
+            "Consecutive failed attempts at the event a sink is on now (0 while it delivers).",
+            labels=["sink"],
+        )
+        for name, status in sorted(statuses.items()):
+            delivered.add_metric([name], status.delivered)
+            failures.add_metric([name], status.failures)
+            retrying.add_metric([name], status.retrying)
+        yield delivered
+        yield failures
+        yield retrying
