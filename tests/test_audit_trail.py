@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import sys
+import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -430,7 +431,13 @@ def test_any_jsonish_value_made_storable_is_accepted_by_both_stores(
             entry = AuditEntry(
                 kind=storable(text), summary=storable(text), details={"value": storable(details)}
             )
-            stored = runner.run(store.record(entry))
+            event = OutboxEvent(
+                event_id=str(uuid.uuid4()),
+                type="io.rollbackd.decision.made",
+                subject=storable(text),
+                payload={"data": storable(details), storable(text): storable(text)},
+            )
+            stored = runner.run(store.record(entry, [event]))
             assert stored.seq is not None
 
         accepted()
