@@ -399,6 +399,47 @@ async def test_a_stop_during_a_store_outage_spools_the_queue_and_the_next_start_
         assert lost == 0
 
 
+async def test_a_spooled_record_written_before_the_stop_is_taken_as_recorded_not_as_poison(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    """The write under way when the stop came went through, and the record was spooled too: at the
+    next start the outbox already holds its event, so it is recorded once and nobody is paged."""
+    config = make_settings(tmp_path / "data", store_url)
+    event = EventFactory().escalation_raised(TARGET, cause="freeze", reasons=("once",), clock=Clock.now())
+    async with running(config) as run:
+        assert run.journal.events is not None
+        await run.journal.events.publisher.announce(event)
+    entry = audit_entry_for(event)
+    spool = tmp_path / "data" / SPOOL_FILE
+    spool.parent.mkdir(parents=True, exist_ok=True)
+    spool.write_text(
+        json.dumps(
+            {
+                "kind": entry.kind,
+                "summary": entry.summary,
+                "target": entry.target,
+                "details": dict(entry.details),
+                "at": None,
+                "events": [
+                    {"event_id": o.event_id, "type": o.type, "subject": o.subject, "payload": dict(o.payload)}
+                    for o in [event.to_outbox()]
+                ],
+            }
+        )
+        + "\n"
+    )
+    async with running(config) as run:
+        await wait_until(lambda: not spool.exists(), timeout_s=20, what="the spooled record taken")
+        kinds = await run.kinds()
+        assert kinds.count(entry.kind) == 1
+        assert "poison.set_aside" not in kinds
+        assert not (tmp_path / "data" / POISON_FILE).exists()
+        _, metrics = await run.call("GET", "/metrics")
+        assert "rollbackd_poison_records_total 0.0" in metrics
+    ids = [e.event_id for e in await _outbox(store_url, tmp_path / "data")]
+    assert ids.count(event.id) == 1
+
+
 # --- storable values: a property of both stores ---------------------------------------------------
 
 #: Any code point, lone surrogates and NUL included.

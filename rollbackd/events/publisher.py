@@ -25,7 +25,9 @@ is open (``async with``). The writer tells two failures apart:
 
 On close, entries still queued (the store being down, or slow) are spilled to
 ``<spool_dir>/spool.jsonl``; the next publisher on the same directory records them first, before
-anything new. An entry whose write was under way when the stop came may so be recorded twice.
+anything new. An entry whose write was under way when the stop came may so be written twice: one
+with events is then refused by the outbox (:class:`~rollbackd.store.base.DuplicateEventError`) and
+taken as recorded, never as poison; one without events appears twice in the audit log.
 """
 
 from __future__ import annotations
@@ -47,7 +49,14 @@ from typing import Any, Self
 from rollbackd.backoff import Backoff
 from rollbackd.events.build import Clock, EventFactory
 from rollbackd.events.model import CloudEvent, split_subject
-from rollbackd.store.base import AuditEntry, OutboxEvent, PermanentStoreError, Store, TemporaryStoreError
+from rollbackd.store.base import (
+    AuditEntry,
+    DuplicateEventError,
+    OutboxEvent,
+    PermanentStoreError,
+    Store,
+    TemporaryStoreError,
+)
 from rollbackd.store.storable import storable, storable_text
 
 logger = logging.getLogger(__name__)
@@ -382,6 +391,16 @@ class EventPublisher:
                 except TemporaryStoreError as exc:
                     self._health(f"the audit trail cannot be written: {exc}")
                 except PermanentStoreError as exc:
+                    if item.spooled and isinstance(exc, DuplicateEventError):
+                        # Its write was under way at the stop that spooled it, and went through.
+                        logger.info(
+                            "%s was recorded before the last stop: not recorded again",
+                            item.entry.kind,
+                            extra={"target": item.entry.target},
+                        )
+                        self._queue.popleft()
+                        self._recorded_spooled(item)
+                        break
                     if await self._store_answers():
                         self._queue.popleft()
                         self._set_aside(item, exc)

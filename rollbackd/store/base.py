@@ -62,6 +62,11 @@ class PermanentStoreError(StoreError, PermanentError):
     is not JSON, a duplicate event id."""
 
 
+class DuplicateEventError(PermanentStoreError):
+    """An event of the record is in the outbox already: the same record was written before (e.g. a
+    write under way when the daemon stopped, spooled and written again at the next start)."""
+
+
 class Store(Protocol):
     """What the daemon needs to remember, whichever database is behind it."""
 

@@ -26,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from rollbackd.store import migrations, sql
 from rollbackd.store.base import (
     AuditEntry,
+    DuplicateEventError,
     OutboxEvent,
     PermanentStoreError,
     StoreError,
@@ -231,7 +232,13 @@ class PostgresStore:
             raise TemporaryStoreError(
                 f"store {self.description}: cannot {what}: {self._reason(exc)}"
             ) from self._cause(exc)
-        except psycopg.Error as exc:  # constraint violations, bad data
+        except psycopg.errors.UniqueViolation as exc:
+            duplicate = "event_id" in (exc.diag.constraint_name or "")
+            refused = DuplicateEventError if duplicate else PermanentStoreError
+            raise refused(
+                f"store {self.description}: cannot {what}: {self._reason(exc)}"
+            ) from self._cause(exc)
+        except psycopg.Error as exc:  # other constraint violations, bad data
             raise PermanentStoreError(
                 f"store {self.description}: cannot {what}: {self._reason(exc)}"
             ) from self._cause(exc)

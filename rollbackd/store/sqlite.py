@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from rollbackd.store import migrations, sql
 from rollbackd.store.base import (
     AuditEntry,
+    DuplicateEventError,
     OutboxEvent,
     PermanentStoreError,
     StoreError,
@@ -48,6 +49,11 @@ _PUT_STATE = sql.qmark(sql.PUT_STATE)
 _DELETE_STATE = sql.qmark(sql.DELETE_STATE)
 _TABLE_EXISTS = sql.qmark(migrations.SQLITE.table_exists)
 _INSERT_VERSION = sql.qmark(migrations.INSERT_VERSION)
+
+
+def _duplicate_event(exc: Exception) -> bool:
+    """Whether SQLite refused a record because one of its event ids is in the outbox already."""
+    return isinstance(exc, sqlite3.IntegrityError) and "event_id" in str(exc)
 
 
 def _params(values: Iterable[Any]) -> tuple[Any, ...]:
@@ -247,8 +253,9 @@ class SQLiteStore:
                     except (sqlite3.IntegrityError, sqlite3.DataError, ValueError) as exc:
                         # ValueError: a value the driver cannot bind (text that is not UTF-8).
                         conn.execute("ROLLBACK TO record")
+                        refused = DuplicateEventError if _duplicate_event(exc) else PermanentStoreError
                         outcomes.append(
-                            PermanentStoreError(
+                            refused(
                                 f"store {self.description}: cannot record the {record.kind!r} entry: {exc}"
                             )
                         )
