@@ -113,7 +113,8 @@ class HealthCheck:
 @dataclass(frozen=True, slots=True)
 class Observation:
     """One tick for one target. ``t`` is seconds (event-loop time in the daemon, scenario time in
-    replay). ``None`` on a side means no data for that side this tick (a gap, not zero traffic).
+    replay). ``None`` on a side means no data for that side this tick (a gap, not zero traffic, or
+values the source ``rejected``).
     ``health_*`` is ``None`` when no probe is configured or it was not run."""
 
     target: str
@@ -122,6 +123,9 @@ class Observation:
     candidate: Sample | None
     health_baseline: tuple[HealthCheck, ...] | None = None
     health_candidate: tuple[HealthCheck, ...] | None = None
+    #: Why the source rejected this tick's metrics as values no real service produces (side,
+    #: field and value); both sides are then ``None``. ``None`` when it rejected nothing.
+    rejected: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,14 @@ IMPOSSIBLE: dict[str, tuple[dict[str, Any], str]] = {
     "decreasing buckets": ({**SEVERE, "buckets": [0, 0, 0, 3, 37, 103, 114, 50, 114, 114, 114, 114]},
                            "bad_histogram"),
 }
+#: The field each impossible answer is rejected for, as the decision's reasons name it.
+IMPOSSIBLE_FIELD = {
+    "errors above requests": "errors",
+    "1e308 counts": "requests",
+    "infinite errors": "errors",
+    "negative requests": "requests",
+    "decreasing buckets": "latency_buckets",
+}
 
 
 class HostilePrometheus:
@@ -179,7 +187,15 @@ async def test_a_hostile_prometheus_never_makes_the_daemon_act(
                     decision = (await api.target())["decision"]
                     assert decision["outcome"] == "inconclusive", (mode, decision)
                     assert decision["rollback"] is False
-                    assert any("no candidate metrics" in reason for reason in decision["reasons"])
+                    said: tuple[str, ...]
+                    if mode in IMPOSSIBLE:  # the on-call engineer is told what was impossible
+                        said = ("impossible metrics this interval, not judged: ", IMPOSSIBLE_FIELD[mode])
+                    else:
+                        said = ("no candidate metrics",)
+                    assert any(all(part in reason for part in said) for reason in decision["reasons"]), (
+                        mode,
+                        decision,
+                    )
 
                 # NaN is no data (Prometheus' "no value"): missing, never zero, never judged.
                 hostile.mode = "nan"

@@ -12,11 +12,11 @@ import gc
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rollbackd.errors import SourceError
 from rollbackd.model import HealthCheck, Observation
-from rollbackd.sources.base import HealthSource, MetricsSource, SidePair, SourceTarget
+from rollbackd.sources.base import HealthSource, MetricsSource, RejectsData, SidePair, SourceTarget
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ class Gathered:
 
     metrics: Mapping[str, SidePair]
     health: Mapping[str, tuple[tuple[HealthCheck, ...] | None, tuple[HealthCheck, ...] | None]]
+    #: Per target key, why the metrics source rejected its values this tick.
+    rejected: Mapping[str, str] = field(default_factory=dict)
 
     def observation(self, target: SourceTarget, t: float) -> Observation:
         baseline, candidate = self.metrics.get(target.key, _NO_DATA)
@@ -55,6 +57,7 @@ class Gathered:
             candidate=candidate,
             health_baseline=health_baseline,
             health_candidate=health_candidate,
+            rejected=self.rejected.get(target.key),
         )
 
 
@@ -64,9 +67,12 @@ async def _collect_metrics(
     *,
     window_s: float,
     on_source_error: SourceErrorSink,
-) -> Mapping[str, SidePair]:
+) -> tuple[Mapping[str, SidePair], Mapping[str, str]]:
+    """The source's answer per target, and why it rejected some targets' values (read at once: it
+    describes this collection only)."""
     try:
-        return await source.collect(targets, window_s=window_s)
+        found = await source.collect(targets, window_s=window_s)
+        return found, (source.rejected if isinstance(source, RejectsData) else {})
     except Exception as exc:
         source_name = exc.source if isinstance(exc, SourceError) else "prometheus"
         kind = error_kind(exc)
@@ -75,7 +81,7 @@ async def _collect_metrics(
             "metrics source failed; this tick has no metrics data",
             extra={"source": source_name, "kind": kind, "error": repr(exc)},
         )
-        return {}
+        return {}, {}
 
 
 async def _probe(
@@ -125,7 +131,8 @@ async def gather(
         target.key: (probed.get((target.key, "baseline")), probed.get((target.key, "candidate")))
         for target in targets
     }
-    return Gathered(metrics=metrics_task.result(), health=health)
+    metrics, rejected = metrics_task.result()
+    return Gathered(metrics=metrics, health=health, rejected=rejected)
 
 
 async def run_every(

@@ -157,7 +157,7 @@ class Judge:
     def observe(self, obs: Observation) -> Evidence:
         # Impossible values are rejected by the sources; any that still arrive are not judged: the
         # whole tick is a gap, so neither side's bad data is compared with the other.
-        rejected = _impossible(obs)
+        rejected = obs.rejected or _impossible(obs)
         if rejected is not None:
             obs = replace(obs, baseline=None, candidate=None)
         self._admit(obs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from rollbackd.model import HealthCheck, Sample
 
@@ -46,6 +46,16 @@ SidePair = tuple[Sample | None, Sample | None]
 class MetricsSource(Protocol):
     async def collect(self, targets: Sequence[SourceTarget], *, window_s: float) -> Mapping[str, SidePair]:
         """One batch of queries per tick for all ``targets``; every target key is in the result."""
+        ...
+
+
+@runtime_checkable
+class RejectsData(Protocol):
+    """A metrics source that rejects impossible values says why (see :mod:`rollbackd.plausibility`)."""
+
+    @property
+    def rejected(self) -> Mapping[str, str]:
+        """Per target key, why its latest collection was rejected (side, field and value)."""
         ...
 
 

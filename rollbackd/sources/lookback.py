@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from rollbackd.sources.base import MetricsSource, SidePair, SourceTarget
+from rollbackd.sources.base import MetricsSource, RejectsData, SidePair, SourceTarget
 
 #: Scrapes a query range must cover: increase() needs two samples in the range.
 SCRAPES_PER_RANGE = 2
@@ -26,6 +26,11 @@ class Lookback:
     def __init__(self, inner: MetricsSource, *, min_range_s: float) -> None:
         self._inner = inner
         self._min_range_s = min_range_s
+
+    @property
+    def rejected(self) -> Mapping[str, str]:
+        """Why the wrapped source rejected targets' latest collection (none when it rejects nothing)."""
+        return self._inner.rejected if isinstance(self._inner, RejectsData) else {}
 
     async def collect(self, targets: Sequence[SourceTarget], *, window_s: float) -> Mapping[str, SidePair]:
         range_s = max(window_s, self._min_range_s)

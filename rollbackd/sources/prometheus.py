@@ -488,6 +488,8 @@ class PrometheusSource:
         #: Per target key, what its impossible values were last reported as (``side field kind``):
         #: reported once, until the target's values are plausible again.
         self._reported: dict[str, str] = {}
+        #: Per target key, why its latest collection was rejected (:class:`RejectsData`).
+        self.rejected: Mapping[str, str] = {}
 
     def _plan(self, targets: Sequence[SourceTarget], window_s: float) -> promql.Plan:
         wanted = tuple(targets)
@@ -554,6 +556,7 @@ class PrometheusSource:
                 del self._reported[target_key]
                 logger.info("Prometheus values of target %s are plausible again", target_key)
         self._report(impossible)
+        self.rejected = impossible
         for gone in [key for key in self._reported if key not in result]:  # targets removed
             del self._reported[gone]
         return result
