@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -97,16 +96,10 @@ class HttpContext:
 _CONTEXT = web.AppKey("rollbackd_context", HttpContext)
 
 
-#: Lone surrogates (from ``\ud800`` escapes in a JSON body, or undecodable bytes): valid in JSON
-#: text only as escapes, and impossible to encode as UTF-8.
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
-
-
 def json_response(value: JsonValue, *, status: int = 200) -> web.Response:
     """``value`` as JSON; a lone surrogate in a string (a hold reason sent as the JSON escape of
     one) is answered as the same escape, never as an error."""
-    text = _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", dumps(value))
-    return web.Response(text=text, status=status, content_type="application/json")
+    return web.Response(text=dumps(value), status=status, content_type="application/json")
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -60,9 +60,7 @@ class Journal:
         """Why the audit trail cannot be written now (``None`` when it can)."""
         if self._lifecycle is not None:
             return self._lifecycle
-        for reason in self._outages.values():
-            return reason
-        return None
+        return next(iter(self._outages.values()), None)
 
     @problem.setter
     def problem(self, value: str | None) -> None:

@@ -2,6 +2,8 @@
 
 JSON has no NaN or infinity: non-finite floats become ``null``. Objects that are none of the
 known shapes are rendered with ``str()`` so that a log line or an API answer never fails on them.
+A lone surrogate in a string (outside text: a JSON body's ``\\ud800`` escape, undecodable bytes)
+is written as its ``\\uXXXX`` escape, so the text always encodes as UTF-8 and reads back the same.
 """
 
 from __future__ import annotations
@@ -10,10 +12,20 @@ import dataclasses
 import enum
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import TypeAlias
 
 JsonValue: TypeAlias = "bool | int | float | str | list[JsonValue] | dict[str, JsonValue] | None"
+
+
+#: Lone surrogates: valid in JSON text only as escapes, and impossible to encode as UTF-8.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def escape_code_point(match: re.Match[str]) -> str:
+    """The ``\\uXXXX`` escape of the one character ``match`` found."""
+    return f"\\u{ord(match.group()):04x}"
 
 
 def to_json_value(value: object) -> JsonValue:
@@ -36,5 +48,7 @@ def to_json_value(value: object) -> JsonValue:
 
 
 def dumps(value: object) -> str:
-    """Compact, strictly valid JSON text of ``value`` (see :func:`to_json_value`)."""
-    return json.dumps(to_json_value(value), separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    """Compact, strictly valid JSON text of ``value`` (see :func:`to_json_value`); lone
+    surrogates escaped."""
+    text = json.dumps(to_json_value(value), separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    return _SURROGATE.sub(escape_code_point, text)

@@ -22,7 +22,7 @@ import sys
 from typing import IO
 
 from rollbackd.config.settings import LogSettings
-from rollbackd.daemon.jsonify import dumps, to_json_value
+from rollbackd.daemon.jsonify import dumps, escape_code_point, to_json_value
 
 #: Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -31,9 +31,9 @@ _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
 #: What may not appear raw in a text line: C0 and C1 controls, DEL, the line and paragraph
 #: separators, lone surrogates (undecodable bytes of outside text).
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-#: What JSON text may hold raw but a line reader may split on or cannot encode: written as
-#: ``\uXXXX`` escapes.
-_JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+#: What JSON text may hold raw but a line reader may split on: written as ``\uXXXX`` escapes
+#: (:func:`~rollbackd.daemon.jsonify.dumps` escapes lone surrogates already).
+_JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u2028\u2029]")
 _SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 #: Prefix of a traceback's lines below a text record.
@@ -44,10 +44,6 @@ def _escape(match: re.Match[str]) -> str:
     char = match.group()
     code = ord(char)
     return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-
-
-def _json_escape(match: re.Match[str]) -> str:
-    return f"\\u{ord(match.group()):04x}"
 
 
 def escape_text(text: str) -> str:
@@ -77,7 +73,7 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return _JSON_UNSAFE.sub(_json_escape, dumps(entry))
+        return _JSON_UNSAFE.sub(escape_code_point, dumps(entry))
 
 
 class TextFormatter(logging.Formatter):

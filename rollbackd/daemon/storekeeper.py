@@ -25,7 +25,7 @@ from rollbackd.daemon.journal import Journal
 from rollbackd.events.service import Events, open_events
 from rollbackd.kube import KubeClient
 from rollbackd.store import open_store
-from rollbackd.store.base import Store, StoreError
+from rollbackd.store.base import Store, StoreError, answers
 
 logger = logging.getLogger(__name__)
 
@@ -98,12 +98,7 @@ async def _watch_health(store: Store, *, journal: Journal, events: Events, inter
     loop = asyncio.get_running_loop()
     while True:
         started = loop.time()
-        try:
-            async with asyncio.timeout(interval_s):
-                answers = await store.ping()
-        except TimeoutError:
-            answers = False
-        if answers:
+        if await answers(store, timeout_s=interval_s):
             journal.store_health("ping", None)
             events.publisher.retry_now()
         else:

@@ -56,6 +56,7 @@ from rollbackd.store.base import (
     PermanentStoreError,
     Store,
     TemporaryStoreError,
+    answers,
 )
 from rollbackd.store.storable import storable, storable_text
 
@@ -368,13 +369,6 @@ class EventPublisher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), delay)
 
-    async def _store_answers(self) -> bool:
-        try:
-            async with asyncio.timeout(PING_TIMEOUT_S):
-                return await self._store.ping()
-        except TimeoutError:
-            return False
-
     async def _write(self) -> None:
         while not self._closing:
             if not self._queue:
@@ -401,7 +395,7 @@ class EventPublisher:
                         self._queue.popleft()
                         self._recorded_spooled(item)
                         break
-                    if await self._store_answers():
+                    if await answers(self._store, timeout_s=PING_TIMEOUT_S):
                         self._queue.popleft()
                         self._set_aside(item, exc)
                         break

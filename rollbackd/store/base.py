@@ -11,6 +11,7 @@ something that was not recorded, and never lost for something that was.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -112,3 +113,12 @@ class Store(Protocol):
     async def ping(self) -> bool:
         """Whether the store answers now (for /readyz)."""
         ...
+
+
+async def answers(store: Store, *, timeout_s: float) -> bool:
+    """Whether ``store`` answers a ping within ``timeout_s`` (a hung connection is no answer)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await store.ping()
+    except TimeoutError:
+        return False
