@@ -127,13 +127,11 @@ def process_identity(settings: Settings, *, environ: Mapping[str, str]) -> str:
     )
 
 
-def store_leader_for(
-    settings: Settings, elector: LeaderElector | None, *, environ: Mapping[str, str]
-) -> StoreLeader | None:
-    """Without Lease election, daemons sharing a PostgreSQL store elect their leader on it (an
-    advisory lock); ``None`` with Lease election or an SQLite store (locked instead)."""
+def store_leader_for(settings: Settings, *, environ: Mapping[str, str]) -> StoreLeader | None:
+    """The leader election on a PostgreSQL store (an advisory lock), for daemons sharing it
+    without Lease election; ``None`` for an SQLite store (locked instead)."""
     url = settings.store.url
-    if elector is not None or url is None or store_kind(url) != "postgresql":
+    if url is None or store_kind(url) != "postgresql":
         return None
     return StoreLeader(dsn=url, identity=process_identity(settings, environ=environ))
 
@@ -194,9 +192,9 @@ async def run_daemon(
                 cluster = KubeCluster(kube=kube, settings=settings)
                 logger.info("acting on Kubernetes", extra={"kubernetes": kube.describe()})
             elector = leader_elector_for(settings, kube, environ=environ)
-            leader: LeaderElector | StoreLeader | None = elector or store_leader_for(
-                settings, elector, environ=environ
-            )
+            leader: LeaderElector | StoreLeader | None = elector
+            if leader is None:
+                leader = store_leader_for(settings, environ=environ)
             if leader is not None:
                 await stack.enter_async_context(leader)
             daemon = Daemon(
