@@ -59,6 +59,26 @@ class RejectsData(Protocol):
         ...
 
 
+#: Per target key, its past intervals, oldest first: ``(Unix time, (baseline, candidate))``, each
+#: counted over the step before its time.
+History = Mapping[str, tuple[tuple[float, SidePair], ...]]
+
+
+@runtime_checkable
+class GivesHistory(Protocol):
+    """A metrics source that can also say what its targets' series were in the past (Prometheus'
+    ``query_range``): what a target's "before" is when the process did not watch it."""
+
+    async def history(
+        self, targets: Sequence[SourceTarget], *, step_s: float, range_s: float, end_s: float
+    ) -> History:
+        """Per target key, its intervals over ``range_s`` seconds up to the Unix time ``end_s``,
+        one every ``step_s`` seconds (at least: a source may need longer steps), in one batch for
+        all ``targets``. Targets whose history could not be read are absent; times without data
+        are left out."""
+        ...
+
+
 class HealthSource(Protocol):
     async def probe(self, urls: Sequence[str]) -> tuple[HealthCheck, ...]:
         """Probe every URL concurrently; unreachable endpoints give ``status=None``."""

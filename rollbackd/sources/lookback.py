@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from rollbackd.sources.base import MetricsSource, RejectsData, SidePair, SourceTarget
+from rollbackd.sources.base import GivesHistory, History, MetricsSource, RejectsData, SidePair, SourceTarget
 
 #: Scrapes a query range must cover: increase() needs two samples in the range.
 SCRAPES_PER_RANGE = 2
@@ -45,3 +45,15 @@ class Lookback:
             )
             for key, (baseline, candidate) in found.items()
         }
+
+    async def history(
+        self, targets: Sequence[SourceTarget], *, step_s: float, range_s: float, end_s: float
+    ) -> History:
+        """The wrapped source's history with steps of at least ``min_range_s`` (each point then
+        holds two scrapes; counts are over the step, not rescaled); every target has an empty
+        history when the wrapped source cannot give any."""
+        if not isinstance(self._inner, GivesHistory):
+            return {target.key: () for target in targets}
+        return await self._inner.history(
+            targets, step_s=max(step_s, self._min_range_s), range_s=range_s, end_s=end_s
+        )

@@ -17,10 +17,10 @@ import logging
 import math
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 
 import aiohttp
 
@@ -40,6 +40,8 @@ from rollbackd.sources import promql
 from rollbackd.sources.base import SidePair, SourceTarget
 
 logger = logging.getLogger(__name__)
+
+_Answer = TypeVar("_Answer")
 
 #: Prometheus ``errorType`` values that a retry may get past.
 _TEMPORARY_ERROR_TYPES = frozenset({"timeout", "canceled", "unavailable", "internal"})
@@ -61,6 +63,26 @@ def default_max_answer_bytes(targets: int) -> int:
     """The cap on one answer's body when none is configured:
     ``max(4 MiB, 8 KiB x targets)`` (16 MiB for 2,000 targets)."""
     return max(ANSWER_FLOOR_BYTES, ANSWER_BYTES_PER_TARGET * targets)
+
+
+#: What each point of a range answer adds per target: 24 series' ``[time,"value"]`` of about 28
+#: bytes each, 670 bytes, with room for three times that.
+ANSWER_BYTES_PER_TARGET_POINT = 2 * 1024
+
+#: Most target-points (targets x points) one range answer is asked for: about 10 MiB of JSON with
+#: the default buckets. :meth:`PrometheusSource.history` splits targets into batches to stay under.
+HISTORY_POINTS_PER_QUERY = 16_000
+
+
+#: The most points per series Prometheus answers in one range query.
+MAX_RANGE_POINTS = 11_000
+
+
+def default_max_range_answer_bytes(targets: int, points: int) -> int:
+    """The cap on one range answer's body when none is configured:
+    ``max(4 MiB, (8 KiB + 2 KiB x points) x targets)``."""
+    per_target = ANSWER_BYTES_PER_TARGET + ANSWER_BYTES_PER_TARGET_POINT * points
+    return max(ANSWER_FLOOR_BYTES, per_target * targets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +121,44 @@ class QueryResult:
     def series(self) -> tuple[Series, ...]:
         """The elements as :class:`Series` (built afresh on each access)."""
         return tuple(map(Series, self.labels, self.values, self.timestamps))
+
+
+@dataclass(frozen=True, slots=True)
+class RangeResult:
+    """A successful range query (a ``matrix``): series ``i`` has ``labels[i]`` and its points at
+    ``timestamps[i]`` (Unix seconds, ascending) with ``values[i]``, as Prometheus returned them
+    (NaN and infinities included). ``warnings`` as in :class:`QueryResult`."""
+
+    query: str
+    labels: tuple[Mapping[str, str], ...]
+    timestamps: tuple[tuple[float, ...], ...]
+    values: tuple[tuple[float, ...], ...]
+    warnings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not len(self.labels) == len(self.values) == len(self.timestamps):
+            raise ValueError("labels, values and timestamps differ in length")
+        if any(len(t) != len(v) for t, v in zip(self.timestamps, self.values, strict=True)):
+            raise ValueError("a series has not as many values as timestamps")
+
+    def instants(self) -> dict[int, QueryResult]:
+        """The answer as one instant vector per evaluation time, keyed by that time in whole
+        milliseconds (how Prometheus writes it), in time order."""
+        columns: dict[int, tuple[list[Mapping[str, str]], list[float], float]] = {}
+        for series_labels, series_timestamps, series_values in zip(
+            self.labels, self.timestamps, self.values, strict=True
+        ):
+            for ts, value in zip(series_timestamps, series_values, strict=True):
+                column = columns.get(ms := round(ts * 1000))
+                if column is None:
+                    column = columns[ms] = ([], [], ts)
+                column[0].append(series_labels)
+                column[1].append(value)
+        return {
+            ms: QueryResult(query=self.query, result_type="vector", labels=tuple(labels),
+                            values=tuple(values), timestamps=(ts,) * len(values))
+            for ms, (labels, values, ts) in sorted(columns.items())
+        }
 
 
 class PrometheusClient:
@@ -190,11 +250,47 @@ class PrometheusClient:
         :class:`~rollbackd.errors.PrometheusQueryError` of kind ``oversized``.
         """
         cap = self.max_answer_bytes if max_answer_bytes is None else max_answer_bytes
+        form = {"query": promql_text}
+        return await self._retrying(lambda: self._send("query", form, promql_text, cap, _parse_response))
+
+    async def query_range(
+        self,
+        promql_text: str,
+        *,
+        start_s: float,
+        end_s: float,
+        step_s: float,
+        max_answer_bytes: int | None = None,
+    ) -> RangeResult:
+        """Run a range query (``POST /api/v1/query_range``): ``promql_text`` evaluated at
+        ``start_s``, ``start_s + step_s``, ... up to ``end_s`` (Unix times in seconds), reading at
+        most ``max_answer_bytes`` of its answer (the client's cap by default).
+
+        Retries, timeouts and errors as :meth:`query`; an answer that is not a range vector
+        (``matrix``) is a :class:`~rollbackd.errors.PrometheusQueryError` of kind ``bad_response``.
+        """
+        if not (math.isfinite(start_s) and math.isfinite(end_s) and start_s <= end_s):
+            raise ValueError(f"a range needs finite start_s <= end_s, not {start_s!r} .. {end_s!r}")
+        if not (math.isfinite(step_s) and step_s > 0):
+            raise ValueError(f"step_s must be a positive number of seconds, not {step_s!r}")
+        cap = self.max_answer_bytes if max_answer_bytes is None else max_answer_bytes
+        form = {
+            "query": promql_text,
+            "start": f"{start_s:.3f}",
+            "end": f"{end_s:.3f}",
+            "step": f"{step_s:g}",
+        }
+        return await self._retrying(
+            lambda: self._send("query_range", form, promql_text, cap, _parse_range_response)
+        )
+
+    async def _retrying(self, attempt_once: Callable[[], Awaitable[_Answer]]) -> _Answer:
+        """``attempt_once()`` until it succeeds, a permanent failure, or the retries are spent."""
         attempt = 0
         while True:
             self.stats.requests += 1
             try:
-                return await self._query_once(promql_text, cap)
+                return await attempt_once()
             except TemporarySourceError as exc:
                 self.stats.record_error(exc.kind)
                 if attempt >= self.retries:
@@ -213,16 +309,23 @@ class PrometheusClient:
                 self.stats.failures += 1
                 raise
 
-    async def _query_once(self, promql_text: str, max_bytes: int) -> QueryResult:
+    async def _send(
+        self,
+        endpoint: str,
+        form: Mapping[str, str],
+        promql_text: str,
+        max_bytes: int,
+        parse: Callable[[str, int, bytes, float | None], _Answer],
+    ) -> _Answer:
         if self._session is None:
             raise RuntimeError("PrometheusClient is used outside its 'async with' block")
-        url = f"{self.base_url}/api/v1/query"
+        url = f"{self.base_url}/api/v1/{endpoint}"
         # Plain seconds: Prometheus parses a bare float, but a unit only with an integer ("0.5s" is
         # rejected as bad_data).
-        form = {"query": promql_text, "timeout": f"{self.timeout_s:g}"}
+        data = {**form, "timeout": f"{self.timeout_s:g}"}
         quoted = _quote(promql_text)
         try:
-            async with self._session.post(url, data=form) as response:
+            async with self._session.post(url, data=data) as response:
                 status = response.status
                 retry_after = _retry_after(response.headers.get("Retry-After"))
                 body = await _read_capped(response, max_bytes, quoted)
@@ -237,7 +340,7 @@ class PrometheusClient:
                 f"cannot reach Prometheus at {self.base_url}: {exc or type(exc).__name__}", kind="connection"
             ) from exc
         with collector_paused():  # the answer's decoded objects hold no cycles
-            return _parse_response(promql_text, status, body, retry_after)
+            return parse(promql_text, status, body, retry_after)
 
 
 async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int, quoted: str) -> bytes:
@@ -348,6 +451,32 @@ def _parse_response(promql_text: str, status: int, body: bytes, retry_after: flo
             plain = None
         if plain is not None:
             return plain
+    document = _document(promql_text, status, body, retry_after)
+    try:
+        return _parse_data(promql_text, document)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise PrometheusQueryError(
+            f"Prometheus answered with an unexpected document ({exc!r}) (query: {_quote(promql_text)})",
+            kind="bad_response", status=status,
+        ) from exc
+
+
+def _parse_range_response(
+    promql_text: str, status: int, body: bytes, retry_after: float | None
+) -> RangeResult:
+    document = _document(promql_text, status, body, retry_after)
+    try:
+        return _parse_matrix(promql_text, document)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise PrometheusQueryError(
+            f"Prometheus answered with an unexpected document ({exc!r}) (query: {_quote(promql_text)})",
+            kind="bad_response", status=status,
+        ) from exc
+
+
+def _document(promql_text: str, status: int, body: bytes, retry_after: float | None) -> Mapping[str, object]:
+    """The answer's JSON document when it is a success; otherwise the error it stands for,
+    classified as temporary (:class:`PrometheusUnavailableError`) or not."""
     quoted = _quote(promql_text)
     try:
         document = json.loads(body)
@@ -397,14 +526,7 @@ def _parse_response(promql_text: str, status: int, body: bytes, retry_after: flo
         else:
             kind = "http"
         raise PrometheusQueryError(message, kind=kind, status=status, error_type=error_type)
-
-    try:
-        return _parse_data(promql_text, document)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        raise PrometheusQueryError(
-            f"Prometheus answered with an unexpected document ({exc!r}) (query: {quoted})",
-            kind="bad_response", status=status,
-        ) from exc
+    return document
 
 
 def _parse_data(promql_text: str, document: Mapping[str, object]) -> QueryResult:
@@ -445,6 +567,55 @@ def _parse_data(promql_text: str, document: Mapping[str, object]) -> QueryResult
         logger.warning("Prometheus warnings for query %s: %s", _quote(promql_text), "; ".join(warnings))
     return QueryResult(query=promql_text, result_type=str(result_type), labels=tuple(labels),
                        values=tuple(values), timestamps=tuple(timestamps), warnings=warnings)
+
+
+def _warnings(promql_text: str, document: Mapping[str, object]) -> tuple[str, ...]:
+    warnings_raw = document.get("warnings") or ()
+    if not isinstance(warnings_raw, list | tuple):
+        raise TypeError("warnings is not a list")
+    warnings = tuple(str(w) for w in warnings_raw)
+    if warnings:
+        logger.warning("Prometheus warnings for query %s: %s", _quote(promql_text), "; ".join(warnings))
+    return warnings
+
+
+def _parse_matrix(promql_text: str, document: Mapping[str, object]) -> RangeResult:
+    data = document["data"]
+    if not isinstance(data, dict):
+        raise TypeError("data is not an object")
+    if data["resultType"] != "matrix":
+        raise ValueError(f"result type {data['resultType']!r} is not a range vector (matrix)")
+    result = data["result"]
+    if not isinstance(result, list):
+        raise TypeError("matrix result is not a list")
+    labels: list[Mapping[str, str]] = []
+    timestamps: list[tuple[float, ...]] = []
+    values: list[tuple[float, ...]] = []
+    # Equal numbers (the timestamps of every series, repeated counts) are kept as one object.
+    numbers: dict[object, float] = {}
+    for element in result:
+        metric = element.get("metric") or {}
+        if not isinstance(metric, dict):
+            raise TypeError("series labels are not an object")
+        points = element["values"]
+        if not isinstance(points, list):
+            raise TypeError("series values are not a list")
+        series_timestamps: list[float] = []
+        series_values: list[float] = []
+        for timestamp, value in points:
+            number = numbers.get(timestamp)
+            if number is None:
+                number = numbers[timestamp] = float(timestamp)
+            series_timestamps.append(number)
+            number = numbers.get(value)
+            if number is None:
+                number = numbers[value] = float(value)
+            series_values.append(number)
+        labels.append(metric)
+        timestamps.append(tuple(series_timestamps))
+        values.append(tuple(series_values))
+    return RangeResult(query=promql_text, labels=tuple(labels), timestamps=tuple(timestamps),
+                       values=tuple(values), warnings=_warnings(promql_text, document))
 
 
 class PrometheusSource:
@@ -561,6 +732,125 @@ class PrometheusSource:
             del self._reported[gone]
         return result
 
+    async def history(
+        self,
+        targets: Sequence[SourceTarget],
+        *,
+        step_s: float,
+        range_s: float,
+        end_s: float,
+    ) -> dict[str, tuple[tuple[float, SidePair], ...]]:
+        """Per target key, its past intervals over ``range_s`` seconds up to the Unix time
+        ``end_s``: ``(time, (baseline, candidate))`` every ``step_s`` seconds, oldest first, each
+        counted over the ``step_s`` seconds before its time (so they do not overlap).
+
+        The same batched queries as :meth:`collect` with ``{window}`` = the step, sent as range
+        queries (``/api/v1/query_range``). Targets are split into as many batches as it takes for
+        each answer to hold at most :data:`HISTORY_POINTS_PER_QUERY` target-points, answered
+        ``shards`` at a time, each read up to its cap (:func:`default_max_range_answer_bytes`, or
+        ``max_answer_bytes`` times the number of points) and turned into samples before the next
+        ones are asked for: memory stays bounded whatever the number of targets. A range of more
+        than :data:`MAX_RANGE_POINTS` steps (what Prometheus answers) is read at a longer step.
+        Times when a target
+        has no data are left out; a point with a value no real service produces is left out and
+        counted by kind, as in :meth:`collect`. Targets whose queries failed (or that cannot be
+        queried) are absent from the result.
+        """
+        if not (math.isfinite(step_s) and step_s > 0):
+            raise ValueError(f"step_s must be a positive number of seconds, not {step_s!r}")
+        if not targets or not math.isfinite(range_s) or range_s < step_s:
+            return {}
+        if range_s / step_s > MAX_RANGE_POINTS:  # Prometheus answers no more points per series
+            step_s = math.ceil(range_s / MAX_RANGE_POINTS * 1000) / 1000
+        points = max(1, math.floor(range_s / step_s + 1e-9))
+        start_s = end_s - (points - 1) * step_s
+        shards = max(self.shards, math.ceil(len(targets) * points / HISTORY_POINTS_PER_QUERY))
+        plan = promql.plan(tuple(targets), window_s=step_s, max_selector_chars=self.max_selector_chars,
+                           shards=shards)
+        for key, reason in plan.invalid.items():
+            logger.warning("Target %s cannot be queried: %s", key, reason)
+            self.stats.record_error("config")
+        found: dict[str, list[tuple[float, SidePair]]] = {}
+        limit = asyncio.Semaphore(self.shards)
+
+        async def one(batch: promql.Batch) -> None:
+            async with limit:
+                wanted = len(batch.target_keys)
+                if self.max_answer_bytes is None:
+                    cap = default_max_range_answer_bytes(wanted, points)
+                else:
+                    cap = self.max_answer_bytes * points
+                async with asyncio.TaskGroup() as group:
+                    answers = {
+                        metric: group.create_task(self._safe_range(text, start_s, end_s, step_s, cap))
+                        for metric, text in batch.queries.items()
+                    }
+                self._history_of(batch, {metric: task.result() for metric, task in answers.items()}, found)
+
+        async with asyncio.TaskGroup() as group:
+            for batch in plan.batches:
+                group.create_task(one(batch))
+        return {key: tuple(pairs) for key, pairs in found.items()}
+
+    def _history_of(
+        self,
+        batch: promql.Batch,
+        outcome: Mapping[promql.Metric, RangeResult | SourceError],
+        found: dict[str, list[tuple[float, SidePair]]],
+    ) -> None:
+        """Add ``batch``'s points to ``found`` (nothing when its requests or errors query failed)."""
+        requests = outcome[promql.Metric.REQUESTS]
+        errors = outcome[promql.Metric.ERRORS]
+        for metric, answer in outcome.items():
+            if isinstance(answer, SourceError):
+                logger.warning("Prometheus %s range query for %d series failed: %s",
+                               metric.value, len(batch.sides), answer)
+        if isinstance(requests, SourceError) or isinstance(errors, SourceError):
+            return
+        buckets = outcome[promql.Metric.LATENCY_BUCKETS]
+        by_time = {metric: answer.instants() for metric, answer in outcome.items()
+                   if isinstance(answer, RangeResult)}
+        empty = QueryResult(query="", result_type="vector", labels=(), values=(), timestamps=())
+        owners = [(series, target_key, side) for series, pairs in batch.sides.items()
+                  for target_key, side in pairs]
+        for target_key in batch.target_keys:
+            found.setdefault(target_key, [])
+        for ms in sorted(by_time[promql.Metric.REQUESTS]):
+            at: dict[promql.Metric, QueryResult | SourceError] = {
+                promql.Metric.REQUESTS: by_time[promql.Metric.REQUESTS][ms],
+                promql.Metric.ERRORS: by_time[promql.Metric.ERRORS].get(ms, empty),
+                promql.Metric.LATENCY_BUCKETS: (
+                    buckets if isinstance(buckets, SourceError)
+                    else by_time[promql.Metric.LATENCY_BUCKETS].get(ms, empty)
+                ),
+            }
+            samples, rejected = self._samples(batch, at, quiet=True)
+            sides: dict[str, dict[promql.Side, Sample | None]] = {}
+            impossible: set[str] = set()
+            for series, target_key, side in owners:
+                sides.setdefault(target_key, {})[side] = samples.get(series)
+                if series in rejected:
+                    impossible.add(target_key)
+            for target_key, pair in sides.items():
+                baseline, candidate = pair.get(promql.Side.BASELINE), pair.get(promql.Side.CANDIDATE)
+                if target_key in impossible or (baseline is None and candidate is None):
+                    continue
+                found[target_key].append((ms / 1000.0, (baseline, candidate)))
+
+    async def _safe_range(
+        self, text: str, start_s: float, end_s: float, step_s: float, max_answer_bytes: int
+    ) -> RangeResult | SourceError:
+        try:
+            return await self.client.query_range(
+                text, start_s=start_s, end_s=end_s, step_s=step_s, max_answer_bytes=max_answer_bytes
+            )
+        except SourceError as exc:
+            return exc
+        except Exception as exc:
+            logger.exception("Unexpected failure of a Prometheus range query")
+            self.stats.record_error("internal")
+            return PrometheusQueryError(f"unexpected failure: {exc!r}", kind="internal")
+
     def _report(self, impossible: Mapping[str, str]) -> None:
         """Log each target's impossible values once (again only after a plausible tick)."""
         for target_key, problem in impossible.items():
@@ -588,16 +878,19 @@ class PrometheusSource:
         self,
         batch: promql.Batch,
         outcome: Mapping[promql.Metric, QueryResult | SourceError],
+        *,
+        quiet: bool = False,
     ) -> tuple[dict[promql.SeriesKey, Sample], dict[promql.SeriesKey, Implausible]]:
         """The sample of every series of ``batch`` that has data (absent keys mean no data), and
-        the series whose values are impossible, with why (each counted by its kind)."""
+        the series whose values are impossible, with why (each counted by its kind). ``quiet``:
+        failed queries were already logged by the caller."""
         labels = batch.templates.group_labels
         requests = outcome[promql.Metric.REQUESTS]
         errors = outcome[promql.Metric.ERRORS]
         buckets = outcome[promql.Metric.LATENCY_BUCKETS]
         wanted = len(batch.sides)
         for metric, answer in outcome.items():
-            if isinstance(answer, SourceError):
+            if isinstance(answer, SourceError) and not quiet:
                 logger.warning("Prometheus %s query for %d series failed: %s", metric.value, wanted, answer)
         if isinstance(requests, SourceError) or isinstance(errors, SourceError):
             return {}, {}
