@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from rollbackd.decision.framework import DecisionState, decide
 from rollbackd.detectors.judge import Judge
 from rollbackd.model import Context, Decision, Evidence, Observation
@@ -62,7 +64,13 @@ class TargetEvaluator:
             fresh.latest_evidence = evidences[-1]
         return fresh
 
+    def backfill(self, observations: Iterable[Observation]) -> int:
+        """Take the target's past as if it had been watched (see :meth:`Judge.backfill`): nothing
+        is decided on it. Returns how many observations were taken."""
+        return self._judge.backfill(observations)
+
     def reset(self) -> None:
-        """Start afresh: after a rollback, the next release is judged on its own data."""
+        """Start afresh after a rollback: the next episode is judged on its own data, against the
+        healthy past of the version that stays (see :meth:`Judge.reset`)."""
         self._judge.reset()
         self._state = DecisionState()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from rollbackd.detectors.signals import (
@@ -47,6 +47,11 @@ class Judge:
         # The baseline's history with traffic (blue-green and rolling compare against it).
         self._history: deque[tuple[float, Sample]] = deque(maxlen=MAX_TICKS)
         self._last_breached = False
+        #: The times of the window's intervals that were suspect when they came in (a breach
+        #: suspected or proven): never part of a plain Deployment's healthy past.
+        self._suspect: deque[float] = deque(maxlen=MAX_TICKS)
+        #: When the current suspicion began (``None`` while all is well).
+        self._onset: float | None = None
         #: The baseline's requests over the window, kept as a running sum (recounted now and then:
         #: fractional counts drift).
         self._baseline_served = 0.0
@@ -57,14 +62,69 @@ class Judge:
         return self._params
 
     def reset(self) -> None:
-        """Forget everything (a new release starts)."""
+        """Start a new episode (after a rollback, or a failed one): the window is forgotten, the
+        healthy past of the version that stays is not. The baseline's history is kept (canary and
+        blue-green: the baseline is what stays); a plain Deployment's window intervals from
+        before its first suspect one join its history first (the revision rolled back to is the
+        one that served them). Bounded as the history always is."""
+        if self._params.strategy is Strategy.DEPLOYMENT:
+            suspect = set(self._suspect)
+            first_suspect = min(suspect, default=math.inf)
+            for interval in self._window:
+                if interval.t >= first_suspect:
+                    break
+                sample = interval.candidate
+                if interval.baseline is None and sample is not None and sample.requests > 0:
+                    self._remember_history(interval.t, sample)
+        self._window.clear()
+        self._baseline_served = 0.0
+        for track in self._tracks:
+            track.clear()
+        self._health.clear()
+        self._suspect.clear()
+        self._onset = None
+        self._last_breached = False
+
+    def backfill(self, observations: Iterable[Observation]) -> int:
+        """Take ``observations`` of the target's past (e.g. read from Prometheus when the process
+        started) as if the judge had watched them, and return how many it took: only those older
+        than anything the judge holds, in time order. They are not judged (no evidence, no
+        decision), just remembered: the window's intervals, and the history the reference is
+        drawn from. What the judge held is kept, as it was judged."""
+        held = [self._window[0].t] if self._window else []
+        if self._history:
+            held.append(self._history[0][0])
+        start = min(held, default=math.inf)
+        older = sorted((obs for obs in observations if obs.t < start), key=lambda obs: obs.t)
+        if not older:
+            return 0
+        kept = self.kept()
+        evicted = [entry for entry in self._history if not kept or entry[0] < kept[0].t]
+        suspect, onset, last_breached = list(self._suspect), self._onset, self._last_breached
         self._window.clear()
         self._baseline_served = 0.0
         for track in self._tracks:
             track.clear()
         self._health.clear()
         self._history.clear()
+        self._suspect.clear()
         self._last_breached = False
+        previous = -math.inf
+        for obs in older:
+            if obs.t == previous:
+                continue
+            previous = obs.t
+            if obs.rejected is not None or _impossible(obs) is not None:
+                continue
+            self._admit(obs)
+        for t, sample in evicted:
+            self._remember_history(t, sample)
+        self._last_breached = last_breached
+        for obs in kept:
+            self._admit(obs)
+        self._suspect.extend(t for t in suspect if self._window and t >= self._window[0].t)
+        self._onset = onset
+        return len(older)
 
     def kept(self) -> list[Observation]:
         """The observations the window holds, as they came in: what a judge with other parameters
@@ -117,6 +177,8 @@ class Judge:
         if obs.baseline is not None and obs.baseline.requests > 0:
             self._remember_history(obs.t, obs.baseline)
         horizon = obs.t - det.window_s
+        while self._suspect and self._suspect[0] <= horizon:
+            self._suspect.popleft()
         while self._window and self._window[0].t <= horizon:
             old = self._window.popleft()
             if old.baseline is not None:
@@ -150,8 +212,22 @@ class Judge:
         served = sum(s.requests for s in concurrent)
         if concurrent and served >= self._params.detection.min_requests:
             return Reference(concurrent, pool([p.base for p in points if p.base is not None]))
-        first = points[0].t if points else float("inf")
+        first = points[0].t if points else math.inf
         before = [s for t, s in self._history if t < first]
+        if self._params.strategy is Strategy.DEPLOYMENT and points and self._window:
+            # A plain Deployment's own healthy past: its history, plus the window's intervals
+            # from before the episode (those not suspect when they came in). The whole window
+            # (an attribution over all of it) is compared with what came before the suspicion.
+            whole = any(track.points and points[0] is track.points[0] for track in self._tracks)
+            cutoff = self._onset if whole and self._onset is not None else first
+            suspect = set(self._suspect)
+            before = [s for t, s in self._history if t < cutoff]
+            before.extend(
+                iv.candidate for iv in self._window
+                if iv.t < cutoff and iv.t not in suspect and iv.baseline is None
+                and iv.candidate is not None and iv.candidate.requests > 0
+            )
+            return Reference(before)
         return Reference(before or [s for _, s in self._history])
 
     def observe(self, obs: Observation) -> Evidence:
@@ -197,6 +273,12 @@ class Judge:
             and (health is None or not health.value)
         )
         self._last_breached = bool(breached) or any(v.above for v in verdicts)
+        if self._last_breached:
+            self._suspect.append(obs.t)
+            if self._onset is None:
+                self._onset = obs.t
+        else:
+            self._onset = None
         return Evidence(
             target=self._params.key,
             t=obs.t,
