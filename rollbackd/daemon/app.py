@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
@@ -39,12 +41,13 @@ from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.reload import SettingsChange, plan_reload
 from rollbackd.daemon.rollbacks import Cluster, RollbackRun, Rollbacks
 from rollbackd.daemon.state import DaemonState, TargetState
-from rollbackd.daemon.tick import IdleCollector, gather, run_every
+from rollbackd.daemon.tick import IdleCollector, error_kind, gather, run_every
 from rollbackd.decision.cluster import ClusterFacts
+from rollbackd.errors import SourceError
 from rollbackd.gcpause import collector_paused
 from rollbackd.model import Context, Decision, Evidence, Observation
 from rollbackd.params import TargetParams
-from rollbackd.sources.base import HealthSource, MetricsSource
+from rollbackd.sources.base import GivesHistory, HealthSource, History, MetricsSource
 from rollbackd.store.base import StoreError
 
 logger = logging.getLogger(__name__)
@@ -54,6 +57,23 @@ RESUME_READ_TIMEOUT_S = 5.0
 
 #: Default bound on a graceful stop of the root tasks, in seconds.
 SHUTDOWN_TIMEOUT_S = 10.0
+
+#: Longest wait for one read of the targets' past from the metrics source, in seconds.
+HISTORY_TIMEOUT_S = 10.0
+
+#: Failed reads of a target's past before it is judged on what the process sees alone.
+HISTORY_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRead:
+    """One read of targets' past: what was asked for, what came back (targets that failed are
+    absent), and the two clocks when it was asked (to put Unix times on the event loop's)."""
+
+    keys: tuple[str, ...]
+    found: History
+    loop_now: float
+    wall_now: float
 
 
 @runtime_checkable
@@ -133,6 +153,8 @@ class Daemon:
         self.ticks = 0
         #: Whether the previous tick led: a replica that starts leading announces afresh.
         self._led = False
+        #: The read of targets' past under way (see :meth:`_read_history`).
+        self._history_task: asyncio.Task[HistoryRead] | None = None
 
     # --- observable state ----------------------------------------------------------------------
 
@@ -200,10 +222,12 @@ class Daemon:
                     for task in asyncio.all_tasks()
                     if task.get_name().startswith("rollbackd:rollback")
                     or task.get_name().startswith("rollbackd:dry-run-plan")
+                    or task is self._history_task
                 ]
                 await self._stop_tasks([*root, *rollbacks])
         finally:
             self._group = None
+            self._history_task = None
             self.metrics.up.set(0)
             self._listening.clear()
 
@@ -299,6 +323,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         started = loop.time()
         targets = list(self.state.targets.values())
+        self._read_history()
         gathered = await gather(
             [target.source for target in targets],
             metrics_source=self._metrics_source,
@@ -309,6 +334,7 @@ class Daemon:
         t = loop.time()
         self.metrics.collection_duration.observe(t - started)
         observations = {target.key: gathered.observation(target.source, t) for target in targets}
+        self._take_history()
         evidences: dict[str, Evidence] = {}
         with collector_paused():  # collected between ticks (IdleCollector)
             for target in targets:
@@ -343,6 +369,86 @@ class Daemon:
             await self._verify(targets, observations)
         self.ticks += 1
         self.metrics.evaluation_duration.observe(loop.time() - started)
+
+    def _read_history(self) -> None:
+        """Start reading the past of the targets the process has just started watching (all of
+        them at start, those a reload added), in one batched call, unless a read is under way.
+        It runs beside the ticks, which take its result once it is in (:meth:`_take_history`)."""
+        if self._history_task is not None or self._group is None:
+            return
+        wanted = [target for target in self.state.targets.values() if target.history_wanted]
+        if not wanted:
+            return
+        if not isinstance(self._metrics_source, GivesHistory):
+            for target in wanted:
+                target.history_wanted = False
+            return
+        self._history_task = self._group.create_task(self._history(wanted), name="rollbackd:history")
+
+    async def _history(self, targets: list[TargetState]) -> HistoryRead:
+        """The past of ``targets``: their baseline window and detection window, at the interval's
+        step; a failure (logged and counted) leaves every target out."""
+        source = self._metrics_source
+        assert isinstance(source, GivesHistory)
+        loop = asyncio.get_running_loop()
+        interval_s = self.settings.interval_s
+        range_s = max(t.params.detection.baseline_window_s + t.params.detection.window_s for t in targets)
+        loop_now, wall_now = loop.time(), time.time()
+        keys = tuple(target.key for target in targets)
+        try:
+            async with asyncio.timeout(HISTORY_TIMEOUT_S):
+                # Up to one interval ago: the first tick's own interval is not counted twice.
+                found = await source.history(
+                    [target.source for target in targets],
+                    step_s=interval_s, range_s=range_s, end_s=wall_now - interval_s,
+                )
+        except Exception as exc:
+            source_name = exc.source if isinstance(exc, SourceError) else "prometheus"
+            kind = error_kind(exc)
+            self.metrics.count_source_error(source_name, kind)
+            logger.warning(
+                "could not read the targets' past from the metrics source; trying again next tick",
+                extra={"targets": len(keys), "kind": kind, "error": repr(exc)},
+            )
+            found = {}
+        return HistoryRead(keys=keys, found=found, loop_now=loop_now, wall_now=wall_now)
+
+    def _take_history(self) -> None:
+        """Give each target the past the finished read found for it, mapped onto the event
+        loop's clock, before it is judged; a target left out is read again on the next ticks (up
+        to :data:`HISTORY_ATTEMPTS` reads in all), then judged on what the process sees alone."""
+        task = self._history_task
+        if task is None or not task.done():
+            return
+        self._history_task = None
+        read = task.result()
+        taken = filled = 0
+        for key in read.keys:
+            target = self.state.targets.get(key)
+            if target is None or not target.history_wanted:
+                continue
+            past = read.found.get(key)
+            if past is None:
+                target.history_failures += 1
+                if target.history_failures >= HISTORY_ATTEMPTS:
+                    target.history_wanted = False
+                    logger.warning(
+                        "no past read for the target after %d attempts; judged on what this "
+                        "process sees from now on", target.history_failures, extra={"target": key},
+                    )
+                continue
+            observations = [
+                Observation(target=key, t=read.loop_now - (read.wall_now - ts), baseline=baseline,
+                            candidate=candidate)
+                for ts, (baseline, candidate) in past
+            ]
+            taken += target.backfill(observations)
+            filled += 1
+        if filled:
+            logger.info(
+                "past of %d targets read from the metrics source", filled,
+                extra={"targets": filled, "intervals": taken},
+            )
 
     async def _decide(
         self, target: TargetState, evidence: Evidence, t: float, *, facts: ClusterFacts | None, reused: bool

@@ -6,7 +6,7 @@ Everything here lives in one event loop and is only touched from it, so no locks
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -49,6 +49,10 @@ class TargetState:
         #: The candidate's revision when the current breach episode began: a newer one means a
         #: newer rollout (a fix) is already progressing.
         self.judged_revision: int | None = None
+        #: Whether the target's past is still to be read from the metrics source (a target the
+        #: process has just started watching), and how many reads of it failed.
+        self.history_wanted = True
+        self.history_failures = 0
 
     @property
     def key(self) -> str:
@@ -63,8 +67,15 @@ class TargetState:
         """The detectors' half of a tick."""
         return self.evaluator.judge(obs)
 
+    def backfill(self, observations: Iterable[Observation]) -> int:
+        """Take the target's past, read from the metrics source, as if it had been watched; it
+        is not read again. Returns how many observations were taken."""
+        self.history_wanted = False
+        return self.evaluator.backfill(observations)
+
     def reset(self) -> None:
-        """Judge afresh from now on (after a rollback, the next release stands on its own data)."""
+        """Judge afresh from now on (after a rollback, the next episode stands on its own data,
+        against the healthy past of the version that stays)."""
         self.evaluator.reset()
         self.judged_revision = None
 
@@ -78,6 +89,8 @@ class TargetState:
         fresh.last_rollback = self.last_rollback
         fresh.facts = self.facts
         fresh.judged_revision = self.judged_revision
+        fresh.history_wanted = self.history_wanted
+        fresh.history_failures = self.history_failures
         return fresh
 
 
