@@ -7,6 +7,10 @@
   is logged, counted in ``/metrics`` and kept for the API;
 - ``rollbackd:http-server``: ``/healthz``, ``/readyz``, ``/metrics`` and the API.
 
+Beside them, while targets the process has just started watching need their past,
+``rollbackd:history`` reads it from the metrics source (when it can give history) in one batched
+call; the ticks take it once it is in, before judging those targets.
+
 With a leader election (several replicas: the Lease, or the PostgreSQL store's advisory lock),
 every replica collects, judges and decides, but only the leader acts: a standby's rollback
 decisions are blocked by ``standby``, it starts no rollback, verifies none and announces nothing.
@@ -622,7 +626,8 @@ class Daemon:
         )
 
     def _rollback_finished(self, params: TargetParams, run: RollbackRun) -> None:
-        """A rollback reached its verdict: count it, and judge the target afresh from now on."""
+        """A rollback reached its verdict: count it, and start a new episode for the target (the
+        healthy past of the version that stays is kept)."""
         self.metrics.count_rollback(run.phase.value)
         target = self.state.targets.get(params.key)
         if target is not None:
