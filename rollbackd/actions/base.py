@@ -2,7 +2,10 @@
 
 Every action is idempotent: it plans from the objects as they are now, so running it twice, or
 again after a crash half-way, ends in the same state (a second run plans nothing and reports
-``already-done``). The plan is also what dry-run shows: the changes it would have made.
+``already-done``). The plan is also what dry-run shows: the changes it would have made. A run
+given a :class:`ChangeRecorder` writes each step's changes down before making them, so that a
+process taking an interrupted rollback over can list what the one that stopped changed
+(:func:`merge_changes` tells both lists as one).
 """
 
 from __future__ import annotations
