@@ -157,7 +157,8 @@ def test_one_good_interval_inside_a_breach_does_not_restart_the_grace() -> None:
         decision, state = decide(ev(t, recovered=False), Context(), PARAMS, state)
         assert state.breach_since == 180
         assert decision.outcome is Outcome.CONTROLLED
-        assert decision.episode is not None and decision.episode.onset == 180
+        assert decision.episode is not None
+        assert decision.episode.onset == 180
     decision, state = decide(ev(230), Context(), PARAMS, state)  # recovery proven
     assert state.breach_since is None
     assert decision.episode is None

@@ -9,6 +9,7 @@ once (``target.degraded``), of each escalation cause once, and of verdicts only 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -282,7 +283,7 @@ def spread(requests: int, rate: float, i: int) -> Sample:
 
 
 def judged(
-    pairs: list[tuple[Sample | None, Sample | None]], params: TargetParams = PARAMS
+    pairs: Sequence[tuple[Sample | None, Sample | None]], params: TargetParams = PARAMS
 ) -> list[Evidence]:
     evaluator = TargetEvaluator(params)
     return [
