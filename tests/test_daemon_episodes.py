@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from rollbackd.config.settings import (
     EventsSettings,
     HttpSettings,
@@ -147,6 +149,17 @@ async def test_both_arms_failing_at_four_canary_requests_is_one_episode_told_onc
                 lambda: metrics.served >= healthy + failing, timeout_s=60, what="90 failing intervals"
             )
             assert daemon.state.targets[KEY].evaluator.episode is not None
+            # The API and the status page tell the same story as the events.
+            base = f"http://127.0.0.1:{daemon.port}"
+            async with aiohttp.ClientSession() as session:
+                async with session.get(base + "/api/v1/targets/shop/checkout") as response:
+                    shown = await response.json()
+                async with session.get(base + "/") as response:
+                    page = await response.text()
+            assert shown["decision"]["blocked_by"] == "not-attributable"
+            assert shown["decision"]["episode"]["attribution"] == "baseline-degraded"
+            assert "escalated: not attributable (baseline degraded too)" in page
+            assert "breach episode" in page
         messages = await told(subscriber, data_dir, prefix)
 
     events = [payload for kind, payload in messages if kind == "event"]

@@ -16,6 +16,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rollbackd.daemon import views
+from rollbackd.daemon.page import target_status
 from rollbackd.decision.framework import DecisionState, decide
 from rollbackd.evaluate import TargetEvaluator
 from rollbackd.events.build import Announcer, Clock, EventFactory
@@ -422,3 +424,26 @@ def test_the_real_judge_and_framework_tell_each_episode_once(
         if decision.episode is not None:
             assert last is not TargetState.HEALTHY
     assert all(count == 1 for count in degraded.values())
+
+
+# --- what the status page shows ----------------------------------------------------------------------
+
+
+def test_the_status_page_never_shows_an_open_episode_as_healthy() -> None:
+    story = Story()
+    story.tick(breach(190, Attribution.PENDING, since=180))
+    story.tick(unproven(200))
+    story.tick(breach(210, since=180))
+    story.tick(unproven(310))  # the grace is over on an unproven interval
+    labels = [
+        target_status({"decision": views.decision_view(decision, now=decision.t)}).label
+        for decision in story.decisions
+    ]
+    assert labels == [
+        "degraded: attribution pending",
+        "degraded: attribution pending",
+        "controlled rollback: waiting",
+        "controlled rollback: waiting for a proven interval",
+    ]
+    closed = story.tick(recovered(320))
+    assert target_status({"decision": views.decision_view(closed, now=320)}).label == "healthy"
