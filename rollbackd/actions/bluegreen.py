@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rollbackd.actions.base import ActionOutcome, ActionResult, Change
+from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder
 from rollbackd.actions.steps import (
     DEFAULT_SETTINGS,
     ActionRun,
@@ -104,9 +104,11 @@ class BlueGreenSwitchBack:
         self._healthy_object = object_name("Deployment", namespace, healthy)
         self._bad_object = object_name("Deployment", namespace, bad)
 
-    async def run(self, *, dry_run: bool) -> ActionResult:
-        """Plan, then (unless ``dry_run``) apply the steps, waiting where the module says."""
-        run = ActionRun(kube=self.kube, action=self.name, target=self.target, settings=self.settings)
+    async def run(self, *, dry_run: bool, recorder: ChangeRecorder | None = None) -> ActionResult:
+        """Plan, then (unless ``dry_run``) apply the steps (each recorded with ``recorder`` first),
+        waiting where the module says."""
+        run = ActionRun(kube=self.kube, action=self.name, target=self.target, settings=self.settings,
+                        recorder=recorder)
         return await run.guarded(lambda: self._run(run, dry_run=dry_run))
 
     # -- reading --
