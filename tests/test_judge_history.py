@@ -40,7 +40,7 @@ def test_a_deployment_watched_briefly_is_judged_against_its_own_healthy_past() -
     last = evidence[-1]
     assert last.impact is Impact.SEVERE
     assert last.attributable, last.reasons
-    assert "baseline 0.00% (0 of 400 requests failed)" in error_finding_detail(last)
+    assert "baseline 0.00% (0 of 400 requests failed," in error_finding_detail(last)
 
 
 def test_a_deployment_bad_from_its_first_interval_has_no_baseline_to_blame_it_on() -> None:
@@ -93,7 +93,7 @@ def test_a_rollback_keeps_the_healthy_past_of_the_deployment_revision_that_stays
     assert evidence[-1].impact is Impact.SEVERE
     assert evidence[-1].attributable, evidence[-1].reasons
     # The bad intervals of the first episode were not taken as healthy past.
-    assert "baseline 0.00% (0 of 1000 requests failed)" in error_finding_detail(evidence[-1])
+    assert "baseline 0.00% (0 of 1000 requests failed," in error_finding_detail(evidence[-1])
 
 
 def test_a_failed_switch_back_does_not_blind_a_blue_green_judge() -> None:
