@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
-from rollbackd.actions.base import ActionOutcome, ActionResult, Change
+from rollbackd.actions.base import ActionOutcome, ActionResult, Change, Progress
 from rollbackd.config.settings import KubernetesSettings, Settings, VerificationSettings
 from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.rollbacks import Phase
@@ -25,7 +25,7 @@ class ScriptedAction:
     cluster: ScriptedCluster
     name: str = "canary-abort"
 
-    async def run(self, *, dry_run: bool) -> ActionResult:
+    async def run(self, *, dry_run: bool, progress: Progress | None = None) -> ActionResult:
         self.cluster.runs.append(dry_run)
         await asyncio.sleep(self.cluster.action_s)
         if dry_run:

@@ -45,7 +45,7 @@ import kmock
 import pytest
 import yaml
 
-from rollbackd.actions.base import ActionResult
+from rollbackd.actions.base import ActionResult, Progress
 from rollbackd.config.settings import (
     EventsSettings,
     HttpSettings,
@@ -462,11 +462,11 @@ class WatchingCluster(ScriptedCluster):
         cluster = self
 
         class Watching(ScriptedAction):
-            async def run(self, *, dry_run: bool) -> ActionResult:
+            async def run(self, *, dry_run: bool, progress: Progress | None = None) -> ActionResult:
                 assert cluster.store is not None
                 kinds = [entry.kind for entry in await cluster.store.history(target=params.key)]
                 cluster.seen.append((kinds, await cluster.store.get_state(f"rollback:{params.key}")))
-                return await super().run(dry_run=dry_run)
+                return await super().run(dry_run=dry_run, progress=progress)
 
         return Watching(self)
 

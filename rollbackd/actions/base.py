@@ -8,6 +8,7 @@ again after a crash half-way, ends in the same state (a second run plans nothing
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,13 +57,27 @@ class ActionResult:
         return self.outcome in (ActionOutcome.DONE, ActionOutcome.ALREADY_DONE, ActionOutcome.PLANNED)
 
 
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """What a running action waits for (e.g. ready endpoints of the healthy colour), since when
+    (event-loop time)."""
+
+    what: str
+    since: float
+
+
+#: Told when an action starts waiting (a :class:`Waiting`) and when the wait ends (``None``).
+Progress = Callable[[Waiting | None], None]
+
+
 class RollbackAction(Protocol):
     """One kind of rollback, bound to one target."""
 
     name: str
 
-    async def run(self, *, dry_run: bool) -> ActionResult:
+    async def run(self, *, dry_run: bool, progress: Progress | None = None) -> ActionResult:
         """Plan from the current objects; unless ``dry_run``, apply the plan and wait (bounded) until
-        the rolled-back-to version serves. Never raises for API errors: they become ``FAILED``
-        results listing what was changed before the error."""
+        the rolled-back-to version serves, telling ``progress`` when each wait starts and ends.
+        Never raises for API errors: they become ``FAILED`` results listing what was changed
+        before the error."""
         ...

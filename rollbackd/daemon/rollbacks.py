@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from rollbackd.actions.base import ActionOutcome, ActionResult, RollbackAction
+from rollbackd.actions.base import ActionOutcome, ActionResult, RollbackAction, Waiting
 from rollbackd.decision.cluster import ClusterFacts
 from rollbackd.model import Decision, HealthCheck, Observation, Sample, Strategy
 from rollbackd.params import TargetParams
@@ -85,6 +85,8 @@ class RollbackRun:
     available: bool | None = None
     #: Taken over from a previous process or leader (found in the store).
     resumed: bool = False
+    #: What the action waits for right now (ready endpoints, available pods), since when.
+    waiting: Waiting | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -96,6 +98,10 @@ class RollbackRun:
         """Whether the whole rollback took less than the runbook's 10 minutes."""
         duration = self.duration_s
         return None if duration is None else duration <= RUNBOOK_ROLLBACK_TARGET_S
+
+
+def _set_waiting(run: RollbackRun, waiting: Waiting | None) -> None:
+    run.waiting = waiting
 
 
 def serving_side(
@@ -225,7 +231,9 @@ class Rollbacks:
             return
         logger.warning("rolling back", extra={"target": run.key, "mode": run.mode})
         try:
-            result = await self._cluster.action(params, bad_revision=bad_revision).run(dry_run=False)
+            result = await self._cluster.action(params, bad_revision=bad_revision).run(
+                dry_run=False, progress=lambda waiting: _set_waiting(run, waiting)
+            )
         except Exception as exc:  # a defect, not an API error: never leave the run "acting"
             logger.exception("rollback action crashed", extra={"target": run.key})
             result = ActionResult(
@@ -234,6 +242,7 @@ class Rollbacks:
                 outcome=ActionOutcome.FAILED,
                 reason=f"action crashed: {exc!r}",
             )
+        run.waiting = None
         run.action = result
         run.acted_at = loop.time()
         fields = {
