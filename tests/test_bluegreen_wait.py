@@ -112,7 +112,7 @@ async def test_a_wait_that_times_out_says_so(
 
     assert result.outcome is ActionOutcome.FAILED
     assert told[-1] is None
-    started, ended = wait_records(caplog)
+    _, ended = wait_records(caplog)
     assert "timed out after" in ended.getMessage()
     assert ended.__dict__["wait_outcome"] == "timed out"
 
@@ -151,7 +151,8 @@ async def test_the_status_page_and_the_api_show_what_the_rollback_waits_for(
         assert shown["waiting"]["elapsed_s"] >= 0
         status, page = await api.call("GET", "/")
         assert status == 200
-        assert "The action is waiting for the Service shop/web to serve from web-blue&#x27;s pods only" in page
+        assert "The action is waiting for the Service shop/web to serve from web-blue&#x27;s pods only" \
+            in page
         assert "ready endpoints of ReplicaSet web-blue-" in page
 
         metrics.pair = HEALTHY
