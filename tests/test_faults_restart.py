@@ -19,7 +19,10 @@ requests go (the API server may apply them after their client is gone, as a real
 starts a new process on the same store, and checks: every rollback is finished exactly once (the
 objects end rolled back, each change was applied once, one ``rollback.verified`` per target),
 every audit record and event recorded before the stop is still there and delivered afterwards,
-and neither process crashed.
+and neither process crashed. And it is one story per target, on the MQTT stream as in the outbox:
+one ``rollback.started`` id, the original decision time and durations from it in
+``rollback.completed`` and ``rollback.verified``, whose action lists every change of the run,
+those the stopped process made included; each change was in the run's record before it was made.
 
 And in process, with a store that is slow to write: a rollback's action touches the cluster only
 once its decision, its ``rollback.started`` and the state a restart resumes from are recorded.
@@ -36,6 +39,7 @@ import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -45,7 +49,7 @@ import kmock
 import pytest
 import yaml
 
-from rollbackd.actions.base import ActionResult, Progress
+from rollbackd.actions.base import ActionResult, ChangeRecorder, Progress
 from rollbackd.config.settings import (
     EventsSettings,
     HttpSettings,
@@ -292,6 +296,13 @@ class Store:
     def outbox(self) -> list[str]:
         return [str(i) for (i,) in self._rows("SELECT event_id FROM outbox ORDER BY seq")]
 
+    def outbox_events(self, target: str) -> list[dict[str, Any]]:
+        """The outbox's events about ``target``, in order."""
+        rows = self._rows(
+            f"SELECT payload FROM outbox WHERE subject = '{NAMESPACE}/{target}' ORDER BY seq"
+        )
+        return [json.loads(payload) for (payload,) in rows]
+
     def rollback_state(self, target: str) -> dict[str, Any] | None:
         key = f"rollback:{NAMESPACE}/{target}"
         for (value,) in self._rows(f"SELECT value FROM target_state WHERE key = '{key}'"):
@@ -341,6 +352,16 @@ async def test_a_rollback_stopped_at_any_phase_is_finished_once_after_a_restart(
         return look
 
     cluster.probes.update({f"{name}-canary": probe(name) for name in PHASES})
+    # The run's record when each scale-down of a canary Deployment reached the API server.
+    recorded_before_scaling: dict[str, dict[str, Any] | None] = {}
+
+    def probe_scale(name: str) -> Callable[[], None]:
+        def look() -> None:
+            recorded_before_scaling[name] = store.rollback_state(name)
+
+        return look
+
+    cluster.probes.update({name: probe_scale(name) for name in PHASES})
 
     def tail() -> str:
         return "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else ""
@@ -371,6 +392,7 @@ async def test_a_rollback_stopped_at_any_phase_is_finished_once_after_a_restart(
         outbox_at_stop = store.outbox()
         assert audit_at_stop[: len(before_stop_audit)] == before_stop_audit
 
+        restarted_at = datetime.now(UTC)
         second = await start_daemon(config, log)
         try:
             await wait_until(
@@ -394,6 +416,7 @@ async def test_a_rollback_stopped_at_any_phase_is_finished_once_after_a_restart(
             what="every event delivered",
         )
         delivered = {m.json()["id"] for m in subscriber.messages}
+        streamed = [m.json() for m in subscriber.messages if not m.retain]
 
     audit = store.audit()
     lost_records = [entry for entry in audit_at_stop if entry not in audit]
@@ -424,12 +447,56 @@ async def test_a_rollback_stopped_at_any_phase_is_finished_once_after_a_restart(
         assert kinds.count("rollback.completed") == 1, (phase, kinds)
     assert (cluster.read(DEPLOYMENTS, NAMESPACE, STABLE) or {})["spec"]["replicas"] == 3
 
+    # One story per target, on the MQTT stream as in the outbox, told by both processes together.
+    for name, phase in PHASES.items():
+        subject = f"{NAMESPACE}/{name}"
+        for where, events in (
+            ("mqtt", [e for e in streamed if e["subject"] == subject]),
+            ("outbox", store.outbox_events(name)),
+        ):
+            started = {e["id"]: e for e in events if e["type"] == "io.rollbackd.rollback.started"}
+            assert len(started) == 1, (phase, where, list(started))
+            (first_story,) = started.values()
+            decided_at = datetime.fromisoformat(first_story["data"]["decided_at"])
+            assert first_story["data"]["reasons"], (phase, where)  # the decision's, not empty
+            run_id = first_story["data"]["run_id"]
+            assert datetime.fromisoformat(first_story["time"]) < restarted_at, (phase, where)  # the first's
+            for kind in ("rollback.completed", "rollback.verified"):
+                (event,) = {e["id"]: e for e in events if e["type"] == f"io.rollbackd.{kind}"}.values()
+                data = event["data"]
+                assert data["run_id"] == run_id, (phase, where, kind)
+                assert datetime.fromisoformat(data["decided_at"]) == decided_at, (phase, where, kind)
+                # Measured from the original decision: the whole time, the restart included.
+                at = datetime.fromisoformat(event["time"])
+                assert abs(data["duration_s"] - (at - decided_at).total_seconds()) < 1.0, (phase, where, kind)
+                if kind == "rollback.verified" or phase != "verifying":
+                    assert data["duration_s"] >= (restarted_at - decided_at).total_seconds(), (phase, kind)
+                changes = {
+                    (c["object"], c["field"]): (c["before"], c["after"]) for c in data["action"]["changes"]
+                }
+                assert len(changes) == len(data["action"]["changes"]), (phase, where, kind)  # each once
+                assert changes == {
+                    (f"Ingress/{NAMESPACE}/{name}-canary", f"metadata.annotations[{WEIGHT}]"): ("20", "0"),
+                    (f"Deployment/{NAMESPACE}/{name}", "spec.replicas"): (1, 0),
+                }, (phase, where, kind)
+
+    # Each change was in the run's record before it reached the API server.
+    for name, state in recorded_before_scaling.items():
+        assert state is not None, PHASES[name]
+        recorded = {(c["object"], c["field"]): c for c in state["changes"]}
+        scale = recorded[(f"Deployment/{NAMESPACE}/{name}", "spec.replicas")]
+        assert (scale["before"], scale["after"]) == (1, 0), (PHASES[name], state)
+
     # Nothing was done before it was recorded: each rollback's first write came after its
     # rollback.started record and the state a restart resumes from.
     for name, (kinds, state) in recorded_before_acting.items():
         assert "rollback.started" in kinds, (PHASES[name], kinds)
         assert state is not None, PHASES[name]
         assert state["phase"] == "acting", (PHASES[name], state)
+        (weight,) = state["changes"]  # the change about to be made, not made yet
+        assert (weight["field"], weight["before"], weight["after"], weight["made"]) == (
+            f"metadata.annotations[{WEIGHT}]", "20", "0", False
+        ), (PHASES[name], state)
 
 
 class SlowStore:
@@ -462,11 +529,12 @@ class WatchingCluster(ScriptedCluster):
         cluster = self
 
         class Watching(ScriptedAction):
-            async def run(self, *, dry_run: bool, progress: Progress | None = None) -> ActionResult:
+            async def run(self, *, dry_run: bool, recorder: ChangeRecorder | None = None,
+                          progress: Progress | None = None) -> ActionResult:
                 assert cluster.store is not None
                 kinds = [entry.kind for entry in await cluster.store.history(target=params.key)]
                 cluster.seen.append((kinds, await cluster.store.get_state(f"rollback:{params.key}")))
-                return await super().run(dry_run=dry_run, progress=progress)
+                return await super().run(dry_run=dry_run, recorder=recorder, progress=progress)
 
         return Watching(self)
 

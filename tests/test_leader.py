@@ -476,6 +476,7 @@ async def test_the_new_leader_finishes_a_rollback_the_old_one_left_mid_way(
                 )
                 await asyncio.sleep(0.5)  # its state is in the store
                 assert cluster_a.runs == [False]
+                first = daemon_a.rollbacks.runs["shop/checkout"]
                 await replica_a.aclose()  # the leader dies mid-action
                 await asyncio.wait_for(b.wait_leader(), timeout=15)
                 await wait_until(
@@ -487,5 +488,12 @@ async def test_the_new_leader_finishes_a_rollback_the_old_one_left_mid_way(
                 run = daemon_b.rollbacks.runs["shop/checkout"]
                 assert run.resumed
                 assert run.phase is Phase.VERIFIED
+                # The same run, from the same decision (its record in the shared store).
+                assert (run.run_id, run.decided_wall, run.reasons) == (
+                    first.run_id,
+                    first.decided_wall,
+                    first.reasons,
+                )
+                assert run.reasons
                 await asyncio.sleep(5 * interval_s)
                 assert cluster_b.runs == [False]  # once: resumed, and never decided again

@@ -2,13 +2,16 @@
 
 Every action is idempotent: it plans from the objects as they are now, so running it twice, or
 again after a crash half-way, ends in the same state (a second run plans nothing and reports
-``already-done``). The plan is also what dry-run shows: the changes it would have made.
+``already-done``). The plan is also what dry-run shows: the changes it would have made. A run
+given a :class:`ChangeRecorder` writes each step's changes down before making them, so that a
+process taking an interrupted rollback over can list what the one that stopped changed
+(:func:`merge_changes` tells both lists as one).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,6 +35,20 @@ class Change:
 
     def describe(self) -> str:
         return f"{self.object} {self.field}: {self.before!r} -> {self.after!r}"
+
+
+def merge_changes(*lists: Iterable[Change]) -> tuple[Change, ...]:
+    """The changes of one rollback told by several lists, in order (e.g. what a stopped process
+    recorded, then what the run that resumed it made): one per (object, field), with the earliest
+    ``before`` and the latest ``after``, in the order each field was first changed."""
+    merged: dict[tuple[str, str], Change] = {}
+    for changes in lists:
+        for change in changes:
+            key = (change.object, change.field)
+            first = merged.get(key)
+            merged[key] = change if first is None else Change(change.object, change.field, first.before,
+                                                              change.after)
+    return tuple(merged.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,14 +87,33 @@ class Waiting:
 Progress = Callable[[Waiting | None], None]
 
 
+class ChangeRecorder(Protocol):
+    """Where a run of an action writes down each change before it is made, and after (the store's
+    record of the rollback, so that a process that takes the rollback over knows what was done)."""
+
+    async def intend(self, changes: Sequence[Change]) -> bool:
+        """``changes`` are about to be made: ``True`` once that is written down; ``False`` when it
+        cannot be, and then they are not made."""
+        ...
+
+    async def made(self, intended: Sequence[Change], made: Sequence[Change]) -> None:
+        """The step that intended ``intended`` is done and changed ``made`` (none of them, when it
+        found its object already as wanted)."""
+        ...
+
+
 class RollbackAction(Protocol):
     """One kind of rollback, bound to one target."""
 
     name: str
 
-    async def run(self, *, dry_run: bool, progress: Progress | None = None) -> ActionResult:
+    async def run(
+        self, *, dry_run: bool, recorder: ChangeRecorder | None = None, progress: Progress | None = None
+    ) -> ActionResult:
         """Plan from the current objects; unless ``dry_run``, apply the plan and wait (bounded) until
         the rolled-back-to version serves, telling ``progress`` when each wait starts and ends.
+        Each step's changes go to ``recorder`` before the step is applied (a step whose changes
+        cannot be recorded is not applied: ``FAILED``) and after.
         Never raises for API errors: they become ``FAILED`` results listing what was changed
         before the error."""
         ...

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rollbackd.actions.base import ActionOutcome, ActionResult, Change, Progress
+from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder, Progress
 from rollbackd.actions.steps import (
     DEFAULT_SETTINGS,
     ActionRun,
@@ -112,10 +112,13 @@ class BlueGreenSwitchBack:
         self._healthy_object = object_name("Deployment", namespace, healthy)
         self._bad_object = object_name("Deployment", namespace, bad)
 
-    async def run(self, *, dry_run: bool, progress: Progress | None = None) -> ActionResult:
-        """Plan, then (unless ``dry_run``) apply the steps, waiting where the module says."""
+    async def run(
+        self, *, dry_run: bool, recorder: ChangeRecorder | None = None, progress: Progress | None = None
+    ) -> ActionResult:
+        """Plan, then (unless ``dry_run``) apply the steps (each recorded with ``recorder`` first),
+        waiting where the module says."""
         run = ActionRun(kube=self.kube, action=self.name, target=self.target, settings=self.settings,
-                        progress=progress)
+                        recorder=recorder, progress=progress)
         return await run.guarded(lambda: self._run(run, dry_run=dry_run))
 
     # -- reading --

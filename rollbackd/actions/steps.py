@@ -10,12 +10,15 @@ One :class:`ActionRun` carries out one run of one action:
 
 - :meth:`ActionRun.call` and :meth:`ActionRun.apply` send requests through
   :func:`~rollbackd.kube.retry.retrying` (409: re-read and re-apply; 5xx, 429, timeouts: backoff)
-  and add their time, backoff pauses included, to ``api_s``;
+  and add their time, backoff pauses included, to ``api_s``; with a
+  :class:`~rollbackd.actions.base.ChangeRecorder`, :meth:`ActionRun.apply` writes a step's
+  changes down before it sends anything (a step that cannot be written down is not applied:
+  :class:`NotRecorded`), and what the step really changed afterwards;
 - :meth:`ActionRun.wait_until` polls a condition until it holds, bounded by the run's
   availability budget on the event-loop clock, and adds its time to ``wait_s``; it logs when it
   starts (what it waits for) and ends (how long it took), and tells the run's ``progress``;
 - :meth:`ActionRun.guarded` turns what may go wrong into a result: :class:`Refusal` (nothing
-  changed yet: ``refused``), :class:`WaitTimeout` and every
+  changed yet: ``refused``), :class:`WaitTimeout`, :class:`NotRecorded` and every
   :class:`~rollbackd.kube.errors.KubeError` (``failed``, listing what was changed before).
   Cancellation is never swallowed.
 """
@@ -29,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from rollbackd.actions.base import ActionOutcome, ActionResult, Change, Progress, Waiting
+from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder, Progress, Waiting
 from rollbackd.backoff import Backoff
 from rollbackd.config.settings import KubernetesSettings
 from rollbackd.decision.cluster import fully_available
@@ -84,6 +87,11 @@ class Refusal(Exception):
         self.reason = reason
 
 
+class NotRecorded(Exception):
+    """A step's changes could not be written down before they were made: the step is not applied
+    (nothing may be changed that a process taking the rollback over would not know of)."""
+
+
 class WaitTimeout(Exception):
     """A condition did not come true within the run's availability budget (or never will: a
     rollout past its progress deadline)."""
@@ -114,7 +122,8 @@ class ActionRun:
     """One run of one action: its requests (retried, timed), its changes, its waits.
 
     Created at the start of :meth:`run`; ``action`` and ``target`` name the result; ``settings``
-    bound the retries and the waits; ``progress`` is told when a wait starts and ends. ``loop``
+    bound the retries and the waits; ``recorder`` (optional) hears of every step's changes before
+    and after it is applied; ``progress`` (optional) is told when a wait starts and ends. ``loop``
     time is read from the running event loop.
     """
 
@@ -125,12 +134,14 @@ class ActionRun:
         action: str,
         target: str,
         settings: ActionSettings,
+        recorder: ChangeRecorder | None = None,
         progress: Progress | None = None,
     ) -> None:
         self.kube = kube
         self.action = action
         self.target = target
         self.settings = settings
+        self.recorder = recorder
         self.progress = progress
         self.changes: list[Change] = []
         self.api_s = 0.0
@@ -176,12 +187,24 @@ class ActionRun:
 
         A write the server applied but whose answer was lost (a timeout) is found done by the
         retry's re-read, and so is not listed: the list never shows a change twice, at the price
-        of missing one in that rare case (the object's state is right either way)."""
+        of missing one in that rare case (the object's state is right either way; the recorder
+        has it as intended).
+
+        With a recorder, the step's planned changes are written down first; when they cannot be,
+        :class:`NotRecorded` is raised and nothing is sent. Once applied, the recorder learns what
+        the step really changed."""
+        if self.recorder is not None and not await self.recorder.intend(step.changes):
+            raise NotRecorded(
+                "could not record the next change before making it, so it was not made: "
+                + "; ".join(c.describe() for c in step.changes)
+            )
         made = await self.call(step.apply)
         for change in made:
             logger.info("%s: %s", self.action, change.describe(),
                         extra={"target": self.target, "action": self.action})
         self.changes.extend(made)
+        if self.recorder is not None:
+            await self.recorder.made(step.changes, made)
 
     # -- waiting --
 
@@ -272,7 +295,7 @@ class ActionRun:
             if self.changes:  # refused part-way: something did change, so this is a failure
                 return self.failed(exc.reason, **(fields or {}))
             return self.result(ActionOutcome.REFUSED, exc.reason, **(fields or {}))
-        except WaitTimeout as exc:
+        except (WaitTimeout, NotRecorded) as exc:
             return self.failed(str(exc), **(fields or {}))
         except KubeForbidden as exc:  # its message names the verb, resource, namespace and rule
             return self.failed(str(exc), **(fields or {}))

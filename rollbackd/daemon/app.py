@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
@@ -33,11 +35,12 @@ from rollbackd.config.loader import ConfigError
 from rollbackd.config.settings import Settings
 from rollbackd.daemon.auth import ApiAuth
 from rollbackd.daemon.http import HttpContext, HttpServer, make_app
-from rollbackd.daemon.journal import Journal
+from rollbackd.daemon.journal import RUN_OVER, Journal
 from rollbackd.daemon.leader import Leadership
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.reload import SettingsChange, plan_reload
 from rollbackd.daemon.rollbacks import Cluster, RollbackRun, Rollbacks
+from rollbackd.daemon.runrecord import RunRecord
 from rollbackd.daemon.state import DaemonState, TargetState
 from rollbackd.daemon.tick import IdleCollector, gather, run_every
 from rollbackd.decision.cluster import ClusterFacts
@@ -115,6 +118,7 @@ class Daemon:
             on_finished=self._rollback_finished,
             on_change=self._rollback_changed,
             before_acting=self._start_recorded,
+            record=self._save_run,
         )
         self.state.rollbacks = self.rollbacks
         self._group: asyncio.TaskGroup | None = None
@@ -465,55 +469,58 @@ class Daemon:
             logger.exception("could not read the rollbacks under way; trying again next tick")
             return
         self._resumed = True
+        wall_now = datetime.now(UTC)
         for key, saved in found.items():
             target = self.state.targets[key]
-            if saved.get("phase") not in ("acting", "verifying"):
+            try:
+                record = RunRecord.from_state(saved, now=wall_now, new_id=str(uuid.uuid4()))
+            except (KeyError, TypeError, ValueError) as exc:
+                logger.error("the record of a rollback under way cannot be read, not resuming it: %s",
+                             exc, extra={"target": key})
                 continue
-            bad = saved.get("bad_revision")
-            target.judged_revision = bad if isinstance(bad, int) else None
-            announced = await self.journal.announced_run_events(key)
-            run = self.rollbacks.resume(
-                target.params,
-                mode=str(saved.get("mode", "immediate")),
-                bad_revision=target.judged_revision,
-                group=self._group,
-            )
+            if not record.active:
+                continue
+            announced = await self.journal.announced_run_events(key, record)
+            if announced & RUN_OVER:  # its verdict is recorded: only the record's removal was missing
+                await self.journal.save_run(key, None)
+                continue
+            target.judged_revision = record.bad_revision
+            self.journal.resuming(target.params, record, announced=announced)
+            run = self.rollbacks.resume(target.params, record, self._group)
             if run is not None:
-                self.journal.resumed(target.params, run, announced=announced)
                 # A rollback taken over counts like one decided here: cooldown and hourly cap.
                 self.state.ledger.record(key, run.decided_at, target.params.policy.cooldown_s)
 
-    def _run_state(self, params: TargetParams, run: RollbackRun) -> dict[str, Any] | None:
-        """What a restart needs to finish ``run`` (``None`` once it is over)."""
-        if not run.phase.active:
-            return None
-        target = self.state.targets.get(params.key)
-        return {
-            "phase": run.phase.value,
-            "mode": run.mode,
-            "bad_revision": target.judged_revision if target is not None else None,
-        }
+    @staticmethod
+    def _run_state(run: RollbackRun) -> dict[str, Any] | None:
+        """What a restart (or a new leader) needs to finish ``run``: its record (``None`` once it
+        is over)."""
+        return run.record().to_state() if run.phase.active else None
+
+    async def _save_run(self, params: TargetParams, run: RollbackRun) -> bool:
+        """Write ``run``'s record now (its changes so far included); whether it was written."""
+        return await self.journal.save_run(params.key, self._run_state(run))
 
     async def _start_recorded(self, params: TargetParams, run: RollbackRun) -> bool:
         """Nothing is done that is not recorded: before the action touches the cluster, the
-        decision and ``rollback.started`` are in the audit log and the run's state is saved."""
-        return await self.journal.flushed() and await self.journal.save_run(
-            params.key, self._run_state(params, run)
-        )
+        decision and ``rollback.started`` are in the audit log and the run's record is saved."""
+        return await self.journal.flushed() and await self._save_run(params, run)
 
     def _rollback_changed(self, params: TargetParams, run: RollbackRun) -> None:
         target = self.state.targets.get(params.key)
-        if self._group is not None:
-            state = self._run_state(params, run)
-            self._group.create_task(
-                self.journal.save_run(params.key, state), name=f"rollbackd:save-run:{params.key}"
+        try:  # announced first: the record then holds the run's rollback.started
+            self.journal.run(
+                params,
+                run,
+                decision=target.last_rollback if target is not None else None,
+                bad_revision=target.judged_revision if target is not None else None,
             )
-        self.journal.run(
-            params,
-            run,
-            decision=target.last_rollback if target is not None else None,
-            bad_revision=target.judged_revision if target is not None else None,
-        )
+        finally:
+            if self._group is not None:
+                state = self._run_state(run)
+                self._group.create_task(
+                    self.journal.save_run(params.key, state), name=f"rollbackd:save-run:{params.key}"
+                )
 
     def _rollback_finished(self, params: TargetParams, run: RollbackRun) -> None:
         """A rollback reached its verdict: count it, and judge the target afresh from now on."""

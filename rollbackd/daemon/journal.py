@@ -13,15 +13,17 @@ trail cannot be written, :attr:`problem` says so too, and entries wait in the pu
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 from rollbackd.daemon.rollbacks import RollbackRun
+from rollbackd.daemon.runrecord import RunRecord
 from rollbackd.events.build import Announcer, Clock
 from rollbackd.events.dispatcher import SinkStatus
-from rollbackd.events.model import EventType
+from rollbackd.events.model import CloudEvent, EventFormatError, EventType
 from rollbackd.events.publisher import audit_entry_for
 from rollbackd.events.service import Events
 from rollbackd.model import Decision, Hold
@@ -32,8 +34,18 @@ logger = logging.getLogger(__name__)
 
 #: Audit entries of a target read back to find what a rollback left under way had announced.
 RESUME_LOOKBACK = 100
+#: Audit kinds of a rollback run's own events.
+_RUN_EVENTS = frozenset(
+    {
+        EventType.ROLLBACK_STARTED,
+        EventType.ROLLBACK_COMPLETED,
+        EventType.ROLLBACK_FAILED,
+        EventType.ROLLBACK_VERIFIED,
+        EventType.VERIFICATION_FAILED,
+    }
+)
 #: Audit kinds that end a rollback run.
-_RUN_OVER = frozenset(
+RUN_OVER = frozenset(
     {
         EventType.ROLLBACK_VERIFIED,
         EventType.VERIFICATION_FAILED,
@@ -49,6 +61,9 @@ class Journal:
         self._events: Events | None = None
         self._store: Store | None = None
         self._saving = asyncio.Lock()
+        #: Order of the run states handed to :meth:`save_run`, and the latest written per key.
+        self._state_order = itertools.count()
+        self._state_written: dict[str, int] = {}
         self._announcers: dict[str, Announcer] = {}
         self._required = required
         self._lifecycle: str | None = "the store is not open yet" if required else None
@@ -141,28 +156,37 @@ class Journal:
     def run(
         self, params: TargetParams, run: RollbackRun, *, decision: Decision | None, bad_revision: int | None
     ) -> None:
-        """A rollback run changed phase: rollback.started / completed / verified / failed, ..."""
+        """A rollback run changed phase: rollback.started / completed / verified / failed, ...
+        The run keeps its ``rollback.started`` (its record holds it, for a process that takes the
+        run over)."""
         announcer = self._announcer(params)
         if announcer is None or self._events is None:
             return
         for event in announcer.on_run(
             run, clock=Clock.now(), decision=decision, strategy=params.strategy, bad_revision=bad_revision
         ):
+            if event.event_type is EventType.ROLLBACK_STARTED:
+                run.started_event, run.started_event_id = event.to_json(), event.id
             self._events.publisher.submit(audit_entry_for(event), (event,))
 
     async def save_run(self, key: str, state: Mapping[str, Any] | None) -> bool:
         """Keep (or, with ``None``, forget) the rollback under way for ``key`` in the store, so a
         restarted daemon or a new leader finishes it. Whether it was kept (without a store: whether
-        none is required)."""
+        none is required). Writes are done in the order of the calls; one that comes after a
+        later state of the same key was written is not done (that state is newer)."""
         store = self._store
         if store is None:
             return not self._required
+        order = next(self._state_order)
         async with self._saving:
+            if self._state_written.get(key, -1) > order:
+                return True
             try:
                 await store.put_state(f"rollback:{key}", state)
             except Exception as exc:
                 logger.error("could not save the rollback state: %s", exc, extra={"target": key})
                 return False
+            self._state_written[key] = order
         return True
 
     async def flushed(self) -> bool:
@@ -174,10 +198,11 @@ class Journal:
         await events.publisher.flush()
         return True
 
-    async def announced_run_events(self, key: str) -> set[EventType]:
-        """The events of the latest rollback of ``key`` already in the audit log, when that
-        rollback was left under way (``rollback.started``, and ``rollback.completed`` once its
-        action had completed); empty when none is found or the store cannot say."""
+    async def announced_run_events(self, key: str, record: RunRecord) -> set[EventType]:
+        """The events of the rollback of ``key`` left under way (``record``) already in the audit
+        log (``rollback.started``, and ``rollback.completed`` once its action had completed),
+        found by the run's id; empty when none is found or the store cannot say (then
+        ``rollback.started`` is published again with its original id, which subscribers dedupe)."""
         store = self._store
         if store is None:
             return set()
@@ -186,9 +211,20 @@ class Journal:
         except Exception as exc:
             logger.warning("could not read the audit log before resuming: %s", exc, extra={"target": key})
             return set()
+        if record.started_event_id is not None:
+            return {
+                EventType.parse(entry.kind)
+                for entry in entries
+                if entry.kind in _RUN_EVENTS
+                and (
+                    entry.details.get("run_id") == record.run_id
+                    or entry.details.get("event_id") == record.started_event_id
+                )
+            }
+        # A record from before run ids: the latest rollback's events, if it did not end.
         announced: set[EventType] = set()
         for entry in reversed(entries):
-            if entry.kind in _RUN_OVER:
+            if entry.kind in RUN_OVER:
                 return set()  # the latest rollback ended; the one under way was never announced
             if entry.kind == EventType.ROLLBACK_COMPLETED:
                 announced.add(EventType.ROLLBACK_COMPLETED)
@@ -197,12 +233,22 @@ class Journal:
                 return announced
         return set()
 
-    def resumed(self, params: TargetParams, run: RollbackRun, *, announced: set[EventType]) -> None:
-        """``run`` finishes a rollback a previous process left under way: its ``announced`` events
-        are not announced again."""
+    def resuming(self, params: TargetParams, record: RunRecord, *, announced: set[EventType]) -> None:
+        """The run of ``record`` is about to finish a rollback a previous process left under way:
+        its ``announced`` events are not announced again, and its ``rollback.started``, if not
+        among them, is announced as the record has it (same id)."""
         announcer = self._announcer(params)
-        if announcer is not None:
-            announcer.resume(run, announced=announced)
+        if announcer is None:
+            return
+        started = None
+        if record.started_event is not None:
+            try:
+                started = CloudEvent.from_json(record.started_event)
+            except EventFormatError as exc:
+                logger.warning(
+                    "the record's rollback.started cannot be read: %s", exc, extra={"target": params.key}
+                )
+        announcer.resume(record.run_id, announced=announced, started=started)
 
     async def history(
         self, *, target: str | None = None, since: datetime | None = None, limit: int = 1000

@@ -4,13 +4,19 @@ For each target at most one rollback is under way (the framework sees ``rollback
 and never acts twice). A run is a supervised task in the daemon's task group:
 
 1. **acting** — once its start is recorded (``before_acting``: the audit entries and events
-   submitted so far, and the state a restart resumes from), the target's action (canary abort,
-   blue-green switch-back or Deployment undo) runs against the cluster; API errors become a
-   failed result, never an exception;
+   submitted so far, and the run's record a restart resumes from), the target's action (canary
+   abort, blue-green switch-back or Deployment undo) runs against the cluster, writing each change
+   into the run's record before making it (``record``); API errors become a failed result, never
+   an exception;
 2. **verifying** — the tick loop feeds the version traffic went back to into a
    :class:`~rollbackd.verification.Verifier` for the validation window;
 3. **verified** or **verification-failed** (which escalates, never rolls back again), or
    **action-failed** / **refused** when the action could not be done.
+
+A run left under way by a process that stopped (or by a leader that lost its lease) is taken over
+from its record (:class:`~rollbackd.daemon.runrecord.RunRecord`, see :meth:`Rollbacks.resume`): the
+same run, with its id, its decision time (durations run from the original decision), its reasons,
+and the changes made before, which the resumed action's result lists with its own.
 
 In dry-run a rollback decision runs the action's plan only, once per breach episode, and logs what
 it would have changed.
@@ -19,13 +25,24 @@ it would have changed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
-from rollbackd.actions.base import ActionOutcome, ActionResult, RollbackAction, Waiting
+from rollbackd.actions.base import (
+    ActionOutcome,
+    ActionResult,
+    Change,
+    RollbackAction,
+    Waiting,
+    merge_changes,
+)
+from rollbackd.daemon.runrecord import RecordedChange, RunRecord
 from rollbackd.decision.cluster import ClusterFacts
 from rollbackd.model import Decision, HealthCheck, Observation, Sample, Strategy
 from rollbackd.params import TargetParams
@@ -69,12 +86,19 @@ class Cluster(Protocol):
         ...
 
 
+def _new_run_id() -> str:
+    return str(uuid.uuid4())
+
+
 @dataclass(slots=True)
 class RollbackRun:
-    """One rollback of one target, from decision to verdict."""
+    """One rollback of one target, from decision to verdict (across restarts and fail-overs: a run
+    taken over keeps its ``run_id``, decision time and reasons)."""
 
     key: str
     mode: str
+    #: When the rollback was decided, on the event loop's clock (for a run taken over: the
+    #: original decision's wall-clock time mapped to this loop's clock).
     decided_at: float
     phase: Phase = Phase.ACTING
     action: ActionResult | None = None
@@ -85,6 +109,22 @@ class RollbackRun:
     available: bool | None = None
     #: Taken over from a previous process or leader (found in the store).
     resumed: bool = False
+    #: Unique per run; the same in every ``rollback.*`` event of the run and in its record.
+    run_id: str = field(default_factory=_new_run_id)
+    #: When the rollback was decided, on the wall clock (what events report as ``decided_at``).
+    decided_wall: datetime | None = None
+    #: The decision's reasons.
+    reasons: tuple[str, ...] = ()
+    #: The revision judged bad (reported as ``from_revision``; what a Deployment undo acts on).
+    bad_revision: int | None = None
+    #: The run's ``rollback.started`` event, once built (CloudEvents JSON), and its id.
+    started_event: Mapping[str, Any] | None = field(default=None, repr=False)
+    started_event_id: str | None = None
+    #: The changes a previous process recorded for this run (made, or being made when it stopped).
+    prior_changes: tuple[RecordedChange, ...] = ()
+    #: The changes this process's action made, and those of the step it is applying.
+    changes_made: list[Change] = field(default_factory=list)
+    changes_pending: tuple[Change, ...] = ()
     #: What the action waits for right now (ready endpoints, available pods), since when.
     waiting: Waiting | None = None
 
@@ -98,6 +138,75 @@ class RollbackRun:
         """Whether the whole rollback took less than the runbook's 10 minutes."""
         duration = self.duration_s
         return None if duration is None else duration <= RUNBOOK_ROLLBACK_TARGET_S
+
+    def record(self) -> RunRecord:
+        """What a process taking this run over needs (the store's record of the run)."""
+        return RunRecord(
+            run_id=self.run_id,
+            phase=self.phase.value,
+            mode=self.mode,
+            decided_at=self.decided_wall if self.decided_wall is not None else datetime.now(UTC),
+            reasons=self.reasons,
+            bad_revision=self.bad_revision,
+            started_event_id=self.started_event_id,
+            started_event=self.started_event,
+            changes=(
+                *self.prior_changes,
+                *(RecordedChange(c, made=True) for c in self.changes_made),
+                *(RecordedChange(c, made=False) for c in self.changes_pending),
+            ),
+        )
+
+
+class _RunRecorder:
+    """The :class:`~rollbackd.actions.base.ChangeRecorder` of one run: every step's changes are
+    written into the run's record (``save``) before the step is applied, and after."""
+
+    def __init__(
+        self,
+        save: Callable[[TargetParams, RollbackRun], Awaitable[bool]],
+        params: TargetParams,
+        run: RollbackRun,
+    ) -> None:
+        self._save = save
+        self._params = params
+        self._run = run
+
+    async def intend(self, changes: Sequence[Change]) -> bool:
+        self._run.changes_pending = tuple(changes)
+        if await self._save(self._params, self._run):
+            return True
+        self._run.changes_pending = ()
+        logger.error(
+            "could not record the next change of the rollback: not making it",
+            extra={"target": self._run.key, "changes": [c.describe() for c in changes]},
+        )
+        return False
+
+    async def made(self, intended: Sequence[Change], made: Sequence[Change]) -> None:
+        self._run.changes_made.extend(made)
+        self._run.changes_pending = ()
+        if not await self._save(self._params, self._run):  # made: the record still has it as intended
+            logger.warning("could not record a change the rollback made", extra={"target": self._run.key})
+
+
+def with_prior_changes(result: ActionResult, prior: Sequence[RecordedChange]) -> ActionResult:
+    """The result of a resumed run's action, telling the whole run: the changes the previous
+    process recorded (made, or being made when it stopped: the action found those done), then the
+    action's own, each field once. A run that changed something is not ``already-done`` (it is
+    ``done``), nor ``refused`` (it ``failed``)."""
+    if not prior:
+        return result
+    changes = merge_changes((r.change for r in prior), result.changes)
+    outcome = result.outcome
+    if changes and outcome is ActionOutcome.ALREADY_DONE:
+        outcome = ActionOutcome.DONE
+    elif changes and outcome is ActionOutcome.REFUSED:
+        outcome = ActionOutcome.FAILED
+    earlier = len(merge_changes(r.change for r in prior))
+    what = "the change it recorded is" if earlier == 1 else f"the {earlier} changes it recorded are"
+    reason = f"{result.reason} (the run was taken over from a process that stopped: {what} listed too)"
+    return dataclasses.replace(result, outcome=outcome, changes=changes, reason=reason)
 
 
 def _set_waiting(run: RollbackRun, waiting: Waiting | None) -> None:
@@ -126,9 +235,13 @@ class Rollbacks:
         on_finished: Callable[[TargetParams, RollbackRun], None] | None = None,
         on_change: Callable[[TargetParams, RollbackRun], None] | None = None,
         before_acting: Callable[[TargetParams, RollbackRun], Awaitable[bool]] | None = None,
+        record: Callable[[TargetParams, RollbackRun], Awaitable[bool]] | None = None,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._cluster = cluster
         self._before_acting = before_acting
+        self._record = record
+        self._wall_clock = wall_clock
         self._on_change = on_change
         self._window_s = verification_window_s
         self._max_wait_s = verification_max_wait_s
@@ -169,24 +282,51 @@ class Rollbacks:
                 )
             return None
         loop = asyncio.get_running_loop()
-        run = RollbackRun(key=params.key, mode=decision.outcome.value, decided_at=loop.time())
+        run = RollbackRun(
+            key=params.key,
+            mode=decision.outcome.value,
+            decided_at=loop.time(),
+            decided_wall=self._wall_clock(),
+            reasons=decision.reasons,
+            bad_revision=bad_revision,
+        )
         self.runs[params.key] = run
         self._changed(params, run)
         group.create_task(self._act(params, run, bad_revision), name=f"rollbackd:rollback:{params.key}")
         return run
 
-    def resume(
-        self, params: TargetParams, *, mode: str, bad_revision: int | None, group: asyncio.TaskGroup
-    ) -> RollbackRun | None:
-        """Finish a rollback a previous process (or leader) started: the action runs again (it is
-        idempotent: work already done is found done) and the verification starts afresh."""
+    def resume(self, params: TargetParams, record: RunRecord, group: asyncio.TaskGroup) -> RollbackRun | None:
+        """Finish a rollback a previous process (or leader) started, from its ``record``: the same
+        run (id, decision time mapped to this loop's clock, reasons, revisions, changes so far).
+        The action runs again (it is idempotent: work already done is found done, and listed from
+        the record) and the verification starts afresh."""
         if self._cluster is None or self.in_progress(params.key):
             return None
         loop = asyncio.get_running_loop()
-        run = RollbackRun(key=params.key, mode=mode, decided_at=loop.time(), resumed=True)
+        # Wall clocks of two hosts (a fail-over) may disagree a little: never a decision in the future.
+        elapsed = max(0.0, (self._wall_clock() - record.decided_at).total_seconds())
+        run = RollbackRun(
+            key=params.key,
+            mode=record.mode,
+            decided_at=loop.time() - elapsed,
+            resumed=True,
+            run_id=record.run_id,
+            decided_wall=record.decided_at,
+            reasons=record.reasons,
+            bad_revision=record.bad_revision,
+            started_event=record.started_event,
+            started_event_id=record.started_event_id,
+            prior_changes=record.changes,
+        )
         self.runs[params.key] = run
-        logger.warning("resuming a rollback left unfinished", extra={"target": params.key, "mode": mode})
-        group.create_task(self._act(params, run, bad_revision), name=f"rollbackd:rollback:{params.key}")
+        logger.warning(
+            "resuming a rollback left unfinished",
+            extra={"target": params.key, "mode": run.mode, "run_id": run.run_id, "decided_s_ago": elapsed},
+        )
+        self._changed(params, run)
+        group.create_task(
+            self._act(params, run, record.bad_revision), name=f"rollbackd:rollback:{params.key}"
+        )
         return run
 
     async def _plan(self, params: TargetParams, bad_revision: int | None) -> None:
@@ -230,9 +370,11 @@ class Rollbacks:
             logger.error("rollback not started: %s", run.action.reason, extra={"target": run.key})
             return
         logger.warning("rolling back", extra={"target": run.key, "mode": run.mode})
+        recorder = None if self._record is None else _RunRecorder(self._record, params, run)
         try:
-            result = await self._cluster.action(params, bad_revision=bad_revision).run(
-                dry_run=False, progress=lambda waiting: _set_waiting(run, waiting)
+            action = self._cluster.action(params, bad_revision=bad_revision)
+            result = await action.run(
+                dry_run=False, recorder=recorder, progress=lambda waiting: _set_waiting(run, waiting)
             )
         except Exception as exc:  # a defect, not an API error: never leave the run "acting"
             logger.exception("rollback action crashed", extra={"target": run.key})
@@ -243,7 +385,7 @@ class Rollbacks:
                 reason=f"action crashed: {exc!r}",
             )
         run.waiting = None
-        run.action = result
+        run.action = result = with_prior_changes(result, run.prior_changes)
         run.acted_at = loop.time()
         fields = {
             "target": run.key,

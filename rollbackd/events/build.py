@@ -95,6 +95,12 @@ class Clock:
         return None if t is None else self.at(t)
 
 
+def decided_at(run: RollbackRun, clock: Clock) -> datetime:
+    """When ``run`` was decided, on the wall clock: as the run recorded it (the same after a
+    restart or a fail-over), else its loop time converted with ``clock``."""
+    return run.decided_wall if run.decided_wall is not None else clock.at(run.decided_at)
+
+
 # --- formatting for summaries ---------------------------------------------------------------------
 
 
@@ -283,9 +289,12 @@ class EventFactory:
         strategy: Strategy | None = None,
         bad_revision: int | None = None,
     ) -> CloudEvent:
-        """``rollback.started``: ``run`` was just started from ``decision``."""
+        """``rollback.started``: ``run`` was just started from ``decision``; the run's own reasons
+        and bad revision (kept in its record) win over those of ``decision`` and ``bad_revision``."""
         action = ACTION_OF_STRATEGY.get(strategy) if strategy is not None else None
-        reasons = decision.reasons if decision is not None else ()
+        reasons = run.reasons or (decision.reasons if decision is not None else ())
+        if run.bad_revision is not None:
+            bad_revision = run.bad_revision
         summary = f"rolling back {run.key} ({run.mode}" + (f", {action}" if action else "") + ")"
         if reasons:
             summary += f": {reasons[0]}"
@@ -297,9 +306,10 @@ class EventFactory:
             run.key,
             RollbackStartedData(
                 **self._common(run.key, summary),
+                run_id=run.run_id,
                 mode=run.mode,
                 action=action,
-                decided_at=clock.at(run.decided_at),
+                decided_at=decided_at(run, clock),
                 from_revision=bad_revision,
                 reasons=reasons,
                 evidence=evidence,
@@ -328,8 +338,9 @@ class EventFactory:
             run.key,
             RollbackCompletedData(
                 **self._common(run.key, summary),
+                run_id=run.run_id,
                 mode=run.mode,
-                decided_at=clock.at(run.decided_at),
+                decided_at=decided_at(run, clock),
                 duration_s=duration,
                 action=action_data(result),
             ),
@@ -352,8 +363,9 @@ class EventFactory:
             run.key,
             RollbackFailedData(
                 **self._common(run.key, summary),
+                run_id=run.run_id,
                 mode=run.mode,
-                decided_at=clock.at(run.decided_at),
+                decided_at=decided_at(run, clock),
                 duration_s=duration,
                 refused=refused,
                 action=action_data(result),
@@ -380,8 +392,9 @@ class EventFactory:
             summary = f"{run.key}: rollback verification failed, escalating: {reason}"
         fields = {
             **self._common(run.key, summary),
+            "run_id": run.run_id,
             "mode": run.mode,
-            "decided_at": clock.at(run.decided_at),
+            "decided_at": decided_at(run, clock),
             "duration_s": duration,
             "runbook_target_s": RUNBOOK_ROLLBACK_TARGET_S,
             "within_runbook_target": within,
@@ -499,11 +512,17 @@ class Announcer:
     _hold: Hold | None = None
     _hold_expired: bool = False
     _run: RollbackRun | None = None
+    #: The run whose events :attr:`_run_announced` lists (a run taken over is known by its id).
+    _run_id: str | None = None
     _run_announced: set[EventType] = field(default_factory=set)
+    #: The ``rollback.started`` of a run taken over, to publish as it was if it is not announced.
+    _started: CloudEvent | None = None
     _after_run: bool = False
 
     def _run_active(self) -> bool:
-        return self._run is not None and str(self._run.phase) in ("acting", "verifying")
+        if self._run is None:
+            return self._run_id is not None  # taken over, not seen yet: under way
+        return str(self._run.phase) in ("acting", "verifying")
 
     def on_decision(self, decision: Decision, *, hold: Hold | None, clock: Clock) -> list[CloudEvent]:
         """The events of one tick's ``decision``; ``hold`` is the hold the framework weighed."""
@@ -566,10 +585,15 @@ class Announcer:
             self._hold, self._hold_expired = None, False  # cleared (or never there)
         return events
 
-    def resume(self, run: RollbackRun, *, announced: Iterable[EventType]) -> None:
-        """Take over ``run``, a rollback a previous process (or leader) left under way, whose
-        ``announced`` events are already in the audit log: they are not announced again."""
-        self._run, self._run_announced = run, set(announced)
+    def resume(
+        self, run_id: str, *, announced: Iterable[EventType], started: CloudEvent | None = None
+    ) -> None:
+        """The run ``run_id`` is a rollback a previous process (or leader) left under way, whose
+        ``announced`` events are already in the audit log: they are not announced again. If its
+        ``rollback.started`` is not among them, ``started`` (the event as it was first built, with
+        its id: subscribers dedupe by id) is announced rather than a new one."""
+        self._run, self._run_id, self._run_announced = None, run_id, set(announced)
+        self._started = started
         self._breached = True
 
     def on_run(
@@ -584,8 +608,9 @@ class Announcer:
         """The events of ``run``'s phases not announced yet (a jump from acting straight to
         verified still announces the completed action first). ``decision``, ``strategy`` and
         ``bad_revision`` enrich ``rollback.started``."""
-        if run is not self._run:
-            self._run, self._run_announced = run, set()
+        if run.run_id != self._run_id:
+            self._run_id, self._run_announced, self._started = run.run_id, set(), None
+        self._run = run
         events: list[CloudEvent] = []
 
         def once(kind: EventType, make: Callable[[], CloudEvent]) -> None:
@@ -594,9 +619,12 @@ class Announcer:
                 events.append(make())
 
         f = self.factory
+        started = self._started
         once(
             EventType.ROLLBACK_STARTED,
-            lambda: f.rollback_started(
+            lambda: started
+            if started is not None
+            else f.rollback_started(
                 run, clock=clock, decision=decision, strategy=strategy, bad_revision=bad_revision
             ),
         )

@@ -196,6 +196,15 @@ class HoldData(_Model):
 
 # --- the data of each type ------------------------------------------------------------------------
 
+_RUN_ID = (
+    "The rollback run: the same in every rollback.* event of one rollback, also when another process "
+    "or replica finished it (after a restart or a fail-over)."
+)
+_DECIDED_AT = (
+    "When the rollback was decided: the original decision, also in a run another process or replica "
+    "finished."
+)
+
 
 class EventData(_Model):
     """Fields every event's ``data`` has."""
@@ -223,11 +232,12 @@ class DecisionMadeData(EventData):
 class RollbackStartedData(EventData):
     """``rollback.started``: the rollback action starts now."""
 
+    run_id: str | None = Field(None, description=_RUN_ID)
     mode: str = Field(description="immediate or controlled rollback.")
     action: str | None = Field(
         None, description="The action about to run (canary-abort, blue-green-switch-back, deployment-undo)."
     )
-    decided_at: datetime = Field(description="When the rollback was decided.")
+    decided_at: datetime = Field(description=_DECIDED_AT)
     from_revision: int | None = Field(None, description="The judged (bad) Deployment revision, if known.")
     reasons: tuple[str, ...] = Field(description="The decision's reasons.")
     evidence: EvidenceData | None = None
@@ -236,8 +246,9 @@ class RollbackStartedData(EventData):
 class RollbackCompletedData(EventData):
     """``rollback.completed``: the action is done; the validation window starts."""
 
+    run_id: str | None = Field(None, description=_RUN_ID)
     mode: str = Field(description="immediate or controlled rollback.")
-    decided_at: datetime = Field(description="When the rollback was decided.")
+    decided_at: datetime = Field(description=_DECIDED_AT)
     duration_s: float = Field(description="Seconds from the decision to the end of the action.")
     action: ActionData
 
@@ -245,8 +256,9 @@ class RollbackCompletedData(EventData):
 class RollbackFailedData(EventData):
     """``rollback.failed``: the action failed (API errors, timeout) or was refused as unsafe."""
 
+    run_id: str | None = Field(None, description=_RUN_ID)
     mode: str = Field(description="immediate or controlled rollback.")
-    decided_at: datetime = Field(description="When the rollback was decided.")
+    decided_at: datetime = Field(description=_DECIDED_AT)
     duration_s: float = Field(description="Seconds from the decision to the failure.")
     refused: bool = Field(description="The action refused to act (nothing was changed).")
     action: ActionData
@@ -255,8 +267,9 @@ class RollbackFailedData(EventData):
 class RollbackVerdictData(EventData):
     """A rollback's verification verdict."""
 
+    run_id: str | None = Field(None, description=_RUN_ID)
     mode: str = Field(description="immediate or controlled rollback.")
-    decided_at: datetime = Field(description="When the rollback was decided.")
+    decided_at: datetime = Field(description=_DECIDED_AT)
     duration_s: float = Field(description="Seconds from the decision to the verdict.")
     runbook_target_s: float = Field(description="The runbook's target for a whole rollback (600 s).")
     within_runbook_target: bool = Field(description="duration_s is within runbook_target_s.")
