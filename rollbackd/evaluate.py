@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rollbackd.decision.framework import DecisionState, decide
 from rollbackd.detectors.judge import Judge
-from rollbackd.model import Context, Decision, Evidence, Observation
+from rollbackd.model import Context, Decision, Episode, Evidence, Observation
 from rollbackd.params import TargetParams
 
 
@@ -26,6 +26,11 @@ class TargetEvaluator:
     @property
     def breach_since(self) -> float | None:
         return self._state.breach_since
+
+    @property
+    def episode(self) -> Episode | None:
+        """The breach episode open after the latest decision (``None`` when none is)."""
+        return self._state.episode
 
     def step(self, obs: Observation, ctx: Context) -> Decision:
         """Judge ``obs`` and decide with ``ctx``: one tick."""

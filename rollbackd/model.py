@@ -52,6 +52,21 @@ class Risk(enum.StrEnum):
     HIGH = "high"
 
 
+class Attribution(enum.StrEnum):
+    """Who a proven breach is blamed on.
+
+    ``attributable``: the new version is significantly worse than its baseline; ``pending``: the
+    baseline is within the SLO but the new version is not (yet) significantly worse than it (low
+    traffic: the evidence is not in); ``baseline-degraded``: the baseline itself is beyond the SLO
+    (likely a platform incident); ``no-baseline``: no baseline with enough traffic to compare with.
+    """
+
+    ATTRIBUTABLE = "attributable"
+    PENDING = "pending"
+    BASELINE_DEGRADED = "baseline-degraded"
+    NO_BASELINE = "no-baseline"
+
+
 @dataclass(frozen=True, slots=True)
 class Histogram:
     """Cumulative latency bucket counts over one interval, ``bounds_s`` ascending, ``+Inf`` last."""
@@ -149,6 +164,13 @@ class Finding:
     detail: str = ""
     #: Estimated start of the breach (the first interval of the proven run), if breached.
     since: float | None = None
+    #: Who the breach is blamed on, if breached (``None``: derived from ``attributable``).
+    attribution: Attribution | None = None
+
+    def __post_init__(self) -> None:
+        if self.breached and self.attribution is None:
+            blame = Attribution.ATTRIBUTABLE if self.attributable else Attribution.BASELINE_DEGRADED
+            object.__setattr__(self, "attribution", blame)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,10 +190,42 @@ class Evidence:
     within_slo: bool = False
     #: Estimated start of the breach (earliest onset among the attributable findings).
     since: float | None = None
+    #: Who the breach is blamed on, if breached (``None`` without a breach; when not given, it is
+    #: derived from ``attributable``: attributable, or baseline degraded).
+    attribution: Attribution | None = None
+    #: Recovery from the latest proven breach is proven: since the breach was last proven, every
+    #: metric signal with data is within the SLO at the configured confidence (also ``True`` when
+    #: no breach was proven since the judge started or last saw a recovery proven). Missing data
+    #: never proves a recovery.
+    recovered: bool = False
+
+    def __post_init__(self) -> None:
+        if self.impact is not Impact.NONE and self.attribution is None:
+            blame = Attribution.ATTRIBUTABLE if self.attributable else Attribution.BASELINE_DEGRADED
+            object.__setattr__(self, "attribution", blame)
 
     @property
     def breached(self) -> bool:
         return self.impact is not Impact.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class Episode:
+    """A breach episode of one target, as the decision framework keeps it: it opens on a proven
+    breach and closes only when recovery is proven (:attr:`Evidence.recovered`), never on a tick
+    that merely fails to prove the breach again, nor on missing data."""
+
+    #: The tick on which it opened (identifies the episode).
+    opened_at: float
+    #: Estimated start of the breach (the earliest estimate so far).
+    onset: float
+    #: The worst level proven in it (manageable or severe).
+    impact: Impact
+    #: Who it is blamed on: the latest proven attribution, except that "pending" does not take
+    #: the place of an attribution already proven in the episode.
+    attribution: Attribution
+    #: The latest tick on which the breach was proven.
+    proven_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +273,8 @@ class Decision:
     waiting_since: float | None = None
     blocked_by: str | None = None
     dry_run: bool = False
+    #: The breach episode open at this tick (``None`` when none is).
+    episode: Episode | None = None
     extra: dict[str, object] = field(default_factory=dict, compare=False)
 
     @property

@@ -19,7 +19,12 @@ PARAMS = TargetParams(
 
 
 def ev(t: float, impact: Impact = Impact.NONE, *, attributable: bool = True, **kw: object) -> Evidence:
-    defaults: dict[str, object] = {"inconclusive": False, "within_slo": impact is Impact.NONE, "since": None}
+    defaults: dict[str, object] = {
+        "inconclusive": False,
+        "within_slo": impact is Impact.NONE,
+        "recovered": impact is Impact.NONE,
+        "since": None,
+    }
     defaults.update(kw)
     return Evidence(
         target="shop/checkout",
@@ -147,10 +152,17 @@ def test_dry_run_keeps_the_verdict_and_marks_it() -> None:
 def test_one_good_interval_inside_a_breach_does_not_restart_the_grace() -> None:
     state = DecisionState()
     _, state = decide(ev(200, Impact.MANAGEABLE, since=180), Context(), PARAMS, state)
-    _, state = decide(ev(210), Context(), PARAMS, state)  # one interval within the SLO: noise
-    assert state.breach_since == 180
-    _, state = decide(ev(220), Context(), PARAMS, state)  # a second one: recovered
+    # Two intervals within the SLO, but recovery not proven: the episode stays open.
+    for t in (210, 220):
+        decision, state = decide(ev(t, recovered=False), Context(), PARAMS, state)
+        assert state.breach_since == 180
+        assert decision.outcome is Outcome.CONTROLLED
+        assert decision.episode is not None
+        assert decision.episode.onset == 180
+    decision, state = decide(ev(230), Context(), PARAMS, state)  # recovery proven
     assert state.breach_since is None
+    assert decision.episode is None
+    assert decision.outcome is Outcome.NONE
 
 
 def test_ledger_counts_the_last_hour_and_cooldowns() -> None:

@@ -184,7 +184,9 @@ def test_degraded_event_carries_values_against_thresholds() -> None:
         "confidence": 0.999,
         "detail": "",
         "since": "2026-11-24T02:59:50Z",
+        "attribution": "attributable",
     }
+    assert data["evidence"]["attribution"] == "attributable"
     assert "error rate 12.00% vs SLO 1.00%" in degraded.summary
 
 

@@ -169,8 +169,12 @@ def test_the_judge_and_decision_are_total_and_never_act_on_impossible_data(
             for sample in (baseline, candidate)
         )
         if impossible:
-            assert decision.outcome is Outcome.INCONCLUSIVE
+            # Not judged: inconclusive, or, inside an open breach episode, the episode's verdict
+            # kept without acting (missing data neither closes an episode nor rolls back).
+            assert not decision.rollback
             assert "impossible metrics this interval, not judged" in decision.reason
+            if decision.episode is None:
+                assert decision.outcome is Outcome.INCONCLUSIVE
             actions_on_bad_data += decision.rollback
     fault_ledger.observe(actions_on_bad_data=actions_on_bad_data)
     assert actions_on_bad_data == 0

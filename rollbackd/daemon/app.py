@@ -328,7 +328,10 @@ class Daemon:
                 self.journal.forget_announced()
         await self._resume_rollbacks()  # after forgetting: a resumed run knows what it announced
         facts, reused = await self._cluster_facts(
-            [t_ for t_ in targets if t_.key in evidences and evidences[t_.key].breached]
+            [
+                t_ for t_ in targets
+                if t_.key in evidences and (evidences[t_.key].breached or t_.evaluator.episode is not None)
+            ]
         )
         for target in targets:
             evidence = evidences.get(target.key)
@@ -352,7 +355,7 @@ class Daemon:
         self, target: TargetState, evidence: Evidence, t: float, *, facts: ClusterFacts | None, reused: bool
     ) -> None:
         """One target's decision at ``t``: recorded, announced, and acted on when it says so."""
-        if not evidence.breached:
+        if not evidence.breached and target.evaluator.episode is None:
             target.judged_revision = None
             self.rollbacks.episode_over(target.key)
         target.facts = facts
@@ -390,10 +393,10 @@ class Daemon:
         )
 
     async def _cluster_facts(self, targets: list[TargetState]) -> tuple[dict[str, ClusterFacts], set[str]]:
-        """What the cluster says about the breached targets (only those: the API load follows the
-        incidents, not the number of targets), and the targets whose facts were reused from an
-        earlier read (``kubernetes.facts_max_age_s``) rather than read now. A failed read leaves
-        the target without facts."""
+        """What the cluster says about the breached targets and those in an open breach episode
+        (only those: the API load follows the incidents, not the number of targets), and the
+        targets whose facts were reused from an earlier read (``kubernetes.facts_max_age_s``)
+        rather than read now. A failed read leaves the target without facts."""
         if self._cluster is None or not targets:
             return {}, set()
         cluster = self._cluster

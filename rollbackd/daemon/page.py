@@ -6,7 +6,8 @@ shows the daemon's banner (version, readiness, freeze, dry-run, ticks, targets),
 target, worst first:
 
 1. a rollback decided (now, in dry-run, or recently and the target is in its cooldown);
-2. a controlled rollback waiting out its grace;
+2. a controlled rollback waiting out its grace (or for an interval that proves the breach again),
+   or a proven breach whose attribution is pending;
 3. an escalation or a hold (a breach the framework or a safety rail keeps from a rollback);
 4. inconclusive (not enough data) or not evaluated yet;
 5. healthy.
@@ -80,12 +81,23 @@ def human_duration(seconds: float) -> str:
 #: Badge words for what keeps a breaching target from a rollback (``blocked_by``).
 _HELD_BY = {"hold": "fix-forward hold", "newer-rollout": "newer rollout"}
 _ESCALATED_BY = {
-    "not-attributable": "not attributable",
+    "not-attributable": "not attributable (baseline degraded too)",
+    "no-baseline": "no baseline to compare with",
+    "attribution-pending": "attribution pending too long",
     "rollback-risk": "rollback risk",
     "freeze": "freeze",
     "cooldown": "cooldown",
     "rate-limit": "hourly rollback cap",
     "store": "audit trail cannot be written",
+}
+
+
+#: Words for who a proven breach is blamed on (``attribution``).
+_BLAME = {
+    "attributable": "the new version",
+    "pending": "pending (baseline within the SLO)",
+    "baseline-degraded": "baseline degraded too",
+    "no-baseline": "no baseline to compare with",
 }
 
 
@@ -105,11 +117,17 @@ def target_status(target: _Doc) -> Status:
         return Status(Urgency.ROLLBACK, "rolled back")
     if outcome == "controlled" and not blocked_by:
         return Status(Urgency.WAITING, "controlled rollback: waiting")
+    if blocked_by == "unproven" and decision.get("escalate") is not True:
+        return Status(Urgency.WAITING, f"{outcome} rollback: waiting for a proven interval")
+    if blocked_by == "attribution-pending" and decision.get("escalate") is not True:
+        return Status(Urgency.WAITING, "degraded: attribution pending")
     if blocked_by in _HELD_BY:
         return Status(Urgency.ESCALATED, f"held: {_HELD_BY[blocked_by]}")
     if decision.get("escalate") is True or blocked_by:
         why = f": {_ESCALATED_BY.get(blocked_by, blocked_by)}" if blocked_by else ""
         return Status(Urgency.ESCALATED, f"escalated{why}")
+    if _obj(decision.get("episode")) is not None:  # never healthy while a breach episode is open
+        return Status(Urgency.ESCALATED, "degraded")
     if outcome == "inconclusive":
         return Status(Urgency.INCONCLUSIVE, "inconclusive")
     return Status(Urgency.HEALTHY, "healthy")
@@ -291,6 +309,24 @@ def _facts(evidence: _Doc | None, decision: _Doc | None, last_rollback: _Doc | N
         impact = _text(evidence.get("impact"))
         facts.append(_fact("impact", impact, css="hot" if impact == "severe" else ""))
         facts.append(_fact("attributable", "yes" if evidence.get("attributable") is True else "no"))
+        attribution = _text(evidence.get("attribution"))
+        if attribution:
+            facts.append(_fact("blame", _BLAME.get(attribution, attribution)))
+    episode = _obj(decision.get("episode"))
+    t_now = _num(decision.get("t"))
+    age_now = _num(decision.get("age_s"))
+    if episode is not None and t_now is not None and age_now is not None:
+        opened = _num(episode.get("opened_at"))
+        proven = _num(episode.get("proven_at"))
+        if opened is not None and proven is not None:
+            facts.append(
+                _fact(
+                    "breach episode",
+                    f"open for {human_duration(age_now + t_now - opened)}, "
+                    f"last proven {human_duration(age_now + t_now - proven)} ago",
+                    css="warm",
+                )
+            )
     blocked_by = _text(decision.get("blocked_by"))
     if blocked_by:
         facts.append(_fact("blocked by", blocked_by, css="warm"))
@@ -336,7 +372,11 @@ def _findings(evidence: _Doc) -> str:
         breached = finding.get("breached") is True
         if breached:
             verdict = "SEVERE breach" if finding.get("severe") is True else "breach"
-            verdict += ", attributable" if finding.get("attributable") is True else ", not attributable"
+            if finding.get("attributable") is True:
+                verdict += ", attributable"
+            else:
+                blame = _BLAME.get(_text(finding.get("attribution")))
+                verdict += f", not attributable ({blame})" if blame else ", not attributable"
             css = "hot" if finding.get("severe") is True else "warm"
         elif value is not None and threshold is not None and value > threshold:
             verdict, css = "above the SLO, not proven", "warm"

@@ -6,7 +6,7 @@ from rollbackd.actions.base import ActionResult
 from rollbackd.daemon.jsonify import JsonValue, to_json_value
 from rollbackd.daemon.rollbacks import RollbackRun
 from rollbackd.daemon.state import DaemonState, RuntimeFlags, TargetState
-from rollbackd.model import Decision, Evidence
+from rollbackd.model import Decision, Episode, Evidence
 from rollbackd.verification import RUNBOOK_ROLLBACK_TARGET_S
 
 
@@ -17,11 +17,26 @@ def evidence_view(evidence: Evidence | None) -> JsonValue:
         "t": to_json_value(evidence.t),
         "impact": evidence.impact.value,
         "attributable": evidence.attributable,
+        "attribution": None if evidence.attribution is None else evidence.attribution.value,
+        "recovered": evidence.recovered,
         "inconclusive": evidence.inconclusive,
         "candidate_requests": to_json_value(evidence.candidate_requests),
         "baseline_requests": to_json_value(evidence.baseline_requests),
         "findings": [to_json_value(finding) for finding in evidence.findings],
         "reasons": list(evidence.reasons),
+    }
+
+
+def episode_view(episode: Episode | None) -> JsonValue:
+    """The breach episode open at a decision (times on the daemon's loop clock, like ``t``)."""
+    if episode is None:
+        return None
+    return {
+        "opened_at": to_json_value(episode.opened_at),
+        "onset": to_json_value(episode.onset),
+        "impact": episode.impact.value,
+        "attribution": episode.attribution.value,
+        "proven_at": to_json_value(episode.proven_at),
     }
 
 
@@ -38,6 +53,7 @@ def decision_view(decision: Decision | None, *, now: float) -> JsonValue:
         "blocked_by": decision.blocked_by,
         "waiting_since": to_json_value(decision.waiting_since),
         "reasons": list(decision.reasons),
+        "episode": episode_view(decision.episode),
         "extra": to_json_value(decision.extra),
     }
 

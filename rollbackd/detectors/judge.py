@@ -22,8 +22,18 @@ from rollbackd.detectors.signals import (
     judge_metric,
     latency_spec,
     pool,
+    recovery_proven,
 )
-from rollbackd.model import Evidence, Finding, HealthCheck, Impact, Observation, Sample, Strategy
+from rollbackd.model import (
+    Attribution,
+    Evidence,
+    Finding,
+    HealthCheck,
+    Impact,
+    Observation,
+    Sample,
+    Strategy,
+)
 from rollbackd.params import TargetParams
 from rollbackd.plausibility import ERRORS_SLACK, sample_problem
 
@@ -47,6 +57,8 @@ class Judge:
         # The baseline's history with traffic (blue-green and rolling compare against it).
         self._history: deque[tuple[float, Sample]] = deque(maxlen=MAX_TICKS)
         self._last_breached = False
+        #: The latest tick whose breach was proven, until a recovery from it is proven.
+        self._proven_at: float | None = None
         #: The baseline's requests over the window, kept as a running sum (recounted now and then:
         #: fractional counts drift).
         self._baseline_served = 0.0
@@ -65,6 +77,7 @@ class Judge:
         self._health.clear()
         self._history.clear()
         self._last_breached = False
+        self._proven_at = None
 
     def kept(self) -> list[Observation]:
         """The observations the window holds, as they came in: what a judge with other parameters
@@ -197,6 +210,16 @@ class Judge:
             and (health is None or not health.value)
         )
         self._last_breached = bool(breached) or any(v.above for v in verdicts)
+        attribution = _blame(breached) if breached else None
+        if breached:
+            self._proven_at, recovered = obs.t, False
+        elif self._proven_at is None:
+            recovered = True  # nothing to recover from
+        else:
+            judged = rejected is None and obs.candidate is not None
+            recovered = judged and self._recovered(self._proven_at, health)
+            if recovered:
+                self._proven_at = None
         return Evidence(
             target=self._params.key,
             t=obs.t,
@@ -209,7 +232,29 @@ class Judge:
             baseline_requests=max(0.0, self._baseline_served),
             within_slo=within,
             since=min((f.since for f in focus if f.since is not None), default=None),
+            attribution=attribution,
+            recovered=recovered,
         )
+
+    def _recovered(self, after: float, health: Finding | None) -> bool:
+        """Recovery from the breach proven at ``after`` is proven: every metric signal with data is
+        proven within the SLO since then (at least one has data), and the latest health probe of
+        the candidate, if any, passes."""
+        if health is not None and health.value:
+            return False
+        proofs = [recovery_proven(track, after, self._params) for track in self._tracks]
+        return any(proofs) and all(proof is not False for proof in proofs)
+
+
+def _blame(breached: Sequence[Finding]) -> Attribution:
+    """Who the breach of the ``breached`` findings is blamed on: the new version when one of them
+    is attributable; otherwise the baseline when it is degraded in one of them, then "no
+    baseline", and "pending" when every baseline is within the SLO."""
+    states = {f.attribution for f in breached}
+    for state in (Attribution.ATTRIBUTABLE, Attribution.BASELINE_DEGRADED, Attribution.NO_BASELINE):
+        if state in states:
+            return state
+    return Attribution.PENDING
 
 
 def _impossible(obs: Observation) -> str | None:

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from rollbackd.detectors import latency
-from rollbackd.detectors.stats import exceeds_rate, exceeds_ratio
-from rollbackd.model import Finding, HealthCheck, Histogram, Sample
+from rollbackd.detectors.stats import exceeds_rate, exceeds_ratio, within_rate
+from rollbackd.model import Attribution, Finding, HealthCheck, Histogram, Sample
 from rollbackd.params import TargetParams
 
 #: Fraction of requests allowed above the P95 ceiling.
@@ -293,24 +293,32 @@ def _attribution(
     cand: Counts,
     reference: Reference,
     params: TargetParams,
-) -> tuple[bool, float, float | None, str]:
+) -> tuple[Attribution, float, float | None, str]:
+    """Who ``cand`` (a proven breach) is blamed on, compared with ``reference``: the state, the
+    confidence that the candidate is worse than ``attribution_ratio`` times the reference, the
+    reference's value and the explanation."""
     samples = reference.samples
     ref = reference.hits
     if ref is None:
         ref = pool([c for s in samples if (c := spec.hits_of(s)) is not None])
     ref_value = spec.value_of(samples) if samples else None
     if ref.total < spec.min_total:
-        return False, 0.0, ref_value, "no baseline with enough traffic to compare with"
+        return Attribution.NO_BASELINE, 0.0, ref_value, "no baseline with enough traffic to compare with"
     ratio = params.detection.attribution_ratio
     p = exceeds_ratio(cand.hits, cand.total, ref.hits, ref.total, ratio)
     alpha = 1.0 - params.detection.confidence
-    attributable = p < alpha
-    word = "worse" if attributable else "not significantly worse"
+    if p < alpha:
+        state, word = Attribution.ATTRIBUTABLE, "worse"
+    elif (ref.rate or 0.0) > spec.tail:
+        state, word = Attribution.BASELINE_DEGRADED, "not significantly worse"
+    else:
+        state, word = Attribution.PENDING, "not (yet) significantly worse"
+    degraded = "beyond" if (ref.rate or 0.0) > spec.tail else "within"
     detail = (
-        f"baseline {spec.describe(ref_value)} ({ref.hits:.0f} of {ref.total:.0f} {spec.unit_label}); "
-        f"candidate {word} than {ratio:g}x baseline, confidence {_conf(p) * 100:.2f}%"
+        f"baseline {spec.describe(ref_value)} ({ref.hits:.0f} of {ref.total:.0f} {spec.unit_label}, "
+        f"{degraded} the SLO); candidate {word} than {ratio:g}x baseline, confidence {_conf(p) * 100:.2f}%"
     )
-    return attributable, _conf(p), ref_value, detail
+    return state, _conf(p), ref_value, detail
 
 
 def _without_worst(counts: Sequence[Counts], tail: float) -> Counts:
@@ -513,11 +521,11 @@ def judge_metric(
     value = spec.value_of([iv.candidate for iv in episode_ivs if iv.candidate is not None])
     # Attribution must hold over the episode and over the whole window, so a cherry-picked
     # stretch of noise cannot blame the release.
-    attributable, _, ref_value, detail = _attribution(spec, counts, reference_for(episode_points), params)
-    if attributable and start > 0:  # an episode over the whole window was just judged over it
-        whole_ok, _, _, whole_detail = _attribution(spec, pooled, reference_for(list(scored)), params)
-        if not whole_ok:
-            attributable = False
+    blame, _, ref_value, detail = _attribution(spec, counts, reference_for(episode_points), params)
+    if blame is Attribution.ATTRIBUTABLE and start > 0:  # a whole-window episode was judged over it
+        whole, _, _, whole_detail = _attribution(spec, pooled, reference_for(list(scored)), params)
+        if whole is not Attribution.ATTRIBUTABLE:
+            blame = whole
             detail = f"{detail}; but over the whole window: {whole_detail}"
     since = episode_points[0].t
     level = "severe" if severe else "breach"
@@ -528,7 +536,7 @@ def judge_metric(
             threshold=spec.threshold,
             breached=True,
             severe=severe,
-            attributable=attributable,
+            attributable=blame is Attribution.ATTRIBUTABLE,
             confidence=_conf(p),
             baseline_value=ref_value,
             detail=(
@@ -538,9 +546,36 @@ def judge_metric(
                 f"confidence {_conf(p) * 100:.2f}% (still proven without its worst interval); {detail}"
             ),
             since=since,
+            attribution=blame,
         ),
         above=True,
     )
+
+
+def recovery_proven(track: Track, after: float, params: TargetParams) -> bool | None:
+    """Whether the signal is proven back within the SLO by the intervals after ``after`` (the
+    latest tick whose breach was proven): their pooled counts are below the threshold at the
+    configured confidence, and the latest ``confirm_intervals`` are not above it. ``None`` when the
+    window holds no data of this signal at all (nothing to say, for or against)."""
+    if not track.points:
+        return None
+    spec = track.spec
+    alpha = 1.0 - params.detection.confidence
+    k = params.detection.confirm_intervals
+    since: list[Counts] = []
+    for point in reversed(track.points):
+        if point.t <= after:
+            break
+        since.append(point.counts)
+    since.reverse()
+    if not since:
+        return False
+    if (pool(since[-k:]).rate or 0.0) > spec.tail:
+        return False
+    counts = pool(since)
+    if counts.total <= 0 or (counts.rate or 0.0) >= spec.tail:
+        return False
+    return within_rate(counts.hits, counts.total, spec.tail) < alpha
 
 
 def _failing(checks: tuple[HealthCheck, ...]) -> list[HealthCheck]:
@@ -603,4 +638,9 @@ def judge_health(
         confidence=1.0 if breached else 0.0,
         detail=detail,
         since=first_failing if breached else None,
+        attribution=(
+            None if not breached
+            else Attribution.BASELINE_DEGRADED if baseline_failing
+            else Attribution.ATTRIBUTABLE
+        ),
     )

@@ -158,3 +158,20 @@ def exceeds_ratio(events_a: float, trials_a: float, events_b: float, trials_b: f
     else:  # the same share, written so that huge counts do not overflow
         share = 1.0 / (1.0 + (trials_b / trials_a) / ratio)
     return binom_sf(events_a, total, share)
+
+
+def within_rate(events: float, trials: float, rate: float) -> float:
+    """p-value of "the true event rate is at or above ``rate``" given ``events`` in ``trials``.
+
+    Small means strong evidence that the rate is below ``rate`` (e.g. an error rate proven within
+    its SLO). Always in [0, 1]; 1.0 (no evidence) when an argument is NaN or there are no trials.
+    """
+    if events != events or trials != trials or rate != rate or trials <= 0:
+        return 1.0
+    if rate >= 1.0:
+        return 0.0 if events < trials else 1.0
+    if rate <= 0.0:
+        return 1.0
+    events = min(max(events, 0.0), trials)
+    # P(X <= events) = 1 - P(X >= events + 1)
+    return min(1.0, max(0.0, 1.0 - binom_sf(events + 1.0, trials, rate)))

@@ -36,6 +36,7 @@ from rollbackd.events.model import (
     CloudEvent,
     DecisionData,
     DecisionMadeData,
+    EpisodeData,
     EscalationRaisedData,
     EventData,
     EventType,
@@ -54,7 +55,18 @@ from rollbackd.events.model import (
     VerificationFailedData,
     split_subject,
 )
-from rollbackd.model import Decision, Evidence, Finding, Hold, Impact, Outcome, Slo, Strategy
+from rollbackd.model import (
+    Attribution,
+    Decision,
+    Episode,
+    Evidence,
+    Finding,
+    Hold,
+    Impact,
+    Outcome,
+    Slo,
+    Strategy,
+)
 from rollbackd.verification import RUNBOOK_ROLLBACK_TARGET_S, VerificationResult
 
 if TYPE_CHECKING:  # the daemon imports this module: no import of the daemon at run time
@@ -129,6 +141,15 @@ def _finding_text(finding: FindingData) -> str:
     return f"{name} {_value(finding.unit, finding.value)} vs SLO {_value(finding.unit, finding.threshold)}"
 
 
+#: How ``target.degraded`` says who a breach is blamed on.
+_BLAME: dict[Attribution | None, str] = {
+    Attribution.ATTRIBUTABLE: "the new version",
+    Attribution.PENDING: "attribution pending: the baseline is within the SLO",
+    Attribution.BASELINE_DEGRADED: "the baseline is degraded too: likely a platform incident",
+    Attribution.NO_BASELINE: "no baseline to compare with",
+}
+
+
 def _first(reasons: Sequence[str], default: str = "") -> str:
     return reasons[0] if reasons else default
 
@@ -149,6 +170,7 @@ def finding_data(finding: Finding, clock: Clock) -> FindingData:
         confidence=min(1.0, max(0.0, finding.confidence)),
         detail=finding.detail,
         since=clock.maybe(finding.since),
+        attribution=None if finding.attribution is None else finding.attribution.value,
     )
 
 
@@ -164,6 +186,18 @@ def evidence_data(evidence: Evidence, clock: Clock) -> EvidenceData:
         since=clock.maybe(evidence.since),
         findings=tuple(finding_data(f, clock) for f in evidence.findings),
         reasons=evidence.reasons,
+        attribution=None if evidence.attribution is None else evidence.attribution.value,
+        recovered=evidence.recovered,
+    )
+
+
+def episode_data(episode: Episode, clock: Clock) -> EpisodeData:
+    return EpisodeData(
+        opened_at=clock.at(episode.opened_at),
+        onset=clock.at(episode.onset),
+        impact="severe" if episode.impact is Impact.SEVERE else "manageable",
+        attribution=episode.attribution.value,
+        proven_at=clock.at(episode.proven_at),
     )
 
 
@@ -176,6 +210,7 @@ def decision_data(decision: Decision, clock: Clock) -> DecisionData:
         blocked_by=decision.blocked_by,
         waiting_since=clock.maybe(decision.waiting_since),
         reasons=decision.reasons,
+        episode=None if decision.episode is None else episode_data(decision.episode, clock),
     )
 
 
@@ -244,7 +279,7 @@ class EventFactory:
         data = evidence_data(evidence, clock)
         breached = [f for f in data.findings if f.breached] or list(data.findings)
         what = "; ".join(_finding_text(f) for f in breached) or _first(evidence.reasons, "SLO breached")
-        blame = "the new version" if evidence.attributable else "not attributable to the new version"
+        blame = _BLAME.get(evidence.attribution, "not attributable to the new version")
         summary = f"{evidence.target} degraded ({evidence.impact.value}, {blame}): {what}"
         return self.event(
             EventType.TARGET_DEGRADED,
@@ -496,6 +531,11 @@ class Announcer:
     Feed it every decision (:meth:`on_decision`) and, while a rollback runs, the run
     (:meth:`on_run`); it remembers what it announced.
 
+    A breach episode (:attr:`Decision.episode`) is told once: ``target.degraded`` when it opens,
+    ``escalation.raised`` at most once per cause within it, and ``decision.made`` only when the
+    verdict's shape changes. A tick that keeps the episode's rollback verdict without acting on it
+    (``blocked_by`` ``unproven``: this interval's breach is not proven) is no news.
+
     While a rollback runs, the run's own events tell the story: the tick's decisions ("a rollback
     is already under way", or no breach once traffic went back) are not announced. After the
     run, "inconclusive" verdicts (the rolled-back version's side has no traffic any more) are not
@@ -509,6 +549,10 @@ class Announcer:
     _breached: bool = False
     _verdict: tuple[object, ...] | None = None
     _escalation: str | None = None
+    #: The episode announced (its ``opened_at``), while one is open.
+    _episode: float | None = None
+    #: The escalation causes already raised in the episode.
+    _escalated: set[str] = field(default_factory=set)
     _hold: Hold | None = None
     _hold_expired: bool = False
     _run: RollbackRun | None = None
@@ -533,14 +577,7 @@ class Announcer:
             if decision.outcome is Outcome.INCONCLUSIVE:
                 return events
             self._after_run = False
-        evidence = decision.evidence
-        if evidence is not None:
-            if evidence.breached and not self._breached:
-                events.append(self.factory.target_degraded(evidence, clock=clock))
-            if evidence.breached:
-                self._breached = True
-            elif not evidence.inconclusive:  # a gap in the data does not end a breach
-                self._breached = False
+        events.extend(self._episodes(decision, clock))
         events.extend(self._holds(decision, hold, clock))
         verdict = (
             decision.outcome,
@@ -549,11 +586,12 @@ class Announcer:
             decision.escalate,
             decision.dry_run,
         )
-        if verdict != self._verdict:
+        if verdict != self._verdict and not self._kept_rollback(decision):
             self._verdict = verdict
             events.append(self.factory.decision_made(decision, clock=clock))
         cause = (decision.blocked_by or "escalation") if decision.escalate else None
-        if cause is not None and cause != self._escalation:
+        if cause is not None and cause not in self._escalated:
+            self._escalated.add(cause)
             events.append(
                 self.factory.escalation_raised(
                     self.target, cause=cause, reasons=decision.reasons, decision=decision, clock=clock
@@ -561,6 +599,41 @@ class Announcer:
             )
         self._escalation = cause
         return events
+
+    def _episodes(self, decision: Decision, clock: Clock) -> list[CloudEvent]:
+        """``target.degraded`` when a breach episode opens; the episode's memory cleared when it
+        closes (recovery proven). Without an episode on the decision (one not made by the
+        framework), a breached tick opens one and a conclusive unbreached tick closes it."""
+        evidence = decision.evidence
+        episode = decision.episode
+        if episode is not None or (evidence is not None and evidence.breached):
+            key = episode.opened_at if episode is not None else self._episode
+            if self._breached and (key is None or self._episode is None or key == self._episode):
+                self._episode = key
+                return []
+            self._breached, self._episode = True, key
+            self._escalated = set()
+            if evidence is not None and evidence.breached:
+                return [self.factory.target_degraded(evidence, clock=clock)]
+            # First seen on a tick that does not prove it (a replica that starts leading): it was
+            # opened, and told, before; the story goes on from here.
+            return []
+        if evidence is not None and not evidence.inconclusive:  # a gap in the data ends nothing
+            self._breached, self._episode = False, None
+            self._escalated = set()
+        return []
+
+    def _kept_rollback(self, decision: Decision) -> bool:
+        """``decision`` keeps the rollback verdict last told, without acting on it this tick."""
+        last = self._verdict
+        return (
+            decision.blocked_by == "unproven"
+            and last is not None
+            and last[0] == decision.outcome
+            and last[1] is True
+            and last[3] == decision.escalate
+            and last[4] == decision.dry_run
+        )
 
     def _holds(self, decision: Decision, hold: Hold | None, clock: Clock) -> list[CloudEvent]:
         events: list[CloudEvent] = []
@@ -574,7 +647,9 @@ class Announcer:
             self._hold, self._hold_expired = hold, False
             known = hold
         if known is not None and not self._hold_expired and decision.t >= known.until:
-            breaching = decision.evidence is not None and decision.evidence.breached
+            breaching = decision.episode is not None or (
+                decision.evidence is not None and decision.evidence.breached
+            )
             events.append(
                 self.factory.hold_expired(
                     self.target, known, still_breaching=breaching, evidence=decision.evidence, clock=clock

@@ -78,6 +78,9 @@ class _Model(BaseModel):
 
 # --- pieces shared by several types --------------------------------------------------------------
 
+#: Who a proven breach is blamed on (see :class:`rollbackd.model.Attribution`).
+Attribution = Literal["attributable", "pending", "baseline-degraded", "no-baseline"]
+
 
 class FindingData(_Model):
     """One measured signal of the new version against its SLO threshold."""
@@ -101,6 +104,12 @@ class FindingData(_Model):
     confidence: float = Field(ge=0, le=1, description="Confidence of the verdict, 0..1.")
     detail: str = Field("", description="The detector's own explanation, with counts.")
     since: datetime | None = Field(None, description="Estimated start of the breach.")
+    attribution: Attribution | None = Field(
+        None,
+        description="Who the breach is blamed on, if breached: attributable (the new version), pending "
+        "(the baseline is within the SLO, the new version not yet significantly worse), "
+        "baseline-degraded (the baseline is beyond the SLO too) or no-baseline.",
+    )
 
 
 class EvidenceData(_Model):
@@ -116,6 +125,26 @@ class EvidenceData(_Model):
     since: datetime | None = Field(None, description="Estimated start of the breach.")
     findings: tuple[FindingData, ...] = Field((), description="Each signal against its threshold.")
     reasons: tuple[str, ...] = Field((), description="The detectors' reasons, human-readable.")
+    attribution: Attribution | None = Field(
+        None,
+        description="Who the breach is blamed on, if breached: attributable, pending, baseline-degraded "
+        "or no-baseline.",
+    )
+    recovered: bool = Field(
+        False,
+        description="Recovery from the latest proven breach is proven: since it was last proven, every "
+        "metric signal with data is within the SLO at the configured confidence.",
+    )
+
+
+class EpisodeData(_Model):
+    """A breach episode: it opens on a proven breach and closes only when recovery is proven."""
+
+    opened_at: datetime = Field(description="When the episode opened (the breach was first proven).")
+    onset: datetime = Field(description="Estimated start of the breach.")
+    impact: Literal["manageable", "severe"] = Field(description="The worst level proven in the episode.")
+    attribution: Attribution = Field(description="Who the episode's breach is blamed on.")
+    proven_at: datetime = Field(description="The latest time the breach was proven.")
 
 
 class DecisionData(_Model):
@@ -129,14 +158,16 @@ class DecisionData(_Model):
     dry_run: bool = Field(False, description="Taken in dry-run mode: nothing is changed.")
     blocked_by: str | None = Field(
         None,
-        description="What stops a rollback: hold, rollback-risk, not-attributable, newer-rollout, "
-        "rollback-in-progress, freeze, cooldown, rate-limit, standby or store (the audit trail cannot "
-        "be written).",
+        description="What stops a rollback: hold, rollback-risk, not-attributable (the baseline is "
+        "degraded too), no-baseline, attribution-pending, unproven (the breach episode is open but this "
+        "interval's breach is not proven), newer-rollout, rollback-in-progress, freeze, cooldown, "
+        "rate-limit, standby or store (the audit trail cannot be written).",
     )
     waiting_since: datetime | None = Field(
         None, description="A controlled rollback's grace runs from this time."
     )
     reasons: tuple[str, ...] = Field(description="Why, with values and thresholds, most important first.")
+    episode: EpisodeData | None = Field(None, description="The breach episode open at the decision, if any.")
 
 
 class ChangeData(_Model):
@@ -289,9 +320,9 @@ class EscalationRaisedData(EventData):
     """``escalation.raised``: a human should look at the target."""
 
     cause: str = Field(
-        description="rollback-risk, not-attributable, freeze, cooldown, rate-limit, store (the decision's "
-        "blocked_by), or rollback-failed, rollback-refused, verification-failed, poison-record (a record "
-        "about the target the store refused, set aside)."
+        description="rollback-risk, not-attributable, no-baseline, attribution-pending, freeze, cooldown, "
+        "rate-limit, store (the decision's blocked_by), or rollback-failed, rollback-refused, "
+        "verification-failed, poison-record (a record about the target the store refused, set aside)."
     )
     reasons: tuple[str, ...] = Field(description="Why, human-readable.")
     decision: DecisionData | None = None
@@ -429,6 +460,8 @@ def state_after(event: CloudEvent) -> TargetState:
             return TargetState.ROLLING_BACK
         if decision.outcome == "controlled":
             return TargetState.WAITING
+        if decision.episode is not None:  # never healthy while a breach episode is open
+            return TargetState.DEGRADED
         if decision.outcome == "inconclusive":
             return TargetState.INCONCLUSIVE
         if data.evidence is not None and data.evidence.breached:
