@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make the local services the test suite uses available, as far as this machine allows:
 #   - Debian's `prometheus` binary (tests start their own instance on a free port);
+#   - Debian's `victoria-metrics` binary (the freshness tests start their own instances);
 #   - PostgreSQL on 127.0.0.1:5432 and Mosquitto on 127.0.0.1:1883, started when stopped.
 # Never fails: whatever cannot be provided is reported, and the tests that need it skip with a reason.
 set -uo pipefail
@@ -51,6 +52,27 @@ ensure_prometheus() {
         say "prometheus: installed at $(command -v prometheus || echo '?')"
     else
         warn "could not install prometheus (no root, no sudo, or no network): Prometheus tests will skip"
+    fi
+    return 0
+}
+
+ensure_victoria_metrics() {
+    if command -v victoria-metrics >/dev/null 2>&1; then
+        say "victoria-metrics: $(command -v victoria-metrics)"
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        warn "victoria-metrics is not installed and apt-get is not available: VictoriaMetrics tests will skip"
+        return 0
+    fi
+    say "victoria-metrics: not installed, installing Debian's package"
+    # The package's service is not wanted (tests start their own servers); where services may not
+    # start (a container's policy-rc.d), installing still succeeds.
+    if as_root apt-get update -q && as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends victoria-metrics </dev/null; then
+        say "victoria-metrics: installed at $(command -v victoria-metrics || echo '?')"
+    else
+        warn "could not install victoria-metrics (no root, no sudo, or no network): VictoriaMetrics tests will skip"
     fi
     return 0
 }
@@ -110,6 +132,7 @@ ensure_mosquitto() {
 }
 
 ensure_prometheus
+ensure_victoria_metrics
 ensure_postgresql
 ensure_mosquitto
 exit 0

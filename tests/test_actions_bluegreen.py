@@ -352,6 +352,8 @@ async def test_a_service_that_never_serves_blue_fails_after_the_timeout(
     result = await switch_back(kube, settings=settings).run(dry_run=False)
 
     assert result.outcome is ActionOutcome.FAILED
-    assert "serve from web-blue's pods only did not happen" in result.reason
+    assert "serve from web-blue's pods only (its EndpointSlices listing ready endpoints of ReplicaSet " \
+        "web-blue-" in result.reason
+    assert "did not happen within the availability timeout" in result.reason
     assert result.changes == (Change("Service/shop/web", "spec.selector", GREEN, BLUE),)
     assert replicas(kube_cluster, "web-green") == 3  # never scaled down while not proven

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from rollbackd.actions.base import ChangeRecorder
+from rollbackd.actions.base import ChangeRecorder, Progress
 from rollbackd.config.settings import LogSettings
 from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.auth import REFUSAL_LOG_EVERY_S, ApiAuth
@@ -219,7 +219,8 @@ async def test_one_target_whose_evaluation_raises_does_not_stop_the_others_or_th
 @pytest.mark.looptime
 async def test_a_crashing_dry_run_plan_does_not_end_the_daemon(caplog: pytest.LogCaptureFixture) -> None:
     class CrashingPlan(ScriptedAction):
-        async def run(self, *, dry_run: bool, recorder: ChangeRecorder | None = None) -> Any:
+        async def run(self, *, dry_run: bool, recorder: ChangeRecorder | None = None,
+                      progress: Progress | None = None) -> Any:
             raise RuntimeError("the plan broke")
 
     @dataclass

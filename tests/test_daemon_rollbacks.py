@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
-from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder
+from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder, Progress
 from rollbackd.config.settings import KubernetesSettings, Settings, VerificationSettings
 from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.rollbacks import Phase
@@ -25,7 +25,8 @@ class ScriptedAction:
     cluster: ScriptedCluster
     name: str = "canary-abort"
 
-    async def run(self, *, dry_run: bool, recorder: ChangeRecorder | None = None) -> ActionResult:
+    async def run(self, *, dry_run: bool, recorder: ChangeRecorder | None = None,
+                  progress: Progress | None = None) -> ActionResult:
         self.cluster.runs.append(dry_run)
         await asyncio.sleep(self.cluster.action_s)
         if dry_run:

@@ -49,7 +49,7 @@ import kmock
 import pytest
 import yaml
 
-from rollbackd.actions.base import ActionResult, ChangeRecorder
+from rollbackd.actions.base import ActionResult, ChangeRecorder, Progress
 from rollbackd.config.settings import (
     EventsSettings,
     HttpSettings,
@@ -529,11 +529,12 @@ class WatchingCluster(ScriptedCluster):
         cluster = self
 
         class Watching(ScriptedAction):
-            async def run(self, *, dry_run: bool, recorder: ChangeRecorder | None = None) -> ActionResult:
+            async def run(self, *, dry_run: bool, recorder: ChangeRecorder | None = None,
+                          progress: Progress | None = None) -> ActionResult:
                 assert cluster.store is not None
                 kinds = [entry.kind for entry in await cluster.store.history(target=params.key)]
                 cluster.seen.append((kinds, await cluster.store.get_state(f"rollback:{params.key}")))
-                return await super().run(dry_run=dry_run, recorder=recorder)
+                return await super().run(dry_run=dry_run, recorder=recorder, progress=progress)
 
         return Watching(self)
 

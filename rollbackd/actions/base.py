@@ -11,7 +11,7 @@ process taking an interrupted rollback over can list what the one that stopped c
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -74,6 +74,19 @@ class ActionResult:
         return self.outcome in (ActionOutcome.DONE, ActionOutcome.ALREADY_DONE, ActionOutcome.PLANNED)
 
 
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """What a running action waits for (e.g. ready endpoints of the healthy colour), since when
+    (event-loop time)."""
+
+    what: str
+    since: float
+
+
+#: Told when an action starts waiting (a :class:`Waiting`) and when the wait ends (``None``).
+Progress = Callable[[Waiting | None], None]
+
+
 class ChangeRecorder(Protocol):
     """Where a run of an action writes down each change before it is made, and after (the store's
     record of the rollback, so that a process that takes the rollback over knows what was done)."""
@@ -94,10 +107,13 @@ class RollbackAction(Protocol):
 
     name: str
 
-    async def run(self, *, dry_run: bool, recorder: ChangeRecorder | None = None) -> ActionResult:
+    async def run(
+        self, *, dry_run: bool, recorder: ChangeRecorder | None = None, progress: Progress | None = None
+    ) -> ActionResult:
         """Plan from the current objects; unless ``dry_run``, apply the plan and wait (bounded) until
-        the rolled-back-to version serves. Each step's changes go to ``recorder`` before the step
-        is applied (a step whose changes cannot be recorded is not applied: ``FAILED``) and after.
+        the rolled-back-to version serves, telling ``progress`` when each wait starts and ends.
+        Each step's changes go to ``recorder`` before the step is applied (a step whose changes
+        cannot be recorded is not applied: ``FAILED``) and after.
         Never raises for API errors: they become ``FAILED`` results listing what was changed
         before the error."""
         ...

@@ -11,6 +11,8 @@ The steps, in this order, each skipped when already so:
    healthy colour's pods and not the bad colour's counts as switched back;
 3. awaited: the Service's EndpointSlices list ready endpoints of the healthy colour's pods and
    none of the bad colour's (pods are told apart by their ReplicaSet's name, the prefix of theirs);
+   the wait is logged when it starts (which ReplicaSets) and ends (how long it took), and the
+   run's ``progress`` shows it (the status page and the API's target view, while it lasts);
 4. the bad colour (the candidate) scaled to 0 through its ``scale`` subresource.
 
 The action refuses when the Service or the healthy colour's Deployment does not exist, or when the
@@ -22,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder
+from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder, Progress
 from rollbackd.actions.steps import (
     DEFAULT_SETTINGS,
     ActionRun,
@@ -68,6 +70,12 @@ def replicas_of(deployment: Mapping[str, Any] | None) -> int:
     return int((deployment.get("spec") or {}).get("replicas", 1) or 0)
 
 
+def _sets(names: Sequence[str]) -> str:
+    if not names:
+        return "no ReplicaSet"
+    return ("ReplicaSet " if len(names) == 1 else "ReplicaSets ") + ", ".join(names)
+
+
 class BlueGreenSwitchBack:
     """Point a blue-green Service back at the healthy colour and scale the bad one down.
 
@@ -104,11 +112,13 @@ class BlueGreenSwitchBack:
         self._healthy_object = object_name("Deployment", namespace, healthy)
         self._bad_object = object_name("Deployment", namespace, bad)
 
-    async def run(self, *, dry_run: bool, recorder: ChangeRecorder | None = None) -> ActionResult:
+    async def run(
+        self, *, dry_run: bool, recorder: ChangeRecorder | None = None, progress: Progress | None = None
+    ) -> ActionResult:
         """Plan, then (unless ``dry_run``) apply the steps (each recorded with ``recorder`` first),
         waiting where the module says."""
         run = ActionRun(kube=self.kube, action=self.name, target=self.target, settings=self.settings,
-                        recorder=recorder)
+                        recorder=recorder, progress=progress)
         return await run.guarded(lambda: self._run(run, dry_run=dry_run))
 
     # -- reading --
@@ -223,7 +233,9 @@ class BlueGreenSwitchBack:
         healthy_sets = await run.call(lambda: self._replicaset_names(self.healthy))
         bad_sets = await run.call(lambda: self._replicaset_names(self.bad))
         await run.wait_until(
-            f"the Service {self.namespace}/{self.service} to serve from {self.healthy}'s pods only",
+            f"the Service {self.namespace}/{self.service} to serve from {self.healthy}'s pods only "
+            f"(its EndpointSlices listing ready endpoints of {_sets(healthy_sets)} and none of "
+            f"{_sets(bad_sets)})",
             lambda: self._serving(healthy_sets, bad_sets),
         )
         if "scale-down" in steps:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder
+from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder, Progress
 from rollbackd.actions.steps import (
     DEFAULT_SETTINGS,
     ActionRun,
@@ -100,11 +100,13 @@ class CanaryAbort:
         """The annotations step 2 removes."""
         return (*ROUTING_ANNOTATIONS, CANARY, WEIGHT) if self.remove_canary_marker else ROUTING_ANNOTATIONS
 
-    async def run(self, *, dry_run: bool, recorder: ChangeRecorder | None = None) -> ActionResult:
+    async def run(
+        self, *, dry_run: bool, recorder: ChangeRecorder | None = None, progress: Progress | None = None
+    ) -> ActionResult:
         """Plan, then (unless ``dry_run``) apply the steps (each recorded with ``recorder`` first)
         and wait for the stable Deployment."""
         run = ActionRun(kube=self.kube, action=self.name, target=self.target, settings=self.settings,
-                        recorder=recorder)
+                        recorder=recorder, progress=progress)
         return await run.guarded(lambda: self._run(run, dry_run=dry_run))
 
     # -- reading --

@@ -27,7 +27,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder
+from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder, Progress
 from rollbackd.actions.steps import (
     DEFAULT_SETTINGS,
     ActionRun,
@@ -102,12 +102,14 @@ class DeploymentUndo:
         self.settings = settings
         self._object = object_name("Deployment", namespace, deployment)
 
-    async def run(self, *, dry_run: bool, recorder: ChangeRecorder | None = None) -> ActionResult:
+    async def run(
+        self, *, dry_run: bool, recorder: ChangeRecorder | None = None, progress: Progress | None = None
+    ) -> ActionResult:
         """Plan, then (unless ``dry_run``) patch the template back (recorded with ``recorder``
         first) and wait until the Deployment has rolled out the restored template and is fully
         available."""
         run = ActionRun(kube=self.kube, action=self.name, target=self.target, settings=self.settings,
-                        recorder=recorder)
+                        recorder=recorder, progress=progress)
         fields: dict[str, Any] = {"from_revision": self.bad_revision, "to_revision": self.to_revision}
         return await run.guarded(lambda: self._run(run, fields, dry_run=dry_run), fields)
 

@@ -15,7 +15,8 @@ One :class:`ActionRun` carries out one run of one action:
   changes down before it sends anything (a step that cannot be written down is not applied:
   :class:`NotRecorded`), and what the step really changed afterwards;
 - :meth:`ActionRun.wait_until` polls a condition until it holds, bounded by the run's
-  availability budget on the event-loop clock, and adds its time to ``wait_s``;
+  availability budget on the event-loop clock, and adds its time to ``wait_s``; it logs when it
+  starts (what it waits for) and ends (how long it took), and tells the run's ``progress``;
 - :meth:`ActionRun.guarded` turns what may go wrong into a result: :class:`Refusal` (nothing
   changed yet: ``refused``), :class:`WaitTimeout`, :class:`NotRecorded` and every
   :class:`~rollbackd.kube.errors.KubeError` (``failed``, listing what was changed before).
@@ -31,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder
+from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder, Progress, Waiting
 from rollbackd.backoff import Backoff
 from rollbackd.config.settings import KubernetesSettings
 from rollbackd.decision.cluster import fully_available
@@ -122,7 +123,8 @@ class ActionRun:
 
     Created at the start of :meth:`run`; ``action`` and ``target`` name the result; ``settings``
     bound the retries and the waits; ``recorder`` (optional) hears of every step's changes before
-    and after it is applied. ``loop`` time is read from the running event loop.
+    and after it is applied; ``progress`` (optional) is told when a wait starts and ends. ``loop``
+    time is read from the running event loop.
     """
 
     def __init__(
@@ -133,12 +135,14 @@ class ActionRun:
         target: str,
         settings: ActionSettings,
         recorder: ChangeRecorder | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.kube = kube
         self.action = action
         self.target = target
         self.settings = settings
         self.recorder = recorder
+        self.progress = progress
         self.changes: list[Change] = []
         self.api_s = 0.0
         self.wait_s = 0.0
@@ -212,9 +216,16 @@ class ActionRun:
         :class:`WaitTimeout` names ``what`` was awaited. A temporary API error during a look counts
         as "not yet"; any other API error ends the wait. The time counts as waiting time, the
         reads inside included.
+
+        A wait that takes longer than the first look is logged when it starts (what it waits for)
+        and when it ends (how long it took), and told to :attr:`progress` (a
+        :class:`~rollbackd.actions.base.Waiting`, then ``None``).
         """
         started = self._loop.time()
         deadline = started + max(self._wait_budget_s, self.settings.poll_s)  # always one look at least
+        extra = {"target": self.target, "action": self.action, "waiting_for": what}
+        announced = False
+        outcome = "ended"
         try:
             async with asyncio.timeout_at(deadline):
                 while True:
@@ -222,18 +233,39 @@ class ActionRun:
                         if await check():
                             return
                     except KubeTemporary as exc:
-                        logger.info("%s: while waiting for %s: %s", self.action, what, exc,
-                                    extra={"target": self.target, "action": self.action})
+                        logger.info("%s: while waiting for %s: %s", self.action, what, exc, extra=extra)
+                    if not announced:
+                        announced = True
+                        logger.info("%s: waiting for %s (at most %.0fs)", self.action, what,
+                                    max(0.0, deadline - started), extra=extra)
+                        self._tell(Waiting(what=what, since=started))
                     await asyncio.sleep(self.settings.poll_s)
         except TimeoutError:
+            outcome = "timed out"
             raise WaitTimeout(
                 f"{what} did not happen within the availability timeout of "
                 f"{self.settings.availability_timeout_s:g}s"
             ) from None
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
         finally:
             spent = self._loop.time() - started
             self.wait_s += spent
             self._wait_budget_s = max(0.0, self._wait_budget_s - spent)
+            if announced:
+                logger.info("%s: waiting for %s %s after %.1fs", self.action, what,
+                            "done" if outcome == "ended" else outcome, spent,
+                            extra={**extra, "waited_s": round(spent, 3), "wait_outcome": outcome})
+                self._tell(None)
+
+    def _tell(self, waiting: Waiting | None) -> None:
+        if self.progress is None:
+            return
+        try:
+            self.progress(waiting)
+        except Exception:  # telling about it must never stop the action
+            logger.exception("could not report an action's wait", extra={"target": self.target})
 
     # -- results --
 

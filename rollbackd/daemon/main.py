@@ -203,6 +203,9 @@ async def run_daemon(
                     PrometheusSource(
                         client=client, shards=prometheus.query_shards,
                         max_answer_bytes=prometheus.max_answer_bytes,
+                        # A sample is up to one scrape old; older by a further interval is stale.
+                        max_lag_s=prometheus.scrape_interval_s + settings.interval_s,
+                        on_lag=lambda lag_s: metrics.set_source_lag("prometheus", lag_s),
                     ),
                     min_range_s=min_range_s(prometheus.scrape_interval_s),
                 ),

@@ -27,6 +27,9 @@ class DaemonMetrics:
     - ``rollbackd_source_errors_total{source,kind}``: source failures (``prometheus``, ``health``)
       by kind (``timeout``, ``connection``, ``oversized``, ...; impossible values by theirs:
       ``non_finite``, ``negative``, ``too_large``, ``errors_above_requests``, ``bad_histogram``);
+    - ``rollbackd_source_lag_seconds{source}``: how old the newest sample of the latest answer was
+      when it was asked (``prometheus``); above ``scrape_interval_s + interval_s``, the answers
+      are stale (logged);
     - ``rollbackd_evaluation_errors_total``: target evaluations that raised (a bug; logged);
     - ``rollbackd_tick_errors_total{step}``: other steps of a tick that raised (a bug; logged with
       the target) and were skipped, the daemon going on: ``decide`` (one target's decision, its
@@ -66,6 +69,12 @@ class DaemonMetrics:
             "rollbackd_source_errors",
             "Source failures by source and kind.",
             ["source", "kind"],
+            registry=r,
+        )
+        self.source_lag = Gauge(
+            "rollbackd_source_lag_seconds",
+            "How old the newest sample of the latest metrics answer was when it was asked, by source.",
+            ["source"],
             registry=r,
         )
         self.evaluation_errors = Counter(
@@ -143,6 +152,10 @@ class DaemonMetrics:
     def count_source_error(self, source: str, kind: str) -> None:
         """Usable as a source's ``on_error(source, kind)`` callback."""
         self.source_errors.labels(source=source, kind=kind).inc()
+
+    def set_source_lag(self, source: str, lag_s: float) -> None:
+        """The latest lag of ``source``'s answers (see ``rollbackd_source_lag_seconds``)."""
+        self.source_lag.labels(source=source).set(lag_s)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

@@ -441,6 +441,13 @@ def _rollback(target: _Doc) -> str:
             f'<p class="rollback"><b>Rollback {_e(phase)}</b> ({_e(_text(run.get("mode")))}, decided '
             f"{_e(human_duration(age))} ago)</p>"
         )
+        waiting = _obj(run.get("waiting"))
+        if waiting is not None:
+            waited = _num(waiting.get("elapsed_s")) or 0.0
+            lines.append(
+                f'<p class="waiting-for">The action is waiting for {_e(_text(waiting.get("for")))} '
+                f"(for {_e(human_duration(waited))} so far)</p>"
+            )
         action = _obj(run.get("action"))
         if action is not None:
             changes = _changes(action)

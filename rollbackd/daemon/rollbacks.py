@@ -34,7 +34,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from rollbackd.actions.base import ActionOutcome, ActionResult, Change, RollbackAction, merge_changes
+from rollbackd.actions.base import (
+    ActionOutcome,
+    ActionResult,
+    Change,
+    RollbackAction,
+    Waiting,
+    merge_changes,
+)
 from rollbackd.daemon.runrecord import RecordedChange, RunRecord
 from rollbackd.decision.cluster import ClusterFacts
 from rollbackd.model import Decision, HealthCheck, Observation, Sample, Strategy
@@ -118,6 +125,8 @@ class RollbackRun:
     #: The changes this process's action made, and those of the step it is applying.
     changes_made: list[Change] = field(default_factory=list)
     changes_pending: tuple[Change, ...] = ()
+    #: What the action waits for right now (ready endpoints, available pods), since when.
+    waiting: Waiting | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -198,6 +207,10 @@ def with_prior_changes(result: ActionResult, prior: Sequence[RecordedChange]) ->
     what = "the change it recorded is" if earlier == 1 else f"the {earlier} changes it recorded are"
     reason = f"{result.reason} (the run was taken over from a process that stopped: {what} listed too)"
     return dataclasses.replace(result, outcome=outcome, changes=changes, reason=reason)
+
+
+def _set_waiting(run: RollbackRun, waiting: Waiting | None) -> None:
+    run.waiting = waiting
 
 
 def serving_side(
@@ -360,7 +373,9 @@ class Rollbacks:
         recorder = None if self._record is None else _RunRecorder(self._record, params, run)
         try:
             action = self._cluster.action(params, bad_revision=bad_revision)
-            result = await action.run(dry_run=False, recorder=recorder)
+            result = await action.run(
+                dry_run=False, recorder=recorder, progress=lambda waiting: _set_waiting(run, waiting)
+            )
         except Exception as exc:  # a defect, not an API error: never leave the run "acting"
             logger.exception("rollback action crashed", extra={"target": run.key})
             result = ActionResult(
@@ -369,6 +384,7 @@ class Rollbacks:
                 outcome=ActionOutcome.FAILED,
                 reason=f"action crashed: {exc!r}",
             )
+        run.waiting = None
         run.action = result = with_prior_changes(result, run.prior_changes)
         run.acted_at = loop.time()
         fields = {

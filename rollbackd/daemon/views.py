@@ -93,6 +93,13 @@ def rollback_view(run: RollbackRun | None, *, now: float) -> JsonValue:
         "decided_at": to_json_value(run.decided_at),
         "age_s": to_json_value(now - run.decided_at),
         "action": action_view(run.action),
+        "waiting": None
+        if run.waiting is None
+        else {
+            "for": run.waiting.what,
+            "since": to_json_value(run.waiting.since),
+            "elapsed_s": to_json_value(max(0.0, now - run.waiting.since)),
+        },
         "verification": None
         if verification is None
         else {

@@ -72,7 +72,7 @@ from rollbackd.demo.processes import (
     astart_sample_app,
     find_prometheus,
 )
-from rollbackd.demo.scenarios import NAMESPACE, SCENARIOS
+from rollbackd.demo.scenarios import CANARY_WEIGHT, NAMESPACE, SCENARIOS, canary_scenario
 from rollbackd.demo.traffic import UNROUTED, LoadGenerator, RoutingChange, Tally
 from rollbackd.errors import SourceStats
 from rollbackd.kube import KubeClient
@@ -97,7 +97,11 @@ class DemoOptions:
     - ``prometheus``: the Prometheus binary, or ``None`` to read the apps' metrics directly;
     - ``no_prometheus_reason``: why there is no Prometheus (said plainly in the timeline);
     - ``rps``: requests per second the load generator sends in all;
+    - ``canary_weight``: the canary scenario's canary-weight, in percent: the canary gets
+      ``rps x canary_weight / 100`` requests per second (20 requests/s by default);
     - ``interval_s``: the daemon's evaluation interval, and Prometheus' scrape interval;
+    - ``detection_window_s``: the daemon's detection window (``defaults.detection.window_s``;
+      short here, the daemon's default is 600 s): a verdict needs 50 requests in it;
     - ``verification_window_s``: the validation window after the rollback;
     - ``rollout_delay_s``: how long the emulated pods of a rolled-out ReplicaSet take to be ready;
     - ``fault_error_rate``: the fraction of requests the bad version fails;
@@ -111,7 +115,9 @@ class DemoOptions:
     prometheus: str | None = None
     no_prometheus_reason: str = "no 'prometheus' binary on the PATH"
     rps: float = 100.0
+    canary_weight: int = CANARY_WEIGHT
     interval_s: float = 1.0
+    detection_window_s: float = 5.0
     verification_window_s: float = 10.0
     rollout_delay_s: float = 3.0
     fault_error_rate: float = 0.3
@@ -200,7 +206,10 @@ def demo_settings(target: TargetSettings, *, prometheus_url: str | None, options
             window_s=options.verification_window_s, max_wait_s=3 * options.verification_window_s
         ),
         defaults=Defaults(
-            detection=DetectionSettings(window_s=5.0, baseline_window_s=120.0),
+            detection=DetectionSettings(
+                window_s=options.detection_window_s,
+                baseline_window_s=max(120.0, options.detection_window_s),
+            ),
             policy=PolicySettings(controlled_grace_s=5.0, cooldown_s=300.0),
         ),
         targets=(target,),
@@ -232,7 +241,11 @@ class Demo:
         if options.scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {options.scenario!r}; known: {', '.join(SCENARIOS)}")
         self.options = options
-        self.scenario = SCENARIOS[options.scenario]
+        self.scenario = (
+            canary_scenario(options.canary_weight)
+            if options.scenario == "canary"
+            else SCENARIOS[options.scenario]
+        )
         self.out = out
         self.measured = Measurements()
         self._timeline: Timeline | None = None

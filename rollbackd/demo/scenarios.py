@@ -2,7 +2,8 @@
 which version's pods, how traffic is routed, and what rollbackd is told to watch.
 
 - ``canary``: a stable and a canary Deployment, their Services, a main Ingress and an ingress-nginx
-  canary Ingress at 20% weight; the canary turns bad; rollbackd aborts the canary.
+  canary Ingress at 20% weight (another weight: :func:`canary_scenario`); the canary turns bad;
+  rollbackd aborts the canary.
 - ``bluegreen``: a blue and a green Deployment behind one Service; the release switches the Service
   from blue to green; green turns bad; rollbackd switches the Service back to blue.
 - ``deployment``: one Deployment whose current revision runs the new image; it turns bad; rollbackd
@@ -84,7 +85,7 @@ _STABLE_LABELS = {"app": "web", "track": "stable"}
 _CANARY_LABELS = {"app": "web", "track": "canary"}
 
 
-def _seed_canary(emu: ClusterEmulator) -> list[str]:
+def _seed_canary(emu: ClusterEmulator, weight: int) -> list[str]:
     seed_deployment(emu, NAMESPACE, "web", replicas=3, image=OLD_IMAGE, revision_history=("shop/web:1.3",),
                     labels=_STABLE_LABELS, container="web")
     seed_deployment(emu, NAMESPACE, "web-canary", replicas=1, image=NEW_IMAGE, labels=_CANARY_LABELS,
@@ -93,7 +94,7 @@ def _seed_canary(emu: ClusterEmulator) -> list[str]:
     seed_service(emu, NAMESPACE, "web-canary", selector=_CANARY_LABELS)
     seed_ingress(emu, NAMESPACE, "web", service="web", host=HOST_NAME)
     seed_ingress(emu, NAMESPACE, "web-canary", service="web-canary", host=HOST_NAME,
-                 canary_weight=CANARY_WEIGHT)
+                 canary_weight=weight)
     return [
         _deployment_line("web", 3, OLD_IMAGE, _STABLE_LABELS, 2),
         _deployment_line("web-canary", 1, NEW_IMAGE, _CANARY_LABELS, 1),
@@ -101,7 +102,7 @@ def _seed_canary(emu: ClusterEmulator) -> list[str]:
         "with their EndpointSlices",
         f"Ingress {NAMESPACE}/web: {HOST_NAME} -> Service web",
         f"Ingress {NAMESPACE}/web-canary: {HOST_NAME} -> Service web-canary, "
-        f"canary: \"true\", canary-weight: \"{CANARY_WEIGHT}\"",
+        f"canary: \"true\", canary-weight: \"{weight}\"",
     ]
 
 
@@ -116,20 +117,29 @@ def _canary_target(urls: Mapping[str, str]) -> TargetSettings:
     )
 
 
-CANARY = Scenario(
-    name="canary",
-    title=f"an ingress-nginx canary at {CANARY_WEIGHT}% weight turns bad; rollbackd aborts the canary",
-    strategy=Strategy.CANARY,
-    apps=(
-        App("stable", "web", f"the stable pods, {OLD_IMAGE}"),
-        App("canary", "web-canary", f"the canary pods, {NEW_IMAGE}"),
-    ),
-    good="stable",
-    bad="canary",
-    seed=_seed_canary,
-    target=_canary_target,
-    routing=CanaryWeightRouting(namespace=NAMESPACE, ingress="web-canary", stable="stable", canary="canary"),
-)
+def canary_scenario(weight: int = CANARY_WEIGHT) -> Scenario:
+    """The canary scenario with the canary Ingress at ``weight`` percent (1 to 99)."""
+    if not 1 <= weight <= 99:
+        raise ValueError(f"a canary weight is a percentage from 1 to 99, not {weight!r}")
+    return Scenario(
+        name="canary",
+        title=f"an ingress-nginx canary at {weight}% weight turns bad; rollbackd aborts the canary",
+        strategy=Strategy.CANARY,
+        apps=(
+            App("stable", "web", f"the stable pods, {OLD_IMAGE}"),
+            App("canary", "web-canary", f"the canary pods, {NEW_IMAGE}"),
+        ),
+        good="stable",
+        bad="canary",
+        seed=lambda emu: _seed_canary(emu, weight),
+        target=_canary_target,
+        routing=CanaryWeightRouting(
+            namespace=NAMESPACE, ingress="web-canary", stable="stable", canary="canary"
+        ),
+    )
+
+
+CANARY = canary_scenario()
 
 
 # --- blue-green ----------------------------------------------------------------------------------

@@ -6,6 +6,11 @@ tick's batched queries (see :mod:`rollbackd.sources.promql`) into a ``(baseline,
 of :class:`~rollbackd.model.Sample` per target. Whatever could not be measured is ``None``, never
 zero; values no real service produces (see :mod:`rollbackd.plausibility`) make the target's tick
 missing too, and are counted and logged. An answer is read up to a size cap, never further.
+
+With ``max_lag_s``, each tick also asks how old the newest sample of the requests series is
+(:func:`freshness_query`) and warns, once per stale spell, when answers lag behind: a backend that
+answers from the past (VictoriaMetrics' ``-search.latencyOffset``, 30 s by default) delays every
+decision by as much and lets a verification judge data from before the rollback.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 import math
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -618,6 +624,35 @@ def _parse_matrix(promql_text: str, document: Mapping[str, object]) -> RangeResu
                        values=tuple(values), warnings=_warnings(promql_text, document))
 
 
+#: The metric of a requests template, written ``name{{{selector}}}`` (its first such selector).
+_SELECTED_METRIC = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)\{\{\{selector\}")
+
+
+def freshness_query(batch: promql.Batch) -> str | None:
+    """``max(timestamp(<metric>{<selector>}))`` over the series of ``batch``'s requests query: the
+    time of the newest sample the backend shows for them (``None`` when the requests template
+    names no metric as ``name{{{selector}}}``).
+
+    Asked for the raw series, not the query's result: ``timestamp()`` of an expression is its
+    evaluation time, and VictoriaMetrics stamps an instant answer with the current time even when
+    it evaluated it ``-search.latencyOffset`` earlier."""
+    match = _SELECTED_METRIC.search(batch.templates.requests)
+    if match is None:
+        return None
+    selector = promql.build_selector(batch.templates.group_labels, batch.sides)
+    return f"max(timestamp({match.group(1)}{{{selector}}}))"
+
+
+def answer_lag_s(result: QueryResult, *, asked_at: float) -> float | None:
+    """How far the newest sample of a :func:`freshness_query` answer lies behind the later of the
+    answer's own time and ``asked_at`` (the wall clock when it was asked); ``None`` when the answer
+    holds no sample."""
+    if not result.values or not math.isfinite(result.values[0]):
+        return None
+    now = max(asked_at, result.timestamps[0])
+    return max(0.0, now - result.values[0])
+
+
 class PrometheusSource:
     """The :class:`~rollbackd.sources.base.MetricsSource` backed by Prometheus.
 
@@ -633,6 +668,10 @@ class PrometheusSource:
     - ``quantile``: the quantile reported as ``Sample.p95_ms`` (0.95).
     - ``max_answer_bytes``: the cap on one answer's body; ``None`` (the default) sizes it from
       the number of targets of each tick with :func:`default_max_answer_bytes`.
+    - ``max_lag_s``: when given, each tick also sends one :func:`freshness_query` (for the first
+      batch) and compares the newest sample with the wall clock; answers more than this behind are
+      stale: logged at WARNING once, until they are fresh again (logged at INFO).
+    - ``on_lag``: told each tick's lag in seconds (e.g. a gauge), when it could be measured.
     """
 
     def __init__(
@@ -643,12 +682,23 @@ class PrometheusSource:
         shards: int = promql.DEFAULT_SHARDS,
         quantile: float = 0.95,
         max_answer_bytes: int | None = None,
+        max_lag_s: float | None = None,
+        on_lag: Callable[[float], None] | None = None,
     ) -> None:
         if shards < 1:
             raise ValueError(f"shards must be at least 1, not {shards!r}")
         if max_answer_bytes is not None and max_answer_bytes < 1:
             raise ValueError(f"max_answer_bytes must be positive, not {max_answer_bytes!r}")
+        if max_lag_s is not None and not (math.isfinite(max_lag_s) and max_lag_s > 0):
+            raise ValueError(f"max_lag_s must be positive, not {max_lag_s!r}")
         self.max_answer_bytes = max_answer_bytes
+        self.max_lag_s = max_lag_s
+        self._on_lag = on_lag
+        #: The latest lag measured (seconds), and whether answers are in a stale spell.
+        self.lag_s: float | None = None
+        self.stale = False
+        #: The plan the freshness query was made for, and the query.
+        self._freshness: tuple[promql.Plan, str | None] | None = None
         self.client = client
         self.max_selector_chars = max_selector_chars
         self.shards = shards
@@ -705,6 +755,9 @@ class PrometheusSource:
             for index, batch in enumerate(plan.batches):
                 for metric, text in batch.queries.items():
                     answers[index, metric] = group.create_task(self._safe_query(text, cap))
+            freshness = self._freshness_query(plan)
+            if freshness is not None and self.max_lag_s is not None:
+                group.create_task(self._check_freshness(freshness, self.max_lag_s))
 
         sides: dict[str, dict[promql.Side, Sample | None]] = {}
         impossible: dict[str, str] = {}
@@ -861,6 +914,45 @@ class PrometheusSource:
             logger.warning(
                 "Prometheus gave impossible values for target %s, not judged (inconclusive) until "
                 "they are plausible again: %s", target_key, problem,
+            )
+
+    def _freshness_query(self, plan: promql.Plan) -> str | None:
+        """The freshness query of ``plan`` (made once per plan), or ``None`` when not checking."""
+        if self.max_lag_s is None or not plan.batches:
+            return None
+        made = self._freshness
+        if made is None or made[0] is not plan:
+            made = self._freshness = (plan, freshness_query(plan.batches[0]))
+        return made[1]
+
+    async def _check_freshness(self, query: str, max_lag_s: float) -> None:
+        """Measure how far behind the backend's newest sample is, and say so when it is stale."""
+        asked_at = time.time()  # the wall clock: sample timestamps are Unix times
+        answer = await self._safe_query(query, ANSWER_FLOOR_BYTES)
+        if isinstance(answer, SourceError):
+            logger.debug("Prometheus freshness query failed: %s", answer)
+            return
+        lag = answer_lag_s(answer, asked_at=asked_at)
+        if lag is None:
+            return  # no sample of these series yet: nothing to compare
+        self.lag_s = lag
+        if self._on_lag is not None:
+            self._on_lag(lag)
+        if lag > max_lag_s and not self.stale:
+            self.stale = True
+            logger.warning(
+                "Prometheus answers are stale: the newest sample is %.1fs old, more than %.1fs (one "
+                "evaluation interval beyond the scrape interval); decisions come that much later, and "
+                "a verification may judge data from before the rollback. A VictoriaMetrics backend "
+                "needs -search.latencyOffset no longer than interval_s (its default is 30s)",
+                lag, max_lag_s,
+                extra={"source": "prometheus", "lag_s": round(lag, 3), "max_lag_s": max_lag_s},
+            )
+        elif lag <= max_lag_s and self.stale:
+            self.stale = False
+            logger.info(
+                "Prometheus answers are fresh again: the newest sample is %.1fs old", lag,
+                extra={"source": "prometheus", "lag_s": round(lag, 3), "max_lag_s": max_lag_s},
             )
 
     async def _safe_query(self, text: str, max_answer_bytes: int) -> QueryResult | SourceError:
