@@ -43,6 +43,15 @@ def test_a_deployment_watched_briefly_is_judged_against_its_own_healthy_past() -
     assert "baseline 0.00% (0 of 400 requests failed," in error_finding_detail(last)
 
 
+def test_a_scrape_gap_inside_the_episode_does_not_hide_the_healthy_past() -> None:
+    judge = Judge(DEPLOYMENT)
+    evidence = feed(judge, [GOOD] * 4 + [BAD, None, BAD], start=0.0)
+    last = evidence[-1]
+    assert last.impact is Impact.SEVERE
+    assert last.attributable, last.reasons
+    assert "whole window" not in error_finding_detail(last)
+
+
 def test_a_deployment_bad_from_its_first_interval_has_no_baseline_to_blame_it_on() -> None:
     # Nothing healthy was seen: the bad intervals themselves are never the reference.
     judge = Judge(DEPLOYMENT)

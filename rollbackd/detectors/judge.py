@@ -290,8 +290,8 @@ class Judge:
             self._suspect.append(obs.t)
             if self._onset is None:
                 self._onset = obs.t
-        else:
-            self._onset = None
+        elif rejected is None and obs.candidate is not None:
+            self._onset = None  # judged and not suspect: a gap says nothing about it
         attribution = _blame(breached) if breached else None
         if breached:
             self._proven_at, recovered = obs.t, False
