@@ -31,12 +31,12 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
+from rollbackd.aiotasks import stop_tasks
 from rollbackd.config.loader import ConfigError
 from rollbackd.config.settings import Settings
 from rollbackd.daemon.auth import ApiAuth
@@ -225,32 +225,20 @@ class Daemon:
                     if not task.cancelled() and task.exception() is None:
                         logger.error("root task ended on its own; stopping", extra={"task": task.get_name()})
                 logger.info("stopping", extra={"timeout_s": self._shutdown_timeout_s})
-                rollbacks = [
-                    task
-                    for task in asyncio.all_tasks()
-                    if task.get_name().startswith("rollbackd:rollback")
-                    or task.get_name().startswith("rollbackd:dry-run-plan")
-                    or task is self._history_task
-                ]
-                await self._stop_tasks([*root, *rollbacks])
+                timeout_s = self._shutdown_timeout_s
+                await asyncio.gather(
+                    # The group's own tasks: their outcome is the group's to report.
+                    stop_tasks([*root, self._history_task], timeout_s=timeout_s, failures="leave"),
+                    self.rollbacks.stop(timeout_s),
+                )
         finally:
             self._group = None
             self._history_task = None
-            self.metrics.up.set(0)
-            self._listening.clear()
-
-    async def _stop_tasks(self, tasks: Sequence[asyncio.Task[Any]]) -> None:
-        pending_before = [task for task in tasks if not task.done()]
-        for task in pending_before:
-            task.cancel()
-        if not pending_before:
-            return
-        _, pending = await asyncio.wait(pending_before, timeout=self._shutdown_timeout_s)
-        for task in pending:
-            logger.error(
-                "task did not stop within the shutdown timeout",
-                extra={"task": task.get_name(), "timeout_s": self._shutdown_timeout_s},
-            )
+            try:
+                await self.rollbacks.stop(self._shutdown_timeout_s)  # when the group failed
+            finally:
+                self.metrics.up.set(0)
+                self._listening.clear()
 
     async def __aenter__(self) -> Self:
         self._run_task = asyncio.create_task(self.run(), name="rollbackd:daemon")
@@ -263,8 +251,7 @@ class Daemon:
             await asyncio.gather(self._run_task, return_exceptions=True)
             raise
         finally:
-            listening.cancel()
-            await asyncio.gather(listening, return_exceptions=True)
+            await stop_tasks([listening])
         if self._run_task.done():
             await self._run_task  # raises what made it fail
             raise RuntimeError("the daemon stopped before its HTTP server listened")
@@ -489,7 +476,7 @@ class Daemon:
                     extra={"target": target.key},
                 )
                 return
-            self.rollbacks.start(target.params, decision, self._group, bad_revision=target.judged_revision)
+            self.rollbacks.start(target.params, decision, bad_revision=target.judged_revision)
 
     def _context(self, target: TargetState, t: float, *, acting: bool) -> Context:
         """The decision context of ``target`` at ``t``, with the cluster facts it holds now."""
@@ -599,7 +586,7 @@ class Daemon:
                 continue
             target.judged_revision = record.bad_revision
             self.journal.resuming(target.params, record, announced=announced)
-            run = self.rollbacks.resume(target.params, record, self._group)
+            run = self.rollbacks.resume(target.params, record)
             if run is not None:
                 # A rollback taken over counts like one decided here: cooldown and hourly cap.
                 self.state.ledger.record(key, run.decided_at, target.params.policy.cooldown_s)

@@ -50,6 +50,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from rollbackd.aiotasks import stop_tasks
 from rollbackd.kube import objects
 from rollbackd.kube.client import KubeClient, Obj
 from rollbackd.kube.errors import KubeConflict, KubeError, KubeNotFound, KubePermanent
@@ -261,10 +262,7 @@ class LeaderElector:
         tb: TracebackType | None,
     ) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks([task])
         was_leading = self.is_leader
         self._set_leading(False, why="shutting down")
         if was_leading and self.release_on_exit:

@@ -28,7 +28,6 @@ is logged at ERROR with every problem's file, line and key (see
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -39,6 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from rollbackd.aiotasks import stop_tasks
 from rollbackd.config.loader import ConfigError, Problem
 from rollbackd.config.resolve import source_target, target_params
 from rollbackd.config.settings import Settings, TargetSettings
@@ -251,10 +251,7 @@ class ConfigWatcher:
         tb: TracebackType | None,
     ) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks([task])
 
     async def _run(self) -> None:
         while True:

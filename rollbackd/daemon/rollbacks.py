@@ -1,7 +1,8 @@
 """Carrying out rollback decisions: act once, then verify, then hand the target back to the judge.
 
 For each target at most one rollback is under way (the framework sees ``rollback_in_progress``
-and never acts twice). A run is a supervised task in the daemon's task group:
+and never acts twice). A run is a task :class:`Rollbacks` starts, keeps and stops
+(:meth:`Rollbacks.stop`, on the daemon's way out):
 
 1. **acting** — once its start is recorded (``before_acting``: the audit entries and events
    submitted so far, and the run's record a restart resumes from), the target's action (canary
@@ -29,7 +30,7 @@ import dataclasses
 import enum
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -42,6 +43,7 @@ from rollbackd.actions.base import (
     Waiting,
     merge_changes,
 )
+from rollbackd.aiotasks import STOP_TIMEOUT_S, stop_tasks
 from rollbackd.daemon.runrecord import RecordedChange, RunRecord
 from rollbackd.decision.cluster import ClusterFacts
 from rollbackd.model import Decision, HealthCheck, Observation, Sample, Strategy
@@ -248,6 +250,8 @@ class Rollbacks:
         self._on_finished = on_finished
         self.runs: dict[str, RollbackRun] = {}
         self._planned: dict[str, ActionResult] = {}
+        #: The runs' and dry-run plans' tasks under way.
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def acting_enabled(self) -> bool:
@@ -268,7 +272,6 @@ class Rollbacks:
         self,
         params: TargetParams,
         decision: Decision,
-        group: asyncio.TaskGroup,
         *,
         bad_revision: int | None = None,
     ) -> RollbackRun | None:
@@ -277,9 +280,7 @@ class Rollbacks:
             return None
         if decision.dry_run:
             if params.key not in self._planned:
-                group.create_task(
-                    self._plan(params, bad_revision), name=f"rollbackd:dry-run-plan:{params.key}"
-                )
+                self._spawn(self._plan(params, bad_revision), name=f"rollbackd:dry-run-plan:{params.key}")
             return None
         loop = asyncio.get_running_loop()
         run = RollbackRun(
@@ -292,10 +293,10 @@ class Rollbacks:
         )
         self.runs[params.key] = run
         self._changed(params, run)
-        group.create_task(self._act(params, run, bad_revision), name=f"rollbackd:rollback:{params.key}")
+        self._spawn(self._act(params, run, bad_revision), name=f"rollbackd:rollback:{params.key}")
         return run
 
-    def resume(self, params: TargetParams, record: RunRecord, group: asyncio.TaskGroup) -> RollbackRun | None:
+    def resume(self, params: TargetParams, record: RunRecord) -> RollbackRun | None:
         """Finish a rollback a previous process (or leader) started, from its ``record``: the same
         run (id, decision time mapped to this loop's clock, reasons, revisions, changes so far).
         The action runs again (it is idempotent: work already done is found done, and listed from
@@ -324,16 +325,25 @@ class Rollbacks:
             extra={"target": params.key, "mode": run.mode, "run_id": run.run_id, "decided_s_ago": elapsed},
         )
         self._changed(params, run)
-        group.create_task(
-            self._act(params, run, record.bad_revision), name=f"rollbackd:rollback:{params.key}"
-        )
+        self._spawn(self._act(params, run, record.bad_revision), name=f"rollbackd:rollback:{params.key}")
         return run
+
+    def _spawn(self, work: Coroutine[Any, Any, None], *, name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self, timeout_s: float | None = STOP_TIMEOUT_S) -> None:
+        """Stop the runs and dry-run plans under way, waiting up to ``timeout_s`` for them (a run's
+        record stays in the store: the next process, or leader, resumes it)."""
+        tasks, self._tasks = self._tasks, set()
+        await stop_tasks(tasks, timeout_s=timeout_s)
 
     async def _plan(self, params: TargetParams, bad_revision: int | None) -> None:
         assert self._cluster is not None
         try:
             result = await self._cluster.action(params, bad_revision=bad_revision).run(dry_run=True)
-        except Exception:  # a task of the daemon's group must not raise: that would end the daemon
+        except Exception:  # a defect in planning is logged, never raised into the daemon
             logger.exception("dry-run plan crashed", extra={"target": params.key})
             return
         self._planned[params.key] = result
@@ -346,7 +356,7 @@ class Rollbacks:
 
     async def _act(self, params: TargetParams, run: RollbackRun, bad_revision: int | None) -> None:
         """Carry out the run's action; a defect anywhere in it ends the run (as failed, when it had
-        not got further than acting), never the daemon whose task group runs it."""
+        not got further than acting), never the daemon."""
         try:
             await self._act_unguarded(params, run, bad_revision)
         except Exception:

@@ -21,7 +21,6 @@ hands over just as fast: the standby cannot tell a release from a loss.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import math
@@ -30,6 +29,7 @@ from typing import Any, Self
 
 import psycopg
 
+from rollbackd.aiotasks import stop_tasks
 from rollbackd.store.dsn import StoreUrl, parse_store_url
 
 logger = logging.getLogger(__name__)
@@ -131,10 +131,7 @@ class StoreLeader:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks([task])
         self._lost("shutting down")
 
     # --- the competition -----------------------------------------------------------------------

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from rollbackd import __version__
+from rollbackd.aiotasks import stop_tasks
 from rollbackd.config.settings import Settings
 from rollbackd.daemon.journal import Journal
 from rollbackd.events.service import Events, open_events
@@ -83,9 +84,7 @@ async def keep_store(
             try:
                 await stopping.wait()
             finally:
-                watch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watch
+                await stop_tasks([watch])
                 journal.audit("daemon.stop", "rollbackd stopping")
                 journal.detach("rollbackd is stopping")
     finally:

@@ -51,7 +51,6 @@ server-side apply, garbage collection of owned objects.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import hashlib
 import json
@@ -66,6 +65,7 @@ import aiohttp.web
 import attrs
 import kmock
 
+from rollbackd.aiotasks import stop_tasks
 from rollbackd.kube.objects import (
     CANARY_ANNOTATION,
     CANARY_WEIGHT_ANNOTATION,
@@ -966,10 +966,7 @@ class Controllers:
 
     async def __aexit__(self, *exc_info: object) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks([task])
 
     async def _run(self) -> None:
         while True:

@@ -40,6 +40,7 @@ from typing import TextIO
 import kmock
 
 from rollbackd.actions.steps import ActionSettings
+from rollbackd.aiotasks import stop_tasks
 from rollbackd.backoff import Backoff
 from rollbackd.config.settings import (
     Defaults,
@@ -292,7 +293,7 @@ class Demo:
             daemon = await self._start_daemon(stack, kube, apps, source)
             key = daemon.settings.targets[0].key
             ticker = loop.create_task(self._report_traffic(load), name="rollbackd:demo:traffic-report")
-            stack.push_async_callback(_cancel, ticker)
+            stack.push_async_callback(stop_tasks, [ticker])
 
             if scenario.release is not None:
                 await self._until(
@@ -658,12 +659,6 @@ async def _prometheus_version(binary: str) -> str:
     words = output.decode(errors="replace").split()
     # "prometheus, version 2.42.0+ds (branch: ...)"
     return words[2] if len(words) > 2 and words[1] == "version" else "(version unknown)"
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def run_demo(options: DemoOptions, *, out: TextIO) -> Measurements:

@@ -41,6 +41,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from rollbackd.aiotasks import stop_tasks
 from rollbackd.model import DEFAULT_BUCKETS_S
 
 logger = logging.getLogger("sampleapp")
@@ -298,10 +299,7 @@ class SampleApp:
         task.add_done_callback(self._in_flight.discard)
 
     async def stop_traffic(self) -> None:
-        tasks = list(self._in_flight)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks(self._in_flight, failures="drop")
 
     # HTTP handlers
 
@@ -342,12 +340,7 @@ def make_app(sample: SampleApp) -> web.Application:
     async def traffic(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.get_running_loop().create_task(sample.generate_traffic(), name="self-traffic")
         yield
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            if not task.cancelled():
-                raise
+        await stop_tasks([task])
         await sample.stop_traffic()
 
     app.cleanup_ctx.append(traffic)

@@ -31,6 +31,7 @@ from typing import Protocol, Self
 
 import aiohttp
 
+from rollbackd.aiotasks import stop_tasks
 from rollbackd.kube import KubeClient, KubeError, KubeNotFound, objects
 
 logger = logging.getLogger(__name__)
@@ -267,12 +268,7 @@ class LoadGenerator:
         tb: TracebackType | None,
     ) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        in_flight = list(self._in_flight)
-        for task in in_flight:
-            task.cancel()
-        await asyncio.gather(*tasks, *in_flight, return_exceptions=True)
+        await stop_tasks([*tasks, *self._in_flight], failures="drop")
         session, self._session = self._session, None
         if session is not None:
             await session.close()

@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
+from rollbackd.aiotasks import stop_tasks
 from rollbackd.backoff import Backoff
 from rollbackd.errors import TemporaryError
 from rollbackd.store.base import OutboxEvent, Store
@@ -182,11 +183,7 @@ class Dispatcher:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(tasks)
 
     async def _wait(self, name: str, timeout_s: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -375,11 +372,4 @@ def _failed(task: asyncio.Task[Any]) -> bool:
 async def _cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
     """Cancel ``tasks`` and wait for them to end, whatever they end with (their outcome is not
     needed: each of their events is delivered again)."""
-    pending = list(tasks)
-    for task in pending:
-        task.cancel()
-    if pending:
-        await asyncio.wait(pending)
-    for task in pending:
-        if not task.cancelled():
-            task.exception()  # retrieved: a failure that came before the cancellation is not news
+    await stop_tasks(tasks, failures="drop")

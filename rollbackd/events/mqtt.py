@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
+from rollbackd.aiotasks import stop_tasks
 from rollbackd.backoff import Backoff
 from rollbackd.config.settings import MqttSettings
 from rollbackd.errors import PermanentError
@@ -271,10 +272,7 @@ class MqttSink:
             except aiomqtt.MqttError as error:
                 logger.warning("mqtt: could not publish offline before disconnecting: %s", error)
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()  # the connection task disconnects cleanly on its way out
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks([task])  # the connection task disconnects cleanly on its way out
 
     def _new_client(self) -> aiomqtt.Client:
         options = self._options

@@ -46,6 +46,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from rollbackd.aiotasks import stop_tasks
 from rollbackd.backoff import Backoff
 from rollbackd.events.build import Clock, EventFactory
 from rollbackd.events.model import CloudEvent, split_subject
@@ -285,9 +286,7 @@ class EventPublisher:
         if not down:  # a write under way ends (or times out); none is waited for in an outage
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(writer), self._close_timeout_s)
-        writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await writer
+        await stop_tasks([writer])
         self._spill()
 
     def _load_spool(self) -> None:
