@@ -21,8 +21,9 @@ or verification is logged with the target, counted (``rollbackd_evaluation_error
 ``rollbackd_tick_errors_total``) and skipped for that tick, the other targets going on; anything
 else a tick raises is logged and counted, and the next tick runs as scheduled. If either root task
 still fails, the group cancels the other and :meth:`Daemon.run` raises. A graceful
-stop (:meth:`Daemon.stop`, e.g. on SIGTERM) cancels both and waits a bounded time for them; tasks
-that do not stop in time are logged by name.
+stop (:meth:`Daemon.stop`, e.g. on SIGTERM) cancels both, and the rollback runs under way through
+:class:`~rollbackd.daemon.rollbacks.Rollbacks` which started them, and waits a bounded time for
+them (:func:`rollbackd.aiotasks.stop_tasks`); tasks that do not stop in time are logged by name.
 """
 
 from __future__ import annotations
