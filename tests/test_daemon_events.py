@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -29,11 +30,18 @@ from rollbackd.daemon.journal import Journal
 from rollbackd.daemon.rollbacks import Phase
 from rollbackd.daemon.storekeeper import keep_store
 from rollbackd.store import open_store
+from tests.kubefixtures import wait_until
 from tests.mqttfixtures import Mosquitto, free_port, mosquitto, subscribed  # noqa: F401 (fixture)
 from tests.test_daemon import HEALTHY, SEVERE, ScriptedHealth, ScriptedMetrics, canary
 from tests.test_daemon_rollbacks import ScriptedCluster
 
 INTERVAL_S = 0.2
+
+
+def phase(daemon: Daemon) -> Phase | None:
+    """The phase of the target's rollback run, if there is one."""
+    run = daemon.rollbacks.runs.get("shop/checkout")
+    return None if run is None else run.phase
 
 
 def settings(broker: Mosquitto, data_dir: Path, prefix: str) -> Settings:
@@ -71,26 +79,20 @@ async def test_a_subscriber_sees_the_whole_rollback_in_order(mosquitto: Mosquitt
                 cluster=cluster,
                 journal=journal,
             ) as daemon:
-                for _ in range(100):
-                    if journal.attached and daemon.ready:
-                        break
-                    await asyncio.sleep(0.05)
-                assert daemon.ready
-                await asyncio.sleep(5 * INTERVAL_S)
+                await wait_until(lambda: journal.attached and daemon.ready, what="the daemon ready")
+                ticks = daemon.ticks
+                await wait_until(lambda: daemon.ticks >= ticks + 5, what="five healthy ticks")
                 metrics.pair = SEVERE
-                for _ in range(100):
-                    run = daemon.rollbacks.runs.get("shop/checkout")
-                    if run is not None and run.phase is Phase.VERIFYING:
-                        break
-                    await asyncio.sleep(INTERVAL_S)
+                await wait_until(
+                    lambda: phase(daemon) is Phase.VERIFYING, timeout_s=20, what="the rollback verifying"
+                )
                 metrics.pair = HEALTHY
-                for _ in range(100):
-                    run = daemon.rollbacks.runs.get("shop/checkout")
-                    if run is not None and not run.phase.active:
-                        break
-                    await asyncio.sleep(INTERVAL_S)
-                assert run is not None
-                assert run.phase is Phase.VERIFIED
+                await wait_until(
+                    lambda: phase(daemon) not in (None, Phase.ACTING, Phase.VERIFYING),
+                    timeout_s=20,
+                    what="the rollback's verdict",
+                )
+                assert phase(daemon) is Phase.VERIFIED
                 # The first verdict (healthy) is announced too, then the rollback's story.
                 received = await subscriber.wait_for(6, timeout_s=20)
         finally:
@@ -156,8 +158,7 @@ async def test_without_a_store_the_daemon_is_not_ready_and_does_not_act(tmp_path
                 cluster=cluster,
                 journal=journal,
             ) as daemon:
-                await asyncio.sleep(10 * INTERVAL_S)
-                assert daemon.ticks > 0
+                await wait_until(lambda: daemon.ticks >= 10, what="ten ticks")
                 assert not daemon.ready
                 assert journal.problem is not None
                 assert "store unavailable" in journal.problem
@@ -202,13 +203,17 @@ async def test_a_rollback_left_unfinished_is_finished_after_a_restart(tmp_path: 
                     cluster=cluster,
                     journal=journal,
                 ) as daemon:
-                    for _ in range(200):
-                        run = daemon.rollbacks.runs.get("shop/checkout")
-                        if until == "acting" and run is not None and run.phase is Phase.ACTING:
-                            break
-                        if until == "done" and run is not None and not run.phase.active:
-                            break
-                        await asyncio.sleep(INTERVAL_S)
+                    if until == "acting":
+                        await wait_until(
+                            lambda: phase(daemon) is Phase.ACTING and cluster.runs == [False],
+                            what="the rollback's action under way",
+                        )
+                    else:
+                        await wait_until(
+                            lambda: phase(daemon) not in (None, Phase.ACTING, Phase.VERIFYING),
+                            timeout_s=40,
+                            what="the rollback's verdict",
+                        )
             finally:
                 stopping.set()
             await keeper
@@ -244,7 +249,7 @@ async def test_a_rollback_left_unfinished_is_finished_after_a_restart(tmp_path: 
                 cluster=third_cluster,
                 journal=journal,
             ) as daemon:
-                await asyncio.sleep(10 * INTERVAL_S)
+                await wait_until(lambda: daemon.ticks >= 10, what="ten ticks")
                 assert daemon.rollbacks.runs == {}
         finally:
             stopping.set()
@@ -277,21 +282,24 @@ async def test_steering_through_the_api_is_audited(tmp_path: Path) -> None:
                 ) as daemon,
                 aiohttp.ClientSession() as session,
             ):
-                for _ in range(100):
-                    if journal.attached:
-                        break
-                    await asyncio.sleep(0.05)
+                await wait_until(lambda: journal.attached, what="the store attached")
                 base = f"http://127.0.0.1:{daemon.port}"
                 async with session.post(base + "/api/v1/freeze") as response:
                     assert response.status == 200
                 hold = {"eta_s": 300, "reason": "hotfix 2.3.1 rolling out"}
                 async with session.post(base + "/api/v1/targets/shop/checkout/hold", json=hold) as response:
                     assert response.status == 200
-                await asyncio.sleep(0.5)
-                async with session.get(base + "/api/v1/history?target=shop/checkout&since=1h") as response:
-                    assert response.status == 200
-                    shown = (await response.json())["entries"]
-                assert "hold" in [entry["kind"] for entry in shown]
+                shown: list[dict[str, Any]] = []
+
+                async def hold_in_history() -> bool:
+                    nonlocal shown
+                    url = base + "/api/v1/history?target=shop/checkout&since=1h"
+                    async with session.get(url) as response:
+                        assert response.status == 200
+                        shown = (await response.json())["entries"]
+                    return "hold" in [entry["kind"] for entry in shown]
+
+                await wait_until(hold_in_history, what="the hold in the history")
                 assert all(entry["target"] == "shop/checkout" for entry in shown)
                 async with session.get(base + "/api/v1/history?since=soon") as response:
                     assert response.status == 400
@@ -360,10 +368,7 @@ async def test_events_recorded_before_a_sigkill_are_delivered_after_the_restart(
     await mosquitto.stop()  # the broker is down while the first process runs
     first = await start()
     try:
-        for _ in range(200):
-            if outbox():
-                break
-            await asyncio.sleep(0.1)
+        await wait_until(lambda: bool(outbox()), timeout_s=20, interval_s=0.1, what="an event recorded")
         recorded = outbox()
         assert recorded, "the daemon recorded no event"
         first.send_signal(signal.SIGKILL)

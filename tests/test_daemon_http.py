@@ -23,6 +23,7 @@ from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.jsonify import dumps, to_json_value
 from rollbackd.model import DEFAULT_BUCKETS_S, Finding, HealthCheck, Histogram, Sample, Strategy
 from rollbackd.sources.base import SidePair, SourceTarget
+from tests.kubefixtures import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -93,18 +94,13 @@ async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, str, str]:
 
 
 async def wait_for(session: aiohttp.ClientSession, url: str, status: int, *, timeout_s: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    last: object = None
-    while loop.time() < deadline:
+    async def answers() -> bool:
         try:
-            last, _, _ = await get(session, url)
-        except aiohttp.ClientError as exc:
-            last = exc
-        if last == status:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{url} did not answer {status} within {timeout_s}s (last: {last!r})")
+            return (await get(session, url))[0] == status
+        except aiohttp.ClientError:
+            return False
+
+    await wait_until(answers, timeout_s=timeout_s, interval_s=0.1, what=f"{url} answering {status}")
 
 
 async def test_readyz_answers_503_until_the_first_evaluation(session: aiohttp.ClientSession) -> None:
@@ -194,8 +190,7 @@ async def test_non_finite_numbers_never_break_the_json(session: aiohttp.ClientSe
     metrics.gate.set()
     async with Daemon(make_settings(), metrics_source=metrics, health_source=OkHealth()) as daemon:
         base = f"http://{HOST}:{daemon.port}"
-        await wait_for(session, base + "/readyz", 200)
-        await asyncio.sleep(0.5)
+        await wait_for(session, base + "/readyz", 200)  # ready: the target was judged on them
         status, _, body = await get(session, base + "/api/v1/targets")
     assert status == 200
     strict_json(body)
