@@ -44,11 +44,12 @@ class RecordingSink:
 
 
 class FlakyStore:
-    """The real store, whose cursor moves fail while ``fail_marks`` is positive."""
+    """The real store, whose cursor moves fail while ``fail_marks`` is positive; counts the prunes."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self.fail_marks = 0
+        self.prunes = 0
 
     async def pending(self, sink: str, *, limit: int = 500) -> list[OutboxEvent]:
         return await self._store.pending(sink, limit=limit)
@@ -60,7 +61,9 @@ class FlakyStore:
         await self._store.mark_delivered(sink, through_seq)
 
     async def prune(self, *, delivered_before: datetime, sinks: Sequence[str]) -> int:
-        return await self._store.prune(delivered_before=delivered_before, sinks=sinks)
+        pruned = await self._store.prune(delivered_before=delivered_before, sinks=sinks)
+        self.prunes += 1
+        return pruned
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -128,7 +131,7 @@ async def test_new_events_are_delivered_at_once_without_waiting_for_the_poll(sto
     sink = RecordingSink("sink")
     async with Dispatcher(store=store, sinks=[sink], backoff=FAST, poll_interval_s=3600) as dispatcher:
         publisher = EventPublisher(store=store, on_recorded=dispatcher.nudge)
-        await asyncio.sleep(0.1)  # the loop is asleep, for an hour
+        assert await dispatcher.drain(timeout_s=10)  # nothing to send: the loop sleeps, for an hour
         story = rollback_story()
         for event in story:
             await publisher.announce(event)
@@ -138,8 +141,8 @@ async def test_new_events_are_delivered_at_once_without_waiting_for_the_poll(sto
 
 async def test_events_recorded_elsewhere_are_found_by_polling(store: Store) -> None:
     sink = RecordingSink("sink")
-    async with Dispatcher(store=store, sinks=[sink], backoff=FAST, poll_interval_s=0.05):
-        await asyncio.sleep(0.1)
+    async with Dispatcher(store=store, sinks=[sink], backoff=FAST, poll_interval_s=0.05) as dispatcher:
+        assert await dispatcher.drain(timeout_s=10)  # nothing to send: the loop polls
         story = rollback_story()
         await record(store, story)  # no nudge: another process wrote them
         await wait_until(lambda: len(sink.delivered) == len(story), what="delivery by polling")
@@ -206,8 +209,9 @@ async def test_nothing_is_pruned_that_a_sink_has_not_delivered(store: Store) -> 
     story = rollback_story()
     await record(store, story)
     dead, alive = RecordingSink("dead", dead=True), RecordingSink("alive")
+    counting = FlakyStore(store)
     async with Dispatcher(
-        store=store,
+        store=counting,
         sinks=[dead, alive],
         backoff=FAST,
         poll_interval_s=30,
@@ -215,7 +219,8 @@ async def test_nothing_is_pruned_that_a_sink_has_not_delivered(store: Store) -> 
         prune_interval_s=0.05,
     ):
         await wait_until(lambda: len(alive.delivered) == len(story), what="delivery")
-        await asyncio.sleep(0.3)  # several prune rounds
+        pruned_before = counting.prunes
+        await wait_until(lambda: counting.prunes >= pruned_before + 3, what="three prune rounds after it")
     assert [e.event_id for e in await store.pending("dead")] == ids(story)
 
 
@@ -348,8 +353,11 @@ async def test_a_disconnected_sink_retries_as_soon_as_it_reconnects(store: Store
     sink.link.clear()
     slow = Backoff(initial_s=30, max_s=30, jitter=0)
     async with Dispatcher(store=store, sinks=[sink], backoff=slow, poll_interval_s=30) as dispatcher:
-        await asyncio.sleep(0.2)
-        assert sink.calls == len(story)  # the first failed and the rest were dropped; now pausing
+        # The first failed and the rest were dropped; now pausing until the sink reconnects.
+        await wait_until(
+            lambda: sink.calls == len(story) and dispatcher.status()["pipe"].retrying == 1,
+            what="every event sent once, the first failed",
+        )
         sink.link.set()
         assert await dispatcher.drain(timeout_s=2)  # long before the 30 s backoff
     assert list(dict.fromkeys(sink.wire)) == ids(story)
@@ -362,7 +370,6 @@ async def test_a_connected_sink_that_fails_still_backs_off(store: Store) -> None
     sink = PipeSink(fail_at={1})
     slow = Backoff(initial_s=30, max_s=30, jitter=0)
     async with Dispatcher(store=store, sinks=[sink], backoff=slow, poll_interval_s=30) as dispatcher:
-        await asyncio.sleep(0.3)
-        assert sink.calls == len(story)
-        assert not await dispatcher.drain(timeout_s=0.2)
+        await wait_until(lambda: sink.calls == len(story), what="every event sent once")
+        assert not await dispatcher.drain(timeout_s=0.3)  # backing off, for 30 s
         assert sink.calls == len(story)
