@@ -623,8 +623,10 @@ async def test_switching_a_service_selector_moves_its_endpoints(
 
 
 async def test_controllers_own_their_task(kube_cluster: ClusterEmulator) -> None:
-    async with Controllers(kube_cluster) as controllers:
-        task = controllers._task
-        assert task is not None
-        assert not task.done()
+    before = asyncio.all_tasks()
+    async with Controllers(kube_cluster):
+        started = asyncio.all_tasks() - before
+        assert len(started) == 1
+    (task,) = started
     assert task.done()
+    assert asyncio.all_tasks() == before
