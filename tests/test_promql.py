@@ -24,7 +24,6 @@ TEMPLATES = QueryTemplates(
     group_labels=("namespace", "deployment"),
 )
 
-SCENARIOS = Path(__file__).resolve().parents[1].parent / "shared" / "scenarios"
 
 
 def ref(namespace: str, deployment: str) -> SeriesRef:
@@ -309,10 +308,8 @@ def test_quantile_outside_zero_one_is_none() -> None:
     assert histogram_quantile(math.nan, (0.1, math.inf), (1.0, 2.0)) is None
 
 
-def test_quantile_matches_the_p95_recorded_in_every_scenario() -> None:
-    files = sorted(SCENARIOS.glob("*.json"))
-    if not files:
-        pytest.skip(f"no scenario recordings in {SCENARIOS}")
+def test_quantile_matches_the_p95_recorded_in_every_scenario(scenarios_dir: Path) -> None:
+    files = sorted(scenarios_dir.glob("*.json"))
     compared = 0
     for path in files:
         scenario = json.loads(path.read_text())

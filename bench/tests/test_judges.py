@@ -19,8 +19,6 @@ from bench.detection import Outcome, score, summarize
 from bench.judges import ArgoParams, FlaggerParams, judge_argo, judge_flagger, query_window
 from rollbackd.model import DEFAULT_BUCKETS_S
 
-SCENARIOS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "scenarios"
-
 ONE_TICK_ARGO = ArgoParams(window_s=10.0)
 ONE_TICK_FLAGGER = FlaggerParams(window_s=10.0)
 
@@ -363,11 +361,13 @@ def test_summary_counts_outcomes_and_medians_per_expected_mode() -> None:
 # --- the benchmark end to end on the shared scenarios ---------------------------------------------
 
 
-def test_detection_benchmark_writes_its_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert detection.main(["--scenarios", str(SCENARIOS_DIR), "--results", str(tmp_path)]) == 0
+def test_detection_benchmark_writes_its_reports(
+    scenarios_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert detection.main(["--scenarios", str(scenarios_dir), "--results", str(tmp_path)]) == 0
 
     report = json.loads((tmp_path / "detection.json").read_text(encoding="utf-8"))
-    scenario_count = len(list(SCENARIOS_DIR.glob("*.json")))
+    scenario_count = len(list(scenarios_dir.glob("*.json")))
     assert report["scenario_count"] == scenario_count
     assert {"argo", "flagger"} <= set(report["judges"])
     for name, judged in report["judges"].items():
