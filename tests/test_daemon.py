@@ -29,6 +29,7 @@ from rollbackd.daemon.logs import configure_logging
 from rollbackd.errors import PrometheusUnavailableError
 from rollbackd.model import HealthCheck, Sample, Strategy
 from rollbackd.sources.base import SidePair, SourceTarget
+from tests.kubefixtures import wait_until
 
 INTERVAL_S = 10.0
 
@@ -190,10 +191,11 @@ async def test_a_severe_regression_gives_an_immediate_rollback_decision() -> Non
         assert await api.metric("rollbackd_rollback_decisions_total", mode="immediate") == 0
 
         metrics.pair = SEVERE
-        for _ in range(4):
-            await asyncio.sleep(INTERVAL_S)
-            if (await api.target())["last_rollback"] is not None:
-                break
+
+        async def decided() -> bool:
+            return (await api.target())["last_rollback"] is not None
+
+        await wait_until(decided, timeout_s=4 * INTERVAL_S, interval_s=1.0, what="a rollback decision")
         target = await api.target()
         rollback = target["last_rollback"]
         assert rollback is not None, target["decision"]

@@ -21,6 +21,7 @@ from rollbackd.config.settings import Settings
 from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.reload import ConfigWatcher, SettingsChange, plan_reload
 from rollbackd.model import Sample
+from tests.kubefixtures import wait_until
 from tests.test_daemon import Api, ScriptedHealth, ScriptedMetrics
 
 #: 0.8% errors on the candidate, 0.1% on the baseline: within a 1% SLO, a breach of a 0.5% one.
@@ -80,13 +81,10 @@ async def running(path: Path, metrics: ScriptedMetrics) -> AsyncIterator[tuple[D
 
 
 async def until(condition: Callable[[], bool], *, timeout_s: float = 10.0, what: str) -> float:
-    """Wait until ``condition()``; return how long it took."""
+    """Wait until ``condition()`` (:func:`wait_until`); return how long it took."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    while not condition():
-        if loop.time() - started > timeout_s:
-            pytest.fail(f"{what} did not happen within {timeout_s}s")
-        await asyncio.sleep(0.01)
+    await wait_until(condition, timeout_s=timeout_s, what=what)
     return loop.time() - started
 
 
