@@ -326,7 +326,8 @@ async def test_while_postgresql_is_cut_the_daemon_is_not_ready_does_not_act_and_
             assert status == 200
             assert "Not acting: " in page
             assert "audit trail cannot be written" in page
-            await asyncio.sleep(5 * INTERVAL_S)  # several ticks wanting a rollback while cut
+            ticks = run.daemon.ticks
+            await wait_until(lambda: run.daemon.ticks >= ticks + 5, what="five ticks wanting a rollback")
             actions_while_cut = len(run.cluster.runs)
             assert (await run.call("GET", "/readyz"))[0] == 503
             fault_ledger.observe(actions_on_bad_data=actions_while_cut)

@@ -27,6 +27,7 @@ import aiohttp
 import pytest
 import yaml
 
+from tests.kubefixtures import wait_until
 from tests.promfixtures import (
     HOST,
     PrometheusServer,
@@ -84,18 +85,22 @@ class Env:
             return await response.text()
 
     async def until(self, what: str, check: Any, *, timeout_s: float) -> dict[str, dict[str, Any]]:
-        """Poll the API every half second until ``check(targets)`` holds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
+        """Poll the API every half second until ``check(targets)`` holds; if it never does, the
+        failure shows the targets' reasons and the daemon's log."""
+        targets: dict[str, dict[str, Any]] = {}
+
+        async def holds() -> bool:
+            nonlocal targets
             targets = await self.targets()
-            if check(targets):
-                return targets
-            if loop.time() > deadline:
-                summary = {name: (t["decision"] or {}).get("reasons") for name, t in targets.items()}
-                raise AssertionError(f"not {what} within {timeout_s:g}s: {json.dumps(summary, indent=1)}\n"
-                                     f"daemon log tail:\n{_tail(self.daemon_log)}")
-            await asyncio.sleep(0.5)
+            return bool(check(targets))
+
+        try:
+            await wait_until(holds, timeout_s=timeout_s, interval_s=0.5, what=what)
+        except pytest.fail.Exception:
+            summary = {name: (t["decision"] or {}).get("reasons") for name, t in targets.items()}
+            raise AssertionError(f"not {what} within {timeout_s:g}s: {json.dumps(summary, indent=1)}\n"
+                                 f"daemon log tail:\n{_tail(self.daemon_log)}") from None
+        return targets
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -181,21 +186,30 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
             app.stop()
 
 
+#: The targets as the API lists them, by name.
+Targets = dict[str, dict[str, Any]]
+
+
 async def _wait_ready(env: Env) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while True:
+    async def ready() -> bool:
         if env.daemon.returncode is not None:
             raise AssertionError(f"rollbackd exited with {env.daemon.returncode}:\n{_tail(env.daemon_log)}")
         try:
             async with env.session.get(f"{env.api}/readyz") as response:
-                if response.status == 200:
-                    return
+                return response.status == 200
         except aiohttp.ClientError:
-            pass
-        if loop.time() > deadline:
-            raise AssertionError(f"rollbackd not ready within 30s:\n{_tail(env.daemon_log)}")
-        await asyncio.sleep(0.2)
+            return False
+
+    try:
+        await wait_until(ready, timeout_s=30, interval_s=0.2, what="rollbackd ready")
+    except pytest.fail.Exception:
+        raise AssertionError(f"rollbackd not ready within 30s:\n{_tail(env.daemon_log)}") from None
+
+
+def after(targets: Targets, earlier: Targets, name: str, ticks: int) -> bool:
+    """Whether target ``name`` was judged ``ticks`` intervals after it was in ``earlier``."""
+    decision, before = targets[name]["decision"], earlier[name]["decision"]
+    return decision is not None and decision["t"] - before["t"] >= (ticks - 0.5) * INTERVAL_S
 
 
 def _outcome(target: dict[str, Any]) -> str | None:
@@ -207,9 +221,10 @@ async def test_rollbackd_decides_on_real_prometheus_data(env: Env) -> None:
     await _wait_ready(env)
 
     # Phase 1: everything healthy, and judged so (data flows through Prometheus).
-    await env.until("all judged healthy", lambda ts: all(_outcome(t) == "none" for t in ts.values()),
-                    timeout_s=30)
-    await asyncio.sleep(2 * INTERVAL_S)
+    healthy = await env.until(
+        "all judged healthy", lambda ts: all(_outcome(t) == "none" for t in ts.values()), timeout_s=30
+    )
+    await env.until("two more ticks", lambda ts: after(ts, healthy, "steady", 2), timeout_s=10)
 
     # Phase 2: a severe and a moderate regression.
     await asyncio.gather(
@@ -249,13 +264,12 @@ async def test_rollbackd_decides_on_real_prometheus_data(env: Env) -> None:
     # Phase 3: Prometheus goes away while a canary goes bad: no data, no rollback.
     env.prometheus.stop()
     await env.apps["dark"].acontrol(error_rate=0.30)
-    await env.until(
+    dark = await env.until(
         "inconclusive without Prometheus",
         lambda ts: _outcome(ts["dark"]) == "inconclusive" and _outcome(ts["steady"]) == "inconclusive",
         timeout_s=20,
     )
-    await asyncio.sleep(3 * INTERVAL_S)
-    final = await env.targets()
+    final = await env.until("three more ticks", lambda ts: after(ts, dark, "dark", 3), timeout_s=10)
     assert _outcome(final["dark"]) == "inconclusive"
     assert final["dark"]["last_rollback"] is None
     assert final["steady"]["last_rollback"] is None
