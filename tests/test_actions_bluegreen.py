@@ -8,7 +8,7 @@ import dataclasses
 import kmock
 import pytest
 
-from rollbackd.actions.base import ActionOutcome, ActionResult, Change
+from rollbackd.actions.base import ActionOutcome, ActionResult, Change, Waiting
 from rollbackd.actions.bluegreen import BlueGreenSwitchBack
 from rollbackd.actions.steps import ActionSettings
 from rollbackd.backoff import Backoff
@@ -235,9 +235,10 @@ async def test_cancelled_while_blue_starts_then_run_again(
 ) -> None:
     seed_pair(kube_cluster, blue_replicas=0)
     # No deployment controller yet: blue's scale-up lands but never becomes available; the run waits.
-    task = asyncio.create_task(switch_back(kube).run(dry_run=False))
+    waits: list[Waiting | None] = []
+    task = asyncio.create_task(switch_back(kube).run(dry_run=False, progress=waits.append))
     await wait_until(lambda: replicas(kube_cluster, "web-blue") == 3, what="the scale-up of blue")
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: bool(waits) and waits[-1] is not None, what="the wait for blue")
     assert not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

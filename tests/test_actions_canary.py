@@ -8,7 +8,7 @@ import dataclasses
 import kmock
 import pytest
 
-from rollbackd.actions.base import ActionOutcome, ActionResult, Change
+from rollbackd.actions.base import ActionOutcome, ActionResult, Change, Waiting
 from rollbackd.actions.canary_abort import ROUTING_ANNOTATIONS, CanaryAbort
 from rollbackd.actions.steps import ActionSettings
 from rollbackd.backoff import Backoff
@@ -244,9 +244,10 @@ async def test_cancelled_while_waiting_for_the_stable_then_run_again(
     kube_cluster: ClusterEmulator, kube: KubeClient, kube_controllers: Controllers
 ) -> None:
     seed_canary(kube_cluster, stable_ready=False)  # the stable pods are still starting
-    task = asyncio.create_task(abort(kube).run(dry_run=False))
+    waits: list[Waiting | None] = []
+    task = asyncio.create_task(abort(kube).run(dry_run=False, progress=waits.append))
     await wait_until(lambda: replicas(kube_cluster, "web-canary") == 0, what="the canary scale-down")
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: bool(waits) and waits[-1] is not None, what="the wait for the stable Deployment")
     assert not task.done()  # still waiting for the stable Deployment
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

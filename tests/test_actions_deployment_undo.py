@@ -9,7 +9,7 @@ from typing import Any
 import kmock
 import pytest
 
-from rollbackd.actions.base import ActionOutcome, ActionResult, Change
+from rollbackd.actions.base import ActionOutcome, ActionResult, Change, Waiting
 from rollbackd.actions.deployment_undo import DeploymentUndo, comparable_template
 from rollbackd.actions.steps import ActionSettings, merge_diff
 from rollbackd.backoff import Backoff
@@ -259,9 +259,10 @@ async def test_cancelled_while_waiting_then_run_again_ends_in_the_same_state(
 ) -> None:
     seed_web(kube_cluster)
     # No deployment controller yet: the patch lands, the rollout does not start, the run waits.
-    task = asyncio.create_task(undo(kube, bad_revision=3).run(dry_run=False))
+    waits: list[Waiting | None] = []
+    task = asyncio.create_task(undo(kube, bad_revision=3).run(dry_run=False, progress=waits.append))
     await wait_until(lambda: image(kube_cluster) == "shop/web:1.1", what="the template patch")
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: bool(waits) and waits[-1] is not None, what="the wait for the rollout")
     assert not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

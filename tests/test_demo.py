@@ -9,7 +9,6 @@ the timeline must say so.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
@@ -29,7 +28,7 @@ from rollbackd.demo.processes import find_prometheus
 from rollbackd.demo.traffic import UNROUTED, CanaryWeightRouting, LoadGenerator, RoutingChange
 from rollbackd.kube import KubeClient, objects
 from rollbackd.sources.base import QueryTemplates, SeriesRef, SourceTarget
-from tests.kubefixtures import ClusterEmulator, seed_ingress
+from tests.kubefixtures import ClusterEmulator, seed_ingress, wait_until
 from tests.promfixtures import astart_sample_app
 
 #: Generous: a run takes about half a minute alone, longer beside three others on a small machine.
@@ -214,17 +213,14 @@ async def test_the_load_generator_follows_the_canary_weight(kube_cluster: Cluste
         backends = {"stable": stable.url, "canary": canary.url}
         async with LoadGenerator(kube=kube, routing=routing, backends=backends, rps=50,
                                  routing_interval_s=0.2, on_change=changes.append) as load:
-            while sum(t.sent for t in load.totals().values()) < 50:
-                await _pause()
+            await wait_until(lambda: requests_sent(load) >= 50, interval_s=0.05, what="50 requests sent")
             weighted = load.totals()
             await objects.patch_ingress(kube, namespace="shop", name="web-canary", patch={
                 "metadata": {"annotations": {objects.CANARY_WEIGHT_ANNOTATION: "0"}}})
-            while len(changes) < 2:
-                await _pause()
+            await wait_until(lambda: len(changes) >= 2, interval_s=0.05, what="the routing change seen")
             switched_at = changes[1].t
-            sent_before = sum(t.sent for t in load.totals().values())
-            while sum(t.sent for t in load.totals().values()) < sent_before + 25:
-                await _pause()
+            sent_before = requests_sent(load)
+            await wait_until(lambda: requests_sent(load) >= sent_before + 25, what="25 more requests")
             last_canary = load.last_sent("canary")
     finally:
         await stable.astop()
@@ -286,8 +282,9 @@ async def test_the_direct_source_counts_what_each_side_served_between_two_collec
     assert source.stats.errors["connection"] == 1
 
 
-async def _pause() -> None:
-    await asyncio.sleep(0.05)
+def requests_sent(load: LoadGenerator) -> int:
+    """Requests the load generator sent so far, to every backend."""
+    return sum(t.sent for t in load.totals().values())
 
 
 async def _requests(url: str, count: int) -> None:

@@ -30,6 +30,7 @@ import yaml
 from rollbackd.sources import promql
 from rollbackd.sources.base import QueryTemplates, SeriesRef, SourceTarget
 from rollbackd.sources.prometheus import PrometheusClient, PrometheusSource, freshness_query
+from tests.kubefixtures import wait_until
 from tests.promfixtures import (
     HOST,
     PrometheusServer,
@@ -175,15 +176,15 @@ async def test_rollbackd_run_warns_once_when_its_backend_answers_from_the_past(
     lags: list[float] = []
     try:
         base = f"http://{HOST}:{port}"
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60.0
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            while len(lags) < 3:  # three ticks' worth of lag, read as Prometheus would scrape it
-                assert loop.time() < deadline, f"no rollbackd_source_lag_seconds after 60 s: {lags}"
+
+            async def three_lags() -> bool:  # three ticks' worth of lag, read as Prometheus would scrape it
                 lag = await _metric(session, base, "rollbackd_source_lag_seconds")
                 if lag is not None and (not lags or lag != lags[-1]):
                     lags.append(lag)
-                await asyncio.sleep(0.2)
+                return len(lags) >= 3
+
+            await wait_until(three_lags, timeout_s=60, interval_s=0.2, what="three source lags")
         process.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
     finally:
