@@ -12,8 +12,8 @@ import pytest
 from rollbackd.actions.base import ActionResult, ChangeRecorder, Progress
 from rollbackd.aiotasks import stop_tasks
 from rollbackd.daemon.app import Daemon
-from rollbackd.daemon.rollbacks import Phase
 from rollbackd.params import TargetParams
+from rollbackd.run import Phase
 from tests.kubefixtures import wait_until
 from tests.test_daemon import SEVERE, ScriptedHealth, ScriptedMetrics, make_settings
 from tests.test_daemon_rollbacks import ScriptedAction, ScriptedCluster
