@@ -12,11 +12,12 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rollbackd.config.loader import ConfigError, Problem, load_settings, resolve_config_path
-from rollbackd.config.resolve import default_params, source_target, source_targets, target_params
+from rollbackd.config.resolve import default_params, target_params
 from rollbackd.config.settings import Settings, TargetSettings, template_problem
 from rollbackd.model import Risk, Strategy
 from rollbackd.params import TargetParams
 from rollbackd.sources.base import SeriesRef
+from rollbackd.sources.targets import source_target, source_targets
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "rollbackd.example.yaml"
 

@@ -17,9 +17,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from rollbackd.config.storeurl import redact_url, store_kind
 from rollbackd.model import Slo, Strategy
 from rollbackd.params import Detection, Policy, Severity
-from rollbackd.store import redact_url, store_kind
 
 #: Names of Kubernetes objects and of targets: lowercase letters, digits and ``-``.
 K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"

@@ -1,6 +1,6 @@
 """The store: per-target state, the audit log and the event outbox (see :mod:`rollbackd.store.base`).
 
-:func:`open_store` picks the backend from ``store.url`` (read as :mod:`rollbackd.store.dsn`
+:func:`open_store` picks the backend from ``store.url`` (read as :mod:`rollbackd.config.storeurl`
 says): nothing, a ``sqlite://`` URL or a plain path is the embedded SQLite file (by default
 ``<data_dir>/rollbackd.db``); a ``postgresql://`` DSN or a libpq ``key=value`` string is
 PostgreSQL. Backends are imported only when chosen, so SQLite needs no database driver.
@@ -9,8 +9,8 @@ PostgreSQL. Backends are imported only when chosen, so SQLite needs no database 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
+from rollbackd.config.storeurl import DsnError, StoreUrl, parse_store_url, redact_url, store_kind
 from rollbackd.store.base import (
     AuditEntry,
     OutboxEvent,
@@ -19,7 +19,6 @@ from rollbackd.store.base import (
     StoreError,
     TemporaryStoreError,
 )
-from rollbackd.store.dsn import DsnError, StoreUrl, parse_store_url
 
 __all__ = [
     "DEFAULT_SQLITE_FILE",
@@ -44,12 +43,6 @@ DEFAULT_SQLITE_FILE = "rollbackd.db"
 _SQLITE_SCHEME = "sqlite://"
 
 
-def store_kind(url: str | None) -> Literal["sqlite", "postgresql"]:
-    """Which backend ``url`` means (see :mod:`rollbackd.store.dsn`); :class:`ValueError`, with a
-    message that does not echo ``url``, for one that is neither."""
-    return parse_store_url(url).kind
-
-
 def sqlite_path(url: str | None, *, data_dir: Path) -> Path:
     """The SQLite file ``url`` names: ``sqlite:///abs/file.db`` or ``/abs/file.db`` as is, a
     relative path inside ``data_dir``, nothing (or ``sqlite://``) the default file there."""
@@ -58,16 +51,6 @@ def sqlite_path(url: str | None, *, data_dir: Path) -> Path:
         return data_dir / DEFAULT_SQLITE_FILE
     path = Path(rest).expanduser()
     return path if path.is_absolute() else data_dir / path
-
-
-def redact_url(url: str) -> str:
-    """``url`` (a DSN, a ``key=value`` connection string or a path) as it may be shown in logs and
-    messages: passwords replaced by ``***``, split as libpq splits them; a value that cannot be
-    parsed is not shown at all."""
-    try:
-        return parse_store_url(url).description
-    except DsnError:
-        return "(store.url not shown: it cannot be parsed)"
 
 
 def open_store(url: str | None, *, data_dir: Path, create: bool = True) -> Store:
