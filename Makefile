@@ -2,7 +2,8 @@
 #
 #   make install   create .venv (python3 >= 3.11) and install rollbackd with its dev extras
 #   make test      install, make the local services available, run pytest ($(PYTEST_ARGS) passed on)
-#   make lint      ruff and mypy --strict (both run; fails if either fails)
+#   make lint      ruff, mypy --strict and the import contracts of .importlinter (all run; fails
+#                  if any fails)
 #   make bench     run the benchmarks; results go to bench/results/
 #   make demo      install with the demo extra and run `rollbackd demo`: a bad release undoes itself
 #                  on an emulated cluster (SCENARIO=canary|bluegreen|deployment, DEMO_ARGS=...)
@@ -57,6 +58,7 @@ lint: install
 	@status=0; \
 	echo "$(BIN)/ruff check ."; $(BIN)/ruff check . || status=1; \
 	echo "$(BIN)/mypy"; $(BIN)/mypy || status=1; \
+	echo "$(BIN)/lint-imports"; $(BIN)/lint-imports --no-cache || status=1; \
 	exit $$status
 
 bench: install

@@ -56,7 +56,7 @@ from rollbackd.demo.emulator import (
     SERVICES,
     ClusterEmulator,
     Controllers,
-    rollout_complete,
+    rollout_settled,
     seed_deployment,
     seed_ingress,
     seed_service,
@@ -68,7 +68,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 RUNS = 20
 MAX_API_S = 1.0
-#: What the daemon uses when nothing is configured (``KubeCluster`` builds it the same way).
+#: What the daemon uses when nothing is configured (``KubeTargets`` builds it the same way).
 SETTINGS = ActionSettings.from_kubernetes(KubernetesSettings())
 
 
@@ -185,7 +185,7 @@ def undo_faults(emu: ClusterEmulator, ns: str) -> list[kmock.View]:
 def undo_rolled_back(emu: ClusterEmulator, ns: str) -> bool:
     deployment = emu.read(DEPLOYMENTS, ns, "web") or {}
     containers = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [{}]
-    return containers[0].get("image") == "shop/web:1.1" and rollout_complete(deployment)
+    return containers[0].get("image") == "shop/web:1.1" and rollout_settled(deployment)
 
 
 UNDO = Case(

@@ -86,8 +86,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rollbackd.detectors.histogram import histogram_quantile
-from rollbackd.model import DEFAULT_BUCKETS_S
+from rollbackd.model import DEFAULT_BUCKETS_S, histogram_quantile
 
 
 @dataclass(frozen=True, slots=True)

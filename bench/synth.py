@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rollbackd.detectors.histogram import histogram_quantile
-from rollbackd.model import DEFAULT_BUCKETS_S
+from rollbackd.model import DEFAULT_BUCKETS_S, histogram_quantile
 
 SLO_ERROR = 0.01
 SLO_P95_MS = 500.0

@@ -15,8 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from rollbackd.detectors.histogram import bounds_ok
-from rollbackd.model import Histogram, Sample
+from rollbackd.model import Histogram, Sample, bounds_ok
 
 #: Most requests (and errors, and latency observations) one interval can count: a trillion, some
 #: thousand times the busiest services' traffic over the longest sensible interval.

@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from rollbackd.actions.base import ActionOutcome, ActionResult, Change
-from rollbackd.daemon.rollbacks import Phase, RollbackRun
 from rollbackd.events.build import Announcer, Clock, EventFactory
 from rollbackd.events.model import CloudEvent
 from rollbackd.model import Decision, Evidence, Finding, Impact, Outcome, Slo, Strategy
+from rollbackd.run import Phase, RollbackRun
 from rollbackd.verification import VerificationResult, VerificationStatus
 
 #: Loop time 1000 is this wall-clock time in every story.

@@ -19,7 +19,7 @@ from tests.kubefixtures import (
     SERVICES,
     ClusterEmulator,
     Controllers,
-    rollout_complete,
+    rollout_settled,
     seed_deployment,
     seed_service,
     wait_until,
@@ -77,7 +77,7 @@ def seed_pair(emu: ClusterEmulator, *, blue_replicas: int = 3, serving: dict[str
 def assert_switched_back(emu: ClusterEmulator) -> None:
     assert selector(emu) == BLUE
     assert replicas(emu, "web-green") == 0
-    assert rollout_complete(emu.read(DEPLOYMENTS, NS, "web-blue") or {})
+    assert rollout_settled(emu.read(DEPLOYMENTS, NS, "web-blue") or {})
     pods = endpoint_pods(emu)
     assert pods
     assert all(pod.startswith("web-blue-") for pod in pods)
@@ -115,7 +115,7 @@ async def test_a_healthy_colour_at_zero_is_scaled_up_and_awaited_first(
     def note(request: kmock.Request) -> None:
         blue = kube_cluster.read(DEPLOYMENTS, NS, "web-blue") or {}
         order.append(f"{request.resource.plural if request.resource else '?'}:{request.name}:"
-                     f"blue-ready={rollout_complete(blue) and replicas(kube_cluster, 'web-blue') > 0}")
+                     f"blue-ready={rollout_settled(blue) and replicas(kube_cluster, 'web-blue') > 0}")
         raise NotImplementedError  # kmock: "seen, nothing to answer": the emulator answers, every time
 
     kube_cluster[kmock.method.PATCH] << note
@@ -168,7 +168,7 @@ async def test_all_done_already(
 ) -> None:
     seed_pair(kube_cluster, serving=BLUE)
     kube_cluster.update(DEPLOYMENTS, NS, "web-green", {"spec": {"replicas": 0}})
-    await wait_until(lambda: rollout_complete(kube_cluster.read(DEPLOYMENTS, NS, "web-green") or {}),
+    await wait_until(lambda: rollout_settled(kube_cluster.read(DEPLOYMENTS, NS, "web-green") or {}),
                      what="green at 0")
 
     result = await switch_back(kube).run(dry_run=False)

@@ -19,7 +19,7 @@ from tests.kubefixtures import (
     INGRESSES,
     ClusterEmulator,
     Controllers,
-    rollout_complete,
+    rollout_settled,
     seed_deployment,
     seed_ingress,
     seed_service,
@@ -109,7 +109,7 @@ async def test_abort_stops_traffic_then_scales_the_canary_down(
         "nginx.ingress.kubernetes.io/proxy-body-size": "8m",
     }
     assert replicas(kube_cluster, "web-canary") == 0
-    assert rollout_complete(kube_cluster.read(DEPLOYMENTS, NS, "web") or {})
+    assert rollout_settled(kube_cluster.read(DEPLOYMENTS, NS, "web") or {})
     assert kube_cluster.read(INGRESSES, NS, "web") == main_before
     # The weight went to 0 first, in a write of its own; the removals came next, as null values.
     ingress_patches = [request.data for request in kube_cluster[kmock.method.PATCH, INGRESSES]]

@@ -19,7 +19,7 @@ from tests.kubefixtures import (
     REPLICASETS,
     ClusterEmulator,
     Controllers,
-    rollout_complete,
+    rollout_settled,
     seed_deployment,
     wait_until,
 )
@@ -84,7 +84,7 @@ async def test_undo_goes_back_to_the_revision_before_the_bad_one(
     assert deployment is not None
     assert image(kube_cluster) == "shop/web:1.1"
     assert objects.POD_TEMPLATE_HASH_LABEL not in deployment["spec"]["template"]["metadata"]["labels"]
-    assert rollout_complete(deployment)
+    assert rollout_settled(deployment)
     # The controller brought revision 2's ReplicaSet back as revision 4; no new ReplicaSet.
     assert objects.revision(deployment) == 4
     assert result.details["new_revision"] == 4
@@ -155,7 +155,7 @@ async def test_an_undo_after_an_earlier_undo_follows_the_renumbered_history(
     await objects.patch_deployment(kube, namespace=NS, name="web", patch={
         "spec": {"template": {"spec": {"containers": [{"name": "web", "image": "shop/web:1.3"}]}}},
     })
-    await wait_until(lambda: rollout_complete(kube_cluster.read(DEPLOYMENTS, NS, "web") or {}),
+    await wait_until(lambda: rollout_settled(kube_cluster.read(DEPLOYMENTS, NS, "web") or {}),
                      what="the rollout of 1.3")
 
     result = await undo(kube, bad_revision=5).run(dry_run=False)
@@ -277,7 +277,7 @@ async def test_cancelled_while_waiting_then_run_again_ends_in_the_same_state(
     assert patches(kube_cluster) == 1
     deployment = kube_cluster.read(DEPLOYMENTS, NS, "web")
     assert deployment is not None
-    assert rollout_complete(deployment)
+    assert rollout_settled(deployment)
     assert image(kube_cluster) == "shop/web:1.1"
 
 

@@ -27,7 +27,7 @@ from rollbackd.daemon.logs import CONTINUATION
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.state import DaemonState
 from rollbackd.decision.annotations import ETA_ANNOTATION, AnnotationError, context_from_annotations
-from rollbackd.decision.cluster import ClusterFacts, cluster_facts
+from rollbackd.decision.facts import ClusterFacts, cluster_facts
 from rollbackd.decision.rails import MAX_HOLD_S
 from rollbackd.model import Hold, Strategy
 from rollbackd.params import TargetParams

@@ -15,13 +15,13 @@ import pytest
 from rollbackd.actions.base import ActionOutcome, Waiting
 from rollbackd.actions.bluegreen import BlueGreenSwitchBack
 from rollbackd.actions.steps import ActionSettings
+from rollbackd.actions.targets import KubeTargets
 from rollbackd.backoff import Backoff
 from rollbackd.config.settings import Side, TargetSettings, VerificationSettings
 from rollbackd.daemon.app import Daemon
-from rollbackd.daemon.rollbacks import Phase
 from rollbackd.kube import KubeClient
-from rollbackd.kube.cluster import KubeCluster
 from rollbackd.model import Strategy
+from rollbackd.run import Phase
 from tests.kubefixtures import (
     ENDPOINTSLICES,
     ClusterEmulator,
@@ -130,7 +130,7 @@ async def test_the_status_page_and_the_api_show_what_the_rollback_waits_for(
         update={"interval_s": 0.2, "verification": VerificationSettings(window_s=1.0)}
     )
     metrics = ScriptedMetrics(HEALTHY)
-    cluster = KubeCluster(kube=kube, settings=settings, action_settings=SETTINGS)
+    cluster = KubeTargets(kube=kube, settings=settings, action_settings=SETTINGS)
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
         Daemon(settings, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster) as daemon,

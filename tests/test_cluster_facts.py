@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from rollbackd.decision.cluster import cluster_facts, fully_available, is_newer, revision_of
+from rollbackd.decision.facts import cluster_facts, is_newer, revision_of
+from rollbackd.kube.objects import fully_available
 from rollbackd.model import Risk, Strategy
 
 NOW = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)

@@ -26,8 +26,8 @@ from rollbackd.config.settings import (
 )
 from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.journal import Journal
-from rollbackd.daemon.rollbacks import Phase
 from rollbackd.daemon.storekeeper import keep_store
+from rollbackd.run import Phase
 from rollbackd.store import open_store
 from tests.mqttfixtures import Mosquitto, free_port, mosquitto, subscribed  # noqa: F401 (fixture)
 from tests.test_daemon import HEALTHY, SEVERE, ScriptedHealth, ScriptedMetrics, canary

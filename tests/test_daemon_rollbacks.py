@@ -1,5 +1,5 @@
 """The daemon carries out its decisions: one action per rollback, verification over the validation
-window, dry-run plans, failures escalated — with a scripted cluster behind the Cluster protocol
+window, dry-run plans, failures escalated — with a scripted cluster behind the TargetAccess protocol
 (the real Kubernetes side is tested against the emulator elsewhere)."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pytest
 from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder, Progress
 from rollbackd.config.settings import KubernetesSettings, Settings, VerificationSettings
 from rollbackd.daemon.app import Daemon
-from rollbackd.daemon.rollbacks import Phase
-from rollbackd.decision.cluster import ClusterFacts
+from rollbackd.decision.facts import ClusterFacts
 from rollbackd.model import Risk, Sample
 from rollbackd.params import TargetParams
+from rollbackd.run import Phase
 from tests.test_daemon import HEALTHY, INTERVAL_S, SEVERE, Api, ScriptedHealth, ScriptedMetrics, make_settings
 
 

@@ -13,7 +13,6 @@ import jsonschema
 import pytest
 
 from rollbackd.actions.base import ActionOutcome, ActionResult
-from rollbackd.daemon.rollbacks import Phase, RollbackRun
 from rollbackd.events import schemas
 from rollbackd.events.build import Announcer, Clock, EventFactory
 from rollbackd.events.model import (
@@ -26,6 +25,7 @@ from rollbackd.events.model import (
 )
 from rollbackd.events.publisher import audit_entry_for
 from rollbackd.model import Decision, Evidence, Hold, Impact, Outcome, Strategy
+from rollbackd.run import Phase, RollbackRun
 from rollbackd.verification import VerificationResult, VerificationStatus
 from tests.eventstory import SLO, clock, healthy_evidence, immediate_decision, rollback_story, severe_evidence
 

@@ -36,7 +36,7 @@ from tests.kubefixtures import (
     SERVICES,
     ClusterEmulator,
     Controllers,
-    rollout_complete,
+    rollout_settled,
     seed_deployment,
     seed_endpointslice,
     seed_ingress,
@@ -501,7 +501,7 @@ def test_client_wants_exactly_one_configuration_source() -> None:
 # --- the emulated controllers --------------------------------------------------------------------
 
 async def _rolled_out(kube: KubeClient, name: str) -> bool:
-    return rollout_complete(await objects.get_deployment(kube, namespace=NS, name=name))
+    return rollout_settled(await objects.get_deployment(kube, namespace=NS, name=name))
 
 
 async def test_undo_to_an_old_template_moves_its_replicaset_to_the_newest_revision(
@@ -583,7 +583,7 @@ async def test_a_stalled_rollout_never_completes(
 
     await wait_until(new_pods_created, what="the stalled rollout's new pods")
     deployment = await objects.get_deployment(kube, namespace=NS, name="web")
-    assert not rollout_complete(deployment)
+    assert not rollout_settled(deployment)
     assert deployment["status"]["availableReplicas"] == 2  # the old pods still serve
     assert deployment["status"]["replicas"] == 4
     owned = await objects.owned_replicasets(kube, deployment=web)

@@ -1,4 +1,4 @@
-"""KubeCluster: decision context, actions and availability read from the emulated API server."""
+"""KubeTargets: decision context, actions and availability read from the emulated API server."""
 
 from __future__ import annotations
 
@@ -12,21 +12,22 @@ from rollbackd.actions.bluegreen import BlueGreenSwitchBack
 from rollbackd.actions.canary_abort import CanaryAbort
 from rollbackd.actions.deployment_undo import DeploymentUndo
 from rollbackd.actions.steps import ActionSettings
+from rollbackd.actions.targets import KubeTargets
 from rollbackd.backoff import Backoff
 from rollbackd.config.resolve import target_params
 from rollbackd.config.settings import KubernetesSettings, Settings, Side, TargetSettings
-from rollbackd.daemon.rollbacks import Cluster
 from rollbackd.decision.annotations import ETA_ANNOTATION, RISK_ANNOTATION
-from rollbackd.decision.cluster import fully_available, is_newer, revision_of
+from rollbackd.decision.facts import is_newer, revision_of
 from rollbackd.kube import KubeClient, KubeTemporary, objects
-from rollbackd.kube.cluster import KubeCluster
+from rollbackd.kube.objects import fully_available
 from rollbackd.model import Risk, Strategy
 from rollbackd.params import TargetParams
+from rollbackd.run import TargetAccess
 from tests.kubefixtures import (
     DEPLOYMENTS,
     ClusterEmulator,
     Controllers,
-    rollout_complete,
+    rollout_settled,
     seed_deployment,
     seed_ingress,
     seed_service,
@@ -52,8 +53,8 @@ def params(name: str) -> TargetParams:
     return target_params(SETTINGS, target)
 
 
-def cluster_on(kube: KubeClient) -> KubeCluster:
-    return KubeCluster(kube=kube, settings=SETTINGS, action_settings=FAST, wall_clock=lambda: WALL)
+def cluster_on(kube: KubeClient) -> KubeTargets:
+    return KubeTargets(kube=kube, settings=SETTINGS, action_settings=FAST, wall_clock=lambda: WALL)
 
 
 def seed_canary(emu: ClusterEmulator, *, annotations: dict[str, str] | None = None,
@@ -224,7 +225,7 @@ async def test_a_newer_rollout_shows_as_a_newer_revision(
     await objects.patch_deployment(kube, namespace=NS, name="api", patch={
         "spec": {"template": {"spec": {"containers": [{"name": "api", "image": "shop/api:1.1.1"}]}}},
     })
-    await wait_until(lambda: rollout_complete(kube_cluster.read(DEPLOYMENTS, NS, "api") or {}),
+    await wait_until(lambda: rollout_settled(kube_cluster.read(DEPLOYMENTS, NS, "api") or {}),
                      what="the fix's rollout")
     now = await cluster.facts(params("api"), loop_now=10.0)
 
@@ -303,7 +304,7 @@ async def test_a_stalled_rollout_is_not_serving_even_with_the_old_pods_available
 
 
 async def test_actions_fit_each_strategy(kube: KubeClient) -> None:
-    cluster: Cluster = cluster_on(kube)
+    cluster: TargetAccess = cluster_on(kube)
 
     canary = cluster.action(params("checkout"))
     blue_green = cluster.action(params("storefront"))
@@ -370,7 +371,7 @@ def test_action_settings_come_from_the_kubernetes_section() -> None:
 async def test_the_cluster_defaults_to_the_settings_kubernetes_section(kube: KubeClient) -> None:
     kubernetes = KubernetesSettings(retries=1, availability_timeout_s=30.0)
     settings = SETTINGS.model_copy(update={"kubernetes": kubernetes})
-    cluster = KubeCluster(kube=kube, settings=settings)
+    cluster = KubeTargets(kube=kube, settings=settings)
     assert (cluster.action_settings.attempts, cluster.action_settings.availability_timeout_s) == (2, 30.0)
 
 

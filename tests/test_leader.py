@@ -31,9 +31,9 @@ from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.journal import Journal
 from rollbackd.daemon.leader import DEFAULT_LEASE_DURATION_S, DEFAULT_RENEW_PERIOD_S, LeaderElector
 from rollbackd.daemon.main import leader_elector_for
-from rollbackd.daemon.rollbacks import Phase
 from rollbackd.daemon.storekeeper import keep_store
 from rollbackd.kube import KubeClient, KubeConfigError
+from rollbackd.run import Phase
 from tests.kubefixtures import LEASES, ClusterEmulator, wait_until
 from tests.test_daemon import INTERVAL_S, SEVERE, Api, ScriptedHealth, ScriptedMetrics, make_settings
 from tests.test_daemon_rollbacks import ScriptedCluster, settings

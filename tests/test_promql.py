@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rollbackd.detectors.histogram import histogram_quantile
-from rollbackd.model import DEFAULT_BUCKETS_S
+from rollbackd.model import DEFAULT_BUCKETS_S, histogram_quantile
 from rollbackd.sources import promql
 from rollbackd.sources.base import QueryTemplates, SeriesRef, SourceTarget
 from rollbackd.sources.promql import Metric, Side

@@ -24,6 +24,7 @@ import pytest
 from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder, merge_changes
 from rollbackd.actions.canary_abort import CanaryAbort
 from rollbackd.actions.steps import ActionSettings
+from rollbackd.actions.targets import KubeTargets
 from rollbackd.backoff import Backoff
 from rollbackd.config.settings import (
     EventsSettings,
@@ -34,14 +35,14 @@ from rollbackd.config.settings import (
 )
 from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.journal import Journal
-from rollbackd.daemon.rollbacks import Phase, RollbackRun, with_prior_changes
-from rollbackd.daemon.runrecord import RecordedChange, RunRecord
+from rollbackd.daemon.rollbacks import with_prior_changes
 from rollbackd.daemon.storekeeper import keep_store
 from rollbackd.events.build import Announcer, Clock, EventFactory
 from rollbackd.events.model import EventType
 from rollbackd.kube import KubeClient
-from rollbackd.kube.cluster import KubeCluster
 from rollbackd.model import Strategy
+from rollbackd.run import Phase, RollbackRun
+from rollbackd.runrecord import RecordedChange, RunRecord
 from rollbackd.store import open_store
 from rollbackd.store.base import AuditEntry
 from rollbackd.verification import VerificationResult, VerificationStatus
@@ -244,7 +245,7 @@ async def daemon(config: Settings, emu: GatedCluster, metrics: ScriptedMetrics) 
                 config,
                 metrics_source=metrics,
                 health_source=ScriptedHealth(),
-                cluster=KubeCluster(kube=kube, settings=config, action_settings=FAST),
+                cluster=KubeTargets(kube=kube, settings=config, action_settings=FAST),
                 journal=journal,
             ) as running:
                 yield running

@@ -8,11 +8,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rollbackd.detectors.histogram import histogram_quantile
 from rollbackd.detectors.latency import count_at_or_below, merge, slow_count
 from rollbackd.detectors.stats import betainc, binom_sf, exceeds_rate, exceeds_ratio
 from rollbackd.evaluate import TargetEvaluator
-from rollbackd.model import DEFAULT_BUCKETS_S, Context, Histogram, Observation, Outcome, Sample, Strategy
+from rollbackd.model import (
+    DEFAULT_BUCKETS_S,
+    Context,
+    Histogram,
+    Observation,
+    Outcome,
+    Sample,
+    Strategy,
+    histogram_quantile,
+)
 from rollbackd.params import TargetParams
 from rollbackd.plausibility import ERRORS_SLACK, sample_problem
 from tests.faultledger import FaultLedger

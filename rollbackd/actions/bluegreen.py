@@ -33,7 +33,6 @@ from rollbackd.actions.steps import (
     Step,
     merge_diff,
     object_name,
-    rollout_complete,
 )
 from rollbackd.kube import KubeClient, KubeNotFound, Obj, objects
 
@@ -251,7 +250,7 @@ class BlueGreenSwitchBack:
         )
 
     async def _healthy_available(self) -> bool:
-        return rollout_complete(await self._get_healthy())
+        return objects.rollout_complete(await self._get_healthy())
 
     async def _replicaset_names(self, deployment: str) -> list[str]:
         """Names of the ReplicaSets of a Deployment (the prefixes of its pods' names); none when

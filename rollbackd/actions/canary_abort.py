@@ -31,7 +31,6 @@ from rollbackd.actions.steps import (
     ActionSettings,
     Step,
     object_name,
-    rollout_complete,
 )
 from rollbackd.kube import KubeClient, KubeNotFound, Obj, objects
 
@@ -214,4 +213,4 @@ class CanaryAbort:
                           "available", details=details)
 
     async def _stable_available(self) -> bool:
-        return rollout_complete(await self._get_stable())
+        return objects.rollout_complete(await self._get_stable())

@@ -38,7 +38,6 @@ from rollbackd.actions.steps import (
     merge_diff,
     object_name,
     progress_deadline_exceeded,
-    rollout_complete,
 )
 from rollbackd.kube import KubeClient, Obj, objects
 
@@ -196,7 +195,7 @@ class DeploymentUndo:
             restored["revision"] = objects.revision(now)
             if template_of(now) == wanted and progress_deadline_exceeded(now):
                 raise WaitTimeout(f"the rollout of revision {to} exceeded its progress deadline")
-            return template_of(now) == wanted and rollout_complete(now)
+            return template_of(now) == wanted and objects.rollout_complete(now)
 
         await run.wait_until(f"the Deployment {self.namespace}/{self.deployment} to roll out revision {to} "
                              f"and be fully available", rolled_out)
@@ -209,4 +208,4 @@ class DeploymentUndo:
         )
 
     async def _available(self) -> bool:
-        return rollout_complete(await self._get())
+        return objects.rollout_complete(await self._get())

@@ -35,7 +35,6 @@ from typing import Any, TypeVar
 from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder, Progress, Waiting
 from rollbackd.backoff import Backoff
 from rollbackd.config.settings import KubernetesSettings
-from rollbackd.decision.cluster import fully_available
 from rollbackd.kube import KubeClient, KubeError, KubeForbidden, KubeNotFound, KubeTemporary, retrying
 from rollbackd.kube.retry import DEFAULT_BACKOFF
 
@@ -312,22 +311,6 @@ class ActionRun:
 
 #: The ``Progressing`` condition's reason once a rollout stopped making progress.
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
-
-
-def rollout_complete(deployment: Mapping[str, Any] | None) -> bool:
-    """What ``kubectl rollout status`` waits for: the latest generation observed, every desired
-    replica updated, no old replica left, every updated replica available.
-
-    Stricter than :func:`~rollbackd.decision.cluster.fully_available`, which a stalled rollout
-    passes as long as the old pods still count as available.
-    """
-    if not deployment or not fully_available(deployment):
-        return False
-    status = deployment.get("status") or {}
-    total = int(status.get("replicas", 0) or 0)
-    updated = int(status.get("updatedReplicas", 0) or 0)
-    available = int(status.get("availableReplicas", 0) or 0)
-    return total <= updated and available >= updated
 
 
 def progress_deadline_exceeded(deployment: Mapping[str, Any]) -> bool:

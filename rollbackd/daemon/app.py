@@ -45,15 +45,16 @@ from rollbackd.daemon.journal import RUN_OVER, Journal
 from rollbackd.daemon.leader import Leadership
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.reload import SettingsChange, plan_reload
-from rollbackd.daemon.rollbacks import Cluster, RollbackRun, Rollbacks
-from rollbackd.daemon.runrecord import RunRecord
+from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.daemon.state import DaemonState, TargetState
 from rollbackd.daemon.tick import IdleCollector, error_kind, gather, run_every
-from rollbackd.decision.cluster import ClusterFacts
+from rollbackd.decision.facts import ClusterFacts
 from rollbackd.errors import SourceError
 from rollbackd.gcpause import collector_paused
 from rollbackd.model import Context, Decision, Evidence, Observation
 from rollbackd.params import TargetParams
+from rollbackd.run import RollbackRun, TargetAccess
+from rollbackd.runrecord import RunRecord
 from rollbackd.sources.base import GivesHistory, HealthSource, History, MetricsSource
 from rollbackd.store.base import StoreError
 
@@ -120,7 +121,7 @@ class Daemon:
         metrics_source: MetricsSource,
         health_source: HealthSource,
         metrics: DaemonMetrics | None = None,
-        cluster: Cluster | None = None,
+        cluster: TargetAccess | None = None,
         leader: Leadership | None = None,
         auth: ApiAuth | None = None,
         journal: Journal | None = None,

@@ -19,8 +19,6 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from rollbackd.daemon.rollbacks import RollbackRun
-from rollbackd.daemon.runrecord import RunRecord
 from rollbackd.events.build import Announcer, Clock
 from rollbackd.events.dispatcher import SinkStatus
 from rollbackd.events.model import CloudEvent, EventFormatError, EventType
@@ -28,6 +26,8 @@ from rollbackd.events.publisher import audit_entry_for
 from rollbackd.events.service import Events
 from rollbackd.model import Decision, Hold
 from rollbackd.params import TargetParams
+from rollbackd.run import RollbackRun
+from rollbackd.runrecord import RunRecord
 from rollbackd.store.base import AuditEntry, Store
 
 logger = logging.getLogger(__name__)

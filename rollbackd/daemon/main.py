@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from rollbackd import __version__
+from rollbackd.actions.targets import KubeTargets
 from rollbackd.backoff import Backoff
 from rollbackd.config.loader import ConfigError, load_settings
 from rollbackd.config.settings import Settings
@@ -42,7 +43,6 @@ from rollbackd.daemon.store_leader import StoreLeader
 from rollbackd.daemon.storekeeper import keep_store
 from rollbackd.errors import SourceStats
 from rollbackd.kube.client import KubeClient
-from rollbackd.kube.cluster import KubeCluster
 from rollbackd.kube.errors import KubeConfigError
 from rollbackd.sources.health import HealthProber
 from rollbackd.sources.lookback import Lookback, min_range_s
@@ -186,10 +186,10 @@ async def run_daemon(
                 stack.enter_context(SQLiteLock(database))  # before anything: a second writer stops here
             await stack.enter_async_context(client)
             await stack.enter_async_context(prober)
-            cluster: KubeCluster | None = None
+            cluster: KubeTargets | None = None
             if kube is not None:
                 await stack.enter_async_context(kube)
-                cluster = KubeCluster(kube=kube, settings=settings)
+                cluster = KubeTargets(kube=kube, settings=settings)
                 logger.info("acting on Kubernetes", extra={"kubernetes": kube.describe()})
             elector = leader_elector_for(settings, kube, environ=environ)
             leader: LeaderElector | StoreLeader | None = elector

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from rollbackd.config.resolve import target_params
 from rollbackd.config.settings import Settings, TargetSettings
-from rollbackd.decision.cluster import ClusterFacts, is_newer
+from rollbackd.decision.facts import ClusterFacts, is_newer
 
 if TYPE_CHECKING:
     from rollbackd.daemon.rollbacks import Rollbacks

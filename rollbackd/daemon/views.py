@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from rollbackd.actions.base import ActionResult
 from rollbackd.daemon.jsonify import JsonValue, to_json_value
-from rollbackd.daemon.rollbacks import RollbackRun
 from rollbackd.daemon.state import DaemonState, RuntimeFlags, TargetState
 from rollbackd.model import Decision, Episode, Evidence
+from rollbackd.run import RollbackRun
 from rollbackd.verification import RUNBOOK_ROLLBACK_TARGET_S
 
 

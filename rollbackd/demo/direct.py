@@ -30,9 +30,8 @@ from typing import Self
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from rollbackd.detectors.histogram import histogram_quantile
 from rollbackd.errors import SourceStats
-from rollbackd.model import Histogram, Sample
+from rollbackd.model import Histogram, Sample, histogram_quantile
 from rollbackd.sources.base import SeriesRef, SidePair, SourceTarget
 
 logger = logging.getLogger(__name__)

@@ -1090,9 +1090,11 @@ def _count(obj: Mapping[str, Any], status_field: str) -> int:
     return int((obj.get("status") or {}).get(status_field) or 0)
 
 
-def rollout_complete(deployment: Mapping[str, Any]) -> bool:
-    """What ``kubectl rollout status`` waits for: the newest generation observed, every replica
-    updated and available."""
+def rollout_settled(deployment: Mapping[str, Any]) -> bool:
+    """A rollout with nothing left to do: the newest generation observed, and exactly the desired
+    number of replicas, all updated and available (none still to be started or stopped). Stricter
+    than :func:`~rollbackd.kube.objects.rollout_complete`, which a scale-down passes while surplus
+    pods are still available: tests and benchmarks wait for this."""
     spec = deployment.get("spec") or {}
     status = deployment.get("status") or {}
     replicas = int(spec.get("replicas", 1))

@@ -12,7 +12,7 @@ it, everything is real:
 4. a load generator sends requests, reading the routing from the emulated cluster every second;
 5. the real :class:`~rollbackd.daemon.app.Daemon` runs in this process with a 1 s interval, short
    windows and a short validation window, acting on the emulated cluster through
-   :class:`~rollbackd.kube.cluster.KubeCluster`.
+   :class:`~rollbackd.actions.targets.KubeTargets`.
 
 Then the new version turns bad (``POST /control`` ``error_rate``); rollbackd decides, acts, traffic
 goes back to the old version, and the rollback is verified. The timeline says what happened when,
@@ -40,6 +40,7 @@ from typing import TextIO
 import kmock
 
 from rollbackd.actions.steps import ActionSettings
+from rollbackd.actions.targets import KubeTargets
 from rollbackd.backoff import Backoff
 from rollbackd.config.settings import (
     Defaults,
@@ -61,7 +62,6 @@ from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.journal import Journal
 from rollbackd.daemon.logs import configure_logging
 from rollbackd.daemon.metrics import DaemonMetrics
-from rollbackd.daemon.rollbacks import Phase, RollbackRun
 from rollbackd.daemon.storekeeper import keep_store
 from rollbackd.demo.direct import DirectMetricsSource
 from rollbackd.demo.emulator import ClusterEmulator, Controllers
@@ -76,8 +76,8 @@ from rollbackd.demo.scenarios import CANARY_WEIGHT, NAMESPACE, SCENARIOS, canary
 from rollbackd.demo.traffic import UNROUTED, LoadGenerator, RoutingChange, Tally
 from rollbackd.errors import SourceStats
 from rollbackd.kube import KubeClient
-from rollbackd.kube.cluster import KubeCluster
 from rollbackd.model import Decision, Outcome
+from rollbackd.run import Phase, RollbackRun
 from rollbackd.sources.base import MetricsSource
 from rollbackd.sources.health import HealthProber
 from rollbackd.sources.lookback import Lookback, min_range_s
@@ -413,7 +413,7 @@ class Demo:
                 stats=SourceStats(source="health", on_error=metrics.count_source_error),
             )
         )
-        cluster = KubeCluster(
+        cluster = KubeTargets(
             kube=kube,
             settings=settings,
             action_settings=ActionSettings.from_kubernetes(

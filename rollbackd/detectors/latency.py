@@ -9,8 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from rollbackd.detectors.histogram import histogram_quantile
-from rollbackd.model import Histogram
+from rollbackd.model import Histogram, histogram_quantile
 
 
 def merge(histograms: Iterable[Histogram | None]) -> Histogram | None:

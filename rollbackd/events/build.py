@@ -4,7 +4,7 @@ Two layers, both free of I/O:
 
 - :class:`EventFactory` makes one CloudEvent of each type from the domain objects
   (:class:`~rollbackd.model.Evidence`, :class:`~rollbackd.model.Decision`,
-  :class:`~rollbackd.model.Hold`, :class:`~rollbackd.daemon.rollbacks.RollbackRun`), converting the
+  :class:`~rollbackd.model.Hold`, :class:`~rollbackd.run.RollbackRun`), converting the
   event-loop times they carry to wall-clock times with a :class:`Clock`;
 - :class:`Announcer` follows one target tick after tick and says which events are worth
   publishing: changes only (a breach beginning, a new verdict, a new hold, a rollback run moving
@@ -27,7 +27,6 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 from rollbackd.actions.base import ActionOutcome, ActionResult
 from rollbackd.events.model import (
@@ -67,10 +66,8 @@ from rollbackd.model import (
     Slo,
     Strategy,
 )
+from rollbackd.run import RollbackRun
 from rollbackd.verification import RUNBOOK_ROLLBACK_TARGET_S, VerificationResult
-
-if TYPE_CHECKING:  # the daemon imports this module: no import of the daemon at run time
-    from rollbackd.daemon.rollbacks import RollbackRun
 
 #: The action each strategy rolls back with (what ``rollback.started`` announces).
 ACTION_OF_STRATEGY = {

@@ -90,6 +90,36 @@ def revision(obj: Mapping[str, Any]) -> int | None:
         return None
 
 
+def fully_available(deployment: Mapping[str, Any] | None) -> bool:
+    """All desired replicas available and updated, and the latest spec observed by the controller.
+
+    A stalled rollout passes as long as the old pods still count as available: what
+    :func:`rollout_complete` does not let through."""
+    if not deployment:
+        return False
+    desired = int((deployment.get("spec") or {}).get("replicas", 1) or 0)
+    status = deployment.get("status") or {}
+    available = int(status.get("availableReplicas", 0) or 0)
+    observed = status.get("observedGeneration")
+    generation = metadata_of(deployment).get("generation")
+    caught_up = observed is None or generation is None or int(observed) >= int(generation)
+    updated = int(status.get("updatedReplicas", available) or 0)
+    return caught_up and available >= desired and updated >= desired
+
+
+def rollout_complete(deployment: Mapping[str, Any] | None) -> bool:
+    """What ``kubectl rollout status`` waits for: the latest generation observed, every desired
+    replica updated, no old replica left, every updated replica available (stricter than
+    :func:`fully_available`)."""
+    if not deployment or not fully_available(deployment):
+        return False
+    status = deployment.get("status") or {}
+    total = int(status.get("replicas", 0) or 0)
+    updated = int(status.get("updatedReplicas", 0) or 0)
+    available = int(status.get("availableReplicas", 0) or 0)
+    return total <= updated and available >= updated
+
+
 def owned_by(obj: Mapping[str, Any], owner: Mapping[str, Any]) -> bool:
     """Whether ``obj`` lists ``owner`` (by ``metadata.uid``) among its ``ownerReferences``."""
     uid = metadata_of(owner).get("uid")

@@ -31,7 +31,6 @@ from typing import Self, TypeVar
 import aiohttp
 
 from rollbackd.backoff import Backoff
-from rollbackd.detectors.histogram import histogram_quantile
 from rollbackd.errors import (
     PrometheusQueryError,
     PrometheusUnavailableError,
@@ -40,7 +39,7 @@ from rollbackd.errors import (
     TemporarySourceError,
 )
 from rollbackd.gcpause import collector_paused
-from rollbackd.model import Histogram, Sample
+from rollbackd.model import Histogram, Sample, histogram_quantile
 from rollbackd.plausibility import ERRORS_SLACK, Implausible, sample_problem
 from rollbackd.sources import promql
 from rollbackd.sources.base import SidePair, SourceTarget

@@ -1,22 +1,26 @@
-"""The daemon's view of Kubernetes: decision context read from the cluster, and rollback actions.
+"""The daemon's access to its targets on Kubernetes: the facts a decision needs, read from the
+cluster, and the action that carries a rollback out.
 
-:class:`KubeCluster` implements the daemon's :class:`~rollbackd.daemon.rollbacks.Cluster` protocol
+It sits above both the pure decision facts (:mod:`rollbackd.decision.facts`) and plain API access
+(:mod:`rollbackd.kube`): turning a decision into an action is the actions' business.
+
+:class:`KubeTargets` implements the daemon's :class:`~rollbackd.run.TargetAccess` protocol
 for every configured target (found by its key, ``namespace/name``):
 
-- :meth:`KubeCluster.facts` reads the candidate Deployment, the baseline one (canary, blue-green)
+- :meth:`KubeTargets.facts` reads the candidate Deployment, the baseline one (canary, blue-green)
   or the candidate's ReplicaSets (deployment strategy) and hands them to the pure
-  :func:`~rollbackd.decision.cluster.cluster_facts`: rollback risk and fix-forward holds from
+  :func:`~rollbackd.decision.facts.cluster_facts`: rollback risk and fix-forward holds from
   annotations, the candidate's revision, whether there is a healthy version to go back to. A
   fix-forward ETA given as a duration (``15m``) counts from when this object first saw it;
-- :meth:`KubeCluster.action` builds the target's action: canary abort, blue-green switch-back or
+- :meth:`KubeTargets.action` builds the target's action: canary abort, blue-green switch-back or
   Deployment undo;
-- :meth:`KubeCluster.serving_available` tells whether the version traffic went back to is fully
+- :meth:`KubeTargets.serving_available` tells whether the version traffic went back to is fully
   available (rolled out, every replica available): the stable Deployment (canary), the previous
   colour (blue-green), the Deployment itself (undo).
 
 A Deployment undo acts only while the Deployment still runs the revision judged bad (see
-:mod:`rollbackd.actions.deployment_undo`). :meth:`KubeCluster.action` takes that revision as
-``bad_revision``; without it, the candidate revision the latest :meth:`KubeCluster.facts` read for
+:mod:`rollbackd.actions.deployment_undo`). :meth:`KubeTargets.action` takes that revision as
+``bad_revision``; without it, the candidate revision the latest :meth:`KubeTargets.facts` read for
 the target is used, which is the judged one as long as facts are read on the tick that decides.
 """
 
@@ -32,10 +36,10 @@ from rollbackd.actions.base import RollbackAction
 from rollbackd.actions.bluegreen import BlueGreenSwitchBack
 from rollbackd.actions.canary_abort import CanaryAbort
 from rollbackd.actions.deployment_undo import DeploymentUndo
-from rollbackd.actions.steps import ActionSettings, rollout_complete
+from rollbackd.actions.steps import ActionSettings
 from rollbackd.config.settings import KubernetesSettings, Settings, TargetSettings
 from rollbackd.decision.annotations import ETA_ANNOTATION
-from rollbackd.decision.cluster import ClusterFacts, cluster_facts
+from rollbackd.decision.facts import ClusterFacts, cluster_facts
 from rollbackd.kube import objects
 from rollbackd.kube.client import KubeClient, Obj
 from rollbackd.kube.errors import KubeError, KubeNotFound
@@ -52,7 +56,7 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class KubeCluster:
+class KubeTargets:
     """Every configured target's facts, actions and availability, through one client.
 
     - ``kube``: an open :class:`~rollbackd.kube.KubeClient`;
@@ -206,7 +210,7 @@ class KubeCluster:
         ``False`` when it does not exist, ``None`` when the cluster cannot be read.
 
         Fully available as ``kubectl rollout status`` means it
-        (:func:`~rollbackd.actions.steps.rollout_complete`): for an undo, the restored pods must be
+        (:func:`~rollbackd.kube.objects.rollout_complete`): for an undo, the restored pods must be
         the ones available, not the old ones a stalled rollout leaves serving."""
         target = self.target(params.key)
         side = target.candidate if target.strategy is Strategy.DEPLOYMENT else target.baseline
@@ -217,4 +221,4 @@ class KubeCluster:
             logger.warning("cannot read the availability of %s/%s: %s", target.namespace, side.deployment,
                            exc, extra={"target": params.key})
             return None
-        return rollout_complete(deployment)
+        return objects.rollout_complete(deployment)

@@ -57,20 +57,6 @@ def availability(deployment: Obj) -> tuple[int, int]:
     return desired, available
 
 
-def fully_available(deployment: Obj | None) -> bool:
-    """All desired replicas available, and the latest spec observed by the controller."""
-    if not deployment:
-        return False
-    desired, available = availability(deployment)
-    meta = deployment.get("metadata") or {}
-    status = deployment.get("status") or {}
-    observed = status.get("observedGeneration")
-    generation = meta.get("generation")
-    caught_up = observed is None or generation is None or int(observed) >= int(generation)
-    updated = int(status.get("updatedReplicas", available) or 0)
-    return caught_up and available >= desired and updated >= desired
-
-
 def is_newer(judged_revision: int | None, current_revision: int | None) -> bool:
     """True when the current revision is past the one that was judged."""
     return judged_revision is not None and current_revision is not None and current_revision > judged_revision
