@@ -9,15 +9,10 @@ from collections.abc import Iterator
 
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector for the ``with`` block (nothing when it is disabled).
-
-    Meant for bursts that allocate many containers at once: decoding a batched Prometheus answer
-    (tens of thousands of them, alive until reading it ends), or judging every target in a tick.
-    Meanwhile the collector would run again and again and scan objects that hold no cycles (they
-    are freed by reference counting); the daemon collects between ticks instead
-    (:class:`rollbackd.daemon.tick.IdleCollector`). The block must not await: other tasks would run
-    with the collector paused too.
-    """
+    """Pause the cyclic garbage collector for the ``with`` block (nothing when it is disabled): for
+    bursts that allocate many containers and no cycles (reading a batched answer, judging every
+    target); the daemon collects between ticks instead. The block must not await. Why: the tick
+    times at a thousand targets in ``bench/results/scale.md``."""
     if not gc.isenabled():
         yield
         return

@@ -14,6 +14,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from rollbackd.knobs import HOUR, knob
+
 #: Prometheus' default histogram bucket upper bounds, in seconds (``+Inf`` last).
 DEFAULT_BUCKETS_S: tuple[float, ...] = (
     0.005,
@@ -224,8 +226,14 @@ values the source ``rejected``).
 
 @dataclass(frozen=True, slots=True)
 class Slo:
-    max_error_rate: float = 0.01
-    max_p95_ms: float = 500.0
+    """Service level objective a release must keep."""
+
+    max_error_rate: float = knob(
+        0.01, "Highest acceptable fraction of failed requests (0.01 = 1%).", gt=0, lt=1
+    )
+    max_p95_ms: float = knob(
+        500.0, "Highest acceptable 95th percentile latency, in milliseconds.", gt=0, le=HOUR * 1000
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,11 +12,13 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rollbackd.config.loader import ConfigError, Problem, load_settings, resolve_config_path
-from rollbackd.config.resolve import default_params, source_target, source_targets, target_params
+from rollbackd.config.resolve import default_params, target_params
 from rollbackd.config.settings import Settings, TargetSettings, template_problem
-from rollbackd.model import Risk, Strategy
-from rollbackd.params import TargetParams
+from rollbackd.knobs import knobs
+from rollbackd.model import Risk, Slo, Strategy
+from rollbackd.params import Detection, Policy, Severity, TargetParams
 from rollbackd.sources.base import SeriesRef
+from rollbackd.sources.targets import source_target, source_targets
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "rollbackd.example.yaml"
 
@@ -673,6 +675,76 @@ def test_target_params_without_overrides_are_the_defaults(overridden: Settings) 
 def test_default_params_of_default_settings_match_the_core_defaults() -> None:
     expected = TargetParams(key="defaults", strategy=Strategy.CANARY, interval_s=10.0)
     assert default_params(Settings()) == expected
+
+
+#: A valid value other than the default for every tunable of the core, by section.
+NON_DEFAULT: dict[str, dict[str, Any]] = {
+    "slo": {"max_error_rate": 0.03, "max_p95_ms": 750.0},
+    "severity": {"error_rate_factor": 8.0, "p95_factor": 3.0, "health_failure_severe": False},
+    "detection": {
+        "window_s": 120.0,
+        "baseline_window_s": 900.0,
+        "confirm_intervals": 4,
+        "confidence": 0.95,
+        "min_requests": 10,
+        "min_latency_samples": 20,
+        "attribution_ratio": 2.5,
+    },
+    "policy": {
+        "controlled_grace_s": 30.0,
+        "cooldown_s": 60.0,
+        "max_rollbacks_per_hour": 9,
+        "rollback_risk": "high",
+    },
+}
+_SECTIONS = {"slo": Slo, "severity": Severity, "detection": Detection, "policy": Policy}
+
+
+def test_every_tunable_is_settable_in_defaults_and_reaches_the_core(tmp_path: Path) -> None:
+    """Each tunable the core declares is a setting of ``defaults`` that the core receives; the
+    table above must name every one, so a new tunable cannot go untested."""
+    for section, cls in _SECTIONS.items():
+        assert set(NON_DEFAULT[section]) == {item.name for item, _ in knobs(cls)}, section
+        assert all(value != getattr(cls(), key) for key, value in NON_DEFAULT[section].items())
+    settings = load_settings(write(tmp_path, yaml.safe_dump({"defaults": NON_DEFAULT})), environ={})
+    params = default_params(settings)
+    for section, values in NON_DEFAULT.items():
+        got = getattr(params, section)
+        for key, value in values.items():
+            assert getattr(got, key) == (Risk(value) if key == "rollback_risk" else value), (section, key)
+
+
+def test_per_target_tunables_override_defaults_and_global_ones_are_refused(tmp_path: Path) -> None:
+    """A target overrides any per-target tunable for itself only; severity and the hourly cap are
+    global, and setting them on a target names the keys it may set instead."""
+    overridable = {
+        section: {key: value for key, value in values.items() if key != "max_rollbacks_per_hour"}
+        for section, values in NON_DEFAULT.items()
+        if section != "severity"
+    }
+    document = yaml.safe_load(CANARY)
+    other = {**document["targets"][0], "name": "search", "ingress": "search-canary"}
+    document["targets"] = [{**document["targets"][0], **overridable}, other]
+    settings = load_settings(write(tmp_path, yaml.safe_dump(document)), environ={})
+    changed, untouched = (target_params(settings, target) for target in settings.targets)
+    assert untouched == default_params(settings, key="shop/search", strategy=Strategy.CANARY)
+    for section, values in overridable.items():
+        for key, value in values.items():
+            expected = Risk(value) if key == "rollback_risk" else value
+            assert getattr(getattr(changed, section), key) == expected, (section, key)
+    assert changed.severity == untouched.severity
+    assert changed.policy.max_rollbacks_per_hour == untouched.policy.max_rollbacks_per_hour
+
+    document["targets"] = [
+        {**document["targets"][0], "policy": {"max_rollbacks_per_hour": 9}, "severity": {"p95_factor": 3}}
+    ]
+    path = write(tmp_path, yaml.safe_dump(document))
+    assert problems_of(path) == [
+        f"{path}:{line_of(path, 'max_rollbacks_per_hour:')}: targets[0].policy (target checkout): unknown key"
+        " 'max_rollbacks_per_hour' (known keys: controlled_grace_s, cooldown_s, rollback_risk)",
+        f"{path}:{line_of(path, 'severity:')}: targets[0] (checkout): unknown key 'severity' (known keys:"
+        " name, namespace, strategy, baseline, candidate, ingress, service, slo, detection, policy, queries)",
+    ]
 
 
 def test_source_target_of_a_canary(overridden: Settings) -> None:

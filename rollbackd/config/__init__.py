@@ -2,7 +2,7 @@
 it into the plain values the rest of rollbackd works with."""
 
 from rollbackd.config.loader import ConfigError, Problem, load_settings, resolve_config_path
-from rollbackd.config.resolve import default_params, source_target, source_targets, target_params
+from rollbackd.config.resolve import default_params, target_params
 from rollbackd.config.settings import Settings, TargetSettings
 
 __all__ = [
@@ -13,7 +13,5 @@ __all__ = [
     "default_params",
     "load_settings",
     "resolve_config_path",
-    "source_target",
-    "source_targets",
     "target_params",
 ]

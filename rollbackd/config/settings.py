@@ -4,22 +4,36 @@ Every value has a documented default; per-target ``slo``, ``policy``, ``detectio
 override the top-level ``defaults`` key by key. Models are frozen: derive variants with
 ``model_copy(update=...)``.
 
+The core's tunables (``slo``, ``severity``, ``detection``, ``policy``) are declared once, with
+their defaults, bounds and descriptions, in :class:`rollbackd.model.Slo` and :mod:`rollbackd.params`:
+their settings models and per-target overrides are derived from those declarations here, and
+:mod:`rollbackd.config.resolve` turns them back into the core's values.
+
 Validators report every problem they find at once, each at the key it concerns, so that
 ``rollbackd check-config`` can point at the right line of the file.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import enum
 import string
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypeAlias, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from rollbackd.config.storeurl import redact_url, store_kind
+from rollbackd.knobs import DAY, HOUR, MIN_PERIOD_S, Knob, knobs
 from rollbackd.model import Slo, Strategy
 from rollbackd.params import Detection, Policy, Severity
-from rollbackd.store import redact_url, store_kind
 
 #: Names of Kubernetes objects and of targets: lowercase letters, digits and ``-``.
 K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -29,13 +43,9 @@ LABEL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
 URL_PATTERN = r"^https?://\S+$"
 
 #: Bounds shared by several settings (docs/configuration.md lists every setting's bounds). Durations
-#: are in seconds; every number must be finite (``.inf`` and ``.nan`` are refused).
-HOUR = 3600
-DAY = 24 * HOUR
-WEEK = 7 * DAY
+#: are in seconds; every number must be finite (``.inf`` and ``.nan`` are refused). The units, and
+#: the bounds of the core's tunables, are in :mod:`rollbackd.knobs`.
 YEAR = 365 * DAY
-#: Shortest interval, period or window: ticks and polls faster than this only burn CPU.
-MIN_PERIOD_S = 0.1
 #: Timeouts of one request (Prometheus query, health probe, Kubernetes request, publish, POST).
 MIN_TIMEOUT_S = 0.1
 MAX_TIMEOUT_S = 600
@@ -44,13 +54,7 @@ MIN_BACKOFF_S = 0.01
 MAX_BACKOFF_S = HOUR
 #: Retries of one request.
 MAX_RETRIES = 20
-#: Multiples of a threshold (severity factors, attribution ratio).
-MAX_FACTOR = 1000
-#: Counts of requests or samples.
-MAX_COUNT = 1_000_000_000
-MAX_CONFIRM_INTERVALS = 1000
 MAX_CONCURRENCY = 10_000
-MAX_ROLLBACKS_PER_HOUR = 1000
 #: Most intervals a detection window may span: each target keeps its window's observations in
 #: memory (about 2.5 KiB per interval).
 MAX_WINDOW_INTERVALS = 10_000
@@ -60,17 +64,6 @@ TEMPLATE_PLACEHOLDERS = ("selector", "by", "window")
 
 LabelName = Annotated[str, Field(pattern=LABEL_NAME_PATTERN)]
 Url = Annotated[str, Field(pattern=URL_PATTERN)]
-
-
-def _core_defaults(cls: type[Any]) -> dict[str, Any]:
-    """The defaults of a core parameter dataclass: the configuration's defaults are the core's."""
-    return {field.name: field.default for field in dataclasses.fields(cls)}
-
-
-_SLO = _core_defaults(Slo)
-_SEVERITY = _core_defaults(Severity)
-_DETECTION = _core_defaults(Detection)
-_POLICY = _core_defaults(Policy)
 
 
 class _Frozen(BaseModel):
@@ -107,188 +100,108 @@ def template_problem(template: str) -> str | None:
     return None
 
 
-class SloSettings(_Frozen):
-    """Service level objective a release must keep."""
-
-    max_error_rate: float = Field(
-        _SLO["max_error_rate"],
-        gt=0,
-        lt=1,
-        description="Highest acceptable fraction of failed requests (0.01 = 1%).",
-    )
-    max_p95_ms: float = Field(
-        _SLO["max_p95_ms"],
-        gt=0,
-        le=HOUR * 1000,
-        description="Highest acceptable 95th percentile latency, in milliseconds.",
-    )
+# --- the core's tunables, derived from their declarations -----------------------------------------
 
 
-class SloOverride(_Frozen):
-    """Per-target SLO: each key given replaces the one in ``defaults.slo``."""
+def _written(hint: Any) -> Any:
+    """How a core value's type is written in the file: an enum as one of its values."""
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return Literal[tuple(member.value for member in hint)]
+    return hint
 
-    max_error_rate: float | None = Field(
-        None,
-        gt=0,
-        lt=1,
-        description="Overrides defaults.slo.max_error_rate.",
-    )
-    max_p95_ms: float | None = Field(
-        None, gt=0, le=HOUR * 1000, description="Overrides defaults.slo.max_p95_ms."
+
+def _field(default: Any, description: str, declared: Knob) -> Any:
+    """A pydantic field with a tunable's bounds (those left ``None`` are not set)."""
+    return Field(
+        default, description=description, gt=declared.gt, ge=declared.ge, lt=declared.lt, le=declared.le
     )
 
 
-class SeveritySettings(_Frozen):
-    """When a breach is severe (immediate rollback) rather than manageable (controlled)."""
-
-    error_rate_factor: float = Field(
-        _SEVERITY["error_rate_factor"],
-        gt=1,
-        le=MAX_FACTOR,
-        description="Error rate at or above this multiple of the SLO is severe.",
-    )
-    p95_factor: float = Field(
-        _SEVERITY["p95_factor"],
-        gt=1,
-        le=MAX_FACTOR,
-        description="P95 at or above this multiple of the SLO ceiling is severe.",
-    )
-    health_failure_severe: bool = Field(
-        _SEVERITY["health_failure_severe"],
-        description="A failing health endpoint of the new version is severe.",
+def core_settings(core: type[Any]) -> type[_Frozen]:
+    """The settings model of the parameter dataclass ``core`` (``XxxSettings``, described by
+    ``core``'s docstring): one field per tunable, with its default, bounds and description."""
+    hints = get_type_hints(core)
+    fields: dict[str, Any] = {}
+    for item, declared in knobs(core):
+        default = item.default.value if isinstance(item.default, enum.Enum) else item.default
+        fields[item.name] = (
+            _written(hints[item.name]),
+            _field(default, declared.description, declared),
+        )
+    return create_model(
+        f"{core.__name__}Settings", __base__=_Frozen, __doc__=core.__doc__, __module__=__name__, **fields
     )
 
 
-class DetectionSettings(_Frozen):
-    """How much evidence the detectors want before they call a breach."""
-
-    window_s: float = Field(
-        _DETECTION["window_s"],
-        ge=MIN_PERIOD_S,
-        le=DAY,
-        description="Sliding window of recent intervals judged together, in seconds.",
-    )
-    baseline_window_s: float = Field(
-        _DETECTION["baseline_window_s"],
-        ge=MIN_PERIOD_S,
-        le=DAY,
-        description="History of the baseline kept for blue-green and rolling comparisons, in seconds.",
-    )
-    confirm_intervals: int = Field(
-        _DETECTION["confirm_intervals"],
-        ge=2,
-        le=MAX_CONFIRM_INTERVALS,
-        description="Consecutive bad intervals needed before a breach counts (one bad interval is noise).",
-    )
-    confidence: float = Field(
-        _DETECTION["confidence"],
-        gt=0.5,
-        lt=1,
-        description="Statistical confidence required to call a breach or attribute it to the candidate.",
-    )
-    min_requests: int = Field(
-        _DETECTION["min_requests"],
-        ge=1,
-        le=MAX_COUNT,
-        description="Fewest candidate requests in the window for a metric verdict; fewer is inconclusive.",
-    )
-    min_latency_samples: int = Field(
-        _DETECTION["min_latency_samples"],
-        ge=1,
-        le=MAX_COUNT,
-        description="Fewest latency observations in the window for a P95 verdict.",
-    )
-    attribution_ratio: float = Field(
-        _DETECTION["attribution_ratio"],
-        ge=1,
-        le=MAX_FACTOR,
-        description="A breach is blamed on the candidate only when its bad fraction is significantly"
-        " above this multiple of the baseline's.",
-    )
+def override_of(
+    settings: type[_Frozen],
+    group: str,
+    doc: str,
+    *,
+    keys: tuple[str, ...] | None = None,
+    base: type[_Frozen] = _Frozen,
+) -> type[_Frozen]:
+    """The per-target override of ``defaults.<group>`` (``XxxOverride``): the ``keys`` of the
+    ``settings`` model (all by default), each optional (``None`` keeps the default) with the same
+    type and bounds; ``base`` may bring validators."""
+    fields: dict[str, Any] = {}
+    for key, info in settings.model_fields.items():
+        if keys is None or key in keys:
+            annotation: Any = info.annotation
+            optional: Any = annotation | None
+            if info.metadata:
+                optional = Annotated[(optional, *info.metadata)]
+            fields[key] = (optional, Field(None, description=f"Overrides defaults.{group}.{key}."))
+    name = settings.__name__.removesuffix("Settings") + "Override"
+    return create_model(name, __base__=base, __doc__=doc, __module__=__name__, **fields)
 
 
-class DetectionOverride(_Frozen):
-    """Per-target detection: each key given replaces the one in ``defaults.detection``."""
-
-    window_s: float | None = Field(
-        None, ge=MIN_PERIOD_S, le=DAY, description="Overrides defaults.detection.window_s."
-    )
-    baseline_window_s: float | None = Field(
-        None,
-        ge=MIN_PERIOD_S,
-        le=DAY,
-        description="Overrides defaults.detection.baseline_window_s.",
-    )
-    confirm_intervals: int | None = Field(
-        None,
-        ge=2,
-        le=MAX_CONFIRM_INTERVALS,
-        description="Overrides defaults.detection.confirm_intervals.",
-    )
-    confidence: float | None = Field(
-        None,
-        gt=0.5,
-        lt=1,
-        description="Overrides defaults.detection.confidence.",
-    )
-    min_requests: int | None = Field(
-        None, ge=1, le=MAX_COUNT, description="Overrides defaults.detection.min_requests."
-    )
-    min_latency_samples: int | None = Field(
-        None,
-        ge=1,
-        le=MAX_COUNT,
-        description="Overrides defaults.detection.min_latency_samples.",
-    )
-    attribution_ratio: float | None = Field(
-        None,
-        ge=1,
-        le=MAX_FACTOR,
-        description="Overrides defaults.detection.attribution_ratio.",
-    )
+def per_target(core: type[Any]) -> tuple[str, ...]:
+    """The tunables of ``core`` a target may override."""
+    return tuple(item.name for item, declared in knobs(core) if declared.per_target)
 
 
-class PolicySettings(_Frozen):
-    """The decision framework's knobs."""
+if TYPE_CHECKING:
 
-    controlled_grace_s: float = Field(
-        _POLICY["controlled_grace_s"],
-        ge=0,
-        le=WEEK,
-        description="How long a manageable breach may last before a controlled rollback.",
-    )
-    cooldown_s: float = Field(
-        _POLICY["cooldown_s"],
-        ge=0,
-        le=WEEK,
-        description="After a rollback of a target, no new rollback of it for this long.",
-    )
-    max_rollbacks_per_hour: int = Field(
-        _POLICY["max_rollbacks_per_hour"],
-        ge=0,
-        le=MAX_ROLLBACKS_PER_HOUR,
-        description="Cap on automatic rollbacks per hour, across all targets.",
-    )
-    rollback_risk: Literal["low", "high"] = Field(
-        _POLICY["rollback_risk"].value,
-        description="Risk of rolling back; 'high' (e.g. an irreversible migration) means escalate instead.",
-    )
+    class _Derived(_Frozen):
+        """A settings model built at run time from the declarations (:mod:`rollbackd.knobs`): the
+        type checker sees its fields as ``Any``; code outside the configuration reads the typed,
+        resolved values (:mod:`rollbackd.config.resolve`)."""
 
+        def __init__(self, **values: Any) -> None: ...
 
-class PolicyOverride(_Frozen):
-    """Per-target policy: each key given replaces the one in ``defaults.policy`` (the hourly cap
-    is global and cannot be overridden per target)."""
+        def __getattr__(self, name: str) -> Any: ...
 
-    controlled_grace_s: float | None = Field(
-        None,
-        ge=0,
-        le=WEEK,
-        description="Overrides defaults.policy.controlled_grace_s.",
+    SloSettings: TypeAlias = _Derived
+    SloOverride: TypeAlias = _Derived
+    SeveritySettings: TypeAlias = _Derived
+    DetectionSettings: TypeAlias = _Derived
+    DetectionOverride: TypeAlias = _Derived
+    PolicySettings: TypeAlias = _Derived
+    PolicyOverride: TypeAlias = _Derived
+else:
+    SloSettings = core_settings(Slo)
+    SloOverride = override_of(
+        SloSettings,
+        "slo",
+        "Per-target SLO: each key given replaces the one in ``defaults.slo``.",
+        keys=per_target(Slo),
     )
-    cooldown_s: float | None = Field(None, ge=0, le=WEEK, description="Overrides defaults.policy.cooldown_s.")
-    rollback_risk: Literal["low", "high"] | None = Field(
-        None,
-        description="Overrides defaults.policy.rollback_risk.",
+    SeveritySettings = core_settings(Severity)
+    DetectionSettings = core_settings(Detection)
+    DetectionOverride = override_of(
+        DetectionSettings,
+        "detection",
+        "Per-target detection: each key given replaces the one in ``defaults.detection``.",
+        keys=per_target(Detection),
+    )
+    PolicySettings = core_settings(Policy)
+    PolicyOverride = override_of(
+        PolicySettings,
+        "policy",
+        "Per-target policy: each key given replaces the one in ``defaults.policy`` (the hourly cap is global"
+        " and cannot be overridden per target).",
+        keys=per_target(Policy),
     )
 
 
@@ -306,7 +219,16 @@ def _template_problems(model: BaseModel, names: tuple[str, ...]) -> list[InitErr
     return problems
 
 
-class QuerySettings(_Frozen):
+class _Templates(_Frozen):
+    """Checks the PromQL templates of :class:`QuerySettings` and its override."""
+
+    @model_validator(mode="after")
+    def _templates(self) -> Self:
+        _raise(type(self).__name__, _template_problems(self, ("requests", "errors", "latency_buckets")))
+        return self
+
+
+class QuerySettings(_Templates):
     """PromQL templates. Placeholders: ``{selector}`` (label matchers chosen by rollbackd),
     ``{by}`` (the grouping labels) and ``{window}`` (the evaluation interval, e.g. ``10s``)."""
 
@@ -328,28 +250,16 @@ class QuerySettings(_Frozen):
         description="Labels that tell the baseline and candidate series apart (for {by} and {selector}).",
     )
 
-    @model_validator(mode="after")
-    def _templates(self) -> QuerySettings:
-        _raise("QuerySettings", _template_problems(self, ("requests", "errors", "latency_buckets")))
-        return self
 
-
-class QueryOverride(_Frozen):
-    """Per-target queries: each key given replaces the one in ``defaults.queries``."""
-
-    requests: str | None = Field(None, description="Overrides defaults.queries.requests.")
-    errors: str | None = Field(None, description="Overrides defaults.queries.errors.")
-    latency_buckets: str | None = Field(None, description="Overrides defaults.queries.latency_buckets.")
-    group_labels: tuple[LabelName, ...] | None = Field(
-        None,
-        min_length=1,
-        description="Overrides defaults.queries.group_labels.",
+if TYPE_CHECKING:
+    QueryOverride: TypeAlias = _Derived
+else:
+    QueryOverride = override_of(
+        QuerySettings,
+        "queries",
+        "Per-target queries: each key given replaces the one in ``defaults.queries``.",
+        base=_Templates,
     )
-
-    @model_validator(mode="after")
-    def _templates(self) -> QueryOverride:
-        _raise("QueryOverride", _template_problems(self, ("requests", "errors", "latency_buckets")))
-        return self
 
 
 class HealthSettings(_Frozen):

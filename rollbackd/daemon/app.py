@@ -48,7 +48,7 @@ from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.reload import SettingsChange, plan_reload
 from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.daemon.state import DaemonState, TargetState
-from rollbackd.daemon.tick import IdleCollector, error_kind, gather, run_every
+from rollbackd.daemon.tick import IdleCollector, collect_tick, error_kind, run_every
 from rollbackd.decision.facts import ClusterFacts
 from rollbackd.errors import SourceError
 from rollbackd.gcpause import collector_paused
@@ -321,7 +321,7 @@ class Daemon:
         started = loop.time()
         targets = list(self.state.targets.values())
         self._read_history()
-        gathered = await gather(
+        inputs = await collect_tick(
             [target.source for target in targets],
             metrics_source=self._metrics_source,
             health_source=self._health_source,
@@ -330,7 +330,7 @@ class Daemon:
         )
         t = loop.time()
         self.metrics.collection_duration.observe(t - started)
-        observations = {target.key: gathered.observation(target.source, t) for target in targets}
+        observations = {target.key: inputs.observation(target.source, t) for target in targets}
         self._take_history()
         evidences: dict[str, Evidence] = {}
         with collector_paused():  # collected between ticks (IdleCollector)

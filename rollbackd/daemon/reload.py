@@ -40,8 +40,9 @@ from typing import Any, Self
 
 from rollbackd.aiotasks import stop_tasks
 from rollbackd.config.loader import ConfigError, Problem
-from rollbackd.config.resolve import source_target, target_params
+from rollbackd.config.resolve import target_params
 from rollbackd.config.settings import Settings, TargetSettings
+from rollbackd.sources.targets import source_target
 
 logger = logging.getLogger(__name__)
 

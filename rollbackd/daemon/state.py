@@ -10,7 +10,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rollbackd.config.resolve import source_target, target_params
+from rollbackd.config.resolve import target_params
 from rollbackd.config.settings import Settings, TargetSettings
 from rollbackd.decision.facts import ClusterFacts, is_newer
 
@@ -21,6 +21,7 @@ from rollbackd.evaluate import TargetEvaluator
 from rollbackd.model import Context, Decision, Evidence, Observation, Risk
 from rollbackd.params import TargetParams
 from rollbackd.sources.base import SourceTarget
+from rollbackd.sources.targets import source_target
 
 
 @dataclass(slots=True)

@@ -30,7 +30,7 @@ from typing import Any, Self
 import psycopg
 
 from rollbackd.aiotasks import stop_tasks
-from rollbackd.store.dsn import StoreUrl, parse_store_url
+from rollbackd.config.storeurl import StoreUrl, parse_store_url
 
 logger = logging.getLogger(__name__)
 

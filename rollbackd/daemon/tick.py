@@ -38,7 +38,7 @@ def error_kind(exc: BaseException) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Gathered:
+class TickData:
     """Everything the sources delivered for one tick, keyed by target key. Missing keys and
     failed sources are already ``None``."""
 
@@ -103,14 +103,14 @@ async def _probe(
         return None
 
 
-async def gather(
+async def collect_tick(
     targets: Sequence[SourceTarget],
     *,
     metrics_source: MetricsSource,
     health_source: HealthSource,
     window_s: float,
     on_source_error: SourceErrorSink,
-) -> Gathered:
+) -> TickData:
     """Run the one batched metrics collection and every target's health probes concurrently."""
     async with asyncio.TaskGroup() as tg:
         metrics_task = tg.create_task(
@@ -132,7 +132,7 @@ async def gather(
         for target in targets
     }
     metrics, rejected = metrics_task.result()
-    return Gathered(metrics=metrics, health=health, rejected=rejected)
+    return TickData(metrics=metrics, health=health, rejected=rejected)
 
 
 async def run_every(
@@ -173,17 +173,10 @@ async def run_every(
 
 
 class IdleCollector:
-    """Keeps the garbage collector's scans of old objects out of the ticks.
-
-    The detection windows of a thousand targets are hundreds of thousands of small, long-lived
-    objects. CPython scans every one of them in a full collection whenever the objects that
-    survived since the last one reach a quarter of them: every few ticks, a pause of a good part
-    of a second inside one tick. Instead, :meth:`between_ticks` (run between ticks, see
-    :func:`run_every`) collects what the last tick left and then freezes the survivors
-    (:func:`gc.freeze`), so that the collections during the next tick only scan what is newer.
-    Every ``full_every_s`` seconds, also between ticks, everything is unfrozen and collected in
-    full, so that reference cycles among old objects are still reclaimed. Frozen objects are
-    freed by reference counting as usual; only cycles wait for the next full collection.
+    """Keeps the garbage collector's scans of old objects out of the ticks: :meth:`between_ticks`
+    collects and freezes (:func:`gc.freeze`) what the last tick left, and every ``full_every_s``
+    unfreezes and collects everything, so cycles among old objects are still reclaimed. Why: the
+    tick times at a thousand targets in ``bench/results/scale.md`` (``python -m bench.scale``).
 
     Use as a context manager: leaving it unfreezes everything. It does nothing when the collector
     was disabled on entering.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rollbackd.config.storeurl import DsnError, parse_store_url
 from rollbackd.store.base import PermanentStoreError, Store
-from rollbackd.store.dsn import DsnError, parse_store_url
 from rollbackd.store.postgres import PostgresStore
 from rollbackd.store.sqlite import SQLiteStore
 

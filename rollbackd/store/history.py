@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
+from rollbackd.config.loader import ConfigError, load_settings
 from rollbackd.store import StoreError, open_store
 from rollbackd.store.base import AuditEntry, Store
 
@@ -158,8 +159,6 @@ def cli_history(args: argparse.Namespace, *, environ: Mapping[str, str]) -> int:
     """Entry point of ``rollbackd history``: ``args`` has ``config`` (a path or ``None``),
     ``target``, ``since`` (already parsed), ``limit`` and ``json``. Exit status 0, 1 when the
     store cannot be read, 2 for configuration errors."""
-    from rollbackd.config.loader import ConfigError, load_settings
-
     try:
         settings = load_settings(Path(args.config) if args.config else None, environ=environ)
     except ConfigError as exc:

@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from rollbackd.config.storeurl import DsnError, StoreUrl, parse_store_url
 from rollbackd.store import migrations, sql
 from rollbackd.store.base import (
     AuditEntry,
@@ -32,7 +33,6 @@ from rollbackd.store.base import (
     StoreError,
     TemporaryStoreError,
 )
-from rollbackd.store.dsn import DsnError, StoreUrl, parse_store_url
 from rollbackd.store.group import GroupCommit, PendingRecord, recording
 
 __all__ = ["PostgresStore"]
@@ -62,7 +62,7 @@ class PostgresStore:
 
     :param dsn: a libpq connection URL (``postgresql://user:password@host:port/dbname?...``) or
         ``key=value`` string; the schema is the first of the connection's ``search_path``. Never
-        shown with its password (:mod:`rollbackd.store.dsn`).
+        shown with its password (:mod:`rollbackd.config.storeurl`).
     :param min_size: connections the pool keeps open.
     :param max_size: most connections the pool opens.
     :param connect_timeout_s: how long one connection attempt may take.

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote, unquote
 
-__all__ = ["SECRET_KEYS", "DsnError", "StoreUrl", "parse_store_url"]
+__all__ = ["SECRET_KEYS", "DsnError", "StoreUrl", "parse_store_url", "redact_url", "store_kind"]
 
 #: libpq parameters whose values are secrets.
 SECRET_KEYS = ("password", "sslpassword")
@@ -177,3 +177,19 @@ def _render(params: Mapping[str, str | int | None]) -> str:
 
     shown = {key: "***" if key in SECRET_KEYS else value for key, value in params.items()}
     return make_conninfo("", **shown)
+
+
+def store_kind(url: str | None) -> Literal["sqlite", "postgresql"]:
+    """Which backend ``url`` means; :class:`ValueError`, with a message that does not echo
+    ``url``, for one that is neither."""
+    return parse_store_url(url).kind
+
+
+def redact_url(url: str) -> str:
+    """``url`` (a DSN, a ``key=value`` connection string or a path) as it may be shown in logs and
+    messages: passwords replaced by ``***``, split as libpq splits them; a value that cannot be
+    parsed is not shown at all."""
+    try:
+        return parse_store_url(url).description
+    except DsnError:
+        return "(store.url not shown: it cannot be parsed)"
