@@ -372,7 +372,7 @@ def test_the_answer_reader_gives_a_result_or_a_clean_error_and_never_an_impossib
         ))
     outcome = {metric: _read(metric, body) for metric, body in bodies.items()}
     source = PrometheusSource(client=PrometheusClient(base_url="http://127.0.0.1:9"), shards=1)
-    samples, rejected = source._samples(BATCH, outcome)
+    samples, rejected = source.samples_of(BATCH, outcome)
     bad = [sample for sample in samples.values() if sample_problem(sample, errors_slack=ERRORS_SLACK)]
     fault_ledger.observe(actions_on_bad_data=len(bad))
     assert not bad

@@ -757,7 +757,7 @@ class PrometheusSource:
         impossible: dict[str, str] = {}
         for index, batch in enumerate(plan.batches):
             outcome = {metric: answers[index, metric].result() for metric in promql.Metric}
-            per_series, rejected = self._samples(batch, outcome)
+            per_series, rejected = self.samples_of(batch, outcome)
             for series, owners in batch.sides.items():
                 problem = rejected.get(series)
                 for target_key, side in owners:
@@ -871,7 +871,7 @@ class PrometheusSource:
                     else by_time[promql.Metric.LATENCY_BUCKETS].get(ms, empty)
                 ),
             }
-            samples, rejected = self._samples(batch, at, quiet=True)
+            samples, rejected = self.samples_of(batch, at, quiet=True)
             sides: dict[str, dict[promql.Side, Sample | None]] = {}
             impossible: set[str] = set()
             for series, target_key, side in owners:
@@ -960,7 +960,7 @@ class PrometheusSource:
             self.stats.record_error("internal")
             return PrometheusQueryError(f"unexpected failure: {exc!r}", kind="internal")
 
-    def _samples(
+    def samples_of(
         self,
         batch: promql.Batch,
         outcome: Mapping[promql.Metric, QueryResult | SourceError],
@@ -969,7 +969,8 @@ class PrometheusSource:
     ) -> tuple[dict[promql.SeriesKey, Sample], dict[promql.SeriesKey, Implausible]]:
         """The sample of every series of ``batch`` that has data (absent keys mean no data), and
         the series whose values are impossible, with why (each counted by its kind). ``quiet``:
-        failed queries were already logged by the caller."""
+        failed queries were already logged by the caller. Pure but for the counts and logs: the
+        fault suite feeds it any answer."""
         labels = batch.templates.group_labels
         requests = outcome[promql.Metric.REQUESTS]
         errors = outcome[promql.Metric.ERRORS]
