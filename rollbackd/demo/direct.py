@@ -24,7 +24,6 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Self
 
 import aiohttp
@@ -33,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rollbackd.errors import SourceStats
 from rollbackd.model import Histogram, Sample, histogram_quantile
 from rollbackd.sources.base import SeriesRef, SidePair, SourceTarget
+from rollbackd.sources.session import OwnsSession
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _selects(ref: SeriesRef, labels: SeriesLabels) -> bool:
     return all(present.get(name) == value for name, value in ref.labels)
 
 
-class DirectMetricsSource:
+class DirectMetricsSource(OwnsSession):
     """Scrapes the sample apps' ``/metrics`` on every :meth:`collect`.
 
     Keyword arguments:
@@ -151,16 +151,6 @@ class DirectMetricsSource:
     async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
 
     async def _scrape(self, url: str) -> Scrape | None:
         if self._session is None:

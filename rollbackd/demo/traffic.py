@@ -33,6 +33,7 @@ import aiohttp
 
 from rollbackd.aiotasks import stop_tasks
 from rollbackd.kube import KubeClient, KubeError, KubeNotFound, objects
+from rollbackd.sources.session import OwnsSession
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class _Second:
     by_backend: dict[str, Tally] = field(default_factory=dict)
 
 
-class LoadGenerator:
+class LoadGenerator(OwnsSession):
     """Sends traffic to the backends as the cluster's routing says, and counts it.
 
     Keyword arguments:
@@ -269,9 +270,7 @@ class LoadGenerator:
     ) -> None:
         tasks, self._tasks = self._tasks, []
         await stop_tasks([*tasks, *self._in_flight], failures="drop")
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        await super().__aexit__(exc_type, exc, tb)
 
     # --- counts ------------------------------------------------------------------------------
 

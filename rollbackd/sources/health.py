@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Self
 
 import aiohttp
@@ -13,11 +12,12 @@ import yarl
 
 from rollbackd.errors import SourceStats
 from rollbackd.model import HealthCheck
+from rollbackd.sources.session import OwnsSession
 
 logger = logging.getLogger(__name__)
 
 
-class HealthProber:
+class HealthProber(OwnsSession):
     """The :class:`~rollbackd.sources.base.HealthSource` probing endpoints with ``GET``.
 
     Use as ``async with HealthProber(timeout_s=2) as prober: await prober.probe(urls)``; the prober
@@ -56,16 +56,6 @@ class HealthProber:
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
 
     async def probe(self, urls: Sequence[str]) -> tuple[HealthCheck, ...]:
         """One :class:`~rollbackd.model.HealthCheck` per URL, in the order given.

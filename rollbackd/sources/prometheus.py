@@ -25,7 +25,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Self, TypeVar
 
 import aiohttp
@@ -43,6 +42,7 @@ from rollbackd.model import Histogram, Sample, histogram_quantile
 from rollbackd.plausibility import ERRORS_SLACK, Implausible, sample_problem
 from rollbackd.sources import promql
 from rollbackd.sources.base import SidePair, SourceTarget
+from rollbackd.sources.session import OwnsSession
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class RangeResult:
         }
 
 
-class PrometheusClient:
+class PrometheusClient(OwnsSession):
     """An async client of the Prometheus query API that owns its HTTP session.
 
     Use as ``async with PrometheusClient(base_url=...) as client: await client.query(...)``.
@@ -233,16 +233,6 @@ class PrometheusClient:
             },
         )
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
 
     async def query(self, promql_text: str, *, max_answer_bytes: int | None = None) -> QueryResult:
         """Run an instant query at the server's current time, reading at most
