@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict
 
 from rollbackd.actions.base import ActionOutcome, ActionResult
 from rollbackd.events.model import (
@@ -108,6 +109,16 @@ def decided_at(run: RollbackRun, clock: Clock) -> datetime:
     """When ``run`` was decided, on the wall clock: as the run recorded it (the same after a
     restart or a fail-over), else its loop time converted with ``clock``."""
     return run.decided_wall if run.decided_wall is not None else clock.at(run.decided_at)
+
+
+class _RunFields(TypedDict):
+    target: str
+    namespace: str
+    name: str
+    summary: str
+    run_id: str | None
+    mode: str
+    decided_at: datetime
 
 
 # --- formatting for summaries ---------------------------------------------------------------------
@@ -269,6 +280,20 @@ class EventFactory:
         namespace, name = split_subject(target)
         return {"target": target, "namespace": namespace, "name": name, "summary": summary}
 
+    @staticmethod
+    def _run_common(run: RollbackRun, summary: str, clock: Clock) -> _RunFields:
+        """The fields every ``rollback.*`` event's data has: the target's, the run's and its decision time."""
+        namespace, name = split_subject(run.key)
+        return _RunFields(
+            target=run.key,
+            namespace=namespace,
+            name=name,
+            summary=summary,
+            run_id=run.run_id,
+            mode=run.mode,
+            decided_at=decided_at(run, clock),
+        )
+
     def target_degraded(self, evidence: Evidence, *, clock: Clock) -> CloudEvent:
         """``target.degraded``: ``evidence`` shows a breach (impact manageable or severe)."""
         if evidence.impact is Impact.NONE:
@@ -337,11 +362,8 @@ class EventFactory:
             EventType.ROLLBACK_STARTED,
             run.key,
             RollbackStartedData(
-                **self._common(run.key, summary),
-                run_id=run.run_id,
-                mode=run.mode,
+                **self._run_common(run, summary, clock),
                 action=action,
-                decided_at=decided_at(run, clock),
                 from_revision=bad_revision,
                 reasons=reasons,
                 evidence=evidence,
@@ -369,10 +391,7 @@ class EventFactory:
             EventType.ROLLBACK_COMPLETED,
             run.key,
             RollbackCompletedData(
-                **self._common(run.key, summary),
-                run_id=run.run_id,
-                mode=run.mode,
-                decided_at=decided_at(run, clock),
+                **self._run_common(run, summary, clock),
                 duration_s=duration,
                 action=action_data(result),
             ),
@@ -394,10 +413,7 @@ class EventFactory:
             EventType.ROLLBACK_FAILED,
             run.key,
             RollbackFailedData(
-                **self._common(run.key, summary),
-                run_id=run.run_id,
-                mode=run.mode,
-                decided_at=decided_at(run, clock),
+                **self._run_common(run, summary, clock),
                 duration_s=duration,
                 refused=refused,
                 action=action_data(result),
@@ -423,10 +439,7 @@ class EventFactory:
         else:
             summary = f"{run.key}: rollback verification failed, escalating: {reason}"
         fields = {
-            **self._common(run.key, summary),
-            "run_id": run.run_id,
-            "mode": run.mode,
-            "decided_at": decided_at(run, clock),
+            **self._run_common(run, summary, clock),
             "duration_s": duration,
             "runbook_target_s": RUNBOOK_ROLLBACK_TARGET_S,
             "within_runbook_target": within,
