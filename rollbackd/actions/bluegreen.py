@@ -24,11 +24,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder, Progress
+from rollbackd.actions.base import ActionOutcome, ActionResult, Change
 from rollbackd.actions.steps import (
     DEFAULT_SETTINGS,
     ActionRun,
     ActionSettings,
+    KubeAction,
     Refusal,
     Step,
     merge_diff,
@@ -75,7 +76,7 @@ def _sets(names: Sequence[str]) -> str:
     return ("ReplicaSet " if len(names) == 1 else "ReplicaSets ") + ", ".join(names)
 
 
-class BlueGreenSwitchBack:
+class BlueGreenSwitchBack(KubeAction):
     """Point a blue-green Service back at the healthy colour and scale the bad one down.
 
     - ``kube``: an open client;
@@ -100,25 +101,13 @@ class BlueGreenSwitchBack:
         bad: str,
         settings: ActionSettings = DEFAULT_SETTINGS,
     ) -> None:
-        self.kube = kube
-        self.target = target
-        self.namespace = namespace
+        super().__init__(kube=kube, target=target, namespace=namespace, settings=settings)
         self.service = service
         self.healthy = healthy
         self.bad = bad
-        self.settings = settings
         self._service_object = object_name("Service", namespace, service)
         self._healthy_object = object_name("Deployment", namespace, healthy)
         self._bad_object = object_name("Deployment", namespace, bad)
-
-    async def run(
-        self, *, dry_run: bool, recorder: ChangeRecorder | None = None, progress: Progress | None = None
-    ) -> ActionResult:
-        """Plan, then (unless ``dry_run``) apply the steps (each recorded with ``recorder`` first),
-        waiting where the module says."""
-        run = ActionRun(kube=self.kube, action=self.name, target=self.target, settings=self.settings,
-                        recorder=recorder, progress=progress)
-        return await run.guarded(lambda: self._run(run, dry_run=dry_run))
 
     # -- reading --
 
@@ -189,7 +178,7 @@ class BlueGreenSwitchBack:
 
     # -- the run --
 
-    async def _run(self, run: ActionRun, *, dry_run: bool) -> ActionResult:
+    async def _run(self, run: ActionRun, fields: dict[str, Any], *, dry_run: bool) -> ActionResult:
         service = await run.required(f"the Service {self.namespace}/{self.service}", self._get_service)
         healthy = await run.required(
             f"the previous colour's Deployment {self.namespace}/{self.healthy} (nothing to go back to)",

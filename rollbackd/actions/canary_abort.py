@@ -24,11 +24,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder, Progress
+from rollbackd.actions.base import ActionOutcome, ActionResult, Change
 from rollbackd.actions.steps import (
     DEFAULT_SETTINGS,
     ActionRun,
     ActionSettings,
+    KubeAction,
     Step,
     object_name,
 )
@@ -56,7 +57,7 @@ def annotation_field(key: str) -> str:
     return f"metadata.annotations[{key}]"
 
 
-class CanaryAbort:
+class CanaryAbort(KubeAction):
     """Abort a canary behind an ingress-nginx canary Ingress.
 
     - ``kube``: an open client;
@@ -83,14 +84,11 @@ class CanaryAbort:
         remove_canary_marker: bool = False,
         settings: ActionSettings = DEFAULT_SETTINGS,
     ) -> None:
-        self.kube = kube
-        self.target = target
-        self.namespace = namespace
+        super().__init__(kube=kube, target=target, namespace=namespace, settings=settings)
         self.ingress = ingress
         self.canary = canary
         self.stable = stable
         self.remove_canary_marker = remove_canary_marker
-        self.settings = settings
         self._ingress_object = object_name("Ingress", namespace, ingress)
         self._canary_object = object_name("Deployment", namespace, canary)
 
@@ -98,15 +96,6 @@ class CanaryAbort:
     def removed_annotations(self) -> tuple[str, ...]:
         """The annotations step 2 removes."""
         return (*ROUTING_ANNOTATIONS, CANARY, WEIGHT) if self.remove_canary_marker else ROUTING_ANNOTATIONS
-
-    async def run(
-        self, *, dry_run: bool, recorder: ChangeRecorder | None = None, progress: Progress | None = None
-    ) -> ActionResult:
-        """Plan, then (unless ``dry_run``) apply the steps (each recorded with ``recorder`` first)
-        and wait for the stable Deployment."""
-        run = ActionRun(kube=self.kube, action=self.name, target=self.target, settings=self.settings,
-                        recorder=recorder, progress=progress)
-        return await run.guarded(lambda: self._run(run, dry_run=dry_run))
 
     # -- reading --
 
@@ -176,7 +165,7 @@ class CanaryAbort:
         await objects.scale_deployment(self.kube, namespace=self.namespace, name=self.canary, replicas=0)
         return (change,)
 
-    async def _run(self, run: ActionRun, *, dry_run: bool) -> ActionResult:
+    async def _run(self, run: ActionRun, fields: dict[str, Any], *, dry_run: bool) -> ActionResult:
         ingress = await run.required(f"the canary Ingress {self.namespace}/{self.ingress}", self._get_ingress)
         await run.required(f"the stable Deployment {self.namespace}/{self.stable} (nothing to go back to)",
                            self._get_stable)

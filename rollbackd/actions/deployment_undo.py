@@ -27,11 +27,12 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder, Progress
+from rollbackd.actions.base import ActionOutcome, ActionResult, Change
 from rollbackd.actions.steps import (
     DEFAULT_SETTINGS,
     ActionRun,
     ActionSettings,
+    KubeAction,
     Refusal,
     Step,
     WaitTimeout,
@@ -67,7 +68,7 @@ def summary(revision: int | None, template: Mapping[str, Any]) -> str:
     return f"{label} ({images})" if images else label
 
 
-class DeploymentUndo:
+class DeploymentUndo(KubeAction):
     """Roll a Deployment back from its bad revision to an earlier one.
 
     - ``kube``: an open client;
@@ -92,25 +93,14 @@ class DeploymentUndo:
         to_revision: int | None = None,
         settings: ActionSettings = DEFAULT_SETTINGS,
     ) -> None:
-        self.kube = kube
-        self.target = target
-        self.namespace = namespace
+        super().__init__(kube=kube, target=target, namespace=namespace, settings=settings)
         self.deployment = deployment
         self.bad_revision = bad_revision
         self.to_revision = to_revision
-        self.settings = settings
         self._object = object_name("Deployment", namespace, deployment)
 
-    async def run(
-        self, *, dry_run: bool, recorder: ChangeRecorder | None = None, progress: Progress | None = None
-    ) -> ActionResult:
-        """Plan, then (unless ``dry_run``) patch the template back (recorded with ``recorder``
-        first) and wait until the Deployment has rolled out the restored template and is fully
-        available."""
-        run = ActionRun(kube=self.kube, action=self.name, target=self.target, settings=self.settings,
-                        recorder=recorder, progress=progress)
-        fields: dict[str, Any] = {"from_revision": self.bad_revision, "to_revision": self.to_revision}
-        return await run.guarded(lambda: self._run(run, fields, dry_run=dry_run), fields)
+    def _fields(self) -> dict[str, Any]:
+        return {"from_revision": self.bad_revision, "to_revision": self.to_revision}
 
     async def _get(self) -> Obj:
         return await objects.get_deployment(self.kube, namespace=self.namespace, name=self.deployment)

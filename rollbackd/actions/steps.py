@@ -307,6 +307,37 @@ class ActionRun:
             return self.failed(str(exc), **(fields or {}))
 
 
+class KubeAction:
+    """What the actions share: the client, the target the result names, the namespace its objects
+    live in and the settings; and :meth:`run`, which opens an :class:`ActionRun` and guards the
+    action's own steps (``_run``)."""
+
+    name: str
+
+    def __init__(self, *, kube: KubeClient, target: str, namespace: str, settings: ActionSettings) -> None:
+        self.kube = kube
+        self.target = target
+        self.namespace = namespace
+        self.settings = settings
+
+    async def run(
+        self, *, dry_run: bool, recorder: ChangeRecorder | None = None, progress: Progress | None = None
+    ) -> ActionResult:
+        """Plan, then (unless ``dry_run``) apply the steps (each recorded with ``recorder`` first),
+        waiting where the action says (see :class:`~rollbackd.actions.base.RollbackAction`)."""
+        run = ActionRun(kube=self.kube, action=self.name, target=self.target, settings=self.settings,
+                        recorder=recorder, progress=progress)
+        fields = self._fields()
+        return await run.guarded(lambda: self._run(run, fields, dry_run=dry_run), fields)
+
+    def _fields(self) -> dict[str, Any]:
+        """The fields every result of one run carries (its steps may fill them in as they learn them)."""
+        return {}
+
+    async def _run(self, run: ActionRun, fields: dict[str, Any], *, dry_run: bool) -> ActionResult:
+        raise NotImplementedError
+
+
 # --- small pure helpers on objects ---------------------------------------------------------------
 
 #: The ``Progressing`` condition's reason once a rollout stopped making progress.
