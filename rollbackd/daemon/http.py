@@ -260,18 +260,18 @@ async def clear_hold(request: web.Request) -> web.Response:
 
 
 async def freeze(request: web.Request) -> web.Response:
-    ctx = _context(request)
-    ctx.state.flags.freeze = True
-    logger.warning("global freeze on: no automatic rollback", extra={"remote": request.remote})
-    ctx.audit("freeze", "global freeze on: no automatic rollback", None, {"freeze": True})
-    return json_response(flags_view(ctx.state.flags))
+    return _set_freeze(request, True, "global freeze on: no automatic rollback")
 
 
 async def unfreeze(request: web.Request) -> web.Response:
+    return _set_freeze(request, False, "global freeze off")
+
+
+def _set_freeze(request: web.Request, on: bool, message: str) -> web.Response:
     ctx = _context(request)
-    ctx.state.flags.freeze = False
-    logger.warning("global freeze off", extra={"remote": request.remote})
-    ctx.audit("freeze", "global freeze off", None, {"freeze": False})
+    ctx.state.flags.freeze = on
+    logger.warning(message, extra={"remote": request.remote})
+    ctx.audit("freeze", message, None, {"freeze": on})
     return json_response(flags_view(ctx.state.flags))
 
 
