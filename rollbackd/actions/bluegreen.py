@@ -79,13 +79,12 @@ def _sets(names: Sequence[str]) -> str:
 class BlueGreenSwitchBack(KubeAction):
     """Point a blue-green Service back at the healthy colour and scale the bad one down.
 
-    - ``kube``: an open client;
-    - ``target``: the rollbackd target's key (``namespace/name``), for the result;
-    - ``namespace``: where the objects live;
+    Besides :class:`~rollbackd.actions.steps.KubeAction`'s ``kube``, ``target``, ``namespace``
+    and ``settings``:
+
     - ``service``: the Service whose selector picks the colour;
     - ``healthy``: the previous colour's Deployment (goes back into service);
-    - ``bad``: the new colour's Deployment (scaled to 0 once the healthy one serves);
-    - ``settings``: retries and the availability timeout.
+    - ``bad``: the new colour's Deployment (scaled to 0 once the healthy one serves).
     """
 
     name = ACTION

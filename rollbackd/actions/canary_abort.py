@@ -60,14 +60,13 @@ def annotation_field(key: str) -> str:
 class CanaryAbort(KubeAction):
     """Abort a canary behind an ingress-nginx canary Ingress.
 
-    - ``kube``: an open client;
-    - ``target``: the rollbackd target's key (``namespace/name``), for the result;
-    - ``namespace``: where the objects live;
+    Besides :class:`~rollbackd.actions.steps.KubeAction`'s ``kube``, ``target``, ``namespace``
+    and ``settings``:
+
     - ``ingress``: the canary Ingress (the one annotated ``canary: "true"``);
     - ``canary``: the canary Deployment; ``stable``: the stable Deployment;
     - ``remove_canary_marker``: also remove ``canary`` and ``canary-weight`` (see the module
-      docstring for why that is off by default);
-    - ``settings``: retries and the availability timeout.
+      docstring for why that is off by default).
     """
 
     name = ACTION

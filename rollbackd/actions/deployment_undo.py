@@ -71,13 +71,13 @@ def summary(revision: int | None, template: Mapping[str, Any]) -> str:
 class DeploymentUndo(KubeAction):
     """Roll a Deployment back from its bad revision to an earlier one.
 
-    - ``kube``: an open client;
-    - ``target``: the rollbackd target's key (``namespace/name``), for the result;
-    - ``namespace`` and ``deployment``: the Deployment;
+    Besides :class:`~rollbackd.actions.steps.KubeAction`'s ``kube``, ``target``, ``namespace``
+    and ``settings``:
+
+    - ``deployment``: the Deployment;
     - ``bad_revision``: the revision that was judged bad (see the module docstring); default: the
       one running when the run starts;
-    - ``to_revision``: go back to this revision rather than the one just below the bad one;
-    - ``settings``: retries and the availability timeout.
+    - ``to_revision``: go back to this revision rather than the one just below the bad one.
     """
 
     name = ACTION

@@ -308,9 +308,14 @@ class ActionRun:
 
 
 class KubeAction:
-    """What the actions share: the client, the target the result names, the namespace its objects
-    live in and the settings; and :meth:`run`, which opens an :class:`ActionRun` and guards the
-    action's own steps (``_run``)."""
+    """What the actions share, and :meth:`run`, which opens an :class:`ActionRun` and guards the
+    action's own steps (``_run``).
+
+    - ``kube``: an open client;
+    - ``target``: the rollbackd target's key (``namespace/name``), for the result;
+    - ``namespace``: where the objects live;
+    - ``settings``: retries and the availability timeout.
+    """
 
     name: str
 
