@@ -169,11 +169,7 @@ class BlueGreenSwitchBack(KubeAction):
         return (change,)
 
     async def _scale_down(self) -> Sequence[Change]:
-        change = self._scale_down_change(await self._get_bad_or_none())
-        if change is None:
-            return ()
-        await objects.scale_deployment(self.kube, namespace=self.namespace, name=self.bad, replicas=0)
-        return (change,)
+        return await self._scale_to_zero(self.bad, self._scale_down_change)
 
     # -- the run --
 

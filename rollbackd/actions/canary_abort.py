@@ -33,7 +33,7 @@ from rollbackd.actions.steps import (
     Step,
     object_name,
 )
-from rollbackd.kube import KubeClient, KubeNotFound, Obj, objects
+from rollbackd.kube import KubeClient, Obj, objects
 
 ACTION = "canary-abort"
 
@@ -154,15 +154,7 @@ class CanaryAbort(KubeAction):
         return changes
 
     async def _scale_down(self) -> Sequence[Change]:
-        try:
-            canary: Obj | None = await self._get_canary()
-        except KubeNotFound:
-            canary = None
-        change = self._scale_change(canary)
-        if change is None:
-            return ()
-        await objects.scale_deployment(self.kube, namespace=self.namespace, name=self.canary, replicas=0)
-        return (change,)
+        return await self._scale_to_zero(self.canary, self._scale_change)
 
     async def _run(self, run: ActionRun, fields: dict[str, Any], *, dry_run: bool) -> ActionResult:
         ingress = await run.required(f"the canary Ingress {self.namespace}/{self.ingress}", self._get_ingress)

@@ -35,7 +35,16 @@ from typing import Any, TypeVar
 from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder, Progress, Waiting
 from rollbackd.backoff import Backoff
 from rollbackd.config.settings import KubernetesSettings
-from rollbackd.kube import KubeClient, KubeError, KubeForbidden, KubeNotFound, KubeTemporary, retrying
+from rollbackd.kube import (
+    KubeClient,
+    KubeError,
+    KubeForbidden,
+    KubeNotFound,
+    KubeTemporary,
+    Obj,
+    objects,
+    retrying,
+)
 from rollbackd.kube.retry import DEFAULT_BACKOFF
 
 logger = logging.getLogger(__name__)
@@ -334,6 +343,22 @@ class KubeAction:
                         recorder=recorder, progress=progress)
         fields = self._fields()
         return await run.guarded(lambda: self._run(run, fields, dry_run=dry_run), fields)
+
+    async def _scale_to_zero(
+        self, deployment: str, change_of: Callable[[Obj | None], Change | None]
+    ) -> Sequence[Change]:
+        """Scale ``deployment`` to 0 when ``change_of`` (given it as read now, ``None`` if it is
+        gone) says there is still a change to make; the change made, if any."""
+        try:
+            current: Obj | None = await objects.get_deployment(self.kube, namespace=self.namespace,
+                                                               name=deployment)
+        except KubeNotFound:
+            current = None
+        change = change_of(current)
+        if change is None:
+            return ()
+        await objects.scale_deployment(self.kube, namespace=self.namespace, name=deployment, replicas=0)
+        return (change,)
 
     def _fields(self) -> dict[str, Any]:
         """The fields every result of one run carries (its steps may fill them in as they learn them)."""
