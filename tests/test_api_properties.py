@@ -7,7 +7,6 @@ may lift, so any action would be an action on bad data."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,8 +21,7 @@ from yarl import URL
 from rollbackd.config.settings import EventsSettings, StoreSettings
 from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.auth import ApiAuth
-from rollbackd.daemon.journal import Journal
-from rollbackd.daemon.storekeeper import keep_store
+from rollbackd.daemon.wiring import open_daemon
 from tests.faultledger import FaultLedger
 from tests.kubefixtures import wait_until
 from tests.test_api_hardening import SECRET, raw_request
@@ -84,34 +82,24 @@ async def steered(tmp_path: Path) -> AsyncIterator[Steered]:
             "events": EventsSettings(kubernetes_events=False),
         }
     )
-    journal = Journal(required=True)
-    stopping = asyncio.Event()
     cluster = ScriptedCluster(action_s=0.0)
-    keeper = asyncio.create_task(
-        keep_store(config, journal=journal, environ={}, kube=None, stopping=stopping), name="test:store"
-    )
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session,
-            Daemon(
-                config,
-                metrics_source=ScriptedMetrics(SEVERE),
-                health_source=ScriptedHealth(),
-                cluster=cluster,
-                journal=journal,
-                auth=ApiAuth(token=lambda: SECRET),
-            ) as daemon,
-        ):
-            await wait_until(lambda: daemon.ready, timeout_s=20, what="the daemon ready with its store")
-            yield Steered(daemon=daemon, session=session, cluster=cluster, base=f"http://127.0.0.1:{daemon.port}")
-            assert daemon.alive
-            # The breach was judged all along, and held back by the freeze alone.
-            target = daemon.state.targets["shop/checkout"].latest
-            assert target is not None
-            assert target.blocked_by in ("freeze", "hold")
-    finally:
-        stopping.set()
-        await keeper
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session,
+        open_daemon(
+            config,
+            metrics_source=ScriptedMetrics(SEVERE),
+            health_source=ScriptedHealth(),
+            cluster=cluster,
+            auth=ApiAuth(token=lambda: SECRET),
+        ) as daemon,
+    ):
+        await wait_until(lambda: daemon.ready, timeout_s=20, what="the daemon ready with its store")
+        yield Steered(daemon=daemon, session=session, cluster=cluster, base=f"http://127.0.0.1:{daemon.port}")
+        assert daemon.alive
+        # The breach was judged all along, and held back by the freeze alone.
+        target = daemon.state.targets["shop/checkout"].latest
+        assert target is not None
+        assert target.blocked_by in ("freeze", "hold")
     assert cluster.runs.count(False) == 0
 
 

@@ -35,7 +35,7 @@ from rollbackd.config.settings import (
 )
 from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.journal import Journal
-from rollbackd.daemon.storekeeper import keep_store
+from rollbackd.daemon.wiring import open_daemon
 from rollbackd.events.build import Clock, EventFactory
 from rollbackd.events.publisher import POISON_FILE, SPOOL_FILE, audit_entry_for
 from rollbackd.model import Evidence, Finding, Impact
@@ -94,24 +94,16 @@ class Running:
 @asynccontextmanager
 async def running(config: Settings, *, metrics: ScriptedMetrics | None = None) -> AsyncIterator[Running]:
     """The daemon with its store keeper, ready (store open, every target evaluated)."""
-    journal = Journal(required=True)
-    stopping = asyncio.Event()
     metrics = metrics or ScriptedMetrics(HEALTHY)
     cluster = ScriptedCluster(action_s=0.05)
-    async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as group:
-        group.create_task(keep_store(config, journal=journal, environ={}, kube=None, stopping=stopping))
-        try:
-            async with Daemon(
-                config,
-                metrics_source=metrics,
-                health_source=ScriptedHealth(),
-                cluster=cluster,
-                journal=journal,
-            ) as daemon:
-                await wait_until(lambda: daemon.ready, timeout_s=20, what="the daemon is ready")
-                yield Running(daemon, journal, session, metrics, cluster, Path(config.store.data_dir))
-        finally:
-            stopping.set()
+    async with (
+        aiohttp.ClientSession() as session,
+        open_daemon(
+            config, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster
+        ) as daemon,
+    ):
+        await wait_until(lambda: daemon.ready, timeout_s=20, what="the daemon is ready")
+        yield Running(daemon, daemon.journal, session, metrics, cluster, Path(config.store.data_dir))
 
 
 @pytest.fixture

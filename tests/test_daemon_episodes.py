@@ -10,7 +10,6 @@ while the breach lasts.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -29,8 +28,7 @@ from rollbackd.config.settings import (
     VerificationSettings,
 )
 from rollbackd.daemon.app import Daemon
-from rollbackd.daemon.journal import Journal
-from rollbackd.daemon.storekeeper import keep_store
+from rollbackd.daemon.wiring import open_daemon
 from rollbackd.model import Sample
 from rollbackd.sources.base import SidePair, SourceTarget
 from rollbackd.store import open_store
@@ -82,25 +80,11 @@ def settings(broker: Mosquitto, data_dir: Path, prefix: str, *, grace_s: float =
 @contextlib.asynccontextmanager
 async def running(config: Settings, metrics: Intervals, cluster: ScriptedCluster) -> AsyncIterator[Daemon]:
     """The daemon with its store kept, ready; stopped (and its events drained) on exit."""
-    journal = Journal(required=True)
-    stopping = asyncio.Event()
-    async with asyncio.TaskGroup() as group:
-        keeper = group.create_task(
-            keep_store(config, journal=journal, environ={}, kube=None, stopping=stopping)
-        )
-        try:
-            async with Daemon(
-                config,
-                metrics_source=metrics,
-                health_source=ScriptedHealth(),
-                cluster=cluster,
-                journal=journal,
-            ) as daemon:
-                await wait_until(lambda: journal.attached and daemon.ready, timeout_s=10, what="ready")
-                yield daemon
-        finally:
-            stopping.set()
-        await keeper
+    async with open_daemon(
+        config, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster
+    ) as daemon:
+        await wait_until(lambda: daemon.journal.attached and daemon.ready, timeout_s=10, what="ready")
+        yield daemon
 
 
 async def told(subscriber: Subscriber, data_dir: Path, prefix: str) -> list[tuple[str, dict[str, Any]]]:

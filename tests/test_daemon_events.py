@@ -26,8 +26,7 @@ from rollbackd.config.settings import (
     VerificationSettings,
 )
 from rollbackd.daemon.app import Daemon
-from rollbackd.daemon.journal import Journal
-from rollbackd.daemon.storekeeper import keep_store
+from rollbackd.daemon.wiring import open_daemon
 from rollbackd.run import Phase
 from rollbackd.store import open_store
 from tests.kubefixtures import wait_until
@@ -64,40 +63,26 @@ async def test_a_subscriber_sees_the_whole_rollback_in_order(mosquitto: Mosquitt
     config = settings(mosquitto, tmp_path / "data", prefix)
     metrics = ScriptedMetrics(HEALTHY)
     cluster = ScriptedCluster(action_s=0.1)
-    journal = Journal(required=True)
-    stopping = asyncio.Event()
     topic = f"{prefix}/v1/shop/checkout/events/#"
-    async with subscribed(mosquitto.options, topic) as subscriber, asyncio.TaskGroup() as group:
-        keeper = group.create_task(
-            keep_store(config, journal=journal, environ={}, kube=None, stopping=stopping)
+    async with subscribed(mosquitto.options, topic) as subscriber, open_daemon(
+        config, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster
+    ) as daemon:
+        await wait_until(lambda: daemon.journal.attached and daemon.ready, what="the daemon ready")
+        ticks = daemon.ticks
+        await wait_until(lambda: daemon.ticks >= ticks + 5, what="five healthy ticks")
+        metrics.pair = SEVERE
+        await wait_until(
+            lambda: phase(daemon) is Phase.VERIFYING, timeout_s=20, what="the rollback verifying"
         )
-        try:
-            async with Daemon(
-                config,
-                metrics_source=metrics,
-                health_source=ScriptedHealth(),
-                cluster=cluster,
-                journal=journal,
-            ) as daemon:
-                await wait_until(lambda: journal.attached and daemon.ready, what="the daemon ready")
-                ticks = daemon.ticks
-                await wait_until(lambda: daemon.ticks >= ticks + 5, what="five healthy ticks")
-                metrics.pair = SEVERE
-                await wait_until(
-                    lambda: phase(daemon) is Phase.VERIFYING, timeout_s=20, what="the rollback verifying"
-                )
-                metrics.pair = HEALTHY
-                await wait_until(
-                    lambda: phase(daemon) not in (None, Phase.ACTING, Phase.VERIFYING),
-                    timeout_s=20,
-                    what="the rollback's verdict",
-                )
-                assert phase(daemon) is Phase.VERIFIED
-                # The first verdict (healthy) is announced too, then the rollback's story.
-                received = await subscriber.wait_for(6, timeout_s=20)
-        finally:
-            stopping.set()
-        await keeper
+        metrics.pair = HEALTHY
+        await wait_until(
+            lambda: phase(daemon) not in (None, Phase.ACTING, Phase.VERIFYING),
+            timeout_s=20,
+            what="the rollback's verdict",
+        )
+        assert phase(daemon) is Phase.VERIFIED
+        # The first verdict (healthy) is announced too, then the rollback's story.
+        received = await subscriber.wait_for(6, timeout_s=20)
 
     events = [message.json() for message in received]
     types = [event["type"] for event in events]
@@ -144,33 +129,20 @@ async def test_without_a_store_the_daemon_is_not_ready_and_does_not_act(tmp_path
     )
     metrics = ScriptedMetrics(SEVERE)
     cluster = ScriptedCluster(action_s=0.1)
-    journal = Journal(required=True)
-    stopping = asyncio.Event()
-    async with asyncio.TaskGroup() as group:
-        keeper = group.create_task(
-            keep_store(config, journal=journal, environ={}, kube=None, stopping=stopping, retry_s=0.2)
-        )
-        try:
-            async with Daemon(
-                config,
-                metrics_source=metrics,
-                health_source=ScriptedHealth(),
-                cluster=cluster,
-                journal=journal,
-            ) as daemon:
-                await wait_until(lambda: daemon.ticks >= 10, what="ten ticks")
-                assert not daemon.ready
-                assert journal.problem is not None
-                assert "store unavailable" in journal.problem
-                assert str(blocker) in journal.problem
-                decision = daemon.state.targets["shop/checkout"].latest
-                assert decision is not None
-                assert decision.blocked_by == "store"  # judged, held back...
-                assert "not acting until the audit trail can be written" in decision.reason
-                assert cluster.runs == []  # ...doing nothing it could not record
-        finally:
-            stopping.set()
-        await keeper
+    async with open_daemon(
+        config, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster, store_retry_s=0.2
+    ) as daemon:
+        await wait_until(lambda: daemon.ticks >= 10, what="ten ticks")
+        assert not daemon.ready
+        problem = daemon.journal.problem
+        assert problem is not None
+        assert "store unavailable" in problem
+        assert str(blocker) in problem
+        decision = daemon.state.targets["shop/checkout"].latest
+        assert decision is not None
+        assert decision.blocked_by == "store"  # judged, held back...
+        assert "not acting until the audit trail can be written" in decision.reason
+        assert cluster.runs == []  # ...doing nothing it could not record
 
 
 @pytest.fixture(autouse=True)
@@ -189,34 +161,20 @@ async def test_a_rollback_left_unfinished_is_finished_after_a_restart(tmp_path: 
     )
 
     async def run_daemon(metrics: ScriptedMetrics, cluster: ScriptedCluster, until: str) -> Daemon:
-        journal = Journal(required=True)
-        stopping = asyncio.Event()
-        async with asyncio.TaskGroup() as group:
-            keeper = group.create_task(
-                keep_store(config, journal=journal, environ={}, kube=None, stopping=stopping)
-            )
-            try:
-                async with Daemon(
-                    config,
-                    metrics_source=metrics,
-                    health_source=ScriptedHealth(),
-                    cluster=cluster,
-                    journal=journal,
-                ) as daemon:
-                    if until == "acting":
-                        await wait_until(
-                            lambda: phase(daemon) is Phase.ACTING and cluster.runs == [False],
-                            what="the rollback's action under way",
-                        )
-                    else:
-                        await wait_until(
-                            lambda: phase(daemon) not in (None, Phase.ACTING, Phase.VERIFYING),
-                            timeout_s=40,
-                            what="the rollback's verdict",
-                        )
-            finally:
-                stopping.set()
-            await keeper
+        async with open_daemon(
+            config, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster
+        ) as daemon:
+            if until == "acting":
+                await wait_until(
+                    lambda: phase(daemon) is Phase.ACTING and cluster.runs == [False],
+                    what="the rollback's action under way",
+                )
+            else:
+                await wait_until(
+                    lambda: phase(daemon) not in (None, Phase.ACTING, Phase.VERIFYING),
+                    timeout_s=40,
+                    what="the rollback's verdict",
+                )
         return daemon
 
     # The first process decides and starts acting, then stops before the action completes.
@@ -235,25 +193,11 @@ async def test_a_rollback_left_unfinished_is_finished_after_a_restart(tmp_path: 
 
     # And a third start has nothing left to resume.
     third_cluster = ScriptedCluster(action_s=0.1)
-    journal = Journal(required=True)
-    stopping = asyncio.Event()
-    async with asyncio.TaskGroup() as group:
-        keeper = group.create_task(
-            keep_store(config, journal=journal, environ={}, kube=None, stopping=stopping)
-        )
-        try:
-            async with Daemon(
-                config,
-                metrics_source=ScriptedMetrics(HEALTHY),
-                health_source=ScriptedHealth(),
-                cluster=third_cluster,
-                journal=journal,
-            ) as daemon:
-                await wait_until(lambda: daemon.ticks >= 10, what="ten ticks")
-                assert daemon.rollbacks.runs == {}
-        finally:
-            stopping.set()
-        await keeper
+    async with open_daemon(
+        config, metrics_source=ScriptedMetrics(HEALTHY), health_source=ScriptedHealth(), cluster=third_cluster
+    ) as daemon:
+        await wait_until(lambda: daemon.ticks >= 10, what="ten ticks")
+        assert daemon.rollbacks.runs == {}
     assert third_cluster.runs == []
 
 
@@ -266,46 +210,33 @@ async def test_steering_through_the_api_is_audited(tmp_path: Path) -> None:
         events=EventsSettings(kubernetes_events=False),
         targets=(canary("checkout"),),
     )
-    journal = Journal(required=True)
-    stopping = asyncio.Event()
-    async with asyncio.TaskGroup() as group:
-        keeper = group.create_task(
-            keep_store(config, journal=journal, environ={}, kube=None, stopping=stopping)
-        )
-        try:
-            async with (
-                Daemon(
-                    config,
-                    metrics_source=ScriptedMetrics(HEALTHY),
-                    health_source=ScriptedHealth(),
-                    journal=journal,
-                ) as daemon,
-                aiohttp.ClientSession() as session,
-            ):
-                await wait_until(lambda: journal.attached, what="the store attached")
-                base = f"http://127.0.0.1:{daemon.port}"
-                async with session.post(base + "/api/v1/freeze") as response:
-                    assert response.status == 200
-                hold = {"eta_s": 300, "reason": "hotfix 2.3.1 rolling out"}
-                async with session.post(base + "/api/v1/targets/shop/checkout/hold", json=hold) as response:
-                    assert response.status == 200
-                shown: list[dict[str, Any]] = []
+    async with (
+        open_daemon(
+            config, metrics_source=ScriptedMetrics(HEALTHY), health_source=ScriptedHealth()
+        ) as daemon,
+        aiohttp.ClientSession() as session,
+    ):
+        await wait_until(lambda: daemon.journal.attached, what="the store attached")
+        base = f"http://127.0.0.1:{daemon.port}"
+        async with session.post(base + "/api/v1/freeze") as response:
+            assert response.status == 200
+        hold = {"eta_s": 300, "reason": "hotfix 2.3.1 rolling out"}
+        async with session.post(base + "/api/v1/targets/shop/checkout/hold", json=hold) as response:
+            assert response.status == 200
+        shown: list[dict[str, Any]] = []
 
-                async def hold_in_history() -> bool:
-                    nonlocal shown
-                    url = base + "/api/v1/history?target=shop/checkout&since=1h"
-                    async with session.get(url) as response:
-                        assert response.status == 200
-                        shown = (await response.json())["entries"]
-                    return "hold" in [entry["kind"] for entry in shown]
+        async def hold_in_history() -> bool:
+            nonlocal shown
+            url = base + "/api/v1/history?target=shop/checkout&since=1h"
+            async with session.get(url) as response:
+                assert response.status == 200
+                shown = (await response.json())["entries"]
+            return "hold" in [entry["kind"] for entry in shown]
 
-                await wait_until(hold_in_history, what="the hold in the history")
-                assert all(entry["target"] == "shop/checkout" for entry in shown)
-                async with session.get(base + "/api/v1/history?since=soon") as response:
-                    assert response.status == 400
-        finally:
-            stopping.set()
-        await keeper
+        await wait_until(hold_in_history, what="the hold in the history")
+        assert all(entry["target"] == "shop/checkout" for entry in shown)
+        async with session.get(base + "/api/v1/history?since=soon") as response:
+            assert response.status == 400
     store = open_store(None, data_dir=tmp_path / "data")
     await store.open()
     try:

@@ -28,7 +28,7 @@ from rollbackd.config.settings import (
 )
 from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.journal import Journal
-from rollbackd.daemon.storekeeper import keep_store
+from rollbackd.daemon.wiring import open_daemon
 from rollbackd.events.dispatcher import Dispatcher
 from rollbackd.events.model import CloudEvent
 from rollbackd.events.mqtt import Topics
@@ -86,24 +86,14 @@ def settings(tmp_path: Path, broker: Mosquitto, prefix: str, webhooks: list[Webh
 @contextlib.asynccontextmanager
 async def running(config: Settings) -> AsyncIterator[Running]:
     """The daemon with its store kept open (as ``rollbackd run`` has it), ready."""
-    journal = Journal(required=True)
-    stopping = asyncio.Event()
-    async with asyncio.TaskGroup() as group, aiohttp.ClientSession() as session:
-        keeper = group.create_task(
-            keep_store(config, journal=journal, environ={}, kube=None, stopping=stopping)
-        )
-        try:
-            async with Daemon(
-                config,
-                metrics_source=ScriptedMetrics(HEALTHY),
-                health_source=ScriptedHealth(),
-                journal=journal,
-            ) as daemon:
-                await wait_until(lambda: daemon.ready, timeout_s=20, what="the daemon ready")
-                yield Running(daemon, journal, Api(session, daemon))
-        finally:
-            stopping.set()
-        await keeper
+    async with (
+        aiohttp.ClientSession() as session,
+        open_daemon(
+            config, metrics_source=ScriptedMetrics(HEALTHY), health_source=ScriptedHealth()
+        ) as daemon,
+    ):
+        await wait_until(lambda: daemon.ready, timeout_s=20, what="the daemon ready")
+        yield Running(daemon, daemon.journal, Api(session, daemon))
 
 
 async def outbox(tmp_path: Path) -> list[tuple[str, str | None]]:

@@ -28,10 +28,9 @@ from rollbackd.config.settings import (
     VerificationSettings,
 )
 from rollbackd.daemon.app import Daemon
-from rollbackd.daemon.journal import Journal
 from rollbackd.daemon.leader import DEFAULT_LEASE_DURATION_S, DEFAULT_RENEW_PERIOD_S, LeaderElector
 from rollbackd.daemon.main import leader_elector_for
-from rollbackd.daemon.storekeeper import keep_store
+from rollbackd.daemon.wiring import open_daemon
 from rollbackd.kube import KubeClient, KubeConfigError
 from rollbackd.run import Phase
 from tests.kubefixtures import LEASES, ClusterEmulator, wait_until
@@ -441,25 +440,10 @@ async def test_the_new_leader_finishes_a_rollback_the_old_one_left_mid_way(
 
     @contextlib.asynccontextmanager
     async def replica(leader: LeaderElector, cluster: ScriptedCluster) -> AsyncIterator[Daemon]:
-        journal = Journal(required=True)
-        stopping = asyncio.Event()
-        async with asyncio.TaskGroup() as group:
-            keeper = group.create_task(
-                keep_store(config, journal=journal, environ={}, kube=None, stopping=stopping)
-            )
-            try:
-                async with Daemon(
-                    config,
-                    metrics_source=metrics,
-                    health_source=ScriptedHealth(),
-                    cluster=cluster,
-                    leader=leader,
-                    journal=journal,
-                ) as daemon:
-                    yield daemon
-            finally:
-                stopping.set()
-            await keeper
+        async with open_daemon(
+            config, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster, leader=leader
+        ) as daemon:
+            yield daemon
 
     async with client(kube_cluster) as ka, client(kube_cluster) as kb:
         a = elector(ka, "replica-a", lease_duration_s=lease_s, renew_period_s=renew_s, release_on_exit=False)

@@ -11,7 +11,6 @@ its events continue the first one's story.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -34,9 +33,8 @@ from rollbackd.config.settings import (
     VerificationSettings,
 )
 from rollbackd.daemon.app import Daemon
-from rollbackd.daemon.journal import Journal
 from rollbackd.daemon.rollbacks import with_prior_changes
-from rollbackd.daemon.storekeeper import keep_store
+from rollbackd.daemon.wiring import open_daemon
 from rollbackd.events.build import Announcer, Clock, EventFactory
 from rollbackd.events.model import EventType
 from rollbackd.kube import KubeClient
@@ -234,24 +232,16 @@ def store_url(request: pytest.FixtureRequest) -> str | None:
 
 @contextlib.asynccontextmanager
 async def daemon(config: Settings, emu: GatedCluster, metrics: ScriptedMetrics) -> AsyncIterator[Daemon]:
-    journal = Journal(required=True)
-    stopping = asyncio.Event()
-    async with client(emu) as kube, asyncio.TaskGroup() as group:
-        keeper = group.create_task(
-            keep_store(config, journal=journal, environ={}, kube=None, stopping=stopping)
-        )
-        try:
-            async with Daemon(
-                config,
-                metrics_source=metrics,
-                health_source=ScriptedHealth(),
-                cluster=KubeTargets(kube=kube, settings=config, action_settings=FAST),
-                journal=journal,
-            ) as running:
-                yield running
-        finally:
-            stopping.set()
-        await keeper
+    async with (
+        client(emu) as kube,
+        open_daemon(
+            config,
+            metrics_source=metrics,
+            health_source=ScriptedHealth(),
+            cluster=KubeTargets(kube=kube, settings=config, action_settings=FAST),
+        ) as running,
+    ):
+        yield running
 
 
 async def stored(config: Settings, key: str) -> tuple[list[AuditEntry], Mapping[str, Any] | None]:

@@ -28,10 +28,9 @@ import yaml
 
 from rollbackd.config.settings import EventsSettings, Settings, StoreSettings
 from rollbackd.daemon.app import Daemon
-from rollbackd.daemon.journal import Journal
 from rollbackd.daemon.leader import LeaderElector
 from rollbackd.daemon.store_leader import StoreLeader
-from rollbackd.daemon.storekeeper import keep_store
+from rollbackd.daemon.wiring import open_daemon
 from rollbackd.events.dispatcher import Dispatcher
 from rollbackd.events.publisher import audit_entry_for
 from rollbackd.store.lock import SQLiteLock, StoreInUseError
@@ -322,24 +321,10 @@ async def test_a_lease_standby_records_no_event(kube_cluster: ClusterEmulator, t
 
     @contextlib.asynccontextmanager
     async def replica(name: str, leader: LeaderElector) -> AsyncIterator[Daemon]:
-        journal = Journal(required=True)
-        stopping = asyncio.Event()
-        async with asyncio.TaskGroup() as group:
-            keeper = group.create_task(
-                keep_store(
-                    config(name), journal=journal, environ={}, kube=None, stopping=stopping,
-                    active=lambda: leader.is_leader,
-                )
-            )  # fmt: skip
-            try:
-                async with Daemon(
-                    config(name), metrics_source=metrics, health_source=ScriptedHealth(), leader=leader,
-                    journal=journal,
-                ) as daemon:  # fmt: skip
-                    yield daemon
-            finally:
-                stopping.set()
-            await keeper
+        async with open_daemon(
+            config(name), metrics_source=metrics, health_source=ScriptedHealth(), leader=leader
+        ) as daemon:
+            yield daemon
 
     async with client(kube_cluster) as ka, client(kube_cluster) as kb, elector(ka, "a") as a:
         await a.wait_leader()

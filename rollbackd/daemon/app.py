@@ -259,6 +259,13 @@ class Daemon:
             raise RuntimeError("the daemon stopped before its HTTP server listened")
         return self
 
+    async def stopped(self) -> None:
+        """Wait until the daemon entered with ``async with`` stops: after :meth:`stop`, or when a
+        root task failed (raised here). Cancelling the wait leaves the daemon running."""
+        if self._run_task is None:
+            raise RuntimeError("the daemon was not started with async with")
+        await asyncio.shield(self._run_task)
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,

@@ -34,13 +34,12 @@ from rollbackd.config.loader import ConfigError, load_settings
 from rollbackd.config.settings import Settings
 from rollbackd.daemon.app import SHUTDOWN_TIMEOUT_S, Daemon
 from rollbackd.daemon.auth import ApiAuth
-from rollbackd.daemon.journal import Journal
 from rollbackd.daemon.leader import LeaderElector
 from rollbackd.daemon.logs import configure_logging
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.reload import ConfigWatcher
 from rollbackd.daemon.store_leader import StoreLeader
-from rollbackd.daemon.storekeeper import keep_store
+from rollbackd.daemon.wiring import open_daemon
 from rollbackd.errors import SourceStats
 from rollbackd.kube.client import KubeClient
 from rollbackd.kube.errors import KubeConfigError
@@ -175,10 +174,23 @@ async def run_daemon(
         logger.warning("api.allow_unauthenticated_writes: anyone reaching the port can steer rollbackd")
     elif auth.token() is None:
         logger.warning("no API token (api.token_file or api.token_env): the write endpoints are refused")
-    journal = Journal(required=True)
-    stopping = asyncio.Event()
     #: Armed by the first signal; stays armed while the sources close.
     deadline: list[asyncio.TimerHandle] = []
+    #: The running daemon, once open; a signal before that stops it as soon as it is.
+    running: list[Daemon] = []
+
+    def on_signal(signum: signal.Signals) -> None:
+        if deadline:
+            _exit_now(f"second {signum.name} during shutdown")
+        logger.info("shutdown requested", extra={"signal": signum.name})
+        deadline.append(
+            loop.call_later(
+                shutdown_timeout_s + _CLOSE_MARGIN_S, _exit_now, "shutdown did not complete in time"
+            )
+        )
+        for daemon in running:
+            daemon.stop()
+
     try:
         async with contextlib.AsyncExitStack() as stack:
             if store_kind(settings.store.url) == "sqlite":
@@ -197,68 +209,46 @@ async def run_daemon(
                 leader = store_leader_for(settings, environ=environ)
             if leader is not None:
                 await stack.enter_async_context(leader)
-            daemon = Daemon(
-                settings,
-                metrics_source=Lookback(
-                    PrometheusSource(
-                        client=client, shards=prometheus.query_shards,
-                        max_answer_bytes=prometheus.max_answer_bytes,
-                        # A sample is up to one scrape old; older by a further interval is stale.
-                        max_lag_s=prometheus.scrape_interval_s + settings.interval_s,
-                        on_lag=lambda lag_s: metrics.set_source_lag("prometheus", lag_s),
-                    ),
-                    min_range_s=min_range_s(prometheus.scrape_interval_s),
-                ),
-                health_source=prober,
-                metrics=metrics,
-                cluster=cluster,
-                leader=leader,
-                auth=auth,
-                journal=journal,
-                shutdown_timeout_s=shutdown_timeout_s,
-            )
-            if config_path is not None:
-                path = config_path
-                await stack.enter_async_context(
-                    ConfigWatcher(
-                        path=path,
-                        load=lambda: load_settings(path, environ=environ),
-                        apply=daemon.apply_settings,
-                        current=lambda: daemon.settings,
-                        refused=daemon.refuse_settings,
-                    )
-                )
-
-            def on_signal(signum: signal.Signals) -> None:
-                if deadline:
-                    _exit_now(f"second {signum.name} during shutdown")
-                logger.info("shutdown requested", extra={"signal": signum.name})
-                deadline.append(
-                    loop.call_later(
-                        shutdown_timeout_s + _CLOSE_MARGIN_S, _exit_now, "shutdown did not complete in time"
-                    )
-                )
-                daemon.stop()
-
             for signum in _SIGNALS:
                 loop.add_signal_handler(signum, on_signal, signum)
             try:
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(
-                        keep_store(
-                            settings,
-                            journal=journal,
-                            environ=environ,
-                            kube=kube,
-                            stopping=stopping,
-                            active=lambda: leader is None or leader.is_leader,
+                async with open_daemon(
+                    settings,
+                    metrics_source=Lookback(
+                        PrometheusSource(
+                            client=client, shards=prometheus.query_shards,
+                            max_answer_bytes=prometheus.max_answer_bytes,
+                            # A sample is up to one scrape old; older by a further interval is stale.
+                            max_lag_s=prometheus.scrape_interval_s + settings.interval_s,
+                            on_lag=lambda lag_s: metrics.set_source_lag("prometheus", lag_s),
                         ),
-                        name="rollbackd:store",
-                    )
-                    try:
-                        await daemon.run()
-                    finally:
-                        stopping.set()
+                        min_range_s=min_range_s(prometheus.scrape_interval_s),
+                    ),
+                    health_source=prober,
+                    metrics=metrics,
+                    cluster=cluster,
+                    kube=kube,
+                    leader=leader,
+                    auth=auth,
+                    environ=environ,
+                    shutdown_timeout_s=shutdown_timeout_s,
+                ) as daemon:
+                    running.append(daemon)
+                    if deadline:  # a signal arrived while the daemon was starting
+                        daemon.stop()
+                    async with contextlib.AsyncExitStack() as watching:
+                        if config_path is not None:
+                            path = config_path
+                            await watching.enter_async_context(
+                                ConfigWatcher(
+                                    path=path,
+                                    load=lambda: load_settings(path, environ=environ),
+                                    apply=daemon.apply_settings,
+                                    current=lambda: daemon.settings,
+                                    refused=daemon.refuse_settings,
+                                )
+                            )
+                        await daemon.stopped()
             finally:
                 for signum in _SIGNALS:
                     loop.remove_signal_handler(signum)

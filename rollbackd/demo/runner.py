@@ -60,10 +60,9 @@ from rollbackd.config.settings import (
     VerificationSettings,
 )
 from rollbackd.daemon.app import Daemon
-from rollbackd.daemon.journal import Journal
 from rollbackd.daemon.logs import configure_logging
 from rollbackd.daemon.metrics import DaemonMetrics
-from rollbackd.daemon.storekeeper import keep_store
+from rollbackd.daemon.wiring import open_daemon
 from rollbackd.demo.direct import DirectMetricsSource
 from rollbackd.demo.emulator import ClusterEmulator, Controllers
 from rollbackd.demo.processes import (
@@ -421,18 +420,6 @@ class Demo:
                 settings.kubernetes, poll_s=0.2, backoff=Backoff(initial_s=0.1, max_s=1.0)
             ),
         )
-        journal = Journal(required=True)
-        stopping = asyncio.Event()
-        keeper = asyncio.get_running_loop().create_task(
-            keep_store(settings, journal=journal, environ={}, kube=kube, stopping=stopping),
-            name="rollbackd:demo:store",
-        )
-
-        async def stop_keeper() -> None:
-            stopping.set()
-            await keeper
-
-        stack.push_async_callback(stop_keeper)
         if options.mqtt_url:
             self.timeline.say(
                 f"events: publishing to {options.mqtt_url} (watch them: mosquitto_sub -t 'rollbackd/#' -v)"
@@ -442,16 +429,17 @@ class Demo:
                 "events: no MQTT broker answers at 127.0.0.1:1883; they go to the audit "
                 "store only (--mqtt-url URL to publish)"
             )
-        daemon = Daemon(
-            settings,
-            metrics_source=source,
-            health_source=prober,
-            metrics=metrics,
-            cluster=cluster,
-            journal=journal,
-            shutdown_timeout_s=5.0,
+        daemon = await stack.enter_async_context(
+            open_daemon(
+                settings,
+                metrics_source=source,
+                health_source=prober,
+                metrics=metrics,
+                cluster=cluster,
+                kube=kube,
+                shutdown_timeout_s=5.0,
+            )
         )
-        await stack.enter_async_context(daemon)
         slo = settings.defaults.slo
         self.timeline.say(
             f"rollbackd daemon running (in this process) against the emulated cluster: target {target.key} "
