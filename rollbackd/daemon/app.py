@@ -48,9 +48,8 @@ from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.reload import SettingsChange, plan_reload
 from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.daemon.state import DaemonState, TargetState
-from rollbackd.daemon.tick import IdleCollector, collect_tick, error_kind, run_every
+from rollbackd.daemon.tick import IdleCollector, collect_tick, metrics_failure, run_every
 from rollbackd.decision.facts import ClusterFacts
-from rollbackd.errors import SourceError
 from rollbackd.gcpause import collector_paused
 from rollbackd.model import Context, Decision, Evidence, Observation
 from rollbackd.params import TargetParams
@@ -410,8 +409,7 @@ class Daemon:
                     step_s=interval_s, range_s=range_s, end_s=wall_now - interval_s,
                 )
         except Exception as exc:
-            source_name = exc.source if isinstance(exc, SourceError) else "prometheus"
-            kind = error_kind(exc)
+            source_name, kind = metrics_failure(exc)
             self.metrics.count_source_error(source_name, kind)
             logger.warning(
                 "could not read the targets' past from the metrics source; trying again next tick",

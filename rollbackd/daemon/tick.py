@@ -37,6 +37,11 @@ def error_kind(exc: BaseException) -> str:
     return "unexpected"
 
 
+def metrics_failure(exc: BaseException) -> tuple[str, str]:
+    """The metrics source that failed with ``exc`` and the failure's kind (metric labels)."""
+    return (exc.source if isinstance(exc, SourceError) else "prometheus"), error_kind(exc)
+
+
 @dataclass(frozen=True, slots=True)
 class TickData:
     """Everything the sources delivered for one tick, keyed by target key. Missing keys and
@@ -74,8 +79,7 @@ async def _collect_metrics(
         found = await source.collect(targets, window_s=window_s)
         return found, (source.rejected if isinstance(source, RejectsData) else {})
     except Exception as exc:
-        source_name = exc.source if isinstance(exc, SourceError) else "prometheus"
-        kind = error_kind(exc)
+        source_name, kind = metrics_failure(exc)
         on_source_error(source_name, kind)
         logger.warning(
             "metrics source failed; this tick has no metrics data",

@@ -441,22 +441,25 @@ def _parse_response(promql_text: str, status: int, body: bytes, retry_after: flo
             plain = None
         if plain is not None:
             return plain
-    document = _document(promql_text, status, body, retry_after)
-    try:
-        return _parse_data(promql_text, document)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        raise PrometheusQueryError(
-            f"Prometheus answered with an unexpected document ({exc!r}) (query: {_quote(promql_text)})",
-            kind="bad_response", status=status,
-        ) from exc
+    return _parsed(promql_text, status, _document(promql_text, status, body, retry_after), _parse_data)
 
 
 def _parse_range_response(
     promql_text: str, status: int, body: bytes, retry_after: float | None
 ) -> RangeResult:
-    document = _document(promql_text, status, body, retry_after)
+    return _parsed(promql_text, status, _document(promql_text, status, body, retry_after), _parse_matrix)
+
+
+def _parsed(
+    promql_text: str,
+    status: int,
+    document: Mapping[str, object],
+    parse: Callable[[str, Mapping[str, object]], _Answer],
+) -> _Answer:
+    """``parse(promql_text, document)``; a document of an unexpected shape is a
+    :class:`PrometheusQueryError` of kind ``bad_response``."""
     try:
-        return _parse_matrix(promql_text, document)
+        return parse(promql_text, document)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise PrometheusQueryError(
             f"Prometheus answered with an unexpected document ({exc!r}) (query: {_quote(promql_text)})",
