@@ -19,6 +19,8 @@ from typing import Any
 
 import kmock
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder, merge_changes
 from rollbackd.actions.canary_abort import CanaryAbort
@@ -126,6 +128,40 @@ def test_a_record_from_before_run_ids_is_resumed_as_a_run_decided_now() -> None:
     with pytest.raises(ValueError, match="time zone"):
         RunRecord.from_state({"run_id": "r", "phase": "acting", "decided_at": "2026-12-06T14:00:00"}, now=now,
                              new_id="x")  # fmt: skip
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20,
+)
+_RECORD_KEYS = ("run_id", "phase", "decided_at", "mode", "reasons", "bad_revision", "started_event_id",
+                "started_event", "changes")
+
+
+_DECIDED_AT = st.sampled_from(
+    ["2026-12-06T14:00:00+00:00", "9999-12-31T23:59:59+14:00", "0001-01-01T00:00:00-12:00", ""]
+)
+
+
+@given(
+    st.dictionaries(st.sampled_from(_RECORD_KEYS) | st.text(max_size=12), _JSON, max_size=10)
+    | st.fixed_dictionaries(
+        {"run_id": st.text(max_size=8), "phase": st.text(max_size=8), "decided_at": _DECIDED_AT},
+        optional=dict.fromkeys(_RECORD_KEYS[3:], _JSON),
+    )
+)
+def test_a_damaged_record_is_read_back_or_refused_never_anything_else(state: dict[str, Any]) -> None:
+    """The daemon resumes from what the store holds; a damaged record is refused with one of the
+    errors the resume path reports (ValueError, KeyError, TypeError), never a crash of the tick."""
+    now = datetime(2026, 12, 6, 15, 0, tzinfo=UTC)
+    try:
+        record = RunRecord.from_state(state, now=now, new_id="fresh")
+    except (ValueError, KeyError, TypeError):
+        return
+    assert record.decided_at.tzinfo is not None
+    record.merged_changes()
+    RunRecord.from_state(record.to_state(), now=now, new_id="unused")
 
 
 def test_a_resumed_action_that_found_everything_done_reports_the_whole_run() -> None:
