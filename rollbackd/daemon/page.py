@@ -585,7 +585,7 @@ table.findings{border-collapse:collapse;margin:0;width:100%}
 padding:3px 10px 3px 0}
 .findings td{padding:3px 10px 3px 0;border-bottom:1px solid #f0f1f3}
 .findings .num{text-align:right;font-variant-numeric:tabular-nums}
-.findings th,.findings td{white-space:nowrap}
+.findings th,.findings td{white-space:nowrap}.findings td:last-child{white-space:normal}
 table.findings{font-size:13px}
 .reason{margin:4px 0 2px;font-weight:600}
 details{margin:2px 0;color:var(--ink)}summary{cursor:pointer;color:var(--muted)}
