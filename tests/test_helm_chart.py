@@ -57,13 +57,23 @@ ALLOWED_TARGET_RULES = frozenset(
         ("apps", "replicasets", "list"),
         ("", "services", "get"),
         ("", "services", "patch"),
-        ("networking.k8s.io", "ingresses", "get"),
-        ("networking.k8s.io", "ingresses", "patch"),
         ("discovery.k8s.io", "endpointslices", "list"),
         ("events.k8s.io", "events", "create"),
         ("", "events", "create"),
     }
 )
+ALL_ROUTERS = ["ingress-nginx", "gateway-api", "istio"]
+#: What each traffic router (rbac.routers) adds to the target rules: get and patch on its route objects.
+ROUTER_RULES = {
+    "ingress-nginx": frozenset({("networking.k8s.io", "ingresses", "get"),
+                               ("networking.k8s.io", "ingresses", "patch")}),
+    "gateway-api": frozenset({
+        ("gateway.networking.k8s.io", resource, verb)
+        for resource in ("httproutes", "grpcroutes") for verb in ("get", "patch")
+    }),
+    "istio": frozenset({("networking.istio.io", "virtualservices", "get"),
+                        ("networking.istio.io", "virtualservices", "patch")}),
+}
 ALLOWED_LEASE_RULES = frozenset(
     {
         ("coordination.k8s.io", "leases", "get"),
@@ -155,7 +165,7 @@ def _value_sets() -> dict[str, dict[str, Any]]:
                 },
                 "targets": example_targets(),
             },
-            "rbac": {"namespaces": ["shop", "payments"]},
+            "rbac": {"namespaces": ["shop", "payments"], "routers": ALL_ROUTERS},
             "leaderElection": {"leaseName": "rollbackd-leader", "leaseDurationS": 30, "renewPeriodS": 10},
             "adminToken": {"existingSecret": "rollbackd-admin", "key": "token"},
             "credentials": {
@@ -191,7 +201,7 @@ def _value_sets() -> dict[str, dict[str, Any]]:
         },
         "cluster-wide": {
             "replicaCount": 3,
-            "rbac": {"clusterWide": True},
+            "rbac": {"clusterWide": True, "routers": ALL_ROUTERS},
             "config": {"targets": example_targets()},
             "podDisruptionBudget": {"maxUnavailable": "50%"},
             "affinity": {
@@ -480,10 +490,11 @@ def test_rbac_is_least_privilege(helm: Any, value_set: str) -> None:
         assert role["kind"] == "Role", object_id(role)
         assert role["metadata"]["namespace"] == NAMESPACE, object_id(role)
         assert set(_rules(role)) == ALLOWED_LEASE_RULES, object_id(role)
+    allowed = ALLOWED_TARGET_RULES.union(*(ROUTER_RULES[router] for router in values["rbac"]["routers"]))
     for role in target_roles:
         granted = set(_rules(role))
-        assert granted <= ALLOWED_TARGET_RULES, f"{object_id(role)} grants {granted - ALLOWED_TARGET_RULES}"
-        assert granted == ALLOWED_TARGET_RULES, f"{object_id(role)} lacks {ALLOWED_TARGET_RULES - granted}"
+        assert granted <= allowed, f"{object_id(role)} grants {granted - allowed}"
+        assert granted == allowed, f"{object_id(role)} lacks {allowed - granted}"
 
     rbac = values["rbac"]
     expected_target_roles: set[str] = set()
@@ -878,12 +889,16 @@ def test_notes_tell_what_is_missing(helm: Any) -> None:
         ({"persistence": {"enabled": True}}, "replicas cannot share"),
         ({"config": {"store": {"data_dir": "/data"}}}, "config.store.data_dir must be /var/lib/rollbackd"),
         ({"config": {"targets": example_targets()}}, 'in namespace "shop", which is not in rbac.namespaces'),
+        ({"config": {"targets": example_targets()}, "rbac": {"namespaces": ["shop"]}},
+         "config.targets: shop/cart routes its canary with gateway-api, which is not in rbac.routers: "
+         "rollbackd"
+         " could not abort it (add gateway-api to rbac.routers)"),
         ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
         ({"credentials": {"webhooks": [{"name": "ops", "existingSecret": "ops-hook", "key": "token"}]}},
          'no webhook named "ops" in config.events.webhooks'),
     ],
     ids=["replicas-without-lease", "renew-too-slow", "shared-sqlite", "data-dir", "unpermitted-target",
-         "no-account-name", "secret-for-no-webhook"],
+         "router-not-granted", "no-account-name", "secret-for-no-webhook"],
 )
 def test_unsafe_combinations_are_refused(helm: Any, values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmRenderError, match=re.escape(message)):
@@ -907,6 +922,7 @@ BAD_VALUES = [
     pytest.param({"image": {"pullPolicy": "Sometimes"}}, "image.pullPolicy", id="pull-policy"),
     pytest.param({"rbac": {"namespaces": "shop"}}, "rbac.namespaces", id="namespaces-not-a-list"),
     pytest.param({"rbac": {"namespaces": ["Shop_1"]}}, "rbac.namespaces.0", id="namespace-name"),
+    pytest.param({"rbac": {"routers": ["traefik"]}}, "rbac.routers.0", id="unknown-router"),
     pytest.param({"replicas": 2}, "", id="unknown-top-level-key"),
     pytest.param({"image": {"digest": "sha256:0"}}, "image", id="unknown-nested-key"),
     pytest.param({"config": {"http": {"port": 0}}}, "config.http.port", id="random-port"),

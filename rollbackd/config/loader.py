@@ -448,18 +448,22 @@ class _ErrorDescriber:
     env: _Environment
 
     def __call__(self, error: ErrorDetails) -> Problem:
-        loc: Loc = tuple(error["loc"])
+        tagged: Loc = tuple(error["loc"])
         kind = error["type"]
+        message = _message(error, tagged)
+        loc = _untagged(tagged)
         # The part of the location that exists in the input: the whole of it, except for keys
         # that are missing (reported at their parent).
         present = _present_prefix(self.data, loc)
         shown = loc[:-1] if kind == "extra_forbidden" else present
-        message = _message(error, loc)
         path = _render_path(shown, self.data)
         if self.env.provided(present) and not (
             isinstance(_get(self.data, present), Mapping) and _contains(self.file_data, present)
         ):
             return Problem(self.env.origin(present), message, path=path)
+        if kind == "union_tag_invalid":  # point at the line of the unknown tag itself
+            discriminator = str((error.get("ctx") or {}).get("discriminator", "kind")).strip("'")
+            loc = (*loc, discriminator)
         line, _ = _node_line(self.root, loc)
         return Problem(self.origin, message, path=path, line=line)
 
@@ -683,6 +687,16 @@ def _walk(loc: Loc) -> tuple[Any, list[Any], FieldInfo | None]:
         else:
             return None, [], None
     return annotation, metadata + _metadata(annotation), field
+
+
+def _untagged(loc: Loc) -> Loc:
+    """``loc`` without the tags pydantic puts after a discriminated union (``router.gateway-api.route``
+    is written ``router.route`` in the file)."""
+    kept: list[str | int] = []
+    for index, part in enumerate(loc):
+        if _tagged_member(_unwrap(_type_at(loc[:index])), part) is None:
+            kept.append(part)
+    return tuple(kept)
 
 
 def _tagged_member(union: Any, tag: Any) -> type[BaseModel] | None:

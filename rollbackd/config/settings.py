@@ -772,8 +772,12 @@ class GatewayApiRouterSettings(_Frozen):
     route_kind: Literal["HTTPRoute", "GRPCRoute"] = Field(
         "HTTPRoute", description="HTTPRoute or GRPCRoute (gateway.networking.k8s.io/v1)."
     )
-    canary_service: K8sName = Field(description="The Service of the canary, as the route's backendRefs name it.")
-    stable_service: K8sName = Field(description="The Service of the stable version, as the backendRefs name it.")
+    canary_service: K8sName = Field(
+        description="The Service of the canary, as the route's backendRefs name it."
+    )
+    stable_service: K8sName = Field(
+        description="The Service of the stable version, as the route's backendRefs name it."
+    )
 
     @model_validator(mode="after")
     def _two_services(self) -> GatewayApiRouterSettings:
@@ -866,7 +870,7 @@ class TargetSettings(_Frozen):
         None,
         min_length=1,
         pattern=K8S_NAME_PATTERN,
-        description="canary: the canary Ingress (shorthand for router: {kind: ingress-nginx, ingress: NAME}).",
+        description="canary: the canary Ingress (shorthand for router: {kind: ingress-nginx, ingress: ...}).",
     )
     service: str | None = Field(
         None,

@@ -957,11 +957,14 @@ def route_parents_status(
     refusal = refused.get((namespace, name))
     accepted = {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "Route is accepted"}
     if refusal is not None:
-        accepted = {"type": "Accepted", "status": "False", "reason": "NotAllowedByListeners", "message": refusal}
-    resolved = {"type": "ResolvedRefs", "status": "True", "reason": "ResolvedRefs", "message": "All references resolved"}
+        accepted = {"type": "Accepted", "status": "False", "reason": "NotAllowedByListeners",
+                    "message": refusal}
+    resolved = {"type": "ResolvedRefs", "status": "True", "reason": "ResolvedRefs",
+                "message": "All references resolved"}
     if missing:
         resolved = {"type": "ResolvedRefs", "status": "False", "reason": "BackendNotFound",
-                    "message": "backend Service(s) not found: " + ", ".join(f"{namespace}/{m}" for m in missing)}
+                    "message": "backend Service(s) not found: "
+                               + ", ".join(f"{namespace}/{name}" for name in missing)}
     return [
         {
             "parentRef": dict(parent),
@@ -1115,7 +1118,8 @@ class Controllers:
 
         if comparable(parents) != comparable(current):
             metadata = route["metadata"]
-            await self._write(resource, metadata["namespace"], metadata["name"], {"status": {"parents": parents}})
+            await self._write(resource, metadata["namespace"], metadata["name"],
+                              {"status": {"parents": parents}})
 
     async def _write(self, resource: kmock.resource, namespace: str, name: str, patch: Obj) -> Obj:
         stored = self.emu.update(resource, namespace, name, patch)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -279,13 +279,33 @@ HTTPROUTES = CustomResource("gateway.networking.k8s.io", "v1", "httproutes", "HT
 GRPCROUTES = CustomResource("gateway.networking.k8s.io", "v1", "grpcroutes", "GRPCRoute")
 VIRTUALSERVICES = CustomResource("networking.istio.io", "v1", "virtualservices", "VirtualService")
 
+#: The requests rollbackd makes on each custom resource, as RBAC sees them (written out, so that
+#: the chart's RBAC can be checked against them).
+_CUSTOM_CALLS: Mapping[CustomResource, Mapping[str, KubeCall]] = {
+    HTTPROUTES: {"get": KubeCall("get", "httproutes", "gateway.networking.k8s.io"),
+                 "patch": KubeCall("patch", "httproutes", "gateway.networking.k8s.io")},
+    GRPCROUTES: {"get": KubeCall("get", "grpcroutes", "gateway.networking.k8s.io"),
+                 "patch": KubeCall("patch", "grpcroutes", "gateway.networking.k8s.io")},
+    VIRTUALSERVICES: {"get": KubeCall("get", "virtualservices", "networking.istio.io"),
+                      "patch": KubeCall("patch", "virtualservices", "networking.istio.io")},
+}
+
+
+def _custom_call(resource: CustomResource, verb: str, namespace: str, name: str) -> KubeCall:
+    try:
+        call = _CUSTOM_CALLS[resource][verb]
+    except KeyError:
+        raise ValueError(f"rollbackd does not {verb} {resource.plural}.{resource.group}") from None
+    return replace(call, namespace=namespace, name=name)
+
 
 async def get_custom(kube: KubeClient, resource: CustomResource, *, namespace: str, name: str) -> Obj:
-    """Read a custom object. :class:`~rollbackd.kube.errors.KubeNotFound` if it does not exist (or
+    """Read a custom object (one of :data:`HTTPROUTES`, :data:`GRPCROUTES`,
+    :data:`VIRTUALSERVICES`). :class:`~rollbackd.kube.errors.KubeNotFound` if it does not exist (or
     its resource is not served: its CRD is not installed)."""
-    call = KubeCall("get", resource.plural, resource.group, namespace, name)
-    return await kube.request(call, kube.custom.get_namespaced_custom_object, resource.group, resource.version,
-                              namespace, resource.plural, name)
+    call = _custom_call(resource, "get", namespace, name)
+    return await kube.request(call, kube.custom.get_namespaced_custom_object, resource.group,
+                              resource.version, namespace, resource.plural, name)
 
 
 async def patch_custom(
@@ -295,16 +315,17 @@ async def patch_custom(
     """Patch a custom object (JSON merge patch by default; custom resources take no strategic
     merge patch). A ``metadata.resourceVersion`` in a merge patch makes it conditional: the server
     answers :class:`~rollbackd.kube.errors.KubeConflict` if the object changed since it was read."""
-    call = KubeCall("patch", resource.plural, resource.group, namespace, name)
+    call = _custom_call(resource, "patch", namespace, name)
     return await kube.request(call, kube.custom.patch_namespaced_custom_object, resource.group,
                               resource.version, namespace, resource.plural, name, _body(patch),
                               _content_type=_content_type(patch, patch_type))
 
 
 async def served_resources(kube: KubeClient, *, group: str, version: str) -> frozenset[str]:
-    """The resources (plurals) the API server serves in ``group/version`` (its discovery document);
-    empty when the group version is not served at all (e.g. its CRDs are not installed)."""
-    call = KubeCall("get", "discovery", group)
+    """The resources (plurals) the API server serves in ``group/version`` (its discovery document,
+    which every authenticated client may read); empty when the group version is not served at all
+    (e.g. its CRDs are not installed)."""
+    call = KubeCall("discover", f"{group}/{version}")
     try:
         listed = await kube.request(call, kube.custom.get_api_resources, group, version)
     except KubeNotFound:

@@ -57,8 +57,11 @@ class Split:
 
     def as_dict(self) -> dict[str, Any]:
         """For events' details and JSON answers."""
-        return {"source": self.source, "canary_percent": round(self.canary_percent, 3),
-                "rules": [round(rule, 3) for rule in self.rules]}
+        return {
+            "source": self.source,
+            "canary_percent": round(self.canary_percent, 3),
+            "rules": [round(rule, 3) for rule in self.rules],
+        }
 
 
 def percent(canary: float, stable: float) -> float:

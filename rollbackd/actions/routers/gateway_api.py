@@ -46,6 +46,7 @@ BACKEND_NOT_FOUND = "BackendNotFound"
 
 # --- pure: reading and rewriting the rules -------------------------------------------------------
 
+
 def names_service(ref: Mapping[str, Any], service: str, namespace: str) -> bool:
     """Whether a ``backendRef`` points at the Service ``service`` in ``namespace`` (the route's)."""
     return (
@@ -77,7 +78,8 @@ def rule_weights(rule: Mapping[str, Any], *, canary: str, stable: str, namespace
     canary_refs = tuple(i for i, ref in enumerate(refs) if names_service(ref, canary, namespace))
     stable_refs = tuple(i for i, ref in enumerate(refs) if names_service(ref, stable, namespace))
     return RuleWeights(
-        canary_refs=canary_refs, stable_refs=stable_refs,
+        canary_refs=canary_refs,
+        stable_refs=stable_refs,
         canary=sum(weight_of(refs[i]) for i in canary_refs),
         stable=sum(weight_of(refs[i]) for i in stable_refs),
         total=sum(weight_of(ref) for ref in refs),
@@ -111,7 +113,8 @@ def aborted_rules(
             continue
         if not weights.stable_refs:
             raise Refusal(
-                f"rule {index} of {object_name} sends {weights.canary} of {weights.total} weight to the canary "
+                f"rule {index} of {object_name} sends {weights.canary} of {weights.total} weight to the "
+                "canary "
                 f"Service {canary} but does not name the stable Service {stable}, so its requests would have "
                 f"nowhere to go; add {stable} to that rule's backendRefs (weight 0), or point the target's "
                 f"router at the right route"
@@ -121,14 +124,24 @@ def aborted_rules(
             before = weight_of(refs[position])
             if before:
                 refs[position]["weight"] = 0
-                changes.append(Change(object_name, f"spec.rules[{index}].backendRefs[{position}].weight", before, 0))
+                changes.append(
+                    Change(object_name, f"spec.rules[{index}].backendRefs[{position}].weight", before, 0)
+                )
         first = weights.stable_refs[0]
         before = weight_of(refs[first])
         refs[first]["weight"] = before + weights.canary
-        changes.append(Change(object_name, f"spec.rules[{index}].backendRefs[{first}].weight", before,
-                              before + weights.canary))
-    for named, service, role, key in ((names_canary, canary, "canary", "canary_service"),
-                                      (names_stable, stable, "stable", "stable_service")):
+        changes.append(
+            Change(
+                object_name,
+                f"spec.rules[{index}].backendRefs[{first}].weight",
+                before,
+                before + weights.canary,
+            )
+        )
+    for named, service, role, key in (
+        (names_canary, canary, "canary", "canary_service"),
+        (names_stable, stable, "stable", "stable_service"),
+    ):
         if not named:
             raise Refusal(
                 f"{object_name} names the {role} Service {service} in none of its rules' backendRefs; "
@@ -163,30 +176,40 @@ def route_status(
     reports: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
     for parent in (route.get("status") or {}).get("parents") or []:
         if isinstance(parent, Mapping) and isinstance(parent.get("parentRef"), Mapping):
-            conditions = [c for c in parent.get("conditions") or [] if isinstance(c, Mapping)]
-            reports.setdefault(_parent_key(parent["parentRef"], namespace), []).extend(conditions)
+            reported = [c for c in parent.get("conditions") or [] if isinstance(c, Mapping)]
+            reports.setdefault(_parent_key(parent["parentRef"], namespace), []).extend(reported)
     refused: list[str] = []
     pending = False
     for ref in wanted:
         key = _parent_key(ref, namespace)
-        conditions = {c.get("type"): c for c in reports.get(key, [])
-                      if int(c.get("observedGeneration") or 0) >= generation}
+        conditions = {
+            c.get("type"): c
+            for c in reports.get(key, [])
+            if int(c.get("observedGeneration") or 0) >= generation
+        }
         parent = f"Gateway {key[1]}/{key[0]}" + (f" (listener {key[2]})" if key[2] else "")
         for kind in ("Accepted", "ResolvedRefs"):
             condition = conditions.get(kind)
             if condition is None:
                 pending = True
             elif condition.get("status") != "True":
-                if kind == "ResolvedRefs" and tolerate_backend_not_found and condition.get("reason") == BACKEND_NOT_FOUND:
+                if (
+                    kind == "ResolvedRefs"
+                    and tolerate_backend_not_found
+                    and condition.get("reason") == BACKEND_NOT_FOUND
+                ):
                     continue
-                refused.append(f"{parent}: {kind} is {condition.get('status')} ({condition.get('reason')}: "
-                               f"{condition.get('message')})")
+                refused.append(
+                    f"{parent}: {kind} is {condition.get('status')} ({condition.get('reason')}: "
+                    f"{condition.get('message')})"
+                )
     if refused:
         return RouteStatus(accepted=False, refused=tuple(refused))
     return RouteStatus(accepted=not pending)
 
 
 # --- the router ----------------------------------------------------------------------------------
+
 
 class GatewayApiRouter:
     """The route ``route`` (of kind ``route_kind``: ``HTTPRoute`` or ``GRPCRoute``) in ``namespace``,
@@ -195,8 +218,14 @@ class GatewayApiRouter:
     kind = KIND
 
     def __init__(
-        self, *, kube: KubeClient, namespace: str, route: str, route_kind: str = "HTTPRoute",
-        canary_service: str, stable_service: str,
+        self,
+        *,
+        kube: KubeClient,
+        namespace: str,
+        route: str,
+        route_kind: str = "HTTPRoute",
+        canary_service: str,
+        stable_service: str,
     ) -> None:
         if route_kind not in ROUTES:
             raise ValueError(f"route_kind must be one of {', '.join(ROUTES)}, not {route_kind!r}")
@@ -217,12 +246,22 @@ class GatewayApiRouter:
         return await objects.get_custom(self.kube, self.resource, namespace=self.namespace, name=self.route)
 
     async def read_split(self) -> Split:
-        return route_split(await self._get(), source=self.source, canary=self.canary_service,
-                           stable=self.stable_service, namespace=self.namespace)
+        return route_split(
+            await self._get(),
+            source=self.source,
+            canary=self.canary_service,
+            stable=self.stable_service,
+            namespace=self.namespace,
+        )
 
     def _aborted(self, route: Obj) -> tuple[list[Any], tuple[Change, ...]]:
-        return aborted_rules(route, object_name=self._object, canary=self.canary_service,
-                             stable=self.stable_service, namespace=self.namespace)
+        return aborted_rules(
+            route,
+            object_name=self._object,
+            canary=self.canary_service,
+            stable=self.stable_service,
+            namespace=self.namespace,
+        )
 
     async def _abort(self) -> Sequence[Change]:
         route = await self._get()
@@ -231,18 +270,25 @@ class GatewayApiRouter:
         if not changes:
             return ()
         version = objects.metadata_of(route).get("resourceVersion")
-        await objects.patch_custom(self.kube, self.resource, namespace=self.namespace, name=self.route,
-                                   patch={"metadata": {"resourceVersion": version}, "spec": {"rules": rules}})
+        await objects.patch_custom(
+            self.kube,
+            self.resource,
+            namespace=self.namespace,
+            name=self.route,
+            patch={"metadata": {"resourceVersion": version}, "spec": {"rules": rules}},
+        )
         return changes
 
     async def plan(self, run: ActionRun) -> Sequence[Step]:
         route = await run.required(
-            f"the {self.source} (is the Gateway API installed, and the name right?)", self._get)
+            f"the {self.source} (is the Gateway API installed, and the name right?)", self._get
+        )
         refuse_if_steered(route, self.source)
         await run.required(
             f"the stable Service {self.namespace}/{self.stable_service}, where the {self.source} should send "
             f"every request,",
-            lambda: objects.get_service(self.kube, namespace=self.namespace, name=self.stable_service))
+            lambda: objects.get_service(self.kube, namespace=self.namespace, name=self.stable_service),
+        )
         _, changes = self._aborted(route)
         return [Step(changes=changes, apply=self._abort)] if changes else []
 
@@ -251,18 +297,26 @@ class GatewayApiRouter:
         if not (route.get("spec") or {}).get("parentRefs"):
             return  # attached to nothing: no one to accept it
         generation = int(objects.metadata_of(route).get("generation") or 1)
-        canary_missing = await run.optional(
-            lambda: objects.get_service(self.kube, namespace=self.namespace, name=self.canary_service)) is None
+        canary_missing = (
+            await run.optional(
+                lambda: objects.get_service(self.kube, namespace=self.namespace, name=self.canary_service)
+            )
+            is None
+        )
 
         async def accepted() -> bool:
-            status = route_status(await self._get(), generation=generation, namespace=self.namespace,
-                                  tolerate_backend_not_found=canary_missing)
+            status = route_status(
+                await self._get(),
+                generation=generation,
+                namespace=self.namespace,
+                tolerate_backend_not_found=canary_missing,
+            )
             if status.refused:
                 raise ActionFailed(
                     f"the {self.source} was written (generation {generation}) but is refused: "
                     + "; ".join(status.refused)
-                    + "; the canary is left running, since the Gateway may still route to it as before")
+                    + "; the canary is left running, since the Gateway may still route to it as before"
+                )
             return status.accepted
 
         await run.wait_until(f"the Gateways of the {self.source} to accept generation {generation}", accepted)
-

@@ -75,7 +75,9 @@ class IngressNginxRouter:
 
     kind = KIND
 
-    def __init__(self, *, kube: KubeClient, namespace: str, ingress: str, remove_canary_marker: bool = False) -> None:
+    def __init__(
+        self, *, kube: KubeClient, namespace: str, ingress: str, remove_canary_marker: bool = False
+    ) -> None:
         self.kube = kube
         self.namespace = namespace
         self.ingress = ingress
@@ -122,8 +124,12 @@ class IngressNginxRouter:
         change = self._weight_change(await self._get())
         if change is None:
             return ()
-        await objects.patch_ingress(self.kube, namespace=self.namespace, name=self.ingress,
-                                    patch={"metadata": {"annotations": {WEIGHT: "0"}}})
+        await objects.patch_ingress(
+            self.kube,
+            namespace=self.namespace,
+            name=self.ingress,
+            patch={"metadata": {"annotations": {WEIGHT: "0"}}},
+        )
         return (change,)
 
     async def _remove_annotations(self) -> Sequence[Change]:
@@ -132,8 +138,12 @@ class IngressNginxRouter:
             return ()
         fields = {change.field for change in changes}
         keys = [key for key in self.removed_annotations if annotation_field(key) in fields]
-        await objects.patch_ingress(self.kube, namespace=self.namespace, name=self.ingress,
-                                    patch={"metadata": {"annotations": dict.fromkeys(keys)}})
+        await objects.patch_ingress(
+            self.kube,
+            namespace=self.namespace,
+            name=self.ingress,
+            patch={"metadata": {"annotations": dict.fromkeys(keys)}},
+        )
         return changes
 
     async def plan(self, run: ActionRun) -> Sequence[Step]:

@@ -50,8 +50,11 @@ class Destination:
         host = destination.get("host")
         forms = {self.host}
         if "." not in self.host:
-            forms |= {f"{self.host}.{namespace}", f"{self.host}.{namespace}.svc",
-                      f"{self.host}.{namespace}.svc.cluster.local"}
+            forms |= {
+                f"{self.host}.{namespace}",
+                f"{self.host}.{namespace}.svc",
+                f"{self.host}.{namespace}.svc.cluster.local",
+            }
         return host in forms and destination.get("subset") == self.subset
 
 
@@ -74,15 +77,23 @@ class HttpWeights:
     total: int
 
 
-def http_weights(http: Mapping[str, Any], *, canary: Destination, stable: Destination, namespace: str) -> HttpWeights:
+def http_weights(
+    http: Mapping[str, Any], *, canary: Destination, stable: Destination, namespace: str
+) -> HttpWeights:
     route = [item for item in http.get("route") or [] if isinstance(item, Mapping)]
     weights = weights_of(route)
-    canary_refs = tuple(i for i, item in enumerate(route)
-                        if canary.matches(item.get("destination") or {}, namespace))
-    stable_refs = tuple(i for i, item in enumerate(route)
-                        if stable.matches(item.get("destination") or {}, namespace))
-    return HttpWeights(canary_refs=canary_refs, stable_refs=stable_refs,
-                       canary=sum(weights[i] for i in canary_refs), total=sum(weights))
+    canary_refs = tuple(
+        i for i, item in enumerate(route) if canary.matches(item.get("destination") or {}, namespace)
+    )
+    stable_refs = tuple(
+        i for i, item in enumerate(route) if stable.matches(item.get("destination") or {}, namespace)
+    )
+    return HttpWeights(
+        canary_refs=canary_refs,
+        stable_refs=stable_refs,
+        canary=sum(weights[i] for i in canary_refs),
+        total=sum(weights),
+    )
 
 
 def virtual_service_split(
@@ -113,8 +124,10 @@ def aborted_http(
             continue
         if not weights.stable_refs:
             raise Refusal(
-                f"http route {index} of {object_name} sends {weights.canary} of {weights.total} weight to the "
-                f"canary ({canary.describe()}) but does not name the stable destination ({stable.describe()}), "
+                f"http route {index} of {object_name} sends {weights.canary} of {weights.total} weight "
+                "to the "
+                f"canary ({canary.describe()}) but does not name the stable destination "
+                f"({stable.describe()}), "
                 f"so its requests would have nowhere to go; add the stable destination to that route "
                 f"(weight 0), or point the target's router at the right VirtualService"
             )
@@ -123,12 +136,21 @@ def aborted_http(
         for position in weights.canary_refs:
             if effective[position]:
                 route[position]["weight"] = 0
-                changes.append(Change(object_name, f"spec.http[{index}].route[{position}].weight",
-                                      effective[position], 0))
+                changes.append(
+                    Change(
+                        object_name, f"spec.http[{index}].route[{position}].weight", effective[position], 0
+                    )
+                )
         first = weights.stable_refs[0]
         route[first]["weight"] = effective[first] + weights.canary
-        changes.append(Change(object_name, f"spec.http[{index}].route[{first}].weight", effective[first],
-                              effective[first] + weights.canary))
+        changes.append(
+            Change(
+                object_name,
+                f"spec.http[{index}].route[{first}].weight",
+                effective[first],
+                effective[first] + weights.canary,
+            )
+        )
     for named, destination, role in ((names_canary, canary, "canary"), (names_stable, stable, "stable")):
         if not named:
             raise Refusal(
@@ -145,7 +167,13 @@ class IstioRouter:
     kind = KIND
 
     def __init__(
-        self, *, kube: KubeClient, namespace: str, virtual_service: str, canary: Destination, stable: Destination,
+        self,
+        *,
+        kube: KubeClient,
+        namespace: str,
+        virtual_service: str,
+        canary: Destination,
+        stable: Destination,
     ) -> None:
         if canary == stable:
             raise ValueError("the canary and the stable destinations must differ")
@@ -161,16 +189,23 @@ class IstioRouter:
         return f"VirtualService {self.namespace}/{self.virtual_service}"
 
     async def _get(self) -> Obj:
-        return await objects.get_custom(self.kube, objects.VIRTUALSERVICES, namespace=self.namespace,
-                                        name=self.virtual_service)
+        return await objects.get_custom(
+            self.kube, objects.VIRTUALSERVICES, namespace=self.namespace, name=self.virtual_service
+        )
 
     async def read_split(self) -> Split:
-        return virtual_service_split(await self._get(), source=self.source, canary=self.canary,
-                                     stable=self.stable, namespace=self.namespace)
+        return virtual_service_split(
+            await self._get(),
+            source=self.source,
+            canary=self.canary,
+            stable=self.stable,
+            namespace=self.namespace,
+        )
 
     def _aborted(self, vs: Obj) -> tuple[list[Any], tuple[Change, ...]]:
-        return aborted_http(vs, object_name=self._object, canary=self.canary, stable=self.stable,
-                            namespace=self.namespace)
+        return aborted_http(
+            vs, object_name=self._object, canary=self.canary, stable=self.stable, namespace=self.namespace
+        )
 
     async def _abort(self) -> Sequence[Change]:
         vs = await self._get()
@@ -179,9 +214,13 @@ class IstioRouter:
         if not changes:
             return ()
         version = objects.metadata_of(vs).get("resourceVersion")
-        await objects.patch_custom(self.kube, objects.VIRTUALSERVICES, namespace=self.namespace,
-                                   name=self.virtual_service,
-                                   patch={"metadata": {"resourceVersion": version}, "spec": {"http": https}})
+        await objects.patch_custom(
+            self.kube,
+            objects.VIRTUALSERVICES,
+            namespace=self.namespace,
+            name=self.virtual_service,
+            patch={"metadata": {"resourceVersion": version}, "spec": {"http": https}},
+        )
         return changes
 
     async def plan(self, run: ActionRun) -> Sequence[Step]:

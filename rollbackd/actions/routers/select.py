@@ -23,10 +23,18 @@ def router_for(settings: RouterSettings, *, kube: KubeClient, namespace: str) ->
     if isinstance(settings, IngressNginxRouterSettings):
         return IngressNginxRouter(kube=kube, namespace=namespace, ingress=settings.ingress)
     if isinstance(settings, GatewayApiRouterSettings):
-        return GatewayApiRouter(kube=kube, namespace=namespace, route=settings.route, route_kind=settings.route_kind,
-                                canary_service=settings.canary_service, stable_service=settings.stable_service)
+        return GatewayApiRouter(
+            kube=kube,
+            namespace=namespace,
+            route=settings.route,
+            route_kind=settings.route_kind,
+            canary_service=settings.canary_service,
+            stable_service=settings.stable_service,
+        )
     return IstioRouter(
-        kube=kube, namespace=namespace, virtual_service=settings.virtual_service,
+        kube=kube,
+        namespace=namespace,
+        virtual_service=settings.virtual_service,
         canary=Destination(settings.canary.host, settings.canary.subset),
         stable=Destination(settings.stable.host, settings.stable.subset),
     )
