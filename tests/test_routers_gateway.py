@@ -13,6 +13,7 @@ from rollbackd.actions.canary_abort import CanaryAbort
 from rollbackd.actions.routers.gateway_api import GatewayApiRouter, aborted_rules, route_split
 from rollbackd.actions.steps import ActionSettings, Refusal
 from rollbackd.backoff import Backoff
+from rollbackd.events.build import action_data
 from rollbackd.kube import KubeClient, KubeNotFound
 from tests import crdschemas
 from tests.kubefixtures import (
@@ -85,6 +86,20 @@ def weights(emu: ClusterEmulator, kind: kmock.resource = HTTPROUTES) -> list[dic
     ]
 
 
+async def reported(emu: ClusterEmulator, kind: kmock.resource = HTTPROUTES) -> None:
+    """Wait for the emulated gateway to report on the route's current generation."""
+
+    def done() -> bool:
+        stored = route(emu, kind)
+        generation = stored["metadata"]["generation"]
+        parents = (stored.get("status") or {}).get("parents") or []
+        return bool(parents) and all(
+            condition.get("observedGeneration") == generation
+            for parent in parents for condition in parent["conditions"])
+
+    await wait_until(done, what="the gateway's report on the route")
+
+
 def replicas(emu: ClusterEmulator, name: str) -> int:
     deployment = emu.read(DEPLOYMENTS, NS, name)
     assert deployment is not None
@@ -138,8 +153,13 @@ async def test_the_canary_weight_goes_to_the_stable_backend_in_every_rule_that_n
         {"web-stable": None},
     ]
     assert replicas(kube_cluster, "web-canary") == 0
-    assert result.details["split_before"]["canary_percent"] == 20.0
-    assert result.details["split_after"]["canary_percent"] == 0.0
+    # The events tell the split the router read before the abort and after it.
+    told = action_data(result)
+    assert told.router == "gateway-api"
+    assert told.split_before is not None
+    assert told.split_after is not None
+    assert (told.split_before.source, told.split_before.canary_percent) == ("HTTPRoute shop/web", 20.0)
+    assert (told.split_after.canary_percent, told.split_after.rules) == (0.0, (0.0, 0.0, 0.0))
     assert (await router(kube).read_split()).canary_percent == 0.0
     crdschemas.validate(route(kube_cluster))
     # One conditional write: the resourceVersion it was planned from travels with the new rules.
@@ -153,6 +173,7 @@ async def test_a_second_run_changes_nothing(
 ) -> None:
     seed_release(kube_cluster)
     seed_route(kube_cluster, NS, "web", rules=[{"web-stable": 80, "web-canary": 20}])
+    await reported(kube_cluster)  # the gateway's first report lands before the action's writes
     assert (await abort(kube).run(dry_run=False)).outcome is ActionOutcome.DONE
 
     again = await abort(kube).run(dry_run=False)
@@ -206,6 +227,7 @@ async def test_a_route_the_gateway_refuses_fails_with_its_reason_and_leaves_the_
     result = await abort(kube).run(dry_run=False)
 
     assert result.outcome is ActionOutcome.FAILED
+    assert action_data(result).split_before is not None  # a failure tells the split it found too
     assert (
         "Gateway shop/gateway: Accepted is False (NotAllowedByListeners: no listener of Gateway"
         in result.reason
@@ -322,6 +344,7 @@ async def test_a_conflict_while_patching_re_reads_and_re_applies(
 ) -> None:
     seed_release(kube_cluster)
     seed_route(kube_cluster, NS, "web", rules=[{"web-stable": 80, "web-canary": 20}])
+    await reported(kube_cluster)  # the gateway's first report lands before the action's writes
     kube_cluster.conflict("patch", HTTPROUTES, namespace=NS, name="web")
 
     result = await abort(kube).run(dry_run=False)
@@ -360,6 +383,7 @@ async def test_a_stale_resource_version_is_a_conflict_and_the_route_is_re_planne
     and gives the stable backend what the canary has now."""
     seed_release(kube_cluster)
     seed_route(kube_cluster, NS, "web", rules=[{"web-stable": 80, "web-canary": 20}])
+    await reported(kube_cluster)  # the gateway's first report lands before the action's writes
     moved: list[Obj] = []
 
     def read_then_someone_writes() -> Obj:
@@ -394,7 +418,7 @@ async def test_a_stale_resource_version_is_a_conflict_and_the_route_is_re_planne
     assert moved, "the other write happened"
     assert weights(kube_cluster) == [{"web-stable": 100, "web-canary": 0}]
     assert Change(ROUTE, "spec.rules[0].backendRefs[1].weight", 50, 0) in result.changes
-    assert len(route_patches(kube_cluster)) == 2
+    assert len(route_patches(kube_cluster)) >= 2  # refused for its stale version, then re-planned
 
 
 async def test_a_403_names_the_verb_resource_and_namespace(

@@ -98,6 +98,7 @@ class CanaryAbort(KubeAction):
         canary = await run.optional(self._get_canary)
         details: dict[str, Any] = {"canary_deployment_exists": canary is not None, "router": self.router.kind,
                                    "split_before": await self._split(run)}
+        fields["details"] = details  # a failure further on reports them too
         plan: list[Step] = list(routing)
         scale = self._scale_change(canary)
         if scale is not None:
