@@ -40,6 +40,15 @@ def router_for(settings: RouterSettings, *, kube: KubeClient, namespace: str) ->
     )
 
 
+def route_source(settings: RouterSettings, *, namespace: str) -> str:
+    """The route object ``settings`` name, as routers call it in messages: ``HTTPRoute shop/web``."""
+    if isinstance(settings, IngressNginxRouterSettings):
+        return f"Ingress {namespace}/{settings.ingress}"
+    if isinstance(settings, GatewayApiRouterSettings):
+        return f"{settings.route_kind} {namespace}/{settings.route}"
+    return f"VirtualService {namespace}/{settings.virtual_service}"
+
+
 def required_resource(settings: RouterSettings) -> CustomResource | None:
     """The custom resource the router reads and writes (``None``: a built-in one, always served)."""
     if isinstance(settings, GatewayApiRouterSettings):
