@@ -245,7 +245,8 @@ def _split_data(split: Any) -> SplitData | None:
     """A router's split as the action's details carry it (``Split.as_dict``)."""
     if not isinstance(split, dict):
         return None
-    return SplitData(source=str(split.get("source", "")), canary_percent=float(split.get("canary_percent", 0.0)),
+    return SplitData(source=str(split.get("source", "")),
+                     canary_percent=float(split.get("canary_percent", 0.0)),
                      rules=tuple(float(rule) for rule in split.get("rules") or ()))
 
 
