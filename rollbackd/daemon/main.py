@@ -203,7 +203,7 @@ async def run_daemon(
                 await stack.enter_async_context(kube)
                 targets = KubeTargets(kube=kube, settings=settings)
                 logger.info("acting on Kubernetes", extra={"kubernetes": kube.describe()})
-                await report_router_problems(cluster)
+                await report_router_problems(targets)
             elector = leader_elector_for(settings, kube, environ=environ)
             leader: LeaderElector | StoreLeader | None = elector
             if leader is None:
