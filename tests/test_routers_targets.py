@@ -3,7 +3,12 @@ start-up check that the API server serves the routes the targets need."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import os
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,7 +38,9 @@ from tests.kubefixtures import (
     seed_route,
     seed_service,
     seed_virtual_service,
+    wait_until,
 )
+from tests.mqttfixtures import free_port
 
 NS = "shop"
 FAST = ActionSettings(
@@ -269,6 +276,53 @@ async def test_with_every_route_kind_served_no_target_is_named(
 ) -> None:
     seed_service(kube_cluster, NS, "checkout", selector={"app": "checkout"})
     assert await targets_on(kube, tmp_path).check_routers() == {}
+
+
+async def test_rollbackd_run_names_at_start_up_the_targets_whose_routes_are_not_served(
+    kube_cluster: ClusterEmulator, tmp_path: Path
+) -> None:
+    """The daemon, started as ``rollbackd run`` against a cluster without the Gateway API, says so
+    for the target that needs it, and starts (its other targets are judged as usual)."""
+    kube_cluster.uninstall(HTTPROUTES, GRPCROUTES)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emulated",
+        "clusters": [{"name": "emulated", "cluster": {"server": str(kube_cluster.url).rstrip("/")}}],
+        "users": [{"name": "rollbackd", "user": {"token": "t"}}],
+        "contexts": [{"name": "emulated", "context": {"cluster": "emulated", "user": "rollbackd"}}],
+    }))
+    config = yaml.safe_load(CONFIG)
+    config.update({
+        "prometheus": {"url": f"http://127.0.0.1:{free_port()}", "timeout_s": 1, "retries": 0},
+        "http": {"host": "127.0.0.1", "port": free_port()},
+        "log": {"format": "json"},
+        "kubernetes": {"enabled": True, "kubeconfig": str(kubeconfig)},
+        "store": {"data_dir": str(tmp_path / "data")},
+        "events": {"kubernetes_events": False},
+    })
+    path = write(tmp_path, yaml.safe_dump(config))
+    log = tmp_path / "rollbackd.log"
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "rollbackd", "run", "--config", str(path),
+            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+            env={k: v for k, v in os.environ.items() if not k.startswith("ROLLBACKD_")})
+    try:
+        def records() -> list[dict[str, object]]:
+            lines = log.read_text(encoding="utf-8").splitlines()
+            return [json.loads(line) for line in lines if line.startswith("{")]
+
+        await wait_until(lambda: any(r.get("msg") == "rollbackd running" for r in records())
+                         or process.returncode is not None, timeout_s=60, what="the daemon to start")
+        assert process.returncode is None, log.read_text(encoding="utf-8")
+        errors = [r for r in records() if r.get("level") == "ERROR"]
+        assert [(r.get("target"), str(r.get("msg")).split(":")[0]) for r in errors] == [
+            ("shop/checkout", "the router of shop/checkout (gateway-api) needs HTTPRoute"
+                              " (gateway.networking.k8s.io/v1), which the API server does not serve")]
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), timeout=60)
 
 
 def test_the_example_configuration_shows_every_router() -> None:
