@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from rollbackd.actions import bluegreen, canary_abort, deployment_undo
 from rollbackd.actions.base import RollbackAction
 from rollbackd.actions.bluegreen import BlueGreenSwitchBack
 from rollbackd.actions.canary_abort import CanaryAbort
@@ -50,6 +51,19 @@ from rollbackd.params import TargetParams
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+#: The action that rolls a target of each strategy back (``ActionResult.action``, ``rollback.*`` events).
+ACTIONS: dict[Strategy, str] = {
+    Strategy.CANARY: canary_abort.ACTION,
+    Strategy.BLUE_GREEN: bluegreen.ACTION,
+    Strategy.DEPLOYMENT: deployment_undo.ACTION,
+}
+
+
+def action_name(strategy: Strategy) -> str:
+    """The name of the action that rolls a target of ``strategy`` back."""
+    return ACTIONS[strategy]
 
 
 def _utc_now() -> datetime:

@@ -684,6 +684,12 @@ class ApiSettings(_Frozen):
         False,
         description="Let anyone who reaches the port use the write endpoints (local demos and tests only).",
     )
+    verdicts_open: bool = Field(
+        False,
+        description="Serve the verdict endpoints (.../verdict, .../rollback-check) without the token even "
+        "when protect_reads is set: a Flagger webhook cannot send an Authorization header. They change "
+        "nothing and tell only a target's verdict.",
+    )
 
     @model_validator(mode="after")
     def _one_token(self) -> ApiSettings:
