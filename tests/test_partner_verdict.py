@@ -37,8 +37,15 @@ EPISODE = Episode(opened_at=5.0, onset=5.0, impact=Impact.SEVERE, attribution=At
                   proven_at=10.0)
 
 
-def decision(outcome: Outcome, *, rollback: bool = False, blocked_by: str | None = None, dry_run: bool = False,
-             breach: bool = True, inconclusive: bool = False) -> Decision:
+def decision(
+    outcome: Outcome,
+    *,
+    rollback: bool = False,
+    blocked_by: str | None = None,
+    dry_run: bool = False,
+    breach: bool = True,
+    inconclusive: bool = False,
+) -> Decision:
     return Decision(
         target="shop/web", t=10.0, outcome=outcome, rollback=rollback, reasons=("why",),
         evidence=evidence(impact=Impact.SEVERE if breach else Impact.NONE, inconclusive=inconclusive),
@@ -111,7 +118,9 @@ def settings(data_dir: Path, api: ApiSettings | None = None) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def running(config: Settings, metrics: PerTarget) -> AsyncIterator[tuple[Daemon, aiohttp.ClientSession]]:
+async def running(
+    config: Settings, metrics: PerTarget
+) -> AsyncIterator[tuple[Daemon, aiohttp.ClientSession]]:
     async with (
         open_daemon(config, metrics_source=metrics, health_source=ScriptedHealth()) as daemon,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
@@ -134,7 +143,8 @@ FLAGGER_PAYLOAD = {"name": "bad", "namespace": "shop", "phase": "Progressing", "
 
 
 async def test_a_running_daemon_answers_pass_fail_and_inconclusive(tmp_path: Path) -> None:
-    metrics = PerTarget({"shop/healthy": HEALTHY, "shop/bad": SEVERE, "shop/quiet": (Sample(0, 0), Sample(0, 0))})
+    quiet = (Sample(0, 0), Sample(0, 0))
+    metrics = PerTarget({"shop/healthy": HEALTHY, "shop/bad": SEVERE, "shop/quiet": quiet})
     async with running(settings(tmp_path), metrics) as (daemon, session):
         async def verdict_of(name: str) -> str:
             status, body = await ask(session, daemon, f"/api/v1/targets/shop/{name}/verdict")
@@ -149,12 +159,14 @@ async def test_a_running_daemon_answers_pass_fail_and_inconclusive(tmp_path: Pat
         status, bad = await ask(session, daemon, "/api/v1/targets/shop/bad/verdict")
         assert status == 200
         assert bad["target"] == "shop/bad"
-        assert bad["verdict"] == "fail" and bad["rollback"] is True
+        assert bad["verdict"] == "fail"
+        assert bad["rollback"] is True
         assert any("severe" in reason for reason in bad["reasons"])
-        assert bad["strategy"] == "canary" and bad["action"] == "canary-abort"
+        assert (bad["strategy"], bad["action"]) == ("canary", "canary-abort")
         assert bad["decision"]["outcome"] == "immediate"
         decided_at = datetime.fromisoformat(bad["decided_at"])
-        assert decided_at.tzinfo is not None and bad["decided_at"].endswith("Z")
+        assert decided_at.tzinfo is not None
+        assert bad["decided_at"].endswith("Z")
         assert abs((datetime.now(UTC) - decided_at).total_seconds()) < 5
         assert 0 <= bad["age_s"] < 5
 
@@ -192,7 +204,7 @@ async def test_a_frozen_daemon_tells_partners_to_pause_not_to_roll_back(tmp_path
             body = (await ask(session, daemon, "/api/v1/targets/shop/bad/verdict"))[1]
             return bool(body["decision"]) and body["decision"]["blocked_by"] == "freeze"
 
-        await wait_until(frozen_verdict, timeout_s=15, interval_s=0.05, what="a decision blocked by the freeze")
+        await wait_until(frozen_verdict, timeout_s=15, interval_s=0.05, what="a decision held by the freeze")
         status, body = await ask(session, daemon, "/api/v1/targets/shop/bad/verdict")
         assert (status, body["verdict"]) == (200, "inconclusive")
         assert any("freeze" in reason for reason in body["reasons"])

@@ -177,7 +177,9 @@ def target_verdict(target: TargetState, *, now: float) -> PartnerVerdict:
     return partner_verdict(target.latest, now=now, interval_s=target.params.interval_s)
 
 
-def verdict_view(target: TargetState, verdict: PartnerVerdict, *, now: float, wall_now: datetime) -> JsonValue:
+def verdict_view(
+    target: TargetState, verdict: PartnerVerdict, *, now: float, wall_now: datetime
+) -> JsonValue:
     """The judgement document of ``GET /api/v1/targets/{namespace}/{name}/verdict`` (its fields are
     a stable contract, described in docs/partners.md): ``wall_now`` is the wall-clock time of loop
     time ``now``, to place the decision in RFC 3339."""

@@ -65,20 +65,20 @@ def partner_verdict(decision: Decision | None, *, now: float, interval_s: float)
     more than :data:`STALE_AFTER_INTERVALS` x ``interval_s`` old is ``inconclusive``."""
     if decision is None:
         return PartnerVerdict(Verdict.INCONCLUSIVE, ("no evaluation of this target yet",))
-    common = {
-        "decision_t": decision.t,
-        "outcome": decision.outcome.value,
-        "blocked_by": decision.blocked_by,
-        "rollback": decision.rollback,
-    }
+
+    def of(verdict: Verdict, reasons: tuple[str, ...]) -> PartnerVerdict:
+        return PartnerVerdict(verdict, reasons, decision_t=decision.t, outcome=decision.outcome.value,
+                              blocked_by=decision.blocked_by, rollback=decision.rollback)
+
     age = now - decision.t
     limit = STALE_AFTER_INTERVALS * interval_s
     if age > limit:
         why = (f"the latest evaluation is {age:.0f}s old (more than {STALE_AFTER_INTERVALS:g} intervals of "
                f"{interval_s:g}s): no current judgement")
-        return PartnerVerdict(Verdict.INCONCLUSIVE, (why, *decision.reasons), **common)
-    if decision.rollback or decision.blocked_by in OWN_ACTING_LIMITS or decision.blocked_by == ROLLBACK_IN_PROGRESS:
-        return PartnerVerdict(Verdict.FAIL, decision.reasons, **common)
+        return of(Verdict.INCONCLUSIVE, (why, *decision.reasons))
+    decided = decision.blocked_by in OWN_ACTING_LIMITS or decision.blocked_by == ROLLBACK_IN_PROGRESS
+    if decision.rollback or decided:
+        return of(Verdict.FAIL, decision.reasons)
     evidence = decision.evidence
     healthy = (
         decision.episode is None
@@ -89,5 +89,5 @@ def partner_verdict(decision: Decision | None, *, now: float, interval_s: float)
         and not evidence.breached
     )
     if healthy:
-        return PartnerVerdict(Verdict.PASS, decision.reasons, **common)
-    return PartnerVerdict(Verdict.INCONCLUSIVE, decision.reasons, **common)
+        return of(Verdict.PASS, decision.reasons)
+    return of(Verdict.INCONCLUSIVE, decision.reasons)
