@@ -405,7 +405,7 @@ def test_bad_target_names_and_strategies(tmp_path: Path) -> None:
         f"{path}:2: targets[0].name (target Checkout): expected a name of lowercase letters, digits and '-'"
         " (like a Kubernetes object name), got 'Checkout'",
         f"{path}:3: targets[0].strategy (target Checkout): expected one of 'canary', 'blue-green',"
-        " 'deployment', got 'rolling'",
+        " 'deployment', 'argo-rollout', got 'rolling'",
     ]
 
 
@@ -426,7 +426,7 @@ def test_target_without_name_or_strategy(tmp_path: Path) -> None:
     assert problems_of(path) == [
         f"{path}:2: targets[0]: missing required key 'name' (the target's name, unique within its namespace)",
         f"{path}:2: targets[0]: missing required key 'strategy'"
-        " (how the release is rolled out: canary, blue-green or deployment)",
+        " (how the release is rolled out: canary, blue-green, deployment or argo-rollout)",
     ]
 
 
@@ -464,7 +464,7 @@ def test_keys_of_another_strategy_are_refused(tmp_path: Path) -> None:
         """)
     assert problems_of(path) == [
         f"{path}:5: targets[0].baseline (target catalog): key 'baseline' does not apply to strategy"
-        " 'deployment' (only to blue-green and canary)",
+        " 'deployment' (only to argo-rollout, blue-green and canary)",
         f"{path}:6: targets[0].ingress (target catalog): key 'ingress' does not apply to strategy"
         " 'deployment' (only to canary)",
     ]
@@ -743,7 +743,8 @@ def test_per_target_tunables_override_defaults_and_global_ones_are_refused(tmp_p
         f"{path}:{line_of(path, 'max_rollbacks_per_hour:')}: targets[0].policy (target checkout): unknown key"
         " 'max_rollbacks_per_hour' (known keys: controlled_grace_s, cooldown_s, rollback_risk)",
         f"{path}:{line_of(path, 'severity:')}: targets[0] (checkout): unknown key 'severity' (known keys:"
-        " name, namespace, strategy, baseline, candidate, ingress, service, slo, detection, policy, queries)",
+        " name, namespace, strategy, baseline, candidate, ingress, service, rollout, slo, detection, policy,"
+        " queries)",
     ]
 
 
