@@ -21,6 +21,7 @@ from rollbackd.model import Attribution, Decision, Episode, Evidence, Impact, Ou
 from rollbackd.sources.base import SidePair, SourceTarget
 from tests.kubefixtures import wait_until
 from tests.test_daemon import HEALTHY, SEVERE, ScriptedHealth, canary
+from tests.test_daemon_rollbacks import ScriptedCluster
 
 INTERVAL_S = 0.1
 TOKEN = "verdict-T0ken-5e1f"
@@ -119,10 +120,12 @@ def settings(data_dir: Path, api: ApiSettings | None = None) -> Settings:
 
 @contextlib.asynccontextmanager
 async def running(
-    config: Settings, metrics: PerTarget
+    config: Settings, metrics: PerTarget, cluster: ScriptedCluster | None = None
 ) -> AsyncIterator[tuple[Daemon, aiohttp.ClientSession]]:
     async with (
-        open_daemon(config, metrics_source=metrics, health_source=ScriptedHealth()) as daemon,
+        open_daemon(
+            config, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster
+        ) as daemon,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
     ):
         await wait_until(lambda: daemon.journal.attached and daemon.ready, timeout_s=10, what="ready")
@@ -231,3 +234,25 @@ async def test_verdicts_need_the_token_under_protect_reads_unless_opened(tmp_pat
         # the rest of the API stays protected, and the verdicts change nothing
         assert (await ask(session, daemon, "/api/v1/targets/shop/healthy"))[0] == 401
         assert (await ask(session, daemon, "/api/v1/freeze", method="POST"))[0] == 401
+
+
+async def test_a_target_in_dry_run_is_judged_for_its_partner_but_never_acted_on(tmp_path: Path) -> None:
+    config = settings(tmp_path)
+    partnered = config.targets[1].model_copy(update={"dry_run": True})  # shop/bad: Flagger rolls it back
+    config = config.model_copy(update={"targets": (config.targets[0], partnered)})
+    cluster = ScriptedCluster(action_s=0.0)
+    async with running(config, PerTarget({"shop/healthy": HEALTHY, "shop/bad": SEVERE}), cluster) as (
+        daemon, session,
+    ):
+        async def failing() -> bool:
+            return (await ask(session, daemon, "/api/v1/targets/shop/bad/verdict"))[1]["verdict"] == "fail"
+
+        await wait_until(failing, timeout_s=15, interval_s=0.05, what="a fail verdict")
+        await wait_until(lambda: bool(cluster.runs), timeout_s=10, what="the dry-run plan")
+        status, body = await ask(session, daemon, "/api/v1/targets/shop/bad/rollback-check", method="POST",
+                                 body=FLAGGER_PAYLOAD)
+        assert status == 200
+        assert any("dry-run" in reason for reason in body["reasons"])
+        assert body["decision"]["rollback"] is True
+    assert cluster.runs
+    assert all(cluster.runs), "a target in dry-run must only ever be planned, never acted on"

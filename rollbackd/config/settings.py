@@ -817,6 +817,11 @@ class TargetSettings(_Frozen):
         pattern=K8S_NAME_PATTERN,
         description="argo-rollout: the Rollout (argoproj.io/v1alpha1) to abort.",
     )
+    dry_run: bool = Field(
+        False,
+        description="Judge this target and publish, but never act on it (like safety.dry_run, for this "
+        "target only): for a release a partner rolls back itself, e.g. Flagger asking the verdict.",
+    )
     slo: SloOverride = Field(SloOverride(), description="Overrides of defaults.slo for this target.")
     detection: DetectionOverride = Field(
         DetectionOverride(),
