@@ -245,7 +245,8 @@ async def test_a_target_in_dry_run_is_judged_for_its_partner_but_never_acted_on(
         daemon, session,
     ):
         async def failing() -> bool:
-            return (await ask(session, daemon, "/api/v1/targets/shop/bad/verdict"))[1]["verdict"] == "fail"
+            body = (await ask(session, daemon, "/api/v1/targets/shop/bad/verdict"))[1]
+            return bool(body["verdict"] == "fail")
 
         await wait_until(failing, timeout_s=15, interval_s=0.05, what="a fail verdict")
         await wait_until(lambda: bool(cluster.runs), timeout_s=10, what="the dry-run plan")
