@@ -60,7 +60,7 @@ def _not_installed(exc: KubeNotFound) -> KubeNotFound:
 async def get_rollout(kube: KubeClient, *, namespace: str, name: str) -> Obj:
     """Read a Rollout. Raises :class:`~rollbackd.kube.errors.KubeNotFound` if it does not exist and
     :class:`RolloutsNotInstalled` if the cluster has no Rollouts at all."""
-    call = KubeCall("get", PLURAL, GROUP, namespace, name)
+    call = KubeCall("get", "rollouts", "argoproj.io", namespace, name)
     try:
         return await kube.request(call, kube.custom.get_namespaced_custom_object, GROUP, VERSION, namespace,
                                   PLURAL, name)
@@ -71,7 +71,7 @@ async def get_rollout(kube: KubeClient, *, namespace: str, name: str) -> Obj:
 async def abort_rollout(kube: KubeClient, *, namespace: str, name: str) -> Obj:
     """Abort a Rollout the way ``kubectl argo rollouts abort`` does (see the module docstring);
     returns the Rollout as stored after the patch."""
-    call = KubeCall("patch", PLURAL, GROUP, namespace, name, subresource="status")
+    call = KubeCall("patch", "rollouts", "argoproj.io", namespace, name, subresource="status")
     try:
         return await kube.request(call, kube.custom.patch_namespaced_custom_object_status, GROUP, VERSION,
                                   namespace, PLURAL, name, dict(ABORT_PATCH),
