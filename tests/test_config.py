@@ -470,6 +470,61 @@ def test_keys_of_another_strategy_are_refused(tmp_path: Path) -> None:
     ]
 
 
+def test_an_argo_rollout_target_tells_its_sides_apart_by_labels(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        targets:
+          - name: checkout
+            namespace: shop
+            strategy: argo-rollout
+            rollout: checkout
+            baseline: {labels: {role: stable}}
+            candidate: {labels: {role: canary}}
+            queries: {group_labels: [namespace, role]}
+        """)
+    settings = load_settings(path, environ={})
+    [target] = settings.targets
+    assert target.strategy is Strategy.ARGO_ROLLOUT
+    assert (target.rollout, target.candidate.deployment) == ("checkout", None)
+
+
+def test_argo_rollout_mistakes_say_what_to_write_instead(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        targets:
+          - name: checkout
+            strategy: argo-rollout
+            baseline: {labels: {role: stable}}
+            candidate: {deployment: checkout, labels: {role: canary}}
+          - name: cart
+            strategy: canary
+            ingress: cart-canary
+            baseline: {deployment: cart}
+            candidate: {labels: {}}
+        """)
+    assert problems_of(path) == [
+        f"{path}:2: targets[0] (checkout): missing required key 'rollout' for strategy 'argo-rollout'"
+        " (the Argo Rollouts Rollout)",
+        f"{path}:5: targets[0].candidate.deployment (target checkout): key 'deployment' does not apply to"
+        " strategy 'argo-rollout': the pods of both versions belong to the Rollout: tell the sides apart with"
+        " labels (e.g. role: canary / role: stable, set by the Rollout's canaryMetadata / stableMetadata)",
+        f"{path}:10: targets[1].candidate (target cart): missing required key 'deployment' for strategy"
+        " 'canary' (the Deployment running this version)",
+    ]
+    path = write(tmp_path, """\
+        targets:
+          - name: search
+            strategy: argo-rollout
+            rollout: search
+            baseline: {labels: {role: stable}}
+            candidate: {labels: {role: canary}}
+        """)
+    assert problems_of(path) == [
+        f"{path}:2: targets[0] (search): group label 'deployment' has no value for an argo-rollout target:"
+        " the pods of both versions belong to the Rollout: tell the sides apart with labels (e.g. role:"
+        " canary / role: stable, set by the Rollout's canaryMetadata / stableMetadata); set this target's"
+        " queries.group_labels to them (e.g. [namespace, role])",
+    ]
+
+
 def test_duplicate_targets(tmp_path: Path) -> None:
     path = write(tmp_path, CANARY + """\
           - name: checkout
