@@ -8,15 +8,18 @@ It sits above both the pure decision facts (:mod:`rollbackd.decision.facts`) and
 for every configured target (found by its key, ``namespace/name``):
 
 - :meth:`KubeTargets.facts` reads the candidate Deployment, the baseline one (canary, blue-green)
-  or the candidate's ReplicaSets (deployment strategy) and hands them to the pure
+  or the candidate's ReplicaSets (deployment strategy), or the Rollout and its stable ReplicaSet
+  (argo-rollout; a Rollout that does not exist, or a cluster without Argo Rollouts, is a fact: no
+  rollback target, with that reason) and hands them to the pure
   :func:`~rollbackd.decision.facts.cluster_facts`: rollback risk and fix-forward holds from
   annotations, the candidate's revision, whether there is a healthy version to go back to. A
   fix-forward ETA given as a duration (``15m``) counts from when this object first saw it;
-- :meth:`KubeTargets.action` builds the target's action: canary abort, blue-green switch-back or
-  Deployment undo;
+- :meth:`KubeTargets.action` builds the target's action: canary abort, blue-green switch-back,
+  Deployment undo or Rollout abort (:data:`ACTIONS` names them per strategy);
 - :meth:`KubeTargets.serving_available` tells whether the version traffic went back to is fully
   available (rolled out, every replica available): the stable Deployment (canary), the previous
-  colour (blue-green), the Deployment itself (undo).
+  colour (blue-green), the Deployment itself (undo), the Rollout's stable ReplicaSet once the
+  Rollout reports its abort (argo-rollout).
 
 A Deployment undo acts only while the Deployment still runs the revision judged bad (see
 :mod:`rollbackd.actions.deployment_undo`). :meth:`KubeTargets.action` takes that revision as
