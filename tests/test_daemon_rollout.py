@@ -60,7 +60,7 @@ async def test_a_bad_canary_of_a_rollout_is_aborted_verified_and_told(
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
         open_daemon(
             config, metrics_source=ScriptedMetrics(SEVERE), health_source=ScriptedHealth(),
-            cluster=KubeTargets(kube=kube, settings=config, action_settings=FAST), kube=kube,
+            targets=KubeTargets(kube=kube, settings=config, action_settings=FAST), kube=kube,
         ) as daemon,
     ):
         base = f"http://127.0.0.1:{daemon.port}"

@@ -21,7 +21,7 @@ from rollbackd.model import Attribution, Decision, Episode, Evidence, Impact, Ou
 from rollbackd.sources.base import SidePair, SourceTarget
 from tests.kubefixtures import wait_until
 from tests.test_daemon import HEALTHY, SEVERE, ScriptedHealth, canary
-from tests.test_daemon_rollbacks import ScriptedCluster
+from tests.test_daemon_rollbacks import ScriptedTargets
 
 INTERVAL_S = 0.1
 TOKEN = "verdict-T0ken-5e1f"
@@ -120,11 +120,11 @@ def settings(data_dir: Path, api: ApiSettings | None = None) -> Settings:
 
 @contextlib.asynccontextmanager
 async def running(
-    config: Settings, metrics: PerTarget, cluster: ScriptedCluster | None = None
+    config: Settings, metrics: PerTarget, targets: ScriptedTargets | None = None
 ) -> AsyncIterator[tuple[Daemon, aiohttp.ClientSession]]:
     async with (
         open_daemon(
-            config, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster
+            config, metrics_source=metrics, health_source=ScriptedHealth(), targets=targets
         ) as daemon,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
     ):
@@ -240,8 +240,8 @@ async def test_a_target_in_dry_run_is_judged_for_its_partner_but_never_acted_on(
     config = settings(tmp_path)
     partnered = config.targets[1].model_copy(update={"dry_run": True})  # shop/bad: Flagger rolls it back
     config = config.model_copy(update={"targets": (config.targets[0], partnered)})
-    cluster = ScriptedCluster(action_s=0.0)
-    async with running(config, PerTarget({"shop/healthy": HEALTHY, "shop/bad": SEVERE}), cluster) as (
+    targets = ScriptedTargets(action_s=0.0)
+    async with running(config, PerTarget({"shop/healthy": HEALTHY, "shop/bad": SEVERE}), targets) as (
         daemon, session,
     ):
         async def failing() -> bool:
@@ -249,11 +249,11 @@ async def test_a_target_in_dry_run_is_judged_for_its_partner_but_never_acted_on(
             return bool(body["verdict"] == "fail")
 
         await wait_until(failing, timeout_s=15, interval_s=0.05, what="a fail verdict")
-        await wait_until(lambda: bool(cluster.runs), timeout_s=10, what="the dry-run plan")
+        await wait_until(lambda: bool(targets.runs), timeout_s=10, what="the dry-run plan")
         status, body = await ask(session, daemon, "/api/v1/targets/shop/bad/rollback-check", method="POST",
                                  body=FLAGGER_PAYLOAD)
         assert status == 200
         assert any("dry-run" in reason for reason in body["reasons"])
         assert body["decision"]["rollback"] is True
-    assert cluster.runs
-    assert all(cluster.runs), "a target in dry-run must only ever be planned, never acted on"
+    assert targets.runs
+    assert all(targets.runs), "a target in dry-run must only ever be planned, never acted on"
