@@ -14,7 +14,6 @@ What it gives:
   and annotated like the deployment controller does), :func:`seed_service`, :func:`seed_ingress`
   (ingress-nginx canary annotations), :func:`seed_route` (a Gateway API HTTPRoute or GRPCRoute),
   :func:`seed_virtual_service` (an Istio VirtualService), :func:`seed_endpointslice`.
-- :meth:`ClusterEmulator.uninstall`: resources not served, as when their CRDs are not installed.
 - :class:`Controllers`: what the deployment, EndpointSlice and gateway controllers do, enough for
   actions to wait on: a changed Deployment template gets its ReplicaSet (new, or an old one brought back with
   the newest revision number), old ReplicaSets scale to zero, the status follows after
@@ -23,7 +22,10 @@ What it gives:
   backends resolved (:func:`route_parents_status`).
 - Faults, declared with kmock's DSL and answered *before* anything is stored:
   :meth:`ClusterEmulator.fail` (any status), :meth:`~ClusterEmulator.conflict` (409),
-  :meth:`~ClusterEmulator.forbid` (403 with the API server's RBAC wording).
+  :meth:`~ClusterEmulator.forbid` (403 with the API server's RBAC wording),
+  :meth:`~ClusterEmulator.uninstall` (a resource type the cluster does not serve: a CRD not installed).
+- Argo Rollouts' ``Rollout`` is declared (with its ``status`` and ``scale`` subresources); its
+  seeding and the part of its controller that aborts are in :mod:`rollbackd.demo.argo_rollouts`.
 
 The pytest fixtures over these (``kube_cluster``, ``kube``, ``kube_controllers``) are in
 ``tests/kubefixtures.py``.
@@ -94,6 +96,8 @@ GRPCROUTES = kmock.resource("gateway.networking.k8s.io", "v1", "grpcroutes")
 VIRTUALSERVICES = kmock.resource("networking.istio.io", "v1", "virtualservices")
 #: The Gateway API routes the emulated gateway controller reports on.
 ROUTE_RESOURCES = (HTTPROUTES, GRPCROUTES)
+#: Argo Rollouts' Rollout (its CRD declares the status and scale subresources).
+ROLLOUTS = kmock.resource("argoproj.io", "v1alpha1", "rollouts")
 
 #: resource -> (kind, subresources), as the API server's discovery documents them.
 RESOURCES: Mapping[kmock.resource, tuple[str, frozenset[str]]] = {
@@ -109,6 +113,7 @@ RESOURCES: Mapping[kmock.resource, tuple[str, frozenset[str]]] = {
     HTTPROUTES: ("HTTPRoute", frozenset({"status"})),
     GRPCROUTES: ("GRPCRoute", frozenset({"status"})),
     VIRTUALSERVICES: ("VirtualService", frozenset({"status"})),
+    ROLLOUTS: ("Rollout", frozenset({"status", "scale"})),
 }
 #: The controller name the emulated gateway controller writes into route status.
 GATEWAY_CONTROLLER = "rollbackd.io/emulated-gateway"
@@ -119,6 +124,9 @@ REVISION_HISTORY_ANNOTATION = "deployment.kubernetes.io/revision-history"
 
 #: The identity the RBAC denials name: rollbackd's service account in its own namespace.
 ROLLBACKD_USER = "system:serviceaccount:rollbackd:rollbackd"
+
+#: What an API server answers for a resource type it does not serve (a CRD not installed).
+UNKNOWN_RESOURCE = "the server could not find the requested resource"
 
 #: Kubernetes' alphabet for generated name suffixes (no vowels, no look-alike digits).
 _SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
@@ -338,7 +346,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     _resource_version: int = attrs.field(default=1000, init=False)
     _rejections: list[kmock.View] = attrs.field(factory=list, init=False)
     _answers: dict[int, Obj] = attrs.field(factory=dict, init=False)
-    _uninstalled: set[kmock.resource] = attrs.field(factory=set, init=False)
+    #: Resources :meth:`uninstall` took away: not in discovery, whatever the reactions name.
+    _unserved: set[kmock.resource] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -348,14 +357,6 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 kind=kind, namespaced=True, singular=kind.lower(), subresources=set(subresources),
                 verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
             )
-
-    def uninstall(self, *resources: ResourceLike) -> None:
-        """Serve these resources no more, as when their CRDs are not installed: discovery does not
-        list them and every request on them gets the API server's 404 for an unknown path."""
-        for resource in resources:
-            res = _resource(resource)
-            self._uninstalled.add(res)
-            del self.resources[res]
 
     # -- reading and writing the store directly (seeding, controllers, assertions) --
 
@@ -481,9 +482,17 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return view
 
     def conflict(
-        self, verb: Verb, resource: ResourceLike, *, namespace: str, name: str, times: int = 1
+        self,
+        verb: Verb,
+        resource: ResourceLike,
+        *,
+        namespace: str,
+        name: str,
+        times: int = 1,
+        subresource: str | None = None,
     ) -> kmock.View:
-        """The next ``times`` requests on that object get 409: "the object has been modified"."""
+        """The next ``times`` requests on that object (or its ``subresource``) get 409: "the object
+        has been modified"."""
         res = _resource(resource)
         body = status_body(
             409, "Conflict",
@@ -491,7 +500,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             f"please apply your changes to the latest version and try again",
             details={"name": name, "group": res.group, "kind": res.plural},
         )
-        return self.fail(verb, resource, status=409, body=body, namespace=namespace, name=name, times=times)
+        return self.fail(verb, resource, status=409, body=body, namespace=namespace, name=name, times=times,
+                         subresource=subresource)
 
     def forbid(
         self,
@@ -516,6 +526,24 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return self.fail(verb, resource, status=403, body=body, namespace=namespace, name=name,
                          subresource=subresource, times=None)
 
+    def uninstall(self, *resources: ResourceLike) -> None:
+        """From now on, serve ``resources`` no more, the way an API server without their CRDs
+        does: its discovery does not list them, and every request on them (and their
+        subresources) gets 404 "the server could not find the requested resource"."""
+        for resource in resources:
+            res = _resource(resource)
+            self._unserved.add(res)
+            if res in self.resources:
+                del self.resources[res]
+            body = status_body(404, "NotFound", UNKNOWN_RESOURCE, details={})
+            for subresource in (None, *RESOURCES.get(res, ("", frozenset()))[1]):
+                for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
+                    self.fail(verb, res, status=404, body=body, subresource=subresource, times=None)
+
+    def _get_resources(self) -> list[kmock.resource]:
+        # kmock's discovery lists every resource a reaction names (the 404s of uninstall() too).
+        return [res for res in super()._get_resources() if res not in self._unserved]
+
     # -- request handling --
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
@@ -523,9 +551,6 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             # A fault answers; the plain emulator would have stored the write anyway.
             return await kmock.RawHandler._handle(self, request)
         res = request.resource
-        if res is not None and res in self._uninstalled:
-            raise kmock.KubernetesError(status=404, reason="NotFound", details={},
-                                        message="the server could not find the requested resource")
         write = None
         if res is not None and res in RESOURCES and request.namespace is not None:
             if request.method == kmock.method.PATCH and request.name is not None:
