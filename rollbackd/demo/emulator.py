@@ -1076,7 +1076,7 @@ def sync_endpointslice(emu: ClusterEmulator, service: Mapping[str, Any]) -> Obj 
 
 @dataclass
 class Controllers:
-    """What the deployment and EndpointSlice controllers do, run as one task while entered.
+    """What the deployment, EndpointSlice and gateway controllers do, run as one task while entered.
 
     Deployments: when ``metadata.generation`` is ahead of ``status.observedGeneration`` (the
     template or the replicas changed), the ReplicaSet for the current template is found (by
@@ -1089,6 +1089,11 @@ class Controllers:
     gets ready: the old pods keep serving).
 
     Services: their EndpointSlice always lists the ready pods of the ReplicaSets the selector picks.
+
+    Gateway API routes (HTTPRoute, GRPCRoute): each parent in ``spec.parentRefs`` gets a
+    ``status.parents`` entry with ``Accepted`` (false, ``NotAllowedByListeners``, for the routes
+    named in ``refused_routes``) and ``ResolvedRefs`` (false, ``BackendNotFound``, while a Service
+    it names does not exist), for the route's generation (:func:`route_parents_status`).
 
     Every ``poll_s`` the store is compared with what was last seen; writes go through the
     emulator's store and are published to watchers.
