@@ -13,9 +13,11 @@ A receiver recomputes the HMAC over the raw body it got, compares in constant ti
 timestamps more than a few minutes away from its clock (a replayed request). A retry is signed
 again with a new timestamp, so it is a fresh request carrying the same event ``id``: dedupe by id.
 
-Any 2xx answer delivers the event; anything else (or no answer within ``timeout_s``) is retried by
-the dispatcher with backoff. Events whose type matches none of the webhook's ``types`` globs are
-not sent (and count as delivered for this webhook).
+Any 2xx answer delivers the event. A permanent refusal (400, 401, 403, 404, 410, 413, 422: the
+same request would be refused again) gives up on the event at once: it is dead-lettered, audited
+and escalated (see :mod:`rollbackd.events.deadletter`). Anything else (408, 429, 5xx, or no answer
+within ``timeout_s``) is retried by the dispatcher with backoff. Events whose type matches none of
+the webhook's ``types`` globs are not sent (and count as delivered for this webhook).
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ import aiohttp
 
 from rollbackd import __version__
 from rollbackd.config.settings import WebhookSettings
-from rollbackd.events.dispatcher import DeliveryError
+from rollbackd.events.dispatcher import DeliveryError, RejectedDelivery
 from rollbackd.events.model import CLOUDEVENTS_JSON, short_type
 from rollbackd.events.secrets import read_secret
 from rollbackd.store.base import OutboxEvent
 
 SIGNATURE_HEADER = "X-Rollbackd-Signature"
 TIMESTAMP_HEADER = "X-Rollbackd-Timestamp"
+#: Answers that refuse the event for good: retrying the same request would be refused again.
+PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 410, 413, 422})
 #: How far a receiver should accept a signature's timestamp from its own clock.
 DEFAULT_TOLERANCE_S = 300.0
 
@@ -179,9 +183,10 @@ class WebhookSink:
             ) as response:
                 if 200 <= response.status < 300:
                     return
-                raise DeliveryError(
-                    f"{self._where} answered HTTP {response.status} {response.reason or ''}".strip()
-                )
+                answer = f"{self._where} answered HTTP {response.status} {response.reason or ''}".strip()
+                if response.status in PERMANENT_STATUSES:
+                    raise RejectedDelivery(f"{answer}: refused for good, not retried")
+                raise DeliveryError(answer)
         except (aiohttp.ClientError, TimeoutError) as exc:
             detail = str(exc).replace(self._url, "<url>")
             raise DeliveryError(
