@@ -82,7 +82,11 @@ async def open_sinks(
                 aiohttp.ClientSession(headers={"User-Agent": f"rollbackd/{__version__}"})
             )
             for hook in settings.webhooks:
-                sinks.append(WebhookSink.from_settings(hook, environ=environ, session=session))
+                sinks.append(
+                    WebhookSink.from_settings(
+                        hook, environ=environ, session=session, status_url=settings.status_url
+                    )
+                )
         if settings.kubernetes_events and kube is not None:
             sinks.append(KubeEventsSink(kube=kube, deployments=deployments or {}, rollouts=rollouts or {},
                                         instance=instance))
