@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import jsonschema
 import pytest
 from aiohttp import web
 
+from rollbackd.config.loader import load_settings
 from rollbackd.config.settings import EventsSettings, WebhookSettings
 from rollbackd.events.build import EventFactory
 from rollbackd.events.chat import ADAPTIVE_CARD, DISCORD_EMBED_TOTAL_MAX, discord, message_of, slack, teams
@@ -334,6 +336,13 @@ async def test_standard_webhooks_requests_verify_with_the_spec_and_carry_the_clo
         other = "whsec_" + base64.b64encode(b"another-key-0123456789abcdef").decode()
         assert not standard_webhooks_verify(other, headers, raw, now=time.time())
         assert not standard_webhooks_verify(SW_SECRET, headers, raw, now=time.time() + 3600)
+    # The receiver docs/notifications.md shows agrees.
+    (snippet,) = doc_blocks("python")
+    namespace: dict[str, Any] = {}
+    exec(snippet, namespace)  # the documentation's own example
+    for headers, raw in inbox.requests:
+        assert namespace["verify"](SW_SECRET, headers, raw)
+        assert not namespace["verify"](SW_SECRET, headers, raw + b" ")
 
 
 def test_a_standard_webhooks_secret_must_be_whsec_base64() -> None:
@@ -342,3 +351,38 @@ def test_a_standard_webhooks_secret_must_be_whsec_base64() -> None:
         WebhookSink.from_settings(hook, environ={"S": "plain-password"})
     with pytest.raises(SecretError, match="whsec_"):
         WebhookSink.from_settings(hook, environ={"S": "whsec_!!notbase64!!"})
+
+
+# --- docs/notifications.md ------------------------------------------------------------------------
+
+DOC = Path(__file__).parent.parent / "docs" / "notifications.md"
+
+
+def doc_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.DOTALL)
+
+
+def test_the_documented_configurations_load(tmp_path: Path) -> None:
+    blocks = doc_blocks("yaml")
+    assert len(blocks) >= 5
+    formats = set()
+    for index, block in enumerate(blocks):
+        path = tmp_path / f"{index}.yaml"
+        path.write_text(block, encoding="utf-8")
+        events = load_settings(path, environ={}).events
+        formats |= {hook.format for hook in events.webhooks}
+    assert formats == {"slack", "teams", "discord", "standard-webhooks"}
+
+
+def test_the_documented_messages_have_the_documented_shapes() -> None:
+    checked = 0
+    for block in doc_blocks("json"):
+        body = json.loads(block)
+        if "blocks" in body:
+            valid(body, SLACK)
+        elif "attachments" in body:
+            valid_teams(body)
+        else:
+            valid(body, DISCORD)
+        checked += 1
+    assert checked == 3
