@@ -40,8 +40,9 @@ logger = logging.getLogger(__name__)
 #: Default shortest time between two looks at a token file, in seconds of event-loop time.
 TOKEN_RECHECK_S = 1.0
 
-#: OpenSSL's verification result for a certificate that does not carry the expected name.
-_HOSTNAME_MISMATCH = 62
+#: OpenSSL's verification results for a certificate that does not carry the expected host name or
+#: IP address.
+_NAME_MISMATCH = frozenset({62, 64})
 #: OpenSSL's results for a certificate signed by no CA the context trusts.
 _UNTRUSTED = frozenset({18, 19, 20, 21})
 #: OpenSSL's result for an expired certificate.
@@ -166,15 +167,15 @@ def _context(tls: BackendTlsSettings, *, check_hostname: bool = True) -> ssl.SSL
     else:
         try:
             context = ssl.create_default_context(cafile=tls.ca_file)
-        except OSError as exc:
-            raise BackendConfigError(
-                f"prometheus.tls.ca_file: cannot read {tls.ca_file}: {exc.strerror or type(exc).__name__}; "
-                "mount the CA bundle (PEM) that signed the backend's certificate there, or fix the path"
-            ) from None
         except ssl.SSLError:
             raise BackendConfigError(
                 f"prometheus.tls.ca_file: {tls.ca_file} holds no PEM certificate; give the CA bundle (PEM) "
                 "that signed the backend's certificate"
+            ) from None
+        except OSError as exc:
+            raise BackendConfigError(
+                f"prometheus.tls.ca_file: cannot read {tls.ca_file}: {exc.strerror or type(exc).__name__}; "
+                "mount the CA bundle (PEM) that signed the backend's certificate there, or fix the path"
             ) from None
         context.check_hostname = check_hostname
     if tls.cert_file:
@@ -339,7 +340,7 @@ async def certificate_problem(
     expected = server_name or host
     source = "prometheus.tls.server_name" if server_name else "the URL's host"
     code = getattr(error, "verify_code", None)
-    if code == _HOSTNAME_MISMATCH:
+    if code in _NAME_MISMATCH:
         names = await _certificate_names(host, port, expected, diagnostic, timeout_s)
         carried = f"it names {', '.join(names)}" if names else "the names it carries could not be read"
         return (
