@@ -331,7 +331,7 @@ class BasicAuthSettings(_Frozen):
     @classmethod
     def _no_colon(cls, value: str) -> str:
         if ":" in value:
-            raise ValueError("a basic-auth user name cannot contain ':'")
+            raise ValueError("a basic-auth user name cannot contain ':' (the password is given apart)")
         return value
 
     @model_validator(mode="after")
