@@ -128,6 +128,14 @@ Ingresses (canary weight), read EndpointSlices (availability), and report throug
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.rbac.argoRollouts }}
+- apiGroups: ["argoproj.io"]
+  resources: ["rollouts"]
+  verbs: ["get"]
+- apiGroups: ["argoproj.io"]
+  resources: ["rollouts/status"]
+  verbs: ["patch"]
+{{- end }}
 {{- end }}
 
 {{/*
@@ -166,6 +174,13 @@ Checks of combinations the schema cannot express; a failed one stops the install
 {{- end }}
 {{- if ne (empty $prom.tls.certKey) (empty $prom.tls.keyKey) }}
 {{- fail "credentials.prometheus.tls: give certKey and keyKey together (a client certificate and its key), or neither" }}
+{{- end }}
+{{- end }}
+{{- if and .Values.rbac.create (not .Values.rbac.argoRollouts) }}
+{{- range .Values.config.targets | default list }}
+{{- if eq (.strategy | default "") "argo-rollout" }}
+{{- fail (printf "config.targets: %s/%s has strategy argo-rollout, but rbac.argoRollouts is false: rollbackd could not read or abort its Rollout (set rbac.argoRollouts: true)" (.namespace | default "default") (.name | default "?")) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- if and .Values.rbac.create (not .Values.rbac.clusterWide) }}
