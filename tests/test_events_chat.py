@@ -386,3 +386,16 @@ def test_the_documented_messages_have_the_documented_shapes() -> None:
             valid(body, DISCORD)
         checked += 1
     assert checked == 3
+
+
+def test_empty_texts_still_make_valid_messages() -> None:
+    event = EventFactory().escalation_raised(
+        "shop/checkout", cause="rollback-risk", reasons=("",), clock=clock(1000)
+    )
+    empty = CloudEvent.from_json({**event.to_json(), "data": {**event.to_json()["data"], "summary": ""}})
+    message = message_of(empty, status_url=None)
+    valid(slack(message), SLACK)
+    valid_teams(teams(message))
+    body = discord(message)
+    valid(body, DISCORD)
+    assert all(field["value"] for field in body["embeds"][0]["fields"])

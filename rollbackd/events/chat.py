@@ -273,7 +273,10 @@ def slack(message: Message) -> dict[str, Any]:
         context.append(_mrkdwn(f"<{slack_escape(message.link)}|Status page>"))
     section: dict[str, Any] = {
         "type": "section",
-        "text": {"type": "mrkdwn", "text": cut(slack_escape(message.summary), SLACK_TEXT_MAX)},
+        "text": {
+            "type": "mrkdwn",
+            "text": cut(slack_escape(message.summary or message.title), SLACK_TEXT_MAX),
+        },
     }
     if fields:
         section["fields"] = fields
@@ -347,13 +350,13 @@ def discord(message: Message) -> dict[str, Any]:
     title = cut(message.title, DISCORD_TITLE_MAX)
     footer = cut(f"{message.event_type} · {message.event_id}", DISCORD_FOOTER_MAX)
     budget = DISCORD_EMBED_TOTAL_MAX - len(title) - len(footer)
-    description = cut(markdown_escape(message.summary), min(DISCORD_DESCRIPTION_MAX, budget))
+    description = cut(markdown_escape(message.summary or message.title), min(DISCORD_DESCRIPTION_MAX, budget))
     budget -= len(description)
     fields: list[dict[str, Any]] = []
     facts: Sequence[Fact] = message.facts
     for index, fact in enumerate(facts):
         name = cut(markdown_escape(fact.label), DISCORD_FIELD_NAME_MAX)
-        value = cut(markdown_escape(fact.value), DISCORD_FIELD_VALUE_MAX)
+        value = cut(markdown_escape(fact.value) or "n/a", DISCORD_FIELD_VALUE_MAX)  # never empty
         left = len(facts) - index
         room = len(fields) < DISCORD_FIELDS_MAX - (1 if left > 1 else 0)
         if not room or len(name) + len(value) > budget - 40:
