@@ -18,20 +18,25 @@ Every text that comes from the outside (names, reasons, hold reasons) is HTML-es
 from __future__ import annotations
 
 import enum
-import html
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from rollbackd.daemon.charts import CSS as _CHARTS_CSS
+from rollbackd.daemon.charts import render_charts
+from rollbackd.daemon.docread import Doc as _Doc
+from rollbackd.daemon.docread import escape as _e
+from rollbackd.daemon.docread import items as _list
+from rollbackd.daemon.docread import number as _num
+from rollbackd.daemon.docread import obj as _obj
+from rollbackd.daemon.docread import text as _text
 from rollbackd.daemon.jsonify import JsonValue
 
 #: The shortest refresh period of the page, in seconds.
 MIN_REFRESH_S = 2
 #: The refresh period when no target tells the evaluation interval.
 FALLBACK_REFRESH_S = 10
-
-_Doc = Mapping[str, JsonValue]
 
 
 class Urgency(enum.IntEnum):
@@ -92,6 +97,17 @@ _ESCALATED_BY = {
 }
 
 
+#: Badge words for where a rollback run stands (``rollback.phase``): rolled back and still being
+#: verified is not the same news as rolled back and verified.
+_RUN_BADGES = {
+    "acting": "rolling back",
+    "verifying": "rolled back, verifying",
+    "verified": "rolled back, verified",
+    "verification-failed": "rolled back, verification failed",
+    "action-failed": "rollback failed",
+}
+
+
 #: Words for who a proven breach is blamed on (``attribution``).
 _BLAME = {
     "attributable": "the new version",
@@ -112,6 +128,9 @@ def target_status(target: _Doc) -> Status:
         if decision.get("dry_run") is True:
             return Status(Urgency.ROLLBACK, f"would roll back ({outcome}, dry-run)")
         return Status(Urgency.ROLLBACK, f"rollback decided ({outcome})")
+    run = _obj(target.get("rollback"))
+    if run is not None and _text(run.get("phase")) in _RUN_BADGES:
+        return Status(Urgency.ROLLBACK, _RUN_BADGES[_text(run.get("phase"))])
     # A cooldown only starts when a rollback was decided for real: the target was rolled back.
     if _obj(target.get("cooldown")) is not None and _obj(target.get("last_rollback")) is not None:
         return Status(Urgency.ROLLBACK, "rolled back")
@@ -177,7 +196,7 @@ def render_status_page(
         f'<meta http-equiv="refresh" content="{refresh_s}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title>",
-        f"<style>{_CSS}</style>",
+        f"<style>{_CSS}{_CHARTS_CSS}</style>",
         "</head><body>",
         _banner(
             version=version,
@@ -285,7 +304,8 @@ def _card(target: _Doc, status: Status, *, generated_at: datetime) -> str:
     return (
         f'<article class="target {status.css}" data-key="{_e(key)}" data-status="{status.css}">'
         f"{head}{_facts(evidence, decision, last_rollback)}"
-        f'<div class="body"><div class="left">{left}</div><div class="right">{right}</div></div></article>'
+        f'<div class="body"><div class="left">{left}</div><div class="right">{right}</div></div>'
+        f"{render_charts(_obj(target.get('series')))}</article>"
     )
 
 
@@ -526,28 +546,6 @@ def _restraints(target: _Doc, *, generated_at: datetime) -> str:
 
 
 # --- small helpers -----------------------------------------------------------------------------
-
-
-def _e(text: str) -> str:
-    return html.escape(text, quote=True)
-
-
-def _obj(value: JsonValue) -> _Doc | None:
-    return value if isinstance(value, dict) else None
-
-
-def _list(value: JsonValue) -> list[JsonValue]:
-    return value if isinstance(value, list) else []
-
-
-def _num(value: JsonValue) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def _text(value: JsonValue) -> str:
-    return "" if value is None else str(value)
 
 
 def _count(value: float | None) -> str:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from rollbackd.config.resolve import target_params
 from rollbackd.config.settings import Settings, TargetSettings
+from rollbackd.daemon.series import Series, point_of
 from rollbackd.decision.facts import ClusterFacts, is_newer
 
 if TYPE_CHECKING:
@@ -54,6 +55,9 @@ class TargetState:
         #: process has just started watching), and how many reads of it failed.
         self.history_wanted = True
         self.history_failures = 0
+        #: What the status page charts: every interval since the release, bounded (see
+        #: :mod:`rollbackd.daemon.series`); kept across rollbacks and reloads.
+        self.series = Series()
 
     @property
     def key(self) -> str:
@@ -65,14 +69,17 @@ class TargetState:
         return self.evaluator.kept()
 
     def judge(self, obs: Observation) -> Evidence:
-        """The detectors' half of a tick."""
+        """The detectors' half of a tick (the observation joins the charts' series)."""
+        self.series.add(point_of(obs, interval_s=self.params.interval_s))
         return self.evaluator.judge(obs)
 
     def backfill(self, observations: Iterable[Observation]) -> int:
         """Take the target's past, read from the metrics source, as if it had been watched; it
         is not read again. Returns how many observations were taken."""
         self.history_wanted = False
-        return self.evaluator.backfill(observations)
+        past = list(observations)
+        self.series.extend(point_of(obs, interval_s=self.params.interval_s) for obs in past)
+        return self.evaluator.backfill(past)
 
     def reset(self) -> None:
         """Judge afresh from now on (after a rollback, the next episode stands on its own data,
@@ -92,6 +99,7 @@ class TargetState:
         fresh.judged_revision = self.judged_revision
         fresh.history_wanted = self.history_wanted
         fresh.history_failures = self.history_failures
+        fresh.series = self.series
         return fresh
 
 

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from rollbackd.actions.base import ActionResult
 from rollbackd.actions.targets import action_name
 from rollbackd.daemon.jsonify import JsonValue, to_json_value
+from rollbackd.daemon.series import MAX_POINTS, Point, Side, point_of
 from rollbackd.daemon.state import DaemonState, RuntimeFlags, TargetState
 from rollbackd.decision.verdict import PartnerVerdict, partner_verdict
 from rollbackd.model import Decision, Episode, Evidence
@@ -126,10 +127,76 @@ def rollback_view(run: RollbackRun | None, *, now: float) -> JsonValue:
     }
 
 
+def _side_view(side: Side | None) -> JsonValue:
+    if side is None:
+        return None
+    return {
+        "requests": to_json_value(side.requests),
+        "error_rate": to_json_value(side.error_rate),
+        "p95_ms": to_json_value(side.p95_ms),
+    }
+
+
+def _point_view(point: Point) -> JsonValue:
+    return {
+        "start": to_json_value(point.start),
+        "t": to_json_value(point.t),
+        "candidate": _side_view(point.candidate),
+        "baseline": _side_view(point.baseline),
+    }
+
+
+def marks_view(target: TargetState, run: RollbackRun | None) -> list[JsonValue]:
+    """What the charts mark, oldest first (times on the loop clock, like the points): the breach's
+    first bad interval (the episode's onset), the rollback decision, the action done, the
+    verification's verdict."""
+    marks: list[JsonValue] = []
+    decided = target.last_rollback
+    episode = decided.episode if decided is not None else None
+    if episode is None and target.latest is not None:
+        episode = target.latest.episode
+    if episode is not None:
+        marks.append({"kind": "first-bad", "t": to_json_value(episode.onset), "label": "first bad interval"})
+    if decided is not None:
+        label = f"rollback decided ({decided.outcome.value})"
+        if decided.dry_run:
+            label = "would roll back (dry-run)"
+        marks.append({"kind": "decision", "t": to_json_value(decided.t), "label": label})
+    if run is not None:
+        if run.acted_at is not None and run.action is not None:
+            marks.append({
+                "kind": "action",
+                "t": to_json_value(run.acted_at),
+                "label": f"{run.action.action}: {run.action.outcome.value}",
+            })
+        if run.finished_at is not None:
+            marks.append({"kind": "verdict", "t": to_json_value(run.finished_at), "label": run.phase.value})
+    return marks
+
+
+def series_view(target: TargetState, run: RollbackRun | None, *, now: float) -> JsonValue:
+    """The charts' data: the SLO, every interval of the detection window, the release's series
+    (downsampled, at most ``max_points``) and the marks."""
+    interval_s = target.params.interval_s
+    return {
+        "now": to_json_value(now),
+        "interval_s": to_json_value(interval_s),
+        "max_points": MAX_POINTS,
+        "slo": {
+            "error_rate": to_json_value(target.params.slo.max_error_rate),
+            "p95_ms": to_json_value(target.params.slo.max_p95_ms),
+        },
+        "window": [_point_view(point_of(obs, interval_s=interval_s)) for obs in target.observations],
+        "release": [_point_view(point) for point in target.series.points],
+        "marks": marks_view(target, run),
+    }
+
+
 def target_view(state: DaemonState, target: TargetState, *, now: float) -> JsonValue:
     """One target: what it is, the latest evidence and decision, its last rollback decision, and
     what currently restrains it (hold, cooldown)."""
     latest = target.latest
+    run = state.rollbacks.runs.get(target.key) if state.rollbacks else None
     hold = state.holds.get(target.key)
     cooldown_until = state.ledger.cooldown_until(target.key)
     if cooldown_until is not None and cooldown_until <= now:
@@ -142,7 +209,7 @@ def target_view(state: DaemonState, target: TargetState, *, now: float) -> JsonV
         "evidence": evidence_view(latest.evidence if latest is not None else None),
         "decision": decision_view(latest, now=now),
         "last_rollback": decision_view(target.last_rollback, now=now),
-        "rollback": rollback_view(state.rollbacks.runs.get(target.key) if state.rollbacks else None, now=now),
+        "rollback": rollback_view(run, now=now),
         "dry_run_plan": action_view(state.rollbacks.dry_run_plan(target.key) if state.rollbacks else None),
         "hold": None
         if hold is None
@@ -159,6 +226,7 @@ def target_view(state: DaemonState, target: TargetState, *, now: float) -> JsonV
             "until": to_json_value(cooldown_until),
             "remaining_s": to_json_value(cooldown_until - now),
         },
+        "series": series_view(target, run, now=now),
     }
 
 

@@ -1,0 +1,99 @@
+"""What the status page's charts draw: per target, the candidate's and the baseline's error rate
+and P95 of every interval, since the release (the daemon started watching the target), in bounded
+memory.
+
+A :class:`Series` keeps at most :data:`MAX_POINTS` points. When it is full, neighbouring points
+are merged pairwise (the oldest first), so it then holds half as many, each covering twice the
+time: the recent past at full resolution as long as it fits, the whole release always. A merged
+point's error rate is the errors over the requests of both (the rate of the span), its P95 the
+higher of the two (a chart must not hide a slow interval). Memory per target is therefore at most
+:data:`MAX_POINTS` small values, whatever the release's length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from rollbackd.detectors.latency import quantile_ms
+from rollbackd.model import Observation, Sample
+
+#: The most points a target's series keeps (see the module documentation).
+MAX_POINTS = 240
+
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    """One side's traffic over a point's span: counts to merge rates exactly, and its P95."""
+
+    requests: float
+    errors: float
+    p95_ms: float | None
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests > 0 else None
+
+    def merged(self, other: Side) -> Side:
+        slowest = [p for p in (self.p95_ms, other.p95_ms) if p is not None]
+        return Side(self.requests + other.requests, self.errors + other.errors, max(slowest, default=None))
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One interval (or, once merged, several): ``start`` to ``t`` on the daemon's loop clock."""
+
+    start: float
+    t: float
+    candidate: Side | None
+    baseline: Side | None
+
+    def merged(self, later: Point) -> Point:
+        candidate, baseline = _merge(self.candidate, later.candidate), _merge(self.baseline, later.baseline)
+        return Point(self.start, later.t, candidate, baseline)
+
+
+def _merge(a: Side | None, b: Side | None) -> Side | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a.merged(b)
+
+
+def _side(sample: Sample | None) -> Side | None:
+    if sample is None:
+        return None
+    p95 = quantile_ms(sample.latency) if sample.latency is not None else sample.p95_ms
+    return Side(sample.requests, sample.errors, p95)
+
+
+def point_of(obs: Observation, *, interval_s: float) -> Point:
+    """The point of one observation (an interval ending at ``obs.t``)."""
+    return Point(obs.t - interval_s, obs.t, _side(obs.candidate), _side(obs.baseline))
+
+
+class Series:
+    """A target's points since the release, at most ``max_points`` (merged pairwise when full)."""
+
+    def __init__(self, *, max_points: int = MAX_POINTS) -> None:
+        if max_points < 2 or max_points % 2:
+            raise ValueError(f"a series keeps an even number of points, at least 2 (got {max_points})")
+        self.max_points = max_points
+        self._points: list[Point] = []
+
+    @property
+    def points(self) -> Sequence[Point]:
+        return tuple(self._points)
+
+    def add(self, point: Point) -> None:
+        """Append ``point`` (a point not later than the last one is ignored: a replayed interval)."""
+        if self._points and point.t <= self._points[-1].t:
+            return
+        if len(self._points) >= self.max_points:
+            self._points = [a.merged(b) for a, b in zip(self._points[::2], self._points[1::2], strict=True)]
+        self._points.append(point)
+
+    def extend(self, points: Iterable[Point]) -> None:
+        for point in points:
+            self.add(point)

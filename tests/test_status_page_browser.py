@@ -1,0 +1,292 @@
+"""The status page in a real headless Chromium (Debian's ``chromium``): a release goes bad, the
+daemon rolls it back, and while the rollback is being verified the page shows per target the
+charts of the candidate's and the baseline's error rate and P95, with the SLO line at the
+configured value and the marks where the fault began and where the rollback was decided and done.
+What the browser built (its DOM, ``--dump-dom``) is asserted on, and a screenshot of the page is
+kept as a test artefact (under pytest's temporary directory, or ``$ROLLBACKD_TEST_ARTEFACTS``).
+
+Chromium reads the page the daemon served, saved to a file: the daemon runs on fast-forwarded
+loop time, which a browser polling it in real time could not follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from rollbackd.config.settings import Settings, SloOverride, VerificationSettings
+from rollbackd.daemon.app import Daemon
+from rollbackd.daemon.page import render_status_page
+from rollbackd.daemon.series import MAX_POINTS
+from rollbackd.model import DEFAULT_BUCKETS_S, Histogram, Sample
+from rollbackd.sources.base import SidePair
+from tests.test_daemon_rollbacks import ScriptedTargets
+from tests.test_status_page import FAST, OK, OkHealth, ScriptedMetrics, canary, make_settings
+
+#: P95 between 500 ms and 1 s, above the 500 ms SLO.
+SLOW = Histogram(
+    bounds_s=DEFAULT_BUCKETS_S, counts=(0, 0, 0, 0, 10, 100, 500, 990, 1000, 1000, 1000, 1000),
+)
+#: The bad release: 30% errors and slow, while the baseline stays fine.
+BAD: SidePair = (OK, Sample(requests=1000, errors=300, latency=SLOW))
+HEALTHY: SidePair = (OK, Sample(requests=1000, errors=4, latency=FAST))
+INTERVAL_S = 10.0
+ERROR_SLO = 0.02
+P95_SLO_MS = 400.0
+
+
+def chromium() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.skip("Debian's chromium is not installed (scripts/ensure-services.sh installs it: "
+                    "apt-get install chromium)")
+    return path
+
+
+def _run_chromium(*args: str, home: Path) -> str:
+    command = [
+        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={home}", *args,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        pytest.fail(f"chromium failed ({done.returncode}): {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def dump_dom(page: Path, *, home: Path) -> str:
+    """The DOM Chromium built from ``page``, serialised."""
+    return _run_chromium("--dump-dom", page.as_uri(), home=home)
+
+
+def screenshot(page: Path, out: Path, *, home: Path) -> Path:
+    _run_chromium("--window-size=1440,1300", f"--screenshot={out}", page.as_uri(), home=home)
+    return out
+
+
+@pytest.fixture
+def artefacts(tmp_path: Path) -> Path:
+    configured = os.environ.get("ROLLBACKD_TEST_ARTEFACTS")
+    folder = Path(configured) if configured else tmp_path / "artefacts"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+# --- reading the browser's DOM -----------------------------------------------------------------
+
+@dataclass
+class Chart:
+    signal: str
+    span: str
+    svg: dict[str, str] = field(default_factory=dict)
+    lines: dict[str, dict[str, str]] = field(default_factory=dict)
+    slo: dict[str, str] | None = None
+    marks: list[dict[str, str]] = field(default_factory=list)
+
+    def y_of(self, value: float) -> float:
+        """Where ``value`` falls on the chart's vertical axis (as the SVG's own scale says)."""
+        top, bottom = float(self.svg["data-plot-top"]), float(self.svg["data-plot-bottom"])
+        return top + (1.0 - value / float(self.svg["data-top"])) * (bottom - top)
+
+    def coords(self, side: str) -> list[tuple[float, float]]:
+        pairs = self.lines[side]["points"].split()
+        return [(float(x), float(y)) for x, y in (pair.split(",") for pair in pairs)]
+
+
+@dataclass
+class Target:
+    key: str
+    status: str
+    text: list[str] = field(default_factory=list)
+    charts: dict[tuple[str, str], Chart] = field(default_factory=dict)
+
+
+class _Dom(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.targets: dict[str, Target] = {}
+        self.target: Target | None = None
+        self.chart: Chart | None = None
+        self.scripts = 0
+        self.texts: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "script":
+            self.scripts += 1
+        if tag == "article":
+            self.target = Target(a.get("data-key", ""), a.get("data-status", ""))
+            self.targets[self.target.key] = self.target
+        elif tag == "figure" and self.target is not None:
+            self.chart = Chart(a.get("data-signal", ""), a.get("data-span", ""))
+            self.target.charts[(self.chart.signal, self.chart.span)] = self.chart
+        elif self.chart is not None:
+            if tag == "svg":
+                self.chart.svg = a
+            elif tag == "polyline":
+                self.chart.lines[a["data-side"]] = a
+            elif tag == "line" and "slo" in a.get("class", "").split():
+                self.chart.slo = a
+            elif tag == "line" and "mark" in a.get("class", "").split():
+                self.chart.marks.append(a)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "article":
+            self.target = None
+        if tag == "figure":
+            self.chart = None
+
+    def handle_data(self, data: str) -> None:
+        self.texts.append(data)
+        if self.target is not None:
+            self.target.text.append(data)
+
+
+def read_dom(dom: str) -> _Dom:
+    parsed = _Dom()
+    parsed.feed(dom)
+    parsed.close()
+    return parsed
+
+
+def settings() -> Settings:
+    base = make_settings(canary("checkout"), canary("cart"), interval_s=INTERVAL_S)
+    slo = SloOverride(max_error_rate=ERROR_SLO, max_p95_ms=P95_SLO_MS)
+    targets = tuple(t.model_copy(update={"slo": slo}) for t in base.targets)
+    return base.model_copy(update={"targets": targets, "verification": VerificationSettings(window_s=120.0)})
+
+
+async def _get(session: aiohttp.ClientSession, daemon: Daemon, path: str) -> Any:
+    async with session.get(f"http://127.0.0.1:{daemon.port}{path}") as response:
+        assert response.status == 200, await response.text()
+        return await (response.text() if path == "/" else response.json())
+
+
+@pytest.mark.looptime
+async def test_a_rollback_in_progress_shows_charts_with_slo_lines_and_marks(
+    tmp_path: Path, artefacts: Path
+) -> None:
+    chromium()
+    metrics = ScriptedMetrics({"shop/checkout": HEALTHY, "shop/cart": HEALTHY})
+    cluster = ScriptedTargets(action_s=2.0)
+    async with (
+        aiohttp.ClientSession() as session,
+        Daemon(settings(), metrics_source=metrics, health_source=OkHealth(), targets=cluster) as daemon,
+    ):
+        await asyncio.sleep(12 * INTERVAL_S)
+        metrics.pairs["shop/checkout"] = BAD
+        await asyncio.sleep(3 * INTERVAL_S)
+        metrics.pairs["shop/checkout"] = HEALTHY  # traffic is back on the stable version
+        await asyncio.sleep(2 * INTERVAL_S)
+        html = await _get(session, daemon, "/")
+        api = await _get(session, daemon, "/api/v1/targets/shop/checkout")
+
+    assert api["rollback"]["phase"] == "verifying"
+    series = api["series"]
+    assert series["max_points"] == MAX_POINTS
+    page = tmp_path / "status.html"
+    page.write_text(html, encoding="utf-8")
+    shot = screenshot(page, artefacts / "status-page-rollback-verifying.png", home=tmp_path / "chromium")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+    dom = read_dom(dump_dom(page, home=tmp_path / "chromium"))
+
+    checkout, cart = dom.targets["shop/checkout"], dom.targets["shop/cart"]
+    assert checkout.status == "rollback"
+    assert "rolled back, verifying" in " ".join(checkout.text)
+    assert cart.status == "healthy"
+    for target in (checkout, cart):
+        assert sorted(target.charts) == [
+            ("error_rate", "release"), ("error_rate", "window"), ("p95_ms", "release"), ("p95_ms", "window"),
+        ]
+
+    release = checkout.charts[("error_rate", "release")]
+    # Every interval since the release, for each side, as the API has them.
+    for side in ("candidate", "baseline"):
+        expected = [p for p in series["release"] if p[side] is not None and p[side]["error_rate"] is not None]
+        assert int(release.lines[side]["data-points"]) == len(expected) == len(release.coords(side))
+    assert len(series["release"]) >= 17  # one point per tick: far from the bound, none merged
+    # The SLO line at the configured value, where the chart's scale puts it.
+    assert release.slo is not None
+    assert float(release.slo["data-value"]) == ERROR_SLO
+    slo_y = float(release.slo["y1"])
+    assert slo_y == pytest.approx(release.y_of(ERROR_SLO), abs=0.01)
+    p95 = checkout.charts[("p95_ms", "release")]
+    assert p95.slo is not None
+    assert float(p95.slo["data-value"]) == P95_SLO_MS
+    # The bad intervals are drawn above the SLO line, the healthy ones below it (SVG's y grows down).
+    candidate = release.coords("candidate")
+    bad = [y < slo_y for _, y in candidate]
+    assert bad == [False] * 12 + [True] * bad.count(True) + [False] * (len(bad) - 12 - bad.count(True))
+    assert bad.count(True) >= 1
+    assert all(y > slo_y for _, y in release.coords("baseline"))
+    # The marks: the first bad interval, the decision on the tick that proved the breach, the
+    # action done; no verdict yet.
+    marks = {m["data-kind"]: m for m in release.marks}
+    assert sorted(marks) == ["action", "decision", "first-bad"]
+    decided_t = api["last_rollback"]["t"]
+    (decided,) = [i for i, point in enumerate(series["release"]) if point["t"] == decided_t]
+    decided_x = candidate[decided][0]
+    assert bad[decided]
+    assert float(marks["decision"]["data-t"]) == pytest.approx(decided_t)
+    assert float(marks["decision"]["x1"]) == pytest.approx(decided_x, abs=0.01)
+    # The fault began in the first bad interval: after the last healthy point, at most at the first bad one.
+    first_bad = bad.index(True)
+    assert candidate[first_bad - 1][0] < float(marks["first-bad"]["x1"]) <= candidate[first_bad][0] + 0.01
+    assert float(marks["first-bad"]["x1"]) <= float(marks["decision"]["x1"])
+    assert float(marks["action"]["x1"]) > decided_x
+    # The healthy target has no marks at all.
+    assert all(not chart.marks for chart in cart.charts.values())
+
+
+MARKUP = '<script>alert("x")</script> & <b>bold</b> \'q\''
+
+
+@pytest.mark.looptime
+async def test_hostile_names_reasons_and_labels_stay_text_in_the_browser(tmp_path: Path) -> None:
+    chromium()
+    metrics = ScriptedMetrics({"shop/checkout": HEALTHY, "shop/cart": HEALTHY})
+    cluster = ScriptedTargets(action_s=2.0, reason=MARKUP)
+    async with (
+        aiohttp.ClientSession() as session,
+        Daemon(settings(), metrics_source=metrics, health_source=OkHealth(), targets=cluster) as daemon,
+    ):
+        await asyncio.sleep(3 * INTERVAL_S)
+        metrics.pairs["shop/checkout"] = BAD
+        await asyncio.sleep(3 * INTERVAL_S)
+        document = await _get(session, daemon, "/api/v1/targets")
+
+    # Names cannot hold markup in the configuration; the page escapes them all the same, and every
+    # other outside string: reasons, the action's reason, the marks' labels and kinds.
+    target = document["targets"]["shop/checkout"]
+    target.update(namespace=MARKUP, name=MARKUP, key=MARKUP)
+    target["decision"]["reasons"] = [MARKUP]
+    for mark in target["series"]["marks"]:
+        mark.update(label=MARKUP, kind='x" onload="alert(1)')
+    raw = render_status_page(json.loads(json.dumps(document)), version=MARKUP, ready=True, alive=True,
+                             ticks=3, refresh_s=10, generated_at=datetime(2024, 1, 1, tzinfo=UTC))
+    page = tmp_path / "hostile.html"
+    page.write_text(raw, encoding="utf-8")
+    dom = read_dom(dump_dom(page, home=tmp_path / "chromium"))
+
+    assert dom.scripts == 0
+    assert "onload" not in {k for t in dom.targets.values() for c in t.charts.values()
+                            for m in c.marks for k in m}
+    hostile = dom.targets[MARKUP]
+    text = " ".join(hostile.text)
+    assert f"{MARKUP}/{MARKUP}" in text
+    assert text.count(MARKUP) >= 4  # the name twice, the reason, the action's reason
+    marks = [m for c in hostile.charts.values() for m in c.marks]
+    assert marks
+    assert all(m["data-kind"] == 'x" onload="alert(1)' for m in marks)
