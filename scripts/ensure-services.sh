@@ -56,6 +56,25 @@ ensure_prometheus() {
     return 0
 }
 
+ensure_chromium() {
+    if command -v chromium >/dev/null 2>&1; then
+        say "chromium: $(command -v chromium)"
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        warn "chromium is not installed and apt-get is not available: the status page's browser tests will skip"
+        return 0
+    fi
+    say "chromium: not installed, installing Debian's package"
+    if as_root apt-get update -q && as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends chromium </dev/null; then
+        say "chromium: installed at $(command -v chromium || echo '?')"
+    else
+        warn "could not install chromium (no root, no sudo, or no network): the status page's browser tests will skip"
+    fi
+    return 0
+}
+
 ensure_victoria_metrics() {
     if command -v victoria-metrics >/dev/null 2>&1; then
         say "victoria-metrics: $(command -v victoria-metrics)"
@@ -133,6 +152,7 @@ ensure_mosquitto() {
 
 ensure_prometheus
 ensure_victoria_metrics
+ensure_chromium
 ensure_postgresql
 ensure_mosquitto
 exit 0

@@ -25,10 +25,18 @@ from typing import Any
 import aiohttp
 import pytest
 
-from rollbackd.config.settings import Settings, SloOverride, VerificationSettings
+from rollbackd.config.settings import (
+    EventsSettings,
+    MqttSettings,
+    Settings,
+    SloOverride,
+    StoreSettings,
+    VerificationSettings,
+)
 from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.page import render_status_page
 from rollbackd.daemon.series import MAX_POINTS
+from rollbackd.daemon.wiring import open_daemon
 from rollbackd.model import DEFAULT_BUCKETS_S, Histogram, Sample
 from rollbackd.sources.base import SidePair
 from tests.test_daemon_rollbacks import ScriptedTargets
@@ -110,6 +118,8 @@ class Target:
     status: str
     text: list[str] = field(default_factory=list)
     charts: dict[tuple[str, str], Chart] = field(default_factory=dict)
+    #: The timeline's records as shown: (seq, text).
+    timeline: list[tuple[int, str]] = field(default_factory=list)
 
 
 class _Dom(HTMLParser):
@@ -120,6 +130,7 @@ class _Dom(HTMLParser):
         self.chart: Chart | None = None
         self.scripts = 0
         self.texts: list[str] = []
+        self.in_record = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
@@ -128,6 +139,9 @@ class _Dom(HTMLParser):
         if tag == "article":
             self.target = Target(a.get("data-key", ""), a.get("data-status", ""))
             self.targets[self.target.key] = self.target
+        elif tag == "li" and self.target is not None and "data-seq" in a:
+            self.target.timeline.append((int(a["data-seq"]), ""))
+            self.in_record = True
         elif tag == "figure" and self.target is not None:
             self.chart = Chart(a.get("data-signal", ""), a.get("data-span", ""))
             self.target.charts[(self.chart.signal, self.chart.span)] = self.chart
@@ -142,6 +156,8 @@ class _Dom(HTMLParser):
                 self.chart.marks.append(a)
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "li":
+            self.in_record = False
         if tag == "article":
             self.target = None
         if tag == "figure":
@@ -151,6 +167,9 @@ class _Dom(HTMLParser):
         self.texts.append(data)
         if self.target is not None:
             self.target.text.append(data)
+            if self.in_record:
+                seq, text = self.target.timeline[-1]
+                self.target.timeline[-1] = (seq, text + data)
 
 
 def read_dom(dom: str) -> _Dom:
@@ -160,11 +179,16 @@ def read_dom(dom: str) -> _Dom:
     return parsed
 
 
-def settings() -> Settings:
+def settings(data_dir: Path) -> Settings:
     base = make_settings(canary("checkout"), canary("cart"), interval_s=INTERVAL_S)
     slo = SloOverride(max_error_rate=ERROR_SLO, max_p95_ms=P95_SLO_MS)
     targets = tuple(t.model_copy(update={"slo": slo}) for t in base.targets)
-    return base.model_copy(update={"targets": targets, "verification": VerificationSettings(window_s=120.0)})
+    return base.model_copy(update={
+        "targets": targets,
+        "verification": VerificationSettings(window_s=120.0),
+        "store": StoreSettings(data_dir=str(data_dir)),  # SQLite: the audit trail of the timeline
+        "events": EventsSettings(mqtt=MqttSettings(enabled=False), kubernetes_events=False),
+    })
 
 
 async def _get(session: aiohttp.ClientSession, daemon: Daemon, path: str) -> Any:
@@ -182,7 +206,9 @@ async def test_a_rollback_in_progress_shows_charts_with_slo_lines_and_marks(
     cluster = ScriptedTargets(action_s=2.0)
     async with (
         aiohttp.ClientSession() as session,
-        Daemon(settings(), metrics_source=metrics, health_source=OkHealth(), targets=cluster) as daemon,
+        open_daemon(
+            settings(tmp_path / "data"), metrics_source=metrics, health_source=OkHealth(), targets=cluster
+        ) as daemon,
     ):
         await asyncio.sleep(12 * INTERVAL_S)
         metrics.pairs["shop/checkout"] = BAD
@@ -248,6 +274,12 @@ async def test_a_rollback_in_progress_shows_charts_with_slo_lines_and_marks(
     assert float(marks["action"]["x1"]) > decided_x
     # The healthy target has no marks at all.
     assert all(not chart.marks for chart in cart.charts.values())
+    # The timeline: the target's audit records from the store, newest first.
+    seqs = [seq for seq, _ in checkout.timeline]
+    assert seqs == sorted(seqs, reverse=True)
+    kinds = [text.split()[1] for _, text in checkout.timeline]
+    assert kinds[:4] == ["rollback.completed", "rollback.started", "decision.made", "target.degraded"]
+    assert [text.split()[1] for _, text in cart.timeline] == ["decision.made"]
 
 
 MARKUP = '<script>alert("x")</script> & <b>bold</b> \'q\''
@@ -260,7 +292,9 @@ async def test_hostile_names_reasons_and_labels_stay_text_in_the_browser(tmp_pat
     cluster = ScriptedTargets(action_s=2.0, reason=MARKUP)
     async with (
         aiohttp.ClientSession() as session,
-        Daemon(settings(), metrics_source=metrics, health_source=OkHealth(), targets=cluster) as daemon,
+        open_daemon(
+            settings(tmp_path / "data"), metrics_source=metrics, health_source=OkHealth(), targets=cluster
+        ) as daemon,
     ):
         await asyncio.sleep(3 * INTERVAL_S)
         metrics.pairs["shop/checkout"] = BAD
@@ -275,7 +309,9 @@ async def test_hostile_names_reasons_and_labels_stay_text_in_the_browser(tmp_pat
     for mark in target["series"]["marks"]:
         mark.update(label=MARKUP, kind='x" onload="alert(1)')
     raw = render_status_page(json.loads(json.dumps(document)), version=MARKUP, ready=True, alive=True,
-                             ticks=3, refresh_s=10, generated_at=datetime(2024, 1, 1, tzinfo=UTC))
+                             ticks=3, refresh_s=10, generated_at=datetime(2024, 1, 1, tzinfo=UTC),
+                             timelines={MARKUP: [{"seq": 1, "at": MARKUP, "kind": MARKUP, "summary": MARKUP}]},
+                             )
     page = tmp_path / "hostile.html"
     page.write_text(raw, encoding="utf-8")
     dom = read_dom(dump_dom(page, home=tmp_path / "chromium"))
@@ -287,6 +323,8 @@ async def test_hostile_names_reasons_and_labels_stay_text_in_the_browser(tmp_pat
     text = " ".join(hostile.text)
     assert f"{MARKUP}/{MARKUP}" in text
     assert text.count(MARKUP) >= 4  # the name twice, the reason, the action's reason
+    ((_, record),) = hostile.timeline
+    assert record.count(MARKUP) == 2  # kind and summary (the time is cut to its clock part)
     marks = [m for c in hostile.charts.values() for m in c.marks]
     assert marks
     assert all(m["data-kind"] == 'x" onload="alert(1)' for m in marks)

@@ -54,14 +54,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from rollbackd import __version__
 from rollbackd.daemon.auth import ApiAuth, auth_middleware
-from rollbackd.daemon.jsonify import JsonValue, dumps
+from rollbackd.daemon.jsonify import JsonValue, dumps, to_json_value
 from rollbackd.daemon.logs import RateLimit
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.page import refresh_seconds, render_status_page
 from rollbackd.daemon.state import DaemonState, TargetState
 from rollbackd.daemon.views import flags_view, target_verdict, target_view, targets_view, verdict_view
 from rollbackd.decision.rails import MAX_HOLD_S
-from rollbackd.store.base import AuditEntry
+from rollbackd.store.base import AuditEntry, StoreError
 from rollbackd.store.history import entry_json, parse_since, parse_target
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ MAX_REASON_CHARS = 500
 
 #: Largest ``limit`` of a history query.
 MAX_HISTORY_LIMIT = 100_000
+#: The most audit records the status page shows per target (the latest ones).
+TIMELINE_LIMIT = 20
 
 #: What ``rollback-check`` answers when rollbackd would not roll back (any non-2xx keeps Flagger going).
 NO_ROLLBACK_STATUS = 412
@@ -159,10 +161,30 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
+async def _timelines(ctx: HttpContext) -> dict[str, JsonValue] | None:
+    """Each target's latest audit records (at most :data:`TIMELINE_LIMIT`), newest first; ``None``
+    when the process has no store, it is not open or cannot be read (the page still shows the
+    rest: it is what on-call looks at when things go wrong)."""
+    if ctx.history is None:
+        return None
+    timelines: dict[str, JsonValue] = {}
+    try:
+        for key in ctx.state.targets:
+            entries = await ctx.history(key, None, TIMELINE_LIMIT)
+            if entries is None:
+                return None
+            timelines[key] = [to_json_value(entry_json(entry)) for entry in reversed(entries)]
+    except StoreError as exc:
+        logger.warning("status page: cannot read the audit trail: %s", exc)
+        return None
+    return timelines
+
+
 async def status_page(request: web.Request) -> web.Response:
     ctx = _context(request)
     targets = ctx.state.targets.values()
     interval_s = max((target.params.interval_s for target in targets), default=None)
+    timelines = await _timelines(ctx)
     page = render_status_page(
         targets_view(ctx.state, now=ctx.clock()),
         version=__version__,
@@ -172,6 +194,7 @@ async def status_page(request: web.Request) -> web.Response:
         refresh_s=refresh_seconds(interval_s),
         generated_at=datetime.now(UTC),
         not_ready=ctx.not_ready_reason() if ctx.ticks() else None,
+        timelines=timelines,
     )
     return web.Response(
         body=page.encode("utf-8", "backslashreplace"),  # lone surrogates shown as \udcff

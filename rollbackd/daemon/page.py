@@ -162,6 +162,7 @@ def render_status_page(
     refresh_s: int,
     generated_at: datetime,
     not_ready: str | None = None,
+    timelines: Mapping[str, JsonValue] | None = None,
 ) -> str:
     """The whole page.
 
@@ -176,7 +177,9 @@ def render_status_page(
       written), shown as an alert;
     - ``refresh_s``: the browser reloads the page that often (see :func:`refresh_seconds`);
     - ``generated_at``: the wall-clock time of the rendering (timezone-aware), to print holds' and
-      cooldowns' ends as clock times.
+      cooldowns' ends as clock times;
+    - ``timelines``: per target key, its latest audit records (``GET /api/v1/history`` entries),
+      newest first; ``None`` when the audit trail cannot be read.
     """
     doc = _obj(document) or {}
     targets = [t for t in (_obj(v) for v in (_obj(doc.get("targets")) or {}).values()) if t is not None]
@@ -210,7 +213,10 @@ def render_status_page(
         _alerts(ready=ready, alive=alive, freeze=freeze, dry_run=dry_run, not_ready=not_ready),
         _summary(counts) if targets else '<p class="empty">No targets configured.</p>',
         "<main>",
-        *(_card(target, status, generated_at=generated_at) for status, _, target in ranked),
+        *(
+            _card(target, status, generated_at=generated_at, timeline=_timeline_of(timelines, target))
+            for status, _, target in ranked
+        ),
         "</main>",
         "<footer>Rendered at ",
         f"{_e(generated_at.strftime('%Y-%m-%d %H:%M:%S %Z'))}, refreshes every {refresh_s}s. ",
@@ -285,7 +291,38 @@ def _summary(counts: Mapping[Urgency, int]) -> str:
 # --- one target --------------------------------------------------------------------------------
 
 
-def _card(target: _Doc, status: Status, *, generated_at: datetime) -> str:
+def _timeline_of(timelines: Mapping[str, JsonValue] | None, target: _Doc) -> list[JsonValue] | None:
+    if timelines is None:
+        return None
+    return _list(timelines.get(_text(target.get("key"))))
+
+
+def _timeline(entries: list[JsonValue] | None) -> str:
+    """The target's audit records, newest first, in a folded list (its summary tells the latest)."""
+    if entries is None:
+        return '<p class="timeline muted">Timeline: no audit trail to read (no store, or it is not open).</p>'
+    records = [entry for entry in (_obj(v) for v in entries) if entry is not None]
+    if not records:
+        return '<p class="timeline muted">Timeline: no audit records for this target yet.</p>'
+    rows = []
+    for entry in records:
+        at = _text(entry.get("at"))
+        clock = at[11:19] if len(at) >= 19 else at
+        rows.append(
+            f'<li data-seq="{_e(_text(entry.get("seq")))}"><time datetime="{_e(at)}">{_e(clock)}</time> '
+            f'<span class="kind">{_e(_text(entry.get("kind")))}</span> {_e(_text(entry.get("summary")))}</li>'
+        )
+    latest = records[0]
+    return (
+        f'<details class="timeline" data-key="timeline"><summary>Timeline: {len(records)} latest audit '
+        f"records, newest first (latest: {_e(_text(latest.get('kind')))})</summary>"
+        f'<ol>{"".join(rows)}</ol></details>'
+    )
+
+
+def _card(
+    target: _Doc, status: Status, *, generated_at: datetime, timeline: list[JsonValue] | None = None
+) -> str:
     key = _text(target.get("key"))
     evidence = _obj(target.get("evidence"))
     decision = _obj(target.get("decision"))
@@ -305,7 +342,7 @@ def _card(target: _Doc, status: Status, *, generated_at: datetime) -> str:
         f'<article class="target {status.css}" data-key="{_e(key)}" data-status="{status.css}">'
         f"{head}{_facts(evidence, decision, last_rollback)}"
         f'<div class="body"><div class="left">{left}</div><div class="right">{right}</div></div>'
-        f"{render_charts(_obj(target.get('series')))}</article>"
+        f"{render_charts(_obj(target.get('series')))}{_timeline(timeline)}</article>"
     )
 
 
@@ -614,6 +651,8 @@ details{margin:2px 0;color:var(--ink)}summary{cursor:pointer;color:var(--muted)}
 details ul{margin:4px 0;padding-left:20px}details li{margin:2px 0;word-break:break-word}
 .hold,.cooldown{margin:4px 0 0;padding:3px 10px;border-radius:4px;background:#f3f0ff}
 .cooldown{background:#f1f3f5}.hold.expired{background:#fff4e6}
+.timeline{margin:6px 0 2px}.timeline ol{margin:4px 0;padding-left:20px;max-height:260px;overflow:auto}
+.timeline time{font-variant-numeric:tabular-nums;color:var(--muted)}.timeline .kind{font-weight:600}
 footer{margin-top:18px;color:var(--muted);font-size:12px}
 a{color:#1c7ed6}
 """
