@@ -34,6 +34,7 @@ from rollbackd.config.settings import (
     VerificationSettings,
 )
 from rollbackd.daemon.app import Daemon
+from rollbackd.daemon.jsonify import JsonValue
 from rollbackd.daemon.page import render_status_page
 from rollbackd.daemon.series import MAX_POINTS
 from rollbackd.daemon.wiring import open_daemon
@@ -308,10 +309,10 @@ async def test_hostile_names_reasons_and_labels_stay_text_in_the_browser(tmp_pat
     target["decision"]["reasons"] = [MARKUP]
     for mark in target["series"]["marks"]:
         mark.update(label=MARKUP, kind='x" onload="alert(1)')
+    record: dict[str, JsonValue] = {"seq": 1, "at": MARKUP, "kind": MARKUP, "summary": MARKUP}
     raw = render_status_page(json.loads(json.dumps(document)), version=MARKUP, ready=True, alive=True,
                              ticks=3, refresh_s=10, generated_at=datetime(2024, 1, 1, tzinfo=UTC),
-                             timelines={MARKUP: [{"seq": 1, "at": MARKUP, "kind": MARKUP, "summary": MARKUP}]},
-                             )
+                             timelines={MARKUP: [record]})
     page = tmp_path / "hostile.html"
     page.write_text(raw, encoding="utf-8")
     dom = read_dom(dump_dom(page, home=tmp_path / "chromium"))
@@ -323,8 +324,8 @@ async def test_hostile_names_reasons_and_labels_stay_text_in_the_browser(tmp_pat
     text = " ".join(hostile.text)
     assert f"{MARKUP}/{MARKUP}" in text
     assert text.count(MARKUP) >= 4  # the name twice, the reason, the action's reason
-    ((_, record),) = hostile.timeline
-    assert record.count(MARKUP) == 2  # kind and summary (the time is cut to its clock part)
+    ((_, shown),) = hostile.timeline
+    assert shown.count(MARKUP) == 2  # kind and summary (the time is cut to its clock part)
     marks = [m for c in hostile.charts.values() for m in c.marks]
     assert marks
     assert all(m["data-kind"] == 'x" onload="alert(1)' for m in marks)
