@@ -61,6 +61,53 @@ class Status:
         return self.urgency.name.lower()
 
 
+#: The page's one script, inline (no external asset): every ``data-refresh-s`` seconds it fetches
+#: the page again and swaps the new content in, keeping the reader's place (the scroll position,
+#: the folded sections they opened); it does nothing while the tab is hidden (counted in
+#: ``data-live-paused``) and catches up as soon as it is shown again. ``data-live-updates``
+#: counts the swaps. It reads the fetched page as an inert document and swaps that document's
+#: nodes in: the page's escaped text stays text.
+LIVE_SCRIPT = """
+(function () {
+  "use strict";
+  var body = document.body, period = 1000 * Number(body.dataset.refreshS || 10), busy = false;
+  function place(details) {
+    var card = details.closest("article"), all = card ? card.querySelectorAll("details") : [];
+    var index = details.dataset.key || Array.prototype.indexOf.call(all, details);
+    return (card ? card.dataset.key : "") + "#" + index;
+  }
+  function update() {
+    if (document.hidden) { body.dataset.livePaused = String(Number(body.dataset.livePaused) + 1); return; }
+    if (busy) { return; }
+    busy = true;
+    fetch(window.location.href, {cache: "no-store", credentials: "same-origin"})
+      .then(function (response) {
+        if (!response.ok) { throw new Error("status " + response.status); }
+        return response.text();
+      })
+      .then(function (text) {
+        var fresh = new DOMParser().parseFromString(text, "text/html");
+        var live = document.getElementById("live"), incoming = fresh.getElementById("live");
+        if (!live || !incoming) { return; }
+        var open = {}, x = window.scrollX, y = window.scrollY;
+        live.querySelectorAll("details[open]").forEach(function (d) { open[place(d)] = true; });
+        live.replaceWith(document.adoptNode(incoming));
+        document.getElementById("live").querySelectorAll("details").forEach(function (d) {
+          if (open[place(d)]) { d.open = true; }
+        });
+        document.title = fresh.title;
+        window.scrollTo(x, y);
+        body.dataset.liveUpdates = String(Number(body.dataset.liveUpdates) + 1);
+      })
+      .catch(function () { body.dataset.liveFailures = String(Number(body.dataset.liveFailures || 0) + 1); })
+      .then(function () { busy = false; });
+  }
+  window.setInterval(update, period);
+  document.addEventListener("visibilitychange", function () { if (!document.hidden) { update(); } });
+})();
+"""
+
+
 def refresh_seconds(interval_s: float | None) -> int:
     """The page's refresh period: the evaluation interval rounded up, at least
     :data:`MIN_REFRESH_S` (:data:`FALLBACK_REFRESH_S` when the interval is unknown)."""
@@ -196,11 +243,13 @@ def render_status_page(
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta http-equiv="refresh" content="{refresh_s}">',
+        # Without scripts the browser reloads the page; with them, live.js swaps the content in.
+        f'<noscript><meta http-equiv="refresh" content="{refresh_s}"></noscript>',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title>",
         f"<style>{_CSS}{_CHARTS_CSS}</style>",
-        "</head><body>",
+        "</head>",
+        f'<body data-refresh-s="{refresh_s}" data-live-updates="0" data-live-paused="0"><div id="live">',
         _banner(
             version=version,
             ready=ready,
@@ -221,7 +270,7 @@ def render_status_page(
         "<footer>Rendered at ",
         f"{_e(generated_at.strftime('%Y-%m-%d %H:%M:%S %Z'))}, refreshes every {refresh_s}s. ",
         'The same data as JSON: <a href="api/v1/targets">api/v1/targets</a>.</footer>',
-        "</body></html>",
+        f"</div><script>{LIVE_SCRIPT}</script></body></html>",
     ]
     return "\n".join(parts)
 
