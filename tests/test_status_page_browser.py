@@ -16,6 +16,8 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html.parser import HTMLParser
@@ -40,6 +42,7 @@ from rollbackd.daemon.series import MAX_POINTS
 from rollbackd.daemon.wiring import open_daemon
 from rollbackd.model import DEFAULT_BUCKETS_S, Histogram, Sample
 from rollbackd.sources.base import SidePair
+from tests.kubefixtures import wait_until
 from tests.test_daemon_rollbacks import ScriptedTargets
 from tests.test_status_page import FAST, OK, OkHealth, ScriptedMetrics, canary, make_settings
 
@@ -329,3 +332,114 @@ async def test_hostile_names_reasons_and_labels_stay_text_in_the_browser(tmp_pat
     marks = [m for c in hostile.charts.values() for m in c.marks]
     assert marks
     assert all(m["data-kind"] == 'x" onload="alert(1)' for m in marks)
+
+
+# --- live update, in a browser driven over the DevTools protocol ---------------------------------
+
+class DevTools:
+    """A page of a headless Chromium, driven over the DevTools protocol (a websocket)."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+        self._ids = 0
+
+    async def call(self, method: str, **params: Any) -> Any:
+        self._ids += 1
+        sent = self._ids
+        await self._ws.send_json({"id": sent, "method": method, "params": params})
+        while True:
+            message = await self._ws.receive_json()
+            if message.get("id") == sent:
+                if "error" in message:
+                    raise AssertionError(f"{method}: {message['error']}")
+                return message.get("result")
+
+    async def eval(self, expression: str) -> Any:
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+
+@asynccontextmanager
+async def browser(home: Path) -> AsyncIterator[DevTools]:
+    process = await asyncio.create_subprocess_exec(
+        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        "--disable-dev-shm-usage", "--remote-debugging-port=0", f"--user-data-dir={home}", "about:blank",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stderr is not None
+        endpoint = ""
+        async with asyncio.timeout(60):
+            while not endpoint:
+                line = (await process.stderr.readline()).decode()
+                if not line:
+                    pytest.fail("chromium exited before it listened for the DevTools protocol")
+                if line.startswith("DevTools listening on "):
+                    endpoint = line.removeprefix("DevTools listening on ").strip()
+        http_base = "http://" + endpoint.removeprefix("ws://").split("/", 1)[0]
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{http_base}/json/list") as response:
+                pages = [p for p in await response.json() if p["type"] == "page"]
+            async with session.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                yield DevTools(ws)
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+async def test_the_page_updates_itself_keeping_the_readers_place_and_pauses_while_hidden(
+    tmp_path: Path,
+) -> None:
+    chromium()
+    metrics = ScriptedMetrics({"shop/checkout": HEALTHY, "shop/cart": HEALTHY})
+    live = settings(tmp_path / "data").model_copy(update={"interval_s": 0.5})  # the page: every 2 s
+    async with (
+        open_daemon(live, metrics_source=metrics, health_source=OkHealth()) as daemon,
+        browser(tmp_path / "chromium") as page,
+    ):
+        await wait_until(lambda: daemon.ticks >= 2, timeout_s=20, what="two ticks")
+        await page.call("Emulation.setDeviceMetricsOverride", width=1000, height=300, deviceScaleFactor=1,
+                        mobile=False)
+        await page.call("Page.enable")
+        await page.call("Page.navigate", url=f"http://127.0.0.1:{daemon.port}/")
+
+        async def loaded() -> bool:
+            ready = "document.readyState === 'complete' && !!document.getElementById('live')"
+            return bool(await page.eval(ready))
+
+        await wait_until(loaded, timeout_s=20, what="the page loaded")
+        ticks_before = await page.eval("document.title + ' ' + document.querySelector('.pills').textContent")
+        # The reader opens the first target's timeline and scrolls down.
+        await page.eval("document.querySelector('article details.timeline').open = true")
+        await page.eval("window.scrollTo(0, 250)")
+        assert await page.eval("window.scrollY") == 250
+
+        async def updates() -> int:
+            return int(await page.eval("Number(document.body.dataset.liveUpdates)"))
+
+        await wait_until(lambda: _at_least(updates(), 2), timeout_s=20, what="two live updates")
+        assert await page.eval("document.querySelector('article details.timeline').open") is True
+        assert await page.eval("window.scrollY") == 250
+        ticks_after = await page.eval("document.title + ' ' + document.querySelector('.pills').textContent")
+        assert ticks_after != ticks_before  # the content is new: the tick count moved on
+        # The page reloaded nothing: the same document, one script run.
+        assert await page.eval("performance.getEntriesByType('navigation').length") == 1
+
+        # A hidden tab fetches nothing, and catches up once shown.
+        await page.eval("Object.defineProperty(document, 'hidden', {configurable: true, get: () => true})")
+
+        async def paused() -> int:
+            return int(await page.eval("Number(document.body.dataset.livePaused)"))
+
+        await wait_until(lambda: _at_least(paused(), 1), timeout_s=20, what="a paused update")
+        hidden_at = await updates()
+        await wait_until(lambda: _at_least(paused(), 3), timeout_s=20, what="more paused updates")
+        assert await updates() == hidden_at
+        await page.eval("delete document.hidden; document.dispatchEvent(new Event('visibilitychange'))")
+        await wait_until(lambda: _at_least(updates(), hidden_at + 1), timeout_s=20, what="an update")
+
+
+async def _at_least(value: Awaitable[int], least: int) -> bool:
+    return await value >= least
