@@ -364,7 +364,7 @@ def _timeline(entries: list[JsonValue] | None) -> str:
     latest = records[0]
     return (
         f'<details class="timeline" data-key="timeline"><summary>Timeline: {len(records)} latest audit '
-        f"records, newest first (latest: {_e(_text(latest.get('kind')))})</summary>"
+        f"record{'' if len(records) == 1 else 's'}, newest first (latest: {_e(_text(latest.get('kind')))})</summary>"
         f'<ol>{"".join(rows)}</ol></details>'
     )
 
