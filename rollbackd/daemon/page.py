@@ -361,10 +361,11 @@ def _timeline(entries: list[JsonValue] | None) -> str:
             f'<li data-seq="{_e(_text(entry.get("seq")))}"><time datetime="{_e(at)}">{_e(clock)}</time> '
             f'<span class="kind">{_e(_text(entry.get("kind")))}</span> {_e(_text(entry.get("summary")))}</li>'
         )
-    latest = records[0]
+    latest = _e(_text(records[0].get("kind")))
+    plural = "" if len(records) == 1 else "s"
     return (
         f'<details class="timeline" data-key="timeline"><summary>Timeline: {len(records)} latest audit '
-        f"record{'' if len(records) == 1 else 's'}, newest first (latest: {_e(_text(latest.get('kind')))})</summary>"
+        f"record{plural}, newest first (latest: {latest})</summary>"
         f'<ol>{"".join(rows)}</ol></details>'
     )
 
