@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from rollbackd.actions.base import ActionResult
 from rollbackd.actions.targets import action_name
 from rollbackd.daemon.jsonify import JsonValue, to_json_value
-from rollbackd.daemon.series import MAX_POINTS, Point, Side, point_of
+from rollbackd.daemon.series import Point, Side, point_of
 from rollbackd.daemon.state import DaemonState, RuntimeFlags, TargetState
 from rollbackd.decision.verdict import PartnerVerdict, partner_verdict
 from rollbackd.model import Decision, Episode, Evidence
@@ -181,7 +181,7 @@ def series_view(target: TargetState, run: RollbackRun | None, *, now: float) -> 
     return {
         "now": to_json_value(now),
         "interval_s": to_json_value(interval_s),
-        "max_points": MAX_POINTS,
+        "max_points": target.series.max_points,
         "slo": {
             "error_rate": to_json_value(target.params.slo.max_error_rate),
             "p95_ms": to_json_value(target.params.slo.max_p95_ms),
