@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -326,3 +327,54 @@ async def replace_lease(kube: KubeClient, *, namespace: str, name: str, lease: M
     optimistic lock leader election relies on."""
     call = KubeCall("update", "leases", "coordination.k8s.io", namespace, name)
     return await kube.request(call, kube.coordination.replace_namespaced_lease, name, namespace, dict(lease))
+
+
+# --- objects of custom resources -----------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ResourceType:
+    """A resource type as the API addresses it: ``group`` (``""`` for the core group), ``version``,
+    ``plural``, and the ``kind`` its objects carry."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    @property
+    def api_version(self) -> str:
+        """``apps/v1``, ``v1`` (core)."""
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def qualified(self) -> str:
+        """``applications.argoproj.io``, ``services`` (core): how RBAC and error messages name it."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+
+DEPLOYMENT_TYPE = ResourceType("apps", "v1", "deployments", "Deployment")
+SERVICE_TYPE = ResourceType("", "v1", "services", "Service")
+INGRESS_TYPE = ResourceType("networking.k8s.io", "v1", "ingresses", "Ingress")
+
+
+async def get_custom(kube: KubeClient, resource: ResourceType, *, namespace: str, name: str) -> Obj:
+    """Read an object of a resource of a named API group (custom resources, but also ``apps`` or
+    ``networking.k8s.io``). :class:`~rollbackd.kube.errors.KubeNotFound` when it, or the resource
+    type itself (its CRD is not installed), does not exist."""
+    if not resource.group:
+        raise ValueError(f"{resource.plural} is in the core group: read it with its own helper")
+    call = KubeCall("get", resource.plural, resource.group, namespace, name)
+    return await kube.request(call, kube.custom.get_namespaced_custom_object, resource.group,
+                              resource.version, namespace, resource.plural, name)
+
+
+async def patch_custom(
+    kube: KubeClient, resource: ResourceType, *, namespace: str, name: str, patch: Patch,
+    patch_type: Literal["merge", "json"] = "merge",
+) -> Obj:
+    """Patch an object of a custom resource (JSON merge patch by default, or a JSON patch: custom
+    resources take no strategic merge patch)."""
+    call = KubeCall("patch", resource.plural, resource.group, namespace, name)
+    return await kube.request(call, kube.custom.patch_namespaced_custom_object, resource.group,
+                              resource.version, namespace, resource.plural, name, _body(patch),
+                              _content_type=_content_type(patch, patch_type))
