@@ -13,7 +13,7 @@ for every configured target (found by its key, ``namespace/name``):
   annotations, the candidate's revision, whether there is a healthy version to go back to. A
   fix-forward ETA given as a duration (``15m``) counts from when this object first saw it;
 - :meth:`KubeTargets.action` builds the target's action: canary abort, blue-green switch-back or
-  Deployment undo;
+  Deployment undo, guarded against GitOps reconcilers (:mod:`rollbackd.actions.gitops`);
 - :meth:`KubeTargets.serving_available` tells whether the version traffic went back to is fully
   available (rolled out, every replica available): the stable Deployment (canary), the previous
   colour (blue-green), the Deployment itself (undo).
@@ -36,8 +36,10 @@ from rollbackd.actions.base import RollbackAction
 from rollbackd.actions.bluegreen import BlueGreenSwitchBack
 from rollbackd.actions.canary_abort import CanaryAbort
 from rollbackd.actions.deployment_undo import DeploymentUndo
+from rollbackd.actions.gitops import GitOpsGuard
+from rollbackd.actions.reconcilers import Tracking
 from rollbackd.actions.steps import ActionSettings
-from rollbackd.config.settings import KubernetesSettings, Settings, TargetSettings
+from rollbackd.config.settings import GitOpsSettings, KubernetesSettings, Settings, TargetSettings
 from rollbackd.decision.annotations import ETA_ANNOTATION
 from rollbackd.decision.facts import ClusterFacts, cluster_facts
 from rollbackd.kube import objects
@@ -81,6 +83,7 @@ class KubeTargets:
             action_settings = ActionSettings.from_kubernetes(self.kubernetes)
         self.action_settings = action_settings
         self._targets: dict[str, TargetSettings] = {target.key: target for target in settings.targets}
+        self._gitops: GitOpsSettings = settings.gitops
         self._wall_clock = wall_clock
         #: target key -> (the fix-forward ETA annotation's value, loop time it was first seen).
         self._eta_seen: dict[str, tuple[str, float]] = {}
@@ -92,6 +95,7 @@ class KubeTargets:
     def reconfigure(self, settings: Settings) -> None:
         """Take over reloaded targets (added, removed, or pointing at other objects)."""
         self._targets = {target.key: target for target in settings.targets}
+        self._gitops = settings.gitops
         self._facts.clear()  # a target may point at other objects now
         for gone in self._eta_seen.keys() - self._targets.keys():
             del self._eta_seen[gone]
@@ -175,12 +179,29 @@ class KubeTargets:
     def action(
         self, params: TargetParams, *, bad_revision: int | None = None, to_revision: int | None = None
     ) -> RollbackAction:
-        """The rollback action for the target's strategy.
+        """The rollback action for the target's strategy, guarded against the GitOps reconcilers of
+        the objects it changes by the target's ``gitops`` mode (default: ``gitops.mode``; see
+        :mod:`rollbackd.actions.gitops`).
 
         For a Deployment undo, ``bad_revision`` is the revision judged bad (default: the one the
         latest :meth:`facts` read) and ``to_revision`` an explicit revision to go back to.
         """
         target = self.target(params.key)
+        return GitOpsGuard(
+            self._strategy_action(target, params, bad_revision=bad_revision, to_revision=to_revision),
+            kube=self.kube, target=params.key, mode=target.gitops or self._gitops.mode,
+            tracking=Tracking.of(self._gitops.argocd), settings=self.action_settings,
+        )
+
+    def _strategy_action(
+        self,
+        target: TargetSettings,
+        params: TargetParams,
+        *,
+        bad_revision: int | None,
+        to_revision: int | None,
+    ) -> RollbackAction:
+        """The action that rolls ``target`` back, by its strategy."""
         namespace = target.namespace
         if target.strategy is Strategy.CANARY:
             assert target.baseline is not None  # the settings check it

@@ -700,7 +700,10 @@ class ApiSettings(_Frozen):
 GitOpsMode = Literal["suspend", "refuse", "ignore"]
 
 #: A label key (optionally prefixed by a DNS subdomain), e.g. ``app.kubernetes.io/instance``.
-LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
 
 
 class ArgoCdSettings(_Frozen):

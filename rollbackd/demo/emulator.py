@@ -12,7 +12,9 @@ What it gives:
   the real ``kubernetes_asyncio`` client through :class:`rollbackd.kube.KubeClient`.
 - Seeding helpers: :func:`seed_deployment` (a Deployment with its ReplicaSets, one per revision, owned
   and annotated like the deployment controller does), :func:`seed_service`, :func:`seed_ingress`
-  (ingress-nginx canary annotations), :func:`seed_endpointslice`.
+  (ingress-nginx canary annotations), :func:`seed_endpointslice`; GitOps reconcilers' objects
+  (Argo CD Applications, Flux Kustomizations and HelmReleases) and a reconciler that puts what
+  Git declares back are in :mod:`rollbackd.demo.reconciler`.
 - :class:`Controllers`: what the deployment and EndpointSlice controllers do, enough for actions to
   wait on: a changed Deployment template gets its ReplicaSet (new, or an old one brought back with
   the newest revision number), old ReplicaSets scale to zero, the status follows after
@@ -85,6 +87,10 @@ INGRESSES = kmock.resource("networking.k8s.io", "v1", "ingresses")
 ENDPOINTSLICES = kmock.resource("discovery.k8s.io", "v1", "endpointslices")
 LEASES = kmock.resource("coordination.k8s.io", "v1", "leases")
 EVENTS = kmock.resource("events.k8s.io", "v1", "events")
+#: GitOps reconcilers' objects (their CRDs, as if installed): Argo CD and Flux.
+APPLICATIONS = kmock.resource("argoproj.io", "v1alpha1", "applications")
+KUSTOMIZATIONS = kmock.resource("kustomize.toolkit.fluxcd.io", "v1", "kustomizations")
+HELMRELEASES = kmock.resource("helm.toolkit.fluxcd.io", "v2", "helmreleases")
 
 #: resource -> (kind, subresources), as the API server's discovery documents them.
 RESOURCES: Mapping[kmock.resource, tuple[str, frozenset[str]]] = {
@@ -97,6 +103,9 @@ RESOURCES: Mapping[kmock.resource, tuple[str, frozenset[str]]] = {
     ENDPOINTSLICES: ("EndpointSlice", frozenset()),
     LEASES: ("Lease", frozenset()),
     EVENTS: ("Event", frozenset()),
+    APPLICATIONS: ("Application", frozenset()),
+    KUSTOMIZATIONS: ("Kustomization", frozenset({"status"})),
+    HELMRELEASES: ("HelmRelease", frozenset({"status"})),
 }
 
 DESIRED_REPLICAS_ANNOTATION = "deployment.kubernetes.io/desired-replicas"
