@@ -5,6 +5,7 @@ from __future__ import annotations
 from rollbackd.actions.base import ActionResult
 from rollbackd.daemon.jsonify import JsonValue, to_json_value
 from rollbackd.daemon.state import DaemonState, RuntimeFlags, TargetState
+from rollbackd.events.build import next_step
 from rollbackd.model import Decision, Episode, Evidence
 from rollbackd.run import RollbackRun
 from rollbackd.verification import RUNBOOK_ROLLBACK_TARGET_S
@@ -78,6 +79,19 @@ def action_view(result: ActionResult | None) -> JsonValue:
         "wait_s": to_json_value(result.wait_s),
         "from_revision": result.from_revision,
         "to_revision": result.to_revision,
+        "gitops": [
+            {
+                "reconciler": hold.reconciler,
+                "object": hold.object,
+                "reconciles": list(hold.reconciles),
+                "field": hold.field,
+                "previous": to_json_value(hold.previous),
+                "suspended": hold.suspended,
+                "resume": hold.resume,
+            }
+            for hold in result.gitops
+        ],
+        "next_step": next_step(result),
     }
 
 
