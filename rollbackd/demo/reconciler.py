@@ -144,12 +144,15 @@ def reconciles(resource: kmock.resource, obj: Mapping[str, Any]) -> bool:
 class GitOpsReconciler:
     """Puts back what Git declares, every ``period_s``, for each reconciler that is on (see the
     module docstring); run as one task while entered. ``on_revert`` hears of every object put back
-    (the reconciler's ``kind/namespace/name`` and the object's); :attr:`reverts` counts them."""
+    (the reconciler's ``kind/namespace/name`` and the object's); :attr:`reverts` counts them,
+    :attr:`passes` the passes made."""
 
     emu: ClusterEmulator
     period_s: float = 0.5
     on_revert: Callable[[str, str], None] | None = None
     reverts: int = 0
+    #: Passes made so far (every ``period_s`` while entered, and each :meth:`reconcile`).
+    passes: int = 0
     _declared: dict[tuple[kmock.resource, str, str], list[Declared]] = field(default_factory=dict, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
 
@@ -174,6 +177,7 @@ class GitOpsReconciler:
 
     async def reconcile(self) -> None:
         """One pass: every reconciler that is on puts its declared fields back where they differ."""
+        self.passes += 1
         for (resource, namespace, name), declared in self._declared.items():
             source = self.emu.read(resource, namespace, name)
             if source is None or not reconciles(resource, source):

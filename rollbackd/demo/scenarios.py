@@ -8,6 +8,11 @@ which version's pods, how traffic is routed, and what rollbackd is told to watch
   from blue to green; green turns bad; rollbackd switches the Service back to blue.
 - ``deployment``: one Deployment whose current revision runs the new image; it turns bad; rollbackd
   undoes the Deployment to the previous revision.
+- ``gitops``: the canary, reconciled from Git: an Argo CD Application syncs the canary Ingress and a
+  Flux Kustomization the canary Deployment, and an emulated reconciler puts back what Git declares
+  (weight 20, one canary replica) unless they are suspended. With ``gitops: suspend`` (the default)
+  rollbackd suspends both before aborting the canary and the rollback holds; with ``ignore`` the
+  reconciler undoes it (:func:`gitops_scenario`).
 """
 
 from __future__ import annotations
@@ -15,8 +20,27 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from rollbackd.config.settings import Side, TargetSettings
-from rollbackd.demo.emulator import ClusterEmulator, seed_deployment, seed_ingress, seed_service
+from rollbackd.config.settings import GitOpsMode, Side, TargetSettings
+from rollbackd.demo.emulator import (
+    APPLICATIONS,
+    DEPLOYMENTS,
+    INGRESSES,
+    KUSTOMIZATIONS,
+    ClusterEmulator,
+    seed_deployment,
+    seed_ingress,
+    seed_service,
+)
+from rollbackd.demo.reconciler import (
+    ARGOCD_NAMESPACE,
+    FLUX_NAMESPACE,
+    Declared,
+    GitOpsReconciler,
+    label_for_flux,
+    seed_application,
+    seed_kustomization,
+    track_by_argocd,
+)
 from rollbackd.demo.traffic import CanaryWeightRouting, PodTemplateRouting, Routing, ServiceSelectorRouting
 from rollbackd.kube import KubeClient, objects
 from rollbackd.model import Strategy
@@ -54,7 +78,9 @@ class Scenario:
     - ``seed``: fills the emulated cluster; returns one line per object seeded;
     - ``target``: rollbackd's target, given each backend's base URL (for health endpoints);
     - ``routing``: how the load generator reads where traffic goes;
-    - ``release``: a step taken once the old version has served a while (blue-green only).
+    - ``release``: a step taken once the old version has served a while (blue-green only);
+    - ``gitops``: what Git declares, for the emulated GitOps reconciler (the gitops scenario only):
+      tells the reconciler, returns one line per declaration.
     """
 
     name: str
@@ -67,6 +93,7 @@ class Scenario:
     target: Callable[[Mapping[str, str]], TargetSettings]
     routing: Routing
     release: Release | None = None
+    gitops: Callable[[GitOpsReconciler], list[str]] | None = None
 
     def app(self, backend: str) -> App:
         return next(app for app in self.apps if app.backend == backend)
@@ -235,4 +262,65 @@ DEPLOYMENT = Scenario(
                                backends={OLD_IMAGE: "v1.4", NEW_IMAGE: "v1.5"}),
 )
 
-SCENARIOS: Mapping[str, Scenario] = {scenario.name: scenario for scenario in (CANARY, BLUEGREEN, DEPLOYMENT)}
+# --- gitops --------------------------------------------------------------------------------------
+
+APPLICATION = "shop-web"
+KUSTOMIZATION = "shop-canary"
+
+
+def _seed_gitops(emu: ClusterEmulator) -> list[str]:
+    lines = _seed_canary(emu, CANARY_WEIGHT)
+    seed_application(emu, APPLICATION, destination_namespace=NAMESPACE, path="apps/web")
+    track_by_argocd(emu, INGRESSES, NAMESPACE, "web-canary", application=APPLICATION)
+    seed_kustomization(emu, KUSTOMIZATION, path="apps/web-canary")
+    label_for_flux(emu, DEPLOYMENTS, NAMESPACE, "web-canary", owner=KUSTOMIZATIONS, owner_name=KUSTOMIZATION)
+    return [
+        *lines,
+        f"Argo CD Application {ARGOCD_NAMESPACE}/{APPLICATION} (automated sync: prune, selfHeal) syncing "
+        f"Ingress {NAMESPACE}/web-canary (annotation argocd.argoproj.io/tracking-id)",
+        f"Flux Kustomization {FLUX_NAMESPACE}/{KUSTOMIZATION} applying Deployment {NAMESPACE}/web-canary "
+        "(labels kustomize.toolkit.fluxcd.io/name and /namespace)",
+    ]
+
+
+def _git_declares(reconciler: GitOpsReconciler) -> list[str]:
+    weight = {"metadata": {"annotations": {objects.CANARY_WEIGHT_ANNOTATION: str(CANARY_WEIGHT)}}}
+    reconciler.declare(APPLICATIONS, ARGOCD_NAMESPACE, APPLICATION,
+                       [Declared(INGRESSES, NAMESPACE, "web-canary", weight)])
+    reconciler.declare(KUSTOMIZATIONS, FLUX_NAMESPACE, KUSTOMIZATION,
+                       [Declared(DEPLOYMENTS, NAMESPACE, "web-canary", {"spec": {"replicas": 1}})])
+    return [
+        f"Git declares Ingress {NAMESPACE}/web-canary with canary-weight \"{CANARY_WEIGHT}\" "
+        "(Argo CD self-heal puts it back unless automated sync is off)",
+        f"Git declares Deployment {NAMESPACE}/web-canary with 1 replica (Flux puts it back unless the "
+        "Kustomization is suspended)",
+    ]
+
+
+def gitops_scenario(mode: GitOpsMode = "suspend") -> Scenario:
+    """The canary scenario reconciled from Git, with the target's ``gitops`` mode ``mode``."""
+    canary = canary_scenario(CANARY_WEIGHT)
+    what = {
+        "suspend": "rollbackd suspends both, aborts the canary, and the rollback holds",
+        "refuse": "rollbackd refuses to fight Git and escalates",
+        "ignore": "rollbackd aborts the canary regardless, and the reconciler puts it back",
+    }[mode]
+    return Scenario(
+        name="gitops",
+        title=f"a canary synced by Argo CD and Flux turns bad; with gitops: {mode}, {what}",
+        strategy=Strategy.CANARY,
+        apps=canary.apps,
+        good=canary.good,
+        bad=canary.bad,
+        seed=_seed_gitops,
+        target=lambda urls: _canary_target(urls).model_copy(update={"gitops": mode}),
+        routing=canary.routing,
+        gitops=_git_declares,
+    )
+
+
+GITOPS = gitops_scenario()
+
+SCENARIOS: Mapping[str, Scenario] = {
+    scenario.name: scenario for scenario in (CANARY, BLUEGREEN, DEPLOYMENT, GITOPS)
+}
