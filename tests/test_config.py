@@ -792,3 +792,20 @@ def test_target_settings_key() -> None:
         {"name": "a", "strategy": "deployment", "candidate": {"deployment": "a"}}
     )
     assert target.key == "default/a"
+
+
+def test_a_gitops_mode_is_checked_at_its_line(tmp_path: Path) -> None:
+    document = yaml.safe_load(CANARY)
+    document["targets"][0]["gitops"] = "pause"
+    document["gitops"] = {"mode": "refuse", "argocd": {"tracking_method": "labels"}}
+    path = write(tmp_path, yaml.safe_dump(document, sort_keys=False))
+    assert problems_of(path) == [
+        f"{path}:{line_of(path, 'gitops: pause')}: targets[0].gitops (target checkout): expected one of"
+        " 'suspend', 'refuse', 'ignore', got 'pause'",
+        f"{path}:{line_of(path, 'tracking_method')}: gitops.argocd.tracking_method: expected one of"
+        " 'annotation', 'annotation+label', 'label', got 'labels'",
+    ]
+    document["targets"][0]["gitops"] = "ignore"
+    document["gitops"]["argocd"]["tracking_method"] = "label"
+    settings = load_settings(write(tmp_path, yaml.safe_dump(document)), environ={})
+    assert (settings.gitops.mode, settings.targets[0].gitops) == ("refuse", "ignore")
