@@ -13,10 +13,12 @@ import jsonschema
 from rollbackd.actions.base import ActionOutcome, ActionResult, Change, GitOpsHold
 from rollbackd.actions.reconcilers import REVERT_IN_GIT
 from rollbackd.daemon.page import render_status_page
+from rollbackd.daemon.rollbacks import with_prior_changes
 from rollbackd.daemon.views import rollback_view
 from rollbackd.events.build import Announcer, EventFactory
 from rollbackd.events.model import EscalationRaisedData, EventType, GitOpsSuspendedData, RollbackCompletedData
 from rollbackd.run import Phase, RollbackRun
+from rollbackd.runrecord import RecordedChange
 from tests.eventstory import clock
 
 TARGET = "shop/web"
@@ -108,3 +110,22 @@ def test_the_status_page_says_to_revert_in_git() -> None:
     )
     assert REVERT_IN_GIT in page
     assert "Application/argocd/shop-web" in page
+
+
+def test_a_run_taken_over_tells_the_suspension_the_stopped_process_made() -> None:
+    # The stopped process suspended Argo CD and set the weight; the resumed action finds all done.
+    prior = (RecordedChange(SUSPENSION, made=True), RecordedChange(WEIGHT, made=True))
+    resumed = ActionResult(action="canary-abort", target=TARGET, outcome=ActionOutcome.ALREADY_DONE,
+                           reason="the canary was already aborted")
+    result = with_prior_changes(resumed, prior)
+
+    assert result.outcome is ActionOutcome.DONE
+    (hold,) = result.gitops
+    assert (hold.object, hold.previous, hold.suspended) == ("Application/argocd/shop-web", AUTOMATED, True)
+    assert result.reason.endswith(REVERT_IN_GIT)
+    events = Announcer(factory=EventFactory(), target=TARGET).on_run(
+        run_with(result, Phase.VERIFYING), clock=clock(1003.0))
+    suspended = next(e for e in events if e.event_type is EventType.GITOPS_SUSPENDED)
+    assert isinstance(suspended.data, GitOpsSuspendedData)
+    assert suspended.data.previous == AUTOMATED
+    assert "prune" in suspended.data.resume

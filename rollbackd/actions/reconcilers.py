@@ -26,11 +26,11 @@ and an older CRD would drop the field silently) -- or a Flux object's ``spec.sus
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rollbackd.actions.base import Change
+from rollbackd.actions.base import Change, GitOpsHold
 from rollbackd.config.settings import ArgoCdSettings
 from rollbackd.kube.objects import (
     DEPLOYMENT_TYPE,
@@ -215,3 +215,32 @@ def resume_command(reconciler: Reconciler, previous: Any) -> str:
     patch = json.dumps({"spec": {"syncPolicy": {"automated": dict(automated)}}}, separators=(",", ":"))
     return (f"kubectl -n {reconciler.namespace} patch {reconciler.resource.qualified} {reconciler.name} "
             f"--type merge -p '{patch}'")
+
+
+_RECONCILER_TYPES: Mapping[str, tuple[Tool, ResourceType]] = {
+    APPLICATION.kind: ("argocd", APPLICATION),
+    KUSTOMIZATION.kind: ("flux", KUSTOMIZATION),
+    HELMRELEASE.kind: ("flux", HELMRELEASE),
+}
+
+
+def suspensions_in(changes: Iterable[Change]) -> tuple[GitOpsHold, ...]:
+    """The reconcilers that ``changes`` (e.g. those a stopped process recorded for a rollback)
+    turned off, as :class:`~rollbackd.actions.base.GitOpsHold` values: which objects each
+    reconciles is not in a change, so ``reconciles`` is empty."""
+    holds: list[GitOpsHold] = []
+    for change in changes:
+        kind, _, rest = change.object.partition("/")
+        namespace, _, name = rest.partition("/")
+        known = _RECONCILER_TYPES.get(kind)
+        if known is None or not namespace or not name:
+            continue
+        reconciler = Reconciler(known[0], known[1], namespace, name)
+        if change.field != reconciler.field:
+            continue
+        holds.append(GitOpsHold(
+            reconciler=reconciler.tool, object=reconciler.object, api_version=reconciler.resource.api_version,
+            reconciles=(), field=reconciler.field, previous=change.before, suspended=True,
+            resume=resume_command(reconciler, change.before),
+        ))
+    return tuple(holds)
