@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jsonschema
 import kmock
 import pytest
@@ -25,8 +26,17 @@ from rollbackd.actions.reconcilers import (
     resume_command,
 )
 from rollbackd.actions.steps import ActionSettings
+from rollbackd.actions.targets import KubeTargets
 from rollbackd.backoff import Backoff
-from rollbackd.config.settings import GitOpsMode
+from rollbackd.config.settings import (
+    EventsSettings,
+    GitOpsMode,
+    HttpSettings,
+    Settings,
+    StoreSettings,
+    VerificationSettings,
+)
+from rollbackd.daemon.wiring import open_daemon
 from rollbackd.demo.emulator import APPLICATIONS, HELMRELEASES, KUSTOMIZATIONS
 from rollbackd.demo.reconciler import (
     Declared,
@@ -39,6 +49,9 @@ from rollbackd.demo.reconciler import (
 )
 from rollbackd.kube import KubeClient
 from rollbackd.kube.objects import CANARY_WEIGHT_ANNOTATION
+from rollbackd.run import Phase
+from rollbackd.store import open_store
+from rollbackd.store.base import AuditEntry
 from tests.kubefixtures import (
     DEPLOYMENTS,
     INGRESSES,
@@ -50,6 +63,7 @@ from tests.kubefixtures import (
     status_body,
     wait_until,
 )
+from tests.test_daemon import SEVERE, Api, ScriptedHealth, ScriptedMetrics, canary
 
 NS = "shop"
 FAST = ActionSettings(backoff=Backoff(initial_s=0.01, max_s=0.05), attempts=4,
@@ -409,3 +423,96 @@ async def test_a_run_after_a_failure_finds_the_suspension_done_and_finishes(
     assert "Application/argocd/shop-web" not in [c.object for c in second.changes]
     assert weight(kube_cluster) == "0"
     assert writes(kube_cluster, APPLICATIONS) == 1
+
+
+# --- the daemon: events, audit trail and status page ---------------------------------------------
+
+
+def daemon_settings(tmp_path: Path, mode: GitOpsMode) -> Settings:
+    return Settings(
+        interval_s=0.1,
+        http=HttpSettings(host="127.0.0.1", port=0),
+        store=StoreSettings(data_dir=str(tmp_path / "data")),
+        verification=VerificationSettings(window_s=0.5),
+        events=EventsSettings(kubernetes_events=False),
+        targets=(canary("checkout").model_copy(update={"gitops": mode}),),
+    )
+
+
+def seed_checkout(emu: ClusterEmulator) -> None:
+    seed_deployment(emu, NS, "checkout-stable", replicas=2, image="shop/checkout:1.1",
+                    labels={"app": "checkout", "track": "stable"})
+    seed_deployment(emu, NS, "checkout-canary", replicas=1, image="shop/checkout:1.2",
+                    labels={"app": "checkout", "track": "canary"})
+    seed_ingress(emu, NS, "checkout-canary", service="checkout-canary", host="shop.example.com",
+                 canary_weight=20)
+    seed_application(emu, "checkout", destination_namespace=NS)
+    track_by_argocd(emu, INGRESSES, NS, "checkout-canary", application="checkout")
+
+
+async def run_daemon(
+    emu: ClusterEmulator, kube: KubeClient, config: Settings
+) -> tuple[Phase, list[AuditEntry], str]:
+    """Run the daemon on a severe breach until its rollback ends: the run's phase, the audit log,
+    the status page."""
+    key = "shop/checkout"
+    cluster = KubeTargets(kube=kube, settings=config, action_settings=FAST)
+    async with (
+        open_daemon(config, metrics_source=ScriptedMetrics(SEVERE), health_source=ScriptedHealth(),
+                    cluster=cluster) as daemon,
+        aiohttp.ClientSession() as session,
+    ):
+        await wait_until(lambda: (run := daemon.rollbacks.runs.get(key)) is not None and not run.phase.active,
+                         timeout_s=20, what="the rollback's verdict")  # fmt: skip
+        phase = daemon.rollbacks.runs[key].phase
+        status, page = await Api(session, daemon).call("GET", "/")
+        assert status == 200
+    store = open_store(config.store.url, data_dir=Path(config.store.data_dir))
+    await store.open()
+    try:
+        history = await store.history(target=key)
+    finally:
+        await store.close()
+    return phase, history, str(page)
+
+
+async def test_the_daemon_tells_the_suspension_and_what_to_do(
+    kube_cluster: ClusterEmulator, kube: KubeClient, kube_controllers: Controllers, tmp_path: Path
+) -> None:
+    seed_checkout(kube_cluster)
+    phase, history, page = await run_daemon(kube_cluster, kube, daemon_settings(tmp_path, "suspend"))
+
+    assert phase is Phase.VERIFIED
+    kinds = [entry.kind for entry in history]
+    assert kinds.index("rollback.started") < kinds.index("gitops.suspended")
+    assert kinds.index("gitops.suspended") < kinds.index("rollback.completed")
+    (suspended,) = [entry.details for entry in history if entry.kind == "gitops.suspended"]
+    (completed,) = [entry.details for entry in history if entry.kind == "rollback.completed"]
+    assert (suspended["object"], suspended["previous"]) == ("Application/argocd/checkout", AUTOMATED)
+    assert suspended["reconciles"] == ["Ingress/shop/checkout-canary"]
+    assert completed["next_step"] == REVERT_IN_GIT
+    assert REVERT_IN_GIT in page
+    assert "automated" not in application_of(kube_cluster, "checkout")["spec"]["syncPolicy"]
+
+
+async def test_the_daemon_refusing_under_gitops_escalates_and_changes_nothing(
+    kube_cluster: ClusterEmulator, kube: KubeClient, kube_controllers: Controllers, tmp_path: Path
+) -> None:
+    seed_checkout(kube_cluster)
+    phase, history, page = await run_daemon(kube_cluster, kube, daemon_settings(tmp_path, "refuse"))
+
+    assert phase is Phase.REFUSED
+    escalations = [entry.details for entry in history if entry.kind == "escalation.raised"]
+    (gitops,) = [e for e in escalations if e["cause"] == "gitops"]
+    assert gitops["reasons"][0].endswith(REVERT_IN_GIT)
+    assert "gitops.suspended" not in [entry.kind for entry in history]
+    ingress = kube_cluster.read(INGRESSES, NS, "checkout-canary")
+    assert ingress is not None
+    assert ingress["metadata"]["annotations"][CANARY_WEIGHT_ANNOTATION] == "20"
+    assert REVERT_IN_GIT in page
+
+
+def application_of(emu: ClusterEmulator, name: str) -> dict[str, Any]:
+    app = emu.read(APPLICATIONS, "argocd", name)
+    assert app is not None
+    return app
