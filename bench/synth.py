@@ -97,7 +97,8 @@ class Story:
     mode: str | None
 
 
-def _stories() -> list[Story]:
+def stories() -> list[Story]:
+    """Every generated story: what happens to the release, and the verdict it calls for."""
     return [
         Story("healthy", "canary", "none", None),
         Story("severe-errors", "canary", "rollback", "immediate"),
@@ -240,7 +241,7 @@ def suite(
     rates: tuple[float, ...] = (2.0, 10.0, 50.0),
     seeds: tuple[int, ...] = (1,),
 ) -> Iterator[dict[str, Any]]:
-    for story in _stories():
+    for story in stories():
         for interval in intervals:
             for rps in rates:
                 for seed in seeds:

@@ -39,9 +39,10 @@ class TargetAccess(Protocol):
     """What the daemon needs from Kubernetes for its targets (found by ``params.key``);
     :class:`~rollbackd.actions.targets.KubeTargets` is the implementation."""
 
-    async def facts(self, params: TargetParams, *, loop_now: float, max_age_s: float = 0.0) -> ClusterFacts:
-        """Risk, holds, revision and rollback target as the cluster shows them now, or as a read
-        less than ``max_age_s`` ago showed them."""
+    async def facts(self, params: TargetParams, *, loop_now: float, fresh: bool = False) -> ClusterFacts:
+        """Risk, holds, revision and rollback target as the cluster shows them: the access may
+        answer from a recent read (its own reuse rule, e.g. ``kubernetes.facts_max_age_s``)
+        unless ``fresh``, which always reads now."""
         ...
 
     def facts_read_at(self, key: str) -> float | None:

@@ -16,7 +16,7 @@ from rollbackd.params import TargetParams
 from rollbackd.run import Phase
 from tests.kubefixtures import wait_until
 from tests.test_daemon import SEVERE, ScriptedHealth, ScriptedMetrics, make_settings
-from tests.test_daemon_rollbacks import ScriptedAction, ScriptedCluster
+from tests.test_daemon_rollbacks import ScriptedAction, ScriptedTargets
 
 NOT_STOPPED = "task did not stop within the shutdown timeout"
 
@@ -108,7 +108,7 @@ class HangingAction(ScriptedAction):
 
     async def run(self, *, dry_run: bool, recorder: ChangeRecorder | None = None,
                   progress: Progress | None = None) -> ActionResult:
-        assert isinstance(self.cluster, HangingCluster)
+        assert isinstance(self.cluster, HangingTargets)
         self.cluster.runs.append(dry_run)
         try:
             await asyncio.Event().wait()
@@ -118,7 +118,7 @@ class HangingAction(ScriptedAction):
         raise AssertionError("unreachable")
 
 
-class HangingCluster(ScriptedCluster):
+class HangingTargets(ScriptedTargets):
     stopped = False
 
     def action(self, params: TargetParams, *, bad_revision: int | None = None) -> ScriptedAction:
@@ -127,10 +127,10 @@ class HangingCluster(ScriptedCluster):
 
 @pytest.mark.looptime
 async def test_the_daemon_stops_the_rollback_runs_it_started() -> None:
-    cluster = HangingCluster()
+    cluster = HangingTargets()
     loop = asyncio.get_running_loop()
     daemon = Daemon(make_settings(), metrics_source=ScriptedMetrics(SEVERE), health_source=ScriptedHealth(),
-                    cluster=cluster, shutdown_timeout_s=5)
+                    targets=cluster, shutdown_timeout_s=5)
     async with daemon:
         await wait_until(lambda: cluster.runs == [False], timeout_s=120, what="the rollback acting")
         run = daemon.rollbacks.runs["shop/checkout"]

@@ -42,7 +42,7 @@ from tests.test_daemon import (
     logs_into,
     make_settings,
 )
-from tests.test_daemon_rollbacks import ScriptedAction, ScriptedCluster
+from tests.test_daemon_rollbacks import ScriptedAction, ScriptedTargets
 
 HOLD = "/api/v1/targets/shop/checkout/hold"
 SECRET = "s3cr3t-Token-7f1c9a"
@@ -159,16 +159,16 @@ async def test_bodies_that_are_not_json_objects_answer_400(body: bytes, content_
 
 
 @dataclass
-class OneBadTarget(ScriptedCluster):
-    """The cluster of :class:`ScriptedCluster`, but ``bad`` gets facts no decision can be made from
+class OneBadTarget(ScriptedTargets):
+    """The cluster of :class:`ScriptedTargets`, but ``bad`` gets facts no decision can be made from
     (a hold without an end: the framework cannot say how long it runs) — a defect in one target's
     evaluation, as any could be."""
 
     bad: str = "shop/cart"
     starts: list[str] = field(default_factory=list)
 
-    async def facts(self, params: TargetParams, *, loop_now: float, max_age_s: float = 0.0) -> ClusterFacts:
-        facts = await super().facts(params, loop_now=loop_now, max_age_s=max_age_s)
+    async def facts(self, params: TargetParams, *, loop_now: float, fresh: bool = False) -> ClusterFacts:
+        facts = await super().facts(params, loop_now=loop_now, fresh=fresh)
         if params.key == self.bad:
             return ClusterFacts(hold=Hold(until=math.inf, reason="fix-forward", set_at=loop_now))
         return facts
@@ -187,7 +187,7 @@ async def test_one_target_whose_evaluation_raises_does_not_stop_the_others_or_th
     cluster = OneBadTarget()
     settings = make_settings(canary("cart"), canary("checkout"))
     async with aiohttp.ClientSession() as session, Daemon(
-        settings, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster
+        settings, metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster
     ) as daemon:
         api = Api(session, daemon)
         await asyncio.sleep(6 * INTERVAL_S)
@@ -224,7 +224,7 @@ async def test_a_crashing_dry_run_plan_does_not_end_the_daemon(caplog: pytest.Lo
             raise RuntimeError("the plan broke")
 
     @dataclass
-    class Cluster(ScriptedCluster):
+    class Targets(ScriptedTargets):
         def action(self, params: TargetParams, *, bad_revision: int | None = None) -> ScriptedAction:
             return CrashingPlan(self)
 
@@ -233,7 +233,7 @@ async def test_a_crashing_dry_run_plan_does_not_end_the_daemon(caplog: pytest.Lo
         make_settings(dry_run=True),
         metrics_source=ScriptedMetrics(SEVERE),
         health_source=ScriptedHealth(),
-        cluster=Cluster(),
+        targets=Targets(),
     ) as daemon:
         await asyncio.sleep(4 * INTERVAL_S)
         assert daemon.alive

@@ -26,7 +26,7 @@ from tests.faultledger import FaultLedger
 from tests.kubefixtures import wait_until
 from tests.test_api_hardening import SECRET, raw_request
 from tests.test_daemon import SEVERE, ScriptedHealth, ScriptedMetrics, make_settings
-from tests.test_daemon_rollbacks import ScriptedCluster
+from tests.test_daemon_rollbacks import ScriptedTargets
 
 TARGET = "/api/v1/targets/shop/checkout"
 
@@ -56,7 +56,7 @@ class Steered:
 
     daemon: Daemon
     session: aiohttp.ClientSession
-    cluster: ScriptedCluster
+    cluster: ScriptedTargets
     base: str
 
     def actions(self) -> int:
@@ -82,14 +82,14 @@ async def steered(tmp_path: Path) -> AsyncIterator[Steered]:
             "events": EventsSettings(kubernetes_events=False),
         }
     )
-    cluster = ScriptedCluster(action_s=0.0)
+    cluster = ScriptedTargets(action_s=0.0)
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session,
         open_daemon(
             config,
             metrics_source=ScriptedMetrics(SEVERE),
             health_source=ScriptedHealth(),
-            cluster=cluster,
+            targets=cluster,
             auth=ApiAuth(token=lambda: SECRET),
         ) as daemon,
     ):

@@ -47,7 +47,7 @@ from tests.kubefixtures import wait_until
 from tests.mqttfixtures import free_port
 from tests.tcpproxy import TcpProxy
 from tests.test_daemon import HEALTHY, SEVERE, ScriptedHealth, ScriptedMetrics, canary
-from tests.test_daemon_rollbacks import ScriptedCluster
+from tests.test_daemon_rollbacks import ScriptedTargets
 from tests.test_store import POSTGRES_DSN, postgres_schema  # noqa: F401 (fixture)
 
 INTERVAL_S = 0.2
@@ -72,7 +72,7 @@ class Running:
     journal: Journal
     session: aiohttp.ClientSession
     metrics: ScriptedMetrics
-    cluster: ScriptedCluster
+    cluster: ScriptedTargets
     data_dir: Path
 
     @property
@@ -95,11 +95,11 @@ class Running:
 async def running(config: Settings, *, metrics: ScriptedMetrics | None = None) -> AsyncIterator[Running]:
     """The daemon with its store keeper, ready (store open, every target evaluated)."""
     metrics = metrics or ScriptedMetrics(HEALTHY)
-    cluster = ScriptedCluster(action_s=0.05)
+    cluster = ScriptedTargets(action_s=0.05)
     async with (
         aiohttp.ClientSession() as session,
         open_daemon(
-            config, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster
+            config, metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster
         ) as daemon,
     ):
         await wait_until(lambda: daemon.ready, timeout_s=20, what="the daemon is ready")

@@ -133,7 +133,7 @@ async def test_the_status_page_and_the_api_show_what_the_rollback_waits_for(
     cluster = KubeTargets(kube=kube, settings=settings, action_settings=SETTINGS)
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
-        Daemon(settings, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster) as daemon,
+        Daemon(settings, metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster) as daemon,
     ):
         api = Api(session, daemon)
         await wait_until(lambda: daemon.ticks >= 2, what="healthy ticks")

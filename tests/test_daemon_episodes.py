@@ -35,7 +35,7 @@ from rollbackd.store import open_store
 from tests.kubefixtures import wait_until
 from tests.mqttfixtures import Mosquitto, Subscriber, mosquitto, subscribed  # noqa: F401 (fixture)
 from tests.test_daemon import ScriptedHealth, canary
-from tests.test_daemon_rollbacks import ScriptedCluster
+from tests.test_daemon_rollbacks import ScriptedTargets
 
 INTERVAL_S = 0.1
 KEY = "shop/checkout"
@@ -78,10 +78,10 @@ def settings(broker: Mosquitto, data_dir: Path, prefix: str, *, grace_s: float =
 
 
 @contextlib.asynccontextmanager
-async def running(config: Settings, metrics: Intervals, cluster: ScriptedCluster) -> AsyncIterator[Daemon]:
+async def running(config: Settings, metrics: Intervals, cluster: ScriptedTargets) -> AsyncIterator[Daemon]:
     """The daemon with its store kept, ready; stopped (and its events drained) on exit."""
     async with open_daemon(
-        config, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster
+        config, metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster
     ) as daemon:
         await wait_until(lambda: daemon.journal.attached and daemon.ready, timeout_s=10, what="ready")
         yield daemon
@@ -128,7 +128,7 @@ async def test_both_arms_failing_at_four_canary_requests_is_one_episode_told_onc
 
     metrics = Intervals(script)
     async with subscribed(mosquitto.options, f"{prefix}/v1/shop/checkout/#") as subscriber:
-        async with running(settings(mosquitto, data_dir, prefix), metrics, ScriptedCluster()) as daemon:
+        async with running(settings(mosquitto, data_dir, prefix), metrics, ScriptedTargets()) as daemon:
             await wait_until(
                 lambda: metrics.served >= healthy + failing, timeout_s=60, what="90 failing intervals"
             )
@@ -184,7 +184,7 @@ async def test_a_low_traffic_canary_regression_is_told_once_then_rolled_back(
         return spread(90, 0.002, i), spread(10, 0.0 if i < healthy else 0.03, i)
 
     metrics = Intervals(script)
-    cluster = ScriptedCluster(action_s=0.1)
+    cluster = ScriptedTargets(action_s=0.1)
     async with subscribed(mosquitto.options, f"{prefix}/v1/shop/checkout/#") as subscriber:
         async with running(settings(mosquitto, data_dir, prefix, grace_s=3.0), metrics, cluster) as daemon:
             await wait_until(lambda: KEY in daemon.rollbacks.runs, timeout_s=60, what="a rollback")

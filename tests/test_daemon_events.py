@@ -32,7 +32,7 @@ from rollbackd.store import open_store
 from tests.kubefixtures import wait_until
 from tests.mqttfixtures import Mosquitto, free_port, mosquitto, subscribed  # noqa: F401 (fixture)
 from tests.test_daemon import HEALTHY, SEVERE, ScriptedHealth, ScriptedMetrics, canary
-from tests.test_daemon_rollbacks import ScriptedCluster
+from tests.test_daemon_rollbacks import ScriptedTargets
 
 INTERVAL_S = 0.2
 
@@ -62,10 +62,10 @@ async def test_a_subscriber_sees_the_whole_rollback_in_order(mosquitto: Mosquitt
     prefix = f"t{tmp_path.name[-8:]}"
     config = settings(mosquitto, tmp_path / "data", prefix)
     metrics = ScriptedMetrics(HEALTHY)
-    cluster = ScriptedCluster(action_s=0.1)
+    cluster = ScriptedTargets(action_s=0.1)
     topic = f"{prefix}/v1/shop/checkout/events/#"
     async with subscribed(mosquitto.options, topic) as subscriber, open_daemon(
-        config, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster
+        config, metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster
     ) as daemon:
         await wait_until(lambda: daemon.journal.attached and daemon.ready, what="the daemon ready")
         ticks = daemon.ticks
@@ -128,9 +128,9 @@ async def test_without_a_store_the_daemon_is_not_ready_and_does_not_act(tmp_path
         targets=(canary("checkout"),),
     )
     metrics = ScriptedMetrics(SEVERE)
-    cluster = ScriptedCluster(action_s=0.1)
+    cluster = ScriptedTargets(action_s=0.1)
     async with open_daemon(
-        config, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster, store_retry_s=0.2
+        config, metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster, store_retry_s=0.2
     ) as daemon:
         await wait_until(lambda: daemon.ticks >= 10, what="ten ticks")
         assert not daemon.ready
@@ -160,9 +160,9 @@ async def test_a_rollback_left_unfinished_is_finished_after_a_restart(tmp_path: 
         targets=(canary("checkout"),),
     )
 
-    async def run_daemon(metrics: ScriptedMetrics, cluster: ScriptedCluster, until: str) -> Daemon:
+    async def run_daemon(metrics: ScriptedMetrics, cluster: ScriptedTargets, until: str) -> Daemon:
         async with open_daemon(
-            config, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster
+            config, metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster
         ) as daemon:
             if until == "acting":
                 await wait_until(
@@ -178,13 +178,13 @@ async def test_a_rollback_left_unfinished_is_finished_after_a_restart(tmp_path: 
         return daemon
 
     # The first process decides and starts acting, then stops before the action completes.
-    first_cluster = ScriptedCluster(action_s=60.0)
+    first_cluster = ScriptedTargets(action_s=60.0)
     await run_daemon(ScriptedMetrics(SEVERE), first_cluster, until="acting")
     assert first_cluster.runs == [False]
 
     # The next one finds the rollback under way in the store, finishes it and verifies it, even
     # though the metrics it sees now (traffic back on the stable) alone would not call for one.
-    second_cluster = ScriptedCluster(action_s=0.1)
+    second_cluster = ScriptedTargets(action_s=0.1)
     daemon = await run_daemon(ScriptedMetrics(HEALTHY), second_cluster, until="done")
     run = daemon.rollbacks.runs["shop/checkout"]
     assert run.resumed
@@ -192,9 +192,9 @@ async def test_a_rollback_left_unfinished_is_finished_after_a_restart(tmp_path: 
     assert second_cluster.runs == [False]
 
     # And a third start has nothing left to resume.
-    third_cluster = ScriptedCluster(action_s=0.1)
+    third_cluster = ScriptedTargets(action_s=0.1)
     async with open_daemon(
-        config, metrics_source=ScriptedMetrics(HEALTHY), health_source=ScriptedHealth(), cluster=third_cluster
+        config, metrics_source=ScriptedMetrics(HEALTHY), health_source=ScriptedHealth(), targets=third_cluster
     ) as daemon:
         await wait_until(lambda: daemon.ticks >= 10, what="ten ticks")
         assert daemon.rollbacks.runs == {}

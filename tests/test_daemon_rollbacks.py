@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder, Progress
-from rollbackd.config.settings import KubernetesSettings, Settings, VerificationSettings
+from rollbackd.config.settings import Settings, VerificationSettings
 from rollbackd.daemon.app import Daemon
 from rollbackd.decision.facts import ClusterFacts
 from rollbackd.model import Risk, Sample
@@ -22,7 +22,7 @@ from tests.test_daemon import HEALTHY, INTERVAL_S, SEVERE, Api, ScriptedHealth, 
 
 @dataclass
 class ScriptedAction:
-    cluster: ScriptedCluster
+    cluster: ScriptedTargets
     name: str = "canary-abort"
 
     async def run(self, *, dry_run: bool, recorder: ChangeRecorder | None = None,
@@ -41,7 +41,7 @@ class ScriptedAction:
 
 
 @dataclass
-class ScriptedCluster:
+class ScriptedTargets:
     outcome: ActionOutcome = ActionOutcome.DONE
     reason: str = "canary aborted; stable fully available"
     action_s: float = 1.0
@@ -51,11 +51,13 @@ class ScriptedCluster:
     facts_calls: int = 0
     read_at: dict[str, float] = field(default_factory=dict)
     kept: dict[str, ClusterFacts] = field(default_factory=dict)
+    #: Facts younger than this are reused (the rule of ``kubernetes.facts_max_age_s``).
+    max_age_s: float = 0.0
 
-    async def facts(self, params: TargetParams, *, loop_now: float, max_age_s: float = 0.0) -> ClusterFacts:
+    async def facts(self, params: TargetParams, *, loop_now: float, fresh: bool = False) -> ClusterFacts:
         """Reads ``facts_value`` (counted), or reuses the last read while younger than ``max_age_s``."""
         read_at = self.read_at.get(params.key)
-        if read_at is not None and 0.0 <= loop_now - read_at < max_age_s:
+        if read_at is not None and not fresh and 0.0 <= loop_now - read_at < self.max_age_s:
             return self.kept[params.key]
         self.facts_calls += 1
         self.read_at[params.key], self.kept[params.key] = loop_now, self.facts_value
@@ -80,10 +82,10 @@ def settings(*, dry_run: bool = False, window_s: float = 60.0) -> Settings:
 @pytest.mark.looptime
 async def test_a_rollback_decision_acts_once_then_verifies() -> None:
     metrics = ScriptedMetrics(HEALTHY)
-    cluster = ScriptedCluster()
+    cluster = ScriptedTargets()
     async with (
         aiohttp.ClientSession() as session,
-        Daemon(settings(), metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster) as daemon,
+        Daemon(settings(), metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster) as daemon,
     ):
         api = Api(session, daemon)
         await asyncio.sleep(3 * INTERVAL_S)
@@ -123,9 +125,9 @@ async def test_a_rollback_decision_acts_once_then_verifies() -> None:
 @pytest.mark.looptime
 async def test_a_failed_verification_escalates_and_never_rolls_back_again() -> None:
     metrics = ScriptedMetrics(HEALTHY)
-    cluster = ScriptedCluster()
+    cluster = ScriptedTargets()
     async with Daemon(
-        settings(), metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster
+        settings(), metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster
     ) as daemon:
         await asyncio.sleep(3 * INTERVAL_S)
         bad_everywhere = (SEVERE[1], SEVERE[1])  # stable fails after the rollback too
@@ -143,9 +145,9 @@ async def test_a_failed_verification_escalates_and_never_rolls_back_again() -> N
 @pytest.mark.looptime
 async def test_dry_run_plans_once_and_changes_nothing() -> None:
     metrics = ScriptedMetrics(HEALTHY)
-    cluster = ScriptedCluster()
+    cluster = ScriptedTargets()
     async with Daemon(
-        settings(dry_run=True), metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster
+        settings(dry_run=True), metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster
     ) as daemon:
         await asyncio.sleep(3 * INTERVAL_S)
         metrics.pair = SEVERE
@@ -165,10 +167,10 @@ async def test_dry_run_plans_once_and_changes_nothing() -> None:
 @pytest.mark.looptime
 async def test_a_refused_action_is_final_and_reported() -> None:
     metrics = ScriptedMetrics(HEALTHY)
-    cluster = ScriptedCluster(outcome=ActionOutcome.REFUSED, reason="no earlier revision of the Deployment")
+    cluster = ScriptedTargets(outcome=ActionOutcome.REFUSED, reason="no earlier revision of the Deployment")
     async with (
         aiohttp.ClientSession() as session,
-        Daemon(settings(), metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster) as daemon,
+        Daemon(settings(), metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster) as daemon,
     ):
         await asyncio.sleep(2 * INTERVAL_S)
         metrics.pair = SEVERE
@@ -180,12 +182,12 @@ async def test_a_refused_action_is_final_and_reported() -> None:
 @pytest.mark.looptime
 async def test_high_risk_from_the_cluster_escalates_instead() -> None:
     metrics = ScriptedMetrics(HEALTHY)
-    cluster = ScriptedCluster(
+    cluster = ScriptedTargets(
         facts_value=ClusterFacts(risk=Risk.HIGH, risk_reason="annotated rollbackd.io/rollback-risk=high")
     )
     async with (
         aiohttp.ClientSession() as session,
-        Daemon(settings(), metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster) as daemon,
+        Daemon(settings(), metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster) as daemon,
     ):
         await asyncio.sleep(2 * INTERVAL_S)
         metrics.pair = SEVERE
@@ -200,19 +202,16 @@ async def test_high_risk_from_the_cluster_escalates_instead() -> None:
 MODERATE = (HEALTHY[0], Sample(requests=1000, errors=30))
 
 
-def reusing_facts(seconds: float) -> Settings:
-    return settings().model_copy(update={"kubernetes": KubernetesSettings(facts_max_age_s=seconds)})
-
-
 @pytest.mark.looptime
 async def test_facts_are_reused_between_ticks_and_read_again_before_acting() -> None:
     metrics = ScriptedMetrics(HEALTHY)
-    cluster = ScriptedCluster()  # low risk: a controlled rollback is due after the grace period
-    config = reusing_facts(3600.0)
+    # Low risk: a controlled rollback is due after the grace period. Facts are kept for an hour.
+    cluster = ScriptedTargets(max_age_s=3600.0)
+    config = settings()
     grace_s = config.defaults.policy.controlled_grace_s
     async with (
         aiohttp.ClientSession() as session,
-        Daemon(config, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster) as daemon,
+        Daemon(config, metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster) as daemon,
     ):
         await asyncio.sleep(2 * INTERVAL_S)
         metrics.pair = MODERATE
@@ -234,9 +233,9 @@ async def test_facts_are_reused_between_ticks_and_read_again_before_acting() -> 
 @pytest.mark.looptime
 async def test_reused_facts_that_still_hold_when_read_again_lead_to_the_rollback() -> None:
     metrics = ScriptedMetrics(HEALTHY)
-    cluster = ScriptedCluster()
-    config = reusing_facts(3600.0)
-    async with Daemon(config, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster):
+    cluster = ScriptedTargets(max_age_s=3600.0)
+    config = settings()
+    async with Daemon(config, metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster):
         await asyncio.sleep(2 * INTERVAL_S)
         metrics.pair = MODERATE
         await asyncio.sleep(config.defaults.policy.controlled_grace_s + 6 * INTERVAL_S)

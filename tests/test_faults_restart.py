@@ -84,7 +84,7 @@ from tests.promfixtures import (
     start_sample_app,
 )
 from tests.test_daemon import SEVERE, ScriptedHealth, ScriptedMetrics, canary
-from tests.test_daemon_rollbacks import ScriptedAction, ScriptedCluster
+from tests.test_daemon_rollbacks import ScriptedAction, ScriptedTargets
 
 __all__ = ["mosquitto"]  # fixture
 
@@ -519,7 +519,7 @@ class SlowStore:
 
 
 @dataclass
-class WatchingCluster(ScriptedCluster):
+class WatchingTargets(ScriptedTargets):
     """A scripted cluster whose action first looks at what the store holds for the target."""
 
     store: StoreProtocol | None = None
@@ -553,7 +553,7 @@ async def test_a_rollback_touches_the_cluster_only_once_its_start_is_recorded(
     )
     inner = open_store(None, data_dir=tmp_path / "data")
     await inner.open()
-    cluster = WatchingCluster(action_s=0.05, store=inner)
+    cluster = WatchingTargets(action_s=0.05, store=inner)
     journal = Journal(required=True)
     try:
         slow = cast(StoreProtocol, SlowStore(inner, delay_s=0.3))
@@ -564,7 +564,7 @@ async def test_a_rollback_touches_the_cluster_only_once_its_start_is_recorded(
                 config,
                 metrics_source=ScriptedMetrics(SEVERE),
                 health_source=ScriptedHealth(),
-                cluster=cluster,
+                targets=cluster,
                 journal=journal,
             ) as daemon:
                 await wait_until(lambda: bool(cluster.seen), timeout_s=20, what="the action")

@@ -459,7 +459,7 @@ async def run_daemon(
     cluster = KubeTargets(kube=kube, settings=config, action_settings=FAST)
     async with (
         open_daemon(config, metrics_source=ScriptedMetrics(SEVERE), health_source=ScriptedHealth(),
-                    cluster=cluster) as daemon,
+                    targets=cluster) as daemon,
         aiohttp.ClientSession() as session,
     ):
         await wait_until(lambda: (run := daemon.rollbacks.runs.get(key)) is not None and not run.phase.active,

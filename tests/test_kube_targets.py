@@ -62,8 +62,11 @@ def params(name: str) -> TargetParams:
     return target_params(SETTINGS, target)
 
 
-def cluster_on(kube: KubeClient) -> KubeTargets:
-    return KubeTargets(kube=kube, settings=SETTINGS, action_settings=FAST, wall_clock=lambda: WALL)
+def cluster_on(kube: KubeClient, *, facts_max_age_s: float = 0.0) -> KubeTargets:
+    """Targets of SETTINGS; facts are read at every call unless ``facts_max_age_s`` says otherwise."""
+    kubernetes = KubernetesSettings(facts_max_age_s=facts_max_age_s)
+    return KubeTargets(kube=kube, settings=SETTINGS, kubernetes=kubernetes, action_settings=FAST,
+                       wall_clock=lambda: WALL)
 
 
 def seed_canary(emu: ClusterEmulator, *, annotations: dict[str, str] | None = None,
@@ -131,25 +134,25 @@ async def test_facts_younger_than_max_age_are_reused_without_asking_the_api(
     kube_cluster: ClusterEmulator, kube: KubeClient
 ) -> None:
     seed_canary(kube_cluster)
-    cluster = cluster_on(kube)
+    cluster = cluster_on(kube, facts_max_age_s=30.0)
     key = params("checkout")
 
-    first = await cluster.facts(key, loop_now=100.0, max_age_s=30.0)
+    first = await cluster.facts(key, loop_now=100.0)
     annotate(kube_cluster, "web-canary", {RISK_ANNOTATION: "high"})
     reads = len(kube_cluster[kmock.method.GET, DEPLOYMENTS])
-    kept = await cluster.facts(key, loop_now=129.0, max_age_s=30.0)
+    kept = await cluster.facts(key, loop_now=129.0)
     assert len(kube_cluster[kmock.method.GET, DEPLOYMENTS]) == reads  # nothing asked
     assert kept is first
     assert kept.risk is None
     assert cluster.facts_read_at(key.key) == 100.0
 
-    aged = await cluster.facts(key, loop_now=130.0, max_age_s=30.0)
+    aged = await cluster.facts(key, loop_now=130.0)
     assert aged.risk is Risk.HIGH
     assert cluster.facts_read_at(key.key) == 130.0
     assert len(kube_cluster[kmock.method.GET, DEPLOYMENTS]) > reads
 
     annotate(kube_cluster, "web-canary", {RISK_ANNOTATION: None})
-    now = await cluster.facts(key, loop_now=131.0)  # max_age_s 0: always read
+    now = await cluster.facts(key, loop_now=131.0, fresh=True)  # younger, but read now
     assert now.risk is None
     assert cluster.facts_read_at(key.key) == 131.0
 

@@ -35,7 +35,7 @@ from rollbackd.kube import KubeClient, KubeConfigError
 from rollbackd.run import Phase
 from tests.kubefixtures import LEASES, ClusterEmulator, wait_until
 from tests.test_daemon import INTERVAL_S, SEVERE, Api, ScriptedHealth, ScriptedMetrics, make_settings
-from tests.test_daemon_rollbacks import ScriptedCluster, settings
+from tests.test_daemon_rollbacks import ScriptedTargets, settings
 
 NS = "rollbackd"
 LEASE = "rollbackd"
@@ -346,7 +346,7 @@ async def readyz(session: aiohttp.ClientSession, daemon: Daemon) -> dict[str, ob
 @pytest.mark.looptime
 async def test_only_the_leader_rolls_back(kube_cluster: ClusterEmulator) -> None:
     metrics = ScriptedMetrics()
-    cluster_a, cluster_b = ScriptedCluster(), ScriptedCluster()
+    cluster_a, cluster_b = ScriptedTargets(), ScriptedTargets()
     async with (
         aiohttp.ClientSession() as session,
         client(kube_cluster) as ka,
@@ -357,9 +357,9 @@ async def test_only_the_leader_rolls_back(kube_cluster: ClusterEmulator) -> None
         async with (
             elector(kb, "replica-b") as b,
             Daemon(settings(), metrics_source=metrics, health_source=ScriptedHealth(),
-                   cluster=cluster_a, leader=a) as daemon_a,
+                   targets=cluster_a, leader=a) as daemon_a,
             Daemon(settings(), metrics_source=metrics, health_source=ScriptedHealth(),
-                   cluster=cluster_b, leader=b) as daemon_b,
+                   targets=cluster_b, leader=b) as daemon_b,
         ):
             await asyncio.sleep(3 * INTERVAL_S)
             assert await readyz(session, daemon_a) == {"status": "ready", "leader": True}
@@ -383,7 +383,7 @@ async def test_when_the_leader_dies_the_standby_takes_over_and_acts_once(
     kube_cluster: ClusterEmulator,
 ) -> None:
     metrics = ScriptedMetrics()
-    cluster_a, cluster_b = ScriptedCluster(), ScriptedCluster()
+    cluster_a, cluster_b = ScriptedTargets(), ScriptedTargets()
     loop = asyncio.get_running_loop()
     async with (
         aiohttp.ClientSession() as session,
@@ -395,12 +395,12 @@ async def test_when_the_leader_dies_the_standby_takes_over_and_acts_once(
         await replica_a.enter_async_context(a)
         await a.wait_leader()
         async with elector(kb, "replica-b") as b, Daemon(
-            settings(), metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster_b, leader=b
+            settings(), metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster_b, leader=b
         ) as daemon_b:
             async with replica_a:
                 await replica_a.enter_async_context(Daemon(
                     settings(), metrics_source=metrics, health_source=ScriptedHealth(),
-                    cluster=cluster_a, leader=a,
+                    targets=cluster_a, leader=a,
                 ))
                 await asyncio.sleep(3 * INTERVAL_S)
                 assert a.is_leader
@@ -435,13 +435,13 @@ async def test_the_new_leader_finishes_a_rollback_the_old_one_left_mid_way(
         }
     )
     metrics = ScriptedMetrics()
-    cluster_a = ScriptedCluster(action_s=600.0)  # never finishes before the leader dies
-    cluster_b = ScriptedCluster(action_s=0.1)
+    cluster_a = ScriptedTargets(action_s=600.0)  # never finishes before the leader dies
+    cluster_b = ScriptedTargets(action_s=0.1)
 
     @contextlib.asynccontextmanager
-    async def replica(leader: LeaderElector, cluster: ScriptedCluster) -> AsyncIterator[Daemon]:
+    async def replica(leader: LeaderElector, cluster: ScriptedTargets) -> AsyncIterator[Daemon]:
         async with open_daemon(
-            config, metrics_source=metrics, health_source=ScriptedHealth(), cluster=cluster, leader=leader
+            config, metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster, leader=leader
         ) as daemon:
             yield daemon
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench.synth import _stories, generate
+from bench.synth import generate, stories
 from rollbackd.replay import ScenarioError, load_scenario, replay_scenario
 from tests.conftest import SCENARIOS_DIR
 
@@ -123,7 +123,7 @@ def test_scenario_errors_name_the_field(tmp_path: Path) -> None:
 # Generated recordings: other intervals and traffic levels than the public files. The judge must
 # never roll back a release that should stay, and must catch every severe regression in time.
 GENERATED = [
-    (story, interval, rps) for story in _stories() for interval in (1.0, 5.0, 30.0) for rps in (5.0, 50.0)
+    (story, interval, rps) for story in stories() for interval in (1.0, 5.0, 30.0) for rps in (5.0, 50.0)
 ]
 
 

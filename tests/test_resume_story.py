@@ -274,7 +274,7 @@ async def daemon(config: Settings, emu: GatedCluster, metrics: ScriptedMetrics) 
             config,
             metrics_source=metrics,
             health_source=ScriptedHealth(),
-            cluster=KubeTargets(kube=kube, settings=config, action_settings=FAST),
+            targets=KubeTargets(kube=kube, settings=config, action_settings=FAST),
         ) as running,
     ):
         yield running

@@ -63,7 +63,8 @@ class KubeTargets:
 
     - ``kube``: an open :class:`~rollbackd.kube.KubeClient`;
     - ``settings``: the configuration; its ``targets`` tell where each target's objects are;
-    - ``kubernetes``: retries and the availability timeout (default: ``settings.kubernetes``);
+    - ``kubernetes``: retries, the availability timeout and how long facts are reused
+      (``facts_max_age_s``; default: ``settings.kubernetes``);
     - ``action_settings``: overrides what actions derive from ``kubernetes`` (backoff, polling);
     - ``wall_clock``: the current UTC time, to place an RFC 3339 fix-forward ETA on the loop clock.
     """
@@ -84,18 +85,21 @@ class KubeTargets:
         self.action_settings = action_settings
         self._targets: dict[str, TargetSettings] = {target.key: target for target in settings.targets}
         self._gitops: GitOpsSettings = settings.gitops
+        self._max_age_s = self.kubernetes.facts_max_age_s
         self._wall_clock = wall_clock
         #: target key -> (the fix-forward ETA annotation's value, loop time it was first seen).
         self._eta_seen: dict[str, tuple[str, float]] = {}
         #: target key -> the candidate revision the latest facts() read.
         self._revisions: dict[str, int | None] = {}
-        #: target key -> (loop time of the read, the facts it gave), for facts(max_age_s=...).
+        #: target key -> (loop time of the read, the facts it gave); reused while younger than
+        #: ``facts_max_age_s``.
         self._facts: dict[str, tuple[float, ClusterFacts]] = {}
 
     def reconfigure(self, settings: Settings) -> None:
         """Take over reloaded targets (added, removed, or pointing at other objects)."""
         self._targets = {target.key: target for target in settings.targets}
         self._gitops = settings.gitops
+        self._max_age_s = settings.kubernetes.facts_max_age_s
         self._facts.clear()  # a target may point at other objects now
         for gone in self._eta_seen.keys() - self._targets.keys():
             del self._eta_seen[gone]
@@ -131,17 +135,17 @@ class KubeTargets:
             seen = self._eta_seen[key] = (value, loop_now)
         return seen[1]
 
-    async def facts(self, params: TargetParams, *, loop_now: float, max_age_s: float = 0.0) -> ClusterFacts:
+    async def facts(self, params: TargetParams, *, loop_now: float, fresh: bool = False) -> ClusterFacts:
         """Risk, holds, revision and rollback target as the cluster shows them now, or as it
-        showed them less than ``max_age_s`` ago (loop clock): then the facts of that read are
-        returned without asking the API again.
+        showed them less than ``kubernetes.facts_max_age_s`` ago (loop clock): then the facts of
+        that read are returned without asking the API again. ``fresh`` always reads now.
 
         Objects that do not exist are facts (a missing baseline means nothing to go back to: high
         risk); API failures, after retries, raise :class:`~rollbackd.kube.errors.KubeError`:
         the caller decides without the cluster's word rather than on a guess.
         """
         kept = self._facts.get(params.key)
-        if kept is not None and 0.0 <= loop_now - kept[0] < max_age_s:
+        if kept is not None and not fresh and 0.0 <= loop_now - kept[0] < self._max_age_s:
             return kept[1]
         target = self.target(params.key)
         namespace = target.namespace

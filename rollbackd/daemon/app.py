@@ -101,7 +101,8 @@ class Daemon:
     - ``health_source``: probes the targets' health URLs; the caller owns its lifetime.
     - ``metrics``: the metrics to update (a fresh registry by default); pass one when the sources
       report their errors into it too.
-    - ``cluster``: Kubernetes access for release context and rollbacks; ``None`` decides only.
+    - ``targets``: the targets' Kubernetes access (release context, actions, availability);
+      ``None`` decides only.
     - ``leader``: the leader election of several replicas (entered by the caller): the Lease's
       :class:`~rollbackd.daemon.leader.LeaderElector` or the store's
       :class:`~rollbackd.daemon.store_leader.StoreLeader`; ``None``: this process is the only one
@@ -121,7 +122,7 @@ class Daemon:
         metrics_source: MetricsSource,
         health_source: HealthSource,
         metrics: DaemonMetrics | None = None,
-        cluster: TargetAccess | None = None,
+        targets: TargetAccess | None = None,
         leader: Leadership | None = None,
         auth: ApiAuth | None = None,
         journal: Journal | None = None,
@@ -135,9 +136,9 @@ class Daemon:
         self.metrics = metrics if metrics is not None else DaemonMetrics()
         self.metrics.watch_sinks(self.journal.sink_status)
         self.journal.add_poison_listener(lambda kind: self.metrics.poison_records.inc())
-        self._cluster = cluster
+        self._access = targets
         self.rollbacks = Rollbacks(
-            cluster=cluster,
+            targets=targets,
             verification_window_s=settings.verification.window_s,
             verification_max_wait_s=settings.verification.max_wait_s,
             on_finished=self._rollback_finished,
@@ -352,7 +353,7 @@ class Daemon:
             if self._led:  # what it announced before it was a standby may be stale
                 self.journal.forget_announced()
         await self._resume_rollbacks()  # after forgetting: a resumed run knows what it announced
-        facts, reused = await self._cluster_facts(
+        facts, reused = await self._facts_of(
             [
                 t_ for t_ in targets
                 if t_.key in evidences and (evidences[t_.key].breached or t_.evaluator.episode is not None)
@@ -496,25 +497,25 @@ class Daemon:
             audit_problem=self.journal.problem,
         )
 
-    async def _cluster_facts(self, targets: list[TargetState]) -> tuple[dict[str, ClusterFacts], set[str]]:
+    async def _facts_of(self, targets: list[TargetState]) -> tuple[dict[str, ClusterFacts], set[str]]:
         """What the cluster says about the breached targets and those in an open breach episode
         (only those: the API load follows the incidents, not the number of targets), and the
-        targets whose facts were reused from an earlier read (``kubernetes.facts_max_age_s``)
-        rather than read now. A failed read leaves the target without facts."""
-        if self._cluster is None or not targets:
+        targets whose facts were reused from an earlier read (the access' reuse rule,
+        ``kubernetes.facts_max_age_s``) rather than read now. A failed read leaves the target
+        without facts."""
+        access = self._access
+        if access is None or not targets:
             return {}, set()
-        cluster = self._cluster
         loop_now = asyncio.get_running_loop().time()
-        max_age_s = self.settings.kubernetes.facts_max_age_s
         limit = asyncio.Semaphore(16)
 
         async def one(target: TargetState) -> tuple[str, ClusterFacts | None]:
             async with limit:
-                return target.key, await self._read_facts(target, loop_now=loop_now, max_age_s=max_age_s)
+                return target.key, await self._read_facts(target, loop_now=loop_now)
 
         pairs = await asyncio.gather(*(one(target) for target in targets))
         found = {key: facts for key, facts in pairs if facts is not None}
-        reused = {key for key in found if cluster.facts_read_at(key) != loop_now}
+        reused = {key for key in found if access.facts_read_at(key) != loop_now}
         for key in found.keys() - reused:  # reported once per read, not again with every reuse
             if found[key].problems:
                 problems = "; ".join(found[key].problems)
@@ -523,16 +524,16 @@ class Daemon:
 
     async def _fresh_facts(self, target: TargetState) -> ClusterFacts | None:
         """The target's facts read now (``None`` when the read failed)."""
-        return await self._read_facts(target, loop_now=asyncio.get_running_loop().time(), max_age_s=0.0)
+        return await self._read_facts(target, loop_now=asyncio.get_running_loop().time(), fresh=True)
 
     async def _read_facts(
-        self, target: TargetState, *, loop_now: float, max_age_s: float
+        self, target: TargetState, *, loop_now: float, fresh: bool = False
     ) -> ClusterFacts | None:
-        cluster = self._cluster
-        if cluster is None:
+        access = self._access
+        if access is None:
             return None
         try:
-            return await cluster.facts(target.params, loop_now=loop_now, max_age_s=max_age_s)
+            return await access.facts(target.params, loop_now=loop_now, fresh=fresh)
         except Exception as exc:
             self.metrics.count_source_error("kubernetes", type(exc).__name__)
             logger.warning("could not read the cluster: %s", exc, extra={"target": target.key})
@@ -557,7 +558,7 @@ class Daemon:
         if not self.leading:
             self._resumed = False
             return
-        if self._resumed or not self.journal.attached or self._group is None or self._cluster is None:
+        if self._resumed or not self.journal.attached or self._group is None or self._access is None:
             return
         if self.journal.problem is not None:  # the store is down: the tick must not wait for it
             return
@@ -643,9 +644,9 @@ class Daemon:
         kept as they are. Returns what changed."""
         effective, change = plan_reload(self.settings, new)
         self.state.apply(self.settings, effective, rebuild=change.changed.keys())
-        cluster: object = self._cluster
-        if isinstance(cluster, Reconfigurable):
-            cluster.reconfigure(effective)
+        access: object = self._access
+        if isinstance(access, Reconfigurable):
+            access.reconfigure(effective)
         self.settings = effective
         self.metrics.targets.set(len(self.state.targets))
         if not change.empty:

@@ -198,10 +198,10 @@ async def run_daemon(
                 stack.enter_context(SQLiteLock(database))  # before anything: a second writer stops here
             await stack.enter_async_context(client)
             await stack.enter_async_context(prober)
-            cluster: KubeTargets | None = None
+            targets: KubeTargets | None = None
             if kube is not None:
                 await stack.enter_async_context(kube)
-                cluster = KubeTargets(kube=kube, settings=settings)
+                targets = KubeTargets(kube=kube, settings=settings)
                 logger.info("acting on Kubernetes", extra={"kubernetes": kube.describe()})
             elector = leader_elector_for(settings, kube, environ=environ)
             leader: LeaderElector | StoreLeader | None = elector
@@ -226,7 +226,7 @@ async def run_daemon(
                     ),
                     health_source=prober,
                     metrics=metrics,
-                    cluster=cluster,
+                    targets=targets,
                     kube=kube,
                     leader=leader,
                     auth=auth,

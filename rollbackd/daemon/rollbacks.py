@@ -129,7 +129,7 @@ class Rollbacks:
     def __init__(
         self,
         *,
-        cluster: TargetAccess | None,
+        targets: TargetAccess | None,
         verification_window_s: float,
         verification_max_wait_s: float | None,
         on_finished: Callable[[TargetParams, RollbackRun], None] | None = None,
@@ -138,7 +138,7 @@ class Rollbacks:
         record: Callable[[TargetParams, RollbackRun], Awaitable[bool]] | None = None,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._cluster = cluster
+        self._access = targets
         self._before_acting = before_acting
         self._record = record
         self._wall_clock = wall_clock
@@ -153,7 +153,7 @@ class Rollbacks:
 
     @property
     def acting_enabled(self) -> bool:
-        return self._cluster is not None
+        return self._access is not None
 
     def in_progress(self, key: str) -> bool:
         run = self.runs.get(key)
@@ -174,7 +174,7 @@ class Rollbacks:
         bad_revision: int | None = None,
     ) -> RollbackRun | None:
         """Act on a rollback decision (or plan it, in dry-run). Returns the run, if one started."""
-        if self._cluster is None or self.in_progress(params.key):
+        if self._access is None or self.in_progress(params.key):
             return None
         if decision.dry_run:
             if params.key not in self._planned:
@@ -199,7 +199,7 @@ class Rollbacks:
         run (id, decision time mapped to this loop's clock, reasons, revisions, changes so far).
         The action runs again (it is idempotent: work already done is found done, and listed from
         the record) and the verification starts afresh."""
-        if self._cluster is None or self.in_progress(params.key):
+        if self._access is None or self.in_progress(params.key):
             return None
         loop = asyncio.get_running_loop()
         # Wall clocks of two hosts (a fail-over) may disagree a little: never a decision in the future.
@@ -238,9 +238,9 @@ class Rollbacks:
         await stop_tasks(tasks, timeout_s=timeout_s)
 
     async def _plan(self, params: TargetParams, bad_revision: int | None) -> None:
-        assert self._cluster is not None
+        assert self._access is not None
         try:
-            result = await self._cluster.action(params, bad_revision=bad_revision).run(dry_run=True)
+            result = await self._access.action(params, bad_revision=bad_revision).run(dry_run=True)
         except Exception:  # a defect in planning is logged, never raised into the daemon
             logger.exception("dry-run plan crashed", extra={"target": params.key})
             return
@@ -264,7 +264,7 @@ class Rollbacks:
                 self._finish(params, run, asyncio.get_running_loop().time())
 
     async def _act_unguarded(self, params: TargetParams, run: RollbackRun, bad_revision: int | None) -> None:
-        assert self._cluster is not None
+        assert self._access is not None
         loop = asyncio.get_running_loop()
         if self._before_acting is not None and not await self._before_acting(params, run):
             run.action = ActionResult(
@@ -280,7 +280,7 @@ class Rollbacks:
         logger.warning("rolling back", extra={"target": run.key, "mode": run.mode})
         recorder = None if self._record is None else _RunRecorder(self._record, params, run)
         try:
-            action = self._cluster.action(params, bad_revision=bad_revision)
+            action = self._access.action(params, bad_revision=bad_revision)
             result = await action.run(
                 dry_run=False, recorder=recorder, progress=lambda waiting: _set_waiting(run, waiting)
             )
@@ -325,10 +325,10 @@ class Rollbacks:
 
     async def refresh_availability(self, params: TargetParams) -> None:
         run = self.runs.get(params.key)
-        if run is None or run.phase is not Phase.VERIFYING or self._cluster is None:
+        if run is None or run.phase is not Phase.VERIFYING or self._access is None:
             return
         try:
-            run.available = await self._cluster.serving_available(params)
+            run.available = await self._access.serving_available(params)
         except Exception:
             logger.warning("could not read availability", exc_info=True, extra={"target": params.key})
             run.available = None

@@ -1,7 +1,7 @@
 """The daemon assembled in one place: journal, store, events and :class:`~rollbackd.daemon.app.Daemon`.
 
 ``rollbackd run`` (:mod:`rollbackd.daemon.main`), the demo and the tests all open the daemon with
-:func:`open_daemon`; what differs between them (the sources, the cluster access, the leadership,
+:func:`open_daemon`; what differs between them (the sources, the targets' Kubernetes access, the leadership,
 the API's access rules, the metrics registry) is passed in, and everything else is wired the same.
 """
 
@@ -30,7 +30,7 @@ async def open_daemon(
     metrics_source: MetricsSource,
     health_source: HealthSource,
     metrics: DaemonMetrics | None = None,
-    cluster: TargetAccess | None = None,
+    targets: TargetAccess | None = None,
     kube: KubeClient | None = None,
     leader: Leadership | None = None,
     auth: ApiAuth | None = None,
@@ -51,7 +51,8 @@ async def open_daemon(
     - ``metrics_source``, ``health_source``: where each tick's metrics and health come from.
     - ``metrics``: the metrics registry (a fresh one by default); pass the one the sources report
       their errors into.
-    - ``cluster``: Kubernetes access for release context and rollbacks; ``None`` decides only.
+    - ``targets``: the targets' Kubernetes access (release context, actions, availability);
+      ``None`` decides only.
     - ``kube``: the Kubernetes client the ``kubernetes_events`` sink writes Events with; ``None``:
       no Kubernetes Events.
     - ``leader``: the leader election of several replicas (entered by the caller); only the
@@ -81,7 +82,7 @@ async def open_daemon(
                 metrics_source=metrics_source,
                 health_source=health_source,
                 metrics=metrics,
-                cluster=cluster,
+                targets=targets,
                 leader=leader,
                 auth=auth,
                 journal=journal,

@@ -433,7 +433,7 @@ class Demo:
                 stats=SourceStats(source="health", on_error=metrics.count_source_error),
             )
         )
-        cluster = KubeTargets(
+        targets = KubeTargets(
             kube=kube,
             settings=settings,
             action_settings=ActionSettings.from_kubernetes(
@@ -455,7 +455,7 @@ class Demo:
                 metrics_source=source,
                 health_source=prober,
                 metrics=metrics,
-                cluster=cluster,
+                targets=targets,
                 kube=kube,
                 shutdown_timeout_s=5.0,
             )
