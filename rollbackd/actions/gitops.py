@@ -173,7 +173,9 @@ class GitOpsGuard:
             if steps:
                 reason = (f"{reason}, after suspending {_listing([r.describe() for r in active])} "
                           f"({len(steps)} change(s) more)")
-            return dataclasses.replace(plan, changes=planned, reason=reason, gitops=tuple(found))
+            # The plan's own API time is added by run(), this run's reads here.
+            return dataclasses.replace(plan, changes=planned, reason=reason, gitops=tuple(found),
+                                       api_s=run.api_s)
         for step in steps:
             await run.apply(step)
         if owners:

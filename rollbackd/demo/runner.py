@@ -567,7 +567,7 @@ class Demo:
                 if run.action is not None and not shown_action:
                     shown_action = True
                     self._show_action(run)
-                if self._reconciler is not None and self._reconciler.reverts:
+                if shown_action and self._reconciler is not None and self._reconciler.reverts:
                     raise DemoFailed(
                         f"the GitOps reconciler undid the rollback: it put the bad version back as Git "
                         f"declares it (gitops: {self.options.gitops}); with gitops: suspend, rollbackd turns "
