@@ -25,6 +25,7 @@ from rollbackd.actions.reconcilers import (
     reconcilers_of,
     resume_command,
 )
+from rollbackd.actions.rollout_abort import RolloutAbort
 from rollbackd.actions.steps import ActionSettings
 from rollbackd.actions.targets import KubeTargets
 from rollbackd.backoff import Backoff
@@ -37,7 +38,8 @@ from rollbackd.config.settings import (
     VerificationSettings,
 )
 from rollbackd.daemon.wiring import open_daemon
-from rollbackd.demo.emulator import APPLICATIONS, HELMRELEASES, KUSTOMIZATIONS
+from rollbackd.demo.argo_rollouts import RolloutsController, seed_rollout
+from rollbackd.demo.emulator import APPLICATIONS, HELMRELEASES, KUSTOMIZATIONS, ROLLOUTS
 from rollbackd.demo.reconciler import (
     Declared,
     GitOpsReconciler,
@@ -516,3 +518,21 @@ def application_of(emu: ClusterEmulator, name: str) -> dict[str, Any]:
     app = emu.read(APPLICATIONS, "argocd", name)
     assert app is not None
     return app
+
+
+async def test_a_rollout_abort_is_a_status_git_does_not_declare_so_argocd_is_left_alone(
+    kube_cluster: ClusterEmulator, kube: KubeClient
+) -> None:
+    seed_rollout(kube_cluster, NS, "web", stable_image="shop/web:1.1", image="shop/web:1.2")
+    seed_application(kube_cluster, "shop-web", destination_namespace=NS)
+    track_by_argocd(kube_cluster, ROLLOUTS, NS, "web", application="shop-web")
+    async with RolloutsController(kube_cluster):
+        abort = RolloutAbort(kube=kube, target=f"{NS}/web", namespace=NS, rollout="web", settings=FAST)
+        guard = GitOpsGuard(abort, kube=kube, target=f"{NS}/web", mode="refuse", tracking=Tracking(),
+                            settings=FAST)
+        result = await guard.run(dry_run=False)
+
+    assert result.outcome is ActionOutcome.DONE, result.reason
+    assert result.changes == (Change("Rollout/shop/web", "status.abort", None, True),)
+    assert result.gitops == ()
+    assert writes(kube_cluster, APPLICATIONS) == 0

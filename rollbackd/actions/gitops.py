@@ -26,7 +26,8 @@ reconcilers (:attr:`~rollbackd.actions.base.ActionResult.gitops`) and its reason
 resumes reconciliation, and Git still declares the bad version.
 
 Objects of a kind not in :data:`~rollbackd.actions.reconcilers.CHANGED_KINDS` are not looked at
-(logged as a warning): the rollback goes ahead.
+(logged as a warning): the rollback goes ahead. Nor are changes of an object's ``status`` (an Argo
+Rollouts Rollout's ``status.abort``): Git declares no status, and no reconciler puts one back.
 """
 
 from __future__ import annotations
@@ -193,8 +194,8 @@ class GitOpsGuard:
         owners: dict[Reconciler, list[str]] = {}
         seen: set[str] = set()
         for change in changes:
-            if change.object in seen:
-                continue
+            if change.object in seen or change.field.split(".", 1)[0] == "status":
+                continue  # seen already; or a status (a Rollout's abort): Git declares no status
             seen.add(change.object)
             kind, _, rest = change.object.partition("/")
             namespace, _, name = rest.partition("/")

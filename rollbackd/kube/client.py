@@ -212,8 +212,9 @@ class KubeClient:
 
     @property
     def custom(self) -> k8s.CustomObjectsApi:
-        """Objects of custom resources (Argo CD Applications, Flux Kustomizations and
-        HelmReleases, ...), addressed by group, version and plural."""
+        """Objects of custom resources (CRDs), e.g. Argo Rollouts' ``argoproj.io/v1alpha1``
+        Rollouts, Argo CD Applications, Flux Kustomizations and HelmReleases, by group, version
+        and plural."""
         api: k8s.CustomObjectsApi = self._group("custom")
         return api
 

@@ -27,6 +27,8 @@ def series_ref(target: TargetSettings, side: Side, group_labels: tuple[str, ...]
         if label == "namespace":
             values.append((label, target.namespace))
         elif label == "deployment":
+            if side.deployment is None:  # the settings refuse it (argo-rollout targets)
+                raise ValueError(f"{target.key}: group label 'deployment' but the side names no Deployment")
             values.append((label, side.deployment))
         else:
             values.append((label, side.labels[label]))
