@@ -26,6 +26,8 @@ from rollbackd.actions.reconcilers import (
     resume_command,
 )
 from rollbackd.actions.rollout_abort import RolloutAbort
+from rollbackd.actions.routers.gateway_api import GatewayApiRouter
+from rollbackd.actions.routers.ingress_nginx import IngressNginxRouter
 from rollbackd.actions.steps import ActionSettings
 from rollbackd.actions.targets import KubeTargets
 from rollbackd.backoff import Backoff
@@ -39,7 +41,7 @@ from rollbackd.config.settings import (
 )
 from rollbackd.daemon.wiring import open_daemon
 from rollbackd.demo.argo_rollouts import RolloutsController, seed_rollout
-from rollbackd.demo.emulator import APPLICATIONS, HELMRELEASES, KUSTOMIZATIONS, ROLLOUTS
+from rollbackd.demo.emulator import APPLICATIONS, HELMRELEASES, HTTPROUTES, KUSTOMIZATIONS, ROLLOUTS
 from rollbackd.demo.reconciler import (
     Declared,
     GitOpsReconciler,
@@ -61,6 +63,7 @@ from tests.kubefixtures import (
     Controllers,
     seed_deployment,
     seed_ingress,
+    seed_route,
     seed_service,
     status_body,
     wait_until,
@@ -135,7 +138,8 @@ def git_declares_the_canary(reconciler: GitOpsReconciler) -> None:
 
 
 def guarded_abort(kube: KubeClient, mode: GitOpsMode, tracking: Tracking | None = None) -> GitOpsGuard:
-    abort = CanaryAbort(kube=kube, target=f"{NS}/web", namespace=NS, ingress="web-canary",
+    abort = CanaryAbort(kube=kube, target=f"{NS}/web", namespace=NS,
+                        router=IngressNginxRouter(kube=kube, namespace=NS, ingress="web-canary"),
                         canary="web-canary", stable="web", settings=FAST)
     return GitOpsGuard(abort, kube=kube, target=f"{NS}/web", mode=mode, tracking=tracking or Tracking(),
                        settings=FAST)
@@ -536,3 +540,35 @@ async def test_a_rollout_abort_is_a_status_git_does_not_declare_so_argocd_is_lef
     assert result.changes == (Change("Rollout/shop/web", "status.abort", None, True),)
     assert result.gitops == ()
     assert writes(kube_cluster, APPLICATIONS) == 0
+
+
+async def test_an_httproute_synced_by_argocd_is_guarded_like_an_ingress(
+    kube_cluster: ClusterEmulator, kube: KubeClient, kube_controllers: Controllers
+) -> None:
+    seed_deployment(kube_cluster, NS, "web", replicas=3, image="shop/web:1.1",
+                    labels={"app": "web", "track": "stable"})
+    seed_deployment(kube_cluster, NS, "web-canary", replicas=1, image="shop/web:1.2",
+                    labels={"app": "web", "track": "canary"})
+    seed_service(kube_cluster, NS, "web-stable", selector={"app": "web", "track": "stable"})
+    seed_service(kube_cluster, NS, "web-canary", selector={"app": "web", "track": "canary"})
+    seed_route(kube_cluster, NS, "web", rules=[{"web-stable": 80, "web-canary": 20}])
+    seed_application(kube_cluster, "shop-web", destination_namespace=NS)
+    track_by_argocd(kube_cluster, HTTPROUTES, NS, "web", application="shop-web")
+    router = GatewayApiRouter(kube=kube, namespace=NS, route="web", route_kind="HTTPRoute",
+                              canary_service="web-canary", stable_service="web-stable")
+    abort = CanaryAbort(kube=kube, target=f"{NS}/web", namespace=NS, router=router, canary="web-canary",
+                        stable="web", settings=FAST)
+
+    refused = await GitOpsGuard(abort, kube=kube, target=f"{NS}/web", mode="refuse", tracking=Tracking(),
+                                settings=FAST).run(dry_run=False)
+    assert refused.outcome is ActionOutcome.REFUSED
+    assert "HTTPRoute/shop/web is reconciled from Git by the Argo CD Application argocd/shop-web" in (
+        refused.reason
+    )
+
+    result = await GitOpsGuard(abort, kube=kube, target=f"{NS}/web", mode="suspend", tracking=Tracking(),
+                               settings=FAST).run(dry_run=False)
+    assert result.outcome is ActionOutcome.DONE, result.reason
+    assert result.changes[0].object == "Application/argocd/shop-web"
+    (hold,) = result.gitops
+    assert hold.reconciles == ("HTTPRoute/shop/web",)

@@ -25,7 +25,7 @@ reconcilers (:attr:`~rollbackd.actions.base.ActionResult.gitops`) and its reason
 :data:`~rollbackd.actions.reconcilers.REVERT_IN_GIT`: the rollback holds only until someone
 resumes reconciliation, and Git still declares the bad version.
 
-Objects of a kind not in :data:`~rollbackd.actions.reconcilers.CHANGED_KINDS` are not looked at
+Objects of a kind it cannot read (:data:`_READERS`) are not looked at
 (logged as a warning): the rollback goes ahead. Nor are changes of an object's ``status`` (an Argo
 Rollouts Rollout's ``status.abort``): Git declares no status, and no reconciler puts one back.
 """
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -48,7 +48,6 @@ from rollbackd.actions.base import (
     RollbackAction,
 )
 from rollbackd.actions.reconcilers import (
-    CHANGED_KINDS,
     REVERT_IN_GIT,
     Reconciler,
     Tracking,
@@ -62,7 +61,18 @@ from rollbackd.actions.reconcilers import (
 from rollbackd.actions.steps import DEFAULT_SETTINGS, ActionRun, ActionSettings, Refusal, Step
 from rollbackd.config.settings import GitOpsMode
 from rollbackd.kube import KubeClient, Obj, objects
-from rollbackd.kube.objects import SERVICE_TYPE
+
+#: How the objects rollback actions change are read, by the kind a change names them with. (An
+#: Argo Rollouts Rollout's abort changes its status only, which is never looked at.)
+_READERS: Mapping[str, Callable[..., Awaitable[Obj]]] = {
+    "Deployment": objects.get_deployment,
+    "Service": objects.get_service,
+    "Ingress": objects.get_ingress,
+    **{
+        resource.kind: partial(objects.get_custom, resource=resource)
+        for resource in (objects.HTTPROUTES, objects.GRPCROUTES, objects.VIRTUALSERVICES)
+    },
+}
 
 logger = logging.getLogger(__name__)
 
@@ -199,18 +209,13 @@ class GitOpsGuard:
             seen.add(change.object)
             kind, _, rest = change.object.partition("/")
             namespace, _, name = rest.partition("/")
-            resource = CHANGED_KINDS.get(kind)
-            if resource is None or not namespace or not name:
+            read = _READERS.get(kind)
+            if read is None or not namespace or not name:
                 logger.warning("cannot tell whether %s is reconciled from Git (an object kind rollbackd "
                                "does not know): not looked at", change.object,
                                extra={"target": self.target, "action": self.name})
                 continue
-            if resource == SERVICE_TYPE:
-                obj = await run.optional(partial(objects.get_service, self.kube, namespace=namespace,
-                                                 name=name))
-            else:
-                obj = await run.optional(partial(objects.get_custom, self.kube, resource, namespace=namespace,
-                                                 name=name))
+            obj = await run.optional(partial(read, self.kube, namespace=namespace, name=name))
             if obj is None:
                 continue  # gone: the action copes (and nothing will put it back that it changes)
             for reconciler in reconcilers_of(obj, kind=kind, tracking=self.tracking):

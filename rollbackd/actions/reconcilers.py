@@ -33,10 +33,10 @@ from typing import Any, Literal
 from rollbackd.actions.base import Change, GitOpsHold
 from rollbackd.config.settings import ArgoCdSettings
 from rollbackd.kube.objects import (
-    DEPLOYMENT_TYPE,
-    INGRESS_TYPE,
-    SERVICE_TYPE,
-    ResourceType,
+    ARGOCD_APPLICATIONS,
+    FLUX_HELMRELEASES,
+    FLUX_KUSTOMIZATIONS,
+    CustomResource,
     annotations_of,
     labels_of,
 )
@@ -48,23 +48,9 @@ TRACKING_ID_ANNOTATION = "argocd.argoproj.io/tracking-id"
 FLUX_KUSTOMIZATION_LABELS = ("kustomize.toolkit.fluxcd.io/name", "kustomize.toolkit.fluxcd.io/namespace")
 FLUX_HELMRELEASE_LABELS = ("helm.toolkit.fluxcd.io/name", "helm.toolkit.fluxcd.io/namespace")
 
-APPLICATION = ResourceType("argoproj.io", "v1alpha1", "applications", "Application")
-KUSTOMIZATION = ResourceType("kustomize.toolkit.fluxcd.io", "v1", "kustomizations", "Kustomization")
-HELMRELEASE = ResourceType("helm.toolkit.fluxcd.io", "v2", "helmreleases", "HelmRelease")
-
-#: The kinds of the objects rollback actions change, by the kind a change names them with.
-CHANGED_KINDS: Mapping[str, ResourceType] = {
-    resource.kind: resource
-    for resource in (
-        DEPLOYMENT_TYPE,
-        SERVICE_TYPE,
-        INGRESS_TYPE,
-        ResourceType("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute"),
-        ResourceType("gateway.networking.k8s.io", "v1", "grpcroutes", "GRPCRoute"),
-        ResourceType("networking.istio.io", "v1", "virtualservices", "VirtualService"),
-        ResourceType("argoproj.io", "v1alpha1", "rollouts", "Rollout"),
-    )
-}
+APPLICATION = ARGOCD_APPLICATIONS
+KUSTOMIZATION = FLUX_KUSTOMIZATIONS
+HELMRELEASE = FLUX_HELMRELEASES
 
 Tool = Literal["argocd", "flux"]
 _TOOL_NAMES: Mapping[Tool, str] = {"argocd": "Argo CD", "flux": "Flux"}
@@ -90,7 +76,7 @@ class Reconciler:
     a Flux Kustomization or HelmRelease."""
 
     tool: Tool
-    resource: ResourceType
+    resource: CustomResource
     namespace: str
     name: str
 
@@ -141,7 +127,7 @@ def _tracked_by_label(obj: Mapping[str, Any], tracking: Tracking) -> Reconciler 
     return None if found is None else Reconciler("argocd", APPLICATION, *found)
 
 
-def _flux(obj: Mapping[str, Any], labels: tuple[str, str], resource: ResourceType) -> Reconciler | None:
+def _flux(obj: Mapping[str, Any], labels: tuple[str, str], resource: CustomResource) -> Reconciler | None:
     own = labels_of(obj)
     name, namespace = own.get(labels[0]), own.get(labels[1])
     if isinstance(name, str) and name and isinstance(namespace, str) and namespace:
@@ -213,11 +199,11 @@ def resume_command(reconciler: Reconciler, previous: Any) -> str:
         return f"flux resume {kind} {reconciler.name} -n {reconciler.namespace}"
     automated = previous if isinstance(previous, Mapping) else {}
     patch = json.dumps({"spec": {"syncPolicy": {"automated": dict(automated)}}}, separators=(",", ":"))
-    return (f"kubectl -n {reconciler.namespace} patch {reconciler.resource.qualified} {reconciler.name} "
-            f"--type merge -p '{patch}'")
+    resource = f"{reconciler.resource.plural}.{reconciler.resource.group}"
+    return f"kubectl -n {reconciler.namespace} patch {resource} {reconciler.name} --type merge -p '{patch}'"
 
 
-_RECONCILER_TYPES: Mapping[str, tuple[Tool, ResourceType]] = {
+_RECONCILER_TYPES: Mapping[str, tuple[Tool, CustomResource]] = {
     APPLICATION.kind: ("argocd", APPLICATION),
     KUSTOMIZATION.kind: ("flux", KUSTOMIZATION),
     HELMRELEASE.kind: ("flux", HELMRELEASE),

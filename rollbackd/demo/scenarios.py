@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from rollbackd.config.settings import GitOpsMode, Side, TargetSettings
+from rollbackd.config.settings import GitOpsMode, IngressNginxRouterSettings, Side, TargetSettings
 from rollbackd.demo.emulator import (
     APPLICATIONS,
     DEPLOYMENTS,
@@ -41,7 +41,7 @@ from rollbackd.demo.reconciler import (
     seed_kustomization,
     track_by_argocd,
 )
-from rollbackd.demo.traffic import CanaryWeightRouting, PodTemplateRouting, Routing, ServiceSelectorRouting
+from rollbackd.demo.traffic import PodTemplateRouting, RouterRouting, Routing, ServiceSelectorRouting
 from rollbackd.kube import KubeClient, objects
 from rollbackd.model import Strategy
 
@@ -160,8 +160,9 @@ def canary_scenario(weight: int = CANARY_WEIGHT) -> Scenario:
         bad="canary",
         seed=lambda emu: _seed_canary(emu, weight),
         target=_canary_target,
-        routing=CanaryWeightRouting(
-            namespace=NAMESPACE, ingress="web-canary", stable="stable", canary="canary"
+        routing=RouterRouting(
+            namespace=NAMESPACE, stable="stable", canary="canary",
+            router=IngressNginxRouterSettings(kind="ingress-nginx", ingress="web-canary"),
         ),
     )
 

@@ -212,9 +212,10 @@ class KubeClient:
 
     @property
     def custom(self) -> k8s.CustomObjectsApi:
-        """Objects of custom resources (CRDs), e.g. Argo Rollouts' ``argoproj.io/v1alpha1``
-        Rollouts, Argo CD Applications, Flux Kustomizations and HelmReleases, by group, version
-        and plural."""
+        """Objects of custom resources (CRDs), by group, version and plural -- Argo Rollouts'
+        ``argoproj.io/v1alpha1`` Rollouts, Gateway API routes, Istio VirtualServices, Argo CD
+        Applications, Flux Kustomizations and HelmReleases -- and the API discovery of a group
+        version."""
         api: k8s.CustomObjectsApi = self._group("custom")
         return api
 
