@@ -264,7 +264,7 @@ async def test_with_ignore_the_reconciler_puts_the_bad_version_back(
     assert result.outcome is ActionOutcome.DONE
     assert (weight(kube_cluster), result.gitops) == ("0", ())
     assert application(kube_cluster)["spec"]["syncPolicy"]["automated"] == AUTOMATED
-    async with GitOpsReconciler(kube_cluster, period_s=0.05) as reconciler:
+    async with GitOpsReconciler(kube_cluster, poll_s=0.05) as reconciler:
         git_declares_the_canary(reconciler)
         await wait_until(lambda: weight(kube_cluster) == "20", what="the reconciler to put the weight back")
     canary = kube_cluster.read(DEPLOYMENTS, NS, "web-canary")
@@ -276,7 +276,7 @@ async def test_suspend_holds_against_a_running_reconciler(
     kube_cluster: ClusterEmulator, kube: KubeClient, kube_controllers: Controllers
 ) -> None:
     seed_argocd_canary(kube_cluster)
-    async with GitOpsReconciler(kube_cluster, period_s=0.02) as reconciler:
+    async with GitOpsReconciler(kube_cluster, poll_s=0.02) as reconciler:
         git_declares_the_canary(reconciler)
         passes = 0
 

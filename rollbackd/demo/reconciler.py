@@ -5,7 +5,7 @@ Not Argo CD nor Flux: no Git, no rendering. A :class:`GitOpsReconciler` is told,
 reconciler object it stands in for (an Application, a Kustomization, a HelmRelease, seeded with
 :func:`seed_application`, :func:`seed_kustomization`, :func:`seed_helmrelease`), what Git declares
 for some fields of the objects it reconciles (:class:`Declared`: a JSON merge patch). Every
-``period_s`` it puts those fields back, as self-heal does, unless that reconciler is off:
+``poll_s`` it puts those fields back, as self-heal does, unless that reconciler is off:
 
 - an Application reconciles while ``spec.syncPolicy.automated`` is there with ``selfHeal: true``
   and ``enabled`` not ``false`` (Argo CD reverts changes made in the cluster only with self-heal);
@@ -20,11 +20,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import kmock
 
-from rollbackd.aiotasks import stop_tasks
 from rollbackd.demo.emulator import (
     APPLICATIONS,
     HELMRELEASES,
@@ -32,6 +31,7 @@ from rollbackd.demo.emulator import (
     RESOURCES,
     ClusterEmulator,
     Obj,
+    Polling,
     merge_patch,
 )
 
@@ -141,17 +141,19 @@ def reconciles(resource: kmock.resource, obj: Mapping[str, Any]) -> bool:
 
 
 @dataclass
-class GitOpsReconciler:
-    """Puts back what Git declares, every ``period_s``, for each reconciler that is on (see the
+class GitOpsReconciler(Polling):
+    """Puts back what Git declares, every ``poll_s``, for each reconciler that is on (see the
     module docstring); run as one task while entered. ``on_revert`` hears of every object put back
     (the reconciler's ``kind/namespace/name`` and the object's); :attr:`reverts` counts them,
     :attr:`passes` the passes made."""
 
+    task_name: ClassVar[str] = "emulated GitOps reconciler"
+
     emu: ClusterEmulator
-    period_s: float = 0.5
+    poll_s: float = 0.5
     on_revert: Callable[[str, str], None] | None = None
     reverts: int = 0
-    #: Passes made so far (every ``period_s`` while entered, and each :meth:`reconcile`).
+    #: Passes made so far (every ``poll_s`` while entered, and each :meth:`reconcile`).
     passes: int = 0
     _declared: dict[tuple[kmock.resource, str, str], list[Declared]] = field(default_factory=dict, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
@@ -161,19 +163,6 @@ class GitOpsReconciler:
     ) -> None:
         """The reconciler object ``resource`` ``namespace/name`` declares ``objects``."""
         self._declared.setdefault((resource, namespace, name), []).extend(objects)
-
-    async def __aenter__(self) -> GitOpsReconciler:
-        self._task = asyncio.create_task(self._run(), name="emulated GitOps reconciler")
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        task, self._task = self._task, None
-        await stop_tasks([task])
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.period_s)
-            await self.reconcile()
 
     async def reconcile(self) -> None:
         """One pass: every reconciler that is on puts its declared fields back where they differ."""

@@ -342,7 +342,7 @@ class Demo:
             f"{self.options.rollout_delay_s:g}s after their ReplicaSet scales up)"
         )
         if self.scenario.gitops is not None:
-            reconciler = GitOpsReconciler(emu, period_s=1.0, on_revert=self._reverted)
+            reconciler = GitOpsReconciler(emu, poll_s=1.0, on_revert=self._reverted)
             for line in self.scenario.gitops(reconciler):
                 self.timeline.detail(line)
             self._reconciler = await stack.enter_async_context(reconciler)
