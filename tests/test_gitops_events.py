@@ -16,6 +16,7 @@ from rollbackd.daemon.page import render_status_page
 from rollbackd.daemon.rollbacks import with_prior_changes
 from rollbackd.daemon.views import rollback_view
 from rollbackd.events.build import Announcer, EventFactory
+from rollbackd.events.chat import Fact, message_of
 from rollbackd.events.model import EscalationRaisedData, EventType, GitOpsSuspendedData, RollbackCompletedData
 from rollbackd.run import Phase, RollbackRun
 from rollbackd.runrecord import RecordedChange
@@ -129,3 +130,18 @@ def test_a_run_taken_over_tells_the_suspension_the_stopped_process_made() -> Non
     assert isinstance(suspended.data, GitOpsSuspendedData)
     assert suspended.data.previous == AUTOMATED
     assert "prune" in suspended.data.resume
+
+
+def test_a_chat_message_of_a_suspension_says_to_revert_in_git() -> None:
+    result = ActionResult(action="canary-abort", target=TARGET, outcome=ActionOutcome.DONE,
+                          reason="canary aborted", changes=(SUSPENSION, WEIGHT), gitops=(APP_HOLD,))
+    events = Announcer(factory=EventFactory(), target=TARGET).on_run(
+        run_with(result, Phase.VERIFYING), clock=clock(1003.0))
+    suspended = message_of(next(e for e in events if e.event_type is EventType.GITOPS_SUSPENDED),
+                           status_url=None)
+    completed = message_of(next(e for e in events if e.event_type is EventType.ROLLBACK_COMPLETED),
+                           status_url=None)
+    assert suspended.title == "Argo CD reconciliation of shop/web suspended: revert in Git"
+    assert suspended.severity == "warning"
+    assert Fact("Next", REVERT_IN_GIT) in suspended.facts
+    assert Fact("Next", REVERT_IN_GIT) in completed.facts
