@@ -230,6 +230,7 @@ def canary_summary(
         "fault_to_decision_range": _range([r.fault_to_decision_s for r in ok]),
         "decision_to_acted_s": _median([r.decision_to_acted_s for r in ok]),
         "fault_to_no_traffic_s": _median([r.fault_to_no_traffic_s for r in ok]),
+        "fault_to_no_traffic_range": _range([r.fault_to_no_traffic_s for r in ok]),
         "decision_to_verified_s": _median([r.decision_to_verified_s for r in ok]),
     }
 
@@ -239,12 +240,13 @@ def _summary_row(m: dict[str, Any], first: str) -> str:
     return (
         f"| {first} | {m['runs']}{failed} | **{_s(m['fault_to_decision_s'])}** "
         f"({m['fault_to_decision_range']}) | {_s(m['decision_to_acted_s'])} "
-        f"| {_s(m['fault_to_no_traffic_s'])} | {_s(m['decision_to_verified_s'])} |"
+        f"| {_s(m['fault_to_no_traffic_s'])} ({m['fault_to_no_traffic_range']}) "
+        f"| {_s(m['decision_to_verified_s'])} |"
     )
 
 
 def markdown(report: dict[str, Any], runs: Sequence[Run]) -> str:
-    head = ("| fault -> decision (range) | decision -> action done | fault -> no traffic "
+    head = ("| fault -> decision (range) | decision -> action done | fault -> no traffic (range) "
             "| decision -> verified |")
     lines = [
         "# Closed loop: fault to no traffic",
@@ -312,7 +314,8 @@ def markdown(report: dict[str, Any], runs: Sequence[Run]) -> str:
         "generator, reading the routing from the emulated cluster every second, sends the bad version "
         "nothing; verified: the validation window after the action passed.",
         f"- Requests on the bad version: the canary's share of the {TOTAL_RPS:g} requests/s (canary "
-        "scenario); blue-green and deployment move all traffic to the new version. A verdict needs "
+        "scenario: the canary Ingress' weight; gateway scenario: the canary Service's weight in the "
+        "HTTPRoute); blue-green and deployment move all traffic to the new version. A verdict needs "
         "50 requests of the candidate in the detection window (`detection.min_requests`).",
         "- The load generator reads the routing once a second, so fault -> no traffic includes up "
         "to a second of its polling after the action changed the routing.",

@@ -124,7 +124,8 @@ def test_the_gateway_runs_get_a_row_of_their_own_and_the_target_is_judged_on_bot
     assert report["demo_gateway"]["fault_to_no_traffic_s"] == pytest.approx(3.5)
     assert report["target_met"] is True
     text = markdown(report, [*canary, *gateway])
-    assert "| 20 requests/s (20%), Gateway API HTTPRoute | 3 | **2.50 s** (2.00 to 3.00 s) |" in text
+    assert ("| 20 requests/s (20%), Gateway API HTTPRoute | 3 | **2.50 s** (2.00 to 3.00 s) | 0.10 s "
+            "| 3.50 s (3.00 to 4.00 s) | 6.00 s |") in text
     assert "Gateway API HTTPRoute 3.50 s **met**" in text
     assert "| gateway | 20 | 5 s | 2 | 3.00 s |" in text
 
