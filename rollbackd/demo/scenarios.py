@@ -357,8 +357,7 @@ def gateway_scenario(weight: int = CANARY_WEIGHT) -> Scenario:
         seed=lambda emu: _seed_gateway(emu, weight),
         target=_gateway_target,
         routing=RouterRouting(namespace=NAMESPACE, stable="stable", canary="canary", router=_GATEWAY_ROUTER),
-        controllers="deployment, EndpointSlice and gateway controllers (the gateway reports on the "
-        "Gateway and the route)",
+        controllers="deployment, EndpointSlice and gateway controllers",
         aftermath=_gateway_aftermath,
     )
 
