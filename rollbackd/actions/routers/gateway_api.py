@@ -114,10 +114,9 @@ def aborted_rules(
         if not weights.stable_refs:
             raise Refusal(
                 f"rule {index} of {object_name} sends {weights.canary} of {weights.total} weight to the "
-                "canary "
-                f"Service {canary} but does not name the stable Service {stable}, so its requests would have "
-                f"nowhere to go; add {stable} to that rule's backendRefs (weight 0), or point the target's "
-                f"router at the right route"
+                f"canary Service {canary} but does not name the stable Service {stable}, so its requests "
+                f"would have nowhere to go; add {stable} to that rule's backendRefs (weight 0), or point "
+                f"the target's router at the right route"
             )
         refs = rule["backendRefs"]
         for position in weights.canary_refs:
@@ -157,14 +156,10 @@ def _parent_key(ref: Mapping[str, Any], namespace: str) -> tuple[str, str, str]:
 @dataclass(frozen=True, slots=True)
 class RouteStatus:
     """What the route's parents say of a generation: ``accepted`` by all, ``refused`` (with the
-    reasons), or neither yet (``pending``: some parent has not reported on that generation)."""
+    reasons), or neither yet (some parent has not reported on that generation)."""
 
     accepted: bool
     refused: tuple[str, ...] = ()
-
-    @property
-    def pending(self) -> bool:
-        return not self.accepted and not self.refused
 
 
 def route_status(

@@ -125,11 +125,10 @@ def aborted_http(
         if not weights.stable_refs:
             raise Refusal(
                 f"http route {index} of {object_name} sends {weights.canary} of {weights.total} weight "
-                "to the "
-                f"canary ({canary.describe()}) but does not name the stable destination "
-                f"({stable.describe()}), "
-                f"so its requests would have nowhere to go; add the stable destination to that route "
-                f"(weight 0), or point the target's router at the right VirtualService"
+                f"to the canary ({canary.describe()}) but does not name the stable destination "
+                f"({stable.describe()}), so its requests would have nowhere to go; add the stable "
+                "destination to that route (weight 0), or point the target's router at the right "
+                "VirtualService"
             )
         route = http["route"]
         effective = weights_of(route)
