@@ -112,11 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--scenario",
-        choices=("canary", "bluegreen", "deployment", "gitops"),
+        choices=("canary", "bluegreen", "deployment", "gateway", "gitops"),
         default="canary",
         help="canary: abort an ingress-nginx canary (the default); bluegreen: switch a Service back "
-        "to the old colour; deployment: undo a Deployment to its previous revision; gitops: the canary "
-        "synced from Git by Argo CD and Flux, whose reconciler puts the bad version back unless suspended",
+        "to the old colour; deployment: undo a Deployment to its previous revision; gateway: abort a "
+        "canary routed by a Gateway API HTTPRoute (its weight to 0); gitops: the canary synced from Git "
+        "by Argo CD and Flux, whose reconciler puts the bad version back unless suspended",
     )
     demo.add_argument(
         "--gitops",
