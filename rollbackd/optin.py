@@ -8,8 +8,10 @@ The annotations (docs/discovery.md):
 - ``rollbackd.io/strategy`` (required, and what opts the Deployment in): ``canary``,
   ``blue-green`` or ``deployment``;
 - ``rollbackd.io/baseline``: the Deployment of the version to go back to (canary, blue-green);
-- ``rollbackd.io/ingress``: the canary Ingress (canary); ``rollbackd.io/service``: the Service whose
-  selector picks the colour (blue-green);
+- how traffic reaches a canary: ``rollbackd.io/ingress``, its ingress-nginx canary Ingress; or
+  ``rollbackd.io/httproute`` with ``rollbackd.io/canary-service`` and ``rollbackd.io/stable-service``,
+  a Gateway API HTTPRoute and the two Services its rule weighs (a router of kind ``gateway-api``);
+- ``rollbackd.io/service``: the Service whose selector picks the colour (blue-green);
 - ``rollbackd.io/slo-error-rate``, ``rollbackd.io/slo-p95-ms``: the SLO (default: the file's
   ``defaults.slo``), no looser than ``discovery.max_slo_error_rate`` / ``max_slo_p95_ms``;
 - ``rollbackd.io/preset``: the query preset (``queries.preset``);
@@ -38,6 +40,9 @@ STRATEGY = "rollbackd.io/strategy"
 NAME = "rollbackd.io/name"
 BASELINE = "rollbackd.io/baseline"
 INGRESS = "rollbackd.io/ingress"
+HTTPROUTE = "rollbackd.io/httproute"
+CANARY_SERVICE = "rollbackd.io/canary-service"
+STABLE_SERVICE = "rollbackd.io/stable-service"
 SERVICE = "rollbackd.io/service"
 SLO_ERROR_RATE = "rollbackd.io/slo-error-rate"
 SLO_P95_MS = "rollbackd.io/slo-p95-ms"
@@ -50,6 +55,9 @@ TARGET_ANNOTATIONS: Mapping[str, tuple[str, ...]] = {
     NAME: ("name",),
     BASELINE: ("baseline", "deployment"),
     INGRESS: ("ingress",),
+    HTTPROUTE: ("router", "route"),
+    CANARY_SERVICE: ("router", "canary_service"),
+    STABLE_SERVICE: ("router", "stable_service"),
     SERVICE: ("service",),
     SLO_ERROR_RATE: ("slo", "max_error_rate"),
     SLO_P95_MS: ("slo", "max_p95_ms"),
@@ -135,6 +143,12 @@ def read_opt_in(ref: ObjectRef, annotations: Mapping[str, str], *, settings: Set
         problems.append(
             f"{STRATEGY}: missing; it opts the Deployment in and says how it is rolled out: canary, "
             "blue-green or deployment"
+        )
+        return OptIn(ref=ref, target=None, problems=tuple(problems))
+    if Strategy.CANARY.value == strategy.strip() and not {INGRESS, HTTPROUTE} & annotations.keys():
+        problems.append(
+            f"{INGRESS}: missing for strategy 'canary': name the canary's ingress-nginx Ingress, or give "
+            f"{HTTPROUTE} (a Gateway API HTTPRoute) with {CANARY_SERVICE} and {STABLE_SERVICE}"
         )
         return OptIn(ref=ref, target=None, problems=tuple(problems))
     data = _target_data(ref, annotations)
@@ -223,6 +237,8 @@ def _target_data(ref: ObjectRef, annotations: Mapping[str, str]) -> dict[str, An
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
+    if "router" in data:
+        data["router"]["kind"] = "gateway-api"
     return data
 
 
@@ -231,6 +247,8 @@ def _annotation_at(loc: tuple[int | str, ...]) -> str | None:
     found = [key for key, path in TARGET_ANNOTATIONS.items() if tuple(loc[: len(path)]) == path]
     if not found and loc[:1] == ("baseline",):
         return BASELINE
+    if not found and loc[:1] == ("router",):
+        return HTTPROUTE
     return found[0] if found else None
 
 
@@ -240,9 +258,12 @@ def _described(exc: ValidationError) -> list[str]:
     for error in exc.errors():
         loc = tuple(error["loc"])
         relative = loc[2:] if loc[:1] == ("targets",) else loc
+        if relative[:1] == ("router",) and len(relative) > 1 and relative[1] == "gateway-api":
+            relative = ("router", *relative[2:])  # the union's tag
         message = error_message(error, ("targets", 0, *relative))
         for key, path in TARGET_ANNOTATIONS.items():
             message = message.replace(f"key '{path[-1]}'", f"annotation {key}")
+        message = message.replace("canary_service and stable_service", f"{CANARY_SERVICE} and {STABLE_SERVICE}")
         annotation = _annotation_at(relative)
         if annotation is not None and annotation in message:
             lines.append(message)

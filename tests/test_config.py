@@ -60,10 +60,12 @@ def line_of(path: Path, needle: str) -> int:
 # --- the example file -----------------------------------------------------------------------
 
 
-def test_example_file_loads_with_three_targets_in_shop() -> None:
+def test_example_file_loads_with_five_targets_in_shop() -> None:
     settings = load_settings(EXAMPLE, environ={})
     assert [(t.key, t.strategy) for t in settings.targets] == [
         ("shop/checkout", Strategy.CANARY),
+        ("shop/cart", Strategy.CANARY),
+        ("shop/search", Strategy.CANARY),
         ("shop/payments", Strategy.BLUE_GREEN),
         ("shop/catalog", Strategy.DEPLOYMENT),
     ]
@@ -229,8 +231,10 @@ def test_problems_in_targets_given_by_the_environment_name_the_variable() -> Non
     assert lines == [
         "environment variable ROLLBACKD_TARGETS: targets[0] (checkout): missing required key 'baseline'"
         " for strategy 'canary' (the version to go back to)",
-        "environment variable ROLLBACKD_TARGETS: targets[0] (checkout): missing required key 'ingress'"
-        " for strategy 'canary' (the canary Ingress)",
+        "environment variable ROLLBACKD_TARGETS: targets[0] (checkout): missing required key 'router'"
+        " for strategy 'canary' (how traffic reaches the canary: router: {kind: ingress-nginx | "
+        "gateway-api | istio,"
+        " ...}, or the shorthand ingress: NAME for an ingress-nginx canary Ingress)",
     ]
 
 
@@ -433,8 +437,9 @@ def test_target_without_name_or_strategy(tmp_path: Path) -> None:
 def test_canary_without_ingress(tmp_path: Path) -> None:
     path = write(tmp_path, CANARY.replace("    ingress: checkout-canary\n", ""))
     assert problems_of(path) == [
-        f"{path}:2: targets[0] (checkout): missing required key 'ingress' for strategy 'canary'"
-        " (the canary Ingress)"
+        f"{path}:2: targets[0] (checkout): missing required key 'router' for strategy 'canary'"
+        " (how traffic reaches the canary: router: {kind: ingress-nginx | gateway-api | istio, ...}, or the"
+        " shorthand ingress: NAME for an ingress-nginx canary Ingress)"
     ]
 
 
@@ -798,8 +803,8 @@ def test_per_target_tunables_override_defaults_and_global_ones_are_refused(tmp_p
         f"{path}:{line_of(path, 'max_rollbacks_per_hour:')}: targets[0].policy (target checkout): unknown key"
         " 'max_rollbacks_per_hour' (known keys: controlled_grace_s, cooldown_s, rollback_risk)",
         f"{path}:{line_of(path, 'severity:')}: targets[0] (checkout): unknown key 'severity' (known keys:"
-        " name, namespace, strategy, baseline, candidate, ingress, service, rollout, dry_run, slo, detection,"
-        " policy, queries)",
+        " name, namespace, strategy, baseline, candidate, router, ingress, service, rollout, dry_run, slo,"
+        " detection, policy, queries)",
     ]
 
 

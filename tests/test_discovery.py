@@ -32,7 +32,7 @@ from rollbackd.daemon.discovery import Discovery
 from rollbackd.daemon.main import discovery_for
 from rollbackd.daemon.wiring import open_daemon
 from rollbackd.demo.emulator import DEPLOYMENTS, EVENTS
-from rollbackd.kube import KubeClient, objects
+from rollbackd.kube import KubeCall, KubeClient, objects
 from rollbackd.model import Strategy
 from rollbackd.sources.base import SidePair, SourceTarget
 from tests.kubefixtures import ClusterEmulator, seed_deployment, wait_until
@@ -84,7 +84,9 @@ async def running(
         yield daemon, discovery, session
 
 
-async def annotate(kube: KubeClient, name: str, annotations: Mapping[str, str | None], *, namespace: str = NS) -> None:
+async def annotate(
+    kube: KubeClient, name: str, annotations: Mapping[str, str | None], *, namespace: str = NS
+) -> None:
     """What a team does: annotate its Deployment (a merge patch through the API)."""
     await objects.patch_deployment(
         kube, namespace=namespace, name=name, patch={"metadata": {"annotations": dict(annotations)}},
@@ -171,10 +173,11 @@ async def test_a_deleted_annotated_deployment_is_dropped(
     async with running(config(tmp_path, FILE_TARGET), kube) as (daemon, _, _session):
         await wait_until(lambda: "shop/api" in daemon.state.targets, what="the annotated target at start")
         await kube.request(
-            objects.KubeCall("delete", "deployments", "apps", NS, "api"),
+            KubeCall("delete", "deployments", "apps", NS, "api"),
             kube.apps.delete_namespaced_deployment, "api", NS,
         )
-        await wait_until(lambda: "shop/api" not in daemon.state.targets, what="the deleted Deployment dropped")
+        await wait_until(lambda: "shop/api" not in daemon.state.targets,
+                         what="the deleted Deployment dropped")
 
 
 def invalid_events(emu: ClusterEmulator, name: str, namespace: str = NS) -> list[dict[str, Any]]:
@@ -189,7 +192,8 @@ async def test_a_bad_annotation_becomes_an_event_and_a_page_line_while_the_other
 ) -> None:
     seed(kube_cluster, "cart", "api")
     async with running(config(tmp_path, FILE_TARGET), kube) as (daemon, _, session):
-        await annotate(kube, "api", {"rollbackd.io/strategy": "deployment", "rollbackd.io/slo-p95-ms": "fast"})
+        await annotate(kube, "api", {"rollbackd.io/strategy": "deployment",
+                                     "rollbackd.io/slo-p95-ms": "fast"})
 
         await wait_until(lambda: invalid_events(kube_cluster, "api") != [], what="an Event on the Deployment")
         [event] = invalid_events(kube_cluster, "api")
@@ -207,7 +211,8 @@ async def test_a_bad_annotation_becomes_an_event_and_a_page_line_while_the_other
         ticks = daemon.ticks
         await wait_until(lambda: daemon.ticks >= ticks + 2, timeout_s=5, what="two more ticks")
         cart = daemon.state.targets["shop/cart"].latest
-        assert cart is not None and cart.outcome.value == "none"
+        assert cart is not None
+        assert cart.outcome.value == "none"
 
         # Fixed: a target, and the page line goes.
         await annotate(kube, "api", {"rollbackd.io/slo-p95-ms": "400"})
@@ -239,7 +244,8 @@ async def test_the_file_wins_over_annotations_for_the_same_release_and_says_so_o
     seed(kube_cluster, "cart")
     caplog.set_level(logging.WARNING, logger="rollbackd.daemon.app")
     async with running(config(tmp_path, FILE_TARGET), kube) as (daemon, _, session):
-        await annotate(kube, "cart", {"rollbackd.io/strategy": "deployment", "rollbackd.io/slo-error-rate": "0.5"})
+        await annotate(kube, "cart", {"rollbackd.io/strategy": "deployment",
+                                      "rollbackd.io/slo-error-rate": "0.5"})
 
         async def noted() -> bool:
             return "the file wins" in await status_page(daemon, session)
@@ -287,11 +293,12 @@ async def test_a_watch_the_api_drops_is_established_again_and_lists_what_changed
         await annotate(kube, "search", {"rollbackd.io/strategy": "deployment"})
         await annotate(kube, "api", {"rollbackd.io/strategy": None})
         await kube.request(
-            objects.KubeCall("delete", "deployments", "apps", NS, "old"),
+            KubeCall("delete", "deployments", "apps", NS, "old"),
             kube.apps.delete_namespaced_deployment, "old", NS,
         )
         await wait_until(
-            lambda: any("cannot watch the Deployments of namespace shop" in r.getMessage() for r in caplog.records),
+            lambda: any("cannot watch the Deployments of namespace shop" in r.getMessage()
+                        for r in caplog.records),
             what="the broken watch logged",
         )
         assert "shop/api" in daemon.state.targets  # what was found stays while the API is away
@@ -301,7 +308,8 @@ async def test_a_watch_the_api_drops_is_established_again_and_lists_what_changed
         await wait_until(lambda: set(daemon.state.targets) == {"shop/cart", "shop/search"},
                          what="the changes made while the watch was down")
         assert discovery.lists > lists
-        assert any("watching the Deployments of namespace shop again" in r.getMessage() for r in caplog.records)
+        said = [r.getMessage() for r in caplog.records]
+        assert any("watching the Deployments of namespace shop again" in message for message in said)
         # The new watch delivers changes again.
         await annotate(kube, "api", {"rollbackd.io/strategy": "deployment"})
         await wait_until(lambda: "shop/api" in daemon.state.targets, what="a change through the new watch")

@@ -57,13 +57,23 @@ ALLOWED_TARGET_RULES = frozenset(
         ("apps", "replicasets", "list"),
         ("", "services", "get"),
         ("", "services", "patch"),
-        ("networking.k8s.io", "ingresses", "get"),
-        ("networking.k8s.io", "ingresses", "patch"),
         ("discovery.k8s.io", "endpointslices", "list"),
         ("events.k8s.io", "events", "create"),
         ("", "events", "create"),
     }
 )
+ALL_ROUTERS = ["ingress-nginx", "gateway-api", "istio"]
+#: What each traffic router (rbac.routers) adds to the target rules: get and patch on its route objects.
+ROUTER_RULES = {
+    "ingress-nginx": frozenset({("networking.k8s.io", "ingresses", "get"),
+                               ("networking.k8s.io", "ingresses", "patch")}),
+    "gateway-api": frozenset({
+        ("gateway.networking.k8s.io", resource, verb)
+        for resource in ("httproutes", "grpcroutes") for verb in ("get", "patch")
+    }),
+    "istio": frozenset({("networking.istio.io", "virtualservices", "get"),
+                        ("networking.istio.io", "virtualservices", "patch")}),
+}
 #: What ``rbac.argoRollouts: true`` adds to every target Role: reading a Rollout and aborting it.
 ARGO_ROLLOUTS_RULES = frozenset(
     {
@@ -178,7 +188,7 @@ def _value_sets() -> dict[str, dict[str, Any]]:
                 },
                 "targets": example_targets(),
             },
-            "rbac": {"namespaces": ["shop", "payments"]},
+            "rbac": {"namespaces": ["shop", "payments"], "routers": ALL_ROUTERS},
             "leaderElection": {"leaseName": "rollbackd-leader", "leaseDurationS": 30, "renewPeriodS": 10},
             "adminToken": {"existingSecret": "rollbackd-admin", "key": "token"},
             "credentials": {
@@ -214,7 +224,7 @@ def _value_sets() -> dict[str, dict[str, Any]]:
         },
         "cluster-wide": {
             "replicaCount": 3,
-            "rbac": {"clusterWide": True},
+            "rbac": {"clusterWide": True, "routers": ALL_ROUTERS},
             "config": {"targets": example_targets()},
             "podDisruptionBudget": {"maxUnavailable": "50%"},
             "affinity": {
@@ -505,6 +515,7 @@ def test_rbac_is_least_privilege(helm: Any, value_set: str) -> None:
         assert set(_rules(role)) == ALLOWED_LEASE_RULES, object_id(role)
     rbac = values["rbac"]
     allowed = ALLOWED_TARGET_RULES | (ARGO_ROLLOUTS_RULES if rbac["argoRollouts"] else frozenset())
+    allowed = allowed.union(*(ROUTER_RULES[router] for router in rbac["routers"]))
     for role in target_roles:
         granted = set(_rules(role))
         assert granted <= allowed, f"{object_id(role)} grants {granted - allowed}"
@@ -588,8 +599,8 @@ def test_rbac_allows_every_request_rollbackd_makes(helm: Any) -> None:
     cluster_wide = render(helm, VALUE_SETS["cluster-wide"])
     granted_everywhere = set(_rules(one(cluster_wide, "ClusterRole")))
     assert {call for call in calls if call[1] != "leases" and call[0] != "argoproj.io"} <= granted_everywhere
-    argo_everywhere = render(helm, {**VALUE_SETS["cluster-wide"], "rbac": {"clusterWide": True,
-                                                                          "argoRollouts": True}})
+    argo_everywhere = render(helm, {**VALUE_SETS["cluster-wide"], "rbac": {
+        "clusterWide": True, "argoRollouts": True, "routers": ALL_ROUTERS}})
     assert {call for call in calls if call[1] != "leases"} <= set(_rules(one(argo_everywhere, "ClusterRole")))
 
 
@@ -913,6 +924,9 @@ def test_notes_tell_what_is_missing(helm: Any) -> None:
         ({"persistence": {"enabled": True}}, "replicas cannot share"),
         ({"config": {"store": {"data_dir": "/data"}}}, "config.store.data_dir must be /var/lib/rollbackd"),
         ({"config": {"targets": example_targets()}}, 'in namespace "shop", which is not in rbac.namespaces'),
+        ({"config": {"targets": example_targets()}, "rbac": {"namespaces": ["shop"], "argoRollouts": True}},
+         "config.targets: shop/cart routes its canary with gateway-api, which is not in rbac.routers: "
+         "rollbackd could not abort it (add gateway-api to rbac.routers)"),
         ({"rbac": {"namespaces": ["shop"]}, "config": {"targets": [ROLLOUT_TARGET]}},
          "has strategy argo-rollout, but rbac.argoRollouts is false"),
         ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
@@ -920,7 +934,7 @@ def test_notes_tell_what_is_missing(helm: Any) -> None:
          'no webhook named "ops" in config.events.webhooks'),
     ],
     ids=["replicas-without-lease", "renew-too-slow", "shared-sqlite", "data-dir", "unpermitted-target",
-         "rollout-without-rbac", "no-account-name", "secret-for-no-webhook"],
+         "router-not-granted", "rollout-without-rbac", "no-account-name", "secret-for-no-webhook"],
 )
 def test_unsafe_combinations_are_refused(helm: Any, values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmRenderError, match=re.escape(message)):
@@ -944,6 +958,7 @@ BAD_VALUES = [
     pytest.param({"image": {"pullPolicy": "Sometimes"}}, "image.pullPolicy", id="pull-policy"),
     pytest.param({"rbac": {"namespaces": "shop"}}, "rbac.namespaces", id="namespaces-not-a-list"),
     pytest.param({"rbac": {"namespaces": ["Shop_1"]}}, "rbac.namespaces.0", id="namespace-name"),
+    pytest.param({"rbac": {"routers": ["traefik"]}}, "rbac.routers.0", id="unknown-router"),
     pytest.param({"replicas": 2}, "", id="unknown-top-level-key"),
     pytest.param({"image": {"digest": "sha256:0"}}, "image", id="unknown-nested-key"),
     pytest.param({"config": {"http": {"port": 0}}}, "config.http.port", id="random-port"),

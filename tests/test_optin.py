@@ -8,14 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from rollbackd.config.settings import DiscoverySettings, Settings, Side, TargetSettings
+from rollbackd.config.settings import (
+    DiscoverySettings,
+    GatewayApiRouterSettings,
+    Settings,
+    Side,
+    TargetSettings,
+)
 from rollbackd.model import Strategy
 from rollbackd.optin import (
     BASELINE,
+    CANARY_SERVICE,
+    HTTPROUTE,
     INGRESS,
     NAME,
     SLO_ERROR_RATE,
     SLO_P95_MS,
+    STABLE_SERVICE,
     STRATEGY,
     ObjectRef,
     read_opt_in,
@@ -28,7 +37,7 @@ CANARY = {STRATEGY: "canary", BASELINE: "web", INGRESS: "web-canary"}
 
 
 def settings(**discovery: object) -> Settings:
-    return Settings(discovery=DiscoverySettings(enabled=True, namespaces=("shop",), **discovery))  # type: ignore[arg-type]
+    return Settings(discovery=DiscoverySettings(enabled=True, namespaces=("shop",), **discovery))
 
 
 def test_annotations_declare_the_target_a_file_entry_would() -> None:
@@ -39,7 +48,7 @@ def test_annotations_declare_the_target_a_file_entry_would() -> None:
     assert opt_in.target == TargetSettings(
         name="web-canary", namespace="shop", strategy=Strategy.CANARY, baseline=Side(deployment="web"),
         candidate=Side(deployment="web-canary"), ingress="web-canary",
-        slo={"max_error_rate": 0.02, "max_p95_ms": 300.0},  # type: ignore[arg-type]
+        slo={"max_error_rate": 0.02, "max_p95_ms": 300.0},
     )
 
 
@@ -53,18 +62,19 @@ def test_a_deployment_without_rollbackd_annotations_does_not_opt_in() -> None:
     [
         (
             {**CANARY, SLO_ERROR_RATE: "one percent"},
-            "rollbackd.io/slo-error-rate: expected a number greater than 0 and less than 1, got 'one percent'",
+            "rollbackd.io/slo-error-rate: expected a number greater than 0 and less than 1, "
+            "got 'one percent'",
         ),
         ({**CANARY, SLO_P95_MS: "-5"}, "rollbackd.io/slo-p95-ms: expected a number of milliseconds"),
         ({**CANARY, STRATEGY: "canari"}, "rollbackd.io/strategy: expected one of 'canary', 'blue-green'"),
         (
             {STRATEGY: "canary", BASELINE: "web"},
-            "missing required annotation rollbackd.io/ingress for strategy 'canary' (the canary Ingress)",
+            "rollbackd.io/ingress: missing for strategy 'canary': name the canary's ingress-nginx Ingress",
         ),
         (
             {SLO_ERROR_RATE: "0.01"},
-            "rollbackd.io/strategy: missing; it opts the Deployment in and says how it is rolled out: canary, "
-            "blue-green or deployment",
+            "rollbackd.io/strategy: missing; it opts the Deployment in and says how it is rolled out: "
+            "canary, blue-green or deployment",
         ),
         ({**CANARY, BASELINE: "Web_Stable"}, "rollbackd.io/baseline: expected a name of lowercase letters"),
         ({**CANARY, "rollbackd.io/dry-run": "perhaps"}, "rollbackd.io/dry-run: "),
@@ -119,19 +129,22 @@ def test_an_slo_looser_than_the_cap_is_refused_with_the_most_allowed() -> None:
     loose = read_opt_in(REF, {**CANARY, SLO_ERROR_RATE: "0.2", SLO_P95_MS: "2000"}, settings=capped)
     within = read_opt_in(REF, {**CANARY, SLO_ERROR_RATE: "0.05", SLO_P95_MS: "500"}, settings=capped)
 
-    assert loose is not None and loose.target is None
+    assert loose is not None
+    assert loose.target is None
     assert loose.problems == (
         "rollbackd.io/slo-error-rate: 0.2 is looser than annotations may ask for "
         "(discovery.max_slo_error_rate is 0.05); write at most 0.05",
         "rollbackd.io/slo-p95-ms: 2000 is looser than annotations may ask for "
         "(discovery.max_slo_p95_ms is 800); write at most 800",
     )
-    assert within is not None and within.target is not None
+    assert within is not None
+    assert within.target is not None
 
 
 def test_a_namespace_not_allowed_may_not_opt_in() -> None:
     opt_in = read_opt_in(
-        ObjectRef("Deployment", "payments", "api"), {STRATEGY: "deployment"}, settings=settings(all_namespaces=True)
+        ObjectRef("Deployment", "payments", "api"), {STRATEGY: "deployment"},
+        settings=settings(all_namespaces=True),
     )
 
     assert opt_in is not None
@@ -152,7 +165,9 @@ def test_the_file_wins_over_annotations_for_the_same_release() -> None:
     same_key = read_opt_in(ObjectRef("Deployment", "shop", "web-next"), {STRATEGY: "deployment", NAME: "web"},
                            settings=file)
     other = read_opt_in(ObjectRef("Deployment", "shop", "cart"), {STRATEGY: "deployment"}, settings=file)
-    assert same_candidate is not None and same_key is not None and other is not None
+    assert same_candidate is not None
+    assert same_key is not None
+    assert other is not None
 
     merged = with_opt_ins(file, [same_candidate, same_key, other])
 
@@ -164,9 +179,11 @@ def test_the_file_wins_over_annotations_for_the_same_release() -> None:
 
 
 def test_two_objects_declaring_the_same_target_the_first_keeps_it() -> None:
-    first = read_opt_in(ObjectRef("Deployment", "shop", "a"), {STRATEGY: "deployment", NAME: "x"}, settings=settings())
-    second = read_opt_in(ObjectRef("Deployment", "shop", "b"), {STRATEGY: "deployment", NAME: "x"}, settings=settings())
-    assert first is not None and second is not None
+    named_x = {STRATEGY: "deployment", NAME: "x"}
+    first = read_opt_in(ObjectRef("Deployment", "shop", "a"), named_x, settings=settings())
+    second = read_opt_in(ObjectRef("Deployment", "shop", "b"), named_x, settings=settings())
+    assert first is not None
+    assert second is not None
 
     merged = with_opt_ins(settings(), [second, first])
 
@@ -180,4 +197,25 @@ def test_discovery_needs_the_namespaces_that_may_opt_in(tmp_path: Path) -> None:
     assert problem == (
         f"{tmp_path / 'rollbackd.yaml'}:1: discovery: list the namespaces whose Deployments may opt "
         "in (namespaces: [shop, payments]), or set all_namespaces: true to watch every namespace"
+    )
+
+
+def test_a_canary_behind_a_gateway_api_route_is_declared_by_its_route_and_services() -> None:
+    routed = {STRATEGY: "canary", BASELINE: "web", HTTPROUTE: "web", CANARY_SERVICE: "web-canary",
+              STABLE_SERVICE: "web-stable"}
+
+    opt_in = read_opt_in(REF, routed, settings=settings())
+    missing = read_opt_in(REF, {**routed, STABLE_SERVICE: "web-canary"}, settings=settings())
+
+    assert opt_in is not None
+    assert opt_in.target is not None
+    assert opt_in.target.router == GatewayApiRouterSettings(
+        kind="gateway-api", route="web", canary_service="web-canary", stable_service="web-stable"
+    )
+    assert missing is not None
+    assert missing.target is None
+    assert missing.problems == (
+        "rollbackd.io/canary-service and rollbackd.io/stable-service are both "
+        "'web-canary': name the canary's Service and the stable version's Service (two backendRefs of the "
+        "route)",
     )

@@ -831,15 +831,96 @@ class Side(_Frozen):
         return self
 
 
+#: A DNS name as Istio hosts are written: ``web``, ``web.shop.svc.cluster.local``.
+DNS_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+K8sName = Annotated[str, Field(min_length=1, max_length=253, pattern=K8S_NAME_PATTERN)]
+
+
+class IngressNginxRouterSettings(_Frozen):
+    """ingress-nginx: a canary Ingress (annotated ``nginx.ingress.kubernetes.io/canary: "true"``)
+    whose ``canary-weight`` sends the canary its share."""
+
+    kind: Literal["ingress-nginx"] = Field(description="ingress-nginx.")
+    ingress: K8sName = Field(description="The canary Ingress, in the target's namespace.")
+
+
+class GatewayApiRouterSettings(_Frozen):
+    """Gateway API: an HTTPRoute or GRPCRoute whose rules name the canary and the stable Services as
+    weighted backendRefs."""
+
+    kind: Literal["gateway-api"] = Field(description="gateway-api.")
+    route: K8sName = Field(description="The route's name, in the target's namespace.")
+    route_kind: Literal["HTTPRoute", "GRPCRoute"] = Field(
+        "HTTPRoute", description="HTTPRoute or GRPCRoute (gateway.networking.k8s.io/v1)."
+    )
+    canary_service: K8sName = Field(
+        description="The Service of the canary, as the route's backendRefs name it."
+    )
+    stable_service: K8sName = Field(
+        description="The Service of the stable version, as the route's backendRefs name it."
+    )
+
+    @model_validator(mode="after")
+    def _two_services(self) -> GatewayApiRouterSettings:
+        if self.canary_service == self.stable_service:
+            _raise("GatewayApiRouterSettings", [_problem(
+                "same_service",
+                "canary_service and stable_service are both '{name}': name the canary's Service and the"
+                " stable version's Service (two backendRefs of the route)",
+                ("stable_service",), self.stable_service, name=self.stable_service,
+            )])
+        return self
+
+
+class IstioDestinationSettings(_Frozen):
+    """An Istio destination: a host (a Service, short or fully qualified) and, optionally, a subset of
+    its DestinationRule."""
+
+    host: str = Field(min_length=1, max_length=253, pattern=DNS_NAME_PATTERN,
+                      description="The destination's host: a Service name (web) or its qualified name.")
+    subset: K8sName | None = Field(None, description="The DestinationRule subset, when one host serves both.")
+
+
+class IstioRouterSettings(_Frozen):
+    """Istio: a VirtualService whose http routes send weighted shares to the canary and the stable
+    destinations (two hosts, or one host and two subsets)."""
+
+    kind: Literal["istio"] = Field(description="istio.")
+    virtual_service: K8sName = Field(description="The VirtualService's name, in the target's namespace.")
+    canary: IstioDestinationSettings = Field(description="The canary's destination (host, subset).")
+    stable: IstioDestinationSettings = Field(description="The stable version's destination (host, subset).")
+
+    @model_validator(mode="after")
+    def _two_destinations(self) -> IstioRouterSettings:
+        if self.canary == self.stable:
+            _raise("IstioRouterSettings", [_problem(
+                "same_destination",
+                "canary and stable are the same destination: give them different hosts, or the same host"
+                " with different subsets",
+                ("stable",), None,
+            )])
+        return self
+
+
+#: How traffic reaches a canary, chosen by ``kind``.
+RouterSettings: TypeAlias = Annotated[
+    IngressNginxRouterSettings | GatewayApiRouterSettings | IstioRouterSettings,
+    Field(discriminator="kind"),
+]
+#: The router kinds, as ``router.kind`` names them.
+ROUTER_KINDS = ("ingress-nginx", "gateway-api", "istio")
+
 #: What each strategy needs, for messages: key → (strategies that use it, what it is).
 _STRATEGY_KEYS: dict[str, tuple[frozenset[Strategy], str]] = {
     "baseline": (
         frozenset({Strategy.CANARY, Strategy.BLUE_GREEN, Strategy.ARGO_ROLLOUT}), "the version to go back to"
     ),
-    "ingress": (frozenset({Strategy.CANARY}), "the canary Ingress"),
     "service": (frozenset({Strategy.BLUE_GREEN}), "the Service whose selector picks the colour"),
     "rollout": (frozenset({Strategy.ARGO_ROLLOUT}), "the Argo Rollouts Rollout"),
 }
+#: Keys that only a canary uses, one of which it needs.
+_ROUTING_KEYS = ("router", "ingress")
 
 #: Why the sides of an argo-rollout target name no Deployment, and what to do instead.
 ROLLOUT_SIDES = (
@@ -872,11 +953,15 @@ class TargetSettings(_Frozen):
         description="The version to go back to (stable / the old colour); canary and blue-green only.",
     )
     candidate: Side = Field(..., description="The new version being judged.")
+    router: RouterSettings | None = Field(
+        None,
+        description="canary: how traffic reaches the canary (kind: ingress-nginx, gateway-api or istio).",
+    )
     ingress: str | None = Field(
         None,
         min_length=1,
         pattern=K8S_NAME_PATTERN,
-        description="canary: the canary Ingress.",
+        description="canary: the canary Ingress (shorthand for router: {kind: ingress-nginx, ingress: ...}).",
     )
     service: str | None = Field(
         None,
@@ -939,6 +1024,7 @@ class TargetSettings(_Frozen):
                     )
                 )
         problems.extend(self._side_problems())
+        problems.extend(self._routing_problems())
         _raise("TargetSettings", problems)
         return self
 
@@ -968,9 +1054,52 @@ class TargetSettings(_Frozen):
                 ))
         return problems
 
+    def _routing_problems(self) -> list[InitErrorDetails]:
+        given = [key for key in _ROUTING_KEYS if getattr(self, key) is not None]
+        if self.strategy is not Strategy.CANARY:
+            return [
+                _problem(
+                    "not_for_strategy",
+                    "key '{key}' does not apply to strategy '{strategy}' (only to canary)",
+                    (key,),
+                    None,
+                    key=key,
+                    strategy=self.strategy.value,
+                )
+                for key in given
+            ]
+        if not given:
+            return [_problem(
+                "missing_for_strategy",
+                "missing required key 'router' for strategy 'canary' (how traffic reaches the canary:"
+                " router: {kind: ingress-nginx | gateway-api | istio, ...}, or the shorthand ingress: NAME"
+                " for an ingress-nginx canary Ingress)",
+                ("router",),
+                None,
+            )]
+        if len(given) > 1:
+            return [_problem(
+                "router_twice",
+                "give either 'router' or 'ingress' (shorthand for router: {kind: ingress-nginx, ingress:"
+                " NAME}), not both",
+                ("ingress",),
+                self.ingress,
+            )]
+        return []
+
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def traffic_router(self) -> RouterSettings | None:
+        """How traffic reaches the canary: ``router``, or ``ingress`` as an ingress-nginx router;
+        ``None`` for strategies other than canary."""
+        if self.router is not None:
+            return self.router
+        if self.ingress is not None:
+            return IngressNginxRouterSettings(kind="ingress-nginx", ingress=self.ingress)
+        return None
 
 
 def _and(words: list[str]) -> str:

@@ -43,7 +43,7 @@ from rollbackd.daemon.store_leader import StoreLeader
 from rollbackd.daemon.wiring import open_daemon
 from rollbackd.errors import SourceStats
 from rollbackd.kube.client import KubeClient
-from rollbackd.kube.errors import KubeConfigError
+from rollbackd.kube.errors import KubeConfigError, KubeError
 from rollbackd.sources.health import HealthProber
 from rollbackd.sources.lookback import Lookback, min_range_s
 from rollbackd.sources.prometheus import PrometheusClient, PrometheusSource
@@ -204,6 +204,7 @@ async def run_daemon(
                 await stack.enter_async_context(kube)
                 targets = KubeTargets(kube=kube, settings=settings)
                 logger.info("acting on Kubernetes", extra={"kubernetes": kube.describe()})
+                await report_router_problems(targets)
             elector = leader_elector_for(settings, kube, environ=environ)
             leader: LeaderElector | StoreLeader | None = elector
             if leader is None:
@@ -282,6 +283,18 @@ def reloaded(daemon: Daemon, discovery: Discovery | None, new: Settings) -> Sett
     if discovery is not None:
         discovery.refresh()
     return change
+
+
+async def report_router_problems(cluster: KubeTargets) -> None:
+    """At start-up: an error for each target whose traffic router needs a resource the API server
+    does not serve (e.g. the Gateway API is not installed); the other targets are not affected."""
+    try:
+        problems = await cluster.check_routers()
+    except KubeError as exc:
+        logger.warning("could not check that the API server serves the targets' routes: %s", exc)
+        return
+    for key, problem in problems.items():
+        logger.error("%s", problem, extra={"target": key})
 
 
 def _exit_now(why: str) -> None:

@@ -116,9 +116,21 @@ Ingresses (canary weight), read EndpointSlices (availability), and report throug
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "patch"]
+{{- if has "ingress-nginx" .Values.rbac.routers }}
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingresses"]
   verbs: ["get", "patch"]
+{{- end }}
+{{- if has "gateway-api" .Values.rbac.routers }}
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes", "grpcroutes"]
+  verbs: ["get", "patch"]
+{{- end }}
+{{- if has "istio" .Values.rbac.routers }}
+- apiGroups: ["networking.istio.io"]
+  resources: ["virtualservices"]
+  verbs: ["get", "patch"]
+{{- end }}
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
   verbs: ["list"]
@@ -171,6 +183,14 @@ Checks of combinations the schema cannot express; a failed one stops the install
 {{- $namespace := .namespace | default "default" }}
 {{- if not (has $namespace $.Values.rbac.namespaces) }}
 {{- fail (printf "config.targets: %s/%s is in namespace %q, which is not in rbac.namespaces: rollbackd could not roll it back (add it, or set rbac.clusterWide)" $namespace (.name | default "?") $namespace) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if .Values.rbac.create }}
+{{- range .Values.config.targets | default list }}
+{{- $router := dig "router" "kind" "" . | default (ternary "ingress-nginx" "" (hasKey . "ingress")) }}
+{{- if and $router (not (has $router $.Values.rbac.routers)) }}
+{{- fail (printf "config.targets: %s/%s routes its canary with %s, which is not in rbac.routers: rollbackd could not abort it (add %s to rbac.routers)" (.namespace | default "default") (.name | default "?") $router $router) }}
 {{- end }}
 {{- end }}
 {{- end }}
