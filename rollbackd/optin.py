@@ -263,7 +263,9 @@ def _described(exc: ValidationError) -> list[str]:
         message = error_message(error, ("targets", 0, *relative))
         for key, path in TARGET_ANNOTATIONS.items():
             message = message.replace(f"key '{path[-1]}'", f"annotation {key}")
-        message = message.replace("canary_service and stable_service", f"{CANARY_SERVICE} and {STABLE_SERVICE}")
+        message = message.replace(
+            "canary_service and stable_service", f"{CANARY_SERVICE} and {STABLE_SERVICE}"
+        )
         annotation = _annotation_at(relative)
         if annotation is not None and annotation in message:
             lines.append(message)
