@@ -25,14 +25,9 @@ class Listed:
     resource_version: str | None
 
 
-def deployments_call(verb: str, namespace: str | None) -> KubeCall:
-    """The request of a list or watch of Deployments (``namespace`` ``None``: every namespace)."""
-    return KubeCall(verb, "deployments", "apps", namespace)
-
-
 async def list_deployments(kube: KubeClient, *, namespace: str | None) -> Listed:
     """The Deployments of ``namespace`` (``None``: of every namespace)."""
-    call = deployments_call("list", namespace)
+    call = KubeCall("list", "deployments", "apps", namespace)
     if namespace is None:
         body = await kube.request(call, kube.apps.list_deployment_for_all_namespaces)
     else:
@@ -49,7 +44,7 @@ async def watch_deployments(
     ``resource_version``, as watch events (``{"type": ..., "object": {...}}``), until the API server
     ends the stream (after about ``timeout_s``). Raises
     :class:`~rollbackd.kube.errors.KubeError` when the watch fails."""
-    call = deployments_call("watch", namespace)
+    call = KubeCall("watch", "deployments", "apps", namespace)
     args: tuple[str, ...] = ()
     method: Callable[..., Awaitable[Any]]
     if namespace is None:
