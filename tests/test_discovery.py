@@ -71,7 +71,7 @@ FILE_TARGET = TargetSettings(
 
 @contextlib.asynccontextmanager
 async def running(
-    settings: Settings, kube: KubeClient, metrics: SomeMetrics | None = None
+    settings: Settings, emu: ClusterEmulator, kube: KubeClient, metrics: SomeMetrics | None = None
 ) -> AsyncIterator[tuple[Daemon, Discovery, aiohttp.ClientSession]]:
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
@@ -81,7 +81,15 @@ async def running(
         ) as daemon,
         discovery_for(daemon, kube) as discovery,
     ):
+        await following(emu)
         yield daemon, discovery, session
+
+
+async def following(emu: ClusterEmulator) -> None:
+    """Wait until the daemon's watch follows the Deployments' changes: the emulator does not replay
+    what changed between a list and the watch after it (a real API server does, from the list's
+    resourceVersion)."""
+    await wait_until(lambda: emu.watchers(DEPLOYMENTS) > 0, what="the watch following the Deployments")
 
 
 async def annotate(
@@ -116,7 +124,7 @@ async def test_an_annotated_deployment_becomes_a_target_within_one_interval_and_
 ) -> None:
     seed(kube_cluster, "cart", "web", "web-canary")
     seed_deployment(kube_cluster, NS, "web-canary", replicas=1, image="shop/web:1.1", labels={"app": "web"})
-    async with running(config(tmp_path, FILE_TARGET), kube) as (daemon, _, session):
+    async with running(config(tmp_path, FILE_TARGET), kube_cluster, kube) as (daemon, _, session):
         await wait_until(lambda: daemon.ticks > 0, what="the first tick")
         loop = asyncio.get_running_loop()
         annotated_at = loop.time()
@@ -170,7 +178,7 @@ async def test_a_deleted_annotated_deployment_is_dropped(
 ) -> None:
     seed(kube_cluster, "cart", "api")
     await annotate(kube, "api", {"rollbackd.io/strategy": "deployment"})
-    async with running(config(tmp_path, FILE_TARGET), kube) as (daemon, _, _session):
+    async with running(config(tmp_path, FILE_TARGET), kube_cluster, kube) as (daemon, _, _session):
         await wait_until(lambda: "shop/api" in daemon.state.targets, what="the annotated target at start")
         await kube.request(
             KubeCall("delete", "deployments", "apps", NS, "api"),
@@ -191,7 +199,7 @@ async def test_a_bad_annotation_becomes_an_event_and_a_page_line_while_the_other
     kube_cluster: ClusterEmulator, kube: KubeClient, tmp_path: Path
 ) -> None:
     seed(kube_cluster, "cart", "api")
-    async with running(config(tmp_path, FILE_TARGET), kube) as (daemon, _, session):
+    async with running(config(tmp_path, FILE_TARGET), kube_cluster, kube) as (daemon, _, session):
         await annotate(kube, "api", {"rollbackd.io/strategy": "deployment",
                                      "rollbackd.io/slo-p95-ms": "fast"})
 
@@ -227,7 +235,7 @@ async def test_a_namespace_not_allowed_is_refused_with_a_clear_message(
     seed(kube_cluster, "cart")
     seed(kube_cluster, "ledger", namespace="payments")
     settings = config(tmp_path, FILE_TARGET, all_namespaces=True)
-    async with running(settings, kube) as (daemon, _, session):
+    async with running(settings, kube_cluster, kube) as (daemon, _, session):
         await annotate(kube, "ledger", {"rollbackd.io/strategy": "deployment"}, namespace="payments")
 
         await wait_until(lambda: invalid_events(kube_cluster, "ledger", "payments") != [],
@@ -243,7 +251,7 @@ async def test_the_file_wins_over_annotations_for_the_same_release_and_says_so_o
 ) -> None:
     seed(kube_cluster, "cart")
     caplog.set_level(logging.WARNING, logger="rollbackd.daemon.app")
-    async with running(config(tmp_path, FILE_TARGET), kube) as (daemon, _, session):
+    async with running(config(tmp_path, FILE_TARGET), kube_cluster, kube) as (daemon, _, session):
         await annotate(kube, "cart", {"rollbackd.io/strategy": "deployment",
                                       "rollbackd.io/slo-error-rate": "0.5"})
 
@@ -286,6 +294,7 @@ async def test_a_watch_the_api_drops_is_established_again_and_lists_what_changed
     ):
         await wait_until(lambda: {"shop/api", "shop/old"} <= daemon.state.targets.keys(),
                          what="the annotated targets at start")
+        await following(kube_cluster)
         lists = discovery.lists
 
         await proxy.cut()

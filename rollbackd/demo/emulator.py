@@ -411,6 +411,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         """Tell watchers of ``resource`` about a change made with :meth:`put` / :meth:`update`."""
         await self._buses[_resource(resource)].put({"type": event_type, "object": obj})
 
+    def watchers(self, resource: ResourceLike) -> int:
+        """How many watch streams of ``resource`` are open and following its changes now (a change
+        written while a watch is still starting may reach it only through its first listing)."""
+        return self._buses[_resource(resource)].consumer_count
+
     def _next_version(self) -> str:
         self._resource_version += 1
         return str(self._resource_version)
