@@ -3,7 +3,10 @@
 - ``rollbackd_events_delivered_total{sink}``: events the sink accepted;
 - ``rollbackd_event_delivery_failures_total{sink}``: failed delivery attempts (each is retried);
 - ``rollbackd_event_sink_retrying{sink}``: consecutive failed attempts at the event the sink is
-  on now, 0 while it delivers: above 0 for long, the sink is down or refuses that event.
+  on now, 0 while it delivers: above 0 for long, the sink is down or refuses that event;
+- ``rollbackd_event_sink_backlog{sink}``: events of the outbox the sink has not delivered yet, as
+  of its latest read of the outbox (a read takes at most one batch; 0 on a standby, which does not
+  deliver): above 0 and not going down, the sink falls behind.
 
 The counters start again from 0 when the store (and with it the dispatcher) is opened again.
 """
@@ -49,10 +52,17 @@ class SinkCollector(Collector):
             "Consecutive failed attempts at the event a sink is on now (0 while it delivers).",
             labels=["sink"],
         )
+        backlog = GaugeMetricFamily(
+            "rollbackd_event_sink_backlog",
+            "Events of the outbox a sink has not delivered yet (as of its latest read of the outbox).",
+            labels=["sink"],
+        )
         for name, status in sorted(statuses.items()):
             delivered.add_metric([name], status.delivered)
             failures.add_metric([name], status.failures)
             retrying.add_metric([name], status.retrying)
+            backlog.add_metric([name], status.backlog)
         yield delivered
         yield failures
         yield retrying
+        yield backlog

@@ -51,6 +51,8 @@ class TickData:
     health: Mapping[str, tuple[tuple[HealthCheck, ...] | None, tuple[HealthCheck, ...] | None]]
     #: Per target key, why the metrics source rejected its values this tick.
     rejected: Mapping[str, str] = field(default_factory=dict)
+    #: Whether the metrics source answered this tick (``False``: its collection failed).
+    metrics_answered: bool = True
 
     def observation(self, target: SourceTarget, t: float) -> Observation:
         baseline, candidate = self.metrics.get(target.key, _NO_DATA)
@@ -72,9 +74,9 @@ async def _collect_metrics(
     *,
     window_s: float,
     on_source_error: SourceErrorSink,
-) -> tuple[Mapping[str, SidePair], Mapping[str, str]]:
+) -> tuple[Mapping[str, SidePair], Mapping[str, str]] | None:
     """The source's answer per target, and why it rejected some targets' values (read at once: it
-    describes this collection only)."""
+    describes this collection only); ``None`` when the collection failed."""
     try:
         found = await source.collect(targets, window_s=window_s)
         return found, (source.rejected if isinstance(source, RejectsData) else {})
@@ -85,7 +87,7 @@ async def _collect_metrics(
             "metrics source failed; this tick has no metrics data",
             extra={"source": source_name, "kind": kind, "error": repr(exc)},
         )
-        return {}, {}
+        return None
 
 
 async def _probe(
@@ -135,7 +137,10 @@ async def collect_tick(
         target.key: (probed.get((target.key, "baseline")), probed.get((target.key, "candidate")))
         for target in targets
     }
-    metrics, rejected = metrics_task.result()
+    answer = metrics_task.result()
+    if answer is None:
+        return TickData(metrics={}, health=health, metrics_answered=False)
+    metrics, rejected = answer
     return TickData(metrics=metrics, health=health, rejected=rejected)
 
 
