@@ -32,6 +32,7 @@ from rollbackd.daemon.sinkmetrics import SinkCollector, SinkStatuses
 from rollbackd.daemon.targetmetrics import TargetCollector, TargetSamples
 from rollbackd.events.model import EventType
 from rollbackd.model import Decision, Outcome
+from rollbackd.run import Phase
 
 #: Results of a configuration reload (``rollbackd_config_reloads_total{result}``).
 RELOAD_RESULTS = ("success", "failure")
@@ -224,6 +225,10 @@ class DaemonMetrics:
         self._by_outcome = {outcome: self.decisions.labels(outcome=outcome.value) for outcome in Outcome}
         for mode in (Outcome.IMMEDIATE, Outcome.CONTROLLED):
             self.rollback_decisions.labels(mode=mode.value)
+        # Every way a rollback ends, from 0: the first rollback shows as an increase.
+        for phase in Phase:
+            if not phase.active:
+                self.rollbacks.labels(result=phase.value)
         self._sinks: SinkCollector | None = None
         self._targets: TargetCollector | None = None
 

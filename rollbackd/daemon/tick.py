@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 
 from rollbackd.errors import SourceError
 from rollbackd.model import HealthCheck, Observation
-from rollbackd.sources.base import HealthSource, MetricsSource, RejectsData, SidePair, SourceTarget
+from rollbackd.sources.base import (
+    HealthSource,
+    MetricsSource,
+    RejectsData,
+    ReportsFailures,
+    SidePair,
+    SourceTarget,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +58,8 @@ class TickData:
     health: Mapping[str, tuple[tuple[HealthCheck, ...] | None, tuple[HealthCheck, ...] | None]]
     #: Per target key, why the metrics source rejected its values this tick.
     rejected: Mapping[str, str] = field(default_factory=dict)
-    #: Whether the metrics source answered this tick (``False``: its collection failed).
+    #: Whether the metrics source answered this tick (``False``: its collection failed, or some of
+    #: its queries got no answer).
     metrics_answered: bool = True
 
     def observation(self, target: SourceTarget, t: float) -> Observation:
@@ -74,12 +82,15 @@ async def _collect_metrics(
     *,
     window_s: float,
     on_source_error: SourceErrorSink,
-) -> tuple[Mapping[str, SidePair], Mapping[str, str]] | None:
-    """The source's answer per target, and why it rejected some targets' values (read at once: it
-    describes this collection only); ``None`` when the collection failed."""
+) -> tuple[Mapping[str, SidePair], Mapping[str, str], bool] | None:
+    """The source's answer per target, why it rejected some targets' values, and whether every
+    query got an answer (read at once: they describe this collection only); ``None`` when the
+    collection failed."""
     try:
         found = await source.collect(targets, window_s=window_s)
-        return found, (source.rejected if isinstance(source, RejectsData) else {})
+        rejected = source.rejected if isinstance(source, RejectsData) else {}
+        answered = not isinstance(source, ReportsFailures) or source.failure is None
+        return found, rejected, answered
     except Exception as exc:
         source_name, kind = metrics_failure(exc)
         on_source_error(source_name, kind)
@@ -140,8 +151,8 @@ async def collect_tick(
     answer = metrics_task.result()
     if answer is None:
         return TickData(metrics={}, health=health, metrics_answered=False)
-    metrics, rejected = answer
-    return TickData(metrics=metrics, health=health, rejected=rejected)
+    metrics, rejected, answered = answer
+    return TickData(metrics=metrics, health=health, rejected=rejected, metrics_answered=answered)
 
 
 async def run_every(
