@@ -852,3 +852,65 @@ def test_target_settings_key() -> None:
         {"name": "a", "strategy": "deployment", "candidate": {"deployment": "a"}}
     )
     assert target.key == "default/a"
+
+
+METRICS_DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
+
+
+def _metrics_doc_examples() -> list[str]:
+    blocks = METRICS_DOC.read_text(encoding="utf-8").split("```yaml\n")[1:]
+    return [block.split("```", 1)[0] for block in blocks]
+
+
+@pytest.mark.parametrize("example", _metrics_doc_examples())
+def test_every_backend_example_of_the_metrics_page_is_a_valid_configuration(
+    example: str, tmp_path: Path
+) -> None:
+    document = yaml.safe_load(example)
+    if "credentials" in document:  # the Helm chart's values: their config part is rollbackd's file
+        document = document["config"]
+    path = tmp_path / "rollbackd.yaml"
+    path.write_text(yaml.safe_dump(document))
+    assert load_settings(path, environ={}).prometheus.url == document["prometheus"]["url"]
+
+
+@pytest.mark.parametrize(
+    ("prometheus", "expected"),
+    [
+        ({"url": "http://user:pw-in-url@prom:9090"},
+         "prometheus.url: holds credentials (user:password@): put the user in basic_auth.username"),
+        ({"url": "http://prom:9090/api/v1"}, "prometheus.url: must not end with /api/v1"),
+        ({"url": "http://prom:9090/?tenant=a"}, "prometheus.url: must not have a query"),
+        ({"bearer_token_file": "/t", "bearer_token_env": "T"},
+         "prometheus.bearer_token_env: give bearer_token_file or bearer_token_env, not both"),
+        ({"bearer_token_env": "T", "basic_auth": {"username": "u", "password_env": "P"}},
+         "prometheus.basic_auth: give a bearer token or basic_auth, not both"),
+        ({"basic_auth": {"username": "u"}},
+         "prometheus.basic_auth: give exactly one of password_file or password_env"),
+        ({"basic_auth": {"username": "u:v", "password_env": "P"}},
+         "prometheus.basic_auth.username: a basic-auth user name cannot contain ':'"),
+        ({"headers": {"Content-Type": "text/plain"}},
+         "prometheus.headers.Content-Type: Content-Type is written by rollbackd itself for every query"),
+        ({"headers": {"Authorization": "Bearer x"}, "bearer_token_file": "/t"},
+         "prometheus.headers.Authorization: the Authorization header comes from bearer_token_file"),
+        ({"headers": {"X Tenant": "a"}}, "prometheus.headers.X Tenant: expected an HTTP header name"),
+        ({"headers": {"Authorization": "Bearer pw-in-url"}},
+         "prometheus.headers.Authorization: Authorization carries credentials, which never go in this file"),
+        ({"headers": {"X-Key": {"file": "/k", "env": "K"}}},
+         "prometheus.headers.X-Key: give exactly one of file or env"),
+        ({"tls": {"ca_file": "/ca.pem"}}, "prometheus.tls: TLS settings apply to https:// URLs only"),
+        ({"url": "https://prom", "tls": {"key_file": "/k"}},
+         "prometheus.tls.key_file: key_file needs cert_file"),
+        ({"url": "https://prom", "tls": {"insecure_skip_verify": True, "ca_file": "/ca"}},
+         "prometheus.tls.insecure_skip_verify: insecure_skip_verify checks nothing"),
+    ],
+)
+def test_backend_access_mistakes_name_the_key_and_the_fix(
+    prometheus: dict[str, Any], expected: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "rollbackd.yaml"
+    path.write_text(yaml.safe_dump({"prometheus": prometheus}))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert expected in str(caught.value)
+    assert "pw-in-url" not in str(caught.value)

@@ -20,6 +20,7 @@ import functools
 import importlib
 import json
 import re
+import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -231,6 +232,7 @@ def _value_sets() -> dict[str, dict[str, Any]]:
         },
         "cluster-wide": {
             "replicaCount": 3,
+            "credentials": {"prometheus": {"basicAuth": {"existingSecret": "metrics-user"}}},
             "rbac": {"clusterWide": True, "routers": ALL_ROUTERS},
             "config": {"targets": example_targets()},
             "podDisruptionBudget": {"maxUnavailable": "50%"},
@@ -246,10 +248,22 @@ def _value_sets() -> dict[str, dict[str, Any]]:
         },
         "single-sqlite": {
             "replicaCount": 1,
+            "credentials": {"prometheus": {"serviceAccountToken": True}},
             "leaderElection": {"enabled": False},
             "persistence": {"enabled": True, "storageClass": "fast-ssd", "size": "5Gi"},
             "podDisruptionBudget": {"enabled": False},
             "podAntiAffinity": "none",
+        },
+        # A secured metrics backend (Thanos Query behind TLS with a client certificate, a tenant
+        # header, a bearer token from a Secret).
+        "secured-metrics": {
+            "config": {"prometheus": {"url": "https://thanos-query.monitoring:10902",
+                                      "headers": {"X-Scope-OrgID": "team-a"}}},
+            "credentials": {"prometheus": {
+                "bearerToken": {"existingSecret": "metrics-token", "key": "token"},
+                "tls": {"existingSecret": "metrics-tls", "caKey": "ca.crt", "certKey": "tls.crt",
+                        "keyKey": "tls.key"},
+            }},
         },
         "existing-account": {
             "fullnameOverride": "audit",
@@ -721,6 +735,36 @@ def test_credentials_come_from_existing_secrets(helm: Any) -> None:
     assert not [path for path in mounts_by_path(defaults) if path.startswith("/var/run/secrets/rollbackd")]
 
 
+def test_metrics_backend_credentials_are_files_from_existing_secrets(helm: Any) -> None:
+    objects = render(helm, VALUE_SETS["secured-metrics"])
+    container = container_of(objects)
+    env = env_of(container)
+    volumes = volumes_by_name(objects)
+    mounts = mounts_by_path(container)
+    files = {
+        "/var/run/secrets/rollbackd/prometheus/token": ("metrics-token", ["token"]),
+        "/var/run/secrets/rollbackd/prometheus/tls": ("metrics-tls", ["ca.crt", "tls.crt", "tls.key"]),
+    }
+    for directory, (secret, keys) in files.items():
+        mount = mounts[directory]
+        assert mount["readOnly"] is True
+        assert volumes[mount["name"]]["secret"] == {
+            "secretName": secret, "defaultMode": 0o440, "items": [{"key": key, "path": key} for key in keys]
+        }
+    assert {name: item["value"] for name, item in env.items() if name.startswith("ROLLBACKD_PROMETHEUS")} == {
+        "ROLLBACKD_PROMETHEUS__BEARER_TOKEN_FILE": "/var/run/secrets/rollbackd/prometheus/token/token",
+        "ROLLBACKD_PROMETHEUS__TLS__CA_FILE": "/var/run/secrets/rollbackd/prometheus/tls/ca.crt",
+        "ROLLBACKD_PROMETHEUS__TLS__CERT_FILE": "/var/run/secrets/rollbackd/prometheus/tls/tls.crt",
+        "ROLLBACKD_PROMETHEUS__TLS__KEY_FILE": "/var/run/secrets/rollbackd/prometheus/tls/tls.key",
+    }
+    config_text = one(objects, "ConfigMap")["data"]["rollbackd.yaml"]
+    assert "metrics-token" not in config_text
+    assert "metrics-tls" not in config_text
+    # Nothing of it unless asked for.
+    defaults = container_of(render(helm))
+    assert not [name for name in env_of(defaults) if name.startswith("ROLLBACKD_PROMETHEUS")]
+
+
 def test_mqtt_without_a_user_name(helm: Any) -> None:
     values = {"credentials": {"mqtt": {"existingSecret": "broker", "usernameKey": ""}}}
     env = env_of(container_of(render(helm, values)))
@@ -731,6 +775,11 @@ def test_mqtt_without_a_user_name(helm: Any) -> None:
 def _settings_path_exists(keys: tuple[str, ...]) -> bool:
     model: Any = Settings
     for key in keys:
+        # An optional section (prometheus.basic_auth: BasicAuthSettings | None) is its model.
+        models = [arg for arg in typing.get_args(model)
+                  if isinstance(arg, type) and issubclass(arg, BaseModel)]
+        if len(models) == 1:
+            model = models[0]
         if not (isinstance(model, type) and issubclass(model, BaseModel)) or key not in model.model_fields:
             return False
         model = model.model_fields[key].annotation
@@ -798,6 +847,28 @@ def test_the_daemon_accepts_the_pod_configuration(helm: Any, value_set: str, tmp
     if credentials["mqtt"]["existingSecret"]:
         assert settings.events.mqtt.username == "rollbackd_events__mqtt__username-from-secret"
         assert settings.events.mqtt.password_file == "/var/run/secrets/rollbackd/mqtt/pass"
+    prometheus = credentials["prometheus"]
+    token_file = None
+    if prometheus["bearerToken"]["existingSecret"]:
+        token_file = f"/var/run/secrets/rollbackd/prometheus/token/{prometheus['bearerToken']['key']}"
+    elif prometheus["serviceAccountToken"]:
+        token_file = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert settings.prometheus.bearer_token_file == token_file
+    if prometheus["basicAuth"]["existingSecret"]:
+        assert settings.prometheus.basic_auth is not None
+        username = "rollbackd_prometheus__basic_auth__username-from-secret"
+        assert settings.prometheus.basic_auth.username == username
+        assert settings.prometheus.basic_auth.password_file == (
+            f"/var/run/secrets/rollbackd/prometheus/basic-auth/{prometheus['basicAuth']['passwordKey']}"
+        )
+    else:
+        assert settings.prometheus.basic_auth is None
+    tls = prometheus["tls"]
+    expected_tls = {
+        setting: f"/var/run/secrets/rollbackd/prometheus/tls/{tls[key]}" if tls["existingSecret"] else None
+        for setting, key in (("ca_file", "caKey"), ("cert_file", "certKey"), ("key_file", "keyKey"))
+    }
+    assert settings.prometheus.tls.model_dump(include=set(expected_tls)) == expected_tls
     secret_files = {hook.name: hook.secret_file for hook in settings.events.webhooks}
     assert secret_files == {
         hook["name"]: f"/var/run/secrets/rollbackd/webhooks/{hook['name']}/{hook['key']}"
@@ -950,9 +1021,19 @@ def test_notes_tell_what_is_missing(helm: Any) -> None:
         ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
         ({"credentials": {"webhooks": [{"name": "ops", "existingSecret": "ops-hook", "key": "token"}]}},
          'no webhook named "ops" in config.events.webhooks'),
+        ({"credentials": {"prometheus": {"serviceAccountToken": True,
+                                         "basicAuth": {"existingSecret": "metrics-user"}}}},
+         "credentials.prometheus: serviceAccountToken, basicAuth all set the Authorization header"),
+        ({"credentials": {"prometheus": {"tls": {"existingSecret": "metrics-ca"}}}},
+         'credentials.prometheus.tls applies to an https:// URL, and config.prometheus.url is '
+         '"http://prometheus:9090"'),
+        ({"config": {"prometheus": {"url": "https://prometheus:9090"}},
+          "credentials": {"prometheus": {"tls": {"existingSecret": "metrics-tls", "certKey": "tls.crt"}}}},
+         "give certKey and keyKey together"),
     ],
     ids=["replicas-without-lease", "renew-too-slow", "shared-sqlite", "data-dir", "unpermitted-target",
-         "router-not-granted", "rollout-without-rbac", "no-account-name", "secret-for-no-webhook"],
+         "router-not-granted", "rollout-without-rbac", "no-account-name", "secret-for-no-webhook",
+         "two-authorizations", "tls-over-http", "cert-without-key"],
 )
 def test_unsafe_combinations_are_refused(helm: Any, values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmRenderError, match=re.escape(message)):

@@ -31,7 +31,14 @@ from pydantic_core import ErrorDetails
 from pydantic_core.core_schema import ErrorType
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
-from rollbackd.config.settings import K8S_NAME_PATTERN, LABEL_NAME_PATTERN, URL_PATTERN, Settings
+from rollbackd.config.settings import (
+    ENV_NAME_PATTERN,
+    HEADER_NAME_PATTERN,
+    K8S_NAME_PATTERN,
+    LABEL_NAME_PATTERN,
+    URL_PATTERN,
+    Settings,
+)
 
 __all__ = [
     "CONFIG_ENV",
@@ -724,11 +731,15 @@ _PATTERN_TEXT = {
     K8S_NAME_PATTERN: "a name of lowercase letters, digits and '-' (like a Kubernetes object name)",
     LABEL_NAME_PATTERN: "a label name (letters, digits and '_', not starting with a digit)",
     URL_PATTERN: "a URL starting with http:// or https://",
+    ENV_NAME_PATTERN: "an environment variable's name (letters, digits and '_', not starting with a digit)",
+    HEADER_NAME_PATTERN: "an HTTP header name (letters, digits and '-', no spaces)",
 }
 _PATTERN_PLURAL = {
     K8S_NAME_PATTERN: "names",
     LABEL_NAME_PATTERN: "label names",
     URL_PATTERN: "http(s) URLs",
+    ENV_NAME_PATTERN: "environment variable names",
+    HEADER_NAME_PATTERN: "HTTP header names",
 }
 
 

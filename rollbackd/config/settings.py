@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypeAlias, get_
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     create_model,
     field_validator,
@@ -271,10 +273,155 @@ class HealthSettings(_Frozen):
     concurrency: int = Field(100, ge=1, le=MAX_CONCURRENCY, description="Most probes in flight at once.")
 
 
-class PrometheusSettings(_Frozen):
-    """Where the metrics come from."""
+#: An environment variable name.
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+#: An HTTP header name (RFC 9110 token).
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+#: Headers the Prometheus client writes itself: configuring them would break the queries.
+RESERVED_HEADERS = frozenset(
+    {"accept", "accept-encoding", "connection", "content-length", "content-type", "host", "transfer-encoding"}
+)
 
-    url: Url = Field("http://prometheus:9090", description="Base URL of the Prometheus HTTP API.")
+
+#: Headers whose value is a credential: never written in the file, only read from a file or the
+#: environment.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+class HeaderSecret(_Frozen):
+    """A header value kept out of the file: read from a file or an environment variable at start."""
+
+    file: str | None = Field(
+        None, min_length=1, description="File holding the value (e.g. a mounted Secret)."
+    )
+    env: str | None = Field(
+        None, pattern=ENV_NAME_PATTERN, description="Environment variable holding the value (its name only)."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> HeaderSecret:
+        if bool(self.file) == bool(self.env):
+            _raise("HeaderSecret", [
+                _problem("one_source", "give exactly one of file or env (where the header's value is read)",
+                         (), self.model_dump())
+            ])
+        return self
+
+
+def _header_kind(value: object) -> str:
+    return "secret" if isinstance(value, dict | HeaderSecret) else "value"
+
+
+#: A header's value: written as is, or read from a file or an environment variable.
+HeaderValue = Annotated[
+    Annotated[str, Tag("value")] | Annotated[HeaderSecret, Tag("secret")],
+    Discriminator(_header_kind),
+]
+
+
+class BasicAuthSettings(_Frozen):
+    """HTTP basic authentication: a user name and a password kept out of the file."""
+
+    username: str = Field(..., min_length=1, description="The user name.")
+    password_file: str | None = Field(
+        None, min_length=1, description="File holding the password (e.g. a mounted Secret)."
+    )
+    password_env: str | None = Field(
+        None,
+        pattern=ENV_NAME_PATTERN,
+        description="Environment variable holding the password (its name, never the password itself).",
+    )
+
+    @field_validator("username")
+    @classmethod
+    def _no_colon(cls, value: str) -> str:
+        if ":" in value:
+            raise ValueError("a basic-auth user name cannot contain ':' (the password is given apart)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_password(self) -> BasicAuthSettings:
+        if bool(self.password_file) == bool(self.password_env):
+            _raise("BasicAuthSettings", [
+                _problem("one_secret",
+                         "give exactly one of password_file or password_env (the password never goes in "
+                         "this file)", ("password_file",), self.password_file)
+            ])
+        return self
+
+
+class BackendTlsSettings(_Frozen):
+    """TLS towards the metrics backend (https:// URLs only)."""
+
+    ca_file: str | None = Field(
+        None, min_length=1,
+        description="CA bundle (PEM) that signed the backend's certificate (default: the system's CAs).",
+    )
+    cert_file: str | None = Field(
+        None, min_length=1, description="Client certificate (PEM), for backends that require one (mTLS)."
+    )
+    key_file: str | None = Field(
+        None, min_length=1, description="Private key (PEM) of the client certificate."
+    )
+    server_name: str | None = Field(
+        None,
+        min_length=1,
+        pattern=r"^[^\s/:]+$",
+        description="Name the backend's certificate must carry, when it differs from the URL's host (and "
+        "the SNI name sent).",
+    )
+    insecure_skip_verify: bool = Field(
+        False,
+        description="Accept any certificate, unchecked: anyone on the path can read and change the metrics. "
+        "Logged as a warning at start; for a first try only.",
+    )
+
+    @model_validator(mode="after")
+    def _pairs(self) -> BackendTlsSettings:
+        problems: list[InitErrorDetails] = []
+        if self.key_file and not self.cert_file:
+            problems.append(
+                _problem("key_without_cert", "key_file needs cert_file", ("key_file",), self.key_file)
+            )
+        if self.insecure_skip_verify and (self.ca_file or self.server_name):
+            problems.append(_problem(
+                "insecure_and_checked",
+                "insecure_skip_verify checks nothing, so ca_file and server_name would be ignored: drop "
+                "insecure_skip_verify (preferred) or them",
+                ("insecure_skip_verify",), self.insecure_skip_verify,
+            ))
+        _raise("BackendTlsSettings", problems)
+        return self
+
+
+class PrometheusSettings(_Frozen):
+    """Where the metrics come from: Prometheus or any server of its query API (Thanos Query, Mimir,
+    Cortex, VictoriaMetrics), with its credentials, TLS and headers. Secrets are never written here,
+    only where to read them (a file or an environment variable)."""
+
+    url: Url = Field(
+        "http://prometheus:9090",
+        description="Base URL of the Prometheus HTTP API, without /api/v1; a path prefix is kept "
+        "(https://mimir/prometheus, http://vmselect:8481/select/0/prometheus).",
+    )
+    bearer_token_file: str | None = Field(
+        None,
+        min_length=1,
+        description="File holding a bearer token sent as 'Authorization: Bearer ...' (e.g. a service "
+        "account token); read again when it changes, and before retrying a query answered 401.",
+    )
+    bearer_token_env: str | None = Field(
+        None,
+        pattern=ENV_NAME_PATTERN,
+        description="Environment variable holding a bearer token (its name, never the token itself).",
+    )
+    basic_auth: BasicAuthSettings | None = Field(None, description=BasicAuthSettings.__doc__)
+    headers: dict[Annotated[str, Field(pattern=HEADER_NAME_PATTERN)], HeaderValue] = Field(
+        {},
+        description="Extra HTTP headers of every query, e.g. X-Scope-OrgID: tenant-a (Mimir, Cortex). A "
+        "value is written as is, or read at start from {file: PATH} or {env: NAME} when it is a secret.",
+    )
+    tls: BackendTlsSettings = Field(BackendTlsSettings(), description=BackendTlsSettings.__doc__)
     timeout_s: float = Field(5.0, ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S, description="Timeout of one query.")
     retries: int = Field(
         2, ge=0, le=MAX_RETRIES, description="Retries of a failed query (temporary errors only)."
@@ -315,21 +462,78 @@ class PrometheusSettings(_Frozen):
     )
 
     @model_validator(mode="after")
-    def _backoff(self) -> PrometheusSettings:
+    def _consistent(self) -> PrometheusSettings:
+        problems: list[InitErrorDetails] = []
         if self.backoff_max_s < self.backoff_initial_s:
-            _raise(
-                "PrometheusSettings",
-                [
-                    _problem(
-                        "backoff_order",
-                        "must be at least backoff_initial_s ({initial})",
-                        ("backoff_max_s",),
-                        self.backoff_max_s,
-                        initial=self.backoff_initial_s,
-                    )
-                ],
-            )
+            problems.append(_problem("backoff_order", "must be at least backoff_initial_s ({initial})",
+                                     ("backoff_max_s",), self.backoff_max_s, initial=self.backoff_initial_s))
+        problems.extend(self._url_problems())
+        if self.bearer_token_file and self.bearer_token_env:
+            problems.append(_problem("one_secret", "give bearer_token_file or bearer_token_env, not both",
+                                     ("bearer_token_env",), self.bearer_token_env))
+        if self.basic_auth is not None and (self.bearer_token_file or self.bearer_token_env):
+            problems.append(_problem(
+                "one_authorization",
+                "give a bearer token or basic_auth, not both: both go in the Authorization header",
+                ("basic_auth",), None,
+            ))
+        authorizing = self.basic_auth is not None or self.bearer_token_file or self.bearer_token_env
+        for name, value in self.headers.items():
+            lowered = name.lower()
+            if lowered in RESERVED_HEADERS:
+                problems.append(_problem("reserved_header",
+                                         "{name} is written by rollbackd itself for every query: remove it",
+                                         ("headers", name), None, name=name))
+            elif lowered == "authorization" and authorizing:
+                problems.append(_problem(
+                    "one_authorization",
+                    "the Authorization header comes from bearer_token_file, bearer_token_env or basic_auth "
+                    "here: remove it from headers (or those)", ("headers", name), None,
+                ))
+            elif lowered in CREDENTIAL_HEADERS and isinstance(value, str):
+                # Never quote the value: it is a credential.
+                problems.append(_problem(
+                    "inline_secret",
+                    "{name} carries credentials, which never go in this file: use bearer_token_file or "
+                    "basic_auth, or read the value from {file: PATH} or {env: NAME}",
+                    ("headers", name), None, name=name,
+                ))
+            if isinstance(value, str) and ("\r" in value or "\n" in value):
+                problems.append(_problem("header_value", "a header value cannot contain a line break",
+                                         ("headers", name), None))
+        if self.tls != BackendTlsSettings() and not self.url.startswith("https://"):
+            problems.append(_problem(
+                "tls_needs_https", "TLS settings apply to https:// URLs only: write the url with https://",
+                ("tls",), None,
+            ))
+        _raise("PrometheusSettings", problems)
         return self
+
+    def _url_problems(self) -> list[InitErrorDetails]:
+        rest = self.url.split("://", 1)[1]
+        authority = rest.split("/", 1)[0]
+        problems: list[InitErrorDetails] = []
+        if "@" in authority:
+            # Never quote the URL: it holds a password.
+            problems.append(_problem(
+                "credentials_in_url",
+                "holds credentials (user:password@): put the user in basic_auth.username and the "
+                "password in a file or an environment variable (basic_auth.password_file or password_env)",
+                ("url",), None,
+            ))
+        elif "?" in rest or "#" in rest:
+            problems.append(_problem(
+                "url_query",
+                "must not have a query (?...) or fragment (#...): give the base URL, e.g. "
+                "https://thanos-query:9090 or http://vmselect:8481/select/0/prometheus",
+                ("url",), None,
+            ))
+        elif rest.rstrip("/").endswith("/api/v1"):
+            problems.append(_problem(
+                "url_api_path", "must not end with /api/v1: rollbackd adds it; give the base URL",
+                ("url",), None,
+            ))
+        return problems
 
 
 class HttpSettings(_Frozen):
@@ -655,10 +859,6 @@ class LeaderElectionSettings(_Frozen):
                 )
             ])
         return self
-
-
-#: An environment variable name.
-ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class ApiSettings(_Frozen):

@@ -29,7 +29,6 @@ from pathlib import Path
 
 from rollbackd import __version__
 from rollbackd.actions.targets import KubeTargets
-from rollbackd.backoff import Backoff
 from rollbackd.config.loader import ConfigError, load_settings
 from rollbackd.config.settings import Settings
 from rollbackd.daemon.app import SHUTDOWN_TIMEOUT_S, Daemon
@@ -43,6 +42,7 @@ from rollbackd.daemon.wiring import open_daemon
 from rollbackd.errors import SourceStats
 from rollbackd.kube.client import KubeClient
 from rollbackd.kube.errors import KubeConfigError, KubeError
+from rollbackd.sources.backend import BackendConfigError
 from rollbackd.sources.health import HealthProber
 from rollbackd.sources.lookback import Lookback, min_range_s
 from rollbackd.sources.prometheus import PrometheusClient, PrometheusSource
@@ -152,14 +152,9 @@ async def run_daemon(
     loop = asyncio.get_running_loop()
     metrics = DaemonMetrics()
     prometheus = settings.prometheus
-    client = PrometheusClient(
-        base_url=prometheus.url,
-        timeout_s=prometheus.timeout_s,
-        retries=prometheus.retries,
-        backoff=Backoff(
-            initial_s=prometheus.backoff_initial_s,
-            max_s=max(prometheus.backoff_max_s, prometheus.backoff_initial_s),
-        ),
+    environ = environ if environ is not None else {}
+    client = PrometheusClient.from_settings(
+        prometheus, environ=environ,
         stats=SourceStats(source="prometheus", on_error=metrics.count_source_error),
     )
     prober = HealthProber(
@@ -167,7 +162,6 @@ async def run_daemon(
         concurrency=settings.health.concurrency,
         stats=SourceStats(source="health", on_error=metrics.count_source_error),
     )
-    environ = environ if environ is not None else {}
     kube = kube_client_for(settings, environ=environ)
     auth = ApiAuth.from_settings(settings.api, environ=environ)
     if settings.api.allow_unauthenticated_writes:
@@ -291,6 +285,10 @@ def cli_run(args: argparse.Namespace) -> int:
         asyncio.run(run_daemon(settings, environ=os.environ, config_path=Path(config) if config else None))
     except KubeConfigError as exc:
         logger.error("cannot reach Kubernetes: %s", exc)
+        print(f"rollbackd: {exc}", file=sys.stderr)
+        return 2
+    except BackendConfigError as exc:
+        logger.error("cannot reach Prometheus: %s", exc)
         print(f"rollbackd: {exc}", file=sys.stderr)
         return 2
     except StoreError as exc:  # the SQLite store's lock: held by another daemon, or no lock file
