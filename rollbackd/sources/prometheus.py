@@ -878,7 +878,7 @@ class PrometheusSource:
 
         sides: dict[str, dict[promql.Side, Sample | None]] = {}
         impossible: dict[str, str] = {}
-        failed = [answer for answer in (task.result() for task in answers.values()) if isinstance(answer, SourceError)]
+        failed = [task.result() for task in answers.values() if isinstance(task.result(), SourceError)]
         self.failure = str(failed[0]) if failed else None
         for index, batch in enumerate(plan.batches):
             outcome = {metric: answers[index, metric].result() for metric in promql.Metric}
