@@ -6,7 +6,9 @@
   on now, 0 while it delivers: above 0 for long, the sink is down or refuses that event;
 - ``rollbackd_event_sink_backlog{sink}``: events of the outbox the sink has not delivered yet, as
   of its latest read of the outbox (a read takes at most one batch; 0 on a standby, which does not
-  deliver): above 0 and not going down, the sink falls behind.
+  deliver): above 0 and not going down, the sink falls behind;
+- ``rollbackd_events_dead_lettered_total{sink}``: events the sink gave up on (refused for good,
+  or kept past ``events.dead_letter_after_s`` / ``dead_letter_after_events``), each audited.
 
 The counters start again from 0 when the store (and with it the dispatcher) is opened again.
 """
@@ -57,7 +59,13 @@ class SinkCollector(Collector):
             "Events of the outbox a sink has not delivered yet (as of its latest read of the outbox).",
             labels=["sink"],
         )
+        dead_lettered = CounterMetricFamily(
+            "rollbackd_events_dead_lettered",
+            "Events a sink gave up on: refused for good, or kept past its bound (each audited).",
+            labels=["sink"],
+        )
         for name, status in sorted(statuses.items()):
+            dead_lettered.add_metric([name], status.dead_lettered)
             delivered.add_metric([name], status.delivered)
             failures.add_metric([name], status.failures)
             retrying.add_metric([name], status.retrying)
@@ -66,3 +74,4 @@ class SinkCollector(Collector):
         yield failures
         yield retrying
         yield backlog
+        yield dead_lettered
