@@ -112,10 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--scenario",
-        choices=("canary", "bluegreen", "deployment"),
+        choices=("canary", "bluegreen", "deployment", "gateway"),
         default="canary",
         help="canary: abort an ingress-nginx canary (the default); bluegreen: switch a Service back "
-        "to the old colour; deployment: undo a Deployment to its previous revision",
+        "to the old colour; deployment: undo a Deployment to its previous revision; gateway: abort a "
+        "canary routed by a Gateway API HTTPRoute (its weight to 0)",
     )
     demo.add_argument(
         "--no-prometheus",

@@ -72,7 +72,7 @@ from rollbackd.demo.processes import (
     astart_sample_app,
     find_prometheus,
 )
-from rollbackd.demo.scenarios import CANARY_WEIGHT, NAMESPACE, SCENARIOS, canary_scenario
+from rollbackd.demo.scenarios import CANARY_WEIGHT, NAMESPACE, scenario_named
 from rollbackd.demo.traffic import UNROUTED, LoadGenerator, RoutingChange, Tally
 from rollbackd.errors import SourceStats
 from rollbackd.kube import KubeClient
@@ -93,12 +93,13 @@ class DemoOptions:
     """How the demo runs.
 
     - ``work_dir``: where logs and Prometheus' data go;
-    - ``scenario``: ``canary``, ``bluegreen`` or ``deployment``;
+    - ``scenario``: ``canary``, ``bluegreen``, ``deployment`` or ``gateway``;
     - ``prometheus``: the Prometheus binary, or ``None`` to read the apps' metrics directly;
     - ``no_prometheus_reason``: why there is no Prometheus (said plainly in the timeline);
     - ``rps``: requests per second the load generator sends in all;
-    - ``canary_weight``: the canary scenario's canary-weight, in percent: the canary gets
-      ``rps x canary_weight / 100`` requests per second (20 requests/s by default);
+    - ``canary_weight``: the canary scenario's canary-weight (the gateway scenario's HTTPRoute
+      weight of the canary, out of 100), in percent: the canary gets ``rps x canary_weight / 100``
+      requests per second (20 requests/s by default);
     - ``interval_s``: the daemon's evaluation interval, and Prometheus' scrape interval;
     - ``detection_window_s``: the daemon's detection window (``defaults.detection.window_s``;
       short here, the daemon's default is 600 s): a verdict needs 50 requests in it;
@@ -238,20 +239,15 @@ class Demo:
     """One run of one scenario (see the module docstring)."""
 
     def __init__(self, options: DemoOptions, *, out: TextIO) -> None:
-        if options.scenario not in SCENARIOS:
-            raise ValueError(f"unknown scenario {options.scenario!r}; known: {', '.join(SCENARIOS)}")
         self.options = options
-        self.scenario = (
-            canary_scenario(options.canary_weight)
-            if options.scenario == "canary"
-            else SCENARIOS[options.scenario]
-        )
+        self.scenario = scenario_named(options.scenario, canary_weight=options.canary_weight)
         self.out = out
         self.measured = Measurements()
         self._timeline: Timeline | None = None
         self._shown_decision: tuple[object, ...] | None = None
         self._order = tuple(app.backend for app in self.scenario.apps)
         self._prometheus_url: str | None = None
+        self._emu: ClusterEmulator | None = None
         #: Consecutive ticks counted by _served_ticks / _healthy_ticks, and the tick counted last.
         self._served = self._healthy = 0
         self._served_t: float | None = None
@@ -309,13 +305,19 @@ class Demo:
             await self._fault(apps[scenario.bad])
             run = await self._follow_rollback(daemon, key, deadline)
             await asyncio.sleep(0.5)  # the last requests in flight come back
+            if scenario.aftermath is not None:
+                assert self._emu is not None
+                lines = await scenario.aftermath(self._emu, kube)
+                self.timeline.say(f"after the rollback: {lines[0]}")
+                for line in lines[1:]:
+                    self.timeline.detail(line)
             self._summary(run, load)
         return self.measured
 
     # --- set-up ----------------------------------------------------------------------------------
 
     async def _start_cluster(self, stack: contextlib.AsyncExitStack) -> str:
-        emu = await stack.enter_async_context(ClusterEmulator())
+        emu = self._emu = await stack.enter_async_context(ClusterEmulator())
         await stack.enter_async_context(kmock.Server(emu))
         url = str(emu.url)
         self.timeline.say(f"{EMULATOR_LABEL}, serving at {url}")
@@ -325,7 +327,7 @@ class Demo:
             Controllers(emu, rollout_delay_s=self.options.rollout_delay_s, poll_s=0.05)
         )
         self.timeline.detail(
-            f"emulated deployment and EndpointSlice controllers running (pods ready "
+            f"emulated {self.scenario.controllers} running (pods ready "
             f"{self.options.rollout_delay_s:g}s after their ReplicaSet scales up)"
         )
         return url
