@@ -51,6 +51,8 @@ RUNS = {
     "deployment": ["--scenario", "deployment"],
     "gateway": ["--scenario", "gateway"],
     "canary-direct": ["--scenario", "canary", "--no-prometheus"],
+    "gitops": ["--scenario", "gitops", "--no-prometheus"],
+    "gitops-ignore": ["--scenario", "gitops", "--gitops", "ignore", "--no-prometheus"],
 }
 
 #: scenario -> (the bad backend, the good one, the action, a change the action must report)
@@ -61,6 +63,9 @@ EXPECTED = {
     "bluegreen": ("green", "blue", "blue-green-switch-back",
                   "changed Service/shop/web spec.selector: {'app': 'web', 'colour': 'green'} -> "
                   "{'app': 'web', 'colour': 'blue'}"),
+    "gitops": ("canary", "stable", "canary-abort",
+               "changed Application/argocd/shop-web spec.syncPolicy.automated: "
+               "{'prune': True, 'selfHeal': True} -> None"),
     "deployment": ("v1.5", "v1.4", "deployment-undo",
                    "changed Deployment/shop/web spec.template: 'revision 2 (web=shop/web:1.5)' -> "
                    "'revision 1 (web=shop/web:1.4)'"),
@@ -163,6 +168,32 @@ def test_the_canary_demo_works_without_prometheus(demo_runs: dict[str, Run]) -> 
     _check_story(run, "canary")
     _check_metrics_source(run, direct_asked=True)
     assert "Prometheus " not in run.output.replace("NO PROMETHEUS", "")
+
+
+def test_under_gitops_suspend_the_rollback_outlasts_the_reconciler(demo_runs: dict[str, Run]) -> None:
+    run = demo_runs["gitops"]
+    _check_story(run, "gitops")
+    suspended, _ = run.line(re.escape("changed Application/argocd/shop-web spec.syncPolicy.automated"))
+    flux, _ = run.line(re.escape("changed Kustomization/flux-system/shop-canary spec.suspend: False -> True"))
+    weight, _ = run.line(re.escape("changed Ingress/shop/web-canary metadata.annotations"))
+    assert suspended < weight
+    assert flux < weight
+    held = run.stamp(r"the GitOps reconciler made 3 more passes and put nothing back: the rollback holds")
+    assert held >= run.stamp(r"VERIFIED:")
+    run.line(re.escape("Git still declares the bad version; revert it in Git, then resume reconciliation"))
+    assert "put Ingress/shop/web-canary back" not in run.output
+
+
+def test_under_gitops_ignore_the_reconciler_undoes_the_rollback(demo_runs: dict[str, Run]) -> None:
+    run = demo_runs["gitops-ignore"]
+    assert run.returncode == 1, run.output
+    started = run.stamp(r"rollback started")
+    run.line(r"action canary-abort: done")
+    undone = run.stamp(r"GitOps reconciler: Application/argocd/shop-web put Ingress/shop/web-canary back "
+                       r"as Git declares it \(the bad version\)")
+    assert undone >= started
+    run.line(r"demo FAILED: the GitOps reconciler undid the rollback: .*\(gitops: ignore\)")
+    assert "spec.syncPolicy.automated" not in run.output
 
 
 def test_the_blue_green_demo_releases_green_before_the_fault(demo_runs: dict[str, Run]) -> None:

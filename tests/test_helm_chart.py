@@ -32,6 +32,7 @@ import yaml
 from pydantic import BaseModel
 
 from rollbackd import __version__
+from rollbackd.actions.reconcilers import APPLICATION, HELMRELEASE, KUSTOMIZATION
 from rollbackd.config.loader import ENV_NESTED_DELIMITER, ENV_PREFIX, load_settings
 from rollbackd.config.settings import Settings
 from tests import crdschema
@@ -93,6 +94,19 @@ ALLOWED_LEASE_RULES = frozenset(
     }
 )
 RBAC_KINDS = frozenset({"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"})
+#: What each GitOps mode may grant on the reconcilers' objects: suspend reads and patches them.
+GITOPS_RULES = {
+    mode: frozenset(
+        (group, resource, verb)
+        for group, resource in (
+            ("argoproj.io", "applications"),
+            ("kustomize.toolkit.fluxcd.io", "kustomizations"),
+            ("helm.toolkit.fluxcd.io", "helmreleases"),
+        )
+        for verb in verbs
+    )
+    for mode, verbs in (("suspend", ("get", "patch")), ("refuse", ("get",)))
+}
 
 
 # --- the engine ----------------------------------------------------------------------------------
@@ -253,6 +267,12 @@ def _value_sets() -> dict[str, dict[str, Any]]:
             "persistence": {"enabled": True, "storageClass": "fast-ssd", "size": "5Gi"},
             "podDisruptionBudget": {"enabled": False},
             "podAntiAffinity": "none",
+        },
+        "gitops": {
+            "config": {"targets": example_targets()},  # catalog: gitops refuse
+            "rbac": {"namespaces": ["shop"], "routers": ALL_ROUTERS},
+            "gitops": {"argocd": {"namespaces": ["argocd", "shop"]},
+                       "flux": {"enabled": True, "namespaces": ["flux-system"]}},
         },
         # A secured metrics backend (Thanos Query behind TLS with a client certificate, a tenant
         # header, a bearer token from a Secret).
@@ -540,7 +560,10 @@ def test_rbac_is_least_privilege(helm: Any, value_set: str) -> None:
     objects = render(helm, VALUE_SETS[value_set])
     roles = find(objects, "Role") + find(objects, "ClusterRole")
     lease_roles = [role for role in roles if role["metadata"]["name"].endswith("-leader-election")]
-    target_roles = [role for role in roles if role not in lease_roles]
+    gitops_roles = [role for role in roles if role["metadata"]["name"].endswith("-gitops")]
+    target_roles = [role for role in roles if role not in lease_roles and role not in gitops_roles]
+    for role in gitops_roles:
+        assert set(_rules(role)) <= GITOPS_RULES["suspend"], object_id(role)
     for role in lease_roles:
         assert role["kind"] == "Role", object_id(role)
         assert role["metadata"]["namespace"] == NAMESPACE, object_id(role)
@@ -610,7 +633,12 @@ def _kube_calls() -> set[tuple[str, str, str]]:
 
 
 def test_rbac_allows_every_request_rollbackd_makes(helm: Any) -> None:
-    calls = _kube_calls()
+    every_call = _kube_calls()
+    # The GitOps reconcilers' objects have Roles of their own (test_rbac_for_gitops_*).
+    gitops_calls = {call for call in every_call if call in GITOPS_RULES["suspend"]}
+    gitops_roles_granted = set().union(*gitops_roles(render(helm, VALUE_SETS["gitops"])).values())
+    assert gitops_calls == gitops_roles_granted == GITOPS_RULES["suspend"]
+    calls = every_call - gitops_calls
     assert ("apps", "deployments", "patch") in calls, "the scan of KubeCall(...) found nothing"
     assert ("argoproj.io", "rollouts/status", "patch") in calls
     objects = render(helm, VALUE_SETS["namespaced"])
@@ -1071,6 +1099,9 @@ BAD_VALUES = [
     pytest.param({"podAntiAffinity": "sometimes"}, "podAntiAffinity", id="anti-affinity-preset"),
     pytest.param({"serviceMonitor": {"interval": "often"}}, "serviceMonitor.interval", id="interval"),
     pytest.param({"tmpSizeLimit": "lots"}, "tmpSizeLimit", id="quantity"),
+    pytest.param({"gitops": {"mode": "pause"}}, "gitops.mode", id="gitops-mode"),
+    pytest.param({"gitops": {"flux": {"namespaces": ["Flux_System"]}}}, "gitops.flux.namespaces.0",
+                 id="gitops-namespace"),
 ]
 
 
@@ -1116,3 +1147,51 @@ def test_every_value_is_in_the_schema_and_the_readme() -> None:
     assert documented - paths == set(), "README documents values that do not exist"
     properties = set(values_schema()["properties"]) - {"global"}
     assert properties == set(default_values()), "values.schema.json and values.yaml differ in top-level keys"
+
+
+# --- GitOps -----------------------------------------------------------------------------------------
+
+
+def gitops_roles(objects: list[Obj]) -> dict[str, set[tuple[str, str, str]]]:
+    """namespace -> what the GitOps Role there grants."""
+    return {role["metadata"]["namespace"]: set(_rules(role))
+            for role in find(objects, "Role") if role["metadata"]["name"].endswith("-gitops")}
+
+
+GITOPS_VALUES = {"gitops": {"argocd": {"namespaces": ["argocd"]},
+                            "flux": {"enabled": True, "namespaces": ["flux-system", "shop"]}},
+                 "rbac": {"namespaces": ["shop"]}}
+
+
+def test_rbac_for_gitops_grows_by_the_mode_in_the_namespaces_named(helm: Any) -> None:
+    flux = {(r.group, r.plural, verb) for r in (KUSTOMIZATION, HELMRELEASE) for verb in ("get", "patch")}
+    argocd = {(APPLICATION.group, APPLICATION.plural, verb) for verb in ("get", "patch")}
+    objects = render(helm, GITOPS_VALUES)
+    assert gitops_roles(objects) == {"argocd": argocd, "flux-system": flux, "shop": flux}
+    for role in (r for r in find(objects, "Role") if r["metadata"]["name"].endswith("-gitops")):
+        binding = one(objects, "RoleBinding", role["metadata"]["name"], role["metadata"]["namespace"])
+        assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+    refuse = render(helm, merged(GITOPS_VALUES, {"gitops": {"mode": "refuse"}}))
+    assert {ns: {verb for _, _, verb in rules} for ns, rules in gitops_roles(refuse).items()} == {
+        "argocd": {"get"}, "flux-system": {"get"}, "shop": {"get"},
+    }
+    assert gitops_roles(render(helm, merged(GITOPS_VALUES, {"gitops": {"mode": "ignore"}}))) == {}
+    assert gitops_roles(render(helm, {"gitops": {"flux": {"enabled": False}}})) == {}
+    assert gitops_roles(render(helm, merged(GITOPS_VALUES, {"rbac": {"create": False}}))) == {}
+
+
+def test_rbac_for_gitops_follows_a_target_that_asks_for_more(helm: Any) -> None:
+    targets = [{**example_targets()[0], "gitops": "suspend"}]
+    values = merged(GITOPS_VALUES, {"gitops": {"mode": "refuse"}, "config": {"targets": targets}})
+    objects = render(helm, values)
+    assert {verb for rules in gitops_roles(objects).values() for _, _, verb in rules} == {"get", "patch"}
+
+
+def test_the_gitops_mode_reaches_the_daemon_and_is_set_in_one_place(helm: Any) -> None:
+    objects = render(helm, merged(GITOPS_VALUES, {"gitops": {"mode": "refuse"}}))
+    config = yaml.safe_load(one(objects, "ConfigMap")["data"]["rollbackd.yaml"])
+    assert config["gitops"]["mode"] == "refuse"
+    mismatch = 'config.gitops.mode is "ignore" but gitops.mode'
+    with pytest.raises(helm.HelmRenderError, match=re.escape(mismatch)):
+        render(helm, {"config": {"gitops": {"mode": "ignore"}}})

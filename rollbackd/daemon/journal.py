@@ -42,6 +42,7 @@ _RUN_EVENTS = frozenset(
         EventType.ROLLBACK_FAILED,
         EventType.ROLLBACK_VERIFIED,
         EventType.VERIFICATION_FAILED,
+        EventType.GITOPS_SUSPENDED,
     }
 )
 #: Audit kinds that end a rollback run.

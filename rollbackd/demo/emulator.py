@@ -14,7 +14,9 @@ What it gives:
   and annotated like the deployment controller does), :func:`seed_service`, :func:`seed_ingress`
   (ingress-nginx canary annotations), :func:`seed_gateway` (a Gateway API Gateway),
   :func:`seed_route` (a Gateway API HTTPRoute or GRPCRoute),
-  :func:`seed_virtual_service` (an Istio VirtualService), :func:`seed_endpointslice`.
+  :func:`seed_virtual_service` (an Istio VirtualService), :func:`seed_endpointslice`; GitOps
+  reconcilers' objects (Argo CD Applications, Flux Kustomizations and HelmReleases) and a
+  reconciler that puts what Git declares back are in :mod:`rollbackd.demo.reconciler`.
 - :class:`Controllers`: what the deployment, EndpointSlice and gateway controllers do, enough for
   actions to wait on: a changed Deployment template gets its ReplicaSet (new, or an old one brought back with
   the newest revision number), old ReplicaSets scale to zero, the status follows after
@@ -101,6 +103,10 @@ VIRTUALSERVICES = kmock.resource("networking.istio.io", "v1", "virtualservices")
 ROUTE_RESOURCES = (HTTPROUTES, GRPCROUTES)
 #: Argo Rollouts' Rollout (its CRD declares the status and scale subresources).
 ROLLOUTS = kmock.resource("argoproj.io", "v1alpha1", "rollouts")
+#: GitOps reconcilers' objects (their CRDs, as if installed): Argo CD and Flux.
+APPLICATIONS = kmock.resource("argoproj.io", "v1alpha1", "applications")
+KUSTOMIZATIONS = kmock.resource("kustomize.toolkit.fluxcd.io", "v1", "kustomizations")
+HELMRELEASES = kmock.resource("helm.toolkit.fluxcd.io", "v2", "helmreleases")
 
 #: resource -> (kind, subresources), as the API server's discovery documents them.
 RESOURCES: Mapping[kmock.resource, tuple[str, frozenset[str]]] = {
@@ -118,6 +124,9 @@ RESOURCES: Mapping[kmock.resource, tuple[str, frozenset[str]]] = {
     GATEWAYS: ("Gateway", frozenset({"status"})),
     VIRTUALSERVICES: ("VirtualService", frozenset({"status"})),
     ROLLOUTS: ("Rollout", frozenset({"status", "scale"})),
+    APPLICATIONS: ("Application", frozenset()),
+    KUSTOMIZATIONS: ("Kustomization", frozenset({"status"})),
+    HELMRELEASES: ("HelmRelease", frozenset({"status"})),
 }
 #: The controller name the emulated gateway controller writes into route status.
 GATEWAY_CONTROLLER = "rollbackd.io/emulated-gateway"

@@ -12,6 +12,11 @@ which version's pods, how traffic is routed, and what rollbackd is told to watch
   giving the canary Service 20% of the weight (another weight: :func:`gateway_scenario`); the
   canary turns bad; rollbackd sets its weight to 0 through the Gateway API router, and the Gateway
   accepts the route as written.
+- ``gitops``: the canary, reconciled from Git: an Argo CD Application syncs the canary Ingress and a
+  Flux Kustomization the canary Deployment, and an emulated reconciler puts back what Git declares
+  (weight 20, one canary replica) unless they are suspended. With ``gitops: suspend`` (the default)
+  rollbackd suspends both before aborting the canary and the rollback holds; with ``ignore`` the
+  reconciler undoes it (:func:`gitops_scenario`).
 """
 
 from __future__ import annotations
@@ -22,18 +27,33 @@ from dataclasses import dataclass
 from rollbackd.actions.routers.select import router_for
 from rollbackd.config.settings import (
     GatewayApiRouterSettings,
+    GitOpsMode,
     IngressNginxRouterSettings,
     Side,
     TargetSettings,
 )
 from rollbackd.demo.emulator import (
+    APPLICATIONS,
+    DEPLOYMENTS,
     GATEWAYS,
+    INGRESSES,
+    KUSTOMIZATIONS,
     ClusterEmulator,
     seed_deployment,
     seed_gateway,
     seed_ingress,
     seed_route,
     seed_service,
+)
+from rollbackd.demo.reconciler import (
+    ARGOCD_NAMESPACE,
+    FLUX_NAMESPACE,
+    Declared,
+    GitOpsReconciler,
+    label_for_flux,
+    seed_application,
+    seed_kustomization,
+    track_by_argocd,
 )
 from rollbackd.demo.traffic import PodTemplateRouting, RouterRouting, Routing, ServiceSelectorRouting
 from rollbackd.kube import KubeClient, objects
@@ -78,6 +98,8 @@ class Scenario:
     - ``release``: a step taken once the old version has served a while (blue-green only);
     - ``controllers``: the emulated controllers the scenario's objects need, for the timeline;
     - ``aftermath``: what the routing objects say once the rollback is verified (gateway only).
+    - ``gitops``: what Git declares, for the emulated GitOps reconciler (the gitops scenario only):
+      tells the reconciler, returns one line per declaration.
     """
 
     name: str
@@ -92,6 +114,7 @@ class Scenario:
     release: Release | None = None
     controllers: str = "deployment and EndpointSlice controllers"
     aftermath: Aftermath | None = None
+    gitops: Callable[[GitOpsReconciler], list[str]] | None = None
 
     def app(self, backend: str) -> App:
         return next(app for app in self.apps if app.backend == backend)
@@ -364,18 +387,84 @@ def gateway_scenario(weight: int = CANARY_WEIGHT) -> Scenario:
 
 GATEWAY = gateway_scenario()
 
+
+
+# --- gitops --------------------------------------------------------------------------------------
+
+APPLICATION = "shop-web"
+KUSTOMIZATION = "shop-canary"
+
+
+def _seed_gitops(emu: ClusterEmulator) -> list[str]:
+    lines = _seed_canary(emu, CANARY_WEIGHT)
+    seed_application(emu, APPLICATION, destination_namespace=NAMESPACE, path="apps/web")
+    track_by_argocd(emu, INGRESSES, NAMESPACE, "web-canary", application=APPLICATION)
+    seed_kustomization(emu, KUSTOMIZATION, path="apps/web-canary")
+    label_for_flux(emu, DEPLOYMENTS, NAMESPACE, "web-canary", owner=KUSTOMIZATIONS, owner_name=KUSTOMIZATION)
+    return [
+        *lines,
+        f"Argo CD Application {ARGOCD_NAMESPACE}/{APPLICATION} (automated sync: prune, selfHeal) syncing "
+        f"Ingress {NAMESPACE}/web-canary (annotation argocd.argoproj.io/tracking-id)",
+        f"Flux Kustomization {FLUX_NAMESPACE}/{KUSTOMIZATION} applying Deployment {NAMESPACE}/web-canary "
+        "(labels kustomize.toolkit.fluxcd.io/name and /namespace)",
+    ]
+
+
+def _git_declares(reconciler: GitOpsReconciler) -> list[str]:
+    weight = {"metadata": {"annotations": {objects.CANARY_WEIGHT_ANNOTATION: str(CANARY_WEIGHT)}}}
+    reconciler.declare(APPLICATIONS, ARGOCD_NAMESPACE, APPLICATION,
+                       [Declared(INGRESSES, NAMESPACE, "web-canary", weight)])
+    reconciler.declare(KUSTOMIZATIONS, FLUX_NAMESPACE, KUSTOMIZATION,
+                       [Declared(DEPLOYMENTS, NAMESPACE, "web-canary", {"spec": {"replicas": 1}})])
+    return [
+        f"Git declares Ingress {NAMESPACE}/web-canary with canary-weight \"{CANARY_WEIGHT}\" "
+        "(Argo CD self-heal puts it back unless automated sync is off)",
+        f"Git declares Deployment {NAMESPACE}/web-canary with 1 replica (Flux puts it back unless the "
+        "Kustomization is suspended)",
+    ]
+
+
+def gitops_scenario(mode: GitOpsMode = "suspend") -> Scenario:
+    """The canary scenario reconciled from Git, with the target's ``gitops`` mode ``mode``."""
+    canary = canary_scenario(CANARY_WEIGHT)
+    what = {
+        "suspend": "rollbackd suspends both, aborts the canary, and the rollback holds",
+        "refuse": "rollbackd refuses to fight Git and escalates",
+        "ignore": "rollbackd aborts the canary regardless, and the reconciler puts it back",
+    }[mode]
+    return Scenario(
+        name="gitops",
+        title=f"a canary synced by Argo CD and Flux turns bad; with gitops: {mode}, {what}",
+        strategy=Strategy.CANARY,
+        apps=canary.apps,
+        good=canary.good,
+        bad=canary.bad,
+        seed=_seed_gitops,
+        target=lambda urls: _canary_target(urls).model_copy(update={"gitops": mode}),
+        routing=canary.routing,
+        gitops=_git_declares,
+    )
+
+
+GITOPS = gitops_scenario()
+
 SCENARIOS: Mapping[str, Scenario] = {
-    scenario.name: scenario for scenario in (CANARY, BLUEGREEN, DEPLOYMENT, GATEWAY)
+    scenario.name: scenario for scenario in (CANARY, BLUEGREEN, DEPLOYMENT, GATEWAY, GITOPS)
 }
 
 
-def scenario_named(name: str, *, canary_weight: int = CANARY_WEIGHT) -> Scenario:
-    """The scenario ``name``, a canary's (``canary``, ``gateway``) at ``canary_weight`` percent;
-    :class:`ValueError` naming the known ones for another name."""
+def scenario_named(
+    name: str, *, canary_weight: int = CANARY_WEIGHT, gitops: GitOpsMode = "suspend"
+) -> Scenario:
+    """The scenario ``name``, a canary's (``canary``, ``gateway``) at ``canary_weight`` percent, the
+    gitops one with the target's ``gitops`` mode; :class:`ValueError` naming the known ones for
+    another name."""
     if name == "canary":
         return canary_scenario(canary_weight)
     if name == "gateway":
         return gateway_scenario(canary_weight)
+    if name == "gitops":
+        return gitops_scenario(gitops)
     if name not in SCENARIOS:
         raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
     return SCENARIOS[name]
