@@ -4,7 +4,9 @@ The chart is linted and rendered by Helm's own engine: Helm's Go SDK (v4), which
 ``helm-python-sdk`` wheel carries as a shared library (no ``helm`` binary, nothing downloaded at
 run time). Every rendered object is validated against the Kubernetes OpenAPI schemas that
 ``kubernetes-validate`` ships (strict: unknown fields are errors), for the oldest Kubernetes the
-chart supports and the newest the package knows; the ServiceMonitor (a CRD) is checked by hand.
+chart supports and the newest the package knows; the ServiceMonitor and the PrometheusRule (CRDs)
+against the Prometheus Operator's CRD schemas (tests/crds/), the ServiceMonitor's wiring by hand
+too (the alert rules and the dashboard: tests/test_chart_monitoring.py).
 Least-privilege RBAC, the security context, the wiring of the configuration and the credentials,
 and the guards against unsafe value combinations are asserted on the rendered objects; and
 values.schema.json must accept the defaults and reject bad values.
@@ -33,6 +35,7 @@ from rollbackd import __version__
 from rollbackd.actions.reconcilers import APPLICATION, HELMRELEASE, KUSTOMIZATION
 from rollbackd.config.loader import ENV_NESTED_DELIMITER, ENV_PREFIX, load_settings
 from rollbackd.config.settings import Settings
+from tests import crdschema
 
 REPO = Path(__file__).resolve().parents[1]
 CHART_DIR = REPO / "helm" / "rollbackd"
@@ -221,6 +224,10 @@ def _value_sets() -> dict[str, dict[str, Any]]:
                 ],
             },
             "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+            "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"},
+                               "runbookUrl": "https://docs.example.com/rollbackd/observability.md"},
+            "grafanaDashboard": {"enabled": True, "namespace": "monitoring",
+                                 "annotations": {"grafana_folder": "Platform"}},
             "networkPolicy": {
                 "enabled": True,
                 "ingressFrom": [
@@ -341,6 +348,12 @@ def one(objects: list[Obj], kind: str, name: str | None = None, namespace: str |
     return found[0]
 
 
+def config_map_of(objects: list[Obj]) -> Obj:
+    """The ConfigMap holding the configuration file (not the dashboard's)."""
+    [config_map] = [obj for obj in find(objects, "ConfigMap") if "rollbackd.yaml" in obj.get("data", {})]
+    return config_map
+
+
 def container_of(objects: list[Obj]) -> Obj:
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     [container] = pod["containers"]
@@ -391,9 +404,9 @@ def test_helm_lint_is_clean(helm: Any, value_set: str, kube_version: str) -> Non
 
 
 def _service_monitor_problems(monitor: Obj, objects: list[Obj]) -> list[str]:
-    """The ServiceMonitor is a CRD the Kubernetes schemas do not know: check its shape by hand
-    against the Prometheus Operator's monitoring.coreos.com/v1 API."""
-    problems: list[str] = []
+    """The ServiceMonitor is a CRD the Kubernetes schemas do not know: validate it against the
+    Prometheus Operator's CRD, and check by hand that it scrapes this release's Service."""
+    problems = crdschema.problems(crdschema.SERVICE_MONITOR_CRD, monitor)
     if monitor.get("apiVersion") != "monitoring.coreos.com/v1":
         problems.append(f"apiVersion {monitor.get('apiVersion')!r}")
     spec = monitor.get("spec", {})
@@ -412,7 +425,7 @@ def _service_monitor_problems(monitor: Obj, objects: list[Obj]) -> list[str]:
     if not endpoints:
         problems.append("no endpoints")
     for endpoint in endpoints:
-        if set(endpoint) - {"port", "path", "interval", "scrapeTimeout", "scheme"}:
+        if set(endpoint) - {"port", "path", "interval", "scrapeTimeout", "scheme", "honorLabels"}:
             problems.append(f"unexpected endpoint keys {sorted(endpoint)}")
         if endpoint.get("port") not in port_names:
             problems.append(f"endpoint port {endpoint.get('port')!r} is not a Service port {port_names}")
@@ -432,6 +445,11 @@ def test_every_rendered_object_is_valid_kubernetes(helm: Any, value_set: str, ku
     for obj in objects:
         if obj["kind"] == "ServiceMonitor":
             problems.extend(f"{object_id(obj)}: {p}" for p in _service_monitor_problems(obj, objects))
+            continue
+        if obj["kind"] == "PrometheusRule":
+            problems.extend(
+                f"{object_id(obj)}: {p}" for p in crdschema.problems(crdschema.PROMETHEUS_RULE_CRD, obj)
+            )
             continue
         try:
             kubernetes_validate.validate(obj, kube_version, strict=True)
@@ -689,7 +707,7 @@ def test_config_map_holds_a_valid_rollbackd_configuration(
     helm: Any, value_set: str, tmp_path: Path
 ) -> None:
     objects = render(helm, VALUE_SETS[value_set])
-    config_map = one(objects, "ConfigMap")
+    config_map = config_map_of(objects)
     assert set(config_map["data"]) == {"rollbackd.yaml"}
     path = tmp_path / "rollbackd.yaml"
     path.write_text(config_map["data"]["rollbackd.yaml"], encoding="utf-8")
@@ -709,7 +727,7 @@ def test_config_map_holds_a_valid_rollbackd_configuration(
 def test_example_targets_reach_the_daemon_unchanged(helm: Any, tmp_path: Path) -> None:
     objects = render(helm, VALUE_SETS["namespaced"])
     path = tmp_path / "rollbackd.yaml"
-    path.write_text(one(objects, "ConfigMap")["data"]["rollbackd.yaml"], encoding="utf-8")
+    path.write_text(config_map_of(objects)["data"]["rollbackd.yaml"], encoding="utf-8")
     from_chart = load_settings(path, environ={})
     from_example = load_settings(EXAMPLE_CONFIG, environ={})
     assert from_chart.targets == from_example.targets
@@ -764,7 +782,7 @@ def test_credentials_come_from_existing_secrets(helm: Any) -> None:
     assert env["ROLLBACKD_EVENTS__MQTT__PASSWORD_FILE"]["value"] == "/var/run/secrets/rollbackd/mqtt/pass"
     # The chart holds no secret of its own, and the ConfigMap names none of them.
     assert not find(objects, "Secret")
-    config_text = one(objects, "ConfigMap")["data"]["rollbackd.yaml"]
+    config_text = config_map_of(objects)["data"]["rollbackd.yaml"]
     for secret in ("rollbackd-db", "rollbackd-mqtt", "rollbackd-admin", "ops-hook", "chat-hook"):
         assert secret not in config_text
     notes = render_notes(helm, VALUE_SETS["namespaced"])
@@ -865,7 +883,7 @@ def test_the_daemon_accepts_the_pod_configuration(helm: Any, value_set: str, tmp
     objects = render(helm, VALUE_SETS[value_set])
     values = merged(default_values(), VALUE_SETS[value_set])
     path = tmp_path / "rollbackd.yaml"
-    path.write_text(one(objects, "ConfigMap")["data"]["rollbackd.yaml"], encoding="utf-8")
+    path.write_text(config_map_of(objects)["data"]["rollbackd.yaml"], encoding="utf-8")
     environ = _pod_environment(container_of(objects))
     settings = load_settings(path, environ=environ)
 
@@ -924,7 +942,7 @@ def test_a_webhook_keeps_a_secret_of_its_own(helm: Any, tmp_path: Path) -> None:
         "credentials": {"webhooks": [{"name": "ops", "existingSecret": "ops-hook", "key": "token"}]},
     }
     path = tmp_path / "rollbackd.yaml"
-    path.write_text(one(render(helm, values), "ConfigMap")["data"]["rollbackd.yaml"], encoding="utf-8")
+    path.write_text(config_map_of(render(helm, values))["data"]["rollbackd.yaml"], encoding="utf-8")
     [hook] = load_settings(path, environ={}).events.webhooks
     assert (hook.secret_env, hook.secret_file) == ("OPS_HOOK_SECRET", None)
 
@@ -972,7 +990,7 @@ def test_namespaced_release_with_everything_on(helm: Any) -> None:
     monitor = one(objects, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["endpoints"] == [
-        {"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+        {"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s", "honorLabels": True}
     ]
 
     policy = one(objects, "NetworkPolicy")["spec"]
