@@ -534,30 +534,54 @@ class TargetState(enum.StrEnum):
     VERIFICATION_FAILED = "verification-failed"
 
 
+def decision_state(
+    *,
+    outcome: str,
+    rollback: bool,
+    dry_run: bool,
+    escalate: bool,
+    blocked_by: str | None,
+    episode_open: bool,
+    breached: bool,
+) -> TargetState:
+    """The target's state once a decision of this shape was taken (``outcome`` immediate /
+    controlled / none / inconclusive; ``episode_open``: a breach episode is open;
+    ``breached``: this interval's evidence breaches the SLO)."""
+    if rollback:
+        # In dry-run nothing is rolled back: the target stays degraded.
+        return TargetState.DEGRADED if dry_run else TargetState.ROLLING_BACK
+    if escalate:
+        return TargetState.ESCALATED
+    if blocked_by in ("hold", "newer-rollout"):
+        return TargetState.HELD
+    if blocked_by == "rollback-in-progress":
+        return TargetState.ROLLING_BACK
+    if outcome == "controlled":
+        return TargetState.WAITING
+    if episode_open:  # never healthy while a breach episode is open
+        return TargetState.DEGRADED
+    if outcome == "inconclusive":
+        return TargetState.INCONCLUSIVE
+    if breached:
+        return TargetState.DEGRADED
+    return TargetState.HEALTHY
+
+
 def state_after(event: CloudEvent) -> TargetState:
     """The target's state once ``event`` happened."""
     data = event.data
     kind = event.event_type
     if isinstance(data, DecisionMadeData):
         decision = data.decision
-        if decision.rollback:
-            # In dry-run nothing is rolled back: the target stays degraded.
-            return TargetState.DEGRADED if decision.dry_run else TargetState.ROLLING_BACK
-        if decision.escalate:
-            return TargetState.ESCALATED
-        if decision.blocked_by in ("hold", "newer-rollout"):
-            return TargetState.HELD
-        if decision.blocked_by == "rollback-in-progress":
-            return TargetState.ROLLING_BACK
-        if decision.outcome == "controlled":
-            return TargetState.WAITING
-        if decision.episode is not None:  # never healthy while a breach episode is open
-            return TargetState.DEGRADED
-        if decision.outcome == "inconclusive":
-            return TargetState.INCONCLUSIVE
-        if data.evidence is not None and data.evidence.breached:
-            return TargetState.DEGRADED
-        return TargetState.HEALTHY
+        return decision_state(
+            outcome=decision.outcome,
+            rollback=decision.rollback,
+            dry_run=decision.dry_run,
+            escalate=decision.escalate,
+            blocked_by=decision.blocked_by,
+            episode_open=decision.episode is not None,
+            breached=data.evidence is not None and data.evidence.breached,
+        )
     if isinstance(data, HoldExpiredData):
         return TargetState.DEGRADED if data.still_breaching else TargetState.HEALTHY
     return {
