@@ -271,6 +271,12 @@ def _check_config(args: argparse.Namespace) -> int:
     settings = load_settings(Path(args.file), environ=environ)
     count = len(settings.targets)
     print(f"{args.file}: OK ({count} target{'' if count == 1 else 's'})")
+    if count == 0:
+        print(
+            f"{args.file}: warning: no targets: rollbackd would run but watch nothing; list the releases "
+            "to watch under 'targets:' (see docs/configuration.md)",
+            file=sys.stderr,
+        )
     return 0
 
 
