@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "rollbackd") -> int:
         if args.command == "replay":
             from rollbackd.replay import cli_replay
 
-            return cli_replay(args)
+            return _printing(cli_replay, args)
         if args.command == "demo":
             from rollbackd.demo import cli_demo
 
