@@ -137,6 +137,12 @@ def build_parser(prog: str = "rollbackd") -> argparse.ArgumentParser:
         "there); watch them with: mosquitto_sub -t 'rollbackd/#' -v",
     )
 
+    demo.add_argument(
+        "--linger",
+        action="store_true",
+        help="after the rollback, keep the daemon and its status page up until Ctrl-C (to look around)",
+    )
+
     history = commands.add_parser(
         "history",
         help="show the audit log: decisions, actions, verifications, holds, ...",
