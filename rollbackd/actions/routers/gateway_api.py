@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rollbackd.actions.base import Change
-from rollbackd.actions.routers.base import Split, percent, refuse_if_steered
-from rollbackd.actions.steps import ActionFailed, ActionRun, Refusal, Step, object_name
+from rollbackd.actions.routers.base import RouteObject, Split, percent
+from rollbackd.actions.steps import ActionFailed, ActionRun, Refusal, Step
 from rollbackd.kube import KubeClient, Obj, objects
 from rollbackd.kube.objects import CustomResource
 
@@ -206,11 +206,12 @@ def route_status(
 # --- the router ----------------------------------------------------------------------------------
 
 
-class GatewayApiRouter:
+class GatewayApiRouter(RouteObject):
     """The route ``route`` (of kind ``route_kind``: ``HTTPRoute`` or ``GRPCRoute``) in ``namespace``,
     whose rules split requests between the Services ``canary_service`` and ``stable_service``."""
 
     kind = KIND
+    spec_key = "rules"
 
     def __init__(
         self,
@@ -224,21 +225,12 @@ class GatewayApiRouter:
     ) -> None:
         if route_kind not in ROUTES:
             raise ValueError(f"route_kind must be one of {', '.join(ROUTES)}, not {route_kind!r}")
-        self.kube = kube
-        self.namespace = namespace
+        super().__init__(kube=kube, namespace=namespace, name=route, resource=ROUTES[route_kind],
+                         object_kind=route_kind)
         self.route = route
         self.route_kind = route_kind
-        self.resource = ROUTES[route_kind]
         self.canary_service = canary_service
         self.stable_service = stable_service
-        self._object = object_name(route_kind, namespace, route)
-
-    @property
-    def source(self) -> str:
-        return f"{self.route_kind} {self.namespace}/{self.route}"
-
-    async def _get(self) -> Obj:
-        return await objects.get_custom(self.kube, self.resource, namespace=self.namespace, name=self.route)
 
     async def read_split(self) -> Split:
         return route_split(
@@ -258,34 +250,14 @@ class GatewayApiRouter:
             namespace=self.namespace,
         )
 
-    async def _abort(self) -> Sequence[Change]:
-        route = await self._get()
-        refuse_if_steered(route, self.source)
-        rules, changes = self._aborted(route)
-        if not changes:
-            return ()
-        version = objects.metadata_of(route).get("resourceVersion")
-        await objects.patch_custom(
-            self.kube,
-            self.resource,
-            namespace=self.namespace,
-            name=self.route,
-            patch={"metadata": {"resourceVersion": version}, "spec": {"rules": rules}},
-        )
-        return changes
-
     async def plan(self, run: ActionRun) -> Sequence[Step]:
-        route = await run.required(
-            f"the {self.source} (is the Gateway API installed, and the name right?)", self._get
-        )
-        refuse_if_steered(route, self.source)
+        route = await self._read_for_plan(run, installed="the Gateway API")
         await run.required(
             f"the stable Service {self.namespace}/{self.stable_service}, where the {self.source} should send "
             f"every request,",
             lambda: objects.get_service(self.kube, namespace=self.namespace, name=self.stable_service),
         )
-        _, changes = self._aborted(route)
-        return [Step(changes=changes, apply=self._abort)] if changes else []
+        return self._steps(route)
 
     async def confirm(self, run: ActionRun) -> None:
         route = await run.call(self._get)
