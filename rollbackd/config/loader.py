@@ -304,9 +304,9 @@ def _indentation_hint(problem: str, line: int | None) -> str | None:
         )
     if "mapping values are not allowed here" in problem:
         return (
-            f"Hint: {at} holds 'key: value' where YAML expected a plain value: it is probably indented "
-            "further than the key above it, which already has a value (or a value with ': ' in it needs "
-            "quotes)"
+            f"Hint: {at} has a ': ' where YAML expected a plain value: a value holding ': ' needs quotes "
+            "(key: \"a: b\"), or the line is indented further than the key above it, which already has "
+            "a value"
         )
     if "'\\t'" in problem:  # "found character '\t' that cannot start any token"
         return "Hint: YAML indents with spaces only; replace the tabs with spaces"

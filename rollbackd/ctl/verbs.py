@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,13 @@ from urllib.parse import quote, urlencode
 
 from rollbackd.ctl.client import EXIT_OK, EXIT_USAGE, CtlError, Endpoint, call
 from rollbackd.ctl.render import FORMATS, accepted_table, history_table, render, target_table, targets_table
+from rollbackd.ctl.tunnel import (
+    DEFAULT_LEASE,
+    DEFAULT_NAMESPACE,
+    ClusterRoute,
+    default_kubeconfig,
+    forward_to_leader,
+)
 
 SERVER_ENV = "ROLLBACKD_SERVER"
 TOKEN_ENV = "ROLLBACKD_TOKEN"
@@ -75,6 +83,19 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
         "--token-file",
         metavar="FILE",
         help=f"a file holding the API token (default: the token in ${TOKEN_ENV})",
+    )
+    group.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="reach the leader through the cluster: a port-forward to its pod (default file: $KUBECONFIG, "
+        "else ~/.kube/config, when --context or --daemon-namespace is given)",
+    )
+    group.add_argument("--context", metavar="NAME", help="the kubeconfig context (default: its current one)")
+    group.add_argument(
+        "--daemon-namespace",
+        metavar="NS",
+        help=f"the namespace rollbackd runs in, with its Lease '{DEFAULT_LEASE}' "
+        f"(default: {DEFAULT_NAMESPACE})",
     )
     group.add_argument(
         "-o",
@@ -260,12 +281,32 @@ def endpoint_for(args: argparse.Namespace, *, environ: Mapping[str, str]) -> End
     return Endpoint(url=server.rstrip("/"), token=token)
 
 
+def cluster_route(args: argparse.Namespace, *, environ: Mapping[str, str]) -> ClusterRoute | None:
+    """The way through the cluster when asked for (``--kubeconfig``, ``--context`` or
+    ``--daemon-namespace``) and no ``--server`` is given; ``None`` otherwise."""
+    if args.server or not (args.kubeconfig or args.context or args.daemon_namespace):
+        return None
+    return ClusterRoute(
+        kubeconfig=args.kubeconfig or default_kubeconfig(environ),
+        context=args.context,
+        namespace=args.daemon_namespace or DEFAULT_NAMESPACE,
+    )
+
+
+async def _send(request: Request, endpoint: Endpoint, route: ClusterRoute | None) -> Any:
+    if route is None:
+        return await call(endpoint, request.method, request.path, request.body)
+    async with forward_to_leader(route) as url:
+        return await call(dataclasses.replace(endpoint, url=url), request.method, request.path, request.body)
+
+
 def run_verb(args: argparse.Namespace, *, environ: Mapping[str, str], out: TextIO, err: TextIO) -> int:
     """Run the verb ``args`` asks for against the daemon; print the answer; the exit status."""
     try:
         request = request_for(args)
         endpoint = endpoint_for(args, environ=environ)
-        document = asyncio.run(call(endpoint, request.method, request.path, request.body))
+        route = cluster_route(args, environ=environ)
+        document = asyncio.run(_send(request, endpoint, route))
     except CtlError as exc:
         print(f"rollbackd {args.command}: {exc}", file=err)
         return exc.exit_code
