@@ -136,11 +136,12 @@ async def test_freeze_dry_run_hold_and_release_change_the_daemon(
 ) -> None:
     async with cli_for(tmp_path, capsys, token_file) as (daemon, cli):
         code, out, err = await cli("freeze", "--reason", "incident 4711")
-        assert (code, out.strip()) == (0, "freeze: on   dry-run: off"), err
+        assert (code, out.splitlines()[0]) == (0, "freeze: on   dry-run: off"), err
         assert daemon.state.flags.freeze is True
-        assert await cli.json("dry-run", "on") == {"freeze": True, "dry_run": True}
+        assert (await cli.json("dry-run", "on")).items() >= {"freeze": True, "dry_run": True}.items()
         code, out, _ = await cli("unfreeze", "-o", "yaml")
-        assert (code, yaml.safe_load(out)) == (0, {"freeze": False, "dry_run": True})
+        assert code == 0
+        assert yaml.safe_load(out).items() >= {"freeze": False, "dry_run": True}.items()
         assert (await cli.json("dry-run", "off"))["dry_run"] is False
         assert (await cli.json("status"))["freeze"] is False
 

@@ -65,9 +65,33 @@ def on_off(value: object) -> str:
     return "on" if value is True else "off" if value is False else "-"
 
 
+#: The keys of the switches' document (who set each, and whom a write applies to, when the daemon says).
+SWITCH_KEYS = frozenset({"freeze", "dry_run", "freeze_set", "dry_run_set", "applies"})
+
+
 def switches_line(document: Mapping[str, Any]) -> str:
-    """The global switches: ``freeze: off   dry-run: on``."""
-    return f"freeze: {on_off(document.get('freeze'))}   dry-run: {on_off(document.get('dry_run'))}"
+    """The global switches: ``freeze: off   dry-run: on``, then who set each (when the daemon says)."""
+    lines = [f"freeze: {on_off(document.get('freeze'))}   dry-run: {on_off(document.get('dry_run'))}"]
+    for key, name in (("freeze_set", "freeze"), ("dry_run_set", "dry-run")):
+        lines.extend(f"{name} {text}" for text in [_who(document.get(key))] if text)
+    return "\n".join(lines)
+
+
+def _who(setting: object) -> str:
+    """``set by NAME at TIME: REASON`` of a switch the daemon reports as set through its API."""
+    if not isinstance(setting, Mapping):
+        return ""
+    text = f"set by {setting.get('by', '?')}"
+    if setting.get("at"):
+        text += f" at {setting['at']}"
+    if setting.get("reason"):
+        text += f": {_one_line(setting['reason'])}"
+    return text
+
+
+def _applies(document: Mapping[str, Any]) -> str:
+    applies = document.get("applies")
+    return f"\napplies: {_one_line(applies)}" if isinstance(applies, str) and applies else ""
 
 
 def _one_line(text: object) -> str:
@@ -142,6 +166,10 @@ def target_table(target: Mapping[str, Any]) -> str:
     hold = target.get("hold")
     if isinstance(hold, Mapping) and hold.get("reason"):
         lines.append(("hold reason", _one_line(hold["reason"])))
+    accepted = target.get("accepted")
+    if isinstance(accepted, Mapping):
+        revision = f"revision {accepted['revision']}, " if accepted.get("revision") is not None else ""
+        lines.append(("accepted", f"{revision}{_who(accepted)}"))
     run = target.get("rollback")
     if isinstance(run, Mapping) and isinstance(run.get("verification"), Mapping):
         lines.append(("verification", str(run["verification"].get("status", "-"))))
@@ -179,7 +207,10 @@ def accepted_table(document: Any) -> str:
     if "targets" in document:
         return targets_table(document)
     if "key" in document and "strategy" in document:
-        return target_table(document)
-    if set(document) <= {"freeze", "dry_run"}:
-        return switches_line(document)
+        return target_table(document) + _applies(document)
+    if set(document) <= SWITCH_KEYS:
+        return switches_line(document) + _applies(document)
+    if "run_id" in document:
+        requested = f"rollback of {document.get('target', '?')} requested: run {document['run_id']}"
+        return requested + _applies(document)
     return "\n".join(f"{key}: {_one_line(value)}" for key, value in document.items())
