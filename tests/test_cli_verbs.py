@@ -157,13 +157,18 @@ async def test_freeze_dry_run_hold_and_release_change_the_daemon(
         assert fields(out)["hold"] == "-"
         assert (await cli.json("status", "shop/checkout"))["hold"] is None
 
-        entries = (await cli.json("history", "--target", "shop/checkout"))["entries"]
-        assert [entry["kind"] for entry in entries][-2:] == ["hold", "hold"]
+        entries: list[dict[str, Any]] = []
+
+        async def both_holds_recorded() -> bool:  # the audit log is written beside the answer
+            entries[:] = (await cli.json("history", "--target", "shop/checkout"))["entries"]
+            return [entry["kind"] for entry in entries][-2:] == ["hold", "hold"]
+
+        await wait_until(both_holds_recorded, what="the hold and its release in the audit log", interval_s=0.2)
         assert "fix 1.4.2 on its way" in entries[-2]["summary"]
         code, out, _ = await cli("history")
         assert code == 0
         assert out.splitlines()[0].split() == ["TIME", "TARGET", "KIND", "SUMMARY"]
-        assert any("global freeze on" in line for line in out.splitlines())
+        assert any("global freeze on" in line for line in out.splitlines())  # written before the holds
 
 
 @pytest.mark.usefixtures("no_env")
@@ -223,9 +228,12 @@ async def test_the_server_and_token_come_from_the_environment(
         code, out, err = await cli("freeze", connect=False)
         assert code == 0, err
         assert daemon.state.flags.freeze is True
-        code, out, _ = await cli("history", "-o", "json", connect=False)
-        assert code == 0
-        assert any(entry["kind"] == "freeze" for entry in json.loads(out)["entries"])
+        async def freeze_recorded() -> bool:
+            code, out, _ = await cli("history", "-o", "json", connect=False)
+            assert code == 0
+            return any(entry["kind"] == "freeze" for entry in json.loads(out)["entries"])
+
+        await wait_until(freeze_recorded, what="the freeze in the audit log", interval_s=0.2)
 
 
 @pytest.mark.usefixtures("no_env")
