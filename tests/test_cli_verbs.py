@@ -163,7 +163,7 @@ async def test_freeze_dry_run_hold_and_release_change_the_daemon(
             entries[:] = (await cli.json("history", "--target", "shop/checkout"))["entries"]
             return [entry["kind"] for entry in entries][-2:] == ["hold", "hold"]
 
-        await wait_until(both_holds_recorded, what="the hold and its release in the audit log", interval_s=0.2)
+        await wait_until(both_holds_recorded, what="the hold and its release, audited", interval_s=0.2)
         assert "fix 1.4.2 on its way" in entries[-2]["summary"]
         code, out, _ = await cli("history")
         assert code == 0
@@ -225,7 +225,7 @@ async def test_the_server_and_token_come_from_the_environment(
     async with cli_for(tmp_path, capsys, token_file) as (daemon, cli):
         monkeypatch.setenv("ROLLBACKD_SERVER", cli.server)
         monkeypatch.setenv("ROLLBACKD_TOKEN", SECRET)
-        code, out, err = await cli("freeze", connect=False)
+        code, _, err = await cli("freeze", connect=False)
         assert code == 0, err
         assert daemon.state.flags.freeze is True
         async def freeze_recorded() -> bool:
