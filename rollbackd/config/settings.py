@@ -955,6 +955,51 @@ class ApiSettings(_Frozen):
         return self
 
 
+#: What rollbackd does about a target whose objects a GitOps tool reconciles from Git.
+GitOpsMode = Literal["suspend", "refuse", "ignore"]
+
+#: A label key (optionally prefixed by a DNS subdomain), e.g. ``app.kubernetes.io/instance``.
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+
+
+class ArgoCdSettings(_Frozen):
+    """How Argo CD marks what it reconciles: the same values as its argocd-cm ConfigMap."""
+
+    namespace: str = Field(
+        "argocd",
+        pattern=K8S_NAME_PATTERN,
+        description="The namespace of Argo CD's control plane, where its Applications live unless a "
+        "tracking id names another (<namespace>_<application>, with applications in any namespace).",
+    )
+    tracking_method: Literal["annotation", "annotation+label", "label"] = Field(
+        "annotation",
+        description="argocd-cm application.resourceTrackingMethod: annotation and annotation+label track by "
+        "the argocd.argoproj.io/tracking-id annotation, label by the instance label.",
+    )
+    instance_label: str = Field(
+        "app.kubernetes.io/instance",
+        pattern=LABEL_KEY_PATTERN,
+        description="argocd-cm application.instanceLabelKey: the label naming the Application when "
+        "tracking_method is label.",
+    )
+
+
+class GitOpsSettings(_Frozen):
+    """Rollbacks that stay rolled back: before acting, rollbackd looks whether the objects it will
+    change are reconciled from Git (Argo CD, Flux), which would put the bad version back."""
+
+    mode: GitOpsMode = Field(
+        "suspend",
+        description="suspend: turn off the reconciler's automated sync (Argo CD) or suspend it (Flux) before "
+        "the rollback's first change; refuse: do not roll back, escalate; ignore: act regardless. A target's "
+        "own gitops key overrides it.",
+    )
+    argocd: ArgoCdSettings = Field(ArgoCdSettings(), description=ArgoCdSettings.__doc__)
+
+
 class Defaults(_Frozen):
     """Values every target starts from; targets override slo, detection, policy and queries."""
 
@@ -1173,6 +1218,11 @@ class TargetSettings(_Frozen):
         QueryOverride(),
         description="Overrides of defaults.queries for this target.",
     )
+    gitops: GitOpsMode | None = Field(
+        None,
+        description="What to do when the objects of this target are reconciled from Git: suspend, refuse or "
+        "ignore (default: gitops.mode).",
+    )
 
     @model_validator(mode="after")
     def _strategy_fields(self) -> TargetSettings:
@@ -1380,6 +1430,7 @@ class Settings(_Frozen):
         LeaderElectionSettings(), description=LeaderElectionSettings.__doc__
     )
     api: ApiSettings = Field(ApiSettings(), description=ApiSettings.__doc__)
+    gitops: GitOpsSettings = Field(GitOpsSettings(), description=GitOpsSettings.__doc__)
     defaults: Defaults = Field(Defaults(), description=Defaults.__doc__)
     targets: tuple[TargetSettings, ...] = Field((), description="The releases to watch.")
 

@@ -48,6 +48,8 @@ from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.reload import SettingsChange, plan_reload
 from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.daemon.state import DaemonState, TargetState
+from rollbackd.daemon.target_state import current_state
+from rollbackd.daemon.targetmetrics import TargetSample
 from rollbackd.daemon.tick import IdleCollector, collect_tick, metrics_failure, run_every
 from rollbackd.decision.facts import ClusterFacts
 from rollbackd.gcpause import collector_paused
@@ -136,6 +138,9 @@ class Daemon:
         self.metrics = metrics if metrics is not None else DaemonMetrics()
         self.metrics.watch_sinks(self.journal.sink_status)
         self.journal.add_poison_listener(lambda kind: self.metrics.poison_records.inc())
+        self.journal.add_event_listener(lambda event: self.metrics.count_event(event.event_type.value))
+        self.metrics.watch_targets(self._target_samples)
+        self.metrics.watch_leader(lambda: self.leading)
         self._access = targets
         self.rollbacks = Rollbacks(
             targets=targets,
@@ -337,6 +342,7 @@ class Daemon:
         )
         t = loop.time()
         self.metrics.collection_duration.observe(t - started)
+        self.metrics.metrics_source_up.set(1 if inputs.metrics_answered else 0)
         observations = {target.key: inputs.observation(target.source, t) for target in targets}
         self._take_history()
         evidences: dict[str, Evidence] = {}
@@ -649,6 +655,7 @@ class Daemon:
             access.reconfigure(effective)
         self.settings = effective
         self.metrics.targets.set(len(self.state.targets))
+        self.metrics.count_reload(applied=True)
         if not change.empty:
             self.journal.audit(
                 "config.reload",
@@ -665,12 +672,37 @@ class Daemon:
 
     def refuse_settings(self, error: ConfigError) -> None:
         """Audit a configuration change the watcher refused; the running configuration stays."""
+        self.metrics.count_reload(applied=False)
         problems = [str(problem) for problem in error.problems]
         self.journal.audit(
             "config.refused",
             f"configuration change refused: {'; '.join(problems)}",
             details={"problems": problems},
         )
+
+    def _target_samples(self) -> list[TargetSample]:
+        """Every watched target as ``/metrics`` shows it (read at each scrape, on the loop)."""
+        try:
+            loop_now = asyncio.get_running_loop().time()
+        except RuntimeError:  # read outside the loop: the decisions' times cannot be placed
+            loop_now = None
+        wall_now = time.time()
+        runs = self.rollbacks.runs
+        samples: list[TargetSample] = []
+        for target in self.state.targets.values():
+            decision = target.latest
+            decided_at = None
+            if decision is not None and loop_now is not None:
+                decided_at = wall_now - (loop_now - decision.t)
+            samples.append(
+                TargetSample(
+                    namespace=target.settings.namespace,
+                    name=target.settings.name,
+                    state=current_state(decision, runs.get(target.key)),
+                    decided_at=decided_at,
+                )
+            )
+        return samples
 
     def _record(self, target: TargetState, decision: Decision) -> None:
         previous = target.latest

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from rollbackd.actions.reconcilers import REVERT_IN_GIT
 from rollbackd.daemon.jsonify import JsonValue
 
 #: The shortest refresh period of the page, in seconds.
@@ -429,6 +430,22 @@ def _changes(action: _Doc) -> list[str]:
     return lines
 
 
+def _gitops(action: _Doc) -> str:
+    """The GitOps reconcilers of the rollback's objects: what was suspended, how to resume it, and
+    the one thing people must do (revert in Git)."""
+    holds = [hold for hold in (_obj(item) for item in _list(action.get("gitops"))) if hold is not None]
+    if not holds:
+        return ""
+    lines = []
+    for hold in holds:
+        state = "reconciliation suspended" if hold.get("suspended") is True else "still reconciling"
+        reconciles = ", ".join(_text(item) for item in _list(hold.get("reconciles")))
+        lines.append(f"{_text(hold.get('object'))} ({_text(hold.get('reconciler'))}, reconciles "
+                     f"{reconciles}): {state}; resume with: {_text(hold.get('resume'))}")
+    step = _text(action.get("next_step")) if action.get("next_step") else REVERT_IN_GIT
+    return f'<p class="gitops"><b>{_e(step)}</b></p>' + _details(f"{len(holds)} GitOps reconcilers", lines)
+
+
 def _split(action: _Doc) -> str | None:
     """A canary abort's split as its router read it: "HTTPRoute shop/web: canary 20% → 0%" (only
     the first read, "canary 20%", when there is no later one, e.g. a dry-run plan)."""
@@ -475,6 +492,7 @@ def _rollback(target: _Doc) -> str:
                 lines.append(f'<p class="split">traffic: {_e(split)}</p>')
             if changes:
                 lines.append(_details(f"{len(changes)} changes", changes))
+            lines.append(_gitops(action))
         verification = _obj(run.get("verification"))
         if verification is not None:
             reasons = [_text(r) for r in _list(verification.get("reasons"))]
@@ -598,6 +616,7 @@ padding:2px 8px;border-radius:4px;color:#fff;background:var(--grey)}
 .rollback .badge{background:var(--red)}.waiting .badge{background:var(--orange)}
 .escalated .badge{background:var(--purple)}.healthy .badge{background:var(--green)}
 .strategy{color:var(--muted)}.evaluated{margin-left:auto;color:var(--muted);font-size:12px}
+.gitops{color:var(--purple)}
 .body{display:grid;grid-template-columns:minmax(0,1fr) 680px;gap:0 28px;align-items:start}
 @media (max-width:1000px){.body{grid-template-columns:minmax(0,1fr)}}
 .facts{display:flex;flex-wrap:wrap;gap:2px 18px;margin:6px 0}

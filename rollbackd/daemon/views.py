@@ -9,6 +9,7 @@ from rollbackd.actions.targets import action_name
 from rollbackd.daemon.jsonify import JsonValue, to_json_value
 from rollbackd.daemon.state import DaemonState, RuntimeFlags, TargetState
 from rollbackd.decision.verdict import PartnerVerdict, partner_verdict
+from rollbackd.events.build import next_step
 from rollbackd.model import Decision, Episode, Evidence
 from rollbackd.run import RollbackRun
 from rollbackd.verification import RUNBOOK_ROLLBACK_TARGET_S
@@ -86,6 +87,19 @@ def action_view(result: ActionResult | None) -> JsonValue:
         "router": to_json_value(result.details.get("router")),
         "split_before": to_json_value(result.details.get("split_before")),
         "split_after": to_json_value(result.details.get("split_after")),
+        "gitops": [
+            {
+                "reconciler": hold.reconciler,
+                "object": hold.object,
+                "reconciles": list(hold.reconciles),
+                "field": hold.field,
+                "previous": to_json_value(hold.previous),
+                "suspended": hold.suspended,
+                "resume": hold.resume,
+            }
+            for hold in result.gitops
+        ],
+        "next_step": next_step(result),
     }
 
 

@@ -95,6 +95,12 @@ signing secret (secret_file).
 {{- fail (printf "credentials.webhooks: there is no webhook named %q in config.events.webhooks to give its secret to" $credential.name) }}
 {{- end }}
 {{- end }}
+{{- $gitops := get $config "gitops" | default dict }}
+{{- if and (hasKey $gitops "mode") (ne (toString $gitops.mode) .Values.gitops.mode) }}
+{{- fail (printf "config.gitops.mode is %q but gitops.mode is %q: set gitops.mode only (the chart grants the rights that mode needs and writes it into the configuration)" (toString $gitops.mode) .Values.gitops.mode) }}
+{{- end }}
+{{- $_ := set $gitops "mode" .Values.gitops.mode }}
+{{- $_ = set $config "gitops" $gitops }}
 {{- toYaml $config }}
 {{- end }}
 
@@ -148,6 +154,22 @@ Ingresses (canary weight), read EndpointSlices (availability), and report throug
   resources: ["rollouts/status"]
   verbs: ["patch"]
 {{- end }}
+{{- end }}
+
+{{/*
+The GitOps mode the chart grants rights for: gitops.mode, or a stronger one a target asks for
+(suspend needs more than refuse, refuse more than ignore).
+*/}}
+{{- define "rollbackd.gitopsMode" -}}
+{{- $mode := .Values.gitops.mode }}
+{{- range .Values.config.targets | default list }}
+{{- if eq (toString .gitops) "suspend" }}
+{{- $mode = "suspend" }}
+{{- else if and (eq (toString .gitops) "refuse") (eq $mode "ignore") }}
+{{- $mode = "refuse" }}
+{{- end }}
+{{- end }}
+{{- $mode }}
 {{- end }}
 
 {{/*
