@@ -286,10 +286,11 @@ def _check_config(args: argparse.Namespace) -> int:
     settings = load_settings(Path(args.file), environ=environ)
     count = len(settings.targets)
     print(f"{args.file}: OK ({count} target{'' if count == 1 else 's'})")
-    if count == 0:
+    if count == 0 and not settings.discovery.enabled:
         print(
             f"{args.file}: warning: no targets: rollbackd would run but watch nothing; list the releases "
-            "to watch under 'targets:' (see docs/configuration.md)",
+            "to watch under 'targets:' (see docs/configuration.md), or opt Deployments in with discovery "
+            "(docs/discovery.md)",
             file=sys.stderr,
         )
     return 0

@@ -48,8 +48,9 @@ async def test_a_busy_port_is_one_line_and_no_targets_a_warning(tmp_path: Path) 
     text = stderr.decode()
     assert process.returncode == 2, text
     assert "Traceback" not in text
-    assert f"rollbackd: port {port} on 127.0.0.1 is already in use" in text.splitlines()[-1]
-    assert "http.port" in text.splitlines()[-1]
+    (said,) = [line for line in text.splitlines() if line.startswith("rollbackd: ")]  # beside the log lines
+    assert said.startswith(f"rollbackd: port {port} on 127.0.0.1 is already in use")
+    assert "http.port" in said
     assert "no targets configured: rollbackd runs but watches nothing" in text
 
 
@@ -61,6 +62,11 @@ def test_check_config_warns_about_zero_targets(tmp_path: Path, capsys: pytest.Ca
     assert out.strip() == f"{config}: OK (0 targets)"
     assert "warning: no targets" in err
     assert "'targets:'" in err
+
+    discovering = tmp_path / "discovery.yaml"
+    discovering.write_text("discovery:\n  enabled: true\n  namespaces: [shop]\n")
+    assert main(["check-config", "--ignore-env", str(discovering)]) == 0
+    assert "warning" not in capsys.readouterr().err  # its targets are found at run time
 
 
 @pytest.mark.parametrize(

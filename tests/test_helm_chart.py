@@ -55,8 +55,6 @@ KUBE_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
 ALLOWED_TARGET_RULES = frozenset(
     {
         ("apps", "deployments", "get"),
-        ("apps", "deployments", "list"),
-        ("apps", "deployments", "watch"),
         ("apps", "deployments", "patch"),
         ("apps", "deployments/scale", "patch"),
         ("apps", "replicasets", "list"),
@@ -79,6 +77,9 @@ ROUTER_RULES = {
     "istio": frozenset({("networking.istio.io", "virtualservices", "get"),
                         ("networking.istio.io", "virtualservices", "patch")}),
 }
+#: What opt-in by annotation (``config.discovery.enabled``) adds, in its namespaces only: listing and
+#: watching Deployments.
+DISCOVERY_RULES = frozenset({("apps", "deployments", "list"), ("apps", "deployments", "watch")})
 #: What ``rbac.argoRollouts: true`` adds to every target Role: reading a Rollout and aborting it.
 ARGO_ROLLOUTS_RULES = frozenset(
     {
@@ -190,6 +191,11 @@ def _value_sets() -> dict[str, dict[str, Any]]:
             "config": {"targets": [ROLLOUT_TARGET]},
         },
         "defaults": {},
+        "discovery": {
+            "rbac": {"namespaces": ["shop", "payments", "search"]},
+            "config": {"discovery": {"enabled": True, "namespaces": ["shop", "search"],
+                                     "max_slo_error_rate": 0.05}},
+        },
         "namespaced": {
             "image": {"repository": "registry.example.com/platform/rollbackd", "tag": "0.1.0-rc.1",
                       "pullPolicy": "Always"},
@@ -560,10 +566,25 @@ def test_rbac_is_least_privilege(helm: Any, value_set: str) -> None:
     objects = render(helm, VALUE_SETS[value_set])
     roles = find(objects, "Role") + find(objects, "ClusterRole")
     lease_roles = [role for role in roles if role["metadata"]["name"].endswith("-leader-election")]
+    discovery_roles = [role for role in roles if role["metadata"]["name"].endswith("-discovery")]
     gitops_roles = [role for role in roles if role["metadata"]["name"].endswith("-gitops")]
-    target_roles = [role for role in roles if role not in lease_roles and role not in gitops_roles]
+    target_roles = [
+        role for role in roles
+        if role not in lease_roles and role not in discovery_roles and role not in gitops_roles
+    ]
     for role in gitops_roles:
         assert set(_rules(role)) <= GITOPS_RULES["suspend"], object_id(role)
+    discovery = values["config"].get("discovery", {})
+    for role in discovery_roles:
+        assert set(_rules(role)) == DISCOVERY_RULES, object_id(role)
+    expected_discovery: set[str] = set()
+    if values["rbac"]["create"] and discovery.get("enabled"):
+        expected_discovery = (
+            {"ClusterRole"} if discovery.get("all_namespaces")
+            else {f"Role {namespace}/" for namespace in discovery["namespaces"]}
+        )
+    assert {"ClusterRole" if role["kind"] == "ClusterRole" else f"Role {role['metadata']['namespace']}/"
+            for role in discovery_roles} == expected_discovery
     for role in lease_roles:
         assert role["kind"] == "Role", object_id(role)
         assert role["metadata"]["namespace"] == NAMESPACE, object_id(role)
@@ -651,11 +672,14 @@ def test_rbac_allows_every_request_rollbackd_makes(helm: Any) -> None:
     granted_for_leases = set(_rules(one(objects, "Role", "rb-rollbackd-leader-election", NAMESPACE)))
     granted_for_rollouts = set(_rules(one(render(helm, VALUE_SETS["argo-rollouts"]), "Role", "rb-rollbackd",
                                           "shop")))
+    discovering = render(helm, VALUE_SETS["discovery"])
+    granted_for_discovery = set(_rules(one(discovering, "Role", "rb-rollbackd-discovery", "shop")))
     missing = {
         call for call in calls
         if call not in (
             granted_for_leases if call[1] == "leases"
             else granted_for_rollouts if call[0] == "argoproj.io"
+            else granted_for_discovery if call in DISCOVERY_RULES
             else granted_in_shop
         )
     }
@@ -663,10 +687,16 @@ def test_rbac_allows_every_request_rollbackd_makes(helm: Any) -> None:
     assert not {call for call in granted_in_shop if call[0] == "argoproj.io"}  # only when asked for
     cluster_wide = render(helm, VALUE_SETS["cluster-wide"])
     granted_everywhere = set(_rules(one(cluster_wide, "ClusterRole")))
-    assert {call for call in calls if call[1] != "leases" and call[0] != "argoproj.io"} <= granted_everywhere
+    assert {
+        call for call in calls
+        if call[1] != "leases" and call[0] != "argoproj.io" and call not in DISCOVERY_RULES
+    } <= granted_everywhere
+    assert calls >= DISCOVERY_RULES
     argo_everywhere = render(helm, {**VALUE_SETS["cluster-wide"], "rbac": {
         "clusterWide": True, "argoRollouts": True, "routers": ALL_ROUTERS}})
-    assert {call for call in calls if call[1] != "leases"} <= set(_rules(one(argo_everywhere, "ClusterRole")))
+    assert {call for call in calls if call[1] != "leases" and call not in DISCOVERY_RULES} <= set(
+        _rules(one(argo_everywhere, "ClusterRole"))
+    )
 
 
 def test_rbac_off_creates_no_rbac_objects(helm: Any) -> None:
@@ -1000,6 +1030,28 @@ def test_cluster_wide_release(helm: Any) -> None:
     assert set(pod["affinity"]) == {"nodeAffinity"}, "an explicit affinity replaces the preset"
 
 
+def test_opt_in_by_annotation_adds_only_list_and_watch_on_deployments_where_allowed(helm: Any) -> None:
+    without = render(helm, {"rbac": {"namespaces": ["shop", "payments", "search"]}})
+    objects = render(helm, VALUE_SETS["discovery"])
+
+    added = [obj for obj in objects if obj not in without and obj["kind"] in RBAC_KINDS]
+    assert sorted(object_id(obj) for obj in added) == sorted(
+        f"{kind} {namespace}/rb-rollbackd-discovery"
+        for kind in ("Role", "RoleBinding") for namespace in ("search", "shop")
+    )
+    for namespace in ("shop", "search"):
+        assert set(_rules(one(objects, "Role", "rb-rollbackd-discovery", namespace))) == DISCOVERY_RULES
+    assert not find(objects, "Role", "rb-rollbackd-discovery", "payments")
+    assert not {call for role in find(without, "Role") for call in _rules(role)} & DISCOVERY_RULES
+
+    everywhere = render(helm, {"rbac": {"clusterWide": True},
+                               "config": {"discovery": {"enabled": True, "all_namespaces": True}}})
+    role = one(everywhere, "ClusterRole", f"rb-rollbackd-{NAMESPACE}-discovery")
+    assert set(_rules(role)) == DISCOVERY_RULES
+    binding = one(everywhere, "ClusterRoleBinding", f"rb-rollbackd-{NAMESPACE}-discovery")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
 def test_single_replica_on_a_persistent_volume(helm: Any) -> None:
     objects = render(helm, VALUE_SETS["single-sqlite"])
     claim = one(objects, "PersistentVolumeClaim", "rb-rollbackd-data")
@@ -1063,10 +1115,18 @@ def test_notes_tell_what_is_missing(helm: Any) -> None:
         ({"config": {"prometheus": {"url": "https://prometheus:9090"}},
           "credentials": {"prometheus": {"tls": {"existingSecret": "metrics-tls", "certKey": "tls.crt"}}}},
          "give certKey and keyKey together"),
+        ({"rbac": {"namespaces": ["shop"]},
+          "config": {"discovery": {"enabled": True, "namespaces": ["shop", "payments"]}}},
+         'config.discovery.namespaces: "payments" is not in rbac.namespaces: rollbackd could not roll back '
+         "the releases that opt in there"),
+        ({"rbac": {"namespaces": ["shop"]},
+          "config": {"discovery": {"enabled": True, "all_namespaces": True, "namespaces": ["shop"]}}},
+         "config.discovery.all_namespaces watches every namespace, but rbac.clusterWide is false"),
     ],
     ids=["replicas-without-lease", "renew-too-slow", "shared-sqlite", "data-dir", "unpermitted-target",
          "router-not-granted", "rollout-without-rbac", "no-account-name", "secret-for-no-webhook",
-         "two-authorizations", "tls-over-http", "cert-without-key"],
+         "two-authorizations", "tls-over-http", "cert-without-key", "discovery-not-granted",
+         "discovery-everywhere-without-cluster-rbac"],
 )
 def test_unsafe_combinations_are_refused(helm: Any, values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmRenderError, match=re.escape(message)):

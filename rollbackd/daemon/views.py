@@ -153,6 +153,7 @@ def target_view(state: DaemonState, target: TargetState, *, now: float) -> JsonV
         "namespace": target.settings.namespace,
         "name": target.settings.name,
         "strategy": target.params.strategy.value,
+        **origin_view(state, target.key),
         "evidence": evidence_view(latest.evidence if latest is not None else None),
         "decision": decision_view(latest, now=now),
         "last_rollback": decision_view(target.last_rollback, now=now),
@@ -176,6 +177,31 @@ def target_view(state: DaemonState, target: TargetState, *, now: float) -> JsonV
     }
 
 
+def origin_view(state: DaemonState, key: str) -> dict[str, JsonValue]:
+    """Where a target came from: ``source`` ``file`` or ``annotation``, and for an annotation the
+    ``object`` (kind, namespace, name) that carries it."""
+    ref = state.origins.get(key)
+    if ref is None:
+        return {"source": "file", "object": None}
+    return {
+        "source": "annotation",
+        "object": {"kind": ref.kind, "namespace": ref.namespace, "name": ref.name},
+    }
+
+
+def opt_ins_view(state: DaemonState) -> JsonValue:
+    """What is wrong with opt-in by annotation: annotations that cannot be used, annotated
+    releases the file's targets win over, and namespaces that cannot be watched."""
+    return {
+        "problems": [
+            {"object": ref, "problems": list(problems)}
+            for ref, problems in sorted(state.opt_in_problems.items())
+        ],
+        "conflicts": [{"object": ref, "reason": why} for ref, why in sorted(state.conflicts.items())],
+        "watch_problems": list(state.watch_problems),
+    }
+
+
 def flags_view(flags: RuntimeFlags) -> JsonValue:
     return {"freeze": flags.freeze, "dry_run": flags.dry_run}
 
@@ -186,6 +212,7 @@ def targets_view(state: DaemonState, *, now: float) -> JsonValue:
         "freeze": state.flags.freeze,
         "dry_run": state.flags.dry_run,
         "targets": {key: target_view(state, target, now=now) for key, target in state.targets.items()},
+        "opt_ins": opt_ins_view(state),
     }
 
 

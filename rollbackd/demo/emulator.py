@@ -48,6 +48,8 @@ merges every PATCH body as a plain dict):
   status; the ``scale`` subresource reads and patches a real ``autoscaling/v1`` ``Scale``;
 - PUT (replace) works, with the ``resourceVersion`` precondition; POST honours ``generateName``
   and answers 409 ``AlreadyExists`` for an existing name;
+- a watch is recognised by any ``watch`` value the API server takes as true (``True``, as
+  ``kubernetes_asyncio`` sends it, ``1``, ``t``), not only ``true``;
 - 404 answers carry the real wording (``deployments.apps "web" not found``);
 - an injected fault leaves the stored objects untouched (the plain emulator applies the write
   even when a test reaction answers it with an error).
@@ -140,6 +142,10 @@ ROLLBACKD_USER = "system:serviceaccount:rollbackd:rollbackd"
 
 #: What an API server answers for a resource type it does not serve (a CRD not installed).
 UNKNOWN_RESOURCE = "the server could not find the requested resource"
+
+#: What the API server takes as ``true`` in a query (Go's ``strconv.ParseBool``): kubernetes_asyncio
+#: sends ``watch=True``.
+_GO_TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})
 
 #: Kubernetes' alphabet for generated name suffixes (no vowels, no look-alike digits).
 _SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
@@ -418,6 +424,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         """Tell watchers of ``resource`` about a change made with :meth:`put` / :meth:`update`."""
         await self._buses[_resource(resource)].put({"type": event_type, "object": obj})
 
+    def watchers(self, resource: ResourceLike) -> int:
+        """How many watch streams of ``resource`` are open and following its changes now (a change
+        written while a watch is still starting may reach it only through its first listing)."""
+        return self._buses[_resource(resource)].consumer_count
+
     def _next_version(self) -> str:
         self._resource_version += 1
         return str(self._resource_version)
@@ -560,6 +571,16 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     # -- request handling --
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if (
+            request.resource is not None
+            and request.action != kmock.action.WATCH
+            and request.method == kmock.method.GET
+            and request.params.get("watch") in _GO_TRUE
+        ):
+            watch = attrs.evolve(request, action=kmock.action.WATCH)
+            if self._requests[request.id] is request:  # as recorded, for views and faults
+                self._requests[request.id] = watch
+            request = watch
         if request.resource is not None and any(request in view for view in self._rejections):
             # A fault answers; the plain emulator would have stored the write anyway.
             return await kmock.RawHandler._handle(self, request)

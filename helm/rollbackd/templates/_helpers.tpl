@@ -112,7 +112,7 @@ Ingresses (canary weight), read EndpointSlices (availability), and report throug
 {{- define "rollbackd.targetRules" -}}
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments/scale"]
   verbs: ["patch"]
@@ -154,6 +154,15 @@ Ingresses (canary weight), read EndpointSlices (availability), and report throug
   resources: ["rollouts/status"]
   verbs: ["patch"]
 {{- end }}
+{{- end }}
+
+{{/*
+Opt-in by annotation (config.discovery): whether it is on, the namespaces whose Deployments may opt
+in, and whether every namespace is watched.
+*/}}
+{{- define "rollbackd.discovery" -}}
+{{- $discovery := dig "discovery" dict (.Values.config | default dict) }}
+{{- dict "enabled" ($discovery.enabled | default false) "namespaces" ($discovery.namespaces | default list) "all" ($discovery.all_namespaces | default false) | toJson }}
 {{- end }}
 
 {{/*
@@ -214,6 +223,17 @@ Checks of combinations the schema cannot express; a failed one stops the install
 {{- range .Values.config.targets | default list }}
 {{- if eq (.strategy | default "") "argo-rollout" }}
 {{- fail (printf "config.targets: %s/%s has strategy argo-rollout, but rbac.argoRollouts is false: rollbackd could not read or abort its Rollout (set rbac.argoRollouts: true)" (.namespace | default "default") (.name | default "?")) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $discovery := include "rollbackd.discovery" . | fromJson }}
+{{- if and .Values.rbac.create $discovery.enabled (not .Values.rbac.clusterWide) }}
+{{- if $discovery.all }}
+{{- fail "config.discovery.all_namespaces watches every namespace, but rbac.clusterWide is false: rollbackd could not roll back what it finds outside rbac.namespaces (set rbac.clusterWide, or list config.discovery.namespaces)" }}
+{{- end }}
+{{- range $namespace := $discovery.namespaces }}
+{{- if not (has $namespace $.Values.rbac.namespaces) }}
+{{- fail (printf "config.discovery.namespaces: %q is not in rbac.namespaces: rollbackd could not roll back the releases that opt in there (add it to rbac.namespaces, or set rbac.clusterWide)" $namespace) }}
 {{- end }}
 {{- end }}
 {{- end }}
