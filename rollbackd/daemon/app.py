@@ -48,6 +48,7 @@ from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.reload import SettingsChange, plan_reload
 from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.daemon.state import DaemonState, TargetState
+from rollbackd.daemon.switches import SwitchBoard
 from rollbackd.daemon.tick import IdleCollector, collect_tick, metrics_failure, run_every
 from rollbackd.decision.facts import ClusterFacts
 from rollbackd.gcpause import collector_paused
@@ -147,6 +148,13 @@ class Daemon:
             record=self._save_run,
         )
         self.state.rollbacks = self.rollbacks
+        self.switches = SwitchBoard(
+            self.state,
+            store=lambda: self.journal.store,
+            durable=self.journal.required,
+            loop_clock=lambda: asyncio.get_running_loop().time(),
+            poll_s=settings.safety.switches_poll_s,
+        )
         self._group: asyncio.TaskGroup | None = None
         #: Whether this process (as the leader, if there is an election) took over the rollbacks
         #: the store says were under way.
@@ -220,8 +228,9 @@ class Daemon:
                     name="rollbackd:evaluation-loop",
                 )
                 stop_task = group.create_task(self._stop_requested.wait(), name="rollbackd:stop-request")
+                switches_task = group.create_task(self.switches.poll_forever(), name="rollbackd:switches")
                 self._evaluation_task = evaluation_task
-                root = [evaluation_task, http_task, stop_task]
+                root = [evaluation_task, http_task, stop_task, switches_task]
                 done, _ = await asyncio.wait(root, return_when=asyncio.FIRST_COMPLETED)
                 for task in done - {stop_task}:
                     if not task.cancelled() and task.exception() is None:
@@ -286,6 +295,7 @@ class Daemon:
             alive=lambda: self.alive,
             ready=lambda: self.ready,
             ticks=lambda: self.ticks,
+            switches=self.switches,
             audit=lambda kind, summary, target, details: self.journal.audit(
                 kind, summary, target=target, details=details
             ),
@@ -327,6 +337,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         started = loop.time()
         targets = list(self.state.targets.values())
+        if not self.switches.ready:
+            await self.switches.sync()
         self._read_history()
         inputs = await collect_tick(
             [target.source for target in targets],
@@ -464,7 +476,8 @@ class Daemon:
             target.judged_revision = None
             self.rollbacks.episode_over(target.key)
         target.facts = facts
-        acting = self.leading
+        # Nothing is done before the stored switches (a freeze set through another replica) are read.
+        acting = self.leading and self.switches.ready
         context = self._context(target, t, acting=acting)
         if reused:
             preview = target.evaluator.preview(evidence, context)
@@ -644,6 +657,7 @@ class Daemon:
         kept as they are. Returns what changed."""
         effective, change = plan_reload(self.settings, new)
         self.state.apply(self.settings, effective, rebuild=change.changed.keys())
+        self.switches.forget(change.removed)
         access: object = self._access
         if isinstance(access, Reconfigurable):
             access.reconfigure(effective)

@@ -53,12 +53,13 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from rollbackd import __version__
-from rollbackd.daemon.auth import ApiAuth, auth_middleware
+from rollbackd.daemon.auth import ApiAuth, actor, auth_middleware
 from rollbackd.daemon.jsonify import JsonValue, dumps
 from rollbackd.daemon.logs import RateLimit
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.page import refresh_seconds, render_status_page
 from rollbackd.daemon.state import DaemonState, TargetState
+from rollbackd.daemon.switches import SwitchBoard, SwitchWriteError
 from rollbackd.daemon.views import flags_view, target_verdict, target_view, targets_view, verdict_view
 from rollbackd.decision.rails import MAX_HOLD_S
 from rollbackd.store.base import AuditEntry
@@ -94,6 +95,8 @@ class HttpContext:
     alive: Callable[[], bool]
     ready: Callable[[], bool]
     ticks: Callable[[], int]
+    #: Where the switches (freeze, dry-run, holds) are written and who set them.
+    switches: SwitchBoard
     #: Records a steering action in the audit log: (kind, summary, target, details).
     audit: Callable[[str, str, str | None, dict[str, object]], None] = lambda *_: None
     #: Reads the audit log: (target, since, limit) -> entries, or None while the store is closed.
@@ -164,7 +167,7 @@ async def status_page(request: web.Request) -> web.Response:
     targets = ctx.state.targets.values()
     interval_s = max((target.params.interval_s for target in targets), default=None)
     page = render_status_page(
-        targets_view(ctx.state, now=ctx.clock()),
+        targets_view(ctx.state, now=ctx.clock(), switches=ctx.switches),
         version=__version__,
         ready=ctx.ready(),
         alive=ctx.alive(),
@@ -183,7 +186,7 @@ async def status_page(request: web.Request) -> web.Response:
 
 async def list_targets(request: web.Request) -> web.Response:
     ctx = _context(request)
-    return json_response(targets_view(ctx.state, now=ctx.clock()))
+    return json_response(targets_view(ctx.state, now=ctx.clock(), switches=ctx.switches))
 
 
 async def get_target(request: web.Request) -> web.Response:
@@ -191,7 +194,7 @@ async def get_target(request: web.Request) -> web.Response:
     target = _target(request)
     if target is None:
         return _error(404, "no such target")
-    return json_response(target_view(ctx.state, target, now=ctx.clock()))
+    return json_response(target_view(ctx.state, target, now=ctx.clock(), switches=ctx.switches))
 
 
 def _verdict_answer(request: web.Request, *, rollback_check: bool) -> web.Response:
@@ -255,6 +258,43 @@ async def history(request: web.Request) -> web.Response:
 # --- control routes ----------------------------------------------------------------------------
 
 
+def _reason(body: dict[str, object] | None, default: str) -> str | web.Response:
+    """The ``reason`` of a write (``default`` when not given), or the 400 answer saying what it
+    must be."""
+    reason = default if body is None else body.get("reason", default)
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON_CHARS:
+        return _error(400, f"reason must be a non-empty text of at most {MAX_REASON_CHARS} characters")
+    return reason
+
+
+async def _optional_body(request: web.Request) -> dict[str, object] | web.Response | None:
+    """The body of a write whose body is optional: ``None`` when empty, the 400 answer when it is
+    not a JSON object."""
+    if not request.can_read_body:
+        return None
+    body = await _json_object(request)
+    if body is None:
+        return _error(400, 'the body must be a JSON object like {"reason": "..."} (or empty)')
+    return body
+
+
+def _seen_by_all(ctx: HttpContext) -> JsonValue:
+    """What a write's answer says about the other replicas."""
+    board = ctx.switches
+    if not board.durable:
+        return "this process only (no store is configured)"
+    return f"stored; every replica applies it within {board.poll_s:g}s"
+
+
+async def _switch_written(ctx: HttpContext, write: Awaitable[object]) -> web.Response | None:
+    """Run ``write``; the 503 answer when the switch could not be stored."""
+    try:
+        await write
+    except SwitchWriteError as exc:
+        return _error(503, str(exc))
+    return None
+
+
 async def set_hold(request: web.Request) -> web.Response:
     ctx = _context(request)
     target = _target(request)
@@ -268,22 +308,25 @@ async def set_hold(request: web.Request) -> web.Response:
     if isinstance(raw_eta, bool) or not isinstance(raw_eta, int | float) or not 0 < raw_eta <= MAX_HOLD_S:
         return _error(400, ETA_BOUNDS)
     eta_s = float(raw_eta)
-    reason = body.get("reason", "fix-forward")
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON_CHARS:
-        return _error(400, f"reason must be a non-empty text of at most {MAX_REASON_CHARS} characters")
-    now = ctx.clock()
-    ctx.state.holds.set(target.key, until=now + eta_s, reason=reason, set_at=now)
+    reason = _reason(body, "fix-forward")
+    if isinstance(reason, web.Response):
+        return reason
+    by = actor(request)
+    failed = await _switch_written(ctx, ctx.switches.set_hold(target.key, for_s=eta_s, by=by, reason=reason))
+    if failed is not None:
+        return failed
     logger.warning(
         "fix-forward hold set",
-        extra={"target": target.key, "eta_s": eta_s, "reason": reason, "remote": request.remote},
+        extra={"target": target.key, "eta_s": eta_s, "reason": reason, "by": by, "remote": request.remote},
     )
     ctx.audit(
         "hold",
-        f"fix-forward hold set for {eta_s:g}s: {reason}",
+        f"fix-forward hold set for {eta_s:g}s by {by}: {reason}",
         target.key,
-        {"eta_s": eta_s, "reason": reason},
+        {"eta_s": eta_s, "reason": reason, "by": by},
     )
-    return json_response(target_view(ctx.state, target, now=now))
+    return json_response({**_object(target_view(ctx.state, target, now=ctx.clock(), switches=ctx.switches)),
+                          "applies": _seen_by_all(ctx)})
 
 
 async def clear_hold(request: web.Request) -> web.Response:
@@ -291,26 +334,47 @@ async def clear_hold(request: web.Request) -> web.Response:
     target = _target(request)
     if target is None:
         return _error(404, "no such target")
-    ctx.state.holds.clear(target.key)
-    logger.warning("fix-forward hold lifted", extra={"target": target.key, "remote": request.remote})
-    ctx.audit("hold", "fix-forward hold lifted", target.key, {})
-    return json_response(target_view(ctx.state, target, now=ctx.clock()))
+    body = await _optional_body(request)
+    if isinstance(body, web.Response):
+        return body
+    reason = _reason(body, "hold lifted")
+    if isinstance(reason, web.Response):
+        return reason
+    by = actor(request)
+    failed = await _switch_written(ctx, ctx.switches.clear_hold(target.key))
+    if failed is not None:
+        return failed
+    logger.warning(
+        "fix-forward hold lifted", extra={"target": target.key, "by": by, "remote": request.remote}
+    )
+    ctx.audit("hold", f"fix-forward hold lifted by {by}: {reason}", target.key, {"reason": reason, "by": by})
+    return json_response({**_object(target_view(ctx.state, target, now=ctx.clock(), switches=ctx.switches)),
+                          "applies": _seen_by_all(ctx)})
 
 
 async def freeze(request: web.Request) -> web.Response:
-    return _set_freeze(request, True, "global freeze on: no automatic rollback")
+    return await _set_freeze(request, True, "global freeze on: no automatic rollback")
 
 
 async def unfreeze(request: web.Request) -> web.Response:
-    return _set_freeze(request, False, "global freeze off")
+    return await _set_freeze(request, False, "global freeze off")
 
 
-def _set_freeze(request: web.Request, on: bool, message: str) -> web.Response:
+async def _set_freeze(request: web.Request, on: bool, message: str) -> web.Response:
     ctx = _context(request)
-    ctx.state.flags.freeze = on
-    logger.warning(message, extra={"remote": request.remote})
-    ctx.audit("freeze", message, None, {"freeze": on})
-    return json_response(flags_view(ctx.state.flags))
+    body = await _optional_body(request)
+    if isinstance(body, web.Response):
+        return body
+    reason = _reason(body, "no reason given")
+    if isinstance(reason, web.Response):
+        return reason
+    by = actor(request)
+    failed = await _switch_written(ctx, ctx.switches.set_freeze(on, by=by, reason=reason))
+    if failed is not None:
+        return failed
+    logger.warning(message, extra={"remote": request.remote, "by": by, "reason": reason})
+    ctx.audit("freeze", f"{message} (by {by}: {reason})", None, {"freeze": on, "by": by, "reason": reason})
+    return json_response({**_object(flags_view(ctx.state.flags, ctx.switches)), "applies": _seen_by_all(ctx)})
 
 
 async def set_dry_run(request: web.Request) -> web.Response:
@@ -319,12 +383,25 @@ async def set_dry_run(request: web.Request) -> web.Response:
     enabled = None if body is None else body.get("enabled")
     if not isinstance(enabled, bool):
         return _error(400, 'the body must be {"enabled": true} or {"enabled": false}')
-    ctx.state.flags.dry_run = enabled
+    reason = _reason(body, "no reason given")
+    if isinstance(reason, web.Response):
+        return reason
+    by = actor(request)
+    failed = await _switch_written(ctx, ctx.switches.set_dry_run(enabled, by=by, reason=reason))
+    if failed is not None:
+        return failed
     logger.warning(
-        "dry-run %s", "on" if enabled else "off", extra={"dry_run": enabled, "remote": request.remote}
+        "dry-run %s", "on" if enabled else "off",
+        extra={"dry_run": enabled, "by": by, "reason": reason, "remote": request.remote},
     )
-    ctx.audit("dry-run", f"dry-run {'on' if enabled else 'off'}", None, {"dry_run": enabled})
-    return json_response(flags_view(ctx.state.flags))
+    ctx.audit("dry-run", f"dry-run {'on' if enabled else 'off'} (by {by}: {reason})", None,
+              {"dry_run": enabled, "by": by, "reason": reason})
+    return json_response({**_object(flags_view(ctx.state.flags, ctx.switches)), "applies": _seen_by_all(ctx)})
+
+
+def _object(value: JsonValue) -> dict[str, JsonValue]:
+    assert isinstance(value, dict)
+    return value
 
 
 def read_routes() -> list[web.RouteDef]:
