@@ -185,7 +185,7 @@ class ApiAuth:
 
 
 #: The request's key under which the middleware leaves who sent a write (see :func:`actor`).
-_ACTOR = "rollbackd.actor"
+_ACTOR = web.RequestKey("rollbackd_actor", str)
 
 #: Who sent a write when ``allow_unauthenticated_writes`` lets it through without a token.
 ANONYMOUS = "anonymous"
@@ -194,8 +194,7 @@ ANONYMOUS = "anonymous"
 def actor(request: web.Request) -> str:
     """Who sent ``request``, for the audit trail: the API token's name (``api.token_name``), or
     :data:`ANONYMOUS` when writes need no token."""
-    found = request.get(_ACTOR)
-    return found if isinstance(found, str) else ANONYMOUS
+    return request[_ACTOR] if _ACTOR in request else ANONYMOUS
 
 
 def _answer(status: int, message: str, *, challenge: str | None = None) -> web.Response:
