@@ -194,7 +194,8 @@ ANONYMOUS = "anonymous"
 def actor(request: web.Request) -> str:
     """Who sent ``request``, for the audit trail: the API token's name (``api.token_name``), or
     :data:`ANONYMOUS` when writes need no token."""
-    return request[_ACTOR] if _ACTOR in request else ANONYMOUS
+    name: str = request.get(_ACTOR, ANONYMOUS)
+    return name
 
 
 def _answer(status: int, message: str, *, challenge: str | None = None) -> web.Response:
