@@ -54,9 +54,7 @@ async def test_a_freeze_written_through_one_replica_is_obeyed_by_the_other_at_it
     assert await b.sync()
     await a.set_freeze(True, by="oncall", reason="incident 42")
     assert a_state.flags.freeze is True
-    assert b_state.flags.freeze is False  # not read yet
-    assert await b.sync()
-    assert b_state.flags.freeze is True
+    assert (b_state.flags.freeze, await b.sync(), b_state.flags.freeze) == (False, True, True)
     who = b.who(FREEZE)
     assert who is not None
     assert (who.by, who.reason, who.at) == ("oncall", "incident 42", T0)
@@ -77,9 +75,8 @@ async def test_the_switches_survive_a_restart(tmp_path: Path) -> None:
         await board.set_hold(TARGET, for_s=900, by="oncall", reason="fix 2.1.1 on its way")
     async with SQLiteStore(tmp_path / "rollbackd.db") as store:
         state, board = replica(store, Clocks(loop=5.0))
-        assert not board.ready  # must not act before the stored switches are read
-        assert await board.sync()
-        assert board.ready
+        # It must not act before the stored switches are read.
+        assert (board.ready, await board.sync(), board.ready) == (False, True, True)
         assert state.flags.freeze is True
         hold = state.holds.get(TARGET)
         assert hold is not None
