@@ -105,17 +105,26 @@ async def test_a_hold_ends_at_its_stored_wall_clock_time_on_every_replica(store:
     assert b_state.holds.get(TARGET) is None
 
 
-async def test_a_switch_the_store_cannot_keep_is_refused_and_not_applied(store: SQLiteStore) -> None:
+async def test_a_switch_set_while_the_store_does_not_answer_is_applied_here_and_stored_once_it_does(
+    tmp_path: Path,
+) -> None:
     clocks = Clocks()
-    state, board = replica(None, clocks)  # a store is configured, but not open
-    with pytest.raises(SwitchWriteError, match="not applied"):
-        await board.set_freeze(True, by="oncall", reason="incident")
-    assert state.flags.freeze is False
-    await store.close()
-    state, board = replica(store, clocks)  # closed under the board
-    with pytest.raises(SwitchWriteError, match="could not store the switch"):
-        await board.set_hold(TARGET, for_s=60, by="oncall", reason="fix")
-    assert state.holds.get(TARGET) is None
+    opened: list[Store] = []
+    state, board = replica(None, clocks)
+    board = SwitchBoard(state, store=lambda: opened[0] if opened else None, durable=True,
+                        loop_clock=lambda: clocks.loop, wall_clock=lambda: clocks.wall)
+    assert await board.set_freeze(True, by="oncall", reason="incident") is False  # not stored yet
+    assert state.flags.freeze is True  # obeyed here all the same
+    async with SQLiteStore(tmp_path / "rollbackd.db") as store:
+        assert board.unsaved
+        opened.append(store)
+        assert (await board.sync(), board.unsaved) == (True, False)
+        other_state, other = replica(store, clocks)
+        assert (await other.sync(), other_state.flags.freeze) == (True, True)
+        await store.close()
+        with pytest.raises(SwitchWriteError, match="not started"):
+            await board.request_rollback(TARGET, run_id="r1", force=False, by="oncall", reason="bad")
+        assert board.rollback_request(TARGET) is None
 
 
 async def test_a_switch_changed_by_the_configuration_file_stays_until_the_next_api_write(

@@ -8,7 +8,7 @@ from rollbackd.actions.base import ActionResult
 from rollbackd.actions.targets import action_name
 from rollbackd.daemon.jsonify import JsonValue, to_json_value
 from rollbackd.daemon.state import DaemonState, RuntimeFlags, TargetState
-from rollbackd.daemon.switches import DRY_RUN, FREEZE, SwitchBoard, hold_key
+from rollbackd.daemon.switches import DRY_RUN, FREEZE, SwitchBoard, accept_key, hold_key
 from rollbackd.decision.verdict import PartnerVerdict, partner_verdict
 from rollbackd.model import Decision, Episode, Evidence
 from rollbackd.run import RollbackRun
@@ -135,6 +135,7 @@ def target_view(
     latest = target.latest
     hold = state.holds.get(target.key)
     stored_hold = switches.who(hold_key(target.key)) if switches is not None else None
+    accepted = switches.who(accept_key(target.key)) if switches is not None else None
     cooldown_until = state.ledger.cooldown_until(target.key)
     if cooldown_until is not None and cooldown_until <= now:
         cooldown_until = None
@@ -159,6 +160,7 @@ def target_view(
             # Who set it, why, when and until when (UTC), as stored for every replica.
             **({} if stored_hold is None else {"set": stored_hold.view()}),
         },
+        "accepted": accepted.view() if accepted is not None else None,
         "cooldown": None
         if cooldown_until is None
         else {
