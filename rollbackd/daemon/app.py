@@ -519,6 +519,9 @@ class Daemon:
         if not is_newer(acceptance.revision, revision):
             return
         del self.state.accepted[key]
+        # The new revision is judged on its own data, not on the accepted one's.
+        target.reset()
+        target.judged_revision = revision
         if not self.leading:
             return
         await self.switches.withdraw_acceptance(key)

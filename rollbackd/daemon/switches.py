@@ -226,7 +226,7 @@ class SwitchBoard:
         :class:`SwitchWriteError` when it cannot be stored: it is not kept to be stored later."""
         switch = Switch(on=True, by=by, reason=reason, at=self._wall_clock(), run_id=run_id, force=force)
         key = rollback_key(target)
-        problem = await self._store_now(key, switch)
+        problem = None if self._store() is None and not self.durable else await self._store_now(key, switch)
         if problem is not None:
             raise SwitchWriteError(f"could not store the manual rollback ({problem}): not started; try "
                                    "again once the store answers (see /readyz)")
