@@ -76,7 +76,7 @@ async def test_an_accepted_release_is_not_rolled_back_until_the_next_revision() 
 
         metrics.pair = SEVERE
         ticks = daemon.ticks
-        await wait_until(lambda: daemon.ticks >= ticks + 5, timeout_s=10 * INTERVAL_S, what="five severe ticks")
+        await wait_until(lambda: daemon.ticks >= ticks + 5, timeout_s=10 * INTERVAL_S, what="5 severe ticks")
         target = await api.target()
         assert target["decision"]["blocked_by"] == "accepted"
         assert target["decision"]["escalate"] is False
@@ -101,7 +101,7 @@ async def test_a_withdrawn_acceptance_lets_the_release_be_judged_again() -> None
         api = Api(session, daemon)
         assert (await api.call("POST", ACCEPT, {"reason": "expected"}))[0] == 200
         ticks = daemon.ticks
-        await wait_until(lambda: daemon.ticks >= ticks + 4, timeout_s=10 * INTERVAL_S, what="four severe ticks")
+        await wait_until(lambda: daemon.ticks >= ticks + 4, timeout_s=10 * INTERVAL_S, what="4 severe ticks")
         assert cluster.runs == []
         status, view = await api.call("DELETE", ACCEPT, {"reason": "it was not expected after all"})
         assert status == 200
