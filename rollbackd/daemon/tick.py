@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 
 from rollbackd.errors import SourceError
 from rollbackd.model import HealthCheck, Observation
-from rollbackd.sources.base import HealthSource, MetricsSource, RejectsData, SidePair, SourceTarget
+from rollbackd.sources.base import (
+    HealthSource,
+    MetricsSource,
+    RejectsData,
+    ReportsFailures,
+    SidePair,
+    SourceTarget,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +58,9 @@ class TickData:
     health: Mapping[str, tuple[tuple[HealthCheck, ...] | None, tuple[HealthCheck, ...] | None]]
     #: Per target key, why the metrics source rejected its values this tick.
     rejected: Mapping[str, str] = field(default_factory=dict)
+    #: Whether the metrics source answered this tick (``False``: its collection failed, or some of
+    #: its queries got no answer).
+    metrics_answered: bool = True
 
     def observation(self, target: SourceTarget, t: float) -> Observation:
         baseline, candidate = self.metrics.get(target.key, _NO_DATA)
@@ -72,12 +82,15 @@ async def _collect_metrics(
     *,
     window_s: float,
     on_source_error: SourceErrorSink,
-) -> tuple[Mapping[str, SidePair], Mapping[str, str]]:
-    """The source's answer per target, and why it rejected some targets' values (read at once: it
-    describes this collection only)."""
+) -> tuple[Mapping[str, SidePair], Mapping[str, str], bool] | None:
+    """The source's answer per target, why it rejected some targets' values, and whether every
+    query got an answer (read at once: they describe this collection only); ``None`` when the
+    collection failed."""
     try:
         found = await source.collect(targets, window_s=window_s)
-        return found, (source.rejected if isinstance(source, RejectsData) else {})
+        rejected = source.rejected if isinstance(source, RejectsData) else {}
+        answered = not isinstance(source, ReportsFailures) or source.failure is None
+        return found, rejected, answered
     except Exception as exc:
         source_name, kind = metrics_failure(exc)
         on_source_error(source_name, kind)
@@ -85,7 +98,7 @@ async def _collect_metrics(
             "metrics source failed; this tick has no metrics data",
             extra={"source": source_name, "kind": kind, "error": repr(exc)},
         )
-        return {}, {}
+        return None
 
 
 async def _probe(
@@ -135,8 +148,11 @@ async def collect_tick(
         target.key: (probed.get((target.key, "baseline")), probed.get((target.key, "candidate")))
         for target in targets
     }
-    metrics, rejected = metrics_task.result()
-    return TickData(metrics=metrics, health=health, rejected=rejected)
+    answer = metrics_task.result()
+    if answer is None:
+        return TickData(metrics={}, health=health, metrics_answered=False)
+    metrics, rejected, answered = answer
+    return TickData(metrics=metrics, health=health, rejected=rejected, metrics_answered=answered)
 
 
 async def run_every(

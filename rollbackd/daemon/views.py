@@ -10,6 +10,7 @@ from rollbackd.daemon.jsonify import JsonValue, to_json_value
 from rollbackd.daemon.state import DaemonState, RuntimeFlags, TargetState
 from rollbackd.daemon.switches import DRY_RUN, FREEZE, SwitchBoard, accept_key, hold_key
 from rollbackd.decision.verdict import PartnerVerdict, partner_verdict
+from rollbackd.events.build import next_step
 from rollbackd.model import Decision, Episode, Evidence
 from rollbackd.run import RollbackRun
 from rollbackd.verification import RUNBOOK_ROLLBACK_TARGET_S
@@ -87,6 +88,19 @@ def action_view(result: ActionResult | None) -> JsonValue:
         "router": to_json_value(result.details.get("router")),
         "split_before": to_json_value(result.details.get("split_before")),
         "split_after": to_json_value(result.details.get("split_after")),
+        "gitops": [
+            {
+                "reconciler": hold.reconciler,
+                "object": hold.object,
+                "reconciles": list(hold.reconciles),
+                "field": hold.field,
+                "previous": to_json_value(hold.previous),
+                "suspended": hold.suspended,
+                "resume": hold.resume,
+            }
+            for hold in result.gitops
+        ],
+        "next_step": next_step(result),
     }
 
 
@@ -144,6 +158,7 @@ def target_view(
         "namespace": target.settings.namespace,
         "name": target.settings.name,
         "strategy": target.params.strategy.value,
+        **origin_view(state, target.key),
         "evidence": evidence_view(latest.evidence if latest is not None else None),
         "decision": decision_view(latest, now=now),
         "last_rollback": decision_view(target.last_rollback, now=now),
@@ -170,6 +185,31 @@ def target_view(
     }
 
 
+def origin_view(state: DaemonState, key: str) -> dict[str, JsonValue]:
+    """Where a target came from: ``source`` ``file`` or ``annotation``, and for an annotation the
+    ``object`` (kind, namespace, name) that carries it."""
+    ref = state.origins.get(key)
+    if ref is None:
+        return {"source": "file", "object": None}
+    return {
+        "source": "annotation",
+        "object": {"kind": ref.kind, "namespace": ref.namespace, "name": ref.name},
+    }
+
+
+def opt_ins_view(state: DaemonState) -> JsonValue:
+    """What is wrong with opt-in by annotation: annotations that cannot be used, annotated
+    releases the file's targets win over, and namespaces that cannot be watched."""
+    return {
+        "problems": [
+            {"object": ref, "problems": list(problems)}
+            for ref, problems in sorted(state.opt_in_problems.items())
+        ],
+        "conflicts": [{"object": ref, "reason": why} for ref, why in sorted(state.conflicts.items())],
+        "watch_problems": list(state.watch_problems),
+    }
+
+
 def flags_view(flags: RuntimeFlags, switches: SwitchBoard | None = None) -> JsonValue:
     """The global switches, and who set each last through the API, why and when
     (``freeze_set`` / ``dry_run_set``; ``null`` when set by the configuration file)."""
@@ -193,6 +233,7 @@ def targets_view(state: DaemonState, *, now: float, switches: SwitchBoard | None
             key: target_view(state, target, now=now, switches=switches)
             for key, target in state.targets.items()
         },
+        "opt_ins": opt_ins_view(state),
     }
 
 

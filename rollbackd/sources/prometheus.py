@@ -826,6 +826,8 @@ class PrometheusSource:
         self._reported: dict[str, str] = {}
         #: Per target key, why its latest collection was rejected (:class:`RejectsData`).
         self.rejected: Mapping[str, str] = {}
+        #: Why some queries of the latest collection got no answer (:class:`ReportsFailures`).
+        self.failure: str | None = None
 
     def _plan(self, targets: Sequence[SourceTarget], window_s: float) -> promql.Plan:
         wanted = tuple(targets)
@@ -876,6 +878,8 @@ class PrometheusSource:
 
         sides: dict[str, dict[promql.Side, Sample | None]] = {}
         impossible: dict[str, str] = {}
+        failed = [task.result() for task in answers.values() if isinstance(task.result(), SourceError)]
+        self.failure = str(failed[0]) if failed else None
         for index, batch in enumerate(plan.batches):
             outcome = {metric: answers[index, metric].result() for metric in promql.Metric}
             per_series, rejected = self.samples_of(batch, outcome)
