@@ -82,6 +82,10 @@ async def test_an_accepted_release_is_not_rolled_back_until_the_next_revision() 
         assert target["decision"]["escalate"] is False
         assert cluster.runs == []
         assert target["accepted"]["revision"] == 5  # pinned to the revision the cluster showed
+        status, page = await api.call("GET", "/")
+        assert status == 200
+        assert "<b>Accepted</b> by anonymous" in page
+        assert "known slow migration, expected" in page
 
         # A new revision ends the acceptance: judged again, and rolled back.
         cluster.facts_value = ClusterFacts(candidate_revision=6)

@@ -588,6 +588,13 @@ def _restraints(target: _Doc, *, generated_at: datetime) -> str:
                 f'<p class="hold"><b>Hold</b> until {_e(at)} (in {_e(human_duration(remaining))}): '
                 f"{_e(reason)}</p>"
             )
+    accepted = _obj(target.get("accepted"))
+    if accepted is not None:
+        lines.append(
+            f'<p class="hold"><b>Accepted</b> by {_e(_text(accepted.get("by")))} at '
+            f'{_e(_text(accepted.get("at")))}: {_e(_text(accepted.get("reason")))} '
+            "(not judged until the next revision)</p>"
+        )
     cooldown = _obj(target.get("cooldown"))
     if cooldown is not None:
         remaining = _num(cooldown.get("remaining_s")) or 0.0
