@@ -17,6 +17,7 @@ import yaml
 
 from rollbackd.cli import main
 from rollbackd.config.settings import ApiSettings, Settings, StoreSettings
+from rollbackd.ctl.render import accepted_table
 from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.wiring import open_daemon
 from tests.kubefixtures import wait_until
@@ -237,23 +238,39 @@ async def test_the_server_and_token_come_from_the_environment(
 
 
 @pytest.mark.usefixtures("no_env")
-async def test_rollback_and_accept_reach_their_routes(
+async def test_rollback_and_accept_reach_the_daemons_operator_actions(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], token_file: Path
 ) -> None:
-    """Against a daemon without the routes, the verbs say so (404) rather than failing obscurely."""
     async with cli_for(tmp_path, capsys, token_file) as (_daemon, cli):
-        for args in (
-            ("rollback", "shop/checkout", "--reason", "bad release"),
-            ("accept", "shop/checkout"),
-            ("accept", "shop/checkout", "--undo"),
-        ):
-            code, _, err = await cli(*args)
-            assert code == 1, args
-            assert "does not support" in err
-            assert "/api/v1/targets/shop/checkout/" in err
+        assert (await cli("freeze", "--reason", "incident 4711"))[0] == 0
+        code, _, err = await cli("rollback", "shop/checkout", "--reason", "bad release")
+        assert code == 1
+        assert "refused POST /api/v1/targets/shop/checkout/rollback (409)" in err
+        code, _, err = await cli("rollback", "checkout", "-n", "shop", "--reason", "bad release", "--force")
+        assert code == 1  # this daemon has no Kubernetes access: it says so
+        assert "(409)" in err
+        code, _, err = await cli("rollback", "shop/nothing", "--reason", "bad release")
+        assert code == 5
+
+        code, out, err = await cli("accept", "shop/checkout", "--reason", "looks good to me")
+        assert code == 0, err
+        assert "looks good to me" in fields(out)["accepted"]
+        accepted = (await cli.json("status", "shop/checkout"))["accepted"]
+        assert accepted["reason"] == "looks good to me"
+        code, out, err = await cli("accept", "shop/checkout", "--undo", "-o", "yaml")
+        assert code == 0, err
+        assert yaml.safe_load(out)["accepted"] is None
+
         code, _, err = await cli("rollback", "shop/checkout")
         assert code == 2
         assert "--reason" in err
+
+def test_a_requested_rollback_is_shown_with_its_run_id() -> None:
+    answer = {"run_id": "5f0c", "target": "shop/checkout", "applies": "started by this replica (the leader)"}
+    assert accepted_table(answer).splitlines() == [
+        "rollback of shop/checkout requested: run 5f0c",
+        "applies: started by this replica (the leader)",
+    ]
 
 
 async def test_kubectl_rollbackd_is_the_same_command_as_a_kubectl_plugin(
