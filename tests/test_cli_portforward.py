@@ -158,3 +158,17 @@ async def test_the_verbs_reach_the_leader_through_a_port_forward(
             code = await asyncio.to_thread(exit_status, ["status", "--kubeconfig", str(tmp_path / "none")])
             assert code == 2
             assert "cannot load the Kubernetes configuration" in capsys.readouterr().err
+
+
+async def test_a_server_without_the_route_is_said_not_to_support_the_verb(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that answers but lacks the route (an older rollbackd): 404 without a JSON body."""
+    async with api_server(ApiServer(daemon_port=9)) as url:
+        code = await asyncio.to_thread(
+            exit_status, ["rollback", "shop/checkout", "--reason", "bad release", "--server", url]
+        )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "does not support POST /api/v1/targets/shop/checkout/rollback (404)" in err
+    assert "upgrade" in err
