@@ -124,6 +124,16 @@ class Journal:
     def events(self) -> Events | None:
         return self._events
 
+    @property
+    def store(self) -> Store | None:
+        """The open store (``None`` while it is not open, or without one)."""
+        return self._store
+
+    @property
+    def required(self) -> bool:
+        """Whether a store is configured (and so nothing may be done that it cannot record)."""
+        return self._required
+
     def attach(self, events: Events, store: Store | None = None) -> None:
         self._events = events
         self._store = store

@@ -9,6 +9,7 @@ from rollbackd.actions.targets import action_name
 from rollbackd.daemon.jsonify import JsonValue, to_json_value
 from rollbackd.daemon.series import Point, Side, point_of
 from rollbackd.daemon.state import DaemonState, RuntimeFlags, TargetState
+from rollbackd.daemon.switches import DRY_RUN, FREEZE, SwitchBoard, accept_key, hold_key
 from rollbackd.decision.verdict import PartnerVerdict, partner_verdict
 from rollbackd.events.build import next_step
 from rollbackd.model import Decision, Episode, Evidence
@@ -206,12 +207,16 @@ def series_view(target: TargetState, run: RollbackRun | None, *, now: float) -> 
     }
 
 
-def target_view(state: DaemonState, target: TargetState, *, now: float) -> JsonValue:
+def target_view(
+    state: DaemonState, target: TargetState, *, now: float, switches: SwitchBoard | None = None
+) -> JsonValue:
     """One target: what it is, the latest evidence and decision, its last rollback decision, and
     what currently restrains it (hold, cooldown)."""
     latest = target.latest
     run = state.rollbacks.runs.get(target.key) if state.rollbacks else None
     hold = state.holds.get(target.key)
+    stored_hold = switches.who(hold_key(target.key)) if switches is not None else None
+    accepted = switches.who(accept_key(target.key)) if switches is not None else None
     cooldown_until = state.ledger.cooldown_until(target.key)
     if cooldown_until is not None and cooldown_until <= now:
         cooldown_until = None
@@ -234,7 +239,10 @@ def target_view(state: DaemonState, target: TargetState, *, now: float) -> JsonV
             "expired": hold.until <= now,
             "reason": hold.reason,
             "set_at": to_json_value(hold.set_at),
+            # Who set it, why, when and until when (UTC), as stored for every replica.
+            **({} if stored_hold is None else {"set": stored_hold.view()}),
         },
+        "accepted": accepted.view() if accepted is not None else None,
         "cooldown": None
         if cooldown_until is None
         else {
@@ -270,16 +278,29 @@ def opt_ins_view(state: DaemonState) -> JsonValue:
     }
 
 
-def flags_view(flags: RuntimeFlags) -> JsonValue:
-    return {"freeze": flags.freeze, "dry_run": flags.dry_run}
-
-
-def targets_view(state: DaemonState, *, now: float) -> JsonValue:
-    """All targets by key, plus the global switches."""
+def flags_view(flags: RuntimeFlags, switches: SwitchBoard | None = None) -> JsonValue:
+    """The global switches, and who set each last through the API, why and when
+    (``freeze_set`` / ``dry_run_set``; ``null`` when set by the configuration file)."""
+    freeze = switches.who(FREEZE) if switches is not None else None
+    dry_run = switches.who(DRY_RUN) if switches is not None else None
     return {
-        "freeze": state.flags.freeze,
-        "dry_run": state.flags.dry_run,
-        "targets": {key: target_view(state, target, now=now) for key, target in state.targets.items()},
+        "freeze": flags.freeze,
+        "dry_run": flags.dry_run,
+        "freeze_set": None if freeze is None else freeze.view(),
+        "dry_run_set": None if dry_run is None else dry_run.view(),
+    }
+
+
+def targets_view(state: DaemonState, *, now: float, switches: SwitchBoard | None = None) -> JsonValue:
+    """All targets by key, plus the global switches."""
+    flags = flags_view(state.flags, switches)
+    assert isinstance(flags, dict)
+    return {
+        **flags,
+        "targets": {
+            key: target_view(state, target, now=now, switches=switches)
+            for key, target in state.targets.items()
+        },
         "opt_ins": opt_ins_view(state),
     }
 
