@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rollbackd.config.loader import ConfigError, Problem, load_settings, resolve_config_path
+from rollbackd.config.presets import PRESETS, preset_names
 from rollbackd.config.resolve import default_params, target_params
 from rollbackd.config.settings import Settings, TargetSettings, template_problem
 from rollbackd.knobs import knobs
@@ -548,8 +549,9 @@ def test_broken_promql_templates(tmp_path: Path) -> None:
     ]
 
 
-def test_template_problem_accepts_the_defaults() -> None:
-    queries = Settings().defaults.queries
+@pytest.mark.parametrize("name", preset_names())
+def test_template_problem_accepts_every_preset(name: str) -> None:
+    queries = PRESETS[name]
     templates = (queries.requests, queries.errors, queries.latency_buckets)
     assert [template_problem(template) for template in templates] == [None, None, None]
     assert template_problem("x{") is not None
@@ -753,7 +755,7 @@ def test_source_target_of_a_canary(overridden: Settings) -> None:
     assert source.queries.group_labels == ("namespace", "app", "track")
     assert source.queries.requests == "sum by ({by}) (rate(requests_total{{{selector}}}[{window}]))"
     assert source.queries.errors == "sum by ({by}) (increase(http_errors_total{{{selector}}}[{window}]))"
-    assert source.queries.latency_buckets == Settings().defaults.queries.latency_buckets
+    assert source.queries.latency_buckets == PRESETS["default"].latency_buckets
     assert source.baseline == SeriesRef(
         labels=(("namespace", "shop"), ("app", "checkout"), ("track", "stable"))
     )

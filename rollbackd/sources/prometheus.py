@@ -977,7 +977,10 @@ class PrometheusSource:
 
         request_values = _values(requests, labels)
         error_values = _values(errors, labels)
-        histograms = {} if isinstance(buckets, SourceError) else _histograms(buckets, labels)
+        histograms = (
+            {} if isinstance(buckets, SourceError)
+            else _histograms(buckets, labels, unit_s=batch.templates.bucket_unit_s)
+        )
 
         samples: dict[promql.SeriesKey, Sample] = {}
         rejected: dict[promql.SeriesKey, Implausible] = {}
@@ -1038,7 +1041,10 @@ def _bound(le: object) -> float:
         return math.nan
 
 
-def _histograms(result: QueryResult, labels: Sequence[str]) -> dict[promql.SeriesKey, Histogram]:
+def _histograms(
+    result: QueryResult, labels: Sequence[str], *, unit_s: float = 1.0
+) -> dict[promql.SeriesKey, Histogram]:
+    """Per series, its histogram with bounds in seconds (``le`` counted in units of ``unit_s``)."""
     raw: dict[promql.SeriesKey, dict[float, float]] = {}
     broken: set[promql.SeriesKey] = set()
     key_of = promql.key_getter(labels)
@@ -1049,7 +1055,7 @@ def _histograms(result: QueryResult, labels: Sequence[str]) -> dict[promql.Serie
         le = series_labels.get("le")
         bound = bounds_of.get(le)
         if bound is None:
-            bound = bounds_of[le] = _bound(le)
+            bound = bounds_of[le] = _bound(le) if unit_s == 1.0 else _bound(le) * unit_s
         if bound != bound or value != value:  # NaN
             broken.add(key)
             continue
