@@ -2,8 +2,9 @@
 
 Subcommands: ``run`` (the daemon), ``replay`` (scenario files through the real detectors and
 decision), ``demo`` (a bad release undoing itself on an emulated cluster), ``history`` (the
-audit log), ``check-config`` and ``config-schema``. Exit status: 0 on success, 2 for usage and
-configuration errors; ``run`` and ``replay`` return their own status otherwise.
+audit log), ``check-config`` (``--probe``: and every target's series) and ``config-schema``. Exit
+status: 0 on success, 2 for usage and configuration errors, 1 when ``check-config --probe`` finds
+a blind target; ``run`` and ``replay`` return their own status otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from rollbackd.config.settings import Settings
 from rollbackd.store.history import cli_history, limit_argument, since_argument, target_argument
 
 EXIT_CONFIG = 2
+#: ``check-config --probe``: a target would be blind (a side without series), or Prometheus
+#: could not be asked.
+EXIT_BLIND = 1
 
 _DESCRIPTION = """\
 Makes bad releases undo themselves: watches canary, blue-green and Deployment releases through
@@ -88,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config",
         help="validate a configuration file",
         description="Load FILE with the environment overrides, as 'run' would, and print\n"
-        "'FILE: OK (N targets)', or every problem with its line on stderr and exit with status 2.",
+        "'FILE: OK (N targets)', or every problem with its line on stderr and exit with status 2.\n"
+        "With --probe, also run every target's queries once against the configured Prometheus.",
         epilog=_ENVIRONMENT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -97,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--ignore-env",
         action="store_true",
         help="check the file alone, without ROLLBACKD_* environment overrides",
+    )
+    check.add_argument(
+        "--probe",
+        action="store_true",
+        help="also ask the configured Prometheus for every target's series: per target and side, how\n"
+        "many there are and their labels, or what is probably wrong and the preset that fits; exit\n"
+        "status 1 when a target would be blind (a side without series) or Prometheus cannot be asked",
     )
 
     demo = commands.add_parser(
@@ -239,6 +251,25 @@ def _check_config(args: argparse.Namespace) -> int:
     settings = load_settings(Path(args.file), environ=environ)
     count = len(settings.targets)
     print(f"{args.file}: OK ({count} target{'' if count == 1 else 's'})")
+    if not args.probe:
+        return 0
+    return _probe(settings)
+
+
+def _probe(settings: Settings) -> int:
+    """Print the probe of every target's series; 1 when a target would be blind."""
+    import asyncio
+
+    from rollbackd.daemon.main import probe_targets
+
+    report = asyncio.run(probe_targets(settings))
+    for line in report.lines():
+        print(line)
+    blind = report.blind
+    if blind:
+        keys = ", ".join(target.key for target in blind)
+        print(f"{len(blind)} of {len(report.targets)} targets would be blind: {keys}", file=sys.stderr)
+        return EXIT_BLIND
     return 0
 
 

@@ -7,6 +7,10 @@
   is logged, counted in ``/metrics`` and kept for the API;
 - ``rollbackd:http-server``: ``/healthz``, ``/readyz``, ``/metrics`` and the API.
 
+Once at start, ``rollbackd:probe`` (given a ``probe`` client) asks whether every target's queries
+find their series, beside the ticks: blind targets are logged and shown on the status page (see
+:mod:`rollbackd.daemon.probing`).
+
 Beside them, while targets the process has just started watching need their past,
 ``rollbackd:history`` reads it from the metrics source (when it can give history) in one batched
 call; the ticks take it once it is in, before judging those targets.
@@ -45,6 +49,7 @@ from rollbackd.daemon.http import HttpContext, HttpServer, make_app
 from rollbackd.daemon.journal import RUN_OVER, Journal
 from rollbackd.daemon.leader import Leadership
 from rollbackd.daemon.metrics import DaemonMetrics
+from rollbackd.daemon.probing import probe_and_log
 from rollbackd.daemon.reload import SettingsChange, plan_reload
 from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.daemon.state import DaemonState, TargetState
@@ -56,6 +61,7 @@ from rollbackd.params import TargetParams
 from rollbackd.run import RollbackRun, TargetAccess
 from rollbackd.runrecord import RunRecord
 from rollbackd.sources.base import GivesHistory, HealthSource, History, MetricsSource
+from rollbackd.sources.probe import Queries
 from rollbackd.store.base import StoreError
 
 logger = logging.getLogger(__name__)
@@ -110,6 +116,8 @@ class Daemon:
     - ``auth``: access rules of the API (default: from ``settings.api``, token files only; pass
       ``ApiAuth.from_settings(settings.api, environ=os.environ)`` at the process edge).
     - ``shutdown_timeout_s``: how long a graceful stop waits for the root tasks.
+    - ``probe``: the Prometheus client to probe the targets' series with once at start
+      (:mod:`rollbackd.daemon.probing`); ``None``: no probe.
 
     Run it with ``await daemon.run()`` until :meth:`stop`, or as ``async with daemon:`` (which runs
     it in a background task, returns once the HTTP server listens, and stops it on exit).
@@ -127,6 +135,7 @@ class Daemon:
         auth: ApiAuth | None = None,
         journal: Journal | None = None,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
+        probe: Queries | None = None,
     ) -> None:
         self.settings = settings
         self.journal = journal if journal is not None else Journal(required=False)
@@ -165,6 +174,8 @@ class Daemon:
         self._led = False
         #: The read of targets' past under way (see :meth:`_read_history`).
         self._history_task: asyncio.Task[HistoryRead] | None = None
+        self._probe_client = probe
+        self._probe_task: asyncio.Task[None] | None = None
 
     # --- observable state ----------------------------------------------------------------------
 
@@ -220,6 +231,10 @@ class Daemon:
                     name="rollbackd:evaluation-loop",
                 )
                 stop_task = group.create_task(self._stop_requested.wait(), name="rollbackd:stop-request")
+                if self._probe_client is not None:
+                    self._probe_task = group.create_task(
+                        self._probe(self._probe_client), name="rollbackd:probe"
+                    )
                 self._evaluation_task = evaluation_task
                 root = [evaluation_task, http_task, stop_task]
                 done, _ = await asyncio.wait(root, return_when=asyncio.FIRST_COMPLETED)
@@ -230,12 +245,15 @@ class Daemon:
                 timeout_s = self._shutdown_timeout_s
                 await asyncio.gather(
                     # The group's own tasks: their outcome is the group's to report.
-                    stop_tasks([*root, self._history_task], timeout_s=timeout_s, failures="leave"),
+                    stop_tasks(
+                        [*root, self._history_task, self._probe_task], timeout_s=timeout_s, failures="leave"
+                    ),
                     self.rollbacks.stop(timeout_s),
                 )
         finally:
             self._group = None
             self._history_task = None
+            self._probe_task = None
             try:
                 await self.rollbacks.stop(self._shutdown_timeout_s)  # when the group failed
             finally:
@@ -301,6 +319,10 @@ class Daemon:
             self._port = server.port
             self._listening.set()
             await asyncio.Event().wait()
+
+    async def _probe(self, client: Queries) -> None:
+        """The start-up probe of the targets' series, kept for the status page."""
+        self.state.probe = await probe_and_log(self.settings, client)
 
     async def _evaluate_forever(self) -> None:
         with IdleCollector(clock=asyncio.get_running_loop().time) as collector:

@@ -161,6 +161,7 @@ async def status_page(request: web.Request) -> web.Response:
         refresh_s=refresh_seconds(interval_s),
         generated_at=datetime.now(UTC),
         not_ready=ctx.not_ready_reason() if ctx.ticks() else None,
+        probe=ctx.state.probe,
     )
     return web.Response(
         body=page.encode("utf-8", "backslashreplace"),  # lone surrogates shown as \udcff

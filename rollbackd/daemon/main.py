@@ -45,6 +45,7 @@ from rollbackd.kube.client import KubeClient
 from rollbackd.kube.errors import KubeConfigError
 from rollbackd.sources.health import HealthProber
 from rollbackd.sources.lookback import Lookback, min_range_s
+from rollbackd.sources.probe import ProbeReport, probe
 from rollbackd.sources.prometheus import PrometheusClient, PrometheusSource
 from rollbackd.store import sqlite_path, store_kind
 from rollbackd.store.base import StoreError
@@ -135,6 +136,28 @@ def store_leader_for(settings: Settings, *, environ: Mapping[str, str]) -> Store
     return StoreLeader(dsn=url, identity=process_identity(settings, environ=environ))
 
 
+def prometheus_client_for(settings: Settings, *, stats: SourceStats | None = None) -> PrometheusClient:
+    """The Prometheus client ``settings.prometheus`` describes (not yet entered)."""
+    prometheus = settings.prometheus
+    return PrometheusClient(
+        base_url=prometheus.url,
+        timeout_s=prometheus.timeout_s,
+        retries=prometheus.retries,
+        backoff=Backoff(
+            initial_s=prometheus.backoff_initial_s,
+            max_s=max(prometheus.backoff_max_s, prometheus.backoff_initial_s),
+        ),
+        stats=stats,
+    )
+
+
+async def probe_targets(settings: Settings) -> ProbeReport:
+    """``rollbackd check-config --probe``: every target's series, asked once of the configured
+    backend."""
+    async with prometheus_client_for(settings) as client:
+        return await probe(settings, client)
+
+
 async def run_daemon(
     settings: Settings,
     *,
@@ -152,15 +175,8 @@ async def run_daemon(
     loop = asyncio.get_running_loop()
     metrics = DaemonMetrics()
     prometheus = settings.prometheus
-    client = PrometheusClient(
-        base_url=prometheus.url,
-        timeout_s=prometheus.timeout_s,
-        retries=prometheus.retries,
-        backoff=Backoff(
-            initial_s=prometheus.backoff_initial_s,
-            max_s=max(prometheus.backoff_max_s, prometheus.backoff_initial_s),
-        ),
-        stats=SourceStats(source="prometheus", on_error=metrics.count_source_error),
+    client = prometheus_client_for(
+        settings, stats=SourceStats(source="prometheus", on_error=metrics.count_source_error)
     )
     prober = HealthProber(
         timeout_s=settings.health.timeout_s,
@@ -232,6 +248,7 @@ async def run_daemon(
                     auth=auth,
                     environ=environ,
                     shutdown_timeout_s=shutdown_timeout_s,
+                    probe=client,
                 ) as daemon:
                     running.append(daemon)
                     if deadline:  # a signal arrived while the daemon was starting

@@ -22,9 +22,10 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from rollbackd.daemon.jsonify import JsonValue
+from rollbackd.daemon.probing import ProbeOutcome
 
 #: The shortest refresh period of the page, in seconds.
 MIN_REFRESH_S = 2
@@ -143,6 +144,7 @@ def render_status_page(
     refresh_s: int,
     generated_at: datetime,
     not_ready: str | None = None,
+    probe: ProbeOutcome | None = None,
 ) -> str:
     """The whole page.
 
@@ -157,7 +159,8 @@ def render_status_page(
       written), shown as an alert;
     - ``refresh_s``: the browser reloads the page that often (see :func:`refresh_seconds`);
     - ``generated_at``: the wall-clock time of the rendering (timezone-aware), to print holds' and
-      cooldowns' ends as clock times.
+      cooldowns' ends as clock times;
+    - ``probe``: the start-up probe of the targets' series; its blind targets are alerts.
     """
     doc = _obj(document) or {}
     targets = [t for t in (_obj(v) for v in (_obj(doc.get("targets")) or {}).values()) if t is not None]
@@ -189,6 +192,7 @@ def render_status_page(
             targets=len(targets),
         ),
         _alerts(ready=ready, alive=alive, freeze=freeze, dry_run=dry_run, not_ready=not_ready),
+        _probe_alerts(probe),
         _summary(counts) if targets else '<p class="empty">No targets configured.</p>',
         "<main>",
         *(_card(target, status, generated_at=generated_at) for status, _, target in ranked),
@@ -245,6 +249,31 @@ def _alerts(*, ready: bool, alive: bool, freeze: bool, dry_run: bool, not_ready:
     elif not ready:
         alerts.append(("warn", "No evaluation yet: the first evaluation of the targets has not completed."))
     return "".join(f'<div class="alert {css}">{_e(text)}</div>' for css, text in alerts)
+
+
+#: Most blind sides listed on the page; the log and ``check-config --probe`` list them all.
+MAX_PROBE_LINES = 20
+
+
+def _probe_alerts(probe: ProbeOutcome | None) -> str:
+    """The start-up probe's blind targets, one alert line per side (at most :data:`MAX_PROBE_LINES`)."""
+    if probe is None:
+        return ""
+    if probe.report is None:
+        text = f"Could not probe the targets' series: {probe.error}"
+        return f'<div class="alert warn">{_e(text)}</div>'
+    lines = [line for target in probe.report.blind for line in target.lines()]
+    if not lines:
+        return ""
+    at = datetime.fromtimestamp(probe.report.at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    shown = lines[:MAX_PROBE_LINES]
+    more = len(lines) - len(shown)
+    items = "".join(f"<li>{_e(line)}</li>" for line in shown)
+    if more:
+        items += f"<li>… and {more} more (see the log or rollbackd check-config --probe)</li>"
+    count = len(probe.report.blind)
+    head = f"{count} target{'' if count == 1 else 's'} would be blind (no series found at {at}):"
+    return f'<div class="alert warn probe">{_e(head)}<ul>{items}</ul></div>'
 
 
 def _summary(counts: Mapping[Urgency, int]) -> str:
@@ -556,6 +585,7 @@ h1{font-size:20px;margin:0}
 .alert{margin:6px 0;padding:8px 12px;border-radius:6px;font-weight:600}
 .alert.bad{background:var(--red);color:#fff}
 .alert.warn{background:#fff4e6;color:#8a4b00;border:1px solid var(--orange)}
+.alert.probe ul{margin:4px 0 0 18px;padding:0;font-weight:400}
 .summary{display:flex;flex-wrap:wrap;gap:16px;margin:10px 0 12px;color:var(--muted)}
 .count b{font-size:16px;color:var(--ink)}.count.zero{opacity:.55}
 .count.rollback:not(.zero) b{color:var(--red)}.count.waiting:not(.zero) b{color:var(--orange)}

@@ -34,14 +34,14 @@ def query_templates(settings: Settings, target: TargetSettings) -> QueryTemplate
     return templates_of(resolve_queries(settings.defaults.queries, target.queries))
 
 
-def series_ref(target: TargetSettings, side: Side, queries: QueryPreset) -> SeriesRef:
+def series_ref(namespace: str, side: Side, queries: QueryPreset) -> SeriesRef:
     """The label values naming ``side``'s series, one per group label, in order: the namespace
-    label holds the target's namespace, the Deployment label the side's Deployment, any other label
+    label holds ``namespace`` (the target's), the Deployment label the side's Deployment, any other label
     comes from the side's ``labels`` (the settings validator guarantees it is there)."""
     values: list[tuple[str, str]] = []
     for label in queries.group_labels:
         if label == queries.namespace_label:
-            values.append((label, target.namespace))
+            values.append((label, namespace))
         elif label == queries.deployment_label:
             values.append((label, side.deployment))
         else:
@@ -57,8 +57,8 @@ def source_target(settings: Settings, target: TargetSettings) -> SourceTarget:
     return SourceTarget(
         key=target.key,
         queries=templates_of(resolved),
-        candidate=series_ref(target, target.candidate, resolved),
-        baseline=series_ref(target, baseline, resolved) if baseline is not None else None,
+        candidate=series_ref(target.namespace, target.candidate, resolved),
+        baseline=series_ref(target.namespace, baseline, resolved) if baseline is not None else None,
         health_baseline=baseline.health if baseline is not None else (),
         health_candidate=target.candidate.health,
     )
