@@ -52,9 +52,11 @@ from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.probing import probe_and_log
 from rollbackd.daemon.reload import SettingsChange, plan_reload
 from rollbackd.daemon.rollbacks import Rollbacks
+from rollbackd.daemon.sourcestatus import SourceBoard
 from rollbackd.daemon.state import DaemonState, TargetState
 from rollbackd.daemon.tick import IdleCollector, collect_tick, metrics_failure, run_every
 from rollbackd.decision.facts import ClusterFacts
+from rollbackd.events.build import Clock
 from rollbackd.gcpause import collector_paused
 from rollbackd.model import Context, Decision, Evidence, Observation
 from rollbackd.params import TargetParams
@@ -176,6 +178,8 @@ class Daemon:
         self._history_task: asyncio.Task[HistoryRead] | None = None
         self._probe_client = probe
         self._probe_task: asyncio.Task[None] | None = None
+        #: Whether each data source works, since when, and why not (``/readyz``, the status page).
+        self.sources = SourceBoard(loop=_loop_time, wall=_WallClock().at)
 
     # --- observable state ----------------------------------------------------------------------
 
@@ -211,6 +215,10 @@ class Daemon:
 
     async def run(self) -> None:
         """Run until :meth:`stop` is called; raise if a root task fails."""
+        if self._access is None:
+            self.sources.off("kubernetes", "no Kubernetes access: deciding only, nothing is rolled back")
+        if not self.journal.required:
+            self.sources.off("store", "no store: decisions are not recorded")
         self.metrics.targets.set(len(self.state.targets))
         self.metrics.up.set(1)
         logger.info(
@@ -313,6 +321,7 @@ class Daemon:
             leader=lambda: self.leading,
             not_ready_reason=lambda: self.journal.problem,
             auth=self._auth,
+            sources=self.sources,
         )
         app = make_app(context)
         async with HttpServer(app, host=self.settings.http.host, port=self.settings.http.port) as server:
@@ -359,6 +368,10 @@ class Daemon:
         )
         t = loop.time()
         self.metrics.collection_duration.observe(t - started)
+        self.sources.report("prometheus", inputs.metrics_outage)
+        if self.journal.required:
+            self.sources.report("store", self.journal.problem)
+        self.sources.summarize()
         observations = {target.key: inputs.observation(target.source, t) for target in targets}
         self._take_history()
         evidences: dict[str, Evidence] = {}
@@ -555,11 +568,15 @@ class Daemon:
         if access is None:
             return None
         try:
-            return await access.facts(target.params, loop_now=loop_now, fresh=fresh)
+            facts = await access.facts(target.params, loop_now=loop_now, fresh=fresh)
         except Exception as exc:
             self.metrics.count_source_error("kubernetes", type(exc).__name__)
-            logger.warning("could not read the cluster: %s", exc, extra={"target": target.key})
+            # The outage is logged once, when it starts (the source board); each read at DEBUG.
+            if not self.sources.report("kubernetes", str(exc) or type(exc).__name__):
+                logger.debug("could not read the cluster: %s", exc, extra={"target": target.key})
             return None
+        self.sources.report("kubernetes", None)
+        return facts
 
     async def _verify(self, targets: list[TargetState], observations: dict[str, Observation]) -> None:
         keys = set(self.rollbacks.verifying())
@@ -729,6 +746,23 @@ class Daemon:
                 inconclusive=evidence.inconclusive,
             )
         logger.log(level, message, *args, extra=fields)
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+class _WallClock:
+    """Event-loop times on the wall clock, with the offset between the two taken once (at the
+    first conversion), so that one loop time always shows as the same wall-clock time."""
+
+    def __init__(self) -> None:
+        self._clock: Clock | None = None
+
+    def at(self, t: float) -> datetime:
+        if self._clock is None:
+            self._clock = Clock.now()
+        return self._clock.at(t)
 
 
 def _shape(decision: Decision) -> tuple[object, ...]:

@@ -7,8 +7,12 @@ Read-only routes:
 - ``GET /healthz``: 200 while the evaluation loop runs, 503 otherwise;
 - ``GET /readyz``: 503 until the first evaluation of all targets completed, and while the audit
   trail cannot be written (the status says why), otherwise 200; the body
-  ``{"status": ..., "leader": true|false}`` also tells whether this replica leads (with leader
-  election; always ``true`` without). A standby is ready too: it evaluates, warm, and takes over
+  ``{"status": ..., "leader": true|false, "sources": {...}}`` also tells whether this replica
+  leads (with leader election; always ``true`` without) and, per data source (``prometheus``,
+  ``kubernetes``, ``store``), whether it works: ``{"status": "up"|"down"|"off", "since":
+  "2026-12-06T17:03:12Z", "for_s": ..., "error": ..., "detail": ..., "failures": ...}``; a source
+  that is down does not make the daemon unready (it still judges: inconclusive without data).
+  A standby is ready too: it evaluates, warm, and takes over
   when the leader goes, so it belongs behind the Service like the leader;
 - ``GET /metrics``: Prometheus text format (the daemon's own registry);
 - ``GET /api/v1/targets``: every target with its latest evidence and decision, last rollback
@@ -50,6 +54,7 @@ from rollbackd.daemon.jsonify import JsonValue, dumps
 from rollbackd.daemon.logs import RateLimit
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.page import refresh_seconds, render_status_page
+from rollbackd.daemon.sourcestatus import SourceBoard
 from rollbackd.daemon.state import DaemonState, TargetState
 from rollbackd.daemon.views import flags_view, target_view, targets_view
 from rollbackd.decision.rails import MAX_HOLD_S
@@ -91,6 +96,8 @@ class HttpContext:
     #: Why the daemon cannot act now though it evaluates (the audit trail cannot be written).
     not_ready_reason: Callable[[], str | None] = lambda: None
     auth: ApiAuth = field(default_factory=lambda: ApiAuth(token=lambda: None))
+    #: Whether each data source works, since when and why not (``None``: not tracked).
+    sources: SourceBoard | None = None
 
 
 _CONTEXT = web.AppKey("rollbackd_context", HttpContext)
@@ -139,7 +146,11 @@ async def readyz(request: web.Request) -> web.Response:
     ctx = _context(request)
     ready = ctx.ready()
     status = "ready" if ready else (ctx.ticks() and ctx.not_ready_reason()) or "no evaluation yet"
-    body: JsonValue = {"status": status, "leader": ctx.leader()}
+    body: JsonValue = {
+        "status": status,
+        "leader": ctx.leader(),
+        "sources": ctx.sources.view() if ctx.sources is not None else {},
+    }
     return json_response(body, status=200 if ready else 503)
 
 
@@ -162,6 +173,8 @@ async def status_page(request: web.Request) -> web.Response:
         generated_at=datetime.now(UTC),
         not_ready=ctx.not_ready_reason() if ctx.ticks() else None,
         probe=ctx.state.probe,
+        sources=ctx.sources.states if ctx.sources is not None else (),
+        now_loop=ctx.clock(),
     )
     return web.Response(
         body=page.encode("utf-8", "backslashreplace"),  # lone surrogates shown as \udcff

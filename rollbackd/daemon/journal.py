@@ -106,6 +106,11 @@ class Journal:
             listener(kind)
 
     @property
+    def required(self) -> bool:
+        """Whether the daemon needs a store to act (a daemon without one decides only)."""
+        return self._required
+
+    @property
     def attached(self) -> bool:
         return self._events is not None
 

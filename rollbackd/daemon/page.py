@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 
 from rollbackd.daemon.jsonify import JsonValue
 from rollbackd.daemon.probing import ProbeOutcome
+from rollbackd.daemon.sourcestatus import SourceState, SourceStatus
 
 #: The shortest refresh period of the page, in seconds.
 MIN_REFRESH_S = 2
@@ -145,6 +146,8 @@ def render_status_page(
     generated_at: datetime,
     not_ready: str | None = None,
     probe: ProbeOutcome | None = None,
+    sources: Sequence[SourceState] = (),
+    now_loop: float | None = None,
 ) -> str:
     """The whole page.
 
@@ -160,7 +163,10 @@ def render_status_page(
     - ``refresh_s``: the browser reloads the page that often (see :func:`refresh_seconds`);
     - ``generated_at``: the wall-clock time of the rendering (timezone-aware), to print holds' and
       cooldowns' ends as clock times;
-    - ``probe``: the start-up probe of the targets' series; its blind targets are alerts.
+    - ``probe``: the start-up probe of the targets' series; its blind targets are alerts;
+    - ``sources``: each data source's state (:mod:`rollbackd.daemon.sourcestatus`): one that is
+      down is an alert saying since when (UTC) and why, one that is off a note; ``now_loop``, the
+      event-loop time of the rendering, says for how long.
     """
     doc = _obj(document) or {}
     targets = [t for t in (_obj(v) for v in (_obj(doc.get("targets")) or {}).values()) if t is not None]
@@ -192,6 +198,7 @@ def render_status_page(
             targets=len(targets),
         ),
         _alerts(ready=ready, alive=alive, freeze=freeze, dry_run=dry_run, not_ready=not_ready),
+        _source_alerts(sources, now_loop=now_loop),
         _probe_alerts(probe),
         _summary(counts) if targets else '<p class="empty">No targets configured.</p>',
         "<main>",
@@ -249,6 +256,31 @@ def _alerts(*, ready: bool, alive: bool, freeze: bool, dry_run: bool, not_ready:
     elif not ready:
         alerts.append(("warn", "No evaluation yet: the first evaluation of the targets has not completed."))
     return "".join(f'<div class="alert {css}">{_e(text)}</div>' for css, text in alerts)
+
+
+#: What a source that is down means for the targets, by source.
+_DOWN_MEANS = {
+    "prometheus": "targets are inconclusive without data; nothing is rolled back on missing data.",
+    "kubernetes": "decisions stand, but the cluster cannot be read or acted on.",
+    "store": "targets are still judged; nothing is rolled back until the audit trail can be written.",
+}
+
+
+def _source_alerts(sources: Sequence[SourceState], *, now_loop: float | None) -> str:
+    """One alert per data source that is down (since when, for how long, why), one note per
+    source that is off."""
+    alerts: list[str] = []
+    for state in sources:
+        name = state.name.capitalize()
+        since = state.since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        if state.status is SourceStatus.DOWN:
+            lasted = f" ({human_duration(now_loop - state.since_loop)})" if now_loop is not None else ""
+            means = _DOWN_MEANS.get(state.name, "")
+            text = f"{name} unreachable since {since}{lasted}: {state.error}. {means}".rstrip()
+            alerts.append(f'<div class="alert bad source">{_e(text)}</div>')
+        elif state.status is SourceStatus.OFF:
+            alerts.append(f'<div class="alert note source">{_e(f"{name} off: {state.detail}.")}</div>')
+    return "".join(alerts)
 
 
 #: Most blind sides listed on the page; the log and ``check-config --probe`` list them all.
@@ -585,6 +617,7 @@ h1{font-size:20px;margin:0}
 .alert{margin:6px 0;padding:8px 12px;border-radius:6px;font-weight:600}
 .alert.bad{background:var(--red);color:#fff}
 .alert.warn{background:#fff4e6;color:#8a4b00;border:1px solid var(--orange)}
+.alert.note{background:#f1f3f5;color:var(--muted);font-weight:400}
 .alert.probe ul{margin:4px 0 0 18px;padding:0;font-weight:400}
 .summary{display:flex;flex-wrap:wrap;gap:16px;margin:10px 0 12px;color:var(--muted)}
 .count b{font-size:16px;color:var(--ink)}.count.zero{opacity:.55}

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 
 from rollbackd.errors import SourceError
 from rollbackd.model import HealthCheck, Observation
-from rollbackd.sources.base import HealthSource, MetricsSource, RejectsData, SidePair, SourceTarget
+from rollbackd.sources.base import (
+    HealthSource,
+    MetricsSource,
+    RejectsData,
+    ReportsOutage,
+    SidePair,
+    SourceTarget,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +58,8 @@ class TickData:
     health: Mapping[str, tuple[tuple[HealthCheck, ...] | None, tuple[HealthCheck, ...] | None]]
     #: Per target key, why the metrics source rejected its values this tick.
     rejected: Mapping[str, str] = field(default_factory=dict)
+    #: Why the metrics source gave nothing at all this tick (``None`` when it answered).
+    metrics_outage: str | None = None
 
     def observation(self, target: SourceTarget, t: float) -> Observation:
         baseline, candidate = self.metrics.get(target.key, _NO_DATA)
@@ -72,20 +81,22 @@ async def _collect_metrics(
     *,
     window_s: float,
     on_source_error: SourceErrorSink,
-) -> tuple[Mapping[str, SidePair], Mapping[str, str]]:
-    """The source's answer per target, and why it rejected some targets' values (read at once: it
-    describes this collection only)."""
+) -> tuple[Mapping[str, SidePair], Mapping[str, str], str | None]:
+    """The source's answer per target, why it rejected some targets' values, and why it gave
+    nothing at all (each read at once: they describe this collection only). A failure is told by
+    the daemon once per outage (:mod:`rollbackd.daemon.sourcestatus`), so it is logged at DEBUG."""
     try:
         found = await source.collect(targets, window_s=window_s)
-        return found, (source.rejected if isinstance(source, RejectsData) else {})
+        rejected = source.rejected if isinstance(source, RejectsData) else {}
+        return found, rejected, (source.outage if isinstance(source, ReportsOutage) else None)
     except Exception as exc:
         source_name, kind = metrics_failure(exc)
         on_source_error(source_name, kind)
-        logger.warning(
+        logger.debug(
             "metrics source failed; this tick has no metrics data",
             extra={"source": source_name, "kind": kind, "error": repr(exc)},
         )
-        return {}, {}
+        return {}, {}, str(exc) or repr(exc)
 
 
 async def _probe(
@@ -135,8 +146,8 @@ async def collect_tick(
         target.key: (probed.get((target.key, "baseline")), probed.get((target.key, "candidate")))
         for target in targets
     }
-    metrics, rejected = metrics_task.result()
-    return TickData(metrics=metrics, health=health, rejected=rejected)
+    metrics, rejected, outage = metrics_task.result()
+    return TickData(metrics=metrics, health=health, rejected=rejected, metrics_outage=outage)
 
 
 async def run_every(

@@ -67,6 +67,17 @@ class RejectsData(Protocol):
         ...
 
 
+@runtime_checkable
+class ReportsOutage(Protocol):
+    """A metrics source that says when its backend gave no answer at all."""
+
+    @property
+    def outage(self) -> str | None:
+        """Why the latest collection got no answer from the backend (every query failed), or
+        ``None`` when it answered."""
+        ...
+
+
 #: Per target key, its past intervals, oldest first: ``(Unix time, (baseline, candidate))``, each
 #: counted over the step before its time.
 History = Mapping[str, tuple[tuple[float, SidePair], ...]]

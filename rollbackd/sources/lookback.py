@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from rollbackd.sources.base import GivesHistory, History, MetricsSource, RejectsData, SidePair, SourceTarget
+from rollbackd.sources.base import (
+    GivesHistory,
+    History,
+    MetricsSource,
+    RejectsData,
+    ReportsOutage,
+    SidePair,
+    SourceTarget,
+)
 
 #: Scrapes a query range must cover: increase() needs two samples in the range.
 SCRAPES_PER_RANGE = 2
@@ -31,6 +39,11 @@ class Lookback:
     def rejected(self) -> Mapping[str, str]:
         """Why the wrapped source rejected targets' latest collection (none when it rejects nothing)."""
         return self._inner.rejected if isinstance(self._inner, RejectsData) else {}
+
+    @property
+    def outage(self) -> str | None:
+        """Why the wrapped source's latest collection got no answer (``None``: it answered)."""
+        return self._inner.outage if isinstance(self._inner, ReportsOutage) else None
 
     async def collect(self, targets: Sequence[SourceTarget], *, window_s: float) -> Mapping[str, SidePair]:
         range_s = max(window_s, self._min_range_s)

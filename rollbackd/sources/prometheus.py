@@ -294,7 +294,8 @@ class PrometheusClient(OwnsSession):
                 delay = self.backoff.delay(attempt, self._rng)
                 if exc.retry_after_s is not None:
                     delay = min(max(delay, exc.retry_after_s), self.backoff.max_s)
-                logger.warning("Prometheus query failed (%s), retry %d/%d in %.2fs",
+                # DEBUG: a failure that outlasts the retries is told by the caller, once per outage.
+                logger.debug("Prometheus query failed (%s), retry %d/%d in %.2fs",
                                exc, attempt + 1, self.retries, delay)
                 attempt += 1
                 self.stats.retries += 1
@@ -698,6 +699,8 @@ class PrometheusSource:
         self._reported: dict[str, str] = {}
         #: Per target key, why its latest collection was rejected (:class:`RejectsData`).
         self.rejected: Mapping[str, str] = {}
+        #: Why the latest collection got no answer at all (:class:`ReportsOutage`).
+        self.outage: str | None = None
 
     def _plan(self, targets: Sequence[SourceTarget], window_s: float) -> promql.Plan:
         wanted = tuple(targets)
@@ -746,11 +749,14 @@ class PrometheusSource:
             if freshness is not None and self.max_lag_s is not None:
                 group.create_task(self._check_freshness(freshness, self.max_lag_s))
 
+        failed = [answer for task in answers.values() if isinstance(answer := task.result(), SourceError)]
+        # Every query failed: the backend is out, which the daemon tells once (not per query).
+        self.outage = str(failed[0]) if failed and len(failed) == len(answers) else None
         sides: dict[str, dict[promql.Side, Sample | None]] = {}
         impossible: dict[str, str] = {}
         for index, batch in enumerate(plan.batches):
             outcome = {metric: answers[index, metric].result() for metric in promql.Metric}
-            per_series, rejected = self.samples_of(batch, outcome)
+            per_series, rejected = self.samples_of(batch, outcome, quiet=self.outage is not None)
             for series, owners in batch.sides.items():
                 problem = rejected.get(series)
                 for target_key, side in owners:
