@@ -27,10 +27,12 @@ from rollbackd.config.settings import (
 )
 from rollbackd.daemon.sourcestatus import SUMMARY_EVERY_S, SourceBoard
 from rollbackd.daemon.wiring import open_daemon
+from rollbackd.model import Sample
 from rollbackd.sources.prometheus import PrometheusClient, PrometheusSource
 from tests.kubefixtures import wait_until
 from tests.promfixtures import PrometheusFactory, SampleAppFactory
 from tests.test_daemon import ScriptedHealth
+from tests.test_daemon_episodes import Intervals
 
 NAMESPACE = "shop"
 INTERVAL_S = 0.2
@@ -108,7 +110,7 @@ async def test_prometheus_going_away_is_told_once_and_shown_until_it_is_back(
         assert code == 200  # the loop is alive: still ready
         shown = body["sources"]["prometheus"]
         assert shown["error"].startswith(f"cannot reach Prometheus at {prometheus.url}")
-        since = datetime.strptime(shown["since"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        since = datetime.fromisoformat(shown["since"])
         assert stopped_at - timedelta(seconds=1) <= since <= datetime.now(UTC)
         assert shown["failures"] >= 10
         text = await page()
@@ -140,14 +142,14 @@ def test_an_outage_is_summarized_once_a_minute(caplog: pytest.LogCaptureFixture)
         board.summarize()
     messages = [r.getMessage() for r in caplog.records]
     assert messages[0] == (
-        "prometheus is down since 2026-12-06T17:00:01Z: cannot reach Prometheus at"
+        "prometheus is down since 2026-12-06T17:00:01.000Z: cannot reach Prometheus at"
         " http://prometheus:9090: refused"
     )
     summaries = [m for m in messages if m.startswith("still down: ")]
     assert summaries == [
-        "still down: prometheus for 60s (since 2026-12-06T17:00:01Z, 61 failed uses): cannot reach"
+        "still down: prometheus for 60s (since 2026-12-06T17:00:01.000Z, 61 failed uses): cannot reach"
         " Prometheus at http://prometheus:9090: refused",
-        "still down: prometheus for 120s (since 2026-12-06T17:00:01Z, 121 failed uses): cannot reach"
+        "still down: prometheus for 120s (since 2026-12-06T17:00:01.000Z, 121 failed uses): cannot reach"
         " Prometheus at http://prometheus:9090: refused",
     ]
     assert len(messages) == 3
@@ -157,6 +159,29 @@ def test_an_outage_is_summarized_once_a_minute(caplog: pytest.LogCaptureFixture)
     view = board.view()
     assert isinstance(view, dict)
     assert view["prometheus"] == {
-        "status": "up", "since": "2026-12-06T17:02:31Z", "for_s": 0.0, "error": None, "detail": None,
+        "status": "up", "since": "2026-12-06T17:02:31.000Z", "for_s": 0.0, "error": None, "detail": None,
         "failures": 0,
     }
+
+
+async def test_the_api_shows_times_on_the_wall_clock_in_utc(tmp_path: Path) -> None:
+    healthy = Sample(requests=200, errors=0)
+    settings = Settings(
+        interval_s=INTERVAL_S,
+        http=HttpSettings(host="127.0.0.1", port=0),
+        store=StoreSettings(data_dir=str(tmp_path / "data")),
+        targets=_targets(1),
+    )
+    before = datetime.now(UTC)
+    async with (
+        open_daemon(settings, metrics_source=Intervals(lambda i: (healthy, healthy)),
+                    health_source=ScriptedHealth()) as daemon,
+        aiohttp.ClientSession() as session,
+    ):
+        await wait_until(lambda: daemon.ticks >= 2, timeout_s=10, what="two ticks")
+        async with session.get(f"http://127.0.0.1:{daemon.port}/api/v1/targets/shop/app-0") as response:
+            target = await response.json()
+    decided = target["decision"]["t"]
+    assert decided.endswith("Z")
+    assert before - timedelta(seconds=1) <= datetime.fromisoformat(decided) <= datetime.now(UTC)
+    assert target["evidence"]["t"] == decided

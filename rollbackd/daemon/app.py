@@ -55,8 +55,8 @@ from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.daemon.sourcestatus import SourceBoard
 from rollbackd.daemon.state import DaemonState, TargetState
 from rollbackd.daemon.tick import IdleCollector, collect_tick, metrics_failure, run_every
+from rollbackd.daemon.wallclock import WallClock
 from rollbackd.decision.facts import ClusterFacts
-from rollbackd.events.build import Clock
 from rollbackd.gcpause import collector_paused
 from rollbackd.model import Context, Decision, Evidence, Observation
 from rollbackd.params import TargetParams
@@ -179,7 +179,8 @@ class Daemon:
         self._probe_client = probe
         self._probe_task: asyncio.Task[None] | None = None
         #: Whether each data source works, since when, and why not (``/readyz``, the status page).
-        self.sources = SourceBoard(loop=_loop_time, wall=_WallClock().at)
+        self.wall = WallClock()
+        self.sources = SourceBoard(loop=_loop_time, wall=self.wall.at)
 
     # --- observable state ----------------------------------------------------------------------
 
@@ -322,6 +323,7 @@ class Daemon:
             not_ready_reason=lambda: self.journal.problem,
             auth=self._auth,
             sources=self.sources,
+            wall=self.wall,
         )
         app = make_app(context)
         async with HttpServer(app, host=self.settings.http.host, port=self.settings.http.port) as server:
@@ -750,19 +752,6 @@ class Daemon:
 
 def _loop_time() -> float:
     return asyncio.get_running_loop().time()
-
-
-class _WallClock:
-    """Event-loop times on the wall clock, with the offset between the two taken once (at the
-    first conversion), so that one loop time always shows as the same wall-clock time."""
-
-    def __init__(self) -> None:
-        self._clock: Clock | None = None
-
-    def at(self, t: float) -> datetime:
-        if self._clock is None:
-            self._clock = Clock.now()
-        return self._clock.at(t)
 
 
 def _shape(decision: Decision) -> tuple[object, ...]:

@@ -57,6 +57,7 @@ from rollbackd.daemon.page import refresh_seconds, render_status_page
 from rollbackd.daemon.sourcestatus import SourceBoard
 from rollbackd.daemon.state import DaemonState, TargetState
 from rollbackd.daemon.views import flags_view, target_view, targets_view
+from rollbackd.daemon.wallclock import WallClock
 from rollbackd.decision.rails import MAX_HOLD_S
 from rollbackd.store.base import AuditEntry
 from rollbackd.store.history import entry_json, parse_since, parse_target
@@ -76,7 +77,8 @@ ETA_BOUNDS = f"eta_s must be a number of seconds greater than 0 and at most {MAX
 class HttpContext:
     """What the handlers read and steer.
 
-    ``clock`` is the event-loop clock (the time base of decisions, holds and cooldowns); ``alive``
+    ``clock`` is the event-loop clock (the time base of decisions, holds and cooldowns), shown on
+    the wall clock in UTC through ``wall``; ``alive``
     tells whether the evaluation loop runs; ``ready`` whether the first evaluation completed;
     ``leader`` whether this replica leads (acts); ``auth`` who may use which route (by default
     nobody may write: no token is configured).
@@ -98,6 +100,8 @@ class HttpContext:
     auth: ApiAuth = field(default_factory=lambda: ApiAuth(token=lambda: None))
     #: Whether each data source works, since when and why not (``None``: not tracked).
     sources: SourceBoard | None = None
+    #: Turns ``clock``'s times into the wall-clock times (UTC) the API shows.
+    wall: WallClock = field(default_factory=WallClock)
 
 
 _CONTEXT = web.AppKey("rollbackd_context", HttpContext)
@@ -164,7 +168,7 @@ async def status_page(request: web.Request) -> web.Response:
     targets = ctx.state.targets.values()
     interval_s = max((target.params.interval_s for target in targets), default=None)
     page = render_status_page(
-        targets_view(ctx.state, now=ctx.clock()),
+        targets_view(ctx.state, now=ctx.clock(), wall=ctx.wall),
         version=__version__,
         ready=ctx.ready(),
         alive=ctx.alive(),
@@ -186,7 +190,7 @@ async def status_page(request: web.Request) -> web.Response:
 
 async def list_targets(request: web.Request) -> web.Response:
     ctx = _context(request)
-    return json_response(targets_view(ctx.state, now=ctx.clock()))
+    return json_response(targets_view(ctx.state, now=ctx.clock(), wall=ctx.wall))
 
 
 async def get_target(request: web.Request) -> web.Response:
@@ -194,7 +198,7 @@ async def get_target(request: web.Request) -> web.Response:
     target = _target(request)
     if target is None:
         return _error(404, "no such target")
-    return json_response(target_view(ctx.state, target, now=ctx.clock()))
+    return json_response(target_view(ctx.state, target, now=ctx.clock(), wall=ctx.wall))
 
 
 def _limit(text: str) -> int:
@@ -259,7 +263,7 @@ async def set_hold(request: web.Request) -> web.Response:
         target.key,
         {"eta_s": eta_s, "reason": reason},
     )
-    return json_response(target_view(ctx.state, target, now=now))
+    return json_response(target_view(ctx.state, target, now=now, wall=ctx.wall))
 
 
 async def clear_hold(request: web.Request) -> web.Response:
@@ -270,7 +274,7 @@ async def clear_hold(request: web.Request) -> web.Response:
     ctx.state.holds.clear(target.key)
     logger.warning("fix-forward hold lifted", extra={"target": target.key, "remote": request.remote})
     ctx.audit("hold", "fix-forward hold lifted", target.key, {})
-    return json_response(target_view(ctx.state, target, now=ctx.clock()))
+    return json_response(target_view(ctx.state, target, now=ctx.clock(), wall=ctx.wall))
 
 
 async def freeze(request: web.Request) -> web.Response:

@@ -345,7 +345,7 @@ def _card(target: _Doc, status: Status, *, generated_at: datetime) -> str:
     right = "" if evidence is None else _findings(evidence)
     return (
         f'<article class="target {status.css}" data-key="{_e(key)}" data-status="{status.css}">'
-        f"{head}{_facts(evidence, decision, last_rollback)}"
+        f"{head}{_facts(evidence, decision, last_rollback, generated_at=generated_at)}"
         f'<div class="body"><div class="left">{left}</div><div class="right">{right}</div></div></article>'
     )
 
@@ -355,7 +355,9 @@ def _fact(name: str, value: str, *, css: str = "") -> str:
     return f"<div><dt>{_e(name)}</dt><dd{cls}>{_e(value)}</dd></div>"
 
 
-def _facts(evidence: _Doc | None, decision: _Doc | None, last_rollback: _Doc | None) -> str:
+def _facts(
+    evidence: _Doc | None, decision: _Doc | None, last_rollback: _Doc | None, *, generated_at: datetime
+) -> str:
     if decision is None:
         return '<p class="muted">Not evaluated yet.</p>'
     facts = [_fact("outcome", _text(decision.get("outcome")))]
@@ -374,17 +376,14 @@ def _facts(evidence: _Doc | None, decision: _Doc | None, last_rollback: _Doc | N
         if attribution:
             facts.append(_fact("blame", _BLAME.get(attribution, attribution)))
     episode = _obj(decision.get("episode"))
-    t_now = _num(decision.get("t"))
-    age_now = _num(decision.get("age_s"))
-    if episode is not None and t_now is not None and age_now is not None:
-        opened = _num(episode.get("opened_at"))
-        proven = _num(episode.get("proven_at"))
+    if episode is not None:
+        opened = _since(generated_at, episode.get("opened_at"))
+        proven = _since(generated_at, episode.get("proven_at"))
         if opened is not None and proven is not None:
             facts.append(
                 _fact(
                     "breach episode",
-                    f"open for {human_duration(age_now + t_now - opened)}, "
-                    f"last proven {human_duration(age_now + t_now - proven)} ago",
+                    f"open for {human_duration(opened)}, last proven {human_duration(proven)} ago",
                     css="warm",
                 )
             )
@@ -393,11 +392,9 @@ def _facts(evidence: _Doc | None, decision: _Doc | None, last_rollback: _Doc | N
         facts.append(_fact("blocked by", blocked_by, css="warm"))
     if decision.get("escalate") is True:
         facts.append(_fact("escalated", "yes: needs a human", css="warm"))
-    waiting_since = _num(decision.get("waiting_since"))
-    t = _num(decision.get("t"))
-    age = _num(decision.get("age_s"))
-    if waiting_since is not None and t is not None and age is not None:
-        facts.append(_fact("breaching since", f"{human_duration(age + t - waiting_since)} ago"))
+    breaching = _since(generated_at, decision.get("waiting_since"))
+    if breaching is not None:
+        facts.append(_fact("breaching since", f"{human_duration(breaching)} ago"))
     return f'<dl class="facts">{"".join(facts)}</dl>'
 
 
@@ -593,6 +590,16 @@ def _count(value: float | None) -> str:
 
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.1f}%"
+
+
+def _since(now: datetime, when: JsonValue) -> float | None:
+    """Seconds from the API's time ``when`` (ISO 8601, UTC) to ``now``; ``None`` without one."""
+    if not isinstance(when, str):
+        return None
+    try:
+        return (now - datetime.fromisoformat(when)).total_seconds()
+    except ValueError:
+        return None
 
 
 def _clock(now: datetime, in_s: float) -> str:

@@ -14,13 +14,14 @@ import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 
 from rollbackd.daemon.jsonify import JsonValue
+from rollbackd.daemon.wallclock import utc_iso
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SUMMARY_EVERY_S", "SourceBoard", "SourceState", "SourceStatus", "utc_text"]
+__all__ = ["SUMMARY_EVERY_S", "SourceBoard", "SourceState", "SourceStatus"]
 
 #: Seconds between two summary lines while a source is down.
 SUMMARY_EVERY_S = 60.0
@@ -49,17 +50,12 @@ class SourceState:
     def view(self, *, now_loop: float) -> JsonValue:
         return {
             "status": self.status.value,
-            "since": utc_text(self.since),
+            "since": utc_iso(self.since),
             "for_s": round(max(0.0, now_loop - self.since_loop), 3),
             "error": self.error,
             "detail": self.detail,
             "failures": self.failures,
         }
-
-
-def utc_text(when: datetime) -> str:
-    """``when`` as ISO 8601 in UTC with a ``Z`` (``2026-12-06T17:03:12Z``)."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class SourceBoard:
@@ -113,7 +109,7 @@ class SourceBoard:
         state = SourceState(name, SourceStatus.DOWN, now, self._wall(now), error=error, failures=1)
         self._states[name] = state
         logger.warning(
-            "%s is down since %s: %s", name, utc_text(state.since), error,
+            "%s is down since %s: %s", name, utc_iso(state.since), error,
             extra={"source": name, "status": "down", "error": error},
         )
         return True
@@ -132,7 +128,7 @@ class SourceBoard:
             return
         self._last_summary = now
         said = "; ".join(
-            f"{state.name} for {_duration(now - state.since_loop)} (since {utc_text(state.since)},"
+            f"{state.name} for {_duration(now - state.since_loop)} (since {utc_iso(state.since)},"
             f" {state.failures} failed uses): {state.error}"
             for state in down
         )
