@@ -1,10 +1,12 @@
 """Benchmark: each rollback action's own API work against the emulated API server (issue 3).
 
-The three Kubernetes actions -- :class:`~rollbackd.actions.canary_abort.CanaryAbort`,
-:class:`~rollbackd.actions.bluegreen.BlueGreenSwitchBack` and
-:class:`~rollbackd.actions.deployment_undo.DeploymentUndo` -- run against the emulated API server
-(:class:`~rollbackd.demo.emulator.ClusterEmulator`, served over real HTTP by kmock, with the
-emulated deployment and EndpointSlice controllers running), through the real
+The Kubernetes actions -- :class:`~rollbackd.actions.canary_abort.CanaryAbort`,
+:class:`~rollbackd.actions.bluegreen.BlueGreenSwitchBack`,
+:class:`~rollbackd.actions.deployment_undo.DeploymentUndo` and
+:class:`~rollbackd.actions.rollout_abort.RolloutAbort` (an Argo Rollouts Rollout) -- run against the
+emulated API server (:class:`~rollbackd.demo.emulator.ClusterEmulator`, served over real HTTP by
+kmock, with the emulated deployment, EndpointSlice and Argo Rollouts controllers running), through
+the real
 ``kubernetes_asyncio`` client (:meth:`~rollbackd.kube.KubeClient.for_host`), with the settings the
 daemon uses by default (``kubernetes.retries`` 4, retries 0.2 s doubling, availability polled
 every second).
@@ -46,13 +48,16 @@ from rollbackd.actions.base import ActionOutcome, ActionResult, RollbackAction
 from rollbackd.actions.bluegreen import BlueGreenSwitchBack
 from rollbackd.actions.canary_abort import CanaryAbort
 from rollbackd.actions.deployment_undo import DeploymentUndo
+from rollbackd.actions.rollout_abort import RolloutAbort
 from rollbackd.actions.steps import ActionSettings
 from rollbackd.config.settings import KubernetesSettings
+from rollbackd.demo.argo_rollouts import RolloutsController, seed_rollout
 from rollbackd.demo.emulator import (
     DEPLOYMENTS,
     ENDPOINTSLICES,
     INGRESSES,
     REPLICASETS,
+    ROLLOUTS,
     SERVICES,
     ClusterEmulator,
     Controllers,
@@ -197,7 +202,38 @@ UNDO = Case(
     rolled_back=undo_rolled_back,
 )
 
-CASES = (CANARY, BLUEGREEN, UNDO)
+# --- Argo Rollouts Rollout abort -----------------------------------------------------------------
+
+
+def seed_argo_rollout(emu: ClusterEmulator, ns: str) -> None:
+    seed_rollout(emu, ns, "web", stable_image="shop/web:1.1", image="shop/web:1.2", replicas=4)
+
+
+def argo_rollout_faults(emu: ClusterEmulator, ns: str) -> list[kmock.View]:
+    return [
+        emu.fail("get", ROLLOUTS, status=503, namespace=ns, name="web", times=1),
+        emu.conflict("patch", ROLLOUTS, namespace=ns, name="web", subresource="status"),
+        emu.fail("list", REPLICASETS, status=500, namespace=ns, times=1),
+    ]
+
+
+def argo_rollout_rolled_back(emu: ClusterEmulator, ns: str) -> bool:
+    rollout = emu.read(ROLLOUTS, ns, "web") or {}
+    status = rollout.get("status") or {}
+    stable = emu.read(REPLICASETS, ns, f"web-{status.get('stableRS')}") or {}
+    return status.get("abort") is True and (stable.get("status") or {}).get("availableReplicas") == 4
+
+
+ARGO_ROLLOUT = Case(
+    name="argo-rollout-abort",
+    seed=seed_argo_rollout,
+    action=lambda kube, ns: RolloutAbort(kube=kube, target=f"{ns}/web", namespace=ns, rollout="web",
+                                         settings=SETTINGS),
+    faults=argo_rollout_faults,
+    rolled_back=argo_rollout_rolled_back,
+)
+
+CASES = (CANARY, BLUEGREEN, UNDO, ARGO_ROLLOUT)
 
 
 # --- running them -------------------------------------------------------------------------------
@@ -220,6 +256,7 @@ async def run_once(case: Case, *, faults: bool) -> Outcome:
         ClusterEmulator() as emu,
         kmock.Server(emu),
         Controllers(emu),
+        RolloutsController(emu),
         KubeClient.for_host(str(emu.url), request_timeout_s=10.0) as kube,
     ):
         case.seed(emu, ns)
@@ -296,10 +333,12 @@ def markdown(report: dict[str, Any]) -> str:
         "- Faults: canary-abort: a 409 on the canary Ingress patch, a 503 on its read, two 500s on "
         "the canary's scale; blue-green: a 409 on the Service patch, two 500s listing "
         "EndpointSlices, a 503 on green's scale; deployment-undo: a 503 reading the Deployment, a "
-        "500 listing ReplicaSets, a 409 and a 500 on the Deployment patch. A 409 is retried at once "
-        "after a re-read; 5xx answers after a backoff of 0.1-0.2 s, then 0.2-0.4 s (jittered). "
-        "Blue-green lists EndpointSlices while it waits for blue to serve, so those failures show "
-        "in its wait_s (another poll a second later), not in api_s.",
+        "500 listing ReplicaSets, a 409 and a 500 on the Deployment patch; argo-rollout-abort: a 503 "
+        "reading the Rollout, a 409 on its status patch, a 500 listing ReplicaSets. A 409 is retried "
+        "at once after a re-read; 5xx answers after a backoff of 0.1-0.2 s, then 0.2-0.4 s "
+        "(jittered). Blue-green lists EndpointSlices while it waits for blue to serve, and the "
+        "Rollout abort lists ReplicaSets while it waits for the stable one, so those failures show "
+        "in their wait_s (another poll a second later), not in api_s.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -37,6 +37,8 @@ class Strategy(enum.StrEnum):
     CANARY = "canary"
     BLUE_GREEN = "blue-green"
     DEPLOYMENT = "deployment"
+    #: An Argo Rollouts ``Rollout`` (canary or blueGreen): rolled back by aborting it.
+    ARGO_ROLLOUT = "argo-rollout"
 
 
 class Impact(enum.StrEnum):

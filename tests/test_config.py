@@ -406,7 +406,7 @@ def test_bad_target_names_and_strategies(tmp_path: Path) -> None:
         f"{path}:2: targets[0].name (target Checkout): expected a name of lowercase letters, digits and '-'"
         " (like a Kubernetes object name), got 'Checkout'",
         f"{path}:3: targets[0].strategy (target Checkout): expected one of 'canary', 'blue-green',"
-        " 'deployment', got 'rolling'",
+        " 'deployment', 'argo-rollout', got 'rolling'",
     ]
 
 
@@ -427,7 +427,7 @@ def test_target_without_name_or_strategy(tmp_path: Path) -> None:
     assert problems_of(path) == [
         f"{path}:2: targets[0]: missing required key 'name' (the target's name, unique within its namespace)",
         f"{path}:2: targets[0]: missing required key 'strategy'"
-        " (how the release is rolled out: canary, blue-green or deployment)",
+        " (how the release is rolled out: canary, blue-green, deployment or argo-rollout)",
     ]
 
 
@@ -465,9 +465,64 @@ def test_keys_of_another_strategy_are_refused(tmp_path: Path) -> None:
         """)
     assert problems_of(path) == [
         f"{path}:5: targets[0].baseline (target catalog): key 'baseline' does not apply to strategy"
-        " 'deployment' (only to blue-green and canary)",
+        " 'deployment' (only to argo-rollout, blue-green and canary)",
         f"{path}:6: targets[0].ingress (target catalog): key 'ingress' does not apply to strategy"
         " 'deployment' (only to canary)",
+    ]
+
+
+def test_an_argo_rollout_target_tells_its_sides_apart_by_labels(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        targets:
+          - name: checkout
+            namespace: shop
+            strategy: argo-rollout
+            rollout: checkout
+            baseline: {labels: {role: stable}}
+            candidate: {labels: {role: canary}}
+            queries: {group_labels: [namespace, role]}
+        """)
+    settings = load_settings(path, environ={})
+    [target] = settings.targets
+    assert target.strategy is Strategy.ARGO_ROLLOUT
+    assert (target.rollout, target.candidate.deployment) == ("checkout", None)
+
+
+def test_argo_rollout_mistakes_say_what_to_write_instead(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        targets:
+          - name: checkout
+            strategy: argo-rollout
+            baseline: {labels: {role: stable}}
+            candidate: {deployment: checkout, labels: {role: canary}}
+          - name: cart
+            strategy: canary
+            ingress: cart-canary
+            baseline: {deployment: cart}
+            candidate: {labels: {}}
+        """)
+    assert problems_of(path) == [
+        f"{path}:2: targets[0] (checkout): missing required key 'rollout' for strategy 'argo-rollout'"
+        " (the Argo Rollouts Rollout)",
+        f"{path}:5: targets[0].candidate.deployment (target checkout): key 'deployment' does not apply to"
+        " strategy 'argo-rollout': the pods of both versions belong to the Rollout: tell the sides apart with"
+        " labels (e.g. role: canary / role: stable, set by the Rollout's canaryMetadata / stableMetadata)",
+        f"{path}:10: targets[1].candidate (target cart): missing required key 'deployment' for strategy"
+        " 'canary' (the Deployment running this version)",
+    ]
+    path = write(tmp_path, """\
+        targets:
+          - name: search
+            strategy: argo-rollout
+            rollout: search
+            baseline: {labels: {role: stable}}
+            candidate: {labels: {role: canary}}
+        """)
+    assert problems_of(path) == [
+        f"{path}:2: targets[0] (search): group label 'deployment' has no value for an argo-rollout target:"
+        " the pods of both versions belong to the Rollout: tell the sides apart with labels (e.g. role:"
+        " canary / role: stable, set by the Rollout's canaryMetadata / stableMetadata); set this target's"
+        " queries.group_labels to them (e.g. [namespace, role])",
     ]
 
 
@@ -745,7 +800,8 @@ def test_per_target_tunables_override_defaults_and_global_ones_are_refused(tmp_p
         f"{path}:{line_of(path, 'max_rollbacks_per_hour:')}: targets[0].policy (target checkout): unknown key"
         " 'max_rollbacks_per_hour' (known keys: controlled_grace_s, cooldown_s, rollback_risk)",
         f"{path}:{line_of(path, 'severity:')}: targets[0] (checkout): unknown key 'severity' (known keys:"
-        " name, namespace, strategy, baseline, candidate, ingress, service, slo, detection, policy, queries)",
+        " name, namespace, strategy, baseline, candidate, ingress, service, rollout, dry_run, slo, detection,"
+        " policy, queries)",
     ]
 
 

@@ -64,6 +64,13 @@ ALLOWED_TARGET_RULES = frozenset(
         ("", "events", "create"),
     }
 )
+#: What ``rbac.argoRollouts: true`` adds to every target Role: reading a Rollout and aborting it.
+ARGO_ROLLOUTS_RULES = frozenset(
+    {
+        ("argoproj.io", "rollouts", "get"),
+        ("argoproj.io", "rollouts/status", "patch"),
+    }
+)
 ALLOWED_LEASE_RULES = frozenset(
     {
         ("coordination.k8s.io", "leases", "get"),
@@ -136,8 +143,24 @@ def example_targets() -> list[dict[str, Any]]:
     return targets
 
 
+#: An Argo Rollouts target, as docs/partners.md shows one.
+ROLLOUT_TARGET = {
+    "name": "checkout",
+    "namespace": "shop",
+    "strategy": "argo-rollout",
+    "rollout": "checkout",
+    "baseline": {"labels": {"role": "stable"}},
+    "candidate": {"labels": {"role": "canary"}},
+    "queries": {"group_labels": ["namespace", "role"]},
+}
+
+
 def _value_sets() -> dict[str, dict[str, Any]]:
     return {
+        "argo-rollouts": {
+            "rbac": {"namespaces": ["shop"], "argoRollouts": True},
+            "config": {"targets": [ROLLOUT_TARGET]},
+        },
         "defaults": {},
         "namespaced": {
             "image": {"repository": "registry.example.com/platform/rollbackd", "tag": "0.1.0-rc.1",
@@ -480,12 +503,13 @@ def test_rbac_is_least_privilege(helm: Any, value_set: str) -> None:
         assert role["kind"] == "Role", object_id(role)
         assert role["metadata"]["namespace"] == NAMESPACE, object_id(role)
         assert set(_rules(role)) == ALLOWED_LEASE_RULES, object_id(role)
+    rbac = values["rbac"]
+    allowed = ALLOWED_TARGET_RULES | (ARGO_ROLLOUTS_RULES if rbac["argoRollouts"] else frozenset())
     for role in target_roles:
         granted = set(_rules(role))
-        assert granted <= ALLOWED_TARGET_RULES, f"{object_id(role)} grants {granted - ALLOWED_TARGET_RULES}"
-        assert granted == ALLOWED_TARGET_RULES, f"{object_id(role)} lacks {ALLOWED_TARGET_RULES - granted}"
+        assert granted <= allowed, f"{object_id(role)} grants {granted - allowed}"
+        assert granted == allowed, f"{object_id(role)} lacks {allowed - granted}"
 
-    rbac = values["rbac"]
     expected_target_roles: set[str] = set()
     if rbac["create"]:
         if rbac["clusterWide"]:
@@ -545,17 +569,28 @@ def _kube_calls() -> set[tuple[str, str, str]]:
 def test_rbac_allows_every_request_rollbackd_makes(helm: Any) -> None:
     calls = _kube_calls()
     assert ("apps", "deployments", "patch") in calls, "the scan of KubeCall(...) found nothing"
+    assert ("argoproj.io", "rollouts/status", "patch") in calls
     objects = render(helm, VALUE_SETS["namespaced"])
     granted_in_shop = set(_rules(one(objects, "Role", "rb-rollbackd", "shop")))
     granted_for_leases = set(_rules(one(objects, "Role", "rb-rollbackd-leader-election", NAMESPACE)))
+    granted_for_rollouts = set(_rules(one(render(helm, VALUE_SETS["argo-rollouts"]), "Role", "rb-rollbackd",
+                                          "shop")))
     missing = {
         call for call in calls
-        if call not in (granted_for_leases if call[1] == "leases" else granted_in_shop)
+        if call not in (
+            granted_for_leases if call[1] == "leases"
+            else granted_for_rollouts if call[0] == "argoproj.io"
+            else granted_in_shop
+        )
     }
     assert not missing, f"rollbackd makes requests the chart does not allow: {sorted(missing)}"
+    assert not {call for call in granted_in_shop if call[0] == "argoproj.io"}  # only when asked for
     cluster_wide = render(helm, VALUE_SETS["cluster-wide"])
     granted_everywhere = set(_rules(one(cluster_wide, "ClusterRole")))
-    assert {call for call in calls if call[1] != "leases"} <= granted_everywhere
+    assert {call for call in calls if call[1] != "leases" and call[0] != "argoproj.io"} <= granted_everywhere
+    argo_everywhere = render(helm, {**VALUE_SETS["cluster-wide"], "rbac": {"clusterWide": True,
+                                                                          "argoRollouts": True}})
+    assert {call for call in calls if call[1] != "leases"} <= set(_rules(one(argo_everywhere, "ClusterRole")))
 
 
 def test_rbac_off_creates_no_rbac_objects(helm: Any) -> None:
@@ -878,12 +913,14 @@ def test_notes_tell_what_is_missing(helm: Any) -> None:
         ({"persistence": {"enabled": True}}, "replicas cannot share"),
         ({"config": {"store": {"data_dir": "/data"}}}, "config.store.data_dir must be /var/lib/rollbackd"),
         ({"config": {"targets": example_targets()}}, 'in namespace "shop", which is not in rbac.namespaces'),
+        ({"rbac": {"namespaces": ["shop"]}, "config": {"targets": [ROLLOUT_TARGET]}},
+         "has strategy argo-rollout, but rbac.argoRollouts is false"),
         ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
         ({"credentials": {"webhooks": [{"name": "ops", "existingSecret": "ops-hook", "key": "token"}]}},
          'no webhook named "ops" in config.events.webhooks'),
     ],
     ids=["replicas-without-lease", "renew-too-slow", "shared-sqlite", "data-dir", "unpermitted-target",
-         "no-account-name", "secret-for-no-webhook"],
+         "rollout-without-rbac", "no-account-name", "secret-for-no-webhook"],
 )
 def test_unsafe_combinations_are_refused(helm: Any, values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmRenderError, match=re.escape(message)):

@@ -8,15 +8,18 @@ It sits above both the pure decision facts (:mod:`rollbackd.decision.facts`) and
 for every configured target (found by its key, ``namespace/name``):
 
 - :meth:`KubeTargets.facts` reads the candidate Deployment, the baseline one (canary, blue-green)
-  or the candidate's ReplicaSets (deployment strategy) and hands them to the pure
+  or the candidate's ReplicaSets (deployment strategy), or the Rollout and its stable ReplicaSet
+  (argo-rollout; a Rollout that does not exist, or a cluster without Argo Rollouts, is a fact: no
+  rollback target, with that reason) and hands them to the pure
   :func:`~rollbackd.decision.facts.cluster_facts`: rollback risk and fix-forward holds from
   annotations, the candidate's revision, whether there is a healthy version to go back to. A
   fix-forward ETA given as a duration (``15m``) counts from when this object first saw it;
-- :meth:`KubeTargets.action` builds the target's action: canary abort, blue-green switch-back or
-  Deployment undo;
+- :meth:`KubeTargets.action` builds the target's action: canary abort, blue-green switch-back,
+  Deployment undo or Rollout abort (:data:`ACTIONS` names them per strategy);
 - :meth:`KubeTargets.serving_available` tells whether the version traffic went back to is fully
   available (rolled out, every replica available): the stable Deployment (canary), the previous
-  colour (blue-green), the Deployment itself (undo).
+  colour (blue-green), the Deployment itself (undo), the Rollout's stable ReplicaSet once the
+  Rollout reports its abort (argo-rollout).
 
 A Deployment undo acts only while the Deployment still runs the revision judged bad (see
 :mod:`rollbackd.actions.deployment_undo`). :meth:`KubeTargets.action` takes that revision as
@@ -32,24 +35,41 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from rollbackd.actions import bluegreen, canary_abort, deployment_undo, rollout_abort
 from rollbackd.actions.base import RollbackAction
 from rollbackd.actions.bluegreen import BlueGreenSwitchBack
 from rollbackd.actions.canary_abort import CanaryAbort
 from rollbackd.actions.deployment_undo import DeploymentUndo
+from rollbackd.actions.rollout_abort import RolloutAbort, stable_serving
 from rollbackd.actions.steps import ActionSettings
-from rollbackd.config.settings import KubernetesSettings, Settings, TargetSettings
+from rollbackd.config.settings import KubernetesSettings, Settings, Side, TargetSettings
 from rollbackd.decision.annotations import ETA_ANNOTATION
 from rollbackd.decision.facts import ClusterFacts, cluster_facts
-from rollbackd.kube import objects
+from rollbackd.kube import objects, rollouts
 from rollbackd.kube.client import KubeClient, Obj
 from rollbackd.kube.errors import KubeError, KubeNotFound
 from rollbackd.kube.retry import retrying
+from rollbackd.kube.rollouts import RolloutsNotInstalled
 from rollbackd.model import Strategy
 from rollbackd.params import TargetParams
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+#: The action that rolls a target of each strategy back (``ActionResult.action``, ``rollback.*`` events).
+ACTIONS: dict[Strategy, str] = {
+    Strategy.CANARY: canary_abort.ACTION,
+    Strategy.BLUE_GREEN: bluegreen.ACTION,
+    Strategy.DEPLOYMENT: deployment_undo.ACTION,
+    Strategy.ARGO_ROLLOUT: rollout_abort.ACTION,
+}
+
+
+def action_name(strategy: Strategy) -> str:
+    """The name of the action that rolls a target of ``strategy`` back."""
+    return ACTIONS[strategy]
 
 
 def _utc_now() -> datetime:
@@ -145,10 +165,14 @@ class KubeTargets:
             return kept[1]
         target = self.target(params.key)
         namespace = target.namespace
-        candidate = await self._deployment(namespace, target.candidate.deployment)
-        baseline = None
-        if target.baseline is not None:
-            baseline = await self._deployment(namespace, target.baseline.deployment)
+        if target.strategy is Strategy.ARGO_ROLLOUT:
+            candidate, baseline, missing = await self._rollout_objects(target)
+        else:
+            candidate = await self._deployment(namespace, _deployment_of(target.candidate))
+            baseline = None
+            if target.baseline is not None:
+                baseline = await self._deployment(namespace, _deployment_of(target.baseline))
+            missing = f"the candidate Deployment {namespace}/{target.candidate.deployment} does not exist"
         replica_sets: list[Obj] = []
         if target.strategy is Strategy.DEPLOYMENT and candidate is not None:
             found = candidate
@@ -163,13 +187,30 @@ class KubeTargets:
             eta_first_seen=self._eta_first_seen(params.key, candidate, loop_now),
         )
         if candidate is None:
-            missing = f"the candidate Deployment {namespace}/{target.candidate.deployment} does not exist"
             facts = dataclasses.replace(facts, problems=(*facts.problems, missing))
-            if target.strategy is Strategy.DEPLOYMENT:
+            if target.strategy in (Strategy.DEPLOYMENT, Strategy.ARGO_ROLLOUT):
                 facts = dataclasses.replace(facts, risk_reason=missing, rollback_target_reason=missing)
         self._revisions[params.key] = facts.candidate_revision
         self._facts[params.key] = (loop_now, facts)
         return facts
+
+    async def _rollout_objects(self, target: TargetSettings) -> tuple[Obj | None, Obj | None, str]:
+        """The target's Rollout and its stable ReplicaSet (``None`` when missing), and what to say
+        when the Rollout is missing: that it does not exist, or that the cluster has no Rollouts."""
+        assert target.rollout is not None  # the settings check it
+        namespace, name = target.namespace, target.rollout
+        missing = f"the Rollout {namespace}/{name} does not exist"
+        try:
+            rollout = await self._call(
+                lambda: rollouts.get_rollout(self.kube, namespace=namespace, name=name)
+            )
+        except RolloutsNotInstalled as exc:
+            return None, None, str(exc)
+        except KubeNotFound:
+            return None, None, missing
+        found = rollout
+        stable = await self._call(lambda: rollouts.stable_replicaset(self.kube, rollout=found))
+        return rollout, stable, missing
 
     def facts_read_at(self, key: str) -> float | None:
         """The loop time of the read behind the latest facts of ``key`` (``None`` before any)."""
@@ -186,12 +227,16 @@ class KubeTargets:
         """
         target = self.target(params.key)
         namespace = target.namespace
+        if target.strategy is Strategy.ARGO_ROLLOUT:
+            assert target.rollout is not None  # the settings check it
+            return RolloutAbort(kube=self.kube, target=params.key, namespace=namespace,
+                                rollout=target.rollout, settings=self.action_settings)
         if target.strategy is Strategy.CANARY:
             assert target.baseline is not None  # the settings check it
             assert target.ingress is not None
             return CanaryAbort(
                 kube=self.kube, target=params.key, namespace=namespace, ingress=target.ingress,
-                canary=target.candidate.deployment, stable=target.baseline.deployment,
+                canary=_deployment_of(target.candidate), stable=_deployment_of(target.baseline),
                 settings=self.action_settings,
             )
         if target.strategy is Strategy.BLUE_GREEN:
@@ -199,11 +244,12 @@ class KubeTargets:
             assert target.service is not None
             return BlueGreenSwitchBack(
                 kube=self.kube, target=params.key, namespace=namespace, service=target.service,
-                healthy=target.baseline.deployment, bad=target.candidate.deployment,
+                healthy=_deployment_of(target.baseline), bad=_deployment_of(target.candidate),
                 settings=self.action_settings,
             )
         return DeploymentUndo(
-            kube=self.kube, target=params.key, namespace=namespace, deployment=target.candidate.deployment,
+            kube=self.kube, target=params.key, namespace=namespace,
+            deployment=_deployment_of(target.candidate),
             bad_revision=bad_revision if bad_revision is not None else self._revisions.get(params.key),
             to_revision=to_revision, settings=self.action_settings,
         )
@@ -217,12 +263,29 @@ class KubeTargets:
         (:func:`~rollbackd.kube.objects.rollout_complete`): for an undo, the restored pods must be
         the ones available, not the old ones a stalled rollout leaves serving."""
         target = self.target(params.key)
+        if target.strategy is Strategy.ARGO_ROLLOUT:
+            assert target.rollout is not None  # the settings check it
+            namespace, name = target.namespace, target.rollout
+            try:
+                return await self._call(lambda: stable_serving(self.kube, namespace=namespace, name=name))
+            except KubeNotFound:
+                return False
+            except KubeError as exc:
+                logger.warning("cannot read the availability of the Rollout %s/%s: %s", namespace, name, exc,
+                               extra={"target": params.key})
+                return None
         side = target.candidate if target.strategy is Strategy.DEPLOYMENT else target.baseline
         assert side is not None  # canary and blue-green targets have a baseline (the settings check it)
         try:
-            deployment = await self._deployment(target.namespace, side.deployment)
+            deployment = await self._deployment(target.namespace, _deployment_of(side))
         except KubeError as exc:
             logger.warning("cannot read the availability of %s/%s: %s", target.namespace, side.deployment,
                            exc, extra={"target": params.key})
             return None
         return objects.rollout_complete(deployment)
+
+
+def _deployment_of(side: Side) -> str:
+    """The Deployment of a side of a canary, blue-green or deployment target (the settings require it)."""
+    assert side.deployment is not None, "only argo-rollout targets have sides without a Deployment"
+    return side.deployment

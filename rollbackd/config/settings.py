@@ -706,6 +706,12 @@ class ApiSettings(_Frozen):
         False,
         description="Let anyone who reaches the port use the write endpoints (local demos and tests only).",
     )
+    verdicts_open: bool = Field(
+        False,
+        description="Serve the verdict endpoints (.../verdict, .../rollback-check) without the token even "
+        "when protect_reads is set: a Flagger webhook cannot send an Authorization header. They change "
+        "nothing and tell only a target's verdict.",
+    )
 
     @model_validator(mode="after")
     def _one_token(self) -> ApiSettings:
@@ -738,13 +744,16 @@ IMPLIED_LABELS = {"namespace": "the target's 'namespace'", "deployment": "the si
 
 class Side(_Frozen):
     """How to find one side's series: the Deployment name (matched on the ``deployment`` group
-    label) and optional extra label values; health endpoints as full URLs."""
+    label) and optional extra label values; health endpoints as full URLs. The sides of an
+    ``argo-rollout`` target have no Deployment: their pods belong to the Rollout, and labels tell
+    them apart (e.g. those of the Rollout's ``canaryMetadata`` / ``stableMetadata``)."""
 
-    deployment: str = Field(
-        ...,
+    deployment: str | None = Field(
+        None,
         min_length=1,
         pattern=K8S_NAME_PATTERN,
-        description="Name of the Deployment running this version.",
+        description="Name of the Deployment running this version (required, except for argo-rollout "
+        "targets, which have none).",
     )
     labels: dict[LabelName, str] = Field(
         default_factory=dict,
@@ -774,10 +783,19 @@ class Side(_Frozen):
 
 #: What each strategy needs, for messages: key → (strategies that use it, what it is).
 _STRATEGY_KEYS: dict[str, tuple[frozenset[Strategy], str]] = {
-    "baseline": (frozenset({Strategy.CANARY, Strategy.BLUE_GREEN}), "the version to go back to"),
+    "baseline": (
+        frozenset({Strategy.CANARY, Strategy.BLUE_GREEN, Strategy.ARGO_ROLLOUT}), "the version to go back to"
+    ),
     "ingress": (frozenset({Strategy.CANARY}), "the canary Ingress"),
     "service": (frozenset({Strategy.BLUE_GREEN}), "the Service whose selector picks the colour"),
+    "rollout": (frozenset({Strategy.ARGO_ROLLOUT}), "the Argo Rollouts Rollout"),
 }
+
+#: Why the sides of an argo-rollout target name no Deployment, and what to do instead.
+ROLLOUT_SIDES = (
+    "the pods of both versions belong to the Rollout: tell the sides apart with labels (e.g. role: "
+    "canary / role: stable, set by the Rollout's canaryMetadata / stableMetadata)"
+)
 
 
 class TargetSettings(_Frozen):
@@ -797,7 +815,7 @@ class TargetSettings(_Frozen):
     )
     strategy: Strategy = Field(
         ...,
-        description="How the release is rolled out: canary, blue-green or deployment.",
+        description="How the release is rolled out: canary, blue-green, deployment or argo-rollout.",
     )
     baseline: Side | None = Field(
         None,
@@ -815,6 +833,17 @@ class TargetSettings(_Frozen):
         min_length=1,
         pattern=K8S_NAME_PATTERN,
         description="blue-green: the Service whose selector picks the colour.",
+    )
+    rollout: str | None = Field(
+        None,
+        min_length=1,
+        pattern=K8S_NAME_PATTERN,
+        description="argo-rollout: the Rollout (argoproj.io/v1alpha1) to abort.",
+    )
+    dry_run: bool = Field(
+        False,
+        description="Judge this target and publish, but never act on it (like safety.dry_run, for this "
+        "target only): for a release a partner rolls back itself, e.g. Flagger asking the verdict.",
     )
     slo: SloOverride = Field(SloOverride(), description="Overrides of defaults.slo for this target.")
     detection: DetectionOverride = Field(
@@ -856,15 +885,47 @@ class TargetSettings(_Frozen):
                         value,
                         key=key,
                         strategy=self.strategy.value,
-                        users=" and ".join(sorted(s.value for s in strategies)),
+                        users=_and(sorted(s.value for s in strategies)),
                     )
                 )
+        problems.extend(self._side_problems())
         _raise("TargetSettings", problems)
         return self
+
+    def _side_problems(self) -> list[InitErrorDetails]:
+        """Each side names its Deployment, except on an argo-rollout target, where none may."""
+        problems: list[InitErrorDetails] = []
+        for side_name in ("baseline", "candidate"):
+            side: Side | None = getattr(self, side_name)
+            if side is None:
+                continue
+            if self.strategy is Strategy.ARGO_ROLLOUT and side.deployment is not None:
+                problems.append(_problem(
+                    "not_for_strategy",
+                    "key 'deployment' does not apply to strategy 'argo-rollout': {why}",
+                    (side_name, "deployment"),
+                    side.deployment,
+                    why=ROLLOUT_SIDES,
+                ))
+            elif self.strategy is not Strategy.ARGO_ROLLOUT and side.deployment is None:
+                problems.append(_problem(
+                    "missing_for_strategy",
+                    "missing required key 'deployment' for strategy '{strategy}' (the Deployment running "
+                    "this version)",
+                    (side_name, "deployment"),
+                    None,
+                    strategy=self.strategy.value,
+                ))
+        return problems
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+def _and(words: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join(words) if len(words) < 3 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def _label_problems(index: int, target: TargetSettings, queries: QueryPreset) -> list[InitErrorDetails]:
@@ -876,6 +937,20 @@ def _label_problems(index: int, target: TargetSettings, queries: QueryPreset) ->
         queries.deployment_label: "the side's 'deployment'",
     }
     problems: list[InitErrorDetails] = []
+    if target.strategy is Strategy.ARGO_ROLLOUT and queries.deployment_label in group_labels:
+        where = ("queries", "group_labels") if target.queries.group_labels else ()
+        problems.append(
+            _problem(
+                "deployment_label",
+                "group label '{label}' has no value for an argo-rollout target: {why}; set this "
+                "target's queries.group_labels to them (e.g. [namespace, role])",
+                ("targets", index, *where),
+                list(group_labels),
+                label=queries.deployment_label,
+                why=ROLLOUT_SIDES,
+            )
+        )
+        return problems
     refs: dict[str, tuple[str | None, ...]] = {}
     for side_name in ("baseline", "candidate"):
         side: Side | None = getattr(target, side_name)

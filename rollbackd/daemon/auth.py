@@ -12,7 +12,10 @@ dry-run) need ``Authorization: Bearer <token>``:
 
 Read endpoints are open unless ``api.protect_reads``; then the API and the status page need the
 token too, while ``/healthz``, ``/readyz`` and ``/metrics`` stay open for the kubelet and
-Prometheus.
+Prometheus. The verdict endpoints partners call (``.../verdict``, ``.../rollback-check``) are reads:
+an Argo Rollouts ``web`` metric sends the token in a header from a Secret; a Flagger webhook cannot
+send headers, so ``api.verdicts_open: true`` leaves just those two open under ``protect_reads``
+(they change nothing and tell only a target's verdict).
 
 Tokens are compared in constant time (:func:`hmac.compare_digest`); a header that is not UTF-8 is
 compared as the bytes it was sent as (and so is a wrong token: 401). Neither the configured nor a
@@ -126,12 +129,14 @@ class ApiAuth:
 
     - ``token``: gives the configured token (``None``: none configured);
     - ``protect_reads``: the read endpoints need the token too (not the probes and ``/metrics``);
-    - ``allow_unauthenticated_writes``: the write endpoints need no token (demos and tests only).
+    - ``allow_unauthenticated_writes``: the write endpoints need no token (demos and tests only);
+    - ``verdicts_open``: the verdict endpoints need no token even with ``protect_reads``.
     """
 
     token: TokenSource
     protect_reads: bool = False
     allow_unauthenticated_writes: bool = False
+    verdicts_open: bool = False
     refusals: RefusalLog = field(default_factory=RefusalLog, compare=False)
 
     @classmethod
@@ -152,6 +157,7 @@ class ApiAuth:
             token=token,
             protect_reads=settings.protect_reads,
             allow_unauthenticated_writes=settings.allow_unauthenticated_writes,
+            verdicts_open=settings.verdicts_open,
         )
 
     def refusal(self, request: web.Request) -> web.Response | None:
@@ -180,11 +186,14 @@ def _answer(status: int, message: str, *, challenge: str | None = None) -> web.R
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-def auth_middleware(auth: ApiAuth, *, write_handlers: Collection[Handler]) -> Middleware:
+def auth_middleware(
+    auth: ApiAuth, *, write_handlers: Collection[Handler], verdict_handlers: Collection[Handler] = ()
+) -> Middleware:
     """The middleware enforcing ``auth``: ``write_handlers`` are the handlers of the write
     endpoints; every other route is a read (open unless ``protect_reads``, never for
-    :data:`OPEN_PATHS`)."""
+    :data:`OPEN_PATHS`, nor for ``verdict_handlers`` when ``verdicts_open``)."""
     writes = set(write_handlers)
+    verdicts = set(verdict_handlers)
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -194,7 +203,9 @@ def auth_middleware(auth: ApiAuth, *, write_handlers: Collection[Handler]) -> Mi
                 refused = auth.refusal(request)
                 if refused is not None:
                     return refused
-        elif auth.protect_reads and request.path not in OPEN_PATHS:
+        elif auth.protect_reads and request.path not in OPEN_PATHS and not (
+            auth.verdicts_open and route_handler in verdicts
+        ):
             refused = auth.refusal(request)
             if refused is not None:
                 return refused

@@ -19,7 +19,14 @@ Read-only routes:
   decision, hold and cooldown, plus the global switches;
 - ``GET /api/v1/targets/{namespace}/{name}``: one target;
 - ``GET /api/v1/history?target=NS/NAME&since=1h&limit=N``: the audit log (``since`` a duration of
-  at most 36500d or a time from 1900 to 9998, ``limit`` from 1 to 100000).
+  at most 36500d or a time from 1900 to 9998, ``limit`` from 1 to 100000);
+- ``GET /api/v1/targets/{namespace}/{name}/verdict``: rollbackd's judgement of the release for a
+  partner that rolls it out (an Argo Rollouts ``AnalysisTemplate`` with the ``web`` provider):
+  ``verdict`` pass | fail | inconclusive, ``reasons``, ``decided_at`` ... (see
+  :mod:`rollbackd.decision.verdict` and docs/partners.md); always 200 for a known target;
+- ``GET`` or ``POST /api/v1/targets/{namespace}/{name}/rollback-check``: the same document for a
+  Flagger ``rollback`` webhook, answered 200 exactly when the verdict is ``fail`` (Flagger rolls
+  back on a 2xx) and 412 otherwise; the body Flagger posts is not needed and not read.
 
 Control routes (they change what the daemon does; see :func:`control_routes`):
 
@@ -33,7 +40,8 @@ Bad input of any kind (a body that is not a JSON object or nested too deeply, a 
 its bounds or of the wrong type, a query value out of range) gets a 400 naming the field and what
 it accepts, never a 500. The control routes need ``Authorization: Bearer <token>`` (see
 :mod:`rollbackd.daemon.auth`); the read routes too when ``api.protect_reads`` is set, except the
-probes and ``/metrics``.
+probes and ``/metrics``; with ``api.verdicts_open`` the two verdict routes stay open as well (a
+Flagger webhook cannot send a header).
 """
 
 from __future__ import annotations
@@ -56,7 +64,7 @@ from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.page import refresh_seconds, render_status_page
 from rollbackd.daemon.sourcestatus import SourceBoard
 from rollbackd.daemon.state import DaemonState, TargetState
-from rollbackd.daemon.views import flags_view, target_view, targets_view
+from rollbackd.daemon.views import flags_view, target_verdict, target_view, targets_view, verdict_view
 from rollbackd.daemon.wallclock import WallClock
 from rollbackd.decision.rails import MAX_HOLD_S
 from rollbackd.store.base import AuditEntry
@@ -69,6 +77,9 @@ MAX_REASON_CHARS = 500
 
 #: Largest ``limit`` of a history query.
 MAX_HISTORY_LIMIT = 100_000
+
+#: What ``rollback-check`` answers when rollbackd would not roll back (any non-2xx keeps Flagger going).
+NO_ROLLBACK_STATUS = 412
 
 ETA_BOUNDS = f"eta_s must be a number of seconds greater than 0 and at most {MAX_HOLD_S:.0f} (30 days)"
 
@@ -201,6 +212,33 @@ async def get_target(request: web.Request) -> web.Response:
     return json_response(target_view(ctx.state, target, now=ctx.clock(), wall=ctx.wall))
 
 
+def _verdict_answer(request: web.Request, *, rollback_check: bool) -> web.Response:
+    ctx = _context(request)
+    target = _target(request)
+    if target is None:
+        key = f"{request.match_info['namespace']}/{request.match_info['name']}"
+        return _error(404, f"no target {key} in rollbackd's configuration: no verdict (check the namespace "
+                           "and name in the URL against GET /api/v1/targets)")
+    now = ctx.clock()
+    verdict = target_verdict(target, now=now)
+    body = verdict_view(target, verdict, now=now, wall_now=datetime.now(UTC))
+    status = 200
+    if rollback_check and not verdict.would_roll_back:
+        status = NO_ROLLBACK_STATUS
+    return json_response(body, status=status)
+
+
+async def get_verdict(request: web.Request) -> web.Response:
+    """``GET /api/v1/targets/{namespace}/{name}/verdict``: 200 with the judgement document."""
+    return _verdict_answer(request, rollback_check=False)
+
+
+async def rollback_check(request: web.Request) -> web.Response:
+    """``GET|POST /api/v1/targets/{namespace}/{name}/rollback-check``: 200 exactly when rollbackd
+    would roll the release back, :data:`NO_ROLLBACK_STATUS` otherwise (404 for an unknown target)."""
+    return _verdict_answer(request, rollback_check=True)
+
+
 def _limit(text: str) -> int:
     """The ``limit`` of a history query: a whole number from 1 to :data:`MAX_HISTORY_LIMIT`."""
     problem = f"limit must be a whole number from 1 to {MAX_HISTORY_LIMIT}"
@@ -317,6 +355,16 @@ def read_routes() -> list[web.RouteDef]:
         web.get("/api/v1/targets", list_targets),
         web.get("/api/v1/targets/{namespace}/{name}", get_target),
         web.get("/api/v1/history", history),
+        *verdict_routes(),
+    ]
+
+
+def verdict_routes() -> list[web.RouteDef]:
+    """The routes partners ask for a verdict (read-only: they change nothing, a POST included)."""
+    return [
+        web.get("/api/v1/targets/{namespace}/{name}/verdict", get_verdict),
+        web.get("/api/v1/targets/{namespace}/{name}/rollback-check", rollback_check),
+        web.post("/api/v1/targets/{namespace}/{name}/rollback-check", rollback_check),
     ]
 
 
@@ -334,8 +382,10 @@ def control_routes() -> list[web.RouteDef]:
 
 def make_app(context: HttpContext) -> web.Application:
     writes = [route.handler for route in control_routes()]
+    verdicts = [route.handler for route in verdict_routes()]
     app = web.Application(
-        client_max_size=64 * 1024, middlewares=[auth_middleware(context.auth, write_handlers=writes)]
+        client_max_size=64 * 1024,
+        middlewares=[auth_middleware(context.auth, write_handlers=writes, verdict_handlers=verdicts)],
     )
     app[_CONTEXT] = context
     app.add_routes(read_routes())

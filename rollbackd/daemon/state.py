@@ -185,7 +185,7 @@ class DaemonState:
             newer_rollout_in_progress=newer,
             rollback_in_progress=in_progress,
             frozen=self.flags.freeze,
-            dry_run=self.flags.dry_run,
+            dry_run=self.flags.dry_run or target.settings.dry_run,
             standby=standby,
             audit_problem=audit_problem,
             cooldown_until=self.ledger.cooldown_until(target.key),

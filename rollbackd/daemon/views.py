@@ -7,11 +7,15 @@ the daemon's event-loop clock by one :class:`~rollbackd.daemon.wallclock.WallClo
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from rollbackd.actions.base import ActionResult
+from rollbackd.actions.targets import action_name
 from rollbackd.daemon.jsonify import JsonValue, to_json_value
 from rollbackd.daemon.state import DaemonState, RuntimeFlags, TargetState
 from rollbackd.daemon.wallclock import WallClock, utc_iso
-from rollbackd.events.build import decided_at
+from rollbackd.decision.verdict import PartnerVerdict, partner_verdict
+from rollbackd.events.build import decided_at as run_decided_at
 from rollbackd.model import Decision, Episode, Evidence
 from rollbackd.run import RollbackRun
 from rollbackd.verification import RUNBOOK_ROLLBACK_TARGET_S
@@ -102,7 +106,7 @@ def rollback_view(run: RollbackRun | None, *, now: float, wall: WallClock) -> Js
         "phase": run.phase.value,
         "mode": run.mode,
         # As the events say it: the time the run recorded (the same after a restart), else converted.
-        "decided_at": utc_iso(decided_at(run, wall.clock)),
+        "decided_at": utc_iso(run_decided_at(run, wall.clock)),
         "age_s": to_json_value(now - run.decided_at),
         "action": action_view(run.action),
         "waiting": None
@@ -180,4 +184,42 @@ def targets_view(state: DaemonState, *, now: float, wall: WallClock) -> JsonValu
         "targets": {
             key: target_view(state, target, now=now, wall=wall) for key, target in state.targets.items()
         },
+    }
+
+
+def target_verdict(target: TargetState, *, now: float) -> PartnerVerdict:
+    """The partner's verdict on ``target`` at loop time ``now`` (see
+    :mod:`rollbackd.decision.verdict`)."""
+    return partner_verdict(target.latest, now=now, interval_s=target.params.interval_s)
+
+
+def verdict_view(
+    target: TargetState, verdict: PartnerVerdict, *, now: float, wall_now: datetime
+) -> JsonValue:
+    """The judgement document of ``GET /api/v1/targets/{namespace}/{name}/verdict`` (its fields are
+    a stable contract, described in docs/partners.md): ``wall_now`` is the wall-clock time of loop
+    time ``now``, to place the decision in RFC 3339."""
+    decided_at: str | None = None
+    age_s: float | None = None
+    if verdict.decision_t is not None:
+        age_s = max(0.0, now - verdict.decision_t)
+        decided_at = (wall_now - timedelta(seconds=age_s)).isoformat(timespec="milliseconds").replace(
+            "+00:00", "Z"
+        )
+    revision = target.judged_revision
+    if revision is None and target.facts is not None:
+        revision = target.facts.candidate_revision
+    return {
+        "target": target.key,
+        "verdict": verdict.verdict.value,
+        "rollback": verdict.would_roll_back,
+        "reasons": list(verdict.reasons),
+        "decided_at": decided_at,
+        "age_s": to_json_value(age_s),
+        "revision": revision,
+        "strategy": target.params.strategy.value,
+        "action": action_name(target.params.strategy),
+        "decision": None
+        if verdict.outcome is None
+        else {"outcome": verdict.outcome, "blocked_by": verdict.blocked_by, "rollback": verdict.rollback},
     }

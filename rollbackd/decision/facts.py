@@ -5,6 +5,11 @@
   that was being judged (someone shipped a fix on top);
 * the rollback target: the version to go back to must exist and be healthy, else rolling back
   would make things worse, and the risk is high.
+
+For an Argo Rollouts ``Rollout`` (strategy ``argo-rollout``) the candidate is the Rollout itself
+(annotations, revision ``rollout.argoproj.io/revision``) and the version to go back to its stable
+ReplicaSet (``status.stableRS``); a fully promoted Rollout (stable is the current version) has
+nothing to go back to.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from rollbackd.decision.annotations import AnnotationError, context_from_annotat
 from rollbackd.model import Hold, Risk, Strategy
 
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+#: An Argo Rollouts Rollout's revision (as :mod:`rollbackd.kube.rollouts` reads it too).
+ROLLOUT_REVISION_ANNOTATION = "rollout.argoproj.io/revision"
 
 Obj = Mapping[str, Any]
 
@@ -35,10 +42,10 @@ class ClusterFacts:
     problems: tuple[str, ...] = ()
 
 
-def revision_of(obj: Obj | None) -> int | None:
+def revision_of(obj: Obj | None, annotation: str = REVISION_ANNOTATION) -> int | None:
     if not obj:
         return None
-    raw = (obj.get("metadata") or {}).get("annotations", {}).get(REVISION_ANNOTATION)
+    raw = (obj.get("metadata") or {}).get("annotations", {}).get(annotation)
     try:
         return int(raw) if raw is not None else None
     except (TypeError, ValueError):
@@ -76,6 +83,8 @@ def _rollback_target(
         if not older:
             return False, "no earlier revision of the Deployment to go back to"
         return True, ""
+    if strategy is Strategy.ARGO_ROLLOUT:
+        return _rollout_target(candidate, baseline)
     role = "stable Deployment" if strategy is Strategy.CANARY else "previous colour's Deployment"
     if baseline is None:
         return False, f"the {role} to go back to does not exist"
@@ -84,6 +93,27 @@ def _rollback_target(
         return True, ""  # the switch-back scales it up first
     if available < max(1, desired):
         return False, f"the {role} {_name(baseline)} is unhealthy ({available}/{desired} replicas available)"
+    return True, ""
+
+
+def _rollout_target(rollout: Obj | None, stable: Obj | None) -> tuple[bool, str]:
+    """A Rollout can be aborted to a healthy version: it has a stable version that is not the one
+    being rolled out, and that version's ReplicaSet (``stable``) is available."""
+    if rollout is None:
+        return False, "the Rollout does not exist"
+    status = rollout.get("status") or {}
+    stable_hash = status.get("stableRS")
+    if not stable_hash:
+        return False, f"the Rollout {_name(rollout)} has no stable version to go back to"
+    if stable_hash == status.get("currentPodHash"):
+        return False, (f"the Rollout {_name(rollout)} is fully promoted: its stable version is the new one, "
+                       "an abort would go back to nothing")
+    if stable is None:
+        return False, f"the stable ReplicaSet ({stable_hash}) of the Rollout {_name(rollout)} does not exist"
+    desired, available = availability(stable)
+    if available < max(1, desired):
+        return False, (f"the stable ReplicaSet {_name(stable)} of the Rollout is unhealthy "
+                       f"({available}/{desired} replicas available)")
     return True, ""
 
 
@@ -97,7 +127,10 @@ def cluster_facts(
     loop_now: float,
     eta_first_seen: float | None = None,
 ) -> ClusterFacts:
-    """Everything the framework needs from the cluster, from the objects as read this tick."""
+    """Everything the framework needs from the cluster, from the objects as read this tick:
+    ``candidate`` is the candidate Deployment (the Rollout, for ``argo-rollout``), ``baseline`` the
+    baseline Deployment (the Rollout's stable ReplicaSet), ``replica_sets`` the candidate's
+    ReplicaSets (``deployment`` strategy)."""
     problems: list[str] = []
     risk: Risk | None = None
     risk_reason = ""
@@ -117,7 +150,10 @@ def cluster_facts(
         risk=risk,
         risk_reason=risk_reason,
         hold=hold,
-        candidate_revision=revision_of(candidate),
+        candidate_revision=revision_of(
+            candidate,
+            ROLLOUT_REVISION_ANNOTATION if strategy is Strategy.ARGO_ROLLOUT else REVISION_ANNOTATION,
+        ),
         has_rollback_target=ok,
         rollback_target_reason=why,
         problems=tuple(problems),

@@ -19,7 +19,10 @@ What it gives:
   ``rollout_delay_s``; a Service's EndpointSlice lists the ready pods its selector picks.
 - Faults, declared with kmock's DSL and answered *before* anything is stored:
   :meth:`ClusterEmulator.fail` (any status), :meth:`~ClusterEmulator.conflict` (409),
-  :meth:`~ClusterEmulator.forbid` (403 with the API server's RBAC wording).
+  :meth:`~ClusterEmulator.forbid` (403 with the API server's RBAC wording),
+  :meth:`~ClusterEmulator.uninstall` (a resource type the cluster does not serve: a CRD not installed).
+- Argo Rollouts' ``Rollout`` is declared (with its ``status`` and ``scale`` subresources); its
+  seeding and the part of its controller that aborts are in :mod:`rollbackd.demo.argo_rollouts`.
 
 The pytest fixtures over these (``kube_cluster``, ``kube``, ``kube_controllers``) are in
 ``tests/kubefixtures.py``.
@@ -85,6 +88,8 @@ INGRESSES = kmock.resource("networking.k8s.io", "v1", "ingresses")
 ENDPOINTSLICES = kmock.resource("discovery.k8s.io", "v1", "endpointslices")
 LEASES = kmock.resource("coordination.k8s.io", "v1", "leases")
 EVENTS = kmock.resource("events.k8s.io", "v1", "events")
+#: Argo Rollouts' Rollout (its CRD declares the status and scale subresources).
+ROLLOUTS = kmock.resource("argoproj.io", "v1alpha1", "rollouts")
 
 #: resource -> (kind, subresources), as the API server's discovery documents them.
 RESOURCES: Mapping[kmock.resource, tuple[str, frozenset[str]]] = {
@@ -97,6 +102,7 @@ RESOURCES: Mapping[kmock.resource, tuple[str, frozenset[str]]] = {
     ENDPOINTSLICES: ("EndpointSlice", frozenset()),
     LEASES: ("Lease", frozenset()),
     EVENTS: ("Event", frozenset()),
+    ROLLOUTS: ("Rollout", frozenset({"status", "scale"})),
 }
 
 DESIRED_REPLICAS_ANNOTATION = "deployment.kubernetes.io/desired-replicas"
@@ -105,6 +111,9 @@ REVISION_HISTORY_ANNOTATION = "deployment.kubernetes.io/revision-history"
 
 #: The identity the RBAC denials name: rollbackd's service account in its own namespace.
 ROLLBACKD_USER = "system:serviceaccount:rollbackd:rollbackd"
+
+#: What an API server answers for a resource type it does not serve (a CRD not installed).
+UNKNOWN_RESOURCE = "the server could not find the requested resource"
 
 #: Kubernetes' alphabet for generated name suffixes (no vowels, no look-alike digits).
 _SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
@@ -458,9 +467,17 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return view
 
     def conflict(
-        self, verb: Verb, resource: ResourceLike, *, namespace: str, name: str, times: int = 1
+        self,
+        verb: Verb,
+        resource: ResourceLike,
+        *,
+        namespace: str,
+        name: str,
+        times: int = 1,
+        subresource: str | None = None,
     ) -> kmock.View:
-        """The next ``times`` requests on that object get 409: "the object has been modified"."""
+        """The next ``times`` requests on that object (or its ``subresource``) get 409: "the object
+        has been modified"."""
         res = _resource(resource)
         body = status_body(
             409, "Conflict",
@@ -468,7 +485,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             f"please apply your changes to the latest version and try again",
             details={"name": name, "group": res.group, "kind": res.plural},
         )
-        return self.fail(verb, resource, status=409, body=body, namespace=namespace, name=name, times=times)
+        return self.fail(verb, resource, status=409, body=body, namespace=namespace, name=name, times=times,
+                         subresource=subresource)
 
     def forbid(
         self,
@@ -492,6 +510,15 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         )
         return self.fail(verb, resource, status=403, body=body, namespace=namespace, name=name,
                          subresource=subresource, times=None)
+
+    def uninstall(self, resource: ResourceLike) -> None:
+        """From now on, answer every request on ``resource`` (and its subresources) the way an API
+        server without its CRD does: 404 "the server could not find the requested resource"."""
+        res = _resource(resource)
+        body = status_body(404, "NotFound", UNKNOWN_RESOURCE, details={})
+        for subresource in (None, *RESOURCES.get(res, ("", frozenset()))[1]):
+            for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
+                self.fail(verb, res, status=404, body=body, subresource=subresource, times=None)
 
     # -- request handling --
 

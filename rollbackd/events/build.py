@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TypedDict
 
 from rollbackd.actions.base import ActionOutcome, ActionResult
+from rollbackd.actions.targets import ACTIONS
 from rollbackd.events.model import (
     ActionData,
     ChangeData,
@@ -71,11 +72,7 @@ from rollbackd.run import RollbackRun
 from rollbackd.verification import RUNBOOK_ROLLBACK_TARGET_S, VerificationResult
 
 #: The action each strategy rolls back with (what ``rollback.started`` announces).
-ACTION_OF_STRATEGY = {
-    Strategy.CANARY: "canary-abort",
-    Strategy.BLUE_GREEN: "blue-green-switch-back",
-    Strategy.DEPLOYMENT: "deployment-undo",
-}
+ACTION_OF_STRATEGY: Mapping[Strategy, str] = ACTIONS
 
 _UNITS = {"error_rate": "ratio", "p95": "ms", "health": "endpoints"}
 

@@ -1,9 +1,11 @@
-"""The Kubernetes Events sink: each event recorded on the target's Deployment.
+"""The Kubernetes Events sink: each event recorded on the target's Deployment (or Rollout).
 
 ``kubectl describe deployment <name>`` then tells the story next to the rollout's own events:
 ``Warning  RollbackStarted  rollbackd.io/rollbackd  rolling back shop/checkout (immediate, ...)``.
 The Deployment is the target's candidate (the version judged); the Event's ``note`` is the
-event's one-line summary, its ``reason`` a CamelCase word per type (:data:`REASONS`).
+event's one-line summary, its ``reason`` a CamelCase word per type (:data:`REASONS`). The events
+of an ``argo-rollout`` target are recorded on its Rollout (``kubectl argo rollouts get`` /
+``kubectl describe rollout`` show them).
 
 The Event's name is derived from the CloudEvent's id, so a redelivery after a lost answer finds
 the Event already there (409) and counts as delivered: one Kubernetes Event per CloudEvent. An
@@ -21,7 +23,7 @@ from typing import Any, Literal
 from rollbackd.config.settings import Settings
 from rollbackd.events.dispatcher import DeliveryError
 from rollbackd.events.model import EventType, short_type, split_subject
-from rollbackd.kube import KubeClient, KubeConflict, KubeError, KubeNotFound, objects
+from rollbackd.kube import KubeClient, KubeConflict, KubeError, KubeNotFound, objects, rollouts
 from rollbackd.store.base import OutboxEvent
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,16 @@ REASONS: Mapping[EventType, tuple[str, EventKind, str]] = {
 
 def deployments_of(settings: Settings) -> dict[str, str]:
     """Target key (``namespace/name``) -> the Deployment its events are recorded on (the candidate)."""
-    return {target.key: target.candidate.deployment for target in settings.targets}
+    return {
+        target.key: target.candidate.deployment
+        for target in settings.targets
+        if target.candidate.deployment is not None
+    }
+
+
+def rollouts_of(settings: Settings) -> dict[str, str]:
+    """Target key -> the Rollout its events are recorded on (``argo-rollout`` targets)."""
+    return {target.key: target.rollout for target in settings.targets if target.rollout is not None}
 
 
 def reason_of(event: OutboxEvent) -> tuple[str, EventKind, str]:
@@ -79,6 +90,7 @@ class KubeEventsSink:
 
     - ``kube``: an open :class:`~rollbackd.kube.KubeClient`;
     - ``deployments``: target key -> Deployment name (:func:`deployments_of`);
+    - ``rollouts``: target key -> Rollout name (:func:`rollouts_of`), for ``argo-rollout`` targets;
     - ``instance``: the Events' ``reportingInstance`` (this daemon);
     - ``name``: the sink's outbox cursor.
     """
@@ -88,11 +100,13 @@ class KubeEventsSink:
         *,
         kube: KubeClient,
         deployments: Mapping[str, str],
+        rollouts: Mapping[str, str] | None = None,
         instance: str = "rollbackd",
         name: str = "kubernetes",
     ) -> None:
         self._kube = kube
         self._deployments = dict(deployments)
+        self._rollouts = dict(rollouts or {})
         self._instance = instance
         self._name = name
         self.passed_over = 0  # events with no Deployment to be recorded on
@@ -102,8 +116,11 @@ class KubeEventsSink:
         return self._name
 
     async def deliver(self, event: OutboxEvent) -> None:
-        """Create the Kubernetes Event of ``event`` on its target's Deployment."""
-        deployment_name = self._deployments.get(event.subject or "")
+        """Create the Kubernetes Event of ``event`` on its target's Deployment (or Rollout)."""
+        subject = event.subject or ""
+        kind_name, deployment_name = "Deployment", self._deployments.get(subject)
+        if deployment_name is None and subject in self._rollouts:
+            kind_name, deployment_name = "Rollout", self._rollouts[subject]
         if event.subject is None or deployment_name is None:
             self.passed_over += 1
             return
@@ -111,9 +128,13 @@ class KubeEventsSink:
         reason, kind, action = reason_of(event)
         summary = str(_data(event).get("summary") or short_type(event.type))
         try:
-            deployment = await objects.get_deployment(self._kube, namespace=namespace, name=deployment_name)
+            if kind_name == "Rollout":
+                regarding = await rollouts.get_rollout(self._kube, namespace=namespace, name=deployment_name)
+            else:
+                regarding = await objects.get_deployment(self._kube, namespace=namespace,
+                                                         name=deployment_name)
             body = objects.new_event(
-                regarding=deployment,
+                regarding=regarding,
                 reason=reason,
                 note=summary,
                 action=action,
@@ -126,7 +147,8 @@ class KubeEventsSink:
         except KubeNotFound:
             self.passed_over += 1
             logger.info(
-                "kubernetes events: Deployment %s/%s not found; %s not recorded there",
+                "kubernetes events: %s %s/%s not found; %s not recorded there",
+                kind_name,
                 namespace,
                 deployment_name,
                 event.type,
@@ -136,7 +158,7 @@ class KubeEventsSink:
             return  # delivered before (the answer was lost): the Event is there already
         except KubeError as exc:
             raise DeliveryError(
-                f"cannot record {short_type(event.type)} on Deployment {namespace}/{deployment_name}: {exc}"
+                f"cannot record {short_type(event.type)} on {kind_name} {namespace}/{deployment_name}: {exc}"
             ) from exc
 
 

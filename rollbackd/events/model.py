@@ -182,7 +182,9 @@ class ChangeData(_Model):
 class ActionData(_Model):
     """What the rollback action did."""
 
-    action: str = Field(description="canary-abort, blue-green-switch-back or deployment-undo.")
+    action: str = Field(
+        description="canary-abort, blue-green-switch-back, deployment-undo or argo-rollout-abort."
+    )
     outcome: str = Field(
         description="done, already-done (nothing left to change), planned (dry-run), refused or failed."
     )
@@ -266,7 +268,9 @@ class RollbackStartedData(EventData):
     run_id: str | None = Field(None, description=_RUN_ID)
     mode: str = Field(description="immediate or controlled rollback.")
     action: str | None = Field(
-        None, description="The action about to run (canary-abort, blue-green-switch-back, deployment-undo)."
+        None,
+        description="The action about to run (canary-abort, blue-green-switch-back, deployment-undo, "
+        "argo-rollout-abort).",
     )
     decided_at: datetime = Field(description=_DECIDED_AT)
     from_revision: int | None = Field(None, description="The judged (bad) Deployment revision, if known.")

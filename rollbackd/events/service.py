@@ -27,7 +27,7 @@ from rollbackd.backoff import Backoff
 from rollbackd.config.settings import EventsSettings, Settings
 from rollbackd.events.build import Announcer, EventFactory
 from rollbackd.events.dispatcher import Dispatcher, Sink
-from rollbackd.events.kube_events import KubeEventsSink, deployments_of
+from rollbackd.events.kube_events import KubeEventsSink, deployments_of, rollouts_of
 from rollbackd.events.mqtt import MqttOptions, MqttSink, Topics, default_instance
 from rollbackd.events.publisher import EventPublisher
 from rollbackd.events.webhooks import WebhookSink
@@ -59,6 +59,7 @@ async def open_sinks(
     environ: Mapping[str, str],
     kube: KubeClient | None = None,
     deployments: Mapping[str, str] | None = None,
+    rollouts: Mapping[str, str] | None = None,
     instance: str | None = None,
 ) -> AsyncIterator[list[Sink]]:
     """The configured sinks, open: MQTT (if enabled), each webhook, Kubernetes Events (if enabled
@@ -83,7 +84,8 @@ async def open_sinks(
             for hook in settings.webhooks:
                 sinks.append(WebhookSink.from_settings(hook, environ=environ, session=session))
         if settings.kubernetes_events and kube is not None:
-            sinks.append(KubeEventsSink(kube=kube, deployments=deployments or {}, instance=instance))
+            sinks.append(KubeEventsSink(kube=kube, deployments=deployments or {}, rollouts=rollouts or {},
+                                        instance=instance))
         yield sinks
 
 
@@ -106,7 +108,12 @@ async def open_events(
     health to ``on_health`` and poison records to ``on_poison``."""
     events = settings.events
     async with open_sinks(
-        events, environ=environ, kube=kube, deployments=deployments_of(settings), instance=instance
+        events,
+        environ=environ,
+        kube=kube,
+        deployments=deployments_of(settings),
+        rollouts=rollouts_of(settings),
+        instance=instance,
     ) as sinks:
         dispatcher = Dispatcher(
             store=store,

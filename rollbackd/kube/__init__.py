@@ -8,7 +8,8 @@ The layer, bottom up:
   cluster (``KubeClient(kubeconfig=PATH, context=NAME)``), or a host
   (``KubeClient.for_host("http://127.0.0.1:PORT")``, what tests use against an emulator). Inside
   ``async with`` it exposes the typed API groups (``apps``, ``core``, ``networking``,
-  ``discovery``, ``coordination``, ``events``) and :meth:`KubeClient.request`, the one door every
+  ``discovery``, ``coordination``, ``events``, and ``custom`` for objects of CRDs) and
+  :meth:`KubeClient.request`, the one door every
   request goes through: it returns the body as a plain ``dict`` and raises only classified errors.
 - :mod:`rollbackd.kube.errors` -- :class:`KubeError` and its classes: :class:`KubeTemporary` (5xx,
   429, timeouts, connection errors; a :class:`~rollbackd.errors.TemporaryError`),
@@ -22,6 +23,9 @@ The layer, bottom up:
   strategic / merge / JSON patch, the ``scale`` subresource), the ReplicaSets a Deployment owns
   with their revisions, Services, Ingresses (ingress-nginx canary annotations), a Service's
   EndpointSlices, ``events.k8s.io/v1`` Events, Leases.
+- :mod:`rollbackd.kube.rollouts` -- Argo Rollouts' ``Rollout``: read it (a cluster without Argo
+  Rollouts is told apart from a missing Rollout), abort it through its ``status`` subresource,
+  find its stable ReplicaSet.
 
 A typical action step::
 

@@ -155,6 +155,7 @@ class KubeClient:
             "discovery": k8s.DiscoveryV1Api(api),
             "coordination": k8s.CoordinationV1Api(api),
             "events": k8s.EventsV1Api(api),
+            "custom": k8s.CustomObjectsApi(api),
         }
         return self
 
@@ -207,6 +208,13 @@ class KubeClient:
     def events(self) -> k8s.EventsV1Api:
         """``events.k8s.io/v1``: Events."""
         api: k8s.EventsV1Api = self._group("events")
+        return api
+
+    @property
+    def custom(self) -> k8s.CustomObjectsApi:
+        """Objects of custom resources (CRDs), e.g. Argo Rollouts' ``argoproj.io/v1alpha1``
+        Rollouts, by group, version and plural."""
+        api: k8s.CustomObjectsApi = self._group("custom")
         return api
 
     async def request(

@@ -253,7 +253,10 @@ async def _why_none(
 async def _fitting_preset(
     side: Side, namespace: str, queries: QueryPreset, client: Queries, window: float
 ) -> str | None:
-    """The first other preset whose matchers find the side's series."""
+    """The first other preset whose matchers find the side's series (none for a side without a
+    Deployment, an Argo Rollout's: every preset names the side by its Deployment)."""
+    if side.deployment is None:
+        return None
     for name, preset in PRESETS.items():
         if preset == queries:
             continue

@@ -43,6 +43,8 @@ def series_ref(namespace: str, side: Side, queries: QueryPreset) -> SeriesRef:
         if label == queries.namespace_label:
             values.append((label, namespace))
         elif label == queries.deployment_label:
+            if side.deployment is None:  # the settings refuse it (argo-rollout targets)
+                raise ValueError(f"group label {label!r} but the side names no Deployment")
             values.append((label, side.deployment))
         else:
             values.append((label, side.labels[label]))

@@ -128,6 +128,14 @@ Ingresses (canary weight), read EndpointSlices (availability), and report throug
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.rbac.argoRollouts }}
+- apiGroups: ["argoproj.io"]
+  resources: ["rollouts"]
+  verbs: ["get"]
+- apiGroups: ["argoproj.io"]
+  resources: ["rollouts/status"]
+  verbs: ["patch"]
+{{- end }}
 {{- end }}
 
 {{/*
@@ -150,6 +158,13 @@ Checks of combinations the schema cannot express; a failed one stops the install
 {{- $port := include "rollbackd.httpPort" . | int }}
 {{- if or (lt $port 1) (gt $port 65535) }}
 {{- fail "config.http.port must be a fixed port between 1 and 65535 in a pod (0 would pick a random one that no probe or Service could find)" }}
+{{- end }}
+{{- if and .Values.rbac.create (not .Values.rbac.argoRollouts) }}
+{{- range .Values.config.targets | default list }}
+{{- if eq (.strategy | default "") "argo-rollout" }}
+{{- fail (printf "config.targets: %s/%s has strategy argo-rollout, but rbac.argoRollouts is false: rollbackd could not read or abort its Rollout (set rbac.argoRollouts: true)" (.namespace | default "default") (.name | default "?")) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- if and .Values.rbac.create (not .Values.rbac.clusterWide) }}
 {{- range .Values.config.targets | default list }}
