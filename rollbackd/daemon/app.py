@@ -738,7 +738,7 @@ class Daemon:
             "escalate": decision.escalate,
             "blocked_by": decision.blocked_by,
             "reasons": list(decision.reasons),
-            "t": decision.t,
+            "t": self.wall.iso(decision.t),
         }
         evidence = decision.evidence
         if evidence is not None:
