@@ -88,6 +88,7 @@ async def test_prometheus_going_away_is_told_once_and_shown_until_it_is_back(
             code, body = await readyz()
             return code == 200 and body["sources"].get("prometheus", {}).get("status") == status
 
+        await wait_until(lambda: daemon.ready, timeout_s=30, what="the daemon ready (its store open)")
         await wait_until(lambda: prometheus_is("up"), timeout_s=30, what="Prometheus up in /readyz")
         _, body = await readyz()
         assert body["sources"]["kubernetes"]["status"] == "off"
@@ -185,3 +186,18 @@ async def test_the_api_shows_times_on_the_wall_clock_in_utc(tmp_path: Path) -> N
     assert decided.endswith("Z")
     assert before - timedelta(seconds=1) <= datetime.fromisoformat(decided) <= datetime.now(UTC)
     assert target["evidence"]["t"] == decided
+
+
+def test_a_store_still_opening_at_start_is_no_outage(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    board = SourceBoard(loop=lambda: now[0], wall=lambda t: datetime(2026, 1, 1, tzinfo=UTC))
+    caplog.set_level(logging.INFO, logger="rollbackd.daemon.sourcestatus")
+    board.report("store", "the store is not open yet", starting=True)
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    now[0] = 1.0
+    board.report("store", None)
+    board.report("store", "database is locked")  # once it had worked, it is an outage
+    assert caplog.records[-1].levelno == logging.WARNING
+    assert caplog.records[-1].getMessage() == (
+        "store is down since 2026-01-01T00:00:00.000Z: database is locked"
+    )

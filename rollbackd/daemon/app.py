@@ -178,6 +178,8 @@ class Daemon:
         self._history_task: asyncio.Task[HistoryRead] | None = None
         self._probe_client = probe
         self._probe_task: asyncio.Task[None] | None = None
+        #: Whether the store has been open since the start (until then, its absence is no outage).
+        self._store_opened = False
         #: Whether each data source works, since when, and why not (``/readyz``, the status page).
         self.wall = WallClock()
         self.sources = SourceBoard(loop=_loop_time, wall=self.wall.at)
@@ -372,7 +374,8 @@ class Daemon:
         self.metrics.collection_duration.observe(t - started)
         self.sources.report("prometheus", inputs.metrics_outage)
         if self.journal.required:
-            self.sources.report("store", self.journal.problem)
+            self._store_opened = self._store_opened or self.journal.attached
+            self.sources.report("store", self.journal.problem, starting=not self._store_opened)
         self.sources.summarize()
         observations = {target.key: inputs.observation(target.source, t) for target in targets}
         self._take_history()

@@ -87,9 +87,11 @@ class SourceBoard:
         self._states[name] = SourceState(name, SourceStatus.OFF, now, self._wall(now), detail=detail)
         logger.info("%s is off: %s", name, detail, extra={"source": name, "status": "off"})
 
-    def report(self, name: str, error: str | None) -> bool:
+    def report(self, name: str, error: str | None, *, starting: bool = False) -> bool:
         """What the latest use of ``name`` gave: ``None`` when it worked, else why not. Returns
-        whether this changed the source's status (and was logged)."""
+        whether this changed the source's status (and was logged). ``starting``: the source has
+        not worked yet since the daemon started (the store while it opens), so its being down is
+        logged at INFO, not as an outage."""
         now = self._loop()
         current = self._states.get(name)
         if error is None:
@@ -108,7 +110,8 @@ class SourceBoard:
             return False
         state = SourceState(name, SourceStatus.DOWN, now, self._wall(now), error=error, failures=1)
         self._states[name] = state
-        logger.warning(
+        logger.log(
+            logging.INFO if starting and current is None else logging.WARNING,
             "%s is down since %s: %s", name, utc_iso(state.since), error,
             extra={"source": name, "status": "down", "error": error},
         )

@@ -158,7 +158,8 @@ def target_view(state: DaemonState, target: TargetState, *, now: float, wall: Wa
         if hold is None
         else {
             "until": wall.iso(hold.until),
-            "remaining_s": to_json_value(max(0.0, hold.until - now)),
+            # To the microsecond: a hold of 120.5 s shows 120.5, not the float noise of loop times.
+            "remaining_s": to_json_value(round(max(0.0, hold.until - now), 6)),
             "expired": hold.until <= now,
             "reason": hold.reason,
             "set_at": wall.iso(hold.set_at),
@@ -167,7 +168,7 @@ def target_view(state: DaemonState, target: TargetState, *, now: float, wall: Wa
         if cooldown_until is None
         else {
             "until": wall.iso(cooldown_until),
-            "remaining_s": to_json_value(cooldown_until - now),
+            "remaining_s": to_json_value(round(cooldown_until - now, 6)),
         },
     }
 
