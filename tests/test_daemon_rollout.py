@@ -26,26 +26,30 @@ from rollbackd.kube import KubeClient
 from rollbackd.model import Strategy
 from rollbackd.run import Phase
 from rollbackd.store import open_store
-from tests.kubefixtures import ClusterEmulator, wait_until
+from tests.kubefixtures import ClusterEmulator, Controllers, wait_until
 from tests.test_actions_rollout import FAST
 from tests.test_daemon import SEVERE, ScriptedHealth, ScriptedMetrics
+from tests.test_kube_targets import seed_canary
 
 NS = "shop"
 KEY = "shop/checkout"
 
 
-def settings(data_dir: Path) -> Settings:
+ROLLOUT_TARGET = TargetSettings(
+    name="checkout", namespace=NS, strategy=Strategy.ARGO_ROLLOUT, rollout="checkout",
+    baseline=Side(labels={"role": "stable"}), candidate=Side(labels={"role": "canary"}),
+    queries=QueryOverride(group_labels=("namespace", "role")),
+)
+
+
+def settings(data_dir: Path, *targets: TargetSettings) -> Settings:
     return Settings(
         interval_s=0.1,
         http=HttpSettings(host="127.0.0.1", port=0),
         store=StoreSettings(data_dir=str(data_dir)),
         verification=VerificationSettings(window_s=0.5),
         events=EventsSettings(kubernetes_events=True),
-        targets=(TargetSettings(
-            name="checkout", namespace=NS, strategy=Strategy.ARGO_ROLLOUT, rollout="checkout",
-            baseline=Side(labels={"role": "stable"}), candidate=Side(labels={"role": "canary"}),
-            queries=QueryOverride(group_labels=("namespace", "role")),
-        ),),
+        targets=targets or (ROLLOUT_TARGET,),
     )
 
 
@@ -104,3 +108,28 @@ async def test_a_bad_canary_of_a_rollout_is_aborted_verified_and_told(
         await store.close()
     started = [entry for entry in history if "argo-rollout-abort" in entry.summary]
     assert started, [entry.summary for entry in history]
+
+
+async def test_without_argo_rollouts_installed_that_target_escalates_and_the_others_roll_back(
+    kube_cluster: ClusterEmulator, kube: KubeClient, kube_controllers: Controllers, tmp_path: Path
+) -> None:
+    kube_cluster.uninstall(ROLLOUTS)
+    seed_canary(kube_cluster)
+    web = TargetSettings(name="web", namespace=NS, strategy=Strategy.CANARY, baseline=Side(deployment="web"),
+                         candidate=Side(deployment="web-canary"), ingress="web-canary")
+    config = settings(tmp_path, ROLLOUT_TARGET, web)
+    async with open_daemon(
+        config, metrics_source=ScriptedMetrics(SEVERE), health_source=ScriptedHealth(),
+        targets=KubeTargets(kube=kube, settings=config, action_settings=FAST),
+    ) as daemon:
+        async def web_verified() -> bool:
+            run = daemon.rollbacks.runs.get("shop/web")
+            return run is not None and run.phase is Phase.VERIFIED
+
+        await wait_until(web_verified, timeout_s=20, what="the canary next door rolled back")
+        decision = daemon.state.targets[KEY].latest
+        assert decision is not None
+        assert KEY not in daemon.rollbacks.runs
+        assert decision.escalate
+        assert decision.blocked_by == "rollback-risk"
+        assert any("Argo Rollouts (its CRDs) is not installed" in reason for reason in decision.reasons)
