@@ -49,22 +49,29 @@ from rollbackd.actions.bluegreen import BlueGreenSwitchBack
 from rollbackd.actions.canary_abort import CanaryAbort
 from rollbackd.actions.deployment_undo import DeploymentUndo
 from rollbackd.actions.rollout_abort import RolloutAbort
+from rollbackd.actions.routers.gateway_api import GatewayApiRouter
+from rollbackd.actions.routers.ingress_nginx import IngressNginxRouter
+from rollbackd.actions.routers.istio import Destination, IstioRouter
 from rollbackd.actions.steps import ActionSettings
 from rollbackd.config.settings import KubernetesSettings
 from rollbackd.demo.argo_rollouts import RolloutsController, seed_rollout
 from rollbackd.demo.emulator import (
     DEPLOYMENTS,
     ENDPOINTSLICES,
+    HTTPROUTES,
     INGRESSES,
     REPLICASETS,
     ROLLOUTS,
     SERVICES,
+    VIRTUALSERVICES,
     ClusterEmulator,
     Controllers,
     rollout_settled,
     seed_deployment,
     seed_ingress,
+    seed_route,
     seed_service,
+    seed_virtual_service,
 )
 from rollbackd.kube import KubeClient
 from rollbackd.kube.objects import CANARY_WEIGHT_ANNOTATION
@@ -127,10 +134,96 @@ def canary_rolled_back(emu: ClusterEmulator, ns: str) -> bool:
 CANARY = Case(
     name="canary-abort",
     seed=seed_canary,
-    action=lambda kube, ns: CanaryAbort(kube=kube, target=f"{ns}/web", namespace=ns, ingress="web-canary",
-                                        canary="web-canary", stable="web", settings=SETTINGS),
+    action=lambda kube, ns: CanaryAbort(
+        kube=kube, target=f"{ns}/web", namespace=ns,
+        router=IngressNginxRouter(kube=kube, namespace=ns, ingress="web-canary"),
+        canary="web-canary", stable="web", settings=SETTINGS),
     faults=canary_faults,
     rolled_back=canary_rolled_back,
+)
+
+
+# --- canary abort (Gateway API HTTPRoute, Istio VirtualService) ---------------------------------
+
+
+def seed_canary_workloads(emu: ClusterEmulator, ns: str) -> None:
+    seed_deployment(emu, ns, "web", replicas=3, image="shop/web:1.1",
+                    labels={"app": "web", "track": "stable"}, revision_history=["shop/web:1.0"])
+    seed_deployment(emu, ns, "web-canary", replicas=1, image="shop/web:1.2",
+                    labels={"app": "web", "track": "canary"})
+    seed_service(emu, ns, "web", selector={"app": "web", "track": "stable"})
+    seed_service(emu, ns, "web-canary", selector={"app": "web", "track": "canary"})
+
+
+def seed_gateway(emu: ClusterEmulator, ns: str) -> None:
+    seed_canary_workloads(emu, ns)
+    seed_route(emu, ns, "web", rules=[{"web": 80, "web-canary": 20}, {"web": 90, "web-canary": 10}])
+
+
+def gateway_faults(emu: ClusterEmulator, ns: str) -> list[kmock.View]:
+    return [
+        emu.conflict("patch", HTTPROUTES, namespace=ns, name="web"),
+        emu.fail("get", HTTPROUTES, status=503, namespace=ns, name="web", times=1),
+        emu.fail("patch", DEPLOYMENTS, status=500, namespace=ns, name="web-canary", subresource="scale",
+                 times=2),
+    ]
+
+
+def gateway_rolled_back(emu: ClusterEmulator, ns: str) -> bool:
+    route = emu.read(HTTPROUTES, ns, "web") or {}
+    weights = [ref.get("weight") for rule in (route.get("spec") or {}).get("rules") or []
+               for ref in rule.get("backendRefs") or [] if ref.get("name") == "web-canary"]
+    return weights == [0, 0] and _replicas(emu, ns, "web-canary") == 0
+
+
+GATEWAY = Case(
+    name="canary-abort/gateway-api",
+    seed=seed_gateway,
+    action=lambda kube, ns: CanaryAbort(
+        kube=kube, target=f"{ns}/web", namespace=ns,
+        router=GatewayApiRouter(kube=kube, namespace=ns, route="web", canary_service="web-canary",
+                                stable_service="web"),
+        canary="web-canary", stable="web", settings=SETTINGS),
+    faults=gateway_faults,
+    rolled_back=gateway_rolled_back,
+)
+
+
+def seed_istio(emu: ClusterEmulator, ns: str) -> None:
+    seed_canary_workloads(emu, ns)
+    seed_virtual_service(emu, ns, "web", http=[
+        [{"host": "web", "subset": "stable", "weight": 80},
+         {"host": "web", "subset": "canary", "weight": 20}],
+    ])
+
+
+def istio_faults(emu: ClusterEmulator, ns: str) -> list[kmock.View]:
+    return [
+        emu.conflict("patch", VIRTUALSERVICES, namespace=ns, name="web"),
+        emu.fail("get", VIRTUALSERVICES, status=503, namespace=ns, name="web", times=1),
+        emu.fail("patch", DEPLOYMENTS, status=500, namespace=ns, name="web-canary", subresource="scale",
+                 times=2),
+    ]
+
+
+def istio_rolled_back(emu: ClusterEmulator, ns: str) -> bool:
+    vs = emu.read(VIRTUALSERVICES, ns, "web") or {}
+    weights = [item.get("weight") for http in (vs.get("spec") or {}).get("http") or []
+               for item in http.get("route") or []
+               if (item.get("destination") or {}).get("subset") == "canary"]
+    return weights == [0] and _replicas(emu, ns, "web-canary") == 0
+
+
+ISTIO = Case(
+    name="canary-abort/istio",
+    seed=seed_istio,
+    action=lambda kube, ns: CanaryAbort(
+        kube=kube, target=f"{ns}/web", namespace=ns,
+        router=IstioRouter(kube=kube, namespace=ns, virtual_service="web",
+                           canary=Destination("web", "canary"), stable=Destination("web", "stable")),
+        canary="web-canary", stable="web", settings=SETTINGS),
+    faults=istio_faults,
+    rolled_back=istio_rolled_back,
 )
 
 
@@ -233,7 +326,7 @@ ARGO_ROLLOUT = Case(
     rolled_back=argo_rollout_rolled_back,
 )
 
-CASES = (CANARY, BLUEGREEN, UNDO, ARGO_ROLLOUT)
+CASES = (CANARY, GATEWAY, ISTIO, BLUEGREEN, UNDO, ARGO_ROLLOUT)
 
 
 # --- running them -------------------------------------------------------------------------------
@@ -331,7 +424,9 @@ def markdown(report: dict[str, Any]) -> str:
         "rolled-back-to version to be available / serving (polled every second, the daemon's "
         "default; the emulated rollouts complete 0.05 s after a change).",
         "- Faults: canary-abort: a 409 on the canary Ingress patch, a 503 on its read, two 500s on "
-        "the canary's scale; blue-green: a 409 on the Service patch, two 500s listing "
+        "the canary's scale; canary-abort/gateway-api and canary-abort/istio: the same on the HTTPRoute "
+        "(two rules, 80/20 and 90/10; its Gateway's status confirmed after the write) or the VirtualService "
+        "(subsets, 80/20); blue-green: a 409 on the Service patch, two 500s listing "
         "EndpointSlices, a 503 on green's scale; deployment-undo: a 503 reading the Deployment, a "
         "500 listing ReplicaSets, a 409 and a 500 on the Deployment patch; argo-rollout-abort: a 503 "
         "reading the Rollout, a 409 on its status patch, a 500 listing ReplicaSets. A 409 is retried "

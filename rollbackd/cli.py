@@ -261,8 +261,14 @@ def _probe(settings: Settings) -> int:
     import asyncio
 
     from rollbackd.daemon.main import probe_targets
+    from rollbackd.sources.backend import BackendConfigError
 
-    report = asyncio.run(probe_targets(settings))
+    try:
+        # The backend's secrets come from the environment even with --ignore-env, as for 'run'.
+        report = asyncio.run(probe_targets(settings, environ=os.environ))
+    except BackendConfigError as exc:
+        print(f"cannot probe: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     for line in report.lines():
         print(line)
     blind = report.blind

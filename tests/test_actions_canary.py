@@ -9,7 +9,8 @@ import kmock
 import pytest
 
 from rollbackd.actions.base import ActionOutcome, ActionResult, Change, Waiting
-from rollbackd.actions.canary_abort import ROUTING_ANNOTATIONS, CanaryAbort
+from rollbackd.actions.canary_abort import CanaryAbort
+from rollbackd.actions.routers.ingress_nginx import ROUTING_ANNOTATIONS, IngressNginxRouter
 from rollbackd.actions.steps import ActionSettings
 from rollbackd.backoff import Backoff
 from rollbackd.kube import KubeClient
@@ -38,9 +39,10 @@ SCALE = kmock.subresource("scale")
 def abort(
     kube: KubeClient, *, settings: ActionSettings = FAST, remove_canary_marker: bool = False
 ) -> CanaryAbort:
-    return CanaryAbort(kube=kube, target=f"{NS}/web", namespace=NS, ingress="web-canary",
-                       canary="web-canary", stable="web", remove_canary_marker=remove_canary_marker,
-                       settings=settings)
+    router = IngressNginxRouter(kube=kube, namespace=NS, ingress="web-canary",
+                                remove_canary_marker=remove_canary_marker)
+    return CanaryAbort(kube=kube, target=f"{NS}/web", namespace=NS, router=router,
+                       canary="web-canary", stable="web", settings=settings)
 
 
 def report(result: ActionResult) -> None:

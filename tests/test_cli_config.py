@@ -58,7 +58,7 @@ def test_check_config_accepts_a_good_file(tmp_path: Path, capsys: pytest.Capture
 
 def test_check_config_accepts_the_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", str(EXAMPLE)]) == 0
-    assert capsys.readouterr().out == f"{EXAMPLE}: OK (3 targets)\n"
+    assert capsys.readouterr().out == f"{EXAMPLE}: OK (5 targets)\n"
 
 
 def test_check_config_reports_every_problem_and_exits_2(

@@ -61,10 +61,12 @@ def line_of(path: Path, needle: str) -> int:
 # --- the example file -----------------------------------------------------------------------
 
 
-def test_example_file_loads_with_three_targets_in_shop() -> None:
+def test_example_file_loads_with_five_targets_in_shop() -> None:
     settings = load_settings(EXAMPLE, environ={})
     assert [(t.key, t.strategy) for t in settings.targets] == [
         ("shop/checkout", Strategy.CANARY),
+        ("shop/cart", Strategy.CANARY),
+        ("shop/search", Strategy.CANARY),
         ("shop/payments", Strategy.BLUE_GREEN),
         ("shop/catalog", Strategy.DEPLOYMENT),
     ]
@@ -230,8 +232,10 @@ def test_problems_in_targets_given_by_the_environment_name_the_variable() -> Non
     assert lines == [
         "environment variable ROLLBACKD_TARGETS: targets[0] (checkout): missing required key 'baseline'"
         " for strategy 'canary' (the version to go back to)",
-        "environment variable ROLLBACKD_TARGETS: targets[0] (checkout): missing required key 'ingress'"
-        " for strategy 'canary' (the canary Ingress)",
+        "environment variable ROLLBACKD_TARGETS: targets[0] (checkout): missing required key 'router'"
+        " for strategy 'canary' (how traffic reaches the canary: router: {kind: ingress-nginx | "
+        "gateway-api | istio,"
+        " ...}, or the shorthand ingress: NAME for an ingress-nginx canary Ingress)",
     ]
 
 
@@ -434,8 +438,9 @@ def test_target_without_name_or_strategy(tmp_path: Path) -> None:
 def test_canary_without_ingress(tmp_path: Path) -> None:
     path = write(tmp_path, CANARY.replace("    ingress: checkout-canary\n", ""))
     assert problems_of(path) == [
-        f"{path}:2: targets[0] (checkout): missing required key 'ingress' for strategy 'canary'"
-        " (the canary Ingress)"
+        f"{path}:2: targets[0] (checkout): missing required key 'router' for strategy 'canary'"
+        " (how traffic reaches the canary: router: {kind: ingress-nginx | gateway-api | istio, ...}, or the"
+        " shorthand ingress: NAME for an ingress-nginx canary Ingress)"
     ]
 
 
@@ -800,8 +805,8 @@ def test_per_target_tunables_override_defaults_and_global_ones_are_refused(tmp_p
         f"{path}:{line_of(path, 'max_rollbacks_per_hour:')}: targets[0].policy (target checkout): unknown key"
         " 'max_rollbacks_per_hour' (known keys: controlled_grace_s, cooldown_s, rollback_risk)",
         f"{path}:{line_of(path, 'severity:')}: targets[0] (checkout): unknown key 'severity' (known keys:"
-        " name, namespace, strategy, baseline, candidate, ingress, service, rollout, dry_run, slo, detection,"
-        " policy, queries)",
+        " name, namespace, strategy, baseline, candidate, router, ingress, service, rollout, dry_run, slo,"
+        " detection, policy, queries)",
     ]
 
 
@@ -849,3 +854,65 @@ def test_target_settings_key() -> None:
         {"name": "a", "strategy": "deployment", "candidate": {"deployment": "a"}}
     )
     assert target.key == "default/a"
+
+
+METRICS_DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
+
+
+def _metrics_doc_examples() -> list[str]:
+    blocks = METRICS_DOC.read_text(encoding="utf-8").split("```yaml\n")[1:]
+    return [block.split("```", 1)[0] for block in blocks]
+
+
+@pytest.mark.parametrize("example", _metrics_doc_examples())
+def test_every_example_of_the_metrics_page_is_a_valid_configuration(example: str, tmp_path: Path) -> None:
+    document = yaml.safe_load(example)
+    if "credentials" in document:  # the Helm chart's values: their config part is rollbackd's file
+        document = document["config"]
+    path = tmp_path / "rollbackd.yaml"
+    path.write_text(yaml.safe_dump(document))
+    settings = load_settings(path, environ={})
+    if "prometheus" in document:  # a backend's example
+        assert settings.prometheus.url == document["prometheus"]["url"]
+    else:  # a query preset's example
+        assert settings.targets
+
+
+@pytest.mark.parametrize(
+    ("prometheus", "expected"),
+    [
+        ({"url": "http://user:pw-in-url@prom:9090"},
+         "prometheus.url: holds credentials (user:password@): put the user in basic_auth.username"),
+        ({"url": "http://prom:9090/api/v1"}, "prometheus.url: must not end with /api/v1"),
+        ({"url": "http://prom:9090/?tenant=a"}, "prometheus.url: must not have a query"),
+        ({"bearer_token_file": "/t", "bearer_token_env": "T"},
+         "prometheus.bearer_token_env: give bearer_token_file or bearer_token_env, not both"),
+        ({"bearer_token_env": "T", "basic_auth": {"username": "u", "password_env": "P"}},
+         "prometheus.basic_auth: give a bearer token or basic_auth, not both"),
+        ({"basic_auth": {"username": "u"}},
+         "prometheus.basic_auth: give exactly one of password_file or password_env"),
+        ({"basic_auth": {"username": "u:v", "password_env": "P"}},
+         "prometheus.basic_auth.username: a basic-auth user name cannot contain ':'"),
+        ({"headers": {"Content-Type": "text/plain"}},
+         "prometheus.headers.Content-Type: Content-Type is written by rollbackd itself for every query"),
+        ({"headers": {"Authorization": "Bearer x"}, "bearer_token_file": "/t"},
+         "prometheus.headers.Authorization: the Authorization header comes from bearer_token_file"),
+        ({"headers": {"X Tenant": "a"}}, "prometheus.headers.X Tenant: expected an HTTP header name"),
+        ({"headers": {"X-Key": {"file": "/k", "env": "K"}}},
+         "prometheus.headers.X-Key: give exactly one of file or env"),
+        ({"tls": {"ca_file": "/ca.pem"}}, "prometheus.tls: TLS settings apply to https:// URLs only"),
+        ({"url": "https://prom", "tls": {"key_file": "/k"}},
+         "prometheus.tls.key_file: key_file needs cert_file"),
+        ({"url": "https://prom", "tls": {"insecure_skip_verify": True, "ca_file": "/ca"}},
+         "prometheus.tls.insecure_skip_verify: insecure_skip_verify checks nothing"),
+    ],
+)
+def test_backend_access_mistakes_name_the_key_and_the_fix(
+    prometheus: dict[str, Any], expected: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "rollbackd.yaml"
+    path.write_text(yaml.safe_dump({"prometheus": prometheus}))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert expected in str(caught.value)
+    assert "pw-in-url" not in str(caught.value)

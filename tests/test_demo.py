@@ -23,12 +23,13 @@ import pytest
 
 pytest.importorskip("kmock", reason="the demo needs kmock (the demo extra) for its emulated Kubernetes API")
 
+from rollbackd.config.settings import GatewayApiRouterSettings, IngressNginxRouterSettings
 from rollbackd.demo.direct import DirectMetricsSource
 from rollbackd.demo.processes import find_prometheus
-from rollbackd.demo.traffic import UNROUTED, CanaryWeightRouting, LoadGenerator, RoutingChange
+from rollbackd.demo.traffic import UNROUTED, LoadGenerator, RouterRouting, RoutingChange
 from rollbackd.kube import KubeClient, objects
 from rollbackd.sources.base import QueryTemplates, SeriesRef, SourceTarget
-from tests.kubefixtures import ClusterEmulator, seed_ingress, wait_until
+from tests.kubefixtures import HTTPROUTES, ClusterEmulator, seed_ingress, seed_route, wait_until
 from tests.promfixtures import astart_sample_app
 
 #: Generous: a run takes about half a minute alone, longer beside three others on a small machine.
@@ -208,8 +209,8 @@ async def test_the_load_generator_follows_the_canary_weight(kube_cluster: Cluste
     canary = await astart_sample_app(deployment="web-canary", namespace="shop", log_dir=tmp_path)
     changes: list[RoutingChange] = []
     try:
-        routing = CanaryWeightRouting(namespace="shop", ingress="web-canary", stable="stable",
-                                      canary="canary")
+        routing = RouterRouting(namespace="shop", stable="stable", canary="canary",
+                                router=IngressNginxRouterSettings(kind="ingress-nginx", ingress="web-canary"))
         backends = {"stable": stable.url, "canary": canary.url}
         async with LoadGenerator(kube=kube, routing=routing, backends=backends, rps=50,
                                  routing_interval_s=0.2, on_change=changes.append) as load:
@@ -234,6 +235,36 @@ async def test_the_load_generator_follows_the_canary_weight(kube_cluster: Cluste
     assert last_canary is not None
     assert last_canary <= switched_at
     assert UNROUTED not in load.totals()
+
+
+async def test_the_load_generator_follows_a_gateway_route_as_rollbackd_aborts_it(
+    kube_cluster: ClusterEmulator, kube: KubeClient, tmp_path: Path
+) -> None:
+    seed_route(kube_cluster, "shop", "web", rules=[{"web": 75, "web-canary": 25}])
+    stable = await astart_sample_app(deployment="web", namespace="shop", log_dir=tmp_path)
+    canary = await astart_sample_app(deployment="web-canary", namespace="shop", log_dir=tmp_path)
+    changes: list[RoutingChange] = []
+    router = GatewayApiRouterSettings(kind="gateway-api", route="web", canary_service="web-canary",
+                                      stable_service="web")
+    try:
+        routing = RouterRouting(namespace="shop", router=router, stable="stable", canary="canary")
+        assert routing.source == "HTTPRoute shop/web"
+        backends = {"stable": stable.url, "canary": canary.url}
+        async with LoadGenerator(kube=kube, routing=routing, backends=backends, rps=50,
+                                 routing_interval_s=0.2, on_change=changes.append) as load:
+            await wait_until(lambda: requests_sent(load) >= 40, interval_s=0.05, what="40 requests sent")
+            weighted = load.totals()
+            kube_cluster.update(HTTPROUTES, "shop", "web", {"spec": {"rules": [{"backendRefs": [
+                {"name": "web", "port": 80, "weight": 100},
+                {"name": "web-canary", "port": 80, "weight": 0}]}]}})
+            await wait_until(lambda: len(changes) >= 2, interval_s=0.05, what="the routing change seen")
+    finally:
+        await stable.astop()
+        await canary.astop()
+
+    sent = weighted["stable"].sent + weighted["canary"].sent
+    assert abs(weighted["canary"].sent - sent / 4) <= 1
+    assert [dict(c.shares) for c in changes] == [{"stable": 0.75, "canary": 0.25}, {"stable": 1.0}]
 
 
 async def test_the_direct_source_counts_what_each_side_served_between_two_collects(tmp_path: Path) -> None:

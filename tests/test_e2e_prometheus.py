@@ -1,5 +1,11 @@
-"""End to end: real sample-app processes serving their own traffic, a real Prometheus scraping them
-every second, and ``rollbackd run`` as a real process, watched only through its HTTP API.
+"""End to end: real sample-app processes serving their own traffic, a real metrics backend scraping
+them every second, and ``rollbackd run`` as a real process, watched only through its HTTP API.
+
+The same story runs against two independent implementations of the query API, each secured as it
+can be natively: Prometheus serving TLS with basic auth (``--web.config.file``) and VictoriaMetrics
+with ``-tls`` and ``-httpAuth.*``; the daemon reaches them through ``prometheus.tls`` and
+``prometheus.basic_auth`` (its password from a file), and the outcomes are the same. The password
+appears nowhere in the daemon's log, its API or its status page.
 
 One daemon watches four canaries of one stable service, in three phases:
 
@@ -7,7 +13,7 @@ One daemon watches four canaries of one stable service, in three phases:
 2. ``spike`` fails 30% of its requests and ``creep`` 2.5% (the SLO is 1%, severe from 5%): an
    immediate rollback decision for ``spike``, a controlled one for ``creep`` only after its grace,
    nothing for ``steady``;
-3. Prometheus stops and ``dark`` starts failing 30%: with no data, decisions are inconclusive and
+3. the backend stops and ``dark`` starts failing 30%: with no data, decisions are inconclusive and
    nothing is rolled back.
 """
 
@@ -28,16 +34,18 @@ import aiohttp
 import pytest
 import yaml
 
+from rollbackd.config.settings import PrometheusSettings
+from rollbackd.sources.prometheus import PrometheusClient
+from tests.backendfixtures import SecuredPrometheus, make_pki, prometheus_web_config, wait_for_data
 from tests.kubefixtures import wait_until
 from tests.promfixtures import (
     HOST,
-    PrometheusServer,
     SampleAppProcess,
-    astart_prometheus,
     astart_sample_app,
     free_port,
     require_prometheus,
 )
+from tests.vmfixtures import VictoriaMetricsServer, require_victoria_metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -50,12 +58,18 @@ CANARIES = ("steady", "spike", "creep", "dark")
 #: within a few intervals, while staying far below the 5% severe level interval after interval.
 RPS = {"stable": 100.0, "steady": 100.0, "spike": 100.0, "creep": 200.0, "dark": 100.0}
 BASE_ERROR_RATE = 0.002
+#: The backend's basic-auth password: it must never show in the daemon's log or answers.
+PASSWORD = "e2e-pw-6b0f9c41d2"
+#: The name the backend's certificate carries (not 127.0.0.1: the daemon is told to expect it).
+SERVER_NAME = "metrics.test"
+BACKENDS = ("prometheus", "victoria-metrics")
+Backend = SecuredPrometheus | VictoriaMetricsServer
 
 
 @dataclass
 class Env:
     apps: dict[str, SampleAppProcess]
-    prometheus: PrometheusServer
+    backend: Backend
     daemon: asyncio.subprocess.Process
     daemon_log: Path
     api: str
@@ -112,12 +126,12 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 def _config(
-    prometheus_url: str, http_port: int, apps: dict[str, SampleAppProcess], data_dir: Path
+    prometheus: dict[str, Any], http_port: int, apps: dict[str, SampleAppProcess], data_dir: Path
 ) -> dict[str, Any]:
     return {
         "interval_s": INTERVAL_S,
         "store": {"data_dir": str(data_dir)},
-        "prometheus": {"url": prometheus_url, "timeout_s": 2, "retries": 0, "scrape_interval_s": 1},
+        "prometheus": {**prometheus, "timeout_s": 2, "retries": 0, "scrape_interval_s": 1},
         "health": {"timeout_s": 1},
         "http": {"host": HOST, "port": http_port},
         "log": {"level": "INFO", "format": "json"},
@@ -139,11 +153,37 @@ def _config(
     }
 
 
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    binary = require_prometheus()
+def _secured_backend(kind: str, targets: list[str], root: Path) -> tuple[Backend, dict[str, Any]]:
+    """The backend ``kind`` over ``targets``, serving TLS and basic auth, not started yet, and the
+    ``prometheus:`` settings that reach it."""
+    pki = make_pki(root / "pki", server_names=[SERVER_NAME])
+    password_file = root / "backend-password"
+    password_file.write_text(PASSWORD + "\n")
+    settings = {
+        "basic_auth": {"username": "rollbackd", "password_file": str(password_file)},
+        "tls": {"ca_file": str(pki.ca), "server_name": SERVER_NAME},
+    }
+    backend: Backend
+    if kind == "prometheus":
+        web = prometheus_web_config(root / "web.yml", pki=pki, users={"rollbackd": PASSWORD})
+        backend = SecuredPrometheus(web_config=web, targets=targets, data_dir=root / "prometheus",
+                                    binary=require_prometheus(), scrape_interval_s=1.0)
+    else:
+        backend = VictoriaMetricsServer(
+            binary=require_victoria_metrics(), targets=targets, data_dir=root / "vm", latency_offset="0s",
+            scrape_interval_s=1.0, tls=True,
+            extra_args=["-tls", f"-tlsCertFile={pki.server_cert}", f"-tlsKeyFile={pki.server_key}",
+                        "-httpAuth.username=rollbackd", f"-httpAuth.password={PASSWORD}"],
+        )
+    return backend, {"url": backend.url, **settings}
+
+
+@pytest.fixture(params=BACKENDS)
+async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Env]:
+    kind: str = request.param
+    require_prometheus() if kind == "prometheus" else require_victoria_metrics()
     apps: dict[str, SampleAppProcess] = {}
-    prometheus: PrometheusServer | None = None
+    backend: Backend | None = None
     daemon: asyncio.subprocess.Process | None = None
     try:
         started = await asyncio.gather(*(
@@ -159,14 +199,16 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         for app in started:
             if isinstance(app, BaseException):
                 raise app
-        prometheus = await astart_prometheus(
-            targets=[app.address for app in apps.values()], data_dir=tmp_path / "prometheus",
-            scrape_interval_s=1.0, binary=binary, scrapes=2,
-        )
+        backend, prometheus = _secured_backend(kind, [app.address for app in apps.values()], tmp_path)
+        backend.start()
+        async with PrometheusClient.from_settings(PrometheusSettings.model_validate(prometheus),
+                                                  environ={}) as client:
+            # Every app scraped twice at least: an increase() needs two samples.
+            await wait_for_data(client, "sum_over_time(up[10m]) >= 2", series=len(apps))
 
         http_port = free_port()
         config = tmp_path / "rollbackd.yaml"
-        config.write_text(yaml.safe_dump(_config(prometheus.url, http_port, apps, tmp_path / "data")))
+        config.write_text(yaml.safe_dump(_config(prometheus, http_port, apps, tmp_path / "data")))
         daemon_log = tmp_path / "rollbackd.log"
         with daemon_log.open("wb") as log:
             daemon = await asyncio.create_subprocess_exec(
@@ -175,14 +217,14 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
                 env={k: v for k, v in os.environ.items() if not k.startswith("ROLLBACKD_")},
             )
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            yield Env(apps=apps, prometheus=prometheus, daemon=daemon, daemon_log=daemon_log,
+            yield Env(apps=apps, backend=backend, daemon=daemon, daemon_log=daemon_log,
                       api=f"http://{HOST}:{http_port}", session=session)
     finally:
         if daemon is not None and daemon.returncode is None:
             daemon.kill()
             await daemon.wait()
-        if prometheus is not None:
-            prometheus.stop()
+        if backend is not None:
+            backend.stop()
         for app in apps.values():
             app.stop()
 
@@ -223,7 +265,7 @@ def _outcome(target: dict[str, Any]) -> str | None:
     return None if decision is None else str(decision["outcome"])
 
 
-async def test_rollbackd_decides_on_real_prometheus_data(env: Env) -> None:
+async def test_rollbackd_decides_on_real_backend_data(env: Env) -> None:
     await _wait_ready(env)
 
     # Phase 1: everything healthy, and judged so (data flows through Prometheus).
@@ -268,8 +310,13 @@ async def test_rollbackd_decides_on_real_prometheus_data(env: Env) -> None:
     assert {_outcome(t) for t in steady} <= {"none", "inconclusive"}
     assert [_outcome(t) for t in steady].count("none") > len(steady) / 2
 
-    # Phase 3: Prometheus goes away while a canary goes bad: no data, no rollback.
-    env.prometheus.stop()
+    # The backend's password shows nowhere: not in the API, the status page or /metrics.
+    for path in ("/api/v1/targets", "/api/v1/history", "/", "/metrics"):
+        async with env.session.get(f"{env.api}{path}") as response:
+            assert PASSWORD not in await response.text(), path
+
+    # Phase 3: the backend goes away while a canary goes bad: no data, no rollback.
+    env.backend.stop()
     await env.apps["dark"].acontrol(error_rate=0.30)
     dark = await env.until(
         "inconclusive without Prometheus",
@@ -288,3 +335,6 @@ async def test_rollbackd_decides_on_real_prometheus_data(env: Env) -> None:
 
     env.daemon.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(env.daemon.wait(), timeout=20) == 0
+    log = env.daemon_log.read_text(errors="replace")
+    assert "Prometheus requests query" in log  # the log does tell of the failed queries...
+    assert PASSWORD not in log  # ...and never of the password

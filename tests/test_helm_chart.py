@@ -18,6 +18,7 @@ import functools
 import importlib
 import json
 import re
+import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -57,13 +58,23 @@ ALLOWED_TARGET_RULES = frozenset(
         ("apps", "replicasets", "list"),
         ("", "services", "get"),
         ("", "services", "patch"),
-        ("networking.k8s.io", "ingresses", "get"),
-        ("networking.k8s.io", "ingresses", "patch"),
         ("discovery.k8s.io", "endpointslices", "list"),
         ("events.k8s.io", "events", "create"),
         ("", "events", "create"),
     }
 )
+ALL_ROUTERS = ["ingress-nginx", "gateway-api", "istio"]
+#: What each traffic router (rbac.routers) adds to the target rules: get and patch on its route objects.
+ROUTER_RULES = {
+    "ingress-nginx": frozenset({("networking.k8s.io", "ingresses", "get"),
+                               ("networking.k8s.io", "ingresses", "patch")}),
+    "gateway-api": frozenset({
+        ("gateway.networking.k8s.io", resource, verb)
+        for resource in ("httproutes", "grpcroutes") for verb in ("get", "patch")
+    }),
+    "istio": frozenset({("networking.istio.io", "virtualservices", "get"),
+                        ("networking.istio.io", "virtualservices", "patch")}),
+}
 #: What ``rbac.argoRollouts: true`` adds to every target Role: reading a Rollout and aborting it.
 ARGO_ROLLOUTS_RULES = frozenset(
     {
@@ -178,7 +189,7 @@ def _value_sets() -> dict[str, dict[str, Any]]:
                 },
                 "targets": example_targets(),
             },
-            "rbac": {"namespaces": ["shop", "payments"]},
+            "rbac": {"namespaces": ["shop", "payments"], "routers": ALL_ROUTERS},
             "leaderElection": {"leaseName": "rollbackd-leader", "leaseDurationS": 30, "renewPeriodS": 10},
             "adminToken": {"existingSecret": "rollbackd-admin", "key": "token"},
             "credentials": {
@@ -214,7 +225,8 @@ def _value_sets() -> dict[str, dict[str, Any]]:
         },
         "cluster-wide": {
             "replicaCount": 3,
-            "rbac": {"clusterWide": True},
+            "credentials": {"prometheus": {"basicAuth": {"existingSecret": "metrics-user"}}},
+            "rbac": {"clusterWide": True, "routers": ALL_ROUTERS},
             "config": {"targets": example_targets()},
             "podDisruptionBudget": {"maxUnavailable": "50%"},
             "affinity": {
@@ -229,10 +241,22 @@ def _value_sets() -> dict[str, dict[str, Any]]:
         },
         "single-sqlite": {
             "replicaCount": 1,
+            "credentials": {"prometheus": {"serviceAccountToken": True}},
             "leaderElection": {"enabled": False},
             "persistence": {"enabled": True, "storageClass": "fast-ssd", "size": "5Gi"},
             "podDisruptionBudget": {"enabled": False},
             "podAntiAffinity": "none",
+        },
+        # A secured metrics backend (Thanos Query behind TLS with a client certificate, a tenant
+        # header, a bearer token from a Secret).
+        "secured-metrics": {
+            "config": {"prometheus": {"url": "https://thanos-query.monitoring:10902",
+                                      "headers": {"X-Scope-OrgID": "team-a"}}},
+            "credentials": {"prometheus": {
+                "bearerToken": {"existingSecret": "metrics-token", "key": "token"},
+                "tls": {"existingSecret": "metrics-tls", "caKey": "ca.crt", "certKey": "tls.crt",
+                        "keyKey": "tls.key"},
+            }},
         },
         "existing-account": {
             "fullnameOverride": "audit",
@@ -505,6 +529,7 @@ def test_rbac_is_least_privilege(helm: Any, value_set: str) -> None:
         assert set(_rules(role)) == ALLOWED_LEASE_RULES, object_id(role)
     rbac = values["rbac"]
     allowed = ALLOWED_TARGET_RULES | (ARGO_ROLLOUTS_RULES if rbac["argoRollouts"] else frozenset())
+    allowed = allowed.union(*(ROUTER_RULES[router] for router in rbac["routers"]))
     for role in target_roles:
         granted = set(_rules(role))
         assert granted <= allowed, f"{object_id(role)} grants {granted - allowed}"
@@ -588,8 +613,8 @@ def test_rbac_allows_every_request_rollbackd_makes(helm: Any) -> None:
     cluster_wide = render(helm, VALUE_SETS["cluster-wide"])
     granted_everywhere = set(_rules(one(cluster_wide, "ClusterRole")))
     assert {call for call in calls if call[1] != "leases" and call[0] != "argoproj.io"} <= granted_everywhere
-    argo_everywhere = render(helm, {**VALUE_SETS["cluster-wide"], "rbac": {"clusterWide": True,
-                                                                          "argoRollouts": True}})
+    argo_everywhere = render(helm, {**VALUE_SETS["cluster-wide"], "rbac": {
+        "clusterWide": True, "argoRollouts": True, "routers": ALL_ROUTERS}})
     assert {call for call in calls if call[1] != "leases"} <= set(_rules(one(argo_everywhere, "ClusterRole")))
 
 
@@ -692,6 +717,36 @@ def test_credentials_come_from_existing_secrets(helm: Any) -> None:
     assert not [path for path in mounts_by_path(defaults) if path.startswith("/var/run/secrets/rollbackd")]
 
 
+def test_metrics_backend_credentials_are_files_from_existing_secrets(helm: Any) -> None:
+    objects = render(helm, VALUE_SETS["secured-metrics"])
+    container = container_of(objects)
+    env = env_of(container)
+    volumes = volumes_by_name(objects)
+    mounts = mounts_by_path(container)
+    files = {
+        "/var/run/secrets/rollbackd/prometheus/token": ("metrics-token", ["token"]),
+        "/var/run/secrets/rollbackd/prometheus/tls": ("metrics-tls", ["ca.crt", "tls.crt", "tls.key"]),
+    }
+    for directory, (secret, keys) in files.items():
+        mount = mounts[directory]
+        assert mount["readOnly"] is True
+        assert volumes[mount["name"]]["secret"] == {
+            "secretName": secret, "defaultMode": 0o440, "items": [{"key": key, "path": key} for key in keys]
+        }
+    assert {name: item["value"] for name, item in env.items() if name.startswith("ROLLBACKD_PROMETHEUS")} == {
+        "ROLLBACKD_PROMETHEUS__BEARER_TOKEN_FILE": "/var/run/secrets/rollbackd/prometheus/token/token",
+        "ROLLBACKD_PROMETHEUS__TLS__CA_FILE": "/var/run/secrets/rollbackd/prometheus/tls/ca.crt",
+        "ROLLBACKD_PROMETHEUS__TLS__CERT_FILE": "/var/run/secrets/rollbackd/prometheus/tls/tls.crt",
+        "ROLLBACKD_PROMETHEUS__TLS__KEY_FILE": "/var/run/secrets/rollbackd/prometheus/tls/tls.key",
+    }
+    config_text = one(objects, "ConfigMap")["data"]["rollbackd.yaml"]
+    assert "metrics-token" not in config_text
+    assert "metrics-tls" not in config_text
+    # Nothing of it unless asked for.
+    defaults = container_of(render(helm))
+    assert not [name for name in env_of(defaults) if name.startswith("ROLLBACKD_PROMETHEUS")]
+
+
 def test_mqtt_without_a_user_name(helm: Any) -> None:
     values = {"credentials": {"mqtt": {"existingSecret": "broker", "usernameKey": ""}}}
     env = env_of(container_of(render(helm, values)))
@@ -702,6 +757,11 @@ def test_mqtt_without_a_user_name(helm: Any) -> None:
 def _settings_path_exists(keys: tuple[str, ...]) -> bool:
     model: Any = Settings
     for key in keys:
+        # An optional section (prometheus.basic_auth: BasicAuthSettings | None) is its model.
+        models = [arg for arg in typing.get_args(model)
+                  if isinstance(arg, type) and issubclass(arg, BaseModel)]
+        if len(models) == 1:
+            model = models[0]
         if not (isinstance(model, type) and issubclass(model, BaseModel)) or key not in model.model_fields:
             return False
         model = model.model_fields[key].annotation
@@ -769,6 +829,28 @@ def test_the_daemon_accepts_the_pod_configuration(helm: Any, value_set: str, tmp
     if credentials["mqtt"]["existingSecret"]:
         assert settings.events.mqtt.username == "rollbackd_events__mqtt__username-from-secret"
         assert settings.events.mqtt.password_file == "/var/run/secrets/rollbackd/mqtt/pass"
+    prometheus = credentials["prometheus"]
+    token_file = None
+    if prometheus["bearerToken"]["existingSecret"]:
+        token_file = f"/var/run/secrets/rollbackd/prometheus/token/{prometheus['bearerToken']['key']}"
+    elif prometheus["serviceAccountToken"]:
+        token_file = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert settings.prometheus.bearer_token_file == token_file
+    if prometheus["basicAuth"]["existingSecret"]:
+        assert settings.prometheus.basic_auth is not None
+        username = "rollbackd_prometheus__basic_auth__username-from-secret"
+        assert settings.prometheus.basic_auth.username == username
+        assert settings.prometheus.basic_auth.password_file == (
+            f"/var/run/secrets/rollbackd/prometheus/basic-auth/{prometheus['basicAuth']['passwordKey']}"
+        )
+    else:
+        assert settings.prometheus.basic_auth is None
+    tls = prometheus["tls"]
+    expected_tls = {
+        setting: f"/var/run/secrets/rollbackd/prometheus/tls/{tls[key]}" if tls["existingSecret"] else None
+        for setting, key in (("ca_file", "caKey"), ("cert_file", "certKey"), ("key_file", "keyKey"))
+    }
+    assert settings.prometheus.tls.model_dump(include=set(expected_tls)) == expected_tls
     secret_files = {hook.name: hook.secret_file for hook in settings.events.webhooks}
     assert secret_files == {
         hook["name"]: f"/var/run/secrets/rollbackd/webhooks/{hook['name']}/{hook['key']}"
@@ -913,14 +995,27 @@ def test_notes_tell_what_is_missing(helm: Any) -> None:
         ({"persistence": {"enabled": True}}, "replicas cannot share"),
         ({"config": {"store": {"data_dir": "/data"}}}, "config.store.data_dir must be /var/lib/rollbackd"),
         ({"config": {"targets": example_targets()}}, 'in namespace "shop", which is not in rbac.namespaces'),
+        ({"config": {"targets": example_targets()}, "rbac": {"namespaces": ["shop"], "argoRollouts": True}},
+         "config.targets: shop/cart routes its canary with gateway-api, which is not in rbac.routers: "
+         "rollbackd could not abort it (add gateway-api to rbac.routers)"),
         ({"rbac": {"namespaces": ["shop"]}, "config": {"targets": [ROLLOUT_TARGET]}},
          "has strategy argo-rollout, but rbac.argoRollouts is false"),
         ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
         ({"credentials": {"webhooks": [{"name": "ops", "existingSecret": "ops-hook", "key": "token"}]}},
          'no webhook named "ops" in config.events.webhooks'),
+        ({"credentials": {"prometheus": {"serviceAccountToken": True,
+                                         "basicAuth": {"existingSecret": "metrics-user"}}}},
+         "credentials.prometheus: serviceAccountToken, basicAuth all set the Authorization header"),
+        ({"credentials": {"prometheus": {"tls": {"existingSecret": "metrics-ca"}}}},
+         'credentials.prometheus.tls applies to an https:// URL, and config.prometheus.url is '
+         '"http://prometheus:9090"'),
+        ({"config": {"prometheus": {"url": "https://prometheus:9090"}},
+          "credentials": {"prometheus": {"tls": {"existingSecret": "metrics-tls", "certKey": "tls.crt"}}}},
+         "give certKey and keyKey together"),
     ],
     ids=["replicas-without-lease", "renew-too-slow", "shared-sqlite", "data-dir", "unpermitted-target",
-         "rollout-without-rbac", "no-account-name", "secret-for-no-webhook"],
+         "router-not-granted", "rollout-without-rbac", "no-account-name", "secret-for-no-webhook",
+         "two-authorizations", "tls-over-http", "cert-without-key"],
 )
 def test_unsafe_combinations_are_refused(helm: Any, values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmRenderError, match=re.escape(message)):
@@ -944,6 +1039,7 @@ BAD_VALUES = [
     pytest.param({"image": {"pullPolicy": "Sometimes"}}, "image.pullPolicy", id="pull-policy"),
     pytest.param({"rbac": {"namespaces": "shop"}}, "rbac.namespaces", id="namespaces-not-a-list"),
     pytest.param({"rbac": {"namespaces": ["Shop_1"]}}, "rbac.namespaces.0", id="namespace-name"),
+    pytest.param({"rbac": {"routers": ["traefik"]}}, "rbac.routers.0", id="unknown-router"),
     pytest.param({"replicas": 2}, "", id="unknown-top-level-key"),
     pytest.param({"image": {"digest": "sha256:0"}}, "image", id="unknown-nested-key"),
     pytest.param({"config": {"http": {"port": 0}}}, "config.http.port", id="random-port"),

@@ -314,7 +314,8 @@ async def test_actions_fit_each_strategy(kube: KubeClient) -> None:
     undo = cluster.action(params("api"))
 
     assert isinstance(canary, CanaryAbort)
-    assert (canary.ingress, canary.canary, canary.stable) == ("web-canary", "web-canary", "web")
+    assert (canary.router.source, canary.canary, canary.stable) == (
+        "Ingress shop/web-canary", "web-canary", "web")
     assert isinstance(blue_green, BlueGreenSwitchBack)
     assert (blue_green.service, blue_green.healthy, blue_green.bad) == ("web", "web-blue", "web-green")
     assert isinstance(undo, DeploymentUndo)

@@ -253,8 +253,9 @@ async def test_sections_that_need_a_restart_are_kept_and_said_so(
     path = tmp_path / "rollbackd.yaml"
     write(path, config())
     async with running(path, ScriptedMetrics()) as (daemon, watcher, _):
-        write(path, config(interval_s=5, prometheus={"url": "http://user:hunter2@prometheus.example:9090"},
-                           max_error_rate=0.02))
+        write(path, config(interval_s=5, max_error_rate=0.02, prometheus={
+            "url": "http://prometheus.example:9090", "headers": {"X-Scope-OrgID": "hunter2"},
+        }))
         await until(lambda: watcher.reloads == 1, what="the reload")
         assert daemon.settings.interval_s == INTERVAL_S
         assert daemon.settings.prometheus.url == "http://prometheus:9090"

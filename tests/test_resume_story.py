@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder, merge_changes
 from rollbackd.actions.canary_abort import CanaryAbort
+from rollbackd.actions.routers.ingress_nginx import IngressNginxRouter
 from rollbackd.actions.steps import ActionSettings
 from rollbackd.actions.targets import KubeTargets
 from rollbackd.backoff import Backoff
@@ -227,7 +228,8 @@ async def client(emu: GatedCluster) -> AsyncIterator[KubeClient]:
 
 
 def abort(kube: KubeClient) -> CanaryAbort:
-    return CanaryAbort(kube=kube, target="shop/checkout", namespace=NS, ingress="checkout-canary",
+    router = IngressNginxRouter(kube=kube, namespace=NS, ingress="checkout-canary")
+    return CanaryAbort(kube=kube, target="shop/checkout", namespace=NS, router=router,
                        canary="checkout-canary", stable="checkout-stable", settings=FAST)  # fmt: skip
 
 

@@ -48,7 +48,9 @@ def require_victoria_metrics() -> str:
 
 class VictoriaMetricsServer(_Process):
     """VictoriaMetrics scraping ``targets`` every ``scrape_interval_s``; ``latency_offset`` is its
-    ``-search.latencyOffset`` (``None``: its default, 30 s)."""
+    ``-search.latencyOffset`` (``None``: its default, 30 s); ``extra_args`` go on its command line
+    (``-tls``, ``-httpAuth.*``), and ``tls`` says it serves https (then its own readiness checks
+    cannot get in: wait through a client that can, ``tests.backendfixtures.wait_for_data``)."""
 
     name = "victoria-metrics"
 
@@ -61,6 +63,8 @@ class VictoriaMetricsServer(_Process):
         latency_offset: str | None = None,
         scrape_interval_s: float = 1.0,
         port: int | None = None,
+        extra_args: Sequence[str] = (),
+        tls: bool = False,
     ) -> None:
         self.binary = binary
         self.targets = tuple(targets)
@@ -68,13 +72,15 @@ class VictoriaMetricsServer(_Process):
         self.latency_offset = latency_offset
         self.scrape_interval_s = scrape_interval_s
         self.port = port if port is not None else free_port()
+        self.extra_args = tuple(extra_args)
+        self.tls = tls
         data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = data_dir / "scrape.yml"
         super().__init__(log_path=data_dir / "victoria-metrics.log")
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{HOST}:{self.port}"
 
     def _command(self) -> list[str]:
         command = [
@@ -86,7 +92,7 @@ class VictoriaMetricsServer(_Process):
         ]
         if self.latency_offset is not None:
             command.append(f"-search.latencyOffset={self.latency_offset}")
-        return command
+        return [*command, *self.extra_args]
 
     def _ready_url(self) -> str:
         return f"{self.url}/health"

@@ -1,22 +1,20 @@
-"""Abort an ingress-nginx canary: no more traffic to the canary, canary scaled to zero, stable serving.
+"""Abort a canary: no more traffic to the canary, canary scaled to zero, stable serving.
 
-The steps, in this order, each skipped when already so:
+How traffic reaches the canary is its router's business (:mod:`rollbackd.actions.routers`: an
+ingress-nginx canary Ingress, a Gateway API route, an Istio VirtualService). The steps, in this
+order, each skipped when already so:
 
-1. the canary Ingress' ``nginx.ingress.kubernetes.io/canary-weight`` to ``"0"``: weighted traffic
-   to the canary stops with one small write;
-2. the canary routing annotations removed (JSON merge patch, ``null`` values):
-   ``canary-by-header``, ``canary-by-header-value``, ``canary-by-header-pattern``,
-   ``canary-by-cookie`` (these send matching requests to the canary whatever the weight) and
-   ``canary-weight-total``. With ``remove_canary_marker=True``, ``canary`` and ``canary-weight``
-   go too. That is off by default, on purpose: an Ingress that is no longer marked canary is a
-   second main Ingress for the same host and path, which ingress-nginx's admission webhook rejects
-   and which, without the webhook, may take the main Ingress' traffic. Kept at weight 0 with no
-   routing rule, the canary Ingress receives nothing, and the next release can reuse it;
-3. the canary Deployment scaled to 0 through its ``scale`` subresource (a canary Deployment that
+1. the router's steps: every request to the stable backend (e.g. the canary Ingress' weight to
+   ``"0"`` and its routing annotations removed; the canary's weight in a route given to the stable
+   backend), then the router's confirmation that the route as written is in effect (a Gateway
+   that refuses it fails the action here, before the canary is touched);
+2. the canary Deployment scaled to 0 through its ``scale`` subresource (a canary Deployment that
    no longer exists counts as scaled down);
 
 then the run waits until the stable Deployment has all its replicas available before it reports
-``done``. The canary Ingress and the stable Deployment must exist, else the action refuses.
+``done``. The route and the stable Deployment must exist, else the action refuses. The result's
+details carry the split as it was read before the abort (``split_before``) and after it
+(``split_after``).
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rollbackd.actions.base import ActionOutcome, ActionResult, Change
+from rollbackd.actions.routers.base import Router
 from rollbackd.actions.steps import (
     DEFAULT_SETTINGS,
     ActionRun,
@@ -33,40 +32,20 @@ from rollbackd.actions.steps import (
     Step,
     object_name,
 )
-from rollbackd.kube import KubeClient, Obj, objects
+from rollbackd.kube import KubeClient, KubeError, Obj, objects
 
 ACTION = "canary-abort"
 
-PREFIX = "nginx.ingress.kubernetes.io/"
-CANARY = objects.CANARY_ANNOTATION
-WEIGHT = objects.CANARY_WEIGHT_ANNOTATION
-#: Annotations that route requests to the canary whatever its weight, or scale the weight.
-ROUTING_ANNOTATIONS = tuple(
-    PREFIX + suffix
-    for suffix in (
-        "canary-by-header",
-        "canary-by-header-value",
-        "canary-by-header-pattern",
-        "canary-by-cookie",
-        "canary-weight-total",
-    )
-)
-
-
-def annotation_field(key: str) -> str:
-    return f"metadata.annotations[{key}]"
-
 
 class CanaryAbort(KubeAction):
-    """Abort a canary behind an ingress-nginx canary Ingress.
+    """Abort a canary behind a traffic router.
 
     Besides :class:`~rollbackd.actions.steps.KubeAction`'s ``kube``, ``target``, ``namespace``
     and ``settings``:
 
-    - ``ingress``: the canary Ingress (the one annotated ``canary: "true"``);
-    - ``canary``: the canary Deployment; ``stable``: the stable Deployment;
-    - ``remove_canary_marker``: also remove ``canary`` and ``canary-weight`` (see the module
-      docstring for why that is off by default).
+    - ``router``: how traffic reaches the canary (a :class:`~rollbackd.actions.routers.base.Router`
+      on the same client);
+    - ``canary``: the canary Deployment; ``stable``: the stable Deployment.
     """
 
     name = ACTION
@@ -77,53 +56,22 @@ class CanaryAbort(KubeAction):
         kube: KubeClient,
         target: str,
         namespace: str,
-        ingress: str,
+        router: Router,
         canary: str,
         stable: str,
-        remove_canary_marker: bool = False,
         settings: ActionSettings = DEFAULT_SETTINGS,
     ) -> None:
         super().__init__(kube=kube, target=target, namespace=namespace, settings=settings)
-        self.ingress = ingress
+        self.router = router
         self.canary = canary
         self.stable = stable
-        self.remove_canary_marker = remove_canary_marker
-        self._ingress_object = object_name("Ingress", namespace, ingress)
         self._canary_object = object_name("Deployment", namespace, canary)
-
-    @property
-    def removed_annotations(self) -> tuple[str, ...]:
-        """The annotations step 2 removes."""
-        return (*ROUTING_ANNOTATIONS, CANARY, WEIGHT) if self.remove_canary_marker else ROUTING_ANNOTATIONS
-
-    # -- reading --
-
-    async def _get_ingress(self) -> Obj:
-        return await objects.get_ingress(self.kube, namespace=self.namespace, name=self.ingress)
 
     async def _get_canary(self) -> Obj:
         return await objects.get_deployment(self.kube, namespace=self.namespace, name=self.canary)
 
     async def _get_stable(self) -> Obj:
         return await objects.get_deployment(self.kube, namespace=self.namespace, name=self.stable)
-
-    # -- what each step would change, from an object as read --
-
-    def _weight_change(self, ingress: Obj) -> Change | None:
-        weight = objects.annotations_of(ingress).get(WEIGHT)
-        if weight is None or weight.strip() == "0":
-            return None
-        return Change(self._ingress_object, annotation_field(WEIGHT), weight, "0")
-
-    def _removal_changes(self, ingress: Obj, *, weight_zeroed: bool = False) -> tuple[Change, ...]:
-        annotations = dict(objects.annotations_of(ingress))
-        if weight_zeroed:  # planned after step 1: the weight will be "0" by then
-            annotations[WEIGHT] = "0"
-        return tuple(
-            Change(self._ingress_object, annotation_field(key), annotations[key], None)
-            for key in self.removed_annotations
-            if key in annotations
-        )
 
     def _scale_change(self, canary: Obj | None) -> Change | None:
         if canary is None:
@@ -133,45 +81,28 @@ class CanaryAbort(KubeAction):
             return None
         return Change(self._canary_object, "spec.replicas", replicas, 0)
 
-    # -- applying them: re-read, re-decide, write --
-
-    async def _set_weight_zero(self) -> Sequence[Change]:
-        change = self._weight_change(await self._get_ingress())
-        if change is None:
-            return ()
-        await objects.patch_ingress(self.kube, namespace=self.namespace, name=self.ingress,
-                                    patch={"metadata": {"annotations": {WEIGHT: "0"}}})
-        return (change,)
-
-    async def _remove_annotations(self) -> Sequence[Change]:
-        changes = self._removal_changes(await self._get_ingress())
-        if not changes:
-            return ()
-        fields = {change.field for change in changes}
-        keys = [key for key in self.removed_annotations if annotation_field(key) in fields]
-        await objects.patch_ingress(self.kube, namespace=self.namespace, name=self.ingress,
-                                    patch={"metadata": {"annotations": dict.fromkeys(keys)}})
-        return changes
-
     async def _scale_down(self) -> Sequence[Change]:
         return await self._scale_to_zero(self.canary, self._scale_change)
 
+    async def _split(self, run: ActionRun) -> dict[str, Any] | None:
+        """The router's split now, for the result's details (``None`` when it cannot be read)."""
+        try:
+            return (await run.call(self.router.read_split)).as_dict()
+        except (KubeError, ValueError):
+            return None
+
     async def _run(self, run: ActionRun, fields: dict[str, Any], *, dry_run: bool) -> ActionResult:
-        ingress = await run.required(f"the canary Ingress {self.namespace}/{self.ingress}", self._get_ingress)
+        routing = list(await self.router.plan(run))
         await run.required(f"the stable Deployment {self.namespace}/{self.stable} (nothing to go back to)",
                            self._get_stable)
         canary = await run.optional(self._get_canary)
-        plan: list[Step] = []
-        weight = self._weight_change(ingress)
-        if weight is not None:
-            plan.append(Step(changes=(weight,), apply=self._set_weight_zero))
-        removals = self._removal_changes(ingress, weight_zeroed=weight is not None)
-        if removals:
-            plan.append(Step(changes=removals, apply=self._remove_annotations))
+        details: dict[str, Any] = {"canary_deployment_exists": canary is not None, "router": self.router.kind,
+                                   "split_before": await self._split(run)}
+        fields["details"] = details  # a failure further on reports them too
+        plan: list[Step] = list(routing)
         scale = self._scale_change(canary)
         if scale is not None:
             plan.append(Step(changes=(scale,), apply=self._scale_down))
-        details: dict[str, Any] = {"canary_deployment_exists": canary is not None}
         planned = tuple(change for step in plan for change in step.changes)
         if dry_run:
             if not plan:
@@ -180,8 +111,12 @@ class CanaryAbort(KubeAction):
             return run.result(ActionOutcome.PLANNED,
                               f"would make {len(planned)} change(s) to abort the canary",
                               changes=planned, details=details)
-        for step in plan:
+        for step in routing:
             await run.apply(step)
+        await self.router.confirm(run)
+        details["split_after"] = await self._split(run)
+        if scale is not None:
+            await run.apply(plan[-1])
         await run.wait_until(f"the stable Deployment {self.namespace}/{self.stable} to have all its replicas "
                              f"available", self._stable_available)
         if not plan:
@@ -189,8 +124,8 @@ class CanaryAbort(KubeAction):
                               "the canary was already aborted; the stable Deployment is fully available",
                               details=details)
         return run.result(ActionOutcome.DONE,
-                          "canary aborted: no traffic to it, scaled to 0; the stable Deployment is fully "
-                          "available", details=details)
+                          f"canary aborted: no traffic to it ({self.router.source}), scaled to 0; the stable "
+                          f"Deployment is fully available", details=details)
 
     async def _stable_available(self) -> bool:
         return objects.rollout_complete(await self._get_stable())

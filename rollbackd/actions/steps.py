@@ -18,7 +18,7 @@ One :class:`ActionRun` carries out one run of one action:
   availability budget on the event-loop clock, and adds its time to ``wait_s``; it logs when it
   starts (what it waits for) and ends (how long it took), and tells the run's ``progress``;
 - :meth:`ActionRun.guarded` turns what may go wrong into a result: :class:`Refusal` (nothing
-  changed yet: ``refused``), :class:`WaitTimeout`, :class:`NotRecorded` and every
+  changed yet: ``refused``), :class:`WaitTimeout`, :class:`NotRecorded`, :class:`ActionFailed` and every
   :class:`~rollbackd.kube.errors.KubeError` (``failed``, listing what was changed before).
   Cancellation is never swallowed.
 """
@@ -98,6 +98,15 @@ class Refusal(Exception):
 class NotRecorded(Exception):
     """A step's changes could not be written down before they were made: the step is not applied
     (nothing may be changed that a process taking the rollback over would not know of)."""
+
+
+class ActionFailed(Exception):
+    """What the action wrote was refused where it takes effect (e.g. a Gateway does not accept the
+    route as patched): the run fails with ``reason``, listing what it changed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class WaitTimeout(Exception):
@@ -303,7 +312,7 @@ class ActionRun:
             if self.changes:  # refused part-way: something did change, so this is a failure
                 return self.failed(exc.reason, **(fields or {}))
             return self.result(ActionOutcome.REFUSED, exc.reason, **(fields or {}))
-        except (WaitTimeout, NotRecorded) as exc:
+        except (WaitTimeout, NotRecorded, ActionFailed) as exc:
             return self.failed(str(exc), **(fields or {}))
         except KubeForbidden as exc:  # its message names the verb, resource, namespace and rule
             return self.failed(str(exc), **(fields or {}))

@@ -16,6 +16,10 @@ for every configured target (found by its key, ``namespace/name``):
   fix-forward ETA given as a duration (``15m``) counts from when this object first saw it;
 - :meth:`KubeTargets.action` builds the target's action: canary abort, blue-green switch-back,
   Deployment undo or Rollout abort (:data:`ACTIONS` names them per strategy);
+- :meth:`KubeTargets.router` is a canary target's traffic router (ingress-nginx, Gateway API,
+  Istio), :meth:`KubeTargets.split` its current split (the canary's share of the requests);
+  :meth:`KubeTargets.check_routers`, at start-up, tells which targets' routers need a custom
+  resource the API server does not serve (e.g. the Gateway API is not installed);
 - :meth:`KubeTargets.serving_available` tells whether the version traffic went back to is fully
   available (rolled out, every replica available): the stable Deployment (canary), the previous
   colour (blue-green), the Deployment itself (undo), the Rollout's stable ReplicaSet once the
@@ -41,6 +45,8 @@ from rollbackd.actions.bluegreen import BlueGreenSwitchBack
 from rollbackd.actions.canary_abort import CanaryAbort
 from rollbackd.actions.deployment_undo import DeploymentUndo
 from rollbackd.actions.rollout_abort import RolloutAbort, stable_serving
+from rollbackd.actions.routers.base import Router, Split
+from rollbackd.actions.routers.select import INSTALL_HINTS, required_resource, router_for
 from rollbackd.actions.steps import ActionSettings
 from rollbackd.config.settings import KubernetesSettings, Settings, Side, TargetSettings
 from rollbackd.decision.annotations import ETA_ANNOTATION
@@ -48,6 +54,7 @@ from rollbackd.decision.facts import ClusterFacts, cluster_facts
 from rollbackd.kube import objects, rollouts
 from rollbackd.kube.client import KubeClient, Obj
 from rollbackd.kube.errors import KubeError, KubeNotFound
+from rollbackd.kube.objects import CustomResource
 from rollbackd.kube.retry import retrying
 from rollbackd.kube.rollouts import RolloutsNotInstalled
 from rollbackd.model import Strategy
@@ -217,6 +224,49 @@ class KubeTargets:
         kept = self._facts.get(key)
         return kept[0] if kept is not None else None
 
+    def router(self, key: str) -> Router:
+        """The traffic router of the canary target ``key`` (``LookupError`` if it is not one)."""
+        target = self.target(key)
+        settings = target.traffic_router
+        if settings is None:
+            raise LookupError(f"target {key!r} is not a canary: it has no traffic router")
+        return router_for(settings, kube=self.kube, namespace=target.namespace)
+
+    async def split(self, key: str) -> Split:
+        """How the canary target ``key``'s route splits the requests now (retried like facts);
+        :class:`~rollbackd.kube.errors.KubeError` when it cannot be read."""
+        return await self._call(self.router(key).read_split)
+
+    async def check_routers(self) -> dict[str, str]:
+        """Which targets' routers cannot work on this cluster: target key -> what is wrong and what
+        to do. Each custom resource (HTTPRoute, GRPCRoute, VirtualService) the configured routers
+        need is looked up once in the API server's discovery; a target whose resource is not served
+        is named (its rollbacks would be refused), the others are not affected. API errors while
+        looking are raised (:class:`~rollbackd.kube.errors.KubeError`)."""
+        needed: dict[str, tuple[CustomResource, str]] = {}
+        for key, target in self._targets.items():
+            settings = target.traffic_router
+            resource = required_resource(settings) if settings is not None else None
+            if settings is not None and resource is not None:
+                needed[key] = (resource, settings.kind)
+        served: dict[tuple[str, str], frozenset[str]] = {}
+        problems: dict[str, str] = {}
+        for key, (resource, kind) in needed.items():
+            group_version = (resource.group, resource.version)
+            if group_version not in served:
+                served[group_version] = await self._served(*group_version)
+            if resource.plural not in served[group_version]:
+                problems[key] = (
+                    f"the router of {key} ({kind}) needs {resource.kind} ({resource.api_version}), which the "
+                    f"API server does not serve: {INSTALL_HINTS.get(kind, 'install its CRDs')}, or "
+                    "change the "
+                    f"target's router; until then its rollbacks are refused"
+                )
+        return problems
+
+    async def _served(self, group: str, version: str) -> frozenset[str]:
+        return await self._call(lambda: objects.served_resources(self.kube, group=group, version=version))
+
     def action(
         self, params: TargetParams, *, bad_revision: int | None = None, to_revision: int | None = None
     ) -> RollbackAction:
@@ -233,9 +283,8 @@ class KubeTargets:
                                 rollout=target.rollout, settings=self.action_settings)
         if target.strategy is Strategy.CANARY:
             assert target.baseline is not None  # the settings check it
-            assert target.ingress is not None
             return CanaryAbort(
-                kube=self.kube, target=params.key, namespace=namespace, ingress=target.ingress,
+                kube=self.kube, target=params.key, namespace=namespace, router=self.router(params.key),
                 canary=_deployment_of(target.candidate), stable=_deployment_of(target.baseline),
                 settings=self.action_settings,
             )

@@ -31,7 +31,14 @@ from pydantic_core import ErrorDetails
 from pydantic_core.core_schema import ErrorType
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
-from rollbackd.config.settings import K8S_NAME_PATTERN, LABEL_NAME_PATTERN, URL_PATTERN, Settings
+from rollbackd.config.settings import (
+    ENV_NAME_PATTERN,
+    HEADER_NAME_PATTERN,
+    K8S_NAME_PATTERN,
+    LABEL_NAME_PATTERN,
+    URL_PATTERN,
+    Settings,
+)
 
 __all__ = [
     "CONFIG_ENV",
@@ -448,18 +455,22 @@ class _ErrorDescriber:
     env: _Environment
 
     def __call__(self, error: ErrorDetails) -> Problem:
-        loc: Loc = tuple(error["loc"])
+        tagged: Loc = tuple(error["loc"])
         kind = error["type"]
+        message = _message(error, tagged)
+        loc = _untagged(tagged)
         # The part of the location that exists in the input: the whole of it, except for keys
         # that are missing (reported at their parent).
         present = _present_prefix(self.data, loc)
         shown = loc[:-1] if kind == "extra_forbidden" else present
-        message = _message(error, loc)
         path = _render_path(shown, self.data)
         if self.env.provided(present) and not (
             isinstance(_get(self.data, present), Mapping) and _contains(self.file_data, present)
         ):
             return Problem(self.env.origin(present), message, path=path)
+        if kind == "union_tag_invalid":  # point at the line of the unknown tag itself
+            discriminator = str((error.get("ctx") or {}).get("discriminator", "kind")).strip("'")
+            loc = (*loc, discriminator)
         line, _ = _node_line(self.root, loc)
         return Problem(self.origin, message, path=path, line=line)
 
@@ -473,6 +484,8 @@ def _message(error: ErrorDetails, loc: Loc) -> str:
         return f"missing required key '{key}'{what}"
     if kind == "extra_forbidden":
         return _unknown_key(loc)
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        return _unknown_tag(error, loc)
     if kind in ("value_error", "assertion_error"):
         return str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if kind not in _BUILTIN_ERRORS:
@@ -481,6 +494,22 @@ def _message(error: ErrorDetails, loc: Loc) -> str:
     if expected is None:
         return f"{error['msg']}, got {_show(error['input'])}"
     return f"expected {expected}, got {_show(error['input'])}"
+
+
+def _unknown_tag(error: ErrorDetails, loc: Loc) -> str:
+    """A discriminated union (e.g. a target's ``router``) given no ``kind``, or an unknown one."""
+    ctx = error.get("ctx") or {}
+    key = str(ctx.get("discriminator", "kind")).strip("'")
+    union = _unwrap(_type_at(loc))
+    known = [str(get_args(member.model_fields[key].annotation)[0]) for member in get_args(union)
+             if isinstance(member, type) and issubclass(member, BaseModel) and key in member.model_fields]
+    choices = ", ".join(known)
+    if error["type"] == "union_tag_not_found":
+        return f"missing required key '{key}' (one of {choices})"
+    given = str(ctx.get("tag", ""))
+    close = difflib.get_close_matches(given, known, n=1, cutoff=0.6)
+    hint = f" — did you mean {close[0]!r}?" if close else ""
+    return f"unknown {key} {given!r}: expected one of {choices}{hint}"
 
 
 def _unknown_key(loc: Loc) -> str:
@@ -660,9 +689,34 @@ def _walk(loc: Loc) -> tuple[Any, list[Any], FieldInfo | None]:
             metadata, field = _metadata(annotation), None
         elif part == "[key]":
             continue
+        elif (member := _tagged_member(current, part)) is not None:
+            annotation, metadata, field = member, [], field  # a discriminated union's tag: its member
         else:
             return None, [], None
     return annotation, metadata + _metadata(annotation), field
+
+
+def _untagged(loc: Loc) -> Loc:
+    """``loc`` without the tags pydantic puts after a discriminated union (``router.gateway-api.route``
+    is written ``router.route`` in the file)."""
+    kept: list[str | int] = []
+    for index, part in enumerate(loc):
+        if _tagged_member(_unwrap(_type_at(loc[:index])), part) is None:
+            kept.append(part)
+    return tuple(kept)
+
+
+def _tagged_member(union: Any, tag: Any) -> type[BaseModel] | None:
+    """The member of a union of models whose ``kind`` is the literal ``tag`` (pydantic puts the
+    tag of a discriminated union in an error's location)."""
+    if get_origin(union) not in (Union, types.UnionType) or not isinstance(tag, str):
+        return None
+    for member in get_args(union):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            kind = member.model_fields.get("kind")
+            if kind is not None and get_args(kind.annotation) == (tag,):
+                return member
+    return None
 
 
 def _type_at(loc: Loc) -> Any:
@@ -677,11 +731,15 @@ _PATTERN_TEXT = {
     K8S_NAME_PATTERN: "a name of lowercase letters, digits and '-' (like a Kubernetes object name)",
     LABEL_NAME_PATTERN: "a label name (letters, digits and '_', not starting with a digit)",
     URL_PATTERN: "a URL starting with http:// or https://",
+    ENV_NAME_PATTERN: "an environment variable's name (letters, digits and '_', not starting with a digit)",
+    HEADER_NAME_PATTERN: "an HTTP header name (letters, digits and '-', no spaces)",
 }
 _PATTERN_PLURAL = {
     K8S_NAME_PATTERN: "names",
     LABEL_NAME_PATTERN: "label names",
     URL_PATTERN: "http(s) URLs",
+    ENV_NAME_PATTERN: "environment variable names",
+    HEADER_NAME_PATTERN: "HTTP header names",
 }
 
 

@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypeAlias, get_
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     create_model,
     field_validator,
@@ -293,10 +295,150 @@ class HealthSettings(_Frozen):
     concurrency: int = Field(100, ge=1, le=MAX_CONCURRENCY, description="Most probes in flight at once.")
 
 
-class PrometheusSettings(_Frozen):
-    """Where the metrics come from."""
+#: An environment variable name.
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+#: An HTTP header name (RFC 9110 token).
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+#: Headers the Prometheus client writes itself: configuring them would break the queries.
+RESERVED_HEADERS = frozenset(
+    {"accept", "accept-encoding", "connection", "content-length", "content-type", "host", "transfer-encoding"}
+)
 
-    url: Url = Field("http://prometheus:9090", description="Base URL of the Prometheus HTTP API.")
+
+class HeaderSecret(_Frozen):
+    """A header value kept out of the file: read from a file or an environment variable at start."""
+
+    file: str | None = Field(
+        None, min_length=1, description="File holding the value (e.g. a mounted Secret)."
+    )
+    env: str | None = Field(
+        None, pattern=ENV_NAME_PATTERN, description="Environment variable holding the value (its name only)."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> HeaderSecret:
+        if bool(self.file) == bool(self.env):
+            _raise("HeaderSecret", [
+                _problem("one_source", "give exactly one of file or env (where the header's value is read)",
+                         (), self.model_dump())
+            ])
+        return self
+
+
+def _header_kind(value: object) -> str:
+    return "secret" if isinstance(value, dict | HeaderSecret) else "value"
+
+
+#: A header's value: written as is, or read from a file or an environment variable.
+HeaderValue = Annotated[
+    Annotated[str, Tag("value")] | Annotated[HeaderSecret, Tag("secret")],
+    Discriminator(_header_kind),
+]
+
+
+class BasicAuthSettings(_Frozen):
+    """HTTP basic authentication: a user name and a password kept out of the file."""
+
+    username: str = Field(..., min_length=1, description="The user name.")
+    password_file: str | None = Field(
+        None, min_length=1, description="File holding the password (e.g. a mounted Secret)."
+    )
+    password_env: str | None = Field(
+        None,
+        pattern=ENV_NAME_PATTERN,
+        description="Environment variable holding the password (its name, never the password itself).",
+    )
+
+    @field_validator("username")
+    @classmethod
+    def _no_colon(cls, value: str) -> str:
+        if ":" in value:
+            raise ValueError("a basic-auth user name cannot contain ':' (the password is given apart)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_password(self) -> BasicAuthSettings:
+        if bool(self.password_file) == bool(self.password_env):
+            _raise("BasicAuthSettings", [
+                _problem("one_secret",
+                         "give exactly one of password_file or password_env (the password never goes in "
+                         "this file)", ("password_file",), self.password_file)
+            ])
+        return self
+
+
+class BackendTlsSettings(_Frozen):
+    """TLS towards the metrics backend (https:// URLs only)."""
+
+    ca_file: str | None = Field(
+        None, min_length=1,
+        description="CA bundle (PEM) that signed the backend's certificate (default: the system's CAs).",
+    )
+    cert_file: str | None = Field(
+        None, min_length=1, description="Client certificate (PEM), for backends that require one (mTLS)."
+    )
+    key_file: str | None = Field(
+        None, min_length=1, description="Private key (PEM) of the client certificate."
+    )
+    server_name: str | None = Field(
+        None,
+        min_length=1,
+        pattern=r"^[^\s/:]+$",
+        description="Name the backend's certificate must carry, when it differs from the URL's host (and "
+        "the SNI name sent).",
+    )
+    insecure_skip_verify: bool = Field(
+        False,
+        description="Accept any certificate, unchecked: anyone on the path can read and change the metrics. "
+        "Logged as a warning at start; for a first try only.",
+    )
+
+    @model_validator(mode="after")
+    def _pairs(self) -> BackendTlsSettings:
+        problems: list[InitErrorDetails] = []
+        if self.key_file and not self.cert_file:
+            problems.append(
+                _problem("key_without_cert", "key_file needs cert_file", ("key_file",), self.key_file)
+            )
+        if self.insecure_skip_verify and (self.ca_file or self.server_name):
+            problems.append(_problem(
+                "insecure_and_checked",
+                "insecure_skip_verify checks nothing, so ca_file and server_name would be ignored: drop "
+                "insecure_skip_verify (preferred) or them",
+                ("insecure_skip_verify",), self.insecure_skip_verify,
+            ))
+        _raise("BackendTlsSettings", problems)
+        return self
+
+
+class PrometheusSettings(_Frozen):
+    """Where the metrics come from: Prometheus or any server of its query API (Thanos Query, Mimir,
+    Cortex, VictoriaMetrics), with its credentials, TLS and headers. Secrets are never written here,
+    only where to read them (a file or an environment variable)."""
+
+    url: Url = Field(
+        "http://prometheus:9090",
+        description="Base URL of the Prometheus HTTP API, without /api/v1; a path prefix is kept "
+        "(https://mimir/prometheus, http://vmselect:8481/select/0/prometheus).",
+    )
+    bearer_token_file: str | None = Field(
+        None,
+        min_length=1,
+        description="File holding a bearer token sent as 'Authorization: Bearer ...' (e.g. a service "
+        "account token); read again when it changes, and before retrying a query answered 401.",
+    )
+    bearer_token_env: str | None = Field(
+        None,
+        pattern=ENV_NAME_PATTERN,
+        description="Environment variable holding a bearer token (its name, never the token itself).",
+    )
+    basic_auth: BasicAuthSettings | None = Field(None, description=BasicAuthSettings.__doc__)
+    headers: dict[Annotated[str, Field(pattern=HEADER_NAME_PATTERN)], HeaderValue] = Field(
+        {},
+        description="Extra HTTP headers of every query, e.g. X-Scope-OrgID: tenant-a (Mimir, Cortex). A "
+        "value is written as is, or read at start from {file: PATH} or {env: NAME} when it is a secret.",
+    )
+    tls: BackendTlsSettings = Field(BackendTlsSettings(), description=BackendTlsSettings.__doc__)
     timeout_s: float = Field(5.0, ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S, description="Timeout of one query.")
     retries: int = Field(
         2, ge=0, le=MAX_RETRIES, description="Retries of a failed query (temporary errors only)."
@@ -337,21 +479,70 @@ class PrometheusSettings(_Frozen):
     )
 
     @model_validator(mode="after")
-    def _backoff(self) -> PrometheusSettings:
+    def _consistent(self) -> PrometheusSettings:
+        problems: list[InitErrorDetails] = []
         if self.backoff_max_s < self.backoff_initial_s:
-            _raise(
-                "PrometheusSettings",
-                [
-                    _problem(
-                        "backoff_order",
-                        "must be at least backoff_initial_s ({initial})",
-                        ("backoff_max_s",),
-                        self.backoff_max_s,
-                        initial=self.backoff_initial_s,
-                    )
-                ],
-            )
+            problems.append(_problem("backoff_order", "must be at least backoff_initial_s ({initial})",
+                                     ("backoff_max_s",), self.backoff_max_s, initial=self.backoff_initial_s))
+        problems.extend(self._url_problems())
+        if self.bearer_token_file and self.bearer_token_env:
+            problems.append(_problem("one_secret", "give bearer_token_file or bearer_token_env, not both",
+                                     ("bearer_token_env",), self.bearer_token_env))
+        if self.basic_auth is not None and (self.bearer_token_file or self.bearer_token_env):
+            problems.append(_problem(
+                "one_authorization",
+                "give a bearer token or basic_auth, not both: both go in the Authorization header",
+                ("basic_auth",), None,
+            ))
+        authorizing = self.basic_auth is not None or self.bearer_token_file or self.bearer_token_env
+        for name, value in self.headers.items():
+            lowered = name.lower()
+            if lowered in RESERVED_HEADERS:
+                problems.append(_problem("reserved_header",
+                                         "{name} is written by rollbackd itself for every query: remove it",
+                                         ("headers", name), None, name=name))
+            elif lowered == "authorization" and authorizing:
+                problems.append(_problem(
+                    "one_authorization",
+                    "the Authorization header comes from bearer_token_file, bearer_token_env or basic_auth "
+                    "here: remove it from headers (or those)", ("headers", name), None,
+                ))
+            if isinstance(value, str) and ("\r" in value or "\n" in value):
+                problems.append(_problem("header_value", "a header value cannot contain a line break",
+                                         ("headers", name), None))
+        if self.tls != BackendTlsSettings() and not self.url.startswith("https://"):
+            problems.append(_problem(
+                "tls_needs_https", "TLS settings apply to https:// URLs only: write the url with https://",
+                ("tls",), None,
+            ))
+        _raise("PrometheusSettings", problems)
         return self
+
+    def _url_problems(self) -> list[InitErrorDetails]:
+        rest = self.url.split("://", 1)[1]
+        authority = rest.split("/", 1)[0]
+        problems: list[InitErrorDetails] = []
+        if "@" in authority:
+            # Never quote the URL: it holds a password.
+            problems.append(_problem(
+                "credentials_in_url",
+                "holds credentials (user:password@): put the user in basic_auth.username and the "
+                "password in a file or an environment variable (basic_auth.password_file or password_env)",
+                ("url",), None,
+            ))
+        elif "?" in rest or "#" in rest:
+            problems.append(_problem(
+                "url_query",
+                "must not have a query (?...) or fragment (#...): give the base URL, e.g. "
+                "https://thanos-query:9090 or http://vmselect:8481/select/0/prometheus",
+                ("url",), None,
+            ))
+        elif rest.rstrip("/").endswith("/api/v1"):
+            problems.append(_problem(
+                "url_api_path", "must not end with /api/v1: rollbackd adds it; give the base URL",
+                ("url",), None,
+            ))
+        return problems
 
 
 class HttpSettings(_Frozen):
@@ -679,10 +870,6 @@ class LeaderElectionSettings(_Frozen):
         return self
 
 
-#: An environment variable name.
-ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-
-
 class ApiSettings(_Frozen):
     """Access to the HTTP API. The write endpoints (freeze, hold, dry-run) need
     'Authorization: Bearer <token>'; without a token configured they are refused."""
@@ -781,15 +968,96 @@ class Side(_Frozen):
         return self
 
 
+#: A DNS name as Istio hosts are written: ``web``, ``web.shop.svc.cluster.local``.
+DNS_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+K8sName = Annotated[str, Field(min_length=1, max_length=253, pattern=K8S_NAME_PATTERN)]
+
+
+class IngressNginxRouterSettings(_Frozen):
+    """ingress-nginx: a canary Ingress (annotated ``nginx.ingress.kubernetes.io/canary: "true"``)
+    whose ``canary-weight`` sends the canary its share."""
+
+    kind: Literal["ingress-nginx"] = Field(description="ingress-nginx.")
+    ingress: K8sName = Field(description="The canary Ingress, in the target's namespace.")
+
+
+class GatewayApiRouterSettings(_Frozen):
+    """Gateway API: an HTTPRoute or GRPCRoute whose rules name the canary and the stable Services as
+    weighted backendRefs."""
+
+    kind: Literal["gateway-api"] = Field(description="gateway-api.")
+    route: K8sName = Field(description="The route's name, in the target's namespace.")
+    route_kind: Literal["HTTPRoute", "GRPCRoute"] = Field(
+        "HTTPRoute", description="HTTPRoute or GRPCRoute (gateway.networking.k8s.io/v1)."
+    )
+    canary_service: K8sName = Field(
+        description="The Service of the canary, as the route's backendRefs name it."
+    )
+    stable_service: K8sName = Field(
+        description="The Service of the stable version, as the route's backendRefs name it."
+    )
+
+    @model_validator(mode="after")
+    def _two_services(self) -> GatewayApiRouterSettings:
+        if self.canary_service == self.stable_service:
+            _raise("GatewayApiRouterSettings", [_problem(
+                "same_service",
+                "canary_service and stable_service are both '{name}': name the canary's Service and the"
+                " stable version's Service (two backendRefs of the route)",
+                ("stable_service",), self.stable_service, name=self.stable_service,
+            )])
+        return self
+
+
+class IstioDestinationSettings(_Frozen):
+    """An Istio destination: a host (a Service, short or fully qualified) and, optionally, a subset of
+    its DestinationRule."""
+
+    host: str = Field(min_length=1, max_length=253, pattern=DNS_NAME_PATTERN,
+                      description="The destination's host: a Service name (web) or its qualified name.")
+    subset: K8sName | None = Field(None, description="The DestinationRule subset, when one host serves both.")
+
+
+class IstioRouterSettings(_Frozen):
+    """Istio: a VirtualService whose http routes send weighted shares to the canary and the stable
+    destinations (two hosts, or one host and two subsets)."""
+
+    kind: Literal["istio"] = Field(description="istio.")
+    virtual_service: K8sName = Field(description="The VirtualService's name, in the target's namespace.")
+    canary: IstioDestinationSettings = Field(description="The canary's destination (host, subset).")
+    stable: IstioDestinationSettings = Field(description="The stable version's destination (host, subset).")
+
+    @model_validator(mode="after")
+    def _two_destinations(self) -> IstioRouterSettings:
+        if self.canary == self.stable:
+            _raise("IstioRouterSettings", [_problem(
+                "same_destination",
+                "canary and stable are the same destination: give them different hosts, or the same host"
+                " with different subsets",
+                ("stable",), None,
+            )])
+        return self
+
+
+#: How traffic reaches a canary, chosen by ``kind``.
+RouterSettings: TypeAlias = Annotated[
+    IngressNginxRouterSettings | GatewayApiRouterSettings | IstioRouterSettings,
+    Field(discriminator="kind"),
+]
+#: The router kinds, as ``router.kind`` names them.
+ROUTER_KINDS = ("ingress-nginx", "gateway-api", "istio")
+
 #: What each strategy needs, for messages: key → (strategies that use it, what it is).
 _STRATEGY_KEYS: dict[str, tuple[frozenset[Strategy], str]] = {
     "baseline": (
         frozenset({Strategy.CANARY, Strategy.BLUE_GREEN, Strategy.ARGO_ROLLOUT}), "the version to go back to"
     ),
-    "ingress": (frozenset({Strategy.CANARY}), "the canary Ingress"),
     "service": (frozenset({Strategy.BLUE_GREEN}), "the Service whose selector picks the colour"),
     "rollout": (frozenset({Strategy.ARGO_ROLLOUT}), "the Argo Rollouts Rollout"),
 }
+#: Keys that only a canary uses, one of which it needs.
+_ROUTING_KEYS = ("router", "ingress")
 
 #: Why the sides of an argo-rollout target name no Deployment, and what to do instead.
 ROLLOUT_SIDES = (
@@ -822,11 +1090,15 @@ class TargetSettings(_Frozen):
         description="The version to go back to (stable / the old colour); canary and blue-green only.",
     )
     candidate: Side = Field(..., description="The new version being judged.")
+    router: RouterSettings | None = Field(
+        None,
+        description="canary: how traffic reaches the canary (kind: ingress-nginx, gateway-api or istio).",
+    )
     ingress: str | None = Field(
         None,
         min_length=1,
         pattern=K8S_NAME_PATTERN,
-        description="canary: the canary Ingress.",
+        description="canary: the canary Ingress (shorthand for router: {kind: ingress-nginx, ingress: ...}).",
     )
     service: str | None = Field(
         None,
@@ -889,6 +1161,7 @@ class TargetSettings(_Frozen):
                     )
                 )
         problems.extend(self._side_problems())
+        problems.extend(self._routing_problems())
         _raise("TargetSettings", problems)
         return self
 
@@ -918,9 +1191,52 @@ class TargetSettings(_Frozen):
                 ))
         return problems
 
+    def _routing_problems(self) -> list[InitErrorDetails]:
+        given = [key for key in _ROUTING_KEYS if getattr(self, key) is not None]
+        if self.strategy is not Strategy.CANARY:
+            return [
+                _problem(
+                    "not_for_strategy",
+                    "key '{key}' does not apply to strategy '{strategy}' (only to canary)",
+                    (key,),
+                    None,
+                    key=key,
+                    strategy=self.strategy.value,
+                )
+                for key in given
+            ]
+        if not given:
+            return [_problem(
+                "missing_for_strategy",
+                "missing required key 'router' for strategy 'canary' (how traffic reaches the canary:"
+                " router: {kind: ingress-nginx | gateway-api | istio, ...}, or the shorthand ingress: NAME"
+                " for an ingress-nginx canary Ingress)",
+                ("router",),
+                None,
+            )]
+        if len(given) > 1:
+            return [_problem(
+                "router_twice",
+                "give either 'router' or 'ingress' (shorthand for router: {kind: ingress-nginx, ingress:"
+                " NAME}), not both",
+                ("ingress",),
+                self.ingress,
+            )]
+        return []
+
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def traffic_router(self) -> RouterSettings | None:
+        """How traffic reaches the canary: ``router``, or ``ingress`` as an ingress-nginx router;
+        ``None`` for strategies other than canary."""
+        if self.router is not None:
+            return self.router
+        if self.ingress is not None:
+            return IngressNginxRouterSettings(kind="ingress-nginx", ingress=self.ingress)
+        return None
 
 
 def _and(words: list[str]) -> str:

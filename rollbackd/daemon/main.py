@@ -29,7 +29,6 @@ from pathlib import Path
 
 from rollbackd import __version__
 from rollbackd.actions.targets import KubeTargets
-from rollbackd.backoff import Backoff
 from rollbackd.config.loader import ConfigError, load_settings
 from rollbackd.config.settings import Settings
 from rollbackd.daemon.app import SHUTDOWN_TIMEOUT_S, Daemon
@@ -42,7 +41,8 @@ from rollbackd.daemon.store_leader import StoreLeader
 from rollbackd.daemon.wiring import open_daemon
 from rollbackd.errors import SourceStats
 from rollbackd.kube.client import KubeClient
-from rollbackd.kube.errors import KubeConfigError
+from rollbackd.kube.errors import KubeConfigError, KubeError
+from rollbackd.sources.backend import BackendConfigError
 from rollbackd.sources.health import HealthProber
 from rollbackd.sources.lookback import Lookback, min_range_s
 from rollbackd.sources.probe import ProbeReport, probe
@@ -136,25 +136,12 @@ def store_leader_for(settings: Settings, *, environ: Mapping[str, str]) -> Store
     return StoreLeader(dsn=url, identity=process_identity(settings, environ=environ))
 
 
-def prometheus_client_for(settings: Settings, *, stats: SourceStats | None = None) -> PrometheusClient:
-    """The Prometheus client ``settings.prometheus`` describes (not yet entered)."""
-    prometheus = settings.prometheus
-    return PrometheusClient(
-        base_url=prometheus.url,
-        timeout_s=prometheus.timeout_s,
-        retries=prometheus.retries,
-        backoff=Backoff(
-            initial_s=prometheus.backoff_initial_s,
-            max_s=max(prometheus.backoff_max_s, prometheus.backoff_initial_s),
-        ),
-        stats=stats,
-    )
-
-
-async def probe_targets(settings: Settings) -> ProbeReport:
+async def probe_targets(settings: Settings, *, environ: Mapping[str, str]) -> ProbeReport:
     """``rollbackd check-config --probe``: every target's series, asked once of the configured
-    backend."""
-    async with prometheus_client_for(settings) as client:
+    backend (its secrets read from the files and ``environ``, as ``run`` reads them). Raises
+    :class:`~rollbackd.sources.backend.BackendConfigError` naming a secret or TLS file that cannot
+    be used."""
+    async with PrometheusClient.from_settings(settings.prometheus, environ=environ) as client:
         return await probe(settings, client)
 
 
@@ -175,15 +162,16 @@ async def run_daemon(
     loop = asyncio.get_running_loop()
     metrics = DaemonMetrics()
     prometheus = settings.prometheus
-    client = prometheus_client_for(
-        settings, stats=SourceStats(source="prometheus", on_error=metrics.count_source_error)
+    environ = environ if environ is not None else {}
+    client = PrometheusClient.from_settings(
+        prometheus, environ=environ,
+        stats=SourceStats(source="prometheus", on_error=metrics.count_source_error),
     )
     prober = HealthProber(
         timeout_s=settings.health.timeout_s,
         concurrency=settings.health.concurrency,
         stats=SourceStats(source="health", on_error=metrics.count_source_error),
     )
-    environ = environ if environ is not None else {}
     kube = kube_client_for(settings, environ=environ)
     auth = ApiAuth.from_settings(settings.api, environ=environ)
     if settings.api.allow_unauthenticated_writes:
@@ -219,6 +207,7 @@ async def run_daemon(
                 await stack.enter_async_context(kube)
                 targets = KubeTargets(kube=kube, settings=settings)
                 logger.info("acting on Kubernetes", extra={"kubernetes": kube.describe()})
+                await report_router_problems(targets)
             elector = leader_elector_for(settings, kube, environ=environ)
             leader: LeaderElector | StoreLeader | None = elector
             if leader is None:
@@ -274,6 +263,18 @@ async def run_daemon(
             handle.cancel()
 
 
+async def report_router_problems(cluster: KubeTargets) -> None:
+    """At start-up: an error for each target whose traffic router needs a resource the API server
+    does not serve (e.g. the Gateway API is not installed); the other targets are not affected."""
+    try:
+        problems = await cluster.check_routers()
+    except KubeError as exc:
+        logger.warning("could not check that the API server serves the targets' routes: %s", exc)
+        return
+    for key, problem in problems.items():
+        logger.error("%s", problem, extra={"target": key})
+
+
 def _exit_now(why: str) -> None:
     """Leave the process at once, with status 1, after flushing the logs."""
     logger.critical("exiting without a complete shutdown: %s", why)
@@ -295,6 +296,10 @@ def cli_run(args: argparse.Namespace) -> int:
         asyncio.run(run_daemon(settings, environ=os.environ, config_path=Path(config) if config else None))
     except KubeConfigError as exc:
         logger.error("cannot reach Kubernetes: %s", exc)
+        print(f"rollbackd: {exc}", file=sys.stderr)
+        return 2
+    except BackendConfigError as exc:
+        logger.error("cannot reach Prometheus: %s", exc)
         print(f"rollbackd: {exc}", file=sys.stderr)
         return 2
     except StoreError as exc:  # the SQLite store's lock: held by another daemon, or no lock file

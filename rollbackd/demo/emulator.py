@@ -12,11 +12,14 @@ What it gives:
   the real ``kubernetes_asyncio`` client through :class:`rollbackd.kube.KubeClient`.
 - Seeding helpers: :func:`seed_deployment` (a Deployment with its ReplicaSets, one per revision, owned
   and annotated like the deployment controller does), :func:`seed_service`, :func:`seed_ingress`
-  (ingress-nginx canary annotations), :func:`seed_endpointslice`.
-- :class:`Controllers`: what the deployment and EndpointSlice controllers do, enough for actions to
-  wait on: a changed Deployment template gets its ReplicaSet (new, or an old one brought back with
+  (ingress-nginx canary annotations), :func:`seed_route` (a Gateway API HTTPRoute or GRPCRoute),
+  :func:`seed_virtual_service` (an Istio VirtualService), :func:`seed_endpointslice`.
+- :class:`Controllers`: what the deployment, EndpointSlice and gateway controllers do, enough for
+  actions to wait on: a changed Deployment template gets its ReplicaSet (new, or an old one brought back with
   the newest revision number), old ReplicaSets scale to zero, the status follows after
-  ``rollout_delay_s``; a Service's EndpointSlice lists the ready pods its selector picks.
+  ``rollout_delay_s``; a Service's EndpointSlice lists the ready pods its selector picks; a Gateway
+  API route's ``status.parents`` say, for its generation, whether it is ``Accepted`` and its
+  backends resolved (:func:`route_parents_status`).
 - Faults, declared with kmock's DSL and answered *before* anything is stored:
   :meth:`ClusterEmulator.fail` (any status), :meth:`~ClusterEmulator.conflict` (409),
   :meth:`~ClusterEmulator.forbid` (403 with the API server's RBAC wording),
@@ -88,6 +91,11 @@ INGRESSES = kmock.resource("networking.k8s.io", "v1", "ingresses")
 ENDPOINTSLICES = kmock.resource("discovery.k8s.io", "v1", "endpointslices")
 LEASES = kmock.resource("coordination.k8s.io", "v1", "leases")
 EVENTS = kmock.resource("events.k8s.io", "v1", "events")
+HTTPROUTES = kmock.resource("gateway.networking.k8s.io", "v1", "httproutes")
+GRPCROUTES = kmock.resource("gateway.networking.k8s.io", "v1", "grpcroutes")
+VIRTUALSERVICES = kmock.resource("networking.istio.io", "v1", "virtualservices")
+#: The Gateway API routes the emulated gateway controller reports on.
+ROUTE_RESOURCES = (HTTPROUTES, GRPCROUTES)
 #: Argo Rollouts' Rollout (its CRD declares the status and scale subresources).
 ROLLOUTS = kmock.resource("argoproj.io", "v1alpha1", "rollouts")
 
@@ -102,8 +110,13 @@ RESOURCES: Mapping[kmock.resource, tuple[str, frozenset[str]]] = {
     ENDPOINTSLICES: ("EndpointSlice", frozenset()),
     LEASES: ("Lease", frozenset()),
     EVENTS: ("Event", frozenset()),
+    HTTPROUTES: ("HTTPRoute", frozenset({"status"})),
+    GRPCROUTES: ("GRPCRoute", frozenset({"status"})),
+    VIRTUALSERVICES: ("VirtualService", frozenset({"status"})),
     ROLLOUTS: ("Rollout", frozenset({"status", "scale"})),
 }
+#: The controller name the emulated gateway controller writes into route status.
+GATEWAY_CONTROLLER = "rollbackd.io/emulated-gateway"
 
 DESIRED_REPLICAS_ANNOTATION = "deployment.kubernetes.io/desired-replicas"
 #: The revisions a ReplicaSet had before it was brought back (a rollback), comma-separated.
@@ -333,6 +346,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     _resource_version: int = attrs.field(default=1000, init=False)
     _rejections: list[kmock.View] = attrs.field(factory=list, init=False)
     _answers: dict[int, Obj] = attrs.field(factory=dict, init=False)
+    #: Resources :meth:`uninstall` took away: not in discovery, whatever the reactions name.
+    _unserved: set[kmock.resource] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -511,14 +526,23 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return self.fail(verb, resource, status=403, body=body, namespace=namespace, name=name,
                          subresource=subresource, times=None)
 
-    def uninstall(self, resource: ResourceLike) -> None:
-        """From now on, answer every request on ``resource`` (and its subresources) the way an API
-        server without its CRD does: 404 "the server could not find the requested resource"."""
-        res = _resource(resource)
-        body = status_body(404, "NotFound", UNKNOWN_RESOURCE, details={})
-        for subresource in (None, *RESOURCES.get(res, ("", frozenset()))[1]):
-            for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
-                self.fail(verb, res, status=404, body=body, subresource=subresource, times=None)
+    def uninstall(self, *resources: ResourceLike) -> None:
+        """From now on, serve ``resources`` no more, the way an API server without their CRDs
+        does: its discovery does not list them, and every request on them (and their
+        subresources) gets 404 "the server could not find the requested resource"."""
+        for resource in resources:
+            res = _resource(resource)
+            self._unserved.add(res)
+            if res in self.resources:
+                del self.resources[res]
+            body = status_body(404, "NotFound", UNKNOWN_RESOURCE, details={})
+            for subresource in (None, *RESOURCES.get(res, ("", frozenset()))[1]):
+                for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
+                    self.fail(verb, res, status=404, body=body, subresource=subresource, times=None)
+
+    def _get_resources(self) -> list[kmock.resource]:
+        # kmock's discovery lists every resource a reaction names (the 404s of uninstall() too).
+        return [res for res in super()._get_resources() if res not in self._unserved]
 
     # -- request handling --
 
@@ -886,6 +910,97 @@ def seed_ingress(
     })
 
 
+def seed_route(
+    emu: ClusterEmulator,
+    namespace: str,
+    name: str,
+    *,
+    rules: Sequence[Mapping[str, int | None]],
+    kind: Literal["HTTPRoute", "GRPCRoute"] = "HTTPRoute",
+    gateway: str | None = "gateway",
+    hostnames: Sequence[str] = ("shop.example.com",),
+    port: int = 80,
+) -> Obj:
+    """A Gateway API route (``kind``: HTTPRoute or GRPCRoute) attached to the Gateway ``gateway``
+    (none if ``None``), one rule per mapping of ``rules``: Service name -> weight (``None``: no
+    ``weight`` field, which weighs 1)."""
+    spec_rules: list[Obj] = []
+    for backends in rules:
+        refs = [{"name": service, "port": port, **({"weight": weight} if weight is not None else {})}
+                for service, weight in backends.items()]
+        rule: Obj = {"backendRefs": refs}
+        if kind == "HTTPRoute":
+            rule["matches"] = [{"path": {"type": "PathPrefix", "value": "/"}}]
+        spec_rules.append(rule)
+    spec: Obj = {"hostnames": list(hostnames), "rules": spec_rules}
+    if gateway is not None:
+        spec["parentRefs"] = [{"name": gateway}]
+    return emu.store(HTTPROUTES if kind == "HTTPRoute" else GRPCROUTES, namespace,
+                     {"metadata": {"name": name}, "spec": spec})
+
+
+def seed_virtual_service(
+    emu: ClusterEmulator,
+    namespace: str,
+    name: str,
+    *,
+    http: Sequence[Sequence[Mapping[str, Any]]],
+    hosts: Sequence[str] = ("shop.example.com",),
+    gateways: Sequence[str] = (),
+) -> Obj:
+    """An Istio VirtualService for ``hosts``, one ``http`` route per item of ``http``: its
+    destinations, each a mapping with ``host``, optionally ``subset`` and ``weight``."""
+    routes: list[Obj] = []
+    for destinations in http:
+        route = []
+        for item in destinations:
+            destination = {key: item[key] for key in ("host", "subset") if item.get(key) is not None}
+            route.append({"destination": destination,
+                          **({"weight": item["weight"]} if item.get("weight") is not None else {})})
+        routes.append({"route": route})
+    spec: Obj = {"hosts": list(hosts), "http": routes}
+    if gateways:
+        spec["gateways"] = list(gateways)
+    return emu.store(VIRTUALSERVICES, namespace, {"metadata": {"name": name}, "spec": spec})
+
+
+def route_parents_status(
+    emu: ClusterEmulator, route: Mapping[str, Any], refused: Mapping[tuple[str, str], str]
+) -> list[Obj]:
+    """``status.parents`` as a gateway controller reports them for ``route``: every parent
+    ``Accepted`` unless ``refused`` names the route (namespace, name) with a message;
+    ``ResolvedRefs`` false (``BackendNotFound``) while a Service it names does not exist."""
+    metadata = route.get("metadata") or {}
+    namespace, name = metadata.get("namespace", ""), metadata.get("name", "")
+    generation = int(metadata.get("generation") or 1)
+    missing = sorted({
+        ref.get("name") for rule in (route.get("spec") or {}).get("rules") or []
+        for ref in rule.get("backendRefs") or []
+        if ref.get("kind", "Service") == "Service"
+        and emu.read(SERVICES, ref.get("namespace", namespace), ref.get("name", "")) is None
+    })
+    refusal = refused.get((namespace, name))
+    accepted = {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "Route is accepted"}
+    if refusal is not None:
+        accepted = {"type": "Accepted", "status": "False", "reason": "NotAllowedByListeners",
+                    "message": refusal}
+    resolved = {"type": "ResolvedRefs", "status": "True", "reason": "ResolvedRefs",
+                "message": "All references resolved"}
+    if missing:
+        resolved = {"type": "ResolvedRefs", "status": "False", "reason": "BackendNotFound",
+                    "message": "backend Service(s) not found: "
+                               + ", ".join(f"{namespace}/{name}" for name in missing)}
+    return [
+        {
+            "parentRef": dict(parent),
+            "controllerName": GATEWAY_CONTROLLER,
+            "conditions": [{**condition, "observedGeneration": generation, "lastTransitionTime": _now()}
+                           for condition in (accepted, resolved)],
+        }
+        for parent in (route.get("spec") or {}).get("parentRefs") or []
+    ]
+
+
 def seed_endpointslice(
     emu: ClusterEmulator,
     namespace: str,
@@ -961,7 +1076,7 @@ def sync_endpointslice(emu: ClusterEmulator, service: Mapping[str, Any]) -> Obj 
 
 @dataclass
 class Controllers:
-    """What the deployment and EndpointSlice controllers do, run as one task while entered.
+    """What the deployment, EndpointSlice and gateway controllers do, run as one task while entered.
 
     Deployments: when ``metadata.generation`` is ahead of ``status.observedGeneration`` (the
     template or the replicas changed), the ReplicaSet for the current template is found (by
@@ -975,6 +1090,11 @@ class Controllers:
 
     Services: their EndpointSlice always lists the ready pods of the ReplicaSets the selector picks.
 
+    Gateway API routes (HTTPRoute, GRPCRoute): each parent in ``spec.parentRefs`` gets a
+    ``status.parents`` entry with ``Accepted`` (false, ``NotAllowedByListeners``, for the routes
+    named in ``refused_routes``) and ``ResolvedRefs`` (false, ``BackendNotFound``, while a Service
+    it names does not exist), for the route's generation (:func:`route_parents_status`).
+
     Every ``poll_s`` the store is compared with what was last seen; writes go through the
     emulator's store and are published to watchers.
     """
@@ -983,6 +1103,8 @@ class Controllers:
     rollout_delay_s: float = 0.05
     poll_s: float = 0.01
     stalled: set[tuple[str, str]] = field(default_factory=set)
+    #: Gateway API routes (namespace, name) the emulated Gateway refuses, with its message.
+    refused_routes: dict[tuple[str, str], str] = field(default_factory=dict)
     #: (namespace, name) -> (loop time when ready, generation) of rollouts in progress.
     _pending: dict[tuple[str, str], tuple[float, int]] = field(default_factory=dict, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
@@ -1009,6 +1131,25 @@ class Controllers:
             written = sync_endpointslice(self.emu, service)
             if written is not None:
                 await self.emu.publish(ENDPOINTSLICES, "MODIFIED", written)
+        for resource in ROUTE_RESOURCES:
+            if resource in self.emu.resources:
+                for route in self.emu.read_all(resource):
+                    await self._sync_route(resource, route)
+
+    async def _sync_route(self, resource: kmock.resource, route: Obj) -> None:
+        """What a gateway controller reports: each parent's ``Accepted`` and ``ResolvedRefs`` for
+        the route's generation (written only when they change)."""
+        parents = route_parents_status(self.emu, route, self.refused_routes)
+        current = (route.get("status") or {}).get("parents") or []
+
+        def comparable(items: list[Obj]) -> list[Obj]:
+            return [{**item, "conditions": [{k: v for k, v in c.items() if k != "lastTransitionTime"}
+                                            for c in item.get("conditions") or []]} for item in items]
+
+        if comparable(parents) != comparable(current):
+            metadata = route["metadata"]
+            await self._write(resource, metadata["namespace"], metadata["name"],
+                              {"status": {"parents": parents}})
 
     async def _write(self, resource: kmock.resource, namespace: str, name: str, patch: Obj) -> Obj:
         stored = self.emu.update(resource, namespace, name, patch)

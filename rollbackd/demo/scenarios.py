@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from rollbackd.config.settings import Side, TargetSettings
+from rollbackd.config.settings import IngressNginxRouterSettings, Side, TargetSettings
 from rollbackd.demo.emulator import ClusterEmulator, seed_deployment, seed_ingress, seed_service
-from rollbackd.demo.traffic import CanaryWeightRouting, PodTemplateRouting, Routing, ServiceSelectorRouting
+from rollbackd.demo.traffic import PodTemplateRouting, RouterRouting, Routing, ServiceSelectorRouting
 from rollbackd.kube import KubeClient, objects
 from rollbackd.model import Strategy
 
@@ -133,8 +133,9 @@ def canary_scenario(weight: int = CANARY_WEIGHT) -> Scenario:
         bad="canary",
         seed=lambda emu: _seed_canary(emu, weight),
         target=_canary_target,
-        routing=CanaryWeightRouting(
-            namespace=NAMESPACE, ingress="web-canary", stable="stable", canary="canary"
+        routing=RouterRouting(
+            namespace=NAMESPACE, stable="stable", canary="canary",
+            router=IngressNginxRouterSettings(kind="ingress-nginx", ingress="web-canary"),
         ),
     )
 

@@ -5,9 +5,10 @@ sample apps standing in for the pods of each version (its *backends*). Every
 ``routing_interval_s`` it reads the routing from the Kubernetes API through the real client, as an
 ingress controller or kube-proxy would, and splits the next requests accordingly:
 
-- :class:`CanaryWeightRouting`: the canary Ingress' ingress-nginx annotations -- ``canary: "true"``
-  and ``canary-weight`` out of ``canary-weight-total`` (100 by default) go to the canary, the rest
-  to the stable version;
+- :class:`RouterRouting`: a canary's traffic router, read as rollbackd reads it -- an ingress-nginx
+  canary Ingress (``canary-weight`` out of ``canary-weight-total``), a Gateway API route or an
+  Istio VirtualService (the canary's weight over the rule's): that share goes to the canary, the
+  rest to the stable version;
 - :class:`ServiceSelectorRouting`: a Service's ``spec.selector`` -- every Deployment whose pod
   template labels it picks (a blue-green colour) shares the traffic;
 - :class:`PodTemplateRouting`: a Deployment's current pod template -- the image of its first
@@ -31,7 +32,9 @@ from typing import Protocol, Self
 
 import aiohttp
 
+from rollbackd.actions.routers.select import route_source, router_for
 from rollbackd.aiotasks import stop_tasks
+from rollbackd.config.settings import RouterSettings
 from rollbackd.kube import KubeClient, KubeError, KubeNotFound, objects
 from rollbackd.sources.session import OwnsSession
 
@@ -65,36 +68,28 @@ def _normalised(weights: Mapping[str, float]) -> Shares:
 
 
 @dataclass(frozen=True, slots=True)
-class CanaryWeightRouting:
-    """ingress-nginx canary routing: the canary Ingress' weight goes to ``canary``, the rest to
-    ``stable``. An Ingress that is missing, not marked canary, or without a valid weight sends the
-    canary nothing."""
+class RouterRouting:
+    """A canary's traffic router (``router``: an ingress-nginx canary Ingress, a Gateway API route,
+    an Istio VirtualService), read the way rollbackd reads it
+    (:meth:`~rollbackd.actions.routers.base.Router.read_split`): the canary's share (the largest
+    any rule of the route gives it) goes to ``canary``, the rest to ``stable``. A route that does
+    not exist sends the canary nothing."""
 
     namespace: str
-    ingress: str
+    router: RouterSettings
     stable: str
     canary: str
 
     @property
     def source(self) -> str:
-        return f"Ingress {self.namespace}/{self.ingress}"
+        return route_source(self.router, namespace=self.namespace)
 
     async def read(self, kube: KubeClient) -> Shares:
         try:
-            ingress = await objects.get_ingress(kube, namespace=self.namespace, name=self.ingress)
+            split = await router_for(self.router, kube=kube, namespace=self.namespace).read_split()
         except KubeNotFound:
             return {self.stable: 1.0}
-        annotations = objects.annotations_of(ingress)
-        if annotations.get(objects.CANARY_ANNOTATION) != "true":
-            return {self.stable: 1.0}
-        try:
-            weight = float(annotations.get(objects.CANARY_WEIGHT_ANNOTATION, "0"))
-            total = float(annotations.get(objects.CANARY_WEIGHT_ANNOTATION + "-total", "100"))
-        except ValueError:
-            return {self.stable: 1.0}
-        if not (math.isfinite(weight) and math.isfinite(total)) or total <= 0:
-            return {self.stable: 1.0}
-        canary = min(max(weight / total, 0.0), 1.0)
+        canary = split.canary_percent / 100.0
         return _normalised({self.stable: 1.0 - canary, self.canary: canary})
 
 

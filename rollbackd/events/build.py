@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from rollbackd.actions.base import ActionOutcome, ActionResult
 from rollbackd.actions.targets import ACTIONS
@@ -51,6 +51,7 @@ from rollbackd.events.model import (
     RollbackStartedData,
     RollbackVerifiedData,
     SloData,
+    SplitData,
     TargetDegradedData,
     VerificationData,
     VerificationFailedData,
@@ -231,7 +232,19 @@ def action_data(result: ActionResult) -> ActionData:
         to_revision=result.to_revision,
         api_s=result.api_s,
         wait_s=result.wait_s,
+        router=result.details.get("router"),
+        split_before=_split_data(result.details.get("split_before")),
+        split_after=_split_data(result.details.get("split_after")),
     )
+
+
+def _split_data(split: Any) -> SplitData | None:
+    """A router's split as the action's details carry it (``Split.as_dict``)."""
+    if not isinstance(split, dict):
+        return None
+    return SplitData(source=str(split.get("source", "")),
+                     canary_percent=float(split.get("canary_percent", 0.0)),
+                     rules=tuple(float(rule) for rule in split.get("rules") or ()))
 
 
 def verification_data(result: VerificationResult, slo: Slo | None) -> VerificationData:

@@ -179,6 +179,18 @@ class ChangeData(_Model):
     after: Any = Field(description="The value after the change.")
 
 
+class SplitData(_Model):
+    """How a canary's route split the requests, as its traffic router read it."""
+
+    source: str = Field(description="The route object, e.g. HTTPRoute shop/checkout.")
+    canary_percent: float = Field(
+        ge=0, le=100, description="The largest share of requests, in percent, any rule sends the canary."
+    )
+    rules: tuple[float, ...] = Field(
+        (), description="The canary's percentage in each rule naming the canary or the stable backend."
+    )
+
+
 class ActionData(_Model):
     """What the rollback action did."""
 
@@ -196,6 +208,15 @@ class ActionData(_Model):
     to_revision: int | None = Field(None, description="The Deployment revision rolled back to.")
     api_s: float = Field(0.0, description="Seconds spent in Kubernetes API requests.")
     wait_s: float = Field(0.0, description="Seconds spent waiting for the old version to be available.")
+    router: str | None = Field(
+        None, description="canary-abort: the traffic router (ingress-nginx, gateway-api or istio)."
+    )
+    split_before: SplitData | None = Field(
+        None, description="canary-abort: the split as read before the abort (absent if it could not be read)."
+    )
+    split_after: SplitData | None = Field(
+        None, description="canary-abort: the split as read after the route was changed."
+    )
 
 
 class SloData(_Model):

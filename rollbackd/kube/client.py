@@ -212,8 +212,9 @@ class KubeClient:
 
     @property
     def custom(self) -> k8s.CustomObjectsApi:
-        """Objects of custom resources (CRDs), e.g. Argo Rollouts' ``argoproj.io/v1alpha1``
-        Rollouts, by group, version and plural."""
+        """Objects of custom resources (CRDs), by group, version and plural -- Argo Rollouts'
+        ``argoproj.io/v1alpha1`` Rollouts, Gateway API routes, Istio VirtualServices -- and the API
+        discovery of a group version."""
         api: k8s.CustomObjectsApi = self._group("custom")
         return api
 

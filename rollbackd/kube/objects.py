@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from rollbackd.kube.client import KubeClient, Obj
-from rollbackd.kube.errors import KubeCall
+from rollbackd.kube.errors import KubeCall, KubeNotFound
 
 #: The Deployment revision a ReplicaSet (and its Deployment) carries, as a decimal string.
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
@@ -38,6 +39,9 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 CANARY_ANNOTATION = "nginx.ingress.kubernetes.io/canary"
 #: ingress-nginx: percentage of requests (``"0"``..``"100"``) the canary Ingress receives.
 CANARY_WEIGHT_ANNOTATION = "nginx.ingress.kubernetes.io/canary-weight"
+
+#: Argo Rollouts marks the objects it steers (Services, Ingresses, routes) with this annotation.
+ARGO_ROLLOUTS_MANAGED_ANNOTATION = "argo-rollouts.argoproj.io/managed-by-rollouts"
 
 PatchType = Literal["strategic", "merge", "json"]
 
@@ -252,6 +256,97 @@ async def list_endpointslices(kube: KubeClient, *, namespace: str, service: str)
     listed = await kube.request(call, kube.discovery.list_namespaced_endpoint_slice, namespace,
                                 label_selector=selector_string(match_labels))
     return _filtered(listed, match_labels)
+
+
+# --- custom resources (Gateway API routes, Istio VirtualServices) ---------------------------------
+
+@dataclass(frozen=True, slots=True)
+class CustomResource:
+    """A custom resource's API: ``group``, ``version``, ``plural`` and ``kind`` (for messages)."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    @property
+    def api_version(self) -> str:
+        """``gateway.networking.k8s.io/v1``."""
+        return f"{self.group}/{self.version}"
+
+
+HTTPROUTES = CustomResource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
+GRPCROUTES = CustomResource("gateway.networking.k8s.io", "v1", "grpcroutes", "GRPCRoute")
+VIRTUALSERVICES = CustomResource("networking.istio.io", "v1", "virtualservices", "VirtualService")
+
+#: The requests rollbackd makes on each custom resource, as RBAC sees them (written out, so that
+#: the chart's RBAC can be checked against them).
+_CUSTOM_CALLS: Mapping[CustomResource, Mapping[str, KubeCall]] = {
+    HTTPROUTES: {"get": KubeCall("get", "httproutes", "gateway.networking.k8s.io"),
+                 "patch": KubeCall("patch", "httproutes", "gateway.networking.k8s.io")},
+    GRPCROUTES: {"get": KubeCall("get", "grpcroutes", "gateway.networking.k8s.io"),
+                 "patch": KubeCall("patch", "grpcroutes", "gateway.networking.k8s.io")},
+    VIRTUALSERVICES: {"get": KubeCall("get", "virtualservices", "networking.istio.io"),
+                      "patch": KubeCall("patch", "virtualservices", "networking.istio.io")},
+}
+
+
+def _custom_call(resource: CustomResource, verb: str, namespace: str, name: str) -> KubeCall:
+    try:
+        call = _CUSTOM_CALLS[resource][verb]
+    except KeyError:
+        raise ValueError(f"rollbackd does not {verb} {resource.plural}.{resource.group}") from None
+    return replace(call, namespace=namespace, name=name)
+
+
+async def get_custom(kube: KubeClient, resource: CustomResource, *, namespace: str, name: str) -> Obj:
+    """Read a custom object (one of :data:`HTTPROUTES`, :data:`GRPCROUTES`,
+    :data:`VIRTUALSERVICES`). :class:`~rollbackd.kube.errors.KubeNotFound` if it does not exist (or
+    its resource is not served: its CRD is not installed)."""
+    call = _custom_call(resource, "get", namespace, name)
+    return await kube.request(call, kube.custom.get_namespaced_custom_object, resource.group,
+                              resource.version, namespace, resource.plural, name)
+
+
+async def patch_custom(
+    kube: KubeClient, resource: CustomResource, *, namespace: str, name: str, patch: Patch,
+    patch_type: Literal["merge", "json"] = "merge",
+) -> Obj:
+    """Patch a custom object (JSON merge patch by default; custom resources take no strategic
+    merge patch). A ``metadata.resourceVersion`` in a merge patch makes it conditional: the server
+    answers :class:`~rollbackd.kube.errors.KubeConflict` if the object changed since it was read."""
+    call = _custom_call(resource, "patch", namespace, name)
+    return await kube.request(call, kube.custom.patch_namespaced_custom_object, resource.group,
+                              resource.version, namespace, resource.plural, name, _body(patch),
+                              _content_type=_content_type(patch, patch_type))
+
+
+async def served_resources(kube: KubeClient, *, group: str, version: str) -> frozenset[str]:
+    """The resources (plurals) the API server serves in ``group/version`` (its discovery document,
+    which every authenticated client may read); empty when the group version is not served at all
+    (e.g. its CRDs are not installed)."""
+    call = KubeCall("discover", f"{group}/{version}")
+    try:
+        listed = await kube.request(call, kube.custom.get_api_resources, group, version)
+    except KubeNotFound:
+        return frozenset()
+    return frozenset(
+        str(item.get("name")) for item in listed.get("resources") or []
+        if isinstance(item, Mapping) and "/" not in str(item.get("name"))
+    )
+
+
+def controller_of(obj: Mapping[str, Any]) -> str | None:
+    """Who else steers ``obj``, if anyone: its controlling owner (an ``ownerReference`` with
+    ``controller: true``, e.g. a Flagger ``Canary``), or Argo Rollouts (its annotation). ``None``
+    when no other controller claims it."""
+    for ref in metadata_of(obj).get("ownerReferences") or []:
+        if isinstance(ref, Mapping) and ref.get("controller"):
+            return f"{ref.get('kind')} {ref.get('name')} ({ref.get('apiVersion')}), its controlling owner"
+    rollout = annotations_of(obj).get(ARGO_ROLLOUTS_MANAGED_ANNOTATION)
+    if rollout:
+        return f"the Argo Rollouts Rollout {rollout} (annotation {ARGO_ROLLOUTS_MANAGED_ANNOTATION})"
+    return None
 
 
 # --- Events --------------------------------------------------------------------------------------

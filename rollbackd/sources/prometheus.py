@@ -22,14 +22,17 @@ import logging
 import math
 import random
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Self, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from rollbackd.backoff import Backoff
+from rollbackd.config.settings import PrometheusSettings
 from rollbackd.errors import (
     PrometheusQueryError,
     PrometheusUnavailableError,
@@ -41,6 +44,7 @@ from rollbackd.gcpause import collector_paused
 from rollbackd.model import Histogram, Sample, histogram_quantile
 from rollbackd.plausibility import ERRORS_SLACK, Implausible, sample_problem
 from rollbackd.sources import promql
+from rollbackd.sources.backend import BackendAccess, certificate_problem
 from rollbackd.sources.base import SidePair, SourceTarget
 from rollbackd.sources.session import OwnsSession
 
@@ -189,6 +193,14 @@ class PrometheusClient(OwnsSession):
       read further, and the query fails as ``oversized`` (not retried). :meth:`query` may give
       another cap per call.
     - ``rng``: random generator for the backoff jitter (reproducible tests).
+    - ``access``: credentials, TLS and extra headers (:class:`~rollbackd.sources.backend.BackendAccess`;
+      none by default). A query answered 401 with a bearer token from a file reads the file again
+      and is sent once more if the token changed; 401 and 403 are errors of kind ``unauthorized``
+      and ``forbidden`` naming the credentials refused, a certificate problem one of kind ``tls``
+      naming the expected and the certificate's names. An answer in HTML, or a redirect, is
+      kind ``not_prometheus``: a proxy's login page, not the API. None of these is retried.
+
+    :meth:`from_settings` builds one from the ``prometheus:`` settings.
     """
 
     def __init__(
@@ -203,6 +215,7 @@ class PrometheusClient(OwnsSession):
         compression: bool = False,
         max_answer_bytes: int = ANSWER_FLOOR_BYTES,
         rng: random.Random | None = None,
+        access: BackendAccess | None = None,
     ) -> None:
         if max_answer_bytes < 1:
             raise ValueError(f"max_answer_bytes must be positive, not {max_answer_bytes!r}")
@@ -219,15 +232,41 @@ class PrometheusClient(OwnsSession):
         self._compression = compression
         self.max_answer_bytes = max_answer_bytes
         self._rng = rng
+        self.access = access if access is not None else BackendAccess()
+        parts = urlsplit(self.base_url)
+        self._host = parts.hostname or ""
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._session: aiohttp.ClientSession | None = None
 
+    @classmethod
+    def from_settings(
+        cls, settings: PrometheusSettings, *, environ: Mapping[str, str], stats: SourceStats | None = None
+    ) -> PrometheusClient:
+        """A client as the ``prometheus:`` settings describe, its secrets read from the files and
+        the environment (``environ``) they name. Raises
+        :class:`~rollbackd.sources.backend.BackendConfigError` naming a secret or TLS file that
+        cannot be used."""
+        return cls(
+            base_url=settings.url,
+            timeout_s=settings.timeout_s,
+            retries=settings.retries,
+            backoff=Backoff(
+                initial_s=settings.backoff_initial_s,
+                max_s=max(settings.backoff_max_s, settings.backoff_initial_s),
+            ),
+            stats=stats,
+            access=BackendAccess.from_settings(settings, environ=environ),
+        )
+
     async def __aenter__(self) -> Self:
-        connector = aiohttp.TCPConnector(limit=self._max_connections)
+        tls = self.access.tls
+        connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=tls if tls is not None else True)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self.timeout_s),
             cookie_jar=aiohttp.DummyCookieJar(),
             headers={
+                **self.access.headers,
                 "Accept": "application/json",
                 "Accept-Encoding": "gzip, deflate" if self._compression else "identity",
             },
@@ -320,23 +359,87 @@ class PrometheusClient(OwnsSession):
         # rejected as bad_data).
         data = {**form, "timeout": f"{self.timeout_s:g}"}
         quoted = _quote(promql_text)
-        try:
-            async with self._session.post(url, data=data) as response:
-                status = response.status
-                retry_after = _retry_after(response.headers.get("Retry-After"))
-                body = await _read_capped(response, max_bytes, quoted)
-        except TimeoutError as exc:
-            raise PrometheusUnavailableError(
-                f"Prometheus did not answer within {self.timeout_s:g}s (query: {quoted})", kind="timeout"
-            ) from exc
-        except aiohttp.InvalidURL as exc:
-            raise PrometheusQueryError(f"invalid Prometheus URL {url!r}: {exc}", kind="config") from exc
-        except aiohttp.ClientError as exc:
-            raise PrometheusUnavailableError(
-                f"cannot reach Prometheus at {self.base_url}: {exc or type(exc).__name__}", kind="connection"
-            ) from exc
+        access = self.access
+        for reread in (False, True):
+            headers = access.request_headers(asyncio.get_running_loop().time())
+            try:
+                async with self._session.post(
+                    url, data=data, headers=headers, server_hostname=access.server_name,
+                    allow_redirects=False,
+                ) as response:
+                    status = response.status
+                    retry_after = _retry_after(response.headers.get("Retry-After"))
+                    content_type = response.content_type
+                    location = response.headers.get("Location")
+                    body = await _read_capped(response, max_bytes, quoted)
+            except TimeoutError as exc:
+                raise PrometheusUnavailableError(
+                    f"Prometheus did not answer within {self.timeout_s:g}s (query: {quoted})", kind="timeout"
+                ) from exc
+            except aiohttp.InvalidURL as exc:
+                raise PrometheusQueryError(f"invalid Prometheus URL {url!r}: {exc}", kind="config") from exc
+            except aiohttp.ClientConnectorCertificateError as exc:
+                verification = exc.certificate_error
+                if not isinstance(verification, ssl.SSLCertVerificationError):
+                    raise PrometheusQueryError(
+                        f"cannot query Prometheus: its TLS certificate was refused: {verification}",
+                        kind="tls",
+                    ) from exc
+                problem = await certificate_problem(
+                    verification, host=self._host, port=self._port, server_name=access.server_name,
+                    diagnostic=access.diagnostic_tls, timeout_s=self.timeout_s,
+                )
+                raise PrometheusQueryError(f"cannot query Prometheus: {problem}", kind="tls") from exc
+            except aiohttp.ClientSSLError as exc:
+                raise PrometheusQueryError(
+                    f"the TLS handshake with Prometheus at {self.base_url} failed ({_ssl_reason(exc)}); "
+                    "check the URL's scheme (https:// to a plain HTTP port?) and prometheus.tls (a client "
+                    "certificate the backend wants?)",
+                    kind="tls",
+                ) from exc
+            except aiohttp.ClientError as exc:
+                raise PrometheusUnavailableError(
+                    f"cannot reach Prometheus at {self.base_url}: {exc or type(exc).__name__}",
+                    kind="connection",
+                ) from exc
+            if status == 401 and not reread and access.token is not None and access.token.reread():
+                logger.info("Prometheus answered 401 Unauthorized; the bearer token file has a new token, "
+                            "sending the query again with it")
+                continue
+            break
+        if status in (401, 403):
+            raise access.refused(status, self.base_url)
+        if 300 <= status < 400:
+            raise PrometheusQueryError(
+                f"Prometheus at {self.base_url} answered HTTP {status}, a redirect to "
+                f"{_shown_location(location)}, not the Prometheus API: is the URL a proxy's login page? "
+                "Give the API's own URL (and its credentials in prometheus.bearer_token_file or basic_auth)",
+                kind="not_prometheus", status=status,
+            )
+        if content_type == "text/html" and status < 500 and status != 429:
+            raise PrometheusQueryError(
+                f"Prometheus at {self.base_url} answered HTTP {status} text/html, not the Prometheus API: "
+                "is the URL a proxy's login page or a web UI? Give the URL of the query API (the part "
+                "before /api/v1)",
+                kind="not_prometheus", status=status,
+            )
         with collector_paused():  # the answer's decoded objects hold no cycles
             return parse(promql_text, status, body, retry_after)
+
+
+def _ssl_reason(exc: aiohttp.ClientSSLError) -> str:
+    """A TLS failure's reason in OpenSSL's words (``WRONG_VERSION_NUMBER``), else the error's text."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else getattr(exc, "os_error", None)
+    reason = getattr(cause, "reason", None)
+    return str(reason) if reason else str(exc) or type(exc).__name__
+
+
+def _shown_location(location: str | None) -> str:
+    """A redirect's target without its query (which may carry a login state or token)."""
+    if not location:
+        return "nowhere (no Location)"
+    parts = urlsplit(location)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.netloc else parts.path or "/"
 
 
 async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int, quoted: str) -> bytes:

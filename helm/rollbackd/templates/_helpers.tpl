@@ -116,9 +116,21 @@ Ingresses (canary weight), read EndpointSlices (availability), and report throug
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "patch"]
+{{- if has "ingress-nginx" .Values.rbac.routers }}
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingresses"]
   verbs: ["get", "patch"]
+{{- end }}
+{{- if has "gateway-api" .Values.rbac.routers }}
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes", "grpcroutes"]
+  verbs: ["get", "patch"]
+{{- end }}
+{{- if has "istio" .Values.rbac.routers }}
+- apiGroups: ["networking.istio.io"]
+  resources: ["virtualservices"]
+  verbs: ["get", "patch"]
+{{- end }}
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
   verbs: ["list"]
@@ -159,6 +171,23 @@ Checks of combinations the schema cannot express; a failed one stops the install
 {{- if or (lt $port 1) (gt $port 65535) }}
 {{- fail "config.http.port must be a fixed port between 1 and 65535 in a pod (0 would pick a random one that no probe or Service could find)" }}
 {{- end }}
+{{- $prom := .Values.credentials.prometheus }}
+{{- $authorizations := list }}
+{{- if $prom.bearerToken.existingSecret }}{{ $authorizations = append $authorizations "bearerToken" }}{{ end }}
+{{- if $prom.serviceAccountToken }}{{ $authorizations = append $authorizations "serviceAccountToken" }}{{ end }}
+{{- if $prom.basicAuth.existingSecret }}{{ $authorizations = append $authorizations "basicAuth" }}{{ end }}
+{{- if gt (len $authorizations) 1 }}
+{{- fail (printf "credentials.prometheus: %s all set the Authorization header; keep one" (join ", " $authorizations)) }}
+{{- end }}
+{{- if $prom.tls.existingSecret }}
+{{- $url := dig "prometheus" "url" "" (.Values.config | default dict) }}
+{{- if not (hasPrefix "https://" $url) }}
+{{- fail (printf "credentials.prometheus.tls applies to an https:// URL, and config.prometheus.url is %q: write it with https://" $url) }}
+{{- end }}
+{{- if ne (empty $prom.tls.certKey) (empty $prom.tls.keyKey) }}
+{{- fail "credentials.prometheus.tls: give certKey and keyKey together (a client certificate and its key), or neither" }}
+{{- end }}
+{{- end }}
 {{- if and .Values.rbac.create (not .Values.rbac.argoRollouts) }}
 {{- range .Values.config.targets | default list }}
 {{- if eq (.strategy | default "") "argo-rollout" }}
@@ -171,6 +200,14 @@ Checks of combinations the schema cannot express; a failed one stops the install
 {{- $namespace := .namespace | default "default" }}
 {{- if not (has $namespace $.Values.rbac.namespaces) }}
 {{- fail (printf "config.targets: %s/%s is in namespace %q, which is not in rbac.namespaces: rollbackd could not roll it back (add it, or set rbac.clusterWide)" $namespace (.name | default "?") $namespace) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if .Values.rbac.create }}
+{{- range .Values.config.targets | default list }}
+{{- $router := dig "router" "kind" "" . | default (ternary "ingress-nginx" "" (hasKey . "ingress")) }}
+{{- if and $router (not (has $router $.Values.rbac.routers)) }}
+{{- fail (printf "config.targets: %s/%s routes its canary with %s, which is not in rbac.routers: rollbackd could not abort it (add %s to rbac.routers)" (.namespace | default "default") (.name | default "?") $router $router) }}
 {{- end }}
 {{- end }}
 {{- end }}

@@ -1,0 +1,233 @@
+"""Istio: a VirtualService (``networking.istio.io/v1``) whose ``http`` routes send weighted
+shares to the canary and the stable destinations, told apart by host (two Services) or by subset
+(one host, two subsets of its DestinationRule).
+
+A destination's ``host`` matches the configured one written short (``web``) or qualified in the
+route's namespace (``web.shop``, ``web.shop.svc``, ``web.shop.svc.cluster.local``); its
+``subset`` must be the configured one (none when none is configured). As Istio says, a route with
+a single destination sends it everything, whatever its ``weight``; otherwise a destination without
+``weight`` gets nothing.
+
+The split: in each ``http`` route naming either destination, the canary's weight over the weights
+of all the route's destinations.
+
+The abort is one conditional write (a JSON merge patch carrying the ``resourceVersion`` it was
+planned from: a VirtualService changed in between is re-read and re-planned): in every ``http``
+route that names both destinations the canary's weight goes to 0 and what it weighed is added to
+the stable destination's. Refused before anything changes: a VirtualService another controller
+steers (a controlling owner such as a Flagger Canary, Argo Rollouts' annotation), an ``http``
+route that sends traffic to the canary without naming the stable destination, a VirtualService
+that names the canary or the stable destination nowhere. Istio validates a VirtualService when it
+is written (a refused write is an API error); there is no per-route acceptance to wait for.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rollbackd.actions.base import Change
+from rollbackd.actions.routers.base import Split, percent, refuse_if_steered
+from rollbackd.actions.steps import ActionRun, Refusal, Step, object_name
+from rollbackd.kube import KubeClient, Obj, objects
+
+KIND = "istio"
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A destination as the configuration names it: a ``host`` and, optionally, a ``subset``."""
+
+    host: str
+    subset: str | None = None
+
+    def describe(self) -> str:
+        return self.host + (f" subset {self.subset}" if self.subset else "")
+
+    def matches(self, destination: Mapping[str, Any], namespace: str) -> bool:
+        host = destination.get("host")
+        forms = {self.host}
+        if "." not in self.host:
+            forms |= {
+                f"{self.host}.{namespace}",
+                f"{self.host}.{namespace}.svc",
+                f"{self.host}.{namespace}.svc.cluster.local",
+            }
+        return host in forms and destination.get("subset") == self.subset
+
+
+def weights_of(route: Sequence[Mapping[str, Any]]) -> list[int]:
+    """The effective weight of each destination of one ``http`` route's ``route`` list."""
+    if len(route) == 1:
+        return [100]
+    weights = []
+    for item in route:
+        value = item.get("weight", 0)
+        weights.append(value if isinstance(value, int) and value > 0 else 0)
+    return weights
+
+
+@dataclass(frozen=True, slots=True)
+class HttpWeights:
+    canary_refs: tuple[int, ...]
+    stable_refs: tuple[int, ...]
+    canary: int
+    total: int
+
+
+def http_weights(
+    http: Mapping[str, Any], *, canary: Destination, stable: Destination, namespace: str
+) -> HttpWeights:
+    route = [item for item in http.get("route") or [] if isinstance(item, Mapping)]
+    weights = weights_of(route)
+    canary_refs = tuple(
+        i for i, item in enumerate(route) if canary.matches(item.get("destination") or {}, namespace)
+    )
+    stable_refs = tuple(
+        i for i, item in enumerate(route) if stable.matches(item.get("destination") or {}, namespace)
+    )
+    return HttpWeights(
+        canary_refs=canary_refs,
+        stable_refs=stable_refs,
+        canary=sum(weights[i] for i in canary_refs),
+        total=sum(weights),
+    )
+
+
+def virtual_service_split(
+    vs: Mapping[str, Any], *, source: str, canary: Destination, stable: Destination, namespace: str
+) -> Split:
+    shares = []
+    for http in (vs.get("spec") or {}).get("http") or []:
+        weights = http_weights(http, canary=canary, stable=stable, namespace=namespace)
+        if weights.canary_refs or weights.stable_refs:
+            shares.append(percent(weights.canary, weights.total - weights.canary))
+    return Split(source=source, canary_percent=max(shares, default=0.0), rules=tuple(shares))
+
+
+def aborted_http(
+    vs: Mapping[str, Any], *, object_name: str, canary: Destination, stable: Destination, namespace: str
+) -> tuple[list[Any], tuple[Change, ...]]:
+    """The VirtualService's ``http`` routes with every request of the canary given to the stable
+    destination, and the weights changed; :class:`~rollbackd.actions.steps.Refusal` when that
+    cannot be done safely. No changes: aborted already."""
+    https = copy.deepcopy(list((vs.get("spec") or {}).get("http") or []))
+    changes: list[Change] = []
+    names_canary = names_stable = False
+    for index, http in enumerate(https):
+        weights = http_weights(http, canary=canary, stable=stable, namespace=namespace)
+        names_canary = names_canary or bool(weights.canary_refs)
+        names_stable = names_stable or bool(weights.stable_refs)
+        if weights.canary == 0:
+            continue
+        if not weights.stable_refs:
+            raise Refusal(
+                f"http route {index} of {object_name} sends {weights.canary} of {weights.total} weight "
+                "to the "
+                f"canary ({canary.describe()}) but does not name the stable destination "
+                f"({stable.describe()}), "
+                f"so its requests would have nowhere to go; add the stable destination to that route "
+                f"(weight 0), or point the target's router at the right VirtualService"
+            )
+        route = http["route"]
+        effective = weights_of(route)
+        for position in weights.canary_refs:
+            if effective[position]:
+                route[position]["weight"] = 0
+                changes.append(
+                    Change(
+                        object_name, f"spec.http[{index}].route[{position}].weight", effective[position], 0
+                    )
+                )
+        first = weights.stable_refs[0]
+        route[first]["weight"] = effective[first] + weights.canary
+        changes.append(
+            Change(
+                object_name,
+                f"spec.http[{index}].route[{first}].weight",
+                effective[first],
+                effective[first] + weights.canary,
+            )
+        )
+    for named, destination, role in ((names_canary, canary, "canary"), (names_stable, stable, "stable")):
+        if not named:
+            raise Refusal(
+                f"{object_name} names the {role} destination ({destination.describe()}) in none of its http "
+                f"routes; check the target's router.{role} (host and subset), or the VirtualService's name"
+            )
+    return https, tuple(changes)
+
+
+class IstioRouter:
+    """The VirtualService ``virtual_service`` in ``namespace``, whose ``http`` routes split requests
+    between the destinations ``canary`` and ``stable``."""
+
+    kind = KIND
+
+    def __init__(
+        self,
+        *,
+        kube: KubeClient,
+        namespace: str,
+        virtual_service: str,
+        canary: Destination,
+        stable: Destination,
+    ) -> None:
+        if canary == stable:
+            raise ValueError("the canary and the stable destinations must differ")
+        self.kube = kube
+        self.namespace = namespace
+        self.virtual_service = virtual_service
+        self.canary = canary
+        self.stable = stable
+        self._object = object_name("VirtualService", namespace, virtual_service)
+
+    @property
+    def source(self) -> str:
+        return f"VirtualService {self.namespace}/{self.virtual_service}"
+
+    async def _get(self) -> Obj:
+        return await objects.get_custom(
+            self.kube, objects.VIRTUALSERVICES, namespace=self.namespace, name=self.virtual_service
+        )
+
+    async def read_split(self) -> Split:
+        return virtual_service_split(
+            await self._get(),
+            source=self.source,
+            canary=self.canary,
+            stable=self.stable,
+            namespace=self.namespace,
+        )
+
+    def _aborted(self, vs: Obj) -> tuple[list[Any], tuple[Change, ...]]:
+        return aborted_http(
+            vs, object_name=self._object, canary=self.canary, stable=self.stable, namespace=self.namespace
+        )
+
+    async def _abort(self) -> Sequence[Change]:
+        vs = await self._get()
+        refuse_if_steered(vs, self.source)
+        https, changes = self._aborted(vs)
+        if not changes:
+            return ()
+        version = objects.metadata_of(vs).get("resourceVersion")
+        await objects.patch_custom(
+            self.kube,
+            objects.VIRTUALSERVICES,
+            namespace=self.namespace,
+            name=self.virtual_service,
+            patch={"metadata": {"resourceVersion": version}, "spec": {"http": https}},
+        )
+        return changes
+
+    async def plan(self, run: ActionRun) -> Sequence[Step]:
+        vs = await run.required(f"the {self.source} (is Istio installed, and the name right?)", self._get)
+        refuse_if_steered(vs, self.source)
+        _, changes = self._aborted(vs)
+        return [Step(changes=changes, apply=self._abort)] if changes else []
+
+    async def confirm(self, run: ActionRun) -> None:
+        return None  # Istio validates a VirtualService when it is written
