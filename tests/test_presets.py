@@ -2,13 +2,14 @@
 
 For every preset, real sample apps expose their metrics in that shape (names and labels of
 kube-prometheus' ServiceMonitor scrapes, Istio's standard metrics, OpenTelemetry's semantic
-conventions), a real Prometheus scrapes them, and the real daemon reads them with the preset
-alone: the canary failing 30% of its requests is judged immediate, the healthy one not, and the
-latencies come out in milliseconds whatever the buckets' unit.
+conventions), a real Prometheus (and a real VictoriaMetrics) scrapes them, and the real daemon
+reads them with the preset alone: the canary failing 30% of its requests is judged immediate, the
+healthy one not, and the latencies come out in milliseconds whatever the buckets' unit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from rollbackd.sources.targets import source_target, source_targets
 from tests.kubefixtures import wait_until
 from tests.promfixtures import PrometheusFactory, SampleAppFactory
 from tests.test_daemon import ScriptedHealth
+from tests.vmfixtures import VictoriaMetricsServer, require_victoria_metrics
 
 NAMESPACE = "shop"
 #: Requests per second each app serves itself: a 30% failure rate stands out within two intervals.
@@ -165,11 +167,38 @@ def test_a_side_cannot_set_the_label_its_deployment_fills(tmp_path: Path) -> Non
 # --- each preset end to end -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", ["kube-prometheus", "istio", "otel", "default"])
+@pytest.fixture
+def victoria_metrics(tmp_path: Path) -> Iterator[Callable[[Sequence[str]], VictoriaMetricsServer]]:
+    """Starts a VictoriaMetrics scraping the given targets every half second, answering at once
+    (no latency offset); stopped at teardown."""
+    started: list[VictoriaMetricsServer] = []
+
+    def start(targets: Sequence[str]) -> VictoriaMetricsServer:
+        server = VictoriaMetricsServer(binary=require_victoria_metrics(), targets=targets,
+                                       data_dir=tmp_path / "vm", latency_offset="0s", scrape_interval_s=0.5)
+        started.append(server.start())
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("shape", "backend"),
+    [
+        *((shape, "prometheus") for shape in ("kube-prometheus", "istio", "otel", "default")),
+        # The second implementation of the query API: label_replace, the millisecond buckets.
+        *((shape, "victoria-metrics") for shape in ("kube-prometheus", "istio", "otel")),
+    ],
+)
 async def test_a_preset_reads_its_shape_and_the_failing_canary_is_judged(
     shape: str,
+    backend: str,
     sample_apps: SampleAppFactory,
     prometheus_factory: PrometheusFactory,
+    victoria_metrics: Callable[[Sequence[str]], VictoriaMetricsServer],
     tmp_path: Path,
 ) -> None:
     apps = {
@@ -177,12 +206,16 @@ async def test_a_preset_reads_its_shape_and_the_failing_canary_is_judged(
                           error_rate=0.3 if name == "spike-canary" else 0.002, latency_ms=20.0)
         for index, name in enumerate(("checkout", "steady-canary", "spike-canary"))
     }
-    prometheus = prometheus_factory(targets=[app.address for app in apps.values()], scrape_interval_s=0.5)
+    addresses = [app.address for app in apps.values()]
+    server = (
+        prometheus_factory(targets=addresses, scrape_interval_s=0.5) if backend == "prometheus"
+        else victoria_metrics(addresses)
+    )
     settings = Settings(
         interval_s=1.0,
         http=HttpSettings(host="127.0.0.1", port=0),
         store=StoreSettings(data_dir=str(tmp_path / "data")),
-        prometheus=PrometheusSettings(url=prometheus.url, scrape_interval_s=0.5),
+        prometheus=PrometheusSettings(url=server.url, scrape_interval_s=0.5),
         defaults={
             "queries": QuerySettings(preset=shape),
             "detection": {"confirm_intervals": 2, "min_requests": 20, "min_latency_samples": 20},
@@ -190,7 +223,7 @@ async def test_a_preset_reads_its_shape_and_the_failing_canary_is_judged(
         targets=(canary("steady-canary"), canary("spike-canary")),
     )
     async with (
-        PrometheusClient(base_url=prometheus.url) as client,
+        PrometheusClient(base_url=server.url) as client,
         open_daemon(
             settings, metrics_source=PrometheusSource(client=client), health_source=ScriptedHealth()
         ) as daemon,
@@ -208,7 +241,7 @@ async def test_a_preset_reads_its_shape_and_the_failing_canary_is_judged(
                 decisions[1]["outcome"] == "immediate"
             )
 
-        await wait_until(judged, timeout_s=60, what=f"both canaries judged through the {shape} preset")
+        await wait_until(judged, timeout_s=90, what=f"both canaries judged through the {shape} preset")
         shown = await targets()
         assert shown["steady-canary"]["decision"]["outcome"] == "none"
         evidence = shown["spike-canary"]["evidence"]
