@@ -898,6 +898,8 @@ def test_every_example_of_the_metrics_page_is_a_valid_configuration(example: str
         ({"headers": {"Authorization": "Bearer x"}, "bearer_token_file": "/t"},
          "prometheus.headers.Authorization: the Authorization header comes from bearer_token_file"),
         ({"headers": {"X Tenant": "a"}}, "prometheus.headers.X Tenant: expected an HTTP header name"),
+        ({"headers": {"Authorization": "Bearer pw-in-url"}},
+         "prometheus.headers.Authorization: Authorization carries credentials, which never go in this file"),
         ({"headers": {"X-Key": {"file": "/k", "env": "K"}}},
          "prometheus.headers.X-Key: give exactly one of file or env"),
         ({"tls": {"ca_file": "/ca.pem"}}, "prometheus.tls: TLS settings apply to https:// URLs only"),

@@ -250,6 +250,22 @@ async def test_a_certificate_of_an_unknown_ca_asks_for_ca_file(
     assert "set prometheus.tls.ca_file" in str(error)
 
 
+async def test_a_backend_wanting_a_client_certificate_says_so(
+    secured_prometheus: SecuredPrometheus, pki: Pki, tmp_path: Path
+) -> None:
+    settings = {
+        "url": secured_prometheus.url,
+        "basic_auth": {"username": "rollbackd", "password_file": secret_file(tmp_path / "pw", PASSWORD)},
+        "tls": {"ca_file": str(pki.ca), "server_name": "metrics.test"},
+    }
+    async with client_for(settings) as client:
+        await wait_for_data_or_refusal(client)
+        error = await refusal(client)
+    assert error.kind == "tls"
+    assert "refused the TLS connection" in str(error)
+    assert "it wants a client certificate it trusts; set prometheus.tls.cert_file and key_file" in str(error)
+
+
 async def wait_for_data_or_refusal(client: PrometheusClient) -> None:
     """Wait until the server answers ``client`` at all (data, or a refusal that is not about
     reaching it): the module's server may still be starting."""

@@ -305,6 +305,11 @@ RESERVED_HEADERS = frozenset(
 )
 
 
+#: Headers whose value is a credential: never written in the file, only read from a file or the
+#: environment.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
 class HeaderSecret(_Frozen):
     """A header value kept out of the file: read from a file or an environment variable at start."""
 
@@ -506,6 +511,14 @@ class PrometheusSettings(_Frozen):
                     "one_authorization",
                     "the Authorization header comes from bearer_token_file, bearer_token_env or basic_auth "
                     "here: remove it from headers (or those)", ("headers", name), None,
+                ))
+            elif lowered in CREDENTIAL_HEADERS and isinstance(value, str):
+                # Never quote the value: it is a credential.
+                problems.append(_problem(
+                    "inline_secret",
+                    "{name} carries credentials, which never go in this file: use bearer_token_file or "
+                    "basic_auth, or read the value from {file: PATH} or {env: NAME}",
+                    ("headers", name), None, name=name,
                 ))
             if isinstance(value, str) and ("\r" in value or "\n" in value):
                 problems.append(_problem("header_value", "a header value cannot contain a line break",

@@ -398,6 +398,17 @@ class PrometheusClient(OwnsSession):
                     kind="tls",
                 ) from exc
             except aiohttp.ClientError as exc:
+                alert = _tls_alert(exc)
+                if alert is not None:  # the server refused the handshake after it began (TLS 1.3)
+                    fix = (
+                        "it wants a client certificate it trusts; set prometheus.tls.cert_file and "
+                        "key_file to one signed by a CA it accepts" if "CERTIFICATE" in alert
+                        else "check prometheus.tls against what the backend expects"
+                    )
+                    raise PrometheusQueryError(
+                        f"Prometheus at {self.base_url} refused the TLS connection ({alert}): {fix}",
+                        kind="tls",
+                    ) from exc
                 raise PrometheusUnavailableError(
                     f"cannot reach Prometheus at {self.base_url}: {exc or type(exc).__name__}",
                     kind="connection",
@@ -432,6 +443,20 @@ def _ssl_reason(exc: aiohttp.ClientSSLError) -> str:
     cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else getattr(exc, "os_error", None)
     reason = getattr(cause, "reason", None)
     return str(reason) if reason else str(exc) or type(exc).__name__
+
+
+_TLS_ALERT = re.compile(r"\[SSL: ([A-Z0-9_]*ALERT[A-Z0-9_]*)\]")
+
+
+def _tls_alert(exc: aiohttp.ClientError) -> str | None:
+    """The TLS alert a server answered the handshake with (``TLSV13_ALERT_CERTIFICATE_REQUIRED``),
+    when that is what ``exc`` is; TLS 1.3 servers send it after the client thinks the handshake
+    done, so it arrives as an OS error of the connection rather than as a TLS error."""
+    for error in (exc, exc.__cause__, getattr(exc, "os_error", None)):
+        if isinstance(error, ssl.SSLError) and error.reason and "ALERT" in error.reason:
+            return str(error.reason)
+    found = _TLS_ALERT.search(str(exc))
+    return found.group(1) if found else None
 
 
 def _shown_location(location: str | None) -> str:
