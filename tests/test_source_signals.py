@@ -69,7 +69,7 @@ async def test_prometheus_going_away_is_told_once_and_shown_until_it_is_back(
     )
     caplog.set_level(logging.DEBUG)
     async with (
-        PrometheusClient(base_url=prometheus.url, retries=0, timeout_s=1.0) as client,
+        PrometheusClient(base_url=prometheus.url, retries=0, timeout_s=5.0) as client,
         open_daemon(settings, metrics_source=PrometheusSource(client=client),
                     health_source=ScriptedHealth()) as daemon,
         aiohttp.ClientSession() as session,
@@ -98,6 +98,9 @@ async def test_prometheus_going_away_is_told_once_and_shown_until_it_is_back(
         assert body["sources"]["store"]["status"] == "up"
         assert "Kubernetes off: no Kubernetes access: deciding only" in await page()
 
+        # The targets' past is read once at start (and retried); the outage comes after it.
+        await wait_until(lambda: not any(t.history_wanted for t in daemon.state.targets.values()),
+                         timeout_s=60, what="the targets' past read")
         caplog.clear()
         stopped_at = datetime.now(UTC)
         await asyncio.to_thread(prometheus.stop)
