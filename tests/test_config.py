@@ -856,6 +856,49 @@ def test_target_settings_key() -> None:
     assert target.key == "default/a"
 
 
+def test_webhook_formats_and_their_secrets_are_checked_with_the_line_and_the_fix(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        events:
+          webhooks:
+            - name: team-chat
+              url: https://hooks.slack.example/services/T0KEN
+              format: slack
+              secret_env: CHAT_SECRET
+            - name: receiver
+              url: https://receiver.example/hook
+              format: standard-webhooks
+            - name: pager
+              url: https://pager.example/hook
+              format: msteams
+        """)
+    lines = problems_of(path)
+    assert lines[0] == (
+        f"{path}:6: events.webhooks[0].secret_env: a slack webhook takes no secret (its URL is its "
+        "credential): remove secret_env, or set format: standard-webhooks or cloudevents for a signed request"
+    )
+    assert lines[1] == (
+        f"{path}:9: events.webhooks[1].format: format standard-webhooks signs every request: give "
+        "secret_env or secret_file holding a whsec_<base64> secret"
+    )
+    assert lines[2].startswith(f"{path}:12: events.webhooks[2].format:")
+    assert "one of 'cloudevents', 'slack', 'teams', 'discord', 'standard-webhooks', got 'msteams'" in lines[2]
+
+
+def test_chat_webhooks_load_with_their_status_page_link(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        events:
+          status_url: https://rollbackd.example.com/
+          webhooks:
+            - {name: slack, url: "https://hooks.slack.example/services/T0KEN", format: slack}
+            - {name: teams, url: "https://teams.example/workflows/T0KEN", format: teams,
+               status_url: "https://status.example/"}
+        """)
+    events = load_settings(path, environ={}).events
+    assert [hook.format for hook in events.webhooks] == ["slack", "teams"]
+    assert events.status_url == "https://rollbackd.example.com/"
+    assert events.webhooks[1].status_url == "https://status.example/"
+
+
 METRICS_DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 
 

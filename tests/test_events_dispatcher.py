@@ -8,6 +8,7 @@ import contextlib
 import random
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 
 from rollbackd.backoff import Backoff
 from rollbackd.events.build import EventFactory
-from rollbackd.events.dispatcher import Dispatcher
+from rollbackd.events.dispatcher import Dispatcher, RejectedDelivery
 from rollbackd.events.model import CloudEvent
 from rollbackd.events.publisher import EventPublisher, audit_entry_for
 from rollbackd.store import AuditEntry, OutboxEvent, Store, open_store
@@ -373,3 +374,104 @@ async def test_a_connected_sink_that_fails_still_backs_off(store: Store) -> None
         await wait_until(lambda: sink.calls == len(story), what="every event sent once")
         assert not await dispatcher.drain(timeout_s=0.3)  # backing off, for 30 s
         assert sink.calls == len(story)
+
+
+class RefusingSink(RecordingSink):
+    """A sink that refuses every event for good (as a webhook answering 410 Gone)."""
+
+    async def deliver(self, event: OutboxEvent) -> None:
+        self.attempts.append(event.event_id)
+        raise RejectedDelivery(f"{self.name} answered HTTP 410 Gone")
+
+
+async def _outbox_size(store: Store) -> int:
+    return len(await store.pending("anyone-new", limit=100_000))
+
+
+async def _dead_letters(store: Store) -> list[AuditEntry]:
+    return [entry for entry in await store.history() if entry.kind == "event.dead-lettered"]
+
+
+async def test_a_dead_sink_gives_up_past_its_bound_and_the_outbox_stays_pruned(store: Store) -> None:
+    dead, alive = RecordingSink("dead", dead=True), RecordingSink("alive")
+    publisher = EventPublisher(store=store)
+    async with Dispatcher(
+        store=store,
+        sinks=[dead, alive],
+        backoff=FAST,
+        poll_interval_s=0.05,
+        retention_s=0.0,
+        prune_interval_s=0.05,
+        dead_letter_after_events=5,
+    ) as dispatcher:
+        sent: list[str] = []
+        for round_ in range(8):
+            story = rollback_story(f"shop/app-{round_}")
+            for event in story:
+                await publisher.announce(event)
+            sent += ids(story)
+            # The outbox never holds much more than the bound behind the healthy sink's cursor.
+            await wait_until(partial(_has_all, alive, set(sent)), what="delivery to the live sink")
+            await wait_until(lambda: _at_most(store, 5 + 5 + 2), what="the outbox pruned")
+        status = dispatcher.status()["dead"]
+        assert status.dead_lettered >= len(sent) - 2 * 5  # the bound, and the round under way
+        assert status.delivered == 0
+    # The healthy sink got every event in order, and one escalation about the dead sink.
+    escalations = [e for e in alive.delivered if e not in sent]
+    assert [e for e in alive.delivered if e in sent] == sent
+    assert len(escalations) == 1
+    assert dead.delivered == []
+    letters = await _dead_letters(store)
+    assert {entry.details["sink"] for entry in letters} == {"dead"}
+    assert {entry.details["cause"] for entry in letters} == {"sink-overdue"}
+    assert [entry.details["event_id"] for entry in letters] == sent[: len(letters)]
+
+
+def _has_all(sink: RecordingSink, wanted: set[str]) -> bool:
+    return wanted <= set(sink.delivered)
+
+
+async def _at_most(store: Store, size: int) -> bool:
+    return await _outbox_size(store) <= size
+
+
+async def test_a_sink_that_refuses_for_good_is_not_retried_and_escalates_once(store: Store) -> None:
+    story = rollback_story("shop/checkout") + rollback_story("shop/payments")
+    await record(store, story)
+    refusing, alive = RefusingSink("refusing"), RecordingSink("alive")
+    async with Dispatcher(
+        store=store,
+        sinks=[refusing, alive],
+        backoff=FAST,
+        poll_interval_s=30,
+        factory=EventFactory(source="/test"),
+    ) as dispatcher:
+        await wait_until(lambda: len(alive.delivered) == len(story) + 1, what="the escalation")
+        assert await dispatcher.drain(timeout_s=10)  # nothing waits for the refusing sink
+        assert dispatcher.status()["refusing"].dead_lettered == len(story)
+    assert refusing.attempts == ids(story)  # each tried once, never again; not sent the escalation
+    letters = await _dead_letters(store)
+    assert [entry.details["event_id"] for entry in letters] == ids(story)
+    assert {entry.details["cause"] for entry in letters} == {"sink-rejected"}
+    assert "HTTP 410 Gone" in letters[0].summary
+    outbox = {event.event_id: event for event in await store.pending("anyone-new")}
+    escalation = CloudEvent.from_json(outbox[alive.delivered[-1]].payload)
+    assert escalation.type == "io.rollbackd.escalation.raised"
+    assert escalation.source == "/test"
+    assert escalation.subject == "shop/checkout"  # about the target of the first refused event
+    assert escalation.to_json()["data"]["cause"] == "sink-rejected"
+    assert escalation.to_json()["data"]["sink"] == "refusing"
+    assert "refusing answered HTTP 410 Gone" in escalation.summary
+
+
+async def test_a_slow_sink_within_its_bound_is_retried_not_given_up_on(store: Store) -> None:
+    story = rollback_story()
+    await record(store, story)
+    flaky = RecordingSink("flaky", failures=3)
+    async with Dispatcher(
+        store=store, sinks=[flaky], backoff=FAST, poll_interval_s=30, dead_letter_after_s=3600.0,
+        dead_letter_after_events=100,
+    ) as dispatcher:
+        await wait_until(lambda: len(flaky.delivered) == len(story), what="delivery after failures")
+        assert dispatcher.status()["flaky"].dead_lettered == 0
+    assert await _dead_letters(store) == []

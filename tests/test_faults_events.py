@@ -197,7 +197,7 @@ async def serving(handler: Callable[[web.Request], object]) -> AsyncIterator[str
 
 
 @pytest.mark.faults
-@pytest.mark.parametrize("failure", ["http-500", "http-410", "closed-port"])
+@pytest.mark.parametrize("failure", ["http-500", "http-429", "closed-port"])
 async def test_a_webhook_that_fails_for_good_blocks_nobody_and_retries_at_the_documented_pace(
     failure: str,
     mosquitto: Mosquitto,
@@ -213,7 +213,7 @@ async def test_a_webhook_that_fails_for_good_blocks_nobody_and_retries_at_the_do
         accepted.append((await request.json())["id"])
         return web.Response(status=204)
 
-    refusing = Refusing(status=500 if failure == "http-500" else 410)
+    refusing = Refusing(status=500 if failure == "http-500" else 429)
     story = [event for subject in SUBJECTS for event in rollback_story(subject)]
     async with serving(accept) as good_url, serving(refusing.handle) as bad_url:
         if failure == "closed-port":
@@ -266,6 +266,50 @@ async def test_a_webhook_that_fails_for_good_blocks_nobody_and_retries_at_the_do
         assert set(refusing.requests) == stuck
     assert all("/hook" not in r.getMessage() for r in logged)  # the URL (it may hold a token) is not
     fault_ledger.observe(records_lost=len(story) - len(set(ids)))
+
+
+@pytest.mark.faults
+async def test_a_webhook_that_refuses_for_good_is_dead_lettered_escalated_once_and_audited(
+    mosquitto: Mosquitto, tmp_path: Path, fault_ledger: FaultLedger
+) -> None:
+    prefix = f"g{tmp_path.name[-10:]}"
+    accepted: list[dict[str, object]] = []
+
+    async def accept(request: web.Request) -> web.Response:
+        accepted.append(await request.json())
+        return web.Response(status=204)
+
+    gone = Refusing(status=410)
+    story = [event for subject in SUBJECTS for event in rollback_story(subject)]
+    mine = [event.id for event in story]
+    async with serving(accept) as good_url, serving(gone.handle) as gone_url:
+        hooks = [WebhookSettings(name="gone", url=gone_url), WebhookSettings(name="chatops", url=good_url)]
+        async with running(settings(tmp_path, mosquitto, prefix, hooks)) as up:
+            fault_ledger.fault("webhook answering 410 Gone")
+            await up.announce(story)
+            await wait_until(lambda: set(mine) <= set(gone.requests), timeout_s=20, what="each event tried")
+            await wait_until(
+                lambda: any(e["type"] == "io.rollbackd.escalation.raised" for e in accepted),
+                timeout_s=20,
+                what="the escalation at the good webhook",
+            )
+            assert await up.api.metric("rollbackd_events_dead_lettered_total", sink="webhook:gone") >= len(
+                story
+            )
+            status, history = await up.api.call("GET", "/api/v1/history")
+            assert status == 200
+    # Each event was tried once: a 410 is not retried; the escalation was not sent to it.
+    assert [request for request in gone.requests if request in mine] == mine
+    escalation_ids = {e["id"] for e in accepted if e["type"] == "io.rollbackd.escalation.raised"}
+    assert not escalation_ids & set(gone.requests)
+    escalations = [e for e in accepted if e["type"] == "io.rollbackd.escalation.raised"
+                   and e["data"]["cause"] == "sink-rejected"]  # type: ignore[index]
+    assert len(escalations) == 1  # once per sink and cause, not once per event
+    assert escalations[0]["data"]["sink"] == "webhook:gone"  # type: ignore[index]
+    assert [e["id"] for e in accepted if e["id"] in mine] == mine  # the other webhook got all, in order
+    letters = [entry for entry in history["entries"] if entry["kind"] == "event.dead-lettered"]
+    assert {entry["details"]["event_id"] for entry in letters} >= set(mine)
+    fault_ledger.observe(records_lost=0)
 
 
 @pytest.mark.faults

@@ -4,6 +4,7 @@ through the real client; every route written is checked against the published CR
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 import kmock
 import pytest
@@ -13,6 +14,8 @@ from rollbackd.actions.canary_abort import CanaryAbort
 from rollbackd.actions.routers.gateway_api import GatewayApiRouter, aborted_rules, route_split
 from rollbackd.actions.steps import ActionSettings, Refusal
 from rollbackd.backoff import Backoff
+from rollbackd.daemon.page import render_status_page
+from rollbackd.daemon.views import action_view
 from rollbackd.events.build import action_data
 from rollbackd.kube import KubeClient, KubeNotFound
 from tests import crdschemas
@@ -533,3 +536,23 @@ async def test_the_emulated_gateway_reports_missing_backends(
     )
     assert kube_cluster.read(SERVICES, NS, "web-stable") is not None
     crdschemas.validate(route(kube_cluster))
+
+
+async def test_the_status_page_shows_the_split_the_router_read(
+    kube_cluster: ClusterEmulator, kube: KubeClient, kube_controllers: Controllers
+) -> None:
+    seed_release(kube_cluster)
+    seed_route(kube_cluster, NS, "web", rules=[{"web-stable": 80, "web-canary": 20}])
+    plan = await abort(kube).run(dry_run=True)
+    done = await abort(kube).run(dry_run=False)
+    assert done.outcome is ActionOutcome.DONE, done.reason
+    card = {"key": "shop/web", "namespace": NS, "name": "web", "strategy": "canary", "decision": None,
+            "rollback": {"phase": "acted", "mode": "immediate", "age_s": 1.0, "action": action_view(done)},
+            "dry_run_plan": action_view(plan)}
+    assert action_view(done)["split_after"]["canary_percent"] == 0.0  # type: ignore[index,call-overload]
+
+    page = render_status_page({"targets": {"shop/web": card}}, version="1", ready=True, alive=True, ticks=1,
+                              refresh_s=10, generated_at=datetime(2026, 1, 1, tzinfo=UTC))
+
+    assert "traffic: HTTPRoute shop/web: canary 20% → 0%" in page
+    assert "traffic now: HTTPRoute shop/web: canary 20%</p>" in page

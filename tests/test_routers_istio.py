@@ -174,8 +174,7 @@ async def test_an_http_route_to_the_canary_alone_is_refused(
     assert result.outcome is ActionOutcome.REFUSED
     assert (
         "http route 1 of VirtualService/shop/web sends 100 of 100 weight to the canary (web subset "
-        "canary) but"
-        " does not name the stable destination (web subset stable)" in result.reason
+        "canary) but does not name the stable destination (web subset stable)" in result.reason
     )
     assert virtual_service(kube_cluster) == before
     assert replicas(kube_cluster, "web-canary") == 1

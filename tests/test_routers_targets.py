@@ -130,13 +130,11 @@ def test_router_keys_are_checked_where_they_are_written(tmp_path: Path) -> None:
     path = write(tmp_path, text)
     assert problems_of(path) == [
         f"{path}:10: targets[0].router.route_kind (target checkout): expected one of 'HTTPRoute', "
-        "'GRPCRoute',"
-        " got 'TCPRoute'",
+        "'GRPCRoute', got 'TCPRoute'",
         f"{path}:22: targets[1].router.stable (target cart): canary and stable are the same destination: give"
         " them different hosts, or the same host with different subsets",
         f"{path}:28: targets[2].ingress (target search): give either 'router' or 'ingress' (shorthand "
-        "for router:"
-        " {kind: ingress-nginx, ingress: NAME}), not both",
+        "for router: {kind: ingress-nginx, ingress: NAME}), not both",
     ]
     path = write(
         tmp_path,

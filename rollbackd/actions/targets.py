@@ -259,8 +259,7 @@ class KubeTargets:
                 problems[key] = (
                     f"the router of {key} ({kind}) needs {resource.kind} ({resource.api_version}), which the "
                     f"API server does not serve: {INSTALL_HINTS.get(kind, 'install its CRDs')}, or "
-                    "change the "
-                    f"target's router; until then its rollbacks are refused"
+                    "change the target's router; until then its rollbacks are refused"
                 )
         return problems
 

@@ -759,8 +759,16 @@ class MqttSettings(_Frozen):
         return self
 
 
+#: What a webhook is sent: the CloudEvent (signed the rollbackd way or the Standard Webhooks way)
+#: or a chat message.
+WebhookFormat = Literal["cloudevents", "slack", "teams", "discord", "standard-webhooks"]
+#: Formats that are chat messages: their webhook URL is their credential, they take no secret.
+CHAT_FORMATS = frozenset({"slack", "teams", "discord"})
+
+
 class WebhookSettings(_Frozen):
-    """One HTTP endpoint that receives events (POST, application/cloudevents+json, signed)."""
+    """One HTTP endpoint that receives events: the CloudEvent (POST, application/cloudevents+json,
+    signed), or a chat message (Slack, Microsoft Teams, Discord)."""
 
     name: str = Field(
         ...,
@@ -768,10 +776,21 @@ class WebhookSettings(_Frozen):
         description="Unique name: the webhook's delivery cursor (keep it when the URL changes).",
     )
     url: Url = Field(..., description="Where events are POSTed.")
+    format: WebhookFormat = Field(
+        "cloudevents",
+        description="What is POSTed: cloudevents (the event, X-Rollbackd-Signature when a secret is "
+        "set), standard-webhooks (the event, signed per the Standard Webhooks spec: needs a whsec_ "
+        "secret), or a chat message: slack (Block Kit), teams (an Adaptive Card), discord (an embed).",
+    )
     secret_env: str | None = Field(
         None, description="Environment variable holding the HMAC-SHA256 signing secret."
     )
     secret_file: str | None = Field(None, description="File holding the signing secret.")
+    status_url: Url | None = Field(
+        None,
+        description="The status page's external URL that this webhook's chat messages link to "
+        "(default: events.status_url; neither: no link).",
+    )
     types: tuple[str, ...] = Field(
         ("*",),
         min_length=1,
@@ -782,11 +801,26 @@ class WebhookSettings(_Frozen):
 
     @model_validator(mode="after")
     def _one_secret(self) -> WebhookSettings:
+        problems: list[InitErrorDetails] = []
         if self.secret_env and self.secret_file:
-            _raise("WebhookSettings", [
-                _problem("one_secret", "give secret_env or secret_file, not both", ("secret_file",),
-                         self.secret_file)
-            ])
+            problems.append(_problem("one_secret", "give secret_env or secret_file, not both",
+                                     ("secret_file",), self.secret_file))
+        secret = "secret_env" if self.secret_env else "secret_file" if self.secret_file else None
+        if self.format in CHAT_FORMATS and secret is not None:
+            problems.append(_problem(
+                "chat_secret",
+                "a {format} webhook takes no secret (its URL is its credential): remove {key}, or "
+                "set format: standard-webhooks or cloudevents for a signed request",
+                (secret,), getattr(self, secret), format=self.format, key=secret,
+            ))
+        if self.format == "standard-webhooks" and secret is None:
+            problems.append(_problem(
+                "standard_webhooks_secret",
+                "format standard-webhooks signs every request: give secret_env or secret_file "
+                "holding a whsec_<base64> secret",
+                ("format",), self.format,
+            ))
+        _raise("WebhookSettings", problems)
         return self
 
 
@@ -799,6 +833,25 @@ class EventsSettings(_Frozen):
     )
     mqtt: MqttSettings = Field(MqttSettings(), description=MqttSettings.__doc__)
     webhooks: tuple[WebhookSettings, ...] = Field((), description="HTTP endpoints that receive events.")
+    status_url: Url | None = Field(
+        None,
+        description="The status page's external URL (e.g. https://rollbackd.example.com/), linked from "
+        "chat messages; without it they carry no link.",
+    )
+    dead_letter_after_s: float = Field(
+        DAY,
+        ge=0,
+        le=YEAR,
+        description="A sink that keeps failing gives up on an event this much older than now "
+        "(dead-lettered, audited, escalated), so that a dead sink cannot keep the outbox from being pruned.",
+    )
+    dead_letter_after_events: int = Field(
+        10000,
+        ge=1,
+        le=10_000_000,
+        description="A sink that keeps failing also gives up on an event once more than this many newer "
+        "events wait behind it.",
+    )
     kubernetes_events: bool = Field(
         True, description="Also record events on the target's Deployment (kubectl describe shows them)."
     )

@@ -487,6 +487,24 @@ def _changes(action: _Doc) -> list[str]:
     return lines
 
 
+def _split(action: _Doc) -> str | None:
+    """A canary abort's split as its router read it: "HTTPRoute shop/web: canary 20% → 0%" (only
+    the first read, "canary 20%", when there is no later one, e.g. a dry-run plan)."""
+    before, after = _obj(action.get("split_before")), _obj(action.get("split_after"))
+    if before is None:
+        return None
+    text = f"{_text(before.get('source'))}: canary {_share(before.get('canary_percent'))}"
+    if after is not None:
+        text += f" → {_share(after.get('canary_percent'))}"
+    return text
+
+
+def _share(value: JsonValue) -> str:
+    """A percentage as a router reads it (0..100)."""
+    number = _num(value)
+    return "?" if number is None else f"{number:.3g}%"
+
+
 def _rollback(target: _Doc) -> str:
     """The rollback under way or done: phase, what the action changed, the verification."""
     run = _obj(target.get("rollback"))
@@ -510,6 +528,9 @@ def _rollback(target: _Doc) -> str:
         if action is not None:
             changes = _changes(action)
             lines.append(f"<p>{_e(_text(action.get('action')))}: {_e(_text(action.get('reason')))}</p>")
+            split = _split(action)
+            if split is not None:
+                lines.append(f'<p class="split">traffic: {_e(split)}</p>')
             if changes:
                 lines.append(_details(f"{len(changes)} changes", changes))
         verification = _obj(run.get("verification"))
@@ -526,6 +547,9 @@ def _rollback(target: _Doc) -> str:
             )
     if plan is not None:
         changes = _changes(plan)
+        split = _split(plan)
+        if split is not None:
+            lines.append(f'<p class="split">traffic now: {_e(split)}</p>')
         lines.append(f"<p><b>Dry-run</b>: {_e(_text(plan.get('action')))} would change:</p>")
         lines.append(_details(f"{len(changes)} planned changes", changes or ["nothing"]))
     return "".join(lines)

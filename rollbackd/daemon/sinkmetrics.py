@@ -3,7 +3,9 @@
 - ``rollbackd_events_delivered_total{sink}``: events the sink accepted;
 - ``rollbackd_event_delivery_failures_total{sink}``: failed delivery attempts (each is retried);
 - ``rollbackd_event_sink_retrying{sink}``: consecutive failed attempts at the event the sink is
-  on now, 0 while it delivers: above 0 for long, the sink is down or refuses that event.
+  on now, 0 while it delivers: above 0 for long, the sink is down or refuses that event;
+- ``rollbackd_events_dead_lettered_total{sink}``: events the sink gave up on (refused for good,
+  or kept past ``events.dead_letter_after_s`` / ``dead_letter_after_events``), each audited.
 
 The counters start again from 0 when the store (and with it the dispatcher) is opened again.
 """
@@ -49,10 +51,17 @@ class SinkCollector(Collector):
             "Consecutive failed attempts at the event a sink is on now (0 while it delivers).",
             labels=["sink"],
         )
+        dead_lettered = CounterMetricFamily(
+            "rollbackd_events_dead_lettered",
+            "Events a sink gave up on: refused for good, or kept past its bound (each audited).",
+            labels=["sink"],
+        )
         for name, status in sorted(statuses.items()):
+            dead_lettered.add_metric([name], status.dead_lettered)
             delivered.add_metric([name], status.delivered)
             failures.add_metric([name], status.failures)
             retrying.add_metric([name], status.retrying)
         yield delivered
         yield failures
         yield retrying
+        yield dead_lettered

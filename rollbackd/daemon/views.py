@@ -93,6 +93,10 @@ def action_view(result: ActionResult | None) -> JsonValue:
         "wait_s": to_json_value(result.wait_s),
         "from_revision": result.from_revision,
         "to_revision": result.to_revision,
+        # A canary abort: its traffic router, and the split it read before and after the abort.
+        "router": to_json_value(result.details.get("router")),
+        "split_before": to_json_value(result.details.get("split_before")),
+        "split_after": to_json_value(result.details.get("split_after")),
     }
 
 

@@ -23,10 +23,9 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from rollbackd.aiotasks import stop_tasks
-from rollbackd.demo.emulator import REPLICASETS, ROLLOUTS, ClusterEmulator, Obj, template_hash
+from rollbackd.demo.emulator import REPLICASETS, ROLLOUTS, ClusterEmulator, Obj, Polling, template_hash
 from rollbackd.kube.rollouts import ABORTED_REASON, POD_HASH_LABEL, REVISION_ANNOTATION
 
 RolloutStrategy = Literal["canary", "blueGreen"]
@@ -151,10 +150,11 @@ def seed_rollout(
 
 
 @dataclass
-class RolloutsController:
+class RolloutsController(Polling):
     """What the Argo Rollouts controller does on an abort (see the module docstring), run as one
     task while entered; every ``poll_s`` it looks at every Rollout of the emulator."""
 
+    task_name: ClassVar[str] = "emulated argo rollouts controller"
     emu: ClusterEmulator
     ready_delay_s: float = 0.05
     poll_s: float = 0.01
@@ -162,19 +162,6 @@ class RolloutsController:
     #: (namespace, name) -> loop time when the stable pods are available again.
     _pending: dict[tuple[str, str], float] = field(default_factory=dict, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
-
-    async def __aenter__(self) -> RolloutsController:
-        self._task = asyncio.create_task(self._run(), name="emulated argo rollouts controller")
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        task, self._task = self._task, None
-        await stop_tasks([task])
-
-    async def _run(self) -> None:
-        while True:
-            await self.reconcile()
-            await asyncio.sleep(self.poll_s)
 
     async def reconcile(self) -> None:
         """One pass over the Rollouts."""

@@ -65,7 +65,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import aiohttp.web
 import attrs
@@ -1074,8 +1074,35 @@ def sync_endpointslice(emu: ClusterEmulator, service: Mapping[str, Any]) -> Obj 
 
 # --- the controllers -----------------------------------------------------------------------------
 
+class Polling:
+    """An emulated controller run as one task while entered: :meth:`reconcile` every ``poll_s``.
+
+    A subclass (a dataclass) declares ``poll_s`` and ``_task`` and names its task."""
+
+    task_name: ClassVar[str]
+    poll_s: float
+    _task: asyncio.Task[None] | None
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run(), name=self.task_name)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        task, self._task = self._task, None
+        await stop_tasks([task])
+
+    async def _run(self) -> None:
+        while True:
+            await self.reconcile()
+            await asyncio.sleep(self.poll_s)
+
+    async def reconcile(self) -> None:
+        """One pass over the objects the controller looks after."""
+        raise NotImplementedError
+
+
 @dataclass
-class Controllers:
+class Controllers(Polling):
     """What the deployment, EndpointSlice and gateway controllers do, run as one task while entered.
 
     Deployments: when ``metadata.generation`` is ahead of ``status.observedGeneration`` (the
@@ -1099,6 +1126,7 @@ class Controllers:
     emulator's store and are published to watchers.
     """
 
+    task_name: ClassVar[str] = "emulated k8s controllers"
     emu: ClusterEmulator
     rollout_delay_s: float = 0.05
     poll_s: float = 0.01
@@ -1108,19 +1136,6 @@ class Controllers:
     #: (namespace, name) -> (loop time when ready, generation) of rollouts in progress.
     _pending: dict[tuple[str, str], tuple[float, int]] = field(default_factory=dict, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
-
-    async def __aenter__(self) -> Controllers:
-        self._task = asyncio.create_task(self._run(), name="emulated k8s controllers")
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        task, self._task = self._task, None
-        await stop_tasks([task])
-
-    async def _run(self) -> None:
-        while True:
-            await self.reconcile()
-            await asyncio.sleep(self.poll_s)
 
     async def reconcile(self) -> None:
         """One pass over Deployments and Services (the task does this every ``poll_s``)."""

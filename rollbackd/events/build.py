@@ -55,6 +55,7 @@ from rollbackd.events.model import (
     TargetDegradedData,
     VerificationData,
     VerificationFailedData,
+    short_type,
     split_subject,
 )
 from rollbackd.model import (
@@ -495,6 +496,25 @@ class EventFactory:
                 reasons=tuple(reasons),
                 decision=None if decision is None else decision_data(decision, clock),
                 evidence=evidence,
+            ),
+            clock=clock,
+        )
+
+    def sink_escalation(
+        self, target: str, *, sink: str, cause: str, reason: str, event_type: str, clock: Clock
+    ) -> CloudEvent:
+        """``escalation.raised`` about ``target`` because ``sink`` could not deliver an event of
+        ``event_type`` about it (``cause``: sink-rejected or sink-overdue): sent to the other sinks."""
+        what = "refused" if cause == "sink-rejected" else "could not deliver in time"
+        summary = f"{target}: {sink} {what} the {short_type(event_type)} event: {reason}"
+        return self.event(
+            EventType.ESCALATION_RAISED,
+            target,
+            EscalationRaisedData(
+                **self._common(target, summary),
+                cause=cause,
+                reasons=(reason,),
+                sink=sink,
             ),
             clock=clock,
         )

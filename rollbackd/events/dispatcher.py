@@ -14,6 +14,13 @@ The loops wake at once when events are recorded (:meth:`Dispatcher.nudge`) and a
 ``poll_interval_s``, so events recorded by another process or before a restart are delivered
 too. Events every sink has delivered are pruned after ``retention_s``.
 
+A sink never keeps events in the outbox for ever (:mod:`rollbackd.events.deadletter`): an event it
+refuses for good (:class:`RejectedDelivery`, e.g. HTTP 410) is dead-lettered at once, and one it
+keeps failing on is dead-lettered once older than ``dead_letter_after_s`` or once more than
+``dead_letter_after_events`` newer events wait behind it. Its cursor then moves past the event,
+so the sink goes on with the next one and pruning, which keeps what the slowest sink has not
+delivered, goes on too.
+
 Of several replicas, only the leader delivers (and prunes): a dispatcher whose ``active()`` says
 no reads nothing and delivers nothing; it looks again every ``poll_interval_s``. A batch under way
 when the lead is lost is finished (a delivery at least once, which subscribers dedupe by id).
@@ -33,7 +40,9 @@ from typing import Any, Protocol, Self, runtime_checkable
 
 from rollbackd.aiotasks import stop_tasks
 from rollbackd.backoff import Backoff
-from rollbackd.errors import TemporaryError
+from rollbackd.errors import PermanentError, TemporaryError
+from rollbackd.events.build import EventFactory
+from rollbackd.events.deadletter import SINK_OVERDUE, SINK_REJECTED, DeadLetters, escalation_about
 from rollbackd.store.base import OutboxEvent, Store
 
 logger = logging.getLogger(__name__)
@@ -84,6 +93,11 @@ class DeliveryError(TemporaryError):
     """A sink could not deliver an event now; the dispatcher retries it."""
 
 
+class RejectedDelivery(PermanentError):
+    """A sink refused an event for good (e.g. a webhook answering 410 Gone): the dispatcher
+    dead-letters it instead of retrying."""
+
+
 @dataclass(slots=True)
 class SinkStatus:
     """How one sink is doing (for logs, ``/metrics`` and ``/readyz``)."""
@@ -97,6 +111,8 @@ class SinkStatus:
     last_delivered_seq: int | None = None
     #: Events read from the outbox and not delivered yet (as of the last read).
     backlog: int = 0
+    #: Events the sink gave up on (refused for good, or kept past the bound): see deadletter.
+    dead_lettered: int = 0
 
 
 class Dispatcher:
@@ -111,7 +127,12 @@ class Dispatcher:
     - ``poll_interval_s``: the longest a loop sleeps without a :meth:`nudge`;
     - ``batch``: events read from the outbox at once;
     - ``retention_s``: delivered events older than this are pruned; ``prune_interval_s``: how often;
-    - ``active``: whether this process may deliver now (the leader); ``None``: always.
+    - ``active``: whether this process may deliver now (the leader); ``None``: always;
+    - ``dead_letter_after_s``, ``dead_letter_after_events``: a failing sink gives up on an event
+      older than this, or with more than this many newer events waiting behind it (``None``: no
+      such bound);
+    - ``factory``: makes the ``escalation.raised`` of a sink that gives up (its ``source``);
+    - ``wall_clock``: the time events' ages are measured against (their ``created_at``).
     """
 
     def __init__(
@@ -125,6 +146,10 @@ class Dispatcher:
         retention_s: float = 7 * 24 * 3600.0,
         prune_interval_s: float = 600.0,
         active: Callable[[], bool] | None = None,
+        dead_letter_after_s: float | None = None,
+        dead_letter_after_events: int | None = None,
+        factory: EventFactory | None = None,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         names = [sink.name for sink in sinks]
         duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -132,6 +157,10 @@ class Dispatcher:
             raise ValueError(f"sink names must be unique; repeated: {', '.join(duplicates)}")
         if poll_interval_s <= 0 or batch < 1 or retention_s < 0 or prune_interval_s <= 0:
             raise ValueError("poll_interval_s and prune_interval_s must be positive, batch at least 1")
+        if (dead_letter_after_s is not None and dead_letter_after_s < 0) or (
+            dead_letter_after_events is not None and dead_letter_after_events < 1
+        ):
+            raise ValueError("dead_letter_after_s must be at least 0, dead_letter_after_events at least 1")
         self._store = store
         self._sinks = tuple(sinks)
         self._backoff = backoff
@@ -144,6 +173,12 @@ class Dispatcher:
         self._idle = {sink.name: asyncio.Event() for sink in self._sinks}
         self._status = {sink.name: SinkStatus(sink.name) for sink in self._sinks}
         self._tasks: list[asyncio.Task[None]] = []
+        self._dead_letter_after_s = dead_letter_after_s
+        self._dead_letter_after_events = dead_letter_after_events
+        self._dead_letters = DeadLetters(store=store, factory=factory or EventFactory())
+        self._wall_clock = wall_clock
+        #: The newest outbox seq any sink has read: how far ahead of a stuck sink the outbox is.
+        self._newest_seq = 0
 
     @property
     def sinks(self) -> tuple[Sink, ...]:
@@ -213,6 +248,8 @@ class Dispatcher:
                 continue
             store_attempt = 0
             status.backlog = len(events)
+            if events and events[-1].seq is not None:
+                self._newest_seq = max(self._newest_seq, events[-1].seq)
             if not events:
                 self._idle[name].set()
                 await self._wait(name, self._poll_interval_s)
@@ -296,7 +333,13 @@ class Dispatcher:
         self, sink: Sink, event: OutboxEvent, status: SinkStatus, *, started: asyncio.Task[None] | None = None
     ) -> None:
         """Deliver ``event`` -- or wait for ``started``, its delivery already under way -- and
-        when that fails, deliver it again, with backoff, until it is accepted."""
+        when that fails, deliver it again, with backoff, until it is accepted -- or given up on
+        (dead-lettered) when refused for good or kept past the bound."""
+        if escalation_about(event, sink.name):  # it could not deliver it either
+            if started is not None:
+                await _cancel_all((started,))
+            status.backlog -= 1
+            return
         attempt = started
         while True:
             try:
@@ -311,6 +354,15 @@ class Dispatcher:
                 status.failures += 1
                 status.retrying += 1
                 status.last_error = f"{type(exc).__name__}: {exc}"
+                cause = self._dead_letter_cause(exc, event)
+                if cause is not None and await self._dead_letters.record(
+                    sink=sink.name, event=event, cause=cause, error=str(exc) or type(exc).__name__
+                ):
+                    status.retrying = 0
+                    status.dead_lettered += 1
+                    status.backlog -= 1
+                    self.nudge()  # an escalation for the other sinks, the first time
+                    return
                 logger.warning(
                     "events: %s could not deliver %s %s (attempt %d), retrying in %.1fs: %s",
                     sink.name,
@@ -326,6 +378,19 @@ class Dispatcher:
                 continue
             self._delivered(status)
             return
+
+    def _dead_letter_cause(self, exc: Exception, event: OutboxEvent) -> str | None:
+        """Why to give up on ``event`` after its delivery failed with ``exc``, if at all."""
+        if isinstance(exc, RejectedDelivery):
+            return SINK_REJECTED
+        if self._dead_letter_after_s is not None and event.created_at is not None:
+            age_s = (self._wall_clock() - event.created_at).total_seconds()
+            if age_s > self._dead_letter_after_s:
+                return SINK_OVERDUE
+        behind = self._dead_letter_after_events
+        if behind is not None and event.seq is not None and self._newest_seq - event.seq > behind:
+            return SINK_OVERDUE
+        return None
 
     @staticmethod
     async def _pause(sink: Sink, delay_s: float) -> None:

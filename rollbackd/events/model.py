@@ -347,9 +347,17 @@ class EscalationRaisedData(EventData):
     cause: str = Field(
         description="rollback-risk, not-attributable, no-baseline, attribution-pending, freeze, cooldown, "
         "rate-limit, store (the decision's blocked_by), or rollback-failed, rollback-refused, "
-        "verification-failed, poison-record (a record about the target the store refused, set aside)."
+        "verification-failed, poison-record (a record about the target the store refused, set aside), "
+        "or, about a notification, sink-rejected (a sink refused an event about the target for good: "
+        "HTTP 400, 401, 403, 404, 410, 413 or 422) or sink-overdue (a failing sink kept an event past "
+        "its bound); those two are raised once per sink and cause, and sent to the other sinks."
     )
     reasons: tuple[str, ...] = Field(description="Why, human-readable.")
+    sink: str | None = Field(
+        None,
+        description="sink-rejected, sink-overdue: the sink that could not deliver (webhook:NAME, mqtt, "
+        "kubernetes); it is not sent this event.",
+    )
     decision: DecisionData | None = None
     evidence: EvidenceData | None = None
 

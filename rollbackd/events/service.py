@@ -82,7 +82,11 @@ async def open_sinks(
                 aiohttp.ClientSession(headers={"User-Agent": f"rollbackd/{__version__}"})
             )
             for hook in settings.webhooks:
-                sinks.append(WebhookSink.from_settings(hook, environ=environ, session=session))
+                sinks.append(
+                    WebhookSink.from_settings(
+                        hook, environ=environ, session=session, status_url=settings.status_url
+                    )
+                )
         if settings.kubernetes_events and kube is not None:
             sinks.append(KubeEventsSink(kube=kube, deployments=deployments or {}, rollouts=rollouts or {},
                                         instance=instance))
@@ -115,6 +119,7 @@ async def open_events(
         rollouts=rollouts_of(settings),
         instance=instance,
     ) as sinks:
+        factory = EventFactory(source=events.source)
         dispatcher = Dispatcher(
             store=store,
             sinks=sinks,
@@ -122,10 +127,12 @@ async def open_events(
             poll_interval_s=events.poll_interval_s,
             retention_s=settings.store.outbox_retention_s,
             active=active,
+            dead_letter_after_s=events.dead_letter_after_s,
+            dead_letter_after_events=events.dead_letter_after_events,
+            factory=factory,
         )
         logger.info("events: delivering to %s", ", ".join(s.name for s in sinks) or "no sink")
         async with dispatcher:
-            factory = EventFactory(source=events.source)
             publisher = EventPublisher(
                 store=store,
                 on_recorded=dispatcher.nudge,

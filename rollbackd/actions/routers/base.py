@@ -27,8 +27,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from rollbackd.actions.steps import ActionRun, Refusal, Step
-from rollbackd.kube import objects
+from rollbackd.actions.base import Change
+from rollbackd.actions.steps import ActionRun, Refusal, Step, object_name
+from rollbackd.kube import KubeClient, Obj, objects
+from rollbackd.kube.objects import CustomResource
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,3 +111,60 @@ def refuse_if_steered(route: Mapping[str, Any], source: str) -> None:
             f"{source} is steered by {owner}: rollbackd leaves it alone rather than fight over the weights; "
             f"abort the canary there (or let that controller ask rollbackd's verdict)"
         )
+
+
+class RouteObject:
+    """What the routers of a custom route object (a Gateway API route, an Istio VirtualService)
+    share: reading the object, and the one step that writes its rewritten weights.
+
+    A subclass names the list of ``spec`` it rewrites (``spec_key``: ``rules``, ``http``) and
+    implements :meth:`_aborted` (that list with every request sent to the stable backend, and the
+    fields changed). The write is a merge patch of that list carrying the ``resourceVersion`` the
+    step read: a write landing in between makes it a 409, and the step re-reads and re-decides.
+    """
+
+    spec_key: str
+
+    def __init__(self, *, kube: KubeClient, namespace: str, name: str, resource: CustomResource,
+                 object_kind: str) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.resource = resource
+        self._name = name
+        self._object = object_name(object_kind, namespace, name)
+        self.source = f"{object_kind} {namespace}/{name}"
+
+    async def _get(self) -> Obj:
+        return await objects.get_custom(self.kube, self.resource, namespace=self.namespace, name=self._name)
+
+    def _aborted(self, route: Obj) -> tuple[list[Any], tuple[Change, ...]]:
+        """``spec[spec_key]`` as it must be for no request to reach the canary, and the changes."""
+        raise NotImplementedError
+
+    async def _abort(self) -> Sequence[Change]:
+        route = await self._get()
+        refuse_if_steered(route, self.source)
+        rewritten, changes = self._aborted(route)
+        if not changes:
+            return ()
+        version = objects.metadata_of(route).get("resourceVersion")
+        await objects.patch_custom(
+            self.kube,
+            self.resource,
+            namespace=self.namespace,
+            name=self._name,
+            patch={"metadata": {"resourceVersion": version}, "spec": {self.spec_key: rewritten}},
+        )
+        return changes
+
+    async def _read_for_plan(self, run: ActionRun, *, installed: str) -> Obj:
+        """The route, required (``installed``: what must be installed for it to exist), and not
+        steered by another controller."""
+        what = f"the {self.source} (is {installed} installed, and the name right?)"
+        route = await run.required(what, self._get)
+        refuse_if_steered(route, self.source)
+        return route
+
+    def _steps(self, route: Obj) -> list[Step]:
+        _, changes = self._aborted(route)
+        return [Step(changes=changes, apply=self._abort)] if changes else []

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rollbackd.actions.base import Change
-from rollbackd.actions.routers.base import Split, percent, refuse_if_steered
-from rollbackd.actions.steps import ActionFailed, ActionRun, Refusal, Step, object_name
+from rollbackd.actions.routers.base import RouteObject, Split, percent
+from rollbackd.actions.steps import ActionFailed, ActionRun, Refusal, Step
 from rollbackd.kube import KubeClient, Obj, objects
 from rollbackd.kube.objects import CustomResource
 
@@ -114,10 +114,9 @@ def aborted_rules(
         if not weights.stable_refs:
             raise Refusal(
                 f"rule {index} of {object_name} sends {weights.canary} of {weights.total} weight to the "
-                "canary "
-                f"Service {canary} but does not name the stable Service {stable}, so its requests would have "
-                f"nowhere to go; add {stable} to that rule's backendRefs (weight 0), or point the target's "
-                f"router at the right route"
+                f"canary Service {canary} but does not name the stable Service {stable}, so its requests "
+                f"would have nowhere to go; add {stable} to that rule's backendRefs (weight 0), or point "
+                f"the target's router at the right route"
             )
         refs = rule["backendRefs"]
         for position in weights.canary_refs:
@@ -157,14 +156,10 @@ def _parent_key(ref: Mapping[str, Any], namespace: str) -> tuple[str, str, str]:
 @dataclass(frozen=True, slots=True)
 class RouteStatus:
     """What the route's parents say of a generation: ``accepted`` by all, ``refused`` (with the
-    reasons), or neither yet (``pending``: some parent has not reported on that generation)."""
+    reasons), or neither yet (some parent has not reported on that generation)."""
 
     accepted: bool
     refused: tuple[str, ...] = ()
-
-    @property
-    def pending(self) -> bool:
-        return not self.accepted and not self.refused
 
 
 def route_status(
@@ -211,11 +206,12 @@ def route_status(
 # --- the router ----------------------------------------------------------------------------------
 
 
-class GatewayApiRouter:
+class GatewayApiRouter(RouteObject):
     """The route ``route`` (of kind ``route_kind``: ``HTTPRoute`` or ``GRPCRoute``) in ``namespace``,
     whose rules split requests between the Services ``canary_service`` and ``stable_service``."""
 
     kind = KIND
+    spec_key = "rules"
 
     def __init__(
         self,
@@ -229,21 +225,12 @@ class GatewayApiRouter:
     ) -> None:
         if route_kind not in ROUTES:
             raise ValueError(f"route_kind must be one of {', '.join(ROUTES)}, not {route_kind!r}")
-        self.kube = kube
-        self.namespace = namespace
+        super().__init__(kube=kube, namespace=namespace, name=route, resource=ROUTES[route_kind],
+                         object_kind=route_kind)
         self.route = route
         self.route_kind = route_kind
-        self.resource = ROUTES[route_kind]
         self.canary_service = canary_service
         self.stable_service = stable_service
-        self._object = object_name(route_kind, namespace, route)
-
-    @property
-    def source(self) -> str:
-        return f"{self.route_kind} {self.namespace}/{self.route}"
-
-    async def _get(self) -> Obj:
-        return await objects.get_custom(self.kube, self.resource, namespace=self.namespace, name=self.route)
 
     async def read_split(self) -> Split:
         return route_split(
@@ -263,34 +250,14 @@ class GatewayApiRouter:
             namespace=self.namespace,
         )
 
-    async def _abort(self) -> Sequence[Change]:
-        route = await self._get()
-        refuse_if_steered(route, self.source)
-        rules, changes = self._aborted(route)
-        if not changes:
-            return ()
-        version = objects.metadata_of(route).get("resourceVersion")
-        await objects.patch_custom(
-            self.kube,
-            self.resource,
-            namespace=self.namespace,
-            name=self.route,
-            patch={"metadata": {"resourceVersion": version}, "spec": {"rules": rules}},
-        )
-        return changes
-
     async def plan(self, run: ActionRun) -> Sequence[Step]:
-        route = await run.required(
-            f"the {self.source} (is the Gateway API installed, and the name right?)", self._get
-        )
-        refuse_if_steered(route, self.source)
+        route = await self._read_for_plan(run, installed="the Gateway API")
         await run.required(
             f"the stable Service {self.namespace}/{self.stable_service}, where the {self.source} should send "
             f"every request,",
             lambda: objects.get_service(self.kube, namespace=self.namespace, name=self.stable_service),
         )
-        _, changes = self._aborted(route)
-        return [Step(changes=changes, apply=self._abort)] if changes else []
+        return self._steps(route)
 
     async def confirm(self, run: ActionRun) -> None:
         route = await run.call(self._get)

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rollbackd.actions.base import Change
-from rollbackd.actions.routers.base import Split, percent, refuse_if_steered
-from rollbackd.actions.steps import ActionRun, Refusal, Step, object_name
+from rollbackd.actions.routers.base import RouteObject, Split, percent
+from rollbackd.actions.steps import ActionRun, Refusal, Step
 from rollbackd.kube import KubeClient, Obj, objects
 
 KIND = "istio"
@@ -125,11 +125,10 @@ def aborted_http(
         if not weights.stable_refs:
             raise Refusal(
                 f"http route {index} of {object_name} sends {weights.canary} of {weights.total} weight "
-                "to the "
-                f"canary ({canary.describe()}) but does not name the stable destination "
-                f"({stable.describe()}), "
-                f"so its requests would have nowhere to go; add the stable destination to that route "
-                f"(weight 0), or point the target's router at the right VirtualService"
+                f"to the canary ({canary.describe()}) but does not name the stable destination "
+                f"({stable.describe()}), so its requests would have nowhere to go; add the stable "
+                "destination to that route (weight 0), or point the target's router at the right "
+                "VirtualService"
             )
         route = http["route"]
         effective = weights_of(route)
@@ -160,11 +159,12 @@ def aborted_http(
     return https, tuple(changes)
 
 
-class IstioRouter:
+class IstioRouter(RouteObject):
     """The VirtualService ``virtual_service`` in ``namespace``, whose ``http`` routes split requests
     between the destinations ``canary`` and ``stable``."""
 
     kind = KIND
+    spec_key = "http"
 
     def __init__(
         self,
@@ -177,21 +177,11 @@ class IstioRouter:
     ) -> None:
         if canary == stable:
             raise ValueError("the canary and the stable destinations must differ")
-        self.kube = kube
-        self.namespace = namespace
+        super().__init__(kube=kube, namespace=namespace, name=virtual_service,
+                         resource=objects.VIRTUALSERVICES, object_kind="VirtualService")
         self.virtual_service = virtual_service
         self.canary = canary
         self.stable = stable
-        self._object = object_name("VirtualService", namespace, virtual_service)
-
-    @property
-    def source(self) -> str:
-        return f"VirtualService {self.namespace}/{self.virtual_service}"
-
-    async def _get(self) -> Obj:
-        return await objects.get_custom(
-            self.kube, objects.VIRTUALSERVICES, namespace=self.namespace, name=self.virtual_service
-        )
 
     async def read_split(self) -> Split:
         return virtual_service_split(
@@ -202,32 +192,13 @@ class IstioRouter:
             namespace=self.namespace,
         )
 
-    def _aborted(self, vs: Obj) -> tuple[list[Any], tuple[Change, ...]]:
+    def _aborted(self, route: Obj) -> tuple[list[Any], tuple[Change, ...]]:
         return aborted_http(
-            vs, object_name=self._object, canary=self.canary, stable=self.stable, namespace=self.namespace
+            route, object_name=self._object, canary=self.canary, stable=self.stable, namespace=self.namespace
         )
-
-    async def _abort(self) -> Sequence[Change]:
-        vs = await self._get()
-        refuse_if_steered(vs, self.source)
-        https, changes = self._aborted(vs)
-        if not changes:
-            return ()
-        version = objects.metadata_of(vs).get("resourceVersion")
-        await objects.patch_custom(
-            self.kube,
-            objects.VIRTUALSERVICES,
-            namespace=self.namespace,
-            name=self.virtual_service,
-            patch={"metadata": {"resourceVersion": version}, "spec": {"http": https}},
-        )
-        return changes
 
     async def plan(self, run: ActionRun) -> Sequence[Step]:
-        vs = await run.required(f"the {self.source} (is Istio installed, and the name right?)", self._get)
-        refuse_if_steered(vs, self.source)
-        _, changes = self._aborted(vs)
-        return [Step(changes=changes, apply=self._abort)] if changes else []
+        return self._steps(await self._read_for_plan(run, installed="Istio"))
 
     async def confirm(self, run: ActionRun) -> None:
         return None  # Istio validates a VirtualService when it is written
