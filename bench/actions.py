@@ -3,7 +3,9 @@
 The Kubernetes actions -- :class:`~rollbackd.actions.canary_abort.CanaryAbort`,
 :class:`~rollbackd.actions.bluegreen.BlueGreenSwitchBack`,
 :class:`~rollbackd.actions.deployment_undo.DeploymentUndo` and
-:class:`~rollbackd.actions.rollout_abort.RolloutAbort` (an Argo Rollouts Rollout) -- run against the
+:class:`~rollbackd.actions.rollout_abort.RolloutAbort` (an Argo Rollouts Rollout), and the canary
+abort guarded against GitOps reconcilers (:class:`~rollbackd.actions.gitops.GitOpsGuard`,
+suspending an Argo CD Application and a Flux Kustomization first) -- run against the
 emulated API server (:class:`~rollbackd.demo.emulator.ClusterEmulator`, served over real HTTP by
 kmock, with the emulated deployment, EndpointSlice and Argo Rollouts controllers running), through
 the real
@@ -48,6 +50,8 @@ from rollbackd.actions.base import ActionOutcome, ActionResult, RollbackAction
 from rollbackd.actions.bluegreen import BlueGreenSwitchBack
 from rollbackd.actions.canary_abort import CanaryAbort
 from rollbackd.actions.deployment_undo import DeploymentUndo
+from rollbackd.actions.gitops import GitOpsGuard
+from rollbackd.actions.reconcilers import Tracking
 from rollbackd.actions.rollout_abort import RolloutAbort
 from rollbackd.actions.routers.gateway_api import GatewayApiRouter
 from rollbackd.actions.routers.ingress_nginx import IngressNginxRouter
@@ -56,10 +60,12 @@ from rollbackd.actions.steps import ActionSettings
 from rollbackd.config.settings import KubernetesSettings
 from rollbackd.demo.argo_rollouts import RolloutsController, seed_rollout
 from rollbackd.demo.emulator import (
+    APPLICATIONS,
     DEPLOYMENTS,
     ENDPOINTSLICES,
     HTTPROUTES,
     INGRESSES,
+    KUSTOMIZATIONS,
     REPLICASETS,
     ROLLOUTS,
     SERVICES,
@@ -73,6 +79,7 @@ from rollbackd.demo.emulator import (
     seed_service,
     seed_virtual_service,
 )
+from rollbackd.demo.reconciler import label_for_flux, seed_application, seed_kustomization, track_by_argocd
 from rollbackd.kube import KubeClient
 from rollbackd.kube.objects import CANARY_WEIGHT_ANNOTATION
 
@@ -326,7 +333,45 @@ ARGO_ROLLOUT = Case(
     rolled_back=argo_rollout_rolled_back,
 )
 
-CASES = (CANARY, GATEWAY, ISTIO, BLUEGREEN, UNDO, ARGO_ROLLOUT)
+# --- canary abort under GitOps: Argo CD and Flux suspended first --------------------------------
+
+
+def seed_canary_gitops(emu: ClusterEmulator, ns: str) -> None:
+    seed_canary(emu, ns)
+    seed_application(emu, "shop-web", destination_namespace=ns)
+    track_by_argocd(emu, INGRESSES, ns, "web-canary", application="shop-web")
+    seed_kustomization(emu, "shop-canary")
+    label_for_flux(emu, DEPLOYMENTS, ns, "web-canary", owner=KUSTOMIZATIONS, owner_name="shop-canary")
+
+
+def canary_gitops_faults(emu: ClusterEmulator, ns: str) -> list[kmock.View]:
+    return [
+        *canary_faults(emu, ns),
+        emu.conflict("patch", APPLICATIONS, namespace="argocd", name="shop-web"),
+        emu.fail("get", KUSTOMIZATIONS, status=503, namespace="flux-system", name="shop-canary", times=1),
+    ]
+
+
+def canary_gitops_rolled_back(emu: ClusterEmulator, ns: str) -> bool:
+    application = emu.read(APPLICATIONS, "argocd", "shop-web") or {}
+    kustomization = emu.read(KUSTOMIZATIONS, "flux-system", "shop-canary") or {}
+    return (
+        canary_rolled_back(emu, ns)
+        and "automated" not in (application.get("spec") or {}).get("syncPolicy", {})
+        and (kustomization.get("spec") or {}).get("suspend") is True
+    )
+
+
+CANARY_GITOPS = Case(
+    name="canary-abort, gitops suspend",
+    seed=seed_canary_gitops,
+    action=lambda kube, ns: GitOpsGuard(CANARY.action(kube, ns), kube=kube, target=f"{ns}/web",
+                                        mode="suspend", tracking=Tracking(), settings=SETTINGS),
+    faults=canary_gitops_faults,
+    rolled_back=canary_gitops_rolled_back,
+)
+
+CASES = (CANARY, GATEWAY, ISTIO, BLUEGREEN, UNDO, ARGO_ROLLOUT, CANARY_GITOPS)
 
 
 # --- running them -------------------------------------------------------------------------------
@@ -434,6 +479,11 @@ def markdown(report: dict[str, Any]) -> str:
         "(jittered). Blue-green lists EndpointSlices while it waits for blue to serve, and the "
         "Rollout abort lists ReplicaSets while it waits for the stable one, so those failures show "
         "in their wait_s (another poll a second later), not in api_s.",
+        "- canary-abort, gitops suspend: the same canary with its Ingress synced by an Argo CD "
+        "Application and its canary Deployment by a Flux Kustomization: the action's plan, reading "
+        "both objects and both reconcilers, removing the Application's automated sync and "
+        "suspending the Kustomization, then the abort (all in api_s); faults: the canary's, plus a "
+        "409 on the Application patch and a 503 reading the Kustomization.",
     ]
     return "\n".join(lines) + "\n"
 

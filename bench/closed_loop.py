@@ -8,8 +8,9 @@ second and acting through the real Kubernetes client. The new version turns bad;
 on the event loop's clock:
 
 - fault -> rollback decision;
-- fault -> the routing sends the bad version no traffic (the target: under 5 s, median of
-  several runs, with a 1 s scrape and a 1 s evaluation interval);
+- fault -> the routing sends the bad version no traffic: the load generator's first reading of
+  the routing after which no request goes to it (the target: under 5 s, median of several runs,
+  with a 1 s scrape and a 1 s evaluation interval);
 - rollback decision -> action done, and rollback decision -> verified (the validation window is
   shortened to 5 s here, from the demo's 10 s, to keep the benchmark short; it adds to
   decision -> verified only).
@@ -19,13 +20,17 @@ Ingress' weight, and the decision's speed depends on it: a verdict needs 50 requ
 in the detection window. Two sets of runs:
 
 - the demo's set-up (a 5 s detection window, 20 canary requests per second): the canary scenario
-  3 times (``--canary-runs``), then blue-green and deployment once each (all traffic moves to the
-  new version there); the target is judged on these canary runs;
+  (an ingress-nginx canary Ingress) 3 times (``--canary-runs``), then blue-green and deployment
+  once each (all traffic moves to the new version there), then the gateway scenario (a Gateway API
+  HTTPRoute giving the canary 20 of 100 weight; rollbackd sets it to 0) as many times as the
+  canary; the target is judged on the canary and on the gateway runs;
 - canary traffic: the canary scenario at 1, 4 and 20 canary requests per second (weights 1%, 4%
   and 20%; ``--canary-rps``), 3 times each, with the daemon's default detection window (600 s),
   since a 5 s window never holds 50 requests at 1 or 4 requests per second.
 
-Run from the repository root: ``python -m bench.closed_loop`` (about fifteen minutes). Results go to
+Run from the repository root: ``python -m bench.closed_loop`` (about seventeen minutes).
+``--only gateway`` (any of the demo set-up's scenarios, comma-separated) runs just those and keeps
+the other runs from the results already in ``--out-dir``, saying so. Results go to
 ``bench/results/closed_loop.json`` and ``.md``; each run's timeline and logs to a temporary
 directory, kept (and named) when a run fails. The exit status is 1 when the target was missed or a
 run failed.
@@ -40,6 +45,7 @@ import logging
 import math
 import os
 import platform
+import re
 import shutil
 import statistics
 import tempfile
@@ -59,6 +65,12 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 CANARY_RUNS = 3
 OTHER_SCENARIOS = ("bluegreen", "deployment")
+#: The demo set-up's scenarios, in the order they run; the canary's and the gateway's run
+#: ``--canary-runs`` times, the others once.
+DEMO_SCENARIOS = ("canary", *OTHER_SCENARIOS, "gateway")
+#: The scenarios whose canary gets the canary weight of the traffic (the others: all of it), with
+#: the router that splits it.
+CANARY_ROUTERS = {"canary": "ingress-nginx", "gateway": "Gateway API HTTPRoute"}
 INTERVAL_S = 1.0
 VERIFICATION_WINDOW_S = 5.0
 MAX_FAULT_TO_NO_TRAFFIC_S = 5.0
@@ -75,8 +87,9 @@ RUN_TIMEOUT_S = 150.0
 
 
 def canary_weight(canary_rps: float, *, total_rps: float = TOTAL_RPS) -> int:
-    """The canary Ingress weight (percent) giving ``canary_rps`` of ``total_rps`` requests per
-    second; :class:`ValueError` unless that is a whole percentage from 1 to 99."""
+    """The canary's weight (percent: the canary Ingress', or the HTTPRoute's out of 100) giving
+    ``canary_rps`` of ``total_rps`` requests per second; :class:`ValueError` unless that is a whole
+    percentage from 1 to 99."""
     percent = canary_rps / total_rps * 100.0
     weight = round(percent) if math.isfinite(percent) else 0
     if not (1 <= weight <= 99 and abs(percent - weight) < 1e-9):
@@ -148,7 +161,7 @@ def one_run(
     """One demo, in a fresh event loop, its timeline and logs in a directory of its own (removed
     when the run went well). ``canary_rps``: the canary's traffic (canary scenario only);
     ``window_s``: the daemon's detection window."""
-    bad_rps = canary_rps if scenario == "canary" else TOTAL_RPS
+    bad_rps = canary_rps if scenario in CANARY_ROUTERS else TOTAL_RPS
     work_dir = Path(tempfile.mkdtemp(prefix=f"{scenario}-{bad_rps:g}rps-{window_s:g}s-{run}-", dir=work_root))
     options = DemoOptions(
         work_dir=work_dir,
@@ -196,13 +209,18 @@ def _range(values: Sequence[float | None]) -> str:
     return f"{min(present):.2f} to {max(present):.2f} s" if len(present) > 1 else f"{present[0]:.2f} s"
 
 
-def canary_summary(runs: Sequence[Run], canary_rps: float, window_s: float) -> dict[str, Any]:
-    """Medians of the canary runs at ``canary_rps`` with a ``window_s`` detection window that did
-    not fail (``runs``: their number; ``failed``: the others)."""
+def canary_summary(
+    runs: Sequence[Run], canary_rps: float, window_s: float, *, scenario: str = "canary"
+) -> dict[str, Any]:
+    """Medians of the runs of ``scenario`` (a canary's: ``canary`` or ``gateway``) at
+    ``canary_rps`` with a ``window_s`` detection window that did not fail (``runs``: their number;
+    ``failed``: the others)."""
     chosen = [r for r in runs
-              if r.scenario == "canary" and r.bad_rps == canary_rps and r.window_s == window_s]
+              if r.scenario == scenario and r.bad_rps == canary_rps and r.window_s == window_s]
     ok = [r for r in chosen if r.error is None]
     return {
+        "scenario": scenario,
+        "router": CANARY_ROUTERS[scenario],
         "canary_rps": canary_rps,
         "canary_weight_percent": canary_weight(canary_rps),
         "window_s": window_s,
@@ -212,6 +230,7 @@ def canary_summary(runs: Sequence[Run], canary_rps: float, window_s: float) -> d
         "fault_to_decision_range": _range([r.fault_to_decision_s for r in ok]),
         "decision_to_acted_s": _median([r.decision_to_acted_s for r in ok]),
         "fault_to_no_traffic_s": _median([r.fault_to_no_traffic_s for r in ok]),
+        "fault_to_no_traffic_range": _range([r.fault_to_no_traffic_s for r in ok]),
         "decision_to_verified_s": _median([r.decision_to_verified_s for r in ok]),
     }
 
@@ -221,12 +240,13 @@ def _summary_row(m: dict[str, Any], first: str) -> str:
     return (
         f"| {first} | {m['runs']}{failed} | **{_s(m['fault_to_decision_s'])}** "
         f"({m['fault_to_decision_range']}) | {_s(m['decision_to_acted_s'])} "
-        f"| {_s(m['fault_to_no_traffic_s'])} | {_s(m['decision_to_verified_s'])} |"
+        f"| {_s(m['fault_to_no_traffic_s'])} ({m['fault_to_no_traffic_range']}) "
+        f"| {_s(m['decision_to_verified_s'])} |"
     )
 
 
 def markdown(report: dict[str, Any], runs: Sequence[Run]) -> str:
-    head = ("| fault -> decision (range) | decision -> action done | fault -> no traffic "
+    head = ("| fault -> decision (range) | decision -> action done | fault -> no traffic (range) "
             "| decision -> verified |")
     lines = [
         "# Closed loop: fault to no traffic",
@@ -234,18 +254,27 @@ def markdown(report: dict[str, Any], runs: Sequence[Run]) -> str:
         report["setup"],
         "",
     ]
-    demo = report["demo_canary"]
-    if demo is not None:
+    demos = [m for m in (report["demo_canary"], report.get("demo_gateway")) if m is not None]
+    if demos:
         lines += [
             f"## The demo's set-up: {DEMO_CANARY_RPS:g} canary requests/s, "
             f"{DEMO_WINDOW_S:g} s detection window",
             "",
             f"| canary, median | runs {head}",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
-            _summary_row(demo, f"{demo['canary_rps']:g} requests/s ({demo['canary_weight_percent']}%)"),
+        ]
+        lines += [
+            _summary_row(m, f"{m['canary_rps']:g} requests/s ({m['canary_weight_percent']}%), {m['router']}")
+            for m in demos
+        ]
+        verdicts = "; ".join(
+            f"{m['router']} {_s(m['fault_to_no_traffic_s'])} **{'met' if _met(m) else 'MISSED'}**"
+            for m in demos
+        )
+        lines += [
             "",
             f"Target: fault -> no traffic under {MAX_FAULT_TO_NO_TRAFFIC_S:g} s (median of these runs): "
-            f"**{'met' if report['target_met'] else 'MISSED'}**.",
+            f"{verdicts}.",
             "",
         ]
     if report["canary_by_rps"]:
@@ -285,7 +314,8 @@ def markdown(report: dict[str, Any], runs: Sequence[Run]) -> str:
         "generator, reading the routing from the emulated cluster every second, sends the bad version "
         "nothing; verified: the validation window after the action passed.",
         f"- Requests on the bad version: the canary's share of the {TOTAL_RPS:g} requests/s (canary "
-        "scenario); blue-green and deployment move all traffic to the new version. A verdict needs "
+        "scenario: the canary Ingress' weight; gateway scenario: the canary Service's weight in the "
+        "HTTPRoute); blue-green and deployment move all traffic to the new version. A verdict needs "
         "50 requests of the candidate in the detection window (`detection.min_requests`).",
         "- The load generator reads the routing once a second, so fault -> no traffic includes up "
         "to a second of its polling after the action changed the routing.",
@@ -308,12 +338,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-rates", action="store_true", help="only the demo's set-up")
     parser.add_argument("--no-demo", action="store_true", help="only the canary rates")
     parser.add_argument("--no-prometheus", action="store_true", help="read the apps' metrics directly")
+    parser.add_argument(
+        "--only", type=_scenario_list, default=(),
+        help="run only these scenarios of the demo's set-up, comma-separated (of "
+        f"{', '.join(DEMO_SCENARIOS)}; no canary rates), and keep the other runs from the results "
+        "already in --out-dir",
+    )
     args = parser.parse_args(argv)
     if args.canary_runs < 1:
         parser.error("--canary-runs must be at least 1")
     if args.no_rates and args.no_demo:
         parser.error("--no-rates and --no-demo leave nothing to run")
+    if args.only and args.no_demo:
+        parser.error("--only runs scenarios of the demo's set-up, which --no-demo leaves out")
     return args
+
+
+def _scenario_list(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [name for name in names if name not in DEMO_SCENARIOS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(unknown) or 'nothing'} is not a scenario of the demo's set-up; "
+            f"name some of {', '.join(DEMO_SCENARIOS)}"
+        )
+    return names
 
 
 def plan_runs(args: argparse.Namespace) -> list[tuple[str, int, float, float]]:
@@ -322,9 +371,12 @@ def plan_runs(args: argparse.Namespace) -> list[tuple[str, int, float, float]]:
     fall on one rate only)."""
     plan: list[tuple[str, int, float, float]] = []
     if not args.no_demo:
-        plan += [("canary", n, DEMO_CANARY_RPS, DEMO_WINDOW_S) for n in range(1, args.canary_runs + 1)]
-        plan += [(scenario, 1, DEMO_CANARY_RPS, DEMO_WINDOW_S) for scenario in OTHER_SCENARIOS]
-    if not args.no_rates:
+        for scenario in DEMO_SCENARIOS:
+            if args.only and scenario not in args.only:
+                continue
+            times = args.canary_runs if scenario in CANARY_ROUTERS else 1
+            plan += [(scenario, n, DEMO_CANARY_RPS, DEMO_WINDOW_S) for n in range(1, times + 1)]
+    if not args.no_rates and not args.only:
         plan += [("canary", n, rps, DEFAULT_WINDOW_S)
                  for n in range(1, args.canary_runs + 1) for rps in args.canary_rps]
     return plan
@@ -360,9 +412,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not any(r.error for r in runs):
         shutil.rmtree(work_root, ignore_errors=True)
 
-    report = build_report(runs, canary_rates=() if args.no_rates else args.canary_rps, demo=not args.no_demo,
-                          source=source, prometheus=prometheus)
     out = Path(args.out_dir)
+    rates: Sequence[float] = () if args.no_rates else args.canary_rps
+    kept_from: str | None = None
+    if args.only:
+        previous = _previous_report(out / "closed_loop.json")
+        if previous is not None:
+            kept, rates, kept_from = kept_runs(previous, replaced=args.only)
+            runs = in_report_order([*kept, *runs])
+    report = build_report(runs, canary_rates=rates, demo=not args.no_demo, source=source,
+                          prometheus=prometheus, only=args.only, kept_from=kept_from)
     out.mkdir(parents=True, exist_ok=True)
     (out / "closed_loop.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report, runs)
@@ -373,6 +432,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if ok else 1
 
 
+def _previous_report(path: Path) -> dict[str, Any] | None:
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"cannot keep the other runs: {path} is not a closed-loop report ({exc}); "
+                         "run without --only to measure every row") from None
+    return found if isinstance(found, dict) else None
+
+
+def kept_runs(previous: dict[str, Any], *, replaced: Sequence[str]) -> tuple[list[Run], list[float], str]:
+    """From an earlier report: its runs but those of the demo set-up's ``replaced`` scenarios, the
+    canary rates it measured, and when it was run."""
+    fields = set(Run.__slots__)
+    kept = [
+        Run(**{name: value for name, value in run.items() if name in fields})
+        for run in previous.get("runs") or []
+        if not (run.get("scenario") in replaced and run.get("window_s") == DEMO_WINDOW_S)
+    ]
+    rates = sorted({r.bad_rps for r in kept if r.scenario == "canary" and r.window_s == DEFAULT_WINDOW_S})
+    run_at = previous.get("run_at")
+    if not isinstance(run_at, str):
+        found = re.search(r"Run at (\S+?)\.?$", str(previous.get("setup", "")))
+        run_at = found.group(1) if found else "an earlier run"
+    return kept, rates, run_at
+
+
+def in_report_order(runs: Sequence[Run]) -> list[Run]:
+    """The demo set-up's runs first, by scenario as they run, then the canary rates' as they were."""
+    demo = sorted((r for r in runs if r.window_s == DEMO_WINDOW_S and r.scenario in DEMO_SCENARIOS),
+                  key=lambda r: (DEMO_SCENARIOS.index(r.scenario), r.run))
+    return [*demo, *(r for r in runs if r not in demo)]
+
+
+def _met(summary: dict[str, Any]) -> bool:
+    no_traffic = summary["fault_to_no_traffic_s"]
+    return no_traffic is not None and no_traffic < MAX_FAULT_TO_NO_TRAFFIC_S
+
+
 def build_report(
     runs: Sequence[Run],
     *,
@@ -380,27 +479,43 @@ def build_report(
     demo: bool,
     source: str,
     prometheus: str | None,
+    only: Sequence[str] = (),
+    kept_from: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON report: set-up, every run, the canary medians of the demo's set-up (and the
-    target's verdict on them; ``None`` when not run) and per canary rate."""
-    demo_canary = canary_summary(runs, DEMO_CANARY_RPS, DEMO_WINDOW_S) if demo else None
-    no_traffic = None if demo_canary is None else demo_canary["fault_to_no_traffic_s"]
+    """The JSON report: set-up, every run, the medians of the demo's set-up for each router's
+    canary (ingress-nginx, Gateway API; ``None`` when not run) and the target's verdict on them,
+    and per canary rate. ``only`` and ``kept_from``: these scenarios were run now, and the other
+    runs kept from the report of ``kept_from``."""
+
+    def demo_summary(scenario: str) -> dict[str, Any] | None:
+        ran = any(r.scenario == scenario and r.window_s == DEMO_WINDOW_S for r in runs)
+        if not (demo and ran):
+            return None
+        return canary_summary(runs, DEMO_CANARY_RPS, DEMO_WINDOW_S, scenario=scenario)
+
+    demo_canary, demo_gateway = demo_summary("canary"), demo_summary("gateway")
+    judged = [m for m in (demo_canary, demo_gateway) if m is not None]
+    run_at = datetime.now(UTC).isoformat(timespec="seconds")
+    when = f"Run at {run_at}."
+    if only and kept_from is not None:
+        when = (f"Runs of {', '.join(only)} at {run_at} (--only); the other runs kept from the report of "
+                f"{kept_from}.")
     return {
         "setup": (
             f"Metrics: {source}. Load: {TOTAL_RPS:g} requests/s in all. Daemon evaluation interval "
             f"{INTERVAL_S:g} s. Emulated Kubernetes API (kmock) over HTTP with emulated controllers (pods "
             f"ready 3 s after a scale-up). Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-            f"{platform.python_version()}. Run at {datetime.now(UTC).isoformat(timespec='seconds')}."
+            f"{platform.python_version()}. {when}"
         ),
+        "run_at": run_at,
         "prometheus": prometheus,
         "total_rps": TOTAL_RPS,
         "runs": [vars_of(r) for r in runs],
         "demo_canary": demo_canary,
+        "demo_gateway": demo_gateway,
         "canary_by_rps": [canary_summary(runs, rate, DEFAULT_WINDOW_S) for rate in sorted(canary_rates)],
         "target_fault_to_no_traffic_s": MAX_FAULT_TO_NO_TRAFFIC_S,
-        "target_met": None if demo_canary is None else (
-            no_traffic is not None and no_traffic < MAX_FAULT_TO_NO_TRAFFIC_S
-        ),
+        "target_met": all(_met(m) for m in judged) if judged else None,
     }
 
 

@@ -124,10 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--scenario",
-        choices=("canary", "bluegreen", "deployment"),
+        choices=("canary", "bluegreen", "deployment", "gateway", "gitops"),
         default="canary",
         help="canary: abort an ingress-nginx canary (the default); bluegreen: switch a Service back "
-        "to the old colour; deployment: undo a Deployment to its previous revision",
+        "to the old colour; deployment: undo a Deployment to its previous revision; gateway: abort a "
+        "canary routed by a Gateway API HTTPRoute (its weight to 0); gitops: the canary synced from Git "
+        "by Argo CD and Flux, whose reconciler puts the bad version back unless suspended",
+    )
+    demo.add_argument(
+        "--gitops",
+        choices=("suspend", "refuse", "ignore"),
+        default="suspend",
+        help="the gitops scenario's mode: suspend (the default: the rollback holds), refuse (escalates "
+        "instead), ignore (the reconciler undoes the rollback, and the demo fails)",
     )
     demo.add_argument(
         "--no-prometheus",

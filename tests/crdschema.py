@@ -65,3 +65,5 @@ def problems(file: str, obj: Mapping[str, Any]) -> list[str]:
 ROLLOUT_CRD = "argo-rollouts-v1.8.3-rollout-crd.yaml"
 ANALYSIS_TEMPLATE_CRD = "argo-rollouts-v1.8.3-analysis-template-crd.yaml"
 FLAGGER_CANARY_CRD = "flagger-v1.44.0-canary-crd.yaml"
+PROMETHEUS_RULE_CRD = "prometheus-operator-v0.93.0-prometheusrules-crd.yaml"
+SERVICE_MONITOR_CRD = "prometheus-operator-v0.93.0-servicemonitors-crd.yaml"

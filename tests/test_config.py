@@ -806,7 +806,7 @@ def test_per_target_tunables_override_defaults_and_global_ones_are_refused(tmp_p
         " 'max_rollbacks_per_hour' (known keys: controlled_grace_s, cooldown_s, rollback_risk)",
         f"{path}:{line_of(path, 'severity:')}: targets[0] (checkout): unknown key 'severity' (known keys:"
         " name, namespace, strategy, baseline, candidate, router, ingress, service, rollout, dry_run, slo,"
-        " detection, policy, queries)",
+        " detection, policy, queries, gitops)",
     ]
 
 
@@ -854,6 +854,23 @@ def test_target_settings_key() -> None:
         {"name": "a", "strategy": "deployment", "candidate": {"deployment": "a"}}
     )
     assert target.key == "default/a"
+
+
+def test_a_gitops_mode_is_checked_at_its_line(tmp_path: Path) -> None:
+    document = yaml.safe_load(CANARY)
+    document["targets"][0]["gitops"] = "pause"
+    document["gitops"] = {"mode": "refuse", "argocd": {"tracking_method": "labels"}}
+    path = write(tmp_path, yaml.safe_dump(document, sort_keys=False))
+    assert problems_of(path) == [
+        f"{path}:{line_of(path, 'gitops: pause')}: targets[0].gitops (target checkout): expected one of"
+        " 'suspend', 'refuse', 'ignore', got 'pause'",
+        f"{path}:{line_of(path, 'tracking_method')}: gitops.argocd.tracking_method: expected one of"
+        " 'annotation', 'annotation+label', 'label', got 'labels'",
+    ]
+    document["targets"][0]["gitops"] = "ignore"
+    document["gitops"]["argocd"]["tracking_method"] = "label"
+    settings = load_settings(write(tmp_path, yaml.safe_dump(document)), environ={})
+    assert (settings.gitops.mode, settings.targets[0].gitops) == ("refuse", "ignore")
 
 
 def test_webhook_formats_and_their_secrets_are_checked_with_the_line_and_the_fix(tmp_path: Path) -> None:

@@ -280,7 +280,7 @@ TOO_LONG = "characters long: no setting takes a number that large (at most 32 ch
      ": not UTF-8 text (invalid start byte at byte 0) (it looks like UTF-16): save the file as UTF-8"),
     ("a: &loop [*loop]\n",
      ":1: unknown key 'a' (known keys: interval_s, prometheus, health, http, log, safety, kubernetes,"
-     " verification, store, events, leader_election, api, defaults, targets)"),
+     " verification, store, events, leader_election, api, gitops, defaults, discovery, targets)"),
     ("targets: &loop [*loop]\n", ":1: targets[0]: expected a mapping, got a list"),
 ], ids=["5000-digit-int", "hex-int", "sexagesimal-int", "20000-deep-flow", "3000-deep-block", "500-deep",
         "no-such-date", "binary", "utf-16", "alias-loop", "alias-loop-targets"])
@@ -301,7 +301,8 @@ def test_a_billion_laughs_file_is_refused_quickly(tmp_path: Path, capsys: pytest
     assert status == 2
     assert err.splitlines()[0] == (
         f"{path}:1: unknown key 'a0' (known keys: interval_s, prometheus, health, http, log, safety,"
-        " kubernetes, verification, store, events, leader_election, api, defaults, targets)"
+        " kubernetes, verification, store, events, leader_election, api, gitops, defaults, discovery,"
+        " targets)"
     )
     assert "Traceback" not in err
 

@@ -1,10 +1,10 @@
 """``rollbackd demo``: every scenario run as the real command, plus its load generator and its
 Prometheus-free metrics source on their own.
 
-The four demo runs (canary, blue-green and deployment with Prometheus when it is installed, and
-canary with ``--no-prometheus``) start together, as subprocesses, once for the module; each test
-reads one run's timeline. Without a ``prometheus`` binary the first three run without it too, and
-the timeline must say so.
+The five demo runs (canary, blue-green, deployment and gateway with Prometheus when it is
+installed, and canary with ``--no-prometheus``) start together, as subprocesses, once for the
+module; each test reads one run's timeline. Without a ``prometheus`` binary the first four run
+without it too, and the timeline must say so.
 """
 
 from __future__ import annotations
@@ -26,10 +26,20 @@ pytest.importorskip("kmock", reason="the demo needs kmock (the demo extra) for i
 from rollbackd.config.settings import GatewayApiRouterSettings, IngressNginxRouterSettings
 from rollbackd.demo.direct import DirectMetricsSource
 from rollbackd.demo.processes import find_prometheus
+from rollbackd.demo.scenarios import GATEWAY
 from rollbackd.demo.traffic import UNROUTED, LoadGenerator, RouterRouting, RoutingChange
 from rollbackd.kube import KubeClient, objects
 from rollbackd.sources.base import QueryTemplates, SeriesRef, SourceTarget
-from tests.kubefixtures import HTTPROUTES, ClusterEmulator, seed_ingress, seed_route, wait_until
+from tests import crdschemas
+from tests.kubefixtures import (
+    GATEWAYS,
+    HTTPROUTES,
+    ClusterEmulator,
+    Controllers,
+    seed_ingress,
+    seed_route,
+    wait_until,
+)
 from tests.promfixtures import astart_sample_app
 
 #: Generous: a run takes about half a minute alone, longer beside three others on a small machine.
@@ -39,7 +49,10 @@ RUNS = {
     "canary": ["--scenario", "canary"],
     "bluegreen": ["--scenario", "bluegreen"],
     "deployment": ["--scenario", "deployment"],
+    "gateway": ["--scenario", "gateway"],
     "canary-direct": ["--scenario", "canary", "--no-prometheus"],
+    "gitops": ["--scenario", "gitops", "--no-prometheus"],
+    "gitops-ignore": ["--scenario", "gitops", "--gitops", "ignore", "--no-prometheus"],
 }
 
 #: scenario -> (the bad backend, the good one, the action, a change the action must report)
@@ -50,9 +63,14 @@ EXPECTED = {
     "bluegreen": ("green", "blue", "blue-green-switch-back",
                   "changed Service/shop/web spec.selector: {'app': 'web', 'colour': 'green'} -> "
                   "{'app': 'web', 'colour': 'blue'}"),
+    "gitops": ("canary", "stable", "canary-abort",
+               "changed Application/argocd/shop-web spec.syncPolicy.automated: "
+               "{'prune': True, 'selfHeal': True} -> None"),
     "deployment": ("v1.5", "v1.4", "deployment-undo",
                    "changed Deployment/shop/web spec.template: 'revision 2 (web=shop/web:1.5)' -> "
                    "'revision 1 (web=shop/web:1.4)'"),
+    "gateway": ("canary", "stable", "canary-abort",
+                "changed HTTPRoute/shop/web spec.rules[0].backendRefs[1].weight: 20 -> 0"),
 }
 
 STAMP = re.compile(r"^\s*(\d+\.\d)s  (.*)$")
@@ -138,7 +156,7 @@ def _check_metrics_source(run: Run, *, direct_asked: bool) -> None:
         assert "NO PROMETHEUS" not in run.output
 
 
-@pytest.mark.parametrize("scenario", ["canary", "bluegreen", "deployment"])
+@pytest.mark.parametrize("scenario", ["canary", "bluegreen", "deployment", "gateway"])
 def test_each_scenario_rolls_back_and_verifies(demo_runs: dict[str, Run], scenario: str) -> None:
     run = demo_runs[scenario]
     _check_story(run, scenario)
@@ -152,11 +170,82 @@ def test_the_canary_demo_works_without_prometheus(demo_runs: dict[str, Run]) -> 
     assert "Prometheus " not in run.output.replace("NO PROMETHEUS", "")
 
 
+def test_under_gitops_suspend_the_rollback_outlasts_the_reconciler(demo_runs: dict[str, Run]) -> None:
+    run = demo_runs["gitops"]
+    _check_story(run, "gitops")
+    suspended, _ = run.line(re.escape("changed Application/argocd/shop-web spec.syncPolicy.automated"))
+    flux, _ = run.line(re.escape("changed Kustomization/flux-system/shop-canary spec.suspend: False -> True"))
+    weight, _ = run.line(re.escape("changed Ingress/shop/web-canary metadata.annotations"))
+    assert suspended < weight
+    assert flux < weight
+    held = run.stamp(r"the GitOps reconciler made 3 more passes and put nothing back: the rollback holds")
+    assert held >= run.stamp(r"VERIFIED:")
+    run.line(re.escape("Git still declares the bad version; revert it in Git, then resume reconciliation"))
+    assert "put Ingress/shop/web-canary back" not in run.output
+
+
+def test_under_gitops_ignore_the_reconciler_undoes_the_rollback(demo_runs: dict[str, Run]) -> None:
+    run = demo_runs["gitops-ignore"]
+    assert run.returncode == 1, run.output
+    started = run.stamp(r"rollback started")
+    run.line(r"action canary-abort: done")
+    undone = run.stamp(r"GitOps reconciler: Application/argocd/shop-web put Ingress/shop/web-canary back "
+                       r"as Git declares it \(the bad version\)")
+    assert undone >= started
+    run.line(r"demo FAILED: the GitOps reconciler undid the rollback: .*\(gitops: ignore\)")
+    assert "spec.syncPolicy.automated" not in run.output
+
+
 def test_the_blue_green_demo_releases_green_before_the_fault(demo_runs: dict[str, Run]) -> None:
     run = demo_runs["bluegreen"]
     release = run.stamp(r"RELEASE: Service shop/web switched to green")
     to_green = run.stamp(r"routing \(Service shop/web\): green 100%")
     assert release <= to_green < run.stamp(r"FAULT:")
+
+
+def test_the_gateway_demo_leaves_the_route_at_weight_0_accepted_by_its_gateway(
+    demo_runs: dict[str, Run],
+) -> None:
+    run = demo_runs["gateway"]
+    run.line(r"seeded HTTPRoute shop/web: shop\.example\.com on Gateway shop-gateway -> backendRefs "
+             r"web weight 80, web-canary weight 20")
+    run.line(r"routing \(HTTPRoute shop/web\): canary 20%, stable 80%")
+    run.line(r"action canary-abort: done .* canary aborted: no traffic to it \(HTTPRoute shop/web\), "
+             r"scaled to 0")
+    run.line(re.escape("changed HTTPRoute/shop/web spec.rules[0].backendRefs[0].weight: 80 -> 100"))
+    run.line(re.escape("changed Deployment/shop/web-canary spec.replicas: 1 -> 0"))
+    verified = run.stamp(r"VERIFIED: rollback verified after")
+    # What the cluster says once the rollback is verified: the canary's weight is 0, and the
+    # Gateway accepted that generation of the route.
+    after = run.stamp(r"after the rollback: HTTPRoute shop/web \(generation 2\): rule 0: web weight 100, "
+                      r"web-canary weight 0 -- the canary gets 0% as rollbackd reads the split")
+    assert after >= verified
+    run.line(r"HTTPRoute status, parent Gateway shop/shop-gateway: Accepted True, ResolvedRefs True "
+             r"\(generation 2\)")
+    run.line(r"Gateway shop/shop-gateway: Accepted True, Programmed True; listener http: "
+             r"1 route\(s\) attached")
+    # No request reaches the canary after the switch: every traffic report after it names stable only.
+    switched = run.stamp(r"routing \(HTTPRoute shop/web\): stable 100% -- 'canary' gets no traffic")
+    reports = [(float(found.group(1)), found.group(2)) for found in map(STAMP.match, run.output.splitlines())
+               if found is not None and found.group(2).startswith("traffic, last 3s:")]
+    later = [text for t, text in reports if t >= switched + 4.0]  # whole seconds after the switch
+    assert later, run.output
+    assert all("canary" not in text for text in later), later
+
+
+async def test_the_gateway_scenario_seeds_what_the_gateway_api_accepts(kube_cluster: ClusterEmulator) -> None:
+    lines = GATEWAY.seed(kube_cluster)
+    assert any(line.startswith("HTTPRoute shop/web:") for line in lines)
+    async with Controllers(kube_cluster):
+        await wait_until(
+            lambda: bool((kube_cluster.read(GATEWAYS, "shop", "shop-gateway") or {}).get("status"))
+            and bool((kube_cluster.read(HTTPROUTES, "shop", "web") or {}).get("status")),
+            what="the emulated gateway's reports",
+        )
+    for resource, name in ((GATEWAYS, "shop-gateway"), (HTTPROUTES, "web")):
+        seeded = kube_cluster.read(resource, "shop", name)
+        assert seeded is not None
+        crdschemas.validate(seeded)
 
 
 def test_sigterm_stops_the_demo_and_its_child_processes(tmp_path: Path) -> None:

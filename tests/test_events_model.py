@@ -12,7 +12,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from rollbackd.actions.base import ActionOutcome, ActionResult
+from rollbackd.actions.base import ActionOutcome, ActionResult, GitOpsHold
 from rollbackd.events import schemas
 from rollbackd.events.build import Announcer, Clock, EventFactory
 from rollbackd.events.model import (
@@ -31,6 +31,12 @@ from tests.eventstory import SLO, clock, healthy_evidence, immediate_decision, r
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 TARGET = "shop/checkout"
+SUSPENDED = GitOpsHold(
+    reconciler="argocd", object="Application/argocd/shop", api_version="argoproj.io/v1alpha1",
+    reconciles=("Deployment/shop/checkout",), field="spec.syncPolicy.automated",
+    previous={"prune": True, "selfHeal": True}, suspended=True,
+    resume="kubectl -n argocd patch applications.argoproj.io shop --type merge -p '...'",
+)
 
 
 def every_type() -> list[CloudEvent]:
@@ -78,6 +84,7 @@ def every_type() -> list[CloudEvent]:
             TARGET, cause="rollback-risk", reasons=blocked.reasons, decision=blocked, clock=c
         ),
         factory.hold_set(TARGET, hold, clock=c),
+        factory.gitops_suspended(failed_run, SUSPENDED, previous={"prune": True, "selfHeal": True}, clock=c),
         factory.hold_expired(
             TARGET, hold, still_breaching=True, evidence=severe_evidence(TARGET, 1600.0), clock=clock(1600.0)
         ),

@@ -4,7 +4,9 @@ The chart is linted and rendered by Helm's own engine: Helm's Go SDK (v4), which
 ``helm-python-sdk`` wheel carries as a shared library (no ``helm`` binary, nothing downloaded at
 run time). Every rendered object is validated against the Kubernetes OpenAPI schemas that
 ``kubernetes-validate`` ships (strict: unknown fields are errors), for the oldest Kubernetes the
-chart supports and the newest the package knows; the ServiceMonitor (a CRD) is checked by hand.
+chart supports and the newest the package knows; the ServiceMonitor and the PrometheusRule (CRDs)
+against the Prometheus Operator's CRD schemas (tests/crds/), the ServiceMonitor's wiring by hand
+too (the alert rules and the dashboard: tests/test_chart_monitoring.py).
 Least-privilege RBAC, the security context, the wiring of the configuration and the credentials,
 and the guards against unsafe value combinations are asserted on the rendered objects; and
 values.schema.json must accept the defaults and reject bad values.
@@ -30,8 +32,10 @@ import yaml
 from pydantic import BaseModel
 
 from rollbackd import __version__
+from rollbackd.actions.reconcilers import APPLICATION, HELMRELEASE, KUSTOMIZATION
 from rollbackd.config.loader import ENV_NESTED_DELIMITER, ENV_PREFIX, load_settings
 from rollbackd.config.settings import Settings
+from tests import crdschema
 
 REPO = Path(__file__).resolve().parents[1]
 CHART_DIR = REPO / "helm" / "rollbackd"
@@ -51,8 +55,6 @@ KUBE_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
 ALLOWED_TARGET_RULES = frozenset(
     {
         ("apps", "deployments", "get"),
-        ("apps", "deployments", "list"),
-        ("apps", "deployments", "watch"),
         ("apps", "deployments", "patch"),
         ("apps", "deployments/scale", "patch"),
         ("apps", "replicasets", "list"),
@@ -75,6 +77,9 @@ ROUTER_RULES = {
     "istio": frozenset({("networking.istio.io", "virtualservices", "get"),
                         ("networking.istio.io", "virtualservices", "patch")}),
 }
+#: What opt-in by annotation (``config.discovery.enabled``) adds, in its namespaces only: listing and
+#: watching Deployments.
+DISCOVERY_RULES = frozenset({("apps", "deployments", "list"), ("apps", "deployments", "watch")})
 #: What ``rbac.argoRollouts: true`` adds to every target Role: reading a Rollout and aborting it.
 ARGO_ROLLOUTS_RULES = frozenset(
     {
@@ -90,6 +95,19 @@ ALLOWED_LEASE_RULES = frozenset(
     }
 )
 RBAC_KINDS = frozenset({"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"})
+#: What each GitOps mode may grant on the reconcilers' objects: suspend reads and patches them.
+GITOPS_RULES = {
+    mode: frozenset(
+        (group, resource, verb)
+        for group, resource in (
+            ("argoproj.io", "applications"),
+            ("kustomize.toolkit.fluxcd.io", "kustomizations"),
+            ("helm.toolkit.fluxcd.io", "helmreleases"),
+        )
+        for verb in verbs
+    )
+    for mode, verbs in (("suspend", ("get", "patch")), ("refuse", ("get",)))
+}
 
 
 # --- the engine ----------------------------------------------------------------------------------
@@ -173,6 +191,11 @@ def _value_sets() -> dict[str, dict[str, Any]]:
             "config": {"targets": [ROLLOUT_TARGET]},
         },
         "defaults": {},
+        "discovery": {
+            "rbac": {"namespaces": ["shop", "payments", "search"]},
+            "config": {"discovery": {"enabled": True, "namespaces": ["shop", "search"],
+                                     "max_slo_error_rate": 0.05}},
+        },
         "namespaced": {
             "image": {"repository": "registry.example.com/platform/rollbackd", "tag": "0.1.0-rc.1",
                       "pullPolicy": "Always"},
@@ -201,6 +224,10 @@ def _value_sets() -> dict[str, dict[str, Any]]:
                 ],
             },
             "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+            "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"},
+                               "runbookUrl": "https://docs.example.com/rollbackd/observability.md"},
+            "grafanaDashboard": {"enabled": True, "namespace": "monitoring",
+                                 "annotations": {"grafana_folder": "Platform"}},
             "networkPolicy": {
                 "enabled": True,
                 "ingressFrom": [
@@ -246,6 +273,12 @@ def _value_sets() -> dict[str, dict[str, Any]]:
             "persistence": {"enabled": True, "storageClass": "fast-ssd", "size": "5Gi"},
             "podDisruptionBudget": {"enabled": False},
             "podAntiAffinity": "none",
+        },
+        "gitops": {
+            "config": {"targets": example_targets()},  # catalog: gitops refuse
+            "rbac": {"namespaces": ["shop"], "routers": ALL_ROUTERS},
+            "gitops": {"argocd": {"namespaces": ["argocd", "shop"]},
+                       "flux": {"enabled": True, "namespaces": ["flux-system"]}},
         },
         # A secured metrics backend (Thanos Query behind TLS with a client certificate, a tenant
         # header, a bearer token from a Secret).
@@ -315,6 +348,12 @@ def one(objects: list[Obj], kind: str, name: str | None = None, namespace: str |
     return found[0]
 
 
+def config_map_of(objects: list[Obj]) -> Obj:
+    """The ConfigMap holding the configuration file (not the dashboard's)."""
+    [config_map] = [obj for obj in find(objects, "ConfigMap") if "rollbackd.yaml" in obj.get("data", {})]
+    return config_map
+
+
 def container_of(objects: list[Obj]) -> Obj:
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     [container] = pod["containers"]
@@ -365,9 +404,9 @@ def test_helm_lint_is_clean(helm: Any, value_set: str, kube_version: str) -> Non
 
 
 def _service_monitor_problems(monitor: Obj, objects: list[Obj]) -> list[str]:
-    """The ServiceMonitor is a CRD the Kubernetes schemas do not know: check its shape by hand
-    against the Prometheus Operator's monitoring.coreos.com/v1 API."""
-    problems: list[str] = []
+    """The ServiceMonitor is a CRD the Kubernetes schemas do not know: validate it against the
+    Prometheus Operator's CRD, and check by hand that it scrapes this release's Service."""
+    problems = crdschema.problems(crdschema.SERVICE_MONITOR_CRD, monitor)
     if monitor.get("apiVersion") != "monitoring.coreos.com/v1":
         problems.append(f"apiVersion {monitor.get('apiVersion')!r}")
     spec = monitor.get("spec", {})
@@ -386,7 +425,7 @@ def _service_monitor_problems(monitor: Obj, objects: list[Obj]) -> list[str]:
     if not endpoints:
         problems.append("no endpoints")
     for endpoint in endpoints:
-        if set(endpoint) - {"port", "path", "interval", "scrapeTimeout", "scheme"}:
+        if set(endpoint) - {"port", "path", "interval", "scrapeTimeout", "scheme", "honorLabels"}:
             problems.append(f"unexpected endpoint keys {sorted(endpoint)}")
         if endpoint.get("port") not in port_names:
             problems.append(f"endpoint port {endpoint.get('port')!r} is not a Service port {port_names}")
@@ -406,6 +445,11 @@ def test_every_rendered_object_is_valid_kubernetes(helm: Any, value_set: str, ku
     for obj in objects:
         if obj["kind"] == "ServiceMonitor":
             problems.extend(f"{object_id(obj)}: {p}" for p in _service_monitor_problems(obj, objects))
+            continue
+        if obj["kind"] == "PrometheusRule":
+            problems.extend(
+                f"{object_id(obj)}: {p}" for p in crdschema.problems(crdschema.PROMETHEUS_RULE_CRD, obj)
+            )
             continue
         try:
             kubernetes_validate.validate(obj, kube_version, strict=True)
@@ -522,7 +566,25 @@ def test_rbac_is_least_privilege(helm: Any, value_set: str) -> None:
     objects = render(helm, VALUE_SETS[value_set])
     roles = find(objects, "Role") + find(objects, "ClusterRole")
     lease_roles = [role for role in roles if role["metadata"]["name"].endswith("-leader-election")]
-    target_roles = [role for role in roles if role not in lease_roles]
+    discovery_roles = [role for role in roles if role["metadata"]["name"].endswith("-discovery")]
+    gitops_roles = [role for role in roles if role["metadata"]["name"].endswith("-gitops")]
+    target_roles = [
+        role for role in roles
+        if role not in lease_roles and role not in discovery_roles and role not in gitops_roles
+    ]
+    for role in gitops_roles:
+        assert set(_rules(role)) <= GITOPS_RULES["suspend"], object_id(role)
+    discovery = values["config"].get("discovery", {})
+    for role in discovery_roles:
+        assert set(_rules(role)) == DISCOVERY_RULES, object_id(role)
+    expected_discovery: set[str] = set()
+    if values["rbac"]["create"] and discovery.get("enabled"):
+        expected_discovery = (
+            {"ClusterRole"} if discovery.get("all_namespaces")
+            else {f"Role {namespace}/" for namespace in discovery["namespaces"]}
+        )
+    assert {"ClusterRole" if role["kind"] == "ClusterRole" else f"Role {role['metadata']['namespace']}/"
+            for role in discovery_roles} == expected_discovery
     for role in lease_roles:
         assert role["kind"] == "Role", object_id(role)
         assert role["metadata"]["namespace"] == NAMESPACE, object_id(role)
@@ -592,7 +654,12 @@ def _kube_calls() -> set[tuple[str, str, str]]:
 
 
 def test_rbac_allows_every_request_rollbackd_makes(helm: Any) -> None:
-    calls = _kube_calls()
+    every_call = _kube_calls()
+    # The GitOps reconcilers' objects have Roles of their own (test_rbac_for_gitops_*).
+    gitops_calls = {call for call in every_call if call in GITOPS_RULES["suspend"]}
+    gitops_roles_granted = set().union(*gitops_roles(render(helm, VALUE_SETS["gitops"])).values())
+    assert gitops_calls == gitops_roles_granted == GITOPS_RULES["suspend"]
+    calls = every_call - gitops_calls
     assert ("apps", "deployments", "patch") in calls, "the scan of KubeCall(...) found nothing"
     assert ("argoproj.io", "rollouts/status", "patch") in calls
     objects = render(helm, VALUE_SETS["namespaced"])
@@ -600,11 +667,14 @@ def test_rbac_allows_every_request_rollbackd_makes(helm: Any) -> None:
     granted_for_leases = set(_rules(one(objects, "Role", "rb-rollbackd-leader-election", NAMESPACE)))
     granted_for_rollouts = set(_rules(one(render(helm, VALUE_SETS["argo-rollouts"]), "Role", "rb-rollbackd",
                                           "shop")))
+    discovering = render(helm, VALUE_SETS["discovery"])
+    granted_for_discovery = set(_rules(one(discovering, "Role", "rb-rollbackd-discovery", "shop")))
     missing = {
         call for call in calls
         if call not in (
             granted_for_leases if call[1] == "leases"
             else granted_for_rollouts if call[0] == "argoproj.io"
+            else granted_for_discovery if call in DISCOVERY_RULES
             else granted_in_shop
         )
     }
@@ -612,10 +682,16 @@ def test_rbac_allows_every_request_rollbackd_makes(helm: Any) -> None:
     assert not {call for call in granted_in_shop if call[0] == "argoproj.io"}  # only when asked for
     cluster_wide = render(helm, VALUE_SETS["cluster-wide"])
     granted_everywhere = set(_rules(one(cluster_wide, "ClusterRole")))
-    assert {call for call in calls if call[1] != "leases" and call[0] != "argoproj.io"} <= granted_everywhere
+    assert {
+        call for call in calls
+        if call[1] != "leases" and call[0] != "argoproj.io" and call not in DISCOVERY_RULES
+    } <= granted_everywhere
+    assert calls >= DISCOVERY_RULES
     argo_everywhere = render(helm, {**VALUE_SETS["cluster-wide"], "rbac": {
         "clusterWide": True, "argoRollouts": True, "routers": ALL_ROUTERS}})
-    assert {call for call in calls if call[1] != "leases"} <= set(_rules(one(argo_everywhere, "ClusterRole")))
+    assert {call for call in calls if call[1] != "leases" and call not in DISCOVERY_RULES} <= set(
+        _rules(one(argo_everywhere, "ClusterRole"))
+    )
 
 
 def test_rbac_off_creates_no_rbac_objects(helm: Any) -> None:
@@ -631,7 +707,7 @@ def test_config_map_holds_a_valid_rollbackd_configuration(
     helm: Any, value_set: str, tmp_path: Path
 ) -> None:
     objects = render(helm, VALUE_SETS[value_set])
-    config_map = one(objects, "ConfigMap")
+    config_map = config_map_of(objects)
     assert set(config_map["data"]) == {"rollbackd.yaml"}
     path = tmp_path / "rollbackd.yaml"
     path.write_text(config_map["data"]["rollbackd.yaml"], encoding="utf-8")
@@ -651,7 +727,7 @@ def test_config_map_holds_a_valid_rollbackd_configuration(
 def test_example_targets_reach_the_daemon_unchanged(helm: Any, tmp_path: Path) -> None:
     objects = render(helm, VALUE_SETS["namespaced"])
     path = tmp_path / "rollbackd.yaml"
-    path.write_text(one(objects, "ConfigMap")["data"]["rollbackd.yaml"], encoding="utf-8")
+    path.write_text(config_map_of(objects)["data"]["rollbackd.yaml"], encoding="utf-8")
     from_chart = load_settings(path, environ={})
     from_example = load_settings(EXAMPLE_CONFIG, environ={})
     assert from_chart.targets == from_example.targets
@@ -706,7 +782,7 @@ def test_credentials_come_from_existing_secrets(helm: Any) -> None:
     assert env["ROLLBACKD_EVENTS__MQTT__PASSWORD_FILE"]["value"] == "/var/run/secrets/rollbackd/mqtt/pass"
     # The chart holds no secret of its own, and the ConfigMap names none of them.
     assert not find(objects, "Secret")
-    config_text = one(objects, "ConfigMap")["data"]["rollbackd.yaml"]
+    config_text = config_map_of(objects)["data"]["rollbackd.yaml"]
     for secret in ("rollbackd-db", "rollbackd-mqtt", "rollbackd-admin", "ops-hook", "chat-hook"):
         assert secret not in config_text
     notes = render_notes(helm, VALUE_SETS["namespaced"])
@@ -807,7 +883,7 @@ def test_the_daemon_accepts_the_pod_configuration(helm: Any, value_set: str, tmp
     objects = render(helm, VALUE_SETS[value_set])
     values = merged(default_values(), VALUE_SETS[value_set])
     path = tmp_path / "rollbackd.yaml"
-    path.write_text(one(objects, "ConfigMap")["data"]["rollbackd.yaml"], encoding="utf-8")
+    path.write_text(config_map_of(objects)["data"]["rollbackd.yaml"], encoding="utf-8")
     environ = _pod_environment(container_of(objects))
     settings = load_settings(path, environ=environ)
 
@@ -866,7 +942,7 @@ def test_a_webhook_keeps_a_secret_of_its_own(helm: Any, tmp_path: Path) -> None:
         "credentials": {"webhooks": [{"name": "ops", "existingSecret": "ops-hook", "key": "token"}]},
     }
     path = tmp_path / "rollbackd.yaml"
-    path.write_text(one(render(helm, values), "ConfigMap")["data"]["rollbackd.yaml"], encoding="utf-8")
+    path.write_text(config_map_of(render(helm, values))["data"]["rollbackd.yaml"], encoding="utf-8")
     [hook] = load_settings(path, environ={}).events.webhooks
     assert (hook.secret_env, hook.secret_file) == ("OPS_HOOK_SECRET", None)
 
@@ -914,7 +990,7 @@ def test_namespaced_release_with_everything_on(helm: Any) -> None:
     monitor = one(objects, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["endpoints"] == [
-        {"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+        {"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s", "honorLabels": True}
     ]
 
     policy = one(objects, "NetworkPolicy")["spec"]
@@ -947,6 +1023,28 @@ def test_cluster_wide_release(helm: Any) -> None:
     assert not find(objects, "Role", "rb-rollbackd")
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     assert set(pod["affinity"]) == {"nodeAffinity"}, "an explicit affinity replaces the preset"
+
+
+def test_opt_in_by_annotation_adds_only_list_and_watch_on_deployments_where_allowed(helm: Any) -> None:
+    without = render(helm, {"rbac": {"namespaces": ["shop", "payments", "search"]}})
+    objects = render(helm, VALUE_SETS["discovery"])
+
+    added = [obj for obj in objects if obj not in without and obj["kind"] in RBAC_KINDS]
+    assert sorted(object_id(obj) for obj in added) == sorted(
+        f"{kind} {namespace}/rb-rollbackd-discovery"
+        for kind in ("Role", "RoleBinding") for namespace in ("search", "shop")
+    )
+    for namespace in ("shop", "search"):
+        assert set(_rules(one(objects, "Role", "rb-rollbackd-discovery", namespace))) == DISCOVERY_RULES
+    assert not find(objects, "Role", "rb-rollbackd-discovery", "payments")
+    assert not {call for role in find(without, "Role") for call in _rules(role)} & DISCOVERY_RULES
+
+    everywhere = render(helm, {"rbac": {"clusterWide": True},
+                               "config": {"discovery": {"enabled": True, "all_namespaces": True}}})
+    role = one(everywhere, "ClusterRole", f"rb-rollbackd-{NAMESPACE}-discovery")
+    assert set(_rules(role)) == DISCOVERY_RULES
+    binding = one(everywhere, "ClusterRoleBinding", f"rb-rollbackd-{NAMESPACE}-discovery")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
 
 
 def test_single_replica_on_a_persistent_volume(helm: Any) -> None:
@@ -1012,10 +1110,18 @@ def test_notes_tell_what_is_missing(helm: Any) -> None:
         ({"config": {"prometheus": {"url": "https://prometheus:9090"}},
           "credentials": {"prometheus": {"tls": {"existingSecret": "metrics-tls", "certKey": "tls.crt"}}}},
          "give certKey and keyKey together"),
+        ({"rbac": {"namespaces": ["shop"]},
+          "config": {"discovery": {"enabled": True, "namespaces": ["shop", "payments"]}}},
+         'config.discovery.namespaces: "payments" is not in rbac.namespaces: rollbackd could not roll back '
+         "the releases that opt in there"),
+        ({"rbac": {"namespaces": ["shop"]},
+          "config": {"discovery": {"enabled": True, "all_namespaces": True, "namespaces": ["shop"]}}},
+         "config.discovery.all_namespaces watches every namespace, but rbac.clusterWide is false"),
     ],
     ids=["replicas-without-lease", "renew-too-slow", "shared-sqlite", "data-dir", "unpermitted-target",
          "router-not-granted", "rollout-without-rbac", "no-account-name", "secret-for-no-webhook",
-         "two-authorizations", "tls-over-http", "cert-without-key"],
+         "two-authorizations", "tls-over-http", "cert-without-key", "discovery-not-granted",
+         "discovery-everywhere-without-cluster-rbac"],
 )
 def test_unsafe_combinations_are_refused(helm: Any, values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmRenderError, match=re.escape(message)):
@@ -1053,6 +1159,9 @@ BAD_VALUES = [
     pytest.param({"podAntiAffinity": "sometimes"}, "podAntiAffinity", id="anti-affinity-preset"),
     pytest.param({"serviceMonitor": {"interval": "often"}}, "serviceMonitor.interval", id="interval"),
     pytest.param({"tmpSizeLimit": "lots"}, "tmpSizeLimit", id="quantity"),
+    pytest.param({"gitops": {"mode": "pause"}}, "gitops.mode", id="gitops-mode"),
+    pytest.param({"gitops": {"flux": {"namespaces": ["Flux_System"]}}}, "gitops.flux.namespaces.0",
+                 id="gitops-namespace"),
 ]
 
 
@@ -1098,3 +1207,51 @@ def test_every_value_is_in_the_schema_and_the_readme() -> None:
     assert documented - paths == set(), "README documents values that do not exist"
     properties = set(values_schema()["properties"]) - {"global"}
     assert properties == set(default_values()), "values.schema.json and values.yaml differ in top-level keys"
+
+
+# --- GitOps -----------------------------------------------------------------------------------------
+
+
+def gitops_roles(objects: list[Obj]) -> dict[str, set[tuple[str, str, str]]]:
+    """namespace -> what the GitOps Role there grants."""
+    return {role["metadata"]["namespace"]: set(_rules(role))
+            for role in find(objects, "Role") if role["metadata"]["name"].endswith("-gitops")}
+
+
+GITOPS_VALUES = {"gitops": {"argocd": {"namespaces": ["argocd"]},
+                            "flux": {"enabled": True, "namespaces": ["flux-system", "shop"]}},
+                 "rbac": {"namespaces": ["shop"]}}
+
+
+def test_rbac_for_gitops_grows_by_the_mode_in_the_namespaces_named(helm: Any) -> None:
+    flux = {(r.group, r.plural, verb) for r in (KUSTOMIZATION, HELMRELEASE) for verb in ("get", "patch")}
+    argocd = {(APPLICATION.group, APPLICATION.plural, verb) for verb in ("get", "patch")}
+    objects = render(helm, GITOPS_VALUES)
+    assert gitops_roles(objects) == {"argocd": argocd, "flux-system": flux, "shop": flux}
+    for role in (r for r in find(objects, "Role") if r["metadata"]["name"].endswith("-gitops")):
+        binding = one(objects, "RoleBinding", role["metadata"]["name"], role["metadata"]["namespace"])
+        assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+    refuse = render(helm, merged(GITOPS_VALUES, {"gitops": {"mode": "refuse"}}))
+    assert {ns: {verb for _, _, verb in rules} for ns, rules in gitops_roles(refuse).items()} == {
+        "argocd": {"get"}, "flux-system": {"get"}, "shop": {"get"},
+    }
+    assert gitops_roles(render(helm, merged(GITOPS_VALUES, {"gitops": {"mode": "ignore"}}))) == {}
+    assert gitops_roles(render(helm, {"gitops": {"flux": {"enabled": False}}})) == {}
+    assert gitops_roles(render(helm, merged(GITOPS_VALUES, {"rbac": {"create": False}}))) == {}
+
+
+def test_rbac_for_gitops_follows_a_target_that_asks_for_more(helm: Any) -> None:
+    targets = [{**example_targets()[0], "gitops": "suspend"}]
+    values = merged(GITOPS_VALUES, {"gitops": {"mode": "refuse"}, "config": {"targets": targets}})
+    objects = render(helm, values)
+    assert {verb for rules in gitops_roles(objects).values() for _, _, verb in rules} == {"get", "patch"}
+
+
+def test_the_gitops_mode_reaches_the_daemon_and_is_set_in_one_place(helm: Any) -> None:
+    objects = render(helm, merged(GITOPS_VALUES, {"gitops": {"mode": "refuse"}}))
+    config = yaml.safe_load(one(objects, "ConfigMap")["data"]["rollbackd.yaml"])
+    assert config["gitops"]["mode"] == "refuse"
+    mismatch = 'config.gitops.mode is "ignore" but gitops.mode'
+    with pytest.raises(helm.HelmRenderError, match=re.escape(mismatch)):
+        render(helm, {"config": {"gitops": {"mode": "ignore"}}})

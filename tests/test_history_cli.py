@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
@@ -115,7 +116,9 @@ def test_history_filters_by_target_since_and_limit(config: Path, capsys: pytest.
         "canary weight 20 -> 0",
         "rollback verified\nall criteria held for 300s",
     ]
-    assert summaries("--since", "30m") == [
+    # Relative to the command's now: 30 minutes before NOW, however long the suite ran since.
+    minutes = 30 + math.ceil((datetime.now(UTC) - NOW).total_seconds() / 60)
+    assert summaries("--since", f"{minutes}m") == [
         "canary weight 20 -> 0",
         "fix-forward hold, ETA 180s",
         "rollback verified\nall criteria held for 300s",

@@ -11,11 +11,19 @@ from rollbackd.actions.base import ActionOutcome
 from rollbackd.actions.bluegreen import BlueGreenSwitchBack
 from rollbackd.actions.canary_abort import CanaryAbort
 from rollbackd.actions.deployment_undo import DeploymentUndo
+from rollbackd.actions.gitops import GitOpsGuard
 from rollbackd.actions.steps import ActionSettings
 from rollbackd.actions.targets import KubeTargets
 from rollbackd.backoff import Backoff
 from rollbackd.config.resolve import target_params
-from rollbackd.config.settings import KubernetesSettings, Settings, Side, TargetSettings
+from rollbackd.config.settings import (
+    ArgoCdSettings,
+    GitOpsSettings,
+    KubernetesSettings,
+    Settings,
+    Side,
+    TargetSettings,
+)
 from rollbackd.decision.annotations import ETA_ANNOTATION, RISK_ANNOTATION
 from rollbackd.decision.facts import is_newer, revision_of
 from rollbackd.kube import KubeClient, KubeTemporary, objects
@@ -44,8 +52,9 @@ SETTINGS = Settings(targets=(
     TargetSettings(name="storefront", namespace=NS, strategy=Strategy.BLUE_GREEN,
                    baseline=Side(deployment="web-blue"), candidate=Side(deployment="web-green"),
                    service="web"),
-    TargetSettings(name="api", namespace=NS, strategy=Strategy.DEPLOYMENT, candidate=Side(deployment="api")),
-))
+    TargetSettings(name="api", namespace=NS, strategy=Strategy.DEPLOYMENT, candidate=Side(deployment="api"),
+                   gitops="refuse"),
+), gitops=GitOpsSettings(argocd=ArgoCdSettings(namespace="gitops")))
 
 
 def params(name: str) -> TargetParams:
@@ -309,9 +318,13 @@ async def test_a_stalled_rollout_is_not_serving_even_with_the_old_pods_available
 async def test_actions_fit_each_strategy(kube: KubeClient) -> None:
     cluster: TargetAccess = cluster_on(kube)
 
-    canary = cluster.action(params("checkout"))
-    blue_green = cluster.action(params("storefront"))
-    undo = cluster.action(params("api"))
+    guarded = [cluster.action(params(name)) for name in ("checkout", "storefront", "api")]
+    assert all(isinstance(action, GitOpsGuard) for action in guarded)
+    # Every action is guarded against GitOps reconcilers: by the target's mode, else gitops.mode.
+    assert [(g.mode, g.tracking.argocd_namespace) for g in guarded if isinstance(g, GitOpsGuard)] == [
+        ("suspend", "gitops"), ("suspend", "gitops"), ("refuse", "gitops"),
+    ]
+    canary, blue_green, undo = (g.action if isinstance(g, GitOpsGuard) else g for g in guarded)
 
     assert isinstance(canary, CanaryAbort)
     assert (canary.router.source, canary.canary, canary.stable) == (

@@ -21,6 +21,7 @@ from rollbackd.kube import KubeClient, KubeNotFound
 from tests import crdschemas
 from tests.kubefixtures import (
     DEPLOYMENTS,
+    GATEWAYS,
     GRPCROUTES,
     HTTPROUTES,
     SERVICES,
@@ -28,6 +29,7 @@ from tests.kubefixtures import (
     Controllers,
     Obj,
     seed_deployment,
+    seed_gateway,
     seed_route,
     seed_service,
     wait_until,
@@ -536,6 +538,37 @@ async def test_the_emulated_gateway_reports_missing_backends(
     )
     assert kube_cluster.read(SERVICES, NS, "web-stable") is not None
     crdschemas.validate(route(kube_cluster))
+
+
+async def test_the_emulated_gateway_reports_on_its_gateway_and_the_routes_attached(
+    kube_cluster: ClusterEmulator, kube_controllers: Controllers
+) -> None:
+    seed_gateway(kube_cluster, NS, "shop-gateway", listeners=(("http", 80), ("admin", 8080)))
+    seed_service(kube_cluster, NS, "web-stable", selector={"app": "web"})
+    seed_route(kube_cluster, NS, "web", rules=[{"web-stable": 1}], gateway="shop-gateway")
+    seed_route(kube_cluster, NS, "other", rules=[{"web-stable": 1}], gateway="shop-gateway")
+    seed_route(kube_cluster, NS, "elsewhere", rules=[{"web-stable": 1}], gateway="another-gateway")
+    kube_controllers.refused_routes[(NS, "other")] = "hostname not allowed by the listeners"
+
+    def gateway() -> Obj:
+        found = kube_cluster.read(GATEWAYS, NS, "shop-gateway")
+        assert found is not None
+        return found
+
+    def attached() -> dict[str, int]:
+        return {listener["name"]: listener["attachedRoutes"]
+                for listener in (gateway().get("status") or {}).get("listeners") or []}
+
+    await wait_until(lambda: attached() == {"http": 1, "admin": 1}, what="the Gateway's status")
+    conditions = {c["type"]: (c["status"], c["observedGeneration"])
+                  for c in gateway()["status"]["conditions"]}
+    assert conditions == {"Accepted": ("True", 1), "Programmed": ("True", 1)}
+    crdschemas.validate(gateway())
+
+    # The Gateway accepts the other route once it is no longer refused.
+    del kube_controllers.refused_routes[(NS, "other")]
+    await wait_until(lambda: attached() == {"http": 2, "admin": 2}, what="the second route attached")
+    crdschemas.validate(gateway())
 
 
 async def test_the_status_page_shows_the_split_the_router_read(

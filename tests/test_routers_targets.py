@@ -16,6 +16,7 @@ import yaml
 
 from rollbackd.actions.base import ActionOutcome
 from rollbackd.actions.canary_abort import CanaryAbort
+from rollbackd.actions.gitops import GitOpsGuard
 from rollbackd.actions.routers.gateway_api import GatewayApiRouter
 from rollbackd.actions.routers.ingress_nginx import IngressNginxRouter
 from rollbackd.actions.routers.istio import Destination, IstioRouter
@@ -182,8 +183,9 @@ async def test_each_target_gets_the_router_its_configuration_names(kube: KubeCli
     action = cluster.action(
         target_params(cluster_settings := settings(tmp_path), cluster_settings.targets[0])
     )
-    assert isinstance(action, CanaryAbort)
-    assert action.router.source == "HTTPRoute shop/checkout"
+    assert isinstance(action, GitOpsGuard)  # every action is guarded against GitOps reconcilers
+    assert isinstance(action.action, CanaryAbort)
+    assert action.action.router.source == "HTTPRoute shop/checkout"
 
 
 async def test_the_split_of_each_router_is_read_from_the_cluster(

@@ -15,9 +15,12 @@ from bench.closed_loop import (
     Run,
     build_report,
     canary_weight,
+    in_report_order,
+    kept_runs,
     markdown,
     parse_args,
     plan_runs,
+    vars_of,
 )
 
 
@@ -46,19 +49,25 @@ def test_the_plan_runs_the_demo_set_up_then_each_rate_in_turn() -> None:
         ("canary", 2, 20.0, DEMO_WINDOW_S),
         ("bluegreen", 1, 20.0, DEMO_WINDOW_S),
         ("deployment", 1, 20.0, DEMO_WINDOW_S),
+        ("gateway", 1, 20.0, DEMO_WINDOW_S),
+        ("gateway", 2, 20.0, DEMO_WINDOW_S),
         ("canary", 1, 1.0, DEFAULT_WINDOW_S),
         ("canary", 1, 20.0, DEFAULT_WINDOW_S),
         ("canary", 2, 1.0, DEFAULT_WINDOW_S),
         ("canary", 2, 20.0, DEFAULT_WINDOW_S),
     ]
     assert {p[0] for p in plan_runs(parse_args(["--no-demo"]))} == {"canary"}
+    assert plan_runs(parse_args(["--only", "gateway"])) == [
+        ("gateway", n, 20.0, DEMO_WINDOW_S) for n in (1, 2, 3)
+    ]
     assert {p[3] for p in plan_runs(parse_args(["--no-rates"]))} == {DEMO_WINDOW_S}
 
 
-def run(rps: float, window_s: float, n: int, decision_s: float | None, *, error: str | None = None) -> Run:
+def run(rps: float, window_s: float, n: int, decision_s: float | None, *, error: str | None = None,
+        scenario: str = "canary") -> Run:
     if error is not None:
-        return Run("canary", n, bad_rps=rps, window_s=window_s, error=error, work_dir="/somewhere")
-    return Run("canary", n, bad_rps=rps, window_s=window_s, fault_to_decision_s=decision_s,
+        return Run(scenario, n, bad_rps=rps, window_s=window_s, error=error, work_dir="/somewhere")
+    return Run(scenario, n, bad_rps=rps, window_s=window_s, fault_to_decision_s=decision_s,
                decision_to_acted_s=0.1, fault_to_no_traffic_s=(decision_s or 0) + 1.0,
                decision_to_verified_s=6.0, wall_s=30.0)
 
@@ -89,7 +98,7 @@ def test_the_report_gives_medians_per_canary_rate_and_judges_the_target_on_the_d
     text = markdown(report, runs)
     assert "Load: 100 requests/s in all" in text
     assert "## The demo's set-up: 20 canary requests/s, 5 s detection window" in text
-    assert "| 20 requests/s (20%) | 3 | **2.90 s** (2.80 to 3.90 s) |" in text
+    assert "| 20 requests/s (20%), ingress-nginx | 3 | **2.90 s** (2.80 to 3.90 s) |" in text
     assert "## Decision time by canary traffic, the daemon's default 600 s detection window" in text
     assert "| 1 (1%) | 2 (1 failed) | **11.00 s** (10.00 to 12.00 s) |" in text
     assert "| 4 (4%) | 3 | **6.00 s** (5.00 to 7.00 s) |" in text
@@ -105,3 +114,46 @@ def test_a_slow_demo_set_up_misses_the_target_and_rates_alone_judge_nothing() ->
     assert rates_only["target_met"] is None
     assert rates_only["demo_canary"] is None
     assert "Target:" not in markdown(rates_only, [])
+
+
+def test_the_gateway_runs_get_a_row_of_their_own_and_the_target_is_judged_on_both_routers() -> None:
+    canary = [run(20, DEMO_WINDOW_S, n, 2.9) for n in (1, 2, 3)]
+    gateway = [run(20, DEMO_WINDOW_S, n, d, scenario="gateway") for n, d in ((1, 2.0), (2, 3.0), (3, 2.5))]
+    report = build_report([*canary, *gateway], canary_rates=(), demo=True, source="s", prometheus=None)
+    assert report["demo_gateway"]["router"] == "Gateway API HTTPRoute"
+    assert report["demo_gateway"]["fault_to_no_traffic_s"] == pytest.approx(3.5)
+    assert report["target_met"] is True
+    text = markdown(report, [*canary, *gateway])
+    assert ("| 20 requests/s (20%), Gateway API HTTPRoute | 3 | **2.50 s** (2.00 to 3.00 s) | 0.10 s "
+            "| 3.50 s (3.00 to 4.00 s) | 6.00 s |") in text
+    assert "Gateway API HTTPRoute 3.50 s **met**" in text
+    assert "| gateway | 20 | 5 s | 2 | 3.00 s |" in text
+
+    slow_gateway = [run(20, DEMO_WINDOW_S, n, 4.5, scenario="gateway") for n in (1, 2, 3)]
+    missed = build_report([*canary, *slow_gateway], canary_rates=(), demo=True, source="s", prometheus=None)
+    assert missed["target_met"] is False
+    assert "Gateway API HTTPRoute 5.50 s **MISSED**" in markdown(missed, [*canary, *slow_gateway])
+
+
+def test_only_the_gateway_runs_replace_theirs_and_the_other_runs_are_kept_and_said_to_be() -> None:
+    earlier = [run(20, DEMO_WINDOW_S, 1, 2.9), run(20, DEMO_WINDOW_S, 1, 9.0, scenario="gateway"),
+               run(4, DEFAULT_WINDOW_S, 1, 6.0)]
+    previous = build_report(earlier, canary_rates=(4.0,), demo=True, source="s", prometheus=None)
+    previous = json.loads(json.dumps(previous))  # as read back from closed_loop.json
+
+    kept, rates, run_at = kept_runs(previous, replaced=("gateway",))
+    assert [(r.scenario, r.window_s) for r in kept] == [
+        ("canary", DEMO_WINDOW_S), ("canary", DEFAULT_WINDOW_S)]
+    assert [vars_of(r) for r in kept] == [vars_of(earlier[0]), vars_of(earlier[2])]
+    assert rates == [4.0]
+    assert run_at == previous["run_at"]
+
+    new = [run(20, DEMO_WINDOW_S, 1, 2.0, scenario="gateway")]
+    runs = in_report_order([*kept, *new])
+    assert [r.scenario for r in runs] == ["canary", "gateway", "canary"]
+    report = build_report(runs, canary_rates=rates, demo=True, source="s", prometheus=None,
+                          only=("gateway",), kept_from=run_at)
+    assert report["demo_gateway"]["fault_to_no_traffic_s"] == pytest.approx(3.0)
+    assert report["demo_canary"]["fault_to_no_traffic_s"] == pytest.approx(3.9)
+    assert [m["canary_rps"] for m in report["canary_by_rps"]] == [4.0]
+    assert f"the other runs kept from the report of {run_at}" in report["setup"]

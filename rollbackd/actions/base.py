@@ -52,6 +52,21 @@ def merge_changes(*lists: Iterable[Change]) -> tuple[Change, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class GitOpsHold:
+    """A GitOps reconciler of the objects a rollback changes (see :mod:`rollbackd.actions.gitops`):
+    its object, the action's objects it reconciles from Git, and what became of it."""
+
+    reconciler: str  # "argocd" | "flux"
+    object: str  # kind/namespace/name, e.g. "Application/argocd/shop"
+    api_version: str  # e.g. "argoproj.io/v1alpha1"
+    reconciles: tuple[str, ...]  # the action's objects it reconciles, e.g. ("Deployment/shop/web",)
+    field: str  # the field that turns its reconciliation off, e.g. "spec.syncPolicy.automated"
+    previous: Any  # that field's value before the rollback (None: absent)
+    suspended: bool  # its reconciliation is off now (rollbackd turned it off, or it was off already)
+    resume: str  # the command that resumes it as it was, once Git declares the good version
+
+
+@dataclass(frozen=True, slots=True)
 class ActionResult:
     """What an action did (or would do, in dry-run), with timings."""
 
@@ -68,6 +83,9 @@ class ActionResult:
     from_revision: int | None = None
     to_revision: int | None = None
     details: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: The GitOps reconcilers of the changed objects: suspended before the first change, or the
+    #: reason the action refused (gitops: refuse).
+    gitops: tuple[GitOpsHold, ...] = ()
 
     @property
     def ok(self) -> bool:

@@ -15,7 +15,8 @@ for every configured target (found by its key, ``namespace/name``):
   annotations, the candidate's revision, whether there is a healthy version to go back to. A
   fix-forward ETA given as a duration (``15m``) counts from when this object first saw it;
 - :meth:`KubeTargets.action` builds the target's action: canary abort, blue-green switch-back,
-  Deployment undo or Rollout abort (:data:`ACTIONS` names them per strategy);
+  Deployment undo or Rollout abort (:data:`ACTIONS` names them per strategy), guarded against
+  GitOps reconcilers (:mod:`rollbackd.actions.gitops`);
 - :meth:`KubeTargets.router` is a canary target's traffic router (ingress-nginx, Gateway API,
   Istio), :meth:`KubeTargets.split` its current split (the canary's share of the requests);
   :meth:`KubeTargets.check_routers`, at start-up, tells which targets' routers need a custom
@@ -44,11 +45,13 @@ from rollbackd.actions.base import RollbackAction
 from rollbackd.actions.bluegreen import BlueGreenSwitchBack
 from rollbackd.actions.canary_abort import CanaryAbort
 from rollbackd.actions.deployment_undo import DeploymentUndo
+from rollbackd.actions.gitops import GitOpsGuard
+from rollbackd.actions.reconcilers import Tracking
 from rollbackd.actions.rollout_abort import RolloutAbort, stable_serving
 from rollbackd.actions.routers.base import Router, Split
 from rollbackd.actions.routers.select import INSTALL_HINTS, required_resource, router_for
 from rollbackd.actions.steps import ActionSettings
-from rollbackd.config.settings import KubernetesSettings, Settings, Side, TargetSettings
+from rollbackd.config.settings import GitOpsSettings, KubernetesSettings, Settings, Side, TargetSettings
 from rollbackd.decision.annotations import ETA_ANNOTATION
 from rollbackd.decision.facts import ClusterFacts, cluster_facts
 from rollbackd.kube import objects, rollouts
@@ -109,6 +112,7 @@ class KubeTargets:
             action_settings = ActionSettings.from_kubernetes(self.kubernetes)
         self.action_settings = action_settings
         self._targets: dict[str, TargetSettings] = {target.key: target for target in settings.targets}
+        self._gitops: GitOpsSettings = settings.gitops
         self._max_age_s = self.kubernetes.facts_max_age_s
         self._wall_clock = wall_clock
         #: target key -> (the fix-forward ETA annotation's value, loop time it was first seen).
@@ -122,6 +126,7 @@ class KubeTargets:
     def reconfigure(self, settings: Settings) -> None:
         """Take over reloaded targets (added, removed, or pointing at other objects)."""
         self._targets = {target.key: target for target in settings.targets}
+        self._gitops = settings.gitops
         self._max_age_s = settings.kubernetes.facts_max_age_s
         self._facts.clear()  # a target may point at other objects now
         for gone in self._eta_seen.keys() - self._targets.keys():
@@ -269,12 +274,29 @@ class KubeTargets:
     def action(
         self, params: TargetParams, *, bad_revision: int | None = None, to_revision: int | None = None
     ) -> RollbackAction:
-        """The rollback action for the target's strategy.
+        """The rollback action for the target's strategy, guarded against the GitOps reconcilers of
+        the objects it changes by the target's ``gitops`` mode (default: ``gitops.mode``; see
+        :mod:`rollbackd.actions.gitops`).
 
         For a Deployment undo, ``bad_revision`` is the revision judged bad (default: the one the
         latest :meth:`facts` read) and ``to_revision`` an explicit revision to go back to.
         """
         target = self.target(params.key)
+        return GitOpsGuard(
+            self._strategy_action(target, params, bad_revision=bad_revision, to_revision=to_revision),
+            kube=self.kube, target=params.key, mode=target.gitops or self._gitops.mode,
+            tracking=Tracking.of(self._gitops.argocd), settings=self.action_settings,
+        )
+
+    def _strategy_action(
+        self,
+        target: TargetSettings,
+        params: TargetParams,
+        *,
+        bad_revision: int | None,
+        to_revision: int | None,
+    ) -> RollbackAction:
+        """The action that rolls ``target`` back, by its strategy."""
         namespace = target.namespace
         if target.strategy is Strategy.ARGO_ROLLOUT:
             assert target.rollout is not None  # the settings check it

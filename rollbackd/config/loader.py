@@ -46,6 +46,7 @@ __all__ = [
     "ENV_PREFIX",
     "ConfigError",
     "Problem",
+    "error_message",
     "load_settings",
     "resolve_config_path",
 ]
@@ -473,6 +474,13 @@ class _ErrorDescriber:
             loc = (*loc, discriminator)
         line, _ = _node_line(self.root, loc)
         return Problem(self.origin, message, path=path, line=line)
+
+
+def error_message(error: ErrorDetails, loc: Loc) -> str:
+    """What a validation ``error`` at ``loc`` (a key path in the file's terms, e.g.
+    ``("targets", 0, "slo", "max_error_rate")``) means, worded as ``rollbackd check-config`` words
+    it: ``expected a number greater than 0 and at most 1, got 'abc'``."""
+    return _message(error, loc)
 
 
 def _message(error: ErrorDetails, loc: Loc) -> str:

@@ -977,6 +977,124 @@ class ApiSettings(_Frozen):
         return self
 
 
+class DiscoverySettings(_Frozen):
+    """Opt-in by annotation: teams add a release from its own manifests (annotations on the
+    candidate Deployment, see docs/discovery.md) instead of a ``targets`` entry in this file.
+    rollbackd watches the Deployments of the allowed namespaces; the file's own targets win over
+    annotations for the same release."""
+
+    enabled: bool = Field(False, description="Watch Deployments for rollbackd.io/ annotations.")
+    namespaces: tuple[Annotated[str, Field(pattern=K8S_NAME_PATTERN)], ...] = Field(
+        (),
+        description="Namespaces whose Deployments may opt in (each watched on its own: the chart grants "
+        "list and watch on Deployments there). Required unless all_namespaces is true.",
+    )
+    all_namespaces: bool = Field(
+        False,
+        description="Watch Deployments in every namespace (needs a ClusterRole); with namespaces listed, "
+        "only those may opt in and an annotated Deployment elsewhere is refused (an Event and a status "
+        "page line say so).",
+    )
+    max_slo_error_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Loosest error-rate SLO an annotation may ask for (rollbackd.io/slo-error-rate); a "
+        "looser one is refused (the Deployment is not watched until it is fixed). Default: no cap.",
+    )
+    max_slo_p95_ms: float | None = Field(
+        None,
+        gt=0,
+        le=HOUR * 1000,
+        description="Loosest P95 ceiling, in milliseconds, an annotation may ask for "
+        "(rollbackd.io/slo-p95-ms); a looser one is refused. Default: no cap.",
+    )
+    backoff_initial_s: float = Field(
+        0.5,
+        ge=MIN_BACKOFF_S,
+        le=MAX_BACKOFF_S,
+        description="Pause before watching again after the watch broke; doubles with each failure, "
+        "with jitter.",
+    )
+    backoff_max_s: float = Field(
+        30.0, ge=MIN_BACKOFF_S, le=MAX_BACKOFF_S, description="Longest pause before watching again."
+    )
+    watch_timeout_s: float = Field(
+        300.0,
+        ge=1,
+        le=HOUR,
+        description="How long one watch request lasts before the API server ends it and rollbackd lists "
+        "and watches again (a silent connection is given up after this plus request_timeout_s).",
+    )
+
+    @model_validator(mode="after")
+    def _where(self) -> DiscoverySettings:
+        problems: list[InitErrorDetails] = []
+        if self.enabled and not self.namespaces and not self.all_namespaces:
+            problems.append(_problem(
+                "discovery_namespaces",
+                "list the namespaces whose Deployments may opt in (namespaces: [shop, payments]), or set "
+                "all_namespaces: true to watch every namespace",
+                ("namespaces",),
+                [],
+            ))
+        if self.backoff_max_s < self.backoff_initial_s:
+            problems.append(_problem(
+                "backoff_order",
+                "must be at least backoff_initial_s ({initial})",
+                ("backoff_max_s",),
+                self.backoff_max_s,
+                initial=self.backoff_initial_s,
+            ))
+        _raise("DiscoverySettings", problems)
+        return self
+
+
+#: What rollbackd does about a target whose objects a GitOps tool reconciles from Git.
+GitOpsMode = Literal["suspend", "refuse", "ignore"]
+
+#: A label key (optionally prefixed by a DNS subdomain), e.g. ``app.kubernetes.io/instance``.
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+
+
+class ArgoCdSettings(_Frozen):
+    """How Argo CD marks what it reconciles: the same values as its argocd-cm ConfigMap."""
+
+    namespace: str = Field(
+        "argocd",
+        pattern=K8S_NAME_PATTERN,
+        description="The namespace of Argo CD's control plane, where its Applications live unless a "
+        "tracking id names another (<namespace>_<application>, with applications in any namespace).",
+    )
+    tracking_method: Literal["annotation", "annotation+label", "label"] = Field(
+        "annotation",
+        description="argocd-cm application.resourceTrackingMethod: annotation and annotation+label track by "
+        "the argocd.argoproj.io/tracking-id annotation, label by the instance label.",
+    )
+    instance_label: str = Field(
+        "app.kubernetes.io/instance",
+        pattern=LABEL_KEY_PATTERN,
+        description="argocd-cm application.instanceLabelKey: the label naming the Application when "
+        "tracking_method is label.",
+    )
+
+
+class GitOpsSettings(_Frozen):
+    """Rollbacks that stay rolled back: before acting, rollbackd looks whether the objects it will
+    change are reconciled from Git (Argo CD, Flux), which would put the bad version back."""
+
+    mode: GitOpsMode = Field(
+        "suspend",
+        description="suspend: turn off the reconciler's automated sync (Argo CD) or suspend it (Flux) before "
+        "the rollback's first change; refuse: do not roll back, escalate; ignore: act regardless. A target's "
+        "own gitops key overrides it.",
+    )
+    argocd: ArgoCdSettings = Field(ArgoCdSettings(), description=ArgoCdSettings.__doc__)
+
+
 class Defaults(_Frozen):
     """Values every target starts from; targets override slo, detection, policy and queries."""
 
@@ -1195,6 +1313,11 @@ class TargetSettings(_Frozen):
     queries: QueryOverride = Field(
         QueryOverride(),
         description="Overrides of defaults.queries for this target.",
+    )
+    gitops: GitOpsMode | None = Field(
+        None,
+        description="What to do when the objects of this target are reconciled from Git: suspend, refuse or "
+        "ignore (default: gitops.mode).",
     )
 
     @model_validator(mode="after")
@@ -1418,7 +1541,9 @@ class Settings(_Frozen):
         LeaderElectionSettings(), description=LeaderElectionSettings.__doc__
     )
     api: ApiSettings = Field(ApiSettings(), description=ApiSettings.__doc__)
+    gitops: GitOpsSettings = Field(GitOpsSettings(), description=GitOpsSettings.__doc__)
     defaults: Defaults = Field(Defaults(), description=Defaults.__doc__)
+    discovery: DiscoverySettings = Field(DiscoverySettings(), description=DiscoverySettings.__doc__)
     targets: tuple[TargetSettings, ...] = Field((), description="The releases to watch.")
 
     @model_validator(mode="after")
@@ -1467,3 +1592,12 @@ def _window_problems(
                 most=str(MAX_WINDOW_INTERVALS),
             ))
     return problems
+
+
+def check_target(settings: Settings, target: TargetSettings) -> None:
+    """Raise the :class:`ValidationError` ``target`` would cause as ``targets[0]`` of ``settings``
+    (group labels without values, windows too long for the interval); nothing when it fits. For
+    targets that do not come from the file (opt-in by annotation)."""
+    problems = _label_problems(0, target, resolve_queries(settings.defaults.queries, target.queries))
+    problems.extend(_window_problems(("targets", 0, "detection"), target.detection, settings.interval_s))
+    _raise("Settings", problems)

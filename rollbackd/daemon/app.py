@@ -36,6 +36,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -45,6 +46,7 @@ from rollbackd.aiotasks import stop_tasks
 from rollbackd.config.loader import ConfigError
 from rollbackd.config.settings import Settings
 from rollbackd.daemon.auth import ApiAuth
+from rollbackd.daemon.discovery import DiscoveryReport
 from rollbackd.daemon.http import HttpContext, HttpServer, make_app
 from rollbackd.daemon.journal import RUN_OVER, Journal
 from rollbackd.daemon.leader import Leadership
@@ -54,11 +56,14 @@ from rollbackd.daemon.reload import SettingsChange, plan_reload
 from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.daemon.sourcestatus import SourceBoard
 from rollbackd.daemon.state import DaemonState, TargetState
+from rollbackd.daemon.target_state import current_state
+from rollbackd.daemon.targetmetrics import TargetSample
 from rollbackd.daemon.tick import IdleCollector, collect_tick, metrics_failure, run_every
 from rollbackd.daemon.wallclock import WallClock
 from rollbackd.decision.facts import ClusterFacts
 from rollbackd.gcpause import collector_paused
 from rollbackd.model import Context, Decision, Evidence, Observation
+from rollbackd.optin import ObjectRef, OptIn, with_opt_ins
 from rollbackd.params import TargetParams
 from rollbackd.run import RollbackRun, TargetAccess
 from rollbackd.runrecord import RunRecord
@@ -139,7 +144,14 @@ class Daemon:
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
         probe: Queries | None = None,
     ) -> None:
+        #: The settings running now: the file's, with the targets annotations declare added.
         self.settings = settings
+        #: The file's settings (as applied: sections that need a restart kept as started).
+        self._file_settings = settings
+        #: What the annotated objects declare (see :meth:`apply_discovery`).
+        self._opt_ins: tuple[OptIn, ...] = ()
+        #: The conflicts between the file and annotations already logged (said once).
+        self._conflicts_said: dict[ObjectRef, str] = {}
         self.journal = journal if journal is not None else Journal(required=False)
         self.leader = leader
         self._auth = auth if auth is not None else ApiAuth.from_settings(settings.api, environ={})
@@ -147,6 +159,9 @@ class Daemon:
         self.metrics = metrics if metrics is not None else DaemonMetrics()
         self.metrics.watch_sinks(self.journal.sink_status)
         self.journal.add_poison_listener(lambda kind: self.metrics.poison_records.inc())
+        self.journal.add_event_listener(lambda event: self.metrics.count_event(event.event_type.value))
+        self.metrics.watch_targets(self._target_samples)
+        self.metrics.watch_leader(lambda: self.leading)
         self._access = targets
         self.rollbacks = Rollbacks(
             targets=targets,
@@ -377,6 +392,7 @@ class Daemon:
             self._store_opened = self._store_opened or self.journal.attached
             self.sources.report("store", self.journal.problem, starting=not self._store_opened)
         self.sources.summarize()
+        self.metrics.metrics_source_up.set(1 if inputs.metrics_answered else 0)
         observations = {target.key: inputs.observation(target.source, t) for target in targets}
         self._take_history()
         evidences: dict[str, Evidence] = {}
@@ -682,17 +698,21 @@ class Daemon:
         if target is not None:
             target.reset()
 
+    @property
+    def file_settings(self) -> Settings:
+        """The configuration file's settings as applied, without the targets annotations declare."""
+        return self._file_settings
+
     def apply_settings(self, new: Settings) -> SettingsChange:
         """Take over a reloaded configuration at once (see :mod:`rollbackd.daemon.reload`): targets
         added, removed and changed, defaults, safety switches; sections that need a restart are
-        kept as they are. Returns what changed."""
-        effective, change = plan_reload(self.settings, new)
-        self.state.apply(self.settings, effective, rebuild=change.changed.keys())
-        access: object = self._access
-        if isinstance(access, Reconfigurable):
-            access.reconfigure(effective)
-        self.settings = effective
-        self.metrics.targets.set(len(self.state.targets))
+        kept as they are. The targets annotations declare stay beside the file's (the file wins
+        where both declare a release). Returns what changed."""
+        merged = with_opt_ins(new, self._opt_ins)
+        effective, change = self._install(merged.settings)
+        self._file_settings = effective.model_copy(update={"targets": new.targets})
+        self._take_origins(merged.origins, merged.conflicts)
+        self.metrics.count_reload(applied=True)
         if not change.empty:
             self.journal.audit(
                 "config.reload",
@@ -707,14 +727,92 @@ class Daemon:
             )
         return change
 
+    def apply_discovery(self, report: DiscoveryReport) -> SettingsChange:
+        """Take over what annotated objects declare (see :mod:`rollbackd.daemon.discovery`), at
+        once: their targets are added beside the file's, changed, or removed, as a reload of the
+        file would (a new target's past is read from the metrics source). The file wins where both
+        declare a release: said once in the log and shown on the status page. Returns what
+        changed."""
+        self._opt_ins = report.opt_ins
+        merged = with_opt_ins(self._file_settings, report.opt_ins)
+        _, change = self._install(merged.settings)
+        self._take_origins(merged.origins, merged.conflicts)
+        self.state.opt_in_problems = {
+            str(opt_in.ref): opt_in.problems for opt_in in report.opt_ins if opt_in.problems
+        }
+        self.state.watch_problems = report.watch_problems
+        if change.applied:
+            logger.warning("targets declared by annotations: %s", change.summary(), extra={
+                "added": list(change.added), "removed": list(change.removed),
+                "changed": {key: list(what) for key, what in change.changed.items()},
+                "objects": {key: str(ref) for key, ref in merged.origins.items()},
+            })
+            self.journal.audit(
+                "targets.discovered",
+                f"targets declared by annotations: {change.summary()}",
+                details={
+                    "added": list(change.added),
+                    "removed": list(change.removed),
+                    "changed": {key: list(what) for key, what in change.changed.items()},
+                    "objects": {key: str(ref) for key, ref in merged.origins.items()},
+                },
+            )
+        return change
+
+    def _install(self, new: Settings) -> tuple[Settings, SettingsChange]:
+        """Run with ``new`` (the file's settings and the annotations' targets) from now on."""
+        effective, change = plan_reload(self.settings, new)
+        self.state.apply(self.settings, effective, rebuild=change.changed.keys())
+        access: object = self._access
+        if isinstance(access, Reconfigurable):
+            access.reconfigure(effective)
+        self.settings = effective
+        self.metrics.targets.set(len(self.state.targets))
+        return effective, change
+
+    def _take_origins(self, origins: Mapping[str, ObjectRef], conflicts: Mapping[ObjectRef, str]) -> None:
+        """Where each target came from, and the conflicts between file and annotations: each new
+        one logged once."""
+        self.state.origins = dict(origins)
+        self.state.conflicts = {str(ref): why for ref, why in conflicts.items()}
+        for ref, why in conflicts.items():
+            if self._conflicts_said.get(ref) != why:
+                logger.warning("opt-in by annotation: %s: %s", ref, why, extra={"object": str(ref)})
+        self._conflicts_said = dict(conflicts)
+
     def refuse_settings(self, error: ConfigError) -> None:
         """Audit a configuration change the watcher refused; the running configuration stays."""
+        self.metrics.count_reload(applied=False)
         problems = [str(problem) for problem in error.problems]
         self.journal.audit(
             "config.refused",
             f"configuration change refused: {'; '.join(problems)}",
             details={"problems": problems},
         )
+
+    def _target_samples(self) -> list[TargetSample]:
+        """Every watched target as ``/metrics`` shows it (read at each scrape, on the loop)."""
+        try:
+            loop_now = asyncio.get_running_loop().time()
+        except RuntimeError:  # read outside the loop: the decisions' times cannot be placed
+            loop_now = None
+        wall_now = time.time()
+        runs = self.rollbacks.runs
+        samples: list[TargetSample] = []
+        for target in self.state.targets.values():
+            decision = target.latest
+            decided_at = None
+            if decision is not None and loop_now is not None:
+                decided_at = wall_now - (loop_now - decision.t)
+            samples.append(
+                TargetSample(
+                    namespace=target.settings.namespace,
+                    name=target.settings.name,
+                    state=current_state(decision, runs.get(target.key)),
+                    decided_at=decided_at,
+                )
+            )
+        return samples
 
     def _record(self, target: TargetState, decision: Decision) -> None:
         previous = target.latest

@@ -14,7 +14,9 @@ Read-only routes:
   that is down does not make the daemon unready (it still judges: inconclusive without data).
   A standby is ready too: it evaluates, warm, and takes over
   when the leader goes, so it belongs behind the Service like the leader;
-- ``GET /metrics``: Prometheus text format (the daemon's own registry);
+- ``GET /metrics``: the daemon's own registry, in the Prometheus text format or OpenMetrics (as
+  the scraper's ``Accept`` asks), gzip-compressed when it accepts gzip (see
+  :mod:`rollbackd.daemon.metrics`);
 - ``GET /api/v1/targets``: every target with its latest evidence and decision, last rollback
   decision, hold and cooldown, plus the global switches;
 - ``GET /api/v1/targets/{namespace}/{name}``: one target;
@@ -169,9 +171,8 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response(body, status=200 if ready else 503)
 
 
-async def metrics(request: web.Request) -> web.Response:
-    body, content_type = _context(request).metrics.render()
-    return web.Response(body=body, headers={"Content-Type": content_type})
+async def metrics(request: web.Request) -> web.StreamResponse:
+    return await _context(request).metrics.handler(request)
 
 
 async def status_page(request: web.Request) -> web.Response:

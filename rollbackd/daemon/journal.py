@@ -42,6 +42,7 @@ _RUN_EVENTS = frozenset(
         EventType.ROLLBACK_FAILED,
         EventType.ROLLBACK_VERIFIED,
         EventType.VERIFICATION_FAILED,
+        EventType.GITOPS_SUSPENDED,
     }
 )
 #: Audit kinds that end a rollback run.
@@ -69,6 +70,7 @@ class Journal:
         self._lifecycle: str | None = "the store is not open yet" if required else None
         self._outages: dict[str, str] = {}
         self._poison_listeners: list[Callable[[str], None]] = []
+        self._event_listeners: list[Callable[[CloudEvent], None]] = []
 
     @property
     def problem(self) -> str | None:
@@ -99,6 +101,15 @@ class Journal:
     def add_poison_listener(self, listener: Callable[[str], None]) -> None:
         """``listener(kind)`` hears of every record the store refused and that was set aside."""
         self._poison_listeners.append(listener)
+
+    def add_event_listener(self, listener: Callable[[CloudEvent], None]) -> None:
+        """``listener(event)`` hears of every event the journal submits to the outbox."""
+        self._event_listeners.append(listener)
+
+    def _submit(self, events: Events, event: CloudEvent) -> None:
+        events.publisher.submit(audit_entry_for(event), (event,))
+        for listener in self._event_listeners:
+            listener(event)
 
     def poisoned(self, kind: str) -> None:
         """A record of ``kind`` was set aside as poison (see :mod:`rollbackd.events.publisher`)."""
@@ -156,7 +167,7 @@ class Journal:
         if announcer is None or self._events is None:
             return
         for event in announcer.on_decision(decision, hold=hold, clock=Clock.now()):
-            self._events.publisher.submit(audit_entry_for(event), (event,))
+            self._submit(self._events, event)
 
     def run(
         self, params: TargetParams, run: RollbackRun, *, decision: Decision | None, bad_revision: int | None
@@ -172,7 +183,7 @@ class Journal:
         ):
             if event.event_type is EventType.ROLLBACK_STARTED:
                 run.started_event, run.started_event_id = event.to_json(), event.id
-            self._events.publisher.submit(audit_entry_for(event), (event,))
+            self._submit(self._events, event)
 
     async def save_run(self, key: str, state: Mapping[str, Any] | None) -> bool:
         """Keep (or, with ``None``, forget) the rollback under way for ``key`` in the store, so a

@@ -33,10 +33,11 @@ from rollbackd.config.loader import ConfigError, load_settings
 from rollbackd.config.settings import Settings
 from rollbackd.daemon.app import SHUTDOWN_TIMEOUT_S, Daemon
 from rollbackd.daemon.auth import ApiAuth
+from rollbackd.daemon.discovery import Discovery
 from rollbackd.daemon.leader import LeaderElector
 from rollbackd.daemon.logs import configure_logging
 from rollbackd.daemon.metrics import DaemonMetrics
-from rollbackd.daemon.reload import ConfigWatcher
+from rollbackd.daemon.reload import ConfigWatcher, SettingsChange
 from rollbackd.daemon.store_leader import StoreLeader
 from rollbackd.daemon.wiring import open_daemon
 from rollbackd.errors import SourceStats
@@ -243,14 +244,20 @@ async def run_daemon(
                     if deadline:  # a signal arrived while the daemon was starting
                         daemon.stop()
                     async with contextlib.AsyncExitStack() as watching:
+                        discovery = await watching.enter_async_context(
+                            discovery_for(daemon, kube)
+                        ) if kube is not None and settings.discovery.enabled else None
+                        if settings.discovery.enabled and kube is None:
+                            logger.error("discovery.enabled, but there is no Kubernetes access: no "
+                                         "Deployment is watched for opt-in annotations")
                         if config_path is not None:
                             path = config_path
                             await watching.enter_async_context(
                                 ConfigWatcher(
                                     path=path,
                                     load=lambda: load_settings(path, environ=environ),
-                                    apply=daemon.apply_settings,
-                                    current=lambda: daemon.settings,
+                                    apply=lambda new: reloaded(daemon, discovery, new),
+                                    current=lambda: daemon.file_settings,
                                     refused=daemon.refuse_settings,
                                 )
                             )
@@ -261,6 +268,26 @@ async def run_daemon(
     finally:
         for handle in deadline:
             handle.cancel()
+
+
+def discovery_for(daemon: Daemon, kube: KubeClient) -> Discovery:
+    """Opt-in by annotation for ``daemon``: the Deployments of the namespaces ``discovery`` allows,
+    watched; what their annotations declare handed to the daemon as it changes."""
+    return Discovery(
+        kube=kube,
+        settings=lambda: daemon.file_settings,
+        report=daemon.apply_discovery,
+        leading=lambda: daemon.leading,
+    )
+
+
+def reloaded(daemon: Daemon, discovery: Discovery | None, new: Settings) -> SettingsChange:
+    """Apply a reloaded file, then read the annotated Deployments again under it (its defaults,
+    caps and own targets decide what the annotations may declare)."""
+    change = daemon.apply_settings(new)
+    if discovery is not None:
+        discovery.refresh()
+    return change
 
 
 async def report_router_problems(cluster: KubeTargets) -> None:

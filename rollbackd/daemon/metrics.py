@@ -1,13 +1,41 @@
 """The daemon's own Prometheus metrics, kept in a dedicated registry (never the global one), so
-that several daemons can live in one process (tests) and nothing else leaks into ``/metrics``."""
+that several daemons can live in one process (tests) and nothing else leaks into ``/metrics``.
+
+``/metrics`` is served by prometheus_client's aiohttp handler (:attr:`DaemonMetrics.handler`,
+prometheus_client 0.24 or newer): the Prometheus text format, or OpenMetrics when the scraper asks
+for it (``Accept: application/openmetrics-text``), gzip-compressed when it accepts gzip. No
+``_created`` series are exported (prometheus_client's ``disable_created_metrics``): they double
+the series of every counter and histogram and no dashboard reads them.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+import platform
+import time
+from collections.abc import Callable
 
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
+from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from rollbackd import __version__
 from rollbackd.daemon.sinkmetrics import SinkCollector, SinkStatuses
+from rollbackd.daemon.targetmetrics import TargetCollector, TargetSamples
+from rollbackd.events.model import EventType
 from rollbackd.model import Decision, Outcome
+from rollbackd.run import Phase
+
+#: Results of a configuration reload (``rollbackd_config_reloads_total{result}``).
+RELOAD_RESULTS = ("success", "failure")
 
 #: The steps of a tick counted in ``rollbackd_tick_errors_total`` when they raise.
 TICK_STEPS = ("decide", "verify", "resume", "tick")
@@ -45,14 +73,85 @@ class DaemonMetrics:
       ``<data_dir>/poison.jsonl``, audited as ``poison.set_aside``, escalated);
     - ``rollbackd_targets``: targets watched;
     - ``rollbackd_up``: 1 while the daemon runs, 0 once it shuts down;
+    - ``rollbackd_build_info{version,python_version}``: always 1, the labels tell the build;
+    - ``rollbackd_leader``: 1 while this replica leads (acts and delivers events), 0 while it
+      stands by (always 1 without leader election), once :meth:`watch_leader` is called;
+    - ``rollbackd_metrics_source_up``: 1 when the latest collection from the metrics source
+      (Prometheus) answered, 0 when it failed (the kind is in ``rollbackd_source_errors_total``);
+    - ``rollbackd_events_recorded_total{type}``: events recorded in the outbox, by type
+      (``escalation.raised``, ``rollback.failed``, ...);
+    - ``rollbackd_config_reloads_total{result}``: changes of the configuration file applied
+      (``success``) or refused (``failure``); ``rollbackd_config_last_reload_successful``: whether
+      the latest one was applied (1, also before any) or refused (0);
+      ``rollbackd_config_last_reload_success_timestamp_seconds``: Unix time the running
+      configuration was loaded (at start, then at each applied reload);
+    - the watched targets' ``rollbackd_target_state{namespace,target,state}`` and
+      ``rollbackd_last_decision_timestamp_seconds{namespace,target}`` once :meth:`watch_targets`
+      is called (:mod:`rollbackd.daemon.targetmetrics`);
     - the event sinks' ``rollbackd_events_delivered_total{sink}``,
-      ``rollbackd_event_delivery_failures_total{sink}`` and ``rollbackd_event_sink_retrying{sink}``
-      once :meth:`watch_sinks` is called (:mod:`rollbackd.daemon.sinkmetrics`).
+      ``rollbackd_event_delivery_failures_total{sink}``, ``rollbackd_event_sink_retrying{sink}`` and
+      ``rollbackd_event_sink_backlog{sink}`` once :meth:`watch_sinks` is called
+      (:mod:`rollbackd.daemon.sinkmetrics`);
+    - the process (``process_*``: CPU, memory, open files), the Python platform
+      (``python_info``) and the garbage collector (``python_gc_*``), from prometheus_client's
+      default collectors.
+
+    ``wall_clock`` gives the Unix time of the timestamps (``time.time`` by default).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, wall_clock: Callable[[], float] = time.time) -> None:
+        # A process-wide switch of prometheus_client (read at each scrape): the daemon owns its process.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
+        self._wall_clock = wall_clock
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        #: The ``/metrics`` handler: content negotiation (text or OpenMetrics) and gzip.
+        self.handler = make_aiohttp_handler(r)
+        Info("rollbackd_build", "The build of rollbackd running; always 1.", registry=r).info(
+            {"version": __version__, "python_version": platform.python_version()}
+        )
+        self.leader = Gauge(
+            "rollbackd_leader",
+            "1 while this replica leads (acts and delivers events), 0 while it stands by.",
+            registry=r,
+        )
+        self.leader.set(1)
+        self.metrics_source_up = Gauge(
+            "rollbackd_metrics_source_up",
+            "1 when the latest collection from the metrics source (Prometheus) answered, 0 when it failed.",
+            registry=r,
+        )
+        self.events_recorded = Counter(
+            "rollbackd_events_recorded",
+            "Events recorded in the outbox, by type.",
+            ["type"],
+            registry=r,
+        )
+        for kind in EventType:
+            self.events_recorded.labels(type=kind.value)
+        self.config_reloads = Counter(
+            "rollbackd_config_reloads",
+            "Changes of the configuration file applied (success) or refused (failure).",
+            ["result"],
+            registry=r,
+        )
+        for result in RELOAD_RESULTS:
+            self.config_reloads.labels(result=result)
+        self.config_last_reload_successful = Gauge(
+            "rollbackd_config_last_reload_successful",
+            "Whether the latest change of the configuration file was applied (1) or refused (0).",
+            registry=r,
+        )
+        self.config_last_reload_successful.set(1)
+        self.config_last_reload_success = Gauge(
+            "rollbackd_config_last_reload_success_timestamp_seconds",
+            "Unix time the running configuration was loaded (at start, then at each applied reload).",
+            registry=r,
+        )
+        self.config_last_reload_success.set(wall_clock())
         self.evaluations = Counter(
             "rollbackd_evaluations",
             "Target evaluations (one per target per tick).",
@@ -126,7 +225,36 @@ class DaemonMetrics:
         self._by_outcome = {outcome: self.decisions.labels(outcome=outcome.value) for outcome in Outcome}
         for mode in (Outcome.IMMEDIATE, Outcome.CONTROLLED):
             self.rollback_decisions.labels(mode=mode.value)
+        # Every way a rollback ends, from 0: the first rollback shows as an increase.
+        for phase in Phase:
+            if not phase.active:
+                self.rollbacks.labels(result=phase.value)
         self._sinks: SinkCollector | None = None
+        self._targets: TargetCollector | None = None
+
+    def watch_targets(self, samples: TargetSamples) -> None:
+        """Export the watched targets, as ``samples()`` tells them at each scrape."""
+        if self._targets is None:
+            self._targets = TargetCollector(samples)
+            self.registry.register(self._targets)
+        else:
+            self._targets.samples = samples
+
+    def watch_leader(self, leading: Callable[[], bool]) -> None:
+        """Export whether this replica leads, as ``leading()`` tells it at each scrape."""
+        self.leader.set_function(lambda: 1.0 if leading() else 0.0)
+
+    def count_reload(self, *, applied: bool) -> None:
+        """A change of the configuration file was applied, or refused."""
+        result = "success" if applied else "failure"
+        self.config_reloads.labels(result=result).inc()
+        self.config_last_reload_successful.set(1 if applied else 0)
+        if applied:
+            self.config_last_reload_success.set(self._wall_clock())
+
+    def count_event(self, kind: str) -> None:
+        """An event of type ``kind`` (``escalation.raised``, ...) was recorded in the outbox."""
+        self.events_recorded.labels(type=kind).inc()
 
     def watch_sinks(self, statuses: SinkStatuses) -> None:
         """Export the event sinks' delivery, as ``statuses()`` tells it at each scrape."""
@@ -157,6 +285,3 @@ class DaemonMetrics:
         """The latest lag of ``source``'s answers (see ``rollbackd_source_lag_seconds``)."""
         self.source_lag.labels(source=source).set(lag_s)
 
-    def render(self) -> tuple[bytes, str]:
-        """The exposition text and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from rollbackd.actions.reconcilers import REVERT_IN_GIT
 from rollbackd.daemon.jsonify import JsonValue
 from rollbackd.daemon.probing import ProbeOutcome
 from rollbackd.daemon.sourcestatus import SourceState, SourceStatus
@@ -200,6 +201,7 @@ def render_status_page(
         _alerts(ready=ready, alive=alive, freeze=freeze, dry_run=dry_run, not_ready=not_ready),
         _source_alerts(sources, now_loop=now_loop),
         _probe_alerts(probe),
+        _opt_in_alerts(_obj(doc.get("opt_ins"))),
         _summary(counts) if targets else '<p class="empty">No targets configured.</p>',
         "<main>",
         *(_card(target, status, generated_at=generated_at) for status, _, target in ranked),
@@ -306,6 +308,24 @@ def _probe_alerts(probe: ProbeOutcome | None) -> str:
     count = len(probe.report.blind)
     head = f"{count} target{'' if count == 1 else 's'} would be blind (no series found at {at}):"
     return f'<div class="alert warn probe">{_e(head)}<ul>{items}</ul></div>'
+def _opt_in_alerts(opt_ins: _Doc | None) -> str:
+    """One line per annotated object whose annotations cannot be used (naming the annotation and
+    the fix), per annotated release the file's target wins over, and per namespace that cannot be
+    watched."""
+    if opt_ins is None:
+        return ""
+    alerts = []
+    for item in (_obj(value) for value in _list(opt_ins.get("problems"))):
+        if item is not None:
+            problems = "; ".join(_text(problem) for problem in _list(item.get("problems")))
+            alerts.append(("warn", f"Opt-in by annotation: {_text(item.get('object'))}: {problems}"))
+    for item in (_obj(value) for value in _list(opt_ins.get("conflicts"))):
+        if item is not None:
+            why = _text(item.get("reason"))
+            alerts.append(("note", f"Opt-in by annotation: {_text(item.get('object'))}: {why}"))
+    for problem in _list(opt_ins.get("watch_problems")):
+        alerts.append(("warn", f"Opt-in by annotation: {_text(problem)}"))
+    return "".join(f'<div class="alert {css} opt-in">{_e(text)}</div>' for css, text in alerts)
 
 
 def _summary(counts: Mapping[Urgency, int]) -> str:
@@ -338,6 +358,7 @@ def _card(target: _Doc, status: Status, *, generated_at: datetime) -> str:
         f'<div class="head"><span class="badge">{_e(status.label)}</span>'
         f"<h2>{_e(_text(target.get('namespace')))}/{_e(_text(target.get('name')))}</h2>"
         f'<span class="strategy">{_e(_text(target.get("strategy")))}</span>'
+        f'<span class="source">{_e(_source(target))}</span>'
         f'<span class="evaluated">{_e(evaluated)}</span></div>'
     )
     left = "" if decision is None else _reasons(decision, last_rollback)
@@ -348,6 +369,15 @@ def _card(target: _Doc, status: Status, *, generated_at: datetime) -> str:
         f"{head}{_facts(evidence, decision, last_rollback, generated_at=generated_at)}"
         f'<div class="body"><div class="left">{left}</div><div class="right">{right}</div></div></article>'
     )
+
+
+def _source(target: _Doc) -> str:
+    """Where the target came from: ``from the file``, ``from annotations on Deployment shop/web``."""
+    obj = _obj(target.get("object"))
+    if target.get("source") != "annotation" or obj is None:
+        return "from the file"
+    where = f"{_text(obj.get('namespace'))}/{_text(obj.get('name'))}"
+    return f"from annotations on {_text(obj.get('kind'))} {where}"
 
 
 def _fact(name: str, value: str, *, css: str = "") -> str:
@@ -487,6 +517,22 @@ def _changes(action: _Doc) -> list[str]:
     return lines
 
 
+def _gitops(action: _Doc) -> str:
+    """The GitOps reconcilers of the rollback's objects: what was suspended, how to resume it, and
+    the one thing people must do (revert in Git)."""
+    holds = [hold for hold in (_obj(item) for item in _list(action.get("gitops"))) if hold is not None]
+    if not holds:
+        return ""
+    lines = []
+    for hold in holds:
+        state = "reconciliation suspended" if hold.get("suspended") is True else "still reconciling"
+        reconciles = ", ".join(_text(item) for item in _list(hold.get("reconciles")))
+        lines.append(f"{_text(hold.get('object'))} ({_text(hold.get('reconciler'))}, reconciles "
+                     f"{reconciles}): {state}; resume with: {_text(hold.get('resume'))}")
+    step = _text(action.get("next_step")) if action.get("next_step") else REVERT_IN_GIT
+    return f'<p class="gitops"><b>{_e(step)}</b></p>' + _details(f"{len(holds)} GitOps reconcilers", lines)
+
+
 def _split(action: _Doc) -> str | None:
     """A canary abort's split as its router read it: "HTTPRoute shop/web: canary 20% → 0%" (only
     the first read, "canary 20%", when there is no later one, e.g. a dry-run plan)."""
@@ -533,6 +579,7 @@ def _rollback(target: _Doc) -> str:
                 lines.append(f'<p class="split">traffic: {_e(split)}</p>')
             if changes:
                 lines.append(_details(f"{len(changes)} changes", changes))
+            lines.append(_gitops(action))
         verification = _obj(run.get("verification"))
         if verification is not None:
             reasons = [_text(r) for r in _list(verification.get("reasons"))]
@@ -648,7 +695,7 @@ h1{font-size:20px;margin:0}
 .alert{margin:6px 0;padding:8px 12px;border-radius:6px;font-weight:600}
 .alert.bad{background:var(--red);color:#fff}
 .alert.warn{background:#fff4e6;color:#8a4b00;border:1px solid var(--orange)}
-.alert.note{background:#f1f3f5;color:var(--muted);font-weight:400}
+.alert.note{background:var(--card);color:var(--ink);border:1px solid var(--line);font-weight:400}
 .alert.probe ul{margin:4px 0 0 18px;padding:0;font-weight:400}
 .summary{display:flex;flex-wrap:wrap;gap:16px;margin:10px 0 12px;color:var(--muted)}
 .count b{font-size:16px;color:var(--ink)}.count.zero{opacity:.55}
@@ -667,7 +714,8 @@ border-radius:6px;padding:8px 14px}
 padding:2px 8px;border-radius:4px;color:#fff;background:var(--grey)}
 .rollback .badge{background:var(--red)}.waiting .badge{background:var(--orange)}
 .escalated .badge{background:var(--purple)}.healthy .badge{background:var(--green)}
-.strategy{color:var(--muted)}.evaluated{margin-left:auto;color:var(--muted);font-size:12px}
+.strategy,.source{color:var(--muted)}.source{font-size:12px}.evaluated{margin-left:auto;color:var(--muted);font-size:12px}
+.gitops{color:var(--purple)}
 .body{display:grid;grid-template-columns:minmax(0,1fr) 680px;gap:0 28px;align-items:start}
 @media (max-width:1000px){.body{grid-template-columns:minmax(0,1fr)}}
 .facts{display:flex;flex-wrap:wrap;gap:2px 18px;margin:6px 0}

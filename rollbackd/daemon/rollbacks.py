@@ -39,6 +39,7 @@ from rollbackd.actions.base import (
     Waiting,
     merge_changes,
 )
+from rollbackd.actions.reconcilers import REVERT_IN_GIT, suspensions_in
 from rollbackd.aiotasks import STOP_TIMEOUT_S, stop_tasks
 from rollbackd.model import Decision, HealthCheck, Observation, Sample, Strategy
 from rollbackd.params import TargetParams
@@ -85,7 +86,8 @@ def with_prior_changes(result: ActionResult, prior: Sequence[RecordedChange]) ->
     """The result of a resumed run's action, telling the whole run: the changes the previous
     process recorded (made, or being made when it stopped: the action found those done), then the
     action's own, each field once. A run that changed something is not ``already-done`` (it is
-    ``done``), nor ``refused`` (it ``failed``)."""
+    ``done``), nor ``refused`` (it ``failed``). GitOps reconcilers the previous process turned off
+    are listed with the result's (:attr:`~rollbackd.actions.base.ActionResult.gitops`)."""
     if not prior:
         return result
     changes = merge_changes((r.change for r in prior), result.changes)
@@ -97,7 +99,14 @@ def with_prior_changes(result: ActionResult, prior: Sequence[RecordedChange]) ->
     earlier = len(merge_changes(r.change for r in prior))
     what = "the change it recorded is" if earlier == 1 else f"the {earlier} changes it recorded are"
     reason = f"{result.reason} (the run was taken over from a process that stopped: {what} listed too)"
-    return dataclasses.replace(result, outcome=outcome, changes=changes, reason=reason)
+    # GitOps reconcilers the stopped process turned off stay off: the run tells them too.
+    known = {hold.object for hold in result.gitops}
+    recorded = tuple(hold for hold in suspensions_in(r.change for r in prior) if hold.object not in known)
+    if recorded and REVERT_IN_GIT not in reason:
+        off = ", ".join(hold.object for hold in recorded)
+        reason += f"; reconciliation from Git is off: {off}. {REVERT_IN_GIT}"
+    return dataclasses.replace(result, outcome=outcome, changes=changes, reason=reason,
+                               gitops=(*result.gitops, *recorded))
 
 
 def _set_waiting(run: RollbackRun, waiting: Waiting | None) -> None:

@@ -4,6 +4,9 @@
 - ``rollbackd_event_delivery_failures_total{sink}``: failed delivery attempts (each is retried);
 - ``rollbackd_event_sink_retrying{sink}``: consecutive failed attempts at the event the sink is
   on now, 0 while it delivers: above 0 for long, the sink is down or refuses that event;
+- ``rollbackd_event_sink_backlog{sink}``: events of the outbox the sink has not delivered yet, as
+  of its latest read of the outbox (a read takes at most one batch; 0 on a standby, which does not
+  deliver): above 0 and not going down, the sink falls behind;
 - ``rollbackd_events_dead_lettered_total{sink}``: events the sink gave up on (refused for good,
   or kept past ``events.dead_letter_after_s`` / ``dead_letter_after_events``), each audited.
 
@@ -51,6 +54,11 @@ class SinkCollector(Collector):
             "Consecutive failed attempts at the event a sink is on now (0 while it delivers).",
             labels=["sink"],
         )
+        backlog = GaugeMetricFamily(
+            "rollbackd_event_sink_backlog",
+            "Events of the outbox a sink has not delivered yet (as of its latest read of the outbox).",
+            labels=["sink"],
+        )
         dead_lettered = CounterMetricFamily(
             "rollbackd_events_dead_lettered",
             "Events a sink gave up on: refused for good, or kept past its bound (each audited).",
@@ -61,7 +69,9 @@ class SinkCollector(Collector):
             delivered.add_metric([name], status.delivered)
             failures.add_metric([name], status.failures)
             retrying.add_metric([name], status.retrying)
+            backlog.add_metric([name], status.backlog)
         yield delivered
         yield failures
         yield retrying
+        yield backlog
         yield dead_lettered

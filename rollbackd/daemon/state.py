@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 from rollbackd.decision.rails import HoldBook, RollbackLedger
 from rollbackd.evaluate import TargetEvaluator
 from rollbackd.model import Context, Decision, Evidence, Observation, Risk
+from rollbackd.optin import ObjectRef
 from rollbackd.params import TargetParams
 from rollbackd.sources.base import SourceTarget
 from rollbackd.sources.targets import source_target
@@ -109,6 +110,14 @@ class DaemonState:
         self.targets: dict[str, TargetState] = {}
         #: The start-up probe of the targets' series, once it is in (see :mod:`rollbackd.daemon.probing`).
         self.probe: ProbeOutcome | None = None
+        #: The targets annotations declare: the object each came from (the others are the file's).
+        self.origins: dict[str, ObjectRef] = {}
+        #: Annotated objects the file's targets win over, with why.
+        self.conflicts: dict[str, str] = {}
+        #: Annotated objects whose annotations cannot be used (all or in part): their problems.
+        self.opt_in_problems: dict[str, tuple[str, ...]] = {}
+        #: Why watching for annotations fails, per failing namespace.
+        self.watch_problems: tuple[str, ...] = ()
         for target in settings.targets:
             state = TargetState(
                 target,

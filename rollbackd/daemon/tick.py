@@ -20,6 +20,7 @@ from rollbackd.sources.base import (
     HealthSource,
     MetricsSource,
     RejectsData,
+    ReportsFailures,
     ReportsOutage,
     SidePair,
     SourceTarget,
@@ -60,6 +61,9 @@ class TickData:
     rejected: Mapping[str, str] = field(default_factory=dict)
     #: Why the metrics source gave nothing at all this tick (``None`` when it answered).
     metrics_outage: str | None = None
+    #: Whether the metrics source answered this tick (``False``: its collection failed, or some of
+    #: its queries got no answer).
+    metrics_answered: bool = True
 
     def observation(self, target: SourceTarget, t: float) -> Observation:
         baseline, candidate = self.metrics.get(target.key, _NO_DATA)
@@ -81,14 +85,17 @@ async def _collect_metrics(
     *,
     window_s: float,
     on_source_error: SourceErrorSink,
-) -> tuple[Mapping[str, SidePair], Mapping[str, str], str | None]:
-    """The source's answer per target, why it rejected some targets' values, and why it gave
-    nothing at all (each read at once: they describe this collection only). A failure is told by
-    the daemon once per outage (:mod:`rollbackd.daemon.sourcestatus`), so it is logged at DEBUG."""
+) -> tuple[Mapping[str, SidePair], Mapping[str, str], bool, str | None] | str:
+    """The source's answer per target, why it rejected some targets' values, whether every query
+    got an answer and why none did (each read at once: they describe this collection only); why,
+    when the collection failed. A failure is told by the daemon once per outage
+    (:mod:`rollbackd.daemon.sourcestatus`), so it is logged at DEBUG."""
     try:
         found = await source.collect(targets, window_s=window_s)
         rejected = source.rejected if isinstance(source, RejectsData) else {}
-        return found, rejected, (source.outage if isinstance(source, ReportsOutage) else None)
+        answered = not isinstance(source, ReportsFailures) or source.failure is None
+        outage = source.outage if isinstance(source, ReportsOutage) else None
+        return found, rejected, answered, outage
     except Exception as exc:
         source_name, kind = metrics_failure(exc)
         on_source_error(source_name, kind)
@@ -96,7 +103,7 @@ async def _collect_metrics(
             "metrics source failed; this tick has no metrics data",
             extra={"source": source_name, "kind": kind, "error": repr(exc)},
         )
-        return {}, {}, str(exc) or repr(exc)
+        return str(exc) or repr(exc)
 
 
 async def _probe(
@@ -146,8 +153,12 @@ async def collect_tick(
         target.key: (probed.get((target.key, "baseline")), probed.get((target.key, "candidate")))
         for target in targets
     }
-    metrics, rejected, outage = metrics_task.result()
-    return TickData(metrics=metrics, health=health, rejected=rejected, metrics_outage=outage)
+    answer = metrics_task.result()
+    if isinstance(answer, str):
+        return TickData(metrics={}, health=health, metrics_answered=False, metrics_outage=answer)
+    metrics, rejected, answered, outage = answer
+    return TickData(metrics=metrics, health=health, rejected=rejected, metrics_answered=answered,
+                    metrics_outage=outage)
 
 
 async def run_every(

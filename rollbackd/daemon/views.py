@@ -16,6 +16,7 @@ from rollbackd.daemon.state import DaemonState, RuntimeFlags, TargetState
 from rollbackd.daemon.wallclock import WallClock, utc_iso
 from rollbackd.decision.verdict import PartnerVerdict, partner_verdict
 from rollbackd.events.build import decided_at as run_decided_at
+from rollbackd.events.build import next_step
 from rollbackd.model import Decision, Episode, Evidence
 from rollbackd.run import RollbackRun
 from rollbackd.verification import RUNBOOK_ROLLBACK_TARGET_S
@@ -97,6 +98,19 @@ def action_view(result: ActionResult | None) -> JsonValue:
         "router": to_json_value(result.details.get("router")),
         "split_before": to_json_value(result.details.get("split_before")),
         "split_after": to_json_value(result.details.get("split_after")),
+        "gitops": [
+            {
+                "reconciler": hold.reconciler,
+                "object": hold.object,
+                "reconciles": list(hold.reconciles),
+                "field": hold.field,
+                "previous": to_json_value(hold.previous),
+                "suspended": hold.suspended,
+                "resume": hold.resume,
+            }
+            for hold in result.gitops
+        ],
+        "next_step": next_step(result),
     }
 
 
@@ -151,6 +165,7 @@ def target_view(state: DaemonState, target: TargetState, *, now: float, wall: Wa
         "namespace": target.settings.namespace,
         "name": target.settings.name,
         "strategy": target.params.strategy.value,
+        **origin_view(state, target.key),
         "evidence": evidence_view(latest.evidence if latest is not None else None, wall=wall),
         "decision": decision_view(latest, now=now, wall=wall),
         "last_rollback": decision_view(target.last_rollback, now=now, wall=wall),
@@ -177,6 +192,31 @@ def target_view(state: DaemonState, target: TargetState, *, now: float, wall: Wa
     }
 
 
+def origin_view(state: DaemonState, key: str) -> dict[str, JsonValue]:
+    """Where a target came from: ``source`` ``file`` or ``annotation``, and for an annotation the
+    ``object`` (kind, namespace, name) that carries it."""
+    ref = state.origins.get(key)
+    if ref is None:
+        return {"source": "file", "object": None}
+    return {
+        "source": "annotation",
+        "object": {"kind": ref.kind, "namespace": ref.namespace, "name": ref.name},
+    }
+
+
+def opt_ins_view(state: DaemonState) -> JsonValue:
+    """What is wrong with opt-in by annotation: annotations that cannot be used, annotated
+    releases the file's targets win over, and namespaces that cannot be watched."""
+    return {
+        "problems": [
+            {"object": ref, "problems": list(problems)}
+            for ref, problems in sorted(state.opt_in_problems.items())
+        ],
+        "conflicts": [{"object": ref, "reason": why} for ref, why in sorted(state.conflicts.items())],
+        "watch_problems": list(state.watch_problems),
+    }
+
+
 def flags_view(flags: RuntimeFlags) -> JsonValue:
     return {"freeze": flags.freeze, "dry_run": flags.dry_run}
 
@@ -189,6 +229,7 @@ def targets_view(state: DaemonState, *, now: float, wall: WallClock) -> JsonValu
         "targets": {
             key: target_view(state, target, now=now, wall=wall) for key, target in state.targets.items()
         },
+        "opt_ins": opt_ins_view(state),
     }
 
 

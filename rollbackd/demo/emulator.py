@@ -12,14 +12,18 @@ What it gives:
   the real ``kubernetes_asyncio`` client through :class:`rollbackd.kube.KubeClient`.
 - Seeding helpers: :func:`seed_deployment` (a Deployment with its ReplicaSets, one per revision, owned
   and annotated like the deployment controller does), :func:`seed_service`, :func:`seed_ingress`
-  (ingress-nginx canary annotations), :func:`seed_route` (a Gateway API HTTPRoute or GRPCRoute),
-  :func:`seed_virtual_service` (an Istio VirtualService), :func:`seed_endpointslice`.
+  (ingress-nginx canary annotations), :func:`seed_gateway` (a Gateway API Gateway),
+  :func:`seed_route` (a Gateway API HTTPRoute or GRPCRoute),
+  :func:`seed_virtual_service` (an Istio VirtualService), :func:`seed_endpointslice`; GitOps
+  reconcilers' objects (Argo CD Applications, Flux Kustomizations and HelmReleases) and a
+  reconciler that puts what Git declares back are in :mod:`rollbackd.demo.reconciler`.
 - :class:`Controllers`: what the deployment, EndpointSlice and gateway controllers do, enough for
   actions to wait on: a changed Deployment template gets its ReplicaSet (new, or an old one brought back with
   the newest revision number), old ReplicaSets scale to zero, the status follows after
   ``rollout_delay_s``; a Service's EndpointSlice lists the ready pods its selector picks; a Gateway
   API route's ``status.parents`` say, for its generation, whether it is ``Accepted`` and its
-  backends resolved (:func:`route_parents_status`).
+  backends resolved (:func:`route_parents_status`); a Gateway's status says it is accepted and
+  programmed, and how many routes attach to each listener (:func:`gateway_status`).
 - Faults, declared with kmock's DSL and answered *before* anything is stored:
   :meth:`ClusterEmulator.fail` (any status), :meth:`~ClusterEmulator.conflict` (409),
   :meth:`~ClusterEmulator.forbid` (403 with the API server's RBAC wording),
@@ -44,6 +48,8 @@ merges every PATCH body as a plain dict):
   status; the ``scale`` subresource reads and patches a real ``autoscaling/v1`` ``Scale``;
 - PUT (replace) works, with the ``resourceVersion`` precondition; POST honours ``generateName``
   and answers 409 ``AlreadyExists`` for an existing name;
+- a watch is recognised by any ``watch`` value the API server takes as true (``True``, as
+  ``kubernetes_asyncio`` sends it, ``1``, ``t``), not only ``true``;
 - 404 answers carry the real wording (``deployments.apps "web" not found``);
 - an injected fault leaves the stored objects untouched (the plain emulator applies the write
   even when a test reaction answers it with an error).
@@ -93,11 +99,16 @@ LEASES = kmock.resource("coordination.k8s.io", "v1", "leases")
 EVENTS = kmock.resource("events.k8s.io", "v1", "events")
 HTTPROUTES = kmock.resource("gateway.networking.k8s.io", "v1", "httproutes")
 GRPCROUTES = kmock.resource("gateway.networking.k8s.io", "v1", "grpcroutes")
+GATEWAYS = kmock.resource("gateway.networking.k8s.io", "v1", "gateways")
 VIRTUALSERVICES = kmock.resource("networking.istio.io", "v1", "virtualservices")
 #: The Gateway API routes the emulated gateway controller reports on.
 ROUTE_RESOURCES = (HTTPROUTES, GRPCROUTES)
 #: Argo Rollouts' Rollout (its CRD declares the status and scale subresources).
 ROLLOUTS = kmock.resource("argoproj.io", "v1alpha1", "rollouts")
+#: GitOps reconcilers' objects (their CRDs, as if installed): Argo CD and Flux.
+APPLICATIONS = kmock.resource("argoproj.io", "v1alpha1", "applications")
+KUSTOMIZATIONS = kmock.resource("kustomize.toolkit.fluxcd.io", "v1", "kustomizations")
+HELMRELEASES = kmock.resource("helm.toolkit.fluxcd.io", "v2", "helmreleases")
 
 #: resource -> (kind, subresources), as the API server's discovery documents them.
 RESOURCES: Mapping[kmock.resource, tuple[str, frozenset[str]]] = {
@@ -112,8 +123,12 @@ RESOURCES: Mapping[kmock.resource, tuple[str, frozenset[str]]] = {
     EVENTS: ("Event", frozenset()),
     HTTPROUTES: ("HTTPRoute", frozenset({"status"})),
     GRPCROUTES: ("GRPCRoute", frozenset({"status"})),
+    GATEWAYS: ("Gateway", frozenset({"status"})),
     VIRTUALSERVICES: ("VirtualService", frozenset({"status"})),
     ROLLOUTS: ("Rollout", frozenset({"status", "scale"})),
+    APPLICATIONS: ("Application", frozenset()),
+    KUSTOMIZATIONS: ("Kustomization", frozenset({"status"})),
+    HELMRELEASES: ("HelmRelease", frozenset({"status"})),
 }
 #: The controller name the emulated gateway controller writes into route status.
 GATEWAY_CONTROLLER = "rollbackd.io/emulated-gateway"
@@ -127,6 +142,10 @@ ROLLBACKD_USER = "system:serviceaccount:rollbackd:rollbackd"
 
 #: What an API server answers for a resource type it does not serve (a CRD not installed).
 UNKNOWN_RESOURCE = "the server could not find the requested resource"
+
+#: What the API server takes as ``true`` in a query (Go's ``strconv.ParseBool``): kubernetes_asyncio
+#: sends ``watch=True``.
+_GO_TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})
 
 #: Kubernetes' alphabet for generated name suffixes (no vowels, no look-alike digits).
 _SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
@@ -405,6 +424,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         """Tell watchers of ``resource`` about a change made with :meth:`put` / :meth:`update`."""
         await self._buses[_resource(resource)].put({"type": event_type, "object": obj})
 
+    def watchers(self, resource: ResourceLike) -> int:
+        """How many watch streams of ``resource`` are open and following its changes now (a change
+        written while a watch is still starting may reach it only through its first listing)."""
+        return self._buses[_resource(resource)].consumer_count
+
     def _next_version(self) -> str:
         self._resource_version += 1
         return str(self._resource_version)
@@ -547,6 +571,16 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     # -- request handling --
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if (
+            request.resource is not None
+            and request.action != kmock.action.WATCH
+            and request.method == kmock.method.GET
+            and request.params.get("watch") in _GO_TRUE
+        ):
+            watch = attrs.evolve(request, action=kmock.action.WATCH)
+            if self._requests[request.id] is request:  # as recorded, for views and faults
+                self._requests[request.id] = watch
+            request = watch
         if request.resource is not None and any(request in view for view in self._rejections):
             # A fault answers; the plain emulator would have stored the write anyway.
             return await kmock.RawHandler._handle(self, request)
@@ -910,6 +944,30 @@ def seed_ingress(
     })
 
 
+def seed_gateway(
+    emu: ClusterEmulator,
+    namespace: str,
+    name: str,
+    *,
+    gateway_class: str = "emulated",
+    listeners: Sequence[tuple[str, int]] = (("http", 80),),
+) -> Obj:
+    """A Gateway API Gateway of class ``gateway_class`` with one HTTP listener per (name, port),
+    each accepting the routes of its own namespace; no status until the emulated gateway controller
+    reports (:func:`gateway_status`)."""
+    return emu.store(GATEWAYS, namespace, {
+        "metadata": {"name": name},
+        "spec": {
+            "gatewayClassName": gateway_class,
+            "listeners": [
+                {"name": listener, "port": port, "protocol": "HTTP",
+                 "allowedRoutes": {"namespaces": {"from": "Same"}}}
+                for listener, port in listeners
+            ],
+        },
+    })
+
+
 def seed_route(
     emu: ClusterEmulator,
     namespace: str,
@@ -999,6 +1057,58 @@ def route_parents_status(
         }
         for parent in (route.get("spec") or {}).get("parentRefs") or []
     ]
+
+
+def _attaches(route: Mapping[str, Any], gateway: Mapping[str, Any], listener: str) -> bool:
+    """Whether ``route`` names ``listener`` of ``gateway`` among its parents (every listener when the
+    parent names no section)."""
+    route_ns = (route.get("metadata") or {}).get("namespace", "")
+    metadata = gateway.get("metadata") or {}
+    return any(
+        ref.get("name") == metadata.get("name")
+        and ref.get("namespace", route_ns) == metadata.get("namespace")
+        and ref.get("kind", "Gateway") == "Gateway"
+        and ref.get("sectionName", listener) == listener
+        for ref in (route.get("spec") or {}).get("parentRefs") or []
+    )
+
+
+def gateway_status(
+    emu: ClusterEmulator, gateway: Mapping[str, Any], refused: Mapping[tuple[str, str], str]
+) -> Obj:
+    """``status`` as a gateway controller reports it for ``gateway``: ``Accepted`` and
+    ``Programmed`` for its generation, and per listener the routes of its namespace attached to it
+    (the routes ``refused`` names do not count)."""
+    metadata = gateway.get("metadata") or {}
+    namespace = metadata.get("namespace", "")
+    generation = int(metadata.get("generation") or 1)
+    routes = [
+        (resource, route)
+        for resource in ROUTE_RESOURCES if resource in emu.resources
+        for route in emu.read_all(resource, namespace)
+        if (namespace, (route.get("metadata") or {}).get("name", "")) not in refused
+    ]
+
+    def condition(kind: str, reason: str, message: str) -> Obj:
+        return {"type": kind, "status": "True", "reason": reason, "message": message,
+                "observedGeneration": generation, "lastTransitionTime": _now()}
+
+    listeners = []
+    for listener in (gateway.get("spec") or {}).get("listeners") or []:
+        name = listener.get("name", "")
+        listeners.append({
+            "name": name,
+            "supportedKinds": [{"group": "gateway.networking.k8s.io", "kind": kind}
+                               for kind in ("HTTPRoute", "GRPCRoute")],
+            "attachedRoutes": sum(1 for _, route in routes if _attaches(route, gateway, name)),
+            "conditions": [condition("Accepted", "Accepted", "Listener is accepted"),
+                           condition("Programmed", "Programmed", "Listener is programmed")],
+        })
+    return {
+        "conditions": [condition("Accepted", "Accepted", f"Gateway accepted by {GATEWAY_CONTROLLER}"),
+                       condition("Programmed", "Programmed", "Gateway is programmed")],
+        "listeners": listeners,
+    }
 
 
 def seed_endpointslice(
@@ -1121,6 +1231,8 @@ class Controllers(Polling):
     ``status.parents`` entry with ``Accepted`` (false, ``NotAllowedByListeners``, for the routes
     named in ``refused_routes``) and ``ResolvedRefs`` (false, ``BackendNotFound``, while a Service
     it names does not exist), for the route's generation (:func:`route_parents_status`).
+    Gateways: ``Accepted`` and ``Programmed``, and each listener's attached routes
+    (:func:`gateway_status`).
 
     Every ``poll_s`` the store is compared with what was last seen; writes go through the
     emulator's store and are published to watchers.
@@ -1150,6 +1262,9 @@ class Controllers(Polling):
             if resource in self.emu.resources:
                 for route in self.emu.read_all(resource):
                     await self._sync_route(resource, route)
+        if GATEWAYS in self.emu.resources:
+            for gateway in self.emu.read_all(GATEWAYS):
+                await self._sync_gateway(gateway)
 
     async def _sync_route(self, resource: kmock.resource, route: Obj) -> None:
         """What a gateway controller reports: each parent's ``Accepted`` and ``ResolvedRefs`` for
@@ -1165,6 +1280,22 @@ class Controllers(Polling):
             metadata = route["metadata"]
             await self._write(resource, metadata["namespace"], metadata["name"],
                               {"status": {"parents": parents}})
+
+    async def _sync_gateway(self, gateway: Obj) -> None:
+        """What a gateway controller reports of a Gateway (:func:`gateway_status`), written only
+        when it changes."""
+        status = gateway_status(self.emu, gateway, self.refused_routes)
+
+        def comparable(value: Any) -> Any:
+            if isinstance(value, Mapping):
+                return {k: comparable(v) for k, v in value.items() if k != "lastTransitionTime"}
+            if isinstance(value, list):
+                return [comparable(item) for item in value]
+            return value
+
+        if comparable(status) != comparable(gateway.get("status") or {}):
+            metadata = gateway["metadata"]
+            await self._write(GATEWAYS, metadata["namespace"], metadata["name"], {"status": status})
 
     async def _write(self, resource: kmock.resource, namespace: str, name: str, patch: Obj) -> Obj:
         stored = self.emu.update(resource, namespace, name, patch)

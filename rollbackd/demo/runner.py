@@ -39,6 +39,7 @@ from typing import TextIO
 
 import kmock
 
+from rollbackd.actions.reconcilers import REVERT_IN_GIT
 from rollbackd.actions.steps import ActionSettings
 from rollbackd.actions.targets import KubeTargets
 from rollbackd.aiotasks import stop_tasks
@@ -47,6 +48,7 @@ from rollbackd.config.settings import (
     Defaults,
     DetectionSettings,
     EventsSettings,
+    GitOpsMode,
     HealthSettings,
     HttpSettings,
     KubernetesSettings,
@@ -72,7 +74,8 @@ from rollbackd.demo.processes import (
     astart_sample_app,
     find_prometheus,
 )
-from rollbackd.demo.scenarios import CANARY_WEIGHT, NAMESPACE, SCENARIOS, canary_scenario
+from rollbackd.demo.reconciler import GitOpsReconciler
+from rollbackd.demo.scenarios import CANARY_WEIGHT, NAMESPACE, scenario_named
 from rollbackd.demo.traffic import UNROUTED, LoadGenerator, RoutingChange, Tally
 from rollbackd.errors import SourceStats
 from rollbackd.kube import KubeClient
@@ -93,12 +96,13 @@ class DemoOptions:
     """How the demo runs.
 
     - ``work_dir``: where logs and Prometheus' data go;
-    - ``scenario``: ``canary``, ``bluegreen`` or ``deployment``;
+    - ``scenario``: ``canary``, ``bluegreen``, ``deployment`` or ``gateway``;
     - ``prometheus``: the Prometheus binary, or ``None`` to read the apps' metrics directly;
     - ``no_prometheus_reason``: why there is no Prometheus (said plainly in the timeline);
     - ``rps``: requests per second the load generator sends in all;
-    - ``canary_weight``: the canary scenario's canary-weight, in percent: the canary gets
-      ``rps x canary_weight / 100`` requests per second (20 requests/s by default);
+    - ``canary_weight``: the canary scenario's canary-weight (the gateway scenario's HTTPRoute
+      weight of the canary, out of 100), in percent: the canary gets ``rps x canary_weight / 100``
+      requests per second (20 requests/s by default);
     - ``interval_s``: the daemon's evaluation interval, and Prometheus' scrape interval;
     - ``detection_window_s``: the daemon's detection window (``defaults.detection.window_s``;
       short here, the daemon's default is 600 s): a verdict needs 50 requests in it;
@@ -107,7 +111,10 @@ class DemoOptions:
     - ``fault_error_rate``: the fraction of requests the bad version fails;
     - ``healthy_ticks``: conclusive, healthy decisions to wait for before the fault;
     - ``timeout_s``: the whole demo's time limit;
-    - ``mqtt_url``: the MQTT broker the events go to, or ``None`` (recorded in the store only).
+    - ``mqtt_url``: the MQTT broker the events go to, or ``None`` (recorded in the store only);
+    - ``gitops``: the gitops scenario's ``gitops`` mode (suspend, refuse or ignore);
+    - ``gitops_passes``: passes of the emulated GitOps reconciler (one a second) the rollback must
+      outlast, after it is verified, in the gitops scenario.
     """
 
     work_dir: Path
@@ -124,6 +131,8 @@ class DemoOptions:
     healthy_ticks: int = 6
     timeout_s: float = 110.0
     mqtt_url: str | None = None
+    gitops: GitOpsMode = "suspend"
+    gitops_passes: int = 3
 
 
 class DemoFailed(Exception):
@@ -238,20 +247,18 @@ class Demo:
     """One run of one scenario (see the module docstring)."""
 
     def __init__(self, options: DemoOptions, *, out: TextIO) -> None:
-        if options.scenario not in SCENARIOS:
-            raise ValueError(f"unknown scenario {options.scenario!r}; known: {', '.join(SCENARIOS)}")
         self.options = options
-        self.scenario = (
-            canary_scenario(options.canary_weight)
-            if options.scenario == "canary"
-            else SCENARIOS[options.scenario]
-        )
+        self.scenario = scenario_named(options.scenario, canary_weight=options.canary_weight,
+                                       gitops=options.gitops)
+        #: The emulated GitOps reconciler (gitops scenario), once running.
+        self._reconciler: GitOpsReconciler | None = None
         self.out = out
         self.measured = Measurements()
         self._timeline: Timeline | None = None
         self._shown_decision: tuple[object, ...] | None = None
         self._order = tuple(app.backend for app in self.scenario.apps)
         self._prometheus_url: str | None = None
+        self._emu: ClusterEmulator | None = None
         #: Consecutive ticks counted by _served_ticks / _healthy_ticks, and the tick counted last.
         self._served = self._healthy = 0
         self._served_t: float | None = None
@@ -308,14 +315,22 @@ class Demo:
             )
             await self._fault(apps[scenario.bad])
             run = await self._follow_rollback(daemon, key, deadline)
+            if self._reconciler is not None:
+                await self._rollback_holds(self._reconciler, run, deadline)
             await asyncio.sleep(0.5)  # the last requests in flight come back
+            if scenario.aftermath is not None:
+                assert self._emu is not None
+                lines = await scenario.aftermath(self._emu, kube)
+                self.timeline.say(f"after the rollback: {lines[0]}")
+                for line in lines[1:]:
+                    self.timeline.detail(line)
             self._summary(run, load)
         return self.measured
 
     # --- set-up ----------------------------------------------------------------------------------
 
     async def _start_cluster(self, stack: contextlib.AsyncExitStack) -> str:
-        emu = await stack.enter_async_context(ClusterEmulator())
+        emu = self._emu = await stack.enter_async_context(ClusterEmulator())
         await stack.enter_async_context(kmock.Server(emu))
         url = str(emu.url)
         self.timeline.say(f"{EMULATOR_LABEL}, serving at {url}")
@@ -325,9 +340,16 @@ class Demo:
             Controllers(emu, rollout_delay_s=self.options.rollout_delay_s, poll_s=0.05)
         )
         self.timeline.detail(
-            f"emulated deployment and EndpointSlice controllers running (pods ready "
+            f"emulated {self.scenario.controllers} running (pods ready "
             f"{self.options.rollout_delay_s:g}s after their ReplicaSet scales up)"
         )
+        if self.scenario.gitops is not None:
+            reconciler = GitOpsReconciler(emu, poll_s=1.0, on_revert=self._reverted)
+            for line in self.scenario.gitops(reconciler):
+                self.timeline.detail(line)
+            self._reconciler = await stack.enter_async_context(reconciler)
+            self.timeline.detail("emulated GitOps reconciler running: every 1s it puts back what Git "
+                                 "declares, for each Application / Kustomization that is not suspended")
         return url
 
     async def _start_apps(self, stack: contextlib.AsyncExitStack) -> dict[str, SampleAppProcess]:
@@ -547,6 +569,12 @@ class Demo:
                 if run.action is not None and not shown_action:
                     shown_action = True
                     self._show_action(run)
+                if shown_action and self._reconciler is not None and self._reconciler.reverts:
+                    raise DemoFailed(
+                        f"the GitOps reconciler undid the rollback: it put the bad version back as Git "
+                        f"declares it (gitops: {self.options.gitops}); with gitops: suspend, rollbackd turns "
+                        "Argo CD's automated sync off and suspends the Flux Kustomization before it acts"
+                    )
                 result = run.verification
                 if (
                     result is not None
@@ -579,6 +607,29 @@ class Demo:
         )
         for change in result.changes:
             self.timeline.detail(f"changed {change.describe()}")
+        for hold in result.gitops:
+            state = "suspended" if hold.suspended else "NOT suspended"
+            syncs = ", ".join(hold.reconciles)
+            self.timeline.detail(f"GitOps: {hold.object} ({hold.reconciler}, syncs {syncs}) {state}; "
+                                 f"resume with: {hold.resume}")
+
+    def _reverted(self, reconciler: str, obj: str) -> None:
+        self.timeline.say(f"GitOps reconciler: {reconciler} put {obj} back as Git declares it "
+                          "(the bad version)")
+
+    async def _rollback_holds(self, reconciler: GitOpsReconciler, run: RollbackRun, deadline: float) -> None:
+        """The gitops scenario: the rollback must outlast ``gitops_passes`` more passes of the reconciler."""
+        passes = self.options.gitops_passes
+        start = reconciler.passes
+        await self._until(deadline, f"{passes} more passes of the GitOps reconciler",
+                          lambda: reconciler.passes >= start + passes)
+        if reconciler.reverts:
+            raise DemoFailed(f"the GitOps reconciler put the bad version back {reconciler.reverts} time(s)")
+        held = [hold.object for hold in run.action.gitops] if run.action is not None else []
+        self.timeline.say(
+            f"the GitOps reconciler made {passes} more passes and put nothing back: the rollback holds "
+            f"({', '.join(held) or 'nothing'} suspended). {REVERT_IN_GIT}"
+        )
 
     def _verdict(self, run: RollbackRun) -> RollbackRun:
         result = run.verification
@@ -652,7 +703,15 @@ async def _prometheus_version(binary: str) -> str:
 async def run_demo(options: DemoOptions, *, out: TextIO) -> Measurements:
     """Run one scenario, printing its timeline to ``out``; raise :class:`DemoFailed` when it does
     not end in a verified rollback."""
-    return await Demo(options, out=out).run()
+    try:
+        return await Demo(options, out=out).run()
+    except ExceptionGroup as group:  # raised inside the daemon's task group: tell the reason itself
+        found: BaseException | None = group.subgroup(DemoFailed)
+        while isinstance(found, BaseExceptionGroup):
+            found = found.exceptions[0]
+        if isinstance(found, DemoFailed):
+            raise found from group
+        raise
 
 
 async def _until_terminated(options: DemoOptions, *, out: TextIO) -> Measurements:
@@ -695,6 +754,7 @@ def run_cli(args: argparse.Namespace) -> int:
     mqtt_url = getattr(args, "mqtt_url", None) or (LOCAL_MQTT if _answers(LOCAL_MQTT_ADDRESS) else None)
     options = DemoOptions(
         scenario=args.scenario,
+        gitops=getattr(args, "gitops", "suspend"),
         prometheus=binary,
         no_prometheus_reason=reason,
         work_dir=work_dir,

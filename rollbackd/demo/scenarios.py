@@ -1,4 +1,4 @@
-"""The demo's three releases: what is seeded into the emulated cluster, which sample apps stand in for
+"""The demo's releases: what is seeded into the emulated cluster, which sample apps stand in for
 which version's pods, how traffic is routed, and what rollbackd is told to watch.
 
 - ``canary``: a stable and a canary Deployment, their Services, a main Ingress and an ingress-nginx
@@ -8,6 +8,15 @@ which version's pods, how traffic is routed, and what rollbackd is told to watch
   from blue to green; green turns bad; rollbackd switches the Service back to blue.
 - ``deployment``: one Deployment whose current revision runs the new image; it turns bad; rollbackd
   undoes the Deployment to the previous revision.
+- ``gateway``: the canary's Deployments and Services behind a Gateway API Gateway, an HTTPRoute
+  giving the canary Service 20% of the weight (another weight: :func:`gateway_scenario`); the
+  canary turns bad; rollbackd sets its weight to 0 through the Gateway API router, and the Gateway
+  accepts the route as written.
+- ``gitops``: the canary, reconciled from Git: an Argo CD Application syncs the canary Ingress and a
+  Flux Kustomization the canary Deployment, and an emulated reconciler puts back what Git declares
+  (weight 20, one canary replica) unless they are suspended. With ``gitops: suspend`` (the default)
+  rollbackd suspends both before aborting the canary and the rollback holds; with ``ignore`` the
+  reconciler undoes it (:func:`gitops_scenario`).
 """
 
 from __future__ import annotations
@@ -15,8 +24,37 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from rollbackd.config.settings import IngressNginxRouterSettings, Side, TargetSettings
-from rollbackd.demo.emulator import ClusterEmulator, seed_deployment, seed_ingress, seed_service
+from rollbackd.actions.routers.select import router_for
+from rollbackd.config.settings import (
+    GatewayApiRouterSettings,
+    GitOpsMode,
+    IngressNginxRouterSettings,
+    Side,
+    TargetSettings,
+)
+from rollbackd.demo.emulator import (
+    APPLICATIONS,
+    DEPLOYMENTS,
+    GATEWAYS,
+    INGRESSES,
+    KUSTOMIZATIONS,
+    ClusterEmulator,
+    seed_deployment,
+    seed_gateway,
+    seed_ingress,
+    seed_route,
+    seed_service,
+)
+from rollbackd.demo.reconciler import (
+    ARGOCD_NAMESPACE,
+    FLUX_NAMESPACE,
+    Declared,
+    GitOpsReconciler,
+    label_for_flux,
+    seed_application,
+    seed_kustomization,
+    track_by_argocd,
+)
 from rollbackd.demo.traffic import PodTemplateRouting, RouterRouting, Routing, ServiceSelectorRouting
 from rollbackd.kube import KubeClient, objects
 from rollbackd.model import Strategy
@@ -43,6 +81,9 @@ class App:
 
 #: A release step the demo takes before the fault (as a pipeline would); returns what it did.
 Release = Callable[[KubeClient], Awaitable[str]]
+#: Reads the routing objects once the rollback is verified, from the emulated cluster's store and
+#: through the client as rollbackd reads them; returns one line per object.
+Aftermath = Callable[[ClusterEmulator, KubeClient], Awaitable[list[str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +95,11 @@ class Scenario:
     - ``seed``: fills the emulated cluster; returns one line per object seeded;
     - ``target``: rollbackd's target, given each backend's base URL (for health endpoints);
     - ``routing``: how the load generator reads where traffic goes;
-    - ``release``: a step taken once the old version has served a while (blue-green only).
+    - ``release``: a step taken once the old version has served a while (blue-green only);
+    - ``controllers``: the emulated controllers the scenario's objects need, for the timeline;
+    - ``aftermath``: what the routing objects say once the rollback is verified (gateway only).
+    - ``gitops``: what Git declares, for the emulated GitOps reconciler (the gitops scenario only):
+      tells the reconciler, returns one line per declaration.
     """
 
     name: str
@@ -67,6 +112,9 @@ class Scenario:
     target: Callable[[Mapping[str, str]], TargetSettings]
     routing: Routing
     release: Release | None = None
+    controllers: str = "deployment and EndpointSlice controllers"
+    aftermath: Aftermath | None = None
+    gitops: Callable[[GitOpsReconciler], list[str]] | None = None
 
     def app(self, backend: str) -> App:
         return next(app for app in self.apps if app.backend == backend)
@@ -85,21 +133,29 @@ _STABLE_LABELS = {"app": "web", "track": "stable"}
 _CANARY_LABELS = {"app": "web", "track": "canary"}
 
 
-def _seed_canary(emu: ClusterEmulator, weight: int) -> list[str]:
+def _seed_canary_workloads(emu: ClusterEmulator) -> list[str]:
+    """The stable and canary Deployments and their Services (whatever routes to them)."""
     seed_deployment(emu, NAMESPACE, "web", replicas=3, image=OLD_IMAGE, revision_history=("shop/web:1.3",),
                     labels=_STABLE_LABELS, container="web")
     seed_deployment(emu, NAMESPACE, "web-canary", replicas=1, image=NEW_IMAGE, labels=_CANARY_LABELS,
                     container="web")
     seed_service(emu, NAMESPACE, "web", selector=_STABLE_LABELS)
     seed_service(emu, NAMESPACE, "web-canary", selector=_CANARY_LABELS)
-    seed_ingress(emu, NAMESPACE, "web", service="web", host=HOST_NAME)
-    seed_ingress(emu, NAMESPACE, "web-canary", service="web-canary", host=HOST_NAME,
-                 canary_weight=weight)
     return [
         _deployment_line("web", 3, OLD_IMAGE, _STABLE_LABELS, 2),
         _deployment_line("web-canary", 1, NEW_IMAGE, _CANARY_LABELS, 1),
         f"Services {NAMESPACE}/web (track=stable) and {NAMESPACE}/web-canary (track=canary), "
         "with their EndpointSlices",
+    ]
+
+
+def _seed_canary(emu: ClusterEmulator, weight: int) -> list[str]:
+    lines = _seed_canary_workloads(emu)
+    seed_ingress(emu, NAMESPACE, "web", service="web", host=HOST_NAME)
+    seed_ingress(emu, NAMESPACE, "web-canary", service="web-canary", host=HOST_NAME,
+                 canary_weight=weight)
+    return [
+        *lines,
         f"Ingress {NAMESPACE}/web: {HOST_NAME} -> Service web",
         f"Ingress {NAMESPACE}/web-canary: {HOST_NAME} -> Service web-canary, "
         f"canary: \"true\", canary-weight: \"{weight}\"",
@@ -236,4 +292,179 @@ DEPLOYMENT = Scenario(
                                backends={OLD_IMAGE: "v1.4", NEW_IMAGE: "v1.5"}),
 )
 
-SCENARIOS: Mapping[str, Scenario] = {scenario.name: scenario for scenario in (CANARY, BLUEGREEN, DEPLOYMENT)}
+# --- gateway --------------------------------------------------------------------------------------
+
+GATEWAY_NAME = "shop-gateway"
+ROUTE_NAME = "web"
+
+_GATEWAY_ROUTER = GatewayApiRouterSettings(
+    kind="gateway-api", route=ROUTE_NAME, canary_service="web-canary", stable_service="web"
+)
+
+
+def _seed_gateway(emu: ClusterEmulator, weight: int) -> list[str]:
+    lines = _seed_canary_workloads(emu)
+    seed_gateway(emu, NAMESPACE, GATEWAY_NAME)
+    seed_route(emu, NAMESPACE, ROUTE_NAME, rules=[{"web": 100 - weight, "web-canary": weight}],
+               gateway=GATEWAY_NAME, hostnames=(HOST_NAME,))
+    return [
+        *lines,
+        f"Gateway {NAMESPACE}/{GATEWAY_NAME} (class emulated): listener http on port 80, routes from "
+        f"namespace {NAMESPACE}",
+        f"HTTPRoute {NAMESPACE}/{ROUTE_NAME}: {HOST_NAME} on Gateway {GATEWAY_NAME} -> backendRefs "
+        f"web weight {100 - weight}, web-canary weight {weight}",
+    ]
+
+
+def _gateway_target(urls: Mapping[str, str]) -> TargetSettings:
+    return TargetSettings(
+        name="web",
+        namespace=NAMESPACE,
+        strategy=Strategy.CANARY,
+        router=_GATEWAY_ROUTER,
+        baseline=Side(deployment="web", health=(f"{urls['stable']}/readyz",)),
+        candidate=Side(deployment="web-canary", health=(f"{urls['canary']}/readyz",)),
+    )
+
+
+def _conditions(conditions: object) -> str:
+    if not isinstance(conditions, list):
+        return "no conditions"
+    return ", ".join(f"{c.get('type')} {c.get('status')}" for c in conditions if isinstance(c, Mapping))
+
+
+async def _gateway_aftermath(emu: ClusterEmulator, kube: KubeClient) -> list[str]:
+    """The HTTPRoute's weights and its Gateway's verdict on it, and the Gateway's own status."""
+    route = await objects.get_custom(kube, objects.HTTPROUTES, namespace=NAMESPACE, name=ROUTE_NAME)
+    split = await router_for(_GATEWAY_ROUTER, kube=kube, namespace=NAMESPACE).read_split()
+    generation = objects.metadata_of(route).get("generation")
+    weights = "; ".join(
+        f"rule {index}: " + ", ".join(f"{ref.get('name')} weight {ref.get('weight', 1)}"
+                                      for ref in rule.get("backendRefs") or [])
+        for index, rule in enumerate((route.get("spec") or {}).get("rules") or [])
+    )
+    lines = [f"HTTPRoute {NAMESPACE}/{ROUTE_NAME} (generation {generation}): {weights} -- the canary gets "
+             f"{split.canary_percent:g}% as rollbackd reads the split"]
+    for parent in (route.get("status") or {}).get("parents") or []:
+        ref = parent.get("parentRef") or {}
+        observed = {c.get("observedGeneration") for c in parent.get("conditions") or []}
+        lines.append(
+            f"HTTPRoute status, parent Gateway {ref.get('namespace', NAMESPACE)}/{ref.get('name')}: "
+            f"{_conditions(parent.get('conditions'))} (generation {', '.join(map(str, sorted(observed)))})"
+        )
+    gateway = emu.read(GATEWAYS, NAMESPACE, GATEWAY_NAME)  # rollbackd itself never reads Gateways
+    status = (gateway or {}).get("status") or {}
+    attached = ", ".join(
+        f"listener {listener.get('name')}: {listener.get('attachedRoutes')} route(s) attached"
+        for listener in status.get("listeners") or []
+    )
+    lines.append(f"Gateway {NAMESPACE}/{GATEWAY_NAME}: {_conditions(status.get('conditions'))}; {attached}")
+    return lines
+
+
+def gateway_scenario(weight: int = CANARY_WEIGHT) -> Scenario:
+    """The gateway scenario with the HTTPRoute giving the canary ``weight`` of 100 (1 to 99)."""
+    if not 1 <= weight <= 99:
+        raise ValueError(f"a canary weight is a percentage from 1 to 99, not {weight!r}")
+    return Scenario(
+        name="gateway",
+        title=f"a canary at {weight}% of a Gateway API HTTPRoute's weight turns bad; rollbackd sets its "
+        "weight to 0",
+        strategy=Strategy.CANARY,
+        apps=(
+            App("stable", "web", f"the stable pods, {OLD_IMAGE}"),
+            App("canary", "web-canary", f"the canary pods, {NEW_IMAGE}"),
+        ),
+        good="stable",
+        bad="canary",
+        seed=lambda emu: _seed_gateway(emu, weight),
+        target=_gateway_target,
+        routing=RouterRouting(namespace=NAMESPACE, stable="stable", canary="canary", router=_GATEWAY_ROUTER),
+        controllers="deployment, EndpointSlice and gateway controllers",
+        aftermath=_gateway_aftermath,
+    )
+
+
+GATEWAY = gateway_scenario()
+
+
+
+# --- gitops --------------------------------------------------------------------------------------
+
+APPLICATION = "shop-web"
+KUSTOMIZATION = "shop-canary"
+
+
+def _seed_gitops(emu: ClusterEmulator) -> list[str]:
+    lines = _seed_canary(emu, CANARY_WEIGHT)
+    seed_application(emu, APPLICATION, destination_namespace=NAMESPACE, path="apps/web")
+    track_by_argocd(emu, INGRESSES, NAMESPACE, "web-canary", application=APPLICATION)
+    seed_kustomization(emu, KUSTOMIZATION, path="apps/web-canary")
+    label_for_flux(emu, DEPLOYMENTS, NAMESPACE, "web-canary", owner=KUSTOMIZATIONS, owner_name=KUSTOMIZATION)
+    return [
+        *lines,
+        f"Argo CD Application {ARGOCD_NAMESPACE}/{APPLICATION} (automated sync: prune, selfHeal) syncing "
+        f"Ingress {NAMESPACE}/web-canary (annotation argocd.argoproj.io/tracking-id)",
+        f"Flux Kustomization {FLUX_NAMESPACE}/{KUSTOMIZATION} applying Deployment {NAMESPACE}/web-canary "
+        "(labels kustomize.toolkit.fluxcd.io/name and /namespace)",
+    ]
+
+
+def _git_declares(reconciler: GitOpsReconciler) -> list[str]:
+    weight = {"metadata": {"annotations": {objects.CANARY_WEIGHT_ANNOTATION: str(CANARY_WEIGHT)}}}
+    reconciler.declare(APPLICATIONS, ARGOCD_NAMESPACE, APPLICATION,
+                       [Declared(INGRESSES, NAMESPACE, "web-canary", weight)])
+    reconciler.declare(KUSTOMIZATIONS, FLUX_NAMESPACE, KUSTOMIZATION,
+                       [Declared(DEPLOYMENTS, NAMESPACE, "web-canary", {"spec": {"replicas": 1}})])
+    return [
+        f"Git declares Ingress {NAMESPACE}/web-canary with canary-weight \"{CANARY_WEIGHT}\" "
+        "(Argo CD self-heal puts it back unless automated sync is off)",
+        f"Git declares Deployment {NAMESPACE}/web-canary with 1 replica (Flux puts it back unless the "
+        "Kustomization is suspended)",
+    ]
+
+
+def gitops_scenario(mode: GitOpsMode = "suspend") -> Scenario:
+    """The canary scenario reconciled from Git, with the target's ``gitops`` mode ``mode``."""
+    canary = canary_scenario(CANARY_WEIGHT)
+    what = {
+        "suspend": "rollbackd suspends both, aborts the canary, and the rollback holds",
+        "refuse": "rollbackd refuses to fight Git and escalates",
+        "ignore": "rollbackd aborts the canary regardless, and the reconciler puts it back",
+    }[mode]
+    return Scenario(
+        name="gitops",
+        title=f"a canary synced by Argo CD and Flux turns bad; with gitops: {mode}, {what}",
+        strategy=Strategy.CANARY,
+        apps=canary.apps,
+        good=canary.good,
+        bad=canary.bad,
+        seed=_seed_gitops,
+        target=lambda urls: _canary_target(urls).model_copy(update={"gitops": mode}),
+        routing=canary.routing,
+        gitops=_git_declares,
+    )
+
+
+GITOPS = gitops_scenario()
+
+SCENARIOS: Mapping[str, Scenario] = {
+    scenario.name: scenario for scenario in (CANARY, BLUEGREEN, DEPLOYMENT, GATEWAY, GITOPS)
+}
+
+
+def scenario_named(
+    name: str, *, canary_weight: int = CANARY_WEIGHT, gitops: GitOpsMode = "suspend"
+) -> Scenario:
+    """The scenario ``name``, a canary's (``canary``, ``gateway``) at ``canary_weight`` percent, the
+    gitops one with the target's ``gitops`` mode; :class:`ValueError` naming the known ones for
+    another name."""
+    if name == "canary":
+        return canary_scenario(canary_weight)
+    if name == "gateway":
+        return gateway_scenario(canary_weight)
+    if name == "gitops":
+        return gitops_scenario(gitops)
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    return SCENARIOS[name]

@@ -25,6 +25,7 @@ from rollbackd.events.model import (
     EventFormatError,
     EventType,
     TargetState,
+    decision_state,
     state_after,
     status_of,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "SinkStatus",
     "TargetState",
     "audit_entry_for",
+    "decision_state",
     "state_after",
     "status_of",
 ]

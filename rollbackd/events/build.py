@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
-from rollbackd.actions.base import ActionOutcome, ActionResult
+from rollbackd.actions.base import ActionOutcome, ActionResult, GitOpsHold
+from rollbackd.actions.reconcilers import REVERT_IN_GIT
 from rollbackd.actions.targets import ACTIONS
 from rollbackd.events.model import (
     ActionData,
@@ -43,6 +44,8 @@ from rollbackd.events.model import (
     EventType,
     EvidenceData,
     FindingData,
+    GitOpsData,
+    GitOpsSuspendedData,
     HoldData,
     HoldExpiredData,
     HoldSetData,
@@ -221,6 +224,35 @@ def decision_data(decision: Decision, clock: Clock) -> DecisionData:
     )
 
 
+def gitops_data(hold: GitOpsHold) -> GitOpsData:
+    return GitOpsData(
+        reconciler="argocd" if hold.reconciler == "argocd" else "flux",
+        object=hold.object,
+        api_version=hold.api_version,
+        reconciles=hold.reconciles,
+        field=hold.field,
+        previous=hold.previous,
+        suspended=hold.suspended,
+        resume=hold.resume,
+    )
+
+
+def suspended_by_run(result: ActionResult) -> list[tuple[GitOpsHold, object]]:
+    """The reconcilers the run of ``result`` suspended (its changes list the suspension, perhaps
+    made by a process that stopped), each with its field's value before."""
+    before = {(change.object, change.field): change.before for change in result.changes}
+    return [
+        (hold, before[(hold.object, hold.field)])
+        for hold in result.gitops
+        if hold.suspended and (hold.object, hold.field) in before
+    ]
+
+
+def next_step(result: ActionResult) -> str | None:
+    """What people must do after ``result``: with reconciliation from Git off, revert in Git."""
+    return REVERT_IN_GIT if any(hold.suspended for hold in result.gitops) else None
+
+
 def action_data(result: ActionResult) -> ActionData:
     return ActionData(
         action=result.action,
@@ -236,6 +268,7 @@ def action_data(result: ActionResult) -> ActionData:
         router=result.details.get("router"),
         split_before=_split_data(result.details.get("split_before")),
         split_after=_split_data(result.details.get("split_after")),
+        gitops=tuple(gitops_data(hold) for hold in result.gitops),
     )
 
 
@@ -398,6 +431,9 @@ class EventFactory:
             f"{run.key} rolled back with {result.action} in {_duration(duration)} "
             f"({len(result.changes)} change{'' if len(result.changes) == 1 else 's'}{revisions}); verifying"
         )
+        step = next_step(result)
+        if step is not None:
+            summary += f". Reconciliation from Git is suspended: {step}"
         return self.event(
             EventType.ROLLBACK_COMPLETED,
             run.key,
@@ -405,6 +441,39 @@ class EventFactory:
                 **self._run_common(run, summary, clock),
                 duration_s=duration,
                 action=action_data(result),
+                next_step=step,
+            ),
+            clock=clock,
+        )
+
+    def gitops_suspended(
+        self, run: RollbackRun, hold: GitOpsHold, *, previous: object, clock: Clock
+    ) -> CloudEvent:
+        """``gitops.suspended``: ``run`` stopped the reconciler ``hold`` (its field was ``previous``)."""
+        namespace, name = split_subject(run.key)
+        tool = "Argo CD" if hold.reconciler == "argocd" else "Flux"
+        what = "automated sync turned off" if hold.reconciler == "argocd" else "suspended"
+        summary = (
+            f"{run.key}: {tool} {hold.object.replace('/', ' ', 1)} {what} before the rollback "
+            f"(it reconciles {', '.join(hold.reconciles)}). {REVERT_IN_GIT}"
+        )
+        return self.event(
+            EventType.GITOPS_SUSPENDED,
+            run.key,
+            GitOpsSuspendedData(
+                target=run.key,
+                namespace=namespace,
+                name=name,
+                summary=summary,
+                run_id=run.run_id,
+                reconciler="argocd" if hold.reconciler == "argocd" else "flux",
+                object=hold.object,
+                api_version=hold.api_version,
+                reconciles=hold.reconciles,
+                field=hold.field,
+                previous=previous,
+                resume=hold.resume,
+                next_step=REVERT_IN_GIT,
             ),
             clock=clock,
         )
@@ -744,6 +813,13 @@ class Announcer:
             ),
         )
         phase = str(run.phase)  # a Phase (a StrEnum), compared by value
+        if phase != "acting" and run.action is not None:
+            result = run.action
+            suspended = suspended_by_run(result)
+            if suspended and EventType.GITOPS_SUSPENDED not in self._run_announced:
+                self._run_announced.add(EventType.GITOPS_SUSPENDED)
+                events.extend(f.gitops_suspended(run, hold, previous=previous, clock=clock)
+                              for hold, previous in suspended)
         if phase in ("verifying", "verified", "verification-failed") and run.action is not None:
             once(EventType.ROLLBACK_COMPLETED, lambda: f.rollback_completed(run, clock=clock))
         if phase == "verified":
@@ -760,6 +836,8 @@ class Announcer:
         elif phase in ("action-failed", "refused") and run.action is not None:
             once(EventType.ROLLBACK_FAILED, lambda: f.rollback_failed(run, clock=clock))
             cause = "rollback-refused" if phase == "refused" else "rollback-failed"
+            if phase == "refused" and any(not hold.suspended for hold in run.action.gitops):
+                cause = "gitops"  # gitops: refuse: Git would put the bad version back
             reason = run.action.reason
             once(
                 EventType.ESCALATION_RAISED,

@@ -35,6 +35,7 @@ from rollbackd.events.model import (
     EventType,
     EvidenceData,
     FindingData,
+    GitOpsSuspendedData,
     HoldExpiredData,
     HoldSetData,
     RollbackCompletedData,
@@ -171,6 +172,9 @@ def _title_and_severity(event: CloudEvent) -> tuple[str, Severity]:
     if isinstance(data, HoldExpiredData):
         still = ", still breaching" if data.still_breaching else ""
         return f"Hold on {target} expired{still}", "warning" if data.still_breaching else "info"
+    if isinstance(data, GitOpsSuspendedData):
+        tool = "Argo CD" if data.reconciler == "argocd" else "Flux"
+        return f"{tool} reconciliation of {target} suspended: revert in Git", "warning"
     return f"{event.short_type}: {target}", "info"
 
 
@@ -192,6 +196,8 @@ def _facts(event: CloudEvent) -> list[Fact]:
         action = data.action
         facts += [Fact("Action", f"{action.action}: {action.outcome}"), Fact("What", action.reason)]
         facts.append(Fact("Took", f"{data.duration_s:.0f} s since the decision"))
+        if isinstance(data, RollbackCompletedData) and data.next_step:
+            facts.append(Fact("Next", data.next_step))
     elif isinstance(data, RollbackVerdictData):
         facts += verification_facts(data.verification)
         facts.append(Fact("Took", f"{data.duration_s:.0f} s since the decision"))
@@ -200,6 +206,13 @@ def _facts(event: CloudEvent) -> list[Fact]:
         facts += evidence_facts(data.evidence)
         if data.sink:
             facts.append(Fact("Sink", data.sink))
+    elif isinstance(data, GitOpsSuspendedData):
+        facts += [
+            Fact("Suspended", f"{data.object} ({data.field}, was {data.previous!r})"),
+            Fact("Reconciles", ", ".join(data.reconciles) or "-"),
+            Fact("Next", data.next_step),
+            Fact("Resume", data.resume),
+        ]
     elif isinstance(data, HoldSetData | HoldExpiredData):
         facts += [Fact("Reason", data.hold.reason), Fact("Until", f"{data.hold.until:%Y-%m-%d %H:%M:%S}Z")]
         if isinstance(data, HoldExpiredData):

@@ -42,6 +42,7 @@ REASONS: Mapping[EventType, tuple[str, EventKind, str]] = {
     EventType.ESCALATION_RAISED: ("Escalated", "Warning", "Escalate"),
     EventType.HOLD_SET: ("HoldSet", "Normal", "Hold"),
     EventType.HOLD_EXPIRED: ("HoldExpired", "Warning", "Hold"),
+    EventType.GITOPS_SUSPENDED: ("GitOpsSuspended", "Warning", "Suspend"),
 }
 
 

@@ -13,6 +13,7 @@ Every step of a release's story is one event type, ``io.rollbackd.<noun>.<verb>`
 ``escalation.raised``      a human should look: rollback blocked, not attributable, failed, ...
 ``hold.set``               a fix-forward hold defers any rollback until its ETA
 ``hold.expired``           the hold's ETA passed
+``gitops.suspended``       a GitOps reconciler was stopped so that it does not undo the rollback
 =========================  =====================================================================
 
 The ``data`` models here are the contract with subscribers: the JSON Schemas under docs/schemas
@@ -54,6 +55,7 @@ class EventType(enum.StrEnum):
     ESCALATION_RAISED = "escalation.raised"
     HOLD_SET = "hold.set"
     HOLD_EXPIRED = "hold.expired"
+    GITOPS_SUSPENDED = "gitops.suspended"
 
     @property
     def full(self) -> str:
@@ -179,6 +181,28 @@ class ChangeData(_Model):
     after: Any = Field(description="The value after the change.")
 
 
+class GitOpsData(_Model):
+    """A GitOps reconciler (an Argo CD Application, a Flux Kustomization or HelmRelease) of objects
+    the rollback changes."""
+
+    reconciler: Literal["argocd", "flux"] = Field(description="Which GitOps tool: argocd or flux.")
+    object: str = Field(description="Its object: kind/namespace/name, e.g. Application/argocd/shop.")
+    api_version: str = Field(description="Its object's apiVersion, e.g. argoproj.io/v1alpha1.")
+    reconciles: tuple[str, ...] = Field(
+        description="The objects of the rollback it reconciles from Git (kind/namespace/name)."
+    )
+    field: str = Field(
+        description="The field that turns its reconciliation off: spec.syncPolicy.automated (Argo CD, "
+        "removed) or spec.suspend (Flux, set to true)."
+    )
+    previous: Any = Field(description="That field's value before the rollback (null: absent).")
+    suspended: bool = Field(
+        description="Its reconciliation is off now; false when the rollback was refused (gitops: refuse) "
+        "or the suspension failed."
+    )
+    resume: str = Field(description="The command that resumes it as it was, once Git is reverted.")
+
+
 class SplitData(_Model):
     """How a canary's route split the requests, as its traffic router read it."""
 
@@ -208,6 +232,9 @@ class ActionData(_Model):
     to_revision: int | None = Field(None, description="The Deployment revision rolled back to.")
     api_s: float = Field(0.0, description="Seconds spent in Kubernetes API requests.")
     wait_s: float = Field(0.0, description="Seconds spent waiting for the old version to be available.")
+    gitops: tuple[GitOpsData, ...] = Field(
+        (), description="The GitOps reconcilers of the changed objects (suspended first, or why it refused)."
+    )
     router: str | None = Field(
         None, description="canary-abort: the traffic router (ingress-nginx, gateway-api or istio)."
     )
@@ -307,6 +334,11 @@ class RollbackCompletedData(EventData):
     decided_at: datetime = Field(description=_DECIDED_AT)
     duration_s: float = Field(description="Seconds from the decision to the end of the action.")
     action: ActionData
+    next_step: str | None = Field(
+        None,
+        description="What people must do now, if anything: with GitOps reconciliation suspended, \"Git still "
+        "declares the bad version; revert it in Git, then resume reconciliation\".",
+    )
 
 
 class RollbackFailedData(EventData):
@@ -346,7 +378,8 @@ class EscalationRaisedData(EventData):
 
     cause: str = Field(
         description="rollback-risk, not-attributable, no-baseline, attribution-pending, freeze, cooldown, "
-        "rate-limit, store (the decision's blocked_by), or rollback-failed, rollback-refused, "
+        "rate-limit, store (the decision's blocked_by), or rollback-failed, rollback-refused, gitops (the "
+        "rollback was refused because Git would put the bad version back: gitops: refuse), "
         "verification-failed, poison-record (a record about the target the store refused, set aside), "
         "or, about a notification, sink-rejected (a sink refused an event about the target for good: "
         "HTTP 400, 401, 403, 404, 410, 413 or 422) or sink-overdue (a failing sink kept an event past "
@@ -379,6 +412,30 @@ class HoldExpiredData(EventData):
     evidence: EvidenceData | None = None
 
 
+class GitOpsSuspendedData(EventData):
+    """``gitops.suspended``: a GitOps reconciler of the objects the rollback changed was stopped
+    before the first change, so that it does not put the bad version back; Git still declares it."""
+
+    run_id: str | None = Field(None, description=_RUN_ID)
+    reconciler: Literal["argocd", "flux"] = Field(description="Which GitOps tool: argocd or flux.")
+    object: str = Field(
+        description="The object suspended: kind/namespace/name, e.g. Application/argocd/shop."
+    )
+    api_version: str = Field(description="Its apiVersion, e.g. argoproj.io/v1alpha1.")
+    reconciles: tuple[str, ...] = Field(
+        description="The objects of the rollback it reconciles from Git (kind/namespace/name)."
+    )
+    field: str = Field(
+        description="The field changed: spec.syncPolicy.automated (Argo CD: removed) or spec.suspend (Flux: "
+        "set to true)."
+    )
+    previous: Any = Field(description="The field's value before (what resuming puts back; null: absent).")
+    resume: str = Field(description="The command that resumes it as it was.")
+    next_step: str = Field(
+        description="\"Git still declares the bad version; revert it in Git, then resume reconciliation\"."
+    )
+
+
 #: The ``data`` model of each event type.
 DATA_MODELS: Mapping[EventType, type[EventData]] = {
     EventType.TARGET_DEGRADED: TargetDegradedData,
@@ -391,6 +448,7 @@ DATA_MODELS: Mapping[EventType, type[EventData]] = {
     EventType.ESCALATION_RAISED: EscalationRaisedData,
     EventType.HOLD_SET: HoldSetData,
     EventType.HOLD_EXPIRED: HoldExpiredData,
+    EventType.GITOPS_SUSPENDED: GitOpsSuspendedData,
 }
 
 
@@ -476,30 +534,54 @@ class TargetState(enum.StrEnum):
     VERIFICATION_FAILED = "verification-failed"
 
 
+def decision_state(
+    *,
+    outcome: str,
+    rollback: bool,
+    dry_run: bool,
+    escalate: bool,
+    blocked_by: str | None,
+    episode_open: bool,
+    breached: bool,
+) -> TargetState:
+    """The target's state once a decision of this shape was taken (``outcome`` immediate /
+    controlled / none / inconclusive; ``episode_open``: a breach episode is open;
+    ``breached``: this interval's evidence breaches the SLO)."""
+    if rollback:
+        # In dry-run nothing is rolled back: the target stays degraded.
+        return TargetState.DEGRADED if dry_run else TargetState.ROLLING_BACK
+    if escalate:
+        return TargetState.ESCALATED
+    if blocked_by in ("hold", "newer-rollout"):
+        return TargetState.HELD
+    if blocked_by == "rollback-in-progress":
+        return TargetState.ROLLING_BACK
+    if outcome == "controlled":
+        return TargetState.WAITING
+    if episode_open:  # never healthy while a breach episode is open
+        return TargetState.DEGRADED
+    if outcome == "inconclusive":
+        return TargetState.INCONCLUSIVE
+    if breached:
+        return TargetState.DEGRADED
+    return TargetState.HEALTHY
+
+
 def state_after(event: CloudEvent) -> TargetState:
     """The target's state once ``event`` happened."""
     data = event.data
     kind = event.event_type
     if isinstance(data, DecisionMadeData):
         decision = data.decision
-        if decision.rollback:
-            # In dry-run nothing is rolled back: the target stays degraded.
-            return TargetState.DEGRADED if decision.dry_run else TargetState.ROLLING_BACK
-        if decision.escalate:
-            return TargetState.ESCALATED
-        if decision.blocked_by in ("hold", "newer-rollout"):
-            return TargetState.HELD
-        if decision.blocked_by == "rollback-in-progress":
-            return TargetState.ROLLING_BACK
-        if decision.outcome == "controlled":
-            return TargetState.WAITING
-        if decision.episode is not None:  # never healthy while a breach episode is open
-            return TargetState.DEGRADED
-        if decision.outcome == "inconclusive":
-            return TargetState.INCONCLUSIVE
-        if data.evidence is not None and data.evidence.breached:
-            return TargetState.DEGRADED
-        return TargetState.HEALTHY
+        return decision_state(
+            outcome=decision.outcome,
+            rollback=decision.rollback,
+            dry_run=decision.dry_run,
+            escalate=decision.escalate,
+            blocked_by=decision.blocked_by,
+            episode_open=decision.episode is not None,
+            breached=data.evidence is not None and data.evidence.breached,
+        )
     if isinstance(data, HoldExpiredData):
         return TargetState.DEGRADED if data.still_breaching else TargetState.HEALTHY
     return {
@@ -511,6 +593,7 @@ def state_after(event: CloudEvent) -> TargetState:
         EventType.VERIFICATION_FAILED: TargetState.VERIFICATION_FAILED,
         EventType.ESCALATION_RAISED: TargetState.ESCALATED,
         EventType.HOLD_SET: TargetState.HELD,
+        EventType.GITOPS_SUSPENDED: TargetState.ROLLING_BACK,
     }.get(kind, TargetState.DEGRADED)
 
 

@@ -9,8 +9,8 @@ The layer, bottom up:
   (``KubeClient.for_host("http://127.0.0.1:PORT")``, what tests use against an emulator). Inside
   ``async with`` it exposes the typed API groups (``apps``, ``core``, ``networking``,
   ``discovery``, ``coordination``, ``events``, and ``custom`` for objects of CRDs) and
-  :meth:`KubeClient.request`, the one door every
-  request goes through: it returns the body as a plain ``dict`` and raises only classified errors.
+  :meth:`KubeClient.request`, the one door every request goes through: it returns the body as a
+  plain ``dict`` and raises only classified errors.
 - :mod:`rollbackd.kube.errors` -- :class:`KubeError` and its classes: :class:`KubeTemporary` (5xx,
   429, timeouts, connection errors; a :class:`~rollbackd.errors.TemporaryError`),
   :class:`KubeConflict` (409: re-read and re-apply), :class:`KubePermanent` (other 4xx; a
@@ -22,7 +22,8 @@ The layer, bottom up:
 - :mod:`rollbackd.kube.objects` -- typed helpers on plain ``dict`` objects: Deployments (get,
   strategic / merge / JSON patch, the ``scale`` subresource), the ReplicaSets a Deployment owns
   with their revisions, Services, Ingresses (ingress-nginx canary annotations), a Service's
-  EndpointSlices, ``events.k8s.io/v1`` Events, Leases.
+  EndpointSlices, ``events.k8s.io/v1`` Events, Leases, and objects of custom resources (read and
+  patched by group, version and plural: what GitOps reconcilers are made of).
 - :mod:`rollbackd.kube.rollouts` -- Argo Rollouts' ``Rollout``: read it (a cluster without Argo
   Rollouts is told apart from a missing Rollout), abort it through its ``status`` subresource,
   find its stable ReplicaSet.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -40,6 +40,7 @@ USER_AGENT = "rollbackd"
 
 #: A JSON object as the API server sends and takes it (camelCase keys, exactly as on the wire).
 Obj = dict[str, Any]
+
 
 
 class KubeClient:
@@ -213,8 +214,9 @@ class KubeClient:
     @property
     def custom(self) -> k8s.CustomObjectsApi:
         """Objects of custom resources (CRDs), by group, version and plural -- Argo Rollouts'
-        ``argoproj.io/v1alpha1`` Rollouts, Gateway API routes, Istio VirtualServices -- and the API
-        discovery of a group version."""
+        ``argoproj.io/v1alpha1`` Rollouts, Gateway API routes, Istio VirtualServices, Argo CD
+        Applications, Flux Kustomizations and HelmReleases -- and the API discovery of a group
+        version."""
         api: k8s.CustomObjectsApi = self._group("custom")
         return api
 
@@ -260,3 +262,76 @@ class KubeClient:
                                 call=call, status=status)
         return document
 
+    async def watch(
+        self,
+        call: KubeCall,
+        method: Callable[..., Awaitable[Any]],
+        /,
+        *args: Any,
+        timeout_s: float,
+        **kwargs: Any,
+    ) -> AsyncIterator[Obj]:
+        """Watch with a ``kubernetes_asyncio`` list method (``watch=True``): yield each event of
+        the stream, ``{"type": "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK", "object": {...}}``,
+        exactly as the server sent it, until the server ends the stream (it does after
+        ``timeout_s``, sent as ``timeoutSeconds``). A connection silent for longer than that plus
+        this client's request timeout is given up.
+
+        Raises :class:`~rollbackd.kube.errors.KubeError` for every failure, an ``ERROR`` event
+        included (a ``410 Gone`` for a resource version too old: list again)."""
+        timeout = aiohttp.ClientTimeout(
+            connect=self.request_timeout_s,
+            sock_connect=self.request_timeout_s,
+            sock_read=timeout_s + self.request_timeout_s,
+        )
+        try:
+            response = await method(
+                *args, watch=True, timeout_seconds=max(1, round(timeout_s)), _preload_content=False,
+                _request_timeout=timeout, **kwargs,
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError, api_exception()) as exc:
+            raise error_from_exception(call, exc) from exc
+        if not isinstance(response, aiohttp.ClientResponse):  # pragma: no cover - a client change
+            raise KubePermanent(
+                f"{call.describe()}: unexpected client result {type(response).__name__}", call=call
+            )
+        try:
+            if not 200 <= response.status <= 299:
+                body = await response.read()
+                raise error_from_status(call, response.status, body,
+                                        retry_after=response.headers.get("Retry-After"))
+            while True:
+                try:
+                    line = await response.content.readline()
+                except ValueError as exc:  # longer than the stream reader's limit
+                    raise KubePermanent(
+                        f"{call.describe()}: a watch event too long to read: {exc}", call=call
+                    ) from exc
+                if not line:
+                    return  # the server ended the stream (its timeout, or it went away)
+                if not line.strip():
+                    continue
+                event = _watch_event(call, line)
+                if event is not None:
+                    yield event
+        except KubeError:
+            raise
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise error_from_exception(call, exc) from exc
+        finally:
+            response.release()
+
+
+def _watch_event(call: KubeCall, line: bytes) -> Obj | None:
+    """One line of a watch stream as an event; an ``ERROR`` event raised as the error it reports."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        quoted = line[:200].decode("utf-8", "replace")
+        raise KubePermanent(f"{call.describe()}: a watch event is not JSON: {quoted!r}", call=call) from None
+    if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
+        return None
+    if event.get("type") == "ERROR":
+        status = event["object"].get("code")
+        raise error_from_status(call, status if isinstance(status, int) else 500, json.dumps(event["object"]))
+    return event

@@ -258,7 +258,7 @@ async def list_endpointslices(kube: KubeClient, *, namespace: str, service: str)
     return _filtered(listed, match_labels)
 
 
-# --- custom resources (Gateway API routes, Istio VirtualServices) ---------------------------------
+# --- custom resources (Gateway API routes, Istio VirtualServices, GitOps reconcilers) --------------
 
 @dataclass(frozen=True, slots=True)
 class CustomResource:
@@ -278,6 +278,10 @@ class CustomResource:
 HTTPROUTES = CustomResource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
 GRPCROUTES = CustomResource("gateway.networking.k8s.io", "v1", "grpcroutes", "GRPCRoute")
 VIRTUALSERVICES = CustomResource("networking.istio.io", "v1", "virtualservices", "VirtualService")
+#: GitOps reconcilers' objects: Argo CD Applications, Flux Kustomizations and HelmReleases.
+ARGOCD_APPLICATIONS = CustomResource("argoproj.io", "v1alpha1", "applications", "Application")
+FLUX_KUSTOMIZATIONS = CustomResource("kustomize.toolkit.fluxcd.io", "v1", "kustomizations", "Kustomization")
+FLUX_HELMRELEASES = CustomResource("helm.toolkit.fluxcd.io", "v2", "helmreleases", "HelmRelease")
 
 #: The requests rollbackd makes on each custom resource, as RBAC sees them (written out, so that
 #: the chart's RBAC can be checked against them).
@@ -288,6 +292,12 @@ _CUSTOM_CALLS: Mapping[CustomResource, Mapping[str, KubeCall]] = {
                  "patch": KubeCall("patch", "grpcroutes", "gateway.networking.k8s.io")},
     VIRTUALSERVICES: {"get": KubeCall("get", "virtualservices", "networking.istio.io"),
                       "patch": KubeCall("patch", "virtualservices", "networking.istio.io")},
+    ARGOCD_APPLICATIONS: {"get": KubeCall("get", "applications", "argoproj.io"),
+                          "patch": KubeCall("patch", "applications", "argoproj.io")},
+    FLUX_KUSTOMIZATIONS: {"get": KubeCall("get", "kustomizations", "kustomize.toolkit.fluxcd.io"),
+                          "patch": KubeCall("patch", "kustomizations", "kustomize.toolkit.fluxcd.io")},
+    FLUX_HELMRELEASES: {"get": KubeCall("get", "helmreleases", "helm.toolkit.fluxcd.io"),
+                        "patch": KubeCall("patch", "helmreleases", "helm.toolkit.fluxcd.io")},
 }
 
 
@@ -301,7 +311,8 @@ def _custom_call(resource: CustomResource, verb: str, namespace: str, name: str)
 
 async def get_custom(kube: KubeClient, resource: CustomResource, *, namespace: str, name: str) -> Obj:
     """Read a custom object (one of :data:`HTTPROUTES`, :data:`GRPCROUTES`,
-    :data:`VIRTUALSERVICES`). :class:`~rollbackd.kube.errors.KubeNotFound` if it does not exist (or
+    :data:`VIRTUALSERVICES`, :data:`ARGOCD_APPLICATIONS`, :data:`FLUX_KUSTOMIZATIONS`,
+    :data:`FLUX_HELMRELEASES`). :class:`~rollbackd.kube.errors.KubeNotFound` if it does not exist (or
     its resource is not served: its CRD is not installed)."""
     call = _custom_call(resource, "get", namespace, name)
     return await kube.request(call, kube.custom.get_namespaced_custom_object, resource.group,

@@ -78,6 +78,17 @@ class ReportsOutage(Protocol):
         ...
 
 
+@runtime_checkable
+class ReportsFailures(Protocol):
+    """A metrics source whose collection can fail in part without raising (some of its queries got
+    no answer: those targets' data is missing) says so."""
+
+    @property
+    def failure(self) -> str | None:
+        """Why some queries of the latest collection got no answer; ``None`` when all did."""
+        ...
+
+
 #: Per target key, its past intervals, oldest first: ``(Unix time, (baseline, candidate))``, each
 #: counted over the step before its time.
 History = Mapping[str, tuple[tuple[float, SidePair], ...]]

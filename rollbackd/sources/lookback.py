@@ -15,6 +15,7 @@ from rollbackd.sources.base import (
     History,
     MetricsSource,
     RejectsData,
+    ReportsFailures,
     ReportsOutage,
     SidePair,
     SourceTarget,
@@ -44,6 +45,11 @@ class Lookback:
     def outage(self) -> str | None:
         """Why the wrapped source's latest collection got no answer (``None``: it answered)."""
         return self._inner.outage if isinstance(self._inner, ReportsOutage) else None
+
+    @property
+    def failure(self) -> str | None:
+        """Why some queries of the wrapped source's latest collection got no answer."""
+        return self._inner.failure if isinstance(self._inner, ReportsFailures) else None
 
     async def collect(self, targets: Sequence[SourceTarget], *, window_s: float) -> Mapping[str, SidePair]:
         range_s = max(window_s, self._min_range_s)

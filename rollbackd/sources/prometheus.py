@@ -829,6 +829,8 @@ class PrometheusSource:
         self.rejected: Mapping[str, str] = {}
         #: Why the latest collection got no answer at all (:class:`ReportsOutage`).
         self.outage: str | None = None
+        #: Why some queries of the latest collection got no answer (:class:`ReportsFailures`).
+        self.failure: str | None = None
 
     def _plan(self, targets: Sequence[SourceTarget], window_s: float) -> promql.Plan:
         wanted = tuple(targets)
@@ -882,6 +884,7 @@ class PrometheusSource:
         self.outage = str(failed[0]) if failed and len(failed) == len(answers) else None
         sides: dict[str, dict[promql.Side, Sample | None]] = {}
         impossible: dict[str, str] = {}
+        self.failure = str(failed[0]) if failed else None
         for index, batch in enumerate(plan.batches):
             outcome = {metric: answers[index, metric].result() for metric in promql.Metric}
             per_series, rejected = self.samples_of(batch, outcome, quiet=self.outage is not None)

@@ -95,6 +95,12 @@ signing secret (secret_file).
 {{- fail (printf "credentials.webhooks: there is no webhook named %q in config.events.webhooks to give its secret to" $credential.name) }}
 {{- end }}
 {{- end }}
+{{- $gitops := get $config "gitops" | default dict }}
+{{- if and (hasKey $gitops "mode") (ne (toString $gitops.mode) .Values.gitops.mode) }}
+{{- fail (printf "config.gitops.mode is %q but gitops.mode is %q: set gitops.mode only (the chart grants the rights that mode needs and writes it into the configuration)" (toString $gitops.mode) .Values.gitops.mode) }}
+{{- end }}
+{{- $_ := set $gitops "mode" .Values.gitops.mode }}
+{{- $_ = set $config "gitops" $gitops }}
 {{- toYaml $config }}
 {{- end }}
 
@@ -106,7 +112,7 @@ Ingresses (canary weight), read EndpointSlices (availability), and report throug
 {{- define "rollbackd.targetRules" -}}
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments/scale"]
   verbs: ["patch"]
@@ -151,6 +157,31 @@ Ingresses (canary weight), read EndpointSlices (availability), and report throug
 {{- end }}
 
 {{/*
+Opt-in by annotation (config.discovery): whether it is on, the namespaces whose Deployments may opt
+in, and whether every namespace is watched.
+*/}}
+{{- define "rollbackd.discovery" -}}
+{{- $discovery := dig "discovery" dict (.Values.config | default dict) }}
+{{- dict "enabled" ($discovery.enabled | default false) "namespaces" ($discovery.namespaces | default list) "all" ($discovery.all_namespaces | default false) | toJson }}
+{{- end }}
+
+{{/*
+The GitOps mode the chart grants rights for: gitops.mode, or a stronger one a target asks for
+(suspend needs more than refuse, refuse more than ignore).
+*/}}
+{{- define "rollbackd.gitopsMode" -}}
+{{- $mode := .Values.gitops.mode }}
+{{- range .Values.config.targets | default list }}
+{{- if eq (toString .gitops) "suspend" }}
+{{- $mode = "suspend" }}
+{{- else if and (eq (toString .gitops) "refuse") (eq $mode "ignore") }}
+{{- $mode = "refuse" }}
+{{- end }}
+{{- end }}
+{{- $mode }}
+{{- end }}
+
+{{/*
 Checks of combinations the schema cannot express; a failed one stops the install with a reason.
 */}}
 {{- define "rollbackd.validate" -}}
@@ -192,6 +223,17 @@ Checks of combinations the schema cannot express; a failed one stops the install
 {{- range .Values.config.targets | default list }}
 {{- if eq (.strategy | default "") "argo-rollout" }}
 {{- fail (printf "config.targets: %s/%s has strategy argo-rollout, but rbac.argoRollouts is false: rollbackd could not read or abort its Rollout (set rbac.argoRollouts: true)" (.namespace | default "default") (.name | default "?")) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $discovery := include "rollbackd.discovery" . | fromJson }}
+{{- if and .Values.rbac.create $discovery.enabled (not .Values.rbac.clusterWide) }}
+{{- if $discovery.all }}
+{{- fail "config.discovery.all_namespaces watches every namespace, but rbac.clusterWide is false: rollbackd could not roll back what it finds outside rbac.namespaces (set rbac.clusterWide, or list config.discovery.namespaces)" }}
+{{- end }}
+{{- range $namespace := $discovery.namespaces }}
+{{- if not (has $namespace $.Values.rbac.namespaces) }}
+{{- fail (printf "config.discovery.namespaces: %q is not in rbac.namespaces: rollbackd could not roll back the releases that opt in there (add it to rbac.namespaces, or set rbac.clusterWide)" $namespace) }}
 {{- end }}
 {{- end }}
 {{- end }}
