@@ -92,7 +92,8 @@ async def test_prometheus_going_away_is_told_once_and_shown_until_it_is_back(
         await wait_until(lambda: prometheus_is("up"), timeout_s=30, what="Prometheus up in /readyz")
 
         async def store_up() -> bool:
-            return (await readyz())[1]["sources"].get("store", {}).get("status") == "up"
+            status: object = (await readyz())[1]["sources"].get("store", {}).get("status")
+            return status == "up"
 
         await wait_until(store_up, timeout_s=30, what="the store up in /readyz")
         _, body = await readyz()
