@@ -113,7 +113,8 @@ async def test_a_token_from_a_file_opens_the_write_endpoints(token_file: Path) -
             assert status == 200, (method, path)
         status, flags, _ = await client.call("POST", "/api/v1/freeze", token=SECRET, scheme="bearer")
         assert status == 200
-        assert flags == {"freeze": True, "dry_run": True}
+        assert (flags["freeze"], flags["dry_run"]) == (True, True)
+        assert flags["freeze_set"]["by"] == "api-token"  # the token's name, for the audit trail
 
 
 async def test_a_rotated_token_file_takes_effect_without_a_restart(token_file: Path) -> None:

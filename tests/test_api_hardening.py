@@ -26,6 +26,7 @@ from rollbackd.daemon.http import IDLE_TIMEOUT_S, HttpContext, HttpServer, make_
 from rollbackd.daemon.logs import CONTINUATION
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.state import DaemonState
+from rollbackd.daemon.switches import SwitchBoard
 from rollbackd.decision.annotations import ETA_ANNOTATION, AnnotationError, context_from_annotations
 from rollbackd.decision.facts import ClusterFacts, cluster_facts
 from rollbackd.decision.rails import MAX_HOLD_S
@@ -306,13 +307,15 @@ async def test_history_queries_out_of_range_answer_400(query: str, expected: str
     async def history(target: str | None, since: object, limit: int) -> list[Any]:
         return []
 
+    state = DaemonState(make_settings())
     context = HttpContext(
-        state=DaemonState(make_settings()),
+        state=state,
         metrics=DaemonMetrics(),
         clock=asyncio.get_running_loop().time,
         alive=lambda: True,
         ready=lambda: True,
         ticks=lambda: 1,
+        switches=SwitchBoard.local(state, loop_clock=asyncio.get_running_loop().time),
         history=history,
     )
     async with HttpServer(make_app(context), host="127.0.0.1", port=0) as server:
@@ -441,13 +444,15 @@ async def test_malformed_requests_are_logged_at_a_limited_rate_without_traceback
 @pytest.fixture
 async def quick_server() -> AsyncIterator[HttpServer]:
     """An HTTP server of the daemon's app with an idle timeout of half a second."""
+    state = DaemonState(make_settings())
     context = HttpContext(
-        state=DaemonState(make_settings()),
+        state=state,
         metrics=DaemonMetrics(),
         clock=asyncio.get_running_loop().time,
         alive=lambda: True,
         ready=lambda: True,
         ticks=lambda: 1,
+        switches=SwitchBoard.local(state, loop_clock=asyncio.get_running_loop().time),
     )
     async with HttpServer(make_app(context), host="127.0.0.1", port=0, idle_timeout_s=0.5) as server:
         yield server

@@ -244,7 +244,9 @@ async def test_steering_through_the_api_is_audited(tmp_path: Path) -> None:
     finally:
         await store.close()
     by_kind = {entry.kind: entry for entry in history}
-    assert by_kind["freeze"].summary == "global freeze on: no automatic rollback"
+    freeze = "global freeze on: no automatic rollback (by anonymous: no reason given)"
+    assert by_kind["freeze"].summary == freeze
+    assert by_kind["freeze"].details["by"] == "anonymous"
     assert by_kind["hold"].target == "shop/checkout"
     assert "hotfix 2.3.1" in by_kind["hold"].summary
 

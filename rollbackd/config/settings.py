@@ -582,6 +582,13 @@ class SafetySettings(_Frozen):
 
     dry_run: bool = Field(False, description="Decide and publish, but never act.")
     freeze: bool = Field(False, description="Global freeze: no automatic rollback anywhere.")
+    switches_poll_s: float = Field(
+        2.0,
+        ge=MIN_PERIOD_S,
+        le=60.0,
+        description="How often every replica reads the switches set through the API (freeze, dry-run, "
+        "holds) from the store: the longest a switch sent to one replica takes to be obeyed by the others.",
+    )
 
 
 class KubernetesSettings(_Frozen):
@@ -949,6 +956,13 @@ class ApiSettings(_Frozen):
         None,
         pattern=ENV_NAME_PATTERN,
         description="Name of an environment variable holding the API token (never the token itself).",
+    )
+    token_name: str = Field(
+        "api-token",
+        min_length=1,
+        max_length=100,
+        description="Who a request bearing the token is, in the audit trail and on the status page "
+        "(e.g. the team or the Secret's name): every switch and operator action records it with its reason.",
     )
     protect_reads: bool = Field(
         False,

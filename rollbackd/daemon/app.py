@@ -37,7 +37,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
@@ -49,20 +49,22 @@ from rollbackd.daemon.auth import ApiAuth
 from rollbackd.daemon.discovery import DiscoveryReport
 from rollbackd.daemon.http import HttpContext, HttpServer, make_app
 from rollbackd.daemon.journal import RUN_OVER, Journal
+from rollbackd.daemon.jsonify import JsonValue
 from rollbackd.daemon.leader import Leadership
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.probing import probe_and_log
 from rollbackd.daemon.reload import SettingsChange, plan_reload
 from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.daemon.sourcestatus import SourceBoard
-from rollbackd.daemon.state import DaemonState, TargetState
+from rollbackd.daemon.state import Acceptance, DaemonState, TargetState
+from rollbackd.daemon.switches import FREEZE, Switch, SwitchBoard, SwitchWriteError
 from rollbackd.daemon.target_state import current_state
 from rollbackd.daemon.targetmetrics import TargetSample
 from rollbackd.daemon.tick import IdleCollector, collect_tick, metrics_failure, run_every
 from rollbackd.daemon.wallclock import WallClock
-from rollbackd.decision.facts import ClusterFacts
+from rollbackd.decision.facts import ClusterFacts, is_newer
 from rollbackd.gcpause import collector_paused
-from rollbackd.model import Context, Decision, Evidence, Observation
+from rollbackd.model import Context, Decision, Evidence, Observation, Outcome
 from rollbackd.optin import ObjectRef, OptIn, with_opt_ins
 from rollbackd.params import TargetParams
 from rollbackd.run import RollbackRun, TargetAccess
@@ -75,6 +77,9 @@ logger = logging.getLogger(__name__)
 
 #: How long a tick waits for the store to say which rollbacks were under way, in seconds.
 RESUME_READ_TIMEOUT_S = 5.0
+
+#: Why nothing is done yet: the switches set through the API (a freeze) are not read from the store.
+SWITCHES_UNREAD = "the switches set through the API are not read from the store yet"
 
 #: Default bound on a graceful stop of the root tasks, in seconds.
 SHUTDOWN_TIMEOUT_S = 10.0
@@ -173,6 +178,14 @@ class Daemon:
             record=self._save_run,
         )
         self.state.rollbacks = self.rollbacks
+        self.switches = SwitchBoard(
+            self.state,
+            store=lambda: self.journal.store,
+            durable=self.journal.required,
+            loop_clock=lambda: asyncio.get_running_loop().time(),
+            poll_s=settings.safety.switches_poll_s,
+        )
+        self.switches.on_rollback_request = self._manual_rollback_requested
         self._group: asyncio.TaskGroup | None = None
         #: Whether this process (as the leader, if there is an election) took over the rollbacks
         #: the store says were under way.
@@ -261,8 +274,9 @@ class Daemon:
                     self._probe_task = group.create_task(
                         self._probe(self._probe_client), name="rollbackd:probe"
                     )
+                switches_task = group.create_task(self.switches.poll_forever(), name="rollbackd:switches")
                 self._evaluation_task = evaluation_task
-                root = [evaluation_task, http_task, stop_task]
+                root = [evaluation_task, http_task, stop_task, switches_task]
                 done, _ = await asyncio.wait(root, return_when=asyncio.FIRST_COMPLETED)
                 for task in done - {stop_task}:
                     if not task.cancelled() and task.exception() is None:
@@ -330,6 +344,8 @@ class Daemon:
             alive=lambda: self.alive,
             ready=lambda: self.ready,
             ticks=lambda: self.ticks,
+            switches=self.switches,
+            manual_rollback=self.request_manual_rollback,
             audit=lambda kind, summary, target, details: self.journal.audit(
                 kind, summary, target=target, details=details
             ),
@@ -377,6 +393,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         started = loop.time()
         targets = list(self.state.targets.values())
+        if not self.switches.ready and self.journal.attached and self.journal.problem is None:
+            await self.switches.sync()  # the first read since the store opened: before acting
         self._read_history()
         inputs = await collect_tick(
             [target.source for target in targets],
@@ -520,6 +538,9 @@ class Daemon:
             target.judged_revision = None
             self.rollbacks.episode_over(target.key)
         target.facts = facts
+        acceptance = self.state.accepted.get(target.key)
+        if acceptance is not None and facts is not None and facts.candidate_revision is not None:
+            await self._follow_acceptance(target, acceptance, facts.candidate_revision)
         acting = self.leading
         context = self._context(target, t, acting=acting)
         if reused:
@@ -542,6 +563,136 @@ class Daemon:
                 return
             self.rollbacks.start(target.params, decision, bad_revision=target.judged_revision)
 
+    async def _follow_acceptance(self, target: TargetState, acceptance: Acceptance, revision: int) -> None:
+        """An accepted release covers the revision the cluster showed when it was accepted (or,
+        accepted before any was seen, the first one seen since); a newer revision ends it."""
+        key = target.key
+        if acceptance.revision is None:
+            self.state.accepted[key] = replace(acceptance, revision=revision)
+            if self.leading:
+                await self.switches.accept(key, revision=revision, by=acceptance.by, reason=acceptance.reason)
+            return
+        if not is_newer(acceptance.revision, revision):
+            return
+        del self.state.accepted[key]
+        # The new revision is judged on its own data, not on the accepted one's.
+        target.reset()
+        target.judged_revision = revision
+        if not self.leading:
+            return
+        await self.switches.withdraw_acceptance(key)
+        self.journal.audit(
+            "accept",
+            f"acceptance ended: revision {revision} is newer than the accepted {acceptance.revision}",
+            target=key,
+            details={"accepted_revision": acceptance.revision, "revision": revision, "ended": True},
+        )
+
+    async def request_manual_rollback(
+        self, key: str, *, by: str, reason: str, force: bool
+    ) -> tuple[int, JsonValue]:
+        """``POST /api/v1/targets/{ns}/{name}/rollback``: a rollback an operator asks for, through
+        the same action, verification and events as one decided here. Stored for the leader (this
+        replica or another: it starts it within one read of the switches). Returns the HTTP status
+        and body: 202 with the run's id, 409 when it may not start, 503 when it cannot be stored."""
+        if self._access is None:
+            return 409, {"error": "this rollbackd has no Kubernetes access (kubernetes.enabled), so it "
+                                  "cannot roll anything back"}
+        if self.state.flags.freeze and not force:
+            who = self.switches.who(FREEZE)
+            by_whom = f" (set by {who.by}: {who.reason})" if who is not None else ""
+            return 409, {"error": f"the global freeze is on{by_whom}: no rollback is started while it is; "
+                                  'send {"force": true} to roll back anyway, or lift the freeze'}
+        under_way = await self._rollback_under_way(key)
+        if under_way is not None:
+            return 409, {"error": f"a rollback of {key} is already under way ({under_way}); wait for its "
+                                  "verdict (GET /api/v1/targets/" + key + ")"}
+        run_id = str(uuid.uuid4())
+        try:
+            request = await self.switches.request_rollback(
+                key, run_id=run_id, force=force, by=by, reason=reason
+            )
+        except SwitchWriteError as exc:
+            return 503, {"error": str(exc)}
+        self.journal.audit(
+            "rollback.manual",
+            f"manual rollback requested by {by}: {reason}",
+            target=key,
+            details={"run_id": run_id, "by": by, "reason": reason, "force": force},
+        )
+        await self._manual_rollback_requested(key, request)  # this replica leads: at once
+        run = self.rollbacks.runs.get(key)
+        started = run is not None and run.run_id == run_id
+        applies = "started by this replica (the leader)" if started else (
+            f"stored; the leader starts it within {self.switches.poll_s:g}s"
+        )
+        return 202, {"run_id": run_id, "target": key, "applies": applies}
+
+    async def _rollback_under_way(self, key: str) -> str | None:
+        """Why a manual rollback of ``key`` may not start now: a run under way (here, or recorded
+        by the leader), or one requested and not started yet; ``None`` when none is."""
+        run = self.rollbacks.runs.get(key)
+        if run is not None and run.phase.active:
+            return f"run {run.run_id}, {run.phase.value}"
+        waiting = self.switches.rollback_request(key)
+        if waiting is not None:
+            return f"run {waiting.run_id}, requested by {waiting.by}, not started yet"
+        if not self.leading:
+            try:
+                recorded = await self.journal.runs_in_flight([key])
+            except StoreError:
+                recorded = {}
+            saved = recorded.get(key)
+            try:
+                now = datetime.now(UTC)
+                record = None if saved is None else RunRecord.from_state(saved, now=now, new_id="?")
+            except (KeyError, TypeError, ValueError):
+                record = None
+            if record is not None and record.active:
+                return f"run {record.run_id}, {record.phase}, by the leader"
+        return None
+
+    async def _manual_rollback_requested(self, key: str, request: Switch) -> None:
+        """A manual rollback waits in the store: the leader starts it (once: the request is then
+        cleared), or refuses it if a freeze came since (unless forced) or a rollback is under way."""
+        if not self.leading or self._group is None:
+            return
+        target = self.state.targets.get(key)
+        run = self.rollbacks.runs.get(key)
+        if target is None or (run is not None and run.run_id == request.run_id):
+            await self.switches.clear_rollback(key)
+            return
+        refusal = None
+        if self.state.flags.freeze and not request.force:
+            refusal = "the global freeze is on"
+        elif self.rollbacks.in_progress(key):
+            refusal = "a rollback is already under way"
+        elif self.journal.problem is not None:
+            refusal = self.journal.problem
+        if refusal is not None:
+            logger.error("manual rollback refused: %s", refusal, extra={"target": key, "by": request.by})
+            self.journal.audit(
+                "rollback.manual",
+                f"manual rollback requested by {request.by} refused: {refusal}",
+                target=key,
+                details={"run_id": request.run_id, "by": request.by, "refused": refusal},
+            )
+            await self.switches.clear_rollback(key)
+            return
+        loop = asyncio.get_running_loop()
+        decision = Decision(
+            target=key,
+            t=loop.time(),
+            outcome=Outcome.IMMEDIATE,
+            rollback=True,
+            reasons=(f"manual: {request.reason} (by {request.by})",),
+            dry_run=self.state.flags.dry_run or target.settings.dry_run,
+        )
+        self._record(target, decision)
+        bad = target.judged_revision
+        self.rollbacks.start(target.params, decision, bad_revision=bad, run_id=request.run_id)
+        await self.switches.clear_rollback(key)
+
     def _context(self, target: TargetState, t: float, *, acting: bool) -> Context:
         """The decision context of ``target`` at ``t``, with the cluster facts it holds now."""
         return self.state.context(
@@ -550,7 +701,8 @@ class Daemon:
             facts=target.facts,
             in_progress=self.rollbacks.in_progress(target.key),
             standby=not acting,
-            audit_problem=self.journal.problem,
+            # Nothing is done before the stored switches (a freeze set through another replica) are read.
+            audit_problem=self.journal.problem or (None if self.switches.ready else SWITCHES_UNREAD),
         )
 
     async def _facts_of(self, targets: list[TargetState]) -> tuple[dict[str, ClusterFacts], set[str]]:
@@ -763,6 +915,7 @@ class Daemon:
         """Run with ``new`` (the file's settings and the annotations' targets) from now on."""
         effective, change = plan_reload(self.settings, new)
         self.state.apply(self.settings, effective, rebuild=change.changed.keys())
+        self.switches.forget(change.removed)
         access: object = self._access
         if isinstance(access, Reconfigurable):
             access.reconfigure(effective)

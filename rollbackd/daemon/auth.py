@@ -137,6 +137,8 @@ class ApiAuth:
     protect_reads: bool = False
     allow_unauthenticated_writes: bool = False
     verdicts_open: bool = False
+    #: Who a request with the token is, in the audit trail (``api.token_name``).
+    token_name: str = "api-token"
     refusals: RefusalLog = field(default_factory=RefusalLog, compare=False)
 
     @classmethod
@@ -158,6 +160,7 @@ class ApiAuth:
             protect_reads=settings.protect_reads,
             allow_unauthenticated_writes=settings.allow_unauthenticated_writes,
             verdicts_open=settings.verdicts_open,
+            token_name=settings.token_name,
         )
 
     def refusal(self, request: web.Request) -> web.Response | None:
@@ -181,6 +184,20 @@ class ApiAuth:
         return None
 
 
+#: The request's key under which the middleware leaves who sent a write (see :func:`actor`).
+_ACTOR = web.RequestKey("rollbackd_actor", str)
+
+#: Who sent a write when ``allow_unauthenticated_writes`` lets it through without a token.
+ANONYMOUS = "anonymous"
+
+
+def actor(request: web.Request) -> str:
+    """Who sent ``request``, for the audit trail: the API token's name (``api.token_name``), or
+    :data:`ANONYMOUS` when writes need no token."""
+    name: str = request.get(_ACTOR, ANONYMOUS)
+    return name
+
+
 def _answer(status: int, message: str, *, challenge: str | None = None) -> web.Response:
     headers = {"WWW-Authenticate": challenge} if challenge else None
     return web.json_response({"error": message}, status=status, headers=headers)
@@ -199,10 +216,13 @@ def auth_middleware(
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         route_handler = request.match_info.handler
         if route_handler in writes:
-            if not auth.allow_unauthenticated_writes:
-                refused = auth.refusal(request)
-                if refused is not None:
-                    return refused
+            # With writes open to all, a token sent along still names who wrote (if it is valid).
+            sent = "Authorization" in request.headers
+            refused = auth.refusal(request) if sent or not auth.allow_unauthenticated_writes else None
+            if refused is None and sent:
+                request[_ACTOR] = auth.token_name
+            elif refused is not None and not auth.allow_unauthenticated_writes:
+                return refused
         elif auth.protect_reads and request.path not in OPEN_PATHS and not (
             auth.verdicts_open and route_handler in verdicts
         ):

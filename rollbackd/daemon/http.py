@@ -36,7 +36,14 @@ Control routes (they change what the daemon does; see :func:`control_routes`):
   fix-forward hold (no rollback of that target before the ETA; ``eta_s`` from more than 0 to
   :data:`~rollbackd.decision.rails.MAX_HOLD_S`, 30 days); ``DELETE`` lifts it;
 - ``POST /api/v1/freeze`` / ``DELETE /api/v1/freeze``: the global freeze switch;
-- ``POST /api/v1/dry-run`` ``{"enabled": true|false}``: decide but never act.
+- ``POST /api/v1/dry-run`` ``{"enabled": true|false}``: decide but never act;
+- ``POST /api/v1/targets/{namespace}/{name}/rollback`` ``{"reason": "...", "force": false}``: roll
+  back now (202 with ``run_id``; 409 while frozen unless ``force``, or while a rollback is under way);
+- ``POST /api/v1/targets/{namespace}/{name}/accept`` ``{"reason": "..."}``: the release is good, not
+  judged until the next revision; ``DELETE`` withdraws it.
+
+Every write takes a ``reason`` and records who sent it (the token's name); the switches are stored
+for every replica (:mod:`rollbackd.daemon.switches`).
 
 Bad input of any kind (a body that is not a JSON object or nested too deeply, a number out of
 its bounds or of the wrong type, a query value out of range) gets a 400 naming the field and what
@@ -53,19 +60,20 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from rollbackd import __version__
-from rollbackd.daemon.auth import ApiAuth, auth_middleware
+from rollbackd.daemon.auth import ApiAuth, actor, auth_middleware
 from rollbackd.daemon.jsonify import JsonValue, dumps
 from rollbackd.daemon.logs import RateLimit
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.page import refresh_seconds, render_status_page
 from rollbackd.daemon.sourcestatus import SourceBoard
 from rollbackd.daemon.state import DaemonState, TargetState
+from rollbackd.daemon.switches import SwitchBoard
 from rollbackd.daemon.views import flags_view, target_verdict, target_view, targets_view, verdict_view
 from rollbackd.daemon.wallclock import WallClock
 from rollbackd.decision.rails import MAX_HOLD_S
@@ -103,6 +111,10 @@ class HttpContext:
     alive: Callable[[], bool]
     ready: Callable[[], bool]
     ticks: Callable[[], int]
+    #: Where the switches (freeze, dry-run, holds) are written and who set them.
+    switches: SwitchBoard
+    #: Starts (or stores for the leader) a manual rollback: (target, by, reason, force) -> answer.
+    manual_rollback: ManualRollback | None = None
     #: Records a steering action in the audit log: (kind, summary, target, details).
     audit: Callable[[str, str, str | None, dict[str, object]], None] = lambda *_: None
     #: Reads the audit log: (target, since, limit) -> entries, or None while the store is closed.
@@ -115,6 +127,14 @@ class HttpContext:
     sources: SourceBoard | None = None
     #: Turns ``clock``'s times into the wall-clock times (UTC) the API shows.
     wall: WallClock = field(default_factory=WallClock)
+
+
+class ManualRollback(Protocol):
+    """What ``POST .../rollback`` calls: the HTTP status and body of the answer."""
+
+    def __call__(
+        self, key: str, *, by: str, reason: str, force: bool
+    ) -> Awaitable[tuple[int, JsonValue]]: ...
 
 
 _CONTEXT = web.AppKey("rollbackd_context", HttpContext)
@@ -180,7 +200,7 @@ async def status_page(request: web.Request) -> web.Response:
     targets = ctx.state.targets.values()
     interval_s = max((target.params.interval_s for target in targets), default=None)
     page = render_status_page(
-        targets_view(ctx.state, now=ctx.clock(), wall=ctx.wall),
+        targets_view(ctx.state, now=ctx.clock(), wall=ctx.wall, switches=ctx.switches),
         version=__version__,
         ready=ctx.ready(),
         alive=ctx.alive(),
@@ -202,7 +222,7 @@ async def status_page(request: web.Request) -> web.Response:
 
 async def list_targets(request: web.Request) -> web.Response:
     ctx = _context(request)
-    return json_response(targets_view(ctx.state, now=ctx.clock(), wall=ctx.wall))
+    return json_response(targets_view(ctx.state, now=ctx.clock(), wall=ctx.wall, switches=ctx.switches))
 
 
 async def get_target(request: web.Request) -> web.Response:
@@ -210,7 +230,12 @@ async def get_target(request: web.Request) -> web.Response:
     target = _target(request)
     if target is None:
         return _error(404, "no such target")
-    return json_response(target_view(ctx.state, target, now=ctx.clock(), wall=ctx.wall))
+    return json_response(_target_doc(ctx, target))
+
+
+def _target_doc(ctx: HttpContext, target: TargetState) -> JsonValue:
+    """``target`` as the API shows it now."""
+    return target_view(ctx.state, target, now=ctx.clock(), wall=ctx.wall, switches=ctx.switches)
 
 
 def _verdict_answer(request: web.Request, *, rollback_check: bool) -> web.Response:
@@ -274,6 +299,37 @@ async def history(request: web.Request) -> web.Response:
 # --- control routes ----------------------------------------------------------------------------
 
 
+def _reason(body: dict[str, object] | None, default: str) -> str | web.Response:
+    """The ``reason`` of a write (``default`` when not given), or the 400 answer saying what it
+    must be."""
+    reason = default if body is None else body.get("reason", default)
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON_CHARS:
+        return _error(400, f"reason must be a non-empty text of at most {MAX_REASON_CHARS} characters")
+    return reason
+
+
+async def _optional_body(request: web.Request) -> dict[str, object] | web.Response | None:
+    """The body of a write whose body is optional: ``None`` when empty, the 400 answer when it is
+    not a JSON object."""
+    if not request.can_read_body:
+        return None
+    body = await _json_object(request)
+    if body is None:
+        return _error(400, 'the body must be a JSON object like {"reason": "..."} (or empty)')
+    return body
+
+
+def _seen_by_all(ctx: HttpContext, stored: bool) -> JsonValue:
+    """What a write's answer says about the other replicas."""
+    board = ctx.switches
+    if not board.durable:
+        return "this process only (no store is configured)"
+    if not stored:
+        return ("applied by this replica only for now: the store does not answer; stored, and so "
+                "applied by every replica, once it does (see /readyz)")
+    return f"stored; every replica applies it within {board.poll_s:g}s"
+
+
 async def set_hold(request: web.Request) -> web.Response:
     ctx = _context(request)
     target = _target(request)
@@ -287,22 +343,23 @@ async def set_hold(request: web.Request) -> web.Response:
     if isinstance(raw_eta, bool) or not isinstance(raw_eta, int | float) or not 0 < raw_eta <= MAX_HOLD_S:
         return _error(400, ETA_BOUNDS)
     eta_s = float(raw_eta)
-    reason = body.get("reason", "fix-forward")
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON_CHARS:
-        return _error(400, f"reason must be a non-empty text of at most {MAX_REASON_CHARS} characters")
-    now = ctx.clock()
-    ctx.state.holds.set(target.key, until=now + eta_s, reason=reason, set_at=now)
+    reason = _reason(body, "fix-forward")
+    if isinstance(reason, web.Response):
+        return reason
+    by = actor(request)
+    stored = await ctx.switches.set_hold(target.key, for_s=eta_s, by=by, reason=reason)
     logger.warning(
         "fix-forward hold set",
-        extra={"target": target.key, "eta_s": eta_s, "reason": reason, "remote": request.remote},
+        extra={"target": target.key, "eta_s": eta_s, "reason": reason, "by": by, "remote": request.remote},
     )
     ctx.audit(
         "hold",
-        f"fix-forward hold set for {eta_s:g}s: {reason}",
+        f"fix-forward hold set for {eta_s:g}s by {by}: {reason}",
         target.key,
-        {"eta_s": eta_s, "reason": reason},
+        {"eta_s": eta_s, "reason": reason, "by": by},
     )
-    return json_response(target_view(ctx.state, target, now=now, wall=ctx.wall))
+    return json_response({**_object(_target_doc(ctx, target)),
+                          "applies": _seen_by_all(ctx, stored)})
 
 
 async def clear_hold(request: web.Request) -> web.Response:
@@ -310,26 +367,43 @@ async def clear_hold(request: web.Request) -> web.Response:
     target = _target(request)
     if target is None:
         return _error(404, "no such target")
-    ctx.state.holds.clear(target.key)
-    logger.warning("fix-forward hold lifted", extra={"target": target.key, "remote": request.remote})
-    ctx.audit("hold", "fix-forward hold lifted", target.key, {})
-    return json_response(target_view(ctx.state, target, now=ctx.clock(), wall=ctx.wall))
+    body = await _optional_body(request)
+    if isinstance(body, web.Response):
+        return body
+    reason = _reason(body, "hold lifted")
+    if isinstance(reason, web.Response):
+        return reason
+    by = actor(request)
+    stored = await ctx.switches.clear_hold(target.key)
+    logger.warning(
+        "fix-forward hold lifted", extra={"target": target.key, "by": by, "remote": request.remote}
+    )
+    ctx.audit("hold", f"fix-forward hold lifted by {by}: {reason}", target.key, {"reason": reason, "by": by})
+    return json_response({**_object(_target_doc(ctx, target)),
+                          "applies": _seen_by_all(ctx, stored)})
 
 
 async def freeze(request: web.Request) -> web.Response:
-    return _set_freeze(request, True, "global freeze on: no automatic rollback")
+    return await _set_freeze(request, True, "global freeze on: no automatic rollback")
 
 
 async def unfreeze(request: web.Request) -> web.Response:
-    return _set_freeze(request, False, "global freeze off")
+    return await _set_freeze(request, False, "global freeze off")
 
 
-def _set_freeze(request: web.Request, on: bool, message: str) -> web.Response:
+async def _set_freeze(request: web.Request, on: bool, message: str) -> web.Response:
     ctx = _context(request)
-    ctx.state.flags.freeze = on
-    logger.warning(message, extra={"remote": request.remote})
-    ctx.audit("freeze", message, None, {"freeze": on})
-    return json_response(flags_view(ctx.state.flags))
+    body = await _optional_body(request)
+    if isinstance(body, web.Response):
+        return body
+    reason = _reason(body, "no reason given")
+    if isinstance(reason, web.Response):
+        return reason
+    by = actor(request)
+    stored = await ctx.switches.set_freeze(on, by=by, reason=reason)
+    logger.warning(message, extra={"remote": request.remote, "by": by, "reason": reason})
+    ctx.audit("freeze", f"{message} (by {by}: {reason})", None, {"freeze": on, "by": by, "reason": reason})
+    return _flags_answer(ctx, stored)
 
 
 async def set_dry_run(request: web.Request) -> web.Response:
@@ -338,12 +412,103 @@ async def set_dry_run(request: web.Request) -> web.Response:
     enabled = None if body is None else body.get("enabled")
     if not isinstance(enabled, bool):
         return _error(400, 'the body must be {"enabled": true} or {"enabled": false}')
-    ctx.state.flags.dry_run = enabled
+    reason = _reason(body, "no reason given")
+    if isinstance(reason, web.Response):
+        return reason
+    by = actor(request)
+    stored = await ctx.switches.set_dry_run(enabled, by=by, reason=reason)
     logger.warning(
-        "dry-run %s", "on" if enabled else "off", extra={"dry_run": enabled, "remote": request.remote}
+        "dry-run %s", "on" if enabled else "off",
+        extra={"dry_run": enabled, "by": by, "reason": reason, "remote": request.remote},
     )
-    ctx.audit("dry-run", f"dry-run {'on' if enabled else 'off'}", None, {"dry_run": enabled})
-    return json_response(flags_view(ctx.state.flags))
+    ctx.audit("dry-run", f"dry-run {'on' if enabled else 'off'} (by {by}: {reason})", None,
+              {"dry_run": enabled, "by": by, "reason": reason})
+    return _flags_answer(ctx, stored)
+
+
+async def rollback_now(request: web.Request) -> web.Response:
+    """``POST /api/v1/targets/{namespace}/{name}/rollback`` ``{"reason": "...", "force": false}``:
+    roll the target back now (202 with the run's id)."""
+    ctx = _context(request)
+    target = _target(request)
+    if target is None:
+        return _error(404, "no such target")
+    body = await _json_object(request)
+    if body is None:
+        return _error(400, 'the body must be a JSON object like {"reason": "...", "force": false}')
+    if "reason" not in body:
+        return _error(400, "reason is required: say why the release is rolled back (the audit log keeps it)")
+    reason = _reason(body, "")
+    if isinstance(reason, web.Response):
+        return reason
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        return _error(400, "force must be true or false")
+    if ctx.manual_rollback is None:
+        return _error(409, "this process cannot roll back (it only serves the API)")
+    by = actor(request)
+    status, answer = await ctx.manual_rollback(target.key, by=by, reason=reason, force=force)
+    logger.warning("manual rollback: %s", "accepted" if status == 202 else "refused",
+                   extra={"target": target.key, "by": by, "reason": reason, "force": force, "status": status})
+    return json_response(answer, status=status)
+
+
+async def accept_release(request: web.Request) -> web.Response:
+    """``POST /api/v1/targets/{namespace}/{name}/accept`` ``{"reason": "..."}``: the release is
+    good; it is not judged until the next revision."""
+    ctx = _context(request)
+    target = _target(request)
+    if target is None:
+        return _error(404, "no such target")
+    body = await _json_object(request)
+    if body is None:
+        return _error(400, 'the body must be a JSON object like {"reason": "..."}')
+    reason = _reason(body, "")
+    if isinstance(reason, web.Response):
+        return reason
+    by = actor(request)
+    facts = target.facts
+    revision = facts.candidate_revision if facts is not None else target.judged_revision
+    accepting = ctx.switches.accept(target.key, revision=revision, by=by, reason=reason)
+    stored = await accepting
+    logger.warning(
+        "release accepted", extra={"target": target.key, "by": by, "reason": reason, "revision": revision}
+    )
+    shown = "the revision the cluster shows next" if revision is None else f"revision {revision}"
+    ctx.audit("accept", f"release accepted by {by} ({shown}): {reason}", target.key,
+              {"by": by, "reason": reason, "revision": revision})
+    return json_response({**_object(_target_doc(ctx, target)),
+                          "applies": _seen_by_all(ctx, stored)})
+
+
+async def withdraw_acceptance(request: web.Request) -> web.Response:
+    ctx = _context(request)
+    target = _target(request)
+    if target is None:
+        return _error(404, "no such target")
+    body = await _optional_body(request)
+    if isinstance(body, web.Response):
+        return body
+    reason = _reason(body, "acceptance withdrawn")
+    if isinstance(reason, web.Response):
+        return reason
+    by = actor(request)
+    stored = await ctx.switches.withdraw_acceptance(target.key)
+    logger.warning("acceptance withdrawn", extra={"target": target.key, "by": by, "reason": reason})
+    ctx.audit("accept", f"acceptance withdrawn by {by}: {reason}", target.key,
+              {"by": by, "reason": reason, "withdrawn": True})
+    return json_response({**_object(_target_doc(ctx, target)),
+                          "applies": _seen_by_all(ctx, stored)})
+
+
+def _flags_answer(ctx: HttpContext, stored: bool) -> web.Response:
+    flags = _object(flags_view(ctx.state.flags, ctx.switches))
+    return json_response({**flags, "applies": _seen_by_all(ctx, stored)})
+
+
+def _object(value: JsonValue) -> dict[str, JsonValue]:
+    assert isinstance(value, dict)
+    return value
 
 
 def read_routes() -> list[web.RouteDef]:
@@ -378,6 +543,9 @@ def control_routes() -> list[web.RouteDef]:
         web.post("/api/v1/freeze", freeze),
         web.delete("/api/v1/freeze", unfreeze),
         web.post("/api/v1/dry-run", set_dry_run),
+        web.post("/api/v1/targets/{namespace}/{name}/rollback", rollback_now),
+        web.post("/api/v1/targets/{namespace}/{name}/accept", accept_release),
+        web.delete("/api/v1/targets/{namespace}/{name}/accept", withdraw_acceptance),
     ]
 
 

@@ -117,17 +117,22 @@ class Journal:
             listener(kind)
 
     @property
-    def required(self) -> bool:
-        """Whether the daemon needs a store to act (a daemon without one decides only)."""
-        return self._required
-
-    @property
     def attached(self) -> bool:
         return self._events is not None
 
     @property
     def events(self) -> Events | None:
         return self._events
+
+    @property
+    def store(self) -> Store | None:
+        """The open store (``None`` while it is not open, or without one)."""
+        return self._store
+
+    @property
+    def required(self) -> bool:
+        """Whether a store is configured (and so nothing may be done that it cannot record)."""
+        return self._required
 
     def attach(self, events: Events, store: Store | None = None) -> None:
         self._events = events

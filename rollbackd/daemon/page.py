@@ -198,7 +198,8 @@ def render_status_page(
             ticks=ticks,
             targets=len(targets),
         ),
-        _alerts(ready=ready, alive=alive, freeze=freeze, dry_run=dry_run, not_ready=not_ready),
+        _alerts(ready=ready, alive=alive, freeze=freeze, dry_run=dry_run, not_ready=not_ready,
+                freeze_set=_set_by(doc.get("freeze_set")), dry_run_set=_set_by(doc.get("dry_run_set"))),
         _source_alerts(sources, now_loop=now_loop),
         _probe_alerts(probe),
         _opt_in_alerts(_obj(doc.get("opt_ins"))),
@@ -245,14 +246,35 @@ def _banner(
     )
 
 
-def _alerts(*, ready: bool, alive: bool, freeze: bool, dry_run: bool, not_ready: str | None = None) -> str:
+def _set_by(value: JsonValue) -> str:
+    """`` Set by NAME at TIME: REASON.`` for a switch's ``*_set`` document; empty without one."""
+    switch = _obj(value)
+    if switch is None:
+        return ""
+    return f" Set by {switch.get('by')} at {switch.get('at')}: {switch.get('reason')}."
+
+
+def _alerts(
+    *,
+    ready: bool,
+    alive: bool,
+    freeze: bool,
+    dry_run: bool,
+    not_ready: str | None = None,
+    freeze_set: str = "",
+    dry_run_set: str = "",
+) -> str:
     alerts = []
     if not alive:
         alerts.append(("bad", "The evaluation loop is not running: nothing is being watched."))
     if freeze:
-        alerts.append(("bad", "Freeze is ON: no automatic rollback; breaches are escalated instead."))
+        alerts.append(
+            ("bad", "Freeze is ON: no automatic rollback; breaches are escalated instead." + freeze_set)
+        )
     if dry_run:
-        alerts.append(("warn", "Dry-run is ON: rollbacks are decided but nothing acts on them."))
+        alerts.append(
+            ("warn", "Dry-run is ON: rollbacks are decided but nothing acts on them." + dry_run_set)
+        )
     if not ready and not_ready:
         alerts.append(("bad", f"Not acting: {not_ready}. Targets are still judged; nothing is rolled back."))
     elif not ready:
@@ -607,6 +629,9 @@ def _restraints(target: _Doc, *, generated_at: datetime) -> str:
     hold = _obj(target.get("hold"))
     if hold is not None:
         reason = _text(hold.get("reason"))
+        by = _obj(hold.get("set"))
+        if by is not None:
+            reason = f"{reason} (set by {_text(by.get('by'))})"
         remaining = _num(hold.get("remaining_s")) or 0.0
         if hold.get("expired") is True:
             lines.append(
@@ -619,6 +644,13 @@ def _restraints(target: _Doc, *, generated_at: datetime) -> str:
                 f'<p class="hold"><b>Hold</b> until {_e(at)} (in {_e(human_duration(remaining))}): '
                 f"{_e(reason)}</p>"
             )
+    accepted = _obj(target.get("accepted"))
+    if accepted is not None:
+        lines.append(
+            f'<p class="hold"><b>Accepted</b> by {_e(_text(accepted.get("by")))} at '
+            f'{_e(_text(accepted.get("at")))}: {_e(_text(accepted.get("reason")))} '
+            "(not judged until the next revision)</p>"
+        )
     cooldown = _obj(target.get("cooldown"))
     if cooldown is not None:
         remaining = _num(cooldown.get("remaining_s")) or 0.0

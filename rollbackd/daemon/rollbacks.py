@@ -172,8 +172,10 @@ class Rollbacks:
         decision: Decision,
         *,
         bad_revision: int | None = None,
+        run_id: str | None = None,
     ) -> RollbackRun | None:
-        """Act on a rollback decision (or plan it, in dry-run). Returns the run, if one started."""
+        """Act on a rollback decision (or plan it, in dry-run). Returns the run, if one started
+        (``run_id``: its id, when chosen beforehand: a manual rollback's, told to the operator)."""
         if self._access is None or self.in_progress(params.key):
             return None
         if decision.dry_run:
@@ -189,6 +191,8 @@ class Rollbacks:
             reasons=decision.reasons,
             bad_revision=bad_revision,
         )
+        if run_id is not None:
+            run.run_id = run_id
         self.runs[params.key] = run
         self._changed(params, run)
         self._spawn(self._act(params, run, bad_revision), name=f"rollbackd:rollback:{params.key}")

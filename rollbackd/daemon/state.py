@@ -34,6 +34,16 @@ class RuntimeFlags:
     dry_run: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Acceptance:
+    """An operator said the target's release is good (``by``, ``reason``): it is not judged until
+    a revision newer than ``revision`` (``None``: the one the cluster shows next) comes."""
+
+    by: str
+    reason: str
+    revision: int | None = None
+
+
 class TargetState:
     """One watched target: its resolved parameters, how the sources find it, its evaluator (which
     keeps its own window of observations) and the decisions worth showing."""
@@ -104,6 +114,8 @@ class DaemonState:
         self.flags = RuntimeFlags(freeze=settings.safety.freeze, dry_run=settings.safety.dry_run)
         self.max_rollbacks_per_hour = settings.defaults.policy.max_rollbacks_per_hour
         self.holds = HoldBook()
+        #: Releases accepted through the API, by target key.
+        self.accepted: dict[str, Acceptance] = {}
         self.ledger = RollbackLedger(max_per_hour=self.max_rollbacks_per_hour)
         #: The rollback runs (set by the daemon; ``None`` when nothing acts, e.g. in some tests).
         self.rollbacks: Rollbacks | None = None
@@ -145,6 +157,7 @@ class DaemonState:
                 targets[target.key] = current.rebuilt(target, params=params, source=source)
         for key in self.targets.keys() - targets.keys():
             self.holds.clear(key)
+            self.accepted.pop(key, None)
         self.targets = targets
         if new.safety.freeze != old.safety.freeze:
             self.flags.freeze = new.safety.freeze
@@ -186,7 +199,9 @@ class DaemonState:
             hold = None
         if hold is None and facts is not None and facts.hold is not None:
             hold = facts.hold
+        acceptance = self.accepted.get(target.key)
         return Context(
+            accepted=None if acceptance is None else f"by {acceptance.by}: {acceptance.reason}",
             rollback_risk=risk,
             risk_reason=why,
             hold=hold,

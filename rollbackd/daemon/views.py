@@ -13,6 +13,7 @@ from rollbackd.actions.base import ActionResult
 from rollbackd.actions.targets import action_name
 from rollbackd.daemon.jsonify import JsonValue, to_json_value
 from rollbackd.daemon.state import DaemonState, RuntimeFlags, TargetState
+from rollbackd.daemon.switches import DRY_RUN, FREEZE, SwitchBoard, accept_key, hold_key
 from rollbackd.daemon.wallclock import WallClock, utc_iso
 from rollbackd.decision.verdict import PartnerVerdict, partner_verdict
 from rollbackd.events.build import decided_at as run_decided_at
@@ -152,11 +153,20 @@ def rollback_view(run: RollbackRun | None, *, now: float, wall: WallClock) -> Js
     }
 
 
-def target_view(state: DaemonState, target: TargetState, *, now: float, wall: WallClock) -> JsonValue:
+def target_view(
+    state: DaemonState,
+    target: TargetState,
+    *,
+    now: float,
+    wall: WallClock,
+    switches: SwitchBoard | None = None,
+) -> JsonValue:
     """One target: what it is, the latest evidence and decision, its last rollback decision, and
     what currently restrains it (hold, cooldown)."""
     latest = target.latest
     hold = state.holds.get(target.key)
+    stored_hold = switches.who(hold_key(target.key)) if switches is not None else None
+    accepted = switches.who(accept_key(target.key)) if switches is not None else None
     cooldown_until = state.ledger.cooldown_until(target.key)
     if cooldown_until is not None and cooldown_until <= now:
         cooldown_until = None
@@ -182,7 +192,10 @@ def target_view(state: DaemonState, target: TargetState, *, now: float, wall: Wa
             "expired": hold.until <= now,
             "reason": hold.reason,
             "set_at": wall.iso(hold.set_at),
+            # Who set it, why, when and until when (UTC), as stored for every replica.
+            **({} if stored_hold is None else {"set": stored_hold.view()}),
         },
+        "accepted": accepted.view() if accepted is not None else None,
         "cooldown": None
         if cooldown_until is None
         else {
@@ -217,17 +230,30 @@ def opt_ins_view(state: DaemonState) -> JsonValue:
     }
 
 
-def flags_view(flags: RuntimeFlags) -> JsonValue:
-    return {"freeze": flags.freeze, "dry_run": flags.dry_run}
-
-
-def targets_view(state: DaemonState, *, now: float, wall: WallClock) -> JsonValue:
-    """All targets by key, plus the global switches."""
+def flags_view(flags: RuntimeFlags, switches: SwitchBoard | None = None) -> JsonValue:
+    """The global switches, and who set each last through the API, why and when
+    (``freeze_set`` / ``dry_run_set``; ``null`` when set by the configuration file)."""
+    freeze = switches.who(FREEZE) if switches is not None else None
+    dry_run = switches.who(DRY_RUN) if switches is not None else None
     return {
-        "freeze": state.flags.freeze,
-        "dry_run": state.flags.dry_run,
+        "freeze": flags.freeze,
+        "dry_run": flags.dry_run,
+        "freeze_set": None if freeze is None else freeze.view(),
+        "dry_run_set": None if dry_run is None else dry_run.view(),
+    }
+
+
+def targets_view(
+    state: DaemonState, *, now: float, wall: WallClock, switches: SwitchBoard | None = None
+) -> JsonValue:
+    """All targets by key, plus the global switches."""
+    flags = flags_view(state.flags, switches)
+    assert isinstance(flags, dict)
+    return {
+        **flags,
         "targets": {
-            key: target_view(state, target, now=now, wall=wall) for key, target in state.targets.items()
+            key: target_view(state, target, now=now, wall=wall, switches=switches)
+            for key, target in state.targets.items()
         },
         "opt_ins": opt_ins_view(state),
     }

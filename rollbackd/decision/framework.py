@@ -24,7 +24,9 @@ state has lasted ``controlled_grace_s`` from the onset (then an on-call engineer
 Safety rails (freeze, cooldown, hourly cap) can stop an action the framework wants; dry-run
 keeps the verdict but marks it so nothing acts on it. A standby replica (leader election) decides
 like the leader but never acts: its rollback decisions are blocked by ``standby``. While the audit
-trail cannot be written (the store is down), rollback decisions are blocked by ``store``.
+trail cannot be written (the store is down), rollback decisions are blocked by ``store``. A release
+an operator accepted (:attr:`~rollbackd.model.Context.accepted`) is neither rolled back nor
+escalated: blocked by ``accepted``, until the next revision ends the acceptance.
 """
 
 from __future__ import annotations
@@ -101,6 +103,10 @@ def _track(evidence: Evidence, state: DecisionState) -> DecisionState:
 
 
 def _apply_rails(decision: Decision, ctx: Context, t: float) -> Decision:
+    if ctx.accepted is not None and (decision.rollback or decision.escalate):
+        # An operator said the release is good: neither rolled back nor escalated until the next one.
+        why = (*decision.reasons, f"release accepted ({ctx.accepted}): not judged until the next revision")
+        return replace(decision, rollback=False, escalate=False, blocked_by="accepted", reasons=why)
     if not decision.rollback:
         return decision
     reasons = list(decision.reasons)
