@@ -2,9 +2,13 @@
 
 Subcommands: ``run`` (the daemon), ``replay`` (scenario files through the real detectors and
 decision), ``demo`` (a bad release undoing itself on an emulated cluster), ``history`` (the
-audit log), ``check-config`` (``--probe``: and every target's series) and ``config-schema``. Exit
-status: 0 on success, 2 for usage and configuration errors, 1 when ``check-config --probe`` finds
-a blind target; ``run`` and ``replay`` return their own status otherwise.
+audit log), ``check-config`` (``--probe``: and every target's series) and ``config-schema``, and
+the operator verbs talking to a running daemon (``status``, ``freeze``, ``unfreeze``, ``dry-run``,
+``hold``, ``release``, ``rollback``, ``accept``; see :mod:`rollbackd.ctl.verbs`). Exit status: 0 on
+success, 2 for usage and configuration errors, 1 when ``check-config --probe`` finds a blind
+target; the operator verbs' statuses are :data:`rollbackd.ctl.client.EXIT_CODES`; ``run`` and
+``replay`` return their own status otherwise. ``kubectl-rollbackd`` is the same command under the
+name kubectl looks for in a plugin (``kubectl rollbackd status``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from pathlib import Path
 from rollbackd import __version__
 from rollbackd.config.loader import CONFIG_ENV, ConfigError, load_settings, resolve_config_path
 from rollbackd.config.settings import Settings
+from rollbackd.ctl.client import EXIT_CODES
+from rollbackd.ctl.verbs import SERVER_ENV, VERBS, add_connection_arguments, add_verbs, run_verb
 from rollbackd.store.history import cli_history, limit_argument, since_argument, target_argument
 
 EXIT_CONFIG = 2
@@ -37,15 +43,17 @@ configuration:
   ROLLBACKD_<SECTION>__<KEY>, e.g. ROLLBACKD_PROMETHEUS__URL=http://prometheus:9090,
   ROLLBACKD_SAFETY__DRY_RUN=true, ROLLBACKD_INTERVAL_S=5. See 'rollbackd config-schema'."""
 
+_VERB_EPILOG = "exit status:\n" + "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())
+
 
 def _config_argument(parser: argparse.ArgumentParser, *, help: str) -> None:
     parser.add_argument("--config", metavar="FILE", default=None, help=help)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``rollbackd`` command."""
+def build_parser(prog: str = "rollbackd") -> argparse.ArgumentParser:
+    """The argument parser of the ``rollbackd`` command (``prog``: its name in the help)."""
     parser = argparse.ArgumentParser(
-        prog="rollbackd",
+        prog=prog,
         description=_DESCRIPTION,
         epilog=_ENVIRONMENT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -150,14 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
         "there); watch them with: mosquitto_sub -t 'rollbackd/#' -v",
     )
 
+    demo.add_argument(
+        "--linger",
+        action="store_true",
+        help="after the rollback, keep the daemon and its status page up until Ctrl-C (to look around)",
+    )
+
     history = commands.add_parser(
         "history",
         help="show the audit log: decisions, actions, verifications, holds, ...",
         description="Print the audit log from the configured store (store.url, store.data_dir), oldest\n"
         "first: one line per entry with local time, target, kind and summary; with --json, one JSON\n"
         "object per entry with its details (evidence, reasons, changes). Exit status 1 when the\n"
-        "store cannot be read.",
-        epilog=_ENVIRONMENT,
+        f"store cannot be read. With --server (or ${SERVER_ENV}), ask a running daemon instead\n"
+        "(times in UTC; -o json|yaml prints the API's document).",
+        epilog=_ENVIRONMENT + "\n\n" + _VERB_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _config_argument(history, help=f"the YAML configuration file (default: ${CONFIG_ENV})")
@@ -172,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", metavar="N", type=limit_argument, default=1000, help="at most the N latest entries (1000)"
     )
     history.add_argument("--json", action="store_true", help="one JSON object per line, for programs")
+    add_connection_arguments(history)
 
     events = commands.add_parser(
         "events",
@@ -195,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--mqtt-url", metavar="URL", help="the broker (default: events.mqtt.url)")
     events.add_argument("--count", type=int, metavar="N", help="with --follow: exit after N events")
 
+    add_verbs(commands, argparse.RawDescriptionHelpFormatter, _VERB_EPILOG)
+
     commands.add_parser(
         "config-schema",
         help="print the JSON Schema of the configuration file",
@@ -203,22 +221,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "rollbackd") -> int:
     """Entry point of the ``rollbackd`` command; returns the exit status."""
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
+        if args.command in VERBS or (args.command == "history" and _asks_a_daemon(args)):
+            return _printing(_verb, args)
         if args.command in ("check-config", "config-schema"):
             return _printing(_check_config if args.command == "check-config" else _config_schema, args)
         if args.command == "replay":
             from rollbackd.replay import cli_replay
 
-            return cli_replay(args)
+            return _printing(cli_replay, args)
         if args.command == "demo":
             from rollbackd.demo import cli_demo
 
             return cli_demo(args)
         if args.command == "history":
+            if args.output == "yaml":
+                parser.error("history -o yaml needs a daemon to ask (--server or $ROLLBACKD_SERVER); "
+                             "reading the store directly, use -o json or --json")
+            args.json = args.json or args.output == "json"
             args.config = _config_path(args.config)
             return _printing(lambda parsed: cli_history(parsed, environ=os.environ), args)
         if args.command == "events":
@@ -236,6 +260,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     parser.print_help(sys.stderr)
     return EXIT_CONFIG
+
+
+def _asks_a_daemon(args: argparse.Namespace) -> bool:
+    """Whether ``history`` reads a daemon's API (``--server`` or ``$ROLLBACKD_SERVER``), not the store."""
+    return bool(args.server or os.environ.get(SERVER_ENV))
+
+
+def _verb(args: argparse.Namespace) -> int:
+    return run_verb(args, environ=os.environ, out=sys.stdout, err=sys.stderr)
+
+
+def kubectl_plugin() -> int:
+    """Entry point of ``kubectl-rollbackd``: the same command, as ``kubectl rollbackd ...``."""
+    return main(prog="kubectl rollbackd")
 
 
 def _config_path(value: str | None) -> str | None:
@@ -260,6 +298,13 @@ def _check_config(args: argparse.Namespace) -> int:
     settings = load_settings(Path(args.file), environ=environ)
     count = len(settings.targets)
     print(f"{args.file}: OK ({count} target{'' if count == 1 else 's'})")
+    if count == 0 and not settings.discovery.enabled:
+        print(
+            f"{args.file}: warning: no targets: rollbackd would run but watch nothing; list the releases "
+            "to watch under 'targets:' (see docs/configuration.md), or opt Deployments in with discovery "
+            "(docs/discovery.md)",
+            file=sys.stderr,
+        )
     if not args.probe:
         return 0
     return _probe(settings)

@@ -392,10 +392,13 @@ def cli_replay(args: argparse.Namespace) -> int:
     status = 0
     table = getattr(args, "format", "json") == "table"
     if table:
-        print(f"{'scenario':<28} {'decision':<10} {'mode':<11} {'at':>6}  reason")
+        header = f"{'scenario':<28} {'decision':<10} {'mode':<11} {'at':>6}  {'expected':<20} {'match':<5}"
+        print(header + "  reason")
+    labelled = matched = 0
     for path in paths:
         try:
             result = replay_files([path], defaults)[0]
+            expect = load_scenario(path).get("expect")
         except ScenarioError as exc:
             print(f"rollbackd replay: {_one_line(str(exc))}", file=sys.stderr, flush=True)
             status = 2
@@ -405,21 +408,75 @@ def cli_replay(args: argparse.Namespace) -> int:
                   file=sys.stderr, flush=True)
             status = 2
             continue
-        if table:
-            print(format_row(result), flush=True)
-        else:
+        if not table:
             print(json.dumps(result), flush=True)
+            continue
+        problem = label_mismatch(result, expect) if isinstance(expect, Mapping) else None
+        if isinstance(expect, Mapping):
+            labelled += 1
+            matched += problem is None
+        print(format_row(result, expect=expect if isinstance(expect, Mapping) else None, problem=problem),
+              flush=True)
+    if table and labelled:
+        print(f"\n{matched} of {labelled} labelled recordings decided as expected"
+              + ("" if matched == labelled else f"; {labelled - matched} did not (see 'match')"))
     return status
+
+
+def label_mismatch(result: Mapping[str, Any], expect: Mapping[str, Any]) -> str | None:
+    """``None`` when a replay ``result`` matches a recording's label (its ``expect`` block: the
+    decision, the mode, and a rollback decided between ``fault_at_s`` (or ``not_before_s``) and
+    ``deadline_s``), else what differs."""
+    if result["decision"] != expect.get("decision"):
+        return f"decided {result['decision']}, expected {expect.get('decision')}"
+    if expect.get("decision") != "rollback":
+        return None
+    at = result["decided_at_s"]
+    if expect.get("mode") and result["mode"] != expect["mode"]:
+        return f"mode {result['mode']}, expected {expect['mode']}"
+    bounds = [expect.get(key) for key in ("fault_at_s", "not_before_s")]
+    earliest = max((float(bound) for bound in bounds if isinstance(bound, int | float)), default=None)
+    if at is not None and earliest is not None and at < earliest:
+        return f"decided at {at:g}s, before {earliest:g}s"
+    deadline = expect.get("deadline_s")
+    if at is not None and isinstance(deadline, int | float) and at > deadline:
+        return f"decided at {at:g}s, after the deadline {deadline:g}s"
+    return None
+
+
+def expected_text(expect: Mapping[str, Any] | None) -> str:
+    """A label in a few characters: ``none``, ``rollback immediate``, ``rollback <=220s``."""
+    if expect is None:
+        return "-"
+    text = str(expect.get("decision", "-"))
+    if expect.get("mode"):
+        text += f" {expect['mode']}"
+    elif isinstance(expect.get("deadline_s"), int | float):
+        text += f" <={expect['deadline_s']:g}s"
+    return text
 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def format_row(result: Mapping[str, Any], width: int = 110) -> str:
-    """One readable line: the verdict, then the first reason shortened to fit."""
+def format_row(
+    result: Mapping[str, Any],
+    width: int = 110,
+    *,
+    expect: Mapping[str, Any] | None = None,
+    problem: str | None = None,
+) -> str:
+    """One readable line: the verdict, the label it is held against (``expect``: ``match`` yes,
+    or no with ``problem`` before the reason), then the first reason shortened to fit."""
     at = "-" if result["decided_at_s"] is None else f"{result['decided_at_s']:g}s"
     reason = str(result["reason"]).split("; ")[0]
+    if problem is not None:
+        reason = f"{problem}: {reason}"
     if len(reason) > width:
         reason = reason[: width - 1] + "…"
-    return f"{result['scenario']:<28} {result['decision']:<10} {result['mode'] or '-':<11} {at:>6}  {reason}"
+    match = "-" if expect is None else "yes" if problem is None else "NO"
+    return (
+        f"{result['scenario']:<28} {result['decision']:<10} {result['mode'] or '-':<11} {at:>6}  "
+        f"{expected_text(expect):<20} {match:<5}  {reason}"
+    )

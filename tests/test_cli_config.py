@@ -191,4 +191,6 @@ def test_python_m_rollbackd_check_config(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stdout == ""
-    assert done.stderr == f"{bad}:3:24: invalid YAML: mapping values are not allowed here\n"
+    assert done.stderr.startswith(f"{bad}:3:24: invalid YAML: mapping values are not allowed here. Hint: ")
+    assert "needs quotes" in done.stderr
+    assert len(done.stderr.splitlines()) == 1

@@ -9,6 +9,7 @@ without it too, and the timeline must say so.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import aiomqtt
 import pytest
 
 pytest.importorskip("kmock", reason="the demo needs kmock (the demo extra) for its emulated Kubernetes API")
@@ -28,6 +30,8 @@ from rollbackd.demo.direct import DirectMetricsSource
 from rollbackd.demo.processes import find_prometheus
 from rollbackd.demo.scenarios import GATEWAY
 from rollbackd.demo.traffic import UNROUTED, LoadGenerator, RouterRouting, RoutingChange
+from rollbackd.events.follow import statuses
+from rollbackd.events.mqtt import Topics
 from rollbackd.kube import KubeClient, objects
 from rollbackd.sources.base import QueryTemplates, SeriesRef, SourceTarget
 from tests import crdschemas
@@ -40,7 +44,10 @@ from tests.kubefixtures import (
     seed_route,
     wait_until,
 )
+from tests.mqttfixtures import Mosquitto, mosquitto
 from tests.promfixtures import astart_sample_app
+
+__all__ = ["mosquitto"]  # fixtures
 
 #: Generous: a run takes about half a minute alone, longer beside three others on a small machine.
 RUN_TIMEOUT_S = 240.0
@@ -412,3 +419,43 @@ async def _requests(url: str, count: int) -> None:
         for _ in range(count):
             async with session.get(f"{url}/work") as response:
                 await response.read()
+
+
+async def test_linger_keeps_the_status_page_up_and_the_end_clears_the_retained_messages(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """``make demo DEMO_ARGS=--linger``: the page answers after the story until Ctrl-C (exit 0);
+    the demo's retained MQTT messages are there while it runs and gone once it ended."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rollbackd", "demo", "--no-prometheus", "--linger", "--mqtt-url", mosquitto.url,
+        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(RUN_TIMEOUT_S):
+            while not lines or "--linger: the status page stays up" not in lines[-1]:
+                line = (await process.stdout.readline()).decode()
+                assert line, "".join(lines)
+                lines.append(line)
+        page = re.search(r"(http://127\.0\.0\.1:\d+/)", lines[-1])
+        assert page is not None, lines[-1]
+        async with aiohttp.ClientSession() as session, session.get(page.group(1)) as response:
+            assert response.status == 200
+            assert "shop/web" in await response.text()
+        retained = await statuses(options=mosquitto.options, topics=Topics())
+        assert [status["subject"] for status in retained] == ["shop/web"]
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(60):
+            rest, _ = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, "".join(lines) + rest.decode()
+    assert await statuses(options=mosquitto.options, topics=Topics()) == []
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port) as client:
+        await client.subscribe(Topics().liveness("demo"), qos=1)
+        with pytest.raises(TimeoutError):  # nothing retained: nothing delivered
+            async with asyncio.timeout(1.0):
+                await anext(aiter(client.messages))

@@ -155,7 +155,31 @@ def test_replay_table_is_readable(scenarios_dir: Path) -> None:
     lines = proc.stdout.splitlines()
     assert lines[0].split()[:4] == ["scenario", "decision", "mode", "at"]
     row = next(line for line in lines if line.startswith("severe-error-spike"))
-    assert row.split()[1:4] == ["rollback", "immediate", "190s"]
+    assert row.split()[1:7] == ["rollback", "immediate", "190s", "rollback", "immediate", "yes"]
+    count = len(list(scenarios_dir.glob("*.json")))
+    assert lines[-1] == f"{count} of {count} labelled recordings decided as expected"
+
+
+def test_replay_table_shows_a_recording_not_decided_as_labelled(tmp_path: Path) -> None:
+    """Expected against decided, with a match count: a wrong label is a NO and counted."""
+    spike = _scenario()
+    (tmp_path / "a-spike.json").write_text(json.dumps({**spike, "expect": {
+        "decision": "rollback", "mode": "immediate", "fault_at_s": 30, "deadline_s": 80}}))
+    (tmp_path / "b-mislabelled.json").write_text(json.dumps({**spike, "name": "mislabelled", "expect": {
+        "decision": "none", "mode": None, "fault_at_s": None, "deadline_s": None}}))
+    (tmp_path / "c-late.json").write_text(json.dumps({**spike, "name": "late", "expect": {
+        "decision": "rollback", "mode": None, "fault_at_s": 30, "deadline_s": 31}}))
+    proc = run_replay("--format", "table", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["scenario", "decision", "mode", "at", "expected", "match", "reason"]
+    rows = {line.split()[0]: line for line in lines[1:4]}
+    assert rows["spike"].split()[4:7] == ["rollback", "immediate", "yes"]
+    assert rows["mislabelled"].split()[4:6] == ["none", "NO"]
+    assert "decided rollback, expected none" in rows["mislabelled"]
+    assert rows["late"].split()[4:7] == ["rollback", "<=31s", "NO"]
+    assert "after the deadline 31s" in rows["late"]
+    assert lines[-1] == "1 of 3 labelled recordings decided as expected; 2 did not (see 'match')"
 
 
 # Impossible and malformed scenario files: a clear one-line error each, never a traceback

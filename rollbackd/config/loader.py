@@ -287,9 +287,31 @@ def _yaml_problem(origin: str, exc: yaml.MarkedYAMLError, *, prefix: str = "inva
     if exc.context and exc.problem and exc.context_mark is not None:
         cm = exc.context_mark
         message += f" ({exc.context} at line {cm.line + 1}, column {cm.column + 1})"
+    hint = _indentation_hint(problem, None if mark is None else mark.line + 1)
+    if hint is not None:
+        message += f". {hint}"
     if mark is None:
         return Problem(origin, message)
     return Problem(origin, message, line=mark.line + 1, column=mark.column + 1)
+
+
+def _indentation_hint(problem: str, line: int | None) -> str | None:
+    """Plain words for the parser's messages about indentation, the usual YAML mistake."""
+    at = f"line {line}" if line is not None else "a line"
+    if "expected <block end>" in problem or "did not find expected key" in problem:
+        return (
+            f"Hint: {at} is indented differently from the lines above it; the keys of one mapping (and "
+            "the items of one list) must start in the same column, indented with spaces"
+        )
+    if "mapping values are not allowed here" in problem:
+        return (
+            f"Hint: {at} has a ': ' where YAML expected a plain value: a value holding ': ' needs quotes "
+            "(key: \"a: b\"), or the line is indented further than the key above it, which already has "
+            "a value"
+        )
+    if "'\\t'" in problem:  # "found character '\t' that cannot start any token"
+        return "Hint: YAML indents with spaces only; replace the tabs with spaces"
+    return None
 
 
 def _duplicate_keys(origin: str, node: yaml.Node | None) -> Iterator[Problem]:

@@ -55,6 +55,7 @@ Flagger webhook cannot send a header).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -594,6 +595,22 @@ class ServerLog(logging.LoggerAdapter[logging.Logger]):
 IDLE_TIMEOUT_S = 15.0
 
 
+class PortInUseError(OSError):
+    """The HTTP server's port is taken by another process; ``str()`` says so and what to do."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(errno.EADDRINUSE, "address in use")
+        self.host = host
+        self.port = port
+
+    def __str__(self) -> str:
+        return (
+            f"port {self.port} on {self.host} is already in use by another process (another rollbackd?): "
+            "stop that process, or set http.port in the configuration (or ROLLBACKD_HTTP__PORT) to a free "
+            "port"
+        )
+
+
 class HttpServer:
     """The HTTP server on ``host``:``port`` (port 0 picks a free one; :attr:`port` tells which).
 
@@ -641,6 +658,11 @@ class HttpServer:
         try:
             site = web.TCPSite(runner, self._host, self._port)
             await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(self._host, self._port) from None
+            raise
         except BaseException:
             await runner.cleanup()
             raise

@@ -34,6 +34,7 @@ from rollbackd.config.settings import Settings
 from rollbackd.daemon.app import SHUTDOWN_TIMEOUT_S, Daemon
 from rollbackd.daemon.auth import ApiAuth
 from rollbackd.daemon.discovery import Discovery
+from rollbackd.daemon.http import PortInUseError
 from rollbackd.daemon.leader import LeaderElector
 from rollbackd.daemon.logs import configure_logging
 from rollbackd.daemon.metrics import DaemonMetrics
@@ -309,6 +310,25 @@ def _exit_now(why: str) -> None:
     os._exit(1)
 
 
+#: The warning of a configuration without targets (the daemon runs, judging nothing).
+NO_TARGETS = (
+    "no targets configured: rollbackd runs but watches nothing; list the releases to watch under "
+    "'targets:' in the configuration file (see docs/configuration.md)"
+)
+
+
+def _port_in_use(exc: BaseException) -> PortInUseError | None:
+    """The :class:`PortInUseError` in ``exc``, through the task groups' exception groups."""
+    if isinstance(exc, PortInUseError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _port_in_use(inner)
+            if found is not None:
+                return found
+    return None
+
+
 def cli_run(args: argparse.Namespace) -> int:
     """Entry point of ``rollbackd run``: ``args.config`` is the configuration file (or ``None``)."""
     config = getattr(args, "config", None)
@@ -319,6 +339,8 @@ def cli_run(args: argparse.Namespace) -> int:
         return 2
     configure_logging(settings.log)
     logger.info("rollbackd starting", extra={"version": __version__, "config": config})
+    if not settings.targets and not settings.discovery.enabled:  # discovery finds them at run time
+        logger.warning(NO_TARGETS, extra={"config": config})
     try:
         asyncio.run(run_daemon(settings, environ=os.environ, config_path=Path(config) if config else None))
     except KubeConfigError as exc:
@@ -333,7 +355,12 @@ def cli_run(args: argparse.Namespace) -> int:
         logger.error("cannot start: %s", exc)
         print(f"rollbackd: {exc}", file=sys.stderr)
         return 3 if isinstance(exc, StoreInUseError) else 1
-    except Exception:
+    except Exception as exc:
+        busy = _port_in_use(exc)
+        if busy is not None:  # a usual mistake, not a defect: one line, no traceback
+            logger.error("cannot start: %s", busy)
+            print(f"rollbackd: {busy}", file=sys.stderr)
+            return 2
         logger.exception("rollbackd failed")
         return 1
     logger.info("rollbackd stopped")

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+import aiomqtt
 import kmock
 
 from rollbackd.actions.reconcilers import REVERT_IN_GIT
@@ -78,6 +79,7 @@ from rollbackd.demo.reconciler import GitOpsReconciler
 from rollbackd.demo.scenarios import CANARY_WEIGHT, NAMESPACE, scenario_named
 from rollbackd.demo.traffic import UNROUTED, LoadGenerator, RoutingChange, Tally
 from rollbackd.errors import SourceStats
+from rollbackd.events.mqtt import MqttOptions, Topics, clear_retained
 from rollbackd.kube import KubeClient
 from rollbackd.model import Decision, Outcome
 from rollbackd.run import Phase, RollbackRun
@@ -112,6 +114,9 @@ class DemoOptions:
     - ``healthy_ticks``: conclusive, healthy decisions to wait for before the fault;
     - ``timeout_s``: the whole demo's time limit;
     - ``mqtt_url``: the MQTT broker the events go to, or ``None`` (recorded in the store only);
+      the demo's retained messages (the target's status, the daemon's liveness) are cleared when
+      it ends;
+    - ``linger``: after the story, keep the daemon and its status page up until Ctrl-C (SIGINT).
     - ``gitops``: the gitops scenario's ``gitops`` mode (suspend, refuse or ignore);
     - ``gitops_passes``: passes of the emulated GitOps reconciler (one a second) the rollback must
       outlast, after it is verified, in the gitops scenario.
@@ -131,6 +136,7 @@ class DemoOptions:
     healthy_ticks: int = 6
     timeout_s: float = 110.0
     mqtt_url: str | None = None
+    linger: bool = False
     gitops: GitOpsMode = "suspend"
     gitops_passes: int = 3
 
@@ -296,7 +302,10 @@ class Demo:
                     on_change=self._routing_changed,
                 )
             )
+            published: list[Settings] = []  # cleared once the daemon has stopped (callbacks run LIFO)
+            stack.push_async_callback(self._clear_retained, published)
             daemon = await self._start_daemon(stack, kube, apps, source)
+            published.append(daemon.settings)
             key = daemon.settings.targets[0].key
             ticker = loop.create_task(self._report_traffic(load), name="rollbackd:demo:traffic-report")
             stack.push_async_callback(stop_tasks, [ticker])
@@ -325,7 +334,42 @@ class Demo:
                 for line in lines[1:]:
                     self.timeline.detail(line)
             self._summary(run, load)
+            if self.options.linger:
+                await self._linger(daemon)
         return self.measured
+
+    async def _linger(self, daemon: Daemon) -> None:
+        """Keep everything up, the status page included, until Ctrl-C."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        try:
+            self.timeline.say(
+                f"--linger: the status page stays up at http://{HOST}:{daemon.port}/ (Ctrl-C to end)"
+            )
+            await stop.wait()
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    async def _clear_retained(self, published: list[Settings]) -> None:
+        """Once the daemon has stopped: clear the retained messages it left on the broker, so that
+        a later ``mosquitto_sub`` or ``rollbackd events`` does not show the demo's target."""
+        for settings in published:
+            mqtt = settings.events.mqtt
+            if mqtt.enabled:
+                await self._clear(settings)
+
+    async def _clear(self, settings: Settings) -> None:
+        mqtt = settings.events.mqtt
+        topics = Topics(mqtt.topic_prefix)
+        retained = [topics.status(target.key) for target in settings.targets]
+        if mqtt.instance is not None:
+            retained.append(topics.liveness(mqtt.instance))
+        try:
+            async with asyncio.timeout(5.0):
+                await clear_retained(MqttOptions.from_url(mqtt.url), retained)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            logger.warning("could not clear the demo's retained MQTT messages: %s", exc)
 
     # --- set-up ----------------------------------------------------------------------------------
 
@@ -759,6 +803,7 @@ def run_cli(args: argparse.Namespace) -> int:
         no_prometheus_reason=reason,
         work_dir=work_dir,
         mqtt_url=mqtt_url,
+        linger=bool(getattr(args, "linger", False)),
     )
     log_path = work_dir / "rollbackd.log"
     with log_path.open("a", encoding="utf-8") as log:

@@ -103,10 +103,12 @@ async def follow(
     printed = 0
     attempt = 0
     while limit is None or printed < limit:
+        connected = False
         try:
             async with await _client(options) as client:
                 await client.subscribe(topics.events_filter(target), qos=1)
                 attempt = 0
+                connected = True
                 print(
                     f"# following {topics.events_filter(target)} on {options.hostname}:{options.port}",
                     file=notes,
@@ -125,7 +127,10 @@ async def follow(
         except aiomqtt.MqttError as exc:
             delay = reconnect.delay(attempt)
             attempt += 1
-            print(f"# lost the broker ({exc}); reconnecting in {delay:.1f}s", file=notes, flush=True)
+            # "Lost" only what it had: a broker never reached is said to be unreachable.
+            broker = f"{options.hostname}:{options.port}"
+            what = "lost the broker" if connected else f"cannot reach the broker {broker}"
+            print(f"# {what} ({exc}); trying again in {delay:.1f}s", file=notes, flush=True)
             await asyncio.sleep(delay)
     return printed
 
@@ -163,6 +168,14 @@ async def statuses(*, options: MqttOptions, topics: Topics, quiet_s: float = 1.0
 def run(args: argparse.Namespace, *, settings: Settings, environ: Mapping[str, str], out: TextIO) -> int:
     """``rollbackd events`` with parsed ``args``; returns the exit status."""
     mqtt = settings.events.mqtt
+    if not mqtt.enabled and not args.mqtt_url:
+        print(
+            "rollbackd events: MQTT is off in this configuration (events.mqtt.enabled is false), so there "
+            "is no broker to follow: pass the broker the daemon publishes to, e.g. "
+            "--mqtt-url mqtt://127.0.0.1:1883, or set events.mqtt.enabled: true and events.mqtt.url",
+            file=sys.stderr,
+        )
+        return 2
     try:
         options = MqttOptions.from_settings(mqtt, environ=environ, instance="cli")
         if args.mqtt_url:

@@ -25,7 +25,7 @@ import json
 import logging
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -360,3 +360,20 @@ class MqttSink:
         except EventFormatError as exc:
             logger.warning("mqtt: no status for event %s: %s", event.event_id, exc)
             return None
+
+
+async def clear_retained(options: MqttOptions, topics: Sequence[str]) -> None:
+    """Remove the retained messages on ``topics`` from the broker (an empty retained message
+    clears one): what a short-lived publisher (the demo) leaves behind otherwise stays there for
+    every later subscriber. :class:`aiomqtt.MqttError` when the broker cannot be reached."""
+    async with aiomqtt.Client(
+        options.hostname,
+        options.port,
+        username=options.username,
+        password=options.password,
+        timeout=options.timeout_s,
+        tls_context=await asyncio.to_thread(options.ssl_context),
+        logger=logger,
+    ) as client:
+        for topic in topics:
+            await client.publish(topic, b"", qos=1, retain=True)

@@ -170,6 +170,15 @@ class KubeClient:
         if api is not None:
             await api.close()
 
+    async def websocket_client(self) -> k8s.ApiClient:
+        """A new ``kubernetes_asyncio`` websocket client (``WsApiClient``) with this client's
+        configuration, for the streaming subresources (``portforward``); the caller closes it."""
+        from kubernetes_asyncio.stream import WsApiClient
+
+        api = WsApiClient(await self._configuration())
+        api.user_agent = USER_AGENT
+        return api
+
     def _group(self, name: str) -> Any:
         if self._api is None:
             raise RuntimeError("the KubeClient is not open: use it as `async with KubeClient(...)`")
