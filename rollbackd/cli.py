@@ -2,12 +2,13 @@
 
 Subcommands: ``run`` (the daemon), ``replay`` (scenario files through the real detectors and
 decision), ``demo`` (a bad release undoing itself on an emulated cluster), ``history`` (the
-audit log), ``check-config`` and ``config-schema``, and the operator verbs talking to a running
-daemon (``status``, ``freeze``, ``unfreeze``, ``dry-run``, ``hold``, ``release``, ``rollback``,
-``accept``; see :mod:`rollbackd.ctl.verbs`). Exit status: 0 on success, 2 for usage and
-configuration errors; the operator verbs' statuses are :data:`rollbackd.ctl.client.EXIT_CODES`;
-``run`` and ``replay`` return their own status otherwise. ``kubectl-rollbackd`` is the same command
-under the name kubectl looks for in a plugin (``kubectl rollbackd status``).
+audit log), ``check-config`` (``--probe``: and every target's series) and ``config-schema``, and
+the operator verbs talking to a running daemon (``status``, ``freeze``, ``unfreeze``, ``dry-run``,
+``hold``, ``release``, ``rollback``, ``accept``; see :mod:`rollbackd.ctl.verbs`). Exit status: 0 on
+success, 2 for usage and configuration errors, 1 when ``check-config --probe`` finds a blind
+target; the operator verbs' statuses are :data:`rollbackd.ctl.client.EXIT_CODES`; ``run`` and
+``replay`` return their own status otherwise. ``kubectl-rollbackd`` is the same command under the
+name kubectl looks for in a plugin (``kubectl rollbackd status``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from rollbackd.ctl.verbs import SERVER_ENV, VERBS, add_connection_arguments, add
 from rollbackd.store.history import cli_history, limit_argument, since_argument, target_argument
 
 EXIT_CONFIG = 2
+#: ``check-config --probe``: a target would be blind (a side without series), or Prometheus
+#: could not be asked.
+EXIT_BLIND = 1
 
 _DESCRIPTION = """\
 Makes bad releases undo themselves: watches canary, blue-green and Deployment releases through
@@ -96,7 +100,8 @@ def build_parser(prog: str = "rollbackd") -> argparse.ArgumentParser:
         "check-config",
         help="validate a configuration file",
         description="Load FILE with the environment overrides, as 'run' would, and print\n"
-        "'FILE: OK (N targets)', or every problem with its line on stderr and exit with status 2.",
+        "'FILE: OK (N targets)', or every problem with its line on stderr and exit with status 2.\n"
+        "With --probe, also run every target's queries once against the configured Prometheus.",
         epilog=_ENVIRONMENT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -105,6 +110,13 @@ def build_parser(prog: str = "rollbackd") -> argparse.ArgumentParser:
         "--ignore-env",
         action="store_true",
         help="check the file alone, without ROLLBACKD_* environment overrides",
+    )
+    check.add_argument(
+        "--probe",
+        action="store_true",
+        help="also ask the configured Prometheus for every target's series: per target and side, how\n"
+        "many there are and their labels, or what is probably wrong and the preset that fits; exit\n"
+        "status 1 when a target would be blind (a side without series) or Prometheus cannot be asked",
     )
 
     demo = commands.add_parser(
@@ -293,6 +305,31 @@ def _check_config(args: argparse.Namespace) -> int:
             "(docs/discovery.md)",
             file=sys.stderr,
         )
+    if not args.probe:
+        return 0
+    return _probe(settings)
+
+
+def _probe(settings: Settings) -> int:
+    """Print the probe of every target's series; 1 when a target would be blind."""
+    import asyncio
+
+    from rollbackd.daemon.main import probe_targets
+    from rollbackd.sources.backend import BackendConfigError
+
+    try:
+        # The backend's secrets come from the environment even with --ignore-env, as for 'run'.
+        report = asyncio.run(probe_targets(settings, environ=os.environ))
+    except BackendConfigError as exc:
+        print(f"cannot probe: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    for line in report.lines():
+        print(line)
+    blind = report.blind
+    if blind:
+        keys = ", ".join(target.key for target in blind)
+        print(f"{len(blind)} of {len(report.targets)} targets would be blind: {keys}", file=sys.stderr)
+        return EXIT_BLIND
     return 0
 
 

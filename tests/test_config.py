@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rollbackd.config.loader import ConfigError, Problem, load_settings, resolve_config_path
+from rollbackd.config.presets import PRESETS, preset_names
 from rollbackd.config.resolve import default_params, target_params
 from rollbackd.config.settings import Settings, TargetSettings, template_problem
 from rollbackd.knobs import knobs
@@ -608,8 +609,9 @@ def test_broken_promql_templates(tmp_path: Path) -> None:
     ]
 
 
-def test_template_problem_accepts_the_defaults() -> None:
-    queries = Settings().defaults.queries
+@pytest.mark.parametrize("name", preset_names())
+def test_template_problem_accepts_every_preset(name: str) -> None:
+    queries = PRESETS[name]
     templates = (queries.requests, queries.errors, queries.latency_buckets)
     assert [template_problem(template) for template in templates] == [None, None, None]
     assert template_problem("x{") is not None
@@ -814,7 +816,7 @@ def test_source_target_of_a_canary(overridden: Settings) -> None:
     assert source.queries.group_labels == ("namespace", "app", "track")
     assert source.queries.requests == "sum by ({by}) (rate(requests_total{{{selector}}}[{window}]))"
     assert source.queries.errors == "sum by ({by}) (increase(http_errors_total{{{selector}}}[{window}]))"
-    assert source.queries.latency_buckets == Settings().defaults.queries.latency_buckets
+    assert source.queries.latency_buckets == PRESETS["default"].latency_buckets
     assert source.baseline == SeriesRef(
         labels=(("namespace", "shop"), ("app", "checkout"), ("track", "stable"))
     )
@@ -923,15 +925,17 @@ def _metrics_doc_examples() -> list[str]:
 
 
 @pytest.mark.parametrize("example", _metrics_doc_examples())
-def test_every_backend_example_of_the_metrics_page_is_a_valid_configuration(
-    example: str, tmp_path: Path
-) -> None:
+def test_every_example_of_the_metrics_page_is_a_valid_configuration(example: str, tmp_path: Path) -> None:
     document = yaml.safe_load(example)
     if "credentials" in document:  # the Helm chart's values: their config part is rollbackd's file
         document = document["config"]
     path = tmp_path / "rollbackd.yaml"
     path.write_text(yaml.safe_dump(document))
-    assert load_settings(path, environ={}).prometheus.url == document["prometheus"]["url"]
+    settings = load_settings(path, environ={})
+    if "prometheus" in document:  # a backend's example
+        assert settings.prometheus.url == document["prometheus"]["url"]
+    else:  # a query preset's example
+        assert settings.targets
 
 
 @pytest.mark.parametrize(

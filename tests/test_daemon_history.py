@@ -65,7 +65,8 @@ async def test_a_deployment_bad_from_the_first_tick_after_a_start_is_judged_agai
         # Decided on the second bad interval, the first one that can prove a breach.
         assert target["last_rollback"] is not None
         assert target["last_rollback"]["outcome"] == "immediate"
-        assert target["last_rollback"]["t"] == pytest.approx(INTERVAL_S, abs=0.5)
+        # At the second tick (loop time INTERVAL_S), seen 2.5 intervals after the start.
+        assert target["last_rollback"]["age_s"] == pytest.approx(1.5 * INTERVAL_S, abs=0.5)
     # One batched read for both targets: their baseline and detection windows, at the interval.
     ((keys, step_s, range_s, end_s),) = source.reads
     assert keys == ("shop/web", "shop/api")

@@ -109,7 +109,14 @@ async def test_readyz_answers_503_until_the_first_evaluation(session: aiohttp.Cl
         base = f"http://{HOST}:{daemon.port}"
         status, _, body = await get(session, base + "/readyz")
         assert status == 503
-        assert strict_json(body) == {"status": "no evaluation yet", "leader": True}  # no election: it acts
+        shown = strict_json(body)
+        assert {key: shown[key] for key in ("status", "leader")} == {
+            "status": "no evaluation yet", "leader": True  # no election: it acts
+        }
+        # Before the first tick, only the sources the daemon does not use are known.
+        assert {name: source["status"] for name, source in shown["sources"].items()} == {
+            "kubernetes": "off", "store": "off"
+        }
         status, _, _ = await get(session, base + "/healthz")
         assert status == 200
 

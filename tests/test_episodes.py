@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from rollbackd.daemon import views
 from rollbackd.daemon.page import target_status
+from rollbackd.daemon.wallclock import WallClock
 from rollbackd.decision.framework import DecisionState, decide
 from rollbackd.evaluate import TargetEvaluator
 from rollbackd.events.build import Announcer, Clock, EventFactory
@@ -37,6 +38,8 @@ from rollbackd.model import (
 from rollbackd.params import Policy, TargetParams
 
 TARGET = "shop/checkout"
+#: The status page's wall clock: loop time 0 at midnight UTC.
+WALL = WallClock(Clock(wall=datetime(2026, 1, 1, tzinfo=UTC), loop=0.0))
 PARAMS = TargetParams(
     key=TARGET, strategy=Strategy.CANARY, interval_s=10.0, policy=Policy(controlled_grace_s=120)
 )
@@ -436,7 +439,7 @@ def test_the_status_page_never_shows_an_open_episode_as_healthy() -> None:
     story.tick(breach(210, since=180))
     story.tick(unproven(310))  # the grace is over on an unproven interval
     labels = [
-        target_status({"decision": views.decision_view(decision, now=decision.t)}).label
+        target_status({"decision": views.decision_view(decision, now=decision.t, wall=WALL)}).label
         for decision in story.decisions
     ]
     assert labels == [
@@ -446,4 +449,4 @@ def test_the_status_page_never_shows_an_open_episode_as_healthy() -> None:
         "controlled rollback: waiting for a proven interval",
     ]
     closed = story.tick(recovered(320))
-    assert target_status({"decision": views.decision_view(closed, now=320)}).label == "healthy"
+    assert target_status({"decision": views.decision_view(closed, now=320, wall=WALL)}).label == "healthy"

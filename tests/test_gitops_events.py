@@ -15,7 +15,8 @@ from rollbackd.actions.reconcilers import REVERT_IN_GIT
 from rollbackd.daemon.page import render_status_page
 from rollbackd.daemon.rollbacks import with_prior_changes
 from rollbackd.daemon.views import rollback_view
-from rollbackd.events.build import Announcer, EventFactory
+from rollbackd.daemon.wallclock import WallClock
+from rollbackd.events.build import Announcer, Clock, EventFactory
 from rollbackd.events.chat import Fact, message_of
 from rollbackd.events.model import EscalationRaisedData, EventType, GitOpsSuspendedData, RollbackCompletedData
 from rollbackd.run import Phase, RollbackRun
@@ -103,7 +104,8 @@ def test_a_refusal_by_gitops_escalates_with_its_own_cause_and_the_sentence() -> 
 def test_the_status_page_says_to_revert_in_git() -> None:
     result = ActionResult(action="canary-abort", target=TARGET, outcome=ActionOutcome.DONE,
                           reason="canary aborted", changes=(SUSPENSION, WEIGHT), gitops=(APP_HOLD,))
-    view = rollback_view(run_with(result, Phase.VERIFYING), now=1010.0)
+    wall = WallClock(Clock(wall=datetime(2026, 1, 1, tzinfo=UTC), loop=1000.0))
+    view = rollback_view(run_with(result, Phase.VERIFYING), now=1010.0, wall=wall)
     assert isinstance(view, dict)
     page = render_status_page(
         {"targets": {TARGET: {"key": TARGET, "namespace": "shop", "name": "web", "rollback": view}}},

@@ -32,6 +32,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from rollbackd.config.presets import PresetName, QueryPreset, resolve_queries
 from rollbackd.config.storeurl import redact_url, store_kind
 from rollbackd.knobs import DAY, HOUR, MIN_PERIOD_S, Knob, knobs
 from rollbackd.model import Slo, Strategy
@@ -231,25 +232,45 @@ class _Templates(_Frozen):
 
 
 class QuerySettings(_Templates):
-    """PromQL templates. Placeholders: ``{selector}`` (label matchers chosen by rollbackd),
-    ``{by}`` (the grouping labels) and ``{window}`` (the evaluation interval, e.g. ``10s``)."""
+    """How the metrics are read: a preset (``default``, ``kube-prometheus``, ``istio``, ``otel``;
+    docs/metrics.md) and keys replacing the preset's. Templates' placeholders: ``{selector}``
+    (label matchers chosen by rollbackd), ``{by}`` (the group labels) and ``{window}`` (the
+    evaluation interval, e.g. ``10s``). A key left out (null) is the preset's."""
 
-    requests: str = Field(
-        "sum by ({by}) (increase(http_requests_total{{{selector}}}[{window}]))",
-        description="Requests served per series over the interval.",
+    preset: PresetName = Field(
+        "default",
+        description="The metric shape to read: default (labels namespace, deployment), kube-prometheus "
+        "(ServiceMonitor series: namespace, pod), istio (istio_requests_total, destination_workload), "
+        "otel (http_server_request_duration_seconds, k8s_deployment_name). In a target: left out keeps "
+        "the defaults' queries, a name starts from that preset alone.",
     )
-    errors: str = Field(
-        'sum by ({by}) (increase(http_requests_total{{{selector},code=~"5.."}}[{window}]))',
-        description="Failed requests per series over the interval.",
+    requests: str | None = Field(None, description="Requests served per series over the interval.")
+    errors: str | None = Field(None, description="Failed requests per series over the interval.")
+    latency_buckets: str | None = Field(
+        None, description="Latency histogram buckets per series over the interval."
     )
-    latency_buckets: str = Field(
-        "sum by ({by}, le) (increase(http_request_duration_seconds_bucket{{{selector}}}[{window}]))",
-        description="Latency histogram buckets per series over the interval.",
-    )
-    group_labels: tuple[LabelName, ...] = Field(
-        ("namespace", "deployment"),
+    group_labels: tuple[LabelName, ...] | None = Field(
+        None,
         min_length=1,
         description="Labels that tell the baseline and candidate series apart (for {by} and {selector}).",
+    )
+    namespace_label: LabelName | None = Field(
+        None, description="The group label holding the target's namespace ('namespace' in most presets)."
+    )
+    deployment_label: LabelName | None = Field(
+        None, description="The group label holding the side's Deployment ('deployment' in most presets)."
+    )
+    deployment_from: LabelName | None = Field(
+        None,
+        description="A label holding pod names, when the series carry no Deployment label: each side is "
+        "selected by its pods' names (<deployment>-<hash>-<suffix>) and the templates derive "
+        "deployment_label from it with label_replace (kube-prometheus: pod).",
+    )
+    bucket_unit_s: float | None = Field(
+        None,
+        gt=0,
+        le=HOUR,
+        description="Seconds per unit of the latency buckets' le (istio: 0.001, milliseconds).",
     )
 
 
@@ -259,7 +280,8 @@ else:
     QueryOverride = override_of(
         QuerySettings,
         "queries",
-        "Per-target queries: each key given replaces the one in ``defaults.queries``.",
+        "Per-target queries: a preset named here starts from that preset alone (with this target's keys);"
+        " otherwise each key given replaces the one in ``defaults.queries``.",
         base=_Templates,
     )
 
@@ -1096,11 +1118,12 @@ class Defaults(_Frozen):
     policy: PolicySettings = Field(PolicySettings(), description=PolicySettings.__doc__)
     queries: QuerySettings = Field(
         QuerySettings(),
-        description="PromQL templates and the labels that tell the sides apart.",
+        description="The query preset, and PromQL templates and labels replacing the preset's.",
     )
 
 
-#: Group labels whose values come from elsewhere than ``Side.labels``.
+#: Labels a side's ``labels`` never give: their values are the target's namespace and the side's
+#: Deployment in every preset but the ones naming them otherwise (checked with the queries).
 IMPLIED_LABELS = {"namespace": "the target's 'namespace'", "deployment": "the side's 'deployment'"}
 
 
@@ -1424,21 +1447,25 @@ def _and(words: list[str]) -> str:
     return " and ".join(words) if len(words) < 3 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
-def _label_problems(
-    index: int, target: TargetSettings, group_labels: tuple[str, ...]
-) -> list[InitErrorDetails]:
-    """Every side must give a value to every group label, and only to group labels; and the two
-    sides must select different series."""
+def _label_problems(index: int, target: TargetSettings, queries: QueryPreset) -> list[InitErrorDetails]:
+    """Every side must give a value to every group label, and only to group labels (but those
+    holding the namespace and the Deployment); and the two sides must select different series."""
+    group_labels = queries.group_labels
+    implied = {
+        queries.namespace_label: "the target's 'namespace'",
+        queries.deployment_label: "the side's 'deployment'",
+    }
     problems: list[InitErrorDetails] = []
-    if target.strategy is Strategy.ARGO_ROLLOUT and "deployment" in group_labels:
+    if target.strategy is Strategy.ARGO_ROLLOUT and queries.deployment_label in group_labels:
         where = ("queries", "group_labels") if target.queries.group_labels else ()
         problems.append(
             _problem(
                 "deployment_label",
-                "group label 'deployment' has no value for an argo-rollout target: {why}; set this "
+                "group label '{label}' has no value for an argo-rollout target: {why}; set this "
                 "target's queries.group_labels to them (e.g. [namespace, role])",
                 ("targets", index, *where),
                 list(group_labels),
+                label=queries.deployment_label,
                 why=ROLLOUT_SIDES,
             )
         )
@@ -1450,7 +1477,7 @@ def _label_problems(
             continue
         loc: tuple[int | str, ...] = ("targets", index, side_name, "labels")
         for label in group_labels:
-            if label not in IMPLIED_LABELS and label not in side.labels:
+            if label not in implied and label not in side.labels:
                 problems.append(
                     _problem(
                         "missing_group_label",
@@ -1462,7 +1489,18 @@ def _label_problems(
                     )
                 )
         for label, value in side.labels.items():
-            if label not in group_labels:
+            if label in implied and label in group_labels and label not in IMPLIED_LABELS:
+                problems.append(
+                    _problem(
+                        "implied_label",
+                        "label '{label}' cannot be set here: its value is {source}",
+                        (*loc, label),
+                        value,
+                        label=label,
+                        source=implied[label],
+                    )
+                )
+            elif label not in group_labels:
                 problems.append(
                     _problem(
                         "unused_label",
@@ -1476,9 +1514,9 @@ def _label_problems(
                 )
         refs[side_name] = tuple(
             target.namespace
-            if label == "namespace"
+            if label == queries.namespace_label
             else side.deployment
-            if label == "deployment"
+            if label == queries.deployment_label
             else side.labels.get(label)
             for label in group_labels
         )
@@ -1539,8 +1577,8 @@ class Settings(_Frozen):
                     )
                 )
             first.setdefault(target.key, index)
-            group_labels = target.queries.group_labels or self.defaults.queries.group_labels
-            problems.extend(_label_problems(index, target, group_labels))
+            queries = resolve_queries(self.defaults.queries, target.queries)
+            problems.extend(_label_problems(index, target, queries))
             problems.extend(
                 _window_problems(("targets", index, "detection"), target.detection, self.interval_s)
             )
@@ -1574,7 +1612,6 @@ def check_target(settings: Settings, target: TargetSettings) -> None:
     """Raise the :class:`ValidationError` ``target`` would cause as ``targets[0]`` of ``settings``
     (group labels without values, windows too long for the interval); nothing when it fits. For
     targets that do not come from the file (opt-in by annotation)."""
-    group_labels = target.queries.group_labels or settings.defaults.queries.group_labels
-    problems = _label_problems(0, target, group_labels)
+    problems = _label_problems(0, target, resolve_queries(settings.defaults.queries, target.queries))
     problems.extend(_window_problems(("targets", 0, "detection"), target.detection, settings.interval_s))
     _raise("Settings", problems)

@@ -7,6 +7,10 @@
   is logged, counted in ``/metrics`` and kept for the API;
 - ``rollbackd:http-server``: ``/healthz``, ``/readyz``, ``/metrics`` and the API.
 
+Once at start, ``rollbackd:probe`` (given a ``probe`` client) asks whether every target's queries
+find their series, beside the ticks: blind targets are logged and shown on the status page (see
+:mod:`rollbackd.daemon.probing`).
+
 Beside them, while targets the process has just started watching need their past,
 ``rollbackd:history`` reads it from the metrics source (when it can give history) in one batched
 call; the ticks take it once it is in, before judging those targets.
@@ -48,13 +52,16 @@ from rollbackd.daemon.journal import RUN_OVER, Journal
 from rollbackd.daemon.jsonify import JsonValue
 from rollbackd.daemon.leader import Leadership
 from rollbackd.daemon.metrics import DaemonMetrics
+from rollbackd.daemon.probing import probe_and_log
 from rollbackd.daemon.reload import SettingsChange, plan_reload
 from rollbackd.daemon.rollbacks import Rollbacks
+from rollbackd.daemon.sourcestatus import SourceBoard
 from rollbackd.daemon.state import Acceptance, DaemonState, TargetState
 from rollbackd.daemon.switches import FREEZE, Switch, SwitchBoard, SwitchWriteError
 from rollbackd.daemon.target_state import current_state
 from rollbackd.daemon.targetmetrics import TargetSample
 from rollbackd.daemon.tick import IdleCollector, collect_tick, metrics_failure, run_every
+from rollbackd.daemon.wallclock import WallClock
 from rollbackd.decision.facts import ClusterFacts, is_newer
 from rollbackd.gcpause import collector_paused
 from rollbackd.model import Context, Decision, Evidence, Observation, Outcome
@@ -63,6 +70,7 @@ from rollbackd.params import TargetParams
 from rollbackd.run import RollbackRun, TargetAccess
 from rollbackd.runrecord import RunRecord
 from rollbackd.sources.base import GivesHistory, HealthSource, History, MetricsSource
+from rollbackd.sources.probe import Queries
 from rollbackd.store.base import StoreError
 
 logger = logging.getLogger(__name__)
@@ -120,6 +128,8 @@ class Daemon:
     - ``auth``: access rules of the API (default: from ``settings.api``, token files only; pass
       ``ApiAuth.from_settings(settings.api, environ=os.environ)`` at the process edge).
     - ``shutdown_timeout_s``: how long a graceful stop waits for the root tasks.
+    - ``probe``: the Prometheus client to probe the targets' series with once at start
+      (:mod:`rollbackd.daemon.probing`); ``None``: no probe.
 
     Run it with ``await daemon.run()`` until :meth:`stop`, or as ``async with daemon:`` (which runs
     it in a background task, returns once the HTTP server listens, and stops it on exit).
@@ -137,6 +147,7 @@ class Daemon:
         auth: ApiAuth | None = None,
         journal: Journal | None = None,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
+        probe: Queries | None = None,
     ) -> None:
         #: The settings running now: the file's, with the targets annotations declare added.
         self.settings = settings
@@ -193,6 +204,13 @@ class Daemon:
         self._led = False
         #: The read of targets' past under way (see :meth:`_read_history`).
         self._history_task: asyncio.Task[HistoryRead] | None = None
+        self._probe_client = probe
+        self._probe_task: asyncio.Task[None] | None = None
+        #: Whether the store has been open since the start (until then, its absence is no outage).
+        self._store_opened = False
+        #: Whether each data source works, since when, and why not (``/readyz``, the status page).
+        self.wall = WallClock()
+        self.sources = SourceBoard(loop=_loop_time, wall=self.wall.at)
 
     # --- observable state ----------------------------------------------------------------------
 
@@ -228,6 +246,10 @@ class Daemon:
 
     async def run(self) -> None:
         """Run until :meth:`stop` is called; raise if a root task fails."""
+        if self._access is None:
+            self.sources.off("kubernetes", "no Kubernetes access: deciding only, nothing is rolled back")
+        if not self.journal.required:
+            self.sources.off("store", "no store: decisions are not recorded")
         self.metrics.targets.set(len(self.state.targets))
         self.metrics.up.set(1)
         logger.info(
@@ -248,6 +270,10 @@ class Daemon:
                     name="rollbackd:evaluation-loop",
                 )
                 stop_task = group.create_task(self._stop_requested.wait(), name="rollbackd:stop-request")
+                if self._probe_client is not None:
+                    self._probe_task = group.create_task(
+                        self._probe(self._probe_client), name="rollbackd:probe"
+                    )
                 switches_task = group.create_task(self.switches.poll_forever(), name="rollbackd:switches")
                 self._evaluation_task = evaluation_task
                 root = [evaluation_task, http_task, stop_task, switches_task]
@@ -259,12 +285,15 @@ class Daemon:
                 timeout_s = self._shutdown_timeout_s
                 await asyncio.gather(
                     # The group's own tasks: their outcome is the group's to report.
-                    stop_tasks([*root, self._history_task], timeout_s=timeout_s, failures="leave"),
+                    stop_tasks(
+                        [*root, self._history_task, self._probe_task], timeout_s=timeout_s, failures="leave"
+                    ),
                     self.rollbacks.stop(timeout_s),
                 )
         finally:
             self._group = None
             self._history_task = None
+            self._probe_task = None
             try:
                 await self.rollbacks.stop(self._shutdown_timeout_s)  # when the group failed
             finally:
@@ -326,12 +355,18 @@ class Daemon:
             leader=lambda: self.leading,
             not_ready_reason=lambda: self.journal.problem,
             auth=self._auth,
+            sources=self.sources,
+            wall=self.wall,
         )
         app = make_app(context)
         async with HttpServer(app, host=self.settings.http.host, port=self.settings.http.port) as server:
             self._port = server.port
             self._listening.set()
             await asyncio.Event().wait()
+
+    async def _probe(self, client: Queries) -> None:
+        """The start-up probe of the targets' series, kept for the status page."""
+        self.state.probe = await probe_and_log(self.settings, client)
 
     async def _evaluate_forever(self) -> None:
         with IdleCollector(clock=asyncio.get_running_loop().time) as collector:
@@ -370,6 +405,11 @@ class Daemon:
         )
         t = loop.time()
         self.metrics.collection_duration.observe(t - started)
+        self.sources.report("prometheus", inputs.metrics_outage)
+        if self.journal.required:
+            self._store_opened = self._store_opened or self.journal.attached
+            self.sources.report("store", self.journal.problem, starting=not self._store_opened)
+        self.sources.summarize()
         self.metrics.metrics_source_up.set(1 if inputs.metrics_answered else 0)
         observations = {target.key: inputs.observation(target.source, t) for target in targets}
         self._take_history()
@@ -701,11 +741,15 @@ class Daemon:
         if access is None:
             return None
         try:
-            return await access.facts(target.params, loop_now=loop_now, fresh=fresh)
+            facts = await access.facts(target.params, loop_now=loop_now, fresh=fresh)
         except Exception as exc:
             self.metrics.count_source_error("kubernetes", type(exc).__name__)
-            logger.warning("could not read the cluster: %s", exc, extra={"target": target.key})
+            # The outage is logged once, when it starts (the source board); each read at DEBUG.
+            if not self.sources.report("kubernetes", str(exc) or type(exc).__name__):
+                logger.debug("could not read the cluster: %s", exc, extra={"target": target.key})
             return None
+        self.sources.report("kubernetes", None)
+        return facts
 
     async def _verify(self, targets: list[TargetState], observations: dict[str, Observation]) -> None:
         keys = set(self.rollbacks.verifying())
@@ -948,7 +992,7 @@ class Daemon:
             "escalate": decision.escalate,
             "blocked_by": decision.blocked_by,
             "reasons": list(decision.reasons),
-            "t": decision.t,
+            "t": self.wall.iso(decision.t),
         }
         evidence = decision.evidence
         if evidence is not None:
@@ -958,6 +1002,10 @@ class Daemon:
                 inconclusive=evidence.inconclusive,
             )
         logger.log(level, message, *args, extra=fields)
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def _shape(decision: Decision) -> tuple[object, ...]:

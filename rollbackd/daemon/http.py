@@ -7,8 +7,12 @@ Read-only routes:
 - ``GET /healthz``: 200 while the evaluation loop runs, 503 otherwise;
 - ``GET /readyz``: 503 until the first evaluation of all targets completed, and while the audit
   trail cannot be written (the status says why), otherwise 200; the body
-  ``{"status": ..., "leader": true|false}`` also tells whether this replica leads (with leader
-  election; always ``true`` without). A standby is ready too: it evaluates, warm, and takes over
+  ``{"status": ..., "leader": true|false, "sources": {...}}`` also tells whether this replica
+  leads (with leader election; always ``true`` without) and, per data source (``prometheus``,
+  ``kubernetes``, ``store``), whether it works: ``{"status": "up"|"down"|"off", "since":
+  "2026-12-06T17:03:12Z", "for_s": ..., "error": ..., "detail": ..., "failures": ...}``; a source
+  that is down does not make the daemon unready (it still judges: inconclusive without data).
+  A standby is ready too: it evaluates, warm, and takes over
   when the leader goes, so it belongs behind the Service like the leader;
 - ``GET /metrics``: the daemon's own registry, in the Prometheus text format or OpenMetrics (as
   the scraper's ``Accept`` asks), gzip-compressed when it accepts gzip (see
@@ -68,9 +72,11 @@ from rollbackd.daemon.jsonify import JsonValue, dumps, to_json_value
 from rollbackd.daemon.logs import RateLimit
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.page import refresh_seconds, render_status_page
+from rollbackd.daemon.sourcestatus import SourceBoard
 from rollbackd.daemon.state import DaemonState, TargetState
 from rollbackd.daemon.switches import SwitchBoard
 from rollbackd.daemon.views import flags_view, target_verdict, target_view, targets_view, verdict_view
+from rollbackd.daemon.wallclock import WallClock
 from rollbackd.decision.rails import MAX_HOLD_S
 from rollbackd.store.base import AuditEntry, StoreError
 from rollbackd.store.history import entry_json, parse_since, parse_target
@@ -95,7 +101,8 @@ ETA_BOUNDS = f"eta_s must be a number of seconds greater than 0 and at most {MAX
 class HttpContext:
     """What the handlers read and steer.
 
-    ``clock`` is the event-loop clock (the time base of decisions, holds and cooldowns); ``alive``
+    ``clock`` is the event-loop clock (the time base of decisions, holds and cooldowns), shown on
+    the wall clock in UTC through ``wall``; ``alive``
     tells whether the evaluation loop runs; ``ready`` whether the first evaluation completed;
     ``leader`` whether this replica leads (acts); ``auth`` who may use which route (by default
     nobody may write: no token is configured).
@@ -119,6 +126,10 @@ class HttpContext:
     #: Why the daemon cannot act now though it evaluates (the audit trail cannot be written).
     not_ready_reason: Callable[[], str | None] = lambda: None
     auth: ApiAuth = field(default_factory=lambda: ApiAuth(token=lambda: None))
+    #: Whether each data source works, since when and why not (``None``: not tracked).
+    sources: SourceBoard | None = None
+    #: Turns ``clock``'s times into the wall-clock times (UTC) the API shows.
+    wall: WallClock = field(default_factory=WallClock)
 
 
 class ManualRollback(Protocol):
@@ -175,7 +186,11 @@ async def readyz(request: web.Request) -> web.Response:
     ctx = _context(request)
     ready = ctx.ready()
     status = "ready" if ready else (ctx.ticks() and ctx.not_ready_reason()) or "no evaluation yet"
-    body: JsonValue = {"status": status, "leader": ctx.leader()}
+    body: JsonValue = {
+        "status": status,
+        "leader": ctx.leader(),
+        "sources": ctx.sources.view() if ctx.sources is not None else {},
+    }
     return json_response(body, status=200 if ready else 503)
 
 
@@ -208,7 +223,7 @@ async def status_page(request: web.Request) -> web.Response:
     interval_s = max((target.params.interval_s for target in targets), default=None)
     timelines = await _timelines(ctx)
     page = render_status_page(
-        targets_view(ctx.state, now=ctx.clock(), switches=ctx.switches),
+        targets_view(ctx.state, now=ctx.clock(), wall=ctx.wall, switches=ctx.switches),
         version=__version__,
         ready=ctx.ready(),
         alive=ctx.alive(),
@@ -217,6 +232,9 @@ async def status_page(request: web.Request) -> web.Response:
         generated_at=datetime.now(UTC),
         not_ready=ctx.not_ready_reason() if ctx.ticks() else None,
         timelines=timelines,
+        probe=ctx.state.probe,
+        sources=ctx.sources.states if ctx.sources is not None else (),
+        now_loop=ctx.clock(),
     )
     return web.Response(
         body=page.encode("utf-8", "backslashreplace"),  # lone surrogates shown as \udcff
@@ -228,7 +246,7 @@ async def status_page(request: web.Request) -> web.Response:
 
 async def list_targets(request: web.Request) -> web.Response:
     ctx = _context(request)
-    return json_response(targets_view(ctx.state, now=ctx.clock(), switches=ctx.switches))
+    return json_response(targets_view(ctx.state, now=ctx.clock(), wall=ctx.wall, switches=ctx.switches))
 
 
 async def get_target(request: web.Request) -> web.Response:
@@ -236,7 +254,12 @@ async def get_target(request: web.Request) -> web.Response:
     target = _target(request)
     if target is None:
         return _error(404, "no such target")
-    return json_response(target_view(ctx.state, target, now=ctx.clock(), switches=ctx.switches))
+    return json_response(_target_doc(ctx, target))
+
+
+def _target_doc(ctx: HttpContext, target: TargetState) -> JsonValue:
+    """``target`` as the API shows it now."""
+    return target_view(ctx.state, target, now=ctx.clock(), wall=ctx.wall, switches=ctx.switches)
 
 
 def _verdict_answer(request: web.Request, *, rollback_check: bool) -> web.Response:
@@ -359,7 +382,7 @@ async def set_hold(request: web.Request) -> web.Response:
         target.key,
         {"eta_s": eta_s, "reason": reason, "by": by},
     )
-    return json_response({**_object(target_view(ctx.state, target, now=ctx.clock(), switches=ctx.switches)),
+    return json_response({**_object(_target_doc(ctx, target)),
                           "applies": _seen_by_all(ctx, stored)})
 
 
@@ -380,7 +403,7 @@ async def clear_hold(request: web.Request) -> web.Response:
         "fix-forward hold lifted", extra={"target": target.key, "by": by, "remote": request.remote}
     )
     ctx.audit("hold", f"fix-forward hold lifted by {by}: {reason}", target.key, {"reason": reason, "by": by})
-    return json_response({**_object(target_view(ctx.state, target, now=ctx.clock(), switches=ctx.switches)),
+    return json_response({**_object(_target_doc(ctx, target)),
                           "applies": _seen_by_all(ctx, stored)})
 
 
@@ -478,7 +501,7 @@ async def accept_release(request: web.Request) -> web.Response:
     shown = "the revision the cluster shows next" if revision is None else f"revision {revision}"
     ctx.audit("accept", f"release accepted by {by} ({shown}): {reason}", target.key,
               {"by": by, "reason": reason, "revision": revision})
-    return json_response({**_object(target_view(ctx.state, target, now=ctx.clock(), switches=ctx.switches)),
+    return json_response({**_object(_target_doc(ctx, target)),
                           "applies": _seen_by_all(ctx, stored)})
 
 
@@ -498,7 +521,7 @@ async def withdraw_acceptance(request: web.Request) -> web.Response:
     logger.warning("acceptance withdrawn", extra={"target": target.key, "by": by, "reason": reason})
     ctx.audit("accept", f"acceptance withdrawn by {by}: {reason}", target.key,
               {"by": by, "reason": reason, "withdrawn": True})
-    return json_response({**_object(target_view(ctx.state, target, now=ctx.clock(), switches=ctx.switches)),
+    return json_response({**_object(_target_doc(ctx, target)),
                           "applies": _seen_by_all(ctx, stored)})
 
 

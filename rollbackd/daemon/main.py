@@ -47,6 +47,7 @@ from rollbackd.kube.errors import KubeConfigError, KubeError
 from rollbackd.sources.backend import BackendConfigError
 from rollbackd.sources.health import HealthProber
 from rollbackd.sources.lookback import Lookback, min_range_s
+from rollbackd.sources.probe import ProbeReport, probe
 from rollbackd.sources.prometheus import PrometheusClient, PrometheusSource
 from rollbackd.store import sqlite_path, store_kind
 from rollbackd.store.base import StoreError
@@ -135,6 +136,15 @@ def store_leader_for(settings: Settings, *, environ: Mapping[str, str]) -> Store
     if url is None or store_kind(url) != "postgresql":
         return None
     return StoreLeader(dsn=url, identity=process_identity(settings, environ=environ))
+
+
+async def probe_targets(settings: Settings, *, environ: Mapping[str, str]) -> ProbeReport:
+    """``rollbackd check-config --probe``: every target's series, asked once of the configured
+    backend (its secrets read from the files and ``environ``, as ``run`` reads them). Raises
+    :class:`~rollbackd.sources.backend.BackendConfigError` naming a secret or TLS file that cannot
+    be used."""
+    async with PrometheusClient.from_settings(settings.prometheus, environ=environ) as client:
+        return await probe(settings, client)
 
 
 async def run_daemon(
@@ -229,6 +239,7 @@ async def run_daemon(
                     auth=auth,
                     environ=environ,
                     shutdown_timeout_s=shutdown_timeout_s,
+                    probe=client,
                 ) as daemon:
                     running.append(daemon)
                     if deadline:  # a signal arrived while the daemon was starting

@@ -21,7 +21,7 @@ import enum
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from rollbackd.actions.reconcilers import REVERT_IN_GIT
 from rollbackd.daemon.charts import CSS as _CHARTS_CSS
@@ -33,6 +33,8 @@ from rollbackd.daemon.docread import number as _num
 from rollbackd.daemon.docread import obj as _obj
 from rollbackd.daemon.docread import text as _text
 from rollbackd.daemon.jsonify import JsonValue
+from rollbackd.daemon.probing import ProbeOutcome
+from rollbackd.daemon.sourcestatus import SourceState, SourceStatus
 
 #: The shortest refresh period of the page, in seconds.
 MIN_REFRESH_S = 2
@@ -211,6 +213,9 @@ def render_status_page(
     generated_at: datetime,
     not_ready: str | None = None,
     timelines: Mapping[str, JsonValue] | None = None,
+    probe: ProbeOutcome | None = None,
+    sources: Sequence[SourceState] = (),
+    now_loop: float | None = None,
 ) -> str:
     """The whole page.
 
@@ -227,7 +232,11 @@ def render_status_page(
     - ``generated_at``: the wall-clock time of the rendering (timezone-aware), to print holds' and
       cooldowns' ends as clock times;
     - ``timelines``: per target key, its latest audit records (``GET /api/v1/history`` entries),
-      newest first; ``None`` when the audit trail cannot be read.
+      newest first; ``None`` when the audit trail cannot be read;
+    - ``probe``: the start-up probe of the targets' series; its blind targets are alerts;
+    - ``sources``: each data source's state (:mod:`rollbackd.daemon.sourcestatus`): one that is
+      down is an alert saying since when (UTC) and why, one that is off a note; ``now_loop``, the
+      event-loop time of the rendering, says for how long.
     """
     doc = _obj(document) or {}
     targets = [t for t in (_obj(v) for v in (_obj(doc.get("targets")) or {}).values()) if t is not None]
@@ -262,6 +271,8 @@ def render_status_page(
         ),
         _alerts(ready=ready, alive=alive, freeze=freeze, dry_run=dry_run, not_ready=not_ready,
                 freeze_set=_set_by(doc.get("freeze_set")), dry_run_set=_set_by(doc.get("dry_run_set"))),
+        _source_alerts(sources, now_loop=now_loop),
+        _probe_alerts(probe),
         _opt_in_alerts(_obj(doc.get("opt_ins"))),
         _summary(counts) if targets else '<p class="empty">No targets configured.</p>',
         "<main>",
@@ -345,6 +356,54 @@ def _alerts(
     return "".join(f'<div class="alert {css}">{_e(text)}</div>' for css, text in alerts)
 
 
+#: What a source that is down means for the targets, by source.
+_DOWN_MEANS = {
+    "prometheus": "targets are inconclusive without data; nothing is rolled back on missing data.",
+    "kubernetes": "decisions stand, but the cluster cannot be read or acted on.",
+    "store": "targets are still judged; nothing is rolled back until the audit trail can be written.",
+}
+
+
+def _source_alerts(sources: Sequence[SourceState], *, now_loop: float | None) -> str:
+    """One alert per data source that is down (since when, for how long, why), one note per
+    source that is off."""
+    alerts: list[str] = []
+    for state in sources:
+        name = state.name.capitalize()
+        since = state.since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        if state.status is SourceStatus.DOWN:
+            lasted = f" ({human_duration(now_loop - state.since_loop)})" if now_loop is not None else ""
+            means = _DOWN_MEANS.get(state.name, "")
+            text = f"{name} unreachable since {since}{lasted}: {state.error}. {means}".rstrip()
+            alerts.append(f'<div class="alert bad source">{_e(text)}</div>')
+        elif state.status is SourceStatus.OFF:
+            alerts.append(f'<div class="alert note source">{_e(f"{name} off: {state.detail}.")}</div>')
+    return "".join(alerts)
+
+
+#: Most blind sides listed on the page; the log and ``check-config --probe`` list them all.
+MAX_PROBE_LINES = 20
+
+
+def _probe_alerts(probe: ProbeOutcome | None) -> str:
+    """The start-up probe's blind targets, one alert line per side (at most :data:`MAX_PROBE_LINES`)."""
+    if probe is None:
+        return ""
+    if probe.report is None:
+        text = f"Could not probe the targets' series: {probe.error}"
+        return f'<div class="alert warn">{_e(text)}</div>'
+    lines = [line for target in probe.report.blind for line in target.lines()]
+    if not lines:
+        return ""
+    at = datetime.fromtimestamp(probe.report.at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    shown = lines[:MAX_PROBE_LINES]
+    more = len(lines) - len(shown)
+    items = "".join(f"<li>{_e(line)}</li>" for line in shown)
+    if more:
+        items += f"<li>… and {more} more (see the log or rollbackd check-config --probe)</li>"
+    count = len(probe.report.blind)
+    head = f"{count} target{'' if count == 1 else 's'} would be blind (no series found at {at}):"
+    return f'<div class="alert warn probe">{_e(head)}<ul>{items}</ul></div>'
 def _opt_in_alerts(opt_ins: _Doc | None) -> str:
     """One line per annotated object whose annotations cannot be used (naming the annotation and
     the fix), per annotated release the file's target wins over, and per namespace that cannot be
@@ -435,7 +494,7 @@ def _card(
     right = "" if evidence is None else _findings(evidence)
     return (
         f'<article class="target {status.css}" data-key="{_e(key)}" data-status="{status.css}">'
-        f"{head}{_facts(evidence, decision, last_rollback)}"
+        f"{head}{_facts(evidence, decision, last_rollback, generated_at=generated_at)}"
         f'<div class="body"><div class="left">{left}</div><div class="right">{right}</div></div>'
         f"{render_charts(_obj(target.get('series')))}{_timeline(timeline)}</article>"
     )
@@ -455,7 +514,9 @@ def _fact(name: str, value: str, *, css: str = "") -> str:
     return f"<div><dt>{_e(name)}</dt><dd{cls}>{_e(value)}</dd></div>"
 
 
-def _facts(evidence: _Doc | None, decision: _Doc | None, last_rollback: _Doc | None) -> str:
+def _facts(
+    evidence: _Doc | None, decision: _Doc | None, last_rollback: _Doc | None, *, generated_at: datetime
+) -> str:
     if decision is None:
         return '<p class="muted">Not evaluated yet.</p>'
     facts = [_fact("outcome", _text(decision.get("outcome")))]
@@ -474,17 +535,14 @@ def _facts(evidence: _Doc | None, decision: _Doc | None, last_rollback: _Doc | N
         if attribution:
             facts.append(_fact("blame", _BLAME.get(attribution, attribution)))
     episode = _obj(decision.get("episode"))
-    t_now = _num(decision.get("t"))
-    age_now = _num(decision.get("age_s"))
-    if episode is not None and t_now is not None and age_now is not None:
-        opened = _num(episode.get("opened_at"))
-        proven = _num(episode.get("proven_at"))
+    if episode is not None:
+        opened = _since(generated_at, episode.get("opened_at"))
+        proven = _since(generated_at, episode.get("proven_at"))
         if opened is not None and proven is not None:
             facts.append(
                 _fact(
                     "breach episode",
-                    f"open for {human_duration(age_now + t_now - opened)}, "
-                    f"last proven {human_duration(age_now + t_now - proven)} ago",
+                    f"open for {human_duration(opened)}, last proven {human_duration(proven)} ago",
                     css="warm",
                 )
             )
@@ -493,11 +551,9 @@ def _facts(evidence: _Doc | None, decision: _Doc | None, last_rollback: _Doc | N
         facts.append(_fact("blocked by", blocked_by, css="warm"))
     if decision.get("escalate") is True:
         facts.append(_fact("escalated", "yes: needs a human", css="warm"))
-    waiting_since = _num(decision.get("waiting_since"))
-    t = _num(decision.get("t"))
-    age = _num(decision.get("age_s"))
-    if waiting_since is not None and t is not None and age is not None:
-        facts.append(_fact("breaching since", f"{human_duration(age + t - waiting_since)} ago"))
+    breaching = _since(generated_at, decision.get("waiting_since"))
+    if breaching is not None:
+        facts.append(_fact("breaching since", f"{human_duration(breaching)} ago"))
     return f'<dl class="facts">{"".join(facts)}</dl>'
 
 
@@ -724,6 +780,16 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.1f}%"
 
 
+def _since(now: datetime, when: JsonValue) -> float | None:
+    """Seconds from the API's time ``when`` (ISO 8601, UTC) to ``now``; ``None`` without one."""
+    if not isinstance(when, str):
+        return None
+    try:
+        return (now - datetime.fromisoformat(when)).total_seconds()
+    except ValueError:
+        return None
+
+
 def _clock(now: datetime, in_s: float) -> str:
     return (now + timedelta(seconds=in_s)).strftime("%H:%M:%S %Z").strip()
 
@@ -747,6 +813,7 @@ h1{font-size:20px;margin:0}
 .alert.bad{background:var(--red);color:#fff}
 .alert.warn{background:#fff4e6;color:#8a4b00;border:1px solid var(--orange)}
 .alert.note{background:var(--card);color:var(--ink);border:1px solid var(--line);font-weight:400}
+.alert.probe ul{margin:4px 0 0 18px;padding:0;font-weight:400}
 .summary{display:flex;flex-wrap:wrap;gap:16px;margin:10px 0 12px;color:var(--muted)}
 .count b{font-size:16px;color:var(--ink)}.count.zero{opacity:.55}
 .count.rollback:not(.zero) b{color:var(--red)}.count.waiting:not(.zero) b{color:var(--orange)}

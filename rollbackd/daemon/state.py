@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from rollbackd.config.resolve import target_params
 from rollbackd.config.settings import Settings, TargetSettings
+from rollbackd.daemon.probing import ProbeOutcome
 from rollbackd.daemon.series import Series, point_of
 from rollbackd.decision.facts import ClusterFacts, is_newer
 
@@ -127,6 +128,8 @@ class DaemonState:
         #: The rollback runs (set by the daemon; ``None`` when nothing acts, e.g. in some tests).
         self.rollbacks: Rollbacks | None = None
         self.targets: dict[str, TargetState] = {}
+        #: The start-up probe of the targets' series, once it is in (see :mod:`rollbackd.daemon.probing`).
+        self.probe: ProbeOutcome | None = None
         #: The targets annotations declare: the object each came from (the others are the file's).
         self.origins: dict[str, ObjectRef] = {}
         #: Annotated objects the file's targets win over, with why.

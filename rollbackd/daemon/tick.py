@@ -21,6 +21,7 @@ from rollbackd.sources.base import (
     MetricsSource,
     RejectsData,
     ReportsFailures,
+    ReportsOutage,
     SidePair,
     SourceTarget,
 )
@@ -58,6 +59,8 @@ class TickData:
     health: Mapping[str, tuple[tuple[HealthCheck, ...] | None, tuple[HealthCheck, ...] | None]]
     #: Per target key, why the metrics source rejected its values this tick.
     rejected: Mapping[str, str] = field(default_factory=dict)
+    #: Why the metrics source gave nothing at all this tick (``None`` when it answered).
+    metrics_outage: str | None = None
     #: Whether the metrics source answered this tick (``False``: its collection failed, or some of
     #: its queries got no answer).
     metrics_answered: bool = True
@@ -82,23 +85,25 @@ async def _collect_metrics(
     *,
     window_s: float,
     on_source_error: SourceErrorSink,
-) -> tuple[Mapping[str, SidePair], Mapping[str, str], bool] | None:
-    """The source's answer per target, why it rejected some targets' values, and whether every
-    query got an answer (read at once: they describe this collection only); ``None`` when the
-    collection failed."""
+) -> tuple[Mapping[str, SidePair], Mapping[str, str], bool, str | None] | str:
+    """The source's answer per target, why it rejected some targets' values, whether every query
+    got an answer and why none did (each read at once: they describe this collection only); why,
+    when the collection failed. A failure is told by the daemon once per outage
+    (:mod:`rollbackd.daemon.sourcestatus`), so it is logged at DEBUG."""
     try:
         found = await source.collect(targets, window_s=window_s)
         rejected = source.rejected if isinstance(source, RejectsData) else {}
         answered = not isinstance(source, ReportsFailures) or source.failure is None
-        return found, rejected, answered
+        outage = source.outage if isinstance(source, ReportsOutage) else None
+        return found, rejected, answered, outage
     except Exception as exc:
         source_name, kind = metrics_failure(exc)
         on_source_error(source_name, kind)
-        logger.warning(
+        logger.debug(
             "metrics source failed; this tick has no metrics data",
             extra={"source": source_name, "kind": kind, "error": repr(exc)},
         )
-        return None
+        return str(exc) or repr(exc)
 
 
 async def _probe(
@@ -149,10 +154,11 @@ async def collect_tick(
         for target in targets
     }
     answer = metrics_task.result()
-    if answer is None:
-        return TickData(metrics={}, health=health, metrics_answered=False)
-    metrics, rejected, answered = answer
-    return TickData(metrics=metrics, health=health, rejected=rejected, metrics_answered=answered)
+    if isinstance(answer, str):
+        return TickData(metrics={}, health=health, metrics_answered=False, metrics_outage=answer)
+    metrics, rejected, answered, outage = answer
+    return TickData(metrics=metrics, health=health, rejected=rejected, metrics_answered=answered,
+                    metrics_outage=outage)
 
 
 async def run_every(

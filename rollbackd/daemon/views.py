@@ -1,4 +1,9 @@
-"""How the daemon's state looks from the outside: the JSON documents of the API."""
+"""How the daemon's state looks from the outside: the JSON documents of the API.
+
+Every time in them is a wall-clock time in UTC (``"2026-12-06T17:03:12.345Z"``), converted from
+the daemon's event-loop clock by one :class:`~rollbackd.daemon.wallclock.WallClock`; durations
+(``age_s``, ``remaining_s``, ``elapsed_s``) are seconds.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +15,20 @@ from rollbackd.daemon.jsonify import JsonValue, to_json_value
 from rollbackd.daemon.series import Point, Side, point_of
 from rollbackd.daemon.state import DaemonState, RuntimeFlags, TargetState
 from rollbackd.daemon.switches import DRY_RUN, FREEZE, SwitchBoard, accept_key, hold_key
+from rollbackd.daemon.wallclock import WallClock, utc_iso
 from rollbackd.decision.verdict import PartnerVerdict, partner_verdict
+from rollbackd.events.build import decided_at as run_decided_at
 from rollbackd.events.build import next_step
 from rollbackd.model import Decision, Episode, Evidence
 from rollbackd.run import RollbackRun
 from rollbackd.verification import RUNBOOK_ROLLBACK_TARGET_S
 
 
-def evidence_view(evidence: Evidence | None) -> JsonValue:
+def evidence_view(evidence: Evidence | None, *, wall: WallClock) -> JsonValue:
     if evidence is None:
         return None
     return {
-        "t": to_json_value(evidence.t),
+        "t": wall.iso(evidence.t),
         "impact": evidence.impact.value,
         "attributable": evidence.attributable,
         "attribution": None if evidence.attribution is None else evidence.attribution.value,
@@ -29,38 +36,42 @@ def evidence_view(evidence: Evidence | None) -> JsonValue:
         "inconclusive": evidence.inconclusive,
         "candidate_requests": to_json_value(evidence.candidate_requests),
         "baseline_requests": to_json_value(evidence.baseline_requests),
-        "findings": [to_json_value(finding) for finding in evidence.findings],
+        "findings": [
+            {**finding_fields, "since": wall.iso(finding.since)}
+            for finding in evidence.findings
+            if isinstance(finding_fields := to_json_value(finding), dict)
+        ],
         "reasons": list(evidence.reasons),
     }
 
 
-def episode_view(episode: Episode | None) -> JsonValue:
-    """The breach episode open at a decision (times on the daemon's loop clock, like ``t``)."""
+def episode_view(episode: Episode | None, *, wall: WallClock) -> JsonValue:
+    """The breach episode open at a decision."""
     if episode is None:
         return None
     return {
-        "opened_at": to_json_value(episode.opened_at),
-        "onset": to_json_value(episode.onset),
+        "opened_at": wall.iso(episode.opened_at),
+        "onset": wall.iso(episode.onset),
         "impact": episode.impact.value,
         "attribution": episode.attribution.value,
-        "proven_at": to_json_value(episode.proven_at),
+        "proven_at": wall.iso(episode.proven_at),
     }
 
 
-def decision_view(decision: Decision | None, *, now: float) -> JsonValue:
+def decision_view(decision: Decision | None, *, now: float, wall: WallClock) -> JsonValue:
     if decision is None:
         return None
     return {
-        "t": to_json_value(decision.t),
+        "t": wall.iso(decision.t),
         "age_s": to_json_value(now - decision.t),
         "outcome": decision.outcome.value,
         "rollback": decision.rollback,
         "dry_run": decision.dry_run,
         "escalate": decision.escalate,
         "blocked_by": decision.blocked_by,
-        "waiting_since": to_json_value(decision.waiting_since),
+        "waiting_since": wall.iso(decision.waiting_since),
         "reasons": list(decision.reasons),
-        "episode": episode_view(decision.episode),
+        "episode": episode_view(decision.episode, wall=wall),
         "extra": to_json_value(decision.extra),
     }
 
@@ -105,7 +116,7 @@ def action_view(result: ActionResult | None) -> JsonValue:
     }
 
 
-def rollback_view(run: RollbackRun | None, *, now: float) -> JsonValue:
+def rollback_view(run: RollbackRun | None, *, now: float, wall: WallClock) -> JsonValue:
     """A rollback from decision to verdict: the action's changes, the verification, timings
     against the runbook's 10-minute target."""
     if run is None:
@@ -114,14 +125,15 @@ def rollback_view(run: RollbackRun | None, *, now: float) -> JsonValue:
     return {
         "phase": run.phase.value,
         "mode": run.mode,
-        "decided_at": to_json_value(run.decided_at),
+        # As the events say it: the time the run recorded (the same after a restart), else converted.
+        "decided_at": utc_iso(run_decided_at(run, wall.clock)),
         "age_s": to_json_value(now - run.decided_at),
         "action": action_view(run.action),
         "waiting": None
         if run.waiting is None
         else {
             "for": run.waiting.what,
-            "since": to_json_value(run.waiting.since),
+            "since": wall.iso(run.waiting.since),
             "elapsed_s": to_json_value(max(0.0, now - run.waiting.since)),
         },
         "verification": None
@@ -208,7 +220,12 @@ def series_view(target: TargetState, run: RollbackRun | None, *, now: float) -> 
 
 
 def target_view(
-    state: DaemonState, target: TargetState, *, now: float, switches: SwitchBoard | None = None
+    state: DaemonState,
+    target: TargetState,
+    *,
+    now: float,
+    wall: WallClock,
+    switches: SwitchBoard | None = None,
 ) -> JsonValue:
     """One target: what it is, the latest evidence and decision, its last rollback decision, and
     what currently restrains it (hold, cooldown)."""
@@ -226,19 +243,20 @@ def target_view(
         "name": target.settings.name,
         "strategy": target.params.strategy.value,
         **origin_view(state, target.key),
-        "evidence": evidence_view(latest.evidence if latest is not None else None),
-        "decision": decision_view(latest, now=now),
-        "last_rollback": decision_view(target.last_rollback, now=now),
-        "rollback": rollback_view(run, now=now),
+        "evidence": evidence_view(latest.evidence if latest is not None else None, wall=wall),
+        "decision": decision_view(latest, now=now, wall=wall),
+        "last_rollback": decision_view(target.last_rollback, now=now, wall=wall),
+        "rollback": rollback_view(run, now=now, wall=wall),
         "dry_run_plan": action_view(state.rollbacks.dry_run_plan(target.key) if state.rollbacks else None),
         "hold": None
         if hold is None
         else {
-            "until": to_json_value(hold.until),
-            "remaining_s": to_json_value(max(0.0, hold.until - now)),
+            "until": wall.iso(hold.until),
+            # To the microsecond: a hold of 120.5 s shows 120.5, not the float noise of loop times.
+            "remaining_s": to_json_value(round(max(0.0, hold.until - now), 6)),
             "expired": hold.until <= now,
             "reason": hold.reason,
-            "set_at": to_json_value(hold.set_at),
+            "set_at": wall.iso(hold.set_at),
             # Who set it, why, when and until when (UTC), as stored for every replica.
             **({} if stored_hold is None else {"set": stored_hold.view()}),
         },
@@ -246,8 +264,8 @@ def target_view(
         "cooldown": None
         if cooldown_until is None
         else {
-            "until": to_json_value(cooldown_until),
-            "remaining_s": to_json_value(cooldown_until - now),
+            "until": wall.iso(cooldown_until),
+            "remaining_s": to_json_value(round(cooldown_until - now, 6)),
         },
         "series": series_view(target, run, now=now),
     }
@@ -291,14 +309,16 @@ def flags_view(flags: RuntimeFlags, switches: SwitchBoard | None = None) -> Json
     }
 
 
-def targets_view(state: DaemonState, *, now: float, switches: SwitchBoard | None = None) -> JsonValue:
+def targets_view(
+    state: DaemonState, *, now: float, wall: WallClock, switches: SwitchBoard | None = None
+) -> JsonValue:
     """All targets by key, plus the global switches."""
     flags = flags_view(state.flags, switches)
     assert isinstance(flags, dict)
     return {
         **flags,
         "targets": {
-            key: target_view(state, target, now=now, switches=switches)
+            key: target_view(state, target, now=now, wall=wall, switches=switches)
             for key, target in state.targets.items()
         },
         "opt_ins": opt_ins_view(state),

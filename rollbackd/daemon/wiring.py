@@ -21,6 +21,7 @@ from rollbackd.daemon.storekeeper import RETRY_S, keep_store
 from rollbackd.kube import KubeClient
 from rollbackd.run import TargetAccess
 from rollbackd.sources.base import HealthSource, MetricsSource
+from rollbackd.sources.probe import Queries
 
 
 @contextlib.asynccontextmanager
@@ -37,6 +38,7 @@ async def open_daemon(
     environ: Mapping[str, str] | None = None,
     shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
     store_retry_s: float = RETRY_S,
+    probe: Queries | None = None,
 ) -> AsyncIterator[Daemon]:
     """Run a daemon for ``settings`` with its store and events, and yield it once its HTTP server
     listens; on exit, stop it gracefully, record the stop and let the event sinks drain.
@@ -60,6 +62,8 @@ async def open_daemon(
     - ``auth``: access rules of the API (default: from ``settings.api``, token files only).
     - ``environ``: where the event sinks find their secrets (default: none).
     - ``shutdown_timeout_s``: how long a graceful stop waits for the daemon's root tasks.
+    - ``probe``: the Prometheus client the daemon probes the targets' series with once at start
+      (``None``: no probe).
     """
     journal = Journal(required=True)
     stopping = asyncio.Event()
@@ -87,6 +91,7 @@ async def open_daemon(
                 auth=auth,
                 journal=journal,
                 shutdown_timeout_s=shutdown_timeout_s,
+                probe=probe,
             ) as daemon:
                 yield daemon
         finally:

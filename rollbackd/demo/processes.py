@@ -205,15 +205,19 @@ class SampleAppProcess(_Process):
         fake_deployments: int = 0,
         seed: int | None = None,
         log_dir: Path | None = None,
+        shape: str = "default",
+        pod: str | None = None,
     ) -> None:
         self.deployment = deployment
         self.namespace = namespace
         self.port = port if port is not None else free_port()
-        self.options = {
+        self.options: dict[str, object] = {
             "--rps": rps, "--error-rate": error_rate, "--latency-ms": latency_ms,
             "--latency-jitter": latency_jitter, "--ready-status": ready_status,
-            "--fake-deployments": fake_deployments,
+            "--fake-deployments": fake_deployments, "--shape": shape,
         }
+        if pod is not None:
+            self.options["--pod"] = pod
         self.seed = seed
         directory = log_dir if log_dir is not None else Path(tempfile.gettempdir())
         super().__init__(log_path=directory / f"sampleapp-{namespace}-{deployment}-{self.port}.log")

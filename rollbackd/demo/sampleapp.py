@@ -20,7 +20,20 @@ With ``--rps`` (or ``rps`` set through ``/control``) the service sends itself th
 requests per second, served by the same code and counted in the same metrics as outside
 requests, so no separate load generator is needed.
 
-With ``--fake-deployments N`` the exposition also holds N synthetic services in the same
+With ``--shape`` the metrics take the shape of a cluster's usual set-ups (the query presets of
+docs/metrics.md), for the same behaviour:
+
+- ``default``: the above;
+- ``kube-prometheus``: the same metric names labelled as a ServiceMonitor's scrape labels them,
+  ``namespace``, ``service``, ``pod`` (``--pod``, by default ``<deployment>-<hash>-<suffix>``) and
+  ``job``, with no ``deployment`` label;
+- ``istio``: ``istio_requests_total{reporter, destination_workload, destination_workload_namespace,
+  response_code}`` and ``istio_request_duration_milliseconds`` (buckets in milliseconds);
+- ``otel``: only the histogram ``http_server_request_duration_seconds{k8s_namespace_name,
+  k8s_deployment_name, http_request_method, http_response_status_code}`` (OpenTelemetry's
+  semantic conventions and default buckets).
+
+With ``--fake-deployments N`` (default shape only) the exposition also holds N synthetic services in the same
 namespace, each with a ``svc-NNNN-stable`` and a ``svc-NNNN-canary`` deployment whose counters
 grow steadily with time (see :func:`fake_profile`): for scale tests and benchmarks.
 """
@@ -213,30 +226,108 @@ def _escape_help(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n")
 
 
+#: The metric shapes the app can expose (``--shape``).
+SHAPES = ("default", "kube-prometheus", "istio", "otel")
+
+#: Istio's default buckets of ``istio_request_duration_milliseconds``, in milliseconds.
+ISTIO_BUCKETS_MS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000,
+                    600000, 1800000, 3600000)
+#: OpenTelemetry's advised buckets of ``http.server.request.duration``, in seconds.
+OTEL_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+
+
+def pod_name(deployment: str, rng: random.Random) -> str:
+    """A pod name as a Deployment's ReplicaSet gives it: ``<deployment>-<hash>-<suffix>``."""
+    alphabet = "bcdfghjklmnpqrstvwxz2456789"
+    template_hash = "".join(rng.choice(alphabet) for _ in range(9))
+    suffix = "".join(rng.choice(alphabet) for _ in range(5))
+    return f"{deployment}-{template_hash}-{suffix}"
+
+
+class Meter:
+    """Records served requests in the metrics of one shape (see the module's docstring)."""
+
+    def __init__(self, registry: CollectorRegistry, *, shape: str, namespace: str, deployment: str,
+                 pod: str) -> None:
+        if shape not in SHAPES:
+            raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+        self.shape = shape
+        identity: dict[str, str]
+        if shape == "default":
+            identity = {"namespace": namespace, "deployment": deployment}
+        elif shape == "kube-prometheus":
+            identity = {"namespace": namespace, "service": deployment, "pod": pod, "job": deployment}
+        elif shape == "istio":
+            identity = {"reporter": "destination", "destination_workload_namespace": namespace,
+                        "destination_workload": deployment}
+        else:
+            identity = {"k8s_namespace_name": namespace, "k8s_deployment_name": deployment,
+                        "http_request_method": "GET"}
+        self._identity = identity
+        names = list(identity)
+        self._requests: Counter | None = None
+        self._scale = 1.0
+        if shape == "istio":
+            self._code = "response_code"
+            self._requests = Counter("istio_requests", "Requests served.", [*names, self._code],
+                                     registry=registry)
+            self._duration = Histogram(
+                "istio_request_duration_milliseconds", "Time to serve a request, in milliseconds.",
+                names, buckets=ISTIO_BUCKETS_MS, registry=registry,
+            )
+            self._scale = 1000.0
+            self._duration_labels: list[str] = names
+        elif shape == "otel":
+            self._code = "http_response_status_code"
+            self._duration = Histogram(
+                "http_server_request_duration_seconds", "Duration of HTTP server requests.",
+                [*names, self._code], buckets=OTEL_BUCKETS_S, registry=registry,
+            )
+            self._duration_labels = [*names, self._code]
+        else:
+            self._code = "code"
+            self._requests = Counter("http_requests", "Requests served.", [*names, self._code],
+                                     registry=registry)
+            self._duration = Histogram(
+                "http_request_duration_seconds", "Time to serve a request.", names,
+                buckets=[b for b in DEFAULT_BUCKETS_S if b != math.inf], registry=registry,
+            )
+            self._duration_labels = names
+        # Expose every series from the start, as a long-running service would.
+        self._series(200)
+
+    def _series(self, status: int) -> tuple[Counter | None, Histogram]:
+        labels = {**self._identity, self._code: str(status)}
+        counter = self._requests.labels(**labels) if self._requests is not None else None
+        histogram = self._duration.labels(**{name: labels[name] for name in self._duration_labels})
+        return counter, histogram
+
+    def record(self, status: int, seconds: float) -> None:
+        counter, histogram = self._series(status)
+        if counter is not None:
+            counter.inc()
+        histogram.observe(seconds * self._scale)
+
+
 class SampleApp:
     """The service: its behaviour, metrics, and self-traffic task."""
 
     def __init__(self, *, namespace: str, deployment: str, behaviour: Behaviour,
-                 fake_deployments: int = 0, seed: int | None = None) -> None:
+                 fake_deployments: int = 0, seed: int | None = None, shape: str = "default",
+                 pod: str | None = None) -> None:
+        if fake_deployments and shape != "default":
+            raise ValueError(f"synthetic deployments exist in the default shape only, not {shape!r}")
         self.namespace = namespace
         self.deployment = deployment
         self.behaviour = behaviour
         self._rng = random.Random(seed)
+        self.pod = pod if pod is not None else pod_name(deployment, self._rng)
         self._rps_changed = asyncio.Event()
         self._in_flight: set[asyncio.Task[int]] = set()
         self._skipped = 0
 
         real = CollectorRegistry(auto_describe=True)
-        self._requests = Counter(
-            "http_requests", "Requests served.", ["namespace", "deployment", "code"], registry=real,
-        )
-        self._duration = Histogram(
-            "http_request_duration_seconds", "Time to serve a request.", ["namespace", "deployment"],
-            buckets=[b for b in DEFAULT_BUCKETS_S if b != math.inf], registry=real,
-        )
-        # Expose both series from the start, as a long-running service would.
-        self._requests.labels(namespace, deployment, "200")
-        self._duration.labels(namespace, deployment)
+        self._meter = Meter(real, shape=shape, namespace=namespace, deployment=deployment, pod=self.pod)
         self.exposition = Exposition(
             real=real, namespace=namespace, fake_deployments=fake_deployments, started=time.monotonic(),
         )
@@ -250,8 +341,7 @@ class SampleApp:
         delay_s = behaviour.latency_ms / 1000.0 * self._rng.uniform(1.0 - spread, 1.0 + spread)
         await asyncio.sleep(max(0.0, delay_s))
         status = 500 if self._rng.random() < behaviour.error_rate else 200
-        self._requests.labels(self.namespace, self.deployment, str(status)).inc()
-        self._duration.labels(self.namespace, self.deployment).observe(loop.time() - started)
+        self._meter.record(status, loop.time() - started)
         return status
 
     def control(self, changes: dict[str, object]) -> Behaviour:
@@ -363,6 +453,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fake-deployments", type=int, default=0, metavar="N",
                         help="also expose N synthetic services (svc-NNNN-stable / svc-NNNN-canary)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the random generator")
+    parser.add_argument("--shape", choices=SHAPES, default="default",
+                        help="the metrics' names and labels (default: namespace and deployment labels)")
+    parser.add_argument("--pod", default=None,
+                        help="kube-prometheus shape: the pod label (default: <deployment>-<hash>-<suffix>)")
     return parser.parse_args(argv)
 
 
@@ -374,7 +468,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         ready_status=args.ready_status, rps=args.rps,
     )
     sample = SampleApp(namespace=args.namespace, deployment=args.deployment, behaviour=behaviour,
-                       fake_deployments=args.fake_deployments, seed=args.seed)
+                       fake_deployments=args.fake_deployments, seed=args.seed, shape=args.shape,
+                       pod=args.pod)
     logger.info("serving %s/%s on %s:%d", args.namespace, args.deployment, args.host, args.port)
     web.run_app(make_app(sample), host=args.host, port=args.port, print=None, access_log=None)
 

@@ -12,12 +12,20 @@ from rollbackd.model import HealthCheck, Sample
 
 @dataclass(frozen=True, slots=True)
 class QueryTemplates:
-    """PromQL templates with ``{selector}``, ``{by}`` and ``{window}`` placeholders."""
+    """PromQL templates with ``{selector}``, ``{by}`` and ``{window}`` placeholders.
+
+    ``pod_prefix``: ``(group label, pod label)`` when the series carry no such group label but pod
+    names: the selector matches that group label's values as the pods' name prefix
+    (``<value>-<hash>-<suffix>``), and the templates derive the group label with ``label_replace``.
+    ``bucket_unit_s``: seconds per unit of the latency buckets' ``le``.
+    """
 
     requests: str
     errors: str
     latency_buckets: str
     group_labels: tuple[str, ...]
+    pod_prefix: tuple[str, str] | None = None
+    bucket_unit_s: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +64,17 @@ class RejectsData(Protocol):
     @property
     def rejected(self) -> Mapping[str, str]:
         """Per target key, why its latest collection was rejected (side, field and value)."""
+        ...
+
+
+@runtime_checkable
+class ReportsOutage(Protocol):
+    """A metrics source that says when its backend gave no answer at all."""
+
+    @property
+    def outage(self) -> str | None:
+        """Why the latest collection got no answer from the backend (every query failed), or
+        ``None`` when it answered."""
         ...
 
 

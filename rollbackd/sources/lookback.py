@@ -16,6 +16,7 @@ from rollbackd.sources.base import (
     MetricsSource,
     RejectsData,
     ReportsFailures,
+    ReportsOutage,
     SidePair,
     SourceTarget,
 )
@@ -39,6 +40,11 @@ class Lookback:
     def rejected(self) -> Mapping[str, str]:
         """Why the wrapped source rejected targets' latest collection (none when it rejects nothing)."""
         return self._inner.rejected if isinstance(self._inner, RejectsData) else {}
+
+    @property
+    def outage(self) -> str | None:
+        """Why the wrapped source's latest collection got no answer (``None``: it answered)."""
+        return self._inner.outage if isinstance(self._inner, ReportsOutage) else None
 
     @property
     def failure(self) -> str | None:

@@ -333,7 +333,8 @@ class PrometheusClient(OwnsSession):
                 delay = self.backoff.delay(attempt, self._rng)
                 if exc.retry_after_s is not None:
                     delay = min(max(delay, exc.retry_after_s), self.backoff.max_s)
-                logger.warning("Prometheus query failed (%s), retry %d/%d in %.2fs",
+                # DEBUG: a failure that outlasts the retries is told by the caller, once per outage.
+                logger.debug("Prometheus query failed (%s), retry %d/%d in %.2fs",
                                exc, attempt + 1, self.retries, delay)
                 attempt += 1
                 self.stats.retries += 1
@@ -826,6 +827,8 @@ class PrometheusSource:
         self._reported: dict[str, str] = {}
         #: Per target key, why its latest collection was rejected (:class:`RejectsData`).
         self.rejected: Mapping[str, str] = {}
+        #: Why the latest collection got no answer at all (:class:`ReportsOutage`).
+        self.outage: str | None = None
         #: Why some queries of the latest collection got no answer (:class:`ReportsFailures`).
         self.failure: str | None = None
 
@@ -876,13 +879,15 @@ class PrometheusSource:
             if freshness is not None and self.max_lag_s is not None:
                 group.create_task(self._check_freshness(freshness, self.max_lag_s))
 
+        failed = [answer for task in answers.values() if isinstance(answer := task.result(), SourceError)]
+        # Every query failed: the backend is out, which the daemon tells once (not per query).
+        self.outage = str(failed[0]) if failed and len(failed) == len(answers) else None
         sides: dict[str, dict[promql.Side, Sample | None]] = {}
         impossible: dict[str, str] = {}
-        failed = [task.result() for task in answers.values() if isinstance(task.result(), SourceError)]
         self.failure = str(failed[0]) if failed else None
         for index, batch in enumerate(plan.batches):
             outcome = {metric: answers[index, metric].result() for metric in promql.Metric}
-            per_series, rejected = self.samples_of(batch, outcome)
+            per_series, rejected = self.samples_of(batch, outcome, quiet=self.outage is not None)
             for series, owners in batch.sides.items():
                 problem = rejected.get(series)
                 for target_key, side in owners:
@@ -1109,7 +1114,10 @@ class PrometheusSource:
 
         request_values = _values(requests, labels)
         error_values = _values(errors, labels)
-        histograms = {} if isinstance(buckets, SourceError) else _histograms(buckets, labels)
+        histograms = (
+            {} if isinstance(buckets, SourceError)
+            else _histograms(buckets, labels, unit_s=batch.templates.bucket_unit_s)
+        )
 
         samples: dict[promql.SeriesKey, Sample] = {}
         rejected: dict[promql.SeriesKey, Implausible] = {}
@@ -1170,7 +1178,10 @@ def _bound(le: object) -> float:
         return math.nan
 
 
-def _histograms(result: QueryResult, labels: Sequence[str]) -> dict[promql.SeriesKey, Histogram]:
+def _histograms(
+    result: QueryResult, labels: Sequence[str], *, unit_s: float = 1.0
+) -> dict[promql.SeriesKey, Histogram]:
+    """Per series, its histogram with bounds in seconds (``le`` counted in units of ``unit_s``)."""
     raw: dict[promql.SeriesKey, dict[float, float]] = {}
     broken: set[promql.SeriesKey] = set()
     key_of = promql.key_getter(labels)
@@ -1181,7 +1192,7 @@ def _histograms(result: QueryResult, labels: Sequence[str]) -> dict[promql.Serie
         le = series_labels.get("le")
         bound = bounds_of.get(le)
         if bound is None:
-            bound = bounds_of[le] = _bound(le)
+            bound = bounds_of[le] = _bound(le) if unit_s == 1.0 else _bound(le) * unit_s
         if bound != bound or value != value:  # NaN
             broken.add(key)
             continue

@@ -10,6 +10,9 @@ query per target. The templates' placeholders are filled as:
   quoted as PromQL strings;
 - ``{window}``: the window as a Prometheus duration (``10s``, ``1m30s``).
 
+When the series carry pod names instead of a Deployment label (``QueryTemplates.pod_prefix``),
+the Deployment's matcher is on the pod label: ``pod=~"(?:checkout-canary|checkout)-[a-z0-9]+-[a-z0-9]+"``.
+
 Result series are mapped back to ``(target key, side)`` by their group-label values, so series the
 union selector matches but no target asked for are ignored. A group's targets are split into a few
 shards (two by default), each its own batch, so that Prometheus evaluates them on several cores;
@@ -24,6 +27,7 @@ import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from rollbackd.config.presets import POD_NAME_SUFFIX
 from rollbackd.sources.base import QueryTemplates, SeriesRef, SourceTarget
 
 #: Characters with a meaning in RE2 syntax (the regex dialect of PromQL's ``=~``).
@@ -133,11 +137,29 @@ def label_matcher(label: str, values: Iterable[str]) -> str:
     return f"{label}=~{quote_string('|'.join(escape_regex(v) for v in unique))}"
 
 
-def build_selector(group_labels: Sequence[str], keys: Iterable[SeriesKey]) -> str:
-    """Matchers (comma-joined, no braces) selecting at least every series in ``keys``."""
+def pod_prefix_matcher(pod_label: str, values: Iterable[str]) -> str:
+    """One matcher for the pods of the Deployments named ``values``: ``pod_label`` is one of their
+    pod names (``<deployment>-<hash>-<suffix>``; the two last parts never hold a ``-``, so a
+    Deployment's pods are never taken for another's)."""
+    unique = sorted(set(values))
+    if not unique:
+        raise ValueError(f"no values for label {pod_label!r}")
+    names = "|".join(escape_regex(v) for v in unique)
+    names = names if len(unique) == 1 else f"(?:{names})"
+    return f"{pod_label}=~{quote_string(names + POD_NAME_SUFFIX)}"
+
+
+def build_selector(
+    group_labels: Sequence[str], keys: Iterable[SeriesKey], pod_prefix: tuple[str, str] | None = None
+) -> str:
+    """Matchers (comma-joined, no braces) selecting at least every series in ``keys``; the group
+    label ``pod_prefix[0]``, when given, is matched as the prefix of the pod label ``pod_prefix[1]``."""
     keys = list(keys)
     return ",".join(
-        label_matcher(label, (key[i] for key in keys)) for i, label in enumerate(group_labels)
+        pod_prefix_matcher(pod_prefix[1], (key[i] for key in keys))
+        if pod_prefix is not None and label == pod_prefix[0]
+        else label_matcher(label, (key[i] for key in keys))
+        for i, label in enumerate(group_labels)
     )
 
 
@@ -253,7 +275,7 @@ def _batch(
     templates: QueryTemplates, sides: Mapping[SeriesKey, list[tuple[str, Side]]], window: str
 ) -> Batch:
     by = ", ".join(templates.group_labels)
-    selector = build_selector(templates.group_labels, sides)
+    selector = build_selector(templates.group_labels, sides, templates.pod_prefix)
     queries = {
         metric: render(getattr(templates, metric.value), by=by, selector=selector, window=window)
         for metric in Metric
@@ -299,7 +321,8 @@ def _chunks(
         # The escaped value inside the quoted alternation, plus its "|" separator.
         return len(quote_string(escape_regex(value))) - 1
 
-    overhead = sum(len(label) + 5 for label in group_labels)
+    # Each label's matcher, and the pod-name pattern of a Deployment matched through its pods.
+    overhead = sum(len(label) + 5 for label in group_labels) + 2 * len(POD_NAME_SUFFIX) + 8
     chunks: list[dict[SeriesKey, list[tuple[str, Side]]]] = []
     current: dict[SeriesKey, list[tuple[str, Side]]] = {}
     seen: list[set[str]] = [set() for _ in group_labels]
