@@ -265,7 +265,8 @@ async def test_a_rollback_in_progress_shows_charts_with_slo_lines_and_marks(
     # action done; no verdict yet.
     marks = {m["data-kind"]: m for m in release.marks}
     assert sorted(marks) == ["action", "decision", "first-bad"]
-    decided_t = api["last_rollback"]["t"]
+    (decided_t,) = [m["t"] for m in series["marks"] if m["kind"] == "decision"]
+    assert api["last_rollback"]["rollback"] is True
     (decided,) = [i for i, point in enumerate(series["release"]) if point["t"] == decided_t]
     decided_x = candidate[decided][0]
     assert bad[decided]

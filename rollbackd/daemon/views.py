@@ -174,7 +174,7 @@ def _point_view(point: Point) -> JsonValue:
 
 
 def marks_view(target: TargetState, run: RollbackRun | None) -> list[JsonValue]:
-    """What the charts mark, oldest first (times on the loop clock, like the points): the breach's
+    """What the charts mark, oldest first (seconds on the loop clock, like the points): the breach's
     first bad interval (the episode's onset), the rollback decision, the action done, the
     verification's verdict."""
     marks: list[JsonValue] = []
