@@ -22,6 +22,7 @@ from rollbackd.optin import (
     HTTPROUTE,
     INGRESS,
     NAME,
+    PRESET,
     SLO_ERROR_RATE,
     SLO_P95_MS,
     STABLE_SERVICE,
@@ -218,4 +219,20 @@ def test_a_canary_behind_a_gateway_api_route_is_declared_by_its_route_and_servic
         "rollbackd.io/canary-service and rollbackd.io/stable-service are both "
         "'web-canary': name the canary's Service and the stable version's Service (two backendRefs of the "
         "route)",
+    )
+
+
+def test_a_query_preset_is_chosen_by_annotation_and_a_wrong_one_is_named() -> None:
+    opt_in = read_opt_in(REF, {**CANARY, PRESET: "kube-prometheus"}, settings=settings())
+
+    assert opt_in is not None
+    assert opt_in.problems == ()
+    assert opt_in.target is not None
+    assert opt_in.target.queries.preset == "kube-prometheus"
+
+    wrong = read_opt_in(REF, {**CANARY, PRESET: "kube-prom"}, settings=settings())
+    assert wrong is not None
+    assert wrong.target is None
+    assert wrong.problems == (
+        f"{PRESET}: expected one of 'default', 'kube-prometheus', 'istio', 'otel', got 'kube-prom'",
     )
