@@ -39,7 +39,6 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
 from rollbackd.aiotasks import stop_tasks
@@ -324,12 +323,7 @@ class Daemon:
             raise RuntimeError("the daemon was not started with async with")
         await asyncio.shield(self._run_task)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self.stop()
         if self._run_task is not None:
             await self._run_task

@@ -23,7 +23,6 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Self
 
 from rollbackd.aiotasks import stop_tasks
@@ -123,12 +122,7 @@ class Discovery:
         )
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         tasks, self._tasks = self._tasks, []
         await stop_tasks(tasks, failures="drop")
 

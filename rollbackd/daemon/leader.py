@@ -47,7 +47,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, Protocol, Self
 
 from rollbackd.aiotasks import stop_tasks
@@ -255,12 +254,7 @@ class LeaderElector:
         )
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         task, self._task = self._task, None
         await stop_tasks([task])
         was_leading = self.is_leader

@@ -35,7 +35,6 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from rollbackd.aiotasks import stop_tasks
@@ -245,12 +244,7 @@ class ConfigWatcher:
         )
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         task, self._task = self._task, None
         await stop_tasks([task])
 

@@ -27,7 +27,6 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Protocol, Self
 
 import aiohttp
@@ -257,15 +256,10 @@ class LoadGenerator(OwnsSession):
         ]
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         tasks, self._tasks = self._tasks, []
         await stop_tasks([*tasks, *self._in_flight], failures="drop")
-        await super().__aexit__(exc_type, exc, tb)
+        await super().__aexit__(*exc_info)
 
     # --- counts ------------------------------------------------------------------------------
 

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from types import TracebackType
-
 import aiohttp
 
 
@@ -13,12 +11,7 @@ class OwnsSession:
 
     _session: aiohttp.ClientSession | None
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
