@@ -342,6 +342,14 @@ async def _optional_body(request: web.Request) -> dict[str, object] | web.Respon
         return _error(400, 'the body must be a JSON object like {"reason": "..."} (or empty)')
     return body
 
+async def _optional_reason(request: web.Request, default: str) -> str | web.Response:
+    """The ``reason`` of a write whose body is optional (``default`` when there is none), or the
+    400 answer saying what the body or the reason must be."""
+    body = await _optional_body(request)
+    if isinstance(body, web.Response):
+        return body
+    return _reason(body, default)
+
 
 def _seen_by_all(ctx: HttpContext, stored: bool) -> JsonValue:
     """What a write's answer says about the other replicas."""
@@ -391,10 +399,7 @@ async def clear_hold(request: web.Request) -> web.Response:
     target = _target(request)
     if target is None:
         return _error(404, "no such target")
-    body = await _optional_body(request)
-    if isinstance(body, web.Response):
-        return body
-    reason = _reason(body, "hold lifted")
+    reason = await _optional_reason(request, "hold lifted")
     if isinstance(reason, web.Response):
         return reason
     by = actor(request)
@@ -417,10 +422,7 @@ async def unfreeze(request: web.Request) -> web.Response:
 
 async def _set_freeze(request: web.Request, on: bool, message: str) -> web.Response:
     ctx = _context(request)
-    body = await _optional_body(request)
-    if isinstance(body, web.Response):
-        return body
-    reason = _reason(body, "no reason given")
+    reason = await _optional_reason(request, "no reason given")
     if isinstance(reason, web.Response):
         return reason
     by = actor(request)
@@ -510,10 +512,7 @@ async def withdraw_acceptance(request: web.Request) -> web.Response:
     target = _target(request)
     if target is None:
         return _error(404, "no such target")
-    body = await _optional_body(request)
-    if isinstance(body, web.Response):
-        return body
-    reason = _reason(body, "acceptance withdrawn")
+    reason = await _optional_reason(request, "acceptance withdrawn")
     if isinstance(reason, web.Response):
         return reason
     by = actor(request)
