@@ -103,6 +103,18 @@ def bounds_ok(bounds_s: Sequence[float]) -> bool:
     return ok
 
 
+def percent(fraction: float | None) -> str:
+    """A fraction as a percentage for people: two decimals (``1.00%``, ``0.20%``), and two
+    significant digits below 0.1% so a tiny SLO never reads ``0.00%`` (``0.0050%``); ``n/a`` for
+    ``None``."""
+    if fraction is None:
+        return "n/a"
+    pct = fraction * 100
+    if pct == 0 or not math.isfinite(pct) or abs(pct) >= 0.1:
+        return f"{pct:.2f}%"
+    return f"{pct:.2g}%"
+
+
 def histogram_quantile(q: float, bounds_s: Sequence[float], counts: Sequence[float]) -> float | None:
     """The ``q``-quantile (0 ≤ q ≤ 1) of a cumulative histogram, in the unit of ``bounds_s``.
 

@@ -87,6 +87,14 @@ class Detection:
         ge=1,
         le=MAX_FACTOR,
     )
+    alpha: float = knob(
+        0.01,
+        "False-rollback budget of one release: a release within its SLO (or no worse than"
+        " attribution_ratio x its baseline) has its manageable breach proven with at most this"
+        " probability, however long it runs and however often it is judged.",
+        gt=0,
+        le=0.5,
+    )
 
 
 @dataclass(frozen=True, slots=True)

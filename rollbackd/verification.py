@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from rollbackd.detectors import latency
 from rollbackd.detectors.signals import P95_TAIL, Counts, pool, proven_above
-from rollbackd.model import HealthCheck, Histogram, Sample
+from rollbackd.model import HealthCheck, Histogram, Sample, percent
 from rollbackd.params import TargetParams
 
 #: The runbook's target for an application rollback, from decision to verified.
@@ -49,10 +49,6 @@ class VerificationResult:
     @property
     def done(self) -> bool:
         return self.status is not VerificationStatus.PENDING
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x * 100:.2f}%"
 
 
 def _ms(x: float | None) -> str:
@@ -110,7 +106,7 @@ class Verifier:
         rate = errors.rate
         p95 = latency.quantile_ms(self._hist)
         numbers = (
-            f"error rate {_pct(rate)} (SLO {_pct(slo.max_error_rate)}) and P95 {_ms(p95)} "
+            f"error rate {percent(rate)} (SLO {percent(slo.max_error_rate)}) and P95 {_ms(p95)} "
             f"(ceiling {_ms(slo.max_p95_ms)}) over {errors.total:.0f} requests in {elapsed:.0f}s"
         )
 
@@ -164,7 +160,7 @@ class Verifier:
             )
         problems = []
         if rate is not None and rate > slo.max_error_rate:
-            problems.append(f"error rate {_pct(rate)} above the SLO {_pct(slo.max_error_rate)}")
+            problems.append(f"error rate {percent(rate)} above the SLO {percent(slo.max_error_rate)}")
         if p95 is not None and p95 > slo.max_p95_ms:
             problems.append(f"P95 {_ms(p95)} above the ceiling {_ms(slo.max_p95_ms)}")
         if self._health_ok is False:

@@ -121,7 +121,9 @@ def test_the_two_sample_test_holds_alpha_when_both_arms_fail_alike_and_rejects_a
         for i in range(looks):
             n_c, n_b = poisson(rng, rng.choice((5, 20, 60))), poisson(rng, 400)
             e_c, e_b = binomial(rng, n_c, candidate_rate), binomial(rng, n_b, 0.05)
-            test = test.observe(i * 10.0, e_c, e_c + e_b, share_null(n_c, n_b, 1.5), cap=cap, ref=(e_b, n_b))
+            test = test.observe(
+                i * 10.0, e_c, e_c + e_b, share_null(n_c, n_b, 1.5), cap=cap, tally=(e_c, n_c, e_b, n_b)
+            )
             if test.rejects(alpha):
                 return i
         return None

@@ -160,11 +160,14 @@ class Judge:
 
     def rejudged(self, params: TargetParams) -> tuple[Judge, list[Evidence]]:
         """A judge with ``params`` that has judged again what this one holds, and its evidence for
-        every observation: the baseline history older than the window carries over as it is, the
-        window's observations are judged again in order."""
+        every observation: the baseline history older than the window carries over as it is, and
+        so does the evidence since the release while its thresholds are unchanged; the window's
+        observations are judged again in order."""
         fresh = Judge(params)
         start = self._window[0].t if self._window else math.inf
         fresh._history.extend(entry for entry in self._history if entry[0] < start)
+        for track, old in zip(fresh._tracks, self._tracks, strict=True):
+            track.carry_tests(old)
         return fresh, [fresh.observe(obs) for obs in self.kept()]
 
     def _remember_history(self, t: float, sample: Sample) -> None:

@@ -158,8 +158,8 @@ class Segment:
     """The strongest stretch of evidence: where it starts, what it counted and its log e-value."""
 
     since: float
-    #: The test's counts since ``since``: hits and trials (one-sample), or the candidate's and
-    #: the reference's errors and trials (two-sample, in ``ref_hits`` and ``ref_trials``).
+    #: The test's counts since ``since``: hits and trials (one-sample), or the candidate's
+    #: errors and requests and the reference's (two-sample, ``ref_hits`` and ``ref_trials``).
     hits: float
     trials: float
     ref_hits: float
@@ -197,12 +197,13 @@ class EDetector:
         null_p: float | None,
         *,
         cap: float = math.inf,
-        ref: tuple[float, float] = (0.0, 0.0),
+        tally: tuple[float, float, float, float] | None = None,
     ) -> EDetector:
         """The state after the interval ending at ``t`` with ``hits`` out of ``trials`` against
         ``null_p`` (``None``: the interval carries no evidence, but time moves on); each interval's
-        log ratio is capped at ``cap``. ``ref`` (errors, trials of the reference) is only counted,
-        for the report. An interval at or before the latest one is ignored."""
+        log ratio is capped at ``cap``. ``tally`` is what the segments count for the report
+        (default ``(hits, trials, 0, 0)``; the two-sample test counts the candidate's errors and
+        requests and the reference's). An interval at or before the latest one is ignored."""
         if t != t or (self.latest is not None and t <= self.latest):
             return self
         first = t if self.first is None else self.first
@@ -211,7 +212,7 @@ class EDetector:
         log_e = self.log_e or (-math.inf,) * n
         since = self.since or (t,) * n
         counts = self.counts or ((0.0, 0.0, 0.0, 0.0),) * n
-        add = _counted(hits, trials, ref)
+        add = _counted(tally if tally is not None else (hits, trials, 0.0, 0.0))
         new_e: list[float] = []
         new_since: list[float] = []
         new_counts: list[tuple[float, float, float, float]] = []
@@ -261,14 +262,14 @@ class EDetector:
         )
 
 
-def _counted(hits: float, trials: float, ref: tuple[float, float]) -> tuple[float, float, float, float]:
+def _counted(tally: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
     """The interval's counts as a segment adds them up: anything not a finite, non-negative
     number counts as 0."""
 
     def clean(x: float) -> float:
         return x if math.isfinite(x) and x > 0.0 else 0.0
 
-    return clean(hits), clean(trials), clean(ref[0]), clean(ref[1])
+    return clean(tally[0]), clean(tally[1]), clean(tally[2]), clean(tally[3])
 
 
 def interval_cap(alpha: float) -> float:

@@ -27,8 +27,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from rollbackd.detectors import latency
+from rollbackd.detectors.sequential import EDetector, interval_cap, share_null
 from rollbackd.detectors.stats import exceeds_rate, exceeds_ratio, within_rate
-from rollbackd.model import Attribution, Finding, HealthCheck, Histogram, Sample
+from rollbackd.model import Attribution, Finding, HealthCheck, Histogram, Sample, percent
 from rollbackd.params import TargetParams
 
 #: Fraction of requests allowed above the P95 ceiling.
@@ -103,6 +104,11 @@ class Track:
         self._bounds: tuple[float, ...] | None = None
         self._hist: list[float] = []
         self._evictions = 0
+        #: The anytime-valid tests since the release (or the latest :meth:`clear`): the signal
+        #: above the SLO, and the candidate worse than ``attribution_ratio`` x its concurrent
+        #: baseline. Bounded, unlike :attr:`points`, by construction rather than by the window.
+        self.slo_test = EDetector()
+        self.ratio_test = EDetector()
 
     def add(self, interval: Interval) -> None:
         sample = interval.candidate
@@ -115,9 +121,32 @@ class Track:
         base = self.spec.hits_of(baseline) if baseline is not None and baseline.requests > 0 else None
         self.points.append(Point(interval, counts, severe, value, base))
         self.pooled = self.pooled + counts
+        self._test(interval.t, counts, base)
         self._hist_add(sample, 1.0)
         while len(self.points) > self._max_points:
             self._pop()
+
+    def _test(self, t: float, counts: Counts, base: Counts | None) -> None:
+        spec = self.spec
+        cap = interval_cap(spec.alpha)
+        self.slo_test = self.slo_test.observe(t, counts.hits, counts.total, spec.tail, cap=cap)
+        if base is not None:
+            self.ratio_test = self.ratio_test.observe(
+                t,
+                counts.hits,
+                counts.hits + base.hits,
+                share_null(counts.total, base.total, spec.ratio),
+                cap=cap,
+                tally=(counts.hits, counts.total, base.hits, base.total),
+            )
+
+    def carry_tests(self, other: Track) -> None:
+        """Continue ``other``'s anytime-valid tests (a configuration reload that left their
+        thresholds alone): the release's evidence is kept, and intervals they already counted are
+        not counted again. Tests with other thresholds start over."""
+        mine, theirs = self.spec, other.spec
+        if (mine.tail, mine.alpha, mine.ratio) == (theirs.tail, theirs.alpha, theirs.ratio):
+            self.slo_test, self.ratio_test = other.slo_test, other.ratio_test
 
     def evict_through(self, horizon: float) -> None:
         """Drop the intervals at or before ``horizon``."""
@@ -127,6 +156,8 @@ class Track:
     def clear(self) -> None:
         self.points.clear()
         self.pooled = ZERO
+        self.slo_test = EDetector()
+        self.ratio_test = EDetector()
         self._bounds = None
         self._hist = []
 
@@ -182,10 +213,6 @@ def pool(counts: Iterable[Counts]) -> Counts:
     return Counts(hits, total)
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x * 100:.2f}%"
-
-
 def _conf(p_value: float) -> float:
     return max(0.0, min(1.0, 1.0 - p_value))
 
@@ -207,8 +234,24 @@ class MetricSpec:
     severe_tail: float
     min_total: int
     describe: Callable[[float | None], str]
+    #: What the signal's trials are called ("requests", "latency observations").
+    trials_label: str
+    #: The level of each of the signal's two anytime-valid tests (its share of ``alpha``).
+    alpha: float
+    #: The rate ratio the candidate is tested against its baseline with.
+    ratio: float
     #: The histogram a window value is read from (latency), or ``None`` for a pooled rate.
     histogram_of: Callable[[Sample], Histogram | None] | None = None
+
+
+#: The metric signals judged with anytime-valid tests (error rate and latency): ``alpha`` is split
+#: evenly between them, so a healthy release's false breach over both stays within ``alpha``.
+METRIC_SIGNALS = 2
+
+
+def signal_alpha(params: TargetParams) -> float:
+    """The level of each metric signal's anytime-valid tests: its share of ``detection.alpha``."""
+    return params.detection.alpha / METRIC_SIGNALS
 
 
 def error_spec(params: TargetParams) -> MetricSpec:
@@ -235,7 +278,10 @@ def error_spec(params: TargetParams) -> MetricSpec:
         severe_hits_of=hits,
         severe_tail=slo * params.severity.error_rate_factor,
         min_total=params.detection.min_requests,
-        describe=_pct,
+        describe=percent,
+        trials_label="requests",
+        alpha=signal_alpha(params),
+        ratio=params.detection.attribution_ratio,
     )
 
 
@@ -275,6 +321,9 @@ def latency_spec(params: TargetParams) -> MetricSpec:
         severe_tail=P95_TAIL,
         min_total=params.detection.min_latency_samples,
         describe=describe,
+        trials_label="latency observations",
+        alpha=signal_alpha(params),
+        ratio=params.detection.attribution_ratio,
         histogram_of=lambda s: s.latency,
     )
 
@@ -382,13 +431,13 @@ def _log_share(part: float, whole: float) -> float:
 MAX_SCAN = 64
 
 
-def _episode(scored: Sequence[Point], spec: MetricSpec, k: int, alpha: float) -> tuple[int, float] | None:
-    """Where the current breach episode began in ``scored`` and how strongly it is proven:
-    (start index, p-value), or ``None`` when no recent episode is proven."""
-    n = len(scored)
-    starts = [j for j in range(n - k, -1, -1) if (r := scored[j].counts.rate) is not None and r > spec.tail]
+def _likely_starts(scored: Sequence[Point], spec: MetricSpec, last: int) -> list[int]:
+    """Where in ``scored`` a bad stretch may have begun (intervals at or before index ``last``
+    above the threshold), the likeliest first: the latest split within :data:`ONSET_SLACK` of the
+    best two-segment split leads (the estimate leans late), then the next three best."""
+    starts = [j for j in range(last, -1, -1) if (r := scored[j].counts.rate) is not None and r > spec.tail]
     if not starts:
-        return None
+        return []
     if len(starts) > MAX_SCAN:
         step = len(starts) / MAX_SCAN
         starts = [starts[int(i * step)] for i in range(MAX_SCAN)]
@@ -405,8 +454,13 @@ def _episode(scored: Sequence[Point], spec: MetricSpec, k: int, alpha: float) ->
     scores = {j: split_ll(j) for j in starts}
     best = max(scores.values())
     ordered = sorted((j for j in starts if scores[j] >= best - ONSET_SLACK), reverse=True)
-    ordered += [j for j in sorted(starts, key=lambda j: -scores[j]) if j not in ordered][:3]
-    for j in ordered:
+    return ordered + [j for j in sorted(starts, key=lambda j: -scores[j]) if j not in ordered][:3]
+
+
+def _episode(scored: Sequence[Point], spec: MetricSpec, k: int, alpha: float) -> tuple[int, float] | None:
+    """Where the current breach episode began in ``scored`` and how strongly it is proven:
+    (start index, p-value), or ``None`` when no recent episode is proven."""
+    for j in _likely_starts(scored, spec, len(scored) - k):
         counts = [point.counts for point in scored[j:]]
         p = proven_above(counts, spec.tail, alpha)
         if p is None:
@@ -450,23 +504,141 @@ def _recovered(episode: Sequence[Point], tail: float, alpha: float) -> float | N
     return None
 
 
+def _span(points: Sequence[Point]) -> str:
+    """The span a number was measured over, for people: "over 60 intervals since t=120s"."""
+    if not points:
+        return "over no intervals"
+    count = len(points)
+    return f"over {count} interval{'s' if count != 1 else ''} since t={points[0].t:g}s"
+
+
+def _evidence_text(test: EDetector, alpha: float) -> str:
+    """How far an anytime-valid test is from rejecting: its e-value against the ``1/alpha`` it
+    needs, and the span of its strongest stretch of evidence."""
+    segment = test.strongest()
+    if segment is None:
+        return "no evidence yet"
+    evidence = math.exp(min(segment.log_e, 700.0))
+    return f"e-value {evidence:.3g} of the {1 / alpha:.3g} needed, since t={segment.since:g}s"
+
+
+def _sequential_attribution(
+    spec: MetricSpec,
+    track: Track,
+    counts: Counts,
+    points: Sequence[Point],
+    reference_for: Callable[[Sequence[Point]], Reference],
+    params: TargetParams,
+) -> tuple[Attribution, float | None, str]:
+    """Who a breach proven by the anytime-valid test is blamed on: the new version when the
+    two-sample test against the concurrent baseline rejects; without a concurrent baseline
+    (blue-green, rolling) the exact test against the reference over ``points``."""
+    test = track.ratio_test
+    segment = test.strongest()
+    if segment is None or segment.ref_trials <= 0:
+        reference = reference_for(points or list(track.points))
+        blame, _, ref_value, detail = _attribution(spec, counts, reference, params)
+        return blame, ref_value, detail
+    ref = Counts(segment.ref_hits, segment.ref_trials)
+    cand = Counts(segment.hits, segment.trials)
+    ref_value = ref.rate if spec.histogram_of is None else None
+    degraded = (ref.rate or 0.0) > spec.tail
+    if test.rejects(spec.alpha):
+        blame, word = Attribution.ATTRIBUTABLE, "worse"
+    elif ref.total < spec.min_total:
+        blame, word = Attribution.NO_BASELINE, "not (yet) proven worse"
+    elif degraded:
+        blame, word = Attribution.BASELINE_DEGRADED, "not proven worse"
+    else:
+        blame, word = Attribution.PENDING, "not (yet) proven worse"
+    detail = (
+        f"since t={segment.since:g}s the candidate had {cand.hits:.0f} of {cand.total:.0f} {spec.unit_label} "
+        f"({percent(cand.rate)}), the baseline {ref.hits:.0f} of {ref.total:.0f} ({percent(ref.rate)}, "
+        f"{'beyond' if degraded else 'within'} the SLO's {percent(spec.tail)}); candidate {word} than "
+        f"{spec.ratio:g}x baseline ({_evidence_text(test, spec.alpha)})"
+    )
+    return blame, ref_value, detail
+
+
+def _sequential_breach(
+    track: Track,
+    reference_for: Callable[[Sequence[Point]], Reference],
+    params: TargetParams,
+) -> Verdict | None:
+    """The breach the anytime-valid test since the release proves (the window's tests did not):
+    over the strongest stretch of evidence, unless the window shows it has since recovered."""
+    spec = track.spec
+    alpha = 1.0 - params.detection.confidence
+    segment = track.slo_test.strongest()
+    if segment is None or segment.trials < spec.min_total:
+        return None
+    if (_latest(track.points, params.detection.confirm_intervals, spec.min_total).rate or 0.0) <= spec.tail:
+        return None  # the latest intervals are back within the SLO: recovering, or noise
+    points = [p for p in track.points if p.t >= segment.since]
+    starts = _likely_starts(points, spec, len(points) - 1)
+    onset = starts[0] if starts else 0
+    if points and _recovered(points[onset:], spec.tail, alpha) is not None:
+        return None
+    counts = Counts(segment.hits, segment.trials)
+    severe = bool(points) and _severe(spec, points, alpha)
+    since = points[onset].t if points else segment.since
+    value = counts.rate
+    if spec.histogram_of is not None:
+        value = spec.value_of([p.interval.candidate for p in points if p.interval.candidate is not None])
+    blame, ref_value, detail = _sequential_attribution(spec, track, counts, points, reference_for, params)
+    level = "severe" if severe else "breach"
+    return Verdict(
+        Finding(
+            signal=spec.signal,
+            value=value,
+            threshold=spec.threshold,
+            breached=True,
+            severe=severe,
+            attributable=blame is Attribution.ATTRIBUTABLE,
+            confidence=1.0 - spec.alpha,
+            baseline_value=ref_value,
+            detail=(
+                f"{spec.signal}: {counts.hits:.0f} of {counts.total:.0f} {spec.unit_label} since "
+                f"t={segment.since:g}s ({percent(counts.rate)} against the SLO's {percent(spec.tail)}), "
+                f"{spec.signal} {spec.describe(value)} {_span(points)}: {level} proven by the anytime-valid "
+                f"test ({_evidence_text(track.slo_test, spec.alpha)}), likely since t={since:g}s; {detail}"
+            ),
+            since=since,
+            attribution=blame,
+        ),
+        above=True,
+    )
+
+
 def judge_metric(
     track: Track,
     latest_t: float,
     reference_for: Callable[[Sequence[Point]], Reference],
     params: TargetParams,
 ) -> Verdict:
-    """Judge one metric signal over its window; ``latest_t`` is the current tick."""
+    """Judge one metric signal over its window and since the release; ``latest_t`` is the
+    current tick.
+
+    A severe breach is decided on the window's exact tests (the fast path: the second bad
+    interval). So is a manageable one during the release's first ``window_s``, when the looks are
+    few. Past that, a manageable breach must also be proven by the anytime-valid test since the
+    release (:mod:`rollbackd.detectors.sequential`), which bounds the false breaches of a healthy
+    release by ``alpha`` however long it is watched: the peeking of a fixed-confidence test
+    re-run every tick no longer adds up. And that test alone proves a breach the window cannot
+    hold enough traffic for (a small effect at low traffic, given time)."""
     spec = track.spec
     alpha = 1.0 - params.detection.confidence
     k = params.detection.confirm_intervals
     scored = track.points
     pooled = track.pooled
-    if pooled.total < spec.min_total:
+    proven_since_release = track.slo_test.rejects(spec.alpha)
+    first = track.slo_test.first
+    young = first is None or latest_t - first < params.detection.window_s
+    if pooled.total < spec.min_total and not proven_since_release:
         return Verdict(
             None,
-            f"{spec.signal}: {pooled.total:.0f} {spec.unit_label.split()[0]} in the window, "
-            f"fewer than the {spec.min_total} needed for a verdict",
+            f"{spec.signal}: {pooled.total:.0f} {spec.trials_label} {_span(scored)} (the last "
+            f"{params.detection.window_s:g}s window), fewer than the {spec.min_total} needed for a verdict",
         )
     n = len(scored)
     recent = pool([scored[i].counts for i in range(max(0, n - k), n)])
@@ -486,16 +658,22 @@ def judge_metric(
             p_run = proven_above([p.counts for p in points[start:]], spec.tail, alpha)
             if p_run is not None and _severe(spec, points[start:], alpha):
                 found = (start, p_run, True)
-        if found is None:
+        if found is None and (proven_since_release or young):
             episode = _episode(points, spec, k, alpha)
             if episode is not None:
                 start, p = episode
                 found = (start, p, _severe(spec, points[start:], alpha))
 
+    if found is None and proven_since_release:
+        verdict = _sequential_breach(track, reference_for, params)
+        if verdict is not None:
+            return verdict
+
     if found is None:
         value = track.window_value()
         p_all = exceeds_rate(pooled.hits, pooled.total, spec.tail)
-        level = "above the SLO, not proven" if above else "within"
+        latest = f"the last {min(k, n)} intervals {spec.describe(spec.value_of(_latest_samples(scored, k)))}"
+        level = f"{latest}, above the SLO, not proven" if above else f"{latest}, within the SLO"
         return Verdict(
             Finding(
                 signal=spec.signal,
@@ -506,9 +684,10 @@ def judge_metric(
                 attributable=False,
                 confidence=_conf(p_all),
                 detail=(
-                    f"{spec.signal} {spec.describe(value)} over the last {params.detection.window_s:g}s "
+                    f"{spec.signal} {spec.describe(value)} {_span(scored)} "
                     f"({pooled.hits:.0f} of {pooled.total:.0f} {spec.unit_label}) vs SLO "
-                    f"{spec.describe(spec.threshold)}: {level}"
+                    f"{spec.describe(spec.threshold)}: {level}; since the release: "
+                    f"{_evidence_text(track.slo_test, spec.alpha)}"
                 ),
             ),
             above=above,
@@ -526,7 +705,10 @@ def judge_metric(
         whole, _, _, whole_detail = _attribution(spec, pooled, reference_for(list(scored)), params)
         if whole is not Attribution.ATTRIBUTABLE:
             blame = whole
-            detail = f"{detail}; but over the whole window: {whole_detail}"
+            detail = f"{detail}; but {_span(scored)} (the whole window): {whole_detail}"
+    if blame in (Attribution.PENDING, Attribution.NO_BASELINE) and track.ratio_test.rejects(spec.alpha):
+        # Not (yet) proven over the window, but since the release the candidate is worse.
+        blame, _, detail = _sequential_attribution(spec, track, counts, episode_points, reference_for, params)
     since = episode_points[0].t
     level = "severe" if severe else "breach"
     return Verdict(
@@ -540,7 +722,7 @@ def judge_metric(
             confidence=_conf(p),
             baseline_value=ref_value,
             detail=(
-                f"{spec.signal} {spec.describe(value)} since t={since:g}s over {len(episode_ivs)} intervals "
+                f"{spec.signal} {spec.describe(value)} {_span(episode_points)} "
                 f"({counts.hits:.0f} of {counts.total:.0f} {spec.unit_label}) vs SLO "
                 f"{spec.describe(spec.threshold)} (severe at {spec.describe(spec.severe_at)}): {level}, "
                 f"confidence {_conf(p) * 100:.2f}% (still proven without its worst interval); {detail}"
@@ -550,6 +732,22 @@ def judge_metric(
         ),
         above=True,
     )
+
+
+def _latest(scored: Sequence[Point], k: int, min_total: float) -> Counts:
+    """The pooled counts of the latest ``k`` intervals, or of as many more as it takes to hold
+    ``min_total`` trials (at low traffic two intervals say little)."""
+    counts = ZERO
+    for i, point in enumerate(reversed(scored)):
+        if i >= k and counts.total >= min_total:
+            break
+        counts = counts + point.counts
+    return counts
+
+
+def _latest_samples(scored: Sequence[Point], k: int) -> list[Sample]:
+    """The candidate's samples of the latest ``k`` scored intervals."""
+    return [p.interval.candidate for p in list(scored)[-k:] if p.interval.candidate is not None]
 
 
 def recovery_proven(track: Track, after: float, params: TargetParams) -> bool | None:

@@ -72,6 +72,7 @@ from rollbackd.model import (
     Outcome,
     Slo,
     Strategy,
+    percent,
 )
 from rollbackd.run import RollbackRun
 from rollbackd.verification import RUNBOOK_ROLLBACK_TARGET_S, VerificationResult
@@ -130,7 +131,7 @@ def _value(unit: str, value: float | None) -> str:
     if value is None:
         return "n/a"
     if unit == "ratio":
-        return f"{value * 100:.2f}%"
+        return percent(value)
     if unit == "ms":
         return f"{value:.0f} ms"
     return f"{value:g}"
