@@ -95,6 +95,11 @@ class Detection:
         gt=0,
         le=0.5,
     )
+    anytime: bool = knob(
+        True,
+        "Judge manageable breaches with the anytime-valid tests since the release (bounded by alpha);"
+        " false: the fixed-window tests alone, as before (for comparisons).",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,15 +27,6 @@ def binomial(rng: random.Random, n: int, p: float) -> int:
     return sum(1 for _ in range(n) if rng.random() < p)
 
 
-def poisson(rng: random.Random, lam: float) -> int:
-    limit, k, product = math.exp(-lam), 0, 1.0
-    while True:
-        product *= rng.random()
-        if product <= limit:
-            return k
-        k += 1
-
-
 def first_rejection(
     rng: random.Random, *, rate: float, trials: int, looks: int, alpha: float, interval_s: float = 10.0
 ) -> int | None:
@@ -119,7 +110,7 @@ def test_the_two_sample_test_holds_alpha_when_both_arms_fail_alike_and_rejects_a
     def run(candidate_rate: float, looks: int) -> int | None:
         test, cap = EDetector(), interval_cap(alpha)
         for i in range(looks):
-            n_c, n_b = poisson(rng, rng.choice((5, 20, 60))), poisson(rng, 400)
+            n_c, n_b = binomial(rng, rng.choice((10, 40, 120)), 0.5), binomial(rng, 800, 0.5)
             e_c, e_b = binomial(rng, n_c, candidate_rate), binomial(rng, n_b, 0.05)
             test = test.observe(
                 i * 10.0, e_c, e_c + e_b, share_null(n_c, n_b, 1.5), cap=cap, tally=(e_c, n_c, e_b, n_b)

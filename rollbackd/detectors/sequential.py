@@ -183,6 +183,8 @@ class EDetector:
     log_e: tuple[float, ...] = ()
     since: tuple[float, ...] = ()
     counts: tuple[tuple[float, float, float, float], ...] = ()
+    #: The log of the mixture e-value, computed once per interval (see :meth:`log_evidence`).
+    evidence: float = -math.inf
 
     @property
     def log_weights(self) -> tuple[float, ...]:
@@ -213,17 +215,20 @@ class EDetector:
         since = self.since or (t,) * n
         counts = self.counts or ((0.0, 0.0, 0.0, 0.0),) * n
         add = _counted(tally if tally is not None else (hits, trials, 0.0, 0.0))
+        steps = [0.0] * n
+        if null_p is not None:
+            steps = [min(log_ratio(hits, trials, null_p, f), cap) for f in self.factors]
         new_e: list[float] = []
         new_since: list[float] = []
         new_counts: list[tuple[float, float, float, float]] = []
-        for k, factor in enumerate(self.factors):
+        for k in range(n):
             base, start, kept = log_e[k], since[k], counts[k]
             if log_start > base:  # a segment starting now outweighs the one held
                 base, start, kept = log_start, t, (0.0, 0.0, 0.0, 0.0)
-            step = 0.0 if null_p is None else min(log_ratio(hits, trials, null_p, factor), cap)
-            new_e.append(base + step)
+            new_e.append(base + steps[k])
             new_since.append(start)
             new_counts.append((kept[0] + add[0], kept[1] + add[1], kept[2] + add[2], kept[3] + add[3]))
+        log_weight = -math.log(n)
         return EDetector(
             factors=self.factors,
             horizon_s=self.horizon_s,
@@ -232,13 +237,12 @@ class EDetector:
             log_e=tuple(new_e),
             since=tuple(new_since),
             counts=tuple(new_counts),
+            evidence=_logsumexp([log_weight + e for e in new_e]),
         )
 
     def log_evidence(self) -> float:
         """log of the mixture e-value ``Σ_k v_k·e_k`` (``-inf`` before any interval)."""
-        if not self.log_e:
-            return -math.inf
-        return _logsumexp([w + e for w, e in zip(self.log_weights, self.log_e, strict=True)])
+        return self.evidence
 
     def rejects(self, alpha: float) -> bool:
         """Whether the evidence has reached ``1 / alpha``: the null is rejected at level ``alpha``."""

@@ -587,6 +587,35 @@ def _sequential_breach(
         value = spec.value_of([p.interval.candidate for p in points if p.interval.candidate is not None])
     blame, ref_value, detail = _sequential_attribution(spec, track, counts, points, reference_for, params)
     level = "severe" if severe else "breach"
+    return _breach(
+        spec,
+        value,
+        severe=severe,
+        blame=blame,
+        confidence=1.0 - spec.alpha,
+        baseline_value=ref_value,
+        since=since,
+        detail=(
+            f"{spec.signal}: {counts.hits:.0f} of {counts.total:.0f} {spec.unit_label} since "
+            f"t={segment.since:g}s ({percent(counts.rate)} against the SLO's {percent(spec.tail)}), "
+            f"{spec.signal} {spec.describe(value)} {_span(points)}: {level} proven by the anytime-valid "
+            f"test ({_evidence_text(track.slo_test, spec.alpha)}), likely since t={since:g}s; {detail}"
+        ),
+    )
+
+
+def _breach(
+    spec: MetricSpec,
+    value: float | None,
+    *,
+    severe: bool,
+    blame: Attribution,
+    confidence: float,
+    baseline_value: float | None,
+    since: float,
+    detail: str,
+) -> Verdict:
+    """The verdict of a proven breach of ``spec``'s signal."""
     return Verdict(
         Finding(
             signal=spec.signal,
@@ -595,14 +624,9 @@ def _sequential_breach(
             breached=True,
             severe=severe,
             attributable=blame is Attribution.ATTRIBUTABLE,
-            confidence=1.0 - spec.alpha,
-            baseline_value=ref_value,
-            detail=(
-                f"{spec.signal}: {counts.hits:.0f} of {counts.total:.0f} {spec.unit_label} since "
-                f"t={segment.since:g}s ({percent(counts.rate)} against the SLO's {percent(spec.tail)}), "
-                f"{spec.signal} {spec.describe(value)} {_span(points)}: {level} proven by the anytime-valid "
-                f"test ({_evidence_text(track.slo_test, spec.alpha)}), likely since t={since:g}s; {detail}"
-            ),
+            confidence=confidence,
+            baseline_value=baseline_value,
+            detail=detail,
             since=since,
             attribution=blame,
         ),
@@ -631,9 +655,10 @@ def judge_metric(
     k = params.detection.confirm_intervals
     scored = track.points
     pooled = track.pooled
-    proven_since_release = track.slo_test.rejects(spec.alpha)
+    anytime = params.detection.anytime
+    proven_since_release = anytime and track.slo_test.rejects(spec.alpha)
     first = track.slo_test.first
-    young = first is None or latest_t - first < params.detection.window_s
+    young = not anytime or first is None or latest_t - first < params.detection.window_s
     if pooled.total < spec.min_total and not proven_since_release:
         return Verdict(
             None,
@@ -706,31 +731,28 @@ def judge_metric(
         if whole is not Attribution.ATTRIBUTABLE:
             blame = whole
             detail = f"{detail}; but {_span(scored)} (the whole window): {whole_detail}"
-    if blame in (Attribution.PENDING, Attribution.NO_BASELINE) and track.ratio_test.rejects(spec.alpha):
+    if (
+        anytime
+        and blame in (Attribution.PENDING, Attribution.NO_BASELINE)
+        and track.ratio_test.rejects(spec.alpha)
+    ):
         # Not (yet) proven over the window, but since the release the candidate is worse.
         blame, _, detail = _sequential_attribution(spec, track, counts, episode_points, reference_for, params)
-    since = episode_points[0].t
     level = "severe" if severe else "breach"
-    return Verdict(
-        Finding(
-            signal=spec.signal,
-            value=value,
-            threshold=spec.threshold,
-            breached=True,
-            severe=severe,
-            attributable=blame is Attribution.ATTRIBUTABLE,
-            confidence=_conf(p),
-            baseline_value=ref_value,
-            detail=(
-                f"{spec.signal} {spec.describe(value)} {_span(episode_points)} "
-                f"({counts.hits:.0f} of {counts.total:.0f} {spec.unit_label}) vs SLO "
-                f"{spec.describe(spec.threshold)} (severe at {spec.describe(spec.severe_at)}): {level}, "
-                f"confidence {_conf(p) * 100:.2f}% (still proven without its worst interval); {detail}"
-            ),
-            since=since,
-            attribution=blame,
+    return _breach(
+        spec,
+        value,
+        severe=severe,
+        blame=blame,
+        confidence=_conf(p),
+        baseline_value=ref_value,
+        since=episode_points[0].t,
+        detail=(
+            f"{spec.signal} {spec.describe(value)} {_span(episode_points)} "
+            f"({counts.hits:.0f} of {counts.total:.0f} {spec.unit_label}) vs SLO "
+            f"{spec.describe(spec.threshold)} (severe at {spec.describe(spec.severe_at)}): {level}, "
+            f"confidence {_conf(p) * 100:.2f}% (still proven without its worst interval); {detail}"
         ),
-        above=True,
     )
 
 
