@@ -751,6 +751,8 @@ NON_DEFAULT: dict[str, dict[str, Any]] = {
         "min_requests": 10,
         "min_latency_samples": 20,
         "attribution_ratio": 2.5,
+        "alpha": 0.05,
+        "anytime": False,
     },
     "policy": {
         "controlled_grace_s": 30.0,

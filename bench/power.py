@@ -1,0 +1,167 @@
+"""Power benchmark: how soon each judge decides a regression, by effect size and traffic.
+
+A canary release is healthy for :data:`HEALTHY_S`, then its error rate becomes ``effect`` times
+the SLO (1.5x to 30x) at a canary traffic of 0.2 to 200 requests a second, and stays so for up
+to :data:`WATCH_S`. For each cell of the grid and each judge (rollbackd with its anytime-valid
+tests, rollbackd with the fixed-window tests alone as before, the Argo-style and Flagger-style
+judges) the benchmark reports the median number of bad intervals seen when the rollback was
+decided (2: on the second bad interval), how many releases were decided at all, and how many
+were rolled back before the fault (false rollbacks).
+
+    python -m bench.power [--seeds N] [--results DIR]
+
+Writes ``power.json`` and ``power.md`` under ``bench/results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import detection
+from bench.judges import judge_argo, judge_flagger
+from bench.soak import BASELINE_SHARE, Judge, rollbackd_judge
+from bench.synth import HEALTHY, SLO_ERROR, SLO_P95_MS, Behaviour, _poisson, _side
+
+INTERVAL_S = 10.0
+HEALTHY_S = 600.0
+WATCH_S = 7200.0
+EFFECTS: tuple[float, ...] = (1.5, 3.0, 5.0, 10.0, 30.0)
+TRAFFIC_RPS: tuple[float, ...] = (0.2, 2.0, 20.0, 200.0)
+
+
+def release(effect: float, rps: float, *, seed: int) -> dict[str, Any]:
+    """A canary healthy for :data:`HEALTHY_S`, then failing ``effect`` times the error SLO."""
+    rng = random.Random(f"power/{effect}/{rps}/{seed}")
+    bad = Behaviour(min(1.0, effect * SLO_ERROR), HEALTHY.median_ms)
+    ticks = []
+    for i in range(int((HEALTHY_S + WATCH_S) / INTERVAL_S)):
+        t = i * INTERVAL_S
+        candidate = bad if t >= HEALTHY_S else HEALTHY
+        ticks.append(
+            {
+                "t": t,
+                "baseline": _side(rng, _poisson(rng, rps * BASELINE_SHARE * INTERVAL_S), HEALTHY),
+                "candidate": _side(rng, _poisson(rng, rps * INTERVAL_S), candidate),
+            }
+        )
+    return {
+        "name": f"power-x{effect:g}-r{rps:g}-s{seed}",
+        "kind": "canary",
+        "interval_s": INTERVAL_S,
+        "deploy_at_s": 0,
+        "slo": {"max_error_rate": SLO_ERROR, "max_p95_ms": SLO_P95_MS},
+        "policy": {"controlled_grace_s": 120.0},
+        "context": {"rollback_risk": "low", "events": []},
+        "ticks": ticks,
+        "expect": {"decision": "rollback", "mode": None, "fault_at_s": HEALTHY_S, "deadline_s": None},
+    }
+
+
+def judges() -> list[tuple[str, Judge]]:
+    return [
+        ("rollbackd", rollbackd_judge()),
+        ("rollbackd-fixed-window", rollbackd_judge(anytime=False)),
+        ("argo", judge_argo),
+        ("flagger", judge_flagger),
+    ]
+
+
+def bad_intervals_seen(result: Mapping[str, Any]) -> float | None:
+    """How many bad intervals the judge had seen when it decided to roll back (``None``: it did
+    not; 0 or less: before the fault)."""
+    at = result.get("decided_at_s")
+    if result.get("decision") != "rollback" or at is None:
+        return None
+    return (float(at) - HEALTHY_S) / INTERVAL_S + 1
+
+
+def power(seeds: int) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "interval_s": INTERVAL_S,
+        "healthy_s": HEALTHY_S,
+        "watch_s": WATCH_S,
+        "seeds": seeds,
+        "effects": EFFECTS,
+        "traffic_rps": TRAFFIC_RPS,
+        "judges": {},
+    }
+    scenarios = {
+        (effect, rps): [release(effect, rps, seed=seed) for seed in range(seeds)]
+        for effect in EFFECTS
+        for rps in TRAFFIC_RPS
+    }
+    for name, judge in judges():
+        started = time.perf_counter()
+        cells: dict[str, Any] = {}
+        for (effect, rps), group in scenarios.items():
+            seen = [bad_intervals_seen(judge(scenario)) for scenario in group]
+            after = [s for s in seen if s is not None and s > 0]
+            cells[f"x{effect:g}/r{rps:g}"] = {
+                "effect": effect,
+                "rps": rps,
+                "decided": len(after),
+                "early": sum(1 for s in seen if s is not None and s <= 0),
+                "median_bad_intervals": statistics.median(after) if after else None,
+            }
+        report["judges"][name] = {"cells": cells, "wall_s": round(time.perf_counter() - started, 1)}
+    return report
+
+
+def _cell(cell: Mapping[str, Any], seeds: int) -> str:
+    median = cell["median_bad_intervals"]
+    text = "-" if median is None else f"{median:g}"
+    text += f" ({cell['decided']}/{seeds}"
+    if cell["early"]:
+        text += f", {cell['early']} early"
+    return text + ")"
+
+
+def to_markdown(report: Mapping[str, Any]) -> str:
+    seeds = report["seeds"]
+    lines = [
+        "# Power benchmark: bad intervals seen before the rollback decision",
+        "",
+        f"A canary healthy for {report['healthy_s']:g} s, then failing effect x the 1% error SLO, watched "
+        f"for {report['watch_s'] / 3600:g} h at {report['interval_s']:g} s intervals, {seeds} releases per "
+        "cell (`bench/power.py`). Each cell: the median number of bad intervals seen when the rollback "
+        "was decided (2 = on the second bad interval), then (decided after the fault / releases) and "
+        "how many were rolled back before the fault (early: false rollbacks).",
+        "",
+    ]
+    for name, row in report["judges"].items():
+        lines += [
+            f"## {name} ({row['wall_s']:g} s)",
+            "",
+            "| effect | " + " | ".join(f"{rps:g} req/s" for rps in report["traffic_rps"]) + " |",
+            "|---|" + "---|" * len(report["traffic_rps"]),
+        ]
+        for effect in report["effects"]:
+            cells = [row["cells"][f"x{effect:g}/r{rps:g}"] for rps in report["traffic_rps"]]
+            lines.append(f"| {effect:g}x | " + " | ".join(_cell(c, seeds) for c in cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.power", description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3, help="releases per effect and traffic level")
+    parser.add_argument("--results", type=Path, default=detection.DEFAULT_RESULTS_DIR)
+    args = parser.parse_args(argv)
+    report = power(args.seeds)
+    markdown = to_markdown(report)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "power.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (args.results / "power.md").write_text(markdown, encoding="utf-8")
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
