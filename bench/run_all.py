@@ -21,6 +21,8 @@ from bench import detection
 #: Benchmarks run after the detection benchmark when their module exists, in this order.
 OTHER_BENCHMARKS: tuple[str, ...] = (
     "bench.generalisation",
+    "bench.soak",
+    "bench.power",
     "bench.prom_clients",
     "bench.scale",
     "bench.closed_loop",

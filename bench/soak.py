@@ -183,29 +183,36 @@ def judges(*, high_alpha: float) -> list[tuple[str, str, Judge]]:
     ]
 
 
-def releases(hours: float) -> Iterator[dict[str, Any]]:
+def releases(hours: float, *, release_hours: float = RELEASE_HOURS) -> Iterator[dict[str, Any]]:
     """Healthy releases of every shape in turn until ``hours`` target-hours are generated."""
     kinds = shapes()
-    count = math.ceil(hours / RELEASE_HOURS)
+    count = math.ceil(hours / release_hours)
     for i in range(count):
-        yield release(kinds[i % len(kinds)], seed=i // len(kinds))
+        yield release(kinds[i % len(kinds)], seed=i // len(kinds), hours=release_hours)
 
 
-def soak(hours: float, *, high_alpha: float) -> dict[str, Any]:
-    """Every judge over the same ``hours`` of healthy releases; the false rollbacks each made."""
+def soak(
+    hours: float,
+    *,
+    high_alpha: float,
+    release_hours: float = RELEASE_HOURS,
+    compared: Sequence[tuple[str, str, Judge]] | None = None,
+) -> dict[str, Any]:
+    """Every judge (:func:`judges` unless ``compared``) over the same ``hours`` of healthy
+    releases of ``release_hours`` each; the false rollbacks each made."""
     started = time.perf_counter()
-    scenarios = list(releases(hours))
+    scenarios = list(releases(hours, release_hours=release_hours))
     generated_s = time.perf_counter() - started
     total_hours = sum(len(s["ticks"]) * s["interval_s"] for s in scenarios) / 3600.0
     report: dict[str, Any] = {
         "target_hours": round(total_hours, 1),
         "releases": len(scenarios),
-        "release_hours": RELEASE_HOURS,
+        "release_hours": release_hours,
         "interval_s": INTERVAL_S,
         "generation_s": round(generated_s, 1),
         "judges": {},
     }
-    for name, describe, judge in judges(high_alpha=high_alpha):
+    for name, describe, judge in compared if compared is not None else judges(high_alpha=high_alpha):
         started = time.perf_counter()
         false: list[dict[str, Any]] = []
         by_shape: dict[str, int] = {shape.name: 0 for shape in shapes()}
