@@ -112,7 +112,7 @@ def percent(fraction: float | None) -> str:
     pct = fraction * 100
     if pct == 0 or not math.isfinite(pct) or abs(pct) >= 0.1:
         return f"{pct:.2f}%"
-    return f"{pct:.2g}%"
+    return f"{pct:#.2g}%"
 
 
 def histogram_quantile(q: float, bounds_s: Sequence[float], counts: Sequence[float]) -> float | None:
