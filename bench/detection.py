@@ -448,11 +448,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     report = to_json(runs, scenarios_dir=args.scenarios, notes=notes)
     markdown = to_markdown(runs, scenarios, scenarios_dir=args.scenarios, notes=notes)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "detection.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (args.results / "detection.md").write_text(markdown, encoding="utf-8")
-    print(markdown)
+    write_results(args.results, "detection", report, markdown)
     return 0
+
+
+def write_results(directory: Path, name: str, report: Mapping[str, Any], markdown: str) -> None:
+    """A benchmark's results: ``NAME.json`` and ``NAME.md`` under ``directory``; the markdown is
+    printed too."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (directory / f"{name}.md").write_text(markdown, encoding="utf-8")
+    print(markdown)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Writes ``generalisation.json`` and ``generalisation.md`` under ``bench/results``
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -111,10 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             *(report["judges"]["rollbackd"]["failures"] or ["none"]),
         ]
     markdown = "\n".join(lines) + "\n"
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "generalisation.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (args.results / "generalisation.md").write_text(markdown, encoding="utf-8")
-    print(markdown)
+    detection.write_results(args.results, "generalisation", report, markdown)
     return 0
 
 

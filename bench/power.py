@@ -16,7 +16,6 @@ Writes ``power.json`` and ``power.md`` under ``bench/results``.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import time
@@ -26,8 +25,8 @@ from typing import Any
 
 from bench import detection
 from bench.judges import judge_argo, judge_flagger
-from bench.soak import BASELINE_SHARE, Judge, rollbackd_judge
-from bench.synth import HEALTHY, SLO_ERROR, SLO_P95_MS, Behaviour, _poisson, _side
+from bench.soak import Judge, canary_scenario, canary_tick, rollbackd_judge
+from bench.synth import HEALTHY, SLO_ERROR, Behaviour
 
 INTERVAL_S = 10.0
 HEALTHY_S = 600.0
@@ -40,28 +39,23 @@ def release(effect: float, rps: float, *, seed: int) -> dict[str, Any]:
     """A canary healthy for :data:`HEALTHY_S`, then failing ``effect`` times the error SLO."""
     rng = random.Random(f"power/{effect}/{rps}/{seed}")
     bad = Behaviour(min(1.0, effect * SLO_ERROR), HEALTHY.median_ms)
-    ticks = []
-    for i in range(int((HEALTHY_S + WATCH_S) / INTERVAL_S)):
-        t = i * INTERVAL_S
-        candidate = bad if t >= HEALTHY_S else HEALTHY
-        ticks.append(
-            {
-                "t": t,
-                "baseline": _side(rng, _poisson(rng, rps * BASELINE_SHARE * INTERVAL_S), HEALTHY),
-                "candidate": _side(rng, _poisson(rng, rps * INTERVAL_S), candidate),
-            }
+    ticks = [
+        canary_tick(
+            rng,
+            t,
+            rps=rps,
+            interval_s=INTERVAL_S,
+            candidate=bad if t >= HEALTHY_S else HEALTHY,
+            baseline=HEALTHY,
         )
-    return {
-        "name": f"power-x{effect:g}-r{rps:g}-s{seed}",
-        "kind": "canary",
-        "interval_s": INTERVAL_S,
-        "deploy_at_s": 0,
-        "slo": {"max_error_rate": SLO_ERROR, "max_p95_ms": SLO_P95_MS},
-        "policy": {"controlled_grace_s": 120.0},
-        "context": {"rollback_risk": "low", "events": []},
-        "ticks": ticks,
-        "expect": {"decision": "rollback", "mode": None, "fault_at_s": HEALTHY_S, "deadline_s": None},
-    }
+        for t in (i * INTERVAL_S for i in range(int((HEALTHY_S + WATCH_S) / INTERVAL_S)))
+    ]
+    return canary_scenario(
+        f"power-x{effect:g}-r{rps:g}-s{seed}",
+        ticks,
+        interval_s=INTERVAL_S,
+        expect={"decision": "rollback", "mode": None, "fault_at_s": HEALTHY_S, "deadline_s": None},
+    )
 
 
 def judges() -> list[tuple[str, Judge]]:
@@ -156,10 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     report = power(args.seeds)
     markdown = to_markdown(report)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "power.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (args.results / "power.md").write_text(markdown, encoding="utf-8")
-    print(markdown)
+    detection.write_results(args.results, "power", report, markdown)
     return 0
 
 

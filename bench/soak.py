@@ -23,7 +23,6 @@ Writes ``soak.json`` and ``soak.md`` under ``bench/results``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import time
@@ -133,16 +132,34 @@ def release(
     for i in range(int(hours * 3600 / interval_s)):
         t = i * interval_s
         rps, candidate, baseline = tick_shape(rng, t)
-        ticks.append(
-            {
-                "t": t,
-                "baseline": _side(rng, _poisson(rng, rps * BASELINE_SHARE * interval_s), baseline),
-                "candidate": _side(rng, _poisson(rng, rps * interval_s), candidate),
-            }
-        )
+        tick = canary_tick(rng, t, rps=rps, interval_s=interval_s, candidate=candidate, baseline=baseline)
+        ticks.append(tick)
+    scenario = canary_scenario(
+        f"soak-{shape.name}-s{seed}",
+        ticks,
+        interval_s=interval_s,
+        expect={"decision": "none", "mode": None, "fault_at_s": None, "deadline_s": None},
+    )
+    return {**scenario, "shape": shape.name}
+
+
+def canary_tick(
+    rng: random.Random, t: float, *, rps: float, interval_s: float, candidate: Behaviour, baseline: Behaviour
+) -> dict[str, Any]:
+    """One tick of a 10% canary at ``rps`` canary requests a second."""
     return {
-        "name": f"soak-{shape.name}-s{seed}",
-        "shape": shape.name,
+        "t": t,
+        "baseline": _side(rng, _poisson(rng, rps * BASELINE_SHARE * interval_s), baseline),
+        "candidate": _side(rng, _poisson(rng, rps * interval_s), candidate),
+    }
+
+
+def canary_scenario(
+    name: str, ticks: list[dict[str, Any]], *, interval_s: float, expect: dict[str, Any]
+) -> dict[str, Any]:
+    """A canary recording in the scenario format, with the synthetic SLO and grace."""
+    return {
+        "name": name,
         "kind": "canary",
         "interval_s": interval_s,
         "deploy_at_s": 0,
@@ -150,7 +167,7 @@ def release(
         "policy": {"controlled_grace_s": 120.0},
         "context": {"rollback_risk": "low", "events": []},
         "ticks": ticks,
-        "expect": {"decision": "none", "mode": None, "fault_at_s": None, "deadline_s": None},
+        "expect": expect,
     }
 
 
@@ -279,10 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     report = soak(args.hours, high_alpha=args.high_alpha)
     markdown = to_markdown(report, high_alpha=args.high_alpha)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "soak.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (args.results / "soak.md").write_text(markdown, encoding="utf-8")
-    print(markdown)
+    detection.write_results(args.results, "soak", report, markdown)
     return 0
 
 

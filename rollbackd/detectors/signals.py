@@ -586,19 +586,19 @@ def _sequential_breach(
     if spec.histogram_of is not None:
         value = spec.value_of([p.interval.candidate for p in points if p.interval.candidate is not None])
     blame, ref_value, detail = _sequential_attribution(spec, track, counts, points, reference_for, params)
-    level = "severe" if severe else "breach"
     return _breach(
         spec,
         value,
+        confidence=1.0 - spec.alpha,
+        since=since,
         severe=severe,
         blame=blame,
-        confidence=1.0 - spec.alpha,
         baseline_value=ref_value,
-        since=since,
         detail=(
             f"{spec.signal}: {counts.hits:.0f} of {counts.total:.0f} {spec.unit_label} since "
             f"t={segment.since:g}s ({percent(counts.rate)} against the SLO's {percent(spec.tail)}), "
-            f"{spec.signal} {spec.describe(value)} {_span(points)}: {level} proven by the anytime-valid "
+            f"{spec.signal} {spec.describe(value)} {_span(points)}: {'severe' if severe else 'breach'} "
+            "proven by the anytime-valid "
             f"test ({_evidence_text(track.slo_test, spec.alpha)}), likely since t={since:g}s; {detail}"
         ),
     )
