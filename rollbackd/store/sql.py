@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from rollbackd.releases import Release, ReleaseError
 from rollbackd.store.base import AuditEntry, OutboxEvent, PermanentStoreError
 
 INSERT_AUDIT = (
@@ -49,6 +50,15 @@ PUT_STATE = (
 DELETE_STATE = "DELETE FROM target_state WHERE key = %s"
 
 PING = "SELECT 1"
+
+_RELEASE_COLUMNS = "id, target, kind, description, started_at, details, who"
+# Idempotent by id: a release announced again (a retried pipeline step, two replicas asked at
+# once) is not stored twice; RETURNING says whether this call stored it.
+INSERT_RELEASE = (
+    f"INSERT INTO releases ({_RELEASE_COLUMNS}, recorded_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (id) DO NOTHING RETURNING id"
+)
+SELECT_RELEASE = f"SELECT {_RELEASE_COLUMNS} FROM releases WHERE id = %s"
 
 
 def qmark(sql: str) -> str:
@@ -175,3 +185,54 @@ def event_from_row(row: Sequence[Any]) -> OutboxEvent:
         seq=seq,
         created_at=to_datetime(created_at),
     )
+
+
+def release_params(release: Release, now: datetime) -> tuple[Any, ...]:
+    """Parameters of :data:`INSERT_RELEASE` (the times still datetimes)."""
+    what = f"release {release.id}"
+    details = encode_json(release.details, f"the details of {what}")
+    texts = (release.id, release.target, release.kind, release.description, release.who)
+    check_text("".join(texts), f"the id, target, kind, description or author of {what}")
+    return (*texts[:4], release.started_at, details, release.who, now)
+
+
+def releases_query(
+    *, target: str | None, since: datetime | None, recorded_since: datetime | None, limit: int
+) -> tuple[str, tuple[Any, ...]]:
+    """The most recent ``limit`` releases matching the filters (``since``: started then or later;
+    ``recorded_since``: stored then or later), oldest first."""
+    if limit < 0:
+        raise ValueError(f"limit must not be negative, not {limit}")
+    conditions: list[str] = []
+    params: list[Any] = []
+    if target is not None:
+        conditions.append("target = %s")
+        params.append(target)
+    if since is not None:
+        conditions.append("started_at >= %s")
+        params.append(aware(since, "since"))
+    if recorded_since is not None:
+        conditions.append("recorded_at >= %s")
+        params.append(aware(recorded_since, "recorded_since"))
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    sql = (
+        f"SELECT {_RELEASE_COLUMNS} FROM (SELECT {_RELEASE_COLUMNS} FROM releases{where}"
+        " ORDER BY started_at DESC, id DESC LIMIT %s) AS recent ORDER BY started_at, id"
+    )
+    return sql, (*params, limit)
+
+
+def release_from_row(row: Sequence[Any]) -> Release:
+    release_id, target, kind, description, started_at, details, who = row
+    try:
+        return Release(
+            id=release_id,
+            target=target,
+            kind=kind,
+            description=description,
+            started_at=to_datetime(started_at),
+            details=decode_json(details),
+            who=who,
+        )
+    except ReleaseError as exc:
+        raise PermanentStoreError(f"the stored release {release_id!r} cannot be read: {exc}") from exc
