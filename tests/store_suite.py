@@ -368,7 +368,8 @@ class StoreSuite:
             again = Release(id="flag-1", target="shop/checkout", kind="config", started_at=T0 + timedelta(1))
             stored, created = await store.add_release(again, entry("again"), [event("r2")])
             assert (stored, created) == (flag, False)
-            config = Release(id="cfg-7", target="shop/other", kind="config", started_at=T0 + timedelta(hours=1))
+            config = Release(id="cfg-7", target="shop/other", kind="config",
+                             started_at=T0 + timedelta(hours=1))
             assert (await store.add_release(config, entry("config", target="shop/other")))[1] is True
             assert await store.releases() == [flag, config]
             assert await store.releases(target="shop/other") == [config]

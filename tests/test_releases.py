@@ -61,7 +61,8 @@ def test_the_window_starts_over_at_the_release_and_what_came_before_is_the_refer
     assert [obs.t for obs in judge.kept()] == [200.0, 210.0, 220.0]
     assert len(evidences) == 3
     latest = judge.observe(Observation(TARGET, 230.0, None, BAD))
-    assert latest.breached and latest.attributable
+    assert latest.breached
+    assert latest.attributable
     assert latest.impact.value == "severe"
     assert latest.since == 200.0  # the breach began with the release
 
@@ -135,7 +136,8 @@ async def test_an_announced_flag_release_is_judged_from_its_start_and_rolled_bac
         metrics.pair = (None, BAD)
         await wait_until(lambda: cluster.runs == [False], timeout_s=10 * INTERVAL_S, what="rolled back")
         decision = daemon.state.targets[TARGET].last_rollback
-        assert decision is not None and decision.rollback
+        assert decision is not None
+        assert decision.rollback
 
         status, listed = await api.call("GET", f"/api/v1/releases?target={TARGET}")
         assert status == 200
@@ -209,5 +211,6 @@ async def test_release_start_on_the_command_line() -> None:
         code, _, err = await asyncio.to_thread(release_start, "shop/nothing", "--kind", "flag")
         assert code == EXIT_NOT_FOUND
         assert "no target shop/nothing is watched here" in err
-        assert daemon.state.targets[TARGET].release is not None
-        assert daemon.state.targets[TARGET].release.details == {"flag": "new_checkout"}
+        taken = daemon.state.targets[TARGET].release
+        assert taken is not None
+        assert taken.details == {"flag": "new_checkout"}

@@ -44,7 +44,7 @@ Control routes (they change what the daemon does; see :func:`control_routes`):
 - ``POST /api/v1/releases`` ``{"id": "...", "target": "NS/NAME", "kind": "flag", "description":
   "...", "started_at": "...", "details": {...}}``: a release announced from outside (see
   :mod:`rollbackd.daemon.releases`): 201 with the release, 200 with the stored one when its id was
-  announced before, 404 naming an unknown target; ``GET /api/v1/releases?target=NS/NAME&limit=N``
+  announced before, 404 naming an unknown target; ``GET /api/v1/releases?target=NS/NAME&since=1h&limit=N``
   lists them (a read route).
 
 Every write takes a ``reason`` and records who sent it (the token's name); the switches are stored
@@ -310,37 +310,44 @@ def _limit(text: str) -> int:
     return limit
 
 
-async def history(request: web.Request) -> web.Response:
-    """``GET /api/v1/history?target=NS/NAME&since=1h&limit=N``: the audit log, oldest first."""
-    ctx = _context(request)
-    if ctx.history is None:
-        return _error(503, "no audit store in this process")
+def _filters(request: web.Request) -> tuple[str | None, datetime | None, int] | web.Response:
+    """``target``, ``since`` and ``limit`` of a query of the history or the releases, or the 400
+    answer naming the one that is wrong."""
     try:
         target = parse_target(request.query["target"]) if "target" in request.query else None
         since = (
             parse_since(request.query["since"], now=datetime.now(UTC)) if "since" in request.query else None
         )
-        limit = _limit(request.query.get("limit", "1000"))
+        return target, since, _limit(request.query.get("limit", "1000"))
     except ValueError as exc:
         return _error(400, str(exc))
-    entries = await ctx.history(target, since, limit)
+
+
+async def history(request: web.Request) -> web.Response:
+    """``GET /api/v1/history?target=NS/NAME&since=1h&limit=N``: the audit log, oldest first."""
+    ctx = _context(request)
+    if ctx.history is None:
+        return _error(503, "no audit store in this process")
+    query = _filters(request)
+    if isinstance(query, web.Response):
+        return query
+    entries = await ctx.history(*query)
     if entries is None:
         return _error(503, "the audit store is not open (see /readyz)")
     return json_response({"entries": [entry_json(entry) for entry in entries]})
 
 
 async def list_releases(request: web.Request) -> web.Response:
-    """``GET /api/v1/releases?target=NS/NAME&limit=N``: the releases announced, oldest first."""
+    """``GET /api/v1/releases?target=NS/NAME&since=1h&limit=N``: the releases announced, oldest first."""
     ctx = _context(request)
     if ctx.releases is None:
         return _error(503, "this process takes no releases")
+    query = _filters(request)
+    if isinstance(query, web.Response):
+        return query
+    target, since, limit = query
     try:
-        target = parse_target(request.query["target"]) if "target" in request.query else None
-        limit = _limit(request.query.get("limit", "1000"))
-    except ValueError as exc:
-        return _error(400, str(exc))
-    try:
-        found = await ctx.releases.recent(target=target, limit=limit)
+        found = await ctx.releases.recent(target=target, since=since, limit=limit)
     except StoreError as exc:
         return _error(503, f"cannot read the releases: {exc}")
     return json_response({"releases": [to_json_value(release.to_json()) for release in found]})

@@ -298,14 +298,19 @@ class Journal:
         return stored, created
 
     async def releases(
-        self, *, target: str | None = None, recorded_since: datetime | None = None, limit: int
+        self,
+        *,
+        target: str | None = None,
+        since: datetime | None = None,
+        recorded_since: datetime | None = None,
+        limit: int,
     ) -> list[Release] | None:
-        """The latest ``limit`` releases stored (of ``target``, since ``recorded_since``), oldest
-        first (``None`` while the store is not open)."""
+        """The latest ``limit`` releases stored (of ``target``, started since ``since``, stored
+        since ``recorded_since``), oldest first (``None`` while the store is not open)."""
         store = self._store
         if store is None:
             return None
-        return await store.releases(target=target, recorded_since=recorded_since, limit=limit)
+        return await store.releases(target=target, since=since, recorded_since=recorded_since, limit=limit)
 
     async def history(
         self, *, target: str | None = None, since: datetime | None = None, limit: int = 1000

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from rollbackd.aiotasks import poll_forever
 from rollbackd.daemon.journal import Journal
 from rollbackd.daemon.state import DaemonState
 from rollbackd.releases import Release
@@ -94,15 +95,19 @@ class ReleaseBook:
             )
         return stored, created
 
-    async def recent(self, *, target: str | None, limit: int) -> list[Release]:
-        """The latest ``limit`` releases (of ``target``), oldest first: the stored ones, or without
-        a store those taken by this process. :class:`StoreError` when the store cannot be read."""
+    async def recent(self, *, target: str | None, since: datetime | None, limit: int) -> list[Release]:
+        """The latest ``limit`` releases (of ``target``, started at ``since`` or later), oldest
+        first: the stored ones, or without a store those taken by this process.
+        :class:`StoreError` when the store cannot be read."""
         if self._journal.required:
-            found = await self._journal.releases(target=target, limit=limit)
+            found = await self._journal.releases(target=target, since=since, limit=limit)
             if found is None:
                 raise TemporaryStoreError(self._journal.problem or "the store is not open")
             return found
-        mine = [r for r in self._seen.values() if target is None or r.target == target]
+        mine = [
+            r for r in self._seen.values()
+            if (target is None or r.target == target) and (since is None or r.started_at >= since)
+        ]
         return sorted(mine, key=lambda r: (r.started_at, r.id))[-limit:] if limit else []
 
     async def sync(self) -> bool:
@@ -129,12 +134,7 @@ class ReleaseBook:
 
     async def poll_forever(self) -> None:
         """Read the stored releases every :attr:`poll_s` seconds (the first time at once)."""
-        while True:
-            try:
-                await self.sync()
-            except Exception:  # a defect must not end the daemon: the next poll comes as scheduled
-                logger.exception("reading the releases failed; trying again in %gs", self.poll_s)
-            await asyncio.sleep(self.poll_s)
+        await poll_forever(self.sync, every_s=lambda: self.poll_s, what="the releases")
 
     def _take(self, release: Release) -> None:
         """Judge ``release``'s target from its start on (once per release)."""

@@ -135,24 +135,32 @@ def event_params(event: OutboxEvent, now: datetime) -> tuple[Any, ...]:
     return (event.event_id, event.type, event.subject, payload, created_at)
 
 
-def history_query(*, target: str | None, since: datetime | None, limit: int) -> tuple[str, tuple[Any, ...]]:
-    """The most recent ``limit`` audit entries matching the filters, oldest first."""
+def _recent(
+    table: str, columns: str, order: tuple[str, str], filters: Sequence[tuple[str, Any]], limit: int
+) -> tuple[str, tuple[Any, ...]]:
+    """The most recent ``limit`` rows of ``table`` in ``order`` (two columns) whose ``column >=
+    value`` / ``column = value`` filters hold (``filters``: condition with one ``%s``, value;
+    ``None`` values leave theirs out), oldest first."""
     if limit < 0:
         raise ValueError(f"limit must not be negative, not {limit}")
-    conditions: list[str] = []
-    params: list[Any] = []
-    if target is not None:
-        conditions.append("target = %s")
-        params.append(target)
-    if since is not None:
-        conditions.append("at >= %s")
-        params.append(aware(since, "since"))
-    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    given = [(condition, value) for condition, value in filters if value is not None]
+    where = f" WHERE {' AND '.join(condition for condition, _ in given)}" if given else ""
+    first, second = order
     sql = (
-        f"SELECT {_AUDIT_COLUMNS} FROM (SELECT {_AUDIT_COLUMNS} FROM audit_log{where}"
-        " ORDER BY at DESC, seq DESC LIMIT %s) AS recent ORDER BY at, seq"
+        f"SELECT {columns} FROM (SELECT {columns} FROM {table}{where}"
+        f" ORDER BY {first} DESC, {second} DESC LIMIT %s) AS recent ORDER BY {first}, {second}"
     )
-    return sql, (*params, limit)
+    return sql, (*(value for _, value in given), limit)
+
+
+def _since(value: datetime | None, what: str) -> datetime | None:
+    return None if value is None else aware(value, what)
+
+
+def history_query(*, target: str | None, since: datetime | None, limit: int) -> tuple[str, tuple[Any, ...]]:
+    """The most recent ``limit`` audit entries matching the filters, oldest first."""
+    filters = (("target = %s", target), ("at >= %s", _since(since, "since")))
+    return _recent("audit_log", _AUDIT_COLUMNS, ("at", "seq"), filters, limit)
 
 
 def prune_query(
@@ -201,25 +209,12 @@ def releases_query(
 ) -> tuple[str, tuple[Any, ...]]:
     """The most recent ``limit`` releases matching the filters (``since``: started then or later;
     ``recorded_since``: stored then or later), oldest first."""
-    if limit < 0:
-        raise ValueError(f"limit must not be negative, not {limit}")
-    conditions: list[str] = []
-    params: list[Any] = []
-    if target is not None:
-        conditions.append("target = %s")
-        params.append(target)
-    if since is not None:
-        conditions.append("started_at >= %s")
-        params.append(aware(since, "since"))
-    if recorded_since is not None:
-        conditions.append("recorded_at >= %s")
-        params.append(aware(recorded_since, "recorded_since"))
-    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    sql = (
-        f"SELECT {_RELEASE_COLUMNS} FROM (SELECT {_RELEASE_COLUMNS} FROM releases{where}"
-        " ORDER BY started_at DESC, id DESC LIMIT %s) AS recent ORDER BY started_at, id"
+    filters = (
+        ("target = %s", target),
+        ("started_at >= %s", _since(since, "since")),
+        ("recorded_at >= %s", _since(recorded_since, "recorded_since")),
     )
-    return sql, (*params, limit)
+    return _recent("releases", _RELEASE_COLUMNS, ("started_at", "id"), filters, limit)
 
 
 def release_from_row(row: Sequence[Any]) -> Release:
