@@ -598,8 +598,8 @@ def _sequential_breach(
             f"{spec.signal}: {counts.hits:.0f} of {counts.total:.0f} {spec.unit_label} since "
             f"t={segment.since:g}s ({percent(counts.rate)} against the SLO's {percent(spec.tail)}), "
             f"{spec.signal} {spec.describe(value)} {_span(points)}: {'severe' if severe else 'breach'} "
-            "proven by the anytime-valid "
-            f"test ({_evidence_text(track.slo_test, spec.alpha)}), likely since t={since:g}s; {detail}"
+            f"proven by the anytime-valid test ({_evidence_text(track.slo_test, spec.alpha)}), onset "
+            f"estimated at t={since:g}s (the grace runs from there); {detail}"
         ),
     )
 
