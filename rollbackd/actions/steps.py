@@ -30,7 +30,7 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder, Progress, Waiting
 from rollbackd.backoff import Backoff
@@ -325,9 +325,12 @@ class ActionRun:
             return self.failed(str(exc), **(fields or {}))
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
 class KubeAction:
     """What the actions share, and :meth:`run`, which opens an :class:`ActionRun` and guards the
     action's own steps (``_run``).
+
+    Each action is a keyword-only frozen dataclass of its objects' names on top of these fields:
 
     - ``kube``: an open client;
     - ``target``: the rollbackd target's key (``namespace/name``), for the result;
@@ -335,13 +338,16 @@ class KubeAction:
     - ``settings``: retries and the availability timeout.
     """
 
-    name: str
+    name: ClassVar[str]
 
-    def __init__(self, *, kube: KubeClient, target: str, namespace: str, settings: ActionSettings) -> None:
-        self.kube = kube
-        self.target = target
-        self.namespace = namespace
-        self.settings = settings
+    kube: KubeClient
+    target: str
+    namespace: str
+    settings: ActionSettings = DEFAULT_SETTINGS
+
+    def _named(self, kind: str, name: str) -> str:
+        """How a :class:`~rollbackd.actions.base.Change` names this action's object ``kind/name``."""
+        return object_name(kind, self.namespace, name)
 
     async def run(
         self, *, dry_run: bool, recorder: ChangeRecorder | None = None, progress: Progress | None = None
@@ -353,17 +359,23 @@ class KubeAction:
         fields = self._fields()
         return await run.guarded(lambda: self._run(run, fields, dry_run=dry_run), fields)
 
+    async def _deployment(self, name: str) -> Obj:
+        """The Deployment ``name`` in the action's namespace, as it is now."""
+        return await objects.get_deployment(self.kube, namespace=self.namespace, name=name)
+
+    async def _deployment_or_none(self, name: str) -> Obj | None:
+        """The Deployment ``name`` as it is now, ``None`` when it does not exist."""
+        try:
+            return await self._deployment(name)
+        except KubeNotFound:
+            return None
+
     async def _scale_to_zero(
         self, deployment: str, change_of: Callable[[Obj | None], Change | None]
     ) -> Sequence[Change]:
         """Scale ``deployment`` to 0 when ``change_of`` (given it as read now, ``None`` if it is
         gone) says there is still a change to make; the change made, if any."""
-        try:
-            current: Obj | None = await objects.get_deployment(self.kube, namespace=self.namespace,
-                                                               name=deployment)
-        except KubeNotFound:
-            current = None
-        change = change_of(current)
+        change = change_of(await self._deployment_or_none(deployment))
         if change is None:
             return ()
         await objects.scale_deployment(self.kube, namespace=self.namespace, name=deployment, replicas=0)
