@@ -68,6 +68,7 @@ from typing import Any, TextIO
 import aiomqtt
 import psycopg
 
+from bench.stats import percentile
 from rollbackd.config.settings import EventsSettings, MqttSettings, Settings
 from rollbackd.events.build import Clock, EventFactory
 from rollbackd.events.model import CloudEvent
@@ -339,15 +340,6 @@ def stories(count: int, factory: EventFactory) -> list[list[CloudEvent]]:
 
 def flat(groups: Sequence[Sequence[CloudEvent]]) -> list[CloudEvent]:
     return [event for group in groups for event in group]
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile (0..1) of ``values``, by linear interpolation."""
-    ordered = sorted(values)
-    position = q * (len(ordered) - 1)
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 # --- the phases --------------------------------------------------------------------------------
