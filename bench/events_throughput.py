@@ -70,6 +70,7 @@ import psycopg
 
 from bench.stats import percentile
 from rollbackd.config.settings import EventsSettings, MqttSettings, Settings
+from rollbackd.demo.processes import free_port
 from rollbackd.events.build import Clock, EventFactory
 from rollbackd.events.model import CloudEvent
 from rollbackd.events.mqtt import MqttSink
@@ -105,12 +106,6 @@ ARRIVAL_TIMEOUT_S = 120.0
 
 
 # --- the broker --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _accepts(port: int) -> bool:
