@@ -135,35 +135,29 @@ def object_name(kind: str, namespace: str, name: str) -> str:
     return f"{kind}/{namespace}/{name}"
 
 
+@dataclass(kw_only=True, eq=False)
 class ActionRun:
     """One run of one action: its requests (retried, timed), its changes, its waits.
 
     Created at the start of :meth:`run`; ``action`` and ``target`` name the result; ``settings``
     bound the retries and the waits; ``recorder`` (optional) hears of every step's changes before
-    and after it is applied; ``progress`` (optional) is told when a wait starts and ends. ``loop``
-    time is read from the running event loop.
+    and after it is applied; ``progress`` (optional) is told when a wait starts and ends. Time is
+    read from the running event loop.
     """
 
-    def __init__(
-        self,
-        *,
-        kube: KubeClient,
-        action: str,
-        target: str,
-        settings: ActionSettings,
-        recorder: ChangeRecorder | None = None,
-        progress: Progress | None = None,
-    ) -> None:
-        self.kube = kube
-        self.action = action
-        self.target = target
-        self.settings = settings
-        self.recorder = recorder
-        self.progress = progress
-        self.changes: list[Change] = []
-        self.api_s = 0.0
-        self.wait_s = 0.0
-        self._wait_budget_s = settings.availability_timeout_s
+    kube: KubeClient
+    action: str
+    target: str
+    settings: ActionSettings
+    recorder: ChangeRecorder | None = None
+    progress: Progress | None = None
+    #: What the run changed so far, and the time it spent in API requests and in waits.
+    changes: list[Change] = dataclasses.field(default_factory=list, init=False)
+    api_s: float = dataclasses.field(default=0.0, init=False)
+    wait_s: float = dataclasses.field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        self._wait_budget_s = self.settings.availability_timeout_s
         self._loop = asyncio.get_running_loop()
 
     # -- requests --
