@@ -159,6 +159,13 @@ def build_parser(prog: str = "rollbackd") -> argparse.ArgumentParser:
     )
 
     demo.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="the whole demo's time limit, start-up included (default 110; a loaded machine may need more)",
+    )
+    demo.add_argument(
         "--linger",
         action="store_true",
         help="after the rollback, keep the daemon and its status page up until Ctrl-C (to look around)",

@@ -281,6 +281,17 @@ def test_sigterm_stops_the_demo_and_its_child_processes(tmp_path: Path) -> None:
             os.kill(pid, 0)
 
 
+def test_a_demo_past_its_time_limit_fails_saying_how_to_give_it_more(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "rollbackd", "demo", "--scenario", "deployment", "--no-prometheus",
+         "--timeout", "1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert re.search(r"demo FAILED: timed out waiting for .* \(the demo's time limit, start-up included, "
+                     r"is 1s: --timeout gives more\)", done.stdout), done.stdout
+
+
 def test_free_ports_are_not_the_ones_outgoing_connections_take() -> None:
     """A port the kernel may hand to an outgoing connection could be taken before the server it
     was picked for binds it: free_port picks outside the ephemeral range, ports a server can bind."""
