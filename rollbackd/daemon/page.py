@@ -758,6 +758,7 @@ def _restraints(target: _Doc, *, generated_at: datetime) -> str:
             f'{_e(_text(accepted.get("at")))}: {_e(_text(accepted.get("reason")))} '
             "(not judged until the next revision)</p>"
         )
+    lines.append(_release(target))
     cooldown = _obj(target.get("cooldown"))
     if cooldown is not None:
         remaining = _num(cooldown.get("remaining_s")) or 0.0
@@ -767,6 +768,28 @@ def _restraints(target: _Doc, *, generated_at: datetime) -> str:
             "until then</p>"
         )
     return "".join(lines)
+
+
+def _release(target: _Doc) -> str:
+    """The release judged now: since when, or how it was accepted; and how the one before ended."""
+    release = _obj(target.get("release"))
+    if release is None:
+        return ""
+    revision = release.get("revision")
+    which = f"Revision {revision}" if revision is not None else "Release"
+    accepted = _obj(release.get("accepted"))
+    if accepted is not None:
+        reason = _text(accepted.get("reason"))
+        text = f"{_text(accepted.get('text'))}" + (f": {reason}" if reason else "")
+        at = _text(accepted.get("at"))
+        line = f"<b>{_e(which)}</b> {_e(text)}, at {_e(at)}: watched for the next release"
+    else:
+        judged = human_duration(_num(release.get("judged_s")) or 0.0)
+        line = f"<b>{_e(which)}</b> judged for {_e(judged)} (since {_e(_text(release.get('started_at')))})"
+    previous = _obj(release.get("previous"))
+    if previous is not None:
+        line += f"; revision {_e(_text(previous.get('revision')))} {_e(_text(previous.get('text')))}"
+    return f'<p class="release">{line}</p>'
 
 
 # --- small helpers -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from rollbackd.config.settings import Settings, TargetSettings
 from rollbackd.daemon.probing import ProbeOutcome
 from rollbackd.daemon.series import Series, point_of
 from rollbackd.decision.facts import ClusterFacts, is_newer
+from rollbackd.decision.lifetime import Release
 
 if TYPE_CHECKING:
     from rollbackd.daemon.rollbacks import Rollbacks
@@ -70,6 +71,9 @@ class TargetState:
         #: What the status page charts: every interval since the release, bounded (see
         #: :mod:`rollbackd.daemon.series`); kept across rollbacks and reloads.
         self.series = Series()
+        #: The release judged now (see :mod:`rollbackd.decision.lifetime`): ``None`` until the
+        #: first tick, and again after a rollback (the next tick starts the next one).
+        self.release: Release | None = None
 
     @property
     def key(self) -> str:
@@ -112,6 +116,7 @@ class TargetState:
         fresh.history_wanted = self.history_wanted
         fresh.history_failures = self.history_failures
         fresh.series = self.series
+        fresh.release = self.release
         return fresh
 
 
@@ -207,9 +212,9 @@ class DaemonState:
             hold = None
         if hold is None and facts is not None and facts.hold is not None:
             hold = facts.hold
-        acceptance = self.accepted.get(target.key)
+        accepted = target.release.accepted if target.release is not None else None
         return Context(
-            accepted=None if acceptance is None else f"by {acceptance.by}: {acceptance.reason}",
+            accepted=None if accepted is None else accepted.why,
             rollback_risk=risk,
             risk_reason=why,
             hold=hold,
