@@ -165,7 +165,7 @@ def _side_view(side: Side | None) -> JsonValue:
     }
 
 
-def _point_view(point: Point) -> JsonValue:
+def point_view(point: Point) -> JsonValue:
     return {
         "start": to_json_value(point.start),
         "t": to_json_value(point.t),
@@ -214,8 +214,8 @@ def series_view(target: TargetState, run: RollbackRun | None, *, now: float) -> 
             "error_rate": to_json_value(target.params.slo.max_error_rate),
             "p95_ms": to_json_value(target.params.slo.max_p95_ms),
         },
-        "window": [_point_view(point_of(obs, interval_s=interval_s)) for obs in target.observations],
-        "release": [_point_view(point) for point in target.series.points],
+        "window": [point_view(point_of(obs, interval_s=interval_s)) for obs in target.observations],
+        "release": [point_view(point) for point in target.series.points],
         "marks": marks_view(target, run),
     }
 
