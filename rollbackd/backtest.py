@@ -48,7 +48,7 @@ from rollbackd.decision.framework import duration_text
 from rollbackd.decision.rails import RollbackLedger
 from rollbackd.evaluate import TargetEvaluator
 from rollbackd.events.model import decision_state
-from rollbackd.model import Context, Decision, Observation
+from rollbackd.model import Context, Decision, Observation, Risk
 from rollbackd.params import TargetParams
 from rollbackd.sources.backend import BackendConfigError
 from rollbackd.sources.base import SidePair, SourceTarget
@@ -186,22 +186,20 @@ def time_range(
     and ``--to`` (default now)."""
     if last is not None and start is not None:
         raise BacktestError("--last and --from: give one of them (--last 6h, or --from T [--to T])")
-    try:
-        to = now if end is None else parse_since(end, now=now)
-        if last is not None:
-            begin = parse_since(last, now=to)
-        elif start is not None:
-            begin = parse_since(start, now=now)
-        else:
-            raise BacktestError("no time range: give --last 6h, or --from 2026-11-24T02:00:00Z [--to ...]")
-    except ValueError as exc:
-        if isinstance(exc, BacktestError):
-            raise
-        option = "--to" if end is not None and str(end) in str(exc) else "--last" if last else "--from"
-        raise BacktestError(f"{option}: {exc}") from None
+    if last is None and start is None:
+        raise BacktestError("no time range: give --last 6h, or --from 2026-11-24T02:00:00Z [--to ...]")
+    to = now if end is None else _moment("--to", end, now=now)
+    begin = _moment("--last", last, now=to) if last is not None else _moment("--from", str(start), now=now)
     if not begin < to:
         raise BacktestError(f"the range is empty: it starts at {_iso(begin)}, not before its end {_iso(to)}")
     return begin, to
+
+
+def _moment(option: str, text: str, *, now: datetime) -> datetime:
+    try:
+        return parse_since(text, now=now)
+    except ValueError as exc:
+        raise BacktestError(f"{option}: {exc}") from None
 
 
 # --- judging a history ------------------------------------------------------------------------
@@ -262,7 +260,8 @@ def judge(
         series.add(point_of(obs, interval_s=params.interval_s))
         ctx = Context(
             rollback_risk=params.policy.rollback_risk,
-            risk_reason="configured as high-risk (policy.rollback_risk: high)",
+            risk_reason="configured as high-risk (policy.rollback_risk: high)"
+            if params.policy.rollback_risk is Risk.HIGH else "",
             cooldown_until=ledger.cooldown_until(params.key),
             rollbacks_last_hour=ledger.rollbacks_last_hour(obs.t),
             max_rollbacks_per_hour=params.policy.max_rollbacks_per_hour,

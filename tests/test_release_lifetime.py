@@ -24,6 +24,7 @@ from rollbackd.config.settings import (
     VerificationSettings,
 )
 from rollbackd.daemon.app import Daemon
+from rollbackd.daemon.page import Status, Urgency, target_status
 from rollbackd.daemon.wiring import open_daemon
 from rollbackd.events.model import CloudEvent
 from rollbackd.kube import KubeClient
@@ -101,7 +102,8 @@ async def test_accepted_after_an_hour_then_watched_and_the_next_revision_judged_
         assert await state_is(api, "healthy") == 0
         status, page = await api.call("GET", "/")
         assert status == 200
-        assert "accepted after 1h" in page
+        assert "accepted after 1h, at " in page  # the release's line
+        assert target_status(await api.target()) == Status(Urgency.HEALTHY, "accepted after 1h")  # its badge
 
         # The accepted release turns bad: watched for the next release, not judged.
         metrics.pair = SEVERE

@@ -190,6 +190,10 @@ def target_status(target: _Doc) -> Status:
         return Status(Urgency.WAITING, f"{outcome} rollback: waiting for a proven interval")
     if blocked_by == "attribution-pending" and decision.get("escalate") is not True:
         return Status(Urgency.WAITING, "degraded: attribution pending")
+    if blocked_by == "accepted":  # not judged: watched for the next release
+        release = _obj(target.get("release"))
+        accepted = _obj(release.get("accepted")) if release is not None else None
+        return Status(Urgency.HEALTHY, _text(accepted.get("text")) if accepted is not None else "accepted")
     if blocked_by in _HELD_BY:
         return Status(Urgency.ESCALATED, f"held: {_HELD_BY[blocked_by]}")
     if decision.get("escalate") is True or blocked_by:
