@@ -5,6 +5,7 @@ revision; an accepted release's decisions are blocked by ``accepted``."""
 from __future__ import annotations
 
 from rollbackd.decision.lifetime import Change, Ending, Operator, Release, advance
+from rollbackd.decision.verdict import Verdict, partner_verdict
 from rollbackd.evaluate import TargetEvaluator
 from rollbackd.model import Context, Observation, Sample, Strategy
 from rollbackd.params import TargetParams
@@ -89,6 +90,8 @@ def test_an_accepted_release_is_neither_rolled_back_nor_escalated_and_says_how_i
     assert not any(d.rollback or d.escalate for d in decisions)
     assert {d.blocked_by for d in decisions} == {"accepted"}
     assert "release accepted after 1h without a breach episode" in decisions[-1].reason
+    # A partner asking whether the release may go is told it may: it was accepted.
+    assert partner_verdict(decisions[-1], now=decisions[-1].t, interval_s=10.0).verdict is Verdict.PASS
     # The same ticks without the acceptance: rolled back.
     judged = TargetEvaluator(params)
     assert any(judged.step(tick(i), Context()).rollback for i in range(6))
