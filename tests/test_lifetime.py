@@ -4,7 +4,7 @@ revision; an accepted release's decisions are blocked by ``accepted``."""
 
 from __future__ import annotations
 
-from rollbackd.decision.lifetime import Change, Ending, Operator, Release, advance
+from rollbackd.decision.lifetime import Change, Ending, Lifetime, Operator, advance
 from rollbackd.decision.verdict import Verdict, partner_verdict
 from rollbackd.evaluate import TargetEvaluator
 from rollbackd.model import Context, Observation, Sample, Strategy
@@ -14,7 +14,7 @@ HOUR = 3600.0
 
 
 def test_time_accepts_a_quiet_release_once_accept_after_s_passed() -> None:
-    release = Release(started_at=100.0)
+    release = Lifetime(started_at=100.0)
     release, change = advance(release, 100.0 + HOUR - 10, accept_after_s=HOUR, quiet=True)
     assert change is None
     assert release.accepted is None
@@ -28,7 +28,7 @@ def test_time_accepts_a_quiet_release_once_accept_after_s_passed() -> None:
 
 
 def test_time_never_accepts_during_a_breach_episode_nor_when_off() -> None:
-    release = Release(started_at=0.0)
+    release = Lifetime(started_at=0.0)
     assert advance(release, 5 * HOUR, accept_after_s=HOUR, quiet=False) == (release, None)
     assert advance(release, 5 * HOUR, accept_after_s=0.0, quiet=True) == (release, None)
     # Once the episode is over, the time already judged counts.
@@ -40,7 +40,7 @@ def test_time_never_accepts_during_a_breach_episode_nor_when_off() -> None:
 
 def test_an_operator_accepts_and_a_withdrawal_judges_the_release_again() -> None:
     release, change = advance(
-        Release(started_at=0.0), 60.0, accept_after_s=0.0, quiet=False,
+        Lifetime(started_at=0.0), 60.0, accept_after_s=0.0, quiet=False,
         operator=Operator("alice", "known slow"),
     )
     assert change is Change.ACCEPTED
@@ -53,7 +53,7 @@ def test_an_operator_accepts_and_a_withdrawal_judges_the_release_again() -> None
 
 
 def test_a_newer_revision_supersedes_an_accepted_release_and_starts_a_new_judgement() -> None:
-    release, _ = advance(Release(started_at=0.0), 10.0, accept_after_s=HOUR, quiet=True, revision=6)
+    release, _ = advance(Lifetime(started_at=0.0), 10.0, accept_after_s=HOUR, quiet=True, revision=6)
     assert release.revision == 6
     release, _ = advance(release, HOUR, accept_after_s=HOUR, quiet=True, revision=6)
     assert release.accepted is not None
@@ -70,14 +70,14 @@ def test_a_newer_revision_supersedes_an_accepted_release_and_starts_a_new_judgem
 
 
 def test_a_release_still_judged_is_not_superseded_the_episode_decides() -> None:
-    release, _ = advance(Release(started_at=0.0), 10.0, accept_after_s=HOUR, quiet=False, revision=6)
+    release, _ = advance(Lifetime(started_at=0.0), 10.0, accept_after_s=HOUR, quiet=False, revision=6)
     assert advance(release, 20.0, accept_after_s=HOUR, quiet=False, revision=7) == (release, None)
 
 
 def test_an_accepted_release_is_neither_rolled_back_nor_escalated_and_says_how_it_was_accepted() -> None:
     params = TargetParams(key="shop/checkout", strategy=Strategy.CANARY, interval_s=10.0)
     evaluator = TargetEvaluator(params)
-    accepted = Release(started_at=0.0)
+    accepted = Lifetime(started_at=0.0)
     accepted, _ = advance(accepted, HOUR, accept_after_s=HOUR, quiet=True)
     assert accepted.accepted is not None
     ctx = Context(accepted=accepted.accepted.why)

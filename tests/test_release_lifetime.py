@@ -58,7 +58,7 @@ def settings(*, accept_after_s: float, interval_s: float = INTERVAL_S, **extra: 
 
 
 async def release_of(api: Api) -> dict[str, Any]:
-    release = (await api.target())["release"]
+    release = (await api.target())["lifetime"]
     assert isinstance(release, dict)
     return release
 

@@ -52,6 +52,7 @@ from rollbackd.daemon.jsonify import JsonValue
 from rollbackd.daemon.leader import Leadership
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.probing import probe_and_log
+from rollbackd.daemon.releases import ReleaseBook
 from rollbackd.daemon.reload import SettingsChange, plan_reload
 from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.daemon.sourcestatus import SourceBoard
@@ -62,7 +63,7 @@ from rollbackd.daemon.targetmetrics import TargetSample
 from rollbackd.daemon.tick import IdleCollector, collect_tick, metrics_failure, run_every
 from rollbackd.daemon.wallclock import WallClock
 from rollbackd.decision.facts import ClusterFacts, is_newer
-from rollbackd.decision.lifetime import Change, Operator, Release, advance
+from rollbackd.decision.lifetime import Change, Lifetime, Operator, advance
 from rollbackd.gcpause import collector_paused
 from rollbackd.model import Context, Decision, Evidence, Observation, Outcome
 from rollbackd.optin import ObjectRef, OptIn, with_opt_ins
@@ -186,6 +187,16 @@ class Daemon:
             poll_s=settings.safety.switches_poll_s,
         )
         self.switches.on_rollback_request = self._manual_rollback_requested
+        self.releases = ReleaseBook(
+            self.state,
+            journal=self.journal,
+            poll_s=settings.safety.switches_poll_s,
+            lookback_s=max(
+                (t.params.detection.window_s + t.params.detection.baseline_window_s
+                 for t in self.state.targets.values()),
+                default=3600.0,
+            ),
+        )
         self._group: asyncio.TaskGroup | None = None
         #: Whether this process (as the leader, if there is an election) took over the rollbacks
         #: the store says were under way.
@@ -275,8 +286,9 @@ class Daemon:
                         self._probe(self._probe_client), name="rollbackd:probe"
                     )
                 switches_task = group.create_task(self.switches.poll_forever(), name="rollbackd:switches")
+                releases_task = group.create_task(self.releases.poll_forever(), name="rollbackd:releases")
                 self._evaluation_task = evaluation_task
-                root = [evaluation_task, http_task, stop_task, switches_task]
+                root = [evaluation_task, http_task, stop_task, switches_task, releases_task]
                 done, _ = await asyncio.wait(root, return_when=asyncio.FIRST_COMPLETED)
                 for task in done - {stop_task}:
                     if not task.cancelled() and task.exception() is None:
@@ -340,6 +352,7 @@ class Daemon:
             ready=lambda: self.ready,
             ticks=lambda: self.ticks,
             switches=self.switches,
+            releases=self.releases,
             manual_rollback=self.request_manual_rollback,
             audit=lambda kind, summary, target, details: self.journal.audit(
                 kind, summary, target=target, details=details
@@ -430,7 +443,7 @@ class Daemon:
                     or t_.evaluator.episode is not None
                     # Accepted: watched for the next release (a newer revision), at most one read
                     # per kubernetes.facts_max_age_s.
-                    or (t_.release is not None and t_.release.accepted is not None)
+                    or (t_.lifetime is not None and t_.lifetime.accepted is not None)
                 )
             ]
         )
@@ -578,14 +591,14 @@ class Daemon:
             and not self.rollbacks.in_progress(target.key)
         )
         release, change = advance(
-            target.release or Release(started_at=t),
+            target.lifetime or Lifetime(started_at=t),
             t,
             accept_after_s=target.params.policy.accept_after_s,
             quiet=quiet,
             revision=None if facts is None else facts.candidate_revision,
             operator=None if acceptance is None else Operator(by=acceptance.by, reason=acceptance.reason),
         )
-        target.release = release
+        target.lifetime = release
         if change is Change.SUPERSEDED:
             target.reset()  # the new revision is judged on its own data
             target.judged_revision = release.revision
@@ -888,7 +901,7 @@ class Daemon:
         target = self.state.targets.get(params.key)
         if target is not None:
             target.reset()
-            target.release = None  # the version that stays is judged from the next tick on
+            target.lifetime = None  # the version that stays is judged from the next tick on
 
     @property
     def file_settings(self) -> Settings:

@@ -191,8 +191,8 @@ def target_status(target: _Doc) -> Status:
     if blocked_by == "attribution-pending" and decision.get("escalate") is not True:
         return Status(Urgency.WAITING, "degraded: attribution pending")
     if blocked_by == "accepted":  # not judged: watched for the next release
-        release = _obj(target.get("release"))
-        accepted = _obj(release.get("accepted")) if release is not None else None
+        lifetime = _obj(target.get("lifetime"))
+        accepted = _obj(lifetime.get("accepted")) if lifetime is not None else None
         return Status(Urgency.HEALTHY, _text(accepted.get("text")) if accepted is not None else "accepted")
     if blocked_by in _HELD_BY:
         return Status(Urgency.ESCALATED, f"held: {_HELD_BY[blocked_by]}")
@@ -762,7 +762,15 @@ def _restraints(target: _Doc, *, generated_at: datetime) -> str:
             f'{_e(_text(accepted.get("at")))}: {_e(_text(accepted.get("reason")))} '
             "(not judged until the next revision)</p>"
         )
-    lines.append(_release(target))
+    lines.append(_lifetime(target))
+    release = _obj(target.get("release"))
+    if release is not None:
+        what = _text(release.get("description")) or _text(release.get("id"))
+        lines.append(
+            f'<p class="release"><b>Release</b> ({_e(_text(release.get("kind")))}) started at '
+            f'{_e(_text(release.get("started_at")))} by {_e(_text(release.get("who")))}: {_e(what)} '
+            "(judged since then against the target's own history before it)</p>"
+        )
     cooldown = _obj(target.get("cooldown"))
     if cooldown is not None:
         remaining = _num(cooldown.get("remaining_s")) or 0.0
@@ -774,9 +782,9 @@ def _restraints(target: _Doc, *, generated_at: datetime) -> str:
     return "".join(lines)
 
 
-def _release(target: _Doc) -> str:
+def _lifetime(target: _Doc) -> str:
     """The release judged now: since when, or how it was accepted; and how the one before ended."""
-    release = _obj(target.get("release"))
+    release = _obj(target.get("lifetime"))
     if release is None:
         return ""
     revision = release.get("revision")
@@ -793,7 +801,7 @@ def _release(target: _Doc) -> str:
     previous = _obj(release.get("previous"))
     if previous is not None:
         line += f"; revision {_e(_text(previous.get('revision')))} {_e(_text(previous.get('text')))}"
-    return f'<p class="release">{line}</p>'
+    return f'<p class="lifetime">{line}</p>'
 
 
 # --- small helpers -----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from rollbackd.daemon.series import Point, Side, point_of
 from rollbackd.daemon.state import DaemonState, RuntimeFlags, TargetState
 from rollbackd.daemon.switches import DRY_RUN, FREEZE, SwitchBoard, accept_key, hold_key
 from rollbackd.daemon.wallclock import WallClock, utc_iso
-from rollbackd.decision.lifetime import Accepted, Release
+from rollbackd.decision.lifetime import Accepted, Lifetime
 from rollbackd.decision.verdict import PartnerVerdict, partner_verdict
 from rollbackd.events.build import decided_at as run_decided_at
 from rollbackd.events.build import next_step
@@ -232,7 +232,7 @@ def _ending_view(ended: Accepted, *, wall: WallClock) -> dict[str, JsonValue]:
     }
 
 
-def release_view(release: Release | None, *, now: float, wall: WallClock) -> JsonValue:
+def lifetime_view(release: Lifetime | None, *, now: float, wall: WallClock) -> JsonValue:
     """The release judged now (see :mod:`rollbackd.decision.lifetime`): since when, which
     revision, whether it is still judged (``state`` ``judged``) or ``accepted`` and how, and how
     the release before it ended (``previous``: superseded by this one)."""
@@ -294,7 +294,8 @@ def target_view(
             **({} if stored_hold is None else {"set": stored_hold.view()}),
         },
         "accepted": accepted.view() if accepted is not None else None,
-        "release": release_view(target.release, now=now, wall=wall),
+        "release": to_json_value(target.release.to_json()) if target.release is not None else None,
+        "lifetime": lifetime_view(target.lifetime, now=now, wall=wall),
         "cooldown": None
         if cooldown_until is None
         else {

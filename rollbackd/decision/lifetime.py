@@ -77,7 +77,7 @@ class Accepted:
 
 
 @dataclass(frozen=True, slots=True)
-class Release:
+class Lifetime:
     """One release of a target: judged since ``started_at`` (loop clock), its ``revision`` once
     the cluster showed it, and how its judgement ended (``ended``; ``None`` while it is judged).
     ``previous`` is how the release before it ended (superseded), if one did while watched."""
@@ -103,14 +103,14 @@ class Operator:
 
 
 def advance(
-    release: Release,
+    release: Lifetime,
     t: float,
     *,
     accept_after_s: float,
     quiet: bool,
     revision: int | None = None,
     operator: Operator | None = None,
-) -> tuple[Release, Change | None]:
+) -> tuple[Lifetime, Change | None]:
     """The release after the tick at ``t``, and what changed.
 
     ``quiet``: no breach episode is open and no rollback is under way (only then does time
@@ -124,7 +124,7 @@ def advance(
         release = replace(release, revision=revision)
     if release.accepted is not None and is_newer(release.revision, revision):
         ending = Accepted(how=Ending.SUPERSEDED, at=t, judged_s=t - release.started_at, revision=revision)
-        successor = Release(
+        successor = Lifetime(
             started_at=t, revision=revision, previous=ending, previous_revision=release.revision
         )
         return successor, Change.SUPERSEDED

@@ -32,7 +32,7 @@ from typing import Any, TypedDict
 from rollbackd.actions.base import ActionOutcome, ActionResult, GitOpsHold
 from rollbackd.actions.reconcilers import REVERT_IN_GIT
 from rollbackd.actions.targets import ACTIONS
-from rollbackd.decision.lifetime import Ending, Release
+from rollbackd.decision.lifetime import Ending, Lifetime
 from rollbackd.events.model import (
     ActionData,
     ChangeData,
@@ -51,6 +51,8 @@ from rollbackd.events.model import (
     HoldExpiredData,
     HoldSetData,
     ReleaseAcceptedData,
+    ReleaseData,
+    ReleaseStartedData,
     RollbackCompletedData,
     RollbackFailedData,
     RollbackStartedData,
@@ -75,6 +77,7 @@ from rollbackd.model import (
     Slo,
     Strategy,
 )
+from rollbackd.releases import Release
 from rollbackd.run import RollbackRun
 from rollbackd.verification import RUNBOOK_ROLLBACK_TARGET_S, VerificationResult
 
@@ -448,6 +451,20 @@ class EventFactory:
             clock=clock,
         )
 
+    def release_started(self, release: Release, *, clock: Clock) -> CloudEvent:
+        """``release.started``: ``release`` was announced; the target is judged from its start."""
+        what = release.description or ", ".join(f"{k}={v}" for k, v in release.details.items()) or release.id
+        summary = f"{release.target}: {release.kind} release started by {release.who}: {what}"
+        return self.event(
+            EventType.RELEASE_STARTED,
+            release.target,
+            ReleaseStartedData(
+                **self._common(release.target, summary),
+                release=ReleaseData.model_validate(release.to_json()),
+            ),
+            clock=clock,
+        )
+
     def gitops_suspended(
         self, run: RollbackRun, hold: GitOpsHold, *, previous: object, clock: Clock
     ) -> CloudEvent:
@@ -605,7 +622,7 @@ class EventFactory:
             clock=clock,
         )
 
-    def release_accepted(self, target: str, release: Release, *, clock: Clock) -> CloudEvent:
+    def release_accepted(self, target: str, release: Lifetime, *, clock: Clock) -> CloudEvent:
         """``release.accepted``: ``release`` of ``target`` is accepted (it must be)."""
         accepted = release.accepted
         if accepted is None:
