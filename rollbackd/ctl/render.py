@@ -170,6 +170,9 @@ def target_table(target: Mapping[str, Any]) -> str:
     if isinstance(accepted, Mapping):
         revision = f"revision {accepted['revision']}, " if accepted.get("revision") is not None else ""
         lines.append(("accepted", f"{revision}{_who(accepted)}"))
+    lifetime = target.get("lifetime")
+    if isinstance(lifetime, Mapping):
+        lines.append(("judged", _lifetime(lifetime)))
     run = target.get("rollback")
     if isinstance(run, Mapping) and isinstance(run.get("verification"), Mapping):
         lines.append(("verification", str(run["verification"].get("status", "-"))))
@@ -179,6 +182,17 @@ def target_table(target: Mapping[str, Any]) -> str:
     reasons = decision.get("reasons") if isinstance(decision, Mapping) else None
     if isinstance(reasons, Sequence) and not isinstance(reasons, str) and reasons:
         text += "\nreasons:\n" + "\n".join(f"  - {_one_line(reason)}" for reason in reasons)
+    return text
+
+
+def _lifetime(release: Mapping[str, Any]) -> str:
+    """``revision 7, accepted after 1h (revision 6 superseded by revision 7)``."""
+    which = f"revision {release['revision']}" if release.get("revision") is not None else "this release"
+    accepted = release.get("accepted")
+    text = f"{which}, {accepted.get('text')}" if isinstance(accepted, Mapping) else f"{which}, judged"
+    previous = release.get("previous")
+    if isinstance(previous, Mapping):
+        text += f" (revision {previous.get('revision')} {previous.get('text')})"
     return text
 
 
@@ -214,3 +228,18 @@ def accepted_table(document: Any) -> str:
         requested = f"rollback of {document.get('target', '?')} requested: run {document['run_id']}"
         return requested + _applies(document)
     return "\n".join(f"{key}: {_one_line(value)}" for key, value in document.items())
+
+
+def release_table(document: Any) -> str:
+    """The answer of ``release start``: the release, and whether it is new."""
+    if not isinstance(document, Mapping) or not isinstance(document.get("release"), Mapping):
+        return accepted_table(document)
+    release = document["release"]
+    verb = "announced" if document.get("created") else "already announced (same id): nothing changed"
+    lines = [
+        f"release {release.get('id')} of {release.get('target')} {verb}",
+        f"kind: {release.get('kind')}, started at {release.get('started_at')} by {release.get('who')}",
+    ]
+    if release.get("description"):
+        lines.append(f"description: {release.get('description')}")
+    return "\n".join(lines) + _applies(document)

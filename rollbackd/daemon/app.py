@@ -52,6 +52,7 @@ from rollbackd.daemon.jsonify import JsonValue
 from rollbackd.daemon.leader import Leadership
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.probing import probe_and_log
+from rollbackd.daemon.releases import ReleaseBook
 from rollbackd.daemon.reload import SettingsChange, plan_reload
 from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.daemon.sourcestatus import SourceBoard
@@ -62,6 +63,7 @@ from rollbackd.daemon.targetmetrics import TargetSample
 from rollbackd.daemon.tick import IdleCollector, collect_tick, metrics_failure, run_every
 from rollbackd.daemon.wallclock import WallClock
 from rollbackd.decision.facts import ClusterFacts, is_newer
+from rollbackd.decision.lifetime import Change, Lifetime, Operator, advance
 from rollbackd.gcpause import collector_paused
 from rollbackd.model import Context, Decision, Evidence, Observation, Outcome
 from rollbackd.optin import ObjectRef, OptIn, with_opt_ins
@@ -185,6 +187,16 @@ class Daemon:
             poll_s=settings.safety.switches_poll_s,
         )
         self.switches.on_rollback_request = self._manual_rollback_requested
+        self.releases = ReleaseBook(
+            self.state,
+            journal=self.journal,
+            poll_s=settings.safety.switches_poll_s,
+            lookback_s=max(
+                (t.params.detection.window_s + t.params.detection.baseline_window_s
+                 for t in self.state.targets.values()),
+                default=3600.0,
+            ),
+        )
         self._group: asyncio.TaskGroup | None = None
         #: Whether this process (as the leader, if there is an election) took over the rollbacks
         #: the store says were under way.
@@ -274,8 +286,9 @@ class Daemon:
                         self._probe(self._probe_client), name="rollbackd:probe"
                     )
                 switches_task = group.create_task(self.switches.poll_forever(), name="rollbackd:switches")
+                releases_task = group.create_task(self.releases.poll_forever(), name="rollbackd:releases")
                 self._evaluation_task = evaluation_task
-                root = [evaluation_task, http_task, stop_task, switches_task]
+                root = [evaluation_task, http_task, stop_task, switches_task, releases_task]
                 done, _ = await asyncio.wait(root, return_when=asyncio.FIRST_COMPLETED)
                 for task in done - {stop_task}:
                     if not task.cancelled() and task.exception() is None:
@@ -339,6 +352,7 @@ class Daemon:
             ready=lambda: self.ready,
             ticks=lambda: self.ticks,
             switches=self.switches,
+            releases=self.releases,
             manual_rollback=self.request_manual_rollback,
             audit=lambda kind, summary, target, details: self.journal.audit(
                 kind, summary, target=target, details=details
@@ -424,7 +438,13 @@ class Daemon:
         facts, reused = await self._facts_of(
             [
                 t_ for t_ in targets
-                if t_.key in evidences and (evidences[t_.key].breached or t_.evaluator.episode is not None)
+                if t_.key in evidences and (
+                    evidences[t_.key].breached
+                    or t_.evaluator.episode is not None
+                    # Accepted: watched for the next release (a newer revision), at most one read
+                    # per kubernetes.facts_max_age_s.
+                    or (t_.lifetime is not None and t_.lifetime.accepted is not None)
+                )
             ]
         )
         for target in targets:
@@ -535,6 +555,7 @@ class Daemon:
         acceptance = self.state.accepted.get(target.key)
         if acceptance is not None and facts is not None and facts.candidate_revision is not None:
             await self._follow_acceptance(target, acceptance, facts.candidate_revision)
+        self._follow_release(target, evidence, t, facts)
         acting = self.leading
         context = self._context(target, t, acting=acting)
         if reused:
@@ -556,6 +577,43 @@ class Daemon:
                 )
                 return
             self.rollbacks.start(target.params, decision, bad_revision=target.judged_revision)
+
+    def _follow_release(
+        self, target: TargetState, evidence: Evidence, t: float, facts: ClusterFacts | None
+    ) -> None:
+        """The target's release after this tick (see :mod:`rollbackd.decision.lifetime`):
+        accepted after ``policy.accept_after_s`` without a breach episode or by an operator
+        (announced as ``release.accepted``), or superseded by a newer revision (judged afresh)."""
+        acceptance = self.state.accepted.get(target.key)
+        quiet = (
+            not evidence.breached
+            and target.evaluator.episode is None
+            and not self.rollbacks.in_progress(target.key)
+        )
+        release, change = advance(
+            target.lifetime or Lifetime(started_at=t),
+            t,
+            accept_after_s=target.params.policy.accept_after_s,
+            quiet=quiet,
+            revision=None if facts is None else facts.candidate_revision,
+            operator=None if acceptance is None else Operator(by=acceptance.by, reason=acceptance.reason),
+        )
+        target.lifetime = release
+        if change is Change.SUPERSEDED:
+            target.reset()  # the new revision is judged on its own data
+            target.judged_revision = release.revision
+        if change is None or not self.leading:
+            return
+        ended = release.previous if change is Change.SUPERSEDED else release.accepted
+        text = "judged again: the acceptance was withdrawn" if ended is None else ended.text
+        logger.info("release %s", text, extra={"target": target.key, "revision": release.revision})
+        if change is Change.ACCEPTED:
+            self.journal.release_accepted(target.params, release)
+        elif change is Change.SUPERSEDED:
+            self.journal.audit(
+                "release", f"release of revision {release.previous_revision} {text}", target=target.key,
+                details={"revision": release.revision, "previous_revision": release.previous_revision},
+            )
 
     async def _follow_acceptance(self, target: TargetState, acceptance: Acceptance, revision: int) -> None:
         """An accepted release covers the revision the cluster showed when it was accepted (or,
@@ -843,6 +901,7 @@ class Daemon:
         target = self.state.targets.get(params.key)
         if target is not None:
             target.reset()
+            target.lifetime = None  # the version that stays is judged from the next tick on
 
     @property
     def file_settings(self) -> Settings:

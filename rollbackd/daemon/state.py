@@ -15,6 +15,7 @@ from rollbackd.config.settings import Settings, TargetSettings
 from rollbackd.daemon.probing import ProbeOutcome
 from rollbackd.daemon.series import Series, point_of
 from rollbackd.decision.facts import ClusterFacts, is_newer
+from rollbackd.decision.lifetime import Lifetime
 
 if TYPE_CHECKING:
     from rollbackd.daemon.rollbacks import Rollbacks
@@ -23,6 +24,7 @@ from rollbackd.evaluate import TargetEvaluator
 from rollbackd.model import Context, Decision, Evidence, Observation, Risk
 from rollbackd.optin import ObjectRef
 from rollbackd.params import TargetParams
+from rollbackd.releases import Release
 from rollbackd.sources.base import SourceTarget
 from rollbackd.sources.targets import source_target
 
@@ -67,9 +69,17 @@ class TargetState:
         #: process has just started watching), and how many reads of it failed.
         self.history_wanted = True
         self.history_failures = 0
+        #: The latest release announced for it (a flag flip, a configuration change), and when it
+        #: started on the event loop's clock (see :meth:`released`).
+        self.release: Release | None = None
+        self.release_at: float | None = None
         #: What the status page charts: every interval since the release, bounded (see
         #: :mod:`rollbackd.daemon.series`); kept across rollbacks and reloads.
         self.series = Series()
+        #: The release judged now, how long, and how its judgement ended (see
+        #: :mod:`rollbackd.decision.lifetime`): ``None`` until the first tick, and again after a
+        #: rollback or an announced release (the next tick starts the next one).
+        self.lifetime: Lifetime | None = None
 
     @property
     def key(self) -> str:
@@ -91,7 +101,20 @@ class TargetState:
         self.history_wanted = False
         past = list(observations)
         self.series.extend(point_of(obs, interval_s=self.params.interval_s) for obs in past)
-        return self.evaluator.backfill(past)
+        taken = self.evaluator.backfill(past)
+        if taken and self.release_at is not None:  # the past read in: before the release, or after
+            self.evaluator.released(self.release_at)
+        return taken
+
+    def released(self, release: Release, at: float) -> None:
+        """``release`` started at ``at`` (loop time): the target is judged from then on against
+        its own history before it. An older release than the one taken already changes nothing."""
+        if self.release is not None and self.release.started_at > release.started_at:
+            return
+        self.release, self.release_at = release, at
+        self.lifetime = None  # a new release: judged from the next tick on
+        self.evaluator.released(at)
+        self.judged_revision = None
 
     def reset(self) -> None:
         """Judge afresh from now on (after a rollback, the next episode stands on its own data,
@@ -112,6 +135,8 @@ class TargetState:
         fresh.history_wanted = self.history_wanted
         fresh.history_failures = self.history_failures
         fresh.series = self.series
+        fresh.release, fresh.release_at = self.release, self.release_at
+        fresh.lifetime = self.lifetime
         return fresh
 
 
@@ -207,9 +232,9 @@ class DaemonState:
             hold = None
         if hold is None and facts is not None and facts.hold is not None:
             hold = facts.hold
-        acceptance = self.accepted.get(target.key)
+        accepted = target.lifetime.accepted if target.lifetime is not None else None
         return Context(
-            accepted=None if acceptance is None else f"by {acceptance.by}: {acceptance.reason}",
+            accepted=None if accepted is None else accepted.why,
             rollback_risk=risk,
             risk_reason=why,
             hold=hold,

@@ -32,6 +32,7 @@ from typing import Any, TypedDict
 from rollbackd.actions.base import ActionOutcome, ActionResult, GitOpsHold
 from rollbackd.actions.reconcilers import REVERT_IN_GIT
 from rollbackd.actions.targets import ACTIONS
+from rollbackd.decision.lifetime import Ending, Lifetime
 from rollbackd.events.model import (
     ActionData,
     ChangeData,
@@ -49,6 +50,9 @@ from rollbackd.events.model import (
     HoldData,
     HoldExpiredData,
     HoldSetData,
+    ReleaseAcceptedData,
+    ReleaseData,
+    ReleaseStartedData,
     RollbackCompletedData,
     RollbackFailedData,
     RollbackStartedData,
@@ -73,6 +77,7 @@ from rollbackd.model import (
     Slo,
     Strategy,
 )
+from rollbackd.releases import Release
 from rollbackd.run import RollbackRun
 from rollbackd.verification import RUNBOOK_ROLLBACK_TARGET_S, VerificationResult
 
@@ -446,6 +451,20 @@ class EventFactory:
             clock=clock,
         )
 
+    def release_started(self, release: Release, *, clock: Clock) -> CloudEvent:
+        """``release.started``: ``release`` was announced; the target is judged from its start."""
+        what = release.description or ", ".join(f"{k}={v}" for k, v in release.details.items()) or release.id
+        summary = f"{release.target}: {release.kind} release started by {release.who}: {what}"
+        return self.event(
+            EventType.RELEASE_STARTED,
+            release.target,
+            ReleaseStartedData(
+                **self._common(release.target, summary),
+                release=ReleaseData.model_validate(release.to_json()),
+            ),
+            clock=clock,
+        )
+
     def gitops_suspended(
         self, run: RollbackRun, hold: GitOpsHold, *, previous: object, clock: Clock
     ) -> CloudEvent:
@@ -600,6 +619,30 @@ class EventFactory:
             EventType.HOLD_SET,
             target,
             HoldSetData(**self._common(target, summary), hold=data, remaining_s=remaining),
+            clock=clock,
+        )
+
+    def release_accepted(self, target: str, release: Lifetime, *, clock: Clock) -> CloudEvent:
+        """``release.accepted``: ``release`` of ``target`` is accepted (it must be)."""
+        accepted = release.accepted
+        if accepted is None:
+            raise ValueError("release_accepted needs an accepted release")
+        revision = f" (revision {release.revision})" if release.revision is not None else ""
+        why = f": {accepted.reason}" if accepted.reason else ""
+        summary = f"{target}: release{revision} {accepted.text}{why}; watched for the next release"
+        return self.event(
+            EventType.RELEASE_ACCEPTED,
+            target,
+            ReleaseAcceptedData(
+                **self._common(target, summary),
+                how="accepted-after" if accepted.how is Ending.AFTER else "accepted-by",
+                text=accepted.text,
+                by=accepted.by,
+                reason=accepted.reason,
+                revision=release.revision,
+                started_at=clock.at(release.started_at),
+                judged_s=accepted.judged_s,
+            ),
             clock=clock,
         )
 
