@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.actions import percentile
+from bench.stats import percentile
 from rollbackd.actions.base import ActionOutcome
 from rollbackd.actions.feature_flag import FeatureFlagOff
 from rollbackd.actions.flag_http import HttpFlag
