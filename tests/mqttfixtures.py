@@ -33,7 +33,8 @@ import pytest
 from rollbackd.demo.processes import free_port as free_port
 from rollbackd.events.mqtt import MqttOptions, Topics
 
-START_TIMEOUT_S = 10.0
+#: How long mosquitto may take to listen (a loaded machine starts processes slowly).
+START_TIMEOUT_S = 30.0
 
 
 def _accepts(port: int) -> bool:
