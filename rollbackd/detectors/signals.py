@@ -575,15 +575,13 @@ def _sequential_breach(
     if (_latest(track.points, params.detection.confirm_intervals, spec.min_total).rate or 0.0) <= spec.tail:
         return None  # the latest intervals are back within the SLO: recovering, or noise
     points = [p for p in track.points if p.t >= segment.since]
-    # The onset leans late, as the window's episode does, but never onto the latest intervals:
-    # an onset that follows the tick would restart a controlled rollback's grace on every tick.
-    starts = _likely_starts(points, spec, len(points) - params.detection.confirm_intervals)
+    starts = _likely_starts(points, spec, len(points) - 1)
     onset = starts[0] if starts else 0
     if points and _recovered(points[onset:], spec.tail, alpha) is not None:
         return None
     counts = Counts(segment.hits, segment.trials)
     severe = bool(points) and _severe(spec, points, alpha)
-    since = points[onset].t if starts else segment.since
+    since = points[onset].t if points else segment.since
     value = counts.rate
     if spec.histogram_of is not None:
         value = spec.value_of([p.interval.candidate for p in points if p.interval.candidate is not None])
