@@ -939,17 +939,14 @@ class Daemon:
 
     def _target_samples(self) -> list[TargetSample]:
         """Every watched target as ``/metrics`` shows it (read at each scrape, on the loop)."""
-        try:
-            loop_now = asyncio.get_running_loop().time()
-        except RuntimeError:  # read outside the loop: the decisions' times cannot be placed
-            loop_now = None
+        loop_now = asyncio.get_running_loop().time()
         wall_now = time.time()
         runs = self.rollbacks.runs
         samples: list[TargetSample] = []
         for target in self.state.targets.values():
             decision = target.latest
             decided_at = None
-            if decision is not None and loop_now is not None:
+            if decision is not None:
                 decided_at = wall_now - (loop_now - decision.t)
             samples.append(
                 TargetSample(
