@@ -252,7 +252,7 @@ async def test_a_severe_regression_shows_as_rolled_back_with_the_numbers(
     assert error_rate["value"] == pytest.approx(0.3, abs=0.01)
     row = (
         f"error rate {_percent(error_rate['value'])} {_percent(error_rate['threshold'])} "
-        f"{_percent(error_rate['baseline_value'])} {error_rate['confidence'] * 100:.1f}% "
+        f"{_percent(error_rate['baseline_value'])} {error_rate['confidence'] * 100:.1f}% above "
         "SEVERE breach, attributable"
     )
     assert row in cart.text

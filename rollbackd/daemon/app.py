@@ -159,7 +159,9 @@ class Daemon:
         self.journal = journal if journal is not None else Journal(required=False)
         self.leader = leader
         self._auth = auth if auth is not None else ApiAuth.from_settings(settings.api, environ={})
-        self.state = DaemonState(settings)
+        #: Loop times as people read them: wall-clock UTC (the API, the page, the reasons' times).
+        self.wall = WallClock()
+        self.state = DaemonState(settings, time_text=self.wall.text)
         self.metrics = metrics if metrics is not None else DaemonMetrics()
         self.metrics.watch_sinks(self.journal.sink_status)
         self.journal.add_poison_listener(lambda kind: self.metrics.poison_records.inc())
@@ -208,7 +210,6 @@ class Daemon:
         #: Whether the store has been open since the start (until then, its absence is no outage).
         self._store_opened = False
         #: Whether each data source works, since when, and why not (``/readyz``, the status page).
-        self.wall = WallClock()
         self.sources = SourceBoard(loop=_loop_time, wall=self.wall.at)
 
     # --- observable state ----------------------------------------------------------------------

@@ -39,3 +39,8 @@ class WallClock:
     def iso(self, t: float | None) -> str | None:
         """Loop time ``t`` as :func:`utc_iso` text (``None`` stays ``None``)."""
         return None if t is None else utc_iso(self.at(t))
+
+    def text(self, t: float) -> str:
+        """Loop time ``t`` as :func:`utc_iso` text: how the reasons of the daemon's decisions write
+        a time (a :data:`~rollbackd.model.TimeText`)."""
+        return utc_iso(self.at(t))
