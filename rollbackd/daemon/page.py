@@ -652,10 +652,12 @@ def _findings(evidence: _Doc, pooled: _Doc | None = None) -> str:
         threshold = _num(finding.get("threshold"))
         verdict, css, confidence = _verdict(finding, required)
         base, base_title = _baseline(signal, finding, window_baseline)
+        above = value is not None and threshold is not None and value > threshold
+        value_css = css if css != "ok" or not above else "warm"  # above the SLO, whatever the verdict
         rows.append(
             f'<tr data-signal="{_e(signal)}" title="{_e(_text(finding.get("detail")))}">'
             f"<td>{_e(_SIGNAL_NAMES.get(signal, signal))}</td>"
-            f'<td class="num {css}">{_e(_measure(signal, value))}</td>'
+            f'<td class="num {value_css}">{_e(_measure(signal, value))}</td>'
             f'<td class="num">{_e(_measure(signal, threshold))}</td>'
             f'<td class="num baseline" title="{_e(base_title)}">{_e(base)}</td>'
             f'<td class="num confidence">{_e(confidence)}</td>'
@@ -689,10 +691,8 @@ def _verdict(finding: _Doc, required: float | None) -> tuple[str, str, str]:
         shown = _percent(confidence)
         return f"above the SLO, not proven ({shown}{needed})", "warm", f"{shown} above"
     if conclusion == "within-lately":
-        return (
-            "within the SLO in the latest intervals (the window's value includes earlier ones)",
-            "ok",
-            f"{_percent(confidence)} within",
+        return "back within the SLO lately (the window's value includes earlier intervals)", "ok", (
+            f"{_percent(confidence)} within"
         )
     return "within the SLO", "ok", f"{_percent(confidence)} within"
 
