@@ -108,6 +108,19 @@ async def test_openmetrics_on_request_and_gzip_when_accepted() -> None:
     assert "# TYPE rollbackd_build info" in openmetrics
 
 
+async def test_a_scraper_can_ask_for_some_metrics_only() -> None:
+    async with daemon_on(SwitchableMetrics()) as daemon:
+        await wait_until(lambda: daemon.ticks > 0)
+        url = f"http://{HOST}:{daemon.port}/metrics?name[]={STATE}&name[]=rollbackd_leader"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            assert response.status == 200
+            text = await response.text()
+    names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    assert names == {STATE, "rollbackd_leader"}
+    assert value(text, STATE, namespace="shop", target="checkout", state="healthy") == 1
+    assert value(text, "rollbackd_leader") == 1
+
+
 async def test_the_exposition_has_the_build_the_process_and_no_created_series() -> None:
     leak = Counter("rollbackd_test_global_registry_leak", "Registered globally: must not show.")
     try:
