@@ -985,21 +985,8 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
         return report
     small, large, acting = runs
     kube_mib = kube_client_mib()
-    return {
-        "benchmark": "scale",
-        "revision": revision(),
-        "prometheus_version": prometheus_version,
-        "services": SERVICES,
-        "scrape_interval_s": SCRAPE_INTERVAL_S,
-        "interval_s": INTERVAL_S,
-        "window_s": WINDOW_S,
-        "pinned": pinned,
-        "nice": NICE if prioritized else 0,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        "kube_client_mib": kube_mib,
-        "checks": checks(small, large, acting),
-        "runs": runs,
-    }
+    runs_last = {"runs": report.pop("runs")}  # the report's keys in the order they always had
+    return report | {"kube_client_mib": kube_mib, "checks": checks(small, large, acting)} | runs_last
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
