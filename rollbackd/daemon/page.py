@@ -627,6 +627,15 @@ def _measure(signal: str, value: float | None) -> str:
     return f"{value:g}"
 
 
+#: What each conclusion of a finding means, for the reader who hovers its verdict.
+_VERDICT_TITLES = {
+    "breach": "proven above the SLO with the confidence shown",
+    "unproven": "the latest intervals are above the SLO, but not with the confidence a breach needs",
+    "within-lately": "the latest intervals are within the SLO; the window's value still includes "
+    "earlier bad intervals",
+    "within": "the detection window is within the SLO",
+}
+
 #: The pooled window's key of each metric signal (``series.window_pooled``).
 _POOLED_KEYS = {"error_rate": "error_rate", "p95": "p95_ms"}
 
@@ -651,6 +660,7 @@ def _findings(evidence: _Doc, pooled: _Doc | None = None) -> str:
         value = _num(finding.get("value"))
         threshold = _num(finding.get("threshold"))
         verdict, css, confidence = _verdict(finding, required)
+        meaning = _VERDICT_TITLES.get(_text(finding.get("conclusion")), "")
         base, base_title = _baseline(signal, finding, window_baseline)
         above = value is not None and threshold is not None and value > threshold
         value_css = css if css != "ok" or not above else "warm"  # above the SLO, whatever the verdict
@@ -661,7 +671,7 @@ def _findings(evidence: _Doc, pooled: _Doc | None = None) -> str:
             f'<td class="num">{_e(_measure(signal, threshold))}</td>'
             f'<td class="num baseline" title="{_e(base_title)}">{_e(base)}</td>'
             f'<td class="num confidence">{_e(confidence)}</td>'
-            f'<td class="verdict {css}">{_e(verdict)}</td></tr>'
+            f'<td class="verdict {css}" title="{_e(meaning)}">{_e(verdict)}</td></tr>'
         )
     return (
         '<table class="findings"><thead><tr><th>signal</th><th class="num">value</th>'
@@ -691,9 +701,7 @@ def _verdict(finding: _Doc, required: float | None) -> tuple[str, str, str]:
         shown = _percent(confidence)
         return f"above the SLO, not proven ({shown}{needed})", "warm", f"{shown} above"
     if conclusion == "within-lately":
-        return "back within the SLO lately (the window's value includes earlier intervals)", "ok", (
-            f"{_percent(confidence)} within"
-        )
+        return "back within the SLO lately", "ok", f"{_percent(confidence)} within"
     return "within the SLO", "ok", f"{_percent(confidence)} within"
 
 
