@@ -39,6 +39,13 @@ class Strategy(enum.StrEnum):
     DEPLOYMENT = "deployment"
     #: An Argo Rollouts ``Rollout`` (canary or blueGreen): rolled back by aborting it.
     ARGO_ROLLOUT = "argo-rollout"
+    #: A feature flag turned on: rolled back by turning it off (over HTTP or SQL).
+    FEATURE_FLAG = "feature-flag"
+
+
+#: The strategies whose new version serves all the traffic of one series: judged against the
+#: target's own past (no concurrent baseline), and verified on that same series.
+OWN_PAST: frozenset[Strategy] = frozenset({Strategy.DEPLOYMENT, Strategy.FEATURE_FLAG})
 
 
 class Impact(enum.StrEnum):
@@ -382,8 +389,8 @@ class Context:
     standby: bool = False
     #: Why the audit trail cannot be written now (the store is down): decide, never act.
     audit_problem: str | None = None
-    #: Who accepted the release and why (an operator said it is good): not judged until the next
-    #: revision; ``None`` when it is not accepted.
+    #: How the release was accepted ("accepted by alice: reason", "accepted after 1h ..."): not
+    #: judged until the next revision; ``None`` while it is judged.
     accepted: str | None = None
     cooldown_until: float | None = None
     rollbacks_last_hour: int = 0

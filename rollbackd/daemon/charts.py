@@ -21,6 +21,7 @@ from rollbackd.daemon.docread import items as _list
 from rollbackd.daemon.docread import number as _num
 from rollbackd.daemon.docread import obj as _obj
 from rollbackd.daemon.docread import when as _when
+from rollbackd.daemon.jsonify import JsonValue
 
 #: Size of one chart (SVG user units, drawn at that size in CSS pixels).
 WIDTH, HEIGHT = 320, 120
@@ -88,7 +89,7 @@ def render_charts(series: _Doc | None) -> str:
 def _values(points: Sequence[_Doc], side: str, key: str) -> list[tuple[float, float]]:
     values = []
     for point in points:
-        t, data = _when(point.get("t")), _obj(point.get(side))
+        t, data = _moment(point.get("t")), _obj(point.get(side))
         value = None if data is None else _num(data.get(key))
         if t is not None and value is not None:
             values.append((t, value))
@@ -104,14 +105,35 @@ def _chart(
     marks: Sequence[_Doc],
 ) -> str:
     caption = f"{signal.title} · {span_title}"
-    lines = {side: _values(points, side, signal.key) for side in SIDES}
-    times = [t for t in (_when(p.get("start")) for p in points[:1]) if t is not None]
-    times += [t for t in (_when(p.get("t")) for p in points) if t is not None]
-    if not times:
+    svg = chart_svg(signal, points, slo, marks, caption=caption)
+    if svg is None:
         return (
             f'<figure class="chart empty" data-signal="{signal.key}" data-span="{span}">'
             f"<figcaption>{_e(caption)}</figcaption><p class=\"muted\">no data yet</p></figure>"
         )
+    return (
+        f'<figure class="chart" data-signal="{signal.key}" data-span="{span}">'
+        f"<figcaption>{_e(caption)}</figcaption>{svg}</figure>"
+    )
+
+
+def chart_svg(
+    signal: Signal,
+    points: Sequence[_Doc],
+    slo: float | None,
+    marks: Sequence[_Doc],
+    *,
+    caption: str,
+    at: tuple[float, float] | None = None,
+) -> str | None:
+    """One chart as an ``<svg>`` element (``at`` x, y when nested in another): the candidate's
+    and the baseline's line of ``signal`` over ``points`` (``series_view`` points), the SLO line
+    and the ``marks`` in its span; ``None`` when there is no point to draw."""
+    lines = {side: _values(points, side, signal.key) for side in SIDES}
+    times = [t for t in (_moment(p.get("start")) for p in points[:1]) if t is not None]
+    times += [t for t in (_moment(p.get("t")) for p in points) if t is not None]
+    if not times:
+        return None
     highest = max((v for line in lines.values() for _, v in line), default=0.0)
     top = max(highest, slo or 0.0) * _HEADROOM or 1.0
     scale = Scale(min(times), max(times), top)
@@ -138,25 +160,31 @@ def _chart(
             f"<title>{side}</title></polyline>"
         )
     for mark in marks:
-        t = _when(mark.get("t"))
+        t = _moment(mark.get("t"))
         if t is None or not scale.t0 <= t <= scale.t1:
             continue
         x = scale.x(t)
         kind = _e(str(mark.get("kind") or ""))
-        at = _e(str(mark.get("t")))
+        shown = _e(str(mark.get("t")))
         parts.append(
-            f'<line class="mark {kind}" data-kind="{kind}" data-t="{at}" x1="{x:.2f}" x2="{x:.2f}" '
+            f'<line class="mark {kind}" data-kind="{kind}" data-t="{shown}" x1="{x:.2f}" x2="{x:.2f}" '
             f'y1="{TOP}" y2="{HEIGHT - BOTTOM}"><title>{_e(str(mark.get("label") or ""))}</title></line>'
         )
+    placed = "" if at is None else f'x="{at[0]:g}" y="{at[1]:g}" '
     return (
-        f'<figure class="chart" data-signal="{signal.key}" data-span="{span}">'
-        f"<figcaption>{_e(caption)}</figcaption>"
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" {placed}width="{WIDTH}" height="{HEIGHT}" '
         f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{_e(caption)}" '
-        f'data-top="{top:g}" '
+        f'data-signal="{signal.key}" data-t0="{scale.t0:g}" data-t1="{scale.t1:g}" data-top="{top:g}" '
         f'data-plot-top="{TOP}" data-plot-bottom="{HEIGHT - BOTTOM}">'
-        f'{"".join(parts)}</svg></figure>'
+        f'{"".join(parts)}</svg>'
     )
+
+
+def _moment(value: JsonValue) -> float | None:
+    """A point's or a mark's time: the API's wall-clock UTC text (as Unix seconds), or seconds
+    (a backtest's recording)."""
+    seconds = _num(value)
+    return seconds if seconds is not None else _when(value)
 
 
 def _label(x: float, y: float, text: str, *, anchor: str, css: str = "axis") -> str:

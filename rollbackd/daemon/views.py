@@ -17,6 +17,7 @@ from rollbackd.daemon.state import DaemonState, RuntimeFlags, TargetState
 from rollbackd.daemon.switches import DRY_RUN, FREEZE, SwitchBoard, accept_key, hold_key
 from rollbackd.daemon.target_state import current_state
 from rollbackd.daemon.wallclock import WallClock, utc_iso
+from rollbackd.decision.lifetime import Accepted, Lifetime
 from rollbackd.decision.verdict import PartnerVerdict, partner_verdict
 from rollbackd.events.build import decided_at as run_decided_at
 from rollbackd.events.build import next_step
@@ -171,10 +172,12 @@ def _side_view(side: Side | None) -> JsonValue:
     }
 
 
-def _point_view(point: Point, *, wall: WallClock) -> JsonValue:
+def point_view(point: Point, *, wall: WallClock | None = None) -> JsonValue:
+    """One point of the charts: its times in wall-clock UTC with ``wall`` (the API), else as the
+    seconds they are (a backtest's recording, timed from its start)."""
     return {
-        "start": wall.iso(point.start),
-        "t": wall.iso(point.t),
+        "start": to_json_value(point.start) if wall is None else wall.iso(point.start),
+        "t": to_json_value(point.t) if wall is None else wall.iso(point.t),
         "candidate": _side_view(point.candidate),
         "baseline": _side_view(point.baseline),
     }
@@ -233,11 +236,43 @@ def series_view(target: TargetState, run: RollbackRun | None, *, now: float, wal
             "p95_ms": to_json_value(target.params.slo.max_p95_ms),
         },
         "window": [
-            _point_view(point_of(obs, interval_s=interval_s), wall=wall) for obs in target.observations
+            point_view(point_of(obs, interval_s=interval_s), wall=wall) for obs in target.observations
         ],
         "window_pooled": window_view(target),
-        "release": [_point_view(point, wall=wall) for point in target.series.points],
+        "release": [point_view(point, wall=wall) for point in target.series.points],
         "marks": marks_view(target, run, wall=wall),
+    }
+
+
+def _ending_view(ended: Accepted, *, wall: WallClock) -> dict[str, JsonValue]:
+    return {
+        "how": ended.how.value,
+        "text": ended.text,
+        "at": wall.iso(ended.at),
+        "judged_s": to_json_value(round(ended.judged_s, 6)),
+        "by": ended.by,
+        "reason": ended.reason,
+        "superseded_by": ended.revision,
+    }
+
+
+def lifetime_view(release: Lifetime | None, *, now: float, wall: WallClock) -> JsonValue:
+    """The release judged now (see :mod:`rollbackd.decision.lifetime`): since when, which
+    revision, whether it is still judged (``state`` ``judged``) or ``accepted`` and how, and how
+    the release before it ended (``previous``: superseded by this one)."""
+    if release is None:
+        return None
+    return {
+        "state": "judged" if release.accepted is None else "accepted",
+        "revision": release.revision,
+        "started_at": wall.iso(release.started_at),
+        "judged_s": to_json_value(round(
+            (release.accepted.at if release.accepted is not None else now) - release.started_at, 6
+        )),
+        "accepted": None if release.accepted is None else _ending_view(release.accepted, wall=wall),
+        "previous": None if release.previous is None else {
+            "revision": release.previous_revision, **_ending_view(release.previous, wall=wall),
+        },
     }
 
 
@@ -291,6 +326,7 @@ def target_view(
         },
         "accepted": accepted.view() if accepted is not None else None,
         "release": to_json_value(target.release.to_json()) if target.release is not None else None,
+        "lifetime": lifetime_view(target.lifetime, now=now, wall=wall),
         "cooldown": None
         if cooldown_until is None
         else {

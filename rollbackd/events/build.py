@@ -32,6 +32,7 @@ from typing import Any, TypedDict
 from rollbackd.actions.base import ActionOutcome, ActionResult, GitOpsHold
 from rollbackd.actions.reconcilers import REVERT_IN_GIT
 from rollbackd.actions.targets import ACTIONS
+from rollbackd.decision.lifetime import Ending, Lifetime
 from rollbackd.events.model import (
     ActionData,
     ChangeData,
@@ -44,11 +45,13 @@ from rollbackd.events.model import (
     EventType,
     EvidenceData,
     FindingData,
+    FlagData,
     GitOpsData,
     GitOpsSuspendedData,
     HoldData,
     HoldExpiredData,
     HoldSetData,
+    ReleaseAcceptedData,
     ReleaseData,
     ReleaseStartedData,
     RollbackCompletedData,
@@ -273,7 +276,16 @@ def action_data(result: ActionResult) -> ActionData:
         split_before=_split_data(result.details.get("split_before")),
         split_after=_split_data(result.details.get("split_after")),
         gitops=tuple(gitops_data(hold) for hold in result.gitops),
+        flag=_flag_data(result.details),
     )
+
+
+def _flag_data(details: Mapping[str, Any]) -> FlagData | None:
+    """The flag a ``feature-flag-off`` action's details describe (``None`` for other actions)."""
+    if "flag" not in details or details.get("store") not in ("http", "sql"):
+        return None
+    return FlagData(name=str(details["flag"]), store=details["store"], where=str(details.get("where", "")),
+                    before=details.get("before"), after=details.get("after"), rows=details.get("rows"))
 
 
 def _split_data(split: Any) -> SplitData | None:
@@ -618,6 +630,30 @@ class EventFactory:
             EventType.HOLD_SET,
             target,
             HoldSetData(**self._common(target, summary), hold=data, remaining_s=remaining),
+            clock=clock,
+        )
+
+    def release_accepted(self, target: str, release: Lifetime, *, clock: Clock) -> CloudEvent:
+        """``release.accepted``: ``release`` of ``target`` is accepted (it must be)."""
+        accepted = release.accepted
+        if accepted is None:
+            raise ValueError("release_accepted needs an accepted release")
+        revision = f" (revision {release.revision})" if release.revision is not None else ""
+        why = f": {accepted.reason}" if accepted.reason else ""
+        summary = f"{target}: release{revision} {accepted.text}{why}; watched for the next release"
+        return self.event(
+            EventType.RELEASE_ACCEPTED,
+            target,
+            ReleaseAcceptedData(
+                **self._common(target, summary),
+                how="accepted-after" if accepted.how is Ending.AFTER else "accepted-by",
+                text=accepted.text,
+                by=accepted.by,
+                reason=accepted.reason,
+                revision=release.revision,
+                started_at=clock.at(release.started_at),
+                judged_s=accepted.judged_s,
+            ),
             clock=clock,
         )
 
