@@ -25,10 +25,13 @@ QUICK = Backoff(initial_s=0.01, max_s=0.05)
 
 
 def place(kube: KubeClient) -> ConfigMapSwitches:
-    return ConfigMapSwitches(kube=kube, namespace=NAMESPACE, name=NAME, write_backoff=QUICK, watch_backoff=QUICK)
+    return ConfigMapSwitches(kube=kube, namespace=NAMESPACE, name=NAME, write_backoff=QUICK,
+                             watch_backoff=QUICK)
 
 
-def replica(kube: KubeClient, *, poll_s: float = 3600.0) -> tuple[DaemonState, SwitchBoard, ConfigMapSwitches]:
+def replica(
+    kube: KubeClient, *, poll_s: float = 3600.0
+) -> tuple[DaemonState, SwitchBoard, ConfigMapSwitches]:
     """A replica's state and switch board on the ConfigMap; with the default ``poll_s`` only the
     watch can tell it of a change within a test."""
     state = DaemonState(make_settings())
@@ -129,10 +132,12 @@ async def test_the_watch_tells_another_replica_at_once_and_recovers_after_it_bre
             await a.set_freeze(True, by="oncall", reason="incident 7")
             await wait_until(lambda: b_state.flags.freeze, timeout_s=30, what="b frozen through its watch")
             who = b.who(FREEZE)
-            assert who is not None and (who.by, who.reason) == ("oncall", "incident 7")
+            assert who is not None
+            assert (who.by, who.reason) == ("oncall", "incident 7")
 
             await a.set_dry_run(True, by="oncall", reason="trying the new SLO")
-            await wait_until(lambda: b_state.flags.dry_run, timeout_s=30, what="b in dry-run through its watch")
+            await wait_until(lambda: b_state.flags.dry_run, timeout_s=30,
+                             what="b in dry-run through its watch")
         finally:
             polling.cancel()
             watching.cancel()

@@ -90,8 +90,8 @@ async def replicas(
     return started[0], started[1]
 
 
-def switches_in(cluster: ClusterEmulator) -> dict[str, Any]:
-    configmap = cluster.read(CONFIGMAPS, LEASE_NAMESPACE, CONFIGMAP) or {}
+def switches_in(emulator: ClusterEmulator) -> dict[str, Any]:
+    configmap = emulator.read(CONFIGMAPS, LEASE_NAMESPACE, CONFIGMAP) or {}
     return {key: json.loads(value) for key, value in (configmap.get("data") or {}).items()}
 
 
@@ -115,7 +115,8 @@ async def test_a_freeze_sent_to_the_standby_stops_the_leaders_rollback_and_survi
     cluster: ClusterEmulator,  # noqa: F811
 ) -> None:
     (leader, leader_port), (standby, standby_port) = replicas
-    status, answer = await api("POST", standby_port, "/api/v1/freeze", {"reason": "payment provider incident"})
+    incident = {"reason": "payment provider incident"}
+    status, answer = await api("POST", standby_port, "/api/v1/freeze", incident)
     assert status == 200, answer
     assert answer["freeze"] is True
     assert answer["applies"].startswith(f"stored in the ConfigMap {LEASE_NAMESPACE}/{CONFIGMAP}"), answer
@@ -179,8 +180,9 @@ async def test_a_hold_sent_to_the_standby_is_shown_by_both_and_ends_for_both(
         return hold is None or hold.get("expired") is True
 
     # It ends at the wall-clock time stored with it, on both, without anyone lifting it.
-    await wait_until(lambda: ended(leader_port), timeout_s=30, what=f"the leader's hold ended: {leader.tail()}")
-    await wait_until(lambda: ended(standby_port), timeout_s=30, what=f"the standby's hold ended: {standby.tail()}")
+    for port, replica in ((leader_port, leader), (standby_port, standby)):
+        await wait_until(lambda port=port: ended(port), timeout_s=30,
+                         what=f"the hold ended: {replica.tail()}")
 
 
 async def test_an_acceptance_sent_to_the_standby_is_obeyed_by_the_leader_and_survives_a_fail_over(
@@ -192,7 +194,8 @@ async def test_an_acceptance_sent_to_the_standby_is_obeyed_by_the_leader_and_sur
     # Frozen first, so that the bad release waits for the acceptance instead of being rolled back.
     status, answer = await api("POST", standby_port, "/api/v1/freeze", {"reason": "hold on"})
     assert status == 200, answer
-    await wait_until(lambda: frozen(leader_port, True), timeout_s=20, what=f"the leader frozen: {leader.tail()}")
+    await wait_until(lambda: frozen(leader_port, True), timeout_s=20,
+                     what=f"the leader frozen: {leader.tail()}")
     await release(cluster, "web", apps.web)
     try:
         await wait_until(lambda: blocked_by(leader_port, "freeze"), timeout_s=30, interval_s=0.2,
@@ -230,7 +233,7 @@ async def test_a_manual_rollback_sent_to_the_standby_is_carried_out_by_the_leade
     replicas: Replicas,
     cluster: ClusterEmulator,  # noqa: F811
 ) -> None:
-    (leader, leader_port), (standby, standby_port) = replicas
+    (leader, leader_port), (_, standby_port) = replicas
     bump_template(cluster)  # a new revision whose pods stay healthy: nothing rolls it back on its own
     status, answer = await api("POST", standby_port, f"/api/v1/targets/{TARGET}/rollback",
                                {"reason": "the checkout button moved"})
@@ -263,9 +266,9 @@ async def blocked_by_acceptance(port: int) -> bool:
     return await leads(port) and decision.get("blocked_by") == "accepted"
 
 
-def bump_template(cluster: ClusterEmulator) -> None:
+def bump_template(emulator: ClusterEmulator) -> None:
     """A new revision of Deployment web whose pods stay healthy (nothing to roll back on its own)."""
-    deployment = cluster.read(DEPLOYMENTS, NAMESPACE, "web") or {}
+    deployment = emulator.read(DEPLOYMENTS, NAMESPACE, "web") or {}
     template = copy.deepcopy(deployment["spec"]["template"])
     template["spec"]["containers"][0]["image"] = NEW_IMAGE
-    cluster.update(DEPLOYMENTS, NAMESPACE, "web", {"spec": {"template": template}})
+    emulator.update(DEPLOYMENTS, NAMESPACE, "web", {"spec": {"template": template}})
