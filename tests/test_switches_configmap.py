@@ -2,7 +2,8 @@
 ConfigMap holds no switch and is created by the first write; a write carries the
 ``resourceVersion`` it read, and one refused with 409 (another replica wrote in between) is read
 again and retried, losing nobody's switch; the watch makes another replica apply a switch at once
-(no poll needed), and reads the ConfigMap again after the watch breaks."""
+(no poll needed), and reads the ConfigMap again after the watch breaks; ``safety.switches: auto``
+keeps them in the store when it is shared, else in the ConfigMap when replicas elect a leader."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ import asyncio
 import json
 from datetime import UTC, datetime
 
+import pytest
+
 from rollbackd.backoff import Backoff
+from rollbackd.config.settings import Settings
+from rollbackd.daemon.main import switch_store_for
 from rollbackd.daemon.state import DaemonState
 from rollbackd.daemon.switches import FREEZE, SwitchBoard
 from rollbackd.daemon.switchmap import ConfigMapSwitches
-from rollbackd.kube import KubeClient
+from rollbackd.kube import KubeClient, KubeConfigError
 from tests.kubefixtures import CONFIGMAPS, ClusterEmulator, wait_until
 from tests.test_daemon import make_settings
 
@@ -141,3 +146,29 @@ async def test_the_watch_tells_another_replica_at_once_and_recovers_after_it_bre
         finally:
             polling.cancel()
             watching.cancel()
+
+
+def with_switches(*, store_url: str | None = None, election: bool = True, **safety: object) -> Settings:
+    return Settings.model_validate({
+        "store": {"url": store_url},
+        "leader_election": {"enabled": election, "lease_name": "ops"},
+        "safety": safety,
+    })
+
+
+def test_auto_keeps_the_switches_in_the_store_when_it_is_shared_else_in_the_configmap() -> None:
+    kube = KubeClient.for_host("http://127.0.0.1:9")  # never opened: only where it points matters
+    pg = "postgresql://rollbackd@db/rollbackd"
+    assert switch_store_for(with_switches(store_url=pg), kube, environ={}) is None
+    assert switch_store_for(with_switches(election=False), kube, environ={}) is None  # one process
+    assert switch_store_for(with_switches(), None, environ={}) is None  # no cluster to keep them in
+    assert switch_store_for(with_switches(switches="store"), kube, environ={}) is None
+    place = switch_store_for(with_switches(), kube, environ={"POD_NAMESPACE": "platform"})
+    assert place is not None
+    assert (place.namespace, place.name) == ("platform", "ops-switches")
+    place = switch_store_for(with_switches(store_url=pg, election=False, switches="kubernetes",
+                                           switches_configmap="oncall"), kube, environ={})
+    assert place is not None
+    assert (place.namespace, place.name, place.where) == ("default", "oncall", "the ConfigMap default/oncall")
+    with pytest.raises(KubeConfigError, match=r"safety\.switches is kubernetes, but there is no Kubernetes"):
+        switch_store_for(with_switches(switches="kubernetes"), None, environ={})

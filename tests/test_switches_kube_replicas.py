@@ -17,10 +17,12 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
 from tests.kubefixtures import CONFIGMAPS, DEPLOYMENTS, ClusterEmulator, wait_until
+from tests.promfixtures import HOST
 from tests.test_history_processes import (  # noqa: F401 (fixtures)
     HEALTHY,
     NAMESPACE,
@@ -132,6 +134,10 @@ async def test_a_freeze_sent_to_the_standby_stops_the_leaders_rollback_and_survi
     _, view = await api("GET", leader_port, "/api/v1/targets")
     assert view["freeze_set"]["reason"] == "payment provider incident"
     assert view["switches_kept_in"] == f"the ConfigMap {LEASE_NAMESPACE}/{CONFIGMAP}"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, session.get(
+        f"http://{HOST}:{leader_port}/"
+    ) as response:
+        assert f"Switches are kept in the ConfigMap {LEASE_NAMESPACE}/{CONFIGMAP}." in await response.text()
 
     await release(cluster, "web", apps.web)
     try:
