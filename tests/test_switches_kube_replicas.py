@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import copy
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from tests.kubefixtures import CONFIGMAPS, DEPLOYMENTS, ClusterEmulator, wait_until
 from tests.promfixtures import HOST
@@ -33,41 +31,27 @@ from tests.test_history_processes import (  # noqa: F401 (fixtures)
     apps,
     cluster,
     daemons,
-    ready,
     release,
     target_view,
     template_image,
-    write_config,
 )
-from tests.test_switches_replicas import TARGET, TOKEN, api, decision_of, leader_says, leads
+from tests.test_switches_replicas import (
+    TARGET,
+    api,
+    blocked_by,
+    decision_of,
+    fail_over,
+    frozen,
+    leads,
+    replica_config,
+    start_replicas,
+)
 
 LEASE_NAMESPACE = "rollbackd"
 #: The ConfigMap's default name: the Lease's name and ``-switches``.
 CONFIGMAP = "rollbackd-switches"
 
 Replicas = tuple[tuple[Daemon, int], tuple[Daemon, int]]
-
-
-def replica_config(tmp_path: Path, running: Apps, emulator: ClusterEmulator, name: str) -> tuple[Path, int]:
-    """A replica's configuration: its own SQLite file, leader election on the emulated Lease (a
-    lost leader replaced within 4 s), the API token named ``oncall``; the switches are left to
-    ``auto`` (the ConfigMap, since the store is not shared) and polled only every 30 s, so that
-    what a test sees within seconds comes through the watch."""
-    folder = tmp_path / name
-    folder.mkdir()
-    target = {"name": "web", "strategy": "deployment", "candidate": {"deployment": "web"}}
-    config, port = write_config(folder, running, emulator, target)
-    settings: dict[str, Any] = yaml.safe_load(config.read_text())
-    token = folder / "token"
-    token.write_text(TOKEN)
-    settings["api"] = {"token_file": str(token), "token_name": "oncall"}
-    settings["safety"] = {"switches_poll_s": 30}
-    settings["leader_election"] = {
-        "enabled": True, "namespace": LEASE_NAMESPACE, "identity": name,
-        "lease_duration_s": 3, "renew_period_s": 1,
-    }
-    config.write_text(yaml.safe_dump(settings))
-    return config, port
 
 
 @pytest.fixture
@@ -77,38 +61,21 @@ async def replicas(
     cluster: ClusterEmulator,  # noqa: F811
     tmp_path: Path,
 ) -> Replicas:
-    """The leader (``a``) and the standby (``b``), both ready."""
-    started = []
-    for name in ("a", "b"):
-        config, port = replica_config(tmp_path, apps, cluster, name)
-        daemon = Daemon(config, tmp_path / f"{name}.log")
-        daemons.append(daemon)
-        await daemon.start()
-        await ready(port, daemon)
-        if name == "a":
-            await wait_until(lambda port=port: leads(port), timeout_s=30, what=f"a leads: {daemon.tail()}")
-        started.append((daemon, port))
-    assert await leader_says(started[1][1]) is False
-    return started[0], started[1]
+    """The leader (``a``) and the standby (``b``), both ready, each with its own SQLite file and
+    electing the leader on the emulated Lease (a lost leader replaced within 4 s). The switches
+    are left to ``auto`` (the ConfigMap, since the store is not shared) and polled only every
+    30 s, so that what a test sees within seconds comes through the watch."""
+    election = {"enabled": True, "namespace": LEASE_NAMESPACE, "lease_duration_s": 3, "renew_period_s": 1}
+    return await start_replicas(daemons, tmp_path, [
+        replica_config(tmp_path, apps, cluster, name, safety={"switches_poll_s": 30},
+                       leader_election={**election, "identity": name})
+        for name in ("a", "b")
+    ])
 
 
 def switches_in(emulator: ClusterEmulator) -> dict[str, Any]:
     configmap = emulator.read(CONFIGMAPS, LEASE_NAMESPACE, CONFIGMAP) or {}
     return {key: json.loads(value) for key, value in (configmap.get("data") or {}).items()}
-
-
-async def fail_over(leader: Daemon, standby: Daemon, standby_port: int) -> None:
-    """The leader is killed (no hand-over); the standby takes the Lease over."""
-    assert leader.process is not None
-    leader.process.send_signal(signal.SIGKILL)
-    await leader.process.wait()
-    await wait_until(lambda: leads(standby_port), timeout_s=30, interval_s=0.2,
-                     what=f"the standby took over: {standby.tail()}")
-
-
-async def blocked_by(port: int, rail: str) -> bool:
-    decision = await decision_of(port)
-    return decision.get("escalate") is True and decision.get("blocked_by") == rail
 
 
 async def test_a_freeze_sent_to_the_standby_stops_the_leaders_rollback_and_survives_a_fail_over(
@@ -125,12 +92,9 @@ async def test_a_freeze_sent_to_the_standby_stops_the_leaders_rollback_and_survi
     # Answered once stored: the ConfigMap holds it already.
     assert switches_in(cluster)["freeze"]["by"] == "oncall"
 
-    async def leader_frozen() -> bool:
-        status, view = await api("GET", leader_port, "/api/v1/targets")
-        return status == 200 and view["freeze"] is True
-
     # Through the watch: the leader polls only every 30 s.
-    await wait_until(leader_frozen, timeout_s=20, what=f"the leader frozen: {leader.tail()}")
+    await wait_until(lambda: frozen(leader_port, True), timeout_s=20,
+                     what=f"the leader frozen: {leader.tail()}")
     _, view = await api("GET", leader_port, "/api/v1/targets")
     assert view["freeze_set"]["reason"] == "payment provider incident"
     assert view["switches_kept_in"] == f"the ConfigMap {LEASE_NAMESPACE}/{CONFIGMAP}"
@@ -256,11 +220,6 @@ async def test_a_manual_rollback_sent_to_the_standby_is_carried_out_by_the_leade
     manual = [entry for entry in history["entries"] if entry["kind"].startswith("rollback")
               and "the checkout button moved" in json.dumps(entry)]
     assert manual, history
-
-
-async def frozen(port: int, on: bool) -> bool:
-    status, view = await api("GET", port, "/api/v1/targets")
-    return status == 200 and view["freeze"] is on
 
 
 async def would_roll_back(port: int) -> bool:
