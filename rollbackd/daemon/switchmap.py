@@ -180,6 +180,9 @@ class ConfigMapSwitches:
                     continue  # the server ended the stream: read and watch again
             except KubeError as exc:
                 self._failed(str(exc))
+            except Exception as exc:  # a defect must not end the watching (nor the daemon): the poll goes on
+                logger.exception("watching %s failed", self.where)
+                self._failed(f"unexpected failure: {exc!r}")
             await asyncio.sleep(self._watch_backoff.delay(failures))
             failures += 1
 
