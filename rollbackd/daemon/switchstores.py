@@ -37,7 +37,7 @@ class SwitchStoreError(Exception):
 class SwitchStore(Protocol):
     """Where the switch board keeps its switches."""
 
-    #: Where they are, for logs, the API and the status page (``the store (PostgreSQL)``).
+    #: Where they are, for logs, the API and the status page (``the shared PostgreSQL store``).
     where: str
 
     async def put(self, key: str, value: Mapping[str, Any] | None) -> None:
@@ -83,8 +83,8 @@ class StoreSwitches:
 def store_where(settings: Settings) -> str:
     """How the store's switches are described: shared by the replicas or not."""
     if store_kind(settings.store.url) == "postgresql":
-        return "the store (PostgreSQL, shared by every replica)"
-    return "the store (SQLite: this replica only)"
+        return "the shared PostgreSQL store"
+    return "the SQLite store"
 
 
 def switches_place(settings: Settings, *, kubernetes: bool) -> Place:
