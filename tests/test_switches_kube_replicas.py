@@ -129,7 +129,7 @@ async def test_a_hold_sent_to_the_standby_is_shown_by_both_and_ends_for_both(
 ) -> None:
     (leader, leader_port), (standby, standby_port) = replicas
     status, answer = await api("POST", standby_port, f"/api/v1/targets/{TARGET}/hold",
-                               {"eta_s": 6, "reason": "hotfix 2.3.1"})
+                               {"eta_s": 15, "reason": "hotfix 2.3.1"})
     assert status == 200, answer
     assert switches_in(cluster)[f"hold.{TARGET.replace('/', '.')}"]["reason"] == "hotfix 2.3.1"
 
@@ -151,7 +151,7 @@ async def test_a_hold_sent_to_the_standby_is_shown_by_both_and_ends_for_both(
 
     # It ends at the wall-clock time stored with it, on both, without anyone lifting it.
     for port, replica in ((leader_port, leader), (standby_port, standby)):
-        await wait_until(lambda port=port: ended(port), timeout_s=30,
+        await wait_until(lambda port=port: ended(port), timeout_s=60,
                          what=f"the hold ended: {replica.tail()}")
 
 
