@@ -764,6 +764,14 @@ def _restraints(target: _Doc, *, generated_at: datetime) -> str:
             f'{_e(_text(accepted.get("at")))}: {_e(_text(accepted.get("reason")))} '
             "(not judged until the next revision)</p>"
         )
+    release = _obj(target.get("release"))
+    if release is not None:
+        what = _text(release.get("description")) or _text(release.get("id"))
+        lines.append(
+            f'<p class="release"><b>Release</b> ({_e(_text(release.get("kind")))}) started at '
+            f'{_e(_text(release.get("started_at")))} by {_e(_text(release.get("who")))}: {_e(what)} '
+            "(judged since then against the target's own history before it)</p>"
+        )
     cooldown = _obj(target.get("cooldown"))
     if cooldown is not None:
         remaining = _num(cooldown.get("remaining_s")) or 0.0

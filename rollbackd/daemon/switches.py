@@ -24,13 +24,13 @@ a restart. Only a changed stored switch is applied: a switch a reloaded configur
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from rollbackd.aiotasks import poll_forever
 from rollbackd.daemon.state import Acceptance, DaemonState
 from rollbackd.daemon.switchstores import SwitchStore, SwitchStoreError
 from rollbackd.store.storable import storable
@@ -333,15 +333,7 @@ class SwitchBoard:
     async def poll_forever(self) -> None:
         """Read the stored switches every :attr:`poll_s` seconds (the first time at once), and
         at once when nudged (:meth:`nudge`)."""
-        while True:
-            self._nudged.clear()
-            try:
-                await self.sync()
-            except Exception:  # a defect must not end the daemon: the next poll comes as scheduled
-                logger.exception("reading the switches failed; trying again in %gs", self.poll_s)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_s):
-                    await self._nudged.wait()
+        await poll_forever(self.sync, every_s=lambda: self.poll_s, what="the switches", wake=self._nudged)
 
     @staticmethod
     def _decoded(key: str, state: Mapping[str, Any] | None) -> Switch | None:
