@@ -342,8 +342,8 @@ class Context:
     standby: bool = False
     #: Why the audit trail cannot be written now (the store is down): decide, never act.
     audit_problem: str | None = None
-    #: Who accepted the release and why (an operator said it is good): not judged until the next
-    #: revision; ``None`` when it is not accepted.
+    #: How the release was accepted ("accepted by alice: reason", "accepted after 1h ..."): not
+    #: judged until the next revision; ``None`` while it is judged.
     accepted: str | None = None
     cooldown_until: float | None = None
     rollbacks_last_hour: int = 0

@@ -758,6 +758,7 @@ NON_DEFAULT: dict[str, dict[str, Any]] = {
         "cooldown_s": 60.0,
         "max_rollbacks_per_hour": 9,
         "rollback_risk": "high",
+        "accept_after_s": 3600.0,
     },
 }
 _SECTIONS = {"slo": Slo, "severity": Severity, "detection": Detection, "policy": Policy}
@@ -804,7 +805,8 @@ def test_per_target_tunables_override_defaults_and_global_ones_are_refused(tmp_p
     path = write(tmp_path, yaml.safe_dump(document))
     assert problems_of(path) == [
         f"{path}:{line_of(path, 'max_rollbacks_per_hour:')}: targets[0].policy (target checkout): unknown key"
-        " 'max_rollbacks_per_hour' (known keys: controlled_grace_s, cooldown_s, rollback_risk)",
+        " 'max_rollbacks_per_hour' (known keys: controlled_grace_s, cooldown_s, rollback_risk,"
+        " accept_after_s)",
         f"{path}:{line_of(path, 'severity:')}: targets[0] (checkout): unknown key 'severity' (known keys:"
         " name, namespace, strategy, baseline, candidate, router, ingress, service, rollout, dry_run, slo,"
         " detection, policy, queries, gitops)",

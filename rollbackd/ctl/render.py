@@ -174,6 +174,9 @@ def target_table(target: Mapping[str, Any]) -> str:
     if isinstance(accepted, Mapping):
         revision = f"revision {accepted['revision']}, " if accepted.get("revision") is not None else ""
         lines.append(("accepted", f"{revision}{_who(accepted)}"))
+    lifetime = target.get("lifetime")
+    if isinstance(lifetime, Mapping):
+        lines.append(("judged", _lifetime(lifetime)))
     run = target.get("rollback")
     if isinstance(run, Mapping) and isinstance(run.get("verification"), Mapping):
         lines.append(("verification", str(run["verification"].get("status", "-"))))
@@ -183,6 +186,17 @@ def target_table(target: Mapping[str, Any]) -> str:
     reasons = decision.get("reasons") if isinstance(decision, Mapping) else None
     if isinstance(reasons, Sequence) and not isinstance(reasons, str) and reasons:
         text += "\nreasons:\n" + "\n".join(f"  - {_one_line(reason)}" for reason in reasons)
+    return text
+
+
+def _lifetime(release: Mapping[str, Any]) -> str:
+    """``revision 7, accepted after 1h (revision 6 superseded by revision 7)``."""
+    which = f"revision {release['revision']}" if release.get("revision") is not None else "this release"
+    accepted = release.get("accepted")
+    text = f"{which}, {accepted.get('text')}" if isinstance(accepted, Mapping) else f"{which}, judged"
+    previous = release.get("previous")
+    if isinstance(previous, Mapping):
+        text += f" (revision {previous.get('revision')} {previous.get('text')})"
     return text
 
 

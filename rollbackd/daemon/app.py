@@ -64,6 +64,7 @@ from rollbackd.daemon.targetmetrics import TargetSample
 from rollbackd.daemon.tick import IdleCollector, collect_tick, metrics_failure, run_every
 from rollbackd.daemon.wallclock import WallClock
 from rollbackd.decision.facts import ClusterFacts, is_newer
+from rollbackd.decision.lifetime import Change, Lifetime, Operator, advance
 from rollbackd.gcpause import collector_paused
 from rollbackd.model import Context, Decision, Evidence, Observation, Outcome
 from rollbackd.optin import ObjectRef, OptIn, with_opt_ins
@@ -457,7 +458,13 @@ class Daemon:
         facts, reused = await self._facts_of(
             [
                 t_ for t_ in targets
-                if t_.key in evidences and (evidences[t_.key].breached or t_.evaluator.episode is not None)
+                if t_.key in evidences and (
+                    evidences[t_.key].breached
+                    or t_.evaluator.episode is not None
+                    # Accepted: watched for the next release (a newer revision), at most one read
+                    # per kubernetes.facts_max_age_s.
+                    or (t_.lifetime is not None and t_.lifetime.accepted is not None)
+                )
             ]
         )
         for target in targets:
@@ -568,6 +575,7 @@ class Daemon:
         acceptance = self.state.accepted.get(target.key)
         if acceptance is not None and facts is not None and facts.candidate_revision is not None:
             await self._follow_acceptance(target, acceptance, facts.candidate_revision)
+        self._follow_release(target, evidence, t, facts)
         acting = self.leading
         context = self._context(target, t, acting=acting)
         if reused:
@@ -589,6 +597,43 @@ class Daemon:
                 )
                 return
             self.rollbacks.start(target.params, decision, bad_revision=target.judged_revision)
+
+    def _follow_release(
+        self, target: TargetState, evidence: Evidence, t: float, facts: ClusterFacts | None
+    ) -> None:
+        """The target's release after this tick (see :mod:`rollbackd.decision.lifetime`):
+        accepted after ``policy.accept_after_s`` without a breach episode or by an operator
+        (announced as ``release.accepted``), or superseded by a newer revision (judged afresh)."""
+        acceptance = self.state.accepted.get(target.key)
+        quiet = (
+            not evidence.breached
+            and target.evaluator.episode is None
+            and not self.rollbacks.in_progress(target.key)
+        )
+        release, change = advance(
+            target.lifetime or Lifetime(started_at=t),
+            t,
+            accept_after_s=target.params.policy.accept_after_s,
+            quiet=quiet,
+            revision=None if facts is None else facts.candidate_revision,
+            operator=None if acceptance is None else Operator(by=acceptance.by, reason=acceptance.reason),
+        )
+        target.lifetime = release
+        if change is Change.SUPERSEDED:
+            target.reset()  # the new revision is judged on its own data
+            target.judged_revision = release.revision
+        if change is None or not self.leading:
+            return
+        ended = release.previous if change is Change.SUPERSEDED else release.accepted
+        text = "judged again: the acceptance was withdrawn" if ended is None else ended.text
+        logger.info("release %s", text, extra={"target": target.key, "revision": release.revision})
+        if change is Change.ACCEPTED:
+            self.journal.release_accepted(target.params, release)
+        elif change is Change.SUPERSEDED:
+            self.journal.audit(
+                "release", f"release of revision {release.previous_revision} {text}", target=target.key,
+                details={"revision": release.revision, "previous_revision": release.previous_revision},
+            )
 
     async def _follow_acceptance(self, target: TargetState, acceptance: Acceptance, revision: int) -> None:
         """An accepted release covers the revision the cluster showed when it was accepted (or,
@@ -876,6 +921,7 @@ class Daemon:
         target = self.state.targets.get(params.key)
         if target is not None:
             target.reset()
+            target.lifetime = None  # the version that stays is judged from the next tick on
 
     @property
     def file_settings(self) -> Settings:

@@ -98,14 +98,35 @@ def _chart(
     marks: Sequence[_Doc],
 ) -> str:
     caption = f"{signal.title} · {span_title}"
-    lines = {side: _values(points, side, signal.key) for side in SIDES}
-    times = [t for t in (_num(p.get("start")) for p in points[:1]) if t is not None]
-    times += [t for t in (_num(p.get("t")) for p in points) if t is not None]
-    if not times:
+    svg = chart_svg(signal, points, slo, marks, caption=caption)
+    if svg is None:
         return (
             f'<figure class="chart empty" data-signal="{signal.key}" data-span="{span}">'
             f"<figcaption>{_e(caption)}</figcaption><p class=\"muted\">no data yet</p></figure>"
         )
+    return (
+        f'<figure class="chart" data-signal="{signal.key}" data-span="{span}">'
+        f"<figcaption>{_e(caption)}</figcaption>{svg}</figure>"
+    )
+
+
+def chart_svg(
+    signal: Signal,
+    points: Sequence[_Doc],
+    slo: float | None,
+    marks: Sequence[_Doc],
+    *,
+    caption: str,
+    at: tuple[float, float] | None = None,
+) -> str | None:
+    """One chart as an ``<svg>`` element (``at`` x, y when nested in another): the candidate's
+    and the baseline's line of ``signal`` over ``points`` (``series_view`` points), the SLO line
+    and the ``marks`` in its span; ``None`` when there is no point to draw."""
+    lines = {side: _values(points, side, signal.key) for side in SIDES}
+    times = [t for t in (_num(p.get("start")) for p in points[:1]) if t is not None]
+    times += [t for t in (_num(p.get("t")) for p in points) if t is not None]
+    if not times:
+        return None
     highest = max((v for line in lines.values() for _, v in line), default=0.0)
     top = max(highest, slo or 0.0) * _HEADROOM or 1.0
     scale = Scale(min(times), max(times), top)
@@ -142,14 +163,13 @@ def _chart(
             f'<line class="mark {kind}" data-kind="{kind}" data-t="{t:g}" x1="{x:.2f}" x2="{x:.2f}" '
             f'y1="{TOP}" y2="{HEIGHT - BOTTOM}"><title>{_e(str(mark.get("label") or ""))}</title></line>'
         )
+    placed = "" if at is None else f'x="{at[0]:g}" y="{at[1]:g}" '
     return (
-        f'<figure class="chart" data-signal="{signal.key}" data-span="{span}">'
-        f"<figcaption>{_e(caption)}</figcaption>"
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" {placed}width="{WIDTH}" height="{HEIGHT}" '
         f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{_e(caption)}" '
-        f'data-t0="{scale.t0:g}" data-t1="{scale.t1:g}" data-top="{top:g}" '
+        f'data-signal="{signal.key}" data-t0="{scale.t0:g}" data-t1="{scale.t1:g}" data-top="{top:g}" '
         f'data-plot-top="{TOP}" data-plot-bottom="{HEIGHT - BOTTOM}">'
-        f'{"".join(parts)}</svg></figure>'
+        f'{"".join(parts)}</svg>'
     )
 
 

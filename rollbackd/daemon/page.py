@@ -190,6 +190,10 @@ def target_status(target: _Doc) -> Status:
         return Status(Urgency.WAITING, f"{outcome} rollback: waiting for a proven interval")
     if blocked_by == "attribution-pending" and decision.get("escalate") is not True:
         return Status(Urgency.WAITING, "degraded: attribution pending")
+    if blocked_by == "accepted":  # not judged: watched for the next release
+        lifetime = _obj(target.get("lifetime"))
+        accepted = _obj(lifetime.get("accepted")) if lifetime is not None else None
+        return Status(Urgency.HEALTHY, _text(accepted.get("text")) if accepted is not None else "accepted")
     if blocked_by in _HELD_BY:
         return Status(Urgency.ESCALATED, f"held: {_HELD_BY[blocked_by]}")
     if decision.get("escalate") is True or blocked_by:
@@ -764,6 +768,7 @@ def _restraints(target: _Doc, *, generated_at: datetime) -> str:
             f'{_e(_text(accepted.get("at")))}: {_e(_text(accepted.get("reason")))} '
             "(not judged until the next revision)</p>"
         )
+    lines.append(_lifetime(target))
     release = _obj(target.get("release"))
     if release is not None:
         what = _text(release.get("description")) or _text(release.get("id"))
@@ -781,6 +786,28 @@ def _restraints(target: _Doc, *, generated_at: datetime) -> str:
             "until then</p>"
         )
     return "".join(lines)
+
+
+def _lifetime(target: _Doc) -> str:
+    """The release judged now: since when, or how it was accepted; and how the one before ended."""
+    release = _obj(target.get("lifetime"))
+    if release is None:
+        return ""
+    revision = release.get("revision")
+    which = f"Revision {revision}" if revision is not None else "Release"
+    accepted = _obj(release.get("accepted"))
+    if accepted is not None:
+        reason = _text(accepted.get("reason"))
+        text = f"{_text(accepted.get('text'))}" + (f": {reason}" if reason else "")
+        at = _text(accepted.get("at"))
+        line = f"<b>{_e(which)}</b> {_e(text)}, at {_e(at)}: watched for the next release"
+    else:
+        judged = human_duration(_num(release.get("judged_s")) or 0.0)
+        line = f"<b>{_e(which)}</b> judged for {_e(judged)} (since {_e(_text(release.get('started_at')))})"
+    previous = _obj(release.get("previous"))
+    if previous is not None:
+        line += f"; revision {_e(_text(previous.get('revision')))} {_e(_text(previous.get('text')))}"
+    return f'<p class="lifetime">{line}</p>'
 
 
 # --- small helpers -----------------------------------------------------------------------------

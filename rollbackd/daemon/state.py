@@ -15,6 +15,7 @@ from rollbackd.config.settings import Settings, TargetSettings
 from rollbackd.daemon.probing import ProbeOutcome
 from rollbackd.daemon.series import Series, point_of
 from rollbackd.decision.facts import ClusterFacts, is_newer
+from rollbackd.decision.lifetime import Lifetime
 
 if TYPE_CHECKING:
     from rollbackd.daemon.rollbacks import Rollbacks
@@ -75,6 +76,10 @@ class TargetState:
         #: What the status page charts: every interval since the release, bounded (see
         #: :mod:`rollbackd.daemon.series`); kept across rollbacks and reloads.
         self.series = Series()
+        #: The release judged now, how long, and how its judgement ended (see
+        #: :mod:`rollbackd.decision.lifetime`): ``None`` until the first tick, and again after a
+        #: rollback or an announced release (the next tick starts the next one).
+        self.lifetime: Lifetime | None = None
 
     @property
     def key(self) -> str:
@@ -107,6 +112,7 @@ class TargetState:
         if self.release is not None and self.release.started_at > release.started_at:
             return
         self.release, self.release_at = release, at
+        self.lifetime = None  # a new release: judged from the next tick on
         self.evaluator.released(at)
         self.judged_revision = None
 
@@ -130,6 +136,7 @@ class TargetState:
         fresh.history_failures = self.history_failures
         fresh.series = self.series
         fresh.release, fresh.release_at = self.release, self.release_at
+        fresh.lifetime = self.lifetime
         return fresh
 
 
@@ -225,9 +232,9 @@ class DaemonState:
             hold = None
         if hold is None and facts is not None and facts.hold is not None:
             hold = facts.hold
-        acceptance = self.accepted.get(target.key)
+        accepted = target.lifetime.accepted if target.lifetime is not None else None
         return Context(
-            accepted=None if acceptance is None else f"by {acceptance.by}: {acceptance.reason}",
+            accepted=None if accepted is None else accepted.why,
             rollback_risk=risk,
             risk_reason=why,
             hold=hold,

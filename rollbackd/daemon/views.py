@@ -16,6 +16,7 @@ from rollbackd.daemon.series import Point, Side, point_of
 from rollbackd.daemon.state import DaemonState, RuntimeFlags, TargetState
 from rollbackd.daemon.switches import DRY_RUN, FREEZE, SwitchBoard, accept_key, hold_key
 from rollbackd.daemon.wallclock import WallClock, utc_iso
+from rollbackd.decision.lifetime import Accepted, Lifetime
 from rollbackd.decision.verdict import PartnerVerdict, partner_verdict
 from rollbackd.events.build import decided_at as run_decided_at
 from rollbackd.events.build import next_step
@@ -164,7 +165,7 @@ def _side_view(side: Side | None) -> JsonValue:
     }
 
 
-def _point_view(point: Point) -> JsonValue:
+def point_view(point: Point) -> JsonValue:
     return {
         "start": to_json_value(point.start),
         "t": to_json_value(point.t),
@@ -213,9 +214,41 @@ def series_view(target: TargetState, run: RollbackRun | None, *, now: float) -> 
             "error_rate": to_json_value(target.params.slo.max_error_rate),
             "p95_ms": to_json_value(target.params.slo.max_p95_ms),
         },
-        "window": [_point_view(point_of(obs, interval_s=interval_s)) for obs in target.observations],
-        "release": [_point_view(point) for point in target.series.points],
+        "window": [point_view(point_of(obs, interval_s=interval_s)) for obs in target.observations],
+        "release": [point_view(point) for point in target.series.points],
         "marks": marks_view(target, run),
+    }
+
+
+def _ending_view(ended: Accepted, *, wall: WallClock) -> dict[str, JsonValue]:
+    return {
+        "how": ended.how.value,
+        "text": ended.text,
+        "at": wall.iso(ended.at),
+        "judged_s": to_json_value(round(ended.judged_s, 6)),
+        "by": ended.by,
+        "reason": ended.reason,
+        "superseded_by": ended.revision,
+    }
+
+
+def lifetime_view(release: Lifetime | None, *, now: float, wall: WallClock) -> JsonValue:
+    """The release judged now (see :mod:`rollbackd.decision.lifetime`): since when, which
+    revision, whether it is still judged (``state`` ``judged``) or ``accepted`` and how, and how
+    the release before it ended (``previous``: superseded by this one)."""
+    if release is None:
+        return None
+    return {
+        "state": "judged" if release.accepted is None else "accepted",
+        "revision": release.revision,
+        "started_at": wall.iso(release.started_at),
+        "judged_s": to_json_value(round(
+            (release.accepted.at if release.accepted is not None else now) - release.started_at, 6
+        )),
+        "accepted": None if release.accepted is None else _ending_view(release.accepted, wall=wall),
+        "previous": None if release.previous is None else {
+            "revision": release.previous_revision, **_ending_view(release.previous, wall=wall),
+        },
     }
 
 
@@ -262,6 +295,7 @@ def target_view(
         },
         "accepted": accepted.view() if accepted is not None else None,
         "release": to_json_value(target.release.to_json()) if target.release is not None else None,
+        "lifetime": lifetime_view(target.lifetime, now=now, wall=wall),
         "cooldown": None
         if cooldown_until is None
         else {

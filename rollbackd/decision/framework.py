@@ -25,8 +25,9 @@ Safety rails (freeze, cooldown, hourly cap) can stop an action the framework wan
 keeps the verdict but marks it so nothing acts on it. A standby replica (leader election) decides
 like the leader but never acts: its rollback decisions are blocked by ``standby``. While the audit
 trail cannot be written (the store is down), rollback decisions are blocked by ``store``. A release
-an operator accepted (:attr:`~rollbackd.model.Context.accepted`) is neither rolled back nor
-escalated: blocked by ``accepted``, until the next revision ends the acceptance.
+accepted (:attr:`~rollbackd.model.Context.accepted`: by an operator, or after
+``policy.accept_after_s``; see :mod:`rollbackd.decision.lifetime`) is neither rolled back nor
+escalated: every decision is blocked by ``accepted``, until the next revision ends the acceptance.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _fmt_t(t: float) -> str:
     return f"t={t:g}s"
 
 
-def _fmt_d(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     """A duration for people: 45s, 2m, 1m30s, 1h5m."""
     total = max(0, round(seconds))
     h, rest = divmod(total, 3600)
@@ -61,6 +62,9 @@ def _fmt_d(seconds: float) -> str:
     if m:
         return f"{m}m{s}s" if s else f"{m}m"
     return f"{s}s"
+
+
+_fmt_d = duration_text  # short, for the reasons' long f-strings
 
 
 def _merged(known: Attribution, latest: Attribution) -> Attribution:
@@ -103,9 +107,10 @@ def _track(evidence: Evidence, state: DecisionState) -> DecisionState:
 
 
 def _apply_rails(decision: Decision, ctx: Context, t: float) -> Decision:
-    if ctx.accepted is not None and (decision.rollback or decision.escalate):
-        # An operator said the release is good: neither rolled back nor escalated until the next one.
-        why = (*decision.reasons, f"release accepted ({ctx.accepted}): not judged until the next revision")
+    if ctx.accepted is not None:
+        # Accepted (by time or by an operator): watched for the next release, neither rolled back
+        # nor escalated; every decision says so, so the target's state is "accepted".
+        why = (*decision.reasons, f"release {ctx.accepted}: not judged until the next revision")
         return replace(decision, rollback=False, escalate=False, blocked_by="accepted", reasons=why)
     if not decision.rollback:
         return decision

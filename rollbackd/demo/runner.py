@@ -33,7 +33,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -204,7 +204,7 @@ def demo_settings(target: TargetSettings, *, prometheus_url: str | None, options
             retries=0,
             scrape_interval_s=options.interval_s,
         ),
-        health=HealthSettings(timeout_s=1.0),
+        health=HealthSettings(),  # the daemon's probe timeout: a busy machine answers late
         http=HttpSettings(host=HOST, port=0),
         log=LogSettings(level="INFO", format="text"),
         kubernetes=KubernetesSettings(
@@ -518,11 +518,15 @@ class Demo:
 
     # --- the story -------------------------------------------------------------------------------
 
+    def _time_limit(self) -> str:
+        limit = self.options.timeout_s
+        return f"the demo's time limit, start-up included, is {limit:g}s: --timeout gives more"
+
     async def _until(self, deadline: float, what: str, condition: Callable[[], bool]) -> None:
         loop = asyncio.get_running_loop()
         while not condition():
             if loop.time() > deadline:
-                raise DemoFailed(f"timed out waiting for {what}")
+                raise DemoFailed(f"timed out waiting for {what} ({self._time_limit()})")
             await asyncio.sleep(0.1)
 
     def _note_decision(self, daemon: Daemon, key: str) -> Decision | None:
@@ -636,7 +640,7 @@ class Demo:
                 latest = daemon.state.targets[key].latest
                 seen = _decision_text(latest) if latest is not None else "no decision yet"
                 what = "a rollback decision" if run is None else f"the rollback to finish ({run.phase.value})"
-                raise DemoFailed(f"timed out waiting for {what}; latest {seen}")
+                raise DemoFailed(f"timed out waiting for {what} ({self._time_limit()}); latest {seen}")
             await asyncio.sleep(0.05)
 
     def _show_action(self, run: RollbackRun) -> None:
@@ -805,6 +809,8 @@ def run_cli(args: argparse.Namespace) -> int:
         mqtt_url=mqtt_url,
         linger=bool(getattr(args, "linger", False)),
     )
+    if getattr(args, "timeout", None) is not None:
+        options = replace(options, timeout_s=args.timeout)
     log_path = work_dir / "rollbackd.log"
     with log_path.open("a", encoding="utf-8") as log:
         configure_logging(LogSettings(level="INFO", format="text"), stream=log)

@@ -32,6 +32,7 @@ from typing import Any, TypedDict
 from rollbackd.actions.base import ActionOutcome, ActionResult, GitOpsHold
 from rollbackd.actions.reconcilers import REVERT_IN_GIT
 from rollbackd.actions.targets import ACTIONS
+from rollbackd.decision.lifetime import Ending, Lifetime
 from rollbackd.events.model import (
     ActionData,
     ChangeData,
@@ -49,6 +50,7 @@ from rollbackd.events.model import (
     HoldData,
     HoldExpiredData,
     HoldSetData,
+    ReleaseAcceptedData,
     ReleaseData,
     ReleaseStartedData,
     RollbackCompletedData,
@@ -617,6 +619,30 @@ class EventFactory:
             EventType.HOLD_SET,
             target,
             HoldSetData(**self._common(target, summary), hold=data, remaining_s=remaining),
+            clock=clock,
+        )
+
+    def release_accepted(self, target: str, release: Lifetime, *, clock: Clock) -> CloudEvent:
+        """``release.accepted``: ``release`` of ``target`` is accepted (it must be)."""
+        accepted = release.accepted
+        if accepted is None:
+            raise ValueError("release_accepted needs an accepted release")
+        revision = f" (revision {release.revision})" if release.revision is not None else ""
+        why = f": {accepted.reason}" if accepted.reason else ""
+        summary = f"{target}: release{revision} {accepted.text}{why}; watched for the next release"
+        return self.event(
+            EventType.RELEASE_ACCEPTED,
+            target,
+            ReleaseAcceptedData(
+                **self._common(target, summary),
+                how="accepted-after" if accepted.how is Ending.AFTER else "accepted-by",
+                text=accepted.text,
+                by=accepted.by,
+                reason=accepted.reason,
+                revision=release.revision,
+                started_at=clock.at(release.started_at),
+                judged_s=accepted.judged_s,
+            ),
             clock=clock,
         )
 

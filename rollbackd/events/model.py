@@ -14,6 +14,7 @@ Every step of a release's story is one event type, ``io.rollbackd.<noun>.<verb>`
 ``hold.set``               a fix-forward hold defers any rollback until its ETA
 ``hold.expired``           the hold's ETA passed
 ``gitops.suspended``       a GitOps reconciler was stopped so that it does not undo the rollback
+``release.accepted``       the release is accepted (after a time, or by an operator): not judged
 ``release.started``        a release was announced (a flag flip, a configuration change): judged from then
 =========================  =====================================================================
 
@@ -57,6 +58,7 @@ class EventType(enum.StrEnum):
     HOLD_SET = "hold.set"
     HOLD_EXPIRED = "hold.expired"
     GITOPS_SUSPENDED = "gitops.suspended"
+    RELEASE_ACCEPTED = "release.accepted"
     RELEASE_STARTED = "release.started"
 
     @property
@@ -438,6 +440,23 @@ class GitOpsSuspendedData(EventData):
     )
 
 
+class ReleaseAcceptedData(EventData):
+    """``release.accepted``: the release is accepted (``policy.accept_after_s`` passed without a
+    breach episode, or an operator accepted it): it is not judged any more, the target is watched
+    for the next release (a newer revision starts a new judgement)."""
+
+    how: Literal["accepted-after", "accepted-by"] = Field(
+        description="accepted-after: policy.accept_after_s passed without an open breach episode; "
+        "accepted-by: an operator accepted it (the accept action)."
+    )
+    text: str = Field(description='How, in words: "accepted after 1h", "accepted by alice".')
+    by: str | None = Field(None, description="accepted-by: who (the API token's name).")
+    reason: str = Field("", description="accepted-by: why, as the operator said.")
+    revision: int | None = Field(
+        None, description="The candidate revision accepted, when the cluster showed it."
+    )
+    started_at: datetime = Field(description="When the release's judgement started.")
+    judged_s: float = Field(description="Seconds the release was judged before it was accepted.")
 class ReleaseData(_Model):
     """A release announced from outside (``POST /api/v1/releases``, ``rollbackd release start``)."""
 
@@ -473,6 +492,7 @@ DATA_MODELS: Mapping[EventType, type[EventData]] = {
     EventType.HOLD_SET: HoldSetData,
     EventType.HOLD_EXPIRED: HoldExpiredData,
     EventType.GITOPS_SUSPENDED: GitOpsSuspendedData,
+    EventType.RELEASE_ACCEPTED: ReleaseAcceptedData,
     EventType.RELEASE_STARTED: ReleaseStartedData,
 }
 
@@ -557,6 +577,8 @@ class TargetState(enum.StrEnum):
     ROLLED_BACK = "rolled-back"
     ROLLBACK_FAILED = "rollback-failed"
     VERIFICATION_FAILED = "verification-failed"
+    #: The release is accepted: not judged, watched for the next release.
+    ACCEPTED = "accepted"
 
 
 def decision_state(
@@ -581,6 +603,8 @@ def decision_state(
         return TargetState.HELD
     if blocked_by == "rollback-in-progress":
         return TargetState.ROLLING_BACK
+    if blocked_by == "accepted":
+        return TargetState.ACCEPTED
     if outcome == "controlled":
         return TargetState.WAITING
     if episode_open:  # never healthy while a breach episode is open
@@ -619,6 +643,7 @@ def state_after(event: CloudEvent) -> TargetState:
         EventType.ESCALATION_RAISED: TargetState.ESCALATED,
         EventType.HOLD_SET: TargetState.HELD,
         EventType.GITOPS_SUSPENDED: TargetState.ROLLING_BACK,
+        EventType.RELEASE_ACCEPTED: TargetState.ACCEPTED,
         EventType.RELEASE_STARTED: TargetState.HEALTHY,
     }.get(kind, TargetState.DEGRADED)
 
