@@ -39,6 +39,13 @@ class Strategy(enum.StrEnum):
     DEPLOYMENT = "deployment"
     #: An Argo Rollouts ``Rollout`` (canary or blueGreen): rolled back by aborting it.
     ARGO_ROLLOUT = "argo-rollout"
+    #: A feature flag turned on: rolled back by turning it off (over HTTP or SQL).
+    FEATURE_FLAG = "feature-flag"
+
+
+#: The strategies whose new version serves all the traffic of one series: judged against the
+#: target's own past (no concurrent baseline), and verified on that same series.
+OWN_PAST: frozenset[Strategy] = frozenset({Strategy.DEPLOYMENT, Strategy.FEATURE_FLAG})
 
 
 class Impact(enum.StrEnum):

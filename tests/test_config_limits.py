@@ -65,8 +65,22 @@ def number_paths(model: type[BaseModel] = Settings, prefix: KeyPath = ()) -> lis
     return paths
 
 
+#: The target a setting under ``targets[0].<key>`` needs: one whose strategy uses that key.
+TARGET_FOR: dict[str, dict[str, Any]] = {
+    "flag": {
+        "name": "checkout",
+        "namespace": "shop",
+        "strategy": "feature-flag",
+        "candidate": {"deployment": "checkout"},
+        "flag": {"name": "new_checkout", "store": {"kind": "sql", "dsn_file": "/run/secrets/flags-dsn"}},
+    },
+}
+
+
 def with_value(path: KeyPath, value: Any) -> dict[str, Any]:
     document: Any = json.loads(json.dumps(BASE))
+    if len(path) > 2 and path[0] == "targets" and path[2] in TARGET_FOR:
+        document["targets"] = [json.loads(json.dumps(TARGET_FOR[str(path[2])]))]
     node = document
     for part in path[:-1]:
         node = node[part] if isinstance(part, int) else node.setdefault(part, {})

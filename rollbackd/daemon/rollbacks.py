@@ -41,7 +41,7 @@ from rollbackd.actions.base import (
 )
 from rollbackd.actions.reconcilers import REVERT_IN_GIT, suspensions_in
 from rollbackd.aiotasks import STOP_TIMEOUT_S, stop_tasks
-from rollbackd.model import Decision, HealthCheck, Observation, Sample, Strategy
+from rollbackd.model import OWN_PAST, Decision, HealthCheck, Observation, Sample, Strategy
 from rollbackd.params import TargetParams
 from rollbackd.run import Phase, RollbackRun, TargetAccess
 from rollbackd.runrecord import RecordedChange, RunRecord
@@ -118,7 +118,7 @@ def serving_side(
 ) -> tuple[Sample | None, tuple[HealthCheck, ...] | None]:
     """Which side of an observation is the version traffic went back to: the stable / previous
     colour (baseline) for canary and blue-green, the Deployment itself for an undo."""
-    if strategy is Strategy.DEPLOYMENT:
+    if strategy in OWN_PAST:
         return obs.candidate, obs.health_candidate
     return obs.baseline, obs.health_baseline
 

@@ -244,6 +244,11 @@ class SampleAppProcess(_Process):
         log_dir: Path | None = None,
         shape: str = "default",
         pod: str | None = None,
+        flag: str | None = None,
+        flag_error_rate: float = 0.3,
+        admin_token_file: Path | None = None,
+        flag_dsn_file: Path | None = None,
+        flag_table: str | None = None,
     ) -> None:
         self.deployment = deployment
         self.namespace = namespace
@@ -255,6 +260,12 @@ class SampleAppProcess(_Process):
         }
         if pod is not None:
             self.options["--pod"] = pod
+        if flag is not None:
+            self.options.update({"--flag": flag, "--flag-error-rate": flag_error_rate})
+        for option, value in (("--admin-token-file", admin_token_file), ("--flag-dsn-file", flag_dsn_file),
+                              ("--flag-table", flag_table)):
+            if value is not None:
+                self.options[option] = value
         self.seed = seed
         directory = log_dir if log_dir is not None else Path(tempfile.gettempdir())
         super().__init__(log_path=directory / f"sampleapp-{namespace}-{deployment}-{self.port}.log")

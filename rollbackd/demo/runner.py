@@ -27,11 +27,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import shutil
 import signal
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -68,6 +70,7 @@ from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.wiring import open_daemon
 from rollbackd.demo.direct import DirectMetricsSource
 from rollbackd.demo.emulator import ClusterEmulator, Controllers
+from rollbackd.demo.flagloop import DEFAULT_DSN, FlagLoopFailed, FlagLoopOptions, run_flag_loop
 from rollbackd.demo.processes import (
     HOST,
     PrometheusServer,
@@ -793,6 +796,8 @@ def run_cli(args: argparse.Namespace) -> int:
     the PATH, sends the logs to a file in a fresh work directory, prints the timeline on stdout).
     0 on a verified rollback; 1 when the demo failed (the work directory is kept, with the logs);
     130 on Ctrl-C and 143 on SIGTERM."""
+    if args.scenario == "flag":
+        return run_flag_cli(args)
     if args.no_prometheus:
         binary, reason = None, "--no-prometheus given"
     else:
@@ -832,5 +837,38 @@ def run_cli(args: argparse.Namespace) -> int:
             return 1
         finally:
             logging.getLogger().handlers.clear()
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return 0
+
+
+def run_flag_cli(args: argparse.Namespace) -> int:
+    """``rollbackd demo --scenario flag``: the feature-flag closed loop
+    (:mod:`rollbackd.demo.flagloop`), its steps printed as they happen. 0 on a verified rollback
+    with the flag off, 1 otherwise (the work directory is kept, with the logs)."""
+    work_dir = Path(tempfile.mkdtemp(prefix="rollbackd-demo-flag-"))
+    options = FlagLoopOptions(
+        work_dir=work_dir, store=getattr(args, "flag_store", "sql"),
+        dsn=os.environ.get("ROLLBACKD_DEMO_FLAGS_DSN") or DEFAULT_DSN,
+    )
+    started = time.monotonic()
+
+    def say(text: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {text}", flush=True)
+
+    log_path = work_dir / "rollbackd.log"
+    with log_path.open("a", encoding="utf-8") as log:
+        configure_logging(LogSettings(level="INFO", format="text"), stream=log)
+        try:
+            result = asyncio.run(run_flag_loop(options, say=say))
+        except (FlagLoopFailed, OSError) as exc:
+            print(f"\ndemo FAILED: {exc}\nlogs kept in {work_dir}", flush=True)
+            return 1
+        except KeyboardInterrupt:
+            print(f"\ndemo interrupted; logs kept in {work_dir}", flush=True)
+            return 130
+        finally:
+            logging.getLogger().handlers.clear()
+    print(f"\nflag on -> flag off: {result.on_to_off_s or 0:.1f}s; the flag reads {result.flag_after!r} in "
+          "its store")
     shutil.rmtree(work_dir, ignore_errors=True)
     return 0

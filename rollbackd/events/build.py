@@ -45,6 +45,7 @@ from rollbackd.events.model import (
     EventType,
     EvidenceData,
     FindingData,
+    FlagData,
     GitOpsData,
     GitOpsSuspendedData,
     HoldData,
@@ -274,7 +275,16 @@ def action_data(result: ActionResult) -> ActionData:
         split_before=_split_data(result.details.get("split_before")),
         split_after=_split_data(result.details.get("split_after")),
         gitops=tuple(gitops_data(hold) for hold in result.gitops),
+        flag=_flag_data(result.details),
     )
+
+
+def _flag_data(details: Mapping[str, Any]) -> FlagData | None:
+    """The flag a ``feature-flag-off`` action's details describe (``None`` for other actions)."""
+    if "flag" not in details or details.get("store") not in ("http", "sql"):
+        return None
+    return FlagData(name=str(details["flag"]), store=details["store"], where=str(details.get("where", "")),
+                    before=details.get("before"), after=details.get("after"), rows=details.get("rows"))
 
 
 def _split_data(split: Any) -> SplitData | None:

@@ -219,11 +219,23 @@ class SplitData(_Model):
     )
 
 
+class FlagData(_Model):
+    """The feature flag a ``feature-flag-off`` action turned off (or found off already)."""
+
+    name: str = Field(description="The flag's name.")
+    store: Literal["http", "sql"] = Field(description="Where it is kept: the admin API or a SQL table.")
+    where: str = Field(description="The request or the UPDATE statement (no secret).")
+    before: Any = Field(description="Its value read before (null: not read, without flag.store.read).")
+    after: Any = Field(description="Its value read after (null: not read).")
+    rows: int | None = Field(None, description="Rows the UPDATE changed (sql only).")
+
+
 class ActionData(_Model):
     """What the rollback action did."""
 
     action: str = Field(
-        description="canary-abort, blue-green-switch-back, deployment-undo or argo-rollout-abort."
+        description="canary-abort, blue-green-switch-back, deployment-undo, argo-rollout-abort or "
+        "feature-flag-off."
     )
     outcome: str = Field(
         description="done, already-done (nothing left to change), planned (dry-run), refused or failed."
@@ -239,6 +251,7 @@ class ActionData(_Model):
     gitops: tuple[GitOpsData, ...] = Field(
         (), description="The GitOps reconcilers of the changed objects (suspended first, or why it refused)."
     )
+    flag: FlagData | None = Field(None, description="feature-flag-off: the flag, its value before and after.")
     router: str | None = Field(
         None, description="canary-abort: the traffic router (ingress-nginx, gateway-api or istio)."
     )
