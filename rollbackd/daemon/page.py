@@ -287,6 +287,7 @@ def render_status_page(
         "</main>",
         "<footer>Rendered at ",
         f"{_e(generated_at.strftime('%Y-%m-%d %H:%M:%S %Z'))}, refreshes every {refresh_s}s. ",
+        _switches_kept_in(doc.get("switches_kept_in")),
         'The same data as JSON: <a href="api/v1/targets">api/v1/targets</a>.</footer>',
         f"</div><script>{LIVE_SCRIPT}</script></body></html>",
     ]
@@ -322,6 +323,11 @@ def _banner(
         f'<header><h1>rollbackd <span class="version">{_e(version)}</span></h1>'
         f'<div class="pills">{"".join(pills)}</div></header>'
     )
+
+
+def _switches_kept_in(value: JsonValue) -> str:
+    """The footer's ``Switches are kept in WHERE.``; empty when the document does not say."""
+    return f"Switches are kept in {_e(value)}. " if isinstance(value, str) else ""
 
 
 def _set_by(value: JsonValue) -> str:

@@ -363,8 +363,9 @@ def opt_ins_view(state: DaemonState) -> JsonValue:
 
 
 def flags_view(flags: RuntimeFlags, switches: SwitchBoard | None = None) -> JsonValue:
-    """The global switches, and who set each last through the API, why and when
-    (``freeze_set`` / ``dry_run_set``; ``null`` when set by the configuration file)."""
+    """The global switches, who set each last through the API, why and when (``freeze_set`` /
+    ``dry_run_set``; ``null`` when set by the configuration file), and where the switches are kept
+    for every replica (``switches_kept_in``: the store, or the ConfigMap every replica watches)."""
     freeze = switches.who(FREEZE) if switches is not None else None
     dry_run = switches.who(DRY_RUN) if switches is not None else None
     return {
@@ -372,6 +373,7 @@ def flags_view(flags: RuntimeFlags, switches: SwitchBoard | None = None) -> Json
         "dry_run": flags.dry_run,
         "freeze_set": None if freeze is None else freeze.view(),
         "dry_run_set": None if dry_run is None else dry_run.view(),
+        "switches_kept_in": "this process only" if switches is None else switches.where,
     }
 
 
