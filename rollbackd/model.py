@@ -11,7 +11,7 @@ import bisect
 import enum
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rollbackd.knobs import HOUR, knob
@@ -257,9 +257,27 @@ class Slo:
     )
 
 
+class Conclusion(enum.StrEnum):
+    """What a finding concludes, which its ``confidence`` is the confidence of.
+
+    ``breach``: the SLO is breached (proven above it); ``unproven``: the latest intervals are above
+    the SLO, not proven (the confidence that they are above it is below the required level);
+    ``within-lately``: the latest intervals are within the SLO though the window as a whole is
+    above it (earlier bad intervals: the confidence that the latest are within it); ``within``:
+    the window is within the SLO (the confidence that it is).
+    """
+
+    BREACH = "breach"
+    UNPROVEN = "unproven"
+    WITHIN_LATELY = "within-lately"
+    WITHIN = "within"
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
-    """One measured signal against its threshold, with the statistics behind it."""
+    """One measured signal against its threshold, with the statistics behind it: ``confidence``
+    is the confidence of its ``conclusion`` (derived from ``breached`` and the value when not
+    given)."""
 
     signal: str  # "error_rate" | "p95" | "health"
     value: float | None
@@ -274,8 +292,19 @@ class Finding:
     since: float | None = None
     #: Who the breach is blamed on, if breached (``None``: derived from ``attributable``).
     attribution: Attribution | None = None
+    #: What the finding concludes (``None``: a breach when breached, else unproven above the
+    #: threshold, within it at or below).
+    conclusion: Conclusion | None = None
 
     def __post_init__(self) -> None:
+        if self.conclusion is None:
+            if self.breached:
+                conclusion = Conclusion.BREACH
+            elif self.value is not None and self.value > self.threshold:
+                conclusion = Conclusion.UNPROVEN
+            else:
+                conclusion = Conclusion.WITHIN
+            object.__setattr__(self, "conclusion", conclusion)
         if self.breached and self.attribution is None:
             blame = Attribution.ATTRIBUTABLE if self.attributable else Attribution.BASELINE_DEGRADED
             object.__setattr__(self, "attribution", blame)
@@ -345,6 +374,17 @@ class Hold:
     set_at: float | None = None
 
 
+#: How the core writes a time into the reasons and details it gives people: a time on the
+#: observations' clock in, text out.
+TimeText = Callable[[float], str]
+
+
+def scenario_time(t: float) -> str:
+    """A time as a recording's seconds, ``t=210s``: what ``rollbackd replay`` says (its times are
+    the scenario's); the daemon writes wall-clock UTC instead (its times are the event loop's)."""
+    return f"t={t:g}s"
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
     """Everything outside the metrics that the decision framework weighs."""
@@ -367,6 +407,8 @@ class Context:
     cooldown_until: float | None = None
     rollbacks_last_hour: int = 0
     max_rollbacks_per_hour: int = 3
+    #: How the reasons write a time (the daemon: wall-clock UTC; replay: the scenario's seconds).
+    time_text: TimeText = scenario_time
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ import kmock
 import pytest
 
 from rollbackd.demo.emulator import (
+    CONFIGMAPS,
     CORE_EVENTS,
     DEPLOYMENTS,
     DESIRED_REPLICAS_ANNOTATION,
@@ -65,6 +66,7 @@ from rollbackd.demo.emulator import (
 from rollbackd.kube import KubeClient
 
 __all__ = [
+    "CONFIGMAPS",
     "CORE_EVENTS",
     "DEPLOYMENTS",
     "DESIRED_REPLICAS_ANNOTATION",

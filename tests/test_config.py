@@ -360,7 +360,8 @@ def test_unknown_top_level_key_lists_suggestions(tmp_path: Path) -> None:
 def test_unknown_key_without_close_match_lists_the_known_keys(tmp_path: Path) -> None:
     path = write(tmp_path, "safety:\n  panic_button: true\n")
     assert problems_of(path) == [
-        f"{path}:2: safety: unknown key 'panic_button' (known keys: dry_run, freeze, switches_poll_s)"
+        f"{path}:2: safety: unknown key 'panic_button' (known keys: dry_run, freeze, switches_poll_s, "
+        "switches, switches_configmap)"
     ]
 
 

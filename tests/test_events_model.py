@@ -199,6 +199,7 @@ def test_degraded_event_carries_values_against_thresholds() -> None:
         "severe": True,
         "attributable": True,
         "confidence": 0.999,
+        "conclusion": "breach",
         "detail": "",
         "since": "2026-11-24T02:59:50Z",
         "attribution": "attributable",

@@ -587,7 +587,22 @@ class SafetySettings(_Frozen):
         ge=MIN_PERIOD_S,
         le=60.0,
         description="How often every replica reads the switches set through the API (freeze, dry-run, "
-        "holds) from the store: the longest a switch sent to one replica takes to be obeyed by the others.",
+        "holds) from where they are kept: the longest a switch sent to one replica takes to be obeyed by the "
+        "others when the ConfigMap's watch is broken (it tells at once otherwise).",
+    )
+    switches: Literal["auto", "store", "kubernetes"] = Field(
+        "auto",
+        description="Where the switches set through the API are kept for every replica: store (the "
+        "store's target_state rows; shared only with PostgreSQL), kubernetes (the ConfigMap "
+        "switches_configmap in the Lease's namespace, watched by every replica), or auto: the store when "
+        "it is PostgreSQL, else the ConfigMap when leader election runs (several replicas, each with its "
+        "own SQLite file), else the store.",
+    )
+    switches_configmap: str | None = Field(
+        None,
+        pattern=K8S_NAME_PATTERN,
+        description="Name of the ConfigMap holding the switches, in the Lease's namespace (default: "
+        "<leader_election.lease_name>-switches).",
     )
 
 

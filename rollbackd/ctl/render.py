@@ -66,14 +66,18 @@ def on_off(value: object) -> str:
 
 
 #: The keys of the switches' document (who set each, and whom a write applies to, when the daemon says).
-SWITCH_KEYS = frozenset({"freeze", "dry_run", "freeze_set", "dry_run_set", "applies"})
+SWITCH_KEYS = frozenset({"freeze", "dry_run", "freeze_set", "dry_run_set", "switches_kept_in", "applies"})
 
 
 def switches_line(document: Mapping[str, Any]) -> str:
-    """The global switches: ``freeze: off   dry-run: on``, then who set each (when the daemon says)."""
+    """The global switches: ``freeze: off   dry-run: on``, then who set each and where the
+    switches are kept (when the daemon says)."""
     lines = [f"freeze: {on_off(document.get('freeze'))}   dry-run: {on_off(document.get('dry_run'))}"]
     for key, name in (("freeze_set", "freeze"), ("dry_run_set", "dry-run")):
         lines.extend(f"{name} {text}" for text in [_who(document.get(key))] if text)
+    kept_in = document.get("switches_kept_in")
+    if isinstance(kept_in, str) and kept_in:
+        lines.append(f"switches kept in {_one_line(kept_in)}")
     return "\n".join(lines)
 
 

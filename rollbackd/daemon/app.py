@@ -58,6 +58,7 @@ from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.daemon.sourcestatus import SourceBoard
 from rollbackd.daemon.state import Acceptance, DaemonState, TargetState
 from rollbackd.daemon.switches import FREEZE, Switch, SwitchBoard, SwitchWriteError
+from rollbackd.daemon.switchstores import StoreSwitches, SwitchStore, Watching, store_where
 from rollbackd.daemon.target_state import current_state
 from rollbackd.daemon.targetmetrics import TargetSample
 from rollbackd.daemon.tick import IdleCollector, collect_tick, metrics_failure, run_every
@@ -79,8 +80,9 @@ logger = logging.getLogger(__name__)
 #: How long a tick waits for the store to say which rollbacks were under way, in seconds.
 RESUME_READ_TIMEOUT_S = 5.0
 
-#: Why nothing is done yet: the switches set through the API (a freeze) are not read from the store.
-SWITCHES_UNREAD = "the switches set through the API are not read from the store yet"
+#: Why nothing is done yet: the switches set through the API (a freeze) are not read yet (from the
+#: store, or the ConfigMap every replica watches).
+SWITCHES_UNREAD = "the switches set through the API (a freeze, a hold) are not read yet"
 
 #: Default bound on a graceful stop of the root tasks, in seconds.
 SHUTDOWN_TIMEOUT_S = 10.0
@@ -131,6 +133,9 @@ class Daemon:
     - ``shutdown_timeout_s``: how long a graceful stop waits for the root tasks.
     - ``probe``: the Prometheus client to probe the targets' series with once at start
       (:mod:`rollbackd.daemon.probing`); ``None``: no probe.
+    - ``switch_store``: where the operators' switches are kept for every replica when it is not
+      the store (the ConfigMap of :mod:`rollbackd.daemon.switchmap`, watched in a root task
+      ``rollbackd:switches-watch``); ``None``: the store.
 
     Run it with ``await daemon.run()`` until :meth:`stop`, or as ``async with daemon:`` (which runs
     it in a background task, returns once the HTTP server listens, and stops it on exit).
@@ -149,6 +154,7 @@ class Daemon:
         journal: Journal | None = None,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
         probe: Queries | None = None,
+        switch_store: SwitchStore | None = None,
     ) -> None:
         #: The settings running now: the file's, with the targets annotations declare added.
         self.settings = settings
@@ -161,7 +167,9 @@ class Daemon:
         self.journal = journal if journal is not None else Journal(required=False)
         self.leader = leader
         self._auth = auth if auth is not None else ApiAuth.from_settings(settings.api, environ={})
-        self.state = DaemonState(settings)
+        #: Loop times as people read them: wall-clock UTC (the API, the page, the reasons' times).
+        self.wall = WallClock()
+        self.state = DaemonState(settings, time_text=self.wall.text)
         self.metrics = metrics if metrics is not None else DaemonMetrics()
         self.metrics.watch_sinks(self.journal.sink_status)
         self.journal.add_poison_listener(lambda kind: self.metrics.poison_records.inc())
@@ -179,10 +187,12 @@ class Daemon:
             record=self._save_run,
         )
         self.state.rollbacks = self.rollbacks
+        self._switch_store = switch_store
         self.switches = SwitchBoard(
             self.state,
-            store=lambda: self.journal.store,
-            durable=self.journal.required,
+            store=(lambda: switch_store) if switch_store is not None else self._store_switches,
+            durable=switch_store is not None or self.journal.required,
+            where=switch_store.where if switch_store is not None else store_where(settings),
             loop_clock=lambda: asyncio.get_running_loop().time(),
             poll_s=settings.safety.switches_poll_s,
         )
@@ -220,8 +230,12 @@ class Daemon:
         #: Whether the store has been open since the start (until then, its absence is no outage).
         self._store_opened = False
         #: Whether each data source works, since when, and why not (``/readyz``, the status page).
-        self.wall = WallClock()
         self.sources = SourceBoard(loop=_loop_time, wall=self.wall.at)
+
+    def _store_switches(self) -> StoreSwitches | None:
+        """The switches in the store's rows, while it is open."""
+        store = self.journal.store
+        return None if store is None else StoreSwitches(store, where=self.switches.where)
 
     # --- observable state ----------------------------------------------------------------------
 
@@ -289,6 +303,11 @@ class Daemon:
                 releases_task = group.create_task(self.releases.poll_forever(), name="rollbackd:releases")
                 self._evaluation_task = evaluation_task
                 root = [evaluation_task, http_task, stop_task, switches_task, releases_task]
+                watched: object = self._switch_store
+                if isinstance(watched, Watching):  # the ConfigMap: read the switches as they change
+                    root.append(group.create_task(
+                        watched.watch(self.switches.nudge), name="rollbackd:switches-watch"
+                    ))
                 done, _ = await asyncio.wait(root, return_when=asyncio.FIRST_COMPLETED)
                 for task in done - {stop_task}:
                     if not task.cancelled() and task.exception() is None:
@@ -401,7 +420,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         started = loop.time()
         targets = list(self.state.targets.values())
-        if not self.switches.ready and self.journal.attached and self.journal.problem is None:
+        if not self.switches.ready and (
+            self._switch_store is not None or (self.journal.attached and self.journal.problem is None)
+        ):
             await self.switches.sync()  # the first read since the store opened: before acting
         self._read_history()
         inputs = await collect_tick(
@@ -998,17 +1019,14 @@ class Daemon:
 
     def _target_samples(self) -> list[TargetSample]:
         """Every watched target as ``/metrics`` shows it (read at each scrape, on the loop)."""
-        try:
-            loop_now = asyncio.get_running_loop().time()
-        except RuntimeError:  # read outside the loop: the decisions' times cannot be placed
-            loop_now = None
+        loop_now = asyncio.get_running_loop().time()
         wall_now = time.time()
         runs = self.rollbacks.runs
         samples: list[TargetSample] = []
         for target in self.state.targets.values():
             decision = target.latest
             decided_at = None
-            if decision is not None and loop_now is not None:
+            if decision is not None:
                 decided_at = wall_now - (loop_now - decision.t)
             samples.append(
                 TargetSample(

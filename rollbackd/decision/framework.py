@@ -48,10 +48,6 @@ class DecisionState:
     episode: Episode | None = None
 
 
-def _fmt_t(t: float) -> str:
-    return f"t={t:g}s"
-
-
 def duration_text(seconds: float) -> str:
     """A duration for people: 45s, 2m, 1m30s, 1h5m."""
     total = max(0, round(seconds))
@@ -197,7 +193,8 @@ def _breach_verdict(
         if t >= onset + grace + params.interval_s:
             return _Verdict(
                 Outcome.NONE,
-                f"{word} SLO breach for {_fmt_d(lasted)} (since {_fmt_t(onset)}), longer than the {grace:g}s "
+                f"{word} SLO breach for {_fmt_d(lasted)} (since {ctx.time_text(onset)}), "
+                f"longer than the {grace:g}s "
                 f"grace: the baseline is within the SLO and the new version is not significantly worse "
                 f"than {ratio:g}x it; not rolling back, escalating so someone looks",
                 escalate=True,
@@ -205,7 +202,8 @@ def _breach_verdict(
             )
         return _Verdict(
             Outcome.NONE,
-            f"{word} SLO breach proven for {_fmt_d(lasted)} (since {_fmt_t(onset)}), attribution pending: "
+            f"{word} SLO breach proven for {_fmt_d(lasted)} (since {ctx.time_text(onset)}), "
+            "attribution pending: "
             f"the baseline is within the SLO and the new version is not yet significantly worse than "
             f"{ratio:g}x it; watching",
             blocked_by="attribution-pending",
@@ -233,13 +231,13 @@ def _breach_verdict(
             return _Verdict(
                 Outcome.NONE,
                 f"{word} breach, but a {hold.reason} hold runs {_fmt_d(hold.until - t)} more "
-                f"(until {_fmt_t(hold.until)}): holding",
+                f"(until {ctx.time_text(hold.until)}): holding",
                 blocked_by="hold",
                 waiting_since=since,
             )
         return _Verdict(
             Outcome.CONTROLLED,
-            f"{hold.reason} hold expired {_fmt_d(t - hold.until)} ago ({_fmt_t(hold.until)}) with the "
+            f"{hold.reason} hold expired {_fmt_d(t - hold.until)} ago ({ctx.time_text(hold.until)}) with the "
             f"{word} breach still there: controlled rollback",
             rollback=True,
             waiting_since=since,
@@ -259,13 +257,14 @@ def _breach_verdict(
         return _Verdict(
             Outcome.CONTROLLED,
             f"manageable breach attributable to the new version for {_fmt_d(t - since)} "
-            f"(since {_fmt_t(since)}), still there after the {grace:g}s grace: controlled rollback",
+            f"(since {ctx.time_text(since)}), still there after the {grace:g}s grace: controlled rollback",
             rollback=True,
             waiting_since=since,
         )
     return _Verdict(
         Outcome.CONTROLLED,
-        f"manageable breach attributable to the new version for {_fmt_d(t - since)} (since {_fmt_t(since)}): "
+        f"manageable breach attributable to the new version for {_fmt_d(t - since)} "
+        f"(since {ctx.time_text(since)}): "
         f"waiting {_fmt_d(due - t)} more of the {grace:g}s grace for recovery or a fix",
         waiting_since=since,
     )
@@ -339,7 +338,7 @@ def decide(
         else:
             gap = "the breach is not proven this interval"
         why = (
-            f"{episode.impact.value} breach episode open since {_fmt_t(episode.onset)}, but {gap}: "
+            f"{episode.impact.value} breach episode open since {ctx.time_text(episode.onset)}, but {gap}: "
             "rolling back only on an interval whose breach is proven"
         )
         kept = replace(

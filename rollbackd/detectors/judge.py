@@ -33,6 +33,8 @@ from rollbackd.model import (
     Impact,
     Observation,
     Sample,
+    TimeText,
+    scenario_time,
 )
 from rollbackd.params import TargetParams
 from rollbackd.plausibility import ERRORS_SLACK, sample_problem
@@ -46,8 +48,10 @@ _HealthPair = tuple[tuple[HealthCheck, ...] | None, tuple[HealthCheck, ...] | No
 class Judge:
     """Turns each new :class:`Observation` of one target into :class:`Evidence`."""
 
-    def __init__(self, params: TargetParams) -> None:
+    def __init__(self, params: TargetParams, *, time_text: TimeText = scenario_time) -> None:
         self._params = params
+        #: How the findings' details write a time (see :data:`~rollbackd.model.TimeText`).
+        self._time_text = time_text
         self._tracks = (
             Track(error_spec(params), max_points=MAX_TICKS),
             Track(latency_spec(params), max_points=MAX_TICKS),
@@ -182,7 +186,7 @@ class Judge:
         every observation: the baseline history older than the window carries over as it is, and
         so does the evidence since the release while its thresholds are unchanged; the window's
         observations are judged again in order."""
-        fresh = Judge(params)
+        fresh = Judge(params, time_text=self._time_text)
         start = self._window[0].t if self._window else math.inf
         fresh._history.extend(entry for entry in self._history if entry[0] < start)
         for track, old in zip(fresh._tracks, self._tracks, strict=True):
@@ -279,7 +283,8 @@ class Judge:
             verdicts = [Verdict(None, "no candidate metrics this interval (scrape gap or source down)")]
         else:
             verdicts = [
-                judge_metric(track, obs.t, self._reference_for, self._params) for track in self._tracks
+                judge_metric(track, obs.t, self._reference_for, self._params, time_text=self._time_text)
+                for track in self._tracks
             ]
         # Health is judged on the ticks that probed the candidate, this one last.
         probed = self._health and self._health[-1][0] == obs.t

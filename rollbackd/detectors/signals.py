@@ -29,7 +29,17 @@ from dataclasses import dataclass
 from rollbackd.detectors import latency
 from rollbackd.detectors.sequential import EDetector, interval_cap, share_null
 from rollbackd.detectors.stats import exceeds_rate, exceeds_ratio, within_rate
-from rollbackd.model import Attribution, Finding, HealthCheck, Histogram, Sample, percent
+from rollbackd.model import (
+    Attribution,
+    Conclusion,
+    Finding,
+    HealthCheck,
+    Histogram,
+    Sample,
+    TimeText,
+    percent,
+    scenario_time,
+)
 from rollbackd.params import TargetParams
 
 #: Fraction of requests allowed above the P95 ceiling.
@@ -504,12 +514,12 @@ def _recovered(episode: Sequence[Point], tail: float, alpha: float) -> float | N
     return None
 
 
-def _span(points: Sequence[Point]) -> str:
+def _span(points: Sequence[Point], time_text: TimeText = scenario_time) -> str:
     """The span a number was measured over, for people: "over 60 intervals since t=120s"."""
     if not points:
         return "over no intervals"
     count = len(points)
-    return f"over {count} interval{'s' if count != 1 else ''} since t={points[0].t:g}s"
+    return f"over {count} interval{'s' if count != 1 else ''} since {time_text(points[0].t)}"
 
 
 def _evidence_text(test: EDetector, alpha: float) -> str:
@@ -639,9 +649,11 @@ def judge_metric(
     latest_t: float,
     reference_for: Callable[[Sequence[Point]], Reference],
     params: TargetParams,
+    *,
+    time_text: TimeText = scenario_time,
 ) -> Verdict:
     """Judge one metric signal over its window and since the release; ``latest_t`` is the
-    current tick.
+    current tick (``time_text`` writes times in the finding's detail).
 
     A severe breach is decided on the window's exact tests (the fast path: the second bad
     interval). So is a manageable one during the release's first ``window_s``, when the looks are
@@ -662,11 +674,12 @@ def judge_metric(
     if pooled.total < spec.min_total and not proven_since_release:
         return Verdict(
             None,
-            f"{spec.signal}: {pooled.total:.0f} {spec.trials_label} {_span(scored)} (the last "
+            f"{spec.signal}: {pooled.total:.0f} {spec.trials_label} {_span(scored, time_text)} (the last "
             f"{params.detection.window_s:g}s window), fewer than the {spec.min_total} needed for a verdict",
         )
     n = len(scored)
-    recent = pool([scored[i].counts for i in range(max(0, n - k), n)])
+    latest = [scored[i].counts for i in range(max(0, n - k), n)]
+    recent = pool(latest)
     above = (recent.rate or 0.0) > spec.tail
 
     found: tuple[int, float, bool] | None = None
@@ -696,9 +709,8 @@ def judge_metric(
 
     if found is None:
         value = track.window_value()
-        p_all = exceeds_rate(pooled.hits, pooled.total, spec.tail)
-        latest = f"the last {min(k, n)} intervals {spec.describe(spec.value_of(_latest_samples(scored, k)))}"
-        level = f"{latest}, above the SLO, not proven" if above else f"{latest}, within the SLO"
+        conclusion, confidence, level = _unbreached(spec, latest, pooled, above=above)
+        lately = spec.describe(spec.value_of(_latest_samples(scored, k)))
         return Verdict(
             Finding(
                 signal=spec.signal,
@@ -707,13 +719,15 @@ def judge_metric(
                 breached=False,
                 severe=False,
                 attributable=False,
-                confidence=_conf(p_all),
+                confidence=confidence,
                 detail=(
-                    f"{spec.signal} {spec.describe(value)} {_span(scored)} "
+                    f"{spec.signal} {spec.describe(value)} {_span(scored, time_text)} "
                     f"({pooled.hits:.0f} of {pooled.total:.0f} {spec.unit_label}) vs SLO "
-                    f"{spec.describe(spec.threshold)}: {level}; since the release: "
+                    f"{spec.describe(spec.threshold)}: {level} (the last {min(k, n)} intervals {lately}); "
+                    "since the release: "
                     f"{_evidence_text(track.slo_test, spec.alpha)}"
                 ),
+                conclusion=conclusion,
             ),
             above=above,
         )
@@ -748,7 +762,8 @@ def judge_metric(
         baseline_value=ref_value,
         since=episode_points[0].t,
         detail=(
-            f"{spec.signal} {spec.describe(value)} {_span(episode_points)} "
+            f"{spec.signal} {spec.describe(value)} since {time_text(episode_points[0].t)} "
+            f"over {len(episode_points)} intervals "
             f"({counts.hits:.0f} of {counts.total:.0f} {spec.unit_label}) vs SLO "
             f"{spec.describe(spec.threshold)} (severe at {spec.describe(spec.severe_at)}): {level}, "
             f"confidence {_conf(p) * 100:.2f}% (still proven without its worst interval); {detail}"
@@ -770,6 +785,29 @@ def _latest(scored: Sequence[Point], k: int, min_total: float) -> Counts:
 def _latest_samples(scored: Sequence[Point], k: int) -> list[Sample]:
     """The candidate's samples of the latest ``k`` scored intervals."""
     return [p.interval.candidate for p in list(scored)[-k:] if p.interval.candidate is not None]
+
+
+def _unbreached(
+    spec: MetricSpec, latest: Sequence[Counts], pooled: Counts, *, above: bool
+) -> tuple[Conclusion, float, str]:
+    """What a signal without a proven breach concludes, with the confidence of that conclusion and
+    its words for the detail: the latest ``k`` intervals above the SLO but not proven (the
+    confidence that they are above it, robust to the worst one as a breach must be, is below the
+    required level); the latest intervals within the SLO while the whole window is above it (the
+    confidence that they are within it); or the window within the SLO (the confidence that it is)."""
+    recent = pool(latest)
+    if above:
+        rest = _without_worst(latest, spec.tail)
+        p = max(
+            exceeds_rate(recent.hits, recent.total, spec.tail), exceeds_rate(rest.hits, rest.total, spec.tail)
+        )
+        return Conclusion.UNPROVEN, _conf(p), f"above the SLO, not proven (confidence {_conf(p) * 100:.2f}%)"
+    if (pooled.rate or 0.0) > spec.tail:
+        p = within_rate(recent.hits, recent.total, spec.tail)
+        words = f"the latest intervals within the SLO (confidence {_conf(p) * 100:.2f}%), the window not"
+        return Conclusion.WITHIN_LATELY, _conf(p), words
+    p = within_rate(pooled.hits, pooled.total, spec.tail)
+    return Conclusion.WITHIN, _conf(p), f"within (confidence {_conf(p) * 100:.2f}%)"
 
 
 def recovery_proven(track: Track, after: float, params: TargetParams) -> bool | None:

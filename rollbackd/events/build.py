@@ -185,6 +185,7 @@ def finding_data(finding: Finding, clock: Clock) -> FindingData:
         severe=finding.severe,
         attributable=finding.attributable,
         confidence=min(1.0, max(0.0, finding.confidence)),
+        conclusion=None if finding.conclusion is None else finding.conclusion.value,
         detail=finding.detail,
         since=clock.maybe(finding.since),
         attribution=None if finding.attribution is None else finding.attribution.value,

@@ -107,7 +107,14 @@ class FindingData(_Model):
     attributable: bool = Field(
         description="Significantly worse than the baseline: the new version is to blame."
     )
-    confidence: float = Field(ge=0, le=1, description="Confidence of the verdict, 0..1.")
+    confidence: float = Field(ge=0, le=1, description="Confidence of the conclusion, 0..1.")
+    conclusion: str | None = Field(
+        None,
+        description="What the finding concludes, which confidence is the confidence of: breach (above "
+        "the SLO, proven), unproven (the latest intervals above the SLO, not proven: the confidence "
+        "that they are above it is below the required level), within-lately (the latest intervals "
+        "within the SLO, the window as a whole above it) or within (the window within the SLO).",
+    )
     detail: str = Field("", description="The detector's own explanation, with counts.")
     since: datetime | None = Field(None, description="Estimated start of the breach.")
     attribution: Attribution | None = Field(
