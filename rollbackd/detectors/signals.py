@@ -522,14 +522,14 @@ def _span(points: Sequence[Point], time_text: TimeText = scenario_time) -> str:
     return f"over {count} interval{'s' if count != 1 else ''} since {time_text(points[0].t)}"
 
 
-def _evidence_text(test: EDetector, alpha: float) -> str:
+def _evidence_text(test: EDetector, alpha: float, time_text: TimeText = scenario_time) -> str:
     """How far an anytime-valid test is from rejecting: its e-value against the ``1/alpha`` it
     needs, and the span of its strongest stretch of evidence."""
     segment = test.strongest()
     if segment is None:
         return "no evidence yet"
     evidence = math.exp(min(segment.log_e, 700.0))
-    return f"e-value {evidence:.3g} of the {1 / alpha:.3g} needed, since t={segment.since:g}s"
+    return f"e-value {evidence:.3g} of the {1 / alpha:.3g} needed, since {time_text(segment.since)}"
 
 
 def _sequential_attribution(
@@ -539,6 +539,7 @@ def _sequential_attribution(
     points: Sequence[Point],
     reference_for: Callable[[Sequence[Point]], Reference],
     params: TargetParams,
+    time_text: TimeText = scenario_time,
 ) -> tuple[Attribution, float | None, str]:
     """Who a breach proven by the anytime-valid test is blamed on: the new version when the
     two-sample test against the concurrent baseline rejects; without a concurrent baseline
@@ -562,10 +563,11 @@ def _sequential_attribution(
     else:
         blame, word = Attribution.PENDING, "not (yet) proven worse"
     detail = (
-        f"since t={segment.since:g}s the candidate had {cand.hits:.0f} of {cand.total:.0f} {spec.unit_label} "
+        f"since {time_text(segment.since)} the candidate had {cand.hits:.0f} of {cand.total:.0f} "
+        f"{spec.unit_label} "
         f"({percent(cand.rate)}), the baseline {ref.hits:.0f} of {ref.total:.0f} ({percent(ref.rate)}, "
         f"{'beyond' if degraded else 'within'} the SLO's {percent(spec.tail)}); candidate {word} than "
-        f"{spec.ratio:g}x baseline ({_evidence_text(test, spec.alpha)})"
+        f"{spec.ratio:g}x baseline ({_evidence_text(test, spec.alpha, time_text)})"
     )
     return blame, ref_value, detail
 
@@ -574,6 +576,7 @@ def _sequential_breach(
     track: Track,
     reference_for: Callable[[Sequence[Point]], Reference],
     params: TargetParams,
+    time_text: TimeText = scenario_time,
 ) -> Verdict | None:
     """The breach the anytime-valid test since the release proves (the window's tests did not):
     over the strongest stretch of evidence, unless the window shows it has since recovered."""
@@ -595,7 +598,9 @@ def _sequential_breach(
     value = counts.rate
     if spec.histogram_of is not None:
         value = spec.value_of([p.interval.candidate for p in points if p.interval.candidate is not None])
-    blame, ref_value, detail = _sequential_attribution(spec, track, counts, points, reference_for, params)
+    blame, ref_value, detail = _sequential_attribution(
+        spec, track, counts, points, reference_for, params, time_text
+    )
     return _breach(
         spec,
         value,
@@ -606,10 +611,11 @@ def _sequential_breach(
         baseline_value=ref_value,
         detail=(
             f"{spec.signal}: {counts.hits:.0f} of {counts.total:.0f} {spec.unit_label} since "
-            f"t={segment.since:g}s ({percent(counts.rate)} against the SLO's {percent(spec.tail)}), "
-            f"{spec.signal} {spec.describe(value)} {_span(points)}: {'severe' if severe else 'breach'} "
-            f"proven by the anytime-valid test ({_evidence_text(track.slo_test, spec.alpha)}), onset "
-            f"estimated at t={since:g}s (the grace runs from there); {detail}"
+            f"{time_text(segment.since)} ({percent(counts.rate)} against the SLO's {percent(spec.tail)}), "
+            f"{spec.signal} {spec.describe(value)} {_span(points, time_text)}: "
+            f"{'severe' if severe else 'breach'} proven by the anytime-valid test "
+            f"({_evidence_text(track.slo_test, spec.alpha, time_text)}), onset estimated at "
+            f"{time_text(since)} (the grace runs from there); {detail}"
         ),
     )
 
@@ -703,7 +709,7 @@ def judge_metric(
                 found = (start, p, _severe(spec, points[start:], alpha))
 
     if found is None and proven_since_release:
-        verdict = _sequential_breach(track, reference_for, params)
+        verdict = _sequential_breach(track, reference_for, params, time_text)
         if verdict is not None:
             return verdict
 
@@ -725,7 +731,7 @@ def judge_metric(
                     f"({pooled.hits:.0f} of {pooled.total:.0f} {spec.unit_label}) vs SLO "
                     f"{spec.describe(spec.threshold)}: {level} (the last {min(k, n)} intervals {lately}); "
                     "since the release: "
-                    f"{_evidence_text(track.slo_test, spec.alpha)}"
+                    f"{_evidence_text(track.slo_test, spec.alpha, time_text)}"
                 ),
                 conclusion=conclusion,
             ),
@@ -744,14 +750,16 @@ def judge_metric(
         whole, _, _, whole_detail = _attribution(spec, pooled, reference_for(list(scored)), params)
         if whole is not Attribution.ATTRIBUTABLE:
             blame = whole
-            detail = f"{detail}; but {_span(scored)} (the whole window): {whole_detail}"
+            detail = f"{detail}; but {_span(scored, time_text)} (the whole window): {whole_detail}"
     if (
         anytime
         and blame in (Attribution.PENDING, Attribution.NO_BASELINE)
         and track.ratio_test.rejects(spec.alpha)
     ):
         # Not (yet) proven over the window, but since the release the candidate is worse.
-        blame, _, detail = _sequential_attribution(spec, track, counts, episode_points, reference_for, params)
+        blame, _, detail = _sequential_attribution(
+            spec, track, counts, episode_points, reference_for, params, time_text
+        )
     level = "severe" if severe else "breach"
     return _breach(
         spec,
