@@ -39,6 +39,15 @@ class Strategy(enum.StrEnum):
     DEPLOYMENT = "deployment"
     #: An Argo Rollouts ``Rollout`` (canary or blueGreen): rolled back by aborting it.
     ARGO_ROLLOUT = "argo-rollout"
+    #: A release rollbackd does not know how to undo by itself: rolled back by a configured command.
+    COMMAND = "command"
+
+    @property
+    def own_past(self) -> bool:
+        """Whether a target of this strategy is judged against its own past (no version serves
+        beside it to compare with: a plain Deployment, a release undone by a command), rather than
+        against a concurrent baseline (canary, blue-green, a Rollout's stable version)."""
+        return self not in (Strategy.CANARY, Strategy.BLUE_GREEN, Strategy.ARGO_ROLLOUT)
 
 
 class Impact(enum.StrEnum):

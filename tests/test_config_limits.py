@@ -65,8 +65,17 @@ def number_paths(model: type[BaseModel] = Settings, prefix: KeyPath = ()) -> lis
     return paths
 
 
+#: The target's keys that belong to one strategy: a setting under them is set on a target of it.
+STRATEGY_TARGETS: dict[str, dict[str, Any]] = {
+    "command": {"name": "checkout", "namespace": "shop", "strategy": "command",
+                "candidate": {"deployment": "checkout"}, "command": {"argv": ["./deploy.sh", "rollback"]}},
+}
+
+
 def with_value(path: KeyPath, value: Any) -> dict[str, Any]:
     document: Any = json.loads(json.dumps(BASE))
+    if path[:2] == ("targets", 0) and path[2] in STRATEGY_TARGETS:
+        document["targets"][0] = json.loads(json.dumps(STRATEGY_TARGETS[str(path[2])]))
     node = document
     for part in path[:-1]:
         node = node[part] if isinstance(part, int) else node.setdefault(part, {})

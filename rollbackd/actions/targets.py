@@ -16,7 +16,8 @@ for every configured target (found by its key, ``namespace/name``):
   fix-forward ETA given as a duration (``15m``) counts from when this object first saw it;
 - :meth:`KubeTargets.action` builds the target's action: canary abort, blue-green switch-back,
   Deployment undo or Rollout abort (:data:`ACTIONS` names them per strategy), guarded against
-  GitOps reconcilers (:mod:`rollbackd.actions.gitops`);
+  GitOps reconcilers (:mod:`rollbackd.actions.gitops`), or the target's configured command
+  (:mod:`rollbackd.actions.command`; a command target's facts come from its configuration alone);
 - :meth:`KubeTargets.router` is a canary target's traffic router (ingress-nginx, Gateway API,
   Istio), :meth:`KubeTargets.split` its current split (the canary's share of the requests);
   :meth:`KubeTargets.check_routers`, at start-up, tells which targets' routers need a custom
@@ -40,10 +41,11 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from rollbackd.actions import bluegreen, canary_abort, deployment_undo, rollout_abort
-from rollbackd.actions.base import RollbackAction
+from rollbackd.actions import bluegreen, canary_abort, command, deployment_undo, rollout_abort
+from rollbackd.actions.base import RollbackAction, RollbackWhy
 from rollbackd.actions.bluegreen import BlueGreenSwitchBack
 from rollbackd.actions.canary_abort import CanaryAbort
+from rollbackd.actions.command import CommandAction
 from rollbackd.actions.deployment_undo import DeploymentUndo
 from rollbackd.actions.gitops import GitOpsGuard
 from rollbackd.actions.reconcilers import Tracking
@@ -74,6 +76,7 @@ ACTIONS: dict[Strategy, str] = {
     Strategy.BLUE_GREEN: bluegreen.ACTION,
     Strategy.DEPLOYMENT: deployment_undo.ACTION,
     Strategy.ARGO_ROLLOUT: rollout_abort.ACTION,
+    Strategy.COMMAND: command.ACTION,
 }
 
 
@@ -177,6 +180,10 @@ class KubeTargets:
             return kept[1]
         target = self.target(params.key)
         namespace = target.namespace
+        if target.strategy is Strategy.COMMAND:
+            # Nothing on the cluster stands for it: its command is the way back, its risk configured.
+            self._facts[params.key] = (loop_now, ClusterFacts())
+            return ClusterFacts()
         if target.strategy is Strategy.ARGO_ROLLOUT:
             candidate, baseline, missing = await self._rollout_objects(target)
         else:
@@ -272,16 +279,26 @@ class KubeTargets:
         return await self._call(lambda: objects.served_resources(self.kube, group=group, version=version))
 
     def action(
-        self, params: TargetParams, *, bad_revision: int | None = None, to_revision: int | None = None
+        self,
+        params: TargetParams,
+        *,
+        bad_revision: int | None = None,
+        to_revision: int | None = None,
+        why: RollbackWhy | None = None,
     ) -> RollbackAction:
         """The rollback action for the target's strategy, guarded against the GitOps reconcilers of
         the objects it changes by the target's ``gitops`` mode (default: ``gitops.mode``; see
         :mod:`rollbackd.actions.gitops`).
 
         For a Deployment undo, ``bad_revision`` is the revision judged bad (default: the one the
-        latest :meth:`facts` read) and ``to_revision`` an explicit revision to go back to.
+        latest :meth:`facts` read) and ``to_revision`` an explicit revision to go back to. A
+        command is told ``why`` (the decision) in its environment; it changes no Kubernetes object,
+        so no reconciler guards it.
         """
         target = self.target(params.key)
+        if target.strategy is Strategy.COMMAND:
+            assert target.command is not None  # the settings check it
+            return CommandAction(target=params.key, settings=target.command, why=why)
         return GitOpsGuard(
             self._strategy_action(target, params, bad_revision=bad_revision, to_revision=to_revision),
             kube=self.kube, target=params.key, mode=target.gitops or self._gitops.mode,
@@ -333,6 +350,8 @@ class KubeTargets:
         (:func:`~rollbackd.kube.objects.rollout_complete`): for an undo, the restored pods must be
         the ones available, not the old ones a stalled rollout leaves serving."""
         target = self.target(params.key)
+        if target.strategy is Strategy.COMMAND:
+            return None  # no Deployment of its own is looked for: verified on its metrics and health
         if target.strategy is Strategy.ARGO_ROLLOUT:
             assert target.rollout is not None  # the settings check it
             namespace, name = target.namespace, target.rollout

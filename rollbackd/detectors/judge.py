@@ -32,7 +32,6 @@ from rollbackd.model import (
     Impact,
     Observation,
     Sample,
-    Strategy,
 )
 from rollbackd.params import TargetParams
 from rollbackd.plausibility import ERRORS_SLACK, sample_problem
@@ -79,7 +78,7 @@ class Judge:
         blue-green: the baseline is what stays); a plain Deployment's window intervals from
         before its first suspect one join its history first (the revision rolled back to is the
         one that served them). Bounded as the history always is."""
-        if self._params.strategy is Strategy.DEPLOYMENT:
+        if self._params.strategy.own_past:
             suspect = set(self._suspect)
             first_suspect = min(suspect, default=math.inf)
             for interval in self._window:
@@ -205,7 +204,7 @@ class Judge:
             # reference, so intervals that leave the window while all is well become history.
             if (
                 obs.baseline is None
-                and self._params.strategy is Strategy.DEPLOYMENT
+                and self._params.strategy.own_past
                 and old.candidate is not None
                 and old.candidate.requests > 0
                 and not self._last_breached
@@ -227,7 +226,7 @@ class Judge:
             return Reference(concurrent, pool([p.base for p in points if p.base is not None]))
         first = points[0].t if points else math.inf
         before = [s for t, s in self._history if t < first]
-        if self._params.strategy is Strategy.DEPLOYMENT and points and self._window:
+        if self._params.strategy.own_past and points and self._window:
             # A plain Deployment's own healthy past: its history, plus the window's intervals
             # from before the episode (those not suspect when they came in). The whole window
             # (an attribution over all of it) is compared with what came before the suspicion.
