@@ -141,6 +141,15 @@ async def test_processes_left_behind_in_its_group_are_ended_when_it_exits(tmp_pa
     await wait_until(lambda: not alive(child), timeout_s=10, what="the left-behind process to be gone")
 
 
+async def test_a_process_that_left_its_group_holding_the_output_open_does_not_keep_the_run_waiting() -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    result = await sh("setsid sleep 5 & echo started").run(dry_run=False)
+    assert result.outcome is ActionOutcome.DONE, result.reason
+    assert result.details["command"]["stdout_tail"] == "started\n"
+    assert loop.time() - started < 4.5  # not the 5 s the stray process holds the output open
+
+
 async def test_a_cancelled_run_ends_the_command_and_its_group(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
     task = asyncio.create_task(sh(f"sleep 600 & echo $! > {pid_file}; wait").run(dry_run=False))

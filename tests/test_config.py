@@ -805,8 +805,8 @@ def test_per_target_tunables_override_defaults_and_global_ones_are_refused(tmp_p
         f"{path}:{line_of(path, 'max_rollbacks_per_hour:')}: targets[0].policy (target checkout): unknown key"
         " 'max_rollbacks_per_hour' (known keys: controlled_grace_s, cooldown_s, rollback_risk)",
         f"{path}:{line_of(path, 'severity:')}: targets[0] (checkout): unknown key 'severity' (known keys:"
-        " name, namespace, strategy, baseline, candidate, router, ingress, service, rollout, command, dry_run,"
-        " slo, detection, policy, queries, gitops)",
+        " name, namespace, strategy, baseline, candidate, router, ingress, service, rollout, command,"
+        " dry_run, slo, detection, policy, queries, gitops)",
     ]
 
 

@@ -1,11 +1,11 @@
 """Roll a release back with a configured command: the runbook's ``./scripts/deploy.sh rollback``, a
 Docker Compose host, a Terraform revert -- releases whose mechanism rollbackd does not know.
 
-The command is an argv (no shell), run with :func:`asyncio.create_subprocess_exec` in its own
+The command is an argv (no shell), run with the event loop's ``subprocess_exec`` in its own
 session, so in its own process group: whatever it starts is ended with it. Its environment is the
 daemon's ``PATH``, the configured ``env`` and the ``ROLLBACKD_*`` variables that say which target
 and why (:func:`command_env`); nothing else of the daemon's environment (its tokens, its store DSN)
-is passed on. stdin is ``/dev/null``; stdout and stderr are read as they come, and the last
+is passed on. stdin is ``/dev/null``; stdout and stderr are taken as they come, and the last
 :data:`OUTPUT_LIMIT_BYTES` of each are kept (:class:`OutputTail`) for the audit record and the
 events.
 
@@ -27,9 +27,11 @@ before the command starts; dry-run plans that change and runs nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import signal
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -83,11 +85,27 @@ class OutputTail:
         return self._kept.decode("utf-8", errors="replace")
 
 
-async def _drain(stream: asyncio.StreamReader | None, tail: OutputTail) -> None:
-    if stream is None:
-        return
-    while chunk := await stream.read(65536):
-        tail.add(chunk)
+class _CommandProtocol(asyncio.SubprocessProtocol):
+    """The command's end and output, as the event loop reports them: its output into two
+    :class:`OutputTail`, its exit (``exited``) apart from its pipes closing (``closed``).
+
+    ``asyncio.subprocess.Process.wait()`` returns only once every pipe is closed too, so a process
+    the command left behind holding its output open would keep the run waiting after the command
+    itself exited; the loop's own protocol callbacks tell the two apart."""
+
+    def __init__(self, stdout: OutputTail, stderr: OutputTail) -> None:
+        self._tails = {1: stdout, 2: stderr}
+        self.exited = asyncio.Event()
+        self.closed = asyncio.Event()
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        self._tails[fd].add(data.encode() if isinstance(data, str) else data)
+
+    def process_exited(self) -> None:
+        self.exited.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()
 
 
 def command_env(
@@ -171,11 +189,10 @@ class CommandAction:
         started = loop.time()
         env = command_env(self.settings, namespace=self.namespace, name=self.target_name, why=self.why,
                           path=os.environ.get("PATH", os.defpath))
+        stdout, stderr = OutputTail(), OutputTail()
+        protocol = _CommandProtocol(stdout, stderr)
         try:
-            process = await asyncio.create_subprocess_exec(
-                *self.settings.argv, cwd=self.settings.cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
-            )
+            transport = await self._spawn(protocol, env)
         except OSError as exc:  # not found, not executable, no such cwd
             if recorder is not None:
                 await recorder.made((planned,), ())
@@ -184,32 +201,27 @@ class CommandAction:
                                 f"{exc.strerror or exc} (nothing was changed)",
                                 api_s=loop.time() - started)
         spawned = loop.time()
-        if recorder is not None:
-            await recorder.made((planned,), (planned,))
-        stdout, stderr = OutputTail(), OutputTail()
-        readers = [
-            asyncio.create_task(_drain(process.stdout, stdout), name=f"rollbackd:command-out:{self.target}"),
-            asyncio.create_task(_drain(process.stderr, stderr), name=f"rollbackd:command-err:{self.target}"),
-        ]
-        if progress is not None:
-            progress(Waiting(what=f"the command {self.shown} to finish", since=started))
+        group = transport.get_pid()  # its own session: its process group has its pid
         try:
-            ended = await self._wait(process)
+            if recorder is not None:
+                await recorder.made((planned,), (planned,))
+            if progress is not None:
+                progress(Waiting(what=f"the command {self.shown} to finish", since=started))
+            try:
+                ended = await self._wait(transport, protocol, group)
+            finally:
+                if progress is not None:
+                    progress(None)
+            exited = loop.time()
+            _signal_group(group, signal.SIGKILL)  # what it left behind in its group
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_S):  # the rest of its output
+                    await protocol.closed.wait()
         except BaseException:  # cancelled (the daemon stopping): the command's group goes with the run
-            _signal_group(process.pid, signal.SIGKILL)
-            for reader in readers:
-                reader.cancel()
+            _signal_group(group, signal.SIGKILL)
             raise
         finally:
-            if progress is not None:
-                progress(None)
-        exited = loop.time()
-        _signal_group(process.pid, signal.SIGKILL)  # what it left behind in its group
-        _, unfinished = await asyncio.wait(readers, timeout=DRAIN_S)
-        for reader in unfinished:  # a process that left the group still holds the output open
-            reader.cancel()
-        if unfinished:
-            await asyncio.wait(unfinished)
+            transport.close()
         details = {"command": {
             "argv": list(self.settings.argv),
             "cwd": self.settings.cwd,
@@ -239,21 +251,43 @@ class CommandAction:
         reason = f"{what}; output's tail: {tail}" if tail else f"{what}; it wrote no output"
         return self._result(ActionOutcome.FAILED, reason, **timing)
 
-    async def _wait(self, process: asyncio.subprocess.Process) -> _Exit:
+    async def _spawn(self, protocol: _CommandProtocol, env: Mapping[str, str]) -> asyncio.SubprocessTransport:
+        """Start the command. A cancellation while it starts lets the start finish, then ends the
+        command's group: asyncio's own clean-up of a cancelled start would wait for the command's
+        output to close, which a process it started may hold open for ever."""
+        loop = asyncio.get_running_loop()
+        spawn = asyncio.ensure_future(loop.subprocess_exec(
+            lambda: protocol, *self.settings.argv, cwd=self.settings.cwd, env=dict(env),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        ))
+        try:
+            transport, _ = await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            with contextlib.suppress(OSError):
+                started, _ = await spawn
+                _signal_group(started.get_pid(), signal.SIGKILL)
+                started.close()
+            raise
+        return transport
+
+    async def _wait(self, transport: asyncio.SubprocessTransport, protocol: _CommandProtocol,
+                    group: int) -> _Exit:
         """Wait for the command to exit, ending its process group at its timeout."""
         timed_out = False
         try:
             async with asyncio.timeout(self.settings.timeout_s):
-                code = await process.wait()
+                await protocol.exited.wait()
         except TimeoutError:
             timed_out = True
-            _signal_group(process.pid, signal.SIGTERM)
+            _signal_group(group, signal.SIGTERM)
             try:
                 async with asyncio.timeout(self.settings.kill_grace_s):
-                    code = await process.wait()
+                    await protocol.exited.wait()
             except TimeoutError:
-                _signal_group(process.pid, signal.SIGKILL)
-                code = await process.wait()
+                _signal_group(group, signal.SIGKILL)
+                await protocol.exited.wait()
+        code = transport.get_returncode()
+        assert code is not None  # it exited
         if code < 0:
             return _Exit(code=None, signal=signal.Signals(-code).name, timed_out=timed_out)
         return _Exit(code=code, signal=None, timed_out=timed_out)
