@@ -336,6 +336,16 @@ class Hold:
 
 
 @dataclass(frozen=True, slots=True)
+class Watch:
+    """The post-rollback watch of a target: from its rollback's verification (``since``) to
+    ``until`` (same clock as observations), a new degradation escalates instead of rolling back
+    a second time."""
+
+    since: float
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
 class Context:
     """Everything outside the metrics that the decision framework weighs."""
 
@@ -355,6 +365,8 @@ class Context:
     #: revision; ``None`` when it is not accepted.
     accepted: str | None = None
     cooldown_until: float | None = None
+    #: The post-rollback watch under way, if any.
+    watch: Watch | None = None
     rollbacks_last_hour: int = 0
     max_rollbacks_per_hour: int = 3
 

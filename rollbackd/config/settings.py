@@ -642,6 +642,13 @@ class VerificationSettings(_Frozen):
         le=2 * DAY,
         description="Longest wait for enough traffic or availability to verify (default: 2 x window_s).",
     )
+    watch_s: float = Field(
+        1800.0,
+        ge=0,
+        le=DAY,
+        description="Post-rollback watch after a verified rollback (the runbook's 30 minutes): a target that "
+        "degrades again within it is escalated, never rolled back a second time automatically. 0: no watch.",
+    )
 
 
 class StoreSettings(_Frozen):

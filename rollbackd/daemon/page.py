@@ -144,6 +144,7 @@ _ESCALATED_BY = {
     "cooldown": "cooldown",
     "rate-limit": "hourly rollback cap",
     "store": "audit trail cannot be written",
+    "post-rollback-watch": "degraded again after its rollback",
 }
 
 
@@ -178,6 +179,8 @@ def target_status(target: _Doc) -> Status:
         if decision.get("dry_run") is True:
             return Status(Urgency.ROLLBACK, f"would roll back ({outcome}, dry-run)")
         return Status(Urgency.ROLLBACK, f"rollback decided ({outcome})")
+    if blocked_by == "post-rollback-watch":  # the news is the new degradation, not the old rollback
+        return Status(Urgency.ESCALATED, f"escalated: {_ESCALATED_BY[blocked_by]}")
     run = _obj(target.get("rollback"))
     if run is not None and _text(run.get("phase")) in _RUN_BADGES:
         return Status(Urgency.ROLLBACK, _RUN_BADGES[_text(run.get("phase"))])
@@ -765,6 +768,14 @@ def _restraints(target: _Doc, *, generated_at: datetime) -> str:
             f'<p class="cooldown"><b>Cooldown</b> {_e(human_duration(remaining))} left (until '
             f"{_e(_clock(generated_at, remaining))}): no further automatic rollback of this target "
             "until then</p>"
+        )
+    watch = _obj(target.get("watch"))
+    if watch is not None:
+        remaining = _num(watch.get("remaining_s")) or 0.0
+        lines.append(
+            f'<p class="cooldown"><b>Watching after the rollback</b> {_e(human_duration(remaining))} left '
+            f"(until {_e(_clock(generated_at, remaining))}): if it degrades again, rollbackd escalates and "
+            "does not roll back a second time</p>"
         )
     return "".join(lines)
 
