@@ -5,6 +5,8 @@ The loop clock is fast-forwarded (looptime) through the half hour."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -31,6 +33,22 @@ def settings(watch_s: float = WATCH_S) -> Settings:
     )
 
 
+@contextlib.asynccontextmanager
+async def watched(
+    watch_s: float = WATCH_S,
+) -> AsyncIterator[tuple[Daemon, Api, ScriptedMetrics, ScriptedTargets]]:
+    """A daemon over scripted metrics and cluster, with its API."""
+    metrics = ScriptedMetrics(HEALTHY)
+    cluster = ScriptedTargets()
+    async with (
+        aiohttp.ClientSession() as session,
+        Daemon(
+            settings(watch_s), metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster
+        ) as daemon,
+    ):
+        yield daemon, Api(session, daemon), metrics, cluster
+
+
 async def roll_back_and_verify(daemon: Daemon, metrics: ScriptedMetrics) -> float:
     """A severe breach, a rollback, its verification; the loop time it was verified at."""
     await asyncio.sleep(3 * INTERVAL_S)
@@ -46,13 +64,7 @@ async def roll_back_and_verify(daemon: Daemon, metrics: ScriptedMetrics) -> floa
 
 @pytest.mark.looptime
 async def test_degrading_again_within_the_watch_escalates_and_never_rolls_back_twice() -> None:
-    metrics = ScriptedMetrics(HEALTHY)
-    cluster = ScriptedTargets()
-    async with (
-        aiohttp.ClientSession() as session,
-        Daemon(settings(), metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster) as daemon,
-    ):
-        api = Api(session, daemon)
+    async with watched() as (daemon, api, metrics, cluster):
         verified_at = await roll_back_and_verify(daemon, metrics)
         shown = (await api.target())["watch"]
         assert shown is not None
@@ -77,13 +89,7 @@ async def test_degrading_again_within_the_watch_escalates_and_never_rolls_back_t
 
 @pytest.mark.looptime
 async def test_after_the_watch_a_new_breach_is_rolled_back_again() -> None:
-    metrics = ScriptedMetrics(HEALTHY)
-    cluster = ScriptedTargets()
-    async with (
-        aiohttp.ClientSession() as session,
-        Daemon(settings(), metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster) as daemon,
-    ):
-        api = Api(session, daemon)
+    async with watched() as (daemon, api, metrics, cluster):
         verified_at = await roll_back_and_verify(daemon, metrics)
         await asyncio.sleep(verified_at + WATCH_S + INTERVAL_S - asyncio.get_running_loop().time())
         assert (await api.target())["watch"] is None
@@ -94,14 +100,9 @@ async def test_after_the_watch_a_new_breach_is_rolled_back_again() -> None:
 
 @pytest.mark.looptime
 async def test_watch_s_zero_means_no_watch() -> None:
-    metrics = ScriptedMetrics(HEALTHY)
-    async with (
-        aiohttp.ClientSession() as session,
-        Daemon(settings(watch_s=0), metrics_source=metrics, health_source=ScriptedHealth(),
-               targets=ScriptedTargets()) as daemon,
-    ):
+    async with watched(watch_s=0) as (daemon, api, metrics, _):
         await roll_back_and_verify(daemon, metrics)
-        assert (await Api(session, daemon).target())["watch"] is None
+        assert (await api.target())["watch"] is None
 
 
 def test_degrading_again_within_the_watch_is_told_as_an_escalation() -> None:

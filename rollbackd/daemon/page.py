@@ -761,22 +761,18 @@ def _restraints(target: _Doc, *, generated_at: datetime) -> str:
             f'{_e(_text(accepted.get("at")))}: {_e(_text(accepted.get("reason")))} '
             "(not judged until the next revision)</p>"
         )
-    cooldown = _obj(target.get("cooldown"))
-    if cooldown is not None:
-        remaining = _num(cooldown.get("remaining_s")) or 0.0
-        lines.append(
-            f'<p class="cooldown"><b>Cooldown</b> {_e(human_duration(remaining))} left (until '
-            f"{_e(_clock(generated_at, remaining))}): no further automatic rollback of this target "
-            "until then</p>"
-        )
-    watch = _obj(target.get("watch"))
-    if watch is not None:
-        remaining = _num(watch.get("remaining_s")) or 0.0
-        lines.append(
-            f'<p class="cooldown"><b>Watching after the rollback</b> {_e(human_duration(remaining))} left '
-            f"(until {_e(_clock(generated_at, remaining))}): if it degrades again, rollbackd escalates and "
-            "does not roll back a second time</p>"
-        )
+    for key, title, meaning in (
+        ("cooldown", "Cooldown", "no further automatic rollback of this target until then"),
+        ("watch", "Watching after the rollback",
+         "if it degrades again, rollbackd escalates and does not roll back a second time"),
+    ):
+        restraint = _obj(target.get(key))
+        if restraint is not None:
+            remaining = _num(restraint.get("remaining_s")) or 0.0
+            lines.append(
+                f'<p class="cooldown"><b>{title}</b> {_e(human_duration(remaining))} left (until '
+                f"{_e(_clock(generated_at, remaining))}): {meaning}</p>"
+            )
     return "".join(lines)
 
 
