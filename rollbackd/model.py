@@ -11,8 +11,9 @@ import bisect
 import enum
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from rollbackd.knobs import HOUR, knob
 
@@ -41,6 +42,9 @@ class Strategy(enum.StrEnum):
     ARGO_ROLLOUT = "argo-rollout"
     #: A release rollbackd does not know how to undo by itself: rolled back by a configured command.
     COMMAND = "command"
+    #: A change of ConfigMaps' data: rolled back by restoring their previous data and restarting
+    #: the Deployments that read them.
+    CONFIG = "config"
 
     @property
     def own_past(self) -> bool:
@@ -333,6 +337,18 @@ class Hold:
     until: float
     reason: str = "fix-forward"
     set_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigMapVersion:
+    """One version of a ConfigMap's data as rollbackd saw it (Kubernetes keeps no history of a
+    ConfigMap): where it is, its ``resourceVersion``, its data, and when it was first seen."""
+
+    namespace: str
+    name: str
+    resource_version: str
+    data: Mapping[str, str] = field(default_factory=dict)
+    seen_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from rollbackd.actions.base import ActionOutcome, ActionResult, Change
 from rollbackd.actions.steps import (
@@ -40,10 +40,19 @@ from rollbackd.actions.steps import (
     object_name,
 )
 from rollbackd.kube import KubeClient, KubeNotFound, Obj, objects
+from rollbackd.model import ConfigMapVersion
 
 ACTION = "config-restore"
 #: The annotation ``kubectl rollout restart`` sets on the pod template.
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+
+
+class ConfigHistory(Protocol):
+    """Where the versions of ConfigMaps rollbackd saw are kept (the store)."""
+
+    async def config_versions(self, namespace: str, name: str, *, limit: int = 2) -> Sequence[ConfigMapVersion]:
+        """The newest ``limit`` versions of the ConfigMap, newest first."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +75,23 @@ def _changed_keys(
     return ({key: current.get(key) for key in differ}, {key: wanted.get(key) for key in differ})
 
 
+def restore_plan(namespace: str, name: str, kept: Sequence[ConfigMapVersion]) -> ConfigVersion:
+    """What to restore from a ConfigMap's kept versions (newest first): the newest is the version
+    judged bad, the one before it the data to go back to. :class:`Refusal` when there is nothing
+    to go back to, or when the newest is itself a restore (its data is that of the version two
+    back): going back would put back the version a rollback rolled away from."""
+    where = f"the ConfigMap {namespace}/{name}"
+    if len(kept) < 2:
+        raise Refusal(f"only {len(kept)} version of {where} was seen: no earlier data to go back to")
+    if len(kept) >= 3 and dict(kept[0].data) == dict(kept[2].data):
+        raise Refusal(
+            f"{where} holds the data of its version {kept[2].resource_version} again (a rollback, or someone, "
+            f"put it back): going back would put back the data of version {kept[1].resource_version}"
+        )
+    return ConfigVersion(name=name, bad_version=kept[0].resource_version, data=dict(kept[1].data),
+                         previous_version=kept[1].resource_version)
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -76,7 +102,8 @@ class ConfigRestore(KubeAction):
     Besides :class:`~rollbackd.actions.steps.KubeAction`'s ``kube``, ``target``, ``namespace``
     and ``settings``:
 
-    - ``versions``: what to restore, one :class:`ConfigVersion` per ConfigMap;
+    - ``configmaps``: the ConfigMaps to restore, each from the versions ``history`` kept
+      (:func:`restore_plan`);
     - ``restart``: the Deployments to restart once the data is back;
     - ``wall_clock``: the time written in the restart annotation.
     """
@@ -89,13 +116,15 @@ class ConfigRestore(KubeAction):
         kube: KubeClient,
         target: str,
         namespace: str,
-        versions: Sequence[ConfigVersion],
+        configmaps: Sequence[str],
+        history: ConfigHistory,
         restart: Sequence[str] = (),
         settings: ActionSettings = DEFAULT_SETTINGS,
         wall_clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         super().__init__(kube=kube, target=target, namespace=namespace, settings=settings)
-        self.versions = tuple(versions)
+        self.configmaps = tuple(configmaps)
+        self.history = history
         self.restart = tuple(restart)
         self._wall_clock = wall_clock
 
@@ -158,10 +187,15 @@ class ConfigRestore(KubeAction):
         return Step(changes=(change,), apply=apply)
 
     async def _run(self, run: ActionRun, fields: dict[str, Any], *, dry_run: bool) -> ActionResult:
-        if not self.versions:
-            raise Refusal("no earlier version of the target's ConfigMaps is recorded: nothing to go back to")
+        versions = []
+        for name in self.configmaps:
+            try:
+                kept = await self.history.config_versions(self.namespace, name, limit=3)
+            except Exception as exc:  # the store, whose errors this layer does not know, failing
+                raise ActionFailed(f"cannot read the kept versions of {self._where(name)}: {exc}") from exc
+            versions.append(restore_plan(self.namespace, name, kept))
         steps: list[Step] = []
-        for version in self.versions:
+        for version in versions:
             current = await run.required(self._where(version.name),
                                          lambda name=version.name: self._get(name))  # type: ignore[misc]
             step = self._restore_step(version, current)
@@ -178,7 +212,7 @@ class ConfigRestore(KubeAction):
             restarts.append(self._restart_step(deployment, current, at))
         if dry_run:
             planned = tuple(change for step in (*steps, *restarts) for change in step.changes)
-            what = ", ".join(v.name for v in self.versions)
+            what = ", ".join(v.name for v in versions)
             return run.result(ActionOutcome.PLANNED, f"would restore the ConfigMaps {what} and restart "
                               f"{', '.join(self.restart) or 'nothing'}", changes=planned)
         for step in (*steps, *restarts):
@@ -196,10 +230,10 @@ class ConfigRestore(KubeAction):
         if self.restart:
             await run.wait_until(f"the Deployments {', '.join(self.restart)} to roll out the restored "
                                  "configuration", rolled_out)
-        restored = [v.name for v in self.versions]
+        restored = [v.name for v in versions]
         reason = (f"restored the ConfigMaps {', '.join(restored)} to their previous data"
                   + (f"; restarted {', '.join(self.restart)}, fully available" if self.restart else ""))
         outcome = ActionOutcome.DONE if run.changes else ActionOutcome.ALREADY_DONE
         return run.result(outcome, reason, details={"versions": {
-            v.name: {"from": v.bad_version, "to": v.previous_version} for v in self.versions
+            v.name: {"from": v.bad_version, "to": v.previous_version} for v in versions
         }})

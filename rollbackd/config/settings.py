@@ -1306,6 +1306,34 @@ class CommandSettings(_Frozen):
         return self
 
 
+class ConfigLeverSettings(_Frozen):
+    """config: the ConfigMaps whose data is the release, and the Deployments that read them. rollbackd
+    keeps each version of their data it sees (Kubernetes keeps none); a change of the data is a
+    release, and rolling it back puts the previous data back and restarts ``restart`` the way
+    ``kubectl rollout restart`` does."""
+
+    configmaps: tuple[K8sName, ...] = Field(
+        min_length=1, description="The ConfigMaps, in the target's namespace, whose versions are kept."
+    )
+    restart: tuple[K8sName, ...] = Field(
+        (), description="The Deployments, in the target's namespace, restarted once the data is restored."
+    )
+    keep_versions: int = Field(
+        20, ge=2, le=1000, description="Versions kept per ConfigMap (the newest; at least 2)."
+    )
+    keep_age_s: float = Field(
+        30 * DAY,
+        ge=HOUR,
+        le=YEAR,
+        description="Versions older than this are dropped, except the 2 newest of each ConfigMap.",
+    )
+    secrets: Literal[False] = Field(
+        False,
+        description="Secrets are never kept: rollbackd stores no Secret data, encrypted or not "
+        "(docs/levers.md says why).",
+    )
+
+
 #: How traffic reaches a canary, chosen by ``kind``.
 RouterSettings: TypeAlias = Annotated[
     IngressNginxRouterSettings | GatewayApiRouterSettings | IstioRouterSettings,
@@ -1322,6 +1350,7 @@ _STRATEGY_KEYS: dict[str, tuple[frozenset[Strategy], str]] = {
     "service": (frozenset({Strategy.BLUE_GREEN}), "the Service whose selector picks the colour"),
     "rollout": (frozenset({Strategy.ARGO_ROLLOUT}), "the Argo Rollouts Rollout"),
     "command": (frozenset({Strategy.COMMAND}), "the command that rolls the release back"),
+    "config": (frozenset({Strategy.CONFIG}), "the ConfigMaps whose data is the release"),
 }
 #: Keys that only a canary uses, one of which it needs.
 _ROUTING_KEYS = ("router", "ingress")
@@ -1350,7 +1379,8 @@ class TargetSettings(_Frozen):
     )
     strategy: Strategy = Field(
         ...,
-        description="How the release is rolled out: canary, blue-green, deployment, argo-rollout or command.",
+        description="How the release is rolled out: canary, blue-green, deployment, argo-rollout, command "
+        "or config.",
     )
     baseline: Side | None = Field(
         None,
@@ -1381,6 +1411,9 @@ class TargetSettings(_Frozen):
     )
     command: CommandSettings | None = Field(
         None, description="command: the command that rolls the release back (argv, cwd, env, timeout_s)."
+    )
+    config: ConfigLeverSettings | None = Field(
+        None, description="config: the ConfigMaps whose data is the release (configmaps, restart, keep_*)."
     )
     dry_run: bool = Field(
         False,

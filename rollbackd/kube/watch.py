@@ -1,4 +1,5 @@
-"""Listing and watching Deployments, in one namespace or in all of them.
+"""Listing and watching Deployments (in one namespace or in all of them) and ConfigMaps (in one
+namespace).
 
 :func:`list_deployments` reads the objects as they are and the list's ``resourceVersion``;
 :func:`watch_deployments` streams what changes after it (``ADDED``, ``MODIFIED``, ``DELETED``;
@@ -55,5 +56,28 @@ async def watch_deployments(
     extra = {"resource_version": resource_version} if resource_version else {}
     async for event in kube.watch(
         call, method, *args, timeout_s=timeout_s, allow_watch_bookmarks=True, **extra
+    ):
+        yield event
+
+
+async def list_configmaps(kube: KubeClient, *, namespace: str) -> Listed:
+    """The ConfigMaps of ``namespace``."""
+    call = KubeCall("list", "configmaps", "", namespace)
+    body = await kube.request(call, kube.core.list_namespaced_config_map, namespace)
+    items = tuple(item for item in body.get("items") or () if isinstance(item, dict))
+    version = (body.get("metadata") or {}).get("resourceVersion")
+    return Listed(items=items, resource_version=version if isinstance(version, str) else None)
+
+
+async def watch_configmaps(
+    kube: KubeClient, *, namespace: str, resource_version: str | None, timeout_s: float
+) -> AsyncIterator[Obj]:
+    """The changes to the ConfigMaps of ``namespace`` after ``resource_version``, as watch events,
+    until the API server ends the stream (like :func:`watch_deployments`)."""
+    call = KubeCall("watch", "configmaps", "", namespace)
+    extra = {"resource_version": resource_version} if resource_version else {}
+    async for event in kube.watch(
+        call, kube.core.list_namespaced_config_map, namespace, timeout_s=timeout_s, allow_watch_bookmarks=True,
+        **extra,
     ):
         yield event

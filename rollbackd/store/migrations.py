@@ -22,6 +22,12 @@ Schema at version 1:
     ``sink``, ``delivered_seq`` (every event up to it is delivered to that sink), ``updated_at``.
 ``target_state``
     ``key``, ``value`` (JSON object), ``updated_at``.
+
+Version 2 adds:
+
+``config_versions``
+    ``seq``, ``namespace``, ``name``, ``resource_version`` (unique per ConfigMap), ``data`` (JSON
+    object), ``seen_at``: each version of the data of the ConfigMaps config targets name.
 """
 
 from __future__ import annotations
@@ -118,6 +124,22 @@ MIGRATIONS: tuple[Migration, ...] = (
                 value {json} NOT NULL,
                 updated_at {timestamp} NOT NULL
             )""",
+        ),
+    ),
+    Migration(
+        version=2,
+        description="the versions of ConfigMaps' data config targets name (Kubernetes keeps none)",
+        statements=(
+            """CREATE TABLE config_versions (
+                seq {serial_key},
+                namespace TEXT NOT NULL,
+                name TEXT NOT NULL,
+                resource_version TEXT NOT NULL,
+                data {json} NOT NULL,
+                seen_at {timestamp} NOT NULL,
+                UNIQUE (namespace, name, resource_version)
+            )""",
+            "CREATE INDEX config_versions_object ON config_versions (namespace, name, seq)",
         ),
     ),
 )
