@@ -499,8 +499,8 @@ class StoreSuite:
             for n in range(6):
                 seen = now - timedelta(days=9 - n, hours=12)  # 9.5 days old, 8.5, ..., 4.5
                 await store.add_config_version(
-                    ConfigMapVersion(namespace="shop", name="web", resource_version=str(n), data={"n": str(n)},
-                                     seen_at=seen),
+                    ConfigMapVersion(namespace="shop", name="web", resource_version=str(n),
+                                     data={"n": str(n)}, seen_at=seen),
                     keep_versions=4, keep_age_s=7 * 86400,
                 )
             kept = [v.resource_version for v in await store.config_versions("shop", "web", limit=10)]

@@ -69,6 +69,8 @@ def number_paths(model: type[BaseModel] = Settings, prefix: KeyPath = ()) -> lis
 STRATEGY_TARGETS: dict[str, dict[str, Any]] = {
     "command": {"name": "checkout", "namespace": "shop", "strategy": "command",
                 "candidate": {"deployment": "checkout"}, "command": {"argv": ["./deploy.sh", "rollback"]}},
+    "config": {"name": "checkout", "namespace": "shop", "strategy": "config",
+               "candidate": {"deployment": "checkout"}, "config": {"configmaps": ["checkout-config"]}},
 }
 
 

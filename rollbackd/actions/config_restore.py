@@ -50,7 +50,9 @@ RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 class ConfigHistory(Protocol):
     """Where the versions of ConfigMaps rollbackd saw are kept (the store)."""
 
-    async def config_versions(self, namespace: str, name: str, *, limit: int = 2) -> Sequence[ConfigMapVersion]:
+    async def config_versions(
+        self, namespace: str, name: str, *, limit: int = 2
+    ) -> Sequence[ConfigMapVersion]:
         """The newest ``limit`` versions of the ConfigMap, newest first."""
         ...
 
@@ -81,12 +83,17 @@ def restore_plan(namespace: str, name: str, kept: Sequence[ConfigMapVersion]) ->
     to go back to, or when the newest is itself a restore (its data is that of the version two
     back): going back would put back the version a rollback rolled away from."""
     where = f"the ConfigMap {namespace}/{name}"
+    distinct: list[ConfigMapVersion] = []
+    for version in kept:  # two replicas may both keep one version: one of each run of equal data
+        if not distinct or dict(distinct[-1].data) != dict(version.data):
+            distinct.append(version)
+    kept = distinct
     if len(kept) < 2:
         raise Refusal(f"only {len(kept)} version of {where} was seen: no earlier data to go back to")
     if len(kept) >= 3 and dict(kept[0].data) == dict(kept[2].data):
         raise Refusal(
-            f"{where} holds the data of its version {kept[2].resource_version} again (a rollback, or someone, "
-            f"put it back): going back would put back the data of version {kept[1].resource_version}"
+            f"{where} holds the data of its version {kept[2].resource_version} again (a rollback, or "
+            f"someone, put it back): going back would put back the data of version {kept[1].resource_version}"
         )
     return ConfigVersion(name=name, bad_version=kept[0].resource_version, data=dict(kept[1].data),
                          previous_version=kept[1].resource_version)
@@ -190,7 +197,7 @@ class ConfigRestore(KubeAction):
         versions = []
         for name in self.configmaps:
             try:
-                kept = await self.history.config_versions(self.namespace, name, limit=3)
+                kept = await self.history.config_versions(self.namespace, name, limit=6)
             except Exception as exc:  # the store, whose errors this layer does not know, failing
                 raise ActionFailed(f"cannot read the kept versions of {self._where(name)}: {exc}") from exc
             versions.append(restore_plan(self.namespace, name, kept))

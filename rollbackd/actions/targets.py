@@ -41,11 +41,12 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from rollbackd.actions import bluegreen, canary_abort, command, deployment_undo, rollout_abort
+from rollbackd.actions import bluegreen, canary_abort, command, config_restore, deployment_undo, rollout_abort
 from rollbackd.actions.base import RollbackAction, RollbackWhy
 from rollbackd.actions.bluegreen import BlueGreenSwitchBack
 from rollbackd.actions.canary_abort import CanaryAbort
 from rollbackd.actions.command import CommandAction
+from rollbackd.actions.config_restore import ConfigHistory, ConfigRestore
 from rollbackd.actions.deployment_undo import DeploymentUndo
 from rollbackd.actions.gitops import GitOpsGuard
 from rollbackd.actions.reconcilers import Tracking
@@ -77,6 +78,7 @@ ACTIONS: dict[Strategy, str] = {
     Strategy.DEPLOYMENT: deployment_undo.ACTION,
     Strategy.ARGO_ROLLOUT: rollout_abort.ACTION,
     Strategy.COMMAND: command.ACTION,
+    Strategy.CONFIG: config_restore.ACTION,
 }
 
 
@@ -118,6 +120,8 @@ class KubeTargets:
         self._gitops: GitOpsSettings = settings.gitops
         self._max_age_s = self.kubernetes.facts_max_age_s
         self._wall_clock = wall_clock
+        #: Where the versions of config targets' ConfigMaps are kept (the daemon sets its store's).
+        self.config_history: ConfigHistory | None = None
         #: target key -> (the fix-forward ETA annotation's value, loop time it was first seen).
         self._eta_seen: dict[str, tuple[str, float]] = {}
         #: target key -> the candidate revision the latest facts() read.
@@ -315,6 +319,13 @@ class KubeTargets:
     ) -> RollbackAction:
         """The action that rolls ``target`` back, by its strategy."""
         namespace = target.namespace
+        if target.strategy is Strategy.CONFIG:
+            assert target.config is not None  # the settings check it
+            if self.config_history is None:
+                raise LookupError(f"target {params.key!r}: no store keeps its ConfigMaps' versions")
+            return ConfigRestore(kube=self.kube, target=params.key, namespace=namespace,
+                                 configmaps=target.config.configmaps, history=self.config_history,
+                                 restart=target.config.restart, settings=self.action_settings)
         if target.strategy is Strategy.ARGO_ROLLOUT:
             assert target.rollout is not None  # the settings check it
             return RolloutAbort(kube=self.kube, target=params.key, namespace=namespace,
@@ -363,7 +374,7 @@ class KubeTargets:
                 logger.warning("cannot read the availability of the Rollout %s/%s: %s", namespace, name, exc,
                                extra={"target": params.key})
                 return None
-        side = target.candidate if target.strategy is Strategy.DEPLOYMENT else target.baseline
+        side = target.candidate if target.strategy.own_past else target.baseline
         assert side is not None  # canary and blue-green targets have a baseline (the settings check it)
         try:
             deployment = await self._deployment(target.namespace, _deployment_of(side))

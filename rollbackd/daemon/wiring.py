@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 
+from rollbackd.actions.targets import KubeTargets
 from rollbackd.config.settings import Settings
 from rollbackd.daemon.app import SHUTDOWN_TIMEOUT_S, Daemon
 from rollbackd.daemon.auth import ApiAuth
+from rollbackd.daemon.configwatch import ConfigWatch, StoreHistory
 from rollbackd.daemon.journal import Journal
 from rollbackd.daemon.leader import Leadership
 from rollbackd.daemon.metrics import DaemonMetrics
@@ -55,8 +57,9 @@ async def open_daemon(
       their errors into.
     - ``targets``: the targets' Kubernetes access (release context, actions, availability);
       ``None`` decides only.
-    - ``kube``: the Kubernetes client the ``kubernetes_events`` sink writes Events with; ``None``:
-      no Kubernetes Events.
+    - ``kube``: the Kubernetes client the ``kubernetes_events`` sink writes Events with, and the
+      ConfigMaps of config targets are watched with (:mod:`rollbackd.daemon.configwatch`); ``None``:
+      no Kubernetes Events, no ConfigMap versions kept.
     - ``leader``: the leader election of several replicas (entered by the caller); only the
       leader acts and delivers the outbox. ``None``: this process is the only one.
     - ``auth``: access rules of the API (default: from ``settings.api``, token files only).
@@ -80,8 +83,11 @@ async def open_daemon(
             ),
             name="rollbackd:store",
         )
+        if isinstance(targets, KubeTargets):
+            targets.config_history = StoreHistory(journal)
         try:
-            async with Daemon(
+            async with ConfigWatch(kube=kube, settings=settings, journal=journal) if kube is not None \
+                    else contextlib.nullcontext(), Daemon(
                 settings,
                 metrics_source=metrics_source,
                 health_source=health_source,

@@ -91,6 +91,7 @@ Obj = dict[str, Any]
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
 REPLICASETS = kmock.resource("apps", "v1", "replicasets")
 SERVICES = kmock.resource("", "v1", "services")
+CONFIGMAPS = kmock.resource("", "v1", "configmaps")
 ENDPOINTS = kmock.resource("", "v1", "endpoints")
 CORE_EVENTS = kmock.resource("", "v1", "events")
 INGRESSES = kmock.resource("networking.k8s.io", "v1", "ingresses")
@@ -115,6 +116,7 @@ RESOURCES: Mapping[kmock.resource, tuple[str, frozenset[str]]] = {
     DEPLOYMENTS: ("Deployment", frozenset({"status", "scale"})),
     REPLICASETS: ("ReplicaSet", frozenset({"status", "scale"})),
     SERVICES: ("Service", frozenset({"status"})),
+    CONFIGMAPS: ("ConfigMap", frozenset()),
     ENDPOINTS: ("Endpoints", frozenset()),
     CORE_EVENTS: ("Event", frozenset()),
     INGRESSES: ("Ingress", frozenset({"status"})),

@@ -77,7 +77,7 @@ async def watch_configmaps(
     call = KubeCall("watch", "configmaps", "", namespace)
     extra = {"resource_version": resource_version} if resource_version else {}
     async for event in kube.watch(
-        call, kube.core.list_namespaced_config_map, namespace, timeout_s=timeout_s, allow_watch_bookmarks=True,
-        **extra,
+        call, kube.core.list_namespaced_config_map, namespace, timeout_s=timeout_s,
+        allow_watch_bookmarks=True, **extra,
     ):
         yield event

@@ -51,14 +51,17 @@ DELETE_STATE = "DELETE FROM target_state WHERE key = %s"
 
 # ConfigMaps' versions: a replica that sees a version another recorded already adds nothing.
 INSERT_CONFIG_VERSION = (
-    "INSERT INTO config_versions (namespace, name, resource_version, data, seen_at) VALUES (%s, %s, %s, %s, %s)"
+    "INSERT INTO config_versions (namespace, name, resource_version, data, seen_at)"
+    " VALUES (%s, %s, %s, %s, %s)"
     " ON CONFLICT (namespace, name, resource_version) DO NOTHING"
 )
 CONFIG_VERSIONS = (
     "SELECT resource_version, data, seen_at FROM config_versions WHERE namespace = %s AND name = %s"
     " ORDER BY seq DESC LIMIT %s"
 )
-_NEWEST_CONFIG = "SELECT seq FROM config_versions WHERE namespace = %s AND name = %s ORDER BY seq DESC LIMIT %s"
+_NEWEST_CONFIG = (
+    "SELECT seq FROM config_versions WHERE namespace = %s AND name = %s ORDER BY seq DESC LIMIT %s"
+)
 PRUNE_CONFIG_COUNT = (
     f"DELETE FROM config_versions WHERE namespace = %s AND name = %s AND seq NOT IN ({_NEWEST_CONFIG})"
 )

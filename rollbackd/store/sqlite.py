@@ -343,8 +343,10 @@ class SQLiteStore:
 
     async def config_versions(self, namespace: str, name: str, *, limit: int = 2) -> list[ConfigMapVersion]:
         """See :meth:`~rollbackd.store.base.Store.config_versions`."""
-        rows = await self._run(f"read the versions of the ConfigMap {namespace}/{name}",
-                               lambda conn: conn.execute(_CONFIG_VERSIONS, (namespace, name, limit)).fetchall())
+        rows = await self._run(
+            f"read the versions of the ConfigMap {namespace}/{name}",
+            lambda conn: conn.execute(_CONFIG_VERSIONS, (namespace, name, limit)).fetchall(),
+        )
         return [sql.config_version(namespace, name, row) for row in rows]
 
     async def ping(self) -> bool:
