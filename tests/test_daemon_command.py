@@ -82,8 +82,12 @@ async def app() -> AsyncIterator[tuple[SampleApp, str]]:
 
 
 def settings(data_dir: Path, command: CommandSettings) -> Settings:
-    target = TargetSettings(name="checkout", namespace=NS, strategy=Strategy.COMMAND,
-                            candidate=Side(deployment="checkout"), command=command)
+    return one_target(data_dir, TargetSettings(name="checkout", namespace=NS, strategy=Strategy.COMMAND,
+                                               candidate=Side(deployment="checkout"), command=command))
+
+
+def one_target(data_dir: Path, target: TargetSettings) -> Settings:
+    """A daemon of one target ticking every 0.1 s, verifying for 1 s, its store in ``data_dir``."""
     return Settings(
         interval_s=0.1,
         http=HttpSettings(host="127.0.0.1", port=0),

@@ -10,16 +10,7 @@ from pathlib import Path
 
 from rollbackd.actions.config_restore import RESTARTED_AT
 from rollbackd.actions.targets import KubeTargets
-from rollbackd.config.settings import (
-    ApiSettings,
-    ConfigLeverSettings,
-    HttpSettings,
-    Settings,
-    Side,
-    StoreSettings,
-    TargetSettings,
-    VerificationSettings,
-)
+from rollbackd.config.settings import ConfigLeverSettings, Settings, Side, TargetSettings
 from rollbackd.daemon.wiring import open_daemon
 from rollbackd.demo.emulator import CONFIGMAPS
 from rollbackd.kube import KubeClient, objects
@@ -30,6 +21,7 @@ from rollbackd.store import open_store
 from tests.kubefixtures import DEPLOYMENTS, ClusterEmulator, Controllers, seed_deployment, wait_until
 from tests.test_actions_rollout import FAST
 from tests.test_daemon import ScriptedHealth
+from tests.test_daemon_command import one_target
 
 NS = "shop"
 KEY = "shop/checkout"
@@ -53,18 +45,10 @@ class ConfigFollowingApp:
 
 
 def settings(data_dir: Path) -> Settings:
-    target = TargetSettings(
+    return one_target(data_dir, TargetSettings(
         name="checkout", namespace=NS, strategy=Strategy.CONFIG, candidate=Side(deployment="checkout"),
         config=ConfigLeverSettings(configmaps=("checkout-config",), restart=("checkout",)),
-    )
-    return Settings(
-        interval_s=0.1,
-        http=HttpSettings(host="127.0.0.1", port=0),
-        store=StoreSettings(data_dir=str(data_dir)),
-        verification=VerificationSettings(window_s=1.0),
-        api=ApiSettings(allow_unauthenticated_writes=True),
-        targets=(target,),
-    )
+    ))
 
 
 async def test_a_bad_config_change_is_restored_the_readers_restarted_and_verified(
