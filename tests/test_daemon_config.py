@@ -90,5 +90,7 @@ async def test_a_bad_config_change_is_restored_the_readers_restarted_and_verifie
     finally:
         await store.close()
     kinds = [entry.kind for entry in history]
-    assert "config.version" in kinds  # the change was seen and kept as a release
+    assert "release.started" in kinds  # the change was seen, kept and announced as a release
     assert "rollback.verified" in kinds
+    started = next(entry for entry in history if entry.kind == "release.started")
+    assert "ConfigMap shop/checkout-config changed" in started.summary

@@ -7,10 +7,12 @@ ConfigMaps (``rollbackd:config-watch:<namespace>``). A task lists the namespace'
 the named ones' data, then watches from the list's ``resourceVersion``; when the stream ends or
 breaks it lists again (after a backoff with jitter when something failed). Each new version of the
 data is kept (:meth:`~rollbackd.store.base.Store.add_config_version`, bounded by the target's
-``keep_versions`` and ``keep_age_s``) and audited (``config.version``): a change of the data is a
-release. Every replica keeps what it sees: a version another replica kept already is not kept
-twice. While the store is not open (or fails), nothing is kept: the namespace is listed again
-after a pause, and the listing keeps the data as it is then.
+``keep_versions`` and ``keep_age_s``); a change of the data (not the first version seen) is a
+release of kind ``config``, announced through the daemon's release book (stored with its
+``release.started`` event; its id, ``config:<namespace>/<name>@<resourceVersion>``, makes two
+replicas' announcements one). Every replica keeps what it sees: a version another replica kept
+already is not kept twice. While the store is not open (or fails), nothing is kept: the namespace
+is listed again after a pause, and the listing keeps the data as it is then.
 
 :class:`StoreHistory` is the lever's view of the kept versions, through the journal's store.
 """
@@ -19,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Self
 
 from rollbackd.aiotasks import stop_tasks
@@ -31,6 +34,7 @@ from rollbackd.kube.client import KubeClient, Obj
 from rollbackd.kube.errors import KubeError
 from rollbackd.kube.watch import list_configmaps, watch_configmaps
 from rollbackd.model import ConfigMapVersion, Strategy
+from rollbackd.releases import Release
 from rollbackd.store.base import StoreError
 
 logger = logging.getLogger(__name__)
@@ -77,10 +81,19 @@ class ConfigWatch:
     versions in ``journal``'s store (see the module docstring)."""
 
     def __init__(
-        self, *, kube: KubeClient, settings: Settings, journal: Journal, backoff: Backoff = BACKOFF
+        self,
+        *,
+        kube: KubeClient,
+        settings: Settings,
+        journal: Journal,
+        announce: Callable[[Release], Awaitable[tuple[Release, bool]]],
+        backoff: Backoff = BACKOFF,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._kube = kube
         self._journal = journal
+        self._announce = announce
+        self._wall_clock = wall_clock
         self._backoff = backoff
         self._watched = watched_configmaps(settings)
         self._tasks: list[asyncio.Task[None]] = []
@@ -136,18 +149,30 @@ class ConfigWatch:
             data={str(k): str(v) for k, v in (obj.get("data") or {}).items()},
         )
         try:
+            before = await store.config_versions(namespace, str(name), limit=1)
             added = await store.add_config_version(version, keep_versions=config.keep_versions,
                                                    keep_age_s=config.keep_age_s)
         except StoreError as exc:
             logger.warning("cannot keep a version of the ConfigMap %s/%s: %s", namespace, name, exc,
                            extra={"target": key})
             raise _NotKept from exc
-        if added:
-            self._journal.audit(
-                "config.version",
-                f"ConfigMap {namespace}/{name} changed (resourceVersion {version.resource_version}): a "
-                f"release of {key}, its data kept",
-                target=key,
-                details={"configmap": f"{namespace}/{name}", "resource_version": version.resource_version,
-                         "keys": sorted(version.data)},
-            )
+        if not added or not before:  # the same data, or the first version seen: no change
+            return
+        previous = dict(before[0].data)
+        keys = set(previous) | set(version.data)  # those changed are told in the release
+        changed = sorted(item for item in keys if previous.get(item) != version.data.get(item))
+        release = Release(
+            id=f"config:{namespace}/{name}@{version.resource_version}",
+            target=key,
+            kind="config",
+            started_at=self._wall_clock(),
+            description=f"ConfigMap {namespace}/{name} changed (resourceVersion {version.resource_version})",
+            details={"configmap": f"{namespace}/{name}", "resource_version": version.resource_version,
+                     "previous_resource_version": before[0].resource_version, "keys": changed},
+            who="rollbackd (ConfigMap watch)",
+        )
+        try:
+            await self._announce(release)
+        except (StoreError, TimeoutError, LookupError) as exc:
+            logger.warning("cannot announce the change of the ConfigMap %s/%s as a release: %s", namespace,
+                           name, exc, extra={"target": key})

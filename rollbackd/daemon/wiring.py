@@ -86,8 +86,7 @@ async def open_daemon(
         if isinstance(targets, KubeTargets):
             targets.config_history = StoreHistory(journal)
         try:
-            async with ConfigWatch(kube=kube, settings=settings, journal=journal) if kube is not None \
-                    else contextlib.nullcontext(), Daemon(
+            async with Daemon(
                 settings,
                 metrics_source=metrics_source,
                 health_source=health_source,
@@ -99,6 +98,11 @@ async def open_daemon(
                 shutdown_timeout_s=shutdown_timeout_s,
                 probe=probe,
             ) as daemon:
-                yield daemon
+                if kube is None:
+                    yield daemon
+                else:
+                    async with ConfigWatch(kube=kube, settings=settings, journal=journal,
+                                           announce=daemon.releases.announce):
+                        yield daemon
         finally:
             stopping.set()

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from rollbackd.errors import PermanentError, RollbackdError, TemporaryError
 from rollbackd.model import ConfigMapVersion
+from rollbackd.releases import Release
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,27 @@ class Store(Protocol):
 
     async def config_versions(self, namespace: str, name: str, *, limit: int = 2) -> list[ConfigMapVersion]:
         """The newest ``limit`` kept versions of a ConfigMap, newest first."""
+        ...
+
+    async def add_release(
+        self, release: Release, entry: AuditEntry, events: Sequence[OutboxEvent] = ()
+    ) -> tuple[Release, bool]:
+        """Store ``release`` unless one with its id is stored already, and then, in the same
+        transaction, ``entry`` and ``events`` (its ``release.started``). Returns the stored
+        release (the earlier one when the id was known: nothing else is written then) and
+        whether this call stored it."""
+        ...
+
+    async def releases(
+        self,
+        *,
+        target: str | None = None,
+        since: datetime | None = None,
+        recorded_since: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[Release]:
+        """Stored releases, oldest first: of ``target``, started at ``since`` or later, stored at
+        ``recorded_since`` or later, the latest ``limit`` of them."""
         ...
 
 

@@ -25,6 +25,12 @@ Schema at version 1:
 
 Version 2 adds:
 
+``releases``
+    ``id`` (the idempotency key), ``target``, ``kind``, ``description``, ``started_at`` (when the
+    change took effect, UTC), ``details`` (JSON object), ``who``, ``recorded_at``.
+
+Version 3 adds:
+
 ``config_versions``
     ``seq``, ``namespace``, ``name``, ``resource_version`` (unique per ConfigMap), ``data`` (JSON
     object), ``seen_at``: each version of the data of the ConfigMaps config targets name.
@@ -128,6 +134,24 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         version=2,
+        description="releases announced from outside (flag flips, configuration changes, commands)",
+        statements=(
+            """CREATE TABLE releases (
+                id TEXT PRIMARY KEY,
+                target TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                description TEXT NOT NULL,
+                started_at {timestamp} NOT NULL,
+                details {json} NOT NULL,
+                who TEXT NOT NULL,
+                recorded_at {timestamp} NOT NULL
+            )""",
+            "CREATE INDEX releases_target_started ON releases (target, started_at)",
+            "CREATE INDEX releases_recorded ON releases (recorded_at)",
+        ),
+    ),
+    Migration(
+        version=3,
         description="the versions of ConfigMaps' data config targets name (Kubernetes keeps none)",
         statements=(
             """CREATE TABLE config_versions (
