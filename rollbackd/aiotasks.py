@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
@@ -59,3 +59,17 @@ async def stop_tasks(
         if errors and failures == "raise":
             raise errors[0]
     return frozenset(pending)
+
+
+async def poll_forever(
+    poll: Callable[[], Awaitable[object]], *, every_s: Callable[[], float], what: str
+) -> None:
+    """Run ``poll()`` every ``every_s()`` seconds (the first time at once) until cancelled. An
+    exception of one poll (a defect) is logged with ``what`` was read, and the next poll comes as
+    scheduled: a root task that polls must not end the daemon."""
+    while True:
+        try:
+            await poll()
+        except Exception:
+            logger.exception("reading %s failed; trying again in %gs", what, every_s())
+        await asyncio.sleep(every_s())

@@ -74,6 +74,14 @@ class TargetEvaluator:
         is decided on it. Returns how many observations were taken."""
         return self._judge.backfill(observations)
 
+    def released(self, at: float) -> None:
+        """A release announced at ``at``: judged from then on against the target's own history
+        before it (see :meth:`Judge.released`); the decision state starts over (a new episode)."""
+        evidences = self._judge.released(at)
+        self._state = DecisionState()
+        if evidences:
+            self.latest_evidence = evidences[-1]
+
     def reset(self) -> None:
         """Start afresh after a rollback: the next episode is judged on its own data, against the
         healthy past of the version that stays (see :meth:`Judge.reset`)."""

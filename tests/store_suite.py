@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import pytest
 
+from rollbackd.releases import Release
 from rollbackd.store import AuditEntry, OutboxEvent, PermanentStoreError, Store, StoreError
 from rollbackd.store.migrations import LATEST_VERSION, MIGRATIONS
 
@@ -353,6 +354,33 @@ class StoreSuite:
         assert fresh.seq > last.seq
 
     # -- per-target state -------------------------------------------------------------------
+
+    # -- releases ---------------------------------------------------------------------------
+
+    async def test_a_release_is_stored_once_by_id_with_its_record_and_event(self, backend: Backend) -> None:
+        flag = Release(id="flag-1", target="shop/checkout", kind="flag", started_at=T0,
+                       description="new_checkout on", details={"flag": "new_checkout"}, who="ci")
+        async with opened(backend) as store:
+            stored, created = await store.add_release(flag, entry("release started"), [event("r1")])
+            assert (stored, created) == (flag, True)
+            # Announced again (a retried pipeline step), even with other fields: the first one stays,
+            # and nothing else is written.
+            again = Release(id="flag-1", target="shop/checkout", kind="config", started_at=T0 + timedelta(1))
+            stored, created = await store.add_release(again, entry("again"), [event("r2")])
+            assert (stored, created) == (flag, False)
+            config = Release(id="cfg-7", target="shop/other", kind="config",
+                             started_at=T0 + timedelta(hours=1))
+            assert (await store.add_release(config, entry("config", target="shop/other")))[1] is True
+            assert await store.releases() == [flag, config]
+            assert await store.releases(target="shop/other") == [config]
+            assert await store.releases(since=T0 + timedelta(minutes=1)) == [config]
+            assert await store.releases(limit=1) == [config]
+            recorded = await store.releases(recorded_since=datetime.now(UTC) + timedelta(hours=1))
+            assert recorded == []
+            assert [e.summary for e in await store.history()] == ["release started", "config"]
+            assert [e.event_id for e in await store.pending("mqtt")] == ["r1"]
+        async with opened(backend) as store:  # kept across restarts
+            assert await store.releases() == [flag, config]
 
     async def test_state_get_put_delete(self, backend: Backend) -> None:
         in_flight = {

@@ -25,6 +25,7 @@ from rollbackd.events.model import (
 )
 from rollbackd.events.publisher import audit_entry_for
 from rollbackd.model import Decision, Evidence, Hold, Impact, Outcome, Strategy
+from rollbackd.releases import Release
 from rollbackd.run import Phase, RollbackRun
 from rollbackd.verification import VerificationResult, VerificationStatus
 from tests.eventstory import SLO, clock, healthy_evidence, immediate_decision, rollback_story, severe_evidence
@@ -87,6 +88,11 @@ def every_type() -> list[CloudEvent]:
         factory.gitops_suspended(failed_run, SUSPENDED, previous={"prune": True, "selfHeal": True}, clock=c),
         factory.hold_expired(
             TARGET, hold, still_breaching=True, evidence=severe_evidence(TARGET, 1600.0), clock=clock(1600.0)
+        ),
+        factory.release_started(
+            Release(id="new-checkout-on", target=TARGET, kind="flag", started_at=c.at(1390.0),
+                    description="new_checkout turned on", details={"flag": "new_checkout"}, who="ci"),
+            clock=c,
         ),
     ]
 

@@ -214,3 +214,18 @@ def accepted_table(document: Any) -> str:
         requested = f"rollback of {document.get('target', '?')} requested: run {document['run_id']}"
         return requested + _applies(document)
     return "\n".join(f"{key}: {_one_line(value)}" for key, value in document.items())
+
+
+def release_table(document: Any) -> str:
+    """The answer of ``release start``: the release, and whether it is new."""
+    if not isinstance(document, Mapping) or not isinstance(document.get("release"), Mapping):
+        return accepted_table(document)
+    release = document["release"]
+    verb = "announced" if document.get("created") else "already announced (same id): nothing changed"
+    lines = [
+        f"release {release.get('id')} of {release.get('target')} {verb}",
+        f"kind: {release.get('kind')}, started at {release.get('started_at')} by {release.get('who')}",
+    ]
+    if release.get("description"):
+        lines.append(f"description: {release.get('description')}")
+    return "\n".join(lines) + _applies(document)

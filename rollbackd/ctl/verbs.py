@@ -1,7 +1,8 @@
 """The operator commands: each verb is one request to a running daemon's API.
 
 ``status [TARGET]``, ``freeze`` / ``unfreeze``, ``dry-run on|off``, ``hold TARGET --for 15m``,
-``release TARGET``, ``rollback TARGET --reason ...``, ``accept TARGET``, and ``history --server``.
+``release TARGET``, ``release start TARGET --kind flag --id ... --description ...``,
+``rollback TARGET --reason ...``, ``accept TARGET``, and ``history --server``.
 The daemon is ``--server URL`` (or ``$ROLLBACKD_SERVER``; default :data:`DEFAULT_SERVER`), the
 token ``--token-file FILE`` or ``$ROLLBACKD_TOKEN``. Exit statuses: :data:`~rollbackd.ctl.client.EXIT_CODES`.
 """
@@ -19,7 +20,15 @@ from typing import Any, TextIO
 from urllib.parse import quote, urlencode
 
 from rollbackd.ctl.client import EXIT_OK, EXIT_USAGE, CtlError, Endpoint, call
-from rollbackd.ctl.render import FORMATS, accepted_table, history_table, render, target_table, targets_table
+from rollbackd.ctl.render import (
+    FORMATS,
+    accepted_table,
+    history_table,
+    release_table,
+    render,
+    target_table,
+    targets_table,
+)
 from rollbackd.ctl.tunnel import (
     DEFAULT_LEASE,
     DEFAULT_NAMESPACE,
@@ -169,8 +178,36 @@ def add_verbs(commands: Any, formatter: type[argparse.HelpFormatter], epilog: st
     hold.add_argument("--reason", default="fix-forward", help="why (default: fix-forward)")
     add_connection_arguments(hold)
 
-    release = verb("release", "lift a target's hold", "Lift TARGET's fix-forward hold now.")
-    _target_arguments(release)
+    release = verb(
+        "release",
+        "lift a target's hold; 'release start TARGET' announces a release",
+        "Lift TARGET's fix-forward hold now.\n\n"
+        "'release start TARGET --kind flag --id ID --description TEXT' announces a release made\n"
+        "outside rollbackd (a feature flag turned on, a configuration change applied): TARGET is\n"
+        "judged from then on against its own history before it, with the same SLOs. The same\n"
+        "--id announced twice is one release.",
+    )
+    release.add_argument("target", metavar="TARGET", help="NAMESPACE/NAME, or NAME with -n; or 'start'")
+    release.add_argument("start_target", metavar="START_TARGET", nargs="?", help=argparse.SUPPRESS)
+    release.add_argument(
+        "-n", "--namespace", metavar="NS", help="the target's namespace (with TARGET as NAME)"
+    )
+    announcing = release.add_argument_group("release start")
+    announcing.add_argument(
+        "--kind", default="other", help="what changed: flag, config, command, deployment, other (default)"
+    )
+    announcing.add_argument("--id", dest="release_id", help="the release's id (default: a new one)")
+    announcing.add_argument("--description", default="", help="what changed, for people")
+    announcing.add_argument(
+        "--detail",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="a detail of the change (flag=new_checkout); repeatable",
+    )
+    announcing.add_argument(
+        "--started-at", metavar="TIME", help="when it took effect, ISO 8601 with a timezone (default: now)"
+    )
     add_connection_arguments(release)
 
     rollback = verb(
@@ -242,6 +279,14 @@ def request_for(args: argparse.Namespace) -> Request:
         if args.since is not None:
             query["since"] = args.since.isoformat()
         return Request("GET", "/api/v1/history?" + urlencode(query), None, history_table)
+    if command == "release" and args.start_target is not None:
+        if args.target != "start":
+            raise CtlError(
+                f"'release {args.target} {args.start_target}': write 'release TARGET' to lift a hold, "
+                "or 'release start TARGET' to announce a release",
+                exit_code=EXIT_USAGE,
+            )
+        return Request("POST", "/api/v1/releases", _release_body(args), release_table)
     namespace, name = target_key(args.target, args.namespace)
     if command == "hold":
         body = {"eta_s": args.hold_for, "reason": args.reason}
@@ -257,6 +302,30 @@ def request_for(args: argparse.Namespace) -> Request:
             method, _path(namespace, name, "/accept"), _with_reason({}, args.reason), accepted_table
         )
     raise CtlError(f"unknown command {command}", exit_code=EXIT_USAGE)
+
+
+def _release_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The body of ``POST /api/v1/releases`` for ``release start``."""
+    namespace, name = target_key(args.start_target, args.namespace)
+    details: dict[str, str] = {}
+    for item in args.detail:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CtlError(
+                f"--detail '{item}' is not KEY=VALUE (like flag=new_checkout)", exit_code=EXIT_USAGE
+            )
+        details[key] = value
+    body: dict[str, Any] = {
+        "target": f"{namespace}/{name}",
+        "kind": args.kind,
+        "description": args.description,
+        "details": details,
+    }
+    if args.release_id is not None:
+        body["id"] = args.release_id
+    if args.started_at is not None:
+        body["started_at"] = args.started_at
+    return body
 
 
 def endpoint_for(args: argparse.Namespace, *, environ: Mapping[str, str]) -> Endpoint:

@@ -52,6 +52,7 @@ from rollbackd.daemon.jsonify import JsonValue
 from rollbackd.daemon.leader import Leadership
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.probing import probe_and_log
+from rollbackd.daemon.releases import ReleaseBook
 from rollbackd.daemon.reload import SettingsChange, plan_reload
 from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.daemon.sourcestatus import SourceBoard
@@ -185,6 +186,16 @@ class Daemon:
             poll_s=settings.safety.switches_poll_s,
         )
         self.switches.on_rollback_request = self._manual_rollback_requested
+        self.releases = ReleaseBook(
+            self.state,
+            journal=self.journal,
+            poll_s=settings.safety.switches_poll_s,
+            lookback_s=max(
+                (t.params.detection.window_s + t.params.detection.baseline_window_s
+                 for t in self.state.targets.values()),
+                default=3600.0,
+            ),
+        )
         self._group: asyncio.TaskGroup | None = None
         #: Whether this process (as the leader, if there is an election) took over the rollbacks
         #: the store says were under way.
@@ -274,8 +285,9 @@ class Daemon:
                         self._probe(self._probe_client), name="rollbackd:probe"
                     )
                 switches_task = group.create_task(self.switches.poll_forever(), name="rollbackd:switches")
+                releases_task = group.create_task(self.releases.poll_forever(), name="rollbackd:releases")
                 self._evaluation_task = evaluation_task
-                root = [evaluation_task, http_task, stop_task, switches_task]
+                root = [evaluation_task, http_task, stop_task, switches_task, releases_task]
                 done, _ = await asyncio.wait(root, return_when=asyncio.FIRST_COMPLETED)
                 for task in done - {stop_task}:
                     if not task.cancelled() and task.exception() is None:
@@ -339,6 +351,7 @@ class Daemon:
             ready=lambda: self.ready,
             ticks=lambda: self.ticks,
             switches=self.switches,
+            releases=self.releases,
             manual_rollback=self.request_manual_rollback,
             audit=lambda kind, summary, target, details: self.journal.audit(
                 kind, summary, target=target, details=details

@@ -40,7 +40,12 @@ Control routes (they change what the daemon does; see :func:`control_routes`):
 - ``POST /api/v1/targets/{namespace}/{name}/rollback`` ``{"reason": "...", "force": false}``: roll
   back now (202 with ``run_id``; 409 while frozen unless ``force``, or while a rollback is under way);
 - ``POST /api/v1/targets/{namespace}/{name}/accept`` ``{"reason": "..."}``: the release is good, not
-  judged until the next revision; ``DELETE`` withdraws it.
+  judged until the next revision; ``DELETE`` withdraws it;
+- ``POST /api/v1/releases`` ``{"id": "...", "target": "NS/NAME", "kind": "flag", "description":
+  "...", "started_at": "...", "details": {...}}``: a release announced from outside (see
+  :mod:`rollbackd.daemon.releases`): 201 with the release, 200 with the stored one when its id was
+  announced before, 404 naming an unknown target; ``GET /api/v1/releases?target=NS/NAME&since=1h&limit=N``
+  lists them (a read route).
 
 Every write takes a ``reason`` and records who sent it (the token's name); the switches are stored
 for every replica (:mod:`rollbackd.daemon.switches`).
@@ -72,12 +77,14 @@ from rollbackd.daemon.jsonify import JsonValue, dumps, to_json_value
 from rollbackd.daemon.logs import RateLimit
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.page import refresh_seconds, render_status_page
+from rollbackd.daemon.releases import ReleaseBook, UnknownTargetError
 from rollbackd.daemon.sourcestatus import SourceBoard
 from rollbackd.daemon.state import DaemonState, TargetState
 from rollbackd.daemon.switches import SwitchBoard
 from rollbackd.daemon.views import flags_view, target_verdict, target_view, targets_view, verdict_view
 from rollbackd.daemon.wallclock import WallClock
 from rollbackd.decision.rails import MAX_HOLD_S
+from rollbackd.releases import Release, ReleaseError
 from rollbackd.store.base import AuditEntry, StoreError
 from rollbackd.store.history import entry_json, parse_since, parse_target
 
@@ -116,6 +123,8 @@ class HttpContext:
     ticks: Callable[[], int]
     #: Where the switches (freeze, dry-run, holds) are written and who set them.
     switches: SwitchBoard
+    #: Where releases announced from outside are stored and taken (``None``: nowhere).
+    releases: ReleaseBook | None = None
     #: Starts (or stores for the leader) a manual rollback: (target, by, reason, force) -> answer.
     manual_rollback: ManualRollback | None = None
     #: Records a steering action in the audit log: (kind, summary, target, details).
@@ -301,23 +310,47 @@ def _limit(text: str) -> int:
     return limit
 
 
-async def history(request: web.Request) -> web.Response:
-    """``GET /api/v1/history?target=NS/NAME&since=1h&limit=N``: the audit log, oldest first."""
-    ctx = _context(request)
-    if ctx.history is None:
-        return _error(503, "no audit store in this process")
+def _filters(request: web.Request) -> tuple[str | None, datetime | None, int] | web.Response:
+    """``target``, ``since`` and ``limit`` of a query of the history or the releases, or the 400
+    answer naming the one that is wrong."""
     try:
         target = parse_target(request.query["target"]) if "target" in request.query else None
         since = (
             parse_since(request.query["since"], now=datetime.now(UTC)) if "since" in request.query else None
         )
-        limit = _limit(request.query.get("limit", "1000"))
+        return target, since, _limit(request.query.get("limit", "1000"))
     except ValueError as exc:
         return _error(400, str(exc))
-    entries = await ctx.history(target, since, limit)
+
+
+async def history(request: web.Request) -> web.Response:
+    """``GET /api/v1/history?target=NS/NAME&since=1h&limit=N``: the audit log, oldest first."""
+    ctx = _context(request)
+    if ctx.history is None:
+        return _error(503, "no audit store in this process")
+    query = _filters(request)
+    if isinstance(query, web.Response):
+        return query
+    entries = await ctx.history(*query)
     if entries is None:
         return _error(503, "the audit store is not open (see /readyz)")
     return json_response({"entries": [entry_json(entry) for entry in entries]})
+
+
+async def list_releases(request: web.Request) -> web.Response:
+    """``GET /api/v1/releases?target=NS/NAME&since=1h&limit=N``: the releases announced, oldest first."""
+    ctx = _context(request)
+    if ctx.releases is None:
+        return _error(503, "this process takes no releases")
+    query = _filters(request)
+    if isinstance(query, web.Response):
+        return query
+    target, since, limit = query
+    try:
+        found = await ctx.releases.recent(target=target, since=since, limit=limit)
+    except StoreError as exc:
+        return _error(503, f"cannot read the releases: {exc}")
+    return json_response({"releases": [to_json_value(release.to_json()) for release in found]})
 
 
 # --- control routes ----------------------------------------------------------------------------
@@ -524,6 +557,55 @@ async def withdraw_acceptance(request: web.Request) -> web.Response:
                           "applies": _seen_by_all(ctx, stored)})
 
 
+#: How far in the future a release's start may be (the announcer's clock may be a little ahead).
+MAX_FUTURE_START_S = 300.0
+
+RELEASE_EXAMPLE = (
+    '{"id": "new-checkout-on", "target": "shop/checkout", "kind": "flag", '
+    '"description": "new_checkout turned on", "details": {"flag": "new_checkout"}}'
+)
+
+
+async def announce_release(request: web.Request) -> web.Response:
+    """``POST /api/v1/releases``: a release announced from outside; the target is judged from its
+    start against its own history before it. 201 with the release; 200 with the stored one when
+    its id was announced before (idempotent); 404 naming an unknown target."""
+    ctx = _context(request)
+    if ctx.releases is None:
+        return _error(409, "this process takes no releases (it only serves the API)")
+    body = await _json_object(request)
+    if body is None:
+        return _error(400, f"the body must be a JSON object like {RELEASE_EXAMPLE}")
+    if not isinstance(body.get("target"), str):
+        return _error(400, f"target is required: the NAMESPACE/NAME of the target, as in {RELEASE_EXAMPLE}")
+    unknown = sorted(set(body) - {"id", "target", "kind", "description", "started_at", "details"})
+    if unknown:
+        return _error(400, f"unknown field {unknown[0]!r}: a release has id, target, kind, description, "
+                           "started_at and details")
+    try:
+        release = Release.from_json(body, who=actor(request))
+    except ReleaseError as exc:
+        return _error(400, str(exc))
+    ahead_s = (release.started_at - datetime.now(UTC)).total_seconds()
+    if ahead_s > MAX_FUTURE_START_S:
+        return _error(400, f"started_at is {ahead_s:.0f}s in the future: announce a release once it has "
+                           f"started (at most {MAX_FUTURE_START_S:.0f}s ahead, for clocks that differ)")
+    try:
+        stored, created = await ctx.releases.announce(release)
+    except UnknownTargetError as exc:
+        return _error(404, str(exc))
+    except (StoreError, TimeoutError) as exc:
+        return _error(503, f"the release could not be stored, so it is not judged: "
+                           f"{exc or 'the store did not answer in time'}; announce it again (same id)")
+    board = ctx.switches
+    applies = (
+        "this process only (no store is configured)" if not board.durable
+        else f"stored; every replica judges it within {board.poll_s:g}s"
+    )
+    answer: JsonValue = {"release": to_json_value(stored.to_json()), "created": created, "applies": applies}
+    return json_response(answer, status=201 if created else 200)
+
+
 def _flags_answer(ctx: HttpContext, stored: bool) -> web.Response:
     flags = _object(flags_view(ctx.state.flags, ctx.switches))
     return json_response({**flags, "applies": _seen_by_all(ctx, stored)})
@@ -544,6 +626,7 @@ def read_routes() -> list[web.RouteDef]:
         web.get("/api/v1/targets", list_targets),
         web.get("/api/v1/targets/{namespace}/{name}", get_target),
         web.get("/api/v1/history", history),
+        web.get("/api/v1/releases", list_releases),
         *verdict_routes(),
     ]
 
@@ -569,6 +652,7 @@ def control_routes() -> list[web.RouteDef]:
         web.post("/api/v1/targets/{namespace}/{name}/rollback", rollback_now),
         web.post("/api/v1/targets/{namespace}/{name}/accept", accept_release),
         web.delete("/api/v1/targets/{namespace}/{name}/accept", withdraw_acceptance),
+        web.post("/api/v1/releases", announce_release),
     ]
 
 

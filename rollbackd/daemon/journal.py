@@ -22,13 +22,14 @@ from typing import Any
 from rollbackd.events.build import Announcer, Clock
 from rollbackd.events.dispatcher import SinkStatus
 from rollbackd.events.model import CloudEvent, EventFormatError, EventType
-from rollbackd.events.publisher import audit_entry_for
+from rollbackd.events.publisher import audit_entry_for, storable_entry, storable_event
 from rollbackd.events.service import Events
 from rollbackd.model import Decision, Hold
 from rollbackd.params import TargetParams
+from rollbackd.releases import Release
 from rollbackd.run import RollbackRun
 from rollbackd.runrecord import RunRecord
-from rollbackd.store.base import AuditEntry, Store
+from rollbackd.store.base import AuditEntry, Store, TemporaryStoreError
 
 logger = logging.getLogger(__name__)
 
@@ -270,6 +271,46 @@ class Journal:
                     "the record's rollback.started cannot be read: %s", exc, extra={"target": params.key}
                 )
         announcer.resume(record.run_id, announced=announced, started=started)
+
+    async def release_started(self, release: Release) -> tuple[Release, bool]:
+        """Store ``release`` with its audit record and ``release.started`` event, in one
+        transaction, unless its id is stored already; returns the stored release and whether this
+        call stored it. Without a store configured, nothing is stored (the caller keeps it) and
+        the event is published through the publisher. :class:`StoreError` when a store is
+        configured but not open, or does not answer."""
+        events = self._events
+        if events is None:
+            if self._required:
+                raise TemporaryStoreError(f"{self.problem or 'the store is not open'}: try again once it "
+                                          "answers (see /readyz)")
+            return release, True
+        event = events.factory.release_started(release, clock=Clock.now())
+        store = self._store
+        if store is None:
+            self._submit(events, event)
+            return release, True
+        stored, created = await store.add_release(
+            release, storable_entry(audit_entry_for(event)), (storable_event(event.to_outbox()),)
+        )
+        if created:
+            for listener in self._event_listeners:
+                listener(event)
+        return stored, created
+
+    async def releases(
+        self,
+        *,
+        target: str | None = None,
+        since: datetime | None = None,
+        recorded_since: datetime | None = None,
+        limit: int,
+    ) -> list[Release] | None:
+        """The latest ``limit`` releases stored (of ``target``, started since ``since``, stored
+        since ``recorded_since``), oldest first (``None`` while the store is not open)."""
+        store = self._store
+        if store is None:
+            return None
+        return await store.releases(target=target, since=since, recorded_since=recorded_since, limit=limit)
 
     async def history(
         self, *, target: str | None = None, since: datetime | None = None, limit: int = 1000

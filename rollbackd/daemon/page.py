@@ -761,6 +761,14 @@ def _restraints(target: _Doc, *, generated_at: datetime) -> str:
             f'{_e(_text(accepted.get("at")))}: {_e(_text(accepted.get("reason")))} '
             "(not judged until the next revision)</p>"
         )
+    release = _obj(target.get("release"))
+    if release is not None:
+        what = _text(release.get("description")) or _text(release.get("id"))
+        lines.append(
+            f'<p class="release"><b>Release</b> ({_e(_text(release.get("kind")))}) started at '
+            f'{_e(_text(release.get("started_at")))} by {_e(_text(release.get("who")))}: {_e(what)} '
+            "(judged since then against the target's own history before it)</p>"
+        )
     for key, title, meaning in (
         ("cooldown", "Cooldown", "no further automatic rollback of this target until then"),
         ("watch", "Watching after the rollback",

@@ -23,6 +23,7 @@ from rollbackd.evaluate import TargetEvaluator
 from rollbackd.model import Context, Decision, Evidence, Observation, Risk
 from rollbackd.optin import ObjectRef
 from rollbackd.params import TargetParams
+from rollbackd.releases import Release
 from rollbackd.sources.base import SourceTarget
 from rollbackd.sources.targets import source_target
 
@@ -67,6 +68,10 @@ class TargetState:
         #: process has just started watching), and how many reads of it failed.
         self.history_wanted = True
         self.history_failures = 0
+        #: The latest release announced for it (a flag flip, a configuration change), and when it
+        #: started on the event loop's clock (see :meth:`released`).
+        self.release: Release | None = None
+        self.release_at: float | None = None
         #: What the status page charts: every interval since the release, bounded (see
         #: :mod:`rollbackd.daemon.series`); kept across rollbacks and reloads.
         self.series = Series()
@@ -91,7 +96,19 @@ class TargetState:
         self.history_wanted = False
         past = list(observations)
         self.series.extend(point_of(obs, interval_s=self.params.interval_s) for obs in past)
-        return self.evaluator.backfill(past)
+        taken = self.evaluator.backfill(past)
+        if taken and self.release_at is not None:  # the past read in: before the release, or after
+            self.evaluator.released(self.release_at)
+        return taken
+
+    def released(self, release: Release, at: float) -> None:
+        """``release`` started at ``at`` (loop time): the target is judged from then on against
+        its own history before it. An older release than the one taken already changes nothing."""
+        if self.release is not None and self.release.started_at > release.started_at:
+            return
+        self.release, self.release_at = release, at
+        self.evaluator.released(at)
+        self.judged_revision = None
 
     def reset(self) -> None:
         """Judge afresh from now on (after a rollback, the next episode stands on its own data,
@@ -112,6 +129,7 @@ class TargetState:
         fresh.history_wanted = self.history_wanted
         fresh.history_failures = self.history_failures
         fresh.series = self.series
+        fresh.release, fresh.release_at = self.release, self.release_at
         return fresh
 
 

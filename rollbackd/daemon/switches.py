@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from rollbackd.aiotasks import poll_forever
 from rollbackd.daemon.state import Acceptance, DaemonState
 from rollbackd.store.base import Store, StoreError
 from rollbackd.store.storable import storable
@@ -318,12 +319,7 @@ class SwitchBoard:
 
     async def poll_forever(self) -> None:
         """Read the stored switches every :attr:`poll_s` seconds (the first time at once)."""
-        while True:
-            try:
-                await self.sync()
-            except Exception:  # a defect must not end the daemon: the next poll comes as scheduled
-                logger.exception("reading the switches failed; trying again in %gs", self.poll_s)
-            await asyncio.sleep(self.poll_s)
+        await poll_forever(self.sync, every_s=lambda: self.poll_s, what="the switches")
 
     @staticmethod
     def _decoded(key: str, state: Mapping[str, Any] | None) -> Switch | None:

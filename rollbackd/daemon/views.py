@@ -262,6 +262,7 @@ def target_view(
             **({} if stored_hold is None else {"set": stored_hold.view()}),
         },
         "accepted": accepted.view() if accepted is not None else None,
+        "release": to_json_value(target.release.to_json()) if target.release is not None else None,
         "cooldown": None
         if cooldown_until is None
         else {

@@ -87,6 +87,10 @@ class Judge:
                 sample = interval.candidate
                 if interval.baseline is None and sample is not None and sample.requests > 0:
                     self._remember_history(interval.t, sample)
+        self._start_over()
+
+    def _start_over(self) -> None:
+        """Forget the window and the breach it tracked (the history stays)."""
         self._window.clear()
         self._baseline_served = 0.0
         for track in self._tracks:
@@ -96,6 +100,21 @@ class Judge:
         self._onset = None
         self._last_breached = False
         self._proven_at = None
+
+    def released(self, at: float) -> list[Evidence]:
+        """A release announced at ``at`` (a flag flip, a configuration change): from then on the
+        target is judged against its own history before it, as a blue-green target is against
+        its old colour's. The window's intervals before ``at`` that were not suspect become
+        history (the version before the release served them); the window starts over at ``at``,
+        its intervals since then judged again in order (their evidence is returned)."""
+        kept = self.kept()
+        suspect = set(self._suspect)
+        for interval in self._window:
+            sample = interval.candidate
+            if interval.t < at and interval.t not in suspect and sample is not None and sample.requests > 0:
+                self._remember_history(interval.t, sample)
+        self._start_over()
+        return [self.observe(obs) for obs in kept if obs.t >= at]
 
     def backfill(self, observations: Iterable[Observation]) -> int:
         """Take ``observations`` of the target's past (e.g. read from Prometheus when the process

@@ -50,6 +50,8 @@ from rollbackd.events.model import (
     HoldData,
     HoldExpiredData,
     HoldSetData,
+    ReleaseData,
+    ReleaseStartedData,
     RollbackCompletedData,
     RollbackFailedData,
     RollbackStartedData,
@@ -74,6 +76,7 @@ from rollbackd.model import (
     Slo,
     Strategy,
 )
+from rollbackd.releases import Release
 from rollbackd.run import RollbackRun
 from rollbackd.verification import RUNBOOK_ROLLBACK_TARGET_S, VerificationResult
 
@@ -451,6 +454,20 @@ class EventFactory:
                 duration_s=duration,
                 action=action_data(result),
                 next_step=step,
+            ),
+            clock=clock,
+        )
+
+    def release_started(self, release: Release, *, clock: Clock) -> CloudEvent:
+        """``release.started``: ``release`` was announced; the target is judged from its start."""
+        what = release.description or ", ".join(f"{k}={v}" for k, v in release.details.items()) or release.id
+        summary = f"{release.target}: {release.kind} release started by {release.who}: {what}"
+        return self.event(
+            EventType.RELEASE_STARTED,
+            release.target,
+            ReleaseStartedData(
+                **self._common(release.target, summary),
+                release=ReleaseData.model_validate(release.to_json()),
             ),
             clock=clock,
         )

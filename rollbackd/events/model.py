@@ -14,6 +14,7 @@ Every step of a release's story is one event type, ``io.rollbackd.<noun>.<verb>`
 ``hold.set``               a fix-forward hold defers any rollback until its ETA
 ``hold.expired``           the hold's ETA passed
 ``gitops.suspended``       a GitOps reconciler was stopped so that it does not undo the rollback
+``release.started``        a release was announced (a flag flip, a configuration change): judged from then
 =========================  =====================================================================
 
 The ``data`` models here are the contract with subscribers: the JSON Schemas under docs/schemas
@@ -56,6 +57,7 @@ class EventType(enum.StrEnum):
     HOLD_SET = "hold.set"
     HOLD_EXPIRED = "hold.expired"
     GITOPS_SUSPENDED = "gitops.suspended"
+    RELEASE_STARTED = "release.started"
 
     @property
     def full(self) -> str:
@@ -456,6 +458,28 @@ class GitOpsSuspendedData(EventData):
     )
 
 
+class ReleaseData(_Model):
+    """A release announced from outside (``POST /api/v1/releases``, ``rollbackd release start``)."""
+
+    id: str = Field(description="The release's id (its idempotency key: announced twice, it is one release).")
+    kind: str = Field(
+        description="What changed: flag, config, command, deployment, other, or a pipeline's own word."
+    )
+    description: str = Field(description="What the announcer said about it.")
+    started_at: datetime = Field(description="When the change took effect (RFC 3339, UTC).")
+    details: dict[str, Any] = Field(
+        description="What changed, as the announcer said (a flag's name, a change id)."
+    )
+    who: str = Field(description="Who announced it (the API token's name, or the component that saw it).")
+
+
+class ReleaseStartedData(EventData):
+    """``release.started``: a release of the target was announced; from ``started_at`` on it is
+    judged against its own history before it, with the same SLOs."""
+
+    release: ReleaseData
+
+
 #: The ``data`` model of each event type.
 DATA_MODELS: Mapping[EventType, type[EventData]] = {
     EventType.TARGET_DEGRADED: TargetDegradedData,
@@ -469,6 +493,7 @@ DATA_MODELS: Mapping[EventType, type[EventData]] = {
     EventType.HOLD_SET: HoldSetData,
     EventType.HOLD_EXPIRED: HoldExpiredData,
     EventType.GITOPS_SUSPENDED: GitOpsSuspendedData,
+    EventType.RELEASE_STARTED: ReleaseStartedData,
 }
 
 
@@ -614,6 +639,7 @@ def state_after(event: CloudEvent) -> TargetState:
         EventType.ESCALATION_RAISED: TargetState.ESCALATED,
         EventType.HOLD_SET: TargetState.HELD,
         EventType.GITOPS_SUSPENDED: TargetState.ROLLING_BACK,
+        EventType.RELEASE_STARTED: TargetState.HEALTHY,
     }.get(kind, TargetState.DEGRADED)
 
 

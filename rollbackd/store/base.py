@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from rollbackd.errors import PermanentError, RollbackdError, TemporaryError
+from rollbackd.releases import Release
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,27 @@ class Store(Protocol):
 
     async def ping(self) -> bool:
         """Whether the store answers now (for /readyz)."""
+        ...
+
+    async def add_release(
+        self, release: Release, entry: AuditEntry, events: Sequence[OutboxEvent] = ()
+    ) -> tuple[Release, bool]:
+        """Store ``release`` unless one with its id is stored already, and then, in the same
+        transaction, ``entry`` and ``events`` (its ``release.started``). Returns the stored
+        release (the earlier one when the id was known: nothing else is written then) and
+        whether this call stored it."""
+        ...
+
+    async def releases(
+        self,
+        *,
+        target: str | None = None,
+        since: datetime | None = None,
+        recorded_since: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[Release]:
+        """Stored releases, oldest first: of ``target``, started at ``since`` or later, stored at
+        ``recorded_since`` or later, the latest ``limit`` of them."""
         ...
 
 

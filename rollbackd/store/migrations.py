@@ -22,6 +22,12 @@ Schema at version 1:
     ``sink``, ``delivered_seq`` (every event up to it is delivered to that sink), ``updated_at``.
 ``target_state``
     ``key``, ``value`` (JSON object), ``updated_at``.
+
+Version 2 adds:
+
+``releases``
+    ``id`` (the idempotency key), ``target``, ``kind``, ``description``, ``started_at`` (when the
+    change took effect, UTC), ``details`` (JSON object), ``who``, ``recorded_at``.
 """
 
 from __future__ import annotations
@@ -118,6 +124,24 @@ MIGRATIONS: tuple[Migration, ...] = (
                 value {json} NOT NULL,
                 updated_at {timestamp} NOT NULL
             )""",
+        ),
+    ),
+    Migration(
+        version=2,
+        description="releases announced from outside (flag flips, configuration changes, commands)",
+        statements=(
+            """CREATE TABLE releases (
+                id TEXT PRIMARY KEY,
+                target TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                description TEXT NOT NULL,
+                started_at {timestamp} NOT NULL,
+                details {json} NOT NULL,
+                who TEXT NOT NULL,
+                recorded_at {timestamp} NOT NULL
+            )""",
+            "CREATE INDEX releases_target_started ON releases (target, started_at)",
+            "CREATE INDEX releases_recorded ON releases (recorded_at)",
         ),
     ),
 )

@@ -24,6 +24,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from rollbackd.config.storeurl import DsnError, StoreUrl, parse_store_url
+from rollbackd.releases import Release
 from rollbackd.store import migrations, sql
 from rollbackd.store.base import (
     AuditEntry,
@@ -317,6 +318,45 @@ class PostgresStore:
                 return 0
             cur = await conn.execute(*query)
             return cur.rowcount
+
+    # -- releases ---------------------------------------------------------------------------
+
+    async def add_release(
+        self, release: Release, entry: AuditEntry, events: Sequence[OutboxEvent] = ()
+    ) -> tuple[Release, bool]:
+        """See :meth:`~rollbackd.store.base.Store.add_release`."""
+        now = datetime.now(UTC)
+        at = sql.aware(entry.at, "AuditEntry.at") if entry.at is not None else now
+        values = sql.release_params(release, now)
+        audit = sql.audit_params(entry, at)
+        outbox = [sql.event_params(event, now) for event in events]
+        async with self._connection(f"store the release {release.id}") as conn, conn.transaction():
+            inserted = await (await conn.execute(sql.INSERT_RELEASE, values)).fetchone()
+            if inserted is None:
+                row = await (await conn.execute(sql.SELECT_RELEASE, (release.id,))).fetchone()
+                assert row is not None  # the conflict was on it
+                return sql.release_from_row(row), False
+            if outbox:
+                await conn.execute(_LOCK_OUTBOX)
+            await conn.execute(sql.INSERT_AUDIT, audit)
+            for params in outbox:
+                await conn.execute(sql.INSERT_EVENT, params)
+        return release, True
+
+    async def releases(
+        self,
+        *,
+        target: str | None = None,
+        since: datetime | None = None,
+        recorded_since: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[Release]:
+        query, params = sql.releases_query(
+            target=target, since=since, recorded_since=recorded_since, limit=limit
+        )
+        async with self._connection("read the releases") as conn:
+            cur = await conn.execute(query, params)
+            return [sql.release_from_row(row) for row in await cur.fetchall()]
 
     # -- per-target state -------------------------------------------------------------------
 

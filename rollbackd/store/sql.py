@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from rollbackd.releases import Release, ReleaseError
 from rollbackd.store.base import AuditEntry, OutboxEvent, PermanentStoreError
 
 INSERT_AUDIT = (
@@ -49,6 +50,15 @@ PUT_STATE = (
 DELETE_STATE = "DELETE FROM target_state WHERE key = %s"
 
 PING = "SELECT 1"
+
+_RELEASE_COLUMNS = "id, target, kind, description, started_at, details, who"
+# Idempotent by id: a release announced again (a retried pipeline step, two replicas asked at
+# once) is not stored twice; RETURNING says whether this call stored it.
+INSERT_RELEASE = (
+    f"INSERT INTO releases ({_RELEASE_COLUMNS}, recorded_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (id) DO NOTHING RETURNING id"
+)
+SELECT_RELEASE = f"SELECT {_RELEASE_COLUMNS} FROM releases WHERE id = %s"
 
 
 def qmark(sql: str) -> str:
@@ -125,24 +135,32 @@ def event_params(event: OutboxEvent, now: datetime) -> tuple[Any, ...]:
     return (event.event_id, event.type, event.subject, payload, created_at)
 
 
-def history_query(*, target: str | None, since: datetime | None, limit: int) -> tuple[str, tuple[Any, ...]]:
-    """The most recent ``limit`` audit entries matching the filters, oldest first."""
+def _recent(
+    table: str, columns: str, order: tuple[str, str], filters: Sequence[tuple[str, Any]], limit: int
+) -> tuple[str, tuple[Any, ...]]:
+    """The most recent ``limit`` rows of ``table`` in ``order`` (two columns) whose ``column >=
+    value`` / ``column = value`` filters hold (``filters``: condition with one ``%s``, value;
+    ``None`` values leave theirs out), oldest first."""
     if limit < 0:
         raise ValueError(f"limit must not be negative, not {limit}")
-    conditions: list[str] = []
-    params: list[Any] = []
-    if target is not None:
-        conditions.append("target = %s")
-        params.append(target)
-    if since is not None:
-        conditions.append("at >= %s")
-        params.append(aware(since, "since"))
-    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    given = [(condition, value) for condition, value in filters if value is not None]
+    where = f" WHERE {' AND '.join(condition for condition, _ in given)}" if given else ""
+    first, second = order
     sql = (
-        f"SELECT {_AUDIT_COLUMNS} FROM (SELECT {_AUDIT_COLUMNS} FROM audit_log{where}"
-        " ORDER BY at DESC, seq DESC LIMIT %s) AS recent ORDER BY at, seq"
+        f"SELECT {columns} FROM (SELECT {columns} FROM {table}{where}"
+        f" ORDER BY {first} DESC, {second} DESC LIMIT %s) AS recent ORDER BY {first}, {second}"
     )
-    return sql, (*params, limit)
+    return sql, (*(value for _, value in given), limit)
+
+
+def _since(value: datetime | None, what: str) -> datetime | None:
+    return None if value is None else aware(value, what)
+
+
+def history_query(*, target: str | None, since: datetime | None, limit: int) -> tuple[str, tuple[Any, ...]]:
+    """The most recent ``limit`` audit entries matching the filters, oldest first."""
+    filters = (("target = %s", target), ("at >= %s", _since(since, "since")))
+    return _recent("audit_log", _AUDIT_COLUMNS, ("at", "seq"), filters, limit)
 
 
 def prune_query(
@@ -175,3 +193,41 @@ def event_from_row(row: Sequence[Any]) -> OutboxEvent:
         seq=seq,
         created_at=to_datetime(created_at),
     )
+
+
+def release_params(release: Release, now: datetime) -> tuple[Any, ...]:
+    """Parameters of :data:`INSERT_RELEASE` (the times still datetimes)."""
+    what = f"release {release.id}"
+    details = encode_json(release.details, f"the details of {what}")
+    texts = (release.id, release.target, release.kind, release.description, release.who)
+    check_text("".join(texts), f"the id, target, kind, description or author of {what}")
+    return (*texts[:4], release.started_at, details, release.who, now)
+
+
+def releases_query(
+    *, target: str | None, since: datetime | None, recorded_since: datetime | None, limit: int
+) -> tuple[str, tuple[Any, ...]]:
+    """The most recent ``limit`` releases matching the filters (``since``: started then or later;
+    ``recorded_since``: stored then or later), oldest first."""
+    filters = (
+        ("target = %s", target),
+        ("started_at >= %s", _since(since, "since")),
+        ("recorded_at >= %s", _since(recorded_since, "recorded_since")),
+    )
+    return _recent("releases", _RELEASE_COLUMNS, ("started_at", "id"), filters, limit)
+
+
+def release_from_row(row: Sequence[Any]) -> Release:
+    release_id, target, kind, description, started_at, details, who = row
+    try:
+        return Release(
+            id=release_id,
+            target=target,
+            kind=kind,
+            description=description,
+            started_at=to_datetime(started_at),
+            details=decode_json(details),
+            who=who,
+        )
+    except ReleaseError as exc:
+        raise PermanentStoreError(f"the stored release {release_id!r} cannot be read: {exc}") from exc

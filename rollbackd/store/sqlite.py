@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rollbackd.releases import Release
 from rollbackd.store import migrations, sql
 from rollbackd.store.base import (
     AuditEntry,
@@ -47,6 +48,8 @@ _MARK_DELIVERED = sql.qmark(sql.MARK_DELIVERED)
 _GET_STATE = sql.qmark(sql.GET_STATE)
 _PUT_STATE = sql.qmark(sql.PUT_STATE)
 _DELETE_STATE = sql.qmark(sql.DELETE_STATE)
+_INSERT_RELEASE = sql.qmark(sql.INSERT_RELEASE)
+_SELECT_RELEASE = sql.qmark(sql.SELECT_RELEASE)
 _TABLE_EXISTS = sql.qmark(migrations.SQLITE.table_exists)
 _INSERT_VERSION = sql.qmark(migrations.INSERT_VERSION)
 
@@ -296,6 +299,46 @@ class SQLiteStore:
                 return conn.execute(sql.qmark(query[0]), _params(query[1])).rowcount
 
         return await self._run("prune the outbox", work)
+
+    # -- releases ---------------------------------------------------------------------------
+
+    async def add_release(
+        self, release: Release, entry: AuditEntry, events: Sequence[OutboxEvent] = ()
+    ) -> tuple[Release, bool]:
+        """See :meth:`~rollbackd.store.base.Store.add_release`."""
+        now = datetime.now(UTC)
+        at = sql.aware(entry.at, "AuditEntry.at") if entry.at is not None else now
+        values = _params(sql.release_params(release, now))
+        audit = _params(sql.audit_params(entry, at))
+        outbox = [_params(sql.event_params(event, now)) for event in events]
+
+        def work(conn: sqlite3.Connection) -> tuple[Release, bool]:
+            with self._transaction(conn):
+                if conn.execute(_INSERT_RELEASE, values).fetchone() is None:
+                    known = conn.execute(_SELECT_RELEASE, (release.id,)).fetchone()
+                    return sql.release_from_row(known), False
+                conn.execute(_INSERT_AUDIT, audit).fetchone()
+                conn.executemany(_INSERT_EVENT, outbox)
+            return release, True
+
+        return await self._run(f"store the release {release.id}", work)
+
+    async def releases(
+        self,
+        *,
+        target: str | None = None,
+        since: datetime | None = None,
+        recorded_since: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[Release]:
+        query, params = sql.releases_query(
+            target=target, since=since, recorded_since=recorded_since, limit=limit
+        )
+
+        def work(conn: sqlite3.Connection) -> list[Release]:
+            return [sql.release_from_row(row) for row in conn.execute(sql.qmark(query), _params(params))]
+
+        return await self._run("read the releases", work)
 
     # -- per-target state -------------------------------------------------------------------
 
