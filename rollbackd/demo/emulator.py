@@ -96,6 +96,7 @@ CORE_EVENTS = kmock.resource("", "v1", "events")
 INGRESSES = kmock.resource("networking.k8s.io", "v1", "ingresses")
 ENDPOINTSLICES = kmock.resource("discovery.k8s.io", "v1", "endpointslices")
 LEASES = kmock.resource("coordination.k8s.io", "v1", "leases")
+CONFIGMAPS = kmock.resource("", "v1", "configmaps")
 EVENTS = kmock.resource("events.k8s.io", "v1", "events")
 HTTPROUTES = kmock.resource("gateway.networking.k8s.io", "v1", "httproutes")
 GRPCROUTES = kmock.resource("gateway.networking.k8s.io", "v1", "grpcroutes")
@@ -120,6 +121,7 @@ RESOURCES: Mapping[kmock.resource, tuple[str, frozenset[str]]] = {
     INGRESSES: ("Ingress", frozenset({"status"})),
     ENDPOINTSLICES: ("EndpointSlice", frozenset()),
     LEASES: ("Lease", frozenset()),
+    CONFIGMAPS: ("ConfigMap", frozenset()),
     EVENTS: ("Event", frozenset()),
     HTTPROUTES: ("HTTPRoute", frozenset({"status"})),
     GRPCROUTES: ("GRPCRoute", frozenset({"status"})),
