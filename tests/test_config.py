@@ -411,7 +411,7 @@ def test_bad_target_names_and_strategies(tmp_path: Path) -> None:
         f"{path}:2: targets[0].name (target Checkout): expected a name of lowercase letters, digits and '-'"
         " (like a Kubernetes object name), got 'Checkout'",
         f"{path}:3: targets[0].strategy (target Checkout): expected one of 'canary', 'blue-green',"
-        " 'deployment', 'argo-rollout', 'feature-flag', 'command', got 'rolling'",
+        " 'deployment', 'argo-rollout', 'command', 'feature-flag', got 'rolling'",
     ]
 
 
