@@ -48,6 +48,7 @@ from typing import Any
 
 import kmock
 
+from bench.stats import percentile
 from rollbackd.actions.base import ActionOutcome, ActionResult, RollbackAction, RollbackWhy
 from rollbackd.actions.bluegreen import BlueGreenSwitchBack
 from rollbackd.actions.canary_abort import CanaryAbort
@@ -56,6 +57,7 @@ from rollbackd.actions.deployment_undo import DeploymentUndo
 from rollbackd.actions.gitops import GitOpsGuard
 from rollbackd.actions.reconcilers import Tracking
 from rollbackd.actions.rollout_abort import RolloutAbort
+from rollbackd.actions.routers.base import Router
 from rollbackd.actions.routers.gateway_api import GatewayApiRouter
 from rollbackd.actions.routers.ingress_nginx import IngressNginxRouter
 from rollbackd.actions.routers.istio import Destination, IstioRouter
@@ -75,6 +77,7 @@ from rollbackd.demo.emulator import (
     VIRTUALSERVICES,
     ClusterEmulator,
     Controllers,
+    ResourceLike,
     rollout_settled,
     seed_deployment,
     seed_ingress,
@@ -115,24 +118,41 @@ def _replicas(emu: ClusterEmulator, namespace: str, name: str) -> int:
 # --- canary abort (ingress-nginx) ---------------------------------------------------------------
 
 
-def seed_canary(emu: ClusterEmulator, ns: str) -> None:
+def seed_canary_workloads(emu: ClusterEmulator, ns: str) -> None:
+    """The stable ``web`` and the canary ``web-canary``, each a Deployment behind its Service."""
     seed_deployment(emu, ns, "web", replicas=3, image="shop/web:1.1",
                     labels={"app": "web", "track": "stable"}, revision_history=["shop/web:1.0"])
     seed_deployment(emu, ns, "web-canary", replicas=1, image="shop/web:1.2",
                     labels={"app": "web", "track": "canary"})
     seed_service(emu, ns, "web", selector={"app": "web", "track": "stable"})
     seed_service(emu, ns, "web-canary", selector={"app": "web", "track": "canary"})
+
+
+def router_faults(resource: ResourceLike, route: str) -> Callable[[ClusterEmulator, str], list[kmock.View]]:
+    """The faults of a canary abort through the router's object ``route`` (of ``resource``): its
+    write conflicts once, one read of it fails (503), and scaling the canary down fails twice (500)."""
+
+    def faults(emu: ClusterEmulator, ns: str) -> list[kmock.View]:
+        return [
+            emu.conflict("patch", resource, namespace=ns, name=route),
+            emu.fail("get", resource, status=503, namespace=ns, name=route, times=1),
+            emu.fail("patch", DEPLOYMENTS, status=500, namespace=ns, name="web-canary", subresource="scale",
+                     times=2),
+        ]
+
+    return faults
+
+
+def canary_abort(router: Callable[[KubeClient, str], Router]) -> Callable[[KubeClient, str], RollbackAction]:
+    """The abort of the canary ``web-canary`` (stable ``web``) through the router ``router`` makes."""
+    return lambda kube, ns: CanaryAbort(kube=kube, target=f"{ns}/web", namespace=ns, router=router(kube, ns),
+                                        canary="web-canary", stable="web", settings=SETTINGS)
+
+
+def seed_canary(emu: ClusterEmulator, ns: str) -> None:
+    seed_canary_workloads(emu, ns)
     seed_ingress(emu, ns, "web", service="web", host="shop.example.com")
     seed_ingress(emu, ns, "web-canary", service="web-canary", host="shop.example.com", canary_weight=20)
-
-
-def canary_faults(emu: ClusterEmulator, ns: str) -> list[kmock.View]:
-    return [
-        emu.conflict("patch", INGRESSES, namespace=ns, name="web-canary"),
-        emu.fail("get", INGRESSES, status=503, namespace=ns, name="web-canary", times=1),
-        emu.fail("patch", DEPLOYMENTS, status=500, namespace=ns, name="web-canary", subresource="scale",
-                 times=2),
-    ]
 
 
 def canary_rolled_back(emu: ClusterEmulator, ns: str) -> bool:
@@ -144,11 +164,8 @@ def canary_rolled_back(emu: ClusterEmulator, ns: str) -> bool:
 CANARY = Case(
     name="canary-abort",
     seed=seed_canary,
-    action=lambda kube, ns: CanaryAbort(
-        kube=kube, target=f"{ns}/web", namespace=ns,
-        router=IngressNginxRouter(kube=kube, namespace=ns, ingress="web-canary"),
-        canary="web-canary", stable="web", settings=SETTINGS),
-    faults=canary_faults,
+    action=canary_abort(lambda kube, ns: IngressNginxRouter(kube=kube, namespace=ns, ingress="web-canary")),
+    faults=router_faults(INGRESSES, "web-canary"),
     rolled_back=canary_rolled_back,
 )
 
@@ -156,27 +173,9 @@ CANARY = Case(
 # --- canary abort (Gateway API HTTPRoute, Istio VirtualService) ---------------------------------
 
 
-def seed_canary_workloads(emu: ClusterEmulator, ns: str) -> None:
-    seed_deployment(emu, ns, "web", replicas=3, image="shop/web:1.1",
-                    labels={"app": "web", "track": "stable"}, revision_history=["shop/web:1.0"])
-    seed_deployment(emu, ns, "web-canary", replicas=1, image="shop/web:1.2",
-                    labels={"app": "web", "track": "canary"})
-    seed_service(emu, ns, "web", selector={"app": "web", "track": "stable"})
-    seed_service(emu, ns, "web-canary", selector={"app": "web", "track": "canary"})
-
-
 def seed_gateway(emu: ClusterEmulator, ns: str) -> None:
     seed_canary_workloads(emu, ns)
     seed_route(emu, ns, "web", rules=[{"web": 80, "web-canary": 20}, {"web": 90, "web-canary": 10}])
-
-
-def gateway_faults(emu: ClusterEmulator, ns: str) -> list[kmock.View]:
-    return [
-        emu.conflict("patch", HTTPROUTES, namespace=ns, name="web"),
-        emu.fail("get", HTTPROUTES, status=503, namespace=ns, name="web", times=1),
-        emu.fail("patch", DEPLOYMENTS, status=500, namespace=ns, name="web-canary", subresource="scale",
-                 times=2),
-    ]
 
 
 def gateway_rolled_back(emu: ClusterEmulator, ns: str) -> bool:
@@ -189,12 +188,9 @@ def gateway_rolled_back(emu: ClusterEmulator, ns: str) -> bool:
 GATEWAY = Case(
     name="canary-abort/gateway-api",
     seed=seed_gateway,
-    action=lambda kube, ns: CanaryAbort(
-        kube=kube, target=f"{ns}/web", namespace=ns,
-        router=GatewayApiRouter(kube=kube, namespace=ns, route="web", canary_service="web-canary",
-                                stable_service="web"),
-        canary="web-canary", stable="web", settings=SETTINGS),
-    faults=gateway_faults,
+    action=canary_abort(lambda kube, ns: GatewayApiRouter(kube=kube, namespace=ns, route="web",
+                                                          canary_service="web-canary", stable_service="web")),
+    faults=router_faults(HTTPROUTES, "web"),
     rolled_back=gateway_rolled_back,
 )
 
@@ -205,15 +201,6 @@ def seed_istio(emu: ClusterEmulator, ns: str) -> None:
         [{"host": "web", "subset": "stable", "weight": 80},
          {"host": "web", "subset": "canary", "weight": 20}],
     ])
-
-
-def istio_faults(emu: ClusterEmulator, ns: str) -> list[kmock.View]:
-    return [
-        emu.conflict("patch", VIRTUALSERVICES, namespace=ns, name="web"),
-        emu.fail("get", VIRTUALSERVICES, status=503, namespace=ns, name="web", times=1),
-        emu.fail("patch", DEPLOYMENTS, status=500, namespace=ns, name="web-canary", subresource="scale",
-                 times=2),
-    ]
 
 
 def istio_rolled_back(emu: ClusterEmulator, ns: str) -> bool:
@@ -227,12 +214,10 @@ def istio_rolled_back(emu: ClusterEmulator, ns: str) -> bool:
 ISTIO = Case(
     name="canary-abort/istio",
     seed=seed_istio,
-    action=lambda kube, ns: CanaryAbort(
-        kube=kube, target=f"{ns}/web", namespace=ns,
-        router=IstioRouter(kube=kube, namespace=ns, virtual_service="web",
-                           canary=Destination("web", "canary"), stable=Destination("web", "stable")),
-        canary="web-canary", stable="web", settings=SETTINGS),
-    faults=istio_faults,
+    action=canary_abort(lambda kube, ns: IstioRouter(kube=kube, namespace=ns, virtual_service="web",
+                                                     canary=Destination("web", "canary"),
+                                                     stable=Destination("web", "stable"))),
+    faults=router_faults(VIRTUALSERVICES, "web"),
     rolled_back=istio_rolled_back,
 )
 
@@ -349,7 +334,7 @@ def seed_canary_gitops(emu: ClusterEmulator, ns: str) -> None:
 
 def canary_gitops_faults(emu: ClusterEmulator, ns: str) -> list[kmock.View]:
     return [
-        *canary_faults(emu, ns),
+        *CANARY.faults(emu, ns),
         emu.conflict("patch", APPLICATIONS, namespace="argocd", name="shop-web"),
         emu.fail("get", KUSTOMIZATIONS, status=503, namespace="flux-system", name="shop-canary", times=1),
     ]
@@ -439,14 +424,6 @@ async def run_case(case: Case, *, runs: int) -> dict[str, list[Outcome]]:
     clean = [await run_once(case, faults=False) for _ in range(runs)]
     faulted = [await run_once(case, faults=True) for _ in range(runs)]
     return {"clean": clean, "faults": faulted}
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    position = q * (len(ordered) - 1)
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def summary(outcomes: Sequence[Outcome]) -> dict[str, Any]:

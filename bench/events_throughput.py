@@ -68,7 +68,9 @@ from typing import Any, TextIO
 import aiomqtt
 import psycopg
 
+from bench.stats import percentile
 from rollbackd.config.settings import EventsSettings, MqttSettings, Settings
+from rollbackd.demo.processes import free_port
 from rollbackd.events.build import Clock, EventFactory
 from rollbackd.events.model import CloudEvent
 from rollbackd.events.mqtt import MqttSink
@@ -104,12 +106,6 @@ ARRIVAL_TIMEOUT_S = 120.0
 
 
 # --- the broker --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _accepts(port: int) -> bool:
@@ -339,15 +335,6 @@ def stories(count: int, factory: EventFactory) -> list[list[CloudEvent]]:
 
 def flat(groups: Sequence[Sequence[CloudEvent]]) -> list[CloudEvent]:
     return [event for group in groups for event in group]
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile (0..1) of ``values``, by linear interpolation."""
-    ordered = sorted(values)
-    position = q * (len(ordered) - 1)
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 # --- the phases --------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ OTHER_BENCHMARKS: tuple[str, ...] = (
     "bench.closed_loop",
     "bench.events_throughput",
     "bench.actions",
+    "bench.flags",
     "bench.faults",
 )
 

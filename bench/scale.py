@@ -19,7 +19,10 @@ all 1,000 of them as canary targets, and the benchmark reads from the outside:
   through the real client from a stand-in API server (:mod:`bench.kube_standin`); in dry-run the
   hundred bad canaries stay in breach, so their facts are read (and reused) for the whole run;
 - the decisions (``GET /api/v1/targets``): the bad canaries should get rollback decisions, the
-  good ones not.
+  good ones not;
+- what a scrape of ``/metrics`` costs the daemon: between ticks, the time a ``GET /metrics``
+  takes, and the time a ``GET /healthz`` sent while it is being answered takes (the probe waits as
+  long as building the exposition keeps the event loop from serving it).
 
 The daemon is pinned to one CPU, the sample app and this driver to the other, so the daemon's
 numbers are its own (other processes on the machine may still share its CPU: their share is
@@ -30,7 +33,8 @@ decision instead of the hourly cap stopping them after the first three.
 
 Run from the repository root: ``python -m bench.scale`` (about nine minutes). Results
 go to ``bench/results/scale.json`` and ``bench/results/scale.md``. The exit status is 1 when a
-target was missed.
+target was missed. ``--only large`` (or ``small``, ``acting``) runs only those parts and writes
+``scale-<parts>.json`` and ``.md`` beside them, without the targets that need every part.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -99,6 +104,13 @@ OTHERS_CPU = 1
 #: Scheduling priority (nice) of the benchmark's processes: ahead of whatever else runs on the
 #: machine, so that the daemon has its CPU to itself as far as possible.
 NICE = -10
+#: The parts of the benchmark, in the order they run (``--only`` picks some).
+PARTS = ("small", "large", "acting")
+#: Scrapes of ``/metrics`` probed at the end of a run (each between two ticks).
+SCRAPE_PROBES = 10
+#: How long after sending ``GET /metrics`` the ``/healthz`` probe is sent (the daemon is then
+#: building the exposition: it takes tens of milliseconds at 1,000 targets).
+PROBE_DELAY_S = 0.01
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -196,6 +208,30 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     return sum(value for (sample, have), value in samples.items() if sample == name and wanted <= have)
 
 
+def probe_scrape(api: str) -> tuple[float, float]:
+    """One ``GET /metrics`` and, while it is being answered, one ``GET /healthz``: the seconds each
+    took. A daemon that builds the exposition on its event loop answers the probe only after it."""
+    took: list[float] = []
+
+    def metrics() -> None:
+        started = time.perf_counter()
+        status, _ = http_get(f"{api}/metrics", timeout_s=30.0)
+        took.append(time.perf_counter() - started)
+        if status != 200:
+            raise RuntimeError(f"GET /metrics: HTTP {status}")
+
+    scraper = threading.Thread(target=metrics, name="bench-scrape")
+    scraper.start()
+    time.sleep(PROBE_DELAY_S)
+    started = time.perf_counter()
+    status, _ = http_get(f"{api}/healthz")
+    healthz_s = time.perf_counter() - started
+    scraper.join(timeout=60)
+    if status != 200 or not took:
+        raise RuntimeError(f"the scrape probe failed (GET /healthz: HTTP {status})")
+    return took[0], healthz_s
+
+
 def queries_answered(prometheus_url: str) -> tuple[float, float]:
     """Instant queries Prometheus has answered so far (any status), and the seconds it spent
     answering them, from its own metrics."""
@@ -255,6 +291,8 @@ class Run:
     log_errors: int = 0
     #: What the Kubernetes stand-in served over the run (acting runs): requests by kind, unknown ones.
     kube_api: dict[str, Any] = field(default_factory=dict)
+    #: Probed scrapes: (seconds ``GET /metrics`` took, seconds a ``GET /healthz`` sent meanwhile took).
+    scrape_probes: list[tuple[float, float]] = field(default_factory=list)
 
 
 class Watch:
@@ -446,6 +484,9 @@ def run_daemon(*, targets: int, duration_s: float, prometheus_url: str, promethe
             watch.look()
         last = watch.until_tick_ends(timeout_s=4 * INTERVAL_S)
         queries1, query_s1 = queries_answered(prometheus_url)
+        for _ in range(SCRAPE_PROBES):
+            watch.until_tick_ends(timeout_s=4 * INTERVAL_S)  # between ticks: the loop is idle
+            run.scrape_probes.append(probe_scrape(api))
         run.queries, run.query_s = queries1 - queries0, query_s1 - query_s0
         run.query_ticks = last.ticks - first.ticks
         run.final_metrics = scrape(f"{api}/metrics")
@@ -576,9 +617,20 @@ def summarize(run: Run) -> dict[str, Any]:
             "steady_from_s": RSS_STEADY_FROM_S,
         },
         "decisions": decisions_summary(run.listing),
+        "scrape": {
+            "probes": len(run.scrape_probes),
+            "metrics_median_s": _median([m for m, _ in run.scrape_probes]),
+            "metrics_max_s": max((m for m, _ in run.scrape_probes), default=None),
+            "healthz_during_median_s": _median([h for _, h in run.scrape_probes]),
+            "healthz_during_max_s": max((h for _, h in run.scrape_probes), default=None),
+        },
         "tick_s": [[round(t, 2), round(d, 4)] for t, d in run.tick_s],
         "rss_trace": [[round(p.t, 1), round(p.rss_mib, 2)] for p in idle],
     }
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 def split(run: Run, *, collecting: bool) -> list[float]:
@@ -695,6 +747,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {_label(row)} | {_ms(collecting.get('median_s'))} | {_ms(collecting.get('p95_s'))} | "
             f"{_ms(judging.get('median_s'))} | {_ms(judging.get('p95_s'))} | {_ms(judging.get('max_s'))} |"
         )
+    lines += scrape_lines(rows)
     lines += [
         "",
         "## Memory",
@@ -758,6 +811,43 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def partial_markdown(report: dict[str, Any]) -> str:
+    """Some parts of the benchmark only (``--only``): a line per run, and the scrapes."""
+    lines = [
+        f"# Scale, parts only: {', '.join(_label(row) for row in report['runs'])} targets",
+        "",
+        f"rollbackd {report['revision']}, Prometheus {report['prometheus_version']}, interval "
+        f"{report['interval_s']:g} s, windows {report['window_s']:g} s; machine: {report['machine']}.",
+        "",
+        *(f"- {_label(row)}: {one_line(row).strip()}" for row in report["runs"]),
+    ]
+    lines += scrape_lines(report["runs"])
+    lines.append("")
+    return "\n".join(lines)
+
+
+def scrape_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The section on what a scrape of ``/metrics`` costs the daemon."""
+    lines = [
+        "",
+        "## A scrape of /metrics",
+        "",
+        f"Between ticks, {SCRAPE_PROBES} times per run: a `GET /metrics`, and a `GET /healthz` sent "
+        f"{PROBE_DELAY_S * 1000:g} ms after it, while the exposition is being built. The probe waits as "
+        "long as building the exposition keeps the event loop from serving it.",
+        "",
+        "| targets | GET /metrics: median | max | GET /healthz meanwhile: median | max |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        scrape = row["scrape"]
+        lines.append(
+            f"| {_label(row)} | {_ms(scrape['metrics_median_s'])} | {_ms(scrape['metrics_max_s'])} | "
+            f"{_ms(scrape['healthz_during_median_s'])} | {_ms(scrape['healthz_during_max_s'])} |"
+        )
+    return lines
+
+
 def one_line(row: dict[str, Any]) -> str:
     wall = wall_of(row)
     rss = row["rss_mib"]
@@ -772,7 +862,9 @@ def one_line(row: dict[str, Any]) -> str:
         f"{_mib(rss['end'])} (peak {_mib(rss['max'])}, steady slope "
         f"{'-' if slope is None else f'{slope:+.2f} MiB/min'}); "
         f"rollback decisions: bad {bad['rolled_back']}/{bad['targets']}, "
-        f"good {good['rolled_back']}/{good['targets']}"
+        f"good {good['rolled_back']}/{good['targets']}; GET /metrics "
+        f"{_ms(row['scrape']['metrics_median_s'])}, GET /healthz meanwhile "
+        f"{_ms(row['scrape']['healthz_during_median_s'])} (medians)"
     )
 
 
@@ -858,8 +950,9 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
             standin, kube_api = start_kube_standin()
             try:
                 assert server.pid is not None
-                plan = ((SMALL, args.small_s, None), (SERVICES, args.large_s, None),
-                        (SERVICES, args.acting_s, kube_api))
+                parts = {"small": (SMALL, args.small_s, None), "large": (SERVICES, args.large_s, None),
+                         "acting": (SERVICES, args.acting_s, kube_api)}
+                plan = [parts[name] for name in (args.only or PARTS)]
                 for targets, duration_s, api in plan:
                     how = " acting on Kubernetes" if api is not None else ""
                     print(f"rollbackd with {targets} targets{how} for {duration_s:g} s", flush=True)
@@ -875,9 +968,7 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             app.stop()
 
-    small, large, acting = runs
-    kube_mib = kube_client_mib()
-    return {
+    report = {
         "benchmark": "scale",
         "revision": revision(),
         "prometheus_version": prometheus_version,
@@ -888,10 +979,14 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
         "pinned": pinned,
         "nice": NICE if prioritized else 0,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        "kube_client_mib": kube_mib,
-        "checks": checks(small, large, acting),
         "runs": runs,
     }
+    if args.only:
+        return report
+    small, large, acting = runs
+    kube_mib = kube_client_mib()
+    runs_last = {"runs": report.pop("runs")}  # the report's keys in the order they always had
+    return report | {"kube_client_mib": kube_mib, "checks": checks(small, large, acting)} | runs_last
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -902,6 +997,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help=f"how long to run with {SERVICES} targets after the first tick (default 225)")
     parser.add_argument("--acting-s", type=float, default=180.0,
                         help=f"how long to run with {SERVICES} targets acting on Kubernetes (default 180)")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=None,
+                        help="run only these parts (results in scale-<parts>.json and .md)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--no-priority", action="store_true",
                         help=f"do not raise the processes' scheduling priority (nice {NICE})")
@@ -914,6 +1011,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = drive(args)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if args.only:
+        name = f"scale-{'-'.join(args.only)}"
+        (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / f"{name}.md").write_text(partial_markdown(report))
+        print(f"wrote {out / name}.json and .md")
+        return 0
     (out / "scale.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "scale.md").write_text(markdown(report))
     print(f"wrote {out / 'scale.json'} and {out / 'scale.md'}")

@@ -10,6 +10,7 @@ already asked to stop), and the tasks' own end in the results.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
@@ -62,14 +63,26 @@ async def stop_tasks(
 
 
 async def poll_forever(
-    poll: Callable[[], Awaitable[object]], *, every_s: Callable[[], float], what: str
+    poll: Callable[[], Awaitable[object]],
+    *,
+    every_s: Callable[[], float],
+    what: str,
+    wake: asyncio.Event | None = None,
 ) -> None:
     """Run ``poll()`` every ``every_s()`` seconds (the first time at once) until cancelled. An
     exception of one poll (a defect) is logged with ``what`` was read, and the next poll comes as
-    scheduled: a root task that polls must not end the daemon."""
+    scheduled: a root task that polls must not end the daemon. Setting ``wake`` (e.g. from a watch
+    that saw a change) runs the next poll at once."""
     while True:
+        if wake is not None:
+            wake.clear()
         try:
             await poll()
         except Exception:
             logger.exception("reading %s failed; trying again in %gs", what, every_s())
-        await asyncio.sleep(every_s())
+        if wake is None:
+            await asyncio.sleep(every_s())
+            continue
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(every_s()):
+                await wake.wait()

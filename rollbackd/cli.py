@@ -1,7 +1,8 @@
 """The ``rollbackd`` command: the only place that reads the process environment.
 
 Subcommands: ``run`` (the daemon), ``replay`` (scenario files through the real detectors and
-decision), ``demo`` (a bad release undoing itself on an emulated cluster), ``history`` (the
+decision), ``backtest`` (a past time range from Prometheus through them), ``demo`` (a bad
+release undoing itself on an emulated cluster), ``history`` (the
 audit log), ``check-config`` (``--probe``: and every target's series) and ``config-schema``, and
 the operator verbs talking to a running daemon (``status``, ``freeze``, ``unfreeze``, ``dry-run``,
 ``hold``, ``release``, ``rollback``, ``accept``; see :mod:`rollbackd.ctl.verbs`). Exit status: 0 on
@@ -96,6 +97,21 @@ def build_parser(prog: str = "rollbackd") -> argparse.ArgumentParser:
         "slo, policy and context still apply); the environment is not consulted",
     )
 
+    backtest = commands.add_parser(
+        "backtest",
+        help="what rollbackd would have decided over a past time range, from Prometheus",
+        description="Read each target's history from the configured Prometheus (query_range at the\n"
+        "target's interval) and judge it tick by tick with the daemon's own evaluator; print every\n"
+        "change of verdict with its reasons, then a summary per target. --set overrides settings;\n"
+        "each --compare is one more variant judged on the same history. Exit status: 0 when judged,\n"
+        "2 for configuration and usage errors, 3 when Prometheus gave no history.",
+        epilog=_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from rollbackd.backtest import add_arguments as backtest_arguments
+
+    backtest_arguments(backtest)
+
     check = commands.add_parser(
         "check-config",
         help="validate a configuration file",
@@ -132,12 +148,21 @@ def build_parser(prog: str = "rollbackd") -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--scenario",
-        choices=("canary", "bluegreen", "deployment", "gateway", "gitops"),
+        choices=("canary", "bluegreen", "deployment", "gateway", "gitops", "flag"),
         default="canary",
         help="canary: abort an ingress-nginx canary (the default); bluegreen: switch a Service back "
         "to the old colour; deployment: undo a Deployment to its previous revision; gateway: abort a "
         "canary routed by a Gateway API HTTPRoute (its weight to 0); gitops: the canary synced from Git "
-        "by Argo CD and Flux, whose reconciler puts the bad version back unless suspended",
+        "by Argo CD and Flux, whose reconciler puts the bad version back unless suspended; flag: a "
+        "feature flag turned on makes the app fail, rollbackd turns it off (the flag in PostgreSQL, or "
+        "--flag-store http: behind the app's admin API)",
+    )
+    demo.add_argument(
+        "--flag-store",
+        choices=("sql", "http"),
+        default="sql",
+        help="the flag scenario's flag store: sql (a PostgreSQL table; $ROLLBACKD_DEMO_FLAGS_DSN, default "
+        "the local server's 'test' database) or http (the sample app's admin API)",
     )
     demo.add_argument(
         "--gitops",
@@ -158,6 +183,13 @@ def build_parser(prog: str = "rollbackd") -> argparse.ArgumentParser:
         "there); watch them with: mosquitto_sub -t 'rollbackd/#' -v",
     )
 
+    demo.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="the whole demo's time limit, start-up included (default 110; a loaded machine may need more)",
+    )
     demo.add_argument(
         "--linger",
         action="store_true",
@@ -234,6 +266,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "rollbackd") -> int:
             from rollbackd.replay import cli_replay
 
             return _printing(cli_replay, args)
+        if args.command == "backtest":
+            from rollbackd.backtest import cli_backtest
+
+            return _printing(lambda parsed: cli_backtest(parsed, environ=os.environ), args)
         if args.command == "demo":
             from rollbackd.demo import cli_demo
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Required, TypedDict, Unpack
 
 
 class RollbackdError(Exception):
@@ -28,30 +29,32 @@ class PermanentError(RollbackdError):
     """Retrying will not help until something changes (configuration, query, permissions)."""
 
 
+class Failure(TypedDict, total=False):
+    """The keyword arguments every :class:`SourceError` takes besides its ``source`` (see there);
+    declared once for the errors of one source, which name it themselves."""
+
+    kind: Required[str]
+    status: int | None
+    error_type: str | None
+    retry_after_s: float | None
+
+
 class SourceError(RollbackdError):
     """A metrics or health source could not deliver.
 
     ``source`` names the source (``prometheus``, ``health``); ``kind`` is the short, bounded
     classification used as a metric label; ``status`` is the HTTP status when there was a response;
-    ``error_type`` is the server's own classification (Prometheus' ``errorType``) when it gave one.
+    ``error_type`` is the server's own classification (Prometheus' ``errorType``) when it gave one;
+    ``retry_after_s`` the server's ``Retry-After`` when it sent one.
     """
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        source: str,
-        kind: str,
-        status: int | None = None,
-        error_type: str | None = None,
-        retry_after_s: float | None = None,
-    ) -> None:
+    def __init__(self, message: str, *, source: str, **failure: Unpack[Failure]) -> None:
         super().__init__(message)
         self.source = source
-        self.kind = kind
-        self.status = status
-        self.error_type = error_type
-        self.retry_after_s = retry_after_s
+        self.kind = failure["kind"]
+        self.status = failure.get("status")
+        self.error_type = failure.get("error_type")
+        self.retry_after_s = failure.get("retry_after_s")
 
 
 class TemporarySourceError(SourceError, TemporaryError):
@@ -66,19 +69,16 @@ class PrometheusUnavailableError(TemporarySourceError):
     """Prometheus could not answer now: connection refused, timeout, 5xx, 429, or an ``errorType``
     of ``timeout`` / ``canceled`` / ``unavailable`` / ``internal``."""
 
-    def __init__(self, message: str, *, kind: str, status: int | None = None,
-                 error_type: str | None = None, retry_after_s: float | None = None) -> None:
-        super().__init__(message, source="prometheus", kind=kind, status=status,
-                         error_type=error_type, retry_after_s=retry_after_s)
+    def __init__(self, message: str, **failure: Unpack[Failure]) -> None:
+        super().__init__(message, source="prometheus", **failure)
 
 
 class PrometheusQueryError(PermanentSourceError):
     """Prometheus rejected the query (``bad_data``, ``execution``, other 4xx) or answered with
     something that is not a Prometheus API response."""
 
-    def __init__(self, message: str, *, kind: str, status: int | None = None,
-                 error_type: str | None = None) -> None:
-        super().__init__(message, source="prometheus", kind=kind, status=status, error_type=error_type)
+    def __init__(self, message: str, **failure: Unpack[Failure]) -> None:
+        super().__init__(message, source="prometheus", **failure)
 
 
 @dataclass(slots=True)

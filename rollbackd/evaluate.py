@@ -7,16 +7,19 @@ from collections.abc import Iterable
 
 from rollbackd.decision.framework import DecisionState, decide
 from rollbackd.detectors.judge import Judge
-from rollbackd.model import Context, Decision, Episode, Evidence, Observation
+from rollbackd.model import Context, Decision, Episode, Evidence, Observation, TimeText, scenario_time
 from rollbackd.params import TargetParams
 
 
 class TargetEvaluator:
     """Keeps one target's bounded window and decision state."""
 
-    def __init__(self, params: TargetParams) -> None:
+    def __init__(self, params: TargetParams, *, time_text: TimeText = scenario_time) -> None:
+        """``time_text`` writes the times in the findings' details (the decisions' reasons write
+        theirs with the context's :attr:`~rollbackd.model.Context.time_text`)."""
         self._params = params
-        self._judge = Judge(params)
+        self._time_text = time_text
+        self._judge = Judge(params, time_text=time_text)
         self._state = DecisionState()
         self.latest_evidence: Evidence | None = None
         self.latest_decision: Decision | None = None
@@ -63,7 +66,7 @@ class TargetEvaluator:
     def rejudged(self, params: TargetParams) -> TargetEvaluator:
         """An evaluator with ``params`` that has judged again the observations this one holds (a
         configuration reload); its decision state starts over."""
-        fresh = TargetEvaluator(params)
+        fresh = TargetEvaluator(params, time_text=self._time_text)
         fresh._judge, evidences = self._judge.rejudged(params)
         if evidences:
             fresh.latest_evidence = evidences[-1]

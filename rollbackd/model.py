@@ -11,7 +11,7 @@ import bisect
 import enum
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -45,13 +45,15 @@ class Strategy(enum.StrEnum):
     #: A change of ConfigMaps' data: rolled back by restoring their previous data and restarting
     #: the Deployments that read them.
     CONFIG = "config"
+    #: A feature flag turned on: rolled back by turning it off (over HTTP or SQL).
+    FEATURE_FLAG = "feature-flag"
 
-    @property
-    def own_past(self) -> bool:
-        """Whether a target of this strategy is judged against its own past (no version serves
-        beside it to compare with: a plain Deployment, a release undone by a command), rather than
-        against a concurrent baseline (canary, blue-green, a Rollout's stable version)."""
-        return self not in (Strategy.CANARY, Strategy.BLUE_GREEN, Strategy.ARGO_ROLLOUT)
+
+#: The strategies whose new version serves all the traffic of one series: judged against the
+#: target's own past (no concurrent baseline), and verified on that same series.
+OWN_PAST: frozenset[Strategy] = frozenset(
+    {Strategy.DEPLOYMENT, Strategy.FEATURE_FLAG, Strategy.COMMAND, Strategy.CONFIG}
+)
 
 
 class Impact(enum.StrEnum):
@@ -251,9 +253,27 @@ class Slo:
     )
 
 
+class Conclusion(enum.StrEnum):
+    """What a finding concludes, which its ``confidence`` is the confidence of.
+
+    ``breach``: the SLO is breached (proven above it); ``unproven``: the latest intervals are above
+    the SLO, not proven (the confidence that they are above it is below the required level);
+    ``within-lately``: the latest intervals are within the SLO though the window as a whole is
+    above it (earlier bad intervals: the confidence that the latest are within it); ``within``:
+    the window is within the SLO (the confidence that it is).
+    """
+
+    BREACH = "breach"
+    UNPROVEN = "unproven"
+    WITHIN_LATELY = "within-lately"
+    WITHIN = "within"
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
-    """One measured signal against its threshold, with the statistics behind it."""
+    """One measured signal against its threshold, with the statistics behind it: ``confidence``
+    is the confidence of its ``conclusion`` (derived from ``breached`` and the value when not
+    given)."""
 
     signal: str  # "error_rate" | "p95" | "health"
     value: float | None
@@ -268,8 +288,19 @@ class Finding:
     since: float | None = None
     #: Who the breach is blamed on, if breached (``None``: derived from ``attributable``).
     attribution: Attribution | None = None
+    #: What the finding concludes (``None``: a breach when breached, else unproven above the
+    #: threshold, within it at or below).
+    conclusion: Conclusion | None = None
 
     def __post_init__(self) -> None:
+        if self.conclusion is None:
+            if self.breached:
+                conclusion = Conclusion.BREACH
+            elif self.value is not None and self.value > self.threshold:
+                conclusion = Conclusion.UNPROVEN
+            else:
+                conclusion = Conclusion.WITHIN
+            object.__setattr__(self, "conclusion", conclusion)
         if self.breached and self.attribution is None:
             blame = Attribution.ATTRIBUTABLE if self.attributable else Attribution.BASELINE_DEGRADED
             object.__setattr__(self, "attribution", blame)
@@ -339,6 +370,17 @@ class Hold:
     set_at: float | None = None
 
 
+#: How the core writes a time into the reasons and details it gives people: a time on the
+#: observations' clock in, text out.
+TimeText = Callable[[float], str]
+
+
+def scenario_time(t: float) -> str:
+    """A time as a recording's seconds, ``t=210s``: what ``rollbackd replay`` says (its times are
+    the scenario's); the daemon writes wall-clock UTC instead (its times are the event loop's)."""
+    return f"t={t:g}s"
+
+
 @dataclass(frozen=True, slots=True)
 class ConfigMapVersion:
     """One version of a ConfigMap's data as rollbackd saw it (Kubernetes keeps no history of a
@@ -377,14 +419,16 @@ class Context:
     standby: bool = False
     #: Why the audit trail cannot be written now (the store is down): decide, never act.
     audit_problem: str | None = None
-    #: Who accepted the release and why (an operator said it is good): not judged until the next
-    #: revision; ``None`` when it is not accepted.
+    #: How the release was accepted ("accepted by alice: reason", "accepted after 1h ..."): not
+    #: judged until the next revision; ``None`` while it is judged.
     accepted: str | None = None
     cooldown_until: float | None = None
     #: The post-rollback watch under way, if any.
     watch: Watch | None = None
     rollbacks_last_hour: int = 0
     max_rollbacks_per_hour: int = 3
+    #: How the reasons write a time (the daemon: wall-clock UTC; replay: the scenario's seconds).
+    time_text: TimeText = scenario_time
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,6 +109,14 @@ class Policy:
     rollback_risk: Risk = knob(
         Risk.LOW, "Risk of rolling back; 'high' (e.g. an irreversible migration) means escalate instead."
     )
+    accept_after_s: float = knob(
+        0.0,
+        "Accept a release that has run this long since it started without an open breach episode:"
+        " it is then watched for the next release, not judged. 0: never by time (only by the"
+        " accept operator action or the next release).",
+        ge=0,
+        le=WEEK,
+    )
 
 
 @dataclass(frozen=True, slots=True)

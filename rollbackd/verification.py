@@ -99,7 +99,10 @@ class Verifier:
         alpha = 1.0 - params.detection.confidence
         k = params.detection.confirm_intervals
         elapsed = t - self._started_at
-        if serving is not None and serving.requests > 0:
+        # An interval that began before the rollback's action ended still holds the bad version's
+        # traffic (a lever that acts at once, a flag turned off, shows it most): not the serving one.
+        straddles = t - params.interval_s < self._started_at - 1e-9
+        if serving is not None and serving.requests > 0 and not straddles:
             self._errors.append(Counts(serving.errors, serving.requests))
             self._add_latency(serving.latency)
         if health:

@@ -19,6 +19,7 @@ import kmock
 import pytest
 
 from rollbackd.demo.emulator import (
+    CONFIGMAPS,
     CORE_EVENTS,
     DEPLOYMENTS,
     DESIRED_REPLICAS_ANNOTATION,
@@ -65,6 +66,7 @@ from rollbackd.demo.emulator import (
 from rollbackd.kube import KubeClient
 
 __all__ = [
+    "CONFIGMAPS",
     "CORE_EVENTS",
     "DEPLOYMENTS",
     "DESIRED_REPLICAS_ANNOTATION",
@@ -117,11 +119,14 @@ __all__ = [
 async def wait_until(
     condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
     *,
-    timeout_s: float = 10.0,
+    timeout_s: float = 30.0,
     interval_s: float = 0.01,
     what: str = "the condition",
 ) -> None:
-    """Poll ``condition`` (sync or async) until it is true; fail the test after ``timeout_s``."""
+    """Poll ``condition`` (sync or async) until it is true; fail the test after ``timeout_s``.
+
+    The default bounds how long a failing test waits, not how long a passing one takes: it leaves
+    room for a loaded machine (a CI runner beside other jobs) to come true late."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         result = condition()

@@ -29,15 +29,12 @@ from typing import Any, Self
 import aiomqtt
 import pytest
 
+# free_port is re-exported for the tests that start a broker of their own.
+from rollbackd.demo.processes import free_port as free_port
 from rollbackd.events.mqtt import MqttOptions, Topics
 
-START_TIMEOUT_S = 10.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+#: How long mosquitto may take to listen (a loaded machine starts processes slowly).
+START_TIMEOUT_S = 30.0
 
 
 def _accepts(port: int) -> bool:

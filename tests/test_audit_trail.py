@@ -386,7 +386,7 @@ async def test_a_stop_during_a_store_outage_spools_the_queue_and_the_next_start_
             numbers = [e.details["n"] for e in await run.history() if e.kind == "during-outage"]
             assert numbers == sorted(numbers)
             assert set(numbers) == set(range(5))
-            await wait_until(lambda: not spool.exists(), timeout_s=10, what="the spool file removed")
+            await wait_until(lambda: not spool.exists(), timeout_s=60, what="the spool file removed")
         lost = 5 - len(set(numbers))
         fault_ledger.observe(records_lost=lost)
         assert lost == 0

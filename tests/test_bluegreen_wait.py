@@ -144,7 +144,7 @@ async def test_the_status_page_and_the_api_show_what_the_rollback_waits_for(
             return rollback is not None and rollback["waiting"] is not None \
                 and "EndpointSlices" in rollback["waiting"]["for"]
 
-        await wait_until(waiting_shown, timeout_s=15.0, what="the rollback's wait in the API")
+        await wait_until(waiting_shown, timeout_s=30.0, what="the rollback's wait in the API")
         shown = (await api.target("shop/web"))["rollback"]
         assert shown["phase"] == "acting"
         assert shown["waiting"]["for"].startswith("the Service shop/web to serve from web-blue's pods only")
@@ -158,7 +158,7 @@ async def test_the_status_page_and_the_api_show_what_the_rollback_waits_for(
         metrics.pair = HEALTHY
         async with Controllers(kube_cluster):
             await wait_until(lambda: daemon.rollbacks.runs["shop/web"].phase is not Phase.ACTING,
-                             timeout_s=15.0, what="the action to end")
+                             timeout_s=30, what="the action to end")
             shown = (await api.target("shop/web"))["rollback"]
             assert shown["phase"] in ("verifying", "verified")
             assert shown["waiting"] is None

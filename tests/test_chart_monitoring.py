@@ -62,7 +62,9 @@ def alerts_of(rule: Obj) -> dict[str, Obj]:
 def test_the_rules_and_the_dashboard_are_off_by_default(helm: Any) -> None:
     objects = render(helm)
     assert not find(objects, "PrometheusRule")
-    assert [obj["metadata"]["name"] for obj in find(objects, "ConfigMap")] == ["rb-rollbackd"]
+    # The configuration and the switches' ConfigMap; no dashboard.
+    names = [obj["metadata"]["name"] for obj in find(objects, "ConfigMap")]
+    assert names == ["rb-rollbackd", "rb-rollbackd-switches"]
 
 
 def test_every_alert_is_there_with_its_annotations_and_runbook(helm: Any) -> None:

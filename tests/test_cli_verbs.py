@@ -110,8 +110,9 @@ async def test_status_lists_every_target_and_the_switches_in_each_format(
         assert code == 0, err
         lines = out.splitlines()
         assert lines[0].split() == ["freeze:", "off", "dry-run:", "off"]
-        assert lines[2].split() == ["TARGET", "STRATEGY", "DECISION", "ROLLBACK", "HOLD", "COOLDOWN"]
-        rows = {line.split()[0]: line.split() for line in lines[3:]}
+        assert lines[1] == f"switches kept in {daemon.switches.where}"
+        assert lines[3].split() == ["TARGET", "STRATEGY", "DECISION", "ROLLBACK", "HOLD", "COOLDOWN"]
+        rows = {line.split()[0]: line.split() for line in lines[4:]}
         assert set(rows) == {"shop/checkout", "pay/payments"}
         assert rows["shop/checkout"][1] == "canary"
         assert rows["shop/checkout"][2:] == ["none", "-", "-", "-"]

@@ -360,7 +360,8 @@ def test_unknown_top_level_key_lists_suggestions(tmp_path: Path) -> None:
 def test_unknown_key_without_close_match_lists_the_known_keys(tmp_path: Path) -> None:
     path = write(tmp_path, "safety:\n  panic_button: true\n")
     assert problems_of(path) == [
-        f"{path}:2: safety: unknown key 'panic_button' (known keys: dry_run, freeze, switches_poll_s)"
+        f"{path}:2: safety: unknown key 'panic_button' (known keys: dry_run, freeze, switches_poll_s, "
+        "switches, switches_configmap)"
     ]
 
 
@@ -410,7 +411,7 @@ def test_bad_target_names_and_strategies(tmp_path: Path) -> None:
         f"{path}:2: targets[0].name (target Checkout): expected a name of lowercase letters, digits and '-'"
         " (like a Kubernetes object name), got 'Checkout'",
         f"{path}:3: targets[0].strategy (target Checkout): expected one of 'canary', 'blue-green',"
-        " 'deployment', 'argo-rollout', 'command', 'config', got 'rolling'",
+        " 'deployment', 'argo-rollout', 'command', 'config', 'feature-flag', got 'rolling'",
     ]
 
 
@@ -431,7 +432,8 @@ def test_target_without_name_or_strategy(tmp_path: Path) -> None:
     assert problems_of(path) == [
         f"{path}:2: targets[0]: missing required key 'name' (the target's name, unique within its namespace)",
         f"{path}:2: targets[0]: missing required key 'strategy'"
-        " (how the release is rolled out: canary, blue-green, deployment, argo-rollout, command or config)",
+        " (how the release is rolled out: canary, blue-green, deployment, argo-rollout, command, config or"
+        " feature-flag)",
     ]
 
 
@@ -757,6 +759,7 @@ NON_DEFAULT: dict[str, dict[str, Any]] = {
         "cooldown_s": 60.0,
         "max_rollbacks_per_hour": 9,
         "rollback_risk": "high",
+        "accept_after_s": 3600.0,
     },
 }
 _SECTIONS = {"slo": Slo, "severity": Severity, "detection": Detection, "policy": Policy}
@@ -803,10 +806,11 @@ def test_per_target_tunables_override_defaults_and_global_ones_are_refused(tmp_p
     path = write(tmp_path, yaml.safe_dump(document))
     assert problems_of(path) == [
         f"{path}:{line_of(path, 'max_rollbacks_per_hour:')}: targets[0].policy (target checkout): unknown key"
-        " 'max_rollbacks_per_hour' (known keys: controlled_grace_s, cooldown_s, rollback_risk)",
+        " 'max_rollbacks_per_hour' (known keys: controlled_grace_s, cooldown_s, rollback_risk,"
+        " accept_after_s)",
         f"{path}:{line_of(path, 'severity:')}: targets[0] (checkout): unknown key 'severity' (known keys:"
         " name, namespace, strategy, baseline, candidate, router, ingress, service, rollout, command,"
-        " config, dry_run, slo, detection, policy, queries, gitops)",
+        " config, flag, dry_run, slo, detection, policy, queries, gitops)",
     ]
 
 

@@ -65,8 +65,15 @@ def number_paths(model: type[BaseModel] = Settings, prefix: KeyPath = ()) -> lis
     return paths
 
 
-#: The target's keys that belong to one strategy: a setting under them is set on a target of it.
-STRATEGY_TARGETS: dict[str, dict[str, Any]] = {
+#: The target a setting under ``targets[0].<key>`` needs: one whose strategy uses that key.
+TARGET_FOR: dict[str, dict[str, Any]] = {
+    "flag": {
+        "name": "checkout",
+        "namespace": "shop",
+        "strategy": "feature-flag",
+        "candidate": {"deployment": "checkout"},
+        "flag": {"name": "new_checkout", "store": {"kind": "sql", "dsn_file": "/run/secrets/flags-dsn"}},
+    },
     "command": {"name": "checkout", "namespace": "shop", "strategy": "command",
                 "candidate": {"deployment": "checkout"}, "command": {"argv": ["./deploy.sh", "rollback"]}},
     "config": {"name": "checkout", "namespace": "shop", "strategy": "config",
@@ -76,8 +83,8 @@ STRATEGY_TARGETS: dict[str, dict[str, Any]] = {
 
 def with_value(path: KeyPath, value: Any) -> dict[str, Any]:
     document: Any = json.loads(json.dumps(BASE))
-    if path[:2] == ("targets", 0) and path[2] in STRATEGY_TARGETS:
-        document["targets"][0] = json.loads(json.dumps(STRATEGY_TARGETS[str(path[2])]))
+    if len(path) > 2 and path[0] == "targets" and path[2] in TARGET_FOR:
+        document["targets"] = [json.loads(json.dumps(TARGET_FOR[str(path[2])]))]
     node = document
     for part in path[:-1]:
         node = node[part] if isinstance(part, int) else node.setdefault(part, {})

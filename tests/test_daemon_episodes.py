@@ -83,7 +83,7 @@ async def running(config: Settings, metrics: Intervals, cluster: ScriptedTargets
     async with open_daemon(
         config, metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster
     ) as daemon:
-        await wait_until(lambda: daemon.journal.attached and daemon.ready, timeout_s=10, what="ready")
+        await wait_until(lambda: daemon.journal.attached and daemon.ready, timeout_s=30, what="ready")
         yield daemon
 
 

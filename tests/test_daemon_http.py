@@ -21,6 +21,7 @@ import yaml
 from rollbackd.config.settings import ApiSettings, HttpSettings, Settings, Side, TargetSettings
 from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.jsonify import dumps, to_json_value
+from rollbackd.demo.processes import free_port
 from rollbackd.model import DEFAULT_BUCKETS_S, Finding, HealthCheck, Histogram, Sample, Strategy
 from rollbackd.sources.base import SidePair, SourceTarget
 from tests.kubefixtures import wait_until
@@ -46,13 +47,6 @@ class GatedMetrics:
 class OkHealth:
     async def probe(self, urls: Sequence[str]) -> tuple[HealthCheck, ...]:
         return tuple(HealthCheck(path="/", status=200) for _ in urls)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def checkout(*, health: tuple[str, ...] = ()) -> TargetSettings:

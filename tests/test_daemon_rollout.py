@@ -93,7 +93,7 @@ async def test_a_bad_canary_of_a_rollout_is_aborted_verified_and_told(
             return any(event["regarding"]["kind"] == "Rollout" and event["reason"] == "RollbackVerified"
                        for event in kube_cluster.read_all(EVENTS, NS))
 
-        await wait_until(recorded_on_the_rollout, timeout_s=10, what="a Kubernetes Event on the Rollout")
+        await wait_until(recorded_on_the_rollout, timeout_s=30, what="a Kubernetes Event on the Rollout")
 
     aborted = kube_cluster.read(ROLLOUTS, NS, "checkout")
     assert aborted is not None

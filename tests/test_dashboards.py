@@ -67,9 +67,11 @@ def daemon_config(*, tmp_path: Path, kubeconfig: Path, prometheus_port: int, por
     target = canary_scenario().target({"stable": stable.url, "canary": canary.url})
     return {
         "interval_s": 1,
-        "prometheus": {"url": f"http://{HOST}:{prometheus_port}", "timeout_s": 2, "retries": 0,
+        # Room for a loaded machine: a health probe timing out on two ticks running is a severe
+        # breach, a rollback before the story's healthy decision.
+        "prometheus": {"url": f"http://{HOST}:{prometheus_port}", "timeout_s": 5, "retries": 0,
                        "scrape_interval_s": 1},
-        "health": {"timeout_s": 1},
+        "health": {"timeout_s": 5},
         "http": {"host": HOST, "port": port},
         "log": {"format": "json", "level": "INFO"},
         "kubernetes": {"enabled": True, "kubeconfig": str(kubeconfig), "availability_timeout_s": 30},

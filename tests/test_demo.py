@@ -13,6 +13,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ pytest.importorskip("kmock", reason="the demo needs kmock (the demo extra) for i
 
 from rollbackd.config.settings import GatewayApiRouterSettings, IngressNginxRouterSettings
 from rollbackd.demo.direct import DirectMetricsSource
-from rollbackd.demo.processes import find_prometheus
+from rollbackd.demo.processes import find_prometheus, free_port
 from rollbackd.demo.scenarios import GATEWAY
 from rollbackd.demo.traffic import UNROUTED, LoadGenerator, RouterRouting, RoutingChange
 from rollbackd.events.follow import statuses
@@ -278,6 +279,30 @@ def test_sigterm_stops_the_demo_and_its_child_processes(tmp_path: Path) -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_demo_past_its_time_limit_fails_saying_how_to_give_it_more(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "rollbackd", "demo", "--scenario", "deployment", "--no-prometheus",
+         "--timeout", "1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert re.search(r"demo FAILED: timed out waiting for .* \(the demo's time limit, start-up included, "
+                     r"is 1s: --timeout gives more\)", done.stdout), done.stdout
+
+
+def test_free_ports_are_not_the_ones_outgoing_connections_take() -> None:
+    """A port the kernel may hand to an outgoing connection could be taken before the server it
+    was picked for binds it: free_port picks outside the ephemeral range, ports a server can bind."""
+    low, high = (int(part) for part in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = {free_port() for _ in range(50)}
+    assert len(ports) > 40  # at random, not one port over and over
+    for port in ports:
+        assert not low <= port <= high, port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+            server.bind(("127.0.0.1", port))
+            server.listen()
 
 
 def test_without_kmock_the_demo_says_which_extra_to_install() -> None:

@@ -26,7 +26,16 @@ import yaml
 from rollbackd.cli import build_parser
 from rollbackd.config.loader import CONFIG_ENV
 from rollbackd.config.settings import HttpSettings, StoreSettings
-from tests.test_helm_chart import container_of, default_values, env_of, helm, mounts_by_path, one, render
+from tests.test_helm_chart import (
+    config_map_of,
+    container_of,
+    default_values,
+    env_of,
+    helm,
+    mounts_by_path,
+    one,
+    render,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -193,7 +202,7 @@ def test_configuration_path_matches_the_chart(helm: Any) -> None:
     directory, _, name = path.rpartition("/")
     mount = mounts_by_path(container)[directory]
     assert mount["readOnly"] is True
-    assert name in one(objects, "ConfigMap")["data"]
+    assert name in config_map_of(objects)["data"]
 
 
 def test_port_matches_the_configuration_and_the_chart(helm: Any) -> None:

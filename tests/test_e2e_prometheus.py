@@ -131,8 +131,10 @@ def _config(
     return {
         "interval_s": INTERVAL_S,
         "store": {"data_dir": str(data_dir)},
-        "prometheus": {**prometheus, "timeout_s": 2, "retries": 0, "scrape_interval_s": 1},
-        "health": {"timeout_s": 1},
+        # A loaded machine may take seconds to answer: a probe timing out on two ticks running
+        # would be a failing health endpoint, a severe breach (an immediate rollback of any canary).
+        "prometheus": {**prometheus, "timeout_s": 5, "retries": 0, "scrape_interval_s": 1},
+        "health": {"timeout_s": 5},
         "http": {"host": HOST, "port": http_port},
         "log": {"level": "INFO", "format": "json"},
         "defaults": {
@@ -244,9 +246,9 @@ async def _wait_ready(env: Env) -> None:
             return False
 
     try:
-        await wait_until(ready, timeout_s=30, interval_s=0.2, what="rollbackd ready")
+        await wait_until(ready, timeout_s=60, interval_s=0.2, what="rollbackd ready")
     except pytest.fail.Exception:
-        raise AssertionError(f"rollbackd not ready within 30s:\n{_tail(env.daemon_log)}") from None
+        raise AssertionError(f"rollbackd not ready within 60s:\n{_tail(env.daemon_log)}") from None
 
 
 def after(targets: Targets, earlier: Targets, name: str, ticks: int) -> bool:
@@ -270,19 +272,20 @@ async def test_rollbackd_decides_on_real_backend_data(env: Env) -> None:
 
     # Phase 1: everything healthy, and judged so (data flows through Prometheus).
     healthy = await env.until(
-        "all judged healthy", lambda ts: all(_outcome(t) == "none" for t in ts.values()), timeout_s=30
+        "all judged healthy", lambda ts: all(_outcome(t) == "none" for t in ts.values()), timeout_s=60
     )
-    await env.until("two more ticks", lambda ts: after(ts, healthy, "steady", 2), timeout_s=10)
+    await env.until("two more ticks", lambda ts: after(ts, healthy, "steady", 2), timeout_s=60)
 
-    # Phase 2: a severe and a moderate regression.
+    # Phase 2: a severe and a moderate regression. No breach can start before the switch is asked
+    # for (a loaded machine may take a while to answer it: the time is taken before, not after).
+    switched_at = asyncio.get_running_loop().time()
     await asyncio.gather(
         env.apps["spike"].acontrol(error_rate=0.30), env.apps["creep"].acontrol(error_rate=0.025),
     )
-    switched_at = asyncio.get_running_loop().time()
     done = await env.until(
         "both regressions decided",
         lambda ts: ts["spike"]["last_rollback"] is not None and ts["creep"]["last_rollback"] is not None,
-        timeout_s=45,
+        timeout_s=90,
     )
 
     spike = done["spike"]["last_rollback"]
@@ -304,7 +307,7 @@ async def test_rollbackd_decides_on_real_backend_data(env: Env) -> None:
     first_t = env.history[0][1]["steady"]["decision"]["t"]
     await env.until("ten ticks of the healthy canary",
                     lambda ts: seconds(ts["steady"]["decision"]["t"], first_t) >= 9 * INTERVAL_S,
-                    timeout_s=30)
+                    timeout_s=60)
     steady = [targets["steady"] for _, targets in env.history]
     assert all(t["last_rollback"] is None for t in steady)
     assert {_outcome(t) for t in steady} <= {"none", "inconclusive"}
@@ -316,14 +319,16 @@ async def test_rollbackd_decides_on_real_backend_data(env: Env) -> None:
             assert PASSWORD not in await response.text(), path
 
     # Phase 3: the backend goes away while a canary goes bad: no data, no rollback.
+    # (What the log says from here on: a loaded machine may have had the backend time out before.)
+    before_outage = env.daemon_log.stat().st_size
     env.backend.stop()
     await env.apps["dark"].acontrol(error_rate=0.30)
     dark = await env.until(
         "inconclusive without Prometheus",
         lambda ts: _outcome(ts["dark"]) == "inconclusive" and _outcome(ts["steady"]) == "inconclusive",
-        timeout_s=20,
+        timeout_s=60,
     )
-    final = await env.until("three more ticks", lambda ts: after(ts, dark, "dark", 3), timeout_s=10)
+    final = await env.until("three more ticks", lambda ts: after(ts, dark, "dark", 3), timeout_s=60)
     assert _outcome(final["dark"]) == "inconclusive"
     assert final["dark"]["last_rollback"] is None
     assert final["steady"]["last_rollback"] is None
@@ -335,7 +340,8 @@ async def test_rollbackd_decides_on_real_backend_data(env: Env) -> None:
 
     env.daemon.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(env.daemon.wait(), timeout=20) == 0
-    log = env.daemon_log.read_text(errors="replace")
+    log = env.daemon_log.read_bytes()
+    outage = log[before_outage:].decode(errors="replace")
     # The log tells of the outage once (not per query and tick), with the backend's error...
-    assert log.count('"msg":"prometheus is down since ') == 1, log
-    assert PASSWORD not in log  # ...and never of the password
+    assert outage.count('"msg":"prometheus is down since ') == 1, outage
+    assert PASSWORD.encode() not in log  # ...and never of the password

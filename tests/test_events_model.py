@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 
 from rollbackd.actions.base import ActionOutcome, ActionResult, GitOpsHold
+from rollbackd.decision.lifetime import Lifetime, Operator, advance
 from rollbackd.events import schemas
 from rollbackd.events.build import Announcer, Clock, EventFactory
 from rollbackd.events.model import (
@@ -67,6 +68,8 @@ def every_type() -> list[CloudEvent]:
     )
     verify_failed.finished_at = 1065.0
     hold = Hold(until=1600.0, reason="fix-forward", set_at=1390.0)
+    accepted, _ = advance(Lifetime(started_at=100.0, revision=7), 1700.0, accept_after_s=0.0, quiet=True,
+                          operator=Operator(by="alice", reason="known slow migration"))
     blocked = Decision(
         target=TARGET,
         t=1400.0,
@@ -89,6 +92,7 @@ def every_type() -> list[CloudEvent]:
         factory.hold_expired(
             TARGET, hold, still_breaching=True, evidence=severe_evidence(TARGET, 1600.0), clock=clock(1600.0)
         ),
+        factory.release_accepted(TARGET, accepted, clock=clock(1700.0)),
         factory.release_started(
             Release(id="new-checkout-on", target=TARGET, kind="flag", started_at=c.at(1390.0),
                     description="new_checkout turned on", details={"flag": "new_checkout"}, who="ci"),
@@ -195,6 +199,7 @@ def test_degraded_event_carries_values_against_thresholds() -> None:
         "severe": True,
         "attributable": True,
         "confidence": 0.999,
+        "conclusion": "breach",
         "detail": "",
         "since": "2026-11-24T02:59:50Z",
         "attribution": "attributable",

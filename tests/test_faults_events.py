@@ -242,7 +242,8 @@ async def test_a_webhook_that_fails_for_good_blocks_nobody_and_retries_at_the_do
             await wait_until(lambda: dead.failures >= first + 6, timeout_s=20, what="six more attempts")
             took_s = asyncio.get_running_loop().time() - started
             pauses = [BACKOFF.ceiling(a) for a in range(attempt, attempt + 6)]
-            assert sum(p / 2 for p in pauses[1:]) <= took_s <= sum(pauses) + 1.0, (took_s, pauses)
+            # (Beside the pauses, six attempts' own time: up to half a second each on a loaded machine.)
+            assert sum(p / 2 for p in pauses[1:]) <= took_s <= sum(pauses) + 3.0, (took_s, pauses)
             # Visible: counted on /metrics, the daemon healthy and ready (a sink is not its
             # health), the event it is stuck on still waiting in the outbox.
             assert await up.api.metric("rollbackd_event_sink_retrying", sink="webhook:dead") >= 3

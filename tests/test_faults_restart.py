@@ -78,7 +78,6 @@ from tests.promfixtures import (
     HOST,
     PrometheusServer,
     SampleAppProcess,
-    free_port,
     require_prometheus,
     start_prometheus,
     start_sample_app,
@@ -246,8 +245,9 @@ def write_config(tmp_path: Path, apps: Apps, cluster: GatedCluster, broker: Mosq
     config = tmp_path / "rollbackd.yaml"
     config.write_text(yaml.safe_dump({
         "interval_s": 1.0,
-        "prometheus": {"url": apps.prometheus.url, "timeout_s": 2, "retries": 0, "scrape_interval_s": 1},
-        "http": {"host": HOST, "port": free_port()},
+        "prometheus": {"url": apps.prometheus.url, "timeout_s": 5, "retries": 0, "scrape_interval_s": 1},
+        # Not asked: the kernel's pick, so that the restarted process never finds its port taken.
+        "http": {"host": HOST, "port": 0},
         "log": {"level": "INFO", "format": "json"},
         # Held requests must stay held: no timeout while the test keeps them.
         "kubernetes": {"enabled": True, "kubeconfig": str(kubeconfig), "request_timeout_s": 120,
@@ -372,9 +372,9 @@ async def test_a_rollback_stopped_at_any_phase_is_finished_once_after_a_restart(
         first = await start_daemon(config, log)
         try:
             for name, gate in gates.items():
-                await wait_until(gate.arrived.is_set, timeout_s=60, what=f"{PHASES[name]}: {tail()}")
+                await wait_until(gate.arrived.is_set, timeout_s=120, what=f"{PHASES[name]}: {tail()}")
             await wait_until(
-                lambda: "rollback.completed" in store.kinds("ver"), timeout_s=30, what=f"verifying: {tail()}"
+                lambda: "rollback.completed" in store.kinds("ver"), timeout_s=60, what=f"verifying: {tail()}"
             )
             assert first.returncode is None, tail()
             before_stop_audit = store.audit()
@@ -397,7 +397,7 @@ async def test_a_rollback_stopped_at_any_phase_is_finished_once_after_a_restart(
         try:
             await wait_until(
                 lambda: all("rollback.verified" in store.kinds(name) for name in PHASES),
-                timeout_s=60,
+                timeout_s=120,
                 what=f"every rollback verified after the restart: {tail()}",
             )
             assert second.returncode is None, tail()
@@ -412,7 +412,7 @@ async def test_a_rollback_stopped_at_any_phase_is_finished_once_after_a_restart(
         outbox = store.outbox()
         await wait_until(
             lambda: set(outbox) <= {m.json()["id"] for m in subscriber.messages},
-            timeout_s=30,
+            timeout_s=60,
             what="every event delivered",
         )
         delivered = {m.json()["id"] for m in subscriber.messages}

@@ -35,6 +35,8 @@ from rollbackd import __version__
 from rollbackd.actions.reconcilers import APPLICATION, HELMRELEASE, KUSTOMIZATION
 from rollbackd.config.loader import ENV_NESTED_DELIMITER, ENV_PREFIX, load_settings
 from rollbackd.config.settings import Settings
+from rollbackd.daemon.switchmap import default_name
+from rollbackd.daemon.switchstores import switches_place
 from tests import crdschema
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,6 +99,8 @@ ALLOWED_LEASE_RULES = frozenset(
         ("coordination.k8s.io", "leases", "update"),
     }
 )
+#: The switches' ConfigMap: read, written (with its resourceVersion) and watched, by its name only.
+ALLOWED_SWITCHES_RULES = frozenset({("", "configmaps", verb) for verb in ("get", "update", "watch")})
 RBAC_KINDS = frozenset({"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"})
 #: What each GitOps mode may grant on the reconcilers' objects: suspend reads and patches them.
 GITOPS_RULES = {
@@ -492,10 +496,13 @@ def test_default_release(helm: Any) -> None:
     assert kinds == sorted(
         [
             f"ConfigMap {NAMESPACE}/rb-rollbackd",
+            f"ConfigMap {NAMESPACE}/rb-rollbackd-switches",
             f"Deployment {NAMESPACE}/rb-rollbackd",
             f"PodDisruptionBudget {NAMESPACE}/rb-rollbackd",
             f"Role {NAMESPACE}/rb-rollbackd-leader-election",
             f"RoleBinding {NAMESPACE}/rb-rollbackd-leader-election",
+            f"Role {NAMESPACE}/rb-rollbackd-switches",
+            f"RoleBinding {NAMESPACE}/rb-rollbackd-switches",
             f"Service {NAMESPACE}/rb-rollbackd",
             f"ServiceAccount {NAMESPACE}/rb-rollbackd",
         ]
@@ -582,10 +589,17 @@ def test_rbac_is_least_privilege(helm: Any, value_set: str) -> None:
     lease_roles = [role for role in roles if role["metadata"]["name"].endswith("-leader-election")]
     discovery_roles = [role for role in roles if role["metadata"]["name"].endswith("-discovery")]
     gitops_roles = [role for role in roles if role["metadata"]["name"].endswith("-gitops")]
+    switches_roles = [role for role in roles if role["metadata"]["name"].endswith("-switches")]
     target_roles = [
         role for role in roles
-        if role not in lease_roles and role not in discovery_roles and role not in gitops_roles
+        if role not in lease_roles + discovery_roles + gitops_roles + switches_roles
     ]
+    for role in switches_roles:  # that one ConfigMap, by name, in the release namespace
+        assert (role["kind"], role["metadata"]["namespace"]) == ("Role", NAMESPACE), object_id(role)
+        assert set(_rules(role)) == ALLOWED_SWITCHES_RULES, object_id(role)
+        [rule] = role["rules"]
+        [name] = rule["resourceNames"]
+        assert not one(objects, "ConfigMap", name, NAMESPACE).get("data"), "the chart sets no switch"
     for role in gitops_roles:
         assert set(_rules(role)) <= GITOPS_RULES["suspend"], object_id(role)
     discovery = values["config"].get("discovery", {})
@@ -685,6 +699,10 @@ def test_rbac_allows_every_request_rollbackd_makes(helm: Any) -> None:
     objects = render(helm, VALUE_SETS["namespaced"])
     granted_in_shop = set(_rules(one(objects, "Role", "rb-rollbackd", "shop")))
     granted_for_leases = set(_rules(one(objects, "Role", "rb-rollbackd-leader-election", NAMESPACE)))
+    # The switches' ConfigMap is created by the chart (create cannot be limited to a name); the
+    # rest is granted on it alone.
+    granted_for_switches = set(_rules(one(render(helm), "Role", "rb-rollbackd-switches", NAMESPACE)))
+    granted_for_switches.add(("", "configmaps", "create"))
     granted_for_rollouts = set(_rules(one(render(helm, VALUE_SETS["argo-rollouts"]), "Role", "rb-rollbackd",
                                           "shop")))
     discovering = render(helm, VALUE_SETS["discovery"])
@@ -695,8 +713,8 @@ def test_rbac_allows_every_request_rollbackd_makes(helm: Any) -> None:
         call for call in calls
         if call not in (
             granted_for_leases if call[1] == "leases"
+            else granted_for_switches | granted_for_configmaps if call[1] == "configmaps"
             else granted_for_rollouts if call[0] == "argoproj.io"
-            else granted_for_configmaps if call[1] == "configmaps"
             else granted_for_discovery if call in DISCOVERY_RULES
             else granted_in_shop
         )
@@ -714,7 +732,10 @@ def test_rbac_allows_every_request_rollbackd_makes(helm: Any) -> None:
     assert calls >= DISCOVERY_RULES
     argo_everywhere = render(helm, {**VALUE_SETS["cluster-wide"], "rbac": {
         "clusterWide": True, "argoRollouts": True, "configMaps": True, "routers": ALL_ROUTERS}})
-    assert {call for call in calls if call[1] != "leases" and call not in DISCOVERY_RULES} <= set(
+    switches_only = granted_for_switches - granted_for_configmaps  # on the switches' ConfigMap alone
+    assert {
+        call for call in calls if call[1] != "leases" and call not in DISCOVERY_RULES | switches_only
+    } <= set(
         _rules(one(argo_everywhere, "ClusterRole"))
     )
 
@@ -840,7 +861,7 @@ def test_metrics_backend_credentials_are_files_from_existing_secrets(helm: Any) 
         "ROLLBACKD_PROMETHEUS__TLS__CERT_FILE": "/var/run/secrets/rollbackd/prometheus/tls/tls.crt",
         "ROLLBACKD_PROMETHEUS__TLS__KEY_FILE": "/var/run/secrets/rollbackd/prometheus/tls/tls.key",
     }
-    config_text = one(objects, "ConfigMap")["data"]["rollbackd.yaml"]
+    config_text = config_map_of(objects)["data"]["rollbackd.yaml"]
     assert "metrics-token" not in config_text
     assert "metrics-tls" not in config_text
     # Nothing of it unless asked for.
@@ -952,6 +973,17 @@ def test_the_daemon_accepts_the_pod_configuration(helm: Any, value_set: str, tmp
         for setting, key in (("ca_file", "caKey"), ("cert_file", "certKey"), ("key_file", "keyKey"))
     }
     assert settings.prometheus.tls.model_dump(include=set(expected_tls)) == expected_tls
+    # The switches: where the daemon keeps them is where the chart made room for them.
+    switches = [obj for obj in find(objects, "ConfigMap") if obj["metadata"]["name"].endswith("-switches")]
+    if switches_place(settings, kubernetes=True) == "kubernetes":
+        name = settings.safety.switches_configmap or default_name(settings.leader_election.lease_name)
+        assert [object_id(obj) for obj in switches] == [f"ConfigMap {NAMESPACE}/{name}"]
+        if values["rbac"]["create"]:
+            fullname = one(objects, "Deployment")["metadata"]["name"]
+            role = one(objects, "Role", f"{fullname}-switches", NAMESPACE)
+            assert role["rules"][0]["resourceNames"] == [name]
+    else:
+        assert not switches
     secret_files = {hook.name: hook.secret_file for hook in settings.events.webhooks}
     assert secret_files == {
         hook["name"]: f"/var/run/secrets/rollbackd/webhooks/{hook['name']}/{hook['key']}"
@@ -985,6 +1017,28 @@ def test_leader_election_settings(helm: Any) -> None:
     single = env_of(container_of(render(helm, VALUE_SETS["single-sqlite"])))
     assert single["ROLLBACKD_LEADER_ELECTION__ENABLED"]["value"] == "false"
     assert "ROLLBACKD_LEADER_ELECTION__LEASE_NAME" not in single
+
+
+def test_the_switches_configmap_follows_where_rollbackd_keeps_the_switches(helm: Any) -> None:
+    def switches(values: dict[str, Any]) -> list[str]:
+        objects = render(helm, values)
+        return [object_id(obj) for obj in objects if obj["metadata"]["name"].endswith("-switches")]
+
+    database = {"credentials": {"database": {"existingSecret": "rollbackd-db"}}}
+    assert switches(database) == []  # PostgreSQL: the store's rows, shared
+    assert switches({"config": {"safety": {"switches": "store"}}}) == []
+    assert switches({"leaderElection": {"enabled": False}, "replicaCount": 1}) == []
+    safety = {"switches": "kubernetes", "switches_configmap": "oncall-switches"}
+    custom = {**database, "config": {"safety": safety}}
+    objects = render(helm, custom)
+    assert {object_id(obj) for obj in objects if obj["metadata"]["name"].endswith("-switches")} == {
+        f"ConfigMap {NAMESPACE}/oncall-switches",
+        f"Role {NAMESPACE}/rb-rollbackd-switches",
+        f"RoleBinding {NAMESPACE}/rb-rollbackd-switches",
+    }
+    assert one(objects, "Role", "rb-rollbackd-switches")["rules"][0]["resourceNames"] == ["oncall-switches"]
+    # Without the chart's RBAC, the ConfigMap is still there for the account given the rights.
+    assert switches({"rbac": {"create": False}}) == [f"ConfigMap {NAMESPACE}/rb-rollbackd-switches"]
 
 
 # --- the optional parts --------------------------------------------------------------------------
@@ -1275,7 +1329,7 @@ def test_rbac_for_gitops_follows_a_target_that_asks_for_more(helm: Any) -> None:
 
 def test_the_gitops_mode_reaches_the_daemon_and_is_set_in_one_place(helm: Any) -> None:
     objects = render(helm, merged(GITOPS_VALUES, {"gitops": {"mode": "refuse"}}))
-    config = yaml.safe_load(one(objects, "ConfigMap")["data"]["rollbackd.yaml"])
+    config = yaml.safe_load(config_map_of(objects)["data"]["rollbackd.yaml"])
     assert config["gitops"]["mode"] == "refuse"
     mismatch = 'config.gitops.mode is "ignore" but gitops.mode'
     with pytest.raises(helm.HelmRenderError, match=re.escape(mismatch)):

@@ -286,7 +286,7 @@ async def test_a_deployment_released_right_after_a_restart_of_rollbackd_is_undon
     daemons.append(second)
     await second.start()
     await ready(port, second)
-    await wait_until(lambda: past_read(second), timeout_s=10, what=f"the past read: {second.tail()}")
+    await wait_until(lambda: past_read(second), timeout_s=60, what=f"the past read: {second.tail()}")
     released = await release(cluster, "api", apps.api)
     took = await undone_within(cluster, "api", apps.api, released, second.tail)
     assert took <= SEVERE_PATH_S, second.tail()
@@ -307,7 +307,7 @@ async def test_a_refused_switch_back_does_not_blind_the_judge(
     daemons.append(daemon)
     await daemon.start()
     await ready(port, daemon)
-    await wait_until(lambda: past_read(daemon), timeout_s=10, what=f"the past read: {daemon.tail()}")
+    await wait_until(lambda: past_read(daemon), timeout_s=60, what=f"the past read: {daemon.tail()}")
 
     async def blue_watched() -> bool:
         # The process itself saw blue serve a while (its own history would do for the first
@@ -342,7 +342,7 @@ async def test_a_refused_switch_back_does_not_blind_the_judge(
         await apps.green.acontrol(rps=0, **HEALTHY)
         await apps.blue.acontrol(rps=40)
     store = Store(tmp_path / "data" / "rollbackd.db")
-    await wait_until(lambda: "rollback.completed" in store.kinds("web"), timeout_s=10,
+    await wait_until(lambda: "rollback.completed" in store.kinds("web"), timeout_s=60,
                      what=f"the second rollback recorded: {store.kinds('web')}")
     kinds = store.kinds("web")
     assert kinds.count("rollback.failed") == 1, kinds

@@ -128,7 +128,7 @@ async def running(
         ) as daemon,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
     ):
-        await wait_until(lambda: daemon.journal.attached and daemon.ready, timeout_s=10, what="ready")
+        await wait_until(lambda: daemon.journal.attached and daemon.ready, timeout_s=30, what="ready")
         yield daemon, session
 
 
@@ -157,7 +157,7 @@ async def test_a_running_daemon_answers_pass_fail_and_inconclusive(tmp_path: Pat
         async def settled() -> bool:
             return [await verdict_of(name) for name in ("healthy", "bad")] == ["pass", "fail"]
 
-        await wait_until(settled, timeout_s=15, interval_s=0.05, what="a pass and a fail")
+        await wait_until(settled, timeout_s=30, interval_s=0.05, what="a pass and a fail")
 
         status, bad = await ask(session, daemon, "/api/v1/targets/shop/bad/verdict")
         assert status == 200
@@ -207,7 +207,7 @@ async def test_a_frozen_daemon_tells_partners_to_pause_not_to_roll_back(tmp_path
             body = (await ask(session, daemon, "/api/v1/targets/shop/bad/verdict"))[1]
             return bool(body["decision"]) and body["decision"]["blocked_by"] == "freeze"
 
-        await wait_until(frozen_verdict, timeout_s=15, interval_s=0.05, what="a decision held by the freeze")
+        await wait_until(frozen_verdict, timeout_s=30, interval_s=0.05, what="a decision held by the freeze")
         status, body = await ask(session, daemon, "/api/v1/targets/shop/bad/verdict")
         assert (status, body["verdict"]) == (200, "inconclusive")
         assert any("freeze" in reason for reason in body["reasons"])
@@ -248,8 +248,8 @@ async def test_a_target_in_dry_run_is_judged_for_its_partner_but_never_acted_on(
             body = (await ask(session, daemon, "/api/v1/targets/shop/bad/verdict"))[1]
             return bool(body["verdict"] == "fail")
 
-        await wait_until(failing, timeout_s=15, interval_s=0.05, what="a fail verdict")
-        await wait_until(lambda: bool(targets.runs), timeout_s=10, what="the dry-run plan")
+        await wait_until(failing, timeout_s=30, interval_s=0.05, what="a fail verdict")
+        await wait_until(lambda: bool(targets.runs), timeout_s=30, what="the dry-run plan")
         status, body = await ask(session, daemon, "/api/v1/targets/shop/bad/rollback-check", method="POST",
                                  body=FLAGGER_PAYLOAD)
         assert status == 200

@@ -178,7 +178,7 @@ async def test_a_probe_that_never_ends_does_not_hold_the_ticks(tmp_path: Path) -
     metrics = Intervals(lambda i: (None, None))
     async with open_daemon(settings, metrics_source=metrics, health_source=ScriptedHealth(),
                            probe=stuck) as daemon:
-        await wait_until(stuck.asked.is_set, timeout_s=10, what="the probe asking")
-        await wait_until(lambda: daemon.ticks >= 5, timeout_s=10, what="five ticks beside the probe")
+        await wait_until(stuck.asked.is_set, timeout_s=30, what="the probe asking")
+        await wait_until(lambda: daemon.ticks >= 5, timeout_s=30, what="five ticks beside the probe")
         assert daemon.state.probe is None
     # Leaving the daemon stopped the probe with it (the test's task guard would see it left over).

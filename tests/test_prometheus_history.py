@@ -7,12 +7,11 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from rollbackd.errors import PrometheusQueryError, PrometheusUnavailableError
 from rollbackd.model import DEFAULT_BUCKETS_S
@@ -33,10 +32,11 @@ from tests.promfixtures import (
 from tests.test_prometheus_source import (
     CHECKOUT,
     TEMPLATES,
-    FakePrometheus,
     Reply,
+    StartFake,
     client_for,
     failure,
+    fake_servers,
     ref,
 )
 
@@ -47,25 +47,9 @@ STEP = 10.0
 
 
 @pytest.fixture
-async def fake_range() -> AsyncIterator[Callable[[Callable[[str], Any]], Awaitable[FakePrometheus]]]:
-    runners: list[web.AppRunner] = []
-
-    async def start(respond: Callable[[str], Any]) -> FakePrometheus:
-        fake = FakePrometheus(respond=respond)
-        app = web.Application()
-        app.router.add_post("/api/v1/query_range", fake.handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1, handler_cancellation=True)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        host, port = runner.addresses[0][:2]
-        fake.url = f"http://{host}:{port}"
-        return fake
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+async def fake_range() -> AsyncIterator[StartFake]:
+    async with fake_servers("/api/v1/query_range") as start:
+        yield start
 
 
 def matrix(*series: dict[str, Any], warnings: list[str] | None = None) -> tuple[int, dict[str, Any]]:

@@ -4,6 +4,7 @@ against a real Prometheus scraping real sample apps for the good path and an out
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import random
@@ -95,14 +96,20 @@ class FakePrometheus:
         return web.json_response(body, status=status, headers=headers)
 
 
-@pytest.fixture
-async def fake_prometheus() -> AsyncIterator[Callable[[Callable[[str], Any]], Awaitable[FakePrometheus]]]:
+#: Starts a scripted Prometheus answering with a given ``respond``.
+StartFake = Callable[[Callable[[str], Any]], Awaitable[FakePrometheus]]
+
+
+@contextlib.asynccontextmanager
+async def fake_servers(path: str) -> AsyncIterator[StartFake]:
+    """Starts scripted Prometheus servers answering POSTs to ``path``, each on a port of its own
+    (the kernel's pick); all are stopped on exit."""
     runners: list[web.AppRunner] = []
 
     async def start(respond: Callable[[str], Any]) -> FakePrometheus:
         fake = FakePrometheus(respond=respond)
         app = web.Application()
-        app.router.add_post("/api/v1/query", fake.handle)
+        app.router.add_post(path, fake.handle)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1, handler_cancellation=True)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -112,9 +119,17 @@ async def fake_prometheus() -> AsyncIterator[Callable[[Callable[[str], Any]], Aw
         fake.url = f"http://{host}:{port}"
         return fake
 
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+    try:
+        yield start
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+@pytest.fixture
+async def fake_prometheus() -> AsyncIterator[StartFake]:
+    async with fake_servers("/api/v1/query") as start:
+        yield start
 
 
 def success(*series: dict[str, Any], warnings: list[str] | None = None) -> tuple[int, dict[str, Any]]:

@@ -188,7 +188,7 @@ async def test_the_api_shows_times_on_the_wall_clock_in_utc(tmp_path: Path) -> N
                     health_source=ScriptedHealth()) as daemon,
         aiohttp.ClientSession() as session,
     ):
-        await wait_until(lambda: daemon.ticks >= 2, timeout_s=10, what="two ticks")
+        await wait_until(lambda: daemon.ticks >= 2, timeout_s=30, what="two ticks")
         async with session.get(f"http://127.0.0.1:{daemon.port}/api/v1/targets/shop/app-0") as response:
             target = await response.json()
     decided = target["decision"]["t"]

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rollbackd.detectors.latency import count_at_or_below, merge, slow_count
-from rollbackd.detectors.stats import betainc, binom_sf, exceeds_rate, exceeds_ratio
+from rollbackd.detectors.stats import betainc, binom_sf, exceeds_rate, exceeds_ratio, within_rate
 from rollbackd.evaluate import TargetEvaluator
 from rollbackd.model import (
     DEFAULT_BUCKETS_S,
@@ -36,6 +36,15 @@ def _binom_sf_by_sum(k: int, n: int, p: float) -> float:
 )
 def test_binomial_tail_matches_the_exact_sum(k: int, n: int, p: float) -> None:
     assert binom_sf(k, n, p) == pytest.approx(_binom_sf_by_sum(k, n, p), rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "p"), [(0, 1, 0.01), (0, 50, 0.05), (0, 400, 0.01), (1, 50, 0.05), (3, 95, 0.01)]
+)
+def test_the_proof_of_being_within_a_rate_matches_the_exact_sum(k: int, n: int, p: float) -> None:
+    # P(X <= k): small when k events in n trials prove the rate below p (none of them in a
+    # closed form, the others through the binomial tail).
+    assert within_rate(k, n, p) == pytest.approx(1 - _binom_sf_by_sum(k + 1, n, p), rel=1e-9, abs=1e-15)
 
 
 def test_betainc_edges_and_symmetry() -> None:

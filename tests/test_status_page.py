@@ -6,6 +6,7 @@ the targets, and the escaping of everything that comes from the outside."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -252,7 +253,7 @@ async def test_a_severe_regression_shows_as_rolled_back_with_the_numbers(
     assert error_rate["value"] == pytest.approx(0.3, abs=0.01)
     row = (
         f"error rate {_percent(error_rate['value'])} {_percent(error_rate['threshold'])} "
-        f"{_percent(error_rate['baseline_value'])} {error_rate['confidence'] * 100:.1f}% "
+        f"{_percent(error_rate['baseline_value'])} {error_rate['confidence'] * 100:.1f}% above "
         "SEVERE breach, attributable"
     )
     assert row in cart.text
@@ -396,3 +397,46 @@ def test_durations_read_as_a_person_says_them() -> None:
     assert human_duration(119) == "119s"
     assert human_duration(303) == "5m 03s"
     assert human_duration(3 * 3600 + 7 * 60 + 5) == "3h 07m"
+
+
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+@pytest.mark.looptime
+async def test_the_charts_series_and_the_reasons_give_wall_clock_times(
+    session: aiohttp.ClientSession,
+) -> None:
+    """Every time of a target's ``series`` is UTC on the wall clock, as the rest of the API, one
+    interval apart; the decision's mark is the decision's time; no reason or detail gives the
+    daemon's internal loop seconds."""
+    settings = make_settings(canary("cart"))
+    metrics = ScriptedMetrics({"shop/cart": HEALTHY})
+    async with Daemon(settings, metrics_source=metrics, health_source=OkHealth()) as daemon:
+        client = Client(session, daemon)
+        await asyncio.sleep(4 * INTERVAL_S)
+        metrics.pairs["shop/cart"] = SEVERE
+        await asyncio.sleep(3 * INTERVAL_S)
+        target = await client.api("GET", "/api/v1/targets/shop/cart")
+
+    series = target["series"]
+    decided = target["last_rollback"]
+    assert decided is not None
+    points = series["release"]
+    times = [series["now"]] + [p[key] for p in points for key in ("start", "t")]
+    times += [mark["t"] for mark in series["marks"]] + [p["t"] for p in series["window"]]
+    assert all(ISO_UTC.match(when) for when in times), times
+    ends = [datetime.fromisoformat(p["t"]) for p in points]
+    assert len(ends) >= 6
+    gaps = {round((later - earlier).total_seconds(), 3) for earlier, later in itertools.pairwise(ends)}
+    assert gaps == {INTERVAL_S}
+    assert datetime.fromisoformat(series["now"]) >= ends[-1]
+    marks = {mark["kind"]: mark["t"] for mark in series["marks"]}
+    assert marks["decision"] == decided["t"]
+    assert marks["first-bad"] <= marks["decision"]
+    assert series["window_pooled"]["candidate"]["requests"] == sum(
+        p["candidate"]["requests"] for p in series["window"] if p["candidate"] is not None
+    )
+    said = [*decided["reasons"], *(f["detail"] for f in target["evidence"]["findings"])]
+    assert not any(re.search(r"\bt=-?\d", text) for text in said), said
+    onset = datetime.fromisoformat(marks["first-bad"]).isoformat(timespec="milliseconds")
+    assert any(onset.replace("+00:00", "Z") in text for text in said), (onset, said)

@@ -12,8 +12,10 @@ loop time, which a browser polling it in real time could not follow.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Awaitable
@@ -36,6 +38,7 @@ from rollbackd.config.settings import (
     VerificationSettings,
 )
 from rollbackd.daemon.app import Daemon
+from rollbackd.daemon.charts import HEIGHT, WIDTH
 from rollbackd.daemon.jsonify import JsonValue
 from rollbackd.daemon.page import render_status_page
 from rollbackd.daemon.series import MAX_POINTS
@@ -105,6 +108,23 @@ class Chart:
     lines: dict[str, dict[str, str]] = field(default_factory=dict)
     slo: dict[str, str] | None = None
     marks: list[dict[str, str]] = field(default_factory=list)
+    #: Every text of the chart (axis labels, the SLO label), as the browser laid them out:
+    #: (class, (x, y, width, height)).
+    texts: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list)
+
+    def box(self, css: str) -> tuple[float, float, float, float]:
+        (found,) = [box for name, box in self.texts if name == css]
+        return found
+
+    def segments(self) -> list[tuple[float, float, float, float]]:
+        """Every straight line drawn in the plot: the sides' lines, the SLO line, the marks."""
+        drawn = []
+        for side in self.lines:
+            coords = self.coords(side)
+            drawn += [(*a, *b) for a, b in itertools.pairwise(coords)]
+        for line in [*([self.slo] if self.slo else []), *self.marks]:
+            drawn.append((float(line["x1"]), float(line["y1"]), float(line["x2"]), float(line["y2"])))
+        return drawn
 
     def y_of(self, value: float) -> float:
         """Where ``value`` falls on the chart's vertical axis (as the SVG's own scale says)."""
@@ -124,6 +144,8 @@ class Target:
     charts: dict[tuple[str, str], Chart] = field(default_factory=dict)
     #: The timeline's records as shown: (seq, text).
     timeline: list[tuple[int, str]] = field(default_factory=list)
+    #: The evidence table's rows by signal: the cells' texts.
+    findings: dict[str, list[str]] = field(default_factory=dict)
 
 
 class _Dom(HTMLParser):
@@ -135,6 +157,7 @@ class _Dom(HTMLParser):
         self.scripts = 0
         self.texts: list[str] = []
         self.in_record = False
+        self.row: list[str] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
@@ -143,6 +166,10 @@ class _Dom(HTMLParser):
         if tag == "article":
             self.target = Target(a.get("data-key", ""), a.get("data-status", ""))
             self.targets[self.target.key] = self.target
+        elif tag == "tr" and self.target is not None and "data-signal" in a:
+            self.row = self.target.findings.setdefault(a["data-signal"], [])
+        elif tag == "td" and self.row is not None:
+            self.row.append("")
         elif tag == "li" and self.target is not None and "data-seq" in a:
             self.target.timeline.append((int(a["data-seq"]), ""))
             self.in_record = True
@@ -158,8 +185,13 @@ class _Dom(HTMLParser):
                 self.chart.slo = a
             elif tag == "line" and "mark" in a.get("class", "").split():
                 self.chart.marks.append(a)
+            elif tag == "text" and "data-bbox" in a:
+                x, y, w, h = (float(v) for v in a["data-bbox"].split())
+                self.chart.texts.append((a.get("class", ""), (x, y, w, h)))
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "tr":
+            self.row = None
         if tag == "li":
             self.in_record = False
         if tag == "article":
@@ -169,11 +201,45 @@ class _Dom(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         self.texts.append(data)
+        if self.row:
+            self.row[-1] += data
         if self.target is not None:
             self.target.text.append(data)
             if self.in_record:
                 seq, text = self.target.timeline[-1]
                 self.target.timeline[-1] = (seq, text + data)
+
+
+#: Appended to a saved page before Chromium dumps its DOM: writes where the browser laid out each
+#: chart's texts (``getBBox``, in the chart's own units) into a ``data-bbox`` attribute.
+MEASURE_TEXTS = """<script>
+document.querySelectorAll("figure.chart svg text").forEach(function (text) {
+  var box = text.getBBox();
+  text.setAttribute("data-bbox", [box.x, box.y, box.width, box.height].join(" "));
+});
+</script>"""
+
+
+def measured(html: str) -> str:
+    """``html`` with :data:`MEASURE_TEXTS` run once the page is built."""
+    return html.replace("</body>", MEASURE_TEXTS + "</body>")
+
+
+def crosses(segment: tuple[float, float, float, float], box: tuple[float, float, float, float]) -> bool:
+    """Whether the straight line ``segment`` (x1, y1, x2, y2) passes through ``box`` (x, y, width,
+    height), sampled every tenth of a unit along it."""
+    x1, y1, x2, y2 = segment
+    x, y, w, h = box
+    steps = max(1, int(10 * max(abs(x2 - x1), abs(y2 - y1))))
+    for i in range(steps + 1):
+        px, py = x1 + (x2 - x1) * i / steps, y1 + (y2 - y1) * i / steps
+        if x <= px <= x + w and y <= py <= y + h:
+            return True
+    return False
+
+
+def overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
 def read_dom(dom: str) -> _Dom:
@@ -230,7 +296,9 @@ async def test_a_rollback_in_progress_shows_charts_with_slo_lines_and_marks(
     shot = screenshot(page, artefacts / "status-page-rollback-verifying.png", home=tmp_path / "chromium")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
-    dom = read_dom(dump_dom(page, home=tmp_path / "chromium"))
+    laid_out = tmp_path / "status-measured.html"
+    laid_out.write_text(measured(html), encoding="utf-8")
+    dom = read_dom(dump_dom(laid_out, home=tmp_path / "chromium"))
 
     checkout, cart = dom.targets["shop/checkout"], dom.targets["shop/cart"]
     assert checkout.status == "rollback"
@@ -270,7 +338,7 @@ async def test_a_rollback_in_progress_shows_charts_with_slo_lines_and_marks(
     (decided,) = [i for i, point in enumerate(series["release"]) if point["t"] == decided_t]
     decided_x = candidate[decided][0]
     assert bad[decided]
-    assert float(marks["decision"]["data-t"]) == pytest.approx(decided_t)
+    assert marks["decision"]["data-t"] == decided_t
     assert float(marks["decision"]["x1"]) == pytest.approx(decided_x, abs=0.01)
     # The fault began in the first bad interval: after the last healthy point, at most at the first bad one.
     first_bad = bad.index(True)
@@ -285,6 +353,75 @@ async def test_a_rollback_in_progress_shows_charts_with_slo_lines_and_marks(
     kinds = [text.split()[1] for _, text in checkout.timeline]
     assert kinds[:4] == ["rollback.completed", "rollback.started", "decision.made", "target.degraded"]
     assert [text.split()[1] for _, text in cart.timeline] == ["decision.made"]
+
+    # Where the target stands is its rollback's, as the API and the timeline tell it: rolled
+    # back and being verified, for the reason the rollback was decided on; what the latest tick
+    # says (no breach: traffic is back on the stable version) is told as the latest tick's.
+    assert api["state"] == "verifying"
+    text = " ".join(" ".join(checkout.text).split())
+    assert "outcome rolled back, verifying" in text
+    assert "outcome none" not in text
+    assert f"Rolled back, verifying: {api['last_rollback']['reasons'][0]}" in text
+    assert api["decision"]["outcome"] == "none"
+    assert f"latest tick (none): {api['decision']['reasons'][0]}" in text
+    assert "decided on severe impact, blamed on the new version" in text
+
+    # The evidence table: each confidence is that of the verdict beside it, and says of what.
+    required = api["evidence"]["confidence_required"]
+    findings = {f["signal"]: f for f in api["evidence"]["findings"]}
+    for signal, (*_, confidence, verdict) in checkout.findings.items():
+        number, about = confidence.split()
+        shown = float(number.rstrip("%")) / 100
+        assert shown == pytest.approx(findings[signal]["confidence"], abs=0.0006)
+        if "breach" in verdict:
+            assert (about, shown >= required) == ("above", True), (confidence, verdict)
+        elif "not proven" in verdict:
+            assert (about, shown < required) == ("above", True), (confidence, verdict)
+        else:
+            assert ("within the SLO" in verdict, about) == (True, "within"), (confidence, verdict)
+    # The error rate was above the SLO over the window, but the latest intervals are healthy again.
+    assert findings["error_rate"]["value"] > findings["error_rate"]["threshold"]
+    assert checkout.findings["error_rate"][-1].startswith("back within the SLO lately")
+
+    # The baseline column reads the baseline the charts draw, pooled over the detection window.
+    window = [p["baseline"] for p in series["window"] if p["baseline"] is not None]
+    errors = sum(side["error_rate"] * side["requests"] for side in window)
+    assert checkout.findings["error_rate"][3] == f"{errors / sum(s['requests'] for s in window) * 100:.2f}%"
+    drawn_p95 = {round(side["p95_ms"]) for side in window}
+    assert len(drawn_p95) == 1  # a steady baseline: its pooled P95 is each interval's
+    assert checkout.findings["p95"][3] == f"{drawn_p95.pop()} ms"
+    assert all(row[3] not in ("n/a", "") for target in (checkout, cart) for row in target.findings.values())
+
+    # Every time the charts' series give is on the wall clock, in UTC, as the rest of the API:
+    # the decision's mark is the decision's time.
+    times = [point["t"] for point in series["release"]] + [mark["t"] for mark in series["marks"]]
+    for when in [series["now"], *times]:
+        assert when.endswith("Z")
+        assert datetime.fromisoformat(when).tzinfo is not None
+    assert [p["t"] for p in series["release"]] == sorted(p["t"] for p in series["release"])
+    assert decided_t == api["last_rollback"]["t"]
+    assert series["now"] >= series["release"][-1]["t"]
+    # So are the times the reasons give: no loop seconds ("t=1630s") in them.
+    reasons = " ".join(api["last_rollback"]["reasons"])
+    assert re.search(r"since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", reasons), reasons
+    assert not re.search(r"\bt=-?\d", reasons), reasons
+
+    # The SLO labels, as the browser laid them out: inside the chart, clear of every line and
+    # mark drawn and of the axis labels.
+    for target in (checkout, cart):
+        for chart in target.charts.values():
+            x, y, width, height = label = chart.box("slo-label")
+            assert x >= 0
+            assert x + width <= WIDTH
+            assert y >= 0
+            assert y + height <= HEIGHT
+            assert width > 20  # laid out: text of a readable size
+            assert height > 8
+            crossing = [segment for segment in chart.segments() if crosses(segment, label)]
+            assert crossing == [], (target.key, chart.signal, chart.span, label, crossing)
+            axis = [box for css, box in chart.texts if css != "slo-label"]
+            assert axis
+            assert not any(overlaps(label, box) for box in axis)
 
 
 MARKUP = '<script>alert("x")</script> & <b>bold</b> \'q\''

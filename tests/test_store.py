@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -24,6 +23,7 @@ import pytest
 
 from rollbackd.config.loader import ConfigError, load_settings
 from rollbackd.config.settings import Settings, StoreSettings
+from rollbackd.demo.processes import free_port
 from rollbackd.store import (
     PermanentStoreError,
     Store,
@@ -252,12 +252,6 @@ async def test_sqlite_schema_version(tmp_path: Path) -> None:
 
 
 # --- PostgreSQL in particular ---------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_postgres_down_at_start_gives_a_clear_error_without_the_password() -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from rollbackd.daemon.state import DaemonState
 from rollbackd.daemon.switches import FREEZE, SwitchBoard, SwitchWriteError
+from rollbackd.daemon.switchstores import StoreSwitches
 from rollbackd.store.base import Store
 from rollbackd.store.sqlite import SQLiteStore
 from tests.test_daemon import make_settings
@@ -34,8 +35,8 @@ class Clocks:
 
 def replica(store: Store | None, clocks: Clocks) -> tuple[DaemonState, SwitchBoard]:
     state = DaemonState(make_settings())
-    board = SwitchBoard(state, store=lambda: store, durable=True, loop_clock=lambda: clocks.loop,
-                        wall_clock=lambda: clocks.wall)
+    board = SwitchBoard(state, store=lambda: None if store is None else StoreSwitches(store), durable=True,
+                        loop_clock=lambda: clocks.loop, wall_clock=lambda: clocks.wall)
     return state, board
 
 
@@ -111,7 +112,7 @@ async def test_a_switch_set_while_the_store_does_not_answer_is_applied_here_and_
     clocks = Clocks()
     opened: list[Store] = []
     state, board = replica(None, clocks)
-    board = SwitchBoard(state, store=lambda: opened[0] if opened else None, durable=True,
+    board = SwitchBoard(state, store=lambda: StoreSwitches(opened[0]) if opened else None, durable=True,
                         loop_clock=lambda: clocks.loop, wall_clock=lambda: clocks.wall)
     assert await board.set_freeze(True, by="oncall", reason="incident") is False  # not stored yet
     assert state.flags.freeze is True  # obeyed here all the same

@@ -42,10 +42,11 @@ TARGET = "shop/web"
 
 
 def replica_config(
-    tmp_path: Path, running: Apps, emulator: ClusterEmulator, dsn: str, name: str
+    tmp_path: Path, running: Apps, emulator: ClusterEmulator, name: str, **overrides: Any
 ) -> tuple[Path, int]:
-    """A replica's configuration: the shared store, the API token named ``oncall``, polls of the
-    switches every half second."""
+    """A replica's configuration: the API token named ``oncall``, polls of the switches every half
+    second, its own ``store.data_dir``; ``overrides`` replace whole sections (``store``, ``safety``,
+    ``leader_election``)."""
     folder = tmp_path / name
     folder.mkdir()
     target = {"name": "web", "strategy": "deployment", "candidate": {"deployment": "web"}}
@@ -53,12 +54,31 @@ def replica_config(
     settings: dict[str, Any] = yaml.safe_load(config.read_text())
     token = folder / "token"
     token.write_text(TOKEN)
-    settings["store"] = {"url": dsn, "data_dir": str(folder / "data")}
     settings["api"] = {"token_file": str(token), "token_name": "oncall"}
     settings["safety"] = {"switches_poll_s": 0.5}
     settings["leader_election"] = {"identity": name}
+    settings.update(overrides)
     config.write_text(yaml.safe_dump(settings))
     return config, port
+
+
+async def start_replicas(
+    daemons: list[Daemon], tmp_path: Path, configs: list[tuple[Path, int]]  # noqa: F811
+) -> tuple[tuple[Daemon, int], tuple[Daemon, int]]:
+    """Start the replicas of ``configs`` one after the other, each ready (the first one leading
+    before the second starts); the leader and the standby."""
+    started = []
+    for index, (config, port) in enumerate(configs):
+        daemon = Daemon(config, tmp_path / f"{config.parent.name}.log")
+        daemons.append(daemon)
+        await daemon.start()
+        await ready(port, daemon)
+        if index == 0:
+            await wait_until(lambda port=port: leads(port), timeout_s=30,
+                             what=f"the first one leads: {daemon.tail()}")
+        started.append((daemon, port))
+    assert await leader_says(started[1][1]) is False
+    return started[0], started[1]
 
 
 async def api(method: str, port: int, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
@@ -89,6 +109,27 @@ async def decision_of(port: int) -> dict[str, Any]:
     return (view or {}).get("decision") or {}
 
 
+async def frozen(port: int, on: bool) -> bool:
+    """Whether the replica's global freeze is ``on``."""
+    status, view = await api("GET", port, "/api/v1/targets")
+    return status == 200 and view["freeze"] is on
+
+
+async def blocked_by(port: int, rail: str) -> bool:
+    """Whether the replica's decision on the target is a rollback held back by ``rail``."""
+    decision = await decision_of(port)
+    return decision.get("escalate") is True and decision.get("blocked_by") == rail
+
+
+async def fail_over(leader: Daemon, standby: Daemon, standby_port: int) -> None:
+    """The leader is killed (no hand-over); the standby takes the lead over."""
+    assert leader.process is not None
+    leader.process.send_signal(signal.SIGKILL)
+    await leader.process.wait()
+    await wait_until(lambda: leads(standby_port), timeout_s=30, interval_s=0.2,
+                     what=f"the standby took over: {standby.tail()}")
+
+
 @pytest.fixture
 async def replicas(
     daemons: list[Daemon],  # noqa: F811
@@ -98,17 +139,11 @@ async def replicas(
     tmp_path: Path,
 ) -> tuple[tuple[Daemon, int], tuple[Daemon, int]]:
     """The leader and the standby, both ready, on one PostgreSQL store."""
-    started = []
-    for name in ("a", "b"):
-        config, port = replica_config(tmp_path, apps, cluster, postgres_schema, name)
-        daemon = Daemon(config, tmp_path / f"{name}.log")
-        daemons.append(daemon)
-        await daemon.start()
-        await ready(port, daemon)
-        if name == "a":
-            await wait_until(lambda port=port: leads(port), timeout_s=20, what=f"a leads: {daemon.tail()}")
-        started.append((daemon, port))
-    return started[0], started[1]
+    return await start_replicas(daemons, tmp_path, [
+        replica_config(tmp_path, apps, cluster, name,
+                       store={"url": postgres_schema, "data_dir": str(tmp_path / name / "data")})
+        for name in ("a", "b")
+    ])
 
 
 async def test_a_freeze_sent_to_the_standby_stops_the_leaders_rollback_and_survives_a_fail_over(
@@ -125,12 +160,9 @@ async def test_a_freeze_sent_to_the_standby_stops_the_leaders_rollback_and_survi
     assert answer["freeze"] is True
     assert "every replica applies it within 0.5s" in answer["applies"]
 
-    async def leader_frozen() -> bool:
-        status, view = await api("GET", leader_port, "/api/v1/targets")
-        return status == 200 and view["freeze"] is True
-
     # Within a poll (half a second); the bound leaves room for a loaded machine.
-    await wait_until(leader_frozen, timeout_s=20, what=f"the leader frozen: {leader.tail()}")
+    await wait_until(lambda: frozen(leader_port, True), timeout_s=20,
+                     what=f"the leader frozen: {leader.tail()}")
     _, view = await api("GET", leader_port, "/api/v1/targets")
     assert view["freeze_set"]["by"] == "oncall"
     assert view["freeze_set"]["reason"] == "payment provider incident"
@@ -138,22 +170,13 @@ async def test_a_freeze_sent_to_the_standby_stops_the_leaders_rollback_and_survi
     # A bad release: the leader would roll it back within seconds; the freeze stops it.
     await release(cluster, "web", apps.web)
     try:
-
-        async def blocked_by_freeze(port: int) -> bool:
-            decision = await decision_of(port)
-            return decision.get("escalate") is True and decision.get("blocked_by") == "freeze"
-
-        await wait_until(lambda: blocked_by_freeze(leader_port), timeout_s=30, interval_s=0.2,
+        await wait_until(lambda: blocked_by(leader_port, "freeze"), timeout_s=30, interval_s=0.2,
                          what=f"the leader's rollback blocked by the freeze: {leader.tail()}")
         assert template_image(cluster, "web") == NEW_IMAGE
 
         # Fail-over: the leader dies; the standby takes over, still frozen.
-        assert leader.process is not None
-        leader.process.send_signal(signal.SIGKILL)
-        await leader.process.wait()
-        await wait_until(lambda: leads(standby_port), timeout_s=30, interval_s=0.2,
-                         what=f"the standby took over: {standby.tail()}")
-        await wait_until(lambda: blocked_by_freeze(standby_port), timeout_s=30, interval_s=0.2,
+        await fail_over(leader, standby, standby_port)
+        await wait_until(lambda: blocked_by(standby_port, "freeze"), timeout_s=30, interval_s=0.2,
                          what=f"the new leader's rollback blocked by the freeze: {standby.tail()}")
         assert template_image(cluster, "web") == NEW_IMAGE
 

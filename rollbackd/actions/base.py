@@ -135,7 +135,10 @@ class ChangeRecorder(Protocol):
 class RollbackAction(Protocol):
     """One kind of rollback, bound to one target."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The kind of rollback, e.g. ``canary-abort`` (a class's constant or a wrapper's copy)."""
+        ...
 
     async def run(
         self, *, dry_run: bool, recorder: ChangeRecorder | None = None, progress: Progress | None = None

@@ -22,20 +22,18 @@ healthy colour's selector would also pick the bad colour's pods.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rollbackd.actions.base import ActionOutcome, ActionResult, Change
 from rollbackd.actions.steps import (
-    DEFAULT_SETTINGS,
     ActionRun,
-    ActionSettings,
     KubeAction,
     Refusal,
     Step,
     merge_diff,
-    object_name,
 )
-from rollbackd.kube import KubeClient, KubeNotFound, Obj, objects
+from rollbackd.kube import Obj, objects
 
 ACTION = "blue-green-switch-back"
 
@@ -76,6 +74,7 @@ def _sets(names: Sequence[str]) -> str:
     return ("ReplicaSet " if len(names) == 1 else "ReplicaSets ") + ", ".join(names)
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
 class BlueGreenSwitchBack(KubeAction):
     """Point a blue-green Service back at the healthy colour and scale the bad one down.
 
@@ -89,24 +88,9 @@ class BlueGreenSwitchBack(KubeAction):
 
     name = ACTION
 
-    def __init__(
-        self,
-        *,
-        kube: KubeClient,
-        target: str,
-        namespace: str,
-        service: str,
-        healthy: str,
-        bad: str,
-        settings: ActionSettings = DEFAULT_SETTINGS,
-    ) -> None:
-        super().__init__(kube=kube, target=target, namespace=namespace, settings=settings)
-        self.service = service
-        self.healthy = healthy
-        self.bad = bad
-        self._service_object = object_name("Service", namespace, service)
-        self._healthy_object = object_name("Deployment", namespace, healthy)
-        self._bad_object = object_name("Deployment", namespace, bad)
+    service: str
+    healthy: str
+    bad: str
 
     # -- reading --
 
@@ -114,36 +98,34 @@ class BlueGreenSwitchBack(KubeAction):
         return await objects.get_service(self.kube, namespace=self.namespace, name=self.service)
 
     async def _get_healthy(self) -> Obj:
-        return await objects.get_deployment(self.kube, namespace=self.namespace, name=self.healthy)
+        return await self._deployment(self.healthy)
 
     async def _get_bad(self) -> Obj:
-        return await objects.get_deployment(self.kube, namespace=self.namespace, name=self.bad)
+        return await self._deployment(self.bad)
 
     async def _get_bad_or_none(self) -> Obj | None:
-        try:
-            return await self._get_bad()
-        except KubeNotFound:
-            return None
+        return await self._deployment_or_none(self.bad)
 
     # -- what each step would change --
 
     def _scale_up_change(self, healthy: Obj, bad: Obj | None) -> Change | None:
         if replicas_of(healthy) > 0:
             return None
-        return Change(self._healthy_object, "spec.replicas", 0, max(1, replicas_of(bad)))
+        return Change(self._named("Deployment", self.healthy), "spec.replicas", 0, max(1, replicas_of(bad)))
 
     def _switch_change(self, service: Obj, healthy: Obj, bad: Obj | None) -> Change | None:
         current = service_selector(service)
         picks_bad = bad is not None and selects(current, pod_labels(bad))
         if selects(current, pod_labels(healthy)) and not picks_bad:
             return None  # already picks the healthy colour only
-        return Change(self._service_object, "spec.selector", current, colour_selector(healthy))
+        return Change(self._named("Service", self.service), "spec.selector", current,
+                      colour_selector(healthy))
 
     def _scale_down_change(self, bad: Obj | None) -> Change | None:
         replicas = replicas_of(bad)
         if not replicas:
             return None
-        return Change(self._bad_object, "spec.replicas", replicas, 0)
+        return Change(self._named("Deployment", self.bad), "spec.replicas", replicas, 0)
 
     # -- applying them: re-read, re-decide, write --
 
@@ -239,9 +221,8 @@ class BlueGreenSwitchBack(KubeAction):
     async def _replicaset_names(self, deployment: str) -> list[str]:
         """Names of the ReplicaSets of a Deployment (the prefixes of its pods' names); none when
         it does not exist."""
-        try:
-            found = await objects.get_deployment(self.kube, namespace=self.namespace, name=deployment)
-        except KubeNotFound:
+        found = await self._deployment_or_none(deployment)
+        if found is None:
             return []
         owned = await objects.owned_replicasets(self.kube, deployment=found)
         return [str(rs["metadata"]["name"]) for rs in owned]

@@ -20,23 +20,22 @@ details carry the split as it was read before the abort (``split_before``) and a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rollbackd.actions.base import ActionOutcome, ActionResult, Change
 from rollbackd.actions.routers.base import Router
 from rollbackd.actions.steps import (
-    DEFAULT_SETTINGS,
     ActionRun,
-    ActionSettings,
     KubeAction,
     Step,
-    object_name,
 )
-from rollbackd.kube import KubeClient, KubeError, Obj, objects
+from rollbackd.kube import KubeError, Obj, objects
 
 ACTION = "canary-abort"
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
 class CanaryAbort(KubeAction):
     """Abort a canary behind a traffic router.
 
@@ -50,28 +49,15 @@ class CanaryAbort(KubeAction):
 
     name = ACTION
 
-    def __init__(
-        self,
-        *,
-        kube: KubeClient,
-        target: str,
-        namespace: str,
-        router: Router,
-        canary: str,
-        stable: str,
-        settings: ActionSettings = DEFAULT_SETTINGS,
-    ) -> None:
-        super().__init__(kube=kube, target=target, namespace=namespace, settings=settings)
-        self.router = router
-        self.canary = canary
-        self.stable = stable
-        self._canary_object = object_name("Deployment", namespace, canary)
+    router: Router
+    canary: str
+    stable: str
 
     async def _get_canary(self) -> Obj:
-        return await objects.get_deployment(self.kube, namespace=self.namespace, name=self.canary)
+        return await self._deployment(self.canary)
 
     async def _get_stable(self) -> Obj:
-        return await objects.get_deployment(self.kube, namespace=self.namespace, name=self.stable)
+        return await self._deployment(self.stable)
 
     def _scale_change(self, canary: Obj | None) -> Change | None:
         if canary is None:
@@ -79,7 +65,7 @@ class CanaryAbort(KubeAction):
         replicas = (canary.get("spec") or {}).get("replicas", 1)
         if not replicas:
             return None
-        return Change(self._canary_object, "spec.replicas", replicas, 0)
+        return Change(self._named("Deployment", self.canary), "spec.replicas", replicas, 0)
 
     async def _scale_down(self) -> Sequence[Change]:
         return await self._scale_to_zero(self.canary, self._scale_change)

@@ -25,22 +25,20 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rollbackd.actions.base import ActionOutcome, ActionResult, Change
 from rollbackd.actions.steps import (
-    DEFAULT_SETTINGS,
     ActionRun,
-    ActionSettings,
     KubeAction,
     Refusal,
     Step,
     WaitTimeout,
     merge_diff,
-    object_name,
     progress_deadline_exceeded,
 )
-from rollbackd.kube import KubeClient, Obj, objects
+from rollbackd.kube import Obj, objects
 
 ACTION = "deployment-undo"
 
@@ -68,6 +66,7 @@ def summary(revision: int | None, template: Mapping[str, Any]) -> str:
     return f"{label} ({images})" if images else label
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
 class DeploymentUndo(KubeAction):
     """Roll a Deployment back from its bad revision to an earlier one.
 
@@ -82,28 +81,15 @@ class DeploymentUndo(KubeAction):
 
     name = ACTION
 
-    def __init__(
-        self,
-        *,
-        kube: KubeClient,
-        target: str,
-        namespace: str,
-        deployment: str,
-        bad_revision: int | None = None,
-        to_revision: int | None = None,
-        settings: ActionSettings = DEFAULT_SETTINGS,
-    ) -> None:
-        super().__init__(kube=kube, target=target, namespace=namespace, settings=settings)
-        self.deployment = deployment
-        self.bad_revision = bad_revision
-        self.to_revision = to_revision
-        self._object = object_name("Deployment", namespace, deployment)
+    deployment: str
+    bad_revision: int | None = None
+    to_revision: int | None = None
 
     def _fields(self) -> dict[str, Any]:
         return {"from_revision": self.bad_revision, "to_revision": self.to_revision}
 
     async def _get(self) -> Obj:
-        return await objects.get_deployment(self.kube, namespace=self.namespace, name=self.deployment)
+        return await self._deployment(self.deployment)
 
     async def _run(self, run: ActionRun, fields: dict[str, Any], *, dry_run: bool) -> ActionResult:
         deployment = await run.required(f"the Deployment {self.namespace}/{self.deployment}", self._get)
@@ -159,7 +145,7 @@ class DeploymentUndo(KubeAction):
         wanted = template_of(chosen)
         before = summary(bad, template_of(deployment))
         after = summary(to, wanted)
-        planned = Change(self._object, "spec.template", before, after)
+        planned = Change(self._named("Deployment", self.deployment), "spec.template", before, after)
 
         async def restore() -> Sequence[Change]:
             now = await self._get()

@@ -20,17 +20,15 @@ it is fully promoted (the stable version is the new one: an abort would change n
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rollbackd.actions.base import ActionOutcome, ActionResult, Change
 from rollbackd.actions.steps import (
-    DEFAULT_SETTINGS,
     ActionRun,
-    ActionSettings,
     KubeAction,
     Refusal,
     Step,
-    object_name,
 )
 from rollbackd.kube import KubeClient, Obj, rollouts
 from rollbackd.kube.rollouts import RolloutsNotInstalled
@@ -41,6 +39,7 @@ ACTION = "argo-rollout-abort"
 ABORT_FIELD = "status.abort"
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
 class RolloutAbort(KubeAction):
     """Abort an Argo Rollouts Rollout.
 
@@ -50,18 +49,7 @@ class RolloutAbort(KubeAction):
 
     name = ACTION
 
-    def __init__(
-        self,
-        *,
-        kube: KubeClient,
-        target: str,
-        namespace: str,
-        rollout: str,
-        settings: ActionSettings = DEFAULT_SETTINGS,
-    ) -> None:
-        super().__init__(kube=kube, target=target, namespace=namespace, settings=settings)
-        self.rollout = rollout
-        self._object = object_name("Rollout", namespace, rollout)
+    rollout: str
 
     async def _get(self) -> Obj:
         return await rollouts.get_rollout(self.kube, namespace=self.namespace, name=self.rollout)
@@ -69,7 +57,8 @@ class RolloutAbort(KubeAction):
     def _abort_change(self, rollout: Obj) -> Change | None:
         if rollouts.abort_requested(rollout):
             return None
-        return Change(self._object, ABORT_FIELD, (rollout.get("status") or {}).get("abort"), True)
+        before = (rollout.get("status") or {}).get("abort")
+        return Change(self._named("Rollout", self.rollout), ABORT_FIELD, before, True)
 
     async def _abort(self) -> Sequence[Change]:
         change = self._abort_change(await self._get())

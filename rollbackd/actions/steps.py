@@ -30,7 +30,7 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from rollbackd.actions.base import ActionOutcome, ActionResult, Change, ChangeRecorder, Progress, Waiting
 from rollbackd.backoff import Backoff
@@ -135,35 +135,29 @@ def object_name(kind: str, namespace: str, name: str) -> str:
     return f"{kind}/{namespace}/{name}"
 
 
+@dataclass(kw_only=True, eq=False)
 class ActionRun:
     """One run of one action: its requests (retried, timed), its changes, its waits.
 
     Created at the start of :meth:`run`; ``action`` and ``target`` name the result; ``settings``
     bound the retries and the waits; ``recorder`` (optional) hears of every step's changes before
-    and after it is applied; ``progress`` (optional) is told when a wait starts and ends. ``loop``
-    time is read from the running event loop.
+    and after it is applied; ``progress`` (optional) is told when a wait starts and ends. Time is
+    read from the running event loop.
     """
 
-    def __init__(
-        self,
-        *,
-        kube: KubeClient,
-        action: str,
-        target: str,
-        settings: ActionSettings,
-        recorder: ChangeRecorder | None = None,
-        progress: Progress | None = None,
-    ) -> None:
-        self.kube = kube
-        self.action = action
-        self.target = target
-        self.settings = settings
-        self.recorder = recorder
-        self.progress = progress
-        self.changes: list[Change] = []
-        self.api_s = 0.0
-        self.wait_s = 0.0
-        self._wait_budget_s = settings.availability_timeout_s
+    kube: KubeClient
+    action: str
+    target: str
+    settings: ActionSettings
+    recorder: ChangeRecorder | None = None
+    progress: Progress | None = None
+    #: What the run changed so far, and the time it spent in API requests and in waits.
+    changes: list[Change] = dataclasses.field(default_factory=list, init=False)
+    api_s: float = dataclasses.field(default=0.0, init=False)
+    wait_s: float = dataclasses.field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        self._wait_budget_s = self.settings.availability_timeout_s
         self._loop = asyncio.get_running_loop()
 
     # -- requests --
@@ -325,9 +319,12 @@ class ActionRun:
             return self.failed(str(exc), **(fields or {}))
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
 class KubeAction:
     """What the actions share, and :meth:`run`, which opens an :class:`ActionRun` and guards the
     action's own steps (``_run``).
+
+    Each action is a keyword-only frozen dataclass of its objects' names on top of these fields:
 
     - ``kube``: an open client;
     - ``target``: the rollbackd target's key (``namespace/name``), for the result;
@@ -335,13 +332,16 @@ class KubeAction:
     - ``settings``: retries and the availability timeout.
     """
 
-    name: str
+    name: ClassVar[str]
 
-    def __init__(self, *, kube: KubeClient, target: str, namespace: str, settings: ActionSettings) -> None:
-        self.kube = kube
-        self.target = target
-        self.namespace = namespace
-        self.settings = settings
+    kube: KubeClient
+    target: str
+    namespace: str
+    settings: ActionSettings = DEFAULT_SETTINGS
+
+    def _named(self, kind: str, name: str) -> str:
+        """How a :class:`~rollbackd.actions.base.Change` names this action's object ``kind/name``."""
+        return object_name(kind, self.namespace, name)
 
     async def run(
         self, *, dry_run: bool, recorder: ChangeRecorder | None = None, progress: Progress | None = None
@@ -353,17 +353,23 @@ class KubeAction:
         fields = self._fields()
         return await run.guarded(lambda: self._run(run, fields, dry_run=dry_run), fields)
 
+    async def _deployment(self, name: str) -> Obj:
+        """The Deployment ``name`` in the action's namespace, as it is now."""
+        return await objects.get_deployment(self.kube, namespace=self.namespace, name=name)
+
+    async def _deployment_or_none(self, name: str) -> Obj | None:
+        """The Deployment ``name`` as it is now, ``None`` when it does not exist."""
+        try:
+            return await self._deployment(name)
+        except KubeNotFound:
+            return None
+
     async def _scale_to_zero(
         self, deployment: str, change_of: Callable[[Obj | None], Change | None]
     ) -> Sequence[Change]:
         """Scale ``deployment`` to 0 when ``change_of`` (given it as read now, ``None`` if it is
         gone) says there is still a change to make; the change made, if any."""
-        try:
-            current: Obj | None = await objects.get_deployment(self.kube, namespace=self.namespace,
-                                                               name=deployment)
-        except KubeNotFound:
-            current = None
-        change = change_of(current)
+        change = change_of(await self._deployment_or_none(deployment))
         if change is None:
             return ()
         await objects.scale_deployment(self.kube, namespace=self.namespace, name=deployment, replicas=0)

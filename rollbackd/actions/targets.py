@@ -41,19 +41,32 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from rollbackd.actions import bluegreen, canary_abort, command, config_restore, deployment_undo, rollout_abort
+from rollbackd.actions import (
+    bluegreen,
+    canary_abort,
+    command,
+    config_restore,
+    deployment_undo,
+    feature_flag,
+    rollout_abort,
+)
 from rollbackd.actions.base import RollbackAction, RollbackWhy
 from rollbackd.actions.bluegreen import BlueGreenSwitchBack
 from rollbackd.actions.canary_abort import CanaryAbort
 from rollbackd.actions.command import CommandAction
 from rollbackd.actions.config_restore import ConfigHistory, ConfigRestore
 from rollbackd.actions.deployment_undo import DeploymentUndo
+from rollbackd.actions.feature_flag import FeatureFlagOff
+from rollbackd.actions.flag_http import HttpFlag
+from rollbackd.actions.flag_sql import SqlFlag
+from rollbackd.actions.flagstore import FlagStore
 from rollbackd.actions.gitops import GitOpsGuard
 from rollbackd.actions.reconcilers import Tracking
 from rollbackd.actions.rollout_abort import RolloutAbort, stable_serving
 from rollbackd.actions.routers.base import Router, Split
 from rollbackd.actions.routers.select import INSTALL_HINTS, required_resource, router_for
 from rollbackd.actions.steps import ActionSettings
+from rollbackd.backoff import Backoff
 from rollbackd.config.settings import GitOpsSettings, KubernetesSettings, Settings, Side, TargetSettings
 from rollbackd.decision.annotations import ETA_ANNOTATION
 from rollbackd.decision.facts import ClusterFacts, cluster_facts
@@ -63,7 +76,7 @@ from rollbackd.kube.errors import KubeError, KubeNotFound
 from rollbackd.kube.objects import CustomResource
 from rollbackd.kube.retry import retrying
 from rollbackd.kube.rollouts import RolloutsNotInstalled
-from rollbackd.model import Strategy
+from rollbackd.model import OWN_PAST, Strategy
 from rollbackd.params import TargetParams
 
 logger = logging.getLogger(__name__)
@@ -79,6 +92,7 @@ ACTIONS: dict[Strategy, str] = {
     Strategy.ARGO_ROLLOUT: rollout_abort.ACTION,
     Strategy.COMMAND: command.ACTION,
     Strategy.CONFIG: config_restore.ACTION,
+    Strategy.FEATURE_FLAG: feature_flag.ACTION,
 }
 
 
@@ -303,6 +317,8 @@ class KubeTargets:
         if target.strategy is Strategy.COMMAND:
             assert target.command is not None  # the settings check it
             return CommandAction(target=params.key, settings=target.command, why=why)
+        if target.strategy is Strategy.FEATURE_FLAG:
+            return flag_action(target)  # no Kubernetes object changes: nothing for GitOps to undo
         return GitOpsGuard(
             self._strategy_action(target, params, bad_revision=bad_revision, to_revision=to_revision),
             kube=self.kube, target=params.key, mode=target.gitops or self._gitops.mode,
@@ -374,7 +390,9 @@ class KubeTargets:
                 logger.warning("cannot read the availability of the Rollout %s/%s: %s", namespace, name, exc,
                                extra={"target": params.key})
                 return None
-        side = target.candidate if target.strategy.own_past else target.baseline
+        if target.strategy is Strategy.FEATURE_FLAG:
+            return True  # the flag is off once the action is done; verification judges the metrics
+        side = target.candidate if target.strategy in OWN_PAST else target.baseline
         assert side is not None  # canary and blue-green targets have a baseline (the settings check it)
         try:
             deployment = await self._deployment(target.namespace, _deployment_of(side))
@@ -383,6 +401,21 @@ class KubeTargets:
                            exc, extra={"target": params.key})
             return None
         return objects.rollout_complete(deployment)
+
+
+def flag_action(target: TargetSettings) -> FeatureFlagOff:
+    """The feature-flag lever of a ``feature-flag`` target: its flag, in the store it names."""
+    flag = target.flag
+    assert flag is not None  # the settings check it
+    store: FlagStore
+    if flag.store.kind == "http":
+        store = HttpFlag(flag.store, flag=flag.name)
+    else:
+        store = SqlFlag(flag.store, flag=flag.name)
+    return FeatureFlagOff(
+        target=target.key, flag=flag.name, store=store, attempts=flag.attempts,
+        backoff=Backoff(initial_s=flag.backoff_initial_s, max_s=max(5.0, flag.backoff_initial_s)),
+    )
 
 
 def _deployment_of(side: Side) -> str:

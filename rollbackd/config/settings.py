@@ -587,7 +587,22 @@ class SafetySettings(_Frozen):
         ge=MIN_PERIOD_S,
         le=60.0,
         description="How often every replica reads the switches set through the API (freeze, dry-run, "
-        "holds) from the store: the longest a switch sent to one replica takes to be obeyed by the others.",
+        "holds) from where they are kept: the longest a switch sent to one replica takes to be obeyed by the "
+        "others when the ConfigMap's watch is broken (it tells at once otherwise).",
+    )
+    switches: Literal["auto", "store", "kubernetes"] = Field(
+        "auto",
+        description="Where the switches set through the API are kept for every replica: store (the "
+        "store's target_state rows; shared only with PostgreSQL), kubernetes (the ConfigMap "
+        "switches_configmap in the Lease's namespace, watched by every replica), or auto: the store when "
+        "it is PostgreSQL, else the ConfigMap when leader election runs (several replicas, each with its "
+        "own SQLite file), else the store.",
+    )
+    switches_configmap: str | None = Field(
+        None,
+        pattern=K8S_NAME_PATTERN,
+        description="Name of the ConfigMap holding the switches, in the Lease's namespace (default: "
+        "<leader_election.lease_name>-switches).",
     )
 
 
@@ -1342,6 +1357,126 @@ RouterSettings: TypeAlias = Annotated[
 #: The router kinds, as ``router.kind`` names them.
 ROUTER_KINDS = ("ingress-nginx", "gateway-api", "istio")
 
+#: The placeholder of a flag store's URL, body and JSON path that the flag's name fills in.
+FLAG_PLACEHOLDER = "{flag}"
+#: The parameter of a flag store's SQL statements that the flag's name is bound to.
+FLAG_SQL_PARAMETER = "%(flag)s"
+
+
+class FlagReadSettings(_Frozen):
+    """How to read the flag back over HTTP: a GET of ``url`` whose JSON answer holds the flag's
+    state at ``json_path`` (dot-separated keys and list indexes, ``{flag}`` filled in)."""
+
+    url: Url = Field(..., description="The URL to GET ({flag} is replaced by the flag's name).")
+    json_path: str = Field(
+        "enabled",
+        min_length=1,
+        description="Where the state is in the JSON answer: dot-separated keys (features.{flag}.enabled).",
+    )
+
+
+class FlagHttpStore(_Frozen):
+    """A flag kept behind the application's admin API: one request turns it off."""
+
+    kind: Literal["http"] = Field(description="http: the application's admin API.")
+    url: Url = Field(
+        ...,
+        description="The admin endpoint, e.g. http://checkout.shop:8080/api/admin/features ({flag} is "
+        "replaced by the flag's name).",
+    )
+    method: Literal["POST", "PUT", "PATCH"] = Field("POST", description="The request's method.")
+    headers: dict[Annotated[str, Field(pattern=HEADER_NAME_PATTERN)], str] = Field(
+        {}, description="Extra headers (no credentials: the token comes from token_file)."
+    )
+    token_file: str | None = Field(
+        None,
+        min_length=1,
+        description="File holding the bearer token (a mounted Secret), read again for every request; sent "
+        "as 'Authorization: Bearer ...' and never logged.",
+    )
+    body: dict[str, Any] = Field(
+        {"feature_name": FLAG_PLACEHOLDER, "enabled": False},
+        description="The JSON body; a text '{flag}' anywhere in it is replaced by the flag's name.",
+    )
+    success_statuses: tuple[Annotated[int, Field(ge=200, le=299)], ...] = Field(
+        (200, 201, 202, 204), min_length=1, description="The answers that mean the flag is off."
+    )
+    read: FlagReadSettings | None = Field(
+        None,
+        description="Read the flag back before (already off: nothing to do) and after the request (still "
+        "on: failed).",
+    )
+    timeout_s: float = Field(5.0, ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S, description="Timeout of one request.")
+
+    @model_validator(mode="after")
+    def _no_credentials_inline(self) -> FlagHttpStore:
+        problems = [
+            _problem(
+                "inline_secret",
+                "{name} carries credentials, which never go in this file: put the token in a file "
+                "(a mounted Secret) and name it in token_file",
+                ("headers", name), None, name=name,
+            )
+            for name in self.headers
+            if name.lower() in CREDENTIAL_HEADERS
+        ]
+        _raise("FlagHttpStore", problems)
+        return self
+
+
+class FlagSqlStore(_Frozen):
+    """A flag kept in a PostgreSQL table: one parameterised statement turns it off."""
+
+    kind: Literal["sql"] = Field(description="sql: a PostgreSQL table, through psycopg.")
+    dsn_file: str = Field(
+        ...,
+        min_length=1,
+        description="File holding the PostgreSQL DSN (a mounted Secret, e.g. postgresql://user:pw@db/app), "
+        "read again for every rollback; never logged.",
+    )
+    update: str = Field(
+        "UPDATE feature_flags SET enabled = false WHERE name = %(flag)s",
+        min_length=1,
+        description="The statement that turns the flag off, with %(flag)s for its name; run in a "
+        "transaction, and failed when it changes no row.",
+    )
+    select: str = Field(
+        "SELECT enabled FROM feature_flags WHERE name = %(flag)s",
+        min_length=1,
+        description="The query that reads the flag's state (one row, one column), before and after.",
+    )
+    timeout_s: float = Field(5.0, ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S, description="Timeout of one attempt.")
+
+    @model_validator(mode="after")
+    def _parameterised(self) -> FlagSqlStore:
+        problems = [
+            _problem(
+                "flag_parameter",
+                "must name the flag with the parameter %(flag)s (never write the name into the SQL)",
+                (key,), None,
+            )
+            for key in ("update", "select")
+            if FLAG_SQL_PARAMETER not in getattr(self, key)
+        ]
+        _raise("FlagSqlStore", problems)
+        return self
+
+
+class FlagSettings(_Frozen):
+    """feature-flag: the flag a release turned on, and where it is kept."""
+
+    name: str = Field(..., min_length=1, max_length=200, description="The flag's name, e.g. new_checkout.")
+    store: Annotated[FlagHttpStore | FlagSqlStore, Field(discriminator="kind")] = Field(
+        ..., description="Where the flag is kept: kind http (the admin API) or sql (a PostgreSQL table)."
+    )
+    attempts: int = Field(
+        3, ge=1, le=10, description="Tries of a store that does not answer (down, 5xx), with backoff between."
+    )
+    backoff_initial_s: float = Field(
+        0.5, ge=MIN_BACKOFF_S, le=MAX_BACKOFF_S, description="Pause before the first retry; doubles after."
+    )
+
+
 #: What each strategy needs, for messages: key → (strategies that use it, what it is).
 _STRATEGY_KEYS: dict[str, tuple[frozenset[Strategy], str]] = {
     "baseline": (
@@ -1351,6 +1486,7 @@ _STRATEGY_KEYS: dict[str, tuple[frozenset[Strategy], str]] = {
     "rollout": (frozenset({Strategy.ARGO_ROLLOUT}), "the Argo Rollouts Rollout"),
     "command": (frozenset({Strategy.COMMAND}), "the command that rolls the release back"),
     "config": (frozenset({Strategy.CONFIG}), "the ConfigMaps whose data is the release"),
+    "flag": (frozenset({Strategy.FEATURE_FLAG}), "the feature flag to turn off, and where it is kept"),
 }
 #: Keys that only a canary uses, one of which it needs.
 _ROUTING_KEYS = ("router", "ingress")
@@ -1379,8 +1515,8 @@ class TargetSettings(_Frozen):
     )
     strategy: Strategy = Field(
         ...,
-        description="How the release is rolled out: canary, blue-green, deployment, argo-rollout, command "
-        "or config.",
+        description="How the release is rolled out: canary, blue-green, deployment, argo-rollout, command, "
+        "config or feature-flag.",
     )
     baseline: Side | None = Field(
         None,
@@ -1414,6 +1550,10 @@ class TargetSettings(_Frozen):
     )
     config: ConfigLeverSettings | None = Field(
         None, description="config: the ConfigMaps whose data is the release (configmaps, restart, keep_*)."
+    )
+    flag: FlagSettings | None = Field(
+        None,
+        description="feature-flag: the flag to turn off ({name, store: {kind: http | sql, ...}}).",
     )
     dry_run: bool = Field(
         False,

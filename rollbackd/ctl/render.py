@@ -66,14 +66,18 @@ def on_off(value: object) -> str:
 
 
 #: The keys of the switches' document (who set each, and whom a write applies to, when the daemon says).
-SWITCH_KEYS = frozenset({"freeze", "dry_run", "freeze_set", "dry_run_set", "applies"})
+SWITCH_KEYS = frozenset({"freeze", "dry_run", "freeze_set", "dry_run_set", "switches_kept_in", "applies"})
 
 
 def switches_line(document: Mapping[str, Any]) -> str:
-    """The global switches: ``freeze: off   dry-run: on``, then who set each (when the daemon says)."""
+    """The global switches: ``freeze: off   dry-run: on``, then who set each and where the
+    switches are kept (when the daemon says)."""
     lines = [f"freeze: {on_off(document.get('freeze'))}   dry-run: {on_off(document.get('dry_run'))}"]
     for key, name in (("freeze_set", "freeze"), ("dry_run_set", "dry-run")):
         lines.extend(f"{name} {text}" for text in [_who(document.get(key))] if text)
+    kept_in = document.get("switches_kept_in")
+    if isinstance(kept_in, str) and kept_in:
+        lines.append(f"switches kept in {_one_line(kept_in)}")
     return "\n".join(lines)
 
 
@@ -170,6 +174,9 @@ def target_table(target: Mapping[str, Any]) -> str:
     if isinstance(accepted, Mapping):
         revision = f"revision {accepted['revision']}, " if accepted.get("revision") is not None else ""
         lines.append(("accepted", f"{revision}{_who(accepted)}"))
+    lifetime = target.get("lifetime")
+    if isinstance(lifetime, Mapping):
+        lines.append(("judged", _lifetime(lifetime)))
     run = target.get("rollback")
     if isinstance(run, Mapping) and isinstance(run.get("verification"), Mapping):
         lines.append(("verification", str(run["verification"].get("status", "-"))))
@@ -179,6 +186,17 @@ def target_table(target: Mapping[str, Any]) -> str:
     reasons = decision.get("reasons") if isinstance(decision, Mapping) else None
     if isinstance(reasons, Sequence) and not isinstance(reasons, str) and reasons:
         text += "\nreasons:\n" + "\n".join(f"  - {_one_line(reason)}" for reason in reasons)
+    return text
+
+
+def _lifetime(release: Mapping[str, Any]) -> str:
+    """``revision 7, accepted after 1h (revision 6 superseded by revision 7)``."""
+    which = f"revision {release['revision']}" if release.get("revision") is not None else "this release"
+    accepted = release.get("accepted")
+    text = f"{which}, {accepted.get('text')}" if isinstance(accepted, Mapping) else f"{which}, judged"
+    previous = release.get("previous")
+    if isinstance(previous, Mapping):
+        text += f" (revision {previous.get('revision')} {previous.get('text')})"
     return text
 
 

@@ -58,11 +58,13 @@ from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.daemon.sourcestatus import SourceBoard
 from rollbackd.daemon.state import Acceptance, DaemonState, TargetState
 from rollbackd.daemon.switches import FREEZE, Switch, SwitchBoard, SwitchWriteError
+from rollbackd.daemon.switchstores import StoreSwitches, SwitchStore, Watching, store_where
 from rollbackd.daemon.target_state import current_state
 from rollbackd.daemon.targetmetrics import TargetSample
 from rollbackd.daemon.tick import IdleCollector, collect_tick, metrics_failure, run_every
 from rollbackd.daemon.wallclock import WallClock
 from rollbackd.decision.facts import ClusterFacts, is_newer
+from rollbackd.decision.lifetime import Change, Lifetime, Operator, advance
 from rollbackd.gcpause import collector_paused
 from rollbackd.model import Context, Decision, Evidence, Observation, Outcome
 from rollbackd.optin import ObjectRef, OptIn, with_opt_ins
@@ -78,8 +80,9 @@ logger = logging.getLogger(__name__)
 #: How long a tick waits for the store to say which rollbacks were under way, in seconds.
 RESUME_READ_TIMEOUT_S = 5.0
 
-#: Why nothing is done yet: the switches set through the API (a freeze) are not read from the store.
-SWITCHES_UNREAD = "the switches set through the API are not read from the store yet"
+#: Why nothing is done yet: the switches set through the API (a freeze) are not read yet (from the
+#: store, or the ConfigMap every replica watches).
+SWITCHES_UNREAD = "the switches set through the API (a freeze, a hold) are not read yet"
 
 #: Default bound on a graceful stop of the root tasks, in seconds.
 SHUTDOWN_TIMEOUT_S = 10.0
@@ -130,6 +133,9 @@ class Daemon:
     - ``shutdown_timeout_s``: how long a graceful stop waits for the root tasks.
     - ``probe``: the Prometheus client to probe the targets' series with once at start
       (:mod:`rollbackd.daemon.probing`); ``None``: no probe.
+    - ``switch_store``: where the operators' switches are kept for every replica when it is not
+      the store (the ConfigMap of :mod:`rollbackd.daemon.switchmap`, watched in a root task
+      ``rollbackd:switches-watch``); ``None``: the store.
 
     Run it with ``await daemon.run()`` until :meth:`stop`, or as ``async with daemon:`` (which runs
     it in a background task, returns once the HTTP server listens, and stops it on exit).
@@ -148,6 +154,7 @@ class Daemon:
         journal: Journal | None = None,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
         probe: Queries | None = None,
+        switch_store: SwitchStore | None = None,
     ) -> None:
         #: The settings running now: the file's, with the targets annotations declare added.
         self.settings = settings
@@ -160,7 +167,9 @@ class Daemon:
         self.journal = journal if journal is not None else Journal(required=False)
         self.leader = leader
         self._auth = auth if auth is not None else ApiAuth.from_settings(settings.api, environ={})
-        self.state = DaemonState(settings)
+        #: Loop times as people read them: wall-clock UTC (the API, the page, the reasons' times).
+        self.wall = WallClock()
+        self.state = DaemonState(settings, time_text=self.wall.text)
         self.metrics = metrics if metrics is not None else DaemonMetrics()
         self.metrics.watch_sinks(self.journal.sink_status)
         self.journal.add_poison_listener(lambda kind: self.metrics.poison_records.inc())
@@ -178,10 +187,12 @@ class Daemon:
             record=self._save_run,
         )
         self.state.rollbacks = self.rollbacks
+        self._switch_store = switch_store
         self.switches = SwitchBoard(
             self.state,
-            store=lambda: self.journal.store,
-            durable=self.journal.required,
+            store=(lambda: switch_store) if switch_store is not None else self._store_switches,
+            durable=switch_store is not None or self.journal.required,
+            where=switch_store.where if switch_store is not None else store_where(settings),
             loop_clock=lambda: asyncio.get_running_loop().time(),
             poll_s=settings.safety.switches_poll_s,
         )
@@ -219,8 +230,12 @@ class Daemon:
         #: Whether the store has been open since the start (until then, its absence is no outage).
         self._store_opened = False
         #: Whether each data source works, since when, and why not (``/readyz``, the status page).
-        self.wall = WallClock()
         self.sources = SourceBoard(loop=_loop_time, wall=self.wall.at)
+
+    def _store_switches(self) -> StoreSwitches | None:
+        """The switches in the store's rows, while it is open."""
+        store = self.journal.store
+        return None if store is None else StoreSwitches(store, where=self.switches.where)
 
     # --- observable state ----------------------------------------------------------------------
 
@@ -288,6 +303,11 @@ class Daemon:
                 releases_task = group.create_task(self.releases.poll_forever(), name="rollbackd:releases")
                 self._evaluation_task = evaluation_task
                 root = [evaluation_task, http_task, stop_task, switches_task, releases_task]
+                watched: object = self._switch_store
+                if isinstance(watched, Watching):  # the ConfigMap: read the switches as they change
+                    root.append(group.create_task(
+                        watched.watch(self.switches.nudge), name="rollbackd:switches-watch"
+                    ))
                 done, _ = await asyncio.wait(root, return_when=asyncio.FIRST_COMPLETED)
                 for task in done - {stop_task}:
                     if not task.cancelled() and task.exception() is None:
@@ -400,7 +420,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         started = loop.time()
         targets = list(self.state.targets.values())
-        if not self.switches.ready and self.journal.attached and self.journal.problem is None:
+        if not self.switches.ready and (
+            self._switch_store is not None or (self.journal.attached and self.journal.problem is None)
+        ):
             await self.switches.sync()  # the first read since the store opened: before acting
         self._read_history()
         inputs = await collect_tick(
@@ -437,7 +459,13 @@ class Daemon:
         facts, reused = await self._facts_of(
             [
                 t_ for t_ in targets
-                if t_.key in evidences and (evidences[t_.key].breached or t_.evaluator.episode is not None)
+                if t_.key in evidences and (
+                    evidences[t_.key].breached
+                    or t_.evaluator.episode is not None
+                    # Accepted: watched for the next release (a newer revision), at most one read
+                    # per kubernetes.facts_max_age_s.
+                    or (t_.lifetime is not None and t_.lifetime.accepted is not None)
+                )
             ]
         )
         for target in targets:
@@ -548,6 +576,7 @@ class Daemon:
         acceptance = self.state.accepted.get(target.key)
         if acceptance is not None and facts is not None and facts.candidate_revision is not None:
             await self._follow_acceptance(target, acceptance, facts.candidate_revision)
+        self._follow_release(target, evidence, t, facts)
         acting = self.leading
         context = self._context(target, t, acting=acting)
         if reused:
@@ -569,6 +598,43 @@ class Daemon:
                 )
                 return
             self.rollbacks.start(target.params, decision, bad_revision=target.judged_revision)
+
+    def _follow_release(
+        self, target: TargetState, evidence: Evidence, t: float, facts: ClusterFacts | None
+    ) -> None:
+        """The target's release after this tick (see :mod:`rollbackd.decision.lifetime`):
+        accepted after ``policy.accept_after_s`` without a breach episode or by an operator
+        (announced as ``release.accepted``), or superseded by a newer revision (judged afresh)."""
+        acceptance = self.state.accepted.get(target.key)
+        quiet = (
+            not evidence.breached
+            and target.evaluator.episode is None
+            and not self.rollbacks.in_progress(target.key)
+        )
+        release, change = advance(
+            target.lifetime or Lifetime(started_at=t),
+            t,
+            accept_after_s=target.params.policy.accept_after_s,
+            quiet=quiet,
+            revision=None if facts is None else facts.candidate_revision,
+            operator=None if acceptance is None else Operator(by=acceptance.by, reason=acceptance.reason),
+        )
+        target.lifetime = release
+        if change is Change.SUPERSEDED:
+            target.reset()  # the new revision is judged on its own data
+            target.judged_revision = release.revision
+        if change is None or not self.leading:
+            return
+        ended = release.previous if change is Change.SUPERSEDED else release.accepted
+        text = "judged again: the acceptance was withdrawn" if ended is None else ended.text
+        logger.info("release %s", text, extra={"target": target.key, "revision": release.revision})
+        if change is Change.ACCEPTED:
+            self.journal.release_accepted(target.params, release)
+        elif change is Change.SUPERSEDED:
+            self.journal.audit(
+                "release", f"release of revision {release.previous_revision} {text}", target=target.key,
+                details={"revision": release.revision, "previous_revision": release.previous_revision},
+            )
 
     async def _follow_acceptance(self, target: TargetState, acceptance: Acceptance, revision: int) -> None:
         """An accepted release covers the revision the cluster showed when it was accepted (or,
@@ -857,6 +923,7 @@ class Daemon:
         target = self.state.targets.get(params.key)
         if target is not None:
             target.reset()
+            target.lifetime = None  # the version that stays is judged from the next tick on
         if run.phase is Phase.VERIFIED and run.finished_at is not None:
             watch = self.state.ledger.watch(params.key, since=run.finished_at,
                                             watch_s=self.settings.verification.watch_s)
@@ -961,17 +1028,14 @@ class Daemon:
 
     def _target_samples(self) -> list[TargetSample]:
         """Every watched target as ``/metrics`` shows it (read at each scrape, on the loop)."""
-        try:
-            loop_now = asyncio.get_running_loop().time()
-        except RuntimeError:  # read outside the loop: the decisions' times cannot be placed
-            loop_now = None
+        loop_now = asyncio.get_running_loop().time()
         wall_now = time.time()
         runs = self.rollbacks.runs
         samples: list[TargetSample] = []
         for target in self.state.targets.values():
             decision = target.latest
             decided_at = None
-            if decision is not None and loop_now is not None:
+            if decision is not None:
                 decided_at = wall_now - (loop_now - decision.t)
             samples.append(
                 TargetSample(

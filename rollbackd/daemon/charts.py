@@ -5,7 +5,9 @@ Per target, four small charts: the error rate and the P95 of the candidate and o
 over the detection window and since the release, each with its SLO line and the marks (first bad
 interval, rollback decided, action done, verification's verdict) that fall in its time span.
 Every element a reader (or a test) looks for carries what it shows in ``data-*`` attributes: the
-value of the SLO line, how many points a line has, the time of a mark.
+value of the SLO line, how many points a line has, the time of a mark (wall-clock UTC, as the API
+gives it). The SLO line's label sits in the right margin, outside the plot area, level with its
+line: it never covers a line or a mark.
 """
 
 from __future__ import annotations
@@ -18,11 +20,16 @@ from rollbackd.daemon.docread import escape as _e
 from rollbackd.daemon.docread import items as _list
 from rollbackd.daemon.docread import number as _num
 from rollbackd.daemon.docread import obj as _obj
+from rollbackd.daemon.docread import when as _when
+from rollbackd.daemon.jsonify import JsonValue
 
 #: Size of one chart (SVG user units, drawn at that size in CSS pixels).
 WIDTH, HEIGHT = 320, 120
-#: The plot area's margins: left for the value labels, bottom for the time labels.
-LEFT, RIGHT, TOP, BOTTOM = 46, 8, 8, 18
+#: The plot area's margins: left for the value labels, right for the SLO line's label (two short
+#: lines: "SLO" and its value), bottom for the time labels.
+LEFT, RIGHT, TOP, BOTTOM = 46, 50, 8, 18
+#: Line height of the SLO label's two lines (its font is 10 px).
+_LABEL_LINE = 11
 
 #: Headroom above the highest value or SLO, so that the SLO line never sits on the frame.
 _HEADROOM = 1.15
@@ -45,7 +52,7 @@ SIDES = ("candidate", "baseline")
 
 @dataclass(frozen=True, slots=True)
 class Scale:
-    """Maps loop times and values to the plot area."""
+    """Maps times (Unix seconds) and values to the plot area."""
 
     t0: float
     t1: float
@@ -82,7 +89,7 @@ def render_charts(series: _Doc | None) -> str:
 def _values(points: Sequence[_Doc], side: str, key: str) -> list[tuple[float, float]]:
     values = []
     for point in points:
-        t, data = _num(point.get("t")), _obj(point.get(side))
+        t, data = _moment(point.get("t")), _obj(point.get(side))
         value = None if data is None else _num(data.get(key))
         if t is not None and value is not None:
             values.append((t, value))
@@ -98,14 +105,35 @@ def _chart(
     marks: Sequence[_Doc],
 ) -> str:
     caption = f"{signal.title} · {span_title}"
-    lines = {side: _values(points, side, signal.key) for side in SIDES}
-    times = [t for t in (_num(p.get("start")) for p in points[:1]) if t is not None]
-    times += [t for t in (_num(p.get("t")) for p in points) if t is not None]
-    if not times:
+    svg = chart_svg(signal, points, slo, marks, caption=caption)
+    if svg is None:
         return (
             f'<figure class="chart empty" data-signal="{signal.key}" data-span="{span}">'
             f"<figcaption>{_e(caption)}</figcaption><p class=\"muted\">no data yet</p></figure>"
         )
+    return (
+        f'<figure class="chart" data-signal="{signal.key}" data-span="{span}">'
+        f"<figcaption>{_e(caption)}</figcaption>{svg}</figure>"
+    )
+
+
+def chart_svg(
+    signal: Signal,
+    points: Sequence[_Doc],
+    slo: float | None,
+    marks: Sequence[_Doc],
+    *,
+    caption: str,
+    at: tuple[float, float] | None = None,
+) -> str | None:
+    """One chart as an ``<svg>`` element (``at`` x, y when nested in another): the candidate's
+    and the baseline's line of ``signal`` over ``points`` (``series_view`` points), the SLO line
+    and the ``marks`` in its span; ``None`` when there is no point to draw."""
+    lines = {side: _values(points, side, signal.key) for side in SIDES}
+    times = [t for t in (_moment(p.get("start")) for p in points[:1]) if t is not None]
+    times += [t for t in (_moment(p.get("t")) for p in points) if t is not None]
+    if not times:
+        return None
     highest = max((v for line in lines.values() for _, v in line), default=0.0)
     top = max(highest, slo or 0.0) * _HEADROOM or 1.0
     scale = Scale(min(times), max(times), top)
@@ -123,8 +151,7 @@ def _chart(
             f'<line class="slo" data-value="{slo:g}" x1="{LEFT}" x2="{WIDTH - RIGHT}" '
             f'y1="{y:.2f}" y2="{y:.2f}"><title>SLO {_e(signal.text(slo))}</title></line>'
         )
-        label = f"SLO {signal.text(slo)}"
-        parts.append(_label(WIDTH - RIGHT - 2, y - 3, label, anchor="end", css="slo-label"))
+        parts.append(_slo_label(y, signal.text(slo)))
     for side in reversed(SIDES):  # the candidate on top
         line = lines[side]
         coords = " ".join(f"{scale.x(t):.2f},{scale.y(v):.2f}" for t, v in line)
@@ -133,28 +160,47 @@ def _chart(
             f"<title>{side}</title></polyline>"
         )
     for mark in marks:
-        t = _num(mark.get("t"))
+        t = _moment(mark.get("t"))
         if t is None or not scale.t0 <= t <= scale.t1:
             continue
         x = scale.x(t)
         kind = _e(str(mark.get("kind") or ""))
+        shown = _e(str(mark.get("t")))
         parts.append(
-            f'<line class="mark {kind}" data-kind="{kind}" data-t="{t:g}" x1="{x:.2f}" x2="{x:.2f}" '
+            f'<line class="mark {kind}" data-kind="{kind}" data-t="{shown}" x1="{x:.2f}" x2="{x:.2f}" '
             f'y1="{TOP}" y2="{HEIGHT - BOTTOM}"><title>{_e(str(mark.get("label") or ""))}</title></line>'
         )
+    placed = "" if at is None else f'x="{at[0]:g}" y="{at[1]:g}" '
     return (
-        f'<figure class="chart" data-signal="{signal.key}" data-span="{span}">'
-        f"<figcaption>{_e(caption)}</figcaption>"
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" {placed}width="{WIDTH}" height="{HEIGHT}" '
         f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{_e(caption)}" '
-        f'data-t0="{scale.t0:g}" data-t1="{scale.t1:g}" data-top="{top:g}" '
+        f'data-signal="{signal.key}" data-t0="{scale.t0:g}" data-t1="{scale.t1:g}" data-top="{top:g}" '
         f'data-plot-top="{TOP}" data-plot-bottom="{HEIGHT - BOTTOM}">'
-        f'{"".join(parts)}</svg></figure>'
+        f'{"".join(parts)}</svg>'
     )
+
+
+def _moment(value: JsonValue) -> float | None:
+    """A point's or a mark's time: the API's wall-clock UTC text (as Unix seconds), or seconds
+    (a backtest's recording)."""
+    seconds = _num(value)
+    return seconds if seconds is not None else _when(value)
 
 
 def _label(x: float, y: float, text: str, *, anchor: str, css: str = "axis") -> str:
     return f'<text class="{css}" x="{x:.2f}" y="{y:.2f}" text-anchor="{anchor}">{_e(text)}</text>'
+
+
+def _slo_label(y: float, value: str) -> str:
+    """The SLO line's label: "SLO" over its value, in the right margin (outside the plot area, so
+    it never covers a line or a mark), centred on the line's height and kept inside the chart."""
+    middle = min(max(y, TOP + _LABEL_LINE), HEIGHT - BOTTOM - _LABEL_LINE / 2)
+    x = WIDTH - RIGHT + 4
+    return (
+        f'<text class="slo-label" x="{x:.2f}" y="{middle - 2:.2f}" text-anchor="start">'
+        f'<tspan x="{x:.2f}" y="{middle - 2:.2f}">SLO</tspan>'
+        f'<tspan x="{x:.2f}" y="{middle - 2 + _LABEL_LINE:.2f}">{_e(value)}</tspan></text>'
+    )
 
 
 def _ago(seconds: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping
+from datetime import datetime
 
 from rollbackd.daemon.jsonify import JsonValue
 
@@ -32,3 +33,15 @@ def number(value: JsonValue) -> float | None:
 
 def text(value: JsonValue) -> str:
     return "" if value is None else str(value)
+
+
+def when(value: JsonValue) -> float | None:
+    """An API time (ISO 8601, UTC: ``2026-12-06T17:03:12.345Z``) as Unix seconds; ``None`` for
+    anything else."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None

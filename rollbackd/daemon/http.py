@@ -392,7 +392,7 @@ def _seen_by_all(ctx: HttpContext, stored: bool) -> JsonValue:
     if not stored:
         return ("applied by this replica only for now: the store does not answer; stored, and so "
                 "applied by every replica, once it does (see /readyz)")
-    return f"stored; every replica applies it within {board.poll_s:g}s"
+    return f"stored in {board.where}; every replica applies it within {board.poll_s:g}s"
 
 
 async def set_hold(request: web.Request) -> web.Response:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+from rollbackd.decision.lifetime import Lifetime
 from rollbackd.events.build import Announcer, Clock
 from rollbackd.events.dispatcher import SinkStatus
 from rollbackd.events.model import CloudEvent, EventFormatError, EventType
@@ -174,6 +175,13 @@ class Journal:
             return
         for event in announcer.on_decision(decision, hold=hold, clock=Clock.now()):
             self._submit(self._events, event)
+
+    def release_accepted(self, params: TargetParams, release: Lifetime) -> None:
+        """The target's release was accepted: ``release.accepted`` (and its audit entry)."""
+        if self._events is None:
+            return
+        event = self._events.factory.release_accepted(params.key, release, clock=Clock.now())
+        self._submit(self._events, event)
 
     def run(
         self, params: TargetParams, run: RollbackRun, *, decision: Decision | None, bad_revision: int | None

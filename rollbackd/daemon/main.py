@@ -40,6 +40,8 @@ from rollbackd.daemon.logs import configure_logging
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.reload import ConfigWatcher, SettingsChange
 from rollbackd.daemon.store_leader import StoreLeader
+from rollbackd.daemon.switchmap import ConfigMapSwitches, default_name
+from rollbackd.daemon.switchstores import store_where, switches_place
 from rollbackd.daemon.wiring import open_daemon
 from rollbackd.errors import SourceStats
 from rollbackd.kube.client import KubeClient
@@ -111,12 +113,45 @@ def leader_elector_for(
         )
     return LeaderElector(
         kube=kube,
-        namespace=election.namespace or environ.get("POD_NAMESPACE") or "default",
+        namespace=lease_namespace(settings, environ=environ),
         name=election.lease_name,
         identity=process_identity(settings, environ=environ),
         lease_duration_s=election.lease_duration_s,
         renew_period_s=election.renew_period_s,
     )
+
+
+def lease_namespace(settings: Settings, *, environ: Mapping[str, str]) -> str:
+    """The namespace of the Lease (and of the switches' ConfigMap): ``leader_election.namespace``,
+    else ``$POD_NAMESPACE``, else ``default``."""
+    return settings.leader_election.namespace or environ.get("POD_NAMESPACE") or "default"
+
+
+def switch_store_for(
+    settings: Settings, kube: KubeClient | None, *, environ: Mapping[str, str]
+) -> ConfigMapSwitches | None:
+    """Where the operators' switches are kept (``safety.switches``, see
+    :func:`~rollbackd.daemon.switchstores.switches_place`): the ConfigMap every replica watches,
+    or ``None`` for the store. The choice is logged. ``safety.switches: kubernetes`` without
+    Kubernetes access is a :class:`~rollbackd.kube.errors.KubeConfigError`."""
+    if settings.safety.switches == "kubernetes" and kube is None:
+        raise KubeConfigError(
+            "safety.switches is kubernetes, but there is no Kubernetes access (kubernetes.enabled is false, "
+            "or neither a service account nor a kubeconfig was found): set safety.switches to auto or store, "
+            "or give rollbackd a kubeconfig"
+        )
+    if switches_place(settings, kubernetes=kube is not None) == "store" or kube is None:
+        logger.info("the switches set through the API are kept in %s", store_where(settings),
+                    extra={"switches": "store"})
+        return None
+    place = ConfigMapSwitches(
+        kube=kube,
+        namespace=lease_namespace(settings, environ=environ),
+        name=settings.safety.switches_configmap or default_name(settings.leader_election.lease_name),
+    )
+    logger.info("the switches set through the API are kept in %s, watched by every replica", place.where,
+                extra={"switches": "kubernetes"})
+    return place
 
 
 def process_identity(settings: Settings, *, environ: Mapping[str, str]) -> str:
@@ -175,6 +210,7 @@ async def run_daemon(
         stats=SourceStats(source="health", on_error=metrics.count_source_error),
     )
     kube = kube_client_for(settings, environ=environ)
+    switch_store = switch_store_for(settings, kube, environ=environ)  # used once kube is open
     auth = ApiAuth.from_settings(settings.api, environ=environ)
     if settings.api.allow_unauthenticated_writes:
         logger.warning("api.allow_unauthenticated_writes: anyone reaching the port can steer rollbackd")
@@ -240,6 +276,7 @@ async def run_daemon(
                     environ=environ,
                     shutdown_timeout_s=shutdown_timeout_s,
                     probe=client,
+                    switch_store=switch_store,
                 ) as daemon:
                     running.append(daemon)
                     if deadline:  # a signal arrived while the daemon was starting

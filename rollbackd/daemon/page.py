@@ -193,6 +193,10 @@ def target_status(target: _Doc) -> Status:
         return Status(Urgency.WAITING, f"{outcome} rollback: waiting for a proven interval")
     if blocked_by == "attribution-pending" and decision.get("escalate") is not True:
         return Status(Urgency.WAITING, "degraded: attribution pending")
+    if blocked_by == "accepted":  # not judged: watched for the next release
+        lifetime = _obj(target.get("lifetime"))
+        accepted = _obj(lifetime.get("accepted")) if lifetime is not None else None
+        return Status(Urgency.HEALTHY, _text(accepted.get("text")) if accepted is not None else "accepted")
     if blocked_by in _HELD_BY:
         return Status(Urgency.ESCALATED, f"held: {_HELD_BY[blocked_by]}")
     if decision.get("escalate") is True or blocked_by:
@@ -286,6 +290,7 @@ def render_status_page(
         "</main>",
         "<footer>Rendered at ",
         f"{_e(generated_at.strftime('%Y-%m-%d %H:%M:%S %Z'))}, refreshes every {refresh_s}s. ",
+        _switches_kept_in(doc.get("switches_kept_in")),
         'The same data as JSON: <a href="api/v1/targets">api/v1/targets</a>.</footer>',
         f"</div><script>{LIVE_SCRIPT}</script></body></html>",
     ]
@@ -321,6 +326,11 @@ def _banner(
         f'<header><h1>rollbackd <span class="version">{_e(version)}</span></h1>'
         f'<div class="pills">{"".join(pills)}</div></header>'
     )
+
+
+def _switches_kept_in(value: JsonValue) -> str:
+    """The footer's ``Switches are kept in WHERE.``; empty when the document does not say."""
+    return f"Switches are kept in {_e(value)}. " if isinstance(value, str) else ""
 
 
 def _set_by(value: JsonValue) -> str:
@@ -492,14 +502,18 @@ def _card(
         f'<span class="source">{_e(_source(target))}</span>'
         f'<span class="evaluated">{_e(evaluated)}</span></div>'
     )
-    left = "" if decision is None else _reasons(decision, last_rollback)
+    rolled_back = _rolled_back(target)
+    left = "" if decision is None else _reasons(decision, last_rollback, rolled_back=rolled_back)
     left += _restraints(target, generated_at=generated_at)
-    right = "" if evidence is None else _findings(evidence)
+    series = _obj(target.get("series"))
+    pooled = _obj(series.get("window_pooled")) if series is not None else None
+    right = "" if evidence is None else _findings(evidence, pooled)
+    facts = _facts(evidence, decision, last_rollback, generated_at=generated_at, rolled_back=rolled_back)
     return (
         f'<article class="target {status.css}" data-key="{_e(key)}" data-status="{status.css}">'
-        f"{head}{_facts(evidence, decision, last_rollback, generated_at=generated_at)}"
+        f"{head}{facts}"
         f'<div class="body"><div class="left">{left}</div><div class="right">{right}</div></div>'
-        f"{render_charts(_obj(target.get('series')))}{_timeline(timeline)}</article>"
+        f"{render_charts(series)}{_timeline(timeline)}</article>"
     )
 
 
@@ -517,19 +531,45 @@ def _fact(name: str, value: str, *, css: str = "") -> str:
     return f"<div><dt>{_e(name)}</dt><dd{cls}>{_e(value)}</dd></div>"
 
 
+#: The API's target states a rollback run puts its target in (``state``): the run, not the
+#: latest tick, says where the target stands.
+_RUN_STATES = frozenset(
+    {"rolling-back", "verifying", "rolled-back", "rollback-failed", "verification-failed"}
+)
+
+
+def _rolled_back(target: _Doc) -> str | None:
+    """Where the target's rollback stands in the badge's words (``rolled back, verifying``), when
+    its rollback run says where the target stands (the API's ``state``); ``None`` otherwise."""
+    run = _obj(target.get("rollback"))
+    if run is None or _obj(target.get("last_rollback")) is None:
+        return None
+    if _text(target.get("state")) not in _RUN_STATES:
+        return None
+    phase = _text(run.get("phase"))
+    return _RUN_BADGES.get(phase, phase)
+
+
 def _facts(
-    evidence: _Doc | None, decision: _Doc | None, last_rollback: _Doc | None, *, generated_at: datetime
+    evidence: _Doc | None,
+    decision: _Doc | None,
+    last_rollback: _Doc | None,
+    *,
+    generated_at: datetime,
+    rolled_back: str | None = None,
 ) -> str:
+    """The target's facts in a row. While its rollback says where it stands (``rolled_back``),
+    the outcome is the rollback's, the impact and blame those it was decided on, and the latest
+    tick's outcome is told apart."""
     if decision is None:
         return '<p class="muted">Not evaluated yet.</p>'
+    if rolled_back is not None and last_rollback is not None:
+        return _rollback_facts(decision, last_rollback, rolled_back)
     facts = [_fact("outcome", _text(decision.get("outcome")))]
     if last_rollback is None:
         facts.append(_fact("rollback decided", "no"))
     else:
-        mode = _text(last_rollback.get("outcome"))
-        dry = ", dry-run" if last_rollback.get("dry_run") is True else ""
-        ago = human_duration(_num(last_rollback.get("age_s")) or 0.0)
-        facts.append(_fact("rollback decided", f"yes, {ago} ago ({mode}{dry})", css="hot"))
+        facts.append(_fact("rollback decided", _decided(last_rollback), css="hot"))
     if evidence is not None:
         impact = _text(evidence.get("impact"))
         facts.append(_fact("impact", impact, css="hot" if impact == "severe" else ""))
@@ -560,6 +600,31 @@ def _facts(
     return f'<dl class="facts">{"".join(facts)}</dl>'
 
 
+def _decided(last_rollback: _Doc) -> str:
+    """``yes, 40s ago (immediate)``."""
+    mode = _text(last_rollback.get("outcome"))
+    dry = ", dry-run" if last_rollback.get("dry_run") is True else ""
+    ago = human_duration(_num(last_rollback.get("age_s")) or 0.0)
+    return f"yes, {ago} ago ({mode}{dry})"
+
+
+def _rollback_facts(decision: _Doc, last_rollback: _Doc, rolled_back: str) -> str:
+    """The facts of a target its rollback run stands for: the rollback's outcome, when it was
+    decided, on what impact and blame, and what the latest tick says."""
+    facts = [
+        _fact("outcome", rolled_back, css="hot"),
+        _fact("rollback decided", _decided(last_rollback), css="hot"),
+    ]
+    episode = _obj(last_rollback.get("episode"))
+    if episode is not None:
+        impact = _text(episode.get("impact"))
+        blame = _BLAME.get(_text(episode.get("attribution")), _text(episode.get("attribution")))
+        css = "hot" if impact == "severe" else ""
+        facts.append(_fact("decided on", f"{impact} impact, blamed on {blame}", css=css))
+    facts.append(_fact("latest tick", _text(decision.get("outcome"))))
+    return f'<dl class="facts">{"".join(facts)}</dl>'
+
+
 _SIGNAL_NAMES = {"error_rate": "error rate", "p95": "P95 latency", "health": "health probes"}
 
 
@@ -575,7 +640,24 @@ def _measure(signal: str, value: float | None) -> str:
     return f"{value:g}"
 
 
-def _findings(evidence: _Doc) -> str:
+#: What each conclusion of a finding means, for the reader who hovers its verdict.
+_VERDICT_TITLES = {
+    "breach": "proven above the SLO with the confidence shown",
+    "unproven": "the latest intervals are above the SLO, but not with the confidence a breach needs",
+    "within-lately": "the latest intervals are within the SLO; the window's value still includes "
+    "earlier bad intervals",
+    "within": "the detection window is within the SLO",
+}
+
+#: The pooled window's key of each metric signal (``series.window_pooled``).
+_POOLED_KEYS = {"error_rate": "error_rate", "p95": "p95_ms"}
+
+
+def _findings(evidence: _Doc, pooled: _Doc | None = None) -> str:
+    """The evidence table: per signal its value, the SLO, the baseline, the confidence of the
+    verdict (saying of what: above or within the SLO) and the verdict. The baseline is the one the
+    finding compared with (a breach: over the breach's intervals), else the baseline over the
+    detection window as the charts draw it (``pooled``: ``series.window_pooled``)."""
     findings = [f for f in (_obj(v) for v in _list(evidence.get("findings"))) if f is not None]
     candidate = _count(_num(evidence.get("candidate_requests")))
     baseline = _count(_num(evidence.get("baseline_requests")))
@@ -583,33 +665,26 @@ def _findings(evidence: _Doc) -> str:
     if not findings:
         note = "no findings: not enough data" if evidence.get("inconclusive") is True else "no findings"
         return f'<p class="muted">{_e(note)}</p>{traffic}'
+    required = _num(evidence.get("confidence_required"))
+    window_baseline = _obj(pooled.get("baseline")) if pooled is not None else None
     rows = []
     for finding in findings:
         signal = _text(finding.get("signal"))
         value = _num(finding.get("value"))
         threshold = _num(finding.get("threshold"))
-        confidence = _num(finding.get("confidence"))
-        breached = finding.get("breached") is True
-        if breached:
-            verdict = "SEVERE breach" if finding.get("severe") is True else "breach"
-            if finding.get("attributable") is True:
-                verdict += ", attributable"
-            else:
-                blame = _BLAME.get(_text(finding.get("attribution")))
-                verdict += f", not attributable ({blame})" if blame else ", not attributable"
-            css = "hot" if finding.get("severe") is True else "warm"
-        elif value is not None and threshold is not None and value > threshold:
-            verdict, css = "above the SLO, not proven", "warm"
-        else:
-            verdict, css = "within the SLO", "ok"
+        verdict, css, confidence = _verdict(finding, required)
+        meaning = _VERDICT_TITLES.get(_text(finding.get("conclusion")), "")
+        base, base_title = _baseline(signal, finding, window_baseline)
+        above = value is not None and threshold is not None and value > threshold
+        value_css = css if css != "ok" or not above else "warm"  # above the SLO, whatever the verdict
         rows.append(
-            f'<tr title="{_e(_text(finding.get("detail")))}">'
+            f'<tr data-signal="{_e(signal)}" title="{_e(_text(finding.get("detail")))}">'
             f"<td>{_e(_SIGNAL_NAMES.get(signal, signal))}</td>"
-            f'<td class="num {css}">{_e(_measure(signal, value))}</td>'
+            f'<td class="num {value_css}">{_e(_measure(signal, value))}</td>'
             f'<td class="num">{_e(_measure(signal, threshold))}</td>'
-            f'<td class="num">{_e(_measure(signal, _num(finding.get("baseline_value"))))}</td>'
-            f'<td class="num">{_e(_percent(confidence))}</td>'
-            f'<td class="{css}">{_e(verdict)}</td></tr>'
+            f'<td class="num baseline" title="{_e(base_title)}">{_e(base)}</td>'
+            f'<td class="num confidence">{_e(confidence)}</td>'
+            f'<td class="verdict {css}" title="{_e(meaning)}">{_e(verdict)}</td></tr>'
         )
     return (
         '<table class="findings"><thead><tr><th>signal</th><th class="num">value</th>'
@@ -619,8 +694,71 @@ def _findings(evidence: _Doc) -> str:
     )
 
 
-def _reasons(decision: _Doc, last_rollback: _Doc | None) -> str:
+def _verdict(finding: _Doc, required: float | None) -> tuple[str, str, str]:
+    """A finding's verdict, its style, and the confidence of that verdict saying of what (``99.9%
+    above``: that the signal is above the SLO; ``99.9% within``: within it)."""
+    signal = _text(finding.get("signal"))
+    conclusion = _text(finding.get("conclusion"))
+    confidence = _num(finding.get("confidence"))
+    needed = f", {_percent(required)} needed" if required is not None else ""
+    if signal == "health":  # probes, not statistics: the verdict says it all
+        if finding.get("breached") is True:
+            return _breach_words(finding), "hot", "consecutive probes"
+        if conclusion == "unproven":
+            return "failing, not on enough consecutive probes yet", "warm", "-"
+        return "answering 2xx", "ok", "-"
+    if finding.get("breached") is True or conclusion == "breach":
+        css = "hot" if finding.get("severe") is True else "warm"
+        return _breach_words(finding), css, f"{_percent(confidence)} above"
+    if conclusion == "unproven":
+        shown = _percent(confidence)
+        return f"above the SLO, not proven ({shown}{needed})", "warm", f"{shown} above"
+    if conclusion == "within-lately":
+        return "back within the SLO lately", "ok", f"{_percent(confidence)} within"
+    return "within the SLO", "ok", f"{_percent(confidence)} within"
+
+
+def _breach_words(finding: _Doc) -> str:
+    verdict = "SEVERE breach" if finding.get("severe") is True else "breach"
+    if finding.get("attributable") is True:
+        return verdict + ", attributable"
+    blame = _BLAME.get(_text(finding.get("attribution")))
+    return verdict + (f", not attributable ({blame})" if blame else ", not attributable")
+
+
+def _baseline(signal: str, finding: _Doc, window: _Doc | None) -> tuple[str, str]:
+    """The baseline cell of a finding, and what it is (its title)."""
+    compared = _num(finding.get("baseline_value"))
+    if compared is not None:
+        return _measure(signal, compared), "the baseline the breach was compared with, over its intervals"
+    key = _POOLED_KEYS.get(signal)
+    if key is None:
+        return "", ""
+    if window is None:
+        return "none", "no baseline traffic in the detection window"
+    pooled = _num(window.get(key))
+    if pooled is None:
+        return "none", "the baseline has no data for this signal in the detection window"
+    return _measure(signal, pooled), "the baseline over the detection window, as the charts draw it"
+
+
+def _reasons(decision: _Doc, last_rollback: _Doc | None, *, rolled_back: str | None = None) -> str:
+    """The decision's reasons: the first one shown, the others folded. While a rollback says where
+    the target stands (``rolled_back``), the rollback's reasons come first and the latest tick's
+    are folded under its first one."""
     reasons = [_text(r) for r in _list(decision.get("reasons"))]
+    if rolled_back is not None and last_rollback is not None:
+        why = [_text(r) for r in _list(last_rollback.get("reasons"))]
+        headline = f"{rolled_back.capitalize()}: {why[0]}" if why else rolled_back.capitalize()
+        parts = [f'<p class="reason">{_e(headline)}</p>']
+        if len(why) > 1:
+            parts.append(_details(f"{len(why) - 1} more reasons for the rollback", why[1:]))
+        latest = f"latest tick ({_text(decision.get('outcome'))}): {reasons[0] if reasons else ''}"
+        if len(reasons) > 1:
+            parts.append(_details(latest, reasons[1:]))
+        else:
+            parts.append(f'<p class="latest-tick muted">{_e(latest)}</p>')
+        return "".join(parts)
     parts = []
     if reasons:
         parts.append(f'<p class="reason">{_e(reasons[0])}</p>')
@@ -761,6 +899,7 @@ def _restraints(target: _Doc, *, generated_at: datetime) -> str:
             f'{_e(_text(accepted.get("at")))}: {_e(_text(accepted.get("reason")))} '
             "(not judged until the next revision)</p>"
         )
+    lines.append(_lifetime(target))
     release = _obj(target.get("release"))
     if release is not None:
         what = _text(release.get("description")) or _text(release.get("id"))
@@ -782,6 +921,28 @@ def _restraints(target: _Doc, *, generated_at: datetime) -> str:
                 f"{_e(_clock(generated_at, remaining))}): {meaning}</p>"
             )
     return "".join(lines)
+
+
+def _lifetime(target: _Doc) -> str:
+    """The release judged now: since when, or how it was accepted; and how the one before ended."""
+    release = _obj(target.get("lifetime"))
+    if release is None:
+        return ""
+    revision = release.get("revision")
+    which = f"Revision {revision}" if revision is not None else "Release"
+    accepted = _obj(release.get("accepted"))
+    if accepted is not None:
+        reason = _text(accepted.get("reason"))
+        text = f"{_text(accepted.get('text'))}" + (f": {reason}" if reason else "")
+        at = _text(accepted.get("at"))
+        line = f"<b>{_e(which)}</b> {_e(text)}, at {_e(at)}: watched for the next release"
+    else:
+        judged = human_duration(_num(release.get("judged_s")) or 0.0)
+        line = f"<b>{_e(which)}</b> judged for {_e(judged)} (since {_e(_text(release.get('started_at')))})"
+    previous = _obj(release.get("previous"))
+    if previous is not None:
+        line += f"; revision {_e(_text(previous.get('revision')))} {_e(_text(previous.get('text')))}"
+    return f'<p class="lifetime">{line}</p>'
 
 
 # --- small helpers -----------------------------------------------------------------------------

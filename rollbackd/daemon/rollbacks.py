@@ -42,7 +42,7 @@ from rollbackd.actions.base import (
 )
 from rollbackd.actions.reconcilers import REVERT_IN_GIT, suspensions_in
 from rollbackd.aiotasks import STOP_TIMEOUT_S, stop_tasks
-from rollbackd.model import Decision, HealthCheck, Observation, Sample, Strategy
+from rollbackd.model import OWN_PAST, Decision, HealthCheck, Observation, Sample, Strategy
 from rollbackd.params import TargetParams
 from rollbackd.run import Phase, RollbackRun, TargetAccess
 from rollbackd.runrecord import RecordedChange, RunRecord
@@ -119,8 +119,8 @@ def serving_side(
 ) -> tuple[Sample | None, tuple[HealthCheck, ...] | None]:
     """Which side of an observation is the version traffic went back to: the stable / previous
     colour (baseline) for canary and blue-green, the target itself when it is judged against its
-    own past (a Deployment undo, a command)."""
-    if strategy.own_past:
+    own past (a Deployment undo, a feature flag, a command)."""
+    if strategy in OWN_PAST:
         return obs.candidate, obs.health_candidate
     return obs.baseline, obs.health_baseline
 

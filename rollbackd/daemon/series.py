@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from rollbackd.detectors.latency import quantile_ms
+from rollbackd.detectors.latency import merge, quantile_ms
 from rollbackd.model import Observation, Sample
 
 #: The most points a target's series keeps (see the module documentation).
@@ -66,6 +66,18 @@ def _side(sample: Sample | None) -> Side | None:
         return None
     p95 = quantile_ms(sample.latency) if sample.latency is not None else sample.p95_ms
     return Side(sample.requests, sample.errors, p95)
+
+
+def pooled(samples: Iterable[Sample | None]) -> Side | None:
+    """One side over several intervals (``None`` for an interval without data): its requests and
+    errors added up, its P95 that of the merged latency histograms (``None`` without any);
+    ``None`` without any data."""
+    present = [sample for sample in samples if sample is not None]
+    if not present:
+        return None
+    merged = merge(sample.latency for sample in present)
+    p95 = quantile_ms(merged) if merged is not None else None
+    return Side(sum(s.requests for s in present), sum(s.errors for s in present), p95)
 
 
 def point_of(obs: Observation, *, interval_s: float) -> Point:

@@ -1,4 +1,5 @@
-"""The event sinks' delivery on ``/metrics``: read from the dispatcher at each scrape.
+"""The event sinks' delivery on ``/metrics``: read from the dispatcher at each scrape (copied on
+the event loop by :meth:`SinkCollector.refresh`, exported from the copy in the scrape's thread).
 
 - ``rollbackd_events_delivered_total{sink}``: events the sink accepted;
 - ``rollbackd_event_delivery_failures_total{sink}``: failed delivery attempts (each is retried);
@@ -16,6 +17,7 @@ The counters start again from 0 when the store (and with it the dispatcher) is o
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -26,16 +28,23 @@ SinkStatuses = Callable[[], Mapping[str, SinkStatus]]
 
 
 class SinkCollector(Collector):
-    """Exports what ``statuses()`` says about each sink (nothing while no sink is open)."""
+    """Exports what ``statuses()`` said about each sink at the latest :meth:`refresh` (nothing
+    while no sink is open)."""
 
     def __init__(self, statuses: SinkStatuses) -> None:
         self.statuses = statuses
+        self._latest: Mapping[str, SinkStatus] = {}
+
+    def refresh(self) -> None:
+        """Copy the sinks' statuses (on the event loop, where the dispatcher changes them), for the
+        next :meth:`collect`, which may run in another thread."""
+        self._latest = {name: replace(status) for name, status in self.statuses().items()}
 
     def describe(self) -> list[CounterMetricFamily | GaugeMetricFamily]:
         return list(self._families({}))
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        yield from self._families(self.statuses())
+        yield from self._families(self._latest)
 
     @staticmethod
     def _families(

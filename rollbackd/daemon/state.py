@@ -15,12 +15,13 @@ from rollbackd.config.settings import Settings, TargetSettings
 from rollbackd.daemon.probing import ProbeOutcome
 from rollbackd.daemon.series import Series, point_of
 from rollbackd.decision.facts import ClusterFacts, is_newer
+from rollbackd.decision.lifetime import Lifetime
 
 if TYPE_CHECKING:
     from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.decision.rails import HoldBook, RollbackLedger
 from rollbackd.evaluate import TargetEvaluator
-from rollbackd.model import Context, Decision, Evidence, Observation, Risk
+from rollbackd.model import Context, Decision, Evidence, Observation, Risk, TimeText, scenario_time
 from rollbackd.optin import ObjectRef
 from rollbackd.params import TargetParams
 from rollbackd.releases import Release
@@ -50,11 +51,20 @@ class TargetState:
     """One watched target: its resolved parameters, how the sources find it, its evaluator (which
     keeps its own window of observations) and the decisions worth showing."""
 
-    def __init__(self, settings: TargetSettings, *, params: TargetParams, source: SourceTarget) -> None:
+    def __init__(
+        self,
+        settings: TargetSettings,
+        *,
+        params: TargetParams,
+        source: SourceTarget,
+        time_text: TimeText = scenario_time,
+    ) -> None:
         self.settings = settings
         self.params = params
         self.source = source
-        self.evaluator = TargetEvaluator(params)
+        #: How the reasons write a time (the daemon: wall-clock UTC).
+        self.time_text = time_text
+        self.evaluator = TargetEvaluator(params, time_text=time_text)
         #: The decision of the latest tick (any outcome).
         self.latest: Decision | None = None
         #: The latest decision that said "roll back now" (dry-run included).
@@ -75,6 +85,10 @@ class TargetState:
         #: What the status page charts: every interval since the release, bounded (see
         #: :mod:`rollbackd.daemon.series`); kept across rollbacks and reloads.
         self.series = Series()
+        #: The release judged now, how long, and how its judgement ended (see
+        #: :mod:`rollbackd.decision.lifetime`): ``None`` until the first tick, and again after a
+        #: rollback or an announced release (the next tick starts the next one).
+        self.lifetime: Lifetime | None = None
 
     @property
     def key(self) -> str:
@@ -107,6 +121,7 @@ class TargetState:
         if self.release is not None and self.release.started_at > release.started_at:
             return
         self.release, self.release_at = release, at
+        self.lifetime = None  # a new release: judged from the next tick on
         self.evaluator.released(at)
         self.judged_revision = None
 
@@ -120,7 +135,7 @@ class TargetState:
         """This target under changed settings: a new evaluator that has judged the window's
         observations again with the new parameters (the breach-tracking state starts over); what
         the API shows (latest decisions, facts, judged revision) carries over."""
-        fresh = TargetState(settings, params=params, source=source)
+        fresh = TargetState(settings, params=params, source=source, time_text=self.time_text)
         fresh.evaluator = self.evaluator.rejudged(params)
         fresh.latest = self.latest
         fresh.last_rollback = self.last_rollback
@@ -130,13 +145,16 @@ class TargetState:
         fresh.history_failures = self.history_failures
         fresh.series = self.series
         fresh.release, fresh.release_at = self.release, self.release_at
+        fresh.lifetime = self.lifetime
         return fresh
 
 
 class DaemonState:
     """All targets (in configuration order) plus the global switches and safety rails."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, time_text: TimeText = scenario_time) -> None:
+        """``time_text``: how the targets' reasons write a time (the daemon: wall-clock UTC)."""
+        self.time_text = time_text
         self.flags = RuntimeFlags(freeze=settings.safety.freeze, dry_run=settings.safety.dry_run)
         self.max_rollbacks_per_hour = settings.defaults.policy.max_rollbacks_per_hour
         self.holds = HoldBook()
@@ -161,6 +179,7 @@ class DaemonState:
                 target,
                 params=target_params(settings, target),
                 source=source_target(settings, target),
+                time_text=time_text,
             )
             self.targets[state.key] = state
 
@@ -178,7 +197,9 @@ class DaemonState:
                 continue
             params, source = target_params(new, target), source_target(new, target)
             if current is None:
-                targets[target.key] = TargetState(target, params=params, source=source)
+                targets[target.key] = TargetState(
+                    target, params=params, source=source, time_text=self.time_text
+                )
             else:
                 targets[target.key] = current.rebuilt(target, params=params, source=source)
         for key in self.targets.keys() - targets.keys():
@@ -225,9 +246,9 @@ class DaemonState:
             hold = None
         if hold is None and facts is not None and facts.hold is not None:
             hold = facts.hold
-        acceptance = self.accepted.get(target.key)
+        accepted = target.lifetime.accepted if target.lifetime is not None else None
         return Context(
-            accepted=None if acceptance is None else f"by {acceptance.by}: {acceptance.reason}",
+            accepted=None if accepted is None else accepted.why,
             rollback_risk=risk,
             risk_reason=why,
             hold=hold,
@@ -242,6 +263,7 @@ class DaemonState:
             watch=self.ledger.watch_of(target.key, t),
             rollbacks_last_hour=self.ledger.rollbacks_last_hour(t),
             max_rollbacks_per_hour=self.max_rollbacks_per_hour,
+            time_text=self.time_text,
         )
 
     def remember(self, target: TargetState, decision: Decision) -> None:

@@ -7,11 +7,13 @@ then answered. Every replica reads the stored switches again every ``poll_s`` se
 freeze sent to a standby is obeyed by the leader within one poll, and survives restarts and
 fail-overs (a new leader reads it when it starts).
 
-Where they are stored: in the store (``target_state`` rows ``switch:freeze``, ``switch:dry-run``,
-``switch:hold:<namespace>/<name>``, ``switch:accept:…``,
-``switch:rollback:…``). With a shared PostgreSQL store, that is what every replica
-reads; with SQLite (one process), it is what survives a restart. Without any store (tests, a daemon
-given none) the switches live in the process only.
+Where they are stored: in a :class:`~rollbackd.daemon.switchstores.SwitchStore`. Either the store
+(``target_state`` rows ``switch:freeze``, ``switch:dry-run``, ``switch:hold:<namespace>/<name>``,
+``switch:accept:…``, ``switch:rollback:…``): with a shared PostgreSQL store, that is what every
+replica reads; with SQLite (one process), it is what survives a restart. Or a ConfigMap every
+replica watches (:mod:`rollbackd.daemon.switchmap`), for replicas that each have their own SQLite
+file: its watch calls :meth:`SwitchBoard.nudge`, and the switches are read at once. Without any
+store (tests, a daemon given none) the switches live in the process only.
 
 A switch records who set it (the API token's name), why (``reason``) and when (wall clock); a
 hold's end is a wall-clock time too, so it expires at the same moment for every replica and after
@@ -30,7 +32,7 @@ from typing import Any
 
 from rollbackd.aiotasks import poll_forever
 from rollbackd.daemon.state import Acceptance, DaemonState
-from rollbackd.store.base import Store, StoreError
+from rollbackd.daemon.switchstores import SwitchStore, SwitchStoreError
 from rollbackd.store.storable import storable
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,8 @@ _ROLLBACK = "switch:rollback:"
 #: to another replica takes to be obeyed here).
 POLL_S = 2.0
 
-#: Longest wait for the store when a switch is written or read, in seconds.
+#: Longest wait for the store when a switch is written or read, in seconds (a ConfigMap write
+#: retries its conflicts within it).
 STORE_TIMEOUT_S = 5.0
 
 
@@ -146,7 +149,8 @@ class SwitchWriteError(Exception):
 
 class SwitchBoard:
     """The switches of ``state``, written to and read from ``store()`` (``None``: not open, or
-    no store at all, see :attr:`durable`).
+    no store at all, see :attr:`durable`); ``where`` says where that is (the API and the status
+    page show it).
 
     ``loop_clock`` and ``wall_clock`` are the event loop's clock (holds' time base in
     :class:`~rollbackd.daemon.state.DaemonState`) and the wall clock (stored times).
@@ -156,8 +160,9 @@ class SwitchBoard:
         self,
         state: DaemonState,
         *,
-        store: Callable[[], Store | None],
+        store: Callable[[], SwitchStore | None],
         durable: bool,
+        where: str = "the store",
         loop_clock: Callable[[], float],
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         poll_s: float = POLL_S,
@@ -172,6 +177,10 @@ class SwitchBoard:
         self._loop_clock = loop_clock
         self._wall_clock = wall_clock
         self.poll_s = poll_s
+        #: Where the switches are kept (``the ConfigMap rollbackd/rollbackd-switches``).
+        self.where = where if durable else "this process only"
+        #: Set when the stored switches may have changed (a watch saw it): read them at once.
+        self._nudged = asyncio.Event()
         #: The stored value of each key as last applied here (absent: never read).
         self._seen: dict[str, Switch | None] = {}
         #: Who set each switch now in force, and why (for the API and the status page).
@@ -268,8 +277,8 @@ class SwitchBoard:
         try:
             async with asyncio.timeout(STORE_TIMEOUT_S):
                 # A reason the store cannot take as is (a NUL, a lone surrogate) is kept readable.
-                await store.put_state(key, None if switch is None else storable(switch.to_state()))
-        except (StoreError, TimeoutError) as exc:
+                await store.put(key, None if switch is None else storable(switch.to_state()))
+        except (SwitchStoreError, TimeoutError) as exc:
             return str(exc) or f"no answer within {STORE_TIMEOUT_S:g}s"
         return None
 
@@ -298,15 +307,14 @@ class SwitchBoard:
                 return False  # the store still does not answer: what was set here stays
             if self._unsaved.get(key) == switch:
                 del self._unsaved[key]
-        found: dict[str, Switch | None] = {}
         try:
             async with asyncio.timeout(STORE_TIMEOUT_S):
-                for key in self.keys():
-                    found[key] = self._decoded(key, await store.get_state(key))
-        except (StoreError, TimeoutError) as exc:
-            logger.warning("could not read the switches from the store; the ones seen last stay: %s",
+                stored = await store.get(self.keys())
+        except (SwitchStoreError, TimeoutError) as exc:
+            logger.warning("could not read the switches from %s; the ones seen last stay: %s", self.where,
                            exc or f"no answer within {STORE_TIMEOUT_S:g}s")
             return False
+        found = {key: self._decoded(key, state) for key, state in stored.items()}
         for key, switch in found.items():
             if key not in self._seen or self._seen[key] != switch:
                 self._apply(key, switch)
@@ -317,9 +325,15 @@ class SwitchBoard:
                     await self.on_rollback_request(key.removeprefix(_ROLLBACK), switch)
         return True
 
+    def nudge(self) -> None:
+        """The stored switches may have changed (a watch saw it): read them now, not at the next
+        poll."""
+        self._nudged.set()
+
     async def poll_forever(self) -> None:
-        """Read the stored switches every :attr:`poll_s` seconds (the first time at once)."""
-        await poll_forever(self.sync, every_s=lambda: self.poll_s, what="the switches")
+        """Read the stored switches every :attr:`poll_s` seconds (the first time at once), and
+        at once when nudged (:meth:`nudge`)."""
+        await poll_forever(self.sync, every_s=lambda: self.poll_s, what="the switches", wake=self._nudged)
 
     @staticmethod
     def _decoded(key: str, state: Mapping[str, Any] | None) -> Switch | None:

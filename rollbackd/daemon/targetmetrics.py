@@ -1,6 +1,7 @@
 """The watched targets on ``/metrics``: read from the daemon's state at each scrape, so that the
 series of a target go away as soon as the target does (a reload that removes it, or any other
-removal).
+removal). The state is read on the event loop (:meth:`TargetCollector.refresh`), into plain
+values that the scrape's thread exports.
 
 - ``rollbackd_target_state{namespace,target,state}``: one series per state of
   :class:`~rollbackd.events.model.TargetState` and target, 1 for the state the target is in, 0 for
@@ -35,16 +36,23 @@ TargetSamples = Callable[[], Iterable[TargetSample]]
 
 
 class TargetCollector(Collector):
-    """Exports what ``samples()`` says about each target (no series while there is none)."""
+    """Exports what ``samples()`` said about each target at the latest :meth:`refresh` (no series
+    while there is none)."""
 
     def __init__(self, samples: TargetSamples) -> None:
         self.samples = samples
+        self._latest: tuple[TargetSample, ...] = ()
+
+    def refresh(self) -> None:
+        """Read the targets (on the event loop, where they change), for the next :meth:`collect`,
+        which may run in another thread."""
+        self._latest = tuple(self.samples())
 
     def describe(self) -> list[GaugeMetricFamily]:
         return list(self._families(()))
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        yield from self._families(self.samples())
+        yield from self._families(self._latest)
 
     @staticmethod
     def _families(samples: Iterable[TargetSample]) -> Iterator[GaugeMetricFamily]:

@@ -12,10 +12,12 @@ from datetime import datetime, timedelta
 from rollbackd.actions.base import ActionResult
 from rollbackd.actions.targets import action_name
 from rollbackd.daemon.jsonify import JsonValue, to_json_value
-from rollbackd.daemon.series import Point, Side, point_of
+from rollbackd.daemon.series import Point, Side, point_of, pooled
 from rollbackd.daemon.state import DaemonState, RuntimeFlags, TargetState
 from rollbackd.daemon.switches import DRY_RUN, FREEZE, SwitchBoard, accept_key, hold_key
+from rollbackd.daemon.target_state import current_state
 from rollbackd.daemon.wallclock import WallClock, utc_iso
+from rollbackd.decision.lifetime import Accepted, Lifetime
 from rollbackd.decision.verdict import PartnerVerdict, partner_verdict
 from rollbackd.events.build import decided_at as run_decided_at
 from rollbackd.events.build import next_step
@@ -24,11 +26,17 @@ from rollbackd.run import RollbackRun
 from rollbackd.verification import RUNBOOK_ROLLBACK_TARGET_S
 
 
-def evidence_view(evidence: Evidence | None, *, wall: WallClock) -> JsonValue:
+def evidence_view(
+    evidence: Evidence | None, *, wall: WallClock, confidence_required: float | None = None
+) -> JsonValue:
+    """The detectors' evidence; each finding's ``confidence`` is that of its ``conclusion``
+    (``breach``, ``unproven``, ``within-lately``, ``within``), ``confidence_required`` the level a
+    breach must be proven at."""
     if evidence is None:
         return None
     return {
         "t": wall.iso(evidence.t),
+        "confidence_required": to_json_value(confidence_required),
         "impact": evidence.impact.value,
         "attributable": evidence.attributable,
         "attribution": None if evidence.attribution is None else evidence.attribution.value,
@@ -164,18 +172,20 @@ def _side_view(side: Side | None) -> JsonValue:
     }
 
 
-def _point_view(point: Point) -> JsonValue:
+def point_view(point: Point, *, wall: WallClock | None = None) -> JsonValue:
+    """One point of the charts: its times in wall-clock UTC with ``wall`` (the API), else as the
+    seconds they are (a backtest's recording, timed from its start)."""
     return {
-        "start": to_json_value(point.start),
-        "t": to_json_value(point.t),
+        "start": to_json_value(point.start) if wall is None else wall.iso(point.start),
+        "t": to_json_value(point.t) if wall is None else wall.iso(point.t),
         "candidate": _side_view(point.candidate),
         "baseline": _side_view(point.baseline),
     }
 
 
-def marks_view(target: TargetState, run: RollbackRun | None) -> list[JsonValue]:
-    """What the charts mark, oldest first (seconds on the loop clock, like the points): the breach's
-    first bad interval (the episode's onset), the rollback decision, the action done, the
+def marks_view(target: TargetState, run: RollbackRun | None, *, wall: WallClock) -> list[JsonValue]:
+    """What the charts mark, oldest first (wall-clock UTC, like the points): the breach's first
+    bad interval (the episode's onset), the rollback decision, the action done, the
     verification's verdict."""
     marks: list[JsonValue] = []
     decided = target.last_rollback
@@ -183,39 +193,86 @@ def marks_view(target: TargetState, run: RollbackRun | None) -> list[JsonValue]:
     if episode is None and target.latest is not None:
         episode = target.latest.episode
     if episode is not None:
-        marks.append({"kind": "first-bad", "t": to_json_value(episode.onset), "label": "first bad interval"})
+        marks.append({"kind": "first-bad", "t": wall.iso(episode.onset), "label": "first bad interval"})
     if decided is not None:
         label = f"rollback decided ({decided.outcome.value})"
         if decided.dry_run:
             label = "would roll back (dry-run)"
-        marks.append({"kind": "decision", "t": to_json_value(decided.t), "label": label})
+        marks.append({"kind": "decision", "t": wall.iso(decided.t), "label": label})
     if run is not None:
         if run.acted_at is not None and run.action is not None:
             marks.append({
                 "kind": "action",
-                "t": to_json_value(run.acted_at),
+                "t": wall.iso(run.acted_at),
                 "label": f"{run.action.action}: {run.action.outcome.value}",
             })
         if run.finished_at is not None:
-            marks.append({"kind": "verdict", "t": to_json_value(run.finished_at), "label": run.phase.value})
+            marks.append({"kind": "verdict", "t": wall.iso(run.finished_at), "label": run.phase.value})
     return marks
 
 
-def series_view(target: TargetState, run: RollbackRun | None, *, now: float) -> JsonValue:
+def window_view(target: TargetState) -> JsonValue:
+    """Each side's error rate and P95 over the whole detection window (every interval the
+    detection window chart draws, pooled: errors over requests, the P95 of the merged latency
+    histograms): what the evidence table shows as the baseline when a finding has none of its own."""
+    observations = target.observations
+    return {
+        "candidate": _side_view(pooled(obs.candidate for obs in observations)),
+        "baseline": _side_view(pooled(obs.baseline for obs in observations)),
+    }
+
+
+def series_view(target: TargetState, run: RollbackRun | None, *, now: float, wall: WallClock) -> JsonValue:
     """The charts' data: the SLO, every interval of the detection window, the release's series
-    (downsampled, at most ``max_points``) and the marks."""
+    (downsampled, at most ``max_points``) and the marks; times in wall-clock UTC, ``now`` the
+    time of the answer."""
     interval_s = target.params.interval_s
     return {
-        "now": to_json_value(now),
+        "now": wall.iso(now),
         "interval_s": to_json_value(interval_s),
         "max_points": target.series.max_points,
         "slo": {
             "error_rate": to_json_value(target.params.slo.max_error_rate),
             "p95_ms": to_json_value(target.params.slo.max_p95_ms),
         },
-        "window": [_point_view(point_of(obs, interval_s=interval_s)) for obs in target.observations],
-        "release": [_point_view(point) for point in target.series.points],
-        "marks": marks_view(target, run),
+        "window": [
+            point_view(point_of(obs, interval_s=interval_s), wall=wall) for obs in target.observations
+        ],
+        "window_pooled": window_view(target),
+        "release": [point_view(point, wall=wall) for point in target.series.points],
+        "marks": marks_view(target, run, wall=wall),
+    }
+
+
+def _ending_view(ended: Accepted, *, wall: WallClock) -> dict[str, JsonValue]:
+    return {
+        "how": ended.how.value,
+        "text": ended.text,
+        "at": wall.iso(ended.at),
+        "judged_s": to_json_value(round(ended.judged_s, 6)),
+        "by": ended.by,
+        "reason": ended.reason,
+        "superseded_by": ended.revision,
+    }
+
+
+def lifetime_view(release: Lifetime | None, *, now: float, wall: WallClock) -> JsonValue:
+    """The release judged now (see :mod:`rollbackd.decision.lifetime`): since when, which
+    revision, whether it is still judged (``state`` ``judged``) or ``accepted`` and how, and how
+    the release before it ended (``previous``: superseded by this one)."""
+    if release is None:
+        return None
+    return {
+        "state": "judged" if release.accepted is None else "accepted",
+        "revision": release.revision,
+        "started_at": wall.iso(release.started_at),
+        "judged_s": to_json_value(round(
+            (release.accepted.at if release.accepted is not None else now) - release.started_at, 6
+        )),
+        "accepted": None if release.accepted is None else _ending_view(release.accepted, wall=wall),
+        "previous": None if release.previous is None else {
+            "revision": release.previous_revision, **_ending_view(release.previous, wall=wall),
+        },
     }
 
 
@@ -244,7 +301,14 @@ def target_view(
         "name": target.settings.name,
         "strategy": target.params.strategy.value,
         **origin_view(state, target.key),
-        "evidence": evidence_view(latest.evidence if latest is not None else None, wall=wall),
+        # Where the target stands (as rollbackd_target_state and the retained status say it): a
+        # rollback's phase while it runs, its verdict until a conclusive decision after it.
+        "state": current_state(latest, run).value,
+        "evidence": evidence_view(
+            latest.evidence if latest is not None else None,
+            wall=wall,
+            confidence_required=target.params.detection.confidence,
+        ),
         "decision": decision_view(latest, now=now, wall=wall),
         "last_rollback": decision_view(target.last_rollback, now=now, wall=wall),
         "rollback": rollback_view(run, now=now, wall=wall),
@@ -263,6 +327,7 @@ def target_view(
         },
         "accepted": accepted.view() if accepted is not None else None,
         "release": to_json_value(target.release.to_json()) if target.release is not None else None,
+        "lifetime": lifetime_view(target.lifetime, now=now, wall=wall),
         "cooldown": None
         if cooldown_until is None
         else {
@@ -277,7 +342,7 @@ def target_view(
             "until": wall.iso(watch.until),
             "remaining_s": to_json_value(round(watch.until - now, 6)),
         },
-        "series": series_view(target, run, now=now),
+        "series": series_view(target, run, now=now, wall=wall),
     }
 
 
@@ -307,8 +372,9 @@ def opt_ins_view(state: DaemonState) -> JsonValue:
 
 
 def flags_view(flags: RuntimeFlags, switches: SwitchBoard | None = None) -> JsonValue:
-    """The global switches, and who set each last through the API, why and when
-    (``freeze_set`` / ``dry_run_set``; ``null`` when set by the configuration file)."""
+    """The global switches, who set each last through the API, why and when (``freeze_set`` /
+    ``dry_run_set``; ``null`` when set by the configuration file), and where the switches are kept
+    for every replica (``switches_kept_in``: the store, or the ConfigMap every replica watches)."""
     freeze = switches.who(FREEZE) if switches is not None else None
     dry_run = switches.who(DRY_RUN) if switches is not None else None
     return {
@@ -316,6 +382,7 @@ def flags_view(flags: RuntimeFlags, switches: SwitchBoard | None = None) -> Json
         "dry_run": flags.dry_run,
         "freeze_set": None if freeze is None else freeze.view(),
         "dry_run_set": None if dry_run is None else dry_run.view(),
+        "switches_kept_in": "this process only" if switches is None else switches.where,
     }
 
 

@@ -20,6 +20,7 @@ from rollbackd.daemon.journal import Journal
 from rollbackd.daemon.leader import Leadership
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.storekeeper import RETRY_S, keep_store
+from rollbackd.daemon.switchstores import SwitchStore
 from rollbackd.kube import KubeClient
 from rollbackd.run import TargetAccess
 from rollbackd.sources.base import HealthSource, MetricsSource
@@ -41,6 +42,7 @@ async def open_daemon(
     shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
     store_retry_s: float = RETRY_S,
     probe: Queries | None = None,
+    switch_store: SwitchStore | None = None,
 ) -> AsyncIterator[Daemon]:
     """Run a daemon for ``settings`` with its store and events, and yield it once its HTTP server
     listens; on exit, stop it gracefully, record the stop and let the event sinks drain.
@@ -67,6 +69,8 @@ async def open_daemon(
     - ``shutdown_timeout_s``: how long a graceful stop waits for the daemon's root tasks.
     - ``probe``: the Prometheus client the daemon probes the targets' series with once at start
       (``None``: no probe).
+    - ``switch_store``: where the operators' switches are kept when not in the store (the
+      ConfigMap every replica watches, :mod:`rollbackd.daemon.switchmap`).
     """
     journal = Journal(required=True)
     stopping = asyncio.Event()
@@ -97,6 +101,7 @@ async def open_daemon(
                 journal=journal,
                 shutdown_timeout_s=shutdown_timeout_s,
                 probe=probe,
+                switch_store=switch_store,
             ) as daemon:
                 if kube is None:
                     yield daemon

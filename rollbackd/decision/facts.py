@@ -87,6 +87,8 @@ def _rollback_target(
         return True, ""
     if strategy is Strategy.ARGO_ROLLOUT:
         return _rollout_target(candidate, baseline)
+    if strategy is Strategy.FEATURE_FLAG:
+        return True, ""  # turning the flag off needs nothing of the cluster
     role = "stable Deployment" if strategy is Strategy.CANARY else "previous colour's Deployment"
     if baseline is None:
         return False, f"the {role} to go back to does not exist"

@@ -27,8 +27,9 @@ a new rollback into an escalation, never a second automatic rollback. Dry-run
 keeps the verdict but marks it so nothing acts on it. A standby replica (leader election) decides
 like the leader but never acts: its rollback decisions are blocked by ``standby``. While the audit
 trail cannot be written (the store is down), rollback decisions are blocked by ``store``. A release
-an operator accepted (:attr:`~rollbackd.model.Context.accepted`) is neither rolled back nor
-escalated: blocked by ``accepted``, until the next revision ends the acceptance.
+accepted (:attr:`~rollbackd.model.Context.accepted`: by an operator, or after
+``policy.accept_after_s``; see :mod:`rollbackd.decision.lifetime`) is neither rolled back nor
+escalated: every decision is blocked by ``accepted``, until the next revision ends the acceptance.
 """
 
 from __future__ import annotations
@@ -49,11 +50,7 @@ class DecisionState:
     episode: Episode | None = None
 
 
-def _fmt_t(t: float) -> str:
-    return f"t={t:g}s"
-
-
-def _fmt_d(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     """A duration for people: 45s, 2m, 1m30s, 1h5m."""
     total = max(0, round(seconds))
     h, rest = divmod(total, 3600)
@@ -63,6 +60,9 @@ def _fmt_d(seconds: float) -> str:
     if m:
         return f"{m}m{s}s" if s else f"{m}m"
     return f"{s}s"
+
+
+_fmt_d = duration_text  # short, for the reasons' long f-strings
 
 
 def _merged(known: Attribution, latest: Attribution) -> Attribution:
@@ -105,9 +105,10 @@ def _track(evidence: Evidence, state: DecisionState) -> DecisionState:
 
 
 def _apply_rails(decision: Decision, ctx: Context, t: float) -> Decision:
-    if ctx.accepted is not None and (decision.rollback or decision.escalate):
-        # An operator said the release is good: neither rolled back nor escalated until the next one.
-        why = (*decision.reasons, f"release accepted ({ctx.accepted}): not judged until the next revision")
+    if ctx.accepted is not None:
+        # Accepted (by time or by an operator): watched for the next release, neither rolled back
+        # nor escalated; every decision says so, so the target's state is "accepted".
+        why = (*decision.reasons, f"release {ctx.accepted}: not judged until the next revision")
         return replace(decision, rollback=False, escalate=False, blocked_by="accepted", reasons=why)
     if not decision.rollback:
         return decision
@@ -203,7 +204,8 @@ def _breach_verdict(
         if t >= onset + grace + params.interval_s:
             return _Verdict(
                 Outcome.NONE,
-                f"{word} SLO breach for {_fmt_d(lasted)} (since {_fmt_t(onset)}), longer than the {grace:g}s "
+                f"{word} SLO breach for {_fmt_d(lasted)} (since {ctx.time_text(onset)}), "
+                f"longer than the {grace:g}s "
                 f"grace: the baseline is within the SLO and the new version is not significantly worse "
                 f"than {ratio:g}x it; not rolling back, escalating so someone looks",
                 escalate=True,
@@ -211,7 +213,8 @@ def _breach_verdict(
             )
         return _Verdict(
             Outcome.NONE,
-            f"{word} SLO breach proven for {_fmt_d(lasted)} (since {_fmt_t(onset)}), attribution pending: "
+            f"{word} SLO breach proven for {_fmt_d(lasted)} (since {ctx.time_text(onset)}), "
+            "attribution pending: "
             f"the baseline is within the SLO and the new version is not yet significantly worse than "
             f"{ratio:g}x it; watching",
             blocked_by="attribution-pending",
@@ -239,13 +242,13 @@ def _breach_verdict(
             return _Verdict(
                 Outcome.NONE,
                 f"{word} breach, but a {hold.reason} hold runs {_fmt_d(hold.until - t)} more "
-                f"(until {_fmt_t(hold.until)}): holding",
+                f"(until {ctx.time_text(hold.until)}): holding",
                 blocked_by="hold",
                 waiting_since=since,
             )
         return _Verdict(
             Outcome.CONTROLLED,
-            f"{hold.reason} hold expired {_fmt_d(t - hold.until)} ago ({_fmt_t(hold.until)}) with the "
+            f"{hold.reason} hold expired {_fmt_d(t - hold.until)} ago ({ctx.time_text(hold.until)}) with the "
             f"{word} breach still there: controlled rollback",
             rollback=True,
             waiting_since=since,
@@ -265,13 +268,14 @@ def _breach_verdict(
         return _Verdict(
             Outcome.CONTROLLED,
             f"manageable breach attributable to the new version for {_fmt_d(t - since)} "
-            f"(since {_fmt_t(since)}), still there after the {grace:g}s grace: controlled rollback",
+            f"(since {ctx.time_text(since)}), still there after the {grace:g}s grace: controlled rollback",
             rollback=True,
             waiting_since=since,
         )
     return _Verdict(
         Outcome.CONTROLLED,
-        f"manageable breach attributable to the new version for {_fmt_d(t - since)} (since {_fmt_t(since)}): "
+        f"manageable breach attributable to the new version for {_fmt_d(t - since)} "
+        f"(since {ctx.time_text(since)}): "
         f"waiting {_fmt_d(due - t)} more of the {grace:g}s grace for recovery or a fix",
         waiting_since=since,
     )
@@ -345,7 +349,7 @@ def decide(
         else:
             gap = "the breach is not proven this interval"
         why = (
-            f"{episode.impact.value} breach episode open since {_fmt_t(episode.onset)}, but {gap}: "
+            f"{episode.impact.value} breach episode open since {ctx.time_text(episode.onset)}, but {gap}: "
             "rolling back only on an interval whose breach is proven"
         )
         kept = replace(

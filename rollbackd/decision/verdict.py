@@ -9,7 +9,8 @@ A partner asks "should this release go?" and gets one of three answers, from the
   :data:`OWN_ACTING_LIMITS`), or a rollback of the target already under way. A partner that asks
   acts itself; those limits are about rollbackd's actions, not about the release;
 - ``pass``: no breach, with enough data to say so (no breach episode open, the latest interval
-  conclusive and within the SLO);
+  conclusive and within the SLO), or a release accepted (by an operator, or after
+  ``policy.accept_after_s``: see :mod:`rollbackd.decision.lifetime`);
 - ``inconclusive``: everything else: no decision yet, a decision older than the staleness bound,
   not enough data, a breach still being attributed or within its controlled grace, a proven breach
   the runbook does not roll back for (the baseline is as bad, rollback risk too high, a newer
@@ -88,6 +89,6 @@ def partner_verdict(decision: Decision | None, *, now: float, interval_s: float)
         and not evidence.inconclusive
         and not evidence.breached
     )
-    if healthy:
+    if healthy or decision.blocked_by == "accepted":
         return of(Verdict.PASS, decision.reasons)
     return of(Verdict.INCONCLUSIVE, decision.reasons)

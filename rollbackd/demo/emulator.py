@@ -91,12 +91,12 @@ Obj = dict[str, Any]
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
 REPLICASETS = kmock.resource("apps", "v1", "replicasets")
 SERVICES = kmock.resource("", "v1", "services")
-CONFIGMAPS = kmock.resource("", "v1", "configmaps")
 ENDPOINTS = kmock.resource("", "v1", "endpoints")
 CORE_EVENTS = kmock.resource("", "v1", "events")
 INGRESSES = kmock.resource("networking.k8s.io", "v1", "ingresses")
 ENDPOINTSLICES = kmock.resource("discovery.k8s.io", "v1", "endpointslices")
 LEASES = kmock.resource("coordination.k8s.io", "v1", "leases")
+CONFIGMAPS = kmock.resource("", "v1", "configmaps")
 EVENTS = kmock.resource("events.k8s.io", "v1", "events")
 HTTPROUTES = kmock.resource("gateway.networking.k8s.io", "v1", "httproutes")
 GRPCROUTES = kmock.resource("gateway.networking.k8s.io", "v1", "grpcroutes")
@@ -116,12 +116,12 @@ RESOURCES: Mapping[kmock.resource, tuple[str, frozenset[str]]] = {
     DEPLOYMENTS: ("Deployment", frozenset({"status", "scale"})),
     REPLICASETS: ("ReplicaSet", frozenset({"status", "scale"})),
     SERVICES: ("Service", frozenset({"status"})),
-    CONFIGMAPS: ("ConfigMap", frozenset()),
     ENDPOINTS: ("Endpoints", frozenset()),
     CORE_EVENTS: ("Event", frozenset()),
     INGRESSES: ("Ingress", frozenset({"status"})),
     ENDPOINTSLICES: ("EndpointSlice", frozenset()),
     LEASES: ("Lease", frozenset()),
+    CONFIGMAPS: ("ConfigMap", frozenset()),
     EVENTS: ("Event", frozenset()),
     HTTPROUTES: ("HTTPRoute", frozenset({"status"})),
     GRPCROUTES: ("GRPCRoute", frozenset({"status"})),

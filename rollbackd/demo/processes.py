@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import shutil
 import signal
 import socket
@@ -45,12 +46,48 @@ class ProcessStartError(RuntimeError):
     """A helper process did not come up; the message holds the tail of its log."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+#: The kernel's range of ephemeral ports, where it picks the local port of every outgoing connection.
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+#: Ports below this are left to the machine's services.
+_LOWEST_PORT = 20_000
+_random = random.Random()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(part) for part in _EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return 32_768, 60_999  # Linux's default
+    return low, high
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, for a server started next.
+
+    Picked at random outside the kernel's ephemeral range: a port the kernel hands out (bind to 0)
+    comes from that range, where every outgoing connection on the machine takes its local port too,
+    and under load one took the port between its pick and the server's bind (the suite's
+    "address already in use" failures)."""
+    low, high = _ephemeral_range()
+    ranges = [(lo, hi) for lo, hi in ((_LOWEST_PORT, low - 1), (high + 1, 65_535)) if hi - lo >= 1_000]
+    for _ in range(100):
+        lo, hi = _random.choice(ranges) if ranges else (_LOWEST_PORT, 65_535)
+        port = _random.randint(lo, hi)
+        if _bindable(port):
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a crowded machine: the kernel's pick
         sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        picked: int = sock.getsockname()[1]
+        return picked
 
 
 def find_prometheus(configured: str | None = None) -> str | None:
@@ -207,6 +244,11 @@ class SampleAppProcess(_Process):
         log_dir: Path | None = None,
         shape: str = "default",
         pod: str | None = None,
+        flag: str | None = None,
+        flag_error_rate: float = 0.3,
+        admin_token_file: Path | None = None,
+        flag_dsn_file: Path | None = None,
+        flag_table: str | None = None,
     ) -> None:
         self.deployment = deployment
         self.namespace = namespace
@@ -218,6 +260,12 @@ class SampleAppProcess(_Process):
         }
         if pod is not None:
             self.options["--pod"] = pod
+        if flag is not None:
+            self.options.update({"--flag": flag, "--flag-error-rate": flag_error_rate})
+        for option, value in (("--admin-token-file", admin_token_file), ("--flag-dsn-file", flag_dsn_file),
+                              ("--flag-table", flag_table)):
+            if value is not None:
+                self.options[option] = value
         self.seed = seed
         directory = log_dir if log_dir is not None else Path(tempfile.gettempdir())
         super().__init__(log_path=directory / f"sampleapp-{namespace}-{deployment}-{self.port}.log")

@@ -27,13 +27,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import shutil
 import signal
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -68,6 +70,7 @@ from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.wiring import open_daemon
 from rollbackd.demo.direct import DirectMetricsSource
 from rollbackd.demo.emulator import ClusterEmulator, Controllers
+from rollbackd.demo.flagloop import DEFAULT_DSN, FlagLoopFailed, FlagLoopOptions, run_flag_loop
 from rollbackd.demo.processes import (
     HOST,
     PrometheusServer,
@@ -204,7 +207,7 @@ def demo_settings(target: TargetSettings, *, prometheus_url: str | None, options
             retries=0,
             scrape_interval_s=options.interval_s,
         ),
-        health=HealthSettings(timeout_s=1.0),
+        health=HealthSettings(),  # the daemon's probe timeout: a busy machine answers late
         http=HttpSettings(host=HOST, port=0),
         log=LogSettings(level="INFO", format="text"),
         kubernetes=KubernetesSettings(
@@ -518,11 +521,15 @@ class Demo:
 
     # --- the story -------------------------------------------------------------------------------
 
+    def _time_limit(self) -> str:
+        limit = self.options.timeout_s
+        return f"the demo's time limit, start-up included, is {limit:g}s: --timeout gives more"
+
     async def _until(self, deadline: float, what: str, condition: Callable[[], bool]) -> None:
         loop = asyncio.get_running_loop()
         while not condition():
             if loop.time() > deadline:
-                raise DemoFailed(f"timed out waiting for {what}")
+                raise DemoFailed(f"timed out waiting for {what} ({self._time_limit()})")
             await asyncio.sleep(0.1)
 
     def _note_decision(self, daemon: Daemon, key: str) -> Decision | None:
@@ -636,7 +643,7 @@ class Demo:
                 latest = daemon.state.targets[key].latest
                 seen = _decision_text(latest) if latest is not None else "no decision yet"
                 what = "a rollback decision" if run is None else f"the rollback to finish ({run.phase.value})"
-                raise DemoFailed(f"timed out waiting for {what}; latest {seen}")
+                raise DemoFailed(f"timed out waiting for {what} ({self._time_limit()}); latest {seen}")
             await asyncio.sleep(0.05)
 
     def _show_action(self, run: RollbackRun) -> None:
@@ -789,6 +796,8 @@ def run_cli(args: argparse.Namespace) -> int:
     the PATH, sends the logs to a file in a fresh work directory, prints the timeline on stdout).
     0 on a verified rollback; 1 when the demo failed (the work directory is kept, with the logs);
     130 on Ctrl-C and 143 on SIGTERM."""
+    if args.scenario == "flag":
+        return run_flag_cli(args)
     if args.no_prometheus:
         binary, reason = None, "--no-prometheus given"
     else:
@@ -805,6 +814,8 @@ def run_cli(args: argparse.Namespace) -> int:
         mqtt_url=mqtt_url,
         linger=bool(getattr(args, "linger", False)),
     )
+    if getattr(args, "timeout", None) is not None:
+        options = replace(options, timeout_s=args.timeout)
     log_path = work_dir / "rollbackd.log"
     with log_path.open("a", encoding="utf-8") as log:
         configure_logging(LogSettings(level="INFO", format="text"), stream=log)
@@ -826,5 +837,38 @@ def run_cli(args: argparse.Namespace) -> int:
             return 1
         finally:
             logging.getLogger().handlers.clear()
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return 0
+
+
+def run_flag_cli(args: argparse.Namespace) -> int:
+    """``rollbackd demo --scenario flag``: the feature-flag closed loop
+    (:mod:`rollbackd.demo.flagloop`), its steps printed as they happen. 0 on a verified rollback
+    with the flag off, 1 otherwise (the work directory is kept, with the logs)."""
+    work_dir = Path(tempfile.mkdtemp(prefix="rollbackd-demo-flag-"))
+    options = FlagLoopOptions(
+        work_dir=work_dir, store=getattr(args, "flag_store", "sql"),
+        dsn=os.environ.get("ROLLBACKD_DEMO_FLAGS_DSN") or DEFAULT_DSN,
+    )
+    started = time.monotonic()
+
+    def say(text: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {text}", flush=True)
+
+    log_path = work_dir / "rollbackd.log"
+    with log_path.open("a", encoding="utf-8") as log:
+        configure_logging(LogSettings(level="INFO", format="text"), stream=log)
+        try:
+            result = asyncio.run(run_flag_loop(options, say=say))
+        except (FlagLoopFailed, OSError) as exc:
+            print(f"\ndemo FAILED: {exc}\nlogs kept in {work_dir}", flush=True)
+            return 1
+        except KeyboardInterrupt:
+            print(f"\ndemo interrupted; logs kept in {work_dir}", flush=True)
+            return 130
+        finally:
+            logging.getLogger().handlers.clear()
+    print(f"\nflag on -> flag off: {result.on_to_off_s or 0:.1f}s; the flag reads {result.flag_after!r} in "
+          "its store")
     shutil.rmtree(work_dir, ignore_errors=True)
     return 0

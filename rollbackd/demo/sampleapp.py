@@ -16,6 +16,17 @@ Endpoints:
   ``{"error_rate": 0.3, "latency_ms": 400, "ready_status": 503, "rps": 20}``: read or switch the
   behaviour at runtime; the answer is the behaviour now in force.
 
+With ``--flag NAME`` the service has a feature flag: while it is on, ``/work`` fails at
+``--flag-error-rate`` instead of the configured error rate (a release that turned a bad feature on).
+Where the flag is kept:
+
+- ``--admin-token-file FILE``: the runbook's admin API, ``POST /api/admin/features`` with
+  ``Authorization: Bearer <the file's token>`` and ``{"feature_name": NAME, "enabled": false}``
+  (401 without the token, 404 for another flag); ``GET /api/admin/features/NAME`` reads it
+  (``{"feature_name": ..., "enabled": ...}``);
+- ``--flag-dsn-file FILE --flag-table TABLE``: a PostgreSQL table (``name``, ``enabled``) the
+  service reads every 0.2 s (``SELECT enabled FROM TABLE WHERE name = NAME``).
+
 With ``--rps`` (or ``rps`` set through ``/control``) the service sends itself that many ``/work``
 requests per second, served by the same code and counted in the same metrics as outside
 requests, so no separate load generator is needed.
@@ -49,10 +60,13 @@ import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import psycopg
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from psycopg import sql
 
 from rollbackd.aiotasks import stop_tasks
 from rollbackd.model import DEFAULT_BUCKETS_S
@@ -104,6 +118,20 @@ class Behaviour:
 
     def as_dict(self) -> dict[str, float | int]:
         return dataclasses.asdict(self)
+
+
+#: How often a flag kept in PostgreSQL is read, in seconds.
+FLAG_POLL_S = 0.2
+
+
+@dataclass(slots=True)
+class Feature:
+    """The service's feature flag: its ``name``, whether it is ``enabled`` now, and the error
+    rate of ``/work`` while it is."""
+
+    name: str
+    error_rate: float
+    enabled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,12 +342,17 @@ class SampleApp:
 
     def __init__(self, *, namespace: str, deployment: str, behaviour: Behaviour,
                  fake_deployments: int = 0, seed: int | None = None, shape: str = "default",
-                 pod: str | None = None) -> None:
+                 pod: str | None = None, feature: Feature | None = None, admin_token: str | None = None,
+                 flag_dsn: str | None = None, flag_table: str | None = None) -> None:
         if fake_deployments and shape != "default":
             raise ValueError(f"synthetic deployments exist in the default shape only, not {shape!r}")
         self.namespace = namespace
         self.deployment = deployment
         self.behaviour = behaviour
+        self.feature = feature
+        self._admin_token = admin_token
+        self._flag_dsn = flag_dsn
+        self._flag_table = flag_table
         self._rng = random.Random(seed)
         self.pod = pod if pod is not None else pod_name(deployment, self._rng)
         self._rps_changed = asyncio.Event()
@@ -340,7 +373,9 @@ class SampleApp:
         spread = behaviour.latency_jitter
         delay_s = behaviour.latency_ms / 1000.0 * self._rng.uniform(1.0 - spread, 1.0 + spread)
         await asyncio.sleep(max(0.0, delay_s))
-        status = 500 if self._rng.random() < behaviour.error_rate else 200
+        feature = self.feature
+        error_rate = feature.error_rate if feature is not None and feature.enabled else behaviour.error_rate
+        status = 500 if self._rng.random() < error_rate else 200
         self._meter.record(status, loop.time() - started)
         return status
 
@@ -419,6 +454,56 @@ class SampleApp:
         return web.json_response(self.behaviour.as_dict())
 
 
+    def _feature_doc(self) -> dict[str, object]:
+        assert self.feature is not None
+        return {"feature_name": self.feature.name, "enabled": self.feature.enabled}
+
+    async def handle_set_feature(self, request: web.Request) -> web.Response:
+        """``POST /api/admin/features`` ``{"feature_name": ..., "enabled": ...}``, bearer token."""
+        if request.headers.get("Authorization") != f"Bearer {self._admin_token}":
+            return web.json_response({"error": "unauthorized"}, status=401)
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"error": "body must be a JSON object"}, status=400)
+        if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool):
+            wanted = 'body must be {"feature_name": ..., "enabled": ...}'
+            return web.json_response({"error": wanted}, status=400)
+        if self.feature is None or body.get("feature_name") != self.feature.name:
+            return web.json_response({"error": f"no feature {body.get('feature_name')!r}"}, status=404)
+        self.feature.enabled = body["enabled"]
+        logger.info("feature %s now %s", self.feature.name, "on" if self.feature.enabled else "off")
+        return web.json_response(self._feature_doc())
+
+    async def handle_get_feature(self, request: web.Request) -> web.Response:
+        """``GET /api/admin/features/{name}``."""
+        if request.headers.get("Authorization") != f"Bearer {self._admin_token}":
+            return web.json_response({"error": "unauthorized"}, status=401)
+        if self.feature is None or request.match_info["name"] != self.feature.name:
+            return web.json_response({"error": f"no feature {request.match_info['name']!r}"}, status=404)
+        return web.json_response(self._feature_doc())
+
+    async def follow_flag_table(self) -> None:
+        """Read the flag from its PostgreSQL table every :data:`FLAG_POLL_S` seconds; a failed
+        read keeps the value last read."""
+        if self.feature is None or self._flag_dsn is None or self._flag_table is None:
+            raise RuntimeError("the flag table needs a feature, a DSN and a table")
+        query = sql.SQL("SELECT enabled FROM {} WHERE name = %s").format(sql.Identifier(self._flag_table))
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self._flag_dsn, autocommit=True) as conn:
+                    while True:
+                        row = await (await conn.execute(query, (self.feature.name,))).fetchone()
+                        enabled = bool(row[0]) if row is not None else False
+                        if enabled != self.feature.enabled:
+                            logger.info("feature %s now %s", self.feature.name, "on" if enabled else "off")
+                        self.feature.enabled = enabled
+                        await asyncio.sleep(FLAG_POLL_S)
+            except psycopg.Error as exc:
+                logger.warning("cannot read the flag table: %s", exc)
+                await asyncio.sleep(FLAG_POLL_S)
+
+
 def make_app(sample: SampleApp) -> web.Application:
     app = web.Application()
     app.router.add_get("/work", sample.handle_work)
@@ -426,11 +511,17 @@ def make_app(sample: SampleApp) -> web.Application:
     app.router.add_get("/readyz", sample.handle_readyz)
     app.router.add_route("GET", "/control", sample.handle_control)
     app.router.add_route("POST", "/control", sample.handle_control)
+    if sample.feature is not None and sample._admin_token is not None:
+        app.router.add_post("/api/admin/features", sample.handle_set_feature)
+        app.router.add_get("/api/admin/features/{name}", sample.handle_get_feature)
 
     async def traffic(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.get_running_loop().create_task(sample.generate_traffic(), name="self-traffic")
+        tasks = [asyncio.get_running_loop().create_task(sample.generate_traffic(), name="self-traffic")]
+        if sample.feature is not None and sample._flag_dsn is not None:
+            following = sample.follow_flag_table()
+            tasks.append(asyncio.get_running_loop().create_task(following, name="flag-table"))
         yield
-        await stop_tasks([task])
+        await stop_tasks(tasks)
         await sample.stop_traffic()
 
     app.cleanup_ctx.append(traffic)
@@ -457,7 +548,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="the metrics' names and labels (default: namespace and deployment labels)")
     parser.add_argument("--pod", default=None,
                         help="kube-prometheus shape: the pod label (default: <deployment>-<hash>-<suffix>)")
-    return parser.parse_args(argv)
+    parser.add_argument("--flag", default=None, metavar="NAME", help="a feature flag of the service")
+    parser.add_argument("--flag-error-rate", type=float, default=0.3,
+                        help="fraction of /work requests failing while the flag is on (default 0.3)")
+    parser.add_argument("--flag-on", action="store_true", help="the flag is on at start")
+    parser.add_argument("--admin-token-file", default=None, metavar="FILE",
+                        help="serve the admin API of the flag, with the bearer token in FILE")
+    parser.add_argument("--flag-dsn-file", default=None, metavar="FILE",
+                        help="read the flag from PostgreSQL, with the DSN in FILE (and --flag-table)")
+    parser.add_argument("--flag-table", default=None, metavar="TABLE",
+                        help="the flags' table (name, enabled)")
+    args = parser.parse_args(argv)
+    if (args.admin_token_file or args.flag_dsn_file) and not args.flag:
+        parser.error("--admin-token-file and --flag-dsn-file need --flag NAME")
+    if bool(args.flag_dsn_file) != bool(args.flag_table):
+        parser.error("--flag-dsn-file and --flag-table go together")
+    return args
+
+
+def _read(path: str | None) -> str | None:
+    return None if path is None else Path(path).read_text(encoding="utf-8").strip()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -467,9 +577,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         error_rate=args.error_rate, latency_ms=args.latency_ms, latency_jitter=args.latency_jitter,
         ready_status=args.ready_status, rps=args.rps,
     )
+    feature = None if args.flag is None else Feature(args.flag, args.flag_error_rate, enabled=args.flag_on)
     sample = SampleApp(namespace=args.namespace, deployment=args.deployment, behaviour=behaviour,
                        fake_deployments=args.fake_deployments, seed=args.seed, shape=args.shape,
-                       pod=args.pod)
+                       pod=args.pod, feature=feature,
+                       admin_token=_read(args.admin_token_file), flag_dsn=_read(args.flag_dsn_file),
+                       flag_table=args.flag_table)
     logger.info("serving %s/%s on %s:%d", args.namespace, args.deployment, args.host, args.port)
     web.run_app(make_app(sample), host=args.host, port=args.port, print=None, access_log=None)
 

@@ -25,6 +25,7 @@ from rollbackd.detectors.signals import (
     recovery_proven,
 )
 from rollbackd.model import (
+    OWN_PAST,
     Attribution,
     Evidence,
     Finding,
@@ -32,6 +33,8 @@ from rollbackd.model import (
     Impact,
     Observation,
     Sample,
+    TimeText,
+    scenario_time,
 )
 from rollbackd.params import TargetParams
 from rollbackd.plausibility import ERRORS_SLACK, sample_problem
@@ -45,8 +48,10 @@ _HealthPair = tuple[tuple[HealthCheck, ...] | None, tuple[HealthCheck, ...] | No
 class Judge:
     """Turns each new :class:`Observation` of one target into :class:`Evidence`."""
 
-    def __init__(self, params: TargetParams) -> None:
+    def __init__(self, params: TargetParams, *, time_text: TimeText = scenario_time) -> None:
         self._params = params
+        #: How the findings' details write a time (see :data:`~rollbackd.model.TimeText`).
+        self._time_text = time_text
         self._tracks = (
             Track(error_spec(params), max_points=MAX_TICKS),
             Track(latency_spec(params), max_points=MAX_TICKS),
@@ -78,7 +83,7 @@ class Judge:
         blue-green: the baseline is what stays); a plain Deployment's window intervals from
         before its first suspect one join its history first (the revision rolled back to is the
         one that served them). Bounded as the history always is."""
-        if self._params.strategy.own_past:
+        if self._params.strategy in OWN_PAST:
             suspect = set(self._suspect)
             first_suspect = min(suspect, default=math.inf)
             for interval in self._window:
@@ -180,7 +185,7 @@ class Judge:
         """A judge with ``params`` that has judged again what this one holds, and its evidence for
         every observation: the baseline history older than the window carries over as it is, the
         window's observations are judged again in order."""
-        fresh = Judge(params)
+        fresh = Judge(params, time_text=self._time_text)
         start = self._window[0].t if self._window else math.inf
         fresh._history.extend(entry for entry in self._history if entry[0] < start)
         return fresh, [fresh.observe(obs) for obs in self.kept()]
@@ -223,7 +228,7 @@ class Judge:
             # reference, so intervals that leave the window while all is well become history.
             if (
                 obs.baseline is None
-                and self._params.strategy.own_past
+                and self._params.strategy in OWN_PAST
                 and old.candidate is not None
                 and old.candidate.requests > 0
                 and not self._last_breached
@@ -245,7 +250,7 @@ class Judge:
             return Reference(concurrent, pool([p.base for p in points if p.base is not None]))
         first = points[0].t if points else math.inf
         before = [s for t, s in self._history if t < first]
-        if self._params.strategy.own_past and points and self._window:
+        if self._params.strategy in OWN_PAST and points and self._window:
             # A plain Deployment's own healthy past: its history, plus the window's intervals
             # from before the episode (those not suspect when they came in). The whole window
             # (an attribution over all of it) is compared with what came before the suspicion.
@@ -275,7 +280,8 @@ class Judge:
             verdicts = [Verdict(None, "no candidate metrics this interval (scrape gap or source down)")]
         else:
             verdicts = [
-                judge_metric(track, obs.t, self._reference_for, self._params) for track in self._tracks
+                judge_metric(track, obs.t, self._reference_for, self._params, time_text=self._time_text)
+                for track in self._tracks
             ]
         # Health is judged on the ticks that probed the candidate, this one last.
         probed = self._health and self._health[-1][0] == obs.t

@@ -28,7 +28,16 @@ from dataclasses import dataclass
 
 from rollbackd.detectors import latency
 from rollbackd.detectors.stats import exceeds_rate, exceeds_ratio, within_rate
-from rollbackd.model import Attribution, Finding, HealthCheck, Histogram, Sample
+from rollbackd.model import (
+    Attribution,
+    Conclusion,
+    Finding,
+    HealthCheck,
+    Histogram,
+    Sample,
+    TimeText,
+    scenario_time,
+)
 from rollbackd.params import TargetParams
 
 #: Fraction of requests allowed above the P95 ceiling.
@@ -455,8 +464,11 @@ def judge_metric(
     latest_t: float,
     reference_for: Callable[[Sequence[Point]], Reference],
     params: TargetParams,
+    *,
+    time_text: TimeText = scenario_time,
 ) -> Verdict:
-    """Judge one metric signal over its window; ``latest_t`` is the current tick."""
+    """Judge one metric signal over its window; ``latest_t`` is the current tick (``time_text``
+    writes the breach's start in the finding's detail)."""
     spec = track.spec
     alpha = 1.0 - params.detection.confidence
     k = params.detection.confirm_intervals
@@ -469,7 +481,8 @@ def judge_metric(
             f"fewer than the {spec.min_total} needed for a verdict",
         )
     n = len(scored)
-    recent = pool([scored[i].counts for i in range(max(0, n - k), n)])
+    latest = [scored[i].counts for i in range(max(0, n - k), n)]
+    recent = pool(latest)
     above = (recent.rate or 0.0) > spec.tail
 
     found: tuple[int, float, bool] | None = None
@@ -494,8 +507,7 @@ def judge_metric(
 
     if found is None:
         value = track.window_value()
-        p_all = exceeds_rate(pooled.hits, pooled.total, spec.tail)
-        level = "above the SLO, not proven" if above else "within"
+        conclusion, confidence, level = _unbreached(spec, latest, pooled, above=above)
         return Verdict(
             Finding(
                 signal=spec.signal,
@@ -504,12 +516,13 @@ def judge_metric(
                 breached=False,
                 severe=False,
                 attributable=False,
-                confidence=_conf(p_all),
+                confidence=confidence,
                 detail=(
                     f"{spec.signal} {spec.describe(value)} over the last {params.detection.window_s:g}s "
                     f"({pooled.hits:.0f} of {pooled.total:.0f} {spec.unit_label}) vs SLO "
                     f"{spec.describe(spec.threshold)}: {level}"
                 ),
+                conclusion=conclusion,
             ),
             above=above,
         )
@@ -540,7 +553,8 @@ def judge_metric(
             confidence=_conf(p),
             baseline_value=ref_value,
             detail=(
-                f"{spec.signal} {spec.describe(value)} since t={since:g}s over {len(episode_ivs)} intervals "
+                f"{spec.signal} {spec.describe(value)} since {time_text(since)} "
+                f"over {len(episode_ivs)} intervals "
                 f"({counts.hits:.0f} of {counts.total:.0f} {spec.unit_label}) vs SLO "
                 f"{spec.describe(spec.threshold)} (severe at {spec.describe(spec.severe_at)}): {level}, "
                 f"confidence {_conf(p) * 100:.2f}% (still proven without its worst interval); {detail}"
@@ -550,6 +564,29 @@ def judge_metric(
         ),
         above=True,
     )
+
+
+def _unbreached(
+    spec: MetricSpec, latest: Sequence[Counts], pooled: Counts, *, above: bool
+) -> tuple[Conclusion, float, str]:
+    """What a signal without a proven breach concludes, with the confidence of that conclusion and
+    its words for the detail: the latest ``k`` intervals above the SLO but not proven (the
+    confidence that they are above it, robust to the worst one as a breach must be, is below the
+    required level); the latest intervals within the SLO while the whole window is above it (the
+    confidence that they are within it); or the window within the SLO (the confidence that it is)."""
+    recent = pool(latest)
+    if above:
+        rest = _without_worst(latest, spec.tail)
+        p = max(
+            exceeds_rate(recent.hits, recent.total, spec.tail), exceeds_rate(rest.hits, rest.total, spec.tail)
+        )
+        return Conclusion.UNPROVEN, _conf(p), f"above the SLO, not proven (confidence {_conf(p) * 100:.2f}%)"
+    if (pooled.rate or 0.0) > spec.tail:
+        p = within_rate(recent.hits, recent.total, spec.tail)
+        words = f"the latest intervals within the SLO (confidence {_conf(p) * 100:.2f}%), the window not"
+        return Conclusion.WITHIN_LATELY, _conf(p), words
+    p = within_rate(pooled.hits, pooled.total, spec.tail)
+    return Conclusion.WITHIN, _conf(p), f"within (confidence {_conf(p) * 100:.2f}%)"
 
 
 def recovery_proven(track: Track, after: float, params: TargetParams) -> bool | None:

@@ -32,6 +32,7 @@ from typing import Any, TypedDict
 from rollbackd.actions.base import ActionOutcome, ActionResult, GitOpsHold
 from rollbackd.actions.reconcilers import REVERT_IN_GIT
 from rollbackd.actions.targets import ACTIONS
+from rollbackd.decision.lifetime import Ending, Lifetime
 from rollbackd.events.model import (
     ActionData,
     ChangeData,
@@ -45,11 +46,13 @@ from rollbackd.events.model import (
     EventType,
     EvidenceData,
     FindingData,
+    FlagData,
     GitOpsData,
     GitOpsSuspendedData,
     HoldData,
     HoldExpiredData,
     HoldSetData,
+    ReleaseAcceptedData,
     ReleaseData,
     ReleaseStartedData,
     RollbackCompletedData,
@@ -182,6 +185,7 @@ def finding_data(finding: Finding, clock: Clock) -> FindingData:
         severe=finding.severe,
         attributable=finding.attributable,
         confidence=min(1.0, max(0.0, finding.confidence)),
+        conclusion=None if finding.conclusion is None else finding.conclusion.value,
         detail=finding.detail,
         since=clock.maybe(finding.since),
         attribution=None if finding.attribution is None else finding.attribution.value,
@@ -274,6 +278,7 @@ def action_data(result: ActionResult) -> ActionData:
         split_after=_split_data(result.details.get("split_after")),
         gitops=tuple(gitops_data(hold) for hold in result.gitops),
         command=_command_data(result.details.get("command")),
+        flag=_flag_data(result.details),
     )
 
 
@@ -282,6 +287,14 @@ def _command_data(command: Any) -> CommandData | None:
     if not isinstance(command, dict):
         return None
     return CommandData.model_validate(command)
+
+
+def _flag_data(details: Mapping[str, Any]) -> FlagData | None:
+    """The flag a ``feature-flag-off`` action's details describe (``None`` for other actions)."""
+    if "flag" not in details or details.get("store") not in ("http", "sql"):
+        return None
+    return FlagData(name=str(details["flag"]), store=details["store"], where=str(details.get("where", "")),
+                    before=details.get("before"), after=details.get("after"), rows=details.get("rows"))
 
 
 def _split_data(split: Any) -> SplitData | None:
@@ -626,6 +639,30 @@ class EventFactory:
             EventType.HOLD_SET,
             target,
             HoldSetData(**self._common(target, summary), hold=data, remaining_s=remaining),
+            clock=clock,
+        )
+
+    def release_accepted(self, target: str, release: Lifetime, *, clock: Clock) -> CloudEvent:
+        """``release.accepted``: ``release`` of ``target`` is accepted (it must be)."""
+        accepted = release.accepted
+        if accepted is None:
+            raise ValueError("release_accepted needs an accepted release")
+        revision = f" (revision {release.revision})" if release.revision is not None else ""
+        why = f": {accepted.reason}" if accepted.reason else ""
+        summary = f"{target}: release{revision} {accepted.text}{why}; watched for the next release"
+        return self.event(
+            EventType.RELEASE_ACCEPTED,
+            target,
+            ReleaseAcceptedData(
+                **self._common(target, summary),
+                how="accepted-after" if accepted.how is Ending.AFTER else "accepted-by",
+                text=accepted.text,
+                by=accepted.by,
+                reason=accepted.reason,
+                revision=release.revision,
+                started_at=clock.at(release.started_at),
+                judged_s=accepted.judged_s,
+            ),
             clock=clock,
         )
 

@@ -43,6 +43,7 @@ REASONS: Mapping[EventType, tuple[str, EventKind, str]] = {
     EventType.HOLD_SET: ("HoldSet", "Normal", "Hold"),
     EventType.HOLD_EXPIRED: ("HoldExpired", "Warning", "Hold"),
     EventType.GITOPS_SUSPENDED: ("GitOpsSuspended", "Warning", "Suspend"),
+    EventType.RELEASE_ACCEPTED: ("ReleaseAccepted", "Normal", "Accept"),
     EventType.RELEASE_STARTED: ("ReleaseStarted", "Normal", "Release"),
 }
 

@@ -14,6 +14,7 @@ Every step of a release's story is one event type, ``io.rollbackd.<noun>.<verb>`
 ``hold.set``               a fix-forward hold defers any rollback until its ETA
 ``hold.expired``           the hold's ETA passed
 ``gitops.suspended``       a GitOps reconciler was stopped so that it does not undo the rollback
+``release.accepted``       the release is accepted (after a time, or by an operator): not judged
 ``release.started``        a release was announced (a flag flip, a configuration change): judged from then
 =========================  =====================================================================
 
@@ -57,6 +58,7 @@ class EventType(enum.StrEnum):
     HOLD_SET = "hold.set"
     HOLD_EXPIRED = "hold.expired"
     GITOPS_SUSPENDED = "gitops.suspended"
+    RELEASE_ACCEPTED = "release.accepted"
     RELEASE_STARTED = "release.started"
 
     @property
@@ -105,7 +107,14 @@ class FindingData(_Model):
     attributable: bool = Field(
         description="Significantly worse than the baseline: the new version is to blame."
     )
-    confidence: float = Field(ge=0, le=1, description="Confidence of the verdict, 0..1.")
+    confidence: float = Field(ge=0, le=1, description="Confidence of the conclusion, 0..1.")
+    conclusion: str | None = Field(
+        None,
+        description="What the finding concludes, which confidence is the confidence of: breach (above "
+        "the SLO, proven), unproven (the latest intervals above the SLO, not proven: the confidence "
+        "that they are above it is below the required level), within-lately (the latest intervals "
+        "within the SLO, the window as a whole above it) or within (the window within the SLO).",
+    )
     detail: str = Field("", description="The detector's own explanation, with counts.")
     since: datetime | None = Field(None, description="Estimated start of the breach.")
     attribution: Attribution | None = Field(
@@ -234,11 +243,23 @@ class CommandData(_Model):
     stderr_bytes: int = Field(description="Bytes it wrote to standard error in all.")
 
 
+class FlagData(_Model):
+    """The feature flag a ``feature-flag-off`` action turned off (or found off already)."""
+
+    name: str = Field(description="The flag's name.")
+    store: Literal["http", "sql"] = Field(description="Where it is kept: the admin API or a SQL table.")
+    where: str = Field(description="The request or the UPDATE statement (no secret).")
+    before: Any = Field(description="Its value read before (null: not read, without flag.store.read).")
+    after: Any = Field(description="Its value read after (null: not read).")
+    rows: int | None = Field(None, description="Rows the UPDATE changed (sql only).")
+
+
 class ActionData(_Model):
     """What the rollback action did."""
 
     action: str = Field(
-        description="canary-abort, blue-green-switch-back, deployment-undo, argo-rollout-abort or command."
+        description="canary-abort, blue-green-switch-back, deployment-undo, argo-rollout-abort, "
+        "feature-flag-off or command."
     )
     outcome: str = Field(
         description="done, already-done (nothing left to change), planned (dry-run), refused or failed."
@@ -254,6 +275,7 @@ class ActionData(_Model):
     gitops: tuple[GitOpsData, ...] = Field(
         (), description="The GitOps reconcilers of the changed objects (suspended first, or why it refused)."
     )
+    flag: FlagData | None = Field(None, description="feature-flag-off: the flag, its value before and after.")
     router: str | None = Field(
         None, description="canary-abort: the traffic router (ingress-nginx, gateway-api or istio)."
     )
@@ -458,6 +480,23 @@ class GitOpsSuspendedData(EventData):
     )
 
 
+class ReleaseAcceptedData(EventData):
+    """``release.accepted``: the release is accepted (``policy.accept_after_s`` passed without a
+    breach episode, or an operator accepted it): it is not judged any more, the target is watched
+    for the next release (a newer revision starts a new judgement)."""
+
+    how: Literal["accepted-after", "accepted-by"] = Field(
+        description="accepted-after: policy.accept_after_s passed without an open breach episode; "
+        "accepted-by: an operator accepted it (the accept action)."
+    )
+    text: str = Field(description='How, in words: "accepted after 1h", "accepted by alice".')
+    by: str | None = Field(None, description="accepted-by: who (the API token's name).")
+    reason: str = Field("", description="accepted-by: why, as the operator said.")
+    revision: int | None = Field(
+        None, description="The candidate revision accepted, when the cluster showed it."
+    )
+    started_at: datetime = Field(description="When the release's judgement started.")
+    judged_s: float = Field(description="Seconds the release was judged before it was accepted.")
 class ReleaseData(_Model):
     """A release announced from outside (``POST /api/v1/releases``, ``rollbackd release start``)."""
 
@@ -493,6 +532,7 @@ DATA_MODELS: Mapping[EventType, type[EventData]] = {
     EventType.HOLD_SET: HoldSetData,
     EventType.HOLD_EXPIRED: HoldExpiredData,
     EventType.GITOPS_SUSPENDED: GitOpsSuspendedData,
+    EventType.RELEASE_ACCEPTED: ReleaseAcceptedData,
     EventType.RELEASE_STARTED: ReleaseStartedData,
 }
 
@@ -577,6 +617,8 @@ class TargetState(enum.StrEnum):
     ROLLED_BACK = "rolled-back"
     ROLLBACK_FAILED = "rollback-failed"
     VERIFICATION_FAILED = "verification-failed"
+    #: The release is accepted: not judged, watched for the next release.
+    ACCEPTED = "accepted"
 
 
 def decision_state(
@@ -601,6 +643,8 @@ def decision_state(
         return TargetState.HELD
     if blocked_by == "rollback-in-progress":
         return TargetState.ROLLING_BACK
+    if blocked_by == "accepted":
+        return TargetState.ACCEPTED
     if outcome == "controlled":
         return TargetState.WAITING
     if episode_open:  # never healthy while a breach episode is open
@@ -639,6 +683,7 @@ def state_after(event: CloudEvent) -> TargetState:
         EventType.ESCALATION_RAISED: TargetState.ESCALATED,
         EventType.HOLD_SET: TargetState.HELD,
         EventType.GITOPS_SUSPENDED: TargetState.ROLLING_BACK,
+        EventType.RELEASE_ACCEPTED: TargetState.ACCEPTED,
         EventType.RELEASE_STARTED: TargetState.HEALTHY,
     }.get(kind, TargetState.DEGRADED)
 

@@ -27,7 +27,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Required, TypedDict, Unpack
 
 import aiohttp
 
@@ -69,6 +69,16 @@ class KubeCall:
         return text
 
 
+class Answer(TypedDict, total=False):
+    """The keyword arguments every :class:`KubeError` takes: the request and what came back of it
+    (see :class:`KubeError`); declared once for the subclasses that add their own."""
+
+    call: Required[KubeCall]
+    status: int | None
+    reason: str | None
+    server_message: str | None
+
+
 class KubeError(RollbackdError):
     """A Kubernetes API request failed.
 
@@ -78,37 +88,20 @@ class KubeError(RollbackdError):
     ``server_message`` what the server said, verbatim.
     """
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        call: KubeCall,
-        status: int | None = None,
-        reason: str | None = None,
-        server_message: str | None = None,
-    ) -> None:
+    def __init__(self, message: str, **answer: Unpack[Answer]) -> None:
         super().__init__(message)
-        self.call = call
-        self.status = status
-        self.reason = reason
-        self.server_message = server_message
+        self.call = answer["call"]
+        self.status = answer.get("status")
+        self.reason = answer.get("reason")
+        self.server_message = answer.get("server_message")
 
 
 class KubeTemporary(KubeError, TemporaryError):
     """The API server is down, slow, overloaded or unreachable: the same request may succeed later.
     ``retry_after_s`` is the server's ``Retry-After`` when it sent one (429, 503)."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        call: KubeCall,
-        status: int | None = None,
-        reason: str | None = None,
-        server_message: str | None = None,
-        retry_after_s: float | None = None,
-    ) -> None:
-        super().__init__(message, call=call, status=status, reason=reason, server_message=server_message)
+    def __init__(self, message: str, *, retry_after_s: float | None = None, **answer: Unpack[Answer]) -> None:
+        super().__init__(message, **answer)
         self.retry_after_s = retry_after_s
 
 
@@ -138,17 +131,14 @@ class KubeForbidden(KubePermanent):
         self,
         message: str,
         *,
-        call: KubeCall,
-        status: int | None = None,
-        reason: str | None = None,
-        server_message: str | None = None,
         user: str | None = None,
         verb: str,
         resource: str,
         group: str,
         namespace: str | None,
+        **answer: Unpack[Answer],
     ) -> None:
-        super().__init__(message, call=call, status=status, reason=reason, server_message=server_message)
+        super().__init__(message, **answer)
         self.user = user
         self.verb = verb
         self.resource = resource
@@ -240,9 +230,7 @@ def error_from_status(
     real API server), ``retry_after`` the ``Retry-After`` header if any."""
     reason, server_message = _status_fields(body)
     said = f": {server_message}" if server_message else ""
-    kwargs: dict[str, Any] = {
-        "call": call, "status": status, "reason": reason, "server_message": server_message,
-    }
+    kwargs: Answer = {"call": call, "status": status, "reason": reason, "server_message": server_message}
     if status == 403:
         return _forbidden(call, status, reason, server_message)
     if status == 404:

@@ -225,20 +225,6 @@ async def get_service(kube: KubeClient, *, namespace: str, name: str) -> Obj:
     return await kube.request(call, kube.core.read_namespaced_service, name, namespace)
 
 
-async def get_configmap(kube: KubeClient, *, namespace: str, name: str) -> Obj:
-    """Read a ConfigMap. Raises :class:`~rollbackd.kube.errors.KubeNotFound` if it does not exist."""
-    call = KubeCall("get", "configmaps", "", namespace, name)
-    return await kube.request(call, kube.core.read_namespaced_config_map, name, namespace)
-
-
-async def patch_configmap(kube: KubeClient, *, namespace: str, name: str, patch: Patch) -> Obj:
-    """Merge-patch a ConfigMap (its ``data``, with a ``metadata.resourceVersion`` precondition: 409
-    when it changed since it was read); returns it as stored after the patch."""
-    call = KubeCall("patch", "configmaps", "", namespace, name)
-    return await kube.request(call, kube.core.patch_namespaced_config_map, name, namespace, _body(patch),
-                              _content_type=_content_type(patch, "merge"))
-
-
 async def patch_service(
     kube: KubeClient, *, namespace: str, name: str, patch: Patch, patch_type: PatchType = "strategic"
 ) -> Obj:
@@ -446,3 +432,35 @@ async def replace_lease(kube: KubeClient, *, namespace: str, name: str, lease: M
     optimistic lock leader election relies on."""
     call = KubeCall("update", "leases", "coordination.k8s.io", namespace, name)
     return await kube.request(call, kube.coordination.replace_namespaced_lease, name, namespace, dict(lease))
+
+
+# --- ConfigMaps ----------------------------------------------------------------------------------
+
+async def get_configmap(kube: KubeClient, *, namespace: str, name: str) -> Obj:
+    """Read a ConfigMap. Raises :class:`~rollbackd.kube.errors.KubeNotFound` if it does not exist."""
+    call = KubeCall("get", "configmaps", "", namespace, name)
+    return await kube.request(call, kube.core.read_namespaced_config_map, name, namespace)
+
+
+async def patch_configmap(kube: KubeClient, *, namespace: str, name: str, patch: Patch) -> Obj:
+    """Merge-patch a ConfigMap (its ``data``, with a ``metadata.resourceVersion`` precondition: 409
+    when it changed since it was read); returns it as stored after the patch."""
+    call = KubeCall("patch", "configmaps", "", namespace, name)
+    return await kube.request(call, kube.core.patch_namespaced_config_map, name, namespace, _body(patch),
+                              _content_type=_content_type(patch, "merge"))
+
+
+async def create_configmap(kube: KubeClient, *, namespace: str, configmap: Mapping[str, Any]) -> Obj:
+    """Create a ConfigMap; :class:`~rollbackd.kube.errors.KubeConflict` if it already exists."""
+    name = metadata_of(configmap).get("name")
+    call = KubeCall("create", "configmaps", "", namespace, name if isinstance(name, str) else None)
+    return await kube.request(call, kube.core.create_namespaced_config_map, namespace, dict(configmap))
+
+
+async def replace_configmap(
+    kube: KubeClient, *, namespace: str, name: str, configmap: Mapping[str, Any]
+) -> Obj:
+    """Replace a ConfigMap (``PUT``); with ``metadata.resourceVersion`` set, refused with
+    :class:`~rollbackd.kube.errors.KubeConflict` if anyone wrote it since it was read."""
+    call = KubeCall("update", "configmaps", "", namespace, name)
+    return await kube.request(call, kube.core.replace_namespaced_config_map, name, namespace, dict(configmap))

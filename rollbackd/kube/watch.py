@@ -1,11 +1,17 @@
 """Listing and watching Deployments (in one namespace or in all of them) and ConfigMaps (in one
-namespace).
+namespace); watching one ConfigMap.
 
 :func:`list_deployments` reads the objects as they are and the list's ``resourceVersion``;
 :func:`watch_deployments` streams what changes after it (``ADDED``, ``MODIFIED``, ``DELETED``;
 bookmarks are asked for and passed on) until the API server ends the stream. A caller that keeps
 watching lists again whenever a stream breaks, so that what changed while it was not watching is
-not missed (see :mod:`rollbackd.daemon.discovery`).
+not missed (see :mod:`rollbackd.daemon.discovery`). :func:`list_configmaps` and
+:func:`watch_configmaps` do the same for the ConfigMaps of a namespace (see
+:mod:`rollbackd.daemon.configwatch`).
+
+:func:`watch_configmap` streams the changes of one ConfigMap after a ``resourceVersion`` (the one a
+``get`` returned): a field selector on its name, which RBAC lets a Role limited to that name
+(``resourceNames``) watch (see :mod:`rollbackd.daemon.switchmap`).
 """
 
 from __future__ import annotations
@@ -81,3 +87,21 @@ async def watch_configmaps(
         allow_watch_bookmarks=True, **extra,
     ):
         yield event
+
+
+async def watch_configmap(
+    kube: KubeClient, *, namespace: str, name: str, resource_version: str | None, timeout_s: float
+) -> AsyncIterator[Obj]:
+    """The changes to ConfigMap ``namespace/name`` after ``resource_version``, as watch events,
+    until the API server ends the stream (after about ``timeout_s``); events of other ConfigMaps
+    (a server that ignores the field selector) are left out. Raises
+    :class:`~rollbackd.kube.errors.KubeError` when the watch fails."""
+    call = KubeCall("watch", "configmaps", "", namespace, name)
+    extra = {"resource_version": resource_version} if resource_version else {}
+    async for event in kube.watch(
+        call, kube.core.list_namespaced_config_map, namespace, timeout_s=timeout_s,
+        field_selector=f"metadata.name={name}", **extra,
+    ):
+        obj = event.get("object") or {}
+        if event.get("type") == "BOOKMARK" or (obj.get("metadata") or {}).get("name") == name:
+            yield event

@@ -56,6 +56,31 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
+Whether the daemon keeps the operators' switches (freeze, dry-run, holds, ...) in a ConfigMap
+(config.safety.switches, as rollbackd decides it): kubernetes, or auto without a PostgreSQL store
+while leader election runs (each replica's SQLite file is its own). "true" or "false".
+*/}}
+{{- define "rollbackd.switchesInKubernetes" -}}
+{{- $config := .Values.config | default dict }}
+{{- $mode := dig "safety" "switches" "auto" $config | toString }}
+{{- $url := dig "store" "url" "" $config | toString }}
+{{- $postgres := or .Values.credentials.database.existingSecret (hasPrefix "postgres" $url) (contains "=" $url) }}
+{{- if eq $mode "kubernetes" }}true
+{{- else if and (eq $mode "auto") (not $postgres) .Values.leaderElection.enabled }}true
+{{- else }}false
+{{- end }}
+{{- end }}
+
+{{/*
+The ConfigMap of the switches: config.safety.switches_configmap, else <lease name>-switches (the
+daemon's default, in the release namespace where the Lease is).
+*/}}
+{{- define "rollbackd.switchesConfigMap" -}}
+{{- $config := .Values.config | default dict }}
+{{- dig "safety" "switches_configmap" "" $config | default (printf "%s-switches" (include "rollbackd.leaseName" .)) }}
+{{- end }}
+
+{{/*
 The daemon's HTTP port: config.http.port (the container port, probes and Service target).
 */}}
 {{- define "rollbackd.httpPort" -}}

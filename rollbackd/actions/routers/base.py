@@ -23,7 +23,7 @@ canary to zero and waits for the stable version to be available, whatever the ro
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -99,6 +99,44 @@ class Router(Protocol):
         """After the steps: wait (through ``run``) until the route as written is in effect;
         :class:`~rollbackd.actions.steps.ActionFailed` when it is refused."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """The weights one rule of a route gives (a Gateway API rule's ``backendRefs``, an Istio
+    ``http`` route's ``route``): the positions of the canary's entries and of the stable's, the
+    canary's weight and the weight of all the rule's entries."""
+
+    canary_refs: tuple[int, ...]
+    stable_refs: tuple[int, ...]
+    canary: int
+    total: int
+
+
+def split_of(rules: Iterable[Weights], source: str) -> Split:
+    """The split of a route whose rules weigh ``rules``: the canary's share in each rule naming
+    either side, and the largest of them."""
+    shares = [percent(w.canary, w.total - w.canary) for w in rules if w.canary_refs or w.stable_refs]
+    return Split(source=source, canary_percent=max(shares, default=0.0), rules=tuple(shares))
+
+
+def give_to_stable(
+    entries: list[Any], effective: Sequence[int], weights: Weights, *, object_name: str, path: str
+) -> list[Change]:
+    """Set the canary's ``entries`` (one rule's) to weight 0 and add what they weighed to the
+    first stable entry; ``effective`` is each entry's weight now, ``path`` the entries' field
+    (``spec.rules[0].backendRefs``). The weights changed."""
+    changes: list[Change] = []
+    for position in weights.canary_refs:
+        if effective[position]:
+            entries[position]["weight"] = 0
+            changes.append(Change(object_name, f"{path}[{position}].weight", effective[position], 0))
+    first = weights.stable_refs[0]
+    entries[first]["weight"] = effective[first] + weights.canary
+    changes.append(
+        Change(object_name, f"{path}[{first}].weight", effective[first], effective[first] + weights.canary)
+    )
+    return changes
 
 
 def refuse_if_steered(route: Mapping[str, Any], source: str) -> None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rollbackd.actions.base import Change
-from rollbackd.actions.routers.base import RouteObject, Split, percent
+from rollbackd.actions.routers.base import RouteObject, Split, Weights, give_to_stable, split_of
 from rollbackd.actions.steps import ActionFailed, ActionRun, Refusal, Step
 from rollbackd.kube import KubeClient, Obj, objects
 from rollbackd.kube.objects import CustomResource
@@ -62,38 +62,23 @@ def weight_of(ref: Mapping[str, Any]) -> int:
     return value if isinstance(value, int) and value > 0 else 0
 
 
-@dataclass(frozen=True, slots=True)
-class RuleWeights:
-    """The weights one rule gives: the canary's refs, the stable's, and all its backends'."""
-
-    canary_refs: tuple[int, ...]
-    stable_refs: tuple[int, ...]
-    canary: int
-    stable: int
-    total: int
-
-
-def rule_weights(rule: Mapping[str, Any], *, canary: str, stable: str, namespace: str) -> RuleWeights:
+def rule_weights(rule: Mapping[str, Any], *, canary: str, stable: str, namespace: str) -> Weights:
     refs = [ref for ref in rule.get("backendRefs") or [] if isinstance(ref, Mapping)]
     canary_refs = tuple(i for i, ref in enumerate(refs) if names_service(ref, canary, namespace))
     stable_refs = tuple(i for i, ref in enumerate(refs) if names_service(ref, stable, namespace))
-    return RuleWeights(
+    return Weights(
         canary_refs=canary_refs,
         stable_refs=stable_refs,
         canary=sum(weight_of(refs[i]) for i in canary_refs),
-        stable=sum(weight_of(refs[i]) for i in stable_refs),
         total=sum(weight_of(ref) for ref in refs),
     )
 
 
 def route_split(route: Mapping[str, Any], *, source: str, canary: str, stable: str, namespace: str) -> Split:
     """The split of ``route`` (see the module docstring)."""
-    shares = []
-    for rule in (route.get("spec") or {}).get("rules") or []:
-        weights = rule_weights(rule, canary=canary, stable=stable, namespace=namespace)
-        if weights.canary_refs or weights.stable_refs:
-            shares.append(percent(weights.canary, weights.total - weights.canary))
-    return Split(source=source, canary_percent=max(shares, default=0.0), rules=tuple(shares))
+    rules = (route.get("spec") or {}).get("rules") or []
+    return split_of((rule_weights(rule, canary=canary, stable=stable, namespace=namespace) for rule in rules),
+                    source)
 
 
 def aborted_rules(
@@ -119,24 +104,9 @@ def aborted_rules(
                 f"the target's router at the right route"
             )
         refs = rule["backendRefs"]
-        for position in weights.canary_refs:
-            before = weight_of(refs[position])
-            if before:
-                refs[position]["weight"] = 0
-                changes.append(
-                    Change(object_name, f"spec.rules[{index}].backendRefs[{position}].weight", before, 0)
-                )
-        first = weights.stable_refs[0]
-        before = weight_of(refs[first])
-        refs[first]["weight"] = before + weights.canary
-        changes.append(
-            Change(
-                object_name,
-                f"spec.rules[{index}].backendRefs[{first}].weight",
-                before,
-                before + weights.canary,
-            )
-        )
+        effective = [weight_of(ref) if isinstance(ref, Mapping) else 0 for ref in refs]
+        changes += give_to_stable(refs, effective, weights, object_name=object_name,
+                                  path=f"spec.rules[{index}].backendRefs")
     for named, service, role, key in (
         (names_canary, canary, "canary", "canary_service"),
         (names_stable, stable, "stable", "stable_service"),

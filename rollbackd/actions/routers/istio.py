@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rollbackd.actions.base import Change
-from rollbackd.actions.routers.base import RouteObject, Split, percent
+from rollbackd.actions.routers.base import RouteObject, Split, Weights, give_to_stable, split_of
 from rollbackd.actions.steps import ActionRun, Refusal, Step
 from rollbackd.kube import KubeClient, Obj, objects
 
@@ -69,17 +69,9 @@ def weights_of(route: Sequence[Mapping[str, Any]]) -> list[int]:
     return weights
 
 
-@dataclass(frozen=True, slots=True)
-class HttpWeights:
-    canary_refs: tuple[int, ...]
-    stable_refs: tuple[int, ...]
-    canary: int
-    total: int
-
-
 def http_weights(
     http: Mapping[str, Any], *, canary: Destination, stable: Destination, namespace: str
-) -> HttpWeights:
+) -> Weights:
     route = [item for item in http.get("route") or [] if isinstance(item, Mapping)]
     weights = weights_of(route)
     canary_refs = tuple(
@@ -88,7 +80,7 @@ def http_weights(
     stable_refs = tuple(
         i for i, item in enumerate(route) if stable.matches(item.get("destination") or {}, namespace)
     )
-    return HttpWeights(
+    return Weights(
         canary_refs=canary_refs,
         stable_refs=stable_refs,
         canary=sum(weights[i] for i in canary_refs),
@@ -99,12 +91,9 @@ def http_weights(
 def virtual_service_split(
     vs: Mapping[str, Any], *, source: str, canary: Destination, stable: Destination, namespace: str
 ) -> Split:
-    shares = []
-    for http in (vs.get("spec") or {}).get("http") or []:
-        weights = http_weights(http, canary=canary, stable=stable, namespace=namespace)
-        if weights.canary_refs or weights.stable_refs:
-            shares.append(percent(weights.canary, weights.total - weights.canary))
-    return Split(source=source, canary_percent=max(shares, default=0.0), rules=tuple(shares))
+    https = (vs.get("spec") or {}).get("http") or []
+    return split_of((http_weights(http, canary=canary, stable=stable, namespace=namespace) for http in https),
+                    source)
 
 
 def aborted_http(
@@ -131,25 +120,8 @@ def aborted_http(
                 "VirtualService"
             )
         route = http["route"]
-        effective = weights_of(route)
-        for position in weights.canary_refs:
-            if effective[position]:
-                route[position]["weight"] = 0
-                changes.append(
-                    Change(
-                        object_name, f"spec.http[{index}].route[{position}].weight", effective[position], 0
-                    )
-                )
-        first = weights.stable_refs[0]
-        route[first]["weight"] = effective[first] + weights.canary
-        changes.append(
-            Change(
-                object_name,
-                f"spec.http[{index}].route[{first}].weight",
-                effective[first],
-                effective[first] + weights.canary,
-            )
-        )
+        changes += give_to_stable(route, weights_of(route), weights, object_name=object_name,
+                                  path=f"spec.http[{index}].route")
     for named, destination, role in ((names_canary, canary, "canary"), (names_stable, stable, "stable")):
         if not named:
             raise Refusal(
