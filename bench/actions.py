@@ -1,11 +1,12 @@
 """Benchmark: each rollback action's own API work against the emulated API server (issue 3).
 
-The Kubernetes actions -- :class:`~rollbackd.actions.canary_abort.CanaryAbort`,
+The rollback actions -- :class:`~rollbackd.actions.canary_abort.CanaryAbort`,
 :class:`~rollbackd.actions.bluegreen.BlueGreenSwitchBack`,
 :class:`~rollbackd.actions.deployment_undo.DeploymentUndo` and
 :class:`~rollbackd.actions.rollout_abort.RolloutAbort` (an Argo Rollouts Rollout), and the canary
 abort guarded against GitOps reconcilers (:class:`~rollbackd.actions.gitops.GitOpsGuard`,
-suspending an Argo CD Application and a Flux Kustomization first) -- run against the
+suspending an Argo CD Application and a Flux Kustomization first), and the command lever
+(:class:`~rollbackd.actions.command.CommandAction`, a real subprocess) -- run against the
 emulated API server (:class:`~rollbackd.demo.emulator.ClusterEmulator`, served over real HTTP by
 kmock, with the emulated deployment, EndpointSlice and Argo Rollouts controllers running), through
 the real
@@ -38,6 +39,7 @@ import logging
 import os
 import platform
 import statistics
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,9 +49,10 @@ from typing import Any
 import kmock
 
 from bench.stats import percentile
-from rollbackd.actions.base import ActionOutcome, ActionResult, RollbackAction
+from rollbackd.actions.base import ActionOutcome, ActionResult, RollbackAction, RollbackWhy
 from rollbackd.actions.bluegreen import BlueGreenSwitchBack
 from rollbackd.actions.canary_abort import CanaryAbort
+from rollbackd.actions.command import CommandAction
 from rollbackd.actions.deployment_undo import DeploymentUndo
 from rollbackd.actions.gitops import GitOpsGuard
 from rollbackd.actions.reconcilers import Tracking
@@ -59,7 +62,7 @@ from rollbackd.actions.routers.gateway_api import GatewayApiRouter
 from rollbackd.actions.routers.ingress_nginx import IngressNginxRouter
 from rollbackd.actions.routers.istio import Destination, IstioRouter
 from rollbackd.actions.steps import ActionSettings
-from rollbackd.config.settings import KubernetesSettings
+from rollbackd.config.settings import CommandSettings, KubernetesSettings
 from rollbackd.demo.argo_rollouts import RolloutsController, seed_rollout
 from rollbackd.demo.emulator import (
     APPLICATIONS,
@@ -356,7 +359,35 @@ CANARY_GITOPS = Case(
     rolled_back=canary_gitops_rolled_back,
 )
 
-CASES = (CANARY, GATEWAY, ISTIO, BLUEGREEN, UNDO, ARGO_ROLLOUT, CANARY_GITOPS)
+# The command lever: no API request at all; its own work is starting the command and collecting
+# its end and output (api_s), the command's own run time is wait_s. The command writes a marker.
+COMMAND_MARKER = Path(tempfile.gettempdir()) / f"rollbackd-bench-command-{os.getpid()}"
+
+
+def seed_command(emu: ClusterEmulator, ns: str) -> None:
+    COMMAND_MARKER.unlink(missing_ok=True)
+
+
+def command_rolled_back(emu: ClusterEmulator, ns: str) -> bool:
+    done = COMMAND_MARKER.exists()
+    COMMAND_MARKER.unlink(missing_ok=True)
+    return done
+
+
+COMMAND = Case(
+    name="command",
+    seed=seed_command,
+    action=lambda kube, ns: CommandAction(
+        target=f"{ns}/checkout",
+        settings=CommandSettings(argv=("/bin/sh", "-c", f"echo rolled back > {COMMAND_MARKER}")),
+        why=RollbackWhy(decision="immediate", reason="benchmark"),
+    ),
+    faults=lambda emu, ns: [],
+    rolled_back=command_rolled_back,
+)
+
+
+CASES = (CANARY, GATEWAY, ISTIO, BLUEGREEN, UNDO, ARGO_ROLLOUT, CANARY_GITOPS, COMMAND)
 
 
 # --- running them -------------------------------------------------------------------------------
@@ -461,6 +492,10 @@ def markdown(report: dict[str, Any]) -> str:
         "both objects and both reconcilers, removing the Application's automated sync and "
         "suspending the Kustomization, then the abort (all in api_s); faults: the canary's, plus a "
         "409 on the Application patch and a 503 reading the Kustomization.",
+        "- command: `/bin/sh -c 'echo rolled back > FILE'` as a command target's rollback; it sends no "
+        "API request, so its faulted runs are clean runs too. api_s is rollbackd's own work: starting "
+        "the process (its own session, its environment), reading its output and its end, ending what it "
+        "left in its process group; wait_s is the command's own run time.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -11,8 +11,9 @@ import bisect
 import enum
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from rollbackd.knobs import HOUR, knob
 
@@ -39,13 +40,20 @@ class Strategy(enum.StrEnum):
     DEPLOYMENT = "deployment"
     #: An Argo Rollouts ``Rollout`` (canary or blueGreen): rolled back by aborting it.
     ARGO_ROLLOUT = "argo-rollout"
+    #: A release rollbackd does not know how to undo by itself: rolled back by a configured command.
+    COMMAND = "command"
+    #: A change of ConfigMaps' data: rolled back by restoring their previous data and restarting
+    #: the Deployments that read them.
+    CONFIG = "config"
     #: A feature flag turned on: rolled back by turning it off (over HTTP or SQL).
     FEATURE_FLAG = "feature-flag"
 
 
 #: The strategies whose new version serves all the traffic of one series: judged against the
 #: target's own past (no concurrent baseline), and verified on that same series.
-OWN_PAST: frozenset[Strategy] = frozenset({Strategy.DEPLOYMENT, Strategy.FEATURE_FLAG})
+OWN_PAST: frozenset[Strategy] = frozenset(
+    {Strategy.DEPLOYMENT, Strategy.FEATURE_FLAG, Strategy.COMMAND, Strategy.CONFIG}
+)
 
 
 class Impact(enum.StrEnum):
@@ -386,6 +394,28 @@ def scenario_time(t: float) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigMapVersion:
+    """One version of a ConfigMap's data as rollbackd saw it (Kubernetes keeps no history of a
+    ConfigMap): where it is, its ``resourceVersion``, its data, and when it was first seen."""
+
+    namespace: str
+    name: str
+    resource_version: str
+    data: Mapping[str, str] = field(default_factory=dict)
+    seen_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """The post-rollback watch of a target: from its rollback's verification (``since``) to
+    ``until`` (same clock as observations), a new degradation escalates instead of rolling back
+    a second time."""
+
+    since: float
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
 class Context:
     """Everything outside the metrics that the decision framework weighs."""
 
@@ -405,6 +435,8 @@ class Context:
     #: judged until the next revision; ``None`` while it is judged.
     accepted: str | None = None
     cooldown_until: float | None = None
+    #: The post-rollback watch under way, if any.
+    watch: Watch | None = None
     rollbacks_last_hour: int = 0
     max_rollbacks_per_hour: int = 3
     #: How the reasons write a time (the daemon: wall-clock UTC; replay: the scenario's seconds).

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from rollbackd.actions.base import ActionResult, Change, RollbackAction, Waiting
+from rollbackd.actions.base import ActionResult, Change, RollbackAction, RollbackWhy, Waiting
 from rollbackd.decision.facts import ClusterFacts
 from rollbackd.params import TargetParams
 from rollbackd.runrecord import RecordedChange, RunRecord
@@ -49,9 +49,12 @@ class TargetAccess(Protocol):
         """The loop time of the read behind the latest facts of ``key``."""
         ...
 
-    def action(self, params: TargetParams, *, bad_revision: int | None = None) -> RollbackAction:
+    def action(
+        self, params: TargetParams, *, bad_revision: int | None = None, why: RollbackWhy | None = None
+    ) -> RollbackAction:
         """The rollback action for the target's strategy; ``bad_revision`` is the candidate revision
-        that was judged (a Deployment undo acts only while that revision still runs)."""
+        that was judged (a Deployment undo acts only while that revision still runs); ``why`` the
+        decision, for a lever that is told it (a command; ``None`` for a dry-run plan)."""
         ...
 
     async def serving_available(self, params: TargetParams) -> bool | None:

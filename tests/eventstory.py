@@ -87,10 +87,14 @@ def immediate_decision(target: str, t: float) -> Decision:
     )
 
 
-def rollback_story(target: str = "shop/checkout", *, factory: EventFactory | None = None) -> list[CloudEvent]:
+def rollback_story(
+    target: str = "shop/checkout", *, factory: EventFactory | None = None, announcer: Announcer | None = None
+) -> list[CloudEvent]:
     """The five events of a rollback that worked, in order: target.degraded, decision.made,
-    rollback.started, rollback.completed, rollback.verified."""
-    announcer = Announcer(factory=factory or EventFactory(), target=target, slo=SLO)
+    rollback.started, rollback.completed, rollback.verified (verified at loop time 1305); told by
+    ``announcer`` when given (it then knows the story)."""
+    if announcer is None:
+        announcer = Announcer(factory=factory or EventFactory(), target=target, slo=SLO)
     events: list[CloudEvent] = []
     decision = immediate_decision(target, 1000.0)
     events += announcer.on_decision(decision, hold=None, clock=clock(1000.0))

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import pytest
 
+from rollbackd.model import ConfigMapVersion
 from rollbackd.releases import Release
 from rollbackd.store import AuditEntry, OutboxEvent, PermanentStoreError, Store, StoreError
 from rollbackd.store.migrations import LATEST_VERSION, MIGRATIONS
@@ -500,3 +501,44 @@ class StoreSuite:
             assert all(not isinstance(d, BaseException) for i, d in enumerate(done) if i != 3)
             await store.record(entry("after"), [event("e-after")])
             assert (await store.pending("mqtt"))[-1].event_id == "e-after"
+
+    # -- ConfigMaps' versions ---------------------------------------------------------------
+
+    async def test_config_versions_are_kept_newest_first_once_each(self, backend: Backend) -> None:
+        def version(rv: str, timeout: str) -> ConfigMapVersion:
+            return ConfigMapVersion(namespace="shop", name="checkout-config", resource_version=rv,
+                                    data={"timeout_ms": timeout}, seen_at=T0)
+
+        async with opened(backend) as store:
+            assert await store.add_config_version(version("10", "800"), keep_versions=20, keep_age_s=86400)
+            assert await store.add_config_version(version("11", "80"), keep_versions=20, keep_age_s=86400)
+            # Another replica seeing the same version, and a change of metadata only: nothing new.
+            assert not await store.add_config_version(version("11", "80"), keep_versions=20, keep_age_s=86400)
+            assert not await store.add_config_version(version("12", "80"), keep_versions=20, keep_age_s=86400)
+            kept = await store.config_versions("shop", "checkout-config", limit=5)
+        assert [(v.resource_version, dict(v.data)) for v in kept] == [
+            ("11", {"timeout_ms": "80"}), ("10", {"timeout_ms": "800"})
+        ]
+        assert kept[0].seen_at == T0
+
+    async def test_config_versions_are_bounded_by_count_and_age(self, backend: Backend) -> None:
+        now = datetime.now(UTC)
+        async with opened(backend) as store:
+            for n in range(6):
+                seen = now - timedelta(days=9 - n, hours=12)  # 9.5 days old, 8.5, ..., 4.5
+                await store.add_config_version(
+                    ConfigMapVersion(namespace="shop", name="web", resource_version=str(n),
+                                     data={"n": str(n)}, seen_at=seen),
+                    keep_versions=4, keep_age_s=7 * 86400,
+                )
+            kept = [v.resource_version for v in await store.config_versions("shop", "web", limit=10)]
+            assert kept == ["5", "4", "3"]  # 4 newest (5..2), then 2 is older than 7 days
+            # However old, the 2 newest stay: what a rollback goes back to.
+            await store.add_config_version(
+                ConfigMapVersion(namespace="shop", name="web", resource_version="6", data={"n": "6"},
+                                 seen_at=now - timedelta(days=30)),
+                keep_versions=4, keep_age_s=3600,
+            )
+            kept = [v.resource_version for v in await store.config_versions("shop", "web", limit=10)]
+            assert kept == ["6", "5"]
+            assert await store.config_versions("shop", "other") == []

@@ -121,7 +121,9 @@ class HangingAction(ScriptedAction):
 class HangingTargets(ScriptedTargets):
     stopped = False
 
-    def action(self, params: TargetParams, *, bad_revision: int | None = None) -> ScriptedAction:
+    def action(
+        self, params: TargetParams, *, bad_revision: int | None = None, why: object = None
+    ) -> ScriptedAction:
         return HangingAction(self)
 
 

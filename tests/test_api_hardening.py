@@ -174,7 +174,9 @@ class OneBadTarget(ScriptedTargets):
             return ClusterFacts(hold=Hold(until=math.inf, reason="fix-forward", set_at=loop_now))
         return facts
 
-    def action(self, params: TargetParams, *, bad_revision: int | None = None) -> ScriptedAction:
+    def action(
+        self, params: TargetParams, *, bad_revision: int | None = None, why: object = None
+    ) -> ScriptedAction:
         self.starts.append(params.key)
         return super().action(params, bad_revision=bad_revision)
 
@@ -226,7 +228,9 @@ async def test_a_crashing_dry_run_plan_does_not_end_the_daemon(caplog: pytest.Lo
 
     @dataclass
     class Targets(ScriptedTargets):
-        def action(self, params: TargetParams, *, bad_revision: int | None = None) -> ScriptedAction:
+        def action(
+            self, params: TargetParams, *, bad_revision: int | None = None, why: object = None
+        ) -> ScriptedAction:
             return CrashingPlan(self)
 
     caplog.set_level(logging.ERROR, logger="rollbackd")

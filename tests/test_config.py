@@ -411,7 +411,7 @@ def test_bad_target_names_and_strategies(tmp_path: Path) -> None:
         f"{path}:2: targets[0].name (target Checkout): expected a name of lowercase letters, digits and '-'"
         " (like a Kubernetes object name), got 'Checkout'",
         f"{path}:3: targets[0].strategy (target Checkout): expected one of 'canary', 'blue-green',"
-        " 'deployment', 'argo-rollout', 'feature-flag', got 'rolling'",
+        " 'deployment', 'argo-rollout', 'command', 'config', 'feature-flag', got 'rolling'",
     ]
 
 
@@ -432,7 +432,8 @@ def test_target_without_name_or_strategy(tmp_path: Path) -> None:
     assert problems_of(path) == [
         f"{path}:2: targets[0]: missing required key 'name' (the target's name, unique within its namespace)",
         f"{path}:2: targets[0]: missing required key 'strategy'"
-        " (how the release is rolled out: canary, blue-green, deployment, argo-rollout or feature-flag)",
+        " (how the release is rolled out: canary, blue-green, deployment, argo-rollout, command, config or"
+        " feature-flag)",
     ]
 
 
@@ -810,8 +811,8 @@ def test_per_target_tunables_override_defaults_and_global_ones_are_refused(tmp_p
         " 'max_rollbacks_per_hour' (known keys: controlled_grace_s, cooldown_s, rollback_risk,"
         " accept_after_s)",
         f"{path}:{line_of(path, 'severity:')}: targets[0] (checkout): unknown key 'severity' (known keys:"
-        " name, namespace, strategy, baseline, candidate, router, ingress, service, rollout, flag, dry_run,"
-        " slo, detection, policy, queries, gitops)",
+        " name, namespace, strategy, baseline, candidate, router, ingress, service, rollout, command,"
+        " config, flag, dry_run, slo, detection, policy, queries, gitops)",
     ]
 
 

@@ -74,6 +74,10 @@ TARGET_FOR: dict[str, dict[str, Any]] = {
         "candidate": {"deployment": "checkout"},
         "flag": {"name": "new_checkout", "store": {"kind": "sql", "dsn_file": "/run/secrets/flags-dsn"}},
     },
+    "command": {"name": "checkout", "namespace": "shop", "strategy": "command",
+                "candidate": {"deployment": "checkout"}, "command": {"argv": ["./deploy.sh", "rollback"]}},
+    "config": {"name": "checkout", "namespace": "shop", "strategy": "config",
+               "candidate": {"deployment": "checkout"}, "config": {"configmaps": ["checkout-config"]}},
 }
 
 

@@ -66,7 +66,9 @@ class ScriptedTargets:
     def facts_read_at(self, key: str) -> float | None:
         return self.read_at.get(key)
 
-    def action(self, params: TargetParams, *, bad_revision: int | None = None) -> ScriptedAction:
+    def action(
+        self, params: TargetParams, *, bad_revision: int | None = None, why: object = None
+    ) -> ScriptedAction:
         return ScriptedAction(self)
 
     async def serving_available(self, params: TargetParams) -> bool | None:

@@ -10,7 +10,7 @@ import pytest
 from rollbackd.decision.annotations import AnnotationError, context_from_annotations, parse_duration
 from rollbackd.decision.framework import DecisionState, decide
 from rollbackd.decision.rails import HoldBook, RollbackLedger
-from rollbackd.model import Context, Evidence, Hold, Impact, Outcome, Risk, Strategy
+from rollbackd.model import Context, Evidence, Hold, Impact, Outcome, Risk, Strategy, Watch
 from rollbackd.params import Policy, TargetParams
 
 PARAMS = TargetParams(
@@ -140,6 +140,33 @@ def test_freeze_cooldown_and_rate_cap_block_and_escalate() -> None:
     # An expired cooldown does not block.
     decision, _ = decide(severe, Context(cooldown_until=100.0), PARAMS, DecisionState())
     assert decision.rollback
+
+
+def test_the_post_rollback_watch_escalates_a_new_rollback_while_it_lasts() -> None:
+    watch = Watch(since=1000.0, until=2800.0)
+    inside, _ = decide(ev(2000, Impact.SEVERE), Context(watch=watch), PARAMS, DecisionState())
+    assert inside.outcome is Outcome.IMMEDIATE
+    assert not inside.rollback
+    assert inside.escalate
+    assert inside.blocked_by == "post-rollback-watch"
+    assert "degraded again 16m40s after its rollback was verified" in inside.reasons[-1]
+    assert "(13m20s left)" in inside.reasons[-1]
+    after, _ = decide(ev(2800, Impact.SEVERE), Context(watch=watch), PARAMS, DecisionState())
+    assert after.rollback
+    # Within both, the watch is the one named: it is the news (a release bad again after a rollback).
+    both, _ = decide(ev(2000, Impact.SEVERE), Context(watch=watch, cooldown_until=2100.0), PARAMS,
+                     DecisionState())
+    assert both.blocked_by == "post-rollback-watch"
+
+
+def test_ledger_keeps_a_watch_until_it_ends() -> None:
+    ledger = RollbackLedger(max_per_hour=3)
+    assert ledger.watch("shop/checkout", since=100.0, watch_s=0) is None
+    assert ledger.watch_of("shop/checkout", 100.0) is None
+    ledger.watch("shop/checkout", since=100.0, watch_s=1800.0)
+    assert ledger.watch_of("shop/checkout", 1899.0) == Watch(since=100.0, until=1900.0)
+    assert ledger.watch_of("shop/checkout", 1900.0) is None
+    assert ledger.watch_of("shop/cart", 500.0) is None
 
 
 def test_dry_run_keeps_the_verdict_and_marks_it() -> None:

@@ -525,7 +525,9 @@ class WatchingTargets(ScriptedTargets):
     store: StoreProtocol | None = None
     seen: list[tuple[list[str], Mapping[str, Any] | None]] = field(default_factory=list)
 
-    def action(self, params: TargetParams, *, bad_revision: int | None = None) -> ScriptedAction:
+    def action(
+        self, params: TargetParams, *, bad_revision: int | None = None, why: object = None
+    ) -> ScriptedAction:
         cluster = self
 
         class Watching(ScriptedAction):

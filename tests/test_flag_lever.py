@@ -306,7 +306,7 @@ class FlagTargets(ScriptedTargets):
         self.target = target
 
     def action(  # type: ignore[override]  # the real lever, not the scripted one
-        self, params: TargetParams, *, bad_revision: int | None = None
+        self, params: TargetParams, *, bad_revision: int | None = None, why: object = None
     ) -> RollbackAction:
         return flag_action(self.target)
 

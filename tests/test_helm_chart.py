@@ -89,6 +89,9 @@ ARGO_ROLLOUTS_RULES = frozenset(
         ("argoproj.io", "rollouts/status", "patch"),
     }
 )
+CONFIGMAP_RULES = frozenset(
+    {("", "configmaps", verb) for verb in ("get", "list", "watch", "patch")}
+)
 ALLOWED_LEASE_RULES = frozenset(
     {
         ("coordination.k8s.io", "leases", "get"),
@@ -177,6 +180,13 @@ def example_targets() -> list[dict[str, Any]]:
 
 
 #: An Argo Rollouts target, as docs/partners.md shows one.
+CONFIG_TARGET = {
+    "name": "checkout",
+    "namespace": "shop",
+    "strategy": "config",
+    "candidate": {"deployment": "checkout"},
+    "config": {"configmaps": ["checkout-config"], "restart": ["checkout"]},
+}
 ROLLOUT_TARGET = {
     "name": "checkout",
     "namespace": "shop",
@@ -193,6 +203,10 @@ def _value_sets() -> dict[str, dict[str, Any]]:
         "argo-rollouts": {
             "rbac": {"namespaces": ["shop"], "argoRollouts": True},
             "config": {"targets": [ROLLOUT_TARGET]},
+        },
+        "config-targets": {
+            "rbac": {"namespaces": ["shop"], "configMaps": True},
+            "config": {"targets": [CONFIG_TARGET]},
         },
         "defaults": {},
         "discovery": {
@@ -605,6 +619,7 @@ def test_rbac_is_least_privilege(helm: Any, value_set: str) -> None:
         assert set(_rules(role)) == ALLOWED_LEASE_RULES, object_id(role)
     rbac = values["rbac"]
     allowed = ALLOWED_TARGET_RULES | (ARGO_ROLLOUTS_RULES if rbac["argoRollouts"] else frozenset())
+    allowed |= CONFIGMAP_RULES if rbac.get("configMaps") else frozenset()
     allowed = allowed.union(*(ROUTER_RULES[router] for router in rbac["routers"]))
     for role in target_roles:
         granted = set(_rules(role))
@@ -692,11 +707,13 @@ def test_rbac_allows_every_request_rollbackd_makes(helm: Any) -> None:
                                           "shop")))
     discovering = render(helm, VALUE_SETS["discovery"])
     granted_for_discovery = set(_rules(one(discovering, "Role", "rb-rollbackd-discovery", "shop")))
+    configuring = render(helm, VALUE_SETS["config-targets"])
+    granted_for_configmaps = set(_rules(one(configuring, "Role", "rb-rollbackd", "shop")))
     missing = {
         call for call in calls
         if call not in (
             granted_for_leases if call[1] == "leases"
-            else granted_for_switches if call[1] == "configmaps"
+            else granted_for_switches | granted_for_configmaps if call[1] == "configmaps"
             else granted_for_rollouts if call[0] == "argoproj.io"
             else granted_for_discovery if call in DISCOVERY_RULES
             else granted_in_shop
@@ -704,6 +721,7 @@ def test_rbac_allows_every_request_rollbackd_makes(helm: Any) -> None:
     }
     assert not missing, f"rollbackd makes requests the chart does not allow: {sorted(missing)}"
     assert not {call for call in granted_in_shop if call[0] == "argoproj.io"}  # only when asked for
+    assert not {call for call in granted_in_shop if call[1] == "configmaps"}  # only when asked for
     cluster_wide = render(helm, VALUE_SETS["cluster-wide"])
     granted_everywhere = set(_rules(one(cluster_wide, "ClusterRole")))
     assert {
@@ -713,9 +731,10 @@ def test_rbac_allows_every_request_rollbackd_makes(helm: Any) -> None:
     } <= granted_everywhere
     assert calls >= DISCOVERY_RULES
     argo_everywhere = render(helm, {**VALUE_SETS["cluster-wide"], "rbac": {
-        "clusterWide": True, "argoRollouts": True, "routers": ALL_ROUTERS}})
+        "clusterWide": True, "argoRollouts": True, "configMaps": True, "routers": ALL_ROUTERS}})
+    switches_only = granted_for_switches - granted_for_configmaps  # on the switches' ConfigMap alone
     assert {
-        call for call in calls if call[1] not in ("leases", "configmaps") and call not in DISCOVERY_RULES
+        call for call in calls if call[1] != "leases" and call not in DISCOVERY_RULES | switches_only
     } <= set(
         _rules(one(argo_everywhere, "ClusterRole"))
     )

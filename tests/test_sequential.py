@@ -175,3 +175,10 @@ def test_the_detector_is_total(ticks: list[tuple[float, float, float, float | No
     assert not math.isnan(test.log_evidence())
     assert isinstance(test.rejects(alpha), bool)
     assert threshold(alpha) > 0
+
+
+def test_log_ratio_stays_finite_at_counts_near_the_float_range() -> None:
+    # Found by hypothesis: 0 hits in 4e307 trials overflowed the second term to -inf.
+    assert math.isfinite(log_ratio(0.0, 4.03e307, 0.5, 173.0))
+    assert log_ratio(0.0, 4.03e307, 0.5, 173.0) < 0.0
+    assert math.isfinite(log_ratio(1.7e308, 1.7e308, 0.5, 1e300))

@@ -93,6 +93,18 @@ class ActionResult:
 
 
 @dataclass(frozen=True, slots=True)
+class RollbackWhy:
+    """Why a rollback runs, for a lever that is told (a command's environment): the decision's
+    outcome (``immediate``, ``controlled``, ``manual``), its reasons joined, the revision (or
+    release) judged bad when known, and the run's id."""
+
+    decision: str
+    reason: str
+    revision: str | None = None
+    run_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Waiting:
     """What a running action waits for (e.g. ready endpoints of the healthy colour), since when
     (event-loop time)."""

@@ -16,7 +16,8 @@ for every configured target (found by its key, ``namespace/name``):
   fix-forward ETA given as a duration (``15m``) counts from when this object first saw it;
 - :meth:`KubeTargets.action` builds the target's action: canary abort, blue-green switch-back,
   Deployment undo or Rollout abort (:data:`ACTIONS` names them per strategy), guarded against
-  GitOps reconcilers (:mod:`rollbackd.actions.gitops`);
+  GitOps reconcilers (:mod:`rollbackd.actions.gitops`), or the target's configured command
+  (:mod:`rollbackd.actions.command`; a command target's facts come from its configuration alone);
 - :meth:`KubeTargets.router` is a canary target's traffic router (ingress-nginx, Gateway API,
   Istio), :meth:`KubeTargets.split` its current split (the canary's share of the requests);
   :meth:`KubeTargets.check_routers`, at start-up, tells which targets' routers need a custom
@@ -40,10 +41,20 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from rollbackd.actions import bluegreen, canary_abort, deployment_undo, feature_flag, rollout_abort
-from rollbackd.actions.base import RollbackAction
+from rollbackd.actions import (
+    bluegreen,
+    canary_abort,
+    command,
+    config_restore,
+    deployment_undo,
+    feature_flag,
+    rollout_abort,
+)
+from rollbackd.actions.base import RollbackAction, RollbackWhy
 from rollbackd.actions.bluegreen import BlueGreenSwitchBack
 from rollbackd.actions.canary_abort import CanaryAbort
+from rollbackd.actions.command import CommandAction
+from rollbackd.actions.config_restore import ConfigHistory, ConfigRestore
 from rollbackd.actions.deployment_undo import DeploymentUndo
 from rollbackd.actions.feature_flag import FeatureFlagOff
 from rollbackd.actions.flag_http import HttpFlag
@@ -65,7 +76,7 @@ from rollbackd.kube.errors import KubeError, KubeNotFound
 from rollbackd.kube.objects import CustomResource
 from rollbackd.kube.retry import retrying
 from rollbackd.kube.rollouts import RolloutsNotInstalled
-from rollbackd.model import Strategy
+from rollbackd.model import OWN_PAST, Strategy
 from rollbackd.params import TargetParams
 
 logger = logging.getLogger(__name__)
@@ -79,6 +90,8 @@ ACTIONS: dict[Strategy, str] = {
     Strategy.BLUE_GREEN: bluegreen.ACTION,
     Strategy.DEPLOYMENT: deployment_undo.ACTION,
     Strategy.ARGO_ROLLOUT: rollout_abort.ACTION,
+    Strategy.COMMAND: command.ACTION,
+    Strategy.CONFIG: config_restore.ACTION,
     Strategy.FEATURE_FLAG: feature_flag.ACTION,
 }
 
@@ -121,6 +134,8 @@ class KubeTargets:
         self._gitops: GitOpsSettings = settings.gitops
         self._max_age_s = self.kubernetes.facts_max_age_s
         self._wall_clock = wall_clock
+        #: Where the versions of config targets' ConfigMaps are kept (the daemon sets its store's).
+        self.config_history: ConfigHistory | None = None
         #: target key -> (the fix-forward ETA annotation's value, loop time it was first seen).
         self._eta_seen: dict[str, tuple[str, float]] = {}
         #: target key -> the candidate revision the latest facts() read.
@@ -183,6 +198,10 @@ class KubeTargets:
             return kept[1]
         target = self.target(params.key)
         namespace = target.namespace
+        if target.strategy is Strategy.COMMAND:
+            # Nothing on the cluster stands for it: its command is the way back, its risk configured.
+            self._facts[params.key] = (loop_now, ClusterFacts())
+            return ClusterFacts()
         if target.strategy is Strategy.ARGO_ROLLOUT:
             candidate, baseline, missing = await self._rollout_objects(target)
         else:
@@ -278,16 +297,26 @@ class KubeTargets:
         return await self._call(lambda: objects.served_resources(self.kube, group=group, version=version))
 
     def action(
-        self, params: TargetParams, *, bad_revision: int | None = None, to_revision: int | None = None
+        self,
+        params: TargetParams,
+        *,
+        bad_revision: int | None = None,
+        to_revision: int | None = None,
+        why: RollbackWhy | None = None,
     ) -> RollbackAction:
         """The rollback action for the target's strategy, guarded against the GitOps reconcilers of
         the objects it changes by the target's ``gitops`` mode (default: ``gitops.mode``; see
         :mod:`rollbackd.actions.gitops`).
 
         For a Deployment undo, ``bad_revision`` is the revision judged bad (default: the one the
-        latest :meth:`facts` read) and ``to_revision`` an explicit revision to go back to.
+        latest :meth:`facts` read) and ``to_revision`` an explicit revision to go back to. A
+        command is told ``why`` (the decision) in its environment; it changes no Kubernetes object,
+        so no reconciler guards it.
         """
         target = self.target(params.key)
+        if target.strategy is Strategy.COMMAND:
+            assert target.command is not None  # the settings check it
+            return CommandAction(target=params.key, settings=target.command, why=why)
         if target.strategy is Strategy.FEATURE_FLAG:
             return flag_action(target)  # no Kubernetes object changes: nothing for GitOps to undo
         return GitOpsGuard(
@@ -306,6 +335,13 @@ class KubeTargets:
     ) -> RollbackAction:
         """The action that rolls ``target`` back, by its strategy."""
         namespace = target.namespace
+        if target.strategy is Strategy.CONFIG:
+            assert target.config is not None  # the settings check it
+            if self.config_history is None:
+                raise LookupError(f"target {params.key!r}: no store keeps its ConfigMaps' versions")
+            return ConfigRestore(kube=self.kube, target=params.key, namespace=namespace,
+                                 configmaps=target.config.configmaps, history=self.config_history,
+                                 restart=target.config.restart, settings=self.action_settings)
         if target.strategy is Strategy.ARGO_ROLLOUT:
             assert target.rollout is not None  # the settings check it
             return RolloutAbort(kube=self.kube, target=params.key, namespace=namespace,
@@ -341,6 +377,8 @@ class KubeTargets:
         (:func:`~rollbackd.kube.objects.rollout_complete`): for an undo, the restored pods must be
         the ones available, not the old ones a stalled rollout leaves serving."""
         target = self.target(params.key)
+        if target.strategy is Strategy.COMMAND:
+            return None  # no Deployment of its own is looked for: verified on its metrics and health
         if target.strategy is Strategy.ARGO_ROLLOUT:
             assert target.rollout is not None  # the settings check it
             namespace, name = target.namespace, target.rollout
@@ -354,7 +392,7 @@ class KubeTargets:
                 return None
         if target.strategy is Strategy.FEATURE_FLAG:
             return True  # the flag is off once the action is done; verification judges the metrics
-        side = target.candidate if target.strategy is Strategy.DEPLOYMENT else target.baseline
+        side = target.candidate if target.strategy in OWN_PAST else target.baseline
         assert side is not None  # canary and blue-green targets have a baseline (the settings check it)
         try:
             deployment = await self._deployment(target.namespace, _deployment_of(side))

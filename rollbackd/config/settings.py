@@ -657,6 +657,13 @@ class VerificationSettings(_Frozen):
         le=2 * DAY,
         description="Longest wait for enough traffic or availability to verify (default: 2 x window_s).",
     )
+    watch_s: float = Field(
+        1800.0,
+        ge=0,
+        le=DAY,
+        description="Post-rollback watch after a verified rollback (the runbook's 30 minutes): a target that "
+        "degrades again within it is escalated, never rolled back a second time automatically. 0: no watch.",
+    )
 
 
 class StoreSettings(_Frozen):
@@ -1153,7 +1160,7 @@ class Side(_Frozen):
         min_length=1,
         pattern=K8S_NAME_PATTERN,
         description="Name of the Deployment running this version (required, except for argo-rollout "
-        "targets, which have none).",
+        "targets, which have none; for a command target, only the deployment label of its series).",
     )
     labels: dict[LabelName, str] = Field(
         default_factory=dict,
@@ -1251,6 +1258,95 @@ class IstioRouterSettings(_Frozen):
                 ("stable",), None,
             )])
         return self
+
+
+#: Environment variables rollbackd gives a rollback command itself (see :class:`CommandSettings`).
+COMMAND_ENV_PREFIX = "ROLLBACKD_"
+#: Longest a rollback command may run, in seconds.
+MAX_COMMAND_TIMEOUT_S = 6 * HOUR
+
+
+class CommandSettings(_Frozen):
+    """command: the command that rolls the release back (e.g. ``./scripts/deploy.sh rollback``), run
+    without a shell, in its own process group, with the target and the decision in its environment
+    (``ROLLBACKD_TARGET``, ``ROLLBACKD_NAMESPACE``, ``ROLLBACKD_DECISION``, ``ROLLBACKD_REASON``,
+    ``ROLLBACKD_REVISION``, ``ROLLBACKD_RUN_ID``). Exit code 0 is a done rollback, anything else a
+    failed one."""
+
+    argv: tuple[Annotated[str, Field(min_length=1)], ...] = Field(
+        min_length=1,
+        description="The program and its arguments, one item each (no shell: write [sh, -c, '...'] for "
+        "one). A relative program is found in cwd when it holds a '/', else on the daemon's PATH.",
+    )
+    cwd: str | None = Field(
+        None,
+        min_length=1,
+        pattern=r"^/",
+        description="Absolute working directory of the command (default: the daemon's).",
+    )
+    env: dict[Annotated[str, Field(pattern=LABEL_NAME_PATTERN)], str] = Field(
+        default_factory=dict,
+        repr=False,  # may hold credentials: never in a repr or a log line
+        description="Environment of the command, besides PATH (the daemon's) and the ROLLBACKD_* "
+        "variables; nothing else of the daemon's environment is passed on.",
+    )
+    timeout_s: float = Field(
+        300.0,
+        ge=MIN_TIMEOUT_S,
+        le=MAX_COMMAND_TIMEOUT_S,
+        description="The command and every process it started are ended when it runs longer than this "
+        "(SIGTERM to its process group, SIGKILL after kill_grace_s): a failed rollback.",
+    )
+    kill_grace_s: float = Field(
+        10.0,
+        ge=0,
+        le=MAX_TIMEOUT_S,
+        description="Time between SIGTERM and SIGKILL when the command is ended.",
+    )
+
+    @model_validator(mode="after")
+    def _own_env(self) -> CommandSettings:
+        _raise("CommandSettings", [
+            _problem(
+                "reserved_env",
+                "environment variable '{name}' is set by rollbackd (every {prefix}* name is): rename it",
+                ("env", name),
+                None,
+                name=name,
+                prefix=COMMAND_ENV_PREFIX,
+            )
+            for name in self.env
+            if name.startswith(COMMAND_ENV_PREFIX) or name == "PATH"
+        ])
+        return self
+
+
+class ConfigLeverSettings(_Frozen):
+    """config: the ConfigMaps whose data is the release, and the Deployments that read them. rollbackd
+    keeps each version of their data it sees (Kubernetes keeps none); a change of the data is a
+    release, and rolling it back puts the previous data back and restarts ``restart`` the way
+    ``kubectl rollout restart`` does."""
+
+    configmaps: tuple[K8sName, ...] = Field(
+        min_length=1, description="The ConfigMaps, in the target's namespace, whose versions are kept."
+    )
+    restart: tuple[K8sName, ...] = Field(
+        (), description="The Deployments, in the target's namespace, restarted once the data is restored."
+    )
+    keep_versions: int = Field(
+        20, ge=2, le=1000, description="Versions kept per ConfigMap (the newest; at least 2)."
+    )
+    keep_age_s: float = Field(
+        30 * DAY,
+        ge=HOUR,
+        le=YEAR,
+        description="Versions older than this are dropped, except the 2 newest of each ConfigMap.",
+    )
+    secrets: Literal[False] = Field(
+        False,
+        description="Secrets are never kept: rollbackd stores no Secret data, encrypted or not "
+        "(docs/levers.md says why).",
+    )
 
 
 #: How traffic reaches a canary, chosen by ``kind``.
@@ -1388,6 +1484,8 @@ _STRATEGY_KEYS: dict[str, tuple[frozenset[Strategy], str]] = {
     ),
     "service": (frozenset({Strategy.BLUE_GREEN}), "the Service whose selector picks the colour"),
     "rollout": (frozenset({Strategy.ARGO_ROLLOUT}), "the Argo Rollouts Rollout"),
+    "command": (frozenset({Strategy.COMMAND}), "the command that rolls the release back"),
+    "config": (frozenset({Strategy.CONFIG}), "the ConfigMaps whose data is the release"),
     "flag": (frozenset({Strategy.FEATURE_FLAG}), "the feature flag to turn off, and where it is kept"),
 }
 #: Keys that only a canary uses, one of which it needs.
@@ -1417,8 +1515,8 @@ class TargetSettings(_Frozen):
     )
     strategy: Strategy = Field(
         ...,
-        description="How the release is rolled out: canary, blue-green, deployment, argo-rollout or "
-        "feature-flag.",
+        description="How the release is rolled out: canary, blue-green, deployment, argo-rollout, command, "
+        "config or feature-flag.",
     )
     baseline: Side | None = Field(
         None,
@@ -1446,6 +1544,12 @@ class TargetSettings(_Frozen):
         min_length=1,
         pattern=K8S_NAME_PATTERN,
         description="argo-rollout: the Rollout (argoproj.io/v1alpha1) to abort.",
+    )
+    command: CommandSettings | None = Field(
+        None, description="command: the command that rolls the release back (argv, cwd, env, timeout_s)."
+    )
+    config: ConfigLeverSettings | None = Field(
+        None, description="config: the ConfigMaps whose data is the release (configmaps, restart, keep_*)."
     )
     flag: FlagSettings | None = Field(
         None,
@@ -1525,13 +1629,15 @@ class TargetSettings(_Frozen):
                     why=ROLLOUT_SIDES,
                 ))
             elif self.strategy is not Strategy.ARGO_ROLLOUT and side.deployment is None:
+                what = ("the value of the deployment label of its series; no Deployment is looked for"
+                        if self.strategy is Strategy.COMMAND else "the Deployment running this version")
                 problems.append(_problem(
                     "missing_for_strategy",
-                    "missing required key 'deployment' for strategy '{strategy}' (the Deployment running "
-                    "this version)",
+                    "missing required key 'deployment' for strategy '{strategy}' ({what})",
                     (side_name, "deployment"),
                     None,
                     strategy=self.strategy.value,
+                    what=what,
                 ))
         return problems
 

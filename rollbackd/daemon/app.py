@@ -69,7 +69,7 @@ from rollbackd.gcpause import collector_paused
 from rollbackd.model import Context, Decision, Evidence, Observation, Outcome
 from rollbackd.optin import ObjectRef, OptIn, with_opt_ins
 from rollbackd.params import TargetParams
-from rollbackd.run import RollbackRun, TargetAccess
+from rollbackd.run import Phase, RollbackRun, TargetAccess
 from rollbackd.runrecord import RunRecord
 from rollbackd.sources.base import GivesHistory, HealthSource, History, MetricsSource
 from rollbackd.sources.probe import Queries
@@ -917,12 +917,21 @@ class Daemon:
 
     def _rollback_finished(self, params: TargetParams, run: RollbackRun) -> None:
         """A rollback reached its verdict: count it, and start a new episode for the target (the
-        healthy past of the version that stays is kept)."""
+        healthy past of the version that stays is kept). A verified rollback starts the target's
+        post-rollback watch (``verification.watch_s``)."""
         self.metrics.count_rollback(run.phase.value)
         target = self.state.targets.get(params.key)
         if target is not None:
             target.reset()
             target.lifetime = None  # the version that stays is judged from the next tick on
+        if run.phase is Phase.VERIFIED and run.finished_at is not None:
+            watch = self.state.ledger.watch(params.key, since=run.finished_at,
+                                            watch_s=self.settings.verification.watch_s)
+            if watch is not None:
+                logger.warning(
+                    "watching the target for %.0fs after its verified rollback: a new degradation escalates",
+                    watch.until - watch.since, extra={"target": params.key},
+                )
 
     @property
     def file_settings(self) -> Settings:

@@ -144,6 +144,7 @@ _ESCALATED_BY = {
     "cooldown": "cooldown",
     "rate-limit": "hourly rollback cap",
     "store": "audit trail cannot be written",
+    "post-rollback-watch": "degraded again after its rollback",
 }
 
 
@@ -178,6 +179,8 @@ def target_status(target: _Doc) -> Status:
         if decision.get("dry_run") is True:
             return Status(Urgency.ROLLBACK, f"would roll back ({outcome}, dry-run)")
         return Status(Urgency.ROLLBACK, f"rollback decided ({outcome})")
+    if blocked_by == "post-rollback-watch":  # the news is the new degradation, not the old rollback
+        return Status(Urgency.ESCALATED, f"escalated: {_ESCALATED_BY[blocked_by]}")
     run = _obj(target.get("rollback"))
     if run is not None and _text(run.get("phase")) in _RUN_BADGES:
         return Status(Urgency.ROLLBACK, _RUN_BADGES[_text(run.get("phase"))])
@@ -905,14 +908,18 @@ def _restraints(target: _Doc, *, generated_at: datetime) -> str:
             f'{_e(_text(release.get("started_at")))} by {_e(_text(release.get("who")))}: {_e(what)} '
             "(judged since then against the target's own history before it)</p>"
         )
-    cooldown = _obj(target.get("cooldown"))
-    if cooldown is not None:
-        remaining = _num(cooldown.get("remaining_s")) or 0.0
-        lines.append(
-            f'<p class="cooldown"><b>Cooldown</b> {_e(human_duration(remaining))} left (until '
-            f"{_e(_clock(generated_at, remaining))}): no further automatic rollback of this target "
-            "until then</p>"
-        )
+    for key, title, meaning in (
+        ("cooldown", "Cooldown", "no further automatic rollback of this target until then"),
+        ("watch", "Watching after the rollback",
+         "if it degrades again, rollbackd escalates and does not roll back a second time"),
+    ):
+        restraint = _obj(target.get(key))
+        if restraint is not None:
+            remaining = _num(restraint.get("remaining_s")) or 0.0
+            lines.append(
+                f'<p class="cooldown"><b>{title}</b> {_e(human_duration(remaining))} left (until '
+                f"{_e(_clock(generated_at, remaining))}): {meaning}</p>"
+            )
     return "".join(lines)
 
 

@@ -124,7 +124,7 @@ def _target_changes(
         if getattr(source_before, item.name) != getattr(source_after, item.name):
             what.append(f"{item.name} changed")
     dumped_before, dumped_after = before.model_dump(), after.model_dump()
-    for name in ("strategy", "baseline", "candidate", "ingress", "service"):
+    for name in ("strategy", "baseline", "candidate", "ingress", "service", "command", "config"):
         if dumped_before.get(name) != dumped_after.get(name) and f"{name} changed" not in what:
             what.append(f"{name} changed")
     return tuple(what)

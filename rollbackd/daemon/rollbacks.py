@@ -36,6 +36,7 @@ from rollbackd.actions.base import (
     ActionOutcome,
     ActionResult,
     Change,
+    RollbackWhy,
     Waiting,
     merge_changes,
 )
@@ -117,7 +118,8 @@ def serving_side(
     strategy: Strategy, obs: Observation
 ) -> tuple[Sample | None, tuple[HealthCheck, ...] | None]:
     """Which side of an observation is the version traffic went back to: the stable / previous
-    colour (baseline) for canary and blue-green, the Deployment itself for an undo."""
+    colour (baseline) for canary and blue-green, the target itself when it is judged against its
+    own past (a Deployment undo, a feature flag, a command)."""
     if strategy in OWN_PAST:
         return obs.candidate, obs.health_candidate
     return obs.baseline, obs.health_baseline
@@ -284,7 +286,9 @@ class Rollbacks:
         logger.warning("rolling back", extra={"target": run.key, "mode": run.mode})
         recorder = None if self._record is None else _RunRecorder(self._record, params, run)
         try:
-            action = self._access.action(params, bad_revision=bad_revision)
+            why = RollbackWhy(decision=run.mode, reason="; ".join(run.reasons), run_id=run.run_id,
+                              revision=None if bad_revision is None else str(bad_revision))
+            action = self._access.action(params, bad_revision=bad_revision, why=why)
             result = await action.run(
                 dry_run=False, recorder=recorder, progress=lambda waiting: _set_waiting(run, waiting)
             )

@@ -260,6 +260,7 @@ class DaemonState:
             standby=standby,
             audit_problem=audit_problem,
             cooldown_until=self.ledger.cooldown_until(target.key),
+            watch=self.ledger.watch_of(target.key, t),
             rollbacks_last_hour=self.ledger.rollbacks_last_hour(t),
             max_rollbacks_per_hour=self.max_rollbacks_per_hour,
             time_text=self.time_text,

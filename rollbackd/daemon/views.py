@@ -285,7 +285,7 @@ def target_view(
     switches: SwitchBoard | None = None,
 ) -> JsonValue:
     """One target: what it is, the latest evidence and decision, its last rollback decision, and
-    what currently restrains it (hold, cooldown)."""
+    what currently restrains it (hold, cooldown, the post-rollback watch)."""
     latest = target.latest
     run = state.rollbacks.runs.get(target.key) if state.rollbacks else None
     hold = state.holds.get(target.key)
@@ -294,6 +294,7 @@ def target_view(
     cooldown_until = state.ledger.cooldown_until(target.key)
     if cooldown_until is not None and cooldown_until <= now:
         cooldown_until = None
+    watch = state.ledger.watch_of(target.key, now)
     return {
         "key": target.key,
         "namespace": target.settings.namespace,
@@ -332,6 +333,14 @@ def target_view(
         else {
             "until": wall.iso(cooldown_until),
             "remaining_s": to_json_value(round(cooldown_until - now, 6)),
+        },
+        # After a verified rollback: a new degradation until then escalates, never rolls back again.
+        "watch": None
+        if watch is None
+        else {
+            "since": wall.iso(watch.since),
+            "until": wall.iso(watch.until),
+            "remaining_s": to_json_value(round(watch.until - now, 6)),
         },
         "series": series_view(target, run, now=now, wall=wall),
     }

@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 
+from rollbackd.actions.targets import KubeTargets
 from rollbackd.config.settings import Settings
 from rollbackd.daemon.app import SHUTDOWN_TIMEOUT_S, Daemon
 from rollbackd.daemon.auth import ApiAuth
+from rollbackd.daemon.configwatch import ConfigWatch, StoreHistory
 from rollbackd.daemon.journal import Journal
 from rollbackd.daemon.leader import Leadership
 from rollbackd.daemon.metrics import DaemonMetrics
@@ -57,8 +59,9 @@ async def open_daemon(
       their errors into.
     - ``targets``: the targets' Kubernetes access (release context, actions, availability);
       ``None`` decides only.
-    - ``kube``: the Kubernetes client the ``kubernetes_events`` sink writes Events with; ``None``:
-      no Kubernetes Events.
+    - ``kube``: the Kubernetes client the ``kubernetes_events`` sink writes Events with, and the
+      ConfigMaps of config targets are watched with (:mod:`rollbackd.daemon.configwatch`); ``None``:
+      no Kubernetes Events, no ConfigMap versions kept.
     - ``leader``: the leader election of several replicas (entered by the caller); only the
       leader acts and delivers the outbox. ``None``: this process is the only one.
     - ``auth``: access rules of the API (default: from ``settings.api``, token files only).
@@ -84,6 +87,8 @@ async def open_daemon(
             ),
             name="rollbackd:store",
         )
+        if isinstance(targets, KubeTargets):
+            targets.config_history = StoreHistory(journal)
         try:
             async with Daemon(
                 settings,
@@ -98,6 +103,11 @@ async def open_daemon(
                 probe=probe,
                 switch_store=switch_store,
             ) as daemon:
-                yield daemon
+                if kube is None:
+                    yield daemon
+                else:
+                    async with ConfigWatch(kube=kube, settings=settings, journal=journal,
+                                           announce=daemon.releases.announce):
+                        yield daemon
         finally:
             stopping.set()

@@ -73,6 +73,8 @@ def is_newer(judged_revision: int | None, current_revision: int | None) -> bool:
 def _rollback_target(
     strategy: Strategy, baseline: Obj | None, candidate: Obj | None, replica_sets: Sequence[Obj]
 ) -> tuple[bool, str]:
+    if strategy is Strategy.CONFIG:
+        return True, ""  # the earlier data is in rollbackd's store: the action refuses when it is not
     if strategy is Strategy.DEPLOYMENT:
         current = revision_of(candidate)
         older = [

@@ -21,7 +21,9 @@ with it escalates too; while the baseline is within the SLO and the new version 
 significantly worse than it, attribution is pending: no rollback, no escalation, until the pending
 state has lasted ``controlled_grace_s`` from the onset (then an on-call engineer must hear of it).
 
-Safety rails (freeze, cooldown, hourly cap) can stop an action the framework wants; dry-run
+Safety rails (freeze, the post-rollback watch, cooldown, hourly cap) can stop an action the
+framework wants; the watch (the runbook's 30 minutes of monitoring after a verified rollback) turns
+a new rollback into an escalation, never a second automatic rollback. Dry-run
 keeps the verdict but marks it so nothing acts on it. A standby replica (leader election) decides
 like the leader but never acts: its rollback decisions are blocked by ``standby``. While the audit
 trail cannot be written (the store is down), rollback decisions are blocked by ``store``. A release
@@ -122,6 +124,15 @@ def _apply_rails(decision: Decision, ctx: Context, t: float) -> Decision:
     if ctx.frozen:
         reasons.append("global freeze is on: not rolling back, escalating")
         return replace(decision, rollback=False, escalate=True, blocked_by="freeze", reasons=tuple(reasons))
+    if ctx.watch is not None and ctx.watch.since <= t < ctx.watch.until:
+        reasons.append(
+            f"degraded again {_fmt_d(t - ctx.watch.since)} after its rollback was verified, within the "
+            f"post-rollback watch ({_fmt_d(ctx.watch.until - t)} left): escalating, no second automatic "
+            "rollback"
+        )
+        return replace(
+            decision, rollback=False, escalate=True, blocked_by="post-rollback-watch", reasons=tuple(reasons)
+        )
     if ctx.cooldown_until is not None and t < ctx.cooldown_until:
         reasons.append(
             f"target in cooldown for {_fmt_d(ctx.cooldown_until - t)} more after its last rollback: "

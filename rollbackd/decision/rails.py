@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from rollbackd.model import Hold
+from rollbackd.model import Hold, Watch
 
 HOUR_S = 3600.0
 
@@ -18,12 +18,30 @@ MAX_HOLD_S = 30 * 86400.0
 
 
 class RollbackLedger:
-    """Remembers recent rollbacks: a per-target cooldown and a cap per hour across all targets."""
+    """Remembers recent rollbacks: a per-target cooldown, a cap per hour across all targets, and
+    each target's post-rollback watch after its rollback was verified."""
 
     def __init__(self, *, max_per_hour: int) -> None:
         self.max_per_hour = max_per_hour
         self._times: deque[float] = deque()
         self._cooldowns: dict[str, float] = {}
+        self._watches: dict[str, Watch] = {}
+
+    def watch(self, key: str, *, since: float, watch_s: float) -> Watch | None:
+        """Start ``key``'s post-rollback watch at ``since`` for ``watch_s`` (none when 0)."""
+        if watch_s <= 0:
+            self._watches.pop(key, None)
+            return None
+        watch = self._watches[key] = Watch(since=since, until=since + watch_s)
+        return watch
+
+    def watch_of(self, key: str, t: float) -> Watch | None:
+        """``key``'s post-rollback watch under way at ``t`` (``None`` once it is over)."""
+        watch = self._watches.get(key)
+        if watch is not None and watch.until <= t:
+            del self._watches[key]
+            return None
+        return watch
 
     def record(self, key: str, t: float, cooldown_s: float) -> None:
         self._times.append(t)

@@ -73,6 +73,7 @@ ratio of 0) and never raise.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -105,7 +106,11 @@ def log_ratio(hits: float, total: float, null_p: float, factor: float) -> float:
     if total <= 0.0 or not 0.0 < null_p < 1.0 or factor <= 0.0:
         return 0.0
     hits = min(max(hits, 0.0), total)
-    return hits * math.log(factor) - total * math.log1p(null_p * (factor - 1.0))
+    value = hits * math.log(factor) - total * math.log1p(null_p * (factor - 1.0))
+    if math.isnan(value):  # both terms overflowed (counts near the float range): no evidence
+        return 0.0
+    # One term alone may overflow to ±inf at counts near the float range: keep it finite.
+    return min(max(value, -sys.float_info.max), sys.float_info.max)
 
 
 def share_null(trials: float, ref_trials: float, ratio: float) -> float | None:

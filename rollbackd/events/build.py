@@ -37,6 +37,7 @@ from rollbackd.events.model import (
     ActionData,
     ChangeData,
     CloudEvent,
+    CommandData,
     DecisionData,
     DecisionMadeData,
     EpisodeData,
@@ -277,8 +278,16 @@ def action_data(result: ActionResult) -> ActionData:
         split_before=_split_data(result.details.get("split_before")),
         split_after=_split_data(result.details.get("split_after")),
         gitops=tuple(gitops_data(hold) for hold in result.gitops),
+        command=_command_data(result.details.get("command")),
         flag=_flag_data(result.details),
     )
+
+
+def _command_data(command: Any) -> CommandData | None:
+    """A command's record as the command action's details carry it."""
+    if not isinstance(command, dict):
+        return None
+    return CommandData.model_validate(command)
 
 
 def _flag_data(details: Mapping[str, Any]) -> FlagData | None:

@@ -226,6 +226,23 @@ class SplitData(_Model):
     )
 
 
+class CommandData(_Model):
+    """What a rollback command did: how it ended and the tail of what it wrote."""
+
+    argv: tuple[str, ...] = Field(description="The program and its arguments, as configured.")
+    cwd: str | None = Field(None, description="Its working directory (null: the daemon's).")
+    exit_code: int | None = Field(description="Its exit code (null when it ended by a signal).")
+    signal: str | None = Field(None, description="The signal that ended it (e.g. SIGKILL), if one did.")
+    timed_out: bool = Field(
+        description="It was still running at its timeout and was ended with its process group."
+    )
+    duration_s: float = Field(description="Seconds from its start to its end.")
+    stdout_tail: str = Field(description="The last 64 KiB of its standard output.")
+    stderr_tail: str = Field(description="The last 64 KiB of its standard error.")
+    stdout_bytes: int = Field(description="Bytes it wrote to standard output in all.")
+    stderr_bytes: int = Field(description="Bytes it wrote to standard error in all.")
+
+
 class FlagData(_Model):
     """The feature flag a ``feature-flag-off`` action turned off (or found off already)."""
 
@@ -241,8 +258,8 @@ class ActionData(_Model):
     """What the rollback action did."""
 
     action: str = Field(
-        description="canary-abort, blue-green-switch-back, deployment-undo, argo-rollout-abort or "
-        "feature-flag-off."
+        description="canary-abort, blue-green-switch-back, deployment-undo, argo-rollout-abort, "
+        "feature-flag-off or command."
     )
     outcome: str = Field(
         description="done, already-done (nothing left to change), planned (dry-run), refused or failed."
@@ -267,6 +284,9 @@ class ActionData(_Model):
     )
     split_after: SplitData | None = Field(
         None, description="canary-abort: the split as read after the route was changed."
+    )
+    command: CommandData | None = Field(
+        None, description="command: how the command ended and the tail of its output."
     )
 
 

@@ -437,8 +437,17 @@ async def replace_lease(kube: KubeClient, *, namespace: str, name: str, lease: M
 # --- ConfigMaps ----------------------------------------------------------------------------------
 
 async def get_configmap(kube: KubeClient, *, namespace: str, name: str) -> Obj:
+    """Read a ConfigMap. Raises :class:`~rollbackd.kube.errors.KubeNotFound` if it does not exist."""
     call = KubeCall("get", "configmaps", "", namespace, name)
     return await kube.request(call, kube.core.read_namespaced_config_map, name, namespace)
+
+
+async def patch_configmap(kube: KubeClient, *, namespace: str, name: str, patch: Patch) -> Obj:
+    """Merge-patch a ConfigMap (its ``data``, with a ``metadata.resourceVersion`` precondition: 409
+    when it changed since it was read); returns it as stored after the patch."""
+    call = KubeCall("patch", "configmaps", "", namespace, name)
+    return await kube.request(call, kube.core.patch_namespaced_config_map, name, namespace, _body(patch),
+                              _content_type=_content_type(patch, "merge"))
 
 
 async def create_configmap(kube: KubeClient, *, namespace: str, configmap: Mapping[str, Any]) -> Obj:

@@ -1,10 +1,13 @@
-"""Listing and watching Deployments, in one namespace or in all of them; watching one ConfigMap.
+"""Listing and watching Deployments (in one namespace or in all of them) and ConfigMaps (in one
+namespace); watching one ConfigMap.
 
 :func:`list_deployments` reads the objects as they are and the list's ``resourceVersion``;
 :func:`watch_deployments` streams what changes after it (``ADDED``, ``MODIFIED``, ``DELETED``;
 bookmarks are asked for and passed on) until the API server ends the stream. A caller that keeps
 watching lists again whenever a stream breaks, so that what changed while it was not watching is
-not missed (see :mod:`rollbackd.daemon.discovery`).
+not missed (see :mod:`rollbackd.daemon.discovery`). :func:`list_configmaps` and
+:func:`watch_configmaps` do the same for the ConfigMaps of a namespace (see
+:mod:`rollbackd.daemon.configwatch`).
 
 :func:`watch_configmap` streams the changes of one ConfigMap after a ``resourceVersion`` (the one a
 ``get`` returned): a field selector on its name, which RBAC lets a Role limited to that name
@@ -59,6 +62,29 @@ async def watch_deployments(
     extra = {"resource_version": resource_version} if resource_version else {}
     async for event in kube.watch(
         call, method, *args, timeout_s=timeout_s, allow_watch_bookmarks=True, **extra
+    ):
+        yield event
+
+
+async def list_configmaps(kube: KubeClient, *, namespace: str) -> Listed:
+    """The ConfigMaps of ``namespace``."""
+    call = KubeCall("list", "configmaps", "", namespace)
+    body = await kube.request(call, kube.core.list_namespaced_config_map, namespace)
+    items = tuple(item for item in body.get("items") or () if isinstance(item, dict))
+    version = (body.get("metadata") or {}).get("resourceVersion")
+    return Listed(items=items, resource_version=version if isinstance(version, str) else None)
+
+
+async def watch_configmaps(
+    kube: KubeClient, *, namespace: str, resource_version: str | None, timeout_s: float
+) -> AsyncIterator[Obj]:
+    """The changes to the ConfigMaps of ``namespace`` after ``resource_version``, as watch events,
+    until the API server ends the stream (like :func:`watch_deployments`)."""
+    call = KubeCall("watch", "configmaps", "", namespace)
+    extra = {"resource_version": resource_version} if resource_version else {}
+    async for event in kube.watch(
+        call, kube.core.list_namespaced_config_map, namespace, timeout_s=timeout_s,
+        allow_watch_bookmarks=True, **extra,
     ):
         yield event
 

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from rollbackd.errors import PermanentError, RollbackdError, TemporaryError
+from rollbackd.model import ConfigMapVersion
 from rollbackd.releases import Release
 
 
@@ -113,6 +114,19 @@ class Store(Protocol):
 
     async def ping(self) -> bool:
         """Whether the store answers now (for /readyz)."""
+        ...
+
+    async def add_config_version(
+        self, version: ConfigMapVersion, *, keep_versions: int, keep_age_s: float
+    ) -> bool:
+        """Keep ``version`` of a ConfigMap unless its data is that of the newest version kept (a
+        change of its metadata only is no new version), or it is kept already (another replica saw
+        it); then drop its versions beyond the newest ``keep_versions`` and those older than
+        ``keep_age_s`` (the 2 newest always stay). Whether it was kept as a new version."""
+        ...
+
+    async def config_versions(self, namespace: str, name: str, *, limit: int = 2) -> list[ConfigMapVersion]:
+        """The newest ``limit`` kept versions of a ConfigMap, newest first."""
         ...
 
     async def add_release(

@@ -28,6 +28,12 @@ Version 2 adds:
 ``releases``
     ``id`` (the idempotency key), ``target``, ``kind``, ``description``, ``started_at`` (when the
     change took effect, UTC), ``details`` (JSON object), ``who``, ``recorded_at``.
+
+Version 3 adds:
+
+``config_versions``
+    ``seq``, ``namespace``, ``name``, ``resource_version`` (unique per ConfigMap), ``data`` (JSON
+    object), ``seen_at``: each version of the data of the ConfigMaps config targets name.
 """
 
 from __future__ import annotations
@@ -142,6 +148,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE INDEX releases_target_started ON releases (target, started_at)",
             "CREATE INDEX releases_recorded ON releases (recorded_at)",
+        ),
+    ),
+    Migration(
+        version=3,
+        description="the versions of ConfigMaps' data config targets name (Kubernetes keeps none)",
+        statements=(
+            """CREATE TABLE config_versions (
+                seq {serial_key},
+                namespace TEXT NOT NULL,
+                name TEXT NOT NULL,
+                resource_version TEXT NOT NULL,
+                data {json} NOT NULL,
+                seen_at {timestamp} NOT NULL,
+                UNIQUE (namespace, name, resource_version)
+            )""",
+            "CREATE INDEX config_versions_object ON config_versions (namespace, name, seq)",
         ),
     ),
 )

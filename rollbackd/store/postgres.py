@@ -17,13 +17,14 @@ import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from rollbackd.config.storeurl import DsnError, StoreUrl, parse_store_url
+from rollbackd.model import ConfigMapVersion
 from rollbackd.releases import Release
 from rollbackd.store import migrations, sql
 from rollbackd.store.base import (
@@ -373,6 +374,32 @@ class PostgresStore:
         encoded = sql.encode_json(value, f"the state of {key}")
         async with self._connection(f"write the state of {key}") as conn:
             await conn.execute(sql.PUT_STATE, (key, encoded, datetime.now(UTC)))
+
+    async def add_config_version(
+        self, version: ConfigMapVersion, *, keep_versions: int, keep_age_s: float
+    ) -> bool:
+        """See :meth:`~rollbackd.store.base.Store.add_config_version`."""
+        where = (version.namespace, version.name)
+        now = datetime.now(UTC)
+        data = sql.encode_json(version.data, f"the ConfigMap {'/'.join(where)}")
+        async with self._connection(f"keep a version of the ConfigMap {'/'.join(where)}") as conn, \
+                conn.transaction():
+            newest = await (await conn.execute(sql.CONFIG_VERSIONS, (*where, 1))).fetchall()
+            if sql.kept_data(newest) == dict(version.data):
+                return False
+            added = (await conn.execute(
+                sql.INSERT_CONFIG_VERSION, (*where, version.resource_version, data, version.seen_at or now)
+            )).rowcount > 0
+            await conn.execute(sql.PRUNE_CONFIG_COUNT, (*where, *where, keep_versions))
+            await conn.execute(sql.PRUNE_CONFIG_AGE, (*where, now - timedelta(seconds=keep_age_s), *where,
+                                                      sql.CONFIG_ALWAYS_KEPT))
+            return added
+
+    async def config_versions(self, namespace: str, name: str, *, limit: int = 2) -> list[ConfigMapVersion]:
+        """See :meth:`~rollbackd.store.base.Store.config_versions`."""
+        async with self._connection(f"read the versions of the ConfigMap {namespace}/{name}") as conn:
+            rows = await (await conn.execute(sql.CONFIG_VERSIONS, (namespace, name, limit))).fetchall()
+        return [sql.config_version(namespace, name, row) for row in rows]
 
     async def ping(self) -> bool:
         try:

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from rollbackd.model import ConfigMapVersion
 from rollbackd.releases import Release, ReleaseError
 from rollbackd.store.base import AuditEntry, OutboxEvent, PermanentStoreError
 
@@ -48,6 +49,29 @@ PUT_STATE = (
     " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
 )
 DELETE_STATE = "DELETE FROM target_state WHERE key = %s"
+
+# ConfigMaps' versions: a replica that sees a version another recorded already adds nothing.
+INSERT_CONFIG_VERSION = (
+    "INSERT INTO config_versions (namespace, name, resource_version, data, seen_at)"
+    " VALUES (%s, %s, %s, %s, %s)"
+    " ON CONFLICT (namespace, name, resource_version) DO NOTHING"
+)
+CONFIG_VERSIONS = (
+    "SELECT resource_version, data, seen_at FROM config_versions WHERE namespace = %s AND name = %s"
+    " ORDER BY seq DESC LIMIT %s"
+)
+_NEWEST_CONFIG = (
+    "SELECT seq FROM config_versions WHERE namespace = %s AND name = %s ORDER BY seq DESC LIMIT %s"
+)
+PRUNE_CONFIG_COUNT = (
+    f"DELETE FROM config_versions WHERE namespace = %s AND name = %s AND seq NOT IN ({_NEWEST_CONFIG})"
+)
+PRUNE_CONFIG_AGE = (
+    "DELETE FROM config_versions WHERE namespace = %s AND name = %s AND seen_at < %s"
+    f" AND seq NOT IN ({_NEWEST_CONFIG})"
+)
+#: Versions kept whatever their age: the newest and the one a rollback goes back to.
+CONFIG_ALWAYS_KEPT = 2
 
 PING = "SELECT 1"
 
@@ -109,6 +133,19 @@ def encode_json(value: Mapping[str, Any], what: str) -> str:
     if _JSON_NUL.search(text):
         raise PermanentStoreError(f"{what} cannot be stored: it holds a NUL character")
     return check_text(text, what)
+
+
+def kept_data(rows: Sequence[Sequence[Any]]) -> dict[str, Any] | None:
+    """The data of the newest kept version (the first row of :data:`CONFIG_VERSIONS`), if any."""
+    return decode_json(rows[0][1]) if rows else None
+
+
+def config_version(namespace: str, name: str, row: Sequence[Any]) -> ConfigMapVersion:
+    """A row of :data:`CONFIG_VERSIONS` as a version."""
+    resource_version, data, seen_at = row
+    return ConfigMapVersion(namespace=namespace, name=name, resource_version=str(resource_version),
+                            data={str(k): str(v) for k, v in decode_json(data).items()},
+                            seen_at=to_datetime(seen_at))
 
 
 def decode_json(value: str | Mapping[str, Any]) -> dict[str, Any]:

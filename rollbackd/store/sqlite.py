@@ -15,10 +15,11 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rollbackd.model import ConfigMapVersion
 from rollbackd.releases import Release
 from rollbackd.store import migrations, sql
 from rollbackd.store.base import (
@@ -47,6 +48,10 @@ _PENDING = sql.qmark(sql.PENDING)
 _MARK_DELIVERED = sql.qmark(sql.MARK_DELIVERED)
 _GET_STATE = sql.qmark(sql.GET_STATE)
 _PUT_STATE = sql.qmark(sql.PUT_STATE)
+_INSERT_CONFIG_VERSION = sql.qmark(sql.INSERT_CONFIG_VERSION)
+_CONFIG_VERSIONS = sql.qmark(sql.CONFIG_VERSIONS)
+_PRUNE_CONFIG_COUNT = sql.qmark(sql.PRUNE_CONFIG_COUNT)
+_PRUNE_CONFIG_AGE = sql.qmark(sql.PRUNE_CONFIG_AGE)
 _DELETE_STATE = sql.qmark(sql.DELETE_STATE)
 _INSERT_RELEASE = sql.qmark(sql.INSERT_RELEASE)
 _SELECT_RELEASE = sql.qmark(sql.SELECT_RELEASE)
@@ -355,6 +360,37 @@ class SQLiteStore:
             return
         params = _params((key, sql.encode_json(value, f"the state of {key}"), datetime.now(UTC)))
         await self._run(f"write the state of {key}", lambda conn: conn.execute(_PUT_STATE, params))
+
+    async def add_config_version(
+        self, version: ConfigMapVersion, *, keep_versions: int, keep_age_s: float
+    ) -> bool:
+        """See :meth:`~rollbackd.store.base.Store.add_config_version`."""
+        where = (version.namespace, version.name)
+        now = datetime.now(UTC)
+        row = _params((*where, version.resource_version,
+                       sql.encode_json(version.data, f"the ConfigMap {'/'.join(where)}"),
+                       version.seen_at or now))
+        oldest = _params((now - timedelta(seconds=keep_age_s),))[0]
+
+        def work(conn: sqlite3.Connection) -> bool:
+            with self._transaction(conn):
+                newest = conn.execute(_CONFIG_VERSIONS, (*where, 1)).fetchall()
+                if sql.kept_data(newest) == dict(version.data):
+                    return False
+                added = conn.execute(_INSERT_CONFIG_VERSION, row).rowcount > 0
+                conn.execute(_PRUNE_CONFIG_COUNT, (*where, *where, keep_versions))
+                conn.execute(_PRUNE_CONFIG_AGE, (*where, oldest, *where, sql.CONFIG_ALWAYS_KEPT))
+                return added
+
+        return await self._run(f"keep a version of the ConfigMap {'/'.join(where)}", work)
+
+    async def config_versions(self, namespace: str, name: str, *, limit: int = 2) -> list[ConfigMapVersion]:
+        """See :meth:`~rollbackd.store.base.Store.config_versions`."""
+        rows = await self._run(
+            f"read the versions of the ConfigMap {namespace}/{name}",
+            lambda conn: conn.execute(_CONFIG_VERSIONS, (namespace, name, limit)).fetchall(),
+        )
+        return [sql.config_version(namespace, name, row) for row in rows]
 
     async def ping(self) -> bool:
         try:

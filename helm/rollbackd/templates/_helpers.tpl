@@ -171,6 +171,11 @@ Ingresses (canary weight), read EndpointSlices (availability), and report throug
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.rbac.configMaps }}
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
 {{- if .Values.rbac.argoRollouts }}
 - apiGroups: ["argoproj.io"]
   resources: ["rollouts"]
@@ -242,6 +247,13 @@ Checks of combinations the schema cannot express; a failed one stops the install
 {{- end }}
 {{- if ne (empty $prom.tls.certKey) (empty $prom.tls.keyKey) }}
 {{- fail "credentials.prometheus.tls: give certKey and keyKey together (a client certificate and its key), or neither" }}
+{{- end }}
+{{- end }}
+{{- if and .Values.rbac.create (not .Values.rbac.configMaps) }}
+{{- range .Values.config.targets | default list }}
+{{- if eq (.strategy | default "") "config" }}
+{{- fail (printf "config.targets: %s/%s has strategy config, but rbac.configMaps is false: rollbackd could not keep the versions of its ConfigMaps or restore them (set rbac.configMaps: true)" (.namespace | default "default") (.name | default "?")) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- if and .Values.rbac.create (not .Values.rbac.argoRollouts) }}

@@ -1,0 +1,178 @@
+"""Keeping the versions of the ConfigMaps config targets name: Kubernetes keeps no history of a
+ConfigMap, so rollbackd watches them and keeps each version of their data in its store, where the
+config lever (:mod:`rollbackd.actions.config_restore`) finds the data to go back to.
+
+:class:`ConfigWatch` is an async context manager owning one task per namespace that holds such
+ConfigMaps (``rollbackd:config-watch:<namespace>``). A task lists the namespace's ConfigMaps, keeps
+the named ones' data, then watches from the list's ``resourceVersion``; when the stream ends or
+breaks it lists again (after a backoff with jitter when something failed). Each new version of the
+data is kept (:meth:`~rollbackd.store.base.Store.add_config_version`, bounded by the target's
+``keep_versions`` and ``keep_age_s``); a change of the data (not the first version seen) is a
+release of kind ``config``, announced through the daemon's release book (stored with its
+``release.started`` event; its id, ``config:<namespace>/<name>@<resourceVersion>``, makes two
+replicas' announcements one). Every replica keeps what it sees: a version another replica kept
+already is not kept twice. While the store is not open (or fails), nothing is kept: the namespace
+is listed again after a pause, and the listing keeps the data as it is then.
+
+:class:`StoreHistory` is the lever's view of the kept versions, through the journal's store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Self
+
+from rollbackd.aiotasks import stop_tasks
+from rollbackd.backoff import Backoff
+from rollbackd.config.settings import ConfigLeverSettings, Settings
+from rollbackd.daemon.discovery import MIN_STREAM_S
+from rollbackd.daemon.journal import Journal
+from rollbackd.kube.client import KubeClient, Obj
+from rollbackd.kube.errors import KubeError
+from rollbackd.kube.watch import list_configmaps, watch_configmaps
+from rollbackd.model import ConfigMapVersion, Strategy
+from rollbackd.releases import Release
+from rollbackd.store.base import StoreError
+
+logger = logging.getLogger(__name__)
+
+#: Pause before listing again after a failure, growing to ``max_s``.
+BACKOFF = Backoff(initial_s=0.5, max_s=30.0)
+#: One watch request; then list and watch again.
+WATCH_TIMEOUT_S = 300.0
+
+
+def watched_configmaps(settings: Settings) -> dict[str, dict[str, tuple[str, ConfigLeverSettings]]]:
+    """namespace -> ConfigMap name -> (the target's key, its ``config``), for every config target."""
+    found: dict[str, dict[str, tuple[str, ConfigLeverSettings]]] = {}
+    for target in settings.targets:
+        if target.strategy is Strategy.CONFIG and target.config is not None:
+            names = found.setdefault(target.namespace, {})
+            for name in target.config.configmaps:
+                names[name] = (target.key, target.config)
+    return found
+
+
+class _NotKept(Exception):
+    """A version seen could not be kept: the namespace is listed again (after a pause)."""
+
+
+class StoreHistory:
+    """The kept versions of ConfigMaps, read through ``journal``'s store (the lever's
+    :class:`~rollbackd.actions.config_restore.ConfigHistory`)."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+
+    async def config_versions(
+        self, namespace: str, name: str, *, limit: int = 2
+    ) -> Sequence[ConfigMapVersion]:
+        store = self._journal.store
+        if store is None:
+            raise StoreError("the store is not open: the kept versions of ConfigMaps cannot be read")
+        return await store.config_versions(namespace, name, limit=limit)
+
+
+class ConfigWatch:
+    """Watches the ConfigMaps of ``settings``' config targets through ``kube`` and keeps their
+    versions in ``journal``'s store (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        kube: KubeClient,
+        settings: Settings,
+        journal: Journal,
+        announce: Callable[[Release], Awaitable[tuple[Release, bool]]],
+        backoff: Backoff = BACKOFF,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._kube = kube
+        self._journal = journal
+        self._announce = announce
+        self._wall_clock = wall_clock
+        self._backoff = backoff
+        self._watched = watched_configmaps(settings)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Self:
+        self._tasks = [
+            asyncio.create_task(self._watch(namespace), name=f"rollbackd:config-watch:{namespace}")
+            for namespace in self._watched
+        ]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        tasks, self._tasks = self._tasks, []
+        await stop_tasks(tasks, failures="drop")
+
+    async def _watch(self, namespace: str) -> None:
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while True:
+            started = loop.time()
+            try:
+                listed = await list_configmaps(self._kube, namespace=namespace)
+                for obj in listed.items:
+                    await self._keep(namespace, obj)
+                async for event in watch_configmaps(self._kube, namespace=namespace,
+                                                    resource_version=listed.resource_version,
+                                                    timeout_s=WATCH_TIMEOUT_S):
+                    changed = event.get("object")
+                    if event.get("type") in ("ADDED", "MODIFIED") and isinstance(changed, Mapping):
+                        await self._keep(namespace, changed)
+                failed = loop.time() - started < MIN_STREAM_S
+            except KubeError as exc:
+                logger.warning("cannot watch the ConfigMaps of namespace %s: %s", namespace, exc)
+                failed = True
+            except _NotKept:  # the store is not open (yet, or any more): list again once it is
+                failed = True
+            failures = failures + 1 if failed else 0
+            if failures:
+                await asyncio.sleep(self._backoff.delay(failures))
+
+    async def _keep(self, namespace: str, obj: Mapping[str, Any]) -> None:
+        metadata: Obj = obj.get("metadata") or {}
+        name = metadata.get("name")
+        watched = self._watched[namespace].get(name) if isinstance(name, str) else None
+        store = self._journal.store
+        if watched is None:
+            return
+        if store is None:
+            raise _NotKept
+        key, config = watched
+        version = ConfigMapVersion(
+            namespace=namespace, name=str(name), resource_version=str(metadata.get("resourceVersion")),
+            data={str(k): str(v) for k, v in (obj.get("data") or {}).items()},
+        )
+        try:
+            before = await store.config_versions(namespace, str(name), limit=1)
+            added = await store.add_config_version(version, keep_versions=config.keep_versions,
+                                                   keep_age_s=config.keep_age_s)
+        except StoreError as exc:
+            logger.warning("cannot keep a version of the ConfigMap %s/%s: %s", namespace, name, exc,
+                           extra={"target": key})
+            raise _NotKept from exc
+        if not added or not before:  # the same data, or the first version seen: no change
+            return
+        previous = dict(before[0].data)
+        keys = set(previous) | set(version.data)  # those changed are told in the release
+        changed = sorted(item for item in keys if previous.get(item) != version.data.get(item))
+        release = Release(
+            id=f"config:{namespace}/{name}@{version.resource_version}",
+            target=key,
+            kind="config",
+            started_at=self._wall_clock(),
+            description=f"ConfigMap {namespace}/{name} changed (resourceVersion {version.resource_version})",
+            details={"configmap": f"{namespace}/{name}", "resource_version": version.resource_version,
+                     "previous_resource_version": before[0].resource_version, "keys": changed},
+            who="rollbackd (ConfigMap watch)",
+        )
+        try:
+            await self._announce(release)
+        except (StoreError, TimeoutError, LookupError) as exc:
+            logger.warning("cannot announce the change of the ConfigMap %s/%s as a release: %s", namespace,
+                           name, exc, extra={"target": key})

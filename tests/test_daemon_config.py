@@ -1,0 +1,96 @@
+"""The daemon rolling a configuration change back, closed loop, on the emulated cluster through the
+real client: it keeps the versions of the target's ConfigMap as it watches it, the app's errors
+follow the ConfigMap's data, a bad change is decided on, the previous data is put back and the
+Deployment restarted, and the verification sees the errors gone."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from rollbackd.actions.config_restore import RESTARTED_AT
+from rollbackd.actions.targets import KubeTargets
+from rollbackd.config.settings import ConfigLeverSettings, Settings, Side, TargetSettings
+from rollbackd.daemon.wiring import open_daemon
+from rollbackd.demo.emulator import CONFIGMAPS
+from rollbackd.kube import KubeClient, objects
+from rollbackd.model import Sample, Strategy
+from rollbackd.run import Phase
+from rollbackd.sources.base import SidePair, SourceTarget
+from rollbackd.store import open_store
+from tests.kubefixtures import DEPLOYMENTS, ClusterEmulator, Controllers, seed_deployment, wait_until
+from tests.test_actions_rollout import FAST
+from tests.test_daemon import ScriptedHealth
+from tests.test_daemon_command import one_target
+
+NS = "shop"
+KEY = "shop/checkout"
+REQUESTS = 1000
+
+
+class ConfigFollowingApp:
+    """The app's metrics: it fails 30% of its requests while its ConfigMap sets a timeout too short
+    for its payments calls (what the cluster stores now), 0.2% otherwise."""
+
+    def __init__(self, emu: ClusterEmulator) -> None:
+        self._emu = emu
+        self.ticks = 0
+
+    async def collect(self, targets: Sequence[SourceTarget], *, window_s: float) -> Mapping[str, SidePair]:
+        self.ticks += 1
+        config = self._emu.read(CONFIGMAPS, NS, "checkout-config") or {}
+        short = int((config.get("data") or {}).get("payments.timeout_ms", "800")) < 200
+        errors = REQUESTS * (0.3 if short else 0.002)
+        return {target.key: (None, Sample(requests=REQUESTS, errors=errors)) for target in targets}
+
+
+def settings(data_dir: Path) -> Settings:
+    return one_target(data_dir, TargetSettings(
+        name="checkout", namespace=NS, strategy=Strategy.CONFIG, candidate=Side(deployment="checkout"),
+        config=ConfigLeverSettings(configmaps=("checkout-config",), restart=("checkout",)),
+    ))
+
+
+async def test_a_bad_config_change_is_restored_the_readers_restarted_and_verified(
+    kube_cluster: ClusterEmulator, kube: KubeClient, kube_controllers: Controllers, tmp_path: Path
+) -> None:
+    kube_cluster.store(CONFIGMAPS, NS, {"metadata": {"name": "checkout-config", "namespace": NS},
+                                        "data": {"payments.timeout_ms": "800"}})
+    seed_deployment(kube_cluster, NS, "checkout", replicas=2, image="shop/checkout:2.3")
+    config = settings(tmp_path)
+    app = ConfigFollowingApp(kube_cluster)
+    async with open_daemon(
+        config, metrics_source=app, health_source=ScriptedHealth(),
+        targets=KubeTargets(kube=kube, settings=config, action_settings=FAST), kube=kube,
+    ) as daemon:
+        await wait_until(lambda: app.ticks >= 20 and daemon.journal.store is not None, timeout_s=30,
+                         what="20 healthy ticks with the store open")
+        # The release: someone shortens the timeout, through the API (the watch sees it).
+        await objects.patch_configmap(kube, namespace=NS, name="checkout-config",
+                                      patch={"data": {"payments.timeout_ms": "80"}})
+
+        def verified() -> bool:
+            run = daemon.rollbacks.runs.get(KEY)
+            return run is not None and run.phase is Phase.VERIFIED
+
+        await wait_until(verified, timeout_s=60, what="the configuration rollback verified")
+        run = daemon.rollbacks.runs[KEY]
+        assert run.action is not None
+        assert run.action.action == "config-restore"
+    stored = kube_cluster.read(CONFIGMAPS, NS, "checkout-config")
+    assert stored is not None
+    assert stored["data"] == {"payments.timeout_ms": "800"}
+    deployment = kube_cluster.read(DEPLOYMENTS, NS, "checkout")
+    assert deployment is not None
+    assert RESTARTED_AT in deployment["spec"]["template"]["metadata"]["annotations"]
+    store = open_store(None, data_dir=tmp_path)
+    await store.open()
+    try:
+        history = await store.history(target=KEY)
+    finally:
+        await store.close()
+    kinds = [entry.kind for entry in history]
+    assert "release.started" in kinds  # the change was seen, kept and announced as a release
+    assert "rollback.verified" in kinds
+    started = next(entry for entry in history if entry.kind == "release.started")
+    assert "ConfigMap shop/checkout-config changed" in started.summary
