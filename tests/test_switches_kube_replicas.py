@@ -116,7 +116,7 @@ async def test_a_freeze_sent_to_the_standby_stops_the_leaders_rollback_and_survi
 
         status, answer = await api("DELETE", standby_port, "/api/v1/freeze", {"reason": "incident over"})
         assert status == 200, answer
-        await wait_until(lambda: template_image(cluster, "web") == OLD_IMAGE, timeout_s=30, interval_s=0.1,
+        await wait_until(lambda: template_image(cluster, "web") == OLD_IMAGE, timeout_s=60, interval_s=0.1,
                          what=f"the release rolled back once unfrozen: {standby.tail()}")
         assert switches_in(cluster)["freeze"]["on"] is False
     finally:
@@ -193,7 +193,7 @@ async def test_an_acceptance_sent_to_the_standby_is_obeyed_by_the_leader_and_sur
         status, answer = await api("DELETE", standby_port, f"/api/v1/targets/{TARGET}/accept",
                                    {"reason": "1.6 is late"})
         assert status == 200, answer
-        await wait_until(lambda: template_image(cluster, "web") == OLD_IMAGE, timeout_s=30, interval_s=0.1,
+        await wait_until(lambda: template_image(cluster, "web") == OLD_IMAGE, timeout_s=60, interval_s=0.1,
                          what=f"judged again once the acceptance was withdrawn: {standby.tail()}")
     finally:
         await apps.web.acontrol(**HEALTHY)
@@ -209,10 +209,10 @@ async def test_a_manual_rollback_sent_to_the_standby_is_carried_out_by_the_leade
                                {"reason": "the checkout button moved"})
     assert status == 202, answer
     assert "the leader starts it" in answer["applies"], answer
-    await wait_until(lambda: template_image(cluster, "web") == OLD_IMAGE, timeout_s=30, interval_s=0.1,
+    await wait_until(lambda: template_image(cluster, "web") == OLD_IMAGE, timeout_s=60, interval_s=0.1,
                      what=f"the leader carried the manual rollback out: {leader.tail()}")
     # Started once: the request is cleared from the ConfigMap.
-    await wait_until(lambda: f"rollback.{TARGET.replace('/', '.')}" not in switches_in(cluster), timeout_s=30,
+    await wait_until(lambda: f"rollback.{TARGET.replace('/', '.')}" not in switches_in(cluster), timeout_s=60,
                      what="the manual rollback's request cleared")
 
     status, history = await api("GET", leader_port, "/api/v1/history?limit=1000")

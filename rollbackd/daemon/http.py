@@ -384,6 +384,25 @@ async def _optional_reason(request: web.Request, default: str) -> str | web.Resp
     return _reason(body, default)
 
 
+def _target_answer(ctx: HttpContext, target: TargetState, stored: bool) -> web.Response:
+    """A switch write's answer: the target as it now stands, and what the other replicas see."""
+    return json_response({**_object(_target_doc(ctx, target)), "applies": _seen_by_all(ctx, stored)})
+
+
+async def _target_and_reason(
+    request: web.Request, default: str
+) -> tuple[HttpContext, TargetState, str] | web.Response:
+    """The context, the target and the optional ``reason`` of a write on one target, or the 404 /
+    400 answer."""
+    target = _target(request)
+    if target is None:
+        return _error(404, "no such target")
+    reason = await _optional_reason(request, default)
+    if isinstance(reason, web.Response):
+        return reason
+    return _context(request), target, reason
+
+
 def _seen_by_all(ctx: HttpContext, stored: bool) -> JsonValue:
     """What a write's answer says about the other replicas."""
     board = ctx.switches
@@ -423,26 +442,36 @@ async def set_hold(request: web.Request) -> web.Response:
         target.key,
         {"eta_s": eta_s, "reason": reason, "by": by},
     )
-    return json_response({**_object(_target_doc(ctx, target)),
-                          "applies": _seen_by_all(ctx, stored)})
+    return _target_answer(ctx, target, stored)
 
 
 async def clear_hold(request: web.Request) -> web.Response:
-    ctx = _context(request)
-    target = _target(request)
-    if target is None:
-        return _error(404, "no such target")
-    reason = await _optional_reason(request, "hold lifted")
-    if isinstance(reason, web.Response):
-        return reason
-    by = actor(request)
-    stored = await ctx.switches.clear_hold(target.key)
-    logger.warning(
-        "fix-forward hold lifted", extra={"target": target.key, "by": by, "remote": request.remote}
+    return await _lift_switch(
+        request, SwitchBoard.clear_hold, kind="hold", default="hold lifted", message="fix-forward hold lifted"
     )
-    ctx.audit("hold", f"fix-forward hold lifted by {by}: {reason}", target.key, {"reason": reason, "by": by})
-    return json_response({**_object(_target_doc(ctx, target)),
-                          "applies": _seen_by_all(ctx, stored)})
+
+
+async def _lift_switch(
+    request: web.Request,
+    lift: Callable[[SwitchBoard, str], Awaitable[bool]],
+    *,
+    kind: str,
+    default: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+) -> web.Response:
+    """Lift a switch of one target (a hold, an acceptance) with ``lift``: logged, audited as
+    ``kind`` with ``message``, and answered with the target as it now stands."""
+    read = await _target_and_reason(request, default)
+    if isinstance(read, web.Response):
+        return read
+    ctx, target, reason = read
+    by = actor(request)
+    stored = await lift(ctx.switches, target.key)
+    recorded = {"by": by, "reason": reason, **(details or {})}
+    logger.warning(message, extra={"target": target.key, "remote": request.remote, **recorded})
+    ctx.audit(kind, f"{message} by {by}: {reason}", target.key, recorded)
+    return _target_answer(ctx, target, stored)
 
 
 async def freeze(request: web.Request) -> web.Response:
@@ -536,25 +565,18 @@ async def accept_release(request: web.Request) -> web.Response:
     shown = "the revision the cluster shows next" if revision is None else f"revision {revision}"
     ctx.audit("accept", f"release accepted by {by} ({shown}): {reason}", target.key,
               {"by": by, "reason": reason, "revision": revision})
-    return json_response({**_object(_target_doc(ctx, target)),
-                          "applies": _seen_by_all(ctx, stored)})
+    return _target_answer(ctx, target, stored)
 
 
 async def withdraw_acceptance(request: web.Request) -> web.Response:
-    ctx = _context(request)
-    target = _target(request)
-    if target is None:
-        return _error(404, "no such target")
-    reason = await _optional_reason(request, "acceptance withdrawn")
-    if isinstance(reason, web.Response):
-        return reason
-    by = actor(request)
-    stored = await ctx.switches.withdraw_acceptance(target.key)
-    logger.warning("acceptance withdrawn", extra={"target": target.key, "by": by, "reason": reason})
-    ctx.audit("accept", f"acceptance withdrawn by {by}: {reason}", target.key,
-              {"by": by, "reason": reason, "withdrawn": True})
-    return json_response({**_object(_target_doc(ctx, target)),
-                          "applies": _seen_by_all(ctx, stored)})
+    return await _lift_switch(
+        request,
+        SwitchBoard.withdraw_acceptance,
+        kind="accept",
+        default="acceptance withdrawn",
+        message="acceptance withdrawn",
+        details={"withdrawn": True},
+    )
 
 
 #: How far in the future a release's start may be (the announcer's clock may be a little ahead).

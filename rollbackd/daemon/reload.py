@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from rollbackd.aiotasks import stop_tasks
+from rollbackd.aiotasks import poll_forever, stop_tasks
 from rollbackd.config.loader import ConfigError, Problem
 from rollbackd.config.resolve import target_params
 from rollbackd.config.settings import Settings, TargetSettings
@@ -249,12 +249,10 @@ class ConfigWatcher:
         await stop_tasks([task])
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_s)
-            try:
-                await self.check()
-            except Exception:  # a defect must not end the watching (nor the daemon)
-                logger.exception("configuration reload failed", extra={"config": str(self.path)})
+        # A defect of one check is logged and must not end the watching (nor the daemon).
+        await poll_forever(
+            self.check, every_s=lambda: self.poll_s, what=f"the configuration file {self.path}"
+        )
 
     async def check(self) -> SettingsChange | None:
         """Look at the file once; load and apply it if its content changed. Returns the change
