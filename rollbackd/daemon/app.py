@@ -952,13 +952,7 @@ class Daemon:
             self.journal.audit(
                 "config.reload",
                 f"configuration reloaded: {change.summary()}",
-                details={
-                    "added": list(change.added),
-                    "removed": list(change.removed),
-                    "changed": {key: list(what) for key, what in change.changed.items()},
-                    "switches": list(change.switches),
-                    "restart_required": list(change.restart_required),
-                },
+                details=change.details(),
             )
         return change
 
@@ -977,20 +971,16 @@ class Daemon:
         }
         self.state.watch_problems = report.watch_problems
         if change.applied:
-            logger.warning("targets declared by annotations: %s", change.summary(), extra={
-                "added": list(change.added), "removed": list(change.removed),
-                "changed": {key: list(what) for key, what in change.changed.items()},
+            declared = change.details()
+            details = {
+                "added": declared["added"],
+                "removed": declared["removed"],
+                "changed": declared["changed"],
                 "objects": {key: str(ref) for key, ref in merged.origins.items()},
-            })
+            }
+            logger.warning("targets declared by annotations: %s", change.summary(), extra=details)
             self.journal.audit(
-                "targets.discovered",
-                f"targets declared by annotations: {change.summary()}",
-                details={
-                    "added": list(change.added),
-                    "removed": list(change.removed),
-                    "changed": {key: list(what) for key, what in change.changed.items()},
-                    "objects": {key: str(ref) for key, ref in merged.origins.items()},
-                },
+                "targets.discovered", f"targets declared by annotations: {change.summary()}", details=details
             )
         return change
 

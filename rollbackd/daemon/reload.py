@@ -76,6 +76,16 @@ class SettingsChange:
     def empty(self) -> bool:
         return not self.applied and not self.restart_required
 
+    def details(self) -> dict[str, Any]:
+        """The change as JSON-ready lists and objects, for log lines and audit records."""
+        return {
+            "added": list(self.added),
+            "removed": list(self.removed),
+            "changed": {key: list(what) for key, what in self.changed.items()},
+            "switches": list(self.switches),
+            "restart_required": list(self.restart_required),
+        }
+
     def summary(self) -> str:
         parts: list[str] = []
         if self.added:
@@ -292,15 +302,7 @@ class ConfigWatcher:
         change = self._apply(settings)
         self.reloads += 1
         self.last_apply_s = loop.time() - seen_at
-        fields = {
-            "config": str(self.path),
-            "added": list(change.added),
-            "removed": list(change.removed),
-            "changed": {key: list(what) for key, what in change.changed.items()},
-            "switches": list(change.switches),
-            "restart_required": list(change.restart_required),
-            "apply_s": round(self.last_apply_s, 4),
-        }
+        fields = {"config": str(self.path), **change.details(), "apply_s": round(self.last_apply_s, 4)}
         if change.empty:
             logger.info("configuration file changed; no setting changed", extra=fields)
         else:
