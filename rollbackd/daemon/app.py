@@ -188,6 +188,8 @@ class Daemon:
         )
         self.state.rollbacks = self.rollbacks
         self._switch_store = switch_store
+        #: What learns the settings of every reload besides the targets' cluster access.
+        self._followers: list[Reconfigurable] = []
         self.switches = SwitchBoard(
             self.state,
             store=(lambda: switch_store) if switch_store is not None else self._store_switches,
@@ -938,6 +940,11 @@ class Daemon:
         """The configuration file's settings as applied, without the targets annotations declare."""
         return self._file_settings
 
+    def follow_settings(self, follower: Reconfigurable) -> None:
+        """Tell ``follower`` the effective settings of every reload and discovery from now on
+        (e.g. the ConfigMap watch, which watches the ConfigMaps of targets added at once)."""
+        self._followers.append(follower)
+
     def apply_settings(self, new: Settings) -> SettingsChange:
         """Take over a reloaded configuration at once (see :mod:`rollbackd.daemon.reload`): targets
         added, removed and changed, defaults, safety switches; sections that need a restart are
@@ -990,8 +997,9 @@ class Daemon:
         self.state.apply(self.settings, effective, rebuild=change.changed.keys())
         self.switches.forget(change.removed)
         access: object = self._access
-        if isinstance(access, Reconfigurable):
-            access.reconfigure(effective)
+        for follower in [access, *self._followers]:
+            if isinstance(follower, Reconfigurable):
+                follower.reconfigure(effective)
         self.settings = effective
         self.metrics.targets.set(len(self.state.targets))
         return effective, change
