@@ -576,7 +576,14 @@ class Daemon:
             self.rollbacks.episode_over(target.key)
         target.facts = facts
         acceptance = self.state.accepted.get(target.key)
-        if acceptance is not None and facts is not None and facts.candidate_revision is not None:
+        release = target.release
+        if acceptance is not None and release is not None and acceptance.at is not None \
+                and acceptance.at < release.started_at:
+            # It accepted the release before this one: the announced release is judged.
+            await self._end_acceptance(
+                target.key, f"release {release.id} started after it", details={"release": release.id}
+            )
+        elif acceptance is not None and facts is not None and facts.candidate_revision is not None:
             await self._follow_acceptance(target, acceptance, facts.candidate_revision)
         self._follow_release(target, evidence, t, facts)
         acting = self.leading
@@ -649,19 +656,23 @@ class Daemon:
             return
         if not is_newer(acceptance.revision, revision):
             return
-        del self.state.accepted[key]
         # The new revision is judged on its own data, not on the accepted one's.
         target.reset()
         target.judged_revision = revision
+        await self._end_acceptance(
+            key, f"revision {revision} is newer than the accepted {acceptance.revision}",
+            details={"accepted_revision": acceptance.revision, "revision": revision},
+        )
+
+    async def _end_acceptance(self, key: str, why: str, *, details: Mapping[str, JsonValue]) -> None:
+        """The operator's acceptance of ``key``'s release ended (``why``): its release is judged
+        again here, and the leader withdraws the stored switch and records why."""
+        self.state.accepted.pop(key, None)
         if not self.leading:
             return
         await self.switches.withdraw_acceptance(key)
-        self.journal.audit(
-            "accept",
-            f"acceptance ended: revision {revision} is newer than the accepted {acceptance.revision}",
-            target=key,
-            details={"accepted_revision": acceptance.revision, "revision": revision, "ended": True},
-        )
+        self.journal.audit("accept", f"acceptance ended: {why}", target=key,
+                           details={**details, "ended": True})
 
     async def request_manual_rollback(
         self, key: str, *, by: str, reason: str, force: bool

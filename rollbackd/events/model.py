@@ -495,7 +495,13 @@ class ReleaseAcceptedData(EventData):
     revision: int | None = Field(
         None, description="The candidate revision accepted, when the cluster showed it."
     )
-    started_at: datetime = Field(description="When the release's judgement started.")
+    release: str | None = Field(
+        None, description="The announced release accepted (its id), when it is one (release.started)."
+    )
+    started_at: datetime = Field(
+        description="When the release's judgement started: an announced release's start, else when the "
+        "revision was first judged."
+    )
     judged_s: float = Field(description="Seconds the release was judged before it was accepted.")
 class ReleaseData(_Model):
     """A release announced from outside (``POST /api/v1/releases``, ``rollbackd release start``)."""
