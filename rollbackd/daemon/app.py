@@ -188,6 +188,8 @@ class Daemon:
         )
         self.state.rollbacks = self.rollbacks
         self._switch_store = switch_store
+        #: What learns the settings of every reload besides the targets' cluster access.
+        self._followers: list[Reconfigurable] = []
         self.switches = SwitchBoard(
             self.state,
             store=(lambda: switch_store) if switch_store is not None else self._store_switches,
@@ -574,7 +576,14 @@ class Daemon:
             self.rollbacks.episode_over(target.key)
         target.facts = facts
         acceptance = self.state.accepted.get(target.key)
-        if acceptance is not None and facts is not None and facts.candidate_revision is not None:
+        release = target.release
+        if acceptance is not None and release is not None and acceptance.at is not None \
+                and acceptance.at < release.started_at:
+            # It accepted the release before this one: the announced release is judged.
+            await self._end_acceptance(
+                target.key, f"release {release.id} started after it", details={"release": release.id}
+            )
+        elif acceptance is not None and facts is not None and facts.candidate_revision is not None:
             await self._follow_acceptance(target, acceptance, facts.candidate_revision)
         self._follow_release(target, evidence, t, facts)
         acting = self.leading
@@ -647,19 +656,23 @@ class Daemon:
             return
         if not is_newer(acceptance.revision, revision):
             return
-        del self.state.accepted[key]
         # The new revision is judged on its own data, not on the accepted one's.
         target.reset()
         target.judged_revision = revision
+        await self._end_acceptance(
+            key, f"revision {revision} is newer than the accepted {acceptance.revision}",
+            details={"accepted_revision": acceptance.revision, "revision": revision},
+        )
+
+    async def _end_acceptance(self, key: str, why: str, *, details: Mapping[str, JsonValue]) -> None:
+        """The operator's acceptance of ``key``'s release ended (``why``): its release is judged
+        again here, and the leader withdraws the stored switch and records why."""
+        self.state.accepted.pop(key, None)
         if not self.leading:
             return
         await self.switches.withdraw_acceptance(key)
-        self.journal.audit(
-            "accept",
-            f"acceptance ended: revision {revision} is newer than the accepted {acceptance.revision}",
-            target=key,
-            details={"accepted_revision": acceptance.revision, "revision": revision, "ended": True},
-        )
+        self.journal.audit("accept", f"acceptance ended: {why}", target=key,
+                           details={**details, "ended": True})
 
     async def request_manual_rollback(
         self, key: str, *, by: str, reason: str, force: bool
@@ -938,6 +951,11 @@ class Daemon:
         """The configuration file's settings as applied, without the targets annotations declare."""
         return self._file_settings
 
+    def follow_settings(self, follower: Reconfigurable) -> None:
+        """Tell ``follower`` the effective settings of every reload and discovery from now on
+        (e.g. the ConfigMap watch, which watches the ConfigMaps of targets added at once)."""
+        self._followers.append(follower)
+
     def apply_settings(self, new: Settings) -> SettingsChange:
         """Take over a reloaded configuration at once (see :mod:`rollbackd.daemon.reload`): targets
         added, removed and changed, defaults, safety switches; sections that need a restart are
@@ -990,8 +1008,9 @@ class Daemon:
         self.state.apply(self.settings, effective, rebuild=change.changed.keys())
         self.switches.forget(change.removed)
         access: object = self._access
-        if isinstance(access, Reconfigurable):
-            access.reconfigure(effective)
+        for follower in [access, *self._followers]:
+            if isinstance(follower, Reconfigurable):
+                follower.reconfigure(effective)
         self.settings = effective
         self.metrics.targets.set(len(self.state.targets))
         return effective, change

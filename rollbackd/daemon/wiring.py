@@ -106,8 +106,9 @@ async def open_daemon(
                 if kube is None:
                     yield daemon
                 else:
-                    async with ConfigWatch(kube=kube, settings=settings, journal=journal,
-                                           announce=daemon.releases.announce):
+                    async with ConfigWatch(kube=kube, settings=daemon.settings, journal=journal,
+                                           announce=daemon.releases.announce) as watch:
+                        daemon.follow_settings(watch)
                         yield daemon
         finally:
             stopping.set()
