@@ -52,7 +52,7 @@ from rollbackd.daemon.jsonify import JsonValue
 from rollbackd.daemon.leader import Leadership
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.probing import probe_and_log
-from rollbackd.daemon.releases import ReleaseBook
+from rollbackd.daemon.releases import ReleaseBook, SharedReleases
 from rollbackd.daemon.reload import SettingsChange, plan_reload
 from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.daemon.sourcestatus import SourceBoard
@@ -136,6 +136,8 @@ class Daemon:
     - ``switch_store``: where the operators' switches are kept for every replica when it is not
       the store (the ConfigMap of :mod:`rollbackd.daemon.switchmap`, watched in a root task
       ``rollbackd:switches-watch``); ``None``: the store.
+    - ``shared_releases``: where the announced releases are kept for every replica when the store
+      is not shared (the same ConfigMap, :mod:`rollbackd.daemon.releasemap`); ``None``: the store.
 
     Run it with ``await daemon.run()`` until :meth:`stop`, or as ``async with daemon:`` (which runs
     it in a background task, returns once the HTTP server listens, and stops it on exit).
@@ -155,6 +157,7 @@ class Daemon:
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
         probe: Queries | None = None,
         switch_store: SwitchStore | None = None,
+        shared_releases: SharedReleases | None = None,
     ) -> None:
         #: The settings running now: the file's, with the targets annotations declare added.
         self.settings = settings
@@ -203,6 +206,7 @@ class Daemon:
             self.state,
             journal=self.journal,
             poll_s=settings.safety.switches_poll_s,
+            shared=shared_releases,
             lookback_s=max(
                 (t.params.detection.window_s + t.params.detection.baseline_window_s
                  for t in self.state.targets.values()),
@@ -308,7 +312,7 @@ class Daemon:
                 watched: object = self._switch_store
                 if isinstance(watched, Watching):  # the ConfigMap: read the switches as they change
                     root.append(group.create_task(
-                        watched.watch(self.switches.nudge), name="rollbackd:switches-watch"
+                        watched.watch(self._switch_map_changed), name="rollbackd:switches-watch"
                     ))
                 done, _ = await asyncio.wait(root, return_when=asyncio.FIRST_COMPLETED)
                 for task in done - {stop_task}:
@@ -950,6 +954,11 @@ class Daemon:
     def file_settings(self) -> Settings:
         """The configuration file's settings as applied, without the targets annotations declare."""
         return self._file_settings
+
+    def _switch_map_changed(self) -> None:
+        """The switches' ConfigMap changed: read its switches and releases now."""
+        self.switches.nudge()
+        self.releases.nudge()
 
     def follow_settings(self, follower: Reconfigurable) -> None:
         """Tell ``follower`` the effective settings of every reload and discovery from now on

@@ -38,6 +38,7 @@ from rollbackd.daemon.http import PortInUseError
 from rollbackd.daemon.leader import LeaderElector
 from rollbackd.daemon.logs import configure_logging
 from rollbackd.daemon.metrics import DaemonMetrics
+from rollbackd.daemon.releasemap import ConfigMapReleases
 from rollbackd.daemon.reload import ConfigWatcher, SettingsChange
 from rollbackd.daemon.store_leader import StoreLeader
 from rollbackd.daemon.switchmap import ConfigMapSwitches, default_name
@@ -130,9 +131,9 @@ def lease_namespace(settings: Settings, *, environ: Mapping[str, str]) -> str:
 def switch_store_for(
     settings: Settings, kube: KubeClient | None, *, environ: Mapping[str, str]
 ) -> ConfigMapSwitches | None:
-    """Where the operators' switches are kept (``safety.switches``, see
-    :func:`~rollbackd.daemon.switchstores.switches_place`): the ConfigMap every replica watches,
-    or ``None`` for the store. The choice is logged. ``safety.switches: kubernetes`` without
+    """Where the operators' switches (and the announced releases) are kept (``safety.switches``,
+    see :func:`~rollbackd.daemon.switchstores.switches_place`): the ConfigMap every replica
+    watches, or ``None`` for the store. The choice is logged. ``safety.switches: kubernetes`` without
     Kubernetes access is a :class:`~rollbackd.kube.errors.KubeConfigError`."""
     if settings.safety.switches == "kubernetes" and kube is None:
         raise KubeConfigError(
@@ -149,8 +150,8 @@ def switch_store_for(
         namespace=lease_namespace(settings, environ=environ),
         name=settings.safety.switches_configmap or default_name(settings.leader_election.lease_name),
     )
-    logger.info("the switches set through the API are kept in %s, watched by every replica", place.where,
-                extra={"switches": "kubernetes"})
+    logger.info("the switches set through the API and the announced releases are kept in %s, watched by "
+                "every replica", place.where, extra={"switches": "kubernetes"})
     return place
 
 
@@ -277,6 +278,7 @@ async def run_daemon(
                     shutdown_timeout_s=shutdown_timeout_s,
                     probe=client,
                     switch_store=switch_store,
+                    shared_releases=None if switch_store is None else ConfigMapReleases(switch_store),
                 ) as daemon:
                     running.append(daemon)
                     if deadline:  # a signal arrived while the daemon was starting
