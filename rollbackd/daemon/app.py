@@ -69,7 +69,7 @@ from rollbackd.gcpause import collector_paused
 from rollbackd.model import Context, Decision, Evidence, Observation, Outcome
 from rollbackd.optin import ObjectRef, OptIn, with_opt_ins
 from rollbackd.params import TargetParams
-from rollbackd.run import Phase, RollbackRun, TargetAccess
+from rollbackd.run import PartialAccess, Phase, RollbackRun, TargetAccess, reaches
 from rollbackd.runrecord import RunRecord
 from rollbackd.sources.base import GivesHistory, HealthSource, History, MetricsSource
 from rollbackd.sources.probe import Queries
@@ -277,8 +277,11 @@ class Daemon:
 
     async def run(self) -> None:
         """Run until :meth:`stop` is called; raise if a root task fails."""
-        if self._access is None:
+        access: object = self._access
+        if access is None:
             self.sources.off("kubernetes", "no Kubernetes access: deciding only, nothing is rolled back")
+        elif isinstance(access, PartialAccess):
+            self.sources.off("kubernetes", access.summary())
         if not self.journal.required:
             self.sources.off("store", "no store: decisions are not recorded")
         self.metrics.targets.set(len(self.state.targets))
@@ -685,9 +688,10 @@ class Daemon:
         the same action, verification and events as one decided here. Stored for the leader (this
         replica or another: it starts it within one read of the switches). Returns the HTTP status
         and body: 202 with the run's id, 409 when it may not start, 503 when it cannot be stored."""
-        if self._access is None:
+        if not reaches(self._access, key):
+            what = "anything back" if self._access is None else f"{key} back (its lever needs Kubernetes)"
             return 409, {"error": "this rollbackd has no Kubernetes access (kubernetes.enabled), so it "
-                                  "cannot roll anything back"}
+                                  f"cannot roll {what}"}
         if self.state.flags.freeze and not force:
             who = self.switches.who(FREEZE)
             by_whom = f" (set by {who.by}: {who.reason})" if who is not None else ""
@@ -802,6 +806,7 @@ class Daemon:
         ``kubernetes.facts_max_age_s``) rather than read now. A failed read leaves the target
         without facts."""
         access = self._access
+        targets = [target for target in targets if reaches(access, target.key)]
         if access is None or not targets:
             return {}, set()
         loop_now = asyncio.get_running_loop().time()
@@ -866,7 +871,9 @@ class Daemon:
             return
         try:
             async with asyncio.timeout(RESUME_READ_TIMEOUT_S):
-                found = await self.journal.runs_in_flight(list(self.state.targets))
+                found = await self.journal.runs_in_flight(
+                    [key for key in self.state.targets if reaches(self._access, key)]
+                )
         except (StoreError, TimeoutError) as exc:
             self.metrics.count_tick_error("resume")
             logger.error(
