@@ -167,10 +167,11 @@ class ReleaseBook:
                                self._shared.where, self.poll_s, exc or waited)
                 return False
             oldest = self._wall_clock() - timedelta(seconds=self.lookback_s)
-            for release in shared:
+            # As the store's first read: the recent ones are judged (and told, by the leader); older
+            # ones were told when they were news.
+            for release in (r for r in shared if r.started_at >= oldest):
                 await self._record(release, quiet=True)
-                if release.started_at >= oldest:  # as the store's first read: the recent ones judge
-                    self._take(release)
+                self._take(release)
         now = self._wall_clock()
         since = (
             now - timedelta(seconds=self.lookback_s)
