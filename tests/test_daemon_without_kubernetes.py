@@ -81,7 +81,10 @@ async def test_a_command_target_is_rolled_back_without_any_kubernetes_access(
             rollback = (view or {}).get("rollback") or {}
             return view if rollback.get("phase") == "verified" else None
 
-        await wait_until(verified, timeout_s=90, interval_s=0.5,
+        async def is_verified() -> bool:
+            return await verified() is not None
+
+        await wait_until(is_verified, timeout_s=90, interval_s=0.5,
                          what=f"rolled back by the command and verified: {daemon.tail()}")
         view = await verified()
         assert view is not None
