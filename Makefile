@@ -6,8 +6,8 @@
 #                  if any fails)
 #   make bench     run the benchmarks; results go to bench/results/
 #   make demo      install with the demo extra and run `rollbackd demo`: a bad release undoes itself
-#                  on an emulated cluster (SCENARIO=canary|bluegreen|deployment|gateway|gitops|flag,
-#                  DEMO_ARGS=...)
+#                  on an emulated cluster (SCENARIO=canary|bluegreen|deployment|gateway|gitops|flag|
+#                  config, DEMO_ARGS=...)
 #   make replay    replay the labelled release recordings and show what rollbackd decides
 #   make clean     remove caches and build artefacts (keeps .venv and bench/results)
 #   make distclean clean, and remove .venv too

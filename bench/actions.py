@@ -5,8 +5,10 @@ The rollback actions -- :class:`~rollbackd.actions.canary_abort.CanaryAbort`,
 :class:`~rollbackd.actions.deployment_undo.DeploymentUndo` and
 :class:`~rollbackd.actions.rollout_abort.RolloutAbort` (an Argo Rollouts Rollout), and the canary
 abort guarded against GitOps reconcilers (:class:`~rollbackd.actions.gitops.GitOpsGuard`,
-suspending an Argo CD Application and a Flux Kustomization first), and the command lever
-(:class:`~rollbackd.actions.command.CommandAction`, a real subprocess) -- run against the
+suspending an Argo CD Application and a Flux Kustomization first), the command lever
+(:class:`~rollbackd.actions.command.CommandAction`, a real subprocess) and the configuration lever
+(:class:`~rollbackd.actions.config_restore.ConfigRestore`: a ConfigMap's previous data put back,
+then its Deployment restarted like ``kubectl rollout restart``) -- run against the
 emulated API server (:class:`~rollbackd.demo.emulator.ClusterEmulator`, served over real HTTP by
 kmock, with the emulated deployment, EndpointSlice and Argo Rollouts controllers running), through
 the real
@@ -53,6 +55,7 @@ from rollbackd.actions.base import ActionOutcome, ActionResult, RollbackAction, 
 from rollbackd.actions.bluegreen import BlueGreenSwitchBack
 from rollbackd.actions.canary_abort import CanaryAbort
 from rollbackd.actions.command import CommandAction
+from rollbackd.actions.config_restore import RESTARTED_AT, ConfigRestore
 from rollbackd.actions.deployment_undo import DeploymentUndo
 from rollbackd.actions.gitops import GitOpsGuard
 from rollbackd.actions.reconcilers import Tracking
@@ -66,6 +69,7 @@ from rollbackd.config.settings import CommandSettings, KubernetesSettings
 from rollbackd.demo.argo_rollouts import RolloutsController, seed_rollout
 from rollbackd.demo.emulator import (
     APPLICATIONS,
+    CONFIGMAPS,
     DEPLOYMENTS,
     ENDPOINTSLICES,
     HTTPROUTES,
@@ -88,6 +92,7 @@ from rollbackd.demo.emulator import (
 from rollbackd.demo.reconciler import label_for_flux, seed_application, seed_kustomization, track_by_argocd
 from rollbackd.kube import KubeClient
 from rollbackd.kube.objects import CANARY_WEIGHT_ANNOTATION
+from rollbackd.model import ConfigMapVersion
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -387,7 +392,73 @@ COMMAND = Case(
 )
 
 
-CASES = (CANARY, GATEWAY, ISTIO, BLUEGREEN, UNDO, ARGO_ROLLOUT, CANARY_GITOPS, COMMAND)
+# --- the configuration lever: a ConfigMap's previous data, then a rolling restart ---------------
+
+CONFIG_GOOD = {"payments.timeout_ms": "800", "payments.url": "http://payments.shop"}
+CONFIG_BAD = {"payments.timeout_ms": "60"}
+
+
+class KeptVersions:
+    """The versions of the ConfigMaps the daemon's watch kept, newest first (in the daemon they are
+    read from its store before the action's first request; that read is not part of ``api_s``)."""
+
+    def __init__(self) -> None:
+        self.versions: list[ConfigMapVersion] = []
+
+    def keep(self, obj: dict[str, Any]) -> None:
+        metadata = obj["metadata"]
+        self.versions.insert(0, ConfigMapVersion(namespace=metadata["namespace"], name=metadata["name"],
+                                                 resource_version=str(metadata["resourceVersion"]),
+                                                 data=dict(obj["data"])))
+
+    async def config_versions(self, namespace: str, name: str, *, limit: int = 2) -> list[ConfigMapVersion]:
+        return [v for v in self.versions if (v.namespace, v.name) == (namespace, name)][:limit]
+
+
+CONFIG_KEPT = KeptVersions()
+
+
+def seed_config(emu: ClusterEmulator, ns: str) -> None:
+    """The ConfigMap at its good data, then changed (both versions seen and kept), and the
+    Deployment that reads it."""
+    CONFIG_KEPT.versions.clear()
+    seeded = {"metadata": {"name": "checkout-config"}, "data": CONFIG_GOOD}
+    CONFIG_KEPT.keep(emu.store(CONFIGMAPS, ns, seeded))
+    CONFIG_KEPT.keep(emu.update(CONFIGMAPS, ns, "checkout-config", {"data": CONFIG_BAD}))
+    seed_deployment(emu, ns, "checkout", replicas=3, image="shop/checkout:2.3")
+
+
+def config_faults(emu: ClusterEmulator, ns: str) -> list[kmock.View]:
+    """A 503 reading the ConfigMap, a 409 on its patch (re-read, re-decided, re-applied), a 500
+    reading the Deployment and a 500 on its restart patch."""
+    return [
+        emu.fail("get", CONFIGMAPS, status=503, namespace=ns, name="checkout-config", times=1),
+        emu.conflict("patch", CONFIGMAPS, namespace=ns, name="checkout-config"),
+        emu.fail("get", DEPLOYMENTS, status=500, namespace=ns, name="checkout", times=1),
+        emu.fail("patch", DEPLOYMENTS, status=500, namespace=ns, name="checkout", times=1),
+    ]
+
+
+def config_rolled_back(emu: ClusterEmulator, ns: str) -> bool:
+    configmap = emu.read(CONFIGMAPS, ns, "checkout-config") or {}
+    deployment = emu.read(DEPLOYMENTS, ns, "checkout") or {}
+    template = ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    return (configmap.get("data") == CONFIG_GOOD and RESTARTED_AT in (template.get("annotations") or {})
+            and rollout_settled(deployment))
+
+
+CONFIG = Case(
+    name="config-restore",
+    seed=seed_config,
+    action=lambda kube, ns: ConfigRestore(kube=kube, target=f"{ns}/checkout", namespace=ns,
+                                          configmaps=("checkout-config",), history=CONFIG_KEPT,
+                                          restart=("checkout",), settings=SETTINGS),
+    faults=config_faults,
+    rolled_back=config_rolled_back,
+)
+
+
+CASES = (CANARY, GATEWAY, ISTIO, BLUEGREEN, UNDO, ARGO_ROLLOUT, CANARY_GITOPS, COMMAND, CONFIG)
 
 
 # --- running them -------------------------------------------------------------------------------
@@ -496,6 +567,14 @@ def markdown(report: dict[str, Any]) -> str:
         "API request, so its faulted runs are clean runs too. api_s is rollbackd's own work: starting "
         "the process (its own session, its environment), reading its output and its end, ending what it "
         "left in its process group; wait_s is the command's own run time.",
+        "- config-restore: a ConfigMap (`payments.timeout_ms` changed from 800 to 60, both versions kept) "
+        "put back to its previous data with a merge patch carrying the resourceVersion judged bad, then "
+        "its Deployment (3 replicas) restarted the way `kubectl rollout restart` does (the restartedAt "
+        "annotation); api_s: reading the ConfigMap and the Deployment, the two patches; wait_s: the "
+        "restarted Deployment rolled out and fully available. The kept versions are given from memory "
+        "(the daemon reads them from its store first, outside api_s). Faults: a 503 reading the "
+        "ConfigMap, a 409 on its patch (re-read, checked still the version judged bad, re-applied), a "
+        "500 reading the Deployment and a 500 on its restart patch.",
     ]
     return "\n".join(lines) + "\n"
 

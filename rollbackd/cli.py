@@ -148,14 +148,15 @@ def build_parser(prog: str = "rollbackd") -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--scenario",
-        choices=("canary", "bluegreen", "deployment", "gateway", "gitops", "flag"),
+        choices=("canary", "bluegreen", "deployment", "gateway", "gitops", "flag", "config"),
         default="canary",
         help="canary: abort an ingress-nginx canary (the default); bluegreen: switch a Service back "
         "to the old colour; deployment: undo a Deployment to its previous revision; gateway: abort a "
         "canary routed by a Gateway API HTTPRoute (its weight to 0); gitops: the canary synced from Git "
         "by Argo CD and Flux, whose reconciler puts the bad version back unless suspended; flag: a "
         "feature flag turned on makes the app fail, rollbackd turns it off (the flag in PostgreSQL, or "
-        "--flag-store http: behind the app's admin API)",
+        "--flag-store http: behind the app's admin API); config: a ConfigMap change makes the app fail, "
+        "rollbackd restores its previous data and restarts the Deployment",
     )
     demo.add_argument(
         "--flag-store",

@@ -5,12 +5,14 @@ Deployment restarted, and the verification sees the errors gone."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rollbackd.actions.config_restore import RESTARTED_AT
 from rollbackd.actions.targets import KubeTargets
 from rollbackd.config.settings import ConfigLeverSettings, Settings, Side, TargetSettings
+from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.wiring import open_daemon
 from rollbackd.demo.emulator import CONFIGMAPS
 from rollbackd.kube import KubeClient, objects
@@ -94,3 +96,52 @@ async def test_a_bad_config_change_is_restored_the_readers_restarted_and_verifie
     assert "rollback.verified" in kinds
     started = next(entry for entry in history if entry.kind == "release.started")
     assert "ConfigMap shop/checkout-config changed" in started.summary
+
+
+async def kept_versions(daemon: Daemon) -> list[str]:
+    """The resourceVersions of checkout-config the daemon's store keeps, newest first."""
+    store = daemon.journal.store
+    assert store is not None
+    return [v.resource_version for v in await store.config_versions(NS, "checkout-config", limit=20)]
+
+
+async def test_a_config_target_added_by_a_reload_is_watched_at_once_and_no_more_once_removed(
+    kube_cluster: ClusterEmulator, kube: KubeClient, tmp_path: Path
+) -> None:
+    kube_cluster.store(CONFIGMAPS, NS, {"metadata": {"name": "checkout-config", "namespace": NS},
+                                        "data": {"payments.timeout_ms": "800"}})
+    first = one_target(tmp_path, TargetSettings(
+        name="web", namespace="edge", strategy=Strategy.DEPLOYMENT, candidate=Side(deployment="web"),
+    ))
+    config_target = settings(tmp_path).targets[0]
+    app = ConfigFollowingApp(kube_cluster)
+    async with open_daemon(first, metrics_source=app, health_source=ScriptedHealth(), kube=kube) as daemon:
+        await wait_until(lambda: daemon.journal.store is not None, timeout_s=30, what="the store open")
+        assert await kept_versions(daemon) == []  # no config target: nothing watched
+
+        # The reload adds the config target: its ConfigMap is kept as it is now, then its changes.
+        change = daemon.apply_settings(first.model_copy(update={"targets": (*first.targets, config_target)}))
+        assert KEY in change.added
+
+        async def kept(count: int) -> bool:
+            return len(await kept_versions(daemon)) >= count
+
+        await wait_until(lambda: kept(1), timeout_s=30, what="the ConfigMap's data kept after the reload")
+        await objects.patch_configmap(kube, namespace=NS, name="checkout-config",
+                                      patch={"data": {"payments.timeout_ms": "80"}})
+        await wait_until(lambda: kept(2), timeout_s=30, what="the change kept")
+        (release,) = await daemon.releases.recent(target=KEY, since=None, limit=10)
+        assert release.kind == "config"
+        assert release.details["keys"] == ["payments.timeout_ms"]
+
+        # The reload removes it: its namespace is not watched any more (its task stopped).
+        daemon.apply_settings(first)
+        before = await kept_versions(daemon)
+        await wait_until(lambda: not any(task.get_name() == f"rollbackd:config-watch:{NS}"
+                                         for task in asyncio.all_tasks()),
+                         timeout_s=30, what="the namespace's watch stopped")
+        await objects.patch_configmap(kube, namespace=NS, name="checkout-config",
+                                      patch={"data": {"payments.timeout_ms": "900"}})
+        ticks = app.ticks
+        await wait_until(lambda: app.ticks >= ticks + 10, timeout_s=30, what="ten ticks after the change")
+        assert await kept_versions(daemon) == before

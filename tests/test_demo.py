@@ -1,9 +1,9 @@
 """``rollbackd demo``: every scenario run as the real command, plus its load generator and its
 Prometheus-free metrics source on their own.
 
-The five demo runs (canary, blue-green, deployment and gateway with Prometheus when it is
-installed, and canary with ``--no-prometheus``) start together, as subprocesses, once for the
-module; each test reads one run's timeline. Without a ``prometheus`` binary the first four run
+The demo runs (canary, blue-green, deployment and gateway with Prometheus when it is installed;
+canary, the two gitops ones and config with ``--no-prometheus``) start together, as subprocesses,
+once for the module; each test reads one run's timeline. Without a ``prometheus`` binary the first four run
 without it too, and the timeline must say so.
 """
 
@@ -28,6 +28,7 @@ pytest.importorskip("kmock", reason="the demo needs kmock (the demo extra) for i
 
 from rollbackd.config.settings import GatewayApiRouterSettings, IngressNginxRouterSettings
 from rollbackd.demo.direct import DirectMetricsSource
+from rollbackd.demo.emulator import CONFIGMAPS
 from rollbackd.demo.processes import find_prometheus, free_port
 from rollbackd.demo.scenarios import GATEWAY
 from rollbackd.demo.traffic import UNROUTED, LoadGenerator, RouterRouting, RoutingChange
@@ -61,6 +62,7 @@ RUNS = {
     "canary-direct": ["--scenario", "canary", "--no-prometheus"],
     "gitops": ["--scenario", "gitops", "--no-prometheus"],
     "gitops-ignore": ["--scenario", "gitops", "--gitops", "ignore", "--no-prometheus"],
+    "config": ["--scenario", "config", "--no-prometheus"],
 }
 
 #: scenario -> (the bad backend, the good one, the action, a change the action must report)
@@ -239,6 +241,75 @@ def test_the_gateway_demo_leaves_the_route_at_weight_0_accepted_by_its_gateway(
     later = [text for t, text in reports if t >= switched + 4.0]  # whole seconds after the switch
     assert later, run.output
     assert all("canary" not in text for text in later), later
+
+
+def test_the_config_demo_restores_the_configmap_restarts_the_deployment_and_the_errors_go(
+    demo_runs: dict[str, Run],
+) -> None:
+    run = demo_runs["config"]
+    assert run.returncode == 0, run.output
+    run.line(r"EMULATED Kubernetes API \(kmock\) -- not a real cluster")
+    run.line(r"seeded ConfigMap shop/checkout-config: payments\.timeout_ms=800")
+    fault = run.stamp(r"FAULT, a release: ConfigMap shop/checkout-config changed through the API .*"
+                      r"payments\.timeout_ms '800' -> '60'")
+    seen = run.stamp(r"rollbackd saw a release: config config:shop/checkout-config@\d+ \(release\.started, "
+                     r"keys changed: payments\.timeout_ms\)")
+    decision = run.stamp(r"rollbackd decision: ROLLBACK \(immediate\)")
+    acted = run.stamp(r"action config-restore: done .* restored the ConfigMaps checkout-config to their "
+                      r"previous data; restarted checkout, fully available")
+    gone = run.stamp(r"errors gone: 'checkout' failed \d+ of its \d+ requests in this second")
+    verified = run.stamp(r"VERIFIED: rollback verified after")
+    assert fault <= seen <= decision <= acted <= verified
+    assert decision <= gone <= verified
+    action, _ = run.line(r"action config-restore: done")
+    restored, _ = run.line(re.escape("changed ConfigMap/shop/checkout-config data: "
+                                     "{'payments.timeout_ms': '60'} -> {'payments.timeout_ms': '800'}"))
+    restarted, _ = run.line(re.escape("changed Deployment/shop/checkout spec.template.metadata.annotations"
+                                      "[kubectl.kubernetes.io/restartedAt]: None -> '") + r"\d{4}-\d\d-\d\dT")
+    assert action < restored < restarted
+    # What the cluster says once the rollback is verified: the data of before the change, and the
+    # Deployment rolled out again with the restart annotation.
+    assert run.stamp(r"after the rollback: ConfigMap shop/checkout-config \(resourceVersion \d+\): "
+                     r"payments\.timeout_ms=800, payments\.url=") >= verified
+    run.line(r"Deployment shop/checkout: kubectl\.kubernetes\.io/restartedAt=\d{4}-\d\d-\d\dT\S+Z, "
+             r"revision 2, 3/3 replicas available \(rolled out\)")
+    # The app's errors followed the ConfigMap: many between the change and the recovery, few after.
+    _, during = run.line(r"traffic from the fault to the recovery +checkout \d+ \(\d+ failed\)")
+    sent, failed = (int(n) for n in re.findall(r"(\d+)", during.split("recovery", 1)[1]))
+    assert failed >= 0.1 * sent, during
+    _, after = run.line(r"traffic after the recovery +checkout \d+ \(\d+ failed\)")
+    sent, failed = (int(n) for n in re.findall(r"(\d+)", after.split("recovery", 1)[1]))
+    assert sent > 0
+    assert failed <= 0.02 * sent, after
+    run.line(r"fault -> 'checkout' errors gone +\d+\.\ds")
+    run.line(r"demo OK: config rolled back and verified; 'checkout' serves without the errors")
+
+
+async def test_the_sample_app_follows_its_configmap(kube_cluster: ClusterEmulator, kube: KubeClient,
+                                                    tmp_path: Path) -> None:
+    """The config demo's pods: a payments timeout of 0 ms fails every request, 800 ms none."""
+    kube_cluster.store(CONFIGMAPS, "shop", {"metadata": {"name": "checkout-config"},
+                                            "data": {"payments.timeout_ms": "0"}})
+    url = f"{kube_cluster.url}/api/v1/namespaces/shop/configmaps/checkout-config"
+    app = await astart_sample_app(deployment="checkout", namespace="shop", config_url=url, log_dir=tmp_path)
+    try:
+        async def statuses_now() -> list[int]:
+            async with aiohttp.ClientSession() as session:
+                found = []
+                for _ in range(20):
+                    async with session.get(f"{app.url}/work") as response:
+                        found.append(response.status)
+                return found
+
+        async def all_are(status: int) -> bool:
+            return set(await statuses_now()) == {status}
+
+        await wait_until(lambda: all_are(500), timeout_s=30, what="every request failing at a 0 ms timeout")
+        await objects.patch_configmap(kube, namespace="shop", name="checkout-config",
+                                      patch={"data": {"payments.timeout_ms": "800"}})
+        await wait_until(lambda: all_are(200), timeout_s=30, what="no request failing at an 800 ms timeout")
+    finally:
+        await app.astop()
 
 
 async def test_the_gateway_scenario_seeds_what_the_gateway_api_accepts(kube_cluster: ClusterEmulator) -> None:

@@ -3,7 +3,9 @@ Schemas (and their drift from the code), and which ticks are news (the announcer
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+import rollbackd.actions
 from rollbackd.actions.base import ActionOutcome, ActionResult, GitOpsHold
 from rollbackd.decision.lifetime import Lifetime, Operator, advance
 from rollbackd.events import schemas
@@ -474,3 +477,26 @@ def test_decisions_during_a_rollback_are_not_news_and_no_traffic_afterwards_neit
         "target.degraded",
         "decision.made",
     ]
+
+
+def every_action_kind() -> set[str]:
+    """The ``ACTION`` of every lever module under rollbackd.actions: what ``action.action`` can be."""
+    kinds = set()
+    for module in pkgutil.walk_packages(rollbackd.actions.__path__, "rollbackd.actions."):
+        action = getattr(importlib.import_module(module.name), "ACTION", None)
+        if isinstance(action, str):
+            kinds.add(action)
+    return kinds
+
+
+def test_the_action_field_names_every_action_the_daemon_can_run() -> None:
+    kinds = every_action_kind()
+    assert {"deployment-undo", "config-restore", "command", "feature-flag-off"} <= kinds, kinds
+    events_doc = (Path(__file__).resolve().parents[1] / "docs" / "events.md").read_text()
+    for event_type, path in (("rollback.completed", ("action", "action")), ("rollback.started", ("action",))):
+        schema = json.loads((SCHEMAS_DIR / f"{event_type}.json").read_text())
+        described = json.dumps(schema)
+        for kind in sorted(kinds):
+            assert kind in described, f"{event_type}'s schema ({'.'.join(path)}) does not name {kind}"
+    for kind in sorted(kinds):
+        assert f"`{kind}`" in events_doc, f"docs/events.md does not name the action {kind}"

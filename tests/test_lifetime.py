@@ -4,7 +4,7 @@ revision; an accepted release's decisions are blocked by ``accepted``."""
 
 from __future__ import annotations
 
-from rollbackd.decision.lifetime import Change, Ending, Lifetime, Operator, advance
+from rollbackd.decision.lifetime import Change, Ending, Lifetime, Operator, advance, announced
 from rollbackd.decision.verdict import Verdict, partner_verdict
 from rollbackd.evaluate import TargetEvaluator
 from rollbackd.model import Context, Observation, Sample, Strategy
@@ -67,6 +67,36 @@ def test_a_newer_revision_supersedes_an_accepted_release_and_starts_a_new_judgem
     assert successor.previous_revision == 6
     # An older revision read (a stale read) supersedes nothing.
     assert advance(release, 2 * HOUR, accept_after_s=HOUR, quiet=True, revision=5) == (release, None)
+
+
+def test_an_announced_release_supersedes_an_accepted_one_and_counts_from_its_own_start() -> None:
+    accepted, _ = advance(Lifetime(started_at=0.0, revision=3), HOUR, accept_after_s=HOUR, quiet=True)
+    assert accepted.accepted is not None
+    # Announced to have started at 2h, taken a little later: judged from 2h on.
+    release = announced(accepted, release="flag-on-1", started_at=2 * HOUR)
+    assert release.accepted is None
+    assert (release.started_at, release.release) == (2 * HOUR, "flag-on-1")
+    assert release.previous is not None
+    assert release.previous.text == "superseded by release flag-on-1"
+    assert release.previous_revision == 3
+    assert advance(release, 3 * HOUR - 1, accept_after_s=HOUR, quiet=True)[1] is None
+    release, change = advance(release, 3 * HOUR, accept_after_s=HOUR, quiet=True)
+    assert change is Change.ACCEPTED
+    # An operator's acceptance of the release before does not carry over: only one given now.
+    judged = announced(release, release="flag-on-2", started_at=4 * HOUR)
+    assert judged.accepted is None
+
+
+def test_a_release_that_started_before_watching_began_is_judged_from_its_start() -> None:
+    """A replica that starts (or takes over) after the release started: its first tick was the
+    release already, whose accept_after_s counts from the release's start, not the replica's."""
+    watching = Lifetime(started_at=500.0, revision=4)
+    release = announced(watching, release="config-7", started_at=100.0)
+    assert (release.started_at, release.revision, release.previous) == (100.0, 4, None)
+    release, change = advance(release, 100.0 + HOUR, accept_after_s=HOUR, quiet=True)
+    assert change is Change.ACCEPTED
+    first = announced(None, release="config-7", started_at=100.0)
+    assert first == Lifetime(started_at=100.0, release="config-7")
 
 
 def test_a_release_still_judged_is_not_superseded_the_episode_decides() -> None:

@@ -6,6 +6,7 @@ release: a bad accepted release is not rolled back, a newer revision is judged a
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,13 @@ from rollbackd.config.settings import (
 from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.page import Status, Urgency, target_status
 from rollbackd.daemon.wiring import open_daemon
+from rollbackd.decision.facts import ClusterFacts
 from rollbackd.events.model import CloudEvent
 from rollbackd.kube import KubeClient
 from rollbackd.kube.objects import REVISION_ANNOTATION
-from rollbackd.model import Strategy
+from rollbackd.model import Sample, Strategy
 from rollbackd.run import Phase
+from rollbackd.sources.base import SidePair
 from tests.kubefixtures import DEPLOYMENTS, ClusterEmulator, wait_until
 from tests.test_daemon import HEALTHY, SEVERE, Api, ScriptedHealth, ScriptedMetrics
 from tests.test_daemon_rollbacks import ScriptedTargets
@@ -171,3 +174,96 @@ async def test_an_acceptance_is_announced_once_as_release_accepted(tmp_path: Pat
         history = await api.call("GET", "/api/v1/history?target=shop/checkout")
         assert history[0] == 200
         assert any(entry.get("kind") == "release.accepted" for entry in history[1]["entries"]), history[1]
+
+
+# --- announced releases: the next release, judged from its own start ------------------------------
+
+KEY = "shop/checkout"
+GOOD: SidePair = (None, Sample(requests=1000, errors=2))
+BAD: SidePair = (None, Sample(requests=1000, errors=300))
+
+
+def flag_target_settings(*, accept_after_s: float, interval_s: float = INTERVAL_S) -> Settings:
+    """A Deployment's service judged against its own past, whose flag flips are announced."""
+    return Settings(
+        interval_s=interval_s,
+        http=HttpSettings(host="127.0.0.1", port=0),
+        api=ApiSettings(allow_unauthenticated_writes=True),
+        verification=VerificationSettings(window_s=6 * interval_s),
+        targets=(
+            TargetSettings(
+                name="checkout", namespace=NS, strategy=Strategy.DEPLOYMENT,
+                candidate=Side(deployment="checkout"), policy=PolicyOverride(accept_after_s=accept_after_s),
+            ),
+        ),
+    )
+
+
+@pytest.mark.looptime
+async def test_an_announced_release_ends_the_operators_acceptance_and_is_judged_again() -> None:
+    metrics = ScriptedMetrics(GOOD)
+    cluster = ScriptedTargets(facts_value=ClusterFacts(candidate_revision=5))
+    async with (
+        aiohttp.ClientSession() as session,
+        Daemon(flag_target_settings(accept_after_s=0.0), metrics_source=metrics,
+               health_source=ScriptedHealth(), targets=cluster) as daemon,
+    ):
+        api = Api(session, daemon)
+        await wait_until(lambda: daemon.ticks >= 6, timeout_s=10 * INTERVAL_S, what="six healthy ticks")
+        status, view = await api.call("POST", f"/api/v1/targets/{KEY}/accept", {"reason": "all quiet"})
+        assert status == 200, view
+
+        async def in_state(state: str) -> bool:
+            return bool((await release_of(api))["state"] == state)
+
+        await wait_until(lambda: in_state("accepted"), timeout_s=5 * INTERVAL_S, what="accepted by anonymous")
+
+        status, answer = await api.call("POST", "/api/v1/releases", {"id": "flag-on-1", "target": KEY,
+                                                                     "kind": "flag"})
+        assert status == 201, answer
+        release = await release_of(api)
+        assert (release["state"], release["release"]) == ("judged", "flag-on-1")
+        assert release["previous"]["text"] == "superseded by release flag-on-1"
+
+        async def acceptance_withdrawn() -> bool:
+            return (await api.target())["accepted"] is None
+
+        await wait_until(acceptance_withdrawn, timeout_s=5 * INTERVAL_S, what="the acceptance withdrawn")
+        assert await in_state("judged")  # the old acceptance does not come back on the next ticks
+        # The flag's release is judged: bad, it is rolled back (not blocked by the old acceptance).
+        metrics.pair = BAD
+        await wait_until(lambda: cluster.runs == [False], timeout_s=20 * INTERVAL_S, what="rolled back")
+
+
+async def test_accept_after_s_counts_from_the_release_start_not_from_the_replicas() -> None:
+    """A release that started before this replica watched the target (a fail-over, a restart, a
+    pipeline announcing late) is accepted accept_after_s after its start."""
+    accept_after_s, interval_s = 6.0, 0.1
+    async with (
+        aiohttp.ClientSession() as session,
+        Daemon(flag_target_settings(accept_after_s=accept_after_s, interval_s=interval_s),
+               metrics_source=ScriptedMetrics(GOOD), health_source=ScriptedHealth(),
+               targets=ScriptedTargets()) as daemon,
+    ):
+        api = Api(session, daemon)
+        await wait_until(lambda: daemon.ticks >= 3, timeout_s=30, what="three ticks")
+        started = datetime.now(UTC) - timedelta(seconds=accept_after_s - 1.5)
+        status, answer = await api.call("POST", "/api/v1/releases", {
+            "id": "config-abc123", "target": KEY, "kind": "config", "started_at": started.isoformat(),
+        })
+        assert status == 201, answer
+        announced_at = asyncio.get_running_loop().time()
+        release = await release_of(api)
+        assert release["release"] == "config-abc123"
+        shown = datetime.fromisoformat(release["started_at"])
+        assert abs((shown - started).total_seconds()) < 0.05, (release["started_at"], started)
+
+        async def accepted() -> bool:
+            return bool((await release_of(api))["state"] == "accepted")
+
+        await wait_until(accepted, timeout_s=30, what="accepted")
+        assert asyncio.get_running_loop().time() - announced_at < accept_after_s - 1.0
+        release = await release_of(api)
+        assert release["release"] == "config-abc123"
+        assert release["accepted"]["how"] == "accepted-after"
+        assert release["accepted"]["judged_s"] >= accept_after_s

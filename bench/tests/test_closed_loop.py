@@ -51,6 +51,7 @@ def test_the_plan_runs_the_demo_set_up_then_each_rate_in_turn() -> None:
         ("deployment", 1, 20.0, DEMO_WINDOW_S),
         ("gateway", 1, 20.0, DEMO_WINDOW_S),
         ("gateway", 2, 20.0, DEMO_WINDOW_S),
+        ("config", 1, 20.0, DEMO_WINDOW_S),
         ("canary", 1, 1.0, DEFAULT_WINDOW_S),
         ("canary", 1, 20.0, DEFAULT_WINDOW_S),
         ("canary", 2, 1.0, DEFAULT_WINDOW_S),
@@ -157,3 +158,16 @@ def test_only_the_gateway_runs_replace_theirs_and_the_other_runs_are_kept_and_sa
     assert report["demo_canary"]["fault_to_no_traffic_s"] == pytest.approx(3.9)
     assert [m["canary_rps"] for m in report["canary_by_rps"]] == [4.0]
     assert f"the other runs kept from the report of {run_at}" in report["setup"]
+
+
+def test_a_config_run_gives_its_errors_gone_where_traffic_moves_in_the_others() -> None:
+    canary = [run(20, DEMO_WINDOW_S, n, 2.9) for n in (1, 2, 3)]
+    config = Run("config", 1, fault_to_decision_s=1.9, decision_to_acted_s=3.5, fault_to_errors_gone_s=2.9,
+                 decision_to_verified_s=9.0, wall_s=40.0)
+    report = build_report([*canary, config], canary_rates=(), demo=True, source="s", prometheus=None)
+    assert report["target_met"] is True  # judged on the canaries only
+    text = markdown(report, [*canary, config])
+    assert "| config | 100 | 5 s | 1 | 1.90 s | 3.50 s | errors gone 2.90 s | 9.00 s | 40 s |" in text
+    assert "| canary | 20 | 5 s | 1 | 2.90 s | 0.10 s | 3.90 s | 6.00 s | 30 s |" in text
+    kept, _, _ = kept_runs(json.loads(json.dumps(report)), replaced=("canary",))
+    assert [vars_of(r) for r in kept] == [vars_of(config)]

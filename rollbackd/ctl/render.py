@@ -191,12 +191,17 @@ def target_table(target: Mapping[str, Any]) -> str:
 
 def _lifetime(release: Mapping[str, Any]) -> str:
     """``revision 7, accepted after 1h (revision 6 superseded by revision 7)``."""
-    which = f"revision {release['revision']}" if release.get("revision") is not None else "this release"
+    which = (
+        f"release {release['release']}" if release.get("release") is not None
+        else f"revision {release['revision']}" if release.get("revision") is not None else "this release"
+    )
     accepted = release.get("accepted")
     text = f"{which}, {accepted.get('text')}" if isinstance(accepted, Mapping) else f"{which}, judged"
     previous = release.get("previous")
     if isinstance(previous, Mapping):
-        text += f" (revision {previous.get('revision')} {previous.get('text')})"
+        before = previous.get("revision")
+        name = f"revision {before}" if before is not None else "the release before"
+        text += f" ({name} {previous.get('text')})"
     return text
 
 

@@ -3,16 +3,20 @@ ConfigMap, so rollbackd watches them and keeps each version of their data in its
 config lever (:mod:`rollbackd.actions.config_restore`) finds the data to go back to.
 
 :class:`ConfigWatch` is an async context manager owning one task per namespace that holds such
-ConfigMaps (``rollbackd:config-watch:<namespace>``). A task lists the namespace's ConfigMaps, keeps
-the named ones' data, then watches from the list's ``resourceVersion``; when the stream ends or
-breaks it lists again (after a backoff with jitter when something failed). Each new version of the
-data is kept (:meth:`~rollbackd.store.base.Store.add_config_version`, bounded by the target's
-``keep_versions`` and ``keep_age_s``); a change of the data (not the first version seen) is a
-release of kind ``config``, announced through the daemon's release book (stored with its
-``release.started`` event; its id, ``config:<namespace>/<name>@<resourceVersion>``, makes two
-replicas' announcements one). Every replica keeps what it sees: a version another replica kept
-already is not kept twice. While the store is not open (or fails), nothing is kept: the namespace
-is listed again after a pause, and the listing keeps the data as it is then.
+ConfigMaps (``rollbackd:config-watch:<namespace>``). A reloaded configuration
+(:meth:`ConfigWatch.reconfigure`) starts the tasks of namespaces it adds at once, and stops those of
+namespaces no config target names any more; a namespace whose ConfigMaps (or their ``config``)
+changed is watched anew (listed first, so a ConfigMap added keeps its data as it is now). A task
+lists the namespace's ConfigMaps, keeps the named ones' data, then watches from the list's
+``resourceVersion``; when the stream ends or breaks it lists again (after a backoff with jitter when
+something failed). Each new version of the data is kept
+(:meth:`~rollbackd.store.base.Store.add_config_version`, bounded by the target's ``keep_versions``
+and ``keep_age_s``); a change of the data (not the first version seen) is a release of kind
+``config``, announced through the daemon's release book (stored with its ``release.started`` event;
+its id, ``config:<namespace>/<name>@<resourceVersion>``, makes two replicas' announcements one).
+Every replica keeps what it sees: a version another replica kept already is not kept twice. While
+the store is not open (or fails), nothing is kept: the namespace is listed again after a pause, and
+the listing keeps the data as it is then.
 
 :class:`StoreHistory` is the lever's view of the kept versions, through the journal's store.
 """
@@ -45,9 +49,13 @@ BACKOFF = Backoff(initial_s=0.5, max_s=30.0)
 WATCH_TIMEOUT_S = 300.0
 
 
-def watched_configmaps(settings: Settings) -> dict[str, dict[str, tuple[str, ConfigLeverSettings]]]:
+#: The ConfigMaps watched in one namespace: name -> (the target's key, its ``config``).
+_Names = dict[str, tuple[str, ConfigLeverSettings]]
+
+
+def watched_configmaps(settings: Settings) -> dict[str, _Names]:
     """namespace -> ConfigMap name -> (the target's key, its ``config``), for every config target."""
-    found: dict[str, dict[str, tuple[str, ConfigLeverSettings]]] = {}
+    found: dict[str, _Names] = {}
     for target in settings.targets:
         if target.strategy is Strategy.CONFIG and target.config is not None:
             names = found.setdefault(target.namespace, {})
@@ -95,21 +103,58 @@ class ConfigWatch:
         self._announce = announce
         self._wall_clock = wall_clock
         self._backoff = backoff
-        self._watched = watched_configmaps(settings)
-        self._tasks: list[asyncio.Task[None]] = []
+        #: What the configuration names now, and what each running task watches.
+        self._wanted = watched_configmaps(settings)
+        self._watching: dict[str, tuple[_Names, asyncio.Task[None]]] = {}
+        self._changed = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+
+    @property
+    def namespaces(self) -> frozenset[str]:
+        """The namespaces whose ConfigMaps are watched now."""
+        return frozenset(namespace for namespace, (_, task) in self._watching.items() if not task.done())
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Watch what the reloaded ``settings`` name, at once (see the module docstring)."""
+        self._wanted = watched_configmaps(settings)
+        self._changed.set()
 
     async def __aenter__(self) -> Self:
-        self._tasks = [
-            asyncio.create_task(self._watch(namespace), name=f"rollbackd:config-watch:{namespace}")
-            for namespace in self._watched
-        ]
+        self._start(self._wanted)
+        self._supervisor = asyncio.create_task(self._follow(), name="rollbackd:config-watch")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        tasks, self._tasks = self._tasks, []
-        await stop_tasks(tasks, failures="drop")
+        supervisor, self._supervisor = self._supervisor, None
+        await stop_tasks([supervisor], failures="drop")
+        watching, self._watching = self._watching, {}
+        await stop_tasks([task for _, task in watching.values()], failures="drop")
 
-    async def _watch(self, namespace: str) -> None:
+    def _start(self, wanted: Mapping[str, _Names]) -> None:
+        for namespace, names in wanted.items():
+            if namespace not in self._watching:
+                task = asyncio.create_task(self._watch(namespace, names),
+                                           name=f"rollbackd:config-watch:{namespace}")
+                self._watching[namespace] = (names, task)
+
+    async def _follow(self) -> None:
+        """Bring the namespaces' tasks in line with the configuration whenever it changes."""
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            wanted = self._wanted
+            stale = [ns for ns, (names, _) in self._watching.items() if wanted.get(ns) != names]
+            await stop_tasks([self._watching.pop(ns)[1] for ns in stale], failures="drop")
+            for namespace in stale:
+                if namespace not in wanted:
+                    logger.info("the ConfigMaps of namespace %s are not watched any more", namespace)
+            added = sorted(set(wanted) - set(self._watching))
+            self._start(wanted)
+            if added:
+                logger.info("watching the ConfigMaps of %s", ", ".join(f"namespace {ns}" for ns in added),
+                            extra={"namespaces": added})
+
+    async def _watch(self, namespace: str, names: _Names) -> None:
         loop = asyncio.get_running_loop()
         failures = 0
         while True:
@@ -117,13 +162,13 @@ class ConfigWatch:
             try:
                 listed = await list_configmaps(self._kube, namespace=namespace)
                 for obj in listed.items:
-                    await self._keep(namespace, obj)
+                    await self._keep(namespace, names, obj)
                 async for event in watch_configmaps(self._kube, namespace=namespace,
                                                     resource_version=listed.resource_version,
                                                     timeout_s=WATCH_TIMEOUT_S):
                     changed = event.get("object")
                     if event.get("type") in ("ADDED", "MODIFIED") and isinstance(changed, Mapping):
-                        await self._keep(namespace, changed)
+                        await self._keep(namespace, names, changed)
                 failed = loop.time() - started < MIN_STREAM_S
             except KubeError as exc:
                 logger.warning("cannot watch the ConfigMaps of namespace %s: %s", namespace, exc)
@@ -134,10 +179,10 @@ class ConfigWatch:
             if failures:
                 await asyncio.sleep(self._backoff.delay(failures))
 
-    async def _keep(self, namespace: str, obj: Mapping[str, Any]) -> None:
+    async def _keep(self, namespace: str, names: _Names, obj: Mapping[str, Any]) -> None:
         metadata: Obj = obj.get("metadata") or {}
         name = metadata.get("name")
-        watched = self._watched[namespace].get(name) if isinstance(name, str) else None
+        watched = names.get(name) if isinstance(name, str) else None
         store = self._journal.store
         if watched is None:
             return

@@ -928,8 +928,9 @@ def _lifetime(target: _Doc) -> str:
     release = _obj(target.get("lifetime"))
     if release is None:
         return ""
-    revision = release.get("revision")
-    which = f"Revision {revision}" if revision is not None else "Release"
+    revision, announced = release.get("revision"), release.get("release")
+    which = (f"Release {_text(announced)}" if announced is not None
+             else f"Revision {revision}" if revision is not None else "Release")
     accepted = _obj(release.get("accepted"))
     if accepted is not None:
         reason = _text(accepted.get("reason"))
@@ -941,7 +942,9 @@ def _lifetime(target: _Doc) -> str:
         line = f"<b>{_e(which)}</b> judged for {_e(judged)} (since {_e(_text(release.get('started_at')))})"
     previous = _obj(release.get("previous"))
     if previous is not None:
-        line += f"; revision {_e(_text(previous.get('revision')))} {_e(_text(previous.get('text')))}"
+        before = previous.get("revision")
+        name = f"revision {_text(before)}" if before is not None else "the release before"
+        line += f"; {_e(name)} {_e(_text(previous.get('text')))}"
     return f'<p class="lifetime">{line}</p>'
 
 

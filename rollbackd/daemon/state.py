@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from rollbackd.config.resolve import target_params
@@ -15,7 +16,7 @@ from rollbackd.config.settings import Settings, TargetSettings
 from rollbackd.daemon.probing import ProbeOutcome
 from rollbackd.daemon.series import Series, point_of
 from rollbackd.decision.facts import ClusterFacts, is_newer
-from rollbackd.decision.lifetime import Lifetime
+from rollbackd.decision.lifetime import Lifetime, announced
 
 if TYPE_CHECKING:
     from rollbackd.daemon.rollbacks import Rollbacks
@@ -39,12 +40,14 @@ class RuntimeFlags:
 
 @dataclass(frozen=True, slots=True)
 class Acceptance:
-    """An operator said the target's release is good (``by``, ``reason``): it is not judged until
-    a revision newer than ``revision`` (``None``: the one the cluster shows next) comes."""
+    """An operator said the target's release is good (``by``, ``reason``, at ``at``, UTC): it is
+    not judged until a revision newer than ``revision`` (``None``: the one the cluster shows next)
+    comes, or a release announced to have started after ``at``."""
 
     by: str
     reason: str
     revision: int | None = None
+    at: datetime | None = None
 
 
 class TargetState:
@@ -121,7 +124,8 @@ class TargetState:
         if self.release is not None and self.release.started_at > release.started_at:
             return
         self.release, self.release_at = release, at
-        self.lifetime = None  # a new release: judged from the next tick on
+        # A new release: judged from its start, the one before superseded (judged or accepted).
+        self.lifetime = announced(self.lifetime, release=release.id, started_at=at)
         self.evaluator.released(at)
         self.judged_revision = None
 

@@ -369,7 +369,7 @@ class SwitchBoard:
                 self._state.accepted.pop(target, None)
             else:
                 self._state.accepted[target] = Acceptance(
-                    by=switch.by, reason=switch.reason, revision=switch.revision
+                    by=switch.by, reason=switch.reason, revision=switch.revision, at=switch.at
                 )
         elif key.startswith(_HOLD):
             target = key.removeprefix(_HOLD)

@@ -253,18 +253,21 @@ def _ending_view(ended: Accepted, *, wall: WallClock) -> dict[str, JsonValue]:
         "by": ended.by,
         "reason": ended.reason,
         "superseded_by": ended.revision,
+        "superseded_by_release": ended.release,
     }
 
 
 def lifetime_view(release: Lifetime | None, *, now: float, wall: WallClock) -> JsonValue:
     """The release judged now (see :mod:`rollbackd.decision.lifetime`): since when, which
-    revision, whether it is still judged (``state`` ``judged``) or ``accepted`` and how, and how
-    the release before it ended (``previous``: superseded by this one)."""
+    revision or announced release (``release``: its id), whether it is still judged (``state``
+    ``judged``) or ``accepted`` and how, and how the release before it ended (``previous``:
+    superseded by this one)."""
     if release is None:
         return None
     return {
         "state": "judged" if release.accepted is None else "accepted",
         "revision": release.revision,
+        "release": release.release,
         "started_at": wall.iso(release.started_at),
         "judged_s": to_json_value(round(
             (release.accepted.at if release.accepted is not None else now) - release.started_at, 6

@@ -8,7 +8,10 @@ an earlier release ended, or the end of a rollback) until it is **accepted**:
 - by an operator (the ``accept`` action; ``by``: "accepted by alice"), until withdrawn;
 
 or until the **next release** supersedes it: a revision newer than the one judged, read from the
-cluster. An accepted release is not judged (its decisions are blocked by ``accepted``); the
+cluster, or a release announced from outside (:func:`announced`: a flag turned on, a configuration
+change), which ends the judgement or acceptance of the one before at once and is judged from its
+own start (``accept_after_s`` counts from there, not from when this process began watching). An
+accepted release is not judged (its decisions are blocked by ``accepted``); the
 target is watched for the next release, which starts a new judgement ("superseded by revision 7"
 is how the old one ended).
 
@@ -50,7 +53,8 @@ class Change(enum.StrEnum):
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """How a release's judgement ended: ``how``, at ``at`` (loop clock), ``by`` whom and why
-    (an operator), or the ``revision`` that superseded it; ``judged_s`` is how long it was judged."""
+    (an operator), or the ``revision`` or announced ``release`` (its id) that superseded it;
+    ``judged_s`` is how long it was judged."""
 
     how: Ending
     at: float
@@ -58,6 +62,7 @@ class Accepted:
     by: str | None = None
     reason: str = ""
     revision: int | None = None
+    release: str | None = None
 
     @property
     def text(self) -> str:
@@ -66,6 +71,8 @@ class Accepted:
             return f"accepted after {duration_text(self.judged_s)}"
         if self.how is Ending.BY:
             return f"accepted by {self.by}"
+        if self.release is not None:
+            return f"superseded by release {self.release}"
         return f"superseded by revision {self.revision}"
 
     @property
@@ -79,14 +86,16 @@ class Accepted:
 @dataclass(frozen=True, slots=True)
 class Lifetime:
     """One release of a target: judged since ``started_at`` (loop clock), its ``revision`` once
-    the cluster showed it, and how its judgement ended (``ended``; ``None`` while it is judged).
-    ``previous`` is how the release before it ended (superseded), if one did while watched."""
+    the cluster showed it, the announced ``release`` it is (its id; ``None``: a revision), and how
+    its judgement ended (``ended``; ``None`` while it is judged). ``previous`` is how the release
+    before it ended (superseded), if one did while watched."""
 
     started_at: float
     revision: int | None = None
     ended: Accepted | None = None
     previous: Accepted | None = None
     previous_revision: int | None = None
+    release: str | None = None
 
     @property
     def accepted(self) -> Accepted | None:
@@ -140,3 +149,22 @@ def advance(
     if accept_after_s > 0 and quiet and judged_s >= accept_after_s:
         return replace(release, ended=Accepted(how=Ending.AFTER, at=t, judged_s=judged_s)), Change.ACCEPTED
     return release, None
+
+
+def announced(current: Lifetime | None, *, release: str, started_at: float) -> Lifetime:
+    """The lifetime of ``release``, announced to have started at ``started_at`` (loop clock): judged
+    from then on, whatever ended the one before (judged or accepted, it is superseded by it).
+
+    A lifetime that began at or after ``started_at`` (this process began watching after the
+    release started) was this release already: it keeps its revision, how it ended and what came
+    before it, and takes the release's start."""
+    if current is not None and current.started_at >= started_at:
+        return replace(current, started_at=started_at, release=release)
+    if current is None:
+        return Lifetime(started_at=started_at, release=release)
+    ending = Accepted(
+        how=Ending.SUPERSEDED, at=started_at, judged_s=started_at - current.started_at, release=release
+    )
+    return Lifetime(
+        started_at=started_at, release=release, previous=ending, previous_revision=current.revision
+    )

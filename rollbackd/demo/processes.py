@@ -249,6 +249,7 @@ class SampleAppProcess(_Process):
         admin_token_file: Path | None = None,
         flag_dsn_file: Path | None = None,
         flag_table: str | None = None,
+        config_url: str | None = None,
     ) -> None:
         self.deployment = deployment
         self.namespace = namespace
@@ -263,7 +264,7 @@ class SampleAppProcess(_Process):
         if flag is not None:
             self.options.update({"--flag": flag, "--flag-error-rate": flag_error_rate})
         for option, value in (("--admin-token-file", admin_token_file), ("--flag-dsn-file", flag_dsn_file),
-                              ("--flag-table", flag_table)):
+                              ("--flag-table", flag_table), ("--config-url", config_url)):
             if value is not None:
                 self.options[option] = value
         self.seed = seed

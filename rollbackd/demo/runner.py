@@ -15,8 +15,11 @@ it, everything is real:
    :class:`~rollbackd.actions.targets.KubeTargets`.
 
 Then the new version turns bad (``POST /control`` ``error_rate``); rollbackd decides, acts, traffic
-goes back to the old version, and the rollback is verified. The timeline says what happened when,
-in seconds since the start, and ends with the measured durations. Exit status 0 on a verified
+goes back to the old version, and the rollback is verified. In the config scenario the bad change is
+the release itself, made through the API (a ConfigMap's data), and the same pods recover in place
+once rollbackd has put the previous data back and restarted them: no traffic moves, the errors go.
+The timeline says what happened when, in seconds since the start, and ends with the measured
+durations. Exit status 0 on a verified
 rollback, 1 otherwise (with the reason).
 """
 
@@ -101,7 +104,7 @@ class DemoOptions:
     """How the demo runs.
 
     - ``work_dir``: where logs and Prometheus' data go;
-    - ``scenario``: ``canary``, ``bluegreen``, ``deployment`` or ``gateway``;
+    - ``scenario``: ``canary``, ``bluegreen``, ``deployment``, ``gateway``, ``gitops`` or ``config``;
     - ``prometheus``: the Prometheus binary, or ``None`` to read the apps' metrics directly;
     - ``no_prometheus_reason``: why there is no Prometheus (said plainly in the timeline);
     - ``rps``: requests per second the load generator sends in all;
@@ -194,7 +197,15 @@ class Measurements:
     decision: float | None = None
     acted: float | None = None
     no_traffic: float | None = None
+    #: The first whole second from the decision on in which the bad backend failed at most
+    #: :data:`ERRORS_GONE_SHARE` of its requests (a scenario recovering in place).
+    errors_gone: float | None = None
     verified: float | None = None
+
+
+#: A second of traffic with at most this share failed counts as the errors gone (the apps' usual
+#: share is 0.2%).
+ERRORS_GONE_SHARE = 0.02
 
 
 def demo_settings(target: TargetSettings, *, prometheus_url: str | None, options: DemoOptions) -> Settings:
@@ -272,6 +283,7 @@ class Demo:
         self._served = self._healthy = 0
         self._served_t: float | None = None
         self._healthy_t: float | None = None
+        self._shown_release: str | None = None
 
     @property
     def timeline(self) -> Timeline:
@@ -288,7 +300,7 @@ class Demo:
         self.timeline.plain()
         async with contextlib.AsyncExitStack() as stack:
             kube_url = await self._start_cluster(stack)
-            apps = await self._start_apps(stack)
+            apps = await self._start_apps(stack, kube_url)
             source = await self._start_metrics(stack, apps)
             kube = await stack.enter_async_context(KubeClient.for_host(kube_url, request_timeout_s=5.0))
             self.timeline.say(
@@ -325,8 +337,13 @@ class Demo:
                 f"{self.options.healthy_ticks} healthy decisions",
                 lambda: self._healthy_ticks(daemon, key) >= self.options.healthy_ticks,
             )
-            await self._fault(apps[scenario.bad])
-            run = await self._follow_rollback(daemon, key, deadline)
+            if scenario.fault is not None:
+                text = await scenario.fault(kube)
+                self.measured.fault = loop.time()
+                self.timeline.say(f"FAULT, a release: {text}", at=self.measured.fault)
+            else:
+                await self._fault(apps[scenario.bad])
+            run = await self._follow_rollback(daemon, key, deadline, load)
             if self._reconciler is not None:
                 await self._rollback_holds(self._reconciler, run, deadline)
             await asyncio.sleep(0.5)  # the last requests in flight come back
@@ -399,7 +416,9 @@ class Demo:
                                  "declares, for each Application / Kustomization that is not suspended")
         return url
 
-    async def _start_apps(self, stack: contextlib.AsyncExitStack) -> dict[str, SampleAppProcess]:
+    async def _start_apps(
+        self, stack: contextlib.AsyncExitStack, kube_url: str
+    ) -> dict[str, SampleAppProcess]:
         started = await asyncio.gather(
             *(
                 astart_sample_app(
@@ -409,6 +428,8 @@ class Demo:
                     latency_ms=20.0,
                     seed=index,
                     log_dir=self.options.work_dir,
+                    config_url=None if app.configmap is None
+                    else f"{kube_url}/api/v1/namespaces/{NAMESPACE}/configmaps/{app.configmap}",
                 )
                 for index, app in enumerate(self.scenario.apps)
             ),
@@ -604,13 +625,48 @@ class Demo:
             tallies = load.totals(since=now - every_s, until=now)
             self.timeline.say(f"traffic, last {every_s:g}s: {_tallies(tallies, self._order)}")
 
-    async def _follow_rollback(self, daemon: Daemon, key: str, deadline: float) -> RollbackRun:
+    def _note_release(self, daemon: Daemon, key: str) -> None:
+        """A release rollbackd saw (a ConfigMap's change), once."""
+        release = daemon.releases.latest(key)
+        if release is None or release.id == self._shown_release:
+            return
+        self._shown_release = release.id
+        keys = release.details.get("keys")
+        changed = f", keys changed: {', '.join(map(str, keys))}" if isinstance(keys, list) and keys else ""
+        what = f"{release.kind} {release.id} (release.started{changed})"
+        if self.measured.decision is None:
+            self.timeline.say(f"rollbackd saw a release: {what}; judged from now on against the target's own "
+                              "history before it")
+        else:
+            self.timeline.say(f"rollbackd saw the rollback's own write as a release: {what}")
+
+    def _note_errors_gone(self, load: LoadGenerator) -> None:
+        """A scenario recovering in place: the first second the bad backend's errors are gone."""
+        m = self.measured
+        if self.scenario.fault is None or m.errors_gone is not None:
+            return
+        if m.decision is None:  # (before it, the errors are still going on, or not yet begun)
+            return
+        bad = self.scenario.bad
+        second = load.first_clean_second(bad, since=m.decision, max_failed_share=ERRORS_GONE_SHARE)
+        if second is None:
+            return
+        m.errors_gone = second
+        tally = load.totals(since=second, until=second + 1.0).get(bad, Tally())
+        self.timeline.say(f"errors gone: {bad!r} failed {tally.failed} of its {tally.sent} "
+                          "requests in this second", at=second)
+
+    async def _follow_rollback(
+        self, daemon: Daemon, key: str, deadline: float, load: LoadGenerator
+    ) -> RollbackRun:
         loop = asyncio.get_running_loop()
         shown_action = False
         shown_verifying: str | None = None
         last_progress = 0.0
         while True:
+            self._note_release(daemon, key)
             self._note_decision(daemon, key)
+            self._note_errors_gone(load)
             run = daemon.rollbacks.runs.get(key)
             if run is not None:
                 if self.measured.decision is None:
@@ -651,9 +707,10 @@ class Demo:
         assert result is not None
         assert run.acted_at is not None
         self.measured.acted = run.acted_at
+        waited = "the restarted pods to roll out" if self.scenario.fault else "the old version to serve"
         self.timeline.say(
             f"action {result.action}: {result.outcome.value} ({result.api_s:.2f}s of API calls, "
-            f"{result.wait_s:.2f}s waiting for the old version to serve) -- {result.reason}",
+            f"{result.wait_s:.2f}s waiting for {waited}) -- {result.reason}",
             at=run.acted_at,
         )
         for change in result.changes:
@@ -710,14 +767,16 @@ class Demo:
 
         span("fault -> rollback decision", m.fault, m.decision)
         span("rollback decision -> action done", m.decision, m.acted)
-        span(
-            f"fault -> {bad!r} gets no traffic",
-            m.fault,
-            m.no_traffic,
-            "   (target: under 5s with 1s scrapes and 1s evaluations)",
-        )
+        if self.scenario.fault is not None:
+            span(f"fault -> {bad!r} errors gone", m.fault, m.errors_gone)
+        else:
+            span(f"fault -> {bad!r} gets no traffic", m.fault, m.no_traffic,
+                 "   (target: under 5s with 1s scrapes and 1s evaluations)")
         span("rollback decision -> verified", m.decision, m.verified)
         span("fault -> verified", m.fault, m.verified)
+        if self.scenario.fault is not None:
+            self._summary_in_place(load)
+            return
         if m.fault is None or m.no_traffic is None:
             raise DemoFailed(f"the routing never stopped sending traffic to {bad!r}")
         before = load.totals(until=m.fault)
@@ -736,6 +795,28 @@ class Demo:
             raise DemoFailed(f"{unrouted} requests found no backend after the switch")
         timeline.plain()
         timeline.plain(f"demo OK: {self.scenario.name} rolled back and verified; all traffic on {good!r}")
+
+    def _summary_in_place(self, load: LoadGenerator) -> None:
+        """The traffic of a scenario whose pods recover in place: before the fault, until the
+        errors went, after; the errors must be gone and stay gone."""
+        m, bad, timeline = self.measured, self.scenario.bad, self.timeline
+        if m.fault is None or m.errors_gone is None:
+            raise DemoFailed(f"the errors of {bad!r} never went away")
+        before = load.totals(until=m.fault)
+        during = load.totals(since=m.fault, until=m.errors_gone)
+        after = load.totals(since=m.errors_gone)
+        timeline.plain(f"  {'traffic before the fault':<38} {_tallies(before, self._order)}")
+        timeline.plain(f"  {'traffic from the fault to the recovery':<38} {_tallies(during, self._order)}")
+        timeline.plain(f"  {'traffic after the recovery':<38} {_tallies(after, self._order)}")
+        served = after.get(bad, Tally())
+        if served.sent == 0:
+            raise DemoFailed(f"no traffic reached {bad!r} after the recovery")
+        if served.failed > ERRORS_GONE_SHARE * served.sent:
+            raise DemoFailed(f"{bad!r} still failed {served.failed} of {served.sent} requests after the "
+                             "recovery")
+        timeline.plain()
+        timeline.plain(f"demo OK: {self.scenario.name} rolled back and verified; {bad!r} serves without the "
+                       f"errors ({served.failed / served.sent:.1%} failed since)")
 
 
 async def _prometheus_version(binary: str) -> str:

@@ -27,6 +27,16 @@ Where the flag is kept:
 - ``--flag-dsn-file FILE --flag-table TABLE``: a PostgreSQL table (``name``, ``enabled``) the
   service reads every 0.2 s (``SELECT enabled FROM TABLE WHERE name = NAME``).
 
+With ``--config-url URL`` (a ConfigMap's URL in the Kubernetes API, e.g.
+``http://127.0.0.1:6443/api/v1/namespaces/shop/configmaps/checkout-config``) the service reads its
+configuration from that ConfigMap every 0.2 s, as a pod following its ConfigMap does (a failed read
+keeps the data last read), and follows its key ``payments.timeout_ms``: each ``/work`` request makes
+a simulated call to a payments service lasting an exponentially distributed time (mean
+``--payments-mean-ms``, 50 ms by default; drawn, not slept, so the request's latency stays the
+configured one) and fails when the call outlasts the timeout. At 800 ms practically none do; at
+60 ms about 30% (e^-60/50). Without the key (or with a value that is not a number of
+milliseconds) there is no timeout.
+
 With ``--rps`` (or ``rps`` set through ``/control``) the service sends itself that many ``/work``
 requests per second, served by the same code and counted in the same metrics as outside
 requests, so no separate load generator is needed.
@@ -62,6 +72,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import psycopg
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -120,8 +131,34 @@ class Behaviour:
         return dataclasses.asdict(self)
 
 
-#: How often a flag kept in PostgreSQL is read, in seconds.
+#: How often a flag kept in PostgreSQL, or the service's ConfigMap, is read, in seconds.
 FLAG_POLL_S = 0.2
+#: The ConfigMap key the service follows (``--config-url``).
+PAYMENTS_TIMEOUT_KEY = "payments.timeout_ms"
+
+
+@dataclass(slots=True)
+class Payments:
+    """The simulated payments call of ``/work``: its mean duration, and the timeout the service's
+    ConfigMap sets now (``None``: no timeout)."""
+
+    mean_ms: float
+    timeout_ms: float | None = None
+
+    def timed_out(self, rng: random.Random) -> bool:
+        """Whether this request's call outlasts the timeout."""
+        return self.timeout_ms is not None and rng.expovariate(1.0 / self.mean_ms) > self.timeout_ms
+
+    def follow(self, data: object) -> None:
+        """Take the timeout from a ConfigMap's ``data``."""
+        value = data.get(PAYMENTS_TIMEOUT_KEY) if isinstance(data, dict) else None
+        try:
+            timeout = float(value) if value is not None else None
+        except ValueError:
+            timeout = None
+        if timeout != self.timeout_ms:
+            logger.info("%s now %s", PAYMENTS_TIMEOUT_KEY, "unset" if timeout is None else f"{timeout:g}")
+        self.timeout_ms = timeout
 
 
 @dataclass(slots=True)
@@ -343,7 +380,8 @@ class SampleApp:
     def __init__(self, *, namespace: str, deployment: str, behaviour: Behaviour,
                  fake_deployments: int = 0, seed: int | None = None, shape: str = "default",
                  pod: str | None = None, feature: Feature | None = None, admin_token: str | None = None,
-                 flag_dsn: str | None = None, flag_table: str | None = None) -> None:
+                 flag_dsn: str | None = None, flag_table: str | None = None,
+                 config_url: str | None = None, payments_mean_ms: float = 50.0) -> None:
         if fake_deployments and shape != "default":
             raise ValueError(f"synthetic deployments exist in the default shape only, not {shape!r}")
         self.namespace = namespace
@@ -358,6 +396,9 @@ class SampleApp:
         self._rps_changed = asyncio.Event()
         self._in_flight: set[asyncio.Task[int]] = set()
         self._skipped = 0
+        #: The ConfigMap followed (``--config-url``), and the payments call its data configures.
+        self.config_url = config_url
+        self.payments = Payments(payments_mean_ms)
 
         real = CollectorRegistry(auto_describe=True)
         self._meter = Meter(real, shape=shape, namespace=namespace, deployment=deployment, pod=self.pod)
@@ -375,7 +416,10 @@ class SampleApp:
         await asyncio.sleep(max(0.0, delay_s))
         feature = self.feature
         error_rate = feature.error_rate if feature is not None and feature.enabled else behaviour.error_rate
-        status = 500 if self._rng.random() < error_rate else 200
+        failed = self._rng.random() < error_rate
+        if self.config_url is not None and self.payments.timed_out(self._rng):
+            failed = True
+        status = 500 if failed else 200
         self._meter.record(status, loop.time() - started)
         return status
 
@@ -503,6 +547,22 @@ class SampleApp:
                 logger.warning("cannot read the flag table: %s", exc)
                 await asyncio.sleep(FLAG_POLL_S)
 
+    async def follow_configmap(self) -> None:
+        """Read the service's ConfigMap from ``config_url`` every :data:`FLAG_POLL_S` seconds; a
+        failed read keeps the data last read."""
+        if self.config_url is None:
+            raise RuntimeError("following a ConfigMap needs its URL")
+        timeout = aiohttp.ClientTimeout(total=2.0)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                try:
+                    async with session.get(self.config_url) as response:
+                        response.raise_for_status()
+                        self.payments.follow((await response.json()).get("data"))
+                except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
+                    logger.warning("cannot read the ConfigMap at %s: %s", self.config_url, exc)
+                await asyncio.sleep(FLAG_POLL_S)
+
 
 def make_app(sample: SampleApp) -> web.Application:
     app = web.Application()
@@ -520,6 +580,8 @@ def make_app(sample: SampleApp) -> web.Application:
         if sample.feature is not None and sample._flag_dsn is not None:
             following = sample.follow_flag_table()
             tasks.append(asyncio.get_running_loop().create_task(following, name="flag-table"))
+        if sample.config_url is not None:
+            tasks.append(asyncio.get_running_loop().create_task(sample.follow_configmap(), name="configmap"))
         yield
         await stop_tasks(tasks)
         await sample.stop_traffic()
@@ -558,6 +620,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="read the flag from PostgreSQL, with the DSN in FILE (and --flag-table)")
     parser.add_argument("--flag-table", default=None, metavar="TABLE",
                         help="the flags' table (name, enabled)")
+    parser.add_argument("--config-url", default=None, metavar="URL",
+                        help="follow the ConfigMap at URL (Kubernetes API): its payments.timeout_ms")
+    parser.add_argument("--payments-mean-ms", type=float, default=50.0,
+                        help="mean duration of the simulated payments call (default 50)")
     args = parser.parse_args(argv)
     if (args.admin_token_file or args.flag_dsn_file) and not args.flag:
         parser.error("--admin-token-file and --flag-dsn-file need --flag NAME")
@@ -582,7 +648,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                        fake_deployments=args.fake_deployments, seed=args.seed, shape=args.shape,
                        pod=args.pod, feature=feature,
                        admin_token=_read(args.admin_token_file), flag_dsn=_read(args.flag_dsn_file),
-                       flag_table=args.flag_table)
+                       flag_table=args.flag_table, config_url=args.config_url,
+                       payments_mean_ms=args.payments_mean_ms)
     logger.info("serving %s/%s on %s:%d", args.namespace, args.deployment, args.host, args.port)
     web.run_app(make_app(sample), host=args.host, port=args.port, print=None, access_log=None)
 

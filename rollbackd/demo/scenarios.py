@@ -17,6 +17,11 @@ which version's pods, how traffic is routed, and what rollbackd is told to watch
   (weight 20, one canary replica) unless they are suspended. With ``gitops: suspend`` (the default)
   rollbackd suspends both before aborting the canary and the rollback holds; with ``ignore`` the
   reconciler undoes it (:func:`gitops_scenario`).
+- ``config``: one Deployment whose pods follow a ConfigMap (a payments timeout); a change of the
+  ConfigMap's data is the release and the fault: the timeout goes from 800 ms to 60 ms and about
+  30% of the requests fail. rollbackd sees the change as a release, decides, puts the previous data
+  back and restarts the Deployment the way ``kubectl rollout restart`` does; the same pods recover
+  in place (no traffic moves).
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from rollbackd.actions.config_restore import RESTARTED_AT
 from rollbackd.actions.routers.select import router_for
 from rollbackd.config.settings import (
+    ConfigLeverSettings,
     GatewayApiRouterSettings,
     GitOpsMode,
     IngressNginxRouterSettings,
@@ -34,6 +41,7 @@ from rollbackd.config.settings import (
 )
 from rollbackd.demo.emulator import (
     APPLICATIONS,
+    CONFIGMAPS,
     DEPLOYMENTS,
     GATEWAYS,
     INGRESSES,
@@ -71,12 +79,14 @@ class App:
     """One sample-app process standing in for the pods of one version.
 
     ``backend`` names it for the load generator; ``deployment`` is its series' ``deployment``
-    label (two apps of one Deployment share it, and their series add up); ``role`` says what it is.
+    label (two apps of one Deployment share it, and their series add up); ``role`` says what it is;
+    ``configmap``: the ConfigMap (in :data:`NAMESPACE`) its pods follow, read through the API.
     """
 
     backend: str
     deployment: str
     role: str
+    configmap: str | None = None
 
 
 #: A release step the demo takes before the fault (as a pipeline would); returns what it did.
@@ -100,6 +110,9 @@ class Scenario:
     - ``aftermath``: what the routing objects say once the rollback is verified (gateway only).
     - ``gitops``: what Git declares, for the emulated GitOps reconciler (the gitops scenario only):
       tells the reconciler, returns one line per declaration.
+    - ``fault``: the bad change itself, made through the API (the config scenario): the same pods
+      turn bad and recover in place, no traffic moves. ``None``: the ``bad`` backend turns bad
+      through its ``/control``, and the rollback moves traffic off it.
     """
 
     name: str
@@ -115,6 +128,7 @@ class Scenario:
     controllers: str = "deployment and EndpointSlice controllers"
     aftermath: Aftermath | None = None
     gitops: Callable[[GitOpsReconciler], list[str]] | None = None
+    fault: Release | None = None
 
     def app(self, backend: str) -> App:
         return next(app for app in self.apps if app.backend == backend)
@@ -125,6 +139,19 @@ def _deployment_line(name: str, replicas: int, image: str, labels: Mapping[str, 
     plural = "" if replicas == 1 else "s"
     return (f"Deployment {NAMESPACE}/{name}: {replicas} replica{plural} of {image} (revision {revision}), "
             f"pods labelled {shown}, with its ReplicaSets")
+
+
+def _seed_served(emu: ClusterEmulator, name: str, *, image: str, labels: Mapping[str, str],
+                 revision_history: tuple[str, ...] = ()) -> list[str]:
+    """One Deployment and the Service selecting its pods by ``labels``; its lines."""
+    seed_deployment(emu, NAMESPACE, name, replicas=3, image=image, revision_history=revision_history,
+                    labels=labels, container="web")
+    seed_service(emu, NAMESPACE, name, selector=labels)
+    shown = ", ".join(f"{key}={value}" for key, value in labels.items())
+    kept = "".join(f"; revision {number} ({old}) kept at 0 replicas"
+                   for number, old in enumerate(revision_history, start=1))
+    return [_deployment_line(name, 3, image, labels, len(revision_history) + 1) + kept,
+            f"Service {NAMESPACE}/{name}: selector {shown}, with its EndpointSlice"]
 
 
 # --- canary --------------------------------------------------------------------------------------
@@ -261,14 +288,7 @@ _WEB_LABELS = {"app": "web"}
 
 
 def _seed_deployment(emu: ClusterEmulator) -> list[str]:
-    seed_deployment(emu, NAMESPACE, "web", replicas=3, image=NEW_IMAGE, revision_history=(OLD_IMAGE,),
-                    labels=_WEB_LABELS, container="web")
-    seed_service(emu, NAMESPACE, "web", selector=_WEB_LABELS)
-    return [
-        _deployment_line("web", 3, NEW_IMAGE, _WEB_LABELS, 2)
-        + f"; revision 1 ({OLD_IMAGE}) kept at 0 replicas",
-        f"Service {NAMESPACE}/web: selector app=web, with its EndpointSlice",
-    ]
+    return _seed_served(emu, "web", image=NEW_IMAGE, labels=_WEB_LABELS, revision_history=(OLD_IMAGE,))
 
 
 def _deployment_target(urls: Mapping[str, str]) -> TargetSettings:
@@ -448,8 +468,78 @@ def gitops_scenario(mode: GitOpsMode = "suspend") -> Scenario:
 
 GITOPS = gitops_scenario()
 
+# --- config ---------------------------------------------------------------------------------------
+
+CONFIGMAP = "checkout-config"
+CHECKOUT_IMAGE = "shop/checkout:2.3"
+TIMEOUT_KEY = "payments.timeout_ms"
+GOOD_TIMEOUT_MS = "800"
+BAD_TIMEOUT_MS = "60"
+_CHECKOUT_LABELS = {"app": "checkout"}
+
+
+def _seed_config(emu: ClusterEmulator) -> list[str]:
+    emu.store(CONFIGMAPS, NAMESPACE, {"metadata": {"name": CONFIGMAP}, "data": {
+        TIMEOUT_KEY: GOOD_TIMEOUT_MS, "payments.url": "http://payments.shop.svc:8080"}})
+    return [
+        f"ConfigMap {NAMESPACE}/{CONFIGMAP}: {TIMEOUT_KEY}={GOOD_TIMEOUT_MS}, "
+        "payments.url=http://payments.shop.svc:8080 (read by the checkout pods)",
+        *_seed_served(emu, "checkout", image=CHECKOUT_IMAGE, labels=_CHECKOUT_LABELS),
+    ]
+
+
+def _config_target(urls: Mapping[str, str]) -> TargetSettings:
+    return TargetSettings(name="checkout", namespace=NAMESPACE, strategy=Strategy.CONFIG,
+                          candidate=Side(deployment="checkout", health=(f"{urls['checkout']}/readyz",)),
+                          config=ConfigLeverSettings(configmaps=(CONFIGMAP,), restart=("checkout",)))
+
+
+async def _shorten_the_timeout(kube: KubeClient) -> str:
+    """The configuration release: the payments timeout cut to 60 ms, through the API."""
+    await objects.patch_configmap(kube, namespace=NAMESPACE, name=CONFIGMAP,
+                                  patch={"data": {TIMEOUT_KEY: BAD_TIMEOUT_MS}})
+    return (f"ConfigMap {NAMESPACE}/{CONFIGMAP} changed through the API (as kubectl apply would): "
+            f"{TIMEOUT_KEY} '{GOOD_TIMEOUT_MS}' -> '{BAD_TIMEOUT_MS}'; the checkout pods follow it, and "
+            f"about 30% of their payments calls outlast {BAD_TIMEOUT_MS} ms and fail")
+
+
+async def _config_aftermath(emu: ClusterEmulator, kube: KubeClient) -> list[str]:
+    """The ConfigMap's data and the restarted Deployment, as the API shows them."""
+    configmap = await objects.get_configmap(kube, namespace=NAMESPACE, name=CONFIGMAP)
+    deployment = await objects.get_deployment(kube, namespace=NAMESPACE, name="checkout")
+    data = ", ".join(f"{key}={value}" for key, value in sorted((configmap.get("data") or {}).items()))
+    template = ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    restarted = (template.get("annotations") or {}).get(RESTARTED_AT)
+    status = deployment.get("status") or {}
+    return [
+        f"ConfigMap {NAMESPACE}/{CONFIGMAP} (resourceVersion "
+        f"{objects.metadata_of(configmap).get('resourceVersion')}): {data}",
+        f"Deployment {NAMESPACE}/checkout: {RESTARTED_AT}={restarted}, "
+        f"revision {objects.revision(deployment)}, "
+        f"{status.get('availableReplicas', 0)}/{(deployment.get('spec') or {}).get('replicas')} replicas "
+        f"available{' (rolled out)' if objects.rollout_complete(deployment) else ''}",
+    ]
+
+
+CONFIG = Scenario(
+    name="config",
+    title=f"a ConfigMap change ({TIMEOUT_KEY} {GOOD_TIMEOUT_MS} -> {BAD_TIMEOUT_MS}) turns bad; rollbackd "
+          "restores the previous data and restarts the Deployment",
+    strategy=Strategy.CONFIG,
+    apps=(App("checkout", "checkout", f"the checkout pods, {CHECKOUT_IMAGE}, reading ConfigMap "
+              f"{NAMESPACE}/{CONFIGMAP} through the API every 0.2s", configmap=CONFIGMAP),),
+    good="checkout",
+    bad="checkout",
+    seed=_seed_config,
+    target=_config_target,
+    routing=PodTemplateRouting(namespace=NAMESPACE, deployment="checkout",
+                               backends={CHECKOUT_IMAGE: "checkout"}),
+    aftermath=_config_aftermath,
+    fault=_shorten_the_timeout,
+)
+
 SCENARIOS: Mapping[str, Scenario] = {
-    scenario.name: scenario for scenario in (CANARY, BLUEGREEN, DEPLOYMENT, GATEWAY, GITOPS)
+    scenario.name: scenario for scenario in (CANARY, BLUEGREEN, DEPLOYMENT, GATEWAY, GITOPS, CONFIG)
 }
 
 

@@ -280,6 +280,22 @@ class LoadGenerator(OwnsSession):
                 result.setdefault(backend, Tally()).add(tally)
         return result
 
+    def first_clean_second(self, backend: str, *, since: float, max_failed_share: float) -> float | None:
+        """Loop time at which the first whole second of traffic from ``since`` on begins in which
+        ``backend`` got requests and failed at most ``max_failed_share`` of them; ``None``: none yet
+        (a second counts once it is over and all its requests are answered)."""
+        assert self._started_at is not None
+        now = self._second_of(asyncio.get_running_loop().time())
+        for second in sorted(self._seconds):
+            tally = self._seconds[second].by_backend.get(backend)
+            if second < self._second_of(since) or tally is None or tally.sent == 0:
+                continue
+            if second >= now or tally.ok + tally.failed < tally.sent:
+                return None
+            if tally.failed <= max_failed_share * tally.sent:
+                return self._started_at + second
+        return None
+
     def last_sent(self, backend: str) -> float | None:
         """Loop time of the latest request sent to ``backend``."""
         return self._last_sent.get(backend)

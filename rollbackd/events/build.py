@@ -648,7 +648,8 @@ class EventFactory:
         accepted = release.accepted
         if accepted is None:
             raise ValueError("release_accepted needs an accepted release")
-        revision = f" (revision {release.revision})" if release.revision is not None else ""
+        revision = (f" {release.release}" if release.release is not None
+                    else f" (revision {release.revision})" if release.revision is not None else "")
         why = f": {accepted.reason}" if accepted.reason else ""
         summary = f"{target}: release{revision} {accepted.text}{why}; watched for the next release"
         return self.event(
@@ -661,6 +662,7 @@ class EventFactory:
                 by=accepted.by,
                 reason=accepted.reason,
                 revision=release.revision,
+                release=release.release,
                 started_at=clock.at(release.started_at),
                 judged_s=accepted.judged_s,
             ),

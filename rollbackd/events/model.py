@@ -259,7 +259,7 @@ class ActionData(_Model):
 
     action: str = Field(
         description="canary-abort, blue-green-switch-back, deployment-undo, argo-rollout-abort, "
-        "feature-flag-off or command."
+        "feature-flag-off, config-restore or command."
     )
     outcome: str = Field(
         description="done, already-done (nothing left to change), planned (dry-run), refused or failed."
@@ -362,7 +362,7 @@ class RollbackStartedData(EventData):
     action: str | None = Field(
         None,
         description="The action about to run (canary-abort, blue-green-switch-back, deployment-undo, "
-        "argo-rollout-abort).",
+        "argo-rollout-abort, feature-flag-off, config-restore or command).",
     )
     decided_at: datetime = Field(description=_DECIDED_AT)
     from_revision: int | None = Field(None, description="The judged (bad) Deployment revision, if known.")
@@ -495,7 +495,13 @@ class ReleaseAcceptedData(EventData):
     revision: int | None = Field(
         None, description="The candidate revision accepted, when the cluster showed it."
     )
-    started_at: datetime = Field(description="When the release's judgement started.")
+    release: str | None = Field(
+        None, description="The announced release accepted (its id), when it is one (release.started)."
+    )
+    started_at: datetime = Field(
+        description="When the release's judgement started: an announced release's start, else when the "
+        "revision was first judged."
+    )
     judged_s: float = Field(description="Seconds the release was judged before it was accepted.")
 class ReleaseData(_Model):
     """A release announced from outside (``POST /api/v1/releases``, ``rollbackd release start``)."""
