@@ -8,6 +8,10 @@ judges) the benchmark reports the median number of bad intervals seen when the r
 decided (2: on the second bad interval), how many releases were decided at all, and how many
 were rolled back before the fault (false rollbacks).
 
+A second table, the *slow burns*, is the case a window cannot hold: a release bad from its start
+by a small effect at low traffic (:data:`SLOW_BURNS`), watched for :data:`SLOW_WATCH_S`; it reports
+how many each judge decided and the median time it took.
+
     python -m bench.power [--seeds N] [--results DIR]
 
 Writes ``power.json`` and ``power.md`` under ``bench/results``.
@@ -33,6 +37,10 @@ HEALTHY_S = 600.0
 WATCH_S = 7200.0
 EFFECTS: tuple[float, ...] = (1.5, 3.0, 5.0, 10.0, 30.0)
 TRAFFIC_RPS: tuple[float, ...] = (0.2, 2.0, 20.0, 200.0)
+#: (effect, canary requests a second) of the slow burns: too small for the window at that traffic.
+SLOW_BURNS: tuple[tuple[float, float], ...] = ((2.0, 0.2), (1.5, 2.0))
+SLOW_WATCH_S = 12 * 3600.0
+SLOW_SEEDS = 5
 
 
 def release(effect: float, rps: float, *, seed: int) -> dict[str, Any]:
@@ -55,6 +63,22 @@ def release(effect: float, rps: float, *, seed: int) -> dict[str, Any]:
         ticks,
         interval_s=INTERVAL_S,
         expect={"decision": "rollback", "mode": None, "fault_at_s": HEALTHY_S, "deadline_s": None},
+    )
+
+
+def slow_burn(effect: float, rps: float, *, seed: int) -> dict[str, Any]:
+    """A canary failing ``effect`` times the error SLO from its start, for :data:`SLOW_WATCH_S`."""
+    rng = random.Random(f"power/slow/{effect}/{rps}/{seed}")
+    bad = Behaviour(min(1.0, effect * SLO_ERROR), HEALTHY.median_ms)
+    ticks = [
+        canary_tick(rng, i * INTERVAL_S, rps=rps, interval_s=INTERVAL_S, candidate=bad, baseline=HEALTHY)
+        for i in range(int(SLOW_WATCH_S / INTERVAL_S))
+    ]
+    return canary_scenario(
+        f"slow-burn-x{effect:g}-r{rps:g}-s{seed}",
+        ticks,
+        interval_s=INTERVAL_S,
+        expect={"decision": "rollback", "mode": None, "fault_at_s": 0.0, "deadline_s": None},
     )
 
 
@@ -108,6 +132,31 @@ def power(seeds: int) -> dict[str, Any]:
     return report
 
 
+def slow_burns(seeds: int) -> dict[str, Any]:
+    """Per judge and slow burn: how many releases were rolled back, and the median hours it took."""
+    groups = {
+        (effect, rps): [slow_burn(effect, rps, seed=seed) for seed in range(seeds)]
+        for effect, rps in SLOW_BURNS
+    }
+    out: dict[str, Any] = {"watch_s": SLOW_WATCH_S, "seeds": seeds, "judges": {}}
+    for name, judge in judges():
+        cells: dict[str, Any] = {}
+        for (effect, rps), group in groups.items():
+            hours = [
+                float(r["decided_at_s"]) / 3600
+                for r in map(judge, group)
+                if r.get("decision") == "rollback" and r.get("decided_at_s") is not None
+            ]
+            cells[f"x{effect:g}/r{rps:g}"] = {
+                "effect": effect,
+                "rps": rps,
+                "decided": len(hours),
+                "median_hours": round(statistics.median(hours), 2) if hours else None,
+            }
+        out["judges"][name] = cells
+    return out
+
+
 def _cell(cell: Mapping[str, Any], seeds: int) -> str:
     median = cell["median_bad_intervals"]
     text = "-" if median is None else f"{median:g}"
@@ -140,6 +189,26 @@ def to_markdown(report: Mapping[str, Any]) -> str:
             cells = [row["cells"][f"x{effect:g}/r{rps:g}"] for rps in report["traffic_rps"]]
             lines.append(f"| {effect:g}x | " + " | ".join(_cell(c, seeds) for c in cells) + " |")
         lines.append("")
+    slow = report.get("slow_burns")
+    if slow:
+        burns = list(next(iter(slow["judges"].values())).values())
+        lines += [
+            "## Slow burns: bad from the start by a small effect at low traffic",
+            "",
+            f"Watched for {slow['watch_s'] / 3600:g} h, {slow['seeds']} releases each: releases rolled back, "
+            "and the median time to the decision.",
+            "",
+            "| judge | " + " | ".join(f"{b['effect']:g}x at {b['rps']:g} req/s" for b in burns) + " |",
+            "|---|" + "---|" * len(burns),
+        ]
+        for name, cells in slow["judges"].items():
+            texts = [
+                f"{c['decided']}/{slow['seeds']}"
+                + ("" if c["median_hours"] is None else f", {c['median_hours']:g} h")
+                for c in cells.values()
+            ]
+            lines.append(f"| {name} | " + " | ".join(texts) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -149,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=detection.DEFAULT_RESULTS_DIR)
     args = parser.parse_args(argv)
     report = power(args.seeds)
+    report["slow_burns"] = slow_burns(SLOW_SEEDS)
     markdown = to_markdown(report)
     detection.write_results(args.results, "power", report, markdown)
     return 0

@@ -3,7 +3,8 @@
 :class:`RollbackRun` is one rollback of one target from decision to verdict (its phases are
 :class:`Phase`); the daemon drives it (:mod:`rollbackd.daemon.rollbacks`) and the events tell it
 (:mod:`rollbackd.events.build`), so it lives below both. :class:`TargetAccess` is the protocol of
-the daemon's access to Kubernetes (facts, actions, availability per target).
+the daemon's access to Kubernetes (facts, actions, availability per target); a
+:class:`PartialAccess` reaches only some targets (see :func:`reaches`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from rollbackd.actions.base import ActionResult, Change, RollbackAction, RollbackWhy, Waiting
 from rollbackd.decision.facts import ClusterFacts
@@ -60,6 +61,25 @@ class TargetAccess(Protocol):
     async def serving_available(self, params: TargetParams) -> bool | None:
         """Whether the version the target was rolled back to is fully available."""
         ...
+
+
+@runtime_checkable
+class PartialAccess(Protocol):
+    """A :class:`TargetAccess` that reaches only some targets (without Kubernetes: those whose
+    lever needs none); the others are decided on only, as without any access."""
+
+    def reaches(self, key: str) -> bool:
+        """Whether target ``key`` can be acted on through this access."""
+        ...
+
+    def summary(self) -> str:
+        """Which targets it reaches and which not, in words (the start-up log, ``/readyz``)."""
+        ...
+
+
+def reaches(access: TargetAccess | None, key: str) -> bool:
+    """Whether target ``key`` can be acted on through ``access`` (``None``: none can)."""
+    return access is not None and (not isinstance(access, PartialAccess) or access.reaches(key))
 
 
 def _new_run_id() -> str:

@@ -313,12 +313,17 @@ class Store:
         return [kind for _, kind, t in self.audit() if t == f"{NAMESPACE}/{target}"]
 
 
-async def start_daemon(config: Path, log: Path) -> asyncio.subprocess.Process:
+async def start_daemon(
+    config: Path, log: Path, *, environ: Mapping[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """``rollbackd run`` on ``config``, its output into ``log``; its environment is ``environ``
+    (default: this process', without ``ROLLBACKD_*`` variables)."""
+    if environ is None:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("ROLLBACKD_")}
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "rollbackd", "run", "--config", str(config),
-            cwd=REPO, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
-            env={k: v for k, v in os.environ.items() if not k.startswith("ROLLBACKD_")},
+            cwd=REPO, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=dict(environ),
         )  # fmt: skip
 
 

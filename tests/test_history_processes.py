@@ -19,7 +19,7 @@ import asyncio
 import copy
 import json
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,13 +181,14 @@ async def target_view(port: int, key: str) -> dict[str, Any] | None:
 class Daemon:
     """A ``rollbackd run`` process; stopped (SIGTERM, then SIGKILL) when the test ends."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, *, environ: Mapping[str, str] | None = None) -> None:
         self.config = config
         self.log = log
+        self.environ = environ
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        self.process = await start_daemon(self.config, self.log)
+        self.process = await start_daemon(self.config, self.log, environ=self.environ)
 
     async def stop(self) -> int:
         process = self.process

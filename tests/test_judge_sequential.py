@@ -70,3 +70,35 @@ def test_tiny_slos_keep_their_digits_and_latency_counts_observations() -> None:
             Observation(target=CANARY.key, t=10.0 * i, baseline=side(900, 0), candidate=side(100, 0))
         )
     assert "vs SLO 0.0050%" in error_finding_detail(evidence)
+
+
+def test_a_fixed_breach_is_not_proven_again_by_the_evidence_it_left() -> None:
+    """The test since the release keeps its evidence for hours after a fix: a pair of noisy
+    intervals after the fix must not make the old breach count as a breach again."""
+    healthy, bad = (side(900, 2), side(100, 0)), (side(900, 2), side(100, 3))
+    noisy = (side(900, 2), side(100, 2))  # 2%: above the SLO, as healthy noise sometimes is
+    fixed = [noisy if i % 10 in (4, 5) else healthy for i in range(90)]
+    evidence = judged(Detection(), [healthy] * 18 + [bad] * 60 + fixed)
+    assert any(e.breached for e in evidence[18:78])  # the breach was real, and proven
+    after_fix = evidence[78 + 12 :]
+    assert not [e.t for e in after_fix if e.breached]
+
+
+def test_one_heavy_interval_does_not_hide_an_even_moderate_breach() -> None:
+    """30 requests an interval failing about 3% of them, one interval with a burst of 4 errors:
+    discounting the burst down to the next worst interval leaves the breach proven, where leaving
+    that interval out whole did not (a breach may not rest on one burst, nor be hidden by one)."""
+    healthy = (side(270, 1), side(30, 0))
+    errors = [1, 0, 1, 0, 1, 1, 0, 4, 1, 0, 1, 1, 0, 1, 0, 1, 1, 0, 1, 1]
+    ticks = [healthy] * 10 + [(side(270, 1), side(30, e)) for e in errors]
+    evidence = judged(Detection(), ticks)
+    assert evidence[-1].breached
+    assert not any(e.breached for e in evidence[:10])
+    detail = error_finding_detail(evidence[-1])
+    assert "worst interval discounted" in detail
+
+
+def test_a_burst_alone_is_still_not_a_breach() -> None:
+    healthy = (side(270, 1), side(30, 0))
+    ticks = [healthy] * 30 + [(side(270, 1), side(30, 6))] + [healthy] * 10
+    assert not any(e.breached for e in judged(Detection(), ticks))

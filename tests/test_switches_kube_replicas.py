@@ -6,7 +6,9 @@ Prometheus.
 - a freeze sent to the *standby* stops the leader's rollback, and survives a fail-over;
 - a hold sent to the standby is shown by both, and ends for both when its time is up;
 - an acceptance and a manual rollback sent to the standby are carried out by the leader, and the
-  acceptance survives a fail-over.
+  acceptance survives a fail-over;
+- a release announced to the standby is judged by the leader, and one announced to the leader
+  survives a fail-over (the releases are kept in the same ConfigMap).
 """
 
 from __future__ import annotations
@@ -237,3 +239,45 @@ def bump_template(emulator: ClusterEmulator) -> None:
     template = copy.deepcopy(deployment["spec"]["template"])
     template["spec"]["containers"][0]["image"] = NEW_IMAGE
     emulator.update(DEPLOYMENTS, NAMESPACE, "web", {"spec": {"template": template}})
+
+
+async def test_a_release_announced_to_the_standby_is_judged_by_the_leader_and_survives_a_fail_over(
+    replicas: Replicas,
+    cluster: ClusterEmulator,  # noqa: F811
+) -> None:
+    (leader, leader_port), (standby, standby_port) = replicas
+    flag = {"id": "flag-new_checkout-4711", "target": TARGET, "kind": "flag",
+            "description": "new_checkout on"}
+    status, answer = await api("POST", standby_port, "/api/v1/releases", flag)
+    assert status == 201, answer
+    assert answer["applies"].startswith(f"stored in the ConfigMap {LEASE_NAMESPACE}/{CONFIGMAP}"), answer
+    # Answered once kept where the switches are: the ConfigMap holds it already.
+    key = f"release.{TARGET.replace('/', '.')}"
+    assert [kept["id"] for kept in switches_in(cluster)[key]] == [flag["id"]]
+
+    # Through the watch (the replicas poll only every 30 s): the leader judges the target from it.
+    await wait_until(lambda: judged_from(leader_port, flag["id"]), timeout_s=20, interval_s=0.2,
+                     what=f"the leader judges from the standby's release: {leader.tail()}")
+    # Announced again, to the leader (a retried pipeline step): the same release.
+    status, again = await api("POST", leader_port, "/api/v1/releases", flag)
+    assert status == 200, again
+    assert (again["created"], again["release"]) == (False, answer["release"])
+
+    config = {"id": "config-abc123", "target": TARGET, "kind": "config", "description": "timeouts halved"}
+    status, answer = await api("POST", leader_port, "/api/v1/releases", config)
+    assert status == 201, answer
+    await fail_over(leader, standby, standby_port)
+    await wait_until(lambda: judged_from(standby_port, config["id"]), timeout_s=30, interval_s=0.2,
+                     what=f"the new leader judges from the release the old one took: {standby.tail()}")
+    status, history = await api("GET", standby_port, f"/api/v1/history?target={TARGET}&limit=1000")
+    assert status == 200
+    started = [entry["details"]["release"]["id"] for entry in history["entries"]
+               if entry["kind"] == "release.started"]
+    assert started == [flag["id"], config["id"]], history["entries"]
+
+
+async def judged_from(port: int, release_id: str) -> bool:
+    """Whether the replica judges the target from announced release ``release_id``."""
+    status, view = await api("GET", port, f"/api/v1/targets/{TARGET}")
+    return bool(status == 200 and (view.get("release") or {}).get("id") == release_id
+                and (view.get("lifetime") or {}).get("release") == release_id)

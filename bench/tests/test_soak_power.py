@@ -76,3 +76,36 @@ def test_rollbackd_decides_a_severe_regression_on_the_second_bad_interval() -> N
     """The severe fast path keeps working with the anytime-valid tests on."""
     result = soak.rollbackd_judge()(power.release(30.0, 20.0, seed=0))
     assert power.bad_intervals_seen(result) == 2
+
+
+def test_a_slow_burn_is_bad_from_its_start_by_a_small_effect() -> None:
+    scenario = power.slow_burn(2.0, 20.0, seed=0)
+    ticks = scenario["ticks"]
+    assert ticks[0]["t"] == 0.0
+    assert len(ticks) == int(power.SLOW_WATCH_S / power.INTERVAL_S)
+    assert 0.015 < _rate(ticks, "candidate") < 0.025
+    assert _rate(ticks, "baseline") < SLO_ERROR
+
+
+def test_the_slow_burn_table_names_each_judge_and_burn() -> None:
+    report = {
+        "seeds": 1,
+        "healthy_s": 600.0,
+        "watch_s": 7200.0,
+        "interval_s": 10.0,
+        "traffic_rps": [],
+        "effects": [],
+        "judges": {},
+        "slow_burns": {
+            "watch_s": 43200.0,
+            "seeds": 5,
+            "judges": {
+                "rollbackd": {"x2/r0.2": {"effect": 2.0, "rps": 0.2, "decided": 4, "median_hours": 3.5}},
+                "argo": {"x2/r0.2": {"effect": 2.0, "rps": 0.2, "decided": 0, "median_hours": None}},
+            },
+        },
+    }
+    text = power.to_markdown(report)
+    assert "| judge | 2x at 0.2 req/s |" in text
+    assert "| rollbackd | 4/5, 3.5 h |" in text
+    assert "| argo | 0/5 |" in text

@@ -27,6 +27,10 @@ for every configured target (found by its key, ``namespace/name``):
   colour (blue-green), the Deployment itself (undo), the Rollout's stable ReplicaSet once the
   Rollout reports its abort (argo-rollout).
 
+:class:`OffClusterTargets` is the access of a daemon without Kubernetes: it reaches the targets
+whose lever needs no cluster (:data:`OFF_CLUSTER`: feature-flag, command), the others are decided
+on only.
+
 A Deployment undo acts only while the Deployment still runs the revision judged bad (see
 :mod:`rollbackd.actions.deployment_undo`). :meth:`KubeTargets.action` takes that revision as
 ``bad_revision``; without it, the candidate revision the latest :meth:`KubeTargets.facts` read for
@@ -103,6 +107,12 @@ def action_name(strategy: Strategy) -> str:
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+#: The strategies whose lever needs no Kubernetes, and what their availability is after it acted:
+#: a command target has no Deployment of its own looked for (``None``: verified on its metrics and
+#: health), a flag is off once the action is done (``True``: verification judges the metrics).
+OFF_CLUSTER: dict[Strategy, bool | None] = {Strategy.COMMAND: None, Strategy.FEATURE_FLAG: True}
 
 
 class KubeTargets:
@@ -314,11 +324,9 @@ class KubeTargets:
         so no reconciler guards it.
         """
         target = self.target(params.key)
-        if target.strategy is Strategy.COMMAND:
-            assert target.command is not None  # the settings check it
-            return CommandAction(target=params.key, settings=target.command, why=why)
-        if target.strategy is Strategy.FEATURE_FLAG:
-            return flag_action(target)  # no Kubernetes object changes: nothing for GitOps to undo
+        lever = off_cluster_action(target, why=why)
+        if lever is not None:
+            return lever  # no Kubernetes object changes: nothing for GitOps to undo
         return GitOpsGuard(
             self._strategy_action(target, params, bad_revision=bad_revision, to_revision=to_revision),
             kube=self.kube, target=params.key, mode=target.gitops or self._gitops.mode,
@@ -377,8 +385,8 @@ class KubeTargets:
         (:func:`~rollbackd.kube.objects.rollout_complete`): for an undo, the restored pods must be
         the ones available, not the old ones a stalled rollout leaves serving."""
         target = self.target(params.key)
-        if target.strategy is Strategy.COMMAND:
-            return None  # no Deployment of its own is looked for: verified on its metrics and health
+        if target.strategy in OFF_CLUSTER:
+            return OFF_CLUSTER[target.strategy]
         if target.strategy is Strategy.ARGO_ROLLOUT:
             assert target.rollout is not None  # the settings check it
             namespace, name = target.namespace, target.rollout
@@ -390,8 +398,6 @@ class KubeTargets:
                 logger.warning("cannot read the availability of the Rollout %s/%s: %s", namespace, name, exc,
                                extra={"target": params.key})
                 return None
-        if target.strategy is Strategy.FEATURE_FLAG:
-            return True  # the flag is off once the action is done; verification judges the metrics
         side = target.candidate if target.strategy in OWN_PAST else target.baseline
         assert side is not None  # canary and blue-green targets have a baseline (the settings check it)
         try:
@@ -401,6 +407,76 @@ class KubeTargets:
                            exc, extra={"target": params.key})
             return None
         return objects.rollout_complete(deployment)
+
+
+class OffClusterTargets:
+    """The targets' access without Kubernetes (``kubernetes.enabled: false``, or neither a service
+    account nor a kubeconfig): it reaches the targets whose lever needs none (a flag turned off in
+    its store, a command run), which act as they would with Kubernetes (their facts come from the
+    configuration alone); the others are decided on only (a
+    :class:`~rollbackd.run.PartialAccess`).
+
+    - ``settings``: the configuration; reloads through :meth:`reconfigure`.
+    """
+
+    def __init__(self, *, settings: Settings) -> None:
+        self._targets: dict[str, TargetSettings] = {}
+        self._read_at: dict[str, float] = {}
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Take over reloaded targets."""
+        self._targets = {target.key: target for target in settings.targets}
+
+    def reaches(self, key: str) -> bool:
+        target = self._targets.get(key)
+        return target is not None and target.strategy in OFF_CLUSTER
+
+    def summary(self) -> str:
+        """What runs without Kubernetes and what does not, for the start-up log and ``/readyz``."""
+        levers = sorted(key for key in self._targets if self.reaches(key))
+        others = sorted(key for key in self._targets if not self.reaches(key))
+        if not levers:
+            return "no Kubernetes access: deciding only, nothing is rolled back"
+        reached = f"the feature-flag and command targets ({', '.join(levers)}) are rolled back without it"
+        if not others:
+            return f"no Kubernetes access, and none needed: {reached}"
+        return f"no Kubernetes access: {reached}; the others ({', '.join(others)}) are decided on only"
+
+    async def facts(self, params: TargetParams, *, loop_now: float, fresh: bool = False) -> ClusterFacts:
+        """Nothing on a cluster stands for a flag or a command: no facts but the configuration's."""
+        self._read_at[params.key] = loop_now
+        return ClusterFacts()
+
+    def facts_read_at(self, key: str) -> float | None:
+        return self._read_at.get(key)
+
+    def action(
+        self, params: TargetParams, *, bad_revision: int | None = None, why: RollbackWhy | None = None
+    ) -> RollbackAction:
+        """The lever of a feature-flag or command target (``LookupError`` for another: see
+        :meth:`reaches`)."""
+        target = self._targets.get(params.key)
+        lever = None if target is None else off_cluster_action(target, why=why)
+        if lever is None:
+            raise LookupError(f"target {params.key!r}: its lever needs Kubernetes access, which this "
+                              "rollbackd does not have")
+        return lever
+
+    async def serving_available(self, params: TargetParams) -> bool | None:
+        target = self._targets.get(params.key)
+        return None if target is None else OFF_CLUSTER.get(target.strategy)
+
+
+def off_cluster_action(target: TargetSettings, *, why: RollbackWhy | None) -> RollbackAction | None:
+    """The lever of a target whose strategy needs no Kubernetes (``None`` for the others): its
+    command (told ``why``), or its flag turned off."""
+    if target.strategy is Strategy.COMMAND:
+        assert target.command is not None  # the settings check it
+        return CommandAction(target=target.key, settings=target.command, why=why)
+    if target.strategy is Strategy.FEATURE_FLAG:
+        return flag_action(target)
+    return None
 
 
 def flag_action(target: TargetSettings) -> FeatureFlagOff:

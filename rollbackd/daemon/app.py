@@ -52,7 +52,7 @@ from rollbackd.daemon.jsonify import JsonValue
 from rollbackd.daemon.leader import Leadership
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.probing import probe_and_log
-from rollbackd.daemon.releases import ReleaseBook
+from rollbackd.daemon.releases import ReleaseBook, SharedReleases
 from rollbackd.daemon.reload import SettingsChange, plan_reload
 from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.daemon.sourcestatus import SourceBoard
@@ -69,7 +69,7 @@ from rollbackd.gcpause import collector_paused
 from rollbackd.model import Context, Decision, Evidence, Observation, Outcome
 from rollbackd.optin import ObjectRef, OptIn, with_opt_ins
 from rollbackd.params import TargetParams
-from rollbackd.run import Phase, RollbackRun, TargetAccess
+from rollbackd.run import PartialAccess, Phase, RollbackRun, TargetAccess, reaches
 from rollbackd.runrecord import RunRecord
 from rollbackd.sources.base import GivesHistory, HealthSource, History, MetricsSource
 from rollbackd.sources.probe import Queries
@@ -136,6 +136,8 @@ class Daemon:
     - ``switch_store``: where the operators' switches are kept for every replica when it is not
       the store (the ConfigMap of :mod:`rollbackd.daemon.switchmap`, watched in a root task
       ``rollbackd:switches-watch``); ``None``: the store.
+    - ``shared_releases``: where the announced releases are kept for every replica when the store
+      is not shared (the same ConfigMap, :mod:`rollbackd.daemon.releasemap`); ``None``: the store.
 
     Run it with ``await daemon.run()`` until :meth:`stop`, or as ``async with daemon:`` (which runs
     it in a background task, returns once the HTTP server listens, and stops it on exit).
@@ -155,6 +157,7 @@ class Daemon:
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
         probe: Queries | None = None,
         switch_store: SwitchStore | None = None,
+        shared_releases: SharedReleases | None = None,
     ) -> None:
         #: The settings running now: the file's, with the targets annotations declare added.
         self.settings = settings
@@ -203,6 +206,7 @@ class Daemon:
             self.state,
             journal=self.journal,
             poll_s=settings.safety.switches_poll_s,
+            shared=shared_releases,
             lookback_s=max(
                 (t.params.detection.window_s + t.params.detection.baseline_window_s
                  for t in self.state.targets.values()),
@@ -273,8 +277,11 @@ class Daemon:
 
     async def run(self) -> None:
         """Run until :meth:`stop` is called; raise if a root task fails."""
-        if self._access is None:
+        access: object = self._access
+        if access is None:
             self.sources.off("kubernetes", "no Kubernetes access: deciding only, nothing is rolled back")
+        elif isinstance(access, PartialAccess):
+            self.sources.off("kubernetes", access.summary())
         if not self.journal.required:
             self.sources.off("store", "no store: decisions are not recorded")
         self.metrics.targets.set(len(self.state.targets))
@@ -308,7 +315,7 @@ class Daemon:
                 watched: object = self._switch_store
                 if isinstance(watched, Watching):  # the ConfigMap: read the switches as they change
                     root.append(group.create_task(
-                        watched.watch(self.switches.nudge), name="rollbackd:switches-watch"
+                        watched.watch(self._switch_map_changed), name="rollbackd:switches-watch"
                     ))
                 done, _ = await asyncio.wait(root, return_when=asyncio.FIRST_COMPLETED)
                 for task in done - {stop_task}:
@@ -681,9 +688,10 @@ class Daemon:
         the same action, verification and events as one decided here. Stored for the leader (this
         replica or another: it starts it within one read of the switches). Returns the HTTP status
         and body: 202 with the run's id, 409 when it may not start, 503 when it cannot be stored."""
-        if self._access is None:
+        if not reaches(self._access, key):
+            what = "anything back" if self._access is None else f"{key} back (its lever needs Kubernetes)"
             return 409, {"error": "this rollbackd has no Kubernetes access (kubernetes.enabled), so it "
-                                  "cannot roll anything back"}
+                                  f"cannot roll {what}"}
         if self.state.flags.freeze and not force:
             who = self.switches.who(FREEZE)
             by_whom = f" (set by {who.by}: {who.reason})" if who is not None else ""
@@ -798,6 +806,7 @@ class Daemon:
         ``kubernetes.facts_max_age_s``) rather than read now. A failed read leaves the target
         without facts."""
         access = self._access
+        targets = [target for target in targets if reaches(access, target.key)]
         if access is None or not targets:
             return {}, set()
         loop_now = asyncio.get_running_loop().time()
@@ -862,7 +871,9 @@ class Daemon:
             return
         try:
             async with asyncio.timeout(RESUME_READ_TIMEOUT_S):
-                found = await self.journal.runs_in_flight(list(self.state.targets))
+                found = await self.journal.runs_in_flight(
+                    [key for key in self.state.targets if reaches(self._access, key)]
+                )
         except (StoreError, TimeoutError) as exc:
             self.metrics.count_tick_error("resume")
             logger.error(
@@ -950,6 +961,11 @@ class Daemon:
     def file_settings(self) -> Settings:
         """The configuration file's settings as applied, without the targets annotations declare."""
         return self._file_settings
+
+    def _switch_map_changed(self) -> None:
+        """The switches' ConfigMap changed: read its switches and releases now."""
+        self.switches.nudge()
+        self.releases.nudge()
 
     def follow_settings(self, follower: Reconfigurable) -> None:
         """Tell ``follower`` the effective settings of every reload and discovery from now on

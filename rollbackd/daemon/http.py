@@ -619,10 +619,12 @@ async def announce_release(request: web.Request) -> web.Response:
     except (StoreError, TimeoutError) as exc:
         return _error(503, f"the release could not be stored, so it is not judged: "
                            f"{exc or 'the store did not answer in time'}; announce it again (same id)")
-    board = ctx.switches
+    board, shared = ctx.switches, ctx.releases.shared_in
     applies = (
         "this process only (no store is configured)" if not board.durable
-        else f"stored; every replica judges it within {board.poll_s:g}s"
+        else f"stored; every replica judges it within {board.poll_s:g}s" if shared is None
+        else f"stored in {shared}; every replica judges it at once (its watch), at the latest within "
+             f"{board.poll_s:g}s"
     )
     answer: JsonValue = {"release": to_json_value(stored.to_json()), "created": created, "applies": applies}
     return json_response(answer, status=201 if created else 200)

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from rollbackd import __version__
-from rollbackd.actions.targets import KubeTargets
+from rollbackd.actions.targets import KubeTargets, OffClusterTargets
 from rollbackd.config.loader import ConfigError, load_settings
 from rollbackd.config.settings import Settings
 from rollbackd.daemon.app import SHUTDOWN_TIMEOUT_S, Daemon
@@ -38,6 +38,7 @@ from rollbackd.daemon.http import PortInUseError
 from rollbackd.daemon.leader import LeaderElector
 from rollbackd.daemon.logs import configure_logging
 from rollbackd.daemon.metrics import DaemonMetrics
+from rollbackd.daemon.releasemap import ConfigMapReleases
 from rollbackd.daemon.reload import ConfigWatcher, SettingsChange
 from rollbackd.daemon.store_leader import StoreLeader
 from rollbackd.daemon.switchmap import ConfigMapSwitches, default_name
@@ -68,7 +69,9 @@ _SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
 def kube_client_for(settings: Settings, *, environ: Mapping[str, str]) -> KubeClient | None:
-    """The Kubernetes client the settings ask for, or ``None`` to decide without acting.
+    """The Kubernetes client the settings ask for, or ``None``: without it the feature-flag and
+    command targets are acted on all the same, the others decided on only
+    (:class:`~rollbackd.actions.targets.OffClusterTargets`).
 
     ``kubernetes.enabled: auto`` uses the pod's service account when running in a pod, else a
     kubeconfig (``kubernetes.kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``) when one exists, else
@@ -94,7 +97,7 @@ def kube_client_for(settings: Settings, *, environ: Mapping[str, str]) -> KubeCl
             "kubernetes.enabled is true, but there is no service account (not running in a pod) and no "
             "kubeconfig (set kubernetes.kubeconfig or $KUBECONFIG)"
         )
-    logger.warning("no Kubernetes configuration found: deciding only, no rollback will be carried out")
+    logger.warning("no Kubernetes configuration found (neither a service account nor a kubeconfig)")
     return None
 
 
@@ -130,9 +133,9 @@ def lease_namespace(settings: Settings, *, environ: Mapping[str, str]) -> str:
 def switch_store_for(
     settings: Settings, kube: KubeClient | None, *, environ: Mapping[str, str]
 ) -> ConfigMapSwitches | None:
-    """Where the operators' switches are kept (``safety.switches``, see
-    :func:`~rollbackd.daemon.switchstores.switches_place`): the ConfigMap every replica watches,
-    or ``None`` for the store. The choice is logged. ``safety.switches: kubernetes`` without
+    """Where the operators' switches (and the announced releases) are kept (``safety.switches``,
+    see :func:`~rollbackd.daemon.switchstores.switches_place`): the ConfigMap every replica
+    watches, or ``None`` for the store. The choice is logged. ``safety.switches: kubernetes`` without
     Kubernetes access is a :class:`~rollbackd.kube.errors.KubeConfigError`."""
     if settings.safety.switches == "kubernetes" and kube is None:
         raise KubeConfigError(
@@ -149,8 +152,8 @@ def switch_store_for(
         namespace=lease_namespace(settings, environ=environ),
         name=settings.safety.switches_configmap or default_name(settings.leader_election.lease_name),
     )
-    logger.info("the switches set through the API are kept in %s, watched by every replica", place.where,
-                extra={"switches": "kubernetes"})
+    logger.info("the switches set through the API and the announced releases are kept in %s, watched by "
+                "every replica", place.where, extra={"switches": "kubernetes"})
     return place
 
 
@@ -240,12 +243,17 @@ async def run_daemon(
                 stack.enter_context(SQLiteLock(database))  # before anything: a second writer stops here
             await stack.enter_async_context(client)
             await stack.enter_async_context(prober)
-            targets: KubeTargets | None = None
+            targets: KubeTargets | OffClusterTargets
             if kube is not None:
                 await stack.enter_async_context(kube)
                 targets = KubeTargets(kube=kube, settings=settings)
                 logger.info("acting on Kubernetes", extra={"kubernetes": kube.describe()})
                 await report_router_problems(targets)
+            else:  # the feature-flag and command levers need no cluster
+                targets = OffClusterTargets(settings=settings)
+                decided_only = any(not targets.reaches(target.key) for target in settings.targets)
+                logger.log(logging.WARNING if decided_only else logging.INFO, "%s", targets.summary(),
+                           extra={"kubernetes": "off"})
             elector = leader_elector_for(settings, kube, environ=environ)
             leader: LeaderElector | StoreLeader | None = elector
             if leader is None:
@@ -277,6 +285,7 @@ async def run_daemon(
                     shutdown_timeout_s=shutdown_timeout_s,
                     probe=client,
                     switch_store=switch_store,
+                    shared_releases=None if switch_store is None else ConfigMapReleases(switch_store),
                 ) as daemon:
                     running.append(daemon)
                     if deadline:  # a signal arrived while the daemon was starting

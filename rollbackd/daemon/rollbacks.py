@@ -44,7 +44,7 @@ from rollbackd.actions.reconcilers import REVERT_IN_GIT, suspensions_in
 from rollbackd.aiotasks import STOP_TIMEOUT_S, stop_tasks
 from rollbackd.model import OWN_PAST, Decision, HealthCheck, Observation, Sample, Strategy
 from rollbackd.params import TargetParams
-from rollbackd.run import Phase, RollbackRun, TargetAccess
+from rollbackd.run import Phase, RollbackRun, TargetAccess, reaches
 from rollbackd.runrecord import RecordedChange, RunRecord
 from rollbackd.verification import VerificationResult, VerificationStatus, Verifier
 
@@ -178,7 +178,7 @@ class Rollbacks:
     ) -> RollbackRun | None:
         """Act on a rollback decision (or plan it, in dry-run). Returns the run, if one started
         (``run_id``: its id, when chosen beforehand: a manual rollback's, told to the operator)."""
-        if self._access is None or self.in_progress(params.key):
+        if not reaches(self._access, params.key) or self.in_progress(params.key):
             return None
         if decision.dry_run:
             if params.key not in self._planned:
@@ -205,7 +205,7 @@ class Rollbacks:
         run (id, decision time mapped to this loop's clock, reasons, revisions, changes so far).
         The action runs again (it is idempotent: work already done is found done, and listed from
         the record) and the verification starts afresh."""
-        if self._access is None or self.in_progress(params.key):
+        if not reaches(self._access, params.key) or self.in_progress(params.key):
             return None
         loop = asyncio.get_running_loop()
         # Wall clocks of two hosts (a fail-over) may disagree a little: never a decision in the future.

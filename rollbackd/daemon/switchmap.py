@@ -15,7 +15,8 @@ operator writes a switch, and its RBAC can be limited to that one name.
 ``accept.<namespace>.<name>``, ``rollback.<namespace>.<name>`` (a ConfigMap key allows only
 ``[-._a-zA-Z0-9]``; a namespace has no dot, so the first dot after the kind ends it). The value is
 the switch's small JSON document: ``on``, who (``by``), why (``reason``), when (``at``) and a
-hold's end (``until``), UTC.
+hold's end (``until``), UTC. The announced releases are kept beside them
+(``release.<namespace>.<name>``, see :mod:`rollbackd.daemon.releasemap`).
 
 **Writes** read the ConfigMap, change one key and replace it carrying the ``resourceVersion``
 just read: a 409 (another replica wrote in between) reads it again and retries
@@ -108,17 +109,24 @@ class ConfigMapSwitches:
     # --- writes and reads ----------------------------------------------------------------------
 
     async def put(self, key: str, value: Mapping[str, Any] | None) -> None:
-        entry = configmap_key(key)
         text = None if value is None else json.dumps(dict(value), sort_keys=True, separators=(",", ":"))
+        await self.update(configmap_key(key), lambda _: text)
+
+    async def update(self, entry: str, change: Callable[[str | None], str | None]) -> None:
+        """Set ConfigMap key ``entry`` to ``change(its value now)`` (``None``: absent, or removed),
+        written only when that differs, carrying the ``resourceVersion`` read: after a 409 the
+        ConfigMap is read again and ``change`` called again on what another replica wrote.
+        :class:`SwitchStoreError` when it could not be written."""
 
         async def write() -> None:
             current = await self._read()
             data: dict[str, Any] = dict((current or {}).get("data") or {})
+            now = data.get(entry)
+            text = change(None if now is None else str(now))
+            if text == now:
+                return  # nothing to change: nothing to write
             if text is None:
-                if data.pop(entry, None) is None:
-                    return  # nothing to remove: nothing to write
-            elif data.get(entry) == text:
-                return
+                del data[entry]
             else:
                 data[entry] = text
             if current is None:
@@ -141,12 +149,17 @@ class ConfigMapSwitches:
             raise SwitchStoreError(f"could not write {self.where}: {exc}") from exc
 
     async def get(self, keys: Sequence[str]) -> dict[str, Mapping[str, Any] | None]:
+        data = await self.data()
+        return {key: _decoded(data.get(configmap_key(key))) for key in keys}
+
+    async def data(self) -> dict[str, str]:
+        """Every key of the ConfigMap and its text (none when it does not exist).
+        :class:`SwitchStoreError` when it could not be read."""
         try:
             current = await self._read()
         except KubeError as exc:
             raise SwitchStoreError(f"could not read {self.where}: {exc}") from exc
-        data = (current or {}).get("data") or {}
-        return {key: _decoded(data.get(configmap_key(key))) for key in keys}
+        return {str(key): str(value) for key, value in ((current or {}).get("data") or {}).items()}
 
     async def _read(self) -> Obj | None:
         try:

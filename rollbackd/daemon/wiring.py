@@ -19,6 +19,7 @@ from rollbackd.daemon.configwatch import ConfigWatch, StoreHistory
 from rollbackd.daemon.journal import Journal
 from rollbackd.daemon.leader import Leadership
 from rollbackd.daemon.metrics import DaemonMetrics
+from rollbackd.daemon.releases import SharedReleases
 from rollbackd.daemon.storekeeper import RETRY_S, keep_store
 from rollbackd.daemon.switchstores import SwitchStore
 from rollbackd.kube import KubeClient
@@ -43,6 +44,7 @@ async def open_daemon(
     store_retry_s: float = RETRY_S,
     probe: Queries | None = None,
     switch_store: SwitchStore | None = None,
+    shared_releases: SharedReleases | None = None,
 ) -> AsyncIterator[Daemon]:
     """Run a daemon for ``settings`` with its store and events, and yield it once its HTTP server
     listens; on exit, stop it gracefully, record the stop and let the event sinks drain.
@@ -71,6 +73,8 @@ async def open_daemon(
       (``None``: no probe).
     - ``switch_store``: where the operators' switches are kept when not in the store (the
       ConfigMap every replica watches, :mod:`rollbackd.daemon.switchmap`).
+    - ``shared_releases``: where the announced releases are kept when not in a shared store (the
+      same ConfigMap, :mod:`rollbackd.daemon.releasemap`).
     """
     journal = Journal(required=True)
     stopping = asyncio.Event()
@@ -102,6 +106,7 @@ async def open_daemon(
                 shutdown_timeout_s=shutdown_timeout_s,
                 probe=probe,
                 switch_store=switch_store,
+                shared_releases=shared_releases,
             ) as daemon:
                 if kube is None:
                     yield daemon
