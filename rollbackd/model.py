@@ -393,6 +393,12 @@ def scenario_time(t: float) -> str:
     return f"t={t:g}s"
 
 
+#: The annotation the config lever writes on a ConfigMap whose data it puts back: the
+#: ``resourceVersion`` of the version it replaced (the one judged bad). The ConfigMap watch knows by
+#: it that the change it sees next is that restore, not a release.
+RESTORED_FROM_ANNOTATION = "rollbackd.io/restored-from"
+
+
 @dataclass(frozen=True, slots=True)
 class ConfigMapVersion:
     """One version of a ConfigMap's data as rollbackd saw it (Kubernetes keeps no history of a

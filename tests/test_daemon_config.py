@@ -79,6 +79,8 @@ async def test_a_bad_config_change_is_restored_the_readers_restarted_and_verifie
         run = daemon.rollbacks.runs[KEY]
         assert run.action is not None
         assert run.action.action == "config-restore"
+        # The watch sees the restored data too: kept (800, 80, 800 again), but not a release.
+        await wait_until(lambda: kept_count(daemon, 3), timeout_s=30, what="the restored data kept")
     stored = kube_cluster.read(CONFIGMAPS, NS, "checkout-config")
     assert stored is not None
     assert stored["data"] == {"payments.timeout_ms": "800"}
@@ -92,10 +94,14 @@ async def test_a_bad_config_change_is_restored_the_readers_restarted_and_verifie
     finally:
         await store.close()
     kinds = [entry.kind for entry in history]
-    assert "release.started" in kinds  # the change was seen, kept and announced as a release
+    assert kinds.count("release.started") == 1  # the change was announced as a release; its undoing not
     assert "rollback.verified" in kinds
     started = next(entry for entry in history if entry.kind == "release.started")
     assert "ConfigMap shop/checkout-config changed" in started.summary
+
+
+async def kept_count(daemon: Daemon, count: int) -> bool:
+    return len(await kept_versions(daemon)) >= count
 
 
 async def kept_versions(daemon: Daemon) -> list[str]:

@@ -40,7 +40,7 @@ from rollbackd.actions.steps import (
     object_name,
 )
 from rollbackd.kube import KubeClient, KubeNotFound, Obj, objects
-from rollbackd.model import ConfigMapVersion
+from rollbackd.model import RESTORED_FROM_ANNOTATION, ConfigMapVersion
 
 ACTION = "config-restore"
 #: The annotation ``kubectl rollout restart`` sets on the pod template.
@@ -171,7 +171,13 @@ class ConfigRestore(KubeAction):
                     f"(resourceVersion {now_version}, judged {version.bad_version}): not overwriting their "
                     "change"
                 )
-            patch = {"metadata": {"resourceVersion": now_version}, "data": merge_diff(now_data, wanted)}
+            patch = {
+                "metadata": {
+                    "resourceVersion": now_version,
+                    "annotations": {RESTORED_FROM_ANNOTATION: version.bad_version},
+                },
+                "data": merge_diff(now_data, wanted),
+            }
             await objects.patch_configmap(self.kube, namespace=self.namespace, name=version.name, patch=patch)
             return (change,)
 

@@ -12,7 +12,9 @@ lists the namespace's ConfigMaps, keeps the named ones' data, then watches from 
 something failed). Each new version of the data is kept
 (:meth:`~rollbackd.store.base.Store.add_config_version`, bounded by the target's ``keep_versions``
 and ``keep_age_s``); a change of the data (not the first version seen) is a release of kind
-``config``, announced through the daemon's release book (stored with its ``release.started`` event;
+``config`` (unless it is the config lever's own restore, which it marks with
+:data:`~rollbackd.model.RESTORED_FROM_ANNOTATION`), announced through the daemon's release book
+(stored with its ``release.started`` event;
 its id, ``config:<namespace>/<name>@<resourceVersion>``, makes two replicas' announcements one).
 Every replica keeps what it sees: a version another replica kept already is not kept twice. While
 the store is not open (or fails), nothing is kept: the namespace is listed again after a pause, and
@@ -37,7 +39,7 @@ from rollbackd.daemon.journal import Journal
 from rollbackd.kube.client import KubeClient, Obj
 from rollbackd.kube.errors import KubeError
 from rollbackd.kube.watch import list_configmaps, watch_configmaps
-from rollbackd.model import ConfigMapVersion, Strategy
+from rollbackd.model import RESTORED_FROM_ANNOTATION, ConfigMapVersion, Strategy
 from rollbackd.releases import Release
 from rollbackd.store.base import StoreError
 
@@ -202,6 +204,13 @@ class ConfigWatch:
                            extra={"target": key})
             raise _NotKept from exc
         if not added or not before:  # the same data, or the first version seen: no change
+            return
+        restored_from = (metadata.get("annotations") or {}).get(RESTORED_FROM_ANNOTATION)
+        if restored_from is not None and restored_from == before[0].resource_version:
+            # The config lever put the version before back: kept, but a rollback is not a release.
+            logger.info("the ConfigMap %s/%s has its data restored by rollbackd (resourceVersion %s): "
+                        "kept, not a release", namespace, name, version.resource_version,
+                        extra={"target": key})
             return
         previous = dict(before[0].data)
         keys = set(previous) | set(version.data)  # those changed are told in the release

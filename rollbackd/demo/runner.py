@@ -637,7 +637,7 @@ class Demo:
             self.timeline.say(f"rollbackd saw a release: {what}; judged from now on against the target's own "
                               "history before it")
         else:
-            self.timeline.say(f"rollbackd saw the rollback's own write as a release: {what}")
+            self.timeline.say(f"rollbackd saw another release: {what}")
 
     def _note_errors_gone(self, load: LoadGenerator) -> None:
         """A scenario recovering in place: the first second the bad backend's errors are gone."""
