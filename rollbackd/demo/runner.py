@@ -19,8 +19,7 @@ goes back to the old version, and the rollback is verified. In the config scenar
 the release itself, made through the API (a ConfigMap's data), and the same pods recover in place
 once rollbackd has put the previous data back and restarted them: no traffic moves, the errors go.
 The timeline says what happened when, in seconds since the start, and ends with the measured
-durations. Exit status 0 on a verified
-rollback, 1 otherwise (with the reason).
+durations. Exit status 0 on a verified rollback, 1 otherwise (with the reason).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ keeps the data last read), and follows its key ``payments.timeout_ms``: each ``/
 a simulated call to a payments service lasting an exponentially distributed time (mean
 ``--payments-mean-ms``, 50 ms by default; drawn, not slept, so the request's latency stays the
 configured one) and fails when the call outlasts the timeout. At 800 ms practically none do; at
-60 ms about 30% (e^-60/50). Without the key (or with a value that is not a number of
+60 ms about 30% (e^(-60/50)). Without the key (or with a value that is not a number of
 milliseconds) there is no timeout.
 
 With ``--rps`` (or ``rps`` set through ``/control``) the service sends itself that many ``/work``
