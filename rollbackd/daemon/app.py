@@ -36,9 +36,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, Self, runtime_checkable
 
 from rollbackd.aiotasks import stop_tasks
@@ -64,7 +64,10 @@ from rollbackd.daemon.targetmetrics import TargetSample
 from rollbackd.daemon.tick import IdleCollector, collect_tick, metrics_failure, run_every
 from rollbackd.daemon.wallclock import WallClock
 from rollbackd.decision.facts import ClusterFacts, is_newer
+from rollbackd.decision.framework import duration_text
 from rollbackd.decision.lifetime import Change, Lifetime, Operator, advance
+from rollbackd.decision.rails import HOUR_S
+from rollbackd.events.model import EventType
 from rollbackd.gcpause import collector_paused
 from rollbackd.model import Context, Decision, Evidence, Observation, Outcome
 from rollbackd.optin import ObjectRef, OptIn, with_opt_ins
@@ -73,7 +76,7 @@ from rollbackd.run import PartialAccess, Phase, RollbackRun, TargetAccess, reach
 from rollbackd.runrecord import RunRecord
 from rollbackd.sources.base import GivesHistory, HealthSource, History, MetricsSource
 from rollbackd.sources.probe import Queries
-from rollbackd.store.base import StoreError
+from rollbackd.store.base import AuditEntry, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -874,6 +877,8 @@ class Daemon:
                 found = await self.journal.runs_in_flight(
                     [key for key in self.state.targets if reaches(self._access, key)]
                 )
+                since = datetime.now(UTC) - timedelta(seconds=self._recall_span())
+                recent = await self.journal.recent_rollbacks(since)
         except (StoreError, TimeoutError) as exc:
             self.metrics.count_tick_error("resume")
             logger.error(
@@ -887,6 +892,7 @@ class Daemon:
             return
         self._resumed = True
         wall_now = datetime.now(UTC)
+        recalled = self._recall_rollbacks(recent, wall_now)
         for key, saved in found.items():
             target = self.state.targets[key]
             try:
@@ -904,9 +910,45 @@ class Daemon:
             target.judged_revision = record.bad_revision
             self.journal.resuming(target.params, record, announced=announced)
             run = self.rollbacks.resume(target.params, record)
-            if run is not None:
+            if run is not None and record.run_id not in recalled:
                 # A rollback taken over counts like one decided here: cooldown and hourly cap.
                 self.state.ledger.record(key, run.decided_at, target.params.policy.cooldown_s)
+
+    def _recall_span(self) -> float:
+        """How far back the rollbacks that still restrain a target may lie: the hourly cap's
+        hour, the longest cooldown, the post-rollback watch."""
+        cooldowns = (target.params.policy.cooldown_s for target in self.state.targets.values())
+        return max(HOUR_S, self.settings.verification.watch_s, *cooldowns)
+
+    def _recall_rollbacks(self, entries: Sequence[AuditEntry], wall_now: datetime) -> set[str]:
+        """What the audit log says of the recent rollbacks (``entries``, oldest first) restrains
+        this process as it restrained the one that took them: each one started counts towards
+        its target's cooldown and the hourly cap, each one verified starts the rest of its
+        post-rollback watch. A new leader (with a shared store) or a restarted process would
+        otherwise roll a target back again in its cooldown, or a second time in its watch.
+        Returns the recalled runs' ids."""
+        now = asyncio.get_running_loop().time()
+        watch_s = self.settings.verification.watch_s
+        run_ids: set[str] = set()
+        for entry in entries:
+            target = self.state.targets.get(entry.target or "")
+            if target is None or entry.at is None:
+                continue
+            t = now - (wall_now - entry.at).total_seconds()
+            if entry.kind == EventType.ROLLBACK_STARTED:
+                self.state.ledger.record(target.key, t, target.params.policy.cooldown_s)
+                if isinstance(run_id := entry.details.get("run_id"), str):
+                    run_ids.add(run_id)
+            elif watch_s > 0 and t + watch_s > now:
+                self.state.ledger.watch(target.key, since=t, watch_s=watch_s)
+        if entries:
+            logger.info(
+                "recalled %d rollback(s) of the last %s from the audit log: their cooldowns, the hourly "
+                "cap and post-rollback watches hold here too",
+                len(run_ids),
+                duration_text(self._recall_span()),
+            )
+        return run_ids
 
     @staticmethod
     def _run_state(run: RollbackRun) -> dict[str, Any] | None:

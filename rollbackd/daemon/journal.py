@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 #: Audit entries of a target read back to find what a rollback left under way had announced.
 RESUME_LOOKBACK = 100
+#: Audit entries read back (all targets) to recall the recent rollbacks: their cooldowns, the
+#: hourly cap and the post-rollback watches survive a restart and a change of leader.
+RECALL_LOOKBACK = 20000
 #: Audit kinds of a rollback run's own events.
 _RUN_EVENTS = frozenset(
     {
@@ -47,6 +50,9 @@ _RUN_EVENTS = frozenset(
         EventType.GITOPS_SUSPENDED,
     }
 )
+#: What is recalled of a rollback: that it started (cooldown, hourly cap) and that it was verified
+#: (the post-rollback watch).
+_RECALLED = frozenset({EventType.ROLLBACK_STARTED, EventType.ROLLBACK_VERIFIED})
 #: Audit kinds that end a rollback run.
 RUN_OVER = frozenset(
     {
@@ -262,6 +268,17 @@ class Journal:
                 announced.add(EventType.ROLLBACK_STARTED)
                 return announced
         return set()
+
+    async def recent_rollbacks(self, since: datetime) -> list[AuditEntry]:
+        """The ``rollback.started`` and ``rollback.verified`` entries of every target since
+        ``since``, oldest first (of the latest :data:`RECALL_LOOKBACK` audit entries): what a new
+        leader, or a restarted process, recalls of the rollbacks before it. Raises
+        :class:`~rollbackd.store.base.StoreError` when the store cannot say."""
+        store = self._store
+        if store is None:
+            return []
+        entries = await store.history(since=since, limit=RECALL_LOOKBACK)
+        return [entry for entry in entries if entry.kind in _RECALLED and entry.target is not None]
 
     def resuming(self, params: TargetParams, record: RunRecord, *, announced: set[EventType]) -> None:
         """The run of ``record`` is about to finish a rollback a previous process left under way:
