@@ -877,7 +877,8 @@ class Daemon:
                 found = await self.journal.runs_in_flight(
                     [key for key in self.state.targets if reaches(self._access, key)]
                 )
-                since = datetime.now(UTC) - timedelta(seconds=self._recall_span())
+                span_s = self._recall_span()
+                since = datetime.now(UTC) - timedelta(seconds=span_s)
                 recent = await self.journal.recent_rollbacks(since)
         except (StoreError, TimeoutError) as exc:
             self.metrics.count_tick_error("resume")
@@ -892,7 +893,7 @@ class Daemon:
             return
         self._resumed = True
         wall_now = datetime.now(UTC)
-        recalled = self._recall_rollbacks(recent, wall_now)
+        recalled = self._recall_rollbacks(recent, wall_now, span_s=span_s)
         for key, saved in found.items():
             target = self.state.targets[key]
             try:
@@ -920,13 +921,15 @@ class Daemon:
         cooldowns = (target.params.policy.cooldown_s for target in self.state.targets.values())
         return max(HOUR_S, self.settings.verification.watch_s, *cooldowns)
 
-    def _recall_rollbacks(self, entries: Sequence[AuditEntry], wall_now: datetime) -> set[str]:
+    def _recall_rollbacks(
+        self, entries: Sequence[AuditEntry], wall_now: datetime, *, span_s: float
+    ) -> set[str]:
         """What the audit log says of the recent rollbacks (``entries``, oldest first) restrains
         this process as it restrained the one that took them: each one started counts towards
         its target's cooldown and the hourly cap, each one verified starts the rest of its
         post-rollback watch. A new leader (with a shared store) or a restarted process would
         otherwise roll a target back again in its cooldown, or a second time in its watch.
-        Returns the recalled runs' ids."""
+        ``span_s`` is how far back they were read. Returns the recalled runs' ids."""
         now = asyncio.get_running_loop().time()
         watch_s = self.settings.verification.watch_s
         run_ids: set[str] = set()
@@ -946,7 +949,7 @@ class Daemon:
                 "recalled %d rollback(s) of the last %s from the audit log: their cooldowns, the hourly "
                 "cap and post-rollback watches hold here too",
                 len(run_ids),
-                duration_text(self._recall_span()),
+                duration_text(span_s),
             )
         return run_ids
 
