@@ -101,6 +101,7 @@ __all__ = [
     "qualified",
     "rollout_settled",
     "route_parents_status",
+    "saying",
     "seed_deployment",
     "seed_endpointslice",
     "seed_gateway",
@@ -116,14 +117,21 @@ __all__ = [
 ]
 
 
+def saying(what: str, tail: Callable[[], str]) -> Callable[[], str]:
+    """A ``what`` for :func:`wait_until`: ``what`` and what ``tail`` (a process' log) says at the
+    failure (bound now: safe in a loop)."""
+    return lambda: f"{what}: {tail()}"
+
+
 async def wait_until(
     condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
     *,
     timeout_s: float = 30.0,
     interval_s: float = 0.01,
-    what: str = "the condition",
+    what: str | Callable[[], str] = "the condition",
 ) -> None:
-    """Poll ``condition`` (sync or async) until it is true; fail the test after ``timeout_s``.
+    """Poll ``condition`` (sync or async) until it is true; fail the test after ``timeout_s``,
+    saying ``what`` (a callable is called then: a process' log read at the failure, not before).
 
     The default bounds how long a failing test waits, not how long a passing one takes: it leaves
     room for a loaded machine (a CI runner beside other jobs) to come true late."""
@@ -135,7 +143,8 @@ async def wait_until(
         if result:
             return
         if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"{what} did not come true within {timeout_s}s")
+            said = what() if callable(what) else what
+            pytest.fail(f"{said} did not come true within {timeout_s}s")
         await asyncio.sleep(interval_s)
 
 

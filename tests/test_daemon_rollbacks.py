@@ -53,6 +53,8 @@ class ScriptedTargets:
     kept: dict[str, ClusterFacts] = field(default_factory=dict)
     #: Facts younger than this are reused (the rule of ``kubernetes.facts_max_age_s``).
     max_age_s: float = 0.0
+    #: The revision each action was made to roll back (``None``: the one running when it starts).
+    bad_revisions: list[int | None] = field(default_factory=list)
 
     async def facts(self, params: TargetParams, *, loop_now: float, fresh: bool = False) -> ClusterFacts:
         """Reads ``facts_value`` (counted), or reuses the last read while younger than ``max_age_s``."""
@@ -69,6 +71,7 @@ class ScriptedTargets:
     def action(
         self, params: TargetParams, *, bad_revision: int | None = None, why: object = None
     ) -> ScriptedAction:
+        self.bad_revisions.append(bad_revision)
         return ScriptedAction(self)
 
     async def serving_available(self, params: TargetParams) -> bool | None:

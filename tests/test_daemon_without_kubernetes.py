@@ -73,7 +73,7 @@ async def test_a_command_target_is_rolled_back_without_any_kubernetes_access(
             return bool(view and view["state"] == "healthy" and lifetime.get("judged_s", 0) >= seconds)
 
         await wait_until(lambda: judged_healthy_for(15), timeout_s=60, interval_s=0.5,
-                         what=f"15 s judged healthy: {daemon.tail()}")
+                         what=lambda: f"15 s judged healthy: {daemon.tail()}")
         await app.acontrol(error_rate=0.38)
 
         async def verified() -> dict[str, Any] | None:
@@ -85,7 +85,7 @@ async def test_a_command_target_is_rolled_back_without_any_kubernetes_access(
             return await verified() is not None
 
         await wait_until(is_verified, timeout_s=90, interval_s=0.5,
-                         what=f"rolled back by the command and verified: {daemon.tail()}")
+                         what=lambda: f"rolled back by the command and verified: {daemon.tail()}")
         view = await verified()
         assert view is not None
         assert view["rollback"]["action"]["action"] == "command"

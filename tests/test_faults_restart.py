@@ -69,6 +69,7 @@ from tests.kubefixtures import (
     DEPLOYMENTS,
     INGRESSES,
     ClusterEmulator,
+    saying,
     seed_deployment,
     seed_ingress,
     wait_until,
@@ -377,9 +378,11 @@ async def test_a_rollback_stopped_at_any_phase_is_finished_once_after_a_restart(
         first = await start_daemon(config, log)
         try:
             for name, gate in gates.items():
-                await wait_until(gate.arrived.is_set, timeout_s=120, what=f"{PHASES[name]}: {tail()}")
+                await wait_until(gate.arrived.is_set, timeout_s=120,
+                                 what=saying(PHASES[name], tail))
             await wait_until(
-                lambda: "rollback.completed" in store.kinds("ver"), timeout_s=60, what=f"verifying: {tail()}"
+                lambda: "rollback.completed" in store.kinds("ver"), timeout_s=60,
+                what=lambda: f"verifying: {tail()}",
             )
             assert first.returncode is None, tail()
             before_stop_audit = store.audit()
@@ -403,7 +406,7 @@ async def test_a_rollback_stopped_at_any_phase_is_finished_once_after_a_restart(
             await wait_until(
                 lambda: all("rollback.verified" in store.kinds(name) for name in PHASES),
                 timeout_s=120,
-                what=f"every rollback verified after the restart: {tail()}",
+                what=lambda: f"every rollback verified after the restart: {tail()}",
             )
             assert second.returncode is None, tail()
             second.send_signal(signal.SIGTERM)

@@ -160,7 +160,7 @@ async def undone_within(cluster: ClusterEmulator, name: str, app: SampleAppProce
     how long after the release that was."""
     try:
         await wait_until(lambda: template_image(cluster, name) == OLD_IMAGE, timeout_s=SEVERE_PATH_S * 2,
-                         interval_s=0.05, what=f"{name} undone: {tail()}")
+                         interval_s=0.05, what=lambda: f"{name} undone: {tail()}")
     finally:
         await app.acontrol(**HEALTHY)
     return asyncio.get_running_loop().time() - released
@@ -238,7 +238,7 @@ async def ready(port: int, daemon: Daemon) -> None:
         except (aiohttp.ClientError, TimeoutError):
             return False
 
-    await wait_until(answers, timeout_s=30, interval_s=0.1, what=f"rollbackd ready: {daemon.tail()}")
+    await wait_until(answers, timeout_s=30, interval_s=0.1, what=lambda: f"rollbackd ready: {daemon.tail()}")
 
 
 def past_read(daemon: Daemon) -> bool:
@@ -287,7 +287,7 @@ async def test_a_deployment_released_right_after_a_restart_of_rollbackd_is_undon
     daemons.append(second)
     await second.start()
     await ready(port, second)
-    await wait_until(lambda: past_read(second), timeout_s=60, what=f"the past read: {second.tail()}")
+    await wait_until(lambda: past_read(second), timeout_s=60, what=lambda: f"the past read: {second.tail()}")
     released = await release(cluster, "api", apps.api)
     took = await undone_within(cluster, "api", apps.api, released, second.tail)
     assert took <= SEVERE_PATH_S, second.tail()
@@ -308,7 +308,7 @@ async def test_a_refused_switch_back_does_not_blind_the_judge(
     daemons.append(daemon)
     await daemon.start()
     await ready(port, daemon)
-    await wait_until(lambda: past_read(daemon), timeout_s=60, what=f"the past read: {daemon.tail()}")
+    await wait_until(lambda: past_read(daemon), timeout_s=60, what=lambda: f"the past read: {daemon.tail()}")
 
     async def blue_watched() -> bool:
         # The process itself saw blue serve a while (its own history would do for the first
@@ -317,7 +317,8 @@ async def test_a_refused_switch_back_does_not_blind_the_judge(
         evidence = (view or {}).get("evidence") or {}
         return float(evidence.get("baseline_requests") or 0) >= 200
 
-    await wait_until(blue_watched, timeout_s=20, interval_s=0.2, what=f"blue watched: {daemon.tail()}")
+    await wait_until(blue_watched, timeout_s=20, interval_s=0.2,
+                     what=lambda: f"blue watched: {daemon.tail()}")
 
     # The release: the Service switches to green, whose pods fail 38%; blue serves nothing.
     stored = cluster.update(SERVICES, NAMESPACE, "web", {"spec": {"selector": GREEN}})
@@ -327,7 +328,7 @@ async def test_a_refused_switch_back_does_not_blind_the_judge(
     try:
         # The first switch-back is refused by the API: the rollback fails, green still serves.
         await wait_until(lambda: len(refused) == 1, timeout_s=SEVERE_PATH_S * 2,
-                         what=f"refused: {daemon.tail()}")
+                         what=lambda: f"refused: {daemon.tail()}")
         verdicts: list[dict[str, Any]] = []
 
         async def switched_back() -> bool:
@@ -338,7 +339,8 @@ async def test_a_refused_switch_back_does_not_blind_the_judge(
             service = cluster.read(SERVICES, NAMESPACE, "web") or {}
             return bool(service["spec"]["selector"] == BLUE)
 
-        await wait_until(switched_back, timeout_s=30, interval_s=0.1, what=f"switched back: {daemon.tail()}")
+        await wait_until(switched_back, timeout_s=30, interval_s=0.1,
+                         what=lambda: f"switched back: {daemon.tail()}")
     finally:
         await apps.green.acontrol(rps=0, **HEALTHY)
         await apps.blue.acontrol(rps=40)

@@ -60,6 +60,29 @@ async def test_roll_back_now_acts_through_the_same_run_and_is_refused_while_froz
 
 
 @pytest.mark.looptime
+async def test_roll_back_now_rolls_back_what_runs_now_not_what_an_earlier_breach_judged() -> None:
+    metrics = ScriptedMetrics(SEVERE)
+    # Facts are reused for an hour: only a fresh read sees the newer revision.
+    cluster = ScriptedTargets(facts_value=ClusterFacts(candidate_revision=5), max_age_s=3600.0)
+    async with (
+        aiohttp.ClientSession() as session,
+        Daemon(settings(), metrics_source=metrics, health_source=ScriptedHealth(), targets=cluster) as daemon,
+    ):
+        api = Api(session, daemon)
+        await api.call("POST", "/api/v1/freeze", {"reason": "incident"})
+        # Revision 5 breaches, held back by the freeze: its breach episode judged revision 5.
+        await wait_until(lambda: daemon.ticks >= 3, timeout_s=10 * INTERVAL_S, what="three ticks")
+        assert (await api.target())["decision"]["blocked_by"] == "freeze"
+        assert cluster.runs == []
+
+        cluster.facts_value = ClusterFacts(candidate_revision=6)  # a new release, not read by a tick yet
+        status, answer = await api.call("POST", ROLLBACK, {"reason": "6 is broken too", "force": True})
+        assert status == 202, answer
+        await wait_until(lambda: cluster.runs == [False], what="the action ran once")
+        assert cluster.bad_revisions == [6]
+
+
+@pytest.mark.looptime
 async def test_an_accepted_release_is_not_rolled_back_until_the_next_revision() -> None:
     metrics = ScriptedMetrics(HEALTHY)
     cluster = ScriptedTargets(facts_value=ClusterFacts(candidate_revision=5))

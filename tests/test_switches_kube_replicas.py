@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.kubefixtures import CONFIGMAPS, DEPLOYMENTS, ClusterEmulator, wait_until
+from tests.kubefixtures import CONFIGMAPS, DEPLOYMENTS, ClusterEmulator, saying, wait_until
 from tests.promfixtures import HOST
 from tests.test_history_processes import (  # noqa: F401 (fixtures)
     HEALTHY,
@@ -96,7 +96,7 @@ async def test_a_freeze_sent_to_the_standby_stops_the_leaders_rollback_and_survi
 
     # Through the watch: the leader polls only every 30 s.
     await wait_until(lambda: frozen(leader_port, True), timeout_s=20,
-                     what=f"the leader frozen: {leader.tail()}")
+                     what=lambda: f"the leader frozen: {leader.tail()}")
     _, view = await api("GET", leader_port, "/api/v1/targets")
     assert view["freeze_set"]["reason"] == "payment provider incident"
     assert view["switches_kept_in"] == f"the ConfigMap {LEASE_NAMESPACE}/{CONFIGMAP}"
@@ -108,18 +108,18 @@ async def test_a_freeze_sent_to_the_standby_stops_the_leaders_rollback_and_survi
     await release(cluster, "web", apps.web)
     try:
         await wait_until(lambda: blocked_by(leader_port, "freeze"), timeout_s=30, interval_s=0.2,
-                         what=f"the leader's rollback blocked by the freeze: {leader.tail()}")
+                         what=lambda: f"the leader's rollback blocked by the freeze: {leader.tail()}")
         assert template_image(cluster, "web") == NEW_IMAGE
 
         await fail_over(leader, standby, standby_port)
         await wait_until(lambda: blocked_by(standby_port, "freeze"), timeout_s=30, interval_s=0.2,
-                         what=f"the new leader's rollback blocked by the freeze: {standby.tail()}")
+                         what=lambda: f"the new leader's rollback blocked by the freeze: {standby.tail()}")
         assert template_image(cluster, "web") == NEW_IMAGE
 
         status, answer = await api("DELETE", standby_port, "/api/v1/freeze", {"reason": "incident over"})
         assert status == 200, answer
         await wait_until(lambda: template_image(cluster, "web") == OLD_IMAGE, timeout_s=60, interval_s=0.1,
-                         what=f"the release rolled back once unfrozen: {standby.tail()}")
+                         what=lambda: f"the release rolled back once unfrozen: {standby.tail()}")
         assert switches_in(cluster)["freeze"]["on"] is False
     finally:
         await apps.web.acontrol(**HEALTHY)
@@ -144,7 +144,8 @@ async def test_a_hold_sent_to_the_standby_is_shown_by_both_and_ends_for_both(
         hold = await hold_of(port)
         return hold is not None and hold.get("reason") == "hotfix 2.3.1" and hold.get("expired") is False
 
-    await wait_until(lambda: held(leader_port), timeout_s=20, what=f"the leader holds: {leader.tail()}")
+    await wait_until(lambda: held(leader_port), timeout_s=20,
+                     what=lambda: f"the leader holds: {leader.tail()}")
     assert await held(standby_port)
 
     async def ended(port: int) -> bool:
@@ -154,7 +155,7 @@ async def test_a_hold_sent_to_the_standby_is_shown_by_both_and_ends_for_both(
     # It ends at the wall-clock time stored with it, on both, without anyone lifting it.
     for port, replica in ((leader_port, leader), (standby_port, standby)):
         await wait_until(lambda port=port: ended(port), timeout_s=60,
-                         what=f"the hold ended: {replica.tail()}")
+                         what=saying("the hold ended", replica.tail))
 
 
 async def test_an_acceptance_sent_to_the_standby_is_obeyed_by_the_leader_and_survives_a_fail_over(
@@ -167,14 +168,14 @@ async def test_an_acceptance_sent_to_the_standby_is_obeyed_by_the_leader_and_sur
     status, answer = await api("POST", standby_port, "/api/v1/freeze", {"reason": "hold on"})
     assert status == 200, answer
     await wait_until(lambda: frozen(leader_port, True), timeout_s=20,
-                     what=f"the leader frozen: {leader.tail()}")
+                     what=lambda: f"the leader frozen: {leader.tail()}")
     await release(cluster, "web", apps.web)
     try:
         await wait_until(lambda: blocked_by(leader_port, "freeze"), timeout_s=30, interval_s=0.2,
-                         what=f"the leader's rollback blocked by the freeze: {leader.tail()}")
+                         what=lambda: f"the leader's rollback blocked by the freeze: {leader.tail()}")
         # The standby judges too (its own rail, standby, comes first): it read the new revision.
         await wait_until(lambda: would_roll_back(standby_port), timeout_s=30, interval_s=0.2,
-                         what=f"the standby sees the breach: {standby.tail()}")
+                         what=lambda: f"the standby sees the breach: {standby.tail()}")
         status, answer = await api("POST", standby_port, f"/api/v1/targets/{TARGET}/accept",
                                    {"reason": "known noisy, fixed in 1.6"})
         assert status == 200, answer
@@ -184,19 +185,19 @@ async def test_an_acceptance_sent_to_the_standby_is_obeyed_by_the_leader_and_sur
 
         await wait_until(lambda: frozen(leader_port, False), timeout_s=20, what="the leader unfrozen")
         await wait_until(lambda: blocked_by_acceptance(leader_port), timeout_s=30, interval_s=0.2,
-                         what=f"the leader does not roll an accepted release back: {leader.tail()}")
+                         what=lambda: f"the leader does not roll an accepted release back: {leader.tail()}")
         assert template_image(cluster, "web") == NEW_IMAGE
 
         await fail_over(leader, standby, standby_port)
         await wait_until(lambda: blocked_by_acceptance(standby_port), timeout_s=30, interval_s=0.2,
-                         what=f"the new leader keeps the acceptance: {standby.tail()}")
+                         what=lambda: f"the new leader keeps the acceptance: {standby.tail()}")
         assert template_image(cluster, "web") == NEW_IMAGE
 
         status, answer = await api("DELETE", standby_port, f"/api/v1/targets/{TARGET}/accept",
                                    {"reason": "1.6 is late"})
         assert status == 200, answer
         await wait_until(lambda: template_image(cluster, "web") == OLD_IMAGE, timeout_s=60, interval_s=0.1,
-                         what=f"judged again once the acceptance was withdrawn: {standby.tail()}")
+                         what=lambda: f"judged again once the acceptance was withdrawn: {standby.tail()}")
     finally:
         await apps.web.acontrol(**HEALTHY)
 
@@ -212,7 +213,7 @@ async def test_a_manual_rollback_sent_to_the_standby_is_carried_out_by_the_leade
     assert status == 202, answer
     assert "the leader starts it" in answer["applies"], answer
     await wait_until(lambda: template_image(cluster, "web") == OLD_IMAGE, timeout_s=60, interval_s=0.1,
-                     what=f"the leader carried the manual rollback out: {leader.tail()}")
+                     what=lambda: f"the leader carried the manual rollback out: {leader.tail()}")
     # Started once: the request is cleared from the ConfigMap.
     await wait_until(lambda: f"rollback.{TARGET.replace('/', '.')}" not in switches_in(cluster), timeout_s=60,
                      what="the manual rollback's request cleared")
@@ -257,7 +258,7 @@ async def test_a_release_announced_to_the_standby_is_judged_by_the_leader_and_su
 
     # Through the watch (the replicas poll only every 30 s): the leader judges the target from it.
     await wait_until(lambda: judged_from(leader_port, flag["id"]), timeout_s=20, interval_s=0.2,
-                     what=f"the leader judges from the standby's release: {leader.tail()}")
+                     what=lambda: f"the leader judges from the standby's release: {leader.tail()}")
     # Announced again, to the leader (a retried pipeline step): the same release.
     status, again = await api("POST", leader_port, "/api/v1/releases", flag)
     assert status == 200, again
@@ -268,7 +269,8 @@ async def test_a_release_announced_to_the_standby_is_judged_by_the_leader_and_su
     assert status == 201, answer
     await fail_over(leader, standby, standby_port)
     await wait_until(lambda: judged_from(standby_port, config["id"]), timeout_s=30, interval_s=0.2,
-                     what=f"the new leader judges from the release the old one took: {standby.tail()}")
+                     what=lambda: f"the new leader judges from the release the old one took: "
+                                  f"{standby.tail()}")
     status, history = await api("GET", standby_port, f"/api/v1/history?target={TARGET}&limit=1000")
     assert status == 200
     started = [entry["details"]["release"]["id"] for entry in history["entries"]

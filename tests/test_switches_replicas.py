@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.kubefixtures import ClusterEmulator, wait_until
+from tests.kubefixtures import ClusterEmulator, saying, wait_until
 from tests.promfixtures import HOST
 from tests.test_history_processes import (  # noqa: F401 (fixtures)
     HEALTHY,
@@ -75,7 +75,7 @@ async def start_replicas(
         await ready(port, daemon)
         if index == 0:
             await wait_until(lambda port=port: leads(port), timeout_s=30,
-                             what=f"the first one leads: {daemon.tail()}")
+                             what=saying("the first one leads", daemon.tail))
         started.append((daemon, port))
     assert await leader_says(started[1][1]) is False
     return started[0], started[1]
@@ -127,7 +127,7 @@ async def fail_over(leader: Daemon, standby: Daemon, standby_port: int) -> None:
     leader.process.send_signal(signal.SIGKILL)
     await leader.process.wait()
     await wait_until(lambda: leads(standby_port), timeout_s=30, interval_s=0.2,
-                     what=f"the standby took over: {standby.tail()}")
+                     what=lambda: f"the standby took over: {standby.tail()}")
 
 
 @pytest.fixture
@@ -162,7 +162,7 @@ async def test_a_freeze_sent_to_the_standby_stops_the_leaders_rollback_and_survi
 
     # Within a poll (half a second); the bound leaves room for a loaded machine.
     await wait_until(lambda: frozen(leader_port, True), timeout_s=20,
-                     what=f"the leader frozen: {leader.tail()}")
+                     what=lambda: f"the leader frozen: {leader.tail()}")
     _, view = await api("GET", leader_port, "/api/v1/targets")
     assert view["freeze_set"]["by"] == "oncall"
     assert view["freeze_set"]["reason"] == "payment provider incident"
@@ -171,13 +171,13 @@ async def test_a_freeze_sent_to_the_standby_stops_the_leaders_rollback_and_survi
     await release(cluster, "web", apps.web)
     try:
         await wait_until(lambda: blocked_by(leader_port, "freeze"), timeout_s=30, interval_s=0.2,
-                         what=f"the leader's rollback blocked by the freeze: {leader.tail()}")
+                         what=lambda: f"the leader's rollback blocked by the freeze: {leader.tail()}")
         assert template_image(cluster, "web") == NEW_IMAGE
 
         # Fail-over: the leader dies; the standby takes over, still frozen.
         await fail_over(leader, standby, standby_port)
         await wait_until(lambda: blocked_by(standby_port, "freeze"), timeout_s=30, interval_s=0.2,
-                         what=f"the new leader's rollback blocked by the freeze: {standby.tail()}")
+                         what=lambda: f"the new leader's rollback blocked by the freeze: {standby.tail()}")
         assert template_image(cluster, "web") == NEW_IMAGE
 
         status, history = await api("GET", standby_port, "/api/v1/history?limit=1000")
@@ -190,6 +190,6 @@ async def test_a_freeze_sent_to_the_standby_stops_the_leaders_rollback_and_survi
         status, answer = await api("DELETE", standby_port, "/api/v1/freeze", {"reason": "incident over"})
         assert status == 200, answer
         await wait_until(lambda: template_image(cluster, "web") == OLD_IMAGE, timeout_s=30, interval_s=0.1,
-                         what=f"the release rolled back once unfrozen: {standby.tail()}")
+                         what=lambda: f"the release rolled back once unfrozen: {standby.tail()}")
     finally:
         await apps.web.acontrol(**HEALTHY)

@@ -755,6 +755,19 @@ class Daemon:
         if not self.leading or self._group is None:
             return
         target = self.state.targets.get(key)
+        # What the cluster runs now is what the operator rolls back: a release may have come
+        # since the revision an open breach episode judged (``None`` when the read failed: the
+        # action then takes the revision running when it starts).
+        facts = None if target is None else await self._fresh_facts(target)
+        await self._start_manual_rollback(key, request, facts)
+
+    async def _start_manual_rollback(self, key: str, request: Switch, facts: ClusterFacts | None) -> None:
+        """The rest of :meth:`_manual_rollback_requested`, once the cluster's ``facts`` are read
+        (anything may have changed during the read)."""
+        if not self.leading:  # lost meanwhile: the request stays stored for the new leader
+            return
+        target = self.state.targets.get(key)  # a reload may have removed it meanwhile
+        # Started meanwhile by another call for the same request (the API's and the watch's).
         run = self.rollbacks.runs.get(key)
         if target is None or (run is not None and run.run_id == request.run_id):
             await self.switches.clear_rollback(key)
@@ -786,7 +799,7 @@ class Daemon:
             dry_run=self.state.flags.dry_run or target.settings.dry_run,
         )
         self._record(target, decision)
-        bad = target.judged_revision
+        bad = None if facts is None else facts.candidate_revision
         self.rollbacks.start(target.params, decision, bad_revision=bad, run_id=request.run_id)
         await self.switches.clear_rollback(key)
 
@@ -975,7 +988,7 @@ class Daemon:
                 params,
                 run,
                 decision=target.last_rollback if target is not None else None,
-                bad_revision=target.judged_revision if target is not None else None,
+                bad_revision=run.bad_revision,
             )
         finally:
             if self._group is not None:
