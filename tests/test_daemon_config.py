@@ -16,7 +16,7 @@ from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.wiring import open_daemon
 from rollbackd.demo.emulator import CONFIGMAPS
 from rollbackd.kube import KubeClient, objects
-from rollbackd.model import Sample, Strategy
+from rollbackd.model import RESTORED_FROM_ANNOTATION, Sample, Strategy
 from rollbackd.run import Phase
 from rollbackd.sources.base import SidePair, SourceTarget
 from rollbackd.store import open_store
@@ -98,6 +98,29 @@ async def test_a_bad_config_change_is_restored_the_readers_restarted_and_verifie
     assert "rollback.verified" in kinds
     started = next(entry for entry in history if entry.kind == "release.started")
     assert "ConfigMap shop/checkout-config changed" in started.summary
+
+
+async def test_a_change_marked_as_rollbackds_restore_but_bringing_new_data_is_announced_as_a_release(
+    kube_cluster: ClusterEmulator, kube: KubeClient, tmp_path: Path
+) -> None:
+    kube_cluster.store(CONFIGMAPS, NS, {"metadata": {"name": "checkout-config", "namespace": NS},
+                                        "data": {"payments.timeout_ms": "800"}})
+    config = settings(tmp_path)
+    app = ConfigFollowingApp(kube_cluster)
+    async with open_daemon(config, metrics_source=app, health_source=ScriptedHealth(), kube=kube) as daemon:
+        await wait_until(lambda: daemon.journal.store is not None, timeout_s=30, what="the store open")
+        await wait_until(lambda: kept_count(daemon, 1), timeout_s=30, what="the ConfigMap's data kept")
+        (first,) = await kept_versions(daemon)
+        # Someone's edit carries the lever's mark, naming the version it replaces: its data was
+        # never kept before, so it is no restore.
+        await objects.patch_configmap(kube, namespace=NS, name="checkout-config", patch={
+            "metadata": {"annotations": {RESTORED_FROM_ANNOTATION: first}},
+            "data": {"payments.timeout_ms": "900"},
+        })
+        await wait_until(lambda: kept_count(daemon, 2), timeout_s=30, what="the edit kept")
+        releases = await daemon.releases.recent(target=KEY, since=None, limit=10)
+        assert [release.kind for release in releases] == ["config"], releases
+        assert releases[0].details["previous_resource_version"] == first
 
 
 async def kept_count(daemon: Daemon, count: int) -> bool:

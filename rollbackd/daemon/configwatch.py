@@ -196,7 +196,8 @@ class ConfigWatch:
             data={str(k): str(v) for k, v in (obj.get("data") or {}).items()},
         )
         try:
-            before = await store.config_versions(namespace, str(name), limit=1)
+            # All kept versions: a restore puts one of the older ones back.
+            before = await store.config_versions(namespace, str(name), limit=config.keep_versions)
             added = await store.add_config_version(version, keep_versions=config.keep_versions,
                                                    keep_age_s=config.keep_age_s)
         except StoreError as exc:
@@ -206,8 +207,12 @@ class ConfigWatch:
         if not added or not before:  # the same data, or the first version seen: no change
             return
         restored_from = (metadata.get("annotations") or {}).get(RESTORED_FROM_ANNOTATION)
-        if restored_from is not None and restored_from == before[0].resource_version:
-            # The config lever put the version before back: kept, but a rollback is not a release.
+        if restored_from == before[0].resource_version and any(
+            kept.data == version.data for kept in before[1:]
+        ):
+            # The config lever put an earlier version back: kept, but a rollback is not a release.
+            # (The annotation alone proves nothing: anyone may write it, so data never kept before
+            # is a release, whatever the annotation says.)
             logger.info("the ConfigMap %s/%s has its data restored by rollbackd (resourceVersion %s): "
                         "kept, not a release", namespace, name, version.resource_version,
                         extra={"target": key})
