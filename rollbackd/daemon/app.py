@@ -54,6 +54,7 @@ from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.probing import probe_and_log
 from rollbackd.daemon.releases import ReleaseBook, SharedReleases
 from rollbackd.daemon.reload import SettingsChange, plan_reload
+from rollbackd.daemon.rollbackmap import ConfigMapRollbacks, recall_entries
 from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.daemon.sourcestatus import SourceBoard
 from rollbackd.daemon.state import Acceptance, DaemonState, TargetState
@@ -141,6 +142,9 @@ class Daemon:
       ``rollbackd:switches-watch``); ``None``: the store.
     - ``shared_releases``: where the announced releases are kept for every replica when the store
       is not shared (the same ConfigMap, :mod:`rollbackd.daemon.releasemap`); ``None``: the store.
+    - ``shared_rollbacks``: where the leader keeps the rollbacks it starts, and their
+      verification, for the next leader to recall when the store is not shared (the same
+      ConfigMap, :mod:`rollbackd.daemon.rollbackmap`); ``None``: the audit log alone.
 
     Run it with ``await daemon.run()`` until :meth:`stop`, or as ``async with daemon:`` (which runs
     it in a background task, returns once the HTTP server listens, and stops it on exit).
@@ -161,6 +165,7 @@ class Daemon:
         probe: Queries | None = None,
         switch_store: SwitchStore | None = None,
         shared_releases: SharedReleases | None = None,
+        shared_rollbacks: ConfigMapRollbacks | None = None,
     ) -> None:
         #: The settings running now: the file's, with the targets annotations declare added.
         self.settings = settings
@@ -194,6 +199,12 @@ class Daemon:
         )
         self.state.rollbacks = self.rollbacks
         self._switch_store = switch_store
+        self._shared_rollbacks = shared_rollbacks
+        #: The runs of the rollbacks in flight this leader shared, and what of them it shared.
+        self._shared_stage: dict[str, Phase] = {}
+        #: The runs counted towards the cooldowns and the hourly cap (started here, taken over or
+        #: recalled), with when (loop time): a leadership won again recalls none twice.
+        self._counted: dict[str, float] = {}
         #: What learns the settings of every reload besides the targets' cluster access.
         self._followers: list[Reconfigurable] = []
         self.switches = SwitchBoard(
@@ -893,6 +904,8 @@ class Daemon:
                 span_s = self._recall_span()
                 since = datetime.now(UTC) - timedelta(seconds=span_s)
                 recent = await self.journal.recent_rollbacks(since)
+                if self._shared_rollbacks is not None:  # the leaders' before this one, if not in the log
+                    recent = recall_entries(recent, await self._shared_rollbacks.read(), since=since)
         except (StoreError, TimeoutError) as exc:
             self.metrics.count_tick_error("resume")
             logger.error(
@@ -924,9 +937,10 @@ class Daemon:
             target.judged_revision = record.bad_revision
             self.journal.resuming(target.params, record, announced=announced)
             run = self.rollbacks.resume(target.params, record)
-            if run is not None and record.run_id not in recalled:
+            if run is not None and record.run_id not in recalled and record.run_id not in self._counted:
                 # A rollback taken over counts like one decided here: cooldown and hourly cap.
                 self.state.ledger.record(key, run.decided_at, target.params.policy.cooldown_s)
+                self._counted[record.run_id] = run.decided_at
 
     def _recall_span(self) -> float:
         """How far back the rollbacks that still restrain a target may lie: the hourly cap's
@@ -945,16 +959,21 @@ class Daemon:
         ``span_s`` is how far back they were read. Returns the recalled runs' ids."""
         now = asyncio.get_running_loop().time()
         watch_s = self.settings.verification.watch_s
+        self._counted = {run_id: t for run_id, t in self._counted.items() if t > now - span_s}
         run_ids: set[str] = set()
         for entry in entries:
             target = self.state.targets.get(entry.target or "")
             if target is None or entry.at is None:
                 continue
             t = now - (wall_now - entry.at).total_seconds()
+            run_id = entry.details.get("run_id")
             if entry.kind == EventType.ROLLBACK_STARTED:
-                self.state.ledger.record(target.key, t, target.params.policy.cooldown_s)
-                if isinstance(run_id := entry.details.get("run_id"), str):
+                if isinstance(run_id, str):
                     run_ids.add(run_id)
+                    if run_id in self._counted:  # counted already (it led before, and leads again)
+                        continue
+                    self._counted[run_id] = t
+                self.state.ledger.record(target.key, t, target.params.policy.cooldown_s)
             elif watch_s > 0 and t + watch_s > now:
                 self.state.ledger.watch(target.key, since=t, watch_s=watch_s)
         if entries:
@@ -982,6 +1001,11 @@ class Daemon:
         return await self.journal.flushed() and await self._save_run(params, run)
 
     def _rollback_changed(self, params: TargetParams, run: RollbackRun) -> None:
+        if run.run_id not in self._counted and not run.resumed:  # started here: counted by its decision
+            oldest = run.decided_at - self._recall_span()
+            self._counted = {run_id: t for run_id, t in self._counted.items() if t > oldest}
+            self._counted[run.run_id] = run.decided_at
+        self._share_rollback(params, run)
         target = self.state.targets.get(params.key)
         try:  # announced first: the record then holds the run's rollback.started
             self.journal.run(
@@ -996,6 +1020,37 @@ class Daemon:
                 self._group.create_task(
                     self.journal.save_run(params.key, state), name=f"rollbackd:save-run:{params.key}"
                 )
+
+    def _share_rollback(self, params: TargetParams, run: RollbackRun) -> None:
+        """The leader keeps each rollback it starts (or takes over), and its verification, in the
+        ConfigMap the replicas share, for the next leader to recall (:meth:`_recall_rollbacks`).
+        In the background, best effort: a write that fails is logged, the rollback goes on."""
+        shared = self._shared_rollbacks
+        if shared is None or self._group is None or not self.leading:
+            return
+        stage = Phase.VERIFIED if run.phase is Phase.VERIFIED else Phase.ACTING if run.phase.active else None
+        if stage is None or self._shared_stage.get(run.run_id) in (stage, Phase.VERIFIED):
+            if not run.phase.active:  # over: nothing more of it is shared
+                self._shared_stage.pop(run.run_id, None)
+            return
+        self._shared_stage[run.run_id] = stage
+        if stage is Phase.VERIFIED:
+            self._shared_stage.pop(run.run_id)
+        started_at = run.decided_wall or datetime.now(UTC)
+        keep_s = self._recall_span()
+
+        async def write() -> None:
+            try:
+                if stage is Phase.VERIFIED:
+                    await shared.verified(params.key, run.run_id, started_at=started_at, at=datetime.now(UTC),
+                                          keep_s=keep_s)
+                else:
+                    await shared.started(params.key, run.run_id, at=started_at, keep_s=keep_s)
+            except StoreError as exc:
+                logger.warning("the rollback could not be kept in %s for the next leader: %s", shared.where,
+                               exc, extra={"target": params.key, "run_id": run.run_id})
+
+        self._group.create_task(write(), name=f"rollbackd:share-rollback:{params.key}")
 
     def _rollback_finished(self, params: TargetParams, run: RollbackRun) -> None:
         """A rollback reached its verdict: count it, and start a new episode for the target (the

@@ -40,6 +40,7 @@ from rollbackd.daemon.logs import configure_logging
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.releasemap import ConfigMapReleases
 from rollbackd.daemon.reload import ConfigWatcher, SettingsChange
+from rollbackd.daemon.rollbackmap import ConfigMapRollbacks
 from rollbackd.daemon.store_leader import StoreLeader
 from rollbackd.daemon.switchmap import ConfigMapSwitches, default_name
 from rollbackd.daemon.switchstores import store_where, switches_place
@@ -286,6 +287,7 @@ async def run_daemon(
                     probe=client,
                     switch_store=switch_store,
                     shared_releases=None if switch_store is None else ConfigMapReleases(switch_store),
+                    shared_rollbacks=None if switch_store is None else ConfigMapRollbacks(switch_store),
                 ) as daemon:
                     running.append(daemon)
                     if deadline:  # a signal arrived while the daemon was starting

@@ -20,6 +20,7 @@ from rollbackd.daemon.journal import Journal
 from rollbackd.daemon.leader import Leadership
 from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.releases import SharedReleases
+from rollbackd.daemon.rollbackmap import ConfigMapRollbacks
 from rollbackd.daemon.storekeeper import RETRY_S, keep_store
 from rollbackd.daemon.switchstores import SwitchStore
 from rollbackd.kube import KubeClient
@@ -45,6 +46,7 @@ async def open_daemon(
     probe: Queries | None = None,
     switch_store: SwitchStore | None = None,
     shared_releases: SharedReleases | None = None,
+    shared_rollbacks: ConfigMapRollbacks | None = None,
 ) -> AsyncIterator[Daemon]:
     """Run a daemon for ``settings`` with its store and events, and yield it once its HTTP server
     listens; on exit, stop it gracefully, record the stop and let the event sinks drain.
@@ -75,6 +77,8 @@ async def open_daemon(
       ConfigMap every replica watches, :mod:`rollbackd.daemon.switchmap`).
     - ``shared_releases``: where the announced releases are kept when not in a shared store (the
       same ConfigMap, :mod:`rollbackd.daemon.releasemap`).
+    - ``shared_rollbacks``: where the leader keeps its rollbacks for the next leader when the store
+      is not shared (the same ConfigMap, :mod:`rollbackd.daemon.rollbackmap`).
     """
     journal = Journal(required=True)
     stopping = asyncio.Event()
@@ -107,6 +111,7 @@ async def open_daemon(
                 probe=probe,
                 switch_store=switch_store,
                 shared_releases=shared_releases,
+                shared_rollbacks=shared_rollbacks,
             ) as daemon:
                 if kube is None:
                     yield daemon
