@@ -190,3 +190,56 @@ async def test_rollbacks_in_the_configmap_that_cannot_be_read_are_left_out_and_t
     assert (kept.target, kept.run_id, kept.verified_at) == ("shop/checkout", "r-1", None)
     assert "rolled-back.shop.cart is not a list of rollbacks" in caplog.text
     assert caplog.text.count("cannot be read, ignored") == 3
+
+
+async def test_a_rollback_the_old_leader_left_under_way_is_finished_by_the_new_one_from_the_configmap(
+    kube_cluster: ClusterEmulator, kube: KubeClient, tmp_path: Path
+) -> None:
+    switches = ConfigMapSwitches(kube=kube, namespace="rollbackd", name="rollbackd-switches")
+    shared = ConfigMapRollbacks(switches)
+    first = ScriptedTargets(action_s=3600.0)  # lost in the middle of its action
+    async with open_daemon(
+        config(tmp_path / "a"), metrics_source=ScriptedMetrics(SEVERE), health_source=ScriptedHealth(),
+        targets=first, shared_rollbacks=shared,
+    ) as daemon:
+        await wait_until(lambda: first.runs == [False], what="the rollback's action under way")
+        run_id = daemon.rollbacks.runs[KEY].run_id
+
+        async def kept_under_way() -> bool:
+            return [(r.run_id, r.record is not None) for r in await shared.read()] == [(run_id, True)]
+
+        await wait_until(kept_under_way, what="the rollback under way kept in the ConfigMap")
+
+    # The next leader, with a store of its own: the same run, finished and verified.
+    second, metrics = ScriptedTargets(action_s=0.1), ScriptedMetrics(HEALTHY)
+    async with open_daemon(
+        config(tmp_path / "b"), metrics_source=metrics, health_source=ScriptedHealth(), targets=second,
+        shared_rollbacks=shared,
+    ) as daemon:
+        await wait_until(lambda: second.runs == [False], timeout_s=60, what="the action run again")
+        run = daemon.rollbacks.runs[KEY]
+        assert (run.run_id, run.resumed) == (run_id, True)
+        await wait_until(lambda: run.phase is Phase.VERIFIED, timeout_s=60, what="the rollback verified")
+
+        async def kept_verified() -> bool:
+            return [(r.run_id, r.phase, r.record) for r in await shared.read()] == [
+                (run_id, Phase.VERIFIED, None)
+            ]
+
+        await wait_until(kept_verified, what="its verification kept, and its record dropped")
+        await wait_until(lambda: daemon.ticks >= 10, what="more ticks")
+        assert second.runs == [False]  # finished once
+
+    # The old leader comes back and leads again: its own store still holds the run under way, the
+    # ConfigMap says it is over: it is not carried out a second time.
+    third = ScriptedTargets(action_s=0.1)
+    async with open_daemon(
+        config(tmp_path / "a"), metrics_source=ScriptedMetrics(HEALTHY), health_source=ScriptedHealth(),
+        targets=third, shared_rollbacks=shared,
+    ) as daemon:
+        await wait_until(lambda: daemon.journal.store is not None, timeout_s=30, what="the store open")
+        ticks = daemon.ticks
+        await wait_until(lambda: daemon.ticks >= ticks + 10, what="ten ticks with the store open")
+        assert third.runs == []
+        assert daemon.rollbacks.runs.get(KEY) is None
+        assert await daemon.journal.runs_in_flight([KEY]) == {}  # its stale record is gone

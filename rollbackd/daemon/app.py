@@ -54,7 +54,7 @@ from rollbackd.daemon.metrics import DaemonMetrics
 from rollbackd.daemon.probing import probe_and_log
 from rollbackd.daemon.releases import ReleaseBook, SharedReleases
 from rollbackd.daemon.reload import SettingsChange, plan_reload
-from rollbackd.daemon.rollbackmap import ConfigMapRollbacks, recall_entries
+from rollbackd.daemon.rollbackmap import ConfigMapRollbacks, SharedRollback, recall_entries
 from rollbackd.daemon.rollbacks import Rollbacks
 from rollbackd.daemon.sourcestatus import SourceBoard
 from rollbackd.daemon.state import Acceptance, DaemonState, TargetState
@@ -898,14 +898,18 @@ class Daemon:
             return
         try:
             async with asyncio.timeout(RESUME_READ_TIMEOUT_S):
-                found = await self.journal.runs_in_flight(
-                    [key for key in self.state.targets if reaches(self._access, key)]
-                )
+                keys = [key for key in self.state.targets if reaches(self._access, key)]
+                found = await self.journal.runs_in_flight(keys)
                 span_s = self._recall_span()
                 since = datetime.now(UTC) - timedelta(seconds=span_s)
                 recent = await self.journal.recent_rollbacks(since)
-                if self._shared_rollbacks is not None:  # the leaders' before this one, if not in the log
-                    recent = recall_entries(recent, await self._shared_rollbacks.read(), since=since)
+                # The leaders' before this one, when the store is not shared: their rollbacks, and
+                # the one left under way.
+                shared = [] if self._shared_rollbacks is None else await self._shared_rollbacks.read()
+                recent = recall_entries(recent, shared, since=since)
+                found = {**{r.target: r.record for r in shared if r.record is not None and r.target in keys},
+                         **found}
+                over = {r.run_id for r in shared if r.record is None}
         except (StoreError, TimeoutError) as exc:
             self.metrics.count_tick_error("resume")
             logger.error(
@@ -930,6 +934,9 @@ class Daemon:
                 continue
             if not record.active:
                 continue
+            if record.run_id in over:  # another leader finished it since this replica recorded it
+                await self.journal.save_run(key, None)
+                continue
             announced = await self.journal.announced_run_events(key, record)
             if announced & RUN_OVER:  # its verdict is recorded: only the record's removal was missing
                 await self.journal.save_run(key, None)
@@ -953,9 +960,11 @@ class Daemon:
     ) -> set[str]:
         """What the audit log says of the recent rollbacks (``entries``, oldest first) restrains
         this process as it restrained the one that took them: each one started counts towards
-        its target's cooldown and the hourly cap, each one verified starts the rest of its
-        post-rollback watch. A new leader (with a shared store) or a restarted process would
-        otherwise roll a target back again in its cooldown, or a second time in its watch.
+        its target's cooldown and the hourly cap (once: a run counted already is not counted
+        again), each one verified starts the rest of its post-rollback watch. A new leader or a
+        restarted process would otherwise roll a target back again in its cooldown, or a second
+        time in its watch. ``entries`` come from the audit log and, when the store is not shared,
+        the ConfigMap of :mod:`rollbackd.daemon.rollbackmap`.
         ``span_s`` is how far back they were read. Returns the recalled runs' ids."""
         now = asyncio.get_running_loop().time()
         watch_s = self.settings.verification.watch_s
@@ -1022,30 +1031,32 @@ class Daemon:
                 )
 
     def _share_rollback(self, params: TargetParams, run: RollbackRun) -> None:
-        """The leader keeps each rollback it starts (or takes over), and its verification, in the
-        ConfigMap the replicas share, for the next leader to recall (:meth:`_recall_rollbacks`).
-        In the background, best effort: a write that fails is logged, the rollback goes on."""
+        """The leader keeps each rollback it starts (or takes over) in the ConfigMap the replicas
+        share, at every phase, with its record while it is under way: the next leader recalls it
+        and, if it is still under way, finishes it (:meth:`_resume_rollbacks`). In the background,
+        best effort: a write that fails is logged, the rollback goes on."""
         shared = self._shared_rollbacks
         if shared is None or self._group is None or not self.leading:
             return
-        stage = Phase.VERIFIED if run.phase is Phase.VERIFIED else Phase.ACTING if run.phase.active else None
-        if stage is None or self._shared_stage.get(run.run_id) in (stage, Phase.VERIFIED):
-            if not run.phase.active:  # over: nothing more of it is shared
-                self._shared_stage.pop(run.run_id, None)
+        if self._shared_stage.get(run.run_id) is run.phase:
             return
-        self._shared_stage[run.run_id] = stage
-        if stage is Phase.VERIFIED:
-            self._shared_stage.pop(run.run_id)
-        started_at = run.decided_wall or datetime.now(UTC)
+        if run.phase.active:
+            self._shared_stage[run.run_id] = run.phase
+        else:  # over: nothing more of it is shared
+            self._shared_stage.pop(run.run_id, None)
+        rollback = SharedRollback(
+            target=params.key,
+            run_id=run.run_id,
+            started_at=run.decided_wall or datetime.now(UTC),
+            verified_at=datetime.now(UTC) if run.phase is Phase.VERIFIED else None,
+            phase=run.phase,
+            record=self._run_state(run),
+        )
         keep_s = self._recall_span()
 
         async def write() -> None:
             try:
-                if stage is Phase.VERIFIED:
-                    await shared.verified(params.key, run.run_id, started_at=started_at, at=datetime.now(UTC),
-                                          keep_s=keep_s)
-                else:
-                    await shared.started(params.key, run.run_id, at=started_at, keep_s=keep_s)
+                await shared.keep(rollback, keep_s=keep_s)
             except StoreError as exc:
                 logger.warning("the rollback could not be kept in %s for the next leader: %s", shared.where,
                                exc, extra={"target": params.key, "run_id": run.run_id})

@@ -3,15 +3,21 @@
 
 A new leader, or a restarted process, recalls the rollbacks of the last hour before it acts: each
 one started counts towards its target's cooldown and the hourly cap, each one verified starts the
-rest of its post-rollback watch (:meth:`~rollbackd.daemon.app.Daemon._recall_rollbacks`). With the
-embedded SQLite store each replica has its own audit log, so a new leader's log does not hold the
-rollbacks of the leader before it: it would roll a target back again within its cooldown, or a
-second time within its watch. The leader therefore also writes each rollback it starts, and its
-verification, here, and every leader reads them back when it takes over.
+rest of its post-rollback watch (:meth:`~rollbackd.daemon.app.Daemon._recall_rollbacks`), and a
+rollback left under way is finished. With the embedded SQLite store each replica has its own audit
+log and run records, so a new leader's store holds neither the rollbacks of the leader before it
+(it would roll a target back again within its cooldown, or a second time within its watch) nor the
+one that leader was carrying out when it was lost. The leader therefore also writes each rollback
+it starts here, at every phase, and every leader reads them back when it takes over.
 
 **Keys and values.** One key per target, ``rolled-back.<namespace>.<name>``, holding a JSON list
-of its recent rollbacks, oldest first: ``{"run_id", "started_at", "verified_at"}`` (UTC, ISO 8601;
-``verified_at`` is ``null`` until the rollback is verified).
+of its recent rollbacks, oldest first: ``{"run_id", "started_at", "verified_at", "phase",
+"record"}`` (times UTC, ISO 8601; ``verified_at`` is ``null`` unless the rollback was verified;
+``record`` is the run's record while it is under way, what a new leader resumes it from, and
+``null`` once it is over).
+
+**In order.** Writes are made in the background and may arrive out of order: one for an earlier
+phase (``acting`` before ``verifying`` before the verdict) than the one kept is not applied.
 
 **Bounded.** A write keeps the rollbacks started within ``keep_s`` (the span a leader recalls:
 the hour of the cap, the longest cooldown, the post-rollback watch) and at most
@@ -25,13 +31,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from rollbackd.daemon.switchmap import ConfigMapSwitches
 from rollbackd.daemon.switchstores import SwitchStoreError
 from rollbackd.events.model import EventType
+from rollbackd.run import Phase
 from rollbackd.store.base import AuditEntry, TemporaryStoreError
 
 logger = logging.getLogger(__name__)
@@ -56,6 +64,15 @@ class SharedRollback:
     run_id: str
     started_at: datetime
     verified_at: datetime | None = None
+    #: The run's phase when it was written.
+    phase: Phase = Phase.ACTING
+    #: The run's record (:meth:`~rollbackd.runrecord.RunRecord.to_state`) while it is under way.
+    record: Mapping[str, Any] | None = None
+
+    @property
+    def rank(self) -> int:
+        """How far the run had got: acting, verifying, over."""
+        return _rank(self.phase)
 
     def entries(self) -> list[AuditEntry]:
         """The audit entries a store shared by the replicas would hold of it (``rollback.started``
@@ -70,47 +87,37 @@ class SharedRollback:
                                     target=self.target, details=details, at=self.verified_at))
         return found
 
-    def to_json(self) -> dict[str, str | None]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "started_at": self.started_at.isoformat(),
             "verified_at": None if self.verified_at is None else self.verified_at.isoformat(),
+            "phase": self.phase.value,
+            "record": None if self.record is None else dict(self.record),
         }
 
 
 class ConfigMapRollbacks:
     """The recent rollbacks in the ConfigMap of ``configmap`` (open; the caller owns its client)."""
 
-    def __init__(self, configmap: ConfigMapSwitches, *, keep: int = KEEP_PER_TARGET) -> None:
+    def __init__(self, configmap: ConfigMapSwitches, *, most: int = KEEP_PER_TARGET) -> None:
         self._configmap = configmap
         self.where = configmap.where
-        self.keep = keep
+        self.most = most
 
-    async def started(self, target: str, run_id: str, *, at: datetime, keep_s: float) -> None:
-        """Keep the rollback ``run_id`` of ``target``, started ``at`` (once: a run kept already is
-        left as it is). :class:`~rollbackd.store.base.TemporaryStoreError` when it could not be
-        written."""
-        rollback = SharedRollback(target=target, run_id=run_id, started_at=at)
+    async def keep(self, rollback: SharedRollback, *, keep_s: float) -> None:
+        """Keep ``rollback`` as it is now, replacing what was kept of its run, unless what was kept
+        is of a later phase (a write that arrived late). The target's rollbacks started more than
+        ``keep_s`` ago are dropped. :class:`~rollbackd.store.base.TemporaryStoreError` when it could
+        not be written."""
 
-        def added(kept: list[SharedRollback]) -> list[SharedRollback]:
-            if any(earlier.run_id == run_id for earlier in kept):
+        def kept_now(kept: list[SharedRollback]) -> list[SharedRollback]:
+            earlier = next((r for r in kept if r.run_id == rollback.run_id), None)
+            if earlier is not None and earlier.rank > rollback.rank:
                 return kept
-            return [*kept, rollback]
+            return [*(r for r in kept if r.run_id != rollback.run_id), rollback]
 
-        await self._update(target, added, keep_s=keep_s)
-
-    async def verified(self, target: str, run_id: str, *, started_at: datetime, at: datetime,
-                       keep_s: float) -> None:
-        """``target``'s rollback ``run_id`` was verified ``at`` (kept, started ``started_at``, if it
-        was not). :class:`~rollbackd.store.base.TemporaryStoreError` when it could not be written."""
-
-        def marked(kept: list[SharedRollback]) -> list[SharedRollback]:
-            if not any(earlier.run_id == run_id for earlier in kept):
-                kept = [*kept, SharedRollback(target=target, run_id=run_id, started_at=started_at)]
-            return [replace(earlier, verified_at=at) if earlier.run_id == run_id else earlier
-                    for earlier in kept]
-
-        await self._update(target, marked, keep_s=keep_s)
+        await self._update(rollback.target, kept_now, keep_s=keep_s)
 
     async def read(self) -> list[SharedRollback]:
         """Every rollback kept, oldest first. :class:`~rollbackd.store.base.TemporaryStoreError`
@@ -134,7 +141,7 @@ class ConfigMapRollbacks:
             oldest = datetime.now(UTC) - timedelta(seconds=keep_s)
             kept = change(_decoded(text, key=key, target=target))
             recent = sorted((r for r in kept if r.started_at >= oldest),
-                            key=lambda r: (r.started_at, r.run_id))[-self.keep:]
+                            key=lambda r: (r.started_at, r.run_id))[-self.most:]
             if not recent:
                 return None
             return json.dumps([r.to_json() for r in recent], sort_keys=True, separators=(",", ":"))
@@ -185,15 +192,24 @@ def _decoded(text: str | None, *, key: str, target: str) -> list[SharedRollback]
             if not isinstance(document, dict) or not isinstance(document.get("run_id"), str):
                 raise ValueError("not a JSON object with a run_id")
             verified = document.get("verified_at")
+            record = document.get("record")
+            if record is not None and not isinstance(record, dict):
+                raise ValueError("its record is not a JSON object")
             found.append(SharedRollback(
                 target=target,
                 run_id=document["run_id"],
                 started_at=_aware(datetime.fromisoformat(str(document["started_at"]))),
                 verified_at=None if verified is None else _aware(datetime.fromisoformat(str(verified))),
+                phase=Phase(document.get("phase", Phase.ACTING.value)),
+                record=record,
             ))
         except (KeyError, TypeError, ValueError) as exc:
             logger.error("a rollback kept under the ConfigMap key %s cannot be read, ignored: %s", key, exc)
     return found
+
+
+def _rank(phase: Phase) -> int:
+    return {Phase.ACTING: 0, Phase.VERIFYING: 1}.get(phase, 2)
 
 
 def _aware(at: datetime) -> datetime:
