@@ -500,3 +500,18 @@ def test_the_action_field_names_every_action_the_daemon_can_run() -> None:
             assert kind in described, f"{event_type}'s schema ({'.'.join(path)}) does not name {kind}"
     for kind in sorted(kinds):
         assert f"`{kind}`" in events_doc, f"docs/events.md does not name the action {kind}"
+
+
+def test_release_started_has_the_same_id_wherever_the_release_is_recorded() -> None:
+    """Replicas without a shared store each record an announced release: the one that delivers it
+    after a fail-over delivers the same event, which subscribers drop by its id."""
+    c = clock(1390.0)
+
+    def started(factory: EventFactory, release_id: str, target: str = TARGET) -> str:
+        release = Release(id=release_id, target=target, kind="flag", started_at=c.at(1390.0), who="ci")
+        return factory.release_started(release, clock=c).id
+
+    leader, standby = EventFactory(source="/rollbackd"), EventFactory(source="/rollbackd")
+    assert started(leader, "flag-1") == started(standby, "flag-1")
+    assert len({started(leader, "flag-1"), started(leader, "flag-2"), started(leader, "flag-1", "shop/cart"),
+                started(EventFactory(source="/other-cluster"), "flag-1")}) == 4

@@ -334,10 +334,13 @@ class EventFactory:
 
     source: str = "/rollbackd"
 
-    def event(self, kind: EventType, target: str, data: EventData, *, clock: Clock) -> CloudEvent:
-        """Wrap ``data`` (the model of ``kind``) in a CloudEvent about ``target``."""
+    def event(
+        self, kind: EventType, target: str, data: EventData, *, clock: Clock, event_id: str | None = None
+    ) -> CloudEvent:
+        """Wrap ``data`` (the model of ``kind``) in a CloudEvent about ``target`` (its id
+        ``event_id``, or a fresh one)."""
         return CloudEvent(
-            id=str(uuid.uuid4()),
+            id=event_id if event_id is not None else str(uuid.uuid4()),
             source=self.source,
             type=kind.full,
             subject=target,
@@ -473,7 +476,10 @@ class EventFactory:
         )
 
     def release_started(self, release: Release, *, clock: Clock) -> CloudEvent:
-        """``release.started``: ``release`` was announced; the target is judged from its start."""
+        """``release.started``: ``release`` was announced; the target is judged from its start.
+        Its id comes from the release's (and the source): replicas that do not share a store each
+        record the release, and the one that delivers it after a fail-over delivers the same
+        event again, which subscribers drop by its id."""
         what = release.description or ", ".join(f"{k}={v}" for k, v in release.details.items()) or release.id
         summary = f"{release.target}: {release.kind} release started by {release.who}: {what}"
         return self.event(
@@ -484,6 +490,9 @@ class EventFactory:
                 release=ReleaseData.model_validate(release.to_json()),
             ),
             clock=clock,
+            event_id=str(uuid.uuid5(
+                uuid.NAMESPACE_URL, f"{self.source}#release.started/{release.target}/{release.id}"
+            )),
         )
 
     def gitops_suspended(
