@@ -22,6 +22,7 @@ from rollbackd.config.settings import (
     StoreSettings,
     VerificationSettings,
 )
+from rollbackd.daemon.app import Daemon
 from rollbackd.daemon.rollbackmap import ConfigMapRollbacks
 from rollbackd.daemon.switchmap import ConfigMapSwitches
 from rollbackd.daemon.wiring import open_daemon
@@ -45,6 +46,19 @@ def config(data_dir: Path) -> Settings:
     )
 
 
+async def rolled_back_and_verified(
+    daemon: Daemon, cluster: ScriptedTargets, metrics: ScriptedMetrics
+) -> None:
+    """The target's rollback acted on once, the metrics healthy again, and the rollback verified."""
+    await wait_until(lambda: cluster.runs == [False], what="the rollback's action")
+    metrics.pair = HEALTHY  # the rollback worked
+    await wait_until(
+        lambda: (run := daemon.rollbacks.runs.get(KEY)) is not None and run.phase is Phase.VERIFIED,
+        timeout_s=60,
+        what="the rollback verified",
+    )
+
+
 async def test_a_restarted_daemon_keeps_the_cooldown_and_watch_of_the_rollback_before_it(
     tmp_path: Path,
 ) -> None:
@@ -53,13 +67,7 @@ async def test_a_restarted_daemon_keeps_the_cooldown_and_watch_of_the_rollback_b
     async with open_daemon(
         settings, metrics_source=metrics, health_source=ScriptedHealth(), targets=first
     ) as daemon:
-        await wait_until(lambda: first.runs == [False], what="the rollback's action")
-        metrics.pair = HEALTHY  # the rollback worked
-        await wait_until(
-            lambda: (run := daemon.rollbacks.runs.get(KEY)) is not None and run.phase is Phase.VERIFIED,
-            timeout_s=60,
-            what="the rollback verified",
-        )
+        await rolled_back_and_verified(daemon, first, metrics)
 
     # The next process finds the target failing again, within the cooldown and the watch.
     second = ScriptedTargets(action_s=0.1)
@@ -98,13 +106,7 @@ async def test_a_new_leader_with_its_own_store_recalls_the_rollbacks_kept_in_the
         config(tmp_path / "a"), metrics_source=metrics, health_source=ScriptedHealth(), targets=first,
         shared_rollbacks=shared,
     ) as daemon:
-        await wait_until(lambda: first.runs == [False], what="the rollback's action")
-        metrics.pair = HEALTHY  # the rollback worked
-        await wait_until(
-            lambda: (run := daemon.rollbacks.runs.get(KEY)) is not None and run.phase is Phase.VERIFIED,
-            timeout_s=60,
-            what="the rollback verified",
-        )
+        await rolled_back_and_verified(daemon, first, metrics)
         run_id = daemon.rollbacks.runs[KEY].run_id
 
         async def kept_verified() -> bool:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 
-from rollbackd.daemon.switchmap import ConfigMapSwitches
+from rollbackd.daemon.switchmap import ConfigMapSwitches, listed
 from rollbackd.daemon.switchstores import SwitchStoreError
 from rollbackd.releases import Release, ReleaseError
 from rollbackd.store.base import TemporaryStoreError
@@ -94,17 +94,8 @@ class ConfigMapReleases:
 
 def _decoded(text: str | None, *, key: str) -> list[Release]:
     """The releases a key's text holds; what cannot be read is left out (and logged)."""
-    if text is None:
-        return []
-    try:
-        documents = json.loads(text)
-    except ValueError:
-        documents = None
-    if not isinstance(documents, list):
-        logger.error("the ConfigMap key %s is not a list of releases; its releases are ignored", key)
-        return []
     releases = []
-    for document in documents:
+    for document in listed(text, key=key, what="releases"):
         try:
             if not isinstance(document, dict):
                 raise ReleaseError("not a JSON object")

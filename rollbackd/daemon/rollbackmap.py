@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from rollbackd.daemon.switchmap import ConfigMapSwitches
+from rollbackd.daemon.switchmap import ConfigMapSwitches, listed
 from rollbackd.daemon.switchstores import SwitchStoreError
 from rollbackd.events.model import EventType
 from rollbackd.run import Phase
@@ -177,17 +177,8 @@ def _target_of(key: str) -> str:
 
 def _decoded(text: str | None, *, key: str, target: str) -> list[SharedRollback]:
     """The rollbacks a key's text holds; what cannot be read is left out (and logged)."""
-    if text is None:
-        return []
-    try:
-        documents = json.loads(text)
-    except ValueError:
-        documents = None
-    if not isinstance(documents, list):
-        logger.error("the ConfigMap key %s is not a list of rollbacks; its rollbacks are ignored", key)
-        return []
     found = []
-    for document in documents:
+    for document in listed(text, key=key, what="rollbacks"):
         try:
             if not isinstance(document, dict) or not isinstance(document.get("run_id"), str):
                 raise ValueError("not a JSON object with a run_id")

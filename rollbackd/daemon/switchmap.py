@@ -220,3 +220,18 @@ def _decoded(text: object) -> Mapping[str, Any] | None:
     except ValueError:
         return {}
     return document if isinstance(document, dict) else {}
+
+
+def listed(text: str | None, *, key: str, what: str) -> list[Any]:
+    """The JSON list a key's text holds (``[]`` when absent); a text that is not one is logged
+    (``what`` it should list) and read as empty."""
+    if text is None:
+        return []
+    try:
+        documents = json.loads(text)
+    except ValueError:
+        documents = None
+    if not isinstance(documents, list):
+        logger.error("the ConfigMap key %s is not a list of %s; its %s are ignored", key, what, what)
+        return []
+    return documents
