@@ -11,10 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rollbackd.detectors.sequential import (
+    FACTORS,
     EDetector,
     alt_rate,
     interval_cap,
     log_ratio,
+    log_ratios,
     log_start_weight,
     share_null,
     threshold,
@@ -161,6 +163,16 @@ numbers = st.floats(allow_nan=True, allow_infinity=True)
 @given(hits=numbers, trials=numbers, null_p=numbers, factor=numbers)
 def test_log_ratio_is_total_and_finite(hits: float, trials: float, null_p: float, factor: float) -> None:
     assert math.isfinite(log_ratio(hits, trials, null_p, factor))
+
+
+@settings(max_examples=300, deadline=None)
+@given(hits=numbers, trials=numbers, null_p=numbers, factors=st.lists(numbers, max_size=4))
+def test_log_ratios_are_log_ratio_for_each_factor(
+    hits: float, trials: float, null_p: float, factors: list[float]
+) -> None:
+    together = log_ratios(hits, trials, null_p, (*factors, *FACTORS))
+    assert log_ratios(hits, trials, null_p, (*factors, *FACTORS)) == together  # from the cache too
+    assert together == [log_ratio(hits, trials, null_p, factor) for factor in (*factors, *FACTORS)]
 
 
 @settings(max_examples=200, deadline=None)
