@@ -70,7 +70,6 @@ from rollbackd.decision.lifetime import Change, Lifetime, Operator, advance
 from rollbackd.decision.rails import HOUR_S
 from rollbackd.events.model import EventType
 from rollbackd.gcpause import collector_paused
-from rollbackd.memtrim import release_free_memory
 from rollbackd.model import Context, Decision, Evidence, Observation, Outcome
 from rollbackd.optin import ObjectRef, OptIn, with_opt_ins
 from rollbackd.params import TargetParams
@@ -588,7 +587,6 @@ class Daemon:
                 "past of %d targets read from the metrics source", filled,
                 extra={"targets": filled, "intervals": taken},
             )
-            release_free_memory()  # the answers read are freed: their memory goes back
 
     async def _decide(
         self, target: TargetState, evidence: Evidence, t: float, *, facts: ClusterFacts | None, reused: bool
